@@ -1,0 +1,63 @@
+# Entry points for humans and CI. Each target first installs any missing
+# Debian packages (scripts/deps.sh), then builds with CMake.
+#
+#   make up      build and start the whole deployment (moat.json) in the foreground
+#   make test    format check, tests, then the same tests under ASan+UBSan
+#   make bench   benchmarks (see bench/README.md)
+
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE ?= cmake
+CTEST ?= ctest
+
+.PHONY: all deps build up down status test test-fast format format-check bench clean
+
+all: build
+
+deps:
+	@./scripts/deps.sh
+
+build: deps
+	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
+	@$(CMAKE) --build build -j $(JOBS)
+
+up: build
+	./build/bin/moat up
+
+down:
+	./build/bin/moat down
+
+status:
+	./build/bin/moat status
+
+# The test suite runs twice: an optimised build with test hooks, then an
+# ASan+UBSan build (leak checking included) of the same tests.
+test: deps format-check
+	@$(CMAKE) -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TEST_HOOKS=ON >/dev/null
+	@$(CMAKE) --build build-test -j $(JOBS)
+	@cd build-test && $(CTEST) --output-on-failure -j $(JOBS)
+	@$(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOAT_TEST_HOOKS=ON -DMOAT_SANITIZE=ON >/dev/null
+	@$(CMAKE) --build build-asan -j $(JOBS)
+	@cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(CTEST) --output-on-failure -j $(JOBS)
+
+# Just the optimised test build (quicker while developing).
+test-fast: deps
+	@$(CMAKE) -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TEST_HOOKS=ON >/dev/null
+	@$(CMAKE) --build build-test -j $(JOBS)
+	@cd build-test && $(CTEST) --output-on-failure -j $(JOBS)
+
+format:
+	@git ls-files '*.c' '*.h' | xargs clang-format -i
+
+format-check: deps
+	@./scripts/format-check.sh
+
+bench: deps
+	@./scripts/deps.sh --bench
+	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
+	@$(CMAKE) --build build -j $(JOBS)
+	./bench/http.sh
+
+clean:
+	rm -rf build build-test build-asan

@@ -1,0 +1,90 @@
+/*
+ * moat/common.h - error codes, allocation, time and small helpers shared by
+ * every part of libmoat.
+ *
+ * Conventions used throughout libmoat:
+ *  - Functions that can fail return int: MOAT_OK (0) on success, a negative
+ *    MOAT_E* code on failure; results come back through out-parameters.
+ *    moat_strerror() turns a code into text.
+ *  - Out-of-memory is not an error path: the moat_x* allocators abort the
+ *    process with a message (as Redis, h2o and jq do). A service under memory
+ *    pressure is restarted by the supervisor rather than limping on.
+ *  - Ownership is stated on every function that returns or takes memory.
+ *
+ * Every .c file of the project includes this header first: it also pulls in
+ * moat/banned.h, which turns unsafe libc calls into compile errors.
+ */
+#ifndef MOAT_COMMON_H
+#define MOAT_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum moat_err {
+    MOAT_OK = 0,
+    MOAT_EINVAL = -1,       /* invalid argument or input */
+    MOAT_ENOMEM = -2,       /* reserved: allocation failure (we abort) */
+    MOAT_EIO = -3,          /* I/O or system call failure */
+    MOAT_ENOTFOUND = -4,    /* no such object */
+    MOAT_ECONFLICT = -5,    /* uniqueness or state conflict */
+    MOAT_EBUSY = -6,        /* resource busy or locked */
+    MOAT_ETIMEDOUT = -7,    /* deadline passed */
+    MOAT_EUNSUPPORTED = -8, /* feature not available here */
+    MOAT_EDB = -9,          /* database error */
+    MOAT_EPRECOND = -10,    /* precondition (version, ETag) failed */
+    MOAT_ETOOBIG = -11,     /* a size limit was exceeded */
+    MOAT_ECANCELLED = -12,  /* operation cancelled (shutdown) */
+};
+
+/* Text for an error code; never NULL, static storage. */
+const char *moat_strerror(int err);
+
+#define MOAT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define MOAT_UNUSED(x)    ((void)(x))
+
+#if defined(__GNUC__)
+#define MOAT_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define MOAT_NORETURN     __attribute__((noreturn))
+#else
+#define MOAT_PRINTF(f, a)
+#define MOAT_NORETURN
+#endif
+
+/* Aborting allocators: never return NULL. Caller frees with free(). */
+void *moat_xmalloc(size_t size);
+void *moat_xcalloc(size_t nmemb, size_t size);
+void *moat_xrealloc(void *ptr, size_t size);
+char *moat_xstrdup(const char *s);
+char *moat_xstrndup(const char *s, size_t n);
+/* Formatted allocation; caller frees. */
+char *moat_xasprintf(const char *fmt, ...) MOAT_PRINTF(1, 2);
+
+/* Print "fatal: <message>" to stderr and abort. */
+MOAT_NORETURN void moat_die(const char *fmt, ...) MOAT_PRINTF(1, 2);
+
+/* Monotonic clock in nanoseconds and milliseconds. */
+uint64_t moat_mono_ns(void);
+uint64_t moat_mono_ms(void);
+/* Wall clock: milliseconds since the Unix epoch. */
+int64_t moat_wall_ms(void);
+/*
+ * Format a wall-clock time (ms since epoch) as RFC 3339 UTC with
+ * milliseconds, e.g. "2026-11-21T19:03:30.123Z", into out (>= 25 bytes).
+ */
+void moat_time_rfc3339(int64_t wall_ms, char out[25]);
+
+/* Fill buf with cryptographically random bytes (getrandom); aborts on error. */
+void moat_random_bytes(void *buf, size_t len);
+/* Lowercase hex of len bytes into out (2 * len + 1 bytes, NUL-terminated). */
+void moat_hex(char *out, const void *bytes, size_t len);
+
+/*
+ * Parse a whole decimal integer in [min, max]; no leading/trailing junk.
+ * Returns MOAT_OK or MOAT_EINVAL.
+ */
+int moat_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+
+#include "moat/banned.h"
+
+#endif /* MOAT_COMMON_H */

@@ -1,0 +1,145 @@
+/*
+ * moat/http.h - the HTTP/1.1 server every service runs (libevent evhttp
+ * underneath) with a method + path router.
+ *
+ * Routes are patterns of literal segments and {name} parameters, plus an
+ * optional final {name*} that matches the rest of the path (zero or more
+ * segments): "/v1/products/{id}", "/api/v1/{rest*}". Literal segments win
+ * over parameters. A path that matches no pattern gets 404, a path whose
+ * pattern lacks the method gets 405 with an Allow header; both as
+ * application/problem+json, as is every error the server produces itself
+ * (413 body too large, 431 headers too large, 400 malformed, 503 too many
+ * connections or draining).
+ *
+ * Request lifetime: a handler receives a struct moat_req owned by the server.
+ * It stays valid until the handler (now or later, from another callback on
+ * the same loop) calls exactly one moat_req_reply*() function; the reply
+ * frees it. Strings returned by the accessors live as long as the request.
+ *
+ * Every service also gets /healthz, /readyz and /metrics from service.c, and
+ * per-route request counters, latency histograms and an in-flight gauge.
+ */
+#ifndef MOAT_HTTP_H
+#define MOAT_HTTP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moat/metrics.h"
+#include "moat/trace.h"
+
+struct event_base;
+
+enum moat_method {
+    MOAT_GET = 1 << 0,
+    MOAT_POST = 1 << 1,
+    MOAT_PUT = 1 << 2,
+    MOAT_PATCH = 1 << 3,
+    MOAT_DELETE = 1 << 4,
+    MOAT_HEAD = 1 << 5,
+    MOAT_OPTIONS = 1 << 6,
+    MOAT_METHOD_ANY = (1 << 7) - 1,
+};
+
+/* Method name ("GET"), or "?" for an unknown bit. */
+const char *moat_method_name(enum moat_method m);
+
+struct moat_http_limits {
+    size_t max_body_bytes;    /* request body cap (413 beyond) */
+    size_t max_header_bytes;  /* request line + headers cap (431 beyond) */
+    unsigned max_connections; /* concurrent client connections */
+    unsigned io_timeout_ms;   /* read/write timeout against slow clients */
+};
+
+#define MOAT_HTTP_DEFAULT_MAX_BODY        (1u << 20)
+#define MOAT_HTTP_DEFAULT_MAX_HEADER      (16u << 10)
+#define MOAT_HTTP_DEFAULT_MAX_CONNECTIONS 1024u
+#define MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS   10000u
+#define MOAT_HTTP_MAX_PATH_PARAMS         8
+
+struct moat_http_server;
+struct moat_req;
+
+typedef void (*moat_handler_fn)(struct moat_req *req, void *arg);
+
+/*
+ * Create a server on base; metrics is borrowed (request metrics are
+ * registered in it). Does not listen yet. Caller frees with
+ * moat_http_server_free().
+ */
+struct moat_http_server *moat_http_server_new(struct event_base *base,
+                                              const struct moat_http_limits *l,
+                                              struct moat_metrics *metrics);
+void moat_http_server_free(struct moat_http_server *s);
+
+/*
+ * Register a route for a set of methods (MOAT_GET | MOAT_HEAD ...). pattern
+ * is copied. Returns MOAT_EINVAL for a malformed pattern, MOAT_ECONFLICT
+ * when the same pattern already has one of these methods.
+ */
+int moat_http_route(struct moat_http_server *s, unsigned methods,
+                    const char *pattern, moat_handler_fn fn, void *arg);
+
+/* Bind and listen on host:port (port 0 = any); *bound_port gets the port. */
+int moat_http_listen(struct moat_http_server *s, const char *host,
+                     uint16_t port, uint16_t *bound_port);
+/*
+ * Stop accepting connections; answer further requests on open connections
+ * with 503. on_idle (may be NULL) is called once when no request is in
+ * flight any more.
+ */
+void moat_http_drain(struct moat_http_server *s, void (*on_idle)(void *),
+                     void *arg);
+unsigned moat_http_in_flight(const struct moat_http_server *s);
+/* Log one JSON line per request (default on). */
+void moat_http_set_access_log(struct moat_http_server *s, bool on);
+unsigned moat_http_connections(const struct moat_http_server *s);
+
+/* --- request accessors (strings owned by the request) --- */
+enum moat_method moat_req_method(const struct moat_req *r);
+const char *moat_req_path(const struct moat_req *r);   /* decoded path */
+const char *moat_req_target(const struct moat_req *r); /* raw path?query */
+const char *moat_req_route(const struct moat_req *r);  /* matched pattern */
+/* Path parameter by name, percent-decoded; NULL if absent. */
+const char *moat_req_param(const struct moat_req *r, const char *name);
+/* Query parameter by name, percent-decoded; NULL if absent. */
+const char *moat_req_query(const struct moat_req *r, const char *name);
+/* Iterate query parameters: returns false after the last one. */
+int moat_req_query_next(const struct moat_req *r, void **iter, const char **key,
+                        const char **value);
+const char *moat_req_header(const struct moat_req *r, const char *name);
+/* Iterate request headers: returns 0 when exhausted. */
+int moat_req_header_next(const struct moat_req *r, void **iter,
+                         const char **key, const char **value);
+/* Request body (NUL-terminated copy owned by the request); len may be NULL. */
+const char *moat_req_body(struct moat_req *r, size_t *len);
+const struct moat_trace *moat_req_trace(const struct moat_req *r);
+const char *moat_req_peer(const struct moat_req *r); /* client address */
+struct moat_http_server *moat_req_server(const struct moat_req *r);
+
+/*
+ * Decode the body as a JSON value: requires a JSON content type
+ * (application/json or application/<x>+json, else 415), valid UTF-8 JSON
+ * without duplicate keys or NUL characters (else 400 with the position).
+ * On failure it has replied already and returns a negative code; on success
+ * *out is a new reference the caller releases.
+ */
+int moat_req_json(struct moat_req *r, json_t **out);
+
+/* --- replies: exactly one per request; each frees the request --- */
+/* Add a response header (copied). Call before replying. */
+void moat_req_set_header(struct moat_req *r, const char *name,
+                         const char *value);
+void moat_req_reply(struct moat_req *r, int status, const char *content_type,
+                    const void *body, size_t len);
+/* Reply with a JSON body; steals the reference to body (may be NULL). */
+void moat_req_reply_json(struct moat_req *r, int status, json_t *body);
+/* Reply application/problem+json; steals problem, fills in "instance". */
+void moat_req_reply_problem_json(struct moat_req *r, json_t *problem);
+/* Shorthand: new problem for status with a printf-style detail. */
+void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
+                            ...) __attribute__((format(printf, 3, 4)));
+
+#endif /* MOAT_HTTP_H */

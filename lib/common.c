@@ -1,0 +1,176 @@
+/* common.c - error text, aborting allocators, clocks, randomness. */
+#include "moat/common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+const char *moat_strerror(int err)
+{
+    switch (err) {
+    case MOAT_OK:
+        return "success";
+    case MOAT_EINVAL:
+        return "invalid argument";
+    case MOAT_ENOMEM:
+        return "out of memory";
+    case MOAT_EIO:
+        return "input/output error";
+    case MOAT_ENOTFOUND:
+        return "not found";
+    case MOAT_ECONFLICT:
+        return "conflict";
+    case MOAT_EBUSY:
+        return "busy";
+    case MOAT_ETIMEDOUT:
+        return "timed out";
+    case MOAT_EUNSUPPORTED:
+        return "not supported";
+    case MOAT_EDB:
+        return "database error";
+    case MOAT_EPRECOND:
+        return "precondition failed";
+    case MOAT_ETOOBIG:
+        return "too big";
+    case MOAT_ECANCELLED:
+        return "cancelled";
+    default:
+        return "unknown error";
+    }
+}
+
+void moat_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("fatal: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    abort();
+}
+
+void *moat_xmalloc(size_t size)
+{
+    void *p = malloc(size ? size : 1);
+    if (!p)
+        moat_die("out of memory allocating %zu bytes", size);
+    return p;
+}
+
+void *moat_xcalloc(size_t nmemb, size_t size)
+{
+    void *p = calloc(nmemb ? nmemb : 1, size ? size : 1);
+    if (!p)
+        moat_die("out of memory allocating %zu x %zu bytes", nmemb, size);
+    return p;
+}
+
+void *moat_xrealloc(void *ptr, size_t size)
+{
+    void *p = realloc(ptr, size ? size : 1);
+    if (!p)
+        moat_die("out of memory reallocating %zu bytes", size);
+    return p;
+}
+
+char *moat_xstrdup(const char *s)
+{
+    return moat_xstrndup(s, strlen(s));
+}
+
+char *moat_xstrndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *p = moat_xmalloc(len + 1);
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+char *moat_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *out = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&out, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        moat_die("out of memory formatting a string");
+    return out;
+}
+
+uint64_t moat_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t moat_mono_ms(void)
+{
+    return moat_mono_ns() / 1000000u;
+}
+
+int64_t moat_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void moat_time_rfc3339(int64_t wall_ms, char out[25])
+{
+    time_t secs = (time_t)(wall_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, 25, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned ms = (unsigned)(((wall_ms % 1000) + 1000) % 1000) % 1000u;
+    snprintf(out + n, 25 - n, ".%03uZ", ms);
+}
+
+void moat_random_bytes(void *buf, size_t len)
+{
+    unsigned char *p = buf;
+    while (len > 0) {
+        ssize_t n = getrandom(p, len, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            moat_die("getrandom failed: %s", strerror(errno));
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+void moat_hex(char *out, const void *bytes, size_t len)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = bytes;
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+int moat_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    if (!s || !*s)
+        return MOAT_EINVAL;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return MOAT_EINVAL;
+    /* strtoll accepts leading whitespace and '+'; a config value should not. */
+    if (s[0] == ' ' || s[0] == '\t' || s[0] == '+')
+        return MOAT_EINVAL;
+    *out = v;
+    return MOAT_OK;
+}

@@ -1,0 +1,1027 @@
+/*
+ * http.c - the HTTP/1.1 server and router (see moat/http.h).
+ *
+ * evhttp does the protocol work (parsing, keep-alive, chunking, limits,
+ * timeouts); this file adds what evhttp 2.1 lacks: routing with path
+ * parameters and 404/405, a connection cap, request metrics, access logs,
+ * trace context, draining, and problem+json for every error - including the
+ * ones evhttp generates itself (see evhttp_send_error() at the end).
+ */
+#include "moat/common.h"
+
+#include <errno.h>
+#include <sys/queue.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/http_struct.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "moat/buf.h"
+#include "moat/http.h"
+#include "moat/log.h"
+#include "moat/problem.h"
+
+#define NMETHODS     7
+#define MAX_SEGMENTS 32
+
+struct segment {
+    char *text; /* literal text, or parameter name */
+    bool param; /* {name} */
+    bool rest;  /* {name*}: matches the remaining segments */
+};
+
+struct route {
+    char *pattern;
+    struct segment segs[MAX_SEGMENTS];
+    size_t nsegs;
+    unsigned methods;
+    moat_handler_fn fn[NMETHODS];
+    void *arg[NMETHODS];
+    struct moat_metric_series *latency; /* by route */
+};
+
+/* Open-addressing set of live connections (evhttp 2.1 keeps no count). */
+struct conn_set {
+    struct evhttp_connection **slots;
+    size_t cap; /* power of two */
+    size_t used;
+};
+
+struct moat_http_server {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *sock;
+    struct moat_http_limits lim;
+    struct route **routes;
+    size_t nroutes;
+    struct conn_set conns;
+    unsigned in_flight;
+    bool listener_paused;
+    bool draining;
+    bool access_log;
+    void (*on_idle)(void *);
+    void *idle_arg;
+    struct moat_metrics *metrics;
+    struct moat_metric_family *m_requests;  /* {route,method,status} */
+    struct moat_metric_family *m_latency;   /* {route} */
+    struct moat_metric_series *m_in_flight; /* gauge */
+    struct moat_metric_series *m_conns;     /* gauge */
+    struct moat_metric_family *m_rejected;  /* {reason} */
+};
+
+struct moat_req {
+    struct moat_http_server *srv;
+    struct evhttp_request *ev;
+    enum moat_method method;
+    struct route *route;
+    const char *route_name; /* pattern, or a label for unrouted requests */
+    char *path;             /* decoded */
+    const char *param_names[MOAT_HTTP_MAX_PATH_PARAMS];
+    char *param_values[MOAT_HTTP_MAX_PATH_PARAMS];
+    size_t nparams;
+    struct evkeyvalq query;
+    bool query_parsed;
+    char *body;
+    size_t body_len;
+    bool body_loaded;
+    struct moat_trace trace;
+    uint64_t start_ns;
+};
+
+/* The server whose limits evhttp's own error pages report (one per
+ * process in practice); see evhttp_send_error() below. */
+static struct moat_http_server *g_server;
+
+static const struct {
+    enum moat_method m;
+    enum evhttp_cmd_type ev;
+    const char *name;
+} methods[NMETHODS] = {
+    {MOAT_GET, EVHTTP_REQ_GET, "GET"},
+    {MOAT_POST, EVHTTP_REQ_POST, "POST"},
+    {MOAT_PUT, EVHTTP_REQ_PUT, "PUT"},
+    {MOAT_PATCH, EVHTTP_REQ_PATCH, "PATCH"},
+    {MOAT_DELETE, EVHTTP_REQ_DELETE, "DELETE"},
+    {MOAT_HEAD, EVHTTP_REQ_HEAD, "HEAD"},
+    {MOAT_OPTIONS, EVHTTP_REQ_OPTIONS, "OPTIONS"},
+};
+
+static int method_index(enum moat_method m)
+{
+    for (int i = 0; i < NMETHODS; i++)
+        if (methods[i].m == m)
+            return i;
+    return -1;
+}
+
+const char *moat_method_name(enum moat_method m)
+{
+    int i = method_index(m);
+    return i < 0 ? "?" : methods[i].name;
+}
+
+/* ---- connection set ---- */
+
+static size_t ptr_hash(const void *p, size_t cap)
+{
+    uintptr_t x = (uintptr_t)p;
+    x ^= x >> 17;
+    x *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(x >> 7) & (cap - 1);
+}
+
+static bool conn_set_has(const struct conn_set *s,
+                         const struct evhttp_connection *c)
+{
+    if (!s->cap)
+        return false;
+    for (size_t i = ptr_hash(c, s->cap);; i = (i + 1) & (s->cap - 1)) {
+        if (s->slots[i] == c)
+            return true;
+        if (!s->slots[i])
+            return false;
+    }
+}
+
+static void conn_set_put(struct conn_set *s, struct evhttp_connection *c);
+
+static void conn_set_rehash(struct conn_set *s, size_t cap)
+{
+    struct conn_set n = {moat_xcalloc(cap, sizeof(*n.slots)), cap, 0};
+    for (size_t i = 0; i < s->cap; i++)
+        if (s->slots[i])
+            conn_set_put(&n, s->slots[i]);
+    free(s->slots);
+    *s = n;
+}
+
+static void conn_set_put(struct conn_set *s, struct evhttp_connection *c)
+{
+    if ((s->used + 1) * 2 > s->cap)
+        conn_set_rehash(s, s->cap ? s->cap * 2 : 64);
+    size_t i = ptr_hash(c, s->cap);
+    while (s->slots[i])
+        i = (i + 1) & (s->cap - 1);
+    s->slots[i] = c;
+    s->used++;
+}
+
+static void conn_set_del(struct conn_set *s, struct evhttp_connection *c)
+{
+    if (!s->cap)
+        return;
+    size_t i = ptr_hash(c, s->cap);
+    while (s->slots[i] != c) {
+        if (!s->slots[i])
+            return;
+        i = (i + 1) & (s->cap - 1);
+    }
+    /* Backward-shift deletion keeps probe chains intact without
+     * tombstones. */
+    s->slots[i] = NULL;
+    s->used--;
+    for (size_t j = (i + 1) & (s->cap - 1); s->slots[j];
+         j = (j + 1) & (s->cap - 1)) {
+        struct evhttp_connection *moved = s->slots[j];
+        s->slots[j] = NULL;
+        s->used--;
+        conn_set_put(s, moved);
+    }
+}
+
+static void update_listener(struct moat_http_server *s)
+{
+    if (!s->sock || s->draining)
+        return;
+    struct evconnlistener *l = evhttp_bound_socket_get_listener(s->sock);
+    bool full = s->conns.used >= s->lim.max_connections;
+    /* At the cap we stop accepting: further clients wait in the kernel's
+     * backlog instead of costing us memory. */
+    if (full && !s->listener_paused) {
+        evconnlistener_disable(l);
+        s->listener_paused = true;
+        moat_log(MOAT_LOG_WARN, "connection cap reached, pausing accept",
+                 "{s:I}", "max_connections",
+                 (json_int_t)s->lim.max_connections);
+    } else if (!full && s->listener_paused) {
+        evconnlistener_enable(l);
+        s->listener_paused = false;
+    }
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+    struct moat_http_server *s = arg;
+    conn_set_del(&s->conns, evcon);
+    moat_metric_set(s->m_conns, (double)s->conns.used);
+    update_listener(s);
+}
+
+/* ---- routes ---- */
+
+static void route_free(struct route *r)
+{
+    for (size_t i = 0; i < r->nsegs; i++)
+        free(r->segs[i].text);
+    free(r->pattern);
+    free(r);
+}
+
+static int parse_pattern(struct route *r, const char *pattern)
+{
+    if (pattern[0] != '/')
+        return MOAT_EINVAL;
+    const char *p = pattern + 1;
+    while (*p) {
+        const char *slash = strchr(p, '/');
+        size_t len = slash ? (size_t)(slash - p) : strlen(p);
+        if (len == 0 || r->nsegs == MAX_SEGMENTS)
+            return MOAT_EINVAL;
+        struct segment *sg = &r->segs[r->nsegs];
+        if (p[0] == '{') {
+            if (p[len - 1] != '}' || len < 3)
+                return MOAT_EINVAL;
+            sg->param = true;
+            size_t nl = len - 2;
+            if (p[len - 2] == '*') {
+                sg->rest = true;
+                nl--;
+                if (slash) /* {rest*} must be last */
+                    return MOAT_EINVAL;
+            }
+            if (nl == 0)
+                return MOAT_EINVAL;
+            sg->text = moat_xstrndup(p + 1, nl);
+        } else {
+            if (memchr(p, '{', len) || memchr(p, '}', len))
+                return MOAT_EINVAL;
+            sg->text = moat_xstrndup(p, len);
+        }
+        r->nsegs++;
+        if (!slash)
+            break;
+        p = slash + 1;
+        if (!*p) /* trailing slash */
+            return MOAT_EINVAL;
+    }
+    size_t nparams = 0;
+    for (size_t i = 0; i < r->nsegs; i++)
+        nparams += r->segs[i].param;
+    return nparams > MOAT_HTTP_MAX_PATH_PARAMS ? MOAT_EINVAL : MOAT_OK;
+}
+
+int moat_http_route(struct moat_http_server *s, unsigned meths,
+                    const char *pattern, moat_handler_fn fn, void *arg)
+{
+    if (!pattern || !fn || !meths || (meths & ~(unsigned)MOAT_METHOD_ANY))
+        return MOAT_EINVAL;
+    struct route *r = NULL;
+    for (size_t i = 0; i < s->nroutes; i++)
+        if (strcmp(s->routes[i]->pattern, pattern) == 0)
+            r = s->routes[i];
+    if (r && (r->methods & meths))
+        return MOAT_ECONFLICT;
+    if (!r) {
+        r = moat_xcalloc(1, sizeof(*r));
+        r->pattern = moat_xstrdup(pattern);
+        if (parse_pattern(r, pattern) != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "invalid route pattern", "{s:s}",
+                     "pattern", pattern);
+            route_free(r);
+            return MOAT_EINVAL;
+        }
+        const char *labels[] = {pattern};
+        r->latency = moat_metric_series(s->m_latency, labels);
+        s->routes =
+            moat_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
+        s->routes[s->nroutes++] = r;
+    }
+    r->methods |= meths;
+    for (int i = 0; i < NMETHODS; i++) {
+        if (meths & methods[i].m) {
+            r->fn[i] = fn;
+            r->arg[i] = arg;
+        }
+    }
+    return MOAT_OK;
+}
+
+/*
+ * Match raw (still percent-encoded) path segments against a route, so an
+ * encoded "/" inside an id never splits a segment. Returns a score (more
+ * literal segments = more specific) or -1.
+ */
+static int route_match(const struct route *r, char **segs, size_t nsegs)
+{
+    int score = 0;
+    size_t i = 0;
+    for (; i < r->nsegs; i++) {
+        const struct segment *sg = &r->segs[i];
+        if (sg->rest)
+            return score; /* matches zero or more remaining segments */
+        if (i >= nsegs)
+            return -1;
+        if (sg->param) {
+            if (!*segs[i])
+                return -1;
+            continue;
+        }
+        if (strcmp(sg->text, segs[i]) != 0)
+            return -1;
+        score += 2;
+    }
+    return i == nsegs ? score + 1 : -1;
+}
+
+static char *decode(const char *s, size_t len, bool *ok)
+{
+    char *tmp = moat_xstrndup(s, len);
+    size_t out_len = 0;
+    char *d = evhttp_uridecode(tmp, 0, &out_len);
+    free(tmp);
+    if (!d || out_len != strlen(d)) { /* NUL smuggled as %00 */
+        free(d);
+        *ok = false;
+        return NULL;
+    }
+    return d;
+}
+
+/* ---- replies ---- */
+
+static void req_free(struct moat_req *r)
+{
+    for (size_t i = 0; i < r->nparams; i++)
+        free(r->param_values[i]);
+    if (r->query_parsed)
+        evhttp_clear_headers(&r->query);
+    free(r->path);
+    free(r->body);
+    free(r);
+}
+
+static void finish(struct moat_req *r, int status)
+{
+    struct moat_http_server *s = r->srv;
+    double secs = (double)(moat_mono_ns() - r->start_ns) / 1e9;
+    char st[8];
+    snprintf(st, sizeof(st), "%d", status);
+    const char *labels[] = {r->route_name, moat_method_name(r->method), st};
+    moat_metric_add(moat_metric_series(s->m_requests, labels), 1);
+    if (r->route)
+        moat_metric_observe(r->route->latency, secs);
+    if (s->access_log && moat_log_enabled(MOAT_LOG_INFO)) {
+        moat_log_set_trace(&r->trace);
+        moat_log(MOAT_LOG_INFO, "http request",
+                 "{s:s, s:s, s:s, s:i, s:f, s:s}", "method",
+                 moat_method_name(r->method), "path",
+                 r->path ? r->path : evhttp_request_get_uri(r->ev), "route",
+                 r->route_name, "status", status, "duration_ms", secs * 1e3,
+                 "peer", moat_req_peer(r));
+        moat_log_set_trace(NULL);
+    }
+    s->in_flight--;
+    moat_metric_set(s->m_in_flight, s->in_flight);
+    req_free(r);
+    if (s->draining && s->in_flight == 0 && s->on_idle) {
+        void (*cb)(void *) = s->on_idle;
+        s->on_idle = NULL;
+        cb(s->idle_arg);
+    }
+}
+
+void moat_req_set_header(struct moat_req *r, const char *name,
+                         const char *value)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+    evhttp_remove_header(h, name);
+    evhttp_add_header(h, name, value);
+}
+
+void moat_req_reply(struct moat_req *r, int status, const char *content_type,
+                    const void *body, size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+    if (content_type && body)
+        moat_req_set_header(r, "Content-Type", content_type);
+    evhttp_add_header(h, "X-Request-Id", r->trace.request_id);
+    if (r->srv->draining)
+        moat_req_set_header(r, "Connection", "close");
+    struct evbuffer *buf = NULL;
+    if (body && len && status != 204 && status != 304 &&
+        r->method != MOAT_HEAD) {
+        buf = evbuffer_new();
+        evbuffer_add(buf, body, len);
+    }
+    evhttp_send_reply(r->ev, status, moat_http_reason(status), buf);
+    if (buf)
+        evbuffer_free(buf);
+    finish(r, status);
+}
+
+void moat_req_reply_json(struct moat_req *r, int status, json_t *body)
+{
+    if (!body) {
+        moat_req_reply(r, status, NULL, NULL, 0);
+        return;
+    }
+    char *text =
+        json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+    json_decref(body);
+    moat_req_reply(r, status, "application/json", text,
+                   text ? strlen(text) : 0);
+    free(text);
+}
+
+void moat_req_reply_problem_json(struct moat_req *r, json_t *problem)
+{
+    int status = (int)json_integer_value(json_object_get(problem, "status"));
+    if (status < 400 || status > 599)
+        status = 500;
+    if (!json_object_get(problem, "instance"))
+        json_object_set_new(problem, "instance",
+                            json_string(r->path ? r->path : "/"));
+    json_object_set_new(problem, "request_id",
+                        json_string(r->trace.request_id));
+    char *text = json_dumps(problem, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(problem);
+    moat_req_reply(r, status, "application/problem+json", text,
+                   text ? strlen(text) : 0);
+    free(text);
+}
+
+void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
+                            ...)
+{
+    char detail[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    moat_req_reply_problem_json(r, moat_problem_new(status, detail));
+}
+
+/* ---- accessors ---- */
+
+enum moat_method moat_req_method(const struct moat_req *r)
+{
+    return r->method;
+}
+
+const char *moat_req_path(const struct moat_req *r)
+{
+    return r->path;
+}
+
+const char *moat_req_target(const struct moat_req *r)
+{
+    return evhttp_request_get_uri(r->ev);
+}
+
+const char *moat_req_route(const struct moat_req *r)
+{
+    return r->route_name;
+}
+
+const char *moat_req_param(const struct moat_req *r, const char *name)
+{
+    for (size_t i = 0; i < r->nparams; i++)
+        if (strcmp(r->param_names[i], name) == 0)
+            return r->param_values[i];
+    return NULL;
+}
+
+static void parse_query(const struct moat_req *cr)
+{
+    struct moat_req *r = (struct moat_req *)cr; /* lazily filled cache */
+    if (r->query_parsed)
+        return;
+    TAILQ_INIT(&r->query);
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->ev));
+    if (q && evhttp_parse_query_str(q, &r->query) != 0)
+        evhttp_clear_headers(&r->query);
+    r->query_parsed = true;
+}
+
+const char *moat_req_query(const struct moat_req *r, const char *name)
+{
+    parse_query(r);
+    return evhttp_find_header(&((struct moat_req *)r)->query, name);
+}
+
+int moat_req_query_next(const struct moat_req *r, void **iter, const char **key,
+                        const char **value)
+{
+    parse_query(r);
+    struct evkeyval *kv = *iter ? TAILQ_NEXT((struct evkeyval *)*iter, next)
+                                : TAILQ_FIRST(&((struct moat_req *)r)->query);
+    *iter = kv;
+    if (!kv)
+        return 0;
+    *key = kv->key;
+    *value = kv->value;
+    return 1;
+}
+
+const char *moat_req_header(const struct moat_req *r, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
+}
+
+int moat_req_header_next(const struct moat_req *r, void **iter,
+                         const char **key, const char **value)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(r->ev);
+    struct evkeyval *kv =
+        *iter ? TAILQ_NEXT((struct evkeyval *)*iter, next) : TAILQ_FIRST(h);
+    *iter = kv;
+    if (!kv)
+        return 0;
+    *key = kv->key;
+    *value = kv->value;
+    return 1;
+}
+
+const char *moat_req_body(struct moat_req *r, size_t *len)
+{
+    if (!r->body_loaded) {
+        struct evbuffer *in = evhttp_request_get_input_buffer(r->ev);
+        size_t n = evbuffer_get_length(in);
+        r->body = moat_xmalloc(n + 1);
+        evbuffer_copyout(in, r->body, n);
+        r->body[n] = '\0';
+        r->body_len = n;
+        r->body_loaded = true;
+    }
+    if (len)
+        *len = r->body_len;
+    return r->body;
+}
+
+const struct moat_trace *moat_req_trace(const struct moat_req *r)
+{
+    return &r->trace;
+}
+
+const char *moat_req_peer(const struct moat_req *r)
+{
+    const char *host = evhttp_request_get_host(r->ev);
+    struct evhttp_connection *c = evhttp_request_get_connection(r->ev);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    if (c)
+        evhttp_connection_get_peer(c, &addr, &port);
+    return addr ? addr : (host ? host : "");
+}
+
+struct moat_http_server *moat_req_server(const struct moat_req *r)
+{
+    return r->srv;
+}
+
+static bool json_content_type(const char *ct)
+{
+    if (!ct)
+        return false;
+    size_t len = strcspn(ct, ";");
+    while (len && (ct[len - 1] == ' ' || ct[len - 1] == '\t'))
+        len--;
+    if (len == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        return true;
+    /* application/<anything>+json, e.g. merge-patch+json */
+    return len > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+           strncasecmp(ct + len - 5, "+json", 5) == 0 &&
+           !memchr(ct + 12, '/', len - 12);
+}
+
+int moat_req_json(struct moat_req *r, json_t **out)
+{
+    *out = NULL;
+    const char *ct = moat_req_header(r, "Content-Type");
+    if (!json_content_type(ct)) {
+        moat_req_reply_problem(r, 415,
+                               "expected Content-Type application/json, got "
+                               "'%s'",
+                               ct ? ct : "(none)");
+        return MOAT_EINVAL;
+    }
+    size_t len;
+    const char *body = moat_req_body(r, &len);
+    if (len == 0) {
+        moat_req_reply_problem(r, 400, "the request body is empty");
+        return MOAT_EINVAL;
+    }
+    json_error_t err;
+    json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+    if (!j) {
+        json_t *p = moat_problem_new(400, "the request body is not valid "
+                                          "JSON");
+        json_object_set_new(p, "json_error",
+                            json_pack("{s:s, s:i, s:i}", "message", err.text,
+                                      "line", err.line, "column", err.column));
+        moat_req_reply_problem_json(r, p);
+        return MOAT_EINVAL;
+    }
+    *out = j;
+    return MOAT_OK;
+}
+
+/* ---- dispatch ---- */
+
+static size_t header_bytes(struct evhttp_request *ev)
+{
+    size_t n = strlen(evhttp_request_get_uri(ev)) + 16;
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, evhttp_request_get_input_headers(ev), next)
+    {
+        n += strlen(kv->key) + strlen(kv->value) + 4;
+    }
+    return n;
+}
+
+static void reply_allow(struct moat_req *r, unsigned meths)
+{
+    struct moat_buf allow = MOAT_BUF_INIT;
+    for (int i = 0; i < NMETHODS; i++) {
+        if (meths & methods[i].m) {
+            if (allow.len)
+                moat_buf_addstr(&allow, ", ");
+            moat_buf_addstr(&allow, methods[i].name);
+        }
+    }
+    moat_req_set_header(r, "Allow", moat_buf_str(&allow));
+    moat_req_reply_problem(
+        r, 405, "method %s is not allowed on %s; allowed: %s",
+        moat_method_name(r->method), r->path, moat_buf_str(&allow));
+    moat_buf_release(&allow);
+}
+
+static void route_request(struct moat_req *r)
+{
+    struct moat_http_server *s = r->srv;
+    const char *raw = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(r->ev));
+    if (!raw || raw[0] != '/') {
+        r->route_name = "_invalid";
+        moat_req_reply_problem(r, 400,
+                               "the request target is not an "
+                               "absolute path");
+        return;
+    }
+    bool ok = true;
+    r->path = decode(raw, strlen(raw), &ok);
+    if (!ok) {
+        r->route_name = "_invalid";
+        moat_req_reply_problem(r, 400,
+                               "the request path is not valid "
+                               "percent-encoding");
+        return;
+    }
+
+    /* Split the raw path into segments (in one scratch copy). */
+    char *scratch = moat_xstrdup(raw + 1);
+    char *segs[MAX_SEGMENTS + 1];
+    size_t nsegs = 0;
+    bool too_deep = false;
+    if (*scratch) {
+        char *cur = scratch;
+        while (cur) {
+            if (nsegs == MAX_SEGMENTS) {
+                too_deep = true;
+                break;
+            }
+            segs[nsegs++] = strsep(&cur, "/");
+        }
+    }
+    if (too_deep) {
+        free(scratch);
+        r->route_name = "_unmatched";
+        moat_req_reply_problem(r, 404, "no resource at %s", r->path);
+        return;
+    }
+
+    struct route *best = NULL;
+    int best_score = -1;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        int sc = route_match(s->routes[i], segs, nsegs);
+        if (sc > best_score) {
+            best_score = sc;
+            best = s->routes[i];
+        }
+    }
+    if (!best) {
+        free(scratch);
+        r->route_name = "_unmatched";
+        moat_req_reply_problem(r, 404, "no resource at %s", r->path);
+        return;
+    }
+    r->route = best;
+    r->route_name = best->pattern;
+
+    /* Bind parameters, each decoded on its own. */
+    for (size_t i = 0; i < best->nsegs && ok; i++) {
+        const struct segment *sg = &best->segs[i];
+        if (!sg->param)
+            continue;
+        r->param_names[r->nparams] = sg->text;
+        if (sg->rest) {
+            /* The remainder, re-joined and decoded as one path. */
+            struct moat_buf rest = MOAT_BUF_INIT;
+            for (size_t j = i; j < nsegs; j++) {
+                if (j > i)
+                    moat_buf_addch(&rest, '/');
+                moat_buf_addstr(&rest, segs[j]);
+            }
+            r->param_values[r->nparams++] =
+                decode(moat_buf_str(&rest), rest.len, &ok);
+            moat_buf_release(&rest);
+        } else {
+            r->param_values[r->nparams++] =
+                decode(segs[i], strlen(segs[i]), &ok);
+        }
+    }
+    free(scratch);
+    if (!ok) {
+        moat_req_reply_problem(r, 400,
+                               "a path parameter is not valid "
+                               "percent-encoding");
+        return;
+    }
+
+    int mi = method_index(r->method);
+    if (mi < 0 || !(best->methods & r->method)) {
+        reply_allow(r, best->methods);
+        return;
+    }
+    moat_log_set_trace(&r->trace);
+    best->fn[mi](r, best->arg[mi]);
+    moat_log_set_trace(NULL);
+}
+
+static void on_request(struct evhttp_request *ev, void *arg)
+{
+    struct moat_http_server *s = arg;
+    struct moat_req *r = moat_xcalloc(1, sizeof(*r));
+    r->srv = s;
+    r->ev = ev;
+    r->start_ns = moat_mono_ns();
+    r->route_name = "_unmatched";
+    s->in_flight++;
+    moat_metric_set(s->m_in_flight, s->in_flight);
+
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(ev);
+    for (int i = 0; i < NMETHODS; i++)
+        if (methods[i].ev == cmd)
+            r->method = methods[i].m;
+
+    struct evkeyvalq *in = evhttp_request_get_input_headers(ev);
+    moat_trace_start(&r->trace, evhttp_find_header(in, "traceparent"),
+                     evhttp_find_header(in, "X-Request-Id"));
+
+    struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
+    if (evcon && !conn_set_has(&s->conns, evcon)) {
+        conn_set_put(&s->conns, evcon);
+        evhttp_connection_set_closecb(evcon, on_conn_close, s);
+        moat_metric_set(s->m_conns, (double)s->conns.used);
+        update_listener(s);
+    }
+
+    if (s->draining) {
+        const char *labels[] = {"draining"};
+        moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+        moat_req_set_header(r, "Retry-After", "1");
+        moat_req_reply_problem(r, 503, "the service is shutting down");
+        return;
+    }
+    if (header_bytes(ev) > s->lim.max_header_bytes) {
+        const char *labels[] = {"headers_too_large"};
+        moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+        moat_req_set_header(r, "Connection", "close");
+        moat_req_reply_problem(r, 431,
+                               "the request line and headers exceed the "
+                               "limit of %zu bytes",
+                               s->lim.max_header_bytes);
+        return;
+    }
+    if (r->method == 0) {
+        moat_req_reply_problem(r, 405, "unsupported method");
+        return;
+    }
+    route_request(r);
+}
+
+/* ---- lifecycle ---- */
+
+struct moat_http_server *moat_http_server_new(struct event_base *base,
+                                              const struct moat_http_limits *l,
+                                              struct moat_metrics *metrics)
+{
+    struct moat_http_server *s = moat_xcalloc(1, sizeof(*s));
+    s->base = base;
+    s->lim = *l;
+    if (!s->lim.max_body_bytes)
+        s->lim.max_body_bytes = MOAT_HTTP_DEFAULT_MAX_BODY;
+    if (!s->lim.max_header_bytes)
+        s->lim.max_header_bytes = MOAT_HTTP_DEFAULT_MAX_HEADER;
+    if (!s->lim.max_connections)
+        s->lim.max_connections = MOAT_HTTP_DEFAULT_MAX_CONNECTIONS;
+    if (!s->lim.io_timeout_ms)
+        s->lim.io_timeout_ms = MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS;
+    s->access_log = true;
+    s->metrics = metrics;
+
+    s->http = evhttp_new(base);
+    if (!s->http)
+        moat_die("evhttp_new failed");
+    evhttp_set_gencb(s->http, on_request, s);
+    evhttp_set_allowed_methods(
+        s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                     EVHTTP_REQ_PATCH | EVHTTP_REQ_DELETE | EVHTTP_REQ_HEAD |
+                     EVHTTP_REQ_OPTIONS);
+    evhttp_set_max_body_size(s->http, (ev_ssize_t)s->lim.max_body_bytes);
+    /* evhttp's own limit is a backstop at twice ours, so the usual case
+     * gets our precise 431 (see on_request) rather than a generic error. */
+    evhttp_set_max_headers_size(s->http,
+                                (ev_ssize_t)s->lim.max_header_bytes * 2);
+    struct timeval tv = {s->lim.io_timeout_ms / 1000,
+                         (s->lim.io_timeout_ms % 1000) * 1000};
+    evhttp_set_timeout_tv(s->http, &tv);
+    /* Read and discard an oversized body before answering 413, so the
+     * client sees the answer instead of a connection reset. */
+    evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
+
+    s->m_requests = moat_metrics_family(
+        metrics, MOAT_COUNTER, "moat_http_requests_total",
+        "HTTP requests handled, by route pattern, method and status.",
+        "route,method,status", NULL, 0);
+    s->m_latency = moat_metrics_family(
+        metrics, MOAT_HISTOGRAM, "moat_http_request_duration_seconds",
+        "Time from request parsed to response queued, by route pattern.",
+        "route", moat_latency_buckets, moat_latency_buckets_len);
+    s->m_in_flight = moat_metric_single(moat_metrics_family(
+        metrics, MOAT_GAUGE, "moat_http_requests_in_flight",
+        "Requests received and not yet answered.", NULL, NULL, 0));
+    s->m_conns = moat_metric_single(moat_metrics_family(
+        metrics, MOAT_GAUGE, "moat_http_connections",
+        "Open client connections that have sent a request.", NULL, NULL, 0));
+    s->m_rejected = moat_metrics_family(
+        metrics, MOAT_COUNTER, "moat_http_rejected_total",
+        "Requests refused before routing, by reason.", "reason", NULL, 0);
+    g_server = s;
+    return s;
+}
+
+void moat_http_set_access_log(struct moat_http_server *s, bool on)
+{
+    s->access_log = on;
+}
+
+int moat_http_listen(struct moat_http_server *s, const char *host,
+                     uint16_t port, uint16_t *bound_port)
+{
+    s->sock = evhttp_bind_socket_with_handle(s->http, host, port);
+    if (!s->sock) {
+        moat_log(MOAT_LOG_ERROR, "cannot listen", "{s:s, s:i, s:s}", "host",
+                 host, "port", port, "error", strerror(errno));
+        return MOAT_EIO;
+    }
+    evutil_socket_t fd = evhttp_bound_socket_get_fd(s->sock);
+    int one = 1;
+    /* Accepted sockets inherit TCP_NODELAY: small responses go out now. */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (bound_port && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            *bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            *bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    return MOAT_OK;
+}
+
+void moat_http_drain(struct moat_http_server *s, void (*on_idle)(void *),
+                     void *arg)
+{
+    if (s->sock) {
+        evhttp_del_accept_socket(s->http, s->sock);
+        s->sock = NULL;
+    }
+    s->draining = true;
+    s->on_idle = on_idle;
+    s->idle_arg = arg;
+    if (s->in_flight == 0 && on_idle) {
+        s->on_idle = NULL;
+        on_idle(arg);
+    }
+}
+
+unsigned moat_http_in_flight(const struct moat_http_server *s)
+{
+    return s->in_flight;
+}
+
+unsigned moat_http_connections(const struct moat_http_server *s)
+{
+    return (unsigned)s->conns.used;
+}
+
+void moat_http_server_free(struct moat_http_server *s)
+{
+    if (!s)
+        return;
+    /* evhttp_free closes the remaining connections and runs their close
+     * callbacks, which touch s: keep s alive until it returns. */
+    evhttp_free(s->http);
+    for (size_t i = 0; i < s->nroutes; i++)
+        route_free(s->routes[i]);
+    free(s->routes);
+    free(s->conns.slots);
+    if (g_server == s)
+        g_server = NULL;
+    free(s);
+}
+
+/*
+ * evhttp answers protocol errors itself (malformed request line, headers or
+ * body over the limits, a failed Expect) through evhttp_send_error(), with
+ * an HTML page and no hook in libevent 2.1. This definition replaces
+ * libevent's: libevent calls it through its PLT and the executables export
+ * it (see lib/CMakeLists.txt), so every error a client can see is
+ * application/problem+json. It is also what evhttp uses for the rare error
+ * before our callback runs, so it must not touch struct moat_req.
+ */
+void evhttp_send_error(struct evhttp_request *req, int error,
+                       const char *reason);
+void evhttp_send_error(struct evhttp_request *req, int error,
+                       const char *reason)
+{
+    struct moat_http_server *s = g_server;
+    const char *detail = reason;
+    char text[160];
+    int status = error;
+    if (error == 413) {
+        const char *cl =
+            evhttp_find_header(req->input_headers, "Content-Length");
+        const char *te =
+            evhttp_find_header(req->input_headers, "Transfer-Encoding");
+        size_t max_body = s ? s->lim.max_body_bytes : 0;
+        int64_t n = 0;
+        if ((cl && moat_parse_i64(cl, 0, INT64_MAX, &n) == MOAT_OK &&
+             (uint64_t)n > max_body) ||
+            te) {
+            snprintf(text, sizeof(text),
+                     "the request body exceeds the limit of %zu bytes",
+                     max_body);
+        } else {
+            status = 431;
+            snprintf(text, sizeof(text),
+                     "the request line and headers exceed the limit of %zu "
+                     "bytes",
+                     s ? s->lim.max_header_bytes : 0);
+        }
+        detail = text;
+    } else if (error == 400) {
+        detail = "the request is not valid HTTP/1.1";
+    }
+    if (s) {
+        const char *labels[] = {status == 413   ? "body_too_large"
+                                : status == 431 ? "headers_too_large"
+                                                : "protocol_error"};
+        moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+    }
+    json_t *p = moat_problem_new(status, detail);
+    char *body = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(p);
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf || !body) {
+        free(body);
+        if (buf)
+            evbuffer_free(buf);
+        evhttp_connection_free(evhttp_request_get_connection(req));
+        return;
+    }
+    evbuffer_add(buf, body, strlen(body));
+    free(body);
+    /* A request that failed to parse may have no version yet. */
+    if (!req->major) {
+        req->major = 1;
+        req->minor = 1;
+    }
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_clear_headers(h);
+    evhttp_add_header(h, "Content-Type", "application/problem+json");
+    evhttp_add_header(h, "Connection", "close");
+    evhttp_send_reply(req, status, moat_http_reason(status), buf);
+    evbuffer_free(buf);
+}

@@ -1,0 +1,396 @@
+/*
+ * service.c - the life of a service process (see moat/service.h):
+ * configure, create the data directory, init, confine, serve, drain, exit.
+ */
+#include "moat/common.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moat/buf.h"
+#include "moat/config.h"
+#include "moat/log.h"
+#include "moat/sandbox.h"
+#include "moat/service.h"
+
+struct runtime {
+    struct moat_service *svc;
+    struct event *sigterm;
+    struct event *sigint;
+    struct event *drain_deadline;
+    int64_t started_wall_ms;
+    bool initialised;
+    bool stopping;
+    struct moat_metric_series *m_rss, *m_cpu, *m_start, *m_fds, *m_up;
+};
+
+int moat_service_config_load(struct moat_service_config *cfg,
+                             const struct moat_service_def *def)
+{
+    int rc = MOAT_OK;
+    int64_t v;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->name = moat_env_str("MOAT_SERVICE_NAME", def->name);
+
+    char deflisten[32];
+    snprintf(deflisten, sizeof(deflisten), "127.0.0.1:%u",
+             (unsigned)def->default_port);
+    const char *listen = moat_env_str("MOAT_LISTEN", deflisten);
+    if (moat_parse_hostport(listen, cfg->host, sizeof(cfg->host), &cfg->port,
+                            true) != MOAT_OK) {
+        fprintf(stderr, "config: MOAT_LISTEN='%s' is not host:port\n", listen);
+        rc = MOAT_EINVAL;
+    }
+    if (def->needs_data_dir) {
+        cfg->data_dir = moat_env_str("MOAT_DATA_DIR", NULL);
+        if (!cfg->data_dir) {
+            static char fallback[128];
+            snprintf(fallback, sizeof(fallback), "var/%s", def->name);
+            cfg->data_dir = fallback;
+        }
+    }
+
+    if (moat_env_int("MOAT_MAX_BODY_BYTES", MOAT_HTTP_DEFAULT_MAX_BODY, 1024,
+                     (int64_t)1 << 30, &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.max_body_bytes = (size_t)v;
+    if (moat_env_int("MOAT_MAX_HEADER_BYTES", MOAT_HTTP_DEFAULT_MAX_HEADER,
+                     1024, 1 << 20, &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.max_header_bytes = (size_t)v;
+    if (moat_env_int("MOAT_MAX_CONNECTIONS", MOAT_HTTP_DEFAULT_MAX_CONNECTIONS,
+                     1, 100000, &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.max_connections = (unsigned)v;
+    if (moat_env_int("MOAT_IO_TIMEOUT_MS", MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS, 100,
+                     3600000, &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.io_timeout_ms = (unsigned)v;
+    if (moat_env_int("MOAT_DRAIN_TIMEOUT_MS", 10000, 0, 600000, &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->drain_timeout_ms = (unsigned)v;
+    if (moat_env_bool("MOAT_ACCESS_LOG", true, &cfg->access_log) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    if (moat_env_bool("MOAT_SANDBOX", true, &cfg->sandbox) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    return rc;
+}
+
+/* mkdir -p with mode 0700 for every directory it creates; an existing
+ * data directory is tightened to 0700. */
+static int make_data_dir(const char *path)
+{
+    char *p = moat_xstrdup(path);
+    int rc = MOAT_OK;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+            rc = MOAT_EIO;
+            goto out;
+        }
+        *s = '/';
+    }
+    if (mkdir(p, 0700) != 0 && errno != EEXIST) {
+        rc = MOAT_EIO;
+        goto out;
+    }
+    struct stat st;
+    if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        rc = MOAT_EIO;
+        goto out;
+    }
+    if ((st.st_mode & 0777) != 0700 && chmod(p, 0700) != 0)
+        rc = MOAT_EIO;
+out:
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "cannot create data directory", "{s:s, s:s}",
+                 "path", path, "error", strerror(errno));
+    free(p);
+    return rc;
+}
+
+/* ---- built-in endpoints ---- */
+
+static void handle_healthz(struct moat_req *req, void *arg)
+{
+    struct runtime *rt = arg;
+    moat_req_reply_json(
+        req, 200,
+        json_pack("{s:s, s:s, s:I}", "status", "ok", "service",
+                  rt->svc->cfg.name, "uptime_s",
+                  (json_int_t)((moat_wall_ms() - rt->started_wall_ms) / 1000)));
+}
+
+static void handle_readyz(struct moat_req *req, void *arg)
+{
+    struct runtime *rt = arg;
+    const char *why = NULL;
+    bool ready = rt->initialised && !rt->stopping;
+    if (!rt->initialised)
+        why = "initialising";
+    else if (rt->stopping)
+        why = "shutting down";
+    else if (rt->svc->def->ready && !rt->svc->def->ready(rt->svc, &why))
+        ready = false;
+    if (ready) {
+        moat_req_reply_json(req, 200,
+                            json_pack("{s:s, s:s}", "status", "ready",
+                                      "service", rt->svc->cfg.name));
+    } else {
+        moat_req_set_header(req, "Retry-After", "1");
+        moat_req_reply_problem(req, 503, "not ready: %s",
+                               why ? why : "unknown");
+    }
+}
+
+static long read_rss_bytes(void)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return rss * sysconf(_SC_PAGESIZE);
+}
+
+static void collect_process(struct moat_metrics *m, void *arg)
+{
+    struct runtime *rt = arg;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+    moat_metric_set(rt->m_cpu, cpu);
+    moat_metric_set(rt->m_rss, (double)read_rss_bytes());
+    int fds = 0;
+    for (int fd = 0; fd < 4096; fd++)
+        if (fcntl(fd, F_GETFD) != -1)
+            fds++;
+    moat_metric_set(rt->m_fds, fds);
+}
+
+static void handle_metrics(struct moat_req *req, void *arg)
+{
+    struct runtime *rt = arg;
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(rt->svc->metrics, &out);
+    moat_req_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                   moat_buf_str(&out), out.len);
+    moat_buf_release(&out);
+}
+
+#ifdef MOAT_TEST_HOOKS
+/*
+ * Test builds only: lets an integration test ask the running process to
+ * open a path, proving what the sandbox allows. Never compiled into the
+ * binaries `make up` runs.
+ */
+static void handle_test_open(struct moat_req *req, void *arg)
+{
+    const char *path = moat_req_query(req, "path");
+    if (!path || path[0] != '/') {
+        moat_req_reply_problem(req, 400,
+                               "query parameter path must be an "
+                               "absolute path");
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        close(fd);
+        moat_req_reply_json(req, 200, json_pack("{s:b}", "ok", 1));
+    } else {
+        int e = errno;
+        moat_req_reply_json(req, 200,
+                            json_pack("{s:b, s:i, s:s}", "ok", 0, "errno", e,
+                                      "error", strerror(e)));
+    }
+}
+#endif
+
+/* ---- shutdown ---- */
+
+static void on_drained(void *arg)
+{
+    struct runtime *rt = arg;
+    event_base_loopbreak(rt->svc->base);
+}
+
+static void on_drain_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct runtime *rt = arg;
+    moat_log(MOAT_LOG_WARN, "drain deadline passed, stopping anyway", "{s:i}",
+             "in_flight", (int)moat_http_in_flight(rt->svc->http));
+    event_base_loopbreak(rt->svc->base);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct runtime *rt = arg;
+    if (rt->stopping) {
+        moat_log(MOAT_LOG_WARN, "second signal, stopping now", NULL);
+        event_base_loopbreak(rt->svc->base);
+        return;
+    }
+    rt->stopping = true;
+    moat_log(MOAT_LOG_INFO, "draining", "{s:s, s:i}", "signal",
+             strsignal((int)sig), "in_flight",
+             (int)moat_http_in_flight(rt->svc->http));
+    unsigned ms = rt->svc->cfg.drain_timeout_ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    rt->drain_deadline = evtimer_new(rt->svc->base, on_drain_deadline, rt);
+    evtimer_add(rt->drain_deadline, &tv);
+    moat_http_drain(rt->svc->http, on_drained, rt);
+}
+
+static void register_builtin_metrics(struct runtime *rt)
+{
+    struct moat_metrics *m = rt->svc->metrics;
+    rt->m_rss = moat_metric_single(
+        moat_metrics_family(m, MOAT_GAUGE, "process_resident_memory_bytes",
+                            "Resident memory size in bytes.", NULL, NULL, 0));
+    rt->m_cpu = moat_metric_single(moat_metrics_family(
+        m, MOAT_COUNTER, "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.", NULL, NULL, 0));
+    rt->m_start = moat_metric_single(moat_metrics_family(
+        m, MOAT_GAUGE, "process_start_time_seconds",
+        "Start time of the process since the Unix epoch in seconds.", NULL,
+        NULL, 0));
+    rt->m_fds = moat_metric_single(
+        moat_metrics_family(m, MOAT_GAUGE, "process_open_fds",
+                            "Number of open file descriptors.", NULL, NULL, 0));
+    struct moat_metric_family *info = moat_metrics_family(
+        m, MOAT_GAUGE, "moat_service_info",
+        "Always 1; labels name the service instance.", "service", NULL, 0);
+    const char *labels[] = {rt->svc->cfg.name};
+    moat_metric_set(moat_metric_series(info, labels), 1);
+    moat_metric_set(rt->m_start, (double)rt->started_wall_ms / 1000.0);
+    moat_metrics_on_collect(m, collect_process, rt);
+}
+
+int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
+{
+    struct moat_service svc = {.def = def};
+    struct runtime rt = {.svc = &svc, .started_wall_ms = moat_wall_ms()};
+    int exit_code = 1;
+    bool inited = false;
+
+    if (argc > 1 &&
+        (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("usage: %s\n\nmoat service '%s'. Configured by environment "
+               "variables (MOAT_LISTEN, MOAT_DATA_DIR, ...);\nsee "
+               "docs/operations.md. Normally started by `moat up`.\n",
+               argv[0], def->name);
+        return 0;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "%s: unexpected argument '%s' (try --help)\n", argv[0],
+                argv[1]);
+        return 2;
+    }
+
+    enum moat_log_level level = MOAT_LOG_INFO;
+    const char *lv = moat_env_str("MOAT_LOG_LEVEL", "info");
+    if (moat_log_level_parse(lv, &level) != MOAT_OK) {
+        fprintf(stderr,
+                "config: MOAT_LOG_LEVEL='%s' is not one of debug, "
+                "info, warn, error\n",
+                lv);
+        return 2;
+    }
+    moat_log_init(moat_env_str("MOAT_SERVICE_NAME", def->name), level);
+    if (moat_service_config_load(&svc.cfg, def) != MOAT_OK)
+        return 2;
+
+    /* A peer that goes away mid-write must not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
+
+    svc.base = event_base_new();
+    if (!svc.base)
+        moat_die("event_base_new failed");
+    svc.metrics = moat_metrics_new();
+    register_builtin_metrics(&rt);
+    svc.http = moat_http_server_new(svc.base, &svc.cfg.limits, svc.metrics);
+    moat_http_set_access_log(svc.http, svc.cfg.access_log);
+    moat_http_route(svc.http, MOAT_GET, "/healthz", handle_healthz, &rt);
+    moat_http_route(svc.http, MOAT_GET, "/readyz", handle_readyz, &rt);
+    moat_http_route(svc.http, MOAT_GET, "/metrics", handle_metrics, &rt);
+#ifdef MOAT_TEST_HOOKS
+    moat_http_route(svc.http, MOAT_GET, "/_test/open", handle_test_open, &rt);
+#endif
+
+    if (svc.cfg.data_dir && make_data_dir(svc.cfg.data_dir) != MOAT_OK)
+        goto out;
+    if (def->init && def->init(&svc) != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "service init failed", NULL);
+        goto out;
+    }
+    inited = true;
+
+    if (svc.cfg.sandbox) {
+        bool enforced = false;
+        int rc =
+            moat_sandbox_confine(svc.cfg.data_dir, def->ro_paths, &enforced);
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot confine the process", "{s:s}",
+                     "error", moat_strerror(rc));
+            goto out;
+        }
+        if (enforced)
+            moat_log(MOAT_LOG_INFO, "sandbox enforced", "{s:s, s:i}",
+                     "data_dir", svc.cfg.data_dir ? svc.cfg.data_dir : "",
+                     "landlock_abi", moat_sandbox_abi());
+        else
+            moat_log(MOAT_LOG_WARN,
+                     "Landlock is not available in this kernel: running "
+                     "WITHOUT filesystem confinement",
+                     NULL);
+    } else {
+        moat_log(MOAT_LOG_WARN, "sandbox disabled by MOAT_SANDBOX=0", NULL);
+    }
+
+    if (moat_http_listen(svc.http, svc.cfg.host, svc.cfg.port,
+                         &svc.bound_port) != MOAT_OK)
+        goto out;
+    rt.sigterm = evsignal_new(svc.base, SIGTERM, on_signal, &rt);
+    rt.sigint = evsignal_new(svc.base, SIGINT, on_signal, &rt);
+    evsignal_add(rt.sigterm, NULL);
+    evsignal_add(rt.sigint, NULL);
+    rt.initialised = true;
+    moat_log(MOAT_LOG_INFO, "service started", "{s:s, s:i, s:s, s:i}", "host",
+             svc.cfg.host, "port", svc.bound_port, "data_dir",
+             svc.cfg.data_dir ? svc.cfg.data_dir : "", "pid", (int)getpid());
+
+    event_base_dispatch(svc.base);
+    moat_log(MOAT_LOG_INFO, "service stopped", NULL);
+    exit_code = 0;
+
+out:
+    /* The service goes first: releasing it may complete requests still in
+     * flight past the drain deadline (a gateway cancelling its upstream
+     * calls answers them), which needs the server alive. */
+    if (inited && def->release)
+        def->release(&svc);
+    moat_http_server_free(svc.http);
+    if (rt.sigterm)
+        event_free(rt.sigterm);
+    if (rt.sigint)
+        event_free(rt.sigint);
+    if (rt.drain_deadline)
+        event_free(rt.drain_deadline);
+    moat_metrics_free(svc.metrics);
+    event_base_free(svc.base);
+    libevent_global_shutdown();
+    return exit_code;
+}

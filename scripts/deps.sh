@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moat needs to build, test and run, if missing.
+# Non-interactive and idempotent: a second run with everything present does
+# nothing and needs no network.
+set -euo pipefail
+
+packages=(
+    build-essential cmake pkg-config git curl ca-certificates
+    libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev
+    libcmocka-dev
+    clang clang-format libclang-rt-14-dev valgrind
+)
+if [ "${1:-}" = "--bench" ]; then
+    packages+=(wrk nginx-light procps)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "deps: installing ${missing[*]}" >&2
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
