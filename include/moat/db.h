@@ -7,8 +7,8 @@
  * journal_mode=WAL, synchronous=NORMAL (FULL when asked, e.g. payments),
  * foreign_keys=ON, busy_timeout, temp_store=MEMORY (no temp files outside
  * the data directory, which the sandbox would refuse anyway). It also runs
- * in SQLite's defensive mode with an untrusted schema, and double-quoted
- * "strings" are identifiers only: write string literals in single quotes.
+ * in SQLite's defensive mode, and double-quoted "strings" are identifiers
+ * only: write string literals in single quotes.
  *
  * Migrations are an array of {version, name, sql}, strictly increasing
  * versions starting at 1. Each unapplied one runs in its own transaction

@@ -6,8 +6,8 @@
  * beneath its data directory, read-only (and execute) access to the system
  * paths it needs to run (libraries, /etc for TLS roots and name
  * resolution, /dev/urandom, /dev/null, /proc, /sys/devices/system/cpu),
- * nothing else. Only filesystem access is restricted here. The restriction is
- * inherited by threads and children and cannot be lifted.
+ * nothing else. Only filesystem access is restricted here. The restriction
+ * is inherited by threads and children and cannot be lifted.
  */
 #ifndef MOAT_SANDBOX_H
 #define MOAT_SANDBOX_H

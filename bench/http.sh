@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# HTTP benchmark of the foundation slice (see bench/README.md):
+#   1. GET one product through the gateway       (gateway -> catalog)
+#   2. GET the same product directly from catalog
+#   3. nginx `return 200` on the same machine, as the ceiling
+# then each moat target again at half its measured maximum rate, for the
+# p99 at a sustainable load, and idle RSS of every service.
+#
+# Usage: bench/http.sh [seconds-per-run] (default 10). Needs `make build`
+# (done by `make bench`) and wrk, hey, nginx (scripts/deps.sh --bench).
+# Every server listens on 127.0.0.1 only; every run is bounded in time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONNS=${BENCH_CONNECTIONS:-64}
+BIN=build/bin
+work=$(mktemp -d /tmp/moat-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
+        shuf -i 20000-60000 -n 1
+}
+wait_ready() {
+    for _ in $(seq 1 200); do
+        curl -fs "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "bench: service on port $1 did not become ready" >&2
+    exit 1
+}
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+cat_port=$(free_port)
+gw_port=$(free_port)
+ng_port=$(free_port)
+
+MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
+    $BIN/moat-catalog >"$work/catalog.log" 2>&1 &
+pids+=($!); cat_pid=$!
+wait_ready "$cat_port"
+MOAT_LISTEN=127.0.0.1:$gw_port MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
+    MOAT_GATEWAY_ROUTES="/api/v1/products=http://127.0.0.1:$cat_port/v1/products" \
+    $BIN/moat-gateway >"$work/gateway.log" 2>&1 &
+pids+=($!); gw_pid=$!
+wait_ready "$gw_port"
+
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$ng_port;
+        location / { return 200 "ok"; }
+    }
+}
+NGX
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+sleep 0.3
+
+idle_cat=$(rss_kb $cat_pid)
+idle_gw=$(rss_kb $gw_pid)
+
+id=$(curl -fs -X POST "http://127.0.0.1:$gw_port/api/v1/products" \
+    -H 'content-type: application/json' \
+    -d '{"sku":"BENCH-1","name":"Benchmark mug","price":{"amount":1250,"currency":"EUR"},"attributes":{"color":"blue"}}' |
+    sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+[ -n "$id" ] || { echo "bench: could not create a product" >&2; exit 1; }
+
+gw_url="http://127.0.0.1:$gw_port/api/v1/products/$id"
+cat_url="http://127.0.0.1:$cat_port/v1/products/$id"
+ng_url="http://127.0.0.1:$ng_port/"
+
+run_wrk() { # name url -> prints "name rps p50 p99"
+    local out
+    out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$2")
+    local rps p50 p99
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    local errs
+    errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
+    printf '%-28s %10s req/s   p50 %-9s p99 %-9s %s\n' "$1" "$rps" "$p50" "$p99" "$errs"
+    echo "$rps" >"$work/rps.$1"
+}
+run_hey() { # name url rate -> p50/p99 at a fixed total rate
+    local c=16 out
+    local per=$(awk -v r="$3" -v c=$c 'BEGIN {printf "%d", r / c}')
+    out=$(hey -z "${DUR}s" -c $c -q "$per" "$2")
+    local rps p50 p99
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '/50% in/ {print $3*1000 "ms"}' <<<"$out")
+    p99=$(awk '/99% in/ {print $3*1000 "ms"}' <<<"$out")
+    printf '%-28s %10s req/s   p50 %-9s p99 %-9s (target %s/s)\n' "$1" "$rps" "$p50" "$p99" "$3"
+}
+
+echo "moat HTTP benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r)"
+echo "wrk -t2 -c$CONNS -d${DUR}s --latency; access log ${BENCH_ACCESS_LOG:-1}"
+echo
+echo "maximum throughput (closed loop):"
+run_wrk nginx-return-200 "$ng_url"
+run_wrk catalog-direct "$cat_url"
+run_wrk via-gateway "$gw_url"
+echo
+gw_half=$(awk '{printf "%d", $1 / 2}' "$work/rps.via-gateway")
+cat_half=$(awk '{printf "%d", $1 / 2}' "$work/rps.catalog-direct")
+echo "latency at half the maximum rate (hey, 16 connections, fixed rate):"
+run_hey catalog-direct@half "$cat_url" "$cat_half"
+run_hey via-gateway@half "$gw_url" "$gw_half"
+echo
+echo "RSS: catalog idle ${idle_cat} KiB, after load $(rss_kb $cat_pid) KiB;" \
+    "gateway idle ${idle_gw} KiB, after load $(rss_kb $gw_pid) KiB"
+gw_ratio=$(awk -v a="$(cat "$work/rps.via-gateway")" -v b="$(cat "$work/rps.nginx-return-200")" 'BEGIN {printf "%.2f", a / b}')
+echo "gateway / nginx ratio: $gw_ratio"
