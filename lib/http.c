@@ -18,6 +18,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -26,14 +27,16 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "moat/buf.h"
 #include "moat/http.h"
 #include "moat/log.h"
 #include "moat/problem.h"
 
-#define NMETHODS     7
-#define MAX_SEGMENTS 32
+#define NMETHODS       7
+#define MAX_SEGMENTS   32
+#define LISTEN_BACKLOG 4096 /* capped by net.core.somaxconn */
 
 struct segment {
     char *text; /* literal text, or parameter name */
@@ -889,16 +892,38 @@ void moat_http_set_access_log(struct moat_http_server *s, bool on)
 int moat_http_listen(struct moat_http_server *s, const char *host,
                      uint16_t port, uint16_t *bound_port)
 {
-    s->sock = evhttp_bind_socket_with_handle(s->http, host, port);
-    if (!s->sock) {
+    /* Our own socket rather than evhttp_bind_socket: evhttp's backlog of
+     * 128 overflows under bursts, and a dropped SYN is retried only after
+     * a second - longer than callers' connect timeouts. */
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (strcmp(host, "localhost") == 0)
+        host = "127.0.0.1";
+    if (inet_pton(AF_INET, host, &sin.sin_addr) != 1) {
+        moat_log(MOAT_LOG_ERROR, "cannot listen: not an IPv4 address", "{s:s}",
+                 "host", host);
+        return MOAT_EINVAL;
+    }
+    evutil_socket_t fd =
+        socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* Accepted sockets inherit TCP_NODELAY: small responses go now. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0 ||
+        listen(fd, LISTEN_BACKLOG) != 0) {
         moat_log(MOAT_LOG_ERROR, "cannot listen", "{s:s, s:i, s:s}", "host",
                  host, "port", port, "error", strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return MOAT_EIO;
     }
-    evutil_socket_t fd = evhttp_bound_socket_get_fd(s->sock);
-    int one = 1;
-    /* Accepted sockets inherit TCP_NODELAY: small responses go out now. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->sock = evhttp_accept_socket_with_handle(s->http, fd);
+    if (!s->sock) {
+        close(fd);
+        return MOAT_EIO;
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     if (bound_port && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {

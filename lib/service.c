@@ -380,8 +380,11 @@ out:
     /* The service goes first: releasing it may complete requests still in
      * flight past the drain deadline (a gateway cancelling its upstream
      * calls answers them), which needs the server alive. */
-    if (inited && def->release)
+    if (inited && def->release) {
         def->release(&svc);
+        /* Write out the replies that release produced. */
+        event_base_loop(svc.base, EVLOOP_NONBLOCK);
+    }
     moat_http_server_free(svc.http);
     if (rt.sigterm)
         event_free(rt.sigterm);

@@ -1,0 +1,192 @@
+/*
+ * main.c - moat-gateway: the public entry point. Stateless: it owns no
+ * data, only a table of public path prefixes and the upstream each one is
+ * forwarded to (see proxy.c).
+ *
+ * Environment, besides the common MOAT_* variables of moat/service.h:
+ *   MOAT_GATEWAY_ROUTES           "PREFIX=URL[,PREFIX=URL...]", e.g.
+ *       "/api/v1/products=http://127.0.0.1:8081/v1/products"; each entry
+ *       forwards PREFIX and PREFIX/... (all methods) to URL and URL/...
+ *   MOAT_GATEWAY_TIMEOUT_MS         total upstream call bound (default 2000)
+ *   MOAT_GATEWAY_CONNECT_TIMEOUT_MS connect bound (default 300)
+ *   MOAT_GATEWAY_MAX_RESPONSE_BYTES upstream body cap (default 8 MiB)
+ *   MOAT_GATEWAY_MAX_HOST_CONNS     connections per upstream (default 64)
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "gateway.h"
+#include "moat/config.h"
+#include "moat/log.h"
+#include "moat/service.h"
+
+#define GW_DEFAULT_PORT               8080
+#define GW_DEFAULT_TIMEOUT_MS         2000
+#define GW_DEFAULT_CONNECT_TIMEOUT_MS 300
+#define GW_MAX_TIMEOUT_MS             600000
+#define GW_DEFAULT_MAX_RESPONSE       (8 << 20)
+#define GW_MIN_MAX_RESPONSE           1024
+#define GW_MAX_MAX_RESPONSE           (1 << 30)
+/*
+ * Below a typical listen backlog (evhttp's 128): a burst that opened more
+ * connections than the backend's backlog holds would see dropped SYNs,
+ * retried after 1 s - far beyond the connect timeout. Further requests wait
+ * for a pooled connection instead, within their total timeout.
+ */
+#define GW_DEFAULT_MAX_HOST_CONNS 64
+#define GW_MAX_MAX_HOST_CONNS     4096
+
+static void gw_free(struct gw *gw)
+{
+    if (!gw)
+        return;
+    /* First: cancelled calls answer their requests with 503 and touch the
+     * routes. */
+    moat_http_client_free(gw->client);
+    gw_routes_free(gw->routes, gw->nroutes);
+    free(gw);
+}
+
+static int load_config(struct gw *gw, long *max_host_conns)
+{
+    int64_t v;
+
+    if (moat_env_int("MOAT_GATEWAY_TIMEOUT_MS", GW_DEFAULT_TIMEOUT_MS, 1,
+                     GW_MAX_TIMEOUT_MS, &v) != MOAT_OK)
+        return MOAT_EINVAL;
+    gw->timeout_ms = (long)v;
+    if (moat_env_int("MOAT_GATEWAY_CONNECT_TIMEOUT_MS",
+                     GW_DEFAULT_CONNECT_TIMEOUT_MS, 1, GW_MAX_TIMEOUT_MS,
+                     &v) != MOAT_OK)
+        return MOAT_EINVAL;
+    gw->connect_timeout_ms = (long)v;
+    if (moat_env_int("MOAT_GATEWAY_MAX_RESPONSE_BYTES", GW_DEFAULT_MAX_RESPONSE,
+                     GW_MIN_MAX_RESPONSE, GW_MAX_MAX_RESPONSE, &v) != MOAT_OK)
+        return MOAT_EINVAL;
+    gw->max_response = (size_t)v;
+    if (moat_env_int("MOAT_GATEWAY_MAX_HOST_CONNS", GW_DEFAULT_MAX_HOST_CONNS,
+                     1, GW_MAX_MAX_HOST_CONNS, &v) != MOAT_OK)
+        return MOAT_EINVAL;
+    *max_host_conns = (long)v;
+
+    const char *spec = moat_env_str("MOAT_GATEWAY_ROUTES", NULL);
+    if (!spec) {
+        moat_log(MOAT_LOG_WARN,
+                 "MOAT_GATEWAY_ROUTES is not set: no API is routed", NULL);
+        return MOAT_OK;
+    }
+    char err[512];
+    if (gw_routes_parse(spec, &gw->routes, &gw->nroutes, err, sizeof(err)) !=
+        MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "invalid configuration", "{s:s, s:s, s:s}",
+                 "variable", "MOAT_GATEWAY_ROUTES", "value", spec, "error",
+                 err);
+        fprintf(stderr, "config: MOAT_GATEWAY_ROUTES: %s\n", err);
+        return MOAT_EINVAL;
+    }
+    return MOAT_OK;
+}
+
+static void register_metrics(struct gw *gw, struct moat_metrics *m)
+{
+    gw->m_requests = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_gateway_upstream_requests_total",
+        "Upstream calls by upstream prefix and HTTP status (\"error\" when "
+        "no valid response arrived)",
+        "upstream,status", NULL, 0);
+    struct moat_metric_family *dur = moat_metrics_family(
+        m, MOAT_HISTOGRAM, "moat_gateway_upstream_duration_seconds",
+        "Upstream call duration, failures included", "upstream",
+        moat_latency_buckets, moat_latency_buckets_len);
+    struct moat_metric_family *errs = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_gateway_upstream_errors_total",
+        "Upstream calls that got no usable response, by kind", "upstream,kind",
+        NULL, 0);
+    if (!gw->m_requests || !dur || !errs)
+        moat_die("cannot register the gateway metrics");
+    for (size_t i = 0; i < gw->nroutes; i++) {
+        struct gw_route *r = &gw->routes[i];
+        const char *up[] = {r->prefix};
+        r->m_duration = moat_metric_series(dur, up);
+        /* Created up front so every kind shows as 0 before it happens. */
+        for (int k = 0; k < GW_ERR_KINDS; k++) {
+            const char *labels[] = {r->prefix, gw_err_kind_name(k)};
+            r->m_errors[k] = moat_metric_series(errs, labels);
+        }
+    }
+}
+
+static int gw_init(struct moat_service *svc)
+{
+    struct gw *gw = moat_xcalloc(1, sizeof(*gw));
+    long max_host_conns = 0;
+    int rc = MOAT_EINVAL;
+
+    gw->svc = svc;
+    if (load_config(gw, &max_host_conns) != MOAT_OK)
+        goto cleanup;
+    struct moat_http_client_options opts = {
+        .connect_timeout_ms = gw->connect_timeout_ms,
+        .timeout_ms = gw->timeout_ms,
+        .max_response = gw->max_response,
+        .max_host_conns = max_host_conns,
+    };
+    rc = moat_http_client_new(&gw->client, svc->base, &opts);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "cannot create the HTTP client", "{s:s}",
+                 "error", moat_strerror(rc));
+        goto cleanup;
+    }
+    register_metrics(gw, svc->metrics);
+
+    for (size_t i = 0; i < gw->nroutes; i++) {
+        struct gw_route *r = &gw->routes[i];
+        r->gw = gw;
+        rc =
+            moat_http_route(svc->http, MOAT_METHOD_ANY, r->prefix, gw_proxy, r);
+        if (rc == MOAT_OK)
+            rc = moat_http_route(svc->http, MOAT_METHOD_ANY, r->pattern_rest,
+                                 gw_proxy, r);
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot route prefix", "{s:s, s:s}",
+                     "prefix", r->prefix, "error", moat_strerror(rc));
+            fprintf(stderr,
+                    "config: MOAT_GATEWAY_ROUTES: prefix '%s' cannot be "
+                    "routed (%s; it may clash with a built-in route)\n",
+                    r->prefix, moat_strerror(rc));
+            goto cleanup;
+        }
+        moat_log(MOAT_LOG_INFO, "route", "{s:s, s:s}", "prefix", r->prefix,
+                 "upstream", r->base_url);
+    }
+    svc->impl = gw;
+    gw = NULL;
+    rc = MOAT_OK;
+cleanup:
+    /* On failure release is not called: undo here. Routes already given to
+     * the server point at freed memory, but the server only runs after a
+     * successful init. */
+    gw_free(gw);
+    return rc;
+}
+
+static void gw_release(struct moat_service *svc)
+{
+    gw_free(svc->impl);
+    svc->impl = NULL;
+}
+
+static const struct moat_service_def gateway_def = {
+    .name = "gateway",
+    .default_port = GW_DEFAULT_PORT,
+    .needs_data_dir = false,
+    .init = gw_init,
+    .release = gw_release,
+};
+
+int main(int argc, char **argv)
+{
+    return moat_service_main(&gateway_def, argc, argv);
+}

@@ -1,0 +1,204 @@
+/*
+ * proxy.c - forward one public request to its upstream and relay the
+ * answer.
+ *
+ * Only an allowlist of headers crosses the gateway in either direction, so
+ * hop-by-hop headers (Connection, Keep-Alive, Transfer-Encoding, TE,
+ * Upgrade, Proxy-*) and anything a client should not inject never reach a
+ * backend. Whatever goes wrong upstream (refused, timeout, oversized or
+ * broken response) becomes a 503 problem+json with Retry-After within the
+ * gateway's timeout: a client never hangs on a dead backend.
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "moat/log.h"
+#include "moat/problem.h"
+
+/* Request headers passed to the upstream (besides traceparent and
+ * X-Request-Id, which the HTTP client sends from the request's trace). */
+static const char *const forward_request[] = {
+    "Content-Type",  "Accept",          "If-Match",
+    "If-None-Match", "Idempotency-Key", "Authorization",
+};
+
+/* Response headers passed back to the client; Location is rewritten. */
+static const char *const forward_response[] = {
+    "Content-Type",  "ETag",          "Retry-After",      "Allow",
+    "Cache-Control", "Last-Modified", "WWW-Authenticate",
+};
+
+/* One forwarded request; owned by the proxy until the upstream answers. */
+struct call {
+    struct gw_route *route; /* borrowed */
+    struct moat_req *req;   /* replied to exactly once in on_upstream */
+    char *url;
+};
+
+static void reply_unavailable(struct call *c, enum gw_err_kind kind)
+{
+    const struct gw *gw = c->route->gw;
+    const char *prefix = c->route->prefix;
+
+    moat_req_set_header(c->req, "Retry-After", "1");
+    switch (kind) {
+    case GW_ERR_CONNECT:
+        moat_req_reply_problem(c->req, 503,
+                               "backend %s is unavailable: connection failed",
+                               prefix);
+        break;
+    case GW_ERR_TIMEOUT:
+        moat_req_reply_problem(c->req, 503,
+                               "backend %s did not answer within %ld ms",
+                               prefix, gw->timeout_ms);
+        break;
+    case GW_ERR_TOO_BIG:
+        moat_req_reply_problem(c->req, 503,
+                               "backend %s sent a response larger than %zu "
+                               "bytes",
+                               prefix, gw->max_response);
+        break;
+    case GW_ERR_CANCELLED:
+        moat_req_reply_problem(c->req, 503,
+                               "the gateway is shutting down; backend %s was "
+                               "not heard from",
+                               prefix);
+        break;
+    default:
+        moat_req_reply_problem(c->req, 503,
+                               "backend %s sent an invalid response", prefix);
+        break;
+    }
+}
+
+static enum gw_err_kind classify(const struct moat_http_response *resp)
+{
+    switch (resp->err) {
+    case MOAT_ETIMEDOUT:
+        return GW_ERR_TIMEOUT;
+    case MOAT_ETOOBIG:
+        return GW_ERR_TOO_BIG;
+    case MOAT_ECANCELLED:
+        return GW_ERR_CANCELLED;
+    default:
+        return resp->connect_failed ? GW_ERR_CONNECT : GW_ERR_BAD_RESPONSE;
+    }
+}
+
+static void count_request(struct call *c, const char *status)
+{
+    const char *labels[] = {c->route->prefix, status};
+    moat_metric_add(moat_metric_series(c->route->gw->m_requests, labels), 1);
+}
+
+static void relay(struct call *c, const struct moat_http_response *resp)
+{
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(forward_response); i++) {
+        const char *v = moat_http_response_header(resp, forward_response[i]);
+        if (v)
+            moat_req_set_header(c->req, forward_response[i], v);
+    }
+    const char *loc = moat_http_response_header(resp, "location");
+    if (loc) {
+        char *public_loc = gw_rewrite_location(c->route, loc);
+        moat_req_set_header(c->req, "Location", public_loc);
+        free(public_loc);
+    }
+    /* Content-Type is already set from the upstream's headers. */
+    moat_req_reply(c->req, resp->status, NULL, resp->body, resp->body_len);
+}
+
+static void on_upstream(const struct moat_http_response *resp, void *arg)
+{
+    struct call *c = arg;
+    struct gw_route *r = c->route;
+    enum gw_err_kind kind = GW_ERR_KINDS;
+
+    moat_metric_observe(r->m_duration, resp->elapsed_ms / 1e3);
+    if (resp->err != MOAT_OK)
+        kind = classify(resp);
+    else if (resp->status < 200 || resp->status > 599)
+        kind = GW_ERR_BAD_RESPONSE; /* 1xx as final answer, or nonsense */
+
+    if (kind == GW_ERR_KINDS) {
+        char status[16];
+        snprintf(status, sizeof(status), "%d", resp->status);
+        count_request(c, status);
+        relay(c, resp);
+        goto cleanup;
+    }
+
+    count_request(c, "error");
+    moat_metric_add(r->m_errors[kind], 1);
+    /* Callbacks run outside the server's handler: set the log context. */
+    moat_log_set_trace(moat_req_trace(c->req));
+    moat_log(kind == GW_ERR_CANCELLED ? MOAT_LOG_INFO : MOAT_LOG_WARN,
+             "upstream call failed", "{s:s, s:s, s:s, s:s, s:i, s:f}",
+             "upstream", r->prefix, "url", c->url, "kind",
+             gw_err_kind_name(kind), "error",
+             resp->err_msg ? resp->err_msg : "invalid status", "status",
+             resp->status, "duration_ms", resp->elapsed_ms);
+    moat_log_set_trace(NULL);
+    reply_unavailable(c, kind);
+cleanup:
+    free(c->url);
+    free(c);
+}
+
+void gw_proxy(struct moat_req *req, void *arg)
+{
+    struct gw_route *r = arg;
+    struct gw *gw = r->gw;
+    struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request)];
+    size_t nhdrs = 0;
+
+    char *url = gw_upstream_url(r, moat_req_target(req));
+    if (!url) {
+        moat_req_reply_problem(req, 400,
+                               "the request target cannot be forwarded: it "
+                               "has characters not allowed in a URL or a "
+                               "'.' or '..' segment");
+        return;
+    }
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(forward_request); i++) {
+        const char *v = moat_req_header(req, forward_request[i]);
+        if (v)
+            hdrs[nhdrs++] = (struct moat_http_header){forward_request[i], v};
+    }
+    size_t body_len = 0;
+    const char *body = moat_req_body(req, &body_len);
+
+    struct call *c = moat_xcalloc(1, sizeof(*c));
+    c->route = r;
+    c->req = req;
+    c->url = url;
+    struct moat_http_call call = {
+        .method = moat_method_name(moat_req_method(req)),
+        .url = url,
+        .headers = hdrs,
+        .nheaders = nhdrs,
+        .body = body_len ? body : NULL,
+        .body_len = body_len,
+        .trace = moat_req_trace(req),
+    };
+    int rc = moat_http_client_send(gw->client, &call, on_upstream, c);
+    if (rc != MOAT_OK) {
+        /* Only a header value the client cannot send (EINVAL) or a client
+         * being freed gets here; neither is the backend's fault. */
+        moat_log(MOAT_LOG_WARN, "cannot forward request", "{s:s, s:s, s:s}",
+                 "upstream", r->prefix, "url", url, "error", moat_strerror(rc));
+        if (rc == MOAT_EINVAL)
+            moat_req_reply_problem(req, 400,
+                                   "the request cannot be forwarded to "
+                                   "backend %s",
+                                   r->prefix);
+        else
+            reply_unavailable(c, GW_ERR_CANCELLED);
+        free(c->url);
+        free(c);
+    }
+}

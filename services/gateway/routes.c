@@ -1,0 +1,292 @@
+/*
+ * routes.c - MOAT_GATEWAY_ROUTES parsing and the URL arithmetic of the
+ * proxy. No I/O here, so the unit test includes this file directly.
+ */
+#include "moat/common.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "gateway.h"
+
+static const char *const err_kind_names[GW_ERR_KINDS] = {
+    [GW_ERR_CONNECT] = "connect",     [GW_ERR_TIMEOUT] = "timeout",
+    [GW_ERR_TOO_BIG] = "too_big",     [GW_ERR_BAD_RESPONSE] = "bad_response",
+    [GW_ERR_CANCELLED] = "cancelled",
+};
+
+const char *gw_err_kind_name(enum gw_err_kind k)
+{
+    return (k >= 0 && k < GW_ERR_KINDS) ? err_kind_names[k] : "unknown";
+}
+
+static bool is_unreserved(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+           c == '~';
+}
+
+static bool is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+           (c >= 'A' && c <= 'F');
+}
+
+/*
+ * The prefix is matched literally by the router, so it is kept to plain
+ * segments: "/" then unreserved characters, no empty, "." or ".."
+ * segment, no final "/".
+ */
+static bool valid_prefix(const char *p, size_t *nsegs)
+{
+    size_t n = 0;
+    if (p[0] != '/')
+        return false;
+    while (*p == '/') {
+        const char *seg = ++p;
+        while (*p && *p != '/') {
+            if (!is_unreserved(*p))
+                return false;
+            p++;
+        }
+        size_t len = (size_t)(p - seg);
+        if (len == 0 || (len == 1 && seg[0] == '.') ||
+            (len == 2 && seg[0] == '.' && seg[1] == '.'))
+            return false;
+        if (++n > GW_MAX_PREFIX_SEGMENTS)
+            return false;
+    }
+    *nsegs = n;
+    return *p == '\0';
+}
+
+/* Fills origin and base_path of r from an upstream URL; false if invalid. */
+static bool parse_upstream(const char *url, struct gw_route *r,
+                           const char **why)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+    char *junk = NULL;
+    bool ok = false;
+
+    if (!u)
+        moat_die("out of memory parsing a URL");
+    *why = "is not an absolute URL";
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
+        goto cleanup;
+    *why = "must use http:// or https://";
+    if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)
+        goto cleanup;
+    *why = "has no host";
+    if (!host[0])
+        goto cleanup;
+    *why = "must not contain user credentials, a query or a fragment";
+    if (curl_url_get(u, CURLUPART_USER, &junk, 0) != CURLUE_NO_USER ||
+        curl_url_get(u, CURLUPART_PASSWORD, &junk, 0) != CURLUE_NO_PASSWORD ||
+        curl_url_get(u, CURLUPART_QUERY, &junk, 0) != CURLUE_NO_QUERY ||
+        curl_url_get(u, CURLUPART_FRAGMENT, &junk, 0) != CURLUE_NO_FRAGMENT)
+        goto cleanup;
+    curl_url_get(u, CURLUPART_PORT, &port, 0); /* absent: scheme default */
+
+    /* "/v1/products/" and "/v1/products" are the same base. */
+    size_t plen = strlen(path);
+    while (plen > 0 && path[plen - 1] == '/')
+        plen--;
+    r->origin = port ? moat_xasprintf("%s://%s:%s", scheme, host, port)
+                     : moat_xasprintf("%s://%s", scheme, host);
+    r->base_path = moat_xstrndup(path, plen);
+    r->base_url = moat_xasprintf("%s%s", r->origin, r->base_path);
+    ok = true;
+cleanup:
+    curl_free(junk);
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_free(path);
+    curl_url_cleanup(u);
+    return ok;
+}
+
+static void route_release(struct gw_route *r)
+{
+    free(r->prefix);
+    free(r->pattern_rest);
+    free(r->origin);
+    free(r->base_path);
+    free(r->base_url);
+}
+
+void gw_routes_free(struct gw_route *routes, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        route_release(&routes[i]);
+    free(routes);
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t len = strlen(s);
+    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        s[--len] = '\0';
+    return s;
+}
+
+int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
+                    char *err, size_t errlen)
+{
+    char *copy = moat_xstrdup(spec);
+    char *cur = copy;
+    struct gw_route *routes = NULL;
+    size_t count = 0;
+    int rc = MOAT_EINVAL;
+
+    while (cur) {
+        char *entry = trim(strsep(&cur, ","));
+        char *eq = strchr(entry, '=');
+        const char *why = NULL;
+        struct gw_route r = {0};
+
+        if (!*entry) {
+            snprintf(err, errlen, "entry %zu is empty (stray comma?)",
+                     count + 1);
+            goto cleanup;
+        }
+        if (!eq) {
+            snprintf(err, errlen,
+                     "entry %zu ('%s') is not PUBLIC_PREFIX=UPSTREAM_URL",
+                     count + 1, entry);
+            goto cleanup;
+        }
+        *eq = '\0';
+        char *prefix = trim(entry), *url = trim(eq + 1);
+        if (!valid_prefix(prefix, &r.prefix_segs)) {
+            snprintf(err, errlen,
+                     "entry %zu: prefix '%s' must be '/' followed by 1 to %d "
+                     "segments of [A-Za-z0-9._~-], without a final '/'",
+                     count + 1, prefix, GW_MAX_PREFIX_SEGMENTS);
+            goto cleanup;
+        }
+        for (size_t i = 0; i < count; i++) {
+            if (strcmp(routes[i].prefix, prefix) == 0) {
+                snprintf(err, errlen, "entry %zu: prefix '%s' appears twice",
+                         count + 1, prefix);
+                goto cleanup;
+            }
+        }
+        if (!parse_upstream(url, &r, &why)) {
+            snprintf(err, errlen, "entry %zu (%s): upstream '%s' %s", count + 1,
+                     prefix, url, why);
+            goto cleanup;
+        }
+        r.prefix = moat_xstrdup(prefix);
+        r.pattern_rest = moat_xasprintf("%s/{rest*}", prefix);
+        routes = moat_xrealloc(routes, (count + 1) * sizeof(*routes));
+        routes[count++] = r;
+    }
+    *out = routes;
+    *n = count;
+    routes = NULL;
+    count = 0;
+    rc = MOAT_OK;
+cleanup:
+    gw_routes_free(routes, count);
+    free(copy);
+    return rc;
+}
+
+/* RFC 3986 characters of a path and query, with valid %XX escapes. */
+static bool valid_target_chars(const char *p)
+{
+    for (; *p; p++) {
+        if (*p == '%') {
+            if (!is_hex(p[1]) || !is_hex(p[2]))
+                return false;
+            p += 2;
+        } else if (!is_unreserved(*p) && !strchr("!$&'()*+,;=:@/?", *p)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* True for a "." or ".." segment, also spelt "%2e" (RFC 3986 5.2.4). */
+static bool is_dot_segment(const char *seg, size_t len)
+{
+    size_t dots = 0;
+    for (size_t i = 0; i < len;) {
+        if (seg[i] == '.') {
+            i++;
+        } else if (len - i >= 3 && seg[i] == '%' && seg[i + 1] == '2' &&
+                   (seg[i + 2] == 'e' || seg[i + 2] == 'E')) {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots++;
+    }
+    return dots == 1 || dots == 2;
+}
+
+char *gw_upstream_url(const struct gw_route *r, const char *target)
+{
+    const char *p = target;
+
+    if (*p != '/') {
+        /* absolute-form (RFC 9112 3.2.2): skip scheme and authority. */
+        const char *s = strstr(p, "://");
+        if (!s)
+            return NULL;
+        p = s + 3 + strcspn(s + 3, "/?");
+        if (*p != '/')
+            return NULL;
+    }
+    if (!valid_target_chars(p))
+        return NULL;
+    /* The router matched the prefix's segments literally: skip them. */
+    for (size_t i = 0; i < r->prefix_segs; i++) {
+        if (*p != '/')
+            return NULL;
+        p++;
+        p += strcspn(p, "/?");
+    }
+    size_t path_len = strcspn(p, "?");
+    for (size_t i = 0; i < path_len;) {
+        i++; /* the '/' */
+        size_t seg_len = strcspn(p + i, "/?");
+        if (seg_len > path_len - i)
+            seg_len = path_len - i;
+        if (is_dot_segment(p + i, seg_len))
+            return NULL;
+        i += seg_len;
+    }
+    return moat_xasprintf("%s%s", r->base_url, p);
+}
+
+static bool at_boundary(char c)
+{
+    return c == '\0' || c == '/' || c == '?' || c == '#';
+}
+
+char *gw_rewrite_location(const struct gw_route *r, const char *location)
+{
+    const char *p = location;
+    size_t olen = strlen(r->origin), blen = strlen(r->base_path);
+
+    /* Scheme and host are case-insensitive; the path is not. */
+    if (strncasecmp(p, r->origin, olen) == 0 && at_boundary(p[olen]))
+        p += olen;
+    else if (p[0] != '/' || p[1] == '/') /* other origin, or relative */
+        return moat_xstrdup(location);
+    if (strncmp(p, r->base_path, blen) != 0 || !at_boundary(p[blen]))
+        return moat_xstrdup(location);
+    return moat_xasprintf("%s%s", r->prefix, p + blen);
+}

@@ -1,0 +1,205 @@
+/*
+ * Unit tests for services/gateway/routes.c: MOAT_GATEWAY_ROUTES parsing,
+ * upstream URLs and Location rewriting. routes.c is pure (no I/O), and the
+ * unit tests link libmoat only, so the file is compiled into this test.
+ */
+#include "moat/common.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../services/gateway/routes.c"
+
+#define SPEC                                                                   \
+    " /api/v1/products = http://127.0.0.1:8081/v1/products/ ,"                 \
+    "/api/v1/orders=https://Orders.internal/v1/orders,"                        \
+    "/root=http://[::1]:9000"
+
+static void parse_ok(struct gw_route **routes, size_t *n)
+{
+    char err[256] = "";
+    int rc = gw_routes_parse(SPEC, routes, n, err, sizeof(err));
+    assert_string_equal(err, "");
+    assert_int_equal(rc, MOAT_OK);
+    assert_int_equal(*n, 3);
+}
+
+static void test_parse_valid(void **state)
+{
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    parse_ok(&r, &n);
+
+    assert_string_equal(r[0].prefix, "/api/v1/products");
+    assert_int_equal(r[0].prefix_segs, 3);
+    assert_string_equal(r[0].pattern_rest, "/api/v1/products/{rest*}");
+    assert_string_equal(r[0].origin, "http://127.0.0.1:8081");
+    assert_string_equal(r[0].base_path, "/v1/products"); /* final / gone */
+    assert_string_equal(r[0].base_url, "http://127.0.0.1:8081/v1/products");
+
+    assert_string_equal(r[1].origin, "https://Orders.internal");
+    assert_string_equal(r[1].base_url, "https://Orders.internal/v1/orders");
+
+    assert_int_equal(r[2].prefix_segs, 1);
+    assert_string_equal(r[2].origin, "http://[::1]:9000");
+    assert_string_equal(r[2].base_path, "");
+    gw_routes_free(r, n);
+}
+
+static void test_parse_invalid(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        ",",
+        "/a=http://x,",
+        "/a",
+        "=http://x",
+        "a=http://x",
+        "/=http://x",
+        "/a/=http://x",
+        "/a//b=http://x",
+        "/a/../b=http://x",
+        "/a/./b=http://x",
+        "/a b=http://x",
+        "/a/{id}=http://x",
+        "/a/%41=http://x",
+        "/a=",
+        "/a=x",
+        "/a=127.0.0.1:8081/v1",
+        "/a=ftp://x/",
+        "/a=file:///etc/passwd",
+        "/a=http://",
+        "/a=http://u:p@x/",
+        "/a=http://x/?q=1",
+        "/a=http://x/#f",
+        "/a=http://x/ y",
+        "/a=http://x,/a=http://y",
+        "/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17=http://x",
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        struct gw_route *r = (struct gw_route *)&r; /* must stay untouched */
+        size_t n = 42;
+        char err[256] = "";
+        int rc = gw_routes_parse(bad[i], &r, &n, err, sizeof(err));
+        if (rc != MOAT_EINVAL)
+            fail_msg("accepted bad spec '%s'", bad[i]);
+        assert_true(strlen(err) > 0);
+        assert_ptr_equal(r, (struct gw_route *)&r);
+        assert_int_equal(n, 42);
+    }
+}
+
+static void expect_url(const struct gw_route *r, const char *target,
+                       const char *want)
+{
+    char *got = gw_upstream_url(r, target);
+    if (!want && got)
+        fail_msg("'%s' forwarded as '%s', want rejected", target, got);
+    if (want && !got)
+        fail_msg("'%s' rejected, want '%s'", target, want);
+    if (want)
+        assert_string_equal(got, want);
+    free(got);
+}
+
+static void test_upstream_url(void **state)
+{
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    parse_ok(&r, &n);
+    const struct gw_route *p = &r[0];
+#define UP "http://127.0.0.1:8081/v1/products"
+    expect_url(p, "/api/v1/products", UP);
+    expect_url(p, "/api/v1/products/", UP "/");
+    expect_url(p, "/api/v1/products?limit=5&after=%20x",
+               UP "?limit=5&after=%20x");
+    expect_url(p, "/api/v1/products/12?x=1", UP "/12?x=1");
+    expect_url(p, "/api/v1/products/a%2Fb/c", UP "/a%2Fb/c");
+    expect_url(p, "/api/v1/products/.../.well-known", UP "/.../.well-known");
+    expect_url(p, "/api/v1/products?next=../../admin", UP "?next=../../admin");
+    expect_url(p, "http://gw.example:8080/api/v1/products/1?q", UP "/1?q");
+    /* Climbing out of the base path, raw or percent-encoded. */
+    expect_url(p, "/api/v1/products/..", NULL);
+    expect_url(p, "/api/v1/products/../admin", NULL);
+    expect_url(p, "/api/v1/products/./x", NULL);
+    expect_url(p, "/api/v1/products/a/../../x", NULL);
+    expect_url(p, "/api/v1/products/%2e%2E/x", NULL);
+    expect_url(p, "/api/v1/products/.%2e?x", NULL);
+    /* Not URL characters. */
+    expect_url(p, "/api/v1/products/a b", NULL);
+    expect_url(p, "/api/v1/products/%zz", NULL);
+    expect_url(p, "/api/v1/products/%4", NULL);
+    expect_url(p, "/api/v1/products/<x>", NULL);
+    expect_url(p, "/api/v1/products/a#frag", NULL);
+    expect_url(p, "/api/v1/products/\xc3\xa9", NULL);
+    expect_url(p, "/api/v1/products/a\r\nX: y", NULL);
+    expect_url(p, "*", NULL);
+#undef UP
+    expect_url(&r[2], "/root/x/y", "http://[::1]:9000/x/y");
+    expect_url(&r[2], "/root", "http://[::1]:9000");
+    gw_routes_free(r, n);
+}
+
+static void expect_loc(const struct gw_route *r, const char *loc,
+                       const char *want)
+{
+    char *got = gw_rewrite_location(r, loc);
+    assert_string_equal(got, want);
+    free(got);
+}
+
+static void test_rewrite_location(void **state)
+{
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    parse_ok(&r, &n);
+    const struct gw_route *p = &r[0];
+    expect_loc(p, "/v1/products/12", "/api/v1/products/12");
+    expect_loc(p, "/v1/products", "/api/v1/products");
+    expect_loc(p, "/v1/products?page=2", "/api/v1/products?page=2");
+    expect_loc(p, "http://127.0.0.1:8081/v1/products/12",
+               "/api/v1/products/12");
+    expect_loc(p, "HTTP://127.0.0.1:8081/v1/products/12#x",
+               "/api/v1/products/12#x");
+    /* Not under the upstream base: left alone. */
+    expect_loc(p, "/v1/productsX/1", "/v1/productsX/1");
+    expect_loc(p, "/v1/orders/1", "/v1/orders/1");
+    expect_loc(p, "http://other:8081/v1/products/1",
+               "http://other:8081/v1/products/1");
+    expect_loc(p, "http://127.0.0.1:80811/v1/products/1",
+               "http://127.0.0.1:80811/v1/products/1");
+    expect_loc(p, "//evil/v1/products", "//evil/v1/products");
+    expect_loc(p, "12", "12");
+    expect_loc(p, "", "");
+    /* Upstream at the root: every absolute path is under it. */
+    expect_loc(&r[2], "/x/1", "/root/x/1");
+    expect_loc(&r[2], "http://[::1]:9000/x", "/root/x");
+    gw_routes_free(r, n);
+}
+
+static void test_err_kind_names(void **state)
+{
+    assert_string_equal(gw_err_kind_name(GW_ERR_CONNECT), "connect");
+    assert_string_equal(gw_err_kind_name(GW_ERR_TIMEOUT), "timeout");
+    assert_string_equal(gw_err_kind_name(GW_ERR_TOO_BIG), "too_big");
+    assert_string_equal(gw_err_kind_name(GW_ERR_BAD_RESPONSE), "bad_response");
+    assert_string_equal(gw_err_kind_name(GW_ERR_CANCELLED), "cancelled");
+    assert_string_equal(gw_err_kind_name(GW_ERR_KINDS), "unknown");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_valid),
+        cmocka_unit_test(test_parse_invalid),
+        cmocka_unit_test(test_upstream_url),
+        cmocka_unit_test(test_rewrite_location),
+        cmocka_unit_test(test_err_kind_names),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
