@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/http_struct.h>
@@ -93,8 +94,9 @@ struct moat_req {
     const char *param_names[MOAT_HTTP_MAX_PATH_PARAMS];
     char *param_values[MOAT_HTTP_MAX_PATH_PARAMS];
     size_t nparams;
-    struct evkeyvalq query;
-    bool query_parsed;
+    char *query_keys[MOAT_HTTP_MAX_QUERY_PARAMS]; /* decoded, owned */
+    char *query_values[MOAT_HTTP_MAX_QUERY_PARAMS];
+    size_t nquery;
     char *body;
     size_t body_len;
     bool body_loaded;
@@ -347,11 +349,11 @@ static int route_match(const struct route *r, char **segs, size_t nsegs)
     return i == nsegs ? score + 1 : -1;
 }
 
-static char *decode(const char *s, size_t len, bool *ok)
+static char *decode_component(const char *s, size_t len, bool plus, bool *ok)
 {
     char *tmp = moat_xstrndup(s, len);
     size_t out_len = 0;
-    char *d = evhttp_uridecode(tmp, 0, &out_len);
+    char *d = evhttp_uridecode(tmp, plus, &out_len);
     free(tmp);
     if (!d || out_len != strlen(d)) { /* NUL smuggled as %00 */
         free(d);
@@ -361,14 +363,63 @@ static char *decode(const char *s, size_t len, bool *ok)
     return d;
 }
 
+static char *decode(const char *s, size_t len, bool *ok)
+{
+    return decode_component(s, len, false, ok);
+}
+
+/*
+ * Split the query into decoded key/value pairs ("+" is a space; a key
+ * without "=" has the value ""). evhttp_parse_query_str() would drop the
+ * whole query for one such key, and leaves keys encoded.
+ */
+static int parse_query(struct moat_req *r)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->ev));
+    if (!q || !*q)
+        return MOAT_OK;
+    char *copy = moat_xstrdup(q);
+    char *cur = copy;
+    int rc = MOAT_OK;
+    bool ok = true;
+    while (cur && rc == MOAT_OK) {
+        char *pair = strsep(&cur, "&");
+        if (!*pair)
+            continue;
+        if (r->nquery == MOAT_HTTP_MAX_QUERY_PARAMS) {
+            rc = MOAT_ETOOBIG;
+            break;
+        }
+        char *eq = strchr(pair, '=');
+        const char *val = "";
+        if (eq) {
+            *eq = '\0';
+            val = eq + 1;
+        }
+        char *k = decode_component(pair, strlen(pair), true, &ok);
+        char *v = ok ? decode_component(val, strlen(val), true, &ok) : NULL;
+        if (!ok) {
+            free(k);
+            rc = MOAT_EINVAL;
+            break;
+        }
+        r->query_keys[r->nquery] = k;
+        r->query_values[r->nquery++] = v;
+    }
+    free(copy);
+    return rc;
+}
+
 /* ---- replies ---- */
 
 static void req_free(struct moat_req *r)
 {
     for (size_t i = 0; i < r->nparams; i++)
         free(r->param_values[i]);
-    if (r->query_parsed)
-        evhttp_clear_headers(&r->query);
+    for (size_t i = 0; i < r->nquery; i++) {
+        free(r->query_keys[i]);
+        free(r->query_values[i]);
+    }
     free(r->path);
     free(r->body);
     free(r);
@@ -505,35 +556,25 @@ const char *moat_req_param(const struct moat_req *r, const char *name)
     return NULL;
 }
 
-static void parse_query(const struct moat_req *cr)
-{
-    struct moat_req *r = (struct moat_req *)cr; /* lazily filled cache */
-    if (r->query_parsed)
-        return;
-    TAILQ_INIT(&r->query);
-    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->ev));
-    if (q && evhttp_parse_query_str(q, &r->query) != 0)
-        evhttp_clear_headers(&r->query);
-    r->query_parsed = true;
-}
-
 const char *moat_req_query(const struct moat_req *r, const char *name)
 {
-    parse_query(r);
-    return evhttp_find_header(&((struct moat_req *)r)->query, name);
+    for (size_t i = 0; i < r->nquery; i++)
+        if (strcmp(r->query_keys[i], name) == 0)
+            return r->query_values[i];
+    return NULL;
 }
 
 int moat_req_query_next(const struct moat_req *r, void **iter, const char **key,
                         const char **value)
 {
-    parse_query(r);
-    struct evkeyval *kv = *iter ? TAILQ_NEXT((struct evkeyval *)*iter, next)
-                                : TAILQ_FIRST(&((struct moat_req *)r)->query);
-    *iter = kv;
-    if (!kv)
+    /* *iter holds the index of the next parameter, plus one. */
+    uintptr_t next = (uintptr_t)*iter;
+    size_t i = next ? (size_t)next - 1 : 0;
+    if (i >= r->nquery)
         return 0;
-    *key = kv->key;
-    *value = kv->value;
+    *key = r->query_keys[i];
+    *value = r->query_values[i];
+    *iter = (void *)(uintptr_t)(i + 2);
     return 1;
 }
 
@@ -761,6 +802,19 @@ static void route_request(struct moat_req *r)
         return;
     }
 
+    int qrc = parse_query(r);
+    if (qrc == MOAT_ETOOBIG) {
+        moat_req_reply_problem(r, 400, "more than %d query parameters",
+                               MOAT_HTTP_MAX_QUERY_PARAMS);
+        return;
+    }
+    if (qrc != MOAT_OK) {
+        moat_req_reply_problem(r, 400,
+                               "the query string is not valid "
+                               "percent-encoding");
+        return;
+    }
+
     int mi = method_index(r->method);
     if (mi < 0 || !(best->methods & r->method)) {
         reply_allow(r, best->methods);
@@ -965,8 +1019,10 @@ void moat_http_server_free(struct moat_http_server *s)
 {
     if (!s)
         return;
-    /* evhttp_free closes the remaining connections and runs their close
-     * callbacks, which touch s: keep s alive until it returns. */
+    /* evhttp_free frees the listener, then closes the remaining
+     * connections and runs their close callbacks, which touch s: keep s
+     * alive until it returns, and keep them off the freed listener. */
+    s->sock = NULL;
     evhttp_free(s->http);
     for (size_t i = 0; i < s->nroutes; i++)
         route_free(s->routes[i]);
@@ -1017,7 +1073,23 @@ void evhttp_send_error(struct evhttp_request *req, int error,
         }
         detail = text;
     } else if (error == 400) {
-        detail = "the request is not valid HTTP/1.1";
+        /* evhttp reports headers beyond its own limit as invalid (400);
+         * what it had read plus what is waiting tells them apart. */
+        struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+        struct bufferevent *bev =
+            evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+        size_t pending =
+            bev ? evbuffer_get_length(bufferevent_get_input(bev)) : 0;
+        if (s && req->headers_size + pending > s->lim.max_header_bytes) {
+            status = 431;
+            snprintf(text, sizeof(text),
+                     "the request line and headers exceed the limit of %zu "
+                     "bytes",
+                     s->lim.max_header_bytes);
+            detail = text;
+        } else {
+            detail = "the request is not valid HTTP/1.1";
+        }
     }
     if (s) {
         const char *labels[] = {status == 413   ? "body_too_large"

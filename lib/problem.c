@@ -254,14 +254,14 @@ bool moat_v_string(struct moat_validation *v, json_t *obj, const char *base,
     size_t n = moat_utf8_len(json_string_value(m));
     if (n < min_len || n > max_len) {
         if (min_len == max_len)
-            moat_validation_add(v, ptr, "must be exactly %zu characters long",
-                                min_len);
+            moat_validation_add(v, ptr, "must be exactly %zu character%s long",
+                                min_len, min_len == 1 ? "" : "s");
         else if (n < min_len)
-            moat_validation_add(v, ptr, "must be at least %zu characters long",
-                                min_len);
+            moat_validation_add(v, ptr, "must be at least %zu character%s long",
+                                min_len, min_len == 1 ? "" : "s");
         else
-            moat_validation_add(v, ptr, "must be at most %zu characters long",
-                                max_len);
+            moat_validation_add(v, ptr, "must be at most %zu character%s long",
+                                max_len, max_len == 1 ? "" : "s");
         return false;
     }
     if (out)

@@ -58,6 +58,7 @@ struct moat_http_limits {
 #define MOAT_HTTP_DEFAULT_MAX_CONNECTIONS 1024u
 #define MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS   10000u
 #define MOAT_HTTP_MAX_PATH_PARAMS         8
+#define MOAT_HTTP_MAX_QUERY_PARAMS        64 /* more is a 400 */
 
 struct moat_http_server;
 struct moat_req;
@@ -104,7 +105,8 @@ const char *moat_req_target(const struct moat_req *r); /* raw path?query */
 const char *moat_req_route(const struct moat_req *r);  /* matched pattern */
 /* Path parameter by name, percent-decoded; NULL if absent. */
 const char *moat_req_param(const struct moat_req *r, const char *name);
-/* Query parameter by name, percent-decoded; NULL if absent. */
+/* Query parameter by name (first occurrence), key and value decoded, "+"
+ * as space, "" for a key without "="; NULL if absent. */
 const char *moat_req_query(const struct moat_req *r, const char *name);
 /* Iterate query parameters: returns false after the last one. */
 int moat_req_query_next(const struct moat_req *r, void **iter, const char **key,

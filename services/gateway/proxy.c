@@ -29,7 +29,8 @@ static const char *const forward_request[] = {
 /* Response headers passed back to the client; Location is rewritten. */
 static const char *const forward_response[] = {
     "Content-Type",  "ETag",          "Retry-After",      "Allow",
-    "Cache-Control", "Last-Modified", "WWW-Authenticate",
+    "Cache-Control", "Last-Modified", "WWW-Authenticate", "Accept-Patch",
+    "Accept-Post",
 };
 
 /* One forwarded request; owned by the proxy until the upstream answers. */

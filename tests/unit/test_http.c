@@ -56,6 +56,12 @@ static void echo(struct moat_req *r, void *arg)
     const char *q = moat_req_query(r, "q");
     if (q)
         json_object_set_new(o, "q", json_string(q));
+    json_t *all = json_object();
+    void *it = NULL;
+    const char *k, *v;
+    while (moat_req_query_next(r, &it, &k, &v))
+        json_object_set_new(all, k, json_string(v));
+    json_object_set_new(o, "query", all);
     moat_req_reply_json(r, 200, o);
 }
 
@@ -227,6 +233,31 @@ static void test_routing_and_params(void **state)
     assert_string_equal(jstr(j, "q"), "hello there");
     json_decref(j);
     resp_release(&r);
+
+    /* keys and values decoded; a key without "=" is kept with "" */
+    r = request("GET", "/v1/items/1?a=1&flag&c=x+y&k%2Ey=v%26w&&", NULL, NULL,
+                0);
+    assert_int_equal(r.status, 200);
+    j = resp_json(&r);
+    json_t *q = json_object_get(j, "query");
+    assert_int_equal(json_object_size(q), 4);
+    assert_string_equal(jstr(q, "a"), "1");
+    assert_string_equal(jstr(q, "flag"), "");
+    assert_string_equal(jstr(q, "c"), "x y");
+    assert_string_equal(jstr(q, "k.y"), "v&w");
+    json_decref(j);
+    resp_release(&r);
+    r = request("GET", "/v1/items/1?a=%00", NULL, NULL, 0);
+    assert_int_equal(r.status, 400);
+    resp_release(&r);
+    struct moat_buf many = MOAT_BUF_INIT;
+    moat_buf_addstr(&many, "/v1/items/1?");
+    for (int i = 0; i <= MOAT_HTTP_MAX_QUERY_PARAMS; i++)
+        moat_buf_printf(&many, "p%d=1&", i);
+    r = request("GET", moat_buf_str(&many), NULL, NULL, 0);
+    assert_int_equal(r.status, 400);
+    resp_release(&r);
+    moat_buf_release(&many);
 
     /* {rest*} takes zero or more segments */
     r = request("PATCH", "/api/v1/things/7", NULL, NULL, 0);

@@ -1,0 +1,515 @@
+/* store.c - catalog's schema and queries (see store.h). */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+#include "moat/db.h"
+#include "moat/log.h"
+#include "store.h"
+
+struct cat_store {
+    struct moat_db *db; /* owned */
+};
+
+#define DB_FILE "catalog.db"
+
+/*
+ * Schema migrations. An applied migration is checksummed by moat_db_migrate:
+ * never edit one that has shipped, append a new version instead.
+ *
+ * products keeps the client document as JSON text (doc) and server-owned
+ * metadata in columns. sku, name, currency and amount are VIRTUAL generated
+ * columns over doc: indexable and filterable, and they cannot disagree with
+ * the document because they are not stored twice. WITHOUT ROWID clusters
+ * rows by id, which is the listing order (ids sort by creation time).
+ */
+static const struct moat_migration migrations[] = {
+    {1, "create products",
+     "CREATE TABLE products (\n"
+     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 31 AND substr(id, 1, 5) = 'prod_'),\n"
+     "    doc TEXT NOT NULL\n"
+     "        CHECK (json_valid(doc) AND json_type(doc) = 'object'),\n"
+     "    version INTEGER NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms INTEGER NOT NULL,\n"
+     "    updated_at_ms INTEGER NOT NULL,\n"
+     "    sku TEXT NOT NULL\n"
+     "        GENERATED ALWAYS AS (json_extract(doc, '$.sku')) VIRTUAL,\n"
+     "    name TEXT NOT NULL\n"
+     "        GENERATED ALWAYS AS (json_extract(doc, '$.name')) VIRTUAL,\n"
+     "    currency TEXT NOT NULL GENERATED ALWAYS AS\n"
+     "        (json_extract(doc, '$.price.currency')) VIRTUAL,\n"
+     "    amount INTEGER NOT NULL GENERATED ALWAYS AS\n"
+     "        (json_extract(doc, '$.price.amount')) VIRTUAL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE UNIQUE INDEX products_sku ON products (sku);\n"
+     "CREATE INDEX products_currency_amount ON products (currency, amount);\n"},
+};
+
+int cat_store_open(struct cat_store **out, const char *data_dir,
+                   struct moat_metrics *metrics)
+{
+    struct cat_store *s = moat_xcalloc(1, sizeof(*s));
+    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    int rc = moat_db_open(&s->db, path, NULL, metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    *out = s;
+    s = NULL;
+
+cleanup:
+    if (s) {
+        if (s->db)
+            moat_db_close(s->db);
+        free(s);
+    }
+    free(path);
+    return rc;
+}
+
+void cat_store_close(struct cat_store *s)
+{
+    if (!s)
+        return;
+    moat_db_close(s->db);
+    free(s);
+}
+
+bool cat_store_ready(struct cat_store *s, const char **why)
+{
+    if (!s || !s->db) {
+        *why = "database not open";
+        return false;
+    }
+    /* A query, not a flag: it also proves the database still answers. */
+    int version = moat_db_schema_version(s->db);
+    if (version != migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}
+
+/* ---- rows ---- */
+
+#define PRODUCT_COLUMNS "id, doc, version, created_at_ms, updated_at_ms"
+
+/* Fill p from a row of PRODUCT_COLUMNS. */
+static int row_to_product(sqlite3_stmt *st, struct cat_product *p)
+{
+    const char *id = (const char *)sqlite3_column_text(st, 0);
+    const char *doc = (const char *)sqlite3_column_text(st, 1);
+    json_error_t err;
+
+    memset(p, 0, sizeof(*p));
+    if (!id || !doc || strlen(id) != CAT_ID_LEN)
+        return MOAT_EDB;
+    memcpy(p->id, id, CAT_ID_LEN + 1);
+    p->doc = json_loads(doc, JSON_REJECT_DUPLICATES, &err);
+    if (!json_is_object(p->doc)) {
+        moat_log(MOAT_LOG_ERROR, "stored product document is not valid JSON",
+                 "{s:s, s:s}", "id", id, "error", err.text);
+        json_decref(p->doc);
+        p->doc = NULL;
+        return MOAT_EDB;
+    }
+    p->version = sqlite3_column_int64(st, 2);
+    p->created_ms = sqlite3_column_int64(st, 3);
+    p->updated_ms = sqlite3_column_int64(st, 4);
+    return MOAT_OK;
+}
+
+/* Bind doc as compact JSON text; SQLite frees the string. */
+static int bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    if (!text)
+        moat_die("cannot serialise a product document");
+    return sqlite3_bind_text(st, idx, text, -1, free) == SQLITE_OK ? MOAT_OK
+                                                                   : MOAT_EDB;
+}
+
+/* The moat error for a failed write step: a taken SKU is a conflict, any
+ * other constraint (a CHECK) means our own validation let something
+ * through, which is a bug rather than the client's fault. */
+static int write_error(struct cat_store *s, int step_rc)
+{
+    int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return MOAT_ECONFLICT;
+    if ((step_rc & 0xff) == SQLITE_CONSTRAINT)
+        return MOAT_EDB;
+    return moat_db_error(s->db, step_rc);
+}
+
+int cat_store_get(struct cat_store *s, const char *id, struct cat_product *out)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "product_get",
+                        "SELECT " PRODUCT_COLUMNS " FROM products "
+                        "WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = MOAT_EDB;
+    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK)
+        goto cleanup;
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW)
+        rc = row_to_product(st, out);
+    else if (step == SQLITE_DONE)
+        rc = MOAT_ENOTFOUND;
+    else
+        rc = moat_db_error(s->db, step);
+
+cleanup:
+    /* Reset at once: an unfinished SELECT pins a WAL read snapshot. */
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+/* Current version of id inside a transaction, to tell a missing product
+ * from a stale precondition after an UPDATE/DELETE changed no row. */
+static int current_version(struct cat_store *s, const char *id,
+                           int64_t *version)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "product_version", "SELECT version FROM products WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    if (step == SQLITE_ROW) {
+        *version = sqlite3_column_int64(st, 0);
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int cat_store_create(struct cat_store *s, struct cat_product *p)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "product_insert",
+        "INSERT INTO products (id, doc, version, created_at_ms, "
+        "updated_at_ms) VALUES (?1, ?2, 1, ?3, ?4)");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto cleanup;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+    rc = bind_doc(st, 2, p->doc);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    sqlite3_bind_int64(st, 3, p->created_ms);
+    sqlite3_bind_int64(st, 4, p->updated_ms);
+    int step = moat_stmt_step(stmt);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        goto cleanup;
+    }
+    moat_stmt_reset(stmt);
+    stmt = NULL;
+    p->version = 1;
+
+    /*
+     * Outbox: the ProductCreated event is inserted here, in this same
+     * transaction, so the change and its event commit or vanish together
+     * (DESIGN.md invariant 2).
+     */
+
+    rc = moat_db_commit(s->db);
+
+cleanup:
+    if (stmt)
+        moat_stmt_reset(stmt);
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int cat_store_replace(struct cat_store *s, const char *id,
+                      int64_t expect_version, json_t *doc, int64_t now_ms,
+                      struct cat_product *out)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "product_update",
+                        "UPDATE products SET doc = ?2, version = version + 1, "
+                        "updated_at_ms = max(?3, updated_at_ms) "
+                        "WHERE id = ?1 AND (?4 < 0 OR version = ?4)");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto cleanup;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    rc = bind_doc(st, 2, doc);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    sqlite3_bind_int64(st, 3, now_ms);
+    sqlite3_bind_int64(st, 4, expect_version);
+    int step = moat_stmt_step(stmt);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        goto cleanup;
+    }
+    moat_stmt_reset(stmt);
+    stmt = NULL;
+    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+        int64_t version;
+        rc = current_version(s, id, &version);
+        if (rc == MOAT_OK)
+            rc = MOAT_EPRECOND;
+        goto cleanup;
+    }
+
+    /*
+     * Outbox: ProductUpdated (and PriceChanged when the price differs)
+     * go here, in this same transaction.
+     */
+
+    if (out) {
+        rc = cat_store_get(s, id, out);
+        if (rc != MOAT_OK)
+            goto cleanup;
+    }
+    rc = moat_db_commit(s->db);
+    if (rc != MOAT_OK && out)
+        cat_product_release(out);
+
+cleanup:
+    if (stmt)
+        moat_stmt_reset(stmt);
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int cat_store_delete(struct cat_store *s, const char *id,
+                     int64_t expect_version)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "product_delete",
+                        "DELETE FROM products "
+                        "WHERE id = ?1 AND (?2 < 0 OR version = ?2)");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto cleanup;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, expect_version);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        goto cleanup;
+    }
+    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+        int64_t version;
+        rc = current_version(s, id, &version);
+        if (rc == MOAT_OK)
+            rc = MOAT_EPRECOND;
+        goto cleanup;
+    }
+
+    /* Outbox: ProductDeleted goes here, in this same transaction. */
+
+    rc = moat_db_commit(s->db);
+
+cleanup:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+/* ---- listing ---- */
+
+enum list_filter {
+    F_CURSOR = 1 << 0,
+    F_SKU = 1 << 1,
+    F_CURRENCY = 1 << 2,
+    F_MIN = 1 << 3,
+    F_MAX = 1 << 4,
+    F_NAME = 1 << 5,
+    F_ATTRS = 1 << 6,
+};
+
+/*
+ * One SQL text per combination of filters (at most 128), each cached under
+ * its own name, rather than one statement full of "(:x IS NULL OR ...)":
+ * a fixed text lets SQLite plan each combination with the right index
+ * (the SKU index for ?sku=, the currency index for ?currency=).
+ */
+static void list_sql(unsigned mask, struct moat_buf *sql)
+{
+    moat_buf_addstr(sql, "SELECT " PRODUCT_COLUMNS " FROM products WHERE 1");
+    if (mask & F_CURSOR)
+        moat_buf_addstr(sql, " AND id > :after");
+    if (mask & F_SKU)
+        moat_buf_addstr(sql, " AND sku = :sku");
+    if (mask & F_CURRENCY)
+        moat_buf_addstr(sql, " AND currency = :currency");
+    if (mask & F_MIN)
+        moat_buf_addstr(sql, " AND amount >= :min");
+    if (mask & F_MAX)
+        moat_buf_addstr(sql, " AND amount <= :max");
+    if (mask & F_NAME)
+        moat_buf_addstr(sql, " AND name LIKE :name ESCAPE '\\'");
+    if (mask & F_ATTRS)
+        /*
+         * Every requested attribute must be present as an equal string.
+         * json_each compares keys as plain text, so attribute names with
+         * dots, quotes or brackets need no JSON-path quoting. Filter keys
+         * are unique (the handler refuses repeats), so counting works.
+         */
+        moat_buf_addstr(sql,
+                        " AND (SELECT count(*) FROM json_each(:attrs) AS f"
+                        " JOIN json_each(products.doc, '$.attributes') AS a"
+                        " ON a.key = f.key"
+                        " WHERE a.type = 'text' AND a.atom = f.atom)"
+                        " = :nattrs");
+    moat_buf_addstr(sql, " ORDER BY id LIMIT :limit");
+}
+
+/* "%" + pattern with LIKE's wildcards and the escape character escaped. */
+static char *like_pattern(const char *s)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    moat_buf_addch(&b, '%');
+    for (; *s; s++) {
+        if (*s == '%' || *s == '_' || *s == '\\')
+            moat_buf_addch(&b, '\\');
+        moat_buf_addch(&b, *s);
+    }
+    moat_buf_addch(&b, '%');
+    return moat_buf_detach(&b, NULL);
+}
+
+static void bind_named_text(sqlite3_stmt *st, const char *name,
+                            const char *value)
+{
+    sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, name), value, -1,
+                      SQLITE_TRANSIENT);
+}
+
+static void bind_named_int(sqlite3_stmt *st, const char *name, int64_t value)
+{
+    sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, name), value);
+}
+
+int cat_store_list(struct cat_store *s, const struct cat_filter *f,
+                   size_t limit, struct cat_product **items, size_t *n)
+{
+    unsigned mask = 0;
+    if (f->after_id)
+        mask |= F_CURSOR;
+    if (f->sku)
+        mask |= F_SKU;
+    if (f->currency)
+        mask |= F_CURRENCY;
+    if (f->has_min)
+        mask |= F_MIN;
+    if (f->has_max)
+        mask |= F_MAX;
+    if (f->name_contains)
+        mask |= F_NAME;
+    if (json_object_size(f->attrs) > 0)
+        mask |= F_ATTRS;
+
+    struct moat_buf sql = MOAT_BUF_INIT;
+    struct cat_product *out = NULL;
+    size_t count = 0;
+    int rc = MOAT_EDB;
+    char name[32];
+
+    list_sql(mask, &sql);
+    snprintf(name, sizeof(name), "product_list_%02x", mask);
+    struct moat_stmt *stmt = moat_db_prepare(s->db, name, moat_buf_str(&sql));
+    if (!stmt)
+        goto cleanup;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+
+    if (f->after_id)
+        bind_named_text(st, ":after", f->after_id);
+    if (f->sku)
+        bind_named_text(st, ":sku", f->sku);
+    if (f->currency)
+        bind_named_text(st, ":currency", f->currency);
+    if (f->has_min)
+        bind_named_int(st, ":min", f->min_amount);
+    if (f->has_max)
+        bind_named_int(st, ":max", f->max_amount);
+    if (f->name_contains) {
+        char *pattern = like_pattern(f->name_contains);
+        bind_named_text(st, ":name", pattern);
+        free(pattern);
+    }
+    if (mask & F_ATTRS) {
+        char *attrs = json_dumps(f->attrs, JSON_COMPACT);
+        if (!attrs)
+            moat_die("cannot serialise an attribute filter");
+        bind_named_text(st, ":attrs", attrs);
+        free(attrs);
+        bind_named_int(st, ":nattrs", (int64_t)json_object_size(f->attrs));
+    }
+    bind_named_int(st, ":limit", (int64_t)limit);
+
+    out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW && count < limit) {
+        rc = row_to_product(st, &out[count]);
+        if (rc != MOAT_OK)
+            goto cleanup;
+        count++;
+    }
+    rc = step == SQLITE_ROW || step == SQLITE_DONE ? MOAT_OK
+                                                   : moat_db_error(s->db, step);
+
+cleanup:
+    if (stmt)
+        moat_stmt_reset(stmt);
+    moat_buf_release(&sql);
+    if (rc != MOAT_OK) {
+        cat_products_free(out, count);
+        out = NULL;
+        count = 0;
+    }
+    *items = out;
+    *n = count;
+    return rc;
+}
+
+void cat_products_free(struct cat_product *items, size_t n)
+{
+    if (!items)
+        return;
+    for (size_t i = 0; i < n; i++)
+        cat_product_release(&items[i]);
+    free(items);
+}

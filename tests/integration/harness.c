@@ -1,0 +1,670 @@
+/* harness.c - real service processes for integration tests (harness.h). */
+#include "moat/common.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "moat/buf.h"
+
+#define READY_TIMEOUT_MS 10000
+#define STOP_TIMEOUT_MS  15000
+#define START_ATTEMPTS   3 /* new port each time another process took it */
+#define LOG_TAIL_LINES   40
+#define MAX_CHILDREN     32
+
+/* ---- time and files ---- */
+
+double h_timeout_mult(void)
+{
+    const char *s = getenv("MOAT_TEST_TIMEOUT_MULT");
+    if (!s || !*s)
+        return 1.0;
+    char *end = NULL;
+    double m = strtod(s, &end);
+    if (end == s || *end != '\0' || !(m > 0.0) || m > 1000.0) {
+        fprintf(stderr, "harness: ignoring MOAT_TEST_TIMEOUT_MULT=\"%s\"\n", s);
+        return 1.0;
+    }
+    return m;
+}
+
+unsigned h_scaled_ms(unsigned ms)
+{
+    return (unsigned)((double)ms * h_timeout_mult());
+}
+
+void h_sleep_ms(unsigned ms)
+{
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+uint16_t h_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = 0;
+    socklen_t len = sizeof(sa);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
+    if (rc == 0)
+        rc = getsockname(fd, (struct sockaddr *)&sa, &len);
+    close(fd);
+    assert_int_equal(rc, 0);
+    return ntohs(sa.sin_port);
+}
+
+static bool keep_files(void)
+{
+    const char *s = getenv("MOAT_TEST_KEEP");
+    return s && strcmp(s, "1") == 0;
+}
+
+char *h_tmpdir_new(const char *tag)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    char *path = moat_xasprintf("%s/moat-it-%s-XXXXXX", base, tag);
+    if (!mkdtemp(path)) {
+        print_error("harness: mkdtemp %s: %s\n", path, strerror(errno));
+        free(path);
+        fail();
+    }
+    return path;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag,
+                        struct FTW *ftw)
+{
+    MOAT_UNUSED(st);
+    MOAT_UNUSED(flag);
+    MOAT_UNUSED(ftw);
+    if (remove(path) != 0)
+        fprintf(stderr, "harness: cannot remove %s: %s\n", path,
+                strerror(errno));
+    return 0; /* keep going: remove as much as possible */
+}
+
+void h_rmtree(const char *path)
+{
+    if (!path)
+        return;
+    if (keep_files()) {
+        fprintf(stderr, "harness: keeping %s (MOAT_TEST_KEEP=1)\n", path);
+        return;
+    }
+    nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void h_write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        print_error("harness: cannot create %s: %s\n", path, strerror(errno));
+        fail();
+    }
+    size_t len = strlen(text);
+    ssize_t n = write(fd, text, len);
+    close(fd);
+    assert_int_equal(n, (ssize_t)len);
+}
+
+/* ---- children ---- */
+
+/*
+ * Every child started and not yet reaped, so that h_kill_all() (also run
+ * at exit) can kill it whatever state the test's own structs are in.
+ */
+static struct child {
+    pid_t pid;
+    char name[32];
+    char log_path[PATH_MAX];
+} children[MAX_CHILDREN];
+
+static void child_add(const struct h_service *svc)
+{
+    for (size_t i = 0; i < MAX_CHILDREN; i++) {
+        if (children[i].pid == 0) {
+            children[i].pid = svc->pid;
+            snprintf(children[i].name, sizeof(children[i].name), "%s",
+                     svc->name);
+            snprintf(children[i].log_path, sizeof(children[i].log_path), "%s",
+                     svc->log_path);
+            return;
+        }
+    }
+    fprintf(stderr, "harness: more than %d children\n", MAX_CHILDREN);
+}
+
+static void child_remove(pid_t pid)
+{
+    for (size_t i = 0; i < MAX_CHILDREN; i++)
+        if (children[i].pid == pid)
+            children[i].pid = 0;
+}
+
+void h_kill_all(void)
+{
+    for (size_t i = 0; i < MAX_CHILDREN; i++) {
+        if (children[i].pid <= 0)
+            continue;
+        kill(children[i].pid, SIGKILL);
+        waitpid(children[i].pid, NULL, 0);
+        children[i].pid = 0;
+    }
+}
+
+static void print_log_file(const char *name, const char *path, size_t max_lines)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "harness: no log %s: %s\n", path, strerror(errno));
+        return;
+    }
+    /* Logs of a test run are small: read all, print the tail. */
+    struct moat_buf b = MOAT_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        moat_buf_add(&b, chunk, n);
+    fclose(f);
+
+    const char *s = moat_buf_str(&b);
+    const char *start = s + b.len;
+    size_t lines = 0;
+    if (start > s && start[-1] == '\n')
+        start--;
+    while (start > s && !(start[-1] == '\n' && ++lines == max_lines))
+        start--;
+    fprintf(stderr, "---- last %zu lines of %s (%s) ----\n", max_lines, name,
+            path);
+    for (const char *line = start; *line;) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        fprintf(stderr, "[%s] %.*s\n", name, (int)len, line);
+        line += len + (nl ? 1 : 0);
+    }
+    fprintf(stderr, "---- end of %s log ----\n", name);
+    moat_buf_release(&b);
+}
+
+void h_service_print_log(const struct h_service *svc, size_t max_lines)
+{
+    if (svc->log_path)
+        print_log_file(svc->name, svc->log_path, max_lines);
+}
+
+static void print_all_logs(void)
+{
+    for (size_t i = 0; i < MAX_CHILDREN; i++)
+        if (children[i].pid > 0)
+            print_log_file(children[i].name, children[i].log_path,
+                           LOG_TAIL_LINES);
+}
+
+static int decode_status(int status)
+{
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return -1;
+}
+
+/* Reap without blocking. Returns true when the child has exited. */
+static bool reap(struct h_service *svc)
+{
+    if (svc->pid <= 0)
+        return true;
+    int status = 0;
+    pid_t r = waitpid(svc->pid, &status, WNOHANG);
+    if (r == 0)
+        return false;
+    svc->exit_status = r == svc->pid ? decode_status(status) : -1;
+    child_remove(svc->pid);
+    svc->pid = 0;
+    return true;
+}
+
+bool h_service_alive(struct h_service *svc)
+{
+    return !reap(svc);
+}
+
+/* In the child: never returns. Only async-signal-safe calls until exec,
+ * except setenv, which is fine because the test process is single
+ * threaded when it forks. */
+MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
+                                     const char *bin,
+                                     const char *const *extra_env)
+{
+    /* Die with the test process, whatever kills it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(126);
+
+    int log = open(svc->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    int null = open("/dev/null", O_RDONLY);
+    if (log < 0 || null < 0)
+        _exit(125);
+    dup2(null, STDIN_FILENO);
+    dup2(log, STDOUT_FILENO);
+    dup2(log, STDERR_FILENO);
+    close(log);
+    close(null);
+
+    char listen_addr[32];
+    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%u",
+             (unsigned)svc->port);
+    setenv("MOAT_SERVICE_NAME", svc->name, 1);
+    setenv("MOAT_LISTEN", listen_addr, 1);
+    if (svc->data_dir)
+        setenv("MOAT_DATA_DIR", svc->data_dir, 1);
+    for (const char *const *e = extra_env; e && *e; e++)
+        putenv((char *)*e); /* the parent's strings outlive the exec */
+
+    char *argv[] = {(char *)bin, NULL};
+    execv(bin, argv);
+    fprintf(stderr, "harness: cannot exec %s: %s\n", bin, strerror(errno));
+    _exit(127);
+}
+
+/* GET url/readyz until 200, the child exits or the deadline passes. */
+static int wait_ready(struct h_service *svc)
+{
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(READY_TIMEOUT_MS);
+    const char *url = h_fmt("%s/readyz", svc->url);
+    long last = 0;
+    while (moat_mono_ms() < deadline) {
+        if (reap(svc))
+            return -1;
+        struct h_resp r;
+        h_http(&r, "GET", url, NULL, NULL, 0);
+        last = r.status;
+        h_resp_release(&r);
+        if (last == 200)
+            return 0;
+        h_sleep_ms(20);
+    }
+    fprintf(stderr, "harness: %s not ready after %u ms (last /readyz: %ld)\n",
+            svc->name, h_scaled_ms(READY_TIMEOUT_MS), last);
+    return -1;
+}
+
+static bool atexit_done;
+
+int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
+                    const char *data_dir, const char *const *extra_env)
+{
+    memset(svc, 0, sizeof(*svc));
+    snprintf(svc->name, sizeof(svc->name), "%s", name);
+    svc->exit_status = -1;
+    svc->data_dir = data_dir ? moat_xstrdup(data_dir) : NULL;
+    svc->log_path = moat_xasprintf("%s/%s.log", tmpdir, name);
+    char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, name);
+    int rc = -1;
+
+    if (!atexit_done) {
+        atexit(h_kill_all);
+        atexit_done = true;
+    }
+    if (access(bin, X_OK) != 0) {
+        fprintf(stderr, "harness: %s is not built: %s\n", bin, strerror(errno));
+        goto cleanup;
+    }
+    for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
+        svc->port = h_free_port();
+        snprintf(svc->url, sizeof(svc->url), "http://127.0.0.1:%u",
+                 (unsigned)svc->port);
+        fflush(NULL); /* the child must not repeat our buffered output */
+        pid_t parent = getpid();
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "harness: fork: %s\n", strerror(errno));
+            goto cleanup;
+        }
+        if (pid == 0)
+            exec_child(svc, parent, bin, extra_env);
+        svc->pid = pid;
+        child_add(svc);
+        if (wait_ready(svc) == 0) {
+            rc = 0;
+            goto cleanup;
+        }
+        if (svc->pid > 0) {
+            /* Still running but not ready: no point in another port. */
+            h_service_print_log(svc, LOG_TAIL_LINES);
+            h_service_kill(svc);
+            goto cleanup;
+        }
+        fprintf(stderr,
+                "harness: %s exited with status %d while starting "
+                "(attempt %d of %d, port %u)\n",
+                name, svc->exit_status, attempt, START_ATTEMPTS,
+                (unsigned)svc->port);
+        if (attempt == START_ATTEMPTS)
+            h_service_print_log(svc, LOG_TAIL_LINES);
+    }
+
+cleanup:
+    free(bin);
+    return rc;
+}
+
+int h_service_stop(struct h_service *svc)
+{
+    if (svc->pid <= 0)
+        return svc->exit_status;
+    kill(svc->pid, SIGTERM);
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(STOP_TIMEOUT_MS);
+    while (!reap(svc)) {
+        if (moat_mono_ms() >= deadline) {
+            fprintf(stderr, "harness: %s ignored SIGTERM for %u ms: killing\n",
+                    svc->name, h_scaled_ms(STOP_TIMEOUT_MS));
+            h_service_kill(svc);
+            svc->exit_status = -1;
+            break;
+        }
+        h_sleep_ms(10);
+    }
+    if (svc->exit_status != 0) {
+        fprintf(stderr, "harness: %s exited with status %d\n", svc->name,
+                svc->exit_status);
+        h_service_print_log(svc, LOG_TAIL_LINES);
+    }
+    return svc->exit_status;
+}
+
+void h_service_kill(struct h_service *svc)
+{
+    if (svc->pid <= 0)
+        return;
+    kill(svc->pid, SIGKILL);
+    int status = 0;
+    if (waitpid(svc->pid, &status, 0) == svc->pid)
+        svc->exit_status = decode_status(status);
+    child_remove(svc->pid);
+    svc->pid = 0;
+}
+
+void h_service_release(struct h_service *svc)
+{
+    h_service_kill(svc);
+    free(svc->data_dir);
+    free(svc->log_path);
+    svc->data_dir = NULL;
+    svc->log_path = NULL;
+}
+
+/* ---- HTTP ---- */
+
+static bool curl_ready;
+
+struct recv_ctx {
+    struct h_resp *resp;
+    struct moat_buf body;
+};
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct recv_ctx *ctx = arg;
+    size_t len = size * nmemb;
+    size_t room = H_MAX_BODY - ctx->body.len;
+    if (len > room) {
+        ctx->resp->truncated = true;
+        len = room;
+    }
+    moat_buf_add(&ctx->body, data, len);
+    return size * nmemb; /* keep reading: the status still counts */
+}
+
+static void headers_clear(struct h_resp *r)
+{
+    for (size_t i = 0; i < r->nheaders; i++) {
+        free(r->headers[i].name);
+        free(r->headers[i].value);
+    }
+    r->nheaders = 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *arg)
+{
+    struct recv_ctx *ctx = arg;
+    struct h_resp *r = ctx->resp;
+    size_t len = size * nmemb;
+
+    /* A new status line (after 100 Continue) starts a new header set. */
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        headers_clear(r);
+        return len;
+    }
+    const char *colon = memchr(data, ':', len);
+    if (!colon || r->nheaders == H_MAX_HEADERS)
+        return len;
+    const char *v = colon + 1;
+    const char *end = data + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+        end--;
+    r->headers[r->nheaders].name = moat_xstrndup(data, (size_t)(colon - data));
+    r->headers[r->nheaders].value = moat_xstrndup(v, (size_t)(end - v));
+    r->nheaders++;
+    return len;
+}
+
+void h_http(struct h_resp *out, const char *method, const char *url,
+            const char *const *headers, const void *body, size_t body_len)
+{
+    memset(out, 0, sizeof(*out));
+    snprintf(out->what, sizeof(out->what), "%s %s", method, url);
+    struct recv_ctx ctx = {out, MOAT_BUF_INIT};
+    struct curl_slist *list = NULL;
+    bool has_ct = false;
+
+    if (!curl_ready) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        curl_ready = true;
+    }
+    CURL *c = curl_easy_init();
+    if (!c)
+        moat_die("curl_easy_init failed");
+    for (const char *const *h = headers; h && *h; h++) {
+        list = curl_slist_append(list, *h);
+        if (strncasecmp(*h, "Content-Type:", 13) == 0)
+            has_ct = true;
+    }
+    if (body && !has_ct)
+        list = curl_slist_append(list, "Content-Type:");
+
+    char errbuf[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)h_scaled_ms(H_HTTP_TIMEOUT));
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)h_scaled_ms(H_HTTP_TIMEOUT));
+    curl_easy_setopt(c, CURLOPT_PROXY, ""); /* never via $http_proxy */
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &ctx);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &ctx);
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    else if (strcmp(method, "GET") != 0)
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+
+    uint64_t t0 = moat_mono_ns();
+    CURLcode rc = curl_easy_perform(c);
+    out->elapsed_ms = (double)(moat_mono_ns() - t0) / 1e6;
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+    } else {
+        /* A status may have arrived before the transport failed (the
+         * server answered early and closed while we were sending). */
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+        snprintf(out->err, sizeof(out->err), "%s: %s", curl_easy_strerror(rc),
+                 errbuf);
+    }
+    moat_buf_grow(&ctx.body, 0);
+    out->body = moat_buf_detach(&ctx.body, &out->body_len);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(c);
+}
+
+void h_get(struct h_resp *out, const char *url)
+{
+    h_http(out, "GET", url, NULL, NULL, 0);
+}
+
+void h_send_json(struct h_resp *out, const char *method, const char *url,
+                 const char *json, const char *const *headers)
+{
+    const char *all[H_MAX_HEADERS + 2];
+    size_t n = 0;
+    all[n++] = "Content-Type: application/json";
+    for (const char *const *h = headers; h && *h && n < H_MAX_HEADERS; h++)
+        all[n++] = *h;
+    all[n] = NULL;
+    h_http(out, method, url, all, json, strlen(json));
+}
+
+void h_resp_release(struct h_resp *r)
+{
+    headers_clear(r);
+    free(r->body);
+    r->body = NULL;
+    r->body_len = 0;
+}
+
+const char *h_resp_header(const struct h_resp *r, const char *name)
+{
+    for (size_t i = 0; i < r->nheaders; i++)
+        if (strcasecmp(r->headers[i].name, name) == 0)
+            return r->headers[i].value;
+    return NULL;
+}
+
+json_t *h_resp_json(const struct h_resp *r)
+{
+    if (!r->body || r->body_len == 0)
+        return NULL;
+    return json_loadb(r->body, r->body_len, 0, NULL);
+}
+
+const char *h_fmt(const char *fmt, ...)
+{
+    static char bufs[16][4096];
+    static unsigned next;
+    char *b = bufs[next++ % 16];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b, sizeof(bufs[0]), fmt, ap);
+    va_end(ap);
+    return b;
+}
+
+/* ---- assertions ---- */
+
+static void print_resp(const struct h_resp *r)
+{
+    fprintf(stderr, "---- %s -> %ld (%.1f ms)%s%s\n", r->what, r->status,
+            r->elapsed_ms, r->err[0] ? " transport error: " : "", r->err);
+    for (size_t i = 0; i < r->nheaders; i++)
+        fprintf(stderr, "%s: %s\n", r->headers[i].name, r->headers[i].value);
+    fprintf(stderr, "\n%.*s%s\n----\n",
+            (int)(r->body_len > 2048 ? 2048 : r->body_len),
+            r->body ? r->body : "", r->body_len > 2048 ? "..." : "");
+}
+
+/* Report a failed expectation with everything that helps, then fail. */
+MOAT_PRINTF(4, 5)
+static void fail_with(const struct h_resp *r, const char *file, int line,
+                      const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    print_resp(r);
+    print_all_logs();
+    print_error("%s\n", msg);
+    _fail(file, line);
+}
+
+void h_assert_status_(const struct h_resp *r, long status, const char *file,
+                      int line)
+{
+    if (r->status != status)
+        fail_with(r, file, line, "%s: expected status %ld, got %ld", r->what,
+                  status, r->status);
+}
+
+void h_assert_problem_(const struct h_resp *r, long status, const char *file,
+                       int line)
+{
+    h_assert_status_(r, status, file, line);
+    const char *ct = h_resp_header(r, "Content-Type");
+    if (!ct || strncasecmp(ct, "application/problem+json", 24) != 0)
+        fail_with(r, file, line,
+                  "%s: expected Content-Type application/problem+json, got "
+                  "%s",
+                  r->what, ct ? ct : "none");
+    json_t *j = h_resp_json(r);
+    bool ok = json_is_object(j) && json_is_string(json_object_get(j, "type")) &&
+              json_is_string(json_object_get(j, "title")) &&
+              json_integer_value(json_object_get(j, "status")) == status;
+    json_decref(j);
+    if (!ok)
+        fail_with(r, file, line,
+                  "%s: body is not a problem object with type, title and "
+                  "status %ld",
+                  r->what, status);
+}
+
+void h_assert_problem_error_(const struct h_resp *r, const char *key,
+                             const char *name, const char *file, int line)
+{
+    json_t *j = h_resp_json(r);
+    json_t *errors = json_object_get(j, "errors");
+    bool found = false;
+    size_t i;
+    json_t *e;
+    json_array_foreach(errors, i, e)
+    {
+        const char *v = json_string_value(json_object_get(e, key));
+        if (v && strcmp(v, name) == 0 &&
+            json_is_string(json_object_get(e, "detail")))
+            found = true;
+    }
+    json_decref(j);
+    if (!found)
+        fail_with(r, file, line, "%s: no error with %s \"%s\" and a detail",
+                  r->what, key, name);
+}

@@ -1,0 +1,177 @@
+/*
+ * harness.h - integration tests with real service processes on loopback.
+ *
+ * A test makes a temporary directory, starts service binaries from
+ * MOAT_BIN_DIR on free 127.0.0.1 ports (each with its own data directory
+ * and log file inside the temporary directory), talks to them over HTTP
+ * with a blocking libcurl client and stops them with SIGTERM, checking that
+ * they exit 0 (under ASan a leak makes the exit code non-zero).
+ *
+ * Cleanup never depends on the test passing: every child gets
+ * PR_SET_PDEATHSIG(SIGKILL), so it dies with the test process even if that
+ * crashes or is killed by a ctest timeout, and h_kill_all() (also run at
+ * exit) kills whatever is still running. That makes every test runnable on
+ * its own under gdb or valgrind.
+ *
+ * Timeouts are multiplied by $MOAT_TEST_TIMEOUT_MULT (default 1) for slow
+ * machines and sanitizer builds. $MOAT_TEST_KEEP=1 keeps the temporary
+ * directories (logs, databases) for a post-mortem.
+ *
+ * Ownership: strings inside struct h_service and struct h_resp belong to
+ * the struct and are freed by h_service_release() / h_resp_release().
+ * Functions returning char * return memory the caller frees with free().
+ */
+#ifndef MOAT_TEST_HARNESS_H
+#define MOAT_TEST_HARNESS_H
+
+/* cmocka needs these before its own header. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <sys/types.h>
+
+/* ---- time and files ---- */
+
+/* $MOAT_TEST_TIMEOUT_MULT (a positive number), default 1. */
+double h_timeout_mult(void);
+/* ms scaled by the multiplier. */
+unsigned h_scaled_ms(unsigned ms);
+void h_sleep_ms(unsigned ms);
+
+/*
+ * A free TCP port on 127.0.0.1 (bind to port 0, read it back, close).
+ * Another process could take it before the service binds: h_service_start
+ * retries with a new port when that happens. Aborts the test on failure.
+ */
+uint16_t h_free_port(void);
+
+/* mkdtemp "<$TMPDIR or /tmp>/moat-it-<tag>-XXXXXX" (mode 0700); caller
+ * frees the string and removes the tree with h_rmtree(). */
+char *h_tmpdir_new(const char *tag);
+/* Remove path recursively (no-op if $MOAT_TEST_KEEP=1). */
+void h_rmtree(const char *path);
+/* Create path containing text (mode 0600); aborts the test on failure. */
+void h_write_file(const char *path, const char *text);
+
+/* ---- service processes ---- */
+
+struct h_service {
+    char name[32];   /* "catalog": runs MOAT_BIN_DIR/moat-catalog */
+    pid_t pid;       /* > 0 while the child runs and is not reaped */
+    uint16_t port;   /* listening port */
+    char url[64];    /* "http://127.0.0.1:<port>" */
+    char *data_dir;  /* owned; NULL for a service without one */
+    char *log_path;  /* owned; stdout + stderr of the child */
+    int exit_status; /* after stop: exit code, 128 + signal, -1 unknown */
+};
+
+/*
+ * Start MOAT_BIN_DIR/moat-<name> on a free port and wait (up to 10 s,
+ * scaled) until GET /readyz answers 200. The child inherits the test's
+ * environment plus MOAT_SERVICE_NAME, MOAT_LISTEN, MOAT_DATA_DIR (when
+ * data_dir is not NULL; the service creates it) and extra_env, a
+ * NULL-terminated list of "NAME=value" (may be NULL), which wins over
+ * everything else. The log goes to <tmpdir>/<name>.log.
+ *
+ * Returns 0 when ready; otherwise prints the log tail, kills the child and
+ * returns -1. svc is zeroed first; release it with h_service_release().
+ */
+int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
+                    const char *data_dir, const char *const *extra_env);
+/* True while the child process exists and has not exited. */
+bool h_service_alive(struct h_service *svc);
+/*
+ * SIGTERM, then wait up to 15 s (scaled) for the exit; SIGKILL after that.
+ * Returns the exit status as in svc->exit_status (0 = clean exit) and
+ * prints the log tail when it is not 0.
+ */
+int h_service_stop(struct h_service *svc);
+/* SIGKILL and reap (a crash, as far as the service can tell). */
+void h_service_kill(struct h_service *svc);
+/* Kill the child if it still runs and free the strings. Idempotent. */
+void h_service_release(struct h_service *svc);
+/* Print the last max_lines lines of the service log to stderr. */
+void h_service_print_log(const struct h_service *svc, size_t max_lines);
+/* SIGKILL every started child that is still running. */
+void h_kill_all(void);
+
+/* ---- HTTP ---- */
+
+#define H_MAX_HEADERS  64
+#define H_MAX_BODY     (8u << 20) /* response bodies beyond are cut */
+#define H_HTTP_TIMEOUT 10000      /* ms per request, scaled */
+
+struct h_header {
+    char *name; /* owned, as received */
+    char *value;
+};
+
+struct h_resp {
+    long status; /* HTTP status, 0 on a transport error */
+    char *body;  /* owned, NUL-terminated, "" when empty */
+    size_t body_len;
+    bool truncated;                         /* the body exceeded H_MAX_BODY */
+    struct h_header headers[H_MAX_HEADERS]; /* of the final response */
+    size_t nheaders;
+    double elapsed_ms;
+    char what[160];                 /* "POST http://..." for messages */
+    char err[CURL_ERROR_SIZE + 64]; /* transport error text, status 0 */
+};
+
+/*
+ * Blocking request. headers is a NULL-terminated list of "Name: value"
+ * (may be NULL); body may be NULL. Without a Content-Type in headers a
+ * body is sent without one (curl's form default is suppressed). Always
+ * fills *out (status 0 on transport errors); release with h_resp_release().
+ */
+void h_http(struct h_resp *out, const char *method, const char *url,
+            const char *const *headers, const void *body, size_t body_len);
+/* Shorthand: GET without extra headers. */
+void h_get(struct h_resp *out, const char *url);
+/* Shorthand: a JSON body (Content-Type: application/json) plus headers. */
+void h_send_json(struct h_resp *out, const char *method, const char *url,
+                 const char *json, const char *const *headers);
+void h_resp_release(struct h_resp *r);
+/* Header value by case-insensitive name; NULL if absent. */
+const char *h_resp_header(const struct h_resp *r, const char *name);
+/* Body parsed as JSON (new reference), or NULL if it is not JSON. */
+json_t *h_resp_json(const struct h_resp *r);
+
+/*
+ * printf into one of 16 rotating static buffers of 4 KiB: handy for URLs
+ * in test code ("h_fmt("%s/v1/products/%s", svc.url, id)"). Not for
+ * anything kept across 16 later calls.
+ */
+const char *h_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- assertions (cmocka; print the response and the logs on failure) --- */
+
+/* Status is exactly status. */
+#define h_assert_status(r, status)                                             \
+    h_assert_status_((r), (status), __FILE__, __LINE__)
+/*
+ * An RFC 9457 problem: the status, Content-Type application/problem+json,
+ * and a JSON object body with string type and title and integer status
+ * equal to the HTTP status.
+ */
+#define h_assert_problem(r, status)                                            \
+    h_assert_problem_((r), (status), __FILE__, __LINE__)
+/* A problem whose "errors" has an entry with this pointer (or, for query
+ * parameter errors, "parameter"). */
+#define h_assert_problem_error(r, key, name)                                   \
+    h_assert_problem_error_((r), (key), (name), __FILE__, __LINE__)
+
+void h_assert_status_(const struct h_resp *r, long status, const char *file,
+                      int line);
+void h_assert_problem_(const struct h_resp *r, long status, const char *file,
+                       int line);
+void h_assert_problem_error_(const struct h_resp *r, const char *key,
+                             const char *name, const char *file, int line);
+
+#endif /* MOAT_TEST_HARNESS_H */
