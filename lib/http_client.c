@@ -33,6 +33,7 @@
 /* Idle connections are probed so a peer that vanished is noticed. */
 #define KEEPALIVE_IDLE_S     30L
 #define KEEPALIVE_INTERVAL_S 10L
+#define EASY_POOL_MAX        64
 
 /* A socket curl asked us to watch; owned by the client's socket list. */
 struct sock {
@@ -72,7 +73,11 @@ struct moat_http_client {
     struct moat_http_client_options opts;
     struct xfer *xfers; /* pending calls */
     size_t npending;
-    struct sock *socks;   /* watched sockets */
+    struct sock *socks; /* watched sockets */
+    /* Finished easy handles kept for reuse: creating one per call costs
+     * more than the call itself on loopback (allocations, defaults). */
+    CURL *idle[EASY_POOL_MAX];
+    size_t nidle;
     unsigned dispatching; /* frames using the client (see top) */
     bool closing;         /* moat_http_client_free() was called */
 };
@@ -237,8 +242,13 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 
 static void xfer_free(struct xfer *x)
 {
-    if (x->easy)
+    struct moat_http_client *c = x->client;
+    if (x->easy && !c->closing && c->nidle < EASY_POOL_MAX) {
+        curl_easy_reset(x->easy); /* options only; connections stay cached */
+        c->idle[c->nidle++] = x->easy;
+    } else if (x->easy) {
         curl_easy_cleanup(x->easy);
+    }
     curl_slist_free_all(x->headers);
     free(x->url);
     free(x->method);
@@ -325,6 +335,8 @@ static void client_destroy(struct moat_http_client *c)
     /* Closing cached connections may still call sock_cb: c stays valid
      * until after curl_multi_cleanup. */
     curl_multi_cleanup(c->multi);
+    while (c->nidle)
+        curl_easy_cleanup(c->idle[--c->nidle]);
     while (c->socks)
         sock_free(c, c->socks);
     event_free(c->timer);
@@ -559,7 +571,7 @@ int moat_http_client_send(struct moat_http_client *c,
     x->method = moat_xstrdup(call->method);
     x->headers = build_headers(call);
     x->start_ns = moat_mono_ns();
-    x->easy = curl_easy_init();
+    x->easy = c->nidle ? c->idle[--c->nidle] : curl_easy_init();
     if (!x->easy)
         moat_die("out of memory creating a curl handle");
 

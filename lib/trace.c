@@ -1,6 +1,8 @@
 /* trace.c - W3C traceparent parsing/formatting and request ids. */
 #include "moat/common.h"
 
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -53,10 +55,59 @@ bool moat_request_id_valid(const char *s)
     return true;
 }
 
+/*
+ * Trace and request ids must be unique, not secret: a per-thread
+ * xoshiro256** seeded from getrandom() replaces a getrandom() call per id,
+ * which showed up in the gateway's profile. A fork bumps the generation so
+ * a child never repeats its parent's sequence.
+ */
+static _Thread_local uint64_t rng[4];
+static _Thread_local unsigned rng_gen;
+static unsigned fork_gen = 1;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    fork_gen++;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t next_u64(void)
+{
+    if (rng_gen != fork_gen) {
+        pthread_once(&atfork_once, register_atfork);
+        do
+            moat_random_bytes(rng, sizeof(rng));
+        while (!(rng[0] | rng[1] | rng[2] | rng[3]));
+        rng_gen = fork_gen;
+    }
+    uint64_t result = rotl(rng[1] * 5, 7) * 9;
+    uint64_t t = rng[1] << 17;
+    rng[2] ^= rng[0];
+    rng[3] ^= rng[1];
+    rng[1] ^= rng[2];
+    rng[0] ^= rng[3];
+    rng[2] ^= t;
+    rng[3] = rotl(rng[3], 45);
+    return result;
+}
+
 static void random_hex(char *out, size_t nbytes)
 {
     unsigned char b[16];
-    moat_random_bytes(b, nbytes);
+    for (size_t i = 0; i < nbytes; i += 8) {
+        uint64_t v = next_u64();
+        memcpy(b + i, &v, nbytes - i < 8 ? nbytes - i : 8);
+    }
     b[nbytes - 1] |= 1; /* W3C forbids all-zero ids */
     moat_hex(out, b, nbytes);
 }
@@ -68,9 +119,8 @@ void moat_trace_start(struct moat_trace *t, const char *traceparent,
     if (moat_traceparent_valid(traceparent)) {
         memcpy(t->trace_id, traceparent + 3, 32);
         memcpy(t->parent_id, traceparent + 36, 16);
-        unsigned flags = 0;
-        sscanf(traceparent + 53, "%2x", &flags);
-        t->flags = (uint8_t)flags;
+        t->flags = (uint8_t)strtoul(
+            (char[3]){traceparent[53], traceparent[54], '\0'}, NULL, 16);
     } else {
         random_hex(t->trace_id, 16);
         t->flags = 1;
