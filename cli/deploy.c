@@ -1,0 +1,717 @@
+/* deploy.c - parse and validate the deployment file (see deploy.h). */
+#include "moat/common.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+#include "moat/config.h"
+
+#include "deploy.h"
+
+/*
+ * Variables the supervisor sets itself: a deployment's "env" may not
+ * override them, because the supervisor's own view (the port it probes,
+ * the directory it sizes) would then disagree with the service's.
+ */
+static const char *const reserved_env[] = {
+    "MOAT_SERVICE_NAME",
+    "MOAT_LISTEN",
+    "MOAT_DATA_DIR",
+    "MOAT_GATEWAY_ROUTES",
+};
+
+/* The errors found so far, formatted "file: field: problem\n". */
+struct errs {
+    const char *file;
+    struct moat_buf text;
+    unsigned n;
+};
+
+static void report(struct errs *e, const char *at, const char *key,
+                   const char *fmt, ...) MOAT_PRINTF(4, 5);
+
+static void report(struct errs *e, const char *at, const char *key,
+                   const char *fmt, ...)
+{
+    e->n++;
+    if (e->n > DEPLOY_MAX_ERRORS)
+        return;
+    moat_buf_printf(&e->text, "%s: ", e->file);
+    if (at && *at)
+        moat_buf_addstr(&e->text, at);
+    if (key)
+        moat_buf_printf(&e->text, "%s%s", (at && *at) ? "." : "", key);
+    if ((at && *at) || key)
+        moat_buf_addstr(&e->text, ": ");
+    va_list ap;
+    va_start(ap, fmt);
+    moat_buf_vprintf(&e->text, fmt, ap);
+    va_end(ap);
+    moat_buf_addch(&e->text, '\n');
+}
+
+/* Hand the collected errors over as one string without a final newline. */
+static char *errs_detach(struct errs *e)
+{
+    if (e->n > DEPLOY_MAX_ERRORS)
+        moat_buf_printf(&e->text, "%s: ... and %u more errors\n", e->file,
+                        e->n - DEPLOY_MAX_ERRORS);
+    if (e->text.len > 0 && e->text.data[e->text.len - 1] == '\n')
+        e->text.data[--e->text.len] = '\0';
+    return moat_buf_detach(&e->text, NULL);
+}
+
+static bool valid_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > DEPLOY_NAME_MAX || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool valid_env_name(const char *s)
+{
+    if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || *s == '_'))
+        return false;
+    for (s++; *s; s++) {
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
+              (*s >= '0' && *s <= '9') || *s == '_'))
+            return false;
+    }
+    return true;
+}
+
+/*
+ * A route prefix or upstream path: absolute, at most DEPLOY_URLPATH_MAX
+ * bytes, unreserved URL characters only. ',' and '=' in particular are
+ * excluded because they delimit MOAT_GATEWAY_ROUTES. No empty segment and
+ * no trailing '/' (except "/" itself), so prefixes compare unambiguously.
+ */
+static const char *urlpath_problem(const char *s)
+{
+    size_t n = strlen(s);
+    if (s[0] != '/')
+        return "must start with '/'";
+    if (n >= DEPLOY_URLPATH_MAX)
+        return "is too long";
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '/' || c == '-' || c == '_' ||
+              c == '.' || c == '~'))
+            return "may contain only letters, digits, '/', '-', '_', '.', "
+                   "'~'";
+    }
+    if (strstr(s, "//"))
+        return "must not contain an empty segment (\"//\")";
+    if (n > 1 && s[n - 1] == '/')
+        return "must not end with '/'";
+    return NULL;
+}
+
+char *deploy_path_join(const char *base, const char *rel)
+{
+    struct moat_buf in = MOAT_BUF_INIT;
+    if (rel[0] != '/') {
+        moat_buf_addstr(&in, base);
+        moat_buf_addch(&in, '/');
+    }
+    moat_buf_addstr(&in, rel);
+
+    /* Walk the segments, keeping the output as a stack of segments. */
+    struct moat_buf out = MOAT_BUF_INIT;
+    char *save = NULL;
+    for (char *seg = strtok_r(in.data, "/", &save); seg;
+         seg = strtok_r(NULL, "/", &save)) {
+        if (strcmp(seg, ".") == 0)
+            continue;
+        if (strcmp(seg, "..") == 0) {
+            char *slash = out.len ? strrchr(out.data, '/') : NULL;
+            if (slash) {
+                out.len = (size_t)(slash - out.data);
+                out.data[out.len] = '\0';
+            }
+            continue;
+        }
+        moat_buf_addch(&out, '/');
+        moat_buf_addstr(&out, seg);
+    }
+    if (out.len == 0)
+        moat_buf_addch(&out, '/');
+    moat_buf_release(&in);
+    return moat_buf_detach(&out, NULL);
+}
+
+/* Whether path is dir itself or lies beneath it (both normalised). */
+static bool path_within(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    if (strcmp(dir, "/") == 0)
+        return true;
+    return strncmp(path, dir, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+static char *field_at(const char *at, const char *key)
+{
+    return (at && *at) ? moat_xasprintf("%s.%s", at, key) : moat_xstrdup(key);
+}
+
+/* Report every member of obj that is not in allowed (NULL-terminated). */
+static void check_known(struct errs *e, json_t *obj, const char *at,
+                        const char *const *allowed)
+{
+    const char *key;
+    json_t *val;
+    json_object_foreach(obj, key, val)
+    {
+        bool ok = false;
+        for (size_t i = 0; allowed[i] && !ok; i++)
+            ok = strcmp(key, allowed[i]) == 0;
+        if (!ok) {
+            struct moat_buf list = MOAT_BUF_INIT;
+            for (size_t i = 0; allowed[i]; i++)
+                moat_buf_printf(&list, "%s%s", i ? ", " : "", allowed[i]);
+            report(e, at, key, "unknown field (expected one of: %s)",
+                   moat_buf_str(&list));
+            moat_buf_release(&list);
+        }
+    }
+}
+
+/*
+ * A non-empty string member without NUL bytes. Returns the borrowed value,
+ * or NULL when absent (an error if required) or invalid (always an error).
+ */
+static const char *get_string(struct errs *e, json_t *obj, const char *at,
+                              const char *key, bool required)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v) {
+        if (required)
+            report(e, at, key, "missing (required)");
+        return NULL;
+    }
+    if (!json_is_string(v)) {
+        report(e, at, key, "must be a string");
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    if (strlen(s) != json_string_length(v)) {
+        report(e, at, key, "must not contain NUL characters");
+        return NULL;
+    }
+    if (*s == '\0') {
+        report(e, at, key, "must not be empty");
+        return NULL;
+    }
+    return s;
+}
+
+static void parse_env(struct errs *e, json_t *obj, const char *at,
+                      struct deploy_service *svc)
+{
+    json_t *env = json_object_get(obj, "env");
+    if (!env)
+        return;
+    if (!json_is_object(env)) {
+        report(e, at, "env", "must be an object of strings");
+        return;
+    }
+    if (json_object_size(env) > DEPLOY_MAX_ENV) {
+        report(e, at, "env", "too many variables (at most %d)", DEPLOY_MAX_ENV);
+        return;
+    }
+    char *env_at = field_at(at, "env");
+    svc->env = moat_xcalloc(json_object_size(env) + 1, sizeof(*svc->env));
+    const char *key;
+    json_t *val;
+    json_object_foreach(env, key, val)
+    {
+        if (!valid_env_name(key)) {
+            report(e, env_at, key,
+                   "not a valid environment variable name "
+                   "([A-Za-z_][A-Za-z0-9_]*)");
+            continue;
+        }
+        bool reserved = false;
+        for (size_t i = 0; i < MOAT_ARRAY_LEN(reserved_env); i++)
+            reserved = reserved || strcmp(key, reserved_env[i]) == 0;
+        if (reserved) {
+            report(e, env_at, key,
+                   "is set by the supervisor from the deployment file; "
+                   "use the corresponding field instead");
+            continue;
+        }
+        if (!json_is_string(val)) {
+            report(e, env_at, key, "must be a string");
+            continue;
+        }
+        if (strlen(json_string_value(val)) != json_string_length(val)) {
+            report(e, env_at, key, "must not contain NUL characters");
+            continue;
+        }
+        svc->env[svc->nenv].name = moat_xstrdup(key);
+        svc->env[svc->nenv].value = moat_xstrdup(json_string_value(val));
+        svc->nenv++;
+    }
+    free(env_at);
+}
+
+static void parse_routes(struct errs *e, json_t *obj, const char *at,
+                         struct deploy_service *svc)
+{
+    static const char *const allowed[] = {"prefix", "service", "path", NULL};
+    json_t *routes = json_object_get(obj, "routes");
+    if (!routes)
+        return;
+    if (!json_is_array(routes) || json_array_size(routes) == 0) {
+        report(e, at, "routes", "must be a non-empty array of routes");
+        return;
+    }
+    if (json_array_size(routes) > DEPLOY_MAX_ROUTES) {
+        report(e, at, "routes", "too many routes (at most %d)",
+               DEPLOY_MAX_ROUTES);
+        return;
+    }
+    svc->routes = moat_xcalloc(json_array_size(routes), sizeof(*svc->routes));
+    size_t i;
+    json_t *r;
+    json_array_foreach(routes, i, r)
+    {
+        char *rat = moat_xasprintf("%s.routes[%zu]", at, i);
+        if (!json_is_object(r)) {
+            report(e, rat, NULL, "must be an object");
+            free(rat);
+            continue;
+        }
+        check_known(e, r, rat, allowed);
+        const char *prefix = get_string(e, r, rat, "prefix", true);
+        const char *service = get_string(e, r, rat, "service", true);
+        const char *path = get_string(e, r, rat, "path", true);
+        const char *problem;
+        if (prefix && (problem = urlpath_problem(prefix))) {
+            report(e, rat, "prefix", "%s, got \"%s\"", problem, prefix);
+            prefix = NULL;
+        }
+        if (path && (problem = urlpath_problem(path))) {
+            report(e, rat, "path", "%s, got \"%s\"", problem, path);
+            path = NULL;
+        }
+        for (size_t j = 0; prefix && j < svc->nroutes; j++) {
+            if (strcmp(svc->routes[j].prefix, prefix) == 0) {
+                report(e, rat, "prefix",
+                       "\"%s\" is already used by %s.routes[%zu]", prefix, at,
+                       j);
+                prefix = NULL;
+            }
+        }
+        if (prefix && service && path) {
+            struct deploy_route *dr = &svc->routes[svc->nroutes++];
+            dr->prefix = moat_xstrdup(prefix);
+            dr->service = moat_xstrdup(service);
+            dr->path = moat_xstrdup(path);
+        }
+        free(rat);
+    }
+}
+
+/* Parse services[i] into svc. Cross-service checks come later. */
+static void parse_service(struct errs *e, json_t *obj, const char *at,
+                          const struct deploy *d, struct deploy_service *svc)
+{
+    static const char *const allowed[] = {"name", "listen",   "engine",
+                                          "db",   "data_dir", "binary",
+                                          "env",  "routes",   NULL};
+    if (!json_is_object(obj)) {
+        report(e, at, NULL, "must be an object");
+        return;
+    }
+    check_known(e, obj, at, allowed);
+
+    const char *name = get_string(e, obj, at, "name", true);
+    if (name && !valid_name(name)) {
+        report(e, at, "name",
+               "must match [a-z][a-z0-9-]{0,31} (lowercase letter first), "
+               "got \"%s\"",
+               name);
+        name = NULL;
+    }
+    /* The supervisor's own log is <var>/log/moat.log. */
+    if (name && strcmp(name, "moat") == 0) {
+        report(e, at, "name", "\"moat\" is reserved for the supervisor");
+        name = NULL;
+    }
+    svc->name = name ? moat_xstrdup(name) : NULL;
+
+    const char *listen = get_string(e, obj, at, "listen", true);
+    if (listen && moat_parse_hostport(listen, svc->host, sizeof(svc->host),
+                                      &svc->port, false) != MOAT_OK) {
+        report(e, at, "listen",
+               "must be HOST:PORT with an IPv4 address or hostname and a port "
+               "in 1..65535, got \"%s\"",
+               listen);
+        listen = NULL;
+    }
+    svc->listen = listen ? moat_xstrdup(listen) : NULL;
+
+    const char *engine = get_string(e, obj, at, "engine", true);
+    if (engine) {
+        if (strcmp(engine, "sqlite") == 0) {
+            svc->engine = DEPLOY_ENGINE_SQLITE;
+        } else if (strcmp(engine, "lmdb") == 0) {
+            svc->engine = DEPLOY_ENGINE_LMDB;
+        } else if (strcmp(engine, "none") == 0) {
+            svc->engine = DEPLOY_ENGINE_NONE;
+        } else {
+            report(e, at, "engine",
+                   "must be \"sqlite\", \"lmdb\" or \"none\", got \"%s\"",
+                   engine);
+            engine = NULL; /* then db is checked for type only */
+        }
+    }
+
+    const char *data_dir = get_string(e, obj, at, "data_dir", false);
+    if (data_dir)
+        svc->data_dir = deploy_path_join(d->dir, data_dir);
+    else if (svc->name && d->var_dir)
+        svc->data_dir = deploy_path_join(d->var_dir, svc->name);
+
+    bool stores = engine && svc->engine != DEPLOY_ENGINE_NONE;
+    bool has_db = json_object_get(obj, "db") != NULL;
+    const char *db = get_string(e, obj, at, "db", stores);
+    if (engine && !stores && has_db) {
+        report(e, at, "db", "not allowed with engine \"none\"");
+    } else if (db && svc->data_dir) {
+        svc->db = deploy_path_join(svc->data_dir, db);
+        if (strcmp(svc->db, svc->data_dir) == 0 ||
+            !path_within(svc->db, svc->data_dir)) {
+            report(e, at, "db",
+                   "must be inside the service's data directory %s (the "
+                   "service is confined to it), got \"%s\"",
+                   svc->data_dir, db);
+        }
+    }
+
+    const char *binary = get_string(e, obj, at, "binary", false);
+    svc->binary = binary ? moat_xstrdup(binary) : NULL;
+
+    parse_env(e, obj, at, svc);
+    parse_routes(e, obj, at, svc);
+}
+
+const char *deploy_connect_host(const struct deploy_service *s)
+{
+    return strcmp(s->host, "0.0.0.0") == 0 ? "127.0.0.1" : s->host;
+}
+
+/* Two listen addresses collide on the same port when their hosts are equal
+ * (localhost is loopback) or either is the wildcard address. */
+static bool listen_conflict(const struct deploy_service *a,
+                            const struct deploy_service *b)
+{
+    if (a->port != b->port)
+        return false;
+    const char *ha = strcmp(a->host, "localhost") == 0 ? "127.0.0.1" : a->host;
+    const char *hb = strcmp(b->host, "localhost") == 0 ? "127.0.0.1" : b->host;
+    return strcmp(ha, hb) == 0 || strcmp(ha, "0.0.0.0") == 0 ||
+           strcmp(hb, "0.0.0.0") == 0;
+}
+
+/* Checks across services: uniqueness, data directory separation, route
+ * targets and the start order they imply. */
+static void check_services(struct errs *e, struct deploy *d)
+{
+    char logdir[PATH_MAX];
+    snprintf(logdir, sizeof(logdir), "%s/log", d->var_dir);
+
+    for (size_t i = 0; i < d->nservices; i++) {
+        struct deploy_service *s = &d->services[i];
+        char at[32];
+        snprintf(at, sizeof(at), "services[%zu]", i);
+        for (size_t j = 0; j < i; j++) {
+            const struct deploy_service *o = &d->services[j];
+            if (s->name && o->name && strcmp(s->name, o->name) == 0)
+                report(e, at, "name", "\"%s\" is already used by services[%zu]",
+                       s->name, j);
+            if (s->listen && o->listen && listen_conflict(s, o))
+                report(e, at, "listen",
+                       "\"%s\" conflicts with services[%zu] (\"%s\")",
+                       s->listen, j, o->listen);
+            /* One service, one data directory: no sharing, no nesting. */
+            if (s->data_dir && o->data_dir &&
+                (path_within(s->data_dir, o->data_dir) ||
+                 path_within(o->data_dir, s->data_dir)))
+                report(e, at, "data_dir",
+                       "%s overlaps the data directory of services[%zu] (%s)",
+                       s->data_dir, j, o->data_dir);
+        }
+        if (s->data_dir && (path_within(d->var_dir, s->data_dir) ||
+                            path_within(s->data_dir, logdir)))
+            report(e, at, "data_dir",
+                   "%s overlaps the supervisor's var_dir %s or its log/ "
+                   "directory",
+                   s->data_dir, d->var_dir);
+        for (size_t r = 0; r < s->nroutes; r++) {
+            const char *target = s->routes[r].service;
+            const struct deploy_service *t = deploy_find(d, target);
+            char rat[64];
+            snprintf(rat, sizeof(rat), "%s.routes[%zu]", at, r);
+            if (!t)
+                report(e, rat, "service", "no service named \"%s\"", target);
+            else if (t == s)
+                report(e, rat, "service", "a service cannot route to itself");
+        }
+    }
+    if (e->n)
+        return;
+
+    /*
+     * Start levels by relaxation: a service starts after every service it
+     * routes to. Levels never exceed nservices unless routes form a cycle.
+     */
+    bool changed = true;
+    for (size_t round = 0; changed && round <= d->nservices; round++) {
+        changed = false;
+        for (size_t i = 0; i < d->nservices; i++) {
+            struct deploy_service *s = &d->services[i];
+            int level = 0;
+            for (size_t r = 0; r < s->nroutes; r++) {
+                int tl = deploy_find(d, s->routes[r].service)->level;
+                if (tl + 1 > level)
+                    level = tl + 1;
+            }
+            if (level != s->level) {
+                s->level = level;
+                changed = true;
+            }
+        }
+    }
+    if (changed) {
+        /* In a cycle every member's level grows each round, so after
+         * nservices + 1 rounds exactly the services on or behind a cycle
+         * are above nservices. */
+        for (size_t i = 0; i < d->nservices; i++) {
+            if (d->services[i].level > (int)d->nservices) {
+                char at[32];
+                snprintf(at, sizeof(at), "services[%zu]", i);
+                report(e, at, "routes",
+                       "routes of \"%s\" lead back to it through other "
+                       "services (a cycle)",
+                       d->services[i].name);
+            }
+        }
+        return;
+    }
+    for (size_t i = 0; i < d->nservices; i++)
+        if (d->services[i].level > d->max_level)
+            d->max_level = d->services[i].level;
+}
+
+int deploy_parse(const char *json, size_t len, const char *file,
+                 const char *base_dir, struct deploy **out, char **err)
+{
+    static const char *const allowed[] = {"name", "var_dir", "services", NULL};
+    struct errs e = {.file = file, .text = MOAT_BUF_INIT};
+    struct deploy *d = moat_xcalloc(1, sizeof(*d));
+    d->file = moat_xstrdup(file);
+    d->dir = deploy_path_join("/", base_dir);
+    int rc = MOAT_EINVAL;
+
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        moat_buf_printf(&e.text, "%s:%d:%d: invalid JSON: %s", file, jerr.line,
+                        jerr.column, jerr.text);
+        e.n++;
+        goto cleanup;
+    }
+    if (!json_is_object(root)) {
+        report(&e, NULL, NULL, "the top level must be an object");
+        goto cleanup;
+    }
+    check_known(&e, root, "", allowed);
+
+    const char *name = get_string(&e, root, "", "name", true);
+    if (name && !valid_name(name)) {
+        report(&e, "", "name", "must match [a-z][a-z0-9-]{0,31}, got \"%s\"",
+               name);
+        name = NULL;
+    }
+    d->name = name ? moat_xstrdup(name) : NULL;
+
+    const char *var_dir = get_string(&e, root, "", "var_dir", false);
+    d->var_dir = deploy_path_join(d->dir, var_dir ? var_dir : "var");
+
+    json_t *services = json_object_get(root, "services");
+    if (!services) {
+        report(&e, "", "services", "missing (required)");
+    } else if (!json_is_array(services) || json_array_size(services) == 0) {
+        report(&e, "", "services", "must be a non-empty array of services");
+    } else if (json_array_size(services) > DEPLOY_MAX_SERVICES) {
+        report(&e, "", "services", "too many services (at most %d)",
+               DEPLOY_MAX_SERVICES);
+    } else {
+        d->nservices = json_array_size(services);
+        d->services = moat_xcalloc(d->nservices, sizeof(*d->services));
+        for (size_t i = 0; i < d->nservices; i++) {
+            char at[32];
+            snprintf(at, sizeof(at), "services[%zu]", i);
+            parse_service(&e, json_array_get(services, i), at, d,
+                          &d->services[i]);
+        }
+        if (e.n == 0)
+            check_services(&e, d);
+    }
+    if (e.n == 0)
+        rc = MOAT_OK;
+
+cleanup:
+    json_decref(root);
+    if (rc == MOAT_OK) {
+        *out = d;
+        *err = NULL;
+        moat_buf_release(&e.text);
+    } else {
+        deploy_free(d);
+        *out = NULL;
+        *err = errs_detach(&e);
+    }
+    return rc;
+}
+
+int deploy_load(const char *path, struct deploy **out, char **err)
+{
+    *out = NULL;
+    *err = NULL;
+    int rc = MOAT_EIO;
+    struct moat_buf text = MOAT_BUF_INIT;
+    char *dir = NULL;
+    char real[PATH_MAX];
+
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        *err = moat_xasprintf("cannot open deployment file '%s': %s", path,
+                              strerror(errno));
+        goto cleanup;
+    }
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        if (text.len + n > DEPLOY_FILE_MAX) {
+            *err = moat_xasprintf("deployment file '%s' is larger than %u "
+                                  "bytes",
+                                  path, DEPLOY_FILE_MAX);
+            goto cleanup;
+        }
+        moat_buf_add(&text, chunk, n);
+    }
+    if (ferror(f)) {
+        *err = moat_xasprintf("cannot read deployment file '%s': %s", path,
+                              strerror(errno));
+        goto cleanup;
+    }
+
+    /* Relative paths in the file are relative to the file, not to the
+     * directory moat happens to run in. */
+    const char *slash = strrchr(path, '/');
+    dir = slash ? moat_xstrndup(path, (size_t)(slash - path) + 1)
+                : moat_xstrdup(".");
+    if (!realpath(dir, real)) {
+        *err = moat_xasprintf("cannot resolve directory of '%s': %s", path,
+                              strerror(errno));
+        goto cleanup;
+    }
+    rc = deploy_parse(moat_buf_str(&text), text.len, path, real, out, err);
+
+cleanup:
+    if (f)
+        fclose(f);
+    free(dir);
+    moat_buf_release(&text);
+    return rc;
+}
+
+void deploy_free(struct deploy *d)
+{
+    if (!d)
+        return;
+    for (size_t i = 0; i < d->nservices; i++) {
+        struct deploy_service *s = &d->services[i];
+        free(s->name);
+        free(s->listen);
+        free(s->db);
+        free(s->data_dir);
+        free(s->binary);
+        for (size_t j = 0; j < s->nenv; j++) {
+            free(s->env[j].name);
+            free(s->env[j].value);
+        }
+        free(s->env);
+        for (size_t j = 0; j < s->nroutes; j++) {
+            free(s->routes[j].prefix);
+            free(s->routes[j].service);
+            free(s->routes[j].path);
+        }
+        free(s->routes);
+    }
+    free(d->services);
+    free(d->name);
+    free(d->file);
+    free(d->dir);
+    free(d->var_dir);
+    free(d);
+}
+
+const struct deploy_service *deploy_find(const struct deploy *d,
+                                         const char *name)
+{
+    for (size_t i = 0; i < d->nservices; i++)
+        if (d->services[i].name && strcmp(d->services[i].name, name) == 0)
+            return &d->services[i];
+    return NULL;
+}
+
+char *deploy_base_url(const struct deploy_service *s)
+{
+    return moat_xasprintf("http://%s:%u", deploy_connect_host(s),
+                          (unsigned)s->port);
+}
+
+char *deploy_gateway_routes(const struct deploy *d,
+                            const struct deploy_service *s)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        const struct deploy_route *r = &s->routes[i];
+        const struct deploy_service *t = deploy_find(d, r->service);
+        if (!t)
+            continue; /* cannot happen after validation */
+        moat_buf_printf(&b, "%s%s=http://%s:%u%s", i ? "," : "", r->prefix,
+                        deploy_connect_host(t), (unsigned)t->port, r->path);
+    }
+    return moat_buf_detach(&b, NULL);
+}
+
+const char *deploy_engine_name(enum deploy_engine e)
+{
+    switch (e) {
+    case DEPLOY_ENGINE_SQLITE:
+        return "sqlite";
+    case DEPLOY_ENGINE_LMDB:
+        return "lmdb";
+    case DEPLOY_ENGINE_NONE:
+        break;
+    }
+    return "none";
+}

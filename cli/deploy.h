@@ -1,0 +1,136 @@
+/*
+ * cli/deploy.h - the deployment file that `moat up` runs: which services,
+ * where they listen, where their data lives, how the gateway routes.
+ *
+ *   {"name": "local", "var_dir": "var", "services": [
+ *     {"name": "catalog", "listen": "127.0.0.1:8081", "engine": "sqlite",
+ *      "db": "catalog.db", "env": {"MOAT_LOG_LEVEL": "debug"}},
+ *     {"name": "gateway", "listen": "127.0.0.1:8080", "engine": "none",
+ *      "routes": [{"prefix": "/api/v1/products", "service": "catalog",
+ *                  "path": "/v1/products"}]}]}
+ *
+ * Parsing is strict: duplicate keys, unknown fields and wrong types are
+ * errors, each message naming the field as a path ("services[1].listen").
+ * Every error found is reported, one per line, so a user fixes a file in one
+ * pass rather than one complaint at a time.
+ *
+ * Paths: var_dir and data_dir resolve against the directory of the
+ * deployment file; db resolves against the service's data_dir and must stay
+ * inside it (a service is confined to its data directory, so a database
+ * elsewhere could not be opened). All resolved paths are absolute and
+ * lexically normalised (no ".", "..", "//").
+ *
+ * Ownership: deploy_parse() and deploy_load() hand a struct deploy to the
+ * caller, who frees it (and everything it points to) with deploy_free().
+ * Error texts are allocated; the caller frees them with free().
+ */
+#ifndef MOAT_CLI_DEPLOY_H
+#define MOAT_CLI_DEPLOY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DEPLOY_MAX_SERVICES 64
+#define DEPLOY_MAX_ROUTES   64
+#define DEPLOY_MAX_ENV      128
+#define DEPLOY_NAME_MAX     32  /* [a-z][a-z0-9-]{0,31} */
+#define DEPLOY_HOST_MAX     64  /* listen host, NUL included */
+#define DEPLOY_URLPATH_MAX  256 /* route prefix and upstream path */
+#define DEPLOY_MAX_ERRORS   20  /* further errors are counted, not listed */
+#define DEPLOY_FILE_MAX     (1u << 20) /* a deployment file is small */
+
+/* The storage engine a service uses; it decides how `moat status` sizes the
+ * database (a SQLite file plus -wal/-shm, an LMDB directory...). */
+enum deploy_engine {
+    DEPLOY_ENGINE_NONE,
+    DEPLOY_ENGINE_SQLITE,
+    DEPLOY_ENGINE_LMDB,
+};
+
+struct deploy_route {
+    char *prefix;  /* public path prefix at the gateway, "/api/v1/products" */
+    char *service; /* name of the upstream service */
+    char *path;    /* path prefix on the upstream, "/v1/products" */
+};
+
+struct deploy_env {
+    char *name;  /* environment variable name */
+    char *value; /* its value */
+};
+
+struct deploy_service {
+    char *name;                 /* [a-z][a-z0-9-]{0,31} */
+    char *listen;               /* "host:port" as written */
+    char host[DEPLOY_HOST_MAX]; /* parsed host of listen */
+    uint16_t port;              /* parsed port of listen, 1..65535 */
+    enum deploy_engine engine;
+    char *db;       /* absolute path of its database; NULL for engine none */
+    char *data_dir; /* absolute path */
+    char *binary;   /* the "binary" field as written; NULL = moat-<name> */
+    struct deploy_env *env; /* extra environment, in file order */
+    size_t nenv;
+    struct deploy_route *routes; /* non-empty only for a gateway */
+    size_t nroutes;
+    int level; /* start order: 0 = no routes; else 1 + max(level of targets) */
+};
+
+struct deploy {
+    char *name;    /* deployment name, for display */
+    char *file;    /* the deployment file as given (for messages) */
+    char *dir;     /* absolute directory of the deployment file */
+    char *var_dir; /* absolute; holds moat.state, moat.lock, log/ */
+    struct deploy_service *services; /* in file order */
+    size_t nservices;
+    int max_level; /* highest level among services */
+};
+
+/*
+ * Parse and validate deployment JSON. file names the source in messages;
+ * base_dir (absolute) is where relative paths resolve. On success returns
+ * MOAT_OK and *out (caller frees with deploy_free). On failure returns
+ * MOAT_EINVAL and *err, one "file: field: problem" per line (caller frees).
+ */
+int deploy_parse(const char *json, size_t len, const char *file,
+                 const char *base_dir, struct deploy **out, char **err);
+
+/*
+ * Read and parse the deployment file at path (relative to the current
+ * directory). Same results as deploy_parse; a file that cannot be read is
+ * MOAT_EIO with *err set.
+ */
+int deploy_load(const char *path, struct deploy **out, char **err);
+
+void deploy_free(struct deploy *d);
+
+/* The service called name, or NULL. Borrowed from d. */
+const struct deploy_service *deploy_find(const struct deploy *d,
+                                         const char *name);
+
+/*
+ * The host a client uses to reach s: its listen host, except that a
+ * wildcard listen address (0.0.0.0) is reached on loopback. Borrowed.
+ */
+const char *deploy_connect_host(const struct deploy_service *s);
+
+/* "http://HOST:PORT" of s for clients; caller frees. */
+char *deploy_base_url(const struct deploy_service *s);
+
+/*
+ * MOAT_GATEWAY_ROUTES for s: "PREFIX=http://HOST:PORT/PATH,..." in route
+ * order, each route's service resolved to its connect address. Caller
+ * frees. Returns "" (allocated) for a service without routes.
+ */
+char *deploy_gateway_routes(const struct deploy *d,
+                            const struct deploy_service *s);
+
+/* Engine name as written in the file ("sqlite", "lmdb", "none"). */
+const char *deploy_engine_name(enum deploy_engine e);
+
+/*
+ * Join rel onto base (ignored when rel is absolute) and normalise
+ * lexically: collapse "//" and ".", resolve ".." (never above "/"), drop a
+ * trailing "/". base must be absolute. Caller frees.
+ */
+char *deploy_path_join(const char *base, const char *rel);
+
+#endif /* MOAT_CLI_DEPLOY_H */

@@ -1,0 +1,121 @@
+/*
+ * main.c - the moat command: dispatch to up, down, status, logs, help.
+ *
+ * The CLI links libmoat only, never a service's code: it knows services by
+ * their deployment entry, their process and their HTTP endpoints, exactly
+ * as an operator does.
+ */
+#include "moat/common.h"
+
+#include <curl/curl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char usage[] =
+    "usage: moat <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  up [-f FILE]              start every service of the deployment in\n"
+    "                            dependency order and supervise them in the\n"
+    "                            foreground (Ctrl-C stops them all)\n"
+    "  down [-f FILE]            stop the supervisor running the deployment\n"
+    "  status [-f FILE] [--json] per service: pid, port, health, database,\n"
+    "                            restarts; exit 0 only if all are ready\n"
+    "  logs SERVICE [-f] [-n N] [--file FILE]\n"
+    "                            print the last N lines (default 50) of a\n"
+    "                            service's log, -f to follow; SERVICE 'moat'\n"
+    "                            is the supervisor's own log\n"
+    "  help                      show this help\n"
+    "\n"
+    "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
+    "./moat.json. Exit status: 0 success, 1 failure, 2 usage error.\n"
+    "See docs/operations.md for the file format and the files moat writes.\n";
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    if (cmd)
+        fprintf(stderr, "usage: see 'moat help' (moat %s)\n", cmd);
+    else
+        fputs("usage: see 'moat help'\n", stderr);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_option_error(const char *cmd, int c, char **argv)
+{
+    /* getopt leaves the offending element at optind - 1. */
+    const char *arg = optind > 0 ? argv[optind - 1] : "?";
+    if (c == ':')
+        return cli_usage_error(cmd, "option '%s' needs a value", arg);
+    if (optopt && strncmp(arg, "--", 2) != 0)
+        return cli_usage_error(cmd, "unknown option '-%c' for 'moat %s'",
+                               optopt, cmd);
+    return cli_usage_error(cmd, "unknown option '%s' for 'moat %s'", arg, cmd);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 ||
+        strcmp(cmd, "-h") == 0) {
+        fputs(usage, stdout);
+        return CLI_EXIT_OK;
+    }
+
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } commands[] = {
+        {"up", cli_cmd_up},
+        {"down", cli_cmd_down},
+        {"status", cli_cmd_status},
+        {"logs", cli_cmd_logs},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
+        if (strcmp(cmd, commands[i].name) != 0)
+            continue;
+        /* "moat up --help" is help, not an unknown option. */
+        for (int a = 2; a < argc; a++) {
+            if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0) {
+                fputs(usage, stdout);
+                return CLI_EXIT_OK;
+            }
+        }
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            cli_error("cannot initialise libcurl");
+            return CLI_EXIT_FAIL;
+        }
+        int rc = commands[i].fn(argc - 1, argv + 1);
+        curl_global_cleanup();
+        return rc;
+    }
+    if (cmd[0] == '-')
+        return cli_usage_error(NULL,
+                               "unknown option '%s'; a command comes "
+                               "first",
+                               cmd);
+    return cli_usage_error(NULL, "unknown command '%s'", cmd);
+}

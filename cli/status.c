@@ -1,0 +1,277 @@
+/*
+ * status.c - `moat status` and `moat down`: what a running deployment looks
+ * like from outside, and how to stop it.
+ *
+ * Both read the deployment file (for var_dir and the services) and the
+ * supervisor's state file; status then asks every service itself
+ * (/healthz, /readyz) rather than trusting the state file, so it also tells
+ * the truth when the supervisor is gone.
+ */
+#include "moat/common.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+#define DOWN_GRACE_MS        5000  /* beyond the supervisor's stop bound */
+#define DOWN_DEFAULT_WAIT_MS 30000 /* when the state file has no bound */
+#define DOWN_POLL_MS         100
+
+struct health {
+    long healthz; /* HTTP status, 0 = no answer */
+    long readyz;
+    const char *word; /* "ready", "not-ready", "unhealthy", "down" */
+};
+
+static void check_health(const struct deploy_service *svc, struct health *h)
+{
+    char *base = deploy_base_url(svc);
+    char *url = moat_xasprintf("%s/healthz", base);
+    if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->healthz) != MOAT_OK)
+        h->healthz = 0;
+    free(url);
+    url = moat_xasprintf("%s/readyz", base);
+    if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->readyz) != MOAT_OK)
+        h->readyz = 0;
+    free(url);
+    free(base);
+    if (h->readyz == 200)
+        h->word = "ready";
+    else if (h->healthz == 200)
+        h->word = "not-ready"; /* alive, but e.g. its database is not */
+    else if (h->healthz || h->readyz)
+        h->word = "unhealthy";
+    else
+        h->word = "down";
+}
+
+/* A new reference to v, or JSON null when v is NULL (for json_pack "o"). */
+static json_t *or_null(json_t *v)
+{
+    return v ? json_incref(v) : json_null();
+}
+
+/* The entry for name in the state file's services, or NULL. Borrowed. */
+static json_t *state_service(json_t *state, const char *name)
+{
+    size_t i;
+    json_t *svc;
+    json_array_foreach(json_object_get(state, "services"), i, svc)
+    {
+        const char *n = json_string_value(json_object_get(svc, "name"));
+        if (n && strcmp(n, name) == 0)
+            return svc;
+    }
+    return NULL;
+}
+
+static int parse_file_option(const char *cmd, int argc, char **argv,
+                             const char **file, bool *json)
+{
+    static const struct option opts[] = {
+        {"file", required_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:", opts, NULL)) != -1) {
+        if (c == 'f')
+            *file = optarg;
+        else if (c == 'j' && json)
+            *json = true;
+        else
+            return cli_option_error(cmd, c == 'j' ? '?' : c, argv);
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_status(int argc, char **argv)
+{
+    const char *file = NULL;
+    bool as_json = false;
+    int ret = parse_file_option("status", argc, argv, &file, &as_json);
+    if (ret != CLI_EXIT_OK)
+        return ret;
+
+    ret = CLI_EXIT_FAIL;
+    json_t *state = NULL, *out = NULL;
+    char *state_path = NULL, *lock_path = NULL;
+    struct deploy *d = cli_load_deploy(file);
+    if (!d)
+        goto cleanup;
+    state_path = cli_state_path(d);
+    lock_path = cli_lock_path(d);
+    state = json_load_file(state_path, 0, NULL);
+    bool running = cli_supervisor_running(lock_path);
+    json_int_t sup_pid =
+        running ? json_integer_value(json_object_get(state, "pid")) : 0;
+
+    out = json_pack("{s:s, s:{s:b, s:o, s:o}}", "deployment", d->name,
+                    "supervisor", "running", running, "pid",
+                    sup_pid ? json_integer(sup_pid) : json_null(), "status",
+                    or_null(json_object_get(state, "status")));
+    json_t *services = json_array();
+    json_object_set_new(out, "services", services);
+    bool all_ready = true;
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *svc = &d->services[i];
+        json_t *st = state_service(state, svc->name);
+        struct health h;
+        check_health(svc, &h);
+        all_ready = all_ready && h.readyz == 200;
+        /* Pids of a supervisor that is gone are stale; do not show them. */
+        json_int_t pid =
+            running ? json_integer_value(json_object_get(st, "pid")) : 0;
+        json_array_append_new(
+            services,
+            json_pack(
+                "{s:s, s:o, s:s, s:i, s:s, s:o, s:o, s:s, s:o, s:I, "
+                "s:s, s:I, s:o}",
+                "name", svc->name, "pid", pid ? json_integer(pid) : json_null(),
+                "listen", svc->listen, "port", (int)svc->port, "health", h.word,
+                "healthz", h.healthz ? json_integer(h.healthz) : json_null(),
+                "readyz", h.readyz ? json_integer(h.readyz) : json_null(),
+                "engine", deploy_engine_name(svc->engine), "db",
+                svc->db ? json_string(svc->db) : json_null(), "db_bytes",
+                (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
+                "restarts", json_integer_value(json_object_get(st, "restarts")),
+                "status", or_null(json_object_get(st, "status"))));
+    }
+    json_object_set_new(out, "ready", json_boolean(all_ready));
+
+    if (as_json) {
+        char *text = json_dumps(out, JSON_INDENT(2));
+        puts(text);
+        free(text);
+    } else {
+        char rel[4096];
+        if (running)
+            printf("deployment \"%s\": supervisor pid %lld, %s\n", d->name,
+                   (long long)sup_pid,
+                   json_is_string(json_object_get(state, "status"))
+                       ? json_string_value(json_object_get(state, "status"))
+                       : "running");
+        else
+            printf("deployment \"%s\": no supervisor running (start it with "
+                   "'moat up')\n",
+                   d->name);
+        printf("%-16s %-8s %-6s %-10s %-7s %-32s %-8s %s\n", "SERVICE", "PID",
+               "PORT", "HEALTH", "ENGINE", "DB", "SIZE", "RESTARTS");
+        size_t i;
+        json_t *s;
+        json_array_foreach(services, i, s)
+        {
+            const struct deploy_service *svc = &d->services[i];
+            json_int_t pid = json_integer_value(json_object_get(s, "pid"));
+            char pidtxt[24] = "-";
+            if (pid)
+                snprintf(pidtxt, sizeof(pidtxt), "%lld", (long long)pid);
+            char size[16] = "-";
+            if (svc->db)
+                cli_human_size(cli_db_size(svc->db), size, sizeof(size));
+            printf(
+                "%-16s %-8s %-6u %-10s %-7s %-32s %-8s %lld\n", svc->name,
+                pidtxt, (unsigned)svc->port,
+                json_string_value(json_object_get(s, "health")),
+                deploy_engine_name(svc->engine),
+                svc->db ? cli_display_path(svc->db, rel, sizeof(rel)) : "-",
+                size,
+                (long long)json_integer_value(json_object_get(s, "restarts")));
+        }
+    }
+    ret = all_ready ? CLI_EXIT_OK : CLI_EXIT_FAIL;
+
+cleanup:
+    json_decref(out);
+    json_decref(state);
+    free(state_path);
+    free(lock_path);
+    deploy_free(d);
+    return ret;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000,
+                          .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+int cli_cmd_down(int argc, char **argv)
+{
+    const char *file = NULL;
+    int ret = parse_file_option("down", argc, argv, &file, NULL);
+    if (ret != CLI_EXIT_OK)
+        return ret;
+
+    ret = CLI_EXIT_FAIL;
+    json_t *state = NULL;
+    char *state_path = NULL, *lock_path = NULL;
+    struct deploy *d = cli_load_deploy(file);
+    if (!d)
+        goto cleanup;
+    state_path = cli_state_path(d);
+    lock_path = cli_lock_path(d);
+
+    /* The lock, not the pid, says whether a supervisor runs: a pid in an
+     * old state file may belong to an unrelated process by now. */
+    if (!cli_supervisor_running(lock_path)) {
+        printf("moat: no supervisor is running for deployment \"%s\"\n",
+               d->name);
+        ret = CLI_EXIT_OK;
+        goto cleanup;
+    }
+    json_error_t jerr;
+    state = json_load_file(state_path, 0, &jerr);
+    json_int_t pid = json_integer_value(json_object_get(state, "pid"));
+    if (pid <= 1) {
+        cli_error("a supervisor holds %s but %s has no pid: %s", lock_path,
+                  state_path, state ? "field \"pid\" missing" : jerr.text);
+        goto cleanup;
+    }
+    json_int_t bound =
+        json_integer_value(json_object_get(state, "stop_timeout_ms"));
+    uint64_t wait_ms =
+        (bound > 0 ? (uint64_t)bound : DOWN_DEFAULT_WAIT_MS) + DOWN_GRACE_MS;
+
+    if (kill((pid_t)pid, SIGTERM) < 0) {
+        cli_error("cannot signal supervisor pid %lld: %s", (long long)pid,
+                  strerror(errno));
+        goto cleanup;
+    }
+    printf("moat: stopping supervisor pid %lld of deployment \"%s\"...\n",
+           (long long)pid, d->name);
+    fflush(stdout);
+    uint64_t start = moat_mono_ms();
+    while (cli_supervisor_running(lock_path)) {
+        if (moat_mono_ms() - start >= wait_ms) {
+            cli_error("supervisor pid %lld still running after %.1f s; see "
+                      "'moat logs moat'",
+                      (long long)pid, (double)wait_ms / 1000.0);
+            goto cleanup;
+        }
+        sleep_ms(DOWN_POLL_MS);
+    }
+    printf("moat: stopped after %.1f s\n",
+           (double)(moat_mono_ms() - start) / 1000.0);
+    ret = CLI_EXIT_OK;
+
+cleanup:
+    json_decref(state);
+    free(state_path);
+    free(lock_path);
+    deploy_free(d);
+    return ret;
+}

@@ -1,0 +1,250 @@
+/* util.c - helpers shared by the moat commands (see cli.h). */
+#include "moat/common.h"
+
+#include <curl/curl.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moat/config.h"
+
+#include "cli.h"
+
+#define DEFAULT_DEPLOY_FILE "moat.json"
+#define TAIL_CHUNK          8192
+
+struct deploy *cli_load_deploy(const char *file)
+{
+    if (!file)
+        file = moat_env_str("MOAT_DEPLOY", DEFAULT_DEPLOY_FILE);
+    struct deploy *d = NULL;
+    char *err = NULL;
+    if (deploy_load(file, &d, &err) != MOAT_OK) {
+        /* One "error:" line per problem found in the file. */
+        char *save = NULL;
+        for (char *line = strtok_r(err, "\n", &save); line;
+             line = strtok_r(NULL, "\n", &save))
+            cli_error("%s", line);
+        free(err);
+        return NULL;
+    }
+    return d;
+}
+
+char *cli_state_path(const struct deploy *d)
+{
+    return moat_xasprintf("%s/moat.state", d->var_dir);
+}
+
+char *cli_lock_path(const struct deploy *d)
+{
+    return moat_xasprintf("%s/moat.lock", d->var_dir);
+}
+
+char *cli_log_path(const struct deploy *d, const char *name)
+{
+    return moat_xasprintf("%s/log/%s.log", d->var_dir, name);
+}
+
+/* Directory of the running moat executable: service programs live next to
+ * it, whatever the current directory or $PATH. */
+static char *bin_dir(void)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0)
+        return moat_xstrdup(".");
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    return slash && slash != exe ? moat_xstrndup(exe, (size_t)(slash - exe))
+                                 : moat_xstrdup("/");
+}
+
+char *cli_service_program(const struct deploy_service *s)
+{
+    char *dir = bin_dir();
+    char *prog;
+    if (s->binary && strchr(s->binary, '/'))
+        prog = deploy_path_join(dir, s->binary);
+    else
+        prog =
+            moat_xasprintf("%s/moat-%s", dir, s->binary ? s->binary : s->name);
+    free(dir);
+    return prog;
+}
+
+static size_t discard_body(char *ptr, size_t size, size_t nmemb, void *arg)
+{
+    MOAT_UNUSED(ptr);
+    MOAT_UNUSED(arg);
+    return size * nmemb;
+}
+
+int cli_probe(const char *url, long timeout_ms, long *status)
+{
+    *status = 0;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return MOAT_EIO;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+    /* No SIGALRM tricks: the supervisor owns its signals. */
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    /* An http_proxy in the environment must not intercept loopback
+     * health checks. */
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
+    CURLcode rc = curl_easy_perform(c);
+    int ret = MOAT_OK;
+    if (rc == CURLE_OPERATION_TIMEDOUT)
+        ret = MOAT_ETIMEDOUT;
+    else if (rc != CURLE_OK)
+        ret = MOAT_EIO;
+    else
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(c);
+    return ret;
+}
+
+bool cli_supervisor_running(const char *lock_path)
+{
+    int fd = open(lock_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool held = false;
+    if (flock(fd, LOCK_SH | LOCK_NB) < 0)
+        held = errno == EWOULDBLOCK;
+    close(fd); /* also drops our shared lock, if we got it */
+    return held;
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+        return 0;
+    return (uint64_t)st.st_size;
+}
+
+uint64_t cli_db_size(const char *db)
+{
+    struct stat st;
+    if (!db || stat(db, &st) < 0)
+        return 0;
+    uint64_t total = 0;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *dir = opendir(db);
+        struct dirent *de;
+        while (dir && (de = readdir(dir))) {
+            char *p = moat_xasprintf("%s/%s", db, de->d_name);
+            total += file_size(p);
+            free(p);
+        }
+        if (dir)
+            closedir(dir);
+        return total;
+    }
+    /* SQLite in WAL mode keeps recent commits in -wal until a checkpoint. */
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(suffixes); i++) {
+        char *p = moat_xasprintf("%s%s", db, suffixes[i]);
+        total += file_size(p);
+        free(p);
+    }
+    return total;
+}
+
+void cli_human_size(uint64_t bytes, char *out, size_t len)
+{
+    static const char units[] = "KMGTP";
+    if (bytes < 1024) {
+        snprintf(out, len, "%uB", (unsigned)bytes);
+        return;
+    }
+    double v = (double)bytes / 1024.0;
+    size_t u = 0;
+    while (v >= 1024.0 && u + 1 < sizeof(units) - 1) {
+        v /= 1024.0;
+        u++;
+    }
+    snprintf(out, len, "%.1f%c", v, units[u]);
+}
+
+const char *cli_display_path(const char *path, char *out, size_t len)
+{
+    char cwd[PATH_MAX];
+    if (!path || !getcwd(cwd, sizeof(cwd)))
+        return path;
+    size_t n = strlen(cwd);
+    if (strcmp(cwd, "/") == 0 || strncmp(path, cwd, n) != 0)
+        return path;
+    if (path[n] == '\0')
+        return ".";
+    if (path[n] != '/')
+        return path;
+    snprintf(out, len, "%s", path + n + 1);
+    return out;
+}
+
+off_t cli_tail_offset(int fd, unsigned n)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return 0;
+    off_t end = st.st_size;
+    if (n == 0 || end == 0)
+        return end;
+    char buf[TAIL_CHUNK];
+    off_t pos = end;
+    unsigned seen = 0;
+    bool last_byte = true;
+    while (pos > 0) {
+        size_t want = pos > (off_t)sizeof(buf) ? sizeof(buf) : (size_t)pos;
+        pos -= (off_t)want;
+        ssize_t got = pread(fd, buf, want, pos);
+        if (got != (ssize_t)want)
+            return 0;
+        for (size_t i = want; i-- > 0;) {
+            /* The newline that ends the file ends the last line; it does
+             * not start another one. */
+            if (last_byte) {
+                last_byte = false;
+                if (buf[i] == '\n')
+                    continue;
+            }
+            if (buf[i] == '\n' && ++seen == n)
+                return pos + (off_t)i + 1;
+        }
+    }
+    return 0;
+}
+
+void cli_print_tail(FILE *out, const char *path, unsigned n, const char *indent)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    off_t off = cli_tail_offset(fd, n);
+    char buf[TAIL_CHUNK];
+    bool line_start = true;
+    ssize_t got;
+    while ((got = pread(fd, buf, sizeof(buf), off)) > 0) {
+        off += got;
+        for (ssize_t i = 0; i < got; i++) {
+            if (line_start)
+                fputs(indent, out);
+            fputc(buf[i], out);
+            line_start = buf[i] == '\n';
+        }
+    }
+    if (!line_start)
+        fputc('\n', out);
+    close(fd);
+}

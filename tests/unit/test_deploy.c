@@ -1,0 +1,524 @@
+/*
+ * test_deploy.c - the deployment file parser of the moat CLI: what it
+ * accepts, what it resolves, and that every rejection names its field.
+ *
+ * The parser lives in cli/ and is part of the moat executable, not of
+ * libmoat, and tests/CMakeLists.txt links unit tests against libmoat only.
+ * Including the source keeps the CLI's build untouched and still tests the
+ * very code `moat up` runs.
+ */
+#include "moat/common.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../../cli/deploy.c"
+
+#define BASE "/srv/shop"
+
+/*
+ * JSON in C strings is unreadable with escaped quotes: tests write single
+ * quotes and this turns them into double quotes (no test needs a literal
+ * single quote). Caller frees.
+ */
+static char *dq(const char *s)
+{
+    char *out = moat_xstrdup(s);
+    for (char *p = out; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+    return out;
+}
+
+static struct deploy *parse_ok(const char *json)
+{
+    char *text = dq(json);
+    struct deploy *d = NULL;
+    char *err = NULL;
+    int rc = deploy_parse(text, strlen(text), "moat.json", BASE, &d, &err);
+    if (rc != MOAT_OK)
+        fail_msg("unexpected errors:\n%s", err);
+    assert_non_null(d);
+    assert_null(err);
+    free(text);
+    return d;
+}
+
+/* Parse expecting failure; returns the error text (caller frees). */
+static char *parse_err(const char *json)
+{
+    char *text = dq(json);
+    struct deploy *d = NULL;
+    char *err = NULL;
+    int rc = deploy_parse(text, strlen(text), "moat.json", BASE, &d, &err);
+    assert_int_equal(rc, MOAT_EINVAL);
+    assert_null(d);
+    assert_non_null(err);
+    free(text);
+    return err;
+}
+
+/* Assert that parsing json fails with a message containing want. */
+static void expect_error(const char *json, const char *want)
+{
+    char *err = parse_err(json);
+    if (!strstr(err, want))
+        fail_msg("expected an error containing\n  %s\ngot\n  %s", want, err);
+    free(err);
+}
+
+#define SVC(extra)                                                             \
+    "{'name':'catalog','listen':'127.0.0.1:8081','engine':'sqlite',"           \
+    "'db':'catalog.db'" extra "}"
+#define GW(routes)                                                             \
+    "{'name':'gateway','listen':'127.0.0.1:8080','engine':'none',"             \
+    "'routes':" routes "}"
+#define DEPLOY(services) "{'name':'local','services':[" services "]}"
+
+static const char example[] =
+    "{'name':'local','var_dir':'var','services':["
+    "{'name':'catalog','listen':'127.0.0.1:8081','engine':'sqlite',"
+    "'db':'catalog.db','env':{'MOAT_LOG_LEVEL':'debug'}},"
+    "{'name':'gateway','listen':'127.0.0.1:8080','engine':'none','routes':["
+    "{'prefix':'/api/v1/products','service':'catalog','path':'/v1/products'}"
+    "]}]}";
+
+static void test_example_parses(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(example);
+    assert_string_equal(d->name, "local");
+    assert_string_equal(d->dir, BASE);
+    assert_string_equal(d->var_dir, BASE "/var");
+    assert_int_equal(d->nservices, 2);
+
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_non_null(c);
+    assert_string_equal(c->host, "127.0.0.1");
+    assert_int_equal(c->port, 8081);
+    assert_int_equal(c->engine, DEPLOY_ENGINE_SQLITE);
+    assert_string_equal(c->data_dir, BASE "/var/catalog");
+    assert_string_equal(c->db, BASE "/var/catalog/catalog.db");
+    assert_null(c->binary);
+    assert_int_equal(c->nenv, 1);
+    assert_string_equal(c->env[0].name, "MOAT_LOG_LEVEL");
+    assert_string_equal(c->env[0].value, "debug");
+    assert_int_equal(c->level, 0);
+
+    const struct deploy_service *g = deploy_find(d, "gateway");
+    assert_non_null(g);
+    assert_int_equal(g->engine, DEPLOY_ENGINE_NONE);
+    assert_null(g->db);
+    assert_string_equal(g->data_dir, BASE "/var/gateway");
+    assert_int_equal(g->nroutes, 1);
+    assert_int_equal(g->level, 1);
+    assert_int_equal(d->max_level, 1);
+    assert_null(deploy_find(d, "orders"));
+    deploy_free(d);
+}
+
+static void test_gateway_routes_env(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'catalog','listen':'0.0.0.0:8081','engine':'sqlite',"
+        "'db':'c.db'},"
+        "{'name':'orders','listen':'localhost:8083','engine':'sqlite',"
+        "'db':'o.db'}," GW(
+            "[{'prefix':'/api/v1/products','service':'catalog',"
+            "'path':'/v1/products'},"
+            "{'prefix':'/api/v1/orders','service':'orders','path':'/v1/orders'}"
+            "]")));
+    const struct deploy_service *g = deploy_find(d, "gateway");
+    char *routes = deploy_gateway_routes(d, g);
+    /* A wildcard listen address is reached on loopback. */
+    assert_string_equal(routes,
+                        "/api/v1/products=http://127.0.0.1:8081/v1/products,"
+                        "/api/v1/orders=http://localhost:8083/v1/orders");
+    free(routes);
+    routes = deploy_gateway_routes(d, deploy_find(d, "catalog"));
+    assert_string_equal(routes, "");
+    free(routes);
+    char *url = deploy_base_url(deploy_find(d, "catalog"));
+    assert_string_equal(url, "http://127.0.0.1:8081");
+    free(url);
+    deploy_free(d);
+}
+
+static void test_paths_resolve(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(
+        "{'name':'x','var_dir':'../run/./x/','services':["
+        "{'name':'catalog','listen':'127.0.0.1:1','engine':'sqlite',"
+        "'db':'sub/../c.db','data_dir':'data//catalog'},"
+        "{'name':'inventory','listen':'127.0.0.1:2','engine':'lmdb',"
+        "'db':'/abs/inv/stock','data_dir':'/abs/inv','binary':'inventory'}]}");
+    assert_string_equal(d->var_dir, "/srv/run/x");
+    assert_string_equal(d->services[0].data_dir, BASE "/data/catalog");
+    assert_string_equal(d->services[0].db, BASE "/data/catalog/c.db");
+    assert_string_equal(d->services[1].data_dir, "/abs/inv");
+    assert_string_equal(d->services[1].db, "/abs/inv/stock");
+    assert_int_equal(d->services[1].engine, DEPLOY_ENGINE_LMDB);
+    assert_string_equal(d->services[1].binary, "inventory");
+    assert_int_equal(d->max_level, 0);
+    deploy_free(d);
+}
+
+static void test_path_join(void **state)
+{
+    MOAT_UNUSED(state);
+    static const struct {
+        const char *base, *rel, *want;
+    } cases[] = {
+        {"/a/b", "c", "/a/b/c"},
+        {"/a/b", "./c/", "/a/b/c"},
+        {"/a/b", "../c", "/a/c"},
+        {"/a/b", "../../../c", "/c"},
+        {"/a/b", "/x//y/./z", "/x/y/z"},
+        {"/a", "..", "/"},
+        {"/", ".", "/"},
+        {"/a/b", "c/..", "/a/b"},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(cases); i++) {
+        char *got = deploy_path_join(cases[i].base, cases[i].rel);
+        if (strcmp(got, cases[i].want) != 0)
+            fail_msg("join(%s, %s) = %s, want %s", cases[i].base, cases[i].rel,
+                     got, cases[i].want);
+        free(got);
+    }
+}
+
+static void test_json_errors(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error("{'name':'a',", "moat.json:1:");
+    expect_error("{'name':'a','name':'b','services':[]}", "duplicate");
+    expect_error(DEPLOY(SVC(",'env':{'A':'1','A':'2'}")), "duplicate");
+    expect_error("[]", "the top level must be an object");
+}
+
+static void test_unknown_fields(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error("{'name':'a','servces':[],'services':[" SVC("") "]}",
+                 "moat.json: servces: unknown field");
+    expect_error(DEPLOY(SVC(",'rotes':[]")),
+                 "moat.json: services[0].rotes: unknown field (expected one "
+                 "of: name, listen, engine, db, data_dir, binary, env, "
+                 "routes)");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
+                                       "'path':'/b','timeout':1}]")),
+                 "services[1].routes[0].timeout: unknown field");
+}
+
+static void test_required_and_types(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error("{'services':[" SVC("") "]}", "name: missing (required)");
+    expect_error("{'name':'a'}", "services: missing (required)");
+    expect_error("{'name':'a','services':[]}", "services: must be a non-empty");
+    expect_error("{'name':'a','services':{}}", "services: must be a non-empty");
+    expect_error(DEPLOY("{'name':'catalog','engine':'none'}"),
+                 "services[0].listen: missing (required)");
+    expect_error(DEPLOY("{'name':'c','listen':8081,'engine':'none'}"),
+                 "services[0].listen: must be a string");
+    expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1'}"),
+                 "services[0].engine: missing (required)");
+    expect_error(DEPLOY("{'name':'','listen':'127.0.0.1:1','engine':'none'}"),
+                 "services[0].name: must not be empty");
+    expect_error(DEPLOY("{'name':'c\\u0000d','listen':'127.0.0.1:1',"
+                        "'engine':'none'}"),
+                 "moat.json:1:"); /* jansson refuses \u0000 outright */
+    expect_error(DEPLOY("7"), "services[0]: must be an object");
+    expect_error("{'name':'a','var_dir':3,'services':[" SVC("") "]}",
+                 "var_dir: must be a string");
+}
+
+static void test_names(void **state)
+{
+    MOAT_UNUSED(state);
+    static const char *const bad[] = {
+        "Catalog",  "1catalog",
+        "-x",       "cat_alog",
+        "cat alog", "abcdefghijklmnopqrstuvwxyz0123456", /* 33 characters */
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        char *json = moat_xasprintf(
+            DEPLOY("{'name':'%s','listen':'127.0.0.1:1','engine':'none'}"),
+            bad[i]);
+        expect_error(json, "services[0].name: must match [a-z][a-z0-9-]");
+        free(json);
+    }
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'abcdefghijklmnopqrstuvwxyz012345','listen':'127.0.0.1:1',"
+        "'engine':'none'},"
+        "{'name':'a-1','listen':'127.0.0.1:2','engine':'none'}"));
+    deploy_free(d);
+    expect_error(DEPLOY("{'name':'moat','listen':'127.0.0.1:1',"
+                        "'engine':'none'}"),
+                 "services[0].name: \"moat\" is reserved");
+    expect_error(DEPLOY(SVC("") "," SVC("")),
+                 "services[1].name: \"catalog\" is already used by "
+                 "services[0]");
+    expect_error("{'name':'Local','services':[" SVC("") "]}",
+                 "moat.json: name: must match");
+}
+
+static void test_listen(void **state)
+{
+    MOAT_UNUSED(state);
+    static const char *const bad[] = {
+        "8081",  "127.0.0.1:0",     "127.0.0.1:",
+        ":8081", "127.0.0.1:65536", "127.0.0.1:http",
+        "a b:1"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        char *json = moat_xasprintf(
+            DEPLOY("{'name':'c','listen':'%s','engine':'none'}"), bad[i]);
+        expect_error(json, "services[0].listen: must be HOST:PORT");
+        free(json);
+    }
+    static const char *const clash[][2] = {
+        {"127.0.0.1:80", "127.0.0.1:80"},
+        {"0.0.0.0:80", "127.0.0.1:80"},
+        {"127.0.0.1:80", "0.0.0.0:80"},
+        {"localhost:80", "127.0.0.1:80"},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(clash); i++) {
+        char *json =
+            moat_xasprintf(DEPLOY("{'name':'a','listen':'%s','engine':'none'},"
+                                  "{'name':'b','listen':'%s','engine':'none'}"),
+                           clash[i][0], clash[i][1]);
+        expect_error(json, "services[1].listen: ");
+        free(json);
+    }
+    /* Same port on two distinct addresses is fine. */
+    struct deploy *d = parse_ok(
+        DEPLOY("{'name':'a','listen':'127.0.0.1:80','engine':'none'},"
+               "{'name':'b','listen':'127.0.0.2:80','engine':'none'}"));
+    deploy_free(d);
+}
+
+static void test_engine_and_db(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1','engine':'mysql'}"),
+                 "services[0].engine: must be \"sqlite\", \"lmdb\" or "
+                 "\"none\", got \"mysql\"");
+    expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1',"
+                        "'engine':'sqlite'}"),
+                 "services[0].db: missing (required)");
+    expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1','engine':'none',"
+                        "'db':'x.db'}"),
+                 "services[0].db: not allowed with engine \"none\"");
+    static const char *const escaping[] = {"../x.db", "/etc/passwd", ".",
+                                           "a/../../catalog2/x.db"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(escaping); i++) {
+        char *json =
+            moat_xasprintf(DEPLOY("{'name':'catalog','listen':'127.0.0.1:1',"
+                                  "'engine':'sqlite','db':'%s'}"),
+                           escaping[i]);
+        expect_error(json, "services[0].db: must be inside the service's "
+                           "data directory");
+        free(json);
+    }
+}
+
+static void test_data_dirs(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error(
+        DEPLOY(SVC(
+            ",'data_dir':'shared'") ","
+                                    "{'name':'orders','listen':'127.0.0.1:2',"
+                                    "'engine':'sqlite','db':'o.db','data_dir':'"
+                                    "shared'}"),
+        "services[1].data_dir: " BASE "/shared overlaps the data "
+        "directory of services[0]");
+    expect_error(
+        DEPLOY(SVC(
+            ",'data_dir':'var/catalog'") ","
+                                         "{'name':'orders','listen':'127.0.0.1:"
+                                         "2',"
+                                         "'engine':'sqlite','db':'o.db',"
+                                         "'data_dir':'var/catalog/orders'}"),
+        "services[1].data_dir: ");
+    expect_error(DEPLOY(SVC(",'data_dir':'.'")),
+                 "overlaps the supervisor's var_dir");
+    expect_error(DEPLOY(SVC(",'data_dir':'var/log'")),
+                 "overlaps the supervisor's var_dir");
+}
+
+static void test_env(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error(DEPLOY(SVC(",'env':[]")),
+                 "services[0].env: must be an object");
+    expect_error(DEPLOY(SVC(",'env':{'PORT':8080}")),
+                 "services[0].env.PORT: must be a string");
+    expect_error(DEPLOY(SVC(",'env':{'1X':'a'}")),
+                 "services[0].env.1X: not a valid environment variable name");
+    expect_error(DEPLOY(SVC(",'env':{'A=B':'a'}")),
+                 "not a valid environment variable name");
+    expect_error(DEPLOY(SVC(",'env':{'MOAT_LISTEN':'0.0.0.0:1'}")),
+                 "services[0].env.MOAT_LISTEN: is set by the supervisor");
+    expect_error(DEPLOY(SVC(",'env':{'MOAT_DATA_DIR':'/tmp'}")),
+                 "services[0].env.MOAT_DATA_DIR: is set by the supervisor");
+}
+
+static void test_routes(void **state)
+{
+    MOAT_UNUSED(state);
+    expect_error(DEPLOY(SVC("") "," GW("[]")),
+                 "services[1].routes: must be a non-empty array");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'orders',"
+                                       "'path':'/v1'}]")),
+                 "services[1].routes[0].service: no service named "
+                 "\"orders\"");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'gateway',"
+                                       "'path':'/v1'}]")),
+                 "services[1].routes[0].service: a service cannot route to "
+                 "itself");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog'}"
+                                       "]")),
+                 "services[1].routes[0].path: missing (required)");
+    static const char *const bad_prefix[] = {"api",   "/a,b", "/a=b", "/a/",
+                                             "/a//b", "/a b", "/a?x"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad_prefix); i++) {
+        char *json = moat_xasprintf(
+            DEPLOY(SVC("") "," GW("[{'prefix':'%s','service':'catalog',"
+                                  "'path':'/v1'}]")),
+            bad_prefix[i]);
+        expect_error(json, "services[1].routes[0].prefix: ");
+        free(json);
+    }
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
+                                       "'path':'v1'}]")),
+                 "services[1].routes[0].path: must start with '/'");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
+                                       "'path':'/v1'},{'prefix':'/a',"
+                                       "'service':'catalog','path':'/v2'}]")),
+                 "services[1].routes[1].prefix: \"/a\" is already used by "
+                 "services[1].routes[0]");
+}
+
+static void test_levels_and_cycles(void **state)
+{
+    MOAT_UNUSED(state);
+    /* An edge gateway in front of an internal one in front of catalog. */
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'edge','listen':'127.0.0.1:1','engine':'none','routes':"
+        "[{'prefix':'/','service':'inner','path':'/'}]},"
+        "{'name':'inner','listen':'127.0.0.1:2','engine':'none','routes':"
+        "[{'prefix':'/api','service':'catalog','path':'/v1'}]}," SVC("")));
+    assert_int_equal(deploy_find(d, "catalog")->level, 0);
+    assert_int_equal(deploy_find(d, "inner")->level, 1);
+    assert_int_equal(deploy_find(d, "edge")->level, 2);
+    assert_int_equal(d->max_level, 2);
+    deploy_free(d);
+
+    expect_error(
+        DEPLOY("{'name':'a','listen':'127.0.0.1:1','engine':'none','routes':"
+               "[{'prefix':'/','service':'b','path':'/'}]},"
+               "{'name':'b','listen':'127.0.0.1:2','engine':'none','routes':"
+               "[{'prefix':'/','service':'a','path':'/'}]}"),
+        "lead back to it through other services (a cycle)");
+}
+
+static void test_all_errors_reported(void **state)
+{
+    MOAT_UNUSED(state);
+    char *err = parse_err(
+        DEPLOY("{'name':'Bad','listen':'x','engine':'none','extra':1}"));
+    assert_non_null(strstr(err, "services[0].name:"));
+    assert_non_null(strstr(err, "services[0].listen:"));
+    assert_non_null(strstr(err, "services[0].extra:"));
+    /* One line per error, no trailing newline. */
+    assert_int_not_equal(err[strlen(err) - 1], '\n');
+    free(err);
+
+    /* Many errors: the first DEPLOY_MAX_ERRORS, then a count. */
+    struct moat_buf json = MOAT_BUF_INIT;
+    moat_buf_addstr(&json, "{'name':'a','services':[");
+    for (int i = 0; i < 30; i++)
+        moat_buf_printf(&json, "%s{'name':'s%d','engine':'none'}", i ? "," : "",
+                        i);
+    moat_buf_addstr(&json, "]}");
+    err = parse_err(moat_buf_str(&json));
+    assert_non_null(strstr(err, "... and 10 more errors"));
+    free(err);
+    moat_buf_release(&json);
+}
+
+static void test_too_many_services(void **state)
+{
+    MOAT_UNUSED(state);
+    struct moat_buf json = MOAT_BUF_INIT;
+    moat_buf_addstr(&json, "{'name':'a','services':[");
+    for (int i = 0; i <= DEPLOY_MAX_SERVICES; i++)
+        moat_buf_printf(&json,
+                        "%s{'name':'s%d','listen':'127.0.0.1:%d',"
+                        "'engine':'none'}",
+                        i ? "," : "", i, 1000 + i);
+    moat_buf_addstr(&json, "]}");
+    expect_error(moat_buf_str(&json), "services: too many services");
+    moat_buf_release(&json);
+}
+
+static void test_load_shipped_file(void **state)
+{
+    MOAT_UNUSED(state);
+    /* The repository's own moat.json, found from this file's path. */
+    const char *src = __FILE__;
+    const char *tail = strstr(src, "tests/unit/test_deploy.c");
+    if (!tail)
+        skip();
+    char *path = moat_xasprintf("%.*smoat.json", (int)(tail - src), src);
+    struct deploy *d = NULL;
+    char *err = NULL;
+    if (deploy_load(path, &d, &err) != MOAT_OK)
+        fail_msg("%s", err);
+    assert_int_equal(d->nservices, 2);
+    assert_non_null(deploy_find(d, "catalog"));
+    assert_int_equal(deploy_find(d, "catalog")->port, 8081);
+    assert_non_null(deploy_find(d, "gateway"));
+    assert_int_equal(deploy_find(d, "gateway")->port, 8080);
+    deploy_free(d);
+    free(path);
+
+    assert_int_equal(deploy_load("/nonexistent/moat.json", &d, &err), MOAT_EIO);
+    assert_null(d);
+    assert_non_null(strstr(err, "cannot open deployment file "
+                                "'/nonexistent/moat.json'"));
+    free(err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_example_parses),
+        cmocka_unit_test(test_gateway_routes_env),
+        cmocka_unit_test(test_paths_resolve),
+        cmocka_unit_test(test_path_join),
+        cmocka_unit_test(test_json_errors),
+        cmocka_unit_test(test_unknown_fields),
+        cmocka_unit_test(test_required_and_types),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_listen),
+        cmocka_unit_test(test_engine_and_db),
+        cmocka_unit_test(test_data_dirs),
+        cmocka_unit_test(test_env),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_levels_and_cycles),
+        cmocka_unit_test(test_all_errors_reported),
+        cmocka_unit_test(test_too_many_services),
+        cmocka_unit_test(test_load_shipped_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
