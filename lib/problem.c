@@ -178,9 +178,7 @@ json_t *moat_validation_problem(struct moat_validation *v, const char *detail)
     return p;
 }
 
-/* RFC 6901: "~" -> "~0", "/" -> "~1". */
-static void member_pointer(char *out, size_t len, const char *base,
-                           const char *key)
+void moat_json_pointer(char *out, size_t len, const char *base, const char *key)
 {
     struct moat_buf b = MOAT_BUF_INIT;
     moat_buf_addstr(&b, base);
@@ -197,7 +195,7 @@ static void member_pointer(char *out, size_t len, const char *base,
     moat_buf_release(&b);
 }
 
-static const char *type_name(const json_t *j)
+const char *moat_json_type_name(const json_t *j)
 {
     switch (json_typeof(j)) {
     case JSON_OBJECT:
@@ -223,7 +221,7 @@ static const char *type_name(const json_t *j)
 static json_t *member(struct moat_validation *v, json_t *obj, const char *base,
                       const char *key, bool required, char *ptr, size_t plen)
 {
-    member_pointer(ptr, plen, base, key);
+    moat_json_pointer(ptr, plen, base, key);
     json_t *m = json_object_get(obj, key);
     if (!m && required)
         moat_validation_add(v, ptr, "is required");
@@ -248,7 +246,8 @@ bool moat_v_string(struct moat_validation *v, json_t *obj, const char *base,
     if (!m)
         return false;
     if (!json_is_string(m)) {
-        moat_validation_add(v, ptr, "must be a string, not %s", type_name(m));
+        moat_validation_add(v, ptr, "must be a string, not %s",
+                            moat_json_type_name(m));
         return false;
     }
     size_t n = moat_utf8_len(json_string_value(m));
@@ -278,7 +277,8 @@ bool moat_v_int(struct moat_validation *v, json_t *obj, const char *base,
     if (!m)
         return false;
     if (!json_is_integer(m)) {
-        moat_validation_add(v, ptr, "must be an integer, not %s", type_name(m));
+        moat_validation_add(v, ptr, "must be an integer, not %s",
+                            moat_json_type_name(m));
         return false;
     }
     json_int_t i = json_integer_value(m);
@@ -300,7 +300,8 @@ bool moat_v_bool(struct moat_validation *v, json_t *obj, const char *base,
     if (!m)
         return false;
     if (!json_is_boolean(m)) {
-        moat_validation_add(v, ptr, "must be a boolean, not %s", type_name(m));
+        moat_validation_add(v, ptr, "must be a boolean, not %s",
+                            moat_json_type_name(m));
         return false;
     }
     if (out)
@@ -316,7 +317,8 @@ bool moat_v_object(struct moat_validation *v, json_t *obj, const char *base,
     if (!m)
         return false;
     if (!json_is_object(m)) {
-        moat_validation_add(v, ptr, "must be an object, not %s", type_name(m));
+        moat_validation_add(v, ptr, "must be an object, not %s",
+                            moat_json_type_name(m));
         return false;
     }
     if (out)
@@ -336,7 +338,7 @@ void moat_v_known_keys(struct moat_validation *v, json_t *obj, const char *base,
             known = strcmp(*a, key) == 0;
         if (!known) {
             char ptr[256];
-            member_pointer(ptr, sizeof(ptr), base, key);
+            moat_json_pointer(ptr, sizeof(ptr), base, key);
             moat_validation_add(v, ptr, "is not a known field");
         }
     }

@@ -65,6 +65,16 @@ bool moat_v_object(struct moat_validation *v, json_t *obj, const char *base,
 void moat_v_known_keys(struct moat_validation *v, json_t *obj, const char *base,
                        const char *const *allowed);
 
+/*
+ * The RFC 6901 pointer of member key under base ("~" -> "~0", "/" -> "~1"),
+ * truncated to len bytes: moat_json_pointer(out, n, "/price", "a/b") gives
+ * "/price/a~1b".
+ */
+void moat_json_pointer(char *out, size_t len, const char *base,
+                       const char *key);
+/* "an object", "a string", "an integer"...: for messages; static storage. */
+const char *moat_json_type_name(const json_t *j);
+
 /* Number of Unicode code points in valid UTF-8 s. */
 size_t moat_utf8_len(const char *s);
 

@@ -144,45 +144,6 @@ bool cat_currency_valid(const char *code)
 
 /* --- validation --- */
 
-void cat_pointer(char *out, size_t len, const char *base, const char *key)
-{
-    struct moat_buf b = MOAT_BUF_INIT;
-    moat_buf_addstr(&b, base);
-    moat_buf_addch(&b, '/');
-    for (const char *p = key; *p; p++) {
-        if (*p == '~')
-            moat_buf_addstr(&b, "~0");
-        else if (*p == '/')
-            moat_buf_addstr(&b, "~1");
-        else
-            moat_buf_addch(&b, *p);
-    }
-    snprintf(out, len, "%s", moat_buf_str(&b));
-    moat_buf_release(&b);
-}
-
-static const char *type_name(const json_t *j)
-{
-    switch (json_typeof(j)) {
-    case JSON_OBJECT:
-        return "an object";
-    case JSON_ARRAY:
-        return "an array";
-    case JSON_STRING:
-        return "a string";
-    case JSON_INTEGER:
-        return "an integer";
-    case JSON_REAL:
-        return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE:
-        return "a boolean";
-    case JSON_NULL:
-        return "null";
-    }
-    return "unknown";
-}
-
 static const char *const readonly_keys[] = {"id", "version", "created_at",
                                             "updated_at", NULL};
 static const char *const doc_keys[] = {
@@ -210,7 +171,7 @@ static void check_readonly(json_t *obj, const struct cat_product *current,
         if (!given)
             continue;
         char ptr[64];
-        cat_pointer(ptr, sizeof(ptr), "", *k);
+        moat_json_pointer(ptr, sizeof(ptr), "", *k);
         if (!current) {
             moat_validation_add(v, ptr, "is read-only: the server assigns it");
             continue;
@@ -266,7 +227,7 @@ static void check_attributes(json_t *attrs, struct moat_validation *v)
     json_object_foreach(attrs, key, val)
     {
         char ptr[300];
-        cat_pointer(ptr, sizeof(ptr), "/attributes", key);
+        moat_json_pointer(ptr, sizeof(ptr), "/attributes", key);
         size_t n = moat_utf8_len(key);
         if (n < 1 || n > CAT_ATTR_KEY_MAX)
             moat_validation_add(v, ptr,
@@ -292,7 +253,7 @@ json_t *cat_doc_validate(json_t *body, const struct cat_product *current,
 {
     if (!json_is_object(body)) {
         moat_validation_add(v, "", "must be a JSON object, not %s",
-                            type_name(body));
+                            moat_json_type_name(body));
         return NULL;
     }
     check_readonly(body, current, v);
@@ -359,7 +320,7 @@ json_t *cat_patch_strip_readonly(json_t *patch,
         json_t *cur = readonly_value(current, *k);
         if (!json_equal(given, cur)) {
             char ptr[64];
-            cat_pointer(ptr, sizeof(ptr), "", *k);
+            moat_json_pointer(ptr, sizeof(ptr), "", *k);
             moat_validation_add(v, ptr, "is read-only and cannot be changed");
         }
         json_decref(cur);

@@ -99,7 +99,4 @@ json_t *cat_product_json_v1(const struct cat_product *p);
 #define CAT_ETAG_MAX 32
 void cat_etag(const struct cat_product *p, char out[CAT_ETAG_MAX]);
 
-/* JSON pointer of member key under base (RFC 6901 escaping) into out. */
-void cat_pointer(char *out, size_t len, const char *base, const char *key);
-
 #endif /* CAT_PRODUCT_H */
