@@ -3,7 +3,7 @@
 
 #include <errno.h>
 #include <jansson.h>
-#include <limits.h>
+#include <limits.h> /* PATH_MAX */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,16 +95,21 @@ static bool valid_env_name(const char *s)
 /*
  * A route prefix or upstream path: absolute, at most DEPLOY_URLPATH_MAX
  * bytes, unreserved URL characters only. ',' and '=' in particular are
- * excluded because they delimit MOAT_GATEWAY_ROUTES. No empty segment and
- * no trailing '/' (except "/" itself), so prefixes compare unambiguously.
+ * excluded because they delimit MOAT_GATEWAY_ROUTES. No empty, "." or ".."
+ * segment and no trailing '/', so prefixes compare unambiguously; a prefix
+ * also needs at least one segment (the gateway serves its own endpoints at
+ * the root).
  */
-static const char *urlpath_problem(const char *s)
+static const char *urlpath_problem(const char *s, bool is_prefix)
 {
     size_t n = strlen(s);
     if (s[0] != '/')
         return "must start with '/'";
     if (n >= DEPLOY_URLPATH_MAX)
         return "is too long";
+    if (is_prefix && n == 1)
+        return "must have at least one segment (\"/\" alone would shadow "
+               "the gateway's own endpoints)";
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
@@ -113,10 +118,19 @@ static const char *urlpath_problem(const char *s)
             return "may contain only letters, digits, '/', '-', '_', '.', "
                    "'~'";
     }
-    if (strstr(s, "//"))
-        return "must not contain an empty segment (\"//\")";
     if (n > 1 && s[n - 1] == '/')
         return "must not end with '/'";
+    for (const char *seg = s + 1; n > 1; seg++) {
+        size_t len = strcspn(seg, "/");
+        if (len == 0)
+            return "must not contain an empty segment (\"//\")";
+        if ((len == 1 && seg[0] == '.') ||
+            (len == 2 && seg[0] == '.' && seg[1] == '.'))
+            return "must not contain a \".\" or \"..\" segment";
+        seg += len;
+        if (*seg == '\0')
+            break;
+    }
     return NULL;
 }
 
@@ -300,11 +314,11 @@ static void parse_routes(struct errs *e, json_t *obj, const char *at,
         const char *service = get_string(e, r, rat, "service", true);
         const char *path = get_string(e, r, rat, "path", true);
         const char *problem;
-        if (prefix && (problem = urlpath_problem(prefix))) {
+        if (prefix && (problem = urlpath_problem(prefix, true))) {
             report(e, rat, "prefix", "%s, got \"%s\"", problem, prefix);
             prefix = NULL;
         }
-        if (path && (problem = urlpath_problem(path))) {
+        if (path && (problem = urlpath_problem(path, false))) {
             report(e, rat, "path", "%s, got \"%s\"", problem, path);
             path = NULL;
         }
@@ -432,8 +446,7 @@ static bool listen_conflict(const struct deploy_service *a,
  * targets and the start order they imply. */
 static void check_services(struct errs *e, struct deploy *d)
 {
-    char logdir[PATH_MAX];
-    snprintf(logdir, sizeof(logdir), "%s/log", d->var_dir);
+    char *logdir = moat_xasprintf("%s/log", d->var_dir);
 
     for (size_t i = 0; i < d->nservices; i++) {
         struct deploy_service *s = &d->services[i];
@@ -473,6 +486,7 @@ static void check_services(struct errs *e, struct deploy *d)
                 report(e, rat, "service", "a service cannot route to itself");
         }
     }
+    free(logdir);
     if (e->n)
         return;
 

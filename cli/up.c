@@ -10,9 +10,11 @@
  *   pending -> starting (spawned, polling /readyz) -> ready
  *   ready/starting -- exits unexpectedly --> backoff -- delay --> starting
  *   any -- supervisor stops --> stopping -> stopped
- * During the initial start, an exit or a service not ready in time is not
- * retried: it is a configuration or code error, so everything is stopped
- * and the service's last log lines are shown.
+ * During the initial start, a service that exits before it was ever ready,
+ * or is not ready in time, is not retried: that is a configuration or code
+ * error, so everything is stopped and the service's last log lines are
+ * shown. A service of an earlier level that was ready and then dies while
+ * a later level starts is restarted as at any other time.
  *
  * Order: services start by level (deploy.h: a gateway starts after every
  * service it routes to), each level once the previous one is ready. They
@@ -552,11 +554,11 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
 }
 
 /* Probe /readyz of a starting service. */
-static void probe(struct sup *s, struct proc *p, uint64_t now)
+static void probe(struct sup *s, struct proc *p)
 {
     long status = 0;
     int rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
-    now = moat_mono_ms(); /* the probe may have taken a while */
+    uint64_t now = moat_mono_ms(); /* after the probe, which takes time */
     if (rc == MOAT_OK && status == 200) {
         p->status = PS_READY;
         p->ready_ms = now;
@@ -600,7 +602,7 @@ static uint64_t run_timers(struct sup *s)
             }
         }
         if (p->status == PS_STARTING && now >= p->next_probe) {
-            probe(s, p, now);
+            probe(s, p);
             now = moat_mono_ms();
         }
         if (p->status == PS_BACKOFF && p->restart_at < next)
@@ -649,13 +651,13 @@ static int start_level(struct sup *s, int level)
         bool all_ready = true;
         for (size_t i = 0; i < s->nprocs; i++) {
             struct proc *p = &s->procs[i];
-            if (p->svc->level != level)
-                continue;
+            /* Any level: a restarted service of an earlier level that
+             * dies again before it is ready fails the start too. */
             if (p->status == PS_FAILED) {
                 show_failure(p);
                 return MOAT_EIO;
             }
-            if (p->status != PS_READY)
+            if (p->svc->level == level && p->status != PS_READY)
                 all_ready = false;
         }
         if (all_ready)

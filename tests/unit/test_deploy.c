@@ -414,7 +414,7 @@ static void test_levels_and_cycles(void **state)
     /* An edge gateway in front of an internal one in front of catalog. */
     struct deploy *d = parse_ok(DEPLOY(
         "{'name':'edge','listen':'127.0.0.1:1','engine':'none','routes':"
-        "[{'prefix':'/','service':'inner','path':'/'}]},"
+        "[{'prefix':'/api','service':'inner','path':'/'}]},"
         "{'name':'inner','listen':'127.0.0.1:2','engine':'none','routes':"
         "[{'prefix':'/api','service':'catalog','path':'/v1'}]}," SVC("")));
     assert_int_equal(deploy_find(d, "catalog")->level, 0);
@@ -425,9 +425,9 @@ static void test_levels_and_cycles(void **state)
 
     expect_error(
         DEPLOY("{'name':'a','listen':'127.0.0.1:1','engine':'none','routes':"
-               "[{'prefix':'/','service':'b','path':'/'}]},"
+               "[{'prefix':'/b','service':'b','path':'/'}]},"
                "{'name':'b','listen':'127.0.0.1:2','engine':'none','routes':"
-               "[{'prefix':'/','service':'a','path':'/'}]}"),
+               "[{'prefix':'/a','service':'a','path':'/'}]}"),
         "lead back to it through other services (a cycle)");
 }
 
