@@ -20,10 +20,18 @@
  * the directory it sizes) would then disagree with the service's.
  */
 static const char *const reserved_env[] = {
-    "MOAT_SERVICE_NAME",
-    "MOAT_LISTEN",
-    "MOAT_DATA_DIR",
-    "MOAT_GATEWAY_ROUTES",
+    "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
+    "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
+    "MOAT_PEER_KEYS",
+};
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} method_names[] = {
+    {"GET", DEPLOY_METHOD_GET},       {"POST", DEPLOY_METHOD_POST},
+    {"PUT", DEPLOY_METHOD_PUT},       {"PATCH", DEPLOY_METHOD_PATCH},
+    {"DELETE", DEPLOY_METHOD_DELETE},
 };
 
 /* The errors found so far, formatted "file: field: problem\n". */
@@ -282,10 +290,77 @@ static void parse_env(struct errs *e, json_t *obj, const char *at,
     free(env_at);
 }
 
+/* "public": ["GET", ...]: methods the gateway lets through without an
+ * end-user token (the upstream still authorises). */
+static unsigned parse_public(struct errs *e, json_t *r, const char *rat)
+{
+    json_t *pub = json_object_get(r, "public");
+    unsigned bits = 0;
+    if (!pub)
+        return 0;
+    if (!json_is_array(pub)) {
+        report(e, rat, "public", "must be an array of HTTP methods");
+        return 0;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(pub, i, m)
+    {
+        unsigned bit = 0;
+        for (size_t k = 0;
+             json_is_string(m) && k < MOAT_ARRAY_LEN(method_names); k++)
+            if (strcmp(json_string_value(m), method_names[k].name) == 0)
+                bit = method_names[k].bit;
+        if (!bit)
+            report(e, rat, "public",
+                   "entry %zu must be one of GET, POST, PUT, PATCH, DELETE", i);
+        bits |= bit;
+    }
+    return bits;
+}
+
+/* An array of strings into out and n; each checked with ok (may be NULL). */
+static void parse_string_list(struct errs *e, json_t *obj, const char *at,
+                              const char *key, bool (*ok)(const char *),
+                              const char *what, char ***out, size_t *n)
+{
+    json_t *arr = json_object_get(obj, key);
+    if (!arr)
+        return;
+    if (!json_is_array(arr) || json_array_size(arr) > DEPLOY_MAX_ENV) {
+        report(e, at, key, "must be an array of at most %d %s", DEPLOY_MAX_ENV,
+               what);
+        return;
+    }
+    *out = moat_xcalloc(json_array_size(arr) + 1, sizeof(**out));
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        const char *str = json_string_value(v);
+        if (!str || (ok && !ok(str))) {
+            report(e, at, key, "entry %zu is not a valid %s", i, what);
+            continue;
+        }
+        (*out)[(*n)++] = moat_xstrdup(str);
+    }
+}
+
+static bool valid_secret_name(const char *s)
+{
+    if (!valid_env_name(s) || strncmp(s, "MOAT_", 5) != 0)
+        return false;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(reserved_env); i++)
+        if (strcmp(s, reserved_env[i]) == 0)
+            return false;
+    return true;
+}
+
 static void parse_routes(struct errs *e, json_t *obj, const char *at,
                          struct deploy_service *svc)
 {
-    static const char *const allowed[] = {"prefix", "service", "path", NULL};
+    static const char *const allowed[] = {"prefix", "service", "path", "public",
+                                          NULL};
     json_t *routes = json_object_get(obj, "routes");
     if (!routes)
         return;
@@ -330,11 +405,13 @@ static void parse_routes(struct errs *e, json_t *obj, const char *at,
                 prefix = NULL;
             }
         }
+        unsigned pub = parse_public(e, r, rat);
         if (prefix && service && path) {
             struct deploy_route *dr = &svc->routes[svc->nroutes++];
             dr->prefix = moat_xstrdup(prefix);
             dr->service = moat_xstrdup(service);
             dr->path = moat_xstrdup(path);
+            dr->public_methods = pub;
         }
         free(rat);
     }
@@ -344,9 +421,9 @@ static void parse_routes(struct errs *e, json_t *obj, const char *at,
 static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
-    static const char *const allowed[] = {"name", "listen",   "engine",
-                                          "db",   "data_dir", "binary",
-                                          "env",  "routes",   NULL};
+    static const char *const allowed[] = {
+        "name", "listen", "engine", "db",      "data_dir", "binary",
+        "env",  "routes", "calls",  "secrets", NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -422,6 +499,11 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
 
     parse_env(e, obj, at, svc);
     parse_routes(e, obj, at, svc);
+    parse_string_list(e, obj, at, "calls", valid_name, "service name",
+                      &svc->calls, &svc->ncalls);
+    parse_string_list(e, obj, at, "secrets", valid_secret_name,
+                      "secret name (MOAT_*, not one moat sets itself)",
+                      &svc->secrets, &svc->nsecrets);
 }
 
 const char *deploy_connect_host(const struct deploy_service *s)
@@ -484,6 +566,12 @@ static void check_services(struct errs *e, struct deploy *d)
                 report(e, rat, "service", "no service named \"%s\"", target);
             else if (t == s)
                 report(e, rat, "service", "a service cannot route to itself");
+        }
+        for (size_t c = 0; c < s->ncalls; c++) {
+            const struct deploy_service *t = deploy_find(d, s->calls[c]);
+            if (!t || t == s)
+                report(e, at, "calls", "\"%s\" is not another service",
+                       s->calls[c]);
         }
     }
     free(logdir);
@@ -678,6 +766,12 @@ void deploy_free(struct deploy *d)
             free(s->routes[j].path);
         }
         free(s->routes);
+        for (size_t j = 0; j < s->ncalls; j++)
+            free(s->calls[j]);
+        free(s->calls);
+        for (size_t j = 0; j < s->nsecrets; j++)
+            free(s->secrets[j]);
+        free(s->secrets);
     }
     free(d->services);
     free(d->name);
@@ -711,10 +805,36 @@ char *deploy_gateway_routes(const struct deploy *d,
         const struct deploy_service *t = deploy_find(d, r->service);
         if (!t)
             continue; /* cannot happen after validation */
-        moat_buf_printf(&b, "%s%s=http://%s:%u%s", i ? "," : "", r->prefix,
-                        deploy_connect_host(t), (unsigned)t->port, r->path);
+        moat_buf_printf(&b, "%s%s=%s@http://%s:%u%s", i ? "," : "", r->prefix,
+                        t->name, deploy_connect_host(t), (unsigned)t->port,
+                        r->path);
     }
     return moat_buf_detach(&b, NULL);
+}
+
+char *deploy_gateway_public(const struct deploy_service *s)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    for (size_t i = 0; i < s->nroutes; i++)
+        for (size_t k = 0; k < MOAT_ARRAY_LEN(method_names); k++)
+            if (s->routes[i].public_methods & method_names[k].bit)
+                moat_buf_printf(&b, "%s%s %s", b.len ? "," : "",
+                                method_names[k].name, s->routes[i].prefix);
+    if (!b.len)
+        return NULL;
+    return moat_buf_detach(&b, NULL);
+}
+
+bool deploy_calls(const struct deploy_service *caller,
+                  const struct deploy_service *callee)
+{
+    for (size_t i = 0; i < caller->nroutes; i++)
+        if (strcmp(caller->routes[i].service, callee->name) == 0)
+            return true;
+    for (size_t i = 0; i < caller->ncalls; i++)
+        if (strcmp(caller->calls[i], callee->name) == 0)
+            return true;
+    return false;
 }
 
 const char *deploy_engine_name(enum deploy_engine e)

@@ -27,6 +27,7 @@
 #ifndef MOAT_CLI_DEPLOY_H
 #define MOAT_CLI_DEPLOY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +52,16 @@ struct deploy_route {
     char *prefix;  /* public path prefix at the gateway, "/api/v1/products" */
     char *service; /* name of the upstream service */
     char *path;    /* path prefix on the upstream, "/v1/products" */
+    unsigned public_methods; /* DEPLOY_METHOD_* allowed without a token */
+};
+
+/* Methods a route may list in "public" (no end-user token needed). */
+enum deploy_method {
+    DEPLOY_METHOD_GET = 1 << 0,
+    DEPLOY_METHOD_POST = 1 << 1,
+    DEPLOY_METHOD_PUT = 1 << 2,
+    DEPLOY_METHOD_PATCH = 1 << 3,
+    DEPLOY_METHOD_DELETE = 1 << 4,
 };
 
 struct deploy_env {
@@ -71,6 +82,10 @@ struct deploy_service {
     size_t nenv;
     struct deploy_route *routes; /* non-empty only for a gateway */
     size_t nroutes;
+    char **calls; /* services it calls besides its routes' targets */
+    size_t ncalls;
+    char **secrets; /* env names of shared secrets moat generates */
+    size_t nsecrets;
     int level; /* start order: 0 = no routes; else 1 + max(level of targets) */
 };
 
@@ -120,6 +135,14 @@ char *deploy_base_url(const struct deploy_service *s);
  * order, each route's service resolved to its connect address. Caller
  * frees. Returns "" (allocated) for a service without routes.
  */
+/*
+ * MOAT_GATEWAY_PUBLIC for a gateway: "METHOD PREFIX" entries of its routes'
+ * public methods, comma-separated; NULL when none. Caller frees.
+ */
+char *deploy_gateway_public(const struct deploy_service *s);
+/* True when caller calls callee: a route to it or an entry in "calls". */
+bool deploy_calls(const struct deploy_service *caller,
+                  const struct deploy_service *callee);
 char *deploy_gateway_routes(const struct deploy *d,
                             const struct deploy_service *s);
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "audit_log.h"
 #include "cli.h"
 
 static const char usage[] =
@@ -29,6 +30,11 @@ static const char usage[] =
     "                            print the last N lines (default 50) of a\n"
     "                            service's log, -f to follow; SERVICE 'moat'\n"
     "                            is the supervisor's own log\n"
+    "  audit-log verify SERVICE [--file FILE]\n"
+    "                            check that a service's audit log is intact\n"
+    "                            (hash chain and head; reads files only)\n"
+    "  audit-log verify --path LOG\n"
+    "                            the same for an audit log file anywhere\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -93,6 +99,7 @@ int main(int argc, char **argv)
         {"down", cli_cmd_down},
         {"status", cli_cmd_status},
         {"logs", cli_cmd_logs},
+        {"audit-log", cli_cmd_audit_log},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

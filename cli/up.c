@@ -35,6 +35,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,7 @@
 #include "moat/buf.h"
 
 #include "cli.h"
+#include "secrets.h"
 
 extern char **environ;
 
@@ -96,6 +98,7 @@ struct proc {
     char *log_path;                   /* owned */
     char *ready_url;                  /* owned */
     char *routes_env; /* MOAT_GATEWAY_ROUTES value or NULL; owned */
+    char **auth_env;  /* "NAME=value" keys and secrets, NULL-ended; owned */
     pid_t pid;        /* 0 when not running */
     enum proc_status status;
     unsigned restarts;    /* spawns after the first */
@@ -361,7 +364,10 @@ static char **child_env(const struct proc *p)
     size_t n = 0;
     while (environ[n])
         n++;
-    char **env = moat_xcalloc(n + svc->nenv + 5, sizeof(*env));
+    size_t nauth = 0;
+    while (p->auth_env && p->auth_env[nauth])
+        nauth++;
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 5, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -372,10 +378,55 @@ static char **child_env(const struct proc *p)
     env[k++] = moat_xasprintf("MOAT_DATA_DIR=%s", svc->data_dir);
     if (p->routes_env)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
+    for (size_t i = 0; i < nauth; i++)
+        env[k++] = moat_xstrdup(p->auth_env[i]);
     for (size_t i = 0; i < svc->nenv; i++)
         env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, svc->env[i].value);
     env[k] = NULL;
     return env;
+}
+
+/*
+ * Identities and secrets for every service (see cli/secrets.h): its own key,
+ * the keys of exactly the services that call it, the public allow-list of
+ * a gateway, and the shared secrets it lists. Least privilege: nobody gets
+ * a key it does not need.
+ */
+static int make_auth_env(struct sup *s)
+{
+    struct cli_secrets *sec = NULL;
+    if (cli_secrets_load(&sec, s->d->var_dir) != MOAT_OK)
+        return MOAT_EIO;
+    for (size_t i = 0; i < s->nprocs; i++) {
+        struct proc *p = &s->procs[i];
+        const struct deploy_service *svc = p->svc;
+        char **env = moat_xcalloc(svc->nsecrets + 4, sizeof(*env));
+        size_t k = 0;
+        env[k++] = moat_xasprintf("MOAT_SERVICE_KEY=%s",
+                                  cli_secret_service_key(sec, svc->name));
+        struct moat_buf peers = MOAT_BUF_INIT;
+        for (size_t j = 0; j < s->nprocs; j++) {
+            const struct deploy_service *caller = s->procs[j].svc;
+            if (caller != svc && deploy_calls(caller, svc))
+                moat_buf_printf(&peers, "%s%s:%s", peers.len ? "," : "",
+                                caller->name,
+                                cli_secret_service_key(sec, caller->name));
+        }
+        env[k++] = moat_xasprintf("MOAT_PEER_KEYS=%s", moat_buf_str(&peers));
+        sodium_memzero(peers.data, peers.len);
+        moat_buf_release(&peers);
+        char *pub = deploy_gateway_public(svc);
+        if (pub)
+            env[k++] = moat_xasprintf("MOAT_GATEWAY_PUBLIC=%s", pub);
+        free(pub);
+        for (size_t j = 0; j < svc->nsecrets; j++)
+            env[k++] = moat_xasprintf("%s=%s", svc->secrets[j],
+                                      cli_secret_shared(sec, svc->secrets[j]));
+        p->auth_env = env;
+    }
+    int rc = cli_secrets_save(sec);
+    cli_secrets_free(sec);
+    return rc;
 }
 
 static void free_env(char **env)
@@ -840,6 +891,11 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        for (char **e = s->procs[i].auth_env; e && *e; e++) {
+            sodium_memzero(*e, strlen(*e));
+            free(*e);
+        }
+        free(s->procs[i].auth_env);
     }
     free(s->procs);
     free(s->file_abs);
@@ -911,6 +967,8 @@ int cli_cmd_up(int argc, char **argv)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
         p->backoff_ms = BACKOFF_MIN_MS;
     }
+    if (make_auth_env(&s) != MOAT_OK)
+        goto cleanup;
 
     /* Block before the first fork so no SIGCHLD or Ctrl-C is missed. */
     sigemptyset(&s.sigs);

@@ -30,6 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "moat/auth.h"
 #include "moat/buf.h"
 #include "moat/http.h"
 #include "moat/log.h"
@@ -52,6 +53,7 @@ struct route {
     unsigned methods;
     moat_handler_fn fn[NMETHODS];
     void *arg[NMETHODS];
+    unsigned flags;                     /* enum moat_route_flags */
     struct moat_metric_series *latency; /* by route */
 };
 
@@ -76,6 +78,8 @@ struct moat_http_server {
     bool access_log;
     void (*on_idle)(void *);
     void *idle_arg;
+    moat_guard_fn guard;
+    void *guard_arg;
     struct moat_metrics *metrics;
     struct moat_metric_family *m_requests;  /* {route,method,status} */
     struct moat_metric_family *m_latency;   /* {route} */
@@ -101,6 +105,7 @@ struct moat_req {
     size_t body_len;
     bool body_loaded;
     struct moat_trace trace;
+    struct moat_principal principal;
     uint64_t start_ns;
 };
 
@@ -289,6 +294,20 @@ static int parse_pattern(struct route *r, const char *pattern)
 int moat_http_route(struct moat_http_server *s, unsigned meths,
                     const char *pattern, moat_handler_fn fn, void *arg)
 {
+    return moat_http_route_ex(s, meths, pattern, fn, arg, 0);
+}
+
+void moat_http_set_guard(struct moat_http_server *s, moat_guard_fn fn,
+                         void *arg)
+{
+    s->guard = fn;
+    s->guard_arg = arg;
+}
+
+int moat_http_route_ex(struct moat_http_server *s, unsigned meths,
+                       const char *pattern, moat_handler_fn fn, void *arg,
+                       unsigned flags)
+{
     if (!pattern || !fn || !meths || (meths & ~(unsigned)MOAT_METHOD_ANY))
         return MOAT_EINVAL;
     struct route *r = NULL;
@@ -296,6 +315,10 @@ int moat_http_route(struct moat_http_server *s, unsigned meths,
         if (strcmp(s->routes[i]->pattern, pattern) == 0)
             r = s->routes[i];
     if (r && (r->methods & meths))
+        return MOAT_ECONFLICT;
+    /* The guard applies per pattern: mixing open and guarded methods on
+     * one pattern would make it depend on registration order. */
+    if (r && r->flags != flags)
         return MOAT_ECONFLICT;
     if (!r) {
         r = moat_xcalloc(1, sizeof(*r));
@@ -308,6 +331,7 @@ int moat_http_route(struct moat_http_server *s, unsigned meths,
         }
         const char *labels[] = {pattern};
         r->latency = moat_metric_series(s->m_latency, labels);
+        r->flags = flags;
         s->routes =
             moat_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
         s->routes[s->nroutes++] = r;
@@ -634,6 +658,40 @@ struct moat_http_server *moat_req_server(const struct moat_req *r)
     return r->srv;
 }
 
+const struct moat_principal *moat_req_principal(const struct moat_req *r)
+{
+    return &r->principal;
+}
+
+void moat_req_set_principal(struct moat_req *r, const struct moat_principal *p)
+{
+    r->principal = *p;
+}
+
+bool moat_principal_is_admin(const struct moat_principal *p)
+{
+    return strcmp(p->role, "admin") == 0 && p->user_id[0];
+}
+
+bool moat_req_require_user(struct moat_req *r)
+{
+    if (r->principal.user_id[0])
+        return true;
+    moat_req_set_header(r, "WWW-Authenticate", "Bearer");
+    moat_req_reply_problem(r, 401, "this operation needs a signed-in user");
+    return false;
+}
+
+bool moat_req_require_admin(struct moat_req *r)
+{
+    if (!moat_req_require_user(r))
+        return false;
+    if (moat_principal_is_admin(&r->principal))
+        return true;
+    moat_req_reply_problem(r, 403, "this operation is for administrators");
+    return false;
+}
+
 static bool json_content_type(const char *ct)
 {
     if (!ct)
@@ -821,6 +879,11 @@ static void route_request(struct moat_req *r)
         return;
     }
     moat_log_set_trace(&r->trace);
+    if (!(best->flags & MOAT_ROUTE_OPEN) && s->guard &&
+        !s->guard(r, s->guard_arg)) {
+        moat_log_set_trace(NULL);
+        return; /* the guard replied */
+    }
     best->fn[mi](r, best->arg[mi]);
     moat_log_set_trace(NULL);
 }

@@ -27,6 +27,7 @@ struct runtime {
     struct event *sigint;
     struct event *drain_deadline;
     int64_t started_wall_ms;
+    struct moat_metric_family *m_auth_rejected; /* {reason} */
     bool initialised;
     bool stopping;
     struct moat_metric_series *m_rss, *m_cpu, *m_start, *m_fds, *m_up;
@@ -80,6 +81,9 @@ int moat_service_config_load(struct moat_service_config *cfg,
     if (moat_env_bool("MOAT_ACCESS_LOG", true, &cfg->access_log) != MOAT_OK)
         rc = MOAT_EINVAL;
     if (moat_env_bool("MOAT_SANDBOX", true, &cfg->sandbox) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    if (moat_env_bool("MOAT_INSECURE_NO_AUTH", false, &cfg->insecure_no_auth) !=
+        MOAT_OK)
         rc = MOAT_EINVAL;
     return rc;
 }
@@ -254,6 +258,26 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     moat_http_drain(rt->svc->http, on_drained, rt);
 }
 
+/* Every guarded route: a valid service token from a known peer. */
+static bool service_token_guard(struct moat_req *req, void *arg)
+{
+    struct runtime *rt = arg;
+    const char *token = moat_req_header(req, MOAT_SERVICE_TOKEN_HEADER);
+    struct moat_principal p;
+    const char *why = "missing " MOAT_SERVICE_TOKEN_HEADER " header";
+    if (token && moat_auth_verify(rt->svc->auth, token, &p, &why) == MOAT_OK) {
+        moat_req_set_principal(req, &p);
+        return true;
+    }
+    const char *labels[] = {token ? why : "missing"};
+    moat_metric_add(moat_metric_series(rt->m_auth_rejected, labels), 1);
+    moat_log(MOAT_LOG_WARN, "service call refused", "{s:s, s:s}", "reason", why,
+             "peer", moat_req_peer(req));
+    moat_req_set_header(req, "WWW-Authenticate", "MoatService");
+    moat_req_reply_problem(req, 401, "service authentication failed: %s", why);
+    return false;
+}
+
 static void register_builtin_metrics(struct runtime *rt)
 {
     struct moat_metrics *m = rt->svc->metrics;
@@ -277,6 +301,10 @@ static void register_builtin_metrics(struct runtime *rt)
     moat_metric_set(moat_metric_series(info, labels), 1);
     moat_metric_set(rt->m_start, (double)rt->started_wall_ms / 1000.0);
     moat_metrics_on_collect(m, collect_process, rt);
+    rt->m_auth_rejected = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_auth_rejected_total",
+        "Calls refused by the service-token guard, by reason.", "reason", NULL,
+        0);
 }
 
 int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
@@ -323,12 +351,34 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
     register_builtin_metrics(&rt);
     svc.http = moat_http_server_new(svc.base, &svc.cfg.limits, svc.metrics);
     moat_http_set_access_log(svc.http, svc.cfg.access_log);
-    moat_http_route(svc.http, MOAT_GET, "/healthz", handle_healthz, &rt);
-    moat_http_route(svc.http, MOAT_GET, "/readyz", handle_readyz, &rt);
-    moat_http_route(svc.http, MOAT_GET, "/metrics", handle_metrics, &rt);
+    moat_http_route_ex(svc.http, MOAT_GET, "/healthz", handle_healthz, &rt,
+                       MOAT_ROUTE_OPEN);
+    moat_http_route_ex(svc.http, MOAT_GET, "/readyz", handle_readyz, &rt,
+                       MOAT_ROUTE_OPEN);
+    moat_http_route_ex(svc.http, MOAT_GET, "/metrics", handle_metrics, &rt,
+                       MOAT_ROUTE_OPEN);
 #ifdef MOAT_TEST_HOOKS
-    moat_http_route(svc.http, MOAT_GET, "/_test/open", handle_test_open, &rt);
+    moat_http_route_ex(svc.http, MOAT_GET, "/_test/open", handle_test_open, &rt,
+                       MOAT_ROUTE_OPEN);
 #endif
+
+    if (svc.cfg.insecure_no_auth) {
+        moat_log(MOAT_LOG_WARN,
+                 "MOAT_INSECURE_NO_AUTH=1: accepting calls WITHOUT service "
+                 "authentication (development only)",
+                 NULL);
+    } else {
+        int arc = moat_auth_load(&svc.auth, svc.cfg.name);
+        if (arc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot load the service identity",
+                     "{s:s, s:s}", "error", moat_strerror(arc), "hint",
+                     "set MOAT_SERVICE_KEY and MOAT_PEER_KEYS (moat up does), "
+                     "or MOAT_INSECURE_NO_AUTH=1 for development");
+            goto out;
+        }
+        if (!def->public_api)
+            moat_http_set_guard(svc.http, service_token_guard, &rt);
+    }
 
     if (svc.cfg.data_dir && make_data_dir(svc.cfg.data_dir) != MOAT_OK)
         goto out;
@@ -392,6 +442,7 @@ out:
         event_free(rt.sigint);
     if (rt.drain_deadline)
         event_free(rt.drain_deadline);
+    moat_auth_free(svc.auth);
     moat_metrics_free(svc.metrics);
     event_base_free(svc.base);
     libevent_global_shutdown();

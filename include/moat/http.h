@@ -83,6 +83,26 @@ void moat_http_server_free(struct moat_http_server *s);
 int moat_http_route(struct moat_http_server *s, unsigned methods,
                     const char *pattern, moat_handler_fn fn, void *arg);
 
+/* Route flags for moat_http_route_ex(). */
+enum moat_route_flags {
+    /* Skip the server's guard (moat_http_set_guard): health, readiness and
+     * metrics endpoints, which a supervisor probes without credentials. */
+    MOAT_ROUTE_OPEN = 1 << 0,
+};
+int moat_http_route_ex(struct moat_http_server *s, unsigned methods,
+                       const char *pattern, moat_handler_fn fn, void *arg,
+                       unsigned flags);
+
+/*
+ * A guard runs after routing and before the handler of every route not
+ * registered with MOAT_ROUTE_OPEN. It returns true to let the request
+ * through, or replies itself (e.g. 401) and returns false. The service
+ * skeleton installs one that verifies service tokens (moat/auth.h).
+ */
+typedef bool (*moat_guard_fn)(struct moat_req *req, void *arg);
+void moat_http_set_guard(struct moat_http_server *s, moat_guard_fn fn,
+                         void *arg);
+
 /* Bind and listen on host:port (port 0 = any); *bound_port gets the port. */
 int moat_http_listen(struct moat_http_server *s, const char *host,
                      uint16_t port, uint16_t *bound_port);

@@ -21,6 +21,14 @@
  *   MOAT_IO_TIMEOUT_MS     HTTP limits (see moat/http.h)
  *   MOAT_DRAIN_TIMEOUT_MS  graceful shutdown bound (default 10000)
  *   MOAT_SANDBOX           1 = Landlock confinement (default), 0 = off
+ *   MOAT_SERVICE_KEY, MOAT_PEER_KEYS
+ *                          service identity (moat/auth.h); required
+ *   MOAT_INSECURE_NO_AUTH  1 = accept calls without a service token
+ *                          (development only; logged loudly)
+ *
+ * Unless def->public_api, every route but /healthz, /readyz and /metrics
+ * requires a valid service token from a known peer (401 otherwise); the
+ * handler finds the caller and the end user in moat_req_principal().
  */
 #ifndef MOAT_SERVICE_H
 #define MOAT_SERVICE_H
@@ -28,6 +36,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "moat/auth.h"
 #include "moat/http.h"
 #include "moat/metrics.h"
 
@@ -42,6 +51,7 @@ struct moat_service_config {
     unsigned drain_timeout_ms;
     bool access_log;
     bool sandbox;
+    bool insecure_no_auth; /* MOAT_INSECURE_NO_AUTH=1: development only */
 };
 
 struct moat_service {
@@ -50,14 +60,16 @@ struct moat_service {
     struct event_base *base;
     struct moat_http_server *http;
     struct moat_metrics *metrics;
+    struct moat_auth *auth; /* service identity; NULL only when insecure */
     uint16_t bound_port;
     void *impl; /* the service's own state, set by init */
 };
 
 struct moat_service_def {
-    const char *name;            /* "catalog" */
-    uint16_t default_port;       /* 8081 */
-    bool needs_data_dir;         /* owns durable data */
+    const char *name;      /* "catalog" */
+    uint16_t default_port; /* 8081 */
+    bool needs_data_dir;   /* owns durable data */
+    bool public_api; /* faces end users (gateway): no service-token guard */
     const char *const *ro_paths; /* extra read-only paths, NULL-terminated */
     /* Open the database, register routes. Negative return aborts start. */
     int (*init)(struct moat_service *svc);

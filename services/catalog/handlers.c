@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "catalog.h"
+#include "moat/auth.h"
 #include "moat/log.h"
 #include "moat/problem.h"
 #include "product.h"
@@ -253,6 +254,10 @@ static void handle_create(struct moat_req *r, void *arg)
     struct cat_product p = {0};
     json_t *body = NULL;
 
+    /* Catalog writes are for administrators (reads are public). */
+    if (!moat_req_require_admin(r))
+        return;
+
     moat_validation_init(&v);
     if (moat_req_json(r, &body) < 0)
         goto cleanup; /* replied 415 or 400 */
@@ -314,6 +319,10 @@ static void handle_put(struct moat_req *r, void *arg)
     struct cat_product cur = {0};
     json_t *body = NULL, *doc = NULL;
 
+    /* Catalog writes are for administrators (reads are public). */
+    if (!moat_req_require_admin(r))
+        return;
+
     moat_validation_init(&v);
     if (moat_req_json(r, &body) < 0)
         goto cleanup;
@@ -342,6 +351,10 @@ static void handle_patch(struct moat_req *r, void *arg)
     struct moat_validation v;
     struct cat_product cur = {0};
     json_t *patch = NULL, *stripped = NULL, *merged = NULL, *doc = NULL;
+
+    /* Catalog writes are for administrators (reads are public). */
+    if (!moat_req_require_admin(r))
+        return;
 
     moat_validation_init(&v);
     const char *ct = moat_req_header(r, "Content-Type");
@@ -391,6 +404,10 @@ static void handle_delete(struct moat_req *r, void *arg)
 {
     struct cat_service *cat = arg;
     struct cat_product cur = {0};
+
+    /* Catalog writes are for administrators (reads are public). */
+    if (!moat_req_require_admin(r))
+        return;
 
     if (!load_product(r, cat, &cur))
         return;

@@ -3,10 +3,28 @@
  * data, only a table of public path prefixes and the upstream each one is
  * forwarded to (see proxy.c).
  *
- * Environment, besides the common MOAT_* variables of moat/service.h:
- *   MOAT_GATEWAY_ROUTES           "PREFIX=URL[,PREFIX=URL...]", e.g.
- *       "/api/v1/products=http://127.0.0.1:8081/v1/products"; each entry
- *       forwards PREFIX and PREFIX/... (all methods) to URL and URL/...
+ * The gateway is the public API (def->public_api): it authenticates end
+ * users itself (access.c) instead of expecting service tokens, and calls
+ * each upstream with a service token of its own (proxy.c).
+ *
+ * Environment, besides the common MOAT_* variables of moat/service.h
+ * (MOAT_SERVICE_KEY and MOAT_PEER_KEYS included):
+ *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[,...]", e.g.
+ *       "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products"; each
+ *       entry forwards PREFIX and PREFIX/... (all methods) to URL and
+ *       URL/..., with a service token whose audience is SERVICE
+ *   MOAT_GATEWAY_PUBLIC           "METHOD PREFIX[,...]" let through without
+ *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
+ *       covers itself and everything below it; GET covers HEAD; unset or
+ *       empty: nothing is public
+ *   MOAT_JWT_SECRET               base64 (standard or url-safe) of >= 32
+ *       bytes: the HS256 secret of end-user tokens, shared with the users
+ *       service (iss "moat-users", aud "moat"); required unless
+ *       MOAT_INSECURE_NO_AUTH=1, where leaving it unset disables end-user
+ *       authentication altogether
+ *   MOAT_GATEWAY_RATE             requests per second per client address
+ *       (default 200; 0 disables the limit)
+ *   MOAT_GATEWAY_BURST            bucket size per client (default 400)
  *   MOAT_GATEWAY_TIMEOUT_MS         total upstream call bound (default 2000)
  *   MOAT_GATEWAY_CONNECT_TIMEOUT_MS connect bound (default 300)
  *   MOAT_GATEWAY_MAX_RESPONSE_BYTES upstream body cap (default 8 MiB)
@@ -17,8 +35,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <sodium.h>
+
 #include "gateway.h"
+#include "moat/auth.h"
 #include "moat/config.h"
+#include "moat/jwt.h"
 #include "moat/log.h"
 #include "moat/service.h"
 
@@ -38,6 +60,15 @@
 #define GW_DEFAULT_MAX_HOST_CONNS 64
 #define GW_MAX_MAX_HOST_CONNS     4096
 
+#define GW_DEFAULT_RATE  200 /* requests/s per client address */
+#define GW_DEFAULT_BURST 400
+#define GW_MAX_RATE      1000000
+/*
+ * Clients tracked by the limiter; beyond this the least recently seen is
+ * forgotten (~100 bytes each, so a few MiB at most).
+ */
+#define GW_RATE_MAX_CLIENTS 65536
+
 static void gw_free(struct gw *gw)
 {
     if (!gw)
@@ -46,7 +77,78 @@ static void gw_free(struct gw *gw)
      * routes. */
     moat_http_client_free(gw->client);
     gw_routes_free(gw->routes, gw->nroutes);
+    gw_public_free(gw->public_list, gw->npublic);
+    moat_ratelimit_free(gw->limiter);
+    sodium_memzero(gw->jwt_secret, sizeof(gw->jwt_secret));
     free(gw);
+}
+
+/* MOAT_JWT_SECRET, or none in insecure development mode. */
+static int load_user_auth(struct gw *gw)
+{
+    const char *b64 = getenv("MOAT_JWT_SECRET");
+    if (!b64) {
+        if (gw->svc->cfg.insecure_no_auth) {
+            moat_log(MOAT_LOG_WARN,
+                     "MOAT_JWT_SECRET is not set and MOAT_INSECURE_NO_AUTH=1: "
+                     "end users are NOT authenticated (development only)",
+                     NULL);
+            return MOAT_OK;
+        }
+        moat_log(MOAT_LOG_ERROR, "invalid configuration", "{s:s, s:s}",
+                 "variable", "MOAT_JWT_SECRET", "error", "not set");
+        fprintf(stderr, "config: MOAT_JWT_SECRET is not set (base64 of the "
+                        "end-user token secret shared with users)\n");
+        return MOAT_EINVAL;
+    }
+    int rc = moat_base64_decode(b64, gw->jwt_secret, sizeof(gw->jwt_secret),
+                                &gw->jwt_secret_len);
+    if (rc != MOAT_OK || gw->jwt_secret_len < MOAT_JWT_MIN_KEY) {
+        /* The value is a secret: never logged. */
+        moat_log(MOAT_LOG_ERROR, "invalid configuration", "{s:s, s:s}",
+                 "variable", "MOAT_JWT_SECRET", "error",
+                 "must be base64 of 32 to 128 bytes");
+        fprintf(stderr,
+                "config: MOAT_JWT_SECRET must be base64 of %d to %d bytes\n",
+                MOAT_JWT_MIN_KEY, GW_JWT_SECRET_MAX);
+        sodium_memzero(gw->jwt_secret, sizeof(gw->jwt_secret));
+        gw->jwt_secret_len = 0;
+        return MOAT_EINVAL;
+    }
+    gw->user_auth = true;
+    return MOAT_OK;
+}
+
+static int load_access(struct gw *gw)
+{
+    int64_t rate, burst;
+    if (moat_env_int("MOAT_GATEWAY_RATE", GW_DEFAULT_RATE, 0, GW_MAX_RATE,
+                     &rate) != MOAT_OK ||
+        moat_env_int("MOAT_GATEWAY_BURST", GW_DEFAULT_BURST, 1, GW_MAX_RATE,
+                     &burst) != MOAT_OK)
+        return MOAT_EINVAL;
+    if (rate > 0)
+        gw->limiter = moat_ratelimit_new((double)burst, (double)rate,
+                                         GW_RATE_MAX_CLIENTS);
+    else
+        moat_log(MOAT_LOG_WARN, "MOAT_GATEWAY_RATE=0: no per-client limit",
+                 NULL);
+
+    const char *spec = moat_env_str("MOAT_GATEWAY_PUBLIC", "");
+    char err[512];
+    if (gw_public_parse(spec, &gw->public_list, &gw->npublic, err,
+                        sizeof(err)) != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "invalid configuration", "{s:s, s:s, s:s}",
+                 "variable", "MOAT_GATEWAY_PUBLIC", "value", spec, "error",
+                 err);
+        fprintf(stderr, "config: MOAT_GATEWAY_PUBLIC: %s\n", err);
+        return MOAT_EINVAL;
+    }
+    for (size_t i = 0; i < gw->npublic; i++)
+        moat_log(MOAT_LOG_INFO, "public", "{s:s, s:i}", "prefix",
+                 gw->public_list[i].prefix, "methods",
+                 (int)gw->public_list[i].methods);
+    return load_user_auth(gw);
 }
 
 static int load_config(struct gw *gw, long *max_host_conns)
@@ -104,8 +206,18 @@ static void register_metrics(struct gw *gw, struct moat_metrics *m)
         m, MOAT_COUNTER, "moat_gateway_upstream_errors_total",
         "Upstream calls that got no usable response, by kind", "upstream,kind",
         NULL, 0);
-    if (!gw->m_requests || !dur || !errs)
+    gw->m_auth_rejected = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_gateway_auth_rejected_total",
+        "Requests refused with 401, by reason (\"missing\" when no token "
+        "was sent to a non-public route)",
+        "reason", NULL, 0);
+    struct moat_metric_family *limited = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_gateway_rate_limited_total",
+        "Requests refused with 429 by the per-client rate limit", NULL, NULL,
+        0);
+    if (!gw->m_requests || !dur || !errs || !gw->m_auth_rejected || !limited)
         moat_die("cannot register the gateway metrics");
+    gw->m_rate_limited = moat_metric_single(limited);
     for (size_t i = 0; i < gw->nroutes; i++) {
         struct gw_route *r = &gw->routes[i];
         const char *up[] = {r->prefix};
@@ -125,7 +237,8 @@ static int gw_init(struct moat_service *svc)
     int rc = MOAT_EINVAL;
 
     gw->svc = svc;
-    if (load_config(gw, &max_host_conns) != MOAT_OK)
+    if (load_config(gw, &max_host_conns) != MOAT_OK ||
+        load_access(gw) != MOAT_OK)
         goto cleanup;
     struct moat_http_client_options opts = {
         .connect_timeout_ms = gw->connect_timeout_ms,
@@ -161,6 +274,8 @@ static int gw_init(struct moat_service *svc)
         moat_log(MOAT_LOG_INFO, "route", "{s:s, s:s}", "prefix", r->prefix,
                  "upstream", r->base_url);
     }
+    /* Every route registered above is proxied: all go through the guard. */
+    moat_http_set_guard(svc->http, gw_access_guard, gw);
     svc->impl = gw;
     gw = NULL;
     rc = MOAT_OK;
@@ -182,6 +297,7 @@ static const struct moat_service_def gateway_def = {
     .name = "gateway",
     .default_port = GW_DEFAULT_PORT,
     .needs_data_dir = false,
+    .public_api = true, /* end users authenticate here (access.c) */
     .init = gw_init,
     .release = gw_release,
 };

@@ -5,9 +5,13 @@
  * Only an allowlist of headers crosses the gateway in either direction, so
  * hop-by-hop headers (Connection, Keep-Alive, Transfer-Encoding, TE,
  * Upgrade, Proxy-*) and anything a client should not inject never reach a
- * backend. Whatever goes wrong upstream (refused, timeout, oversized or
- * broken response) becomes a 503 problem+json with Retry-After within the
- * gateway's timeout: a client never hangs on a dead backend.
+ * backend. Credentials in particular: the client's Authorization (an
+ * end-user JWT, already verified by access.c) and any Moat-Service-Token it
+ * sends stay here; the upstream gets a fresh service token from the
+ * gateway, for that upstream only, carrying the verified principal. Whatever
+ * goes wrong upstream (refused, timeout, oversized or broken response) becomes
+ * a 503 problem+json with Retry-After within the gateway's timeout: a client
+ * never hangs on a dead backend.
  */
 #include "moat/common.h"
 
@@ -16,14 +20,15 @@
 #include <string.h>
 
 #include "gateway.h"
+#include "moat/auth.h"
 #include "moat/log.h"
 #include "moat/problem.h"
 
 /* Request headers passed to the upstream (besides traceparent and
- * X-Request-Id, which the HTTP client sends from the request's trace). */
+ * X-Request-Id, which the HTTP client sends from the request's trace, and
+ * the gateway's own Moat-Service-Token). Never Authorization. */
 static const char *const forward_request[] = {
-    "Content-Type",  "Accept",          "If-Match",
-    "If-None-Match", "Idempotency-Key", "Authorization",
+    "Content-Type", "Accept", "If-Match", "If-None-Match", "Idempotency-Key",
 };
 
 /* Response headers passed back to the client; Location is rewritten. */
@@ -154,8 +159,9 @@ void gw_proxy(struct moat_req *req, void *arg)
 {
     struct gw_route *r = arg;
     struct gw *gw = r->gw;
-    struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request)];
+    struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request) + 1];
     size_t nhdrs = 0;
+    char *token = NULL;
 
     char *url = gw_upstream_url(r, moat_req_target(req));
     if (!url) {
@@ -169,6 +175,24 @@ void gw_proxy(struct moat_req *req, void *arg)
         const char *v = moat_req_header(req, forward_request[i]);
         if (v)
             hdrs[nhdrs++] = (struct moat_http_header){forward_request[i], v};
+    }
+    /* No service identity only with MOAT_INSECURE_NO_AUTH=1. */
+    if (gw->svc->auth) {
+        int trc = moat_auth_token(gw->svc->auth, r->service,
+                                  moat_req_principal(req), &token);
+        if (trc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot sign a service token",
+                     "{s:s, s:s}", "upstream", r->service, "error",
+                     moat_strerror(trc));
+            moat_req_reply_problem(req, 500,
+                                   "the gateway cannot authenticate to "
+                                   "backend %s",
+                                   r->prefix);
+            free(url);
+            return;
+        }
+        hdrs[nhdrs++] =
+            (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
     }
     size_t body_len = 0;
     const char *body = moat_req_body(req, &body_len);
@@ -187,6 +211,7 @@ void gw_proxy(struct moat_req *req, void *arg)
         .trace = moat_req_trace(req),
     };
     int rc = moat_http_client_send(gw->client, &call, on_upstream, c);
+    free(token); /* the client copied the headers */
     if (rc != MOAT_OK) {
         /* Only a header value the client cannot send (EINVAL) or a client
          * being freed gets here; neither is the backend's fault. */

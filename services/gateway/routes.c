@@ -1,6 +1,7 @@
 /*
- * routes.c - MOAT_GATEWAY_ROUTES parsing and the URL arithmetic of the
- * proxy. No I/O here, so the unit test includes this file directly.
+ * routes.c - MOAT_GATEWAY_ROUTES and MOAT_GATEWAY_PUBLIC parsing and the
+ * URL arithmetic of the proxy and the guard. No I/O here, so the unit test
+ * includes this file directly and the fuzz target links it alone.
  */
 #include "moat/common.h"
 
@@ -114,9 +115,23 @@ cleanup:
     return ok;
 }
 
+/* [a-z][a-z0-9-]{0,31}: a service name as `moat up` and moat/auth.h know it. */
+static bool valid_service(const char *s)
+{
+    size_t len = strlen(s);
+    if (len == 0 || len > 32 || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < len; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+              s[i] == '-'))
+            return false;
+    return true;
+}
+
 static void route_release(struct gw_route *r)
 {
     free(r->prefix);
+    free(r->service);
     free(r->pattern_rest);
     free(r->origin);
     free(r->base_path);
@@ -160,14 +175,18 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                      count + 1);
             goto cleanup;
         }
-        if (!eq) {
+        char *at = eq ? strchr(eq + 1, '@') : NULL;
+        if (!eq || !at) {
             snprintf(err, errlen,
-                     "entry %zu ('%s') is not PUBLIC_PREFIX=UPSTREAM_URL",
+                     "entry %zu ('%s') is not "
+                     "PUBLIC_PREFIX=SERVICE@UPSTREAM_URL",
                      count + 1, entry);
             goto cleanup;
         }
         *eq = '\0';
-        char *prefix = trim(entry), *url = trim(eq + 1);
+        *at = '\0';
+        char *prefix = trim(entry), *service = trim(eq + 1),
+             *url = trim(at + 1);
         if (!valid_prefix(prefix, &r.prefix_segs)) {
             snprintf(err, errlen,
                      "entry %zu: prefix '%s' must be '/' followed by 1 to %d "
@@ -182,12 +201,20 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                 goto cleanup;
             }
         }
+        if (!valid_service(service)) {
+            snprintf(err, errlen,
+                     "entry %zu (%s): service '%s' must match "
+                     "[a-z][a-z0-9-]{0,31}",
+                     count + 1, prefix, service);
+            goto cleanup;
+        }
         if (!parse_upstream(url, &r, &why)) {
             snprintf(err, errlen, "entry %zu (%s): upstream '%s' %s", count + 1,
                      prefix, url, why);
             goto cleanup;
         }
         r.prefix = moat_xstrdup(prefix);
+        r.service = moat_xstrdup(service);
         r.pattern_rest = moat_xasprintf("%s/{rest*}", prefix);
         routes = moat_xrealloc(routes, (count + 1) * sizeof(*routes));
         routes[count++] = r;
@@ -289,4 +316,131 @@ char *gw_rewrite_location(const struct gw_route *r, const char *location)
     if (strncmp(p, r->base_path, blen) != 0 || !at_boundary(p[blen]))
         return moat_xstrdup(location);
     return moat_xasprintf("%s%s", r->prefix, p + blen);
+}
+
+static const struct {
+    const char *name;
+    unsigned methods;
+} public_methods[] = {
+    /* A HEAD is a GET without the body: public together. */
+    {"GET", MOAT_GET | MOAT_HEAD}, {"HEAD", MOAT_HEAD},
+    {"POST", MOAT_POST},           {"PUT", MOAT_PUT},
+    {"PATCH", MOAT_PATCH},         {"DELETE", MOAT_DELETE},
+    {"OPTIONS", MOAT_OPTIONS},
+};
+
+void gw_public_free(struct gw_public *list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i].prefix);
+    free(list);
+}
+
+int gw_public_parse(const char *spec, struct gw_public **out, size_t *n,
+                    char *err, size_t errlen)
+{
+    char *copy = moat_xstrdup(spec);
+    char *cur = copy;
+    struct gw_public *list = NULL;
+    size_t count = 0;
+    int rc = MOAT_EINVAL;
+
+    /* Nothing public is a valid (and the safest) configuration. */
+    if (*trim(copy) == '\0')
+        cur = NULL;
+    while (cur) {
+        char *entry = trim(strsep(&cur, ","));
+        char *sp = strchr(entry, ' ');
+        unsigned methods = 0;
+        size_t segs = 0;
+
+        if (!*entry) {
+            snprintf(err, errlen, "entry %zu is empty (stray comma?)",
+                     count + 1);
+            goto cleanup;
+        }
+        if (!sp) {
+            snprintf(err, errlen, "entry %zu ('%s') is not 'METHOD PREFIX'",
+                     count + 1, entry);
+            goto cleanup;
+        }
+        *sp = '\0';
+        char *prefix = trim(sp + 1);
+        for (size_t i = 0; i < MOAT_ARRAY_LEN(public_methods); i++)
+            if (strcmp(entry, public_methods[i].name) == 0)
+                methods = public_methods[i].methods;
+        if (!methods) {
+            snprintf(err, errlen,
+                     "entry %zu: method '%s' must be one of GET HEAD POST "
+                     "PUT PATCH DELETE OPTIONS (upper case)",
+                     count + 1, entry);
+            goto cleanup;
+        }
+        if (!valid_prefix(prefix, &segs)) {
+            snprintf(err, errlen,
+                     "entry %zu: prefix '%s' must be '/' followed by 1 to %d "
+                     "segments of [A-Za-z0-9._~-], without a final '/'",
+                     count + 1, prefix, GW_MAX_PREFIX_SEGMENTS);
+            goto cleanup;
+        }
+        list = moat_xrealloc(list, (count + 1) * sizeof(*list));
+        list[count++] = (struct gw_public){
+            .methods = methods,
+            .prefix = moat_xstrdup(prefix),
+            .len = strlen(prefix),
+        };
+    }
+    *out = list;
+    *n = count;
+    list = NULL;
+    count = 0;
+    rc = MOAT_OK;
+cleanup:
+    gw_public_free(list, count);
+    free(copy);
+    return rc;
+}
+
+bool gw_public_allows(const struct gw_public *list, size_t n,
+                      enum moat_method method, const char *target)
+{
+    const char *p = target;
+    if (!p)
+        return false;
+    if (*p != '/') {
+        /* absolute-form: the same skip as gw_upstream_url. */
+        const char *s = strstr(p, "://");
+        if (!s)
+            return false;
+        p = s + 3 + strcspn(s + 3, "/?");
+    }
+    size_t path_len = strcspn(p, "?#");
+    for (size_t i = 0; i < n; i++) {
+        const struct gw_public *e = &list[i];
+        if (!(e->methods & (unsigned)method) || path_len < e->len ||
+            memcmp(p, e->prefix, e->len) != 0)
+            continue;
+        if (path_len == e->len || p[e->len] == '/')
+            return true;
+    }
+    return false;
+}
+
+const char *gw_bearer_token(const char *value)
+{
+    if (!value || strncasecmp(value, "Bearer ", 7) != 0)
+        return NULL;
+    const char *tok = value + 7;
+    while (*tok == ' ')
+        tok++;
+    size_t len = strcspn(tok, " \t");
+    if (len == 0 || tok[len] != '\0')
+        return NULL;
+    return tok;
+}
+
+uint64_t gw_retry_after_s(uint64_t ms)
+{
+    uint64_t s = ms / 1000 + (ms % 1000 != 0);
+    return s ? s : 1;
 }

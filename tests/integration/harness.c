@@ -20,6 +20,11 @@
 #include <unistd.h>
 
 #include "harness.h"
+
+#include <sodium.h>
+
+#include "moat/auth.h"
+#include "moat/jwt.h"
 #include "moat/buf.h"
 
 #define READY_TIMEOUT_MS 10000
@@ -251,6 +256,155 @@ bool h_service_alive(struct h_service *svc)
     return !reap(svc);
 }
 
+/* ---- the test keyset ---- */
+
+static const char *const known_services[] = {
+    "gateway",       "catalog", "users",     "inventory", "orders", "payments",
+    "notifications", "search",  "reporting", "readmodel", "test",
+};
+
+static void derive(const char *purpose, const char *name,
+                   uint8_t out[crypto_hash_sha256_BYTES])
+{
+    char *in = moat_xasprintf("moat-test-%s:%s", purpose, name);
+    crypto_hash_sha256(out, (const unsigned char *)in, strlen(in));
+    free(in);
+}
+
+static const char *b64(const uint8_t *bin, size_t len)
+{
+    char out[128];
+    sodium_bin2base64(out, sizeof(out), bin, len,
+                      sodium_base64_VARIANT_ORIGINAL);
+    return h_fmt("%s", out);
+}
+
+const char *h_test_service_key(const char *name)
+{
+    uint8_t k[crypto_hash_sha256_BYTES];
+    derive("service-key", name, k);
+    return b64(k, sizeof(k));
+}
+
+const char *h_test_jwt_secret(void)
+{
+    uint8_t k[crypto_hash_sha256_BYTES];
+    derive("jwt-secret", "users", k);
+    return b64(k, sizeof(k));
+}
+
+static const char *peer_keys(void)
+{
+    static char buf[2048];
+    size_t off = 0;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(known_services); i++)
+        off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s%s:%s",
+                                i ? "," : "", known_services[i],
+                                h_test_service_key(known_services[i]));
+    return buf;
+}
+
+static const char *signed_line(const char *prefix, const char *purpose,
+                               const char *key_name,
+                               const struct moat_jwt_claims *c)
+{
+    uint8_t k[crypto_hash_sha256_BYTES];
+    derive(purpose, key_name, k);
+    char *tok = NULL;
+    if (moat_jwt_sign(k, sizeof(k), c, &tok) != MOAT_OK)
+        fail_msg("harness: cannot sign a test token");
+    const char *line = h_fmt("%s%s", prefix, tok);
+    free(tok);
+    return line;
+}
+
+const char *h_service_token(const char *aud, const char *user_id,
+                            const char *role)
+{
+    struct moat_jwt_claims c = {0};
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "test");
+    snprintf(c.sub, sizeof(c.sub), "test");
+    snprintf(c.aud, sizeof(c.aud), "%s", aud);
+    snprintf(c.usr, sizeof(c.usr), "%s", user_id ? user_id : "");
+    snprintf(c.role, sizeof(c.role), "%s", role ? role : "");
+    snprintf(c.ip, sizeof(c.ip), "127.0.0.1");
+    c.iat = now;
+    c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
+    return signed_line(MOAT_SERVICE_TOKEN_HEADER ": ", "service-key", "test",
+                       &c);
+}
+
+const char *h_user_token(const char *user_id, const char *role, long ttl_s)
+{
+    struct moat_jwt_claims c = {0};
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "moat-users");
+    snprintf(c.sub, sizeof(c.sub), "%s", user_id);
+    snprintf(c.aud, sizeof(c.aud), "moat");
+    snprintf(c.role, sizeof(c.role), "%s", role ? role : "");
+    c.iat = now;
+    c.exp = now + ttl_s;
+    if (ttl_s < 0)
+        c.iat = c.exp - 60;
+    return signed_line("Authorization: Bearer ", "jwt-secret", "users", &c);
+}
+
+/* ---- automatic headers ---- */
+
+#define MAX_AUTO_HEADERS 16
+
+static struct {
+    char *url_prefix;
+    char *line;
+} auto_headers[MAX_AUTO_HEADERS];
+static size_t nauto;
+
+void h_auto_header(const char *url_prefix, const char *line)
+{
+    size_t name_len = strcspn(line, ":");
+    for (size_t i = 0; i < nauto; i++) {
+        if (strcmp(auto_headers[i].url_prefix, url_prefix) == 0 &&
+            strncasecmp(auto_headers[i].line, line, name_len + 1) == 0) {
+            free(auto_headers[i].line);
+            auto_headers[i].line = moat_xstrdup(line);
+            return;
+        }
+    }
+    if (nauto == MAX_AUTO_HEADERS)
+        fail_msg("harness: too many automatic headers");
+    auto_headers[nauto].url_prefix = moat_xstrdup(url_prefix);
+    auto_headers[nauto].line = moat_xstrdup(line);
+    nauto++;
+}
+
+void h_auto_headers_clear(void)
+{
+    for (size_t i = 0; i < nauto; i++) {
+        free(auto_headers[i].url_prefix);
+        free(auto_headers[i].line);
+    }
+    nauto = 0;
+}
+
+/* Explicit headers of the same name win, including an empty "Name:". */
+static void add_auto_headers(struct curl_slist **list, const char *url,
+                             const char *const *headers)
+{
+    for (size_t i = 0; i < nauto; i++) {
+        if (strncmp(url, auto_headers[i].url_prefix,
+                    strlen(auto_headers[i].url_prefix)) != 0)
+            continue;
+        size_t n = strcspn(auto_headers[i].line, ":") + 1;
+        bool explicit_one = false;
+        for (const char *const *h = headers; h && *h; h++)
+            explicit_one =
+                explicit_one || strncasecmp(*h, auto_headers[i].line, n) == 0;
+        if (!explicit_one)
+            *list = curl_slist_append(*list, auto_headers[i].line);
+    }
+}
+
 /* In the child: never returns. Only async-signal-safe calls until exec,
  * except setenv, which is fine because the test process is single
  * threaded when it forks. */
@@ -278,6 +432,9 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
              (unsigned)svc->port);
     setenv("MOAT_SERVICE_NAME", svc->name, 1);
     setenv("MOAT_LISTEN", listen_addr, 1);
+    setenv("MOAT_SERVICE_KEY", h_test_service_key(svc->name), 1);
+    setenv("MOAT_PEER_KEYS", peer_keys(), 1);
+    setenv("MOAT_JWT_SECRET", h_test_jwt_secret(), 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);
     for (const char *const *e = extra_env; e && *e; e++)
@@ -496,6 +653,7 @@ void h_http(struct h_resp *out, const char *method, const char *url,
     }
     if (body && !has_ct)
         list = curl_slist_append(list, "Content-Type:");
+    add_auto_headers(&list, url, headers);
 
     char errbuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(c, CURLOPT_URL, url);

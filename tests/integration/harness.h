@@ -150,6 +150,43 @@ json_t *h_resp_json(const struct h_resp *r);
  */
 const char *h_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* ---- identities: the fixed test keyset ----
+ *
+ * Every service started by h_service_start gets MOAT_SERVICE_KEY derived
+ * from its name, MOAT_PEER_KEYS naming every known service plus the peer
+ * "test" (the test process itself), and MOAT_JWT_SECRET; extra_env can
+ * override each. Keys are SHA-256("moat-test-...:" name): fixed, so a test
+ * can sign what the services will accept - and never used outside tests.
+ */
+
+/* Base64 service key of name (valid until 16 later h_fmt-style calls). */
+const char *h_test_service_key(const char *name);
+/* Base64 end-user JWT secret shared by users and gateway in tests. */
+const char *h_test_jwt_secret(void);
+/*
+ * A "Moat-Service-Token: <token>" header line from the peer "test" to
+ * service aud, acting for user_id with role (both may be NULL), for calling
+ * a service directly. Rotating static buffer, like h_fmt.
+ */
+const char *h_service_token(const char *aud, const char *user_id,
+                            const char *role);
+/*
+ * An "Authorization: Bearer <jwt>" line as the users service would issue:
+ * iss "moat-users", aud "moat", sub user_id, role, exp now + ttl_s (negative
+ * for an expired token). Rotating static buffer.
+ */
+const char *h_user_token(const char *user_id, const char *role, long ttl_s);
+
+/*
+ * Send header line ("Name: value", copied) with every request whose URL
+ * starts with url_prefix, unless the request sets that header itself (an
+ * explicit "Name:" with no value suppresses it). For credentials a whole
+ * test uses: h_auto_header(gw.url, h_user_token("usr_a", "admin", 3600)).
+ * Replaces an earlier line of the same name for the same prefix.
+ */
+void h_auto_header(const char *url_prefix, const char *line);
+void h_auto_headers_clear(void);
+
 /* ---- assertions (cmocka; print the response and the logs on failure) --- */
 
 /* Status is exactly status. */

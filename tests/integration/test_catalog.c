@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 
 #include "harness.h"
+#include "moat/auth.h"
 #include "moat/buf.h"
 #include "moat/sandbox.h"
 
@@ -264,10 +265,16 @@ static int group_setup(void **state)
     if (h_service_start(&F.cat, "catalog", F.tmp, F.cat_data, NULL) != 0)
         return -1;
     snprintf(F.routes_env, sizeof(F.routes_env),
-             "MOAT_GATEWAY_ROUTES=/api/v1/products=%s/v1/products", F.cat.url);
-    const char *gw_env[] = {F.routes_env, NULL};
+             "MOAT_GATEWAY_ROUTES=/api/v1/products=catalog@%s/v1/products",
+             F.cat.url);
+    const char *gw_env[] = {F.routes_env,
+                            "MOAT_GATEWAY_PUBLIC=GET /api/v1/products", NULL};
     if (h_service_start(&F.gw, "gateway", F.tmp, NULL, gw_env) != 0)
         return -1;
+    /* Writes are for administrators: the suite acts as one, through the
+     * gateway (end-user JWT) and directly (service token). */
+    h_auto_header(F.gw.url, h_user_token("usr_admin", "admin", 3600));
+    h_auto_header(F.cat.url, h_service_token("catalog", "usr_admin", "admin"));
     return 0;
 }
 
@@ -1160,6 +1167,65 @@ static void test_method_not_allowed(void **state)
     json_decref(p);
 }
 
+/* Reads are public, writes need an administrator, and catalog itself
+ * accepts no call without a service token from a known peer. */
+static void test_authorisation(void **state)
+{
+    MOAT_UNUSED(state);
+    const char *sku = unique("AUTHZ");
+    json_t *doc = doc_new(sku, "authz");
+    char *body = dump(doc);
+    json_decref(doc);
+    size_t before = count(h_fmt("sku=%s", sku));
+    struct h_resp r;
+
+    const char *anon[] = {"Authorization:", NULL};
+    h_get(&r, gw_url("/products?limit=1")); /* with the admin token */
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+    h_http(&r, "GET", gw_url("/products?limit=1"), anon, NULL, 0);
+    h_assert_status(&r, 200); /* public read */
+    h_resp_release(&r);
+
+    h_send_json(&r, "POST", gw_url("/products"), body, anon);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+
+    const char *customer[] = {h_user_token("usr_cust", "customer", 600), NULL};
+    h_send_json(&r, "POST", gw_url("/products"), body, customer);
+    h_assert_problem(&r, 403);
+    h_resp_release(&r);
+
+    const char *expired[] = {h_user_token("usr_admin", "admin", -600), NULL};
+    h_send_json(&r, "POST", gw_url("/products"), body, expired);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+
+    /* Directly: no token, a token for another service, no user. */
+    const char *none[] = {MOAT_SERVICE_TOKEN_HEADER ":", NULL};
+    h_get(&r, h_fmt("%s/v1/products?limit=1", F.cat.url));
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+    h_http(&r, "GET", h_fmt("%s/v1/products?limit=1", F.cat.url), none, NULL,
+           0);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+    const char *other[] = {h_service_token("users", "usr_admin", "admin"),
+                           NULL};
+    h_http(&r, "GET", h_fmt("%s/v1/products?limit=1", F.cat.url), other, NULL,
+           0);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+    const char *nouser[] = {h_service_token("catalog", NULL, NULL), NULL};
+    h_send_json(&r, "POST", h_fmt("%s/v1/products", F.cat.url), body, nouser);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+
+    /* Nothing was created by any refused request. */
+    assert_int_equal(count(h_fmt("sku=%s", sku)), before);
+    free(body);
+}
+
 static void test_not_found(void **state)
 {
     MOAT_UNUSED(state);
@@ -1269,6 +1335,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_header_too_large),
         cmocka_unit_test(test_method_not_allowed),
         cmocka_unit_test(test_not_found),
+        cmocka_unit_test(test_authorisation),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_data_dir_permissions),
     };

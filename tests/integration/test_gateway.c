@@ -1,7 +1,12 @@
 /*
  * Integration tests of moat-gateway: the real binary in front of a tiny
- * evhttp backend that this test forks (it records what reached it and can
- * be slow), and in front of a port where nothing listens.
+ * evhttp backend that this test forks (it records what reached it, checks
+ * the gateway's service token as the service "catalog" would, and can be
+ * slow), and in front of a port where nothing listens.
+ *
+ * End-user tokens come from the harness's test keyset (h_user_token), as
+ * the users service would issue them; a valid one is sent automatically to
+ * the gateway, and tests that need none or a bad one say so explicitly.
  *
  * The backend is a forked child rather than a thread because the harness
  * forks the services with setenv() in the child, which is only safe while
@@ -22,9 +27,14 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "harness.h"
+#include "moat/auth.h"
+#include "moat/jwt.h"
 
 #define GW_TIMEOUT_MS  500
 #define SLOW_REPLY_MS  1500 /* the slow backend answers after this */
@@ -35,8 +45,16 @@ static pid_t backend_pid;
 static uint16_t backend_port;
 static uint16_t dead_port;
 static struct h_service gw;
-static char env_routes[256];
+static char env_routes[512];
 static char env_timeout[64];
+/* The backend's identity: catalog, which knows the gateway's key. */
+static char backend_key[128];
+static char backend_peers[256];
+static struct moat_auth *backend_auth; /* in the child only */
+
+#define PUBLIC_SPEC                                                            \
+    "MOAT_GATEWAY_PUBLIC=GET /api/v1/open,POST /api/v1/open/signup"
+#define NO_AUTH "Authorization:" /* suppresses the automatic token */
 
 /* --- the backend (runs in the forked child only) --- */
 
@@ -95,6 +113,18 @@ static void on_backend(struct evhttp_request *req, void *arg)
     put(o, "traceparent", evhttp_find_header(in, "traceparent"));
     put(o, "x_request_id", evhttp_find_header(in, "X-Request-Id"));
     put(o, "authorization", evhttp_find_header(in, "Authorization"));
+    /* Verify the service token exactly as lib/service.c would. */
+    const char *st = evhttp_find_header(in, MOAT_SERVICE_TOKEN_HEADER);
+    struct moat_principal p;
+    const char *why = "missing";
+    bool ok = st && moat_auth_verify(backend_auth, st, &p, &why) == MOAT_OK;
+    put(o, "service_token", st);
+    json_object_set_new(o, "token_ok", json_boolean(ok));
+    put(o, "token_why", ok ? NULL : why);
+    put(o, "caller", ok ? p.service : NULL);
+    put(o, "user", ok ? p.user_id : NULL);
+    put(o, "role", ok ? p.role : NULL);
+    put(o, "client_ip", ok ? p.client_ip : NULL);
     put(o, "idempotency_key", evhttp_find_header(in, "Idempotency-Key"));
     put(o, "x_secret", evhttp_find_header(in, "X-Secret"));
     put(o, "keep_alive", evhttp_find_header(in, "Keep-Alive"));
@@ -104,6 +134,10 @@ static void on_backend(struct evhttp_request *req, void *arg)
 MOAT_NORETURN static void backend_main(int fd)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    setenv("MOAT_SERVICE_KEY", backend_key, 1);
+    setenv("MOAT_PEER_KEYS", backend_peers, 1);
+    if (moat_auth_load(&backend_auth, "catalog") != MOAT_OK)
+        _exit(4);
     backend_base = event_base_new();
     struct evhttp *http = evhttp_new(backend_base);
     if (!backend_base || !http || !evhttp_accept_socket_with_handle(http, fd))
@@ -142,18 +176,27 @@ static int group_setup(void **state)
     /* A backend write to a gateway that gave up must not kill anyone. */
     signal(SIGPIPE, SIG_IGN);
     tmpdir = h_tmpdir_new("gateway");
+    snprintf(backend_key, sizeof(backend_key), "%s",
+             h_test_service_key("catalog"));
+    snprintf(backend_peers, sizeof(backend_peers), "gateway:%s",
+             h_test_service_key("gateway"));
     backend_start();
     dead_port = h_free_port(); /* nothing listens there */
     snprintf(env_routes, sizeof(env_routes),
-             "MOAT_GATEWAY_ROUTES=/api/v1/items=http://127.0.0.1:%u/v1/items,"
-             "/api/v1/dead=http://127.0.0.1:%u/v1/dead",
-             (unsigned)backend_port, (unsigned)dead_port);
+             "MOAT_GATEWAY_ROUTES="
+             "/api/v1/items=catalog@http://127.0.0.1:%u/v1/items,"
+             "/api/v1/open=catalog@http://127.0.0.1:%u/v1/open,"
+             "/api/v1/dead=catalog@http://127.0.0.1:%u/v1/dead",
+             (unsigned)backend_port, (unsigned)backend_port,
+             (unsigned)dead_port);
     snprintf(env_timeout, sizeof(env_timeout), "MOAT_GATEWAY_TIMEOUT_MS=%d",
              GW_TIMEOUT_MS);
     const char *env[] = {env_routes, env_timeout,
-                         "MOAT_GATEWAY_CONNECT_TIMEOUT_MS=300", NULL};
+                         "MOAT_GATEWAY_CONNECT_TIMEOUT_MS=300", PUBLIC_SPEC,
+                         NULL};
     if (h_service_start(&gw, "gateway", tmpdir, NULL, env) != 0)
         return -1;
+    h_auto_header(gw.url, h_user_token("usr_a", "customer", 3600));
     return 0;
 }
 
@@ -163,6 +206,7 @@ static int group_teardown(void **state)
     if (gw.pid > 0 && h_service_stop(&gw) != 0)
         rc = -1; /* an unclean exit (or an ASan leak report) fails */
     h_service_release(&gw);
+    h_auto_headers_clear();
     if (backend_pid > 0) {
         kill(backend_pid, SIGKILL);
         waitpid(backend_pid, NULL, 0);
@@ -211,13 +255,9 @@ static void test_slow_backend(void **state)
 static void test_trace_and_headers_forwarded(void **state)
 {
     static const char *const hdrs[] = {
-        "traceparent: " TRACEPARENT_IN,
-        "X-Request-Id: it-gateway-1",
-        "Authorization: Bearer abc",
-        "Idempotency-Key: k-1",
-        "X-Secret: 1",
-        "Keep-Alive: timeout=5",
-        NULL,
+        "traceparent: " TRACEPARENT_IN, "X-Request-Id: it-gateway-1",
+        "Idempotency-Key: k-1",         "X-Secret: 1",
+        "Keep-Alive: timeout=5",        NULL,
     };
     struct h_resp r;
     h_http(&r, "GET", h_fmt("%s/api/v1/items/7/x?b=2&a=%%20", gw.url), hdrs,
@@ -235,8 +275,8 @@ static void test_trace_and_headers_forwarded(void **state)
     assert_memory_not_equal(tp + 36, TRACEPARENT_IN + 36, 16);
     assert_string_equal(json_string_value(json_object_get(o, "x_request_id")),
                         "it-gateway-1");
-    assert_string_equal(json_string_value(json_object_get(o, "authorization")),
-                        "Bearer abc");
+    /* The end user's token stays at the gateway. */
+    assert_true(json_is_null(json_object_get(o, "authorization")));
     assert_string_equal(
         json_string_value(json_object_get(o, "idempotency_key")), "k-1");
     assert_true(json_is_null(json_object_get(o, "x_secret")));
@@ -276,6 +316,236 @@ static void test_dot_segments_refused(void **state)
     h_resp_release(&r);
 }
 
+/* --- end-user authentication --- */
+
+static char *b64url(const void *data, size_t len)
+{
+    size_t cap = sodium_base64_ENCODED_LEN(
+        len, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    char *out = moat_xmalloc(cap);
+    sodium_bin2base64(out, cap, data, len,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    return out;
+}
+
+/* An "Authorization: Bearer" line with valid claims and alg "none". */
+static const char *alg_none_token(void)
+{
+    const char *hdr = "{\"alg\":\"none\",\"typ\":\"JWT\"}";
+    char *pay_json = moat_xasprintf(
+        "{\"iss\":\"moat-users\",\"aud\":\"moat\",\"sub\":\"usr_admin\","
+        "\"role\":\"admin\",\"exp\":%lld}",
+        (long long)time(NULL) + 600);
+    char *h = b64url(hdr, strlen(hdr));
+    char *p = b64url(pay_json, strlen(pay_json));
+    const char *line = h_fmt("Authorization: Bearer %s.%s.", h, p);
+    free(h);
+    free(p);
+    free(pay_json);
+    return line;
+}
+
+/* Valid claims signed with a key the gateway does not know. */
+static const char *wrong_key_token(void)
+{
+    uint8_t key[32];
+    memset(key, 'k', sizeof(key));
+    struct moat_jwt_claims c = {0};
+    snprintf(c.iss, sizeof(c.iss), "moat-users");
+    snprintf(c.aud, sizeof(c.aud), "moat");
+    snprintf(c.sub, sizeof(c.sub), "usr_admin");
+    snprintf(c.role, sizeof(c.role), "admin");
+    c.exp = (int64_t)time(NULL) + 600;
+    char *tok = NULL;
+    assert_int_equal(moat_jwt_sign(key, sizeof(key), &c, &tok), MOAT_OK);
+    const char *line = h_fmt("Authorization: Bearer %s", tok);
+    free(tok);
+    return line;
+}
+
+/* What the backend saw, as JSON (new reference). */
+static json_t *backend_saw(const struct h_resp *r)
+{
+    h_assert_status(r, 200);
+    json_t *o = h_resp_json(r);
+    assert_non_null(o);
+    return o;
+}
+
+static const char *field(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static void assert_unauthorized(const struct h_resp *r, bool presented)
+{
+    h_assert_problem(r, 401);
+    const char *wa = h_resp_header(r, "WWW-Authenticate");
+    assert_non_null(wa);
+    assert_memory_equal(wa, "Bearer", 6);
+    if (presented != (strstr(wa, "error=\"invalid_token\"") != NULL))
+        fail_msg("WWW-Authenticate '%s' for %s credentials", wa,
+                 presented ? "bad" : "missing");
+}
+
+static void test_public_route_without_token(void **state)
+{
+    static const char *const hdrs[] = {NO_AUTH, NULL};
+    struct h_resp r;
+    h_http(&r, "GET", h_fmt("%s/api/v1/open/x?y=1", gw.url), hdrs, NULL, 0);
+    json_t *o = backend_saw(&r);
+    assert_string_equal(field(o, "uri"), "/v1/open/x?y=1");
+    /* Anonymous, but still a verified call from the gateway. */
+    assert_true(json_is_true(json_object_get(o, "token_ok")));
+    assert_string_equal(field(o, "caller"), "gateway");
+    assert_string_equal(field(o, "user"), "");
+    assert_string_equal(field(o, "client_ip"), "127.0.0.1");
+    json_decref(o);
+    h_resp_release(&r);
+
+    /* The prefix itself is public too; POST on the signup sub-prefix. */
+    h_http(&r, "GET", h_fmt("%s/api/v1/open", gw.url), hdrs, NULL, 0);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+    h_http(&r, "POST", h_fmt("%s/api/v1/open/signup", gw.url), hdrs, "{}", 2);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+}
+
+static void test_private_route_without_token(void **state)
+{
+    static const char *const hdrs[] = {NO_AUTH, NULL};
+    struct h_resp r;
+    h_http(&r, "GET", h_fmt("%s/api/v1/items/1", gw.url), hdrs, NULL, 0);
+    assert_unauthorized(&r, false);
+    h_resp_release(&r);
+    /* Public for GET is not public for DELETE, nor for a neighbour. */
+    h_http(&r, "DELETE", h_fmt("%s/api/v1/open/x", gw.url), hdrs, NULL, 0);
+    assert_unauthorized(&r, false);
+    h_resp_release(&r);
+    h_http(&r, "POST", h_fmt("%s/api/v1/open/signupx", gw.url), hdrs, "{}", 2);
+    assert_unauthorized(&r, false);
+    h_resp_release(&r);
+    /* Percent-encoded spelling of a public path: not public. */
+    h_http(&r, "GET", h_fmt("%s/api/v1/ope%%6e/x", gw.url), hdrs, NULL, 0);
+    assert_true(r.status == 401 || r.status == 404);
+    h_resp_release(&r);
+}
+
+static void test_bad_tokens_refused(void **state)
+{
+    const char *bad[] = {
+        h_user_token("usr_a", "customer", -120), /* expired */
+        wrong_key_token(),
+        alg_none_token(),
+        "Authorization: Bearer garbage",
+        "Authorization: Bearer a.b.c",
+        "Authorization: Basic dXNlcjpwYXNz",
+        "Authorization: Bearer",
+    };
+    char *copies[MOAT_ARRAY_LEN(bad)];
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++)
+        copies[i] = moat_xstrdup(bad[i]); /* h_fmt buffers rotate */
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        const char *hdrs[] = {copies[i], NULL};
+        struct h_resp r;
+        /* Private route, and a public one: a bad token is never ignored. */
+        h_http(&r, "GET", h_fmt("%s/api/v1/items/1", gw.url), hdrs, NULL, 0);
+        assert_unauthorized(&r, true);
+        h_resp_release(&r);
+        h_http(&r, "GET", h_fmt("%s/api/v1/open/1", gw.url), hdrs, NULL, 0);
+        assert_unauthorized(&r, true);
+        h_resp_release(&r);
+    }
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++)
+        free(copies[i]);
+}
+
+static void test_identity_reaches_backend(void **state)
+{
+    const char *hdrs[] = {h_user_token("usr_42", "admin", 600), NULL};
+    struct h_resp r;
+    h_http(&r, "GET", h_fmt("%s/api/v1/items/9", gw.url), hdrs, NULL, 0);
+    json_t *o = backend_saw(&r);
+    if (!json_is_true(json_object_get(o, "token_ok")))
+        fail_msg("backend refused the gateway's token: %s",
+                 field(o, "token_why"));
+    assert_string_equal(field(o, "caller"), "gateway");
+    assert_string_equal(field(o, "user"), "usr_42");
+    assert_string_equal(field(o, "role"), "admin");
+    assert_string_equal(field(o, "client_ip"), "127.0.0.1");
+    assert_true(json_is_null(json_object_get(o, "authorization")));
+    json_decref(o);
+    h_resp_release(&r);
+}
+
+static void test_client_service_token_not_forwarded(void **state)
+{
+    /* A real service token (peer "test" to catalog, as admin) and junk:
+     * neither may reach the backend; the gateway sends its own. */
+    char *forged = moat_xstrdup(h_service_token("catalog", "usr_x", "admin"));
+    const char *variants[] = {forged, MOAT_SERVICE_TOKEN_HEADER ": junk"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(variants); i++) {
+        const char *hdrs[] = {variants[i], NULL};
+        struct h_resp r;
+        h_http(&r, "GET", h_fmt("%s/api/v1/items/9", gw.url), hdrs, NULL, 0);
+        json_t *o = backend_saw(&r);
+        const char *sent = strchr(variants[i], ':') + 2;
+        assert_string_not_equal(field(o, "service_token"), sent);
+        assert_true(json_is_true(json_object_get(o, "token_ok")));
+        assert_string_equal(field(o, "caller"), "gateway");
+        assert_string_equal(field(o, "user"), "usr_a"); /* the bearer's */
+        assert_string_equal(field(o, "role"), "customer");
+        json_decref(o);
+        h_resp_release(&r);
+    }
+    free(forged);
+}
+
+static void test_rate_limit(void **state)
+{
+    /* A gateway of its own: 2 requests/s, bucket of 3. */
+    struct h_service g;
+    const char *env[] = {env_routes, PUBLIC_SPEC, "MOAT_GATEWAY_RATE=2",
+                         "MOAT_GATEWAY_BURST=3", NULL};
+    assert_int_equal(h_service_start(&g, "gateway", tmpdir, NULL, env), 0);
+    static const char *const hdrs[] = {NO_AUTH, NULL};
+    const char *url = h_fmt("%s/api/v1/open/r", g.url);
+    struct h_resp r;
+    for (int i = 0; i < 3; i++) {
+        h_http(&r, "GET", url, hdrs, NULL, 0);
+        h_assert_status(&r, 200);
+        h_resp_release(&r);
+    }
+    h_http(&r, "GET", url, hdrs, NULL, 0);
+    h_assert_problem(&r, 429);
+    const char *ra = h_resp_header(&r, "Retry-After");
+    assert_non_null(ra);
+    assert_string_equal(ra, "1"); /* 500 ms to the next token, rounded up */
+    h_resp_release(&r);
+    /* Over the limit even before authentication is looked at. */
+    h_http(&r, "GET", h_fmt("%s/api/v1/items/1", g.url), hdrs, NULL, 0);
+    h_assert_problem(&r, 429);
+    h_resp_release(&r);
+    /* Health checks are not limited. */
+    h_get(&r, h_fmt("%s/healthz", g.url));
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+
+    h_sleep_ms(1100); /* the window: two tokens back at 2/s */
+    h_http(&r, "GET", url, hdrs, NULL, 0);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+
+    h_get(&r, h_fmt("%s/metrics", g.url));
+    h_assert_status(&r, 200);
+    if (!strstr(r.body, "moat_gateway_rate_limited_total 2\n"))
+        fail_msg("/metrics lacks moat_gateway_rate_limited_total 2");
+    h_resp_release(&r);
+    assert_int_equal(h_service_stop(&g), 0);
+    h_service_release(&g);
+}
+
 /* Runs after the tests above, whose calls it counts. */
 static void test_metrics(void **state)
 {
@@ -291,6 +561,11 @@ static void test_metrics(void **state)
         "status=\"201\"} 1\n",
         "moat_gateway_upstream_duration_seconds_count{upstream=\"/api/v1/"
         "items\"} ",
+        "moat_gateway_auth_rejected_total{reason=\"missing\"} ",
+        "moat_gateway_auth_rejected_total{reason=\"expired\"} 2\n",
+        "moat_gateway_auth_rejected_total{reason=\"bad signature\"} 2\n",
+        "moat_gateway_auth_rejected_total{reason=\"bad algorithm\"} 2\n",
+        "moat_gateway_rate_limited_total 0\n",
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(want); i++)
         if (!strstr(r.body, want[i]))
@@ -301,10 +576,18 @@ static void test_metrics(void **state)
 static void test_bad_config_refused(void **state)
 {
     static const char *const bad[] = {
-        "MOAT_GATEWAY_ROUTES=/api/v1/x=ftp://127.0.0.1/x",
+        "MOAT_GATEWAY_ROUTES=/api/v1/x=x@ftp://127.0.0.1/x",
         "MOAT_GATEWAY_ROUTES=/api/v1/x",
-        "MOAT_GATEWAY_ROUTES=/api/v1/x/=http://127.0.0.1:1",
+        "MOAT_GATEWAY_ROUTES=/api/v1/x/=x@http://127.0.0.1:1",
+        "MOAT_GATEWAY_ROUTES=/api/v1/x=http://127.0.0.1:1",
         "MOAT_GATEWAY_TIMEOUT_MS=soon",
+        "MOAT_GATEWAY_PUBLIC=GET /",
+        "MOAT_GATEWAY_PUBLIC=get /api",
+        "MOAT_GATEWAY_RATE=-1",
+        "MOAT_GATEWAY_BURST=0",
+        "MOAT_JWT_SECRET=c2hvcnQ=",
+        "MOAT_JWT_SECRET=not base64!",
+        "MOAT_SERVICE_KEY=c2hvcnQ=",
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
         struct h_service s;
@@ -328,7 +611,13 @@ int main(void)
         cmocka_unit_test(test_location_rewritten),
         cmocka_unit_test(test_unknown_route),
         cmocka_unit_test(test_dot_segments_refused),
+        cmocka_unit_test(test_public_route_without_token),
+        cmocka_unit_test(test_private_route_without_token),
+        cmocka_unit_test(test_bad_tokens_refused),
+        cmocka_unit_test(test_identity_reaches_backend),
+        cmocka_unit_test(test_client_service_token_not_forwarded),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_rate_limit),
         cmocka_unit_test(test_bad_config_refused),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -12,11 +12,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "moat/auth.h"
 #include "moat/buf.h"
+#include "moat/jwt.h"
 
 struct deployment {
     char *dir;
@@ -99,6 +103,35 @@ static json_t *status_of(json_t *st, const char *name)
     return NULL;
 }
 
+/* "Authorization: Bearer <admin JWT>" signed with the deployment's
+ * generated MOAT_JWT_SECRET. */
+static const char *admin_token(void)
+{
+    json_t *sec =
+        json_load_file(h_fmt("%s/var/secrets.json", dep.dir), 0, NULL);
+    const char *b64 = json_string_value(
+        json_object_get(json_object_get(sec, "shared"), "MOAT_JWT_SECRET"));
+    assert_non_null(b64);
+    uint8_t key[64];
+    size_t keylen = 0;
+    assert_int_equal(moat_base64_decode(b64, key, sizeof(key), &keylen),
+                     MOAT_OK);
+    json_decref(sec);
+    struct moat_jwt_claims c = {0};
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "moat-users");
+    snprintf(c.aud, sizeof(c.aud), "moat");
+    snprintf(c.sub, sizeof(c.sub), "usr_operator");
+    snprintf(c.role, sizeof(c.role), "admin");
+    c.iat = now;
+    c.exp = now + 600;
+    char *tok = NULL;
+    assert_int_equal(moat_jwt_sign(key, keylen, &c, &tok), MOAT_OK);
+    const char *line = h_fmt("Authorization: Bearer %s", tok);
+    free(tok);
+    return line;
+}
+
 static int setup(void **state)
 {
     dep.dir = h_tmpdir_new("supervisor");
@@ -115,9 +148,10 @@ static int setup(void **state)
               "{\"name\": \"catalog\", \"listen\": \"127.0.0.1:%u\","
               " \"engine\": \"sqlite\", \"db\": \"catalog.db\"},"
               "{\"name\": \"gateway\", \"listen\": \"127.0.0.1:%u\","
-              " \"engine\": \"none\", \"routes\": [{\"prefix\": "
-              "\"/api/v1/products\", \"service\": \"catalog\", \"path\": "
-              "\"/v1/products\"}]}]}",
+              " \"engine\": \"none\", \"secrets\": [\"MOAT_JWT_SECRET\"],"
+              " \"routes\": [{\"prefix\": \"/api/v1/products\", \"service\":"
+              " \"catalog\", \"path\": \"/v1/products\", \"public\": "
+              "[\"GET\"]}]}]}",
               dep.cat_port, dep.gw_port));
     return 0;
 }
@@ -149,12 +183,20 @@ static void test_up_kill_restart_down(void **state)
     fprintf(stderr, "deployment ready %llu ms after `moat up`\n",
             (unsigned long long)ready_ms);
 
-    /* A product through the gateway lands in catalog's own database. */
+    /* moat up generated the identities and secrets, owner-only. */
+    struct stat sst;
+    assert_int_equal(stat(h_fmt("%s/var/secrets.json", dep.dir), &sst), 0);
+    assert_int_equal(sst.st_mode & 077, 0);
+
+    /* A product through the gateway lands in catalog's own database. An
+     * admin token signed with the deployment's JWT secret (the test acts
+     * as the operator who can read var/secrets.json). */
     struct h_resp r;
+    const char *admin[] = {admin_token(), NULL};
     h_send_json(&r, "POST", h_fmt("%s/api/v1/products", dep.gw_url),
                 "{\"sku\":\"SUP-1\",\"name\":\"Kettle\",\"price\":{\"amount\":"
                 "3900,\"currency\":\"EUR\"}}",
-                NULL);
+                admin);
     h_assert_status(&r, 201);
     json_t *created = h_resp_json(&r);
     char *id = moat_xstrdup(json_string_value(json_object_get(created, "id")));

@@ -138,9 +138,9 @@ static void test_gateway_routes_env(void **state)
     const struct deploy_service *g = deploy_find(d, "gateway");
     char *routes = deploy_gateway_routes(d, g);
     /* A wildcard listen address is reached on loopback. */
-    assert_string_equal(routes,
-                        "/api/v1/products=http://127.0.0.1:8081/v1/products,"
-                        "/api/v1/orders=http://localhost:8083/v1/orders");
+    assert_string_equal(
+        routes, "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products,"
+                "/api/v1/orders=orders@http://localhost:8083/v1/orders");
     free(routes);
     routes = deploy_gateway_routes(d, deploy_find(d, "catalog"));
     assert_string_equal(routes, "");
@@ -204,6 +204,50 @@ static void test_json_errors(void **state)
     expect_error("[]", "the top level must be an object");
 }
 
+/* Who gets which key: the public allow-list, calls and secrets. */
+static void test_auth_fields(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'catalog','listen':'127.0.0.1:8081','engine':'sqlite',"
+        "'db':'c.db'},"
+        "{'name':'users','listen':'127.0.0.1:8082','engine':'sqlite',"
+        "'db':'u.db','secrets':['MOAT_JWT_SECRET'],'calls':['catalog']},"
+        "{'name':'gateway','listen':'127.0.0.1:8080','engine':'none',"
+        "'secrets':['MOAT_JWT_SECRET'],'routes':["
+        "{'prefix':'/api/v1/products','service':'catalog',"
+        "'path':'/v1/products','public':['GET']},"
+        "{'prefix':'/api/v1/auth','service':'users','path':'/v1/auth',"
+        "'public':['POST','GET']},"
+        "{'prefix':'/api/v1/users','service':'users','path':'/v1/users'}]}"));
+    const struct deploy_service *g = deploy_find(d, "gateway");
+    const struct deploy_service *u = deploy_find(d, "users");
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    char *pub = deploy_gateway_public(g);
+    assert_string_equal(pub, "GET /api/v1/products,GET /api/v1/auth,"
+                             "POST /api/v1/auth");
+    free(pub);
+    assert_null(deploy_gateway_public(c));
+    assert_true(deploy_calls(g, c));
+    assert_true(deploy_calls(g, u));
+    assert_true(deploy_calls(u, c));
+    assert_false(deploy_calls(c, u));
+    assert_false(deploy_calls(c, g));
+    assert_int_equal(u->nsecrets, 1);
+    assert_string_equal(u->secrets[0], "MOAT_JWT_SECRET");
+    deploy_free(d);
+
+    expect_error(DEPLOY(SVC(",'calls':['nobody']")),
+                 "services[0].calls: \"nobody\" is not another service");
+    expect_error(DEPLOY(SVC(",'secrets':['MOAT_SERVICE_KEY']")),
+                 "services[0].secrets: entry 0 is not a valid secret name");
+    expect_error(DEPLOY(SVC(",'secrets':['HOME']")),
+                 "services[0].secrets: entry 0 is not a valid secret name");
+    expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
+                                       "'path':'/b','public':['TRACE']}]")),
+                 "services[1].routes[0].public: entry 0 must be one of");
+}
+
 static void test_unknown_fields(void **state)
 {
     MOAT_UNUSED(state);
@@ -212,7 +256,7 @@ static void test_unknown_fields(void **state)
     expect_error(DEPLOY(SVC(",'rotes':[]")),
                  "moat.json: services[0].rotes: unknown field (expected one "
                  "of: name, listen, engine, db, data_dir, binary, env, "
-                 "routes)");
+                 "routes, calls, secrets)");
     expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
                                        "'path':'/b','timeout':1}]")),
                  "services[1].routes[0].timeout: unknown field");
@@ -508,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_path_join),
         cmocka_unit_test(test_json_errors),
         cmocka_unit_test(test_unknown_fields),
+        cmocka_unit_test(test_auth_fields),
         cmocka_unit_test(test_required_and_types),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_listen),

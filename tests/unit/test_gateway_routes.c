@@ -1,7 +1,8 @@
 /*
- * Unit tests for services/gateway/routes.c: MOAT_GATEWAY_ROUTES parsing,
- * upstream URLs and Location rewriting. routes.c is pure (no I/O), and the
- * unit tests link libmoat only, so the file is compiled into this test.
+ * Unit tests for services/gateway/routes.c: MOAT_GATEWAY_ROUTES and
+ * MOAT_GATEWAY_PUBLIC parsing, upstream URLs, Location rewriting, public
+ * allow-list matching and Bearer header parsing. routes.c is pure (no I/O), and
+ * the unit tests link libmoat only, so the file is compiled into this test.
  */
 #include "moat/common.h"
 
@@ -16,9 +17,9 @@
 #include "../../services/gateway/routes.c"
 
 #define SPEC                                                                   \
-    " /api/v1/products = http://127.0.0.1:8081/v1/products/ ,"                 \
-    "/api/v1/orders=https://Orders.internal/v1/orders,"                        \
-    "/root=http://[::1]:9000"
+    " /api/v1/products = catalog @ http://127.0.0.1:8081/v1/products/ ,"       \
+    "/api/v1/orders=orders@https://Orders.internal/v1/orders,"                 \
+    "/root=a-very-long-service-name-of-32c@http://[::1]:9000"
 
 static void parse_ok(struct gw_route **routes, size_t *n)
 {
@@ -36,6 +37,9 @@ static void test_parse_valid(void **state)
     parse_ok(&r, &n);
 
     assert_string_equal(r[0].prefix, "/api/v1/products");
+    assert_string_equal(r[0].service, "catalog");
+    assert_string_equal(r[1].service, "orders");
+    assert_string_equal(r[2].service, "a-very-long-service-name-of-32c");
     assert_int_equal(r[0].prefix_segs, 3);
     assert_string_equal(r[0].pattern_rest, "/api/v1/products/{rest*}");
     assert_string_equal(r[0].origin, "http://127.0.0.1:8081");
@@ -56,30 +60,40 @@ static void test_parse_invalid(void **state)
     static const char *const bad[] = {
         "",
         ",",
-        "/a=http://x,",
+        "/a=svc@http://x,",
         "/a",
-        "=http://x",
-        "a=http://x",
-        "/=http://x",
-        "/a/=http://x",
-        "/a//b=http://x",
-        "/a/../b=http://x",
-        "/a/./b=http://x",
-        "/a b=http://x",
-        "/a/{id}=http://x",
-        "/a/%41=http://x",
-        "/a=",
-        "/a=x",
-        "/a=127.0.0.1:8081/v1",
-        "/a=ftp://x/",
-        "/a=file:///etc/passwd",
-        "/a=http://",
-        "/a=http://u:p@x/",
-        "/a=http://x/?q=1",
-        "/a=http://x/#f",
-        "/a=http://x/ y",
-        "/a=http://x,/a=http://y",
-        "/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17=http://x",
+        "=svc@http://x",
+        "a=svc@http://x",
+        "/=svc@http://x",
+        "/a/=svc@http://x",
+        "/a//b=svc@http://x",
+        "/a/../b=svc@http://x",
+        "/a/./b=svc@http://x",
+        "/a b=svc@http://x",
+        "/a/{id}=svc@http://x",
+        "/a/%41=svc@http://x",
+        "/a=svc@",
+        "/a=svc@x",
+        "/a=svc@127.0.0.1:8081/v1",
+        "/a=svc@ftp://x/",
+        "/a=svc@file:///etc/passwd",
+        "/a=svc@http://",
+        "/a=svc@http://u:p@x/",
+        "/a=svc@http://x/?q=1",
+        "/a=svc@http://x/#f",
+        "/a=svc@http://x/ y",
+        "/a=svc@http://x,/a=svc@http://y",
+        "/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17=svc@http://x",
+        /* The service name: required, [a-z][a-z0-9-]{0,31}. */
+        "/a=http://x",
+        "/a=@http://x",
+        "/a=Catalog@http://x",
+        "/a=1cat@http://x",
+        "/a=cat_x@http://x",
+        "/a=cat x@http://x",
+        "/a=abcdefghijabcdefghijabcdefghijabc@http://x",
+        "/a=svc@",
+        "/a=svc@@http://x",
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
         struct gw_route *r = (struct gw_route *)&r; /* must stay untouched */
@@ -192,6 +206,121 @@ static void test_err_kind_names(void **state)
     assert_string_equal(gw_err_kind_name(GW_ERR_KINDS), "unknown");
 }
 
+static void test_public_parse(void **state)
+{
+    struct gw_public *l = NULL;
+    size_t n = 42;
+    char err[256] = "";
+    assert_int_equal(gw_public_parse("", &l, &n, err, sizeof(err)), MOAT_OK);
+    assert_int_equal(n, 0);
+    assert_null(l);
+    assert_int_equal(gw_public_parse("  ", &l, &n, err, sizeof(err)), MOAT_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(gw_public_parse(" GET /api/v1/products , POST /api/v1/"
+                                     "users,DELETE /x",
+                                     &l, &n, err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(n, 3);
+    assert_string_equal(l[0].prefix, "/api/v1/products");
+    assert_int_equal(l[0].methods, MOAT_GET | MOAT_HEAD);
+    assert_int_equal(l[1].methods, MOAT_POST);
+    assert_int_equal(l[2].methods, MOAT_DELETE);
+    gw_public_free(l, n);
+
+    static const char *const bad[] = {
+        ",",           "GET /a,",  "GET",        "/a",         "get /a",
+        "FETCH /a",    "* /a",     "GET /",      "GET a",      "GET /a/",
+        "GET /a/../b", "GET /a b", "GET /a?x=1", "GET /a/%2e", "GET\t/a",
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        l = (struct gw_public *)&l;
+        n = 42;
+        err[0] = '\0';
+        if (gw_public_parse(bad[i], &l, &n, err, sizeof(err)) != MOAT_EINVAL)
+            fail_msg("accepted bad public spec '%s'", bad[i]);
+        assert_true(strlen(err) > 0);
+        assert_ptr_equal(l, (struct gw_public *)&l);
+        assert_int_equal(n, 42);
+    }
+}
+
+static void test_public_allows(void **state)
+{
+    struct gw_public *l = NULL;
+    size_t n = 0;
+    char err[256];
+    assert_int_equal(gw_public_parse("GET /api/v1/products,POST /api/v1/users,"
+                                     "POST /api/v1/auth",
+                                     &l, &n, err, sizeof(err)),
+                     MOAT_OK);
+    struct {
+        enum moat_method m;
+        const char *target;
+        bool want;
+    } cases[] = {
+        {MOAT_GET, "/api/v1/products", true},
+        {MOAT_GET, "/api/v1/products/", true},
+        {MOAT_GET, "/api/v1/products/p1", true},
+        {MOAT_GET, "/api/v1/products?limit=5", true},
+        {MOAT_GET, "/api/v1/products/p1/reviews?x=/y", true},
+        {MOAT_HEAD, "/api/v1/products/p1", true},
+        {MOAT_GET, "http://gw:8080/api/v1/products/p1", true},
+        {MOAT_POST, "/api/v1/users", true},
+        {MOAT_POST, "/api/v1/auth/token", true},
+        /* Other methods, neighbours, encodings: not public. */
+        {MOAT_POST, "/api/v1/products", false},
+        {MOAT_DELETE, "/api/v1/products/p1", false},
+        {MOAT_GET, "/api/v1/users", false},
+        {MOAT_GET, "/api/v1/users/u1", false},
+        {MOAT_GET, "/api/v1/productsX", false},
+        {MOAT_GET, "/api/v1/products-admin", false},
+        {MOAT_GET, "/api/v1/product%73", false},
+        {MOAT_GET, "/api/v1%2Fproducts", false},
+        {MOAT_GET, "/API/v1/products", false},
+        {MOAT_GET, "/api/v1", false},
+        {MOAT_GET, "/", false},
+        {MOAT_GET, "", false},
+        {MOAT_GET, "api/v1/products", false},
+        {MOAT_GET, "//api/v1/products", false},
+        {MOAT_GET, "http://gw/api/v1/productsX", false},
+        {MOAT_GET, "?/api/v1/products", false},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(cases); i++)
+        if (gw_public_allows(l, n, cases[i].m, cases[i].target) !=
+            cases[i].want)
+            fail_msg("%s %s: want %s", moat_method_name(cases[i].m),
+                     cases[i].target, cases[i].want ? "public" : "private");
+    assert_false(gw_public_allows(NULL, 0, MOAT_GET, "/api/v1/products"));
+    assert_false(gw_public_allows(l, n, MOAT_GET, NULL));
+    gw_public_free(l, n);
+}
+
+static void test_bearer_token(void **state)
+{
+    assert_string_equal(gw_bearer_token("Bearer abc.def.ghi"), "abc.def.ghi");
+    assert_string_equal(gw_bearer_token("bearer abc"), "abc");
+    assert_string_equal(gw_bearer_token("BEARER   abc"), "abc");
+    assert_null(gw_bearer_token(NULL));
+    assert_null(gw_bearer_token(""));
+    assert_null(gw_bearer_token("Bearer"));
+    assert_null(gw_bearer_token("Bearer "));
+    assert_null(gw_bearer_token("Bearer a b"));
+    assert_null(gw_bearer_token("Bearer abc "));
+    assert_null(gw_bearer_token("Bearerabc"));
+    assert_null(gw_bearer_token("Basic dXNlcjpwdw=="));
+    assert_null(gw_bearer_token("Bearer\tabc"));
+}
+
+static void test_retry_after(void **state)
+{
+    assert_int_equal(gw_retry_after_s(0), 1);
+    assert_int_equal(gw_retry_after_s(1), 1);
+    assert_int_equal(gw_retry_after_s(999), 1);
+    assert_int_equal(gw_retry_after_s(1000), 1);
+    assert_int_equal(gw_retry_after_s(1001), 2);
+    assert_int_equal(gw_retry_after_s(59999), 60);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +329,10 @@ int main(void)
         cmocka_unit_test(test_upstream_url),
         cmocka_unit_test(test_rewrite_location),
         cmocka_unit_test(test_err_kind_names),
+        cmocka_unit_test(test_public_parse),
+        cmocka_unit_test(test_public_allows),
+        cmocka_unit_test(test_bearer_token),
+        cmocka_unit_test(test_retry_after),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,315 @@
+/*
+ * lib/auth.c - service identity: this service's key, the keys of the peers
+ * allowed to call it, and the short-lived service tokens between them.
+ *
+ * A service token is an HS256 JWT signed with the CALLER's key: iss = sub =
+ * caller, aud = callee, exp = now + MOAT_SERVICE_TOKEN_TTL_S, and the end
+ * user acted for in usr/role/ip. The callee picks the key by the unverified
+ * issuer (moat_jwt_peek_issuer), then verifies everything with that key and
+ * aud = itself, so a token for one service is useless at another and a
+ * service holding no peer key for a caller cannot be called by it.
+ *
+ * Keys live inside struct moat_auth and are wiped (sodium_memzero) when it
+ * is freed.
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sodium.h>
+
+#include "moat/auth.h"
+#include "moat/jwt.h"
+#include "moat/log.h"
+
+#define AUTH_KEY_MAX   128 /* HMAC keys beyond a block are hashed anyway */
+#define AUTH_NAME_MAX  32  /* [a-z][a-z0-9-]{0,31}: up to 32 characters */
+#define AUTH_PEERS_MAX 64
+#define AUTH_ENV_KEY   "MOAT_SERVICE_KEY"
+#define AUTH_ENV_PEERS "MOAT_PEER_KEYS"
+
+struct auth_key {
+    char name[AUTH_NAME_MAX + 1];
+    uint8_t key[AUTH_KEY_MAX];
+    size_t keylen;
+};
+
+struct moat_auth {
+    struct auth_key self;
+    struct auth_key peers[AUTH_PEERS_MAX];
+    size_t npeers;
+};
+
+/* [a-z][a-z0-9-]{0,31}: the same rule as service names. */
+static bool valid_name(const char *s, size_t len)
+{
+    if (len == 0 || len > AUTH_NAME_MAX)
+        return false;
+    if (!(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    for (size_t i = 1; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+int moat_base64_decode(const char *in, uint8_t *out, size_t cap, size_t *len)
+{
+    if (!in || !out || !len)
+        return MOAT_EINVAL;
+    *len = 0;
+    size_t inlen = strlen(in);
+    if (inlen == 0)
+        return MOAT_EINVAL;
+    bool url = strpbrk(in, "-_") != NULL;
+    bool std = strpbrk(in, "+/") != NULL;
+    if (url && std)
+        return MOAT_EINVAL;
+    /* Padding is optional, but when present it must be right. */
+    bool padded = in[inlen - 1] == '=';
+    int variant = url ? (padded ? sodium_base64_VARIANT_URLSAFE
+                                : sodium_base64_VARIANT_URLSAFE_NO_PADDING)
+                      : (padded ? sodium_base64_VARIANT_ORIGINAL
+                                : sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
+    const char *end = NULL;
+    size_t n = 0;
+    if (sodium_base642bin(out, cap, in, inlen, NULL, &n, &end, variant) != 0) {
+        /* sodium_base642bin says ERANGE when the output does not fit. */
+        sodium_memzero(out, cap);
+        return (size_t)(inlen / 4 * 3) > cap ? MOAT_ETOOBIG : MOAT_EINVAL;
+    }
+    if (end != in + inlen) {
+        sodium_memzero(out, cap);
+        return MOAT_EINVAL;
+    }
+    *len = n;
+    return MOAT_OK;
+}
+
+/* Decode one key; names the variable in the log line on failure. */
+static int load_key(struct auth_key *k, const char *b64, size_t b64len,
+                    const char *var, const char *who)
+{
+    char tmp[AUTH_KEY_MAX * 2];
+    int rc = MOAT_EINVAL;
+    if (b64len == 0 || b64len >= sizeof(tmp)) {
+        moat_log(MOAT_LOG_ERROR, "service key malformed", "{s:s, s:s, s:s}",
+                 "variable", var, "key", who, "error",
+                 b64len ? "too long" : "empty");
+        goto cleanup;
+    }
+    memcpy(tmp, b64, b64len);
+    tmp[b64len] = '\0';
+    if (moat_base64_decode(tmp, k->key, sizeof(k->key), &k->keylen) !=
+        MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "service key malformed", "{s:s, s:s, s:s}",
+                 "variable", var, "key", who, "error", "not base64");
+        goto cleanup;
+    }
+    if (k->keylen < MOAT_JWT_MIN_KEY) {
+        moat_log(MOAT_LOG_ERROR, "service key too short", "{s:s, s:s, s:i}",
+                 "variable", var, "key", who, "minimum_bytes",
+                 MOAT_JWT_MIN_KEY);
+        goto cleanup;
+    }
+    rc = MOAT_OK;
+cleanup:
+    sodium_memzero(tmp, sizeof(tmp));
+    if (rc != MOAT_OK) {
+        sodium_memzero(k->key, sizeof(k->key));
+        k->keylen = 0;
+    }
+    return rc;
+}
+
+/* MOAT_PEER_KEYS: "name:base64,name:base64"; empty or unset = no peers. */
+static int load_peers(struct moat_auth *a, const char *s)
+{
+    const char *p = s;
+    while (*p) {
+        const char *comma = strchr(p, ',');
+        const char *end = comma ? comma : p + strlen(p);
+        const char *colon = memchr(p, ':', (size_t)(end - p));
+        if (!colon || !valid_name(p, (size_t)(colon - p))) {
+            moat_log(MOAT_LOG_ERROR, "peer key entry malformed",
+                     "{s:s, s:s, s:i}", "variable", AUTH_ENV_PEERS, "expected",
+                     "name:base64[,name:base64...]", "entry",
+                     (int)a->npeers + 1);
+            return MOAT_EINVAL;
+        }
+        if (a->npeers == AUTH_PEERS_MAX) {
+            moat_log(MOAT_LOG_ERROR, "too many peer keys", "{s:s, s:i}",
+                     "variable", AUTH_ENV_PEERS, "max", AUTH_PEERS_MAX);
+            return MOAT_EINVAL;
+        }
+        struct auth_key *k = &a->peers[a->npeers];
+        size_t nlen = (size_t)(colon - p);
+        memcpy(k->name, p, nlen);
+        k->name[nlen] = '\0';
+        for (size_t i = 0; i < a->npeers; i++) {
+            if (strcmp(a->peers[i].name, k->name) == 0) {
+                moat_log(MOAT_LOG_ERROR, "duplicate peer key", "{s:s, s:s}",
+                         "variable", AUTH_ENV_PEERS, "peer", k->name);
+                return MOAT_EINVAL;
+            }
+        }
+        if (load_key(k, colon + 1, (size_t)(end - colon - 1), AUTH_ENV_PEERS,
+                     k->name) != MOAT_OK)
+            return MOAT_EINVAL;
+        a->npeers++;
+        if (!comma)
+            break;
+        p = comma + 1;
+        if (*p == '\0') { /* a trailing comma is a typo, not an entry */
+            moat_log(MOAT_LOG_ERROR, "peer key entry malformed", "{s:s, s:s}",
+                     "variable", AUTH_ENV_PEERS, "error", "trailing comma");
+            return MOAT_EINVAL;
+        }
+    }
+    return MOAT_OK;
+}
+
+int moat_auth_load(struct moat_auth **out, const char *self)
+{
+    struct moat_auth *a = NULL;
+    int rc = MOAT_EINVAL;
+    if (!out)
+        return MOAT_EINVAL;
+    *out = NULL;
+    if (sodium_init() < 0)
+        moat_die("libsodium: sodium_init failed");
+    if (!self || !valid_name(self, strlen(self))) {
+        moat_log(MOAT_LOG_ERROR, "service name invalid for auth", "{s:s}",
+                 "name", self ? self : "(null)");
+        return MOAT_EINVAL;
+    }
+    const char *key = getenv(AUTH_ENV_KEY);
+    if (!key) {
+        moat_log(MOAT_LOG_ERROR, "service key missing", "{s:s}", "variable",
+                 AUTH_ENV_KEY);
+        return MOAT_ENOTFOUND;
+    }
+    a = moat_xcalloc(1, sizeof(*a));
+    snprintf(a->self.name, sizeof(a->self.name), "%s", self);
+    if (load_key(&a->self, key, strlen(key), AUTH_ENV_KEY, self) != MOAT_OK)
+        goto cleanup;
+    const char *peers = getenv(AUTH_ENV_PEERS);
+    if (peers && load_peers(a, peers) != MOAT_OK)
+        goto cleanup;
+    *out = a;
+    a = NULL;
+    rc = MOAT_OK;
+cleanup:
+    moat_auth_free(a);
+    return rc;
+}
+
+void moat_auth_free(struct moat_auth *a)
+{
+    if (!a)
+        return;
+    sodium_memzero(a, sizeof(*a));
+    free(a);
+}
+
+const char *moat_auth_self(const struct moat_auth *a)
+{
+    return a ? a->self.name : "";
+}
+
+int moat_auth_token(const struct moat_auth *a, const char *audience,
+                    const struct moat_principal *p, char **out)
+{
+    struct moat_jwt_claims c;
+    if (!out)
+        return MOAT_EINVAL;
+    *out = NULL;
+    if (!a || !audience || !valid_name(audience, strlen(audience)))
+        return MOAT_EINVAL;
+    memset(&c, 0, sizeof(c));
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "%s", a->self.name);
+    snprintf(c.sub, sizeof(c.sub), "%s", a->self.name);
+    snprintf(c.aud, sizeof(c.aud), "%s", audience);
+    c.iat = now;
+    c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
+    if (p) {
+        /* The principal's fields are exactly as wide as the claims. */
+        snprintf(c.usr, sizeof(c.usr), "%s", p->user_id);
+        snprintf(c.role, sizeof(c.role), "%s", p->role);
+        snprintf(c.ip, sizeof(c.ip), "%s", p->client_ip);
+    }
+    return moat_jwt_sign(a->self.key, a->self.keylen, &c, out);
+}
+
+static const struct auth_key *find_peer(const struct moat_auth *a,
+                                        const char *name)
+{
+    for (size_t i = 0; i < a->npeers; i++)
+        if (strcmp(a->peers[i].name, name) == 0)
+            return &a->peers[i];
+    return NULL;
+}
+
+int moat_auth_verify(const struct moat_auth *a, const char *token,
+                     struct moat_principal *out, const char **why)
+{
+    char iss[AUTH_NAME_MAX + 1];
+    struct moat_jwt_claims c;
+    const char *reason = NULL;
+    if (out)
+        memset(out, 0, sizeof(*out));
+    if (!a || !token) {
+        reason = "missing token";
+        goto cleanup;
+    }
+    if (moat_jwt_peek_issuer(token, iss, sizeof(iss)) != MOAT_OK) {
+        reason = "malformed";
+        goto cleanup;
+    }
+    const struct auth_key *k = find_peer(a, iss);
+    if (!k) {
+        reason = "unknown caller";
+        goto cleanup;
+    }
+    int64_t now = (int64_t)time(NULL);
+    struct moat_jwt_expect e = {
+        .key = k->key,
+        .keylen = k->keylen,
+        .iss = k->name,
+        .aud = a->self.name,
+        .now = now,
+        .leeway_s = -1,
+    };
+    if (moat_jwt_verify(token, &e, &c, &reason) != MOAT_OK)
+        goto cleanup;
+    if (strcmp(c.sub, c.iss) != 0) {
+        reason = "subject is not the issuer";
+        goto cleanup;
+    }
+    /*
+     * Service tokens are short-lived by contract: a longer one is either a
+     * misbehaving peer or a token minted to be replayed later.
+     */
+    if (c.exp > now + MOAT_SERVICE_TOKEN_TTL_S + MOAT_JWT_LEEWAY_S) {
+        reason = "lifetime too long";
+        goto cleanup;
+    }
+    if (out) {
+        snprintf(out->service, sizeof(out->service), "%s", k->name);
+        snprintf(out->user_id, sizeof(out->user_id), "%s", c.usr);
+        snprintf(out->role, sizeof(out->role), "%s", c.role);
+        snprintf(out->client_ip, sizeof(out->client_ip), "%s", c.ip);
+    }
+cleanup:
+    if (why)
+        *why = reason;
+    if (reason && out)
+        memset(out, 0, sizeof(*out));
+    return reason ? MOAT_EINVAL : MOAT_OK;
+}

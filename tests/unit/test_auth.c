@@ -1,0 +1,291 @@
+/*
+ * Unit tests for lib/auth.c: service keys from the environment, service
+ * tokens between two services, and every way a token is refused.
+ */
+#include "moat/common.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "moat/auth.h"
+#include "moat/jwt.h"
+
+/* Three services' keys: gateway and orders may call catalog. */
+static uint8_t k_gateway[32], k_orders[32], k_catalog[32], k_rogue[32];
+
+static char *b64(const uint8_t *k, size_t len, int variant)
+{
+    size_t cap = sodium_base64_ENCODED_LEN(len, variant);
+    char *s = moat_xmalloc(cap);
+    sodium_bin2base64(s, cap, k, len, variant);
+    return s;
+}
+
+/* Load a struct moat_auth for self with the given env values (NULL unsets). */
+static int load_as(struct moat_auth **a, const char *self, const char *key,
+                   const char *peers)
+{
+    if (key)
+        setenv("MOAT_SERVICE_KEY", key, 1);
+    else
+        unsetenv("MOAT_SERVICE_KEY");
+    if (peers)
+        setenv("MOAT_PEER_KEYS", peers, 1);
+    else
+        unsetenv("MOAT_PEER_KEYS");
+    return moat_auth_load(a, self);
+}
+
+static struct moat_auth *load_ok(const char *self, const uint8_t *key,
+                                 const char *peers)
+{
+    struct moat_auth *a = NULL;
+    char *k = b64(key, 32, sodium_base64_VARIANT_ORIGINAL);
+    assert_int_equal(load_as(&a, self, k, peers), MOAT_OK);
+    assert_non_null(a);
+    assert_string_equal(moat_auth_self(a), self);
+    free(k);
+    return a;
+}
+
+/* catalog knows gateway (std base64) and orders (url-safe, unpadded). */
+static char *catalog_peers(void)
+{
+    char *g = b64(k_gateway, 32, sodium_base64_VARIANT_ORIGINAL);
+    char *o = b64(k_orders, 32, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    char *s = moat_xasprintf("gateway:%s,orders:%s", g, o);
+    free(g);
+    free(o);
+    return s;
+}
+
+static void test_round_trip_with_principal(void **state)
+{
+    char *peers = catalog_peers();
+    struct moat_auth *catalog = load_ok("catalog", k_catalog, peers);
+    struct moat_auth *gateway = load_ok("gateway", k_gateway, "");
+    struct moat_auth *orders = load_ok("orders", k_orders, NULL);
+
+    struct moat_principal p = {.service = "",
+                               .user_id = "usr_7",
+                               .role = "admin",
+                               .client_ip = "192.0.2.9"};
+    char *tok = NULL;
+    assert_int_equal(moat_auth_token(gateway, "catalog", &p, &tok), MOAT_OK);
+    struct moat_principal got;
+    const char *why = "unset";
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_null(why);
+    assert_string_equal(got.service, "gateway");
+    assert_string_equal(got.user_id, "usr_7");
+    assert_string_equal(got.role, "admin");
+    assert_string_equal(got.client_ip, "192.0.2.9");
+    free(tok);
+
+    /* No principal: a service acting for itself. */
+    assert_int_equal(moat_auth_token(orders, "catalog", NULL, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_string_equal(got.service, "orders");
+    assert_string_equal(got.user_id, "");
+    assert_string_equal(got.role, "");
+    free(tok);
+
+    moat_auth_free(catalog);
+    moat_auth_free(gateway);
+    moat_auth_free(orders);
+    free(peers);
+}
+
+static void test_refusals(void **state)
+{
+    char *peers = catalog_peers();
+    struct moat_auth *catalog = load_ok("catalog", k_catalog, peers);
+    struct moat_auth *gateway = load_ok("gateway", k_gateway, NULL);
+    struct moat_auth *rogue = load_ok("rogue", k_rogue, NULL);
+    struct moat_principal got;
+    const char *why = NULL;
+    char *tok = NULL;
+
+    /* A caller catalog holds no key for. */
+    assert_int_equal(moat_auth_token(rogue, "catalog", NULL, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "unknown caller");
+    free(tok);
+
+    /* Meant for another service. */
+    assert_int_equal(moat_auth_token(gateway, "orders", NULL, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "wrong audience");
+    free(tok);
+
+    /* Claims to be the gateway but signed with the rogue key. */
+    struct moat_jwt_claims c;
+    memset(&c, 0, sizeof(c));
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "gateway");
+    snprintf(c.sub, sizeof(c.sub), "gateway");
+    snprintf(c.aud, sizeof(c.aud), "catalog");
+    c.exp = now + 30;
+    assert_int_equal(moat_jwt_sign(k_rogue, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "bad signature");
+    free(tok);
+
+    /* Expired: signed by the right key, in the past. */
+    c.iat = now - 600;
+    c.exp = now - 540;
+    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "expired");
+    assert_string_equal(got.service, "");
+    free(tok);
+
+    /* Far longer-lived than a service token may be. */
+    c.iat = now;
+    c.exp = now + 3600;
+    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "lifetime too long");
+    free(tok);
+
+    /* Subject other than the issuer. */
+    c.exp = now + 60;
+    snprintf(c.sub, sizeof(c.sub), "orders");
+    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "subject is not the issuer");
+    free(tok);
+
+    /* Garbage, and nothing. */
+    assert_int_equal(moat_auth_verify(catalog, "x.y.z", &got, &why),
+                     MOAT_EINVAL);
+    assert_string_equal(why, "malformed");
+    assert_int_equal(moat_auth_verify(catalog, NULL, &got, &why), MOAT_EINVAL);
+    assert_int_equal(moat_auth_verify(NULL, "x.y.z", &got, &why), MOAT_EINVAL);
+
+    /* Token requests with a bad audience name. */
+    assert_int_equal(moat_auth_token(gateway, "Catalog", NULL, &tok),
+                     MOAT_EINVAL);
+    assert_int_equal(moat_auth_token(gateway, "", NULL, &tok), MOAT_EINVAL);
+    assert_null(tok);
+
+    moat_auth_free(catalog);
+    moat_auth_free(gateway);
+    moat_auth_free(rogue);
+    free(peers);
+}
+
+static void test_bad_env(void **state)
+{
+    struct moat_auth *a = NULL;
+    char *good = b64(k_catalog, 32, sodium_base64_VARIANT_ORIGINAL);
+    char *shortk = b64(k_catalog, 31, sodium_base64_VARIANT_ORIGINAL);
+    char *url = b64(k_catalog, 32, sodium_base64_VARIANT_URLSAFE);
+
+    assert_int_equal(load_as(&a, "catalog", NULL, NULL), MOAT_ENOTFOUND);
+    assert_null(a);
+    assert_int_equal(load_as(&a, "catalog", "", NULL), MOAT_EINVAL);
+    assert_int_equal(load_as(&a, "catalog", shortk, NULL), MOAT_EINVAL);
+    assert_int_equal(load_as(&a, "catalog", "not base64!", NULL), MOAT_EINVAL);
+    char *spaced = moat_xasprintf(" %s", good);
+    assert_int_equal(load_as(&a, "catalog", spaced, NULL), MOAT_EINVAL);
+    free(spaced);
+    /* Url-safe padded works as well as standard. */
+    assert_int_equal(load_as(&a, "catalog", url, NULL), MOAT_OK);
+    moat_auth_free(a);
+    a = NULL;
+    /* A bad self name. */
+    assert_int_equal(load_as(&a, "Catalog", good, NULL), MOAT_EINVAL);
+    assert_int_equal(load_as(&a, "", good, NULL), MOAT_EINVAL);
+
+    const char *bad_peers_fmt[] = {
+        "gateway=%s",                           /* wrong separator */
+        "gateway:%s,",                          /* trailing comma */
+        ",gateway:%s",                          /* empty entry */
+        "Gateway:%s",                           /* upper case name */
+        "1gw:%s",                               /* digit first */
+        "gateway:%s,gateway:%s",                /* duplicate */
+        "gateway: %s",                          /* space */
+        "gateway:%s;orders:%s",                 /* wrong list separator */
+        "abcdefghijabcdefghijabcdefghijabc:%s", /* 33-character name */
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad_peers_fmt); i++) {
+        char *peers = moat_xasprintf(bad_peers_fmt[i], good, good);
+        if (load_as(&a, "catalog", good, peers) != MOAT_EINVAL)
+            fail_msg("MOAT_PEER_KEYS \"%s\" accepted", bad_peers_fmt[i]);
+        assert_null(a);
+        free(peers);
+    }
+    char *p = moat_xasprintf("gateway:%s", shortk);
+    assert_int_equal(load_as(&a, "catalog", good, p), MOAT_EINVAL);
+    free(p);
+    p = moat_xasprintf("gateway:");
+    assert_int_equal(load_as(&a, "catalog", good, p), MOAT_EINVAL);
+    free(p);
+    /* 32-character names are fine. */
+    p = moat_xasprintf("abcdefghijabcdefghijabcdefghijab:%s", good);
+    assert_int_equal(load_as(&a, "catalog", good, p), MOAT_OK);
+    moat_auth_free(a);
+    free(p);
+
+    free(good);
+    free(shortk);
+    free(url);
+    unsetenv("MOAT_SERVICE_KEY");
+    unsetenv("MOAT_PEER_KEYS");
+}
+
+static void test_base64_decode(void **state)
+{
+    uint8_t out[8];
+    size_t n = 0;
+    assert_int_equal(moat_base64_decode("aGk=", out, sizeof(out), &n), MOAT_OK);
+    assert_int_equal(n, 2);
+    assert_memory_equal(out, "hi", 2);
+    assert_int_equal(moat_base64_decode("aGk", out, sizeof(out), &n), MOAT_OK);
+    assert_int_equal(n, 2);
+    /* 0xfb 0xff: "+/8" standard, "-_8" url-safe. */
+    assert_int_equal(moat_base64_decode("+/8=", out, sizeof(out), &n), MOAT_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(out[0], 0xfb);
+    assert_int_equal(moat_base64_decode("-_8", out, sizeof(out), &n), MOAT_OK);
+    assert_int_equal(out[1], 0xff);
+    /* Mixed alphabets, junk, whitespace, bad padding, too long. */
+    assert_int_equal(moat_base64_decode("+_8=", out, sizeof(out), &n),
+                     MOAT_EINVAL);
+    assert_int_equal(moat_base64_decode("aG k=", out, sizeof(out), &n),
+                     MOAT_EINVAL);
+    assert_int_equal(moat_base64_decode("aGk=\n", out, sizeof(out), &n),
+                     MOAT_EINVAL);
+    assert_int_equal(moat_base64_decode("aGk==", out, sizeof(out), &n),
+                     MOAT_EINVAL);
+    assert_int_equal(moat_base64_decode("", out, sizeof(out), &n), MOAT_EINVAL);
+    assert_int_equal(
+        moat_base64_decode("AAAAAAAAAAAAAAAA", out, sizeof(out), &n),
+        MOAT_ETOOBIG);
+}
+
+int main(void)
+{
+    if (sodium_init() < 0)
+        return 1;
+    randombytes_buf(k_gateway, sizeof(k_gateway));
+    randombytes_buf(k_orders, sizeof(k_orders));
+    randombytes_buf(k_catalog, sizeof(k_catalog));
+    randombytes_buf(k_rogue, sizeof(k_rogue));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_round_trip_with_principal),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_bad_env),
+        cmocka_unit_test(test_base64_decode),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
