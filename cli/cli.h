@@ -41,7 +41,9 @@
 #define CLI_EXIT_FAIL  1
 #define CLI_EXIT_USAGE 2
 
-#define CLI_STATE_VERSION    1
+#define CLI_STATE_VERSION 1
+/* The identity the CLI uses towards services (a peer of every service). */
+#define CLI_OPERATOR         "operator"
 #define CLI_PROBE_TIMEOUT_MS 300 /* per /healthz or /readyz request */
 
 /* Commands: argv[0] is the command name; return the process exit code. */
@@ -115,5 +117,13 @@ off_t cli_tail_offset(int fd, unsigned n);
  * indent. Silently does nothing when the file cannot be read. */
 void cli_print_tail(FILE *out, const char *path, unsigned n,
                     const char *indent);
+
+/*
+ * A "Moat-Service-Token: <token>" header line signed as CLI_OPERATOR with
+ * the deployment's operator key (<var_dir>/secrets.json, written by moat
+ * up), for calling audience's admin routes. NULL (after printing why) when
+ * the deployment has never been started. Caller frees.
+ */
+char *cli_operator_header(const struct deploy *d, const char *audience);
 
 #endif /* MOAT_CLI_H */

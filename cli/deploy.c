@@ -443,6 +443,11 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
         report(e, at, "name", "\"moat\" is reserved for the supervisor");
         name = NULL;
     }
+    /* The CLI's own identity towards services (cli.h CLI_OPERATOR). */
+    if (name && strcmp(name, "operator") == 0) {
+        report(e, at, "name", "\"operator\" is reserved for the moat CLI");
+        name = NULL;
+    }
     svc->name = name ? moat_xstrdup(name) : NULL;
 
     const char *listen = get_string(e, obj, at, "listen", true);

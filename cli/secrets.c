@@ -99,6 +99,11 @@ const char *cli_secret_shared(struct cli_secrets *s, const char *name)
     return get_or_make(s, "shared", name);
 }
 
+bool cli_secrets_dirty(const struct cli_secrets *s)
+{
+    return s->dirty;
+}
+
 int cli_secrets_save(struct cli_secrets *s)
 {
     if (!s->dirty)

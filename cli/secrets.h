@@ -18,6 +18,8 @@
 #ifndef MOAT_CLI_SECRETS_H
 #define MOAT_CLI_SECRETS_H
 
+#include <stdbool.h>
+
 struct cli_secrets;
 
 /* Load or create the store in var_dir; refuses a group/other-readable file. */
@@ -27,6 +29,8 @@ void cli_secrets_free(struct cli_secrets *s);
 const char *cli_secret_service_key(struct cli_secrets *s, const char *name);
 /* The shared secret called name, generated on first use. */
 const char *cli_secret_shared(struct cli_secrets *s, const char *name);
+/* True when something was generated since loading (not yet saved). */
+bool cli_secrets_dirty(const struct cli_secrets *s);
 /* Write the store if anything was generated. */
 int cli_secrets_save(struct cli_secrets *s);
 

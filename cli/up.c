@@ -412,6 +412,10 @@ static int make_auth_env(struct sup *s)
                                 caller->name,
                                 cli_secret_service_key(sec, caller->name));
         }
+        /* The operator (the moat CLI on this machine, reading
+         * secrets.json) may call every service's admin routes. */
+        moat_buf_printf(&peers, "%s%s:%s", peers.len ? "," : "", CLI_OPERATOR,
+                        cli_secret_service_key(sec, CLI_OPERATOR));
         env[k++] = moat_xasprintf("MOAT_PEER_KEYS=%s", moat_buf_str(&peers));
         sodium_memzero(peers.data, peers.len);
         moat_buf_release(&peers);

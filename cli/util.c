@@ -6,15 +6,22 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "moat/config.h"
 
+#include "moat/auth.h"
+#include "moat/jwt.h"
+
 #include "cli.h"
+#include "secrets.h"
 
 #define DEFAULT_DEPLOY_FILE "moat.json"
 #define TAIL_CHUNK          8192
@@ -247,4 +254,37 @@ void cli_print_tail(FILE *out, const char *path, unsigned n, const char *indent)
     if (!line_start)
         fputc('\n', out);
     close(fd);
+}
+
+char *cli_operator_header(const struct deploy *d, const char *audience)
+{
+    struct cli_secrets *sec = NULL;
+    char *line = NULL, *tok = NULL;
+    if (cli_secrets_load(&sec, d->var_dir) != MOAT_OK)
+        return NULL;
+    const char *b64 = cli_secret_service_key(sec, CLI_OPERATOR);
+    uint8_t key[64];
+    size_t keylen = 0;
+    /* A key generated just now was never handed to any service. */
+    if (cli_secrets_dirty(sec)) {
+        cli_error("deployment %s has no operator key yet: run moat up first",
+                  d->name);
+        goto out;
+    }
+    if (moat_base64_decode(b64, key, sizeof(key), &keylen) != MOAT_OK)
+        goto out;
+    struct moat_jwt_claims c = {0};
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "%s", CLI_OPERATOR);
+    snprintf(c.sub, sizeof(c.sub), "%s", CLI_OPERATOR);
+    snprintf(c.aud, sizeof(c.aud), "%s", audience);
+    c.iat = now;
+    c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
+    if (moat_jwt_sign(key, keylen, &c, &tok) == MOAT_OK)
+        line = moat_xasprintf("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
+    sodium_memzero(key, sizeof(key));
+out:
+    free(tok);
+    cli_secrets_free(sec);
+    return line;
 }
