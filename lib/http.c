@@ -644,13 +644,14 @@ const struct moat_trace *moat_req_trace(const struct moat_req *r)
 
 const char *moat_req_peer(const struct moat_req *r)
 {
-    const char *host = evhttp_request_get_host(r->ev);
+    /* The TCP peer only: never the client-controlled Host header, since
+     * the address keys rate limits and lands in principals and logs. */
     struct evhttp_connection *c = evhttp_request_get_connection(r->ev);
     char *addr = NULL;
     ev_uint16_t port = 0;
     if (c)
         evhttp_connection_get_peer(c, &addr, &port);
-    return addr ? addr : (host ? host : "");
+    return addr ? addr : "";
 }
 
 struct moat_http_server *moat_req_server(const struct moat_req *r)

@@ -64,8 +64,8 @@ struct gw_public {
     size_t len;       /* strlen(prefix) */
 };
 
-/* Longest end-user JWT secret accepted (HMAC hashes longer keys anyway). */
-#define GW_JWT_SECRET_MAX 128
+/* Longest end-user JWT secret accepted: the users service's own limit. */
+#define GW_JWT_SECRET_MAX 256
 
 struct gw {
     struct moat_service *svc; /* borrowed */

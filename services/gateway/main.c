@@ -17,8 +17,8 @@
  *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
  *       covers itself and everything below it; GET covers HEAD; unset or
  *       empty: nothing is public
- *   MOAT_JWT_SECRET               base64 (standard or url-safe) of >= 32
- *       bytes: the HS256 secret of end-user tokens, shared with the users
+ *   MOAT_JWT_SECRET               base64 (standard or url-safe) of 32 to
+ *       256 bytes: the HS256 secret of end-user tokens, shared with the users
  *       service (iss "moat-users", aud "moat"); required unless
  *       MOAT_INSECURE_NO_AUTH=1, where leaving it unset disables end-user
  *       authentication altogether
@@ -107,7 +107,7 @@ static int load_user_auth(struct gw *gw)
         /* The value is a secret: never logged. */
         moat_log(MOAT_LOG_ERROR, "invalid configuration", "{s:s, s:s}",
                  "variable", "MOAT_JWT_SECRET", "error",
-                 "must be base64 of 32 to 128 bytes");
+                 "must be base64 of 32 to 256 bytes");
         fprintf(stderr,
                 "config: MOAT_JWT_SECRET must be base64 of %d to %d bytes\n",
                 MOAT_JWT_MIN_KEY, GW_JWT_SECRET_MAX);

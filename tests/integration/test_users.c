@@ -218,6 +218,41 @@ static double metric(const char *sample)
     return v;
 }
 
+/* Whole file into memory (NULL if absent); *len its size. */
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    struct {
+        char *p;
+        size_t n, cap;
+    } b = {NULL, 0, 0};
+    char chunk[65536];
+    size_t got;
+    while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        if (b.n + got > b.cap) {
+            b.cap = (b.n + got) * 2;
+            b.p = moat_xrealloc(b.p, b.cap);
+        }
+        memcpy(b.p + b.n, chunk, got);
+        b.n += got;
+    }
+    fclose(f);
+    *len = b.n;
+    return b.p ? b.p : moat_xcalloc(1, 1);
+}
+
+/* True when the users audit log has a line containing text. */
+static bool audit_has(const char *text)
+{
+    size_t len = 0;
+    char *log = slurp(h_fmt("%s/audit.log", F.users_data), &len);
+    bool found = log && memmem(log, len, text, strlen(text)) != NULL;
+    free(log);
+    return found;
+}
+
 /* ---- process control ---- */
 
 static int start_users(void)
@@ -497,6 +532,7 @@ static void test_refresh_rotation(void **state)
     refresh_raw(&r, r3);
     h_assert_problem(&r, 401);
     h_resp_release(&r);
+    assert_true(audit_has("\"token.reuse_detected\""));
 
     /* Another login is another family, untouched by that; logout revokes
      * it, and logout is idempotent. */
@@ -682,31 +718,6 @@ static void test_mass_assignment(void **state)
     json_decref(t);
     json_decref(u);
     free(mail);
-}
-
-/* Whole file into memory (NULL if absent); *len its size. */
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    struct {
-        char *p;
-        size_t n, cap;
-    } b = {NULL, 0, 0};
-    char chunk[65536];
-    size_t got;
-    while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
-        if (b.n + got > b.cap) {
-            b.cap = (b.n + got) * 2;
-            b.p = moat_xrealloc(b.p, b.cap);
-        }
-        memcpy(b.p + b.n, chunk, got);
-        b.n += got;
-    }
-    fclose(f);
-    *len = b.n;
-    return b.p ? b.p : moat_xcalloc(1, 1);
 }
 
 struct needles {

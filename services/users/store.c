@@ -1,0 +1,827 @@
+/* store.c - the users service's schema, queries and field sealing (see
+ * store.h). */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/db.h"
+#include "moat/log.h"
+#include "store.h"
+
+struct usr_store {
+    struct moat_db *db;            /* owned */
+    const struct moat_keyring *kr; /* borrowed */
+};
+
+#define DB_FILE "users.db"
+
+/* Places of the sealed fields: "<table>.<field>:<row id>" is the AEAD
+ * associated data, which binds a ciphertext to one row and one column. */
+#define AD_EMAIL "users.email"
+#define AD_NAME  "users.display_name"
+
+/*
+ * Schema migrations: never edit one that has shipped, append a new one.
+ *
+ * users keeps no plaintext personal data: email_enc and name_enc are
+ * sealed text ("s1.<key>.<base64url>"), email_bidx the keyed blind index
+ * used for lookups and uniqueness, key_id the data key both seals were
+ * made with (what key rotation scans for). WITHOUT ROWID clusters rows by
+ * id, the listing order.
+ *
+ * refresh_tokens stores SHA-256 hashes only. A rotation revokes the old
+ * token and points replaced_by at the new one; all tokens issued from one
+ * login share a family_id, so presenting a revoked token again can revoke
+ * the whole family (the token was stolen and used by someone).
+ */
+static const struct moat_migration migrations[] = {
+    {1, "create users and refresh tokens",
+     "CREATE TABLE users (\n"
+     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'usr_'),\n"
+     "    email_enc TEXT NOT NULL CHECK (substr(email_enc, 1, 3) = 's1.'),\n"
+     "    email_bidx TEXT NOT NULL UNIQUE CHECK (length(email_bidx) = 64),\n"
+     "    name_enc TEXT NOT NULL CHECK (substr(name_enc, 1, 3) = 's1.'),\n"
+     "    password_hash TEXT NOT NULL,\n"
+     "    role TEXT NOT NULL CHECK (role IN ('customer', 'admin')),\n"
+     "    key_id INTEGER NOT NULL CHECK (key_id >= 1),\n"
+     "    version INTEGER NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms INTEGER NOT NULL,\n"
+     "    updated_at_ms INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE INDEX users_key_id ON users (key_id);\n"
+     "CREATE TABLE refresh_tokens (\n"
+     "    token_hash TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(token_hash) = 64),\n"
+     "    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,\n"
+     "    family_id TEXT NOT NULL,\n"
+     "    expires_at_ms INTEGER NOT NULL,\n"
+     "    revoked_at_ms INTEGER,\n"
+     "    replaced_by TEXT,\n"
+     "    created_at_ms INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
+     "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
+};
+
+int usr_store_open(struct usr_store **out, const char *data_dir,
+                   const struct moat_keyring *kr, struct moat_metrics *metrics)
+{
+    struct usr_store *s = moat_xcalloc(1, sizeof(*s));
+    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    s->kr = kr;
+    int rc = moat_db_open(&s->db, path, NULL, metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    /* Overwrite deleted content: a ciphertext replaced by re-sealing (or a
+     * revoked token's row) does not linger in free pages. */
+    rc = moat_db_exec(s->db, "secure_delete", "PRAGMA secure_delete = ON");
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    *out = s;
+    s = NULL;
+
+cleanup:
+    if (s) {
+        if (s->db)
+            moat_db_close(s->db);
+        free(s);
+    }
+    free(path);
+    return rc;
+}
+
+void usr_store_close(struct usr_store *s)
+{
+    if (!s)
+        return;
+    moat_db_close(s->db);
+    free(s);
+}
+
+bool usr_store_ready(struct usr_store *s, const char **why)
+{
+    if (!s || !s->db) {
+        *why = "database not open";
+        return false;
+    }
+    int version = moat_db_schema_version(s->db);
+    if (version != migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}
+
+/* ---- sealing ---- */
+
+static int seal_field(struct usr_store *s, const char *place, const char *id,
+                      const char *plaintext, char **out)
+{
+    char ad[64];
+    snprintf(ad, sizeof(ad), "%s:%s", place, id);
+    int rc = moat_seal(s->kr, ad, plaintext, strlen(plaintext), out);
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "cannot seal a field", "{s:s, s:s, s:s}", "id",
+                 id, "field", place, "error", moat_strerror(rc));
+    return rc;
+}
+
+/*
+ * Open a sealed field of row id. Any failure is an integrity failure from
+ * the caller's point of view: the row must not be shown. The log names the
+ * row and field, never the content.
+ */
+static int open_field(struct usr_store *s, const char *place, const char *id,
+                      const char *sealed, char **out)
+{
+    char ad[64];
+    snprintf(ad, sizeof(ad), "%s:%s", place, id);
+    int rc = sealed ? moat_open(s->kr, ad, sealed, out, NULL) : MOAT_EINVAL;
+    if (rc == MOAT_OK)
+        return MOAT_OK;
+    moat_log(MOAT_LOG_ERROR, "stored data failed its integrity check",
+             "{s:s, s:s, s:s, s:i}", "id", id, "field", place, "error",
+             rc == MOAT_ENOTFOUND ? "data key not in the keyring"
+                                  : "does not authenticate for this row",
+             "key_id", (int)(sealed ? moat_sealed_key_id(sealed) : 0));
+    return USR_EINTEGRITY;
+}
+
+/* ---- rows ---- */
+
+#define USER_COLUMNS                                                           \
+    "id, email_enc, name_enc, password_hash, role, key_id, version, "          \
+    "created_at_ms, updated_at_ms"
+
+static void copy_text(char *dst, size_t cap, const unsigned char *src)
+{
+    snprintf(dst, cap, "%s", src ? (const char *)src : "");
+}
+
+/* Fill u from a row of USER_COLUMNS, opening the sealed fields. */
+static int row_to_user(struct usr_store *s, sqlite3_stmt *st,
+                       struct usr_user *u)
+{
+    const char *id = (const char *)sqlite3_column_text(st, 0);
+    memset(u, 0, sizeof(*u));
+    if (!id || strlen(id) != USR_ID_LEN)
+        return MOAT_EDB;
+    memcpy(u->id, id, USR_ID_LEN + 1);
+    int rc = open_field(s, AD_EMAIL, u->id,
+                        (const char *)sqlite3_column_text(st, 1), &u->email);
+    if (rc == MOAT_OK)
+        rc = open_field(s, AD_NAME, u->id,
+                        (const char *)sqlite3_column_text(st, 2),
+                        &u->display_name);
+    if (rc != MOAT_OK) {
+        usr_user_release(u);
+        return rc;
+    }
+    copy_text(u->password_hash, sizeof(u->password_hash),
+              sqlite3_column_text(st, 3));
+    copy_text(u->role, sizeof(u->role), sqlite3_column_text(st, 4));
+    u->key_id = (uint32_t)sqlite3_column_int64(st, 5);
+    u->version = sqlite3_column_int64(st, 6);
+    u->created_ms = sqlite3_column_int64(st, 7);
+    u->updated_ms = sqlite3_column_int64(st, 8);
+    return MOAT_OK;
+}
+
+/* A taken email (or id) is a conflict; any other constraint means our own
+ * validation let something through: a bug, not the client's fault. */
+static int write_error(struct usr_store *s, int step_rc)
+{
+    int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return MOAT_ECONFLICT;
+    if ((step_rc & 0xff) == SQLITE_CONSTRAINT) {
+        moat_log(MOAT_LOG_ERROR, "users constraint failed", "{s:s}", "error",
+                 moat_db_errmsg(s->db));
+        return MOAT_EDB;
+    }
+    return moat_db_error(s->db, step_rc);
+}
+
+/* Run a statement that returns no rows; resets it. */
+static int step_done(struct usr_store *s, struct moat_stmt *stmt)
+{
+    int step = moat_stmt_step(stmt);
+    int rc = step == SQLITE_DONE ? MOAT_OK : write_error(s, step);
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int usr_store_create(struct usr_store *s, struct usr_user *u,
+                     const char *email_bidx)
+{
+    char *email_enc = NULL, *name_enc = NULL;
+    int rc = seal_field(s, AD_EMAIL, u->id, u->email, &email_enc);
+    if (rc == MOAT_OK)
+        rc = seal_field(s, AD_NAME, u->id, u->display_name, &name_enc);
+    if (rc != MOAT_OK)
+        goto out;
+    rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        goto out;
+
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_insert",
+        "INSERT INTO users (id, email_enc, email_bidx, name_enc, "
+        "password_hash, role, key_id, version, created_at_ms, updated_at_ms) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9)");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    uint32_t key_id = moat_sealed_key_id(email_enc);
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, email_bidx, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, name_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, u->password_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, u->role, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, key_id);
+    sqlite3_bind_int64(st, 8, u->created_ms);
+    sqlite3_bind_int64(st, 9, u->updated_ms);
+    rc = step_done(s, stmt);
+    if (rc != MOAT_OK)
+        goto out;
+
+    /*
+     * Outbox: the UserRegistered event (id, role, created_at; no plaintext
+     * personal data) is inserted here, in this same transaction, so the
+     * account and its event commit or vanish together (DESIGN.md
+     * invariant 2).
+     */
+
+    rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK) {
+        u->version = 1;
+        u->key_id = key_id;
+    }
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    free(email_enc);
+    free(name_enc);
+    return rc;
+}
+
+int usr_store_get(struct usr_store *s, const char *id, struct usr_user *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_get", "SELECT " USER_COLUMNS " FROM users WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    if (step == SQLITE_ROW)
+        rc = row_to_user(s, st, out);
+    else if (step == SQLITE_DONE)
+        rc = MOAT_ENOTFOUND;
+    else
+        rc = moat_db_error(s->db, step);
+    /* Reset at once: an unfinished SELECT pins a WAL read snapshot. */
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+static int cred_query(struct usr_store *s, const char *name, const char *sql,
+                      const char *key, struct usr_cred *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(s->db, name, sql);
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    memset(out, 0, sizeof(*out));
+    if (step == SQLITE_ROW) {
+        copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
+        copy_text(out->role, sizeof(out->role), sqlite3_column_text(st, 1));
+        copy_text(out->password_hash, sizeof(out->password_hash),
+                  sqlite3_column_text(st, 2));
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int usr_store_cred_by_email(struct usr_store *s, const char *email_bidx,
+                            struct usr_cred *out)
+{
+    return cred_query(s, "user_cred_by_email",
+                      "SELECT id, role, password_hash FROM users "
+                      "WHERE email_bidx = ?1",
+                      email_bidx, out);
+}
+
+int usr_store_cred_by_id(struct usr_store *s, const char *id,
+                         struct usr_cred *out)
+{
+    return cred_query(s, "user_cred_by_id",
+                      "SELECT id, role, password_hash FROM users "
+                      "WHERE id = ?1",
+                      id, out);
+}
+
+int usr_store_id_by_email(struct usr_store *s, const char *email_bidx,
+                          char id[USR_ID_LEN + 1])
+{
+    struct usr_cred c;
+    int rc = usr_store_cred_by_email(s, email_bidx, &c);
+    if (rc == MOAT_OK)
+        memcpy(id, c.id, USR_ID_LEN + 1);
+    return rc;
+}
+
+/* Inside a transaction: tell a missing user from a stale version. */
+static int current_version(struct usr_store *s, const char *id,
+                           int64_t *version)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_version", "SELECT version FROM users WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    if (step == SQLITE_ROW) {
+        *version = sqlite3_column_int64(st, 0);
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+static int revoke_user_tokens(struct usr_store *s, const char *user_id,
+                              int64_t now_ms)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "tokens_revoke_user",
+                        "UPDATE refresh_tokens SET revoked_at_ms = ?2 "
+                        "WHERE user_id = ?1 AND revoked_at_ms IS NULL");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    return step_done(s, stmt);
+}
+
+int usr_store_replace(struct usr_store *s, struct usr_user *u,
+                      int64_t expect_version, const char *email_bidx,
+                      bool revoke_tokens, int64_t now_ms)
+{
+    char *email_enc = NULL, *name_enc = NULL;
+    int rc = seal_field(s, AD_EMAIL, u->id, u->email, &email_enc);
+    if (rc == MOAT_OK)
+        rc = seal_field(s, AD_NAME, u->id, u->display_name, &name_enc);
+    if (rc != MOAT_OK)
+        goto out;
+    rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        goto out;
+
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_replace",
+        "UPDATE users SET email_enc = ?2, email_bidx = ?3, name_enc = ?4, "
+        "password_hash = ?5, role = ?6, key_id = ?7, version = version + 1, "
+        "updated_at_ms = ?8 WHERE id = ?1 AND version = ?9");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    uint32_t key_id = moat_sealed_key_id(email_enc);
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, email_bidx, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, name_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, u->password_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, u->role, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, key_id);
+    sqlite3_bind_int64(st, 8, now_ms);
+    sqlite3_bind_int64(st, 9, expect_version);
+    rc = step_done(s, stmt);
+    if (rc != MOAT_OK)
+        goto out;
+    if (sqlite3_changes(moat_db_handle(s->db)) == 0) {
+        int64_t v;
+        rc = current_version(s, u->id, &v);
+        if (rc == MOAT_OK)
+            rc = MOAT_EPRECOND;
+        goto out;
+    }
+    if (revoke_tokens) {
+        rc = revoke_user_tokens(s, u->id, now_ms);
+        if (rc != MOAT_OK)
+            goto out;
+    }
+
+    /*
+     * Outbox: the UserUpdated event (id, version, changed field names,
+     * role; no plaintext personal data) is inserted here, in this same
+     * transaction (DESIGN.md invariant 2).
+     */
+
+    rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK) {
+        u->version = expect_version + 1;
+        u->updated_ms = now_ms;
+        u->key_id = key_id;
+    }
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    free(email_enc);
+    free(name_enc);
+    return rc;
+}
+
+int usr_store_list(struct usr_store *s, const char *after_id, size_t limit,
+                   struct usr_user **items, size_t *n)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_list",
+        "SELECT " USER_COLUMNS " FROM users WHERE id > ?1 ORDER BY id "
+        "LIMIT ?2");
+    *items = NULL;
+    *n = 0;
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, after_id ? after_id : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)limit);
+    struct usr_user *list = moat_xcalloc(limit ? limit : 1, sizeof(*list));
+    size_t count = 0;
+    int rc = MOAT_OK;
+    for (;;) {
+        int step = moat_stmt_step(stmt);
+        if (step == SQLITE_DONE)
+            break;
+        if (step != SQLITE_ROW) {
+            rc = moat_db_error(s->db, step);
+            break;
+        }
+        if (count == limit)
+            break;
+        rc = row_to_user(s, st, &list[count]);
+        if (rc != MOAT_OK)
+            break;
+        count++;
+    }
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        usr_users_free(list, count);
+        return rc;
+    }
+    *items = list;
+    *n = count;
+    return MOAT_OK;
+}
+
+void usr_users_free(struct usr_user *items, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        usr_user_release(&items[i]);
+    free(items);
+}
+
+/* ---- refresh tokens ---- */
+
+static int insert_token(struct usr_store *s, const struct usr_token *t,
+                        int64_t now_ms)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "token_insert",
+        "INSERT INTO refresh_tokens (token_hash, user_id, family_id, "
+        "expires_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, t->hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, t->family, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, t->expires_ms);
+    sqlite3_bind_int64(st, 5, now_ms);
+    return step_done(s, stmt);
+}
+
+int usr_store_token_insert(struct usr_store *s, const struct usr_token *t,
+                           int64_t now_ms)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = insert_token(s, t, now_ms);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int usr_store_token_get(struct usr_store *s, const char *hash,
+                        struct usr_token *out)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "token_get",
+                        "SELECT token_hash, user_id, family_id, expires_at_ms, "
+                        "coalesce(revoked_at_ms, 0), replaced_by IS NOT NULL "
+                        "FROM refresh_tokens "
+                        "WHERE token_hash = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    memset(out, 0, sizeof(*out));
+    if (step == SQLITE_ROW) {
+        copy_text(out->hash, sizeof(out->hash), sqlite3_column_text(st, 0));
+        copy_text(out->user_id, sizeof(out->user_id),
+                  sqlite3_column_text(st, 1));
+        copy_text(out->family, sizeof(out->family), sqlite3_column_text(st, 2));
+        out->expires_ms = sqlite3_column_int64(st, 3);
+        out->revoked_ms = sqlite3_column_int64(st, 4);
+        out->rotated = sqlite3_column_int(st, 5) != 0;
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int usr_store_token_rotate(struct usr_store *s, const char *old_hash,
+                           const struct usr_token *next, int64_t now_ms)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "token_revoke_one",
+        "UPDATE refresh_tokens SET revoked_at_ms = ?2, replaced_by = ?3 "
+        "WHERE token_hash = ?1 AND revoked_at_ms IS NULL");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, old_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    sqlite3_bind_text(st, 3, next->hash, -1, SQLITE_STATIC);
+    rc = step_done(s, stmt);
+    if (rc != MOAT_OK)
+        goto out;
+    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+        rc = MOAT_EPRECOND;
+        goto out;
+    }
+    rc = insert_token(s, next, now_ms);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int usr_store_family_revoke(struct usr_store *s, const char *family,
+                            int64_t now_ms, int *count)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "tokens_revoke_family",
+                        "UPDATE refresh_tokens SET revoked_at_ms = ?2 "
+                        "WHERE family_id = ?1 AND revoked_at_ms IS NULL");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, family, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    rc = step_done(s, stmt);
+    if (rc != MOAT_OK)
+        goto out;
+    if (count)
+        *count = sqlite3_changes(moat_db_handle(s->db));
+    rc = moat_db_commit(s->db);
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int usr_store_tokens_purge(struct usr_store *s, const char *user_id,
+                           int64_t now_ms)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "tokens_purge",
+        "DELETE FROM refresh_tokens WHERE user_id = ?1 AND expires_at_ms < ?2");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now_ms);
+    rc = step_done(s, stmt);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+/* ---- data keys ---- */
+
+int usr_store_rows_by_key(struct usr_store *s, json_t **out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "users_by_key",
+        "SELECT key_id, count(*) FROM users GROUP BY key_id ORDER BY key_id");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    json_t *obj = json_object();
+    int rc = MOAT_OK;
+    for (;;) {
+        int step = moat_stmt_step(stmt);
+        if (step == SQLITE_DONE)
+            break;
+        if (step != SQLITE_ROW) {
+            rc = moat_db_error(s->db, step);
+            break;
+        }
+        char key[24];
+        snprintf(key, sizeof(key), "%lld",
+                 (long long)sqlite3_column_int64(st, 0));
+        json_object_set_new(obj, key,
+                            json_integer(sqlite3_column_int64(st, 1)));
+    }
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        json_decref(obj);
+        return rc;
+    }
+    *out = obj;
+    return MOAT_OK;
+}
+
+/* One row picked for re-sealing. */
+struct rekey_row {
+    char id[USR_ID_LEN + 1];
+    char *email_enc, *name_enc;
+};
+
+/* Read the next batch of rows not on active_key into rows. */
+static int rekey_select(struct usr_store *s, uint32_t active_key,
+                        const char *after, size_t batch, struct rekey_row *rows,
+                        size_t *n)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "users_rekey_select",
+                        "SELECT id, email_enc, name_enc FROM users "
+                        "WHERE id > ?1 AND key_id <> ?2 ORDER BY id LIMIT ?3");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, active_key);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)batch);
+    int rc = MOAT_OK;
+    *n = 0;
+    while (*n < batch) {
+        int step = moat_stmt_step(stmt);
+        if (step == SQLITE_DONE)
+            break;
+        if (step != SQLITE_ROW) {
+            rc = moat_db_error(s->db, step);
+            break;
+        }
+        struct rekey_row *r = &rows[*n];
+        copy_text(r->id, sizeof(r->id), sqlite3_column_text(st, 0));
+        const unsigned char *e = sqlite3_column_text(st, 1);
+        const unsigned char *nm = sqlite3_column_text(st, 2);
+        r->email_enc = moat_xstrdup(e ? (const char *)e : "");
+        r->name_enc = moat_xstrdup(nm ? (const char *)nm : "");
+        (*n)++;
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+/* Re-seal one row with the active key; USR_EINTEGRITY leaves it alone. */
+static int rekey_row(struct usr_store *s, const struct rekey_row *r)
+{
+    char *email = NULL, *name = NULL, *email_enc = NULL, *name_enc = NULL;
+    int rc = open_field(s, AD_EMAIL, r->id, r->email_enc, &email);
+    if (rc == MOAT_OK)
+        rc = open_field(s, AD_NAME, r->id, r->name_enc, &name);
+    if (rc == MOAT_OK)
+        rc = seal_field(s, AD_EMAIL, r->id, email, &email_enc);
+    if (rc == MOAT_OK)
+        rc = seal_field(s, AD_NAME, r->id, name, &name_enc);
+    if (rc != MOAT_OK)
+        goto out;
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "users_rekey_update",
+        "UPDATE users SET email_enc = ?2, name_enc = ?3, key_id = ?4 "
+        "WHERE id = ?1");
+    if (!stmt) {
+        rc = MOAT_EDB;
+        goto out;
+    }
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, name_enc, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, moat_sealed_key_id(email_enc));
+    rc = step_done(s, stmt);
+
+out:
+    moat_free_secret(email);
+    moat_free_secret(name);
+    free(email_enc);
+    free(name_enc);
+    return rc;
+}
+
+int usr_store_rekey_batch(struct usr_store *s, uint32_t active_key,
+                          char after[USR_ID_LEN + 1], size_t batch,
+                          size_t *resealed, size_t *failed, bool *finished)
+{
+    struct rekey_row *rows = moat_xcalloc(batch ? batch : 1, sizeof(*rows));
+    size_t n = 0;
+    *resealed = *failed = 0;
+    *finished = false;
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        goto out;
+    /* Read the batch first, then write: no UPDATE while the SELECT that
+     * feeds it is still stepping over the same table. */
+    rc = rekey_select(s, active_key, after, batch, rows, &n);
+    for (size_t i = 0; rc == MOAT_OK && i < n; i++) {
+        int one = rekey_row(s, &rows[i]);
+        if (one == USR_EINTEGRITY)
+            (*failed)++;
+        else if (one == MOAT_OK)
+            (*resealed)++;
+        else
+            rc = one;
+    }
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK) {
+        if (n > 0)
+            memcpy(after, rows[n - 1].id, USR_ID_LEN + 1);
+        *finished = n < batch;
+    } else {
+        *resealed = *failed = 0;
+    }
+
+out:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    for (size_t i = 0; i < n; i++) {
+        free(rows[i].email_enc);
+        free(rows[i].name_enc);
+    }
+    free(rows);
+    return rc;
+}
