@@ -832,13 +832,38 @@ static void print_summary(struct sup *s)
     }
     printf("\ntry:\n");
     if (products) {
-        printf("  curl -s -X POST %s:%u%s -H 'content-type: "
-               "application/json' \\\n"
+        const char *host = deploy_connect_host(gw);
+        unsigned port = (unsigned)gw->port;
+        printf("  curl -s %s:%u%s\n", host, port, products->prefix);
+        /* Writes need a signed-in admin: show the login when the deployment
+         * has one (users with a generated admin password). */
+        const char *secrets = NULL;
+        for (size_t i = 0; i < d->nservices; i++)
+            for (size_t k = 0; k < d->services[i].nsecrets; k++)
+                if (strcmp(d->services[i].secrets[k],
+                           "MOAT_USERS_ADMIN_PASSWORD") == 0)
+                    secrets = "var";
+        if (secrets) {
+            char *sec = moat_xasprintf("%s/secrets.json", d->var_dir);
+            printf("  # writes need a token; the admin (admin@moat.local) "
+                   "password is in %s\n",
+                   cli_display_path(sec, rel, sizeof(rel)));
+            printf("  PW=$(sed -n 's/.*\"MOAT_USERS_ADMIN_PASSWORD\": "
+                   "\"\\(.*\\)\".*/\\1/p' %s)\n",
+                   rel);
+            free(sec);
+            printf("  TOKEN=$(curl -s -X POST %s:%u/api/v1/auth/login -H "
+                   "'content-type: application/json' \\\n"
+                   "      -d \"{\\\"email\\\":\\\"admin@moat.local\\\","
+                   "\\\"password\\\":\\\"$PW\\\"}\" | sed -n "
+                   "'s/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/p')\n",
+                   host, port);
+        }
+        printf("  curl -s -X POST %s:%u%s -H \"authorization: Bearer $TOKEN\" "
+               "-H 'content-type: application/json' \\\n"
                "       -d '{\"sku\":\"MUG-1\",\"name\":\"Mug\",\"price\":"
                "{\"amount\":1250,\"currency\":\"EUR\"}}'\n",
-               deploy_connect_host(gw), (unsigned)gw->port, products->prefix);
-        printf("  curl -s %s:%u%s\n", deploy_connect_host(gw),
-               (unsigned)gw->port, products->prefix);
+               host, port, products->prefix);
     } else if (gw) {
         printf("  curl -s %s:%u%s\n", deploy_connect_host(gw),
                (unsigned)gw->port, gw->routes[0].prefix);
