@@ -17,6 +17,7 @@ BIN=build/bin
 work=$(mktemp -d /tmp/moat-bench.XXXXXX)
 pids=()
 cleanup() {
+    [ -n "${BENCH_HOLD:-}" ] && sleep "$BENCH_HOLD"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -37,16 +38,42 @@ wait_ready() {
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
+# Real service identities, as moat up would generate them: the gateway
+# signs a service token per upstream call and catalog verifies it.
+key() { head -c 32 /dev/urandom | base64 -w0; }
+b64url() { basenc --base64url -w0 | tr -d '='; }
+jwt() { # base64-key claims-json -> HS256 JWT
+    local h p hexkey sig
+    h=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+    p=$(printf '%s' "$2" | b64url)
+    hexkey=$(printf '%s' "$1" | base64 -d | od -An -tx1 | tr -d ' \n')
+    sig=$(printf '%s.%s' "$h" "$p" |
+        openssl dgst -sha256 -mac HMAC -macopt "hexkey:$hexkey" -binary | b64url)
+    printf '%s.%s.%s' "$h" "$p" "$sig"
+}
+now() { date +%s; }
+admin_token() {
+    jwt "$jwt_secret" "{\"iss\":\"moat-users\",\"aud\":\"moat\",\"sub\":\"usr_bench\",\"role\":\"admin\",\"iat\":$(now),\"exp\":$(($(now) + 600))}"
+}
+# Service tokens live 60 s: one is minted right before each direct run.
+service_token() {
+    jwt "$bench_key" "{\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"catalog\",\"iat\":$(now),\"exp\":$(($(now) + 60))}"
+}
+gw_key=$(key); cat_key=$(key); bench_key=$(key); jwt_secret=$(key)
+
 cat_port=$(free_port)
 gw_port=$(free_port)
 ng_port=$(free_port)
 
 MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
+    MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="gateway:$gw_key,bench:$bench_key" \
     $BIN/moat-catalog >"$work/catalog.log" 2>&1 &
 pids+=($!); cat_pid=$!
 wait_ready "$cat_port"
 MOAT_LISTEN=127.0.0.1:$gw_port MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
-    MOAT_GATEWAY_ROUTES="/api/v1/products=http://127.0.0.1:$cat_port/v1/products" \
+    MOAT_SERVICE_KEY=$gw_key MOAT_JWT_SECRET=$jwt_secret MOAT_GATEWAY_RATE=0 \
+    MOAT_GATEWAY_PUBLIC="GET /api/v1/products" \
+    MOAT_GATEWAY_ROUTES="/api/v1/products=catalog@http://127.0.0.1:$cat_port/v1/products" \
     $BIN/moat-gateway >"$work/gateway.log" 2>&1 &
 pids+=($!); gw_pid=$!
 wait_ready "$gw_port"
@@ -74,7 +101,7 @@ idle_cat=$(rss_kb $cat_pid)
 idle_gw=$(rss_kb $gw_pid)
 
 id=$(curl -fs -X POST "http://127.0.0.1:$gw_port/api/v1/products" \
-    -H 'content-type: application/json' \
+    -H 'content-type: application/json' -H "authorization: Bearer $(admin_token)" \
     -d '{"sku":"BENCH-1","name":"Benchmark mug","price":{"amount":1250,"currency":"EUR"},"attributes":{"color":"blue"}}' |
     sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
 [ -n "$id" ] || { echo "bench: could not create a product" >&2; exit 1; }
@@ -83,9 +110,10 @@ gw_url="http://127.0.0.1:$gw_port/api/v1/products/$id"
 cat_url="http://127.0.0.1:$cat_port/v1/products/$id"
 ng_url="http://127.0.0.1:$ng_port/"
 
-run_wrk() { # name url -> prints "name rps p50 p99"
-    local out
-    out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$2")
+run_wrk() { # name url [header] -> prints "name rps p50 p99"
+    local out hdr=()
+    [ -n "${3:-}" ] && hdr=(-H "$3")
+    out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "${hdr[@]}" "$2")
     local rps p50 p99
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -95,10 +123,11 @@ run_wrk() { # name url -> prints "name rps p50 p99"
     printf '%-28s %10s req/s   p50 %-9s p99 %-9s %s\n' "$1" "$rps" "$p50" "$p99" "$errs"
     echo "$rps" >"$work/rps.$1"
 }
-run_hey() { # name url rate -> p50/p99 at a fixed total rate
-    local c=16 out
+run_hey() { # name url rate [header] -> p50/p99 at a fixed total rate
+    local c=16 out hdr=()
+    [ -n "${4:-}" ] && hdr=(-H "$4")
     local per=$(awk -v r="$3" -v c=$c 'BEGIN {printf "%d", r / c}')
-    out=$(hey -z "${DUR}s" -c $c -q "$per" "$2")
+    out=$(hey -z "${DUR}s" -c $c -q "$per" "${hdr[@]}" "$2")
     local rps p50 p99
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '/50% in/ {print $3*1000 "ms"}' <<<"$out")
@@ -112,13 +141,13 @@ echo "wrk -t2 -c$CONNS -d${DUR}s --latency; access log ${BENCH_ACCESS_LOG:-1}"
 echo
 echo "maximum throughput (closed loop):"
 run_wrk nginx-return-200 "$ng_url"
-run_wrk catalog-direct "$cat_url"
+run_wrk catalog-direct "$cat_url" "Moat-Service-Token: $(service_token)"
 run_wrk via-gateway "$gw_url"
 echo
 gw_half=$(awk '{printf "%d", $1 / 2}' "$work/rps.via-gateway")
 cat_half=$(awk '{printf "%d", $1 / 2}' "$work/rps.catalog-direct")
 echo "latency at half the maximum rate (hey, 16 connections, fixed rate):"
-run_hey catalog-direct@half "$cat_url" "$cat_half"
+run_hey catalog-direct@half "$cat_url" "$cat_half" "Moat-Service-Token: $(service_token)"
 run_hey via-gateway@half "$gw_url" "$gw_half"
 echo
 echo "RSS: catalog idle ${idle_cat} KiB, after load $(rss_kb $cat_pid) KiB;" \

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
 
 #include <sodium.h>
@@ -37,11 +38,60 @@ struct auth_key {
     size_t keylen;
 };
 
+/*
+ * Token caches. Minting and verifying an HS256 token costs ~7 us each,
+ * a quarter of a simple request's time, so both are reused while valid:
+ * the caller reuses a token it minted for the same (audience, user, role,
+ * address) for half its lifetime, and the callee remembers tokens it has
+ * verified until they expire. A bearer token is replayable for its whole
+ * lifetime anyway, so reuse grants nothing new. Entries hold the full
+ * token and are compared in full: a hash collision only evicts.
+ */
+#define VERIFY_CACHE_SLOTS 512 /* direct-mapped, power of two */
+#define MINT_CACHE_SLOTS   64
+
+struct verified {
+    uint64_t hash;
+    char *token; /* owned */
+    struct moat_principal p;
+    int64_t exp;
+};
+
+struct minted {
+    char *key;   /* "aud\nuser\nrole\nip", owned */
+    char *token; /* owned */
+    int64_t minted;
+};
+
+struct auth_cache {
+    pthread_mutex_t lock;
+    struct verified v[VERIFY_CACHE_SLOTS];
+    struct minted m[MINT_CACHE_SLOTS];
+    size_t m_next; /* round-robin replacement */
+};
+
 struct moat_auth {
     struct auth_key self;
     struct auth_key peers[AUTH_PEERS_MAX];
     size_t npeers;
+    struct auth_cache *cache; /* mutable behind the const API; owned */
 };
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static void free_secret_string(char *s)
+{
+    if (s) {
+        sodium_memzero(s, strlen(s));
+        free(s);
+    }
+}
 
 /* [a-z][a-z0-9-]{0,31}: the same rule as service names. */
 static bool valid_name(const char *s, size_t len)
@@ -195,6 +245,8 @@ int moat_auth_load(struct moat_auth **out, const char *self)
         return MOAT_ENOTFOUND;
     }
     a = moat_xcalloc(1, sizeof(*a));
+    a->cache = moat_xcalloc(1, sizeof(*a->cache));
+    pthread_mutex_init(&a->cache->lock, NULL);
     snprintf(a->self.name, sizeof(a->self.name), "%s", self);
     if (load_key(&a->self, key, strlen(key), AUTH_ENV_KEY, self) != MOAT_OK)
         goto cleanup;
@@ -213,6 +265,16 @@ void moat_auth_free(struct moat_auth *a)
 {
     if (!a)
         return;
+    if (a->cache) {
+        for (size_t i = 0; i < VERIFY_CACHE_SLOTS; i++)
+            free_secret_string(a->cache->v[i].token);
+        for (size_t i = 0; i < MINT_CACHE_SLOTS; i++) {
+            free(a->cache->m[i].key);
+            free_secret_string(a->cache->m[i].token);
+        }
+        pthread_mutex_destroy(&a->cache->lock);
+        free(a->cache);
+    }
     sodium_memzero(a, sizeof(*a));
     free(a);
 }
@@ -231,8 +293,24 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
     *out = NULL;
     if (!a || !audience || !valid_name(audience, strlen(audience)))
         return MOAT_EINVAL;
-    memset(&c, 0, sizeof(c));
     int64_t now = (int64_t)time(NULL);
+    char *key = moat_xasprintf("%s\n%s\n%s\n%s", audience, p ? p->user_id : "",
+                               p ? p->role : "", p ? p->client_ip : "");
+    struct auth_cache *cache = a->cache;
+    pthread_mutex_lock(&cache->lock);
+    for (size_t i = 0; i < MINT_CACHE_SLOTS; i++) {
+        struct minted *m = &cache->m[i];
+        if (m->key && strcmp(m->key, key) == 0 &&
+            now - m->minted < MOAT_SERVICE_TOKEN_TTL_S / 2) {
+            *out = moat_xstrdup(m->token);
+            pthread_mutex_unlock(&cache->lock);
+            free(key);
+            return MOAT_OK;
+        }
+    }
+    pthread_mutex_unlock(&cache->lock);
+
+    memset(&c, 0, sizeof(c));
     snprintf(c.iss, sizeof(c.iss), "%s", a->self.name);
     snprintf(c.sub, sizeof(c.sub), "%s", a->self.name);
     snprintf(c.aud, sizeof(c.aud), "%s", audience);
@@ -244,7 +322,21 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
         snprintf(c.role, sizeof(c.role), "%s", p->role);
         snprintf(c.ip, sizeof(c.ip), "%s", p->client_ip);
     }
-    return moat_jwt_sign(a->self.key, a->self.keylen, &c, out);
+    int rc = moat_jwt_sign(a->self.key, a->self.keylen, &c, out);
+    if (rc == MOAT_OK) {
+        pthread_mutex_lock(&cache->lock);
+        struct minted *m = &cache->m[cache->m_next];
+        cache->m_next = (cache->m_next + 1) % MINT_CACHE_SLOTS;
+        free(m->key);
+        free_secret_string(m->token);
+        m->key = key;
+        key = NULL;
+        m->token = moat_xstrdup(*out);
+        m->minted = now;
+        pthread_mutex_unlock(&cache->lock);
+    }
+    free(key);
+    return rc;
 }
 
 static const struct auth_key *find_peer(const struct moat_auth *a,
@@ -268,6 +360,19 @@ int moat_auth_verify(const struct moat_auth *a, const char *token,
         reason = "missing token";
         goto cleanup;
     }
+    int64_t now = (int64_t)time(NULL);
+    uint64_t h = fnv1a(token);
+    struct auth_cache *cache = a->cache;
+    struct verified *slot = &cache->v[h & (VERIFY_CACHE_SLOTS - 1)];
+    pthread_mutex_lock(&cache->lock);
+    if (slot->token && slot->hash == h && now < slot->exp &&
+        strcmp(slot->token, token) == 0) {
+        if (out)
+            *out = slot->p;
+        pthread_mutex_unlock(&cache->lock);
+        goto cleanup; /* reason stays NULL: verified before */
+    }
+    pthread_mutex_unlock(&cache->lock);
     if (moat_jwt_peek_issuer(token, iss, sizeof(iss)) != MOAT_OK) {
         reason = "malformed";
         goto cleanup;
@@ -277,7 +382,6 @@ int moat_auth_verify(const struct moat_auth *a, const char *token,
         reason = "unknown caller";
         goto cleanup;
     }
-    int64_t now = (int64_t)time(NULL);
     struct moat_jwt_expect e = {
         .key = k->key,
         .keylen = k->keylen,
@@ -305,6 +409,20 @@ int moat_auth_verify(const struct moat_auth *a, const char *token,
         snprintf(out->user_id, sizeof(out->user_id), "%s", c.usr);
         snprintf(out->role, sizeof(out->role), "%s", c.role);
         snprintf(out->client_ip, sizeof(out->client_ip), "%s", c.ip);
+    }
+    {
+        /* Remember it until it expires (not beyond: no leeway here). */
+        pthread_mutex_lock(&cache->lock);
+        free_secret_string(slot->token);
+        slot->token = moat_xstrdup(token);
+        slot->hash = h;
+        slot->exp = c.exp;
+        memset(&slot->p, 0, sizeof(slot->p));
+        snprintf(slot->p.service, sizeof(slot->p.service), "%s", k->name);
+        snprintf(slot->p.user_id, sizeof(slot->p.user_id), "%s", c.usr);
+        snprintf(slot->p.role, sizeof(slot->p.role), "%s", c.role);
+        snprintf(slot->p.client_ip, sizeof(slot->p.client_ip), "%s", c.ip);
+        pthread_mutex_unlock(&cache->lock);
     }
 cleanup:
     if (why)

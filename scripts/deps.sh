@@ -12,7 +12,7 @@ packages=(
     clang clang-format libclang-rt-14-dev valgrind
 )
 if [ "${1:-}" = "--bench" ]; then
-    packages+=(wrk hey nginx-light procps)
+    packages+=(wrk hey nginx-light procps openssl)
 fi
 
 missing=()

@@ -183,6 +183,46 @@ static void test_refusals(void **state)
     free(peers);
 }
 
+/* Tokens are reused while valid: the caller's per (audience, user) and the
+ * callee's verification; a cached verification never widens what a token
+ * says, and a different user gets a different token. */
+static void test_token_caches(void **state)
+{
+    char *peers = catalog_peers();
+    struct moat_auth *catalog = load_ok("catalog", k_catalog, peers);
+    struct moat_auth *gateway = load_ok("gateway", k_gateway, "");
+    struct moat_principal ann = {.user_id = "usr_ann", .role = "customer"};
+    struct moat_principal bob = {.user_id = "usr_bob", .role = "admin"};
+    char *t1 = NULL, *t2 = NULL, *t3 = NULL;
+    assert_int_equal(moat_auth_token(gateway, "catalog", &ann, &t1), MOAT_OK);
+    assert_int_equal(moat_auth_token(gateway, "catalog", &ann, &t2), MOAT_OK);
+    assert_string_equal(t1, t2); /* reused */
+    assert_int_equal(moat_auth_token(gateway, "catalog", &bob, &t3), MOAT_OK);
+    assert_string_not_equal(t1, t3);
+
+    struct moat_principal got;
+    const char *why;
+    for (int i = 0; i < 3; i++) { /* first verifies, then the cache */
+        assert_int_equal(moat_auth_verify(catalog, t1, &got, &why), MOAT_OK);
+        assert_string_equal(got.user_id, "usr_ann");
+        assert_string_equal(got.role, "customer");
+        assert_string_equal(got.service, "gateway");
+        assert_int_equal(moat_auth_verify(catalog, t3, &got, &why), MOAT_OK);
+        assert_string_equal(got.user_id, "usr_bob");
+        assert_string_equal(got.role, "admin");
+    }
+    /* A token one character off is not a cache hit. */
+    t1[strlen(t1) - 2] = t1[strlen(t1) - 2] == 'A' ? 'B' : 'A';
+    assert_int_equal(moat_auth_verify(catalog, t1, &got, &why), MOAT_EINVAL);
+    assert_string_equal(got.user_id, "");
+    free(t1);
+    free(t2);
+    free(t3);
+    moat_auth_free(catalog);
+    moat_auth_free(gateway);
+    free(peers);
+}
+
 static void test_bad_env(void **state)
 {
     struct moat_auth *a = NULL;
@@ -284,6 +324,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_with_principal),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_token_caches),
         cmocka_unit_test(test_bad_env),
         cmocka_unit_test(test_base64_decode),
     };
