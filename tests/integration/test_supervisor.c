@@ -25,7 +25,7 @@
 struct deployment {
     char *dir;
     char file[512];
-    uint16_t cat_port, gw_port;
+    uint16_t cat_port, users_port, gw_port;
     char gw_url[64];
     pid_t up_pid;
 };
@@ -137,8 +137,11 @@ static int setup(void **state)
     dep.dir = h_tmpdir_new("supervisor");
     dep.cat_port = h_free_port();
     do
+        dep.users_port = h_free_port();
+    while (dep.users_port == dep.cat_port);
+    do
         dep.gw_port = h_free_port();
-    while (dep.gw_port == dep.cat_port);
+    while (dep.gw_port == dep.cat_port || dep.gw_port == dep.users_port);
     snprintf(dep.file, sizeof(dep.file), "%s/moat.json", dep.dir);
     snprintf(dep.gw_url, sizeof(dep.gw_url), "http://127.0.0.1:%u",
              dep.gw_port);
@@ -147,12 +150,15 @@ static int setup(void **state)
         h_fmt("{\"name\": \"it\", \"var_dir\": \"var\", \"services\": ["
               "{\"name\": \"catalog\", \"listen\": \"127.0.0.1:%u\","
               " \"engine\": \"sqlite\", \"db\": \"catalog.db\"},"
+              "{\"name\": \"users\", \"listen\": \"127.0.0.1:%u\","
+              " \"engine\": \"sqlite\", \"db\": \"users.db\","
+              " \"secrets\": [\"MOAT_JWT_SECRET\"]},"
               "{\"name\": \"gateway\", \"listen\": \"127.0.0.1:%u\","
               " \"engine\": \"none\", \"secrets\": [\"MOAT_JWT_SECRET\"],"
               " \"routes\": [{\"prefix\": \"/api/v1/products\", \"service\":"
               " \"catalog\", \"path\": \"/v1/products\", \"public\": "
               "[\"GET\"]}]}]}",
-              dep.cat_port, dep.gw_port));
+              dep.cat_port, dep.users_port, dep.gw_port));
     return 0;
 }
 
@@ -262,6 +268,15 @@ static void test_up_kill_restart_down(void **state)
     char *out = NULL;
     assert_int_equal(run_moat(&out, "logs catalog -n 5"), 0);
     assert_non_null(strstr(out, "\"service\":\"catalog\""));
+    free(out);
+
+    /* The operator rotates users' keys through its API and checks its
+     * audit log, which records the rotation. */
+    assert_int_equal(run_moat(&out, "keys rotate users --wait"), 0);
+    assert_non_null(strstr(out, "\"active\": 2"));
+    free(out);
+    assert_int_equal(run_moat(&out, "audit-log verify users"), 0);
+    assert_non_null(strstr(out, "intact"));
     free(out);
 
     /* moat down stops the supervisor, which stops every service. */
