@@ -36,9 +36,10 @@
 #include "moat/log.h"
 #include "moat/problem.h"
 
-#define NMETHODS       7
-#define MAX_SEGMENTS   32
-#define LISTEN_BACKLOG 4096 /* capped by net.core.somaxconn */
+#define NMETHODS        7
+#define MAX_SEGMENTS    32
+#define MAX_DRAIN_HOOKS 8
+#define LISTEN_BACKLOG  4096 /* capped by net.core.somaxconn */
 
 struct segment {
     char *text; /* literal text, or parameter name */
@@ -80,6 +81,11 @@ struct moat_http_server {
     void *idle_arg;
     moat_guard_fn guard;
     void *guard_arg;
+    struct {
+        void (*fn)(void *);
+        void *arg;
+    } drain_hooks[MAX_DRAIN_HOOKS];
+    size_t ndrain_hooks;
     struct moat_metrics *metrics;
     struct moat_metric_family *m_requests;  /* {route,method,status} */
     struct moat_metric_family *m_latency;   /* {route} */
@@ -1063,10 +1069,23 @@ void moat_http_drain(struct moat_http_server *s, void (*on_idle)(void *),
     s->draining = true;
     s->on_idle = on_idle;
     s->idle_arg = arg;
+    for (size_t i = 0; i < s->ndrain_hooks; i++)
+        s->drain_hooks[i].fn(s->drain_hooks[i].arg);
     if (s->in_flight == 0 && on_idle) {
         s->on_idle = NULL;
         on_idle(arg);
     }
+}
+
+int moat_http_on_drain(struct moat_http_server *s, void (*fn)(void *),
+                       void *arg)
+{
+    if (s->ndrain_hooks == MAX_DRAIN_HOOKS)
+        return MOAT_ETOOBIG;
+    s->drain_hooks[s->ndrain_hooks].fn = fn;
+    s->drain_hooks[s->ndrain_hooks].arg = arg;
+    s->ndrain_hooks++;
+    return MOAT_OK;
 }
 
 unsigned moat_http_in_flight(const struct moat_http_server *s)

@@ -19,10 +19,19 @@
  *        "head": H, "retained_from": R}
  *
  * events are those with seq > after, ascending, at most limit (1..1000,
- * default 100). With none available and wait > 0 (capped at 30000) the
- * request parks until a commit adds some or wait passes. after < R - 1
- * (events already deleted by retention) is 410 Gone: the consumer cannot
- * catch up by replay and must be rebuilt from the source's API.
+ * default 100) and at most ~4 MiB of event data (always at least one
+ * event); next_after is the last one's seq (after when none). H is the
+ * newest seq ever assigned, R the oldest still stored (H + 1 when the
+ * outbox is empty). after defaults to 0, wait to 0. With none available
+ * and wait > 0 (capped at 30000) the request parks until a commit adds
+ * some (answered at once) or wait passes (answered with no events).
+ * after < R - 1 (events already deleted by retention) is 410 Gone: the
+ * consumer cannot catch up by replay and must be rebuilt from the
+ * source's API. A malformed, repeated or unknown query parameter is a 400
+ * problem listing {"parameter", "detail"} in "errors"; too many parked
+ * readers (1024) is a 503 with Retry-After.
+ * Sequences are contiguous and assigned in commit order (one writer), so
+ * a reader never sees seq N+1 before N; AUTOINCREMENT never reuses one.
  * Each event is CloudEvents 1.0 structured JSON:
  *   {"specversion":"1.0", "id", "source":"moat/<service>", "type",
  *    "subject": aggregate id, "time": RFC 3339, "datacontenttype":
@@ -34,14 +43,29 @@
  * handler. For each event the consumer opens a transaction on the
  * consumer's OWN database, runs the handler, advances its cursor for that
  * source, and commits - so an effect happens exactly once per event even
- * though delivery is at-least-once. The consumer's migrations include
- * MOAT_CONSUMER_SCHEMA. Per-aggregate order is the feed order.
+ * though delivery is at-least-once (an event at or below the cursor is a
+ * duplicate and skipped). The consumer's migrations include
+ * MOAT_CONSUMER_SCHEMA. Per-aggregate order is the feed order. Events of
+ * types not subscribed only move the cursor. A source that is down is
+ * retried with backoff (100 ms doubling to 5 s), logged once per change.
+ *
+ * Schema versions (upcasting). Each event carries its data schema version
+ * (ev->schema_version, "dataschemaversion"). A producer may emit an older
+ * version during a rolling upgrade, and replay re-reads years-old events,
+ * so the handler accepts every version it may meet and converts older
+ * shapes to the current one in ONE place per event type (e.g. a
+ * upcast_product(data, version) called first thing in the handler), then
+ * applies the current shape only. An unknown (newer) version is an error:
+ * the event is retried, parked, and redriven once the consumer is
+ * upgraded.
  *
  * Poison events: a handler that fails MOAT_CONSUMER_MAX_ATTEMPTS times
  * (with backoff) parks the event in moat_dead_letters with its error, and
  * later events of the same (source, subject) are parked behind it
  * ("blocked") while other aggregates flow on. A redrive re-applies the
  * parked events of a subject in order, stopping at the first failure.
+ *
+ * Threads: everything here runs on the loop thread of base.
  *
  * Memory: handlers get borrowed views valid during the call. Everything a
  * _new function returns is freed by the matching _free.
@@ -81,25 +105,44 @@ struct moat_outbox_options {
 /*
  * The outbox of db (borrowed; must outlive the outbox) for service source.
  * Registers outbox metrics in m: moat_outbox_events (rows), moat_outbox_
- * oldest_age_seconds, moat_outbox_head_seq, moat_outbox_appended_total.
+ * oldest_age_seconds, moat_outbox_head_seq, moat_outbox_appended_total,
+ * refreshed by a collector (m is borrowed and must not be rendered after
+ * moat_outbox_free: collectors cannot be removed). Retention runs every
+ * 10 s when opts->retention_s > 0; opts may be NULL (keep everything).
+ * MOAT_EDB when db lacks MOAT_OUTBOX_SCHEMA.
  */
 int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
                     struct moat_db *db, const char *source,
                     const struct moat_outbox_options *opts,
                     struct moat_metrics *m);
+/* Answers parked feed readers (their page as it is now) first. Free it
+ * before the HTTP server and once it routes no more requests to the feed
+ * (a service's release does both). */
 void moat_outbox_free(struct moat_outbox *o);
 /*
  * Append an event INSIDE the caller's open transaction on the outbox's db.
  * data is borrowed (serialised now). The trace of the current request (log
  * context, moat/log.h) is recorded as traceparent. *seq (may be NULL) gets
- * the event's sequence number once the transaction commits.
+ * the event's sequence number, which is the event's once the transaction
+ * commits. type is 1..64 bytes, subject 1..256, schema_version >= 1, data
+ * not NULL; MOAT_EINVAL otherwise, and when no transaction is open (the
+ * event must commit with its state change), MOAT_EDB/EBUSY from SQLite.
  */
 int moat_outbox_append(struct moat_outbox *o, const char *type,
                        const char *subject, int schema_version, json_t *data,
                        int64_t *seq);
-/* After COMMIT of a transaction that appended: wake parked readers. */
+/* After COMMIT of a transaction that appended: wake parked readers (on
+ * the next loop turn, so the writer's reply does not wait for them). */
 void moat_outbox_committed(struct moat_outbox *o);
-/* Serve GET /v1/events on http. */
+/* Run the retention sweep now (the outbox runs it by itself every 10 s);
+ * *deleted (may be NULL) gets the number of events deleted. Only a prefix
+ * of the feed is ever deleted. */
+int moat_outbox_trim(struct moat_outbox *o, int64_t *deleted);
+/*
+ * Serve GET /v1/events on http. Parked readers hold requests in flight:
+ * they are answered when the outbox is freed. (A service's drain waits for
+ * them up to their wait or MOAT_DRAIN_TIMEOUT_MS, whichever comes first.)
+ */
 int moat_feed_register(struct moat_outbox *o, struct moat_http_server *http);
 
 /* ---- consumer ---- */
@@ -121,7 +164,9 @@ struct moat_event {
  * Apply ev to db inside the consumer's open transaction. Return MOAT_OK,
  * or an error: the transaction is rolled back and the event retried, then
  * parked. *why may be set to a static or db-owned message for the dead
- * letter. Must be deterministic: replay runs it again on a scratch copy.
+ * letter. Must be deterministic and touch nothing but db: replay runs it
+ * again, and verification runs it on a scratch database. It must not
+ * COMMIT or ROLLBACK itself (that is an error).
  */
 typedef int (*moat_event_handler_fn)(struct moat_db *db,
                                      const struct moat_event *ev, void *arg,
@@ -130,8 +175,17 @@ typedef int (*moat_event_handler_fn)(struct moat_db *db,
 /*
  * Where events come from. The HTTP feed is one implementation
  * (moat_feed_source_new); a broker implements the same two calls.
- * pull: fetch events after `after`, calling done exactly once, on the
- * loop thread, with a JSON array of CloudEvents (borrowed) or an error.
+ * pull: fetch events after `after` (limit 1..MOAT_FEED_MAX_LIMIT, wait_ms
+ * 0..MOAT_FEED_MAX_WAIT_MS), calling done exactly once, on the loop thread
+ * and never from inside pull, with a JSON array of CloudEvents (borrowed,
+ * valid during done) and the source's head, or with an error and NULL:
+ *   MOAT_EIO, MOAT_ETIMEDOUT  source unreachable or answering an error
+ *   MOAT_ENOTFOUND            the events after `after` are gone (410)
+ *   MOAT_EINVAL               malformed answer
+ *   MOAT_ECANCELLED           the transport is shutting down
+ * If pull returns an error, done is never called. Several pulls may be in
+ * flight at once (live consumption and a verification). free drops pulls
+ * in flight: their done is never called.
  */
 struct moat_event_source;
 typedef void (*moat_source_done_fn)(int err, json_t *events, int64_t head,
@@ -147,12 +201,17 @@ struct moat_event_source {
 };
 
 /* An HTTP feed at base_url (e.g. "http://127.0.0.1:8081"), called with a
- * service token for audience `name` minted by auth (borrowed). */
+ * service token for audience `name` minted by auth (borrowed; NULL sends
+ * no token, for MOAT_INSECURE_NO_AUTH). client is borrowed and must
+ * outlive the source. Each pull waits wait_ms + 5 s at most. NULL (logged)
+ * for an empty or too long name or a URL that is not http(s)://. */
 struct moat_event_source *moat_feed_source_new(const char *name,
                                                const char *base_url,
                                                struct moat_http_client *client,
                                                const struct moat_auth *auth);
 
+/* One subscription per source (list every type in it; MOAT_ECONFLICT for
+ * a second one). On failure the caller still owns source. */
 struct moat_subscription {
     struct moat_event_source *source; /* owned by the consumer after add */
     const char *const *types;         /* NULL-terminated; NULL = all */
@@ -166,30 +225,57 @@ struct moat_consumer;
  * A consumer applying events to db (borrowed). Registers metrics in m:
  * moat_consumer_lag_events{source}, moat_consumer_lag_seconds{source},
  * moat_consumer_applied_total{source}, moat_consumer_failures_total
- * {source}, moat_consumer_dead_letters{source}.
+ * {source}, moat_consumer_dead_letters{source} (lag_events = head -
+ * cursor, lag_seconds = age of the oldest unapplied event, 0 when caught
+ * up). m must not be rendered after moat_consumer_free (a collector).
+ * MOAT_EDB when db lacks MOAT_CONSUMER_SCHEMA. Free the consumer before
+ * the HTTP client its sources use.
  */
 int moat_consumer_new(struct moat_consumer **out, struct event_base *base,
                       struct moat_db *db, struct moat_metrics *m);
 void moat_consumer_free(struct moat_consumer *c);
 int moat_consumer_subscribe(struct moat_consumer *c,
                             const struct moat_subscription *s);
-/* Start pulling (after the service is confined and listening). */
+/* Start pulling (after the service is confined and listening): one long
+ * poll per source (limit 100, wait 25 s) from its stored cursor. */
 void moat_consumer_start(struct moat_consumer *c);
 
 /*
  * Admin routes on http (guarded like every route):
  *   GET  /v1/admin/consumer            cursors, lag, dead letters per source
- *   GET  /v1/admin/dead-letters        parked events with their errors
- *   POST /v1/admin/dead-letters/redrive?source=S&subject=X (or all)
+ *        200 {"sources": [{"source", "cursor", "head", "lag_events",
+ *        "lag_seconds", "state", "error", "dead_letters": {"failed",
+ *        "blocked"}}], "paused", "verifying"}
+ *   GET  /v1/admin/dead-letters?source=&subject=&limit= (100, max 1000)
+ *        200 {"dead_letters": [{"source", "seq", "event_id", "subject",
+ *        "type", "state", "error", "attempts", "parked_at", "event"}],
+ *        "total"}
+ *   POST /v1/admin/dead-letters/redrive?source=S&subject=X (each optional)
+ *        applies the parked events of each selected subject in seq order,
+ *        each in its own transaction that also removes it; a subject stops
+ *        at its first failure (error and attempts updated, the rest stay
+ *        parked). 200 {"applied", "failed": [{source, subject, seq,
+ *        error}], "remaining"}
  *   POST /v1/admin/replay[?verify=1]   rebuild the view from sequence 0
- * Replay calls reset (which must empty the view tables) then re-applies
- * every source from 0 in a fresh pass; with verify=1 it instead rebuilds
- * into a scratch database (same migrations, in the data directory) and
- * compares it with the live view using compare, answering
- * {"identical": bool, "differences": [...]}.
+ * Replay pauses consumption, calls reset (which must empty the view
+ * tables) and clears cursors and dead letters in one transaction, then
+ * re-applies every source from 0 (202; progress in /v1/admin/consumer).
+ * Replay needs the sources to still hold sequence 1 (see retention).
+ * With verify=1 it instead rebuilds into a scratch database
+ * <data_dir>/replay-verify.db (view migrations; created afresh, deleted
+ * after) through the same sources and handlers, while live consumption
+ * goes on: the rebuild first catches up with the live cursors taken at the
+ * start, then live consumption pauses, the rebuild catches up the last
+ * few events to the live cursors of that moment, compare runs on two
+ * views at exactly the same positions (dead letters are compared too),
+ * and consumption resumes. 200 {"identical": bool, "differences":
+ * [...], "events": N, "sources": {name: seq}}. 409 while a verification
+ * runs (also for redrive); 501 without view ops.
  */
 struct moat_view_ops {
-    const struct moat_migration *migrations; /* the consumer DB's own */
+    /* The consumer DB's own migrations (MOAT_CONSUMER_SCHEMA among
+     * them); verification applies them to its scratch database too. */
+    const struct moat_migration *migrations;
     size_t nmigrations;
     int (*reset)(struct moat_db *db, void *arg);
     /* Append human-readable differences between a and b to diffs (array). */

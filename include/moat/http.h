@@ -113,6 +113,13 @@ int moat_http_listen(struct moat_http_server *s, const char *host,
  */
 void moat_http_drain(struct moat_http_server *s, void (*on_idle)(void *),
                      void *arg);
+/*
+ * Run fn(arg) when draining starts, before waiting for in-flight requests:
+ * for requests parked on purpose (long polls), which must be answered now
+ * rather than hold the drain until its deadline. At most 8 hooks.
+ */
+int moat_http_on_drain(struct moat_http_server *s, void (*fn)(void *),
+                       void *arg);
 unsigned moat_http_in_flight(const struct moat_http_server *s);
 /* Log one JSON line per request (default on). */
 void moat_http_set_access_log(struct moat_http_server *s, bool on);

@@ -371,6 +371,24 @@ json_t *cat_product_json_v1(const struct cat_product *p)
     return out;
 }
 
+json_t *cat_product_event_data(const struct cat_product *p, int version)
+{
+    if (version != CAT_EVENT_SCHEMA_FLAT)
+        return cat_product_json_v1(p);
+    json_t *price = json_object_get(p->doc, "price");
+    json_t *out = json_object();
+    json_object_set_new(out, "id", json_string(p->id));
+    json_object_set(out, "sku", json_object_get(p->doc, "sku"));
+    json_object_set(out, "name", json_object_get(p->doc, "name"));
+    json_t *description = json_object_get(p->doc, "description");
+    if (description)
+        json_object_set(out, "description", description);
+    json_object_set(out, "price_amount", json_object_get(price, "amount"));
+    json_object_set(out, "currency", json_object_get(price, "currency"));
+    json_object_set(out, "attributes", json_object_get(p->doc, "attributes"));
+    return out;
+}
+
 void cat_etag(const struct cat_product *p, char out[CAT_ETAG_MAX])
 {
     snprintf(out, CAT_ETAG_MAX, "\"v%lld\"", (long long)p->version);

@@ -95,6 +95,19 @@ json_t *cat_merge_patch(json_t *target, json_t *patch);
 /* The v1 representation of p (new reference): times in epoch seconds. */
 json_t *cat_product_json_v1(const struct cat_product *p);
 
+/*
+ * The data of a ProductCreated / ProductUpdated event (new reference).
+ * Data schema version 2, the default, is the whole v1 representation
+ * (cat_product_json_v1: nested "price": {"amount", "currency"}, version,
+ * times). Version 1 is the older, flat shape {"id", "sku", "name",
+ * "description"?, "price_amount", "currency", "attributes"}, still
+ * emitted when MOAT_CATALOG_EVENT_SCHEMA=1: for a rolling upgrade where
+ * consumers are older than the catalog. Consumers accept both.
+ */
+#define CAT_EVENT_SCHEMA_FLAT    1
+#define CAT_EVENT_SCHEMA_CURRENT 2
+json_t *cat_product_event_data(const struct cat_product *p, int version);
+
 /* Strong entity tag of p's current version, quotes included: "\"v3\"". */
 #define CAT_ETAG_MAX 32
 void cat_etag(const struct cat_product *p, char out[CAT_ETAG_MAX]);

@@ -11,8 +11,14 @@
 #include "store.h"
 
 struct cat_store {
-    struct moat_db *db; /* owned */
+    struct moat_db *db;         /* owned */
+    struct moat_outbox *outbox; /* owned; events of every write */
+    int product_event_schema;   /* data version of ProductCreated/Updated */
 };
+
+/* Data schema versions of the events with a single shape. */
+#define PRICE_CHANGED_SCHEMA   1
+#define PRODUCT_DELETED_SCHEMA 1
 
 #define DB_FILE "catalog.db"
 
@@ -25,6 +31,9 @@ struct cat_store {
  * columns over doc: indexable and filterable, and they cannot disagree with
  * the document because they are not stored twice. WITHOUT ROWID clusters
  * rows by id, which is the listing order (ids sort by creation time).
+ *
+ * 2 adds the transactional outbox (moat/events.h) that the writes below
+ * append their events to.
  */
 static const struct moat_migration migrations[] = {
     {1, "create products",
@@ -47,17 +56,24 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE UNIQUE INDEX products_sku ON products (sku);\n"
      "CREATE INDEX products_currency_amount ON products (currency, amount);\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
 };
 
 int cat_store_open(struct cat_store **out, const char *data_dir,
-                   struct moat_metrics *metrics)
+                   struct moat_metrics *metrics,
+                   const struct cat_store_options *opts)
 {
     struct cat_store *s = moat_xcalloc(1, sizeof(*s));
     char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    s->product_event_schema = opts->product_event_schema;
     int rc = moat_db_open(&s->db, path, NULL, metrics);
     if (rc != MOAT_OK)
         goto cleanup;
     rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_outbox_new(&s->outbox, opts->base, s->db, opts->source,
+                         &opts->outbox, metrics);
     if (rc != MOAT_OK)
         goto cleanup;
     *out = s;
@@ -77,8 +93,15 @@ void cat_store_close(struct cat_store *s)
 {
     if (!s)
         return;
+    /* The outbox borrows the database: it goes first. */
+    moat_outbox_free(s->outbox);
     moat_db_close(s->db);
     free(s);
+}
+
+struct moat_outbox *cat_store_outbox(struct cat_store *s)
+{
+    return s->outbox;
 }
 
 bool cat_store_ready(struct cat_store *s, const char **why)
@@ -146,6 +169,22 @@ static int write_error(struct cat_store *s, int step_rc)
     if ((step_rc & 0xff) == SQLITE_CONSTRAINT)
         return MOAT_EDB;
     return moat_db_error(s->db, step_rc);
+}
+
+/* Append one event of the open transaction; takes data. */
+static int emit(struct cat_store *s, const char *type, const char *id,
+                int schema_version, json_t *data)
+{
+    int rc =
+        moat_outbox_append(s->outbox, type, id, schema_version, data, NULL);
+    json_decref(data);
+    return rc;
+}
+
+/* After a successful COMMIT that appended: tell the feed's readers. */
+static void committed(struct cat_store *s)
+{
+    moat_outbox_committed(s->outbox);
 }
 
 int cat_store_get(struct cat_store *s, const char *id, struct cat_product *out)
@@ -234,8 +273,14 @@ int cat_store_create(struct cat_store *s, struct cat_product *p)
      * transaction, so the change and its event commit or vanish together
      * (DESIGN.md invariant 2).
      */
+    rc = emit(s, "ProductCreated", p->id, s->product_event_schema,
+              cat_product_event_data(p, s->product_event_schema));
+    if (rc != MOAT_OK)
+        goto cleanup;
 
     rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK)
+        committed(s);
 
 cleanup:
     if (stmt)
@@ -249,11 +294,18 @@ int cat_store_replace(struct cat_store *s, const char *id,
                       int64_t expect_version, json_t *doc, int64_t now_ms,
                       struct cat_product *out)
 {
+    struct cat_product old = {0}, now = {0};
+    struct moat_stmt *stmt = NULL;
     int rc = moat_db_begin(s->db);
     if (rc != MOAT_OK)
         return rc;
 
-    struct moat_stmt *stmt =
+    /* The state before, for PriceChanged (read under the write lock). */
+    rc = cat_store_get(s, id, &old);
+    if (rc != MOAT_OK)
+        goto cleanup;
+
+    stmt =
         moat_db_prepare(s->db, "product_update",
                         "UPDATE products SET doc = ?2, version = version + 1, "
                         "updated_at_ms = max(?3, updated_at_ms) "
@@ -288,30 +340,54 @@ int cat_store_replace(struct cat_store *s, const char *id,
      * Outbox: ProductUpdated (and PriceChanged when the price differs)
      * go here, in this same transaction.
      */
-
-    if (out) {
-        rc = cat_store_get(s, id, out);
+    rc = cat_store_get(s, id, &now);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = emit(s, "ProductUpdated", id, s->product_event_schema,
+              cat_product_event_data(&now, s->product_event_schema));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    json_t *old_price = json_object_get(old.doc, "price");
+    json_t *new_price = json_object_get(now.doc, "price");
+    if (!json_equal(old_price, new_price)) {
+        rc = emit(s, "PriceChanged", id, PRICE_CHANGED_SCHEMA,
+                  json_pack("{s:s, s:O, s:O}", "id", id, "old", old_price,
+                            "new", new_price));
         if (rc != MOAT_OK)
             goto cleanup;
     }
+
     rc = moat_db_commit(s->db);
-    if (rc != MOAT_OK && out)
-        cat_product_release(out);
+    if (rc == MOAT_OK) {
+        committed(s);
+        if (out) {
+            *out = now;
+            now.doc = NULL;
+        }
+    }
 
 cleanup:
     if (stmt)
         moat_stmt_reset(stmt);
     if (rc != MOAT_OK)
         moat_db_rollback(s->db);
+    cat_product_release(&old);
+    cat_product_release(&now);
     return rc;
 }
 
 int cat_store_delete(struct cat_store *s, const char *id,
                      int64_t expect_version)
 {
+    struct cat_product old = {0};
     int rc = moat_db_begin(s->db);
     if (rc != MOAT_OK)
         return rc;
+
+    /* Its SKU, for ProductDeleted (read under the write lock). */
+    rc = cat_store_get(s, id, &old);
+    if (rc != MOAT_OK)
+        goto cleanup;
 
     struct moat_stmt *stmt =
         moat_db_prepare(s->db, "product_delete",
@@ -339,12 +415,20 @@ int cat_store_delete(struct cat_store *s, const char *id,
     }
 
     /* Outbox: ProductDeleted goes here, in this same transaction. */
+    rc = emit(s, "ProductDeleted", id, PRODUCT_DELETED_SCHEMA,
+              json_pack("{s:s, s:O}", "id", id, "sku",
+                        json_object_get(old.doc, "sku")));
+    if (rc != MOAT_OK)
+        goto cleanup;
 
     rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK)
+        committed(s);
 
 cleanup:
     if (rc != MOAT_OK)
         moat_db_rollback(s->db);
+    cat_product_release(&old);
     return rc;
 }
 

@@ -7,7 +7,11 @@
  * generated columns over the document so they can be indexed and filtered
  * without a second copy that could drift.
  *
- * Every write runs in one BEGIN IMMEDIATE transaction. Ownership: products
+ * Every write runs in one BEGIN IMMEDIATE transaction, which also appends
+ * the write's events to the outbox (moat/events.h) - ProductCreated,
+ * ProductUpdated (+ PriceChanged when the price changed), ProductDeleted,
+ * with the product id as subject - so a change and its events commit or
+ * vanish together. The store owns the outbox. Ownership: products
  * returned through out-parameters belong to the caller (release each with
  * cat_product_release(), or a list with cat_products_free()); documents
  * passed in are borrowed.
@@ -20,20 +24,33 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moat/events.h"
 #include "moat/metrics.h"
 #include "product.h"
 
+struct event_base;
 struct cat_store;
+
+struct cat_store_options {
+    struct event_base *base; /* the service loop (outbox timers) */
+    const char *source;      /* service name, the events' source */
+    struct moat_outbox_options outbox;
+    int product_event_schema; /* CAT_EVENT_SCHEMA_CURRENT or _FLAT */
+};
 
 /* Any version: for writes without a precondition. */
 #define CAT_ANY_VERSION (-1)
 
 /*
- * Open (creating if needed) data_dir/catalog.db and apply the migrations.
- * metrics is borrowed (statement timings). Close with cat_store_close().
+ * Open (creating if needed) data_dir/catalog.db, apply the migrations and
+ * create the outbox. metrics is borrowed (statement timings, outbox
+ * gauges). Close with cat_store_close().
  */
 int cat_store_open(struct cat_store **out, const char *data_dir,
-                   struct moat_metrics *metrics);
+                   struct moat_metrics *metrics,
+                   const struct cat_store_options *opts);
+/* The store's outbox (owned by the store), to serve the feed. */
+struct moat_outbox *cat_store_outbox(struct cat_store *s);
 void cat_store_close(struct cat_store *s);
 
 /* True when the database answers and every migration is applied. */

@@ -528,9 +528,11 @@ static void test_load_shipped_file(void **state)
     char *err = NULL;
     if (deploy_load(path, &d, &err) != MOAT_OK)
         fail_msg("%s", err);
-    assert_int_equal(d->nservices, 2);
+    assert_true(d->nservices >= 3);
     assert_non_null(deploy_find(d, "catalog"));
     assert_int_equal(deploy_find(d, "catalog")->port, 8081);
+    assert_non_null(deploy_find(d, "users"));
+    assert_int_equal(deploy_find(d, "users")->port, 8082);
     assert_non_null(deploy_find(d, "gateway"));
     assert_int_equal(deploy_find(d, "gateway")->port, 8080);
     deploy_free(d);

@@ -1,0 +1,593 @@
+/*
+ * feed.c - the outbox served as an ordered, replayable HTTP feed
+ * (GET /v1/events, see moat/events.h), and the consumer's side of it:
+ * moat_feed_source_new(), a struct moat_event_source over that endpoint.
+ *
+ * Long polling. A reader with nothing to read and wait > 0 is parked in
+ * the outbox's waiter list with a timer of its own. A commit
+ * (moat_outbox_committed) wakes the list once per loop turn and every
+ * reader that now has events is answered; the others stay parked until
+ * their timer answers them with an empty page. Nothing polls the database
+ * on a timer.
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "events_internal.h"
+#include "moat/auth.h"
+#include "moat/buf.h"
+#include "moat/http_client.h"
+#include "moat/log.h"
+#include "moat/problem.h"
+
+#define FEED_DEFAULT_LIMIT 100
+/* Parked readers at most; each also holds a connection, so this is a
+ * backstop against readers that hang up and come back in a loop. */
+#define FEED_MAX_WAITERS 1024
+/* A page stops growing past this many bytes of event data (with at least
+ * one event), well under the HTTP client's default 8 MiB response cap. */
+#define FEED_MAX_PAGE_BYTES (4u << 20)
+/* Envelope bytes per event besides its data, for the page size estimate. */
+#define FEED_EVENT_OVERHEAD 400
+/* The client waits this much longer than the long poll itself. */
+#define FEED_CLIENT_SLACK_MS 5000
+#define QUERY_MAX_ERRORS     20
+
+/* ---- strict query strings (shared with consumer.c) ---- */
+
+static bool utf8_valid(const char *s)
+{
+    json_t *j = json_string(s);
+    bool ok = j != NULL;
+    json_decref(j);
+    return ok;
+}
+
+MOAT_PRINTF(3, 4)
+static void query_error(json_t **problem, const char *param, const char *fmt,
+                        ...)
+{
+    if (!*problem) {
+        *problem = moat_problem_new(400, "the query string has invalid "
+                                         "parameters");
+        json_object_set_new(*problem, "errors", json_array());
+    }
+    json_t *errors = json_object_get(*problem, "errors");
+    if (json_array_size(errors) >= QUERY_MAX_ERRORS)
+        return;
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    json_t *name = json_string(param);
+    if (!name)
+        name = json_string("(a parameter name that is not valid UTF-8)");
+    json_array_append_new(
+        errors, json_pack("{s:o, s:s}", "parameter", name, "detail", detail));
+}
+
+static void parse_one(json_t **problem, struct moat_qparam *p,
+                      const char *value)
+{
+    if (p->seen) {
+        query_error(problem, p->name, "is given more than once");
+        return;
+    }
+    p->seen = true;
+    if (p->kind == MOAT_Q_INT) {
+        if (moat_parse_i64(value, p->min, p->max, &p->ival) != MOAT_OK)
+            query_error(problem, p->name,
+                        "must be an integer from %lld to %lld",
+                        (long long)p->min, (long long)p->max);
+        return;
+    }
+    size_t len = strlen(value);
+    if ((int64_t)len < p->min || (int64_t)len > p->max || !utf8_valid(value))
+        query_error(problem, p->name,
+                    "must be %lld to %lld bytes of valid UTF-8",
+                    (long long)p->min, (long long)p->max);
+    else
+        p->sval = value;
+}
+
+json_t *moat_events_parse_query(struct moat_req *r, struct moat_qparam *params,
+                                size_t n)
+{
+    json_t *problem = NULL;
+    void *iter = NULL;
+    const char *key, *value;
+    size_t nseen = 0;
+
+    while (moat_req_query_next(r, &iter, &key, &value)) {
+        nseen++;
+        struct moat_qparam *p = NULL;
+        for (size_t i = 0; i < n && !p; i++)
+            if (strcmp(params[i].name, key) == 0)
+                p = &params[i];
+        if (p) {
+            parse_one(&problem, p, value ? value : "");
+            continue;
+        }
+        struct moat_buf known = MOAT_BUF_INIT;
+        for (size_t i = 0; i < n; i++)
+            moat_buf_printf(&known, "%s%s", i ? ", " : "", params[i].name);
+        query_error(&problem, key, "is not a known parameter (%s)",
+                    n ? moat_buf_str(&known) : "none");
+        moat_buf_release(&known);
+    }
+    /* evhttp drops the whole query string when one parameter is not
+     * name=value: silently serving defaults instead would be a lie. */
+    const char *target = moat_req_target(r);
+    const char *qs = target ? strchr(target, '?') : NULL;
+    if (nseen == 0 && qs && qs[1 + strspn(qs + 1, "&")] != '\0' && !problem)
+        problem = moat_problem_new(400, "the query string is malformed: every "
+                                        "parameter must be name=value with "
+                                        "a non-empty name");
+    return problem;
+}
+
+/* ---- the feed ---- */
+
+struct feed_waiter {
+    struct moat_outbox *o;
+    struct moat_req *req; /* parked; answered exactly once */
+    struct event *timer;  /* the reader's wait */
+    int64_t after;
+    int limit;
+    struct feed_waiter *prev, *next;
+};
+
+static json_t *string_or_empty(const unsigned char *s)
+{
+    json_t *j = json_string(s ? (const char *)s : "");
+    return j ? j : json_string("");
+}
+
+/* The CloudEvent of the current row of outbox_read. */
+static json_t *row_event(struct moat_outbox *o, sqlite3_stmt *st)
+{
+    json_error_t jerr;
+    const char *data_text = (const char *)sqlite3_column_text(st, 6);
+    json_t *data = json_loads(data_text ? data_text : "",
+                              JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!data) {
+        moat_log(MOAT_LOG_ERROR, "stored event data is not JSON", "{s:I, s:s}",
+                 "seq", (json_int_t)sqlite3_column_int64(st, 0), "error",
+                 jerr.text);
+        return NULL;
+    }
+    char seq[24], time[25];
+    snprintf(seq, sizeof(seq), "%lld", (long long)sqlite3_column_int64(st, 0));
+    moat_time_rfc3339(sqlite3_column_int64(st, 4), time);
+    char *source = moat_xasprintf("moat/%s", o->source);
+
+    json_t *ev = json_object();
+    json_object_set_new(ev, "specversion", json_string("1.0"));
+    json_object_set_new(ev, "id", string_or_empty(sqlite3_column_text(st, 1)));
+    json_object_set_new(ev, "source", json_string(source));
+    json_object_set_new(ev, "type",
+                        string_or_empty(sqlite3_column_text(st, 2)));
+    json_object_set_new(ev, "subject",
+                        string_or_empty(sqlite3_column_text(st, 3)));
+    json_object_set_new(ev, "time", json_string(time));
+    json_object_set_new(ev, "datacontenttype", json_string("application/json"));
+    json_object_set_new(ev, "data", data);
+    json_object_set_new(ev, "sequence", json_string(seq));
+    json_object_set_new(ev, "dataschemaversion",
+                        json_integer(sqlite3_column_int64(st, 5)));
+    const unsigned char *tp = sqlite3_column_text(st, 7);
+    if (tp && *tp)
+        json_object_set_new(ev, "traceparent", string_or_empty(tp));
+    free(source);
+    return ev;
+}
+
+/* Append the events after `after` (at most limit, and FEED_MAX_PAGE_BYTES
+ * of data) to events; *next_after gets the last one's seq, or after. */
+static int read_events(struct moat_outbox *o, int64_t after, int limit,
+                       json_t *events, int64_t *next_after)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        o->db, "outbox_read",
+        "SELECT seq, id, type, subject, time_ms, schema_version, data, "
+        "traceparent FROM moat_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int(st, 2, limit);
+    size_t bytes = 0;
+    int rc = MOAT_OK, step;
+    *next_after = after;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        size_t size = (size_t)sqlite3_column_bytes(st, 6) + FEED_EVENT_OVERHEAD;
+        if (json_array_size(events) > 0 && bytes + size > FEED_MAX_PAGE_BYTES)
+            break;
+        json_t *ev = row_event(o, st);
+        if (!ev) {
+            rc = MOAT_EDB;
+            break;
+        }
+        bytes += size;
+        *next_after = sqlite3_column_int64(st, 0);
+        json_array_append_new(events, ev);
+    }
+    if (rc == MOAT_OK && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = moat_db_error(o->db, step);
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+static void reply_fault(struct moat_req *req, int rc)
+{
+    if (rc == MOAT_EBUSY) {
+        moat_req_set_header(req, "Retry-After", "1");
+        moat_req_reply_problem(req, 503, "the event feed is busy; retry");
+        return;
+    }
+    moat_log(MOAT_LOG_ERROR, "cannot read the outbox", "{s:s}", "error",
+             moat_strerror(rc));
+    moat_req_reply_problem(req, 500, "the event feed cannot be read");
+}
+
+/*
+ * Answer req with the events after `after` when there are any, or in any
+ * case when force (the wait is over, or it never started). Returns true
+ * when it replied: req is gone then.
+ */
+static bool feed_answer(struct moat_outbox *o, struct moat_req *req,
+                        int64_t after, int limit, bool force)
+{
+    int64_t head, from;
+    int rc = moat_outbox_bounds(o, &head, &from, NULL);
+    if (rc != MOAT_OK) {
+        reply_fault(req, rc);
+        return true;
+    }
+    if (after < from - 1) {
+        json_t *p = moat_problem_new(
+            410, "the events after this sequence number were deleted by "
+                 "retention: this consumer cannot catch up from the feed "
+                 "and must be rebuilt from the source's API");
+        json_object_set_new(p, "after", json_integer(after));
+        json_object_set_new(p, "retained_from", json_integer(from));
+        json_object_set_new(p, "head", json_integer(head));
+        moat_req_reply_problem_json(req, p);
+        return true;
+    }
+    /* Nothing new: no need to run the read at all. */
+    if (after >= head && !force)
+        return false;
+
+    json_t *events = json_array();
+    int64_t next_after;
+    rc = read_events(o, after, limit, events, &next_after);
+    if (rc != MOAT_OK) {
+        json_decref(events);
+        reply_fault(req, rc);
+        return true;
+    }
+    if (json_array_size(events) == 0 && !force) {
+        json_decref(events);
+        return false;
+    }
+    json_t *body = json_object();
+    json_object_set_new(body, "source", json_string(o->source));
+    json_object_set_new(body, "events", events);
+    json_object_set_new(body, "next_after", json_integer(next_after));
+    json_object_set_new(body, "head", json_integer(head));
+    json_object_set_new(body, "retained_from", json_integer(from));
+    moat_req_set_header(req, "Cache-Control", "no-store");
+    moat_req_reply_json(req, 200, body);
+    return true;
+}
+
+static void waiter_unlink(struct feed_waiter *w)
+{
+    struct moat_outbox *o = w->o;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        o->waiters = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        o->waiters_tail = w->prev;
+    o->nwaiters--;
+}
+
+static void waiter_free(struct feed_waiter *w)
+{
+    event_free(w->timer);
+    free(w);
+}
+
+static void on_waiter_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct feed_waiter *w = arg;
+    waiter_unlink(w);
+    feed_answer(w->o, w->req, w->after, w->limit, true);
+    waiter_free(w);
+}
+
+static void park(struct moat_outbox *o, struct moat_req *req, int64_t after,
+                 int limit, int wait_ms)
+{
+    struct feed_waiter *w = moat_xcalloc(1, sizeof(*w));
+    w->o = o;
+    w->req = req;
+    w->after = after;
+    w->limit = limit;
+    w->timer = evtimer_new(o->base, on_waiter_timeout, w);
+    if (!w->timer)
+        moat_die("cannot create a feed timer");
+    struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+    evtimer_add(w->timer, &tv);
+    w->prev = o->waiters_tail;
+    if (o->waiters_tail)
+        o->waiters_tail->next = w;
+    else
+        o->waiters = w;
+    o->waiters_tail = w;
+    o->nwaiters++;
+}
+
+void moat_feed_wake_waiters(struct moat_outbox *o)
+{
+    struct feed_waiter *w = o->waiters, *next;
+    for (; w; w = next) {
+        next = w->next;
+        if (!feed_answer(o, w->req, w->after, w->limit, false))
+            continue;
+        waiter_unlink(w);
+        waiter_free(w);
+    }
+}
+
+void moat_feed_release_waiters(struct moat_outbox *o)
+{
+    while (o->waiters) {
+        struct feed_waiter *w = o->waiters;
+        waiter_unlink(w);
+        feed_answer(o, w->req, w->after, w->limit, true);
+        waiter_free(w);
+    }
+}
+
+static void handle_events(struct moat_req *req, void *arg)
+{
+    struct moat_outbox *o = arg;
+    struct moat_qparam q[] = {
+        {.name = "after", .kind = MOAT_Q_INT, .min = 0, .max = INT64_MAX},
+        {.name = "limit",
+         .kind = MOAT_Q_INT,
+         .min = 1,
+         .max = MOAT_FEED_MAX_LIMIT},
+        {.name = "wait",
+         .kind = MOAT_Q_INT,
+         .min = 0,
+         .max = MOAT_FEED_MAX_WAIT_MS},
+    };
+    json_t *problem = moat_events_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    if (problem) {
+        moat_req_reply_problem_json(req, problem);
+        return;
+    }
+    int64_t after = q[0].seen ? q[0].ival : 0;
+    int limit = q[1].seen ? (int)q[1].ival : FEED_DEFAULT_LIMIT;
+    int wait_ms = q[2].seen ? (int)q[2].ival : 0;
+
+    if (feed_answer(o, req, after, limit, wait_ms == 0))
+        return;
+    if (o->nwaiters >= FEED_MAX_WAITERS) {
+        moat_req_set_header(req, "Retry-After", "1");
+        moat_req_reply_problem(req, 503,
+                               "too many readers are waiting on the event "
+                               "feed; retry");
+        return;
+    }
+    park(o, req, after, limit, wait_ms);
+}
+
+/* At shutdown, parked long polls are answered at once (with what there
+ * is) instead of holding the drain until its deadline. */
+static void on_drain(void *arg)
+{
+    moat_feed_release_waiters(arg);
+}
+
+int moat_feed_register(struct moat_outbox *o, struct moat_http_server *http)
+{
+    if (!o || !http)
+        return MOAT_EINVAL;
+    int rc = moat_http_on_drain(http, on_drain, o);
+    if (rc == MOAT_OK)
+        rc = moat_http_route(http, MOAT_GET, "/v1/events", handle_events, o);
+    return rc;
+}
+
+/* ---- the consumer's side: an event source over HTTP ---- */
+
+struct feed_call;
+
+struct feed_source {
+    struct moat_event_source src;    /* first: the public view */
+    char *base_url;                  /* owned, without a trailing '/' */
+    struct moat_http_client *client; /* borrowed */
+    const struct moat_auth *auth;    /* borrowed; NULL = no token */
+    struct feed_call *calls;         /* pulls in flight */
+    int last_status;                 /* for logging changes only */
+};
+
+/* One pull in flight. It outlives its source when the source is freed
+ * first (fs = NULL then): the client still calls back, and the call is
+ * freed there without telling anyone. */
+struct feed_call {
+    struct feed_source *fs;
+    moat_source_done_fn done;
+    void *arg;
+    struct feed_call *prev, *next;
+};
+
+static void call_unlink(struct feed_call *fc)
+{
+    if (fc->prev)
+        fc->prev->next = fc->next;
+    else
+        fc->fs->calls = fc->next;
+    if (fc->next)
+        fc->next->prev = fc->prev;
+}
+
+static void note_status(struct feed_source *fs, int status, const char *body)
+{
+    if (status == fs->last_status)
+        return;
+    fs->last_status = status;
+    if (status == 200)
+        return;
+    /* The problem's detail says why (401: keys; 410: retention...). */
+    json_t *j = json_loads(body, 0, NULL);
+    const char *detail = json_string_value(json_object_get(j, "detail"));
+    moat_log(MOAT_LOG_WARN, "event feed answered with an error",
+             "{s:s, s:i, s:s}", "source", fs->src.name, "status", status,
+             "detail", detail ? detail : "");
+    json_decref(j);
+}
+
+static void on_feed_response(const struct moat_http_response *resp, void *arg)
+{
+    struct feed_call *fc = arg;
+    struct feed_source *fs = fc->fs;
+    json_t *body = NULL;
+    if (!fs)
+        goto cleanup; /* the source was freed: nobody to tell */
+    call_unlink(fc);
+
+    int err = resp->err;
+    int64_t head = 0;
+    json_t *events = NULL;
+    if (err == MOAT_OK) {
+        note_status(fs, resp->status, resp->body);
+        if (resp->status == 200) {
+            body = json_loads(resp->body, JSON_REJECT_DUPLICATES, NULL);
+            events = json_object_get(body, "events");
+            json_t *h = json_object_get(body, "head");
+            if (!json_is_array(events) || !json_is_integer(h)) {
+                moat_log(MOAT_LOG_WARN, "malformed event feed response",
+                         "{s:s}", "source", fs->src.name);
+                err = MOAT_EINVAL;
+                events = NULL;
+            } else {
+                head = json_integer_value(h);
+            }
+        } else if (resp->status == 410) {
+            err = MOAT_ENOTFOUND;
+        } else {
+            err = MOAT_EIO;
+        }
+    }
+    fc->done(err, err == MOAT_OK ? events : NULL, head, fc->arg);
+
+cleanup:
+    json_decref(body);
+    free(fc);
+}
+
+static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
+                     int wait_ms, moat_source_done_fn done, void *arg)
+{
+    struct feed_source *fs = (struct feed_source *)src;
+    if (after < 0 || limit < 1 || limit > MOAT_FEED_MAX_LIMIT || wait_ms < 0 ||
+        wait_ms > MOAT_FEED_MAX_WAIT_MS || !done)
+        return MOAT_EINVAL;
+
+    char *token = NULL;
+    struct moat_http_header hdr[1];
+    size_t nhdr = 0;
+    if (fs->auth) {
+        int rc = moat_auth_token(fs->auth, src->name, NULL, &token);
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot sign a service token",
+                     "{s:s, s:s}", "audience", src->name, "error",
+                     moat_strerror(rc));
+            return rc;
+        }
+        hdr[nhdr++] =
+            (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
+    }
+    char *url = moat_xasprintf("%s/v1/events?after=%lld&limit=%d&wait=%d",
+                               fs->base_url, (long long)after, limit, wait_ms);
+    struct moat_http_call call = {
+        .method = "GET",
+        .url = url,
+        .headers = hdr,
+        .nheaders = nhdr,
+        .timeout_ms = wait_ms + FEED_CLIENT_SLACK_MS,
+    };
+    struct feed_call *fc = moat_xcalloc(1, sizeof(*fc));
+    fc->fs = fs;
+    fc->done = done;
+    fc->arg = arg;
+    int rc = moat_http_client_send(fs->client, &call, on_feed_response, fc);
+    if (rc == MOAT_OK) {
+        fc->next = fs->calls;
+        if (fs->calls)
+            fs->calls->prev = fc;
+        fs->calls = fc;
+    } else {
+        free(fc);
+    }
+    free(url);
+    free(token);
+    return rc;
+}
+
+static void feed_source_free(struct moat_event_source *src)
+{
+    struct feed_source *fs = (struct feed_source *)src;
+    if (!fs)
+        return;
+    for (struct feed_call *fc = fs->calls; fc; fc = fc->next)
+        fc->fs = NULL;
+    free(fs->base_url);
+    free(fs);
+}
+
+static const struct moat_event_source_ops feed_source_ops = {
+    .pull = feed_pull,
+    .free = feed_source_free,
+};
+
+struct moat_event_source *moat_feed_source_new(const char *name,
+                                               const char *base_url,
+                                               struct moat_http_client *client,
+                                               const struct moat_auth *auth)
+{
+    size_t nlen = name ? strlen(name) : 0;
+    if (nlen == 0 || nlen >= sizeof(((struct moat_event_source *)0)->name) ||
+        !base_url || !client ||
+        (strncmp(base_url, "http://", 7) != 0 &&
+         strncmp(base_url, "https://", 8) != 0)) {
+        moat_log(MOAT_LOG_ERROR, "invalid event feed source", "{s:s, s:s}",
+                 "name", name ? name : "", "url", base_url ? base_url : "");
+        return NULL;
+    }
+    struct feed_source *fs = moat_xcalloc(1, sizeof(*fs));
+    fs->src.ops = &feed_source_ops;
+    memcpy(fs->src.name, name, nlen + 1);
+    size_t ulen = strlen(base_url);
+    while (ulen > 0 && base_url[ulen - 1] == '/')
+        ulen--;
+    fs->base_url = moat_xstrndup(base_url, ulen);
+    fs->client = client;
+    fs->auth = auth;
+    fs->last_status = 200;
+    return &fs->src;
+}

@@ -1,0 +1,361 @@
+/*
+ * outbox.c - the transactional outbox (see moat/events.h): events are rows
+ * of moat_outbox in the producing service's own database, inserted in the
+ * same transaction as the state change they describe.
+ *
+ * Sequence numbers. seq is an AUTOINCREMENT rowid: SQLite never reuses
+ * one, even after retention deleted every row, so a consumer's cursor can
+ * never point at a recycled number. Writers are serialised (BEGIN
+ * IMMEDIATE, one connection), so events become visible in seq order: a
+ * reader that has seen seq N can never later find a committed N-1 (the gap
+ * problem outboxes on multi-writer databases have to solve). A failed or
+ * rolled-back INSERT does not consume a number, and retention only ever
+ * deletes a prefix, so the stored sequences are contiguous:
+ * [retained_from, head].
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "events_internal.h"
+#include "moat/log.h"
+#include "moat/trace.h"
+
+/* How often the retention sweep runs, and how many rows one sweep step
+ * deletes: bounded so that the write lock is held only briefly. */
+#define TRIM_INTERVAL_MS 10000
+#define TRIM_BATCH       5000
+/* When a step deleted a full batch there is more: come back soon. */
+#define TRIM_AGAIN_MS 10
+
+#define TYPE_MAX    64
+#define SUBJECT_MAX 256
+
+/*
+ * The migration step a publishing service appends to its own migrations.
+ * Never edit it: services record its checksum when they apply it. A later
+ * change is a new constant applied as a new migration.
+ */
+const char MOAT_OUTBOX_SCHEMA[] =
+    "CREATE TABLE moat_outbox (\n"
+    "    seq INTEGER PRIMARY KEY AUTOINCREMENT,\n"
+    "    id TEXT NOT NULL UNIQUE,\n"
+    "    type TEXT NOT NULL CHECK (length(type) BETWEEN 1 AND 64),\n"
+    "    subject TEXT NOT NULL CHECK (length(subject) BETWEEN 1 AND 256),\n"
+    "    time_ms INTEGER NOT NULL,\n"
+    "    schema_version INTEGER NOT NULL CHECK (schema_version >= 1),\n"
+    "    data TEXT NOT NULL CHECK (json_valid(data)),\n"
+    "    traceparent TEXT NOT NULL DEFAULT ''\n"
+    ") STRICT;\n";
+
+int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
+                       int64_t *retained_from, int64_t *oldest_ms)
+{
+    /* sqlite_sequence keeps the head even when retention emptied the
+     * table (MAX(seq) would then say 0 and reuse old numbers). */
+    struct moat_stmt *stmt = moat_db_prepare(
+        o->db, "outbox_bounds",
+        "SELECT coalesce((SELECT seq FROM sqlite_sequence "
+        "WHERE name = 'moat_outbox'), 0), "
+        "(SELECT seq FROM moat_outbox ORDER BY seq LIMIT 1), "
+        "(SELECT time_ms FROM moat_outbox ORDER BY seq LIMIT 1)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = moat_stmt_step(stmt);
+    if (rc != SQLITE_ROW) {
+        int err = moat_db_error(o->db, rc);
+        moat_stmt_reset(stmt);
+        return err == MOAT_OK ? MOAT_EDB : err;
+    }
+    int64_t h = sqlite3_column_int64(st, 0);
+    bool empty = sqlite3_column_type(st, 1) == SQLITE_NULL;
+    if (head)
+        *head = h;
+    if (retained_from)
+        *retained_from = empty ? h + 1 : sqlite3_column_int64(st, 1);
+    if (oldest_ms)
+        *oldest_ms = empty ? 0 : sqlite3_column_int64(st, 2);
+    moat_stmt_reset(stmt);
+    return MOAT_OK;
+}
+
+/* Add the sequences committed since the last look to appended_total:
+ * counting in append would count events whose transaction rolled back. */
+static void count_appended(struct moat_outbox *o, int64_t head)
+{
+    if (head > o->counted_head) {
+        moat_metric_add(o->m_appended, (double)(head - o->counted_head));
+        o->counted_head = head;
+    }
+}
+
+static void collect(struct moat_metrics *m, void *arg)
+{
+    struct moat_outbox *o = arg;
+    int64_t head, from, oldest_ms;
+    if (moat_outbox_bounds(o, &head, &from, &oldest_ms) != MOAT_OK)
+        return;
+    /* Contiguous sequences (see the top of this file): no COUNT(*) that
+     * walks the whole table on every scrape. */
+    moat_metric_set(o->m_events, (double)(head - from + 1));
+    moat_metric_set(o->m_head, (double)head);
+    int64_t age = oldest_ms ? moat_wall_ms() - oldest_ms : 0;
+    moat_metric_set(o->m_oldest_age, age > 0 ? (double)age / 1000.0 : 0.0);
+    count_appended(o, head);
+}
+
+/*
+ * One retention step: delete the oldest events, up to TRIM_BATCH, that are
+ * older than retention_s and not among the newest retention_min_keep. Only
+ * a prefix is ever deleted: an event is kept, and so is everything after
+ * it, from the first one young enough, even if a clock step back made a
+ * later event look older. A hole in the middle would make consumers skip
+ * events without knowing.
+ */
+static int trim_step(struct moat_outbox *o, int64_t *deleted)
+{
+    *deleted = 0;
+    if (o->opts.retention_s <= 0)
+        return MOAT_OK;
+    /* Never inside someone's open transaction on our connection. */
+    if (!sqlite3_get_autocommit(moat_db_handle(o->db)))
+        return MOAT_EBUSY;
+
+    int64_t cutoff = moat_wall_ms() - o->opts.retention_s * 1000;
+    int64_t keep =
+        o->opts.retention_min_keep > 0 ? o->opts.retention_min_keep : 0;
+    /* The last seq that may go: the newest of the oldest TRIM_BATCH rows
+     * whose time is before the cutoff, stopping at the first younger one
+     * and before the newest `keep` rows (with fewer rows than that, the
+     * bound is 0 and nothing goes). */
+    struct moat_stmt *stmt = moat_db_prepare(
+        o->db, "outbox_trim_scan",
+        "SELECT seq, time_ms FROM moat_outbox "
+        "WHERE (?1 = 0 OR seq < coalesce((SELECT seq FROM moat_outbox "
+        "ORDER BY seq DESC LIMIT 1 OFFSET ?1 - 1), 0)) "
+        "ORDER BY seq LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_int64(st, 1, keep);
+    sqlite3_bind_int(st, 2, TRIM_BATCH);
+    int64_t last = 0, n = 0;
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        if (sqlite3_column_int64(st, 1) >= cutoff)
+            break;
+        last = sqlite3_column_int64(st, 0);
+        n++;
+    }
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return moat_db_error(o->db, step);
+    if (n == 0)
+        return MOAT_OK;
+
+    stmt = moat_db_prepare(o->db, "outbox_trim_delete",
+                           "DELETE FROM moat_outbox WHERE seq <= ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 1, last);
+    step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_DONE)
+        return moat_db_error(o->db, step);
+    *deleted = n;
+    return MOAT_OK;
+}
+
+int moat_outbox_trim(struct moat_outbox *o, int64_t *deleted)
+{
+    int64_t total = 0, n;
+    int rc;
+    do {
+        rc = trim_step(o, &n);
+        total += n;
+    } while (rc == MOAT_OK && n == TRIM_BATCH);
+    if (deleted)
+        *deleted = total;
+    return rc;
+}
+
+static void arm_trim(struct moat_outbox *o, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(o->trim_timer, &tv);
+}
+
+static void on_trim(evutil_socket_t fd, short what, void *arg)
+{
+    struct moat_outbox *o = arg;
+    int64_t n = 0;
+    int rc = trim_step(o, &n);
+    if (rc != MOAT_OK && rc != MOAT_EBUSY)
+        moat_log(MOAT_LOG_WARN, "outbox retention sweep failed", "{s:s}",
+                 "error", moat_strerror(rc));
+    if (n > 0)
+        moat_log(MOAT_LOG_DEBUG, "outbox retention deleted events", "{s:I}",
+                 "deleted", (json_int_t)n);
+    arm_trim(o, n == TRIM_BATCH ? TRIM_AGAIN_MS : TRIM_INTERVAL_MS);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    moat_feed_wake_waiters(arg);
+}
+
+int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
+                    struct moat_db *db, const char *source,
+                    const struct moat_outbox_options *opts,
+                    struct moat_metrics *m)
+{
+    if (!out || !base || !db || !source || !*source || !m)
+        return MOAT_EINVAL;
+    struct moat_outbox *o = moat_xcalloc(1, sizeof(*o));
+    o->base = base;
+    o->db = db;
+    o->source = moat_xstrdup(source);
+    if (opts)
+        o->opts = *opts;
+
+    /* Fail now, not at the first append, when the schema is missing. */
+    int64_t head;
+    int rc = moat_outbox_bounds(o, &head, NULL, NULL);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR,
+                 "cannot read the outbox (is MOAT_OUTBOX_SCHEMA among the "
+                 "migrations?)",
+                 "{s:s}", "path", moat_db_path(db));
+        free(o->source);
+        free(o);
+        return rc;
+    }
+    o->counted_head = head;
+
+    o->m_events = moat_metric_single(moat_metrics_family(
+        m, MOAT_GAUGE, "moat_outbox_events",
+        "Events stored in the outbox (not yet deleted by retention).", NULL,
+        NULL, 0));
+    o->m_oldest_age = moat_metric_single(moat_metrics_family(
+        m, MOAT_GAUGE, "moat_outbox_oldest_age_seconds",
+        "Age of the oldest event still stored in the outbox.", NULL, NULL, 0));
+    o->m_head = moat_metric_single(moat_metrics_family(
+        m, MOAT_GAUGE, "moat_outbox_head_seq",
+        "Sequence number of the newest event in the outbox.", NULL, NULL, 0));
+    o->m_appended = moat_metric_single(moat_metrics_family(
+        m, MOAT_COUNTER, "moat_outbox_appended_total",
+        "Events committed to the outbox since the process started.", NULL, NULL,
+        0));
+    moat_metrics_on_collect(m, collect, o);
+
+    o->wake = event_new(base, -1, 0, on_wake, o);
+    o->trim_timer = evtimer_new(base, on_trim, o);
+    if (!o->wake || !o->trim_timer)
+        moat_die("cannot create outbox events");
+    if (o->opts.retention_s > 0)
+        arm_trim(o, TRIM_INTERVAL_MS);
+    *out = o;
+    return MOAT_OK;
+}
+
+void moat_outbox_free(struct moat_outbox *o)
+{
+    if (!o)
+        return;
+    /* Parked readers get their answer now, while the db is still ours. */
+    moat_feed_release_waiters(o);
+    event_free(o->wake);
+    event_free(o->trim_timer);
+    free(o->source);
+    free(o);
+}
+
+static bool valid_name(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    return n >= 1 && n <= max;
+}
+
+int moat_outbox_append(struct moat_outbox *o, const char *type,
+                       const char *subject, int schema_version, json_t *data,
+                       int64_t *seq)
+{
+    if (!valid_name(type, TYPE_MAX) || !valid_name(subject, SUBJECT_MAX) ||
+        schema_version < 1 || !data) {
+        moat_log(MOAT_LOG_ERROR, "invalid outbox event", "{s:s, s:s, s:i}",
+                 "type", type ? type : "", "subject", subject ? subject : "",
+                 "schema_version", schema_version);
+        return MOAT_EINVAL;
+    }
+    /* The whole point: an event outside the state change's transaction
+     * would be a dual write (DESIGN.md invariant 2). */
+    if (sqlite3_get_autocommit(moat_db_handle(o->db))) {
+        moat_log(MOAT_LOG_ERROR,
+                 "outbox append outside a transaction refused (the event "
+                 "must commit with the change it describes)",
+                 "{s:s, s:s}", "type", type, "subject", subject);
+        return MOAT_EINVAL;
+    }
+
+    unsigned char rnd[16];
+    char id[33];
+    char traceparent[MOAT_TRACEPARENT_LEN + 1] = "";
+    moat_random_bytes(rnd, sizeof(rnd));
+    moat_hex(id, rnd, sizeof(rnd));
+    const struct moat_trace *t = moat_log_trace();
+    if (t)
+        moat_trace_format(t, traceparent);
+    char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        moat_die("cannot serialise an event");
+
+    int rc = MOAT_EDB;
+    struct moat_stmt *stmt =
+        moat_db_prepare(o->db, "outbox_append",
+                        "INSERT INTO moat_outbox (id, type, subject, time_ms, "
+                        "schema_version, data, traceparent) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!stmt)
+        goto cleanup;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, subject, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, moat_wall_ms());
+    sqlite3_bind_int(st, 5, schema_version);
+    sqlite3_bind_text(st, 6, text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, traceparent, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    if (step != SQLITE_DONE) {
+        rc = moat_db_error(o->db, step);
+        if (rc == MOAT_OK)
+            rc = MOAT_EDB;
+        moat_stmt_reset(stmt);
+        goto cleanup;
+    }
+    if (seq)
+        *seq = sqlite3_last_insert_rowid(moat_db_handle(o->db));
+    moat_stmt_reset(stmt);
+    rc = MOAT_OK;
+
+cleanup:
+    free(text);
+    return rc;
+}
+
+void moat_outbox_committed(struct moat_outbox *o)
+{
+    int64_t head;
+    if (moat_outbox_bounds(o, &head, NULL, NULL) == MOAT_OK)
+        count_appended(o, head);
+    /*
+     * Readers are answered from the loop, not from inside the writer's
+     * request: the writer's reply does not wait for them, and several
+     * commits in one loop turn coalesce into one wake.
+     */
+    if (o->nwaiters > 0)
+        event_active(o->wake, EV_TIMEOUT, 1);
+}

@@ -1,0 +1,796 @@
+/*
+ * test_consumer.c - lib/consumer.c end to end in one process: a producer
+ * (outbox + feed on a loopback moat_http_server) and a consumer (its own
+ * database, pulling through moat_feed_source_new without service tokens,
+ * as with MOAT_INSECURE_NO_AUTH, admin routes on a second server), all on
+ * one event loop.
+ *
+ * The view is a table items(subject, value, changes): each applied event
+ * sets value and adds 1 to changes, so changes counts how often events of
+ * a subject took effect - exactly once each, or the test fails. An event
+ * whose value starts with "poison" fails while the view is "broken".
+ *
+ * Run one test alone: tests/unit_test_consumer test_poison_and_redrive
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "moat/buf.h"
+#include "moat/db.h"
+#include "moat/events.h"
+#include "moat/http.h"
+#include "moat/http_client.h"
+#include "moat/log.h"
+
+#define DEADLINE_MS 5000
+
+/* ---- the view under test ---- */
+
+struct view {
+    bool broken;     /* "poison..." values fail */
+    int poison_runs; /* handler runs on a poison event */
+};
+
+static const struct moat_migration view_migrations[] = {
+    {1, "consumer bookkeeping", MOAT_CONSUMER_SCHEMA},
+    {2, "items",
+     "CREATE TABLE items (subject TEXT PRIMARY KEY, value TEXT NOT NULL,"
+     " changes INTEGER NOT NULL) STRICT;\n"
+     "CREATE TABLE applied (n INTEGER PRIMARY KEY, subject TEXT NOT NULL,"
+     " value TEXT NOT NULL) STRICT;\n"},
+};
+
+/*
+ * The one place where old data shapes become the current one: version 1
+ * had {"val": ...}, version 2 has {"value": ...}.
+ */
+static const char *upcast_value(const struct moat_event *ev)
+{
+    if (ev->schema_version == 1)
+        return json_string_value(json_object_get(ev->data, "val"));
+    return json_string_value(json_object_get(ev->data, "value"));
+}
+
+static int apply_item(struct moat_db *db, const struct moat_event *ev,
+                      void *arg, const char **why)
+{
+    struct view *v = arg;
+    const char *value = upcast_value(ev);
+    if (!value) {
+        *why = "no value";
+        return MOAT_EINVAL;
+    }
+    if (strncmp(value, "poison", 6) == 0) {
+        v->poison_runs++;
+        if (v->broken) {
+            *why = "poisoned value";
+            return MOAT_EINVAL;
+        }
+    }
+    struct moat_stmt *st = moat_db_prepare(
+        db, "item_upsert",
+        "INSERT INTO items (subject, value, changes) VALUES (?1, ?2, 1) "
+        "ON CONFLICT (subject) DO UPDATE SET value = excluded.value, "
+        "changes = changes + 1");
+    if (!st)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(st), 1, ev->subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(moat_stmt_raw(st), 2, value, -1, SQLITE_STATIC);
+    int rc = moat_stmt_step(st);
+    moat_stmt_reset(st);
+    if (rc != SQLITE_DONE)
+        return MOAT_EDB;
+    st = moat_db_prepare(
+        db, "item_log", "INSERT INTO applied (subject, value) VALUES (?1, ?2)");
+    if (!st)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(st), 1, ev->subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(moat_stmt_raw(st), 2, value, -1, SQLITE_STATIC);
+    rc = moat_stmt_step(st);
+    moat_stmt_reset(st);
+    return rc == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
+}
+
+static int view_reset(struct moat_db *db, void *arg)
+{
+    return moat_db_exec(db, "view_reset",
+                        "DELETE FROM items; DELETE FROM applied");
+}
+
+/* {subject: "value/changes"} of db. */
+static json_t *dump_items(struct moat_db *db)
+{
+    json_t *out = json_object();
+    struct moat_stmt *st =
+        moat_db_prepare(db, "items_dump",
+                        "SELECT subject, value, changes FROM items "
+                        "ORDER BY subject");
+    assert_non_null(st);
+    while (moat_stmt_step(st) == SQLITE_ROW) {
+        sqlite3_stmt *s = moat_stmt_raw(st);
+        json_object_set_new(
+            out, (const char *)sqlite3_column_text(s, 0),
+            json_sprintf("%s/%lld", (const char *)sqlite3_column_text(s, 1),
+                         (long long)sqlite3_column_int64(s, 2)));
+    }
+    moat_stmt_reset(st);
+    return out;
+}
+
+static int view_compare(struct moat_db *live, struct moat_db *scratch,
+                        json_t *diffs, void *arg)
+{
+    json_t *a = dump_items(live), *b = dump_items(scratch);
+    const char *key;
+    json_t *val;
+    json_object_foreach(a, key, val)
+    {
+        json_t *other = json_object_get(b, key);
+        if (!json_equal(val, other))
+            json_array_append_new(
+                diffs, json_sprintf("item %s: live %s, rebuilt %s", key,
+                                    json_string_value(val),
+                                    other ? json_string_value(other) : "-"));
+    }
+    json_object_foreach(b, key, val)
+    {
+        if (!json_object_get(a, key))
+            json_array_append_new(diffs,
+                                  json_sprintf("item %s: missing live", key));
+    }
+    json_decref(a);
+    json_decref(b);
+    return MOAT_OK;
+}
+
+/* ---- a source that delivers everything twice, and a flaky one ---- */
+
+struct wrap_call {
+    struct wrap_source *ws;
+    moat_source_done_fn done;
+    void *arg;
+    struct wrap_call *next;
+};
+
+struct wrap_source {
+    struct moat_event_source src;
+    struct event_base *base;
+    struct moat_event_source *inner;
+    bool duplicate; /* re-deliver the last 3 events and each event twice */
+    int fail_first; /* fail this many pulls with MOAT_EIO first */
+    int pulls;
+    struct wrap_call *calls;
+};
+
+static void wrap_forget(struct wrap_source *ws, struct wrap_call *wc)
+{
+    for (struct wrap_call **p = &ws->calls; *p; p = &(*p)->next)
+        if (*p == wc) {
+            *p = wc->next;
+            return;
+        }
+}
+
+static void wrap_done(int err, json_t *events, int64_t head, void *arg)
+{
+    struct wrap_call *wc = arg;
+    json_t *out = NULL;
+    wrap_forget(wc->ws, wc);
+    if (err == MOAT_OK && wc->ws->duplicate) {
+        out = json_array();
+        json_array_extend(out, events);
+        json_array_extend(out, events);
+        events = out;
+    }
+    wc->done(err, events, head, wc->arg);
+    json_decref(out);
+    free(wc);
+}
+
+static void on_fail(evutil_socket_t fd, short what, void *arg)
+{
+    struct wrap_call *wc = arg;
+    wrap_done(MOAT_EIO, NULL, 0, wc);
+}
+
+static int wrap_pull(struct moat_event_source *src, int64_t after, int limit,
+                     int wait_ms, moat_source_done_fn done, void *arg)
+{
+    struct wrap_source *ws = (struct wrap_source *)src;
+    struct wrap_call *wc = moat_xcalloc(1, sizeof(*wc));
+    wc->ws = ws;
+    wc->done = done;
+    wc->arg = arg;
+    wc->next = ws->calls;
+    ws->calls = wc;
+    if (ws->pulls++ < ws->fail_first) {
+        /* Fail from the loop, never from inside pull. */
+        struct timeval tv = {0, 0};
+        int rc = event_base_once(ws->base, -1, EV_TIMEOUT, on_fail, wc, &tv);
+        assert_int_equal(rc, 0);
+        return MOAT_OK;
+    }
+    if (ws->duplicate)
+        after = after > 3 ? after - 3 : 0;
+    return ws->inner->ops->pull(ws->inner, after, limit, wait_ms, wrap_done,
+                                wc);
+}
+
+static void wrap_free(struct moat_event_source *src)
+{
+    struct wrap_source *ws = (struct wrap_source *)src;
+    ws->inner->ops->free(ws->inner); /* drops its calls: no callbacks */
+    while (ws->calls) {
+        struct wrap_call *wc = ws->calls;
+        ws->calls = wc->next;
+        free(wc);
+    }
+    free(ws);
+}
+
+static const struct moat_event_source_ops wrap_ops = {.pull = wrap_pull,
+                                                      .free = wrap_free};
+
+/* ---- fixture ---- */
+
+struct fixture {
+    char dir[64];
+    struct event_base *base;
+    struct moat_metrics *pmetrics, *cmetrics;
+    struct moat_db *pdb, *cdb;
+    struct moat_outbox *o;
+    struct moat_http_server *phttp, *chttp;
+    uint16_t pport, cport;
+    struct moat_http_client *client;
+    struct moat_consumer *c;
+    struct view view;
+};
+
+static const struct moat_migration producer_migrations[] = {
+    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+};
+
+static struct moat_event_source *feed_source(struct fixture *f)
+{
+    char *url = moat_xasprintf("http://127.0.0.1:%u", f->pport);
+    struct moat_event_source *src =
+        moat_feed_source_new("catalog", url, f->client, NULL);
+    free(url);
+    assert_non_null(src);
+    return src;
+}
+
+static struct moat_event_source *wrap(struct fixture *f,
+                                      struct moat_event_source *inner,
+                                      bool duplicate, int fail_first)
+{
+    struct wrap_source *ws = moat_xcalloc(1, sizeof(*ws));
+    ws->base = f->base;
+    ws->src.ops = &wrap_ops;
+    snprintf(ws->src.name, sizeof(ws->src.name), "%s", inner->name);
+    ws->inner = inner;
+    ws->duplicate = duplicate;
+    ws->fail_first = fail_first;
+    return &ws->src;
+}
+
+/* A consumer of "catalog" through src, with admin routes, started. */
+static void consumer_up(struct fixture *f, struct moat_event_source *src)
+{
+    assert_int_equal(moat_consumer_new(&f->c, f->base, f->cdb, f->cmetrics),
+                     MOAT_OK);
+    static const char *const types[] = {"ItemSet", NULL};
+    struct moat_subscription sub = {
+        .source = src, .types = types, .handler = apply_item, .arg = &f->view};
+    assert_int_equal(moat_consumer_subscribe(f->c, &sub), MOAT_OK);
+    struct moat_view_ops ops = {.migrations = view_migrations,
+                                .nmigrations = MOAT_ARRAY_LEN(view_migrations),
+                                .reset = view_reset,
+                                .compare = view_compare,
+                                .arg = &f->view};
+    assert_int_equal(moat_consumer_register_admin(f->c, f->chttp, f->dir, &ops),
+                     MOAT_OK);
+    moat_consumer_start(f->c);
+}
+
+static void new_admin_server(struct fixture *f)
+{
+    struct moat_http_limits lim = {0};
+    f->chttp = moat_http_server_new(f->base, &lim, f->cmetrics);
+    moat_http_set_access_log(f->chttp, false);
+    assert_int_equal(moat_http_listen(f->chttp, "127.0.0.1", 0, &f->cport),
+                     MOAT_OK);
+}
+
+static int setup(void **state)
+{
+    struct fixture *f = moat_xcalloc(1, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/moat-consumer-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    f->base = event_base_new();
+    f->pmetrics = moat_metrics_new();
+    f->cmetrics = moat_metrics_new();
+    f->view.broken = true;
+
+    char *path = moat_xasprintf("%s/producer.db", f->dir);
+    assert_int_equal(moat_db_open(&f->pdb, path, NULL, f->pmetrics), MOAT_OK);
+    free(path);
+    assert_int_equal(moat_db_migrate(f->pdb, producer_migrations, 1), MOAT_OK);
+    assert_int_equal(
+        moat_outbox_new(&f->o, f->base, f->pdb, "catalog", NULL, f->pmetrics),
+        MOAT_OK);
+    struct moat_http_limits lim = {0};
+    f->phttp = moat_http_server_new(f->base, &lim, f->pmetrics);
+    moat_http_set_access_log(f->phttp, false);
+    assert_int_equal(moat_feed_register(f->o, f->phttp), MOAT_OK);
+    assert_int_equal(moat_http_listen(f->phttp, "127.0.0.1", 0, &f->pport),
+                     MOAT_OK);
+
+    path = moat_xasprintf("%s/consumer.db", f->dir);
+    assert_int_equal(moat_db_open(&f->cdb, path, NULL, f->cmetrics), MOAT_OK);
+    free(path);
+    assert_int_equal(moat_db_migrate(f->cdb, view_migrations,
+                                     MOAT_ARRAY_LEN(view_migrations)),
+                     MOAT_OK);
+    new_admin_server(f);
+    assert_int_equal(moat_http_client_new(&f->client, f->base, NULL), MOAT_OK);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    /* As a service stops: no new requests reach the feed once the
+     * outbox is gone; requests still arriving get a 503. */
+    moat_http_drain(f->phttp, NULL, NULL);
+    moat_http_drain(f->chttp, NULL, NULL);
+    moat_consumer_free(f->c);
+    moat_outbox_free(f->o);
+    event_base_loop(f->base, EVLOOP_NONBLOCK);
+    moat_http_client_free(f->client);
+    moat_http_server_free(f->chttp);
+    moat_http_server_free(f->phttp);
+    moat_db_close(f->cdb);
+    moat_db_close(f->pdb);
+    moat_metrics_free(f->cmetrics);
+    moat_metrics_free(f->pmetrics);
+    event_base_free(f->base);
+    char *cmd = moat_xasprintf("rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(cmd);
+    free(f);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+typedef bool (*cond_fn)(struct fixture *f, void *arg);
+
+static void run_until(struct fixture *f, cond_fn cond, void *arg, int ms)
+{
+    struct event *tick = event_new(f->base, -1, EV_PERSIST, on_tick, NULL);
+    struct timeval tv = {0, 5000};
+    event_add(tick, &tv);
+    uint64_t deadline = moat_mono_ms() + (uint64_t)ms;
+    bool ok;
+    while (!(ok = cond(f, arg)) && moat_mono_ms() < deadline)
+        event_base_loop(f->base, EVLOOP_ONCE);
+    event_free(tick);
+    assert_true(ok);
+}
+
+static void run_for(struct fixture *f, int ms)
+{
+    uint64_t until = moat_mono_ms() + (uint64_t)ms;
+    struct event *tick = event_new(f->base, -1, EV_PERSIST, on_tick, NULL);
+    struct timeval tv = {0, 5000};
+    event_add(tick, &tv);
+    while (moat_mono_ms() < until)
+        event_base_loop(f->base, EVLOOP_ONCE);
+    event_free(tick);
+}
+
+static int64_t cursor(struct fixture *f)
+{
+    struct moat_stmt *st = moat_db_prepare(
+        f->cdb, "test_cursor",
+        "SELECT after_seq FROM moat_cursors WHERE source = 'catalog'");
+    int64_t v = 0;
+    if (moat_stmt_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int64(moat_stmt_raw(st), 0);
+    moat_stmt_reset(st);
+    return v;
+}
+
+static bool cursor_at(struct fixture *f, void *arg)
+{
+    return cursor(f) >= *(int64_t *)arg;
+}
+
+static void wait_cursor(struct fixture *f, int64_t seq)
+{
+    run_until(f, cursor_at, &seq, DEADLINE_MS);
+    assert_int_equal(cursor(f), seq);
+}
+
+/* One event in its own transaction; returns its seq. */
+static int64_t produce(struct fixture *f, const char *type, const char *subject,
+                       const char *value, int version)
+{
+    json_t *data = json_pack("{s:s}", version == 1 ? "val" : "value", value);
+    int64_t seq = 0;
+    assert_int_equal(moat_db_begin(f->pdb), MOAT_OK);
+    assert_int_equal(
+        moat_outbox_append(f->o, type, subject, version, data, &seq), MOAT_OK);
+    assert_int_equal(moat_db_commit(f->pdb), MOAT_OK);
+    moat_outbox_committed(f->o);
+    json_decref(data);
+    return seq;
+}
+
+static int64_t item(struct fixture *f, const char *subject, const char *value,
+                    int64_t changes)
+{
+    json_t *items = dump_items(f->cdb);
+    const char *got = json_string_value(json_object_get(items, subject));
+    char want[128];
+    snprintf(want, sizeof(want), "%s/%lld", value, (long long)changes);
+    if (!value ? got != NULL : (!got || strcmp(got, want) != 0))
+        fail_msg("item %s is %s, want %s", subject, got ? got : "(none)",
+                 value ? want : "(none)");
+    json_decref(items);
+    return changes;
+}
+
+struct resp {
+    bool done;
+    int err, status;
+    json_t *body;
+};
+
+static void on_resp(const struct moat_http_response *r, void *arg)
+{
+    struct resp *x = arg;
+    x->done = true;
+    x->err = r->err;
+    x->status = r->status;
+    x->body = json_loads(r->body, 0, NULL);
+}
+
+static bool resp_done(struct fixture *f, void *arg)
+{
+    return ((struct resp *)arg)->done;
+}
+
+static json_t *admin(struct fixture *f, const char *method, const char *target,
+                     int want_status)
+{
+    struct resp r = {0};
+    char *url = moat_xasprintf("http://127.0.0.1:%u%s", f->cport, target);
+    struct moat_http_call call = {
+        .method = method, .url = url, .timeout_ms = DEADLINE_MS};
+    assert_int_equal(moat_http_client_send(f->client, &call, on_resp, &r),
+                     MOAT_OK);
+    free(url);
+    run_until(f, resp_done, &r, DEADLINE_MS);
+    assert_int_equal(r.err, MOAT_OK);
+    if (r.status != want_status) {
+        char *text = json_dumps(r.body, 0);
+        fail_msg("%s %s: status %d, want %d: %s", method, target, r.status,
+                 want_status, text ? text : "");
+    }
+    return r.body;
+}
+
+static int64_t jint(json_t *o, const char *path)
+{
+    json_t *v = json_object_get(o, path);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
+static json_t *status_of(json_t *status)
+{
+    return json_array_get(json_object_get(status, "sources"), 0);
+}
+
+static void assert_metric(struct fixture *f, const char *line)
+{
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(f->cmetrics, &out);
+    if (!strstr(moat_buf_str(&out), line))
+        fail_msg("metric line '%s' not found in:\n%s", line,
+                 moat_buf_str(&out));
+    moat_buf_release(&out);
+}
+
+/* ---- tests ---- */
+
+static void test_exactly_once_under_duplicates(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    produce(f, "ItemSet", "s1", "b", 2);
+    produce(f, "Ignored", "s1", "zzz", 2);
+    produce(f, "ItemSet", "s2", "c", 1); /* an old data shape */
+    produce(f, "ItemSet", "s1", "d", 2);
+    consumer_up(f, wrap(f, feed_source(f), true, 0));
+    wait_cursor(f, 5);
+    /* Every pull re-delivered the last events, each twice: no matter. */
+    item(f, "s1", "d", 3);
+    item(f, "s2", "c", 1);
+    assert_metric(f, "moat_consumer_applied_total{source=\"catalog\"} 4\n");
+
+    /* Live events arrive through the long poll. */
+    produce(f, "ItemSet", "s2", "e", 2);
+    wait_cursor(f, 6);
+    item(f, "s2", "e", 2);
+    run_for(f, 50);
+    item(f, "s2", "e", 2);
+    assert_metric(f, "moat_consumer_lag_events{source=\"catalog\"} 0\n");
+    assert_metric(f, "moat_consumer_lag_seconds{source=\"catalog\"} 0\n");
+}
+
+static void test_cursor_survives_restart(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    produce(f, "ItemSet", "s1", "b", 2);
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 2);
+    moat_consumer_free(f->c);
+    f->c = NULL;
+    moat_http_server_free(f->chttp);
+    new_admin_server(f);
+
+    produce(f, "ItemSet", "s1", "c", 2);
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 3);
+    item(f, "s1", "c", 3); /* a and b were not applied again */
+    json_t *st = admin(f, "GET", "/v1/admin/consumer", 200);
+    assert_int_equal(jint(status_of(st), "cursor"), 3);
+    assert_int_equal(jint(status_of(st), "head"), 3);
+    assert_int_equal(jint(status_of(st), "lag_events"), 0);
+    json_decref(st);
+}
+
+static void test_source_down_backs_off(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    /* Fails 3 pulls: 100 + 200 + 400 ms of backoff, then works. */
+    consumer_up(f, wrap(f, feed_source(f), false, 3));
+    run_for(f, 150);
+    json_t *st = admin(f, "GET", "/v1/admin/consumer", 200);
+    assert_string_equal(
+        json_string_value(json_object_get(status_of(st), "state")), "backoff");
+    assert_non_null(json_string_value(json_object_get(status_of(st), "error")));
+    json_decref(st);
+    wait_cursor(f, 1);
+    item(f, "s1", "a", 1);
+    st = admin(f, "GET", "/v1/admin/consumer", 200);
+    assert_true(json_is_null(json_object_get(status_of(st), "error")));
+    json_decref(st);
+}
+
+static void test_poison_and_redrive(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "P", "poison-1", 2); /* 1 */
+    produce(f, "ItemSet", "P", "p2", 2);       /* 2 */
+    produce(f, "ItemSet", "Q", "q1", 2);       /* 3 */
+    produce(f, "ItemSet", "P", "p3", 2);       /* 4 */
+    produce(f, "ItemSet", "Q", "q2", 2);       /* 5 */
+    uint64_t t0 = moat_mono_ms();
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 5);
+    /* Three attempts with 50 and 200 ms between them. */
+    assert_int_equal(f->view.poison_runs, MOAT_CONSUMER_MAX_ATTEMPTS);
+    assert_true(moat_mono_ms() - t0 >= 250);
+    item(f, "Q", "q2", 2); /* the other aggregate flowed on */
+    item(f, "P", NULL, 0); /* nothing of P overtook the poison */
+
+    json_t *dl = admin(f, "GET", "/v1/admin/dead-letters", 200);
+    assert_int_equal(jint(dl, "total"), 3);
+    json_t *list = json_object_get(dl, "dead_letters");
+    json_t *first = json_array_get(list, 0);
+    assert_int_equal(jint(first, "seq"), 1);
+    assert_string_equal(json_string_value(json_object_get(first, "state")),
+                        "failed");
+    assert_string_equal(json_string_value(json_object_get(first, "error")),
+                        "poisoned value");
+    assert_int_equal(jint(first, "attempts"), 3);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(first, "event"), "type")),
+                        "ItemSet");
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(list, 1), "state")),
+        "blocked");
+    assert_int_equal(jint(json_array_get(list, 2), "seq"), 4);
+    json_decref(dl);
+    assert_metric(f, "moat_consumer_dead_letters{source=\"catalog\"} 3\n");
+    assert_metric(f, "moat_consumer_failures_total{source=\"catalog\"} 3\n");
+
+    /* Later events of P park behind it as they come. */
+    produce(f, "ItemSet", "P", "p4", 2); /* 6 */
+    wait_cursor(f, 6);
+    item(f, "P", NULL, 0);
+    json_t *st = admin(f, "GET", "/v1/admin/consumer", 200);
+    json_t *dead = json_object_get(status_of(st), "dead_letters");
+    assert_int_equal(jint(dead, "failed"), 1);
+    assert_int_equal(jint(dead, "blocked"), 3);
+    json_decref(st);
+
+    /* Still broken: the redrive stops at the first one, keeps the rest. */
+    json_t *r =
+        admin(f, "POST",
+              "/v1/admin/dead-letters/redrive?source=catalog&subject=P", 200);
+    assert_int_equal(jint(r, "applied"), 0);
+    assert_int_equal(json_array_size(json_object_get(r, "failed")), 1);
+    assert_int_equal(jint(r, "remaining"), 4);
+    json_decref(r);
+    dl = admin(f, "GET", "/v1/admin/dead-letters?subject=P&limit=1", 200);
+    assert_int_equal(
+        jint(json_array_get(json_object_get(dl, "dead_letters"), 0),
+             "attempts"),
+        4);
+    json_decref(dl);
+
+    /* Fixed: all of P, in order, and P flows normally afterwards. */
+    f->view.broken = false;
+    r = admin(f, "POST", "/v1/admin/dead-letters/redrive", 200);
+    assert_int_equal(jint(r, "applied"), 4);
+    assert_int_equal(json_array_size(json_object_get(r, "failed")), 0);
+    assert_int_equal(jint(r, "remaining"), 0);
+    json_decref(r);
+    item(f, "P", "p4", 4);
+    struct moat_stmt *s = moat_db_prepare(
+        f->cdb, "test_order",
+        "SELECT group_concat(value, ',') FROM (SELECT value FROM applied "
+        "WHERE subject = 'P' ORDER BY n)");
+    assert_int_equal(moat_stmt_step(s), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(moat_stmt_raw(s), 0),
+                        "poison-1,p2,p3,p4");
+    moat_stmt_reset(s);
+    assert_metric(f, "moat_consumer_dead_letters{source=\"catalog\"} 0\n");
+
+    produce(f, "ItemSet", "P", "p5", 2); /* 7 */
+    wait_cursor(f, 7);
+    item(f, "P", "p5", 5);
+
+    /* Bad admin requests. */
+    json_decref(
+        admin(f, "POST", "/v1/admin/dead-letters/redrive?source=x", 404));
+    json_decref(admin(f, "GET", "/v1/admin/dead-letters?limit=0", 400));
+    json_decref(admin(f, "POST", "/v1/admin/replay?verify=2", 400));
+}
+
+static void test_replay_rebuilds_the_same_view(void **state)
+{
+    struct fixture *f = *state;
+    f->view.broken = false;
+    for (int i = 0; i < 30; i++) {
+        char subject[8], value[8];
+        snprintf(subject, sizeof(subject), "s%d", i % 7);
+        snprintf(value, sizeof(value), "v%d", i);
+        produce(f, i % 5 == 4 ? "Other" : "ItemSet", subject, value,
+                i % 3 == 0 ? 1 : 2);
+    }
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 30);
+    json_t *before = dump_items(f->cdb);
+
+    json_t *r = admin(f, "POST", "/v1/admin/replay", 202);
+    assert_string_equal(json_string_value(json_object_get(r, "replay")),
+                        "started");
+    json_decref(r);
+    assert_true(cursor(f) < 30); /* reset, then rebuilt */
+    wait_cursor(f, 30);
+    json_t *after = dump_items(f->cdb);
+    assert_true(json_equal(before, after));
+    json_decref(before);
+    json_decref(after);
+
+    /* And the rebuilt consumer is live again. */
+    produce(f, "ItemSet", "s0", "new", 2);
+    wait_cursor(f, 31);
+}
+
+static void on_produce_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct fixture *f = arg;
+    produce(f, "ItemSet", "live", "x", 2);
+}
+
+static void test_verify(void **state)
+{
+    struct fixture *f = *state;
+    f->view.broken = false;
+    for (int i = 0; i < 200; i++) {
+        char subject[8];
+        snprintf(subject, sizeof(subject), "s%d", i % 11);
+        produce(f, "ItemSet", subject, "v", 2);
+    }
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 200);
+
+    /* Events keep coming while the verification runs. */
+    struct event *tick = event_new(f->base, -1, EV_PERSIST, on_produce_tick, f);
+    struct timeval tv = {0, 2000};
+    event_add(tick, &tv);
+    json_t *r = admin(f, "POST", "/v1/admin/replay?verify=1", 200);
+    event_free(tick);
+    if (!json_is_true(json_object_get(r, "identical"))) {
+        char *text = json_dumps(r, 0);
+        fail_msg("not identical: %s", text);
+    }
+    assert_true(jint(r, "events") >= 200);
+    assert_int_equal(json_array_size(json_object_get(r, "differences")), 0);
+    json_decref(r);
+    char *scratch = moat_xasprintf("%s/replay-verify.db", f->dir);
+    assert_int_not_equal(access(scratch, F_OK), 0);
+
+    /* A view that drifted from its events is caught. */
+    assert_int_equal(moat_db_exec(f->cdb, "test_tamper",
+                                  "UPDATE items SET value = 'tampered' "
+                                  "WHERE subject = 's3'"),
+                     MOAT_OK);
+    r = admin(f, "POST", "/v1/admin/replay?verify=1", 200);
+    assert_true(json_is_false(json_object_get(r, "identical")));
+    json_t *diffs = json_object_get(r, "differences");
+    assert_int_equal(json_array_size(diffs), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(diffs, 0)),
+                           "item s3: live tampered/"));
+    json_decref(r);
+    assert_int_not_equal(access(scratch, F_OK), 0);
+
+    /* So is a dead letter that the rebuild would apply. */
+    f->view.broken = true;
+    wait_cursor(f, produce(f, "ItemSet", "s3", "poison-late", 2));
+    f->view.broken = false;
+    r = admin(f, "POST", "/v1/admin/replay?verify=1", 200);
+    assert_true(json_is_false(json_object_get(r, "identical")));
+    char *text = json_dumps(json_object_get(r, "differences"), 0);
+    assert_non_null(strstr(text, "a dead letter live but applied by the "
+                                 "rebuild"));
+    free(text);
+    json_decref(r);
+    free(scratch);
+}
+
+int main(int argc, char **argv)
+{
+    /* One test alone: pass its name (a glob). */
+    if (argc > 1)
+        cmocka_set_test_filter(argv[1]);
+    moat_log_init("test", getenv("TEST_LOG") ? MOAT_LOG_DEBUG : MOAT_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_exactly_once_under_duplicates,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cursor_survives_restart, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_source_down_backs_off, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_poison_and_redrive, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_replay_rebuilds_the_same_view,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
