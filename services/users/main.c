@@ -17,6 +17,7 @@
 
 #include "moat/config.h"
 #include "moat/jwt.h"
+#include "moat/events.h"
 #include "moat/log.h"
 #include "moat/service.h"
 #include "users.h"
@@ -209,7 +210,9 @@ static int users_init(struct moat_service *svc)
         goto out;
 
     step = "database";
-    rc = usr_store_open(&usr->store, dir, usr->kr, svc->metrics);
+    rc = usr_store_open(&usr->store, svc->base, dir, usr->kr, svc->metrics);
+    if (rc == MOAT_OK)
+        rc = moat_feed_register(usr_store_outbox(usr->store), svc->http);
     if (rc != MOAT_OK)
         goto out;
 

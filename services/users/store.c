@@ -7,12 +7,14 @@
 #include <string.h>
 
 #include "moat/db.h"
+#include "moat/events.h"
 #include "moat/log.h"
 #include "store.h"
 
 struct usr_store {
     struct moat_db *db;            /* owned */
     const struct moat_keyring *kr; /* borrowed */
+    struct moat_outbox *outbox;    /* owned; UserRegistered, UserUpdated */
 };
 
 #define DB_FILE "users.db"
@@ -64,10 +66,12 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
      "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
+    {2, "create outbox", MOAT_OUTBOX_SCHEMA},
 };
 
-int usr_store_open(struct usr_store **out, const char *data_dir,
-                   const struct moat_keyring *kr, struct moat_metrics *metrics)
+int usr_store_open(struct usr_store **out, struct event_base *base,
+                   const char *data_dir, const struct moat_keyring *kr,
+                   struct moat_metrics *metrics)
 {
     struct usr_store *s = moat_xcalloc(1, sizeof(*s));
     char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
@@ -81,6 +85,13 @@ int usr_store_open(struct usr_store **out, const char *data_dir,
     if (rc != MOAT_OK)
         goto cleanup;
     rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    /* Events carry ids and roles only: the outbox lives in this database,
+     * which holds no plaintext personal data (docs/users.md). */
+    struct moat_outbox_options oo = {.retention_s = 7 * 86400,
+                                     .retention_min_keep = 10000};
+    rc = moat_outbox_new(&s->outbox, base, s->db, "users", &oo, metrics);
     if (rc != MOAT_OK)
         goto cleanup;
     *out = s;
@@ -100,6 +111,7 @@ void usr_store_close(struct usr_store *s)
 {
     if (!s)
         return;
+    moat_outbox_free(s->outbox);
     moat_db_close(s->db);
     free(s);
 }
@@ -254,17 +266,21 @@ int usr_store_create(struct usr_store *s, struct usr_user *u,
     if (rc != MOAT_OK)
         goto out;
 
-    /*
-     * Outbox: the UserRegistered event (id, role, created_at; no plaintext
-     * personal data) is inserted here, in this same transaction, so the
-     * account and its event commit or vanish together (DESIGN.md
-     * invariant 2).
-     */
+    /* The account and its event commit or vanish together (DESIGN.md
+     * invariant 2). No plaintext personal data in the event. */
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
+                           "version", (json_int_t)1, "created_at",
+                           (json_int_t)(u->created_ms / 1000));
+    rc = moat_outbox_append(s->outbox, "UserRegistered", u->id, 1, ev, NULL);
+    json_decref(ev);
+    if (rc != MOAT_OK)
+        goto out;
 
     rc = moat_db_commit(s->db);
     if (rc == MOAT_OK) {
         u->version = 1;
         u->key_id = key_id;
+        moat_outbox_committed(s->outbox);
     }
 
 out:
@@ -439,17 +455,23 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
             goto out;
     }
 
-    /*
-     * Outbox: the UserUpdated event (id, version, changed field names,
-     * role; no plaintext personal data) is inserted here, in this same
-     * transaction (DESIGN.md invariant 2).
-     */
+    /* Same transaction as the change (DESIGN.md invariant 2). Consumers
+     * that need the new name or email read it through the API, which
+     * authorises and audits the read. */
+    json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
+                           "version", (json_int_t)(expect_version + 1),
+                           "updated_at", (json_int_t)(now_ms / 1000));
+    rc = moat_outbox_append(s->outbox, "UserUpdated", u->id, 1, ev, NULL);
+    json_decref(ev);
+    if (rc != MOAT_OK)
+        goto out;
 
     rc = moat_db_commit(s->db);
     if (rc == MOAT_OK) {
         u->version = expect_version + 1;
         u->updated_ms = now_ms;
         u->key_id = key_id;
+        moat_outbox_committed(s->outbox);
     }
 
 out:
@@ -824,4 +846,9 @@ out:
     }
     free(rows);
     return rc;
+}
+
+struct moat_outbox *usr_store_outbox(struct usr_store *s)
+{
+    return s->outbox;
 }

@@ -32,6 +32,8 @@
 #include "moat/metrics.h"
 #include "user.h"
 
+struct event_base;
+struct moat_outbox;
 struct usr_store;
 
 /* A sealed field did not authenticate: see above. */
@@ -40,8 +42,11 @@ struct usr_store;
 #define USR_TOKEN_HASH_HEX 64
 #define USR_FAMILY_MAX     48
 
-int usr_store_open(struct usr_store **out, const char *data_dir,
-                   const struct moat_keyring *kr, struct moat_metrics *metrics);
+int usr_store_open(struct usr_store **out, struct event_base *base,
+                   const char *data_dir, const struct moat_keyring *kr,
+                   struct moat_metrics *metrics);
+/* The outbox of UserRegistered/UserUpdated events (served as the feed). */
+struct moat_outbox *usr_store_outbox(struct usr_store *s);
 void usr_store_close(struct usr_store *s);
 bool usr_store_ready(struct usr_store *s, const char **why);
 

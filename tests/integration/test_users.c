@@ -1187,10 +1187,57 @@ static void test_data_dir_permissions(void **state)
     }
 }
 
+/* users publishes UserRegistered through its feed, to known services
+ * only, and the events carry no personal data (the outbox lives in the
+ * encrypted-at-rest database). */
+static void test_events_feed(void **state)
+{
+    MOAT_UNUSED(state);
+    json_t *u = register_user("feed.person@example.com", "Feed Person");
+    const char *id = json_string_value(json_object_get(u, "id"));
+    struct h_resp r;
+    const char *tok[] = {h_service_token("users", NULL, NULL), NULL};
+    h_http(&r, "GET", h_fmt("%s/v1/events?after=0&limit=1000", F.users.url),
+           tok, NULL, 0);
+    h_assert_status(&r, 200);
+    assert_null(strstr(r.body, "feed.person@example.com"));
+    assert_null(strstr(r.body, "Feed Person"));
+    json_t *feed = h_resp_json(&r);
+    bool found = false;
+    size_t i;
+    json_t *ev;
+    json_array_foreach(json_object_get(feed, "events"), i, ev)
+    {
+        if (strcmp(json_string_value(json_object_get(ev, "type")),
+                   "UserRegistered") == 0 &&
+            strcmp(json_string_value(json_object_get(ev, "subject")), id) ==
+                0) {
+            found = true;
+            assert_string_equal(json_string_value(json_object_get(
+                                    json_object_get(ev, "data"), "role")),
+                                "customer");
+            assert_string_equal(
+                json_string_value(json_object_get(ev, "source")), "moat/users");
+        }
+    }
+    assert_true(found);
+    json_decref(feed);
+    h_resp_release(&r);
+
+    /* Without a service token: refused. */
+    const char *none[] = {"Moat-Service-Token:", NULL};
+    h_http(&r, "GET", h_fmt("%s/v1/events?after=0", F.users.url), none, NULL,
+           0);
+    h_assert_problem(&r, 401);
+    h_resp_release(&r);
+    json_decref(u);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_register_login_me),
+        cmocka_unit_test(test_events_feed),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_refresh_rotation),
         cmocka_unit_test(test_authorisation),
