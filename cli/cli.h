@@ -129,6 +129,14 @@ char *cli_operator_header(const struct deploy *d, const char *audience);
 
 #define CLI_CALL_MAX_BODY (16u << 20)
 /*
+ * A blocking HTTP call: header (one "Name: value" line) and json_body may
+ * be NULL. MOAT_OK with *status and *body (caller frees; "" when empty)
+ * when an answer came; MOAT_ETIMEDOUT or MOAT_EIO otherwise (*body still
+ * set). Bodies beyond CLI_CALL_MAX_BODY abort the call.
+ */
+int cli_http(const char *method, const char *url, const char *header,
+             const char *json_body, long timeout_ms, long *status, char **body);
+/*
  * A blocking call of svc's route path (e.g. "/v1/admin/keys") as the
  * operator, with an optional JSON body. MOAT_OK with *status and *body
  * (caller frees; "" when empty) when an answer came, else an error code

@@ -53,6 +53,136 @@ static void check_health(const struct deploy_service *svc, struct health *h)
         h->word = "down";
 }
 
+/* Value of a sample line "name{labels} value" in Prometheus text. */
+static bool metric_line(const char *line, const char *name, char *label,
+                        size_t label_len, double *value)
+{
+    size_t n = strlen(name);
+    if (strncmp(line, name, n) != 0 || (line[n] != ' ' && line[n] != '{'))
+        return false;
+    const char *p = line + n;
+    label[0] = '\0';
+    if (*p == '{') {
+        /* Only the first label's value matters here (source="catalog"). */
+        const char *q = strchr(p, '"');
+        const char *e = q ? strchr(q + 1, '"') : NULL;
+        if (!q || !e)
+            return false;
+        snprintf(label, label_len, "%.*s", (int)(e - q - 1), q + 1);
+        p = strchr(e, '}');
+        if (!p)
+            return false;
+        p++;
+    }
+    char *end = NULL;
+    *value = strtod(p, &end);
+    return end != p;
+}
+
+/*
+ * Event backbone figures from a service's /metrics (an open route): its
+ * outbox backlog and, per source it consumes, lag and dead letters. NULL
+ * when the service has neither.
+ */
+static json_t *events_of(const struct deploy_service *svc)
+{
+    char *base = deploy_base_url(svc);
+    char *url = moat_xasprintf("%s/metrics", base);
+    long status = 0;
+    char *body = NULL;
+    json_t *out = NULL;
+    if (cli_http("GET", url, NULL, NULL, CLI_PROBE_TIMEOUT_MS, &status,
+                 &body) != MOAT_OK ||
+        status != 200)
+        goto done;
+    json_t *outbox = json_object(), *consumers = json_object();
+    static const struct {
+        const char *metric, *key;
+        bool per_source;
+    } wanted[] = {
+        {"moat_outbox_events", "events", false},
+        {"moat_outbox_oldest_age_seconds", "oldest_age_s", false},
+        {"moat_outbox_head_seq", "head", false},
+        {"moat_consumer_lag_events", "lag_events", true},
+        {"moat_consumer_lag_seconds", "lag_seconds", true},
+        {"moat_consumer_dead_letters", "dead_letters", true},
+        {"moat_consumer_failures_total", "failures", true},
+    };
+    char *save = NULL;
+    for (char *line = strtok_r(body, "\n", &save); line;
+         line = strtok_r(NULL, "\n", &save)) {
+        if (line[0] == '#')
+            continue;
+        for (size_t i = 0; i < MOAT_ARRAY_LEN(wanted); i++) {
+            char label[64];
+            double v;
+            if (!metric_line(line, wanted[i].metric, label, sizeof(label), &v))
+                continue;
+            json_t *dst = outbox;
+            if (wanted[i].per_source) {
+                dst = json_object_get(consumers, label);
+                if (!dst) {
+                    dst = json_object();
+                    json_object_set_new(consumers, label, dst);
+                }
+            }
+            json_object_set_new(dst, wanted[i].key, json_real(v));
+        }
+    }
+    if (json_object_size(outbox) || json_object_size(consumers)) {
+        out = json_object();
+        if (json_object_size(outbox))
+            json_object_set(out, "outbox", outbox);
+        if (json_object_size(consumers))
+            json_object_set(out, "consumers", consumers);
+    }
+    json_decref(outbox);
+    json_decref(consumers);
+done:
+    free(body);
+    free(url);
+    free(base);
+    return out;
+}
+
+static double num(json_t *o, const char *key)
+{
+    return json_number_value(json_object_get(o, key));
+}
+
+static void print_events(json_t *services)
+{
+    bool header = false;
+    size_t i;
+    json_t *s;
+    json_array_foreach(services, i, s)
+    {
+        json_t *ev = json_object_get(s, "events");
+        if (!ev)
+            continue;
+        if (!header) {
+            printf("\nEVENTS\n");
+            header = true;
+        }
+        const char *name = json_string_value(json_object_get(s, "name"));
+        json_t *ob = json_object_get(ev, "outbox");
+        if (ob)
+            printf("  %-14s outbox: %.0f events retained, head %.0f, oldest "
+                   "%.1f s\n",
+                   name, num(ob, "events"), num(ob, "head"),
+                   num(ob, "oldest_age_s"));
+        const char *src;
+        json_t *c;
+        json_object_foreach(json_object_get(ev, "consumers"), src, c)
+        {
+            printf("  %-14s from %-10s lag %.0f events (%.1f s), dead "
+                   "letters %.0f, handler failures %.0f\n",
+                   name, src, num(c, "lag_events"), num(c, "lag_seconds"),
+                   num(c, "dead_letters"), num(c, "failures"));
+        }
+    }
+}
+
 /* A new reference to v, or JSON null when v is NULL (for json_pack "o"). */
 static json_t *or_null(json_t *v)
 {
@@ -147,6 +277,13 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
+        if (h.healthz == 200) {
+            json_t *ev = events_of(svc);
+            if (ev)
+                json_object_set_new(
+                    json_array_get(services, json_array_size(services) - 1),
+                    "events", ev);
+        }
     }
     json_object_set_new(out, "ready", json_boolean(all_ready));
 
@@ -189,6 +326,7 @@ int cli_cmd_status(int argc, char **argv)
                 size,
                 (long long)json_integer_value(json_object_get(s, "restarts")));
         }
+        print_events(services);
     }
     ret = all_ready ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 

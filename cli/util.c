@@ -303,19 +303,14 @@ static size_t collect_body(char *p, size_t size, size_t n, void *arg)
     return size * n;
 }
 
-int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
-                      const char *method, const char *path,
-                      const char *json_body, long timeout_ms, long *status,
-                      char **body)
+int cli_http(const char *method, const char *url, const char *header,
+             const char *json_body, long timeout_ms, long *status, char **body)
 {
     *status = 0;
     *body = NULL;
-    char *auth = cli_operator_header(d, svc->name);
-    if (!auth)
-        return MOAT_EINVAL;
-    char *base = deploy_base_url(svc);
-    char *url = moat_xasprintf("%s%s", base, path);
-    struct curl_slist *hdrs = curl_slist_append(NULL, auth);
+    struct curl_slist *hdrs = NULL;
+    if (header)
+        hdrs = curl_slist_append(hdrs, header);
     if (json_body)
         hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
     struct moat_buf out = MOAT_BUF_INIT;
@@ -331,11 +326,10 @@ int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
     curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &out);
-    if (json_body) {
+    if (json_body)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, json_body);
-    } else if (strcmp(method, "POST") == 0) {
+    else if (strcmp(method, "POST") == 0)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-    }
     CURLcode rc = curl_easy_perform(c);
     if (rc == CURLE_OPERATION_TIMEDOUT) {
         ret = MOAT_ETIMEDOUT;
@@ -343,16 +337,33 @@ int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
         ret = MOAT_OK;
     }
-    if (ret != MOAT_OK)
-        cli_error("%s %s: %s", method, url, curl_easy_strerror(rc));
 out:
     if (c)
         curl_easy_cleanup(c);
     curl_slist_free_all(hdrs);
+    *body = moat_buf_detach(&out, NULL);
+    return ret;
+}
+
+int cli_operator_call(const struct deploy *d, const struct deploy_service *svc,
+                      const char *method, const char *path,
+                      const char *json_body, long timeout_ms, long *status,
+                      char **body)
+{
+    *status = 0;
+    *body = NULL;
+    char *auth = cli_operator_header(d, svc->name);
+    if (!auth)
+        return MOAT_EINVAL;
+    char *base = deploy_base_url(svc);
+    char *url = moat_xasprintf("%s%s", base, path);
+    int ret = cli_http(method, url, auth, json_body, timeout_ms, status, body);
+    if (ret != MOAT_OK)
+        cli_error("%s %s: %s", method, url,
+                  ret == MOAT_ETIMEDOUT ? "timed out" : "no answer");
     sodium_memzero(auth, strlen(auth));
     free(auth);
     free(base);
     free(url);
-    *body = moat_buf_detach(&out, NULL);
     return ret;
 }
