@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "moat/id.h"
 
 #include "user.h"
 
@@ -25,70 +26,15 @@ void usr_user_copy(struct usr_user *dst, const struct usr_user *src)
 
 /* --- ids (the same scheme as catalog's product ids) --- */
 
-static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-#define ID_TIME_BYTES 6
-#define ID_RAND_BYTES 10
-#define ID_BYTES      (ID_TIME_BYTES + ID_RAND_BYTES)
-
-/* The last id's time and random part: handlers run on one thread. */
-static uint64_t last_ms;
-static uint8_t last_rand[ID_RAND_BYTES];
-
-/* Add one to a big-endian number; returns true when it wrapped to zero. */
-static bool increment(uint8_t *b, size_t n)
-{
-    for (size_t i = n; i-- > 0;)
-        if (++b[i] != 0)
-            return false;
-    return true;
-}
-
+/* Ids come from the runtime (moat/id.h); the prefix is this service's. */
 void usr_id_new(char out[USR_ID_LEN + 1])
 {
-    int64_t wall = moat_wall_ms();
-    uint64_t now = wall > 0 ? (uint64_t)wall : 0;
-    now &= (UINT64_C(1) << 48) - 1;
-
-    if (now > last_ms) {
-        last_ms = now;
-        moat_random_bytes(last_rand, sizeof(last_rand));
-    } else if (increment(last_rand, sizeof(last_rand))) {
-        last_ms++; /* 2^80 ids in one millisecond: stay sortable anyway */
-    }
-
-    uint8_t bytes[ID_BYTES];
-    for (int i = 0; i < ID_TIME_BYTES; i++)
-        bytes[i] = (uint8_t)(last_ms >> (8 * (ID_TIME_BYTES - 1 - i)));
-    memcpy(bytes + ID_TIME_BYTES, last_rand, ID_RAND_BYTES);
-
-    /* 26 characters carry 130 bits: the first two are always zero. */
-    memcpy(out, USR_ID_PREFIX, USR_ID_PREFIX_LEN);
-    for (int i = 0; i < 26; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 5; k++) {
-            int bit = i * 5 - 2 + k;
-            v <<= 1;
-            if (bit >= 0)
-                v |= (bytes[bit / 8] >> (7 - bit % 8)) & 1u;
-        }
-        out[USR_ID_PREFIX_LEN + i] = crockford[v];
-    }
-    out[USR_ID_LEN] = '\0';
+    moat_id_new(USR_ID_PREFIX, out, USR_ID_LEN + 1);
 }
 
 bool usr_id_valid(const char *s)
 {
-    if (!s || strlen(s) != USR_ID_LEN ||
-        memcmp(s, USR_ID_PREFIX, USR_ID_PREFIX_LEN) != 0)
-        return false;
-    const char *enc = s + USR_ID_PREFIX_LEN;
-    if (enc[0] < '0' || enc[0] > '7') /* the leading character: 3 bits */
-        return false;
-    for (int i = 0; i < 26; i++)
-        if (!strchr(crockford, enc[i]) || enc[i] == '\0')
-            return false;
-    return true;
+    return s && moat_id_valid(s, USR_ID_PREFIX);
 }
 
 bool usr_role_valid(const char *s)

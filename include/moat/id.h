@@ -1,0 +1,22 @@
+/*
+ * moat/id.h - sortable unique ids for aggregates: a short type prefix and
+ * 26 Crockford base32 characters holding a 48-bit millisecond timestamp and
+ * 80 random bits ("prod_01M7ZRQ8CT7XRA5DVFHQHPKC8A"). Ids sort by creation
+ * time (keyset pagination, clustered primary keys); within one process
+ * they are strictly increasing even inside one millisecond. Thread-safe.
+ */
+#ifndef MOAT_ID_H
+#define MOAT_ID_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define MOAT_ID_CHARS 26 /* after the prefix */
+
+/* Write prefix + id into out (cap >= strlen(prefix) + 27); truncates
+ * rather than overflow when cap is short (a programming error). */
+void moat_id_new(const char *prefix, char *out, size_t cap);
+/* True when s is prefix followed by a well-formed 26-character id. */
+bool moat_id_valid(const char *s, const char *prefix);
+
+#endif /* MOAT_ID_H */

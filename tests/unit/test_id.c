@@ -1,0 +1,57 @@
+/* Unit tests for lib/id.c: sortable unique ids. */
+#include "moat/common.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "moat/id.h"
+
+static void test_ids_sort_and_validate(void **state)
+{
+    char prev[64] = "", cur[64];
+    for (int i = 0; i < 10000; i++) { /* many within one millisecond */
+        moat_id_new("ord_", cur, sizeof(cur));
+        assert_int_equal(strlen(cur), 4 + MOAT_ID_CHARS);
+        assert_true(moat_id_valid(cur, "ord_"));
+        assert_false(moat_id_valid(cur, "usr_"));
+        assert_true(strcmp(prev, cur) < 0); /* strictly increasing */
+        memcpy(prev, cur, sizeof(cur));
+    }
+}
+
+static void test_invalid_ids(void **state)
+{
+    char good[64];
+    moat_id_new("x_", good, sizeof(good));
+    const char *bad[] = {
+        NULL,
+        "",
+        "x_",
+        "x_01M7ZRQ8CT7XRA5DVFHQHPKC8",   /* 25 characters */
+        "x_01M7ZRQ8CT7XRA5DVFHQHPKC8AB", /* 27 */
+        "x_81M7ZRQ8CT7XRA5DVFHQHPKC8A",  /* first char holds 3 bits */
+        "x_01M7ZRQ8CT7XRA5DVFHQHPKCIA",  /* I is not Crockford */
+        "x_01m7zrq8ct7xra5dvfhqhpkc8a",  /* lower case */
+        "y_01M7ZRQ8CT7XRA5DVFHQHPKC8A",  /* wrong prefix */
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++)
+        assert_false(moat_id_valid(bad[i], "x_"));
+    assert_true(moat_id_valid(good, "x_"));
+    /* A short buffer truncates instead of overflowing. */
+    char small[8];
+    moat_id_new("prod_", small, sizeof(small));
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ids_sort_and_validate),
+        cmocka_unit_test(test_invalid_ids),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
