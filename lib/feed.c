@@ -36,7 +36,6 @@
 #define FEED_EVENT_OVERHEAD 400
 /* The client waits this much longer than the long poll itself. */
 #define FEED_CLIENT_SLACK_MS 5000
-#define QUERY_MAX_ERRORS     20
 
 /* ---- strict query strings (shared with consumer.c) ---- */
 
@@ -48,50 +47,26 @@ static bool utf8_valid(const char *s)
     return ok;
 }
 
-MOAT_PRINTF(3, 4)
-static void query_error(json_t **problem, const char *param, const char *fmt,
-                        ...)
-{
-    if (!*problem) {
-        *problem = moat_problem_new(400, "the query string has invalid "
-                                         "parameters");
-        json_object_set_new(*problem, "errors", json_array());
-    }
-    json_t *errors = json_object_get(*problem, "errors");
-    if (json_array_size(errors) >= QUERY_MAX_ERRORS)
-        return;
-    char detail[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
-    json_t *name = json_string(param);
-    if (!name)
-        name = json_string("(a parameter name that is not valid UTF-8)");
-    json_array_append_new(
-        errors, json_pack("{s:o, s:s}", "parameter", name, "detail", detail));
-}
-
 static void parse_one(json_t **problem, struct moat_qparam *p,
                       const char *value)
 {
     if (p->seen) {
-        query_error(problem, p->name, "is given more than once");
+        moat_problem_param_error(problem, p->name, "is given more than once");
         return;
     }
     p->seen = true;
     if (p->kind == MOAT_Q_INT) {
         if (moat_parse_i64(value, p->min, p->max, &p->ival) != MOAT_OK)
-            query_error(problem, p->name,
-                        "must be an integer from %lld to %lld",
-                        (long long)p->min, (long long)p->max);
+            moat_problem_param_error(problem, p->name,
+                                     "must be an integer from %lld to %lld",
+                                     (long long)p->min, (long long)p->max);
         return;
     }
     size_t len = strlen(value);
     if ((int64_t)len < p->min || (int64_t)len > p->max || !utf8_valid(value))
-        query_error(problem, p->name,
-                    "must be %lld to %lld bytes of valid UTF-8",
-                    (long long)p->min, (long long)p->max);
+        moat_problem_param_error(problem, p->name,
+                                 "must be %lld to %lld bytes of valid UTF-8",
+                                 (long long)p->min, (long long)p->max);
     else
         p->sval = value;
 }
@@ -117,8 +92,8 @@ json_t *moat_events_parse_query(struct moat_req *r, struct moat_qparam *params,
         struct moat_buf known = MOAT_BUF_INIT;
         for (size_t i = 0; i < n; i++)
             moat_buf_printf(&known, "%s%s", i ? ", " : "", params[i].name);
-        query_error(&problem, key, "is not a known parameter (%s)",
-                    n ? moat_buf_str(&known) : "none");
+        moat_problem_param_error(&problem, key, "is not a known parameter (%s)",
+                                 n ? moat_buf_str(&known) : "none");
         moat_buf_release(&known);
     }
     /* evhttp drops the whole query string when one parameter is not

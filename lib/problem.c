@@ -136,6 +136,33 @@ void moat_problem_add_error(json_t *problem, const char *pointer,
         errors, json_pack("{s:s, s:s}", "pointer", pointer, "detail", detail));
 }
 
+#define MAX_PARAM_ERRORS 20
+
+void moat_problem_param_error(json_t **problem, const char *param,
+                              const char *fmt, ...)
+{
+    if (!*problem)
+        *problem = moat_problem_new(400, "the query string has invalid "
+                                         "parameters");
+    json_t *errors = json_object_get(*problem, "errors");
+    if (!errors) {
+        errors = json_array();
+        json_object_set_new(*problem, "errors", errors);
+    }
+    if (json_array_size(errors) >= MAX_PARAM_ERRORS)
+        return;
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    json_t *name = json_string(param);
+    if (!name)
+        name = json_string("(a parameter name that is not valid UTF-8)");
+    json_array_append_new(
+        errors, json_pack("{s:o, s:s}", "parameter", name, "detail", detail));
+}
+
 void moat_validation_init(struct moat_validation *v)
 {
     v->errors = json_array();

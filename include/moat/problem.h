@@ -31,6 +31,17 @@ json_t *moat_problem_new(int status, const char *detail);
 void moat_problem_add_error(json_t *problem, const char *pointer,
                             const char *detail);
 
+/*
+ * Record that query parameter param is wrong: creates *problem (a 400
+ * "the query string has invalid parameters") on first use and appends
+ * {"parameter": param, "detail": ...} to its "errors" (at most 20; a name
+ * that is not valid UTF-8 is replaced by a placeholder). The caller
+ * replies with *problem when it is not NULL.
+ */
+void moat_problem_param_error(json_t **problem, const char *param,
+                              const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 struct moat_validation {
     json_t *errors; /* array of {pointer, detail}; owned */
 };

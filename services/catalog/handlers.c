@@ -21,7 +21,6 @@
 #define LIST_LIMIT_DEFAULT 20
 #define LIST_LIMIT_MAX     100
 #define LIST_MAX_ATTR      16 /* attr.<key> filters in one query */
-#define QUERY_MAX_ERRORS   20
 #define ATTR_PREFIX        "attr."
 #define ATTR_PREFIX_LEN    5
 #define CURSOR_HEX_LEN     (2 * CAT_ID_LEN)
@@ -447,32 +446,6 @@ struct list_query {
     json_t *problem; /* 400 problem being built, NULL while all is well */
 };
 
-MOAT_PRINTF(3, 4)
-static void query_error(struct list_query *q, const char *param,
-                        const char *fmt, ...)
-{
-    if (!q->problem)
-        q->problem = moat_problem_new(400, "the query string has invalid "
-                                           "parameters");
-    json_t *errors = json_object_get(q->problem, "errors");
-    if (!errors) {
-        errors = json_array();
-        json_object_set_new(q->problem, "errors", errors);
-    }
-    if (json_array_size(errors) >= QUERY_MAX_ERRORS)
-        return;
-    char detail[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
-    json_t *name = json_string(param);
-    if (!name)
-        name = json_string("(a parameter name that is not valid UTF-8)");
-    json_array_append_new(
-        errors, json_pack("{s:o, s:s}", "parameter", name, "detail", detail));
-}
-
 /* The cursor is opaque to clients: hex of the last id of the page. */
 static void cursor_encode(const char *id, char out[CURSOR_HEX_LEN + 1])
 {
@@ -505,9 +478,10 @@ static void parse_amount(struct list_query *q, const char *key,
                          const char *value, bool *has, int64_t *out)
 {
     if (moat_parse_i64(value, 0, CAT_AMOUNT_MAX, out) != MOAT_OK)
-        query_error(q, key,
-                    "must be a whole number of minor units from 0 to %lld",
-                    (long long)CAT_AMOUNT_MAX);
+        moat_problem_param_error(
+            &q->problem, key,
+            "must be a whole number of minor units from 0 to %lld",
+            (long long)CAT_AMOUNT_MAX);
     else
         *has = true;
 }
@@ -517,19 +491,21 @@ static void parse_attr(struct list_query *q, const char *key, const char *value)
     const char *name = key + ATTR_PREFIX_LEN;
     size_t n = moat_utf8_len(name);
     if (!utf8_valid(name) || n < 1 || n > CAT_ATTR_KEY_MAX) {
-        query_error(q, key,
-                    "needs an attribute name of 1 to %d characters after "
-                    "\"attr.\"",
-                    CAT_ATTR_KEY_MAX);
+        moat_problem_param_error(
+            &q->problem, key,
+            "needs an attribute name of 1 to %d characters after "
+            "\"attr.\"",
+            CAT_ATTR_KEY_MAX);
         return;
     }
     if (!utf8_valid(value)) {
-        query_error(q, key, "must be valid UTF-8");
+        moat_problem_param_error(&q->problem, key, "must be valid UTF-8");
         return;
     }
     if (json_object_size(q->attrs) >= LIST_MAX_ATTR) {
-        query_error(q, key, "at most %d attribute filters are allowed",
-                    LIST_MAX_ATTR);
+        moat_problem_param_error(&q->problem, key,
+                                 "at most %d attribute filters are allowed",
+                                 LIST_MAX_ATTR);
         return;
     }
     json_object_set_new(q->attrs, name, json_string(value));
@@ -542,27 +518,31 @@ static void parse_param(struct list_query *q, const char *key,
     if (strcmp(key, "limit") == 0) {
         int64_t limit;
         if (moat_parse_i64(value, 1, LIST_LIMIT_MAX, &limit) != MOAT_OK)
-            query_error(q, key, "must be an integer from 1 to %d",
-                        LIST_LIMIT_MAX);
+            moat_problem_param_error(&q->problem, key,
+                                     "must be an integer from 1 to %d",
+                                     LIST_LIMIT_MAX);
         else
             q->limit = (size_t)limit;
     } else if (strcmp(key, "cursor") == 0) {
         if (!cursor_decode(value, q->after))
-            query_error(q, key, "is not a next_cursor returned by this API");
+            moat_problem_param_error(
+                &q->problem, key, "is not a next_cursor returned by this API");
         else
             f->after_id = q->after;
     } else if (strcmp(key, "sku") == 0) {
         if (!cat_sku_valid(value))
-            query_error(q, key,
-                        "must be 1 to %d of the characters A-Z a-z 0-9 . _ -",
-                        CAT_SKU_MAX);
+            moat_problem_param_error(
+                &q->problem, key,
+                "must be 1 to %d of the characters A-Z a-z 0-9 . _ -",
+                CAT_SKU_MAX);
         else
             f->sku = value;
     } else if (strcmp(key, "currency") == 0) {
         if (!cat_currency_valid(value))
-            query_error(q, key,
-                        "must be an active ISO 4217 currency code in upper "
-                        "case, e.g. EUR");
+            moat_problem_param_error(
+                &q->problem, key,
+                "must be an active ISO 4217 currency code in upper "
+                "case, e.g. EUR");
         else
             f->currency = value;
     } else if (strcmp(key, "min_price") == 0) {
@@ -572,16 +552,18 @@ static void parse_param(struct list_query *q, const char *key,
     } else if (strcmp(key, "q") == 0) {
         size_t n = moat_utf8_len(value);
         if (!utf8_valid(value) || n < 1 || n > CAT_NAME_MAX)
-            query_error(q, key, "must be 1 to %d characters of valid UTF-8",
-                        CAT_NAME_MAX);
+            moat_problem_param_error(
+                &q->problem, key, "must be 1 to %d characters of valid UTF-8",
+                CAT_NAME_MAX);
         else
             f->name_contains = value;
     } else if (strncmp(key, ATTR_PREFIX, ATTR_PREFIX_LEN) == 0) {
         parse_attr(q, key, value);
     } else {
-        query_error(q, key,
-                    "is not a known parameter (limit, cursor, sku, currency, "
-                    "min_price, max_price, q, attr.<name>)");
+        moat_problem_param_error(
+            &q->problem, key,
+            "is not a known parameter (limit, cursor, sku, currency, "
+            "min_price, max_price, q, attr.<name>)");
     }
 }
 
@@ -600,7 +582,8 @@ static void parse_list_query(struct moat_req *r, struct list_query *q)
         /* A repeated parameter is ambiguous (which one wins?): refuse it. */
         if (utf8_valid(key)) {
             if (json_object_get(seen, key)) {
-                query_error(q, key, "is given more than once");
+                moat_problem_param_error(&q->problem, key,
+                                         "is given more than once");
                 continue;
             }
             json_object_set_new(seen, key, json_true());
@@ -626,7 +609,8 @@ static void parse_list_query(struct moat_req *r, struct list_query *q)
 
     if (q->filter.has_min && q->filter.has_max &&
         q->filter.min_amount > q->filter.max_amount)
-        query_error(q, "min_price", "must not be greater than max_price");
+        moat_problem_param_error(&q->problem, "min_price",
+                                 "must not be greater than max_price");
 }
 
 static void handle_list(struct moat_req *r, void *arg)
