@@ -8,6 +8,7 @@ packages=(
     build-essential cmake pkg-config git curl ca-certificates
     libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev
     libsodium-dev libjwt-dev
+    liblmdb-dev
     libcmocka-dev
     clang clang-format libclang-rt-14-dev valgrind
 )

@@ -70,6 +70,9 @@ struct moat_service_def {
     uint16_t default_port; /* 8081 */
     bool needs_data_dir;   /* owns durable data */
     bool public_api; /* faces end users (gateway): no service-token guard */
+    /* Stands in for the outside world (a card processor): not part of
+     * moat's trust domain, so no service identity at all. */
+    bool external;
     const char *const *ro_paths; /* extra read-only paths, NULL-terminated */
     /* Open the database, register routes. Negative return aborts start. */
     int (*init)(struct moat_service *svc);
