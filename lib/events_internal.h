@@ -1,9 +1,18 @@
 /*
- * events_internal.h - what lib/outbox.c, lib/feed.c and lib/consumer.c
- * share and nobody else sees (the public contract is moat/events.h).
+ * events_internal.h - what lib/outbox.c, lib/outbox_kv.c, lib/feed.c and
+ * lib/consumer.c share and nobody else sees (the public contract is
+ * moat/events.h).
  *
  * The outbox owns the list of parked feed readers because it is the outbox
  * that learns about commits; feed.c owns everything about answering them.
+ *
+ * Where the events are stored is behind struct outbox_storage_ops: the
+ * producer's own SQLite database (moat_outbox_new, lib/outbox.c) or its own
+ * LMDB environment (moat_outbox_new_kv, lib/outbox_kv.c). Validation, ids,
+ * traces, metrics, retention policy and the feed are the same for both;
+ * each storage keeps the same promises: sequences assigned in commit order
+ * by the one writer, never reused, contiguous in [retained_from, head]
+ * because retention only deletes a prefix.
  */
 #ifndef MOAT_EVENTS_INTERNAL_H
 #define MOAT_EVENTS_INTERNAL_H
@@ -17,11 +26,63 @@
 
 struct event;
 struct feed_waiter;
+struct moat_kv;
+struct moat_kv_db;
+
+/* One event as a storage hands it over (read) or takes it (append); every
+ * pointer is borrowed for the duration of the call. */
+struct outbox_event {
+    int64_t seq; /* read only: append assigns it */
+    const char *id;
+    const char *type;
+    const char *subject;
+    int64_t time_ms;
+    int schema_version;
+    json_t *data;
+    const char *traceparent; /* "" when none */
+    size_t stored_bytes;     /* read only: its size in storage */
+};
+
+/* Read visitor: OUTBOX_NEXT, OUTBOX_STOP (this event is not taken), or a
+ * negative MOAT_E* that ends the read and is returned. */
+enum { OUTBOX_NEXT = 0, OUTBOX_STOP = 1 };
+typedef int (*outbox_visit_fn)(const struct outbox_event *ev, void *arg);
+
+struct outbox_storage_ops {
+    const char *engine; /* "sqlite", "lmdb": for logs */
+    /* Check (or create) what the storage needs, at moat_outbox_new*. */
+    int (*attach)(struct moat_outbox *o);
+    /* Whether the producer has a write transaction open right now. */
+    bool (*in_txn)(struct moat_outbox *o);
+    /* Store ev inside the producer's open transaction; *seq gets its
+     * sequence number. */
+    int (*append)(struct moat_outbox *o, const struct outbox_event *ev,
+                  int64_t *seq);
+    /* Visit the events with seq > after, ascending, at most limit. */
+    int (*read)(struct moat_outbox *o, int64_t after, int limit,
+                outbox_visit_fn fn, void *arg);
+    /* As moat_outbox_bounds (below). */
+    int (*bounds)(struct moat_outbox *o, int64_t *head, int64_t *retained_from,
+                  int64_t *oldest_ms);
+    /* One retention step in a transaction of its own: delete the oldest
+     * events, at most batch, with time_ms < cutoff_ms, stopping at the
+     * first younger one and never touching the newest keep (keep 0 = no
+     * such floor). MOAT_EBUSY when the producer has a transaction open. */
+    int (*trim)(struct moat_outbox *o, int64_t cutoff_ms, int64_t keep,
+                int batch, int64_t *deleted);
+    const char *(*where)(struct moat_outbox *o); /* path, for logs */
+};
+
+/* lib/outbox_kv.c: events in the producer's LMDB environment. */
+extern const struct outbox_storage_ops moat_outbox_kv_ops;
 
 struct moat_outbox {
     struct event_base *base; /* borrowed */
-    struct moat_db *db;      /* borrowed; outlives the outbox */
-    char *source;            /* owned: the producing service's name */
+    const struct outbox_storage_ops *ops;
+    struct moat_db *db; /* SQLite storage: borrowed; outlives the outbox */
+    struct moat_kv *kv; /* LMDB storage: borrowed; outlives the outbox */
+    struct moat_kv_db *kv_events, *kv_meta; /* owned by kv */
+    char *source;                           /* owned: the producer's name */
     struct moat_outbox_options opts;
     struct event *trim_timer; /* retention sweep */
     struct event *wake;       /* made active by moat_outbox_committed */
@@ -39,6 +100,9 @@ struct moat_outbox {
  */
 int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
                        int64_t *retained_from, int64_t *oldest_ms);
+/* Visit the events after `after` through the storage (feed.c). */
+int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
+                     outbox_visit_fn fn, void *arg);
 
 /* feed.c: answer the parked readers that now have events (after a commit)
  * or all of them, whatever they get (at moat_outbox_free). */

@@ -118,49 +118,55 @@ struct feed_waiter {
     struct feed_waiter *prev, *next;
 };
 
-static json_t *string_or_empty(const unsigned char *s)
+static json_t *string_or_empty(const char *s)
 {
-    json_t *j = json_string(s ? (const char *)s : "");
+    json_t *j = json_string(s ? s : "");
     return j ? j : json_string("");
 }
 
-/* The CloudEvent of the current row of outbox_read. */
-static json_t *row_event(struct moat_outbox *o, sqlite3_stmt *st)
+/* The CloudEvent of a stored event (whatever the storage). */
+static json_t *stored_event(struct moat_outbox *o, const struct outbox_event *e)
 {
-    json_error_t jerr;
-    const char *data_text = (const char *)sqlite3_column_text(st, 6);
-    json_t *data = json_loads(data_text ? data_text : "",
-                              JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    if (!data) {
-        moat_log(MOAT_LOG_ERROR, "stored event data is not JSON", "{s:I, s:s}",
-                 "seq", (json_int_t)sqlite3_column_int64(st, 0), "error",
-                 jerr.text);
-        return NULL;
-    }
     char seq[24], time[25];
-    snprintf(seq, sizeof(seq), "%lld", (long long)sqlite3_column_int64(st, 0));
-    moat_time_rfc3339(sqlite3_column_int64(st, 4), time);
+    snprintf(seq, sizeof(seq), "%lld", (long long)e->seq);
+    moat_time_rfc3339(e->time_ms, time);
     char *source = moat_xasprintf("moat/%s", o->source);
 
     json_t *ev = json_object();
     json_object_set_new(ev, "specversion", json_string("1.0"));
-    json_object_set_new(ev, "id", string_or_empty(sqlite3_column_text(st, 1)));
+    json_object_set_new(ev, "id", string_or_empty(e->id));
     json_object_set_new(ev, "source", json_string(source));
-    json_object_set_new(ev, "type",
-                        string_or_empty(sqlite3_column_text(st, 2)));
-    json_object_set_new(ev, "subject",
-                        string_or_empty(sqlite3_column_text(st, 3)));
+    json_object_set_new(ev, "type", string_or_empty(e->type));
+    json_object_set_new(ev, "subject", string_or_empty(e->subject));
     json_object_set_new(ev, "time", json_string(time));
     json_object_set_new(ev, "datacontenttype", json_string("application/json"));
-    json_object_set_new(ev, "data", data);
+    json_object_set_new(ev, "data", json_incref(e->data));
     json_object_set_new(ev, "sequence", json_string(seq));
     json_object_set_new(ev, "dataschemaversion",
-                        json_integer(sqlite3_column_int64(st, 5)));
-    const unsigned char *tp = sqlite3_column_text(st, 7);
-    if (tp && *tp)
-        json_object_set_new(ev, "traceparent", string_or_empty(tp));
+                        json_integer(e->schema_version));
+    if (e->traceparent && *e->traceparent)
+        json_object_set_new(ev, "traceparent", string_or_empty(e->traceparent));
     free(source);
     return ev;
+}
+
+struct page {
+    struct moat_outbox *o;
+    json_t *events; /* borrowed: the page being filled */
+    size_t bytes;   /* event data so far, estimated */
+    int64_t next_after;
+};
+
+static int add_to_page(const struct outbox_event *e, void *arg)
+{
+    struct page *p = arg;
+    size_t size = e->stored_bytes + FEED_EVENT_OVERHEAD;
+    if (json_array_size(p->events) > 0 && p->bytes + size > FEED_MAX_PAGE_BYTES)
+        return OUTBOX_STOP;
+    p->bytes += size;
+    p->next_after = e->seq;
+    json_array_append_new(p->events, stored_event(p->o, e));
+    return OUTBOX_NEXT;
 }
 
 /* Append the events after `after` (at most limit, and FEED_MAX_PAGE_BYTES
@@ -168,34 +174,9 @@ static json_t *row_event(struct moat_outbox *o, sqlite3_stmt *st)
 static int read_events(struct moat_outbox *o, int64_t after, int limit,
                        json_t *events, int64_t *next_after)
 {
-    struct moat_stmt *stmt = moat_db_prepare(
-        o->db, "outbox_read",
-        "SELECT seq, id, type, subject, time_ms, schema_version, data, "
-        "traceparent FROM moat_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int(st, 2, limit);
-    size_t bytes = 0;
-    int rc = MOAT_OK, step;
-    *next_after = after;
-    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
-        size_t size = (size_t)sqlite3_column_bytes(st, 6) + FEED_EVENT_OVERHEAD;
-        if (json_array_size(events) > 0 && bytes + size > FEED_MAX_PAGE_BYTES)
-            break;
-        json_t *ev = row_event(o, st);
-        if (!ev) {
-            rc = MOAT_EDB;
-            break;
-        }
-        bytes += size;
-        *next_after = sqlite3_column_int64(st, 0);
-        json_array_append_new(events, ev);
-    }
-    if (rc == MOAT_OK && step != SQLITE_ROW && step != SQLITE_DONE)
-        rc = moat_db_error(o->db, step);
-    moat_stmt_reset(stmt);
+    struct page p = {.o = o, .events = events, .next_after = after};
+    int rc = moat_outbox_read(o, after, limit, add_to_page, &p);
+    *next_after = p.next_after;
     return rc;
 }
 

@@ -1,9 +1,12 @@
 /*
- * outbox.c - the transactional outbox (see moat/events.h): events are rows
- * of moat_outbox in the producing service's own database, inserted in the
- * same transaction as the state change they describe.
+ * outbox.c - the transactional outbox (see moat/events.h): what every
+ * storage shares (validation, ids, traces, metrics, the retention timer,
+ * waking the feed), and the SQLite storage, where events are rows of
+ * moat_outbox in the producing service's own database, inserted in the
+ * same transaction as the state change they describe. The LMDB storage is
+ * lib/outbox_kv.c.
  *
- * Sequence numbers. seq is an AUTOINCREMENT rowid: SQLite never reuses
+ * Sequence numbers (SQLite). seq is an AUTOINCREMENT rowid: SQLite never reuses
  * one, even after retention deleted every row, so a consumer's cursor can
  * never point at a recycled number. Writers are serialised (BEGIN
  * IMMEDIATE, one connection), so events become visible in seq order: a
@@ -50,8 +53,10 @@ const char MOAT_OUTBOX_SCHEMA[] =
     "    traceparent TEXT NOT NULL DEFAULT ''\n"
     ") STRICT;\n";
 
-int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
-                       int64_t *retained_from, int64_t *oldest_ms)
+/* ---- the SQLite storage ---- */
+
+static int sqlite_bounds(struct moat_outbox *o, int64_t *head,
+                         int64_t *retained_from, int64_t *oldest_ms)
 {
     /* sqlite_sequence keeps the head even when retention emptied the
      * table (MAX(seq) would then say 0 and reuse old numbers). */
@@ -107,27 +112,18 @@ static void collect(struct moat_metrics *m, void *arg)
     count_appended(o, head);
 }
 
-/*
- * One retention step: delete the oldest events, up to TRIM_BATCH, that are
- * older than retention_s and not among the newest retention_min_keep. Only
- * a prefix is ever deleted: an event is kept, and so is everything after
- * it, from the first one young enough, even if a clock step back made a
- * later event look older. A hole in the middle would make consumers skip
- * events without knowing.
- */
-static int trim_step(struct moat_outbox *o, int64_t *deleted)
+static bool sqlite_in_txn(struct moat_outbox *o)
 {
-    *deleted = 0;
-    if (o->opts.retention_s <= 0)
-        return MOAT_OK;
-    /* Never inside someone's open transaction on our connection. */
-    if (!sqlite3_get_autocommit(moat_db_handle(o->db)))
-        return MOAT_EBUSY;
+    return !sqlite3_get_autocommit(moat_db_handle(o->db));
+}
 
-    int64_t cutoff = moat_wall_ms() - o->opts.retention_s * 1000;
-    int64_t keep =
-        o->opts.retention_min_keep > 0 ? o->opts.retention_min_keep : 0;
-    /* The last seq that may go: the newest of the oldest TRIM_BATCH rows
+static int sqlite_trim(struct moat_outbox *o, int64_t cutoff, int64_t keep,
+                       int batch, int64_t *deleted)
+{
+    /* Never inside someone's open transaction on our connection. */
+    if (sqlite_in_txn(o))
+        return MOAT_EBUSY;
+    /* The last seq that may go: the newest of the oldest `batch` rows
      * whose time is before the cutoff, stopping at the first younger one
      * and before the newest `keep` rows (with fewer rows than that, the
      * bound is 0 and nothing goes). */
@@ -141,7 +137,7 @@ static int trim_step(struct moat_outbox *o, int64_t *deleted)
         return MOAT_EDB;
     sqlite3_stmt *st = moat_stmt_raw(stmt);
     sqlite3_bind_int64(st, 1, keep);
-    sqlite3_bind_int(st, 2, TRIM_BATCH);
+    sqlite3_bind_int(st, 2, batch);
     int64_t last = 0, n = 0;
     int step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
@@ -169,6 +165,160 @@ static int trim_step(struct moat_outbox *o, int64_t *deleted)
     return MOAT_OK;
 }
 
+static int sqlite_append(struct moat_outbox *o, const struct outbox_event *ev,
+                         int64_t *seq)
+{
+    char *text = json_dumps(ev->data, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        moat_die("cannot serialise an event");
+
+    int rc = MOAT_EDB;
+    struct moat_stmt *stmt =
+        moat_db_prepare(o->db, "outbox_append",
+                        "INSERT INTO moat_outbox (id, type, subject, time_ms, "
+                        "schema_version, data, traceparent) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    if (!stmt)
+        goto cleanup;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, ev->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, ev->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, ev->subject, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, ev->time_ms);
+    sqlite3_bind_int(st, 5, ev->schema_version);
+    sqlite3_bind_text(st, 6, text, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, ev->traceparent, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    if (step != SQLITE_DONE) {
+        rc = moat_db_error(o->db, step);
+        if (rc == MOAT_OK)
+            rc = MOAT_EDB;
+        moat_stmt_reset(stmt);
+        goto cleanup;
+    }
+    *seq = sqlite3_last_insert_rowid(moat_db_handle(o->db));
+    moat_stmt_reset(stmt);
+    rc = MOAT_OK;
+
+cleanup:
+    free(text);
+    return rc;
+}
+
+static const char *column_text(sqlite3_stmt *st, int col)
+{
+    const unsigned char *s = sqlite3_column_text(st, col);
+    return s ? (const char *)s : "";
+}
+
+static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
+                       outbox_visit_fn fn, void *arg)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        o->db, "outbox_read",
+        "SELECT seq, id, type, subject, time_ms, schema_version, data, "
+        "traceparent FROM moat_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_int64(st, 1, after);
+    sqlite3_bind_int(st, 2, limit);
+    int rc = MOAT_OK, step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        json_error_t jerr;
+        struct outbox_event ev = {
+            .seq = sqlite3_column_int64(st, 0),
+            .id = column_text(st, 1),
+            .type = column_text(st, 2),
+            .subject = column_text(st, 3),
+            .time_ms = sqlite3_column_int64(st, 4),
+            .schema_version = sqlite3_column_int(st, 5),
+            .traceparent = column_text(st, 7),
+            .stored_bytes = (size_t)sqlite3_column_bytes(st, 6),
+        };
+        ev.data = json_loads(column_text(st, 6),
+                             JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        if (!ev.data) {
+            moat_log(MOAT_LOG_ERROR, "stored event data is not JSON",
+                     "{s:I, s:s}", "seq", (json_int_t)ev.seq, "error",
+                     jerr.text);
+            rc = MOAT_EDB;
+            break;
+        }
+        int r = fn(&ev, arg);
+        json_decref(ev.data);
+        if (r < 0)
+            rc = r;
+        if (r != OUTBOX_NEXT)
+            break;
+    }
+    if (rc == MOAT_OK && step != SQLITE_ROW && step != SQLITE_DONE)
+        rc = moat_db_error(o->db, step);
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+/* Fail at the start, not at the first append, when the schema is missing. */
+static int sqlite_attach(struct moat_outbox *o)
+{
+    int rc = sqlite_bounds(o, NULL, NULL, NULL);
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR,
+                 "cannot read the outbox (is MOAT_OUTBOX_SCHEMA among the "
+                 "migrations?)",
+                 "{s:s}", "path", moat_db_path(o->db));
+    return rc;
+}
+
+static const char *sqlite_where(struct moat_outbox *o)
+{
+    return moat_db_path(o->db);
+}
+
+static const struct outbox_storage_ops sqlite_ops = {
+    .engine = "sqlite",
+    .attach = sqlite_attach,
+    .in_txn = sqlite_in_txn,
+    .append = sqlite_append,
+    .read = sqlite_read,
+    .bounds = sqlite_bounds,
+    .trim = sqlite_trim,
+    .where = sqlite_where,
+};
+
+/* ---- what every storage shares ---- */
+
+int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
+                       int64_t *retained_from, int64_t *oldest_ms)
+{
+    return o->ops->bounds(o, head, retained_from, oldest_ms);
+}
+
+int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
+                     outbox_visit_fn fn, void *arg)
+{
+    return o->ops->read(o, after, limit, fn, arg);
+}
+
+/*
+ * One retention step: delete the oldest events, up to TRIM_BATCH, that are
+ * older than retention_s and not among the newest retention_min_keep. Only
+ * a prefix is ever deleted: an event is kept, and so is everything after
+ * it, from the first one young enough, even if a clock step back made a
+ * later event look older. A hole in the middle would make consumers skip
+ * events without knowing.
+ */
+static int trim_step(struct moat_outbox *o, int64_t *deleted)
+{
+    *deleted = 0;
+    if (o->opts.retention_s <= 0)
+        return MOAT_OK;
+    int64_t cutoff = moat_wall_ms() - o->opts.retention_s * 1000;
+    int64_t keep =
+        o->opts.retention_min_keep > 0 ? o->opts.retention_min_keep : 0;
+    return o->ops->trim(o, cutoff, keep, TRIM_BATCH, deleted);
+}
+
 int moat_outbox_trim(struct moat_outbox *o, int64_t *deleted)
 {
     int64_t total = 0, n;
@@ -194,8 +344,9 @@ static void on_trim(evutil_socket_t fd, short what, void *arg)
     int64_t n = 0;
     int rc = trim_step(o, &n);
     if (rc != MOAT_OK && rc != MOAT_EBUSY)
-        moat_log(MOAT_LOG_WARN, "outbox retention sweep failed", "{s:s}",
-                 "error", moat_strerror(rc));
+        moat_log(MOAT_LOG_WARN, "outbox retention sweep failed",
+                 "{s:s, s:s, s:s}", "engine", o->ops->engine, "path",
+                 o->ops->where(o), "error", moat_strerror(rc));
     if (n > 0)
         moat_log(MOAT_LOG_DEBUG, "outbox retention deleted events", "{s:I}",
                  "deleted", (json_int_t)n);
@@ -207,28 +358,15 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     moat_feed_wake_waiters(arg);
 }
 
-int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
-                    struct moat_db *db, const char *source,
-                    const struct moat_outbox_options *opts,
-                    struct moat_metrics *m)
+/* The part of moat_outbox_new* after the storage is known: takes o. */
+static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
+                        struct moat_metrics *m)
 {
-    if (!out || !base || !db || !source || !*source || !m)
-        return MOAT_EINVAL;
-    struct moat_outbox *o = moat_xcalloc(1, sizeof(*o));
-    o->base = base;
-    o->db = db;
-    o->source = moat_xstrdup(source);
-    if (opts)
-        o->opts = *opts;
-
-    /* Fail now, not at the first append, when the schema is missing. */
     int64_t head;
-    int rc = moat_outbox_bounds(o, &head, NULL, NULL);
+    int rc = o->ops->attach(o);
+    if (rc == MOAT_OK)
+        rc = moat_outbox_bounds(o, &head, NULL, NULL);
     if (rc != MOAT_OK) {
-        moat_log(MOAT_LOG_ERROR,
-                 "cannot read the outbox (is MOAT_OUTBOX_SCHEMA among the "
-                 "migrations?)",
-                 "{s:s}", "path", moat_db_path(db));
         free(o->source);
         free(o);
         return rc;
@@ -251,14 +389,52 @@ int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
         0));
     moat_metrics_on_collect(m, collect, o);
 
-    o->wake = event_new(base, -1, 0, on_wake, o);
-    o->trim_timer = evtimer_new(base, on_trim, o);
+    o->wake = event_new(o->base, -1, 0, on_wake, o);
+    o->trim_timer = evtimer_new(o->base, on_trim, o);
     if (!o->wake || !o->trim_timer)
         moat_die("cannot create outbox events");
     if (o->opts.retention_s > 0)
         arm_trim(o, TRIM_INTERVAL_MS);
     *out = o;
     return MOAT_OK;
+}
+
+static struct moat_outbox *outbox_alloc(struct event_base *base,
+                                        const char *source,
+                                        const struct moat_outbox_options *opts)
+{
+    struct moat_outbox *o = moat_xcalloc(1, sizeof(*o));
+    o->base = base;
+    o->source = moat_xstrdup(source);
+    if (opts)
+        o->opts = *opts;
+    return o;
+}
+
+int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
+                    struct moat_db *db, const char *source,
+                    const struct moat_outbox_options *opts,
+                    struct moat_metrics *m)
+{
+    if (!out || !base || !db || !source || !*source || !m)
+        return MOAT_EINVAL;
+    struct moat_outbox *o = outbox_alloc(base, source, opts);
+    o->ops = &sqlite_ops;
+    o->db = db;
+    return outbox_start(out, o, m);
+}
+
+int moat_outbox_new_kv(struct moat_outbox **out, struct event_base *base,
+                       struct moat_kv *kv, const char *source,
+                       const struct moat_outbox_options *opts,
+                       struct moat_metrics *m)
+{
+    if (!out || !base || !kv || !source || !*source || !m)
+        return MOAT_EINVAL;
+    struct moat_outbox *o = outbox_alloc(base, source, opts);
+    o->ops = &moat_outbox_kv_ops;
+    o->kv = kv;
+    return outbox_start(out, o, m);
 }
 
 void moat_outbox_free(struct moat_outbox *o)
@@ -292,7 +468,7 @@ int moat_outbox_append(struct moat_outbox *o, const char *type,
     }
     /* The whole point: an event outside the state change's transaction
      * would be a dual write (DESIGN.md invariant 2). */
-    if (sqlite3_get_autocommit(moat_db_handle(o->db))) {
+    if (!o->ops->in_txn(o)) {
         moat_log(MOAT_LOG_ERROR,
                  "outbox append outside a transaction refused (the event "
                  "must commit with the change it describes)",
@@ -308,41 +484,19 @@ int moat_outbox_append(struct moat_outbox *o, const char *type,
     const struct moat_trace *t = moat_log_trace();
     if (t)
         moat_trace_format(t, traceparent);
-    char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text)
-        moat_die("cannot serialise an event");
-
-    int rc = MOAT_EDB;
-    struct moat_stmt *stmt =
-        moat_db_prepare(o->db, "outbox_append",
-                        "INSERT INTO moat_outbox (id, type, subject, time_ms, "
-                        "schema_version, data, traceparent) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    if (!stmt)
-        goto cleanup;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, subject, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, moat_wall_ms());
-    sqlite3_bind_int(st, 5, schema_version);
-    sqlite3_bind_text(st, 6, text, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, traceparent, -1, SQLITE_STATIC);
-    int step = moat_stmt_step(stmt);
-    if (step != SQLITE_DONE) {
-        rc = moat_db_error(o->db, step);
-        if (rc == MOAT_OK)
-            rc = MOAT_EDB;
-        moat_stmt_reset(stmt);
-        goto cleanup;
-    }
-    if (seq)
-        *seq = sqlite3_last_insert_rowid(moat_db_handle(o->db));
-    moat_stmt_reset(stmt);
-    rc = MOAT_OK;
-
-cleanup:
-    free(text);
+    struct outbox_event ev = {
+        .id = id,
+        .type = type,
+        .subject = subject,
+        .time_ms = moat_wall_ms(),
+        .schema_version = schema_version,
+        .data = data,
+        .traceparent = traceparent,
+    };
+    int64_t assigned = 0;
+    int rc = o->ops->append(o, &ev, &assigned);
+    if (rc == MOAT_OK && seq)
+        *seq = assigned;
     return rc;
 }
 

@@ -8,7 +8,11 @@
  * and appends events inside the same local transaction as the state change
  * (no dual writes). Its migrations include MOAT_OUTBOX_SCHEMA as one of its
  * numbered steps. After COMMIT it calls moat_outbox_committed(), which
- * wakes parked feed readers at once (no polling timer).
+ * wakes parked feed readers at once (no polling timer). A producer whose
+ * database is an LMDB environment (moat/kv.h) uses moat_outbox_new_kv
+ * instead: the events live in its sub-databases "outbox" and
+ * "outbox_meta" and are appended inside its open LMDB write transaction;
+ * everything else below is the same.
  *
  * FEED. moat_feed_register() serves the outbox as an ordered, replayable
  * feed on the service's HTTP server (a guarded route: callers need a
@@ -31,7 +35,8 @@
  * problem listing {"parameter", "detail"} in "errors"; too many parked
  * readers (1024) is a 503 with Retry-After.
  * Sequences are contiguous and assigned in commit order (one writer), so
- * a reader never sees seq N+1 before N; AUTOINCREMENT never reuses one.
+ * a reader never sees seq N+1 before N; none is ever reused (SQLite's
+ * AUTOINCREMENT, LMDB's stored last seq).
  * Each event is CloudEvents 1.0 structured JSON:
  *   {"specversion":"1.0", "id", "source":"moat/<service>", "type",
  *    "subject": aggregate id, "time": RFC 3339, "datacontenttype":
@@ -81,6 +86,7 @@
 #include "moat/metrics.h"
 
 struct event_base;
+struct moat_kv;
 struct moat_http_server;
 struct moat_http_client;
 struct moat_auth;
@@ -115,18 +121,34 @@ int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
                     struct moat_db *db, const char *source,
                     const struct moat_outbox_options *opts,
                     struct moat_metrics *m);
+/*
+ * The outbox of an LMDB environment kv (borrowed; must outlive the
+ * outbox), otherwise as moat_outbox_new. The events are kept in kv's
+ * sub-database "outbox" (8-byte big-endian seq -> the event as JSON
+ * {"id", "type", "subject", "time_ms", "schema_version", "data",
+ * "traceparent"}) and the last assigned seq in "outbox_meta" (key
+ * "last_seq", 8 bytes big-endian), so a seq is never reused even once
+ * retention has emptied "outbox". Both are created if missing: call this
+ * at start, with no write transaction open.
+ */
+int moat_outbox_new_kv(struct moat_outbox **out, struct event_base *base,
+                       struct moat_kv *kv, const char *source,
+                       const struct moat_outbox_options *opts,
+                       struct moat_metrics *m);
 /* Answers parked feed readers (their page as it is now) first. Free it
  * before the HTTP server and once it routes no more requests to the feed
  * (a service's release does both). */
 void moat_outbox_free(struct moat_outbox *o);
 /*
- * Append an event INSIDE the caller's open transaction on the outbox's db.
+ * Append an event INSIDE the caller's open transaction on the outbox's db
+ * (for moat_outbox_new_kv: kv's open write transaction, moat_kv_begin).
  * data is borrowed (serialised now). The trace of the current request (log
  * context, moat/log.h) is recorded as traceparent. *seq (may be NULL) gets
  * the event's sequence number, which is the event's once the transaction
  * commits. type is 1..64 bytes, subject 1..256, schema_version >= 1, data
  * not NULL; MOAT_EINVAL otherwise, and when no transaction is open (the
- * event must commit with its state change), MOAT_EDB/EBUSY from SQLite.
+ * event must commit with its state change), MOAT_EDB/EBUSY from SQLite,
+ * MOAT_ETOOBIG/EDB from LMDB (its transaction can then only be aborted).
  */
 int moat_outbox_append(struct moat_outbox *o, const char *type,
                        const char *subject, int schema_version, json_t *data,

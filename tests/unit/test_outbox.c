@@ -1,10 +1,14 @@
 /*
- * test_outbox.c - lib/outbox.c and lib/feed.c: appends inside (and only
- * inside) transactions, sequence order, retention, and the feed served by a
- * real moat_http_server on loopback, read with moat_http_client and with
- * moat_feed_source_new, all on one event loop in this process.
+ * test_outbox.c - lib/outbox.c, lib/outbox_kv.c and lib/feed.c: appends
+ * inside (and only inside) transactions, sequence order, retention, and the
+ * feed served by a real moat_http_server on loopback, read with
+ * moat_http_client and with moat_feed_source_new, all on one event loop in
+ * this process. Every test runs twice: on the SQLite storage
+ * (moat_outbox_new) and, as <name>_lmdb, on the LMDB one
+ * (moat_outbox_new_kv); the fixture's tx_* helpers hide the difference.
  *
  * Run one test alone: tests/unit_test_outbox test_long_poll_wakes_on_commit
+ * (a glob: 'test_long_poll_wakes_on_commit*' runs both storages).
  */
 #include "moat/common.h"
 
@@ -24,6 +28,7 @@
 #include "moat/events.h"
 #include "moat/http.h"
 #include "moat/http_client.h"
+#include "moat/kv.h"
 #include "moat/log.h"
 
 #define DEADLINE_MS 5000
@@ -32,7 +37,9 @@ struct fixture {
     char dir[64];
     struct event_base *base;
     struct moat_metrics *metrics;
-    struct moat_db *db;
+    struct moat_db *db; /* SQLite storage, or */
+    struct moat_kv *kv; /* LMDB storage */
+    struct moat_kv_txn *txn;
     struct moat_outbox *o;
     struct moat_http_server *http;
     struct moat_http_client *client;
@@ -43,20 +50,30 @@ static const struct moat_migration migrations[] = {
     {1, "create the event outbox", MOAT_OUTBOX_SCHEMA},
 };
 
-static int setup_with(void **state, const struct moat_outbox_options *opts)
+static int setup_with(void **state, const struct moat_outbox_options *opts,
+                      bool lmdb)
 {
     struct fixture *f = moat_xcalloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/moat-outbox-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
-    char *path = moat_xasprintf("%s/producer.db", f->dir);
     f->base = event_base_new();
     f->metrics = moat_metrics_new();
-    assert_int_equal(moat_db_open(&f->db, path, NULL, f->metrics), MOAT_OK);
-    free(path);
-    assert_int_equal(moat_db_migrate(f->db, migrations, 1), MOAT_OK);
-    assert_int_equal(
-        moat_outbox_new(&f->o, f->base, f->db, "catalog", opts, f->metrics),
-        MOAT_OK);
+    if (lmdb) {
+        char *path = moat_xasprintf("%s/producer.lmdb", f->dir);
+        assert_int_equal(moat_kv_open(&f->kv, path, 0, f->metrics), MOAT_OK);
+        free(path);
+        assert_int_equal(moat_outbox_new_kv(&f->o, f->base, f->kv, "catalog",
+                                            opts, f->metrics),
+                         MOAT_OK);
+    } else {
+        char *path = moat_xasprintf("%s/producer.db", f->dir);
+        assert_int_equal(moat_db_open(&f->db, path, NULL, f->metrics), MOAT_OK);
+        free(path);
+        assert_int_equal(moat_db_migrate(f->db, migrations, 1), MOAT_OK);
+        assert_int_equal(
+            moat_outbox_new(&f->o, f->base, f->db, "catalog", opts, f->metrics),
+            MOAT_OK);
+    }
     struct moat_http_limits lim = {0};
     f->http = moat_http_server_new(f->base, &lim, f->metrics);
     moat_http_set_access_log(f->http, false);
@@ -70,19 +87,29 @@ static int setup_with(void **state, const struct moat_outbox_options *opts)
 
 static int setup(void **state)
 {
-    return setup_with(state, NULL);
+    return setup_with(state, NULL, false);
+}
+
+static int setup_kv(void **state)
+{
+    return setup_with(state, NULL, true);
 }
 
 static int teardown(void **state)
 {
     struct fixture *f = *state;
-    moat_http_drain(f->http, NULL, NULL);
+    /* The drain hook answers the outbox's parked readers: not when a test
+     * freed the outbox itself (the hook would reach freed memory). */
+    if (f->o)
+        moat_http_drain(f->http, NULL, NULL);
     moat_outbox_free(f->o);
     /* Let the replies the outbox wrote on its way out go. */
     event_base_loop(f->base, EVLOOP_NONBLOCK);
     moat_http_client_free(f->client);
     moat_http_server_free(f->http);
-    moat_db_close(f->db);
+    if (f->db)
+        moat_db_close(f->db);
+    moat_kv_close(f->kv);
     moat_metrics_free(f->metrics);
     event_base_free(f->base);
     char *cmd = moat_xasprintf("rm -rf '%s'", f->dir);
@@ -93,6 +120,64 @@ static int teardown(void **state)
 }
 
 /* ---- helpers ---- */
+
+/* The producer's transaction, whichever the storage. */
+static void tx_begin(struct fixture *f)
+{
+    if (f->kv)
+        assert_int_equal(moat_kv_begin(f->kv, &f->txn), MOAT_OK);
+    else
+        assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+}
+
+static void tx_commit(struct fixture *f)
+{
+    if (f->kv) {
+        assert_int_equal(moat_kv_commit(f->txn), MOAT_OK);
+        f->txn = NULL;
+    } else {
+        assert_int_equal(moat_db_commit(f->db), MOAT_OK);
+    }
+}
+
+static void tx_rollback(struct fixture *f)
+{
+    if (f->kv) {
+        moat_kv_abort(f->txn);
+        f->txn = NULL;
+    } else {
+        moat_db_rollback(f->db);
+    }
+}
+
+/* The LMDB outbox's events: the sub-database moat_outbox_new_kv made. */
+static struct moat_kv_db *kv_events(struct fixture *f)
+{
+    struct moat_kv_db *d = NULL;
+    assert_int_equal(moat_kv_db(f->kv, "outbox", &d), MOAT_OK);
+    return d;
+}
+
+struct rewrite {
+    int64_t age_ms, skip_seq; /* age every event but skip_seq (0: none) */
+    json_t *keys;             /* array of [key hex, new value] */
+};
+
+static int collect_rewrite(const void *key, size_t klen, const void *val,
+                           size_t vlen, void *arg)
+{
+    struct rewrite *rw = arg;
+    assert_int_equal(klen, 8);
+    int64_t seq = (int64_t)moat_kv_u64_from_key(key);
+    if (seq == rw->skip_seq)
+        return MOAT_KV_NEXT;
+    json_t *ev = json_loadb(val, vlen, 0, NULL);
+    assert_non_null(ev);
+    json_int_t t = json_integer_value(json_object_get(ev, "time_ms"));
+    json_object_set_new(ev, "time_ms", json_integer(t - rw->age_ms));
+    json_array_append_new(rw->keys, json_pack("[I, o]", (json_int_t)seq, ev));
+    return MOAT_KV_NEXT;
+}
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -166,7 +251,7 @@ static const char *jstr(json_t *o, const char *key)
 static void append_n(struct fixture *f, int n, const char *subject,
                      int64_t *first)
 {
-    assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+    tx_begin(f);
     for (int i = 0; i < n; i++) {
         json_t *data = json_pack("{s:i, s:s}", "n", i, "subject", subject);
         int64_t seq = 0;
@@ -177,7 +262,7 @@ static void append_n(struct fixture *f, int n, const char *subject,
             *first = seq;
         json_decref(data);
     }
-    assert_int_equal(moat_db_commit(f->db), MOAT_OK);
+    tx_commit(f);
     moat_outbox_committed(f->o);
 }
 
@@ -198,7 +283,7 @@ static void test_append_needs_a_transaction(void **state)
     json_t *data = json_pack("{s:i}", "x", 1);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
                      MOAT_EINVAL);
-    assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+    tx_begin(f);
     /* Bad arguments are refused inside one too. */
     assert_int_equal(moat_outbox_append(f->o, "", "s1", 1, data, NULL),
                      MOAT_EINVAL);
@@ -212,7 +297,7 @@ static void test_append_needs_a_transaction(void **state)
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, &seq),
                      MOAT_OK);
     assert_int_equal(seq, 1);
-    assert_int_equal(moat_db_commit(f->db), MOAT_OK);
+    tx_commit(f);
     moat_outbox_committed(f->o);
     json_decref(data);
     assert_metric(f, "moat_outbox_events 1\n");
@@ -224,10 +309,10 @@ static void test_rollback_leaves_no_event(void **state)
 {
     struct fixture *f = *state;
     json_t *data = json_pack("{s:i}", "x", 1);
-    assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+    tx_begin(f);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
                      MOAT_OK);
-    moat_db_rollback(f->db);
+    tx_rollback(f);
     struct resp r;
     get(f, "/v1/events", &r);
     assert_int_equal(r.status, 200);
@@ -312,21 +397,76 @@ static void test_trace_is_recorded(void **state)
     json_decref(r.body);
 }
 
-/* Age every stored event by ms (the test owns this database). */
-static void age_events(struct fixture *f, int64_t ms, const char *where)
+/* Age every stored event but skip_seq (0: none) by ms (the test owns
+ * this database). */
+static void age_events(struct fixture *f, int64_t ms, int64_t skip_seq)
 {
-    char *sql = moat_xasprintf(
-        "UPDATE moat_outbox SET time_ms = time_ms - %lld WHERE %s",
-        (long long)ms, where);
-    assert_int_equal(moat_db_exec(f->db, "test_age", sql), MOAT_OK);
-    free(sql);
+    if (!f->kv) {
+        char *sql = moat_xasprintf(
+            "UPDATE moat_outbox SET time_ms = time_ms - %lld WHERE seq <> %lld",
+            (long long)ms, (long long)skip_seq);
+        assert_int_equal(moat_db_exec(f->db, "test_age", sql), MOAT_OK);
+        free(sql);
+        return;
+    }
+    struct moat_kv_db *d = kv_events(f);
+    struct rewrite rw = {.age_ms = ms, .skip_seq = skip_seq};
+    rw.keys = json_array();
+    tx_begin(f);
+    assert_int_equal(moat_kv_iterate(f->txn, d, NULL, 0, collect_rewrite, &rw),
+                     MOAT_OK);
+    size_t i;
+    json_t *pair;
+    json_array_foreach(rw.keys, i, pair)
+    {
+        unsigned char key[8];
+        moat_kv_u64_key((uint64_t)json_integer_value(json_array_get(pair, 0)),
+                        key);
+        assert_int_equal(
+            moat_kv_put_json(f->txn, d, key, 8, json_array_get(pair, 1), 0),
+            MOAT_OK);
+    }
+    tx_commit(f);
+    json_decref(rw.keys);
+}
+
+/* Delete every stored event behind the outbox's back. */
+static void delete_all_events(struct fixture *f)
+{
+    if (!f->kv) {
+        assert_int_equal(
+            moat_db_exec(f->db, "test_delete", "DELETE FROM moat_outbox"),
+            MOAT_OK);
+        return;
+    }
+    struct moat_kv_db *d = kv_events(f);
+    tx_begin(f);
+    const void *last;
+    size_t klen;
+    if (moat_kv_last(f->txn, d, &last, &klen, NULL, NULL) == MOAT_OK) {
+        uint64_t head = moat_kv_u64_from_key(last);
+        for (uint64_t seq = 1; seq <= head; seq++) {
+            unsigned char key[8];
+            moat_kv_u64_key(seq, key);
+            int rc = moat_kv_del(f->txn, d, key, 8);
+            assert_true(rc == MOAT_OK || rc == MOAT_ENOTFOUND);
+        }
+    }
+    tx_commit(f);
 }
 
 static int setup_retention(void **state)
 {
     struct moat_outbox_options opts = {.retention_s = 60,
                                        .retention_min_keep = 3};
-    return setup_with(state, &opts);
+    return setup_with(state, &opts, false);
+}
+
+static int setup_retention_kv(void **state)
+{
+    struct moat_outbox_options opts = {.retention_s = 60,
+                                       .retention_min_keep = 3};
+    return setup_with(state, &opts, true);
 }
 
 static void test_retention_keeps_min_and_410(void **state)
@@ -337,7 +477,7 @@ static void test_retention_keeps_min_and_410(void **state)
     assert_int_equal(moat_outbox_trim(f->o, &deleted), MOAT_OK);
     assert_int_equal(deleted, 0); /* all young */
 
-    age_events(f, 120000, "1");
+    age_events(f, 120000, 0);
     assert_int_equal(moat_outbox_trim(f->o, &deleted), MOAT_OK);
     assert_int_equal(deleted, 7); /* the newest 3 always stay */
     assert_metric(f, "moat_outbox_events 3\n");
@@ -365,7 +505,7 @@ static void test_retention_deletes_a_prefix_only(void **state)
     struct fixture *f = *state;
     append_n(f, 10, "s1", NULL);
     /* 1..3 old, 4 young (a clock step), 5..10 old again. */
-    age_events(f, 120000, "seq <> 4");
+    age_events(f, 120000, 4);
     int64_t deleted = -1;
     assert_int_equal(moat_outbox_trim(f->o, &deleted), MOAT_OK);
     assert_int_equal(deleted, 3);
@@ -535,8 +675,7 @@ static void test_feed_source_errors(void **state)
     struct fixture *f = *state;
     /* Retention gone: 410 becomes MOAT_ENOTFOUND. */
     append_n(f, 1, "s1", NULL);
-    assert_int_equal(
-        moat_db_exec(f->db, "test_delete", "DELETE FROM moat_outbox"), MOAT_OK);
+    delete_all_events(f);
     append_n(f, 1, "s1", NULL);
     char *url = moat_xasprintf("http://127.0.0.1:%u", f->port);
     struct moat_event_source *src =
@@ -561,35 +700,93 @@ static void test_feed_source_errors(void **state)
     assert_null(moat_feed_source_new("catalog", "ftp://x", f->client, NULL));
 }
 
+/*
+ * LMDB only: the last sequence is kept apart from the events, so neither
+ * retention emptying the outbox nor a restart hands a number out twice.
+ * A separate environment, outbox and registry: the fixture's outbox is
+ * wired to the HTTP server and cannot be freed early.
+ */
+static void test_lmdb_seq_survives_restart(void **state)
+{
+    struct fixture *f = *state;
+    char *path = moat_xasprintf("%s/restart.lmdb", f->dir);
+    struct moat_metrics *m = moat_metrics_new();
+    struct moat_kv *kv;
+    struct moat_outbox *o;
+    struct moat_kv_txn *t;
+    json_t *data = json_pack("{s:i}", "x", 1);
+    int64_t seq = 0;
+
+    assert_int_equal(moat_kv_open(&kv, path, 0, m), MOAT_OK);
+    assert_int_equal(moat_outbox_new_kv(&o, f->base, kv, "inventory", NULL, m),
+                     MOAT_OK);
+    /* A read transaction is not a place to append either. */
+    assert_int_equal(moat_kv_begin_read(kv, &t), MOAT_OK);
+    assert_int_equal(moat_outbox_append(o, "T", "s1", 1, data, NULL),
+                     MOAT_EINVAL);
+    moat_kv_abort(t);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(moat_kv_begin(kv, &t), MOAT_OK);
+        assert_int_equal(moat_outbox_append(o, "T", "s1", 1, data, &seq),
+                         MOAT_OK);
+        assert_int_equal(moat_kv_commit(t), MOAT_OK);
+    }
+    assert_int_equal(seq, 3);
+    /* Empty the events, as retention would. */
+    struct moat_kv_db *d = NULL;
+    assert_int_equal(moat_kv_db(kv, "outbox", &d), MOAT_OK);
+    assert_int_equal(moat_kv_begin(kv, &t), MOAT_OK);
+    for (uint64_t s = 1; s <= 3; s++) {
+        unsigned char key[8];
+        moat_kv_u64_key(s, key);
+        assert_int_equal(moat_kv_del(t, d, key, 8), MOAT_OK);
+    }
+    assert_int_equal(moat_kv_commit(t), MOAT_OK);
+    moat_outbox_free(o);
+    moat_kv_close(kv);
+
+    assert_int_equal(moat_kv_open(&kv, path, 0, m), MOAT_OK);
+    assert_int_equal(moat_outbox_new_kv(&o, f->base, kv, "inventory", NULL, m),
+                     MOAT_OK);
+    assert_int_equal(moat_kv_begin(kv, &t), MOAT_OK);
+    assert_int_equal(moat_outbox_append(o, "T", "s1", 1, data, &seq), MOAT_OK);
+    assert_int_equal(moat_kv_commit(t), MOAT_OK);
+    assert_int_equal(seq, 4);
+    moat_outbox_free(o);
+    moat_kv_close(kv);
+    json_decref(data);
+    moat_metrics_free(m);
+    free(path);
+}
+
 int main(int argc, char **argv)
 {
     /* One test alone: pass its name (a glob). */
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     moat_log_init("test", MOAT_LOG_ERROR);
+    /* Each test on SQLite, then as <name>_lmdb on LMDB. */
+#define BOTH(fn, su)                                                           \
+    cmocka_unit_test_setup_teardown(fn, su, teardown),                         \
+    {                                                                          \
+#fn "_lmdb", fn, su##_kv, teardown, NULL                               \
+    }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_append_needs_a_transaction, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_rollback_leaves_no_event, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_sequence_order_and_cloudevents,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_trace_is_recorded, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_retention_keeps_min_and_410,
-                                        setup_retention, teardown),
-        cmocka_unit_test_setup_teardown(test_retention_deletes_a_prefix_only,
-                                        setup_retention, teardown),
-        cmocka_unit_test_setup_teardown(test_long_poll_wakes_on_commit, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_long_poll_timeout_is_empty, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_free_answers_parked_readers, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_bad_parameters, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_feed_source, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_feed_source_errors, setup,
-                                        teardown),
+        BOTH(test_append_needs_a_transaction, setup),
+        BOTH(test_rollback_leaves_no_event, setup),
+        BOTH(test_sequence_order_and_cloudevents, setup),
+        BOTH(test_trace_is_recorded, setup),
+        BOTH(test_retention_keeps_min_and_410, setup_retention),
+        BOTH(test_retention_deletes_a_prefix_only, setup_retention),
+        BOTH(test_long_poll_wakes_on_commit, setup),
+        BOTH(test_long_poll_timeout_is_empty, setup),
+        BOTH(test_free_answers_parked_readers, setup),
+        BOTH(test_bad_parameters, setup),
+        BOTH(test_feed_source, setup),
+        BOTH(test_feed_source_errors, setup),
+        cmocka_unit_test_setup_teardown(test_lmdb_seq_survives_restart,
+                                        setup_kv, teardown),
     };
+#undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

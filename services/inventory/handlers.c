@@ -1,0 +1,504 @@
+/*
+ * handlers.c - inventory's HTTP API (/v1/stock): decoding, validation,
+ * preconditions and status codes. The layout and every read and write are
+ * in store.c.
+ *
+ *   GET  /v1/stock?cursor=&limit=         SKUs in SKU order, paged
+ *   GET  /v1/stock/{sku}                  one SKU (ETag "v<version>")
+ *   PUT  /v1/stock/{sku}                  {"on_hand", "reason"?}: set the
+ *                                         count (creates the SKU: 201);
+ *                                         optional If-Match
+ *   POST /v1/stock/{sku}/adjustments      {"delta", "reason"}: add or
+ *                                         remove units (201)
+ *
+ * Every route is for administrators (stock levels are back-office data;
+ * the saga's commands, next issue, arrive as service calls and events).
+ * A change that would leave available = on_hand - reserved below zero is a
+ * 409 problem saying how much is available.
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "inventory.h"
+#include "moat/auth.h"
+#include "moat/log.h"
+#include "moat/problem.h"
+#include "store.h"
+
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX     100
+#define ETAG_MAX           32
+#define CURSOR_HEX_MAX     (2 * INV_SKU_MAX)
+#define SKU_RULE           "1 to 64 of the characters A-Z a-z 0-9 . _ -"
+
+/* ---- small helpers ---- */
+
+static void etag_of(const struct inv_stock *s, char out[ETAG_MAX])
+{
+    snprintf(out, ETAG_MAX, "\"v%lld\"", (long long)s->version);
+}
+
+static json_t *stock_json(const struct inv_stock *s)
+{
+    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "sku", s->sku,
+                     "on_hand", (json_int_t)s->on_hand, "reserved",
+                     (json_int_t)s->reserved, "available",
+                     (json_int_t)inv_available(s), "sold", (json_int_t)s->sold,
+                     "version", (json_int_t)s->version, "created_at",
+                     (json_int_t)(s->created_ms / 1000), "updated_at",
+                     (json_int_t)(s->updated_ms / 1000));
+}
+
+static void reply_stock(struct moat_req *r, int status,
+                        const struct inv_stock *s)
+{
+    char etag[ETAG_MAX];
+    etag_of(s, etag);
+    moat_req_set_header(r, "ETag", etag);
+    if (status == 201) {
+        /* An absolute path: the gateway rewrites it to its prefix. */
+        char *location = moat_xasprintf("/v1/stock/%s", s->sku);
+        moat_req_set_header(r, "Location", location);
+        free(location);
+    }
+    moat_req_reply_json(r, status, stock_json(s));
+}
+
+static void reply_not_found(struct moat_req *r, const char *sku)
+{
+    /* Echo the SKU only when it has the shape of one: anything else came
+     * straight from the client and may not even be valid UTF-8. */
+    if (inv_sku_valid(sku))
+        moat_req_reply_problem(r, 404,
+                               "there is no stock record for sku \"%s\"", sku);
+    else
+        moat_req_reply_problem(r, 404,
+                               "there is no stock record for this sku "
+                               "(a sku is " SKU_RULE ")");
+}
+
+/* Not the client's fault: busy, full or broken. */
+static void reply_store_fault(struct moat_req *r, int rc, const char *what)
+{
+    if (rc == MOAT_EBUSY) {
+        moat_req_set_header(r, "Retry-After", "1");
+        moat_req_reply_problem(r, 503, "the inventory database is busy; retry");
+        return;
+    }
+    moat_log(MOAT_LOG_ERROR, "inventory store failure", "{s:s, s:s}", "op",
+             what, "error", moat_strerror(rc));
+    if (rc == MOAT_ETOOBIG) {
+        /* The LMDB map is full: no retry helps until an operator raises
+         * MOAT_INVENTORY_MAPSIZE_MB (logged above). */
+        moat_req_reply_problem(r, 503, "the inventory database is full");
+        return;
+    }
+    moat_req_reply_problem(r, 500, "the inventory could not %s the stock",
+                           what);
+}
+
+/* 409: the change would leave less than nothing available. */
+static void reply_insufficient(struct moat_req *r, const struct inv_stock *cur,
+                               int64_t on_hand_wanted)
+{
+    char detail[200];
+    int64_t available = inv_available(cur);
+    if (on_hand_wanted > INV_QTY_MAX)
+        snprintf(detail, sizeof(detail),
+                 "on_hand would exceed %lld units for sku \"%s\"",
+                 (long long)INV_QTY_MAX, cur->sku);
+    else
+        snprintf(detail, sizeof(detail),
+                 "sku \"%s\" has %lld units available (on_hand %lld, reserved "
+                 "%lld); stock never goes below zero",
+                 cur->sku, (long long)available, (long long)cur->on_hand,
+                 (long long)cur->reserved);
+    json_t *p = moat_problem_new(409, detail);
+    json_object_set_new(p, "sku", json_string(cur->sku));
+    json_object_set_new(p, "available", json_integer(available));
+    json_object_set_new(p, "on_hand", json_integer(cur->on_hand));
+    json_object_set_new(p, "reserved", json_integer(cur->reserved));
+    moat_req_reply_problem_json(r, p);
+}
+
+static void reply_stale(struct moat_req *r, const struct inv_stock *cur)
+{
+    json_t *p;
+    if (cur->version > 0) {
+        char etag[ETAG_MAX];
+        etag_of(cur, etag);
+        moat_req_set_header(r, "ETag", etag);
+        p = moat_problem_new(412, "If-Match does not match the stock "
+                                  "record's current ETag; read it again and "
+                                  "retry");
+        json_object_set_new(p, "current_etag", json_string(etag));
+    } else {
+        p = moat_problem_new(412, "If-Match was given but there is no stock "
+                                  "record for this sku yet");
+    }
+    moat_req_reply_problem_json(r, p);
+}
+
+/*
+ * The version an If-Match header asks for: INV_ANY_VERSION when absent or
+ * "*"; false (after replying 412) when it is not one of our tags, which
+ * can never match.
+ */
+static bool if_match_version(struct moat_req *r, int64_t *version)
+{
+    const char *h = moat_req_header(r, "If-Match");
+    *version = INV_ANY_VERSION;
+    if (!h)
+        return true;
+    h += strspn(h, " \t");
+    if (strcmp(h, "*") == 0)
+        return true;
+    size_t n = strlen(h);
+    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    char digits[24];
+    /* One strong tag "vN": a list or a weak tag never matches ours
+     * (strong comparison, RFC 9110 section 13.1.1). */
+    if (n >= 4 && n - 3 < sizeof(digits) && h[0] == '"' && h[1] == 'v' &&
+        h[n - 1] == '"') {
+        memcpy(digits, h + 2, n - 3);
+        digits[n - 3] = '\0';
+        if (moat_parse_i64(digits, 1, INT64_MAX, version) == MOAT_OK)
+            return true;
+    }
+    struct inv_stock none = {0};
+    reply_stale(r, &none);
+    return false;
+}
+
+/* The {sku} of the path when it is a valid SKU, else NULL. */
+static const char *path_sku(struct moat_req *r)
+{
+    const char *sku = moat_req_param(r, "sku");
+    return sku && inv_sku_valid(sku) ? sku : NULL;
+}
+
+static void reply_validation(struct moat_req *r, struct moat_validation *v)
+{
+    moat_req_reply_problem_json(
+        r, moat_validation_problem(v, "the request has invalid fields"));
+}
+
+/* ---- GET /v1/stock/{sku} ---- */
+
+static void handle_get(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    struct inv_stock s;
+    if (!moat_req_require_admin(r))
+        return;
+    const char *sku = path_sku(r);
+    if (!sku) {
+        reply_not_found(r, moat_req_param(r, "sku"));
+        return;
+    }
+    int rc = inv_store_get(inv->store, sku, &s);
+    if (rc == MOAT_ENOTFOUND)
+        reply_not_found(r, sku);
+    else if (rc != MOAT_OK)
+        reply_store_fault(r, rc, "read");
+    else
+        reply_stock(r, 200, &s);
+}
+
+/* ---- PUT /v1/stock/{sku} ---- */
+
+static void handle_put(struct moat_req *r, void *arg)
+{
+    static const char *const keys[] = {"on_hand", "reason", NULL};
+    struct inv_service *inv = arg;
+    struct moat_validation v;
+    json_t *body = NULL;
+    const char *reason = NULL;
+    int64_t on_hand = 0, expect;
+
+    if (!moat_req_require_admin(r))
+        return;
+    moat_validation_init(&v);
+    if (moat_req_json(r, &body) < 0)
+        goto cleanup; /* replied 415 or 400 */
+    const char *sku = path_sku(r);
+    if (!sku) {
+        /* PUT creates: a SKU that can never exist is the client's input
+         * error, not a missing resource. */
+        json_t *p = moat_problem_new(422, "the sku in the path is not valid");
+        json_t *err = json_pack("{s:s, s:s}", "parameter", "sku", "detail",
+                                "must be " SKU_RULE);
+        json_object_set_new(p, "errors", json_pack("[o]", err));
+        moat_req_reply_problem_json(r, p);
+        goto cleanup;
+    }
+    if (!json_is_object(body)) {
+        moat_validation_add(&v, "", "must be a JSON object, not %s",
+                            moat_json_type_name(body));
+    } else {
+        moat_v_known_keys(&v, body, "", keys);
+        moat_v_int(&v, body, "", "on_hand", true, 0, INV_QTY_MAX, &on_hand);
+        moat_v_string(&v, body, "", "reason", false, 1, INV_REASON_MAX,
+                      &reason);
+    }
+    if (!moat_validation_ok(&v)) {
+        reply_validation(r, &v);
+        goto cleanup;
+    }
+    if (!if_match_version(r, &expect))
+        goto cleanup;
+
+    struct inv_change c = {.sku = sku,
+                           .reason = reason,
+                           .user = moat_req_principal(r)->user_id,
+                           .expect_version = expect};
+    struct inv_stock s;
+    bool created = false;
+    int rc = inv_store_set(inv->store, &c, on_hand, &s, &created);
+    switch (rc) {
+    case MOAT_OK:
+        moat_log(MOAT_LOG_INFO, "stock set", "{s:s, s:I, s:I}", "sku", sku,
+                 "on_hand", (json_int_t)s.on_hand, "version",
+                 (json_int_t)s.version);
+        reply_stock(r, created ? 201 : 200, &s);
+        break;
+    case MOAT_ECONFLICT:
+        reply_insufficient(r, &s, on_hand);
+        break;
+    case MOAT_EPRECOND:
+        reply_stale(r, &s);
+        break;
+    default:
+        reply_store_fault(r, rc, "set");
+        break;
+    }
+
+cleanup:
+    json_decref(body);
+    moat_validation_release(&v);
+}
+
+/* ---- POST /v1/stock/{sku}/adjustments ---- */
+
+static void handle_adjust(struct moat_req *r, void *arg)
+{
+    static const char *const keys[] = {"delta", "reason", NULL};
+    struct inv_service *inv = arg;
+    struct moat_validation v;
+    json_t *body = NULL;
+    const char *reason = NULL;
+    int64_t delta = 0;
+
+    if (!moat_req_require_admin(r))
+        return;
+    moat_validation_init(&v);
+    if (moat_req_json(r, &body) < 0)
+        goto cleanup;
+    const char *sku = path_sku(r);
+    if (!sku) {
+        reply_not_found(r, moat_req_param(r, "sku"));
+        goto cleanup;
+    }
+    if (!json_is_object(body)) {
+        moat_validation_add(&v, "", "must be a JSON object, not %s",
+                            moat_json_type_name(body));
+    } else {
+        moat_v_known_keys(&v, body, "", keys);
+        if (moat_v_int(&v, body, "", "delta", true, -INV_QTY_MAX, INV_QTY_MAX,
+                       &delta) &&
+            delta == 0)
+            moat_validation_add(&v, "/delta",
+                                "must not be 0 (an adjustment changes the "
+                                "stock)");
+        moat_v_string(&v, body, "", "reason", true, 1, INV_REASON_MAX, &reason);
+    }
+    if (!moat_validation_ok(&v)) {
+        reply_validation(r, &v);
+        goto cleanup;
+    }
+
+    struct inv_change c = {.sku = sku,
+                           .reason = reason,
+                           .user = moat_req_principal(r)->user_id,
+                           .expect_version = INV_ANY_VERSION};
+    struct inv_stock s;
+    int64_t id = 0;
+    int rc = inv_store_adjust(inv->store, &c, delta, &s, &id);
+    switch (rc) {
+    case MOAT_OK: {
+        moat_log(MOAT_LOG_INFO, "stock adjusted", "{s:s, s:I, s:I, s:I}", "sku",
+                 sku, "delta", (json_int_t)delta, "on_hand",
+                 (json_int_t)s.on_hand, "adjustment", (json_int_t)id);
+        char etag[ETAG_MAX];
+        etag_of(&s, etag);
+        moat_req_set_header(r, "ETag", etag);
+        json_t *out = json_pack("{s:{s:I, s:s, s:I, s:s, s:I}, s:o}",
+                                "adjustment", "id", (json_int_t)id, "sku", sku,
+                                "delta", (json_int_t)delta, "reason", reason,
+                                "created_at", (json_int_t)(s.updated_ms / 1000),
+                                "stock", stock_json(&s));
+        moat_req_reply_json(r, 201, out);
+        break;
+    }
+    case MOAT_ENOTFOUND:
+        reply_not_found(r, sku);
+        break;
+    case MOAT_ECONFLICT:
+        reply_insufficient(r, &s, s.on_hand + delta);
+        break;
+    default:
+        reply_store_fault(r, rc, "adjust");
+        break;
+    }
+
+cleanup:
+    json_decref(body);
+    moat_validation_release(&v);
+}
+
+/* ---- GET /v1/stock ---- */
+
+/* The cursor is opaque to clients: hex of the last SKU of the page. */
+static bool cursor_decode(const char *s, char out[INV_SKU_MAX + 1])
+{
+    size_t n = strlen(s);
+    if (n == 0 || n % 2 != 0 || n > CURSOR_HEX_MAX)
+        return false;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char c = s[2 * i + (size_t)k];
+            v <<= 4;
+            if (c >= '0' && c <= '9')
+                v |= (unsigned)(c - '0');
+            else if (c >= 'a' && c <= 'f')
+                v |= (unsigned)(c - 'a' + 10);
+            else
+                return false;
+        }
+        out[i] = (char)v;
+    }
+    out[n / 2] = '\0';
+    return inv_sku_valid(out);
+}
+
+struct list_query {
+    size_t limit;
+    bool has_cursor;
+    char after[INV_SKU_MAX + 1];
+    json_t *problem; /* 400 being built; NULL while all is well */
+};
+
+static void parse_list_query(struct moat_req *r, struct list_query *q)
+{
+    void *iter = NULL;
+    const char *key, *value;
+    bool seen_limit = false;
+    size_t nparams = 0;
+
+    q->limit = LIST_LIMIT_DEFAULT;
+    while (moat_req_query_next(r, &iter, &key, &value)) {
+        nparams++;
+        value = value ? value : "";
+        if (strcmp(key, "limit") == 0) {
+            int64_t limit;
+            if (seen_limit)
+                moat_problem_param_error(&q->problem, key,
+                                         "is given more than once");
+            else if (moat_parse_i64(value, 1, LIST_LIMIT_MAX, &limit) !=
+                     MOAT_OK)
+                moat_problem_param_error(&q->problem, key,
+                                         "must be an integer from 1 to %d",
+                                         LIST_LIMIT_MAX);
+            else
+                q->limit = (size_t)limit;
+            seen_limit = true;
+        } else if (strcmp(key, "cursor") == 0) {
+            if (q->has_cursor)
+                moat_problem_param_error(&q->problem, key,
+                                         "is given more than once");
+            else if (!cursor_decode(value, q->after))
+                moat_problem_param_error(
+                    &q->problem, key,
+                    "is not a next_cursor returned by this API");
+            q->has_cursor = true;
+        } else {
+            moat_problem_param_error(
+                &q->problem, key, "is not a known parameter (limit, cursor)");
+        }
+    }
+    /* evhttp drops the whole query string when one parameter is not
+     * name=value: serving the first page instead would be a silent lie. */
+    const char *target = moat_req_target(r);
+    const char *qs = target ? strchr(target, '?') : NULL;
+    if (nparams == 0 && qs && qs[1 + strspn(qs + 1, "&")] != '\0' &&
+        !q->problem)
+        q->problem = moat_problem_new(400, "the query string is malformed: "
+                                           "every parameter must be "
+                                           "name=value with a non-empty "
+                                           "name");
+}
+
+static void handle_list(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    struct list_query q = {0};
+    struct inv_stock *items = NULL;
+    size_t n = 0;
+
+    if (!moat_req_require_admin(r))
+        return;
+    parse_list_query(r, &q);
+    if (q.problem) {
+        moat_req_reply_problem_json(r, q.problem);
+        return;
+    }
+    /* One more than the page tells whether another page follows. */
+    int rc = inv_store_list(inv->store, q.has_cursor ? q.after : NULL,
+                            q.limit + 1, &items, &n);
+    if (rc != MOAT_OK) {
+        reply_store_fault(r, rc, "list");
+        return;
+    }
+    json_t *list = json_array();
+    size_t shown = n > q.limit ? q.limit : n;
+    for (size_t i = 0; i < shown; i++)
+        json_array_append_new(list, stock_json(&items[i]));
+    json_t *next = json_null();
+    if (n > q.limit) {
+        const char *last = items[shown - 1].sku;
+        char cursor[CURSOR_HEX_MAX + 1];
+        moat_hex(cursor, last, strlen(last));
+        json_decref(next);
+        next = json_string(cursor);
+    }
+    free(items);
+    moat_req_reply_json(
+        r, 200, json_pack("{s:o, s:o}", "items", list, "next_cursor", next));
+}
+
+int inv_routes_register(struct moat_http_server *server,
+                        struct inv_service *inv)
+{
+    static const struct {
+        unsigned methods;
+        const char *pattern;
+        moat_handler_fn fn;
+    } routes[] = {
+        {MOAT_GET | MOAT_HEAD, "/v1/stock", handle_list},
+        {MOAT_GET | MOAT_HEAD, "/v1/stock/{sku}", handle_get},
+        {MOAT_PUT, "/v1/stock/{sku}", handle_put},
+        {MOAT_POST, "/v1/stock/{sku}/adjustments", handle_adjust},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(routes); i++) {
+        int rc = moat_http_route(server, routes[i].methods, routes[i].pattern,
+                                 routes[i].fn, inv);
+        if (rc != MOAT_OK)
+            return rc;
+    }
+    return MOAT_OK;
+}

@@ -1,0 +1,111 @@
+/*
+ * main.c - the inventory service: stock levels per SKU in inventory's own
+ * LMDB environment ($MOAT_DATA_DIR/inventory.lmdb), served at /v1/stock,
+ * and its StockChanged events served from its outbox (in the same
+ * environment, written in the same transactions) at /v1/events.
+ *
+ * Configuration besides the MOAT_* basics (moat/service.h):
+ *   MOAT_INVENTORY_MAPSIZE_MB  LMDB map size in MiB (default 256): the
+ *                              most the environment can hold; a write
+ *                              beyond it fails (503) until it is raised
+ *                              and the service restarted
+ *   MOAT_OUTBOX_RETENTION_S    keep events this long (default 7 days;
+ *                              0 = forever); the newest 10000 always stay
+ *
+ * Where to look: handlers.c for the HTTP API, store.c for the layout and
+ * every read and write.
+ */
+#include "moat/common.h"
+
+#include <stdlib.h>
+
+#include "inventory.h"
+#include "moat/config.h"
+#include "moat/events.h"
+#include "moat/kv.h"
+#include "moat/log.h"
+#include "moat/service.h"
+#include "store.h"
+
+#define MAPSIZE_DEFAULT_MB         (MOAT_KV_DEFAULT_MAPSIZE >> 20)
+#define MAPSIZE_MAX_MB             (1024 * 1024) /* 1 TiB of address space */
+#define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
+#define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
+#define OUTBOX_KEEP_MIN            10000
+
+static int inventory_init(struct moat_service *svc)
+{
+    struct inv_service *inv = moat_xcalloc(1, sizeof(*inv));
+    struct inv_store_options opts = {.base = svc->base,
+                                     .source = svc->cfg.name};
+    int64_t mapsize_mb, retention;
+    int rc = MOAT_EINVAL;
+    if (moat_env_int("MOAT_INVENTORY_MAPSIZE_MB", MAPSIZE_DEFAULT_MB, 1,
+                     MAPSIZE_MAX_MB, &mapsize_mb) != MOAT_OK ||
+        moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
+                     OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK)
+        goto cleanup; /* logged by moat_env_int */
+    opts.mapsize = (size_t)mapsize_mb << 20;
+    opts.outbox.retention_s = retention;
+    opts.outbox.retention_min_keep = OUTBOX_KEEP_MIN;
+
+    rc = inv_store_open(&inv->store, svc->cfg.data_dir, svc->metrics, &opts);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "cannot open the inventory database",
+                 "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",
+                 moat_strerror(rc));
+        goto cleanup;
+    }
+    rc = inv_routes_register(svc->http, inv);
+    if (rc == MOAT_OK)
+        rc = moat_feed_register(inv_store_outbox(inv->store), svc->http);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "cannot register inventory routes", "{s:s}",
+                 "error", moat_strerror(rc));
+        goto cleanup;
+    }
+    svc->impl = inv;
+    inv = NULL;
+
+cleanup:
+    if (inv) {
+        inv_store_close(inv->store);
+        free(inv);
+    }
+    return rc;
+}
+
+static bool inventory_ready(struct moat_service *svc, const char **why)
+{
+    struct inv_service *inv = svc->impl;
+    if (!inv) {
+        *why = "not initialised";
+        return false;
+    }
+    return inv_store_ready(inv->store, why);
+}
+
+static void inventory_release(struct moat_service *svc)
+{
+    struct inv_service *inv = svc->impl;
+    if (!inv)
+        return;
+    inv_store_close(inv->store);
+    free(inv);
+    svc->impl = NULL;
+}
+
+static const struct moat_service_def inventory_def = {
+    .name = "inventory",
+    .default_port = 8083,
+    .needs_data_dir = true,
+    .ro_paths = NULL,
+    .init = inventory_init,
+    .ready = inventory_ready,
+    .release = inventory_release,
+};
+
+int main(int argc, char **argv)
+{
+    return moat_service_main(&inventory_def, argc, argv);
+}
