@@ -10,7 +10,6 @@
  */
 #include "moat/common.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -38,86 +37,29 @@
 struct reply {
     long status;  /* 0 when the service did not answer */
     json_t *body; /* parsed JSON body, NULL when none */
-    char err[CURL_ERROR_SIZE];
+    char err[64]; /* why there is no answer */
 };
 
-static size_t collect(char *data, size_t size, size_t nmemb, void *arg)
-{
-    struct moat_buf *b = arg;
-    size_t len = size * nmemb;
-    if (b->len + len > RESPONSE_MAX)
-        return 0; /* curl aborts the transfer: an admin answer is small */
-    moat_buf_add(b, data, len);
-    return len;
-}
-
 /*
- * method url with the operator's token for service svc. Returns MOAT_OK
- * when the service answered (any status), MOAT_EIO otherwise (r->err).
+ * method path_query on svc as the operator (cli_operator_call prints why
+ * a call got no answer). Fills r in every case; r->status 0 = no answer.
  */
-static int call(const struct deploy *d, const struct deploy_service *svc,
-                const char *method, const char *path_query, long timeout_ms,
-                struct reply *r)
+static void call(const struct deploy *d, const struct deploy_service *svc,
+                 const char *method, const char *path_query, long timeout_ms,
+                 struct reply *r)
 {
+    char *body = NULL;
     memset(r, 0, sizeof(*r));
-    char *base = deploy_base_url(svc);
-    char *url = moat_xasprintf("%s%s", base, path_query);
-    char *auth = cli_operator_header(d, svc->name);
-    struct moat_buf body = MOAT_BUF_INIT;
-    struct curl_slist *headers = NULL;
-    int rc = MOAT_EIO;
-    CURL *c = NULL;
-
-    if (!auth) {
-        snprintf(r->err, sizeof(r->err), "no operator key (see above)");
-        goto cleanup;
-    }
-    c = curl_easy_init();
-    if (!c) {
-        snprintf(r->err, sizeof(r->err), "cannot initialise libcurl");
-        goto cleanup;
-    }
-    headers = curl_slist_append(headers, auth);
-    headers = curl_slist_append(headers, "Accept: application/json");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (strcmp(method, "POST") == 0) {
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, 0L);
-    }
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    /* An http_proxy in the environment must not see operator tokens. */
-    curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->err);
-    CURLcode cc = curl_easy_perform(c);
-    if (cc != CURLE_OK) {
-        if (!r->err[0])
-            snprintf(r->err, sizeof(r->err), "%s", curl_easy_strerror(cc));
-        goto cleanup;
-    }
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r->status);
-    r->body = json_loadb(moat_buf_str(&body), body.len, 0, NULL);
-    rc = MOAT_OK;
-
-cleanup:
-    if (auth) {
-        /* The token is a bearer credential for a minute: do not leave it
-         * lying in freed memory. */
-        memset(auth, 0, strlen(auth));
-        free(auth);
-    }
-    curl_slist_free_all(headers);
-    if (c)
-        curl_easy_cleanup(c);
-    moat_buf_release(&body);
-    free(url);
-    free(base);
-    return rc;
+    int rc = cli_operator_call(d, svc, method, path_query, NULL, timeout_ms,
+                               &r->status, &body);
+    if (rc == MOAT_OK)
+        r->body = json_loads(body ? body : "", 0, NULL);
+    else
+        snprintf(r->err, sizeof(r->err), "%s",
+                 rc == MOAT_ETIMEDOUT ? "timed out"
+                 : rc == MOAT_EINVAL  ? "no operator key"
+                                      : "no answer");
+    free(body);
 }
 
 static void reply_release(struct reply *r)
@@ -138,7 +80,7 @@ static int call_failed(const struct deploy_service *svc, const char *what,
                        const struct reply *r)
 {
     if (r->status == 0)
-        cli_error("%s: cannot reach %s at %s:%u: %s", svc->name, what,
+        cli_error("%s: cannot reach %s at %s:%u (%s)", svc->name, what,
                   deploy_connect_host(svc), (unsigned)svc->port, r->err);
     else if (r->status == 401)
         cli_error("%s: the service refused the operator's token (%s); was "
@@ -248,10 +190,14 @@ static int parse_opts(const char *cmd, unsigned allowed, int argc, char **argv,
                         : c == 'j'             ? O_JSON
                         : c == 'v' || c == 't' ? O_VERIFY
                                                : 0;
-        if (need && !(allowed & need))
-            return cli_usage_error(cmd,
-                                   "option '%s' does not apply to 'moat %s'",
-                                   argv[optind - 1], cmd);
+        if (need && !(allowed & need)) {
+            const char *name = "?";
+            for (const struct option *lo = longopts; lo->name; lo++)
+                if (lo->val == c)
+                    name = lo->name;
+            return cli_usage_error(
+                cmd, "option '--%s' does not apply to 'moat %s'", name, cmd);
+        }
         switch (c) {
         case 'f':
             o->file = optarg;
@@ -313,6 +259,13 @@ static const struct deploy_service *find_service(const struct deploy *d,
 
 /* ---- status ---- */
 
+static void print_sources_header(void)
+{
+    printf("%-12s %-12s %-10s %-10s %-8s %-8s %-9s %-7s %-7s %s\n", "SERVICE",
+           "SOURCE", "CURSOR", "HEAD", "LAG", "LAG_S", "STATE", "FAILED",
+           "BLOCKED", "ERROR");
+}
+
 /* One line per source of a consumer; returns false when it needs care. */
 static bool print_sources(const char *service, json_t *status)
 {
@@ -360,9 +313,7 @@ static int cmd_status(int argc, char **argv)
     bool healthy = true;
     size_t consumers = 0;
     if (!o.json)
-        printf("%-12s %-12s %-10s %-10s %-8s %-8s %-9s %-7s %-7s %s\n",
-               "SERVICE", "SOURCE", "CURSOR", "HEAD", "LAG", "LAG_S", "STATE",
-               "FAILED", "BLOCKED", "ERROR");
+        print_sources_header();
     for (size_t i = 0; i < d->nservices; i++) {
         const struct deploy_service *svc = &d->services[i];
         /* Only a service with a database can keep a cursor. */
@@ -622,6 +573,7 @@ static int replay_full(const struct deploy *d, const struct deploy_service *svc,
         if (r.status == 200 && replay_done(r.body)) {
             printf("%s: replayed in %.1f s:\n", svc->name,
                    (double)(moat_mono_ms() - start) / 1000.0);
+            print_sources_header();
             print_sources(svc->name, r.body);
             reply_release(&r);
             return CLI_EXIT_OK;

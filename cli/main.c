@@ -15,6 +15,7 @@
 
 #include "audit_log.h"
 #include "cli.h"
+#include "events.h"
 
 static const char usage[] =
     "usage: moat <command> [options]\n"
@@ -38,6 +39,17 @@ static const char usage[] =
     "  keys status|rotate SERVICE [--wait] [--file FILE]\n"
     "                            a service's encryption keys; rotate adds a\n"
     "                            data key and re-seals rows while it serves\n"
+    "  events status [--file FILE] [--json]\n"
+    "                            per consuming service and source: cursor,\n"
+    "                            head, lag, state, dead letters\n"
+    "  events dead-letters SERVICE [--source S] [--subject X] [--limit N]\n"
+    "                            the events a service parked, with errors\n"
+    "  events redrive SERVICE [--source S] [--subject X]\n"
+    "                            apply parked events again, in order\n"
+    "  events replay SERVICE [--verify] [--timeout SECONDS]\n"
+    "                            rebuild a service's view from sequence 0;\n"
+    "                            --verify rebuilds a scratch copy and\n"
+    "                            compares (exit 1 if they differ)\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -104,6 +116,7 @@ int main(int argc, char **argv)
         {"logs", cli_cmd_logs},
         {"audit-log", cli_cmd_audit_log},
         {"keys", cli_cmd_keys},
+        {"events", cli_cmd_events},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

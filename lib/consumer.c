@@ -745,8 +745,11 @@ static void sub_pull(struct sub *s)
     t->s = s;
     t->next = s->tickets;
     s->tickets = t;
-    int rc = s->src->ops->pull(s->src, s->cursor, PULL_LIMIT, PULL_WAIT_MS,
-                               on_pulled, t);
+    /* Right after an error, ask without waiting: an answer, even empty,
+     * proves the source is back at once instead of after a long poll. */
+    int wait = s->down_err != MOAT_OK ? 0 : PULL_WAIT_MS;
+    int rc =
+        s->src->ops->pull(s->src, s->cursor, PULL_LIMIT, wait, on_pulled, t);
     if (rc == MOAT_OK) {
         s->pulling = true;
     } else {

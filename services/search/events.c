@@ -1,0 +1,437 @@
+/*
+ * events.c - catalog's events as search applies them.
+ *
+ * Each event type has ONE upcaster, the only code that knows the older
+ * schemas of its data, and one apply function that sees the current schema
+ * only. The data schemas catalog publishes:
+ *
+ *   ProductCreated, ProductUpdated
+ *     2 (default): the product document {id, sku, name, description?,
+ *       price: {amount, currency}, attributes, version, created_at,
+ *       updated_at}
+ *     1 (a catalog run with MOAT_CATALOG_EVENT_SCHEMA=1, or old events
+ *       still in its feed): flat {id, sku, name, description?,
+ *       price_amount, currency, attributes}, no version or times
+ *   PriceChanged    1: {id, old: {amount, currency}, new: {...}}
+ *   ProductDeleted  1: {id, sku}
+ *
+ * Adding a schema means one more branch in that type's upcaster and
+ * nothing else. An unknown (newer) version is refused, so the event is
+ * parked as a dead letter until search is upgraded and it is redriven.
+ *
+ * Handlers are deterministic (replay runs them again on a scratch copy and
+ * compares): everything they store comes from the event, except the
+ * applied time, which the comparison ignores.
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+#include "moat/log.h"
+#include "search.h"
+#include "store.h"
+
+#define PRODUCT_SCHEMA_FLAT 1 /* price_amount + currency at the top */
+#define PRODUCT_SCHEMA      2 /* price: {amount, currency} */
+#define PRICE_SCHEMA        1
+#define DELETED_SCHEMA      1
+
+/* Text limits well above catalog's own, so a catalog change does not stop
+ * the index; anything larger is a broken event, not a product. */
+#define FIELD_MAX      (64u << 10)
+#define ATTR_TEXT_MAX  (64u << 10)
+#define ATTR_MAX_DEPTH 8
+#define POISON_PREFIX  "POISON-"
+
+const char *const srch_catalog_event_types[] = {
+    "ProductCreated", "ProductUpdated", "PriceChanged", "ProductDeleted", NULL,
+};
+
+/* ---- upcasters: any known schema -> the current one ---- */
+
+static int unsupported(const char **why)
+{
+    *why = "unsupported event schema version (search is older than its "
+           "producer: upgrade search, then redrive)";
+    return MOAT_EUNSUPPORTED;
+}
+
+static bool data_object(const struct moat_event *ev, const char **why)
+{
+    if (json_is_object(ev->data))
+        return true;
+    *why = "event data is not an object";
+    return false;
+}
+
+/* ProductCreated, ProductUpdated: the product document. */
+static int upcast_product(const struct moat_event *ev, json_t **out,
+                          const char **why)
+{
+    if (!data_object(ev, why))
+        return MOAT_EINVAL;
+    switch (ev->schema_version) {
+    case PRODUCT_SCHEMA:
+        *out = json_incref(ev->data);
+        return MOAT_OK;
+    case PRODUCT_SCHEMA_FLAT: {
+        json_t *doc = json_object();
+        const char *key;
+        json_t *val;
+        json_object_foreach(ev->data, key, val)
+        {
+            if (strcmp(key, "price_amount") != 0 &&
+                strcmp(key, "currency") != 0)
+                json_object_set(doc, key, val);
+        }
+        json_t *amount = json_object_get(ev->data, "price_amount");
+        json_t *currency = json_object_get(ev->data, "currency");
+        if (amount || currency)
+            json_object_set_new(doc, "price",
+                                json_pack("{s:O?, s:O?}", "amount", amount,
+                                          "currency", currency));
+        *out = doc;
+        return MOAT_OK;
+    }
+    default:
+        return unsupported(why);
+    }
+}
+
+/* PriceChanged: {id, old, new} (one schema so far). */
+static int upcast_price(const struct moat_event *ev, json_t **out,
+                        const char **why)
+{
+    if (!data_object(ev, why))
+        return MOAT_EINVAL;
+    if (ev->schema_version != PRICE_SCHEMA)
+        return unsupported(why);
+    *out = json_incref(ev->data);
+    return MOAT_OK;
+}
+
+/* ProductDeleted: {id, sku} (one schema so far). */
+static int upcast_deleted(const struct moat_event *ev, json_t **out,
+                          const char **why)
+{
+    if (!data_object(ev, why))
+        return MOAT_EINVAL;
+    if (ev->schema_version != DELETED_SCHEMA)
+        return unsupported(why);
+    *out = json_incref(ev->data);
+    return MOAT_OK;
+}
+
+/* ---- helpers ---- */
+
+/* An optional string member of at most FIELD_MAX bytes; def when absent. */
+static bool get_text(json_t *obj, const char *key, bool required,
+                     const char *def, const char **out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return !required;
+    }
+    if (!json_is_string(v) || json_string_length(v) > FIELD_MAX)
+        return false;
+    *out = json_string_value(v);
+    return true;
+}
+
+/*
+ * Attribute keys and scalar values as words for the index ("color blue
+ * size 42"), nested values flattened. Deterministic: jansson iterates
+ * objects in insertion order, which is the order in the event.
+ */
+static void attributes_text(json_t *v, int depth, struct moat_buf *out)
+{
+    if (depth > ATTR_MAX_DEPTH || out->len > ATTR_TEXT_MAX)
+        return;
+    const char *key;
+    json_t *item;
+    size_t i;
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        json_object_foreach(v, key, item)
+        {
+            if (out->len)
+                moat_buf_addch(out, ' ');
+            moat_buf_addstr(out, key);
+            attributes_text(item, depth + 1, out);
+        }
+        break;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, item)
+        {
+            attributes_text(item, depth + 1, out);
+        }
+        break;
+    case JSON_STRING:
+        if (out->len)
+            moat_buf_addch(out, ' ');
+        moat_buf_add(out, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_INTEGER:
+        moat_buf_printf(out, "%s%lld", out->len ? " " : "",
+                        (long long)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        moat_buf_printf(out, "%s%.17g", out->len ? " " : "",
+                        json_real_value(v));
+        break;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        moat_buf_printf(out, "%s%s", out->len ? " " : "",
+                        json_is_true(v) ? "true" : "false");
+        break;
+    case JSON_NULL:
+        break;
+    }
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+/*
+ * RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
+ * since the epoch; 0 when malformed (the lag report then ignores it).
+ */
+static int64_t parse_time_ms(const char *s)
+{
+    if (!s || strlen(s) < 20)
+        return 0;
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
+        if (shape[i] == 'd'
+                ? !is_digit(s[i])
+                : (s[i] != shape[i] &&
+                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
+            return 0;
+    }
+#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
+    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
+    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
+    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
+    const char *p = s + 19;
+    int64_t ms = 0;
+    if (*p == '.') {
+        int digits = 0;
+        for (p++; is_digit(*p); p++, digits++)
+            if (digits < 3)
+                ms = ms * 10 + (*p - '0');
+        if (digits == 0)
+            return 0;
+        for (; digits < 3; digits++)
+            ms *= 10;
+    }
+    int64_t offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
+               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
+        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
+        if (*p == '-')
+            offset_min = -offset_min;
+        p += 6;
+    } else {
+        return 0;
+    }
+#undef NUM2
+    if (*p || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
+        mm > 59 || ss > 60)
+        return 0;
+    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
+                   mm * 60 + ss - offset_min * 60;
+    return secs * 1000 + ms;
+}
+
+/* The product's id: data.id when present must name the event's subject. */
+static const char *event_product_id(const struct moat_event *ev, json_t *doc,
+                                    const char **why)
+{
+    json_t *id = json_object_get(doc, "id");
+    if (id && (!json_is_string(id) ||
+               strcmp(json_string_value(id), ev->subject) != 0)) {
+        *why = "data.id does not match the event subject";
+        return NULL;
+    }
+    if (!ev->subject || !ev->subject[0]) {
+        *why = "event has no subject";
+        return NULL;
+    }
+    return ev->subject;
+}
+
+/* version member, or fallback when absent. */
+static bool get_version(json_t *doc, int64_t fallback, int64_t *out)
+{
+    json_t *v = json_object_get(doc, "version");
+    if (!v) {
+        *out = fallback;
+        return true;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 1)
+        return false;
+    *out = json_integer_value(v);
+    return true;
+}
+
+static bool currency_valid(const char *c)
+{
+    return c && strlen(c) == 3 && c[0] >= 'A' && c[0] <= 'Z' && c[1] >= 'A' &&
+           c[1] <= 'Z' && c[2] >= 'A' && c[2] <= 'Z';
+}
+
+/* ---- apply: current schema only ---- */
+
+/* A price {amount: integer >= 0, currency: ISO 4217} into out params. */
+static bool get_price(json_t *price, int64_t *amount, const char **currency)
+{
+    json_t *a = json_object_get(price, "amount");
+    *currency = json_string_value(json_object_get(price, "currency"));
+    if (!json_is_integer(a) || json_integer_value(a) < 0 ||
+        !currency_valid(*currency))
+        return false;
+    *amount = json_integer_value(a);
+    return true;
+}
+
+static int apply_product(struct moat_db *db, const struct moat_event *ev,
+                         json_t *doc, struct srch_service *s, const char **why)
+{
+    const char *id = event_product_id(ev, doc, why);
+    if (!id)
+        return MOAT_EINVAL;
+    struct srch_product p = {
+        .id = id,
+        .doc = doc,
+        .seq = ev->seq,
+        .event_time_ms = parse_time_ms(ev->time),
+    };
+    if (!get_price(json_object_get(doc, "price"), &p.amount, &p.currency)) {
+        *why = "price is not {amount: integer >= 0, currency: ISO 4217}";
+        return MOAT_EINVAL;
+    }
+    if (!get_version(doc, 0, &p.version)) {
+        *why = "version is not a positive integer";
+        return MOAT_EINVAL;
+    }
+    if (!get_text(doc, "sku", true, NULL, &p.sku) || !p.sku[0] ||
+        !get_text(doc, "name", true, NULL, &p.name) ||
+        !get_text(doc, "description", false, "", &p.description)) {
+        *why = "sku, name or description missing or not a string";
+        return MOAT_EINVAL;
+    }
+#ifdef MOAT_TEST_HOOKS
+    /* Test builds: a handler that fails deterministically for some
+     * products, until POST /_test/heal "deploys the fix". */
+    if (!s->poison_healed &&
+        strncmp(p.sku, POISON_PREFIX, strlen(POISON_PREFIX)) == 0) {
+        *why = "test hook: poison product (POST /_test/heal cures it)";
+        return MOAT_EINVAL;
+    }
+#else
+    MOAT_UNUSED(s);
+#endif
+    struct moat_buf attrs = MOAT_BUF_INIT;
+    json_t *a = json_object_get(doc, "attributes");
+    if (a)
+        attributes_text(a, 0, &attrs);
+    p.attributes = moat_buf_str(&attrs);
+    bool applied = false;
+    int rc = srch_store_upsert(db, &p, &applied);
+    moat_buf_release(&attrs);
+    if (rc == MOAT_OK && !applied)
+        moat_log(MOAT_LOG_INFO, "older product event changes nothing",
+                 "{s:s, s:I}", "id", id, "seq", (json_int_t)ev->seq);
+    return rc;
+}
+
+static int apply_price(struct moat_db *db, const struct moat_event *ev,
+                       json_t *data, struct srch_service *s, const char **why)
+{
+    MOAT_UNUSED(s);
+    const char *id = event_product_id(ev, data, why);
+    if (!id)
+        return MOAT_EINVAL;
+    int64_t amount;
+    const char *currency;
+    if (!get_price(json_object_get(data, "new"), &amount, &currency)) {
+        *why = "new price is not {amount: integer >= 0, currency: ISO 4217}";
+        return MOAT_EINVAL;
+    }
+    bool applied = false;
+    int rc = srch_store_set_price(db, id, amount, currency, ev->seq,
+                                  parse_time_ms(ev->time), &applied);
+    if (rc == MOAT_ENOTFOUND)
+        *why = "price change for a product that was never indexed";
+    return rc;
+}
+
+static int apply_deleted(struct moat_db *db, const struct moat_event *ev,
+                         json_t *data, struct srch_service *s, const char **why)
+{
+    MOAT_UNUSED(s);
+    const char *id = event_product_id(ev, data, why);
+    if (!id)
+        return MOAT_EINVAL;
+    bool applied = false;
+    return srch_store_delete(db, id, ev->seq, &applied);
+}
+
+/* ---- dispatch ---- */
+
+struct event_kind {
+    const char *type;
+    int (*upcast)(const struct moat_event *ev, json_t **out, const char **why);
+    int (*apply)(struct moat_db *db, const struct moat_event *ev, json_t *data,
+                 struct srch_service *s, const char **why);
+};
+
+static const struct event_kind kinds[] = {
+    {"ProductCreated", upcast_product, apply_product},
+    {"ProductUpdated", upcast_product, apply_product},
+    {"PriceChanged", upcast_price, apply_price},
+    {"ProductDeleted", upcast_deleted, apply_deleted},
+};
+
+int srch_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
+                     const char **why)
+{
+    struct srch_service *s = arg;
+    const struct event_kind *k = NULL;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(kinds) && !k; i++)
+        if (strcmp(ev->type, kinds[i].type) == 0)
+            k = &kinds[i];
+    if (!k)
+        return MOAT_OK; /* not ours (the subscription filters already) */
+
+    json_t *data = NULL;
+    int rc = k->upcast(ev, &data, why);
+    if (rc == MOAT_OK)
+        rc = k->apply(db, ev, data, s, why);
+    json_decref(data);
+#ifdef MOAT_TEST_HOOKS
+    /* In the handler's transaction: counted once per committed effect. */
+    if (rc == MOAT_OK)
+        rc = srch_store_count_application(db, ev->source, ev->seq);
+#endif
+    return rc;
+}

@@ -1,0 +1,752 @@
+/* store.c - search's schema and queries (see store.h). */
+#include "moat/common.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+#include "moat/events.h"
+#include "moat/log.h"
+#include "store.h"
+
+#define DB_FILE "search.db"
+
+/*
+ * Schema migrations. An applied migration is checksummed by moat_db_migrate:
+ * never edit one that has shipped, append a new version instead.
+ *
+ * products has an INTEGER PRIMARY KEY (rid) because an FTS5 external
+ * content table addresses its rows by rowid; the product id is a unique
+ * column beside it. The triggers are the only writers of products_fts, so
+ * the index always holds exactly the text of the rows (the AFTER UPDATE
+ * trigger fires only when an indexed column changes: a price change does
+ * not touch the index). products_fts_terms (fts5vocab) exposes the index's
+ * term statistics so that a replay can compare two indexes.
+ *
+ * The tokenizer folds case and diacritics ("Crème" finds "creme"); the
+ * prefix indexes make the 2- and 3-character prefix queries that
+ * search-as-you-type sends cheap.
+ *
+ * apply_log is written only by test builds (MOAT_TEST_HOOKS), but exists in
+ * every build so that a database does not depend on the build type.
+ */
+static const struct moat_migration migrations[] = {
+    {1, "create products and their full-text index",
+     "CREATE TABLE products (\n"
+     "    rid INTEGER PRIMARY KEY,\n"
+     "    id TEXT NOT NULL UNIQUE,\n"
+     "    sku TEXT NOT NULL,\n"
+     "    name TEXT NOT NULL,\n"
+     "    description TEXT NOT NULL,\n"
+     "    attributes TEXT NOT NULL,\n"
+     "    price_amount INTEGER NOT NULL,\n"
+     "    currency TEXT NOT NULL,\n"
+     "    doc TEXT NOT NULL\n"
+     "        CHECK (json_valid(doc) AND json_type(doc) = 'object'),\n"
+     "    version INTEGER,\n"
+     "    seq INTEGER NOT NULL,\n"
+     "    event_time_ms INTEGER NOT NULL,\n"
+     "    applied_at_ms INTEGER NOT NULL\n"
+     ") STRICT;\n"
+     "CREATE INDEX products_name ON products (name, id);\n"
+     "CREATE INDEX products_currency_amount\n"
+     "    ON products (currency, price_amount);\n"
+     "CREATE INDEX products_applied ON products (applied_at_ms);\n"
+     "CREATE VIRTUAL TABLE products_fts USING fts5 (\n"
+     "    name, description, sku, attributes,\n"
+     "    content = 'products', content_rowid = 'rid',\n"
+     "    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3');\n"
+     "CREATE VIRTUAL TABLE products_fts_terms\n"
+     "    USING fts5vocab (products_fts, 'row');\n"
+     "CREATE TRIGGER products_fts_insert AFTER INSERT ON products BEGIN\n"
+     "    INSERT INTO products_fts (rowid, name, description, sku,\n"
+     "                              attributes)\n"
+     "    VALUES (new.rid, new.name, new.description, new.sku,\n"
+     "            new.attributes);\n"
+     "END;\n"
+     "CREATE TRIGGER products_fts_delete AFTER DELETE ON products BEGIN\n"
+     "    INSERT INTO products_fts (products_fts, rowid, name, description,\n"
+     "                              sku, attributes)\n"
+     "    VALUES ('delete', old.rid, old.name, old.description, old.sku,\n"
+     "            old.attributes);\n"
+     "END;\n"
+     "CREATE TRIGGER products_fts_update\n"
+     "    AFTER UPDATE OF name, description, sku, attributes ON products\n"
+     "BEGIN\n"
+     "    INSERT INTO products_fts (products_fts, rowid, name, description,\n"
+     "                              sku, attributes)\n"
+     "    VALUES ('delete', old.rid, old.name, old.description, old.sku,\n"
+     "            old.attributes);\n"
+     "    INSERT INTO products_fts (rowid, name, description, sku,\n"
+     "                              attributes)\n"
+     "    VALUES (new.rid, new.name, new.description, new.sku,\n"
+     "            new.attributes);\n"
+     "END;\n"
+     "CREATE TABLE deleted_products (\n"
+     "    id TEXT NOT NULL PRIMARY KEY,\n"
+     "    seq INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE TABLE apply_log (\n"
+     "    source TEXT NOT NULL,\n"
+     "    seq INTEGER NOT NULL,\n"
+     "    applications INTEGER NOT NULL,\n"
+     "    PRIMARY KEY (source, seq)\n"
+     ") STRICT, WITHOUT ROWID;\n"},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+};
+
+/* bm25 weights of the indexed columns: a hit in the name counts most. */
+#define BM25_ARGS "products_fts, 10.0, 2.0, 5.0, 1.0"
+
+const struct moat_migration *srch_store_migrations(size_t *n)
+{
+    *n = MOAT_ARRAY_LEN(migrations);
+    return migrations;
+}
+
+int srch_store_open(struct moat_db **out, const char *data_dir,
+                    struct moat_metrics *metrics)
+{
+    struct moat_db *db = NULL;
+    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    int rc = moat_db_open(&db, path, NULL, metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_db_migrate(db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    *out = db;
+    db = NULL;
+
+cleanup:
+    if (db)
+        moat_db_close(db);
+    free(path);
+    return rc;
+}
+
+bool srch_store_ready(struct moat_db *db, const char **why)
+{
+    if (!db) {
+        *why = "database not open";
+        return false;
+    }
+    /* A query, not a flag: it also proves the database still answers. */
+    if (moat_db_schema_version(db) !=
+        migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}
+
+/* ---- writes (inside the consumer's transaction) ---- */
+
+static int step_done(struct moat_db *db, struct moat_stmt *stmt)
+{
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
+}
+
+static void bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
+{
+    char *text = json_dumps(doc, JSON_COMPACT);
+    if (!text)
+        moat_die("cannot serialise a product document");
+    sqlite3_bind_text(st, idx, text, -1, free);
+}
+
+int srch_store_upsert(struct moat_db *db, const struct srch_product *p,
+                      bool *applied)
+{
+    /*
+     * Guarded by the feed sequence, beyond the consumer's cursor (defence
+     * in depth, and what makes a re-delivered event harmless): an event
+     * older than what the row reflects, or than the product's deletion,
+     * changes nothing. The same event again re-applies the same values.
+     */
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "product_upsert",
+        "INSERT INTO products (id, sku, name, description, attributes, "
+        "price_amount, currency, doc, version, seq, event_time_ms, "
+        "applied_at_ms) "
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 "
+        "WHERE NOT EXISTS (SELECT 1 FROM deleted_products "
+        "WHERE id = ?1 AND seq > ?10) "
+        "ON CONFLICT (id) DO UPDATE SET sku = excluded.sku, "
+        "name = excluded.name, description = excluded.description, "
+        "attributes = excluded.attributes, "
+        "price_amount = excluded.price_amount, currency = excluded.currency, "
+        "doc = excluded.doc, version = excluded.version, seq = excluded.seq, "
+        "event_time_ms = excluded.event_time_ms, "
+        "applied_at_ms = excluded.applied_at_ms "
+        "WHERE excluded.seq >= products.seq");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, p->sku, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, p->name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, p->description, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, p->attributes, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, p->amount);
+    sqlite3_bind_text(st, 7, p->currency, -1, SQLITE_STATIC);
+    bind_doc(st, 8, p->doc);
+    if (p->version > 0)
+        sqlite3_bind_int64(st, 9, p->version);
+    else
+        sqlite3_bind_null(st, 9);
+    sqlite3_bind_int64(st, 10, p->seq);
+    sqlite3_bind_int64(st, 11, p->event_time_ms);
+    sqlite3_bind_int64(st, 12, moat_wall_ms());
+    int rc = step_done(db, stmt);
+    if (rc == MOAT_OK)
+        *applied = sqlite3_changes(moat_db_handle(db)) > 0;
+    return rc;
+}
+
+/* Whether product id was deleted by an event newer than seq. */
+static int deleted_after(struct moat_db *db, const char *id, int64_t seq,
+                         bool *deleted)
+{
+    struct moat_stmt *stmt = moat_db_prepare(db, "product_deleted_after",
+                                             "SELECT 1 FROM deleted_products "
+                                             "WHERE id = ?1 AND seq > ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_ROW && step != SQLITE_DONE)
+        return moat_db_error(db, step);
+    *deleted = step == SQLITE_ROW;
+    return MOAT_OK;
+}
+
+int srch_store_set_price(struct moat_db *db, const char *id, int64_t amount,
+                         const char *currency, int64_t seq,
+                         int64_t event_time_ms, bool *applied)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(db, "product_set_price",
+                        "UPDATE products SET price_amount = ?2, currency = ?3, "
+                        "doc = json_set(doc, '$.price', "
+                        "json_object('amount', ?2, 'currency', ?3)), seq = ?4, "
+                        "event_time_ms = ?5, applied_at_ms = ?6 "
+                        "WHERE id = ?1 AND seq <= ?4");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, amount);
+    sqlite3_bind_text(st, 3, currency, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, seq);
+    sqlite3_bind_int64(st, 5, event_time_ms);
+    sqlite3_bind_int64(st, 6, moat_wall_ms());
+    int rc = step_done(db, stmt);
+    if (rc != MOAT_OK)
+        return rc;
+    *applied = sqlite3_changes(moat_db_handle(db)) > 0;
+    if (*applied)
+        return MOAT_OK;
+    /* Nothing changed: a newer event is reflected (fine), the product is
+     * gone (fine), or it was never indexed, which the feed's order rules
+     * out - unless something is wrong, which must not pass silently. */
+    stmt = moat_db_prepare(db, "product_exists",
+                           "SELECT 1 FROM products WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step == SQLITE_ROW)
+        return MOAT_OK;
+    if (step != SQLITE_DONE)
+        return moat_db_error(db, step);
+    bool deleted = false;
+    rc = deleted_after(db, id, seq, &deleted);
+    if (rc != MOAT_OK)
+        return rc;
+    return deleted ? MOAT_OK : MOAT_ENOTFOUND;
+}
+
+int srch_store_delete(struct moat_db *db, const char *id, int64_t seq,
+                      bool *applied)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(db, "product_delete",
+                        "DELETE FROM products WHERE id = ?1 AND seq <= ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    int rc = step_done(db, stmt);
+    if (rc != MOAT_OK)
+        return rc;
+    *applied = sqlite3_changes(moat_db_handle(db)) > 0;
+    /* The tombstone keeps an older event of the product, delivered again,
+     * from bringing it back. Ids are never reused, so it never expires. */
+    stmt = moat_db_prepare(db, "product_tombstone",
+                           "INSERT INTO deleted_products (id, seq) "
+                           "VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET "
+                           "seq = max(seq, excluded.seq)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    return step_done(db, stmt);
+}
+
+int srch_store_reset(struct moat_db *db)
+{
+    /* Row by row through the trigger: an external-content index must be
+     * told the old text of every row it forgets. */
+    return moat_db_exec(db, "view_reset",
+                        "DELETE FROM products; DELETE FROM deleted_products; "
+                        "DELETE FROM apply_log;");
+}
+
+int srch_store_count_application(struct moat_db *db, const char *source,
+                                 int64_t seq)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "apply_log_count",
+        "INSERT INTO apply_log (source, seq, applications) VALUES (?1, ?2, 1) "
+        "ON CONFLICT (source, seq) DO UPDATE SET "
+        "applications = applications + 1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, source, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    return step_done(db, stmt);
+}
+
+int srch_store_applications(struct moat_db *db, int64_t *events,
+                            int64_t *max_applications)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "apply_log_summary",
+        "SELECT count(*), coalesce(max(applications), 0) FROM apply_log");
+    if (!stmt)
+        return MOAT_EDB;
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        *events = sqlite3_column_int64(moat_stmt_raw(stmt), 0);
+        *max_applications = sqlite3_column_int64(moat_stmt_raw(stmt), 1);
+    }
+    moat_stmt_reset(stmt);
+    return step == SQLITE_ROW ? MOAT_OK : moat_db_error(db, step);
+}
+
+/* ---- reads ---- */
+
+int srch_store_get(struct moat_db *db, const char *id, json_t **out)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(db, "product_get",
+                        "SELECT doc, version, seq, event_time_ms, "
+                        "applied_at_ms FROM products WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int rc;
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        json_error_t err;
+        const char *text = (const char *)sqlite3_column_text(st, 0);
+        json_t *doc = text ? json_loads(text, 0, &err) : NULL;
+        if (!json_is_object(doc)) {
+            json_decref(doc);
+            rc = MOAT_EDB;
+            goto cleanup;
+        }
+        char event_time[25], applied[25];
+        moat_time_rfc3339(sqlite3_column_int64(st, 3), event_time);
+        moat_time_rfc3339(sqlite3_column_int64(st, 4), applied);
+        /* version is NULL when the events did not say (data schema 1). */
+        json_t *version = sqlite3_column_type(st, 1) == SQLITE_NULL
+                              ? json_null()
+                              : json_integer(sqlite3_column_int64(st, 1));
+        json_object_set_new(doc, "indexed",
+                            json_pack("{s:s, s:I, s:o, s:s, s:s}", "source",
+                                      "catalog", "seq",
+                                      (json_int_t)sqlite3_column_int64(st, 2),
+                                      "version", version, "event_time",
+                                      event_time, "applied_at", applied));
+        *out = doc;
+        rc = MOAT_OK;
+    } else {
+        rc = step == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(db, step);
+    }
+
+cleanup:
+    /* Reset at once: an unfinished SELECT pins a WAL read snapshot. */
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+enum search_filter {
+    F_MATCH = 1 << 0,
+    F_CURSOR = 1 << 1,
+    F_CURRENCY = 1 << 2,
+    F_MIN = 1 << 3,
+    F_MAX = 1 << 4,
+};
+
+/*
+ * One SQL text per combination of filters (32), each cached under its own
+ * name, so SQLite plans each with the right index. Ranked queries
+ * materialise the matches with their bm25 score first: the keyset cursor
+ * compares scores, and an FTS5 auxiliary function is only defined in the
+ * query that runs the MATCH.
+ */
+static void search_sql(unsigned mask, struct moat_buf *sql)
+{
+    if (mask & F_MATCH)
+        moat_buf_addstr(sql,
+                        "WITH hits AS MATERIALIZED ("
+                        "SELECT rowid AS rid, bm25(" BM25_ARGS ") AS score "
+                        "FROM products_fts WHERE products_fts MATCH :match) "
+                        "SELECT p.id, p.sku, p.name, p.price_amount, "
+                        "p.currency, h.score FROM hits AS h "
+                        "JOIN products AS p ON p.rid = h.rid WHERE 1");
+    else
+        moat_buf_addstr(sql, "SELECT p.id, p.sku, p.name, p.price_amount, "
+                             "p.currency, 0.0 FROM products AS p WHERE 1");
+    if (mask & F_CURRENCY)
+        moat_buf_addstr(sql, " AND p.currency = :currency");
+    if (mask & F_MIN)
+        moat_buf_addstr(sql, " AND p.price_amount >= :min");
+    if (mask & F_MAX)
+        moat_buf_addstr(sql, " AND p.price_amount <= :max");
+    if ((mask & F_CURSOR) && (mask & F_MATCH))
+        moat_buf_addstr(sql, " AND (h.score > :after_score OR "
+                             "(h.score = :after_score AND p.id > :after_id))");
+    else if (mask & F_CURSOR)
+        moat_buf_addstr(sql, " AND (p.name > :after_name OR "
+                             "(p.name = :after_name AND p.id > :after_id))");
+    if (mask & F_MATCH)
+        moat_buf_addstr(sql, " ORDER BY h.score, p.id");
+    else
+        moat_buf_addstr(sql, " ORDER BY p.name, p.id");
+    moat_buf_addstr(sql, " LIMIT :limit");
+}
+
+static void bind_named_text(sqlite3_stmt *st, const char *name,
+                            const char *value)
+{
+    sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, name), value, -1,
+                      SQLITE_TRANSIENT);
+}
+
+static void bind_named_int(sqlite3_stmt *st, const char *name, int64_t value)
+{
+    sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, name), value);
+}
+
+static char *column_dup(sqlite3_stmt *st, int col)
+{
+    const char *s = (const char *)sqlite3_column_text(st, col);
+    return moat_xstrdup(s ? s : "");
+}
+
+int srch_store_search(struct moat_db *db, const struct srch_query *q,
+                      struct srch_hit **hits, size_t *n)
+{
+    unsigned mask = 0;
+    if (q->match)
+        mask |= F_MATCH;
+    if (q->has_cursor)
+        mask |= F_CURSOR;
+    if (q->currency)
+        mask |= F_CURRENCY;
+    if (q->has_min)
+        mask |= F_MIN;
+    if (q->has_max)
+        mask |= F_MAX;
+
+    struct moat_buf sql = MOAT_BUF_INIT;
+    struct srch_hit *out = moat_xcalloc(q->limit ? q->limit : 1, sizeof(*out));
+    size_t count = 0;
+    int rc = MOAT_EDB;
+    char name[32];
+
+    search_sql(mask, &sql);
+    snprintf(name, sizeof(name), "search_%02x", mask);
+    struct moat_stmt *stmt = moat_db_prepare(db, name, moat_buf_str(&sql));
+    if (!stmt)
+        goto cleanup;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (q->match)
+        bind_named_text(st, ":match", q->match);
+    if (q->currency)
+        bind_named_text(st, ":currency", q->currency);
+    if (q->has_min)
+        bind_named_int(st, ":min", q->min_amount);
+    if (q->has_max)
+        bind_named_int(st, ":max", q->max_amount);
+    if (q->has_cursor) {
+        bind_named_text(st, ":after_id", q->after_id);
+        if (q->match)
+            sqlite3_bind_double(
+                st, sqlite3_bind_parameter_index(st, ":after_score"),
+                q->after_score);
+        else
+            bind_named_text(st, ":after_name", q->after_name);
+    }
+    bind_named_int(st, ":limit", (int64_t)q->limit);
+
+    int step;
+    while (count < q->limit && (step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        struct srch_hit *h = &out[count++];
+        h->id = column_dup(st, 0);
+        h->sku = column_dup(st, 1);
+        h->name = column_dup(st, 2);
+        h->amount = sqlite3_column_int64(st, 3);
+        h->currency = column_dup(st, 4);
+        h->score = sqlite3_column_double(st, 5);
+    }
+    if (count < q->limit && step != SQLITE_DONE) {
+        /* A malformed MATCH expression cannot happen (handlers.c quotes
+         * every term), so any error here is the database's. */
+        rc = moat_db_error(db, step);
+        goto cleanup;
+    }
+    rc = MOAT_OK;
+
+cleanup:
+    if (stmt)
+        moat_stmt_reset(stmt);
+    moat_buf_release(&sql);
+    if (rc != MOAT_OK) {
+        srch_hits_free(out, count);
+        out = NULL;
+        count = 0;
+    }
+    *hits = out;
+    *n = count;
+    return rc;
+}
+
+void srch_hits_free(struct srch_hit *hits, size_t n)
+{
+    if (!hits)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(hits[i].id);
+        free(hits[i].sku);
+        free(hits[i].name);
+        free(hits[i].currency);
+    }
+    free(hits);
+}
+
+/* ---- lag ---- */
+
+int srch_store_lag(struct moat_db *db, int64_t since_ms, int64_t until_ms,
+                   json_t **out)
+{
+    static const struct {
+        const char *key;
+        double p;
+    } quantiles[] = {{"p50_ms", 0.50}, {"p90_ms", 0.90}, {"p99_ms", 0.99}};
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "lag_count",
+        "SELECT count(*), coalesce(max(applied_at_ms - event_time_ms), 0), "
+        "coalesce(min(applied_at_ms), 0), coalesce(max(applied_at_ms), 0) "
+        "FROM products WHERE applied_at_ms >= ?1 AND applied_at_ms < ?2 "
+        "AND event_time_ms > 0");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_int64(st, 1, since_ms);
+    sqlite3_bind_int64(st, 2, until_ms);
+    int step = moat_stmt_step(stmt);
+    if (step != SQLITE_ROW) {
+        moat_stmt_reset(stmt);
+        return moat_db_error(db, step);
+    }
+    int64_t count = sqlite3_column_int64(st, 0);
+    json_t *res =
+        json_pack("{s:I, s:I, s:I, s:I}", "count", (json_int_t)count, "max_ms",
+                  (json_int_t)sqlite3_column_int64(st, 1), "first_applied_ms",
+                  (json_int_t)sqlite3_column_int64(st, 2), "last_applied_ms",
+                  (json_int_t)sqlite3_column_int64(st, 3));
+    moat_stmt_reset(stmt);
+
+    /* Nearest-rank percentiles, read straight from the ordered lags. */
+    stmt = moat_db_prepare(
+        db, "lag_rank",
+        "SELECT applied_at_ms - event_time_ms AS lag FROM products "
+        "WHERE applied_at_ms >= ?1 AND applied_at_ms < ?2 "
+        "AND event_time_ms > 0 ORDER BY lag LIMIT 1 OFFSET ?3");
+    if (!stmt) {
+        json_decref(res);
+        return MOAT_EDB;
+    }
+    st = moat_stmt_raw(stmt);
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(quantiles); i++) {
+        int64_t value = 0;
+        if (count > 0) {
+            int64_t rank = (int64_t)ceil(quantiles[i].p * (double)count);
+            sqlite3_bind_int64(st, 1, since_ms);
+            sqlite3_bind_int64(st, 2, until_ms);
+            sqlite3_bind_int64(st, 3, rank > 0 ? rank - 1 : 0);
+            if (moat_stmt_step(stmt) == SQLITE_ROW)
+                value = sqlite3_column_int64(st, 0);
+            moat_stmt_reset(stmt);
+        }
+        json_object_set_new(res, quantiles[i].key, json_integer(value));
+    }
+    *out = res;
+    return MOAT_OK;
+}
+
+/* ---- compare (replay --verify) ---- */
+
+struct diff_sink {
+    json_t *diffs;
+    size_t max;
+    size_t dropped;
+};
+
+MOAT_PRINTF(2, 3)
+static void diff_add(struct diff_sink *d, const char *fmt, ...)
+{
+    if (json_array_size(d->diffs) >= d->max) {
+        d->dropped++;
+        return;
+    }
+    struct moat_buf b = MOAT_BUF_INIT;
+    va_list ap;
+    va_start(ap, fmt);
+    moat_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    json_t *s = json_string(moat_buf_str(&b));
+    json_array_append_new(d->diffs, s ? s : json_string("(not UTF-8)"));
+    moat_buf_release(&b);
+}
+
+/* One table to compare: rows keyed by the first column, in key order. */
+struct compare_spec {
+    const char *stmt_name;
+    const char *sql;
+    const char *what;                /* "product", "index term"... */
+    const char *const *column_names; /* of the columns after the key */
+};
+
+/*
+ * Walk the rows of spec in a and b side by side (both ordered by key) and
+ * report keys found on one side only and columns that differ. Values are
+ * compared exactly, type and text.
+ */
+static int compare_table(struct moat_db *a, struct moat_db *b,
+                         const struct compare_spec *spec, struct diff_sink *d)
+{
+    /* Prepared on each connection under the same name: the statement
+     * cache is per connection. */
+    struct moat_stmt *sa = moat_db_prepare(a, spec->stmt_name, spec->sql);
+    struct moat_stmt *sb = moat_db_prepare(b, spec->stmt_name, spec->sql);
+    if (!sa || !sb)
+        return MOAT_EDB;
+    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
+    int ncols = sqlite3_column_count(ra);
+    int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
+    int rc = MOAT_OK;
+    while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
+        const char *ka = stepa == SQLITE_ROW
+                             ? (const char *)sqlite3_column_text(ra, 0)
+                             : NULL;
+        const char *kb = stepb == SQLITE_ROW
+                             ? (const char *)sqlite3_column_text(rb, 0)
+                             : NULL;
+        int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
+        if (cmp < 0) {
+            diff_add(d, "%s %.80s: only in the live view", spec->what, ka);
+            stepa = moat_stmt_step(sa);
+            continue;
+        }
+        if (cmp > 0) {
+            diff_add(d, "%s %.80s: only in the rebuilt view", spec->what, kb);
+            stepb = moat_stmt_step(sb);
+            continue;
+        }
+        for (int c = 1; c < ncols; c++) {
+            sqlite3_value *va = sqlite3_column_value(ra, c);
+            sqlite3_value *vb = sqlite3_column_value(rb, c);
+            int type = sqlite3_value_type(va);
+            const char *ta = (const char *)sqlite3_value_text(va);
+            const char *tb = (const char *)sqlite3_value_text(vb);
+            if (type != sqlite3_value_type(vb) ||
+                strcmp(ta ? ta : "", tb ? tb : "") != 0)
+                diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
+                         spec->what, ka, spec->column_names[c - 1],
+                         ta ? ta : "NULL", tb ? tb : "NULL");
+        }
+        stepa = moat_stmt_step(sa);
+        stepb = moat_stmt_step(sb);
+    }
+    if (stepa != SQLITE_DONE)
+        rc = moat_db_error(a, stepa);
+    else if (stepb != SQLITE_DONE)
+        rc = moat_db_error(b, stepb);
+    moat_stmt_reset(sa);
+    moat_stmt_reset(sb);
+    return rc;
+}
+
+/* FTS5's own check that the index holds exactly the text of its rows. */
+static void check_index(struct moat_db *db, const char *which,
+                        struct diff_sink *d)
+{
+    int rc = moat_db_exec(db, "fts_integrity_check",
+                          "INSERT INTO products_fts (products_fts, rank) "
+                          "VALUES ('integrity-check', 1)");
+    if (rc != MOAT_OK)
+        diff_add(d, "the %s full-text index does not match its rows: %s", which,
+                 moat_db_errmsg(db));
+}
+
+int srch_store_compare(struct moat_db *live, struct moat_db *scratch,
+                       json_t *diffs, size_t max_diffs)
+{
+    /* Everything the events decide; not applied_at_ms (when it ran). */
+    static const char *const product_columns[] = {
+        "sku",      "name",     "description", "attributes", "price amount",
+        "currency", "document", "version",     "sequence",   "event time"};
+    static const char *const tombstone_columns[] = {"sequence"};
+    static const char *const term_columns[] = {"products", "occurrences"};
+    static const struct compare_spec specs[] = {
+        {"compare_products",
+         "SELECT id, sku, name, description, attributes, price_amount, "
+         "currency, doc, version, seq, event_time_ms FROM products "
+         "ORDER BY id",
+         "product", product_columns},
+        {"compare_tombstones",
+         "SELECT id, seq FROM deleted_products ORDER BY id", "deleted product",
+         tombstone_columns},
+        /* The index itself: both are checked against their rows below, and
+         * their term statistics must agree. */
+        {"compare_terms",
+         "SELECT term, doc, cnt FROM products_fts_terms ORDER BY term",
+         "index term", term_columns},
+    };
+    struct diff_sink d = {.diffs = diffs, .max = max_diffs};
+    int rc = MOAT_OK;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(specs) && rc == MOAT_OK; i++)
+        rc = compare_table(live, scratch, &specs[i], &d);
+    if (rc == MOAT_OK) {
+        check_index(live, "live", &d);
+        check_index(scratch, "rebuilt", &d);
+    }
+    if (d.dropped)
+        json_array_append_new(
+            diffs, json_sprintf("... and %zu more differences", d.dropped));
+    return rc;
+}
