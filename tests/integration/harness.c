@@ -28,6 +28,7 @@
 #include "moat/buf.h"
 
 #define READY_TIMEOUT_MS 10000
+#define RESTART_ATTEMPTS 20
 #define STOP_TIMEOUT_MS  15000
 #define START_ATTEMPTS   3 /* new port each time another process took it */
 #define LOG_TAIL_LINES   40
@@ -469,6 +470,38 @@ static int wait_ready(struct h_service *svc)
 }
 
 static bool atexit_done;
+
+int h_service_restart(struct h_service *svc, const char *const *extra_env)
+{
+    if (h_service_alive(svc))
+        h_service_kill(svc);
+    char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, svc->name);
+    int rc = -1;
+    /* The port may linger for an instant after a kill: a few attempts. */
+    for (int attempt = 1; attempt <= RESTART_ATTEMPTS && rc != 0; attempt++) {
+        fflush(NULL);
+        pid_t parent = getpid();
+        pid_t pid = fork();
+        if (pid < 0)
+            break;
+        if (pid == 0)
+            exec_child(svc, parent, bin, extra_env);
+        svc->pid = pid;
+        child_add(svc);
+        rc = wait_ready(svc);
+        if (rc != 0 && svc->pid > 0) {
+            h_service_print_log(svc, LOG_TAIL_LINES);
+            h_service_kill(svc);
+            break; /* running but never ready: retrying will not help */
+        }
+        if (rc != 0)
+            h_sleep_ms(50);
+    }
+    if (rc != 0)
+        h_service_print_log(svc, LOG_TAIL_LINES);
+    free(bin);
+    return rc;
+}
 
 int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
                     const char *data_dir, const char *const *extra_env)

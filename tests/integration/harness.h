@@ -84,6 +84,13 @@ struct h_service {
  */
 int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
                     const char *data_dir, const char *const *extra_env);
+/*
+ * Start svc again on the SAME port, data directory and log (after a kill or
+ * stop; a running one is killed first), as a supervisor would: peers that
+ * know its URL keep working. Retries while the port is still held. Returns
+ * 0 when ready, -1 after printing the log tail.
+ */
+int h_service_restart(struct h_service *svc, const char *const *extra_env);
 /* True while the child process exists and has not exited. */
 bool h_service_alive(struct h_service *svc);
 /*

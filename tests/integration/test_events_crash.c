@@ -80,18 +80,6 @@ static json_int_t jint(const json_t *o, const char *key)
     return json_integer_value(json_object_get(o, key));
 }
 
-/* ---- processes ---- */
-
-static char *peer_keys(void)
-{
-    static const char *const peers[] = {"test", "catalog", "search"};
-    struct moat_buf b = MOAT_BUF_INIT;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(peers); i++)
-        moat_buf_printf(&b, "%s%s:%s", i ? "," : "", peers[i],
-                        h_test_service_key(peers[i]));
-    return moat_buf_detach(&b, NULL);
-}
-
 static const char *const *service_env(const struct h_service *svc)
 {
     static const char *env[3];
@@ -99,72 +87,6 @@ static const char *const *service_env(const struct h_service *svc)
     env[1] = svc == &F.search ? F.catalog_url_env : NULL;
     env[2] = NULL;
     return env;
-}
-
-/*
- * Start svc's program again on the SAME port, data directory and log:
- * h_service_start picks a new port each time, but search reaches catalog
- * at a fixed URL. Returns 0 when ready.
- */
-static int restart_same_port(struct h_service *svc)
-{
-    char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, svc->name);
-    char *peers = peer_keys();
-    char *key = moat_xstrdup(h_test_service_key(svc->name));
-    const char *const *extra = service_env(svc);
-    char listen_addr[32];
-    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%u",
-             (unsigned)svc->port);
-    int rc = -1;
-    /* A killed process's port can take an instant to be free again. */
-    for (int attempt = 0; attempt < 20 && rc != 0; attempt++) {
-        fflush(NULL);
-        pid_t parent = getpid();
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != parent)
-                _exit(126);
-            FILE *log = freopen(svc->log_path, "a", stdout);
-            if (!log || dup2(STDOUT_FILENO, STDERR_FILENO) < 0)
-                _exit(125);
-            setenv("MOAT_SERVICE_NAME", svc->name, 1);
-            setenv("MOAT_LISTEN", listen_addr, 1);
-            setenv("MOAT_SERVICE_KEY", key, 1);
-            setenv("MOAT_PEER_KEYS", peers, 1);
-            setenv("MOAT_DATA_DIR", svc->data_dir, 1);
-            for (const char *const *e = extra; *e; e++)
-                putenv((char *)*e);
-            char *argv[] = {bin, NULL};
-            execv(bin, argv);
-            _exit(127);
-        }
-        svc->pid = pid;
-        uint64_t deadline = moat_mono_ms() + h_scaled_ms(10000);
-        while (moat_mono_ms() < deadline && h_service_alive(svc)) {
-            struct h_resp r;
-            h_get(&r, h_fmt("%s/readyz", svc->url));
-            long status = r.status;
-            h_resp_release(&r);
-            if (status == 200) {
-                rc = 0;
-                break;
-            }
-            h_sleep_ms(10);
-        }
-        if (rc != 0 && h_service_alive(svc)) {
-            h_service_print_log(svc, 40);
-            h_service_kill(svc);
-            break;
-        }
-        if (rc != 0)
-            h_sleep_ms(50);
-    }
-    free(bin);
-    free(peers);
-    free(key);
-    return rc;
 }
 
 /* ---- HTTP (the test process and the writers alike) ---- */
@@ -559,7 +481,7 @@ static void test_crash_consistency(void **state)
         h_service_kill(victim);
         kills[which]++;
         h_sleep_ms(rng_below(&rng, 400));
-        assert_int_equal(restart_same_port(victim), 0);
+        assert_int_equal(h_service_restart(victim, service_env(victim)), 0);
     }
     h_write_file(F.stop_path, "");
     for (int i = 0; i < WRITERS; i++) {

@@ -48,94 +48,11 @@ static struct {
 
 /* ---- processes ---- */
 
-/* MOAT_PEER_KEYS for a restarted service: the peers these tests use. */
-static char *peer_keys(void)
-{
-    static const char *const peers[] = {"test", "catalog", "search", "gateway"};
-    struct moat_buf b = MOAT_BUF_INIT;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(peers); i++)
-        moat_buf_printf(&b, "%s%s:%s", i ? "," : "", peers[i],
-                        h_test_service_key(peers[i]));
-    return moat_buf_detach(&b, NULL);
-}
-
-/*
- * Start svc's program again on the SAME port, data directory and log
- * (h_service_start picks a new port each time, but search reaches catalog
- * at a fixed URL, and the gateway reaches both). Returns 0 when ready.
- */
-static int restart_same_port(struct h_service *svc,
-                             const char *const *extra_env)
-{
-    char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, svc->name);
-    char *peers = peer_keys();
-    char *key = moat_xstrdup(h_test_service_key(svc->name));
-    char *jwt = moat_xstrdup(h_test_jwt_secret());
-    char listen_addr[32];
-    snprintf(listen_addr, sizeof(listen_addr), "127.0.0.1:%u",
-             (unsigned)svc->port);
-    int rc = -1;
-    /* The port may linger for an instant after a kill: a few attempts. */
-    for (int attempt = 0; attempt < 20 && rc != 0; attempt++) {
-        fflush(NULL);
-        pid_t parent = getpid();
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-            prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (getppid() != parent)
-                _exit(126);
-            FILE *log = freopen(svc->log_path, "a", stdout);
-            if (!log || dup2(STDOUT_FILENO, STDERR_FILENO) < 0)
-                _exit(125);
-            setenv("MOAT_SERVICE_NAME", svc->name, 1);
-            setenv("MOAT_LISTEN", listen_addr, 1);
-            setenv("MOAT_SERVICE_KEY", key, 1);
-            setenv("MOAT_PEER_KEYS", peers, 1);
-            setenv("MOAT_JWT_SECRET", jwt, 1);
-            if (svc->data_dir)
-                setenv("MOAT_DATA_DIR", svc->data_dir, 1);
-            for (const char *const *e = extra_env; e && *e; e++)
-                putenv((char *)*e);
-            char *argv[] = {bin, NULL};
-            execv(bin, argv);
-            _exit(127);
-        }
-        svc->pid = pid;
-        uint64_t deadline = moat_mono_ms() + h_scaled_ms(10000);
-        while (moat_mono_ms() < deadline) {
-            if (!h_service_alive(svc))
-                break;
-            struct h_resp r;
-            h_get(&r, h_fmt("%s/readyz", svc->url));
-            long status = r.status;
-            h_resp_release(&r);
-            if (status == 200) {
-                rc = 0;
-                break;
-            }
-            h_sleep_ms(20);
-        }
-        if (rc != 0 && h_service_alive(svc)) {
-            h_service_print_log(svc, 40);
-            h_service_kill(svc);
-            break;
-        }
-        if (rc != 0)
-            h_sleep_ms(100);
-    }
-    free(bin);
-    free(peers);
-    free(key);
-    free(jwt);
-    return rc;
-}
-
 /* SIGTERM svc (it must exit 0), then start it again on its port. */
 static void restart(struct h_service *svc, const char *const *extra_env)
 {
     assert_int_equal(h_service_stop(svc), 0);
-    assert_int_equal(restart_same_port(svc, extra_env), 0);
+    assert_int_equal(h_service_restart(svc, extra_env), 0);
 }
 
 /* search's environment: where catalog's feed is. */
@@ -940,7 +857,7 @@ static void test_catch_up_after_downtime(void **state)
     for (int i = 0; i < 10; i++)
         cat_delete(made[i]);
 
-    assert_int_equal(restart_same_port(&F.search, search_env()), 0);
+    assert_int_equal(h_service_restart(&F.search, search_env()), 0);
     heal();
     wait_caught_up();
     assert_int_equal(
@@ -1002,7 +919,7 @@ static void test_redelivery_changes_nothing(void **state)
     /* As if the cursor had been lost: the last 30 events come again. */
     assert_int_equal(h_service_stop(&F.search), 0);
     rewind_cursor(head > 30 ? head - 30 : 0);
-    assert_int_equal(restart_same_port(&F.search, search_env()), 0);
+    assert_int_equal(h_service_restart(&F.search, search_env()), 0);
     heal();
     wait_caught_up();
 
