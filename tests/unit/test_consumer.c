@@ -599,9 +599,10 @@ static void test_poison_and_redrive(void **state)
     uint64_t t0 = moat_mono_ms();
     consumer_up(f, feed_source(f));
     wait_cursor(f, 5);
-    /* Three attempts with 50 and 200 ms between them. */
+    /* Three attempts with 50 and 200 ms between them: the retries waited
+     * (a margin for millisecond truncation of the clock). */
     assert_int_equal(f->view.poison_runs, MOAT_CONSUMER_MAX_ATTEMPTS);
-    assert_true(moat_mono_ms() - t0 >= 250);
+    assert_true(moat_mono_ms() - t0 >= 230);
     item(f, "Q", "q2", 2); /* the other aggregate flowed on */
     item(f, "P", NULL, 0); /* nothing of P overtook the poison */
 

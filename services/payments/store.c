@@ -1,0 +1,498 @@
+/*
+ * store.c - the payments schema and every query (see store.h).
+ */
+#include "moat/common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/db.h"
+#include "moat/log.h"
+#include "store.h"
+
+#define DB_FILE      "payments.db"
+#define EVENT_SCHEMA 1
+
+struct pay_store {
+    struct moat_db *db;
+    struct moat_outbox *outbox;
+};
+
+/*
+ * The CHECKs restate the rules the handlers enforce, so a bug fails a
+ * write instead of corrupting the books. The unique index allows one live
+ * payment per order; a payment the provider refused outright ('failed')
+ * does not hold the order, so a corrected request can follow.
+ */
+static const struct moat_migration migrations[] = {
+    {1, "create payments",
+     "CREATE TABLE payments (\n"
+     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'pay_'),\n"
+     "    order_id TEXT NOT NULL CHECK (length(order_id) BETWEEN 1 AND 64),\n"
+     "    amount INTEGER NOT NULL CHECK (amount BETWEEN 1 AND 99999999),\n"
+     "    currency TEXT NOT NULL CHECK (length(currency) = 3),\n"
+     "    status TEXT NOT NULL CHECK (status IN ('pending', 'authorized',\n"
+     "        'declined', 'captured', 'voided', 'refunded', 'failed')),\n"
+     "    provider_auth_id_enc TEXT,\n"
+     "    provider_capture_id_enc TEXT,\n"
+     "    decline_code TEXT,\n"
+     "    created_by TEXT NOT NULL,\n"
+     "    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),\n"
+     "    version INTEGER NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms INTEGER NOT NULL,\n"
+     "    updated_at_ms INTEGER NOT NULL,\n"
+     "    CHECK (status IN ('pending', 'failed', 'declined') OR\n"
+     "           provider_auth_id_enc IS NOT NULL),\n"
+     "    CHECK (status NOT IN ('captured', 'refunded') OR\n"
+     "           provider_capture_id_enc IS NOT NULL)\n"
+     ") STRICT;\n"
+     "CREATE UNIQUE INDEX payments_order ON payments (order_id)\n"
+     "    WHERE status <> 'failed';\n"
+     "CREATE TABLE idempotency_keys (\n"
+     "    caller TEXT NOT NULL,\n"
+     "    key TEXT NOT NULL CHECK (length(key) BETWEEN 1 AND 255),\n"
+     "    fingerprint TEXT NOT NULL CHECK (length(fingerprint) = 64),\n"
+     "    payment_id TEXT NOT NULL REFERENCES payments (id),\n"
+     "    response_status INTEGER,\n"
+     "    response TEXT,\n"
+     "    created_at_ms INTEGER NOT NULL,\n"
+     "    PRIMARY KEY (caller, key)\n"
+     ") STRICT, WITHOUT ROWID;\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+};
+
+void pay_payment_release(struct pay_payment *p)
+{
+    free(p->auth_id_enc);
+    free(p->capture_id_enc);
+    p->auth_id_enc = NULL;
+    p->capture_id_enc = NULL;
+}
+
+void pay_idem_release(struct pay_idem *i)
+{
+    free(i->response);
+    i->response = NULL;
+}
+
+int pay_store_open(struct pay_store **out, const char *data_dir,
+                   struct moat_metrics *metrics,
+                   const struct pay_store_options *opts)
+{
+    struct pay_store *s = moat_xcalloc(1, sizeof(*s));
+    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    /* FULL: an authorization the provider has made must not vanish from
+     * our books in a power cut after we told the caller about it. */
+    struct moat_db_options dbo = {.synchronous_full = true};
+    int rc = moat_db_open(&s->db, path, &dbo, metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    /* No retention: payment events are the books the auditor replays. */
+    rc = moat_outbox_new(&s->outbox, opts->base, s->db, opts->source, NULL,
+                         metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    *out = s;
+    s = NULL;
+
+cleanup:
+    if (s) {
+        if (s->db)
+            moat_db_close(s->db);
+        free(s);
+    }
+    free(path);
+    return rc;
+}
+
+void pay_store_close(struct pay_store *s)
+{
+    if (!s)
+        return;
+    /* The outbox borrows the database: it goes first. */
+    moat_outbox_free(s->outbox);
+    moat_db_close(s->db);
+    free(s);
+}
+
+struct moat_outbox *pay_store_outbox(struct pay_store *s)
+{
+    return s->outbox;
+}
+
+bool pay_store_ready(struct pay_store *s, const char **why)
+{
+    if (!s || !s->db) {
+        *why = "database not open";
+        return false;
+    }
+    int version = moat_db_schema_version(s->db);
+    if (version != migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}
+
+/* ---- rows ---- */
+
+#define PAYMENT_COLUMNS                                                        \
+    "id, order_id, amount, currency, status, provider_auth_id_enc, "           \
+    "provider_capture_id_enc, decline_code, created_by, attempts, version, "   \
+    "created_at_ms, updated_at_ms"
+
+static void copy_col(char *dst, size_t cap, sqlite3_stmt *st, int col)
+{
+    const char *v = (const char *)sqlite3_column_text(st, col);
+    snprintf(dst, cap, "%s", v ? v : "");
+}
+
+static char *dup_col(sqlite3_stmt *st, int col)
+{
+    const char *v = (const char *)sqlite3_column_text(st, col);
+    return v ? moat_xstrdup(v) : NULL;
+}
+
+static void row_to_payment(sqlite3_stmt *st, struct pay_payment *p)
+{
+    memset(p, 0, sizeof(*p));
+    copy_col(p->id, sizeof(p->id), st, 0);
+    copy_col(p->order_id, sizeof(p->order_id), st, 1);
+    p->amount = sqlite3_column_int64(st, 2);
+    copy_col(p->currency, sizeof(p->currency), st, 3);
+    copy_col(p->status, sizeof(p->status), st, 4);
+    p->auth_id_enc = dup_col(st, 5);
+    p->capture_id_enc = dup_col(st, 6);
+    copy_col(p->decline_code, sizeof(p->decline_code), st, 7);
+    copy_col(p->created_by, sizeof(p->created_by), st, 8);
+    p->attempts = sqlite3_column_int64(st, 9);
+    p->version = sqlite3_column_int64(st, 10);
+    p->created_ms = sqlite3_column_int64(st, 11);
+    p->updated_ms = sqlite3_column_int64(st, 12);
+}
+
+static int bind_text(sqlite3_stmt *st, int idx, const char *v)
+{
+    int rc = v ? sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC)
+               : sqlite3_bind_null(st, idx);
+    return rc == SQLITE_OK ? MOAT_OK : MOAT_EDB;
+}
+
+/* A taken order or key is a conflict; any other constraint means our own
+ * validation let something through: a bug, not the client's fault. */
+static int write_error(struct pay_store *s, int step_rc)
+{
+    int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+        return MOAT_ECONFLICT;
+    moat_log(MOAT_LOG_ERROR, "payments write failed", "{s:s}", "error",
+             moat_db_errmsg(s->db));
+    return moat_db_error(s->db, step_rc);
+}
+
+int pay_store_get(struct pay_store *s, const char *id, struct pay_payment *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(s->db, "payment_get",
+                                             "SELECT " PAYMENT_COLUMNS
+                                             " FROM payments WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, id);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        row_to_payment(st, out);
+        rc = MOAT_OK;
+    } else {
+        rc = step == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, step);
+    }
+
+cleanup:
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_list_by_order(struct pay_store *s, const char *order_id,
+                            void (*fn)(const struct pay_payment *, void *),
+                            void *arg)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "payment_list_order",
+                        "SELECT " PAYMENT_COLUMNS " FROM payments "
+                        "WHERE order_id = ?1 ORDER BY id");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, order_id);
+    int step;
+    if (rc != MOAT_OK)
+        goto cleanup;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        struct pay_payment p;
+        row_to_payment(st, &p);
+        fn(&p, arg);
+        pay_payment_release(&p);
+    }
+    rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+
+cleanup:
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_idem_get(struct pay_store *s, const char *caller, const char *key,
+                       struct pay_idem *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "idem_get",
+        "SELECT fingerprint, payment_id, response_status, response "
+        "FROM idempotency_keys WHERE caller = ?1 AND key = ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, caller);
+    if (rc == MOAT_OK)
+        rc = bind_text(st, 2, key);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        memset(out, 0, sizeof(*out));
+        copy_col(out->fingerprint, sizeof(out->fingerprint), st, 0);
+        copy_col(out->payment_id, sizeof(out->payment_id), st, 1);
+        out->status = sqlite3_column_int(st, 2);
+        out->response = dup_col(st, 3);
+        rc = MOAT_OK;
+    } else {
+        rc = step == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, step);
+    }
+
+cleanup:
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+/* The live payment of an order (not 'failed') into existing, if any. */
+static void find_order_payment(struct pay_store *s, const char *order_id,
+                               char existing[PAY_ID_MAX])
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_of_order",
+        "SELECT id FROM payments WHERE order_id = ?1 AND status <> 'failed'");
+    existing[0] = '\0';
+    if (!stmt)
+        return;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (bind_text(st, 1, order_id) == MOAT_OK &&
+        moat_stmt_step(stmt) == SQLITE_ROW)
+        copy_col(existing, PAY_ID_MAX, st, 0);
+    moat_stmt_reset(stmt);
+}
+
+int pay_store_create(struct pay_store *s, const struct pay_payment *p,
+                     const char *caller, const char *key,
+                     const char *fingerprint, char existing[PAY_ID_MAX])
+{
+    struct moat_stmt *ins = NULL;
+    int step = SQLITE_DONE;
+    int rc = moat_db_begin(s->db);
+    existing[0] = '\0';
+    if (rc != MOAT_OK)
+        return rc;
+
+    ins = moat_db_prepare(
+        s->db, "payment_insert",
+        "INSERT INTO payments (id, order_id, amount, currency, status, "
+        "created_by, attempts, version, created_at_ms, updated_at_ms) "
+        "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 1, ?6, ?6)");
+    rc = MOAT_EDB;
+    if (!ins)
+        goto cleanup;
+    sqlite3_stmt *st = moat_stmt_raw(ins);
+    if (bind_text(st, 1, p->id) != MOAT_OK ||
+        bind_text(st, 2, p->order_id) != MOAT_OK ||
+        sqlite3_bind_int64(st, 3, p->amount) != SQLITE_OK ||
+        bind_text(st, 4, p->currency) != MOAT_OK ||
+        bind_text(st, 5, p->created_by) != MOAT_OK ||
+        sqlite3_bind_int64(st, 6, p->created_ms) != SQLITE_OK)
+        goto cleanup;
+    step = moat_stmt_step(ins);
+    moat_stmt_reset(ins);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        if (rc == MOAT_ECONFLICT) {
+            moat_db_rollback(s->db);
+            find_order_payment(s, p->order_id, existing);
+            return rc;
+        }
+        goto cleanup;
+    }
+
+    ins = moat_db_prepare(
+        s->db, "idem_insert",
+        "INSERT INTO idempotency_keys (caller, key, fingerprint, payment_id, "
+        "created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (!ins)
+        goto cleanup;
+    st = moat_stmt_raw(ins);
+    if (bind_text(st, 1, caller) != MOAT_OK ||
+        bind_text(st, 2, key) != MOAT_OK ||
+        bind_text(st, 3, fingerprint) != MOAT_OK ||
+        bind_text(st, 4, p->id) != MOAT_OK ||
+        sqlite3_bind_int64(st, 5, p->created_ms) != SQLITE_OK)
+        goto cleanup;
+    step = moat_stmt_step(ins);
+    moat_stmt_reset(ins);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        goto cleanup;
+    }
+    rc = moat_db_commit(s->db);
+
+cleanup:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int pay_store_count_attempt(struct pay_store *s, const char *id)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_attempt",
+        "UPDATE payments SET attempts = attempts + 1 WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    int rc = bind_text(moat_stmt_raw(stmt), 1, id);
+    if (rc == MOAT_OK) {
+        int step = moat_stmt_step(stmt);
+        rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_transition(struct pay_store *s, const struct pay_transition *t)
+{
+    struct moat_stmt *stmt;
+    sqlite3_stmt *st;
+    int step;
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+
+    rc = MOAT_EDB;
+    stmt = moat_db_prepare(
+        s->db, "payment_transition",
+        "UPDATE payments SET status = ?3, "
+        "provider_auth_id_enc = coalesce(?4, provider_auth_id_enc), "
+        "provider_capture_id_enc = coalesce(?5, provider_capture_id_enc), "
+        "decline_code = coalesce(?6, decline_code), version = version + 1, "
+        "updated_at_ms = ?7 WHERE id = ?1 AND status = ?2");
+    if (!stmt)
+        goto cleanup;
+    st = moat_stmt_raw(stmt);
+    if (bind_text(st, 1, t->id) != MOAT_OK ||
+        bind_text(st, 2, t->from) != MOAT_OK ||
+        bind_text(st, 3, t->to) != MOAT_OK ||
+        bind_text(st, 4, t->auth_id_enc) != MOAT_OK ||
+        bind_text(st, 5, t->capture_id_enc) != MOAT_OK ||
+        bind_text(st, 6, t->decline_code) != MOAT_OK ||
+        sqlite3_bind_int64(st, 7, t->now_ms) != SQLITE_OK) {
+        moat_stmt_reset(stmt);
+        goto cleanup;
+    }
+    step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_DONE) {
+        rc = write_error(s, step);
+        goto cleanup;
+    }
+    /* Someone else moved the payment first (cannot happen while the loop
+     * serialises operations per payment, but the books must not rely on
+     * that). */
+    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+        rc = MOAT_ECONFLICT;
+        goto cleanup;
+    }
+
+    if (t->event_type) {
+        rc = moat_outbox_append(s->outbox, t->event_type, t->id, EVENT_SCHEMA,
+                                t->event_data, NULL);
+        if (rc != MOAT_OK)
+            goto cleanup;
+        rc = MOAT_EDB;
+    }
+
+    if (t->idem_caller) {
+        stmt = moat_db_prepare(
+            s->db, "idem_complete",
+            "UPDATE idempotency_keys SET response_status = ?3, response = ?4 "
+            "WHERE caller = ?1 AND key = ?2");
+        if (!stmt)
+            goto cleanup;
+        st = moat_stmt_raw(stmt);
+        if (bind_text(st, 1, t->idem_caller) != MOAT_OK ||
+            bind_text(st, 2, t->idem_key) != MOAT_OK ||
+            sqlite3_bind_int(st, 3, t->idem_status) != SQLITE_OK ||
+            bind_text(st, 4, t->idem_response) != MOAT_OK) {
+            moat_stmt_reset(stmt);
+            goto cleanup;
+        }
+        step = moat_stmt_step(stmt);
+        moat_stmt_reset(stmt);
+        if (step != SQLITE_DONE) {
+            rc = write_error(s, step);
+            goto cleanup;
+        }
+    }
+    rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK && t->event_type)
+        moat_outbox_committed(s->outbox);
+
+cleanup:
+    if (rc != MOAT_OK)
+        moat_db_rollback(s->db);
+    return rc;
+}
+
+int pay_store_summary(struct pay_store *s, json_t **out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_summary",
+        "SELECT currency, status, count(*), sum(amount) FROM payments "
+        "GROUP BY currency, status ORDER BY currency, status");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    json_t *cur = json_object();
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        const char *currency = (const char *)sqlite3_column_text(st, 0);
+        const char *status = (const char *)sqlite3_column_text(st, 1);
+        json_t *c = json_object_get(cur, currency);
+        if (!c) {
+            c = json_object();
+            json_object_set_new(cur, currency, c);
+        }
+        json_object_set_new(c, status,
+                            json_pack("{s:I, s:I}", "count",
+                                      (json_int_t)sqlite3_column_int64(st, 2),
+                                      "amount",
+                                      (json_int_t)sqlite3_column_int64(st, 3)));
+    }
+    int rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        json_decref(cur);
+        return rc;
+    }
+    *out = json_pack("{s:o}", "currencies", cur);
+    return MOAT_OK;
+}
