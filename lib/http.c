@@ -465,16 +465,10 @@ static void finish(struct moat_req *r, int status)
     moat_metric_add(moat_metric_series(s->m_requests, labels), 1);
     if (r->route)
         moat_metric_observe(r->route->latency, secs);
-    if (s->access_log && moat_log_enabled(MOAT_LOG_INFO)) {
-        moat_log_set_trace(&r->trace);
-        moat_log(MOAT_LOG_INFO, "http request",
-                 "{s:s, s:s, s:s, s:i, s:f, s:s}", "method",
-                 moat_method_name(r->method), "path",
-                 r->path ? r->path : evhttp_request_get_uri(r->ev), "route",
-                 r->route_name, "status", status, "duration_ms", secs * 1e3,
-                 "peer", moat_req_peer(r));
-        moat_log_set_trace(NULL);
-    }
+    if (s->access_log)
+        moat_log_access(&r->trace, moat_method_name(r->method),
+                        r->path ? r->path : evhttp_request_get_uri(r->ev),
+                        r->route_name, status, secs * 1e3, moat_req_peer(r));
     s->in_flight--;
     moat_metric_set(s->m_in_flight, s->in_flight);
     req_free(r);

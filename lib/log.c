@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "moat/buf.h"
 #include "moat/log.h"
 
 static char g_service[64] = "moat";
@@ -94,4 +95,97 @@ void moat_log(enum moat_log_level level, const char *msg, const char *fmt, ...)
     while (writev(STDOUT_FILENO, iov, 2) < 0 && errno == EINTR)
         ;
     free(text);
+}
+
+/* Length of the valid UTF-8 sequence at p (1..4), or 0 if invalid. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    unsigned c = p[0];
+    size_t n;
+    unsigned min;
+    if (c < 0x80)
+        return 1;
+    if ((c & 0xE0) == 0xC0)
+        n = 2, min = 0x80;
+    else if ((c & 0xF0) == 0xE0)
+        n = 3, min = 0x800;
+    else if ((c & 0xF8) == 0xF0)
+        n = 4, min = 0x10000;
+    else
+        return 0;
+    unsigned cp = c & (0x7F >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return n;
+}
+
+static void add_json_string(struct moat_buf *b, const char *s)
+{
+    moat_buf_addch(b, '"');
+    const unsigned char *p = (const unsigned char *)(s ? s : "");
+    while (*p) {
+        if (*p == '"' || *p == '\\') {
+            moat_buf_addch(b, '\\');
+            moat_buf_addch(b, (char)*p++);
+        } else if (*p < 0x20) {
+            moat_buf_printf(b, "\\u%04x", *p++);
+        } else {
+            size_t n = utf8_seq(p);
+            if (n == 0) {
+                moat_buf_addstr(b, "\\ufffd");
+                p++;
+            } else {
+                moat_buf_add(b, p, n);
+                p += n;
+            }
+        }
+    }
+    moat_buf_addch(b, '"');
+}
+
+void moat_log_access(const struct moat_trace *t, const char *method,
+                     const char *path, const char *route, int status,
+                     double duration_ms, const char *peer)
+{
+    if (MOAT_LOG_INFO < g_min)
+        return;
+    char ts[25];
+    moat_time_rfc3339(moat_wall_ms(), ts);
+    struct moat_buf b = MOAT_BUF_INIT;
+    moat_buf_grow(&b, 384);
+    moat_buf_printf(&b, "{\"ts\":\"%s\",\"level\":\"info\",\"service\":", ts);
+    add_json_string(&b, g_service);
+    moat_buf_addstr(&b, ",\"msg\":\"http request\"");
+    if (t) {
+        /* Ids are validated hex or [A-Za-z0-9._-]: no escaping needed. */
+        moat_buf_printf(&b,
+                        ",\"request_id\":\"%s\",\"trace_id\":\"%s\","
+                        "\"span_id\":\"%s\"",
+                        t->request_id, t->trace_id, t->span_id);
+    }
+    moat_buf_addstr(&b, ",\"method\":");
+    add_json_string(&b, method);
+    moat_buf_addstr(&b, ",\"path\":");
+    add_json_string(&b, path);
+    moat_buf_addstr(&b, ",\"route\":");
+    add_json_string(&b, route);
+    moat_buf_printf(&b, ",\"status\":%d,\"duration_ms\":%.3f,\"peer\":", status,
+                    duration_ms);
+    add_json_string(&b, peer);
+    moat_buf_addstr(&b, "}\n");
+    ssize_t off = 0;
+    while ((size_t)off < b.len) {
+        ssize_t w = write(STDOUT_FILENO, b.data + off, b.len - (size_t)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += w;
+    }
+    moat_buf_release(&b);
 }

@@ -32,6 +32,16 @@ bool moat_log_enabled(enum moat_log_level level);
 void moat_log(enum moat_log_level level, const char *msg, const char *fmt, ...);
 
 /*
+ * The access log line of one request, formatted directly (it is written
+ * for every request, so it skips building a JSON object). Strings are
+ * escaped for JSON; bytes that are not valid UTF-8 (a decoded path may
+ * hold any) become U+FFFD.
+ */
+void moat_log_access(const struct moat_trace *t, const char *method,
+                     const char *path, const char *route, int status,
+                     double duration_ms, const char *peer);
+
+/*
  * Set (or clear with NULL) the request context of the calling thread. The
  * pointer is borrowed: the caller keeps it valid until it clears it. The
  * HTTP server sets it around each handler call.
