@@ -11,10 +11,21 @@
  *   POST /v1/stock/{sku}/adjustments      {"delta", "reason"}: add or
  *                                         remove units (201)
  *
- * Every route is for administrators (stock levels are back-office data;
- * the saga's commands, next issue, arrive as service calls and events).
- * A change that would leave available = on_hand - reserved below zero is a
- * 409 problem saying how much is available.
+ *   POST /v1/reservations                 {"order_id", "customer_id",
+ *                                         "lines": [{"sku", "quantity"}]}:
+ *                                         hold all lines or none (201; 200
+ *                                         for a repeat)
+ *   POST /v1/reservations/{order_id}/release   held -> released
+ *   POST /v1/reservations/{order_id}/commit    held -> committed (sold)
+ *   GET  /v1/reservations/{order_id}
+ *
+ * The stock routes are for administrators (stock levels are back-office
+ * data). The reservation routes are internal: the order saga's steps,
+ * called by services (orders) with their service token; the gateway
+ * never exposes them, and a request relayed by the gateway is refused
+ * (403), so no end user can hold stock by hand. A change that would
+ * leave available = on_hand - reserved below zero is a 409 problem saying
+ * how much is available. docs/inventory.md has the whole contract.
  */
 #include "moat/common.h"
 
@@ -481,6 +492,336 @@ static void handle_list(struct moat_req *r, void *arg)
         r, 200, json_pack("{s:o, s:o}", "items", list, "next_cursor", next));
 }
 
+/* ---- reservations ---- */
+
+/*
+ * The reservation routes are service-to-service. The guard has verified
+ * the service token; the gateway is the one caller that relays end users,
+ * and it must not reach the saga's steps even if a route were misconfigured.
+ */
+static bool require_internal(struct moat_req *r)
+{
+    const char *svc = moat_req_principal(r)->service;
+    if (svc[0] != '\0' && strcmp(svc, "gateway") != 0)
+        return true;
+    moat_req_reply_problem(r, 403,
+                           "reservations are internal: only services such "
+                           "as orders may call them");
+    return false;
+}
+
+static json_t *reservation_json(const struct inv_reservation *res)
+{
+    json_t *lines = json_array();
+    for (size_t i = 0; i < res->nlines; i++)
+        json_array_append_new(
+            lines, json_pack("{s:s, s:I}", "sku", res->lines[i].sku, "quantity",
+                             (json_int_t)res->lines[i].quantity));
+    /* A tombstone was never reserved: "absent" says so (docs). */
+    return json_pack("{s:s, s:o, s:o, s:s, s:I, s:I, s:I}", "order_id",
+                     res->order_id, "customer_id",
+                     res->tombstone ? json_null()
+                                    : json_string(res->customer_id),
+                     "lines", lines, "state",
+                     res->tombstone ? "absent" : inv_res_state_name(res->state),
+                     "version", (json_int_t)res->version, "created_at",
+                     (json_int_t)(res->created_ms / 1000), "updated_at",
+                     (json_int_t)(res->updated_ms / 1000));
+}
+
+static void reply_reservation(struct moat_req *r, int status,
+                              const struct inv_reservation *res)
+{
+    if (status == 201) {
+        char *location = moat_xasprintf("/v1/reservations/%s", res->order_id);
+        moat_req_set_header(r, "Location", location);
+        free(location);
+    }
+    moat_req_reply_json(r, status, reservation_json(res));
+}
+
+/* A 409 that carries the reservation as it stands. */
+static void reply_res_conflict(struct moat_req *r, const char *detail,
+                               const struct inv_reservation *res)
+{
+    json_t *p = moat_problem_new(409, detail);
+    json_object_set_new(p, "order_id", json_string(res->order_id));
+    json_object_set_new(p, "reservation", reservation_json(res));
+    moat_req_reply_problem_json(r, p);
+}
+
+static void reply_short(struct moat_req *r, const struct inv_shortage *sh,
+                        size_t n)
+{
+    char detail[200];
+    snprintf(detail, sizeof(detail),
+             "%zu of the lines cannot be held (sku \"%s\" has %lld available, "
+             "%lld requested%s); nothing was reserved",
+             n, sh[0].sku, (long long)sh[0].available,
+             (long long)sh[0].requested,
+             n > 1 ? ", and more in \"short\"" : "");
+    json_t *p = moat_problem_new(409, detail);
+    json_t *list = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(
+            list, json_pack("{s:s, s:I, s:I}", "sku", sh[i].sku, "requested",
+                            (json_int_t)sh[i].requested, "available",
+                            (json_int_t)sh[i].available));
+    json_object_set_new(p, "short", list);
+    moat_req_reply_problem_json(r, p);
+}
+
+/* Check a reference (order or customer id) member into out. */
+static void v_ref(struct moat_validation *v, json_t *body, const char *key,
+                  char out[INV_REF_MAX + 1])
+{
+    const char *ref = NULL;
+    if (!moat_v_string(v, body, "", key, true, 1, INV_REF_MAX, &ref))
+        return;
+    if (!inv_ref_valid(ref)) {
+        char pointer[80];
+        moat_json_pointer(pointer, sizeof(pointer), "", key);
+        moat_validation_add(v, pointer, "must be " SKU_RULE);
+        return;
+    }
+    snprintf(out, INV_REF_MAX + 1, "%s", ref);
+}
+/* Check "lines" into want (sorted by SKU, no SKU twice). */
+static void v_lines(struct moat_validation *v, json_t *body,
+                    struct inv_reservation *want)
+{
+    static const char *const keys[] = {"sku", "quantity", NULL};
+    json_t *lines = json_object_get(body, "lines");
+    if (!lines) {
+        moat_validation_add(v, "/lines", "is required");
+        return;
+    }
+    if (!json_is_array(lines) || json_array_size(lines) < 1 ||
+        json_array_size(lines) > INV_LINES_MAX) {
+        moat_validation_add(v, "/lines", "must be an array of 1 to %d lines",
+                            INV_LINES_MAX);
+        return;
+    }
+    size_t i;
+    json_t *line;
+    bool ok = true;
+    json_array_foreach(lines, i, line)
+    {
+        char base[32];
+        const char *sku = NULL;
+        int64_t q = 0;
+        snprintf(base, sizeof(base), "/lines/%zu", i);
+        if (!json_is_object(line)) {
+            moat_validation_add(v, base, "must be an object, not %s",
+                                moat_json_type_name(line));
+            ok = false;
+            continue;
+        }
+        moat_v_known_keys(v, line, base, keys);
+        bool sku_ok =
+            moat_v_string(v, line, base, "sku", true, 1, INV_SKU_MAX, &sku);
+        if (sku_ok && !inv_sku_valid(sku)) {
+            char pointer[48];
+            moat_json_pointer(pointer, sizeof(pointer), base, "sku");
+            moat_validation_add(v, pointer, "must be " SKU_RULE);
+            sku_ok = false;
+        }
+        if (!moat_v_int(v, line, base, "quantity", true, 1, INV_LINE_QTY_MAX,
+                        &q) ||
+            !sku_ok) {
+            ok = false;
+            continue;
+        }
+        /* Two lines of one SKU would be ambiguous to compare on a repeat. */
+        for (size_t k = 0; k < want->nlines; k++)
+            if (strcmp(want->lines[k].sku, sku) == 0) {
+                char pointer[48];
+                moat_json_pointer(pointer, sizeof(pointer), base, "sku");
+                moat_validation_add(
+                    v, pointer, "repeats sku \"%s\" of an earlier line", sku);
+                ok = false;
+            }
+        struct inv_line *l = &want->lines[want->nlines++];
+        snprintf(l->sku, sizeof(l->sku), "%s", sku);
+        l->quantity = q;
+    }
+    /* Sorted, so that a repeat in another order is the same request. */
+    if (ok)
+        inv_lines_sort(want);
+}
+
+static void handle_reserve(struct moat_req *r, void *arg)
+{
+    static const char *const keys[] = {"order_id", "customer_id", "lines",
+                                       NULL};
+    struct inv_service *inv = arg;
+    struct moat_validation v;
+    json_t *body = NULL;
+    struct inv_reservation *want = NULL, *res = NULL;
+    struct inv_shortage *shortages = NULL;
+    size_t nshort = 0;
+    enum inv_reserve_result result;
+
+    if (!require_internal(r))
+        return;
+    moat_validation_init(&v);
+    if (moat_req_json(r, &body) < 0)
+        goto cleanup;
+    want = moat_xcalloc(1, sizeof(*want));
+    if (!json_is_object(body)) {
+        moat_validation_add(&v, "", "must be a JSON object, not %s",
+                            moat_json_type_name(body));
+    } else {
+        moat_v_known_keys(&v, body, "", keys);
+        v_ref(&v, body, "order_id", want->order_id);
+        v_ref(&v, body, "customer_id", want->customer_id);
+        v_lines(&v, body, want);
+    }
+    if (!moat_validation_ok(&v)) {
+        reply_validation(r, &v);
+        goto cleanup;
+    }
+
+    res = moat_xcalloc(1, sizeof(*res));
+    shortages = moat_xcalloc(INV_LINES_MAX, sizeof(*shortages));
+    int rc = inv_store_reserve(inv->store, want, inv->max_open_per_customer,
+                               res, &result, shortages, &nshort);
+    if (rc != MOAT_OK) {
+        reply_store_fault(r, rc, "reserve");
+        goto cleanup;
+    }
+    switch (result) {
+    case INV_RESERVED:
+        moat_log(MOAT_LOG_INFO, "stock reserved", "{s:s, s:s, s:I, s:s}",
+                 "order_id", res->order_id, "customer_id", res->customer_id,
+                 "lines", (json_int_t)res->nlines, "caller",
+                 moat_req_principal(r)->service);
+        reply_reservation(r, 201, res);
+        break;
+    case INV_RESERVE_EXISTS:
+        reply_reservation(r, 200, res);
+        break;
+    case INV_RESERVE_MISMATCH:
+        reply_res_conflict(r,
+                           "this order_id already has a reservation with "
+                           "other lines or another customer",
+                           res);
+        break;
+    case INV_RESERVE_RELEASED:
+        /* A late reserve after the saga compensated (docs/inventory.md). */
+        reply_res_conflict(r,
+                           "order already released: a reservation that "
+                           "arrives after its release is refused",
+                           res);
+        break;
+    case INV_RESERVE_CAP: {
+        json_t *p = moat_problem_new(429, "this customer already holds the "
+                                          "most open reservations allowed; "
+                                          "commit or release one first");
+        json_object_set_new(p, "customer_id", json_string(want->customer_id));
+        json_object_set_new(p, "max_open",
+                            json_integer(inv->max_open_per_customer));
+        moat_req_reply_problem_json(r, p);
+        break;
+    }
+    case INV_RESERVE_SHORT:
+        reply_short(r, shortages, nshort);
+        break;
+    }
+
+cleanup:
+    json_decref(body);
+    moat_validation_release(&v);
+    free(want);
+    free(res);
+    free(shortages);
+}
+
+static void reply_no_reservation(struct moat_req *r)
+{
+    moat_req_reply_problem(r, 404, "there is no reservation for this order_id");
+}
+
+/* POST .../release and .../commit: to says which. */
+static void handle_transition(struct moat_req *r, struct inv_service *inv,
+                              enum inv_res_state to)
+{
+    struct inv_reservation *res = NULL;
+    enum inv_transition_result result;
+    bool release = to == INV_RELEASED;
+    if (!require_internal(r))
+        return;
+    const char *id = moat_req_param(r, "order_id");
+    if (!id || !inv_ref_valid(id)) {
+        reply_no_reservation(r);
+        return;
+    }
+    const char *caller = moat_req_principal(r)->service;
+    res = moat_xcalloc(1, sizeof(*res));
+    int rc = release ? inv_store_release(inv->store, id, caller, res, &result)
+                     : inv_store_commit(inv->store, id, caller, res, &result);
+    if (rc == MOAT_ENOTFOUND) {
+        reply_no_reservation(r);
+        goto cleanup;
+    }
+    if (rc != MOAT_OK) {
+        reply_store_fault(r, rc, release ? "release" : "commit");
+        goto cleanup;
+    }
+    switch (result) {
+    case INV_TRANSITIONED:
+    case INV_ABSENT:
+        moat_log(MOAT_LOG_INFO,
+                 release ? "reservation released" : "reservation committed",
+                 "{s:s, s:b, s:s}", "order_id", id, "absent",
+                 result == INV_ABSENT, "caller", caller);
+        reply_reservation(r, 200, res);
+        break;
+    case INV_ALREADY:
+        reply_reservation(r, 200, res);
+        break;
+    case INV_WRONG_STATE:
+        reply_res_conflict(r,
+                           release ? "the reservation is committed: it can "
+                                     "no longer be released"
+                                   : "the reservation is released: it can no "
+                                     "longer be committed",
+                           res);
+        break;
+    }
+
+cleanup:
+    free(res);
+}
+
+static void handle_release(struct moat_req *r, void *arg)
+{
+    handle_transition(r, arg, INV_RELEASED);
+}
+
+static void handle_commit(struct moat_req *r, void *arg)
+{
+    handle_transition(r, arg, INV_COMMITTED);
+}
+
+static void handle_reservation_get(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    if (!require_internal(r))
+        return;
+    const char *id = moat_req_param(r, "order_id");
+    struct inv_reservation *res = moat_xcalloc(1, sizeof(*res));
+    int rc =
+        id ? inv_store_reservation_get(inv->store, id, res) : MOAT_ENOTFOUND;
+    if (rc == MOAT_ENOTFOUND)
+        reply_no_reservation(r);
+    else if (rc != MOAT_OK)
+        reply_store_fault(r, rc, "read");
+    else
+        reply_reservation(r, 200, res);
+    free(res);
+}
+
 int inv_routes_register(struct moat_http_server *server,
                         struct inv_service *inv)
 {
@@ -493,6 +834,11 @@ int inv_routes_register(struct moat_http_server *server,
         {MOAT_GET | MOAT_HEAD, "/v1/stock/{sku}", handle_get},
         {MOAT_PUT, "/v1/stock/{sku}", handle_put},
         {MOAT_POST, "/v1/stock/{sku}/adjustments", handle_adjust},
+        {MOAT_POST, "/v1/reservations", handle_reserve},
+        {MOAT_GET | MOAT_HEAD, "/v1/reservations/{order_id}",
+         handle_reservation_get},
+        {MOAT_POST, "/v1/reservations/{order_id}/release", handle_release},
+        {MOAT_POST, "/v1/reservations/{order_id}/commit", handle_commit},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(routes); i++) {
         int rc = moat_http_route(server, routes[i].methods, routes[i].pattern,

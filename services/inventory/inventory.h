@@ -12,11 +12,14 @@
 /* Per-process state, created by init and freed by release in main.c. */
 struct inv_service {
     struct inv_store *store; /* owned */
+    /* Held reservations one customer may have at once (against hoarding:
+     * MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER). */
+    int64_t max_open_per_customer;
 };
 
 /*
- * Register the /v1/stock routes on server; handlers get inv (borrowed,
- * must outlive the server's use of the routes).
+ * Register the /v1/stock and /v1/reservations routes on server; handlers get
+ * inv (borrowed, must outlive the server's use of the routes).
  */
 int inv_routes_register(struct moat_http_server *server,
                         struct inv_service *inv);

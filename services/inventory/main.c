@@ -1,7 +1,8 @@
 /*
  * main.c - the inventory service: stock levels per SKU in inventory's own
  * LMDB environment ($MOAT_DATA_DIR/inventory.lmdb), served at /v1/stock,
- * and its StockChanged events served from its outbox (in the same
+ * reservations for the order saga at /v1/reservations (docs/inventory.md),
+ * and its events served from its outbox (in the same
  * environment, written in the same transactions) at /v1/events.
  *
  * Configuration besides the MOAT_* basics (moat/service.h):
@@ -11,6 +12,9 @@
  *                              and the service restarted
  *   MOAT_OUTBOX_RETENTION_S    keep events this long (default 7 days;
  *                              0 = forever); the newest 10000 always stay
+ *   MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER
+ *                              held reservations one customer may have at
+ *                              once (default 5, 1..10000); more is 429
  *
  * Where to look: handlers.c for the HTTP API, store.c for the layout and
  * every read and write.
@@ -32,6 +36,8 @@
 #define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
 #define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
 #define OUTBOX_KEEP_MIN            10000
+#define MAX_OPEN_DEFAULT           5
+#define MAX_OPEN_MAX               10000
 
 static int inventory_init(struct moat_service *svc)
 {
@@ -43,7 +49,9 @@ static int inventory_init(struct moat_service *svc)
     if (moat_env_int("MOAT_INVENTORY_MAPSIZE_MB", MAPSIZE_DEFAULT_MB, 1,
                      MAPSIZE_MAX_MB, &mapsize_mb) != MOAT_OK ||
         moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
-                     OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK)
+                     OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK ||
+        moat_env_int("MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER", MAX_OPEN_DEFAULT,
+                     1, MAX_OPEN_MAX, &inv->max_open_per_customer) != MOAT_OK)
         goto cleanup; /* logged by moat_env_int */
     opts.mapsize = (size_t)mapsize_mb << 20;
     opts.outbox.retention_s = retention;

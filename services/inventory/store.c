@@ -15,15 +15,18 @@ struct inv_store {
     struct moat_kv *kv;         /* owned */
     struct moat_kv_db *stock;   /* owned by kv */
     struct moat_kv_db *adjust;  /* owned by kv: "adjustments" */
+    struct moat_kv_db *res;     /* owned by kv: "reservations" */
+    struct moat_kv_db *open;    /* owned by kv: "open_by_customer" */
     struct moat_outbox *outbox; /* owned; events of every write */
 };
 
 /*
  * Layout migrations. The sub-databases themselves are created at open
  * (moat_kv_db); version 1 is their first record layout (store.h), so it
- * has nothing to transform. A later layout change (reservations, next
- * issue) is a new version that rewrites records inside its transaction.
- * Never change a shipped one.
+ * has nothing to transform; nor has version 2, which adds the reservation
+ * sub-databases (empty at first, the stock records unchanged: "reserved"
+ * was there from the start). A later layout change is a new version that
+ * rewrites records inside its transaction. Never change a shipped one.
  */
 static int migrate_initial(struct moat_kv_txn *t, void *arg)
 {
@@ -34,6 +37,7 @@ static int migrate_initial(struct moat_kv_txn *t, void *arg)
 
 static const struct moat_kv_migration migrations[] = {
     {1, "stock and adjustments as JSON records", migrate_initial},
+    {2, "reservations and their open-by-customer index", migrate_initial},
 };
 
 bool inv_sku_valid(const char *s)
@@ -62,6 +66,10 @@ int inv_store_open(struct inv_store **out, const char *data_dir,
         rc = moat_kv_db(s->kv, "stock", &s->stock);
     if (rc == MOAT_OK)
         rc = moat_kv_db(s->kv, "adjustments", &s->adjust);
+    if (rc == MOAT_OK)
+        rc = moat_kv_db(s->kv, "reservations", &s->res);
+    if (rc == MOAT_OK)
+        rc = moat_kv_db(s->kv, "open_by_customer", &s->open);
     if (rc == MOAT_OK)
         rc = moat_kv_migrate(s->kv, migrations, MOAT_ARRAY_LEN(migrations), s);
     if (rc == MOAT_OK)
@@ -229,50 +237,58 @@ int inv_store_list(struct inv_store *s, const char *after_sku, size_t limit,
 
 /* ---- writes ---- */
 
-/*
- * Store the new state of a SKU, its line in the adjustment log and its
- * StockChanged event in the open transaction t. kind is "set" or
- * "adjustment"; delta the change of on_hand.
- */
-static int record_change(struct inv_store *s, struct moat_kv_txn *t,
-                         const struct inv_change *c, const char *kind,
-                         int64_t before, const struct inv_stock *after,
-                         int64_t *adjustment_id)
+static int put_stock(struct inv_store *s, struct moat_kv_txn *t,
+                     const struct inv_stock *st)
 {
-    json_t *rec = encode_stock(after);
-    int rc =
-        moat_kv_put_json(t, s->stock, after->sku, strlen(after->sku), rec, 0);
+    json_t *rec = encode_stock(st);
+    int rc = moat_kv_put_json(t, s->stock, st->sku, strlen(st->sku), rec, 0);
     json_decref(rec);
-    if (rc != MOAT_OK)
-        return rc;
+    return rc;
+}
 
+/*
+ * Append one line to the adjustment log: on_hand of after->sku went from
+ * before to after->on_hand. reason is a JSON string or null (borrowed).
+ */
+static int log_adjustment(struct inv_store *s, struct moat_kv_txn *t,
+                          const char *kind, json_t *reason, const char *user,
+                          int64_t before, const struct inv_stock *after,
+                          int64_t *adjustment_id)
+{
     /* Log ids follow the last one: one writer, so no two get the same. */
     const void *last;
     size_t klen;
     uint64_t id = 1;
-    rc = moat_kv_last(t, s->adjust, &last, &klen, NULL, NULL);
+    int rc = moat_kv_last(t, s->adjust, &last, &klen, NULL, NULL);
     if (rc == MOAT_OK && klen == 8)
         id = moat_kv_u64_from_key(last) + 1;
     else if (rc != MOAT_ENOTFOUND && rc != MOAT_OK)
         return rc;
-    int64_t delta = after->on_hand - before;
-    json_t *reason = c->reason ? json_string(c->reason) : json_null();
-    json_t *line = json_pack(
-        "{s:s, s:s, s:I, s:O, s:I, s:I, s:s, s:I}", "sku", after->sku, "kind",
-        kind, "delta", (json_int_t)delta, "reason", reason, "on_hand_before",
-        (json_int_t)before, "on_hand_after", (json_int_t)after->on_hand, "user",
-        c->user ? c->user : "", "at_ms", (json_int_t)after->updated_ms);
+    json_t *line =
+        json_pack("{s:s, s:s, s:I, s:O, s:I, s:I, s:s, s:I}", "sku", after->sku,
+                  "kind", kind, "delta", (json_int_t)(after->on_hand - before),
+                  "reason", reason, "on_hand_before", (json_int_t)before,
+                  "on_hand_after", (json_int_t)after->on_hand, "user",
+                  user ? user : "", "at_ms", (json_int_t)after->updated_ms);
     unsigned char key[8];
     moat_kv_u64_key(id, key);
     rc = line ? moat_kv_put_json(t, s->adjust, key, sizeof(key), line,
                                  MOAT_KV_APPEND)
               : MOAT_EINVAL;
     json_decref(line);
-    if (rc != MOAT_OK)
-        goto out;
-    if (adjustment_id)
+    if (rc == MOAT_OK && adjustment_id)
         *adjustment_id = (int64_t)id;
+    return rc;
+}
 
+/*
+ * The StockChanged event of after (subject = sku). delta is the change of
+ * on_hand; order_id (may be NULL) names the reservation behind it.
+ */
+static int stock_changed(struct inv_store *s, const struct inv_stock *after,
+                         int64_t delta, const char *kind, json_t *reason,
+                         const char *order_id)
+{
     json_t *data = json_pack(
         "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:O}", "sku", after->sku,
         "on_hand", (json_int_t)after->on_hand, "reserved",
@@ -280,11 +296,34 @@ static int record_change(struct inv_store *s, struct moat_kv_txn *t,
         (json_int_t)inv_available(after), "sold", (json_int_t)after->sold,
         "version", (json_int_t)after->version, "delta", (json_int_t)delta,
         "kind", kind, "reason", reason);
-    rc = moat_outbox_append(s->outbox, "StockChanged", after->sku,
-                            INV_STOCK_CHANGED_SCHEMA, data, NULL);
+    if (!data)
+        return MOAT_EINVAL;
+    if (order_id)
+        json_object_set_new(data, "order_id", json_string(order_id));
+    int rc = moat_outbox_append(s->outbox, "StockChanged", after->sku,
+                                INV_STOCK_CHANGED_SCHEMA, data, NULL);
     json_decref(data);
+    return rc;
+}
 
-out:
+/*
+ * Store the new state of a SKU, its line in the adjustment log and its
+ * StockChanged event in the open transaction t. kind is "set" or
+ * "adjustment"; before the on_hand before the change.
+ */
+static int record_change(struct inv_store *s, struct moat_kv_txn *t,
+                         const struct inv_change *c, const char *kind,
+                         int64_t before, const struct inv_stock *after,
+                         int64_t *adjustment_id)
+{
+    json_t *reason = c->reason ? json_string(c->reason) : json_null();
+    int rc = put_stock(s, t, after);
+    if (rc == MOAT_OK)
+        rc = log_adjustment(s, t, kind, reason, c->user, before, after,
+                            adjustment_id);
+    if (rc == MOAT_OK)
+        rc = stock_changed(s, after, after->on_hand - before, kind, reason,
+                           NULL);
     json_decref(reason);
     return rc;
 }
@@ -391,6 +430,452 @@ int inv_store_adjust(struct inv_store *s, const struct inv_change *c,
         *out = next;
 
 cleanup:
+    moat_kv_abort(t);
+    return rc;
+}
+
+/* ---- reservations ---- */
+
+static const char *const state_names[] = {
+    [INV_HELD] = "held",
+    [INV_RELEASED] = "released",
+    [INV_COMMITTED] = "committed",
+};
+
+const char *inv_res_state_name(enum inv_res_state st)
+{
+    return state_names[st];
+}
+
+bool inv_ref_valid(const char *ref)
+{
+    /* The SKU charset: safe in a path segment and in an index key (no
+     * NUL, which separates customer and order in "open_by_customer"). */
+    return inv_sku_valid(ref) && strlen(ref) <= INV_REF_MAX;
+}
+
+static int line_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct inv_line *)a)->sku,
+                  ((const struct inv_line *)b)->sku);
+}
+
+bool inv_lines_sort(struct inv_reservation *want)
+{
+    qsort(want->lines, want->nlines, sizeof(want->lines[0]), line_cmp);
+    for (size_t i = 1; i < want->nlines; i++)
+        if (strcmp(want->lines[i - 1].sku, want->lines[i].sku) == 0)
+            return false;
+    return true;
+}
+
+static json_t *lines_json(const struct inv_reservation *r)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < r->nlines; i++)
+        json_array_append_new(a, json_pack("{s:s, s:I}", "sku", r->lines[i].sku,
+                                           "quantity",
+                                           (json_int_t)r->lines[i].quantity));
+    return a;
+}
+
+static json_t *encode_res(const struct inv_reservation *r)
+{
+    return json_pack(
+        "{s:s, s:o, s:o, s:s, s:b, s:I, s:I, s:I}", "order_id", r->order_id,
+        "customer_id", r->tombstone ? json_null() : json_string(r->customer_id),
+        "lines", lines_json(r), "state", inv_res_state_name(r->state),
+        "tombstone", r->tombstone, "version", (json_int_t)r->version,
+        "created_ms", (json_int_t)r->created_ms, "updated_ms",
+        (json_int_t)r->updated_ms);
+}
+
+static int decode_res(const char *order_id, const void *val, size_t vlen,
+                      struct inv_reservation *out)
+{
+    json_error_t err = {0};
+    json_t *customer = NULL, *lines = NULL;
+    const char *state = NULL, *stored_id = NULL;
+    int tombstone = 0;
+    json_int_t version, created, updated;
+    int rc = MOAT_EDB;
+    memset(out, 0, sizeof(*out));
+    json_t *j = json_loadb(val, vlen, JSON_REJECT_DUPLICATES, &err);
+    if (!j || json_unpack_ex(j, &err, JSON_STRICT,
+                             "{s:s, s:o, s:o, s:s, s:b, s:I, s:I, s:I}",
+                             "order_id", &stored_id, "customer_id", &customer,
+                             "lines", &lines, "state", &state, "tombstone",
+                             &tombstone, "version", &version, "created_ms",
+                             &created, "updated_ms", &updated) != 0)
+        goto cleanup;
+    snprintf(out->order_id, sizeof(out->order_id), "%s", order_id);
+    if (json_is_string(customer))
+        snprintf(out->customer_id, sizeof(out->customer_id), "%s",
+                 json_string_value(customer));
+    out->tombstone = tombstone;
+    size_t i;
+    for (i = 0; i < MOAT_ARRAY_LEN(state_names); i++)
+        if (strcmp(state, state_names[i]) == 0)
+            break;
+    if (i == MOAT_ARRAY_LEN(state_names) || !json_is_array(lines) ||
+        json_array_size(lines) > INV_LINES_MAX)
+        goto cleanup;
+    out->state = (enum inv_res_state)i;
+    json_t *line;
+    json_array_foreach(lines, i, line)
+    {
+        const char *sku;
+        json_int_t q;
+        if (json_unpack(line, "{s:s, s:I}", "sku", &sku, "quantity", &q) != 0 ||
+            !inv_sku_valid(sku))
+            goto cleanup;
+        snprintf(out->lines[i].sku, sizeof(out->lines[i].sku), "%s", sku);
+        out->lines[i].quantity = q;
+    }
+    out->nlines = json_array_size(lines);
+    out->version = version;
+    out->created_ms = created;
+    out->updated_ms = updated;
+    rc = MOAT_OK;
+
+cleanup:
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "stored reservation is malformed",
+                 "{s:s, s:s}", "order_id", order_id, "error", err.text);
+    json_decref(j);
+    return rc;
+}
+
+static int load_res(struct inv_store *s, struct moat_kv_txn *t,
+                    const char *order_id, struct inv_reservation *out)
+{
+    const void *val;
+    size_t vlen;
+    int rc = moat_kv_gets(t, s->res, order_id, &val, &vlen);
+    if (rc != MOAT_OK)
+        return rc;
+    return decode_res(order_id, val, vlen, out);
+}
+
+static int put_res(struct inv_store *s, struct moat_kv_txn *t,
+                   const struct inv_reservation *r)
+{
+    json_t *rec = encode_res(r);
+    int rc =
+        moat_kv_put_json(t, s->res, r->order_id, strlen(r->order_id), rec, 0);
+    json_decref(rec);
+    return rc;
+}
+
+/* The "open_by_customer" key of r: customer_id NUL order_id. */
+static size_t open_key(const struct inv_reservation *r,
+                       char out[2 * INV_REF_MAX + 2])
+{
+    size_t c = strlen(r->customer_id), o = strlen(r->order_id);
+    memcpy(out, r->customer_id, c + 1);
+    memcpy(out + c + 1, r->order_id, o);
+    return c + 1 + o;
+}
+
+/* The reservation event of r: StockReserved, StockReleased... */
+static int res_event(struct inv_store *s, const char *type,
+                     const struct inv_reservation *r)
+{
+    json_t *data = json_pack(
+        "{s:s, s:o, s:o, s:s, s:I}", "order_id", r->order_id, "customer_id",
+        r->tombstone ? json_null() : json_string(r->customer_id), "lines",
+        lines_json(r), "state",
+        r->tombstone ? "absent" : inv_res_state_name(r->state), "version",
+        (json_int_t)r->version);
+    int rc = data ? moat_outbox_append(s->outbox, type, r->order_id,
+                                       INV_RESERVATION_SCHEMA, data, NULL)
+                  : MOAT_EINVAL;
+    json_decref(data);
+    return rc;
+}
+
+struct count_ctx {
+    const char *prefix; /* customer_id NUL */
+    size_t len;
+    int64_t n;
+};
+
+static int count_one(const void *key, size_t klen, const void *val, size_t vlen,
+                     void *arg)
+{
+    MOAT_UNUSED(val);
+    MOAT_UNUSED(vlen);
+    struct count_ctx *c = arg;
+    if (klen < c->len || memcmp(key, c->prefix, c->len) != 0)
+        return MOAT_KV_STOP; /* past this customer's keys */
+    c->n++;
+    return MOAT_KV_NEXT;
+}
+
+static int count_open(struct inv_store *s, struct moat_kv_txn *t,
+                      const char *customer_id, int64_t *n)
+{
+    struct count_ctx c = {.prefix = customer_id,
+                          .len = strlen(customer_id) + 1};
+    int rc = moat_kv_iterate(t, s->open, customer_id, c.len, count_one, &c);
+    *n = c.n;
+    return rc;
+}
+
+static bool same_request(const struct inv_reservation *a,
+                         const struct inv_reservation *b)
+{
+    if (strcmp(a->customer_id, b->customer_id) != 0 || a->nlines != b->nlines)
+        return false;
+    for (size_t i = 0; i < a->nlines; i++)
+        if (strcmp(a->lines[i].sku, b->lines[i].sku) != 0 ||
+            a->lines[i].quantity != b->lines[i].quantity)
+            return false;
+    return true;
+}
+
+int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
+                      int64_t max_open, struct inv_reservation *out,
+                      enum inv_reserve_result *result,
+                      struct inv_shortage *shortages, size_t *nshort)
+{
+    struct moat_kv_txn *t = NULL;
+    struct inv_stock *stock = NULL;
+    int64_t open = 0;
+    *nshort = 0;
+    if (!inv_ref_valid(want->order_id) || !inv_ref_valid(want->customer_id) ||
+        want->nlines < 1 || want->nlines > INV_LINES_MAX)
+        return MOAT_EINVAL;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+
+    /* Idempotency by order id: the record decides before any stock. */
+    rc = load_res(s, t, want->order_id, out);
+    if (rc == MOAT_OK) {
+        if (out->state == INV_RELEASED)
+            *result = INV_RESERVE_RELEASED;
+        else if (same_request(out, want))
+            *result = INV_RESERVE_EXISTS;
+        else
+            *result = INV_RESERVE_MISMATCH;
+        goto cleanup; /* nothing written: the abort below ends t */
+    }
+    if (rc != MOAT_ENOTFOUND)
+        goto cleanup;
+
+    rc = count_open(s, t, want->customer_id, &open);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    if (open >= max_open) {
+        *result = INV_RESERVE_CAP;
+        goto cleanup;
+    }
+
+    /* Check every line before writing any, so that the 409 lists all
+     * short SKUs and a short line leaves the others untouched. */
+    stock = moat_xcalloc(want->nlines, sizeof(*stock));
+    for (size_t i = 0; i < want->nlines; i++) {
+        const struct inv_line *l = &want->lines[i];
+        rc = load(s, t, l->sku, &stock[i]);
+        if (rc == MOAT_ENOTFOUND)
+            snprintf(stock[i].sku, sizeof(stock[i].sku), "%s", l->sku);
+        else if (rc != MOAT_OK)
+            goto cleanup;
+        if (inv_available(&stock[i]) < l->quantity) {
+            struct inv_shortage *sh = &shortages[(*nshort)++];
+            snprintf(sh->sku, sizeof(sh->sku), "%s", l->sku);
+            sh->requested = l->quantity;
+            sh->available = inv_available(&stock[i]);
+        }
+    }
+    rc = MOAT_OK;
+    if (*nshort > 0) {
+        *result = INV_RESERVE_SHORT;
+        goto cleanup;
+    }
+
+    int64_t now = moat_wall_ms();
+    *out = *want;
+    out->state = INV_HELD;
+    out->tombstone = false;
+    out->version = 1;
+    out->created_ms = out->updated_ms = now;
+    char key[2 * INV_REF_MAX + 2];
+    size_t klen = open_key(out, key);
+    rc = put_res(s, t, out);
+    if (rc == MOAT_OK)
+        rc = moat_kv_put(t, s->open, key, klen, "", 0, 0);
+    if (rc == MOAT_OK)
+        rc = res_event(s, "StockReserved", out);
+    for (size_t i = 0; rc == MOAT_OK && i < want->nlines; i++) {
+        /* Available was checked above, so reserved stays <= on_hand. */
+        stock[i].reserved += want->lines[i].quantity;
+        stock[i].version++;
+        stock[i].updated_ms = now;
+        rc = put_stock(s, t, &stock[i]);
+        if (rc == MOAT_OK)
+            rc = stock_changed(s, &stock[i], 0, "reserve", json_null(),
+                               want->order_id);
+    }
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = commit(s, t);
+    t = NULL;
+    if (rc == MOAT_OK)
+        *result = INV_RESERVED;
+
+cleanup:
+    moat_kv_abort(t);
+    free(stock);
+    return rc;
+}
+
+/*
+ * Move the held reservation r to state to, in t: every SKU gives back its
+ * reserved units and, for a commit, leaves on_hand for sold (logged as an
+ * adjustment by caller).
+ */
+static int finish(struct inv_store *s, struct moat_kv_txn *t,
+                  struct inv_reservation *r, enum inv_res_state to,
+                  const char *caller)
+{
+    int64_t now = moat_wall_ms();
+    bool sold = to == INV_COMMITTED;
+    char key[2 * INV_REF_MAX + 2];
+    size_t klen = open_key(r, key);
+    json_t *reason = NULL;
+    int rc = MOAT_OK;
+
+    r->state = to;
+    r->version++;
+    r->updated_ms = now;
+    rc = put_res(s, t, r);
+    if (rc == MOAT_OK)
+        rc = moat_kv_del(t, s->open, key, klen);
+    if (rc == MOAT_OK)
+        rc = res_event(s, sold ? "StockCommitted" : "StockReleased", r);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    reason = json_sprintf("order %s", r->order_id);
+    for (size_t i = 0; i < r->nlines; i++) {
+        const struct inv_line *l = &r->lines[i];
+        struct inv_stock st;
+        rc = load(s, t, l->sku, &st);
+        /* A held line always has its SKU and at least its units reserved
+         * (store.h); anything else is a damaged database, not a retry. */
+        if (rc == MOAT_ENOTFOUND ||
+            (rc == MOAT_OK &&
+             (st.reserved < l->quantity || (sold && st.on_hand < l->quantity))))
+            rc = MOAT_EDB;
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "held units are missing from the stock",
+                     "{s:s, s:s}", "order_id", r->order_id, "sku", l->sku);
+            goto cleanup;
+        }
+        int64_t before = st.on_hand;
+        st.reserved -= l->quantity;
+        if (sold) {
+            st.on_hand -= l->quantity;
+            st.sold += l->quantity;
+        }
+        st.version++;
+        st.updated_ms = now;
+        rc = put_stock(s, t, &st);
+        if (rc == MOAT_OK && sold)
+            rc = log_adjustment(s, t, "commit", reason, caller, before, &st,
+                                NULL);
+        if (rc == MOAT_OK)
+            rc =
+                stock_changed(s, &st, st.on_hand - before,
+                              sold ? "commit" : "release", reason, r->order_id);
+        if (rc != MOAT_OK)
+            goto cleanup;
+    }
+
+cleanup:
+    json_decref(reason);
+    return rc;
+}
+
+/* Release or commit (to) order_id; see store.h. */
+static int transition(struct inv_store *s, const char *order_id,
+                      enum inv_res_state to, const char *caller,
+                      struct inv_reservation *out,
+                      enum inv_transition_result *result)
+{
+    struct moat_kv_txn *t = NULL;
+    if (!inv_ref_valid(order_id))
+        return MOAT_ENOTFOUND;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = load_res(s, t, order_id, out);
+    if (rc == MOAT_ENOTFOUND && to == INV_RELEASED) {
+        /* The tombstone (store.h): refuses a reserve that comes late. */
+        memset(out, 0, sizeof(*out));
+        snprintf(out->order_id, sizeof(out->order_id), "%s", order_id);
+        out->state = INV_RELEASED;
+        out->tombstone = true;
+        out->version = 1;
+        out->created_ms = out->updated_ms = moat_wall_ms();
+        rc = put_res(s, t, out);
+        if (rc == MOAT_OK)
+            rc = res_event(s, "StockReleased", out);
+        if (rc != MOAT_OK)
+            goto cleanup;
+        rc = commit(s, t);
+        t = NULL;
+        *result = INV_ABSENT;
+        goto cleanup;
+    }
+    if (rc != MOAT_OK)
+        goto cleanup;
+    if (out->tombstone)
+        *result = to == INV_RELEASED ? INV_ABSENT : INV_WRONG_STATE;
+    else if (out->state == to)
+        *result = INV_ALREADY;
+    else if (out->state != INV_HELD)
+        *result = INV_WRONG_STATE;
+    else
+        *result = INV_TRANSITIONED;
+    if (*result != INV_TRANSITIONED)
+        goto cleanup; /* nothing to write */
+    rc = finish(s, t, out, to, caller);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = commit(s, t);
+    t = NULL;
+
+cleanup:
+    moat_kv_abort(t);
+    return rc;
+}
+
+int inv_store_release(struct inv_store *s, const char *order_id,
+                      const char *caller, struct inv_reservation *out,
+                      enum inv_transition_result *result)
+{
+    return transition(s, order_id, INV_RELEASED, caller, out, result);
+}
+
+int inv_store_commit(struct inv_store *s, const char *order_id,
+                     const char *caller, struct inv_reservation *out,
+                     enum inv_transition_result *result)
+{
+    return transition(s, order_id, INV_COMMITTED, caller, out, result);
+}
+
+int inv_store_reservation_get(struct inv_store *s, const char *order_id,
+                              struct inv_reservation *out)
+{
+    if (!inv_ref_valid(order_id))
+        return MOAT_ENOTFOUND;
+    struct moat_kv_txn *t;
+    int rc = moat_kv_begin_read(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = load_res(s, t, order_id, out);
     moat_kv_abort(t);
     return rc;
 }

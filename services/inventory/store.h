@@ -9,9 +9,10 @@
  *                "created_ms", "updated_ms"} (JSON). available =
  *                on_hand - reserved, never negative: every write checks it.
  *   adjustments  8-byte big-endian id -> {"sku", "kind": "set" |
- *                "adjustment", "delta", "reason", "on_hand_before",
+ *                "adjustment" | "commit", "delta", "reason", "on_hand_before",
  *                "on_hand_after", "user", "at_ms"}: an append-only log of
  *                every change of on_hand, for audits and reconciliation.
+ *   reservations, open_by_customer   see "reservations" below.
  *   outbox, outbox_meta   the transactional outbox (moat_outbox_new_kv).
  *
  * Every write is one LMDB write transaction holding the stock record, its
@@ -47,7 +48,7 @@ struct inv_store;
 struct inv_stock {
     char sku[INV_SKU_MAX + 1];
     int64_t on_hand;  /* units in the warehouse */
-    int64_t reserved; /* units held for orders (saga; next issue) */
+    int64_t reserved; /* units held by held reservations */
     int64_t sold;     /* units sold since the SKU was created */
     int64_t version;  /* 1 at creation, +1 per change */
     int64_t created_ms, updated_ms;
@@ -118,13 +119,118 @@ int inv_store_get(struct inv_store *s, const char *sku, struct inv_stock *out);
 int inv_store_list(struct inv_store *s, const char *after_sku, size_t limit,
                    struct inv_stock **items, size_t *n);
 
-/*
- * Reservations (the order saga, next issue) go here: reserve(order_id,
- * lines) moving units from available to reserved, release (compensation)
- * and commit (reserved -> sold), each idempotent by order id and answered
- * through the outbox in the same transaction. The stock record already
- * carries reserved and sold, and every check above already uses
- * available = on_hand - reserved.
+/* ---- reservations (the order saga's stock step) ----
+ *
+ * A reservation holds units of one or more SKUs for one order. Its record
+ * lives in "reservations" (order_id -> JSON: "order_id", "customer_id"
+ * (null for a tombstone), "lines" [{"sku", "quantity"}] sorted by SKU,
+ * "state" "held" | "released" | "committed", "tombstone", "version",
+ * "created_ms", "updated_ms"), and while it is held also in
+ * "open_by_customer" (customer_id NUL order_id -> empty), which counts a
+ * customer's open reservations without scanning them all.
+ *
+ * Per SKU, every write keeps: reserved = the sum of the quantities of the
+ * held reservations' lines for that SKU; on_hand + sold = everything ever
+ * set or adjusted in (commit moves units from on_hand to sold); and
+ * on_hand >= reserved >= 0. Each transition is one LMDB write transaction
+ * holding the stock records, the reservation, its index entry and its
+ * events (StockReserved / StockReleased / StockCommitted, subject
+ * order_id, then StockChanged per SKU), so all commit or none does.
+ *
+ * A release of an order with no reservation leaves a tombstone: a
+ * released record without lines. Sagas compensate on a timeout, so the
+ * reserve command can arrive after its own compensation; without the
+ * tombstone that late reserve would hold stock for an order nobody will
+ * ever commit or release again - a leak. With it, the late reserve is
+ * refused (INV_RESERVE_RELEASED). Tombstones are kept (one small record
+ * per compensated order).
  */
+
+#define INV_REF_MAX      64    /* order and customer ids, SKU charset */
+#define INV_LINES_MAX    50    /* lines per reservation */
+#define INV_LINE_QTY_MAX 10000 /* units per line */
+/* Data schema version of StockReserved/StockReleased/StockCommitted. */
+#define INV_RESERVATION_SCHEMA 1
+
+enum inv_res_state { INV_HELD, INV_RELEASED, INV_COMMITTED };
+
+struct inv_line {
+    char sku[INV_SKU_MAX + 1];
+    int64_t quantity; /* 1..INV_LINE_QTY_MAX */
+};
+
+/* Plain data (no pointers); about 4 KiB. */
+struct inv_reservation {
+    char order_id[INV_REF_MAX + 1];
+    char customer_id[INV_REF_MAX + 1]; /* "" for a tombstone */
+    enum inv_res_state state;
+    bool tombstone; /* released before it was ever reserved */
+    size_t nlines;
+    struct inv_line lines[INV_LINES_MAX]; /* sorted by SKU, no repeats */
+    int64_t version;                      /* 1 at creation, +1 per change */
+    int64_t created_ms, updated_ms;
+};
+
+/* One line that cannot be held: what was asked and what is available. */
+struct inv_shortage {
+    char sku[INV_SKU_MAX + 1];
+    int64_t requested, available; /* available 0 for an unknown SKU */
+};
+
+enum inv_reserve_result {
+    INV_RESERVED,         /* new reservation held (*out) */
+    INV_RESERVE_EXISTS,   /* same order, customer and lines: *out as is */
+    INV_RESERVE_MISMATCH, /* the order has a reservation of other lines */
+    INV_RESERVE_RELEASED, /* the order was released (late reserve) */
+    INV_RESERVE_CAP,      /* the customer holds max_open already */
+    INV_RESERVE_SHORT,    /* some lines are short: see shortages */
+};
+
+enum inv_transition_result {
+    INV_TRANSITIONED, /* held -> released / committed now */
+    INV_ALREADY,      /* already in the wanted state: nothing written */
+    INV_WRONG_STATE,  /* in the other final state (*out) */
+    INV_ABSENT,       /* release of an unknown order: tombstone */
+};
+
+/* "held", "released", "committed". */
+const char *inv_res_state_name(enum inv_res_state st);
+/* True for an id usable as order_id / customer_id (SKU charset, 1..64). */
+bool inv_ref_valid(const char *ref);
+/* Sort want's lines by SKU; false when two lines share a SKU. */
+bool inv_lines_sort(struct inv_reservation *want);
+
+/*
+ * Reserve want (order_id, customer_id, lines sorted by inv_lines_sort) all
+ * or nothing, for a customer holding fewer than max_open reservations.
+ * *result says what happened; *out holds the reservation for RESERVED,
+ * EXISTS, MISMATCH and RELEASED; shortages (INV_LINES_MAX entries) gets
+ * *nshort entries for SHORT. Returns MOAT_OK whatever the result, or a
+ * store fault (nothing written).
+ */
+int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
+                      int64_t max_open, struct inv_reservation *out,
+                      enum inv_reserve_result *result,
+                      struct inv_shortage *shortages, size_t *nshort);
+/*
+ * Release the reservation of order_id (held -> released, units back to
+ * available) or leave a tombstone when there is none. *out holds the
+ * record after the call. caller (the calling service) is logged.
+ */
+int inv_store_release(struct inv_store *s, const char *order_id,
+                      const char *caller, struct inv_reservation *out,
+                      enum inv_transition_result *result);
+/*
+ * Commit the reservation of order_id (held -> committed: the units leave
+ * on_hand and reserved and count as sold; each SKU's change is logged in
+ * "adjustments" as kind "commit" by caller). MOAT_ENOTFOUND when there is
+ * no reservation (a tombstone is released: INV_WRONG_STATE).
+ */
+int inv_store_commit(struct inv_store *s, const char *order_id,
+                     const char *caller, struct inv_reservation *out,
+                     enum inv_transition_result *result);
+/* Load the reservation of order_id; MOAT_ENOTFOUND when there is none. */
+int inv_store_reservation_get(struct inv_store *s, const char *order_id,
+                              struct inv_reservation *out);
 
 #endif /* INV_STORE_H */

@@ -4,7 +4,11 @@
  * tokens acting for an administrator. Setting and adjusting stock, strict
  * validation, no stock below zero, StockChanged events on its feed in
  * commit order, data and sequence numbers surviving a restart, and the
- * modes of its LMDB files.
+ * modes of its LMDB files. Reservations (the order saga's stock step),
+ * called as a service acting for nobody: all lines or none, idempotency by
+ * order id, release/commit transitions, the tombstone that refuses a late
+ * reserve, the per-customer cap, and the per-SKU invariants after a
+ * random sequence checked against a model.
  *
  * One process serves the whole group (the restart test replaces it);
  * tests never depend on each other's data: each uses SKUs of its own.
@@ -545,6 +549,645 @@ static void test_restart_keeps_data(void **state)
     assert_int_equal(feed_head(), head + 1);
 }
 
+/* ---- reservations ---- */
+
+/* The max open reservations per customer the fixture runs with (the
+ * default of MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER). */
+#define MAX_OPEN 5
+
+/* The caller of the saga's steps: a service acting for nobody. */
+static const char *const *as_service(void)
+{
+    static const char *hdr[2];
+    hdr[0] = h_service_token("inventory", NULL, NULL);
+    hdr[1] = NULL;
+    return hdr;
+}
+
+/* POST /v1/reservations; asserts the status, returns the body. */
+static json_t *reserve(const char *order, const char *customer,
+                       const char *lines, long status)
+{
+    struct h_resp r;
+    h_send_json(&r, "POST", h_fmt("%s/v1/reservations", F.inv.url),
+                h_fmt("{\"order_id\": \"%s\", \"customer_id\": \"%s\", "
+                      "\"lines\": %s}",
+                      order, customer, lines),
+                as_service());
+    if (status >= 400)
+        h_assert_problem(&r, status);
+    else
+        h_assert_status(&r, status);
+    json_t *j = h_resp_json(&r);
+    h_resp_release(&r);
+    return j;
+}
+
+/* POST /v1/reservations/{order}/{action}; asserts the status. */
+static json_t *res_action(const char *order, const char *action, long status)
+{
+    struct h_resp r;
+    h_http(&r, "POST",
+           h_fmt("%s/v1/reservations/%s/%s", F.inv.url, order, action),
+           as_service(), NULL, 0);
+    if (status >= 400)
+        h_assert_problem(&r, status);
+    else
+        h_assert_status(&r, status);
+    json_t *j = h_resp_json(&r);
+    h_resp_release(&r);
+    return j;
+}
+
+static json_t *get_reservation(const char *order, long status)
+{
+    struct h_resp r;
+    h_http(&r, "GET", h_fmt("%s/v1/reservations/%s", F.inv.url, order),
+           as_service(), NULL, 0);
+    if (status >= 400)
+        h_assert_problem(&r, status);
+    else
+        h_assert_status(&r, status);
+    json_t *j = h_resp_json(&r);
+    h_resp_release(&r);
+    return j;
+}
+
+/* Asserts on_hand, reserved and sold of sku. */
+static void assert_stock(const char *sku, int64_t on_hand, int64_t reserved,
+                         int64_t sold)
+{
+    json_t *s = get_stock(sku, 200);
+    if (jint(s, "on_hand") != on_hand || jint(s, "reserved") != reserved ||
+        jint(s, "sold") != sold)
+        fail_msg("%s: on_hand %lld reserved %lld sold %lld, want %lld %lld "
+                 "%lld",
+                 sku, (long long)jint(s, "on_hand"),
+                 (long long)jint(s, "reserved"), (long long)jint(s, "sold"),
+                 (long long)on_hand, (long long)reserved, (long long)sold);
+    assert_int_equal(jint(s, "available"), on_hand - reserved);
+    json_decref(s);
+}
+
+/* A copy of unique(prefix) that outlives the pool. */
+static void unique_into(char out[48], const char *prefix)
+{
+    snprintf(out, 48, "%s", unique(prefix));
+}
+
+static void test_reserve_all_or_none(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char a[48], b[48], order[48], cust[48];
+    unique_into(a, "RA");
+    unique_into(b, "RB");
+    unique_into(order, "ord");
+    unique_into(cust, "cus");
+    json_decref(set_stock(a, 5, 201));
+    json_decref(set_stock(b, 1, 201));
+
+    /* One short line: 409 listing it, and nothing held anywhere. */
+    json_t *p = reserve(
+        order, cust,
+        h_fmt("[{\"sku\": \"%s\", \"quantity\": 3}, {\"sku\": \"%s\", "
+              "\"quantity\": 2}, {\"sku\": \"NOPE-%s\", \"quantity\": 1}]",
+              a, b, a),
+        409);
+    json_t *sh = json_object_get(p, "short");
+    assert_int_equal(json_array_size(sh), 2);
+    assert_string_equal(jstr(json_array_get(sh, 0), "sku"),
+                        h_fmt("NOPE-%s", a));
+    assert_int_equal(jint(json_array_get(sh, 0), "available"), 0);
+    assert_string_equal(jstr(json_array_get(sh, 1), "sku"), b);
+    assert_int_equal(jint(json_array_get(sh, 1), "available"), 1);
+    assert_int_equal(jint(json_array_get(sh, 1), "requested"), 2);
+    json_decref(p);
+    assert_stock(a, 5, 0, 0);
+    assert_stock(b, 1, 0, 0);
+    json_decref(get_reservation(order, 404));
+
+    /* All lines fit: 201, every SKU holds its units. */
+    struct h_resp r;
+    h_send_json(&r, "POST", h_fmt("%s/v1/reservations", F.inv.url),
+                h_fmt("{\"order_id\": \"%s\", \"customer_id\": \"%s\", "
+                      "\"lines\": [{\"sku\": \"%s\", \"quantity\": 3}, "
+                      "{\"sku\": \"%s\", \"quantity\": 1}]}",
+                      order, cust, a, b),
+                as_service());
+    h_assert_status(&r, 201);
+    assert_string_equal(h_resp_header(&r, "Location"),
+                        h_fmt("/v1/reservations/%s", order));
+    json_t *res = h_resp_json(&r);
+    h_resp_release(&r);
+    assert_string_equal(jstr(res, "state"), "held");
+    assert_string_equal(jstr(res, "customer_id"), cust);
+    assert_int_equal(jint(res, "version"), 1);
+    json_decref(res);
+    assert_stock(a, 5, 3, 0);
+    assert_stock(b, 1, 1, 0);
+
+    /* The same request again (lines in another order): 200, unchanged. */
+    json_t *again =
+        reserve(order, cust,
+                h_fmt("[{\"sku\": \"%s\", \"quantity\": 1}, {\"sku\": \"%s\", "
+                      "\"quantity\": 3}]",
+                      b, a),
+                200);
+    assert_string_equal(jstr(again, "state"), "held");
+    assert_int_equal(jint(again, "version"), 1);
+    json_decref(again);
+    assert_stock(a, 5, 3, 0);
+    /* Other lines, or another customer, under the same order: 409. */
+    p = reserve(order, cust, h_fmt("[{\"sku\": \"%s\", \"quantity\": 2}]", a),
+                409);
+    assert_string_equal(jstr(json_object_get(p, "reservation"), "state"),
+                        "held");
+    json_decref(p);
+    json_decref(reserve(order, "someone-else",
+                        h_fmt("[{\"sku\": \"%s\", \"quantity\": 1}, "
+                              "{\"sku\": \"%s\", \"quantity\": 3}]",
+                              b, a),
+                        409));
+    assert_stock(a, 5, 3, 0);
+
+    /* Held units are not available to administrators either. */
+    json_decref(adjust(a, -3, "shrinkage", 409));
+    json_decref(set_stock(a, 2, 409));
+
+    /* Strict input. */
+    char other[48];
+    unique_into(other, "ord");
+    static const struct {
+        const char *lines;
+        const char *pointer;
+    } bad[] = {
+        {"[]", "/lines"},
+        {"[{\"sku\": \"X\", \"quantity\": 0}]", "/lines/0/quantity"},
+        {"[{\"sku\": \"X\", \"quantity\": 10001}]", "/lines/0/quantity"},
+        {"[{\"sku\": \"X y\", \"quantity\": 1}]", "/lines/0/sku"},
+        {"[{\"sku\": \"X\", \"quantity\": 1, \"note\": 1}]", "/lines/0/note"},
+        {"[{\"sku\": \"X\", \"quantity\": 1}, {\"sku\": \"X\", \"quantity\": "
+         "2}]",
+         "/lines/1/sku"},
+        {"[7]", "/lines/0"},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        h_send_json(&r, "POST", h_fmt("%s/v1/reservations", F.inv.url),
+                    h_fmt("{\"order_id\": \"%s\", \"customer_id\": \"c\", "
+                          "\"lines\": %s}",
+                          other, bad[i].lines),
+                    as_service());
+        h_assert_problem(&r, 422);
+        h_assert_problem_error(&r, "pointer", bad[i].pointer);
+        h_resp_release(&r);
+    }
+    char many[51 * 40 + 8] = "[";
+    for (int i = 0; i < 51; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many),
+                 "%s{\"sku\": \"S%d\", \"quantity\": 1}", i ? "," : "", i);
+    snprintf(many + strlen(many), sizeof(many) - strlen(many), "]");
+    h_send_json(&r, "POST", h_fmt("%s/v1/reservations", F.inv.url),
+                h_fmt("{\"order_id\": \"%s\", \"customer_id\": \"c\", "
+                      "\"lines\": %s}",
+                      other, many),
+                as_service());
+    h_assert_problem(&r, 422);
+    h_assert_problem_error(&r, "pointer", "/lines");
+    h_resp_release(&r);
+    h_send_json(&r, "POST", h_fmt("%s/v1/reservations", F.inv.url),
+                "{\"customer_id\": \"c/d\", \"lines\": [], \"x\": 1}",
+                as_service());
+    h_assert_problem(&r, 422);
+    h_assert_problem_error(&r, "pointer", "/order_id");
+    h_assert_problem_error(&r, "pointer", "/customer_id");
+    h_assert_problem_error(&r, "pointer", "/x");
+    h_resp_release(&r);
+    json_decref(get_reservation(other, 404));
+}
+
+static void test_release_and_commit(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char sku[48], o1[48], o2[48], cust[48];
+    unique_into(sku, "RC");
+    unique_into(o1, "ord");
+    unique_into(o2, "ord");
+    unique_into(cust, "cus");
+    json_decref(set_stock(sku, 10, 201));
+    char l4[128];
+    snprintf(l4, sizeof(l4), "[{\"sku\": \"%s\", \"quantity\": 4}]", sku);
+    json_decref(reserve(o1, cust, l4, 201));
+    json_decref(reserve(o2, cust, l4, 201));
+    assert_stock(sku, 10, 8, 0);
+
+    /* Commit: the units leave on_hand and reserved, and count as sold. */
+    json_t *c = res_action(o1, "commit", 200);
+    assert_string_equal(jstr(c, "state"), "committed");
+    assert_int_equal(jint(c, "version"), 2);
+    json_decref(c);
+    assert_stock(sku, 6, 4, 4);
+    c = res_action(o1, "commit", 200); /* idempotent: nothing moves */
+    assert_int_equal(jint(c, "version"), 2);
+    json_decref(c);
+    assert_stock(sku, 6, 4, 4);
+    c = res_action(o1, "release", 409);
+    assert_string_equal(jstr(json_object_get(c, "reservation"), "state"),
+                        "committed");
+    json_decref(c);
+    /* A repeat of the committed reserve still answers 200, unchanged. */
+    json_decref(reserve(o1, cust, l4, 200));
+    assert_stock(sku, 6, 4, 4);
+
+    /* Release: the units are available again. */
+    c = res_action(o2, "release", 200);
+    assert_string_equal(jstr(c, "state"), "released");
+    json_decref(c);
+    assert_stock(sku, 6, 0, 4);
+    c = res_action(o2, "release", 200);
+    assert_string_equal(jstr(c, "state"), "released");
+    assert_int_equal(jint(c, "version"), 2);
+    json_decref(c);
+    json_decref(res_action(o2, "commit", 409));
+    assert_stock(sku, 6, 0, 4);
+    json_t *g = get_reservation(o2, 200);
+    assert_string_equal(jstr(g, "state"), "released");
+    assert_int_equal(json_array_size(json_object_get(g, "lines")), 1);
+    json_decref(g);
+
+    /* Commit of an order never reserved: 404 (nothing to sell). */
+    json_decref(res_action(unique("ord"), "commit", 404));
+    json_decref(get_reservation("bad%20id", 404));
+    /* The commit is in the adjustment log's on_hand history: an
+     * administrator's next adjustment starts from 6. */
+    json_t *a = adjust(sku, 1, "received", 201);
+    assert_int_equal(jint(json_object_get(a, "stock"), "on_hand"), 7);
+    json_decref(a);
+}
+
+static void test_release_before_reserve(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char sku[48], order[48], cust[48];
+    unique_into(sku, "TOMB");
+    unique_into(order, "ord");
+    unique_into(cust, "cus");
+    json_decref(set_stock(sku, 3, 201));
+
+    /* The saga compensated before its reserve command arrived. */
+    json_t *rel = res_action(order, "release", 200);
+    assert_string_equal(jstr(rel, "state"), "absent");
+    assert_true(json_is_null(json_object_get(rel, "customer_id")));
+    json_decref(rel);
+    /* The late reserve must not hold stock nobody will ever release. */
+    json_t *p = reserve(
+        order, cust, h_fmt("[{\"sku\": \"%s\", \"quantity\": 1}]", sku), 409);
+    assert_non_null(strstr(jstr(p, "detail"), "order already released"));
+    json_decref(p);
+    assert_stock(sku, 3, 0, 0);
+    rel = res_action(order, "release", 200);
+    assert_string_equal(jstr(rel, "state"), "absent");
+    json_decref(rel);
+    json_decref(res_action(order, "commit", 409));
+    json_t *g = get_reservation(order, 200);
+    assert_string_equal(jstr(g, "state"), "absent");
+    json_decref(g);
+
+    /* The same holds after an ordinary release. */
+    char o2[48];
+    unique_into(o2, "ord");
+    const char *l1 = h_fmt("[{\"sku\": \"%s\", \"quantity\": 1}]", sku);
+    char lines[128];
+    snprintf(lines, sizeof(lines), "%s", l1);
+    json_decref(reserve(o2, cust, lines, 201));
+    json_decref(res_action(o2, "release", 200));
+    json_decref(reserve(o2, cust, lines, 409));
+    assert_stock(sku, 3, 0, 0);
+}
+
+static void test_customer_cap(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char sku[48], cust[48], orders[MAX_OPEN + 1][48];
+    unique_into(sku, "CAP");
+    unique_into(cust, "cus");
+    json_decref(set_stock(sku, 100, 201));
+    char lines[128];
+    snprintf(lines, sizeof(lines), "[{\"sku\": \"%s\", \"quantity\": 1}]", sku);
+    for (int i = 0; i <= MAX_OPEN; i++)
+        unique_into(orders[i], "ord");
+    for (int i = 0; i < MAX_OPEN; i++)
+        json_decref(reserve(orders[i], cust, lines, 201));
+    json_t *p = reserve(orders[MAX_OPEN], cust, lines, 429);
+    assert_int_equal(jint(p, "max_open"), MAX_OPEN);
+    json_decref(p);
+    /* A repeat is not a new hold; another customer is not capped. */
+    json_decref(reserve(orders[0], cust, lines, 200));
+    char o[48];
+    unique_into(o, "ord");
+    json_decref(reserve(o, "another-customer", lines, 201));
+    /* Committing or releasing one frees a slot. */
+    json_decref(res_action(orders[0], "commit", 200));
+    json_decref(reserve(orders[MAX_OPEN], cust, lines, 201));
+    unique_into(o, "ord");
+    json_decref(reserve(o, cust, lines, 429));
+    json_decref(res_action(orders[1], "release", 200));
+    json_decref(reserve(o, cust, lines, 201));
+    assert_stock(sku, 99, MAX_OPEN + 1, 1);
+}
+
+/* ---- randomized: the per-SKU invariants against a model ---- */
+
+#define RND_SKUS      4
+#define RND_CUSTOMERS 4
+#define RND_OPS       200
+#define RND_INITIAL   40
+
+enum m_state { M_NONE, M_HELD, M_RELEASED, M_COMMITTED, M_TOMBSTONE };
+
+struct m_order {
+    char id[48];
+    int customer;
+    int nlines;
+    int sku[3];
+    int64_t q[3];
+    enum m_state state;
+};
+
+struct model {
+    char sku[RND_SKUS][48];
+    int64_t on_hand[RND_SKUS], reserved[RND_SKUS], sold[RND_SKUS];
+    int64_t adjusted[RND_SKUS]; /* sum of the accepted adjustments */
+    struct m_order orders[RND_OPS];
+    int norders;
+};
+
+/* xorshift64: the seed is printed, so a failure replays exactly. */
+static uint64_t rnd_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static int rnd_below(uint64_t *x, int n)
+{
+    return (int)(rnd_next(x) % (uint64_t)n);
+}
+
+static int m_held_by(const struct model *m, int customer)
+{
+    int n = 0;
+    for (int i = 0; i < m->norders; i++)
+        n += m->orders[i].customer == customer && m->orders[i].state == M_HELD;
+    return n;
+}
+
+static const char *m_lines(const struct m_order *o, const struct model *m)
+{
+    char buf[512] = "[";
+    for (int i = 0; i < o->nlines; i++)
+        snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf),
+                 "%s{\"sku\": \"%s\", \"quantity\": %lld}", i ? ", " : "",
+                 m->sku[o->sku[i]], (long long)o->q[i]);
+    return h_fmt("%s]", buf);
+}
+
+static void m_reserve(struct model *m, struct m_order *o)
+{
+    const char *customer = h_fmt("rnd-customer-%d-%s", o->customer, m->sku[0]);
+    long want;
+    if (o->state == M_HELD || o->state == M_COMMITTED) {
+        want = 200;
+    } else if (o->state != M_NONE) {
+        want = 409; /* released or tombstone: a late reserve */
+    } else if (m_held_by(m, o->customer) >= MAX_OPEN) {
+        want = 429;
+    } else {
+        want = 201;
+        for (int i = 0; i < o->nlines; i++)
+            if (m->on_hand[o->sku[i]] - m->reserved[o->sku[i]] < o->q[i])
+                want = 409;
+    }
+    char c[96];
+    snprintf(c, sizeof(c), "%s", customer);
+    json_decref(reserve(o->id, c, m_lines(o, m), want));
+    if (want == 201) {
+        o->state = M_HELD;
+        for (int i = 0; i < o->nlines; i++)
+            m->reserved[o->sku[i]] += o->q[i];
+    }
+}
+
+static void m_finish(struct model *m, struct m_order *o, bool commit)
+{
+    long want = 200;
+    enum m_state to = commit ? M_COMMITTED : M_RELEASED;
+    if (o->state == M_NONE)
+        want = commit ? 404 : 200;
+    else if (o->state == M_TOMBSTONE)
+        want = commit ? 409 : 200;
+    else if (o->state != M_HELD && o->state != to)
+        want = 409;
+    json_decref(res_action(o->id, commit ? "commit" : "release", want));
+    if (o->state == M_NONE && !commit)
+        o->state = M_TOMBSTONE;
+    if (o->state != M_HELD || want != 200)
+        return;
+    for (int i = 0; i < o->nlines; i++) {
+        m->reserved[o->sku[i]] -= o->q[i];
+        if (commit) {
+            m->on_hand[o->sku[i]] -= o->q[i];
+            m->sold[o->sku[i]] += o->q[i];
+        }
+    }
+    o->state = to;
+}
+
+static void m_adjust(struct model *m, uint64_t *x)
+{
+    int k = rnd_below(x, RND_SKUS);
+    int64_t delta = rnd_below(x, 21) - 5;
+    if (delta == 0)
+        delta = 1;
+    bool ok = m->on_hand[k] + delta - m->reserved[k] >= 0;
+    json_decref(adjust(m->sku[k], delta, "random", ok ? 201 : 409));
+    if (ok) {
+        m->on_hand[k] += delta;
+        m->adjusted[k] += delta;
+    }
+}
+
+static void test_randomized_invariants(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    struct model *m = moat_xcalloc(1, sizeof(*m));
+    uint64_t seed;
+    moat_random_bytes(&seed, sizeof(seed));
+    seed |= 1;
+    print_message("randomized reservations: seed %llu\n",
+                  (unsigned long long)seed);
+    uint64_t x = seed;
+    for (int k = 0; k < RND_SKUS; k++) {
+        unique_into(m->sku[k], "RND");
+        json_decref(set_stock(m->sku[k], RND_INITIAL, 201));
+        m->on_hand[k] = RND_INITIAL;
+    }
+    for (int op = 0; op < RND_OPS; op++) {
+        int kind = rnd_below(&x, 100);
+        if (op % 50 == 0)
+            as_admin(); /* tokens live 60 s */
+        if (kind < 40 || m->norders == 0) {
+            struct m_order *o = &m->orders[m->norders++];
+            unique_into(o->id, "rnd");
+            o->customer = rnd_below(&x, RND_CUSTOMERS);
+            /* 1..3 distinct SKUs: a start and a stride. */
+            o->nlines = 1 + rnd_below(&x, 3);
+            int start = rnd_below(&x, RND_SKUS);
+            for (int i = 0; i < o->nlines; i++) {
+                o->sku[i] = (start + i) % RND_SKUS;
+                o->q[i] = 1 + rnd_below(&x, 8);
+            }
+            /* A fifth of new orders are released before they are
+             * reserved (a compensation racing its own command). */
+            if (rnd_below(&x, 5) == 0)
+                m_finish(m, o, false);
+            m_reserve(m, o);
+        } else if (kind < 50) {
+            m_reserve(m, &m->orders[rnd_below(&x, m->norders)]);
+        } else if (kind < 65) {
+            m_finish(m, &m->orders[rnd_below(&x, m->norders)], false);
+        } else if (kind < 80) {
+            m_finish(m, &m->orders[rnd_below(&x, m->norders)], true);
+        } else {
+            m_adjust(m, &x);
+        }
+        assert_true(m->norders < RND_OPS);
+    }
+
+    /* Every SKU as the model says, and the invariants of store.h. */
+    for (int k = 0; k < RND_SKUS; k++) {
+        int64_t held = 0;
+        for (int i = 0; i < m->norders; i++)
+            for (int l = 0; l < m->orders[i].nlines; l++)
+                if (m->orders[i].state == M_HELD && m->orders[i].sku[l] == k)
+                    held += m->orders[i].q[l];
+        assert_int_equal(m->reserved[k], held);
+        assert_int_equal(m->on_hand[k] + m->sold[k],
+                         RND_INITIAL + m->adjusted[k]);
+        assert_true(m->on_hand[k] >= m->reserved[k] && m->reserved[k] >= 0);
+        assert_stock(m->sku[k], m->on_hand[k], m->reserved[k], m->sold[k]);
+    }
+    static const char *const names[] = {[M_HELD] = "held",
+                                        [M_RELEASED] = "released",
+                                        [M_COMMITTED] = "committed",
+                                        [M_TOMBSTONE] = "absent"};
+    for (int i = 0; i < m->norders; i++) {
+        const struct m_order *o = &m->orders[i];
+        json_t *g = get_reservation(o->id, o->state == M_NONE ? 404 : 200);
+        if (o->state != M_NONE)
+            assert_string_equal(jstr(g, "state"), names[o->state]);
+        json_decref(g);
+    }
+    free(m);
+}
+
+static void test_reservation_events_in_order(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char a[48], b[48], order[48], gone[48];
+    /* Named so that a sorts before b: lines are kept in SKU order. */
+    unique_into(a, "EVA");
+    unique_into(b, "EVB");
+    unique_into(order, "ord");
+    unique_into(gone, "ord");
+    json_decref(set_stock(a, 5, 201));
+    json_decref(set_stock(b, 5, 201));
+    int64_t head = feed_head();
+    json_decref(reserve(order, "cus-ev",
+                        h_fmt("[{\"sku\": \"%s\", \"quantity\": 2}, "
+                              "{\"sku\": \"%s\", \"quantity\": 1}]",
+                              b, a),
+                        201));
+    json_decref(res_action(order, "commit", 200));
+    json_decref(res_action(order, "commit", 200)); /* no event */
+    json_decref(res_action(gone, "release", 200));
+
+    json_t *events = feed_after(head);
+    static const struct {
+        const char *type;
+        int subject; /* 0 order, 1 a, 2 b, 3 gone */
+        const char *kind;
+        int64_t delta;
+    } want[] = {
+        {"StockReserved", 0, NULL, 0},     {"StockChanged", 1, "reserve", 0},
+        {"StockChanged", 2, "reserve", 0}, {"StockCommitted", 0, NULL, 0},
+        {"StockChanged", 1, "commit", -1}, {"StockChanged", 2, "commit", -2},
+        {"StockReleased", 3, NULL, 0},
+    };
+    const char *subjects[] = {order, a, b, gone};
+    assert_int_equal(json_array_size(events), MOAT_ARRAY_LEN(want));
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(want); i++) {
+        json_t *ev = json_array_get(events, i);
+        json_t *data = json_object_get(ev, "data");
+        assert_string_equal(jstr(ev, "type"), want[i].type);
+        assert_string_equal(jstr(ev, "subject"), subjects[want[i].subject]);
+        if (want[i].kind) {
+            assert_string_equal(jstr(data, "kind"), want[i].kind);
+            assert_int_equal(jint(data, "delta"), want[i].delta);
+            assert_string_equal(jstr(data, "order_id"), order);
+        } else {
+            assert_string_equal(jstr(data, "order_id"),
+                                subjects[want[i].subject]);
+        }
+    }
+    json_t *d = json_object_get(json_array_get(events, 0), "data");
+    assert_string_equal(jstr(d, "state"), "held");
+    assert_string_equal(jstr(d, "customer_id"), "cus-ev");
+    assert_int_equal(json_array_size(json_object_get(d, "lines")), 2);
+    d = json_object_get(json_array_get(events, 5), "data");
+    assert_int_equal(jint(d, "on_hand"), 3);
+    assert_int_equal(jint(d, "reserved"), 0);
+    assert_int_equal(jint(d, "sold"), 2);
+    d = json_object_get(json_array_get(events, 6), "data");
+    assert_string_equal(jstr(d, "state"), "absent");
+    json_decref(events);
+}
+
+static void test_reservations_survive_restart(void **state)
+{
+    MOAT_UNUSED(state);
+    as_admin();
+    char sku[48], held[48], gone[48];
+    unique_into(sku, "RKEEP");
+    unique_into(held, "ord");
+    unique_into(gone, "ord");
+    json_decref(set_stock(sku, 9, 201));
+    char lines[128];
+    snprintf(lines, sizeof(lines), "[{\"sku\": \"%s\", \"quantity\": 4}]", sku);
+    json_decref(reserve(held, "cus-keep", lines, 201));
+    json_decref(res_action(gone, "release", 200));
+
+    h_service_kill(&F.inv); /* a crash: every answered write is durable */
+    h_service_release(&F.inv);
+    assert_int_equal(start_inventory(), 0);
+
+    assert_stock(sku, 9, 4, 0);
+    json_t *g = get_reservation(held, 200);
+    assert_string_equal(jstr(g, "state"), "held");
+    json_decref(g);
+    json_decref(reserve(held, "cus-keep", lines, 200));
+    json_decref(reserve(gone, "cus-keep", lines, 409));
+    json_decref(res_action(held, "commit", 200));
+    assert_stock(sku, 5, 0, 4);
+}
+
 static void test_data_dir_permissions(void **state)
 {
     MOAT_UNUSED(state);
@@ -598,6 +1241,13 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_list_pagination),
         cmocka_unit_test(test_feed_shows_stock_changes_in_order),
         cmocka_unit_test(test_restart_keeps_data),
+        cmocka_unit_test(test_reserve_all_or_none),
+        cmocka_unit_test(test_release_and_commit),
+        cmocka_unit_test(test_release_before_reserve),
+        cmocka_unit_test(test_customer_cap),
+        cmocka_unit_test(test_randomized_invariants),
+        cmocka_unit_test(test_reservation_events_in_order),
+        cmocka_unit_test(test_reservations_survive_restart),
         cmocka_unit_test(test_data_dir_permissions),
         cmocka_unit_test(test_metrics),
     };
