@@ -10,7 +10,7 @@ packages=(
     libsodium-dev libjwt-dev
     liblmdb-dev
     libcmocka-dev
-    clang clang-format libclang-rt-14-dev valgrind
+    clang clang-format libclang-rt-14-dev valgrind jq
 )
 if [ "${1:-}" = "--bench" ]; then
     packages+=(wrk hey nginx-light procps openssl)
