@@ -1,28 +1,40 @@
 /*
  * consumer.c - idempotent event consumers (see moat/events.h): one pull
- * loop per subscribed source, each event applied in its own transaction
+ * loop per subscribed source, each pulled batch applied in one transaction
  * together with the source's cursor, poison events parked as dead letters,
  * and the admin routes to inspect, redrive, replay and verify.
  *
  * The pull loop of a subscription, all on the event loop thread:
  *
  *   pull(after = cursor, wait = 25 s) --done--> batch of events
- *     for each event, in order:
+ *     BEGIN, then for each event, in order:
  *       seq <= cursor                -> duplicate delivery: skip
- *       type not subscribed          -> skip (cursor moves with the next
- *                                       write, or once at the batch end)
- *       its subject has a dead letter -> park it "blocked" + cursor (1 tx)
- *       otherwise BEGIN; handler; cursor; COMMIT
- *         handler failed -> ROLLBACK, retry after 50 ms, 200 ms, then park
- *                           it "failed" + cursor (1 tx)
- *     then pull again.
+ *       type not subscribed          -> skip (the cursor moves past it with
+ *                                       the commit)
+ *       its subject has a dead letter -> park it "blocked" (also one parked
+ *                                       earlier in this transaction)
+ *       otherwise SAVEPOINT; handler; RELEASE
+ *         handler failed -> ROLLBACK TO the savepoint (that event alone is
+ *                           undone), COMMIT the events before it with the
+ *                           cursor right before it, retry it after 50 ms,
+ *                           200 ms, then park it "failed" and go on
+ *     COMMIT with the cursor at the last event done: effects and cursor
+ *     commit together, so each event takes effect exactly once; then pull
+ *     again.
+ *   A transaction is cut at TXN_MAX_EVENTS events or TXN_MAX_MS of work
+ *   and the batch goes on in a new one on the next loop turn.
+ *
+ * One transaction per batch instead of one per event is what lets search
+ * keep up with catalog: a commit (WAL append, its locking, a checkpoint
+ * now and then) cost more than most handlers.
  *
  * A source that cannot be reached, or our own database refusing a write,
  * is retried with exponential backoff (100 ms doubling to 5 s) and logged
  * once per change of state, not once per attempt.
  *
  * Pausing (replay, verify) never interrupts anything: every transaction
- * starts and ends within one callback. A paused subscription keeps what it
+ * starts and ends within one callback (the same holds for redrive, which
+ * uses the same connection). A paused subscription keeps what it
  * holds (a batch, a pull in flight) and carries on from there on resume.
  */
 #include "moat/common.h"
@@ -58,6 +70,11 @@
 #define REDRIVE_MAX       10000
 #define SUBJECT_MAX       256
 #define SOURCE_MAX        31
+/* One transaction applies at most this many events or this much work: a
+ * bigger one would only hold the write lock and this loop longer (other
+ * writers wait, requests queue) for little more throughput. */
+#define TXN_MAX_EVENTS 500
+#define TXN_MAX_MS     50
 
 /* Waits between the attempts of a failing handler. */
 static const int retry_delays_ms[MOAT_CONSUMER_MAX_ATTEMPTS - 1] = {50, 200};
@@ -117,7 +134,9 @@ struct sub {
     int64_t pending_ms; /* time of the oldest unapplied event; 0 = none */
     json_t *batch;      /* events being applied (owned), NULL between */
     size_t pos;         /* next event of batch */
-    int attempts;       /* failed handler runs of batch[pos] */
+    int64_t fail_seq;   /* the event whose handler failed; 0 = none */
+    int attempts;       /* failed handler runs of fail_seq */
+    char fail_why[ERROR_MAX]; /* its last error, for parking it */
     struct event *timer;
     enum sub_next next;
     bool pulling;                /* a pull that is not stale is in flight */
@@ -257,6 +276,12 @@ static struct sub *find_sub(struct moat_consumer *c, const char *source)
     return NULL;
 }
 
+static int refuse_commit(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
 /* Run the handler for ev inside the open transaction on db, with the
  * event's trace as log context. Returns its result; why gets the reason. */
 static int run_handler(struct sub *s, struct moat_db *db,
@@ -267,7 +292,12 @@ static int run_handler(struct sub *s, struct moat_db *db,
     moat_trace_start(&t, ev->traceparent, NULL);
     const struct moat_trace *saved = moat_log_trace();
     moat_log_set_trace(&t);
+    /* A COMMIT by the handler would commit the batch's earlier events
+     * without their cursor (applied twice after a crash): refuse it, which
+     * turns it into a ROLLBACK that the check below reports. */
+    sqlite3_commit_hook(moat_db_handle(db), refuse_commit, NULL);
     int rc = s->handler(db, ev, s->arg, &hwhy);
+    sqlite3_commit_hook(moat_db_handle(db), NULL, NULL);
     moat_log_set_trace(saved);
     if (rc == MOAT_OK && sqlite3_get_autocommit(moat_db_handle(db))) {
         rc = MOAT_EINVAL;
@@ -501,28 +531,134 @@ static void flush_skip(struct sub *s, int64_t skip_to)
         s->cursor = skip_to;
 }
 
+/* A cached statement without results (savepoints): MOAT_OK or MOAT_EDB. */
+static int run_sql(struct moat_db *db, const char *name, const char *sql)
+{
+    struct moat_stmt *stmt = moat_db_prepare(db, name, sql);
+    if (!stmt)
+        return MOAT_EDB;
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
+}
+
 /*
- * Park ev as a dead letter in state (with the cursor, one transaction).
- * MOAT_OK or a database error (nothing written).
+ * The transaction a stretch of a batch is applied in: BEGIN, then per
+ * event SAVEPOINT; handler; RELEASE (or ROLLBACK TO on a failure, which
+ * undoes that event alone), and COMMIT with the cursor at the last event
+ * done in it. It starts and ends within one sub_apply call, like the
+ * per-event transactions before it, so pause, redrive, replay and verify
+ * (other callbacks on the same connection) never meet it open.
  */
-static int park(struct sub *s, json_t *ce, const struct moat_event *ev,
-                const char *state, const char *error, int attempts)
+struct txn {
+    bool open;
+    size_t start_pos; /* s->pos where it began: resumed from on abort */
+    int64_t to;       /* the cursor it commits: the last event done */
+    int events;       /* events done in it (handler run or parked) */
+    int64_t applied;  /* of which took effect through their handler */
+    uint64_t started_ms;
+    json_t *parked; /* events parked in it, logged once committed */
+};
+
+static void txn_init(struct sub *s, struct txn *tx)
+{
+    json_decref(tx->parked);
+    *tx = (struct txn){.start_pos = s->pos, .to = s->cursor};
+}
+
+static int txn_begin(struct sub *s, struct txn *tx)
+{
+    if (tx->open)
+        return MOAT_OK;
+    int rc = moat_db_begin(s->c->db);
+    if (rc != MOAT_OK)
+        return rc;
+    tx->open = true;
+    tx->started_ms = moat_mono_ms();
+    return MOAT_OK;
+}
+
+/* Nothing of tx happened (or SQLite already rolled it back): the batch
+ * resumes at its first event; the cursor in memory never moved. */
+static void txn_abort(struct sub *s, struct txn *tx)
+{
+    moat_db_rollback(s->c->db);
+    s->pos = tx->start_pos;
+    txn_init(s, tx);
+}
+
+/*
+ * Commit tx with the cursor at its last event: the effects of exactly the
+ * events done in it and the cursor commit together. MOAT_OK, or a
+ * database error with tx still open (the caller aborts it).
+ */
+static int txn_commit(struct sub *s, struct txn *tx)
 {
     struct moat_db *db = s->c->db;
-    char *text = json_dumps(ce, JSON_COMPACT | JSON_ENCODE_ANY);
-    if (!text)
-        moat_die("cannot serialise an event");
-    int rc = moat_db_begin(db);
+    if (!tx->open) {
+        flush_skip(s, tx->to); /* only skipped events: no effects */
+        txn_init(s, tx);
+        return MOAT_OK;
+    }
+    if (tx->events == 0) {
+        /* Only a failed handler's undone savepoint: nothing to write but
+         * the skips. */
+        moat_db_rollback(db);
+        flush_skip(s, tx->to);
+        txn_init(s, tx);
+        return MOAT_OK;
+    }
+    int rc = cursor_write(db, s->src->name, tx->to);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(db);
     if (rc != MOAT_OK)
-        goto cleanup;
+        return rc;
+    s->cursor = tx->to;
+    if (s->fail_seq && s->fail_seq <= s->cursor) {
+        /* The failing event is behind us now: applied or parked. */
+        s->fail_seq = 0;
+        s->attempts = 0;
+        if (!s->local_fault)
+            s->error[0] = '\0';
+    }
+    moat_metric_add(s->m_applied, (double)tx->applied);
+    size_t i;
+    json_t *p;
+    json_array_foreach(tx->parked, i, p)
+    {
+        moat_log(MOAT_LOG_WARN, "event parked as a dead letter",
+                 "{s:s, s:I, s:s, s:s, s:s, s:s}", "source", s->src->name,
+                 "seq",
+                 (json_int_t)json_integer_value(json_object_get(p, "seq")),
+                 "type", jstr(p, "type"), "subject", jstr(p, "subject"),
+                 "state", jstr(p, "state"), "error", jstr(p, "error"));
+    }
+    if (tx->parked)
+        refresh_dead_gauge(s);
+    local_ok(s);
+    txn_init(s, tx);
+    return MOAT_OK;
+}
+
+/*
+ * Park ev as a dead letter in state, inside the open tx (its cursor then
+ * moves past ev with the rest of tx). MOAT_OK or MOAT_EDB.
+ */
+static int park(struct sub *s, struct txn *tx, json_t *ce,
+                const struct moat_event *ev, const char *state,
+                const char *error, int attempts)
+{
+    struct moat_db *db = s->c->db;
     struct moat_stmt *stmt = moat_db_prepare(
         db, "consumer_dead_insert",
         "INSERT INTO moat_dead_letters (source, seq, event_id, subject, type, "
         "event, error, attempts, state, parked_ms) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
-    rc = MOAT_EDB;
     if (!stmt)
-        goto cleanup;
+        return MOAT_EDB;
+    char *text = json_dumps(ce, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!text)
+        moat_die("cannot serialise an event");
     sqlite3_stmt *st = moat_stmt_raw(stmt);
     sqlite3_bind_text(st, 1, s->src->name, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, ev->seq);
@@ -536,149 +672,207 @@ static int park(struct sub *s, json_t *ce, const struct moat_event *ev,
     sqlite3_bind_int64(st, 10, moat_wall_ms());
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
-    if (step != SQLITE_DONE)
-        goto cleanup;
-    rc = cursor_write(db, s->src->name, ev->seq);
-    if (rc == MOAT_OK)
-        rc = moat_db_commit(db);
-
-cleanup:
-    if (rc != MOAT_OK)
-        moat_db_rollback(db);
     free(text);
-    if (rc == MOAT_OK) {
-        s->cursor = ev->seq;
-        moat_log(MOAT_LOG_WARN, "event parked as a dead letter",
-                 "{s:s, s:I, s:s, s:s, s:s, s:s}", "source", s->src->name,
-                 "seq", (json_int_t)ev->seq, "type", ev->type, "subject",
-                 ev->subject, "state", state, "error", error);
-        refresh_dead_gauge(s);
-    }
-    return rc;
+    if (step != SQLITE_DONE)
+        return MOAT_EDB;
+    if (!tx->parked)
+        tx->parked = json_array();
+    json_array_append_new(
+        tx->parked, json_pack("{s:I, s:s, s:s, s:s, s:s}", "seq",
+                              (json_int_t)ev->seq, "type", ev->type, "subject",
+                              ev->subject, "state", state, "error", error));
+    tx->to = ev->seq;
+    tx->events++;
+    return MOAT_OK;
 }
 
 enum outcome {
-    APPLIED, /* done with this event (applied or parked); cursor moved */
-    RETRY,   /* the handler failed; try again after a delay */
-    FAULT,   /* our database failed; local_fault() has armed the timer */
+    DONE,  /* applied or parked inside tx; tx->to moved to it */
+    RETRY, /* the handler failed and only its savepoint was undone: commit
+              tx (the events before it) and try again after a delay */
+    LOST,  /* the handler failed and took all of tx with it */
+    FAULT, /* our database failed (*step says where): abort tx */
 };
 
-static enum outcome process(struct sub *s, json_t *ce, int64_t seq)
+static enum outcome process(struct sub *s, struct txn *tx, json_t *ce,
+                            int64_t seq, const char **step)
 {
     struct moat_db *db = s->c->db;
     struct moat_event ev;
     char why[ERROR_MAX];
     int64_t blocker;
 
-    if (parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) != MOAT_OK) {
-        if (park(s, ce, &ev, "failed", why, 0) != MOAT_OK)
-            goto fault_park;
-        return APPLIED;
-    }
-    if (parked_blocker(db, s->src->name, ev.subject, &blocker) != MOAT_OK) {
-        local_fault(s, "dead letter lookup");
+    *step = "begin";
+    if (txn_begin(s, tx) != MOAT_OK)
         return FAULT;
-    }
+    *step = "park";
+    if (parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) != MOAT_OK)
+        return park(s, tx, ce, &ev, "failed", why, 0) == MOAT_OK ? DONE : FAULT;
+    /* This also sees the dead letters parked earlier in tx itself. */
+    *step = "dead letter lookup";
+    if (parked_blocker(db, s->src->name, ev.subject, &blocker) != MOAT_OK)
+        return FAULT;
+    *step = "park";
     if (blocker) {
         /* Per-aggregate order: nothing of this subject may overtake the
          * parked event, so everything after it waits behind it. */
         snprintf(why, sizeof(why), "blocked behind parked event seq %lld",
                  (long long)blocker);
-        if (park(s, ce, &ev, "blocked", why, 0) != MOAT_OK)
-            goto fault_park;
-        return APPLIED;
+        return park(s, tx, ce, &ev, "blocked", why, 0) == MOAT_OK ? DONE
+                                                                  : FAULT;
     }
+    if (s->fail_seq == seq && s->attempts >= MOAT_CONSUMER_MAX_ATTEMPTS)
+        /* Its attempts are used up but parking it did not commit (our
+         * database failed, or its handler took the transaction down):
+         * park it now rather than run it again. */
+        return park(s, tx, ce, &ev, "failed", s->fail_why, s->attempts) ==
+                       MOAT_OK
+                   ? DONE
+                   : FAULT;
 
-    if (moat_db_begin(db) != MOAT_OK) {
-        local_fault(s, "begin");
+    *step = "savepoint";
+    if (run_sql(db, "consumer_savepoint", "SAVEPOINT moat_event") != MOAT_OK)
         return FAULT;
-    }
     int hrc = run_handler(s, db, &ev, why, sizeof(why));
     if (hrc == MOAT_OK) {
-        if (cursor_write(db, s->src->name, seq) != MOAT_OK ||
-            moat_db_commit(db) != MOAT_OK) {
-            moat_db_rollback(db);
-            local_fault(s, "commit");
+        if (run_sql(db, "consumer_release", "RELEASE moat_event") != MOAT_OK)
             return FAULT;
-        }
-        s->cursor = seq;
-        s->attempts = 0;
-        moat_metric_add(s->m_applied, 1);
-        local_ok(s);
-        return APPLIED;
+        tx->to = seq;
+        tx->events++;
+        tx->applied++;
+        return DONE;
     }
-    moat_db_rollback(db);
+    /* SQLite rolls the whole transaction back by itself on some errors
+     * (I/O, full disk), and a handler may have ended it against the
+     * rules: then the events before this one in tx are gone too. */
+    bool lost = sqlite3_get_autocommit(moat_db_handle(db));
+    if (!lost &&
+        (run_sql(db, "consumer_rollback_to", "ROLLBACK TO moat_event") !=
+             MOAT_OK ||
+         run_sql(db, "consumer_release", "RELEASE moat_event") != MOAT_OK)) {
+        *step = "rollback to savepoint";
+        return FAULT;
+    }
+    if (s->fail_seq != seq) {
+        s->fail_seq = seq;
+        s->attempts = 0;
+    }
     s->attempts++;
+    snprintf(s->fail_why, sizeof(s->fail_why), "%s", why);
     moat_metric_add(s->m_failures, 1);
     moat_log(MOAT_LOG_WARN, "event handler failed",
              "{s:s, s:I, s:s, s:s, s:s, s:i, s:s}", "source", s->src->name,
              "seq", (json_int_t)seq, "id", ev.id, "type", ev.type, "subject",
              ev.subject, "attempt", s->attempts, "error", why);
+    if (lost)
+        return LOST;
     if (s->attempts < MOAT_CONSUMER_MAX_ATTEMPTS) {
         snprintf(s->error, sizeof(s->error), "handler: %s", why);
         return RETRY;
     }
-    /* attempts stays at the maximum if parking fails: the next try runs
-     * the handler once more and parks at once. */
-    if (park(s, ce, &ev, "failed", why, s->attempts) != MOAT_OK)
-        goto fault_park;
-    s->attempts = 0;
-    s->error[0] = '\0';
-    return APPLIED;
-
-fault_park:
-    local_fault(s, "park");
-    return FAULT;
+    /* Parked in tx: if tx does not commit, fail_seq/attempts make the
+     * next try park it at once. */
+    *step = "park";
+    return park(s, tx, ce, &ev, "failed", why, s->attempts) == MOAT_OK ? DONE
+                                                                       : FAULT;
 }
 
+/* Our database failed inside tx: log while SQLite's message is still the
+ * failure's, then undo tx and retry from its first event with backoff. */
+static void apply_fault(struct sub *s, struct txn *tx, const char *step)
+{
+    local_fault(s, step);
+    txn_abort(s, tx);
+    update_lag(s);
+}
+
+/*
+ * Apply the batch from s->pos: in one transaction per stretch of at most
+ * TXN_MAX_EVENTS events or TXN_MAX_MS of work (the rest continues on the
+ * next loop turn, so requests on this loop and other writers get their
+ * turn), cut short by a handler failure that must wait for its retry.
+ */
 static void sub_apply(struct sub *s)
 {
     struct moat_consumer *c = s->c;
-    int64_t skip_to = s->cursor;
+    struct txn tx = {0};
+    const char *step = NULL;
+    txn_init(s, &tx);
 
-    while (s->batch && s->pos < json_array_size(s->batch)) {
-        if (c->paused) {
-            flush_skip(s, skip_to);
-            return;
-        }
+    while (s->batch && s->pos < json_array_size(s->batch) && !c->paused) {
         json_t *ce = json_array_get(s->batch, s->pos);
         int64_t seq;
         if (event_seq(ce, &seq) != MOAT_OK) {
             /* Without a sequence there is no cursor to move past it: the
              * source is broken, not the event. */
-            flush_skip(s, skip_to);
+            if (txn_commit(s, &tx) != MOAT_OK) {
+                apply_fault(s, &tx, "commit");
+                return;
+            }
             json_decref(s->batch);
             s->batch = NULL;
             source_failed(s, MOAT_EINVAL);
+            update_lag(s);
             return;
         }
-        if (seq <= skip_to) { /* delivered again: already done */
+        if (seq <= tx.to) { /* delivered again: already done */
             s->pos++;
             continue;
         }
         if (!wants_type(s, ce)) {
-            skip_to = seq;
+            /* Only moves the cursor, with the next commit. */
+            tx.to = seq;
             s->pos++;
             continue;
         }
-        /* The transaction below moves the cursor past the skipped ones. */
-        enum outcome o = process(s, ce, seq);
-        if (o == RETRY) {
-            flush_skip(s, skip_to);
+        switch (process(s, &tx, ce, seq, &step)) {
+        case DONE:
+            s->pos++;
+            break;
+        case RETRY:
+            /* The events before it keep their effects and the cursor stops
+             * right before it. */
+            if (txn_commit(s, &tx) != MOAT_OK) {
+                apply_fault(s, &tx, "commit");
+                return;
+            }
             arm(s, NEXT_APPLY, retry_delays_ms[s->attempts - 1]);
             update_lag(s);
             return;
+        case LOST:
+            /* The events before it in tx are undone as well: they are
+             * applied again, in order, before its next attempt. */
+            txn_abort(s, &tx);
+            arm(s, NEXT_APPLY,
+                s->attempts < MOAT_CONSUMER_MAX_ATTEMPTS
+                    ? retry_delays_ms[s->attempts - 1]
+                    : 0);
+            update_lag(s);
+            return;
+        case FAULT:
+            apply_fault(s, &tx, step);
+            return;
         }
-        if (o == FAULT) {
-            flush_skip(s, skip_to);
+        if (tx.open && s->pos < json_array_size(s->batch) &&
+            (tx.events >= TXN_MAX_EVENTS ||
+             moat_mono_ms() - tx.started_ms >= TXN_MAX_MS)) {
+            if (txn_commit(s, &tx) != MOAT_OK) {
+                apply_fault(s, &tx, "commit");
+                return;
+            }
+            arm(s, NEXT_APPLY, 0);
             update_lag(s);
             return;
         }
-        skip_to = s->cursor;
-        s->pos++;
-        update_lag(s);
     }
-    flush_skip(s, skip_to);
+    if (txn_commit(s, &tx) != MOAT_OK) {
+        apply_fault(s, &tx, "commit");
+        return;
+    }
+    if (c->paused && s->batch) {
+        update_lag(s); /* resume carries on at s->pos */
+        return;
+    }
     json_decref(s->batch);
     s->batch = NULL;
     update_lag(s);
@@ -1624,6 +1818,7 @@ static void handle_replay(struct moat_req *req, void *arg)
         s->cursor = 0;
         s->pending_ms = 0;
         s->attempts = 0;
+        s->fail_seq = 0;
         s->error[0] = '\0';
         json_decref(s->batch);
         s->batch = NULL;

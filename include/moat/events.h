@@ -45,14 +45,19 @@
  * ("sequence" is a string per the CloudEvents sequence extension.)
  *
  * CONSUMER. A consuming service subscribes to (source, event types) with a
- * handler. For each event the consumer opens a transaction on the
- * consumer's OWN database, runs the handler, advances its cursor for that
- * source, and commits - so an effect happens exactly once per event even
- * though delivery is at-least-once (an event at or below the cursor is a
- * duplicate and skipped). The consumer's migrations include
- * MOAT_CONSUMER_SCHEMA. Per-aggregate order is the feed order. Events of
- * types not subscribed only move the cursor. A source that is down is
- * retried with backoff (100 ms doubling to 5 s), logged once per change.
+ * handler. For each pulled batch the consumer opens a transaction on the
+ * consumer's OWN database, runs the handler of each event inside a
+ * savepoint of its own, advances its cursor for that source to the last
+ * event applied, and commits - so an effect happens exactly once per event
+ * even though delivery is at-least-once (an event at or below the cursor
+ * is a duplicate and skipped). A transaction holds at most 500 events or
+ * ~50 ms of work; the batch goes on in the next one. A failing handler
+ * undoes only its own event (back to its savepoint): the events before it
+ * commit with the cursor right before it, and it is retried on its own.
+ * The consumer's migrations include MOAT_CONSUMER_SCHEMA. Per-aggregate
+ * order is the feed order. Events of types not subscribed only move the
+ * cursor. A source that is down is retried with backoff (100 ms doubling
+ * to 5 s), logged once per change.
  *
  * Schema versions (upcasting). Each event carries its data schema version
  * (ev->schema_version, "dataschemaversion"). A producer may emit an older
@@ -183,12 +188,16 @@ struct moat_event {
 };
 
 /*
- * Apply ev to db inside the consumer's open transaction. Return MOAT_OK,
- * or an error: the transaction is rolled back and the event retried, then
- * parked. *why may be set to a static or db-owned message for the dead
- * letter. Must be deterministic and touch nothing but db: replay runs it
- * again, and verification runs it on a scratch database. It must not
- * COMMIT or ROLLBACK itself (that is an error).
+ * Apply ev to db inside the consumer's open transaction (which other
+ * events of the batch share). Return MOAT_OK, or an error: ev's changes
+ * are rolled back to a savepoint taken right before it (the other events
+ * keep theirs) and the event retried, then parked. *why may be set to a
+ * static or db-owned message for the dead letter. Must be deterministic
+ * and touch nothing but db: replay runs it again, and verification runs it
+ * on a scratch database. It must not COMMIT or ROLLBACK itself, nor
+ * release or roll back savepoints it did not open (that is an error: a
+ * COMMIT is refused and turns into a ROLLBACK, and the batch's events in
+ * that transaction are applied again).
  */
 typedef int (*moat_event_handler_fn)(struct moat_db *db,
                                      const struct moat_event *ev, void *arg,

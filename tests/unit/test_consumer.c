@@ -681,6 +681,145 @@ static void test_poison_and_redrive(void **state)
     json_decref(admin(f, "POST", "/v1/admin/replay?verify=2", 400));
 }
 
+/* COMMITs on the consumer's database so far (its statement histogram). */
+static int64_t commits(struct fixture *f)
+{
+    static const char key[] =
+        "moat_db_statement_duration_seconds_count{statement=\"db_commit\"} ";
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(f->cmetrics, &out);
+    const char *line = strstr(moat_buf_str(&out), key);
+    int64_t n = line ? strtoll(line + strlen(key), NULL, 10) : 0;
+    moat_buf_release(&out);
+    return n;
+}
+
+static bool poison_ran(struct fixture *f, void *arg)
+{
+    return f->view.poison_runs >= *(int *)arg;
+}
+
+/* The values applied to subject, in order, comma-separated. */
+static char *applied_order(struct fixture *f, const char *subject)
+{
+    struct moat_stmt *s = moat_db_prepare(
+        f->cdb, "test_applied_order",
+        "SELECT coalesce(group_concat(value, ','), '') FROM (SELECT value "
+        "FROM applied WHERE subject = ?1 ORDER BY n)");
+    sqlite3_bind_text(moat_stmt_raw(s), 1, subject, -1, SQLITE_STATIC);
+    assert_int_equal(moat_stmt_step(s), SQLITE_ROW);
+    char *v =
+        moat_xstrdup((const char *)sqlite3_column_text(moat_stmt_raw(s), 0));
+    moat_stmt_reset(s);
+    return v;
+}
+
+static void assert_order(struct fixture *f, const char *subject,
+                         const char *want)
+{
+    char *got = applied_order(f, subject);
+    if (strcmp(got, want) != 0)
+        fail_msg("subject %s applied %s, want %s", subject, got, want);
+    free(got);
+}
+
+/*
+ * One pulled batch with a poison event in the middle: the events before
+ * it commit (cursor right before it) while it waits for its retries; then
+ * it is parked, the later events of its subject park behind it - also
+ * those of the same batch, in the same transaction - and everything else
+ * after it applies. One COMMIT per stretch, not one per event.
+ */
+static void test_poison_mid_batch(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "A", "a1", 2);       /* 1 */
+    produce(f, "ItemSet", "B", "b1", 2);       /* 2 */
+    produce(f, "ItemSet", "P", "poison-1", 2); /* 3 */
+    produce(f, "ItemSet", "A", "a2", 2);       /* 4 */
+    produce(f, "ItemSet", "P", "p2", 2);       /* 5 */
+    produce(f, "ItemSet", "Q", "q1", 2);       /* 6 */
+    produce(f, "Ignored", "A", "zzz", 2);      /* 7 */
+    produce(f, "ItemSet", "P", "p3", 2);       /* 8 */
+    produce(f, "ItemSet", "B", "b2", 2);       /* 9 */
+    int64_t commits0 = commits(f);
+    consumer_up(f, feed_source(f));
+
+    /* First failure: 1 and 2 committed with the cursor at 2, nothing of
+     * 3 and after, nothing parked yet. */
+    int runs = 1;
+    run_until(f, poison_ran, &runs, DEADLINE_MS);
+    assert_int_equal(cursor(f), 2);
+    item(f, "A", "a1", 1);
+    item(f, "B", "b1", 1);
+    item(f, "P", NULL, 0);
+    item(f, "Q", NULL, 0);
+    json_t *dl = admin(f, "GET", "/v1/admin/dead-letters", 200);
+    assert_int_equal(jint(dl, "total"), 0);
+    json_decref(dl);
+    json_t *st = admin(f, "GET", "/v1/admin/consumer", 200);
+    assert_string_equal(
+        json_string_value(json_object_get(status_of(st), "state")), "retrying");
+    json_decref(st);
+    assert_int_equal(commits(f) - commits0, 1);
+
+    wait_cursor(f, 9);
+    assert_int_equal(f->view.poison_runs, MOAT_CONSUMER_MAX_ATTEMPTS);
+    item(f, "A", "a2", 2);
+    item(f, "B", "b2", 2);
+    item(f, "Q", "q1", 1);
+    item(f, "P", NULL, 0);
+    assert_order(f, "A", "a1,a2");
+    assert_order(f, "B", "b1,b2");
+    assert_order(f, "P", "");
+    /* The retries' transactions wrote nothing; the last one parked 3, 5
+     * and 8 and applied 4, 6 and 9 (7 moved the cursor only). */
+    assert_int_equal(commits(f) - commits0, 2);
+
+    dl = admin(f, "GET", "/v1/admin/dead-letters", 200);
+    assert_int_equal(jint(dl, "total"), 3);
+    json_t *list = json_object_get(dl, "dead_letters");
+    static const struct {
+        int64_t seq;
+        const char *state, *error;
+        int64_t attempts;
+    } want[] = {
+        {3, "failed", "poisoned value", MOAT_CONSUMER_MAX_ATTEMPTS},
+        {5, "blocked", "blocked behind parked event seq 3", 0},
+        {8, "blocked", "blocked behind parked event seq 3", 0},
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(want); i++) {
+        json_t *d = json_array_get(list, i);
+        assert_int_equal(jint(d, "seq"), want[i].seq);
+        assert_string_equal(json_string_value(json_object_get(d, "subject")),
+                            "P");
+        assert_string_equal(json_string_value(json_object_get(d, "state")),
+                            want[i].state);
+        assert_string_equal(json_string_value(json_object_get(d, "error")),
+                            want[i].error);
+        assert_int_equal(jint(d, "attempts"), want[i].attempts);
+    }
+    json_decref(dl);
+    assert_metric(f, "moat_consumer_applied_total{source=\"catalog\"} 5\n");
+    assert_metric(f, "moat_consumer_failures_total{source=\"catalog\"} 3\n");
+    assert_metric(f, "moat_consumer_dead_letters{source=\"catalog\"} 3\n");
+    st = admin(f, "GET", "/v1/admin/consumer", 200);
+    assert_true(json_is_null(json_object_get(status_of(st), "error")));
+    json_decref(st);
+
+    /* Fixed and redriven: P in order, then live again. */
+    f->view.broken = false;
+    json_t *r = admin(f, "POST", "/v1/admin/dead-letters/redrive", 200);
+    assert_int_equal(jint(r, "applied"), 3);
+    assert_int_equal(jint(r, "remaining"), 0);
+    json_decref(r);
+    assert_order(f, "P", "poison-1,p2,p3");
+    produce(f, "ItemSet", "P", "p4", 2); /* 10 */
+    wait_cursor(f, 10);
+    item(f, "P", "p4", 4);
+    item(f, "A", "a2", 2);
+}
+
 static void test_replay_rebuilds_the_same_view(void **state)
 {
     struct fixture *f = *state;
@@ -789,6 +928,7 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_poison_and_redrive, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_poison_mid_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_rebuilds_the_same_view,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_verify, setup, teardown),
