@@ -774,7 +774,12 @@ static void route_request(struct moat_req *r)
 {
     struct moat_http_server *s = r->srv;
     const char *raw = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(r->ev));
-    if (!raw || raw[0] != '/') {
+    const char *target = evhttp_request_get_uri(r->ev);
+    /* Origin-form only ("/path?query"): moat's services are origin servers,
+     * and code that reads the raw target (the gateway's allow-list and
+     * upstream mapping) must see the same path the router matched. An
+     * absolute-form or other target could make the two disagree. */
+    if (!raw || raw[0] != '/' || !target || target[0] != '/') {
         r->route_name = "_invalid";
         moat_req_reply_problem(r, 400,
                                "the request target is not an "

@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/landlock.h>
 #include <stdint.h>
 #include <string.h>
@@ -190,6 +191,32 @@ static int count_threads(void)
     return n;
 }
 
+/*
+ * Drop every capability, for good (bounding set, ambient, then effective,
+ * permitted and inheritable). A service needs none; a confined process
+ * that keeps them (a service run as root) could still read other
+ * processes' memory and environment (CAP_SYS_PTRACE), secrets included,
+ * or bypass file permissions. Without CAP_SETPCAP (not root) the bounding
+ * set cannot be changed, but then there is nothing in it to fear.
+ */
+static int drop_capabilities(void)
+{
+    for (int cap = 0; cap <= 63; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL &&
+            errno != EPERM)
+            return MOAT_EIO;
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof(data));
+    if (syscall(SYS_capset, &hdr, data) != 0) {
+        moat_log(MOAT_LOG_ERROR, "cannot drop capabilities", "{s:s}", "error",
+                 strerror(errno));
+        return MOAT_EIO;
+    }
+    return MOAT_OK;
+}
+
 int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
                          bool *enforced)
 {
@@ -203,7 +230,7 @@ int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
         /* ENOSYS: kernel built without Landlock; EOPNOTSUPP: built in
          * but disabled at boot. The caller decides whether to run on. */
         if (errno == ENOSYS || errno == EOPNOTSUPP)
-            return MOAT_OK;
+            return drop_capabilities();
         moat_log(MOAT_LOG_ERROR, "landlock version query failed", "{s:s}",
                  "error", strerror(errno));
         return MOAT_EIO;
@@ -222,7 +249,7 @@ int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
     ruleset_fd = (int)ll_create_ruleset(&attr, sizeof(attr), 0);
     if (ruleset_fd < 0) {
         if (errno == ENOSYS || errno == EOPNOTSUPP)
-            return MOAT_OK;
+            return drop_capabilities();
         moat_log(MOAT_LOG_ERROR, "landlock ruleset creation failed",
                  "{s:s, s:i}", "error", strerror(errno), "abi", (int)abi);
         return MOAT_EIO;
@@ -257,6 +284,9 @@ int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
         rc = MOAT_EIO;
         goto out;
     }
+    rc = drop_capabilities();
+    if (rc != MOAT_OK)
+        goto out;
     *enforced = true;
     moat_log(MOAT_LOG_INFO, "sandbox enforced", "{s:i, s:s}", "landlock_abi",
              (int)abi, "rw_dir", rw_dir ? rw_dir : "");

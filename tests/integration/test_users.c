@@ -1166,6 +1166,11 @@ static void test_sandbox(void **state)
     assert_false(probe_open(&F.cat, keys, &err));
     assert_int_equal(err, EACCES);
     free(keys);
+    /* Nor another service's environment, where its keys are, even when the
+     * services run as root: confinement drops every capability. */
+    char *environ_path = moat_xasprintf("/proc/%d/environ", (int)F.users.pid);
+    assert_false(probe_open(&F.cat, environ_path, &err));
+    free(environ_path);
     free(cat_db);
     free(users_db);
 #endif

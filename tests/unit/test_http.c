@@ -427,6 +427,26 @@ static void test_malformed_request_line(void **state)
     assert_non_null(strcasestr(buf, "application/problem+json"));
 }
 
+/* A target that is not origin-form is refused before routing: the path
+ * the router matches must be the one everything else reads. */
+static void test_non_origin_form_target(void **state)
+{
+    const char *reqs[] = {
+        "GET x:/api/v1/a?://h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(reqs); i++) {
+        int fd = raw_connect();
+        assert_int_equal(write(fd, reqs[i], strlen(reqs[i])),
+                         (ssize_t)strlen(reqs[i]));
+        char buf[4096];
+        raw_read(fd, buf, sizeof(buf), 2000);
+        close(fd);
+        assert_non_null(strstr(buf, "HTTP/1.1 400"));
+        assert_non_null(strcasestr(buf, "application/problem+json"));
+    }
+}
+
 static void test_trace_and_request_id(void **state)
 {
     struct curl_slist *h = curl_slist_append(NULL, "X-Request-Id: req-123");
@@ -498,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_json_body),
         cmocka_unit_test(test_limits_are_problem_json),
         cmocka_unit_test(test_malformed_request_line),
+        cmocka_unit_test(test_non_origin_form_target),
         cmocka_unit_test(test_trace_and_request_id),
         cmocka_unit_test(test_metrics_by_route),
         cmocka_unit_test(test_connection_cap),
