@@ -47,6 +47,14 @@ now_ms() { date +%s%3N; }
 
 # Real service identities, as moat up would generate them.
 key() { head -c 32 /dev/urandom | base64 -w0; }
+# A callee knows only each caller's pair key towards it (moat_auth_pair_key):
+# HMAC-SHA256("moat-pair-key:" callee) under the caller's key.
+pair() { # caller-key-b64 callee
+    printf 'moat-pair-key:%s' "$2" |
+        openssl dgst -sha256 -mac HMAC \
+            -macopt "hexkey:$(printf '%s' "$1" | base64 -d | od -An -tx1 | tr -d ' \n')" \
+            -binary | base64 -w0
+}
 b64url() { basenc --base64url -w0 | tr -d '='; }
 jwt() { # base64-key claims-json -> HS256 JWT
     local h p hexkey sig
@@ -62,7 +70,7 @@ now() { date +%s; }
 token() { # audience [role]
     local usr=""
     [ -n "${2:-}" ] && usr=",\"usr\":\"usr_bench\",\"role\":\"$2\""
-    jwt "$bench_key" "{\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"$1\",\"iat\":$(now),\"exp\":$(($(now) + 60))$usr}"
+    jwt "$(pair "$bench_key" "$1")" "{\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"$1\",\"iat\":$(now),\"exp\":$(($(now) + 60))$usr}"
 }
 get() { # audience url
     curl -fs -H "Moat-Service-Token: $(token "$1")" "$2"
@@ -74,14 +82,14 @@ search_port=$(free_port)
 
 MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog \
     MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
-    MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="search:$search_key,bench:$bench_key" \
+    MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="search:$(pair "$search_key" catalog),bench:$(pair "$bench_key" catalog)" \
     "$BIN"/moat-catalog >"$work/catalog.log" 2>&1 &
 pids+=($!)
 wait_ready "$cat_port"
 start_search() {
     MOAT_LISTEN=127.0.0.1:$search_port MOAT_DATA_DIR=$work/search \
         MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
-        MOAT_SERVICE_KEY=$search_key MOAT_PEER_KEYS="bench:$bench_key" \
+        MOAT_SERVICE_KEY=$search_key MOAT_PEER_KEYS="bench:$(pair "$bench_key" search)" \
         MOAT_SEARCH_CATALOG_URL=http://127.0.0.1:$cat_port \
         "$BIN"/moat-search >>"$work/search.log" 2>&1 &
     search_pid=$!

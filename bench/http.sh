@@ -57,16 +57,24 @@ admin_token() {
 }
 # Service tokens live 60 s: one is minted right before each direct run.
 service_token() {
-    jwt "$bench_key" "{\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"catalog\",\"iat\":$(now),\"exp\":$(($(now) + 60))}"
+    jwt "$(pair "$bench_key" catalog)" "{\"iss\":\"bench\",\"sub\":\"bench\",\"aud\":\"catalog\",\"iat\":$(now),\"exp\":$(($(now) + 60))}"
 }
 gw_key=$(key); cat_key=$(key); bench_key=$(key); jwt_secret=$(key)
+# A callee knows only each caller's pair key towards it (moat_auth_pair_key):
+# HMAC-SHA256("moat-pair-key:" callee) under the caller's key.
+pair() { # caller-key-b64 callee
+    printf 'moat-pair-key:%s' "$2" |
+        openssl dgst -sha256 -mac HMAC \
+            -macopt "hexkey:$(printf '%s' "$1" | base64 -d | od -An -tx1 | tr -d ' \n')" \
+            -binary | base64 -w0
+}
 
 cat_port=$(free_port)
 gw_port=$(free_port)
 ng_port=$(free_port)
 
 MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
-    MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="gateway:$gw_key,bench:$bench_key" \
+    MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="gateway:$(pair "$gw_key" catalog),bench:$(pair "$bench_key" catalog)" \
     $BIN/moat-catalog >"$work/catalog.log" 2>&1 &
 pids+=($!); cat_pid=$!
 wait_ready "$cat_port"

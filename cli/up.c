@@ -48,6 +48,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "moat/auth.h"
 #include "moat/buf.h"
 
 #include "cli.h"
@@ -404,18 +405,27 @@ static int make_auth_env(struct sup *s)
         size_t k = 0;
         env[k++] = moat_xasprintf("MOAT_SERVICE_KEY=%s",
                                   cli_secret_service_key(sec, svc->name));
+        /* Each caller's pair key towards this service, never the caller's
+         * own key (moat_auth_pair_key): a compromised service cannot speak
+         * as its callers to anyone else. The last round is the operator
+         * (the moat CLI on this machine, reading secrets.json), which may
+         * call every service's admin routes. */
         struct moat_buf peers = MOAT_BUF_INIT;
-        for (size_t j = 0; j < s->nprocs; j++) {
-            const struct deploy_service *caller = s->procs[j].svc;
-            if (caller != svc && deploy_calls(caller, svc))
-                moat_buf_printf(&peers, "%s%s:%s", peers.len ? "," : "",
-                                caller->name,
-                                cli_secret_service_key(sec, caller->name));
+        for (size_t j = 0; j <= s->nprocs; j++) {
+            const char *caller =
+                j < s->nprocs ? s->procs[j].svc->name : CLI_OPERATOR;
+            if (j < s->nprocs &&
+                (s->procs[j].svc == svc || !deploy_calls(s->procs[j].svc, svc)))
+                continue;
+            char *pair = NULL;
+            if (moat_auth_pair_key(cli_secret_service_key(sec, caller),
+                                   svc->name, &pair) != MOAT_OK)
+                moat_die("cannot derive a pair key for %s", caller);
+            moat_buf_printf(&peers, "%s%s:%s", peers.len ? "," : "", caller,
+                            pair);
+            sodium_memzero(pair, strlen(pair));
+            free(pair);
         }
-        /* The operator (the moat CLI on this machine, reading
-         * secrets.json) may call every service's admin routes. */
-        moat_buf_printf(&peers, "%s%s:%s", peers.len ? "," : "", CLI_OPERATOR,
-                        cli_secret_service_key(sec, CLI_OPERATOR));
         env[k++] = moat_xasprintf("MOAT_PEER_KEYS=%s", moat_buf_str(&peers));
         sodium_memzero(peers.data, peers.len);
         moat_buf_release(&peers);

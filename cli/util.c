@@ -272,7 +272,14 @@ char *cli_operator_header(const struct deploy *d, const char *audience)
                   d->name);
         goto out;
     }
-    if (moat_base64_decode(b64, key, sizeof(key), &keylen) != MOAT_OK)
+    /* Services know only the operator's pair key towards them. */
+    char *pair = NULL;
+    if (moat_auth_pair_key(b64, audience, &pair) != MOAT_OK)
+        goto out;
+    int drc = moat_base64_decode(pair, key, sizeof(key), &keylen);
+    sodium_memzero(pair, strlen(pair));
+    free(pair);
+    if (drc != MOAT_OK)
         goto out;
     struct moat_jwt_claims c = {0};
     int64_t now = (int64_t)time(NULL);

@@ -77,6 +77,43 @@ struct moat_auth {
     struct auth_cache *cache; /* mutable behind the const API; owned */
 };
 
+static void derive_pair(const uint8_t *key, size_t keylen, const char *callee,
+                        uint8_t out[crypto_auth_hmacsha256_BYTES])
+{
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, key, keylen);
+    crypto_auth_hmacsha256_update(&st,
+                                  (const unsigned char *)"moat-pair-key:", 14);
+    crypto_auth_hmacsha256_update(&st, (const unsigned char *)callee,
+                                  strlen(callee));
+    crypto_auth_hmacsha256_final(&st, out);
+    sodium_memzero(&st, sizeof(st));
+}
+
+int moat_auth_pair_key(const char *caller_key_b64, const char *callee,
+                       char **out)
+{
+    uint8_t key[AUTH_KEY_MAX];
+    size_t keylen = 0;
+    *out = NULL;
+    if (!caller_key_b64 || !callee ||
+        moat_base64_decode(caller_key_b64, key, sizeof(key), &keylen) !=
+            MOAT_OK ||
+        keylen < 32)
+        return MOAT_EINVAL;
+    uint8_t pair[crypto_auth_hmacsha256_BYTES];
+    derive_pair(key, keylen, callee, pair);
+    char b64[sodium_base64_ENCODED_LEN(sizeof(pair),
+                                       sodium_base64_VARIANT_ORIGINAL)];
+    sodium_bin2base64(b64, sizeof(b64), pair, sizeof(pair),
+                      sodium_base64_VARIANT_ORIGINAL);
+    *out = moat_xstrdup(b64);
+    sodium_memzero(key, sizeof(key));
+    sodium_memzero(pair, sizeof(pair));
+    sodium_memzero(b64, sizeof(b64));
+    return MOAT_OK;
+}
+
 static uint64_t fnv1a(const char *s)
 {
     uint64_t h = 1469598103934665603ull;
@@ -322,7 +359,12 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
         snprintf(c.role, sizeof(c.role), "%s", p->role);
         snprintf(c.ip, sizeof(c.ip), "%s", p->client_ip);
     }
-    int rc = moat_jwt_sign(a->self.key, a->self.keylen, &c, out);
+    /* Signed with the pair key for this audience, never our own key: the
+     * callee holds only that (see moat_auth_pair_key). */
+    uint8_t pair[crypto_auth_hmacsha256_BYTES];
+    derive_pair(a->self.key, a->self.keylen, audience, pair);
+    int rc = moat_jwt_sign(pair, sizeof(pair), &c, out);
+    sodium_memzero(pair, sizeof(pair));
     if (rc == MOAT_OK) {
         pthread_mutex_lock(&cache->lock);
         struct minted *m = &cache->m[cache->m_next];

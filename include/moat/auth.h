@@ -2,8 +2,9 @@
  * moat/auth.h - service identity and the principal behind a request.
  *
  * Every service has its own secret (MOAT_SERVICE_KEY, base64 of >= 32
- * bytes) and knows the keys of the services allowed to call it
- * (MOAT_PEER_KEYS = "gateway:<base64>,orders:<base64>"). A caller sends
+ * bytes) and knows, for each service allowed to call it, the pair key that
+ * caller uses towards it (MOAT_PEER_KEYS = "gateway:<base64>,...", see
+ * moat_auth_pair_key): never a caller's own key. A caller sends
  * a short-lived HS256 service token in the Moat-Service-Token header:
  * iss = caller, aud = callee, exp = now + 60 s, plus the end user it acts
  * for (usr, role, ip) when there is one. `moat up` generates the keys and
@@ -65,6 +66,16 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
 /* Verify an incoming service token; *why says why not. */
 int moat_auth_verify(const struct moat_auth *a, const char *token,
                      struct moat_principal *out, const char **why);
+
+/*
+ * The key a caller signs its tokens to callee with: HMAC-SHA256 of
+ * "moat-pair-key:" callee under the caller's own key, as base64 (*out, the
+ * caller frees it). `moat up` gives a callee only these pair keys of its
+ * callers in MOAT_PEER_KEYS: a callee can check what its callers send it,
+ * but cannot mint a token one of them would send to another service.
+ */
+int moat_auth_pair_key(const char *caller_key_b64, const char *callee,
+                       char **out);
 
 /* Decode standard or url-safe base64 into at most cap bytes. */
 int moat_base64_decode(const char *in, uint8_t *out, size_t cap, size_t *len);

@@ -294,14 +294,26 @@ const char *h_test_jwt_secret(void)
     return b64(k, sizeof(k));
 }
 
-static const char *peer_keys(void)
+const char *h_test_pair_key(const char *caller, const char *callee)
 {
-    static char buf[2048];
+    char *pair = NULL;
+    if (moat_auth_pair_key(h_test_service_key(caller), callee, &pair) !=
+        MOAT_OK)
+        moat_die("harness: cannot derive a pair key");
+    const char *out = h_fmt("%s", pair);
+    free(pair);
+    return out;
+}
+
+/* MOAT_PEER_KEYS for self: every known service's pair key towards it. */
+static const char *peer_keys(const char *self)
+{
+    static char buf[4096];
     size_t off = 0;
     for (size_t i = 0; i < MOAT_ARRAY_LEN(known_services); i++)
         off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s%s:%s",
                                 i ? "," : "", known_services[i],
-                                h_test_service_key(known_services[i]));
+                                h_test_pair_key(known_services[i], self));
     return buf;
 }
 
@@ -332,8 +344,19 @@ const char *h_service_token(const char *aud, const char *user_id,
     snprintf(c.ip, sizeof(c.ip), "127.0.0.1");
     c.iat = now;
     c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
-    return signed_line(MOAT_SERVICE_TOKEN_HEADER ": ", "service-key", "test",
-                       &c);
+    /* Signed with the test peer's pair key towards aud, as a service
+     * would sign (moat_auth_pair_key). */
+    uint8_t key[64];
+    size_t keylen = 0;
+    if (moat_base64_decode(h_test_pair_key("test", aud), key, sizeof(key),
+                           &keylen) != MOAT_OK)
+        moat_die("harness: bad pair key");
+    char *tok = NULL;
+    if (moat_jwt_sign(key, keylen, &c, &tok) != MOAT_OK)
+        fail_msg("harness: cannot sign a test token");
+    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
+    free(tok);
+    return line;
 }
 
 const char *h_user_token(const char *user_id, const char *role, long ttl_s)
@@ -434,7 +457,7 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
     setenv("MOAT_SERVICE_NAME", svc->name, 1);
     setenv("MOAT_LISTEN", listen_addr, 1);
     setenv("MOAT_SERVICE_KEY", h_test_service_key(svc->name), 1);
-    setenv("MOAT_PEER_KEYS", peer_keys(), 1);
+    setenv("MOAT_PEER_KEYS", peer_keys(svc->name), 1);
     setenv("MOAT_JWT_SECRET", h_test_jwt_secret(), 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);

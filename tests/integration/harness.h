@@ -168,6 +168,8 @@ const char *h_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Base64 service key of name (valid until 16 later h_fmt-style calls). */
 const char *h_test_service_key(const char *name);
+/* Base64 pair key caller uses towards callee (moat_auth_pair_key). */
+const char *h_test_pair_key(const char *caller, const char *callee);
 /* Base64 end-user JWT secret shared by users and gateway in tests. */
 const char *h_test_jwt_secret(void);
 /*

@@ -179,7 +179,7 @@ static int group_setup(void **state)
     snprintf(backend_key, sizeof(backend_key), "%s",
              h_test_service_key("catalog"));
     snprintf(backend_peers, sizeof(backend_peers), "gateway:%s",
-             h_test_service_key("gateway"));
+             h_test_pair_key("gateway", "catalog"));
     backend_start();
     dead_port = h_free_port(); /* nothing listens there */
     snprintf(env_routes, sizeof(env_routes),

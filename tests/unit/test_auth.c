@@ -56,11 +56,29 @@ static struct moat_auth *load_ok(const char *self, const uint8_t *key,
     return a;
 }
 
-/* catalog knows gateway (std base64) and orders (url-safe, unpadded). */
+/* The pair key of caller towards callee, re-encoded in a base64 variant. */
+static char *pair_key(const uint8_t *caller_key, const char *callee,
+                      int variant)
+{
+    char *own = b64(caller_key, 32, sodium_base64_VARIANT_ORIGINAL);
+    char *pair = NULL;
+    assert_int_equal(moat_auth_pair_key(own, callee, &pair), MOAT_OK);
+    uint8_t raw[64];
+    size_t len = 0;
+    assert_int_equal(moat_base64_decode(pair, raw, sizeof(raw), &len), MOAT_OK);
+    char *out = b64(raw, len, variant);
+    free(own);
+    free(pair);
+    return out;
+}
+
+/* catalog knows gateway's and orders' pair keys towards it (std base64,
+ * and url-safe unpadded), never their own keys. */
 static char *catalog_peers(void)
 {
-    char *g = b64(k_gateway, 32, sodium_base64_VARIANT_ORIGINAL);
-    char *o = b64(k_orders, 32, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    char *g = pair_key(k_gateway, "catalog", sodium_base64_VARIANT_ORIGINAL);
+    char *o =
+        pair_key(k_orders, "catalog", sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     char *s = moat_xasprintf("gateway:%s,orders:%s", g, o);
     free(g);
     free(o);
@@ -120,10 +138,11 @@ static void test_refusals(void **state)
     assert_string_equal(why, "unknown caller");
     free(tok);
 
-    /* Meant for another service. */
+    /* Meant for another service: signed with the pair key towards that
+     * service, so it does not even verify here. */
     assert_int_equal(moat_auth_token(gateway, "orders", NULL, &tok), MOAT_OK);
     assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
-    assert_string_equal(why, "wrong audience");
+    assert_string_equal(why, "bad signature");
     free(tok);
 
     /* Claims to be the gateway but signed with the rogue key. */
@@ -139,10 +158,26 @@ static void test_refusals(void **state)
     assert_string_equal(why, "bad signature");
     free(tok);
 
+    /* The right key for gateway -> catalog is gateway's pair key. */
+    uint8_t gw_pair[64];
+    size_t gw_pair_len = 0;
+    char *gp = pair_key(k_gateway, "catalog", sodium_base64_VARIANT_ORIGINAL);
+    assert_int_equal(
+        moat_base64_decode(gp, gw_pair, sizeof(gw_pair), &gw_pair_len),
+        MOAT_OK);
+    free(gp);
+    /* Gateway's own key is not it. */
+    c.iat = now;
+    c.exp = now + 30;
+    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
+    assert_string_equal(why, "bad signature");
+    free(tok);
+
     /* Expired: signed by the right key, in the past. */
     c.iat = now - 600;
     c.exp = now - 540;
-    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_jwt_sign(gw_pair, gw_pair_len, &c, &tok), MOAT_OK);
     assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
     assert_string_equal(why, "expired");
     assert_string_equal(got.service, "");
@@ -151,7 +186,7 @@ static void test_refusals(void **state)
     /* Far longer-lived than a service token may be. */
     c.iat = now;
     c.exp = now + 3600;
-    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_jwt_sign(gw_pair, gw_pair_len, &c, &tok), MOAT_OK);
     assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
     assert_string_equal(why, "lifetime too long");
     free(tok);
@@ -159,7 +194,7 @@ static void test_refusals(void **state)
     /* Subject other than the issuer. */
     c.exp = now + 60;
     snprintf(c.sub, sizeof(c.sub), "orders");
-    assert_int_equal(moat_jwt_sign(k_gateway, 32, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_jwt_sign(gw_pair, gw_pair_len, &c, &tok), MOAT_OK);
     assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_EINVAL);
     assert_string_equal(why, "subject is not the issuer");
     free(tok);
@@ -221,6 +256,52 @@ static void test_token_caches(void **state)
     moat_auth_free(catalog);
     moat_auth_free(gateway);
     free(peers);
+}
+
+/* Holding a caller's pair key towards you does not let you speak as that
+ * caller to anyone else: catalog knows gateway's pair key for catalog, and
+ * a token signed with it is refused by users. */
+static void test_pair_keys_do_not_transfer(void **state)
+{
+    char *cat_pair =
+        pair_key(k_gateway, "catalog", sodium_base64_VARIANT_ORIGINAL);
+    char *users_pair =
+        pair_key(k_gateway, "users", sodium_base64_VARIANT_ORIGINAL);
+    assert_string_not_equal(cat_pair, users_pair);
+    /* users trusts gateway's pair key towards users */
+    char *users_peers = moat_xasprintf("gateway:%s", users_pair);
+    struct moat_auth *users = load_ok("users", k_orders, users_peers);
+    /* A forger holding only catalog's knowledge signs "as gateway". */
+    uint8_t raw[64];
+    size_t len = 0;
+    assert_int_equal(moat_base64_decode(cat_pair, raw, sizeof(raw), &len),
+                     MOAT_OK);
+    struct moat_jwt_claims c = {0};
+    int64_t now = (int64_t)time(NULL);
+    snprintf(c.iss, sizeof(c.iss), "gateway");
+    snprintf(c.sub, sizeof(c.sub), "gateway");
+    snprintf(c.aud, sizeof(c.aud), "users");
+    snprintf(c.usr, sizeof(c.usr), "usr_x");
+    snprintf(c.role, sizeof(c.role), "admin");
+    c.iat = now;
+    c.exp = now + 60;
+    char *forged = NULL;
+    assert_int_equal(moat_jwt_sign(raw, len, &c, &forged), MOAT_OK);
+    struct moat_principal got;
+    const char *why = NULL;
+    assert_int_equal(moat_auth_verify(users, forged, &got, &why), MOAT_EINVAL);
+    /* The real gateway's token to users is accepted. */
+    struct moat_auth *gateway = load_ok("gateway", k_gateway, "");
+    char *real = NULL;
+    assert_int_equal(moat_auth_token(gateway, "users", NULL, &real), MOAT_OK);
+    assert_int_equal(moat_auth_verify(users, real, &got, &why), MOAT_OK);
+    free(real);
+    free(forged);
+    moat_auth_free(users);
+    moat_auth_free(gateway);
+    free(users_peers);
+    free(cat_pair);
+    free(users_pair);
 }
 
 static void test_bad_env(void **state)
@@ -325,6 +406,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_with_principal),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_token_caches),
+        cmocka_unit_test(test_pair_keys_do_not_transfer),
         cmocka_unit_test(test_bad_env),
         cmocka_unit_test(test_base64_decode),
     };
