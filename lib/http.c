@@ -75,6 +75,8 @@ struct moat_http_server {
     struct conn_set conns;
     unsigned in_flight;
     bool listener_paused;
+    struct event *accept_retry; /* re-enables accepting after EMFILE */
+    uint64_t accept_errors;     /* logged once per pause, not per retry */
     bool draining;
     bool access_log;
     void (*on_idle)(void *);
@@ -234,6 +236,66 @@ static void update_listener(struct moat_http_server *s)
         evconnlistener_enable(l);
         s->listener_paused = false;
     }
+}
+
+static void on_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct moat_http_server *s = arg;
+    if (!s->sock || s->draining)
+        return;
+    if (!s->listener_paused)
+        evconnlistener_enable(evhttp_bound_socket_get_listener(s->sock));
+}
+
+/*
+ * accept() failed (out of file descriptors, usually). libevent would retry
+ * at once, forever: the loop spins at 100% CPU and logs every failure.
+ * Stop accepting for a moment instead; clients wait in the backlog.
+ */
+/* libevent hands the listener's error callback evhttp's own argument (the
+ * struct evhttp): servers are found by it. */
+#define MAX_SERVERS 8
+static struct moat_http_server *servers[MAX_SERVERS];
+
+static void servers_add(struct moat_http_server *s)
+{
+    for (size_t i = 0; i < MAX_SERVERS; i++)
+        if (!servers[i]) {
+            servers[i] = s;
+            return;
+        }
+}
+
+static void servers_del(struct moat_http_server *s)
+{
+    for (size_t i = 0; i < MAX_SERVERS; i++)
+        if (servers[i] == s)
+            servers[i] = NULL;
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    struct moat_http_server *s = NULL;
+    for (size_t i = 0; i < MAX_SERVERS && !s; i++)
+        if (servers[i] && (void *)servers[i]->http == arg)
+            s = servers[i];
+    int err = EVUTIL_SOCKET_ERROR();
+    if (!s) {
+        evconnlistener_disable(l); /* unknown: never spin */
+        return;
+    }
+    evconnlistener_disable(l);
+    if (s->accept_errors++ % 100 == 0)
+        moat_log(MOAT_LOG_WARN, "accept failed, pausing 100 ms",
+                 "{s:s, s:I, s:I}", "error", strerror(err), "connections",
+                 (json_int_t)s->conns.used, "failures",
+                 (json_int_t)s->accept_errors);
+    const char *labels[] = {"accept_failed"};
+    moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+    if (!s->accept_retry)
+        s->accept_retry = evtimer_new(s->base, on_accept_retry, s);
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(s->accept_retry, &tv);
 }
 
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
@@ -497,6 +559,12 @@ void moat_req_reply(struct moat_req *r, int status, const char *content_type,
     if (r->srv->draining)
         moat_req_set_header(r, "Connection", "close");
     struct evbuffer *buf = NULL;
+    if (r->method == MOAT_HEAD && body && status != 204 && status != 304) {
+        /* HEAD: the headers GET would send, Content-Length included. */
+        char cl[24];
+        snprintf(cl, sizeof(cl), "%zu", len);
+        moat_req_set_header(r, "Content-Length", cl);
+    }
     if (body && len && status != 204 && status != 304 &&
         r->method != MOAT_HEAD) {
         buf = evbuffer_new();
@@ -1004,6 +1072,7 @@ struct moat_http_server *moat_http_server_new(struct event_base *base,
         metrics, MOAT_COUNTER, "moat_http_rejected_total",
         "Requests refused before routing, by reason.", "reason", NULL, 0);
     g_server = s;
+    servers_add(s);
     return s;
 }
 
@@ -1047,6 +1116,8 @@ int moat_http_listen(struct moat_http_server *s, const char *host,
         close(fd);
         return MOAT_EIO;
     }
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(s->sock),
+                                on_accept_error);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     if (bound_port && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1105,7 +1176,10 @@ void moat_http_server_free(struct moat_http_server *s)
      * connections and runs their close callbacks, which touch s: keep s
      * alive until it returns, and keep them off the freed listener. */
     s->sock = NULL;
+    servers_del(s);
     evhttp_free(s->http);
+    if (s->accept_retry)
+        event_free(s->accept_retry);
     for (size_t i = 0; i < s->nroutes; i++)
         route_free(s->routes[i]);
     free(s->routes);

@@ -123,6 +123,29 @@ out:
     return rc;
 }
 
+/*
+ * Use the hard limit on file descriptors: the soft default (often 1024)
+ * is the connection cap itself, so a flood of slow clients would exhaust
+ * descriptors before the cap pauses accepting. Warn when even the hard
+ * limit leaves no room beyond max_connections.
+ */
+static void raise_fd_limit(unsigned max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < max_connections + 256)
+        moat_log(MOAT_LOG_WARN,
+                 "file descriptor limit barely above max_connections",
+                 "{s:I, s:I}", "nofile", (json_int_t)rl.rlim_cur,
+                 "max_connections", (json_int_t)max_connections);
+}
+
 /* ---- built-in endpoints ---- */
 
 static void handle_healthz(struct moat_req *req, void *arg)
@@ -343,6 +366,7 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
 
     /* A peer that goes away mid-write must not kill the process. */
     signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit(svc.cfg.limits.max_connections);
 
     svc.base = event_base_new();
     if (!svc.base)
@@ -351,12 +375,12 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
     register_builtin_metrics(&rt);
     svc.http = moat_http_server_new(svc.base, &svc.cfg.limits, svc.metrics);
     moat_http_set_access_log(svc.http, svc.cfg.access_log);
-    moat_http_route_ex(svc.http, MOAT_GET, "/healthz", handle_healthz, &rt,
-                       MOAT_ROUTE_OPEN);
-    moat_http_route_ex(svc.http, MOAT_GET, "/readyz", handle_readyz, &rt,
-                       MOAT_ROUTE_OPEN);
-    moat_http_route_ex(svc.http, MOAT_GET, "/metrics", handle_metrics, &rt,
-                       MOAT_ROUTE_OPEN);
+    moat_http_route_ex(svc.http, MOAT_GET | MOAT_HEAD, "/healthz",
+                       handle_healthz, &rt, MOAT_ROUTE_OPEN);
+    moat_http_route_ex(svc.http, MOAT_GET | MOAT_HEAD, "/readyz", handle_readyz,
+                       &rt, MOAT_ROUTE_OPEN);
+    moat_http_route_ex(svc.http, MOAT_GET | MOAT_HEAD, "/metrics",
+                       handle_metrics, &rt, MOAT_ROUTE_OPEN);
 #ifdef MOAT_TEST_HOOKS
     moat_http_route_ex(svc.http, MOAT_GET, "/_test/open", handle_test_open, &rt,
                        MOAT_ROUTE_OPEN);
