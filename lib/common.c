@@ -159,6 +159,29 @@ void moat_hex(char *out, const void *bytes, size_t len)
     out[2 * len] = '\0';
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int moat_unhex(const char *hex, void *out, size_t len)
+{
+    unsigned char *o = out;
+    if (!hex || strlen(hex) != 2 * len)
+        return MOAT_EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return MOAT_EINVAL;
+        o[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return MOAT_OK;
+}
+
 int moat_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out)
 {
     if (!s || !*s)

@@ -78,6 +78,12 @@ void moat_time_rfc3339(int64_t wall_ms, char out[25]);
 void moat_random_bytes(void *buf, size_t len);
 /* Lowercase hex of len bytes into out (2 * len + 1 bytes, NUL-terminated). */
 void moat_hex(char *out, const void *bytes, size_t len);
+/*
+ * Decode exactly 2 * len lowercase hex characters of hex into len bytes.
+ * Returns MOAT_OK, or MOAT_EINVAL for another length or a non-hex
+ * character (out is then unspecified).
+ */
+int moat_unhex(const char *hex, void *out, size_t len);
 
 /*
  * Parse a whole decimal integer in [min, max]; no leading/trailing junk.

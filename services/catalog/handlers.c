@@ -454,22 +454,8 @@ static void cursor_encode(const char *id, char out[CURSOR_HEX_LEN + 1])
 
 static bool cursor_decode(const char *s, char out[CAT_ID_LEN + 1])
 {
-    if (strlen(s) != CURSOR_HEX_LEN)
+    if (moat_unhex(s, out, CAT_ID_LEN) != MOAT_OK)
         return false;
-    for (size_t i = 0; i < CAT_ID_LEN; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = s[2 * i + (size_t)k];
-            v <<= 4;
-            if (c >= '0' && c <= '9')
-                v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f')
-                v |= (unsigned)(c - 'a' + 10);
-            else
-                return false;
-        }
-        out[i] = (char)v;
-    }
     out[CAT_ID_LEN] = '\0';
     return cat_id_valid(out);
 }

@@ -377,22 +377,9 @@ cleanup:
 static bool cursor_decode(const char *s, char out[INV_SKU_MAX + 1])
 {
     size_t n = strlen(s);
-    if (n == 0 || n % 2 != 0 || n > CURSOR_HEX_MAX)
+    if (n == 0 || n % 2 != 0 || n > CURSOR_HEX_MAX ||
+        moat_unhex(s, out, n / 2) != MOAT_OK)
         return false;
-    for (size_t i = 0; i < n / 2; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = s[2 * i + (size_t)k];
-            v <<= 4;
-            if (c >= '0' && c <= '9')
-                v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f')
-                v |= (unsigned)(c - 'a' + 10);
-            else
-                return false;
-        }
-        out[i] = (char)v;
-    }
     out[n / 2] = '\0';
     return inv_sku_valid(out);
 }

@@ -118,15 +118,6 @@ static char *cursor_encode(const struct srch_hit *last, bool ranked)
     return hex;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /*
  * Decode a cursor into q (which then borrows from *raw; caller frees
  * *raw). False when it is not one this API made for this kind of query.
@@ -139,12 +130,9 @@ static bool cursor_decode(const char *hex, bool ranked, struct srch_query *q,
     if (len < 4 || len > CURSOR_MAX_HEX || len % 2)
         return false;
     char *s = moat_xmalloc(len / 2 + 1);
-    for (size_t i = 0; i < len / 2; i++) {
-        int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-            goto fail;
-        s[i] = (char)(hi << 4 | lo);
-    }
+    if (moat_unhex(hex, s, len / 2) != MOAT_OK ||
+        memchr(s, '\0', len / 2)) /* a NUL byte would cut the cursor */
+        goto fail;
     s[len / 2] = '\0';
     char *nl = strrchr(s, '\n');
     if (!nl || !id_valid(nl + 1, strlen(nl + 1)))

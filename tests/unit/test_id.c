@@ -47,11 +47,28 @@ static void test_invalid_ids(void **state)
     assert_int_equal(strlen(small), sizeof(small) - 1);
 }
 
+/* moat_hex/moat_unhex: the encoding of opaque cursors. */
+static void test_hex_round_trip(void **state)
+{
+    const unsigned char bytes[] = {0x00, 0x7f, 0x80, 0xff, 'a', '\n'};
+    char hex[2 * sizeof(bytes) + 1];
+    moat_hex(hex, bytes, sizeof(bytes));
+    assert_string_equal(hex, "007f80ff610a");
+    unsigned char back[sizeof(bytes)];
+    assert_int_equal(moat_unhex(hex, back, sizeof(back)), MOAT_OK);
+    assert_memory_equal(back, bytes, sizeof(bytes));
+    assert_int_equal(moat_unhex("007F", back, 2), MOAT_EINVAL); /* upper */
+    assert_int_equal(moat_unhex("0g", back, 1), MOAT_EINVAL);
+    assert_int_equal(moat_unhex("00", back, 2), MOAT_EINVAL); /* length */
+    assert_int_equal(moat_unhex(NULL, back, 1), MOAT_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ids_sort_and_validate),
         cmocka_unit_test(test_invalid_ids),
+        cmocka_unit_test(test_hex_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
