@@ -180,8 +180,12 @@ static bool if_match_version(struct moat_req *r, int64_t *version)
         if (moat_parse_i64(digits, 1, INT64_MAX, version) == MOAT_OK)
             return true;
     }
-    struct inv_stock none = {0};
-    reply_stale(r, &none);
+    /* Not a tag this service makes: it cannot match, whether or not the
+     * record exists (the record is not read here). */
+    moat_req_reply_problem(r, 412,
+                           "If-Match is not an entity tag of this API "
+                           "(\"vN\"): it matches no version of the stock "
+                           "record");
     return false;
 }
 
