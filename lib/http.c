@@ -513,6 +513,11 @@ static void req_free(struct moat_req *r)
         free(r->query_values[i]);
     }
     free(r->path);
+    /* Bodies can hold passwords (login, registration): wiped before they
+     * go back to the allocator. libevent's and jansson's copies are
+     * beyond reach. */
+    if (r->body)
+        explicit_bzero(r->body, r->body_len);
     free(r->body);
     free(r);
 }
