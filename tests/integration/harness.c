@@ -378,9 +378,15 @@ const char *h_user_token(const char *user_id, const char *role, long ttl_s)
 
 #define MAX_AUTO_HEADERS 16
 
+/* Service tokens live 60 s: automatic ones are minted again after this. */
+#define AUTO_TOKEN_REFRESH_MS 20000
+
 static struct {
     char *url_prefix;
     char *line;
+    /* Set for an automatic service token (h_auto_service_token). */
+    char *aud, *user, *role;
+    uint64_t minted_ms;
 } auto_headers[MAX_AUTO_HEADERS];
 static size_t nauto;
 
@@ -402,12 +408,35 @@ void h_auto_header(const char *url_prefix, const char *line)
     nauto++;
 }
 
+void h_auto_service_token(const char *url_prefix, const char *aud,
+                          const char *user, const char *role)
+{
+    h_auto_header(url_prefix, h_service_token(aud, user, role));
+    for (size_t i = 0; i < nauto; i++) {
+        if (strcmp(auto_headers[i].url_prefix, url_prefix) != 0 ||
+            strncasecmp(auto_headers[i].line, MOAT_SERVICE_TOKEN_HEADER ":",
+                        strlen(MOAT_SERVICE_TOKEN_HEADER) + 1) != 0)
+            continue;
+        free(auto_headers[i].aud);
+        free(auto_headers[i].user);
+        free(auto_headers[i].role);
+        auto_headers[i].aud = moat_xstrdup(aud);
+        auto_headers[i].user = user ? moat_xstrdup(user) : NULL;
+        auto_headers[i].role = role ? moat_xstrdup(role) : NULL;
+        auto_headers[i].minted_ms = moat_mono_ms();
+    }
+}
+
 void h_auto_headers_clear(void)
 {
     for (size_t i = 0; i < nauto; i++) {
         free(auto_headers[i].url_prefix);
         free(auto_headers[i].line);
+        free(auto_headers[i].aud);
+        free(auto_headers[i].user);
+        free(auto_headers[i].role);
     }
+    memset(auto_headers, 0, sizeof(auto_headers));
     nauto = 0;
 }
 
@@ -419,6 +448,14 @@ static void add_auto_headers(struct curl_slist **list, const char *url,
         if (strncmp(url, auto_headers[i].url_prefix,
                     strlen(auto_headers[i].url_prefix)) != 0)
             continue;
+        if (auto_headers[i].aud && moat_mono_ms() - auto_headers[i].minted_ms >=
+                                       AUTO_TOKEN_REFRESH_MS) {
+            free(auto_headers[i].line);
+            auto_headers[i].line = moat_xstrdup(
+                h_service_token(auto_headers[i].aud, auto_headers[i].user,
+                                auto_headers[i].role));
+            auto_headers[i].minted_ms = moat_mono_ms();
+        }
         size_t n = strcspn(auto_headers[i].line, ":") + 1;
         bool explicit_one = false;
         for (const char *const *h = headers; h && *h; h++)

@@ -194,6 +194,13 @@ const char *h_user_token(const char *user_id, const char *role, long ttl_s);
  * Replaces an earlier line of the same name for the same prefix.
  */
 void h_auto_header(const char *url_prefix, const char *line);
+/*
+ * Like h_auto_header with h_service_token(aud, user, role), but minted
+ * again before the token would expire, for tests that run longer than a
+ * service token lives (60 s).
+ */
+void h_auto_service_token(const char *url_prefix, const char *aud,
+                          const char *user, const char *role);
 void h_auto_headers_clear(void);
 
 /* ---- assertions (cmocka; print the response and the logs on failure) --- */

@@ -274,7 +274,7 @@ static int group_setup(void **state)
     /* Writes are for administrators: the suite acts as one, through the
      * gateway (end-user JWT) and directly (service token). */
     h_auto_header(F.gw.url, h_user_token("usr_admin", "admin", 3600));
-    h_auto_header(F.cat.url, h_service_token("catalog", "usr_admin", "admin"));
+    h_auto_service_token(F.cat.url, "catalog", "usr_admin", "admin");
     return 0;
 }
 
