@@ -919,3 +919,183 @@ void h_assert_problem_error_(const struct h_resp *r, const char *key,
         fail_with(r, file, line, "%s: no error with %s \"%s\" and a detail",
                   r->what, key, name);
 }
+
+/* ---- a test event feed ---- */
+
+#include <event2/event.h>
+#include <pthread.h>
+
+#include "moat/db.h"
+#include "moat/events.h"
+#include "moat/http.h"
+#include "moat/metrics.h"
+
+static const struct moat_migration feed_migrations[] = {
+    {1, "outbox", MOAT_OUTBOX_SCHEMA},
+};
+
+/* One publish handed from the test thread to the loop thread. */
+struct feed_job {
+    const char *type, *subject;
+    json_t *data;
+    int64_t seq;
+    int rc;
+    bool stop; /* stop the loop instead */
+    bool done;
+};
+
+struct h_feed {
+    struct event_base *base;
+    struct moat_metrics *metrics;
+    struct moat_http_server *http;
+    struct moat_db *db;
+    struct moat_outbox *outbox;
+    struct event *wake; /* read end of pipe_fd */
+    int pipe_fd[2];
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct feed_job *job; /* the job in hand, under mu */
+    char url[64];
+    char *dir;
+};
+
+static void feed_run_job(struct h_feed *f, struct feed_job *j)
+{
+    if (j->stop) {
+        moat_outbox_free(f->outbox); /* answers parked readers */
+        f->outbox = NULL;
+        event_base_loopexit(f->base, NULL);
+        return;
+    }
+    j->rc = moat_db_begin(f->db);
+    if (j->rc == MOAT_OK)
+        j->rc = moat_outbox_append(f->outbox, j->type, j->subject, 1, j->data,
+                                   &j->seq);
+    if (j->rc == MOAT_OK)
+        j->rc = moat_db_commit(f->db);
+    else
+        moat_db_rollback(f->db);
+    if (j->rc == MOAT_OK)
+        moat_outbox_committed(f->outbox);
+}
+
+static void feed_on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(what);
+    struct h_feed *f = arg;
+    char byte;
+    if (read(fd, &byte, 1) != 1)
+        return;
+    pthread_mutex_lock(&f->mu);
+    struct feed_job *j = f->job;
+    pthread_mutex_unlock(&f->mu);
+    if (!j)
+        return;
+    feed_run_job(f, j);
+    pthread_mutex_lock(&f->mu);
+    j->done = true;
+    f->job = NULL;
+    pthread_cond_broadcast(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+static void *feed_thread(void *arg)
+{
+    struct h_feed *f = arg;
+    event_base_loop(f->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+/* Hand j to the loop thread and wait until it ran. */
+static void feed_submit(struct h_feed *f, struct feed_job *j)
+{
+    pthread_mutex_lock(&f->mu);
+    while (f->job)
+        pthread_cond_wait(&f->cv, &f->mu);
+    f->job = j;
+    pthread_mutex_unlock(&f->mu);
+    char byte = 1;
+    if (write(f->pipe_fd[1], &byte, 1) != 1)
+        fail_msg("harness: cannot wake the test feed");
+    pthread_mutex_lock(&f->mu);
+    while (!j->done)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+}
+
+struct h_feed *h_feed_start(const char *name, const char *tmpdir)
+{
+    struct h_feed *f = moat_xcalloc(1, sizeof(*f));
+    uint16_t port = 0;
+    f->dir = moat_xasprintf("%s/feed-%s", tmpdir, name);
+    if (mkdir(f->dir, 0700) != 0 && errno != EEXIST)
+        fail_msg("harness: cannot create %s", f->dir);
+    char *path = moat_xasprintf("%s/outbox.db", f->dir);
+    f->base = event_base_new();
+    f->metrics = moat_metrics_new();
+    if (!f->base || pipe(f->pipe_fd) != 0 ||
+        moat_db_open(&f->db, path, NULL, NULL) != MOAT_OK ||
+        moat_db_migrate(f->db, feed_migrations,
+                        MOAT_ARRAY_LEN(feed_migrations)) != MOAT_OK ||
+        moat_outbox_new(&f->outbox, f->base, f->db, name, NULL, f->metrics) !=
+            MOAT_OK)
+        fail_msg("harness: cannot create the test feed %s", name);
+    free(path);
+    struct moat_http_limits limits = {0};
+    f->http = moat_http_server_new(f->base, &limits, f->metrics);
+    if (!f->http || moat_feed_register(f->outbox, f->http) != MOAT_OK ||
+        moat_http_listen(f->http, "127.0.0.1", 0, &port) != MOAT_OK)
+        fail_msg("harness: cannot serve the test feed %s", name);
+    moat_http_set_access_log(f->http, false);
+    snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%u", port);
+    f->wake = event_new(f->base, f->pipe_fd[0], EV_READ | EV_PERSIST,
+                        feed_on_wake, f);
+    event_add(f->wake, NULL);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (pthread_create(&f->thread, NULL, feed_thread, f) != 0)
+        fail_msg("harness: cannot start the test feed thread");
+    return f;
+}
+
+const char *h_feed_url(const struct h_feed *f)
+{
+    return f->url;
+}
+
+int64_t h_feed_publish(struct h_feed *f, const char *type, const char *subject,
+                       const char *data_json)
+{
+    json_error_t err;
+    struct feed_job j = {.type = type, .subject = subject};
+    j.data = json_loads(data_json, 0, &err);
+    if (!j.data)
+        fail_msg("harness: h_feed_publish: bad JSON (%s): %s", err.text,
+                 data_json);
+    feed_submit(f, &j);
+    json_decref(j.data);
+    if (j.rc != MOAT_OK)
+        fail_msg("harness: cannot publish %s: %s", type, moat_strerror(j.rc));
+    return j.seq;
+}
+
+void h_feed_stop(struct h_feed *f)
+{
+    if (!f)
+        return;
+    struct feed_job j = {.stop = true};
+    feed_submit(f, &j);
+    pthread_join(f->thread, NULL);
+    moat_http_server_free(f->http);
+    event_free(f->wake);
+    moat_db_close(f->db);
+    moat_metrics_free(f->metrics);
+    event_base_free(f->base);
+    close(f->pipe_fd[0]);
+    close(f->pipe_fd[1]);
+    pthread_mutex_destroy(&f->mu);
+    pthread_cond_destroy(&f->cv);
+    free(f->dir);
+    free(f);
+}

@@ -227,4 +227,28 @@ void h_assert_problem_(const struct h_resp *r, long status, const char *file,
 void h_assert_problem_error_(const struct h_resp *r, const char *key,
                              const char *name, const char *file, int line);
 
+/* ---- a test event feed ----
+ *
+ * A producer standing in for a service that is not under test (e.g.
+ * "orders" while testing a saga participant): a real libmoat outbox in a
+ * scratch SQLite database under tmpdir, served as GET /v1/events (events.h)
+ * on a free loopback port by a moat_http_server whose loop runs in a
+ * thread of the test process. No service token is checked. Events are
+ * appended from the test thread; the append itself runs on the feed's
+ * loop thread (the outbox is single-threaded), so a publish returns once
+ * the event is committed and parked readers are woken.
+ */
+struct h_feed;
+
+/* Start a feed for source name; aborts the test on failure. */
+struct h_feed *h_feed_start(const char *name, const char *tmpdir);
+/* "http://127.0.0.1:<port>" (owned by f). */
+const char *h_feed_url(const struct h_feed *f);
+/* Append one event with data (JSON text) in its own transaction; returns
+ * its seq. Aborts the test on failure. */
+int64_t h_feed_publish(struct h_feed *f, const char *type, const char *subject,
+                       const char *data_json);
+/* Stop the loop, answer parked readers, free everything. NULL is fine. */
+void h_feed_stop(struct h_feed *f);
+
 #endif /* MOAT_TEST_HARNESS_H */
