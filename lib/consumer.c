@@ -164,6 +164,7 @@ struct moat_consumer {
     char *data_dir;        /* owned; NULL before register_admin */
     struct moat_view_ops view;
     bool has_view;
+    struct moat_outbox *outbox; /* borrowed; woken after each commit */
     struct moat_metric_family *f_lag_events, *f_lag_seconds, *f_applied,
         *f_failures, *f_dead;
 };
@@ -1023,6 +1024,11 @@ int moat_consumer_new(struct moat_consumer **out, struct event_base *base,
     return MOAT_OK;
 }
 
+void moat_consumer_set_outbox(struct moat_consumer *c, struct moat_outbox *o)
+{
+    c->outbox = o;
+}
+
 int moat_consumer_subscribe(struct moat_consumer *c,
                             const struct moat_subscription *sp)
 {
@@ -1461,7 +1467,7 @@ static const char *sub_state(const struct sub *s)
 static void handle_status(struct moat_req *req, void *arg)
 {
     struct moat_consumer *c = arg;
-    json_t *problem = moat_events_parse_query(req, NULL, 0);
+    json_t *problem = moat_req_parse_query(req, NULL, 0);
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;
@@ -1547,7 +1553,7 @@ static void handle_dead_letters(struct moat_req *req, void *arg)
         {.name = "subject", .kind = MOAT_Q_STR, .min = 1, .max = SUBJECT_MAX},
         {.name = "limit", .kind = MOAT_Q_INT, .min = 1, .max = DEAD_LIST_MAX},
     };
-    json_t *problem = moat_events_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;
@@ -1636,6 +1642,8 @@ static int redrive_one(struct moat_consumer *c, struct sub *s, int64_t seq,
     moat_stmt_reset(stmt);
     if (step == SQLITE_DONE && moat_db_commit(c->db) == MOAT_OK) {
         rc = MOAT_OK;
+        if (c->outbox)
+            moat_outbox_committed(c->outbox);
         moat_metric_add(s->m_applied, 1);
     }
 
@@ -1661,7 +1669,7 @@ static void handle_redrive(struct moat_req *req, void *arg)
         {.name = "source", .kind = MOAT_Q_STR, .min = 1, .max = SOURCE_MAX},
         {.name = "subject", .kind = MOAT_Q_STR, .min = 1, .max = SUBJECT_MAX},
     };
-    json_t *problem = moat_events_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;
@@ -1784,7 +1792,7 @@ static void handle_replay(struct moat_req *req, void *arg)
     struct moat_qparam q[] = {
         {.name = "verify", .kind = MOAT_Q_INT, .min = 0, .max = 1},
     };
-    json_t *problem = moat_events_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;

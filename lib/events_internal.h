@@ -109,25 +109,4 @@ int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
 void moat_feed_wake_waiters(struct moat_outbox *o);
 void moat_feed_release_waiters(struct moat_outbox *o);
 
-/*
- * Strict query-string parsing shared by the feed and the admin routes:
- * every parameter must be one of params (each at most once), integers
- * within [min, max]. Returns NULL when all is well, or a new 400 problem
- * listing every bad parameter as {"parameter", "detail"} (caller replies).
- */
-enum moat_qkind {
-    MOAT_Q_INT,
-    MOAT_Q_STR,
-};
-struct moat_qparam {
-    const char *name;
-    enum moat_qkind kind;
-    int64_t min, max; /* MOAT_Q_INT bounds; MOAT_Q_STR byte length bounds */
-    bool seen;        /* out: the parameter was given */
-    int64_t ival;     /* out: MOAT_Q_INT value */
-    const char *sval; /* out: MOAT_Q_STR value, owned by the request */
-};
-json_t *moat_events_parse_query(struct moat_req *r, struct moat_qparam *params,
-                                size_t n);
-
 #endif /* MOAT_EVENTS_INTERNAL_H */

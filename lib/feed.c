@@ -71,8 +71,8 @@ static void parse_one(json_t **problem, struct moat_qparam *p,
         p->sval = value;
 }
 
-json_t *moat_events_parse_query(struct moat_req *r, struct moat_qparam *params,
-                                size_t n)
+json_t *moat_req_parse_query(struct moat_req *r, struct moat_qparam *params,
+                             size_t n)
 {
     json_t *problem = NULL;
     void *iter = NULL;
@@ -330,7 +330,7 @@ static void handle_events(struct moat_req *req, void *arg)
          .min = 0,
          .max = MOAT_FEED_MAX_WAIT_MS},
     };
-    json_t *problem = moat_events_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;

@@ -267,6 +267,13 @@ int moat_consumer_new(struct moat_consumer **out, struct event_base *base,
 void moat_consumer_free(struct moat_consumer *c);
 int moat_consumer_subscribe(struct moat_consumer *c,
                             const struct moat_subscription *s);
+/*
+ * For a consumer whose handlers also append to an outbox on the same db
+ * (a saga step that replies or sends a command): after each commit the
+ * consumer calls moat_outbox_committed(o) so parked feed readers learn of
+ * the new events at once. o is borrowed and must outlive the consumer.
+ */
+void moat_consumer_set_outbox(struct moat_consumer *c, struct moat_outbox *o);
 /* Start pulling (after the service is confined and listening): one long
  * poll per source (limit 100, wait 25 s) from its stored cursor. */
 void moat_consumer_start(struct moat_consumer *c);

@@ -171,4 +171,26 @@ void moat_req_reply_problem_json(struct moat_req *r, json_t *problem);
 void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
                             ...) __attribute__((format(printf, 3, 4)));
 
+/*
+ * Strict query-string parsing for any route (implemented in lib/feed.c,
+ * whose routes were its first users):
+ * every parameter must be one of params (each at most once), integers
+ * within [min, max]. Returns NULL when all is well, or a new 400 problem
+ * listing every bad parameter as {"parameter", "detail"} (caller replies).
+ */
+enum moat_qkind {
+    MOAT_Q_INT,
+    MOAT_Q_STR,
+};
+struct moat_qparam {
+    const char *name;
+    enum moat_qkind kind;
+    int64_t min, max; /* MOAT_Q_INT bounds; MOAT_Q_STR byte length bounds */
+    bool seen;        /* out: the parameter was given */
+    int64_t ival;     /* out: MOAT_Q_INT value */
+    const char *sval; /* out: MOAT_Q_STR value, owned by the request */
+};
+json_t *moat_req_parse_query(struct moat_req *r, struct moat_qparam *params,
+                             size_t n);
+
 #endif /* MOAT_HTTP_H */

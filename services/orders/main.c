@@ -1,0 +1,250 @@
+/*
+ * main.c - the orders service: orders, their lines and the CreateOrder
+ * saga's state in orders' own SQLite database ($MOAT_DATA_DIR/orders.db),
+ * the API at /v1/orders (docs/orders.md), its commands and order events
+ * served from its outbox at /v1/events, and the participants' replies
+ * consumed from their feeds (docs/saga.md).
+ *
+ * Environment (besides moat/service.h's):
+ *   MOAT_ORDERS_CATALOG_URL     catalog's API (default http://127.0.0.1:8081)
+ *   MOAT_ORDERS_USERS_URL       users' API and feed (default :8082)
+ *   MOAT_ORDERS_INVENTORY_URL   inventory's feed (default :8083)
+ *   MOAT_ORDERS_PAYMENTS_URL    payments' feed (default :8085)
+ *   MOAT_ORDERS_STEP_TIMEOUT_MS deadline of the reserving and authorizing
+ *                               steps (default 30000, 50..3600000)
+ *   MOAT_ORDERS_API_TIMEOUT_MS  per call to catalog or users (default 2000)
+ *   MOAT_OUTBOX_RETENTION_S     keep events this long (default 7 days)
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/config.h"
+#include "moat/events.h"
+#include "moat/http_client.h"
+#include "moat/log.h"
+#include "moat/service.h"
+#include "orders.h"
+
+#define FEED_CLIENT_TIMEOUT_MS     (MOAT_FEED_MAX_WAIT_MS + 10000L)
+#define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
+#define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
+#define OUTBOX_KEEP_MIN            10000
+
+static const double saga_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                      1,    2.5,   5,    10,  30,   60};
+
+static bool url_valid(const char *u)
+{
+    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+}
+
+static void orders_free(struct ord_service *os)
+{
+    if (!os)
+        return;
+    if (os->start)
+        event_free(os->start);
+    if (os->sweep)
+        event_free(os->sweep);
+    if (os->refresh)
+        event_free(os->refresh);
+    /* The consumer before the clients its sources use. */
+    moat_consumer_free(os->consumer);
+    moat_http_client_free(os->feeds);
+    moat_http_client_free(os->api); /* cancels calls: their callbacks free */
+    moat_outbox_free(os->outbox);
+    if (os->db)
+        moat_db_close(os->db);
+    for (size_t i = 0; i < os->nbusy; i++)
+        free(os->busy[i]);
+    free(os->busy);
+    free(os);
+}
+
+/* Saga gauges, read from the database when /metrics is rendered. */
+static void collect(struct moat_metrics *m, void *arg)
+{
+    struct ord_service *os = arg;
+    json_t *sum = NULL;
+    if (ord_sagas_summary(os->db, moat_wall_ms(), &sum) != MOAT_OK)
+        return;
+    struct moat_metric_family *f =
+        moat_metrics_family(m, MOAT_GAUGE, "orders_sagas_open",
+                            "Sagas not final, by step", "step", NULL, 0);
+    static const char *const steps[] = {"reserving", "authorizing",
+                                        "confirming", "compensating"};
+    json_t *by_step = json_object_get(sum, "by_step");
+    for (size_t i = 0; f && i < MOAT_ARRAY_LEN(steps); i++) {
+        const char *v[] = {steps[i]};
+        moat_metric_set(
+            moat_metric_series(f, v),
+            (double)json_integer_value(json_object_get(by_step, steps[i])));
+    }
+    f = moat_metrics_family(m, MOAT_GAUGE,
+                            "orders_saga_oldest_open_age_seconds",
+                            "Age of the oldest saga not final", NULL, NULL, 0);
+    if (f)
+        moat_metric_set(
+            moat_metric_single(f),
+            json_real_value(json_object_get(sum, "oldest_open_age_seconds")));
+    json_decref(sum);
+}
+
+static void start(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    struct ord_service *os = arg;
+    moat_consumer_start(os->consumer);
+}
+
+static int subscribe(struct ord_service *os, const char *name, const char *url,
+                     const char *const *types, moat_event_handler_fn fn)
+{
+    struct moat_event_source *src =
+        moat_feed_source_new(name, url, os->feeds, os->svc->auth);
+    if (!src)
+        return MOAT_EINVAL;
+    const struct moat_subscription sub = {
+        .source = src, .types = types, .handler = fn, .arg = os};
+    int rc = moat_consumer_subscribe(os->consumer, &sub);
+    if (rc != MOAT_OK)
+        src->ops->free(src);
+    return rc;
+}
+
+static int orders_init(struct moat_service *svc)
+{
+    struct ord_service *os = moat_xcalloc(1, sizeof(*os));
+    os->svc = svc;
+    int64_t timeout, api_timeout, retention;
+    int rc = MOAT_EINVAL;
+    os->catalog_url =
+        moat_env_str("MOAT_ORDERS_CATALOG_URL", "http://127.0.0.1:8081");
+    os->users_url =
+        moat_env_str("MOAT_ORDERS_USERS_URL", "http://127.0.0.1:8082");
+    os->inventory_url =
+        moat_env_str("MOAT_ORDERS_INVENTORY_URL", "http://127.0.0.1:8083");
+    os->payments_url =
+        moat_env_str("MOAT_ORDERS_PAYMENTS_URL", "http://127.0.0.1:8085");
+    if (!url_valid(os->catalog_url) || !url_valid(os->users_url) ||
+        !url_valid(os->inventory_url) || !url_valid(os->payments_url)) {
+        moat_log(MOAT_LOG_ERROR, "a MOAT_ORDERS_*_URL is not an http URL",
+                 NULL);
+        goto cleanup;
+    }
+    if (moat_env_int("MOAT_ORDERS_STEP_TIMEOUT_MS", 30000, 50, 3600000,
+                     &timeout) != MOAT_OK ||
+        moat_env_int("MOAT_ORDERS_API_TIMEOUT_MS", 2000, 10, 60000,
+                     &api_timeout) != MOAT_OK ||
+        moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
+                     OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK)
+        goto cleanup;
+    os->step_timeout_ms = timeout;
+    os->api_timeout_ms = (long)api_timeout;
+
+    rc = ord_store_open(&os->db, svc->cfg.data_dir, svc->metrics);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "cannot open the orders database",
+                 "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",
+                 moat_strerror(rc));
+        goto cleanup;
+    }
+    const struct moat_outbox_options oopts = {
+        .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
+    rc = moat_outbox_new(&os->outbox, svc->base, os->db, svc->cfg.name, &oopts,
+                         svc->metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    const struct moat_http_client_options fopts = {.timeout_ms =
+                                                       FEED_CLIENT_TIMEOUT_MS};
+    const struct moat_http_client_options aopts = {.timeout_ms = api_timeout};
+    rc = moat_http_client_new(&os->feeds, svc->base, &fopts);
+    if (rc == MOAT_OK)
+        rc = moat_http_client_new(&os->api, svc->base, &aopts);
+    if (rc == MOAT_OK)
+        rc = moat_consumer_new(&os->consumer, svc->base, os->db, svc->metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    moat_consumer_set_outbox(os->consumer, os->outbox);
+    rc = subscribe(os, "inventory", os->inventory_url, ord_inventory_replies,
+                   ord_saga_apply);
+    if (rc == MOAT_OK)
+        rc = subscribe(os, "payments", os->payments_url, ord_payments_replies,
+                       ord_saga_apply);
+    if (rc == MOAT_OK)
+        rc = subscribe(os, "users", os->users_url, ord_users_events,
+                       ord_customers_apply);
+    if (rc == MOAT_OK)
+        rc = moat_consumer_register_admin(os->consumer, svc->http,
+                                          svc->cfg.data_dir, NULL);
+    if (rc == MOAT_OK)
+        rc = moat_feed_register(os->outbox, svc->http);
+    if (rc == MOAT_OK)
+        rc = ord_routes_register(os);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "cannot set up orders", "{s:s}", "error",
+                 moat_strerror(rc));
+        goto cleanup;
+    }
+    os->outcomes =
+        moat_metrics_family(svc->metrics, MOAT_COUNTER, "orders_sagas_total",
+                            "Sagas finished, by outcome", "outcome", NULL, 0);
+    os->saga_seconds = moat_metric_single(moat_metrics_family(
+        svc->metrics, MOAT_HISTOGRAM, "orders_saga_duration_seconds",
+        "Time from placing an order to its final status", NULL, saga_buckets,
+        MOAT_ARRAY_LEN(saga_buckets)));
+    moat_metrics_on_collect(svc->metrics, collect, os);
+
+    /* Consume, sweep and refresh only once the loop runs (after the
+     * skeleton has confined the process and bound the listener). */
+    os->start = evtimer_new(svc->base, start, os);
+    const struct timeval now = {0, 0};
+    if (!os->start || evtimer_add(os->start, &now) != 0 ||
+        ord_saga_start_sweeper(os) != MOAT_OK ||
+        ord_customers_start_refresher(os) != MOAT_OK) {
+        rc = MOAT_EIO;
+        goto cleanup;
+    }
+    svc->impl = os;
+    os = NULL;
+    rc = MOAT_OK;
+
+cleanup:
+    orders_free(os);
+    return rc;
+}
+
+static bool orders_ready(struct moat_service *svc, const char **why)
+{
+    struct ord_service *os = svc->impl;
+    if (!os) {
+        *why = "not initialised";
+        return false;
+    }
+    return ord_store_ready(os->db, why);
+}
+
+static void orders_release(struct moat_service *svc)
+{
+    orders_free(svc->impl);
+    svc->impl = NULL;
+}
+
+static const struct moat_service_def orders_def = {
+    .name = "orders",
+    .default_port = 8086,
+    .needs_data_dir = true,
+    .ro_paths = NULL,
+    .init = orders_init,
+    .ready = orders_ready,
+    .release = orders_release,
+};
+
+int main(int argc, char **argv)
+{
+    return moat_service_main(&orders_def, argc, argv);
+}

@@ -1,0 +1,430 @@
+/*
+ * saga.c - the CreateOrder saga, orchestrated (docs/saga.md).
+ *
+ * Every transition runs inside one transaction on orders' database: the
+ * order's new state and the commands or events it sends are committed
+ * together (transactional outbox), so a crash either loses the whole step
+ * or none of it. Replies arrive through the libmoat consumer, whose cursor
+ * commits in the same transaction, and every reply is checked against the
+ * step the saga is in: a duplicate or a late reply changes nothing it
+ * should not.
+ *
+ * Compensation rule (one place, compensate()): release the stock if a
+ * ReserveStock went out and did not fail; refund the payment if a capture
+ * went out and did not fail, else void it if an authorization went out and
+ * was not declined. The participants apply one order's commands in the
+ * order orders sent them, so a compensation always finds the step it
+ * undoes (or leaves a tombstone that refuses a late one).
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moat/log.h"
+#include "moat/trace.h"
+#include "orders.h"
+
+#define SWEEP_INTERVAL_MS 200
+#define SWEEP_BATCH       200
+
+const char *const ord_inventory_replies[] = {
+    "StockReserved", "StockReservationFailed", "StockReleased",
+    "StockCommitted", NULL};
+const char *const ord_payments_replies[] = {"PaymentAuthorized",
+                                            "PaymentDeclined",
+                                            "PaymentProviderUnavailable",
+                                            "PaymentCaptured",
+                                            "PaymentCaptureFailed",
+                                            "PaymentVoided",
+                                            "PaymentRefunded",
+                                            NULL};
+
+/* ---- sending ---- */
+
+static json_t *lines_for_stock(const struct ord_order *o)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < o->nlines; i++)
+        json_array_append_new(a, json_pack("{s:s, s:I}", "sku", o->lines[i].sku,
+                                           "quantity",
+                                           (json_int_t)o->lines[i].quantity));
+    return a;
+}
+
+static json_t *lines_for_event(const struct ord_order *o)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; i < o->nlines; i++) {
+        const struct ord_line *l = &o->lines[i];
+        json_array_append_new(
+            a, json_pack("{s:s, s:s, s:s, s:I, s:I}", "product_id",
+                         l->product_id, "sku", l->sku, "name", l->name,
+                         "unit_price", (json_int_t)l->unit_price, "quantity",
+                         (json_int_t)l->quantity));
+    }
+    return a;
+}
+
+/* Append type with data (stolen) for o. */
+static int emit(struct ord_service *os, const char *type,
+                const struct ord_order *o, json_t *data)
+{
+    if (!data)
+        return MOAT_EINVAL;
+    json_object_set_new(data, "order_id", json_string(o->id));
+    int rc = moat_outbox_append(os->outbox, type, o->id, ORD_EVENT_SCHEMA, data,
+                                NULL);
+    json_decref(data);
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "cannot append to the outbox", "{s:s, s:s}",
+                 "type", type, "error", moat_strerror(rc));
+    return rc;
+}
+
+/* The order event of o's status (OrderConfirmed / OrderCancelled). */
+static int send_order_event(struct ord_service *os, const struct ord_order *o)
+{
+    json_t *d = json_pack("{s:s, s:s, s:I, s:s, s:I}", "customer_id",
+                          o->customer_id, "status", o->status, "total",
+                          (json_int_t)o->total, "currency", o->currency,
+                          "version", (json_int_t)o->version + 1);
+    if (strcmp(o->status, "confirmed") == 0) {
+        json_object_set_new(d, "payment_id", json_string(o->payment_id));
+        return emit(os, "OrderConfirmed", o, d);
+    }
+    json_object_set_new(d, "reason", json_string(o->cancel_reason));
+    return emit(os, "OrderCancelled", o, d);
+}
+
+static void set_step(struct ord_service *os, struct ord_order *o,
+                     const char *step, bool with_deadline)
+{
+    snprintf(o->step, sizeof(o->step), "%s", step);
+    o->deadline_ms = with_deadline ? moat_wall_ms() + os->step_timeout_ms : 0;
+}
+
+static void observe_done(struct ord_service *os, const struct ord_order *o)
+{
+    const char *outcome[] = {o->status};
+    moat_metric_add(moat_metric_series(os->outcomes, outcome), 1);
+    moat_metric_observe(os->saga_seconds,
+                        (double)(o->completed_ms - o->created_ms) / 1000.0);
+}
+
+/* Final: status (confirmed / cancelled), step done, its order event. */
+static int finish(struct ord_service *os, struct ord_order *o,
+                  const char *status)
+{
+    snprintf(o->status, sizeof(o->status), "%s", status);
+    set_step(os, o, "done", false);
+    o->completed_ms = moat_wall_ms();
+    int rc = send_order_event(os, o);
+    if (rc == MOAT_OK)
+        rc = ord_order_update(os->db, o);
+    if (rc == MOAT_OK) {
+        observe_done(os, o);
+        moat_log(MOAT_LOG_INFO, "order saga finished", "{s:s, s:s, s:s}",
+                 "order", o->id, "status", o->status, "reason",
+                 o->cancel_reason);
+    }
+    return rc;
+}
+
+/* Enter compensating for reason, sending what undoes what was done. */
+static int compensate(struct ord_service *os, struct ord_order *o,
+                      const char *reason)
+{
+    int rc = MOAT_OK;
+    snprintf(o->cancel_reason, sizeof(o->cancel_reason), "%s", reason);
+    set_step(os, o, "compensating", false);
+    o->card_token[0] = '\0';
+    o->pending_comp = 0;
+    if ((o->flags & ORD_F_SENT_RESERVE) && !(o->flags & ORD_F_RESERVE_FAILED) &&
+        !(o->flags & ORD_F_SENT_RELEASE)) {
+        rc = emit(os, "ReleaseStock", o, json_pack("{s:s}", "reason", reason));
+        o->flags |= ORD_F_SENT_RELEASE;
+        o->pending_comp |= ORD_COMP_STOCK;
+    }
+    if (rc == MOAT_OK && (o->flags & ORD_F_SENT_AUTHORIZE) &&
+        !(o->flags & ORD_F_DECLINED)) {
+        bool captured = (o->flags & ORD_F_SENT_CAPTURE) &&
+                        !(o->flags & ORD_F_CAPTURE_FAILED);
+        if (captured && !(o->flags & ORD_F_SENT_REFUND)) {
+            rc = emit(os, "RefundPayment", o,
+                      json_pack("{s:s}", "reason", reason));
+            o->flags |= ORD_F_SENT_REFUND;
+            o->pending_comp |= ORD_COMP_PAYMENT;
+        } else if (!captured && !(o->flags & ORD_F_SENT_VOID)) {
+            rc = emit(os, "VoidPayment", o,
+                      json_pack("{s:s}", "reason", reason));
+            o->flags |= ORD_F_SENT_VOID;
+            o->pending_comp |= ORD_COMP_PAYMENT;
+        }
+    }
+    if (rc != MOAT_OK)
+        return rc;
+    moat_log(MOAT_LOG_INFO, "order saga compensating", "{s:s, s:s}", "order",
+             o->id, "reason", reason);
+    if (!o->pending_comp)
+        return finish(os, o, "cancelled");
+    return ord_order_update(os->db, o);
+}
+
+int ord_saga_place(struct ord_service *os, struct ord_order *o)
+{
+    snprintf(o->status, sizeof(o->status), "pending");
+    set_step(os, o, "reserving", true);
+    o->flags = ORD_F_SENT_RESERVE;
+    o->version = 1;
+    o->created_ms = o->updated_ms = moat_wall_ms();
+    int rc = ord_order_insert(os->db, o);
+    if (rc == MOAT_OK)
+        rc = emit(os, "OrderPlaced", o,
+                  json_pack("{s:s, s:s, s:I, s:s, s:o, s:I}", "customer_id",
+                            o->customer_id, "status", "pending", "total",
+                            (json_int_t)o->total, "currency", o->currency,
+                            "lines", lines_for_event(o), "version",
+                            (json_int_t)1));
+    if (rc == MOAT_OK)
+        rc = emit(os, "ReserveStock", o,
+                  json_pack("{s:s, s:o}", "customer_id", o->customer_id,
+                            "lines", lines_for_stock(o)));
+    return rc;
+}
+
+int ord_saga_cancel(struct ord_service *os, struct ord_order *o, bool *changed)
+{
+    *changed = false;
+    if (strcmp(o->step, "compensating") == 0 ||
+        strcmp(o->status, "cancelled") == 0)
+        return MOAT_OK;
+    *changed = true;
+    return compensate(os, o, "customer_cancelled");
+}
+
+/* ---- replies ---- */
+
+static const char *jstr(json_t *data, const char *key)
+{
+    const char *s = json_string_value(json_object_get(data, key));
+    return s ? s : "";
+}
+
+static bool step_is(const struct ord_order *o, const char *step)
+{
+    return strcmp(o->step, step) == 0;
+}
+
+/* A compensation's reply came: clear it, finish when none is left. */
+static int comp_done(struct ord_service *os, struct ord_order *o, int64_t bit)
+{
+    if (!step_is(o, "compensating") || !(o->pending_comp & bit))
+        return MOAT_OK; /* a duplicate, or not ours to wait for */
+    o->pending_comp &= ~bit;
+    if (!o->pending_comp)
+        return finish(os, o, "cancelled");
+    return ord_order_update(os->db, o);
+}
+
+static int on_stock_reserved(struct ord_service *os, struct ord_order *o)
+{
+    if (!step_is(o, "reserving"))
+        return MOAT_OK; /* late: the ReleaseStock sent behind it frees it */
+    json_t *d = json_pack("{s:s, s:I, s:s, s:s}", "customer_id", o->customer_id,
+                          "amount", (json_int_t)o->total, "currency",
+                          o->currency, "card_token", o->card_token);
+    int rc = emit(os, "AuthorizePayment", o, d);
+    if (rc != MOAT_OK)
+        return rc;
+    o->flags |= ORD_F_SENT_AUTHORIZE;
+    o->card_token[0] = '\0'; /* it has left for payments: keep no copy */
+    set_step(os, o, "authorizing", true);
+    return ord_order_update(os->db, o);
+}
+
+static int on_reservation_failed(struct ord_service *os, struct ord_order *o,
+                                 json_t *data)
+{
+    o->flags |= ORD_F_RESERVE_FAILED;
+    if (!step_is(o, "reserving"))
+        return ord_order_update(os->db, o);
+    const char *why = jstr(data, "reason");
+    const char *reason = strcmp(why, "out_of_stock") == 0 ? "out_of_stock"
+                         : strcmp(why, "reservation_limit") == 0
+                             ? "reservation_limit"
+                             : "invalid_order";
+    return compensate(os, o, reason);
+}
+
+static int on_authorized(struct ord_service *os, struct ord_order *o,
+                         json_t *data)
+{
+    snprintf(o->payment_id, sizeof(o->payment_id), "%s",
+             jstr(data, "payment_id"));
+    if (!step_is(o, "authorizing"))
+        return ord_order_update(os->db, o); /* late: a VoidPayment follows */
+    int rc = emit(os, "CapturePayment", o,
+                  json_pack("{s:I}", "amount", (json_int_t)o->total));
+    if (rc == MOAT_OK)
+        rc = emit(os, "CommitStock", o, json_object());
+    if (rc != MOAT_OK)
+        return rc;
+    o->flags |= ORD_F_SENT_CAPTURE;
+    set_step(os, o, "confirming", false);
+    return ord_order_update(os->db, o);
+}
+
+static int on_declined(struct ord_service *os, struct ord_order *o,
+                       json_t *data)
+{
+    o->flags |= ORD_F_DECLINED;
+    if (!o->payment_id[0])
+        snprintf(o->payment_id, sizeof(o->payment_id), "%s",
+                 jstr(data, "payment_id"));
+    if (!step_is(o, "authorizing"))
+        return ord_order_update(os->db, o);
+    return compensate(os, o, "payment_declined");
+}
+
+/* Captured and committed: confirmed. */
+static int maybe_confirm(struct ord_service *os, struct ord_order *o)
+{
+    if (step_is(o, "confirming") && (o->flags & ORD_F_CAPTURED) &&
+        (o->flags & ORD_F_COMMITTED))
+        return finish(os, o, "confirmed");
+    return ord_order_update(os->db, o);
+}
+
+static int apply_reply(struct ord_service *os, struct ord_order *o,
+                       const char *type, json_t *data)
+{
+    if (strcmp(type, "StockReserved") == 0)
+        return on_stock_reserved(os, o);
+    if (strcmp(type, "StockReservationFailed") == 0)
+        return on_reservation_failed(os, o, data);
+    if (strcmp(type, "StockCommitted") == 0) {
+        o->flags |= ORD_F_COMMITTED;
+        return maybe_confirm(os, o);
+    }
+    if (strcmp(type, "StockReleased") == 0)
+        return comp_done(os, o, ORD_COMP_STOCK);
+    if (strcmp(type, "PaymentAuthorized") == 0)
+        return on_authorized(os, o, data);
+    if (strcmp(type, "PaymentDeclined") == 0)
+        return on_declined(os, o, data);
+    if (strcmp(type, "PaymentProviderUnavailable") == 0) {
+        if (o->flags & ORD_F_PROVIDER_DOWN)
+            return MOAT_OK;
+        o->flags |= ORD_F_PROVIDER_DOWN;
+        return ord_order_update(os->db, o);
+    }
+    if (strcmp(type, "PaymentCaptured") == 0) {
+        o->flags |= ORD_F_CAPTURED;
+        return maybe_confirm(os, o);
+    }
+    if (strcmp(type, "PaymentCaptureFailed") == 0) {
+        o->flags |= ORD_F_CAPTURE_FAILED;
+        if (!step_is(o, "confirming"))
+            return ord_order_update(os->db, o);
+        return compensate(os, o, "capture_failed");
+    }
+    if (strcmp(type, "PaymentVoided") == 0 ||
+        strcmp(type, "PaymentRefunded") == 0)
+        return comp_done(os, o, ORD_COMP_PAYMENT);
+    return MOAT_OK; /* not subscribed */
+}
+
+int ord_saga_apply(struct moat_db *db, const struct moat_event *ev, void *arg,
+                   const char **why)
+{
+    MOAT_UNUSED(db);
+    struct ord_service *os = arg;
+    const char *order_id = jstr(ev->data, "order_id");
+    if (!order_id[0])
+        order_id = ev->subject;
+    if (ev->schema_version > ORD_EVENT_SCHEMA) {
+        *why = "unknown (newer) schema version";
+        return MOAT_EINVAL;
+    }
+    struct ord_order o;
+    int rc = ord_order_get(os->db, order_id, false, &o);
+    if (rc == MOAT_ENOTFOUND) {
+        /* Not one of ours (a reply to a command sent by hand): nothing
+         * to move. */
+        moat_log(MOAT_LOG_WARN, "reply for an unknown order", "{s:s, s:s}",
+                 "type", ev->type, "order", order_id);
+        return MOAT_OK;
+    }
+    if (rc != MOAT_OK) {
+        *why = "cannot load the order";
+        return rc;
+    }
+    /* The lines are needed only by the commands sent on a reply that
+     * moves the saga forward (none of today's replies needs them). */
+    rc = apply_reply(os, &o, ev->type, ev->data);
+    ord_order_release(&o);
+    if (rc != MOAT_OK)
+        *why = "cannot apply the reply";
+    return rc;
+}
+
+/* ---- deadlines ---- */
+
+/* Compensate every overdue saga, each with its own trace, in one
+ * transaction. */
+static void sweep(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    struct ord_service *os = arg;
+    char(*ids)[ORD_ID_MAX] = moat_xcalloc(SWEEP_BATCH, ORD_ID_MAX);
+    size_t n = 0;
+    int rc = ord_orders_overdue(os->db, moat_wall_ms(), SWEEP_BATCH, ids, &n);
+    if (rc != MOAT_OK || n == 0)
+        goto done;
+    rc = moat_db_begin(os->db);
+    if (rc != MOAT_OK)
+        goto done;
+    const struct moat_trace *saved = moat_log_trace();
+    for (size_t i = 0; i < n && rc == MOAT_OK; i++) {
+        struct ord_order o;
+        rc = ord_order_get(os->db, ids[i], false, &o);
+        if (rc != MOAT_OK)
+            break;
+        struct moat_trace t;
+        moat_trace_start(&t, o.traceparent, NULL);
+        moat_log_set_trace(&t);
+        const char *reason = (strcmp(o.step, "authorizing") == 0 &&
+                              (o.flags & ORD_F_PROVIDER_DOWN))
+                                 ? "provider_unavailable"
+                                 : "deadline_exceeded";
+        rc = compensate(os, &o, reason);
+        ord_order_release(&o);
+    }
+    moat_log_set_trace(saved);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(os->db);
+    else
+        moat_db_rollback(os->db);
+    if (rc == MOAT_OK)
+        moat_outbox_committed(os->outbox);
+    else
+        moat_log(MOAT_LOG_ERROR, "cannot compensate overdue sagas", "{s:s}",
+                 "error", moat_strerror(rc));
+
+done:
+    free(ids);
+    const struct timeval tv = {0, SWEEP_INTERVAL_MS * 1000};
+    evtimer_add(os->sweep, &tv);
+}
+
+int ord_saga_start_sweeper(struct ord_service *os)
+{
+    os->sweep = evtimer_new(os->svc->base, sweep, os);
+    const struct timeval tv = {0, SWEEP_INTERVAL_MS * 1000};
+    if (!os->sweep || evtimer_add(os->sweep, &tv) != 0)
+        return MOAT_EIO;
+    return MOAT_OK;
+}
