@@ -33,9 +33,11 @@ static const char *const forward_request[] = {
 
 /* Response headers passed back to the client; Location is rewritten. */
 static const char *const forward_response[] = {
-    "Content-Type",  "ETag",          "Retry-After",      "Allow",
-    "Cache-Control", "Last-Modified", "WWW-Authenticate", "Accept-Patch",
-    "Accept-Post",
+    "Content-Type",     "ETag",
+    "Retry-After",      "Allow",
+    "Cache-Control",    "Last-Modified",
+    "WWW-Authenticate", "Accept-Patch",
+    "Accept-Post",      "Idempotent-Replayed",
 };
 
 /* One forwarded request; owned by the proxy until the upstream answers. */

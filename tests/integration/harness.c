@@ -582,8 +582,17 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
         fprintf(stderr, "harness: %s is not built: %s\n", bin, strerror(errno));
         goto cleanup;
     }
+    /* A port chosen by the caller (services that must know each other's
+     * URLs before either starts): MOAT_LISTEN=127.0.0.1:<port>. */
+    uint16_t fixed_port = 0;
+    for (const char *const *e = extra_env; e && *e; e++) {
+        unsigned p;
+        if (sscanf(*e, "MOAT_LISTEN=127.0.0.1:%u", &p) == 1 && p > 0 &&
+            p < 65536)
+            fixed_port = (uint16_t)p;
+    }
     for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
-        svc->port = h_free_port();
+        svc->port = fixed_port ? fixed_port : h_free_port();
         snprintf(svc->url, sizeof(svc->url), "http://127.0.0.1:%u",
                  (unsigned)svc->port);
         fflush(NULL); /* the child must not repeat our buffered output */

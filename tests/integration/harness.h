@@ -77,7 +77,9 @@ struct h_service {
  * environment plus MOAT_SERVICE_NAME, MOAT_LISTEN, MOAT_DATA_DIR (when
  * data_dir is not NULL; the service creates it) and extra_env, a
  * NULL-terminated list of "NAME=value" (may be NULL), which wins over
- * everything else. The log goes to <tmpdir>/<name>.log.
+ * everything else; a "MOAT_LISTEN=127.0.0.1:<port>" in it fixes the port
+ * (from h_free_port(), for services that must know each other's URL
+ * before either starts). The log goes to <tmpdir>/<name>.log.
  *
  * Returns 0 when ready; otherwise prints the log tail, kills the child and
  * returns -1. svc is zeroed first; release it with h_service_release().
