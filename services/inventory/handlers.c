@@ -19,11 +19,19 @@
  *   POST /v1/reservations/{order_id}/commit    held -> committed (sold)
  *   GET  /v1/reservations/{order_id}
  *
+ *   GET  /v1/reservations?after=&limit=   every reservation in order_id
+ *                                         order (audits)
+ *   GET  /v1/adjustments?after=&limit=    the adjustment log in id order
+ *                                         (audits)
+ *
  * The stock routes are for administrators (stock levels are back-office
  * data). The reservation routes are internal: the order saga's steps,
  * called by services (orders) with their service token; the gateway
  * never exposes them, and a request relayed by the gateway is refused
- * (403), so no end user can hold stock by hand. A change that would
+ * (403), so no end user can hold stock by hand. The audit listings are
+ * for services acting for nobody (the auditor) and for administrators.
+ * The order saga's commands arrive from orders' feed instead (commands.c)
+ * and end in the same store functions. A change that would
  * leave available = on_hand - reserved below zero is a 409 problem saying
  * how much is available. docs/inventory.md has the whole contract.
  */
@@ -44,6 +52,9 @@
 #define ETAG_MAX           32
 #define CURSOR_HEX_MAX     (2 * INV_SKU_MAX)
 #define SKU_RULE           "1 to 64 of the characters A-Z a-z 0-9 . _ -"
+/* Audit listings (GET /v1/reservations, /v1/adjustments). */
+#define AUDIT_LIMIT_DEFAULT 100
+#define AUDIT_LIMIT_MAX     500
 
 /* ---- small helpers ---- */
 
@@ -501,7 +512,7 @@ static bool require_internal(struct moat_req *r)
     return false;
 }
 
-static json_t *reservation_json(const struct inv_reservation *res)
+json_t *inv_reservation_json(const struct inv_reservation *res)
 {
     json_t *lines = json_array();
     for (size_t i = 0; i < res->nlines; i++)
@@ -509,15 +520,15 @@ static json_t *reservation_json(const struct inv_reservation *res)
             lines, json_pack("{s:s, s:I}", "sku", res->lines[i].sku, "quantity",
                              (json_int_t)res->lines[i].quantity));
     /* A tombstone was never reserved: "absent" says so (docs). */
-    return json_pack("{s:s, s:o, s:o, s:s, s:I, s:I, s:I}", "order_id",
-                     res->order_id, "customer_id",
-                     res->tombstone ? json_null()
-                                    : json_string(res->customer_id),
-                     "lines", lines, "state",
-                     res->tombstone ? "absent" : inv_res_state_name(res->state),
-                     "version", (json_int_t)res->version, "created_at",
-                     (json_int_t)(res->created_ms / 1000), "updated_at",
-                     (json_int_t)(res->updated_ms / 1000));
+    return json_pack(
+        "{s:s, s:o, s:o, s:s, s:b, s:I, s:I, s:I}", "order_id", res->order_id,
+        "customer_id",
+        res->tombstone ? json_null() : json_string(res->customer_id), "lines",
+        lines, "state",
+        res->tombstone ? "absent" : inv_res_state_name(res->state), "returned",
+        res->returned, "version", (json_int_t)res->version, "created_at",
+        (json_int_t)(res->created_ms / 1000), "updated_at",
+        (json_int_t)(res->updated_ms / 1000));
 }
 
 static void reply_reservation(struct moat_req *r, int status,
@@ -528,7 +539,7 @@ static void reply_reservation(struct moat_req *r, int status,
         moat_req_set_header(r, "Location", location);
         free(location);
     }
-    moat_req_reply_json(r, status, reservation_json(res));
+    moat_req_reply_json(r, status, inv_reservation_json(res));
 }
 
 /* A 409 that carries the reservation as it stands. */
@@ -537,7 +548,7 @@ static void reply_res_conflict(struct moat_req *r, const char *detail,
 {
     json_t *p = moat_problem_new(409, detail);
     json_object_set_new(p, "order_id", json_string(res->order_id));
-    json_object_set_new(p, "reservation", reservation_json(res));
+    json_object_set_new(p, "reservation", inv_reservation_json(res));
     moat_req_reply_problem_json(r, p);
 }
 
@@ -641,10 +652,27 @@ static void v_lines(struct moat_validation *v, json_t *body,
         inv_lines_sort(want);
 }
 
-static void handle_reserve(struct moat_req *r, void *arg)
+bool inv_reservation_parse(struct moat_validation *v, json_t *body, bool strict,
+                           struct inv_reservation *want)
 {
     static const char *const keys[] = {"order_id", "customer_id", "lines",
                                        NULL};
+    memset(want, 0, sizeof(*want));
+    if (!json_is_object(body)) {
+        moat_validation_add(v, "", "must be a JSON object, not %s",
+                            body ? moat_json_type_name(body) : "nothing");
+        return false;
+    }
+    if (strict)
+        moat_v_known_keys(v, body, "", keys);
+    v_ref(v, body, "order_id", want->order_id);
+    v_ref(v, body, "customer_id", want->customer_id);
+    v_lines(v, body, want);
+    return moat_validation_ok(v);
+}
+
+static void handle_reserve(struct moat_req *r, void *arg)
+{
     struct inv_service *inv = arg;
     struct moat_validation v;
     json_t *body = NULL;
@@ -659,16 +687,7 @@ static void handle_reserve(struct moat_req *r, void *arg)
     if (moat_req_json(r, &body) < 0)
         goto cleanup;
     want = moat_xcalloc(1, sizeof(*want));
-    if (!json_is_object(body)) {
-        moat_validation_add(&v, "", "must be a JSON object, not %s",
-                            moat_json_type_name(body));
-    } else {
-        moat_v_known_keys(&v, body, "", keys);
-        v_ref(&v, body, "order_id", want->order_id);
-        v_ref(&v, body, "customer_id", want->customer_id);
-        v_lines(&v, body, want);
-    }
-    if (!moat_validation_ok(&v)) {
+    if (!inv_reservation_parse(&v, body, true, want)) {
         reply_validation(r, &v);
         goto cleanup;
     }
@@ -762,6 +781,7 @@ static void handle_transition(struct moat_req *r, struct inv_service *inv,
     switch (result) {
     case INV_TRANSITIONED:
     case INV_ABSENT:
+    case INV_RETURNED: /* not asked for here: a committed one is 409 */
         moat_log(MOAT_LOG_INFO,
                  release ? "reservation released" : "reservation committed",
                  "{s:s, s:b, s:s}", "order_id", id, "absent",
@@ -813,6 +833,169 @@ static void handle_reservation_get(struct moat_req *r, void *arg)
     free(res);
 }
 
+/* ---- audit listings: GET /v1/reservations, GET /v1/adjustments ---- */
+
+/*
+ * Audits read everything: a service acting for nobody (the auditor,
+ * orders) or anyone acting for an administrator. A service acting for a
+ * customer, and the gateway's relays of non-administrators, are refused.
+ */
+static bool require_auditor(struct moat_req *r)
+{
+    const struct moat_principal *p = moat_req_principal(r);
+    if (moat_principal_is_admin(p))
+        return true;
+    if (p->service[0] != '\0' && strcmp(p->service, "gateway") != 0 &&
+        p->user_id[0] == '\0')
+        return true;
+    moat_req_reply_problem(r, 403,
+                           "audit listings are for services acting for "
+                           "nobody and for administrators");
+    return false;
+}
+
+struct page_query {
+    size_t limit;
+    const char *after; /* the raw value (borrowed from the request) */
+    json_t *problem;   /* 400 being built; NULL while all is well */
+};
+
+/* ?after=&limit= and nothing else, each at most once. */
+static void parse_page_query(struct moat_req *r, struct page_query *q)
+{
+    void *iter = NULL;
+    const char *key, *value;
+    bool seen_limit = false, seen_after = false;
+    size_t nparams = 0;
+
+    q->limit = AUDIT_LIMIT_DEFAULT;
+    while (moat_req_query_next(r, &iter, &key, &value)) {
+        nparams++;
+        value = value ? value : "";
+        if (strcmp(key, "limit") == 0) {
+            int64_t limit;
+            if (seen_limit)
+                moat_problem_param_error(&q->problem, key,
+                                         "is given more than once");
+            else if (moat_parse_i64(value, 1, AUDIT_LIMIT_MAX, &limit) !=
+                     MOAT_OK)
+                moat_problem_param_error(&q->problem, key,
+                                         "must be an integer from 1 to %d",
+                                         AUDIT_LIMIT_MAX);
+            else
+                q->limit = (size_t)limit;
+            seen_limit = true;
+        } else if (strcmp(key, "after") == 0) {
+            if (seen_after)
+                moat_problem_param_error(&q->problem, key,
+                                         "is given more than once");
+            else
+                q->after = value;
+            seen_after = true;
+        } else {
+            moat_problem_param_error(&q->problem, key,
+                                     "is not a known parameter (after, limit)");
+        }
+    }
+    /* evhttp drops the whole query string when one parameter is not
+     * name=value (see parse_list_query). */
+    const char *target = moat_req_target(r);
+    const char *qs = target ? strchr(target, '?') : NULL;
+    if (nparams == 0 && qs && qs[1 + strspn(qs + 1, "&")] != '\0' &&
+        !q->problem)
+        q->problem = moat_problem_new(400, "the query string is malformed: "
+                                           "every parameter must be "
+                                           "name=value with a non-empty "
+                                           "name");
+}
+
+static int list_reservation_one(const struct inv_reservation *res, void *arg)
+{
+    json_t *list = arg;
+    json_array_append_new(list, inv_reservation_json(res));
+    return MOAT_OK;
+}
+
+static void handle_reservation_list(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    struct page_query q = {0};
+    bool more = false;
+    if (!require_auditor(r))
+        return;
+    parse_page_query(r, &q);
+    if (q.after && !inv_ref_valid(q.after))
+        moat_problem_param_error(&q.problem, "after",
+                                 "must be an order_id (" SKU_RULE ")");
+    if (q.problem) {
+        moat_req_reply_problem_json(r, q.problem);
+        return;
+    }
+    json_t *list = json_array();
+    int rc = inv_store_reservations_visit(inv->store, q.after, q.limit,
+                                          list_reservation_one, list, &more);
+    if (rc != MOAT_OK) {
+        json_decref(list);
+        reply_store_fault(r, rc, "list");
+        return;
+    }
+    size_t n = json_array_size(list);
+    json_t *next = more && n > 0 ? json_incref(json_object_get(
+                                       json_array_get(list, n - 1), "order_id"))
+                                 : json_null();
+    moat_req_reply_json(
+        r, 200,
+        json_pack("{s:o, s:o}", "reservations", list, "next_after", next));
+}
+
+static int list_adjustment_one(const struct inv_adjustment *a, void *arg)
+{
+    json_t *list = arg;
+    json_array_append_new(
+        list, json_pack("{s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:s, s:I}", "id",
+                        (json_int_t)a->id, "sku", a->sku, "kind", a->kind,
+                        "delta", (json_int_t)a->delta, "reason",
+                        a->reason ? json_string(a->reason) : json_null(),
+                        "on_hand_before", (json_int_t)a->on_hand_before,
+                        "on_hand_after", (json_int_t)a->on_hand_after, "user",
+                        a->user, "at", (json_int_t)(a->at_ms / 1000)));
+    return MOAT_OK;
+}
+
+static void handle_adjustment_list(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    struct page_query q = {0};
+    int64_t after = 0;
+    bool more = false;
+    if (!require_auditor(r))
+        return;
+    parse_page_query(r, &q);
+    if (q.after && moat_parse_i64(q.after, 0, INT64_MAX, &after) != MOAT_OK)
+        moat_problem_param_error(&q.problem, "after",
+                                 "must be an adjustment id (an integer >= 0)");
+    if (q.problem) {
+        moat_req_reply_problem_json(r, q.problem);
+        return;
+    }
+    json_t *list = json_array();
+    int rc = inv_store_adjustments_visit(inv->store, after, q.limit,
+                                         list_adjustment_one, list, &more);
+    if (rc != MOAT_OK) {
+        json_decref(list);
+        reply_store_fault(r, rc, "list");
+        return;
+    }
+    size_t n = json_array_size(list);
+    json_t *next =
+        more && n > 0
+            ? json_incref(json_object_get(json_array_get(list, n - 1), "id"))
+            : json_null();
+    moat_req_reply_json(
+        r, 200,
+        json_pack("{s:o, s:o}", "adjustments", list, "next_after", next));
+}
+
 int inv_routes_register(struct moat_http_server *server,
                         struct inv_service *inv)
 {
@@ -826,6 +1009,8 @@ int inv_routes_register(struct moat_http_server *server,
         {MOAT_PUT, "/v1/stock/{sku}", handle_put},
         {MOAT_POST, "/v1/stock/{sku}/adjustments", handle_adjust},
         {MOAT_POST, "/v1/reservations", handle_reserve},
+        {MOAT_GET | MOAT_HEAD, "/v1/reservations", handle_reservation_list},
+        {MOAT_GET | MOAT_HEAD, "/v1/adjustments", handle_adjustment_list},
         {MOAT_GET | MOAT_HEAD, "/v1/reservations/{order_id}",
          handle_reservation_get},
         {MOAT_POST, "/v1/reservations/{order_id}/release", handle_release},

@@ -1,13 +1,21 @@
 /*
  * inventory.h - the inventory service's state and the seams between its
  * files: main.c (lifecycle), handlers.c (HTTP <-> JSON, validation),
- * store.c (the LMDB environment; the only code that knows its layout).
+ * commands.c (the order saga's commands from orders' feed), store.c (the
+ * LMDB environment; the only code that knows its layout).
  */
 #ifndef INV_INVENTORY_H
 #define INV_INVENTORY_H
 
+#include <jansson.h>
+#include <stdbool.h>
+
 #include "moat/http.h"
+#include "moat/problem.h"
 #include "store.h"
+
+struct moat_service;
+struct inv_consumer;
 
 /* Per-process state, created by init and freed by release in main.c. */
 struct inv_service {
@@ -15,6 +23,8 @@ struct inv_service {
     /* Held reservations one customer may have at once (against hoarding:
      * MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER). */
     int64_t max_open_per_customer;
+    /* Owned; NULL when MOAT_INVENTORY_ORDERS_URL is unset (no saga). */
+    struct inv_consumer *consumer;
 };
 
 /*
@@ -23,5 +33,32 @@ struct inv_service {
  */
 int inv_routes_register(struct moat_http_server *server,
                         struct inv_service *inv);
+
+/* The API's JSON of a reservation (a new reference). */
+json_t *inv_reservation_json(const struct inv_reservation *res);
+/*
+ * Check a reservation request {"order_id", "customer_id", "lines"} into
+ * want (lines sorted by SKU), recording every bad member in v (JSON
+ * pointers relative to body). strict also refuses unknown members (the
+ * HTTP API; a command from a newer orders may carry more). body is
+ * borrowed. Returns moat_validation_ok(v).
+ */
+bool inv_reservation_parse(struct moat_validation *v, json_t *body, bool strict,
+                           struct inv_reservation *want);
+
+/*
+ * commands.c: consume orders' feed at orders_url (copied by the source):
+ * the saga's commands applied, replied to and cursored exactly once. inv
+ * and svc are borrowed and must outlive the consumer; consuming starts on
+ * the loop's first turn (after the service is confined and listening).
+ * Free with inv_consumer_free (NULL is fine) before the store.
+ */
+int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
+                     struct inv_service *inv, const char *orders_url);
+void inv_consumer_free(struct inv_consumer *c);
+/* GET /v1/admin/consumer (lib/consumer.c's shape) for inv->consumer, which
+ * may be NULL (no sources). */
+int inv_consumer_routes_register(struct moat_http_server *server,
+                                 struct inv_service *inv);
 
 #endif /* INV_INVENTORY_H */

@@ -15,9 +15,13 @@
  *   MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER
  *                              held reservations one customer may have at
  *                              once (default 5, 1..10000); more is 429
+ *   MOAT_INVENTORY_ORDERS_URL  orders' base URL (e.g.
+ *                              http://127.0.0.1:8086): consume the order
+ *                              saga's commands from its feed; unset = no
+ *                              consumption (the HTTP routes only)
  *
- * Where to look: handlers.c for the HTTP API, store.c for the layout and
- * every read and write.
+ * Where to look: handlers.c for the HTTP API, commands.c for the saga's
+ * commands, store.c for the layout and every read and write.
  */
 #include "moat/common.h"
 
@@ -67,16 +71,30 @@ static int inventory_init(struct moat_service *svc)
     rc = inv_routes_register(svc->http, inv);
     if (rc == MOAT_OK)
         rc = moat_feed_register(inv_store_outbox(inv->store), svc->http);
+    if (rc == MOAT_OK)
+        rc = inv_consumer_routes_register(svc->http, inv);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register inventory routes", "{s:s}",
                  "error", moat_strerror(rc));
         goto cleanup;
+    }
+    const char *orders_url = moat_env_str("MOAT_INVENTORY_ORDERS_URL", NULL);
+    if (orders_url && orders_url[0] != '\0') {
+        rc = inv_consumer_new(&inv->consumer, svc, inv, orders_url);
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR,
+                     "cannot consume orders' feed (MOAT_INVENTORY_ORDERS_URL)",
+                     "{s:s, s:s}", "url", orders_url, "error",
+                     moat_strerror(rc));
+            goto cleanup;
+        }
     }
     svc->impl = inv;
     inv = NULL;
 
 cleanup:
     if (inv) {
+        inv_consumer_free(inv->consumer);
         inv_store_close(inv->store);
         free(inv);
     }
@@ -98,6 +116,8 @@ static void inventory_release(struct moat_service *svc)
     struct inv_service *inv = svc->impl;
     if (!inv)
         return;
+    /* The consumer first: it writes through the store. */
+    inv_consumer_free(inv->consumer);
     inv_store_close(inv->store);
     free(inv);
     svc->impl = NULL;

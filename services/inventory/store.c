@@ -17,6 +17,7 @@ struct inv_store {
     struct moat_kv_db *adjust;  /* owned by kv: "adjustments" */
     struct moat_kv_db *res;     /* owned by kv: "reservations" */
     struct moat_kv_db *open;    /* owned by kv: "open_by_customer" */
+    struct moat_kv_db *cursor;  /* owned by kv: "consumer" */
     struct moat_outbox *outbox; /* owned; events of every write */
 };
 
@@ -25,8 +26,11 @@ struct inv_store {
  * (moat_kv_db); version 1 is their first record layout (store.h), so it
  * has nothing to transform; nor has version 2, which adds the reservation
  * sub-databases (empty at first, the stock records unchanged: "reserved"
- * was there from the start). A later layout change is a new version that
- * rewrites records inside its transaction. Never change a shipped one.
+ * was there from the start), nor has version 3, which adds the "consumer"
+ * cursors (and the optional "returned" of a reservation, absent = false,
+ * so older records stay valid as they are). A later layout change is a new
+ * version that rewrites records inside its transaction. Never change a shipped
+ * one.
  */
 static int migrate_initial(struct moat_kv_txn *t, void *arg)
 {
@@ -38,6 +42,7 @@ static int migrate_initial(struct moat_kv_txn *t, void *arg)
 static const struct moat_kv_migration migrations[] = {
     {1, "stock and adjustments as JSON records", migrate_initial},
     {2, "reservations and their open-by-customer index", migrate_initial},
+    {3, "consumer cursors of the order saga's commands", migrate_initial},
 };
 
 bool inv_sku_valid(const char *s)
@@ -70,6 +75,8 @@ int inv_store_open(struct inv_store **out, const char *data_dir,
         rc = moat_kv_db(s->kv, "reservations", &s->res);
     if (rc == MOAT_OK)
         rc = moat_kv_db(s->kv, "open_by_customer", &s->open);
+    if (rc == MOAT_OK)
+        rc = moat_kv_db(s->kv, "consumer", &s->cursor);
     if (rc == MOAT_OK)
         rc = moat_kv_migrate(s->kv, migrations, MOAT_ARRAY_LEN(migrations), s);
     if (rc == MOAT_OK)
@@ -481,13 +488,17 @@ static json_t *lines_json(const struct inv_reservation *r)
 
 static json_t *encode_res(const struct inv_reservation *r)
 {
-    return json_pack(
+    json_t *j = json_pack(
         "{s:s, s:o, s:o, s:s, s:b, s:I, s:I, s:I}", "order_id", r->order_id,
         "customer_id", r->tombstone ? json_null() : json_string(r->customer_id),
         "lines", lines_json(r), "state", inv_res_state_name(r->state),
         "tombstone", r->tombstone, "version", (json_int_t)r->version,
         "created_ms", (json_int_t)r->created_ms, "updated_ms",
         (json_int_t)r->updated_ms);
+    /* Only when true: the records written before it existed lack it. */
+    if (j && r->returned)
+        json_object_set_new(j, "returned", json_true());
+    return j;
 }
 
 static int decode_res(const char *order_id, const void *val, size_t vlen,
@@ -496,23 +507,25 @@ static int decode_res(const char *order_id, const void *val, size_t vlen,
     json_error_t err = {0};
     json_t *customer = NULL, *lines = NULL;
     const char *state = NULL, *stored_id = NULL;
-    int tombstone = 0;
+    int tombstone = 0, returned = 0;
     json_int_t version, created, updated;
     int rc = MOAT_EDB;
     memset(out, 0, sizeof(*out));
     json_t *j = json_loadb(val, vlen, JSON_REJECT_DUPLICATES, &err);
-    if (!j || json_unpack_ex(j, &err, JSON_STRICT,
-                             "{s:s, s:o, s:o, s:s, s:b, s:I, s:I, s:I}",
-                             "order_id", &stored_id, "customer_id", &customer,
-                             "lines", &lines, "state", &state, "tombstone",
-                             &tombstone, "version", &version, "created_ms",
-                             &created, "updated_ms", &updated) != 0)
+    if (!j ||
+        json_unpack_ex(j, &err, JSON_STRICT,
+                       "{s:s, s:o, s:o, s:s, s:b, s?b, s:I, s:I, s:I}",
+                       "order_id", &stored_id, "customer_id", &customer,
+                       "lines", &lines, "state", &state, "tombstone",
+                       &tombstone, "returned", &returned, "version", &version,
+                       "created_ms", &created, "updated_ms", &updated) != 0)
         goto cleanup;
     snprintf(out->order_id, sizeof(out->order_id), "%s", order_id);
     if (json_is_string(customer))
         snprintf(out->customer_id, sizeof(out->customer_id), "%s",
                  json_string_value(customer));
     out->tombstone = tombstone;
+    out->returned = returned;
     size_t i;
     for (i = 0; i < MOAT_ARRAY_LEN(state_names); i++)
         if (strcmp(state, state_names[i]) == 0)
@@ -587,6 +600,12 @@ static int res_event(struct inv_store *s, const char *type,
         lines_json(r), "state",
         r->tombstone ? "absent" : inv_res_state_name(r->state), "version",
         (json_int_t)r->version);
+    /* A release says what it released (docs/saga.md): units that were
+     * held, units already sold and now back on hand, or nothing. */
+    if (data && strcmp(type, "StockReleased") == 0) {
+        json_object_set_new(data, "returned", json_boolean(r->returned));
+        json_object_set_new(data, "tombstone", json_boolean(r->tombstone));
+    }
     int rc = data ? moat_outbox_append(s->outbox, type, r->order_id,
                                        INV_RESERVATION_SCHEMA, data, NULL)
                   : MOAT_EINVAL;
@@ -634,24 +653,21 @@ static bool same_request(const struct inv_reservation *a,
     return true;
 }
 
-int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
-                      int64_t max_open, struct inv_reservation *out,
-                      enum inv_reserve_result *result,
-                      struct inv_shortage *shortages, size_t *nshort)
+int inv_store_reserve_in(struct inv_store *s, struct moat_kv_txn *t,
+                         const struct inv_reservation *want, int64_t max_open,
+                         struct inv_reservation *out,
+                         enum inv_reserve_result *result,
+                         struct inv_shortage *shortages, size_t *nshort)
 {
-    struct moat_kv_txn *t = NULL;
     struct inv_stock *stock = NULL;
     int64_t open = 0;
     *nshort = 0;
     if (!inv_ref_valid(want->order_id) || !inv_ref_valid(want->customer_id) ||
         want->nlines < 1 || want->nlines > INV_LINES_MAX)
         return MOAT_EINVAL;
-    int rc = moat_kv_begin(s->kv, &t);
-    if (rc != MOAT_OK)
-        return rc;
 
     /* Idempotency by order id: the record decides before any stock. */
-    rc = load_res(s, t, want->order_id, out);
+    int rc = load_res(s, t, want->order_id, out);
     if (rc == MOAT_OK) {
         if (out->state == INV_RELEASED)
             *result = INV_RESERVE_RELEASED;
@@ -659,20 +675,20 @@ int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
             *result = INV_RESERVE_EXISTS;
         else
             *result = INV_RESERVE_MISMATCH;
-        goto cleanup; /* nothing written: the abort below ends t */
+        return MOAT_OK; /* nothing written */
     }
     if (rc != MOAT_ENOTFOUND)
-        goto cleanup;
+        return rc;
 
     rc = count_open(s, t, want->customer_id, &open);
     if (rc != MOAT_OK)
-        goto cleanup;
+        return rc;
     if (open >= max_open) {
         *result = INV_RESERVE_CAP;
-        goto cleanup;
+        return MOAT_OK;
     }
 
-    /* Check every line before writing any, so that the 409 lists all
+    /* Check every line before writing any, so that the refusal lists all
      * short SKUs and a short line leaves the others untouched. */
     stock = moat_xcalloc(want->nlines, sizeof(*stock));
     for (size_t i = 0; i < want->nlines; i++) {
@@ -699,6 +715,7 @@ int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
     *out = *want;
     out->state = INV_HELD;
     out->tombstone = false;
+    out->returned = false;
     out->version = 1;
     out->created_ms = out->updated_ms = now;
     char key[2 * INV_REF_MAX + 2];
@@ -718,16 +735,34 @@ int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
             rc = stock_changed(s, &stock[i], 0, "reserve", json_null(),
                                want->order_id);
     }
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = commit(s, t);
-    t = NULL;
     if (rc == MOAT_OK)
         *result = INV_RESERVED;
 
 cleanup:
-    moat_kv_abort(t);
     free(stock);
+    return rc;
+}
+
+int inv_store_reserve(struct inv_store *s, const struct inv_reservation *want,
+                      int64_t max_open, struct inv_reservation *out,
+                      enum inv_reserve_result *result,
+                      struct inv_shortage *shortages, size_t *nshort)
+{
+    struct moat_kv_txn *t = NULL;
+    *nshort = 0;
+    if (!inv_ref_valid(want->order_id) || !inv_ref_valid(want->customer_id) ||
+        want->nlines < 1 || want->nlines > INV_LINES_MAX)
+        return MOAT_EINVAL;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = inv_store_reserve_in(s, t, want, max_open, out, result, shortages,
+                              nshort);
+    if (rc == MOAT_OK && *result == INV_RESERVED) {
+        rc = commit(s, t);
+        t = NULL;
+    }
+    moat_kv_abort(t); /* nothing was written, or a fault */
     return rc;
 }
 
@@ -798,19 +833,72 @@ cleanup:
     return rc;
 }
 
-/* Release or commit (to) order_id; see store.h. */
-static int transition(struct inv_store *s, const char *order_id,
-                      enum inv_res_state to, const char *caller,
-                      struct inv_reservation *out,
-                      enum inv_transition_result *result)
+/*
+ * Return the committed reservation r in t: every SKU's units go from sold
+ * back to on_hand (a refunded order's goods back on the shelf), logged as
+ * kind "return" by caller; r becomes released with returned set.
+ */
+static int give_back(struct inv_store *s, struct moat_kv_txn *t,
+                     struct inv_reservation *r, const char *caller)
 {
-    struct moat_kv_txn *t = NULL;
+    int64_t now = moat_wall_ms();
+    json_t *reason = NULL;
+    r->state = INV_RELEASED;
+    r->returned = true;
+    r->version++;
+    r->updated_ms = now;
+    int rc = put_res(s, t, r);
+    if (rc == MOAT_OK)
+        rc = res_event(s, "StockReleased", r);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    reason = json_sprintf("order %s returned", r->order_id);
+    for (size_t i = 0; i < r->nlines; i++) {
+        const struct inv_line *l = &r->lines[i];
+        struct inv_stock st;
+        rc = load(s, t, l->sku, &st);
+        /* A committed line's units are among the SKU's sold ones; on_hand
+         * is capped, so a return that would pass the cap is damage too. */
+        if (rc == MOAT_ENOTFOUND ||
+            (rc == MOAT_OK &&
+             (st.sold < l->quantity || st.on_hand > INV_QTY_MAX - l->quantity)))
+            rc = MOAT_EDB;
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "sold units are missing from the stock",
+                     "{s:s, s:s}", "order_id", r->order_id, "sku", l->sku);
+            goto cleanup;
+        }
+        int64_t before = st.on_hand;
+        st.on_hand += l->quantity;
+        st.sold -= l->quantity;
+        st.version++;
+        st.updated_ms = now;
+        rc = put_stock(s, t, &st);
+        if (rc == MOAT_OK)
+            rc = log_adjustment(s, t, "return", reason, caller, before, &st,
+                                NULL);
+        if (rc == MOAT_OK)
+            rc = stock_changed(s, &st, l->quantity, "return", reason,
+                               r->order_id);
+        if (rc != MOAT_OK)
+            goto cleanup;
+    }
+
+cleanup:
+    json_decref(reason);
+    return rc;
+}
+
+/* Release or commit (to) order_id inside t; see store.h. */
+static int transition_in(struct inv_store *s, struct moat_kv_txn *t,
+                         const char *order_id, enum inv_res_state to,
+                         const char *caller, bool allow_return,
+                         struct inv_reservation *out,
+                         enum inv_transition_result *result)
+{
     if (!inv_ref_valid(order_id))
         return MOAT_ENOTFOUND;
-    int rc = moat_kv_begin(s->kv, &t);
-    if (rc != MOAT_OK)
-        return rc;
-    rc = load_res(s, t, order_id, out);
+    int rc = load_res(s, t, order_id, out);
     if (rc == MOAT_ENOTFOUND && to == INV_RELEASED) {
         /* The tombstone (store.h): refuses a reserve that comes late. */
         memset(out, 0, sizeof(*out));
@@ -822,32 +910,53 @@ static int transition(struct inv_store *s, const char *order_id,
         rc = put_res(s, t, out);
         if (rc == MOAT_OK)
             rc = res_event(s, "StockReleased", out);
-        if (rc != MOAT_OK)
-            goto cleanup;
-        rc = commit(s, t);
-        t = NULL;
-        *result = INV_ABSENT;
-        goto cleanup;
+        if (rc == MOAT_OK)
+            *result = INV_ABSENT;
+        return rc;
     }
     if (rc != MOAT_OK)
-        goto cleanup;
+        return rc;
     if (out->tombstone)
-        *result = to == INV_RELEASED ? INV_ABSENT : INV_WRONG_STATE;
+        *result = to == INV_RELEASED ? INV_ALREADY : INV_WRONG_STATE;
     else if (out->state == to)
         *result = INV_ALREADY;
     else if (out->state != INV_HELD)
         *result = INV_WRONG_STATE;
     else
         *result = INV_TRANSITIONED;
+    if (*result == INV_WRONG_STATE && to == INV_RELEASED && allow_return) {
+        rc = give_back(s, t, out, caller);
+        if (rc == MOAT_OK)
+            *result = INV_RETURNED;
+        return rc;
+    }
     if (*result != INV_TRANSITIONED)
-        goto cleanup; /* nothing to write */
-    rc = finish(s, t, out, to, caller);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = commit(s, t);
-    t = NULL;
+        return MOAT_OK; /* nothing to write */
+    return finish(s, t, out, to, caller);
+}
 
-cleanup:
+static bool wrote(enum inv_transition_result r)
+{
+    return r == INV_TRANSITIONED || r == INV_ABSENT || r == INV_RETURNED;
+}
+
+/* transition_in in a transaction of its own. */
+static int transition(struct inv_store *s, const char *order_id,
+                      enum inv_res_state to, const char *caller,
+                      struct inv_reservation *out,
+                      enum inv_transition_result *result)
+{
+    struct moat_kv_txn *t = NULL;
+    if (!inv_ref_valid(order_id))
+        return MOAT_ENOTFOUND;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = transition_in(s, t, order_id, to, caller, false, out, result);
+    if (rc == MOAT_OK && wrote(*result)) {
+        rc = commit(s, t);
+        t = NULL;
+    }
     moat_kv_abort(t);
     return rc;
 }
@@ -866,6 +975,24 @@ int inv_store_commit(struct inv_store *s, const char *order_id,
     return transition(s, order_id, INV_COMMITTED, caller, out, result);
 }
 
+int inv_store_release_in(struct inv_store *s, struct moat_kv_txn *t,
+                         const char *order_id, const char *caller,
+                         bool allow_return, struct inv_reservation *out,
+                         enum inv_transition_result *result)
+{
+    return transition_in(s, t, order_id, INV_RELEASED, caller, allow_return,
+                         out, result);
+}
+
+int inv_store_commit_in(struct inv_store *s, struct moat_kv_txn *t,
+                        const char *order_id, const char *caller,
+                        struct inv_reservation *out,
+                        enum inv_transition_result *result)
+{
+    return transition_in(s, t, order_id, INV_COMMITTED, caller, false, out,
+                         result);
+}
+
 int inv_store_reservation_get(struct inv_store *s, const char *order_id,
                               struct inv_reservation *out)
 {
@@ -877,5 +1004,223 @@ int inv_store_reservation_get(struct inv_store *s, const char *order_id,
         return rc;
     rc = load_res(s, t, order_id, out);
     moat_kv_abort(t);
+    return rc;
+}
+
+/* ---- listings for audits ---- */
+
+struct res_visit {
+    const char *after;
+    size_t limit, n;
+    bool more;
+    inv_reservation_fn fn;
+    void *arg;
+    struct inv_reservation *rec; /* scratch, owned by the caller */
+};
+
+static int res_visit_one(const void *key, size_t klen, const void *val,
+                         size_t vlen, void *arg)
+{
+    struct res_visit *c = arg;
+    char id[INV_REF_MAX + 1];
+    if (klen > INV_REF_MAX)
+        return MOAT_EDB;
+    memcpy(id, key, klen);
+    id[klen] = '\0';
+    /* The iteration starts at the cursor's own key: it was on the page
+     * before. */
+    if (c->after && strcmp(id, c->after) == 0)
+        return MOAT_KV_NEXT;
+    if (c->n == c->limit) {
+        c->more = true;
+        return MOAT_KV_STOP;
+    }
+    int rc = decode_res(id, val, vlen, c->rec);
+    if (rc == MOAT_OK)
+        rc = c->fn(c->rec, c->arg);
+    c->n++;
+    return rc;
+}
+
+int inv_store_reservations_visit(struct inv_store *s, const char *after_id,
+                                 size_t limit, inv_reservation_fn fn, void *arg,
+                                 bool *more)
+{
+    struct res_visit c = {
+        .after = after_id, .limit = limit, .fn = fn, .arg = arg};
+    struct moat_kv_txn *t;
+    *more = false;
+    if (after_id && !inv_ref_valid(after_id))
+        return MOAT_EINVAL;
+    int rc = moat_kv_begin_read(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    c.rec = moat_xcalloc(1, sizeof(*c.rec));
+    rc = moat_kv_iterate(t, s->res, after_id, after_id ? strlen(after_id) : 0,
+                         res_visit_one, &c);
+    moat_kv_abort(t);
+    free(c.rec);
+    *more = c.more;
+    return rc;
+}
+
+struct adj_visit {
+    uint64_t after;
+    size_t limit, n;
+    bool more;
+    inv_adjustment_fn fn;
+    void *arg;
+};
+
+static int adj_visit_one(const void *key, size_t klen, const void *val,
+                         size_t vlen, void *arg)
+{
+    struct adj_visit *c = arg;
+    if (klen != 8)
+        return MOAT_EDB;
+    uint64_t id = moat_kv_u64_from_key(key);
+    if (id <= c->after)
+        return MOAT_KV_NEXT;
+    if (c->n == c->limit) {
+        c->more = true;
+        return MOAT_KV_STOP;
+    }
+    json_error_t err;
+    json_t *reason = NULL;
+    struct inv_adjustment a = {.id = (int64_t)id};
+    json_int_t delta, before, after, at;
+    json_t *j = json_loadb(val, vlen, JSON_REJECT_DUPLICATES, &err);
+    if (!j ||
+        json_unpack_ex(j, &err, JSON_STRICT,
+                       "{s:s, s:s, s:I, s:o, s:I, s:I, s:s, s:I}", "sku",
+                       &a.sku, "kind", &a.kind, "delta", &delta, "reason",
+                       &reason, "on_hand_before", &before, "on_hand_after",
+                       &after, "user", &a.user, "at_ms", &at) != 0 ||
+        !(json_is_string(reason) || json_is_null(reason))) {
+        moat_log(MOAT_LOG_ERROR, "stored adjustment is malformed", "{s:I, s:s}",
+                 "id", (json_int_t)id, "error", err.text);
+        json_decref(j);
+        return MOAT_EDB;
+    }
+    a.reason = json_string_value(reason);
+    a.delta = delta;
+    a.on_hand_before = before;
+    a.on_hand_after = after;
+    a.at_ms = at;
+    int rc = c->fn(&a, c->arg);
+    json_decref(j);
+    c->n++;
+    return rc;
+}
+
+int inv_store_adjustments_visit(struct inv_store *s, int64_t after_id,
+                                size_t limit, inv_adjustment_fn fn, void *arg,
+                                bool *more)
+{
+    struct adj_visit c = {.after = after_id > 0 ? (uint64_t)after_id : 0,
+                          .limit = limit,
+                          .fn = fn,
+                          .arg = arg};
+    unsigned char from[8];
+    struct moat_kv_txn *t;
+    *more = false;
+    int rc = moat_kv_begin_read(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    moat_kv_u64_key(c.after, from);
+    rc = moat_kv_iterate(t, s->adjust, from, sizeof(from), adj_visit_one, &c);
+    moat_kv_abort(t);
+    *more = c.more;
+    return rc;
+}
+
+/* ---- batches (the saga consumer) ---- */
+
+int inv_store_txn_begin(struct inv_store *s, struct moat_kv_txn **out)
+{
+    return moat_kv_begin(s->kv, out);
+}
+
+int inv_store_txn_commit(struct inv_store *s, struct moat_kv_txn *t)
+{
+    return commit(s, t);
+}
+
+void inv_store_txn_abort(struct moat_kv_txn *t)
+{
+    moat_kv_abort(t);
+}
+
+int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
+                                const char *order_id, const char *reason,
+                                const char *detail,
+                                const struct inv_shortage *shortages,
+                                size_t nshort)
+{
+    MOAT_UNUSED(t); /* the outbox appends to kv's open write transaction */
+    json_t *data =
+        json_pack("{s:s, s:s}", "order_id", order_id, "reason", reason);
+    if (!data)
+        return MOAT_EINVAL;
+    if (nshort > 0) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < nshort; i++)
+            json_array_append_new(
+                list,
+                json_pack("{s:s, s:I, s:I}", "sku", shortages[i].sku,
+                          "requested", (json_int_t)shortages[i].requested,
+                          "available", (json_int_t)shortages[i].available));
+        json_object_set_new(data, "shortages", list);
+    }
+    if (detail)
+        json_object_set_new(data, "detail", json_string(detail));
+    int rc = moat_outbox_append(s->outbox, "StockReservationFailed", order_id,
+                                INV_RESERVATION_SCHEMA, data, NULL);
+    json_decref(data);
+    return rc;
+}
+
+int inv_store_cursor_get_in(struct inv_store *s, struct moat_kv_txn *t,
+                            const char *source, int64_t *after_seq)
+{
+    json_t *j = NULL;
+    json_int_t seq = 0;
+    *after_seq = 0;
+    int rc = moat_kv_get_json(t, s->cursor, source, strlen(source), &j);
+    if (rc == MOAT_ENOTFOUND)
+        return MOAT_OK;
+    if (rc != MOAT_OK)
+        return rc;
+    if (json_unpack(j, "{s:I}", "after_seq", &seq) != 0 || seq < 0) {
+        moat_log(MOAT_LOG_ERROR, "stored consumer cursor is malformed", "{s:s}",
+                 "source", source);
+        rc = MOAT_EDB;
+    }
+    json_decref(j);
+    *after_seq = seq;
+    return rc;
+}
+
+int inv_store_cursor_get(struct inv_store *s, const char *source,
+                         int64_t *after_seq)
+{
+    struct moat_kv_txn *t;
+    *after_seq = 0;
+    int rc = moat_kv_begin_read(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = inv_store_cursor_get_in(s, t, source, after_seq);
+    moat_kv_abort(t);
+    return rc;
+}
+
+int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
+                            const char *source, int64_t after_seq)
+{
+    json_t *j = json_pack("{s:I, s:I}", "after_seq", (json_int_t)after_seq,
+                          "updated_ms", (json_int_t)moat_wall_ms());
+    int rc = j ? moat_kv_put_json(t, s->cursor, source, strlen(source), j, 0)
+               : MOAT_EINVAL;
+    json_decref(j);
     return rc;
 }

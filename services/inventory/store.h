@@ -9,10 +9,15 @@
  *                "created_ms", "updated_ms"} (JSON). available =
  *                on_hand - reserved, never negative: every write checks it.
  *   adjustments  8-byte big-endian id -> {"sku", "kind": "set" |
- *                "adjustment" | "commit", "delta", "reason", "on_hand_before",
- *                "on_hand_after", "user", "at_ms"}: an append-only log of
- *                every change of on_hand, for audits and reconciliation.
+ *                "adjustment" | "commit" | "return", "delta", "reason",
+ *                "on_hand_before", "on_hand_after", "user", "at_ms"}: an
+ *                append-only log of every change of on_hand, for audits
+ *                and reconciliation.
  *   reservations, open_by_customer   see "reservations" below.
+ *   consumer     source name -> {"after_seq", "updated_ms"}: the cursor of
+ *                each event feed this service consumes (orders' commands),
+ *                written in the same transaction as the commands' effects
+ *                and replies, so each command takes effect exactly once.
  *   outbox, outbox_meta   the transactional outbox (moat_outbox_new_kv).
  *
  * Every write is one LMDB write transaction holding the stock record, its
@@ -124,17 +129,18 @@ int inv_store_list(struct inv_store *s, const char *after_sku, size_t limit,
  * A reservation holds units of one or more SKUs for one order. Its record
  * lives in "reservations" (order_id -> JSON: "order_id", "customer_id"
  * (null for a tombstone), "lines" [{"sku", "quantity"}] sorted by SKU,
- * "state" "held" | "released" | "committed", "tombstone", "version",
- * "created_ms", "updated_ms"), and while it is held also in
+ * "state" "held" | "released" | "committed", "tombstone", "returned"
+ * (optional, true once a committed reservation's units came back),
+ * "version", "created_ms", "updated_ms"), and while it is held also in
  * "open_by_customer" (customer_id NUL order_id -> empty), which counts a
  * customer's open reservations without scanning them all.
  *
  * Per SKU, every write keeps: reserved = the sum of the quantities of the
  * held reservations' lines for that SKU; on_hand + sold = everything ever
- * set or adjusted in (commit moves units from on_hand to sold); and
- * on_hand >= reserved >= 0. Each transition is one LMDB write transaction
- * holding the stock records, the reservation, its index entry and its
- * events (StockReserved / StockReleased / StockCommitted, subject
+ * set or adjusted in (commit moves units from on_hand to sold, a return
+ * moves them back); and on_hand >= reserved >= 0. Each transition is one LMDB
+ * write transaction holding the stock records, the reservation, its index entry
+ * and its events (StockReserved / StockReleased / StockCommitted, subject
  * order_id, then StockChanged per SKU), so all commit or none does.
  *
  * A release of an order with no reservation leaves a tombstone: a
@@ -165,6 +171,7 @@ struct inv_reservation {
     char customer_id[INV_REF_MAX + 1]; /* "" for a tombstone */
     enum inv_res_state state;
     bool tombstone; /* released before it was ever reserved */
+    bool returned;  /* released after it was committed: units back */
     size_t nlines;
     struct inv_line lines[INV_LINES_MAX]; /* sorted by SKU, no repeats */
     int64_t version;                      /* 1 at creation, +1 per change */
@@ -188,9 +195,11 @@ enum inv_reserve_result {
 
 enum inv_transition_result {
     INV_TRANSITIONED, /* held -> released / committed now */
-    INV_ALREADY,      /* already in the wanted state: nothing written */
+    INV_ALREADY,      /* already in the wanted state (a tombstone is
+                         released): nothing written */
     INV_WRONG_STATE,  /* in the other final state (*out) */
-    INV_ABSENT,       /* release of an unknown order: tombstone */
+    INV_ABSENT,       /* release of an unknown order: tombstone written */
+    INV_RETURNED,     /* committed -> released: units back on hand */
 };
 
 /* "held", "released", "committed". */
@@ -232,5 +241,92 @@ int inv_store_commit(struct inv_store *s, const char *order_id,
 /* Load the reservation of order_id; MOAT_ENOTFOUND when there is none. */
 int inv_store_reservation_get(struct inv_store *s, const char *order_id,
                               struct inv_reservation *out);
+
+/*
+ * Visit up to limit reservations in order_id order (bytewise), strictly
+ * after after_id (NULL: from the first), in one read snapshot. fn gets a
+ * borrowed record valid during the call and returns MOAT_OK to go on.
+ * *more says whether another reservation follows the last one visited.
+ */
+typedef int (*inv_reservation_fn)(const struct inv_reservation *r, void *arg);
+int inv_store_reservations_visit(struct inv_store *s, const char *after_id,
+                                 size_t limit, inv_reservation_fn fn, void *arg,
+                                 bool *more);
+
+/* One line of the adjustment log; strings borrowed (valid during the
+ * visit callback only). */
+struct inv_adjustment {
+    int64_t id;
+    const char *sku;
+    const char *kind;   /* "set", "adjustment", "commit", "return" */
+    const char *reason; /* NULL when none was given */
+    const char *user;   /* the admin user or calling service; may be "" */
+    int64_t delta, on_hand_before, on_hand_after;
+    int64_t at_ms;
+};
+typedef int (*inv_adjustment_fn)(const struct inv_adjustment *a, void *arg);
+/* As inv_store_reservations_visit, for the adjustment log in id order,
+ * strictly after after_id (0: from the first). */
+int inv_store_adjustments_visit(struct inv_store *s, int64_t after_id,
+                                size_t limit, inv_adjustment_fn fn, void *arg,
+                                bool *more);
+
+/* ---- batches: several changes in one transaction (the saga consumer) ----
+ *
+ * The functions above each run one write transaction. The order saga's
+ * consumer (commands.c) instead applies a whole pulled batch of commands,
+ * their replies and its feed cursor in ONE transaction (one sync per
+ * batch): inv_store_txn_begin, then the _in functions below on that
+ * transaction, then inv_store_txn_commit (which also wakes the feed's
+ * readers) or inv_store_txn_abort. One write transaction at a time, on
+ * the loop thread (moat/kv.h). After any error of an _in function the
+ * transaction must be aborted: its writes so far may be partial.
+ */
+struct moat_kv_txn;
+int inv_store_txn_begin(struct inv_store *s, struct moat_kv_txn **out);
+/* Commits t (gone afterwards whatever the result). */
+int inv_store_txn_commit(struct inv_store *s, struct moat_kv_txn *t);
+void inv_store_txn_abort(struct moat_kv_txn *t); /* NULL is fine */
+
+/* As inv_store_reserve, inside t (writes only for INV_RESERVED). */
+int inv_store_reserve_in(struct inv_store *s, struct moat_kv_txn *t,
+                         const struct inv_reservation *want, int64_t max_open,
+                         struct inv_reservation *out,
+                         enum inv_reserve_result *result,
+                         struct inv_shortage *shortages, size_t *nshort);
+/*
+ * As inv_store_release, inside t. With allow_return a committed
+ * reservation is returned (INV_RETURNED): each SKU's units go from sold
+ * back to on_hand (logged in "adjustments" as kind "return" by caller),
+ * the record becomes released with "returned" true, and StockReleased
+ * says "returned": true. Without it a committed one is INV_WRONG_STATE.
+ */
+int inv_store_release_in(struct inv_store *s, struct moat_kv_txn *t,
+                         const char *order_id, const char *caller,
+                         bool allow_return, struct inv_reservation *out,
+                         enum inv_transition_result *result);
+/* As inv_store_commit, inside t. */
+int inv_store_commit_in(struct inv_store *s, struct moat_kv_txn *t,
+                        const char *order_id, const char *caller,
+                        struct inv_reservation *out,
+                        enum inv_transition_result *result);
+/*
+ * Append StockReservationFailed (subject order_id) to t: data {order_id,
+ * reason, "shortages": [{sku, requested, available}] when nshort > 0,
+ * "detail" when detail is not NULL}. All borrowed.
+ */
+int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
+                                const char *order_id, const char *reason,
+                                const char *detail,
+                                const struct inv_shortage *shortages,
+                                size_t nshort);
+/* The cursor of source (0 when none is stored), from a read snapshot. */
+int inv_store_cursor_get(struct inv_store *s, const char *source,
+                         int64_t *after_seq);
+/* The cursor of source as t sees it (0 when none is stored). */
+int inv_store_cursor_get_in(struct inv_store *s, struct moat_kv_txn *t,
+                            const char *source, int64_t *after_seq);
+int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
+                            const char *source, int64_t after_seq);
 
 #endif /* INV_STORE_H */
