@@ -1,0 +1,461 @@
+/* store.c - notifications' schema and queries (see store.h). */
+#include "moat/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+#include "moat/events.h"
+#include "moat/log.h"
+#include "store.h"
+
+#define DB_FILE "notifications.db"
+
+/*
+ * Schema migrations. An applied migration is checksummed by moat_db_migrate:
+ * never edit one that has shipped, append a new version instead.
+ *
+ * notifications is the view (see store.h); its partial index on the
+ * undelivered rows keeps the deliverer's sweep and the backlog gauge cheap
+ * however many notifications were sent. deliveries is never emptied by a
+ * replay.
+ */
+static const struct moat_migration migrations[] = {
+    {1, "create notifications and deliveries",
+     "CREATE TABLE notifications (\n"
+     "    id TEXT NOT NULL PRIMARY KEY,\n"
+     "    order_id TEXT NOT NULL,\n"
+     "    status TEXT NOT NULL\n"
+     "        CHECK (status IN ('pending', 'confirmed', 'cancelled')),\n"
+     "    customer_id TEXT NOT NULL,\n"
+     "    kind TEXT NOT NULL,\n"
+     "    subject TEXT NOT NULL,\n"
+     "    body TEXT NOT NULL,\n"
+     "    trace_id TEXT,\n"
+     "    event_id TEXT NOT NULL,\n"
+     "    seq INTEGER NOT NULL,\n"
+     "    created_ms INTEGER NOT NULL,\n"
+     "    delivered INTEGER NOT NULL DEFAULT 0 CHECK (delivered IN (0, 1)),\n"
+     "    delivered_ms INTEGER,\n"
+     "    UNIQUE (order_id, status)\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE INDEX notifications_customer ON notifications (customer_id, id);\n"
+     "CREATE INDEX notifications_undelivered ON notifications (id)\n"
+     "    WHERE delivered = 0;\n"
+     "CREATE TABLE deliveries (\n"
+     "    order_id TEXT NOT NULL,\n"
+     "    status TEXT NOT NULL,\n"
+     "    notification_id TEXT NOT NULL,\n"
+     "    delivered_ms INTEGER NOT NULL,\n"
+     "    fallback INTEGER NOT NULL CHECK (fallback IN (0, 1)),\n"
+     "    PRIMARY KEY (order_id, status)\n"
+     ") STRICT, WITHOUT ROWID;\n"},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+};
+
+const struct moat_migration *ntf_store_migrations(size_t *n)
+{
+    *n = MOAT_ARRAY_LEN(migrations);
+    return migrations;
+}
+
+int ntf_store_open(struct moat_db **out, const char *data_dir,
+                   struct moat_metrics *metrics)
+{
+    struct moat_db *db = NULL;
+    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
+    int rc = moat_db_open(&db, path, NULL, metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_db_migrate(db, migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc != MOAT_OK)
+        goto cleanup;
+    *out = db;
+    db = NULL;
+
+cleanup:
+    if (db)
+        moat_db_close(db);
+    free(path);
+    return rc;
+}
+
+bool ntf_store_ready(struct moat_db *db, const char **why)
+{
+    if (!db) {
+        *why = "database not open";
+        return false;
+    }
+    /* A query, not a flag: it also proves the database still answers. */
+    if (moat_db_schema_version(db) !=
+        migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}
+
+/* ---- rows ---- */
+
+void ntf_row_release(struct ntf_row *r)
+{
+    if (!r)
+        return;
+    free(r->id);
+    free(r->order_id);
+    free(r->status);
+    free(r->customer_id);
+    free(r->kind);
+    free(r->subject);
+    free(r->body);
+    free(r->trace_id);
+    free(r->event_id);
+    memset(r, 0, sizeof(*r));
+}
+
+void ntf_rows_free(struct ntf_row *rows, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ntf_row_release(&rows[i]);
+    free(rows);
+}
+
+static char *col_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? moat_xstrdup((const char *)t) : NULL;
+}
+
+/* The columns every read selects, in this order. */
+#define ROW_COLUMNS                                                            \
+    "id, order_id, status, customer_id, kind, subject, body, trace_id, "       \
+    "event_id, seq, created_ms, delivered, delivered_ms"
+
+static void row_read(sqlite3_stmt *st, struct ntf_row *r)
+{
+    r->id = col_dup(st, 0);
+    r->order_id = col_dup(st, 1);
+    r->status = col_dup(st, 2);
+    r->customer_id = col_dup(st, 3);
+    r->kind = col_dup(st, 4);
+    r->subject = col_dup(st, 5);
+    r->body = col_dup(st, 6);
+    r->trace_id = col_dup(st, 7);
+    r->event_id = col_dup(st, 8);
+    r->seq = sqlite3_column_int64(st, 9);
+    r->created_ms = sqlite3_column_int64(st, 10);
+    r->delivered = sqlite3_column_int(st, 11) != 0;
+    r->delivered_ms = sqlite3_column_int64(st, 12);
+}
+
+/* Step stmt to the end, collecting at most cap rows. */
+static int rows_collect(struct moat_db *db, struct moat_stmt *stmt, size_t cap,
+                        struct ntf_row **rows, size_t *n)
+{
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    struct ntf_row *out = moat_xcalloc(cap ? cap : 1, sizeof(*out));
+    size_t count = 0;
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW && count < cap)
+        row_read(st, &out[count++]);
+    int rc = step == SQLITE_ROW || step == SQLITE_DONE
+                 ? MOAT_OK
+                 : moat_db_error(db, step);
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        ntf_rows_free(out, count);
+        return rc;
+    }
+    *rows = out;
+    *n = count;
+    return MOAT_OK;
+}
+
+static void bind_opt(sqlite3_stmt *st, int idx, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, idx);
+}
+
+/* ---- writes ---- */
+
+int ntf_store_insert(struct moat_db *db, const struct ntf_row *r,
+                     bool *inserted)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "notification_insert",
+        "INSERT INTO notifications (id, order_id, status, customer_id, kind, "
+        "subject, body, trace_id, event_id, seq, created_ms, delivered, "
+        "delivered_ms) "
+        "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, "
+        "d.order_id IS NOT NULL, d.delivered_ms "
+        "FROM (SELECT 1) LEFT JOIN deliveries d "
+        "ON d.order_id = ?2 AND d.status = ?3 "
+        /* WHERE true: SQLite's parser needs it to tell the upsert's ON
+         * CONFLICT from a join constraint. */
+        "WHERE true ON CONFLICT DO NOTHING");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, r->customer_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, r->kind, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, r->subject, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, r->body, -1, SQLITE_STATIC);
+    bind_opt(st, 8, r->trace_id);
+    sqlite3_bind_text(st, 9, r->event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 10, r->seq);
+    sqlite3_bind_int64(st, 11, r->created_ms);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_DONE)
+        return moat_db_error(db, step);
+    *inserted = sqlite3_changes(moat_db_handle(db)) > 0;
+    return MOAT_OK;
+}
+
+int ntf_store_reset(struct moat_db *db)
+{
+    return moat_db_exec(db, "notifications_reset", "DELETE FROM notifications");
+}
+
+int ntf_store_mark_delivered(struct moat_db *db, const char *id,
+                             const char *order_id, const char *status,
+                             int64_t delivered_ms, bool fallback)
+{
+    struct moat_stmt *ins = moat_db_prepare(
+        db, "delivery_insert",
+        "INSERT INTO deliveries (order_id, status, notification_id, "
+        "delivered_ms, fallback) VALUES (?1, ?2, ?3, ?4, ?5) "
+        "ON CONFLICT DO NOTHING");
+    struct moat_stmt *upd = moat_db_prepare(
+        db, "notification_mark",
+        "UPDATE notifications SET delivered = 1, delivered_ms = "
+        "(SELECT delivered_ms FROM deliveries WHERE order_id = ?2 AND "
+        "status = ?3) WHERE id = ?1 AND delivered = 0");
+    if (!ins || !upd)
+        return MOAT_EDB;
+    int rc = moat_db_begin(db);
+    if (rc != MOAT_OK)
+        return rc;
+    sqlite3_stmt *st = moat_stmt_raw(ins);
+    sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, delivered_ms);
+    sqlite3_bind_int(st, 5, fallback ? 1 : 0);
+    int step = moat_stmt_step(ins);
+    moat_stmt_reset(ins);
+    if (step != SQLITE_DONE) {
+        rc = moat_db_error(db, step);
+        goto fail;
+    }
+    st = moat_stmt_raw(upd);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
+    step = moat_stmt_step(upd);
+    moat_stmt_reset(upd);
+    if (step != SQLITE_DONE) {
+        rc = moat_db_error(db, step);
+        goto fail;
+    }
+    rc = moat_db_commit(db);
+    if (rc == MOAT_OK)
+        return MOAT_OK;
+fail:
+    moat_db_rollback(db);
+    return rc;
+}
+
+/* ---- reads ---- */
+
+int ntf_store_undelivered(struct moat_db *db, const char *after, size_t max,
+                          struct ntf_row **rows, size_t *n)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(db, "notifications_undelivered",
+                        "SELECT " ROW_COLUMNS " FROM notifications "
+                        "WHERE delivered = 0 AND id > ?1 ORDER BY id LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    return rows_collect(db, stmt, max, rows, n);
+}
+
+int ntf_store_backlog(struct moat_db *db, int64_t *count, int64_t *oldest_ms)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "notifications_backlog",
+        "SELECT count(*), coalesce(min(created_ms), 0) FROM notifications "
+        "WHERE delivered = 0");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        *count = sqlite3_column_int64(st, 0);
+        *oldest_ms = sqlite3_column_int64(st, 1);
+    }
+    moat_stmt_reset(stmt);
+    return step == SQLITE_ROW ? MOAT_OK : moat_db_error(db, step);
+}
+
+int ntf_store_get(struct moat_db *db, const char *id, struct ntf_row *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        db, "notification_get",
+        "SELECT " ROW_COLUMNS " FROM notifications WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    struct ntf_row *rows = NULL;
+    size_t n = 0;
+    int rc = rows_collect(db, stmt, 1, &rows, &n);
+    if (rc != MOAT_OK)
+        return rc;
+    if (n == 0) {
+        free(rows);
+        return MOAT_ENOTFOUND;
+    }
+    *out = rows[0];
+    free(rows);
+    return MOAT_OK;
+}
+
+int ntf_store_list(struct moat_db *db, const struct ntf_query *q,
+                   struct ntf_row **rows, size_t *n)
+{
+    /* One statement per combination of filters, so that each uses its
+     * index: (customer_id, id) for a customer's list, (order_id, status)
+     * for an order's, the primary key otherwise. */
+    static const struct {
+        const char *name, *where;
+    } shapes[] = {
+        {"notifications_list", "id > ?3"},
+        {"notifications_list_customer", "customer_id = ?1 AND id > ?3"},
+        {"notifications_list_order", "order_id = ?2 AND id > ?3"},
+        {"notifications_list_both",
+         "customer_id = ?1 AND order_id = ?2 AND id > ?3"},
+    };
+    size_t k = (q->customer_id ? 1 : 0) + (q->order_id ? 2 : 0);
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT " ROW_COLUMNS " FROM notifications WHERE %s "
+             "ORDER BY id LIMIT ?4",
+             shapes[k].where);
+    struct moat_stmt *stmt = moat_db_prepare(db, shapes[k].name, sql);
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (q->customer_id)
+        sqlite3_bind_text(st, 1, q->customer_id, -1, SQLITE_STATIC);
+    if (q->order_id)
+        sqlite3_bind_text(st, 2, q->order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, q->after ? q->after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (sqlite3_int64)q->limit);
+    return rows_collect(db, stmt, q->limit, rows, n);
+}
+
+/* ---- compare (replay --verify) ---- */
+
+struct diff_sink {
+    json_t *diffs;
+    size_t max;
+    size_t dropped;
+};
+
+MOAT_PRINTF(2, 3)
+static void diff_add(struct diff_sink *d, const char *fmt, ...)
+{
+    if (json_array_size(d->diffs) >= d->max) {
+        d->dropped++;
+        return;
+    }
+    struct moat_buf b = MOAT_BUF_INIT;
+    va_list ap;
+    va_start(ap, fmt);
+    moat_buf_vprintf(&b, fmt, ap);
+    va_end(ap);
+    json_t *s = json_string(moat_buf_str(&b));
+    json_array_append_new(d->diffs, s ? s : json_string("(not UTF-8)"));
+    moat_buf_release(&b);
+}
+
+int ntf_store_compare(struct moat_db *live, struct moat_db *scratch,
+                      json_t *diffs, size_t max_diffs)
+{
+    /* Everything the events decide; not delivered / delivered_ms, which
+     * the deliverer sets (and a scratch database never delivers). */
+    static const char *const columns[] = {
+        "order id", "status",   "customer id", "kind",     "subject",
+        "body",     "trace id", "event id",    "sequence", "created time"};
+    static const char sql[] =
+        "SELECT id, order_id, status, customer_id, kind, subject, body, "
+        "trace_id, event_id, seq, created_ms FROM notifications ORDER BY id";
+    struct diff_sink d = {.diffs = diffs, .max = max_diffs};
+    /* Prepared on each connection under the same name: the statement
+     * cache is per connection. */
+    struct moat_stmt *sa = moat_db_prepare(live, "compare_notifications", sql);
+    struct moat_stmt *sb =
+        moat_db_prepare(scratch, "compare_notifications", sql);
+    if (!sa || !sb)
+        return MOAT_EDB;
+    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
+    int ncols = sqlite3_column_count(ra);
+    int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
+    while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
+        const char *ka = stepa == SQLITE_ROW
+                             ? (const char *)sqlite3_column_text(ra, 0)
+                             : NULL;
+        const char *kb = stepb == SQLITE_ROW
+                             ? (const char *)sqlite3_column_text(rb, 0)
+                             : NULL;
+        int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
+        if (cmp < 0) {
+            diff_add(&d, "notification %.80s: only in the live view", ka);
+            stepa = moat_stmt_step(sa);
+            continue;
+        }
+        if (cmp > 0) {
+            diff_add(&d, "notification %.80s: only in the rebuilt view", kb);
+            stepb = moat_stmt_step(sb);
+            continue;
+        }
+        for (int c = 1; c < ncols; c++) {
+            sqlite3_value *va = sqlite3_column_value(ra, c);
+            sqlite3_value *vb = sqlite3_column_value(rb, c);
+            int type = sqlite3_value_type(va);
+            const char *ta = (const char *)sqlite3_value_text(va);
+            const char *tb = (const char *)sqlite3_value_text(vb);
+            if (type != sqlite3_value_type(vb) ||
+                strcmp(ta ? ta : "", tb ? tb : "") != 0)
+                diff_add(&d,
+                         "notification %.80s: %s differs (live %.80s, "
+                         "rebuilt %.80s)",
+                         ka, columns[c - 1], ta ? ta : "NULL",
+                         tb ? tb : "NULL");
+        }
+        stepa = moat_stmt_step(sa);
+        stepb = moat_stmt_step(sb);
+    }
+    int rc = MOAT_OK;
+    if (stepa != SQLITE_DONE)
+        rc = moat_db_error(live, stepa);
+    else if (stepb != SQLITE_DONE)
+        rc = moat_db_error(scratch, stepb);
+    moat_stmt_reset(sa);
+    moat_stmt_reset(sb);
+    if (d.dropped)
+        json_array_append_new(
+            diffs, json_sprintf("... and %zu more differences", d.dropped));
+    return rc;
+}
