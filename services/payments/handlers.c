@@ -7,15 +7,16 @@
  *   POST /v1/payments/{id}/void       authorized -> voided
  *   POST /v1/payments/{id}/refund     captured   -> refunded (in full)
  *   GET  /v1/payments/{id}
- *   GET  /v1/payments?order_id=
+ *   GET  /v1/payments?order_id=       the payments of an order
+ *   GET  /v1/payments?after=&limit=   every payment in id order (auditor)
  *   GET  /v1/payments/summary         totals per currency and status
  *
- * Never a second charge: every provider call carries an Idempotency-Key
- * derived from the payment id ("<id>:authorize", "<id>:capture"...), so a
- * retry after a timeout or an outage, even after our own restart, gets the
- * provider's stored outcome instead of a new operation. Our own
- * Idempotency-Key (the caller's) maps to the payment id, so a caller's
- * retry resumes the same payment.
+ * Never a second charge: every provider call (provider.c) carries an
+ * Idempotency-Key derived from the payment id ("<id>:authorize",
+ * "<id>:capture"...), so a retry after a timeout or an outage, even after
+ * our own restart, gets the provider's stored outcome instead of a new
+ * operation. Our own Idempotency-Key (the caller's) maps to the payment
+ * id, so a caller's retry resumes the same payment.
  *
  * The card token lives only in the request being served and in the
  * provider call's body; it is never logged or stored. The idempotency
@@ -35,37 +36,29 @@
 #include "moat/problem.h"
 #include "payments.h"
 
-#define AMOUNT_MAX       99999999 /* the provider's per-operation cap */
-#define CARD_TOKEN_MAX   64
-#define PROVIDER_ID_MAX  64
-#define RETRY_AFTER_S    "1"
-#define FINGERPRINT_CTX  "payments.idempotency"
-#define AD_AUTH_ID       "payments.provider_auth_id:"
-#define AD_CAPTURE_ID    "payments.provider_capture_id:"
-#define PROBLEM_STATE    "urn:moat:problem:payment-state"
-#define PROBLEM_IDEM     "urn:moat:problem:idempotency-key-"
-#define PROVIDER_PROBLEM "urn:payprovider:problem:"
-#define DECLINE_REJECTED "provider_rejected"
-
-enum pay_op { OP_AUTHORIZE, OP_CAPTURE, OP_VOID, OP_REFUND };
+#define AMOUNT_MAX      99999999 /* the provider's per-operation cap */
+#define CARD_TOKEN_MAX  64
+#define RETRY_AFTER_S   "1"
+#define FINGERPRINT_CTX "payments.idempotency"
+#define PROBLEM_STATE   "urn:moat:problem:payment-state"
+#define PROBLEM_IDEM    "urn:moat:problem:idempotency-key-"
+#define LIST_DEFAULT    100
+#define LIST_MAX        1000
 
 struct op_def {
-    const char *name;   /* path segment and provider key suffix */
     const char *from;   /* required current status */
     const char *to;     /* status after success (authorize: decided) */
     const char *event;  /* event type on success */
     const char *action; /* audit action on success */
-    int provider_ok;    /* the provider's success status */
 };
 
 static const struct op_def ops[] = {
-    [OP_AUTHORIZE] = {"authorize", "pending", NULL, NULL, NULL, 201},
-    [OP_CAPTURE] = {"capture", "authorized", "captured", "PaymentCaptured",
-                    "payment.captured", 200},
-    [OP_VOID] = {"void", "authorized", "voided", "PaymentVoided",
-                 "payment.voided", 200},
-    [OP_REFUND] = {"refund", "captured", "refunded", "PaymentRefunded",
-                   "payment.refunded", 201},
+    [PAY_OP_AUTHORIZE] = {"pending", NULL, NULL, NULL},
+    [PAY_OP_CAPTURE] = {"authorized", "captured", "PaymentCaptured",
+                        "payment.captured"},
+    [PAY_OP_VOID] = {"authorized", "voided", "PaymentVoided", "payment.voided"},
+    [PAY_OP_REFUND] = {"captured", "refunded", "PaymentRefunded",
+                       "payment.refunded"},
 };
 
 /* One operation waiting for the provider. */
@@ -80,45 +73,9 @@ struct call {
     char *busy_key; /* our entry in ps->busy; owned */
 };
 
-/* ---- the busy list ---- */
-
-static bool busy_find(const struct pay_service *ps, const char *key, size_t *at)
-{
-    for (size_t i = 0; i < ps->nbusy; i++) {
-        if (strcmp(ps->busy[i], key) == 0) {
-            if (at)
-                *at = i;
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Takes key into the list unless it is there already (then false). */
-static bool busy_take(struct pay_service *ps, const char *key)
-{
-    if (busy_find(ps, key, NULL))
-        return false;
-    if (ps->nbusy == ps->busy_cap) {
-        ps->busy_cap = ps->busy_cap ? 2 * ps->busy_cap : 16;
-        ps->busy = moat_xrealloc(ps->busy, ps->busy_cap * sizeof(ps->busy[0]));
-    }
-    ps->busy[ps->nbusy++] = moat_xstrdup(key);
-    return true;
-}
-
-static void busy_drop(struct pay_service *ps, const char *key)
-{
-    size_t at;
-    if (!key || !busy_find(ps, key, &at))
-        return;
-    free(ps->busy[at]);
-    ps->busy[at] = ps->busy[--ps->nbusy];
-}
-
 static void call_free(struct call *c)
 {
-    busy_drop(c->ps, c->busy_key);
+    pay_busy_drop(c->ps, c->busy_key);
     free(c->busy_key);
     free(c->idem_key);
     pay_payment_release(&c->p);
@@ -142,8 +99,10 @@ static json_t *payment_json(const struct pay_payment *p)
     return j;
 }
 
-/* Event data: what consumers need, and no card or provider secrets. */
-static json_t *event_json(const struct pay_payment *p)
+/* Event data: what consumers need, and no card or provider secrets. The
+ * same shape as the saga's replies (saga.c), whose subject is the order
+ * too. */
+json_t *pay_event_json(const struct pay_payment *p)
 {
     json_t *j =
         json_pack("{s:s, s:s, s:I, s:s, s:s}", "payment_id", p->id, "order_id",
@@ -199,8 +158,8 @@ static void reply_db_error(struct moat_req *req, int rc)
 /* One audit record per state change; actor is the calling service. A
  * failed append is logged, not fatal: the database is the record of what
  * happened, the audit log its tamper evidence (moat/audit.h). */
-static void audit(struct pay_service *ps, const char *action,
-                  const char *caller, const struct pay_payment *p)
+void pay_audit(struct pay_service *ps, const char *action, const char *caller,
+               const struct pay_payment *p)
 {
     json_t *d = json_pack("{s:s, s:I, s:s, s:s}", "order_id", p->order_id,
                           "amount", (json_int_t)p->amount, "currency",
@@ -216,26 +175,6 @@ static void audit(struct pay_service *ps, const char *action,
 }
 
 /* ---- input checks ---- */
-
-static bool charset_ok(const char *s, size_t max, const char *extra)
-{
-    size_t n = strlen(s);
-    if (n < 1 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-              (ch >= '0' && ch <= '9') || strchr(extra, ch)))
-            return false;
-    }
-    return true;
-}
-
-static bool currency_ok(const char *s)
-{
-    return strlen(s) == 3 && s[0] >= 'A' && s[0] <= 'Z' && s[1] >= 'A' &&
-           s[1] <= 'Z' && s[2] >= 'A' && s[2] <= 'Z';
-}
 
 /*
  * The caller's Idempotency-Key: 1..255 visible ASCII characters, bare or
@@ -259,64 +198,34 @@ static bool idem_key_parse(const char *h, char out[PAY_IDEM_KEY_MAX + 1])
     return true;
 }
 
-/* Provider ids go into URL paths: accept only their plain alphabet. */
-static bool provider_id_ok(const char *s)
-{
-    return s && charset_ok(s, PROVIDER_ID_MAX, "_");
-}
-
 /* ---- calling the provider ---- */
 
-static void on_provider(const struct moat_http_response *resp, void *arg);
+static void on_outcome(struct pay_outcome *o, void *arg);
 
 /*
- * Count the attempt, then send method path body to the provider with the
- * deterministic key "<payment id>:<op>". On failure replies itself and
- * frees c.
+ * Count the attempt (committed before the call: a crash while it is out
+ * still shows that the provider may have seen this payment), then call
+ * the provider (provider.c). On failure replies itself and frees c.
  */
-static void provider_send(struct call *c, const char *path, const char *body)
+static void provider_send(struct call *c, const char *card_token)
 {
     struct pay_service *ps = c->ps;
-    char *auth = moat_xasprintf("Bearer %s", ps->cfg.provider_key);
-    char *key = moat_xasprintf("%s:%s", c->p.id, ops[c->op].name);
-    char *url = moat_xasprintf("%s%s", ps->cfg.provider_url, path);
-    const struct moat_http_header headers[] = {
-        {"Authorization", auth},
-        {"Idempotency-Key", key},
-        {"Content-Type", "application/json"},
-    };
-    struct moat_http_call call = {
-        .method = "POST",
-        .url = url,
-        .headers = headers,
-        .nheaders = MOAT_ARRAY_LEN(headers),
-        .body = body,
-        .body_len = strlen(body),
-        .timeout_ms = ps->cfg.provider_timeout_ms,
-        .trace = &c->trace,
-    };
-
-    /* Committed before the call: a crash while it is out still shows
-     * that the provider may have seen this payment. */
     int rc = pay_store_count_attempt(ps->store, c->p.id);
     if (rc != MOAT_OK) {
         reply_db_error(c->req, rc);
         call_free(c);
-        goto cleanup;
+        return;
     }
     c->p.attempts++;
-    rc = moat_http_client_send(ps->client, &call, on_provider, c);
-    if (rc != MOAT_OK) {
-        moat_log(MOAT_LOG_ERROR, "cannot call the payment provider",
-                 "{s:s, s:s}", "payment", c->p.id, "error", moat_strerror(rc));
+    rc = pay_provider_call(ps, c->op, &c->p, card_token, &c->trace, on_outcome,
+                           c);
+    if (rc == MOAT_EPRECOND) {
+        moat_req_reply_problem(c->req, 500, "cannot read the payment's record");
+        call_free(c);
+    } else if (rc != MOAT_OK) {
         reply_unavailable(c->req, &c->p, "cannot call the payment provider");
         call_free(c);
     }
-
-cleanup:
-    moat_free_secret(auth);
-    free(key);
-    free(url);
 }
 
 /* Apply the decided transition, audit it, and answer with the payment. */
@@ -346,9 +255,10 @@ static void finish_transition(struct call *c, const char *to,
         .decline_code = decline_code,
         .now_ms = p->updated_ms,
         .event_type = event,
+        .subject = p->order_id,
     };
     if (event) {
-        data = event_json(p);
+        data = pay_event_json(p);
         t.event_data = data;
     }
     if (status >= 400) {
@@ -382,7 +292,7 @@ static void finish_transition(struct call *c, const char *to,
         reply_unavailable(c->req, NULL, "cannot record the payment outcome");
         goto cleanup;
     }
-    audit(ps, action, c->caller, p);
+    pay_audit(ps, action, c->caller, p);
     if (stored) {
         /* The very bytes a replay will send, so the first answer and
          * every replay agree byte for byte. */
@@ -401,135 +311,53 @@ cleanup:
     free(stored);
 }
 
-/* Seal a provider id for its column, bound to this payment's row. */
-static char *seal_id(struct pay_service *ps, const char *ad_prefix,
-                     const char *pay_id, const char *value)
-{
-    char *ad = moat_xasprintf("%s%s", ad_prefix, pay_id);
-    char *out = NULL;
-    int rc = moat_seal(ps->kr, ad, value, strlen(value), &out);
-    free(ad);
-    return rc == MOAT_OK ? out : NULL;
-}
-
-static void authorize_done(struct call *c, const struct moat_http_response *r,
-                           json_t *body)
-{
-    const char *id = json_string_value(json_object_get(body, "id"));
-    const char *st = json_string_value(json_object_get(body, "status"));
-    const char *code = json_string_value(json_object_get(body, "decline_code"));
-    char *sealed = NULL;
-
-    if (r->status == 400 || r->status == 422) {
-        /* The provider refused the request itself (e.g. a currency it does
-         * not know): final, and the order may try again with another. */
-        finish_transition(c, "failed", DECLINE_REJECTED, NULL, NULL, NULL,
-                          "payment.failed", 422);
-        return;
-    }
-    if (r->status != 201 || !provider_id_ok(id) || !st ||
-        (strcmp(st, "authorized") != 0 && strcmp(st, "declined") != 0)) {
-        moat_log(MOAT_LOG_ERROR, "unexpected answer from the payment provider",
-                 "{s:s, s:s, s:i}", "payment", c->p.id, "operation",
-                 "authorize", "status", r->status);
-        moat_req_reply_problem(c->req, 502,
-                               "unexpected answer from the payment provider");
-        return;
-    }
-    sealed = seal_id(c->ps, AD_AUTH_ID, c->p.id, id);
-    if (!sealed) {
-        moat_req_reply_problem(c->req, 500, "cannot seal the provider id");
-        return;
-    }
-    if (strcmp(st, "authorized") == 0)
-        finish_transition(c, "authorized", NULL, sealed, NULL,
-                          "PaymentAuthorized", "payment.authorized", 201);
-    else
-        finish_transition(
-            c, "declined",
-            code && charset_ok(code, PAY_CODE_MAX, "_-") ? code : "declined",
-            sealed, NULL, "PaymentDeclined", "payment.declined", 201);
-    free(sealed);
-}
-
-static void operation_done(struct call *c, const struct moat_http_response *r,
-                           json_t *body)
-{
-    const struct op_def *d = &ops[c->op];
-    char *sealed = NULL;
-
-    if (r->status != d->provider_ok) {
-        /* Our books and the provider's disagree (or we are misconfigured):
-         * nothing changes here, and an operator must look. */
-        const char *type = json_string_value(json_object_get(body, "type"));
-        moat_log(MOAT_LOG_ERROR, "the payment provider refused an operation",
-                 "{s:s, s:s, s:i, s:s}", "payment", c->p.id, "operation",
-                 d->name, "status", r->status, "type", type ? type : "");
-        moat_req_reply_problem(c->req, 502,
-                               "the payment provider refused to %s the payment",
-                               d->name);
-        return;
-    }
-    if (c->op == OP_CAPTURE) {
-        const char *cap = json_string_value(
-            json_object_get(json_object_get(body, "capture"), "id"));
-        if (!provider_id_ok(cap)) {
-            moat_req_reply_problem(c->req, 502,
-                                   "the payment provider's capture has no id");
-            return;
-        }
-        sealed = seal_id(c->ps, AD_CAPTURE_ID, c->p.id, cap);
-        if (!sealed) {
-            moat_req_reply_problem(c->req, 500, "cannot seal the provider id");
-            return;
-        }
-    }
-    finish_transition(c, d->to, NULL, NULL, sealed, d->event, d->action, 200);
-    free(sealed);
-}
-
-/* True for answers that say "not now" rather than "no": retry later. */
-static bool provider_transient(const struct moat_http_response *r, json_t *body)
-{
-    if (r->err != MOAT_OK || r->status >= 500 || r->status == 429)
-        return true;
-    const char *type = json_string_value(json_object_get(body, "type"));
-    return r->status == 409 && type &&
-           strcmp(type, PROVIDER_PROBLEM "idempotency-key-in-progress") == 0;
-}
-
-static void on_provider(const struct moat_http_response *resp, void *arg)
+/* The provider's answer, as an HTTP answer and (when decided) a state
+ * change. */
+static void on_outcome(struct pay_outcome *o, void *arg)
 {
     struct call *c = arg;
-    json_t *body = NULL;
+    const struct op_def *d = &ops[c->op];
 
-    /* Callbacks run outside the server's handler: set the log context,
-     * which the outbox and the audit log take the trace from. */
-    moat_log_set_trace(&c->trace);
-    if (resp->err == MOAT_OK && resp->body_len > 0)
-        body = json_loadb(resp->body, resp->body_len, 0, NULL);
-
-    if (provider_transient(resp, body)) {
-        moat_log(resp->err == MOAT_ECANCELLED ? MOAT_LOG_INFO : MOAT_LOG_WARN,
-                 "payment provider unavailable",
-                 "{s:s, s:s, s:s, s:i, s:I, s:f}", "payment", c->p.id,
-                 "operation", ops[c->op].name, "error",
-                 resp->err_msg ? resp->err_msg : "", "status", resp->status,
-                 "attempts", (json_int_t)c->p.attempts, "duration_ms",
-                 resp->elapsed_ms);
+    switch (o->result) {
+    case PAY_TRANSIENT:
         reply_unavailable(c->req, &c->p,
-                          c->op == OP_AUTHORIZE
+                          c->op == PAY_OP_AUTHORIZE
                               ? "the payment provider is unavailable; retry "
                                 "with the same Idempotency-Key"
                               : "the payment provider is unavailable");
-    } else if (c->op == OP_AUTHORIZE) {
-        authorize_done(c, resp, body);
-    } else {
-        operation_done(c, resp, body);
+        break;
+    case PAY_AUTHORIZED:
+        finish_transition(c, "authorized", NULL, o->auth_id_enc, NULL,
+                          "PaymentAuthorized", "payment.authorized", 201);
+        break;
+    case PAY_DECLINED:
+        finish_transition(c, "declined", o->decline_code, o->auth_id_enc, NULL,
+                          "PaymentDeclined", "payment.declined", 201);
+        break;
+    case PAY_REJECTED:
+        finish_transition(c, "failed", o->decline_code, NULL, NULL, NULL,
+                          "payment.failed", 422);
+        break;
+    case PAY_DONE:
+        finish_transition(c, d->to, NULL, NULL, o->capture_id_enc, d->event,
+                          d->action, 200);
+        break;
+    case PAY_REFUSED:
+        /* Our books and the provider's disagree (or we are misconfigured):
+         * nothing changes here, and an operator must look. */
+        moat_req_reply_problem(c->req, 502,
+                               "the payment provider refused to %s the payment",
+                               pay_op_name(c->op));
+        break;
+    case PAY_BAD_ANSWER:
+        moat_req_reply_problem(c->req, 502,
+                               "unexpected answer from the payment provider");
+        break;
+    case PAY_INTERNAL:
+        moat_req_reply_problem(c->req, 500, "cannot seal the provider id");
+        break;
     }
-    json_decref(body);
     call_free(c);
-    moat_log_set_trace(NULL);
 }
 
 /* ---- POST /v1/payments ---- */
@@ -557,17 +385,17 @@ static bool validate_create(struct moat_req *req, json_t *body)
     moat_v_known_keys(&v, body, "", known);
     if (moat_v_string(&v, body, "", "order_id", true, 1, PAY_ORDER_ID_MAX,
                       &s) &&
-        !charset_ok(s, PAY_ORDER_ID_MAX, "_-.:"))
+        !pay_charset_ok(s, PAY_ORDER_ID_MAX, "_-.:"))
         moat_validation_add(&v, "/order_id",
                             "must be letters, digits, '_', '-', '.' or ':'");
     moat_v_int(&v, body, "", "amount", true, 1, AMOUNT_MAX, &amount);
     if (moat_v_string(&v, body, "", "currency", true, 3, 3, &s) &&
-        !currency_ok(s))
+        !pay_currency_ok(s))
         moat_validation_add(&v, "/currency",
                             "must be an ISO 4217 code in upper case");
     if (moat_v_string(&v, body, "", "card_token", true, 1, CARD_TOKEN_MAX,
                       &s) &&
-        !charset_ok(s, CARD_TOKEN_MAX, "_-"))
+        !pay_charset_ok(s, CARD_TOKEN_MAX, "_-"))
         moat_validation_add(&v, "/card_token",
                             "must be letters, digits, '_' or '-'");
     if (moat_validation_ok(&v)) {
@@ -588,20 +416,6 @@ static void replay(struct moat_req *req, const struct pay_idem *idem)
                    idem->status >= 400 ? "application/problem+json"
                                        : "application/json",
                    idem->response, strlen(idem->response));
-}
-
-static void authorize_send(struct call *c, json_t *body)
-{
-    json_t *pb = json_pack("{s:I, s:s, s:O, s:s}", "amount",
-                           (json_int_t)c->p.amount, "currency", c->p.currency,
-                           "card_token", json_object_get(body, "card_token"),
-                           "reference", c->p.order_id);
-    char *text = json_dumps(pb, JSON_COMPACT);
-    json_decref(pb);
-    if (!text)
-        moat_die("cannot serialise a provider request");
-    provider_send(c, "/v1/authorizations", text);
-    moat_free_secret(text); /* it holds the card token */
 }
 
 static void h_create(struct moat_req *req, void *arg)
@@ -638,7 +452,7 @@ static void h_create(struct moat_req *req, void *arg)
     fingerprint(ps, body, fp);
 
     busy = moat_xasprintf("idem:%s:%s", who->service, key);
-    if (busy_find(ps, busy, NULL)) {
+    if (pay_busy_find(ps, busy)) {
         moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
             req, problem_typed(409, PROBLEM_IDEM "in-progress",
@@ -651,7 +465,7 @@ static void h_create(struct moat_req *req, void *arg)
     c->ps = ps;
     c->req = req;
     c->trace = *moat_req_trace(req);
-    c->op = OP_AUTHORIZE;
+    c->op = PAY_OP_AUTHORIZE;
     snprintf(c->caller, sizeof(c->caller), "%s", who->service);
     c->idem_key = moat_xstrdup(key);
 
@@ -703,16 +517,16 @@ static void h_create(struct moat_req *req, void *arg)
             reply_db_error(req, rc);
             goto cleanup;
         }
-        audit(ps, "payment.created", c->caller, p);
+        pay_audit(ps, "payment.created", c->caller, p);
     } else {
         reply_db_error(req, rc);
         goto cleanup;
     }
 
-    busy_take(ps, busy);
+    pay_busy_take(ps, busy);
     c->busy_key = busy;
     busy = NULL;
-    authorize_send(c, body);
+    provider_send(c, json_string_value(json_object_get(body, "card_token")));
     c = NULL; /* provider_send owns it now */
 
 cleanup:
@@ -732,16 +546,14 @@ static void h_operation(struct moat_req *req, struct pay_service *ps,
     const struct op_def *d = &ops[op];
     struct call *c = NULL;
     char *busy = NULL;
-    char *ad = NULL;
-    char *pid = NULL;
-    char *path = NULL;
 
     if (!moat_id_valid(id, "pay_")) {
         moat_req_reply_problem(req, 404, "no payment with this id");
         goto cleanup;
     }
+    /* Taken by an HTTP operation or by the saga's worker. */
     busy = moat_xasprintf("pay:%s", id);
-    if (busy_find(ps, busy, NULL)) {
+    if (pay_busy_find(ps, busy)) {
         moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
             req, problem_typed(409, PROBLEM_STATE,
@@ -766,53 +578,34 @@ static void h_operation(struct moat_req *req, struct pay_service *ps,
         goto cleanup;
     }
     if (strcmp(c->p.status, d->from) != 0) {
-        reply_state_conflict(req, &c->p, d->name);
+        reply_state_conflict(req, &c->p, pay_op_name(op));
         goto cleanup;
     }
-
-    /* A refund goes against the capture, the rest against the
-     * authorization; the ids are opened only for the call's URL. */
-    bool refund = op == OP_REFUND;
-    const char *enc = refund ? c->p.capture_id_enc : c->p.auth_id_enc;
-    ad = moat_xasprintf("%s%s", refund ? AD_CAPTURE_ID : AD_AUTH_ID, id);
-    if (!enc || moat_open(ps->kr, ad, enc, &pid, NULL) != MOAT_OK ||
-        !provider_id_ok(pid)) {
-        moat_log(MOAT_LOG_ERROR, "cannot open a stored provider id",
-                 "{s:s, s:s}", "payment", id, "column",
-                 refund ? "provider_capture_id_enc" : "provider_auth_id_enc");
-        moat_req_reply_problem(req, 500, "cannot read the payment's record");
-        goto cleanup;
-    }
-    path = refund ? moat_xasprintf("/v1/captures/%s/refund", pid)
-                  : moat_xasprintf("/v1/authorizations/%s/%s", pid, d->name);
-    busy_take(ps, busy);
+    pay_busy_take(ps, busy);
     c->busy_key = busy;
     busy = NULL;
-    provider_send(c, path, "{}");
+    provider_send(c, NULL);
     c = NULL;
 
 cleanup:
     if (c)
         call_free(c);
-    moat_free_secret(pid);
-    free(path);
-    free(ad);
     free(busy);
 }
 
 static void h_capture(struct moat_req *req, void *arg)
 {
-    h_operation(req, arg, OP_CAPTURE);
+    h_operation(req, arg, PAY_OP_CAPTURE);
 }
 
 static void h_void(struct moat_req *req, void *arg)
 {
-    h_operation(req, arg, OP_VOID);
+    h_operation(req, arg, PAY_OP_VOID);
 }
 
 static void h_refund(struct moat_req *req, void *arg)
 {
-    h_operation(req, arg, OP_REFUND);
+    h_operation(req, arg, PAY_OP_REFUND);
 }
 
 /* ---- reads ---- */
@@ -841,38 +634,75 @@ static void add_item(const struct pay_payment *p, void *arg)
     json_array_append_new(arg, payment_json(p));
 }
 
+/*
+ * GET /v1/payments?order_id=O: the order's payments, oldest first, as
+ * {"items"}. GET /v1/payments?after=ID&limit=N (both optional): every
+ * payment in id order, for the auditor, as {"payments", "next_after"}
+ * (null once there are no more).
+ */
 static void h_list(struct moat_req *req, void *arg)
 {
     struct pay_service *ps = arg;
     json_t *problem = NULL;
-    const char *order = NULL;
+    const char *order = NULL, *after = NULL, *limit_s = NULL;
     const char *k, *v;
     void *it = NULL;
+    int64_t limit = LIST_DEFAULT;
 
     while (moat_req_query_next(req, &it, &k, &v)) {
-        if (strcmp(k, "order_id") != 0)
+        const char **slot = strcmp(k, "order_id") == 0 ? &order
+                            : strcmp(k, "after") == 0  ? &after
+                            : strcmp(k, "limit") == 0  ? &limit_s
+                                                       : NULL;
+        if (!slot)
             moat_problem_param_error(&problem, k, "unknown parameter");
-        else if (order)
+        else if (*slot)
             moat_problem_param_error(&problem, k, "given more than once");
         else
-            order = v;
+            *slot = v;
     }
-    if (!problem && !order)
-        moat_problem_param_error(&problem, "order_id", "is required");
-    else if (!problem && !charset_ok(order, PAY_ORDER_ID_MAX, "_-.:"))
+    if (order && !pay_charset_ok(order, PAY_ORDER_ID_MAX, "_-.:"))
         moat_problem_param_error(&problem, "order_id", "is not an order id");
+    if (order && (after || limit_s))
+        moat_problem_param_error(&problem, after ? "after" : "limit",
+                                 "cannot be combined with order_id");
+    if (after && after[0] && !moat_id_valid(after, "pay_"))
+        moat_problem_param_error(&problem, "after", "is not a payment id");
+    if (limit_s) {
+        char *end = NULL;
+        long long n = strtoll(limit_s, &end, 10);
+        if (!limit_s[0] || *end || limit_s[0] == '+' || limit_s[0] == '-' ||
+            n < 1 || n > LIST_MAX)
+            moat_problem_param_error(&problem, "limit",
+                                     "must be an integer from 1 to 1000");
+        else
+            limit = n;
+    }
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;
     }
     json_t *items = json_array();
-    int rc = pay_store_list_by_order(ps->store, order, add_item, items);
+    int rc =
+        order ? pay_store_list_by_order(ps->store, order, add_item, items)
+              : pay_store_list(ps->store, after, (int)limit, add_item, items);
     if (rc != MOAT_OK) {
         json_decref(items);
         reply_db_error(req, rc);
         return;
     }
-    moat_req_reply_json(req, 200, json_pack("{s:o}", "items", items));
+    if (order) {
+        moat_req_reply_json(req, 200, json_pack("{s:o}", "items", items));
+        return;
+    }
+    size_t n = json_array_size(items);
+    json_t *next =
+        (int64_t)n == limit
+            ? json_incref(json_object_get(json_array_get(items, n - 1), "id"))
+            : json_null();
+    moat_req_reply_json(
+        req, 200,
+        json_pack("{s:o, s:o}", "payments", items, "next_after", next));
 }
 
 static void h_summary(struct moat_req *req, void *arg)

@@ -3,8 +3,11 @@
  * and refunds against an external card processor (docs/payment-provider.md),
  * kept in payments' own SQLite database ($MOAT_DATA_DIR/payments.db,
  * synchronous=FULL), with events (PaymentAuthorized, PaymentDeclined,
- * PaymentCaptured, PaymentVoided, PaymentRefunded) served from its outbox at
- * /v1/events and every state change in <data_dir>/audit.log.
+ * PaymentCaptured, PaymentVoided, PaymentRefunded, and the saga's
+ * PaymentCaptureFailed, PaymentProviderUnavailable) served from its outbox
+ * at /v1/events and every state change in <data_dir>/audit.log. With
+ * orders' feed configured it is a participant of the order saga (saga.c,
+ * docs/saga.md).
  *
  * Configuration besides the MOAT_* basics (moat/service.h):
  *   MOAT_PAYMENTS_PROVIDER_URL         the processor, e.g.
@@ -13,12 +16,16 @@
  *   MOAT_PAYMENTS_PROVIDER_TIMEOUT_MS  per provider call (default 2000)
  *   MOAT_PAYMENTS_KEYRING              keyring contents (moat/crypto.h);
  *                                      default: <data_dir>/keys, created
+ *   MOAT_PAYMENTS_ORDERS_URL           orders' base URL for its feed of
+ *                                      commands; unset: take none
  *
- * Where to look: handlers.c for the HTTP API and the provider calls,
- * store.c for the schema and every query. docs/payments.md for the rules.
+ * Where to look: handlers.c for the HTTP API, saga.c for orders' commands,
+ * provider.c for the provider calls, store.c for the schema and every
+ * query. docs/payments.md for the rules.
  */
 #include "moat/common.h"
 
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,16 +82,50 @@ static int load_config(struct pay_config *cfg)
                      PAY_PROVIDER_TIMEOUT_MAX_MS, &timeout) != MOAT_OK)
         return MOAT_EINVAL; /* logged by moat_env_int */
     cfg->provider_timeout_ms = (long)timeout;
+
+    const char *orders = moat_env_str("MOAT_PAYMENTS_ORDERS_URL", NULL);
+    if (orders && orders[0]) {
+        len = strlen(orders);
+        if ((strncmp(orders, "http://", 7) != 0 &&
+             strncmp(orders, "https://", 8) != 0) ||
+            len >= sizeof(cfg->orders_url)) {
+            moat_log(MOAT_LOG_ERROR,
+                     "MOAT_PAYMENTS_ORDERS_URL must be an http(s):// URL of "
+                     "at most 255 characters",
+                     NULL);
+            return MOAT_EINVAL;
+        }
+        memcpy(cfg->orders_url, orders, len + 1);
+    }
     return MOAT_OK;
+}
+
+/*
+ * The service skeleton has no hook that runs once it listens, and the
+ * consumer must not pull before then (moat/events.h). A zero-delay timer
+ * added in init fires on the loop's first iteration, which lib/service.c
+ * enters only after it has confined the process and bound the listener.
+ */
+static void start_saga(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    struct pay_service *ps = arg;
+    pay_saga_start(ps->saga);
 }
 
 static void payments_free(struct pay_service *ps)
 {
     if (!ps)
         return;
-    /* The client first: cancelling its calls runs their callbacks, which
-     * answer their requests (503) and still use nothing but the busy list. */
+    if (ps->start)
+        event_free(ps->start);
+    /* The saga stops taking outcomes, then the client: cancelling its
+     * calls runs their callbacks, which answer their requests (503) or
+     * drop the saga's calls, and use nothing but the busy list. */
+    pay_saga_stop(ps->saga);
     moat_http_client_free(ps->client);
+    pay_saga_free(ps->saga);
     moat_audit_close(ps->audit);
     pay_store_close(ps->store);
     moat_keyring_free(ps->kr);
@@ -147,10 +188,24 @@ static int payments_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto cleanup;
 
-    moat_log(MOAT_LOG_INFO, "payments configured", "{s:s, s:I, s:i}",
+    if (ps->cfg.orders_url[0]) {
+        step = "orders' feed";
+        rc = pay_saga_new(ps);
+        if (rc != MOAT_OK)
+            goto cleanup;
+        ps->start = evtimer_new(svc->base, start_saga, ps);
+        const struct timeval now = {0, 0};
+        if (!ps->start || evtimer_add(ps->start, &now) != 0) {
+            rc = MOAT_EIO;
+            goto cleanup;
+        }
+    }
+
+    moat_log(MOAT_LOG_INFO, "payments configured", "{s:s, s:I, s:i, s:s}",
              "provider", ps->cfg.provider_url, "provider_timeout_ms",
              (json_int_t)ps->cfg.provider_timeout_ms, "active_key",
-             (int)moat_keyring_active(ps->kr));
+             (int)moat_keyring_active(ps->kr), "orders",
+             ps->cfg.orders_url[0] ? ps->cfg.orders_url : "(none)");
     svc->impl = ps;
     ps = NULL;
 

@@ -17,6 +17,7 @@
 struct pay_store {
     struct moat_db *db;
     struct moat_outbox *outbox;
+    bool appended; /* an event was appended in the open transaction */
 };
 
 /*
@@ -61,6 +62,44 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (caller, key)\n"
      ") STRICT, WITHOUT ROWID;\n"},
     {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+    /*
+     * The order saga (docs/saga.md). payment_commands holds one row per
+     * (order, command) ever applied: the unique key makes a redelivered
+     * command a no-op, 'queued' rows are the worker's queue (strictly in id
+     * order per payment), and a void or refund row without a payment is
+     * the order's tombstone, which refuses a later authorization. The
+     * card token of a saga payment is kept sealed (bound to the payment's
+     * row) only until the provider has answered its authorization.
+     */
+    {4, "the order saga",
+     "ALTER TABLE payments ADD COLUMN customer_id TEXT;\n"
+     "ALTER TABLE payments ADD COLUMN card_token_enc TEXT;\n"
+     "ALTER TABLE payments ADD COLUMN unavailable_reported INTEGER NOT NULL\n"
+     "    DEFAULT 0 CHECK (unavailable_reported IN (0, 1));\n"
+     "CREATE TABLE payment_commands (\n"
+     "    id INTEGER PRIMARY KEY,\n"
+     "    order_id TEXT NOT NULL CHECK (length(order_id) BETWEEN 1 AND 64),\n"
+     "    command TEXT NOT NULL CHECK (command IN ('authorize', 'capture',\n"
+     "        'void', 'refund')),\n"
+     "    payment_id TEXT REFERENCES payments (id),\n"
+     "    state TEXT NOT NULL CHECK (state IN ('queued', 'done', 'failed')),\n"
+     "    amount INTEGER NOT NULL DEFAULT 0 CHECK (amount >= 0),\n"
+     "    reason TEXT,\n"
+     "    feed_seq INTEGER NOT NULL,\n"
+     "    traceparent TEXT,\n"
+     "    attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),\n"
+     "    next_at_ms INTEGER NOT NULL DEFAULT 0,\n"
+     "    last_error TEXT,\n"
+     "    reply TEXT,\n"
+     "    queued_at_ms INTEGER NOT NULL,\n"
+     "    done_at_ms INTEGER,\n"
+     "    UNIQUE (order_id, command),\n"
+     "    CHECK (state <> 'queued' OR payment_id IS NOT NULL)\n"
+     ") STRICT;\n"
+     "CREATE INDEX payment_commands_queue ON payment_commands (payment_id, "
+     "id)\n"
+     "    WHERE state = 'queued';\n"},
 };
 
 void pay_payment_release(struct pay_payment *p)
@@ -123,6 +162,11 @@ void pay_store_close(struct pay_store *s)
 struct moat_outbox *pay_store_outbox(struct pay_store *s)
 {
     return s->outbox;
+}
+
+struct moat_db *pay_store_db(struct pay_store *s)
+{
+    return s->db;
 }
 
 bool pay_store_ready(struct pay_store *s, const char **why)
@@ -378,59 +422,60 @@ int pay_store_count_attempt(struct pay_store *s, const char *id)
     return rc;
 }
 
-int pay_store_transition(struct pay_store *s, const struct pay_transition *t)
+/* t's state change and event inside the open transaction. */
+int pay_store_apply(struct pay_store *s, const struct pay_transition *t)
 {
-    struct moat_stmt *stmt;
-    sqlite3_stmt *st;
-    int step;
-    int rc = moat_db_begin(s->db);
-    if (rc != MOAT_OK)
-        return rc;
-
-    rc = MOAT_EDB;
-    stmt = moat_db_prepare(
+    struct moat_stmt *stmt = moat_db_prepare(
         s->db, "payment_transition",
         "UPDATE payments SET status = ?3, "
         "provider_auth_id_enc = coalesce(?4, provider_auth_id_enc), "
         "provider_capture_id_enc = coalesce(?5, provider_capture_id_enc), "
         "decline_code = coalesce(?6, decline_code), version = version + 1, "
-        "updated_at_ms = ?7 WHERE id = ?1 AND status = ?2");
+        "updated_at_ms = ?7, "
+        "card_token_enc = CASE WHEN ?8 THEN NULL ELSE card_token_enc END "
+        "WHERE id = ?1 AND status = ?2");
     if (!stmt)
-        goto cleanup;
-    st = moat_stmt_raw(stmt);
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
     if (bind_text(st, 1, t->id) != MOAT_OK ||
         bind_text(st, 2, t->from) != MOAT_OK ||
         bind_text(st, 3, t->to) != MOAT_OK ||
         bind_text(st, 4, t->auth_id_enc) != MOAT_OK ||
         bind_text(st, 5, t->capture_id_enc) != MOAT_OK ||
         bind_text(st, 6, t->decline_code) != MOAT_OK ||
-        sqlite3_bind_int64(st, 7, t->now_ms) != SQLITE_OK) {
+        sqlite3_bind_int64(st, 7, t->now_ms) != SQLITE_OK ||
+        sqlite3_bind_int(st, 8, t->wipe_card_token) != SQLITE_OK) {
         moat_stmt_reset(stmt);
-        goto cleanup;
+        return MOAT_EDB;
     }
-    step = moat_stmt_step(stmt);
+    int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
-    if (step != SQLITE_DONE) {
-        rc = write_error(s, step);
-        goto cleanup;
-    }
+    if (step != SQLITE_DONE)
+        return write_error(s, step);
     /* Someone else moved the payment first (cannot happen while the loop
      * serialises operations per payment, but the books must not rely on
      * that). */
-    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
-        rc = MOAT_ECONFLICT;
+    if (sqlite3_changes(moat_db_handle(s->db)) != 1)
+        return MOAT_ECONFLICT;
+    if (t->event_type)
+        return pay_store_event(s, t->event_type, t->subject, t->event_data);
+    return MOAT_OK;
+}
+
+int pay_store_transition(struct pay_store *s, const struct pay_transition *t)
+{
+    struct moat_stmt *stmt;
+    sqlite3_stmt *st;
+    int step;
+    int rc = pay_store_begin(s);
+    if (rc != MOAT_OK)
+        return rc;
+
+    rc = pay_store_apply(s, t);
+    if (rc != MOAT_OK)
         goto cleanup;
-    }
-
-    if (t->event_type) {
-        rc = moat_outbox_append(s->outbox, t->event_type, t->id, EVENT_SCHEMA,
-                                t->event_data, NULL);
-        if (rc != MOAT_OK)
-            goto cleanup;
-        rc = MOAT_EDB;
-    }
-
     if (t->idem_caller) {
+        rc = MOAT_EDB;
         stmt = moat_db_prepare(
             s->db, "idem_complete",
             "UPDATE idempotency_keys SET response_status = ?3, response = ?4 "
@@ -452,13 +497,11 @@ int pay_store_transition(struct pay_store *s, const struct pay_transition *t)
             goto cleanup;
         }
     }
-    rc = moat_db_commit(s->db);
-    if (rc == MOAT_OK && t->event_type)
-        moat_outbox_committed(s->outbox);
+    rc = pay_store_commit(s);
 
 cleanup:
     if (rc != MOAT_OK)
-        moat_db_rollback(s->db);
+        pay_store_rollback(s);
     return rc;
 }
 
@@ -495,4 +538,406 @@ int pay_store_summary(struct pay_store *s, json_t **out)
     }
     *out = json_pack("{s:o}", "currencies", cur);
     return MOAT_OK;
+}
+
+/* ---- transactions ---- */
+
+int pay_store_begin(struct pay_store *s)
+{
+    s->appended = false;
+    return moat_db_begin(s->db);
+}
+
+int pay_store_commit(struct pay_store *s)
+{
+    int rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK && s->appended)
+        moat_outbox_committed(s->outbox);
+    s->appended = false;
+    return rc;
+}
+
+void pay_store_rollback(struct pay_store *s)
+{
+    moat_db_rollback(s->db);
+    s->appended = false;
+}
+
+int pay_store_savepoint(struct pay_store *s)
+{
+    return moat_db_exec(s->db, "payment_savepoint", "SAVEPOINT pay_step");
+}
+
+int pay_store_savepoint_release(struct pay_store *s)
+{
+    return moat_db_exec(s->db, "payment_savepoint_release", "RELEASE pay_step");
+}
+
+void pay_store_savepoint_undo(struct pay_store *s)
+{
+    /* ROLLBACK TO keeps the savepoint open: release it as well. */
+    if (moat_db_exec(s->db, "payment_savepoint_undo", "ROLLBACK TO pay_step") ==
+        MOAT_OK)
+        moat_db_exec(s->db, "payment_savepoint_release", "RELEASE pay_step");
+}
+
+int pay_store_event(struct pay_store *s, const char *type, const char *subject,
+                    json_t *data)
+{
+    int rc =
+        moat_outbox_append(s->outbox, type, subject, EVENT_SCHEMA, data, NULL);
+    if (rc == MOAT_OK)
+        s->appended = true;
+    return rc;
+}
+
+/* ---- the saga ---- */
+
+static int step_done(struct pay_store *s, struct moat_stmt *stmt)
+{
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_DONE ? MOAT_OK : write_error(s, step);
+}
+
+int pay_store_command_find(struct pay_store *s, const char *order_id,
+                           const char *command, bool *found)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "command_find",
+                        "SELECT 1 FROM payment_commands "
+                        "WHERE order_id = ?1 AND command = ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, order_id);
+    if (rc == MOAT_OK)
+        rc = bind_text(st, 2, command);
+    if (rc == MOAT_OK) {
+        int step = moat_stmt_step(stmt);
+        *found = step == SQLITE_ROW;
+        if (step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_tombstoned(struct pay_store *s, const char *order_id, bool *yes)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "command_tombstone",
+        "SELECT 1 FROM payment_commands WHERE order_id = ?1 "
+        "AND command IN ('void', 'refund') AND payment_id IS NULL");
+    if (!stmt)
+        return MOAT_EDB;
+    int rc = bind_text(moat_stmt_raw(stmt), 1, order_id);
+    if (rc == MOAT_OK) {
+        int step = moat_stmt_step(stmt);
+        *yes = step == SQLITE_ROW;
+        if (step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_order_payment(struct pay_store *s, const char *order_id,
+                            struct pay_payment *out)
+{
+    /* The live payment if there is one, else the newest failed one. */
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_order_latest",
+        "SELECT " PAYMENT_COLUMNS " FROM payments WHERE order_id = ?1 "
+        "ORDER BY status = 'failed', id DESC LIMIT 1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, order_id);
+    if (rc == MOAT_OK) {
+        int step = moat_stmt_step(stmt);
+        if (step == SQLITE_ROW)
+            row_to_payment(st, out);
+        else
+            rc = step == SQLITE_DONE ? MOAT_ENOTFOUND
+                                     : moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_saga_create(struct pay_store *s, const struct pay_payment *p,
+                          const char *customer_id, const char *card_token_enc)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_saga_insert",
+        "INSERT INTO payments (id, order_id, amount, currency, status, "
+        "created_by, attempts, version, created_at_ms, updated_at_ms, "
+        "customer_id, card_token_enc) "
+        "VALUES (?1, ?2, ?3, ?4, 'pending', ?5, 0, 1, ?6, ?6, ?7, ?8)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (bind_text(st, 1, p->id) != MOAT_OK ||
+        bind_text(st, 2, p->order_id) != MOAT_OK ||
+        sqlite3_bind_int64(st, 3, p->amount) != SQLITE_OK ||
+        bind_text(st, 4, p->currency) != MOAT_OK ||
+        bind_text(st, 5, p->created_by) != MOAT_OK ||
+        sqlite3_bind_int64(st, 6, p->created_ms) != SQLITE_OK ||
+        bind_text(st, 7, customer_id) != MOAT_OK ||
+        bind_text(st, 8, card_token_enc) != MOAT_OK) {
+        moat_stmt_reset(stmt);
+        return MOAT_EDB;
+    }
+    return step_done(s, stmt);
+}
+
+int pay_store_command_add(struct pay_store *s, const struct pay_command_new *c)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "command_insert",
+        "INSERT INTO payment_commands (order_id, command, payment_id, state, "
+        "amount, reason, feed_seq, traceparent, reply, queued_at_ms, "
+        "done_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
+        "CASE WHEN ?4 = 'queued' THEN NULL ELSE ?10 END)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (bind_text(st, 1, c->order_id) != MOAT_OK ||
+        bind_text(st, 2, c->command) != MOAT_OK ||
+        bind_text(st, 3, c->payment_id) != MOAT_OK ||
+        bind_text(st, 4, c->state) != MOAT_OK ||
+        sqlite3_bind_int64(st, 5, c->amount) != SQLITE_OK ||
+        bind_text(st, 6, c->reason) != MOAT_OK ||
+        sqlite3_bind_int64(st, 7, c->feed_seq) != SQLITE_OK ||
+        bind_text(st, 8, c->traceparent) != MOAT_OK ||
+        bind_text(st, 9, c->reply) != MOAT_OK ||
+        sqlite3_bind_int64(st, 10, c->now_ms) != SQLITE_OK) {
+        moat_stmt_reset(stmt);
+        return MOAT_EDB;
+    }
+    return step_done(s, stmt);
+}
+
+int pay_store_commands_ready(struct pay_store *s, int64_t now_ms, int limit,
+                             void (*fn)(const struct pay_command *, void *),
+                             void *arg)
+{
+    /* The head of each payment's queue, when its backoff has passed: a
+     * later command of a payment never overtakes an earlier one. */
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "command_ready",
+        "SELECT c.id, c.order_id, c.command, c.payment_id, c.amount, "
+        "c.attempts, c.queued_at_ms, coalesce(c.traceparent, '') "
+        "FROM payment_commands c WHERE c.state = 'queued' "
+        "AND c.next_at_ms <= ?1 AND NOT EXISTS (SELECT 1 FROM "
+        "payment_commands e WHERE e.state = 'queued' "
+        "AND e.payment_id = c.payment_id AND e.id < c.id) "
+        "ORDER BY c.id LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = MOAT_EDB;
+    int step;
+    if (sqlite3_bind_int64(st, 1, now_ms) != SQLITE_OK ||
+        sqlite3_bind_int(st, 2, limit) != SQLITE_OK)
+        goto cleanup;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        struct pay_command c = {0};
+        c.id = sqlite3_column_int64(st, 0);
+        copy_col(c.order_id, sizeof(c.order_id), st, 1);
+        copy_col(c.command, sizeof(c.command), st, 2);
+        copy_col(c.payment_id, sizeof(c.payment_id), st, 3);
+        c.amount = sqlite3_column_int64(st, 4);
+        c.attempts = sqlite3_column_int64(st, 5);
+        c.queued_ms = sqlite3_column_int64(st, 6);
+        copy_col(c.traceparent, sizeof(c.traceparent), st, 7);
+        fn(&c, arg);
+    }
+    rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+
+cleanup:
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_commands_next_at(struct pay_store *s, int64_t *next_ms)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "command_next_at",
+                        "SELECT min(next_at_ms) FROM payment_commands "
+                        "WHERE state = 'queued'");
+    if (!stmt)
+        return MOAT_EDB;
+    int step = moat_stmt_step(stmt);
+    int rc = MOAT_OK;
+    if (step == SQLITE_ROW)
+        *next_ms = sqlite3_column_type(moat_stmt_raw(stmt), 0) == SQLITE_NULL
+                       ? -1
+                       : sqlite3_column_int64(moat_stmt_raw(stmt), 0);
+    else
+        rc = moat_db_error(s->db, step);
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_card_token(struct pay_store *s, const char *payment_id,
+                         char **enc)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "payment_card",
+                        "SELECT card_token_enc FROM payments "
+                        "WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, payment_id);
+    *enc = NULL;
+    if (rc == MOAT_OK) {
+        int step = moat_stmt_step(stmt);
+        if (step == SQLITE_ROW)
+            *enc = dup_col(st, 0);
+        else
+            rc = step == SQLITE_DONE ? MOAT_ENOTFOUND
+                                     : moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+int pay_store_command_done(struct pay_store *s, int64_t id, const char *state,
+                           const char *reply, const char *error, int64_t now_ms)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "command_done",
+        "UPDATE payment_commands SET state = ?2, reply = ?3, "
+        "last_error = coalesce(?4, last_error), done_at_ms = ?5 "
+        "WHERE id = ?1 AND state = 'queued'");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK ||
+        bind_text(st, 2, state) != MOAT_OK ||
+        bind_text(st, 3, reply) != MOAT_OK ||
+        bind_text(st, 4, error) != MOAT_OK ||
+        sqlite3_bind_int64(st, 5, now_ms) != SQLITE_OK) {
+        moat_stmt_reset(stmt);
+        return MOAT_EDB;
+    }
+    int rc = step_done(s, stmt);
+    if (rc == MOAT_OK && sqlite3_changes(moat_db_handle(s->db)) != 1)
+        rc = MOAT_ECONFLICT;
+    return rc;
+}
+
+int pay_store_command_retry(struct pay_store *s, int64_t id, int64_t next_at_ms,
+                            const char *error)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "command_retry",
+        "UPDATE payment_commands SET attempts = attempts + 1, "
+        "next_at_ms = ?2, last_error = ?3 WHERE id = ?1 AND state = 'queued'");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    if (sqlite3_bind_int64(st, 1, id) != SQLITE_OK ||
+        sqlite3_bind_int64(st, 2, next_at_ms) != SQLITE_OK ||
+        bind_text(st, 3, error) != MOAT_OK) {
+        moat_stmt_reset(stmt);
+        return MOAT_EDB;
+    }
+    return step_done(s, stmt);
+}
+
+int pay_store_mark_unavailable(struct pay_store *s, const char *payment_id,
+                               bool *first)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "payment_unavailable",
+                        "UPDATE payments SET unavailable_reported = 1 "
+                        "WHERE id = ?1 AND unavailable_reported = 0");
+    if (!stmt)
+        return MOAT_EDB;
+    if (bind_text(moat_stmt_raw(stmt), 1, payment_id) != MOAT_OK) {
+        moat_stmt_reset(stmt);
+        return MOAT_EDB;
+    }
+    int rc = step_done(s, stmt);
+    *first = rc == MOAT_OK && sqlite3_changes(moat_db_handle(s->db)) == 1;
+    return rc;
+}
+
+/* ---- reads for the auditor and the metrics ---- */
+
+int pay_store_list(struct pay_store *s, const char *after, int limit,
+                   void (*fn)(const struct pay_payment *, void *), void *arg)
+{
+    struct moat_stmt *stmt =
+        moat_db_prepare(s->db, "payment_list",
+                        "SELECT " PAYMENT_COLUMNS " FROM payments "
+                        "WHERE id > ?1 ORDER BY id LIMIT ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int rc = bind_text(st, 1, after ? after : "");
+    int step;
+    if (rc != MOAT_OK || sqlite3_bind_int(st, 2, limit) != SQLITE_OK) {
+        rc = MOAT_EDB;
+        goto cleanup;
+    }
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        struct pay_payment p;
+        row_to_payment(st, &p);
+        fn(&p, arg);
+        pay_payment_release(&p);
+    }
+    rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+
+cleanup:
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+static const char *const statuses[PAY_NSTATUS] = {
+    "pending", "authorized", "declined", "captured",
+    "voided",  "refunded",   "failed"};
+
+int pay_store_stats(struct pay_store *s, struct pay_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "payment_stats",
+        "SELECT status, count(*) FROM payments GROUP BY status");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(st, 0);
+        for (size_t i = 0; status && i < PAY_NSTATUS; i++)
+            if (strcmp(status, statuses[i]) == 0)
+                out->by_status[i] = sqlite3_column_int64(st, 1);
+    }
+    moat_stmt_reset(stmt);
+    if (step != SQLITE_DONE)
+        return moat_db_error(s->db, step);
+
+    stmt = moat_db_prepare(s->db, "command_stats",
+                           "SELECT count(*), min(queued_at_ms) FROM "
+                           "payment_commands WHERE state = 'queued'");
+    if (!stmt)
+        return MOAT_EDB;
+    st = moat_stmt_raw(stmt);
+    step = moat_stmt_step(stmt);
+    if (step == SQLITE_ROW) {
+        out->queued = sqlite3_column_int64(st, 0);
+        out->oldest_queued_ms = sqlite3_column_int64(st, 1);
+    }
+    moat_stmt_reset(stmt);
+    return step == SQLITE_ROW ? MOAT_OK : moat_db_error(s->db, step);
+}
+
+const char *pay_status_name(size_t i)
+{
+    return i < PAY_NSTATUS ? statuses[i] : NULL;
 }
