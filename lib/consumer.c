@@ -614,6 +614,8 @@ static int txn_commit(struct sub *s, struct txn *tx)
         rc = moat_db_commit(db);
     if (rc != MOAT_OK)
         return rc;
+    if (s->c->outbox)
+        moat_outbox_committed(s->c->outbox);
     s->cursor = tx->to;
     if (s->fail_seq && s->fail_seq <= s->cursor) {
         /* The failing event is behind us now: applied or parked. */

@@ -966,6 +966,8 @@ int pay_saga_new(struct pay_service *ps)
                            svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
+    /* Tombstone replies are appended by the handler itself. */
+    moat_consumer_set_outbox(sg->consumer, pay_store_outbox(ps->store));
     rc = MOAT_EINVAL;
     src = moat_feed_source_new(FEED_SOURCE, ps->cfg.orders_url, sg->feed_client,
                                svc->auth);
