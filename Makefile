@@ -4,12 +4,13 @@
 #   make up      build and start the whole deployment (moat.json) in the foreground
 #   make test    format check, tests, then the same tests under ASan+UBSan
 #   make bench   benchmarks (see bench/README.md)
+#   make chaos-long  the long order-saga chaos drill (>= 10,000 orders)
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: all deps build up down status test test-fast format format-check bench clean
+.PHONY: all deps build up down status test test-fast format format-check bench chaos-long clean
 
 all: build
 
@@ -58,6 +59,19 @@ bench: deps
 	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 	./bench/http.sh
+
+# The long chaos drill (not part of make test): the repository's deployment
+# (moat.json, its ports and var/) under `moat up`, >= 10,000 orders placed
+# through the gateway while services are killed and paused, then settled
+# and audited. Exit status is the audit's. Stop a running `make up` first.
+CHAOS_LONG_DURATION ?= 1100
+CHAOS_LONG_RATE ?= 10
+chaos-long: build
+	@mkdir -p var
+	@set -e; ./build/bin/moat up > var/chaos-long-up.log 2>&1 & up=$$!; \
+	trap 'kill $$up 2>/dev/null; wait $$up' EXIT; \
+	for i in $$(seq 1 150); do ./build/bin/moat status >/dev/null 2>&1 && break; sleep 0.2; done; \
+	./build/bin/moat chaos --setup --duration $(CHAOS_LONG_DURATION) --rate $(CHAOS_LONG_RATE) --settle 300
 
 clean:
 	rm -rf build build-test build-asan

@@ -52,6 +52,9 @@ int cli_cmd_down(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
 int cli_cmd_logs(int argc, char **argv);
 int cli_cmd_keys(int argc, char **argv);
+int cli_cmd_audit(int argc, char **argv); /* audit.c */
+int cli_cmd_chaos(int argc, char **argv); /* chaos.c */
+int cli_cmd_bench(int argc, char **argv); /* bench.c */
 
 /* Print "error: <message>" to stderr. */
 void cli_error(const char *fmt, ...) MOAT_PRINTF(1, 2);

@@ -240,6 +240,62 @@ static const char *get_string(struct errs *e, json_t *obj, const char *at,
     return s;
 }
 
+static bool valid_secret_name(const char *s);
+
+/*
+ * The "${secret:NAME}" references in an env value: every "${" must start
+ * one, NAME a valid secret name. NULL when the value is fine, else what is
+ * wrong (static text).
+ */
+static const char *secret_refs_problem(const char *v)
+{
+    for (const char *p = strstr(v, "${"); p; p = strstr(p, "${")) {
+        if (strncmp(p, DEPLOY_SECRET_REF, strlen(DEPLOY_SECRET_REF)) != 0)
+            return "\"${\" may only start a reference to a shared secret, "
+                   "\"${secret:MOAT_NAME}\"";
+        p += strlen(DEPLOY_SECRET_REF);
+        const char *end = strchr(p, '}');
+        char name[DEPLOY_NAME_MAX * 4];
+        if (!end || (size_t)(end - p) >= sizeof(name))
+            return "has an unterminated or too long \"${secret:...}\"";
+        memcpy(name, p, (size_t)(end - p));
+        name[end - p] = '\0';
+        if (!valid_secret_name(name))
+            return "references an invalid secret name (MOAT_*, not one moat "
+                   "sets itself)";
+        p = end + 1;
+    }
+    return NULL;
+}
+
+bool deploy_has_secret_refs(const char *value)
+{
+    return strstr(value, DEPLOY_SECRET_REF) != NULL;
+}
+
+char *deploy_expand_secrets(const char *value,
+                            const char *(*lookup)(void *arg, const char *name),
+                            void *arg)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = value;
+    for (const char *ref; (ref = strstr(p, DEPLOY_SECRET_REF));) {
+        const char *name = ref + strlen(DEPLOY_SECRET_REF);
+        const char *end = strchr(name, '}');
+        if (!end)
+            break; /* cannot happen after validation */
+        moat_buf_add(&b, p, (size_t)(ref - p));
+        char *n = moat_xstrndup(name, (size_t)(end - name));
+        const char *v = lookup(arg, n);
+        free(n);
+        if (v)
+            moat_buf_addstr(&b, v);
+        p = end + 1;
+    }
+    moat_buf_addstr(&b, p);
+    return moat_buf_detach(&b, NULL);
+}
+
 static void parse_env(struct errs *e, json_t *obj, const char *at,
                       struct deploy_service *svc)
 {
@@ -281,6 +337,11 @@ static void parse_env(struct errs *e, json_t *obj, const char *at,
         }
         if (strlen(json_string_value(val)) != json_string_length(val)) {
             report(e, env_at, key, "must not contain NUL characters");
+            continue;
+        }
+        const char *problem = secret_refs_problem(json_string_value(val));
+        if (problem) {
+            report(e, env_at, key, "%s", problem);
             continue;
         }
         svc->env[svc->nenv].name = moat_xstrdup(key);

@@ -146,6 +146,22 @@ bool deploy_calls(const struct deploy_service *caller,
 char *deploy_gateway_routes(const struct deploy *d,
                             const struct deploy_service *s);
 
+/*
+ * An env value may reference a shared secret (see "secrets") as
+ * "${secret:MOAT_NAME}": moat up substitutes the secret's value when it
+ * starts the service, so one generated secret can reach two services under
+ * different variables and formats (payments' MOAT_PAYMENTS_PROVIDER_KEY is
+ * the provider's "moat-shop:<key>" in MOAT_PAYPROVIDER_API_KEYS). The file
+ * never holds the value itself. Any other "${" is an error.
+ */
+#define DEPLOY_SECRET_REF "${secret:"
+bool deploy_has_secret_refs(const char *value);
+/* value with every reference replaced by lookup(arg, NAME) (nothing when
+ * it returns NULL). Caller frees. */
+char *deploy_expand_secrets(const char *value,
+                            const char *(*lookup)(void *arg, const char *name),
+                            void *arg);
+
 /* Engine name as written in the file ("sqlite", "lmdb", "none"). */
 const char *deploy_engine_name(enum deploy_engine e);
 

@@ -50,6 +50,19 @@ static const char usage[] =
     "                            rebuild a service's view from sequence 0;\n"
     "                            --verify rebuilds a scratch copy and\n"
     "                            compares (exit 1 if they differ)\n"
+    "  audit [--file FILE] [--json] [--grace S]\n"
+    "                            check the order saga across services (API\n"
+    "                            only): payments, reservations, stock,\n"
+    "                            notifications, ledgers; exit 1 on a\n"
+    "                            violation, 2 if a service is unreachable\n"
+    "  chaos [--file FILE] [--setup] [--duration S] [--rate R] [--seed N]\n"
+    "        [--kill-interval-ms MS] [--include-provider] [--settle S]\n"
+    "                            place orders through the gateway while\n"
+    "                            killing and pausing services, settle, audit\n"
+    "  bench [--file FILE] [--mode closed|open] [--concurrency N]\n"
+    "        [--rate R] [--duration S] [--json]\n"
+    "                            order throughput and latency percentiles\n"
+    "                            through the gateway, per-service RSS and CPU\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -117,6 +130,9 @@ int main(int argc, char **argv)
         {"audit-log", cli_cmd_audit_log},
         {"keys", cli_cmd_keys},
         {"events", cli_cmd_events},
+        {"audit", cli_cmd_audit},
+        {"chaos", cli_cmd_chaos},
+        {"bench", cli_cmd_bench},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

@@ -99,6 +99,13 @@ const char *cli_secret_shared(struct cli_secrets *s, const char *name)
     return get_or_make(s, "shared", name);
 }
 
+const char *cli_secret_shared_find(const struct cli_secrets *s,
+                                   const char *name)
+{
+    return json_string_value(
+        json_object_get(json_object_get(s->root, "shared"), name));
+}
+
 bool cli_secrets_dirty(const struct cli_secrets *s)
 {
     return s->dirty;

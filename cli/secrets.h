@@ -29,6 +29,10 @@ void cli_secrets_free(struct cli_secrets *s);
 const char *cli_secret_service_key(struct cli_secrets *s, const char *name);
 /* The shared secret called name, generated on first use. */
 const char *cli_secret_shared(struct cli_secrets *s, const char *name);
+/* The shared secret called name, or NULL when none was generated yet (for
+ * readers such as the auditor, which must not invent one). */
+const char *cli_secret_shared_find(const struct cli_secrets *s,
+                                   const char *name);
 /* True when something was generated since loading (not yet saved). */
 bool cli_secrets_dirty(const struct cli_secrets *s);
 /* Write the store if anything was generated. */

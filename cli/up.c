@@ -381,8 +381,11 @@ static char **child_env(const struct proc *p)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
+    /* Values with secret references come expanded in auth_env. */
     for (size_t i = 0; i < svc->nenv; i++)
-        env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, svc->env[i].value);
+        if (!deploy_has_secret_refs(svc->env[i].value))
+            env[k++] =
+                moat_xasprintf("%s=%s", svc->env[i].name, svc->env[i].value);
     env[k] = NULL;
     return env;
 }
@@ -393,6 +396,11 @@ static char **child_env(const struct proc *p)
  * a gateway, and the shared secrets it lists. Least privilege: nobody gets
  * a key it does not need.
  */
+static const char *shared_secret(void *arg, const char *name)
+{
+    return cli_secret_shared(arg, name);
+}
+
 static int make_auth_env(struct sup *s)
 {
     struct cli_secrets *sec = NULL;
@@ -401,7 +409,7 @@ static int make_auth_env(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
-        char **env = moat_xcalloc(svc->nsecrets + 4, sizeof(*env));
+        char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 4, sizeof(*env));
         size_t k = 0;
         env[k++] = moat_xasprintf("MOAT_SERVICE_KEY=%s",
                                   cli_secret_service_key(sec, svc->name));
@@ -436,6 +444,17 @@ static int make_auth_env(struct sup *s)
         for (size_t j = 0; j < svc->nsecrets; j++)
             env[k++] = moat_xasprintf("%s=%s", svc->secrets[j],
                                       cli_secret_shared(sec, svc->secrets[j]));
+        /* "${secret:NAME}" in env values: the same generated secret under
+         * another variable, e.g. the provider's list of merchant keys. */
+        for (size_t j = 0; j < svc->nenv; j++) {
+            if (!deploy_has_secret_refs(svc->env[j].value))
+                continue;
+            char *v =
+                deploy_expand_secrets(svc->env[j].value, shared_secret, sec);
+            env[k++] = moat_xasprintf("%s=%s", svc->env[j].name, v);
+            sodium_memzero(v, strlen(v));
+            free(v);
+        }
         p->auth_env = env;
     }
     int rc = cli_secrets_save(sec);
