@@ -130,6 +130,8 @@ static bool busy_take(struct ord_service *os, const char *key)
 
 static void busy_drop(struct ord_service *os, const char *key)
 {
+    if (!key)
+        return;
     for (size_t i = 0; i < os->nbusy; i++) {
         if (strcmp(os->busy[i], key) == 0) {
             free(os->busy[i]);

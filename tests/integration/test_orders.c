@@ -9,7 +9,10 @@
 
 #include "harness.h"
 
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 static struct {
     char *tmp;
@@ -418,6 +421,37 @@ static void test_idempotency_key(void **state)
     h_resp_release(&r);
 }
 
+/* Same key while the first request still waits for catalog: 409. */
+static void test_idempotency_key_in_progress(void **state)
+{
+    MOAT_UNUSED(state);
+    kill(F.cat.pid, SIGSTOP);
+    fflush(NULL);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        struct h_resp r;
+        place(&r, BOB, "busy-1", order_body(F.product, 1, "tok_ok"));
+        _exit(r.status == 201 ? 0 : 1);
+    }
+    h_sleep_ms(h_scaled_ms(300));
+    struct h_resp r;
+    place(&r, BOB, "busy-1", order_body(F.product, 1, "tok_ok"));
+    h_assert_problem(&r, 409);
+    assert_non_null(strstr(r.body, "idempotency-key-in-progress"));
+    assert_non_null(h_resp_header(&r, "Retry-After"));
+    h_resp_release(&r);
+    kill(F.cat.pid, SIGCONT);
+    int status = 0;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* Once done, the same key replays the order. */
+    place(&r, BOB, "busy-1", order_body(F.product, 1, "tok_ok"));
+    h_assert_status(&r, 201);
+    assert_non_null(h_resp_header(&r, "Idempotent-Replayed"));
+    h_resp_release(&r);
+}
+
 static void test_bad_orders(void **state)
 {
     MOAT_UNUSED(state);
@@ -494,6 +528,7 @@ int main(void)
         cmocka_unit_test(test_deadline_and_late_reply),
         cmocka_unit_test(test_customer_cancel),
         cmocka_unit_test(test_idempotency_key),
+        cmocka_unit_test(test_idempotency_key_in_progress),
         cmocka_unit_test(test_bad_orders),
         cmocka_unit_test(test_crash_resume),
     };
