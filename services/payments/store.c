@@ -100,6 +100,14 @@ static const struct moat_migration migrations[] = {
      "CREATE INDEX payment_commands_queue ON payment_commands (payment_id, "
      "id)\n"
      "    WHERE state = 'queued';\n"},
+    /* Lookups the saga makes per command that scanned whole tables: the
+     * worker's "ready" query walks queued commands in id order, and an
+     * order's payment is looked up including failed ones (payments_order
+     * covers live payments only). */
+    {5, "indexes for the saga's lookups",
+     "CREATE INDEX payment_commands_ready ON payment_commands (id)\n"
+     "    WHERE state = 'queued';\n"
+     "CREATE INDEX payments_by_order ON payments (order_id, id);\n"},
 };
 
 void pay_payment_release(struct pay_payment *p)
