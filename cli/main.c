@@ -63,6 +63,12 @@ static const char usage[] =
     "        [--rate R] [--duration S] [--json]\n"
     "                            order throughput and latency percentiles\n"
     "                            through the gateway, per-service RSS and CPU\n"
+    "  report NAME [--from D] [--to D] [--csv|--json] [--limit N]\n"
+    "        [--by quantity|revenue] [--file FILE]\n"
+    "                            a reporting service report: revenue-per-day,\n"
+    "                            top-products, cancellation-reasons,\n"
+    "                            stock-turnover, saga-durations (D is\n"
+    "                            YYYY-MM-DD)\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -133,6 +139,7 @@ int main(int argc, char **argv)
         {"audit", cli_cmd_audit},
         {"chaos", cli_cmd_chaos},
         {"bench", cli_cmd_bench},
+        {"report", cli_cmd_report},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)
