@@ -80,6 +80,7 @@ struct job {
 struct ntf_deliverer {
     struct moat_service *svc;                    /* borrowed */
     struct moat_db *db;                          /* borrowed */
+    struct moat_outbox *outbox;                  /* borrowed; may be NULL */
     struct moat_http_client *client;             /* borrowed */
     struct moat_work_pool *pool;                 /* owned: Maildir writes */
     char *maildir, *new_dir, *cur_dir, *tmp_dir; /* owned */
@@ -212,9 +213,8 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 static void job_mark(struct job *j, bool existed)
 {
     struct ntf_deliverer *d = j->d;
-    int rc =
-        ntf_store_mark_delivered(d->db, j->row.id, j->row.order_id,
-                                 j->row.status, moat_wall_ms(), j->fallback);
+    int rc = ntf_store_mark_delivered(d->db, d->outbox, &j->row, moat_wall_ms(),
+                                      j->fallback);
     if (rc != MOAT_OK) {
         JOB_LOG(j, MOAT_LOG_ERROR, "cannot record a delivery",
                 "{s:s, s:s, s:s}", "id", j->row.id, "order_id", j->row.order_id,
@@ -690,6 +690,7 @@ int ntf_deliverer_new(struct ntf_deliverer **out, struct moat_service *svc,
     int rc = MOAT_EINVAL;
     d->svc = svc;
     d->db = db;
+    d->outbox = opts->outbox;
     d->client = client;
     d->maildir = moat_xstrdup(opts->maildir);
     d->tmp_dir = moat_xasprintf("%s/tmp", opts->maildir);

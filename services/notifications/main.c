@@ -3,7 +3,9 @@
  * It consumes orders' feed (OrderPlaced, OrderConfirmed, OrderCancelled),
  * keeps one row per (order, status) in its own SQLite database
  * ($MOAT_DATA_DIR/notifications.db) and delivers each as one message in
- * the Maildir $MOAT_DATA_DIR/maildir/{tmp,new,cur}.
+ * the Maildir $MOAT_DATA_DIR/maildir/{tmp,new,cur}. Each delivery is
+ * recorded with a NotificationSent event in its outbox, served as its feed
+ * at GET /v1/events (for read models: docs/readmodel.md).
  *
  * Where to look: events.c for how an event becomes a notification (and
  * its text), deliver.c for the Maildir and the To: address, handlers.c for
@@ -93,10 +95,12 @@ static void notifications_free(struct ntf_service *s)
      * client's free would otherwise complete into a freed consumer. Then
      * the client, which completes the deliverer's calls to orders (the
      * deliverer drops them), then the deliverer, whose running Maildir
-     * writes are recorded in the still open database. */
+     * writes are recorded in the still open database (with their events:
+     * the outbox goes after it). */
     moat_consumer_free(s->consumer);
     moat_http_client_free(s->client);
     ntf_deliverer_free(s->deliverer);
+    moat_outbox_free(s->outbox);
     if (s->db)
         moat_db_close(s->db);
     free(s);
@@ -144,6 +148,16 @@ static int notifications_init(struct moat_service *svc)
         goto cleanup;
     }
 
+    /* Every event is kept (no retention): a read model rebuilds from
+     * sequence 1. */
+    rc = moat_outbox_new(&s->outbox, svc->base, s->db, svc->cfg.name, NULL,
+                         svc->metrics);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    rc = moat_feed_register(s->outbox, svc->http);
+    if (rc != MOAT_OK)
+        goto cleanup;
+
     const struct moat_http_client_options copts = {
         .timeout_ms = CLIENT_TIMEOUT_MS,
     };
@@ -154,6 +168,7 @@ static int notifications_init(struct moat_service *svc)
     maildir = moat_xasprintf("%s/maildir", svc->cfg.data_dir);
     dopts.maildir = maildir;
     dopts.orders_url = s->orders_url;
+    dopts.outbox = s->outbox;
 #ifdef MOAT_TEST_HOOKS
     /* Test builds: orders' API at another address than its feed (a stub
      * of GET /v1/orders/{id} beside the harness's test feed). */

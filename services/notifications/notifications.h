@@ -9,7 +9,8 @@
  * The flow: orders' feed -> consumer transaction (one row per order and
  * status, UNIQUE) -> commit -> the deliverer writes each undelivered row
  * as one Maildir message named after the row's id and records it as
- * delivered. See docs/notifications.md.
+ * delivered, with a NotificationSent event in the same transaction (the
+ * outbox, served at GET /v1/events). See docs/notifications.md.
  */
 #ifndef NTF_NOTIFICATIONS_H
 #define NTF_NOTIFICATIONS_H
@@ -29,6 +30,7 @@ struct ntf_service {
     struct moat_db *db;              /* owned: notifications.db */
     struct moat_http_client *client; /* owned: orders' feed and API */
     struct moat_consumer *consumer;  /* owned */
+    struct moat_outbox *outbox;      /* owned: NotificationSent, the feed */
     struct ntf_deliverer *deliverer; /* owned */
     struct event *start;             /* owned: starts consumer, deliverer */
     const char *orders_url;          /* borrowed from the environment */
@@ -60,6 +62,9 @@ int ntf_routes_register(struct moat_http_server *server, struct ntf_service *s);
 struct ntf_deliverer_options {
     const char *maildir;    /* <data>/maildir (copied); created if missing */
     const char *orders_url; /* orders' base URL (copied) */
+    /* NotificationSent goes here with each delivery's record (borrowed;
+     * must outlive the deliverer; NULL publishes nothing). */
+    struct moat_outbox *outbox;
     unsigned max_in_flight; /* notifications being delivered at once */
     int64_t retry_max_ms;   /* cap of the retry backoff */
 };

@@ -53,6 +53,26 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (order_id, status)\n"
      ") STRICT, WITHOUT ROWID;\n"},
     {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+    {3, "outbox", MOAT_OUTBOX_SCHEMA},
+    /* Deliveries recorded before the outbox existed get their
+     * NotificationSent now, oldest first, so that a consumer replaying the
+     * feed from 0 learns of every email ever sent. The id is random like
+     * the outbox's own (32 hex digits); no trace (the request is long
+     * gone). */
+    {4, "NotificationSent for the deliveries recorded before the outbox",
+     "INSERT INTO moat_outbox (id, type, subject, time_ms, schema_version,\n"
+     "                         data)\n"
+     "SELECT lower(hex(randomblob(16))), 'NotificationSent', d.order_id,\n"
+     "       d.delivered_ms, 1,\n"
+     "       json_object('notification_id', d.notification_id,\n"
+     "                   'order_id', d.order_id,\n"
+     "                   'customer_id', n.customer_id, 'kind', n.kind,\n"
+     "                   'status', d.status,\n"
+     "                   'delivered_at', d.delivered_ms / 1000,\n"
+     "                   'fallback', json(iif(d.fallback, 'true', 'false')))\n"
+     "FROM deliveries d JOIN notifications n\n"
+     "    ON n.order_id = d.order_id AND n.status = d.status\n"
+     "ORDER BY d.delivered_ms, d.order_id, d.status;\n"},
 };
 
 const struct moat_migration *ntf_store_migrations(size_t *n)
@@ -225,9 +245,25 @@ int ntf_store_reset(struct moat_db *db)
     return moat_db_exec(db, "notifications_reset", "DELETE FROM notifications");
 }
 
-int ntf_store_mark_delivered(struct moat_db *db, const char *id,
-                             const char *order_id, const char *status,
-                             int64_t delivered_ms, bool fallback)
+/* NotificationSent's data (docs/notifications.md): the ids, the kind and
+ * the order status the email announced, when it was written (seconds, as
+ * the API shows it) and whether it went to the fallback address. */
+static json_t *sent_event_data(const struct ntf_row *r, int64_t delivered_ms,
+                               bool fallback)
+{
+    json_t *d =
+        json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:b}", "notification_id",
+                  r->id, "order_id", r->order_id, "customer_id", r->customer_id,
+                  "kind", r->kind, "status", r->status, "delivered_at",
+                  (json_int_t)(delivered_ms / 1000), "fallback", fallback);
+    if (!d)
+        moat_die("cannot build NotificationSent's data");
+    return d;
+}
+
+int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
+                             const struct ntf_row *r, int64_t delivered_ms,
+                             bool fallback)
 {
     struct moat_stmt *ins = moat_db_prepare(
         db, "delivery_insert",
@@ -245,9 +281,9 @@ int ntf_store_mark_delivered(struct moat_db *db, const char *id,
     if (rc != MOAT_OK)
         return rc;
     sqlite3_stmt *st = moat_stmt_raw(ins);
-    sqlite3_bind_text(st, 1, order_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, r->order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 4, delivered_ms);
     sqlite3_bind_int(st, 5, fallback ? 1 : 0);
     int step = moat_stmt_step(ins);
@@ -256,10 +292,21 @@ int ntf_store_mark_delivered(struct moat_db *db, const char *id,
         rc = moat_db_error(db, step);
         goto fail;
     }
+    /* The event only with the record that it describes: a second call
+     * (the record exists) publishes nothing. */
+    bool recorded = sqlite3_changes(moat_db_handle(db)) > 0;
+    if (recorded && outbox) {
+        json_t *data = sent_event_data(r, delivered_ms, fallback);
+        rc = moat_outbox_append(outbox, "NotificationSent", r->order_id,
+                                NTF_EVENT_SCHEMA, data, NULL);
+        json_decref(data);
+        if (rc != MOAT_OK)
+            goto fail;
+    }
     st = moat_stmt_raw(upd);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, order_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, r->order_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, r->status, -1, SQLITE_STATIC);
     step = moat_stmt_step(upd);
     moat_stmt_reset(upd);
     if (step != SQLITE_DONE) {
@@ -267,8 +314,11 @@ int ntf_store_mark_delivered(struct moat_db *db, const char *id,
         goto fail;
     }
     rc = moat_db_commit(db);
-    if (rc == MOAT_OK)
-        return MOAT_OK;
+    if (rc != MOAT_OK)
+        goto fail;
+    if (recorded && outbox)
+        moat_outbox_committed(outbox);
+    return MOAT_OK;
 fail:
     moat_db_rollback(db);
     return rc;

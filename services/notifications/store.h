@@ -21,7 +21,9 @@
  *
  * The consumer's own tables (cursors, dead letters: MOAT_CONSUMER_SCHEMA)
  * are one migration step of this same database, so a notification's row
- * and the cursor move commit together.
+ * and the cursor move commit together. So is the outbox
+ * (MOAT_OUTBOX_SCHEMA): NotificationSent is appended in the transaction
+ * that records a delivery, and served at GET /v1/events.
  *
  * Every function takes the database as a parameter: the event handler runs
  * on the live database and, during /v1/admin/replay?verify=1, on a scratch
@@ -42,11 +44,13 @@
 #include <stdint.h>
 
 #include "moat/db.h"
+#include "moat/events.h"
 #include "moat/metrics.h"
 
-#define NTF_ID_PREFIX "ntf_"
-#define NTF_ID_LEN    (4 + 26) /* "ntf_" + 26 Crockford base32 characters */
-#define NTF_KEY_MAX   64       /* order and customer ids: [A-Za-z0-9_-] */
+#define NTF_ID_PREFIX    "ntf_"
+#define NTF_ID_LEN       (4 + 26) /* "ntf_" + 26 Crockford base32 characters */
+#define NTF_KEY_MAX      64       /* order and customer ids: [A-Za-z0-9_-] */
+#define NTF_EVENT_SCHEMA 1        /* data schema version of NotificationSent */
 
 /* A notification. In ntf_store_insert everything is borrowed; rows read
  * back (ntf_store_get, _list, _undelivered) own their strings. */
@@ -91,14 +95,18 @@ int ntf_store_insert(struct moat_db *db, const struct ntf_row *r,
 int ntf_store_reset(struct moat_db *db);
 
 /*
- * Record that notification (order_id, status) id was written to the
- * Maildir at delivered_ms (fallback: addressed to the customers.invalid
- * fallback) and set its row's delivered flag. Idempotent: a second call
- * keeps the first record. One transaction of its own.
+ * Record that notification r (its id, order_id, status, customer_id and
+ * kind are used; all borrowed) was written to the Maildir at delivered_ms
+ * (fallback: addressed to the customers.invalid fallback), set its row's
+ * delivered flag and, in the same transaction, append NotificationSent
+ * {notification_id, order_id, customer_id, kind, status, delivered_at,
+ * fallback} (subject: the order id) to outbox (borrowed; NULL appends
+ * nothing), then wake its feed readers. Idempotent: a second call keeps
+ * the first record and publishes nothing. One transaction of its own.
  */
-int ntf_store_mark_delivered(struct moat_db *db, const char *id,
-                             const char *order_id, const char *status,
-                             int64_t delivered_ms, bool fallback);
+int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
+                             const struct ntf_row *r, int64_t delivered_ms,
+                             bool fallback);
 
 /* Up to max undelivered notifications in id order after the id after
  * (NULL: from the start). *rows (caller frees with ntf_rows_free). */
