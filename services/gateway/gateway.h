@@ -11,11 +11,16 @@
  *   proxy.c   forwards one request with the non-blocking HTTP client, with
  *             a service token for the upstream instead of the client's
  *             credentials, and turns upstream failures into 503;
+ *   compose.c API composition: GET /api/v1/orders/{id}/details, the order
+ *             plus the customer, products, payment and notifications read
+ *             from their services in parallel, each behind a circuit
+ *             breaker (moat/breaker.h), partial answers marked as such;
  *   main.c    configuration, route registration, metrics, lifecycle.
  *
  * Ownership: struct gw (svc->impl) owns its routes and public arrays (each
- * entry owns its strings), the rate limiter and the JWT secret (wiped when
- * freed); metric series are owned by the service's registry.
+ * entry owns its strings), the rate limiter, the JWT secret (wiped when
+ * freed) and the composition's backends (each owns its base URL); metric
+ * series are owned by the service's registry.
  */
 #ifndef MOAT_GATEWAY_H
 #define MOAT_GATEWAY_H
@@ -24,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moat/breaker.h"
 #include "moat/http.h"
 #include "moat/http_client.h"
 #include "moat/metrics.h"
@@ -41,6 +47,44 @@ enum gw_err_kind {
 };
 
 struct gw;
+
+/*
+ * The services API composition reads, in the order of the "partial" list.
+ * Each is the service name: the service token audience, the name in
+ * MOAT_GATEWAY_BACKENDS, the "backend" metric label and the name in
+ * "partial".
+ */
+enum gw_backend_id {
+    GW_BK_ORDERS,
+    GW_BK_USERS,
+    GW_BK_CATALOG,
+    GW_BK_PAYMENTS,
+    GW_BK_NOTIFICATIONS,
+    GW_BACKENDS,
+};
+
+/* Why a backend of a composition gave nothing usable (label "reason"). */
+enum gw_fail_reason {
+    GW_FAIL_CONNECT,      /* could not connect */
+    GW_FAIL_TIMEOUT,      /* no answer within the composition timeout */
+    GW_FAIL_TOO_BIG,      /* response over the cap, or too many products */
+    GW_FAIL_BAD_RESPONSE, /* not the JSON expected, or a broken transfer */
+    GW_FAIL_STATUS,       /* an HTTP status other than 200 and 404 */
+    GW_FAIL_CIRCUIT_OPEN, /* skipped: the backend's circuit is open */
+    GW_FAIL_UNCONFIGURED, /* skipped: no URL known for the backend */
+    GW_FAIL_CANCELLED,    /* the gateway is shutting down */
+    GW_FAIL_REASONS,
+};
+
+/* One backend of the composition; lives in struct gw. */
+struct gw_backend {
+    const char *name; /* static, "users" */
+    char *base_url;   /* owned; "http://127.0.0.1:8082", NULL if unknown */
+    struct moat_breaker breaker;
+    /* Borrowed from the service's metrics registry. */
+    struct moat_metric_series *m_state;
+    struct moat_metric_series *m_failures[GW_FAIL_REASONS];
+};
 
 /* One MOAT_GATEWAY_ROUTES entry. All strings owned by the route. */
 struct gw_route {
@@ -89,6 +133,10 @@ struct gw {
     struct moat_metric_family *m_requests; /* {upstream,status} */
     struct moat_metric_family *m_auth_rejected; /* {reason} */
     struct moat_metric_series *m_rate_limited;
+    /* API composition (compose.c). */
+    struct gw_backend backends[GW_BACKENDS];
+    long compose_timeout_ms; /* per backend call, and the order fetch */
+    struct moat_metric_family *m_compose; /* {result} */
 };
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
@@ -147,6 +195,14 @@ bool gw_public_allows(const struct gw_public *list, size_t n,
  */
 const char *gw_bearer_token(const char *value);
 
+/*
+ * The base URL of a service's API from an http(s) URL as in
+ * MOAT_GATEWAY_ROUTES ("http://h:p" or "http://h:p/base", no credentials,
+ * query or fragment; final '/' dropped). Returns a new string (caller
+ * frees) or NULL with *why saying what is wrong.
+ */
+char *gw_base_url_parse(const char *url, const char **why);
+
 /* Whole seconds for a Retry-After header: ms rounded up, at least 1. */
 uint64_t gw_retry_after_s(uint64_t ms);
 
@@ -162,5 +218,21 @@ void gw_proxy(struct moat_req *req, void *arg);
  * returns false, or sets the request's principal and returns true.
  */
 bool gw_access_guard(struct moat_req *req, void *arg);
+
+/* Public path of the composed order details (GET only). */
+#define GW_DETAILS_ROUTE "/api/v1/orders/{id}/details"
+
+/*
+ * Set up the composition: each backend's base URL (MOAT_GATEWAY_BACKENDS
+ * "NAME@URL,...", else the origin of the first route to that service),
+ * MOAT_GATEWAY_COMPOSE_TIMEOUT_MS and the breakers
+ * (MOAT_GATEWAY_BREAKER_FAILURES, MOAT_GATEWAY_BREAKER_COOLDOWN_MS), the
+ * metrics, and the GW_DETAILS_ROUTE route when orders is known. Call after
+ * the routes are parsed. MOAT_EINVAL (logged, and printed to stderr) for a
+ * bad variable.
+ */
+int gw_compose_init(struct gw *gw);
+/* Free what gw_compose_init allocated (after the HTTP client is freed). */
+void gw_compose_release(struct gw *gw);
 
 #endif /* MOAT_GATEWAY_H */

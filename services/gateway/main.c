@@ -29,6 +29,18 @@
  *   MOAT_GATEWAY_CONNECT_TIMEOUT_MS connect bound (default 300)
  *   MOAT_GATEWAY_MAX_RESPONSE_BYTES upstream body cap (default 8 MiB)
  *   MOAT_GATEWAY_MAX_HOST_CONNS     connections per upstream (default 64)
+ * and for the order details composition (compose.c):
+ *   MOAT_GATEWAY_BACKENDS         "NAME@URL[,...]": base URL of a
+ *       composition backend (orders, users, catalog, payments,
+ *       notifications) that no route names or that should be reached
+ *       elsewhere, e.g. "payments@http://127.0.0.1:8085" (payments is
+ *       internal: never routed); otherwise the origin of the first route to
+ *       that service is used
+ *   MOAT_GATEWAY_COMPOSE_TIMEOUT_MS  bound of each backend call (default 300)
+ *   MOAT_GATEWAY_BREAKER_FAILURES    consecutive failures that open a
+ *       backend's circuit (default 5)
+ *   MOAT_GATEWAY_BREAKER_COOLDOWN_MS open this long before a probe
+ *       (default 2000)
  */
 #include "moat/common.h"
 
@@ -76,6 +88,7 @@ static void gw_free(struct gw *gw)
     /* First: cancelled calls answer their requests with 503 and touch the
      * routes. */
     moat_http_client_free(gw->client);
+    gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);
     gw_public_free(gw->public_list, gw->npublic);
     moat_ratelimit_free(gw->limiter);
@@ -253,6 +266,9 @@ static int gw_init(struct moat_service *svc)
         goto cleanup;
     }
     register_metrics(gw, svc->metrics);
+    rc = gw_compose_init(gw);
+    if (rc != MOAT_OK)
+        goto cleanup;
 
     for (size_t i = 0; i < gw->nroutes; i++) {
         struct gw_route *r = &gw->routes[i];

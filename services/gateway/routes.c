@@ -115,6 +115,17 @@ cleanup:
     return ok;
 }
 
+char *gw_base_url_parse(const char *url, const char **why)
+{
+    struct gw_route r = {0};
+    if (!parse_upstream(url, &r, why))
+        return NULL;
+    char *out = r.base_url;
+    free(r.origin);
+    free(r.base_path);
+    return out;
+}
+
 /* [a-z][a-z0-9-]{0,31}: a service name as `moat up` and moat/auth.h know it. */
 static bool valid_service(const char *s)
 {
