@@ -321,6 +321,23 @@ struct moat_view_ops {
                    void *arg);
     void *arg;
 };
+/*
+ * The usual view compare (lib/view.c): each table's rows, read by sql from
+ * both databases, keyed by the first column (text) and ordered by it, are
+ * walked side by side. A key on one side only, or a column whose type or
+ * text differs, adds a line to diffs naming `what`, the key and the
+ * column (its name in sql). At most max_diffs lines, then one "... and N
+ * more differences". name labels the statement (prepared on both).
+ */
+struct moat_view_table {
+    const char *name;
+    const char *sql;
+    const char *what; /* "product", "order line"... */
+};
+int moat_view_compare_tables(struct moat_db *live, struct moat_db *scratch,
+                             const struct moat_view_table *tables, size_t n,
+                             json_t *diffs, size_t max_diffs);
+
 int moat_consumer_register_admin(struct moat_consumer *c,
                                  struct moat_http_server *http,
                                  const char *data_dir,

@@ -417,95 +417,17 @@ int ntf_store_list(struct moat_db *db, const struct ntf_query *q,
 
 /* ---- compare (replay --verify) ---- */
 
-struct diff_sink {
-    json_t *diffs;
-    size_t max;
-    size_t dropped;
-};
-
-MOAT_PRINTF(2, 3)
-static void diff_add(struct diff_sink *d, const char *fmt, ...)
-{
-    if (json_array_size(d->diffs) >= d->max) {
-        d->dropped++;
-        return;
-    }
-    struct moat_buf b = MOAT_BUF_INIT;
-    va_list ap;
-    va_start(ap, fmt);
-    moat_buf_vprintf(&b, fmt, ap);
-    va_end(ap);
-    json_t *s = json_string(moat_buf_str(&b));
-    json_array_append_new(d->diffs, s ? s : json_string("(not UTF-8)"));
-    moat_buf_release(&b);
-}
-
 int ntf_store_compare(struct moat_db *live, struct moat_db *scratch,
                       json_t *diffs, size_t max_diffs)
 {
     /* Everything the events decide; not delivered / delivered_ms, which
      * the deliverer sets (and a scratch database never delivers). */
-    static const char *const columns[] = {
-        "order id", "status",   "customer id", "kind",     "subject",
-        "body",     "trace id", "event id",    "sequence", "created time"};
-    static const char sql[] =
-        "SELECT id, order_id, status, customer_id, kind, subject, body, "
-        "trace_id, event_id, seq, created_ms FROM notifications ORDER BY id";
-    struct diff_sink d = {.diffs = diffs, .max = max_diffs};
-    /* Prepared on each connection under the same name: the statement
-     * cache is per connection. */
-    struct moat_stmt *sa = moat_db_prepare(live, "compare_notifications", sql);
-    struct moat_stmt *sb =
-        moat_db_prepare(scratch, "compare_notifications", sql);
-    if (!sa || !sb)
-        return MOAT_EDB;
-    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
-    int ncols = sqlite3_column_count(ra);
-    int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
-    while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
-        const char *ka = stepa == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(ra, 0)
-                             : NULL;
-        const char *kb = stepb == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(rb, 0)
-                             : NULL;
-        int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
-        if (cmp < 0) {
-            diff_add(&d, "notification %.80s: only in the live view", ka);
-            stepa = moat_stmt_step(sa);
-            continue;
-        }
-        if (cmp > 0) {
-            diff_add(&d, "notification %.80s: only in the rebuilt view", kb);
-            stepb = moat_stmt_step(sb);
-            continue;
-        }
-        for (int c = 1; c < ncols; c++) {
-            sqlite3_value *va = sqlite3_column_value(ra, c);
-            sqlite3_value *vb = sqlite3_column_value(rb, c);
-            int type = sqlite3_value_type(va);
-            const char *ta = (const char *)sqlite3_value_text(va);
-            const char *tb = (const char *)sqlite3_value_text(vb);
-            if (type != sqlite3_value_type(vb) ||
-                strcmp(ta ? ta : "", tb ? tb : "") != 0)
-                diff_add(&d,
-                         "notification %.80s: %s differs (live %.80s, "
-                         "rebuilt %.80s)",
-                         ka, columns[c - 1], ta ? ta : "NULL",
-                         tb ? tb : "NULL");
-        }
-        stepa = moat_stmt_step(sa);
-        stepb = moat_stmt_step(sb);
-    }
-    int rc = MOAT_OK;
-    if (stepa != SQLITE_DONE)
-        rc = moat_db_error(live, stepa);
-    else if (stepb != SQLITE_DONE)
-        rc = moat_db_error(scratch, stepb);
-    moat_stmt_reset(sa);
-    moat_stmt_reset(sb);
-    if (d.dropped)
-        json_array_append_new(
-            diffs, json_sprintf("... and %zu more differences", d.dropped));
-    return rc;
+    static const struct moat_view_table tables[] = {
+        {"compare_notifications",
+         "SELECT id, order_id, status, customer_id, kind, subject, body, "
+         "trace_id, event_id, seq, created_ms FROM notifications ORDER BY id",
+         "notification"},
+    };
+    return moat_view_compare_tables(live, scratch, tables,
+                                    MOAT_ARRAY_LEN(tables), diffs, max_diffs);
 }

@@ -728,97 +728,13 @@ int rep_store_report(struct moat_db *db, const struct rep_report_query *q,
 
 /* ---- compare (replay --verify) ---- */
 
-struct diff_sink {
-    json_t *diffs;
-    size_t max;
-    size_t dropped;
-};
-
-MOAT_PRINTF(2, 3)
-static void diff_add(struct diff_sink *d, const char *fmt, ...)
-{
-    if (json_array_size(d->diffs) >= d->max) {
-        d->dropped++;
-        return;
-    }
-    struct moat_buf b = MOAT_BUF_INIT;
-    va_list ap;
-    va_start(ap, fmt);
-    moat_buf_vprintf(&b, fmt, ap);
-    va_end(ap);
-    json_t *s = json_string(moat_buf_str(&b));
-    json_array_append_new(d->diffs, s ? s : json_string("(not UTF-8)"));
-    moat_buf_release(&b);
-}
-
-/* One table to compare: rows keyed by the first column (text), in key
- * order; the names of the other columns come from the query. */
-struct compare_spec {
-    const char *stmt_name;
-    const char *sql;
-    const char *what;
-};
-
-static int compare_table(struct moat_db *a, struct moat_db *b,
-                         const struct compare_spec *spec, struct diff_sink *d)
-{
-    struct moat_stmt *sa = moat_db_prepare(a, spec->stmt_name, spec->sql);
-    struct moat_stmt *sb = moat_db_prepare(b, spec->stmt_name, spec->sql);
-    if (!sa || !sb)
-        return MOAT_EDB;
-    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
-    int ncols = sqlite3_column_count(ra);
-    int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
-    int rc = MOAT_OK;
-    while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
-        const char *ka = stepa == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(ra, 0)
-                             : NULL;
-        const char *kb = stepb == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(rb, 0)
-                             : NULL;
-        int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
-        if (cmp < 0) {
-            diff_add(d, "%s %.80s: only in the live view", spec->what, ka);
-            stepa = moat_stmt_step(sa);
-            continue;
-        }
-        if (cmp > 0) {
-            diff_add(d, "%s %.80s: only in the rebuilt view", spec->what, kb);
-            stepb = moat_stmt_step(sb);
-            continue;
-        }
-        for (int c = 1; c < ncols; c++) {
-            sqlite3_value *va = sqlite3_column_value(ra, c);
-            sqlite3_value *vb = sqlite3_column_value(rb, c);
-            int type = sqlite3_value_type(va);
-            const char *ta = (const char *)sqlite3_value_text(va);
-            const char *tb = (const char *)sqlite3_value_text(vb);
-            if (type != sqlite3_value_type(vb) ||
-                strcmp(ta ? ta : "", tb ? tb : "") != 0)
-                diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
-                         spec->what, ka, sqlite3_column_name(ra, c),
-                         ta ? ta : "NULL", tb ? tb : "NULL");
-        }
-        stepa = moat_stmt_step(sa);
-        stepb = moat_stmt_step(sb);
-    }
-    if (stepa != SQLITE_DONE)
-        rc = moat_db_error(a, stepa);
-    else if (stepb != SQLITE_DONE)
-        rc = moat_db_error(b, stepb);
-    moat_stmt_reset(sa);
-    moat_stmt_reset(sb);
-    return rc;
-}
-
 int rep_store_compare(struct moat_db *live, struct moat_db *scratch,
                       json_t *diffs, size_t max_diffs)
 {
     /* Everything the events decide. Not dim_product's bookkeeping: the
      * feed position and catalog version that guard its writes (a row the
      * ETL restored has no feed position), nor etl_loaded_at_ms. */
-    static const struct compare_spec specs[] = {
+    static const struct moat_view_table tables[] = {
         {"compare_dates",
          "SELECT printf('%08d', date_key), date, year, month, day, weekday, "
          "weekday_name FROM dim_date ORDER BY 1",
@@ -855,12 +771,6 @@ int rep_store_compare(struct moat_db *live, struct moat_db *scratch,
          "ORDER BY order_id",
          "stock commit"},
     };
-    struct diff_sink d = {.diffs = diffs, .max = max_diffs};
-    int rc = MOAT_OK;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(specs) && rc == MOAT_OK; i++)
-        rc = compare_table(live, scratch, &specs[i], &d);
-    if (d.dropped)
-        json_array_append_new(
-            diffs, json_sprintf("... and %zu more differences", d.dropped));
-    return rc;
+    return moat_view_compare_tables(live, scratch, tables,
+                                    MOAT_ARRAY_LEN(tables), diffs, max_diffs);
 }

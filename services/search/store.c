@@ -610,143 +610,40 @@ int srch_store_lag(struct moat_db *db, int64_t since_ms, int64_t until_ms,
 
 /* ---- compare (replay --verify) ---- */
 
-struct diff_sink {
-    json_t *diffs;
-    size_t max;
-    size_t dropped;
-};
-
-MOAT_PRINTF(2, 3)
-static void diff_add(struct diff_sink *d, const char *fmt, ...)
-{
-    if (json_array_size(d->diffs) >= d->max) {
-        d->dropped++;
-        return;
-    }
-    struct moat_buf b = MOAT_BUF_INIT;
-    va_list ap;
-    va_start(ap, fmt);
-    moat_buf_vprintf(&b, fmt, ap);
-    va_end(ap);
-    json_t *s = json_string(moat_buf_str(&b));
-    json_array_append_new(d->diffs, s ? s : json_string("(not UTF-8)"));
-    moat_buf_release(&b);
-}
-
-/* One table to compare: rows keyed by the first column, in key order. */
-struct compare_spec {
-    const char *stmt_name;
-    const char *sql;
-    const char *what;                /* "product", "index term"... */
-    const char *const *column_names; /* of the columns after the key */
-};
-
-/*
- * Walk the rows of spec in a and b side by side (both ordered by key) and
- * report keys found on one side only and columns that differ. Values are
- * compared exactly, type and text.
- */
-static int compare_table(struct moat_db *a, struct moat_db *b,
-                         const struct compare_spec *spec, struct diff_sink *d)
-{
-    /* Prepared on each connection under the same name: the statement
-     * cache is per connection. */
-    struct moat_stmt *sa = moat_db_prepare(a, spec->stmt_name, spec->sql);
-    struct moat_stmt *sb = moat_db_prepare(b, spec->stmt_name, spec->sql);
-    if (!sa || !sb)
-        return MOAT_EDB;
-    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
-    int ncols = sqlite3_column_count(ra);
-    int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
-    int rc = MOAT_OK;
-    while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
-        const char *ka = stepa == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(ra, 0)
-                             : NULL;
-        const char *kb = stepb == SQLITE_ROW
-                             ? (const char *)sqlite3_column_text(rb, 0)
-                             : NULL;
-        int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
-        if (cmp < 0) {
-            diff_add(d, "%s %.80s: only in the live view", spec->what, ka);
-            stepa = moat_stmt_step(sa);
-            continue;
-        }
-        if (cmp > 0) {
-            diff_add(d, "%s %.80s: only in the rebuilt view", spec->what, kb);
-            stepb = moat_stmt_step(sb);
-            continue;
-        }
-        for (int c = 1; c < ncols; c++) {
-            sqlite3_value *va = sqlite3_column_value(ra, c);
-            sqlite3_value *vb = sqlite3_column_value(rb, c);
-            int type = sqlite3_value_type(va);
-            const char *ta = (const char *)sqlite3_value_text(va);
-            const char *tb = (const char *)sqlite3_value_text(vb);
-            if (type != sqlite3_value_type(vb) ||
-                strcmp(ta ? ta : "", tb ? tb : "") != 0)
-                diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
-                         spec->what, ka, spec->column_names[c - 1],
-                         ta ? ta : "NULL", tb ? tb : "NULL");
-        }
-        stepa = moat_stmt_step(sa);
-        stepb = moat_stmt_step(sb);
-    }
-    if (stepa != SQLITE_DONE)
-        rc = moat_db_error(a, stepa);
-    else if (stepb != SQLITE_DONE)
-        rc = moat_db_error(b, stepb);
-    moat_stmt_reset(sa);
-    moat_stmt_reset(sb);
-    return rc;
-}
-
 /* FTS5's own check that the index holds exactly the text of its rows. */
-static void check_index(struct moat_db *db, const char *which,
-                        struct diff_sink *d)
+static void check_index(struct moat_db *db, const char *which, json_t *diffs,
+                        size_t max_diffs)
 {
     int rc = moat_db_exec(db, "fts_integrity_check",
                           "INSERT INTO products_fts (products_fts, rank) "
                           "VALUES ('integrity-check', 1)");
-    if (rc != MOAT_OK)
-        diff_add(d, "the %s full-text index does not match its rows: %s", which,
-                 moat_db_errmsg(db));
+    if (rc != MOAT_OK && json_array_size(diffs) < max_diffs)
+        json_array_append_new(
+            diffs, json_sprintf("the %s full-text index does not match its "
+                                "rows: %s",
+                                which, moat_db_errmsg(db)));
 }
 
 int srch_store_compare(struct moat_db *live, struct moat_db *scratch,
                        json_t *diffs, size_t max_diffs)
 {
-    /* Everything the events decide; not applied_at_ms (when it ran). */
-    static const char *const product_columns[] = {
-        "sku",      "name",     "description", "attributes", "price amount",
-        "currency", "document", "version",     "sequence",   "event time"};
-    static const char *const tombstone_columns[] = {"sequence"};
-    static const char *const term_columns[] = {"products", "occurrences"};
-    static const struct compare_spec specs[] = {
+    /* Everything the events decide; not applied_at_ms (when it ran). The
+     * index itself: each is checked against its rows first, and their
+     * term statistics must agree. */
+    static const struct moat_view_table tables[] = {
         {"compare_products",
          "SELECT id, sku, name, description, attributes, price_amount, "
          "currency, doc, version, seq, event_time_ms FROM products "
          "ORDER BY id",
-         "product", product_columns},
+         "product"},
         {"compare_tombstones",
-         "SELECT id, seq FROM deleted_products ORDER BY id", "deleted product",
-         tombstone_columns},
-        /* The index itself: both are checked against their rows below, and
-         * their term statistics must agree. */
+         "SELECT id, seq FROM deleted_products ORDER BY id", "deleted product"},
         {"compare_terms",
          "SELECT term, doc, cnt FROM products_fts_terms ORDER BY term",
-         "index term", term_columns},
+         "index term"},
     };
-    struct diff_sink d = {.diffs = diffs, .max = max_diffs};
-    int rc = MOAT_OK;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(specs) && rc == MOAT_OK; i++)
-        rc = compare_table(live, scratch, &specs[i], &d);
-    if (rc == MOAT_OK) {
-        check_index(live, "live", &d);
-        check_index(scratch, "rebuilt", &d);
-    }
-    if (d.dropped)
-        json_array_append_new(
-            diffs, json_sprintf("... and %zu more differences", d.dropped));
-    return rc;
+    check_index(live, "live", diffs, max_diffs);
+    check_index(scratch, "rebuilt", diffs, max_diffs);
+    return moat_view_compare_tables(live, scratch, tables,
+                                    MOAT_ARRAY_LEN(tables), diffs, max_diffs);
 }
