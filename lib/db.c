@@ -754,3 +754,41 @@ const char *moat_db_path(const struct moat_db *db)
 {
     return db->path;
 }
+
+int moat_db_open_migrated(struct moat_db **out, const char *data_dir,
+                          const char *file, const struct moat_db_options *opts,
+                          struct moat_metrics *metrics,
+                          const struct moat_migration *m, size_t n)
+{
+    struct moat_db *db = NULL;
+    char *path = moat_xasprintf("%s/%s", data_dir, file);
+    int rc = moat_db_open(&db, path, opts, metrics);
+    if (rc == MOAT_OK)
+        rc = moat_db_migrate(db, m, n);
+    if (rc == MOAT_OK)
+        *out = db;
+    else if (db)
+        moat_db_close(db);
+    free(path);
+    return rc;
+}
+
+bool moat_db_migrated(struct moat_db *db, const struct moat_migration *m,
+                      size_t n, const char **why)
+{
+    if (!db) {
+        *why = "database not open";
+        return false;
+    }
+    /* A query, not a flag: it also proves the database still answers. */
+    int v = moat_db_schema_version(db);
+    if (v < 0) {
+        *why = "database unavailable";
+        return false;
+    }
+    if (n == 0 || v != m[n - 1].version) {
+        *why = "database migrations not applied";
+        return false;
+    }
+    return true;
+}

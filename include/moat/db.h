@@ -66,6 +66,19 @@ void moat_db_close(struct moat_db *db);
  * A migration's SQL must not contain BEGIN, COMMIT or ROLLBACK. */
 int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
                     size_t n);
+/*
+ * The usual start of a service's store: open data_dir/file (as
+ * moat_db_open; opts may be NULL) and apply migrations m[0..n). On failure
+ * nothing stays open and *out is untouched.
+ */
+int moat_db_open_migrated(struct moat_db **out, const char *data_dir,
+                          const char *file, const struct moat_db_options *opts,
+                          struct moat_metrics *metrics,
+                          const struct moat_migration *m, size_t n);
+/* Readiness of such a store: true when db answers and its schema is at
+ * m[n - 1]; otherwise *why (static) says which is wrong. db may be NULL. */
+bool moat_db_migrated(struct moat_db *db, const struct moat_migration *m,
+                      size_t n, const char **why);
 /* Highest applied migration version (0 for a fresh database), or MOAT_EDB
  * if it cannot be read. */
 int moat_db_schema_version(struct moat_db *db);

@@ -116,37 +116,13 @@ const struct moat_migration *rm_store_migrations(size_t *n)
 int rm_store_open(struct moat_db **out, const char *data_dir,
                   struct moat_metrics *metrics)
 {
-    struct moat_db *db = NULL;
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
-    int rc = moat_db_open(&db, path, NULL, metrics);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = moat_db_migrate(db, migrations, MOAT_ARRAY_LEN(migrations));
-    if (rc != MOAT_OK)
-        goto cleanup;
-    *out = db;
-    db = NULL;
-
-cleanup:
-    if (db)
-        moat_db_close(db);
-    free(path);
-    return rc;
+    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
+                                 migrations, MOAT_ARRAY_LEN(migrations));
 }
 
 bool rm_store_ready(struct moat_db *db, const char **why)
 {
-    if (!db) {
-        *why = "database not open";
-        return false;
-    }
-    /* A query, not a flag: it also proves the database still answers. */
-    if (moat_db_schema_version(db) !=
-        migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
-        *why = "database migrations not applied";
-        return false;
-    }
-    return true;
+    return moat_db_migrated(db, migrations, MOAT_ARRAY_LEN(migrations), why);
 }
 
 /* ---- writes (inside the consumer's transaction) ---- */
