@@ -86,7 +86,6 @@ static void on_profile(const struct moat_http_response *resp, void *arg)
     }
     free(f);
     if (--b->pending == 0) {
-        b->os->refreshing = false;
         if (resp->err != MOAT_ECANCELLED)
             schedule(b->os);
         free(b);
@@ -142,10 +141,8 @@ static void refresh(evutil_socket_t fd, short what, void *arg)
     free(ids);
     if (b->pending == 0) {
         free(b);
-        schedule(os);
-        return;
+        schedule(os); /* else the batch's last answer schedules the next */
     }
-    os->refreshing = true;
 }
 
 int ord_customers_start_refresher(struct ord_service *os)

@@ -576,25 +576,18 @@ static void handle_get(struct moat_req *req, void *arg)
 struct list_ctx {
     struct ord_service *os;
     json_t *items;
-    char last[ORD_ID_MAX];
     int rc;
 };
 
 static void list_one(const struct ord_order *o, void *arg)
 {
     struct list_ctx *lc = arg;
-    struct ord_order full = *o;
-    full.lines = NULL;
-    full.nlines = 0;
     /* Lines too: the auditor compares them with the reservations. */
-    struct ord_order withl;
-    if (ord_order_get(lc->os->db, o->id, true, &withl) == MOAT_OK) {
-        json_array_append_new(lc->items, order_json(lc->os, &withl));
-        ord_order_release(&withl);
-    } else {
-        json_array_append_new(lc->items, order_json(lc->os, &full));
-    }
-    snprintf(lc->last, sizeof(lc->last), "%s", o->id);
+    struct ord_order full = *o;
+    if (lc->rc == MOAT_OK)
+        lc->rc = ord_order_lines_load(lc->os->db, &full);
+    json_array_append_new(lc->items, order_json(lc->os, &full));
+    ord_order_release(&full);
 }
 
 static void handle_list(struct moat_req *req, void *arg)
@@ -625,6 +618,8 @@ static void handle_list(struct moat_req *req, void *arg)
     struct list_ctx lc = {.os = os, .items = json_array()};
     int rc = ord_orders_list(os->db, customer, status, q[2].sval, limit + 1,
                              list_one, &lc);
+    if (rc == MOAT_OK)
+        rc = lc.rc;
     if (rc != MOAT_OK) {
         json_decref(lc.items);
         reply_db_error(req, rc);

@@ -36,7 +36,6 @@ struct ord_service {
     int64_t step_timeout_ms; /* deadline of reserving and authorizing */
     long api_timeout_ms;     /* per call to catalog or users */
     struct event *start, *sweep, *refresh; /* owned timers */
-    bool refreshing;                       /* a customer refresh is out */
     /* Idempotency keys of POSTs being served ("customer NUL key" joined
      * by '\n'): a second request with one gets 409. Loop thread only. */
     char **busy;

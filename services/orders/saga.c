@@ -339,6 +339,8 @@ static int apply_reply(struct ord_service *os, struct ord_order *o,
 int ord_saga_apply(struct moat_db *db, const struct moat_event *ev, void *arg,
                    const char **why)
 {
+    /* db is os->db: orders is not a view, so no scratch copy is ever
+     * verified, and the transitions write through os. */
     MOAT_UNUSED(db);
     struct ord_service *os = arg;
     const char *order_id = jstr(ev->data, "order_id");

@@ -77,29 +77,13 @@ const struct moat_migration *ord_store_migrations(size_t *n)
 int ord_store_open(struct moat_db **out, const char *data_dir,
                    struct moat_metrics *metrics)
 {
-    struct moat_db *db = NULL;
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
-    int rc = moat_db_open(&db, path, NULL, metrics);
-    if (rc == MOAT_OK)
-        rc = moat_db_migrate(db, migrations, MOAT_ARRAY_LEN(migrations));
-    if (rc == MOAT_OK) {
-        *out = db;
-        db = NULL;
-    }
-    if (db)
-        moat_db_close(db);
-    free(path);
-    return rc;
+    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
+                                 migrations, MOAT_ARRAY_LEN(migrations));
 }
 
 bool ord_store_ready(struct moat_db *db, const char **why)
 {
-    int v = moat_db_schema_version(db);
-    if (v != migrations[MOAT_ARRAY_LEN(migrations) - 1].version) {
-        *why = v < 0 ? "database unavailable" : "migrations not applied";
-        return false;
-    }
-    return true;
+    return moat_db_migrated(db, migrations, MOAT_ARRAY_LEN(migrations), why);
 }
 
 void ord_order_release(struct ord_order *o)
@@ -185,7 +169,7 @@ static void order_from_row(struct moat_stmt *st, struct ord_order *o)
     o->completed_ms = col_i64(st, 16);
 }
 
-static int lines_load(struct moat_db *db, struct ord_order *o)
+int ord_order_lines_load(struct moat_db *db, struct ord_order *o)
 {
     struct moat_stmt *st = moat_db_prepare(
         db, "order_lines_get",
@@ -232,7 +216,7 @@ int ord_order_get(struct moat_db *db, const char *id, bool with_lines,
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(db, src);
     moat_stmt_reset(st);
     if (rc == MOAT_OK && with_lines) {
-        rc = lines_load(db, out);
+        rc = ord_order_lines_load(db, out);
         if (rc != MOAT_OK)
             ord_order_release(out);
     }

@@ -97,6 +97,9 @@ bool ord_store_ready(struct moat_db *db, const char **why);
 /* MOAT_OK, MOAT_ENOTFOUND or a db error. with_lines loads the lines. */
 int ord_order_get(struct moat_db *db, const char *id, bool with_lines,
                   struct ord_order *out);
+/* Load o's lines (o->lines must be NULL), e.g. for an order from
+ * ord_orders_list. */
+int ord_order_lines_load(struct moat_db *db, struct ord_order *o);
 /* Insert o with its lines (inside the caller's transaction). */
 int ord_order_insert(struct moat_db *db, const struct ord_order *o);
 /* Write o's mutable fields back; version +1 and updated_ms set here
