@@ -120,11 +120,24 @@ static const char *urlpath_problem(const char *s, bool is_prefix)
                "the gateway's own endpoints)";
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
+        if (c == '{' && s[i - 1] == '/') {
+            /* A path parameter: a whole "{name}" segment. */
+            size_t len = 1;
+            while (i + len < n && s[i + len] >= 'a' && s[i + len] <= 'z')
+                len++;
+            if (len > 1 && s[i + len] == '}' &&
+                (s[i + len + 1] == '/' || s[i + len + 1] == '\0')) {
+                i += len;
+                continue;
+            }
+            return "may use '{' only in a whole \"{name}\" segment "
+                   "(name in lower-case letters)";
+        }
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
               (c >= '0' && c <= '9') || c == '/' || c == '-' || c == '_' ||
               c == '.' || c == '~'))
             return "may contain only letters, digits, '/', '-', '_', '.', "
-                   "'~'";
+                   "'~' and \"{name}\" segments";
     }
     if (n > 1 && s[n - 1] == '/')
         return "must not end with '/'";

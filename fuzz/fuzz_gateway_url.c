@@ -10,7 +10,10 @@
  * Authorization header. Properties: an upstream URL always starts with the
  * route's base URL, and never contains a "." or ".." path segment after it
  * (no escape from the upstream base path); a target the allow-list lets
- * through has a path that is an entry's prefix or continues it with '/'.
+ * through has a path that is an entry's prefix or continues it with '/'
+ * (a "{name}" segment of a prefix standing for any one non-empty segment).
+ * A route with "{name}" parameters maps to a URL that starts with the
+ * route's origin and has no "." or ".." segment after it.
  */
 #include "moat/common.h"
 
@@ -38,6 +41,28 @@ static bool has_dot_segment(const char *path)
     return false;
 }
 
+/* Does path (plen bytes) start with prefix, segment by segment? */
+static bool segments_match(const char *prefix, const char *path, size_t plen)
+{
+    size_t i = 0, j = 0, n = strlen(prefix);
+    while (i < n) {
+        /* Both at a '/': compare the next segment. */
+        if (j >= plen || prefix[i] != '/' || path[j] != '/')
+            return false;
+        size_t a = 1, b = 1;
+        while (i + a < n && prefix[i + a] != '/')
+            a++;
+        while (j + b < plen && path[j + b] != '/')
+            b++;
+        bool param = a >= 3 && prefix[i + 1] == '{' && prefix[i + a - 1] == '}';
+        if (param ? b == 1 : (a != b || memcmp(prefix + i, path + j, a) != 0))
+            return false;
+        i += a;
+        j += b;
+    }
+    return j == plen || path[j] == '/';
+}
+
 /* The property of gw_public_allows, checked the slow way. */
 static bool under_some_prefix(const struct gw_public *l, size_t n,
                               const char *target)
@@ -50,12 +75,9 @@ static bool under_some_prefix(const struct gw_public *l, size_t n,
         p = s + 3 + strcspn(s + 3, "/?");
     }
     size_t plen = strcspn(p, "?#");
-    for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(l[i].prefix);
-        if (plen >= len && strncmp(p, l[i].prefix, len) == 0 &&
-            (plen == len || p[len] == '/'))
+    for (size_t i = 0; i < n; i++)
+        if (segments_match(l[i].prefix, p, plen))
             return true;
-    }
     return false;
 }
 
@@ -102,8 +124,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (size_t i = 0; i < n && target; i++) {
             char *url = gw_upstream_url(&routes[i], target);
             if (url) {
-                size_t blen = strlen(routes[i].base_url);
-                if (strncmp(url, routes[i].base_url, blen) != 0 ||
+                const char *base =
+                    routes[i].nparams ? routes[i].origin : routes[i].base_url;
+                size_t blen = strlen(base);
+                if (strncmp(url, base, blen) != 0 ||
                     has_dot_segment(url + blen))
                     abort();
                 free(url);

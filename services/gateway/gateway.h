@@ -91,6 +91,7 @@ struct gw_route {
     char *prefix;       /* public prefix "/api/v1/products", no final '/' */
     char *service;      /* upstream service "catalog": service token aud */
     size_t prefix_segs; /* path segments in prefix (3 above) */
+    size_t nparams;     /* "{name}" segments in prefix (0 above) */
     char *pattern_rest; /* prefix + "/{rest*}" for the router */
     char *origin;       /* upstream "http://127.0.0.1:8081" (for Location) */
     char *base_path;    /* upstream "/v1/products", "" for the root */
@@ -141,6 +142,8 @@ struct gw {
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
 #define GW_MAX_PREFIX_SEGMENTS 16
+/* Longest name of a path parameter "{name}" in a route. */
+#define GW_MAX_PARAM_NAME 31
 
 /*
  * Parse "PREFIX=SERVICE@URL[,PREFIX=SERVICE@URL...]", SERVICE being the

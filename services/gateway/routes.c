@@ -4,6 +4,7 @@
  * includes this file directly and the fuzz target links it alone.
  */
 #include "moat/common.h"
+#include "moat/buf.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -37,24 +38,43 @@ static bool is_hex(char c)
            (c >= 'A' && c <= 'F');
 }
 
-/*
- * The prefix is matched literally by the router, so it is kept to plain
- * segments: "/" then unreserved characters, no empty, "." or ".."
- * segment, no final "/".
- */
-static bool valid_prefix(const char *p, size_t *nsegs)
+/* "{name}": a path parameter, name [a-z][a-z0-9_]{0,30}. */
+static bool is_param_segment(const char *seg, size_t len)
 {
-    size_t n = 0;
+    if (len < 3 || len > GW_MAX_PARAM_NAME + 2 || seg[0] != '{' ||
+        seg[len - 1] != '}' || !(seg[1] >= 'a' && seg[1] <= 'z'))
+        return false;
+    for (size_t i = 2; i < len - 1; i++)
+        if (!((seg[i] >= 'a' && seg[i] <= 'z') ||
+              (seg[i] >= '0' && seg[i] <= '9') || seg[i] == '_'))
+            return false;
+    return true;
+}
+
+/*
+ * The prefix is matched by the router segment by segment, so it is kept
+ * to plain segments: "/" then unreserved characters, or a whole "{name}"
+ * segment that matches any one segment, no empty, "." or ".." segment, no
+ * final "/". *nparams counts the "{name}" segments.
+ */
+static bool valid_prefix(const char *p, size_t *nsegs, size_t *nparams)
+{
+    size_t n = 0, np = 0;
     if (p[0] != '/')
         return false;
     while (*p == '/') {
         const char *seg = ++p;
-        while (*p && *p != '/') {
-            if (!is_unreserved(*p))
-                return false;
-            p++;
+        size_t len = strcspn(seg, "/");
+        if (is_param_segment(seg, len)) {
+            np++;
+            p += len;
+        } else {
+            while (*p && *p != '/') {
+                if (!is_unreserved(*p))
+                    return false;
+                p++;
+            }
         }
-        size_t len = (size_t)(p - seg);
         if (len == 0 || (len == 1 && seg[0] == '.') ||
             (len == 2 && seg[0] == '.' && seg[1] == '.'))
             return false;
@@ -62,7 +82,37 @@ static bool valid_prefix(const char *p, size_t *nsegs)
             return false;
     }
     *nsegs = n;
+    *nparams = np;
     return *p == '\0';
+}
+
+/*
+ * Does the path p (path_len bytes, raw) start with prefix, segment by
+ * segment, a "{name}" segment of prefix matching any non-empty segment?
+ * Then *matched is how many bytes of p the prefix covered.
+ */
+static bool path_has_prefix(const char *prefix, const char *p, size_t path_len,
+                            size_t *matched)
+{
+    size_t i = 0;
+    while (*prefix == '/') {
+        size_t plen = strcspn(prefix + 1, "/");
+        if (i >= path_len || p[i] != '/')
+            return false;
+        size_t slen = 0;
+        while (i + 1 + slen < path_len && p[i + 1 + slen] != '/')
+            slen++;
+        if (is_param_segment(prefix + 1, plen)) {
+            if (slen == 0)
+                return false;
+        } else if (slen != plen || memcmp(prefix + 1, p + i + 1, plen) != 0) {
+            return false;
+        }
+        prefix += 1 + plen;
+        i += 1 + slen;
+    }
+    *matched = i;
+    return true;
 }
 
 /* Fills origin and base_path of r from an upstream URL; false if invalid. */
@@ -76,8 +126,20 @@ static bool parse_upstream(const char *url, struct gw_route *r,
 
     if (!u)
         moat_die("out of memory parsing a URL");
+    /* A "{name}" parameter in the path stays "%7Bname%7D" in base_path,
+     * where gw_upstream_url fills it in. */
+    struct moat_buf esc = MOAT_BUF_INIT;
+    for (const char *c = url; *c; c++) {
+        if (*c == '{')
+            moat_buf_addstr(&esc, "%7B");
+        else if (*c == '}')
+            moat_buf_addstr(&esc, "%7D");
+        else
+            moat_buf_addch(&esc, *c);
+    }
+    char *escaped = moat_buf_detach(&esc, NULL);
     *why = "is not an absolute URL";
-    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+    if (curl_url_set(u, CURLUPART_URL, escaped, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
@@ -106,6 +168,7 @@ static bool parse_upstream(const char *url, struct gw_route *r,
     r->base_url = moat_xasprintf("%s%s", r->origin, r->base_path);
     ok = true;
 cleanup:
+    free(escaped);
     curl_free(junk);
     curl_free(scheme);
     curl_free(host);
@@ -166,6 +229,26 @@ static char *trim(char *s)
     return s;
 }
 
+/* The position of "{name}" in prefix (a pointer to its '{'), or NULL. */
+static const char *find_param(const char *prefix, const char *name, size_t len)
+{
+    for (const char *p = prefix; (p = strchr(p, '{')) != NULL; p++)
+        if (strncmp(p + 1, name, len) == 0 && p[1 + len] == '}')
+            return p;
+    return NULL;
+}
+
+/* The first "%7Bname%7D" of base_path whose name prefix lacks, or NULL. */
+static const char *unknown_param(const char *base_path, const char *prefix)
+{
+    for (const char *p = base_path; (p = strstr(p, "%7B")) != NULL; p += 3) {
+        const char *end = strstr(p + 3, "%7D");
+        if (!end || !find_param(prefix, p + 3, (size_t)(end - p - 3)))
+            return p;
+    }
+    return NULL;
+}
+
 int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                     char *err, size_t errlen)
 {
@@ -198,10 +281,11 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
         *at = '\0';
         char *prefix = trim(entry), *service = trim(eq + 1),
              *url = trim(at + 1);
-        if (!valid_prefix(prefix, &r.prefix_segs)) {
+        if (!valid_prefix(prefix, &r.prefix_segs, &r.nparams)) {
             snprintf(err, errlen,
                      "entry %zu: prefix '%s' must be '/' followed by 1 to %d "
-                     "segments of [A-Za-z0-9._~-], without a final '/'",
+                     "segments of [A-Za-z0-9._~-] or {name}, without a final "
+                     "'/'",
                      count + 1, prefix, GW_MAX_PREFIX_SEGMENTS);
             goto cleanup;
         }
@@ -222,6 +306,18 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
         if (!parse_upstream(url, &r, &why)) {
             snprintf(err, errlen, "entry %zu (%s): upstream '%s' %s", count + 1,
                      prefix, url, why);
+            goto cleanup;
+        }
+        const char *unknown = unknown_param(r.base_path, prefix);
+        if (unknown) {
+            snprintf(err, errlen,
+                     "entry %zu (%s): upstream '%s' uses a parameter that "
+                     "the prefix does not have (%.*s)",
+                     count + 1, prefix, url, (int)strcspn(unknown + 3, "%"),
+                     unknown + 3);
+            free(r.origin);
+            free(r.base_path);
+            free(r.base_url);
             goto cleanup;
         }
         r.prefix = moat_xstrdup(prefix);
@@ -274,9 +370,44 @@ static bool is_dot_segment(const char *seg, size_t len)
     return dots == 1 || dots == 2;
 }
 
+/*
+ * base_url with each "%7Bname%7D" replaced by the target's segment under
+ * prefix's "{name}". segs[i] is the raw target segment under prefix
+ * segment i.
+ */
+static char *fill_params(const struct gw_route *r, const char *const *segs,
+                         const size_t *seglens)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = r->base_url;
+    const char *open;
+    while ((open = strstr(p, "%7B")) != NULL) {
+        const char *name = open + 3;
+        const char *close = strstr(name, "%7D");
+        size_t nlen = close ? (size_t)(close - name) : 0;
+        moat_buf_add(&b, p, (size_t)(open - p));
+        /* Which prefix segment holds {name}? (Checked at parse time.) */
+        size_t idx = 0;
+        const char *at = find_param(r->prefix, name, nlen);
+        for (const char *q = r->prefix; at && q < at; q++)
+            if (*q == '/')
+                idx++;
+        if (!close || !at || idx == 0 || idx > r->prefix_segs) {
+            moat_buf_release(&b);
+            return NULL;
+        }
+        moat_buf_add(&b, segs[idx - 1], seglens[idx - 1]);
+        p = close + 3;
+    }
+    moat_buf_addstr(&b, p);
+    return moat_buf_detach(&b, NULL);
+}
+
 char *gw_upstream_url(const struct gw_route *r, const char *target)
 {
     const char *p = target;
+    const char *segs[GW_MAX_PREFIX_SEGMENTS];
+    size_t seglens[GW_MAX_PREFIX_SEGMENTS];
 
     if (*p != '/') {
         /* absolute-form (RFC 9112 3.2.2): skip scheme and authority. */
@@ -289,12 +420,17 @@ char *gw_upstream_url(const struct gw_route *r, const char *target)
     }
     if (!valid_target_chars(p))
         return NULL;
-    /* The router matched the prefix's segments literally: skip them. */
+    /* The router matched the prefix's segments: skip them, keeping each
+     * (a "{name}" parameter is passed on to the upstream path). */
     for (size_t i = 0; i < r->prefix_segs; i++) {
         if (*p != '/')
             return NULL;
         p++;
-        p += strcspn(p, "/?");
+        segs[i] = p;
+        seglens[i] = strcspn(p, "/?");
+        if (seglens[i] == 0 || is_dot_segment(p, seglens[i]))
+            return NULL;
+        p += seglens[i];
     }
     size_t path_len = strcspn(p, "?");
     for (size_t i = 0; i < path_len;) {
@@ -306,7 +442,14 @@ char *gw_upstream_url(const struct gw_route *r, const char *target)
             return NULL;
         i += seg_len;
     }
-    return moat_xasprintf("%s%s", r->base_url, p);
+    if (r->nparams == 0)
+        return moat_xasprintf("%s%s", r->base_url, p);
+    char *base = fill_params(r, segs, seglens);
+    if (!base)
+        return NULL;
+    char *url = moat_xasprintf("%s%s", base, p);
+    free(base);
+    return url;
 }
 
 static bool at_boundary(char c)
@@ -318,6 +461,10 @@ char *gw_rewrite_location(const struct gw_route *r, const char *location)
 {
     const char *p = location;
     size_t olen = strlen(r->origin), blen = strlen(r->base_path);
+
+    /* A parameterised base path has no single public spelling. */
+    if (r->nparams > 0)
+        return moat_xstrdup(location);
 
     /* Scheme and host are case-insensitive; the path is not. */
     if (strncasecmp(p, r->origin, olen) == 0 && at_boundary(p[olen]))
@@ -363,7 +510,7 @@ int gw_public_parse(const char *spec, struct gw_public **out, size_t *n,
         char *entry = trim(strsep(&cur, ","));
         char *sp = strchr(entry, ' ');
         unsigned methods = 0;
-        size_t segs = 0;
+        size_t segs = 0, nparams = 0;
 
         if (!*entry) {
             snprintf(err, errlen, "entry %zu is empty (stray comma?)",
@@ -387,10 +534,11 @@ int gw_public_parse(const char *spec, struct gw_public **out, size_t *n,
                      count + 1, entry);
             goto cleanup;
         }
-        if (!valid_prefix(prefix, &segs)) {
+        if (!valid_prefix(prefix, &segs, &nparams)) {
             snprintf(err, errlen,
                      "entry %zu: prefix '%s' must be '/' followed by 1 to %d "
-                     "segments of [A-Za-z0-9._~-], without a final '/'",
+                     "segments of [A-Za-z0-9._~-] or {name}, without a final "
+                     "'/'",
                      count + 1, prefix, GW_MAX_PREFIX_SEGMENTS);
             goto cleanup;
         }
@@ -428,10 +576,11 @@ bool gw_public_allows(const struct gw_public *list, size_t n,
     size_t path_len = strcspn(p, "?#");
     for (size_t i = 0; i < n; i++) {
         const struct gw_public *e = &list[i];
-        if (!(e->methods & (unsigned)method) || path_len < e->len ||
-            memcmp(p, e->prefix, e->len) != 0)
+        size_t matched = 0;
+        if (!(e->methods & (unsigned)method) ||
+            !path_has_prefix(e->prefix, p, path_len, &matched))
             continue;
-        if (path_len == e->len || p[e->len] == '/')
+        if (path_len == matched || p[matched] == '/')
             return true;
     }
     return false;

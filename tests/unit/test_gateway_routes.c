@@ -70,7 +70,8 @@ static void test_parse_invalid(void **state)
         "/a/../b=svc@http://x",
         "/a/./b=svc@http://x",
         "/a b=svc@http://x",
-        "/a/{id}=svc@http://x",
+        "/a/{id*}=svc@http://x",
+        "/a/{id}x=svc@http://x",
         "/a/%41=svc@http://x",
         "/a=svc@",
         "/a=svc@x",
@@ -157,6 +158,57 @@ static void test_upstream_url(void **state)
     expect_url(&r[2], "/root/x/y", "http://[::1]:9000/x/y");
     expect_url(&r[2], "/root", "http://[::1]:9000");
     gw_routes_free(r, n);
+}
+
+/* A "{name}" segment matches any one segment and is carried over to the
+ * upstream path wherever the upstream names it. */
+static void test_upstream_url_params(void **state)
+{
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    assert_int_equal(
+        gw_routes_parse("/api/v1/users/{id}/followers=connections@"
+                        "http://127.0.0.1:8091/v1/users/{id}/followers,"
+                        "/api/v1/a/{x}/b/{y}=posts@http://h:1/v1/{y}/z/{x}",
+                        &r, &n, err, sizeof(err)),
+        MOAT_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(r[0].nparams, 1);
+    assert_string_equal(r[0].prefix, "/api/v1/users/{id}/followers");
+#define UP "http://127.0.0.1:8091/v1/users/"
+    expect_url(&r[0], "/api/v1/users/u1/followers", UP "u1/followers");
+    expect_url(&r[0], "/api/v1/users/u%2F1/followers?limit=2",
+               UP "u%2F1/followers?limit=2");
+    expect_url(&r[0], "/api/v1/users/u1/followers/x", UP "u1/followers/x");
+    /* The parameter cannot climb out, nor be empty. */
+    expect_url(&r[0], "/api/v1/users/../followers", NULL);
+    expect_url(&r[0], "/api/v1/users/%2e%2e/followers", NULL);
+    expect_url(&r[0], "/api/v1/users//followers", NULL);
+#undef UP
+    expect_url(&r[1], "/api/v1/a/1/b/2/c", "http://h:1/v1/2/z/1/c");
+    /* Location headers of a parameterised upstream are left alone. */
+    char *loc = gw_rewrite_location(&r[0], "http://127.0.0.1:8091/v1/x");
+    assert_string_equal(loc, "http://127.0.0.1:8091/v1/x");
+    free(loc);
+    gw_routes_free(r, n);
+
+    const char *bad[] = {
+        /* The upstream names a parameter the prefix lacks. */
+        "/api/v1/users/{id}=c@http://h:1/v1/{uid}",
+        "/api/v1/users=c@http://h:1/v1/{id}",
+        /* Not a whole segment, or a bad name. */
+        "/api/v1/users/x{id}=c@http://h:1/v1",
+        "/api/v1/users/{Id}=c@http://h:1/v1",
+        "/api/v1/users/{}=c@http://h:1/v1",
+        "/api/v1/users/{id=c@http://h:1/v1",
+    };
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        r = NULL;
+        n = 0;
+        if (gw_routes_parse(bad[i], &r, &n, err, sizeof(err)) != MOAT_EINVAL)
+            fail_msg("accepted bad spec '%s'", bad[i]);
+    }
 }
 
 static void expect_loc(const struct gw_route *r, const char *loc,
@@ -293,6 +345,20 @@ static void test_public_allows(void **state)
     assert_false(gw_public_allows(NULL, 0, MOAT_GET, "/api/v1/products"));
     assert_false(gw_public_allows(l, n, MOAT_GET, NULL));
     gw_public_free(l, n);
+
+    /* A "{name}" segment stands for any one non-empty segment. */
+    assert_int_equal(gw_public_parse("GET /api/v1/users/{id}/posts", &l, &n,
+                                     err, sizeof(err)),
+                     MOAT_OK);
+    assert_true(gw_public_allows(l, n, MOAT_GET, "/api/v1/users/u1/posts"));
+    assert_true(
+        gw_public_allows(l, n, MOAT_GET, "/api/v1/users/u1/posts?cursor=x"));
+    assert_true(gw_public_allows(l, n, MOAT_GET, "/api/v1/users/u1/posts/p"));
+    assert_false(gw_public_allows(l, n, MOAT_GET, "/api/v1/users//posts"));
+    assert_false(gw_public_allows(l, n, MOAT_GET, "/api/v1/users/u1/postsX"));
+    assert_false(gw_public_allows(l, n, MOAT_GET, "/api/v1/users/u1"));
+    assert_false(gw_public_allows(l, n, MOAT_POST, "/api/v1/users/u1/posts"));
+    gw_public_free(l, n);
 }
 
 static void test_bearer_token(void **state)
@@ -327,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_parse_valid),
         cmocka_unit_test(test_parse_invalid),
         cmocka_unit_test(test_upstream_url),
+        cmocka_unit_test(test_upstream_url_params),
         cmocka_unit_test(test_rewrite_location),
         cmocka_unit_test(test_err_kind_names),
         cmocka_unit_test(test_public_parse),
