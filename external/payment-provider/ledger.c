@@ -700,3 +700,15 @@ int pp_ledger_idem_purge(struct pp_ledger *l, int64_t before_ms, int limit,
         *deleted = sqlite3_changes(moat_db_handle(l->db));
     return rc;
 }
+
+#ifdef MOAT_TEST_HOOKS
+int pp_ledger_test_drop_last(struct pp_ledger *l)
+{
+    int rc = moat_db_exec(l->db, "test_drop_last",
+                          "DELETE FROM ledger_entries WHERE seq = "
+                          "(SELECT max(seq) FROM ledger_entries)");
+    if (rc == MOAT_OK && sqlite3_changes(moat_db_handle(l->db)) == 0)
+        rc = MOAT_ENOTFOUND;
+    return rc;
+}
+#endif
