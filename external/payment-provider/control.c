@@ -166,16 +166,16 @@ cleanup:
 }
 
 #ifdef MOAT_TEST_HOOKS
-/* Test builds only: POST /_test/ledger/drop-last loses the newest ledger
- * entry (tests/integration/test_audit.c proves the audit notices). */
-static void handle_test_drop_last(struct moat_req *r, void *arg)
+/* Test builds only: POST /_test/ledger/repeat-last writes the newest ledger
+ * entry twice (tests/integration/test_audit.c proves the audit notices). */
+static void handle_test_repeat_last(struct moat_req *r, void *arg)
 {
     struct pp_service *pp = arg;
     if (!control_auth(r, pp))
         return;
-    int rc = pp_ledger_test_drop_last(pp->ledger);
+    int rc = pp_ledger_test_repeat_last(pp->ledger);
     if (rc == MOAT_OK) {
-        moat_log(MOAT_LOG_WARN, "test hook: a ledger entry dropped", NULL);
+        moat_log(MOAT_LOG_WARN, "test hook: a ledger entry written twice", NULL);
         moat_req_reply_json(r, 200, json_pack("{s:i}", "changed", 1));
     } else {
         moat_req_reply_problem(r, rc == MOAT_ENOTFOUND ? 404 : 500, "%s",
@@ -191,8 +191,8 @@ int pp_control_register(struct pp_service *pp)
         rc = moat_http_route(pp->http, MOAT_POST, "/_control", handle_post, pp);
 #ifdef MOAT_TEST_HOOKS
     if (rc == MOAT_OK)
-        rc = moat_http_route(pp->http, MOAT_POST, "/_test/ledger/drop-last",
-                             handle_test_drop_last, pp);
+        rc = moat_http_route(pp->http, MOAT_POST, "/_test/ledger/repeat-last",
+                             handle_test_repeat_last, pp);
 #endif
     return rc;
 }

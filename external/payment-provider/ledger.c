@@ -702,11 +702,14 @@ int pp_ledger_idem_purge(struct pp_ledger *l, int64_t before_ms, int limit,
 }
 
 #ifdef MOAT_TEST_HOOKS
-int pp_ledger_test_drop_last(struct pp_ledger *l)
+int pp_ledger_test_repeat_last(struct pp_ledger *l)
 {
-    int rc = moat_db_exec(l->db, "test_drop_last",
-                          "DELETE FROM ledger_entries WHERE seq = "
-                          "(SELECT max(seq) FROM ledger_entries)");
+    int rc = moat_db_exec(
+        l->db, "test_repeat_last",
+        "INSERT INTO ledger_entries (merchant, authorization_id, kind, "
+        "object_id, currency, amount, at_ms) SELECT merchant, "
+        "authorization_id, kind, object_id, currency, amount, at_ms FROM "
+        "ledger_entries ORDER BY seq DESC LIMIT 1");
     if (rc == MOAT_OK && sqlite3_changes(moat_db_handle(l->db)) == 0)
         rc = MOAT_ENOTFOUND;
     return rc;

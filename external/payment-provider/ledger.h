@@ -143,9 +143,10 @@ int pp_ledger_idem_purge(struct pp_ledger *l, int64_t before_ms, int limit,
                          int *deleted);
 
 #ifdef MOAT_TEST_HOOKS
-/* Test builds only: lose the newest ledger entry, as a bug would (the
- * authorization keeps its state). MOAT_ENOTFOUND when there is none. */
-int pp_ledger_test_drop_last(struct pp_ledger *l);
+/* Test builds only: write the newest ledger entry twice, as a bug would
+ * (the entries are append-only; the authorization keeps its state).
+ * MOAT_ENOTFOUND when there is none. */
+int pp_ledger_test_repeat_last(struct pp_ledger *l);
 #endif
 
 #endif /* PP_LEDGER_H */

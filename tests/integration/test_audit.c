@@ -539,11 +539,11 @@ static void test_audit_sees_each_broken_invariant(void **state)
     /* The provider's own books. */
     struct h_resp r;
     const char *ctl[] = {"Authorization: Bearer " CONTROL_KEY, NULL};
-    h_http(&r, "POST", h_fmt("%s/_test/ledger/drop-last", F.pp.url), ctl, NULL,
+    h_http(&r, "POST", h_fmt("%s/_test/ledger/repeat-last", F.pp.url), ctl, NULL,
            0);
     h_assert_status(&r, 200);
     h_resp_release(&r);
-    expect_new("the provider lost a ledger entry",
+    expect_new("the provider wrote a ledger entry twice",
                WANT("provider-inconsistent  "));
 }
 
