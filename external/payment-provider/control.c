@@ -175,7 +175,8 @@ static void handle_test_repeat_last(struct moat_req *r, void *arg)
         return;
     int rc = pp_ledger_test_repeat_last(pp->ledger);
     if (rc == MOAT_OK) {
-        moat_log(MOAT_LOG_WARN, "test hook: a ledger entry written twice", NULL);
+        moat_log(MOAT_LOG_WARN, "test hook: a ledger entry written twice",
+                 NULL);
         moat_req_reply_json(r, 200, json_pack("{s:i}", "changed", 1));
     } else {
         moat_req_reply_problem(r, rc == MOAT_ENOTFOUND ? 404 : 500, "%s",

@@ -5,8 +5,9 @@
  *
  *   POST /v1/test/orders/{id}  {"status", "step", "payment_id", "total",
  *                               "line_quantity" (of the first line),
- *                               "deadline_ago_s", "updated_ago_s"}: each
- *                               member given is written as is
+ *                               "deadline_ago_s", "updated_ago_s",
+ *                               "no_deadline": true}: each member given is
+ *                               written as is
  *   POST /v1/test/sweeper      {"running": false | true}: stop or restart
  *                               the deadline sweeper (a sweeper that died)
  */
@@ -61,6 +62,12 @@ static void handle_order(struct moat_req *r, void *arg)
             x = now - x * 1000;
         char *s = sqlite3_mprintf("UPDATE orders SET %s = %lld WHERE id = %Q;",
                                   ints[i].column, (long long)x, id);
+        moat_buf_addstr(&sql, s);
+        sqlite3_free(s);
+    }
+    if (json_is_true(json_object_get(b, "no_deadline"))) {
+        char *s = sqlite3_mprintf(
+            "UPDATE orders SET deadline_ms = 0 WHERE id = %Q;", id);
         moat_buf_addstr(&sql, s);
         sqlite3_free(s);
     }

@@ -28,7 +28,7 @@
 #define ALICE        "usr_01J0000000000000000000AUDT"
 #define SKU          "AUD-1"
 #define PRICE        1500
-#define CONFIRMED    13 /* orders placed to be confirmed */
+#define CONFIRMED    14 /* orders placed to be confirmed */
 
 static struct {
     char *tmp;
@@ -204,8 +204,7 @@ static void expect_new(const char *what, const char *const *want)
         if (!json_object_get(F.seen, k))
             json_object_set(fresh, k, v);
     }
-    fprintf(stderr, "%s: %zu violations, new:\n", what,
-            json_object_size(now));
+    fprintf(stderr, "%s: %zu violations, new:\n", what, json_object_size(now));
     const char *k;
     json_object_foreach(fresh, k, v)
     {
@@ -243,8 +242,7 @@ static void expect_clean(void)
             assert_int_equal(json_integer_value(json_object_get(sum, "orders")),
                              CONFIRMED + 3);
             assert_true(json_is_true(json_object_get(sum, "ledger_compared")));
-            assert_int_equal(json_array_size(json_object_get(sum, "notes")),
-                             0);
+            assert_int_equal(json_array_size(json_object_get(sum, "notes")), 0);
             json_decref(r);
             return;
         }
@@ -269,9 +267,9 @@ static const char *const *env_list(size_t from, size_t n)
 static void peer_keys(char *out, size_t cap, const char *self)
 {
     static const char *const peers[] = {
-        "gateway",       "catalog", "users",     "inventory", "orders",
-        "payments",      "search",  "reporting", "readmodel", "test",
-        "notifications", "operator"};
+        "gateway",   "catalog",  "users",         "inventory",
+        "orders",    "payments", "search",        "reporting",
+        "readmodel", "test",     "notifications", "operator"};
     size_t off = (size_t)snprintf(out, cap, "MOAT_PEER_KEYS=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(peers); i++)
         off += (size_t)snprintf(out + off, cap - off, "%s%s:%s", i ? "," : "",
@@ -480,8 +478,7 @@ static void test_audit_sees_each_broken_invariant(void **state)
 
     /* Stock arithmetic, one SKU per check. */
     hook(&F.inv, "/v1/test/stock/AUD-2", "{\"on_hand\": 1}");
-    expect_new("on_hand off by one",
-               WANT("stock-ledger  AUD-2"));
+    expect_new("on_hand off by one", WANT("stock-ledger  AUD-2"));
     hook(&F.inv, "/v1/test/stock/AUD-3", "{\"reserved\": 1}");
     expect_new("reserved off by one", WANT("stock-reserved  AUD-3"));
     hook(&F.inv, "/v1/test/stock/AUD-4", "{\"sold\": 1}");
@@ -501,6 +498,11 @@ static void test_audit_sees_each_broken_invariant(void **state)
          "\"updated_ago_s\": 3600}");
     expect_new("a compensation stuck for an hour",
                WANT(h_fmt("saga-stuck %s ", F.conf[8])));
+    hook(&F.ord, h_fmt("/v1/test/orders/%s", F.conf[13]),
+         "{\"status\": \"pending\", \"step\": \"authorizing\", "
+         "\"no_deadline\": true, \"updated_ago_s\": 3600}");
+    expect_new("a timed step that lost its deadline an hour ago",
+               WANT(h_fmt("saga-stuck %s ", F.conf[13])));
     hook(&F.ord, h_fmt("/v1/test/orders/%s", F.conf[9]),
          "{\"status\": \"lost\"}");
     expect_new("an order in no known status",
@@ -539,8 +541,8 @@ static void test_audit_sees_each_broken_invariant(void **state)
     /* The provider's own books. */
     struct h_resp r;
     const char *ctl[] = {"Authorization: Bearer " CONTROL_KEY, NULL};
-    h_http(&r, "POST", h_fmt("%s/_test/ledger/repeat-last", F.pp.url), ctl, NULL,
-           0);
+    h_http(&r, "POST", h_fmt("%s/_test/ledger/repeat-last", F.pp.url), ctl,
+           NULL, 0);
     h_assert_status(&r, 200);
     h_resp_release(&r);
     expect_new("the provider wrote a ledger entry twice",
