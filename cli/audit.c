@@ -24,7 +24,8 @@
  *              voided, declined, failed or none); no reservation held or
  *              committed
  *   pending    reserving/authorizing no later than deadline_at (+ slack);
- *              confirming/compensating no older than the grace
+ *              any other step, or a timed one without a deadline, not
+ *              unchanged for longer than the grace
  *   notices    exactly one "placed" per order, one "confirmed" per
  *              confirmed order, one "cancelled" per cancelled order (a
  *              refunded order may have had its "confirmed"), no others
@@ -665,18 +666,22 @@ static void check_order(struct audit *a, json_t *o, size_t idx, time_t now)
     } else if (strcmp(status, "pending") == 0) {
         json_int_t deadline = jint(o, "deadline_at");
         json_int_t updated = jint(o, "updated_at");
-        if ((strcmp(step, "reserving") == 0 ||
-             strcmp(step, "authorizing") == 0) &&
-            deadline && now > deadline + (json_int_t)a->o->slack_s)
+        bool timed =
+            strcmp(step, "reserving") == 0 || strcmp(step, "authorizing") == 0;
+        /* A step with a deadline is judged by it; any other (confirming,
+         * compensating, a timed step that lost its deadline, a step nobody
+         * knows) by how long the order has not moved. */
+        if (timed && deadline) {
+            if (now > deadline + (json_int_t)a->o->slack_s)
+                violation(a, "saga-stuck", o, NULL,
+                          "pending in step %s %lld s past its deadline", step,
+                          (long long)(now - deadline));
+        } else if (now - updated > (json_int_t)a->o->grace_s) {
             violation(a, "saga-stuck", o, NULL,
-                      "pending in step %s %lld s past its deadline", step,
-                      (long long)(now - deadline));
-        else if ((strcmp(step, "confirming") == 0 ||
-                  strcmp(step, "compensating") == 0) &&
-                 updated && now - updated > (json_int_t)a->o->grace_s)
-            violation(a, "saga-stuck", o, NULL,
-                      "pending in step %s for %lld s (grace %u s)", step,
+                      "pending in step %s%s for %lld s (grace %u s)", step,
+                      timed ? " without a deadline" : "",
                       (long long)(now - updated), a->o->grace_s);
+        }
     } else {
         violation(a, "order-status", o, NULL, "unknown status \"%s\"", status);
     }

@@ -16,6 +16,7 @@
 
 #include "moat/log.h"
 #include "moat/problem.h"
+#include "ledger.h"
 #include "payprovider.h"
 
 /* Jitter draws from its own stream, derived from the seed, so a run's
@@ -164,10 +165,35 @@ cleanup:
     moat_validation_release(&v);
 }
 
+#ifdef MOAT_TEST_HOOKS
+/* Test builds only: POST /_test/ledger/repeat-last writes the newest ledger
+ * entry twice (tests/integration/test_audit.c proves the audit notices). */
+static void handle_test_repeat_last(struct moat_req *r, void *arg)
+{
+    struct pp_service *pp = arg;
+    if (!control_auth(r, pp))
+        return;
+    int rc = pp_ledger_test_repeat_last(pp->ledger);
+    if (rc == MOAT_OK) {
+        moat_log(MOAT_LOG_WARN, "test hook: a ledger entry written twice",
+                 NULL);
+        moat_req_reply_json(r, 200, json_pack("{s:i}", "changed", 1));
+    } else {
+        moat_req_reply_problem(r, rc == MOAT_ENOTFOUND ? 404 : 500, "%s",
+                               moat_strerror(rc));
+    }
+}
+#endif
+
 int pp_control_register(struct pp_service *pp)
 {
     int rc = moat_http_route(pp->http, MOAT_GET, "/_control", handle_get, pp);
     if (rc == MOAT_OK)
         rc = moat_http_route(pp->http, MOAT_POST, "/_control", handle_post, pp);
+#ifdef MOAT_TEST_HOOKS
+    if (rc == MOAT_OK)
+        rc = moat_http_route(pp->http, MOAT_POST, "/_test/ledger/repeat-last",
+                             handle_test_repeat_last, pp);
+#endif
     return rc;
 }

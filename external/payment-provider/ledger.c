@@ -700,3 +700,18 @@ int pp_ledger_idem_purge(struct pp_ledger *l, int64_t before_ms, int limit,
         *deleted = sqlite3_changes(moat_db_handle(l->db));
     return rc;
 }
+
+#ifdef MOAT_TEST_HOOKS
+int pp_ledger_test_repeat_last(struct pp_ledger *l)
+{
+    int rc = moat_db_exec(
+        l->db, "test_repeat_last",
+        "INSERT INTO ledger_entries (merchant, authorization_id, kind, "
+        "object_id, currency, amount, at_ms) SELECT merchant, "
+        "authorization_id, kind, object_id, currency, amount, at_ms FROM "
+        "ledger_entries ORDER BY seq DESC LIMIT 1");
+    if (rc == MOAT_OK && sqlite3_changes(moat_db_handle(l->db)) == 0)
+        rc = MOAT_ENOTFOUND;
+    return rc;
+}
+#endif

@@ -142,4 +142,11 @@ int pp_ledger_idem_put(struct pp_ledger *l, const char *merchant,
 int pp_ledger_idem_purge(struct pp_ledger *l, int64_t before_ms, int limit,
                          int *deleted);
 
+#ifdef MOAT_TEST_HOOKS
+/* Test builds only: write the newest ledger entry twice, as a bug would
+ * (the entries are append-only; the authorization keeps its state).
+ * MOAT_ENOTFOUND when there is none. */
+int pp_ledger_test_repeat_last(struct pp_ledger *l);
+#endif
+
 #endif /* PP_LEDGER_H */

@@ -1022,5 +1022,9 @@ int inv_routes_register(struct moat_http_server *server,
         if (rc != MOAT_OK)
             return rc;
     }
+#ifdef MOAT_TEST_HOOKS
+    return inv_test_hooks_register(server, inv);
+#else
     return MOAT_OK;
+#endif
 }

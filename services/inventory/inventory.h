@@ -33,6 +33,11 @@ struct inv_service {
  */
 int inv_routes_register(struct moat_http_server *server,
                         struct inv_service *inv);
+#ifdef MOAT_TEST_HOOKS
+/* test_hooks.c: POST /v1/test/stock/{sku}, /v1/test/reservations/{id}. */
+int inv_test_hooks_register(struct moat_http_server *server,
+                            struct inv_service *inv);
+#endif
 
 /* The API's JSON of a reservation (a new reference). */
 json_t *inv_reservation_json(const struct inv_reservation *res);

@@ -1224,3 +1224,49 @@ int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
     json_decref(j);
     return rc;
 }
+
+#ifdef MOAT_TEST_HOOKS
+/* ---- test builds only: corruption on purpose (store.h) ---- */
+
+int inv_store_test_poke_stock(struct inv_store *s, const char *sku,
+                              int64_t d_on_hand, int64_t d_reserved,
+                              int64_t d_sold)
+{
+    struct moat_kv_txn *t;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    struct inv_stock st;
+    rc = load(s, t, sku, &st);
+    if (rc == MOAT_OK) {
+        st.on_hand += d_on_hand;
+        st.reserved += d_reserved;
+        st.sold += d_sold;
+        rc = put_stock(s, t, &st);
+    }
+    if (rc == MOAT_OK)
+        return moat_kv_commit(t);
+    moat_kv_abort(t);
+    return rc;
+}
+
+int inv_store_test_poke_reservation(struct inv_store *s, const char *order_id,
+                                    enum inv_res_state state)
+{
+    struct moat_kv_txn *t;
+    int rc = moat_kv_begin(s->kv, &t);
+    if (rc != MOAT_OK)
+        return rc;
+    struct inv_reservation *r = moat_xcalloc(1, sizeof(*r));
+    rc = load_res(s, t, order_id, r);
+    if (rc == MOAT_OK) {
+        r->state = state;
+        rc = put_res(s, t, r);
+    }
+    free(r);
+    if (rc == MOAT_OK)
+        return moat_kv_commit(t);
+    moat_kv_abort(t);
+    return rc;
+}
+#endif

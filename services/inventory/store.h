@@ -329,4 +329,17 @@ int inv_store_cursor_get_in(struct inv_store *s, struct moat_kv_txn *t,
 int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
                             const char *source, int64_t after_seq);
 
+#ifdef MOAT_TEST_HOOKS
+/*
+ * Test builds only (test_hooks.c): corrupt the store as a bug would, with
+ * no adjustment, event or index update. Add the deltas to sku's counts;
+ * set order_id's reservation state. MOAT_ENOTFOUND when there is none.
+ */
+int inv_store_test_poke_stock(struct inv_store *s, const char *sku,
+                              int64_t d_on_hand, int64_t d_reserved,
+                              int64_t d_sold);
+int inv_store_test_poke_reservation(struct inv_store *s, const char *order_id,
+                                    enum inv_res_state state);
+#endif
+
 #endif /* INV_STORE_H */

@@ -246,5 +246,9 @@ int ntf_routes_register(struct moat_http_server *server, struct ntf_service *s)
         if (rc != MOAT_OK)
             return rc;
     }
+#ifdef MOAT_TEST_HOOKS
+    return ntf_test_hooks_register(server, s);
+#else
     return MOAT_OK;
+#endif
 }

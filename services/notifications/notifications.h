@@ -53,6 +53,11 @@ int ntf_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
 /* Register /v1/notifications and /v1/notifications/{id}; the handlers
  * get s (borrowed). */
 int ntf_routes_register(struct moat_http_server *server, struct ntf_service *s);
+#ifdef MOAT_TEST_HOOKS
+/* test_hooks.c: POST /v1/test/notifications/{id}. */
+int ntf_test_hooks_register(struct moat_http_server *server,
+                            struct ntf_service *s);
+#endif
 
 /* ---- the deliverer (deliver.c) ---- */
 

@@ -47,6 +47,10 @@ struct ord_service {
 
 /* Register the /v1/orders and /v1/admin/sagas routes. */
 int ord_routes_register(struct ord_service *os);
+#ifdef MOAT_TEST_HOOKS
+/* test_hooks.c: POST /v1/test/orders/{id} and /v1/test/sweeper. */
+int ord_test_hooks_register(struct ord_service *os);
+#endif
 
 /* ---- saga.c ---- */
 

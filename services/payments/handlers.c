@@ -740,5 +740,9 @@ int pay_routes_register(struct pay_service *ps)
     if (rc == MOAT_OK)
         rc = moat_http_route(s, MOAT_POST, "/v1/payments/{id}/refund", h_refund,
                              ps);
+#ifdef MOAT_TEST_HOOKS
+    if (rc == MOAT_OK)
+        rc = pay_test_hooks_register(ps);
+#endif
     return rc;
 }

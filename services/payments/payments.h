@@ -59,6 +59,10 @@ struct pay_service {
 
 /* Register the /v1/payments routes; ps is borrowed and outlives them. */
 int pay_routes_register(struct pay_service *ps);
+#ifdef MOAT_TEST_HOOKS
+/* test_hooks.c: POST /v1/test/payments/{id}. */
+int pay_test_hooks_register(struct pay_service *ps);
+#endif
 /* An event's data for p: {payment_id, order_id, amount, currency, status
  * [, decline_code]}; never a card token or a provider id. New reference. */
 json_t *pay_event_json(const struct pay_payment *p);
