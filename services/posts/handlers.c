@@ -105,24 +105,6 @@ static bool load_post(struct moat_req *r, struct pst_service *ps,
 
 /* ---- validation ---- */
 
-/* 1..255 visible ASCII, bare or as a structured-field string. */
-static bool idem_key_parse(const char *h, char out[PST_IDEM_KEY_MAX + 1])
-{
-    size_t n = strlen(h);
-    if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
-        h++;
-        n -= 2;
-    }
-    if (n < 1 || n > PST_IDEM_KEY_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (h[i] <= ' ' || h[i] > '~' || h[i] == '"')
-            return false;
-    memcpy(out, h, n);
-    out[n] = '\0';
-    return true;
-}
-
 /* The text's problem, or NULL when it is acceptable. */
 static const char *text_problem(const char *s, size_t len)
 {
@@ -264,13 +246,13 @@ static void handle_create(struct moat_req *r, void *arg)
     struct pst_service *ps = arg;
     struct pst_post p = {0};
     json_t *body = NULL;
-    char key[PST_IDEM_KEY_MAX + 1], fp[65];
+    char key[MOAT_IDEM_KEY_MAX + 1], fp[65];
 
     if (!moat_req_require_user(r))
         return;
     const char *author = moat_req_principal(r)->user_id;
     const char *hkey = moat_req_header(r, "Idempotency-Key");
-    if (hkey && !idem_key_parse(hkey, key)) {
+    if (hkey && !moat_idem_key_parse(hkey, key)) {
         moat_req_reply_problem_json(
             r, problem_typed(400, PROBLEM_IDEM "malformed",
                              "the Idempotency-Key must be 1 to 255 visible "

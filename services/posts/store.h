@@ -25,9 +25,8 @@
 
 #define PST_ID_PREFIX    "post_"
 #define PST_ID_LEN       (5 + 26)
-#define PST_USER_MAX     63  /* a principal's user id (moat/auth.h) */
-#define PST_IDEM_KEY_MAX 255 /* Idempotency-Key */
-#define PST_EVENT_SCHEMA 1   /* data schema version of both events */
+#define PST_USER_MAX     63 /* a principal's user id (moat/auth.h) */
+#define PST_EVENT_SCHEMA 1  /* data schema version of both events */
 
 struct event_base;
 struct pst_store;
