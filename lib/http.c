@@ -1283,3 +1283,21 @@ void evhttp_send_error(struct evhttp_request *req, int error,
     evhttp_send_reply(req, status, moat_http_reason(status), buf);
     evbuffer_free(buf);
 }
+
+bool moat_idem_key_parse(const char *header, char out[MOAT_IDEM_KEY_MAX + 1])
+{
+    const char *h = header;
+    size_t n = strlen(h);
+    if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
+        h++;
+        n -= 2;
+    }
+    if (n < 1 || n > MOAT_IDEM_KEY_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (h[i] <= ' ' || h[i] > '~' || h[i] == '"')
+            return false;
+    memcpy(out, h, n);
+    out[n] = '\0';
+    return true;
+}

@@ -193,4 +193,13 @@ struct moat_qparam {
 json_t *moat_req_parse_query(struct moat_req *r, struct moat_qparam *params,
                              size_t n);
 
+/*
+ * An Idempotency-Key header value: 1..MOAT_IDEM_KEY_MAX visible ASCII
+ * characters other than '"', bare or as a structured-field string
+ * ("...", the IETF draft's form). Copies the key (without quotes) into out
+ * and returns true; false when header is malformed.
+ */
+#define MOAT_IDEM_KEY_MAX 255
+bool moat_idem_key_parse(const char *header, char out[MOAT_IDEM_KEY_MAX + 1]);
+
 #endif /* MOAT_HTTP_H */

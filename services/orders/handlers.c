@@ -166,24 +166,6 @@ static void place_free(struct place *pl)
     free(pl);
 }
 
-/* 1..255 visible ASCII, bare or as a structured-field string. */
-static bool idem_key_parse(const char *h, char out[ORD_IDEM_KEY_MAX + 1])
-{
-    size_t n = strlen(h);
-    if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
-        h++;
-        n -= 2;
-    }
-    if (n < 1 || n > ORD_IDEM_KEY_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (h[i] <= ' ' || h[i] > '~' || h[i] == '"')
-            return false;
-    memcpy(out, h, n);
-    out[n] = '\0';
-    return true;
-}
-
 static bool token_ok(const char *s)
 {
     size_t n = strlen(s);
@@ -488,7 +470,7 @@ static void handle_place(struct moat_req *req, void *arg)
                                "an Idempotency-Key header is required"));
         goto fail;
     }
-    if (!idem_key_parse(hkey, pl->key)) {
+    if (!moat_idem_key_parse(hkey, pl->key)) {
         moat_req_reply_problem_json(
             req, problem_typed(400, PROBLEM_IDEM "malformed",
                                "the Idempotency-Key must be 1 to 255 "

@@ -176,28 +176,6 @@ void pay_audit(struct pay_service *ps, const char *action, const char *caller,
 
 /* ---- input checks ---- */
 
-/*
- * The caller's Idempotency-Key: 1..255 visible ASCII characters, bare or
- * as a structured-field string ("...", the IETF draft's form) - the same
- * rule as the provider's. Copies it into out; false when malformed.
- */
-static bool idem_key_parse(const char *h, char out[PAY_IDEM_KEY_MAX + 1])
-{
-    size_t n = strlen(h);
-    if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
-        h++;
-        n -= 2;
-    }
-    if (n < 1 || n > PAY_IDEM_KEY_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (h[i] <= ' ' || h[i] > '~' || h[i] == '"')
-            return false;
-    memcpy(out, h, n);
-    out[n] = '\0';
-    return true;
-}
-
 /* ---- calling the provider ---- */
 
 static void on_outcome(struct pay_outcome *o, void *arg);
@@ -432,7 +410,7 @@ static void h_create(struct moat_req *req, void *arg)
     char *busy = NULL;
     int rc;
 
-    if (!h || !idem_key_parse(h, key)) {
+    if (!h || !moat_idem_key_parse(h, key)) {
         json_t *pr = problem_typed(
             400, PROBLEM_IDEM "missing",
             h ? "the Idempotency-Key must be 1 to 255 visible ASCII "

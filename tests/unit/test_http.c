@@ -508,6 +508,27 @@ static void test_connection_cap(void **state)
     close(b);
 }
 
+static void test_idem_key_parse(void **state)
+{
+    MOAT_UNUSED(state);
+    char key[MOAT_IDEM_KEY_MAX + 1], big[MOAT_IDEM_KEY_MAX + 3];
+    assert_true(moat_idem_key_parse("k-1_A.~!", key));
+    assert_string_equal(key, "k-1_A.~!");
+    assert_true(moat_idem_key_parse("\"quoted\"", key));
+    assert_string_equal(key, "quoted");
+    assert_false(moat_idem_key_parse("", key));
+    assert_false(moat_idem_key_parse("\"\"", key));
+    assert_false(moat_idem_key_parse("has space", key));
+    assert_false(moat_idem_key_parse("a\"b", key));
+    assert_false(moat_idem_key_parse("caf\xc3\xa9", key));
+    memset(big, 'k', MOAT_IDEM_KEY_MAX);
+    big[MOAT_IDEM_KEY_MAX] = '\0';
+    assert_true(moat_idem_key_parse(big, key));
+    big[MOAT_IDEM_KEY_MAX] = 'k';
+    big[MOAT_IDEM_KEY_MAX + 1] = '\0';
+    assert_false(moat_idem_key_parse(big, key));
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -522,6 +543,7 @@ int main(void)
         cmocka_unit_test(test_trace_and_request_id),
         cmocka_unit_test(test_metrics_by_route),
         cmocka_unit_test(test_connection_cap),
+        cmocka_unit_test(test_idem_key_parse),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     curl_global_cleanup();
