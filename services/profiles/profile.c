@@ -164,12 +164,13 @@ json_t *pro_profile_parse(json_t *body, struct pro_profile *out)
         out->fields[f] =
             moat_xstrdup(f == PRO_F_HANDLE ? handle : json_string_value(m));
     }
-    if (moat_validation_ok(&v)) {
-        moat_validation_release(&v);
-        return NULL;
+    json_t *problem = NULL;
+    if (!moat_validation_ok(&v)) {
+        pro_profile_release(out);
+        problem = moat_validation_problem(&v, "the profile has invalid fields");
     }
-    pro_profile_release(out);
-    return moat_validation_problem(&v, "the profile has invalid fields");
+    moat_validation_release(&v);
+    return problem;
 }
 
 /* ---- JSON ---- */
