@@ -1,0 +1,191 @@
+/*
+ * main.c - the profiles service: one profile per user id (display name,
+ * handle, bio, location, avatar URL) in profiles' own SQLite database
+ * ($MOAT_DATA_DIR/profiles.db) with the personal fields encrypted, served
+ * at /v1/profiles; ProfileUpdated events served from its outbox at
+ * /v1/events; users' UserRegistered events consumed from users' feed to
+ * create each new user's (empty) profile.
+ *
+ * Environment (besides moat/service.h's):
+ *   MOAT_PROFILES_USERS_URL   users' feed (default http://127.0.0.1:8082)
+ *   MOAT_PROFILES_KEYRING     the keyring itself (moat/crypto.h); unset:
+ *                             the key file $MOAT_DATA_DIR/keys, created
+ *                             mode 0600 at first start
+ *   MOAT_OUTBOX_RETENTION_S   keep events this long (default 7 days)
+ *
+ * Where to look: handlers.c for the API, profile.c for the field rules,
+ * store.c for the schema and the sealing, events.c for users' events,
+ * docs/profiles.md for all of it.
+ */
+#include "moat/common.h"
+
+#include <event2/event.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/config.h"
+#include "moat/log.h"
+#include "profiles.h"
+
+#define USERS_URL_DEFAULT          "http://127.0.0.1:8082"
+#define FEED_CLIENT_TIMEOUT_MS     (MOAT_FEED_MAX_WAIT_MS + 10000L)
+#define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
+#define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
+#define OUTBOX_KEEP_MIN            10000
+
+static bool url_valid(const char *u)
+{
+    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+}
+
+static void profiles_free(struct pro_service *ps)
+{
+    if (!ps)
+        return;
+    if (ps->start)
+        event_free(ps->start);
+    /* The consumer before the client its source uses, the store (which
+     * the consumer writes to) after both. */
+    moat_consumer_free(ps->consumer);
+    moat_http_client_free(ps->feeds);
+    pro_store_close(ps->store);
+    moat_keyring_free(ps->kr);
+    free(ps);
+}
+
+/*
+ * The consumer must not pull before the process is confined and listens
+ * (moat/events.h): a zero-delay timer added in init fires on the loop's
+ * first iteration, which lib/service.c enters only after both.
+ */
+static void start(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    struct pro_service *ps = arg;
+    moat_log(MOAT_LOG_INFO, "consuming users events", "{s:s}", "feed",
+             ps->users_url);
+    moat_consumer_start(ps->consumer);
+}
+
+static int subscribe_users(struct pro_service *ps)
+{
+    struct moat_event_source *src =
+        moat_feed_source_new("users", ps->users_url, ps->feeds, ps->svc->auth);
+    if (!src)
+        return MOAT_EINVAL;
+    const struct moat_subscription sub = {.source = src,
+                                          .types = pro_users_events,
+                                          .handler = pro_apply_user_event,
+                                          .arg = ps};
+    int rc = moat_consumer_subscribe(ps->consumer, &sub);
+    if (rc != MOAT_OK)
+        src->ops->free(src); /* not taken: the consumer refused it */
+    return rc;
+}
+
+static int profiles_init(struct moat_service *svc)
+{
+    struct pro_service *ps = moat_xcalloc(1, sizeof(*ps));
+    const char *step = "configuration";
+    char *path = NULL;
+    int64_t retention;
+    int rc = MOAT_EINVAL;
+    ps->svc = svc;
+    ps->users_url = moat_env_str("MOAT_PROFILES_USERS_URL", USERS_URL_DEFAULT);
+    if (!url_valid(ps->users_url)) {
+        moat_log(MOAT_LOG_ERROR, "MOAT_PROFILES_USERS_URL is not an http URL",
+                 "{s:s}", "value", ps->users_url);
+        goto out;
+    }
+    if (moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
+                     OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK)
+        goto out; /* logged by moat_env_int */
+
+    step = "keyring";
+    path = moat_xasprintf("%s/keys", svc->cfg.data_dir);
+    rc = moat_keyring_load(&ps->kr, "MOAT_PROFILES_KEYRING", path);
+    if (rc != MOAT_OK)
+        goto out;
+
+    step = "database";
+    const struct moat_outbox_options oo = {
+        .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
+    rc = pro_store_open(&ps->store, svc->base, svc->cfg.data_dir, ps->kr, &oo,
+                        svc->metrics);
+    if (rc != MOAT_OK)
+        goto out;
+
+    step = "consumer";
+    const struct moat_http_client_options fopts = {.timeout_ms =
+                                                       FEED_CLIENT_TIMEOUT_MS};
+    rc = moat_http_client_new(&ps->feeds, svc->base, &fopts);
+    if (rc == MOAT_OK)
+        rc = moat_consumer_new(&ps->consumer, svc->base,
+                               pro_store_db(ps->store), svc->metrics);
+    if (rc == MOAT_OK)
+        rc = subscribe_users(ps);
+    /* No view: profiles is the source of truth of its rows, so the admin
+     * routes offer no replay from scratch. */
+    if (rc == MOAT_OK)
+        rc = moat_consumer_register_admin(ps->consumer, svc->http,
+                                          svc->cfg.data_dir, NULL);
+    if (rc != MOAT_OK)
+        goto out;
+
+    step = "routes";
+    rc = moat_feed_register(pro_store_outbox(ps->store), svc->http);
+    if (rc == MOAT_OK)
+        rc = pro_routes_register(ps);
+    if (rc != MOAT_OK)
+        goto out;
+
+    step = "start timer";
+    ps->start = evtimer_new(svc->base, start, ps);
+    const struct timeval now = {0, 0};
+    if (!ps->start || evtimer_add(ps->start, &now) != 0) {
+        rc = MOAT_EIO;
+        goto out;
+    }
+    svc->impl = ps;
+    ps = NULL;
+
+out:
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "profiles service cannot start", "{s:s, s:s}",
+                 "step", step, "error", moat_strerror(rc));
+    profiles_free(ps);
+    free(path);
+    return rc;
+}
+
+static bool profiles_ready(struct moat_service *svc, const char **why)
+{
+    struct pro_service *ps = svc->impl;
+    if (!ps) {
+        *why = "not initialised";
+        return false;
+    }
+    return pro_store_ready(ps->store, why);
+}
+
+static void profiles_release(struct moat_service *svc)
+{
+    profiles_free(svc->impl);
+    svc->impl = NULL;
+}
+
+static const struct moat_service_def profiles_def = {
+    .name = "profiles",
+    .default_port = 8091,
+    .needs_data_dir = true,
+    .ro_paths = NULL,
+    .init = profiles_init,
+    .ready = profiles_ready,
+    .release = profiles_release,
+};
+
+int main(int argc, char **argv)
+{
+    return moat_service_main(&profiles_def, argc, argv);
+}
