@@ -136,17 +136,6 @@ static const char *path_other(struct moat_req *r, const char *me)
     return other;
 }
 
-static void reply_cap(struct moat_req *r, const char *what, int max)
-{
-    json_t *p = moat_problem_new(409, NULL);
-    char detail[160];
-    snprintf(detail, sizeof(detail), "a user may have at most %d %s", max,
-             what);
-    json_object_set_new(p, "detail", json_string(detail));
-    json_object_set_new(p, "limit", json_integer(max));
-    moat_req_reply_problem_json(r, p);
-}
-
 static json_t *time_json(int64_t ms)
 {
     char at[25];
@@ -173,7 +162,9 @@ static void handle_follow(struct moat_req *r, void *arg)
         goto cleanup;
     }
     if (out == CONN_CAP) {
-        reply_cap(r, "follows", CONN_FOLLOWING_MAX);
+        moat_req_reply_problem(r, 409,
+                               "you follow %d users, the most one may follow",
+                               CONN_FOLLOWING_MAX);
         goto cleanup;
     }
     moat_req_reply_json(
@@ -226,7 +217,10 @@ static void handle_request(struct moat_req *r, void *arg)
     if (rc != MOAT_OK)
         reply_store_fault(r, rc, "request the connection");
     else if (out == CONN_CAP)
-        reply_cap(r, "connections and pending requests", CONN_CONNECTIONS_MAX);
+        moat_req_reply_problem(r, 409,
+                               "a user may have at most %d connections and "
+                               "%d pending requests of their own",
+                               CONN_CONNECTIONS_MAX, CONN_REQUESTS_OUT_MAX);
     else
         /* 201 for a new request; 200 when it accepted theirs or nothing
          * changed (the state says which). */
@@ -252,7 +246,10 @@ static void handle_accept(struct moat_req *r, void *arg)
         moat_req_reply_problem(r, 404,
                                "this user has not asked you to connect");
     else if (out == CONN_CAP)
-        reply_cap(r, "connections", CONN_CONNECTIONS_MAX);
+        moat_req_reply_problem(r, 409,
+                               "you or this user already have %d "
+                               "connections, the most one may have",
+                               CONN_CONNECTIONS_MAX);
     else
         reply_state(r, 200, other, CONN_CONNECTED);
 }
