@@ -101,28 +101,6 @@ static const char *jstr(json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-/* "2026-11-21T19:03:30.123Z" -> ms since the epoch; 0 when unparsable
- * (the time only feeds the lag gauge). */
-static int64_t parse_time_ms(const char *s)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-    if (!p)
-        return 0;
-    int ms = 0, digits = 0;
-    if (*p == '.') {
-        for (p++; isdigit((unsigned char)*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*p != 'Z' && *p != 'z')
-        return 0;
-    return (int64_t)timegm(&tm) * 1000 + ms;
-}
-
 /* The event's sequence ("sequence" is a decimal string in CloudEvents). */
 static int event_seq(json_t *ce, int64_t *seq)
 {
@@ -388,7 +366,10 @@ static void update_lag(struct inv_consumer *c, json_t *events, size_t from)
     } else if (events && json_array_size(events) > 0) {
         size_t n = json_array_size(events);
         json_t *ce = json_array_get(events, from < n ? from : n - 1);
-        c->pending_ms = parse_time_ms(jstr(ce, "time"));
+        /* Unparsable: 0, no age (the time only feeds the lag gauge). */
+        if (moat_time_parse_rfc3339(jstr(ce, "time"), &c->pending_ms) !=
+            MOAT_OK)
+            c->pending_ms = 0;
     }
     moat_metric_set(c->m_lag_events, (double)lag);
     int64_t age = c->pending_ms ? moat_wall_ms() - c->pending_ms : 0;

@@ -81,72 +81,6 @@ static int unsupported(const char **why)
     return MOAT_EUNSUPPORTED;
 }
 
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/* RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; -1 when malformed. */
-static int64_t parse_time_ms(const char *s)
-{
-    if (!s || strlen(s) < 20)
-        return -1;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return -1;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return -1;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return -1;
-    }
-#undef NUM2
-    if (*p || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
-        mm > 59 || ss > 60)
-        return -1;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    return secs * 1000 + ms;
-}
-
 /* YYYYMMDD of the UTC day of ms since the epoch (ms >= 0). */
 static int64_t date_key_of(int64_t ms)
 {
@@ -167,8 +101,8 @@ static int64_t date_key_of(int64_t ms)
 static int event_when(struct moat_db *db, const struct moat_event *ev,
                       int64_t *at_ms, int64_t *date_key, const char **why)
 {
-    *at_ms = parse_time_ms(ev->time);
-    if (*at_ms < 0) {
+    /* date_key_of needs a time after the epoch. */
+    if (moat_time_parse_rfc3339(ev->time, at_ms) != MOAT_OK || *at_ms < 0) {
         *why = "event time is not RFC 3339";
         return MOAT_EINVAL;
     }

@@ -193,73 +193,12 @@ static void attributes_text(json_t *v, int depth, struct moat_buf *out)
     }
 }
 
-static bool is_digit(char c)
+/* The event's time in ms since the epoch; 0 when it is not RFC 3339 (the
+ * lag report then ignores it). */
+static int64_t event_time_ms(const struct moat_event *ev)
 {
-    return c >= '0' && c <= '9';
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/*
- * RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; 0 when malformed (the lag report then ignores it).
- */
-static int64_t parse_time_ms(const char *s)
-{
-    if (!s || strlen(s) < 20)
-        return 0;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return 0;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return 0;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return 0;
-    }
-#undef NUM2
-    if (*p || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
-        mm > 59 || ss > 60)
-        return 0;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    return secs * 1000 + ms;
+    int64_t ms;
+    return moat_time_parse_rfc3339(ev->time, &ms) == MOAT_OK ? ms : 0;
 }
 
 /* The product's id: data.id when present must name the event's subject. */
@@ -323,7 +262,7 @@ static int apply_product(struct moat_db *db, const struct moat_event *ev,
         .id = id,
         .doc = doc,
         .seq = ev->seq,
-        .event_time_ms = parse_time_ms(ev->time),
+        .event_time_ms = event_time_ms(ev),
     };
     if (!get_price(json_object_get(doc, "price"), &p.amount, &p.currency)) {
         *why = "price is not {amount: integer >= 0, currency: ISO 4217}";
@@ -379,7 +318,7 @@ static int apply_price(struct moat_db *db, const struct moat_event *ev,
     }
     bool applied = false;
     int rc = srch_store_set_price(db, id, amount, currency, ev->seq,
-                                  parse_time_ms(ev->time), &applied);
+                                  event_time_ms(ev), &applied);
     if (rc == MOAT_ENOTFOUND)
         *why = "price change for a product that was never indexed";
     return rc;
