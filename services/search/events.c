@@ -1,23 +1,12 @@
 /*
  * events.c - catalog's events as search applies them.
  *
- * Each event type has ONE upcaster, the only code that knows the older
- * schemas of its data, and one apply function that sees the current schema
- * only. The data schemas catalog publishes:
- *
- *   ProductCreated, ProductUpdated
- *     2 (default): the product document {id, sku, name, description?,
- *       price: {amount, currency}, attributes, version, created_at,
- *       updated_at}
- *     1 (a catalog run with MOAT_CATALOG_EVENT_SCHEMA=1, or old events
- *       still in its feed): flat {id, sku, name, description?,
- *       price_amount, currency, attributes}, no version or times
- *   PriceChanged    1: {id, old: {amount, currency}, new: {...}}
- *   ProductDeleted  1: {id, sku}
- *
- * Adding a schema means one more branch in that type's upcaster and
- * nothing else. An unknown (newer) version is refused, so the event is
- * parked as a dead letter until search is upgraded and it is redriven.
+ * Catalog's event contract (type names, schema versions and the upcaster
+ * that turns any older version's data into the current shape) is
+ * contracts/catalog.h, shared with catalog and the other consumers. The
+ * apply functions here see the current schema only. An unknown (newer)
+ * version is refused, so the event is parked as a dead letter until search
+ * is rebuilt with the newer contract and it is redriven.
  *
  * Handlers are deterministic (replay runs them again on a scratch copy and
  * compares): everything they store comes from the event, except the
@@ -29,15 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/catalog.h"
 #include "moat/buf.h"
 #include "moat/log.h"
 #include "search.h"
 #include "store.h"
-
-#define PRODUCT_SCHEMA_FLAT 1 /* price_amount + currency at the top */
-#define PRODUCT_SCHEMA      2 /* price: {amount, currency} */
-#define PRICE_SCHEMA        1
-#define DELETED_SCHEMA      1
 
 /* Text limits well above catalog's own, so a catalog change does not stop
  * the index; anything larger is a broken event, not a product. */
@@ -47,83 +32,12 @@
 #define POISON_PREFIX  "POISON-"
 
 const char *const srch_catalog_event_types[] = {
-    "ProductCreated", "ProductUpdated", "PriceChanged", "ProductDeleted", NULL,
+    CATALOG_PRODUCT_CREATED,
+    CATALOG_PRODUCT_UPDATED,
+    CATALOG_PRICE_CHANGED,
+    CATALOG_PRODUCT_DELETED,
+    NULL,
 };
-
-/* ---- upcasters: any known schema -> the current one ---- */
-
-static int unsupported(const char **why)
-{
-    *why = "unsupported event schema version (search is older than its "
-           "producer: upgrade search, then redrive)";
-    return MOAT_EUNSUPPORTED;
-}
-
-static bool data_object(const struct moat_event *ev, const char **why)
-{
-    if (json_is_object(ev->data))
-        return true;
-    *why = "event data is not an object";
-    return false;
-}
-
-/* ProductCreated, ProductUpdated: the product document. */
-static int upcast_product(const struct moat_event *ev, json_t **out,
-                          const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    switch (ev->schema_version) {
-    case PRODUCT_SCHEMA:
-        *out = json_incref(ev->data);
-        return MOAT_OK;
-    case PRODUCT_SCHEMA_FLAT: {
-        json_t *doc = json_object();
-        const char *key;
-        json_t *val;
-        json_object_foreach(ev->data, key, val)
-        {
-            if (strcmp(key, "price_amount") != 0 &&
-                strcmp(key, "currency") != 0)
-                json_object_set(doc, key, val);
-        }
-        json_t *amount = json_object_get(ev->data, "price_amount");
-        json_t *currency = json_object_get(ev->data, "currency");
-        if (amount || currency)
-            json_object_set_new(doc, "price",
-                                json_pack("{s:O?, s:O?}", "amount", amount,
-                                          "currency", currency));
-        *out = doc;
-        return MOAT_OK;
-    }
-    default:
-        return unsupported(why);
-    }
-}
-
-/* PriceChanged: {id, old, new} (one schema so far). */
-static int upcast_price(const struct moat_event *ev, json_t **out,
-                        const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    if (ev->schema_version != PRICE_SCHEMA)
-        return unsupported(why);
-    *out = json_incref(ev->data);
-    return MOAT_OK;
-}
-
-/* ProductDeleted: {id, sku} (one schema so far). */
-static int upcast_deleted(const struct moat_event *ev, json_t **out,
-                          const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    if (ev->schema_version != DELETED_SCHEMA)
-        return unsupported(why);
-    *out = json_incref(ev->data);
-    return MOAT_OK;
-}
 
 /* ---- helpers ---- */
 
@@ -339,16 +253,15 @@ static int apply_deleted(struct moat_db *db, const struct moat_event *ev,
 
 struct event_kind {
     const char *type;
-    int (*upcast)(const struct moat_event *ev, json_t **out, const char **why);
     int (*apply)(struct moat_db *db, const struct moat_event *ev, json_t *data,
                  struct srch_service *s, const char **why);
 };
 
 static const struct event_kind kinds[] = {
-    {"ProductCreated", upcast_product, apply_product},
-    {"ProductUpdated", upcast_product, apply_product},
-    {"PriceChanged", upcast_price, apply_price},
-    {"ProductDeleted", upcast_deleted, apply_deleted},
+    {CATALOG_PRODUCT_CREATED, apply_product},
+    {CATALOG_PRODUCT_UPDATED, apply_product},
+    {CATALOG_PRICE_CHANGED, apply_price},
+    {CATALOG_PRODUCT_DELETED, apply_deleted},
 };
 
 int srch_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
@@ -363,7 +276,7 @@ int srch_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
         return MOAT_OK; /* not ours (the subscription filters already) */
 
     json_t *data = NULL;
-    int rc = k->upcast(ev, &data, why);
+    int rc = catalog_upcast(ev->type, ev->schema_version, ev->data, &data, why);
     if (rc == MOAT_OK)
         rc = k->apply(db, ev, data, s, why);
     json_decref(data);
