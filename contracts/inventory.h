@@ -29,11 +29,10 @@
 #define INVENTORY_STOCK_RELEASED           "StockReleased"
 #define INVENTORY_STOCK_COMMITTED          "StockCommitted"
 
-/* Data schema versions (the current ones). */
-#define INVENTORY_STOCK_CHANGED_SCHEMA 1 /* StockChanged */
-#define INVENTORY_RESERVATION_SCHEMA                                           \
-    1 /* StockReserved, StockReservationFailed, StockReleased, StockCommitted  \
-       */
+/* Data schema versions (the current ones): StockChanged's, and that of
+ * StockReserved, StockReservationFailed, StockReleased and StockCommitted. */
+#define INVENTORY_STOCK_CHANGED_SCHEMA 1
+#define INVENTORY_RESERVATION_SCHEMA   1
 
 /*
  * The current-shape data of an event of inventory (contract_upcast: data is
