@@ -172,10 +172,10 @@ int moat_time_parse_rfc3339(const char *s, int64_t *unix_ms)
     if (!s)
         return MOAT_EINVAL;
     for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        bool ok = shape[i] == 'd'   ? is_digit(s[i])
-                  : shape[i] == 'T' ? (s[i] == 'T' || s[i] == 't' ||
-                                       s[i] == ' ')
-                                    : s[i] == shape[i];
+        bool ok = shape[i] == 'd' ? is_digit(s[i])
+                  : shape[i] == 'T'
+                      ? (s[i] == 'T' || s[i] == 't' || s[i] == ' ')
+                      : s[i] == shape[i];
         if (!ok) /* also stops at the NUL of a short string */
             return MOAT_EINVAL;
     }

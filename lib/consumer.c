@@ -430,8 +430,8 @@ static void update_lag(struct sub *s)
             if (event_seq(ce, &seq) == MOAT_OK && seq > s->cursor) {
                 /* Unparsable: 0, no age (the time only feeds the lag
                  * metric). */
-                if (moat_time_parse_rfc3339(jstr(ce, "time"),
-                                            &s->pending_ms) != MOAT_OK)
+                if (moat_time_parse_rfc3339(jstr(ce, "time"), &s->pending_ms) !=
+                    MOAT_OK)
                     s->pending_ms = 0;
                 break;
             }

@@ -46,6 +46,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "contracts/orders.h"
 #include "inventory.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
@@ -91,8 +92,8 @@ struct inv_consumer {
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied;
 };
 
-static const char *const command_types[] = {"ReserveStock", "ReleaseStock",
-                                            "CommitStock"};
+static const char *const command_types[] = {
+    ORDERS_RESERVE_STOCK, ORDERS_RELEASE_STOCK, ORDERS_COMMIT_STOCK};
 
 /* ---- small helpers ---- */
 
@@ -272,9 +273,9 @@ static int apply_command(struct inv_consumer *c, struct moat_kv_txn *t,
     moat_trace_start(&trace, jstr(ce, "traceparent"), NULL);
     moat_log_set_trace(&trace);
     int rc;
-    if (strcmp(type, "ReserveStock") == 0)
+    if (strcmp(type, ORDERS_RESERVE_STOCK) == 0)
         rc = apply_reserve(c, t, ce);
-    else if (strcmp(type, "ReleaseStock") == 0)
+    else if (strcmp(type, ORDERS_RELEASE_STOCK) == 0)
         rc = apply_release(c, t, ce);
     else
         rc = apply_commit(c, t, ce);

@@ -120,7 +120,11 @@ static void test_bad_input(void **state)
 /* What moat_time_rfc3339 writes reads back to the same ms. */
 static void test_round_trip(void **state)
 {
-    const int64_t times[] = {0, 1, 999, T_2026, INT64_C(951782400000),
+    const int64_t times[] = {0,
+                             1,
+                             999,
+                             T_2026,
+                             INT64_C(951782400000),
                              INT64_C(253402300799999)}; /* 9999-12-31 */
     for (size_t i = 0; i < MOAT_ARRAY_LEN(times); i++) {
         char text[25];
@@ -132,9 +136,9 @@ static void test_round_trip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utc),        cmocka_unit_test(test_offsets),
-        cmocka_unit_test(test_fractions),  cmocka_unit_test(test_leap_days),
-        cmocka_unit_test(test_bad_input),  cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_utc),       cmocka_unit_test(test_offsets),
+        cmocka_unit_test(test_fractions), cmocka_unit_test(test_leap_days),
+        cmocka_unit_test(test_bad_input), cmocka_unit_test(test_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
