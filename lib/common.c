@@ -133,6 +133,91 @@ void moat_time_rfc3339(int64_t wall_ms, char out[25])
     snprintf(out + n, 25 - n, ".%03uZ", ms);
 }
 
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* The n-digit decimal number at s (all digits checked by the caller). */
+static int64_t digits_value(const char *s, int n)
+{
+    int64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v * 10 + (s[i] - '0');
+    return v;
+}
+
+static bool leap_year(int64_t y)
+{
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
+static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+int moat_time_parse_rfc3339(const char *s, int64_t *unix_ms)
+{
+    /* 'd' a digit, 'T' the date/time separator, others themselves. */
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    static const int month_days[] = {31, 28, 31, 30, 31, 30,
+                                     31, 31, 30, 31, 30, 31};
+    if (!s)
+        return MOAT_EINVAL;
+    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
+        bool ok = shape[i] == 'd' ? is_digit(s[i])
+                  : shape[i] == 'T'
+                      ? (s[i] == 'T' || s[i] == 't' || s[i] == ' ')
+                      : s[i] == shape[i];
+        if (!ok) /* also stops at the NUL of a short string */
+            return MOAT_EINVAL;
+    }
+    int64_t year = digits_value(s, 4), mon = digits_value(s + 5, 2);
+    int64_t day = digits_value(s + 8, 2), hh = digits_value(s + 11, 2);
+    int64_t mm = digits_value(s + 14, 2), ss = digits_value(s + 17, 2);
+    const char *p = s + 19;
+    int64_t ms = 0;
+    if (*p == '.') {
+        int n = 0;
+        for (p++; is_digit(*p); p++, n++)
+            if (n < 3)
+                ms = ms * 10 + (*p - '0');
+        if (n == 0)
+            return MOAT_EINVAL;
+        for (; n < 3; n++)
+            ms *= 10;
+    }
+    int64_t offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
+               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
+        int64_t oh = digits_value(p + 1, 2), om = digits_value(p + 4, 2);
+        if (oh > 23 || om > 59)
+            return MOAT_EINVAL;
+        offset_min = (*p == '-' ? -1 : 1) * (oh * 60 + om);
+        p += 6;
+    } else {
+        return MOAT_EINVAL;
+    }
+    if (*p || mon < 1 || mon > 12 || day < 1 || hh > 23 || mm > 59 || ss > 60)
+        return MOAT_EINVAL;
+    int64_t mdays = month_days[mon - 1] + (mon == 2 && leap_year(year));
+    if (day > mdays)
+        return MOAT_EINVAL;
+    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
+                   mm * 60 + ss - offset_min * 60;
+    *unix_ms = secs * 1000 + ms;
+    return MOAT_OK;
+}
+
 void moat_random_bytes(void *buf, size_t len)
 {
     unsigned char *p = buf;

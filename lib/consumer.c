@@ -171,28 +171,6 @@ struct moat_consumer {
 
 /* ---- small helpers ---- */
 
-/* "2026-11-21T19:03:30.123Z" -> ms since the epoch; 0 when unparsable
- * (the time only feeds the lag metric). */
-static int64_t parse_time_ms(const char *s)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-    if (!p)
-        return 0;
-    int ms = 0, digits = 0;
-    if (*p == '.') {
-        for (p++; isdigit((unsigned char)*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*p != 'Z' && *p != 'z')
-        return 0;
-    return (int64_t)timegm(&tm) * 1000 + ms;
-}
-
 static const char *jstr(json_t *o, const char *key)
 {
     return json_string_value(json_object_get(o, key));
@@ -450,7 +428,11 @@ static void update_lag(struct sub *s)
             json_t *ce = json_array_get(s->batch, i);
             int64_t seq;
             if (event_seq(ce, &seq) == MOAT_OK && seq > s->cursor) {
-                s->pending_ms = parse_time_ms(jstr(ce, "time"));
+                /* Unparsable: 0, no age (the time only feeds the lag
+                 * metric). */
+                if (moat_time_parse_rfc3339(jstr(ce, "time"), &s->pending_ms) !=
+                    MOAT_OK)
+                    s->pending_ms = 0;
                 break;
             }
         }

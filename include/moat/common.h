@@ -73,6 +73,18 @@ int64_t moat_wall_ms(void);
  * milliseconds, e.g. "2026-11-21T19:03:30.123Z", into out (>= 25 bytes).
  */
 void moat_time_rfc3339(int64_t wall_ms, char out[25]);
+/*
+ * Parse an RFC 3339 date-time ("2026-11-21T19:03:30.123Z",
+ * "2026-11-21T20:03:30+01:00") into ms since the Unix epoch in *unix_ms.
+ * Accepted: a 4-digit year (0000-9999, so times before 1970 come back
+ * negative), a real calendar date (February 29 only in leap years), "T",
+ * "t" or " " between date and time, seconds up to 60 (a leap second counts
+ * as the next minute's first), any number of fraction digits (truncated to
+ * ms), and "Z", "z" or a +hh:mm / -hh:mm offset. Returns MOAT_OK, or
+ * MOAT_EINVAL for NULL or anything else (*unix_ms is then unchanged).
+ * The inverse of moat_time_rfc3339 for the times it writes.
+ */
+int moat_time_parse_rfc3339(const char *s, int64_t *unix_ms);
 
 /* Fill buf with cryptographically random bytes (getrandom); aborts on error. */
 void moat_random_bytes(void *buf, size_t len);

@@ -63,11 +63,11 @@
  * (ev->schema_version, "dataschemaversion"). A producer may emit an older
  * version during a rolling upgrade, and replay re-reads years-old events,
  * so the handler accepts every version it may meet and converts older
- * shapes to the current one in ONE place per event type (e.g. a
- * upcast_product(data, version) called first thing in the handler), then
- * applies the current shape only. An unknown (newer) version is an error:
- * the event is retried, parked, and redriven once the consumer is
- * upgraded.
+ * shapes to the current one first thing, by the producer's event contract
+ * (contracts/<producer>.h: the ONE upcaster per event type, shared by the
+ * producer and all its consumers), then applies the current shape only.
+ * An unknown (newer) version is an error: the event is retried, parked,
+ * and redriven once the consumer is upgraded.
  *
  * Poison events: a handler that fails MOAT_CONSUMER_MAX_ATTEMPTS times
  * (with backoff) parks the event in moat_dead_letters with its error, and

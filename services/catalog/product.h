@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "contracts/catalog.h"
 #include "moat/problem.h"
 
 /* "prod_" + 26 Crockford base32 characters (48-bit ms time, 80 random). */
@@ -102,10 +103,11 @@ json_t *cat_product_json_v1(const struct cat_product *p);
  * times). Version 1 is the older, flat shape {"id", "sku", "name",
  * "description"?, "price_amount", "currency", "attributes"}, still
  * emitted when MOAT_CATALOG_EVENT_SCHEMA=1: for a rolling upgrade where
- * consumers are older than the catalog. Consumers accept both.
+ * consumers are older than the catalog. Consumers accept both (the
+ * contract, contracts/catalog.h, upcasts 1 to 2).
  */
-#define CAT_EVENT_SCHEMA_FLAT    1
-#define CAT_EVENT_SCHEMA_CURRENT 2
+#define CAT_EVENT_SCHEMA_FLAT    CATALOG_PRODUCT_SCHEMA_FLAT
+#define CAT_EVENT_SCHEMA_CURRENT CATALOG_PRODUCT_SCHEMA
 json_t *cat_product_event_data(const struct cat_product *p, int version);
 
 /* Strong entity tag of p's current version, quotes included: "\"v3\"". */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/catalog.h"
 #include "moat/buf.h"
 #include "moat/db.h"
 #include "moat/log.h"
@@ -15,10 +16,6 @@ struct cat_store {
     struct moat_outbox *outbox; /* owned; events of every write */
     int product_event_schema;   /* data version of ProductCreated/Updated */
 };
-
-/* Data schema versions of the events with a single shape. */
-#define PRICE_CHANGED_SCHEMA   1
-#define PRODUCT_DELETED_SCHEMA 1
 
 #define DB_FILE "catalog.db"
 
@@ -273,7 +270,7 @@ int cat_store_create(struct cat_store *s, struct cat_product *p)
      * transaction, so the change and its event commit or vanish together
      * (DESIGN.md invariant 2).
      */
-    rc = emit(s, "ProductCreated", p->id, s->product_event_schema,
+    rc = emit(s, CATALOG_PRODUCT_CREATED, p->id, s->product_event_schema,
               cat_product_event_data(p, s->product_event_schema));
     if (rc != MOAT_OK)
         goto cleanup;
@@ -343,14 +340,14 @@ int cat_store_replace(struct cat_store *s, const char *id,
     rc = cat_store_get(s, id, &now);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = emit(s, "ProductUpdated", id, s->product_event_schema,
+    rc = emit(s, CATALOG_PRODUCT_UPDATED, id, s->product_event_schema,
               cat_product_event_data(&now, s->product_event_schema));
     if (rc != MOAT_OK)
         goto cleanup;
     json_t *old_price = json_object_get(old.doc, "price");
     json_t *new_price = json_object_get(now.doc, "price");
     if (!json_equal(old_price, new_price)) {
-        rc = emit(s, "PriceChanged", id, PRICE_CHANGED_SCHEMA,
+        rc = emit(s, CATALOG_PRICE_CHANGED, id, CATALOG_PRICE_CHANGED_SCHEMA,
                   json_pack("{s:s, s:O, s:O}", "id", id, "old", old_price,
                             "new", new_price));
         if (rc != MOAT_OK)
@@ -415,7 +412,7 @@ int cat_store_delete(struct cat_store *s, const char *id,
     }
 
     /* Outbox: ProductDeleted goes here, in this same transaction. */
-    rc = emit(s, "ProductDeleted", id, PRODUCT_DELETED_SCHEMA,
+    rc = emit(s, CATALOG_PRODUCT_DELETED, id, CATALOG_PRODUCT_DELETED_SCHEMA,
               json_pack("{s:s, s:O}", "id", id, "sku",
                         json_object_get(old.doc, "sku")));
     if (rc != MOAT_OK)

@@ -46,6 +46,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "contracts/orders.h"
 #include "inventory.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
@@ -91,36 +92,14 @@ struct inv_consumer {
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied;
 };
 
-static const char *const command_types[] = {"ReserveStock", "ReleaseStock",
-                                            "CommitStock"};
+static const char *const command_types[] = {
+    ORDERS_RESERVE_STOCK, ORDERS_RELEASE_STOCK, ORDERS_COMMIT_STOCK};
 
 /* ---- small helpers ---- */
 
 static const char *jstr(json_t *o, const char *key)
 {
     return json_string_value(json_object_get(o, key));
-}
-
-/* "2026-11-21T19:03:30.123Z" -> ms since the epoch; 0 when unparsable
- * (the time only feeds the lag gauge). */
-static int64_t parse_time_ms(const char *s)
-{
-    struct tm tm;
-    memset(&tm, 0, sizeof(tm));
-    const char *p = s ? strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) : NULL;
-    if (!p)
-        return 0;
-    int ms = 0, digits = 0;
-    if (*p == '.') {
-        for (p++; isdigit((unsigned char)*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    if (*p != 'Z' && *p != 'z')
-        return 0;
-    return (int64_t)timegm(&tm) * 1000 + ms;
 }
 
 /* The event's sequence ("sequence" is a decimal string in CloudEvents). */
@@ -294,9 +273,9 @@ static int apply_command(struct inv_consumer *c, struct moat_kv_txn *t,
     moat_trace_start(&trace, jstr(ce, "traceparent"), NULL);
     moat_log_set_trace(&trace);
     int rc;
-    if (strcmp(type, "ReserveStock") == 0)
+    if (strcmp(type, ORDERS_RESERVE_STOCK) == 0)
         rc = apply_reserve(c, t, ce);
-    else if (strcmp(type, "ReleaseStock") == 0)
+    else if (strcmp(type, ORDERS_RELEASE_STOCK) == 0)
         rc = apply_release(c, t, ce);
     else
         rc = apply_commit(c, t, ce);
@@ -388,7 +367,10 @@ static void update_lag(struct inv_consumer *c, json_t *events, size_t from)
     } else if (events && json_array_size(events) > 0) {
         size_t n = json_array_size(events);
         json_t *ce = json_array_get(events, from < n ? from : n - 1);
-        c->pending_ms = parse_time_ms(jstr(ce, "time"));
+        /* Unparsable: 0, no age (the time only feeds the lag gauge). */
+        if (moat_time_parse_rfc3339(jstr(ce, "time"), &c->pending_ms) !=
+            MOAT_OK)
+            c->pending_ms = 0;
     }
     moat_metric_set(c->m_lag_events, (double)lag);
     int64_t age = c->pending_ms ? moat_wall_ms() - c->pending_ms : 0;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/inventory.h"
 #include "moat/kv.h"
 #include "moat/log.h"
 #include "store.h"
@@ -307,8 +308,8 @@ static int stock_changed(struct inv_store *s, const struct inv_stock *after,
         return MOAT_EINVAL;
     if (order_id)
         json_object_set_new(data, "order_id", json_string(order_id));
-    int rc = moat_outbox_append(s->outbox, "StockChanged", after->sku,
-                                INV_STOCK_CHANGED_SCHEMA, data, NULL);
+    int rc = moat_outbox_append(s->outbox, INVENTORY_STOCK_CHANGED, after->sku,
+                                INVENTORY_STOCK_CHANGED_SCHEMA, data, NULL);
     json_decref(data);
     return rc;
 }
@@ -602,12 +603,12 @@ static int res_event(struct inv_store *s, const char *type,
         (json_int_t)r->version);
     /* A release says what it released (docs/saga.md): units that were
      * held, units already sold and now back on hand, or nothing. */
-    if (data && strcmp(type, "StockReleased") == 0) {
+    if (data && strcmp(type, INVENTORY_STOCK_RELEASED) == 0) {
         json_object_set_new(data, "returned", json_boolean(r->returned));
         json_object_set_new(data, "tombstone", json_boolean(r->tombstone));
     }
     int rc = data ? moat_outbox_append(s->outbox, type, r->order_id,
-                                       INV_RESERVATION_SCHEMA, data, NULL)
+                                       INVENTORY_RESERVATION_SCHEMA, data, NULL)
                   : MOAT_EINVAL;
     json_decref(data);
     return rc;
@@ -724,7 +725,7 @@ int inv_store_reserve_in(struct inv_store *s, struct moat_kv_txn *t,
     if (rc == MOAT_OK)
         rc = moat_kv_put(t, s->open, key, klen, "", 0, 0);
     if (rc == MOAT_OK)
-        rc = res_event(s, "StockReserved", out);
+        rc = res_event(s, INVENTORY_STOCK_RESERVED, out);
     for (size_t i = 0; rc == MOAT_OK && i < want->nlines; i++) {
         /* Available was checked above, so reserved stays <= on_hand. */
         stock[i].reserved += want->lines[i].quantity;
@@ -789,7 +790,8 @@ static int finish(struct inv_store *s, struct moat_kv_txn *t,
     if (rc == MOAT_OK)
         rc = moat_kv_del(t, s->open, key, klen);
     if (rc == MOAT_OK)
-        rc = res_event(s, sold ? "StockCommitted" : "StockReleased", r);
+        rc = res_event(
+            s, sold ? INVENTORY_STOCK_COMMITTED : INVENTORY_STOCK_RELEASED, r);
     if (rc != MOAT_OK)
         goto cleanup;
     reason = json_sprintf("order %s", r->order_id);
@@ -849,7 +851,7 @@ static int give_back(struct inv_store *s, struct moat_kv_txn *t,
     r->updated_ms = now;
     int rc = put_res(s, t, r);
     if (rc == MOAT_OK)
-        rc = res_event(s, "StockReleased", r);
+        rc = res_event(s, INVENTORY_STOCK_RELEASED, r);
     if (rc != MOAT_OK)
         goto cleanup;
     reason = json_sprintf("order %s returned", r->order_id);
@@ -909,7 +911,7 @@ static int transition_in(struct inv_store *s, struct moat_kv_txn *t,
         out->created_ms = out->updated_ms = moat_wall_ms();
         rc = put_res(s, t, out);
         if (rc == MOAT_OK)
-            rc = res_event(s, "StockReleased", out);
+            rc = res_event(s, INVENTORY_STOCK_RELEASED, out);
         if (rc == MOAT_OK)
             *result = INV_ABSENT;
         return rc;
@@ -1174,8 +1176,9 @@ int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
     }
     if (detail)
         json_object_set_new(data, "detail", json_string(detail));
-    int rc = moat_outbox_append(s->outbox, "StockReservationFailed", order_id,
-                                INV_RESERVATION_SCHEMA, data, NULL);
+    int rc =
+        moat_outbox_append(s->outbox, INVENTORY_STOCK_RESERVATION_FAILED,
+                           order_id, INVENTORY_RESERVATION_SCHEMA, data, NULL);
     json_decref(data);
     return rc;
 }

@@ -47,8 +47,6 @@ struct inv_store;
 /* Units of one SKU at most, and of one adjustment: far beyond any real
  * warehouse, far below where int64 arithmetic could overflow. */
 #define INV_QTY_MAX ((int64_t)1000000000000)
-/* Data schema version of StockChanged. */
-#define INV_STOCK_CHANGED_SCHEMA 1
 
 struct inv_stock {
     char sku[INV_SKU_MAX + 1];
@@ -155,8 +153,6 @@ int inv_store_list(struct inv_store *s, const char *after_sku, size_t limit,
 #define INV_REF_MAX      64    /* order and customer ids, SKU charset */
 #define INV_LINES_MAX    50    /* lines per reservation */
 #define INV_LINE_QTY_MAX 10000 /* units per line */
-/* Data schema version of StockReserved/StockReleased/StockCommitted. */
-#define INV_RESERVATION_SCHEMA 1
 
 enum inv_res_state { INV_HELD, INV_RELEASED, INV_COMMITTED };
 

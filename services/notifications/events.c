@@ -2,20 +2,13 @@
  * events.c - orders' events as notifications applies them: one row per
  * order state change, with the email's subject and body.
  *
- * The data schemas orders publishes (docs/saga.md), all version 1:
- *
- *   OrderPlaced     {order_id, customer_id, status "pending", total,
- *                    currency, lines: [{product_id, sku, name, unit_price,
- *                    quantity}], version}
- *   OrderConfirmed  {order_id, customer_id, status "confirmed", total,
- *                    currency, payment_id, version}
- *   OrderCancelled  {order_id, customer_id, status "cancelled", reason,
- *                    total, currency, version}
- *
- * The status a notification is keyed by comes from the event TYPE (the
- * data's status must agree). A newer schema version is refused, so the
- * event is parked as a dead letter until notifications is upgraded and it
- * is redriven.
+ * Orders' event contract (type names, data schemas, versions and
+ * upcasters) is contracts/orders.h, shared with orders and its other
+ * consumers: every event is upcast by it first, so the code here sees the
+ * current schema only. The status a notification is keyed by comes from
+ * the event TYPE (the data's status must agree). A newer schema version is
+ * refused, so the event is parked as a dead letter until notifications is
+ * rebuilt with the newer contract and it is redriven.
  *
  * Handlers are deterministic (replay runs them again on a scratch database
  * and compares): the id, the text and every stored time come from the
@@ -31,13 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/orders.h"
 #include "moat/buf.h"
 #include "moat/log.h"
 #include "moat/trace.h"
 #include "notifications.h"
 #include "store.h"
-
-#define ORDER_SCHEMA 1
 
 #define TOTAL_MAX       1000000000000000LL /* 10^15 minor units */
 #define LINES_MAX       50                 /* orders' own cap */
@@ -45,9 +37,9 @@
 #define REASON_MAX      64
 
 const char *const ntf_order_event_types[] = {
-    "OrderPlaced",
-    "OrderConfirmed",
-    "OrderCancelled",
+    ORDERS_ORDER_PLACED,
+    ORDERS_ORDER_CONFIRMED,
+    ORDERS_ORDER_CANCELLED,
     NULL,
 };
 
@@ -72,76 +64,6 @@ static bool currency_valid(const char *c)
 {
     return c && strlen(c) == 3 && c[0] >= 'A' && c[0] <= 'Z' && c[1] >= 'A' &&
            c[1] <= 'Z' && c[2] >= 'A' && c[2] <= 'Z';
-}
-
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/*
- * RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; false when malformed.
- */
-static bool parse_time_ms(const char *s, int64_t *out)
-{
-    if (!s || strlen(s) < 20)
-        return false;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return false;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return false;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return false;
-    }
-#undef NUM2
-    if (*p || year < 1970 || mon < 1 || mon > 12 || day < 1 || day > 31 ||
-        hh > 23 || mm > 59 || ss > 60)
-        return false;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    *out = secs * 1000 + ms;
-    return secs >= 0;
 }
 
 /* ---- the notification id ---- */
@@ -271,13 +193,6 @@ struct order_event {
     int64_t total;
 };
 
-static int unsupported(const char **why)
-{
-    *why = "unsupported event schema version (notifications is older than "
-           "orders: upgrade notifications, then redrive)";
-    return MOAT_EUNSUPPORTED;
-}
-
 static int order_common(const struct moat_event *ev, const char *status,
                         struct order_event *o, const char **why)
 {
@@ -286,8 +201,6 @@ static int order_common(const struct moat_event *ev, const char *status,
         *why = "event data is not an object";
         return MOAT_EINVAL;
     }
-    if (ev->schema_version != ORDER_SCHEMA)
-        return unsupported(why);
     o->order_id = json_string_value(json_object_get(d, "order_id"));
     if (!key_valid(o->order_id) || !ev->subject ||
         strcmp(o->order_id, ev->subject) != 0) {
@@ -410,28 +323,22 @@ struct event_kind {
 };
 
 static const struct event_kind kinds[] = {
-    {"OrderPlaced", "pending", "order.placed", text_placed},
-    {"OrderConfirmed", "confirmed", "order.confirmed", text_confirmed},
-    {"OrderCancelled", "cancelled", "order.cancelled", text_cancelled},
+    {ORDERS_ORDER_PLACED, "pending", "order.placed", text_placed},
+    {ORDERS_ORDER_CONFIRMED, "confirmed", "order.confirmed", text_confirmed},
+    {ORDERS_ORDER_CANCELLED, "cancelled", "order.cancelled", text_cancelled},
 };
 
-int ntf_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
-                    const char **why)
+/* ev of kind k, its data in the current schema. */
+static int apply_current(struct moat_db *db, const struct moat_event *ev,
+                         const struct event_kind *k, struct ntf_service *s,
+                         const char **why)
 {
-    struct ntf_service *s = arg;
-    const struct event_kind *k = NULL;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(kinds) && !k; i++)
-        if (strcmp(ev->type, kinds[i].type) == 0)
-            k = &kinds[i];
-    if (!k)
-        return MOAT_OK; /* not ours (the subscription filters already) */
-
     struct order_event o = {0};
     int rc = order_common(ev, k->status, &o, why);
     if (rc != MOAT_OK)
         return rc;
     int64_t time_ms;
-    if (!parse_time_ms(ev->time, &time_ms)) {
+    if (moat_time_parse_rfc3339(ev->time, &time_ms) != MOAT_OK || time_ms < 0) {
         *why = "the event's time is not an RFC 3339 time";
         return MOAT_EINVAL;
     }
@@ -469,5 +376,24 @@ int ntf_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
     }
     moat_buf_release(&subject);
     moat_buf_release(&body);
+    return rc;
+}
+
+int ntf_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
+                    const char **why)
+{
+    const struct event_kind *k = NULL;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(kinds) && !k; i++)
+        if (strcmp(ev->type, kinds[i].type) == 0)
+            k = &kinds[i];
+    if (!k)
+        return MOAT_OK; /* not ours (the subscription filters already) */
+    struct moat_event cur = *ev;
+    cur.data = NULL;
+    int rc =
+        orders_upcast(ev->type, ev->schema_version, ev->data, &cur.data, why);
+    if (rc == MOAT_OK)
+        rc = apply_current(db, &cur, k, arg, why);
+    json_decref(cur.data);
     return rc;
 }

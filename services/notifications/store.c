@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/notifications.h"
 #include "moat/buf.h"
 #include "moat/events.h"
 #include "moat/log.h"
@@ -273,8 +274,9 @@ int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
     bool recorded = sqlite3_changes(moat_db_handle(db)) > 0;
     if (recorded && outbox) {
         json_t *data = sent_event_data(r, delivered_ms, fallback);
-        rc = moat_outbox_append(outbox, "NotificationSent", r->order_id,
-                                NTF_EVENT_SCHEMA, data, NULL);
+        rc = moat_outbox_append(outbox, NOTIFICATIONS_NOTIFICATION_SENT,
+                                r->order_id, NOTIFICATIONS_SENT_SCHEMA, data,
+                                NULL);
         json_decref(data);
         if (rc != MOAT_OK)
             goto fail;

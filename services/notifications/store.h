@@ -47,10 +47,9 @@
 #include "moat/events.h"
 #include "moat/metrics.h"
 
-#define NTF_ID_PREFIX    "ntf_"
-#define NTF_ID_LEN       (4 + 26) /* "ntf_" + 26 Crockford base32 characters */
-#define NTF_KEY_MAX      64       /* order and customer ids: [A-Za-z0-9_-] */
-#define NTF_EVENT_SCHEMA 1        /* data schema version of NotificationSent */
+#define NTF_ID_PREFIX "ntf_"
+#define NTF_ID_LEN    (4 + 26) /* "ntf_" + 26 Crockford base32 characters */
+#define NTF_KEY_MAX   64       /* order and customer ids: [A-Za-z0-9_-] */
 
 /* A notification. In ntf_store_insert everything is borrowed; rows read
  * back (ntf_store_get, _list, _undelivered) own their strings. */

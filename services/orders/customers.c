@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/users.h"
 #include "moat/auth.h"
 #include "moat/log.h"
 #include "orders.h"
@@ -23,7 +24,8 @@
 #define REFRESH_INTERVAL_MS 300
 #define REFRESH_BATCH       32
 
-const char *const ord_users_events[] = {"UserRegistered", "UserUpdated", NULL};
+const char *const ord_users_events[] = {USERS_USER_REGISTERED,
+                                        USERS_USER_UPDATED, NULL};
 
 int ord_customers_apply(struct moat_db *db, const struct moat_event *ev,
                         void *arg, const char **why)

@@ -22,6 +22,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "contracts/inventory.h"
+#include "contracts/orders.h"
+#include "contracts/payments.h"
 #include "moat/log.h"
 #include "moat/trace.h"
 #include "orders.h"
@@ -30,16 +33,17 @@
 #define SWEEP_BATCH       200
 
 const char *const ord_inventory_replies[] = {
-    "StockReserved", "StockReservationFailed", "StockReleased",
-    "StockCommitted", NULL};
-const char *const ord_payments_replies[] = {"PaymentAuthorized",
-                                            "PaymentDeclined",
-                                            "PaymentProviderUnavailable",
-                                            "PaymentCaptured",
-                                            "PaymentCaptureFailed",
-                                            "PaymentVoided",
-                                            "PaymentRefunded",
-                                            NULL};
+    INVENTORY_STOCK_RESERVED, INVENTORY_STOCK_RESERVATION_FAILED,
+    INVENTORY_STOCK_RELEASED, INVENTORY_STOCK_COMMITTED, NULL};
+const char *const ord_payments_replies[] = {
+    PAYMENTS_PAYMENT_AUTHORIZED,
+    PAYMENTS_PAYMENT_DECLINED,
+    PAYMENTS_PAYMENT_PROVIDER_UNAVAILABLE,
+    PAYMENTS_PAYMENT_CAPTURED,
+    PAYMENTS_PAYMENT_CAPTURE_FAILED,
+    PAYMENTS_PAYMENT_VOIDED,
+    PAYMENTS_PAYMENT_REFUNDED,
+    NULL};
 
 /* ---- sending ---- */
 
@@ -74,8 +78,8 @@ static int emit(struct ord_service *os, const char *type,
     if (!data)
         return MOAT_EINVAL;
     json_object_set_new(data, "order_id", json_string(o->id));
-    int rc = moat_outbox_append(os->outbox, type, o->id, ORD_EVENT_SCHEMA, data,
-                                NULL);
+    int rc = moat_outbox_append(os->outbox, type, o->id, orders_schema(type),
+                                data, NULL);
     json_decref(data);
     if (rc != MOAT_OK)
         moat_log(MOAT_LOG_ERROR, "cannot append to the outbox", "{s:s, s:s}",
@@ -92,10 +96,10 @@ static int send_order_event(struct ord_service *os, const struct ord_order *o)
                           "version", (json_int_t)o->version + 1);
     if (strcmp(o->status, "confirmed") == 0) {
         json_object_set_new(d, "payment_id", json_string(o->payment_id));
-        return emit(os, "OrderConfirmed", o, d);
+        return emit(os, ORDERS_ORDER_CONFIRMED, o, d);
     }
     json_object_set_new(d, "reason", json_string(o->cancel_reason));
-    return emit(os, "OrderCancelled", o, d);
+    return emit(os, ORDERS_ORDER_CANCELLED, o, d);
 }
 
 static void set_step(struct ord_service *os, struct ord_order *o,
@@ -143,7 +147,8 @@ static int compensate(struct ord_service *os, struct ord_order *o,
     o->pending_comp = 0;
     if ((o->flags & ORD_F_SENT_RESERVE) && !(o->flags & ORD_F_RESERVE_FAILED) &&
         !(o->flags & ORD_F_SENT_RELEASE)) {
-        rc = emit(os, "ReleaseStock", o, json_pack("{s:s}", "reason", reason));
+        rc = emit(os, ORDERS_RELEASE_STOCK, o,
+                  json_pack("{s:s}", "reason", reason));
         o->flags |= ORD_F_SENT_RELEASE;
         o->pending_comp |= ORD_COMP_STOCK;
     }
@@ -152,12 +157,12 @@ static int compensate(struct ord_service *os, struct ord_order *o,
         bool captured = (o->flags & ORD_F_SENT_CAPTURE) &&
                         !(o->flags & ORD_F_CAPTURE_FAILED);
         if (captured && !(o->flags & ORD_F_SENT_REFUND)) {
-            rc = emit(os, "RefundPayment", o,
+            rc = emit(os, ORDERS_REFUND_PAYMENT, o,
                       json_pack("{s:s}", "reason", reason));
             o->flags |= ORD_F_SENT_REFUND;
             o->pending_comp |= ORD_COMP_PAYMENT;
         } else if (!captured && !(o->flags & ORD_F_SENT_VOID)) {
-            rc = emit(os, "VoidPayment", o,
+            rc = emit(os, ORDERS_VOID_PAYMENT, o,
                       json_pack("{s:s}", "reason", reason));
             o->flags |= ORD_F_SENT_VOID;
             o->pending_comp |= ORD_COMP_PAYMENT;
@@ -181,14 +186,14 @@ int ord_saga_place(struct ord_service *os, struct ord_order *o)
     o->created_ms = o->updated_ms = moat_wall_ms();
     int rc = ord_order_insert(os->db, o);
     if (rc == MOAT_OK)
-        rc = emit(os, "OrderPlaced", o,
+        rc = emit(os, ORDERS_ORDER_PLACED, o,
                   json_pack("{s:s, s:s, s:I, s:s, s:o, s:I}", "customer_id",
                             o->customer_id, "status", "pending", "total",
                             (json_int_t)o->total, "currency", o->currency,
                             "lines", lines_for_event(o), "version",
                             (json_int_t)1));
     if (rc == MOAT_OK)
-        rc = emit(os, "ReserveStock", o,
+        rc = emit(os, ORDERS_RESERVE_STOCK, o,
                   json_pack("{s:s, s:o}", "customer_id", o->customer_id,
                             "lines", lines_for_stock(o)));
     return rc;
@@ -235,7 +240,7 @@ static int on_stock_reserved(struct ord_service *os, struct ord_order *o)
     json_t *d = json_pack("{s:s, s:I, s:s, s:s}", "customer_id", o->customer_id,
                           "amount", (json_int_t)o->total, "currency",
                           o->currency, "card_token", o->card_token);
-    int rc = emit(os, "AuthorizePayment", o, d);
+    int rc = emit(os, ORDERS_AUTHORIZE_PAYMENT, o, d);
     if (rc != MOAT_OK)
         return rc;
     o->flags |= ORD_F_SENT_AUTHORIZE;
@@ -265,10 +270,10 @@ static int on_authorized(struct ord_service *os, struct ord_order *o,
              jstr(data, "payment_id"));
     if (!step_is(o, "authorizing"))
         return ord_order_update(os->db, o); /* late: a VoidPayment follows */
-    int rc = emit(os, "CapturePayment", o,
+    int rc = emit(os, ORDERS_CAPTURE_PAYMENT, o,
                   json_pack("{s:I}", "amount", (json_int_t)o->total));
     if (rc == MOAT_OK)
-        rc = emit(os, "CommitStock", o, json_object());
+        rc = emit(os, ORDERS_COMMIT_STOCK, o, json_object());
     if (rc != MOAT_OK)
         return rc;
     o->flags |= ORD_F_SENT_CAPTURE;
@@ -300,38 +305,38 @@ static int maybe_confirm(struct ord_service *os, struct ord_order *o)
 static int apply_reply(struct ord_service *os, struct ord_order *o,
                        const char *type, json_t *data)
 {
-    if (strcmp(type, "StockReserved") == 0)
+    if (strcmp(type, INVENTORY_STOCK_RESERVED) == 0)
         return on_stock_reserved(os, o);
-    if (strcmp(type, "StockReservationFailed") == 0)
+    if (strcmp(type, INVENTORY_STOCK_RESERVATION_FAILED) == 0)
         return on_reservation_failed(os, o, data);
-    if (strcmp(type, "StockCommitted") == 0) {
+    if (strcmp(type, INVENTORY_STOCK_COMMITTED) == 0) {
         o->flags |= ORD_F_COMMITTED;
         return maybe_confirm(os, o);
     }
-    if (strcmp(type, "StockReleased") == 0)
+    if (strcmp(type, INVENTORY_STOCK_RELEASED) == 0)
         return comp_done(os, o, ORD_COMP_STOCK);
-    if (strcmp(type, "PaymentAuthorized") == 0)
+    if (strcmp(type, PAYMENTS_PAYMENT_AUTHORIZED) == 0)
         return on_authorized(os, o, data);
-    if (strcmp(type, "PaymentDeclined") == 0)
+    if (strcmp(type, PAYMENTS_PAYMENT_DECLINED) == 0)
         return on_declined(os, o, data);
-    if (strcmp(type, "PaymentProviderUnavailable") == 0) {
+    if (strcmp(type, PAYMENTS_PAYMENT_PROVIDER_UNAVAILABLE) == 0) {
         if (o->flags & ORD_F_PROVIDER_DOWN)
             return MOAT_OK;
         o->flags |= ORD_F_PROVIDER_DOWN;
         return ord_order_update(os->db, o);
     }
-    if (strcmp(type, "PaymentCaptured") == 0) {
+    if (strcmp(type, PAYMENTS_PAYMENT_CAPTURED) == 0) {
         o->flags |= ORD_F_CAPTURED;
         return maybe_confirm(os, o);
     }
-    if (strcmp(type, "PaymentCaptureFailed") == 0) {
+    if (strcmp(type, PAYMENTS_PAYMENT_CAPTURE_FAILED) == 0) {
         o->flags |= ORD_F_CAPTURE_FAILED;
         if (!step_is(o, "confirming"))
             return ord_order_update(os->db, o);
         return compensate(os, o, "capture_failed");
     }
-    if (strcmp(type, "PaymentVoided") == 0 ||
-        strcmp(type, "PaymentRefunded") == 0)
+    if (strcmp(type, PAYMENTS_PAYMENT_VOIDED) == 0 ||
+        strcmp(type, PAYMENTS_PAYMENT_REFUNDED) == 0)
         return comp_done(os, o, ORD_COMP_PAYMENT);
     return MOAT_OK; /* not subscribed */
 }
@@ -343,32 +348,41 @@ int ord_saga_apply(struct moat_db *db, const struct moat_event *ev, void *arg,
      * verified, and the transitions write through os. */
     MOAT_UNUSED(db);
     struct ord_service *os = arg;
-    const char *order_id = jstr(ev->data, "order_id");
+    /* The reply's data in its current schema, by its producer's contract;
+     * a newer version is refused (parked until orders is upgraded). */
+    json_t *data = NULL;
+    int rc = inventory_schema(ev->type)
+                 ? inventory_upcast(ev->type, ev->schema_version, ev->data,
+                                    &data, why)
+                 : payments_upcast(ev->type, ev->schema_version, ev->data,
+                                   &data, why);
+    if (rc != MOAT_OK)
+        return rc;
+    const char *order_id = jstr(data, "order_id");
     if (!order_id[0])
         order_id = ev->subject;
-    if (ev->schema_version > ORD_EVENT_SCHEMA) {
-        *why = "unknown (newer) schema version";
-        return MOAT_EINVAL;
-    }
     struct ord_order o;
-    int rc = ord_order_get(os->db, order_id, false, &o);
+    rc = ord_order_get(os->db, order_id, false, &o);
     if (rc == MOAT_ENOTFOUND) {
         /* Not one of ours (a reply to a command sent by hand): nothing
          * to move. */
         moat_log(MOAT_LOG_WARN, "reply for an unknown order", "{s:s, s:s}",
                  "type", ev->type, "order", order_id);
-        return MOAT_OK;
+        rc = MOAT_OK;
+        goto out;
     }
     if (rc != MOAT_OK) {
         *why = "cannot load the order";
-        return rc;
+        goto out;
     }
     /* The lines are needed only by the commands sent on a reply that
      * moves the saga forward (none of today's replies needs them). */
-    rc = apply_reply(os, &o, ev->type, ev->data);
+    rc = apply_reply(os, &o, ev->type, data);
     ord_order_release(&o);
     if (rc != MOAT_OK)
         *why = "cannot apply the reply";
+out:
+    json_decref(data);
     return rc;
 }
 

@@ -32,7 +32,6 @@
 #define ORD_REASON_MAX   32
 #define ORD_TRACEPARENT  56 /* 55 + NUL */
 #define ORD_EMAIL_MAX    320
-#define ORD_EVENT_SCHEMA 1 /* data schema version of every event we emit */
 
 /* What the saga has done and learned (orders.flags). */
 enum {

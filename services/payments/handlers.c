@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/payments.h"
 #include "moat/audit.h"
 #include "moat/auth.h"
 #include "moat/crypto.h"
@@ -54,10 +55,11 @@ struct op_def {
 
 static const struct op_def ops[] = {
     [PAY_OP_AUTHORIZE] = {"pending", NULL, NULL, NULL},
-    [PAY_OP_CAPTURE] = {"authorized", "captured", "PaymentCaptured",
+    [PAY_OP_CAPTURE] = {"authorized", "captured", PAYMENTS_PAYMENT_CAPTURED,
                         "payment.captured"},
-    [PAY_OP_VOID] = {"authorized", "voided", "PaymentVoided", "payment.voided"},
-    [PAY_OP_REFUND] = {"captured", "refunded", "PaymentRefunded",
+    [PAY_OP_VOID] = {"authorized", "voided", PAYMENTS_PAYMENT_VOIDED,
+                     "payment.voided"},
+    [PAY_OP_REFUND] = {"captured", "refunded", PAYMENTS_PAYMENT_REFUNDED,
                        "payment.refunded"},
 };
 
@@ -306,11 +308,12 @@ static void on_outcome(struct pay_outcome *o, void *arg)
         break;
     case PAY_AUTHORIZED:
         finish_transition(c, "authorized", NULL, o->auth_id_enc, NULL,
-                          "PaymentAuthorized", "payment.authorized", 201);
+                          PAYMENTS_PAYMENT_AUTHORIZED, "payment.authorized",
+                          201);
         break;
     case PAY_DECLINED:
         finish_transition(c, "declined", o->decline_code, o->auth_id_enc, NULL,
-                          "PaymentDeclined", "payment.declined", 201);
+                          PAYMENTS_PAYMENT_DECLINED, "payment.declined", 201);
         break;
     case PAY_REJECTED:
         finish_transition(c, "failed", o->decline_code, NULL, NULL, NULL,

@@ -46,6 +46,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/orders.h"
+#include "contracts/payments.h"
 #include "moat/events.h"
 #include "moat/id.h"
 #include "moat/log.h"
@@ -74,7 +76,8 @@
 #define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
 
 static const char *const command_types[] = {
-    "AuthorizePayment", "CapturePayment", "VoidPayment", "RefundPayment", NULL};
+    ORDERS_AUTHORIZE_PAYMENT, ORDERS_CAPTURE_PAYMENT, ORDERS_VOID_PAYMENT,
+    ORDERS_REFUND_PAYMENT, NULL};
 
 /* One command at the provider, then waiting to be recorded. */
 struct scall {
@@ -228,7 +231,8 @@ static int declined_now(struct pay_store *st, const struct moat_event *ev,
 {
     json_t *d = no_payment_json(order_id);
     json_object_set_new(d, "decline_code", json_string(code));
-    return answer_now(st, ev, order_id, "authorize", "PaymentDeclined", d);
+    return answer_now(st, ev, order_id, "authorize", PAYMENTS_PAYMENT_DECLINED,
+                      d);
 }
 
 static int apply_authorize(struct pay_saga *sg, const struct moat_event *ev,
@@ -300,8 +304,8 @@ static int apply_capture(struct pay_saga *sg, const struct moat_event *ev,
     if (rc == MOAT_ENOTFOUND) {
         json_t *d = no_payment_json(order_id);
         json_object_set_new(d, "error", json_string("no_payment"));
-        return answer_now(st, ev, order_id, "capture", "PaymentCaptureFailed",
-                          d);
+        return answer_now(st, ev, order_id, "capture",
+                          PAYMENTS_PAYMENT_CAPTURE_FAILED, d);
     }
     if (rc != MOAT_OK)
         return rc;
@@ -311,8 +315,8 @@ static int apply_capture(struct pay_saga *sg, const struct moat_event *ev,
         json_object_set_new(d, "payment_id", json_string(p.id));
         json_object_set_new(d, "error", json_string("invalid"));
         pay_payment_release(&p);
-        return answer_now(st, ev, order_id, "capture", "PaymentCaptureFailed",
-                          d);
+        return answer_now(st, ev, order_id, "capture",
+                          PAYMENTS_PAYMENT_CAPTURE_FAILED, d);
     }
     rc = queue(st, ev, order_id, "capture", p.id, amount_j ? amount : 0);
     pay_payment_release(&p);
@@ -330,7 +334,8 @@ static int apply_compensate(struct pay_saga *sg, const struct moat_event *ev,
         /* The order's tombstone: a later authorization is refused. */
         json_t *d = no_payment_json(order_id);
         json_object_set_new(d, "status", json_string("voided"));
-        return answer_now(st, ev, order_id, command, "PaymentVoided", d);
+        return answer_now(st, ev, order_id, command, PAYMENTS_PAYMENT_VOIDED,
+                          d);
     }
     if (rc != MOAT_OK)
         return rc;
@@ -339,26 +344,23 @@ static int apply_compensate(struct pay_saga *sg, const struct moat_event *ev,
     return rc;
 }
 
-static int saga_apply(struct moat_db *db, const struct moat_event *ev,
-                      void *arg, const char **why)
+/* A command, its data in the current schema. */
+static int apply_command(struct moat_db *db, const struct moat_event *ev,
+                         void *arg, const char **why)
 {
     MOAT_UNUSED(db); /* the store's own connection: the same database */
     struct pay_saga *sg = arg;
     const char *order_id =
         json_string_value(json_object_get(ev->data, "order_id"));
-    const char *command = strcmp(ev->type, "AuthorizePayment") == 0
-                              ? "authorize"
-                          : strcmp(ev->type, "CapturePayment") == 0 ? "capture"
-                          : strcmp(ev->type, "VoidPayment") == 0    ? "void"
-                          : strcmp(ev->type, "RefundPayment") == 0  ? "refund"
-                                                                    : NULL;
+    const char *command =
+        strcmp(ev->type, ORDERS_AUTHORIZE_PAYMENT) == 0 ? "authorize"
+        : strcmp(ev->type, ORDERS_CAPTURE_PAYMENT) == 0 ? "capture"
+        : strcmp(ev->type, ORDERS_VOID_PAYMENT) == 0    ? "void"
+        : strcmp(ev->type, ORDERS_REFUND_PAYMENT) == 0  ? "refund"
+                                                        : NULL;
     bool seen;
     int rc;
 
-    if (ev->schema_version != 1) {
-        *why = "unknown data schema version";
-        return MOAT_EUNSUPPORTED;
-    }
     if (!command) /* not subscribed; cannot happen */
         return MOAT_OK;
     if (!order_id || !pay_charset_ok(order_id, PAY_ORDER_ID_MAX, "_-.:")) {
@@ -377,6 +379,21 @@ static int saga_apply(struct moat_db *db, const struct moat_event *ev,
         rc = apply_compensate(sg, ev, order_id, command);
     if (rc == MOAT_OK)
         wake(sg); /* runs after the consumer's commit, on the next turn */
+    return rc;
+}
+
+static int saga_apply(struct moat_db *db, const struct moat_event *ev,
+                      void *arg, const char **why)
+{
+    /* The command's data in its current schema, by orders' contract; a
+     * newer version is refused (parked until payments is upgraded). */
+    struct moat_event cur = *ev;
+    cur.data = NULL;
+    int rc =
+        orders_upcast(ev->type, ev->schema_version, ev->data, &cur.data, why);
+    if (rc == MOAT_OK)
+        rc = apply_command(db, &cur, arg, why);
+    json_decref(cur.data);
     return rc;
 }
 
@@ -476,8 +493,8 @@ static int record_unavailable(struct pay_saga *sg, const struct scall *c,
         json_t *d = json_pack("{s:s, s:s, s:I, s:s}", "order_id", c->p.order_id,
                               "payment_id", c->p.id, "attempts",
                               (json_int_t)c->p.attempts, "error", c->o.error);
-        rc =
-            pay_store_event(st, "PaymentProviderUnavailable", c->p.order_id, d);
+        rc = pay_store_event(st, PAYMENTS_PAYMENT_PROVIDER_UNAVAILABLE,
+                             c->p.order_id, d);
         json_decref(d);
     }
     return rc;
@@ -499,7 +516,7 @@ static int record_call(struct pay_saga *sg, struct scall *c, int64_t now)
         s.auth_enc = o->auth_id_enc;
         s.wipe_card = true;
         s.action = "payment.authorized";
-        s.reply = "PaymentAuthorized";
+        s.reply = PAYMENTS_PAYMENT_AUTHORIZED;
         break;
     case PAY_DECLINED:
     case PAY_REJECTED:
@@ -509,7 +526,7 @@ static int record_call(struct pay_saga *sg, struct scall *c, int64_t now)
         s.wipe_card = true;
         s.action =
             o->result == PAY_DECLINED ? "payment.declined" : "payment.failed";
-        s.reply = "PaymentDeclined";
+        s.reply = PAYMENTS_PAYMENT_DECLINED;
         break;
     case PAY_DONE:
         s.to = c->op == PAY_OP_CAPTURE ? "captured"
@@ -519,13 +536,13 @@ static int record_call(struct pay_saga *sg, struct scall *c, int64_t now)
         s.action = c->op == PAY_OP_CAPTURE ? "payment.captured"
                    : c->op == PAY_OP_VOID  ? "payment.voided"
                                            : "payment.refunded";
-        s.reply = c->op == PAY_OP_CAPTURE ? "PaymentCaptured"
-                  : c->op == PAY_OP_VOID  ? "PaymentVoided"
-                                          : "PaymentRefunded";
+        s.reply = c->op == PAY_OP_CAPTURE ? PAYMENTS_PAYMENT_CAPTURED
+                  : c->op == PAY_OP_VOID  ? PAYMENTS_PAYMENT_VOIDED
+                                          : PAYMENTS_PAYMENT_REFUNDED;
         break;
     case PAY_REFUSED:
         if (c->op == PAY_OP_CAPTURE) {
-            s.reply = "PaymentCaptureFailed";
+            s.reply = PAYMENTS_PAYMENT_CAPTURE_FAILED;
             s.error = o->error;
         } else {
             /* The provider will not give the money back although our
@@ -588,27 +605,28 @@ static enum decision decide(struct pay_saga *sg, const struct pay_command *cmd,
                 s.to = "failed";
                 s.decline_code = "card_token_unreadable";
                 s.action = "payment.failed";
-                s.reply = "PaymentDeclined";
+                s.reply = PAYMENTS_PAYMENT_DECLINED;
             }
         } else if (strcmp(status, "declined") == 0 ||
                    strcmp(status, "failed") == 0) {
-            s.reply = "PaymentDeclined";
+            s.reply = PAYMENTS_PAYMENT_DECLINED;
         } else {
-            s.reply = "PaymentAuthorized"; /* it was, whatever came after */
+            s.reply =
+                PAYMENTS_PAYMENT_AUTHORIZED; /* it was, whatever came after */
         }
     } else if (strcmp(cmd->command, "capture") == 0) {
         if (pending) {
             d = D_WAIT;
         } else if (authorized && cmd->amount && cmd->amount != p.amount) {
-            s.reply = "PaymentCaptureFailed";
+            s.reply = PAYMENTS_PAYMENT_CAPTURE_FAILED;
             s.error = "amount_mismatch";
         } else if (authorized) {
             d = D_CALL;
             op = PAY_OP_CAPTURE;
         } else if (captured || refunded) {
-            s.reply = "PaymentCaptured";
+            s.reply = PAYMENTS_PAYMENT_CAPTURED;
         } else {
-            s.reply = "PaymentCaptureFailed";
+            s.reply = PAYMENTS_PAYMENT_CAPTURE_FAILED;
             s.error = voided ? "payment_voided" : "payment_declined";
         }
     } else { /* void, refund: give back whatever is held */
@@ -621,9 +639,9 @@ static enum decision decide(struct pay_saga *sg, const struct pay_command *cmd,
             d = D_CALL;
             op = PAY_OP_REFUND;
         } else if (refunded) {
-            s.reply = "PaymentRefunded";
+            s.reply = PAYMENTS_PAYMENT_REFUNDED;
         } else {
-            s.reply = "PaymentVoided";
+            s.reply = PAYMENTS_PAYMENT_VOIDED;
             s.reply_status = voided ? "voided" : "declined";
         }
     }

@@ -7,12 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/payments.h"
 #include "moat/db.h"
 #include "moat/log.h"
 #include "store.h"
 
-#define DB_FILE      "payments.db"
-#define EVENT_SCHEMA 1
+#define DB_FILE "payments.db"
 
 struct pay_store {
     struct moat_db *db;
@@ -592,8 +592,8 @@ void pay_store_savepoint_undo(struct pay_store *s)
 int pay_store_event(struct pay_store *s, const char *type, const char *subject,
                     json_t *data)
 {
-    int rc =
-        moat_outbox_append(s->outbox, type, subject, EVENT_SCHEMA, data, NULL);
+    int rc = moat_outbox_append(s->outbox, type, subject, payments_schema(type),
+                                data, NULL);
     if (rc == MOAT_OK)
         s->appended = true;
     return rc;

@@ -1,39 +1,15 @@
 /*
  * events.c - the four feeds' events as the read model applies them.
  *
- * Each event type has ONE upcaster, the only code that knows the older
- * schemas of its data, and one apply function that sees the current schema
- * only. The data schemas read here:
- *
- *   orders (docs/saga.md), schema 1, subject = order id:
- *     OrderPlaced     {order_id, customer_id, status, total, currency,
- *                      lines: [{product_id, sku, name, unit_price,
- *                      quantity}], version}
- *     OrderConfirmed  {order_id, customer_id, status, total, currency,
- *                      payment_id, version}
- *     OrderCancelled  {order_id, customer_id, status, reason, total,
- *                      currency, version}
- *   catalog (docs/events.md), subject = product id:
- *     ProductCreated, ProductUpdated
- *       2: the product document {id, sku, name, price: {amount,
- *          currency}, ...}
- *       1: flat {id, sku, name, price_amount, currency, ...}
- *     PriceChanged    1: {id, old: {amount, currency}, new: {...}}
- *     ProductDeleted  1: {id, sku}
- *   payments (docs/payments.md), schema 1, subject = order id:
- *     PaymentAuthorized, PaymentDeclined, PaymentCaptured,
- *     PaymentCaptureFailed, PaymentVoided, PaymentRefunded
- *                     {payment_id (null when the order has no payment),
- *                      order_id, amount, currency, status, ...}
- *     (PaymentProviderUnavailable is not subscribed: it carries no status,
- *     and the payment's next event says where it stands.)
- *   notifications (docs/notifications.md), schema 1, subject = order id:
- *     NotificationSent {notification_id, order_id, customer_id, kind,
- *                      status, delivered_at, fallback}
- *
- * Adding a schema means one more branch in that type's upcaster and
- * nothing else. An unknown (newer) version is refused, so the event is
- * parked as a dead letter until the read model is upgraded and redriven.
+ * Each producer's event contract (type names, schema versions and the
+ * upcasters that turn any older version's data into the current shape) is
+ * contracts/<producer>.h, shared with the producer and the other
+ * consumers; the data schemas are documented there. The apply functions
+ * here see the current schema only. An unknown (newer) version is refused,
+ * so the event is parked as a dead letter until the read model is rebuilt
+ * with the newer contract and redriven. Not subscribed:
+ * PaymentProviderUnavailable (it carries no status, and the payment's next
+ * event says where it stands).
  *
  * Handlers are deterministic (replay runs them again on a scratch copy and
  * compares): everything they store comes from the event.
@@ -44,17 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/catalog.h"
+#include "contracts/notifications.h"
+#include "contracts/orders.h"
+#include "contracts/payments.h"
 #include "moat/log.h"
 #include "readmodel.h"
 #include "store.h"
-
-#define ORDER_SCHEMA        1
-#define PRODUCT_SCHEMA_FLAT 1 /* price_amount + currency at the top */
-#define PRODUCT_SCHEMA      2 /* price: {amount, currency} */
-#define PRICE_SCHEMA        1
-#define DELETED_SCHEMA      1
-#define PAYMENT_SCHEMA      1
-#define NOTIFICATION_SCHEMA 1
 
 /* Caps well above the producers' own, so that a producer change does not
  * stop the view; anything larger is a broken event. */
@@ -64,38 +36,34 @@
 #define QUANTITY_MAX 1000000
 #define AMOUNT_MAX   1000000000000000LL
 
-const char *const rm_orders_event_types[] = {"OrderPlaced", "OrderConfirmed",
-                                             "OrderCancelled", NULL};
-const char *const rm_catalog_event_types[] = {
-    "ProductCreated", "ProductUpdated", "PriceChanged", "ProductDeleted", NULL,
-};
-const char *const rm_payments_event_types[] = {
-    "PaymentAuthorized",
-    "PaymentDeclined",
-    "PaymentCaptured",
-    "PaymentCaptureFailed",
-    "PaymentVoided",
-    "PaymentRefunded",
+const char *const rm_orders_event_types[] = {
+    ORDERS_ORDER_PLACED,
+    ORDERS_ORDER_CONFIRMED,
+    ORDERS_ORDER_CANCELLED,
     NULL,
 };
-const char *const rm_notifications_event_types[] = {"NotificationSent", NULL};
+const char *const rm_catalog_event_types[] = {
+    CATALOG_PRODUCT_CREATED,
+    CATALOG_PRODUCT_UPDATED,
+    CATALOG_PRICE_CHANGED,
+    CATALOG_PRODUCT_DELETED,
+    NULL,
+};
+const char *const rm_payments_event_types[] = {
+    PAYMENTS_PAYMENT_AUTHORIZED,
+    PAYMENTS_PAYMENT_DECLINED,
+    PAYMENTS_PAYMENT_CAPTURED,
+    PAYMENTS_PAYMENT_CAPTURE_FAILED,
+    PAYMENTS_PAYMENT_VOIDED,
+    PAYMENTS_PAYMENT_REFUNDED,
+    NULL,
+};
+const char *const rm_notifications_event_types[] = {
+    NOTIFICATIONS_NOTIFICATION_SENT,
+    NULL,
+};
 
 /* ---- validation helpers ---- */
-
-static int unsupported(const char **why)
-{
-    *why = "unsupported event schema version (the read model is older than "
-           "its producer: upgrade it, then redrive)";
-    return MOAT_EUNSUPPORTED;
-}
-
-static bool data_object(const struct moat_event *ev, const char **why)
-{
-    if (json_is_object(ev->data))
-        return true;
-    *why = "event data is not an object";
-    return false;
-}
 
 /* Ids as moat services make them, loosely: 1..64 of [A-Za-z0-9_-]. */
 static bool key_valid(const char *s)
@@ -159,90 +127,20 @@ static const char *subject_id(const struct moat_event *ev, const char *key,
     return ev->subject;
 }
 
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/*
- * RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; false when malformed.
- */
-static bool parse_time_ms(const char *s, int64_t *out)
-{
-    if (!s || strlen(s) < 20)
-        return false;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return false;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return false;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return false;
-    }
-#undef NUM2
-    if (*p || year < 1970 || mon < 1 || mon > 12 || day < 1 || day > 31 ||
-        hh > 23 || mm > 59 || ss > 60)
-        return false;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    *out = secs * 1000 + ms;
-    return secs >= 0;
-}
-
 /* ---- dispatch ---- */
 
-typedef int (*upcast_fn)(const struct moat_event *ev, json_t **out,
-                         const char **why);
+/* A producer's upcaster (contracts/<producer>.h). */
+typedef int (*upcast_fn)(const char *type, int version, json_t *data,
+                         json_t **out, const char **why);
 typedef int (*apply_fn)(struct moat_db *db, const struct moat_event *ev,
                         json_t *data, const char **why);
 
 struct event_kind {
     const char *type;
-    upcast_fn upcast;
     apply_fn apply;
 };
 
-static int dispatch(const struct event_kind *kinds, size_t n,
+static int dispatch(upcast_fn upcast, const struct event_kind *kinds, size_t n,
                     struct moat_db *db, const struct moat_event *ev,
                     const char **why)
 {
@@ -253,28 +151,14 @@ static int dispatch(const struct event_kind *kinds, size_t n,
     if (!k)
         return MOAT_OK; /* not ours (the subscription filters already) */
     json_t *data = NULL;
-    int rc = k->upcast(ev, &data, why);
+    int rc = upcast(ev->type, ev->schema_version, ev->data, &data, why);
     if (rc == MOAT_OK)
         rc = k->apply(db, ev, data, why);
     json_decref(data);
     return rc;
 }
 
-/* The upcaster of a type that has had one schema so far. */
-#define SINGLE_SCHEMA_UPCASTER(fn, version)                                    \
-    static int fn(const struct moat_event *ev, json_t **out, const char **why) \
-    {                                                                          \
-        if (!data_object(ev, why))                                             \
-            return MOAT_EINVAL;                                                \
-        if (ev->schema_version != (version))                                   \
-            return unsupported(why);                                           \
-        *out = json_incref(ev->data);                                          \
-        return MOAT_OK;                                                        \
-    }
-
 /* ---- orders ---- */
-
-SINGLE_SCHEMA_UPCASTER(upcast_order, ORDER_SCHEMA)
 
 /* The lines as the view keeps them: exactly these members, in this order,
  * validated (a new reference, or NULL with *why set). */
@@ -325,7 +209,8 @@ static int apply_placed(struct moat_db *db, const struct moat_event *ev,
         *why = "data.customer_id, total or currency missing or malformed";
         return MOAT_EINVAL;
     }
-    if (!parse_time_ms(ev->time, &o.placed_ms)) {
+    if (moat_time_parse_rfc3339(ev->time, &o.placed_ms) != MOAT_OK ||
+        o.placed_ms < 0) {
         *why = "the event's time is not an RFC 3339 time";
         return MOAT_EINVAL;
     }
@@ -384,56 +269,20 @@ static int apply_cancelled(struct moat_db *db, const struct moat_event *ev,
 }
 
 static const struct event_kind order_kinds[] = {
-    {"OrderPlaced", upcast_order, apply_placed},
-    {"OrderConfirmed", upcast_order, apply_confirmed},
-    {"OrderCancelled", upcast_order, apply_cancelled},
+    {ORDERS_ORDER_PLACED, apply_placed},
+    {ORDERS_ORDER_CONFIRMED, apply_confirmed},
+    {ORDERS_ORDER_CANCELLED, apply_cancelled},
 };
 
 int rm_apply_orders(struct moat_db *db, const struct moat_event *ev, void *arg,
                     const char **why)
 {
     MOAT_UNUSED(arg);
-    return dispatch(order_kinds, MOAT_ARRAY_LEN(order_kinds), db, ev, why);
+    return dispatch(orders_upcast, order_kinds, MOAT_ARRAY_LEN(order_kinds), db,
+                    ev, why);
 }
 
 /* ---- catalog ---- */
-
-/* ProductCreated, ProductUpdated: the product document. */
-static int upcast_product(const struct moat_event *ev, json_t **out,
-                          const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    switch (ev->schema_version) {
-    case PRODUCT_SCHEMA:
-        *out = json_incref(ev->data);
-        return MOAT_OK;
-    case PRODUCT_SCHEMA_FLAT: {
-        json_t *doc = json_object();
-        const char *key;
-        json_t *val;
-        json_object_foreach(ev->data, key, val)
-        {
-            if (strcmp(key, "price_amount") != 0 &&
-                strcmp(key, "currency") != 0)
-                json_object_set(doc, key, val);
-        }
-        json_t *amount = json_object_get(ev->data, "price_amount");
-        json_t *currency = json_object_get(ev->data, "currency");
-        if (amount || currency)
-            json_object_set_new(doc, "price",
-                                json_pack("{s:O?, s:O?}", "amount", amount,
-                                          "currency", currency));
-        *out = doc;
-        return MOAT_OK;
-    }
-    default:
-        return unsupported(why);
-    }
-}
-
-SINGLE_SCHEMA_UPCASTER(upcast_price, PRICE_SCHEMA)
-SINGLE_SCHEMA_UPCASTER(upcast_deleted, DELETED_SCHEMA)
 
 /* A price {amount: integer >= 0, currency: ISO 4217}. */
 static bool get_price(json_t *price, int64_t *amount, const char **currency)
@@ -495,22 +344,21 @@ static int apply_deleted(struct moat_db *db, const struct moat_event *ev,
 }
 
 static const struct event_kind catalog_kinds[] = {
-    {"ProductCreated", upcast_product, apply_product},
-    {"ProductUpdated", upcast_product, apply_product},
-    {"PriceChanged", upcast_price, apply_price},
-    {"ProductDeleted", upcast_deleted, apply_deleted},
+    {CATALOG_PRODUCT_CREATED, apply_product},
+    {CATALOG_PRODUCT_UPDATED, apply_product},
+    {CATALOG_PRICE_CHANGED, apply_price},
+    {CATALOG_PRODUCT_DELETED, apply_deleted},
 };
 
 int rm_apply_catalog(struct moat_db *db, const struct moat_event *ev, void *arg,
                      const char **why)
 {
     MOAT_UNUSED(arg);
-    return dispatch(catalog_kinds, MOAT_ARRAY_LEN(catalog_kinds), db, ev, why);
+    return dispatch(catalog_upcast, catalog_kinds,
+                    MOAT_ARRAY_LEN(catalog_kinds), db, ev, why);
 }
 
 /* ---- payments ---- */
-
-SINGLE_SCHEMA_UPCASTER(upcast_payment, PAYMENT_SCHEMA)
 
 static int apply_payment(struct moat_db *db, const struct moat_event *ev,
                          json_t *data, const char **why)
@@ -534,24 +382,23 @@ static int apply_payment(struct moat_db *db, const struct moat_event *ev,
 }
 
 static const struct event_kind payment_kinds[] = {
-    {"PaymentAuthorized", upcast_payment, apply_payment},
-    {"PaymentDeclined", upcast_payment, apply_payment},
-    {"PaymentCaptured", upcast_payment, apply_payment},
-    {"PaymentCaptureFailed", upcast_payment, apply_payment},
-    {"PaymentVoided", upcast_payment, apply_payment},
-    {"PaymentRefunded", upcast_payment, apply_payment},
+    {PAYMENTS_PAYMENT_AUTHORIZED, apply_payment},
+    {PAYMENTS_PAYMENT_DECLINED, apply_payment},
+    {PAYMENTS_PAYMENT_CAPTURED, apply_payment},
+    {PAYMENTS_PAYMENT_CAPTURE_FAILED, apply_payment},
+    {PAYMENTS_PAYMENT_VOIDED, apply_payment},
+    {PAYMENTS_PAYMENT_REFUNDED, apply_payment},
 };
 
 int rm_apply_payments(struct moat_db *db, const struct moat_event *ev,
                       void *arg, const char **why)
 {
     MOAT_UNUSED(arg);
-    return dispatch(payment_kinds, MOAT_ARRAY_LEN(payment_kinds), db, ev, why);
+    return dispatch(payments_upcast, payment_kinds,
+                    MOAT_ARRAY_LEN(payment_kinds), db, ev, why);
 }
 
 /* ---- notifications ---- */
-
-SINGLE_SCHEMA_UPCASTER(upcast_notification, NOTIFICATION_SCHEMA)
 
 static int apply_sent(struct moat_db *db, const struct moat_event *ev,
                       json_t *data, const char **why)
@@ -576,13 +423,13 @@ static int apply_sent(struct moat_db *db, const struct moat_event *ev,
 }
 
 static const struct event_kind notification_kinds[] = {
-    {"NotificationSent", upcast_notification, apply_sent},
+    {NOTIFICATIONS_NOTIFICATION_SENT, apply_sent},
 };
 
 int rm_apply_notifications(struct moat_db *db, const struct moat_event *ev,
                            void *arg, const char **why)
 {
     MOAT_UNUSED(arg);
-    return dispatch(notification_kinds, MOAT_ARRAY_LEN(notification_kinds), db,
-                    ev, why);
+    return dispatch(notifications_upcast, notification_kinds,
+                    MOAT_ARRAY_LEN(notification_kinds), db, ev, why);
 }

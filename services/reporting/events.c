@@ -1,20 +1,20 @@
 /*
  * events.c - the events reporting loads into its warehouse, one handler
- * per source, each event type with ONE upcaster (the only code that knows
- * its older data schemas) and one apply function that sees the current
- * schema only. The schemas (docs/saga.md, docs/payments.md,
- * docs/inventory.md, docs/events.md):
+ * per source. Each producer's event contract (type names, schema versions
+ * and the upcasters that turn any older version's data into the current
+ * shape) is contracts/<producer>.h, shared with the producer and the
+ * other consumers; the data schemas are documented there. Every event is
+ * upcast by its producer's contract first, so the apply functions here see
+ * the current schema only. An unknown (newer) version is refused, so the
+ * event is parked as a dead letter until reporting is rebuilt with the
+ * newer contract and it is redriven. Read here:
  *
- *   orders     OrderPlaced, OrderConfirmed, OrderCancelled      1
+ *   orders     OrderPlaced, OrderConfirmed, OrderCancelled
  *   payments   PaymentAuthorized, PaymentDeclined, PaymentCaptured,
- *              PaymentVoided, PaymentRefunded                   1
- *   catalog    ProductCreated, ProductUpdated                   1 (flat
- *              price_amount + currency), 2 (price object)
- *              PriceChanged, ProductDeleted                     1
- *   inventory  StockChanged, StockCommitted                     1
- *
- * An unknown (newer) version is refused, so the event is parked as a dead
- * letter until reporting is upgraded and it is redriven.
+ *              PaymentVoided, PaymentRefunded
+ *   catalog    ProductCreated, ProductUpdated, PriceChanged,
+ *              ProductDeleted
+ *   inventory  StockChanged, StockCommitted
  *
  * Privacy: a customer id is turned into its keyed pseudonym here, and
  * nothing else of it is stored. Names and emails never travel in events.
@@ -29,32 +29,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/catalog.h"
+#include "contracts/inventory.h"
+#include "contracts/orders.h"
+#include "contracts/payments.h"
 #include "moat/log.h"
 #include "reporting.h"
 #include "store.h"
 
-#define V1         1
-#define PRODUCT_V2 2
 #define TEXT_MAX   (64u << 10) /* any larger field is a broken event */
 #define LINES_MAX  1000
 #define AMOUNT_MAX 1000000000000LL /* 10^12 minor units */
 
 const char *const rep_orders_event_types[] = {
-    "OrderPlaced",
-    "OrderConfirmed",
-    "OrderCancelled",
+    ORDERS_ORDER_PLACED,
+    ORDERS_ORDER_CONFIRMED,
+    ORDERS_ORDER_CANCELLED,
     NULL,
 };
 const char *const rep_payments_event_types[] = {
-    "PaymentAuthorized", "PaymentDeclined", "PaymentCaptured",
-    "PaymentVoided",     "PaymentRefunded", NULL,
+    PAYMENTS_PAYMENT_AUTHORIZED, PAYMENTS_PAYMENT_DECLINED,
+    PAYMENTS_PAYMENT_CAPTURED,   PAYMENTS_PAYMENT_VOIDED,
+    PAYMENTS_PAYMENT_REFUNDED,   NULL,
 };
 const char *const rep_catalog_event_types[] = {
-    "ProductCreated", "ProductUpdated", "PriceChanged", "ProductDeleted", NULL,
+    CATALOG_PRODUCT_CREATED,
+    CATALOG_PRODUCT_UPDATED,
+    CATALOG_PRICE_CHANGED,
+    CATALOG_PRODUCT_DELETED,
+    NULL,
 };
 const char *const rep_inventory_event_types[] = {
-    "StockChanged",
-    "StockCommitted",
+    INVENTORY_STOCK_CHANGED,
+    INVENTORY_STOCK_COMMITTED,
     NULL,
 };
 
@@ -74,77 +81,24 @@ void rep_pseudonym(const struct rep_service *s, const char *customer_id,
 
 /* ---- helpers ---- */
 
-static int unsupported(const char **why)
-{
-    *why = "unsupported event schema version (reporting is older than its "
-           "producer: upgrade reporting, then redrive)";
-    return MOAT_EUNSUPPORTED;
-}
+/* A producer's upcaster (contracts/<producer>.h). */
+typedef int (*upcast_fn)(const char *type, int version, json_t *data,
+                         json_t **out, const char **why);
+typedef int (*apply_fn)(struct moat_db *db, const struct moat_event *ev,
+                        void *arg, const char **why);
 
-static bool is_digit(char c)
+/* apply on ev with its data upcast to the current schema by upcast. */
+static int apply_current(upcast_fn upcast, apply_fn apply, struct moat_db *db,
+                         const struct moat_event *ev, void *arg,
+                         const char **why)
 {
-    return c >= '0' && c <= '9';
-}
-
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/* RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; -1 when malformed. */
-static int64_t parse_time_ms(const char *s)
-{
-    if (!s || strlen(s) < 20)
-        return -1;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return -1;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return -1;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return -1;
-    }
-#undef NUM2
-    if (*p || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
-        mm > 59 || ss > 60)
-        return -1;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    return secs * 1000 + ms;
+    struct moat_event cur = *ev;
+    cur.data = NULL;
+    int rc = upcast(ev->type, ev->schema_version, ev->data, &cur.data, why);
+    if (rc == MOAT_OK)
+        rc = apply(db, &cur, arg, why);
+    json_decref(cur.data);
+    return rc;
 }
 
 /* YYYYMMDD of the UTC day of ms since the epoch (ms >= 0). */
@@ -167,8 +121,8 @@ static int64_t date_key_of(int64_t ms)
 static int event_when(struct moat_db *db, const struct moat_event *ev,
                       int64_t *at_ms, int64_t *date_key, const char **why)
 {
-    *at_ms = parse_time_ms(ev->time);
-    if (*at_ms < 0) {
+    /* date_key_of needs a time after the epoch. */
+    if (moat_time_parse_rfc3339(ev->time, at_ms) != MOAT_OK || *at_ms < 0) {
         *why = "event time is not RFC 3339";
         return MOAT_EINVAL;
     }
@@ -310,7 +264,7 @@ static int apply_order_final(struct moat_db *db, const struct moat_event *ev,
                              const char **why)
 {
     json_t *d = ev->data;
-    bool confirmed = strcmp(ev->type, "OrderConfirmed") == 0;
+    bool confirmed = strcmp(ev->type, ORDERS_ORDER_CONFIRMED) == 0;
     const char *reason = NULL, *payment_id = NULL;
     int64_t version, at_ms, date_key;
     if (!get_int(d, "version", 1, INT64_MAX, &version) ||
@@ -338,40 +292,44 @@ static int apply_order_final(struct moat_db *db, const struct moat_event *ev,
     return rc;
 }
 
-int rep_apply_orders(struct moat_db *db, const struct moat_event *ev, void *arg,
-                     const char **why)
+static int apply_orders(struct moat_db *db, const struct moat_event *ev,
+                        void *arg, const char **why)
 {
     int rc = check_data(ev, "order_id", why);
     if (rc != MOAT_OK)
         return rc;
-    if (ev->schema_version != V1)
-        return unsupported(why);
-    if (strcmp(ev->type, "OrderPlaced") == 0)
+    if (strcmp(ev->type, ORDERS_ORDER_PLACED) == 0)
         return apply_order_placed(db, ev, arg, why);
-    if (strcmp(ev->type, "OrderConfirmed") == 0 ||
-        strcmp(ev->type, "OrderCancelled") == 0)
+    if (strcmp(ev->type, ORDERS_ORDER_CONFIRMED) == 0 ||
+        strcmp(ev->type, ORDERS_ORDER_CANCELLED) == 0)
         return apply_order_final(db, ev, why);
     return MOAT_OK;
 }
 
+int rep_apply_orders(struct moat_db *db, const struct moat_event *ev, void *arg,
+                     const char **why)
+{
+    return apply_current(orders_upcast, apply_orders, db, ev, arg, why);
+}
+
 /* ---- payments ---- */
 
-int rep_apply_payments(struct moat_db *db, const struct moat_event *ev,
-                       void *arg, const char **why)
+static int apply_payments(struct moat_db *db, const struct moat_event *ev,
+                          void *arg, const char **why)
 {
     MOAT_UNUSED(arg);
     static const struct {
         const char *type, *kind;
     } kinds[] = {
-        {"PaymentAuthorized", "authorized"}, {"PaymentDeclined", "declined"},
-        {"PaymentCaptured", "captured"},     {"PaymentVoided", "voided"},
-        {"PaymentRefunded", "refunded"},
+        {PAYMENTS_PAYMENT_AUTHORIZED, "authorized"},
+        {PAYMENTS_PAYMENT_DECLINED, "declined"},
+        {PAYMENTS_PAYMENT_CAPTURED, "captured"},
+        {PAYMENTS_PAYMENT_VOIDED, "voided"},
+        {PAYMENTS_PAYMENT_REFUNDED, "refunded"},
     };
     int rc = check_data(ev, "order_id", why);
     if (rc != MOAT_OK)
         return rc;
-    if (ev->schema_version != V1)
-        return unsupported(why);
     const char *kind = NULL;
     for (size_t i = 0; i < MOAT_ARRAY_LEN(kinds) && !kind; i++)
         if (strcmp(ev->type, kinds[i].type) == 0)
@@ -412,33 +370,13 @@ int rep_apply_payments(struct moat_db *db, const struct moat_event *ev,
     return rep_store_payment(db, &p);
 }
 
-/* ---- catalog ---- */
-
-/* ProductCreated, ProductUpdated: schema 1 (flat) -> 2 (price object). */
-static int upcast_product(const struct moat_event *ev, json_t **out,
-                          const char **why)
+int rep_apply_payments(struct moat_db *db, const struct moat_event *ev,
+                       void *arg, const char **why)
 {
-    switch (ev->schema_version) {
-    case PRODUCT_V2:
-        *out = json_incref(ev->data);
-        return MOAT_OK;
-    case V1: {
-        json_t *doc = json_deep_copy(ev->data);
-        json_t *amount = json_object_get(ev->data, "price_amount");
-        json_t *currency = json_object_get(ev->data, "currency");
-        json_object_del(doc, "price_amount");
-        json_object_del(doc, "currency");
-        if (amount || currency)
-            json_object_set_new(doc, "price",
-                                json_pack("{s:O?, s:O?}", "amount", amount,
-                                          "currency", currency));
-        *out = doc;
-        return MOAT_OK;
-    }
-    default:
-        return unsupported(why);
-    }
+    return apply_current(payments_upcast, apply_payments, db, ev, arg, why);
 }
+
+/* ---- catalog ---- */
 
 static bool get_price(json_t *price, int64_t *amount, const char **currency)
 {
@@ -450,10 +388,8 @@ static bool get_price(json_t *price, int64_t *amount, const char **currency)
 static int apply_product(struct moat_db *db, const struct moat_event *ev,
                          const char **why)
 {
-    json_t *doc = NULL;
-    int rc = upcast_product(ev, &doc, why);
-    if (rc != MOAT_OK)
-        return rc;
+    json_t *doc = ev->data;
+    int rc;
     struct rep_product p = {.product_id = ev->subject, .seq = ev->seq};
     json_t *version = json_object_get(doc, "version");
     if (!get_text(doc, "sku", true, &p.sku) ||
@@ -467,23 +403,20 @@ static int apply_product(struct moat_db *db, const struct moat_event *ev,
     } else {
         rc = rep_store_product_event(db, &p);
     }
-    json_decref(doc);
     return rc;
 }
 
-int rep_apply_catalog(struct moat_db *db, const struct moat_event *ev,
-                      void *arg, const char **why)
+static int apply_catalog(struct moat_db *db, const struct moat_event *ev,
+                         void *arg, const char **why)
 {
     MOAT_UNUSED(arg);
     int rc = check_data(ev, "id", why);
     if (rc != MOAT_OK)
         return rc;
-    if (strcmp(ev->type, "ProductCreated") == 0 ||
-        strcmp(ev->type, "ProductUpdated") == 0)
+    if (strcmp(ev->type, CATALOG_PRODUCT_CREATED) == 0 ||
+        strcmp(ev->type, CATALOG_PRODUCT_UPDATED) == 0)
         return apply_product(db, ev, why);
-    if (ev->schema_version != V1)
-        return unsupported(why);
-    if (strcmp(ev->type, "PriceChanged") == 0) {
+    if (strcmp(ev->type, CATALOG_PRICE_CHANGED) == 0) {
         int64_t amount;
         const char *currency;
         if (!get_price(json_object_get(ev->data, "new"), &amount, &currency)) {
@@ -493,7 +426,7 @@ int rep_apply_catalog(struct moat_db *db, const struct moat_event *ev,
         return rep_store_product_price(db, ev->subject, amount, currency,
                                        ev->seq);
     }
-    if (strcmp(ev->type, "ProductDeleted") == 0) {
+    if (strcmp(ev->type, CATALOG_PRODUCT_DELETED) == 0) {
         const char *sku;
         if (!get_text(ev->data, "sku", false, &sku)) {
             *why = "ProductDeleted's sku must be a string";
@@ -504,18 +437,22 @@ int rep_apply_catalog(struct moat_db *db, const struct moat_event *ev,
     return MOAT_OK;
 }
 
+int rep_apply_catalog(struct moat_db *db, const struct moat_event *ev,
+                      void *arg, const char **why)
+{
+    return apply_current(catalog_upcast, apply_catalog, db, ev, arg, why);
+}
+
 /* ---- inventory ---- */
 
-int rep_apply_inventory(struct moat_db *db, const struct moat_event *ev,
-                        void *arg, const char **why)
+static int apply_inventory(struct moat_db *db, const struct moat_event *ev,
+                           void *arg, const char **why)
 {
     MOAT_UNUSED(arg);
-    bool stock = strcmp(ev->type, "StockChanged") == 0;
+    bool stock = strcmp(ev->type, INVENTORY_STOCK_CHANGED) == 0;
     int rc = check_data(ev, stock ? "sku" : "order_id", why);
     if (rc != MOAT_OK)
         return rc;
-    if (ev->schema_version != V1)
-        return unsupported(why);
     json_t *d = ev->data;
     int64_t at_ms, date_key;
     if (stock) {
@@ -532,7 +469,7 @@ int rep_apply_inventory(struct moat_db *db, const struct moat_event *ev,
         m.date_key = date_key;
         return rep_store_stock_movement(db, &m);
     }
-    if (strcmp(ev->type, "StockCommitted") != 0)
+    if (strcmp(ev->type, INVENTORY_STOCK_COMMITTED) != 0)
         return MOAT_OK;
     /* customer_id is in the data too: not read, never stored. */
     json_t *lines = json_object_get(d, "lines");
@@ -556,4 +493,10 @@ int rep_apply_inventory(struct moat_db *db, const struct moat_event *ev,
     if (rc != MOAT_OK)
         return rc;
     return rep_store_stock_commit(db, ev->subject, date_key, at_ms, units);
+}
+
+int rep_apply_inventory(struct moat_db *db, const struct moat_event *ev,
+                        void *arg, const char **why)
+{
+    return apply_current(inventory_upcast, apply_inventory, db, ev, arg, why);
 }

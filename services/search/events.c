@@ -1,23 +1,12 @@
 /*
  * events.c - catalog's events as search applies them.
  *
- * Each event type has ONE upcaster, the only code that knows the older
- * schemas of its data, and one apply function that sees the current schema
- * only. The data schemas catalog publishes:
- *
- *   ProductCreated, ProductUpdated
- *     2 (default): the product document {id, sku, name, description?,
- *       price: {amount, currency}, attributes, version, created_at,
- *       updated_at}
- *     1 (a catalog run with MOAT_CATALOG_EVENT_SCHEMA=1, or old events
- *       still in its feed): flat {id, sku, name, description?,
- *       price_amount, currency, attributes}, no version or times
- *   PriceChanged    1: {id, old: {amount, currency}, new: {...}}
- *   ProductDeleted  1: {id, sku}
- *
- * Adding a schema means one more branch in that type's upcaster and
- * nothing else. An unknown (newer) version is refused, so the event is
- * parked as a dead letter until search is upgraded and it is redriven.
+ * Catalog's event contract (type names, schema versions and the upcaster
+ * that turns any older version's data into the current shape) is
+ * contracts/catalog.h, shared with catalog and the other consumers. The
+ * apply functions here see the current schema only. An unknown (newer)
+ * version is refused, so the event is parked as a dead letter until search
+ * is rebuilt with the newer contract and it is redriven.
  *
  * Handlers are deterministic (replay runs them again on a scratch copy and
  * compares): everything they store comes from the event, except the
@@ -29,15 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/catalog.h"
 #include "moat/buf.h"
 #include "moat/log.h"
 #include "search.h"
 #include "store.h"
-
-#define PRODUCT_SCHEMA_FLAT 1 /* price_amount + currency at the top */
-#define PRODUCT_SCHEMA      2 /* price: {amount, currency} */
-#define PRICE_SCHEMA        1
-#define DELETED_SCHEMA      1
 
 /* Text limits well above catalog's own, so a catalog change does not stop
  * the index; anything larger is a broken event, not a product. */
@@ -47,83 +32,12 @@
 #define POISON_PREFIX  "POISON-"
 
 const char *const srch_catalog_event_types[] = {
-    "ProductCreated", "ProductUpdated", "PriceChanged", "ProductDeleted", NULL,
+    CATALOG_PRODUCT_CREATED,
+    CATALOG_PRODUCT_UPDATED,
+    CATALOG_PRICE_CHANGED,
+    CATALOG_PRODUCT_DELETED,
+    NULL,
 };
-
-/* ---- upcasters: any known schema -> the current one ---- */
-
-static int unsupported(const char **why)
-{
-    *why = "unsupported event schema version (search is older than its "
-           "producer: upgrade search, then redrive)";
-    return MOAT_EUNSUPPORTED;
-}
-
-static bool data_object(const struct moat_event *ev, const char **why)
-{
-    if (json_is_object(ev->data))
-        return true;
-    *why = "event data is not an object";
-    return false;
-}
-
-/* ProductCreated, ProductUpdated: the product document. */
-static int upcast_product(const struct moat_event *ev, json_t **out,
-                          const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    switch (ev->schema_version) {
-    case PRODUCT_SCHEMA:
-        *out = json_incref(ev->data);
-        return MOAT_OK;
-    case PRODUCT_SCHEMA_FLAT: {
-        json_t *doc = json_object();
-        const char *key;
-        json_t *val;
-        json_object_foreach(ev->data, key, val)
-        {
-            if (strcmp(key, "price_amount") != 0 &&
-                strcmp(key, "currency") != 0)
-                json_object_set(doc, key, val);
-        }
-        json_t *amount = json_object_get(ev->data, "price_amount");
-        json_t *currency = json_object_get(ev->data, "currency");
-        if (amount || currency)
-            json_object_set_new(doc, "price",
-                                json_pack("{s:O?, s:O?}", "amount", amount,
-                                          "currency", currency));
-        *out = doc;
-        return MOAT_OK;
-    }
-    default:
-        return unsupported(why);
-    }
-}
-
-/* PriceChanged: {id, old, new} (one schema so far). */
-static int upcast_price(const struct moat_event *ev, json_t **out,
-                        const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    if (ev->schema_version != PRICE_SCHEMA)
-        return unsupported(why);
-    *out = json_incref(ev->data);
-    return MOAT_OK;
-}
-
-/* ProductDeleted: {id, sku} (one schema so far). */
-static int upcast_deleted(const struct moat_event *ev, json_t **out,
-                          const char **why)
-{
-    if (!data_object(ev, why))
-        return MOAT_EINVAL;
-    if (ev->schema_version != DELETED_SCHEMA)
-        return unsupported(why);
-    *out = json_incref(ev->data);
-    return MOAT_OK;
-}
 
 /* ---- helpers ---- */
 
@@ -193,73 +107,12 @@ static void attributes_text(json_t *v, int depth, struct moat_buf *out)
     }
 }
 
-static bool is_digit(char c)
+/* The event's time in ms since the epoch; 0 when it is not RFC 3339 (the
+ * lag report then ignores it). */
+static int64_t event_time_ms(const struct moat_event *ev)
 {
-    return c >= '0' && c <= '9';
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    int64_t yoe = y - era * 400;
-    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-/*
- * RFC 3339 ("2026-11-21T19:03:30.123Z", any fraction, Z or +hh:mm) to ms
- * since the epoch; 0 when malformed (the lag report then ignores it).
- */
-static int64_t parse_time_ms(const char *s)
-{
-    if (!s || strlen(s) < 20)
-        return 0;
-    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
-    for (size_t i = 0; i < sizeof(shape) - 1; i++) {
-        if (shape[i] == 'd'
-                ? !is_digit(s[i])
-                : (s[i] != shape[i] &&
-                   !(shape[i] == 'T' && (s[i] == 't' || s[i] == ' '))))
-            return 0;
-    }
-#define NUM2(p) ((int64_t)((p)[0] - '0') * 10 + ((p)[1] - '0'))
-    int64_t year = NUM2(s) * 100 + NUM2(s + 2);
-    int64_t mon = NUM2(s + 5), day = NUM2(s + 8);
-    int64_t hh = NUM2(s + 11), mm = NUM2(s + 14), ss = NUM2(s + 17);
-    const char *p = s + 19;
-    int64_t ms = 0;
-    if (*p == '.') {
-        int digits = 0;
-        for (p++; is_digit(*p); p++, digits++)
-            if (digits < 3)
-                ms = ms * 10 + (*p - '0');
-        if (digits == 0)
-            return 0;
-        for (; digits < 3; digits++)
-            ms *= 10;
-    }
-    int64_t offset_min = 0;
-    if (*p == 'Z' || *p == 'z') {
-        p++;
-    } else if ((*p == '+' || *p == '-') && is_digit(p[1]) && is_digit(p[2]) &&
-               p[3] == ':' && is_digit(p[4]) && is_digit(p[5])) {
-        offset_min = NUM2(p + 1) * 60 + NUM2(p + 4);
-        if (*p == '-')
-            offset_min = -offset_min;
-        p += 6;
-    } else {
-        return 0;
-    }
-#undef NUM2
-    if (*p || mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 ||
-        mm > 59 || ss > 60)
-        return 0;
-    int64_t secs = days_from_civil(year, mon, day) * 86400 + hh * 3600 +
-                   mm * 60 + ss - offset_min * 60;
-    return secs * 1000 + ms;
+    int64_t ms;
+    return moat_time_parse_rfc3339(ev->time, &ms) == MOAT_OK ? ms : 0;
 }
 
 /* The product's id: data.id when present must name the event's subject. */
@@ -323,7 +176,7 @@ static int apply_product(struct moat_db *db, const struct moat_event *ev,
         .id = id,
         .doc = doc,
         .seq = ev->seq,
-        .event_time_ms = parse_time_ms(ev->time),
+        .event_time_ms = event_time_ms(ev),
     };
     if (!get_price(json_object_get(doc, "price"), &p.amount, &p.currency)) {
         *why = "price is not {amount: integer >= 0, currency: ISO 4217}";
@@ -379,7 +232,7 @@ static int apply_price(struct moat_db *db, const struct moat_event *ev,
     }
     bool applied = false;
     int rc = srch_store_set_price(db, id, amount, currency, ev->seq,
-                                  parse_time_ms(ev->time), &applied);
+                                  event_time_ms(ev), &applied);
     if (rc == MOAT_ENOTFOUND)
         *why = "price change for a product that was never indexed";
     return rc;
@@ -400,16 +253,15 @@ static int apply_deleted(struct moat_db *db, const struct moat_event *ev,
 
 struct event_kind {
     const char *type;
-    int (*upcast)(const struct moat_event *ev, json_t **out, const char **why);
     int (*apply)(struct moat_db *db, const struct moat_event *ev, json_t *data,
                  struct srch_service *s, const char **why);
 };
 
 static const struct event_kind kinds[] = {
-    {"ProductCreated", upcast_product, apply_product},
-    {"ProductUpdated", upcast_product, apply_product},
-    {"PriceChanged", upcast_price, apply_price},
-    {"ProductDeleted", upcast_deleted, apply_deleted},
+    {CATALOG_PRODUCT_CREATED, apply_product},
+    {CATALOG_PRODUCT_UPDATED, apply_product},
+    {CATALOG_PRICE_CHANGED, apply_price},
+    {CATALOG_PRODUCT_DELETED, apply_deleted},
 };
 
 int srch_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
@@ -424,7 +276,7 @@ int srch_apply_event(struct moat_db *db, const struct moat_event *ev, void *arg,
         return MOAT_OK; /* not ours (the subscription filters already) */
 
     json_t *data = NULL;
-    int rc = k->upcast(ev, &data, why);
+    int rc = catalog_upcast(ev->type, ev->schema_version, ev->data, &data, why);
     if (rc == MOAT_OK)
         rc = k->apply(db, ev, data, s, why);
     json_decref(data);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "contracts/users.h"
 #include "moat/db.h"
 #include "moat/events.h"
 #include "moat/log.h"
@@ -271,7 +272,8 @@ int usr_store_create(struct usr_store *s, struct usr_user *u,
     json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
                            "version", (json_int_t)1, "created_at",
                            (json_int_t)(u->created_ms / 1000));
-    rc = moat_outbox_append(s->outbox, "UserRegistered", u->id, 1, ev, NULL);
+    rc = moat_outbox_append(s->outbox, USERS_USER_REGISTERED, u->id,
+                            USERS_USER_SCHEMA, ev, NULL);
     json_decref(ev);
     if (rc != MOAT_OK)
         goto out;
@@ -461,7 +463,8 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
     json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
                            "version", (json_int_t)(expect_version + 1),
                            "updated_at", (json_int_t)(now_ms / 1000));
-    rc = moat_outbox_append(s->outbox, "UserUpdated", u->id, 1, ev, NULL);
+    rc = moat_outbox_append(s->outbox, USERS_USER_UPDATED, u->id,
+                            USERS_USER_SCHEMA, ev, NULL);
     json_decref(ev);
     if (rc != MOAT_OK)
         goto out;
