@@ -2,6 +2,8 @@
  * degree queries (see graph.h and docs/connections.md). */
 #include "moat/common.h"
 
+#include "contracts/connections.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,8 +262,8 @@ static int unlink_edge(struct moat_kv_txn *t, struct conn_graph *g,
 static int publish(struct conn_graph *g, const char *type, const char *subject,
                    json_t *data)
 {
-    int rc = moat_outbox_append(g->outbox, type, subject, CONN_EVENT_SCHEMA,
-                                data, NULL);
+    int rc = moat_outbox_append(g->outbox, type, subject,
+                                CONNECTIONS_EDGE_SCHEMA, data, NULL);
     json_decref(data);
     return rc;
 }
@@ -332,7 +334,7 @@ static int follow_in(struct moat_kv_txn *t, struct conn_graph *g, const char *a,
     rc = link(t, g, CONN_FOLLOWING, CONN_FOLLOWERS, a, b, now_ms);
     if (rc == MOAT_OK)
         rc = publish(
-            g, "Followed", a,
+            g, CONNECTIONS_FOLLOWED, a,
             json_pack("{s:s, s:s}", "follower_id", a, "followee_id", b));
     *outcome = CONN_DONE;
     return rc;
@@ -352,7 +354,7 @@ static int unfollow_in(struct moat_kv_txn *t, struct conn_graph *g,
     rc = unlink_edge(t, g, CONN_FOLLOWING, CONN_FOLLOWERS, a, b);
     if (rc == MOAT_OK)
         rc = publish(
-            g, "Unfollowed", a,
+            g, CONNECTIONS_UNFOLLOWED, a,
             json_pack("{s:s, s:s}", "follower_id", a, "followee_id", b));
     *outcome = CONN_DONE;
     return rc;
@@ -386,7 +388,7 @@ static int connect_in(struct moat_kv_txn *t, struct conn_graph *g,
         rc = bump(t, g, b, CONN_CONNECTIONS, +1);
     if (rc == MOAT_OK)
         rc = publish(
-            g, "ConnectionAccepted", a,
+            g, CONNECTIONS_CONNECTION_ACCEPTED, a,
             json_pack("{s:s, s:s}", "requester_id", b, "recipient_id", a));
     *outcome = CONN_DONE;
     return rc;
@@ -425,7 +427,7 @@ static int request_in(struct moat_kv_txn *t, struct conn_graph *g,
     rc = link(t, g, CONN_REQUESTS_OUT, CONN_REQUESTS_IN, a, b, now_ms);
     if (rc == MOAT_OK)
         rc = publish(
-            g, "ConnectionRequested", a,
+            g, CONNECTIONS_CONNECTION_REQUESTED, a,
             json_pack("{s:s, s:s}", "requester_id", a, "recipient_id", b));
     *outcome = CONN_DONE;
     *state = CONN_PENDING_OUT;
@@ -483,7 +485,7 @@ static int remove_in(struct moat_kv_txn *t, struct conn_graph *g, const char *a,
         break;
     }
     if (rc == MOAT_OK)
-        rc = publish(g, "ConnectionRemoved", a,
+        rc = publish(g, CONNECTIONS_CONNECTION_REMOVED, a,
                      json_pack("{s:s, s:s, s:s}", "user_id", a, "other_user_id",
                                b, "reason", reason));
     *outcome = CONN_DONE;

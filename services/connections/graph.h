@@ -55,7 +55,6 @@ struct conn_graph;
 #define CONN_CONNECTIONS_MAX  5000
 #define CONN_REQUESTS_OUT_MAX 1000
 /* Data schema version of every event of this service. */
-#define CONN_EVENT_SCHEMA 1
 
 struct conn_graph_options {
     struct event_base *base; /* the service loop (outbox timers) */

@@ -1,6 +1,8 @@
 /* store.c - posts' schema and queries (see store.h). */
 #include "moat/common.h"
 
+#include "contracts/posts.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,7 +220,7 @@ static int emit(struct pst_store *s, const char *type, const char *subject,
 {
     if (!data)
         moat_die("cannot build the data of a post event");
-    int rc = moat_outbox_append(s->outbox, type, subject, PST_EVENT_SCHEMA,
+    int rc = moat_outbox_append(s->outbox, type, subject, POSTS_POST_SCHEMA,
                                 data, NULL);
     json_decref(data);
     return rc;
@@ -318,7 +320,7 @@ int pst_store_create(struct pst_store *s, const struct pst_post *p,
         rc = insert_post(s, p);
     /* Outbox: PostCreated commits (or vanishes) with the post. */
     if (rc == MOAT_OK)
-        rc = emit(s, "PostCreated", p->id, created_data(p));
+        rc = emit(s, POSTS_POST_CREATED, p->id, created_data(p));
     return finish(s, rc);
 }
 
@@ -354,7 +356,7 @@ int pst_store_delete(struct pst_store *s, const char *id,
     /* Outbox: PostDeleted commits (or vanishes) with the tombstone. */
     if (rc == MOAT_OK)
         rc = emit(
-            s, "PostDeleted", id,
+            s, POSTS_POST_DELETED, id,
             json_pack("{s:s, s:s}", "post_id", id, "author_id", p.author_id));
     pst_post_release(&p);
     return finish(s, rc);

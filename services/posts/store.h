@@ -23,10 +23,9 @@
 #include "moat/events.h"
 #include "moat/metrics.h"
 
-#define PST_ID_PREFIX    "post_"
-#define PST_ID_LEN       (5 + 26)
-#define PST_USER_MAX     63 /* a principal's user id (moat/auth.h) */
-#define PST_EVENT_SCHEMA 1  /* data schema version of both events */
+#define PST_ID_PREFIX "post_"
+#define PST_ID_LEN    (5 + 26)
+#define PST_USER_MAX  63 /* a principal's user id (moat/auth.h) */
 
 struct event_base;
 struct pst_store;

@@ -14,37 +14,37 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "contracts/users.h"
 #include "profiles.h"
 
-#define USER_REGISTERED_SCHEMA 1
-#define CREATED_AT_MAX_S       (INT64_MAX / 1000)
+#define CREATED_AT_MAX_S (INT64_MAX / 1000)
 
-const char *const pro_users_events[] = {"UserRegistered", NULL};
+const char *const pro_users_events[] = {USERS_USER_REGISTERED, NULL};
 
 int pro_apply_user_event(struct moat_db *db, const struct moat_event *ev,
                          void *arg, const char **why)
 {
     struct pro_service *ps = arg;
-    if (strcmp(ev->type, "UserRegistered") != 0)
+    if (strcmp(ev->type, USERS_USER_REGISTERED) != 0)
         return MOAT_OK;
-    if (ev->schema_version != USER_REGISTERED_SCHEMA) {
-        *why = "unsupported UserRegistered schema version (upgrade "
-               "profiles, then redrive)";
-        return MOAT_EUNSUPPORTED;
-    }
+    json_t *data = NULL;
+    int rc = users_upcast(ev->type, ev->schema_version, ev->data, &data, why);
+    if (rc != MOAT_OK)
+        return rc;
+    json_t *created = json_object_get(data, "created_at");
     if (!pro_user_id_valid(ev->subject)) {
         *why = "the event's subject is not a valid user id";
-        return MOAT_EINVAL;
-    }
-    json_t *created = json_object_get(ev->data, "created_at");
-    if (!json_is_integer(created) || json_integer_value(created) < 0 ||
-        json_integer_value(created) > CREATED_AT_MAX_S) {
+        rc = MOAT_EINVAL;
+    } else if (!json_is_integer(created) || json_integer_value(created) < 0 ||
+               json_integer_value(created) > CREATED_AT_MAX_S) {
         *why = "UserRegistered has no valid created_at";
-        return MOAT_EINVAL;
-    }
-    int rc = pro_store_ensure(db, ev->subject, moat_keyring_active(ps->kr),
+        rc = MOAT_EINVAL;
+    } else {
+        rc = pro_store_ensure(db, ev->subject, moat_keyring_active(ps->kr),
                               (int64_t)json_integer_value(created) * 1000);
-    if (rc != MOAT_OK)
-        *why = "cannot store the default profile";
+        if (rc != MOAT_OK)
+            *why = "cannot store the default profile";
+    }
+    json_decref(data);
     return rc;
 }

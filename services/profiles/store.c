@@ -1,6 +1,8 @@
 /* store.c - profiles' schema, every query, and the sealing (store.h). */
 #include "moat/common.h"
 
+#include "contracts/profiles.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +16,7 @@ struct pro_store {
     struct moat_outbox *outbox;    /* owned; ProfileUpdated */
 };
 
-#define DB_FILE                "profiles.db"
-#define PROFILE_UPDATED_SCHEMA 1
+#define DB_FILE "profiles.db"
 
 /*
  * Schema migrations: never edit one that has shipped, append a new one.
@@ -370,8 +371,8 @@ int pro_store_put(struct pro_store *s, const struct pro_profile *in,
     /* The change and its event commit or vanish together (DESIGN.md
      * invariant 2). */
     json_t *ev = updated_event(&next, json_incref(names));
-    rc = moat_outbox_append(s->outbox, "ProfileUpdated", next.user_id,
-                            PROFILE_UPDATED_SCHEMA, ev, NULL);
+    rc = moat_outbox_append(s->outbox, PROFILES_PROFILE_UPDATED, next.user_id,
+                            PROFILES_PROFILE_SCHEMA, ev, NULL);
     json_decref(ev);
     if (rc != MOAT_OK)
         goto out;
