@@ -28,15 +28,14 @@
 
 #include <getopt.h>
 #include <jansson.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "moat/buf.h"
 
+#include "benchstat.h"
 #include "cli.h"
 #include "drill.h"
 #include "fetch.h"
@@ -57,15 +56,6 @@ struct order {
     double done_ms;     /* 0 until final */
     int worker;         /* closed loop: who waits for it; -1 otherwise */
     bool confirmed;
-};
-
-struct procstat {
-    char name[DEPLOY_NAME_MAX + 1];
-    pid_t pid;
-    double cpu0, cpu1; /* seconds at the first and last sample */
-    double cpu_acc;    /* CPU of earlier pids (restarts) */
-    long rss_max_kb, rss_last_kb;
-    unsigned restarts;
 };
 
 struct bench {
@@ -92,83 +82,8 @@ struct bench {
     bool feed_busy;
     unsigned feed_errors;
 
-    struct procstat ps[DEPLOY_MAX_SERVICES];
-    size_t nps;
+    struct bench_procs procs;
 };
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1000.0 + (double)ts.tv_nsec / 1e6;
-}
-
-/* ---- /proc ---- */
-
-static bool proc_sample(pid_t pid, double *cpu_s, long *rss_kb)
-{
-    char path[64], buf[2048];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    /* Fields after the command name, which may hold spaces: from ") ". */
-    char *p = strrchr(buf, ')');
-    unsigned long utime = 0, stime = 0;
-    if (!p ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-               &utime, &stime) != 2)
-        return false;
-    *cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "re");
-    *rss_kb = 0;
-    while (f && fgets(buf, sizeof(buf), f))
-        if (strncmp(buf, "VmRSS:", 6) == 0)
-            *rss_kb = strtol(buf + 6, NULL, 10);
-    if (f)
-        fclose(f);
-    return true;
-}
-
-static void sample(struct bench *b)
-{
-    json_t *st = cli_running_state(b->d);
-    if (!st)
-        return;
-    for (size_t i = 0; i < b->d->nservices; i++) {
-        const char *name = b->d->services[i].name;
-        struct procstat *p = NULL;
-        for (size_t k = 0; k < b->nps && !p; k++)
-            if (strcmp(b->ps[k].name, name) == 0)
-                p = &b->ps[k];
-        pid_t pid = cli_state_pid(st, name, NULL);
-        double cpu;
-        long rss;
-        if (pid <= 1 || !proc_sample(pid, &cpu, &rss))
-            continue;
-        if (!p) {
-            p = &b->ps[b->nps++];
-            snprintf(p->name, sizeof(p->name), "%s", name);
-            p->pid = pid;
-            p->cpu0 = p->cpu1 = cpu;
-        } else if (p->pid != pid) {
-            /* Restarted: keep what the old process used. */
-            p->cpu_acc += p->cpu1 - p->cpu0;
-            p->pid = pid;
-            p->cpu0 = 0;
-            p->restarts++;
-        }
-        p->cpu1 = cpu;
-        p->rss_last_kb = rss;
-        if (rss > p->rss_max_kb)
-            p->rss_max_kb = rss;
-    }
-    json_decref(st);
-}
 
 /* ---- orders ---- */
 
@@ -202,7 +117,7 @@ static void on_post(const struct cli_fetch_result *r, void *arg)
     if (r->err == MOAT_ECANCELLED)
         return;
     struct order *o = &b->o[idx];
-    double t = now_ms();
+    double t = bench_now_ms();
     if (r->status == 201) {
         o->accepted_ms = t;
         b->accepted++;
@@ -268,7 +183,7 @@ static void on_feed(const struct cli_fetch_result *r, void *arg)
     b->feed_busy = false;
     if (r->err == MOAT_ECANCELLED)
         return;
-    double t = now_ms();
+    double t = bench_now_ms();
     json_t *j =
         r->status == 200 ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
     if (!j) {
@@ -339,40 +254,6 @@ static int feed_head(struct bench *b)
 
 /* ---- report ---- */
 
-static int dbl_cmp(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return a < b ? -1 : a > b;
-}
-
-static double pct(const double *v, size_t n, double p)
-{
-    if (!n)
-        return 0;
-    size_t k = (size_t)ceil(p / 100.0 * (double)n);
-    return v[k ? k - 1 : 0];
-}
-
-static json_t *latency(double *v, size_t n)
-{
-    qsort(v, n, sizeof(*v), dbl_cmp);
-    return json_pack("{s:I, s:f, s:f, s:f, s:f, s:f}", "count", (json_int_t)n,
-                     "p50", pct(v, n, 50), "p90", pct(v, n, 90), "p99",
-                     pct(v, n, 99), "p99_9", pct(v, n, 99.9), "max",
-                     n ? v[n - 1] : 0.0);
-}
-
-static void print_latency(const char *label, json_t *l)
-{
-    printf("  %-16s %9.1f %9.1f %9.1f %9.1f %9.1f  (%lld)\n", label,
-           json_real_value(json_object_get(l, "p50")),
-           json_real_value(json_object_get(l, "p90")),
-           json_real_value(json_object_get(l, "p99")),
-           json_real_value(json_object_get(l, "p99_9")),
-           json_real_value(json_object_get(l, "max")),
-           (long long)json_integer_value(json_object_get(l, "count")));
-}
-
 static void report(struct bench *b, double run_s, bool as_json)
 {
     double *acc = moat_xcalloc(b->n + 1, sizeof(*acc));
@@ -385,22 +266,10 @@ static void report(struct bench *b, double run_s, bool as_json)
         if (o->accepted_ms && o->done_ms)
             done[nd++] = o->done_ms - o->accepted_ms;
     }
-    json_t *la = latency(acc, na), *ld = latency(done, nd);
+    json_t *la = bench_latency(acc, na), *ld = bench_latency(done, nd);
     free(acc);
     free(done);
-    json_t *procs = json_array();
-    for (size_t i = 0; i < b->nps; i++) {
-        const struct procstat *p = &b->ps[i];
-        double cpu = p->cpu_acc + p->cpu1 - p->cpu0;
-        json_array_append_new(
-            procs,
-            json_pack("{s:s, s:i, s:f, s:f, s:f, s:f, s:i}", "service", p->name,
-                      "pid", (int)p->pid, "rss_max_mb",
-                      (double)p->rss_max_kb / 1024.0, "rss_end_mb",
-                      (double)p->rss_last_kb / 1024.0, "cpu_seconds", cpu,
-                      "cpu_percent", run_s > 0 ? 100.0 * cpu / run_s : 0.0,
-                      "restarts", (int)p->restarts));
-    }
+    json_t *procs = bench_procs_json(&b->procs, run_s);
     json_t *out = json_pack(
         "{s:s, s:i, s:f, s:f, s:I, s:I, s:f, s:I, s:f, s:I, s:I, "
         "s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o}",
@@ -428,26 +297,11 @@ static void report(struct bench *b, double run_s, bool as_json)
                b->cancelled);
         printf("errors: 429 %zu, 5xx %zu, other 4xx %zu, no answer %zu\n",
                b->e429, b->e5xx, b->eother, b->etransport);
-        printf("\nlatency (ms)             p50       p90       p99     "
-               "p99.9       max\n");
-        print_latency(b->open ? "accept (from due)" : "accept (POST)", la);
-        print_latency("accept->final", ld);
-        printf("\n  %-14s %8s %10s %10s %8s %6s %8s\n", "SERVICE", "PID",
-               "RSS MAX MB", "RSS END MB", "CPU S", "CPU %", "RESTARTS");
-        size_t i;
-        json_t *p;
-        json_array_foreach(procs, i, p)
-        {
-            printf(
-                "  %-14s %8lld %10.1f %10.1f %8.2f %6.1f %8lld\n",
-                json_string_value(json_object_get(p, "service")),
-                (long long)json_integer_value(json_object_get(p, "pid")),
-                json_real_value(json_object_get(p, "rss_max_mb")),
-                json_real_value(json_object_get(p, "rss_end_mb")),
-                json_real_value(json_object_get(p, "cpu_seconds")),
-                json_real_value(json_object_get(p, "cpu_percent")),
-                (long long)json_integer_value(json_object_get(p, "restarts")));
-        }
+        bench_latency_header("latency (ms)");
+        bench_latency_print(b->open ? "accept (from due)" : "accept (POST)",
+                            la);
+        bench_latency_print("accept->final", ld);
+        bench_procs_print(procs);
     }
     json_decref(out);
 }
@@ -551,8 +405,8 @@ int cli_cmd_bench(int argc, char **argv)
         fflush(stdout);
     }
 
-    sample(&b);
-    double t0 = now_ms();
+    bench_procs_sample(&b.procs, d);
+    double t0 = bench_now_ms();
     double end = t0 + (double)duration * 1000.0;
     b.next_send = moat_xcalloc((size_t)conc, sizeof(*b.next_send));
     for (int64_t w = 0; w < conc; w++)
@@ -561,7 +415,7 @@ int cli_cmd_bench(int argc, char **argv)
     double next_due = t0, next_sample = t0 + SAMPLE_MS;
     double interval = 1000.0 / (double)rate;
     for (;;) {
-        double t = now_ms();
+        double t = bench_now_ms();
         if (t >= end)
             break;
         if (open) {
@@ -578,7 +432,7 @@ int cli_cmd_bench(int argc, char **argv)
             }
         }
         if (t >= next_sample) {
-            sample(&b);
+            bench_procs_sample(&b.procs, d);
             next_sample += SAMPLE_MS;
         }
         feed_pull(&b);
@@ -586,11 +440,11 @@ int cli_cmd_bench(int argc, char **argv)
         int wait = wake > t ? (int)(wake - t) : 0;
         cli_fetcher_run(b.f, wait > 20 ? 20 : wait);
     }
-    double run_end = now_ms();
+    double run_end = bench_now_ms();
     b.sending = false;
     /* The tail: answers and completions of what was sent. */
     double tail_end = run_end + TAIL_MAX_MS;
-    while (now_ms() < tail_end) {
+    while (bench_now_ms() < tail_end) {
         bool outstanding = false;
         for (size_t i = 0; i < b.n && !outstanding; i++)
             outstanding = !b.o[i].done_ms &&
@@ -600,7 +454,7 @@ int cli_cmd_bench(int argc, char **argv)
         feed_pull(&b);
         cli_fetcher_run(b.f, 20);
     }
-    sample(&b);
+    bench_procs_sample(&b.procs, d);
     report(&b, (run_end - t0) / 1000.0, as_json);
     ret = CLI_EXIT_OK;
 

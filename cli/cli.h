@@ -52,9 +52,10 @@ int cli_cmd_down(int argc, char **argv);
 int cli_cmd_status(int argc, char **argv);
 int cli_cmd_logs(int argc, char **argv);
 int cli_cmd_keys(int argc, char **argv);
-int cli_cmd_audit(int argc, char **argv); /* audit.c */
-int cli_cmd_chaos(int argc, char **argv); /* chaos.c */
-int cli_cmd_bench(int argc, char **argv); /* bench.c */
+int cli_cmd_audit(int argc, char **argv);  /* audit.c */
+int cli_cmd_chaos(int argc, char **argv);  /* chaos.c */
+int cli_cmd_bench(int argc, char **argv);  /* bench.c */
+int cli_cmd_social(int argc, char **argv); /* social.c: seed, bench */
 /* report.c */
 int cli_cmd_report(int argc, char **argv);
 

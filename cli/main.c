@@ -63,6 +63,17 @@ static const char usage[] =
     "        [--rate R] [--duration S] [--json]\n"
     "                            order throughput and latency percentiles\n"
     "                            through the gateway, per-service RSS and CPU\n"
+    "  social seed [--file FILE] [--users N] [--edges N]\n"
+    "        [--posts-per-user N] [--seed N] [--parallel N]\n"
+    "                            build a synthetic social graph (default the\n"
+    "                            size of socfb-Reed98) through the gateway:\n"
+    "                            users, profiles, connections, follows, posts\n"
+    "  social bench [--file FILE] [--mode closed|open] [--concurrency N]\n"
+    "        [--rate R] [--duration S] [--users N] [--seed N] [--json]\n"
+    "                            DeathStarBench's mix (60 %% home timeline,\n"
+    "                            30 %% user timeline, 10 %% compose) and "
+    "graph\n"
+    "                            query latency, per-service RSS and CPU\n"
     "  report NAME [--from D] [--to D] [--csv|--json] [--limit N]\n"
     "        [--by quantity|revenue] [--file FILE]\n"
     "                            a reporting service report: revenue-per-day,\n"
@@ -139,6 +150,7 @@ int main(int argc, char **argv)
         {"audit", cli_cmd_audit},
         {"chaos", cli_cmd_chaos},
         {"bench", cli_cmd_bench},
+        {"social", cli_cmd_social},
         {"report", cli_cmd_report},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {

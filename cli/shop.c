@@ -35,13 +35,40 @@ uint64_t shop_rand(struct shop *s, uint64_t n)
     return (s->rng * 0x2545F4914F6CDD1DULL) % n;
 }
 
-static const struct deploy_service *find_gateway(const struct deploy *d)
+const struct deploy_service *shop_gateway(const struct deploy *d,
+                                          const char *prefix)
 {
     for (size_t i = 0; i < d->nservices; i++)
         for (size_t r = 0; r < d->services[i].nroutes; r++)
-            if (strcmp(d->services[i].routes[r].prefix, "/api/v1/orders") == 0)
+            if (strcmp(d->services[i].routes[r].prefix, prefix) == 0)
                 return &d->services[i];
     return NULL;
+}
+
+char *shop_derived_password(const struct deploy *d, const char *context,
+                            const char *prefix)
+{
+    struct cli_secrets *sec = NULL;
+    if (cli_secrets_load(&sec, d->var_dir) != MOAT_OK)
+        return NULL;
+    const char *op = cli_secret_service_key(sec, CLI_OPERATOR);
+    if (cli_secrets_dirty(sec)) {
+        cli_error("deployment %s has no secrets yet: run moat up first",
+                  d->name);
+        cli_secrets_free(sec);
+        return NULL;
+    }
+    /* 24 hex characters derived from the operator key: a password nobody
+     * without secrets.json can know, the same on every run. */
+    unsigned char h[12];
+    crypto_generichash(h, sizeof(h), (const unsigned char *)context,
+                       strlen(context), (const unsigned char *)op, strlen(op));
+    char hex[sizeof(h) * 2 + 1];
+    sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+    char *pw = moat_xasprintf("%s%s", prefix, hex);
+    sodium_memzero(hex, sizeof(hex));
+    cli_secrets_free(sec);
+    return pw;
 }
 
 int shop_open(struct shop *s, const struct deploy *d, uint64_t seed)
@@ -49,35 +76,16 @@ int shop_open(struct shop *s, const struct deploy *d, uint64_t seed)
     memset(s, 0, sizeof(*s));
     s->d = d;
     s->rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
-    const struct deploy_service *gw = find_gateway(d);
+    const struct deploy_service *gw = shop_gateway(d, "/api/v1/orders");
     if (!gw) {
         cli_error("deployment \"%s\" has no gateway routing /api/v1/orders",
                   d->name);
         return MOAT_EINVAL;
     }
     s->gw_url = deploy_base_url(gw);
-    struct cli_secrets *sec = NULL;
-    if (cli_secrets_load(&sec, d->var_dir) != MOAT_OK)
-        return MOAT_EIO;
-    const char *op = cli_secret_service_key(sec, CLI_OPERATOR);
-    if (cli_secrets_dirty(sec)) {
-        cli_error("deployment %s has no secrets yet: run moat up first",
-                  d->name);
-        cli_secrets_free(sec);
-        return MOAT_EINVAL;
-    }
-    /* 24 hex characters derived from the operator key: a password nobody
-     * without secrets.json can know, the same on every run. */
-    unsigned char h[12];
-    static const char ctx[] = "moat drill customer password";
-    crypto_generichash(h, sizeof(h), (const unsigned char *)ctx,
-                       sizeof(ctx) - 1, (const unsigned char *)op, strlen(op));
-    char hex[sizeof(h) * 2 + 1];
-    sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
-    s->password = moat_xasprintf("drill-%s", hex);
-    sodium_memzero(hex, sizeof(hex));
-    cli_secrets_free(sec);
-    return MOAT_OK;
+    s->password =
+        shop_derived_password(d, "moat drill customer password", "drill-");
+    return s->password ? MOAT_OK : MOAT_EINVAL;
 }
 
 void shop_close(struct shop *s)

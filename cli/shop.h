@@ -54,6 +54,21 @@ struct shop {
     uint64_t rng; /* xorshift64* state */
 };
 
+/* The service whose routes include prefix (e.g. "/api/v1/orders"): the
+ * gateway. NULL when no service routes it. */
+const struct deploy_service *shop_gateway(const struct deploy *d,
+                                          const char *prefix);
+
+/*
+ * prefix followed by 24 hex characters derived from the deployment's
+ * operator key (<var_dir>/secrets.json) and context: the same on every run
+ * and unknown to whoever cannot read secrets.json. NULL (after printing
+ * why) when the deployment has no secrets yet. Caller frees (and should
+ * wipe it).
+ */
+char *shop_derived_password(const struct deploy *d, const char *context,
+                            const char *prefix);
+
 /* Find the gateway (the service routing /api/v1/orders) and derive the
  * customers' password. MOAT_OK, or an error after printing why. */
 int shop_open(struct shop *s, const struct deploy *d, uint64_t seed);

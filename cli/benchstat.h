@@ -1,0 +1,59 @@
+/*
+ * cli/benchstat.h - what the benchmarks (`moat bench`, `moat social
+ * bench`) measure and print besides their own workload: latency
+ * percentiles and the CPU and memory of every service's process.
+ *
+ * Processes are found through the supervisor's state file (pid per
+ * service) and sampled from /proc/<pid>/stat (CPU time) and
+ * /proc/<pid>/status (VmRSS). A service restarted during the run keeps the
+ * CPU its earlier processes used and counts the restart.
+ *
+ * Ownership: the json_t objects returned are new references the caller
+ * decrefs. struct bench_procs is a plain value (no heap).
+ */
+#ifndef MOAT_CLI_BENCHSTAT_H
+#define MOAT_CLI_BENCHSTAT_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "deploy.h"
+
+/* Monotonic time in ms, with sub-ms precision. */
+double bench_now_ms(void);
+
+struct bench_procstat {
+    char name[DEPLOY_NAME_MAX + 1];
+    pid_t pid;
+    double cpu0, cpu1; /* seconds at the first and last sample */
+    double cpu_acc;    /* CPU of earlier pids (restarts) */
+    long rss_max_kb, rss_last_kb;
+    unsigned restarts;
+};
+
+struct bench_procs {
+    struct bench_procstat ps[DEPLOY_MAX_SERVICES];
+    size_t n;
+};
+
+/* Sample every service of d that runs (state file); quietly skips what
+ * cannot be read. */
+void bench_procs_sample(struct bench_procs *p, const struct deploy *d);
+/* [{"service", "pid", "rss_max_mb", "rss_end_mb", "cpu_seconds",
+ *   "cpu_percent" (of one core over run_s), "restarts"}] */
+json_t *bench_procs_json(const struct bench_procs *p, double run_s);
+/* The table of bench_procs_json()'s array, on stdout. */
+void bench_procs_print(json_t *procs);
+
+/*
+ * Sort v (n latencies in ms) and summarise it: {"count", "p50", "p90",
+ * "p99", "p99_9", "max"} (nearest-rank percentiles; 0 when n is 0).
+ */
+json_t *bench_latency(double *v, size_t n);
+/* One row "label p50 p90 p99 p99.9 max (count)" of bench_latency(). */
+void bench_latency_print(const char *label, json_t *l);
+/* The header line above bench_latency_print() rows. */
+void bench_latency_header(const char *title);
+
+#endif /* MOAT_CLI_BENCHSTAT_H */
