@@ -537,6 +537,15 @@ static enum outcome process(struct sub *s, struct txn *tx, json_t *ce,
      * (I/O, full disk), and a handler may have ended it against the
      * rules: then the events before this one in tx are gone too. */
     bool lost = c->ops->lost(c);
+    if (hrc == MOAT_ETOOBIG || hrc == MOAT_EIO) {
+        /* Our own storage is full or failing, not the event: hold the
+         * batch with backoff (as for a failing commit); nothing counts
+         * against the event, which would only be parked for it. */
+        if (!lost)
+            c->ops->rollback_to(c);
+        *step = "a handler's write (storage full or I/O)";
+        return FAULT;
+    }
     if (!lost && c->ops->rollback_to(c) != MOAT_OK) {
         *step = "rollback to savepoint";
         return FAULT;

@@ -236,6 +236,9 @@ static int kv_run(struct moat_consumer *c, struct sub *s,
         *why = "the handler ended the consumer's transaction";
         return MOAT_EINVAL;
     }
+    if (rc != MOAT_OK)
+        snprintf(c->kv_err, sizeof(c->kv_err), "handler: %s",
+                 *why ? *why : moat_strerror(rc));
     return rc;
 }
 
