@@ -204,8 +204,7 @@ int consumer_run_handler(struct sub *s, struct consumer_scratch *scratch,
 void consumer_refresh_dead_gauge(struct sub *s)
 {
     int64_t failed = 0, blocked = 0;
-    if (s->c->ops->dead_count(s->c, s->src->name, &failed, &blocked) ==
-        MOAT_OK)
+    if (s->c->ops->dead_count(s->c, s->src->name, &failed, &blocked) == MOAT_OK)
         moat_metric_set(s->m_dead, (double)(failed + blocked));
 }
 
@@ -428,8 +427,9 @@ static int txn_commit(struct sub *s, struct txn *tx)
                  "{s:s, s:I, s:s, s:s, s:s, s:s}", "source", s->src->name,
                  "seq",
                  (json_int_t)json_integer_value(json_object_get(p, "seq")),
-                 "type", consumer_jstr(p, "type"), "subject", consumer_jstr(p, "subject"),
-                 "state", consumer_jstr(p, "state"), "error", consumer_jstr(p, "error"));
+                 "type", consumer_jstr(p, "type"), "subject",
+                 consumer_jstr(p, "subject"), "state",
+                 consumer_jstr(p, "state"), "error", consumer_jstr(p, "error"));
     }
     if (tx->parked)
         consumer_refresh_dead_gauge(s);
@@ -496,7 +496,8 @@ static enum outcome process(struct sub *s, struct txn *tx, json_t *ce,
     if (txn_begin(s, tx) != MOAT_OK)
         return FAULT;
     *step = "park";
-    if (consumer_parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) != MOAT_OK)
+    if (consumer_parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) !=
+        MOAT_OK)
         return park(s, tx, ce, &ev, "failed", why, 0) == MOAT_OK ? DONE : FAULT;
     /* This also sees the dead letters parked earlier in tx itself. */
     *step = "dead letter lookup";

@@ -82,12 +82,12 @@ static json_t *dead_json(const struct consumer_dead *d)
 {
     char when[25];
     moat_time_rfc3339(d->parked_ms, when);
-    json_t *event = json_loads(d->event ? d->event : "null", JSON_DECODE_ANY,
-                               NULL);
+    json_t *event =
+        json_loads(d->event ? d->event : "null", JSON_DECODE_ANY, NULL);
     return json_pack("{s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:i, s:s, s:o}",
-                     "source", d->source, "seq", (json_int_t)d->seq,
-                     "event_id", d->event_id, "subject", d->subject, "type",
-                     d->type, "state", d->state, "error", d->error, "attempts",
+                     "source", d->source, "seq", (json_int_t)d->seq, "event_id",
+                     d->event_id, "subject", d->subject, "type", d->type,
+                     "state", d->state, "error", d->error, "attempts",
                      d->attempts, "parked_at", when, "event",
                      event ? event : json_null());
 }
@@ -173,10 +173,10 @@ cleanup:
 
 static int redrive_row(const struct consumer_dead *d, void *arg)
 {
-    json_array_append_new(
-        arg, json_pack("{s:s, s:s, s:I, s:s}", "source", d->source, "subject",
-                       d->subject, "seq", (json_int_t)d->seq, "event",
-                       d->event));
+    json_array_append_new(arg,
+                          json_pack("{s:s, s:s, s:I, s:s}", "source", d->source,
+                                    "subject", d->subject, "seq",
+                                    (json_int_t)d->seq, "event", d->event));
     return 0;
 }
 
@@ -239,7 +239,8 @@ static void handle_redrive(struct moat_req *req, void *arg)
                      rsrc);
             rc = MOAT_ENOTFOUND;
         } else {
-            rc = redrive_one(c, s, seq, consumer_jstr(row, "event"), why, sizeof(why));
+            rc = redrive_one(c, s, seq, consumer_jstr(row, "event"), why,
+                             sizeof(why));
         }
         if (rc == MOAT_OK) {
             applied++;
@@ -269,7 +270,6 @@ static void handle_redrive(struct moat_req *req, void *arg)
                                   (json_int_t)applied, "failed", failed,
                                   "remaining", (json_int_t)remaining));
 }
-
 
 static void handle_replay(struct moat_req *req, void *arg)
 {

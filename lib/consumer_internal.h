@@ -32,8 +32,8 @@ struct moat_kv;
 struct moat_kv_db;
 struct moat_kv_txn;
 
-#define CONSUMER_ERROR_MAX 512
-#define CONSUMER_SOURCE_MAX 31
+#define CONSUMER_ERROR_MAX   512
+#define CONSUMER_SOURCE_MAX  31
 #define CONSUMER_SUBJECT_MAX 256
 
 enum sub_next {
@@ -58,7 +58,7 @@ struct sub {
     struct moat_consumer *c;
     struct moat_event_source *src; /* owned */
     char **types;                  /* owned, NULL-terminated; NULL = all */
-    moat_event_handler_fn handler;       /* SQLite consumers */
+    moat_event_handler_fn handler; /* SQLite consumers */
     moat_kv_event_handler_fn kv_handler; /* LMDB consumers */
     void *arg;
     int64_t cursor;     /* = the stored cursor */
@@ -192,12 +192,12 @@ struct moat_consumer {
     struct moat_kv_txn *kv_event; /* LMDB: the event's nested one, or NULL */
     bool kv_lost;                 /* LMDB: a handler ended kv_event */
     char kv_err[160];             /* LMDB: the last failure, for logs */
-    struct sub **subs; /* owned */
+    struct sub **subs;            /* owned */
     size_t nsubs;
     bool started;
     bool paused;
-    struct verify *verify; /* the replay verification running, if any */
-    char *data_dir;        /* owned; NULL before register_admin */
+    struct verify *verify;     /* the replay verification running, if any */
+    char *data_dir;            /* owned; NULL before register_admin */
     struct moat_view_ops view; /* SQLite view ops */
     struct moat_kv_view_ops kv_view; /* LMDB view ops */
     bool has_view;
@@ -220,8 +220,7 @@ struct sub *consumer_find_sub(struct moat_consumer *c, const char *source);
 /* Run s's handler on ev with the event's trace as log context, live or
  * on the scratch; why gets the reason of a failure (copied). */
 int consumer_run_handler(struct sub *s, struct consumer_scratch *scratch,
-                         const struct moat_event *ev, char *why,
-                         size_t whylen);
+                         const struct moat_event *ev, char *why, size_t whylen);
 void consumer_refresh_dead_gauge(struct sub *s);
 void consumer_update_lag(struct sub *s);
 void consumer_pause(struct moat_consumer *c);

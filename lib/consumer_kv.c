@@ -268,8 +268,8 @@ static int first_with_prefix(const void *key, size_t klen, const void *val,
     MOAT_UNUSED(vlen);
     struct first_seq *f = arg;
     if (klen == f->plen + 8 && memcmp(key, f->prefix, f->plen) == 0)
-        f->seq = (int64_t)moat_kv_u64_from_key((const unsigned char *)key +
-                                               f->plen);
+        f->seq =
+            (int64_t)moat_kv_u64_from_key((const unsigned char *)key + f->plen);
     return MOAT_KV_STOP;
 }
 
@@ -482,8 +482,8 @@ static int by_subject(const void *key, size_t klen, const void *val,
     if (v->source && strcmp(source, v->source) != 0)
         return MOAT_KV_STOP; /* past the source's keys */
     unsigned char dk[KEY_MAX];
-    size_t dlen = dead_key(dk, source,
-                           (int64_t)moat_kv_u64_from_key(k + klen - 8));
+    size_t dlen =
+        dead_key(dk, source, (int64_t)moat_kv_u64_from_key(k + klen - 8));
     const void *dval;
     size_t dvlen;
     int rc = moat_kv_get(v->t, v->c->kv_dead, dk, dlen, &dval, &dvlen);
@@ -539,8 +539,8 @@ static int kv_dead_count(struct moat_consumer *c, const char *source,
                          int64_t *failed, int64_t *blocked)
 {
     int64_t n[2] = {0, 0};
-    int rc = kv_dead_visit(c, source, NULL, false, INT64_MAX, count_state, n,
-                           NULL);
+    int rc =
+        kv_dead_visit(c, source, NULL, false, INT64_MAX, count_state, n, NULL);
     if (failed)
         *failed = n[0];
     if (blocked)

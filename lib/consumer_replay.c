@@ -34,7 +34,7 @@ struct vsrc {
 
 struct verify {
     struct moat_consumer *c;
-    struct moat_req *req; /* answered once; NULL after */
+    struct moat_req *req;             /* answered once; NULL after */
     struct consumer_scratch *scratch; /* owned; NULL once closed */
     struct vsrc *srcs;
     size_t n;
@@ -105,9 +105,9 @@ static int verify_apply(struct vsrc *vs, json_t *ce, int64_t seq)
     v->events++;
     if (!consumer_wants_type(s, ce))
         return MOAT_OK;
-    bool park =
-        consumer_parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) != MOAT_OK ||
-        json_object_get(vs->parked, ev.subject) != NULL;
+    bool park = consumer_parse_event(ce, s->src->name, seq, &ev, why,
+                                     sizeof(why)) != MOAT_OK ||
+                json_object_get(vs->parked, ev.subject) != NULL;
     /* A deterministic handler fails the same way each time; the attempts
      * follow each other without the live loop's delays. */
     const struct consumer_storage_ops *ops = v->c->ops;
@@ -118,7 +118,7 @@ static int verify_apply(struct vsrc *vs, json_t *ce, int64_t seq)
         if (consumer_run_handler(s, v->scratch, &ev, why, sizeof(why)) ==
             MOAT_OK)
             return ops->scratch_commit(v->scratch) == MOAT_OK ? MOAT_OK
-                                                               : MOAT_EDB;
+                                                              : MOAT_EDB;
         ops->scratch_rollback(v->scratch);
         park = attempt + 1 == MOAT_CONSUMER_MAX_ATTEMPTS;
     }
@@ -149,12 +149,13 @@ static int compare_dead(struct verify *v, struct vsrc *vs)
     size_t i = 0, k = 0, n = json_array_size(vs->parked_seq);
     size_t nlive = json_array_size(live);
     for (;;) {
-        int64_t l = k < nlive ? json_integer_value(json_array_get(live, k))
-                              : INT64_MAX;
+        int64_t l =
+            k < nlive ? json_integer_value(json_array_get(live, k)) : INT64_MAX;
         if (l > vs->target)
             l = INT64_MAX; /* parked live after the rebuild's end */
-        int64_t r = i < n ? json_integer_value(json_array_get(vs->parked_seq, i))
-                          : INT64_MAX;
+        int64_t r = i < n
+                        ? json_integer_value(json_array_get(vs->parked_seq, i))
+                        : INT64_MAX;
         if (l == INT64_MAX && r == INT64_MAX)
             break;
         if (l == r) {
@@ -331,8 +332,8 @@ void consumer_verify_start(struct moat_consumer *c, struct moat_req *req)
     /* What a crash mid-verification left behind is stale: the storage
      * starts afresh. */
     char why[ERROR_MAX] = "";
-    int rc = c->ops->scratch_open(c, c->data_dir, &v->scratch, why,
-                                  sizeof(why));
+    int rc =
+        c->ops->scratch_open(c, c->data_dir, &v->scratch, why, sizeof(why));
     if (rc != MOAT_OK) {
         verify_fail(v, 500, "cannot create the verification database: %s",
                     why[0] ? why : moat_strerror(rc));
@@ -347,11 +348,10 @@ void consumer_verify_start(struct moat_consumer *c, struct moat_req *req)
         v->srcs[i].parked = json_object();
         v->srcs[i].parked_seq = json_array();
     }
-    moat_log(MOAT_LOG_INFO, "replay verification started", "{s:s}",
-             "engine", c->ops->engine);
+    moat_log(MOAT_LOG_INFO, "replay verification started", "{s:s}", "engine",
+             c->ops->engine);
     verify_step(v);
 }
-
 
 void consumer_verify_abort(struct moat_consumer *c)
 {

@@ -414,8 +414,7 @@ static void remove_scratch(const char *path)
     }
 }
 
-static void sq_scratch_free(struct moat_consumer *c,
-                            struct consumer_scratch *x)
+static void sq_scratch_free(struct moat_consumer *c, struct consumer_scratch *x)
 {
     MOAT_UNUSED(c);
     if (!x)

@@ -161,12 +161,12 @@ static int walk_one(const void *key, size_t klen, const void *val, size_t vlen,
         return MOAT_KV_NEXT; /* on both sides: compared from the live one */
     json_t *a = project(w->r, val, vlen), *b = project(w->r, oval, olen);
     if (!a || !b || !json_equal(a, b)) {
-        char *ta = a ? json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY |
-                                         JSON_SORT_KEYS)
-                     : NULL;
-        char *tb = b ? json_dumps(b, JSON_COMPACT | JSON_ENCODE_ANY |
-                                         JSON_SORT_KEYS)
-                     : NULL;
+        char *ta =
+            a ? json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS)
+              : NULL;
+        char *tb =
+            b ? json_dumps(b, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS)
+              : NULL;
         key_text(key, klen, kt, sizeof(kt));
         diff_add(w->d, "%s %s: differs (live %.200s, rebuilt %.200s)",
                  w->r->what, kt, ta ? ta : "not comparable",
@@ -199,9 +199,11 @@ static int compare_range(struct moat_kv *live, struct moat_kv *scratch,
             .r = r, .other = ts, .other_db = ds, .live_side = true, .d = d};
         rc = moat_kv_iterate(tl, dl, NULL, 0, walk_one, &w);
         if (rc == MOAT_OK) {
-            w = (struct range_walk){
-                .r = r, .other = tl, .other_db = dl, .live_side = false,
-                .d = d};
+            w = (struct range_walk){.r = r,
+                                    .other = tl,
+                                    .other_db = dl,
+                                    .live_side = false,
+                                    .d = d};
             rc = moat_kv_iterate(ts, ds, NULL, 0, walk_one, &w);
         }
     }

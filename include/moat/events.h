@@ -262,8 +262,8 @@ struct moat_event_source *moat_feed_source_new(const char *name,
 /* One subscription per source (list every type in it; MOAT_ECONFLICT for
  * a second one). On failure the caller still owns source. */
 struct moat_subscription {
-    struct moat_event_source *source; /* owned by the consumer after add */
-    const char *const *types;         /* NULL-terminated; NULL = all */
+    struct moat_event_source *source;    /* owned by the consumer after add */
+    const char *const *types;            /* NULL-terminated; NULL = all */
     moat_event_handler_fn handler;       /* for moat_consumer_new */
     moat_kv_event_handler_fn kv_handler; /* for moat_consumer_new_kv */
     void *arg;
@@ -396,8 +396,8 @@ struct moat_kv_view_ops {
                         void *arg);
     void (*scratch_close)(struct moat_kv *scratch, void *handler_arg,
                           void *arg);
-    int (*compare)(struct moat_kv *live, struct moat_kv *scratch,
-                   json_t *diffs, void *arg);
+    int (*compare)(struct moat_kv *live, struct moat_kv *scratch, json_t *diffs,
+                   void *arg);
     int (*reset)(struct moat_kv_txn *t, void *arg);
     void *arg;
 };

@@ -87,8 +87,8 @@ struct inv_consumer {
 
 /* A verification's scratch store (moat_kv_view_ops.scratch_open). */
 struct inv_scratch {
-    struct inv_applier applier; /* first: the handler_arg */
-    struct inv_store *store;    /* owned */
+    struct inv_applier applier;   /* first: the handler_arg */
+    struct inv_store *store;      /* owned */
     struct moat_metrics *metrics; /* owned: the scratch outbox's */
 };
 
@@ -149,8 +149,8 @@ static int reserve_failed(struct inv_applier *c, struct moat_kv_txn *t,
     moat_log(MOAT_LOG_INFO, "stock reservation refused", "{s:s, s:s, s:s}",
              "order_id", order_id, "reason", reason, "detail",
              detail ? detail : "");
-    return inv_store_reserve_failed_in(c->store, t, order_id, reason,
-                                       detail, c->shortages, nshort);
+    return inv_store_reserve_failed_in(c->store, t, order_id, reason, detail,
+                                       c->shortages, nshort);
 }
 
 static int apply_reserve(struct inv_applier *c, struct moat_kv_txn *t,
@@ -176,9 +176,8 @@ static int apply_reserve(struct inv_applier *c, struct moat_kv_txn *t,
                      detail);
         goto cleanup;
     }
-    rc = inv_store_reserve_in(c->store, t, c->want,
-                              c->max_open, c->res, &result,
-                              c->shortages, &nshort);
+    rc = inv_store_reserve_in(c->store, t, c->want, c->max_open, c->res,
+                              &result, c->shortages, &nshort);
     if (rc != MOAT_OK)
         goto cleanup;
     const char *order_id = c->want->order_id;
@@ -227,8 +226,8 @@ static int apply_release(struct inv_applier *c, struct moat_kv_txn *t,
                  "/order_id: must be 1 to 64 of A-Z a-z 0-9 . _ -");
         return MOAT_OK;
     }
-    int rc = inv_store_release_in(c->store, t, order_id, CALLER, true,
-                                  c->res, &result);
+    int rc = inv_store_release_in(c->store, t, order_id, CALLER, true, c->res,
+                                  &result);
     if (rc == MOAT_OK && result != INV_ALREADY)
         moat_log(MOAT_LOG_DEBUG, "reservation released", "{s:s, s:b, s:b}",
                  "order_id", order_id, "tombstone", result == INV_ABSENT,
@@ -247,8 +246,8 @@ static int apply_commit(struct inv_applier *c, struct moat_kv_txn *t,
                  "/order_id: must be 1 to 64 of A-Z a-z 0-9 . _ -");
         return MOAT_OK;
     }
-    int rc = inv_store_commit_in(c->store, t, order_id, CALLER, c->res,
-                                 &result);
+    int rc =
+        inv_store_commit_in(c->store, t, order_id, CALLER, c->res, &result);
     if (rc == MOAT_ENOTFOUND || (rc == MOAT_OK && result == INV_WRONG_STATE)) {
         /* orders commits only what it reserved and never released: this
          * is a bug on its side, and no reply can make it right. */
@@ -261,7 +260,6 @@ static int apply_commit(struct inv_applier *c, struct moat_kv_txn *t,
     }
     return rc;
 }
-
 
 /*
  * The consumer's handler: MOAT_OK for every outcome of a command (a
@@ -301,8 +299,7 @@ static int scratch_open(const char *dir, struct moat_kv *live,
     MOAT_UNUSED(live); /* the live store is c->inv->store's */
     struct inv_consumer *c = arg;
     struct inv_scratch *x = moat_xcalloc(1, sizeof(*x));
-    const struct inv_store_options opts = {.base = c->base,
-                                           .source = c->name};
+    const struct inv_store_options opts = {.base = c->base, .source = c->name};
     x->metrics = moat_metrics_new();
     int rc = inv_store_open(&x->store, dir, x->metrics, &opts);
     if (rc == MOAT_OK)
@@ -321,8 +318,7 @@ static int scratch_open(const char *dir, struct moat_kv *live,
     return MOAT_OK;
 }
 
-static void scratch_close(struct moat_kv *scratch, void *handler_arg,
-                          void *arg)
+static void scratch_close(struct moat_kv *scratch, void *handler_arg, void *arg)
 {
     MOAT_UNUSED(scratch);
     MOAT_UNUSED(arg);

@@ -1248,7 +1248,6 @@ int inv_store_view_compare(struct moat_kv *live, struct moat_kv *scratch,
         {"reservations", "reservation", res_projection},
         {"open_by_customer", "open reservation", NULL},
     };
-    return moat_kv_compare_ranges(live, scratch, ranges,
-                                  MOAT_ARRAY_LEN(ranges), diffs,
-                                  VIEW_MAX_DIFFS);
+    return moat_kv_compare_ranges(live, scratch, ranges, MOAT_ARRAY_LEN(ranges),
+                                  diffs, VIEW_MAX_DIFFS);
 }

@@ -874,8 +874,7 @@ static void test_replay_verify(void **state)
     unique_into(order, "ord");
     set_stock(sku, 4);
     char lines[128];
-    snprintf(lines, sizeof(lines), "[{\"sku\": \"%s\", \"quantity\": 2}]",
-             sku);
+    snprintf(lines, sizeof(lines), "[{\"sku\": \"%s\", \"quantity\": 2}]", sku);
     wait_applied(publish_reserve(order, "usr_v", lines));
 
     json_t *v = verify();
@@ -896,8 +895,7 @@ static void test_replay_verify(void **state)
     char late[48];
     unique_into(late, "ord");
     char big[128];
-    snprintf(big, sizeof(big), "[{\"sku\": \"%s\", \"quantity\": 50}]",
-             sku);
+    snprintf(big, sizeof(big), "[{\"sku\": \"%s\", \"quantity\": 50}]", sku);
     wait_applied(publish_reserve(late, "usr_v2", big));
     json_decref(the_reply(late, "StockReservationFailed"));
     set_stock(sku, 100);

@@ -171,8 +171,7 @@ struct kv_view {
     struct moat_kv_db *items, *applied;
 };
 
-static int kv_view_open(struct kv_view *kvv, struct moat_kv *kv,
-                        struct view *v)
+static int kv_view_open(struct kv_view *kvv, struct moat_kv *kv, struct view *v)
 {
     kvv->v = v;
     kvv->kv = kv;
@@ -228,8 +227,8 @@ static int apply_item_kv(struct moat_kv_txn *t, const struct moat_event *ev,
     return moat_kv_put(t, kvv->applied, k, 8, buf, (size_t)n, 0);
 }
 
-static int clear_one(const void *key, size_t klen, const void *val,
-                     size_t vlen, void *arg)
+static int clear_one(const void *key, size_t klen, const void *val, size_t vlen,
+                     void *arg)
 {
     json_array_append_new(arg, json_stringn_nocheck(key, klen));
     return MOAT_KV_NEXT;
@@ -244,8 +243,8 @@ static int kv_clear(struct moat_kv_txn *t, struct moat_kv_db *db)
     json_array_foreach(keys, i, k)
     {
         if (rc == MOAT_OK)
-            rc = moat_kv_del(t, db, json_string_value(k),
-                             json_string_length(k));
+            rc =
+                moat_kv_del(t, db, json_string_value(k), json_string_length(k));
     }
     json_decref(keys);
     return rc;
@@ -435,8 +434,7 @@ static void consumer_up(struct fixture *f, struct moat_event_source *src)
     static const char *const types[] = {"ItemSet", NULL};
     if (f->kv) {
         assert_int_equal(
-            moat_consumer_new_kv(&f->c, f->base, f->ckv, f->cmetrics),
-            MOAT_OK);
+            moat_consumer_new_kv(&f->c, f->base, f->ckv, f->cmetrics), MOAT_OK);
         struct moat_subscription sub = {.source = src,
                                         .types = types,
                                         .kv_handler = apply_item_kv,
@@ -510,7 +508,7 @@ static int setup_with(void **state, bool kv)
         /* The consumer's own sub-databases exist before any test counts
          * commits (their creation commits). */
         static const char *const own[] = {"consumer", "dead_letters",
-                                           "dead_letters_subject"};
+                                          "dead_letters_subject"};
         struct moat_kv_db *unused;
         for (size_t i = 0; i < MOAT_ARRAY_LEN(own); i++)
             assert_int_equal(moat_kv_db(f->ckv, own[i], &unused), MOAT_OK);
@@ -667,8 +665,8 @@ static json_t *items_of(struct fixture *f)
     json_t *out = json_object();
     struct moat_kv_txn *t;
     assert_int_equal(moat_kv_begin_read(f->ckv, &t), MOAT_OK);
-    assert_int_equal(
-        moat_kv_iterate(t, f->kview.items, NULL, 0, dump_one, out), MOAT_OK);
+    assert_int_equal(moat_kv_iterate(t, f->kview.items, NULL, 0, dump_one, out),
+                     MOAT_OK);
     moat_kv_abort(t);
     return out;
 }
@@ -933,8 +931,8 @@ struct order_walk {
     struct moat_buf out;
 };
 
-static int order_one(const void *key, size_t klen, const void *val,
-                     size_t vlen, void *arg)
+static int order_one(const void *key, size_t klen, const void *val, size_t vlen,
+                     void *arg)
 {
     struct order_walk *w = arg;
     const char *subj = val;
@@ -955,8 +953,7 @@ static char *applied_order(struct fixture *f, const char *subject)
             moat_kv_iterate(t, f->kview.applied, NULL, 0, order_one, &w),
             MOAT_OK);
         moat_kv_abort(t);
-        char *v = moat_xstrdup(w.out.len ? moat_buf_str(&w.out)
-                                                    : "");
+        char *v = moat_xstrdup(w.out.len ? moat_buf_str(&w.out) : "");
         moat_buf_release(&w.out);
         return v;
     }
@@ -1127,9 +1124,8 @@ static void tamper(struct fixture *f, const char *subject)
     }
     struct moat_kv_txn *t;
     assert_int_equal(moat_kv_begin(f->ckv, &t), MOAT_OK);
-    assert_int_equal(moat_kv_puts(t, f->kview.items, subject, "tampered/1", 10,
-                                  0),
-                     MOAT_OK);
+    assert_int_equal(
+        moat_kv_puts(t, f->kview.items, subject, "tampered/1", 10, 0), MOAT_OK);
     assert_int_equal(moat_kv_commit(t), MOAT_OK);
 }
 
@@ -1196,7 +1192,9 @@ int main(int argc, char **argv)
     moat_log_init("test", getenv("TEST_LOG") ? MOAT_LOG_DEBUG : MOAT_LOG_ERROR);
 #define BOTH(fn)                                                               \
     cmocka_unit_test_setup_teardown(fn, setup, teardown),                      \
-        {#fn "_lmdb", fn, setup_kv, teardown, NULL}
+    {                                                                          \
+#fn "_lmdb", fn, setup_kv, teardown, NULL                              \
+    }
     const struct CMUnitTest tests[] = {
         BOTH(test_exactly_once_under_duplicates),
         BOTH(test_cursor_survives_restart),
