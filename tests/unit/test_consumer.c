@@ -202,9 +202,12 @@ static int apply_item_kv(struct moat_kv_txn *t, const struct moat_event *ev,
     long long changes = 0;
     int rc = moat_kv_gets(t, kvv->items, ev->subject, &old, &olen);
     if (rc == MOAT_OK) {
-        const char *slash = memchr(old, '/', olen);
+        /* Values point into the map, without a NUL. */
+        char *copy = moat_xstrndup(old, olen);
+        const char *slash = strrchr(copy, '/');
         assert_non_null(slash);
         changes = strtoll(slash + 1, NULL, 10);
+        free(copy);
     } else if (rc != MOAT_ENOTFOUND) {
         return rc;
     }
