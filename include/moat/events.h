@@ -54,7 +54,9 @@
  * ~50 ms of work; the batch goes on in the next one. A failing handler
  * undoes only its own event (back to its savepoint): the events before it
  * commit with the cursor right before it, and it is retried on its own.
- * The consumer's migrations include MOAT_CONSUMER_SCHEMA. Per-aggregate
+ * The consumer's migrations include MOAT_CONSUMER_SCHEMA (a consumer on
+ * an LMDB environment: moat_consumer_new_kv, a nested transaction per
+ * event instead of a savepoint, the same rules). Per-aggregate
  * order is the feed order. Events of types not subscribed only move the
  * cursor. A source that is down is retried with backoff (100 ms doubling
  * to 5 s), logged once per change.
@@ -193,7 +195,10 @@ struct moat_event {
  * Apply ev to db inside the consumer's open transaction (which other
  * events of the batch share). Return MOAT_OK, or an error: ev's changes
  * are rolled back to a savepoint taken right before it (the other events
- * keep theirs) and the event retried, then parked. *why may be set to a
+ * keep theirs) and the event retried, then parked - except MOAT_ETOOBIG
+ * and MOAT_EIO (the consumer's own database is full or failing, not the
+ * event): the batch is then rolled back and retried with backoff, and
+ * nothing is parked for it. *why may be set to a
  * static or db-owned message for the dead letter. Must be deterministic
  * and touch nothing but db: replay runs it again, and verification runs it
  * on a scratch database. It must not COMMIT or ROLLBACK itself, nor
