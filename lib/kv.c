@@ -48,6 +48,9 @@ struct moat_kv_txn {
     bool write;
     /* An LMDB error that leaves the transaction good for abort only. */
     bool failed;
+    /* Nested write transactions (moat_kv_begin_nested): the enclosing
+     * one, and the one open inside this one (each NULL when none). */
+    struct moat_kv_txn *parent, *child;
 };
 
 /* ---- errors and timing ---- */
@@ -347,7 +350,10 @@ void moat_kv_close(struct moat_kv *kv)
         moat_log(MOAT_LOG_ERROR,
                  "lmdb closed with a write transaction open (aborted)", "{s:s}",
                  "path", kv->path);
-        moat_kv_abort(kv->wtxn);
+        struct moat_kv_txn *root = kv->wtxn;
+        while (root->parent)
+            root = root->parent;
+        moat_kv_abort(root);
     }
     if (kv->readers > 0)
         moat_log(MOAT_LOG_ERROR, "lmdb closed with read transactions open",
@@ -420,11 +426,35 @@ int moat_kv_begin_read(struct moat_kv *kv, struct moat_kv_txn **out)
 
 static void txn_end(struct moat_kv_txn *t)
 {
-    if (t->write)
-        t->kv->wtxn = NULL;
-    else
+    if (t->write) {
+        t->kv->wtxn = t->parent;
+        if (t->parent)
+            t->parent->child = NULL;
+    } else
         t->kv->readers--;
     free(t);
+}
+
+int moat_kv_begin_nested(struct moat_kv_txn *parent, struct moat_kv_txn **out)
+{
+    if (!parent || !out || !parent->write || parent->child ||
+        parent->kv->wtxn != parent)
+        return MOAT_EINVAL;
+    if (parent->failed)
+        return MOAT_EDB;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin(parent->kv->env, parent->txn, 0, &txn);
+    if (rc != MDB_SUCCESS)
+        return kv_error(parent->kv, "begin nested", rc);
+    struct moat_kv_txn *t = moat_xcalloc(1, sizeof(*t));
+    t->kv = parent->kv;
+    t->txn = txn;
+    t->write = true;
+    t->parent = parent;
+    parent->child = t;
+    parent->kv->wtxn = t;
+    *out = t;
+    return MOAT_OK;
 }
 
 int moat_kv_commit(struct moat_kv_txn *t)
@@ -432,6 +462,15 @@ int moat_kv_commit(struct moat_kv_txn *t)
     if (!t)
         return MOAT_EINVAL;
     struct moat_kv *kv = t->kv;
+    if (t->child) {
+        /* Committing under an open child would drop it behind our back. */
+        moat_log(MOAT_LOG_ERROR,
+                 "lmdb commit refused with a nested transaction open "
+                 "(rolled back)",
+                 "{s:s}", "path", kv->path);
+        moat_kv_abort(t);
+        return MOAT_EINVAL;
+    }
     if (!t->write) {
         mdb_txn_abort(t->txn);
         txn_end(t);
@@ -445,12 +484,19 @@ int moat_kv_commit(struct moat_kv_txn *t)
         txn_end(t);
         return MOAT_EDB;
     }
+    struct moat_kv_txn *parent = t->parent;
     uint64_t t0 = moat_mono_ns();
     int rc = mdb_txn_commit(t->txn);
-    observe(kv, OP_COMMIT, moat_mono_ns() - t0);
+    if (!parent)
+        observe(kv, OP_COMMIT, moat_mono_ns() - t0);
     txn_end(t);
-    if (rc != MDB_SUCCESS)
+    if (rc != MDB_SUCCESS) {
+        if (parent)
+            parent->failed = true; /* its child's writes are half merged */
         return kv_error(kv, "commit", rc);
+    }
+    if (parent)
+        return MOAT_OK; /* nothing is written before the parent commits */
     update_gauges(kv);
     return MOAT_OK;
 }
@@ -459,6 +505,8 @@ void moat_kv_abort(struct moat_kv_txn *t)
 {
     if (!t)
         return;
+    if (t->child)
+        moat_kv_abort(t->child); /* LMDB aborts it too; free ours first */
     mdb_txn_abort(t->txn);
     txn_end(t);
 }

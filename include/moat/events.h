@@ -54,7 +54,9 @@
  * ~50 ms of work; the batch goes on in the next one. A failing handler
  * undoes only its own event (back to its savepoint): the events before it
  * commit with the cursor right before it, and it is retried on its own.
- * The consumer's migrations include MOAT_CONSUMER_SCHEMA. Per-aggregate
+ * The consumer's migrations include MOAT_CONSUMER_SCHEMA (a consumer on
+ * an LMDB environment: moat_consumer_new_kv, a nested transaction per
+ * event instead of a savepoint, the same rules). Per-aggregate
  * order is the feed order. Events of types not subscribed only move the
  * cursor. A source that is down is retried with backoff (100 ms doubling
  * to 5 s), logged once per change.
@@ -181,6 +183,8 @@ struct moat_event {
     const char *type;    /* e.g. "ProductCreated" */
     const char *subject; /* aggregate id */
     const char *time;    /* RFC 3339 */
+    int64_t time_ms;     /* event time, Unix ms, parsed once by the consumer
+                            (0 when "time" is not RFC 3339 UTC) */
     int64_t seq;
     int schema_version;
     json_t *data;
@@ -191,7 +195,10 @@ struct moat_event {
  * Apply ev to db inside the consumer's open transaction (which other
  * events of the batch share). Return MOAT_OK, or an error: ev's changes
  * are rolled back to a savepoint taken right before it (the other events
- * keep theirs) and the event retried, then parked. *why may be set to a
+ * keep theirs) and the event retried, then parked - except MOAT_ETOOBIG
+ * and MOAT_EIO (the consumer's own database is full or failing, not the
+ * event): the batch is then rolled back and retried with backoff, and
+ * nothing is parked for it. *why may be set to a
  * static or db-owned message for the dead letter. Must be deterministic
  * and touch nothing but db: replay runs it again, and verification runs it
  * on a scratch database. It must not COMMIT or ROLLBACK itself, nor
@@ -202,6 +209,22 @@ struct moat_event {
 typedef int (*moat_event_handler_fn)(struct moat_db *db,
                                      const struct moat_event *ev, void *arg,
                                      const char **why);
+/*
+ * The same for a consumer on an LMDB environment (moat_consumer_new_kv):
+ * apply ev inside t, a write transaction nested in the batch's (moat/kv.h
+ * moat_kv_begin_nested: the per-event savepoint), which also holds the
+ * cursor and whatever the handler appends to an outbox of the same
+ * environment (the outbox appends into moat_kv_write_txn, which is t).
+ * On an error t is aborted (ev's writes alone vanish). The handler must
+ * not commit or abort t. arg is the subscription's, except during a
+ * verification, where it is the scratch view's handler_arg
+ * (moat_kv_view_ops.scratch_open): sub-database handles belong to one
+ * environment, so a kv handler finds its handles through arg.
+ */
+struct moat_kv_txn;
+typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
+                                        const struct moat_event *ev, void *arg,
+                                        const char **why);
 
 /*
  * Where events come from. The HTTP feed is one implementation
@@ -244,9 +267,10 @@ struct moat_event_source *moat_feed_source_new(const char *name,
 /* One subscription per source (list every type in it; MOAT_ECONFLICT for
  * a second one). On failure the caller still owns source. */
 struct moat_subscription {
-    struct moat_event_source *source; /* owned by the consumer after add */
-    const char *const *types;         /* NULL-terminated; NULL = all */
-    moat_event_handler_fn handler;
+    struct moat_event_source *source;    /* owned by the consumer after add */
+    const char *const *types;            /* NULL-terminated; NULL = all */
+    moat_event_handler_fn handler;       /* for moat_consumer_new */
+    moat_kv_event_handler_fn kv_handler; /* for moat_consumer_new_kv */
     void *arg;
 };
 
@@ -264,6 +288,21 @@ struct moat_consumer;
  */
 int moat_consumer_new(struct moat_consumer **out, struct event_base *base,
                       struct moat_db *db, struct moat_metrics *m);
+/*
+ * A consumer applying events to the LMDB environment kv (borrowed; must
+ * outlive the consumer), otherwise as moat_consumer_new: subscriptions
+ * give a kv_handler. Its state lives in kv's sub-databases "consumer"
+ * (source -> {"after_seq", "updated_ms"}), "dead_letters" (source NUL
+ * 8-byte big-endian seq -> {"event_id", "subject", "type", "event",
+ * "error", "attempts", "state", "parked_ms"}) and "dead_letters_subject"
+ * (source NUL subject NUL seq -> empty, the per-subject index), created
+ * if missing: call it at start with no write transaction open. A batch is
+ * one LMDB write transaction (one sync) holding every event's effects,
+ * its replies appended to an outbox in kv, and the cursor; each event runs
+ * in a nested transaction so a failing one undoes only itself.
+ */
+int moat_consumer_new_kv(struct moat_consumer **out, struct event_base *base,
+                         struct moat_kv *kv, struct moat_metrics *m);
 void moat_consumer_free(struct moat_consumer *c);
 int moat_consumer_subscribe(struct moat_consumer *c,
                             const struct moat_subscription *s);
@@ -342,5 +381,53 @@ int moat_consumer_register_admin(struct moat_consumer *c,
                                  struct moat_http_server *http,
                                  const char *data_dir,
                                  const struct moat_view_ops *view);
+
+/*
+ * The view of an LMDB consumer, for replay and verification.
+ * Verification makes the empty directory <data_dir>/replay-verify (removed
+ * with everything in it afterwards, and afresh at the start), and calls
+ * scratch_open(dir, live, ...) which opens an environment of its own in
+ * it, with the view's migrations and sub-databases (and any state the
+ * rebuild starts from, copied from live), setting *scratch (closed by
+ * scratch_close) and *handler_arg, what the kv handlers get as arg while
+ * they apply to it. compare appends human-readable differences between
+ * the live environment and the scratch to diffs. reset (may be NULL: then
+ * a replay without verify is 501) empties the view inside t; the consumer
+ * clears its cursors and dead letters in the same transaction.
+ */
+struct moat_kv_view_ops {
+    int (*scratch_open)(const char *dir, struct moat_kv *live,
+                        struct moat_kv **scratch, void **handler_arg,
+                        void *arg);
+    void (*scratch_close)(struct moat_kv *scratch, void *handler_arg,
+                          void *arg);
+    int (*compare)(struct moat_kv *live, struct moat_kv *scratch, json_t *diffs,
+                   void *arg);
+    int (*reset)(struct moat_kv_txn *t, void *arg);
+    void *arg;
+};
+int moat_consumer_register_admin_kv(struct moat_consumer *c,
+                                    struct moat_http_server *http,
+                                    const char *data_dir,
+                                    const struct moat_kv_view_ops *view);
+
+/*
+ * The LMDB counterpart of moat_view_compare_tables (lib/view_kv.c): each
+ * range is the sub-database called db in both environments, walked side by
+ * side in key order. project (NULL: the value's bytes as they are) turns a
+ * value into the JSON compared, e.g. without the times of the write; a
+ * NULL result means "not comparable" and is reported. A key on one side
+ * only, or a differing projection, adds a line to diffs naming `what` and
+ * the key (printable keys as text, others in hex). At most max_diffs
+ * lines, then one "... and N more differences".
+ */
+struct moat_kv_view_range {
+    const char *db;
+    const char *what;
+    json_t *(*project)(const void *val, size_t vlen);
+};
+int moat_kv_compare_ranges(struct moat_kv *live, struct moat_kv *scratch,
+                           const struct moat_kv_view_range *ranges, size_t n,
+                           json_t *diffs, size_t max_diffs);
 
 #endif /* MOAT_EVENTS_H */

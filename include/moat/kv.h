@@ -122,6 +122,18 @@ int moat_kv_db(struct moat_kv *kv, const char *name, struct moat_kv_db **out);
 
 int moat_kv_begin(struct moat_kv *kv, struct moat_kv_txn **out);
 int moat_kv_begin_read(struct moat_kv *kv, struct moat_kv_txn **out);
+/*
+ * A write transaction nested in parent (LMDB's child transaction): its
+ * writes join parent's on moat_kv_commit (nothing reaches the disk before
+ * parent commits), or vanish alone on moat_kv_abort while parent's stay -
+ * a savepoint. While it is open, use it, not parent (LMDB's rule);
+ * moat_kv_write_txn() returns it, so the outbox appends into it. At most
+ * one child per transaction (MOAT_EINVAL). Aborting or committing parent
+ * first ends the child too (a commit of parent with a child open is
+ * refused and rolls both back). A failed child commit leaves parent good
+ * for abort only.
+ */
+int moat_kv_begin_nested(struct moat_kv_txn *parent, struct moat_kv_txn **out);
 /* Commit a write transaction (a read one just ends). t is gone afterwards
  * whatever the result; on an error nothing of it was written. */
 int moat_kv_commit(struct moat_kv_txn *t);

@@ -1,36 +1,37 @@
 /*
  * commands.c - inventory as a participant of the order saga
- * (docs/saga.md): it pulls orders' event feed, applies the commands
+ * (docs/saga.md): it consumes orders' event feed, applies the commands
  * ReserveStock, ReleaseStock and CommitStock through the store, and
  * writes its replies (StockReserved, StockReservationFailed,
  * StockReleased, StockCommitted) into its own outbox.
  *
- * Exactly once. inventory's data is an LMDB environment, not SQLite, so
- * the libmoat consumer (lib/consumer.c, SQLite savepoints) does not fit;
- * this file is its LMDB counterpart for one source. The cursor on orders'
- * feed lives in the store's "consumer" sub-database, and a whole pulled
- * batch - every command's effect, its reply events and the cursor at the
- * batch's last event - is ONE write transaction: one sync per batch, and
- * a crash anywhere applies each command once (a redelivered event at or
- * below the stored cursor is skipped). Events of other types only move
- * the cursor.
- *
- * The pull loop, all on the loop thread:
- *
- *   pull(after = cursor, limit 500, wait 25 s) --done--> events
- *     one transaction: apply each command after the cursor, store the
- *     cursor, commit; then pull again.
- *   A source that is down is retried with backoff (100 ms doubling to
- *   5 s), logged once per change of state. So is a fault of our own
- *   store (map full, I/O): the batch is kept, the commands before the
- *   failing one are committed on their own, and the rest is retried.
+ * Exactly once. The consumer is libmoat's (moat_consumer_new_kv,
+ * moat/events.h) on inventory's LMDB environment: a whole pulled batch -
+ * every command's effect, its reply events and the cursor at the batch's
+ * last event - is ONE write transaction (one sync per batch), each
+ * command in a transaction nested in it, so a crash anywhere applies each
+ * command once. Events of other types only move the cursor. The same
+ * consumer gives inventory what every consumer has: lag metrics,
+ * GET /v1/admin/consumer, dead letters and their redrive, and replay
+ * verification (POST /v1/admin/replay?verify=1; `moat events replay
+ * inventory --verify`).
  *
  * A command is a fact orders decided, so a refusal is a reply, not an
  * error: out of stock, the customer's cap, a late reserve after its
  * release, a reserve with other lines, or malformed data all answer
  * StockReservationFailed. A malformed ReleaseStock or CommitStock (no
- * valid order_id: there is nobody to answer) is logged and skipped. The
- * feed never stops for a bad command; only a store fault holds it.
+ * valid order_id: there is nobody to answer) is logged and skipped. What
+ * fails a command is a data schema version newer than this code knows
+ * (retried, then parked: upgrade inventory, then redrive) and a fault of
+ * our own store (map full, I/O: the consumer holds the feed with backoff,
+ * nothing parked).
+ *
+ * Replay. Inventory's stock is its own source of truth (set through its
+ * API), not a view of any feed, so a plain replay (reset, then apply from
+ * sequence 0) is not offered (501). Verification rebuilds into a scratch
+ * store seeded with the stock as the commands found it
+ * (inv_store_view_seed, store.h) and compares stock, reservations and the
+ * per-customer index.
  *
  * The per-command effects are those of the HTTP routes (store.c), with
  * one addition the routes do not offer: a ReleaseStock of a committed
@@ -39,61 +40,60 @@
  */
 #include "moat/common.h"
 
-#include <ctype.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "contracts/orders.h"
 #include "inventory.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
+#include "moat/kv.h"
 #include "moat/log.h"
 #include "moat/metrics.h"
 #include "moat/problem.h"
 #include "moat/service.h"
-#include "moat/trace.h"
 #include "store.h"
 
-#define SOURCE         "orders"
-#define CALLER         "orders" /* the "user" of the adjustments it causes */
-#define PULL_LIMIT     500
-#define PULL_WAIT_MS   25000
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
-/* An empty page that came back faster than this (a source that does not
- * long-poll) is followed by a short pause rather than a busy loop. */
-#define EMPTY_POLL_MIN_MS 100
+#define SOURCE "orders"
+#define CALLER "orders" /* the "user" of the adjustments it causes */
 /* Per-call bound of the feed client: above the longest long poll. */
 #define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
-#define ERROR_MAX              256
 #define DETAIL_MAX             200
+/* The data schema version of the commands this code knows. */
+
+/* What a command handler works with: the live store, or a verification's
+ * scratch store. */
+struct inv_applier {
+    struct inv_store *store; /* borrowed (the scratch's: owned by it) */
+    int64_t max_open;        /* held reservations per customer */
+    const bool *healed;      /* test builds: the poison hook's cure */
+    /* Scratch records for the commands (about 4 KiB each); owned. */
+    struct inv_reservation *want, *res;
+    struct inv_shortage *shortages;
+};
 
 struct inv_consumer {
     struct inv_service *inv;         /* borrowed: the service */
     struct moat_http_client *client; /* owned */
-    struct moat_event_source *src;   /* owned */
-    struct event *timer;             /* owned: start, next pull, retries */
-    json_t *batch;      /* pulled, not yet applied (a store fault); owned */
-    int64_t cursor;     /* = the stored cursor */
-    int64_t head;       /* the source's head at the last pull; -1 unknown */
-    int64_t pending_ms; /* time of the oldest unapplied event; 0 = none */
-    uint64_t pull_started_ms;
-    int backoff_ms;
-    int down_err;     /* the source's failure, MOAT_OK while it works */
-    bool local_fault; /* our store refused a write */
-    bool started, pulling;
-    char error[ERROR_MAX]; /* the current problem, "" when none */
-    /* Scratch records for the commands (about 4 KiB each). */
-    struct inv_reservation *want, *res;
-    struct inv_shortage *shortages;
-    struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied;
+    struct moat_consumer *consumer;  /* owned */
+    struct event *start;             /* owned: starts consuming */
+    struct event_base *base;         /* borrowed: the service loop */
+    const char *name;                /* borrowed: the service's name */
+    struct inv_applier live;
+    bool poison_healed; /* test builds: POST /_test/heal */
+};
+
+/* A verification's scratch store (moat_kv_view_ops.scratch_open). */
+struct inv_scratch {
+    struct inv_applier applier;   /* first: the handler_arg */
+    struct inv_store *store;      /* owned */
+    struct moat_metrics *metrics; /* owned: the scratch outbox's */
 };
 
 static const char *const command_types[] = {
-    ORDERS_RESERVE_STOCK, ORDERS_RELEASE_STOCK, ORDERS_COMMIT_STOCK};
+    ORDERS_RESERVE_STOCK, ORDERS_RELEASE_STOCK, ORDERS_COMMIT_STOCK, NULL};
 
 /* ---- small helpers ---- */
 
@@ -102,32 +102,32 @@ static const char *jstr(json_t *o, const char *key)
     return json_string_value(json_object_get(o, key));
 }
 
-/* The event's sequence ("sequence" is a decimal string in CloudEvents). */
-static int event_seq(json_t *ce, int64_t *seq)
-{
-    const char *s = jstr(ce, "sequence");
-    if (!json_is_object(ce) || !s)
-        return MOAT_EINVAL;
-    return moat_parse_i64(s, 1, INT64_MAX, seq);
-}
-
-static bool is_command(const char *type)
-{
-    for (size_t i = 0; type && i < MOAT_ARRAY_LEN(command_types); i++)
-        if (strcmp(type, command_types[i]) == 0)
-            return true;
-    return false;
-}
-
 /* The order a command is about: data's order_id when it is one, else the
  * event's subject (orders sets both); NULL when neither is. */
-static const char *command_order(json_t *ce)
+static const char *command_order(const struct moat_event *ev)
 {
-    const char *id = jstr(json_object_get(ce, "data"), "order_id");
+    const char *id = jstr(ev->data, "order_id");
     if (id && inv_ref_valid(id))
         return id;
-    id = jstr(ce, "subject");
-    return id && inv_ref_valid(id) ? id : NULL;
+    return inv_ref_valid(ev->subject) ? ev->subject : NULL;
+}
+
+static void applier_init(struct inv_applier *a, struct inv_store *store,
+                         int64_t max_open, const bool *healed)
+{
+    a->store = store;
+    a->max_open = max_open;
+    a->healed = healed;
+    a->want = moat_xcalloc(1, sizeof(*a->want));
+    a->res = moat_xcalloc(1, sizeof(*a->res));
+    a->shortages = moat_xcalloc(INV_LINES_MAX, sizeof(*a->shortages));
+}
+
+static void applier_release(struct inv_applier *a)
+{
+    free(a->want);
+    free(a->res);
+    free(a->shortages);
 }
 
 /* "<pointer>: <detail>" of the first validation error, for the reply. */
@@ -142,19 +142,19 @@ static void first_error(const struct moat_validation *v, char *out, size_t len)
 /* ---- the commands: MOAT_OK for every outcome, an error for a store
  * fault only (the batch is then aborted) ---- */
 
-static int reserve_failed(struct inv_consumer *c, struct moat_kv_txn *t,
+static int reserve_failed(struct inv_applier *c, struct moat_kv_txn *t,
                           const char *order_id, const char *reason,
                           const char *detail, size_t nshort)
 {
     moat_log(MOAT_LOG_INFO, "stock reservation refused", "{s:s, s:s, s:s}",
              "order_id", order_id, "reason", reason, "detail",
              detail ? detail : "");
-    return inv_store_reserve_failed_in(c->inv->store, t, order_id, reason,
-                                       detail, c->shortages, nshort);
+    return inv_store_reserve_failed_in(c->store, t, order_id, reason, detail,
+                                       c->shortages, nshort);
 }
 
-static int apply_reserve(struct inv_consumer *c, struct moat_kv_txn *t,
-                         json_t *ce)
+static int apply_reserve(struct inv_applier *c, struct moat_kv_txn *t,
+                         const struct moat_event *ev)
 {
     struct moat_validation v;
     enum inv_reserve_result result;
@@ -162,24 +162,22 @@ static int apply_reserve(struct inv_consumer *c, struct moat_kv_txn *t,
     char detail[DETAIL_MAX];
     int rc = MOAT_OK;
 
-    json_t *data = json_object_get(ce, "data");
     moat_validation_init(&v);
     /* Not strict about unknown members: a newer orders may add some. */
-    if (!inv_reservation_parse(&v, data ? data : json_null(), false, c->want)) {
-        const char *order_id = command_order(ce);
+    if (!inv_reservation_parse(&v, ev->data, false, c->want)) {
+        const char *order_id = command_order(ev);
         first_error(&v, detail, sizeof(detail));
         if (order_id)
             rc = reserve_failed(c, t, order_id, "invalid", detail, 0);
         else
             moat_log(MOAT_LOG_WARN,
                      "malformed ReserveStock without an order id skipped",
-                     "{s:s, s:s}", "seq", jstr(ce, "sequence"), "detail",
+                     "{s:I, s:s}", "seq", (json_int_t)ev->seq, "detail",
                      detail);
         goto cleanup;
     }
-    rc = inv_store_reserve_in(c->inv->store, t, c->want,
-                              c->inv->max_open_per_customer, c->res, &result,
-                              c->shortages, &nshort);
+    rc = inv_store_reserve_in(c->store, t, c->want, c->max_open, c->res,
+                              &result, c->shortages, &nshort);
     if (rc != MOAT_OK)
         goto cleanup;
     const char *order_id = c->want->order_id;
@@ -217,19 +215,19 @@ cleanup:
     return rc;
 }
 
-static int apply_release(struct inv_consumer *c, struct moat_kv_txn *t,
-                         json_t *ce)
+static int apply_release(struct inv_applier *c, struct moat_kv_txn *t,
+                         const struct moat_event *ev)
 {
     enum inv_transition_result result;
-    const char *order_id = jstr(json_object_get(ce, "data"), "order_id");
+    const char *order_id = jstr(ev->data, "order_id");
     if (!order_id || !inv_ref_valid(order_id)) {
-        moat_log(MOAT_LOG_WARN, "malformed ReleaseStock skipped", "{s:s, s:s}",
-                 "seq", jstr(ce, "sequence"), "detail",
+        moat_log(MOAT_LOG_WARN, "malformed ReleaseStock skipped", "{s:I, s:s}",
+                 "seq", (json_int_t)ev->seq, "detail",
                  "/order_id: must be 1 to 64 of A-Z a-z 0-9 . _ -");
         return MOAT_OK;
     }
-    int rc = inv_store_release_in(c->inv->store, t, order_id, CALLER, true,
-                                  c->res, &result);
+    int rc = inv_store_release_in(c->store, t, order_id, CALLER, true, c->res,
+                                  &result);
     if (rc == MOAT_OK && result != INV_ALREADY)
         moat_log(MOAT_LOG_DEBUG, "reservation released", "{s:s, s:b, s:b}",
                  "order_id", order_id, "tombstone", result == INV_ABSENT,
@@ -237,19 +235,19 @@ static int apply_release(struct inv_consumer *c, struct moat_kv_txn *t,
     return rc;
 }
 
-static int apply_commit(struct inv_consumer *c, struct moat_kv_txn *t,
-                        json_t *ce)
+static int apply_commit(struct inv_applier *c, struct moat_kv_txn *t,
+                        const struct moat_event *ev)
 {
     enum inv_transition_result result;
-    const char *order_id = jstr(json_object_get(ce, "data"), "order_id");
+    const char *order_id = jstr(ev->data, "order_id");
     if (!order_id || !inv_ref_valid(order_id)) {
-        moat_log(MOAT_LOG_WARN, "malformed CommitStock skipped", "{s:s, s:s}",
-                 "seq", jstr(ce, "sequence"), "detail",
+        moat_log(MOAT_LOG_WARN, "malformed CommitStock skipped", "{s:I, s:s}",
+                 "seq", (json_int_t)ev->seq, "detail",
                  "/order_id: must be 1 to 64 of A-Z a-z 0-9 . _ -");
         return MOAT_OK;
     }
-    int rc = inv_store_commit_in(c->inv->store, t, order_id, CALLER, c->res,
-                                 &result);
+    int rc =
+        inv_store_commit_in(c->store, t, order_id, CALLER, c->res, &result);
     if (rc == MOAT_ENOTFOUND || (rc == MOAT_OK && result == INV_WRONG_STATE)) {
         /* orders commits only what it reserved and never released: this
          * is a bug on its side, and no reply can make it right. */
@@ -263,260 +261,111 @@ static int apply_commit(struct inv_consumer *c, struct moat_kv_txn *t,
     return rc;
 }
 
-static int apply_command(struct inv_consumer *c, struct moat_kv_txn *t,
-                         json_t *ce)
-{
-    const char *type = jstr(ce, "type");
-    /* The reply continues the command's trace. */
-    struct moat_trace trace;
-    const struct moat_trace *saved = moat_log_trace();
-    moat_trace_start(&trace, jstr(ce, "traceparent"), NULL);
-    moat_log_set_trace(&trace);
-    int rc;
-    if (strcmp(type, ORDERS_RESERVE_STOCK) == 0)
-        rc = apply_reserve(c, t, ce);
-    else if (strcmp(type, ORDERS_RELEASE_STOCK) == 0)
-        rc = apply_release(c, t, ce);
-    else
-        rc = apply_commit(c, t, ce);
-    moat_log_set_trace(saved);
-    return rc;
-}
-
 /*
- * Apply events[0..n) after the stored cursor in one transaction with the
- * cursor at the last of them. On a store fault nothing is written and
- * *fault is the index of the failing event (n when the commit failed).
- * *applied gets the number of commands applied.
+ * The consumer's handler: MOAT_OK for every outcome of a command (a
+ * refusal is a reply), an error for what the event or our store cannot
+ * get past: a newer schema (parked), a store fault (held).
  */
-static int apply_range(struct inv_consumer *c, json_t *events, size_t n,
-                       size_t *fault, size_t *applied)
+static int on_command(struct moat_kv_txn *t, const struct moat_event *ev,
+                      void *arg, const char **why)
 {
-    struct moat_kv_txn *t = NULL;
-    int64_t stored = 0, last;
-    size_t i = 0;
-    *fault = 0;
-    *applied = 0;
-    int rc = inv_store_txn_begin(c->inv->store, &t);
-    if (rc == MOAT_OK)
-        rc = inv_store_cursor_get_in(c->inv->store, t, SOURCE, &stored);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    last = stored;
-    for (i = 0; i < n; i++) {
-        json_t *ce = json_array_get(events, i);
-        int64_t seq;
-        if (event_seq(ce, &seq) != MOAT_OK) {
-            /* Not from a libmoat feed; nothing to order it by. */
-            moat_log(MOAT_LOG_WARN, "event without a sequence skipped", "{s:s}",
-                     "source", SOURCE);
-            continue;
-        }
-        if (seq <= last)
-            continue; /* applied before: a redelivery */
-        if (is_command(jstr(ce, "type"))) {
-            rc = apply_command(c, t, ce);
-            if (rc != MOAT_OK)
-                goto cleanup;
-            (*applied)++;
-        }
-        last = seq;
+    struct inv_applier *c = arg;
+#ifdef MOAT_TEST_HOOKS
+    /* Test builds: commands of orders named "poison-..." fail until
+     * POST /_test/heal "deploys the fix" (the dead letter tests). */
+    const char *order = command_order(ev);
+    if (!*c->healed && order && strncmp(order, "poison-", 7) == 0) {
+        *why = "test hook: poison order (POST /_test/heal cures it)";
+        return MOAT_EINVAL;
     }
-    if (last == stored)
-        goto cleanup; /* nothing new: nothing to write */
-    rc = inv_store_cursor_put_in(c->inv->store, t, SOURCE, last);
-    if (rc == MOAT_OK) {
-        rc = inv_store_txn_commit(c->inv->store, t);
-        t = NULL;
-    }
-    if (rc == MOAT_OK)
-        c->cursor = last;
-
-cleanup:
+#endif
+    /* The command in its current shape (orders' contract): a newer schema
+     * than this inventory knows is parked until inventory is upgraded. */
+    struct moat_event cur = *ev;
+    json_t *data = NULL;
+    int rc = orders_upcast(ev->type, ev->schema_version, ev->data, &data, why);
     if (rc != MOAT_OK)
-        *fault = i;
-    inv_store_txn_abort(t);
+        return rc;
+    cur.data = data;
+    if (strcmp(ev->type, ORDERS_RESERVE_STOCK) == 0)
+        rc = apply_reserve(c, t, &cur);
+    else if (strcmp(ev->type, ORDERS_RELEASE_STOCK) == 0)
+        rc = apply_release(c, t, &cur);
+    else
+        rc = apply_commit(c, t, &cur);
+    json_decref(data);
     return rc;
 }
 
-/* ---- the pull loop ---- */
+/* ---- verification (moat_kv_view_ops) ---- */
 
-static void pull(struct inv_consumer *c);
-
-static void arm(struct inv_consumer *c, int ms)
+static int scratch_open(const char *dir, struct moat_kv *live,
+                        struct moat_kv **scratch, void **handler_arg, void *arg)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(c->timer, &tv);
-}
-
-static int next_backoff(struct inv_consumer *c)
-{
-    c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (c->backoff_ms > BACKOFF_MAX_MS)
-        c->backoff_ms = BACKOFF_MAX_MS;
-    return c->backoff_ms;
-}
-
-/* Lag gauges: head - cursor, and the age of the oldest event not applied
- * (approximated by the newest applied one while a backlog is pulled). */
-static void update_lag(struct inv_consumer *c, json_t *events, size_t from)
-{
-    int64_t lag = c->head > c->cursor ? c->head - c->cursor : 0;
-    if (lag == 0) {
-        c->pending_ms = 0;
-    } else if (events && json_array_size(events) > 0) {
-        size_t n = json_array_size(events);
-        json_t *ce = json_array_get(events, from < n ? from : n - 1);
-        /* Unparsable: 0, no age (the time only feeds the lag gauge). */
-        if (moat_time_parse_rfc3339(jstr(ce, "time"), &c->pending_ms) !=
-            MOAT_OK)
-            c->pending_ms = 0;
-    }
-    moat_metric_set(c->m_lag_events, (double)lag);
-    int64_t age = c->pending_ms ? moat_wall_ms() - c->pending_ms : 0;
-    moat_metric_set(c->m_lag_seconds, age > 0 ? (double)age / 1000.0 : 0.0);
-}
-
-static void source_failed(struct inv_consumer *c, int err)
-{
-    if (c->down_err != err) {
-        if (err == MOAT_ENOTFOUND)
-            moat_log(MOAT_LOG_ERROR,
-                     "orders' commands this service has not applied were "
-                     "deleted by orders' retention",
-                     "{s:s, s:I}", "source", SOURCE, "cursor",
-                     (json_int_t)c->cursor);
-        else
-            moat_log(MOAT_LOG_WARN,
-                     "event source unavailable, retrying with backoff",
-                     "{s:s, s:s}", "source", SOURCE, "error",
-                     moat_strerror(err));
-        c->down_err = err;
-        c->backoff_ms = 0;
-    }
-    snprintf(c->error, sizeof(c->error), "source: %s",
-             err == MOAT_ENOTFOUND ? "events gone (retention)"
-                                   : moat_strerror(err));
-    arm(c, next_backoff(c));
-}
-
-static void source_ok(struct inv_consumer *c)
-{
-    if (c->down_err != MOAT_OK) {
-        moat_log(MOAT_LOG_INFO, "event source reachable again", "{s:s}",
-                 "source", SOURCE);
-        c->down_err = MOAT_OK;
-        c->error[0] = '\0';
-    }
-    if (!c->local_fault)
-        c->backoff_ms = 0;
-}
-
-/* Apply the held batch; on a store fault keep it and retry later. */
-static void apply_batch(struct inv_consumer *c)
-{
-    size_t n = json_array_size(c->batch), fault = 0, applied = 0;
-    int rc = apply_range(c, c->batch, n, &fault, &applied);
-    if (rc != MOAT_OK && fault > 0 && fault < n) {
-        /* Keep what came before the failing command (its effects are
-         * deterministic, so the same again), so that one bad spot holds
-         * back as little as possible. */
-        size_t fault2, applied2;
-        if (apply_range(c, c->batch, fault, &fault2, &applied2) == MOAT_OK)
-            moat_metric_add(c->m_applied, (double)applied2);
-    }
+    MOAT_UNUSED(live); /* the live store is c->inv->store's */
+    struct inv_consumer *c = arg;
+    struct inv_scratch *x = moat_xcalloc(1, sizeof(*x));
+    const struct inv_store_options opts = {.base = c->base, .source = c->name};
+    x->metrics = moat_metrics_new();
+    int rc = inv_store_open(&x->store, dir, x->metrics, &opts);
+    if (rc == MOAT_OK)
+        rc = inv_store_view_seed(x->store, c->inv->store);
     if (rc != MOAT_OK) {
-        if (!c->local_fault) {
-            moat_log(MOAT_LOG_ERROR,
-                     "cannot apply orders' commands, retrying with backoff",
-                     "{s:s, s:I, s:s}", "source", SOURCE, "cursor",
-                     (json_int_t)c->cursor, "error", moat_strerror(rc));
-            c->local_fault = true;
-            c->backoff_ms = 0;
-        }
-        snprintf(c->error, sizeof(c->error), "database: %s", moat_strerror(rc));
-        update_lag(c, c->batch, fault);
-        arm(c, next_backoff(c));
-        return;
+        moat_log(MOAT_LOG_ERROR, "cannot make inventory's verification store",
+                 "{s:s, s:s}", "dir", dir, "error", moat_strerror(rc));
+        inv_store_close(x->store);
+        moat_metrics_free(x->metrics);
+        free(x);
+        return rc;
     }
-    moat_metric_add(c->m_applied, (double)applied);
-    if (c->local_fault) {
-        moat_log(MOAT_LOG_INFO, "applying orders' commands again", "{s:s}",
-                 "source", SOURCE);
-        c->local_fault = false;
-        c->backoff_ms = 0;
-        c->error[0] = '\0';
-    }
-    update_lag(c, c->batch, n);
-    json_decref(c->batch);
-    c->batch = NULL;
-    pull(c);
+    applier_init(&x->applier, x->store, c->live.max_open, c->live.healed);
+    *scratch = inv_store_kv(x->store);
+    *handler_arg = &x->applier;
+    return MOAT_OK;
 }
 
-static void on_pulled(int err, json_t *events, int64_t head, void *arg)
+static void scratch_close(struct moat_kv *scratch, void *handler_arg, void *arg)
+{
+    MOAT_UNUSED(scratch);
+    MOAT_UNUSED(arg);
+    struct inv_scratch *x = handler_arg; /* applier is its first member */
+    applier_release(&x->applier);
+    inv_store_close(x->store);
+    moat_metrics_free(x->metrics);
+    free(x);
+}
+
+static int view_compare(struct moat_kv *live, struct moat_kv *scratch,
+                        json_t *diffs, void *arg)
+{
+    MOAT_UNUSED(arg);
+    return inv_store_view_compare(live, scratch, diffs);
+}
+
+/* ---- lifecycle ---- */
+
+#ifdef MOAT_TEST_HOOKS
+static void handle_test_heal(struct moat_req *r, void *arg)
 {
     struct inv_consumer *c = arg;
-    c->pulling = false;
-    if (err == MOAT_ECANCELLED)
-        return; /* the client is going away: so are we */
-    if (err != MOAT_OK) {
-        source_failed(c, err);
-        return;
-    }
-    source_ok(c);
-    c->head = head;
-    if (json_array_size(events) == 0) {
-        update_lag(c, NULL, 0);
-        if (moat_mono_ms() - c->pull_started_ms < EMPTY_POLL_MIN_MS)
-            arm(c, EMPTY_POLL_MIN_MS);
-        else
-            pull(c);
-        return;
-    }
-    c->batch = json_incref(events);
-    apply_batch(c);
+    c->poison_healed = true;
+    moat_log(MOAT_LOG_WARN, "test hook: poison orders healed", NULL);
+    moat_req_reply_json(r, 200, json_pack("{s:b}", "healed", 1));
 }
-
-static void pull(struct inv_consumer *c)
-{
-    if (c->pulling || c->batch)
-        return;
-    c->pull_started_ms = moat_mono_ms();
-    /* Right after an error, ask without waiting: an answer, even empty,
-     * proves the source is back at once instead of after a long poll. */
-    int wait = c->down_err != MOAT_OK ? 0 : PULL_WAIT_MS;
-    int rc =
-        c->src->ops->pull(c->src, c->cursor, PULL_LIMIT, wait, on_pulled, c);
-    if (rc == MOAT_OK)
-        c->pulling = true;
-    else
-        source_failed(c, rc);
-}
+#endif
 
 /*
- * The timer: the first run starts consuming. It is added with no delay in
- * init, and lib/service.c enters the loop only once the process is
- * confined and listening (the skeleton has no hook for that moment; search
- * does the same). Later runs are the pauses between pulls and the
- * retries.
+ * The consumer must not pull before the service is confined and
+ * listening (moat/events.h): lib/service.c enters the loop only then, so
+ * a timer added with no delay at init fires at the right moment.
  */
-static void on_timer(evutil_socket_t fd, short what, void *arg)
+static void on_start(evutil_socket_t fd, short what, void *arg)
 {
     MOAT_UNUSED(fd);
     MOAT_UNUSED(what);
     struct inv_consumer *c = arg;
-    if (!c->started) {
-        c->started = true;
-        moat_log(MOAT_LOG_INFO, "consuming orders' commands", "{s:s, s:I}",
-                 "source", SOURCE, "cursor", (json_int_t)c->cursor);
-    }
-    if (c->batch)
-        apply_batch(c);
-    else
-        pull(c);
+    moat_consumer_start(c->consumer);
 }
-
-/* ---- lifecycle ---- */
 
 int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
                      struct inv_service *inv, const char *orders_url)
@@ -526,125 +375,76 @@ int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
     };
     struct inv_consumer *c = moat_xcalloc(1, sizeof(*c));
     c->inv = inv;
-    c->head = -1;
-    int rc = inv_store_cursor_get(inv->store, SOURCE, &c->cursor);
+    c->base = svc->base;
+    c->name = svc->cfg.name;
+    applier_init(&c->live, inv->store, inv->max_open_per_customer,
+                 &c->poison_healed);
+    int rc = moat_consumer_new_kv(&c->consumer, svc->base,
+                                  inv_store_kv(inv->store), svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
+    moat_consumer_set_outbox(c->consumer, inv_store_outbox(inv->store));
+    const struct moat_kv_view_ops view = {
+        .scratch_open = scratch_open,
+        .scratch_close = scratch_close,
+        .compare = view_compare,
+        .reset = NULL, /* stock is not a view: no plain replay */
+        .arg = c,
+    };
+    rc = moat_consumer_register_admin_kv(c->consumer, svc->http,
+                                         svc->cfg.data_dir, &view);
+#ifdef MOAT_TEST_HOOKS
+    if (rc == MOAT_OK)
+        rc = moat_http_route(svc->http, MOAT_POST, "/_test/heal",
+                             handle_test_heal, c);
+#endif
+    if (rc != MOAT_OK || !orders_url || !orders_url[0])
+        goto cleanup; /* no saga: the admin routes show no source */
+
     rc = moat_http_client_new(&c->client, svc->base, &copts);
     if (rc != MOAT_OK)
         goto cleanup;
-    c->src = moat_feed_source_new(SOURCE, orders_url, c->client, svc->auth);
-    if (!c->src) {
+    struct moat_event_source *src =
+        moat_feed_source_new(SOURCE, orders_url, c->client, svc->auth);
+    if (!src) {
         rc = MOAT_EINVAL; /* logged */
         goto cleanup;
     }
-    c->timer = evtimer_new(svc->base, on_timer, c);
+    const struct moat_subscription sub = {
+        .source = src,
+        .types = command_types,
+        .kv_handler = on_command,
+        .arg = &c->live,
+    };
+    rc = moat_consumer_subscribe(c->consumer, &sub);
+    if (rc != MOAT_OK) {
+        src->ops->free(src); /* not taken: the consumer refused it */
+        goto cleanup;
+    }
+    c->start = evtimer_new(svc->base, on_start, c);
     const struct timeval now = {0, 0};
-    if (!c->timer || evtimer_add(c->timer, &now) != 0) {
+    if (!c->start || evtimer_add(c->start, &now) != 0)
         rc = MOAT_EIO;
-        goto cleanup;
-    }
-    c->want = moat_xcalloc(1, sizeof(*c->want));
-    c->res = moat_xcalloc(1, sizeof(*c->res));
-    c->shortages = moat_xcalloc(INV_LINES_MAX, sizeof(*c->shortages));
-
-    /* The families and help texts of lib/consumer.c, so dashboards and
-     * `moat status` read inventory like every other consumer. */
-    struct moat_metric_family *f_lag = moat_metrics_family(
-        svc->metrics, MOAT_GAUGE, "moat_consumer_lag_events",
-        "Events the source has that this consumer has not applied yet.",
-        "source", NULL, 0);
-    struct moat_metric_family *f_age = moat_metrics_family(
-        svc->metrics, MOAT_GAUGE, "moat_consumer_lag_seconds",
-        "Age of the oldest event not applied yet (0 when caught up).", "source",
-        NULL, 0);
-    struct moat_metric_family *f_applied = moat_metrics_family(
-        svc->metrics, MOAT_COUNTER, "moat_consumer_applied_total",
-        "Events applied by their handler.", "source", NULL, 0);
-    if (!f_lag || !f_age || !f_applied) {
-        rc = MOAT_EINVAL; /* logged by the registry */
-        goto cleanup;
-    }
-    const char *labels[] = {SOURCE};
-    c->m_lag_events = moat_metric_series(f_lag, labels);
-    c->m_lag_seconds = moat_metric_series(f_age, labels);
-    c->m_applied = moat_metric_series(f_applied, labels);
-    *out = c;
-    c = NULL;
 
 cleanup:
-    inv_consumer_free(c);
-    return rc;
+    if (rc != MOAT_OK) {
+        inv_consumer_free(c);
+        return rc;
+    }
+    *out = c;
+    return MOAT_OK;
 }
 
 void inv_consumer_free(struct inv_consumer *c)
 {
     if (!c)
         return;
-    if (c->timer)
-        event_free(c->timer);
-    /* The source first: it drops its pull in flight, which the client's
-     * free would otherwise complete into a freed consumer. */
-    if (c->src)
-        c->src->ops->free(c->src);
+    if (c->start)
+        event_free(c->start);
+    /* The consumer first: it owns the feed source, whose pull in flight
+     * the client's free would otherwise complete into a freed consumer. */
+    moat_consumer_free(c->consumer);
     moat_http_client_free(c->client);
-    json_decref(c->batch);
-    free(c->want);
-    free(c->res);
-    free(c->shortages);
+    applier_release(&c->live);
     free(c);
-}
-
-/* ---- GET /v1/admin/consumer ---- */
-
-static const char *state_of(const struct inv_consumer *c)
-{
-    if (c->down_err != MOAT_OK || c->local_fault)
-        return "backoff";
-    if (c->pulling)
-        return "waiting";
-    return c->started ? "idle" : "stopped";
-}
-
-/* lib/consumer.c's shape; inventory has no dead letters (a bad command is
- * answered or skipped, never parked), so those counts are always 0. */
-static void handle_consumer_status(struct moat_req *r, void *arg)
-{
-    struct inv_service *inv = arg;
-    struct inv_consumer *c = inv->consumer;
-    void *iter = NULL;
-    const char *key, *value;
-    json_t *problem = NULL;
-    while (moat_req_query_next(r, &iter, &key, &value))
-        moat_problem_param_error(&problem, key,
-                                 "is not a known parameter (there are none)");
-    if (problem) {
-        moat_req_reply_problem_json(r, problem);
-        return;
-    }
-    json_t *list = json_array();
-    if (c) {
-        int64_t lag = c->head > c->cursor ? c->head - c->cursor : 0;
-        int64_t age = c->pending_ms ? moat_wall_ms() - c->pending_ms : 0;
-        json_array_append_new(
-            list,
-            json_pack("{s:s, s:I, s:o, s:I, s:f, s:s, s:o, s:{s:i, s:i}}",
-                      "source", SOURCE, "cursor", (json_int_t)c->cursor, "head",
-                      c->head >= 0 ? json_integer(c->head) : json_null(),
-                      "lag_events", (json_int_t)lag, "lag_seconds",
-                      lag > 0 && age > 0 ? (double)age / 1000.0 : 0.0, "state",
-                      state_of(c), "error",
-                      c->error[0] ? json_string(c->error) : json_null(),
-                      "dead_letters", "failed", 0, "blocked", 0));
-    }
-    moat_req_reply_json(r, 200,
-                        json_pack("{s:o, s:b, s:b}", "sources", list, "paused",
-                                  0, "verifying", 0));
-}
-
-int inv_consumer_routes_register(struct moat_http_server *server,
-                                 struct inv_service *inv)
-{
-    return moat_http_route(server, MOAT_GET | MOAT_HEAD, "/v1/admin/consumer",
-                           handle_consumer_status, inv);
 }

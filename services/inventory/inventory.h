@@ -23,7 +23,8 @@ struct inv_service {
     /* Held reservations one customer may have at once (against hoarding:
      * MOAT_INVENTORY_MAX_OPEN_PER_CUSTOMER). */
     int64_t max_open_per_customer;
-    /* Owned; NULL when MOAT_INVENTORY_ORDERS_URL is unset (no saga). */
+    /* Owned; without MOAT_INVENTORY_ORDERS_URL it has no source (no
+     * saga) but still answers the admin routes. */
     struct inv_consumer *consumer;
 };
 
@@ -52,18 +53,17 @@ bool inv_reservation_parse(struct moat_validation *v, json_t *body, bool strict,
                            struct inv_reservation *want);
 
 /*
- * commands.c: consume orders' feed at orders_url (copied by the source):
- * the saga's commands applied, replied to and cursored exactly once. inv
- * and svc are borrowed and must outlive the consumer; consuming starts on
- * the loop's first turn (after the service is confined and listening).
- * Free with inv_consumer_free (NULL is fine) before the store.
+ * commands.c: libmoat's consumer on the store's environment with its
+ * admin routes (/v1/admin/consumer, dead letters, redrive, replay
+ * verification), consuming orders' feed at orders_url (copied by the
+ * source) when it is not NULL or "": the saga's commands applied, replied
+ * to and cursored exactly once. inv (inv->store open) and svc are
+ * borrowed and must outlive the consumer; consuming starts on the loop's
+ * first turn (after the service is confined and listening). Free with
+ * inv_consumer_free (NULL is fine) before the store.
  */
 int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
                      struct inv_service *inv, const char *orders_url);
 void inv_consumer_free(struct inv_consumer *c);
-/* GET /v1/admin/consumer (lib/consumer.c's shape) for inv->consumer, which
- * may be NULL (no sources). */
-int inv_consumer_routes_register(struct moat_http_server *server,
-                                 struct inv_service *inv);
 
 #endif /* INV_INVENTORY_H */

@@ -71,23 +71,19 @@ static int inventory_init(struct moat_service *svc)
     rc = inv_routes_register(svc->http, inv);
     if (rc == MOAT_OK)
         rc = moat_feed_register(inv_store_outbox(inv->store), svc->http);
-    if (rc == MOAT_OK)
-        rc = inv_consumer_routes_register(svc->http, inv);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register inventory routes", "{s:s}",
                  "error", moat_strerror(rc));
         goto cleanup;
     }
     const char *orders_url = moat_env_str("MOAT_INVENTORY_ORDERS_URL", NULL);
-    if (orders_url && orders_url[0] != '\0') {
-        rc = inv_consumer_new(&inv->consumer, svc, inv, orders_url);
-        if (rc != MOAT_OK) {
-            moat_log(MOAT_LOG_ERROR,
-                     "cannot consume orders' feed (MOAT_INVENTORY_ORDERS_URL)",
-                     "{s:s, s:s}", "url", orders_url, "error",
-                     moat_strerror(rc));
-            goto cleanup;
-        }
+    rc = inv_consumer_new(&inv->consumer, svc, inv, orders_url);
+    if (rc != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR,
+                 "cannot consume orders' feed (MOAT_INVENTORY_ORDERS_URL)",
+                 "{s:s, s:s}", "url", orders_url ? orders_url : "", "error",
+                 moat_strerror(rc));
+        goto cleanup;
     }
     svc->impl = inv;
     inv = NULL;

@@ -18,7 +18,6 @@ struct inv_store {
     struct moat_kv_db *adjust;  /* owned by kv: "adjustments" */
     struct moat_kv_db *res;     /* owned by kv: "reservations" */
     struct moat_kv_db *open;    /* owned by kv: "open_by_customer" */
-    struct moat_kv_db *cursor;  /* owned by kv: "consumer" */
     struct moat_outbox *outbox; /* owned; events of every write */
 };
 
@@ -76,8 +75,6 @@ int inv_store_open(struct inv_store **out, const char *data_dir,
         rc = moat_kv_db(s->kv, "reservations", &s->res);
     if (rc == MOAT_OK)
         rc = moat_kv_db(s->kv, "open_by_customer", &s->open);
-    if (rc == MOAT_OK)
-        rc = moat_kv_db(s->kv, "consumer", &s->cursor);
     if (rc == MOAT_OK)
         rc = moat_kv_migrate(s->kv, migrations, MOAT_ARRAY_LEN(migrations), s);
     if (rc == MOAT_OK)
@@ -1136,22 +1133,7 @@ int inv_store_adjustments_visit(struct inv_store *s, int64_t after_id,
     return rc;
 }
 
-/* ---- batches (the saga consumer) ---- */
-
-int inv_store_txn_begin(struct inv_store *s, struct moat_kv_txn **out)
-{
-    return moat_kv_begin(s->kv, out);
-}
-
-int inv_store_txn_commit(struct inv_store *s, struct moat_kv_txn *t)
-{
-    return commit(s, t);
-}
-
-void inv_store_txn_abort(struct moat_kv_txn *t)
-{
-    moat_kv_abort(t);
-}
+/* ---- the saga consumer ---- */
 
 int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
                                 const char *order_id, const char *reason,
@@ -1183,49 +1165,94 @@ int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
     return rc;
 }
 
-int inv_store_cursor_get_in(struct inv_store *s, struct moat_kv_txn *t,
-                            const char *source, int64_t *after_seq)
+struct moat_kv *inv_store_kv(struct inv_store *s)
 {
-    json_t *j = NULL;
-    json_int_t seq = 0;
-    *after_seq = 0;
-    int rc = moat_kv_get_json(t, s->cursor, source, strlen(source), &j);
-    if (rc == MOAT_ENOTFOUND)
-        return MOAT_OK;
-    if (rc != MOAT_OK)
-        return rc;
-    if (json_unpack(j, "{s:I}", "after_seq", &seq) != 0 || seq < 0) {
-        moat_log(MOAT_LOG_ERROR, "stored consumer cursor is malformed", "{s:s}",
-                 "source", source);
-        rc = MOAT_EDB;
-    }
-    json_decref(j);
-    *after_seq = seq;
-    return rc;
+    return s->kv;
 }
 
-int inv_store_cursor_get(struct inv_store *s, const char *source,
-                         int64_t *after_seq)
-{
+struct seed {
+    struct inv_store *to;
     struct moat_kv_txn *t;
-    *after_seq = 0;
-    int rc = moat_kv_begin_read(s->kv, &t);
+};
+
+/* The stock as the commands found it: every unit set or adjusted in is
+ * on hand (on_hand + sold), none reserved or sold yet. */
+static int seed_one(const void *key, size_t klen, const void *val, size_t vlen,
+                    void *arg)
+{
+    struct seed *sd = arg;
+    char sku[INV_SKU_MAX + 1];
+    struct inv_stock st;
+    if (klen > INV_SKU_MAX)
+        return MOAT_EDB;
+    memcpy(sku, key, klen);
+    sku[klen] = '\0';
+    int rc = decode_stock(sku, val, vlen, &st);
     if (rc != MOAT_OK)
         return rc;
-    rc = inv_store_cursor_get_in(s, t, source, after_seq);
-    moat_kv_abort(t);
+    st.on_hand += st.sold;
+    st.reserved = 0;
+    st.sold = 0;
+    json_t *j = encode_stock(&st);
+    rc = moat_kv_put_json(sd->t, sd->to->stock, key, klen, j, 0);
+    json_decref(j);
+    return rc == MOAT_OK ? MOAT_KV_NEXT : rc;
+}
+
+int inv_store_view_seed(struct inv_store *scratch, struct inv_store *live)
+{
+    struct moat_kv_txn *r = NULL;
+    struct seed sd = {.to = scratch};
+    int rc = moat_kv_begin_read(live->kv, &r);
+    if (rc == MOAT_OK)
+        rc = moat_kv_begin(scratch->kv, &sd.t);
+    if (rc == MOAT_OK)
+        rc = moat_kv_iterate(r, live->stock, NULL, 0, seed_one, &sd);
+    moat_kv_abort(r);
+    if (rc == MOAT_OK)
+        return moat_kv_commit(sd.t);
+    moat_kv_abort(sd.t);
     return rc;
 }
 
-int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
-                            const char *source, int64_t after_seq)
+/* What the commands decide of a stock record: not its version (the HTTP
+ * writes count too) nor its times. */
+static json_t *stock_projection(const void *val, size_t vlen)
 {
-    json_t *j = json_pack("{s:I, s:I}", "after_seq", (json_int_t)after_seq,
-                          "updated_ms", (json_int_t)moat_wall_ms());
-    int rc = j ? moat_kv_put_json(t, s->cursor, source, strlen(source), j, 0)
-               : MOAT_EINVAL;
+    json_t *j = json_loadb(val, vlen, 0, NULL);
+    json_t *p = json_pack("{s:O?, s:O?, s:O?}", "on_hand",
+                          json_object_get(j, "on_hand"), "reserved",
+                          json_object_get(j, "reserved"), "sold",
+                          json_object_get(j, "sold"));
     json_decref(j);
-    return rc;
+    return p;
+}
+
+/* A reservation without the times of its writes. */
+static json_t *res_projection(const void *val, size_t vlen)
+{
+    json_t *j = json_loadb(val, vlen, 0, NULL);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    json_object_del(j, "created_ms");
+    json_object_del(j, "updated_ms");
+    return j;
+}
+
+#define VIEW_MAX_DIFFS 100
+
+int inv_store_view_compare(struct moat_kv *live, struct moat_kv *scratch,
+                           json_t *diffs)
+{
+    static const struct moat_kv_view_range ranges[] = {
+        {"stock", "stock", stock_projection},
+        {"reservations", "reservation", res_projection},
+        {"open_by_customer", "open reservation", NULL},
+    };
+    return moat_kv_compare_ranges(live, scratch, ranges, MOAT_ARRAY_LEN(ranges),
+                                  diffs, VIEW_MAX_DIFFS);
 }
 
 #ifdef MOAT_TEST_HOOKS

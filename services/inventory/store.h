@@ -14,10 +14,12 @@
  *                append-only log of every change of on_hand, for audits
  *                and reconciliation.
  *   reservations, open_by_customer   see "reservations" below.
- *   consumer     source name -> {"after_seq", "updated_ms"}: the cursor of
- *                each event feed this service consumes (orders' commands),
- *                written in the same transaction as the commands' effects
- *                and replies, so each command takes effect exactly once.
+ *   consumer, dead_letters, dead_letters_subject   the saga consumer's
+ *                cursor on orders' feed and its parked commands, owned by
+ *                libmoat's consumer (moat_consumer_new_kv in
+ *                moat/events.h), written in the same transaction as the
+ *                commands' effects and replies, so each command takes
+ *                effect exactly once.
  *   outbox, outbox_meta   the transactional outbox (moat_outbox_new_kv).
  *
  * Every write is one LMDB write transaction holding the stock record, its
@@ -31,6 +33,7 @@
 #ifndef INV_STORE_H
 #define INV_STORE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -267,22 +270,20 @@ int inv_store_adjustments_visit(struct inv_store *s, int64_t after_id,
                                 size_t limit, inv_adjustment_fn fn, void *arg,
                                 bool *more);
 
-/* ---- batches: several changes in one transaction (the saga consumer) ----
+/* ---- the saga consumer (commands.c) ----
  *
  * The functions above each run one write transaction. The order saga's
- * consumer (commands.c) instead applies a whole pulled batch of commands,
- * their replies and its feed cursor in ONE transaction (one sync per
- * batch): inv_store_txn_begin, then the _in functions below on that
- * transaction, then inv_store_txn_commit (which also wakes the feed's
- * readers) or inv_store_txn_abort. One write transaction at a time, on
- * the loop thread (moat/kv.h). After any error of an _in function the
- * transaction must be aborted: its writes so far may be partial.
+ * consumer (libmoat's, moat_consumer_new_kv on this store's environment)
+ * instead applies a whole pulled batch of commands, their replies and its
+ * feed cursor in ONE transaction (one sync per batch), each command in a
+ * transaction nested in it: it calls the _in functions below on the
+ * transaction it hands its handler. After any error of an _in function
+ * the transaction must be aborted: its writes so far may be partial.
  */
 struct moat_kv_txn;
-int inv_store_txn_begin(struct inv_store *s, struct moat_kv_txn **out);
-/* Commits t (gone afterwards whatever the result). */
-int inv_store_txn_commit(struct inv_store *s, struct moat_kv_txn *t);
-void inv_store_txn_abort(struct moat_kv_txn *t); /* NULL is fine */
+struct moat_kv;
+/* The environment (owned by the store), for the consumer. */
+struct moat_kv *inv_store_kv(struct inv_store *s);
 
 /* As inv_store_reserve, inside t (writes only for INV_RESERVED). */
 int inv_store_reserve_in(struct inv_store *s, struct moat_kv_txn *t,
@@ -316,14 +317,20 @@ int inv_store_reserve_failed_in(struct inv_store *s, struct moat_kv_txn *t,
                                 const char *detail,
                                 const struct inv_shortage *shortages,
                                 size_t nshort);
-/* The cursor of source (0 when none is stored), from a read snapshot. */
-int inv_store_cursor_get(struct inv_store *s, const char *source,
-                         int64_t *after_seq);
-/* The cursor of source as t sees it (0 when none is stored). */
-int inv_store_cursor_get_in(struct inv_store *s, struct moat_kv_txn *t,
-                            const char *source, int64_t *after_seq);
-int inv_store_cursor_put_in(struct inv_store *s, struct moat_kv_txn *t,
-                            const char *source, int64_t after_seq);
+/*
+ * Replay verification (commands.c): a scratch store rebuilt from orders'
+ * commands starts from live's stock as the commands found it - every unit
+ * ever set or adjusted in on hand (on_hand + sold), nothing reserved or
+ * sold - which inv_store_view_seed copies into scratch (a fresh store).
+ * inv_store_view_compare appends the differences between the two
+ * environments' "stock" (on_hand, reserved, sold), "reservations"
+ * (without their times) and "open_by_customer" to diffs. Stock changed
+ * through the HTTP API between two commands, or reservations made through
+ * it, show as differences: the commands alone do not decide them.
+ */
+int inv_store_view_seed(struct inv_store *scratch, struct inv_store *live);
+int inv_store_view_compare(struct moat_kv *live, struct moat_kv *scratch,
+                           json_t *diffs);
 
 #ifdef MOAT_TEST_HOOKS
 /*

@@ -245,6 +245,56 @@ static void test_abort_and_transactions(void **state)
     assert_ptr_equal(db(f, "things"), d);
 }
 
+/* A nested transaction is a savepoint: its writes join its parent's on
+ * commit or vanish alone on abort; while open it is the write
+ * transaction; ending the parent ends it too. */
+static void test_nested_transactions(void **state)
+{
+    struct fixture *f = *state;
+    struct moat_kv_db *d = db(f, "things");
+    struct moat_kv_txn *t, *c, *c2, *r;
+    assert_int_equal(moat_kv_begin_read(f->kv, &r), MOAT_OK);
+    assert_int_equal(moat_kv_begin_nested(r, &c), MOAT_EINVAL);
+    moat_kv_abort(r);
+
+    assert_int_equal(moat_kv_begin(f->kv, &t), MOAT_OK);
+    assert_int_equal(moat_kv_puts(t, d, "a", "1", 1, 0), MOAT_OK);
+    assert_int_equal(moat_kv_begin_nested(t, &c), MOAT_OK);
+    assert_ptr_equal(moat_kv_write_txn(f->kv), c);
+    assert_int_equal(moat_kv_begin_nested(t, &c2), MOAT_EINVAL);
+    assert_int_equal(moat_kv_begin(f->kv, &c2), MOAT_EINVAL);
+    assert_int_equal(moat_kv_puts(c, d, "b", "2", 1, 0), MOAT_OK);
+    moat_kv_abort(c); /* b alone is gone */
+    assert_ptr_equal(moat_kv_write_txn(f->kv), t);
+    assert_int_equal(moat_kv_begin_nested(t, &c), MOAT_OK);
+    assert_int_equal(moat_kv_puts(c, d, "c", "3", 1, 0), MOAT_OK);
+    assert_int_equal(moat_kv_commit(c), MOAT_OK);
+    const void *v;
+    size_t n;
+    assert_int_equal(moat_kv_gets(t, d, "c", &v, &n), MOAT_OK);
+    assert_value(f, d, "c", NULL); /* nothing on disk before the parent */
+    assert_int_equal(moat_kv_commit(t), MOAT_OK);
+    assert_null(moat_kv_write_txn(f->kv));
+    assert_value(f, d, "a", "1");
+    assert_value(f, d, "b", NULL);
+    assert_value(f, d, "c", "3");
+
+    /* Aborting the parent with a child open drops both. */
+    assert_int_equal(moat_kv_begin(f->kv, &t), MOAT_OK);
+    assert_int_equal(moat_kv_begin_nested(t, &c), MOAT_OK);
+    assert_int_equal(moat_kv_puts(c, d, "d", "4", 1, 0), MOAT_OK);
+    moat_kv_abort(t);
+    assert_null(moat_kv_write_txn(f->kv));
+    assert_value(f, d, "d", NULL);
+    /* Committing it with a child open is refused and drops both. */
+    assert_int_equal(moat_kv_begin(f->kv, &t), MOAT_OK);
+    assert_int_equal(moat_kv_begin_nested(t, &c), MOAT_OK);
+    assert_int_equal(moat_kv_puts(c, d, "e", "5", 1, 0), MOAT_OK);
+    assert_int_equal(moat_kv_commit(t), MOAT_EINVAL);
+    assert_null(moat_kv_write_txn(f->kv));
+    assert_value(f, d, "e", NULL);
+}
+
 static void test_survives_reopen(void **state)
 {
     struct fixture *f = *state;
@@ -504,6 +554,8 @@ int main(int argc, char **argv)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_put_get_del, setup, teardown),
         cmocka_unit_test_setup_teardown(test_abort_and_transactions, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_nested_transactions, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_survives_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_iterate_in_key_order, setup,
