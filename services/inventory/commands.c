@@ -284,6 +284,12 @@ static int on_command(struct moat_kv_txn *t, const struct moat_event *ev,
     struct moat_event cur = *ev;
     json_t *data = NULL;
     int rc = orders_upcast(ev->type, ev->schema_version, ev->data, &data, why);
+    if (rc == MOAT_EINVAL) {
+        /* Data that is not an object: the apply functions answer it
+         * "invalid" to the subject, so the saga is not left waiting. */
+        data = json_incref(ev->data);
+        rc = MOAT_OK;
+    }
     if (rc != MOAT_OK)
         return rc;
     cur.data = data;
