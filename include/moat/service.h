@@ -41,12 +41,13 @@
  *     pending pulls an HTTP client's free would otherwise complete into a
  *     freed consumer; the feed client of moat_service_subscribe is freed
  *     by the skeleton after release, so it is always last;
- *  3. the service's own HTTP clients: freeing one cancels its calls, whose
- *     callbacks run now (answering their requests, e.g. 503) and may use
- *     anything not yet freed below;
- *  4. whatever those callbacks or running workers record into: workers,
- *     then the outbox (moat_outbox_free answers parked feed readers), then
- *     the database (moat_db_close) last of all.
+ *  3. what completes work still in flight: the service's HTTP clients
+ *     (freeing one cancels its calls, whose callbacks run now and answer
+ *     their requests, e.g. 503) and worker pools (their last
+ *     continuations run now); these may use anything freed below;
+ *  4. what that work records into: writers (a deliverer), then the outbox
+ *     (moat_outbox_free answers parked feed readers), then the database
+ *     (moat_db_close), last of all.
  */
 #ifndef MOAT_SERVICE_H
 #define MOAT_SERVICE_H
