@@ -58,6 +58,7 @@ int cli_cmd_bench(int argc, char **argv);  /* bench.c */
 int cli_cmd_social(int argc, char **argv); /* social.c: seed, bench */
 /* report.c */
 int cli_cmd_report(int argc, char **argv);
+int cli_cmd_new(int argc, char **argv); /* new.c */
 
 /* Print "error: <message>" to stderr. */
 void cli_error(const char *fmt, ...) MOAT_PRINTF(1, 2);

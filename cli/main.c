@@ -80,6 +80,11 @@ static const char usage[] =
     "                            top-products, cancellation-reasons,\n"
     "                            stock-turnover, saga-durations (D is\n"
     "                            YYYY-MM-DD)\n"
+    "  new service NAME [--deploy FILE] [--root DIR]\n"
+    "                            generate services/NAME on the service\n"
+    "                            skeleton (store, outbox, consumer stub,\n"
+    "                            tests, docs/NAME.md) and add it to FILE\n"
+    "                            (default moat.json) on the next port\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -152,6 +157,7 @@ int main(int argc, char **argv)
         {"bench", cli_cmd_bench},
         {"social", cli_cmd_social},
         {"report", cli_cmd_report},
+        {"new", cli_cmd_new},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

@@ -15,6 +15,24 @@ const char *moat_env_str(const char *name, const char *def)
     return (v && *v) ? v : def;
 }
 
+bool moat_url_valid(const char *url)
+{
+    return url && (strncmp(url, "http://", 7) == 0 ||
+                   strncmp(url, "https://", 8) == 0);
+}
+
+int moat_env_url(const char *name, const char *def, const char **out)
+{
+    const char *v = moat_env_str(name, def);
+    if (!moat_url_valid(v)) {
+        moat_log(MOAT_LOG_ERROR, "not an http(s):// URL", "{s:s, s:s}",
+                 "variable", name, "value", v ? v : "");
+        return MOAT_EINVAL;
+    }
+    *out = v;
+    return MOAT_OK;
+}
+
 int moat_env_int(const char *name, int64_t def, int64_t min, int64_t max,
                  int64_t *out)
 {

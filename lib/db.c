@@ -220,6 +220,9 @@ static int configure(struct moat_db *db, const struct moat_db_options *opts)
      * without them: check rather than trust. */
     if ((rc = run_pragma(db, "PRAGMA foreign_keys", "1")) != MOAT_OK)
         return rc;
+    if (opts && opts->secure_delete &&
+        (rc = run_pragma(db, "PRAGMA secure_delete=ON", "1")) != MOAT_OK)
+        return rc;
     return run_pragma(db, "PRAGMA temp_store=MEMORY", NULL);
 }
 
@@ -467,7 +470,12 @@ int moat_db_commit(struct moat_db *db)
                  "path", db->path);
         return MOAT_EINVAL;
     }
-    return run_cached(db, "db_commit", "COMMIT");
+    int rc = run_cached(db, "db_commit", "COMMIT");
+    /* A failed COMMIT (SQLITE_BUSY, a deferred constraint, I/O) can leave
+     * the transaction open: end it here so no caller forgets to. */
+    if (rc != MOAT_OK)
+        moat_db_rollback(db);
+    return rc;
 }
 
 void moat_db_rollback(struct moat_db *db)

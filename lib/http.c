@@ -623,6 +623,19 @@ void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
     moat_req_reply_problem_json(r, moat_problem_new(status, detail));
 }
 
+void moat_req_reply_store_error(struct moat_req *r, int rc, const char *store,
+                                const char *what)
+{
+    if (rc == MOAT_EBUSY) {
+        moat_req_set_header(r, "Retry-After", "1");
+        moat_req_reply_problem(r, 503, "the %s database is busy; retry", store);
+        return;
+    }
+    moat_log(MOAT_LOG_ERROR, "store failure", "{s:s, s:s, s:s}", "store", store,
+             "op", what, "error", moat_strerror(rc));
+    moat_req_reply_problem(r, 500, "the %s database could not %s", store, what);
+}
+
 /* ---- accessors ---- */
 
 enum moat_method moat_req_method(const struct moat_req *r)

@@ -17,6 +17,7 @@
 
 #include "moat/buf.h"
 #include "moat/config.h"
+#include "moat/http_client.h"
 #include "moat/log.h"
 #include "moat/sandbox.h"
 #include "moat/service.h"
@@ -144,6 +145,37 @@ static void raise_fd_limit(unsigned max_connections)
                  "file descriptor limit barely above max_connections",
                  "{s:I, s:I}", "nofile", (json_int_t)rl.rlim_cur,
                  "max_connections", (json_int_t)max_connections);
+}
+
+/* ---- feeds ---- */
+
+int moat_service_subscribe(struct moat_service *svc, struct moat_consumer *c,
+                           const char *source, const char *url,
+                           const char *const *types,
+                           moat_event_handler_fn handler, void *arg)
+{
+    if (!moat_url_valid(url)) {
+        moat_log(MOAT_LOG_ERROR, "a feed URL is not an http(s):// URL",
+                 "{s:s, s:s}", "source", source, "url", url ? url : "");
+        return MOAT_EINVAL;
+    }
+    if (!svc->feeds) {
+        const struct moat_http_client_options opts = {
+            .timeout_ms = MOAT_FEED_CLIENT_TIMEOUT_MS};
+        int rc = moat_http_client_new(&svc->feeds, svc->base, &opts);
+        if (rc != MOAT_OK)
+            return rc;
+    }
+    struct moat_event_source *src =
+        moat_feed_source_new(source, url, svc->feeds, svc->auth);
+    if (!src)
+        return MOAT_EINVAL;
+    const struct moat_subscription sub = {
+        .source = src, .types = types, .handler = handler, .arg = arg};
+    int rc = moat_consumer_subscribe(c, &sub);
+    if (rc != MOAT_OK)
+        src->ops->free(src); /* not taken: the consumer refused it */
+    return rc;
 }
 
 /* ---- built-in endpoints ---- */
@@ -443,6 +475,10 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
     rt.sigint = evsignal_new(svc.base, SIGINT, on_signal, &rt);
     evsignal_add(rt.sigterm, NULL);
     evsignal_add(rt.sigint, NULL);
+    if (def->start && def->start(&svc) != MOAT_OK) {
+        moat_log(MOAT_LOG_ERROR, "service start failed", NULL);
+        goto out;
+    }
     rt.initialised = true;
     moat_log(MOAT_LOG_INFO, "service started", "{s:s, s:i, s:s, s:i}", "host",
              svc.cfg.host, "port", svc.bound_port, "data_dir",
@@ -461,6 +497,8 @@ out:
         /* Write out the replies that release produced. */
         event_base_loop(svc.base, EVLOOP_NONBLOCK);
     }
+    /* After release, which freed the consumers whose sources use it. */
+    moat_http_client_free(svc.feeds);
     moat_http_server_free(svc.http);
     if (rt.sigterm)
         event_free(rt.sigterm);

@@ -156,19 +156,6 @@ static json_t *problem_new(int status, const char *type, const char *title,
     return p;
 }
 
-static void reply_store_fault(struct moat_req *r, int rc)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the ledger is busy; retry");
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "ledger failure", "{s:s}", "error",
-             moat_strerror(rc));
-    moat_req_reply_problem(r, 500,
-                           "the payment provider could not read its ledger");
-}
-
 static void reply_not_found(struct moat_req *r, const char *what)
 {
     moat_req_reply_problem(r, 404, "there is no %s with this id", what);
@@ -563,7 +550,7 @@ fault:
     /* Nothing was recorded, not even the key: the retry runs afresh. */
     pp_ledger_rollback(pp->ledger);
     count_operation(pp, h->op, rc == MOAT_EBUSY ? 503 : 500);
-    reply_store_fault(r, rc);
+    moat_req_reply_store_error(r, rc, "ledger", "serve the request");
 
 cleanup:
     moat_log_set_trace(NULL);
@@ -895,7 +882,7 @@ static void handle_post(struct moat_req *r, struct pp_service *pp, enum op op)
         goto cleanup;
     }
     if (rc != MOAT_ENOTFOUND) {
-        reply_store_fault(r, rc);
+        moat_req_reply_store_error(r, rc, "ledger", "serve the request");
         goto cleanup;
     }
     struct pp_held *other = held_find(pp, m, key);
@@ -954,7 +941,7 @@ static void reply_authorization(struct moat_req *r, struct pp_service *pp,
     size_t n = 0;
     int rc = pp_ledger_refunds(pp->ledger, a->id, &refunds, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc);
+        moat_req_reply_store_error(r, rc, "ledger", "serve the request");
         return;
     }
     moat_req_reply_json(r, 200, auth_json(a, refunds, n));
@@ -977,7 +964,7 @@ static void handle_get(struct moat_req *r, void *arg)
     if (rc == MOAT_ENOTFOUND)
         moat_req_reply_problem(r, 404, "there is no authorization \"%s\"", id);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc);
+        moat_req_reply_store_error(r, rc, "ledger", "serve the request");
     else
         reply_authorization(r, pp, &a);
 }
@@ -1026,7 +1013,7 @@ static void handle_list(struct moat_req *r, void *arg)
 
     int rc = pp_ledger_by_reference(pp->ledger, m->id, ref, &list, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc);
+        moat_req_reply_store_error(r, rc, "ledger", "serve the request");
         goto cleanup;
     }
     items = json_array();
@@ -1034,7 +1021,7 @@ static void handle_list(struct moat_req *r, void *arg)
         size_t nrefunds = 0;
         rc = pp_ledger_refunds(pp->ledger, list[i].id, &refunds, &nrefunds);
         if (rc != MOAT_OK) {
-            reply_store_fault(r, rc);
+            moat_req_reply_store_error(r, rc, "ledger", "serve the request");
             goto cleanup;
         }
         json_array_append_new(items, auth_json(&list[i], refunds, nrefunds));
@@ -1059,7 +1046,7 @@ static void handle_summary(struct moat_req *r, void *arg)
         return;
     int rc = pp_ledger_summary(pp->ledger, m->id, &summary);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc);
+        moat_req_reply_store_error(r, rc, "ledger", "serve the request");
     else
         moat_req_reply_json(r, 200, summary);
 }

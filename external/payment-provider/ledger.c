@@ -143,14 +143,11 @@ int pp_ledger_open(struct pp_ledger **out, const char *data_dir,
                    struct moat_metrics *metrics)
 {
     struct pp_ledger *l = moat_xcalloc(1, sizeof(*l));
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
     /* A ledger: a commit that a power cut can undo would let a retry
      * with the same idempotency key charge twice. */
-    struct moat_db_options opts = {.synchronous_full = true};
-    int rc = moat_db_open(&l->db, path, &opts, metrics);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = moat_db_migrate(l->db, migrations, MOAT_ARRAY_LEN(migrations));
+    const struct moat_db_options opts = {.synchronous_full = true};
+    int rc = moat_db_open_migrated(&l->db, data_dir, DB_FILE, &opts, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
         goto cleanup;
     *out = l;
@@ -162,7 +159,6 @@ cleanup:
             moat_db_close(l->db);
         free(l);
     }
-    free(path);
     return rc;
 }
 

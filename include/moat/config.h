@@ -20,6 +20,13 @@ int moat_env_int(const char *name, int64_t def, int64_t min, int64_t max,
                  int64_t *out);
 /* "1/true/yes/on" or "0/false/no/off"; def when unset or empty. */
 int moat_env_bool(const char *name, bool def, bool *out);
+/* True when url starts with http:// or https:// (the one check every
+ * service URL setting gets; the client rejects anything else later). */
+bool moat_url_valid(const char *url);
+/* A service's URL setting: *out = name's value, or def when unset or
+ * empty. MOAT_EINVAL (logged, naming the variable) when it is not an
+ * http(s):// URL. */
+int moat_env_url(const char *name, const char *def, const char **out);
 
 /*
  * Parse "host:port" (IPv4 dotted quad or "localhost"; port 1..65535, or 0

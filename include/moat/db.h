@@ -38,6 +38,9 @@ struct moat_stmt;
 struct moat_db_options {
     bool synchronous_full; /* synchronous=FULL instead of NORMAL */
     int busy_timeout_ms;   /* 0 = default 5000 */
+    /* secure_delete=ON: deleted content is overwritten, not left in free
+     * pages (a store of sealed personal data). */
+    bool secure_delete;
 };
 
 struct moat_migration {
@@ -86,8 +89,9 @@ int moat_db_schema_version(struct moat_db *db);
 /*
  * BEGIN IMMEDIATE / COMMIT / ROLLBACK. Nested calls, and commit without a
  * transaction, return MOAT_EINVAL; begin returns MOAT_EBUSY when another
- * writer holds the lock past busy_timeout. After a failed commit call
- * moat_db_rollback(), which does nothing when no transaction is open.
+ * writer holds the lock past busy_timeout. A failed commit rolls the
+ * transaction back itself: the caller need not (moat_db_rollback does
+ * nothing when no transaction is open).
  */
 int moat_db_begin(struct moat_db *db);
 int moat_db_commit(struct moat_db *db);

@@ -170,6 +170,17 @@ void moat_req_reply_problem_json(struct moat_req *r, json_t *problem);
 /* Shorthand: new problem for status with a printf-style detail. */
 void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
                             ...) __attribute__((format(printf, 3, 4)));
+/*
+ * Reply to a store error that is not the client's fault, the same way in
+ * every service: MOAT_EBUSY (another writer held the lock) is a 503 with
+ * Retry-After: 1, "the <store> database is busy; retry"; any other error
+ * is logged (store, what, error) and a 500 "the <store> database could
+ * not <what>", telling the client nothing more. store names the service's
+ * database ("orders"), what the failed operation ("read the order").
+ * A service maps its own errors (not found, conflict) before calling this.
+ */
+void moat_req_reply_store_error(struct moat_req *r, int rc, const char *store,
+                                const char *what);
 
 /*
  * Strict query-string parsing for any route (implemented in lib/feed.c,

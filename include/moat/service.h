@@ -8,8 +8,12 @@
  *     migrations and registers its routes,
  *  4. confines the process to its data directory (moat/sandbox.h),
  *  5. listens, serves /healthz, /readyz and /metrics besides its routes,
- *  6. on SIGTERM or SIGINT stops accepting, drains in-flight requests (up to
- *     MOAT_DRAIN_TIMEOUT_MS), calls def->release and exits 0.
+ *  6. calls def->start, where the service starts what must not run before
+ *     the process is confined and listening: consumers
+ *     (moat_consumer_start), sweepers, worker threads,
+ *  7. on SIGTERM or SIGINT stops accepting, drains in-flight requests (up to
+ *     MOAT_DRAIN_TIMEOUT_MS), calls def->release, frees the feed client of
+ *     moat_service_subscribe and exits 0.
  *
  * Environment (all optional except where the service needs a data dir):
  *   MOAT_SERVICE_NAME      instance name for logs/metrics (default def->name)
@@ -29,6 +33,21 @@
  * Unless def->public_api, every route but /healthz, /readyz and /metrics
  * requires a valid service token from a known peer (401 otherwise); the
  * handler finds the caller and the end user in moat_req_principal().
+ *
+ * FREE ORDER. def->release frees what init created, in this order (each
+ * service's *_free points here rather than explaining it again):
+ *  1. stop what starts work by itself: timers, sweepers, sagas;
+ *  2. consumers (moat_consumer_free): they own their feed sources, whose
+ *     pending pulls an HTTP client's free would otherwise complete into a
+ *     freed consumer; the feed client of moat_service_subscribe is freed
+ *     by the skeleton after release, so it is always last;
+ *  3. what completes work still in flight: the service's HTTP clients
+ *     (freeing one cancels its calls, whose callbacks run now and answer
+ *     their requests, e.g. 503) and worker pools (their last
+ *     continuations run now); these may use anything freed below;
+ *  4. what that work records into: writers (a deliverer), then the outbox
+ *     (moat_outbox_free answers parked feed readers), then the database
+ *     (moat_db_close), last of all.
  */
 #ifndef MOAT_SERVICE_H
 #define MOAT_SERVICE_H
@@ -37,10 +56,15 @@
 #include <stdint.h>
 
 #include "moat/auth.h"
+#include "moat/events.h"
 #include "moat/http.h"
 #include "moat/metrics.h"
 
 struct event_base;
+struct moat_http_client;
+
+/* Per-call bound of the feed client: above the longest long poll. */
+#define MOAT_FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
 
 struct moat_service_config {
     const char *name;     /* borrowed from env or def */
@@ -63,6 +87,9 @@ struct moat_service {
     struct moat_auth *auth; /* service identity; NULL only when insecure */
     uint16_t bound_port;
     void *impl; /* the service's own state, set by init */
+    /* Owned by the skeleton: the client of moat_service_subscribe's feed
+     * sources, created on first use, freed after def->release. */
+    struct moat_http_client *feeds;
 };
 
 struct moat_service_def {
@@ -79,14 +106,33 @@ struct moat_service_def {
     /* Readiness beyond "initialised" (e.g. DB reachable); NULL = ready.
      * Returns true when ready; *why (static string) says what is missing. */
     bool (*ready)(struct moat_service *svc, const char **why);
-    /* Free everything init created. Called after draining. */
+    /* Once the process is confined and listening, before the first
+     * request is served: start consumers, sweepers, threads. NULL = none.
+     * A negative return stops the service (release runs). */
+    int (*start)(struct moat_service *svc);
+    /* Free everything init created (FREE ORDER above). Called after
+     * draining, also when start failed. */
     void (*release)(struct moat_service *svc);
-    /* Extra /readyz detail or status fields; NULL = none. */
 };
 
 /* Run the service; returns the process exit code. */
 int moat_service_main(const struct moat_service_def *def, int argc,
                       char **argv);
+
+/*
+ * Subscribe consumer c (created by the service, e.g. in init) to the HTTP
+ * event feed of service `source` at url: checks url (moat_url_valid,
+ * logged), creates the feed source with the service's identity
+ * (svc->auth) on svc->feeds (created on first use with timeout
+ * MOAT_FEED_CLIENT_TIMEOUT_MS) and subscribes handler(arg) to types
+ * (NULL-terminated; NULL = all). On success the consumer owns the source;
+ * on failure nothing is left behind. Returns MOAT_OK, MOAT_EINVAL (bad
+ * url or name) or as moat_consumer_subscribe.
+ */
+int moat_service_subscribe(struct moat_service *svc, struct moat_consumer *c,
+                           const char *source, const char *url,
+                           const char *const *types,
+                           moat_event_handler_fn handler, void *arg);
 
 /* Load cfg from the environment. Returns MOAT_OK or MOAT_EINVAL (logged). */
 int moat_service_config_load(struct moat_service_config *cfg,

@@ -116,20 +116,6 @@ static void reply_stale(struct moat_req *r, const struct cat_product *cur)
     moat_req_reply_problem_json(r, p);
 }
 
-/* Replies for store failures that are not the client's fault. */
-static void reply_store_fault(struct moat_req *r, int rc, const char *what)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the catalog database is busy; retry");
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "catalog store failure", "{s:s, s:s}", "op", what,
-             "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "the catalog could not %s the product",
-                           what);
-}
-
 static void reply_product(struct moat_req *r, int status,
                           const struct cat_product *p)
 {
@@ -188,7 +174,7 @@ static bool load_product(struct moat_req *r, struct cat_service *cat,
         return false;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read");
+        moat_req_reply_store_error(r, rc, "catalog", "read the product");
         return false;
     }
     return true;
@@ -238,7 +224,7 @@ static void replace_and_reply(struct moat_req *r, struct cat_service *cat,
         break;
     }
     default:
-        reply_store_fault(r, rc, "update");
+        moat_req_reply_store_error(r, rc, "catalog", "update the product");
         break;
     }
     cat_product_release(&updated);
@@ -275,7 +261,7 @@ static void handle_create(struct moat_req *r, void *arg)
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "create");
+        moat_req_reply_store_error(r, rc, "catalog", "create the product");
         goto cleanup;
     }
     moat_log(MOAT_LOG_INFO, "product created", "{s:s, s:s}", "id", p.id, "sku",
@@ -428,7 +414,7 @@ static void handle_delete(struct moat_req *r, void *arg)
         reply_stale(r, &cur);
         break;
     default:
-        reply_store_fault(r, rc, "delete");
+        moat_req_reply_store_error(r, rc, "catalog", "delete the product");
         break;
     }
 
@@ -615,7 +601,7 @@ static void handle_list(struct moat_req *r, void *arg)
     /* One row more than the page tells whether another page follows. */
     int rc = cat_store_list(cat->store, &q.filter, q.limit + 1, &items, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "list");
+        moat_req_reply_store_error(r, rc, "catalog", "list the products");
         goto cleanup;
     }
     json_t *body = json_object();

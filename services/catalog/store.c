@@ -61,12 +61,9 @@ int cat_store_open(struct cat_store **out, const char *data_dir,
                    const struct cat_store_options *opts)
 {
     struct cat_store *s = moat_xcalloc(1, sizeof(*s));
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
     s->product_event_schema = opts->product_event_schema;
-    int rc = moat_db_open(&s->db, path, NULL, metrics);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
         goto cleanup;
     rc = moat_outbox_new(&s->outbox, opts->base, s->db, opts->source,
@@ -82,7 +79,6 @@ cleanup:
             moat_db_close(s->db);
         free(s);
     }
-    free(path);
     return rc;
 }
 

@@ -85,8 +85,8 @@ static void gw_free(struct gw *gw)
 {
     if (!gw)
         return;
-    /* First: cancelled calls answer their requests with 503 and touch the
-     * routes. */
+    /* moat/service.h's FREE ORDER: the client first, its cancelled calls
+     * answer their requests with 503 and touch the routes. */
     moat_http_client_free(gw->client);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);

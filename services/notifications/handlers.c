@@ -82,18 +82,6 @@ static json_t *row_json(const struct ntf_row *n, bool with_body)
     return o;
 }
 
-static void reply_db_error(struct moat_req *r, int rc)
-{
-    moat_log(MOAT_LOG_ERROR, "cannot read notifications", "{s:s}", "error",
-             moat_strerror(rc));
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the notifications database is busy");
-        return;
-    }
-    moat_req_reply_problem(r, 500, "the notifications could not be read");
-}
-
 /* ---- GET /v1/notifications ---- */
 
 static void parse_param(struct ntf_query *q, json_t **problem, const char *key,
@@ -186,7 +174,8 @@ static void handle_list(struct moat_req *r, void *arg)
     q.limit = limit + 1; /* one more tells whether a page follows */
     int rc = ntf_store_list(s->db, &q, &rows, &n);
     if (rc != MOAT_OK) {
-        reply_db_error(r, rc);
+        moat_req_reply_store_error(r, rc, "notifications",
+                                   "read the notifications");
         return;
     }
     json_t *items = json_array();
@@ -222,7 +211,8 @@ static void handle_get(struct moat_req *r, void *arg)
         return;
     }
     if (rc != MOAT_OK) {
-        reply_db_error(r, rc);
+        moat_req_reply_store_error(r, rc, "notifications",
+                                   "read the notifications");
         return;
     }
     json_t *body = row_json(&row, true);

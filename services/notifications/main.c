@@ -24,7 +24,6 @@
  */
 #include "moat/common.h"
 
-#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,9 +36,9 @@
 #include "store.h"
 
 #define ORDERS_URL_DEFAULT "http://127.0.0.1:8086"
-/* Per-call bound of the client: above the feed's longest long poll (the
- * calls to orders' API set a shorter one of their own). */
-#define CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
+/* Default per-call bound of the client (the calls to orders' API set a
+ * shorter one of their own). */
+#define CLIENT_TIMEOUT_MS MOAT_FEED_CLIENT_TIMEOUT_MS
 /* Differences listed by replay --verify before "... and N more". */
 #define VERIFY_MAX_DIFFS     100
 #define RETRY_MAX_MS_DEFAULT 30000
@@ -62,41 +61,26 @@ static int view_compare(struct moat_db *live, struct moat_db *scratch,
     return ntf_store_compare(live, scratch, diffs, VERIFY_MAX_DIFFS);
 }
 
-/*
- * The skeleton has no hook that runs once it listens, and neither the
- * consumer nor the deliverer (whose writer threads must start after
- * Landlock) may start before then. A zero-delay timer added in init fires
- * on the loop's first iteration, which lib/service.c enters only after it
- * has confined the process and bound the listener.
- */
-static void start_work(evutil_socket_t fd, short what, void *arg)
+/* Once the process is confined and listening (moat/service.h): the
+ * deliverer's writer threads must start after Landlock. */
+static int notifications_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct ntf_service *s = arg;
+    struct ntf_service *s = svc->impl;
     moat_log(MOAT_LOG_INFO, "consuming orders events", "{s:s}", "feed",
              s->orders_url);
     ntf_deliverer_start(s->deliverer);
     moat_consumer_start(s->consumer);
+    return MOAT_OK;
 }
 
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
-}
-
+/* In moat/service.h's FREE ORDER: the client completes the deliverer's
+ * calls to orders (the deliverer drops them), then the deliverer, whose
+ * running Maildir writes are recorded in the still open database (with
+ * their events: the outbox goes after it). */
 static void notifications_free(struct ntf_service *s)
 {
     if (!s)
         return;
-    if (s->start)
-        event_free(s->start);
-    /* The consumer first: it owns the feed source, whose pending pull the
-     * client's free would otherwise complete into a freed consumer. Then
-     * the client, which completes the deliverer's calls to orders (the
-     * deliverer drops them), then the deliverer, whose running Maildir
-     * writes are recorded in the still open database (with their events:
-     * the outbox goes after it). */
     moat_consumer_free(s->consumer);
     moat_http_client_free(s->client);
     ntf_deliverer_free(s->deliverer);
@@ -129,14 +113,9 @@ static int notifications_init(struct moat_service *svc)
     int rc = MOAT_EINVAL;
 
     s->svc = svc;
-    s->orders_url =
-        moat_env_str("MOAT_NOTIFICATIONS_ORDERS_URL", ORDERS_URL_DEFAULT);
-    if (!url_valid(s->orders_url)) {
-        moat_log(MOAT_LOG_ERROR,
-                 "MOAT_NOTIFICATIONS_ORDERS_URL is not an http URL", "{s:s}",
-                 "value", s->orders_url);
+    if (moat_env_url("MOAT_NOTIFICATIONS_ORDERS_URL", ORDERS_URL_DEFAULT,
+                     &s->orders_url) != MOAT_OK)
         goto cleanup;
-    }
     rc = load_options(&dopts);
     if (rc != MOAT_OK)
         goto cleanup;
@@ -182,23 +161,10 @@ static int notifications_init(struct moat_service *svc)
     rc = moat_consumer_new(&s->consumer, svc->base, s->db, svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
-    struct moat_event_source *src =
-        moat_feed_source_new("orders", s->orders_url, s->client, svc->auth);
-    if (!src) {
-        rc = MOAT_EINVAL;
+    rc = moat_service_subscribe(svc, s->consumer, "orders", s->orders_url,
+                                ntf_order_event_types, ntf_apply_event, s);
+    if (rc != MOAT_OK)
         goto cleanup;
-    }
-    const struct moat_subscription sub = {
-        .source = src,
-        .types = ntf_order_event_types,
-        .handler = ntf_apply_event,
-        .arg = s,
-    };
-    rc = moat_consumer_subscribe(s->consumer, &sub);
-    if (rc != MOAT_OK) {
-        src->ops->free(src); /* not taken: the consumer refused it */
-        goto cleanup;
-    }
 
     size_t nmig;
     const struct moat_migration *mig = ntf_store_migrations(&nmig);
@@ -217,13 +183,6 @@ static int notifications_init(struct moat_service *svc)
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register notifications routes",
                  "{s:s}", "error", moat_strerror(rc));
-        goto cleanup;
-    }
-
-    s->start = evtimer_new(svc->base, start_work, s);
-    const struct timeval now = {0, 0};
-    if (!s->start || evtimer_add(s->start, &now) != 0) {
-        rc = MOAT_EIO;
         goto cleanup;
     }
     svc->impl = s;
@@ -258,6 +217,7 @@ static const struct moat_service_def notifications_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = notifications_init,
+    .start = notifications_start,
     .ready = notifications_ready,
     .release = notifications_release,
 };

@@ -28,11 +28,10 @@ struct ntf_deliverer;
 struct ntf_service {
     struct moat_service *svc;        /* borrowed: the skeleton */
     struct moat_db *db;              /* owned: notifications.db */
-    struct moat_http_client *client; /* owned: orders' feed and API */
+    struct moat_http_client *client; /* owned: orders' API */
     struct moat_consumer *consumer;  /* owned */
     struct moat_outbox *outbox;      /* owned: NotificationSent, the feed */
     struct ntf_deliverer *deliverer; /* owned */
-    struct event *start;             /* owned: starts consumer, deliverer */
     const char *orders_url;          /* borrowed from the environment */
 };
 

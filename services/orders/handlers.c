@@ -96,16 +96,6 @@ static json_t *order_json(struct ord_service *os, const struct ord_order *o)
     return j;
 }
 
-static void reply_db_error(struct moat_req *req, int rc)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
-        moat_req_reply_problem(req, 503, "the orders database is busy");
-        return;
-    }
-    moat_req_reply_problem(req, 500, "the orders database failed");
-}
-
 static json_t *problem_typed(int status, const char *type, const char *detail)
 {
     json_t *pr = moat_problem_new(status, detail);
@@ -267,7 +257,7 @@ static void reply_order(struct ord_service *os, struct moat_req *req,
     struct ord_order o;
     int rc = ord_order_get(os->db, id, true, &o);
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     char loc[64];
@@ -327,7 +317,7 @@ static void place_finish(struct place *pl)
     } else {
         moat_log(MOAT_LOG_ERROR, "cannot store an order", "{s:s}", "error",
                  moat_strerror(rc));
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
     }
     moat_log_set_trace(saved);
     place_free(pl);
@@ -509,7 +499,7 @@ static void handle_place(struct moat_req *req, void *arg)
         goto fail;
     }
     if (rc != MOAT_ENOTFOUND) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         goto fail;
     }
     pl->busy_key = moat_xasprintf("%s\n%s", pl->o.customer_id, pl->key);
@@ -548,7 +538,7 @@ static void handle_get(struct moat_req *req, void *arg)
         return;
     }
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     moat_req_reply_json(req, 200, order_json(os, &o));
@@ -604,7 +594,7 @@ static void handle_list(struct moat_req *req, void *arg)
         rc = lc.rc;
     if (rc != MOAT_OK) {
         json_decref(lc.items);
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     json_t *next = json_null();
@@ -632,7 +622,7 @@ static void handle_cancel(struct moat_req *req, void *arg)
     bool changed = false;
     int rc = moat_db_begin(os->db);
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     rc = ord_order_get(os->db, id, true, &o);
@@ -658,7 +648,7 @@ static void handle_cancel(struct moat_req *req, void *arg)
         return;
     }
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     if (changed)
@@ -676,7 +666,7 @@ static void handle_sagas(struct moat_req *req, void *arg)
     json_t *out = NULL;
     int rc = ord_sagas_summary(os->db, moat_wall_ms(), &out);
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "orders", "serve the request");
         return;
     }
     moat_req_reply_json(req, 200, out);

@@ -28,7 +28,6 @@
 #include "moat/service.h"
 #include "orders.h"
 
-#define FEED_CLIENT_TIMEOUT_MS     (MOAT_FEED_MAX_WAIT_MS + 10000L)
 #define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
 #define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
 #define OUTBOX_KEEP_MIN            10000
@@ -36,24 +35,16 @@
 static const double saga_buckets[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                       1,    2.5,   5,    10,  30,   60};
 
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
-}
-
 static void orders_free(struct ord_service *os)
 {
     if (!os)
         return;
-    if (os->start)
-        event_free(os->start);
+    /* moat/service.h's FREE ORDER. */
     if (os->sweep)
         event_free(os->sweep);
     if (os->refresh)
         event_free(os->refresh);
-    /* The consumer before the clients its sources use. */
     moat_consumer_free(os->consumer);
-    moat_http_client_free(os->feeds);
     moat_http_client_free(os->api); /* cancels calls: their callbacks free */
     moat_outbox_free(os->outbox);
     if (os->db)
@@ -93,28 +84,26 @@ static void collect(struct moat_metrics *m, void *arg)
     json_decref(sum);
 }
 
-static void start(evutil_socket_t fd, short what, void *arg)
+/* Consume, sweep and refresh once the process is confined and listening
+ * (moat/service.h). */
+static int orders_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct ord_service *os = arg;
+    struct ord_service *os = svc->impl;
     moat_consumer_start(os->consumer);
+    if (ord_saga_start_sweeper(os) != MOAT_OK ||
+        ord_customers_start_refresher(os) != MOAT_OK)
+        return MOAT_EIO;
+    return MOAT_OK;
 }
 
-static int subscribe(struct ord_service *os, const char *name, const char *url,
-                     const char *const *types, moat_event_handler_fn fn)
-{
-    struct moat_event_source *src =
-        moat_feed_source_new(name, url, os->feeds, os->svc->auth);
-    if (!src)
-        return MOAT_EINVAL;
-    const struct moat_subscription sub = {
-        .source = src, .types = types, .handler = fn, .arg = os};
-    int rc = moat_consumer_subscribe(os->consumer, &sub);
-    if (rc != MOAT_OK)
-        src->ops->free(src);
-    return rc;
-}
+static const struct {
+    const char *name, *env, *def;
+} urls[] = {
+    {"catalog", "MOAT_ORDERS_CATALOG_URL", "http://127.0.0.1:8081"},
+    {"users", "MOAT_ORDERS_USERS_URL", "http://127.0.0.1:8082"},
+    {"inventory", "MOAT_ORDERS_INVENTORY_URL", "http://127.0.0.1:8083"},
+    {"payments", "MOAT_ORDERS_PAYMENTS_URL", "http://127.0.0.1:8085"},
+};
 
 static int orders_init(struct moat_service *svc)
 {
@@ -122,20 +111,11 @@ static int orders_init(struct moat_service *svc)
     os->svc = svc;
     int64_t timeout, api_timeout, retention;
     int rc = MOAT_EINVAL;
-    os->catalog_url =
-        moat_env_str("MOAT_ORDERS_CATALOG_URL", "http://127.0.0.1:8081");
-    os->users_url =
-        moat_env_str("MOAT_ORDERS_USERS_URL", "http://127.0.0.1:8082");
-    os->inventory_url =
-        moat_env_str("MOAT_ORDERS_INVENTORY_URL", "http://127.0.0.1:8083");
-    os->payments_url =
-        moat_env_str("MOAT_ORDERS_PAYMENTS_URL", "http://127.0.0.1:8085");
-    if (!url_valid(os->catalog_url) || !url_valid(os->users_url) ||
-        !url_valid(os->inventory_url) || !url_valid(os->payments_url)) {
-        moat_log(MOAT_LOG_ERROR, "a MOAT_ORDERS_*_URL is not an http URL",
-                 NULL);
-        goto cleanup;
-    }
+    const char **dst[] = {&os->catalog_url, &os->users_url, &os->inventory_url,
+                          &os->payments_url};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(urls); i++)
+        if (moat_env_url(urls[i].env, urls[i].def, dst[i]) != MOAT_OK)
+            goto cleanup;
     if (moat_env_int("MOAT_ORDERS_STEP_TIMEOUT_MS", 30000, 50, 3600000,
                      &timeout) != MOAT_OK ||
         moat_env_int("MOAT_ORDERS_API_TIMEOUT_MS", 2000, 10, 60000,
@@ -159,25 +139,23 @@ static int orders_init(struct moat_service *svc)
                          svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
-    const struct moat_http_client_options fopts = {.timeout_ms =
-                                                       FEED_CLIENT_TIMEOUT_MS};
     const struct moat_http_client_options aopts = {.timeout_ms = api_timeout};
-    rc = moat_http_client_new(&os->feeds, svc->base, &fopts);
-    if (rc == MOAT_OK)
-        rc = moat_http_client_new(&os->api, svc->base, &aopts);
+    rc = moat_http_client_new(&os->api, svc->base, &aopts);
     if (rc == MOAT_OK)
         rc = moat_consumer_new(&os->consumer, svc->base, os->db, svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
     moat_consumer_set_outbox(os->consumer, os->outbox);
-    rc = subscribe(os, "inventory", os->inventory_url, ord_inventory_replies,
-                   ord_saga_apply);
+    rc = moat_service_subscribe(svc, os->consumer, "inventory",
+                                os->inventory_url, ord_inventory_replies,
+                                ord_saga_apply, os);
     if (rc == MOAT_OK)
-        rc = subscribe(os, "payments", os->payments_url, ord_payments_replies,
-                       ord_saga_apply);
+        rc = moat_service_subscribe(svc, os->consumer, "payments",
+                                    os->payments_url, ord_payments_replies,
+                                    ord_saga_apply, os);
     if (rc == MOAT_OK)
-        rc = subscribe(os, "users", os->users_url, ord_users_events,
-                       ord_customers_apply);
+        rc = moat_service_subscribe(svc, os->consumer, "users", os->users_url,
+                                    ord_users_events, ord_customers_apply, os);
     if (rc == MOAT_OK)
         rc = moat_consumer_register_admin(os->consumer, svc->http,
                                           svc->cfg.data_dir, NULL);
@@ -198,17 +176,6 @@ static int orders_init(struct moat_service *svc)
         "Time from placing an order to its final status", NULL, saga_buckets,
         MOAT_ARRAY_LEN(saga_buckets)));
     moat_metrics_on_collect(svc->metrics, collect, os);
-
-    /* Consume, sweep and refresh only once the loop runs (after the
-     * skeleton has confined the process and bound the listener). */
-    os->start = evtimer_new(svc->base, start, os);
-    const struct timeval now = {0, 0};
-    if (!os->start || evtimer_add(os->start, &now) != 0 ||
-        ord_saga_start_sweeper(os) != MOAT_OK ||
-        ord_customers_start_refresher(os) != MOAT_OK) {
-        rc = MOAT_EIO;
-        goto cleanup;
-    }
     svc->impl = os;
     os = NULL;
     rc = MOAT_OK;
@@ -240,6 +207,7 @@ static const struct moat_service_def orders_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = orders_init,
+    .start = orders_start,
     .ready = orders_ready,
     .release = orders_release,
 };

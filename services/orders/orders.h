@@ -29,13 +29,12 @@ struct ord_service {
     struct moat_db *db;                  /* owned */
     struct moat_outbox *outbox;          /* owned */
     struct moat_consumer *consumer;      /* owned */
-    struct moat_http_client *feeds;      /* owned: long polls */
     struct moat_http_client *api;        /* owned: catalog and users calls */
     const char *catalog_url, *users_url; /* borrowed from the environment */
     const char *inventory_url, *payments_url;
-    int64_t step_timeout_ms; /* deadline of reserving and authorizing */
-    long api_timeout_ms;     /* per call to catalog or users */
-    struct event *start, *sweep, *refresh; /* owned timers */
+    int64_t step_timeout_ms;       /* deadline of reserving and authorizing */
+    long api_timeout_ms;           /* per call to catalog or users */
+    struct event *sweep, *refresh; /* owned timers, set by start */
     /* Idempotency keys of POSTs being served ("customer NUL key" joined
      * by '\n'): a second request with one gets 409. Loop thread only. */
     char **busy;

@@ -148,15 +148,6 @@ static void reply_unavailable(struct moat_req *req, const struct pay_payment *p,
     moat_req_reply_problem_json(req, pr);
 }
 
-static void reply_db_error(struct moat_req *req, int rc)
-{
-    if (rc == MOAT_EBUSY) {
-        reply_unavailable(req, NULL, "the payments database is busy");
-        return;
-    }
-    moat_req_reply_problem(req, 500, "the payments database failed");
-}
-
 /* One audit record per state change; actor is the calling service. A
  * failed append is logged, not fatal: the database is the record of what
  * happened, the audit log its tamper evidence (moat/audit.h). */
@@ -192,7 +183,7 @@ static void provider_send(struct call *c, const char *card_token)
     struct pay_service *ps = c->ps;
     int rc = pay_store_count_attempt(ps->store, c->p.id);
     if (rc != MOAT_OK) {
-        reply_db_error(c->req, rc);
+        moat_req_reply_store_error(c->req, rc, "payments", "serve the request");
         call_free(c);
         return;
     }
@@ -466,7 +457,8 @@ static void h_create(struct moat_req *req, void *arg)
         /* An earlier attempt stopped at the provider: resume it. */
         rc = pay_store_get(ps->store, idem.payment_id, &c->p);
         if (rc != MOAT_OK) {
-            reply_db_error(req, rc);
+            moat_req_reply_store_error(req, rc, "payments",
+                                       "serve the request");
             goto cleanup;
         }
         if (strcmp(c->p.status, "pending") != 0) {
@@ -495,12 +487,13 @@ static void h_create(struct moat_req *req, void *arg)
             goto cleanup;
         }
         if (rc != MOAT_OK) {
-            reply_db_error(req, rc);
+            moat_req_reply_store_error(req, rc, "payments",
+                                       "serve the request");
             goto cleanup;
         }
         pay_audit(ps, "payment.created", c->caller, p);
     } else {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "payments", "serve the request");
         goto cleanup;
     }
 
@@ -555,7 +548,7 @@ static void h_operation(struct moat_req *req, struct pay_service *ps,
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "payments", "serve the request");
         goto cleanup;
     }
     if (strcmp(c->p.status, d->from) != 0) {
@@ -603,7 +596,7 @@ static void h_get(struct moat_req *req, void *arg)
         return;
     }
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "payments", "serve the request");
         return;
     }
     moat_req_reply_json(req, 200, payment_json(&p));
@@ -669,7 +662,7 @@ static void h_list(struct moat_req *req, void *arg)
               : pay_store_list(ps->store, after, (int)limit, add_item, items);
     if (rc != MOAT_OK) {
         json_decref(items);
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "payments", "serve the request");
         return;
     }
     if (order) {
@@ -693,7 +686,7 @@ static void h_summary(struct moat_req *req, void *arg)
     json_t *out = NULL;
     int rc = pay_store_summary(ps->store, &out);
     if (rc != MOAT_OK) {
-        reply_db_error(req, rc);
+        moat_req_reply_store_error(req, rc, "payments", "serve the request");
         return;
     }
     moat_time_rfc3339(moat_wall_ms(), now);

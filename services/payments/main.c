@@ -42,8 +42,7 @@ static int load_config(struct pay_config *cfg)
     int64_t timeout;
     size_t len;
 
-    if (!url ||
-        (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) {
+    if (!moat_url_valid(url)) {
         moat_log(MOAT_LOG_ERROR,
                  "MOAT_PAYMENTS_PROVIDER_URL must be an http(s):// URL", NULL);
         return MOAT_EINVAL;
@@ -86,9 +85,7 @@ static int load_config(struct pay_config *cfg)
     const char *orders = moat_env_str("MOAT_PAYMENTS_ORDERS_URL", NULL);
     if (orders && orders[0]) {
         len = strlen(orders);
-        if ((strncmp(orders, "http://", 7) != 0 &&
-             strncmp(orders, "https://", 8) != 0) ||
-            len >= sizeof(cfg->orders_url)) {
+        if (!moat_url_valid(orders) || len >= sizeof(cfg->orders_url)) {
             moat_log(MOAT_LOG_ERROR,
                      "MOAT_PAYMENTS_ORDERS_URL must be an http(s):// URL of "
                      "at most 255 characters",
@@ -100,29 +97,22 @@ static int load_config(struct pay_config *cfg)
     return MOAT_OK;
 }
 
-/*
- * The service skeleton has no hook that runs once it listens, and the
- * consumer must not pull before then (moat/events.h). A zero-delay timer
- * added in init fires on the loop's first iteration, which lib/service.c
- * enters only after it has confined the process and bound the listener.
- */
-static void start_saga(evutil_socket_t fd, short what, void *arg)
+/* Once the process is confined and listening (moat/service.h). */
+static int payments_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct pay_service *ps = arg;
-    pay_saga_start(ps->saga);
+    struct pay_service *ps = svc->impl;
+    if (ps->saga)
+        pay_saga_start(ps->saga);
+    return MOAT_OK;
 }
 
 static void payments_free(struct pay_service *ps)
 {
     if (!ps)
         return;
-    if (ps->start)
-        event_free(ps->start);
-    /* The saga stops taking outcomes, then the client: cancelling its
-     * calls runs their callbacks, which answer their requests (503) or
-     * drop the saga's calls, and use nothing but the busy list. */
+    /* moat/service.h's FREE ORDER: the saga stops taking outcomes, then
+     * the client, whose cancelled calls' callbacks answer their requests
+     * (503) or drop the saga's calls, and use nothing but the busy list. */
     pay_saga_stop(ps->saga);
     moat_http_client_free(ps->client);
     pay_saga_free(ps->saga);
@@ -193,12 +183,6 @@ static int payments_init(struct moat_service *svc)
         rc = pay_saga_new(ps);
         if (rc != MOAT_OK)
             goto cleanup;
-        ps->start = evtimer_new(svc->base, start_saga, ps);
-        const struct timeval now = {0, 0};
-        if (!ps->start || evtimer_add(ps->start, &now) != 0) {
-            rc = MOAT_EIO;
-            goto cleanup;
-        }
     }
 
     moat_log(MOAT_LOG_INFO, "payments configured", "{s:s, s:I, s:i, s:s}",
@@ -240,6 +224,7 @@ static const struct moat_service_def payments_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = payments_init,
+    .start = payments_start,
     .ready = payments_ready,
     .release = payments_release,
 };

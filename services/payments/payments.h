@@ -49,7 +49,6 @@ struct pay_service {
     struct moat_audit *audit;        /* owned */
     struct moat_http_client *client; /* owned; calls the provider */
     struct pay_saga *saga;           /* owned; NULL without orders' feed */
-    struct event *start;             /* owned; starts the saga once live */
     /* Operations waiting for the provider, by "idem:<caller>:<key>" and
      * "pay:<id>": a second request for either gets 409 instead of racing
      * the first. Only the loop thread touches it. */

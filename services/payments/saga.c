@@ -73,7 +73,6 @@
 #define CUSTOMER_ID_MAX 64
 #define FEED_SOURCE     "orders"
 /* Per-call bound of the feed client: above the longest long poll. */
-#define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
 
 static const char *const command_types[] = {
     ORDERS_AUTHORIZE_PAYMENT, ORDERS_CAPTURE_PAYMENT, ORDERS_VOID_PAYMENT,
@@ -102,11 +101,10 @@ struct saudit {
 
 struct pay_saga {
     struct pay_service *ps;
-    struct moat_http_client *feed_client; /* owned; pulls orders' feed */
-    struct moat_consumer *consumer;       /* owned */
-    struct event *wake;                   /* a round on the next loop turn */
-    struct event *timer;                  /* a round when a backoff ends */
-    struct scall *out;                    /* calls at the provider */
+    struct moat_consumer *consumer; /* owned */
+    struct event *wake;             /* a round on the next loop turn */
+    struct event *timer;            /* a round when a backoff ends */
+    struct scall *out;              /* calls at the provider */
     size_t nout;
     struct scall *back; /* calls back, to be recorded by the next round */
     struct saudit *audits;
@@ -966,7 +964,6 @@ int pay_saga_new(struct pay_service *ps)
 {
     struct moat_service *svc = ps->svc;
     struct pay_saga *sg = moat_xcalloc(1, sizeof(*sg));
-    struct moat_event_source *src = NULL;
     sg->ps = ps;
 
     int rc = MOAT_EIO;
@@ -974,34 +971,17 @@ int pay_saga_new(struct pay_service *ps)
     sg->timer = evtimer_new(svc->base, on_wake, sg);
     if (!sg->wake || !sg->timer)
         goto cleanup;
-    const struct moat_http_client_options copts = {
-        .timeout_ms = FEED_CLIENT_TIMEOUT_MS,
-    };
-    rc = moat_http_client_new(&sg->feed_client, svc->base, &copts);
-    if (rc != MOAT_OK)
-        goto cleanup;
     rc = moat_consumer_new(&sg->consumer, svc->base, pay_store_db(ps->store),
                            svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
     /* Tombstone replies are appended by the handler itself. */
     moat_consumer_set_outbox(sg->consumer, pay_store_outbox(ps->store));
-    rc = MOAT_EINVAL;
-    src = moat_feed_source_new(FEED_SOURCE, ps->cfg.orders_url, sg->feed_client,
-                               svc->auth);
-    if (!src)
+    rc = moat_service_subscribe(svc, sg->consumer, FEED_SOURCE,
+                                ps->cfg.orders_url, command_types, saga_apply,
+                                sg);
+    if (rc != MOAT_OK)
         goto cleanup;
-    const struct moat_subscription sub = {
-        .source = src,
-        .types = command_types,
-        .handler = saga_apply,
-        .arg = sg,
-    };
-    rc = moat_consumer_subscribe(sg->consumer, &sub);
-    if (rc != MOAT_OK) {
-        src->ops->free(src); /* not taken: the consumer refused it */
-        goto cleanup;
-    }
     /* Status and dead letters; no view ops: replay is not ours to run
      * (a payment is not a view that can be rebuilt), so it answers 501. */
     rc = moat_consumer_register_admin(sg->consumer, svc->http,
@@ -1042,10 +1022,8 @@ void pay_saga_free(struct pay_saga *sg)
     if (!sg)
         return;
     sg->stopping = true;
-    /* The consumer first: it owns the feed source, whose pending pull the
-     * client's free would otherwise complete into a freed consumer. */
+    /* moat/service.h's FREE ORDER. */
     moat_consumer_free(sg->consumer);
-    moat_http_client_free(sg->feed_client);
     /* Calls still out are cancelled by the provider client's free, which
      * the service does before this (pay_saga_stop first). */
     while (sg->out) {

@@ -129,14 +129,11 @@ int pay_store_open(struct pay_store **out, const char *data_dir,
                    const struct pay_store_options *opts)
 {
     struct pay_store *s = moat_xcalloc(1, sizeof(*s));
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
     /* FULL: an authorization the provider has made must not vanish from
      * our books in a power cut after we told the caller about it. */
-    struct moat_db_options dbo = {.synchronous_full = true};
-    int rc = moat_db_open(&s->db, path, &dbo, metrics);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    const struct moat_db_options dbo = {.synchronous_full = true};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &dbo, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
         goto cleanup;
     /* No retention: payment events are the books the auditor replays. */
@@ -153,7 +150,6 @@ cleanup:
             moat_db_close(s->db);
         free(s);
     }
-    free(path);
     return rc;
 }
 

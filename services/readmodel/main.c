@@ -19,20 +19,16 @@
  */
 #include "moat/common.h"
 
-#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "moat/config.h"
 #include "moat/events.h"
-#include "moat/http_client.h"
 #include "moat/log.h"
 #include "moat/service.h"
 #include "readmodel.h"
 #include "store.h"
 
-/* Per-call bound of the feed client: above the longest long poll. */
-#define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
 /* Differences listed by replay --verify before "... and N more". */
 #define VERIFY_MAX_DIFFS 100
 
@@ -51,39 +47,23 @@ static int view_compare(struct moat_db *live, struct moat_db *scratch,
     return rm_store_compare(live, scratch, diffs, VERIFY_MAX_DIFFS);
 }
 
-/*
- * The service skeleton has no hook that runs once it listens, and the
- * consumer must not pull before then (moat/events.h: start after the
- * process is confined). A zero-delay timer added in init fires on the
- * loop's first iteration, which lib/service.c enters only after it has
- * confined the process and bound the listener.
- */
-static void start_consumer(evutil_socket_t fd, short what, void *arg)
+/* Once the process is confined and listening (moat/service.h). */
+static int readmodel_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct rm_service *s = arg;
+    struct rm_service *s = svc->impl;
     moat_log(MOAT_LOG_INFO, "consuming events", "{s:s, s:s, s:s, s:s}",
              "orders", s->source_urls[0], "catalog", s->source_urls[1],
              "payments", s->source_urls[2], "notifications", s->source_urls[3]);
     moat_consumer_start(s->consumer);
+    return MOAT_OK;
 }
 
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
-}
-
+/* In moat/service.h's FREE ORDER. */
 static void readmodel_free(struct rm_service *s)
 {
     if (!s)
         return;
-    if (s->start)
-        event_free(s->start);
-    /* The consumer first: it owns the feed sources, whose pending pulls
-     * the client's free would otherwise complete into a freed consumer. */
     moat_consumer_free(s->consumer);
-    moat_http_client_free(s->client);
     if (s->db)
         moat_db_close(s->db);
     free(s);
@@ -112,26 +92,11 @@ static const struct source_def sources[RM_NSOURCES] = {
 static int subscribe(struct rm_service *s, struct moat_service *svc, size_t i)
 {
     const struct source_def *def = &sources[i];
-    const char *url = moat_env_str(def->env, def->url_default);
-    if (!url_valid(url)) {
-        moat_log(MOAT_LOG_ERROR, "a source URL is not an http URL",
-                 "{s:s, s:s}", "variable", def->env, "value", url);
-        return MOAT_EINVAL;
-    }
-    s->source_urls[i] = url;
-    struct moat_event_source *src =
-        moat_feed_source_new(def->name, url, s->client, svc->auth);
-    if (!src)
-        return MOAT_EINVAL;
-    const struct moat_subscription sub = {
-        .source = src,
-        .types = def->types,
-        .handler = def->handler,
-        .arg = s,
-    };
-    int rc = moat_consumer_subscribe(s->consumer, &sub);
-    if (rc != MOAT_OK)
-        src->ops->free(src); /* not taken: the consumer refused it */
+    int rc = moat_env_url(def->env, def->url_default, &s->source_urls[i]);
+    if (rc == MOAT_OK)
+        rc = moat_service_subscribe(svc, s->consumer, def->name,
+                                    s->source_urls[i], def->types, def->handler,
+                                    s);
     return rc;
 }
 
@@ -146,12 +111,6 @@ static int readmodel_init(struct moat_service *svc)
         goto cleanup;
     }
 
-    const struct moat_http_client_options copts = {
-        .timeout_ms = FEED_CLIENT_TIMEOUT_MS,
-    };
-    rc = moat_http_client_new(&s->client, svc->base, &copts);
-    if (rc != MOAT_OK)
-        goto cleanup;
     rc = moat_consumer_new(&s->consumer, svc->base, s->db, svc->metrics);
     if (rc != MOAT_OK)
         goto cleanup;
@@ -177,13 +136,6 @@ static int readmodel_init(struct moat_service *svc)
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register the read model's routes",
                  "{s:s}", "error", moat_strerror(rc));
-        goto cleanup;
-    }
-
-    s->start = evtimer_new(svc->base, start_consumer, s);
-    const struct timeval now = {0, 0};
-    if (!s->start || evtimer_add(s->start, &now) != 0) {
-        rc = MOAT_EIO;
         goto cleanup;
     }
     svc->impl = s;
@@ -217,6 +169,7 @@ static const struct moat_service_def readmodel_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = readmodel_init,
+    .start = readmodel_start,
     .ready = readmodel_ready,
     .release = readmodel_release,
 };

@@ -24,10 +24,8 @@
 
 /* Per-process state, created by init and freed by release in main.c. */
 struct rm_service {
-    struct moat_db *db;              /* owned: readmodel.db */
-    struct moat_http_client *client; /* owned: calls to the four feeds */
-    struct moat_consumer *consumer;  /* owned */
-    struct event *start;             /* owned: starts the consumer */
+    struct moat_db *db;             /* owned: readmodel.db */
+    struct moat_consumer *consumer; /* owned */
     /* The sources' base URLs (orders, catalog, payments, notifications:
      * the order of main.c's sources), borrowed from the environment. */
     const char *source_urls[RM_NSOURCES];

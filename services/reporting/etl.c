@@ -167,8 +167,8 @@ static int store_page(struct rep_etl *e, json_t *items)
             break;
     }
     if (rc == MOAT_OK)
-        rc = moat_db_commit(db);
-    if (rc != MOAT_OK)
+        rc = moat_db_commit(db); /* rolls back itself when it fails */
+    else
         moat_db_rollback(db);
     return rc;
 }

@@ -24,7 +24,6 @@
  */
 #include "moat/common.h"
 
-#include <event2/event.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,8 +36,8 @@
 #include "reporting.h"
 #include "store.h"
 
-/* Per-call bound of the client: above the longest long poll. */
-#define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
+/* Per-call bound of the product reload's calls to catalog. */
+#define ETL_CLIENT_TIMEOUT_MS 40000L
 /* Differences listed by replay --verify before "... and N more". */
 #define VERIFY_MAX_DIFFS 100
 
@@ -57,32 +56,22 @@ static int view_compare(struct moat_db *live, struct moat_db *scratch,
     return rep_store_compare(live, scratch, diffs, VERIFY_MAX_DIFFS);
 }
 
-/* The consumer starts on the loop's first turn, after lib/service.c has
- * confined the process and bound the listener (as search does). */
-static void start_consumer(evutil_socket_t fd, short what, void *arg)
+/* Once the process is confined and listening (moat/service.h). */
+static int reporting_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct rep_service *s = arg;
+    struct rep_service *s = svc->impl;
     moat_log(MOAT_LOG_INFO, "consuming events", "{s:s}", "sources",
              "orders, payments, catalog, inventory");
     moat_consumer_start(s->consumer);
-}
-
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
+    return MOAT_OK;
 }
 
 static void reporting_free(struct rep_service *s)
 {
     if (!s)
         return;
-    if (s->start)
-        event_free(s->start);
-    /* The consumer first: it owns the feed sources, whose pending pulls
-     * the client's free would otherwise complete into a freed consumer.
-     * Freeing the client answers a running product reload (503). */
+    /* moat/service.h's FREE ORDER. Freeing the client answers a running
+     * product reload (503). */
     moat_consumer_free(s->consumer);
     moat_http_client_free(s->client);
     rep_etl_cancel(s);
@@ -112,29 +101,15 @@ static const struct {
 static int subscribe_all(struct rep_service *s, struct moat_service *svc)
 {
     for (size_t i = 0; i < MOAT_ARRAY_LEN(feeds); i++) {
-        const char *url = moat_env_str(feeds[i].env, feeds[i].def);
-        if (!url_valid(url)) {
-            moat_log(MOAT_LOG_ERROR, "not an http URL", "{s:s, s:s}",
-                     "variable", feeds[i].env, "value", url);
-            return MOAT_EINVAL;
-        }
+        const char *url;
+        int rc = moat_env_url(feeds[i].env, feeds[i].def, &url);
+        if (rc == MOAT_OK)
+            rc = moat_service_subscribe(svc, s->consumer, feeds[i].source, url,
+                                        feeds[i].types, feeds[i].handler, s);
+        if (rc != MOAT_OK)
+            return rc;
         if (strcmp(feeds[i].source, "catalog") == 0)
             s->catalog_url = url;
-        struct moat_event_source *src =
-            moat_feed_source_new(feeds[i].source, url, s->client, svc->auth);
-        if (!src)
-            return MOAT_EINVAL;
-        const struct moat_subscription sub = {
-            .source = src,
-            .types = feeds[i].types,
-            .handler = feeds[i].handler,
-            .arg = s,
-        };
-        int rc = moat_consumer_subscribe(s->consumer, &sub);
-        if (rc != MOAT_OK) {
-            src->ops->free(src); /* not taken: the consumer refused it */
-            return rc;
-        }
     }
     return MOAT_OK;
 }
@@ -170,7 +145,7 @@ static int reporting_init(struct moat_service *svc)
         goto cleanup;
     }
     const struct moat_http_client_options copts = {
-        .timeout_ms = FEED_CLIENT_TIMEOUT_MS,
+        .timeout_ms = ETL_CLIENT_TIMEOUT_MS,
     };
     rc = moat_http_client_new(&s->client, svc->base, &copts);
     if (rc != MOAT_OK)
@@ -199,13 +174,6 @@ static int reporting_init(struct moat_service *svc)
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register reporting routes", "{s:s}",
                  "error", moat_strerror(rc));
-        goto cleanup;
-    }
-
-    s->start = evtimer_new(svc->base, start_consumer, s);
-    const struct timeval now = {0, 0};
-    if (!s->start || evtimer_add(s->start, &now) != 0) {
-        rc = MOAT_EIO;
         goto cleanup;
     }
     svc->impl = s;
@@ -239,6 +207,7 @@ static const struct moat_service_def reporting_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = reporting_init,
+    .start = reporting_start,
     .ready = reporting_ready,
     .release = reporting_release,
 };

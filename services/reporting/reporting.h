@@ -29,9 +29,8 @@ struct moat_auth;
 /* Per-process state, created by init and freed by release in main.c. */
 struct rep_service {
     struct moat_db *db;              /* owned: reporting.db */
-    struct moat_http_client *client; /* owned: feeds and the ETL's calls */
+    struct moat_http_client *client; /* owned: the ETL's calls to catalog */
     struct moat_consumer *consumer;  /* owned */
-    struct event *start;             /* owned: starts the consumer */
     const struct moat_auth *auth;    /* borrowed from the skeleton (NULL
                                         with MOAT_INSECURE_NO_AUTH) */
     const char *catalog_url;         /* borrowed from the environment */

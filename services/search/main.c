@@ -14,21 +14,17 @@
  */
 #include "moat/common.h"
 
-#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "moat/config.h"
 #include "moat/events.h"
-#include "moat/http_client.h"
 #include "moat/log.h"
 #include "moat/service.h"
 #include "search.h"
 #include "store.h"
 
 #define CATALOG_URL_DEFAULT "http://127.0.0.1:8081"
-/* Per-call bound of the feed client: above the longest long poll. */
-#define FEED_CLIENT_TIMEOUT_MS (MOAT_FEED_MAX_WAIT_MS + 10000L)
 /* Differences listed by replay --verify before "... and N more". */
 #define VERIFY_MAX_DIFFS 100
 
@@ -47,38 +43,22 @@ static int view_compare(struct moat_db *live, struct moat_db *scratch,
     return srch_store_compare(live, scratch, diffs, VERIFY_MAX_DIFFS);
 }
 
-/*
- * The service skeleton has no hook that runs once it listens, and the
- * consumer must not pull before then (moat/events.h: start after the
- * process is confined). A zero-delay timer added in init fires on the
- * loop's first iteration, which lib/service.c enters only after it has
- * confined the process and bound the listener.
- */
-static void start_consumer(evutil_socket_t fd, short what, void *arg)
+/* Once the process is confined and listening (moat/service.h). */
+static int search_start(struct moat_service *svc)
 {
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct srch_service *s = arg;
+    struct srch_service *s = svc->impl;
     moat_log(MOAT_LOG_INFO, "consuming catalog events", "{s:s}", "feed",
              s->catalog_url);
     moat_consumer_start(s->consumer);
+    return MOAT_OK;
 }
 
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
-}
-
+/* In moat/service.h's FREE ORDER. */
 static void search_free(struct srch_service *s)
 {
     if (!s)
         return;
-    if (s->start)
-        event_free(s->start);
-    /* The consumer first: it owns the feed source, whose pending pull the
-     * client's free would otherwise complete into a freed consumer. */
     moat_consumer_free(s->consumer);
-    moat_http_client_free(s->client);
     if (s->db)
         moat_db_close(s->db);
     free(s);
@@ -89,13 +69,9 @@ static int search_init(struct moat_service *svc)
     struct srch_service *s = moat_xcalloc(1, sizeof(*s));
     int rc = MOAT_EINVAL;
 
-    s->catalog_url =
-        moat_env_str("MOAT_SEARCH_CATALOG_URL", CATALOG_URL_DEFAULT);
-    if (!url_valid(s->catalog_url)) {
-        moat_log(MOAT_LOG_ERROR, "MOAT_SEARCH_CATALOG_URL is not an http URL",
-                 "{s:s}", "value", s->catalog_url);
+    if (moat_env_url("MOAT_SEARCH_CATALOG_URL", CATALOG_URL_DEFAULT,
+                     &s->catalog_url) != MOAT_OK)
         goto cleanup;
-    }
     rc = srch_store_open(&s->db, svc->cfg.data_dir, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the search database",
@@ -104,33 +80,13 @@ static int search_init(struct moat_service *svc)
         goto cleanup;
     }
 
-    const struct moat_http_client_options copts = {
-        .timeout_ms = FEED_CLIENT_TIMEOUT_MS,
-    };
-    rc = moat_http_client_new(&s->client, svc->base, &copts);
-    if (rc != MOAT_OK)
-        goto cleanup;
     rc = moat_consumer_new(&s->consumer, svc->base, s->db, svc->metrics);
+    if (rc == MOAT_OK)
+        rc = moat_service_subscribe(svc, s->consumer, "catalog", s->catalog_url,
+                                    srch_catalog_event_types, srch_apply_event,
+                                    s);
     if (rc != MOAT_OK)
         goto cleanup;
-
-    struct moat_event_source *src =
-        moat_feed_source_new("catalog", s->catalog_url, s->client, svc->auth);
-    if (!src) {
-        rc = MOAT_EINVAL;
-        goto cleanup;
-    }
-    const struct moat_subscription sub = {
-        .source = src,
-        .types = srch_catalog_event_types,
-        .handler = srch_apply_event,
-        .arg = s,
-    };
-    rc = moat_consumer_subscribe(s->consumer, &sub);
-    if (rc != MOAT_OK) {
-        src->ops->free(src); /* not taken: the consumer refused it */
-        goto cleanup;
-    }
 
     size_t nmig;
     const struct moat_migration *mig = srch_store_migrations(&nmig);
@@ -149,13 +105,6 @@ static int search_init(struct moat_service *svc)
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot register search routes", "{s:s}",
                  "error", moat_strerror(rc));
-        goto cleanup;
-    }
-
-    s->start = evtimer_new(svc->base, start_consumer, s);
-    const struct timeval now = {0, 0};
-    if (!s->start || evtimer_add(s->start, &now) != 0) {
-        rc = MOAT_EIO;
         goto cleanup;
     }
     svc->impl = s;
@@ -189,6 +138,7 @@ static const struct moat_service_def search_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = search_init,
+    .start = search_start,
     .ready = search_ready,
     .release = search_release,
 };

@@ -18,12 +18,10 @@
 
 /* Per-process state, created by init and freed by release in main.c. */
 struct srch_service {
-    struct moat_db *db;              /* owned: search.db */
-    struct moat_http_client *client; /* owned: calls to the feed */
-    struct moat_consumer *consumer;  /* owned */
-    struct event *start;             /* owned: starts the consumer */
-    const char *catalog_url;         /* borrowed from the environment */
-    bool poison_healed;              /* test builds: POST /_test/heal */
+    struct moat_db *db;             /* owned: search.db */
+    struct moat_consumer *consumer; /* owned */
+    const char *catalog_url;        /* borrowed from the environment */
+    bool poison_healed;             /* test builds: POST /_test/heal */
 };
 
 /* Event types search consumes from catalog (NULL-terminated). */

@@ -50,11 +50,6 @@ const struct moat_principal *usr_require_admin(struct moat_req *r)
 
 void usr_reply_store_fault(struct moat_req *r, int rc, const char *what)
 {
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the users database is busy; retry");
-        return;
-    }
     if (rc == USR_EINTEGRITY) {
         /* store.c has logged which row and field; the client learns
          * nothing of the row. */
@@ -63,9 +58,7 @@ void usr_reply_store_fault(struct moat_req *r, int rc, const char *what)
                                "check");
         return;
     }
-    moat_log(MOAT_LOG_ERROR, "users store failure", "{s:s, s:s}", "op", what,
-             "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "the users service could not %s", what);
+    moat_req_reply_store_error(r, rc, "users", what);
 }
 
 void usr_reply_busy(struct moat_req *r)

@@ -176,8 +176,9 @@ static void users_free(struct usr_service *usr)
 {
     if (!usr)
         return;
-    /* The pool first: its last continuations still use the store and the
-     * audit log (and reply 503 to requests it never ran). */
+    /* moat/service.h's FREE ORDER: the pool first, its last continuations
+     * still use the store and the audit log (and reply 503 to requests it
+     * never ran). */
     moat_work_pool_free(usr->pool);
     usr_rekey_release(usr);
     moat_audit_close(usr->audit);

@@ -75,17 +75,12 @@ int usr_store_open(struct usr_store **out, struct event_base *base,
                    struct moat_metrics *metrics)
 {
     struct usr_store *s = moat_xcalloc(1, sizeof(*s));
-    char *path = moat_xasprintf("%s/%s", data_dir, DB_FILE);
     s->kr = kr;
-    int rc = moat_db_open(&s->db, path, NULL, metrics);
-    if (rc != MOAT_OK)
-        goto cleanup;
     /* Overwrite deleted content: a ciphertext replaced by re-sealing (or a
      * revoked token's row) does not linger in free pages. */
-    rc = moat_db_exec(s->db, "secure_delete", "PRAGMA secure_delete = ON");
-    if (rc != MOAT_OK)
-        goto cleanup;
-    rc = moat_db_migrate(s->db, migrations, MOAT_ARRAY_LEN(migrations));
+    const struct moat_db_options dbo = {.secure_delete = true};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &dbo, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
         goto cleanup;
     /* Events carry ids and roles only: the outbox lives in this database,
@@ -104,7 +99,6 @@ cleanup:
             moat_db_close(s->db);
         free(s);
     }
-    free(path);
     return rc;
 }
 
@@ -562,8 +556,8 @@ int usr_store_token_insert(struct usr_store *s, const struct usr_token *t,
         return rc;
     rc = insert_token(s, t, now_ms);
     if (rc == MOAT_OK)
-        rc = moat_db_commit(s->db);
-    if (rc != MOAT_OK)
+        rc = moat_db_commit(s->db); /* rolls back itself when it fails */
+    else
         moat_db_rollback(s->db);
     return rc;
 }

@@ -325,6 +325,32 @@ static void test_transactions(void **state)
     assert_int_equal(query_int(f->db, "SELECT count(*) FROM widgets"), 1);
 }
 
+/* A COMMIT that fails leaves no transaction open: moat_db_commit rolls
+ * back itself, so the next begin works and nothing of it was kept. */
+static void test_failed_commit_rolls_back(void **state)
+{
+    struct fixture *f = *state;
+    f->db = open_db(f, NULL);
+    assert_int_equal(moat_db_exec(f->db, "schema",
+                                  "CREATE TABLE parent (id INTEGER PRIMARY "
+                                  "KEY) STRICT; CREATE TABLE child (id "
+                                  "INTEGER PRIMARY KEY, parent INTEGER "
+                                  "REFERENCES parent (id) DEFERRABLE "
+                                  "INITIALLY DEFERRED) STRICT;"),
+                     MOAT_OK);
+    assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+    /* A deferred foreign key: checked only by COMMIT, which then fails
+     * with the transaction still open (SQLite does not end it). */
+    assert_int_equal(
+        moat_db_exec(f->db, "orphan", "INSERT INTO child VALUES (1, 42)"),
+        MOAT_OK);
+    assert_int_not_equal(moat_db_commit(f->db), MOAT_OK);
+    assert_true(sqlite3_get_autocommit(moat_db_handle(f->db)));
+    assert_int_equal(query_int(f->db, "SELECT count(*) FROM child"), 0);
+    assert_int_equal(moat_db_begin(f->db), MOAT_OK);
+    assert_int_equal(moat_db_commit(f->db), MOAT_OK);
+}
+
 static void test_busy_maps_to_ebusy(void **state)
 {
     struct fixture *f = *state;
@@ -573,6 +599,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failing_migration_rolls_back,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_commit_rolls_back, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_busy_maps_to_ebusy, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_statement_cache, setup, teardown),

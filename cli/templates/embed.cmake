@@ -1,0 +1,20 @@
+# Turns every cli/templates/**/*.in into one C file of byte arrays, so the
+# moat binary carries the templates of `moat new service` (cli/new.c).
+# Usage: cmake -DDIR=<templates dir> -DOUT=<file.c> -P embed.cmake
+file(GLOB_RECURSE files RELATIVE ${DIR} ${DIR}/*.in)
+list(SORT files)
+set(body "/* Generated from cli/templates by embed.cmake: do not edit. */\n")
+string(APPEND body "#include \"new.h\"\n\n")
+set(table "")
+set(i 0)
+foreach(f ${files})
+    file(READ ${DIR}/${f} hex HEX)
+    string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+    string(APPEND body "static const unsigned char t${i}[] = {${bytes}0x00};\n")
+    string(APPEND table "    {\"${f}\", t${i}, sizeof(t${i}) - 1},\n")
+    math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND body "\nconst struct cli_template cli_templates[] = {\n${table}};\n")
+string(APPEND body "const size_t cli_ntemplates = ${i};\n")
+file(WRITE ${OUT}.tmp "${body}")
+configure_file(${OUT}.tmp ${OUT} COPYONLY)
