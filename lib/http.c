@@ -633,6 +633,11 @@ void moat_req_reply_store_error(struct moat_req *r, int rc, const char *store,
     }
     moat_log(MOAT_LOG_ERROR, "store failure", "{s:s, s:s, s:s}", "store", store,
              "op", what, "error", moat_strerror(rc));
+    if (rc == MOAT_ETOOBIG) {
+        /* Full (an LMDB map): no retry helps until an operator grows it. */
+        moat_req_reply_problem(r, 503, "the %s database is full", store);
+        return;
+    }
     moat_req_reply_problem(r, 500, "the %s database could not %s", store, what);
 }
 

@@ -173,9 +173,11 @@ void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
 /*
  * Reply to a store error that is not the client's fault, the same way in
  * every service: MOAT_EBUSY (another writer held the lock) is a 503 with
- * Retry-After: 1, "the <store> database is busy; retry"; any other error
- * is logged (store, what, error) and a 500 "the <store> database could
- * not <what>", telling the client nothing more. store names the service's
+ * Retry-After: 1, "the <store> database is busy; retry"; MOAT_ETOOBIG
+ * (the store is full, e.g. an LMDB map) is logged and a 503 "the <store>
+ * database is full" without Retry-After (only an operator helps); any
+ * other error is logged (store, what, error) and a 500 "the <store>
+ * database could not <what>", telling the client nothing more. store names the service's
  * database ("orders"), what the failed operation ("read the order").
  * A service maps its own errors (not found, conflict) before calling this.
  */

@@ -102,26 +102,6 @@ static void reply_not_found(struct moat_req *r, const char *sku)
                                "(a sku is " SKU_RULE ")");
 }
 
-/* Not the client's fault: busy, full or broken. */
-static void reply_store_fault(struct moat_req *r, int rc, const char *what)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the inventory database is busy; retry");
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "inventory store failure", "{s:s, s:s}", "op",
-             what, "error", moat_strerror(rc));
-    if (rc == MOAT_ETOOBIG) {
-        /* The LMDB map is full: no retry helps until an operator raises
-         * MOAT_INVENTORY_MAPSIZE_MB (logged above). */
-        moat_req_reply_problem(r, 503, "the inventory database is full");
-        return;
-    }
-    moat_req_reply_problem(r, 500, "the inventory could not %s the stock",
-                           what);
-}
-
 /* 409: the change would leave less than nothing available. */
 static void reply_insufficient(struct moat_req *r, const struct inv_stock *cur,
                                int64_t on_hand_wanted)
@@ -230,7 +210,7 @@ static void handle_get(struct moat_req *r, void *arg)
     if (rc == MOAT_ENOTFOUND)
         reply_not_found(r, sku);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read");
+        moat_req_reply_store_error(r, rc, "inventory", "read the stock");
     else
         reply_stock(r, 200, &s);
 }
@@ -299,7 +279,7 @@ static void handle_put(struct moat_req *r, void *arg)
         reply_stale(r, &s);
         break;
     default:
-        reply_store_fault(r, rc, "set");
+        moat_req_reply_store_error(r, rc, "inventory", "set the stock");
         break;
     }
 
@@ -377,7 +357,7 @@ static void handle_adjust(struct moat_req *r, void *arg)
         reply_insufficient(r, &s, s.on_hand + delta);
         break;
     default:
-        reply_store_fault(r, rc, "adjust");
+        moat_req_reply_store_error(r, rc, "inventory", "adjust the stock");
         break;
     }
 
@@ -474,7 +454,7 @@ static void handle_list(struct moat_req *r, void *arg)
     int rc = inv_store_list(inv->store, q.has_cursor ? q.after : NULL,
                             q.limit + 1, &items, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "list");
+        moat_req_reply_store_error(r, rc, "inventory", "list the stock");
         return;
     }
     json_t *list = json_array();
@@ -697,7 +677,7 @@ static void handle_reserve(struct moat_req *r, void *arg)
     int rc = inv_store_reserve(inv->store, want, inv->max_open_per_customer,
                                res, &result, shortages, &nshort);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "reserve");
+        moat_req_reply_store_error(r, rc, "inventory", "reserve the stock");
         goto cleanup;
     }
     switch (result) {
@@ -775,7 +755,9 @@ static void handle_transition(struct moat_req *r, struct inv_service *inv,
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, release ? "release" : "commit");
+        moat_req_reply_store_error(r, rc, "inventory",
+                                   release ? "release the stock"
+                                           : "commit the stock");
         goto cleanup;
     }
     switch (result) {
@@ -827,7 +809,7 @@ static void handle_reservation_get(struct moat_req *r, void *arg)
     if (rc == MOAT_ENOTFOUND)
         reply_no_reservation(r);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read");
+        moat_req_reply_store_error(r, rc, "inventory", "read the stock");
     else
         reply_reservation(r, 200, res);
     free(res);
@@ -936,7 +918,7 @@ static void handle_reservation_list(struct moat_req *r, void *arg)
                                           list_reservation_one, list, &more);
     if (rc != MOAT_OK) {
         json_decref(list);
-        reply_store_fault(r, rc, "list");
+        moat_req_reply_store_error(r, rc, "inventory", "list the stock");
         return;
     }
     size_t n = json_array_size(list);
@@ -983,7 +965,7 @@ static void handle_adjustment_list(struct moat_req *r, void *arg)
                                          list_adjustment_one, list, &more);
     if (rc != MOAT_OK) {
         json_decref(list);
-        reply_store_fault(r, rc, "list");
+        moat_req_reply_store_error(r, rc, "inventory", "list the stock");
         return;
     }
     size_t n = json_array_size(list);

@@ -19,7 +19,6 @@
  */
 #include "moat/common.h"
 
-#include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,60 +27,19 @@
 #include "profiles.h"
 
 #define USERS_URL_DEFAULT          "http://127.0.0.1:8082"
-#define FEED_CLIENT_TIMEOUT_MS     (MOAT_FEED_MAX_WAIT_MS + 10000L)
 #define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
 #define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
 #define OUTBOX_KEEP_MIN            10000
 
-static bool url_valid(const char *u)
-{
-    return strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0;
-}
-
+/* In moat/service.h's FREE ORDER. */
 static void profiles_free(struct pro_service *ps)
 {
     if (!ps)
         return;
-    if (ps->start)
-        event_free(ps->start);
-    /* The consumer before the client its source uses, the store (which
-     * the consumer writes to) after both. */
     moat_consumer_free(ps->consumer);
-    moat_http_client_free(ps->feeds);
     pro_store_close(ps->store);
     moat_keyring_free(ps->kr);
     free(ps);
-}
-
-/*
- * The consumer must not pull before the process is confined and listens
- * (moat/events.h): a zero-delay timer added in init fires on the loop's
- * first iteration, which lib/service.c enters only after both.
- */
-static void start(evutil_socket_t fd, short what, void *arg)
-{
-    MOAT_UNUSED(fd);
-    MOAT_UNUSED(what);
-    struct pro_service *ps = arg;
-    moat_log(MOAT_LOG_INFO, "consuming users events", "{s:s}", "feed",
-             ps->users_url);
-    moat_consumer_start(ps->consumer);
-}
-
-static int subscribe_users(struct pro_service *ps)
-{
-    struct moat_event_source *src =
-        moat_feed_source_new("users", ps->users_url, ps->feeds, ps->svc->auth);
-    if (!src)
-        return MOAT_EINVAL;
-    const struct moat_subscription sub = {.source = src,
-                                          .types = pro_users_events,
-                                          .handler = pro_apply_user_event,
-                                          .arg = ps};
-    int rc = moat_consumer_subscribe(ps->consumer, &sub);
-    if (rc != MOAT_OK)
-        src->ops->free(src); /* not taken: the consumer refused it */
-    return rc;
 }
 
 static int profiles_init(struct moat_service *svc)
@@ -92,12 +50,9 @@ static int profiles_init(struct moat_service *svc)
     int64_t retention;
     int rc = MOAT_EINVAL;
     ps->svc = svc;
-    ps->users_url = moat_env_str("MOAT_PROFILES_USERS_URL", USERS_URL_DEFAULT);
-    if (!url_valid(ps->users_url)) {
-        moat_log(MOAT_LOG_ERROR, "MOAT_PROFILES_USERS_URL is not an http URL",
-                 "{s:s}", "value", ps->users_url);
-        goto out;
-    }
+    if (moat_env_url("MOAT_PROFILES_USERS_URL", USERS_URL_DEFAULT,
+                     &ps->users_url) != MOAT_OK)
+        goto out; /* logged by moat_env_url */
     if (moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
                      OUTBOX_RETENTION_MAX_S, &retention) != MOAT_OK)
         goto out; /* logged by moat_env_int */
@@ -117,14 +72,11 @@ static int profiles_init(struct moat_service *svc)
         goto out;
 
     step = "consumer";
-    const struct moat_http_client_options fopts = {.timeout_ms =
-                                                       FEED_CLIENT_TIMEOUT_MS};
-    rc = moat_http_client_new(&ps->feeds, svc->base, &fopts);
+    rc = moat_consumer_new(&ps->consumer, svc->base, pro_store_db(ps->store),
+                           svc->metrics);
     if (rc == MOAT_OK)
-        rc = moat_consumer_new(&ps->consumer, svc->base,
-                               pro_store_db(ps->store), svc->metrics);
-    if (rc == MOAT_OK)
-        rc = subscribe_users(ps);
+        rc = moat_service_subscribe(svc, ps->consumer, "users", ps->users_url,
+                                    pro_users_events, pro_apply_user_event, ps);
     /* No view: profiles is the source of truth of its rows, so the admin
      * routes offer no replay from scratch. */
     if (rc == MOAT_OK)
@@ -140,13 +92,6 @@ static int profiles_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto out;
 
-    step = "start timer";
-    ps->start = evtimer_new(svc->base, start, ps);
-    const struct timeval now = {0, 0};
-    if (!ps->start || evtimer_add(ps->start, &now) != 0) {
-        rc = MOAT_EIO;
-        goto out;
-    }
     svc->impl = ps;
     ps = NULL;
 
@@ -157,6 +102,15 @@ out:
     profiles_free(ps);
     free(path);
     return rc;
+}
+
+static int profiles_start(struct moat_service *svc)
+{
+    struct pro_service *ps = svc->impl;
+    moat_log(MOAT_LOG_INFO, "consuming users events", "{s:s}", "feed",
+             ps->users_url);
+    moat_consumer_start(ps->consumer);
+    return MOAT_OK;
 }
 
 static bool profiles_ready(struct moat_service *svc, const char **why)
@@ -181,6 +135,7 @@ static const struct moat_service_def profiles_def = {
     .needs_data_dir = true,
     .ro_paths = NULL,
     .init = profiles_init,
+    .start = profiles_start,
     .ready = profiles_ready,
     .release = profiles_release,
 };

@@ -10,7 +10,6 @@
 #include "moat/crypto.h"
 #include "moat/events.h"
 #include "moat/http.h"
-#include "moat/http_client.h"
 #include "moat/service.h"
 #include "store.h"
 
@@ -21,9 +20,7 @@ struct pro_service {
     struct moat_service *svc;       /* borrowed */
     struct moat_keyring *kr;        /* owned */
     struct pro_store *store;        /* owned */
-    struct moat_http_client *feeds; /* owned; users' feed */
     struct moat_consumer *consumer; /* owned */
-    struct event *start;            /* owned; starts the consumer */
     const char *users_url;          /* from the environment */
 };
 
