@@ -177,8 +177,8 @@ void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
  * (the store is full, e.g. an LMDB map) is logged and a 503 "the <store>
  * database is full" without Retry-After (only an operator helps); any
  * other error is logged (store, what, error) and a 500 "the <store>
- * database could not <what>", telling the client nothing more. store names the service's
- * database ("orders"), what the failed operation ("read the order").
+ * database could not <what>", telling the client nothing more. store names the
+ * service's database ("orders"), what the failed operation ("read the order").
  * A service maps its own errors (not found, conflict) before calling this.
  */
 void moat_req_reply_store_error(struct moat_req *r, int rc, const char *store,
