@@ -146,20 +146,18 @@ static bool is_admin(const struct msg_conv *c, const char *user)
     return false;
 }
 
-/* Check an array of user ids at pointer /key of body: 1..max of them, or
- * (optional and absent) none. Returns the array (borrowed) or NULL. */
+/* Check an array of user ids at pointer /key of body: min..max of them.
+ * Returns the array (borrowed) or NULL. */
 static json_t *user_list(struct moat_validation *v, json_t *body,
-                         const char *key, size_t max, bool required)
+                         const char *key, size_t min, size_t max)
 {
     json_t *a = json_object_get(body, key);
     char ptr[64];
     snprintf(ptr, sizeof(ptr), "/%s", key);
-    if (!a && !required)
-        return NULL;
-    if (!json_is_array(a) || json_array_size(a) > max ||
-        (required && json_array_size(a) == 0)) {
-        moat_validation_add(v, ptr, "must be an array of %s%zu user ids",
-                            required ? "1 to " : "at most ", max);
+    if (!json_is_array(a) || json_array_size(a) < min ||
+        json_array_size(a) > max) {
+        moat_validation_add(v, ptr, "must be an array of %zu to %zu user ids",
+                            min, max);
         return NULL;
     }
     size_t i;
@@ -213,7 +211,7 @@ static void handle_create_conv(struct moat_req *r, void *arg)
     if (moat_v_string(&v, body, "", "kind", true, 1, 16, &kind) &&
         strcmp(kind, "direct") != 0 && strcmp(kind, "group") != 0)
         moat_validation_add(&v, "/kind", "must be \"direct\" or \"group\"");
-    json_t *members = user_list(&v, body, "members", GROUP_MAX_MEMBERS, true);
+    json_t *members = user_list(&v, body, "members", 0, GROUP_MAX_MEMBERS);
     moat_v_string(&v, body, "", "title", false, 1, TITLE_MAX_CHARS, &title);
     bool direct = kind && strcmp(kind, "direct") == 0;
     if (direct && title)
@@ -257,7 +255,8 @@ static void handle_create_conv(struct moat_req *r, void *arg)
     }
     char existing[MSG_ID_LEN + 1];
     int rc = msg_store_create_conv(ms->store, &c, existing);
-    const char *id = rc == MOAT_ECONFLICT ? existing : c.id;
+    char id[MSG_ID_LEN + 1];
+    snprintf(id, sizeof(id), "%s", rc == MOAT_ECONFLICT ? existing : c.id);
     if (rc != MOAT_OK && rc != MOAT_ECONFLICT) {
         reply_store_fault(r, rc, "create the conversation");
         goto cleanup;
@@ -398,7 +397,7 @@ static void handle_add_members(struct moat_req *r, void *arg)
     struct moat_validation v;
     moat_validation_init(&v);
     moat_v_known_keys(&v, body, "", keys);
-    json_t *members = user_list(&v, body, "members", GROUP_MAX_MEMBERS, true);
+    json_t *members = user_list(&v, body, "members", 1, GROUP_MAX_MEMBERS);
     if (!moat_validation_ok(&v)) {
         moat_req_reply_problem_json(
             r, moat_validation_problem(&v, "the members are not valid"));
