@@ -706,8 +706,15 @@ static void test_members(void **state)
                         "{\"members\": [\"" DAVE "\", \"" BOB "\"]}", 200);
     assert_int_equal(json_array_size(json_object_get(c, "members")), 4);
     json_decref(c);
-    json_decref(send_msg(conv, DAVE, "hi all"));
+    /* Bob waits, then leaves: the next message is not his to see. */
+    struct poller p;
+    poll_start(&p, conv, BOB, 0, 30);
+    wait_parked(1);
     json_decref(call_ok("DELETE", h_fmt("%s/%s", path, BOB), BOB, NULL, 204));
+    json_decref(send_msg(conv, DAVE, "hi all"));
+    json_t *gone = poll_join(&p, 404);
+    assert_string_equal(str(gone, "detail"), "no such conversation");
+    json_decref(gone);
     call(&r, "GET", h_fmt("/v1/conversations/%s", conv), BOB, NULL, NULL);
     h_assert_problem(&r, 404);
     h_resp_release(&r);
