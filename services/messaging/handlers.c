@@ -138,6 +138,23 @@ static bool load_conv(struct moat_req *r, struct msg_service *ms,
     return rc == MOAT_OK;
 }
 
+/* Conversation {id} when the caller is a member of it (the path
+ * parameter, owned by the request; *head gets its last seq), or reply 404
+ * / 5xx and return NULL. Cheaper than load_conv: no members, no counts. */
+static const char *member_of(struct moat_req *r, struct msg_service *ms,
+                             const char *user, int64_t *head)
+{
+    const char *id = moat_req_param(r, "id");
+    int rc = id && moat_id_valid(id, MSG_CONV_PREFIX)
+                 ? msg_store_member_head(ms->store, id, user, head)
+                 : MOAT_ENOTFOUND;
+    if (rc == MOAT_ENOTFOUND)
+        reply_no_conv(r);
+    else if (rc != MOAT_OK)
+        reply_store_fault(r, rc, "read the conversation");
+    return rc == MOAT_OK ? id : NULL;
+}
+
 static bool is_admin(const struct msg_conv *c, const char *user)
 {
     for (size_t i = 0; i < c->nmembers; i++)
@@ -575,7 +592,6 @@ static void replay(struct moat_req *r, struct msg_service *ms,
 static void handle_send(struct moat_req *r, void *arg)
 {
     struct msg_service *ms = arg;
-    struct msg_conv c = {0};
     struct msg_message m = {0};
     json_t *body = NULL;
     char key[MOAT_IDEM_KEY_MAX + 1], fp[65];
@@ -590,7 +606,9 @@ static void handle_send(struct moat_req *r, void *arg)
                              "ASCII characters"));
         return;
     }
-    if (!load_conv(r, ms, user, &c))
+    int64_t head;
+    const char *conv = member_of(r, ms, user, &head);
+    if (!conv)
         return;
     if (moat_req_json(r, &body) != MOAT_OK)
         goto cleanup;
@@ -600,7 +618,7 @@ static void handle_send(struct moat_req *r, void *arg)
         moat_req_reply_problem_json(r, problem);
         goto cleanup;
     }
-    send_fingerprint(c.id, body, fp);
+    send_fingerprint(conv, body, fp);
     if (hkey) {
         char stored_fp[65], message_id[MSG_ID_LEN + 1];
         int rc = msg_idem_get(ms->store, user, key, stored_fp, message_id);
@@ -614,7 +632,7 @@ static void handle_send(struct moat_req *r, void *arg)
         }
     }
     moat_id_new(MSG_MSG_PREFIX, m.id, sizeof(m.id));
-    snprintf(m.conversation_id, sizeof(m.conversation_id), "%s", c.id);
+    snprintf(m.conversation_id, sizeof(m.conversation_id), "%s", conv);
     snprintf(m.sender_id, sizeof(m.sender_id), "%s", user);
     m.text = moat_xstrdup(text);
     m.created_ms = moat_wall_ms();
@@ -635,12 +653,11 @@ static void handle_send(struct moat_req *r, void *arg)
     }
     /* Committed: the parked readers of the conversation get it now, on
      * this loop turn, before the sender's own reply. */
-    msg_live_wake(ms->live, c.id);
+    msg_live_wake(ms->live, conv);
     reply_message(r, 201, &m, false);
 
 cleanup:
     msg_message_release(&m);
-    msg_conv_release(&c);
     json_decref(body);
 }
 
@@ -735,19 +752,10 @@ static void handle_messages(struct moat_req *r, void *arg)
         moat_req_reply_problem_json(r, problem);
         return;
     }
-    const char *id = moat_req_param(r, "id");
     int64_t head;
-    int rc = id && moat_id_valid(id, MSG_CONV_PREFIX)
-                 ? msg_store_member_head(ms->store, id, user, &head)
-                 : MOAT_ENOTFOUND;
-    if (rc == MOAT_ENOTFOUND) {
-        reply_no_conv(r);
+    const char *id = member_of(r, ms, user, &head);
+    if (!id)
         return;
-    }
-    if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the messages");
-        return;
-    }
     int64_t after = q[0].seen ? q[0].ival : -1;
     int64_t before = q[1].seen ? q[1].ival : -1;
     size_t limit = q[2].seen ? (size_t)q[2].ival : PAGE_LIMIT_DEFAULT;
@@ -767,19 +775,20 @@ static void handle_messages(struct moat_req *r, void *arg)
 
 /* ---- /v1/conversations/{id}/messages/{msg_id} ---- */
 
-/* Load the conversation (as the caller sees it) and its message {msg_id},
- * or reply 404 / 5xx and return false. */
+/* The message {msg_id} of conversation {id}, of which the caller must be
+ * a member, into *m; or reply 404 / 5xx and return false. */
 static bool load_message(struct moat_req *r, struct msg_service *ms,
-                         const char *user, struct msg_conv *c,
-                         struct msg_message *m)
+                         const char *user, struct msg_message *m)
 {
-    if (!load_conv(r, ms, user, c))
+    int64_t head;
+    const char *conv = member_of(r, ms, user, &head);
+    if (!conv)
         return false;
     const char *id = moat_req_param(r, "msg_id");
     int rc = id && moat_id_valid(id, MSG_MSG_PREFIX)
                  ? msg_store_get_message(ms->store, id, m)
                  : MOAT_ENOTFOUND;
-    if (rc == MOAT_OK && strcmp(m->conversation_id, c->id) != 0) {
+    if (rc == MOAT_OK && strcmp(m->conversation_id, conv) != 0) {
         msg_message_release(m);
         rc = MOAT_ENOTFOUND;
     }
@@ -787,20 +796,17 @@ static bool load_message(struct moat_req *r, struct msg_service *ms,
         moat_req_reply_problem(r, 404, "no such message in this conversation");
     else if (rc != MOAT_OK)
         reply_store_fault(r, rc, "read the message");
-    if (rc != MOAT_OK)
-        msg_conv_release(c);
     return rc == MOAT_OK;
 }
 
 static void handle_get_message(struct moat_req *r, void *arg)
 {
     struct msg_service *ms = arg;
-    struct msg_conv c = {0};
     struct msg_message m = {0};
     struct msg_edit *edits = NULL;
     size_t n = 0;
     const char *user = caller(r);
-    if (!user || !load_message(r, ms, user, &c, &m))
+    if (!user || !load_message(r, ms, user, &m))
         return;
     int rc = msg_store_edits(ms->store, m.id, &edits, &n);
     if (rc != MOAT_OK) {
@@ -826,17 +832,15 @@ static void handle_get_message(struct moat_req *r, void *arg)
 cleanup:
     msg_edits_free(edits, n);
     msg_message_release(&m);
-    msg_conv_release(&c);
 }
 
 static void handle_edit_message(struct moat_req *r, void *arg)
 {
     struct msg_service *ms = arg;
-    struct msg_conv c = {0};
     struct msg_message m = {0};
     json_t *body = NULL;
     const char *user = caller(r);
-    if (!user || !load_message(r, ms, user, &c, &m))
+    if (!user || !load_message(r, ms, user, &m))
         return;
     if (moat_req_json(r, &body) != MOAT_OK)
         goto cleanup;
@@ -879,17 +883,15 @@ static void handle_edit_message(struct moat_req *r, void *arg)
 
 cleanup:
     msg_message_release(&m);
-    msg_conv_release(&c);
     json_decref(body);
 }
 
 static void handle_delete_message(struct moat_req *r, void *arg)
 {
     struct msg_service *ms = arg;
-    struct msg_conv c = {0};
     struct msg_message m = {0};
     const char *user = caller(r);
-    if (!user || !load_message(r, ms, user, &c, &m))
+    if (!user || !load_message(r, ms, user, &m))
         return;
     if (strcmp(m.sender_id, user) != 0) {
         moat_req_reply_problem(r, 403, "only the sender may delete a message");
@@ -907,7 +909,6 @@ static void handle_delete_message(struct moat_req *r, void *arg)
 
 cleanup:
     msg_message_release(&m);
-    msg_conv_release(&c);
 }
 
 /* ---- POST /v1/conversations/{id}/read ---- */
