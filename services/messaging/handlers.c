@@ -35,7 +35,6 @@
 #define PAGE_LIMIT_DEFAULT 50
 #define LIMIT_MAX          100
 #define WAIT_MAX_S         30
-#define PARKED_MAX         1024 /* long polls per process, 503 beyond */
 #define CONV_CURSOR_MAX    64
 #define RETRY_AFTER_S      "1"
 #define PROBLEM_IDEM       "urn:moat:problem:idempotency-key-"
@@ -996,7 +995,7 @@ static void on_drain(void *arg)
 
 int msg_routes_register(struct moat_http_server *server,
                         struct event_base *base, struct moat_metrics *metrics,
-                        struct msg_service *ms)
+                        unsigned max_polls, struct msg_service *ms)
 {
     static const struct {
         unsigned methods;
@@ -1020,7 +1019,7 @@ int msg_routes_register(struct moat_http_server *server,
          handle_delete_message},
         {MOAT_POST, "/v1/conversations/{id}/read", handle_read},
     };
-    ms->live = msg_live_new(base, metrics, PARKED_MAX, answer_poll, ms);
+    ms->live = msg_live_new(base, metrics, max_polls, answer_poll, ms);
     int rc = moat_http_on_drain(server, on_drain, ms);
     for (size_t i = 0; rc == MOAT_OK && i < MOAT_ARRAY_LEN(routes); i++)
         rc = moat_http_route(server, routes[i].methods, routes[i].pattern,

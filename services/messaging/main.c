@@ -10,6 +10,8 @@
  * Configuration besides the MOAT_* basics (moat/service.h):
  *   MOAT_OUTBOX_RETENTION_S   keep events this long (default 7 days;
  *                             0 = forever); the newest 10000 always stay
+ *   MOAT_MESSAGING_MAX_POLLS  long polls parked at once (default 1024);
+ *                             503 beyond
  */
 #include "moat/common.h"
 
@@ -24,6 +26,8 @@
 #define OUTBOX_RETENTION_DEFAULT_S (7 * 24 * 3600)
 #define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
 #define OUTBOX_KEEP_MIN            10000
+#define MAX_POLLS_DEFAULT          1024
+#define MAX_POLLS_MAX              65536
 
 static void messaging_free(struct msg_service *ms)
 {
@@ -37,9 +41,12 @@ static void messaging_free(struct msg_service *ms)
 static int messaging_init(struct moat_service *svc)
 {
     struct msg_service *ms = moat_xcalloc(1, sizeof(*ms));
-    int64_t retention;
+    int64_t retention, max_polls;
     int rc = moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S,
                           0, OUTBOX_RETENTION_MAX_S, &retention);
+    if (rc == MOAT_OK)
+        rc = moat_env_int("MOAT_MESSAGING_MAX_POLLS", MAX_POLLS_DEFAULT, 1,
+                          MAX_POLLS_MAX, &max_polls);
     if (rc != MOAT_OK)
         goto cleanup; /* logged by moat_env_int */
     const struct moat_outbox_options oopts = {
@@ -52,7 +59,8 @@ static int messaging_init(struct moat_service *svc)
                  moat_strerror(rc));
         goto cleanup;
     }
-    rc = msg_routes_register(svc->http, svc->base, svc->metrics, ms);
+    rc = msg_routes_register(svc->http, svc->base, svc->metrics,
+                             (unsigned)max_polls, ms);
     if (rc == MOAT_OK)
         rc = moat_feed_register(msg_store_outbox(ms->store), svc->http);
     if (rc != MOAT_OK) {

@@ -23,11 +23,12 @@ struct msg_service {
 
 /*
  * Register the /v1/conversations routes and the drain hook that answers
- * parked long polls; creates ps->live on base (metrics borrowed). Handlers
- * get ms (borrowed, must outlive the server's use of the routes).
+ * parked long polls; creates ms->live on base (metrics borrowed) for at
+ * most max_polls parked polls. Handlers get ms (borrowed, must outlive
+ * the server's use of the routes).
  */
 int msg_routes_register(struct moat_http_server *server,
                         struct event_base *base, struct moat_metrics *metrics,
-                        struct msg_service *ms);
+                        unsigned max_polls, struct msg_service *ms);
 
 #endif /* MSG_MESSAGING_H */

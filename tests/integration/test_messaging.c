@@ -929,6 +929,36 @@ static void test_delivery_latency(void **state)
     free(text);
 }
 
+/* The parked polls are bounded per process: with room for 2, a third
+ * reader gets 503 and Retry-After, and a send answers the two. */
+static void test_parked_bound(void **state)
+{
+    MOAT_UNUSED(state);
+    const char *small[] = {"MOAT_MESSAGING_MAX_POLLS=2", NULL};
+    assert_int_equal(h_service_restart(&F.svc, small), 0);
+    char conv[64];
+    snprintf(conv, sizeof(conv), "%s",
+             new_group(ALICE, "[\"" BOB "\", \"" CAROL "\"]"));
+    struct poller a, b;
+    poll_start(&a, conv, BOB, 0, 30);
+    poll_start(&b, conv, CAROL, 0, 30);
+    wait_parked(2);
+    struct h_resp r;
+    call(&r, "GET",
+         h_fmt("/v1/conversations/%s/messages?after=0&wait=30", conv), ALICE,
+         NULL, NULL);
+    h_assert_problem(&r, 503);
+    assert_non_null(h_resp_header(&r, "Retry-After"));
+    h_resp_release(&r);
+    json_decref(send_msg(conv, ALICE, "to both"));
+    json_t *pa = poll_join(&a, 200), *pb = poll_join(&b, 200);
+    assert_int_equal(json_array_size(json_object_get(pa, "items")), 1);
+    assert_int_equal(json_array_size(json_object_get(pb, "items")), 1);
+    json_decref(pa);
+    json_decref(pb);
+    assert_int_equal(h_service_restart(&F.svc, NULL), 0);
+}
+
 /* SIGTERM with a parked poll: answered at once, clean exit; then kill -9
  * right after 201s: every acknowledged message survives. */
 static void test_stop_and_kill(void **state)
@@ -990,6 +1020,7 @@ int main(void)
         cmocka_unit_test(test_members),
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_delivery_latency),
+        cmocka_unit_test(test_parked_bound),
         cmocka_unit_test(test_stop_and_kill),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
