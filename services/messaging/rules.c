@@ -1,0 +1,53 @@
+/* rules.c - messaging's input rules (see rules.h). */
+#include "moat/common.h"
+
+#include <string.h>
+
+#include "rules.h"
+
+#define USER_ID_MAX 63
+
+const char *msg_text_problem(const char *s, size_t len, size_t max)
+{
+    if (len < 1 || len > max)
+        return "has the wrong length (see docs/messaging.md for the cap)";
+    bool visible = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)
+            return "must not contain control characters other than tab "
+                   "and line breaks";
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
+            visible = true;
+    }
+    return visible ? NULL : "must not be only white space";
+}
+
+bool msg_user_id_valid(const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n < 1 || n > USER_ID_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+size_t msg_member_set(const char *creator, const char *const *ids, size_t n,
+                      const char **out)
+{
+    size_t count = 0;
+    out[count++] = creator;
+    for (size_t i = 0; i < n; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < count && !seen; j++)
+            seen = strcmp(out[j], ids[i]) == 0;
+        if (!seen)
+            out[count++] = ids[i];
+    }
+    return count;
+}
