@@ -1,6 +1,8 @@
 /* store.c - messaging's schema and queries (see store.h). */
 #include "moat/common.h"
 
+#include "contracts/messaging.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,8 +234,8 @@ static int emit(struct msg_store *s, const char *type, const char *subject,
 {
     if (!data)
         moat_die("cannot build the data of a messaging event");
-    int rc = moat_outbox_append(s->outbox, type, subject, MSG_EVENT_SCHEMA,
-                                data, NULL);
+    int rc = moat_outbox_append(s->outbox, type, subject,
+                                MESSAGING_EVENT_SCHEMA, data, NULL);
     json_decref(data);
     return rc;
 }
@@ -400,7 +402,7 @@ int msg_store_create_conv(struct msg_store *s, const struct msg_conv *c,
      * title is the members' content, like message texts: not in events. */
     if (rc == MOAT_OK)
         rc = emit(
-            s, "ConversationCreated", c->id,
+            s, MESSAGING_CONVERSATION_CREATED, c->id,
             json_pack("{s:s, s:s, s:s, s:o, s:I}", "conversation_id", c->id,
                       "kind", c->kind == MSG_DIRECT ? "direct" : "group",
                       "created_by", c->created_by, "members", member_ids(c),
@@ -575,7 +577,7 @@ int msg_store_change_members(struct msg_store *s, const char *id,
     }
     *changed = json_array_size(added) + json_array_size(removed) > 0;
     if (rc == MOAT_OK && *changed)
-        rc = emit(s, "MembersChanged", id,
+        rc = emit(s, MESSAGING_MEMBERS_CHANGED, id,
                   json_pack("{s:s, s:O, s:O, s:s, s:I, s:I}", "conversation_id",
                             id, "added", added, "removed", removed, "by", by,
                             "members_count", (json_int_t)count, "changed_at",
@@ -691,7 +693,7 @@ int msg_store_send(struct msg_store *s, const struct msg_message *m,
     }
     /* Outbox: MessageSent commits (or vanishes) with the message. */
     if (rc == MOAT_OK)
-        rc = emit(s, "MessageSent", m->conversation_id,
+        rc = emit(s, MESSAGING_MESSAGE_SENT, m->conversation_id,
                   message_ref(&row, "created_at", m->created_ms));
     rc = finish(s, rc);
     if (rc == MOAT_OK)
@@ -820,7 +822,7 @@ int msg_store_edit(struct msg_store *s, const char *id, const char *text,
         }
     }
     if (rc == MOAT_OK)
-        rc = emit(s, "MessageEdited", m.conversation_id,
+        rc = emit(s, MESSAGING_MESSAGE_EDITED, m.conversation_id,
                   message_ref(&m, "edited_at", now_ms));
     msg_message_release(&m);
     return finish(s, rc);
@@ -856,7 +858,7 @@ int msg_store_delete_message(struct msg_store *s, const char *id,
     if (rc == MOAT_OK) {
         json_t *data = message_ref(&m, "deleted_at", now_ms);
         json_object_set_new(data, "deleted_by", json_string(deleted_by));
-        rc = emit(s, "MessageDeleted", m.conversation_id, data);
+        rc = emit(s, MESSAGING_MESSAGE_DELETED, m.conversation_id, data);
     }
     msg_message_release(&m);
     return finish(s, rc);

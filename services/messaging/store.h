@@ -26,11 +26,10 @@
 #include "moat/events.h"
 #include "moat/metrics.h"
 
-#define MSG_CONV_PREFIX  "cnv_"
-#define MSG_MSG_PREFIX   "msg_"
-#define MSG_ID_LEN       (4 + 26)
-#define MSG_USER_MAX     63 /* a principal's user id (moat/auth.h) */
-#define MSG_EVENT_SCHEMA 1  /* data schema version of every event */
+#define MSG_CONV_PREFIX "cnv_"
+#define MSG_MSG_PREFIX  "msg_"
+#define MSG_ID_LEN      (4 + 26)
+#define MSG_USER_MAX    63 /* a principal's user id (moat/auth.h) */
 
 struct event_base;
 struct msg_store;
