@@ -39,7 +39,8 @@ static const char *get_id(json_t *data, const char *key)
     return s;
 }
 
-/* The post as the timeline shows it: the event's fields a reader needs. */
+/* The post as the timeline shows it: the event's fields a reader needs,
+ * in the shape of posts' GET /v1/posts/{id}. */
 static char *render_post(json_t *data)
 {
     static const char *const keys[] = {"post_id",    "author_id", "text",
@@ -48,8 +49,9 @@ static char *render_post(json_t *data)
     json_t *doc = json_object();
     for (size_t i = 0; keys[i]; i++) {
         json_t *v = json_object_get(data, keys[i]);
+        /* Named as posts' API names it: the post's own id is "id". */
         if (v)
-            json_object_set(doc, keys[i], v);
+            json_object_set(doc, i == 0 ? "id" : keys[i], v);
     }
     char *s = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
