@@ -596,7 +596,9 @@ static void set_deprecation(struct moat_req *r)
     moat_req_set_header(r, "Sunset", sunset);
     const char *raw = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(r->ev));
     const char *v1 = raw ? strstr(raw, "/v1") : NULL;
-    if (!v1 || (v1[3] && v1[3] != '/'))
+    while (v1 && v1[3] && v1[3] != '/')
+        v1 = strstr(v1 + 3, "/v1");
+    if (!v1)
         return;
     /* The raw path passed the router; a URI reference in <> still must not
      * hold characters that would end it. */

@@ -157,6 +157,7 @@ static int load_access(struct gw *gw)
         fprintf(stderr, "config: MOAT_GATEWAY_PUBLIC: %s\n", err);
         return MOAT_EINVAL;
     }
+    gw_public_add_v2(&gw->public_list, &gw->npublic);
     for (size_t i = 0; i < gw->npublic; i++)
         moat_log(MOAT_LOG_INFO, "public", "{s:s, s:i}", "prefix",
                  gw->public_list[i].prefix, "methods",
@@ -201,6 +202,7 @@ static int load_config(struct gw *gw, long *max_host_conns)
         fprintf(stderr, "config: MOAT_GATEWAY_ROUTES: %s\n", err);
         return MOAT_EINVAL;
     }
+    gw_routes_add_v2(&gw->routes, &gw->nroutes);
     return MOAT_OK;
 }
 
@@ -273,11 +275,13 @@ static int gw_init(struct moat_service *svc)
     for (size_t i = 0; i < gw->nroutes; i++) {
         struct gw_route *r = &gw->routes[i];
         r->gw = gw;
-        rc =
-            moat_http_route(svc->http, MOAT_METHOD_ANY, r->prefix, gw_proxy, r);
+        /* A proxied v2 route needs no flag: the upstream renders v2. */
+        unsigned flags = r->has_successor ? MOAT_ROUTE_API_V1_DEPRECATED : 0;
+        rc = moat_http_route_ex(svc->http, MOAT_METHOD_ANY, r->prefix, gw_proxy,
+                                r, flags);
         if (rc == MOAT_OK)
-            rc = moat_http_route(svc->http, MOAT_METHOD_ANY, r->pattern_rest,
-                                 gw_proxy, r);
+            rc = moat_http_route_ex(svc->http, MOAT_METHOD_ANY, r->pattern_rest,
+                                    gw_proxy, r, flags);
         if (rc != MOAT_OK) {
             moat_log(MOAT_LOG_ERROR, "cannot route prefix", "{s:s, s:s}",
                      "prefix", r->prefix, "error", moat_strerror(rc));
