@@ -5,7 +5,9 @@
  * Real processes: moat-users, moat-catalog, moat-inventory,
  * moat-payprovider, moat-payments, moat-orders, moat-notifications,
  * moat-readmodel, moat-search and moat-gateway, with the gateway routes of
- * moat.json (v1 only: the gateway derives v2). One order is carried to
+ * moat.json (v1 only: the gateway derives v2); and moat-posts,
+ * moat-connections and moat-profiles, called directly as the gateway does
+ * not route them yet. One order is carried to
  * completion so that every list and read route has something to show.
  * Then, for each such route:
  *  - v1's JSON has exactly the pinned shape (member names and types, at
@@ -34,16 +36,18 @@
 
 static struct {
     char *tmp;
-    struct h_service usr, cat, inv, pp, pay, ord, notif, rm, srch, gw;
+    struct h_service usr, cat, inv, pp, pay, ord, notif, rm, srch, gw, posts,
+        conn, prof;
     uint16_t ord_port;
     char env[32][1024];
     const char *pay_env[8], *ord_env[8], *gw_env[8], *inv_env[2], *pp_env[4],
-        *notif_env[2], *rm_env[8], *srch_env[2];
+        *notif_env[2], *rm_env[8], *srch_env[2], *prof_env[2];
     char alice[64];
     char product[64];
     char order[64];
     char payment[64];
     char notification[64];
+    char post[64];
 } F;
 
 /* ---- shapes and comparisons ---- */
@@ -298,6 +302,27 @@ static void make_data(void)
     h_resp_release(&r);
 }
 
+/* A post by alice, alice following ADMIN, alice's profile (from users'
+ * UserRegistered, waited for in wait_settled). */
+static void make_social(void)
+{
+    struct h_resp r;
+    const char *posts[] = {h_service_token("posts", F.alice, "customer"), NULL};
+    h_send_json(&r, "POST", h_fmt("%s/v1/posts", F.posts.url),
+                "{\"text\": \"contract\"}", posts);
+    h_assert_status(&r, 201);
+    json_t *j = h_resp_json(&r);
+    snprintf(F.post, sizeof(F.post), "%s", jstr(j, "id"));
+    json_decref(j);
+    h_resp_release(&r);
+    const char *conn[] = {h_service_token("connections", F.alice, "customer"),
+                          NULL};
+    h_send_json(&r, "POST", h_fmt("%s/v1/follows", F.conn.url),
+                h_fmt("{\"user_id\": \"%s\"}", ADMIN), conn);
+    h_assert_status(&r, 201);
+    h_resp_release(&r);
+}
+
 /* Every service has seen the order through: the saga, the emails, the
  * read model and the search index. */
 static void wait_settled(void)
@@ -364,16 +389,23 @@ static void wait_settled(void)
     }
     assert_true(done);
 
-    snprintf(url, sizeof(url), "%s/v1/search/products/%s", F.srch.url,
-             F.product);
-    json_t *j = NULL;
-    for (int i = 0; i < 1200 && !j; i++) {
-        j = service_get(url, "search", NULL, NULL);
-        if (!j)
-            h_sleep_ms(25);
+    const struct {
+        const char *url, *aud;
+    } appear[] = {
+        {h_fmt("%s/v1/search/products/%s", F.srch.url, F.product), "search"},
+        {h_fmt("%s/v1/profiles/%s", F.prof.url, F.alice), "profiles"},
+    };
+    for (size_t k = 0; k < MOAT_ARRAY_LEN(appear); k++) {
+        snprintf(url, sizeof(url), "%s", appear[k].url);
+        json_t *j = NULL;
+        for (int i = 0; i < 1200 && !j; i++) {
+            j = service_get(url, appear[k].aud, NULL, NULL);
+            if (!j)
+                h_sleep_ms(25);
+        }
+        assert_non_null(j);
+        json_decref(j);
     }
-    assert_non_null(j);
-    json_decref(j);
 }
 
 static int group_setup(void **state)
@@ -456,7 +488,19 @@ static int group_setup(void **state)
         0)
         return -1;
 
+    if (h_service_start(&F.posts, "posts", F.tmp, h_fmt("%s/posts-data", F.tmp),
+                        NULL) != 0 ||
+        h_service_start(&F.conn, "connections", F.tmp,
+                        h_fmt("%s/connections-data", F.tmp), NULL) != 0)
+        return -1;
+    snprintf(F.env[22], 512, "MOAT_PROFILES_USERS_URL=%s", F.usr.url);
+    if (h_service_start(&F.prof, "profiles", F.tmp,
+                        h_fmt("%s/profiles-data", F.tmp),
+                        envs(F.prof_env, 22, 1)) != 0)
+        return -1;
+
     make_data();
+    make_social();
     wait_settled();
     return 0;
 }
@@ -464,8 +508,9 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     MOAT_UNUSED(state);
-    struct h_service *all[] = {&F.gw,  &F.srch, &F.rm,  &F.notif, &F.ord,
-                               &F.pay, &F.pp,   &F.inv, &F.cat,   &F.usr};
+    struct h_service *all[] = {&F.prof, &F.conn,  &F.posts, &F.gw,  &F.srch,
+                               &F.rm,   &F.notif, &F.ord,   &F.pay, &F.pp,
+                               &F.inv,  &F.cat,   &F.usr};
     int bad = 0;
     for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++) {
         if (h_service_stop(all[i]) != 0) {
@@ -658,6 +703,56 @@ static void test_search(void **state)
         2);
 }
 
+static void test_posts(void **state)
+{
+    MOAT_UNUSED(state);
+    const char *svc = h_service_token("posts", F.alice, "customer");
+#define POST                                                                   \
+    "{author_id:s,created_at:i,id:s,media_urls:[],mentions:[],object:s,"       \
+    "text:s,urls:[]}"
+    assert_int_equal(check_route(F.posts.url, h_fmt("/v1/posts/%s", F.post),
+                                 svc, false, POST),
+                     1);
+    assert_int_equal(check_route(F.posts.url,
+                                 h_fmt("/v1/users/%s/posts", F.alice), svc,
+                                 false, "{items:[" POST "],next_cursor:n}"),
+                     1);
+}
+
+static void test_connections(void **state)
+{
+    MOAT_UNUSED(state);
+    const char *svc = h_service_token("connections", F.alice, "customer");
+    /* "since" is an RFC 3339 string in v1 already: nothing to rewrite. */
+    const char *page = "{items:[{since:s,user_id:s}],next_cursor:n,user_id:s}";
+    assert_int_equal(check_route(F.conn.url,
+                                 h_fmt("/v1/users/%s/following", F.alice), svc,
+                                 false, page),
+                     0);
+    assert_int_equal(check_route(F.conn.url,
+                                 h_fmt("/v1/users/%s/followers", ADMIN), svc,
+                                 false, page),
+                     0);
+    assert_int_equal(
+        check_route(F.conn.url, h_fmt("/v1/users/%s/counts", F.alice), svc,
+                    false, "{connections:i,followers:i,following:i,user_id:s}"),
+        0);
+}
+
+static void test_profiles(void **state)
+{
+    MOAT_UNUSED(state);
+    const char *svc = h_service_token("profiles", F.alice, "customer");
+#define PROFILE                                                                \
+    "{avatar_url:n,bio:n,created_at:i,display_name:n,handle:n,location:n,"     \
+    "object:s,updated_at:i,user_id:s,version:i}"
+    assert_int_equal(check_route(F.prof.url, h_fmt("/v1/profiles/%s", F.alice),
+                                 svc, false, PROFILE),
+                     2);
+    assert_int_equal(
+        check_route(F.prof.url, "/v1/profiles/me", svc, false, PROFILE), 2);
+}
+
 /* What is not v2: the event feed and the admin routes. */
 static void test_internal_routes_stay_v1(void **state)
 {
@@ -690,6 +785,9 @@ int main(void)
         cmocka_unit_test(test_notifications),
         cmocka_unit_test(test_readmodel),
         cmocka_unit_test(test_search),
+        cmocka_unit_test(test_posts),
+        cmocka_unit_test(test_connections),
+        cmocka_unit_test(test_profiles),
         cmocka_unit_test(test_internal_routes_stay_v1),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
