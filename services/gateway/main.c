@@ -12,11 +12,14 @@
  *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[,...]", e.g.
  *       "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products"; each
  *       entry forwards PREFIX and PREFIX/... (all methods) to URL and
- *       URL/..., with a service token whose audience is SERVICE
+ *       URL/..., with a service token whose audience is SERVICE; a PREFIX
+ *       and URL path with a "v1" segment also get their v2 twin
+ *       (/api/v2/products to .../v2/products, gw_routes_add_v2), and the
+ *       v1 route's replies carry the deprecation headers
  *   MOAT_GATEWAY_PUBLIC           "METHOD PREFIX[,...]" let through without
  *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
- *       covers itself and everything below it; GET covers HEAD; unset or
- *       empty: nothing is public
+ *       covers itself and everything below it; GET covers HEAD; a v1
+ *       prefix covers its v2 twin too; unset or empty: nothing is public
  *   MOAT_JWT_SECRET               base64 (standard or url-safe) of 32 to
  *       256 bytes: the HS256 secret of end-user tokens, shared with the users
  *       service (iss "moat-users", aud "moat"); required unless
