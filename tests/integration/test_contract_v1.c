@@ -203,9 +203,7 @@ static size_t check_route(const char *base, const char *v1_path,
 
     char got[4096] = "";
     shape(j1, got, sizeof(got));
-    if (!want)
-        print_message("SHAPE %s %s\n", v1_path, got);
-    else if (strcmp(got, want) != 0)
+    if (strcmp(got, want) != 0)
         fail_msg("GET %s: the v1 shape changed\n  want %s\n  got  %s", v1_path,
                  want, got);
     size_t times = 0;
@@ -784,7 +782,10 @@ static void test_reporting(void **state)
     assert_int_equal(count, 1);
     /* Calendar dates and amounts: nothing to rewrite. */
     assert_int_equal(
-        check_route(F.rep.url, "/v1/reports/top-products", svc, false, NULL),
+        check_route(F.rep.url, "/v1/reports/top-products", svc, false,
+                    "{columns:[s],count:i,from:n,report:s,rows:[{currency:s,"
+                    "name:s,orders:i,product_id:s,quantity:i,revenue:i,sku:s}],"
+                    "to:n,truncated:b}"),
         0);
 }
 
