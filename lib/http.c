@@ -56,6 +56,10 @@ struct route {
     void *arg[NMETHODS];
     unsigned flags;                     /* enum moat_route_flags */
     struct moat_metric_series *latency; /* by route */
+    /* "/v2/..." when the route is also served as API v2 (NULL if not),
+     * and its latency series. */
+    char *pattern_v2;
+    struct moat_metric_series *latency_v2;
 };
 
 /* Open-addressing set of live connections (evhttp 2.1 keeps no count). */
@@ -115,6 +119,7 @@ struct moat_req {
     struct moat_trace trace;
     struct moat_principal principal;
     uint64_t start_ns;
+    int api_version; /* 1, or 2 (moat/http.h "API versions") */
 };
 
 /* The server whose limits evhttp's own error pages report (one per
@@ -313,6 +318,7 @@ static void route_free(struct route *r)
     for (size_t i = 0; i < r->nsegs; i++)
         free(r->segs[i].text);
     free(r->pattern);
+    free(r->pattern_v2);
     free(r);
 }
 
@@ -372,6 +378,22 @@ void moat_http_set_guard(struct moat_http_server *s, moat_guard_fn fn,
     s->guard_arg = arg;
 }
 
+/*
+ * A route under /v1/ is served as v2 too, unless it is internal: the event
+ * feed, the admin routes and the test hooks are contracts between services
+ * and operators, not the public API, and keep one version.
+ */
+static bool serves_v2(const struct route *r)
+{
+    static const char *const internal[] = {"events", "admin", "test"};
+    if (r->nsegs < 2 || r->segs[0].param || strcmp(r->segs[0].text, "v1"))
+        return false;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(internal); i++)
+        if (!r->segs[1].param && strcmp(r->segs[1].text, internal[i]) == 0)
+            return false;
+    return true;
+}
+
 int moat_http_route_ex(struct moat_http_server *s, unsigned meths,
                        const char *pattern, moat_handler_fn fn, void *arg,
                        unsigned flags)
@@ -400,6 +422,11 @@ int moat_http_route_ex(struct moat_http_server *s, unsigned meths,
         const char *labels[] = {pattern};
         r->latency = moat_metric_series(s->m_latency, labels);
         r->flags = flags;
+        if (serves_v2(r)) {
+            r->pattern_v2 = moat_xasprintf("/v2%s", pattern + 3);
+            const char *v2labels[] = {r->pattern_v2};
+            r->latency_v2 = moat_metric_series(s->m_latency, v2labels);
+        }
         s->routes =
             moat_xrealloc(s->routes, (s->nroutes + 1) * sizeof(*s->routes));
         s->routes[s->nroutes++] = r;
@@ -531,7 +558,10 @@ static void finish(struct moat_req *r, int status)
     const char *labels[] = {r->route_name, moat_method_name(r->method), st};
     moat_metric_add(moat_metric_series(s->m_requests, labels), 1);
     if (r->route)
-        moat_metric_observe(r->route->latency, secs);
+        moat_metric_observe(r->route_name == r->route->pattern_v2
+                                ? r->route->latency_v2
+                                : r->route->latency,
+                            secs);
     if (s->access_log)
         moat_log_access(&r->trace, moat_method_name(r->method),
                         r->path ? r->path : evhttp_request_get_uri(r->ev),
@@ -554,10 +584,45 @@ void moat_req_set_header(struct moat_req *r, const char *name,
     evhttp_add_header(h, name, value);
 }
 
-void moat_req_reply(struct moat_req *r, int status, const char *content_type,
-                    const void *body, size_t len)
+/*
+ * A deprecated v1 route's headers: Deprecation (RFC 9745), Sunset (RFC
+ * 8594) and the successor: this path with its "v1" segment read "v2".
+ */
+static void set_deprecation(struct moat_req *r)
+{
+    char deprecation[24], sunset[32];
+    moat_api_deprecation_headers(deprecation, sunset);
+    moat_req_set_header(r, "Deprecation", deprecation);
+    moat_req_set_header(r, "Sunset", sunset);
+    const char *raw = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(r->ev));
+    const char *v1 = raw ? strstr(raw, "/v1") : NULL;
+    while (v1 && v1[3] && v1[3] != '/')
+        v1 = strstr(v1 + 3, "/v1");
+    if (!v1)
+        return;
+    /* The raw path passed the router; a URI reference in <> still must not
+     * hold characters that would end it. */
+    for (const char *p = raw; *p; p++)
+        if (*p <= ' ' || *p > '~' || *p == '<' || *p == '>' || *p == '"')
+            return;
+    char *link = moat_xasprintf("<%.*s/v2%s>; rel=\"successor-version\"",
+                                (int)(v1 - raw), raw, v1 + 3);
+    moat_req_set_header(r, "Link", link);
+    free(link);
+}
+
+static bool is_plain_json(const char *ct)
+{
+    return ct && strncasecmp(ct, "application/json", 16) == 0 &&
+           (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' ');
+}
+
+static void send_reply(struct moat_req *r, int status, const char *content_type,
+                       const void *body, size_t len)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(r->ev);
+    if (r->route && (r->route->flags & MOAT_ROUTE_API_V1_DEPRECATED))
+        set_deprecation(r);
     if (content_type && body)
         moat_req_set_header(r, "Content-Type", content_type);
     evhttp_add_header(h, "X-Request-Id", r->trace.request_id);
@@ -581,17 +646,40 @@ void moat_req_reply(struct moat_req *r, int status, const char *content_type,
     finish(r, status);
 }
 
+#define JSON_REPLY_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)
+
+void moat_req_reply(struct moat_req *r, int status, const char *content_type,
+                    const void *body, size_t len)
+{
+    /* A JSON body a handler wrote itself (or stored, for replays) is v1:
+     * v2 gets it rewritten. Bytes that are not JSON, or hold no
+     * timestamp, go out unchanged. */
+    if (r->api_version == 2 && body && len && is_plain_json(content_type)) {
+        json_t *j = json_loadb(body, len, JSON_DECODE_ANY, NULL);
+        char *text = NULL;
+        if (j && moat_api_v2_from_v1(j) > 0)
+            text = json_dumps(j, JSON_REPLY_FLAGS);
+        json_decref(j);
+        if (text) {
+            send_reply(r, status, content_type, text, strlen(text));
+            free(text);
+            return;
+        }
+    }
+    send_reply(r, status, content_type, body, len);
+}
+
 void moat_req_reply_json(struct moat_req *r, int status, json_t *body)
 {
     if (!body) {
-        moat_req_reply(r, status, NULL, NULL, 0);
+        send_reply(r, status, NULL, NULL, 0);
         return;
     }
-    char *text =
-        json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+    if (r->api_version == 2)
+        moat_api_v2_from_v1(body);
+    char *text = json_dumps(body, JSON_REPLY_FLAGS);
     json_decref(body);
-    moat_req_reply(r, status, "application/json", text,
-                   text ? strlen(text) : 0);
+    send_reply(r, status, "application/json", text, text ? strlen(text) : 0);
     free(text);
 }
 
@@ -607,8 +695,8 @@ void moat_req_reply_problem_json(struct moat_req *r, json_t *problem)
                         json_string(r->trace.request_id));
     char *text = json_dumps(problem, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(problem);
-    moat_req_reply(r, status, "application/problem+json", text,
-                   text ? strlen(text) : 0);
+    send_reply(r, status, "application/problem+json", text,
+               text ? strlen(text) : 0);
     free(text);
 }
 
@@ -661,6 +749,11 @@ const char *moat_req_target(const struct moat_req *r)
 const char *moat_req_route(const struct moat_req *r)
 {
     return r->route_name;
+}
+
+int moat_req_api_version(const struct moat_req *r)
+{
+    return r->api_version;
 }
 
 const char *moat_req_param(const struct moat_req *r, const char *name)
@@ -827,6 +920,8 @@ int moat_req_json(struct moat_req *r, json_t **out)
         moat_req_reply_problem_json(r, p);
         return MOAT_EINVAL;
     }
+    if (r->api_version == 2)
+        moat_api_v1_from_v2(j);
     *out = j;
     return MOAT_OK;
 }
@@ -859,6 +954,25 @@ static void reply_allow(struct moat_req *r, unsigned meths)
         r, 405, "method %s is not allowed on %s; allowed: %s",
         moat_method_name(r->method), r->path, moat_buf_str(&allow));
     moat_buf_release(&allow);
+}
+
+/* The most specific route for the path's raw segments; v2_only: among
+ * the routes also served as v2. */
+static struct route *best_route(struct moat_http_server *s, char **segs,
+                                size_t nsegs, bool v2_only)
+{
+    struct route *best = NULL;
+    int best_score = -1;
+    for (size_t i = 0; i < s->nroutes; i++) {
+        if (v2_only && !s->routes[i]->pattern_v2)
+            continue;
+        int sc = route_match(s->routes[i], segs, nsegs);
+        if (sc > best_score) {
+            best_score = sc;
+            best = s->routes[i];
+        }
+    }
+    return best;
 }
 
 static void route_request(struct moat_req *r)
@@ -909,14 +1023,13 @@ static void route_request(struct moat_req *r)
         return;
     }
 
-    struct route *best = NULL;
-    int best_score = -1;
-    for (size_t i = 0; i < s->nroutes; i++) {
-        int sc = route_match(s->routes[i], segs, nsegs);
-        if (sc > best_score) {
-            best_score = sc;
-            best = s->routes[i];
-        }
+    struct route *best = best_route(s, segs, nsegs, false);
+    bool as_v2 = false;
+    if (!best && nsegs > 0 && strcmp(segs[0], "v2") == 0) {
+        /* API v2 of a /v1/ route: the same route, read as v1. */
+        segs[0][1] = '1';
+        best = best_route(s, segs, nsegs, true);
+        as_v2 = true;
     }
     if (!best) {
         free(scratch);
@@ -926,6 +1039,9 @@ static void route_request(struct moat_req *r)
     }
     r->route = best;
     r->route_name = best->pattern;
+    r->api_version = as_v2 || (best->flags & MOAT_ROUTE_API_V2) ? 2 : 1;
+    if (as_v2)
+        r->route_name = best->pattern_v2;
 
     /* Bind parameters, each decoded on its own. */
     for (size_t i = 0; i < best->nsegs && ok; i++) {
@@ -993,6 +1109,7 @@ static void on_request(struct evhttp_request *ev, void *arg)
     r->ev = ev;
     r->start_ns = moat_mono_ns();
     r->route_name = "_unmatched";
+    r->api_version = 1;
     s->in_flight++;
     moat_metric_set(s->m_in_flight, s->in_flight);
 

@@ -85,6 +85,15 @@ void moat_time_rfc3339(int64_t wall_ms, char out[25]);
  * The inverse of moat_time_rfc3339 for the times it writes.
  */
 int moat_time_parse_rfc3339(const char *s, int64_t *unix_ms);
+/*
+ * Format whole seconds since the Unix epoch as RFC 3339 UTC without a
+ * fraction, e.g. "2026-12-04T23:17:44Z" (20 characters and a NUL), into out.
+ * Returns MOAT_OK, or MOAT_EINVAL (out is then "") for a time outside the
+ * years 0000 to 9999, which RFC 3339 cannot write.
+ */
+#define MOAT_RFC3339_S_MIN (-62167219200LL) /* 0000-01-01T00:00:00Z */
+#define MOAT_RFC3339_S_MAX 253402300799LL   /* 9999-12-31T23:59:59Z */
+int moat_time_format_rfc3339(int64_t unix_s, char out[21]);
 
 /* Fill buf with cryptographically random bytes (getrandom); aborts on error. */
 void moat_random_bytes(void *buf, size_t len);

@@ -88,6 +88,14 @@ enum moat_route_flags {
     /* Skip the server's guard (moat_http_set_guard): health, readiness and
      * metrics endpoints, which a supervisor probes without credentials. */
     MOAT_ROUTE_OPEN = 1 << 0,
+    /* Every request on the route is API version 2 (see "API versions"
+     * below): for routes whose path does not start with /v1/, such as the
+     * gateway's /api/v2/... composition. */
+    MOAT_ROUTE_API_V2 = 1 << 1,
+    /* A deprecated public v1 route: every reply carries Deprecation,
+     * Sunset and a Link to the same path with its "v1" segment read "v2"
+     * (the gateway's /api/v1/... routes). */
+    MOAT_ROUTE_API_V1_DEPRECATED = 1 << 2,
 };
 int moat_http_route_ex(struct moat_http_server *s, unsigned methods,
                        const char *pattern, moat_handler_fn fn, void *arg,
@@ -183,6 +191,53 @@ void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
  */
 void moat_req_reply_store_error(struct moat_req *r, int rc, const char *store,
                                 const char *what);
+
+/*
+ * API versions (docs/api.md "Versions", docs/api-changelog.md).
+ *
+ * Handlers are written once, against v1. A route registered under /v1/ is
+ * also served under /v2/ (same handler, same pattern with "v2"), except the
+ * internal ones: /v1/events..., /v1/admin/... and /v1/test/... stay v1 only.
+ * A route registered under /v2/ itself wins over that. On a v2 request:
+ *  - moat_req_api_version() is 2;
+ *  - JSON replies (moat_req_reply_json, and moat_req_reply with Content-Type
+ *    application/json) are rewritten by moat_api_v2_from_v1(): every
+ *    timestamp member (moat_api_time_member) holding an integer number of
+ *    seconds since the epoch becomes an RFC 3339 UTC string;
+ *  - moat_req_json() hands the handler the body after
+ *    moat_api_v1_from_v2(), so handlers only ever see epoch seconds.
+ * problem+json bodies are the same in both versions. /v1/ replies are left
+ * byte for byte as they are, headers included: services' /v1 is also the
+ * internal service-to-service contract. The public v1 (the gateway's
+ * /api/v1) is marked with MOAT_ROUTE_API_V1_DEPRECATED.
+ *
+ * Metrics and access logs name a v2 request by the v2 pattern
+ * ("/v2/products/{id}").
+ */
+#define MOAT_API_V1_DEPRECATED_S 1796428800LL /* 2026-12-05T00:00:00Z */
+#define MOAT_API_V1_SUNSET_S     1814313600LL /* 2027-06-30T00:00:00Z */
+
+/* 1, or 2 for a request on a /v2/ path or a MOAT_ROUTE_API_V2 route. */
+int moat_req_api_version(const struct moat_req *r);
+/* True for a member name that is a timestamp: "..._at", or "at". */
+bool moat_api_time_member(const char *name);
+/*
+ * Rewrite, in place, every timestamp member of v (at any depth up to 128)
+ * from v1 to v2: an integer within the years 0000-9999 becomes an RFC 3339
+ * UTC string ("2026-12-04T23:17:44Z"); anything else (null, strings, reals,
+ * other integers) stays as it is. Returns how many members changed.
+ */
+size_t moat_api_v2_from_v1(json_t *v);
+/*
+ * The reverse, for v2 request bodies: a timestamp member holding an RFC
+ * 3339 string (any offset; a fraction of a second is dropped) becomes
+ * integer epoch seconds; other values stay (the handler's validation
+ * reports them). Returns how many members changed.
+ */
+size_t moat_api_v1_from_v2(json_t *v);
+/* The values of the Deprecation (RFC 9745) and Sunset (RFC 8594) headers
+ * of API v1. */
+void moat_api_deprecation_headers(char deprecation[24], char sunset[32]);
 
 /*
  * Strict query-string parsing for any route (implemented in lib/feed.c,

@@ -873,8 +873,13 @@ int gw_compose_init(struct gw *gw)
                  "no orders backend: " GW_DETAILS_ROUTE " is not served", NULL);
         return MOAT_OK;
     }
-    int rc = moat_http_route(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE,
-                             h_details, gw);
+    /* The composition is JSON of the gateway's own: the HTTP server
+     * renders it as v2 on the v2 route (moat/http.h "API versions"). */
+    int rc = moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE,
+                                h_details, gw, MOAT_ROUTE_API_V1_DEPRECATED);
+    if (rc == MOAT_OK)
+        rc = moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE_V2,
+                                h_details, gw, MOAT_ROUTE_API_V2);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot route the order details", "{s:s}",
                  "error", moat_strerror(rc));

@@ -96,7 +96,10 @@ struct gw_route {
     char *origin;       /* upstream "http://127.0.0.1:8081" (for Location) */
     char *base_path;    /* upstream "/v1/products", "" for the root */
     char *base_url;     /* origin + base_path */
-    struct gw *gw;      /* back pointer, set by main.c */
+    /* A v1 route that gw_routes_add_v2 gave a v2 twin: its replies carry
+     * the deprecation headers (MOAT_ROUTE_API_V1_DEPRECATED). */
+    bool has_successor;
+    struct gw *gw; /* back pointer, set by main.c */
     /* Borrowed from the service's metrics registry; set by main.c. */
     struct moat_metric_series *m_duration;
     struct moat_metric_series *m_errors[GW_ERR_KINDS];
@@ -155,6 +158,24 @@ struct gw {
 int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                     char *err, size_t errlen);
 void gw_routes_free(struct gw_route *routes, size_t n);
+
+/*
+ * API v2 for every v1 route (docs/api.md "Versions"): each route whose
+ * prefix and upstream path both have a "v1" segment ("/api/v1/products" to
+ * ".../v1/products") gets a twin with "v2" in both, appended to *routes,
+ * unless a route with that prefix exists already (an explicit entry wins),
+ * and is marked has_successor. The services serve /v2/... themselves
+ * (lib/http.c), so the deployment file lists v1 only.
+ */
+void gw_routes_add_v2(struct gw_route **routes, size_t *n);
+/* The same for the public allow-list: "GET /api/v1/products" also allows
+ * "GET /api/v2/products". */
+void gw_public_add_v2(struct gw_public **list, size_t *n);
+/*
+ * path with its first "v1" segment read "v2" ("/api/v1/x" to "/api/v2/x"),
+ * as a new string the caller frees; NULL when it has no "v1" segment.
+ */
+char *gw_v2_path(const char *path);
 
 /*
  * Upstream URL for a request target (raw "path?query" or absolute-form)
@@ -222,8 +243,9 @@ void gw_proxy(struct moat_req *req, void *arg);
  */
 bool gw_access_guard(struct moat_req *req, void *arg);
 
-/* Public path of the composed order details (GET only). */
-#define GW_DETAILS_ROUTE "/api/v1/orders/{id}/details"
+/* Public path of the composed order details (GET only), in v1 and v2. */
+#define GW_DETAILS_ROUTE    "/api/v1/orders/{id}/details"
+#define GW_DETAILS_ROUTE_V2 "/api/v2/orders/{id}/details"
 
 /*
  * Set up the composition: each backend's base URL (MOAT_GATEWAY_BACKENDS

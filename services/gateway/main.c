@@ -12,11 +12,14 @@
  *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[,...]", e.g.
  *       "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products"; each
  *       entry forwards PREFIX and PREFIX/... (all methods) to URL and
- *       URL/..., with a service token whose audience is SERVICE
+ *       URL/..., with a service token whose audience is SERVICE; a PREFIX
+ *       and URL path with a "v1" segment also get their v2 twin
+ *       (/api/v2/products to .../v2/products, gw_routes_add_v2), and the
+ *       v1 route's replies carry the deprecation headers
  *   MOAT_GATEWAY_PUBLIC           "METHOD PREFIX[,...]" let through without
  *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
- *       covers itself and everything below it; GET covers HEAD; unset or
- *       empty: nothing is public
+ *       covers itself and everything below it; GET covers HEAD; a v1
+ *       prefix covers its v2 twin too; unset or empty: nothing is public
  *   MOAT_JWT_SECRET               base64 (standard or url-safe) of 32 to
  *       256 bytes: the HS256 secret of end-user tokens, shared with the users
  *       service (iss "moat-users", aud "moat"); required unless
@@ -157,6 +160,7 @@ static int load_access(struct gw *gw)
         fprintf(stderr, "config: MOAT_GATEWAY_PUBLIC: %s\n", err);
         return MOAT_EINVAL;
     }
+    gw_public_add_v2(&gw->public_list, &gw->npublic);
     for (size_t i = 0; i < gw->npublic; i++)
         moat_log(MOAT_LOG_INFO, "public", "{s:s, s:i}", "prefix",
                  gw->public_list[i].prefix, "methods",
@@ -201,6 +205,7 @@ static int load_config(struct gw *gw, long *max_host_conns)
         fprintf(stderr, "config: MOAT_GATEWAY_ROUTES: %s\n", err);
         return MOAT_EINVAL;
     }
+    gw_routes_add_v2(&gw->routes, &gw->nroutes);
     return MOAT_OK;
 }
 
@@ -273,11 +278,13 @@ static int gw_init(struct moat_service *svc)
     for (size_t i = 0; i < gw->nroutes; i++) {
         struct gw_route *r = &gw->routes[i];
         r->gw = gw;
-        rc =
-            moat_http_route(svc->http, MOAT_METHOD_ANY, r->prefix, gw_proxy, r);
+        /* A proxied v2 route needs no flag: the upstream renders v2. */
+        unsigned flags = r->has_successor ? MOAT_ROUTE_API_V1_DEPRECATED : 0;
+        rc = moat_http_route_ex(svc->http, MOAT_METHOD_ANY, r->prefix, gw_proxy,
+                                r, flags);
         if (rc == MOAT_OK)
-            rc = moat_http_route(svc->http, MOAT_METHOD_ANY, r->pattern_rest,
-                                 gw_proxy, r);
+            rc = moat_http_route_ex(svc->http, MOAT_METHOD_ANY, r->pattern_rest,
+                                    gw_proxy, r, flags);
         if (rc != MOAT_OK) {
             moat_log(MOAT_LOG_ERROR, "cannot route prefix", "{s:s, s:s}",
                      "prefix", r->prefix, "error", moat_strerror(rc));

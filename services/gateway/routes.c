@@ -452,6 +452,68 @@ char *gw_upstream_url(const struct gw_route *r, const char *target)
     return url;
 }
 
+char *gw_v2_path(const char *path)
+{
+    for (const char *p = path; (p = strstr(p, "/v1")) != NULL; p += 3)
+        if (p[3] == '\0' || p[3] == '/')
+            return moat_xasprintf("%.*s/v2%s", (int)(p - path), path, p + 3);
+    return NULL;
+}
+
+void gw_routes_add_v2(struct gw_route **routes, size_t *n)
+{
+    size_t count = *n;
+    for (size_t i = 0; i < count; i++) {
+        struct gw_route *v1 = &(*routes)[i];
+        char *prefix = gw_v2_path(v1->prefix);
+        char *base_path = prefix ? gw_v2_path(v1->base_path) : NULL;
+        bool taken = false;
+        for (size_t j = 0; prefix && j < *n; j++)
+            taken = taken || strcmp((*routes)[j].prefix, prefix) == 0;
+        if (!base_path || taken) {
+            free(prefix);
+            free(base_path);
+            continue;
+        }
+        struct gw_route v2 = {
+            .prefix = prefix,
+            .service = moat_xstrdup(v1->service),
+            .prefix_segs = v1->prefix_segs,
+            .nparams = v1->nparams,
+            .pattern_rest = moat_xasprintf("%s/{rest*}", prefix),
+            .origin = moat_xstrdup(v1->origin),
+            .base_path = base_path,
+            .base_url = moat_xasprintf("%s%s", v1->origin, base_path),
+        };
+        v1->has_successor = true;
+        *routes = moat_xrealloc(*routes, (*n + 1) * sizeof(**routes));
+        (*routes)[(*n)++] = v2;
+    }
+}
+
+void gw_public_add_v2(struct gw_public **list, size_t *n)
+{
+    size_t count = *n;
+    for (size_t i = 0; i < count; i++) {
+        char *prefix = gw_v2_path((*list)[i].prefix);
+        unsigned methods = (*list)[i].methods;
+        for (size_t j = 0; prefix && j < *n; j++)
+            if ((*list)[j].methods == methods &&
+                strcmp((*list)[j].prefix, prefix) == 0) {
+                free(prefix);
+                prefix = NULL;
+            }
+        if (!prefix)
+            continue;
+        *list = moat_xrealloc(*list, (*n + 1) * sizeof(**list));
+        (*list)[(*n)++] = (struct gw_public){
+            .methods = methods,
+            .prefix = prefix,
+            .len = strlen(prefix),
+        };
+    }
+}
+
 static bool at_boundary(char c)
 {
     return c == '\0' || c == '/' || c == '?' || c == '#';

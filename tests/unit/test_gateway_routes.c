@@ -387,6 +387,67 @@ static void test_retry_after(void **state)
     assert_int_equal(gw_retry_after_s(59999), 60);
 }
 
+static void test_v2_routes(void **state)
+{
+    char *p = gw_v2_path("/api/v1/products");
+    assert_string_equal(p, "/api/v2/products");
+    free(p);
+    p = gw_v2_path("/v1x/v1");
+    assert_string_equal(p, "/v1x/v2");
+    free(p);
+    assert_null(gw_v2_path("/api/v10/x"));
+    assert_null(gw_v2_path("/root"));
+
+    /* products and orders get twins; /root (no v1) and a v1 prefix whose
+     * v2 is configured explicitly do not. */
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    char err[256] = "";
+    assert_int_equal(
+        gw_routes_parse(SPEC ",/api/v1/stock=inventory@http://h:1/v1/stock,"
+                             "/api/v2/stock=inventory@http://h:2/v2/stock,"
+                             "/api/v1/users/{id}/posts=posts@http://h:3/v1/"
+                             "users/{id}/posts",
+                        &r, &n, err, sizeof(err)),
+        MOAT_OK);
+    assert_int_equal(n, 6);
+    gw_routes_add_v2(&r, &n);
+    assert_int_equal(n, 9);
+    assert_true(r[0].has_successor);
+    assert_true(r[1].has_successor);
+    assert_false(r[2].has_successor);
+    assert_false(r[3].has_successor); /* /api/v2/stock exists */
+    assert_false(r[4].has_successor);
+    assert_true(r[5].has_successor);
+    assert_string_equal(r[6].prefix, "/api/v2/products");
+    assert_string_equal(r[6].service, "catalog");
+    assert_string_equal(r[6].pattern_rest, "/api/v2/products/{rest*}");
+    assert_string_equal(r[6].base_url, "http://127.0.0.1:8081/v2/products");
+    assert_int_equal(r[6].prefix_segs, 3);
+    assert_string_equal(r[7].base_url, "https://Orders.internal/v2/orders");
+    assert_string_equal(r[8].prefix, "/api/v2/users/{id}/posts");
+    char *url = gw_upstream_url(&r[6], "/api/v2/products/p1?x=1");
+    assert_string_equal(url, "http://127.0.0.1:8081/v2/products/p1?x=1");
+    free(url);
+    url = gw_upstream_url(&r[8], "/api/v2/users/u1/posts");
+    assert_string_equal(url, "http://h:3/v2/users/u1/posts");
+    free(url);
+    gw_routes_free(r, n);
+
+    struct gw_public *l = NULL;
+    assert_int_equal(
+        gw_public_parse("GET /api/v1/products,GET /api/v2/products,"
+                        "POST /api/v1/products,GET /health",
+                        &l, &n, err, sizeof(err)),
+        MOAT_OK);
+    gw_public_add_v2(&l, &n);
+    assert_int_equal(n, 5);
+    assert_true(gw_public_allows(l, n, MOAT_POST, "/api/v2/products"));
+    assert_true(gw_public_allows(l, n, MOAT_GET, "/api/v2/products/p1"));
+    assert_false(gw_public_allows(l, n, MOAT_DELETE, "/api/v2/products/p1"));
+    gw_public_free(l, n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -400,6 +461,7 @@ int main(void)
         cmocka_unit_test(test_public_allows),
         cmocka_unit_test(test_bearer_token),
         cmocka_unit_test(test_retry_after),
+        cmocka_unit_test(test_v2_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -73,6 +73,41 @@ static void json_echo(struct moat_req *r, void *arg)
     moat_req_reply_json(r, 200, body);
 }
 
+/* A v1 document with timestamps where API v2 rewrites them and values it
+ * must leave alone. */
+#define STAMPED                                                                \
+    "{\"id\":\"s1\",\"created_at\":1796428800,\"updated_at\":null,"            \
+    "\"name_at\":\"x\",\"real_at\":1.5,\"big_at\":253402300800,\"at\":86400,"  \
+    "\"count\":7,\"nested\":{\"sent_at\":0,\"list\":[{\"placed_at\":-1}]}}"
+
+static void stamped(struct moat_req *r, void *arg)
+{
+    moat_req_reply_json(r, 200, json_loads(STAMPED, 0, NULL));
+}
+
+/* The same, as text the handler wrote itself. */
+static void stamped_raw(struct moat_req *r, void *arg)
+{
+    moat_req_reply(r, 200, "application/json", STAMPED, strlen(STAMPED));
+}
+
+/* What a handler sees of a request body's timestamp, per version. */
+static void stamp_in(struct moat_req *r, void *arg)
+{
+    json_t *body;
+    if (moat_req_json(r, &body) != MOAT_OK)
+        return;
+    json_t *at = json_object_get(body, "created_at");
+    json_t *o =
+        json_pack("{s:i, s:s, s:I}", "version", moat_req_api_version(r), "type",
+                  json_is_integer(at)  ? "integer"
+                  : json_is_string(at) ? "string"
+                                       : "other",
+                  "value", json_integer_value(at));
+    json_decref(body);
+    moat_req_reply_json(r, 200, o);
+}
+
 static void *run_loop(void *arg)
 {
     event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
@@ -102,6 +137,29 @@ static void start_server(unsigned max_conns)
                      MOAT_OK);
     assert_int_equal(moat_http_route(server, MOAT_POST, "/v1/json", json_echo,
                                      (void *)"json"),
+                     MOAT_OK);
+    assert_int_equal(moat_http_route(server, MOAT_GET | MOAT_HEAD,
+                                     "/v1/stamped", stamped, NULL),
+                     MOAT_OK);
+    assert_int_equal(
+        moat_http_route(server, MOAT_GET, "/v1/stamped/raw", stamped_raw, NULL),
+        MOAT_OK);
+    assert_int_equal(
+        moat_http_route(server, MOAT_POST, "/v1/stamped", stamp_in, NULL),
+        MOAT_OK);
+    assert_int_equal(
+        moat_http_route(server, MOAT_GET, "/v1/admin/stamped", stamped, NULL),
+        MOAT_OK);
+    assert_int_equal(
+        moat_http_route(server, MOAT_GET, "/v1/events", stamped, NULL),
+        MOAT_OK);
+    assert_int_equal(moat_http_route_ex(server, MOAT_GET,
+                                        "/pub/v1/stamped/{id}", stamped, NULL,
+                                        MOAT_ROUTE_API_V1_DEPRECATED),
+                     MOAT_OK);
+    assert_int_equal(moat_http_route_ex(server, MOAT_GET,
+                                        "/pub/v2/stamped/{id}", stamped, NULL,
+                                        MOAT_ROUTE_API_V2),
                      MOAT_OK);
     assert_int_equal(moat_http_listen(server, "127.0.0.1", 0, &port), MOAT_OK);
     assert_true(port > 0);
@@ -529,6 +587,132 @@ static void test_idem_key_parse(void **state)
     assert_false(moat_idem_key_parse(big, key));
 }
 
+/* The v2 rendering of STAMPED: only integer timestamps in range change. */
+#define STAMPED_V2                                                             \
+    "{\"id\":\"s1\",\"created_at\":\"2026-12-05T00:00:00Z\","                  \
+    "\"updated_at\":null,\"name_at\":\"x\",\"real_at\":1.5,"                   \
+    "\"big_at\":253402300800,\"at\":\"1970-01-02T00:00:00Z\",\"count\":7,"     \
+    "\"nested\":{\"sent_at\":\"1970-01-01T00:00:00Z\",\"list\":[{"             \
+    "\"placed_at\":\"1969-12-31T23:59:59Z\"}]}}"
+
+static void test_api_v2_representation(void **state)
+{
+    /* v1: the handler's bytes, and no deprecation headers (services' /v1
+     * is also the internal contract). */
+    struct resp r = request("GET", "/v1/stamped", NULL, NULL, 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(moat_buf_str(&r.body), STAMPED);
+    assert_null(strcasestr(moat_buf_str(&r.headers), "deprecation:"));
+    resp_release(&r);
+
+    const char *v2_paths[] = {"/v2/stamped", "/v2/stamped/raw"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(v2_paths); i++) {
+        r = request("GET", v2_paths[i], NULL, NULL, 0);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(moat_buf_str(&r.body), STAMPED_V2);
+        assert_non_null(strcasestr(moat_buf_str(&r.headers),
+                                   "content-type: application/json"));
+        resp_release(&r);
+    }
+    /* HEAD: the length of the v2 body. */
+    r = request("HEAD", "/v2/stamped", NULL, NULL, 0);
+    char cl[64];
+    snprintf(cl, sizeof(cl), "content-length: %zu", strlen(STAMPED_V2));
+    assert_non_null(strcasestr(moat_buf_str(&r.headers), cl));
+    resp_release(&r);
+}
+
+static void test_api_v2_routing(void **state)
+{
+    /* Parameters, literal-over-parameter, 405 and 404 as on v1. */
+    struct resp r = request("GET", "/v2/items/abc", NULL, NULL, 0);
+    assert_int_equal(r.status, 200);
+    json_t *j = resp_json(&r);
+    assert_string_equal(jstr(j, "route"), "/v2/items/{id}");
+    assert_string_equal(jstr(j, "path"), "/v2/items/abc");
+    assert_string_equal(jstr(j, "id"), "abc");
+    json_decref(j);
+    resp_release(&r);
+    r = request("GET", "/v2/items/special", NULL, NULL, 0);
+    j = resp_json(&r);
+    assert_string_equal(jstr(j, "tag"), "special");
+    json_decref(j);
+    resp_release(&r);
+    r = request("POST", "/v2/items/abc", NULL, "{}", 2);
+    assert_problem(&r, 405);
+    resp_release(&r);
+    /* Internal routes have no v2; nor does a path that is not v1's. */
+    const char *missing[] = {"/v2/admin/stamped", "/v2/events", "/v2/nothing",
+                             "/v2", "/v3/stamped"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(missing); i++) {
+        r = request("GET", missing[i], NULL, NULL, 0);
+        assert_problem(&r, 404);
+        resp_release(&r);
+    }
+    r = request("GET", "/v1/admin/stamped", NULL, NULL, 0);
+    assert_int_equal(r.status, 200);
+    resp_release(&r);
+
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(metrics, &out);
+    assert_non_null(strstr(moat_buf_str(&out),
+                           "moat_http_requests_total{route=\"/v2/items/"
+                           "{id}\",method=\"GET\",status=\"200\"}"));
+    assert_non_null(strstr(moat_buf_str(&out),
+                           "moat_http_request_duration_seconds_bucket{"
+                           "route=\"/v2/items/{id}\",le=\"+Inf\"}"));
+    moat_buf_release(&out);
+}
+
+static void test_api_v2_request_body(void **state)
+{
+    struct curl_slist *h =
+        curl_slist_append(NULL, "Content-Type: application/json");
+    const char *v2body = "{\"created_at\":\"2026-12-05T01:00:00+01:00\"}";
+    struct resp r = request("POST", "/v2/stamped", h, v2body, strlen(v2body));
+    assert_int_equal(r.status, 200);
+    assert_string_equal(moat_buf_str(&r.body), "{\"version\":2,\"type\":"
+                                               "\"integer\",\"value\":"
+                                               "1796428800}");
+    resp_release(&r);
+    /* Not a timestamp: passed on for the handler to refuse. */
+    const char *bad = "{\"created_at\":\"2026-02-30T00:00:00Z\"}";
+    r = request("POST", "/v2/stamped", h, bad, strlen(bad));
+    assert_string_equal(moat_buf_str(&r.body), "{\"version\":2,\"type\":"
+                                               "\"string\",\"value\":0}");
+    resp_release(&r);
+    /* v1 bodies are never touched. */
+    r = request("POST", "/v1/stamped", h, v2body, strlen(v2body));
+    assert_string_equal(moat_buf_str(&r.body), "{\"version\":1,\"type\":"
+                                               "\"string\",\"value\":0}");
+    resp_release(&r);
+    curl_slist_free_all(h);
+}
+
+static void test_api_flags(void **state)
+{
+    /* A deprecated public v1 route: same body, three headers. */
+    struct resp r = request("GET", "/pub/v1/stamped/a%2Fb", NULL, NULL, 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(moat_buf_str(&r.body), STAMPED);
+    const char *h = moat_buf_str(&r.headers);
+    assert_non_null(strcasestr(h, "deprecation: @1796428800\r\n"));
+    assert_non_null(strcasestr(h, "sunset: Wed, 30 Jun 2027 00:00:00 GMT\r\n"));
+    assert_non_null(strcasestr(h, "link: </pub/v2/stamped/a%2Fb>; "
+                                  "rel=\"successor-version\"\r\n"));
+    resp_release(&r);
+    /* Errors on it too: the route is deprecated whatever the answer. */
+    r = request("POST", "/pub/v1/stamped/a", NULL, "{}", 2);
+    assert_problem(&r, 405);
+    assert_non_null(strcasestr(moat_buf_str(&r.headers), "deprecation: @"));
+    resp_release(&r);
+    /* A route that is v2 by registration. */
+    r = request("GET", "/pub/v2/stamped/a", NULL, NULL, 0);
+    assert_string_equal(moat_buf_str(&r.body), STAMPED_V2);
+    assert_null(strcasestr(moat_buf_str(&r.headers), "deprecation:"));
+    resp_release(&r);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -544,6 +728,10 @@ int main(void)
         cmocka_unit_test(test_metrics_by_route),
         cmocka_unit_test(test_connection_cap),
         cmocka_unit_test(test_idem_key_parse),
+        cmocka_unit_test(test_api_v2_representation),
+        cmocka_unit_test(test_api_v2_routing),
+        cmocka_unit_test(test_api_v2_request_body),
+        cmocka_unit_test(test_api_flags),
     };
     int rc = cmocka_run_group_tests(tests, setup, teardown);
     curl_global_cleanup();
