@@ -254,7 +254,7 @@ static int make_dirs(const char *path)
     return rc;
 }
 
-/* A data directory is private to its service (DESIGN.md invariant 1). */
+/* A data directory is private to its service (docs/design.md invariant 1). */
 static int prepare_data_dir(struct sup *s, const struct deploy_service *svc)
 {
     if (make_dirs(svc->data_dir) != MOAT_OK) {

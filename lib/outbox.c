@@ -467,7 +467,7 @@ int moat_outbox_append(struct moat_outbox *o, const char *type,
         return MOAT_EINVAL;
     }
     /* The whole point: an event outside the state change's transaction
-     * would be a dual write (DESIGN.md invariant 2). */
+     * would be a dual write (docs/design.md invariant 2). */
     if (!o->ops->in_txn(o)) {
         moat_log(MOAT_LOG_ERROR,
                  "outbox append outside a transaction refused (the event "

@@ -3,9 +3,9 @@
  *
  * libjwt 1.10 (underneath) accepts alg=none and unverified tokens when given
  * a NULL key, checks no claim, and accepts an HS256 token "signed" with a
- * public key used as the secret (ECOSYSTEM.md). This wrapper never passes
- * NULL, requires the header's alg to be exactly HS256 (and typ, if present,
- * "JWT"), bounds the token size, and checks the claims itself: exp and nbf
+ * public key used as the secret (tests/unit/test_jwt.c pins each case).
+ * This wrapper never passes NULL, requires the header's alg to be exactly
+ * HS256 (and typ, if present, "JWT"), bounds the token size, and checks the claims itself: exp and nbf
  * with a small leeway, iat not in the future, iss and aud exactly as
  * expected, sub present. Anything else is a refusal with a reason.
  *

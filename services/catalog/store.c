@@ -264,7 +264,7 @@ int cat_store_create(struct cat_store *s, struct cat_product *p)
     /*
      * Outbox: the ProductCreated event is inserted here, in this same
      * transaction, so the change and its event commit or vanish together
-     * (DESIGN.md invariant 2).
+     * (docs/design.md invariant 2).
      */
     rc = emit(s, CATALOG_PRODUCT_CREATED, p->id, s->product_event_schema,
               cat_product_event_data(p, s->product_event_schema));

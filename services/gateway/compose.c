@@ -1,6 +1,6 @@
 /*
  * compose.c - API composition: GET /api/v1/orders/{id}/details answers one
- * order together with what other services know about it (DESIGN.md,
+ * order together with what other services know about it (docs/design.md,
  * "Queries across services"):
  *
  *  1. The order from orders (GET /v1/orders/{id}), acting for the end user,

@@ -368,7 +368,7 @@ int pro_store_put(struct pro_store *s, const struct pro_profile *in,
     if (rc != MOAT_OK)
         goto out;
 
-    /* The change and its event commit or vanish together (DESIGN.md
+    /* The change and its event commit or vanish together (docs/design.md
      * invariant 2). */
     json_t *ev = updated_event(&next, json_incref(names));
     rc = moat_outbox_append(s->outbox, PROFILES_PROFILE_UPDATED, next.user_id,

@@ -5,7 +5,7 @@
  * handlers.c (the HTTP API), store.c (the database; the only code that
  * knows the schema).
  *
- * The view is a customer's order history (CQRS, ../shared/DESIGN.md
+ * The view is a customer's order history (CQRS, docs/design.md
  * "Queries across services"): built ONLY from the event feeds of orders,
  * catalog, payments and notifications, never from their databases or
  * APIs, rebuildable by a replay from sequence 0 and verifiable against a

@@ -261,7 +261,7 @@ int usr_store_create(struct usr_store *s, struct usr_user *u,
     if (rc != MOAT_OK)
         goto out;
 
-    /* The account and its event commit or vanish together (DESIGN.md
+    /* The account and its event commit or vanish together (docs/design.md
      * invariant 2). No plaintext personal data in the event. */
     json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
                            "version", (json_int_t)1, "created_at",
@@ -451,7 +451,7 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
             goto out;
     }
 
-    /* Same transaction as the change (DESIGN.md invariant 2). Consumers
+    /* Same transaction as the change (docs/design.md invariant 2). Consumers
      * that need the new name or email read it through the API, which
      * authorises and audits the read. */
     json_t *ev = json_pack("{s:s, s:s, s:I, s:I}", "id", u->id, "role", u->role,
