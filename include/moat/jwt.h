@@ -7,7 +7,8 @@
  * This wrapper never passes NULL, requires the header's alg to be exactly
  * HS256 (and typ, if present, "JWT"), bounds the token size, and checks
  * the claims itself: exp and nbf with a small leeway, iat not in the
- * future, iss and aud exactly as expected, sub present. Anything else is a refusal with a reason.
+ * future, iss and aud exactly as expected, sub present. Anything else is a
+ * refusal with a reason.
  *
  * Claims are fixed-size strings; a token whose claims do not fit is
  * refused. Nothing in struct moat_jwt_claims needs freeing.
