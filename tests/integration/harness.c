@@ -752,8 +752,7 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
         fprintf(stderr,
                 "harness: %s exited with status %d while starting "
                 "(attempt %d of %d, port %u)\n",
-                name, svc->exit_status, attempt, attempts,
-                (unsigned)svc->port);
+                name, svc->exit_status, attempt, attempts, (unsigned)svc->port);
         if (attempt == attempts)
             h_service_print_log(svc, LOG_TAIL_LINES);
     }

@@ -77,7 +77,14 @@ bool h_wait_until(bool (*cond)(void *arg), void *arg, unsigned timeout_ms);
  *   H_WAIT_UNTIL(strcmp(order_step(id), "done") == 0, H_WAIT_MS,
  *                "order %s to finish", id);
  */
-#define H_WAIT_UNTIL(expr, timeout_ms, ...)                                        do {                                                                               struct h_waiter h_w_;                                                          h_wait_begin(&h_w_, (timeout_ms));                                             while (!(expr))                                                                    if (!h_wait_next(&h_w_))                                                           h_wait_fail_(&h_w_, __FILE__, __LINE__, #expr, __VA_ARGS__);       } while (0)
+#define H_WAIT_UNTIL(expr, timeout_ms, ...)                                    \
+    do {                                                                       \
+        struct h_waiter h_w_;                                                  \
+        h_wait_begin(&h_w_, (timeout_ms));                                     \
+        while (!(expr))                                                        \
+            if (!h_wait_next(&h_w_))                                           \
+                h_wait_fail_(&h_w_, __FILE__, __LINE__, #expr, __VA_ARGS__);   \
+    } while (0)
 
 /* The state of one H_WAIT_UNTIL (for code that needs its own loop). */
 struct h_waiter {
@@ -125,11 +132,11 @@ struct h_service {
 /*
  * Start MOAT_BIN_DIR/moat-<name> with MOAT_LISTEN=127.0.0.1:0, read the
  * port it bound back from its "service started" log line (lib/service.c),
- * and wait (up to 10 s, scaled) until GET /readyz answers 200. The child inherits the test's
- * environment plus MOAT_SERVICE_NAME, MOAT_LISTEN, MOAT_DATA_DIR (when
- * data_dir is not NULL; the service creates it) and extra_env, a
- * NULL-terminated list of "NAME=value" (may be NULL), which wins over
- * everything else; a "MOAT_LISTEN=127.0.0.1:<port>" in it fixes the port
+ * and wait (up to 10 s, scaled) until GET /readyz answers 200. The child
+ * inherits the test's environment plus MOAT_SERVICE_NAME, MOAT_LISTEN,
+ * MOAT_DATA_DIR (when data_dir is not NULL; the service creates it) and
+ * extra_env, a NULL-terminated list of "NAME=value" (may be NULL), which wins
+ * over everything else; a "MOAT_LISTEN=127.0.0.1:<port>" in it fixes the port
  * (from h_free_port(), for services that must know each other's URL
  * before either starts). The log goes to <tmpdir>/<name>.log.
  *
@@ -320,5 +327,44 @@ int64_t h_feed_publish(struct h_feed *f, const char *type, const char *subject,
                        const char *data_json);
 /* Stop the loop, answer parked readers, free everything. NULL is fine. */
 void h_feed_stop(struct h_feed *f);
+
+/* ---- a whole deployment from a deployment file ----
+ *
+ * The services of a deployment file (cli/deploy.h, e.g. the repository's
+ * moat.json) started as h_service_start would, each with its data in
+ * <tmpdir>/<name>-data, its log in <tmpdir>/<name>.log and the file's env:
+ * every "http://host:port" of a started service in an env value (and the
+ * gateway's routes) is rewritten to the port the service really got.
+ * Services start in file order on port 0 with the port read back; only a
+ * service whose URL an earlier one needs (a cycle: inventory calls orders,
+ * orders calls inventory) gets a port from h_free_port() beforehand.
+ * Shared secrets ("secrets", "${secret:NAME}") get fixed test values
+ * (h_deployment_secret); MOAT_JWT_SECRET and the keys stay the harness's.
+ */
+#define H_DEPLOY_MAX 16
+
+struct h_deployment {
+    struct deploy *d; /* the parsed file (cli/deploy.h), owned */
+    struct h_service svc[H_DEPLOY_MAX];
+    size_t n; /* started, in start order */
+};
+
+/*
+ * Start the services of file named in only (NULL-terminated; NULL = all).
+ * extra_env entries "NAME=value" go to every service, "service:NAME=value"
+ * to that one; they win over the file. Returns 0 when all are ready; else
+ * -1 (logs printed; call h_deployment_stop anyway). dep is zeroed first.
+ */
+int h_deployment_start(struct h_deployment *dep, const char *file,
+                       const char *tmpdir, const char *const *only,
+                       const char *const *extra_env);
+/* The started service name; fails the test when there is none. */
+struct h_service *h_deployment_service(struct h_deployment *dep,
+                                       const char *name);
+/* The test value of shared secret name (rotating buffer, like h_fmt). */
+const char *h_deployment_secret(const char *name);
+/* Stop every service (reverse start order), release everything. Returns
+ * how many did not exit 0. */
+int h_deployment_stop(struct h_deployment *dep);
 
 #endif /* MOAT_TEST_HARNESS_H */
