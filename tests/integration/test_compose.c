@@ -41,14 +41,6 @@ static struct {
     unsigned timeout_ms; /* scaled */
 } F;
 
-/* ---- helpers ---- */
-
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
-
 static json_t *service_get(const char *url, const char *aud)
 {
     struct h_resp r;
@@ -101,35 +93,16 @@ static const char *partial(json_t *j)
     return out;
 }
 
-/* A sample's value in the gateway's /metrics; -1 when absent. */
-static double metric(const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.gw.url));
-    h_assert_status(&r, 200);
-    double v = -1;
-    size_t len = strlen(series);
-    for (const char *p = r.body; p && *p;) {
-        if (strncmp(p, series, len) == 0 && p[len] == ' ') {
-            v = strtod(p + len + 1, NULL);
-            break;
-        }
-        p = strchr(p, '\n');
-        if (p)
-            p++;
-    }
-    h_resp_release(&r);
-    return v;
-}
-
 static double circuit(const char *backend)
 {
-    return metric(h_fmt("gateway_circuit_state{backend=\"%s\"}", backend));
+    return h_metric(F.gw.url,
+                    h_fmt("gateway_circuit_state{backend=\"%s\"}", backend));
 }
 
 static double failures(const char *backend, const char *reason)
 {
-    return metric(h_fmt("gateway_compose_backend_failures_total{backend=\"%s\","
+    return h_metric(
+        F.gw.url, h_fmt("gateway_compose_backend_failures_total{backend=\"%s\","
                         "reason=\"%s\"}",
                         backend, reason));
 }
@@ -187,7 +160,7 @@ static void make_customer(void)
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.alice, sizeof(F.alice), "%s", jstr(j, "id"));
+    snprintf(F.alice, sizeof(F.alice), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
@@ -203,7 +176,7 @@ static void make_product(void)
                 admin);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.product, sizeof(F.product), "%s", jstr(j, "id"));
+    snprintf(F.product, sizeof(F.product), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
     const char *inv[] = {h_service_token("inventory", "usr_admin", "admin"),
@@ -227,7 +200,7 @@ static void place_order(void)
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.order, sizeof(F.order), "%s", jstr(j, "id"));
+    snprintf(F.order, sizeof(F.order), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 
@@ -237,9 +210,9 @@ static void place_order(void)
     bool done = false;
     for (int i = 0; i < 1200 && !done; i++) {
         j = service_get(ourl, "orders");
-        done = strcmp(jstr(j, "step"), "done") == 0;
+        done = strcmp(h_jstr(j, "step"), "done") == 0;
         if (done)
-            assert_string_equal(jstr(j, "status"), "confirmed");
+            assert_string_equal(h_jstr(j, "status"), "confirmed");
         json_decref(j);
         if (!done)
             h_sleep_ms(25);
@@ -363,25 +336,26 @@ static void test_full_answer(void **state)
     json_t *j = details(&ms);
     assert_string_equal(partial(j), "");
     json_t *order = json_object_get(j, "order");
-    assert_string_equal(jstr(order, "id"), F.order);
-    assert_string_equal(jstr(order, "status"), "confirmed");
+    assert_string_equal(h_jstr(order, "id"), F.order);
+    assert_string_equal(h_jstr(order, "status"), "confirmed");
     json_t *customer = json_object_get(j, "customer");
-    assert_string_equal(jstr(customer, "id"), F.alice);
-    assert_string_equal(jstr(customer, "display_name"), "Alice");
+    assert_string_equal(h_jstr(customer, "id"), F.alice);
+    assert_string_equal(h_jstr(customer, "display_name"), "Alice");
     json_t *product =
         json_object_get(json_object_get(j, "products"), F.product);
-    assert_string_equal(jstr(product, "name"), "Compose mug");
+    assert_string_equal(h_jstr(product, "name"), "Compose mug");
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(product, "price"), "amount")),
                      1500);
     json_t *payment = json_object_get(j, "payment");
-    assert_string_equal(jstr(payment, "order_id"), F.order);
-    assert_string_equal(jstr(payment, "status"), "captured");
+    assert_string_equal(h_jstr(payment, "order_id"), F.order);
+    assert_string_equal(h_jstr(payment, "status"), "captured");
     assert_int_equal(json_array_size(json_object_get(j, "notifications")), 2);
     json_decref(j);
     assert_within_timeout(ms);
-    assert_true(metric("gateway_compose_requests_total{result=\"complete\"}") >=
-                1);
+    assert_true(
+        h_metric(F.gw.url,
+                 "gateway_compose_requests_total{result=\"complete\"}") >= 1);
     for (int i = 0; i < 5; i++) {
         static const char *const b[] = {"orders", "users", "catalog",
                                         "payments", "notifications"};
@@ -397,7 +371,7 @@ static void test_admin_sees_any(void **state)
     h_assert_status(&r, 200);
     json_t *j = h_resp_json(&r);
     assert_string_equal(partial(j), "");
-    assert_string_equal(jstr(json_object_get(j, "customer"), "id"), F.alice);
+    assert_string_equal(h_jstr(json_object_get(j, "customer"), "id"), F.alice);
     json_decref(j);
     h_resp_release(&r);
 }
@@ -419,7 +393,8 @@ static void test_other_customer_404(void **state)
     h_assert_problem(&r, 401);
     h_resp_release(&r);
     assert_true(
-        metric("gateway_compose_requests_total{result=\"not_found\"}") >= 2);
+        h_metric(F.gw.url,
+                 "gateway_compose_requests_total{result=\"not_found\"}") >= 2);
 }
 
 /* One backend killed (refused at once): exactly it is partial. */
@@ -432,7 +407,7 @@ static void backend_killed(struct h_service *svc, const char *name,
     assert_string_equal(partial(j), name);
     if (null_member)
         assert_true(json_is_null(json_object_get(j, null_member)));
-    assert_string_equal(jstr(json_object_get(j, "order"), "id"), F.order);
+    assert_string_equal(h_jstr(json_object_get(j, "order"), "id"), F.order);
     json_decref(j);
     assert_within_timeout(ms);
     assert_true(failures(name, "connect") >= 1);
@@ -537,7 +512,9 @@ static void test_orders_down(void **state)
     assert_int_equal(h_service_restart(&F.ord, F.ord_env), 0);
     assert_full();
     assert_true(
-        metric("gateway_compose_requests_total{result=\"unavailable\"}") >= 2);
+        h_metric(F.gw.url,
+                 "gateway_compose_requests_total{result=\"unavailable\"}") >=
+        2);
 }
 
 /* FAILURES consecutive failures open the circuit: calls are skipped at
@@ -650,8 +627,10 @@ static void test_bench_details(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     print_message(
         "partial answers under load: %.0f, complete: %.0f\n",
-        metric("gateway_compose_requests_total{result=\"partial\"}"),
-        metric("gateway_compose_requests_total{result=\"complete\"}"));
+        h_metric(F.gw.url,
+                 "gateway_compose_requests_total{result=\"partial\"}"),
+        h_metric(F.gw.url,
+                 "gateway_compose_requests_total{result=\"complete\"}"));
 }
 
 int main(void)

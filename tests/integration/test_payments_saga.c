@@ -624,25 +624,6 @@ static void test_auditor_listing_and_metrics(void **state)
     h_resp_release(&r);
 }
 
-/* A value from payments' /metrics (the first line starting with name). */
-static double metric(const char *name)
-{
-    struct h_resp r;
-    double v = -1;
-    h_get(&r, h_fmt("%s/metrics", F.pay.url));
-    h_assert_status(&r, 200);
-    for (const char *l = r.body; l && *l;
-         l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-        size_t n = strlen(name);
-        if (strncmp(l, name, n) == 0 && l[n] == ' ') {
-            v = strtod(l + n + 1, NULL);
-            break;
-        }
-    }
-    h_resp_release(&r);
-    return v;
-}
-
 /*
  * Throughput, only with MOAT_PAYMENTS_SAGA_BENCH=N (sagas): N pairs of
  * AuthorizePayment + CapturePayment published at once, timed until the
@@ -660,9 +641,9 @@ static void test_throughput(void **state)
     }
     control("{\"latency_ms\": 20}");
     const char *captured = "moat_payments_payments{status=\"captured\"}";
-    double base = metric(captured);
-    double rounds0 = metric("moat_payments_saga_rounds_total");
-    double outcomes0 = metric("moat_payments_saga_outcomes_total");
+    double base = h_metric(F.pay.url, captured);
+    double rounds0 = h_metric(F.pay.url, "moat_payments_saga_rounds_total");
+    double outcomes0 = h_metric(F.pay.url, "moat_payments_saga_outcomes_total");
     uint64_t t0 = moat_mono_ms();
     for (long i = 0; i < n; i++) {
         const char *order = unique("bench");
@@ -670,11 +651,13 @@ static void test_throughput(void **state)
         publish_capture(order, 100);
     }
     uint64_t published = moat_mono_ms();
-    while (metric(captured) < base + (double)n)
+    while (h_metric(F.pay.url, captured) < base + (double)n)
         h_sleep_ms(50);
     uint64_t t1 = moat_mono_ms();
-    double rounds = metric("moat_payments_saga_rounds_total") - rounds0;
-    double outcomes = metric("moat_payments_saga_outcomes_total") - outcomes0;
+    double rounds =
+        h_metric(F.pay.url, "moat_payments_saga_rounds_total") - rounds0;
+    double outcomes =
+        h_metric(F.pay.url, "moat_payments_saga_outcomes_total") - outcomes0;
     fprintf(stderr,
             "bench: %ld sagas in %.2f s (%.0f sagas/s; publishing took "
             "%.2f s); %.0f worker transactions for %.0f outcomes (%.1f "

@@ -198,26 +198,6 @@ static void assert_json_string(const json_t *obj, const char *key,
                  got ? got : "(none)");
 }
 
-/* The value of a metric sample line "name{labels} value" in /metrics. */
-static double metric(const char *sample)
-{
-    struct h_resp r;
-    h_get(&r, users_url("/metrics"));
-    h_assert_status(&r, 200);
-    const char *p = r.body;
-    double v = -1;
-    size_t n = strlen(sample);
-    while ((p = strstr(p, sample)) != NULL) {
-        if ((p == r.body || p[-1] == '\n') && p[n] == ' ') {
-            v = strtod(p + n + 1, NULL);
-            break;
-        }
-        p += n;
-    }
-    h_resp_release(&r);
-    return v;
-}
-
 /* Whole file into memory (NULL if absent); *len its size. */
 static char *slurp(const char *path, size_t *len)
 {
@@ -941,10 +921,12 @@ static void test_key_rotation(void **state)
     if (!saw_rotating)
         print_message("note: re-encryption finished before the first "
                       "status read\n");
-    assert_true(metric(h_fmt("moat_users_rows_by_key{key=\"%d\"}", new_key)) ==
-                (double)json_integer_value(n));
-    assert_true(metric(h_fmt("moat_users_rows_by_key{key=\"%d\"}", old_key)) ==
-                0.0);
+    assert_true(
+        h_metric(F.users.url, h_fmt("moat_users_rows_by_key{key=\"%d\"}",
+                                    new_key)) == (double)json_integer_value(n));
+    assert_true(
+        h_metric(F.users.url,
+                 h_fmt("moat_users_rows_by_key{key=\"%d\"}", old_key)) == 0.0);
     json_decref(status);
 
     /* Rows written now use the new key, and logins still work. */
@@ -1052,8 +1034,9 @@ static void test_login_rate_limit(void **state)
     const char *email = h_fmt("%s@x.test", unique("limit"));
     char *mail = moat_xstrdup(email);
     json_decref(register_user(mail, "Limited"));
-    double limited_before = metric("moat_users_logins_total{outcome=\"rate_"
-                                   "limited\"}");
+    double limited_before =
+        h_metric(F.users.url, "moat_users_logins_total{outcome=\"rate_"
+                              "limited\"}");
 
     struct h_resp r;
     for (int i = 0; i < MAX_FAILURES; i++) {
@@ -1069,7 +1052,8 @@ static void test_login_rate_limit(void **state)
     long secs = strtol(ra, NULL, 10);
     assert_true(secs >= 1 && secs <= WINDOW_S);
     h_resp_release(&r);
-    assert_true(metric("moat_users_logins_total{outcome=\"rate_limited\"}") >=
+    assert_true(h_metric(F.users.url,
+                         "moat_users_logins_total{outcome=\"rate_limited\"}") >=
                 limited_before + 1);
 
     /* Recovery once the window lets one more attempt through. */
