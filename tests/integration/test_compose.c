@@ -113,14 +113,8 @@ static void assert_full(void)
 {
     json_t *j = NULL;
     /* A restarted service may need a moment for its pooled connections. */
-    for (int i = 0; i < 40; i++) {
-        json_decref(j);
-        j = details(NULL);
-        if (strcmp(partial(j), "") == 0)
-            break;
-        h_sleep_ms(50);
-    }
-    assert_string_equal(partial(j), "");
+    H_WAIT_UNTIL((json_decref(j), j = details(NULL), !*partial(j)), H_WAIT_MS,
+                 "a full composition (partial: %s)", partial(j));
     json_decref(j);
 }
 
@@ -207,29 +201,21 @@ static void place_order(void)
     const char *url = h_fmt("%s/v1/orders/%s", F.ord.url, F.order);
     char ourl[256];
     snprintf(ourl, sizeof(ourl), "%s", url);
-    bool done = false;
-    for (int i = 0; i < 1200 && !done; i++) {
-        j = service_get(ourl, "orders");
-        done = strcmp(h_jstr(j, "step"), "done") == 0;
-        if (done)
-            assert_string_equal(h_jstr(j, "status"), "confirmed");
-        json_decref(j);
-        if (!done)
-            h_sleep_ms(25);
-    }
-    assert_true(done);
+    j = NULL;
+    H_WAIT_UNTIL((json_decref(j), j = service_get(ourl, "orders"),
+                  strcmp(h_jstr(j, "step"), "done") == 0),
+                 H_WAIT_MS, "order %s to finish", F.order);
+    assert_string_equal(h_jstr(j, "status"), "confirmed");
+    json_decref(j);
     /* Both emails (placed, confirmed) recorded. */
     char nurl[256];
     snprintf(nurl, sizeof(nurl), "%s/v1/notifications?order_id=%s", F.notif.url,
              F.order);
     size_t n = 0;
-    for (int i = 0; i < 400 && n < 2; i++) {
-        j = service_get(nurl, "notifications");
-        n = json_array_size(json_object_get(j, "notifications"));
-        json_decref(j);
-        if (n < 2)
-            h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL((j = service_get(nurl, "notifications"),
+                  n = json_array_size(json_object_get(j, "notifications")),
+                  json_decref(j), n >= 2),
+                 H_WAIT_MS, "2 notifications of order %s", F.order);
     assert_int_equal(n, 2);
 }
 
@@ -544,6 +530,7 @@ static void test_breaker_opens_and_closes(void **state)
     j = details(NULL);
     assert_string_equal(partial(j), "notifications");
     json_decref(j);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_true(circuit("notifications") == 2); /* a probe may pass */
     j = details(NULL);
@@ -557,12 +544,14 @@ static void test_breaker_opens_and_closes(void **state)
     for (int i = 0; i < FAILURES; i++)
         json_decref(details(NULL));
     assert_true(circuit("notifications") == 1);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     j = details(NULL); /* the probe, refused */
     assert_string_equal(partial(j), "notifications");
     json_decref(j);
     assert_true(circuit("notifications") == 1);
     assert_int_equal(h_service_restart(&F.notif, F.notif_env), 0);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_full();
     assert_true(circuit("notifications") == 0);
@@ -587,6 +576,7 @@ static void test_orders_breaker(void **state)
     h_resp_release(&r);
     assert_true(failures("orders", "circuit_open") == before + 1);
     assert_int_equal(h_service_restart(&F.ord, F.ord_env), 0);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_full();
     assert_true(circuit("orders") == 0);

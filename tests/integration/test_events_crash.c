@@ -435,6 +435,8 @@ static void test_crash_consistency(void **state)
              kills[0] >= 3 && kills[1] >= 3) ||
             elapsed >= h_scaled_ms(CHAOS_MAX_MS))
             break;
+        /* Random pauses shape the chaos (when the kills come), nothing is
+         * waited for. */
         h_sleep_ms(200 + rng_below(&rng, 1300));
         /* Alternate, with a random twist, so that both die several times. */
         int which = (round + rng_below(&rng, 4) / 3) % 2;

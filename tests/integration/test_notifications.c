@@ -162,50 +162,46 @@ static json_t *of_order(const char *order)
 }
 
 /* Wait until order has n notifications, all delivered; returns them. */
+/* The order has exactly n notifications, all delivered (*list: the list
+ * last read, replaced). */
+static bool all_delivered(json_t **list, const char *order, size_t n)
+{
+    json_decref(*list);
+    *list = of_order(order);
+    size_t done = 0, i;
+    json_t *it;
+    json_array_foreach(*list, i, it)
+    {
+        if (json_is_integer(json_object_get(it, "delivered_at")))
+            done++;
+    }
+    return json_array_size(*list) == n && done == n;
+}
+
 static json_t *wait_delivered(const char *order, size_t n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *list = of_order(order);
-        size_t done = 0, i;
-        json_t *it;
-        json_array_foreach(list, i, it)
-        {
-            if (json_is_integer(json_object_get(it, "delivered_at")))
-                done++;
-        }
-        if (json_array_size(list) == n && done == n)
-            return list;
-        json_decref(list);
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.ntf, 40);
-            fail_msg("order %s never had %zu delivered notifications", order,
-                     n);
-        }
-        h_sleep_ms(25);
-    }
+    json_t *list = NULL;
+    H_WAIT_UNTIL(all_delivered(&list, order, n), WAIT_MS,
+                 "%zu delivered notifications of order %s", n, order);
+    return list;
 }
 
 /* Wait until the consumer's cursor is the feed's head and the backlog is
  * empty. */
+/* Notifications' cursor is at the feed's head, everything delivered. */
+static bool caught_up(void)
+{
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.ntf.url));
+    json_t *src = json_array_get(json_object_get(st, "sources"), 0);
+    bool at_head = json_integer_value(json_object_get(src, "cursor")) == F.head;
+    json_decref(st);
+    return at_head && h_metric(F.ntf.url, "notifications_undelivered") == 0;
+}
+
 static void wait_caught_up(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.ntf.url));
-        json_t *src = json_array_get(json_object_get(st, "sources"), 0);
-        bool at_head =
-            json_integer_value(json_object_get(src, "cursor")) == F.head;
-        json_decref(st);
-        if (at_head && h_metric(F.ntf.url, "notifications_undelivered") == 0)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.ntf, 40);
-            fail_msg("notifications did not catch up with seq %lld",
-                     (long long)F.head);
-        }
-        h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL(caught_up(), WAIT_MS,
+                 "notifications to catch up with seq %lld", (long long)F.head);
 }
 
 /* The header value of name in message text (first line "Name: value"),
@@ -622,6 +618,7 @@ static void test_kill_during_burst(void **state)
     for (int i = 0; i < BURST_ORDERS; i++) {
         placed(orders[i], cust, 100 + i);
         if (i == BURST_ORDERS / 2) {
+            /* Shapes the crash point only (any is valid): not a wait. */
             h_sleep_ms(5);
             h_service_kill(&F.ntf);
         }
@@ -633,7 +630,8 @@ static void test_kill_during_burst(void **state)
             cancelled(orders[i], cust, 100 + i, "out_of_stock");
     }
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
-    /* Killed again in the middle of catching up. */
+    /* Killed again in the middle of catching up (the pause shapes the
+     * crash point only: any is valid). */
     h_sleep_ms(10);
     h_service_kill(&F.ntf);
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
@@ -665,12 +663,8 @@ static void test_kill_between_rename_and_record(void **state)
         0);
     for (int i = 0; i < 6; i++)
         placed(orders[i], cust, 500);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (h_service_alive(&F.ntf)) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("the test hook never killed notifications");
-        h_sleep_ms(10);
-    }
+    H_WAIT_UNTIL(!h_service_alive(&F.ntf), WAIT_MS,
+                 "the test hook to kill notifications");
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
     wait_caught_up();
     json_t *files = maildir_files();
@@ -820,18 +814,13 @@ static void test_malformed_event_parked(void **state)
         h_fmt("{\"order_id\":\"%s\",\"total\":1,\"currency\":\"EUR\"}", bad));
     placed(good, cust, 300);
     json_decref(wait_delivered(good, 1));
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *dl = get_json(
-            h_fmt("%s/v1/admin/dead-letters?subject=%s", F.ntf.url, bad));
-        size_t n = json_array_size(json_object_get(dl, "dead_letters"));
-        json_decref(dl);
-        if (n == 1)
-            break;
-        if (moat_mono_ms() > deadline)
-            fail_msg("the malformed event was never parked");
-        h_sleep_ms(50);
-    }
+    size_t n = 0;
+    json_t *dl_json;
+    H_WAIT_UNTIL((dl_json = get_json(h_fmt(
+                      "%s/v1/admin/dead-letters?subject=%s", F.ntf.url, bad)),
+                  n = json_array_size(json_object_get(dl_json, "dead_letters")),
+                  json_decref(dl_json), n == 1),
+                 WAIT_MS, "the malformed event parked as a dead letter");
     json_t *list = of_order(bad);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
@@ -918,12 +907,8 @@ static void test_customer_email(void **state)
     unique_id("ord", down);
     stub_set(down, cust, "\"carol@example.com\"", 200, 1000000);
     placed(down, cust, 10);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (stub_get(down).calls < 2) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("the unanswered order was not retried");
-        h_sleep_ms(20);
-    }
+    H_WAIT_UNTIL(stub_get(down).calls >= 2, WAIT_MS,
+                 "a retry of the unanswered order");
     json_t *list = of_order(down);
     assert_int_equal(json_array_size(list), 1);
     assert_true(
@@ -1006,7 +991,9 @@ static void test_replay(void **state)
      * file written again. */
     json_decref(post_json(h_fmt("%s/v1/admin/replay", F.ntf.url), 202));
     wait_caught_up();
-    h_sleep_ms(300); /* a delivery would have happened by now */
+    /* A window in which no delivery may happen (one would have by now),
+     * not a wait. */
+    h_sleep_ms(300);
     json_t *after = all_notifications();
     assert_json_equal(before, after);
     json_t *files_after = maildir_files();

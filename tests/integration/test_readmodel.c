@@ -149,19 +149,19 @@ static void cancel(const char *customer, const char *id)
 }
 
 /* Wait (bounded) until the order's saga is done; returns the order. */
+/* The order is done (o: the order last read, replaced). */
+static bool order_done(json_t **o, const char *id)
+{
+    json_decref(*o);
+    *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
+    return strcmp(h_jstr(*o, "step"), "done") == 0;
+}
+
 static json_t *wait_final(const char *id)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
-        if (strcmp(h_jstr(o, "step"), "done") == 0)
-            return o;
-        if (moat_mono_ms() > deadline)
-            fail_msg("order %s never finished: %s", id,
-                     json_dumps(o, JSON_COMPACT));
-        json_decref(o);
-        h_sleep_ms(25);
-    }
+    json_t *o = NULL;
+    H_WAIT_UNTIL(order_done(&o, id), H_WAIT_MS, "order %s to finish", id);
+    return o;
 }
 
 /* Wait until every notification is delivered (its NotificationSent is
@@ -169,19 +169,10 @@ static json_t *wait_final(const char *id)
  * feed. */
 static void wait_notifications_sent(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        bool done = h_metric(F.notif.url, "moat_consumer_lag_events{source="
-                                          "\"orders\"}") == 0 &&
-                    h_metric(F.notif.url, "notifications_undelivered") == 0;
-        if (done)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.notif, 30);
-            fail_msg("notifications did not deliver everything");
-        }
-        h_sleep_ms(50);
-    }
+    H_WAIT_UNTIL(h_metric(F.notif.url,
+                          "moat_consumer_lag_events{source=\"orders\"}") == 0 &&
+                     h_metric(F.notif.url, "notifications_undelivered") == 0,
+                 H_WAIT_MS, "notifications to deliver everything");
 }
 
 /* ---- the read model ---- */

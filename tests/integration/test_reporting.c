@@ -90,17 +90,19 @@ static const char *line(int product, int qty)
                  F.product[product], qty);
 }
 
+/* The order is done (o: the order last read, replaced). */
+static bool order_done(json_t **o, const char *id)
+{
+    json_decref(*o);
+    *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
+    return strcmp(h_jstr(*o, "step"), "done") == 0;
+}
+
 static json_t *wait_final(const char *id)
 {
-    for (int i = 0; i < 2400; i++) {
-        json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
-        if (strcmp(h_jstr(o, "step"), "done") == 0)
-            return o;
-        json_decref(o);
-        h_sleep_ms(25);
-    }
-    fail_msg("order %s never became final", id);
-    return NULL;
+    json_t *o = NULL;
+    H_WAIT_UNTIL(order_done(&o, id), H_WAIT_MS, "order %s to finish", id);
+    return o;
 }
 
 static void cancel(const char *user, const char *id)
@@ -114,31 +116,30 @@ static void cancel(const char *user, const char *id)
 }
 
 /* Until reporting's four sources are at their heads. */
+/* Reporting's consumer is at the head of its four sources. */
+static bool caught_up(void)
+{
+    json_t *c = get_json(h_fmt("%s/v1/admin/consumer", F.rep.url), "reporting");
+    json_t *sources = json_object_get(c, "sources");
+    bool done = json_array_size(sources) == 4 &&
+                !json_is_true(json_object_get(c, "paused"));
+    size_t k;
+    json_t *s;
+    json_array_foreach(sources, k, s)
+    {
+        if (h_jint(s, "lag_events") != 0 ||
+            h_jint(s, "cursor") != h_jint(s, "head") || h_jint(s, "head") <= 0)
+            done = false;
+        json_t *dead = json_object_get(s, "dead_letters");
+        assert_int_equal(h_jint(dead, "failed"), 0);
+    }
+    json_decref(c);
+    return done;
+}
+
 static void wait_caught_up(void)
 {
-    for (int i = 0; i < 1200; i++) {
-        json_t *c =
-            get_json(h_fmt("%s/v1/admin/consumer", F.rep.url), "reporting");
-        json_t *sources = json_object_get(c, "sources");
-        bool done = json_array_size(sources) == 4 &&
-                    !json_is_true(json_object_get(c, "paused"));
-        size_t k;
-        json_t *s;
-        json_array_foreach(sources, k, s)
-        {
-            if (h_jint(s, "lag_events") != 0 ||
-                h_jint(s, "cursor") != h_jint(s, "head") ||
-                h_jint(s, "head") <= 0)
-                done = false;
-            json_t *dead = json_object_get(s, "dead_letters");
-            assert_int_equal(h_jint(dead, "failed"), 0);
-        }
-        json_decref(c);
-        if (done)
-            return;
-        h_sleep_ms(50);
-    }
-    fail_msg("reporting never caught up");
+    H_WAIT_UNTIL(caught_up(), H_WAIT_MS, "reporting to catch up");
 }
 
 /* Every order (paged), as orders' API lists them. */
@@ -804,7 +805,8 @@ static void test_replay(void **state)
     h_http(&r, "POST", h_fmt("%s/v1/admin/replay", F.rep.url), NULL, NULL, 0);
     h_assert_status(&r, 202);
     h_resp_release(&r);
-    h_sleep_ms(100);
+    /* The 202 comes after the cursors were reset (lib/consumer.c): the
+     * wait below cannot see the old head. */
     wait_caught_up();
     json_t *after = report("revenue-per-day");
     assert_true(json_equal(json_object_get(before, "rows"),

@@ -185,36 +185,38 @@ static json_t *indexed(const char *id)
 
 /* Wait until id is indexed with member key equal to the string want (or
  * the integer version when want is NULL); returns the document. */
+/* Product id is indexed with key = want (or, want NULL, at version);
+ * *doc: the document last read, replaced. */
+static bool is_indexed(json_t **doc, const char *id, const char *key,
+                       const char *want, json_int_t version)
+{
+    json_decref(*doc);
+    *doc = indexed(id);
+    return *doc && (want ? strcmp(h_jstr(*doc, key), want) == 0
+                         : h_jint(*doc, "version") == version);
+}
+
 static json_t *wait_indexed(const char *id, const char *key, const char *want,
                             json_int_t version)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *doc = indexed(id);
-        if (doc && (want ? strcmp(h_jstr(doc, key), want) == 0
-                         : h_jint(doc, "version") == version))
-            return doc;
-        json_decref(doc);
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("product %s never indexed with %s = %s", id,
-                     want ? key : "version",
-                     want ? want : h_fmt("%lld", (long long)version));
-        }
-        h_sleep_ms(20);
-    }
+    json_t *doc = NULL;
+    H_WAIT_UNTIL(is_indexed(&doc, id, key, want, version), WAIT_MS,
+                 "product %s indexed with %s = %s", id, want ? key : "version",
+                 want ? want : h_fmt("%lld", (long long)version));
+    return doc;
+}
+
+/* True when product id is not indexed. */
+static bool not_indexed(const char *id)
+{
+    json_t *doc = indexed(id);
+    json_decref(doc);
+    return doc == NULL;
 }
 
 static void wait_gone(const char *id)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    json_t *doc;
-    while ((doc = indexed(id)) != NULL) {
-        json_decref(doc);
-        if (moat_mono_ms() > deadline)
-            fail_msg("product %s still indexed", id);
-        h_sleep_ms(20);
-    }
+    H_WAIT_UNTIL(not_indexed(id), WAIT_MS, "product %s to leave the index", id);
 }
 
 static int64_t catalog_head(void)
@@ -235,26 +237,25 @@ static json_t *consumer_source(void)
 }
 
 /* Wait until search's cursor is catalog's head and the lag gauge is 0. */
+/* Search's cursor is at catalog's head (*head: the head last read). */
+static bool caught_up(int64_t *head)
+{
+    *head = catalog_head();
+    json_t *src = consumer_source();
+    bool done = h_jint(src, "cursor") == *head &&
+                h_jint(src, "lag_events") == 0 &&
+                h_metric(F.search.url,
+                         "moat_consumer_lag_events{source=\"catalog\"}") == 0;
+    json_decref(src);
+    return done;
+}
+
 static void wait_caught_up(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        int64_t head = catalog_head();
-        json_t *src = consumer_source();
-        bool done =
-            h_jint(src, "cursor") == head && h_jint(src, "lag_events") == 0 &&
-            h_metric(F.search.url,
-                     "moat_consumer_lag_events{source=\"catalog\"}") == 0;
-        json_decref(src);
-        if (done)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("search did not catch up with catalog's head %lld",
-                     (long long)head);
-        }
-        h_sleep_ms(50);
-    }
+    int64_t head = 0;
+    H_WAIT_UNTIL(caught_up(&head), WAIT_MS,
+                 "search to catch up with catalog's head %lld",
+                 (long long)head);
 }
 
 /* Every indexed document, by id, without the time it was applied. */
@@ -711,18 +712,20 @@ static json_t *dead_letters(const char *subject)
     return list;
 }
 
+/* Exactly n dead letters for subject (*list: the last read, replaced). */
+static bool has_dead_letters(json_t **list, const char *subject, size_t n)
+{
+    json_decref(*list);
+    *list = dead_letters(subject);
+    return json_array_size(*list) == n;
+}
+
 static json_t *wait_dead_letters(const char *subject, size_t n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *list = dead_letters(subject);
-        if (json_array_size(list) == n)
-            return list;
-        json_decref(list);
-        if (moat_mono_ms() > deadline)
-            fail_msg("%s never had %zu dead letters", subject, n);
-        h_sleep_ms(50);
-    }
+    json_t *list = NULL;
+    H_WAIT_UNTIL(has_dead_letters(&list, subject, n), WAIT_MS,
+                 "%zu dead letters for %s", n, subject);
+    return list;
 }
 
 static void test_poison(void **state)

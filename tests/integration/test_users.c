@@ -1056,7 +1056,8 @@ static void test_login_rate_limit(void **state)
                          "moat_users_logins_total{outcome=\"rate_limited\"}") >=
                 limited_before + 1);
 
-    /* Recovery once the window lets one more attempt through. */
+    /* Recovery once the window lets one more attempt through: time is the
+     * condition (the Retry-After the service announced). */
     h_sleep_ms((unsigned)secs * 1000 + 100);
     json_decref(login(mail, PASSWORD));
 
