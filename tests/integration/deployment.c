@@ -2,6 +2,7 @@
 #include "moat/common.h"
 
 #include <ctype.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,7 +83,7 @@ static char *rewrite(const struct deploy *d, const struct plan *plan,
 }
 
 /* Give every wanted, not yet started service that s needs a port now. */
-static void preassign(const struct deploy *d, struct plan *plan, size_t i)
+static void preassign(struct deploy *d, struct plan *plan, size_t i)
 {
     const struct deploy_service *s = &d->services[i];
     for (size_t j = 0; j < d->nservices; j++) {
@@ -95,8 +96,10 @@ static void preassign(const struct deploy *d, struct plan *plan, size_t i)
             needed = find_url(s->env[k].value, url) != NULL;
         for (size_t k = 0; k < s->nroutes && !needed; k++)
             needed = strcmp(s->routes[k].service, d->services[j].name) == 0;
-        if (needed)
+        if (needed) {
             plan[j].port = h_free_port();
+            d->services[j].port = plan[j].port; /* for gateway routes */
+        }
     }
 }
 
@@ -181,9 +184,7 @@ int h_deployment_start(struct h_deployment *dep, const char *file,
                                  ? NULL
                                  : h_fmt("%s/%s-data", tmpdir, s->name),
                              (const char *const *)env);
-        for (size_t k = 0; env[k]; k++)
-            free(env[k]);
-        free(env);
+        dep->env[dep->n - 1] = env; /* for h_deployment_restart */
         plan[i].started = true;
         plan[i].port = svc->port;
         /* Later gateways route to where it really listens. */
@@ -204,15 +205,29 @@ struct h_service *h_deployment_service(struct h_deployment *dep,
     return NULL;
 }
 
+int h_deployment_restart(struct h_deployment *dep, struct h_service *svc)
+{
+    for (size_t i = 0; i < dep->n; i++)
+        if (svc == &dep->svc[i])
+            return h_service_restart(svc, (const char *const *)dep->env[i]);
+    fail_msg("harness: %s is not a service of the deployment", svc->name);
+    return -1;
+}
+
 int h_deployment_stop(struct h_deployment *dep)
 {
     int bad = 0;
     for (size_t i = dep->n; i-- > 0;) {
+        if (dep->svc[i].pid > 0)
+            kill(dep->svc[i].pid, SIGCONT); /* a test failed mid-SIGSTOP */
         if (dep->svc[i].pid > 0 && h_service_stop(&dep->svc[i]) != 0) {
             print_error("%s did not exit 0 on SIGTERM\n", dep->svc[i].name);
             bad++;
         }
         h_service_release(&dep->svc[i]);
+        for (size_t k = 0; dep->env[i] && dep->env[i][k]; k++)
+            free(dep->env[i][k]);
+        free(dep->env[i]);
     }
     deploy_free(dep->d);
     memset(dep, 0, sizeof(*dep));

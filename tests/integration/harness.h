@@ -346,7 +346,8 @@ void h_feed_stop(struct h_feed *f);
 struct h_deployment {
     struct deploy *d; /* the parsed file (cli/deploy.h), owned */
     struct h_service svc[H_DEPLOY_MAX];
-    size_t n; /* started, in start order */
+    char **env[H_DEPLOY_MAX]; /* each one's extra environment, owned */
+    size_t n;                 /* started, in start order */
 };
 
 /*
@@ -363,6 +364,9 @@ struct h_service *h_deployment_service(struct h_deployment *dep,
                                        const char *name);
 /* The test value of shared secret name (rotating buffer, like h_fmt). */
 const char *h_deployment_secret(const char *name);
+/* h_service_restart(svc) with the environment it was started with (same
+ * port, data and log); svc is one of dep's. */
+int h_deployment_restart(struct h_deployment *dep, struct h_service *svc);
 /* Stop every service (reverse start order), release everything. Returns
  * how many did not exit 0. */
 int h_deployment_stop(struct h_deployment *dep);
