@@ -407,6 +407,19 @@ static void assert_acknowledged_durable(const json_t *cat)
     json_decref(maybe);
 }
 
+/* Search's cursor on catalog; no event may be dead-lettered, and the
+ * cursor never passes the head. */
+static int64_t search_cursor(void)
+{
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.search.url));
+    json_t *src = json_array_get(json_object_get(st, "sources"), 0);
+    int64_t cursor = h_jint(src, "cursor");
+    json_t *dead = json_object_get(src, "dead_letters");
+    assert_int_equal(h_jint(dead, "failed") + h_jint(dead, "blocked"), 0);
+    json_decref(st);
+    return cursor;
+}
+
 static void test_crash_consistency(void **state)
 {
     MOAT_UNUSED(state);
@@ -464,22 +477,10 @@ static void test_crash_consistency(void **state)
     /* Catch-up: search's cursor reaches catalog's head. */
     int64_t head = (int64_t)h_metric(F.cat.url, "moat_outbox_head_seq");
     assert_true(head >= (int64_t)acked);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(CATCH_UP_MS);
-    for (;;) {
-        json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.search.url));
-        json_t *src = json_array_get(json_object_get(st, "sources"), 0);
-        int64_t cursor = h_jint(src, "cursor");
-        json_t *dead = json_object_get(src, "dead_letters");
-        assert_int_equal(h_jint(dead, "failed") + h_jint(dead, "blocked"), 0);
-        json_decref(st);
-        if (cursor == head)
-            break;
-        assert_true(cursor < head);
-        if (moat_mono_ms() > deadline)
-            fail_msg("search stuck at %lld of catalog's %lld",
-                     (long long)cursor, (long long)head);
-        h_sleep_ms(50);
-    }
+    int64_t cursor = 0;
+    H_WAIT_UNTIL((cursor = search_cursor()) == head, CATCH_UP_MS,
+                 "search's cursor (at %lld) to reach catalog's head %lld",
+                 (long long)cursor, (long long)head);
 
     /* The index is exactly catalog's state. */
     json_t *cat = catalog_state();

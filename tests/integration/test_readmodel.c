@@ -57,6 +57,7 @@ static struct {
     /* Lines seen in the read model paid at another price than now, and of
      * a deleted product (proof the workload changed catalog under them). */
     size_t repriced_lines, deleted_lines;
+    char consumer_state[2048]; /* the consumer state last seen, for messages */
 } F;
 
 /* GET url with a token for aud (user and role may be NULL), expecting
@@ -160,7 +161,7 @@ static bool order_done(json_t **o, const char *id)
 static json_t *wait_final(const char *id)
 {
     json_t *o = NULL;
-    H_WAIT_UNTIL(order_done(&o, id), H_WAIT_MS, "order %s to finish", id);
+    H_WAIT_UNTIL(order_done(&o, id), WAIT_MS, "order %s to finish", id);
     return o;
 }
 
@@ -172,14 +173,15 @@ static void wait_notifications_sent(void)
     H_WAIT_UNTIL(h_metric(F.notif.url,
                           "moat_consumer_lag_events{source=\"orders\"}") == 0 &&
                      h_metric(F.notif.url, "notifications_undelivered") == 0,
-                 H_WAIT_MS, "notifications to deliver everything");
+                 WAIT_MS, "notifications to deliver everything");
 }
 
 /* ---- the read model ---- */
 
 /* Wait until the read model's cursor on every source is the source's
  * head and its lag gauges say 0. */
-static void wait_caught_up(void)
+/* The read model is at the head of its four sources. */
+static bool caught_up(void)
 {
     const struct {
         const char *name;
@@ -190,43 +192,39 @@ static void wait_caught_up(void)
         {"payments", &F.pay},
         {"notifications", &F.notif},
     };
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *st =
-            get_json(h_fmt("%s/v1/admin/consumer", F.rm.url), "readmodel");
-        json_t *list = json_object_get(st, "sources");
-        bool done = json_array_size(list) == MOAT_ARRAY_LEN(srcs) &&
-                    !json_is_true(json_object_get(st, "paused"));
-        for (size_t i = 0; done && i < MOAT_ARRAY_LEN(srcs); i++) {
-            double head = h_metric(srcs[i].svc->url, "moat_outbox_head_seq");
-            json_t *src = NULL;
-            size_t k;
-            json_t *s;
-            json_array_foreach(list, k, s)
-            {
-                if (strcmp(h_jstr(s, "source"), srcs[i].name) == 0)
-                    src = s;
-            }
-            done = src && (double)h_jint(src, "cursor") == head &&
-                   h_jint(src, "lag_events") == 0 &&
-                   h_metric(F.rm.url,
-                            h_fmt("moat_consumer_lag_events{source=\"%s\"}",
-                                  srcs[i].name)) == 0;
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.rm.url), "readmodel");
+    json_t *list = json_object_get(st, "sources");
+    bool done = json_array_size(list) == MOAT_ARRAY_LEN(srcs) &&
+                !json_is_true(json_object_get(st, "paused"));
+    for (size_t i = 0; done && i < MOAT_ARRAY_LEN(srcs); i++) {
+        double head = h_metric(srcs[i].svc->url, "moat_outbox_head_seq");
+        json_t *src = NULL;
+        size_t k;
+        json_t *s;
+        json_array_foreach(list, k, s)
+        {
+            if (strcmp(h_jstr(s, "source"), srcs[i].name) == 0)
+                src = s;
         }
-        if (done) {
-            json_decref(st);
-            return;
-        }
-        if (moat_mono_ms() > deadline) {
-            char *t = json_dumps(st, JSON_INDENT(2));
-            print_error("read model consumer: %s\n", t);
-            free(t);
-            h_service_print_log(&F.rm, 30);
-            fail_msg("the read model did not catch up");
-        }
-        json_decref(st);
-        h_sleep_ms(50);
+        done =
+            src && (double)h_jint(src, "cursor") == head &&
+            h_jint(src, "lag_events") == 0 &&
+            h_metric(F.rm.url, h_fmt("moat_consumer_lag_events{source=\"%s\"}",
+                                     srcs[i].name)) == 0;
     }
+    if (!done) {
+        char *t = json_dumps(st, JSON_COMPACT);
+        snprintf(F.consumer_state, sizeof(F.consumer_state), "%s", t);
+        free(t);
+    }
+    json_decref(st);
+    return done;
+}
+
+static void wait_caught_up(void)
+{
+    H_WAIT_UNTIL(caught_up(), WAIT_MS, "the read model to catch up (%s)",
+                 F.consumer_state);
 }
 
 /* customer's whole history from the read model, page by page, as the

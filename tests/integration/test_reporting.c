@@ -29,6 +29,7 @@
 #define STOCK_AB      200
 #define STOCK_C       5
 #define NPRODUCTS     3
+#define WAIT_MS       60000 /* for the saga or the consumer, scaled */
 
 static struct {
     char *tmp;
@@ -101,7 +102,7 @@ static bool order_done(json_t **o, const char *id)
 static json_t *wait_final(const char *id)
 {
     json_t *o = NULL;
-    H_WAIT_UNTIL(order_done(&o, id), H_WAIT_MS, "order %s to finish", id);
+    H_WAIT_UNTIL(order_done(&o, id), WAIT_MS, "order %s to finish", id);
     return o;
 }
 
@@ -139,7 +140,7 @@ static bool caught_up(void)
 
 static void wait_caught_up(void)
 {
-    H_WAIT_UNTIL(caught_up(), H_WAIT_MS, "reporting to catch up");
+    H_WAIT_UNTIL(caught_up(), WAIT_MS, "reporting to catch up");
 }
 
 /* Every order (paged), as orders' API lists them. */
