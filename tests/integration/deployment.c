@@ -9,14 +9,19 @@
 
 #include "harness.h"
 
+#include "moat/buf.h"
+
 #include "deploy.h"
+
+#define DEAD_PORT 1
 
 /* What the fixture knows about each service of the file. */
 struct plan {
-    bool wanted;        /* named in only */
-    bool started;       /* running (or tried) */
-    uint16_t file_port; /* as written in the file */
-    uint16_t port;      /* the real one; 0 while unknown */
+    bool wanted;       /* named in only */
+    bool started;      /* running (or tried) */
+    char file_url[96]; /* "http://host:port" as the file names it */
+    uint16_t port;     /* the real one; 0 while unknown; DEAD_PORT for a
+                        * service not started */
 };
 
 static bool is_wanted(const char *const *only, const char *name)
@@ -40,14 +45,6 @@ static const char *secret_lookup(void *arg, const char *name)
     return h_deployment_secret(name);
 }
 
-/* The "http://host:port" under which the file names s (borrowed). */
-static const char *file_url(const struct deploy_service *s,
-                            const struct plan *p)
-{
-    return h_fmt("http://%s:%u", deploy_connect_host(s),
-                 (unsigned)p->file_port);
-}
-
 /* The next place at or after from where value names url (not followed by
  * another digit of a longer port), or NULL. */
 static const char *find_url(const char *from, const char *url)
@@ -59,27 +56,28 @@ static const char *find_url(const char *from, const char *url)
     return NULL;
 }
 
-/* value with every URL of a started (or pre-assigned) service rewritten to
- * its real port. Caller frees. */
+/* value with every URL (as the file writes them) of a started or
+ * pre-assigned service rewritten to its real port, in one pass over value.
+ * Caller frees. */
 static char *rewrite(const struct deploy *d, const struct plan *plan,
                      const char *value)
 {
-    char *out = moat_xstrdup(value);
-    for (size_t j = 0; j < d->nservices; j++) {
-        if (!plan[j].wanted || plan[j].port == 0)
+    struct moat_buf out = MOAT_BUF_INIT;
+    const char *p = value;
+    while (*p) {
+        size_t j = 0;
+        for (; j < d->nservices; j++)
+            if (plan[j].port != 0 && find_url(p, plan[j].file_url) == p)
+                break;
+        if (j == d->nservices) {
+            moat_buf_addch(&out, *p++);
             continue;
-        char url[128];
-        snprintf(url, sizeof(url), "%s", file_url(&d->services[j], &plan[j]));
-        const char *at;
-        while ((at = find_url(out, url)) != NULL) {
-            char *next =
-                moat_xasprintf("%.*shttp://127.0.0.1:%u%s", (int)(at - out),
-                               out, (unsigned)plan[j].port, at + strlen(url));
-            free(out);
-            out = next;
         }
+        moat_buf_printf(&out, "http://127.0.0.1:%u", (unsigned)plan[j].port);
+        p += strlen(plan[j].file_url);
     }
-    return out;
+    moat_buf_grow(&out, 0);
+    return moat_buf_detach(&out, NULL);
 }
 
 /* Give every wanted, not yet started service that s needs a port now. */
@@ -89,8 +87,7 @@ static void preassign(struct deploy *d, struct plan *plan, size_t i)
     for (size_t j = 0; j < d->nservices; j++) {
         if (j == i || !plan[j].wanted || plan[j].port != 0)
             continue;
-        char url[128];
-        snprintf(url, sizeof(url), "%s", file_url(&d->services[j], &plan[j]));
+        const char *url = plan[j].file_url;
         bool needed = false;
         for (size_t k = 0; k < s->nenv && !needed; k++)
             needed = find_url(s->env[k].value, url) != NULL;
@@ -163,7 +160,18 @@ int h_deployment_start(struct h_deployment *dep, const char *file,
     struct plan *plan = moat_xcalloc(d->nservices, sizeof(*plan));
     for (size_t i = 0; i < d->nservices; i++) {
         plan[i].wanted = is_wanted(only, d->services[i].name);
-        plan[i].file_port = d->services[i].port;
+        snprintf(plan[i].file_url, sizeof(plan[i].file_url), "http://%s:%u",
+                 deploy_connect_host(&d->services[i]),
+                 (unsigned)d->services[i].port);
+        if (!plan[i].wanted) {
+            /* Not started: its URLs lead nowhere (nothing but root may
+             * listen on port 1), never to a deployment that happens to
+             * run on this machine. */
+            plan[i].port = DEAD_PORT;
+            snprintf(d->services[i].host, sizeof(d->services[i].host),
+                     "127.0.0.1");
+            d->services[i].port = DEAD_PORT;
+        }
     }
     for (const char *const *o = only; o && *o; o++)
         if (!deploy_find(d, *o))

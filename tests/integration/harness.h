@@ -334,7 +334,8 @@ void h_feed_stop(struct h_feed *f);
  * moat.json) started as h_service_start would, each with its data in
  * <tmpdir>/<name>-data, its log in <tmpdir>/<name>.log and the file's env:
  * every "http://host:port" of a started service in an env value (and the
- * gateway's routes) is rewritten to the port the service really got.
+ * gateway's routes) is rewritten to the port the service really got, and
+ * of a service not started to port 1, where nothing listens.
  * Services start in file order on port 0 with the port read back; only a
  * service whose URL an earlier one needs (a cycle: inventory calls orders,
  * orders calls inventory) gets a port from h_free_port() beforehand.
