@@ -36,18 +36,30 @@
 
 /* ---- time and files ---- */
 
-double h_timeout_mult(void)
+static double parse_mult(const char *name)
 {
-    const char *s = getenv("MOAT_TEST_TIMEOUT_MULT");
+    const char *s = getenv(name);
     if (!s || !*s)
-        return 1.0;
+        return 0;
     char *end = NULL;
     double m = strtod(s, &end);
     if (end == s || *end != '\0' || !(m > 0.0) || m > 1000.0) {
-        fprintf(stderr, "harness: ignoring MOAT_TEST_TIMEOUT_MULT=\"%s\"\n", s);
-        return 1.0;
+        fprintf(stderr, "harness: ignoring %s=\"%s\"\n", name, s);
+        return 0;
     }
     return m;
+}
+
+double h_timeout_mult(void)
+{
+    static double mult;
+    if (mult == 0)
+        mult = parse_mult("MOAT_TEST_TIMEOUT_MULT");
+    if (mult == 0)
+        mult = parse_mult("MOAT_TEST_TIMEOUT_MULTIPLIER");
+    if (mult == 0)
+        mult = H_DEFAULT_TIMEOUT_MULT;
+    return mult;
 }
 
 unsigned h_scaled_ms(unsigned ms)
@@ -60,6 +72,63 @@ void h_sleep_ms(unsigned ms)
     struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+/* ---- waiting on conditions ---- */
+
+#define WAIT_PAUSE_MAX_MS 50
+
+void h_wait_begin(struct h_waiter *w, unsigned timeout_ms)
+{
+    w->start_ms = moat_mono_ms();
+    w->deadline_ms = w->start_ms + h_scaled_ms(timeout_ms);
+    w->pause_ms = 1;
+    w->polls = 0;
+}
+
+bool h_wait_next(struct h_waiter *w)
+{
+    w->polls++;
+    uint64_t now = moat_mono_ms();
+    if (now >= w->deadline_ms)
+        return false;
+    unsigned pause = w->pause_ms;
+    if (now + pause > w->deadline_ms)
+        pause = (unsigned)(w->deadline_ms - now);
+    h_sleep_ms(pause);
+    if (w->pause_ms < WAIT_PAUSE_MAX_MS)
+        w->pause_ms = w->pause_ms * 2 > WAIT_PAUSE_MAX_MS ? WAIT_PAUSE_MAX_MS
+                                                          : w->pause_ms * 2;
+    return true;
+}
+
+bool h_wait_until(bool (*cond)(void *arg), void *arg, unsigned timeout_ms)
+{
+    struct h_waiter w;
+    h_wait_begin(&w, timeout_ms);
+    while (!cond(arg))
+        if (!h_wait_next(&w))
+            return false;
+    return true;
+}
+
+static void print_all_logs(void);
+
+void h_wait_fail_(const struct h_waiter *w, const char *file, int line,
+                  const char *expr, const char *fmt, ...)
+{
+    char what[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    print_all_logs();
+    print_error("timed out after %llu ms (%u polls, multiplier %g) waiting "
+                "for %s [%s]\n",
+                (unsigned long long)(moat_mono_ms() - w->start_ms), w->polls,
+                h_timeout_mult(), what, expr);
+    _fail(file, line);
+    abort(); /* _fail does not return inside a test */
 }
 
 uint16_t h_free_port(void)
@@ -510,10 +579,11 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
 /* GET url/readyz until 200, the child exits or the deadline passes. */
 static int wait_ready(struct h_service *svc)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(READY_TIMEOUT_MS);
+    struct h_waiter w;
+    h_wait_begin(&w, READY_TIMEOUT_MS);
     const char *url = h_fmt("%s/readyz", svc->url);
     long last = 0;
-    while (moat_mono_ms() < deadline) {
+    do {
         if (reap(svc))
             return -1;
         struct h_resp r;
@@ -522,11 +592,69 @@ static int wait_ready(struct h_service *svc)
         h_resp_release(&r);
         if (last == 200)
             return 0;
-        h_sleep_ms(20);
-    }
+    } while (h_wait_next(&w));
     fprintf(stderr, "harness: %s not ready after %u ms (last /readyz: %ld)\n",
             svc->name, h_scaled_ms(READY_TIMEOUT_MS), last);
     return -1;
+}
+
+/* Size of the file at path, 0 when it does not exist. */
+static long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+/* The port in the first "service started" line (lib/service.c) of svc's
+ * log after offset; 0 while there is none. */
+static uint16_t logged_port(const struct h_service *svc, long offset)
+{
+    FILE *f = fopen(svc->log_path, "r");
+    if (!f)
+        return 0;
+    uint16_t port = 0;
+    char line[4096];
+    if (fseek(f, offset, SEEK_SET) == 0) {
+        while (!port && fgets(line, sizeof(line), f)) {
+            if (!strstr(line, "\"msg\":\"service started\""))
+                continue;
+            json_t *j = json_loads(line, 0, NULL);
+            json_int_t p = json_integer_value(json_object_get(j, "port"));
+            if (p > 0 && p < 65536)
+                port = (uint16_t)p;
+            json_decref(j);
+        }
+    }
+    fclose(f);
+    return port;
+}
+
+static void set_url(struct h_service *svc)
+{
+    snprintf(svc->url, sizeof(svc->url), "http://127.0.0.1:%u",
+             (unsigned)svc->port);
+}
+
+/* A service started on port 0: wait until its log names the port it
+ * bound, while it runs. */
+static int wait_port(struct h_service *svc, long log_offset)
+{
+    struct h_waiter w;
+    h_wait_begin(&w, READY_TIMEOUT_MS);
+    while ((svc->port = logged_port(svc, log_offset)) == 0) {
+        if (reap(svc))
+            return -1;
+        if (!h_wait_next(&w)) {
+            fprintf(stderr,
+                    "harness: %s logged no \"service started\" line with "
+                    "its port within %u ms (is MOAT_LOG_LEVEL above "
+                    "info?)\n",
+                    svc->name, h_scaled_ms(READY_TIMEOUT_MS));
+            return -1;
+        }
+    }
+    set_url(svc);
+    return 0;
 }
 
 static bool atexit_done;
@@ -555,7 +683,7 @@ int h_service_restart(struct h_service *svc, const char *const *extra_env)
             break; /* running but never ready: retrying will not help */
         }
         if (rc != 0)
-            h_sleep_ms(50);
+            h_sleep_ms(50); /* paces the retries while the port is held */
     }
     if (rc != 0)
         h_service_print_log(svc, LOG_TAIL_LINES);
@@ -591,10 +719,14 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
             p < 65536)
             fixed_port = (uint16_t)p;
     }
-    for (int attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
-        svc->port = fixed_port ? fixed_port : h_free_port();
-        snprintf(svc->url, sizeof(svc->url), "http://127.0.0.1:%u",
-                 (unsigned)svc->port);
+    /* Without a fixed port the service binds port 0 and logs the port it
+     * got: no other process can take it in between. A fixed port may be
+     * taken by someone else for an instant: a few attempts. */
+    int attempts = fixed_port ? START_ATTEMPTS : 1;
+    for (int attempt = 1; attempt <= attempts; attempt++) {
+        svc->port = fixed_port;
+        set_url(svc);
+        long log_offset = file_size(svc->log_path);
         fflush(NULL); /* the child must not repeat our buffered output */
         pid_t parent = getpid();
         pid_t pid = fork();
@@ -606,12 +738,13 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
             exec_child(svc, parent, bin, extra_env);
         svc->pid = pid;
         child_add(svc);
-        if (wait_ready(svc) == 0) {
+        if ((fixed_port || wait_port(svc, log_offset) == 0) &&
+            wait_ready(svc) == 0) {
             rc = 0;
             goto cleanup;
         }
         if (svc->pid > 0) {
-            /* Still running but not ready: no point in another port. */
+            /* Still running but not ready: no point in another attempt. */
             h_service_print_log(svc, LOG_TAIL_LINES);
             h_service_kill(svc);
             goto cleanup;
@@ -619,9 +752,8 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
         fprintf(stderr,
                 "harness: %s exited with status %d while starting "
                 "(attempt %d of %d, port %u)\n",
-                name, svc->exit_status, attempt, START_ATTEMPTS,
-                (unsigned)svc->port);
-        if (attempt == START_ATTEMPTS)
+                name, svc->exit_status, attempt, attempts, (unsigned)svc->port);
+        if (attempt == attempts)
             h_service_print_log(svc, LOG_TAIL_LINES);
     }
 
@@ -635,16 +767,16 @@ int h_service_stop(struct h_service *svc)
     if (svc->pid <= 0)
         return svc->exit_status;
     kill(svc->pid, SIGTERM);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(STOP_TIMEOUT_MS);
+    struct h_waiter w;
+    h_wait_begin(&w, STOP_TIMEOUT_MS);
     while (!reap(svc)) {
-        if (moat_mono_ms() >= deadline) {
+        if (!h_wait_next(&w)) {
             fprintf(stderr, "harness: %s ignored SIGTERM for %u ms: killing\n",
                     svc->name, h_scaled_ms(STOP_TIMEOUT_MS));
             h_service_kill(svc);
             svc->exit_status = -1;
             break;
         }
-        h_sleep_ms(10);
     }
     if (svc->exit_status != 0) {
         fprintf(stderr, "harness: %s exited with status %d\n", svc->name,
@@ -835,6 +967,48 @@ json_t *h_resp_json(const struct h_resp *r)
     if (!r->body || r->body_len == 0)
         return NULL;
     return json_loadb(r->body, r->body_len, 0, NULL);
+}
+
+const char *h_jstr(const json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "";
+}
+
+json_int_t h_jint(const json_t *o, const char *key)
+{
+    return json_integer_value(json_object_get(o, key));
+}
+
+json_t *h_get_json(const char *url, const char *const *headers)
+{
+    struct h_resp r;
+    h_http(&r, "GET", url, headers, NULL, 0);
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    if (!j)
+        fail_msg("harness: GET %s: the body is not JSON: %.200s", url, r.body);
+    h_resp_release(&r);
+    return j;
+}
+
+double h_metric(const char *base_url, const char *series)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/metrics", base_url));
+    double v = -1;
+    size_t n = strlen(series);
+    for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
+            v = strtod(line + n + 1, NULL);
+            break;
+        }
+        line = strchr(line, '\n');
+        if (line)
+            line++;
+    }
+    h_resp_release(&r);
+    return v;
 }
 
 const char *h_fmt(const char *fmt, ...)

@@ -13,9 +13,11 @@
  * exit) kills whatever is still running. That makes every test runnable on
  * its own under gdb or valgrind.
  *
- * Timeouts are multiplied by $MOAT_TEST_TIMEOUT_MULT (default 1) for slow
- * machines and sanitizer builds. $MOAT_TEST_KEEP=1 keeps the temporary
- * directories (logs, databases) for a post-mortem.
+ * Every timeout and sleep is multiplied by one factor, $MOAT_TEST_TIMEOUT_MULT
+ * (or $MOAT_TEST_TIMEOUT_MULTIPLIER), default H_DEFAULT_TIMEOUT_MULT: a
+ * slow machine or a sanitizer build raises it, never a test. Tests wait on
+ * conditions (H_WAIT_UNTIL), not on clocks. $MOAT_TEST_KEEP=1 keeps the
+ * temporary directories (logs, databases) for a post-mortem.
  *
  * Ownership: strings inside struct h_service and struct h_resp belong to
  * the struct and are freed by h_service_release() / h_resp_release().
@@ -38,16 +40,72 @@
 
 /* ---- time and files ---- */
 
-/* $MOAT_TEST_TIMEOUT_MULT (a positive number), default 1. */
+/*
+ * Chosen so that the suite passes on 2 cores with `stress --cpu 2` running
+ * beside it (every wait is an upper bound: a larger factor costs time only
+ * when something is already wrong).
+ */
+#define H_DEFAULT_TIMEOUT_MULT 4.0
+
+/* $MOAT_TEST_TIMEOUT_MULT or $MOAT_TEST_TIMEOUT_MULTIPLIER (a positive
+ * number), default H_DEFAULT_TIMEOUT_MULT. */
 double h_timeout_mult(void);
 /* ms scaled by the multiplier. */
 unsigned h_scaled_ms(unsigned ms);
+/* Sleep ms, NOT scaled. Tests do not sleep to let something happen (they
+ * wait for it with H_WAIT_UNTIL); a sleep only paces a loop or proves that
+ * something does NOT happen within a window, said in a comment. */
 void h_sleep_ms(unsigned ms);
+
+/* ---- waiting on conditions ---- */
+
+/* The usual bound of a wait, before scaling. */
+#define H_WAIT_MS 15000
+
+/*
+ * Poll cond(arg) (first at once, then every 1..50 ms, backing off) until it
+ * returns true or timeout_ms (scaled) has passed. Returns whether it held.
+ */
+bool h_wait_until(bool (*cond)(void *arg), void *arg, unsigned timeout_ms);
+
+/*
+ * Re-evaluate expr until it is true; after timeout_ms (scaled) fail the
+ * test with "timed out after N ms waiting for <what>", where what is a
+ * printf format with arguments, plus expr's text and the logs of every
+ * running service. expr may have side effects (it runs once per poll):
+ *
+ *   H_WAIT_UNTIL(strcmp(order_step(id), "done") == 0, H_WAIT_MS,
+ *                "order %s to finish", id);
+ */
+#define H_WAIT_UNTIL(expr, timeout_ms, ...)                                    \
+    do {                                                                       \
+        struct h_waiter h_w_;                                                  \
+        h_wait_begin(&h_w_, (timeout_ms));                                     \
+        while (!(expr))                                                        \
+            if (!h_wait_next(&h_w_))                                           \
+                h_wait_fail_(&h_w_, __FILE__, __LINE__, #expr, __VA_ARGS__);   \
+    } while (0)
+
+/* The state of one H_WAIT_UNTIL (for code that needs its own loop). */
+struct h_waiter {
+    uint64_t start_ms, deadline_ms;
+    unsigned pause_ms, polls;
+};
+void h_wait_begin(struct h_waiter *w, unsigned timeout_ms);
+/* After a false poll: false once the deadline has passed, else pause
+ * (backing off) and return true. */
+bool h_wait_next(struct h_waiter *w);
+void h_wait_fail_(const struct h_waiter *w, const char *file, int line,
+                  const char *expr, const char *fmt, ...)
+    __attribute__((noreturn, format(printf, 5, 6)));
 
 /*
  * A free TCP port on 127.0.0.1 (bind to port 0, read it back, close).
- * Another process could take it before the service binds: h_service_start
- * retries with a new port when that happens. Aborts the test on failure.
+ * Another process could take it before the service binds: only for
+ * services that must know each other's URL before either starts (a cycle
+ * such as orders <-> inventory); h_service_start otherwise lets the
+ * service bind port 0 itself and reads the port back. Aborts the test on
+ * failure.
  */
 uint16_t h_free_port(void);
 
@@ -72,12 +130,13 @@ struct h_service {
 };
 
 /*
- * Start MOAT_BIN_DIR/moat-<name> on a free port and wait (up to 10 s,
- * scaled) until GET /readyz answers 200. The child inherits the test's
- * environment plus MOAT_SERVICE_NAME, MOAT_LISTEN, MOAT_DATA_DIR (when
- * data_dir is not NULL; the service creates it) and extra_env, a
- * NULL-terminated list of "NAME=value" (may be NULL), which wins over
- * everything else; a "MOAT_LISTEN=127.0.0.1:<port>" in it fixes the port
+ * Start MOAT_BIN_DIR/moat-<name> with MOAT_LISTEN=127.0.0.1:0, read the
+ * port it bound back from its "service started" log line (lib/service.c),
+ * and wait (up to 10 s, scaled) until GET /readyz answers 200. The child
+ * inherits the test's environment plus MOAT_SERVICE_NAME, MOAT_LISTEN,
+ * MOAT_DATA_DIR (when data_dir is not NULL; the service creates it) and
+ * extra_env, a NULL-terminated list of "NAME=value" (may be NULL), which wins
+ * over everything else; a "MOAT_LISTEN=127.0.0.1:<port>" in it fixes the port
  * (from h_free_port(), for services that must know each other's URL
  * before either starts). The log goes to <tmpdir>/<name>.log.
  *
@@ -151,6 +210,22 @@ void h_resp_release(struct h_resp *r);
 const char *h_resp_header(const struct h_resp *r, const char *name);
 /* Body parsed as JSON (new reference), or NULL if it is not JSON. */
 json_t *h_resp_json(const struct h_resp *r);
+
+/* ---- JSON and metrics ---- */
+
+/* o[key] as a string, "" when absent or not a string (borrowed from o). */
+const char *h_jstr(const json_t *o, const char *key);
+/* o[key] as an integer, 0 when absent. */
+json_int_t h_jint(const json_t *o, const char *key);
+/* GET url (200 expected, else the test fails) as JSON: a new reference.
+ * headers as for h_http (may be NULL). */
+json_t *h_get_json(const char *url, const char *const *headers);
+/*
+ * The value of one sample of base_url/metrics (Prometheus text), named
+ * exactly as written, labels included: "moat_http_requests_total{...}".
+ * -1 when the sample is absent or /metrics does not answer 200.
+ */
+double h_metric(const char *base_url, const char *series);
 
 /*
  * printf into one of 16 rotating static buffers of 4 KiB: handy for URLs
@@ -252,5 +327,49 @@ int64_t h_feed_publish(struct h_feed *f, const char *type, const char *subject,
                        const char *data_json);
 /* Stop the loop, answer parked readers, free everything. NULL is fine. */
 void h_feed_stop(struct h_feed *f);
+
+/* ---- a whole deployment from a deployment file ----
+ *
+ * The services of a deployment file (cli/deploy.h, e.g. the repository's
+ * moat.json) started as h_service_start would, each with its data in
+ * <tmpdir>/<name>-data, its log in <tmpdir>/<name>.log and the file's env:
+ * every "http://host:port" of a started service in an env value (and the
+ * gateway's routes) is rewritten to the port the service really got, and
+ * of a service not started to port 1, where nothing listens.
+ * Services start in file order on port 0 with the port read back; only a
+ * service whose URL an earlier one needs (a cycle: inventory calls orders,
+ * orders calls inventory) gets a port from h_free_port() beforehand.
+ * Shared secrets ("secrets", "${secret:NAME}") get fixed test values
+ * (h_deployment_secret); MOAT_JWT_SECRET and the keys stay the harness's.
+ */
+#define H_DEPLOY_MAX 16
+
+struct h_deployment {
+    struct deploy *d; /* the parsed file (cli/deploy.h), owned */
+    struct h_service svc[H_DEPLOY_MAX];
+    char **env[H_DEPLOY_MAX]; /* each one's extra environment, owned */
+    size_t n;                 /* started, in start order */
+};
+
+/*
+ * Start the services of file named in only (NULL-terminated; NULL = all).
+ * extra_env entries "NAME=value" go to every service, "service:NAME=value"
+ * to that one; they win over the file. Returns 0 when all are ready; else
+ * -1 (logs printed; call h_deployment_stop anyway). dep is zeroed first.
+ */
+int h_deployment_start(struct h_deployment *dep, const char *file,
+                       const char *tmpdir, const char *const *only,
+                       const char *const *extra_env);
+/* The started service name; fails the test when there is none. */
+struct h_service *h_deployment_service(struct h_deployment *dep,
+                                       const char *name);
+/* The test value of shared secret name (rotating buffer, like h_fmt). */
+const char *h_deployment_secret(const char *name);
+/* h_service_restart(svc) with the environment it was started with (same
+ * port, data and log); svc is one of dep's. */
+int h_deployment_restart(struct h_deployment *dep, struct h_service *svc);
+/* Stop every service (reverse start order), release everything. Returns
+ * how many did not exit 0. */
+int h_deployment_stop(struct h_deployment *dep);
 
 #endif /* MOAT_TEST_HARNESS_H */

@@ -20,34 +20,22 @@
 
 #include "harness.h"
 
-#define MERCHANT_KEY "moat-shop-key-0123456789abcdef"
-#define CONTROL_KEY  "control-key-0123456789abcdef"
-#define BOB          "usr_01J00000000000000000000BOB"
-#define TIMEOUT_MS   300  /* MOAT_GATEWAY_COMPOSE_TIMEOUT_MS */
-#define COOLDOWN_MS  1000 /* MOAT_GATEWAY_BREAKER_COOLDOWN_MS */
-#define FAILURES     5    /* MOAT_GATEWAY_BREAKER_FAILURES */
-#define MARGIN_MS    250  /* what a composition may take beyond its timeout */
+#define BOB         "usr_01J00000000000000000000BOB"
+#define TIMEOUT_MS  300  /* MOAT_GATEWAY_COMPOSE_TIMEOUT_MS */
+#define COOLDOWN_MS 1000 /* MOAT_GATEWAY_BREAKER_COOLDOWN_MS */
+#define FAILURES    5    /* MOAT_GATEWAY_BREAKER_FAILURES */
+#define MARGIN_MS   250  /* what a composition may take beyond its timeout */
 
 static struct {
     char *tmp;
-    struct h_service usr, cat, inv, pp, pay, ord, notif, gw;
-    uint16_t ord_port;
-    char env[24][512];
-    const char *pay_env[8], *ord_env[8], *gw_env[10], *inv_env[2], *pp_env[4],
-        *notif_env[2];
+    struct h_deployment dep; /* moat.json: the real wiring */
+    struct h_service *usr, *cat, *inv, *pp, *pay, *ord, *notif, *gw;
+    char env[8][512];
     char alice[64];
     char product[64];
     char order[64];
     unsigned timeout_ms; /* scaled */
 } F;
-
-/* ---- helpers ---- */
-
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
 
 static json_t *service_get(const char *url, const char *aud)
 {
@@ -65,7 +53,7 @@ static void details_as(struct h_resp *out, const char *order, const char *user,
                        const char *role)
 {
     const char *hdrs[] = {h_user_token(user, role, 3600), NULL};
-    h_http(out, "GET", h_fmt("%s/api/v1/orders/%s/details", F.gw.url, order),
+    h_http(out, "GET", h_fmt("%s/api/v1/orders/%s/details", F.gw->url, order),
            hdrs, NULL, 0);
 }
 
@@ -101,37 +89,19 @@ static const char *partial(json_t *j)
     return out;
 }
 
-/* A sample's value in the gateway's /metrics; -1 when absent. */
-static double metric(const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.gw.url));
-    h_assert_status(&r, 200);
-    double v = -1;
-    size_t len = strlen(series);
-    for (const char *p = r.body; p && *p;) {
-        if (strncmp(p, series, len) == 0 && p[len] == ' ') {
-            v = strtod(p + len + 1, NULL);
-            break;
-        }
-        p = strchr(p, '\n');
-        if (p)
-            p++;
-    }
-    h_resp_release(&r);
-    return v;
-}
-
 static double circuit(const char *backend)
 {
-    return metric(h_fmt("gateway_circuit_state{backend=\"%s\"}", backend));
+    return h_metric(F.gw->url,
+                    h_fmt("gateway_circuit_state{backend=\"%s\"}", backend));
 }
 
 static double failures(const char *backend, const char *reason)
 {
-    return metric(h_fmt("gateway_compose_backend_failures_total{backend=\"%s\","
-                        "reason=\"%s\"}",
-                        backend, reason));
+    return h_metric(
+        F.gw->url,
+        h_fmt("gateway_compose_backend_failures_total{backend=\"%s\","
+              "reason=\"%s\"}",
+              backend, reason));
 }
 
 /* Everything answers again: a full composition (which also resets every
@@ -140,14 +110,8 @@ static void assert_full(void)
 {
     json_t *j = NULL;
     /* A restarted service may need a moment for its pooled connections. */
-    for (int i = 0; i < 40; i++) {
-        json_decref(j);
-        j = details(NULL);
-        if (strcmp(partial(j), "") == 0)
-            break;
-        h_sleep_ms(50);
-    }
-    assert_string_equal(partial(j), "");
+    H_WAIT_UNTIL((json_decref(j), j = details(NULL), !*partial(j)), H_WAIT_MS,
+                 "a full composition (partial: %s)", partial(j));
     json_decref(j);
 }
 
@@ -169,25 +133,17 @@ static void signal_service(struct h_service *svc, int sig)
 
 /* ---- fixture ---- */
 
-static const char **envs(const char **list, size_t from, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        list[i] = F.env[from + i];
-    list[n] = NULL;
-    return list;
-}
-
 static void make_customer(void)
 {
     struct h_resp r;
     const char *hdrs[] = {h_service_token("users", NULL, NULL), NULL};
-    h_send_json(&r, "POST", h_fmt("%s/v1/users", F.usr.url),
+    h_send_json(&r, "POST", h_fmt("%s/v1/users", F.usr->url),
                 "{\"email\": \"alice@example.com\", \"password\": "
                 "\"correct horse battery\", \"display_name\": \"Alice\"}",
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.alice, sizeof(F.alice), "%s", jstr(j, "id"));
+    snprintf(F.alice, sizeof(F.alice), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
@@ -197,18 +153,18 @@ static void make_product(void)
     struct h_resp r;
     const char *admin[] = {h_service_token("catalog", "usr_admin", "admin"),
                            NULL};
-    h_send_json(&r, "POST", h_fmt("%s/v1/products", F.cat.url),
+    h_send_json(&r, "POST", h_fmt("%s/v1/products", F.cat->url),
                 "{\"sku\": \"COMP-1\", \"name\": \"Compose mug\", \"price\": "
                 "{\"amount\": 1500, \"currency\": \"EUR\"}}",
                 admin);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.product, sizeof(F.product), "%s", jstr(j, "id"));
+    snprintf(F.product, sizeof(F.product), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
     const char *inv[] = {h_service_token("inventory", "usr_admin", "admin"),
                          NULL};
-    h_send_json(&r, "PUT", h_fmt("%s/v1/stock/COMP-1", F.inv.url),
+    h_send_json(&r, "PUT", h_fmt("%s/v1/stock/COMP-1", F.inv->url),
                 "{\"on_hand\": 100, \"reason\": \"initial\"}", inv);
     h_assert_status(&r, 201);
     h_resp_release(&r);
@@ -220,43 +176,35 @@ static void place_order(void)
     struct h_resp r;
     const char *hdrs[] = {h_user_token(F.alice, "customer", 3600),
                           "Idempotency-Key: compose-1", NULL};
-    h_send_json(&r, "POST", h_fmt("%s/api/v1/orders", F.gw.url),
+    h_send_json(&r, "POST", h_fmt("%s/api/v1/orders", F.gw->url),
                 h_fmt("{\"lines\": [{\"product_id\": \"%s\", \"quantity\": "
                       "2}], \"card_token\": \"tok_ok\"}",
                       F.product),
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.order, sizeof(F.order), "%s", jstr(j, "id"));
+    snprintf(F.order, sizeof(F.order), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 
-    const char *url = h_fmt("%s/v1/orders/%s", F.ord.url, F.order);
+    const char *url = h_fmt("%s/v1/orders/%s", F.ord->url, F.order);
     char ourl[256];
     snprintf(ourl, sizeof(ourl), "%s", url);
-    bool done = false;
-    for (int i = 0; i < 1200 && !done; i++) {
-        j = service_get(ourl, "orders");
-        done = strcmp(jstr(j, "step"), "done") == 0;
-        if (done)
-            assert_string_equal(jstr(j, "status"), "confirmed");
-        json_decref(j);
-        if (!done)
-            h_sleep_ms(25);
-    }
-    assert_true(done);
+    j = NULL;
+    H_WAIT_UNTIL((json_decref(j), j = service_get(ourl, "orders"),
+                  strcmp(h_jstr(j, "step"), "done") == 0),
+                 H_WAIT_MS, "order %s to finish", F.order);
+    assert_string_equal(h_jstr(j, "status"), "confirmed");
+    json_decref(j);
     /* Both emails (placed, confirmed) recorded. */
     char nurl[256];
-    snprintf(nurl, sizeof(nurl), "%s/v1/notifications?order_id=%s", F.notif.url,
-             F.order);
+    snprintf(nurl, sizeof(nurl), "%s/v1/notifications?order_id=%s",
+             F.notif->url, F.order);
     size_t n = 0;
-    for (int i = 0; i < 400 && n < 2; i++) {
-        j = service_get(nurl, "notifications");
-        n = json_array_size(json_object_get(j, "notifications"));
-        json_decref(j);
-        if (n < 2)
-            h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL((j = service_get(nurl, "notifications"),
+                  n = json_array_size(json_object_get(j, "notifications")),
+                  json_decref(j), n >= 2),
+                 H_WAIT_MS, "2 notifications of order %s", F.order);
     assert_int_equal(n, 2);
 }
 
@@ -265,67 +213,32 @@ static int group_setup(void **state)
     MOAT_UNUSED(state);
     F.tmp = h_tmpdir_new("compose");
     F.timeout_ms = h_scaled_ms(TIMEOUT_MS);
-    F.ord_port = h_free_port();
-    char ord_url[64];
-    snprintf(ord_url, sizeof(ord_url), "http://127.0.0.1:%u",
-             (unsigned)F.ord_port);
-
-    if (h_service_start(&F.usr, "users", F.tmp, h_fmt("%s/users-data", F.tmp),
-                        NULL) != 0 ||
-        h_service_start(&F.cat, "catalog", F.tmp,
-                        h_fmt("%s/catalog-data", F.tmp), NULL) != 0)
-        return -1;
-    snprintf(F.env[0], 512, "MOAT_INVENTORY_ORDERS_URL=%s", ord_url);
-    if (h_service_start(&F.inv, "inventory", F.tmp,
-                        h_fmt("%s/inventory-data", F.tmp),
-                        envs(F.inv_env, 0, 1)) != 0)
-        return -1;
-    snprintf(F.env[1], 512, "MOAT_PAYPROVIDER_API_KEYS=moat-shop:%s",
-             MERCHANT_KEY);
-    snprintf(F.env[2], 512, "MOAT_PAYPROVIDER_CONTROL_KEY=%s", CONTROL_KEY);
-    snprintf(F.env[3], 512, "MOAT_PAYPROVIDER_LATENCY_MS=1");
-    if (h_service_start(&F.pp, "payprovider", F.tmp,
-                        h_fmt("%s/payprovider-data", F.tmp),
-                        envs(F.pp_env, 1, 3)) != 0)
-        return -1;
-    snprintf(F.env[4], 512, "MOAT_PAYMENTS_PROVIDER_URL=%s", F.pp.url);
-    snprintf(F.env[5], 512, "MOAT_PAYMENTS_PROVIDER_KEY=%s", MERCHANT_KEY);
-    snprintf(F.env[6], 512, "MOAT_PAYMENTS_ORDERS_URL=%s", ord_url);
-    if (h_service_start(&F.pay, "payments", F.tmp,
-                        h_fmt("%s/payments-data", F.tmp),
-                        envs(F.pay_env, 4, 3)) != 0)
-        return -1;
-    snprintf(F.env[7], 512, "MOAT_LISTEN=127.0.0.1:%u", (unsigned)F.ord_port);
-    snprintf(F.env[8], 512, "MOAT_ORDERS_CATALOG_URL=%s", F.cat.url);
-    snprintf(F.env[9], 512, "MOAT_ORDERS_INVENTORY_URL=%s", F.inv.url);
-    snprintf(F.env[10], 512, "MOAT_ORDERS_PAYMENTS_URL=%s", F.pay.url);
-    snprintf(F.env[11], 512, "MOAT_ORDERS_USERS_URL=%s", F.usr.url);
-    if (h_service_start(&F.ord, "orders", F.tmp, h_fmt("%s/orders-data", F.tmp),
-                        envs(F.ord_env, 7, 5)) != 0)
-        return -1;
-    snprintf(F.env[12], 512, "MOAT_NOTIFICATIONS_ORDERS_URL=%s", F.ord.url);
-    if (h_service_start(&F.notif, "notifications", F.tmp,
-                        h_fmt("%s/notifications-data", F.tmp),
-                        envs(F.notif_env, 12, 1)) != 0)
-        return -1;
-    /* Payments is internal: not routed, only a composition backend. */
-    snprintf(F.env[13], 512,
-             "MOAT_GATEWAY_ROUTES=/api/v1/products=catalog@%s/v1/products,"
-             "/api/v1/users=users@%s/v1/users,"
-             "/api/v1/orders=orders@%s/v1/orders,"
-             "/api/v1/notifications=notifications@%s/v1/notifications",
-             F.cat.url, F.usr.url, F.ord.url, F.notif.url);
-    snprintf(F.env[14], 512, "MOAT_GATEWAY_BACKENDS=payments@%s", F.pay.url);
-    snprintf(F.env[15], 512, "MOAT_GATEWAY_COMPOSE_TIMEOUT_MS=%u",
+    /* Payments is internal: not routed, only a composition backend
+     * (MOAT_GATEWAY_BACKENDS in moat.json). */
+    snprintf(F.env[0], 512, "gateway:MOAT_GATEWAY_COMPOSE_TIMEOUT_MS=%u",
              F.timeout_ms);
-    snprintf(F.env[16], 512, "MOAT_GATEWAY_BREAKER_FAILURES=%d", FAILURES);
-    snprintf(F.env[17], 512, "MOAT_GATEWAY_BREAKER_COOLDOWN_MS=%u",
+    snprintf(F.env[1], 512, "gateway:MOAT_GATEWAY_BREAKER_FAILURES=%d",
+             FAILURES);
+    snprintf(F.env[2], 512, "gateway:MOAT_GATEWAY_BREAKER_COOLDOWN_MS=%u",
              h_scaled_ms(COOLDOWN_MS));
-    snprintf(F.env[18], 512, "MOAT_GATEWAY_PUBLIC=GET /api/v1/products");
-    snprintf(F.env[19], 512, "MOAT_GATEWAY_RATE=0");
-    if (h_service_start(&F.gw, "gateway", F.tmp, NULL, envs(F.gw_env, 13, 7)) !=
-        0)
+    snprintf(F.env[3], 512, "gateway:MOAT_GATEWAY_RATE=0");
+    snprintf(F.env[4], 512, "payprovider:MOAT_PAYPROVIDER_LATENCY_MS=1");
+    const char *env[] = {F.env[0], F.env[1], F.env[2],
+                         F.env[3], F.env[4], NULL};
+    static const char *const only[] = {
+        "users",  "catalog",       "inventory", "payments", "payprovider",
+        "orders", "notifications", "gateway",   NULL};
+    if (h_deployment_start(&F.dep, MOAT_SOURCE_DIR "/moat.json", F.tmp, only,
+                           env) != 0)
         return -1;
+    F.usr = h_deployment_service(&F.dep, "users");
+    F.cat = h_deployment_service(&F.dep, "catalog");
+    F.inv = h_deployment_service(&F.dep, "inventory");
+    F.pp = h_deployment_service(&F.dep, "payprovider");
+    F.pay = h_deployment_service(&F.dep, "payments");
+    F.ord = h_deployment_service(&F.dep, "orders");
+    F.notif = h_deployment_service(&F.dep, "notifications");
+    F.gw = h_deployment_service(&F.dep, "gateway");
 
     make_customer();
     make_product();
@@ -336,18 +249,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     MOAT_UNUSED(state);
-    struct h_service *all[] = {&F.gw, &F.notif, &F.ord, &F.pay,
-                               &F.pp, &F.inv,   &F.cat, &F.usr};
-    int bad = 0;
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++) {
-        if (all[i]->pid > 0)
-            kill(all[i]->pid, SIGCONT); /* a test that failed mid-stop */
-        if (h_service_stop(all[i]) != 0) {
-            print_error("%s did not exit 0 on SIGTERM\n", all[i]->name);
-            bad++;
-        }
-        h_service_release(all[i]);
-    }
+    int bad = h_deployment_stop(&F.dep);
     h_auto_headers_clear();
     h_rmtree(F.tmp);
     free(F.tmp);
@@ -363,25 +265,26 @@ static void test_full_answer(void **state)
     json_t *j = details(&ms);
     assert_string_equal(partial(j), "");
     json_t *order = json_object_get(j, "order");
-    assert_string_equal(jstr(order, "id"), F.order);
-    assert_string_equal(jstr(order, "status"), "confirmed");
+    assert_string_equal(h_jstr(order, "id"), F.order);
+    assert_string_equal(h_jstr(order, "status"), "confirmed");
     json_t *customer = json_object_get(j, "customer");
-    assert_string_equal(jstr(customer, "id"), F.alice);
-    assert_string_equal(jstr(customer, "display_name"), "Alice");
+    assert_string_equal(h_jstr(customer, "id"), F.alice);
+    assert_string_equal(h_jstr(customer, "display_name"), "Alice");
     json_t *product =
         json_object_get(json_object_get(j, "products"), F.product);
-    assert_string_equal(jstr(product, "name"), "Compose mug");
+    assert_string_equal(h_jstr(product, "name"), "Compose mug");
     assert_int_equal(json_integer_value(json_object_get(
                          json_object_get(product, "price"), "amount")),
                      1500);
     json_t *payment = json_object_get(j, "payment");
-    assert_string_equal(jstr(payment, "order_id"), F.order);
-    assert_string_equal(jstr(payment, "status"), "captured");
+    assert_string_equal(h_jstr(payment, "order_id"), F.order);
+    assert_string_equal(h_jstr(payment, "status"), "captured");
     assert_int_equal(json_array_size(json_object_get(j, "notifications")), 2);
     json_decref(j);
     assert_within_timeout(ms);
-    assert_true(metric("gateway_compose_requests_total{result=\"complete\"}") >=
-                1);
+    assert_true(
+        h_metric(F.gw->url,
+                 "gateway_compose_requests_total{result=\"complete\"}") >= 1);
     for (int i = 0; i < 5; i++) {
         static const char *const b[] = {"orders", "users", "catalog",
                                         "payments", "notifications"};
@@ -397,7 +300,7 @@ static void test_admin_sees_any(void **state)
     h_assert_status(&r, 200);
     json_t *j = h_resp_json(&r);
     assert_string_equal(partial(j), "");
-    assert_string_equal(jstr(json_object_get(j, "customer"), "id"), F.alice);
+    assert_string_equal(h_jstr(json_object_get(j, "customer"), "id"), F.alice);
     json_decref(j);
     h_resp_release(&r);
 }
@@ -414,17 +317,18 @@ static void test_other_customer_404(void **state)
     h_resp_release(&r);
     /* No token: 401 like every non-public gateway route. */
     const char *none[] = {"Authorization:", NULL};
-    h_http(&r, "GET", h_fmt("%s/api/v1/orders/%s/details", F.gw.url, F.order),
+    h_http(&r, "GET", h_fmt("%s/api/v1/orders/%s/details", F.gw->url, F.order),
            none, NULL, 0);
     h_assert_problem(&r, 401);
     h_resp_release(&r);
     assert_true(
-        metric("gateway_compose_requests_total{result=\"not_found\"}") >= 2);
+        h_metric(F.gw->url,
+                 "gateway_compose_requests_total{result=\"not_found\"}") >= 2);
 }
 
 /* One backend killed (refused at once): exactly it is partial. */
 static void backend_killed(struct h_service *svc, const char *name,
-                           const char *const *env, const char *null_member)
+                           const char *null_member)
 {
     h_service_kill(svc);
     double ms = 0;
@@ -432,11 +336,11 @@ static void backend_killed(struct h_service *svc, const char *name,
     assert_string_equal(partial(j), name);
     if (null_member)
         assert_true(json_is_null(json_object_get(j, null_member)));
-    assert_string_equal(jstr(json_object_get(j, "order"), "id"), F.order);
+    assert_string_equal(h_jstr(json_object_get(j, "order"), "id"), F.order);
     json_decref(j);
     assert_within_timeout(ms);
     assert_true(failures(name, "connect") >= 1);
-    assert_int_equal(h_service_restart(svc, env), 0);
+    assert_int_equal(h_deployment_restart(&F.dep, svc), 0);
     assert_full();
 }
 
@@ -462,40 +366,40 @@ static void backend_stopped(struct h_service *svc, const char *name,
 static void test_users_down(void **state)
 {
     MOAT_UNUSED(state);
-    backend_killed(&F.usr, "users", NULL, "customer");
+    backend_killed(F.usr, "users", "customer");
 }
 
 static void test_catalog_down(void **state)
 {
     MOAT_UNUSED(state);
-    backend_killed(&F.cat, "catalog", NULL, NULL);
+    backend_killed(F.cat, "catalog", NULL);
 }
 
 static void test_payments_down(void **state)
 {
     MOAT_UNUSED(state);
-    backend_killed(&F.pay, "payments", F.pay_env, "payment");
+    backend_killed(F.pay, "payments", "payment");
 }
 
 static void test_notifications_down(void **state)
 {
     MOAT_UNUSED(state);
-    backend_killed(&F.notif, "notifications", F.notif_env, "notifications");
+    backend_killed(F.notif, "notifications", "notifications");
 }
 
 static void test_users_slow(void **state)
 {
     MOAT_UNUSED(state);
-    backend_stopped(&F.usr, "users", "customer");
+    backend_stopped(F.usr, "users", "customer");
 }
 
 static void test_catalog_slow(void **state)
 {
     MOAT_UNUSED(state);
-    signal_service(&F.cat, SIGSTOP);
+    signal_service(F.cat, SIGSTOP);
     double ms = 0;
     json_t *j = details(&ms);
-    signal_service(&F.cat, SIGCONT);
+    signal_service(F.cat, SIGCONT);
     assert_string_equal(partial(j), "catalog");
     /* Products catalog did not answer for are left out. */
     assert_int_equal(json_object_size(json_object_get(j, "products")), 0);
@@ -507,13 +411,13 @@ static void test_catalog_slow(void **state)
 static void test_payments_slow(void **state)
 {
     MOAT_UNUSED(state);
-    backend_stopped(&F.pay, "payments", "payment");
+    backend_stopped(F.pay, "payments", "payment");
 }
 
 static void test_notifications_slow(void **state)
 {
     MOAT_UNUSED(state);
-    backend_stopped(&F.notif, "notifications", "notifications");
+    backend_stopped(F.notif, "notifications", "notifications");
 }
 
 /* Without the order there is nothing to compose: 503 + Retry-After. */
@@ -521,23 +425,25 @@ static void test_orders_down(void **state)
 {
     MOAT_UNUSED(state);
     struct h_resp r;
-    signal_service(&F.ord, SIGSTOP);
+    signal_service(F.ord, SIGSTOP);
     details_as(&r, F.order, F.alice, "customer");
-    signal_service(&F.ord, SIGCONT);
+    signal_service(F.ord, SIGCONT);
     h_assert_problem(&r, 503);
     assert_non_null(h_resp_header(&r, "Retry-After"));
     assert_true(r.elapsed_ms < F.timeout_ms + h_scaled_ms(MARGIN_MS));
     h_resp_release(&r);
 
-    h_service_kill(&F.ord);
+    h_service_kill(F.ord);
     details_as(&r, F.order, F.alice, "customer");
     h_assert_problem(&r, 503);
     assert_non_null(h_resp_header(&r, "Retry-After"));
     h_resp_release(&r);
-    assert_int_equal(h_service_restart(&F.ord, F.ord_env), 0);
+    assert_int_equal(h_deployment_restart(&F.dep, F.ord), 0);
     assert_full();
     assert_true(
-        metric("gateway_compose_requests_total{result=\"unavailable\"}") >= 2);
+        h_metric(F.gw->url,
+                 "gateway_compose_requests_total{result=\"unavailable\"}") >=
+        2);
 }
 
 /* FAILURES consecutive failures open the circuit: calls are skipped at
@@ -546,7 +452,7 @@ static void test_breaker_opens_and_closes(void **state)
 {
     MOAT_UNUSED(state);
     double open0 = failures("notifications", "circuit_open");
-    h_service_kill(&F.notif);
+    h_service_kill(F.notif);
     for (int i = 0; i < FAILURES; i++) {
         json_t *j = details(NULL);
         assert_string_equal(partial(j), "notifications");
@@ -563,10 +469,11 @@ static void test_breaker_opens_and_closes(void **state)
     assert_true(circuit("users") == 0);
 
     /* Back, but the circuit stays open until the cool-down. */
-    assert_int_equal(h_service_restart(&F.notif, F.notif_env), 0);
+    assert_int_equal(h_deployment_restart(&F.dep, F.notif), 0);
     j = details(NULL);
     assert_string_equal(partial(j), "notifications");
     json_decref(j);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_true(circuit("notifications") == 2); /* a probe may pass */
     j = details(NULL);
@@ -576,16 +483,18 @@ static void test_breaker_opens_and_closes(void **state)
     assert_true(circuit("notifications") == 0);
 
     /* A failed probe opens it again at once. */
-    h_service_kill(&F.notif);
+    h_service_kill(F.notif);
     for (int i = 0; i < FAILURES; i++)
         json_decref(details(NULL));
     assert_true(circuit("notifications") == 1);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     j = details(NULL); /* the probe, refused */
     assert_string_equal(partial(j), "notifications");
     json_decref(j);
     assert_true(circuit("notifications") == 1);
-    assert_int_equal(h_service_restart(&F.notif, F.notif_env), 0);
+    assert_int_equal(h_deployment_restart(&F.dep, F.notif), 0);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_full();
     assert_true(circuit("notifications") == 0);
@@ -596,7 +505,7 @@ static void test_orders_breaker(void **state)
 {
     MOAT_UNUSED(state);
     struct h_resp r;
-    h_service_kill(&F.ord);
+    h_service_kill(F.ord);
     for (int i = 0; i < FAILURES; i++) {
         details_as(&r, F.order, F.alice, "customer");
         h_assert_problem(&r, 503);
@@ -609,7 +518,8 @@ static void test_orders_breaker(void **state)
     assert_non_null(h_resp_header(&r, "Retry-After"));
     h_resp_release(&r);
     assert_true(failures("orders", "circuit_open") == before + 1);
-    assert_int_equal(h_service_restart(&F.ord, F.ord_env), 0);
+    assert_int_equal(h_deployment_restart(&F.dep, F.ord), 0);
+    /* Time is the condition: the breaker's cool-down must pass. */
     h_sleep_ms(h_scaled_ms(COOLDOWN_MS) + 100);
     assert_full();
     assert_true(circuit("orders") == 0);
@@ -635,7 +545,7 @@ static void test_bench_details(void **state)
     snprintf(dur, sizeof(dur), "%ss", secs);
     snprintf(conn, sizeof(conn), "%s", conns && *conns ? conns : "32");
     snprintf(auth, sizeof(auth), "%s", h_user_token(F.alice, "customer", 3600));
-    snprintf(url, sizeof(url), "%s/api/v1/orders/%s/details", F.gw.url,
+    snprintf(url, sizeof(url), "%s/api/v1/orders/%s/details", F.gw->url,
              F.order);
     fflush(NULL);
     pid_t pid = fork();
@@ -650,8 +560,10 @@ static void test_bench_details(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     print_message(
         "partial answers under load: %.0f, complete: %.0f\n",
-        metric("gateway_compose_requests_total{result=\"partial\"}"),
-        metric("gateway_compose_requests_total{result=\"complete\"}"));
+        h_metric(F.gw->url,
+                 "gateway_compose_requests_total{result=\"partial\"}"),
+        h_metric(F.gw->url,
+                 "gateway_compose_requests_total{result=\"complete\"}"));
 }
 
 int main(void)

@@ -68,17 +68,6 @@ static unsigned rng_below(uint64_t *s, unsigned n)
     return (unsigned)(rng_next(s) % n);
 }
 
-static const char *jstr(const json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
-}
-
-static json_int_t jint(const json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
 static const char *const *service_env(const struct h_service *svc)
 {
     static const char *env[3];
@@ -108,25 +97,6 @@ static json_t *get_json(const char *url)
     assert_non_null(j);
     h_resp_release(&r);
     return j;
-}
-
-static double metric(const char *base_url, const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", base_url));
-    double v = -1;
-    size_t n = strlen(series);
-    for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    h_resp_release(&r);
-    return v;
 }
 
 /* ---- the writers ---- */
@@ -171,8 +141,8 @@ static bool writer_step(int me, uint64_t *rng, struct known *k, size_t *n,
         req(&r, "POST", h_fmt("%s/v1/products", F.cat.url), NULL, body);
         if (r.status == 201) {
             json_t *p = h_resp_json(&r);
-            snprintf(k[*n].id, sizeof(k[*n].id), "%s", jstr(p, "id"));
-            k[*n].version = jint(p, "version");
+            snprintf(k[*n].id, sizeof(k[*n].id), "%s", h_jstr(p, "id"));
+            k[*n].version = h_jint(p, "version");
             ack(fd, "create", k[*n].id, k[*n].version);
             (*n)++;
             json_decref(p);
@@ -199,7 +169,7 @@ static bool writer_step(int me, uint64_t *rng, struct known *k, size_t *n,
             req(&r, "PATCH", url, headers, body);
             if (r.status == 200) {
                 json_t *p = h_resp_json(&r);
-                k[i].version = jint(p, "version");
+                k[i].version = h_jint(p, "version");
                 ack(fd, "update", k[i].id, k[i].version);
                 json_decref(p);
                 acked = true;
@@ -338,11 +308,12 @@ static json_t *catalog_state(void)
         json_t *p;
         json_array_foreach(json_object_get(page, "items"), i, p)
         {
-            json_object_set_new(
-                all, jstr(p, "id"),
-                json_pack("{s:s, s:s, s:O, s:I}", "sku", jstr(p, "sku"), "name",
-                          jstr(p, "name"), "price", json_object_get(p, "price"),
-                          "version", jint(p, "version")));
+            json_object_set_new(all, h_jstr(p, "id"),
+                                json_pack("{s:s, s:s, s:O, s:I}", "sku",
+                                          h_jstr(p, "sku"), "name",
+                                          h_jstr(p, "name"), "price",
+                                          json_object_get(p, "price"),
+                                          "version", h_jint(p, "version")));
         }
         json_t *next = json_object_get(page, "next_cursor");
         if (json_is_string(next))
@@ -370,17 +341,17 @@ static json_t *search_state(void)
         json_array_foreach(json_object_get(page, "items"), i, hit)
         {
             json_t *doc = get_json(h_fmt("%s/v1/search/products/%s",
-                                         F.search.url, jstr(hit, "id")));
+                                         F.search.url, h_jstr(hit, "id")));
             /* The hit (index columns) and the document must agree. */
-            assert_string_equal(jstr(doc, "name"), jstr(hit, "name"));
+            assert_string_equal(h_jstr(doc, "name"), h_jstr(hit, "name"));
             assert_true(json_equal(json_object_get(doc, "price"),
                                    json_object_get(hit, "price")));
-            json_object_set_new(all, jstr(hit, "id"),
+            json_object_set_new(all, h_jstr(hit, "id"),
                                 json_pack("{s:s, s:s, s:O, s:I}", "sku",
-                                          jstr(hit, "sku"), "name",
-                                          jstr(hit, "name"), "price",
+                                          h_jstr(hit, "sku"), "name",
+                                          h_jstr(hit, "name"), "price",
                                           json_object_get(hit, "price"),
-                                          "version", jint(doc, "version")));
+                                          "version", h_jint(doc, "version")));
             json_decref(doc);
         }
         json_t *next = json_object_get(page, "next_cursor");
@@ -427,13 +398,26 @@ static void assert_acknowledged_durable(const json_t *cat)
                 fail_msg("acknowledged delete of %s was lost", key);
         } else if (!p && !json_object_get(maybe, key)) {
             fail_msg("acknowledged product %s was lost", key);
-        } else if (p && jint(p, "version") < json_integer_value(v)) {
+        } else if (p && h_jint(p, "version") < json_integer_value(v)) {
             fail_msg("acknowledged version %lld of %s was lost",
                      (long long)json_integer_value(v), key);
         }
     }
     json_decref(last);
     json_decref(maybe);
+}
+
+/* Search's cursor on catalog; no event may be dead-lettered, and the
+ * cursor never passes the head. */
+static int64_t search_cursor(void)
+{
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.search.url));
+    json_t *src = json_array_get(json_object_get(st, "sources"), 0);
+    int64_t cursor = h_jint(src, "cursor");
+    json_t *dead = json_object_get(src, "dead_letters");
+    assert_int_equal(h_jint(dead, "failed") + h_jint(dead, "blocked"), 0);
+    json_decref(st);
+    return cursor;
 }
 
 static void test_crash_consistency(void **state)
@@ -464,6 +448,8 @@ static void test_crash_consistency(void **state)
              kills[0] >= 3 && kills[1] >= 3) ||
             elapsed >= h_scaled_ms(CHAOS_MAX_MS))
             break;
+        /* Random pauses shape the chaos (when the kills come), nothing is
+         * waited for. */
         h_sleep_ms(200 + rng_below(&rng, 1300));
         /* Alternate, with a random twist, so that both die several times. */
         int which = (round + rng_below(&rng, 4) / 3) % 2;
@@ -489,24 +475,12 @@ static void test_crash_consistency(void **state)
     assert_true(kills[0] >= 1 && kills[1] >= 1);
 
     /* Catch-up: search's cursor reaches catalog's head. */
-    int64_t head = (int64_t)metric(F.cat.url, "moat_outbox_head_seq");
+    int64_t head = (int64_t)h_metric(F.cat.url, "moat_outbox_head_seq");
     assert_true(head >= (int64_t)acked);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(CATCH_UP_MS);
-    for (;;) {
-        json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.search.url));
-        json_t *src = json_array_get(json_object_get(st, "sources"), 0);
-        int64_t cursor = jint(src, "cursor");
-        json_t *dead = json_object_get(src, "dead_letters");
-        assert_int_equal(jint(dead, "failed") + jint(dead, "blocked"), 0);
-        json_decref(st);
-        if (cursor == head)
-            break;
-        assert_true(cursor < head);
-        if (moat_mono_ms() > deadline)
-            fail_msg("search stuck at %lld of catalog's %lld",
-                     (long long)cursor, (long long)head);
-        h_sleep_ms(50);
-    }
+    int64_t cursor = 0;
+    H_WAIT_UNTIL((cursor = search_cursor()) == head, CATCH_UP_MS,
+                 "search's cursor (at %lld) to reach catalog's head %lld",
+                 (long long)cursor, (long long)head);
 
     /* The index is exactly catalog's state. */
     json_t *cat = catalog_state();
@@ -539,8 +513,8 @@ static void test_crash_consistency(void **state)
 
     /* Every event took effect exactly once. */
     json_t *a = get_json(h_fmt("%s/_test/applications", F.search.url));
-    assert_int_equal(jint(a, "events"), head);
-    assert_int_equal(jint(a, "max_applications"), 1);
+    assert_int_equal(h_jint(a, "events"), head);
+    assert_int_equal(h_jint(a, "max_applications"), 1);
     json_decref(a);
 }
 

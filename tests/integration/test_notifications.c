@@ -49,14 +49,6 @@ static struct {
     struct h_service ntf;
 } F;
 
-/* ---- small helpers ---- */
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
-}
-
 /* "<prefix>_" + 12 random hex digits: ids of a test's own. */
 static void unique_id(const char *prefix, char out[32])
 {
@@ -103,28 +95,6 @@ static json_t *post_json(const char *url, long status)
     assert_non_null(j);
     h_resp_release(&r);
     return j;
-}
-
-/* A sample value from a Prometheus text page ("name{labels} value"). */
-static double metric(const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.ntf.url));
-    h_assert_status(&r, 200);
-    const char *line = r.body;
-    double v = -1;
-    size_t n = strlen(series);
-    while (line && *line) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    h_resp_release(&r);
-    return v;
 }
 
 static char *read_text(const char *path)
@@ -192,50 +162,46 @@ static json_t *of_order(const char *order)
 }
 
 /* Wait until order has n notifications, all delivered; returns them. */
+/* The order has exactly n notifications, all delivered (*list: the list
+ * last read, replaced). */
+static bool all_delivered(json_t **list, const char *order, size_t n)
+{
+    json_decref(*list);
+    *list = of_order(order);
+    size_t done = 0, i;
+    json_t *it;
+    json_array_foreach(*list, i, it)
+    {
+        if (json_is_integer(json_object_get(it, "delivered_at")))
+            done++;
+    }
+    return json_array_size(*list) == n && done == n;
+}
+
 static json_t *wait_delivered(const char *order, size_t n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *list = of_order(order);
-        size_t done = 0, i;
-        json_t *it;
-        json_array_foreach(list, i, it)
-        {
-            if (json_is_integer(json_object_get(it, "delivered_at")))
-                done++;
-        }
-        if (json_array_size(list) == n && done == n)
-            return list;
-        json_decref(list);
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.ntf, 40);
-            fail_msg("order %s never had %zu delivered notifications", order,
-                     n);
-        }
-        h_sleep_ms(25);
-    }
+    json_t *list = NULL;
+    H_WAIT_UNTIL(all_delivered(&list, order, n), WAIT_MS,
+                 "%zu delivered notifications of order %s", n, order);
+    return list;
 }
 
 /* Wait until the consumer's cursor is the feed's head and the backlog is
  * empty. */
+/* Notifications' cursor is at the feed's head, everything delivered. */
+static bool caught_up(void)
+{
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.ntf.url));
+    json_t *src = json_array_get(json_object_get(st, "sources"), 0);
+    bool at_head = json_integer_value(json_object_get(src, "cursor")) == F.head;
+    json_decref(st);
+    return at_head && h_metric(F.ntf.url, "notifications_undelivered") == 0;
+}
+
 static void wait_caught_up(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.ntf.url));
-        json_t *src = json_array_get(json_object_get(st, "sources"), 0);
-        bool at_head =
-            json_integer_value(json_object_get(src, "cursor")) == F.head;
-        json_decref(st);
-        if (at_head && metric("notifications_undelivered") == 0)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.ntf, 40);
-            fail_msg("notifications did not catch up with seq %lld",
-                     (long long)F.head);
-        }
-        h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL(caught_up(), WAIT_MS,
+                 "notifications to catch up with seq %lld", (long long)F.head);
 }
 
 /* The header value of name in message text (first line "Name: value"),
@@ -294,7 +260,7 @@ static size_t files_of(json_t *files, const char *order)
     json_t *f;
     json_object_foreach(files, name, f)
     {
-        if (strcmp(jstr(f, "order"), order) == 0)
+        if (strcmp(h_jstr(f, "order"), order) == 0)
             n++;
     }
     return n;
@@ -339,7 +305,7 @@ static json_t *with_status(json_t *list, const char *status)
     json_t *it;
     json_array_foreach(list, i, it)
     {
-        if (strcmp(jstr(it, "status"), status) == 0)
+        if (strcmp(h_jstr(it, "status"), status) == 0)
             return it;
     }
     fail_msg("no notification with status %s", status);
@@ -555,15 +521,15 @@ static void test_one_file_per_state_change(void **state)
 
     /* The confirmation: every header, the total with its currency. */
     json_t *n = with_status(l1, "confirmed");
-    assert_string_equal(jstr(n, "kind"), "order.confirmed");
-    assert_string_equal(jstr(n, "customer_id"), cust);
-    assert_string_equal(jstr(n, "order_id"), o1);
+    assert_string_equal(h_jstr(n, "kind"), "order.confirmed");
+    assert_string_equal(h_jstr(n, "customer_id"), cust);
+    assert_string_equal(h_jstr(n, "order_id"), o1);
     assert_true(json_is_integer(json_object_get(n, "created_at")));
-    char *msg = message_of(jstr(n, "id"));
+    char *msg = message_of(h_jstr(n, "id"));
     assert_header(msg, "From", "moat <orders@moat.local>");
     assert_header(msg, "To", h_fmt("%s@customers.invalid", cust));
-    assert_header(msg, "Subject", jstr(n, "subject"));
-    assert_header(msg, "Message-ID", h_fmt("<%s@moat.local>", jstr(n, "id")));
+    assert_header(msg, "Subject", h_jstr(n, "subject"));
+    assert_header(msg, "Message-ID", h_fmt("<%s@moat.local>", h_jstr(n, "id")));
     assert_header(msg, "X-Moat-Order", o1);
     assert_header(msg, "Content-Type", "text/plain; charset=utf-8");
     char *date = header(msg, "Date");
@@ -575,31 +541,34 @@ static void test_one_file_per_state_change(void **state)
         assert_header(msg, "X-Moat-Trace-Id", json_string_value(trace));
     assert_non_null(strstr(msg, "\r\n\r\n"));
     assert_non_null(strstr(msg, "24.00 EUR"));
-    assert_non_null(strstr(jstr(n, "subject"), o1));
+    assert_non_null(strstr(h_jstr(n, "subject"), o1));
     free(msg);
 
     /* The single notification has its body. */
     json_t *one =
-        get_json(h_fmt("%s/v1/notifications/%s", F.ntf.url, jstr(n, "id")));
-    assert_non_null(strstr(jstr(one, "body"), "24.00 EUR"));
+        get_json(h_fmt("%s/v1/notifications/%s", F.ntf.url, h_jstr(n, "id")));
+    assert_non_null(strstr(h_jstr(one, "body"), "24.00 EUR"));
     json_decref(one);
 
     /* The cancellation says why, in words. */
     n = with_status(l2, "cancelled");
-    assert_string_equal(jstr(n, "kind"), "order.cancelled");
-    msg = message_of(jstr(n, "id"));
+    assert_string_equal(h_jstr(n, "kind"), "order.cancelled");
+    msg = message_of(h_jstr(n, "id"));
     assert_non_null(strstr(msg, "your payment was declined"));
     assert_non_null(strstr(msg, "1.50 EUR"));
     free(msg);
     n = with_status(l2, "pending");
-    assert_string_equal(jstr(n, "kind"), "order.placed");
-    msg = message_of(jstr(n, "id"));
+    assert_string_equal(h_jstr(n, "kind"), "order.placed");
+    msg = message_of(h_jstr(n, "id"));
     assert_non_null(strstr(msg, "2 x Blue mug"));
     free(msg);
 
-    assert_true(metric("notifications_total{kind=\"order.placed\"}") >= 2);
-    assert_true(metric("notifications_total{kind=\"order.confirmed\"}") >= 1);
-    assert_true(metric("notifications_fallback_address_total") >= 4);
+    assert_true(
+        h_metric(F.ntf.url, "notifications_total{kind=\"order.placed\"}") >= 2);
+    assert_true(h_metric(F.ntf.url,
+                         "notifications_total{kind=\"order.confirmed\"}") >= 1);
+    assert_true(h_metric(F.ntf.url, "notifications_fallback_address_total") >=
+                4);
     json_decref(files);
     json_decref(l1);
     json_decref(l2);
@@ -649,6 +618,7 @@ static void test_kill_during_burst(void **state)
     for (int i = 0; i < BURST_ORDERS; i++) {
         placed(orders[i], cust, 100 + i);
         if (i == BURST_ORDERS / 2) {
+            /* Shapes the crash point only (any is valid): not a wait. */
             h_sleep_ms(5);
             h_service_kill(&F.ntf);
         }
@@ -660,7 +630,8 @@ static void test_kill_during_burst(void **state)
             cancelled(orders[i], cust, 100 + i, "out_of_stock");
     }
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
-    /* Killed again in the middle of catching up. */
+    /* Killed again in the middle of catching up (the pause shapes the
+     * crash point only: any is valid). */
     h_sleep_ms(10);
     h_service_kill(&F.ntf);
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
@@ -692,12 +663,8 @@ static void test_kill_between_rename_and_record(void **state)
         0);
     for (int i = 0; i < 6; i++)
         placed(orders[i], cust, 500);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (h_service_alive(&F.ntf)) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("the test hook never killed notifications");
-        h_sleep_ms(10);
-    }
+    H_WAIT_UNTIL(!h_service_alive(&F.ntf), WAIT_MS,
+                 "the test hook to kill notifications");
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(NULL)), 0);
     wait_caught_up();
     json_t *files = maildir_files();
@@ -734,7 +701,7 @@ static void test_list_and_authorisation(void **state)
         h_fmt("%s/v1/notifications?customer_id=%s&limit=2", F.ntf.url, a));
     json_t *items = json_object_get(p1, "notifications");
     assert_int_equal(json_array_size(items), 2);
-    const char *next = jstr(p1, "next_after");
+    const char *next = h_jstr(p1, "next_after");
     assert_true(next[0]);
     json_t *p2 =
         get_json(h_fmt("%s/v1/notifications?customer_id=%s&limit=2&after=%s",
@@ -747,7 +714,7 @@ static void test_list_and_authorisation(void **state)
                           "created_at", "delivered_at", "trace_id"};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(keys); i++)
         assert_non_null(json_object_get(first, keys[i]));
-    assert_string_equal(jstr(first, "customer_id"), a);
+    assert_string_equal(h_jstr(first, "customer_id"), a);
 
     /* Customer a sees only their own, whatever they ask for. */
     const char *as_a = h_service_token("notifications", a, "customer");
@@ -757,7 +724,7 @@ static void test_list_and_authorisation(void **state)
     json_t *it;
     json_array_foreach(json_object_get(own, "notifications"), i, it)
     {
-        assert_string_equal(jstr(it, "customer_id"), a);
+        assert_string_equal(h_jstr(it, "customer_id"), a);
     }
     assert_int_equal(json_array_size(json_object_get(own, "notifications")), 3);
     json_decref(own);
@@ -766,13 +733,13 @@ static void test_list_and_authorisation(void **state)
         h_fmt("%s/v1/notifications?customer_id=%s", F.ntf.url, b), as_a, 200);
     json_array_foreach(json_object_get(other, "notifications"), i, it)
     {
-        assert_string_equal(jstr(it, "customer_id"), a);
+        assert_string_equal(h_jstr(it, "customer_id"), a);
     }
     json_decref(other);
 
     /* b's notification is 404 for a, visible to b and to an admin. */
     json_t *lb = of_order(ob);
-    const char *bid = jstr(json_array_get(lb, 0), "id");
+    const char *bid = h_jstr(json_array_get(lb, 0), "id");
     const char *url = h_fmt("%s/v1/notifications/%s", F.ntf.url, bid);
     char url_copy[256];
     snprintf(url_copy, sizeof(url_copy), "%s", url);
@@ -847,18 +814,13 @@ static void test_malformed_event_parked(void **state)
         h_fmt("{\"order_id\":\"%s\",\"total\":1,\"currency\":\"EUR\"}", bad));
     placed(good, cust, 300);
     json_decref(wait_delivered(good, 1));
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *dl = get_json(
-            h_fmt("%s/v1/admin/dead-letters?subject=%s", F.ntf.url, bad));
-        size_t n = json_array_size(json_object_get(dl, "dead_letters"));
-        json_decref(dl);
-        if (n == 1)
-            break;
-        if (moat_mono_ms() > deadline)
-            fail_msg("the malformed event was never parked");
-        h_sleep_ms(50);
-    }
+    size_t n = 0;
+    json_t *dl_json;
+    H_WAIT_UNTIL((dl_json = get_json(h_fmt(
+                      "%s/v1/admin/dead-letters?subject=%s", F.ntf.url, bad)),
+                  n = json_array_size(json_object_get(dl_json, "dead_letters")),
+                  json_decref(dl_json), n == 1),
+                 WAIT_MS, "the malformed event parked as a dead letter");
     json_t *list = of_order(bad);
     assert_int_equal(json_array_size(list), 0);
     json_decref(list);
@@ -868,7 +830,7 @@ static void test_malformed_event_parked(void **state)
 static char *to_of(const char *order)
 {
     json_t *list = wait_delivered(order, 1);
-    char *msg = message_of(jstr(json_array_get(list, 0), "id"));
+    char *msg = message_of(h_jstr(json_array_get(list, 0), "id"));
     char *to = header(msg, "To");
     assert_non_null(to);
     free(msg);
@@ -900,7 +862,8 @@ static void test_customer_email(void **state)
              "MOAT_NOTIFICATIONS_TEST_ORDERS_API_URL=%s", S.url);
     assert_int_equal(h_service_stop(&F.ntf), 0);
     assert_int_equal(h_service_restart(&F.ntf, ntf_env(api_env)), 0);
-    double failures_before = metric(
+    double failures_before = h_metric(
+        F.ntf.url,
         "notifications_delivery_failures_total{reason=\"orders_unreachable\"}");
 
     for (int i = 0; i < NORDERS; i++)
@@ -926,7 +889,8 @@ static void test_customer_email(void **state)
     assert_int_equal(flaky.calls, 3);
     assert_true(flaky.token);
     assert_true(stub_get(o[OK]).token);
-    double failures_after = metric(
+    double failures_after = h_metric(
+        F.ntf.url,
         "notifications_delivery_failures_total{reason=\"orders_unreachable\"}");
     if (failures_before < 0)
         failures_before = 0;
@@ -943,18 +907,14 @@ static void test_customer_email(void **state)
     unique_id("ord", down);
     stub_set(down, cust, "\"carol@example.com\"", 200, 1000000);
     placed(down, cust, 10);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (stub_get(down).calls < 2) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("the unanswered order was not retried");
-        h_sleep_ms(20);
-    }
+    H_WAIT_UNTIL(stub_get(down).calls >= 2, WAIT_MS,
+                 "a retry of the unanswered order");
     json_t *list = of_order(down);
     assert_int_equal(json_array_size(list), 1);
     assert_true(
         json_is_null(json_object_get(json_array_get(list, 0), "delivered_at")));
     json_decref(list);
-    assert_true(metric("notifications_undelivered") >= 1);
+    assert_true(h_metric(F.ntf.url, "notifications_undelivered") >= 1);
     assert_int_equal(h_service_stop(&F.ntf), 0);
     stub_stop();
     /* Back on the test feed's API (404): the fallback address. */
@@ -978,7 +938,7 @@ static json_t *all_notifications(void)
         json_t *it;
         json_array_foreach(json_object_get(page, "notifications"), i, it)
         {
-            json_object_set(all, jstr(it, "id"), it);
+            json_object_set(all, h_jstr(it, "id"), it);
         }
         json_t *next = json_object_get(page, "next_after");
         bool more = json_is_string(next);
@@ -1031,13 +991,15 @@ static void test_replay(void **state)
      * file written again. */
     json_decref(post_json(h_fmt("%s/v1/admin/replay", F.ntf.url), 202));
     wait_caught_up();
-    h_sleep_ms(300); /* a delivery would have happened by now */
+    /* A window in which no delivery may happen (one would have by now),
+     * not a wait. */
+    h_sleep_ms(300);
     json_t *after = all_notifications();
     assert_json_equal(before, after);
     json_t *files_after = maildir_files();
     assert_json_equal(files_before, files_after);
     assert_int_equal(dir_entries(F.tmp_dir), 0);
-    assert_true(metric("notifications_undelivered") == 0);
+    assert_true(h_metric(F.ntf.url, "notifications_undelivered") == 0);
     json_decref(before);
     json_decref(after);
     json_decref(files_before);

@@ -73,20 +73,21 @@ static json_t *get_order(const char *id)
     return j;
 }
 
+/* The order's step is step (o holds the order last read, replaced). */
+static bool at_step(json_t **o, const char *id, const char *step)
+{
+    json_decref(*o);
+    *o = get_order(id);
+    return strcmp(h_jstr(*o, "step"), step) == 0;
+}
+
 /* Wait until the order's step is step; returns the order. */
 static json_t *wait_step(const char *id, const char *step)
 {
-    for (int i = 0; i < 600; i++) {
-        json_t *o = get_order(id);
-        if (strcmp(json_string_value(json_object_get(o, "step")), step) == 0)
-            return o;
-        json_decref(o);
-        h_sleep_ms(25);
-    }
-    json_t *o = get_order(id);
-    fail_msg("order %s never reached step %s: %s", id, step,
-             json_dumps(o, JSON_COMPACT));
-    return NULL;
+    json_t *o = NULL;
+    H_WAIT_UNTIL(at_step(&o, id, step), H_WAIT_MS, "order %s at step %s", id,
+                 step);
+    return o;
 }
 
 /* The types orders published for subject id, in feed order, joined by
@@ -165,7 +166,17 @@ static void assert_final(const char *id, const char *status, const char *reason)
 
 /* ---- fixture ---- */
 
-static const char *const *orders_env(void)
+/*
+ * The saga's step deadline (MOAT_ORDERS_STEP_TIMEOUT_MS). Tests that expect
+ * an order to be confirmed get a long one, scaled like every wait, so a
+ * loaded machine cannot make it pass; the deadline test restarts orders
+ * with a short one on purpose (STEP_TIMEOUT_SHORT_MS, not scaled: it is
+ * what is tested, and the wait for it is scaled).
+ */
+#define STEP_TIMEOUT_MS       15000
+#define STEP_TIMEOUT_SHORT_MS 1500
+
+static const char *const *orders_env_with(unsigned step_timeout_ms)
 {
     snprintf(F.env[0], sizeof(F.env[0]), "MOAT_ORDERS_CATALOG_URL=%s",
              F.cat.url);
@@ -176,12 +187,17 @@ static const char *const *orders_env(void)
     snprintf(F.env[3], sizeof(F.env[3]), "MOAT_ORDERS_USERS_URL=%s",
              h_feed_url(F.users));
     snprintf(F.env[4], sizeof(F.env[4]), "MOAT_ORDERS_STEP_TIMEOUT_MS=%u",
-             h_scaled_ms(1500));
+             step_timeout_ms);
     static const char *env[6];
     for (int i = 0; i < 5; i++)
         env[i] = F.env[i];
     env[5] = NULL;
     return env;
+}
+
+static const char *const *orders_env(void)
+{
+    return orders_env_with(h_scaled_ms(STEP_TIMEOUT_MS));
 }
 
 static void create_product(const char *sku, const char *currency, char out[64])
@@ -314,6 +330,10 @@ static void test_declined(void **state)
 static void test_deadline_and_late_reply(void **state)
 {
     MOAT_UNUSED(state);
+    /* Orders with a short deadline, on purpose: it is what is tested. */
+    assert_int_equal(h_service_stop(&F.ord), 0);
+    assert_int_equal(
+        h_service_restart(&F.ord, orders_env_with(STEP_TIMEOUT_SHORT_MS)), 0);
     char id[64];
     place_ok(ALICE, "late-1", "tok_ok", id);
     reply(F.inv, "StockReserved", id, NULL);
@@ -340,6 +360,9 @@ static void test_deadline_and_late_reply(void **state)
     json_decref(wait_step(id, "compensating"));
     reply(F.inv, "StockReleased", id, "\"tombstone\": true");
     assert_final(id, "cancelled", "deadline_exceeded");
+    /* Back to the long deadline for the tests that expect confirmed. */
+    assert_int_equal(h_service_stop(&F.ord), 0);
+    assert_int_equal(h_service_restart(&F.ord, orders_env()), 0);
 }
 
 static void test_customer_cancel(void **state)
@@ -434,7 +457,10 @@ static void test_idempotency_key_in_progress(void **state)
         place(&r, BOB, "busy-1", order_body(F.product, 1, "tok_ok"));
         _exit(r.status == 201 ? 0 : 1);
     }
-    h_sleep_ms(h_scaled_ms(300));
+    /* The child's request is in orders (in flight besides our /metrics)
+     * and, catalog being stopped, stays there. */
+    H_WAIT_UNTIL(h_metric(F.ord.url, "moat_http_requests_in_flight") >= 2,
+                 H_WAIT_MS, "the first busy-1 request in orders");
     struct h_resp r;
     place(&r, BOB, "busy-1", order_body(F.product, 1, "tok_ok"));
     h_assert_problem(&r, 409);

@@ -318,12 +318,8 @@ static int held_count(const struct h_service *s)
 /* Wait until s holds at least n requests (10 s, scaled). */
 static void wait_held(const struct h_service *s, int n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(10000);
-    while (held_count(s) < n) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("the provider never held %d request(s)", n);
-        h_sleep_ms(10);
-    }
+    H_WAIT_UNTIL(held_count(s) >= n, 10000,
+                 "the provider to hold %d request(s)", n);
 }
 
 /* ---- group ---- */
@@ -1251,6 +1247,7 @@ static void test_idempotency_expiry(void **state)
             auth_body(200, "EUR", "tok_ok", "exp-2"));
     h_assert_problem(&r, 422);
     h_resp_release(&r);
+    /* Time is the condition: the key's TTL (2 s here) must pass. */
     h_sleep_ms(2200);
     /* Expired: the key is free for a new operation. */
     post_at(&r, &pp, AUTH_A, "/v1/authorizations", key,

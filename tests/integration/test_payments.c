@@ -514,7 +514,8 @@ static void test_timeout_then_recovery(void **state)
     json_decref(pr);
 
     /* Let the held authorization complete at the provider. */
-    h_sleep_ms(h_scaled_ms(TIMEOUT_MS * 2));
+    H_WAIT_UNTIL(provider_count("JPY", "authorizations") > before, H_WAIT_MS,
+                 "the held authorization to complete at the provider");
     control(DEFAULT_KNOBS);
     pay_post(&r, "/v1/payments", key, body);
     h_assert_status(&r, 201);

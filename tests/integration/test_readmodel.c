@@ -57,20 +57,8 @@ static struct {
     /* Lines seen in the read model paid at another price than now, and of
      * a deleted product (proof the workload changed catalog under them). */
     size_t repriced_lines, deleted_lines;
+    char consumer_state[2048]; /* the consumer state last seen, for messages */
 } F;
-
-/* ---- small helpers ---- */
-
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
-
-static json_int_t jint(json_t *j, const char *k)
-{
-    return json_integer_value(json_object_get(j, k));
-}
 
 /* GET url with a token for aud (user and role may be NULL), expecting
  * status; the JSON body (new reference). */
@@ -90,27 +78,6 @@ static json_t *get_as(const char *url, const char *aud, const char *user,
 static json_t *get_json(const char *url, const char *aud)
 {
     return get_as(url, aud, NULL, NULL, 200);
-}
-
-static double metric(const char *base, const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", base));
-    h_assert_status(&r, 200);
-    double v = -1;
-    size_t n = strlen(series);
-    const char *line = r.body;
-    while (line && *line) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    h_resp_release(&r);
-    return v;
 }
 
 static void assert_json_equal(const json_t *want, const json_t *got)
@@ -143,7 +110,7 @@ static void cat_patch(const char *id, const char *patch)
     json_t *p = cat_get(id, &st);
     assert_int_equal(st, 200);
     const char *hdrs[] = {
-        h_fmt("If-Match: \"v%lld\"", (long long)jint(p, "version")), NULL};
+        h_fmt("If-Match: \"v%lld\"", (long long)h_jint(p, "version")), NULL};
     json_decref(p);
     struct h_resp r;
     h_send_json(&r, "PATCH", h_fmt("%s/v1/products/%s", F.cat.url, id), patch,
@@ -165,7 +132,7 @@ static void place(const char *customer, const char *lines, const char *card,
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(out, 64, "%s", jstr(j, "id"));
+    snprintf(out, 64, "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
@@ -183,19 +150,19 @@ static void cancel(const char *customer, const char *id)
 }
 
 /* Wait (bounded) until the order's saga is done; returns the order. */
+/* The order is done (o: the order last read, replaced). */
+static bool order_done(json_t **o, const char *id)
+{
+    json_decref(*o);
+    *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
+    return strcmp(h_jstr(*o, "step"), "done") == 0;
+}
+
 static json_t *wait_final(const char *id)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
-        if (strcmp(jstr(o, "step"), "done") == 0)
-            return o;
-        if (moat_mono_ms() > deadline)
-            fail_msg("order %s never finished: %s", id,
-                     json_dumps(o, JSON_COMPACT));
-        json_decref(o);
-        h_sleep_ms(25);
-    }
+    json_t *o = NULL;
+    H_WAIT_UNTIL(order_done(&o, id), WAIT_MS, "order %s to finish", id);
+    return o;
 }
 
 /* Wait until every notification is delivered (its NotificationSent is
@@ -203,26 +170,18 @@ static json_t *wait_final(const char *id)
  * feed. */
 static void wait_notifications_sent(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        bool done = metric(F.notif.url, "moat_consumer_lag_events{source="
-                                        "\"orders\"}") == 0 &&
-                    metric(F.notif.url, "notifications_undelivered") == 0;
-        if (done)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.notif, 30);
-            fail_msg("notifications did not deliver everything");
-        }
-        h_sleep_ms(50);
-    }
+    H_WAIT_UNTIL(h_metric(F.notif.url,
+                          "moat_consumer_lag_events{source=\"orders\"}") == 0 &&
+                     h_metric(F.notif.url, "notifications_undelivered") == 0,
+                 WAIT_MS, "notifications to deliver everything");
 }
 
 /* ---- the read model ---- */
 
 /* Wait until the read model's cursor on every source is the source's
  * head and its lag gauges say 0. */
-static void wait_caught_up(void)
+/* The read model is at the head of its four sources. */
+static bool caught_up(void)
 {
     const struct {
         const char *name;
@@ -233,43 +192,39 @@ static void wait_caught_up(void)
         {"payments", &F.pay},
         {"notifications", &F.notif},
     };
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *st =
-            get_json(h_fmt("%s/v1/admin/consumer", F.rm.url), "readmodel");
-        json_t *list = json_object_get(st, "sources");
-        bool done = json_array_size(list) == MOAT_ARRAY_LEN(srcs) &&
-                    !json_is_true(json_object_get(st, "paused"));
-        for (size_t i = 0; done && i < MOAT_ARRAY_LEN(srcs); i++) {
-            double head = metric(srcs[i].svc->url, "moat_outbox_head_seq");
-            json_t *src = NULL;
-            size_t k;
-            json_t *s;
-            json_array_foreach(list, k, s)
-            {
-                if (strcmp(jstr(s, "source"), srcs[i].name) == 0)
-                    src = s;
-            }
-            done = src && (double)jint(src, "cursor") == head &&
-                   jint(src, "lag_events") == 0 &&
-                   metric(F.rm.url,
-                          h_fmt("moat_consumer_lag_events{source=\"%s\"}",
-                                srcs[i].name)) == 0;
+    json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.rm.url), "readmodel");
+    json_t *list = json_object_get(st, "sources");
+    bool done = json_array_size(list) == MOAT_ARRAY_LEN(srcs) &&
+                !json_is_true(json_object_get(st, "paused"));
+    for (size_t i = 0; done && i < MOAT_ARRAY_LEN(srcs); i++) {
+        double head = h_metric(srcs[i].svc->url, "moat_outbox_head_seq");
+        json_t *src = NULL;
+        size_t k;
+        json_t *s;
+        json_array_foreach(list, k, s)
+        {
+            if (strcmp(h_jstr(s, "source"), srcs[i].name) == 0)
+                src = s;
         }
-        if (done) {
-            json_decref(st);
-            return;
-        }
-        if (moat_mono_ms() > deadline) {
-            char *t = json_dumps(st, JSON_INDENT(2));
-            print_error("read model consumer: %s\n", t);
-            free(t);
-            h_service_print_log(&F.rm, 30);
-            fail_msg("the read model did not catch up");
-        }
-        json_decref(st);
-        h_sleep_ms(50);
+        done =
+            src && (double)h_jint(src, "cursor") == head &&
+            h_jint(src, "lag_events") == 0 &&
+            h_metric(F.rm.url, h_fmt("moat_consumer_lag_events{source=\"%s\"}",
+                                     srcs[i].name)) == 0;
     }
+    if (!done) {
+        char *t = json_dumps(st, JSON_COMPACT);
+        snprintf(F.consumer_state, sizeof(F.consumer_state), "%s", t);
+        free(t);
+    }
+    json_decref(st);
+    return done;
+}
+
+static void wait_caught_up(void)
+{
+    H_WAIT_UNTIL(caught_up(), WAIT_MS, "the read model to catch up (%s)",
+                 F.consumer_state);
 }
 
 /* customer's whole history from the read model, page by page, as the
@@ -298,10 +253,11 @@ static json_t *history(const char *customer, json_t *placed)
                 json_t *now = json_object_get(l, "current_price");
                 if (json_is_null(now))
                     F.deleted_lines++;
-                else if (jint(l, "unit_price_paid") != json_integer_value(now))
+                else if (h_jint(l, "unit_price_paid") !=
+                         json_integer_value(now))
                     F.repriced_lines++;
             }
-            json_object_set(placed, jstr(o, "order_id"),
+            json_object_set(placed, h_jstr(o, "order_id"),
                             json_object_get(o, "placed_at"));
             json_object_del(o, "placed_at");
             json_array_append(all, o);
@@ -332,8 +288,8 @@ static json_t *recompute(const char *customer, json_t *created)
     json_t *o;
     json_array_foreach(json_object_get(list, "orders"), i, o)
     {
-        assert_string_equal(jstr(o, "customer_id"), customer);
-        const char *id = jstr(o, "id");
+        assert_string_equal(h_jstr(o, "customer_id"), customer);
+        const char *id = h_jstr(o, "id");
         json_object_set(created, id, json_object_get(o, "created_at"));
 
         json_t *lines = json_array();
@@ -342,21 +298,21 @@ static json_t *recompute(const char *customer, json_t *created)
         json_array_foreach(json_object_get(o, "lines"), k, l)
         {
             long st;
-            json_t *p = cat_get(jstr(l, "product_id"), &st);
+            json_t *p = cat_get(h_jstr(l, "product_id"), &st);
             assert_true(st == 200 || st == 404);
             json_t *price = json_object_get(p, "price");
             json_array_append_new(
                 lines,
                 json_pack(
                     "{s:s, s:s, s:s, s:o, s:I, s:o, s:o, s:I}", "product_id",
-                    jstr(l, "product_id"), "sku", jstr(l, "sku"), "name",
-                    jstr(l, "name"), "current_name",
-                    p ? json_string(jstr(p, "name")) : json_null(),
-                    "unit_price_paid", jint(l, "unit_price"), "current_price",
-                    p ? json_integer(jint(price, "amount")) : json_null(),
+                    h_jstr(l, "product_id"), "sku", h_jstr(l, "sku"), "name",
+                    h_jstr(l, "name"), "current_name",
+                    p ? json_string(h_jstr(p, "name")) : json_null(),
+                    "unit_price_paid", h_jint(l, "unit_price"), "current_price",
+                    p ? json_integer(h_jint(price, "amount")) : json_null(),
                     "current_currency",
-                    p ? json_string(jstr(price, "currency")) : json_null(),
-                    "quantity", jint(l, "quantity")));
+                    p ? json_string(h_jstr(price, "currency")) : json_null(),
+                    "quantity", h_jint(l, "quantity")));
             json_decref(p);
         }
 
@@ -365,8 +321,8 @@ static json_t *recompute(const char *customer, json_t *created)
         json_t *items = json_object_get(pays, "items");
         json_t *last = json_array_get(items, json_array_size(items) - 1);
         json_t *payment =
-            last ? json_pack("{s:s, s:s}", "payment_id", jstr(last, "id"),
-                             "status", jstr(last, "status"))
+            last ? json_pack("{s:s, s:s}", "payment_id", h_jstr(last, "id"),
+                             "status", h_jstr(last, "status"))
                  : json_null();
         json_decref(pays);
 
@@ -379,19 +335,19 @@ static json_t *recompute(const char *customer, json_t *created)
         {
             json_t *at = json_object_get(n, "delivered_at");
             if (json_is_integer(at))
-                json_array_append_new(sent, json_pack("{s:s, s:s, s:O}", "kind",
-                                                      jstr(n, "kind"), "status",
-                                                      jstr(n, "status"),
-                                                      "sent_at", at));
+                json_array_append_new(
+                    sent,
+                    json_pack("{s:s, s:s, s:O}", "kind", h_jstr(n, "kind"),
+                              "status", h_jstr(n, "status"), "sent_at", at));
         }
         json_decref(ntfs);
 
         json_array_append_new(
             all, json_pack("{s:s, s:s, s:O, s:I, s:s, s:o, s:o, s:o}",
-                           "order_id", id, "status", jstr(o, "status"),
+                           "order_id", id, "status", h_jstr(o, "status"),
                            "cancel_reason", json_object_get(o, "cancel_reason"),
-                           "total", jint(o, "total"), "currency",
-                           jstr(o, "currency"), "lines", lines, "payment",
+                           "total", h_jint(o, "total"), "currency",
+                           h_jstr(o, "currency"), "lines", lines, "payment",
                            payment, "notifications", sent));
     }
     json_decref(list);
@@ -446,7 +402,7 @@ static void assert_verify_identical(void)
         fail();
     }
     assert_int_equal(json_array_size(json_object_get(v, "differences")), 0);
-    assert_true(jint(v, "events") > 0);
+    assert_true(h_jint(v, "events") > 0);
     json_decref(v);
 }
 
@@ -541,7 +497,7 @@ static int group_setup(void **state)
                     NULL);
         h_assert_status(&r, 201);
         json_t *j = h_resp_json(&r);
-        snprintf(F.products[i], sizeof(F.products[i]), "%s", jstr(j, "id"));
+        snprintf(F.products[i], sizeof(F.products[i]), "%s", h_jstr(j, "id"));
         json_decref(j);
         h_resp_release(&r);
         h_send_json(&r, "PUT",
@@ -633,18 +589,18 @@ static void test_workload_matches_sources(void **state)
     for (int i = 0; i < norders; i++) {
         json_t *o =
             get_json(h_fmt("%s/v1/orders/%s", F.ord.url, ids[i]), "orders");
-        if (strcmp(jstr(o, "status"), "confirmed") == 0 && rand() % 6 == 0)
+        if (strcmp(h_jstr(o, "status"), "confirmed") == 0 && rand() % 6 == 0)
             cancel(customers[owner[i]], ids[i]);
         json_decref(o);
     }
     for (int i = 0; i < norders; i++) {
         json_t *o = wait_final(ids[i]);
-        if (strcmp(jstr(o, "status"), "confirmed") == 0) {
+        if (strcmp(h_jstr(o, "status"), "confirmed") == 0) {
             confirmed++;
         } else {
-            const char *why = jstr(o, "cancel_reason");
+            const char *why = h_jstr(o, "cancel_reason");
             json_object_set_new(reasons, why,
-                                json_integer(jint(reasons, why) + 1));
+                                json_integer(h_jint(reasons, why) + 1));
         }
         json_decref(o);
     }

@@ -29,6 +29,7 @@
 #define STOCK_AB      200
 #define STOCK_C       5
 #define NPRODUCTS     3
+#define WAIT_MS       60000 /* for the saga or the consumer, scaled */
 
 static struct {
     char *tmp;
@@ -44,19 +45,6 @@ static const char *const skus[NPRODUCTS] = {"REP-A", "REP-B", "REP-C"};
 static const char *const names[NPRODUCTS] = {"Mug, \\\"large\\\"", "Teapot",
                                              "Rare vase"};
 static const int prices[NPRODUCTS] = {1000, 2500, 700};
-
-/* ---- calls ---- */
-
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
-
-static json_int_t jint(json_t *j, const char *k)
-{
-    return json_integer_value(json_object_get(j, k));
-}
 
 static json_t *get_json(const char *url, const char *aud)
 {
@@ -92,7 +80,7 @@ static void place(const char *user, const char *key, const char *lines,
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(out, 64, "%s", jstr(j, "id"));
+    snprintf(out, 64, "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
@@ -103,17 +91,19 @@ static const char *line(int product, int qty)
                  F.product[product], qty);
 }
 
+/* The order is done (o: the order last read, replaced). */
+static bool order_done(json_t **o, const char *id)
+{
+    json_decref(*o);
+    *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
+    return strcmp(h_jstr(*o, "step"), "done") == 0;
+}
+
 static json_t *wait_final(const char *id)
 {
-    for (int i = 0; i < 2400; i++) {
-        json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
-        if (strcmp(jstr(o, "step"), "done") == 0)
-            return o;
-        json_decref(o);
-        h_sleep_ms(25);
-    }
-    fail_msg("order %s never became final", id);
-    return NULL;
+    json_t *o = NULL;
+    H_WAIT_UNTIL(order_done(&o, id), WAIT_MS, "order %s to finish", id);
+    return o;
 }
 
 static void cancel(const char *user, const char *id)
@@ -127,30 +117,30 @@ static void cancel(const char *user, const char *id)
 }
 
 /* Until reporting's four sources are at their heads. */
+/* Reporting's consumer is at the head of its four sources. */
+static bool caught_up(void)
+{
+    json_t *c = get_json(h_fmt("%s/v1/admin/consumer", F.rep.url), "reporting");
+    json_t *sources = json_object_get(c, "sources");
+    bool done = json_array_size(sources) == 4 &&
+                !json_is_true(json_object_get(c, "paused"));
+    size_t k;
+    json_t *s;
+    json_array_foreach(sources, k, s)
+    {
+        if (h_jint(s, "lag_events") != 0 ||
+            h_jint(s, "cursor") != h_jint(s, "head") || h_jint(s, "head") <= 0)
+            done = false;
+        json_t *dead = json_object_get(s, "dead_letters");
+        assert_int_equal(h_jint(dead, "failed"), 0);
+    }
+    json_decref(c);
+    return done;
+}
+
 static void wait_caught_up(void)
 {
-    for (int i = 0; i < 1200; i++) {
-        json_t *c =
-            get_json(h_fmt("%s/v1/admin/consumer", F.rep.url), "reporting");
-        json_t *sources = json_object_get(c, "sources");
-        bool done = json_array_size(sources) == 4 &&
-                    !json_is_true(json_object_get(c, "paused"));
-        size_t k;
-        json_t *s;
-        json_array_foreach(sources, k, s)
-        {
-            if (jint(s, "lag_events") != 0 ||
-                jint(s, "cursor") != jint(s, "head") || jint(s, "head") <= 0)
-                done = false;
-            json_t *dead = json_object_get(s, "dead_letters");
-            assert_int_equal(jint(dead, "failed"), 0);
-        }
-        json_decref(c);
-        if (done)
-            return;
-        h_sleep_ms(50);
-    }
-    fail_msg("reporting never caught up");
+    H_WAIT_UNTIL(caught_up(), WAIT_MS, "reporting to catch up");
 }
 
 /* Every order (paged), as orders' API lists them. */
@@ -285,7 +275,7 @@ static int group_setup(void **state)
                     NULL);
         h_assert_status(&r, 201);
         json_t *j = h_resp_json(&r);
-        snprintf(F.product[p], sizeof(F.product[p]), "%s", jstr(j, "id"));
+        snprintf(F.product[p], sizeof(F.product[p]), "%s", h_jstr(j, "id"));
         json_decref(j);
         h_resp_release(&r);
         h_send_json(&r, "PUT", h_fmt("%s/v1/stock/%s", F.inv.url, skus[p]),
@@ -354,7 +344,7 @@ static void test_workload(void **state)
         cancel(users[(i - first_cancel) % 2], ids[i]);
     for (int i = first_cancel; i < n; i++) {
         json_t *o = wait_final(ids[i]);
-        assert_string_equal(jstr(o, "status"), "cancelled");
+        assert_string_equal(h_jstr(o, "status"), "cancelled");
         json_decref(o);
     }
     wait_caught_up();
@@ -371,11 +361,11 @@ static void test_revenue_matches_payments(void **state)
     json_t *p;
     json_array_foreach(pays, i, p)
     {
-        const char *st = jstr(p, "status");
+        const char *st = h_jstr(p, "status");
         if (strcmp(st, "captured") == 0 || strcmp(st, "refunded") == 0)
-            captured += jint(p, "amount");
+            captured += h_jint(p, "amount");
         if (strcmp(st, "refunded") == 0)
-            refunded += jint(p, "amount");
+            refunded += h_jint(p, "amount");
     }
     json_decref(pays);
     assert_true(captured > 0);
@@ -388,11 +378,11 @@ static void test_revenue_matches_payments(void **state)
     json_int_t rc = 0, rr = 0, rev = 0, placed = 0;
     json_array_foreach(json_object_get(rep, "rows"), i, p)
     {
-        assert_string_equal(jstr(p, "currency"), "EUR");
-        rc += jint(p, "captured");
-        rr += jint(p, "refunded");
-        rev += jint(p, "revenue");
-        placed += jint(p, "orders_placed");
+        assert_string_equal(h_jstr(p, "currency"), "EUR");
+        rc += h_jint(p, "captured");
+        rr += h_jint(p, "refunded");
+        rev += h_jint(p, "revenue");
+        placed += h_jint(p, "orders_placed");
     }
     assert_int_equal(rc, captured);
     assert_int_equal(rr, refunded);
@@ -411,20 +401,22 @@ static void test_cancellation_reasons(void **state)
     json_t *o;
     json_array_foreach(orders, i, o)
     {
-        if (strcmp(jstr(o, "status"), "cancelled") != 0)
+        if (strcmp(h_jstr(o, "status"), "cancelled") != 0)
             continue;
-        const char *reason = jstr(o, "cancel_reason");
-        json_object_set_new(want, reason, json_integer(jint(want, reason) + 1));
+        const char *reason = h_jstr(o, "cancel_reason");
+        json_object_set_new(want, reason,
+                            json_integer(h_jint(want, reason) + 1));
     }
-    assert_int_equal(jint(want, "payment_declined"), 6);
-    assert_int_equal(jint(want, "out_of_stock"), 4);
-    assert_int_equal(jint(want, "customer_cancelled"), 6);
+    assert_int_equal(h_jint(want, "payment_declined"), 6);
+    assert_int_equal(h_jint(want, "out_of_stock"), 4);
+    assert_int_equal(h_jint(want, "customer_cancelled"), 6);
     json_t *rep = report("cancellation-reasons");
     json_t *rows = json_object_get(rep, "rows");
     assert_int_equal(json_array_size(rows), json_object_size(want));
     json_array_foreach(rows, i, o)
     {
-        assert_int_equal(jint(o, "orders"), jint(want, jstr(o, "reason")));
+        assert_int_equal(h_jint(o, "orders"),
+                         h_jint(want, h_jstr(o, "reason")));
     }
     json_decref(rep);
     json_decref(want);
@@ -441,22 +433,22 @@ static void test_top_products(void **state)
     json_t *o, *l;
     json_array_foreach(orders, i, o)
     {
-        bool confirmed = strcmp(jstr(o, "status"), "confirmed") == 0;
+        bool confirmed = strcmp(h_jstr(o, "status"), "confirmed") == 0;
         bool refunded =
-            strcmp(jstr(o, "cancel_reason"), "customer_cancelled") == 0;
+            strcmp(h_jstr(o, "cancel_reason"), "customer_cancelled") == 0;
         json_array_foreach(json_object_get(o, "lines"), k, l)
         {
             for (int p = 0; p < NPRODUCTS; p++) {
-                if (strcmp(jstr(l, "product_id"), F.product[p]) != 0)
+                if (strcmp(h_jstr(l, "product_id"), F.product[p]) != 0)
                     continue;
                 if (confirmed) {
-                    qty[p] += jint(l, "quantity");
-                    revenue[p] += jint(l, "line_total");
+                    qty[p] += h_jint(l, "quantity");
+                    revenue[p] += h_jint(l, "line_total");
                 }
                 if (confirmed || refunded)
-                    sold[p] += jint(l, "quantity");
+                    sold[p] += h_jint(l, "quantity");
                 if (refunded)
-                    returned[p] += jint(l, "quantity");
+                    returned[p] += h_jint(l, "quantity");
             }
         }
     }
@@ -468,15 +460,15 @@ static void test_top_products(void **state)
     json_int_t prev = INT64_MAX;
     json_array_foreach(rows, i, o)
     {
-        assert_true(jint(o, "quantity") <= prev);
-        prev = jint(o, "quantity");
+        assert_true(h_jint(o, "quantity") <= prev);
+        prev = h_jint(o, "quantity");
         for (int p = 0; p < NPRODUCTS; p++) {
-            if (strcmp(jstr(o, "product_id"), F.product[p]) != 0)
+            if (strcmp(h_jstr(o, "product_id"), F.product[p]) != 0)
                 continue;
             found++;
-            assert_string_equal(jstr(o, "sku"), skus[p]);
-            assert_int_equal(jint(o, "quantity"), qty[p]);
-            assert_int_equal(jint(o, "revenue"), revenue[p]);
+            assert_string_equal(h_jstr(o, "sku"), skus[p]);
+            assert_int_equal(h_jint(o, "quantity"), qty[p]);
+            assert_int_equal(h_jint(o, "revenue"), revenue[p]);
         }
     }
     /* REP-C was never in a confirmed order (only out of stock or
@@ -494,12 +486,13 @@ static void test_top_products(void **state)
     json_array_foreach(json_object_get(rep, "rows"), i, o)
     {
         for (int p = 0; p < NPRODUCTS; p++) {
-            if (strcmp(jstr(o, "sku"), skus[p]) != 0)
+            if (strcmp(h_jstr(o, "sku"), skus[p]) != 0)
                 continue;
-            assert_int_equal(jint(o, "sold"), sold[p]);
-            assert_int_equal(jint(o, "returned"), returned[p]);
-            assert_int_equal(jint(o, "net_sold"), sold[p] - returned[p]);
-            assert_int_equal(jint(o, "adjusted"), p == 2 ? STOCK_C : STOCK_AB);
+            assert_int_equal(h_jint(o, "sold"), sold[p]);
+            assert_int_equal(h_jint(o, "returned"), returned[p]);
+            assert_int_equal(h_jint(o, "net_sold"), sold[p] - returned[p]);
+            assert_int_equal(h_jint(o, "adjusted"),
+                             p == 2 ? STOCK_C : STOCK_AB);
         }
     }
     assert_int_equal(json_array_size(json_object_get(rep, "rows")), NPRODUCTS);
@@ -517,15 +510,15 @@ static void test_saga_durations(void **state)
     json_int_t total = 0;
     json_array_foreach(rows, i, o)
     {
-        const char *st = jstr(o, "status");
-        assert_int_equal(jint(o, "orders"),
+        const char *st = h_jstr(o, "status");
+        assert_int_equal(h_jint(o, "orders"),
                          strcmp(st, "confirmed") == 0 ? 14 : 16);
-        total += jint(o, "orders");
-        assert_true(jint(o, "min_ms") >= 0);
-        assert_true(jint(o, "p50_ms") >= jint(o, "min_ms"));
-        assert_true(jint(o, "p90_ms") >= jint(o, "p50_ms"));
-        assert_true(jint(o, "p99_ms") >= jint(o, "p90_ms"));
-        assert_true(jint(o, "max_ms") >= jint(o, "p99_ms"));
+        total += h_jint(o, "orders");
+        assert_true(h_jint(o, "min_ms") >= 0);
+        assert_true(h_jint(o, "p50_ms") >= h_jint(o, "min_ms"));
+        assert_true(h_jint(o, "p90_ms") >= h_jint(o, "p50_ms"));
+        assert_true(h_jint(o, "p99_ms") >= h_jint(o, "p90_ms"));
+        assert_true(h_jint(o, "max_ms") >= h_jint(o, "p99_ms"));
     }
     assert_int_equal(total, 30);
     json_decref(rep);
@@ -585,11 +578,11 @@ static void test_date_range(void **state)
     MOAT_UNUSED(state);
     json_t *j = report("revenue-per-day?from=1999-01-01&to=1999-12-31");
     assert_int_equal(json_array_size(json_object_get(j, "rows")), 0);
-    assert_string_equal(jstr(j, "from"), "1999-01-01");
+    assert_string_equal(h_jstr(j, "from"), "1999-01-01");
     json_decref(j);
     j = report("revenue-per-day");
     const char *day =
-        jstr(json_array_get(json_object_get(j, "rows"), 0), "date");
+        h_jstr(json_array_get(json_object_get(j, "rows"), 0), "date");
     char d[16];
     snprintf(d, sizeof(d), "%s", day);
     json_decref(j);
@@ -741,10 +734,10 @@ static void test_etl_reload(void **state)
            0);
     h_assert_status(&r, 200);
     json_t *j = h_resp_json(&r);
-    assert_int_equal(jint(j, "seen"), NPRODUCTS);
-    assert_int_equal(jint(j, "inserted"), 0);
-    assert_int_equal(jint(j, "updated"), 0);
-    assert_int_equal(jint(j, "unchanged"), NPRODUCTS);
+    assert_int_equal(h_jint(j, "seen"), NPRODUCTS);
+    assert_int_equal(h_jint(j, "inserted"), 0);
+    assert_int_equal(h_jint(j, "updated"), 0);
+    assert_int_equal(h_jint(j, "unchanged"), NPRODUCTS);
     json_decref(j);
     h_resp_release(&r);
 
@@ -773,10 +766,10 @@ static void test_etl_reload(void **state)
            0);
     h_assert_status(&r, 200);
     j = h_resp_json(&r);
-    assert_int_equal(jint(j, "seen"), NPRODUCTS);
-    assert_int_equal(jint(j, "inserted"), 1);
-    assert_int_equal(jint(j, "updated"), 1);
-    assert_int_equal(jint(j, "unchanged"), 1);
+    assert_int_equal(h_jint(j, "seen"), NPRODUCTS);
+    assert_int_equal(h_jint(j, "inserted"), 1);
+    assert_int_equal(h_jint(j, "updated"), 1);
+    assert_int_equal(h_jint(j, "unchanged"), 1);
     json_decref(j);
     h_resp_release(&r);
     top = report("top-products");
@@ -786,8 +779,8 @@ static void test_etl_reload(void **state)
     json_t *o;
     json_array_foreach(rows, i, o)
     {
-        if (strcmp(jstr(o, "product_id"), F.product[0]) == 0)
-            assert_string_equal(jstr(o, "name"), "Mug, \"large\"");
+        if (strcmp(h_jstr(o, "product_id"), F.product[0]) == 0)
+            assert_string_equal(h_jstr(o, "name"), "Mug, \"large\"");
     }
     json_decref(top);
 }
@@ -813,7 +806,8 @@ static void test_replay(void **state)
     h_http(&r, "POST", h_fmt("%s/v1/admin/replay", F.rep.url), NULL, NULL, 0);
     h_assert_status(&r, 202);
     h_resp_release(&r);
-    h_sleep_ms(100);
+    /* The 202 comes after the cursors were reset (lib/consumer.c): the
+     * wait below cannot see the old head. */
     wait_caught_up();
     json_t *after = report("revenue-per-day");
     assert_true(json_equal(json_object_get(before, "rows"),

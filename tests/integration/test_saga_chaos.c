@@ -124,6 +124,13 @@ static bool ready(const char *url)
     return ok;
 }
 
+/* For h_wait_until: the gateway of the deployment is ready. */
+static bool gw_ready(void *arg)
+{
+    MOAT_UNUSED(arg);
+    return ready(dep.gw_url);
+}
+
 static int setup(void **state)
 {
     MOAT_UNUSED(state);
@@ -171,10 +178,7 @@ static void test_chaos_drill(void **state)
         execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
         _exit(127);
     }
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(30000);
-    while (!ready(dep.gw_url) && moat_mono_ms() < deadline)
-        h_sleep_ms(50);
-    if (!ready(dep.gw_url)) {
+    if (!h_wait_until(gw_ready, NULL, 30000)) {
         FILE *f = fopen(h_fmt("%s/up.log", dep.dir), "r");
         char line[1024];
         while (f && fgets(line, sizeof(line), f))

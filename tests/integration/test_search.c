@@ -105,17 +105,6 @@ static void unique_word(char out[16])
     snprintf(out, 16, "w%s", hex);
 }
 
-static const char *jstr(const json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
-}
-
-static json_int_t jint(const json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
 /* ---- catalog writes ---- */
 
 static json_t *cat_create(const char *sku, const char *name, const char *desc,
@@ -142,10 +131,10 @@ static void cat_patch(json_t **p, const char *patch)
 {
     char if_match[48];
     snprintf(if_match, sizeof(if_match), "If-Match: \"v%lld\"",
-             (long long)jint(*p, "version"));
+             (long long)h_jint(*p, "version"));
     const char *headers[] = {if_match, NULL};
     struct h_resp r;
-    req(&r, "PATCH", h_fmt("%s/v1/products/%s", F.cat.url, jstr(*p, "id")),
+    req(&r, "PATCH", h_fmt("%s/v1/products/%s", F.cat.url, h_jstr(*p, "id")),
         headers, patch);
     h_assert_status(&r, 200);
     json_decref(*p);
@@ -157,7 +146,7 @@ static void cat_patch(json_t **p, const char *patch)
 static void cat_delete(const json_t *p)
 {
     struct h_resp r;
-    req(&r, "DELETE", h_fmt("%s/v1/products/%s", F.cat.url, jstr(p, "id")),
+    req(&r, "DELETE", h_fmt("%s/v1/products/%s", F.cat.url, h_jstr(p, "id")),
         NULL, NULL);
     h_assert_status(&r, 204);
     h_resp_release(&r);
@@ -196,63 +185,43 @@ static json_t *indexed(const char *id)
 
 /* Wait until id is indexed with member key equal to the string want (or
  * the integer version when want is NULL); returns the document. */
+/* Product id is indexed with key = want (or, want NULL, at version);
+ * *doc: the document last read, replaced. */
+static bool is_indexed(json_t **doc, const char *id, const char *key,
+                       const char *want, json_int_t version)
+{
+    json_decref(*doc);
+    *doc = indexed(id);
+    return *doc && (want ? strcmp(h_jstr(*doc, key), want) == 0
+                         : h_jint(*doc, "version") == version);
+}
+
 static json_t *wait_indexed(const char *id, const char *key, const char *want,
                             json_int_t version)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *doc = indexed(id);
-        if (doc && (want ? strcmp(jstr(doc, key), want) == 0
-                         : jint(doc, "version") == version))
-            return doc;
-        json_decref(doc);
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("product %s never indexed with %s = %s", id,
-                     want ? key : "version",
-                     want ? want : h_fmt("%lld", (long long)version));
-        }
-        h_sleep_ms(20);
-    }
+    json_t *doc = NULL;
+    H_WAIT_UNTIL(is_indexed(&doc, id, key, want, version), WAIT_MS,
+                 "product %s indexed with %s = %s", id, want ? key : "version",
+                 want ? want : h_fmt("%lld", (long long)version));
+    return doc;
+}
+
+/* True when product id is not indexed. */
+static bool not_indexed(const char *id)
+{
+    json_t *doc = indexed(id);
+    json_decref(doc);
+    return doc == NULL;
 }
 
 static void wait_gone(const char *id)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    json_t *doc;
-    while ((doc = indexed(id)) != NULL) {
-        json_decref(doc);
-        if (moat_mono_ms() > deadline)
-            fail_msg("product %s still indexed", id);
-        h_sleep_ms(20);
-    }
-}
-
-/* A sample value from a Prometheus text page ("name{labels} value"). */
-static double metric(const char *base_url, const char *series)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", base_url));
-    h_assert_status(&r, 200);
-    const char *line = r.body;
-    double v = -1;
-    size_t n = strlen(series);
-    while (line && *line) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
-    h_resp_release(&r);
-    return v;
+    H_WAIT_UNTIL(not_indexed(id), WAIT_MS, "product %s to leave the index", id);
 }
 
 static int64_t catalog_head(void)
 {
-    return (int64_t)metric(F.cat.url, "moat_outbox_head_seq");
+    return (int64_t)h_metric(F.cat.url, "moat_outbox_head_seq");
 }
 
 /* search's consumer status for source catalog (new reference). */
@@ -263,31 +232,30 @@ static json_t *consumer_source(void)
         json_incref(json_array_get(json_object_get(st, "sources"), 0));
     json_decref(st);
     assert_non_null(src);
-    assert_string_equal(jstr(src, "source"), "catalog");
+    assert_string_equal(h_jstr(src, "source"), "catalog");
     return src;
 }
 
 /* Wait until search's cursor is catalog's head and the lag gauge is 0. */
+/* Search's cursor is at catalog's head (*head: the head last read). */
+static bool caught_up(int64_t *head)
+{
+    *head = catalog_head();
+    json_t *src = consumer_source();
+    bool done = h_jint(src, "cursor") == *head &&
+                h_jint(src, "lag_events") == 0 &&
+                h_metric(F.search.url,
+                         "moat_consumer_lag_events{source=\"catalog\"}") == 0;
+    json_decref(src);
+    return done;
+}
+
 static void wait_caught_up(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        int64_t head = catalog_head();
-        json_t *src = consumer_source();
-        bool done = jint(src, "cursor") == head &&
-                    jint(src, "lag_events") == 0 &&
-                    metric(F.search.url,
-                           "moat_consumer_lag_events{source=\"catalog\"}") == 0;
-        json_decref(src);
-        if (done)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("search did not catch up with catalog's head %lld",
-                     (long long)head);
-        }
-        h_sleep_ms(50);
-    }
+    int64_t head = 0;
+    H_WAIT_UNTIL(caught_up(&head), WAIT_MS,
+                 "search to catch up with catalog's head %lld",
+                 (long long)head);
 }
 
 /* Every indexed document, by id, without the time it was applied. */
@@ -304,10 +272,10 @@ static json_t *snapshot(void)
         json_t *item;
         json_array_foreach(json_object_get(page, "items"), i, item)
         {
-            json_t *doc = indexed(jstr(item, "id"));
+            json_t *doc = indexed(h_jstr(item, "id"));
             assert_non_null(doc);
             json_object_del(json_object_get(doc, "indexed"), "applied_at");
-            json_object_set_new(all, jstr(item, "id"), doc);
+            json_object_set_new(all, h_jstr(item, "id"), doc);
         }
         json_t *next = json_object_get(page, "next_cursor");
         if (json_is_string(next))
@@ -357,8 +325,8 @@ static void heal(void)
 static void applications(json_int_t *events, json_int_t *max)
 {
     json_t *a = get_json(h_fmt("%s/_test/applications", F.search.url));
-    *events = jint(a, "events");
-    *max = jint(a, "max_applications");
+    *events = h_jint(a, "events");
+    *max = h_jint(a, "max_applications");
     json_decref(a);
 }
 
@@ -424,23 +392,23 @@ static void test_index_follows_catalog(void **state)
     json_t *p = cat_create(h_fmt("KET-%s", w), h_fmt("Kettle %s", w),
                            "Brushed steel, 1.7 litres", 2599, "EUR");
     char id[64]; /* a copy: cat_patch replaces p */
-    snprintf(id, sizeof(id), "%s", jstr(p, "id"));
+    snprintf(id, sizeof(id), "%s", h_jstr(p, "id"));
 
     json_t *doc = wait_indexed(id, NULL, NULL, 1);
-    assert_string_equal(jstr(doc, "sku"), jstr(p, "sku"));
-    assert_string_equal(jstr(doc, "name"), jstr(p, "name"));
+    assert_string_equal(h_jstr(doc, "sku"), h_jstr(p, "sku"));
+    assert_string_equal(h_jstr(doc, "name"), h_jstr(p, "name"));
     assert_json_equal(json_object_get(p, "price"),
                       json_object_get(doc, "price"));
-    assert_int_equal(jint(json_object_get(doc, "indexed"), "version"), 1);
+    assert_int_equal(h_jint(json_object_get(doc, "indexed"), "version"), 1);
     json_decref(doc);
 
     json_t *res = search(h_fmt("q=%s", w));
     json_t *items = json_object_get(res, "items");
     assert_int_equal(json_array_size(items), 1);
     json_t *hit = json_array_get(items, 0);
-    assert_string_equal(jstr(hit, "id"), id);
-    assert_string_equal(jstr(hit, "sku"), jstr(p, "sku"));
-    assert_string_equal(jstr(hit, "name"), jstr(p, "name"));
+    assert_string_equal(h_jstr(hit, "id"), id);
+    assert_string_equal(h_jstr(hit, "sku"), h_jstr(p, "sku"));
+    assert_string_equal(h_jstr(hit, "name"), h_jstr(p, "name"));
     assert_json_equal(json_object_get(p, "price"),
                       json_object_get(hit, "price"));
     assert_true(json_real_value(json_object_get(hit, "score")) > 0);
@@ -462,7 +430,7 @@ static void test_index_follows_catalog(void **state)
     json_decref(wait_indexed(id, NULL, NULL, 3));
     res = search(h_fmt("q=%s", w));
     hit = json_array_get(json_object_get(res, "items"), 0);
-    assert_int_equal(jint(json_object_get(hit, "price"), "amount"), 1999);
+    assert_int_equal(h_jint(json_object_get(hit, "price"), "amount"), 1999);
     json_decref(res);
 
     cat_delete(p);
@@ -487,15 +455,15 @@ static void test_ranking_and_prefix(void **state)
                                "Dessert", 700, "EUR");
     json_t *all[] = {mug, plate, tea, creme};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++)
-        json_decref(wait_indexed(jstr(all[i], "id"), NULL, NULL, 1));
+        json_decref(wait_indexed(h_jstr(all[i], "id"), NULL, NULL, 1));
 
     /* "mug" is a prefix: mug and mugwort in names, mug in a description.
      * A hit in the name outranks one in the description. */
     json_t *res = search(h_fmt("q=mug+%s", w));
     json_t *items = json_object_get(res, "items");
     assert_int_equal(json_array_size(items), 3);
-    assert_string_equal(jstr(json_array_get(items, 2), "id"),
-                        jstr(plate, "id"));
+    assert_string_equal(h_jstr(json_array_get(items, 2), "id"),
+                        h_jstr(plate, "id"));
     for (size_t i = 1; i < 3; i++)
         assert_true(json_real_value(json_object_get(
                         json_array_get(items, i - 1), "score")) >=
@@ -507,8 +475,8 @@ static void test_ranking_and_prefix(void **state)
     res = search(h_fmt("q=cera+%s", w));
     assert_int_equal(json_array_size(json_object_get(res, "items")), 1);
     assert_string_equal(
-        jstr(json_array_get(json_object_get(res, "items"), 0), "id"),
-        jstr(mug, "id"));
+        h_jstr(json_array_get(json_object_get(res, "items"), 0), "id"),
+        h_jstr(mug, "id"));
     json_decref(res);
     assert_int_equal(search_count(h_fmt("q=mugw+%s", w)), 1);
     assert_int_equal(search_count(h_fmt("q=blue+mug+%s", w)), 1);
@@ -574,8 +542,8 @@ static void assert_unique_ids(json_t *items, size_t want)
     json_t *item;
     json_array_foreach(items, i, item)
     {
-        assert_null(json_object_get(seen, jstr(item, "id")));
-        json_object_set_new(seen, jstr(item, "id"), json_true());
+        assert_null(json_object_get(seen, h_jstr(item, "id")));
+        json_object_set_new(seen, h_jstr(item, "id"), json_true());
     }
     assert_int_equal(json_object_size(seen), want);
     json_decref(seen);
@@ -602,7 +570,7 @@ static void test_filters_and_pages(void **state)
                              100 * (i + 1), i < 5 ? "EUR" : "USD");
     }
     for (int i = 0; i < 7; i++)
-        json_decref(wait_indexed(jstr(made[i], "id"), NULL, NULL, 1));
+        json_decref(wait_indexed(h_jstr(made[i], "id"), NULL, NULL, 1));
 
     assert_int_equal(search_count(h_fmt("q=%s", w)), 7);
     assert_int_equal(search_count(h_fmt("q=%s&currency=USD", w)), 2);
@@ -626,10 +594,10 @@ static void test_filters_and_pages(void **state)
     size_t ours = 0;
     json_array_foreach(items, i, item)
     {
-        assert_true(strcmp(prev, jstr(item, "name")) <= 0);
-        prev = jstr(item, "name");
+        assert_true(strcmp(prev, h_jstr(item, "name")) <= 0);
+        prev = h_jstr(item, "name");
         assert_true(json_is_null(json_object_get(item, "score")));
-        if (strstr(jstr(item, "name"), w))
+        if (strstr(h_jstr(item, "name"), w))
             ours++;
     }
     assert_int_equal(ours, 2);
@@ -652,7 +620,7 @@ static void test_filters_and_pages(void **state)
     expect_400("q=%FF", "q");
     /* A ranked cursor is not one for a listing by name. */
     json_t *page = search(h_fmt("q=%s&limit=1", w));
-    const char *cursor = jstr(page, "next_cursor");
+    const char *cursor = h_jstr(page, "next_cursor");
     assert_true(cursor[0] != '\0');
     expect_400(h_fmt("cursor=%s", cursor), "cursor");
     json_decref(page);
@@ -668,7 +636,7 @@ static void test_gateway_public(void **state)
     unique_word(w);
     json_t *p = cat_create(h_fmt("GW-%s", w), h_fmt("Lamp %s", w), "Desk lamp",
                            3000, "EUR");
-    json_decref(wait_indexed(jstr(p, "id"), NULL, NULL, 1));
+    json_decref(wait_indexed(h_jstr(p, "id"), NULL, NULL, 1));
     /* No end-user token: search is public for GET. */
     struct h_resp r;
     h_get(&r, h_fmt("%s/api/v1/search?q=lamp+%s", F.gw.url, w));
@@ -677,7 +645,7 @@ static void test_gateway_public(void **state)
     assert_int_equal(json_array_size(json_object_get(res, "items")), 1);
     json_decref(res);
     h_resp_release(&r);
-    h_get(&r, h_fmt("%s/api/v1/search/products/%s", F.gw.url, jstr(p, "id")));
+    h_get(&r, h_fmt("%s/api/v1/search/products/%s", F.gw.url, h_jstr(p, "id")));
     h_assert_status(&r, 200);
     h_resp_release(&r);
     /* Admin routes are not routed publicly. */
@@ -704,15 +672,15 @@ static void test_schema_v1_and_v2(void **state)
     json_t *p = cat_create(h_fmt("V1-%s", w), h_fmt("Radio %s", w), "Portable",
                            4500, "USD");
     char id[64]; /* a copy: cat_patch replaces p */
-    snprintf(id, sizeof(id), "%s", jstr(p, "id"));
+    snprintf(id, sizeof(id), "%s", h_jstr(p, "id"));
     cat_patch(&p, h_fmt("{\"name\": \"Radio mk2 %s\", \"price\": "
                         "{\"amount\": 4900, \"currency\": \"USD\"}}",
                         w));
     json_t *doc = wait_indexed(id, "name", h_fmt("Radio mk2 %s", w), 0);
     /* Upcast: the nested price, never the flat members. */
     json_t *price = json_object_get(doc, "price");
-    assert_int_equal(jint(price, "amount"), 4900);
-    assert_string_equal(jstr(price, "currency"), "USD");
+    assert_int_equal(h_jint(price, "amount"), 4900);
+    assert_string_equal(h_jstr(price, "currency"), "USD");
     assert_null(json_object_get(doc, "price_amount"));
     assert_null(json_object_get(doc, "currency"));
     assert_true(json_is_null(
@@ -724,8 +692,8 @@ static void test_schema_v1_and_v2(void **state)
     restart(&F.cat, NULL);
     cat_patch(&p, h_fmt("{\"name\": \"Radio mk3 %s\"}", w));
     doc = wait_indexed(id, NULL, NULL, 3);
-    assert_string_equal(jstr(doc, "name"), h_fmt("Radio mk3 %s", w));
-    assert_int_equal(jint(json_object_get(doc, "price"), "amount"), 4900);
+    assert_string_equal(h_jstr(doc, "name"), h_fmt("Radio mk3 %s", w));
+    assert_int_equal(h_jint(json_object_get(doc, "price"), "amount"), 4900);
     json_decref(doc);
 
     /* Rebuilt from the mixed feed, the view is the same. */
@@ -744,18 +712,20 @@ static json_t *dead_letters(const char *subject)
     return list;
 }
 
+/* Exactly n dead letters for subject (*list: the last read, replaced). */
+static bool has_dead_letters(json_t **list, const char *subject, size_t n)
+{
+    json_decref(*list);
+    *list = dead_letters(subject);
+    return json_array_size(*list) == n;
+}
+
 static json_t *wait_dead_letters(const char *subject, size_t n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *list = dead_letters(subject);
-        if (json_array_size(list) == n)
-            return list;
-        json_decref(list);
-        if (moat_mono_ms() > deadline)
-            fail_msg("%s never had %zu dead letters", subject, n);
-        h_sleep_ms(50);
-    }
+    json_t *list = NULL;
+    H_WAIT_UNTIL(has_dead_letters(&list, subject, n), WAIT_MS,
+                 "%zu dead letters for %s", n, subject);
+    return list;
 }
 
 static void test_poison(void **state)
@@ -766,35 +736,35 @@ static void test_poison(void **state)
     json_t *bad = cat_create(h_fmt("POISON-%s", w), h_fmt("Bad %s", w),
                              "The handler fails on it", 100, "EUR");
     char bad_id[64]; /* a copy: cat_patch replaces bad */
-    snprintf(bad_id, sizeof(bad_id), "%s", jstr(bad, "id"));
+    snprintf(bad_id, sizeof(bad_id), "%s", h_jstr(bad, "id"));
     json_t *good = cat_create(h_fmt("GOOD-%s", w), h_fmt("Good %s", w), "Fine",
                               100, "EUR");
 
     /* Parked after MOAT_CONSUMER_MAX_ATTEMPTS (3) attempts ... */
     json_t *dl = wait_dead_letters(bad_id, 1);
     json_t *first = json_array_get(dl, 0);
-    assert_string_equal(jstr(first, "state"), "failed");
-    assert_string_equal(jstr(first, "type"), "ProductCreated");
-    assert_int_equal(jint(first, "attempts"), 3);
-    assert_non_null(strstr(jstr(first, "error"), "poison"));
+    assert_string_equal(h_jstr(first, "state"), "failed");
+    assert_string_equal(h_jstr(first, "type"), "ProductCreated");
+    assert_int_equal(h_jint(first, "attempts"), 3);
+    assert_non_null(strstr(h_jstr(first, "error"), "poison"));
     json_decref(dl);
     /* ... while the other product flows on. */
-    json_decref(wait_indexed(jstr(good, "id"), NULL, NULL, 1));
+    json_decref(wait_indexed(h_jstr(good, "id"), NULL, NULL, 1));
 
     /* A later change of the poisoned product is blocked behind it. */
     cat_patch(&bad, h_fmt("{\"name\": \"Bad renamed %s\"}", w));
     dl = wait_dead_letters(bad_id, 2);
-    assert_string_equal(jstr(json_array_get(dl, 1), "state"), "blocked");
-    json_int_t blocked_seq = jint(json_array_get(dl, 1), "seq");
+    assert_string_equal(h_jstr(json_array_get(dl, 1), "state"), "blocked");
+    json_int_t blocked_seq = h_jint(json_array_get(dl, 1), "seq");
     json_decref(dl);
     cat_patch(&good, h_fmt("{\"name\": \"Good renamed %s\"}", w));
-    json_decref(wait_indexed(jstr(good, "id"), NULL, NULL, 2));
+    json_decref(wait_indexed(h_jstr(good, "id"), NULL, NULL, 2));
     json_t *missing = indexed(bad_id);
     assert_null(missing);
     json_t *src = consumer_source();
     json_t *counts = json_object_get(src, "dead_letters");
-    assert_true(jint(counts, "failed") >= 1);
-    assert_true(jint(counts, "blocked") >= 1);
+    assert_true(h_jint(counts, "failed") >= 1);
+    assert_true(h_jint(counts, "blocked") >= 1);
     json_decref(src);
 
     /* Redriven before the fix: fails again, nothing lost. */
@@ -802,7 +772,7 @@ static void test_poison(void **state)
         h_fmt("%s/v1/admin/dead-letters/redrive?source=catalog&subject=%s",
               F.search.url, bad_id),
         200);
-    assert_int_equal(jint(res, "applied"), 0);
+    assert_int_equal(h_jint(res, "applied"), 0);
     assert_int_equal(json_array_size(json_object_get(res, "failed")), 1);
     json_decref(res);
     dl = dead_letters(bad_id);
@@ -815,13 +785,14 @@ static void test_poison(void **state)
         h_fmt("%s/v1/admin/dead-letters/redrive?source=catalog&subject=%s",
               F.search.url, bad_id),
         200);
-    assert_int_equal(jint(res, "applied"), 2);
+    assert_int_equal(h_jint(res, "applied"), 2);
     assert_int_equal(json_array_size(json_object_get(res, "failed")), 0);
     json_decref(res);
     json_t *doc = indexed(bad_id);
     assert_non_null(doc);
-    assert_string_equal(jstr(doc, "name"), h_fmt("Bad renamed %s", w));
-    assert_int_equal(jint(json_object_get(doc, "indexed"), "seq"), blocked_seq);
+    assert_string_equal(h_jstr(doc, "name"), h_fmt("Bad renamed %s", w));
+    assert_int_equal(h_jint(json_object_get(doc, "indexed"), "seq"),
+                     blocked_seq);
     json_decref(doc);
     dl = dead_letters(bad_id);
     assert_int_equal(json_array_size(dl), 0);
@@ -853,17 +824,17 @@ static void test_catch_up_after_downtime(void **state)
     heal();
     wait_caught_up();
     assert_int_equal(
-        metric(F.search.url, "moat_consumer_lag_events{source=\"catalog\"}"),
+        h_metric(F.search.url, "moat_consumer_lag_events{source=\"catalog\"}"),
         0);
     assert_int_equal(search_count(h_fmt("q=%s&limit=100", w)), 10);
     assert_int_equal(search_count(h_fmt("q=down+%s", w)), 0);
     for (int i = 0; i < 20; i++) {
-        json_t *doc = indexed(jstr(made[i], "id"));
+        json_t *doc = indexed(h_jstr(made[i], "id"));
         if (i < 10) {
             assert_null(doc);
         } else {
             assert_non_null(doc);
-            assert_string_equal(jstr(doc, "name"), h_fmt("Back %s %d", w, i));
+            assert_string_equal(h_jstr(doc, "name"), h_fmt("Back %s %d", w, i));
             json_decref(doc);
         }
         json_decref(made[i]);
@@ -934,7 +905,7 @@ static void test_replay(void **state)
     unique_word(w);
     json_t *p = cat_create(h_fmt("RPL-%s", w), h_fmt("Replayed %s", w),
                            "Rebuilt from the feed", 800, "EUR");
-    json_decref(wait_indexed(jstr(p, "id"), NULL, NULL, 1));
+    json_decref(wait_indexed(h_jstr(p, "id"), NULL, NULL, 1));
     heal();
     wait_caught_up();
     assert_verify_identical();

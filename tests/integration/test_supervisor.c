@@ -181,11 +181,9 @@ static void test_up_kill_restart_down(void **state)
 
     uint64_t t0 = moat_mono_ms();
     dep.up_pid = start_up("up.log");
-    uint64_t deadline = t0 + h_scaled_ms(10000);
-    while (!(ready(cat_url) && ready(dep.gw_url)) && moat_mono_ms() < deadline)
-        h_sleep_ms(20);
+    H_WAIT_UNTIL(ready(cat_url) && ready(dep.gw_url), 10000,
+                 "catalog and the gateway ready under `moat up`");
     uint64_t ready_ms = moat_mono_ms() - t0;
-    assert_true(ready(dep.gw_url));
     fprintf(stderr, "deployment ready %llu ms after `moat up`\n",
             (unsigned long long)ready_ms);
 
@@ -228,7 +226,6 @@ static void test_up_kill_restart_down(void **state)
 
     /* Catalog crashes: the gateway answers 503 problem+json quickly. */
     assert_int_equal(kill(cat_pid, SIGKILL), 0);
-    h_sleep_ms(10);
     bool saw_503 = false;
     for (int i = 0; i < 50 && !saw_503; i++) {
         h_get(&r, h_fmt("%s/api/v1/products/%s", dep.gw_url, id));
@@ -246,17 +243,11 @@ static void test_up_kill_restart_down(void **state)
     assert_true(saw_503);
 
     /* The supervisor restarts it; the product is still there. */
-    deadline = moat_mono_ms() + h_scaled_ms(10000);
     long got = 0;
-    while (moat_mono_ms() < deadline) {
-        h_get(&r, h_fmt("%s/api/v1/products/%s", dep.gw_url, id));
-        got = r.status;
-        h_resp_release(&r);
-        if (got == 200)
-            break;
-        h_sleep_ms(50);
-    }
-    assert_int_equal(got, 200);
+    H_WAIT_UNTIL((h_get(&r, h_fmt("%s/api/v1/products/%s", dep.gw_url, id)),
+                  got = r.status, h_resp_release(&r), got == 200),
+                 10000, "the product through the gateway (last status %ld)",
+                 got);
 
     st = status_json();
     cat = status_of(st, "catalog");

@@ -1,0 +1,243 @@
+/* deployment.c - a whole deployment file started for a test (harness.h). */
+#include "moat/common.h"
+
+#include <ctype.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+#include "moat/buf.h"
+
+#include "deploy.h"
+
+#define DEAD_PORT 1
+
+/* What the fixture knows about each service of the file. */
+struct plan {
+    bool wanted;       /* named in only */
+    bool started;      /* running (or tried) */
+    char file_url[96]; /* "http://host:port" as the file names it */
+    uint16_t port;     /* the real one; 0 while unknown; DEAD_PORT for a
+                        * service not started */
+};
+
+static bool is_wanted(const char *const *only, const char *name)
+{
+    if (!only)
+        return true;
+    for (const char *const *o = only; *o; o++)
+        if (strcmp(*o, name) == 0)
+            return true;
+    return false;
+}
+
+const char *h_deployment_secret(const char *name)
+{
+    return h_test_service_key(h_fmt("secret-%s", name));
+}
+
+static const char *secret_lookup(void *arg, const char *name)
+{
+    MOAT_UNUSED(arg);
+    return h_deployment_secret(name);
+}
+
+/* The next place at or after from where value names url (not followed by
+ * another digit of a longer port), or NULL. */
+static const char *find_url(const char *from, const char *url)
+{
+    size_t n = strlen(url);
+    for (const char *p = strstr(from, url); p; p = strstr(p + 1, url))
+        if (!isdigit((unsigned char)p[n]))
+            return p;
+    return NULL;
+}
+
+/* value with every URL (as the file writes them) of a started or
+ * pre-assigned service rewritten to its real port, in one pass over value.
+ * Caller frees. */
+static char *rewrite(const struct deploy *d, const struct plan *plan,
+                     const char *value)
+{
+    struct moat_buf out = MOAT_BUF_INIT;
+    const char *p = value;
+    while (*p) {
+        size_t j = 0;
+        for (; j < d->nservices; j++)
+            if (plan[j].port != 0 && find_url(p, plan[j].file_url) == p)
+                break;
+        if (j == d->nservices) {
+            moat_buf_addch(&out, *p++);
+            continue;
+        }
+        moat_buf_printf(&out, "http://127.0.0.1:%u", (unsigned)plan[j].port);
+        p += strlen(plan[j].file_url);
+    }
+    moat_buf_grow(&out, 0);
+    return moat_buf_detach(&out, NULL);
+}
+
+/* Give every wanted, not yet started service that s needs a port now. */
+static void preassign(struct deploy *d, struct plan *plan, size_t i)
+{
+    const struct deploy_service *s = &d->services[i];
+    for (size_t j = 0; j < d->nservices; j++) {
+        if (j == i || !plan[j].wanted || plan[j].port != 0)
+            continue;
+        const char *url = plan[j].file_url;
+        bool needed = false;
+        for (size_t k = 0; k < s->nenv && !needed; k++)
+            needed = find_url(s->env[k].value, url) != NULL;
+        for (size_t k = 0; k < s->nroutes && !needed; k++)
+            needed = strcmp(s->routes[k].service, d->services[j].name) == 0;
+        if (needed) {
+            plan[j].port = h_free_port();
+            d->services[j].port = plan[j].port; /* for gateway routes */
+        }
+    }
+}
+
+/* The environment of service i, NULL-terminated; caller frees each entry
+ * and the array. */
+static char **service_env(const struct deploy *d, const struct plan *plan,
+                          size_t i, const char *const *extra_env)
+{
+    const struct deploy_service *s = &d->services[i];
+    size_t nextra = 0;
+    while (extra_env && extra_env[nextra])
+        nextra++;
+    char **env = moat_xcalloc(s->nenv + s->nsecrets + nextra + 4, sizeof(*env));
+    size_t k = 0;
+    for (size_t j = 0; j < s->nenv; j++) {
+        char *v = deploy_expand_secrets(s->env[j].value, secret_lookup, NULL);
+        char *r = rewrite(d, plan, v);
+        env[k++] = moat_xasprintf("%s=%s", s->env[j].name, r);
+        free(r);
+        free(v);
+    }
+    for (size_t j = 0; j < s->nsecrets; j++)
+        if (strcmp(s->secrets[j], "MOAT_JWT_SECRET") != 0) /* harness's */
+            env[k++] = moat_xasprintf("%s=%s", s->secrets[j],
+                                      h_deployment_secret(s->secrets[j]));
+    if (s->nroutes > 0) {
+        char *routes = deploy_gateway_routes(d, s);
+        env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", routes);
+        free(routes);
+        char *pub = deploy_gateway_public(s);
+        if (pub)
+            env[k++] = moat_xasprintf("MOAT_GATEWAY_PUBLIC=%s", pub);
+        free(pub);
+    }
+    if (plan[i].port != 0) /* pre-assigned: an earlier service knows it */
+        env[k++] =
+            moat_xasprintf("MOAT_LISTEN=127.0.0.1:%u", (unsigned)plan[i].port);
+    for (size_t j = 0; j < nextra; j++) {
+        const char *e = extra_env[j];
+        const char *eq = strchr(e, '=');
+        const char *colon = eq ? memchr(e, ':', (size_t)(eq - e)) : NULL;
+        if (!colon)
+            env[k++] = moat_xstrdup(e);
+        else if (strlen(s->name) == (size_t)(colon - e) &&
+                 strncmp(e, s->name, (size_t)(colon - e)) == 0)
+            env[k++] = moat_xstrdup(colon + 1);
+    }
+    env[k] = NULL;
+    return env;
+}
+
+int h_deployment_start(struct h_deployment *dep, const char *file,
+                       const char *tmpdir, const char *const *only,
+                       const char *const *extra_env)
+{
+    memset(dep, 0, sizeof(*dep));
+    char *err = NULL;
+    if (deploy_load(file, &dep->d, &err) != MOAT_OK)
+        fail_msg("harness: deployment %s: %s", file, err ? err : "?");
+    struct deploy *d = dep->d;
+    struct plan *plan = moat_xcalloc(d->nservices, sizeof(*plan));
+    for (size_t i = 0; i < d->nservices; i++) {
+        plan[i].wanted = is_wanted(only, d->services[i].name);
+        snprintf(plan[i].file_url, sizeof(plan[i].file_url), "http://%s:%u",
+                 deploy_connect_host(&d->services[i]),
+                 (unsigned)d->services[i].port);
+        if (!plan[i].wanted) {
+            /* Not started: its URLs lead nowhere (nothing but root may
+             * listen on port 1), never to a deployment that happens to
+             * run on this machine. */
+            plan[i].port = DEAD_PORT;
+            snprintf(d->services[i].host, sizeof(d->services[i].host),
+                     "127.0.0.1");
+            d->services[i].port = DEAD_PORT;
+        }
+    }
+    for (const char *const *o = only; o && *o; o++)
+        if (!deploy_find(d, *o))
+            fail_msg("harness: %s has no service %s", file, *o);
+
+    int rc = 0;
+    for (size_t i = 0; i < d->nservices && rc == 0; i++) {
+        struct deploy_service *s = &d->services[i];
+        if (!plan[i].wanted)
+            continue;
+        if (dep->n == H_DEPLOY_MAX)
+            fail_msg("harness: more than %d services", H_DEPLOY_MAX);
+        preassign(d, plan, i);
+        char **env = service_env(d, plan, i, extra_env);
+        struct h_service *svc = &dep->svc[dep->n++];
+        rc = h_service_start(svc, s->name, tmpdir,
+                             s->engine == DEPLOY_ENGINE_NONE
+                                 ? NULL
+                                 : h_fmt("%s/%s-data", tmpdir, s->name),
+                             (const char *const *)env);
+        dep->env[dep->n - 1] = env; /* for h_deployment_restart */
+        plan[i].started = true;
+        plan[i].port = svc->port;
+        /* Later gateways route to where it really listens. */
+        snprintf(s->host, sizeof(s->host), "127.0.0.1");
+        s->port = svc->port;
+    }
+    free(plan);
+    return rc;
+}
+
+struct h_service *h_deployment_service(struct h_deployment *dep,
+                                       const char *name)
+{
+    for (size_t i = 0; i < dep->n; i++)
+        if (strcmp(dep->svc[i].name, name) == 0)
+            return &dep->svc[i];
+    fail_msg("harness: the deployment started no %s", name);
+    return NULL;
+}
+
+int h_deployment_restart(struct h_deployment *dep, struct h_service *svc)
+{
+    for (size_t i = 0; i < dep->n; i++)
+        if (svc == &dep->svc[i])
+            return h_service_restart(svc, (const char *const *)dep->env[i]);
+    fail_msg("harness: %s is not a service of the deployment", svc->name);
+    return -1;
+}
+
+int h_deployment_stop(struct h_deployment *dep)
+{
+    int bad = 0;
+    for (size_t i = dep->n; i-- > 0;) {
+        if (dep->svc[i].pid > 0)
+            kill(dep->svc[i].pid, SIGCONT); /* a test failed mid-SIGSTOP */
+        if (dep->svc[i].pid > 0 && h_service_stop(&dep->svc[i]) != 0) {
+            print_error("%s did not exit 0 on SIGTERM\n", dep->svc[i].name);
+            bad++;
+        }
+        h_service_release(&dep->svc[i]);
+        for (size_t k = 0; dep->env[i] && dep->env[i][k]; k++)
+            free(dep->env[i][k]);
+        free(dep->env[i]);
+    }
+    deploy_free(dep->d);
+    memset(dep, 0, sizeof(*dep));
+    return bad;
+}
