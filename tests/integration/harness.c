@@ -331,6 +331,7 @@ bool h_service_alive(struct h_service *svc)
 static const char *const known_services[] = {
     "gateway",       "catalog", "users",     "inventory", "orders", "payments",
     "notifications", "search",  "reporting", "readmodel", "test",   "profiles",
+    "connections",   "posts",   "timelines", "messaging",
 };
 
 static void derive(const char *purpose, const char *name,
