@@ -75,9 +75,10 @@ struct sub {
     struct pull_ticket *tickets; /* every pull in flight, stale or not */
     uint64_t pull_started_ms;
     int backoff_ms;
-    int down_err;     /* the source's failure, MOAT_OK while it works */
-    bool local_fault; /* our own database refused a write */
-    bool ahead;       /* cursor beyond the source's head (logged once) */
+    int down_err;          /* the source's failure, MOAT_OK while it works */
+    int64_t down_since_ms; /* wall ms of the outage's first failed pull */
+    bool local_fault;      /* our own database refused a write */
+    bool ahead;            /* cursor beyond the source's head (logged once) */
     char error[CONSUMER_ERROR_MAX + 32]; /* the current problem, "" if none */
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied,
         *m_failures, *m_dead;
@@ -240,6 +241,9 @@ void consumer_verify_abort(struct moat_consumer *c);
 void consumer_replay_start(struct moat_consumer *c, struct moat_req *req);
 
 /* ---- consumer_admin.c ---- */
+
+/* What s is doing, in words ("idle", "backoff"...): static. */
+const char *consumer_sub_state(const struct sub *s);
 
 int consumer_register_routes(struct moat_consumer *c,
                              struct moat_http_server *http);
