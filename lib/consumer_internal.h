@@ -75,10 +75,11 @@ struct sub {
     struct pull_ticket *tickets; /* every pull in flight, stale or not */
     uint64_t pull_started_ms;
     int backoff_ms;
-    int down_err;          /* the source's failure, MOAT_OK while it works */
-    int64_t down_since_ms; /* wall ms of the outage's first failed pull */
-    bool local_fault;      /* our own database refused a write */
-    bool ahead;            /* cursor beyond the source's head (logged once) */
+    /* Wall ms of the current outage's first failed pull; 0 while up. */
+    int64_t down_since_ms;
+    int down_err;     /* the source's failure, MOAT_OK while it works */
+    bool local_fault; /* our own database refused a write */
+    bool ahead;       /* cursor beyond the source's head (logged once) */
     char error[CONSUMER_ERROR_MAX + 32]; /* the current problem, "" if none */
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied,
         *m_failures, *m_dead;
