@@ -562,6 +562,25 @@ static void test_bad_input(void **state)
     assert_int_equal(json_array_size(json_object_get(a, "series")), 10);
     assert_int_equal(jint(a, "from_at"), 1767225600);
     json_decref(a);
+    /* API v2: the same answer with RFC 3339 times. */
+    struct h_resp r;
+    const char *hdrs[] = {h_service_token("analytics", NULL, NULL), NULL};
+    h_http(&r, "GET",
+           h_fmt("%s/v2/analytics/engagement?bucket=day&"
+                 "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z",
+                 F.an.url),
+           hdrs, NULL, 0);
+    h_assert_status(&r, 200);
+    a = h_resp_json(&r);
+    h_resp_release(&r);
+    assert_string_equal(json_string_value(json_object_get(a, "from_at")),
+                        "2026-01-01T00:00:00Z");
+    json_t *b0 = json_array_get(json_object_get(a, "series"), 0);
+    assert_string_equal(
+        json_string_value(json_object_get(b0, "bucket_start_at")),
+        "2026-01-01T00:00:00Z");
+    assert_int_equal(json_array_size(json_object_get(a, "series")), 1);
+    json_decref(a);
 }
 
 #define HIST_MAX 64
