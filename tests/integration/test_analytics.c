@@ -1,8 +1,8 @@
 /*
  * test_analytics.c - the analytics service over real producers: moat-
- * messaging, moat-posts and moat-connections processes, and a harness test
- * feed named "comments" standing in for the comments service. The test
- * acts (messages, posts, follows, comments) and checks that the counts
+ * messaging, moat-posts, moat-connections and moat-users processes, and a
+ * harness test feed named "comments" standing in for the comments service. The
+ * test acts (messages, posts, follows, comments) and checks that the counts
  * equal a recomputation from the producers' own APIs (and, for the test
  * feed, from what the test published); a feed that goes away (the test
  * feed stopped, messaging killed) is a blind spot within seconds while the
@@ -35,11 +35,12 @@ struct counts {
 
 static struct {
     char *tmp;
-    struct h_service messaging, posts, connections, an;
+    struct h_service messaging, posts, connections, users, an;
     struct h_feed *comments;
     uint16_t comments_port;
-    char peers[3][1024];
-    const char *env_messaging[2], *env_posts[2], *env_connections[2];
+    char peers[4][1024];
+    const char *env_messaging[2], *env_posts[2], *env_connections[2],
+        *env_users[2];
     char an_env[5][160];
     const char *env_an[6];
     char conversation[64];
@@ -320,6 +321,7 @@ static int group_setup(void **state)
     F.env_posts[0] = producer_peers(F.peers[1], sizeof(F.peers[1]), "posts");
     F.env_connections[0] =
         producer_peers(F.peers[2], sizeof(F.peers[2]), "connections");
+    F.env_users[0] = producer_peers(F.peers[3], sizeof(F.peers[3]), "users");
     if (h_service_start(&F.messaging, "messaging", F.tmp,
                         h_fmt("%s/messaging-data", F.tmp),
                         F.env_messaging) != 0 ||
@@ -327,7 +329,9 @@ static int group_setup(void **state)
                         F.env_posts) != 0 ||
         h_service_start(&F.connections, "connections", F.tmp,
                         h_fmt("%s/connections-data", F.tmp),
-                        F.env_connections) != 0)
+                        F.env_connections) != 0 ||
+        h_service_start(&F.users, "users", F.tmp, h_fmt("%s/users-data", F.tmp),
+                        F.env_users) != 0)
         return -1;
     F.comments = h_feed_start("comments", F.tmp);
     F.comments_port = (uint16_t)atoi(strrchr(h_feed_url(F.comments), ':') + 1);
@@ -339,9 +343,11 @@ static int group_setup(void **state)
              "MOAT_ANALYTICS_CONNECTIONS_URL=%s", F.connections.url);
     snprintf(F.an_env[3], sizeof(F.an_env[3]), "MOAT_ANALYTICS_COMMENTS_URL=%s",
              h_feed_url(F.comments));
-    for (int i = 0; i < 4; i++)
+    snprintf(F.an_env[4], sizeof(F.an_env[4]), "MOAT_ANALYTICS_USERS_URL=%s",
+             F.users.url);
+    for (int i = 0; i < 5; i++)
         F.env_an[i] = F.an_env[i];
-    F.env_an[4] = NULL;
+    F.env_an[5] = NULL;
     if (h_service_start(&F.an, "analytics", F.tmp,
                         h_fmt("%s/analytics-data", F.tmp), F.env_an) != 0)
         return -1;
@@ -363,11 +369,13 @@ static int group_teardown(void **state)
     rc |= h_service_stop(&F.messaging);
     rc |= h_service_stop(&F.posts);
     rc |= h_service_stop(&F.connections);
+    rc |= h_service_stop(&F.users);
     h_feed_stop(F.comments);
     h_service_release(&F.an);
     h_service_release(&F.messaging);
     h_service_release(&F.posts);
     h_service_release(&F.connections);
+    h_service_release(&F.users);
     h_rmtree(F.tmp);
     free(F.tmp);
     if (rc)
@@ -494,6 +502,46 @@ static void test_messaging_outage(void **state)
     send_message(2);
     wait_blind("messaging", false);
     assert_exact();
+}
+
+/* Registrations with the real users service: each new user is counted,
+ * and active, in its own series. */
+static void test_registrations(void **state)
+{
+    MOAT_UNUSED(state);
+    json_t *before = engagement(NULL, NULL, window(NULL), 200);
+    long registered = sum(before, "registrations");
+    json_decref(before);
+    char ids[2][64];
+    for (int i = 0; i < 2; i++) {
+        json_t *u = call(&F.users, "POST", "/v1/users", NULL,
+                         h_fmt("{\"email\": \"reg%d@example.com\", "
+                               "\"password\": \"a long enough secret\", "
+                               "\"display_name\": \"Reg %d\"}",
+                               i, i),
+                         201);
+        snprintf(ids[i], sizeof(ids[i]), "%s",
+                 json_string_value(json_object_get(u, "id")));
+        json_decref(u);
+    }
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
+    for (;;) {
+        json_t *a = engagement(NULL, NULL, window(NULL), 200);
+        long now = sum(a, "registrations");
+        json_decref(a);
+        if (now == registered + 2)
+            break;
+        assert_true(now < registered + 2);
+        assert_true(moat_mono_ms() < deadline);
+        h_sleep_ms(50);
+    }
+    for (int i = 0; i < 2; i++) {
+        json_t *a = engagement(ids[i], "customer", window(ids[i]), 200);
+        assert_int_equal(sum(a, "registrations"), 1);
+        assert_int_equal(sum(a, "active_users"), 1);
+        assert_int_equal(sum(a, "messages_sent"), 0);
+        json_decref(a);
+    }
 }
 
 static void test_replay_verify(void **state)
@@ -653,6 +701,7 @@ int main(void)
         cmocka_unit_test(test_counts_exact),
         cmocka_unit_test(test_comments_outage),
         cmocka_unit_test(test_messaging_outage),
+        cmocka_unit_test(test_registrations),
         cmocka_unit_test(test_replay_verify),
         cmocka_unit_test(test_authorisation),
         cmocka_unit_test(test_bad_input),
