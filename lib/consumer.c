@@ -260,6 +260,8 @@ static void source_failed(struct sub *s, int err)
                      "event source unavailable, retrying with backoff",
                      "{s:s, s:s}", "source", s->src->name, "error",
                      moat_strerror(err));
+        if (s->down_err == MOAT_OK)
+            s->down_since_ms = moat_wall_ms();
         s->down_err = err;
         s->backoff_ms = 0;
     }
@@ -275,6 +277,7 @@ static void source_ok(struct sub *s)
         moat_log(MOAT_LOG_INFO, "event source reachable again", "{s:s}",
                  "source", s->src->name);
         s->down_err = MOAT_OK;
+        s->down_since_ms = 0;
         s->error[0] = '\0';
     }
     if (!s->local_fault)

@@ -31,7 +31,7 @@ static bool busy_verifying(struct moat_consumer *c, struct moat_req *req)
     return true;
 }
 
-static const char *sub_state(const struct sub *s)
+const char *consumer_sub_state(const struct sub *s)
 {
     if (s->c->paused)
         return "paused";
@@ -68,7 +68,7 @@ static void handle_status(struct moat_req *req, void *arg)
                             s->head >= 0 ? json_integer(s->head) : json_null(),
                             "lag_events", (json_int_t)lag, "lag_seconds",
                             age > 0 ? (double)age / 1000.0 : 0.0, "state",
-                            sub_state(s), "error",
+                            consumer_sub_state(s), "error",
                             s->error[0] ? json_string(s->error) : json_null(),
                             "dead_letters", "failed", (json_int_t)failed,
                             "blocked", (json_int_t)blocked));
@@ -76,6 +76,32 @@ static void handle_status(struct moat_req *req, void *arg)
     moat_req_reply_json(req, 200,
                         json_pack("{s:o, s:b, s:b}", "sources", list, "paused",
                                   c->paused, "verifying", c->verify != NULL));
+}
+
+size_t moat_consumer_status(const struct moat_consumer *c,
+                            struct moat_consumer_source_status *out, size_t max)
+{
+    int64_t now = moat_wall_ms();
+    for (size_t i = 0; i < c->nsubs && i < max; i++) {
+        const struct sub *s = c->subs[i];
+        struct moat_consumer_source_status *o = &out[i];
+        memset(o, 0, sizeof(*o));
+        snprintf(o->source, sizeof(o->source), "%s", s->src->name);
+        o->cursor = s->cursor;
+        o->head = s->head;
+        o->lag_events = s->head > s->cursor ? s->head - s->cursor : 0;
+        int64_t since = s->pending_ms;
+        /* Unreachable: nothing is known since the outage began. */
+        if (s->down_err != MOAT_OK && s->down_since_ms &&
+            (since == 0 || s->down_since_ms < since))
+            since = s->down_since_ms;
+        o->lag_seconds =
+            since && now > since ? (double)(now - since) / 1000.0 : 0.0;
+        o->state = consumer_sub_state(s);
+        o->reachable = s->down_err == MOAT_OK;
+        o->down_since_ms = s->down_err != MOAT_OK ? s->down_since_ms : 0;
+    }
+    return c->nsubs;
 }
 
 static json_t *dead_json(const struct consumer_dead *d)

@@ -75,6 +75,8 @@ struct sub {
     struct pull_ticket *tickets; /* every pull in flight, stale or not */
     uint64_t pull_started_ms;
     int backoff_ms;
+    /* Wall ms of the current outage's first failed pull; 0 while up. */
+    int64_t down_since_ms;
     int down_err;     /* the source's failure, MOAT_OK while it works */
     bool local_fault; /* our own database refused a write */
     bool ahead;       /* cursor beyond the source's head (logged once) */
@@ -240,6 +242,9 @@ void consumer_verify_abort(struct moat_consumer *c);
 void consumer_replay_start(struct moat_consumer *c, struct moat_req *req);
 
 /* ---- consumer_admin.c ---- */
+
+/* What s is doing, in words ("idle", "backoff"...): static. */
+const char *consumer_sub_state(const struct sub *s);
 
 int consumer_register_routes(struct moat_consumer *c,
                              struct moat_http_server *http);

@@ -318,6 +318,32 @@ void moat_consumer_set_outbox(struct moat_consumer *c, struct moat_outbox *o);
 void moat_consumer_start(struct moat_consumer *c);
 
 /*
+ * Each subscription's state as GET /v1/admin/consumer shows it, read in
+ * the process, for a service that reports its own freshness (analytics'
+ * blind spots). Fills out[0 .. min(n, max)) in subscription order and
+ * returns n, the number of subscriptions. Loop thread only.
+ */
+struct moat_consumer_source_status {
+    char source[32];
+    int64_t cursor;     /* the last event applied */
+    int64_t head;       /* the source's newest at the last answer; -1 none */
+    int64_t lag_events; /* head - cursor, 0 when caught up */
+    /* Age of the oldest unapplied event known; while the source does not
+     * answer, at least the time since it stopped (it was caught up or
+     * behind then, nothing is known after). 0 when caught up. */
+    double lag_seconds;
+    /* "idle", "waiting" (a long poll in flight), "applying", "retrying"
+     * (a handler failed), "backoff" (the source or our database fails),
+     * "paused" (replay), "stopped" (not started). Static. */
+    const char *state;
+    bool reachable;        /* the last pull was answered */
+    int64_t down_since_ms; /* wall ms of the first failed pull, 0 if up */
+};
+size_t moat_consumer_status(const struct moat_consumer *c,
+                            struct moat_consumer_source_status *out,
+                            size_t max);
+
+/*
  * Admin routes on http (guarded like every route):
  *   GET  /v1/admin/consumer            cursors, lag, dead letters per source
  *        200 {"sources": [{"source", "cursor", "head", "lag_events",

@@ -1210,8 +1210,13 @@ static void feed_submit(struct h_feed *f, struct feed_job *j)
 
 struct h_feed *h_feed_start(const char *name, const char *tmpdir)
 {
+    return h_feed_start_at(name, tmpdir, 0);
+}
+
+struct h_feed *h_feed_start_at(const char *name, const char *tmpdir,
+                               uint16_t port)
+{
     struct h_feed *f = moat_xcalloc(1, sizeof(*f));
-    uint16_t port = 0;
     f->dir = moat_xasprintf("%s/feed-%s", tmpdir, name);
     if (mkdir(f->dir, 0700) != 0 && errno != EEXIST)
         fail_msg("harness: cannot create %s", f->dir);
@@ -1229,7 +1234,7 @@ struct h_feed *h_feed_start(const char *name, const char *tmpdir)
     struct moat_http_limits limits = {0};
     f->http = moat_http_server_new(f->base, &limits, f->metrics);
     if (!f->http || moat_feed_register(f->outbox, f->http) != MOAT_OK ||
-        moat_http_listen(f->http, "127.0.0.1", 0, &port) != MOAT_OK)
+        moat_http_listen(f->http, "127.0.0.1", port, &port) != MOAT_OK)
         fail_msg("harness: cannot serve the test feed %s", name);
     moat_http_set_access_log(f->http, false);
     snprintf(f->url, sizeof(f->url), "http://127.0.0.1:%u", port);

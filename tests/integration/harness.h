@@ -319,6 +319,14 @@ struct h_feed;
 
 /* Start a feed for source name; aborts the test on failure. */
 struct h_feed *h_feed_start(const char *name, const char *tmpdir);
+/*
+ * The same on a given port (0: any free one). A feed stopped and started
+ * again with the same name, tmpdir and port is the same producer back
+ * from an outage: its outbox database is kept under tmpdir, and consumers
+ * that know its URL reconnect.
+ */
+struct h_feed *h_feed_start_at(const char *name, const char *tmpdir,
+                               uint16_t port);
 /* "http://127.0.0.1:<port>" (owned by f). */
 const char *h_feed_url(const struct h_feed *f);
 /* Append one event with data (JSON text) in its own transaction; returns

@@ -812,11 +812,25 @@ static void test_source_down_backs_off(void **state)
         json_string_value(json_object_get(status_of(st), "state")), "backoff");
     assert_non_null(json_string_value(json_object_get(status_of(st), "error")));
     json_decref(st);
+    /* The same in the process: unreachable, lagging since the outage. */
+    struct moat_consumer_source_status ss[2];
+    assert_int_equal(moat_consumer_status(f->c, ss, 2), 1);
+    assert_string_equal(ss[0].state, "backoff");
+    assert_false(ss[0].reachable);
+    assert_true(ss[0].down_since_ms > 0);
+    assert_true(ss[0].lag_seconds >= 0.1);
     wait_cursor(f, 1);
     item(f, "s1", "a", 1);
     st = admin(f, "GET", "/v1/admin/consumer", 200);
     assert_true(json_is_null(json_object_get(status_of(st), "error")));
     json_decref(st);
+    assert_int_equal(moat_consumer_status(f->c, ss, 0), 1);
+    assert_int_equal(moat_consumer_status(f->c, ss, 2), 1);
+    assert_true(ss[0].reachable);
+    assert_int_equal(ss[0].down_since_ms, 0);
+    assert_int_equal(ss[0].cursor, 1);
+    assert_int_equal(ss[0].lag_events, 0);
+    assert_true(ss[0].lag_seconds == 0.0);
 }
 
 static void assert_order(struct fixture *f, const char *subject,
