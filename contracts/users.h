@@ -3,9 +3,9 @@
  * "users", subject = user id; for ModerationActionRequested the action id).
  * Owned by users; consumed by orders (its customer directory), the gateway
  * (its access overrides: the account events) and comments (the account
- * events and moderation actions). What a contract module is, why linking it keeps
- * Database per Service, and how a version is added: contracts/contract.h and
- * docs/events.md.
+ * events and moderation actions). What a contract module is, why linking it
+ * keeps Database per Service, and how a version is added: contracts/contract.h
+ * and docs/events.md.
  *
  * Events (docs/users.md), schema 1. No plaintext personal data: a
  * consumer that needs a name or email reads it through the API.
@@ -40,11 +40,11 @@
 
 #include <jansson.h>
 
-#define USERS_USER_REGISTERED "UserRegistered"
-#define USERS_USER_UPDATED    "UserUpdated"
-#define USERS_USER_SUSPENDED  "UserSuspended"
-#define USERS_USER_RESTORED   "UserRestored"
-#define USERS_ROLE_CHANGED    "RoleChanged"
+#define USERS_USER_REGISTERED             "UserRegistered"
+#define USERS_USER_UPDATED                "UserUpdated"
+#define USERS_USER_SUSPENDED              "UserSuspended"
+#define USERS_USER_RESTORED               "UserRestored"
+#define USERS_ROLE_CHANGED                "RoleChanged"
 #define USERS_MODERATION_ACTION_REQUESTED "ModerationActionRequested"
 
 /* Data schema versions (the current ones). */

@@ -7,8 +7,8 @@
  * moat_auth_pair_key): never a caller's own key. A caller sends
  * a short-lived HS256 service token in the Moat-Service-Token header:
  * iss = caller, aud = callee, exp = now + 60 s, plus the end user it acts
- * for (usr, role, ip, perms) when there is one. `moat up` generates the keys and
- * hands each service exactly the peer keys it needs (least privilege).
+ * for (usr, role, ip, perms) when there is one. `moat up` generates the keys
+ * and hands each service exactly the peer keys it needs (least privilege).
  *
  * The service skeleton (lib/service.c) verifies the token on every route
  * except /healthz, /readyz and /metrics, before the handler runs, and

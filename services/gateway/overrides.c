@@ -74,8 +74,8 @@ static void retry_later(struct gw_overrides *o)
     struct timeval tv = {(time_t)(o->retry_ms / 1000),
                          (suseconds_t)(o->retry_ms % 1000) * 1000};
     evtimer_add(o->timer, &tv);
-    o->retry_ms = o->retry_ms * 2 > OV_RETRY_MAX_MS ? OV_RETRY_MAX_MS
-                                                    : o->retry_ms * 2;
+    o->retry_ms =
+        o->retry_ms * 2 > OV_RETRY_MAX_MS ? OV_RETRY_MAX_MS : o->retry_ms * 2;
 }
 
 /* Drop entries no live token can be older than. */
@@ -93,8 +93,8 @@ static void prune(struct gw_overrides *o, int64_t now_s)
 }
 
 /* Record the state an account event states (its data). */
-static void apply_event(struct gw_overrides *o, const char *type,
-                        json_t *data, int64_t now_s)
+static void apply_event(struct gw_overrides *o, const char *type, json_t *data,
+                        int64_t now_s)
 {
     if (strcmp(type, USERS_USER_SUSPENDED) != 0 &&
         strcmp(type, USERS_USER_RESTORED) != 0 &&
@@ -130,8 +130,8 @@ static void apply_event(struct gw_overrides *o, const char *type,
     json_object_set_new(
         o->table, id,
         json_pack("{s:s, s:i, s:O}", "role", role, "perms",
-                  (int)moat_perms_for(role, suspended, comment_suspended),
-                  "at", at));
+                  (int)moat_perms_for(role, suspended, comment_suspended), "at",
+                  at));
 }
 
 static void on_pulled(int err, json_t *events, int64_t head, void *arg)
@@ -169,23 +169,21 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
         const char *why = NULL;
         if (type && json_is_object(data) && users_schema(type) > 0) {
             if (users_upcast(type,
-                             json_is_integer(ver)
-                                 ? (int)json_integer_value(ver)
-                                 : 1,
+                             json_is_integer(ver) ? (int)json_integer_value(ver)
+                                                  : 1,
                              data, &cur, &why) == MOAT_OK)
                 apply_event(o, type, cur, now_s);
             else
                 moat_log(MOAT_LOG_WARN, "account event not understood",
-                         "{s:s, s:s}", "type", type, "error",
-                         why ? why : "");
+                         "{s:s, s:s}", "type", type, "error", why ? why : "");
             json_decref(cur);
         }
         o->after = n;
     }
     if (!o->caught_up && o->after >= head) {
         o->caught_up = true;
-        moat_log(MOAT_LOG_INFO, "following users' account events",
-                 "{s:I, s:i}", "after", (json_int_t)o->after, "entries",
+        moat_log(MOAT_LOG_INFO, "following users' account events", "{s:I, s:i}",
+                 "after", (json_int_t)o->after, "entries",
                  (int)json_object_size(o->table));
     }
     prune(o, now_s);

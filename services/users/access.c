@@ -206,15 +206,13 @@ static void validate_action(struct moat_validation *v, json_t *body,
             moat_validation_add(v, "/comment_id",
                                 "is required to remove a comment");
         if (json_object_get(body, "user_id"))
-            moat_validation_add(v, "/user_id",
-                                "is not part of remove_comment");
+            moat_validation_add(v, "/user_id", "is not part of remove_comment");
     } else if (strcmp(*action, "suspend_commenting") == 0 ||
                strcmp(*action, "restore_commenting") == 0) {
         if (!json_object_get(body, "user_id"))
             moat_validation_add(v, "/user_id", "is required for %s", *action);
         if (json_object_get(body, "comment_id"))
-            moat_validation_add(v, "/comment_id", "is not part of %s",
-                                *action);
+            moat_validation_add(v, "/comment_id", "is not part of %s", *action);
     } else {
         moat_validation_add(v, "/action",
                             "must be \"remove_comment\", "

@@ -581,8 +581,7 @@ static int access_apply(struct usr_store *s, struct usr_access *a,
      * (either kind) is UserSuspended; lifted, UserRestored. */
     const char *type = role_changed ? USERS_ROLE_CHANGED
                        : (next.suspended && !a->suspended) ||
-                               (next.comment_suspended &&
-                                !a->comment_suspended)
+                               (next.comment_suspended && !a->comment_suspended)
                            ? USERS_USER_SUSPENDED
                            : USERS_USER_RESTORED;
     rc = append_access_event(s, type, &next, ch->changed_by, ch->reason);
@@ -598,9 +597,8 @@ static int access_apply(struct usr_store *s, struct usr_access *a,
 }
 
 int usr_store_access_change(struct usr_store *s, const char *id,
-                            const struct usr_access_change *ch,
-                            int64_t now_ms, struct usr_access *out,
-                            bool *changed)
+                            const struct usr_access_change *ch, int64_t now_ms,
+                            struct usr_access *out, bool *changed)
 {
     *changed = false;
     int rc = moat_db_begin(s->db);
@@ -688,8 +686,7 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
         snprintf(after.role, sizeof(after.role), "%s", u->role);
         after.version = expect_version + 1;
         after.updated_ms = now_ms;
-        rc = append_access_event(s, USERS_ROLE_CHANGED, &after, changed_by,
-                                 "");
+        rc = append_access_event(s, USERS_ROLE_CHANGED, &after, changed_by, "");
     }
     if (rc != MOAT_OK)
         goto out;

@@ -122,25 +122,24 @@ int usr_store_access_get(struct usr_store *s, const char *id,
  * (*changed false). *out is the state after. MOAT_ENOTFOUND.
  */
 int usr_store_access_change(struct usr_store *s, const char *id,
-                            const struct usr_access_change *ch,
-                            int64_t now_ms, struct usr_access *out,
-                            bool *changed);
+                            const struct usr_access_change *ch, int64_t now_ms,
+                            struct usr_access *out, bool *changed);
 /* The JSON of a's state: {id, role, suspended, comment_suspended, perms,
  * version, updated_at} (the access representation, new reference). */
 json_t *usr_access_json(const struct usr_access *a);
 
 /* ---- moderation actions ---- */
 
-#define USR_MOD_ID_PREFIX "mod_"
-#define USR_MOD_ID_LEN    30
-#define USR_REASON_MAX    200 /* code points (up to 4 bytes each) */
+#define USR_MOD_ID_PREFIX  "mod_"
+#define USR_MOD_ID_LEN     30
+#define USR_REASON_MAX     200 /* code points (up to 4 bytes each) */
 #define USR_COMMENT_ID_MAX 64
 
 struct usr_mod_action {
     char id[USR_MOD_ID_LEN + 1];
-    char action[24];                        /* "remove_comment", ... */
+    char action[24];                         /* "remove_comment", ... */
     char comment_id[USR_COMMENT_ID_MAX + 1]; /* "" when none */
-    char user_id[USR_ID_LEN + 1];           /* "" when none */
+    char user_id[USR_ID_LEN + 1];            /* "" when none */
     char reason[USR_REASON_MAX * 4 + 1];
     char requested_by[64];
     int64_t requested_ms;

@@ -114,8 +114,8 @@ static int issue_tokens(struct usr_service *usr, const struct usr_cred *cred,
     snprintf(c.sub, sizeof(c.sub), "%s", id);
     snprintf(c.role, sizeof(c.role), "%s", role);
     moat_perms_format(
-        moat_perms_for(role, cred->suspended, cred->comment_suspended),
-        c.perms, sizeof(c.perms));
+        moat_perms_for(role, cred->suspended, cred->comment_suspended), c.perms,
+        sizeof(c.perms));
     c.perms_set = true;
     moat_random_bytes(rnd, sizeof(rnd));
     moat_hex(c.jti, rnd, sizeof(rnd));
@@ -145,12 +145,12 @@ static int issue_tokens(struct usr_service *usr, const struct usr_cred *cred,
     if (rc != MOAT_OK)
         goto out;
 
-    *out = json_pack(
-        "{s:s, s:s, s:I, s:s, s:I, s:{s:s, s:s, s:s}}", "access_token", access,
-        "token_type", "Bearer", "expires_in", (json_int_t)usr->cfg.access_ttl_s,
-        "refresh_token", refresh, "refresh_expires_in",
-        (json_int_t)usr->cfg.refresh_ttl_s, "user", "id", id, "role", role,
-        "perms", c.perms);
+    *out =
+        json_pack("{s:s, s:s, s:I, s:s, s:I, s:{s:s, s:s, s:s}}",
+                  "access_token", access, "token_type", "Bearer", "expires_in",
+                  (json_int_t)usr->cfg.access_ttl_s, "refresh_token", refresh,
+                  "refresh_expires_in", (json_int_t)usr->cfg.refresh_ttl_s,
+                  "user", "id", id, "role", role, "perms", c.perms);
 
 out:
     moat_free_secret(access);

@@ -43,9 +43,9 @@ struct usr_user {
     char *display_name; /* plaintext; owned, wiped */
     char password_hash[MOAT_PASSWORD_HASH_MAX]; /* Argon2id string */
     char role[USR_ROLE_MAX]; /* "customer" | "moderator" | "admin" */
-    uint32_t key_id;    /* data key of the row's sealed fields */
-    int64_t version;    /* 1 on creation, +1 per change */
-    int64_t created_ms; /* wall clock, ms since the epoch */
+    uint32_t key_id;         /* data key of the row's sealed fields */
+    int64_t version;         /* 1 on creation, +1 per change */
+    int64_t created_ms;      /* wall clock, ms since the epoch */
     int64_t updated_ms;
 };
 

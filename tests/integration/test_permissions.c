@@ -70,11 +70,11 @@ struct user {
 static void login(struct user *u, const char *email)
 {
     struct h_resp r;
-    h_send_json(&r, "POST", gw("/auth/login"),
-                h_fmt("{\"email\": \"%s\", \"password\": \"%s\"}", email,
-                      strcmp(email, ADMIN_EMAIL) == 0 ? ADMIN_PASSWORD
-                                                      : PASSWORD),
-                NULL);
+    h_send_json(
+        &r, "POST", gw("/auth/login"),
+        h_fmt("{\"email\": \"%s\", \"password\": \"%s\"}", email,
+              strcmp(email, ADMIN_EMAIL) == 0 ? ADMIN_PASSWORD : PASSWORD),
+        NULL);
     h_assert_status(&r, 200);
     json_t *t = h_resp_json(&r);
     h_resp_release(&r);
@@ -190,11 +190,11 @@ static json_t *jwt_payload(const char *auth)
     const char *dot2 = strchr(dot1 + 1, '.');
     unsigned char buf[4096];
     size_t n = 0;
-    assert_int_equal(sodium_base642bin(buf, sizeof(buf), dot1 + 1,
-                                       (size_t)(dot2 - dot1 - 1), NULL, &n,
-                                       NULL,
-                                       sodium_base64_VARIANT_URLSAFE_NO_PADDING),
-                     0);
+    assert_int_equal(
+        sodium_base642bin(buf, sizeof(buf), dot1 + 1, (size_t)(dot2 - dot1 - 1),
+                          NULL, &n, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING),
+        0);
     json_t *j = json_loadb((const char *)buf, n, 0, NULL);
     assert_non_null(j);
     return j;
@@ -231,10 +231,10 @@ static int group_setup(void **state)
     if (sodium_init() < 0)
         return -1;
     F.tmp = h_tmpdir_new("perms");
-    if (h_service_start(&F.users, "users", F.tmp,
-                        h_fmt("%s/users-data", F.tmp), users_env) != 0 ||
-        h_service_start(&F.posts, "posts", F.tmp,
-                        h_fmt("%s/posts-data", F.tmp), NULL) != 0 ||
+    if (h_service_start(&F.users, "users", F.tmp, h_fmt("%s/users-data", F.tmp),
+                        users_env) != 0 ||
+        h_service_start(&F.posts, "posts", F.tmp, h_fmt("%s/posts-data", F.tmp),
+                        NULL) != 0 ||
         h_service_start(&F.msg, "messaging", F.tmp,
                         h_fmt("%s/messaging-data", F.tmp), NULL) != 0 ||
         start_gateway() != 0)
@@ -311,9 +311,8 @@ static void test_suspension_refuses(void **state)
     assert_true(took <= h_scaled_ms(DELAY_BOUND_MS));
     assert_int_equal(send_message(&alice, conv_id), 403);
     json_t *problem = NULL;
-    assert_int_equal(call("POST", "/posts", alice.auth, "{\"text\": \"x\"}",
-                          &problem),
-                     403);
+    assert_int_equal(
+        call("POST", "/posts", alice.auth, "{\"text\": \"x\"}", &problem), 403);
     assert_string_equal(str(problem, "detail"), "your account may not post");
     json_decref(problem);
     /* Reading is not refused; bob is not affected. */
@@ -322,10 +321,10 @@ static void test_suspension_refuses(void **state)
 
     /* A refresh mints a token without the permissions. */
     json_t *tokens = NULL;
-    assert_int_equal(
-        call("POST", "/auth/refresh", NULL,
-             h_fmt("{\"refresh_token\": \"%s\"}", alice.refresh), &tokens),
-        200);
+    assert_int_equal(call("POST", "/auth/refresh", NULL,
+                          h_fmt("{\"refresh_token\": \"%s\"}", alice.refresh),
+                          &tokens),
+                     200);
     char fresh[4200];
     snprintf(fresh, sizeof(fresh), "Authorization: Bearer %s",
              str(tokens, "access_token"));
@@ -459,9 +458,8 @@ static void test_moderation_action(void **state)
     snprintf(id, sizeof(id), "%s", str(a, "action_id"));
     assert_int_equal(strncmp(id, "mod_", 4), 0);
     json_decref(a);
-    assert_int_equal(admin_call("GET", h_fmt("/moderation/actions/%s", id),
-                                NULL, &a),
-                     200);
+    assert_int_equal(
+        admin_call("GET", h_fmt("/moderation/actions/%s", id), NULL, &a), 200);
     assert_string_equal(str(a, "comment_id"), "cmt_01abc");
     assert_string_equal(str(a, "requested_by"), F.admin_id);
     json_decref(a);
@@ -473,8 +471,8 @@ static void test_moderation_action(void **state)
     assert_string_equal(str(data, "comment_id"), "cmt_01abc");
     assert_string_equal(str(data, "reason"), "off topic");
     assert_null(json_object_get(data, "user_id"));
-    assert_int_equal(json_integer_value(json_object_get(ev, "dataschemaversion")),
-                     1);
+    assert_int_equal(
+        json_integer_value(json_object_get(ev, "dataschemaversion")), 1);
     json_decref(evs);
 
     /* Suspend commenting: an action for comments and the account's own
@@ -497,9 +495,9 @@ static void test_moderation_action(void **state)
 
     /* Not a moderator. */
     assert_int_equal(probe_moderate(&dave), 403);
-    assert_int_equal(call("GET", h_fmt("/moderation/actions/%s", id), dave.auth,
-                          NULL, NULL),
-                     403);
+    assert_int_equal(
+        call("GET", h_fmt("/moderation/actions/%s", id), dave.auth, NULL, NULL),
+        403);
     /* Bad input. */
     static const char *const bad[] = {
         "{\"action\": \"ban\", \"reason\": \"x\"}",

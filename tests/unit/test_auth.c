@@ -468,9 +468,8 @@ static void test_perms_in_service_token(void **state)
     assert_int_equal(moat_auth_pair_key(own, "catalog", &pair_b64), MOAT_OK);
     uint8_t pair[64];
     size_t pair_len = 0;
-    assert_int_equal(moat_base64_decode(pair_b64, pair, sizeof(pair),
-                                        &pair_len),
-                     MOAT_OK);
+    assert_int_equal(
+        moat_base64_decode(pair_b64, pair, sizeof(pair), &pair_len), MOAT_OK);
     struct moat_jwt_claims c;
     memset(&c, 0, sizeof(c));
     snprintf(c.iss, sizeof(c.iss), "gateway");
