@@ -38,11 +38,12 @@
 #include "moat/jwt.h"
 #include "moat/log.h"
 
-#define OV_PULL_LIMIT   1000
-#define OV_WAIT_MS      25000
-#define OV_RETRY_MIN_MS 100
-#define OV_RETRY_MAX_MS 5000
-#define OV_SKEW_S       60
+#define OV_PULL_LIMIT    1000
+#define OV_WAIT_MS       25000
+#define OV_RETRY_MIN_MS  100
+#define OV_RETRY_MAX_MS  5000
+#define OV_SKEW_S        60
+#define OV_PRUNE_EVERY_S 10
 /* Entries beyond this are not added (logged): the token lifetime bound
  * applies to those accounts. ~200 bytes each. */
 #define OV_MAX_ENTRIES 200000
@@ -56,6 +57,7 @@ struct gw_overrides {
     unsigned retry_ms;
     bool caught_up; /* reached the head once */
     bool full_logged;
+    int64_t pruned_s;    /* when prune last walked the table */
     struct event *timer; /* retry after a failure */
     struct moat_metric_series *m_entries;
 };
@@ -84,6 +86,7 @@ static void prune(struct gw_overrides *o, int64_t now_s)
     const char *key;
     json_t *val;
     void *tmp;
+    o->pruned_s = now_s;
     json_object_foreach_safe(o->table, tmp, key, val)
     {
         json_int_t at = json_integer_value(json_object_get(val, "at"));
@@ -186,7 +189,8 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
                  "after", (json_int_t)o->after, "entries",
                  (int)json_object_size(o->table));
     }
-    prune(o, now_s);
+    if (now_s - o->pruned_s >= OV_PRUNE_EVERY_S)
+        prune(o, now_s);
     moat_metric_set(o->m_entries, (double)json_object_size(o->table));
     pull(o);
 }
