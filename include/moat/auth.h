@@ -56,7 +56,9 @@ struct moat_principal {
      * MOAT_PERM_* of the end user. A service token without a "perms"
      * claim (from a caller older than permissions) gets its role's
      * permissions, moat_role_perms(role): what that role could do before
-     * permissions existed. No user: 0.
+     * permissions existed. No user: 0. moat_auth_token always sends it
+     * with a user: a principal built by hand (not copied from a request)
+     * must set it, or the callee sees no permissions at all.
      */
     unsigned perms;
 };
