@@ -1,14 +1,36 @@
 /*
  * contracts/users.h - the events users publishes on its feed (source
- * "users", subject = user id). Owned by users; consumed by orders (its
- * customer directory). What a contract module is, why linking it keeps
- * Database per Service, and how a version is added: contracts/contract.h and
- * docs/events.md.
+ * "users", subject = user id; for ModerationActionRequested the action id).
+ * Owned by users; consumed by orders (its customer directory), the gateway
+ * (its access overrides: the account events) and comments (the account
+ * events and moderation actions). What a contract module is, why linking it
+ * keeps Database per Service, and how a version is added: contracts/contract.h
+ * and docs/events.md.
  *
  * Events (docs/users.md), schema 1. No plaintext personal data: a
  * consumer that needs a name or email reads it through the API.
  *   UserRegistered  {id, role, version, created_at (s since the epoch)}
  *   UserUpdated     {id, role, version, updated_at (s since the epoch)}
+ *
+ * Account events, schema 1 (USERS_ACCESS_SCHEMA): each carries the
+ * account's whole access state AFTER the change, so a consumer keeps the
+ * latest event per user and needs nothing older:
+ *   UserSuspended   {id, role, suspended, comment_suspended, perms,
+ *   UserRestored     version, changed_at (s since the epoch), changed_by,
+ *   RoleChanged      reason (may be "")}
+ * perms is the list of permission names the account now has ("post",
+ * "comment", "message", "moderate"; moat/auth.h moat_perms_for).
+ * UserSuspended and UserRestored are about suspended and comment_suspended
+ * (a moderation "suspend_commenting" is a UserSuspended with
+ * suspended = false, comment_suspended = true), RoleChanged about role.
+ *
+ * Moderation, schema 1 (USERS_MODERATION_SCHEMA), subject = action_id:
+ *   ModerationActionRequested {action_id, action ("remove_comment" |
+ *       "suspend_commenting" | "restore_commenting"), comment_id (for
+ *       remove_comment, else absent), user_id (for the other two, else
+ *       absent), reason, requested_by (user id), requested_at (s since the
+ *       epoch)}
+ * The comments service applies it (exactly once: its consumer's cursor).
  *
  * Every type has had one schema so far: its upcaster accepts exactly the
  * current version and returns the data as it is.
@@ -18,11 +40,17 @@
 
 #include <jansson.h>
 
-#define USERS_USER_REGISTERED "UserRegistered"
-#define USERS_USER_UPDATED    "UserUpdated"
+#define USERS_USER_REGISTERED             "UserRegistered"
+#define USERS_USER_UPDATED                "UserUpdated"
+#define USERS_USER_SUSPENDED              "UserSuspended"
+#define USERS_USER_RESTORED               "UserRestored"
+#define USERS_ROLE_CHANGED                "RoleChanged"
+#define USERS_MODERATION_ACTION_REQUESTED "ModerationActionRequested"
 
 /* Data schema versions (the current ones). */
-#define USERS_USER_SCHEMA 1 /* UserRegistered, UserUpdated */
+#define USERS_USER_SCHEMA       1 /* UserRegistered, UserUpdated */
+#define USERS_ACCESS_SCHEMA     1 /* UserSuspended, UserRestored, RoleChanged */
+#define USERS_MODERATION_SCHEMA 1 /* ModerationActionRequested */
 
 /*
  * The current-shape data of an event of users (contract_upcast: data is

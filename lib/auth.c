@@ -4,7 +4,9 @@
  *
  * A service token is an HS256 JWT signed with the CALLER's key: iss = sub =
  * caller, aud = callee, exp = now + MOAT_SERVICE_TOKEN_TTL_S, and the end
- * user acted for in usr/role/ip. The callee picks the key by the unverified
+ * user acted for in usr/role/ip/perms (perms only with a user; a token
+ * with a user and no perms claim, from an older caller, gets the role's
+ * permissions). The callee picks the key by the unverified
  * issuer (moat_jwt_peek_issuer), then verifies everything with that key and
  * aud = itself, so a token for one service is useless at another and a
  * service holding no peer key for a caller cannot be called by it.
@@ -58,7 +60,7 @@ struct verified {
 };
 
 struct minted {
-    char *key;   /* "aud\nuser\nrole\nip", owned */
+    char *key;   /* "aud\nuser\nrole\nip\nperms", owned */
     char *token; /* owned */
     int64_t minted;
 };
@@ -112,6 +114,85 @@ int moat_auth_pair_key(const char *caller_key_b64, const char *callee,
     sodium_memzero(pair, sizeof(pair));
     sodium_memzero(b64, sizeof(b64));
     return MOAT_OK;
+}
+
+/* ---- permissions ---- */
+
+static const struct {
+    unsigned flag;
+    const char *name;
+} perm_names[] = {
+    {MOAT_PERM_POST, "post"},
+    {MOAT_PERM_COMMENT, "comment"},
+    {MOAT_PERM_MESSAGE, "message"},
+    {MOAT_PERM_MODERATE, "moderate"},
+};
+
+unsigned moat_role_perms(const char *role)
+{
+    if (!role)
+        return 0;
+    if (strcmp(role, "customer") == 0 || strcmp(role, "member") == 0)
+        return MOAT_PERM_POST | MOAT_PERM_COMMENT | MOAT_PERM_MESSAGE;
+    if (strcmp(role, "moderator") == 0)
+        return MOAT_PERM_POST | MOAT_PERM_COMMENT | MOAT_PERM_MESSAGE |
+               MOAT_PERM_MODERATE;
+    if (strcmp(role, "admin") == 0)
+        return MOAT_PERM_ALL;
+    return 0;
+}
+
+unsigned moat_perms_for(const char *role, bool suspended,
+                        bool comment_suspended)
+{
+    unsigned perms = moat_role_perms(role);
+    if (suspended)
+        perms &= ~(MOAT_PERM_POST | MOAT_PERM_COMMENT | MOAT_PERM_MESSAGE);
+    if (comment_suspended)
+        perms &= ~MOAT_PERM_COMMENT;
+    return perms;
+}
+
+const char *moat_perm_name(unsigned perm)
+{
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(perm_names); i++)
+        if (perm_names[i].flag == perm)
+            return perm_names[i].name;
+    return NULL;
+}
+
+void moat_perms_format(unsigned perms, char *out, size_t cap)
+{
+    size_t len = 0;
+    if (cap == 0)
+        return;
+    out[0] = '\0';
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(perm_names); i++) {
+        if (!(perms & perm_names[i].flag))
+            continue;
+        int n = snprintf(out + len, cap - len, "%s%s", len ? " " : "",
+                         perm_names[i].name);
+        if (n < 0 || (size_t)n >= cap - len) {
+            out[len] = '\0'; /* never half a name */
+            return;
+        }
+        len += (size_t)n;
+    }
+}
+
+unsigned moat_perms_parse(const char *s)
+{
+    unsigned perms = 0;
+    while (s && *s) {
+        s += strspn(s, " ");
+        size_t n = strcspn(s, " ");
+        for (size_t i = 0; i < MOAT_ARRAY_LEN(perm_names); i++)
+            if (n == strlen(perm_names[i].name) &&
+                memcmp(s, perm_names[i].name, n) == 0)
+                perms |= perm_names[i].flag;
+        s += n;
+    }
+    return perms;
 }
 
 static uint64_t fnv1a(const char *s)
@@ -331,8 +412,9 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
     if (!a || !audience || !valid_name(audience, strlen(audience)))
         return MOAT_EINVAL;
     int64_t now = (int64_t)time(NULL);
-    char *key = moat_xasprintf("%s\n%s\n%s\n%s", audience, p ? p->user_id : "",
-                               p ? p->role : "", p ? p->client_ip : "");
+    char *key = moat_xasprintf("%s\n%s\n%s\n%s\n%u", audience,
+                               p ? p->user_id : "", p ? p->role : "",
+                               p ? p->client_ip : "", p ? p->perms : 0u);
     struct auth_cache *cache = a->cache;
     pthread_mutex_lock(&cache->lock);
     for (size_t i = 0; i < MINT_CACHE_SLOTS; i++) {
@@ -358,6 +440,10 @@ int moat_auth_token(const struct moat_auth *a, const char *audience,
         snprintf(c.usr, sizeof(c.usr), "%s", p->user_id);
         snprintf(c.role, sizeof(c.role), "%s", p->role);
         snprintf(c.ip, sizeof(c.ip), "%s", p->client_ip);
+        if (p->user_id[0]) {
+            moat_perms_format(p->perms, c.perms, sizeof(c.perms));
+            c.perms_set = true;
+        }
     }
     /* Signed with the pair key for this audience, never our own key: the
      * callee holds only that (see moat_auth_pair_key). */
@@ -388,6 +474,23 @@ static const struct auth_key *find_peer(const struct moat_auth *a,
         if (strcmp(a->peers[i].name, name) == 0)
             return &a->peers[i];
     return NULL;
+}
+
+/* The principal a verified service token from caller states. */
+static void principal_from_claims(struct moat_principal *p, const char *caller,
+                                  const struct moat_jwt_claims *c)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->service, sizeof(p->service), "%s", caller);
+    snprintf(p->user_id, sizeof(p->user_id), "%s", c->usr);
+    snprintf(p->role, sizeof(p->role), "%s", c->role);
+    snprintf(p->client_ip, sizeof(p->client_ip), "%s", c->ip);
+    if (!c->usr[0])
+        p->perms = 0;
+    else if (c->perms_set)
+        p->perms = moat_perms_parse(c->perms);
+    else /* a caller older than permissions: what the role could do */
+        p->perms = moat_role_perms(c->role);
 }
 
 int moat_auth_verify(const struct moat_auth *a, const char *token,
@@ -446,24 +549,18 @@ int moat_auth_verify(const struct moat_auth *a, const char *token,
         reason = "lifetime too long";
         goto cleanup;
     }
-    if (out) {
-        snprintf(out->service, sizeof(out->service), "%s", k->name);
-        snprintf(out->user_id, sizeof(out->user_id), "%s", c.usr);
-        snprintf(out->role, sizeof(out->role), "%s", c.role);
-        snprintf(out->client_ip, sizeof(out->client_ip), "%s", c.ip);
-    }
     {
+        struct moat_principal got;
+        principal_from_claims(&got, k->name, &c);
+        if (out)
+            *out = got;
         /* Remember it until it expires (not beyond: no leeway here). */
         pthread_mutex_lock(&cache->lock);
         free_secret_string(slot->token);
         slot->token = moat_xstrdup(token);
         slot->hash = h;
         slot->exp = c.exp;
-        memset(&slot->p, 0, sizeof(slot->p));
-        snprintf(slot->p.service, sizeof(slot->p.service), "%s", k->name);
-        snprintf(slot->p.user_id, sizeof(slot->p.user_id), "%s", c.usr);
-        snprintf(slot->p.role, sizeof(slot->p.role), "%s", c.role);
-        snprintf(slot->p.client_ip, sizeof(slot->p.client_ip), "%s", c.ip);
+        slot->p = got;
         pthread_mutex_unlock(&cache->lock);
     }
 cleanup:

@@ -445,6 +445,11 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
             }
         } else if (resp->status == 410) {
             err = MOAT_ENOTFOUND;
+            /* Where a reader that accepts the gap may resume. */
+            body = json_loads(resp->body, 0, NULL);
+            json_t *from = json_object_get(body, "retained_from");
+            if (json_is_integer(from) && json_integer_value(from) > 0)
+                head = json_integer_value(from) - 1;
         } else {
             err = MOAT_EIO;
         }

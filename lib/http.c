@@ -877,6 +877,21 @@ bool moat_req_require_admin(struct moat_req *r)
     return false;
 }
 
+bool moat_req_require_perm(struct moat_req *r, unsigned perm)
+{
+    if (!moat_req_require_user(r))
+        return false;
+    if ((r->principal.perms & perm) == perm)
+        return true;
+    const char *what = perm == MOAT_PERM_POST       ? "post"
+                       : perm == MOAT_PERM_COMMENT  ? "comment"
+                       : perm == MOAT_PERM_MESSAGE  ? "send messages"
+                       : perm == MOAT_PERM_MODERATE ? "moderate"
+                                                    : "do this";
+    moat_req_reply_problem(r, 403, "your account may not %s", what);
+    return false;
+}
+
 static bool json_content_type(const char *ct)
 {
     if (!ct)

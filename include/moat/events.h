@@ -234,7 +234,10 @@ typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
  * and never from inside pull, with a JSON array of CloudEvents (borrowed,
  * valid during done) and the source's head, or with an error and NULL:
  *   MOAT_EIO, MOAT_ETIMEDOUT  source unreachable or answering an error
- *   MOAT_ENOTFOUND            the events after `after` are gone (410)
+ *   MOAT_ENOTFOUND            the events after `after` are gone (410);
+ *                             head is then the oldest retained seq - 1
+ *                             (where a reader that accepts the gap may
+ *                             resume), 0 when unknown
  *   MOAT_EINVAL               malformed answer
  *   MOAT_ECANCELLED           the transport is shutting down
  * If pull returns an error, done is never called. Several pulls may be in

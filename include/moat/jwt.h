@@ -16,6 +16,7 @@
 #ifndef MOAT_JWT_H
 #define MOAT_JWT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,6 +32,12 @@ struct moat_jwt_claims {
     char usr[64];  /* service tokens: end user acted for ("" if none) */
     char ip[48];   /* service tokens: the end user's address ("" if none) */
     char jti[48];  /* token id */
+    /* "perms": the end user's permissions, space-separated names
+     * ("post comment message moderate", moat/auth.h). perms_set says the
+     * claim was present (it may be present and empty: a suspended user);
+     * moat_jwt_sign writes it only when perms_set. */
+    char perms[48];
+    bool perms_set;
     int64_t iat, nbf, exp; /* seconds since the epoch; 0 = absent */
 };
 

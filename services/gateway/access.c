@@ -11,9 +11,16 @@
  *     never silently loses its identity. A request without one passes only
  *     when it is on the MOAT_GATEWAY_PUBLIC allow-list.
  *
- * The principal set here (user id, role, client address) is what proxy.c
- * signs into the service token for the upstream; nothing the client sent
- * about its identity travels further.
+ *  3. Permissions: the token's "perms" claim (a token without one, from
+ *     before permissions existed, gets its role's), then the account's
+ *     newest role and permissions when users' feed changed them recently
+ *     (overrides.c): a suspension is applied within the feed's delay, not
+ *     at the token's expiry. The gateway refuses nothing for it: the
+ *     owning service refuses the write (moat_req_require_perm).
+ *
+ * The principal set here (user id, role, permissions, client address) is
+ * what proxy.c signs into the service token for the upstream; nothing the
+ * client sent about its identity travels further.
  */
 #include "moat/common.h"
 
@@ -129,6 +136,8 @@ bool gw_access_guard(struct moat_req *req, void *arg)
     /* Both fields are exactly as wide as the claims they come from. */
     memcpy(p.user_id, c.sub, sizeof(p.user_id));
     memcpy(p.role, c.role, sizeof(p.role));
+    p.perms = c.perms_set ? moat_perms_parse(c.perms) : moat_role_perms(c.role);
+    gw_overrides_apply(gw, &p);
     moat_req_set_principal(req, &p);
     return true;
 }

@@ -11,6 +11,8 @@
  *   proxy.c   forwards one request with the non-blocking HTTP client, with
  *             a service token for the upstream instead of the client's
  *             credentials, and turns upstream failures into 503;
+ *   overrides.c follows users' account events (suspension, role) so that
+ *             access.c can apply them before old tokens expire;
  *   compose.c API composition: GET /api/v1/orders/{id}/details, the order
  *             plus the customer, products, payment and notifications read
  *             from their services in parallel, each behind a circuit
@@ -47,6 +49,8 @@ enum gw_err_kind {
 };
 
 struct gw;
+struct gw_overrides;
+struct moat_principal;
 
 /*
  * The services API composition reads, in the order of the "partial" list.
@@ -141,6 +145,8 @@ struct gw {
     struct gw_backend backends[GW_BACKENDS];
     long compose_timeout_ms; /* per backend call, and the order fetch */
     struct moat_metric_family *m_compose; /* {result} */
+    /* Access overrides (overrides.c); NULL when users is unknown. */
+    struct gw_overrides *overrides;
 };
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
@@ -242,6 +248,21 @@ void gw_proxy(struct moat_req *req, void *arg);
  * returns false, or sets the request's principal and returns true.
  */
 bool gw_access_guard(struct moat_req *req, void *arg);
+
+/*
+ * Access overrides (overrides.c, docs/security.md "Suspension delay"):
+ * follow users' feed from sequence 0 for UserSuspended, UserRestored and
+ * RoleChanged, keeping each account's newest state for access_ttl_s (the
+ * users' access-token lifetime) + the JWT leeway + 60 s. Init after
+ * gw_compose_init (it reads the users backend's URL; no URL or no end-user
+ * auth: nothing to follow, MOAT_OK); start from the service's start; free
+ * from release, before the service's feed client is freed.
+ */
+int gw_overrides_init(struct gw *gw, int64_t access_ttl_s);
+void gw_overrides_start(struct gw *gw);
+void gw_overrides_free(struct gw *gw);
+/* Replace p's role and perms with its account's newest state, if any. */
+void gw_overrides_apply(const struct gw *gw, struct moat_principal *p);
 
 /* Public path of the composed order details (GET only), in v1 and v2. */
 #define GW_DETAILS_ROUTE    "/api/v1/orders/{id}/details"

@@ -32,6 +32,10 @@
  *   MOAT_GATEWAY_CONNECT_TIMEOUT_MS connect bound (default 300)
  *   MOAT_GATEWAY_MAX_RESPONSE_BYTES upstream body cap (default 8 MiB)
  *   MOAT_GATEWAY_MAX_HOST_CONNS     connections per upstream (default 64)
+ *   MOAT_GATEWAY_ACCESS_TTL_S       lifetime of users' access tokens
+ *       (MOAT_USERS_ACCESS_TTL_S, default 900): how long a suspension or
+ *       role change seen on users' feed overrides older tokens
+ *       (overrides.c); users' URL is its composition backend's
  * and for the order details composition (compose.c):
  *   MOAT_GATEWAY_BACKENDS         "NAME@URL[,...]": base URL of a
  *       composition backend (orders, users, catalog, payments,
@@ -90,6 +94,7 @@ static void gw_free(struct gw *gw)
         return;
     /* moat/service.h's FREE ORDER: the client first, its cancelled calls
      * answer their requests with 503 and touch the routes. */
+    gw_overrides_free(gw);
     moat_http_client_free(gw->client);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);
@@ -274,6 +279,13 @@ static int gw_init(struct moat_service *svc)
     rc = gw_compose_init(gw);
     if (rc != MOAT_OK)
         goto cleanup;
+    int64_t access_ttl_s;
+    rc = moat_env_int("MOAT_GATEWAY_ACCESS_TTL_S", 900, 30, 86400,
+                      &access_ttl_s);
+    if (rc == MOAT_OK)
+        rc = gw_overrides_init(gw, access_ttl_s);
+    if (rc != MOAT_OK)
+        goto cleanup;
 
     for (size_t i = 0; i < gw->nroutes; i++) {
         struct gw_route *r = &gw->routes[i];
@@ -310,6 +322,12 @@ cleanup:
     return rc;
 }
 
+static int gw_start(struct moat_service *svc)
+{
+    gw_overrides_start(svc->impl);
+    return MOAT_OK;
+}
+
 static void gw_release(struct moat_service *svc)
 {
     gw_free(svc->impl);
@@ -322,6 +340,7 @@ static const struct moat_service_def gateway_def = {
     .needs_data_dir = false,
     .public_api = true, /* end users authenticate here (access.c) */
     .init = gw_init,
+    .start = gw_start,
     .release = gw_release,
 };
 

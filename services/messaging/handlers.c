@@ -121,6 +121,15 @@ static const char *caller(struct moat_req *r)
     return moat_req_require_user(r) ? moat_req_principal(r)->user_id : NULL;
 }
 
+/* The caller when they may send messages (a suspended account may not),
+ * or reply 401 / 403 and return NULL. */
+static const char *sender(struct moat_req *r)
+{
+    return moat_req_require_perm(r, MOAT_PERM_MESSAGE)
+               ? moat_req_principal(r)->user_id
+               : NULL;
+}
+
 /* Load conversation {id} as the caller sees it, or reply 404 / 5xx and
  * return false. */
 static bool load_conv(struct moat_req *r, struct msg_service *ms,
@@ -209,7 +218,7 @@ static void handle_create_conv(struct moat_req *r, void *arg)
     struct msg_conv c = {0};
     json_t *body = NULL;
     const char **ids = NULL, **set = NULL;
-    const char *user = caller(r);
+    const char *user = sender(r);
     if (!user)
         return;
     if (moat_req_json(r, &body) != MOAT_OK)
@@ -594,7 +603,7 @@ static void handle_send(struct moat_req *r, void *arg)
     struct msg_message m = {0};
     json_t *body = NULL;
     char key[MOAT_IDEM_KEY_MAX + 1], fp[65];
-    const char *user = caller(r);
+    const char *user = sender(r);
     if (!user)
         return;
     const char *hkey = moat_req_header(r, "Idempotency-Key");
@@ -838,7 +847,7 @@ static void handle_edit_message(struct moat_req *r, void *arg)
     struct msg_service *ms = arg;
     struct msg_message m = {0};
     json_t *body = NULL;
-    const char *user = caller(r);
+    const char *user = sender(r);
     if (!user || !load_message(r, ms, user, &m))
         return;
     if (moat_req_json(r, &body) != MOAT_OK)

@@ -248,7 +248,8 @@ static void handle_create(struct moat_req *r, void *arg)
     json_t *body = NULL;
     char key[MOAT_IDEM_KEY_MAX + 1], fp[65];
 
-    if (!moat_req_require_user(r))
+    /* A suspended account may not post (docs/security.md). */
+    if (!moat_req_require_perm(r, MOAT_PERM_POST))
         return;
     const char *author = moat_req_principal(r)->user_id;
     const char *hkey = moat_req_header(r, "Idempotency-Key");

@@ -139,7 +139,7 @@ static bool load_user(struct moat_req *r, struct usr_service *usr,
 }
 
 /* Decode a JSON object body or reply (415, 400, 422). */
-static bool read_object(struct moat_req *r, json_t **body)
+bool usr_read_object(struct moat_req *r, json_t **body)
 {
     if (moat_req_json(r, body) < 0)
         return false;
@@ -217,7 +217,7 @@ static void handle_register(struct moat_req *r, void *arg)
                                           NULL};
 
     moat_validation_init(&v);
-    if (!read_object(r, &body))
+    if (!usr_read_object(r, &body))
         goto cleanup;
     moat_v_known_keys(&v, body, "", allowed);
     usr_v_email(&v, body, "email", true, &email);
@@ -330,7 +330,8 @@ static void patch_apply(struct moat_req *r, struct usr_service *usr,
                         struct patch_ctx *c)
 {
     int rc = usr_store_replace(usr->store, &c->next, c->expect_version, c->bidx,
-                               c->password_changed, moat_wall_ms());
+                               c->password_changed, moat_wall_ms(),
+                               moat_req_principal(r)->user_id);
     switch (rc) {
     case MOAT_OK:
         break;
@@ -509,7 +510,7 @@ static void patch_user(struct moat_req *r, struct usr_service *usr,
         moat_req_reply_problem(r, 403, "you may only change your own profile");
         goto cleanup;
     }
-    if (!read_object(r, &body))
+    if (!usr_read_object(r, &body))
         goto cleanup;
     patch_check_keys(&v, body, admin, self);
     usr_v_display_name(&v, body, "display_name", false, &name);
@@ -519,7 +520,9 @@ static void patch_user(struct moat_req *r, struct usr_service *usr,
                   &current);
     if (moat_v_string(&v, body, "", "role", false, 1, USR_ROLE_MAX, &role) &&
         !usr_role_valid(role))
-        moat_validation_add(&v, "/role", "must be \"customer\" or \"admin\"");
+        moat_validation_add(&v, "/role",
+                            "must be \"customer\", \"moderator\" or "
+                            "\"admin\"");
     if (!moat_validation_ok(&v)) {
         usr_reply_validation(r, &v, "the change has invalid fields");
         goto cleanup;
@@ -776,6 +779,9 @@ cleanup:
 
 int usr_routes_register(struct usr_service *usr)
 {
+    int rc0 = usr_access_routes_register(usr);
+    if (rc0 != MOAT_OK)
+        return rc0;
     static const struct {
         unsigned methods;
         const char *pattern;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "contracts/users.h"
+#include "moat/auth.h"
 #include "moat/db.h"
 #include "moat/events.h"
 #include "moat/log.h"
@@ -68,6 +69,68 @@ static const struct moat_migration migrations[] = {
      "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
      "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
     {2, "create outbox", MOAT_OUTBOX_SCHEMA},
+    /*
+     * Permissions: the moderator role, suspension, and moderation actions.
+     * A CHECK cannot be altered in SQLite, so users is rebuilt; its child
+     * refresh_tokens is copied aside and rebuilt too, because dropping
+     * users with foreign keys on would cascade into it.
+     */
+    {3, "moderator role, suspension, moderation actions",
+     "CREATE TABLE users_v3 (\n"
+     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'usr_'),\n"
+     "    email_enc TEXT NOT NULL CHECK (substr(email_enc, 1, 3) = 's1.'),\n"
+     "    email_bidx TEXT NOT NULL UNIQUE CHECK (length(email_bidx) = 64),\n"
+     "    name_enc TEXT NOT NULL CHECK (substr(name_enc, 1, 3) = 's1.'),\n"
+     "    password_hash TEXT NOT NULL,\n"
+     "    role TEXT NOT NULL\n"
+     "        CHECK (role IN ('customer', 'moderator', 'admin')),\n"
+     "    key_id INTEGER NOT NULL CHECK (key_id >= 1),\n"
+     "    version INTEGER NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms INTEGER NOT NULL,\n"
+     "    updated_at_ms INTEGER NOT NULL,\n"
+     "    suspended INTEGER NOT NULL DEFAULT 0 CHECK (suspended IN (0, 1)),\n"
+     "    comment_suspended INTEGER NOT NULL DEFAULT 0\n"
+     "        CHECK (comment_suspended IN (0, 1))\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "INSERT INTO users_v3 (id, email_enc, email_bidx, name_enc,\n"
+     "    password_hash, role, key_id, version, created_at_ms,\n"
+     "    updated_at_ms)\n"
+     "    SELECT id, email_enc, email_bidx, name_enc, password_hash, role,\n"
+     "        key_id, version, created_at_ms, updated_at_ms FROM users;\n"
+     "CREATE TABLE refresh_tokens_v2 AS SELECT * FROM refresh_tokens;\n"
+     "DROP TABLE refresh_tokens;\n"
+     "DROP TABLE users;\n"
+     "ALTER TABLE users_v3 RENAME TO users;\n"
+     "CREATE INDEX users_key_id ON users (key_id);\n"
+     "CREATE TABLE refresh_tokens (\n"
+     "    token_hash TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(token_hash) = 64),\n"
+     "    user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,\n"
+     "    family_id TEXT NOT NULL,\n"
+     "    expires_at_ms INTEGER NOT NULL,\n"
+     "    revoked_at_ms INTEGER,\n"
+     "    replaced_by TEXT,\n"
+     "    created_at_ms INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "INSERT INTO refresh_tokens SELECT token_hash, user_id, family_id,\n"
+     "    expires_at_ms, revoked_at_ms, replaced_by, created_at_ms\n"
+     "    FROM refresh_tokens_v2;\n"
+     "DROP TABLE refresh_tokens_v2;\n"
+     "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
+     "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"
+     "CREATE TABLE moderation_actions (\n"
+     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'mod_'),\n"
+     "    action TEXT NOT NULL CHECK (action IN ('remove_comment',\n"
+     "        'suspend_commenting', 'restore_commenting')),\n"
+     "    comment_id TEXT,\n"
+     "    user_id TEXT,\n"
+     "    reason TEXT NOT NULL,\n"
+     "    requested_by TEXT NOT NULL,\n"
+     "    requested_at_ms INTEGER NOT NULL,\n"
+     "    seq INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"},
 };
 
 int usr_store_open(struct usr_store **out, struct event_base *base,
@@ -324,6 +387,8 @@ static int cred_query(struct usr_store *s, const char *name, const char *sql,
         copy_text(out->role, sizeof(out->role), sqlite3_column_text(st, 1));
         copy_text(out->password_hash, sizeof(out->password_hash),
                   sqlite3_column_text(st, 2));
+        out->suspended = sqlite3_column_int64(st, 3) != 0;
+        out->comment_suspended = sqlite3_column_int64(st, 4) != 0;
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -338,8 +403,8 @@ int usr_store_cred_by_email(struct usr_store *s, const char *email_bidx,
                             struct usr_cred *out)
 {
     return cred_query(s, "user_cred_by_email",
-                      "SELECT id, role, password_hash FROM users "
-                      "WHERE email_bidx = ?1",
+                      "SELECT id, role, password_hash, suspended, "
+                      "comment_suspended FROM users WHERE email_bidx = ?1",
                       email_bidx, out);
 }
 
@@ -347,8 +412,8 @@ int usr_store_cred_by_id(struct usr_store *s, const char *id,
                          struct usr_cred *out)
 {
     return cred_query(s, "user_cred_by_id",
-                      "SELECT id, role, password_hash FROM users "
-                      "WHERE id = ?1",
+                      "SELECT id, role, password_hash, suspended, "
+                      "comment_suspended FROM users WHERE id = ?1",
                       id, out);
 }
 
@@ -401,10 +466,163 @@ static int revoke_user_tokens(struct usr_store *s, const char *user_id,
     return step_done(s, stmt);
 }
 
+/* ---- access ---- */
+
+int usr_store_access_get(struct usr_store *s, const char *id,
+                         struct usr_access *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_access_get",
+        "SELECT role, suspended, comment_suspended, version, updated_at_ms "
+        "FROM users WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    memset(out, 0, sizeof(*out));
+    if (step == SQLITE_ROW) {
+        snprintf(out->id, sizeof(out->id), "%s", id);
+        copy_text(out->role, sizeof(out->role), sqlite3_column_text(st, 0));
+        out->suspended = sqlite3_column_int64(st, 1) != 0;
+        out->comment_suspended = sqlite3_column_int64(st, 2) != 0;
+        out->version = sqlite3_column_int64(st, 3);
+        out->updated_ms = sqlite3_column_int64(st, 4);
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
+}
+
+static json_t *perms_json(unsigned perms)
+{
+    json_t *list = json_array();
+    for (unsigned f = 1; f <= MOAT_PERM_ALL; f <<= 1)
+        if (perms & f)
+            json_array_append_new(list, json_string(moat_perm_name(f)));
+    return list;
+}
+
+json_t *usr_access_json(const struct usr_access *a)
+{
+    return json_pack(
+        "{s:s, s:s, s:b, s:b, s:o, s:I, s:I}", "id", a->id, "role", a->role,
+        "suspended", a->suspended, "comment_suspended", a->comment_suspended,
+        "perms",
+        perms_json(moat_perms_for(a->role, a->suspended, a->comment_suspended)),
+        "version", (json_int_t)a->version, "updated_at",
+        (json_int_t)(a->updated_ms / 1000));
+}
+
+/* Inside the caller's transaction: the account event of state a. */
+static int append_access_event(struct usr_store *s, const char *type,
+                               const struct usr_access *a,
+                               const char *changed_by, const char *reason)
+{
+    json_t *ev = usr_access_json(a);
+    json_object_del(ev, "updated_at");
+    json_object_set_new(ev, "changed_at",
+                        json_integer((json_int_t)(a->updated_ms / 1000)));
+    json_object_set_new(ev, "changed_by", json_string(changed_by));
+    json_object_set_new(ev, "reason", json_string(reason ? reason : ""));
+    int rc = moat_outbox_append(s->outbox, type, a->id, USERS_ACCESS_SCHEMA, ev,
+                                NULL);
+    json_decref(ev);
+    return rc;
+}
+
+/* Inside the caller's transaction: apply ch to *a (the current state,
+ * updated to the new one) and write it with its event. */
+static int access_apply(struct usr_store *s, struct usr_access *a,
+                        const struct usr_access_change *ch, int64_t now_ms,
+                        bool *changed)
+{
+    struct usr_access next = *a;
+    if (ch->role)
+        snprintf(next.role, sizeof(next.role), "%s", ch->role);
+    if (ch->suspended >= 0)
+        next.suspended = ch->suspended != 0;
+    if (ch->comment_suspended >= 0)
+        next.comment_suspended = ch->comment_suspended != 0;
+    bool role_changed = strcmp(next.role, a->role) != 0;
+    bool susp_changed = next.suspended != a->suspended ||
+                        next.comment_suspended != a->comment_suspended;
+    *changed = role_changed || susp_changed;
+    if (!*changed)
+        return MOAT_OK;
+    next.version = a->version + 1;
+    next.updated_ms = now_ms;
+
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "user_access_set",
+        "UPDATE users SET role = ?2, suspended = ?3, comment_suspended = ?4, "
+        "version = ?5, updated_at_ms = ?6 WHERE id = ?1 AND version = ?7");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, next.id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, next.role, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, next.suspended);
+    sqlite3_bind_int64(st, 4, next.comment_suspended);
+    sqlite3_bind_int64(st, 5, next.version);
+    sqlite3_bind_int64(st, 6, next.updated_ms);
+    sqlite3_bind_int64(st, 7, a->version);
+    int rc = step_done(s, stmt);
+    if (rc != MOAT_OK)
+        return rc;
+    if (sqlite3_changes(moat_db_handle(s->db)) == 0)
+        return MOAT_EPRECOND; /* cannot happen inside BEGIN IMMEDIATE */
+    /* One event per change, the whole state after it. A suspension set
+     * (either kind) is UserSuspended; lifted, UserRestored. */
+    const char *type = role_changed ? USERS_ROLE_CHANGED
+                       : (next.suspended && !a->suspended) ||
+                               (next.comment_suspended && !a->comment_suspended)
+                           ? USERS_USER_SUSPENDED
+                           : USERS_USER_RESTORED;
+    rc = append_access_event(s, type, &next, ch->changed_by, ch->reason);
+    if (rc == MOAT_OK && role_changed && susp_changed)
+        rc = append_access_event(s,
+                                 next.suspended || next.comment_suspended
+                                     ? USERS_USER_SUSPENDED
+                                     : USERS_USER_RESTORED,
+                                 &next, ch->changed_by, ch->reason);
+    if (rc == MOAT_OK)
+        *a = next;
+    return rc;
+}
+
+int usr_store_access_change(struct usr_store *s, const char *id,
+                            const struct usr_access_change *ch, int64_t now_ms,
+                            struct usr_access *out, bool *changed)
+{
+    *changed = false;
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    rc = usr_store_access_get(s, id, out);
+    if (rc == MOAT_OK)
+        rc = access_apply(s, out, ch, now_ms, changed);
+    if (rc == MOAT_OK && *changed) {
+        rc = moat_db_commit(s->db);
+        if (rc == MOAT_OK)
+            moat_outbox_committed(s->outbox);
+        return rc;
+    }
+    moat_db_rollback(s->db);
+    return rc;
+}
+
 int usr_store_replace(struct usr_store *s, struct usr_user *u,
                       int64_t expect_version, const char *email_bidx,
-                      bool revoke_tokens, int64_t now_ms)
+                      bool revoke_tokens, int64_t now_ms,
+                      const char *changed_by)
 {
+    struct usr_access before;
     char *email_enc = NULL, *name_enc = NULL;
     int rc = seal_field(s, AD_EMAIL, u->id, u->email, &email_enc);
     if (rc == MOAT_OK)
@@ -412,6 +630,9 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
     if (rc != MOAT_OK)
         goto out;
     rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        goto out;
+    rc = usr_store_access_get(s, u->id, &before);
     if (rc != MOAT_OK)
         goto out;
 
@@ -460,6 +681,13 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
     rc = moat_outbox_append(s->outbox, USERS_USER_UPDATED, u->id,
                             USERS_USER_SCHEMA, ev, NULL);
     json_decref(ev);
+    if (rc == MOAT_OK && strcmp(before.role, u->role) != 0) {
+        struct usr_access after = before;
+        snprintf(after.role, sizeof(after.role), "%s", u->role);
+        after.version = expect_version + 1;
+        after.updated_ms = now_ms;
+        rc = append_access_event(s, USERS_ROLE_CHANGED, &after, changed_by, "");
+    }
     if (rc != MOAT_OK)
         goto out;
 
@@ -848,4 +1076,119 @@ out:
 struct moat_outbox *usr_store_outbox(struct usr_store *s)
 {
     return s->outbox;
+}
+
+/* ---- moderation actions ---- */
+
+static int mod_insert_row(struct usr_store *s, const struct usr_mod_action *a)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "mod_insert",
+        "INSERT INTO moderation_actions (id, action, comment_id, user_id, "
+        "reason, requested_by, requested_at_ms, seq) "
+        "VALUES (?1, ?2, nullif(?3, ''), nullif(?4, ''), ?5, ?6, ?7, ?8)");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, a->action, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, a->comment_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, a->user_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, a->reason, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 6, a->requested_by, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 7, a->requested_ms);
+    sqlite3_bind_int64(st, 8, a->seq);
+    return step_done(s, stmt);
+}
+
+json_t *usr_mod_json(const struct usr_mod_action *a)
+{
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "action_id", a->id,
+                          "action", a->action, "reason", a->reason,
+                          "requested_by", a->requested_by, "requested_at",
+                          (json_int_t)(a->requested_ms / 1000));
+    if (a->comment_id[0])
+        json_object_set_new(o, "comment_id", json_string(a->comment_id));
+    if (a->user_id[0])
+        json_object_set_new(o, "user_id", json_string(a->user_id));
+    return o;
+}
+
+int usr_store_mod_insert(struct usr_store *s, struct usr_mod_action *a)
+{
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        return rc;
+    bool on_user = strcmp(a->action, "suspend_commenting") == 0 ||
+                   strcmp(a->action, "restore_commenting") == 0;
+    if (on_user) {
+        /* The account's own state changes with the request, so tokens and
+         * the gateway drop "comment" at once; comments applies the event
+         * to its own data. */
+        struct usr_access acc;
+        bool changed = false;
+        struct usr_access_change ch = {
+            .suspended = -1,
+            .comment_suspended = strcmp(a->action, "suspend_commenting") == 0,
+            .changed_by = a->requested_by,
+            .reason = a->reason,
+        };
+        rc = usr_store_access_get(s, a->user_id, &acc);
+        if (rc == MOAT_OK)
+            rc = access_apply(s, &acc, &ch, a->requested_ms, &changed);
+        if (rc != MOAT_OK)
+            goto out;
+    }
+    json_t *ev = usr_mod_json(a);
+    rc = moat_outbox_append(s->outbox, USERS_MODERATION_ACTION_REQUESTED, a->id,
+                            USERS_MODERATION_SCHEMA, ev, &a->seq);
+    json_decref(ev);
+    if (rc == MOAT_OK)
+        rc = mod_insert_row(s, a);
+    if (rc == MOAT_OK) {
+        rc = moat_db_commit(s->db);
+        if (rc == MOAT_OK)
+            moat_outbox_committed(s->outbox);
+        return rc;
+    }
+out:
+    moat_db_rollback(s->db);
+    return rc;
+}
+
+int usr_store_mod_get(struct usr_store *s, const char *id,
+                      struct usr_mod_action *out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "mod_get",
+        "SELECT id, action, coalesce(comment_id, ''), coalesce(user_id, ''), "
+        "reason, requested_by, requested_at_ms, seq FROM moderation_actions "
+        "WHERE id = ?1");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int step = moat_stmt_step(stmt);
+    int rc;
+    memset(out, 0, sizeof(*out));
+    if (step == SQLITE_ROW) {
+        copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
+        copy_text(out->action, sizeof(out->action), sqlite3_column_text(st, 1));
+        copy_text(out->comment_id, sizeof(out->comment_id),
+                  sqlite3_column_text(st, 2));
+        copy_text(out->user_id, sizeof(out->user_id),
+                  sqlite3_column_text(st, 3));
+        copy_text(out->reason, sizeof(out->reason), sqlite3_column_text(st, 4));
+        copy_text(out->requested_by, sizeof(out->requested_by),
+                  sqlite3_column_text(st, 5));
+        out->requested_ms = sqlite3_column_int64(st, 6);
+        out->seq = sqlite3_column_int64(st, 7);
+        rc = MOAT_OK;
+    } else if (step == SQLITE_DONE) {
+        rc = MOAT_ENOTFOUND;
+    } else {
+        rc = moat_db_error(s->db, step);
+    }
+    moat_stmt_reset(stmt);
+    return rc;
 }

@@ -28,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "moat/crypto.h"
 #include "moat/metrics.h"
 #include "user.h"
@@ -66,6 +68,8 @@ struct usr_cred {
     char id[USR_ID_LEN + 1];
     char role[USR_ROLE_MAX];
     char password_hash[MOAT_PASSWORD_HASH_MAX];
+    bool suspended;         /* no post, comment, message */
+    bool comment_suspended; /* no comment */
 };
 int usr_store_cred_by_email(struct usr_store *s, const char *email_bidx,
                             struct usr_cred *out);
@@ -80,12 +84,81 @@ int usr_store_id_by_email(struct usr_store *s, const char *email_bidx,
  * expect_version: every column is rewritten (both fields sealed again with
  * the active key), version + 1, updated_at = now_ms. With
  * revoke_tokens, every live refresh token of the user is revoked in the
- * same transaction (a password change ends all sessions). On success u
+ * same transaction (a password change ends all sessions). A changed role
+ * also appends RoleChanged (changed_by: the acting user id). On success u
  * holds the new version and key id.
  */
 int usr_store_replace(struct usr_store *s, struct usr_user *u,
                       int64_t expect_version, const char *email_bidx,
-                      bool revoke_tokens, int64_t now_ms);
+                      bool revoke_tokens, int64_t now_ms,
+                      const char *changed_by);
+
+/* ---- access: role and suspension (docs/users.md "Permissions") ---- */
+
+struct usr_access {
+    char id[USR_ID_LEN + 1];
+    char role[USR_ROLE_MAX];
+    bool suspended;
+    bool comment_suspended;
+    int64_t version;
+    int64_t updated_ms;
+};
+
+/* What to change; NULL / -1 leave a field as it is. */
+struct usr_access_change {
+    const char *role;
+    int suspended;         /* -1, 0 or 1 */
+    int comment_suspended; /* -1, 0 or 1 */
+    const char *changed_by;
+    const char *reason; /* may be "" */
+};
+
+int usr_store_access_get(struct usr_store *s, const char *id,
+                         struct usr_access *out);
+/*
+ * Apply ch to user id in one transaction with its event (RoleChanged when
+ * the role changes, else UserSuspended when a suspension is set, else
+ * UserRestored), version + 1. Nothing changing is no write and no event
+ * (*changed false). *out is the state after. MOAT_ENOTFOUND.
+ */
+int usr_store_access_change(struct usr_store *s, const char *id,
+                            const struct usr_access_change *ch, int64_t now_ms,
+                            struct usr_access *out, bool *changed);
+/* The JSON of a's state: {id, role, suspended, comment_suspended, perms,
+ * version, updated_at} (the access representation, new reference). */
+json_t *usr_access_json(const struct usr_access *a);
+
+/* ---- moderation actions ---- */
+
+#define USR_MOD_ID_PREFIX  "mod_"
+#define USR_MOD_ID_LEN     30
+#define USR_REASON_MAX     200 /* code points (up to 4 bytes each) */
+#define USR_COMMENT_ID_MAX 64
+
+struct usr_mod_action {
+    char id[USR_MOD_ID_LEN + 1];
+    char action[24];                         /* "remove_comment", ... */
+    char comment_id[USR_COMMENT_ID_MAX + 1]; /* "" when none */
+    char user_id[USR_ID_LEN + 1];            /* "" when none */
+    char reason[USR_REASON_MAX * 4 + 1];
+    char requested_by[64];
+    int64_t requested_ms;
+    int64_t seq; /* the event's feed sequence */
+};
+
+/*
+ * Record a (id, times and fields set by the caller) and append
+ * ModerationActionRequested in one transaction; suspend_commenting and
+ * restore_commenting also set the user's comment_suspended (with its
+ * UserSuspended / UserRestored, when it changes). MOAT_ENOTFOUND when the
+ * action names a user that does not exist.
+ */
+int usr_store_mod_insert(struct usr_store *s, struct usr_mod_action *a);
+int usr_store_mod_get(struct usr_store *s, const char *id,
+                      struct usr_mod_action *out);
+/* {action_id, action, comment_id?, user_id?, reason, requested_by,
+ * requested_at, status} (new reference). */
+json_t *usr_mod_json(const struct usr_mod_action *a);
 
 /*
  * Up to limit users with ids greater than after_id ("" = from the start),

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moat/auth.h"
 #include "moat/jwt.h"
 #include "moat/log.h"
 #include "moat/problem.h"
@@ -92,14 +93,16 @@ static void reply_refresh_refused(struct moat_req *r, const char *why)
 }
 
 /*
- * Issue an access token and a refresh token for user id with role. A new
- * family starts when family is NULL; otherwise the refresh token replaces
- * old_hash in it (rotation). On success *out is the response body.
+ * Issue an access token and a refresh token for the account of cred: its
+ * role, and its permissions as they are now (a suspended account's token
+ * has no post, comment or message). A new family starts when family is
+ * NULL; otherwise the refresh token replaces old_hash in it (rotation). On
+ * success *out is the response body.
  */
-static int issue_tokens(struct usr_service *usr, const char *id,
-                        const char *role, const char *family,
-                        const char *old_hash, json_t **out)
+static int issue_tokens(struct usr_service *usr, const struct usr_cred *cred,
+                        const char *family, const char *old_hash, json_t **out)
 {
+    const char *id = cred->id, *role = cred->role;
     int64_t now_s = moat_wall_ms() / 1000;
     struct moat_jwt_claims c = {0};
     char *access = NULL, *refresh = NULL;
@@ -110,6 +113,10 @@ static int issue_tokens(struct usr_service *usr, const char *id,
     snprintf(c.aud, sizeof(c.aud), "%s", USR_JWT_AUDIENCE);
     snprintf(c.sub, sizeof(c.sub), "%s", id);
     snprintf(c.role, sizeof(c.role), "%s", role);
+    moat_perms_format(
+        moat_perms_for(role, cred->suspended, cred->comment_suspended), c.perms,
+        sizeof(c.perms));
+    c.perms_set = true;
     moat_random_bytes(rnd, sizeof(rnd));
     moat_hex(c.jti, rnd, sizeof(rnd));
     c.iat = now_s;
@@ -138,11 +145,12 @@ static int issue_tokens(struct usr_service *usr, const char *id,
     if (rc != MOAT_OK)
         goto out;
 
-    *out = json_pack(
-        "{s:s, s:s, s:I, s:s, s:I, s:{s:s, s:s}}", "access_token", access,
-        "token_type", "Bearer", "expires_in", (json_int_t)usr->cfg.access_ttl_s,
-        "refresh_token", refresh, "refresh_expires_in",
-        (json_int_t)usr->cfg.refresh_ttl_s, "user", "id", id, "role", role);
+    *out =
+        json_pack("{s:s, s:s, s:I, s:s, s:I, s:{s:s, s:s, s:s}}",
+                  "access_token", access, "token_type", "Bearer", "expires_in",
+                  (json_int_t)usr->cfg.access_ttl_s, "refresh_token", refresh,
+                  "refresh_expires_in", (json_int_t)usr->cfg.refresh_ttl_s,
+                  "user", "id", id, "role", role, "perms", c.perms);
 
 out:
     moat_free_secret(access);
@@ -192,7 +200,7 @@ static void login_done(struct usr_pw_job *job, bool cancelled)
     moat_ratelimit_reset(usr->rl_acct, c->acct_key);
     usr_store_tokens_purge(usr->store, c->cred.id, moat_wall_ms());
     json_t *body = NULL;
-    int rc = issue_tokens(usr, c->cred.id, c->cred.role, NULL, NULL, &body);
+    int rc = issue_tokens(usr, &c->cred, NULL, NULL, &body);
     if (rc != MOAT_OK) {
         usr_reply_store_fault(r, rc, "start a session");
         return;
@@ -342,10 +350,11 @@ static void handle_refresh(struct moat_req *r, void *arg)
         usr_reply_store_fault(r, rc, "check the refresh token");
         goto cleanup;
     }
-    /* The role comes from the account now, not from the old token: a role
-     * change takes effect at the next refresh. */
+    /* The role and permissions come from the account now, not from the old
+     * token: a suspended account refreshes into a token without post,
+     * comment or message. */
     json_t *out = NULL;
-    rc = issue_tokens(usr, cred.id, cred.role, t.family, t.hash, &out);
+    rc = issue_tokens(usr, &cred, t.family, t.hash, &out);
     if (rc == MOAT_EPRECOND) {
         reply_refresh_refused(r, "the refresh token is not valid");
         goto cleanup;

@@ -40,6 +40,7 @@ bool usr_id_valid(const char *s)
 bool usr_role_valid(const char *s)
 {
     return s && (strcmp(s, USR_ROLE_CUSTOMER) == 0 ||
+                 strcmp(s, USR_ROLE_MODERATOR) == 0 ||
                  strcmp(s, USR_ROLE_ADMIN) == 0);
 }
 

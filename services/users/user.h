@@ -33,18 +33,19 @@
 #define USR_NAME_MAX     100
 #define USR_ROLE_MAX     16
 
-#define USR_ROLE_CUSTOMER "customer"
-#define USR_ROLE_ADMIN    "admin"
+#define USR_ROLE_CUSTOMER  "customer"
+#define USR_ROLE_MODERATOR "moderator"
+#define USR_ROLE_ADMIN     "admin"
 
 struct usr_user {
     char id[USR_ID_LEN + 1];
     char *email;        /* plaintext as given (trimmed); owned, wiped */
     char *display_name; /* plaintext; owned, wiped */
     char password_hash[MOAT_PASSWORD_HASH_MAX]; /* Argon2id string */
-    char role[USR_ROLE_MAX];                    /* "customer" | "admin" */
-    uint32_t key_id;    /* data key of the row's sealed fields */
-    int64_t version;    /* 1 on creation, +1 per change */
-    int64_t created_ms; /* wall clock, ms since the epoch */
+    char role[USR_ROLE_MAX]; /* "customer" | "moderator" | "admin" */
+    uint32_t key_id;         /* data key of the row's sealed fields */
+    int64_t version;         /* 1 on creation, +1 per change */
+    int64_t created_ms;      /* wall clock, ms since the epoch */
     int64_t updated_ms;
 };
 

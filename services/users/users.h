@@ -5,6 +5,7 @@
  *               audit log, work pool, rate limiters, admin bootstrap;
  *   handlers.c  /v1/users: registration, profiles, admin listing, plus
  *               the reply and authorisation helpers the other files share;
+ *   access.c    role changes, suspension, moderation actions;
  *   tokens.c    /v1/auth: login, refresh-token rotation, logout;
  *   keys.c      /v1/admin/keys: data-key rotation and re-encryption;
  *   password.c  Argon2id hashing and verification on the work pool;
@@ -117,6 +118,12 @@ void usr_reply_validation(struct moat_req *r, struct moat_validation *v,
  */
 void usr_audit(struct usr_service *usr, struct moat_req *r, const char *action,
                const char *subject, const char *outcome, json_t *detail);
+
+/* ---- access.c: role, suspension, moderation actions ---- */
+
+int usr_access_routes_register(struct usr_service *usr);
+/* Read a JSON object body or reply (415, 400, 422) and return false. */
+bool usr_read_object(struct moat_req *r, json_t **body);
 
 /* ---- tokens.c ---- */
 

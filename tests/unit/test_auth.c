@@ -394,6 +394,112 @@ static void test_base64_decode(void **state)
         MOAT_ETOOBIG);
 }
 
+static void test_perms_map(void **state)
+{
+    MOAT_UNUSED(state);
+    const unsigned pcm = MOAT_PERM_POST | MOAT_PERM_COMMENT | MOAT_PERM_MESSAGE;
+    assert_int_equal(moat_role_perms("customer"), pcm);
+    assert_int_equal(moat_role_perms("member"), pcm);
+    assert_int_equal(moat_role_perms("moderator"), pcm | MOAT_PERM_MODERATE);
+    assert_int_equal(moat_role_perms("admin"), MOAT_PERM_ALL);
+    assert_int_equal(moat_role_perms(""), 0);
+    assert_int_equal(moat_role_perms("Admin"), 0);
+    assert_int_equal(moat_role_perms(NULL), 0);
+    /* Suspension keeps moderate; a commenting suspension only drops
+     * comment. */
+    assert_int_equal(moat_perms_for("customer", true, false), 0);
+    assert_int_equal(moat_perms_for("admin", true, false), MOAT_PERM_MODERATE);
+    assert_int_equal(moat_perms_for("customer", false, true),
+                     MOAT_PERM_POST | MOAT_PERM_MESSAGE);
+    assert_int_equal(moat_perms_for("customer", false, false), pcm);
+
+    char text[MOAT_PERMS_TEXT_MAX];
+    moat_perms_format(MOAT_PERM_ALL, text, sizeof(text));
+    assert_string_equal(text, "post comment message moderate");
+    assert_true(strlen(text) < MOAT_PERMS_TEXT_MAX);
+    moat_perms_format(MOAT_PERM_MESSAGE | MOAT_PERM_POST, text, sizeof(text));
+    assert_string_equal(text, "post message");
+    moat_perms_format(0, text, sizeof(text));
+    assert_string_equal(text, "");
+    moat_perms_format(MOAT_PERM_ALL, text, 10); /* never half a name */
+    assert_string_equal(text, "post");
+    for (unsigned f = 0; f <= MOAT_PERM_ALL; f++) {
+        moat_perms_format(f, text, sizeof(text));
+        assert_int_equal(moat_perms_parse(text), f);
+    }
+    /* Unknown names grant nothing; spacing does not matter. */
+    assert_int_equal(moat_perms_parse("  post  fly comment"),
+                     MOAT_PERM_POST | MOAT_PERM_COMMENT);
+    assert_int_equal(moat_perms_parse("posts postcomment"), 0);
+    assert_int_equal(moat_perms_parse(""), 0);
+    assert_int_equal(moat_perms_parse(NULL), 0);
+    assert_string_equal(moat_perm_name(MOAT_PERM_MODERATE), "moderate");
+    assert_null(moat_perm_name(MOAT_PERM_POST | MOAT_PERM_COMMENT));
+}
+
+static void test_perms_in_service_token(void **state)
+{
+    MOAT_UNUSED(state);
+    char *peers = catalog_peers();
+    struct moat_auth *catalog = load_ok("catalog", k_catalog, peers);
+    struct moat_auth *gateway = load_ok("gateway", k_gateway, NULL);
+    struct moat_principal got;
+    const char *why = NULL;
+    char *tok = NULL;
+
+    /* Carried as set, also when empty (a suspended customer) and when
+     * only the permissions differ (the mint cache keys on them). */
+    struct moat_principal p = {.user_id = "usr_1",
+                               .role = "customer",
+                               .perms = MOAT_PERM_POST | MOAT_PERM_MESSAGE};
+    assert_int_equal(moat_auth_token(gateway, "catalog", &p, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_int_equal(got.perms, MOAT_PERM_POST | MOAT_PERM_MESSAGE);
+    free(tok);
+    p.perms = 0;
+    assert_int_equal(moat_auth_token(gateway, "catalog", &p, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_int_equal(got.perms, 0);
+    free(tok);
+
+    /* A caller older than permissions sends no perms claim: the role's. */
+    char *own = b64(k_gateway, 32, sodium_base64_VARIANT_ORIGINAL);
+    char *pair_b64 = NULL;
+    assert_int_equal(moat_auth_pair_key(own, "catalog", &pair_b64), MOAT_OK);
+    uint8_t pair[64];
+    size_t pair_len = 0;
+    assert_int_equal(
+        moat_base64_decode(pair_b64, pair, sizeof(pair), &pair_len), MOAT_OK);
+    struct moat_jwt_claims c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.iss, sizeof(c.iss), "gateway");
+    snprintf(c.sub, sizeof(c.sub), "gateway");
+    snprintf(c.aud, sizeof(c.aud), "catalog");
+    snprintf(c.usr, sizeof(c.usr), "usr_2");
+    snprintf(c.role, sizeof(c.role), "moderator");
+    c.exp = (int64_t)time(NULL) + 60;
+    assert_int_equal(moat_jwt_sign(pair, pair_len, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_string_equal(got.user_id, "usr_2");
+    assert_int_equal(got.perms, moat_role_perms("moderator"));
+    free(tok);
+    /* No user: no permissions, whatever the claims say. */
+    c.usr[0] = '\0';
+    snprintf(c.perms, sizeof(c.perms), "post");
+    c.perms_set = true;
+    assert_int_equal(moat_jwt_sign(pair, pair_len, &c, &tok), MOAT_OK);
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_int_equal(got.perms, 0);
+    free(tok);
+
+    sodium_memzero(pair, sizeof(pair));
+    free(own);
+    free(pair_b64);
+    moat_auth_free(catalog);
+    moat_auth_free(gateway);
+    free(peers);
+}
+
 int main(void)
 {
     if (sodium_init() < 0)
@@ -409,6 +515,8 @@ int main(void)
         cmocka_unit_test(test_pair_keys_do_not_transfer),
         cmocka_unit_test(test_bad_env),
         cmocka_unit_test(test_base64_decode),
+        cmocka_unit_test(test_perms_map),
+        cmocka_unit_test(test_perms_in_service_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -221,8 +221,10 @@ static void test_single_schema_producers(void **state)
     };
     static const char *const notifications[] = {
         NOTIFICATIONS_NOTIFICATION_SENT};
-    static const char *const users[] = {USERS_USER_REGISTERED,
-                                        USERS_USER_UPDATED};
+    static const char *const users[] = {
+        USERS_USER_REGISTERED, USERS_USER_UPDATED,
+        USERS_USER_SUSPENDED,  USERS_USER_RESTORED,
+        USERS_ROLE_CHANGED,    USERS_MODERATION_ACTION_REQUESTED};
     check_single_schema(orders_upcast, orders_schema, orders,
                         MOAT_ARRAY_LEN(orders));
     check_single_schema(payments_upcast, payments_schema, payments,

@@ -478,6 +478,50 @@ static void test_sign_round_trip(void **state)
     free(t2);
 }
 
+/* The perms claim: absent, present and empty, present with names. */
+static void test_perms_claim(void **state)
+{
+    MOAT_UNUSED(state);
+    struct moat_jwt_claims c;
+    memset(&c, 0, sizeof(c));
+    snprintf(c.iss, sizeof(c.iss), "moat-users");
+    snprintf(c.sub, sizeof(c.sub), "usr_1");
+    snprintf(c.aud, sizeof(c.aud), "moat");
+    c.iat = NOW;
+    c.exp = NOW + 60;
+    struct moat_jwt_expect e = expect();
+    struct moat_jwt_claims got;
+    const char *why = NULL;
+    char *t = NULL;
+
+    assert_int_equal(moat_jwt_sign(KEY, sizeof(KEY), &c, &t), MOAT_OK);
+    assert_int_equal(moat_jwt_verify(t, &e, &got, &why), MOAT_OK);
+    assert_false(got.perms_set);
+    assert_string_equal(got.perms, "");
+    free(t);
+
+    c.perms_set = true;
+    assert_int_equal(moat_jwt_sign(KEY, sizeof(KEY), &c, &t), MOAT_OK);
+    assert_int_equal(moat_jwt_verify(t, &e, &got, &why), MOAT_OK);
+    assert_true(got.perms_set);
+    assert_string_equal(got.perms, "");
+    free(t);
+
+    snprintf(c.perms, sizeof(c.perms), "post comment message moderate");
+    assert_int_equal(moat_jwt_sign(KEY, sizeof(KEY), &c, &t), MOAT_OK);
+    assert_int_equal(moat_jwt_verify(t, &e, &got, &why), MOAT_OK);
+    assert_true(got.perms_set);
+    assert_string_equal(got.perms, "post comment message moderate");
+    free(t);
+
+    /* Control characters and unterminated values are refused. */
+    snprintf(c.perms, sizeof(c.perms), "post\tcomment");
+    assert_int_equal(moat_jwt_sign(KEY, sizeof(KEY), &c, &t), MOAT_EINVAL);
+    memset(c.perms, 'p', sizeof(c.perms));
+    assert_int_equal(moat_jwt_sign(KEY, sizeof(KEY), &c, &t), MOAT_EINVAL);
+    assert_null(t);
+}
+
 static void test_sign_refuses_bad_input(void **state)
 {
     struct moat_jwt_claims c;
@@ -512,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_verifier_misuse),
         cmocka_unit_test(test_sign_round_trip),
         cmocka_unit_test(test_sign_refuses_bad_input),
+        cmocka_unit_test(test_perms_claim),
     };
     if (sodium_init() < 0)
         return 1;
