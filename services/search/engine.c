@@ -13,8 +13,7 @@
 #include "moat/log.h"
 #include "moat/problem.h"
 
-#define CURSOR_MAX_HEX   4096
-#define QUERY_MAX_ERRORS 20
+#define CURSOR_MAX_HEX 4096
 
 /* Cursor kinds: a ranked page continues after (score, id), a listed one
  * after (list key, id). The kind is the first byte of the cursor. */
@@ -286,31 +285,6 @@ void srch_hits_free(struct srch_hit *hits, size_t n)
 
 /* ---- query parameters ---- */
 
-void srch_param_error(struct srch_request *rq, const char *param,
-                      const char *fmt, ...)
-{
-    if (!rq->problem)
-        rq->problem = moat_problem_new(400, "the query string has invalid "
-                                            "parameters");
-    json_t *errors = json_object_get(rq->problem, "errors");
-    if (!errors) {
-        errors = json_array();
-        json_object_set_new(rq->problem, "errors", errors);
-    }
-    if (json_array_size(errors) >= QUERY_MAX_ERRORS)
-        return;
-    char detail[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(detail, sizeof(detail), fmt, ap);
-    va_end(ap);
-    json_t *name = json_string(param);
-    if (!name)
-        name = json_string("(a parameter name that is not valid UTF-8)");
-    json_array_append_new(
-        errors, json_pack("{s:o, s:s}", "parameter", name, "detail", detail));
-}
-
 static void parse_param(struct srch_request *rq, const char *key,
                         const char *value, srch_param_fn param, void *arg,
                         const char *known)
@@ -318,24 +292,26 @@ static void parse_param(struct srch_request *rq, const char *key,
     if (strcmp(key, "q") == 0) {
         size_t n = moat_utf8_len(value);
         if (!utf8_valid(value) || n > SRCH_Q_MAX_CHARS)
-            srch_param_error(rq, key,
-                             "must be at most %d characters of valid UTF-8",
-                             SRCH_Q_MAX_CHARS);
+            moat_problem_param_error(
+                &rq->problem, key,
+                "must be at most %d characters of valid UTF-8",
+                SRCH_Q_MAX_CHARS);
         else
             rq->text = value;
     } else if (strcmp(key, "limit") == 0) {
         int64_t limit;
         if (moat_parse_i64(value, 1, SRCH_LIMIT_MAX, &limit) != MOAT_OK)
-            srch_param_error(rq, key, "must be an integer from 1 to %d",
-                             SRCH_LIMIT_MAX);
+            moat_problem_param_error(&rq->problem, key,
+                                     "must be an integer from 1 to %d",
+                                     SRCH_LIMIT_MAX);
         else
             rq->page.limit = (size_t)limit;
     } else if (strcmp(key, "cursor") == 0) {
         rq->cursor = value; /* decoded once q is known */
     } else if (!param || !param(rq, key, value, arg)) {
-        srch_param_error(rq, key,
-                         "is not a known parameter (q, limit, cursor%s)",
-                         known ? known : "");
+        moat_problem_param_error(
+            &rq->problem, key, "is not a known parameter (q, limit, cursor%s)",
+            known ? known : "");
     }
 }
 
@@ -354,7 +330,8 @@ void srch_request_parse(struct moat_req *r, struct srch_request *rq,
         /* A repeated parameter is ambiguous (which one wins?): refuse it. */
         if (utf8_valid(key)) {
             if (json_object_get(seen, key)) {
-                srch_param_error(rq, key, "is given more than once");
+                moat_problem_param_error(&rq->problem, key,
+                                         "is given more than once");
                 continue;
             }
             json_object_set_new(seen, key, json_true());
@@ -380,16 +357,18 @@ void srch_request_parse(struct moat_req *r, struct srch_request *rq,
     if (rq->text) {
         rq->terms = srch_fts_query(rq->text, &rq->match);
         if (rq->terms > SRCH_Q_MAX_TERMS)
-            srch_param_error(rq, "q", "must have at most %d words",
-                             SRCH_Q_MAX_TERMS);
+            moat_problem_param_error(&rq->problem, "q",
+                                     "must have at most %d words",
+                                     SRCH_Q_MAX_TERMS);
     }
     rq->page.match = rq->match;
     bool ranked = rq->terms > 0;
     if (rq->cursor &&
         !cursor_decode(rq->cursor, ranked, &rq->page, &rq->cursor_raw))
-        srch_param_error(rq, "cursor",
-                         "is not a next_cursor returned by this API for this "
-                         "query");
+        moat_problem_param_error(
+            &rq->problem, "cursor",
+            "is not a next_cursor returned by this API for this "
+            "query");
 }
 
 void srch_request_release(struct srch_request *rq)
@@ -451,6 +430,47 @@ void srch_serve(struct moat_req *r, struct moat_db *db, struct srch_request *rq,
     srch_hits_free(hits, n);
 }
 
+/* ---- writes (inside the consumer's transaction) ---- */
+
+int srch_step_done(struct moat_db *db, struct moat_stmt *stmt)
+{
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
+}
+
+int srch_store_remove(struct moat_db *db, const char *table,
+                      const char *tombstones, const char *id, int64_t seq,
+                      bool *applied)
+{
+    char name[64];
+    char *sql =
+        moat_xasprintf("DELETE FROM %s WHERE id = ?1 AND seq <= ?2", table);
+    snprintf(name, sizeof(name), "%s_remove", table);
+    struct moat_stmt *stmt = moat_db_prepare(db, name, sql);
+    free(sql);
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    int rc = srch_step_done(db, stmt);
+    if (rc != MOAT_OK)
+        return rc;
+    *applied = sqlite3_changes(moat_db_handle(db)) > 0;
+    sql = moat_xasprintf("INSERT INTO %s (id, seq) VALUES (?1, ?2) "
+                         "ON CONFLICT (id) DO UPDATE SET "
+                         "seq = max(seq, excluded.seq)",
+                         tombstones);
+    snprintf(name, sizeof(name), "%s_tombstone", table);
+    stmt = moat_db_prepare(db, name, sql);
+    free(sql);
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    return srch_step_done(db, stmt);
+}
+
 /* ---- replay --verify ---- */
 
 void srch_check_index(struct moat_db *db, const char *fts, const char *which,
@@ -472,13 +492,6 @@ void srch_check_index(struct moat_db *db, const char *fts, const char *which,
 
 /* ---- apply_log (test builds) ---- */
 
-static int step_done(struct moat_db *db, struct moat_stmt *stmt)
-{
-    int step = moat_stmt_step(stmt);
-    moat_stmt_reset(stmt);
-    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
-}
-
 int srch_store_count_application(struct moat_db *db, const char *source,
                                  int64_t seq)
 {
@@ -491,7 +504,7 @@ int srch_store_count_application(struct moat_db *db, const char *source,
         return MOAT_EDB;
     sqlite3_bind_text(moat_stmt_raw(stmt), 1, source, -1, SQLITE_STATIC);
     sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    return step_done(db, stmt);
+    return srch_step_done(db, stmt);
 }
 
 int srch_store_applications(struct moat_db *db, int64_t *events,

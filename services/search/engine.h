@@ -120,6 +120,21 @@ void srch_hits_free(struct srch_hit *hits, size_t n);
 void srch_bind_text(sqlite3_stmt *st, const char *name, const char *value);
 void srch_bind_int(sqlite3_stmt *st, const char *name, int64_t value);
 
+/* Step a statement that returns no rows and reset it: MOAT_OK or as
+ * moat_db_error(). */
+int srch_step_done(struct moat_db *db, struct moat_stmt *stmt);
+
+/*
+ * Remove row id of table (no-op when absent or when it reflects an event
+ * after seq) and record in tombstones (id TEXT PRIMARY KEY, seq) that
+ * event seq deleted it, so that an older event of it, delivered again,
+ * cannot revive it; ids are never reused, so a tombstone never expires.
+ * *applied says whether a row went. Inside the caller's transaction.
+ */
+int srch_store_remove(struct moat_db *db, const char *table,
+                      const char *tombstones, const char *id, int64_t seq,
+                      bool *applied);
+
 /* ---- GET ...?q=&limit=&cursor= ---- */
 
 struct srch_request {
@@ -134,8 +149,8 @@ struct srch_request {
 
 /*
  * A parameter besides q, limit and cursor: handle it (report a bad value
- * with srch_param_error) and return true, or return false when it is not
- * one of the index's.
+ * with moat_problem_param_error(&rq->problem, ...)) and return true, or return
+ * false when it is not one of the index's.
  */
 typedef bool (*srch_param_fn)(struct srch_request *rq, const char *key,
                               const char *value, void *arg);
@@ -147,10 +162,6 @@ typedef bool (*srch_param_fn)(struct srch_request *rq, const char *key,
  */
 void srch_request_parse(struct moat_req *r, struct srch_request *rq,
                         srch_param_fn param, void *arg, const char *known);
-/* Add {"parameter", "detail"} to rq's 400 problem (at most 20 such). */
-MOAT_PRINTF(3, 4)
-void srch_param_error(struct srch_request *rq, const char *param,
-                      const char *fmt, ...);
 void srch_request_release(struct srch_request *rq);
 
 /* Runs the query of one page (srch_search with the index's filter). */

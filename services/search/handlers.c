@@ -29,9 +29,10 @@ static void parse_amount(struct srch_request *rq, const char *key,
                          const char *value, bool *has, int64_t *out)
 {
     if (moat_parse_i64(value, 0, AMOUNT_MAX, out) != MOAT_OK)
-        srch_param_error(rq, key,
-                         "must be a whole number of minor units from 0 to %lld",
-                         (long long)AMOUNT_MAX);
+        moat_problem_param_error(
+            &rq->problem, key,
+            "must be a whole number of minor units from 0 to %lld",
+            (long long)AMOUNT_MAX);
     else
         *has = true;
 }
@@ -45,9 +46,10 @@ static bool parse_param(struct srch_request *rq, const char *key,
         if (strlen(value) != 3 || value[0] < 'A' || value[0] > 'Z' ||
             value[1] < 'A' || value[1] > 'Z' || value[2] < 'A' ||
             value[2] > 'Z')
-            srch_param_error(rq, key,
-                             "must be a three-letter ISO 4217 currency code "
-                             "in upper case, e.g. EUR");
+            moat_problem_param_error(
+                &rq->problem, key,
+                "must be a three-letter ISO 4217 currency code "
+                "in upper case, e.g. EUR");
         else
             q->currency = value;
     } else if (strcmp(key, "min_price") == 0) {
@@ -71,9 +73,9 @@ static void handle_search(struct moat_req *r, void *arg)
     srch_request_parse(r, &rq, parse_param, &q,
                        ", currency, min_price, max_price");
     if (q.has_min && q.has_max && q.min_amount > q.max_amount)
-        srch_param_error(&rq, "min_price",
-                         "must not be greater than "
-                         "max_price");
+        moat_problem_param_error(&rq.problem, "min_price",
+                                 "must not be greater than "
+                                 "max_price");
     srch_serve(r, s->db, &rq, srch_store_search, &q);
     srch_request_release(&rq);
 }

@@ -13,6 +13,7 @@
 
 #include <string.h>
 
+#include "moat/problem.h"
 #include "search.h"
 #include "social_store.h"
 
@@ -23,10 +24,10 @@ static bool posts_param(struct srch_request *rq, const char *key,
     if (strcmp(key, "author_id") != 0)
         return false;
     if (!srch_id_valid(value, strlen(value)))
-        srch_param_error(rq, key,
-                         "must be a user id: 1 to %d of "
-                         "A-Z, a-z, 0-9, _ and -",
-                         SRCH_ID_MAX);
+        moat_problem_param_error(&rq->problem, key,
+                                 "must be a user id: 1 to %d of "
+                                 "A-Z, a-z, 0-9, _ and -",
+                                 SRCH_ID_MAX);
     else
         *(const char **)arg = value;
     return true;

@@ -100,13 +100,6 @@ const struct moat_migration *soc_store_migrations(size_t *n)
 
 /* ---- writes (inside the consumer's transaction) ---- */
 
-static int step_done(struct moat_db *db, struct moat_stmt *stmt)
-{
-    int step = moat_stmt_step(stmt);
-    moat_stmt_reset(stmt);
-    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
-}
-
 int soc_store_post_add(struct moat_db *db, const struct soc_post *p)
 {
     struct moat_stmt *stmt = moat_db_prepare(
@@ -129,30 +122,13 @@ int soc_store_post_add(struct moat_db *db, const struct soc_post *p)
     sqlite3_bind_int64(st, 7, p->seq);
     sqlite3_bind_int64(st, 8, p->event_time_ms);
     sqlite3_bind_int64(st, 9, moat_wall_ms());
-    return step_done(db, stmt);
+    return srch_step_done(db, stmt);
 }
 
 int soc_store_post_delete(struct moat_db *db, const char *id, int64_t seq)
 {
-    struct moat_stmt *stmt = moat_db_prepare(
-        db, "post_delete", "DELETE FROM posts WHERE id = ?1 AND seq <= ?2");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    int rc = step_done(db, stmt);
-    if (rc != MOAT_OK)
-        return rc;
-    /* Post ids are never reused (docs/posts.md): it never expires. */
-    stmt = moat_db_prepare(db, "post_tombstone",
-                           "INSERT INTO deleted_posts (id, seq) "
-                           "VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET "
-                           "seq = max(seq, excluded.seq)");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    return step_done(db, stmt);
+    bool applied; /* a post already gone is fine */
+    return srch_store_remove(db, "posts", "deleted_posts", id, seq, &applied);
 }
 
 int soc_store_profile_put(struct moat_db *db, const struct soc_profile *p)
@@ -180,7 +156,7 @@ int soc_store_profile_put(struct moat_db *db, const struct soc_profile *p)
     sqlite3_bind_int64(st, 5, p->seq);
     sqlite3_bind_int64(st, 6, p->event_time_ms);
     sqlite3_bind_int64(st, 7, moat_wall_ms());
-    return step_done(db, stmt);
+    return srch_step_done(db, stmt);
 }
 
 int soc_store_reset(struct moat_db *db)

@@ -106,13 +106,6 @@ const struct moat_migration *srch_store_migrations(size_t *n)
 
 /* ---- writes (inside the consumer's transaction) ---- */
 
-static int step_done(struct moat_db *db, struct moat_stmt *stmt)
-{
-    int step = moat_stmt_step(stmt);
-    moat_stmt_reset(stmt);
-    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
-}
-
 static void bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
 {
     char *text = json_dumps(doc, JSON_COMPACT);
@@ -164,7 +157,7 @@ int srch_store_upsert(struct moat_db *db, const struct srch_product *p,
     sqlite3_bind_int64(st, 10, p->seq);
     sqlite3_bind_int64(st, 11, p->event_time_ms);
     sqlite3_bind_int64(st, 12, moat_wall_ms());
-    int rc = step_done(db, stmt);
+    int rc = srch_step_done(db, stmt);
     if (rc == MOAT_OK)
         *applied = sqlite3_changes(moat_db_handle(db)) > 0;
     return rc;
@@ -209,7 +202,7 @@ int srch_store_set_price(struct moat_db *db, const char *id, int64_t amount,
     sqlite3_bind_int64(st, 4, seq);
     sqlite3_bind_int64(st, 5, event_time_ms);
     sqlite3_bind_int64(st, 6, moat_wall_ms());
-    int rc = step_done(db, stmt);
+    int rc = srch_step_done(db, stmt);
     if (rc != MOAT_OK)
         return rc;
     *applied = sqlite3_changes(moat_db_handle(db)) > 0;
@@ -239,28 +232,8 @@ int srch_store_set_price(struct moat_db *db, const char *id, int64_t amount,
 int srch_store_delete(struct moat_db *db, const char *id, int64_t seq,
                       bool *applied)
 {
-    struct moat_stmt *stmt =
-        moat_db_prepare(db, "product_delete",
-                        "DELETE FROM products WHERE id = ?1 AND seq <= ?2");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    int rc = step_done(db, stmt);
-    if (rc != MOAT_OK)
-        return rc;
-    *applied = sqlite3_changes(moat_db_handle(db)) > 0;
-    /* The tombstone keeps an older event of the product, delivered again,
-     * from bringing it back. Ids are never reused, so it never expires. */
-    stmt = moat_db_prepare(db, "product_tombstone",
-                           "INSERT INTO deleted_products (id, seq) "
-                           "VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET "
-                           "seq = max(seq, excluded.seq)");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    return step_done(db, stmt);
+    return srch_store_remove(db, "products", "deleted_products", id, seq,
+                             applied);
 }
 
 int srch_store_reset(struct moat_db *db)
