@@ -10,8 +10,9 @@
  *  - the ranked (bm25) or listed query over one FTS5 external-content
  *    index and its table, with keyset pages (srch_search), and the GET
  *    that runs it and answers {"items", "next_cursor"} (srch_serve);
- *  - replay --verify's check that an index matches its rows
- *    (srch_check_index), and the test builds' apply_log.
+ *  - removal with a tombstone (srch_store_remove), replay --verify's check
+ *    that an index matches its rows (srch_check_index), and the test
+ *    builds' apply_log.
  *
  * An index (catalog: store.c, events.c, handlers.c; social: social_*.c)
  * brings its schema, the events that fill it and its routes, and
@@ -149,8 +150,8 @@ struct srch_request {
 
 /*
  * A parameter besides q, limit and cursor: handle it (report a bad value
- * with moat_problem_param_error(&rq->problem, ...)) and return true, or return
- * false when it is not one of the index's.
+ * with moat_problem_param_error(&rq->problem, ...)) and return true, or
+ * return false when it is not one of the index's.
  */
 typedef bool (*srch_param_fn)(struct srch_request *rq, const char *key,
                               const char *value, void *arg);
