@@ -417,7 +417,7 @@ static void test_handle_found(void **state)
     json_t *item = json_array_get(json_object_get(res, "items"), 0);
     assert_string_equal(jstr(item, "user_id"), user);
     assert_string_equal(jstr(item, "handle"), first);
-    assert_true(jint(item, "version") >= 2);
+    assert_true(jint(item, "version") >= 1); /* profiles' own count */
     assert_null(json_object_get(item, "display_name"));
     json_decref(res);
 
