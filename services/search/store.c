@@ -12,8 +12,6 @@
 #include "moat/log.h"
 #include "store.h"
 
-#define DB_FILE "search.db"
-
 /*
  * Schema migrations. An applied migration is checksummed by moat_db_migrate:
  * never edit one that has shipped, append a new version instead.
@@ -26,9 +24,8 @@
  * not touch the index). products_fts_terms (fts5vocab) exposes the index's
  * term statistics so that a replay can compare two indexes.
  *
- * The tokenizer folds case and diacritics ("Crème" finds "creme"); the
- * prefix indexes make the 2- and 3-character prefix queries that
- * search-as-you-type sends cheap.
+ * The tokenizer and prefix settings are the engine's (SRCH_FTS_OPTIONS,
+ * engine.h): the same text as when this migration shipped.
  *
  * apply_log is written only by test builds (MOAT_TEST_HOOKS), but exists in
  * every build so that a database does not depend on the build type.
@@ -58,7 +55,7 @@ static const struct moat_migration migrations[] = {
      "CREATE VIRTUAL TABLE products_fts USING fts5 (\n"
      "    name, description, sku, attributes,\n"
      "    content = 'products', content_rowid = 'rid',\n"
-     "    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3');\n"
+     "    " SRCH_FTS_OPTIONS ");\n"
      "CREATE VIRTUAL TABLE products_fts_terms\n"
      "    USING fts5vocab (products_fts, 'row');\n"
      "CREATE TRIGGER products_fts_insert AFTER INSERT ON products BEGIN\n"
@@ -99,7 +96,7 @@ static const struct moat_migration migrations[] = {
 };
 
 /* bm25 weights of the indexed columns: a hit in the name counts most. */
-#define BM25_ARGS "products_fts, 10.0, 2.0, 5.0, 1.0"
+#define BM25_WEIGHTS "10.0, 2.0, 5.0, 1.0"
 
 const struct moat_migration *srch_store_migrations(size_t *n)
 {
@@ -107,26 +104,7 @@ const struct moat_migration *srch_store_migrations(size_t *n)
     return migrations;
 }
 
-int srch_store_open(struct moat_db **out, const char *data_dir,
-                    struct moat_metrics *metrics)
-{
-    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
-                                 migrations, MOAT_ARRAY_LEN(migrations));
-}
-
-bool srch_store_ready(struct moat_db *db, const char **why)
-{
-    return moat_db_migrated(db, migrations, MOAT_ARRAY_LEN(migrations), why);
-}
-
 /* ---- writes (inside the consumer's transaction) ---- */
-
-static int step_done(struct moat_db *db, struct moat_stmt *stmt)
-{
-    int step = moat_stmt_step(stmt);
-    moat_stmt_reset(stmt);
-    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
-}
 
 static void bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
 {
@@ -179,7 +157,7 @@ int srch_store_upsert(struct moat_db *db, const struct srch_product *p,
     sqlite3_bind_int64(st, 10, p->seq);
     sqlite3_bind_int64(st, 11, p->event_time_ms);
     sqlite3_bind_int64(st, 12, moat_wall_ms());
-    int rc = step_done(db, stmt);
+    int rc = srch_step_done(db, stmt);
     if (rc == MOAT_OK)
         *applied = sqlite3_changes(moat_db_handle(db)) > 0;
     return rc;
@@ -224,7 +202,7 @@ int srch_store_set_price(struct moat_db *db, const char *id, int64_t amount,
     sqlite3_bind_int64(st, 4, seq);
     sqlite3_bind_int64(st, 5, event_time_ms);
     sqlite3_bind_int64(st, 6, moat_wall_ms());
-    int rc = step_done(db, stmt);
+    int rc = srch_step_done(db, stmt);
     if (rc != MOAT_OK)
         return rc;
     *applied = sqlite3_changes(moat_db_handle(db)) > 0;
@@ -254,28 +232,8 @@ int srch_store_set_price(struct moat_db *db, const char *id, int64_t amount,
 int srch_store_delete(struct moat_db *db, const char *id, int64_t seq,
                       bool *applied)
 {
-    struct moat_stmt *stmt =
-        moat_db_prepare(db, "product_delete",
-                        "DELETE FROM products WHERE id = ?1 AND seq <= ?2");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    int rc = step_done(db, stmt);
-    if (rc != MOAT_OK)
-        return rc;
-    *applied = sqlite3_changes(moat_db_handle(db)) > 0;
-    /* The tombstone keeps an older event of the product, delivered again,
-     * from bringing it back. Ids are never reused, so it never expires. */
-    stmt = moat_db_prepare(db, "product_tombstone",
-                           "INSERT INTO deleted_products (id, seq) "
-                           "VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET "
-                           "seq = max(seq, excluded.seq)");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    return step_done(db, stmt);
+    return srch_store_remove(db, "products", "deleted_products", id, seq,
+                             applied);
 }
 
 int srch_store_reset(struct moat_db *db)
@@ -285,38 +243,6 @@ int srch_store_reset(struct moat_db *db)
     return moat_db_exec(db, "view_reset",
                         "DELETE FROM products; DELETE FROM deleted_products; "
                         "DELETE FROM apply_log;");
-}
-
-int srch_store_count_application(struct moat_db *db, const char *source,
-                                 int64_t seq)
-{
-    struct moat_stmt *stmt = moat_db_prepare(
-        db, "apply_log_count",
-        "INSERT INTO apply_log (source, seq, applications) VALUES (?1, ?2, 1) "
-        "ON CONFLICT (source, seq) DO UPDATE SET "
-        "applications = applications + 1");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
-    return step_done(db, stmt);
-}
-
-int srch_store_applications(struct moat_db *db, int64_t *events,
-                            int64_t *max_applications)
-{
-    struct moat_stmt *stmt = moat_db_prepare(
-        db, "apply_log_summary",
-        "SELECT count(*), coalesce(max(applications), 0) FROM apply_log");
-    if (!stmt)
-        return MOAT_EDB;
-    int step = moat_stmt_step(stmt);
-    if (step == SQLITE_ROW) {
-        *events = sqlite3_column_int64(moat_stmt_raw(stmt), 0);
-        *max_applications = sqlite3_column_int64(moat_stmt_raw(stmt), 1);
-    }
-    moat_stmt_reset(stmt);
-    return step == SQLITE_ROW ? MOAT_OK : moat_db_error(db, step);
 }
 
 /* ---- reads ---- */
@@ -367,160 +293,58 @@ cleanup:
     return rc;
 }
 
-enum search_filter {
-    F_MATCH = 1 << 0,
-    F_CURSOR = 1 << 1,
-    F_CURRENCY = 1 << 2,
-    F_MIN = 1 << 3,
-    F_MAX = 1 << 4,
+/* The products as the engine searches them: hits are summaries, listed
+ * by name without words. */
+static const struct srch_corpus products = {
+    .name = "products",
+    .table = "products",
+    .fts = "products_fts",
+    .bm25 = BM25_WEIGHTS,
+    .item = "json_object('id', p.id, 'sku', p.sku, 'name', p.name, "
+            "'price', json_object('amount', p.price_amount, "
+            "'currency', p.currency))",
+    .list_key = "name",
 };
 
-/*
- * One SQL text per combination of filters (32), each cached under its own
- * name, so SQLite plans each with the right index. Ranked queries
- * materialise the matches with their bm25 score first: the keyset cursor
- * compares scores, and an FTS5 auxiliary function is only defined in the
- * query that runs the MATCH.
- */
-static void search_sql(unsigned mask, struct moat_buf *sql)
+enum search_filter {
+    F_CURRENCY = 1 << 0,
+    F_MIN = 1 << 1,
+    F_MAX = 1 << 2,
+};
+
+static void bind_filters(sqlite3_stmt *st, const void *arg)
 {
-    if (mask & F_MATCH)
-        moat_buf_addstr(sql,
-                        "WITH hits AS MATERIALIZED ("
-                        "SELECT rowid AS rid, bm25(" BM25_ARGS ") AS score "
-                        "FROM products_fts WHERE products_fts MATCH :match) "
-                        "SELECT p.id, p.sku, p.name, p.price_amount, "
-                        "p.currency, h.score FROM hits AS h "
-                        "JOIN products AS p ON p.rid = h.rid WHERE 1");
-    else
-        moat_buf_addstr(sql, "SELECT p.id, p.sku, p.name, p.price_amount, "
-                             "p.currency, 0.0 FROM products AS p WHERE 1");
-    if (mask & F_CURRENCY)
-        moat_buf_addstr(sql, " AND p.currency = :currency");
-    if (mask & F_MIN)
-        moat_buf_addstr(sql, " AND p.price_amount >= :min");
-    if (mask & F_MAX)
-        moat_buf_addstr(sql, " AND p.price_amount <= :max");
-    if ((mask & F_CURSOR) && (mask & F_MATCH))
-        moat_buf_addstr(sql, " AND (h.score > :after_score OR "
-                             "(h.score = :after_score AND p.id > :after_id))");
-    else if (mask & F_CURSOR)
-        moat_buf_addstr(sql, " AND (p.name > :after_name OR "
-                             "(p.name = :after_name AND p.id > :after_id))");
-    if (mask & F_MATCH)
-        moat_buf_addstr(sql, " ORDER BY h.score, p.id");
-    else
-        moat_buf_addstr(sql, " ORDER BY p.name, p.id");
-    moat_buf_addstr(sql, " LIMIT :limit");
+    const struct srch_query *q = arg;
+    if (q->currency)
+        srch_bind_text(st, ":currency", q->currency);
+    if (q->has_min)
+        srch_bind_int(st, ":min", q->min_amount);
+    if (q->has_max)
+        srch_bind_int(st, ":max", q->max_amount);
 }
 
-static void bind_named_text(sqlite3_stmt *st, const char *name,
-                            const char *value)
-{
-    sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, name), value, -1,
-                      SQLITE_TRANSIENT);
-}
-
-static void bind_named_int(sqlite3_stmt *st, const char *name, int64_t value)
-{
-    sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, name), value);
-}
-
-static char *column_dup(sqlite3_stmt *st, int col)
-{
-    const char *s = (const char *)sqlite3_column_text(st, col);
-    return moat_xstrdup(s ? s : "");
-}
-
-int srch_store_search(struct moat_db *db, const struct srch_query *q,
+int srch_store_search(struct moat_db *db, const struct srch_page *pg, void *arg,
                       struct srch_hit **hits, size_t *n)
 {
-    unsigned mask = 0;
-    if (q->match)
-        mask |= F_MATCH;
-    if (q->has_cursor)
-        mask |= F_CURSOR;
-    if (q->currency)
-        mask |= F_CURRENCY;
-    if (q->has_min)
-        mask |= F_MIN;
-    if (q->has_max)
-        mask |= F_MAX;
-
+    const struct srch_query *q = arg;
     struct moat_buf sql = MOAT_BUF_INIT;
-    struct srch_hit *out = moat_xcalloc(q->limit ? q->limit : 1, sizeof(*out));
-    size_t count = 0;
-    int rc = MOAT_EDB;
-    char name[32];
-
-    search_sql(mask, &sql);
-    snprintf(name, sizeof(name), "search_%02x", mask);
-    struct moat_stmt *stmt = moat_db_prepare(db, name, moat_buf_str(&sql));
-    if (!stmt)
-        goto cleanup;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    if (q->match)
-        bind_named_text(st, ":match", q->match);
-    if (q->currency)
-        bind_named_text(st, ":currency", q->currency);
-    if (q->has_min)
-        bind_named_int(st, ":min", q->min_amount);
-    if (q->has_max)
-        bind_named_int(st, ":max", q->max_amount);
-    if (q->has_cursor) {
-        bind_named_text(st, ":after_id", q->after_id);
-        if (q->match)
-            sqlite3_bind_double(
-                st, sqlite3_bind_parameter_index(st, ":after_score"),
-                q->after_score);
-        else
-            bind_named_text(st, ":after_name", q->after_name);
+    struct srch_filter filter = {.bind = bind_filters, .arg = q};
+    if (q->currency) {
+        filter.mask |= F_CURRENCY;
+        moat_buf_addstr(&sql, " AND p.currency = :currency");
     }
-    bind_named_int(st, ":limit", (int64_t)q->limit);
-
-    int step;
-    while (count < q->limit && (step = moat_stmt_step(stmt)) == SQLITE_ROW) {
-        struct srch_hit *h = &out[count++];
-        h->id = column_dup(st, 0);
-        h->sku = column_dup(st, 1);
-        h->name = column_dup(st, 2);
-        h->amount = sqlite3_column_int64(st, 3);
-        h->currency = column_dup(st, 4);
-        h->score = sqlite3_column_double(st, 5);
+    if (q->has_min) {
+        filter.mask |= F_MIN;
+        moat_buf_addstr(&sql, " AND p.price_amount >= :min");
     }
-    if (count < q->limit && step != SQLITE_DONE) {
-        /* A malformed MATCH expression cannot happen (handlers.c quotes
-         * every term), so any error here is the database's. */
-        rc = moat_db_error(db, step);
-        goto cleanup;
+    if (q->has_max) {
+        filter.mask |= F_MAX;
+        moat_buf_addstr(&sql, " AND p.price_amount <= :max");
     }
-    rc = MOAT_OK;
-
-cleanup:
-    if (stmt)
-        moat_stmt_reset(stmt);
+    filter.sql = sql.len ? moat_buf_str(&sql) : NULL;
+    int rc = srch_search(db, &products, pg, &filter, hits, n);
     moat_buf_release(&sql);
-    if (rc != MOAT_OK) {
-        srch_hits_free(out, count);
-        out = NULL;
-        count = 0;
-    }
-    *hits = out;
-    *n = count;
     return rc;
-}
-
-void srch_hits_free(struct srch_hit *hits, size_t n)
-{
-    if (!hits)
-        return;
-    for (size_t i = 0; i < n; i++) {
-        free(hits[i].id);
-        free(hits[i].sku);
-        free(hits[i].name);
-        free(hits[i].currency);
-    }
-    free(hits);
 }
 
 /* ---- lag ---- */
@@ -586,20 +410,6 @@ int srch_store_lag(struct moat_db *db, int64_t since_ms, int64_t until_ms,
 
 /* ---- compare (replay --verify) ---- */
 
-/* FTS5's own check that the index holds exactly the text of its rows. */
-static void check_index(struct moat_db *db, const char *which, json_t *diffs,
-                        size_t max_diffs)
-{
-    int rc = moat_db_exec(db, "fts_integrity_check",
-                          "INSERT INTO products_fts (products_fts, rank) "
-                          "VALUES ('integrity-check', 1)");
-    if (rc != MOAT_OK && json_array_size(diffs) < max_diffs)
-        json_array_append_new(
-            diffs, json_sprintf("the %s full-text index does not match its "
-                                "rows: %s",
-                                which, moat_db_errmsg(db)));
-}
-
 int srch_store_compare(struct moat_db *live, struct moat_db *scratch,
                        json_t *diffs, size_t max_diffs)
 {
@@ -618,8 +428,8 @@ int srch_store_compare(struct moat_db *live, struct moat_db *scratch,
          "SELECT term, doc, cnt FROM products_fts_terms ORDER BY term",
          "index term"},
     };
-    check_index(live, "live", diffs, max_diffs);
-    check_index(scratch, "rebuilt", diffs, max_diffs);
+    srch_check_index(live, "products_fts", "live", diffs, max_diffs);
+    srch_check_index(scratch, "products_fts", "rebuilt", diffs, max_diffs);
     return moat_view_compare_tables(live, scratch, tables,
                                     MOAT_ARRAY_LEN(tables), diffs, max_diffs);
 }

@@ -1,5 +1,6 @@
 /*
- * store.h - search's own database: the only code that knows its schema.
+ * store.h - the catalog index's database (MOAT_SEARCH_INDEX=catalog): the
+ * only code that knows its schema.
  *
  * The database is $MOAT_DATA_DIR/search.db (SQLite through moat/db.h). It
  * holds a read model of catalog's products built ONLY from catalog's
@@ -19,6 +20,10 @@
  * migrations. The write functions run inside the caller's transaction
  * (the consumer's); they never BEGIN or COMMIT.
  *
+ * The FTS5 settings, the query and its pages are the engine's (engine.h):
+ * this file says only what is indexed and which filters exist. The file's
+ * name and how main.c opens it: search.h.
+ *
  * Ownership: strings in struct srch_product are borrowed; hits returned by
  * srch_store_search belong to the caller (srch_hits_free); JSON returned
  * through out-parameters is a new reference the caller releases.
@@ -31,8 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine.h"
 #include "moat/db.h"
-#include "moat/metrics.h"
 
 /* A product as the index stores it (all borrowed). */
 struct srch_product {
@@ -51,12 +56,6 @@ struct srch_product {
 
 /* The migrations of search.db (the consumer schema is one of them). */
 const struct moat_migration *srch_store_migrations(size_t *n);
-
-/* Open (creating if needed) data_dir/search.db and migrate it. metrics is
- * borrowed (statement timings). Close with moat_db_close(). */
-int srch_store_open(struct moat_db **out, const char *data_dir,
-                    struct moat_metrics *metrics);
-bool srch_store_ready(struct moat_db *db, const char **why);
 
 /*
  * Insert or replace p unless the row already reflects a later event of the
@@ -83,29 +82,18 @@ int srch_store_reset(struct moat_db *db);
 /* The indexed product id: its document plus where it came from. */
 int srch_store_get(struct moat_db *db, const char *id, json_t **out);
 
+/* The catalog index's filters, beside the engine's page. */
 struct srch_query {
-    const char *match; /* sanitised FTS5 expression; NULL lists by name */
     const char *currency;
     bool has_min, has_max;
     int64_t min_amount, max_amount;
-    /* Keyset cursor: the last hit of the previous page. */
-    bool has_cursor;
-    double after_score;     /* ranked pages */
-    const char *after_name; /* pages by name */
-    const char *after_id;
-    size_t limit;
 };
 
-struct srch_hit {
-    char *id, *sku, *name, *currency; /* owned */
-    int64_t amount;
-    double score; /* bm25 (lower is better); 0 when listing by name */
-};
-
-/* Up to q->limit hits, best first (or by name, id). */
-int srch_store_search(struct moat_db *db, const struct srch_query *q,
+/* The engine's srch_search_fn for products: arg is a struct srch_query
+ * (borrowed). Up to pg->limit hits, best first (or by name, id); each
+ * hit's item is {id, sku, name, price: {amount, currency}}. */
+int srch_store_search(struct moat_db *db, const struct srch_page *pg, void *arg,
                       struct srch_hit **hits, size_t *n);
-void srch_hits_free(struct srch_hit *hits, size_t n);
 
 /*
  * Append to diffs (an array of strings) how scratch differs from live:
@@ -125,17 +113,5 @@ int srch_store_compare(struct moat_db *live, struct moat_db *scratch,
  */
 int srch_store_lag(struct moat_db *db, int64_t since_ms, int64_t until_ms,
                    json_t **out);
-
-/*
- * Count one application of (source, seq) inside the handler's transaction:
- * the crash tests prove from these counts that no event took effect twice.
- * Called by test builds only; the table exists in every build so that the
- * migrations do not depend on the build type.
- */
-int srch_store_count_application(struct moat_db *db, const char *source,
-                                 int64_t seq);
-/* Number of events applied and the highest application count of one. */
-int srch_store_applications(struct moat_db *db, int64_t *events,
-                            int64_t *max_applications);
 
 #endif /* SRCH_STORE_H */
