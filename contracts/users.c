@@ -7,6 +7,7 @@
 static const struct contract_event events[] = {
     {USERS_USER_REGISTERED, USERS_USER_SCHEMA, NULL},
     {USERS_USER_UPDATED, USERS_USER_SCHEMA, NULL},
+    {USERS_MODERATION_ACTION_REQUESTED, USERS_MODERATION_SCHEMA, NULL},
 };
 
 int users_upcast(const char *type, int version, json_t *data, json_t **out,

@@ -10,6 +10,12 @@
  *   UserRegistered  {id, role, version, created_at (s since the epoch)}
  *   UserUpdated     {id, role, version, updated_at (s since the epoch)}
  *
+ * Moderation (schema 1), consumed by comments:
+ *   ModerationActionRequested  {action_id, action: "remove_comment" |
+ *                 "suspend_commenting" | "restore_commenting",
+ *                 comment_id (remove_comment), user_id (the others),
+ *                 reason, requested_by, requested_at (s since the epoch)}
+ *
  * Every type has had one schema so far: its upcaster accepts exactly the
  * current version and returns the data as it is.
  */
@@ -18,11 +24,13 @@
 
 #include <jansson.h>
 
-#define USERS_USER_REGISTERED "UserRegistered"
-#define USERS_USER_UPDATED    "UserUpdated"
+#define USERS_USER_REGISTERED             "UserRegistered"
+#define USERS_USER_UPDATED                "UserUpdated"
+#define USERS_MODERATION_ACTION_REQUESTED "ModerationActionRequested"
 
 /* Data schema versions (the current ones). */
-#define USERS_USER_SCHEMA 1 /* UserRegistered, UserUpdated */
+#define USERS_USER_SCHEMA       1 /* UserRegistered, UserUpdated */
+#define USERS_MODERATION_SCHEMA 1 /* ModerationActionRequested */
 
 /*
  * The current-shape data of an event of users (contract_upcast: data is
