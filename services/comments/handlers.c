@@ -93,10 +93,11 @@ static bool is_moderator(const struct moat_principal *p)
            (moat_principal_is_admin(p) || strcmp(p->role, "moderator") == 0);
 }
 
-/* May viewer (its principal) see c? */
-static bool visible(const struct cmt_comment *c, const struct moat_principal *p)
+/* May viewer p see c? mod: p moderates c's target (moderates()). */
+static bool visible(const struct cmt_comment *c, const struct moat_principal *p,
+                    bool mod)
 {
-    return strcmp(c->status, "approved") == 0 || is_moderator(p) ||
+    return strcmp(c->status, "approved") == 0 || mod ||
            (p->user_id[0] && strcmp(c->author_id, p->user_id) == 0);
 }
 
@@ -133,7 +134,7 @@ static json_t *comment_json(const struct cmt_comment *c, bool moderator)
 }
 
 static void reply_comment(struct moat_req *r, int status,
-                          const struct cmt_comment *c, bool replayed)
+                          const struct cmt_comment *c, bool replayed, bool mod)
 {
     if (status == 201) {
         /* An absolute path: the gateway rewrites it to its public prefix. */
@@ -143,20 +144,62 @@ static void reply_comment(struct moat_req *r, int status,
     }
     if (replayed)
         moat_req_set_header(r, "Idempotent-Replayed", "true");
-    moat_req_reply_json(r, status,
-                        comment_json(c, is_moderator(moat_req_principal(r))));
+    moat_req_reply_json(r, status, comment_json(c, mod));
 }
 
 /* ---- access to a target ---- */
 
+/* Is the caller an admin member of conversation c (messaging's JSON)? */
+static bool conversation_admin(json_t *conv, const char *user)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(conv, "members"), i, m)
+    {
+        const char *id = json_string_value(json_object_get(m, "user_id"));
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (id && role && strcmp(id, user) == 0)
+            return strcmp(role, "admin") == 0;
+    }
+    return false;
+}
+
+/*
+ * Does the caller moderate the comments of t? Moderators do everywhere; a
+ * post's author does on the post (as recorded from posts' answer); a
+ * conversation's admins do on its messages (found: messaging's answer for
+ * the conversation, from with_access).
+ */
+static bool moderates(struct moat_req *r, struct op *op,
+                      const struct cmt_target *t, json_t *found)
+{
+    const struct moat_principal *who = moat_req_principal(r);
+    if (is_moderator(who))
+        return true;
+    if (!who->user_id[0])
+        return false;
+    if (strcmp(t->kind, "message") == 0)
+        return found && conversation_admin(found, who->user_id);
+    bool owner = false;
+    int rc =
+        cmt_store_is_post_owner(op->cs->store, t->id, who->user_id, &owner);
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "cannot read a post's owner", "{s:s}", "error",
+                 moat_strerror(rc));
+    return owner;
+}
+
 /*
  * Run then(r, op, found) once the caller may touch target t: at once for
  * a post (posts are public), after messaging confirms the caller is a
- * member of the message's conversation for a message (found NULL when
- * messaging answers 404). Takes op.
+ * member of the conversation for a message (found: messaging's answer,
+ * NULL when it answers 404): of the message itself when message is true
+ * (a new comment needs the message to exist), else of the conversation
+ * (which lists its admins). Takes op.
  */
 static void with_access(struct moat_req *r, struct op *op,
-                        const struct cmt_target *t, cmt_upstream_fn then)
+                        const struct cmt_target *t, bool message,
+                        cmt_upstream_fn then)
 {
     if (strcmp(t->kind, "message") != 0) {
         json_t *ok = json_object();
@@ -169,8 +212,8 @@ static void with_access(struct moat_req *r, struct op *op,
         return;
     }
     char path[2 * CMT_TARGET_MAX + 48];
-    snprintf(path, sizeof(path), "/v1/conversations/%s/messages/%s",
-             t->conversation_id, t->id);
+    snprintf(path, sizeof(path), "/v1/conversations/%s%s%s", t->conversation_id,
+             message ? "/messages/" : "", message ? t->id : "");
     cmt_upstream_get(op->cs, r, "messaging", path, then, op_free, op);
 }
 
@@ -313,7 +356,7 @@ static void replay(struct moat_req *r, struct cmt_service *cs,
                                "the comment created with this Idempotency-Key "
                                "has been deleted");
     else if (rc == MOAT_OK)
-        reply_comment(r, 201, &c, true);
+        reply_comment(r, 201, &c, true, false);
     else
         reply_fault(r, rc, "read the comment");
     cmt_comment_release(&c);
@@ -329,14 +372,20 @@ static void create_store(struct moat_req *r, void *arg, json_t *found)
                                                                    : "message");
         goto done;
     }
-    int rc =
-        cmt_store_create(op->cs->store, c, op->keyed ? op->key : NULL, op->fp);
+    /* posts' answer names the post's author: its comments' moderator. */
+    const char *owner = json_string_value(json_object_get(found, "author_id"));
+    int rc = strcmp(c->target.kind, "post") == 0 && owner
+                 ? cmt_store_set_post_owner(op->cs->store, c->target.id, owner)
+                 : MOAT_OK;
+    if (rc == MOAT_OK)
+        rc = cmt_store_create(op->cs->store, c, op->keyed ? op->key : NULL,
+                              op->fp);
     switch (rc) {
     case MOAT_OK:
         moat_log(MOAT_LOG_INFO, "comment posted", "{s:s, s:s, s:s, s:s}", "id",
                  c->id, "author", c->author_id, "target", c->target.id,
                  "status", c->status);
-        reply_comment(r, 201, c, false);
+        reply_comment(r, 201, c, false, false);
         break;
     case CMT_SUSPENDED:
         moat_req_reply_problem_json(
@@ -427,7 +476,7 @@ static void handle_create(struct moat_req *r, void *arg)
         cmt_upstream_get(cs, r, "posts", path, create_store, op_free, op);
         return;
     }
-    with_access(r, op, &op->c.target, create_store);
+    with_access(r, op, &op->c.target, true, create_store);
     return;
 
 fail:
@@ -451,13 +500,13 @@ static void list_reply(struct moat_req *r, void *arg, json_t *found)
 {
     struct op *op = arg;
     const struct moat_principal *who = moat_req_principal(r);
-    bool mod = is_moderator(who);
     struct cmt_comment *items = NULL, *replies = NULL;
     size_t n = 0, nr = 0;
     if (!found) {
-        moat_req_reply_problem(r, 404, "no such message");
+        moat_req_reply_problem(r, 404, "no such conversation");
         goto done;
     }
+    bool mod = moderates(r, op, &op->c.target, found);
     /* One row more than the page tells whether another page follows. */
     int rc = cmt_store_list(op->cs->store, &op->c.target, NULL,
                             op->has_after ? op->after : NULL, op->limit + 1,
@@ -538,16 +587,18 @@ static void handle_list(struct moat_req *r, void *arg)
                  q[2].sval);
     op->has_after = q[4].seen;
     op->limit = q[3].seen ? (size_t)q[3].ival : LIST_LIMIT_DEFAULT;
-    with_access(r, op, t, list_reply);
+    with_access(r, op, t, false, list_reply);
 }
 
 /* ---- GET, DELETE /v1/comments/{id}, POST .../approve|reject ---- */
 
 /* After the access check: found NULL (not a member), or a comment the
- * caller may not see, is 404. True when the caller may go on. */
-static bool may_see(struct moat_req *r, struct op *op, json_t *found)
+ * caller may not see, is 404. True when the caller may go on; *mod says
+ * whether the caller moderates the comment's target. */
+static bool may_see(struct moat_req *r, struct op *op, json_t *found, bool *mod)
 {
-    if (found && visible(&op->c, moat_req_principal(r)))
+    *mod = found && moderates(r, op, &op->c.target, found);
+    if (found && visible(&op->c, moat_req_principal(r), *mod))
         return true;
     reply_no_comment(r);
     op_free(op);
@@ -557,9 +608,10 @@ static bool may_see(struct moat_req *r, struct op *op, json_t *found)
 static void get_reply(struct moat_req *r, void *arg, json_t *found)
 {
     struct op *op = arg;
-    if (!may_see(r, op, found))
+    bool mod;
+    if (!may_see(r, op, found, &mod))
         return;
-    reply_comment(r, 200, &op->c, false);
+    reply_comment(r, 200, &op->c, false, mod);
     op_free(op);
 }
 
@@ -570,17 +622,18 @@ static void handle_get(struct moat_req *r, void *arg)
         op_free(op);
         return;
     }
-    with_access(r, op, &op->c.target, get_reply);
+    with_access(r, op, &op->c.target, false, get_reply);
 }
 
 static void delete_apply(struct moat_req *r, void *arg, json_t *found)
 {
     struct op *op = arg;
-    if (!may_see(r, op, found))
+    bool mod;
+    if (!may_see(r, op, found, &mod))
         return;
     const struct moat_principal *who = moat_req_principal(r);
     bool author = strcmp(op->c.author_id, who->user_id) == 0;
-    if (!author && !is_moderator(who)) {
+    if (!author && !mod) {
         moat_req_reply_problem(r, 403,
                                "only the author or a moderator may delete "
                                "this comment");
@@ -616,15 +669,23 @@ static void handle_delete(struct moat_req *r, void *arg)
         op_free(op);
         return;
     }
-    with_access(r, op, &op->c.target, delete_apply);
+    with_access(r, op, &op->c.target, false, delete_apply);
 }
 
 static void moderate_apply(struct moat_req *r, void *arg, json_t *found)
 {
     struct op *op = arg;
-    if (!may_see(r, op, found))
+    bool mod;
+    if (!may_see(r, op, found, &mod))
         return;
     const struct moat_principal *who = moat_req_principal(r);
+    if (!mod) {
+        moat_req_reply_problem(r, 403, "only a moderator may %s this comment",
+                               strcmp(op->what, "approved") == 0 ? "approve"
+                                                                 : "reject");
+        op_free(op);
+        return;
+    }
     bool changed = false;
     int rc = cmt_store_moderate(op->cs->store, op->c.id, op->what, who->user_id,
                                 moat_wall_ms(), &changed);
@@ -639,7 +700,7 @@ static void moderate_apply(struct moat_req *r, void *arg, json_t *found)
         cmt_comment_release(&op->c);
         rc = cmt_store_get(op->cs->store, moat_req_param(r, "id"), &op->c);
         if (rc == MOAT_OK)
-            reply_comment(r, 200, &op->c, false);
+            reply_comment(r, 200, &op->c, false, true);
         else
             reply_fault(r, rc, "read the comment");
         if (changed)
@@ -654,19 +715,13 @@ static void handle_moderate(struct moat_req *r, const char *status,
 {
     if (!moat_req_require_user(r))
         return;
-    if (!is_moderator(moat_req_principal(r))) {
-        moat_req_reply_problem(r, 403, "only a moderator may %s a comment",
-                               strcmp(status, "approved") == 0 ? "approve"
-                                                               : "reject");
-        return;
-    }
     struct op *op = op_new(cs);
     snprintf(op->what, sizeof(op->what), "%s", status);
     if (!load_comment(r, op)) {
         op_free(op);
         return;
     }
-    with_access(r, op, &op->c.target, moderate_apply);
+    with_access(r, op, &op->c.target, false, moderate_apply);
 }
 
 static void handle_approve(struct moat_req *r, void *arg)
@@ -680,21 +735,6 @@ static void handle_reject(struct moat_req *r, void *arg)
 }
 
 /* ---- PUT /v1/moderation/targets/{kind}/{id} ---- */
-
-/* Is the caller an admin member of conversation c (messaging's JSON)? */
-static bool conversation_admin(json_t *conv, const char *user)
-{
-    size_t i;
-    json_t *m;
-    json_array_foreach(json_object_get(conv, "members"), i, m)
-    {
-        const char *id = json_string_value(json_object_get(m, "user_id"));
-        const char *role = json_string_value(json_object_get(m, "role"));
-        if (id && role && strcmp(id, user) == 0)
-            return strcmp(role, "admin") == 0;
-    }
-    return false;
-}
 
 static void target_apply(struct moat_req *r, void *arg, json_t *found)
 {
@@ -716,7 +756,11 @@ static void target_apply(struct moat_req *r, void *arg, json_t *found)
                                     : "conversation's admins");
         goto done;
     }
-    int rc = cmt_store_set_target(op->cs->store, op->what, op->id, op->requires,
+    int rc = post && owner
+                 ? cmt_store_set_post_owner(op->cs->store, op->id, owner)
+                 : MOAT_OK;
+    if (rc == MOAT_OK)
+        rc = cmt_store_set_target(op->cs->store, op->what, op->id, op->requires,
                                   who->user_id, moat_wall_ms());
     if (rc != MOAT_OK) {
         reply_fault(r, rc, "store the setting");

@@ -31,7 +31,9 @@ struct cmt_store {
  * pending. user_flags: users whose comments start pending, or who may not
  * comment at all (suspended by a moderation action of users' feed).
  * applied_actions: every moderation action applied, by action_id, so a
- * second delivery changes nothing.
+ * second delivery changes nothing. post_owners: each commented post's
+ * author as posts answered (a post's author never changes), so reads need
+ * not ask posts who moderates a post's comments.
  */
 static const struct moat_migration migrations[] = {
     {1, "comments, moderation settings, actions, idempotency",
@@ -79,6 +81,10 @@ static const struct moat_migration migrations[] = {
      "    action TEXT NOT NULL,\n"
      "    outcome TEXT NOT NULL,\n"
      "    applied_at_ms INTEGER NOT NULL\n"
+     ") STRICT, WITHOUT ROWID;\n"
+     "CREATE TABLE post_owners (\n"
+     "    post_id TEXT NOT NULL PRIMARY KEY,\n"
+     "    owner_id TEXT NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE TABLE idempotency (\n"
      "    author_id TEXT NOT NULL,\n"
@@ -635,6 +641,32 @@ int cmt_store_get_user(struct cmt_store *s, const char *user,
         rc = moat_db_error(s->db, src);
     }
     moat_stmt_reset(st);
+    return rc;
+}
+
+int cmt_store_set_post_owner(struct cmt_store *s, const char *post,
+                             const char *owner)
+{
+    struct moat_stmt *st = moat_db_prepare(
+        s->db, "owner_set",
+        "INSERT INTO post_owners (post_id, owner_id) VALUES (?1, ?2) "
+        "ON CONFLICT (post_id) DO NOTHING");
+    if (!st)
+        return MOAT_EDB;
+    bind_text(st, 1, post);
+    bind_text(st, 2, owner);
+    return step_done(s->db, st);
+}
+
+int cmt_store_is_post_owner(struct cmt_store *s, const char *post,
+                            const char *user, bool *owner)
+{
+    int64_t v = 0;
+    int rc = query_int(s, "owner_is",
+                       "SELECT 1 FROM post_owners WHERE post_id = ?1 AND "
+                       "owner_id = ?2",
+                       post, user, 0, &v);
+    *owner = v != 0;
     return rc;
 }
 

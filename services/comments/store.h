@@ -147,6 +147,13 @@ int cmt_store_set_target(struct cmt_store *s, const char *kind, const char *id,
 int cmt_store_get_target(struct cmt_store *s, const char *kind, const char *id,
                          bool *requires);
 
+/* Record post's author (as posts answered; kept once known). */
+int cmt_store_set_post_owner(struct cmt_store *s, const char *post,
+                             const char *owner);
+/* Is user the recorded author of post? (false when unknown) */
+int cmt_store_is_post_owner(struct cmt_store *s, const char *post,
+                            const char *user, bool *owner);
+
 /* Set whether user's comments start pending. */
 int cmt_store_set_user(struct cmt_store *s, const char *user, bool requires,
                        const char *by, int64_t now_ms);

@@ -423,8 +423,12 @@ static void test_moderation_flow(void **state)
                          target, id),
                    422);
 
+    /* The post's author moderates its comments too. */
+    items = list_post(post, ALICE);
+    assert_true(listed(items, id));
+    json_decref(items);
     /* Only moderators approve; approving makes it public. */
-    expect_problem("POST", h_fmt("/v1/comments/%s/approve", id), ALICE, NULL,
+    expect_problem("POST", h_fmt("/v1/comments/%s/approve", id), BOB, NULL,
                    403);
     json_t *ok =
         call_ok("POST", h_fmt("/v1/comments/%s/approve", id), MOD, NULL, 200);
@@ -443,8 +447,8 @@ static void test_moderation_flow(void **state)
     char spam[64];
     snprintf(spam, sizeof(spam), "%s", str(c, "id"));
     json_decref(c);
-    json_decref(
-        call_ok("POST", h_fmt("/v1/comments/%s/reject", spam), MOD, NULL, 200));
+    json_decref(call_ok("POST", h_fmt("/v1/comments/%s/reject", spam), ALICE,
+                        NULL, 200));
     items = list_post(post, BOB);
     assert_false(listed(items, spam));
     json_decref(items);
@@ -662,7 +666,17 @@ static void test_message_comments(void **state)
         call_ok("PUT", setting, ALICE, "{\"requires_moderation\": true}", 200));
     c = comment(BOB, target, NULL, "moderated now");
     assert_string_equal(str(c, "status"), "pending");
+    char pending[64];
+    snprintf(pending, sizeof(pending), "%s", str(c, "id"));
     json_decref(c);
+    /* Its admin moderates; other members do not. */
+    expect_problem("POST", h_fmt("/v1/comments/%s/approve", pending), BOB, NULL,
+                   403);
+    page = call_ok("GET", list_path, ALICE, NULL, 200);
+    assert_int_equal(json_array_size(json_object_get(page, "items")), 2);
+    json_decref(page);
+    json_decref(call_ok("POST", h_fmt("/v1/comments/%s/approve", pending),
+                        ALICE, NULL, 200));
 
     /* Messaging down: 503 with Retry-After, nothing guessed. */
     h_service_kill(&F.messaging);
