@@ -697,15 +697,15 @@ static void moderate_apply(struct moat_req *r, void *arg, json_t *found)
     } else if (rc != MOAT_OK) {
         reply_fault(r, rc, "moderate the comment");
     } else {
+        if (changed) /* before the reply, which frees r and its principal */
+            moat_log(MOAT_LOG_INFO, "comment moderated", "{s:s, s:s, s:s}",
+                     "id", op->c.id, "status", op->what, "by", who->user_id);
         cmt_comment_release(&op->c);
         rc = cmt_store_get(op->cs->store, moat_req_param(r, "id"), &op->c);
         if (rc == MOAT_OK)
             reply_comment(r, 200, &op->c, false, true);
         else
             reply_fault(r, rc, "read the comment");
-        if (changed)
-            moat_log(MOAT_LOG_INFO, "comment moderated", "{s:s, s:s, s:s}",
-                     "id", op->c.id, "status", op->what, "by", who->user_id);
     }
     op_free(op);
 }
