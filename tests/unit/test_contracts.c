@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "contracts/comments.h"
 #include "contracts/catalog.h"
 #include "contracts/inventory.h"
 #include "contracts/notifications.h"
@@ -225,6 +226,9 @@ static void test_single_schema_producers(void **state)
         USERS_USER_REGISTERED, USERS_USER_UPDATED,
         USERS_USER_SUSPENDED,  USERS_USER_RESTORED,
         USERS_ROLE_CHANGED,    USERS_MODERATION_ACTION_REQUESTED};
+    static const char *const comments[] = {
+        COMMENTS_COMMENT_POSTED, COMMENTS_COMMENT_APPROVED,
+        COMMENTS_COMMENT_REJECTED, COMMENTS_COMMENT_REMOVED};
     check_single_schema(orders_upcast, orders_schema, orders,
                         MOAT_ARRAY_LEN(orders));
     check_single_schema(payments_upcast, payments_schema, payments,
@@ -235,6 +239,8 @@ static void test_single_schema_producers(void **state)
                         notifications, MOAT_ARRAY_LEN(notifications));
     check_single_schema(users_upcast, users_schema, users,
                         MOAT_ARRAY_LEN(users));
+    check_single_schema(comments_upcast, comments_schema, comments,
+                        MOAT_ARRAY_LEN(comments));
 }
 
 int main(void)
