@@ -5,8 +5,8 @@
  * checks against posts and messaging are upstream.c, the SQL is store.c.
  *
  * Authorisation (docs/comments.md "Who may do what"):
- *  - A moderator is an end user with role "admin" or "moderator" (the
- *    principal carries no finer permission claims).
+ *  - A moderator is an end user with the moderate permission in the
+ *    token (roles "admin" and "moderator", moat/auth.h).
  *  - Readers see approved comments, their own in any state, and a
  *    moderator sees every one; a comment someone may not see is 404.
  *  - Comments on a message exist only for the conversation's members, as
@@ -87,10 +87,11 @@ static void reply_no_comment(struct moat_req *r)
     moat_req_reply_problem(r, 404, "no such comment");
 }
 
+/* The moderate permission of the token (moat/auth.h: the moderator and
+ * admin roles have it; the gateway keeps it current on role changes). */
 static bool is_moderator(const struct moat_principal *p)
 {
-    return p->user_id[0] &&
-           (moat_principal_is_admin(p) || strcmp(p->role, "moderator") == 0);
+    return p->user_id[0] && (p->perms & MOAT_PERM_MODERATE);
 }
 
 /* May viewer p see c? mod: p moderates c's target (moderates()). */
@@ -426,7 +427,10 @@ static void handle_create(struct moat_req *r, void *arg)
 {
     struct cmt_service *cs = arg;
     json_t *body = NULL;
-    if (!moat_req_require_user(r))
+    /* A suspended account has no comment permission (users' tokens, kept
+     * current by the gateway); a commenting suspension from a moderation
+     * action is also enforced below from comments' own record. */
+    if (!moat_req_require_perm(r, MOAT_PERM_COMMENT))
         return;
     const char *author = moat_req_principal(r)->user_id;
     struct op *op = op_new(cs);
