@@ -22,15 +22,11 @@
 
 #include "analytics.h"
 #include "contracts/connections.h"
+#include "contracts/comments.h"
 #include "contracts/messaging.h"
 #include "contracts/posts.h"
 #include "contracts/users.h"
 #include "moat/log.h"
-
-/* The comments service's contract (contracts/comments.h) had not been
- * merged when analytics was written: its one type by name, schema 1. */
-#define COMMENT_POSTED        "CommentPosted"
-#define COMMENT_POSTED_SCHEMA 1
 
 struct rule {
     const char *source, *type;
@@ -40,7 +36,7 @@ struct rule {
 
 static const struct rule rules[] = {
     {"messaging", MESSAGING_MESSAGE_SENT, "sender_id", AN_MESSAGES_SENT},
-    {"comments", COMMENT_POSTED, "author_id", AN_COMMENTS},
+    {"comments", COMMENTS_COMMENT_POSTED, "author_id", AN_COMMENTS},
     {"posts", POSTS_POST_CREATED, "author_id", AN_POSTS},
     {"connections", CONNECTIONS_FOLLOWED, "follower_id", AN_FOLLOWS},
     {"connections", CONNECTIONS_UNFOLLOWED, "follower_id", AN_NONE},
@@ -49,7 +45,7 @@ static const struct rule rules[] = {
 };
 
 static const char *const messaging_types[] = {MESSAGING_MESSAGE_SENT, NULL};
-static const char *const comments_types[] = {COMMENT_POSTED, NULL};
+static const char *const comments_types[] = {COMMENTS_COMMENT_POSTED, NULL};
 static const char *const posts_types[] = {POSTS_POST_CREATED, NULL};
 static const char *const connections_types[] = {
     CONNECTIONS_FOLLOWED, CONNECTIONS_UNFOLLOWED,
@@ -101,13 +97,7 @@ static int upcast(const struct moat_event *ev, json_t **data, const char **why)
                                   why);
     if (strcmp(ev->source, "users") == 0)
         return users_upcast(ev->type, ev->schema_version, ev->data, data, why);
-    if (ev->schema_version != COMMENT_POSTED_SCHEMA ||
-        !json_is_object(ev->data)) {
-        *why = "unknown schema version of CommentPosted";
-        return MOAT_EINVAL;
-    }
-    *data = json_incref(ev->data);
-    return MOAT_OK;
+    return comments_upcast(ev->type, ev->schema_version, ev->data, data, why);
 }
 
 int an_apply(struct moat_db *db, const struct moat_event *ev, void *arg,
