@@ -345,6 +345,11 @@ static void test_seed_and_bench(void **state)
     assert_int_equal(json_integer_value(json_object_get(rep, "concurrency")),
                      8);
     assert_true(json_is_number(json_object_get(rep, "seconds")));
+    json_t *mix = json_object_get(rep, "mix");
+    assert_int_equal(json_integer_value(json_object_get(mix, "home_timeline")),
+                     60);
+    assert_int_equal(json_integer_value(json_object_get(mix, "compose_post")),
+                     10);
     assert_int_equal(
         json_integer_value(json_object_get(rep, "users_logged_in")),
         SEED_USERS);
