@@ -585,8 +585,12 @@ static void patch_user(struct moat_req *r, struct usr_service *usr,
         goto cleanup;
     }
     /* Guessing the current password is a login attempt by other means:
-     * the same per-account limit applies. */
+     * the same per-account limit applies (not spent on a 503). */
     uint64_t retry_ms = 0;
+    if (usr_pw_busy(usr)) {
+        usr_reply_busy(r);
+        goto cleanup;
+    }
     if (!moat_ratelimit_take(usr->rl_acct, c->acct_key, moat_mono_ms(),
                              &retry_ms)) {
         char ra[24];

@@ -63,12 +63,17 @@ static void job_done(void *arg, bool cancelled)
     job_free(job);
 }
 
+bool usr_pw_busy(const struct usr_service *usr)
+{
+    /* A bounded queue: beyond it a client waits longer than it would to
+     * retry, and each queued job holds a connection. */
+    return moat_work_pending(usr->pool) >= (unsigned)usr->cfg.hash_queue_max;
+}
+
 int usr_pw_submit(struct usr_pw_job *job)
 {
     struct usr_service *usr = job->usr;
-    /* A bounded queue: beyond it a client waits longer than it would to
-     * retry, and each queued job holds a connection. */
-    if (moat_work_pending(usr->pool) >= (unsigned)usr->cfg.hash_queue_max) {
+    if (usr_pw_busy(usr)) {
         job_free(job);
         return MOAT_EBUSY;
     }

@@ -252,6 +252,13 @@ static void handle_login(struct moat_req *r, void *arg)
         login_limited(usr, r, "address", retry_ms);
         goto cleanup;
     }
+    /* A full password queue answers 503 before the account's bucket is
+     * touched: a client retrying a busy service must not lock its own
+     * account out. */
+    if (usr_pw_busy(usr)) {
+        usr_reply_busy(r);
+        goto cleanup;
+    }
     c = moat_xcalloc(1, sizeof(*c));
     usr_email_bidx(usr->kr, email, c->acct_key);
     if (!moat_ratelimit_take(usr->rl_acct, c->acct_key, now, &retry_ms)) {

@@ -175,5 +175,11 @@ struct usr_pw_job *usr_pw_job_new(struct usr_service *usr, struct moat_req *req,
  * job is freed and the caller replies 503; otherwise done runs later.
  */
 int usr_pw_submit(struct usr_pw_job *job);
+/*
+ * True when usr_pw_submit would refuse a job now (the queue is full). A
+ * caller checks it before spending a per-account attempt, so a 503 costs
+ * the account nothing.
+ */
+bool usr_pw_busy(const struct usr_service *usr);
 
 #endif /* USR_USERS_H */

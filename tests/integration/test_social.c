@@ -1,0 +1,641 @@
+/*
+ * The social network end to end: the repository's deploy/social.json
+ * (users, profiles, connections, posts, timelines and the gateway), moved
+ * to free ports, runs under the real `moat up`, and everything below goes
+ * through the gateway as a client would:
+ *
+ *   1. `moat social seed` (40 users, 120 edges, 2 posts each) and a
+ *      3-second `moat social bench --json`: the seed's summary, the
+ *      report's shape, no errors, home timeline reads that succeed;
+ *   2. two users register, log in, connect and follow; a post with a
+ *      mention and a URL reaches the follower's home timeline; the degree
+ *      query; the post in API v2 (created_at in RFC 3339);
+ *   3. degradation: with connections SIGKILLed, profiles, posts, user and
+ *      home timelines still answer 200 and a follow is a 503 problem with
+ *      Retry-After, until the supervisor restarts connections; with posts
+ *      SIGKILLed, the home timeline still answers from its own store.
+ *
+ * While a service is down the test holds the supervisor (SIGSTOP), so
+ * the outage lasts as long as the checks need and no longer than the
+ * test wants; SIGCONT lets it notice the death and restart the service.
+ */
+#include "moat/common.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "moat/buf.h"
+
+#define SEED_USERS 40
+#define SEED_EDGES 120
+#define SEED_PPU   2
+#define WAIT_MS    20000 /* for a condition, scaled */
+#define PASSWORD   "correct horse battery staple"
+
+static struct {
+    char *dir;
+    char file[512];
+    char gw[64];
+    pid_t up_pid;
+    bool up_stopped; /* the supervisor is held with SIGSTOP */
+} dep;
+
+struct user {
+    char id[64];
+    char handle[32];
+    char auth[2048]; /* "Authorization: Bearer ..." */
+};
+
+/* Replace every occurrence of from in s by to. Caller frees. */
+static char *replace_all(const char *s, const char *from, const char *to)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    size_t n = strlen(from);
+    for (const char *p; (p = strstr(s, from));) {
+        moat_buf_add(&b, s, (size_t)(p - s));
+        moat_buf_addstr(&b, to);
+        s = p + n;
+    }
+    moat_buf_addstr(&b, s);
+    return moat_buf_detach(&b, NULL);
+}
+
+/*
+ * deploy/social.json with every service on a free port (listen addresses
+ * and every env value naming one follow) and its state under the test's
+ * directory.
+ */
+static void write_deployment(void)
+{
+    json_error_t err;
+    json_t *root = json_load_file(MOAT_SOURCE_DIR "/deploy/social.json",
+                                  JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        fail_msg("cannot read deploy/social.json: %s", err.text);
+    json_t *services = json_object_get(root, "services");
+    size_t n = json_array_size(services);
+    char **from = calloc(n, sizeof(*from)), **to = calloc(n, sizeof(*to));
+    uint16_t *ports = calloc(n, sizeof(*ports));
+    for (size_t i = 0; i < n; i++) {
+        json_t *svc = json_array_get(services, i);
+        uint16_t p;
+        bool taken;
+        do {
+            p = h_free_port();
+            taken = false;
+            for (size_t k = 0; k < i; k++)
+                taken = taken || ports[k] == p;
+        } while (taken);
+        ports[i] = p;
+        from[i] = strdup(json_string_value(json_object_get(svc, "listen")));
+        to[i] = strdup(h_fmt("127.0.0.1:%u", p));
+        json_object_set_new(svc, "listen", json_string(to[i]));
+        if (json_array_size(json_object_get(svc, "routes")))
+            snprintf(dep.gw, sizeof(dep.gw), "http://%s", to[i]);
+    }
+    size_t i;
+    json_t *svc;
+    json_array_foreach(services, i, svc)
+    {
+        const char *key;
+        json_t *val;
+        json_object_foreach(json_object_get(svc, "env"), key, val)
+        {
+            char *v = strdup(json_string_value(val));
+            for (size_t k = 0; k < n; k++) {
+                char *r = replace_all(v, from[k], to[k]);
+                free(v);
+                v = r;
+            }
+            json_object_set_new(json_object_get(svc, "env"), key,
+                                json_string(v));
+            free(v);
+        }
+    }
+    json_object_set_new(root, "var_dir", json_string("var"));
+    assert_int_equal(json_dump_file(root, dep.file, JSON_INDENT(2)), 0);
+    for (size_t k = 0; k < n; k++) {
+        free(from[k]);
+        free(to[k]);
+    }
+    free(from);
+    free(to);
+    free(ports);
+    json_decref(root);
+}
+
+static bool ready(const char *url)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/readyz", url));
+    bool ok = r.status == 200;
+    h_resp_release(&r);
+    return ok;
+}
+
+static void print_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof(line), f))
+        fputs(line, stderr);
+    if (f)
+        fclose(f);
+}
+
+/* Run the moat CLI with args; its stdout (stderr goes to the test's log).
+ * *status is the exit code. Caller frees. */
+static char *run_cli(const char *args, int *status)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "%s/moat %s -f %s", MOAT_BIN_DIR, args,
+             dep.file);
+    fprintf(stderr, "$ moat %s\n", args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    struct moat_buf out = MOAT_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        moat_buf_add(&out, chunk, n);
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return moat_buf_detach(&out, NULL);
+}
+
+/* The number after label in text (which must be there). */
+static long number_after(const char *text, const char *label)
+{
+    const char *p = strstr(text, label);
+    if (!p)
+        fail_msg("no \"%s\" in:\n%s", label, text);
+    return strtol(p + strlen(label), NULL, 10);
+}
+
+/* The pid of service name from the supervisor's state file. */
+static pid_t service_pid(const char *name)
+{
+    json_error_t err;
+    json_t *st = json_load_file(h_fmt("%s/var/moat.state", dep.dir), 0, &err);
+    if (!st)
+        fail_msg("cannot read the state file: %s", err.text);
+    pid_t pid = 0;
+    size_t i;
+    json_t *svc;
+    json_array_foreach(json_object_get(st, "services"), i, svc)
+    {
+        if (strcmp(json_string_value(json_object_get(svc, "name")), name) == 0)
+            pid = (pid_t)json_integer_value(json_object_get(svc, "pid"));
+    }
+    json_decref(st);
+    assert_true(pid > 0);
+    return pid;
+}
+
+/* The URL of service name from the state file (valid as h_fmt's). */
+static const char *service_url(const char *name)
+{
+    json_t *st = json_load_file(h_fmt("%s/var/moat.state", dep.dir), 0, NULL);
+    assert_non_null(st);
+    const char *url = NULL;
+    size_t i;
+    json_t *svc;
+    json_array_foreach(json_object_get(st, "services"), i, svc)
+    {
+        if (strcmp(json_string_value(json_object_get(svc, "name")), name) == 0)
+            url = h_fmt("%s", json_string_value(json_object_get(svc, "url")));
+    }
+    json_decref(st);
+    assert_non_null(url);
+    return url;
+}
+
+/*
+ * Hold the supervisor, SIGKILL service name and wait until its port
+ * refuses connections. resume_supervisor() lets the supervisor restart it.
+ */
+static void kill_service(const char *name)
+{
+    const char *url = service_url(name);
+    char health[128];
+    snprintf(health, sizeof(health), "%s/healthz", url);
+    pid_t pid = service_pid(name);
+    assert_int_equal(kill(dep.up_pid, SIGSTOP), 0);
+    dep.up_stopped = true;
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    fprintf(stderr, "SIGKILLed %s (pid %d)\n", name, (int)pid);
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
+    for (;;) {
+        struct h_resp r;
+        h_get(&r, health);
+        long st = r.status;
+        h_resp_release(&r);
+        if (st == 0)
+            break;
+        if (moat_mono_ms() > deadline)
+            fail_msg("%s still answers after SIGKILL", name);
+        h_sleep_ms(20);
+    }
+}
+
+static void resume_supervisor(void)
+{
+    if (dep.up_stopped) {
+        kill(dep.up_pid, SIGCONT);
+        dep.up_stopped = false;
+    }
+}
+
+static int setup(void **state)
+{
+    MOAT_UNUSED(state);
+    dep.dir = h_tmpdir_new("social");
+    snprintf(dep.file, sizeof(dep.file), "%s/social.json", dep.dir);
+    write_deployment();
+    dep.up_pid = fork();
+    if (dep.up_pid < 0)
+        return -1;
+    if (dep.up_pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        char log[600];
+        snprintf(log, sizeof(log), "%s/up.log", dep.dir);
+        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
+            _exit(126);
+        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
+        _exit(127);
+    }
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(30000);
+    while (!ready(dep.gw) && moat_mono_ms() < deadline)
+        h_sleep_ms(50);
+    if (!ready(dep.gw)) {
+        print_file(h_fmt("%s/up.log", dep.dir));
+        fprintf(stderr, "the social deployment did not come up\n");
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    MOAT_UNUSED(state);
+    resume_supervisor();
+    if (dep.up_pid > 0) {
+        /* SIGTERM: the supervisor stops every service in order. */
+        kill(dep.up_pid, SIGTERM);
+        int st = 0;
+        waitpid(dep.up_pid, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            print_file(h_fmt("%s/up.log", dep.dir));
+    }
+    h_kill_all();
+    h_rmtree(dep.dir);
+    free(dep.dir);
+    return 0;
+}
+
+/* ---- 1. seed and bench ---- */
+
+static void test_seed_and_bench(void **state)
+{
+    MOAT_UNUSED(state);
+    int st;
+    char *out = run_cli(h_fmt("social seed --users %d --edges %d "
+                              "--posts-per-user %d",
+                              SEED_USERS, SEED_EDGES, SEED_PPU),
+                        &st);
+    fputs(out, stderr);
+    assert_int_equal(st, 0);
+    assert_int_equal(number_after(out, "users "), SEED_USERS);
+    assert_int_equal(number_after(out, "registered "), SEED_USERS);
+    assert_int_equal(number_after(out, "logged in "), SEED_USERS);
+    assert_int_equal(number_after(out, "profiles "), SEED_USERS);
+    assert_int_equal(number_after(out, "connections "), SEED_EDGES);
+    assert_int_equal(number_after(out, "follows "), 2 * SEED_EDGES);
+    assert_int_equal(number_after(out, "; posts "), SEED_USERS * SEED_PPU);
+    assert_int_equal(number_after(out, "failed "), 0);
+    free(out);
+
+    /* Again with the same seed: everything is found, nothing added twice. */
+    out = run_cli(h_fmt("social seed --users %d --edges %d "
+                        "--posts-per-user %d",
+                        SEED_USERS, SEED_EDGES, SEED_PPU),
+                  &st);
+    fputs(out, stderr);
+    assert_int_equal(st, 0);
+    assert_int_equal(number_after(out, "registered "), 0);
+    assert_int_equal(number_after(out, "already there "), SEED_USERS);
+    assert_int_equal(number_after(out, "failed "), 0);
+    free(out);
+
+    out = run_cli("social bench --duration 3 --concurrency 8 --json", &st);
+    fputs(out, stderr);
+    assert_int_equal(st, 0);
+    json_error_t err;
+    json_t *rep = json_loads(out, 0, &err);
+    if (!rep)
+        fail_msg("bench --json is not JSON: %s", err.text);
+    assert_string_equal(json_string_value(json_object_get(rep, "mode")),
+                        "closed");
+    assert_int_equal(json_integer_value(json_object_get(rep, "concurrency")),
+                     8);
+    assert_true(json_is_number(json_object_get(rep, "seconds")));
+    json_t *mix = json_object_get(rep, "mix");
+    assert_int_equal(json_integer_value(json_object_get(mix, "home_timeline")),
+                     60);
+    assert_int_equal(json_integer_value(json_object_get(mix, "compose_post")),
+                     10);
+    assert_int_equal(
+        json_integer_value(json_object_get(rep, "users_logged_in")),
+        SEED_USERS);
+    static const char *const ops[] = {"home_timeline", "user_timeline",
+                                      "compose_post"};
+    static const char *const graph[] = {"degree_query", "second_degree"};
+    static const char *const pcts[] = {"p50", "p90", "p99", "p99_9", "max"};
+    json_t *sections[] = {
+        json_object_get(rep, "overall"), NULL, NULL, NULL, NULL, NULL};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(ops); i++)
+        sections[1 + i] =
+            json_object_get(json_object_get(rep, "operations"), ops[i]);
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(graph); i++)
+        sections[4 + i] =
+            json_object_get(json_object_get(rep, "graph_queries"), graph[i]);
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(sections); i++) {
+        json_t *o = sections[i];
+        assert_true(json_is_object(o));
+        json_int_t sent = json_integer_value(json_object_get(o, "sent"));
+        json_int_t ok = json_integer_value(json_object_get(o, "ok"));
+        json_t *e = json_object_get(o, "errors");
+        assert_true(json_is_number(json_object_get(o, "ok_per_s")));
+        assert_int_equal(json_integer_value(json_object_get(e, "total")), 0);
+        static const char *const kinds[] = {"rate_limited", "server", "client",
+                                            "transport"};
+        for (size_t k = 0; k < MOAT_ARRAY_LEN(kinds); k++)
+            assert_true(json_is_integer(json_object_get(e, kinds[k])));
+        assert_int_equal(ok, sent);
+        json_t *lat = json_object_get(o, "latency_ms");
+        assert_int_equal(json_integer_value(json_object_get(lat, "count")), ok);
+        for (size_t k = 0; k < MOAT_ARRAY_LEN(pcts); k++)
+            assert_true(json_is_number(json_object_get(lat, pcts[k])));
+    }
+    /* Reads of the home timeline happened and succeeded. */
+    assert_true(json_integer_value(json_object_get(sections[1], "ok")) > 0);
+    /* The serial graph phase ran its 200 queries of each kind. */
+    assert_int_equal(json_integer_value(json_object_get(sections[4], "ok")),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(sections[5], "ok")),
+                     200);
+    /* Every service of the deployment is in the CPU table. */
+    json_t *svcs = json_object_get(rep, "services");
+    assert_true(json_array_size(svcs) >= 6);
+    json_decref(rep);
+    free(out);
+}
+
+/* ---- 2. the client's path ---- */
+
+static void make_user(struct user *u, const char *tag)
+{
+    char email[128];
+    snprintf(email, sizeof(email), "%s-%llx@example.com", tag,
+             (unsigned long long)moat_wall_ms());
+    struct h_resp r;
+    h_send_json(&r, "POST", h_fmt("%s/api/v1/users", dep.gw),
+                h_fmt("{\"email\":\"%s\",\"password\":\"" PASSWORD "\","
+                      "\"display_name\":\"%s\"}",
+                      email, tag),
+                NULL);
+    h_assert_status(&r, 201);
+    h_resp_release(&r);
+    h_send_json(
+        &r, "POST", h_fmt("%s/api/v1/auth/login", dep.gw),
+        h_fmt("{\"email\":\"%s\",\"password\":\"" PASSWORD "\"}", email), NULL);
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    snprintf(
+        u->id, sizeof(u->id), "%s",
+        json_string_value(json_object_get(json_object_get(j, "user"), "id")));
+    snprintf(u->auth, sizeof(u->auth), "Authorization: Bearer %s",
+             json_string_value(json_object_get(j, "access_token")));
+    json_decref(j);
+    h_resp_release(&r);
+    assert_true(strncmp(u->id, "usr_", 4) == 0);
+    snprintf(u->handle, sizeof(u->handle), "%s_%llx", tag,
+             (unsigned long long)(moat_wall_ms() & 0xffffff));
+    const char *hdr[] = {u->auth, NULL};
+    h_send_json(
+        &r, "PUT", h_fmt("%s/api/v1/profiles/me", dep.gw),
+        h_fmt("{\"display_name\":\"%s\",\"handle\":\"%s\"}", tag, u->handle),
+        hdr);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+}
+
+/* POST as u with a JSON body; the status. */
+static long post_as(const struct user *u, const char *path, const char *json,
+                    struct h_resp *keep)
+{
+    const char *hdr[] = {u->auth, NULL};
+    struct h_resp r;
+    h_send_json(&r, "POST", h_fmt("%s%s", dep.gw, path), json ? json : "{}",
+                hdr);
+    long st = r.status;
+    if (keep)
+        *keep = r;
+    else
+        h_resp_release(&r);
+    return st;
+}
+
+static void get_as(struct h_resp *r, const struct user *u, const char *path)
+{
+    const char *hdr[] = {u ? u->auth : NULL, NULL};
+    h_http(r, "GET", h_fmt("%s%s", dep.gw, path), hdr, NULL, 0);
+}
+
+/* True when u's home timeline (first page) holds post_id. */
+static bool home_has(const struct user *u, const char *post_id)
+{
+    struct h_resp r;
+    get_as(&r, u, "/api/v1/timeline/home?limit=50");
+    bool found = false;
+    if (r.status == 200) {
+        json_t *j = h_resp_json(&r);
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(j, "posts"), i, p)
+        {
+            const char *id = json_string_value(json_object_get(p, "id"));
+            if (!id)
+                id = json_string_value(json_object_get(p, "post_id"));
+            found = found || (id && strcmp(id, post_id) == 0);
+        }
+        assert_true(json_object_get(j, "next_cursor") != NULL);
+        json_decref(j);
+    }
+    h_resp_release(&r);
+    return found;
+}
+
+static bool wait_home_has(const struct user *u, const char *post_id)
+{
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
+    while (!home_has(u, post_id)) {
+        if (moat_mono_ms() > deadline)
+            return false;
+        h_sleep_ms(50);
+    }
+    return true;
+}
+
+static struct user alice, bob;
+static char post_id[64];
+
+static void test_client_path(void **state)
+{
+    MOAT_UNUSED(state);
+    make_user(&alice, "alice");
+    make_user(&bob, "bob");
+
+    /* Bob follows Alice; they connect (Alice asks, Bob accepts). */
+    assert_int_equal(post_as(&bob, "/api/v1/follows",
+                             h_fmt("{\"user_id\":\"%s\"}", alice.id), NULL),
+                     201);
+    assert_int_equal(post_as(&alice, "/api/v1/connections",
+                             h_fmt("{\"user_id\":\"%s\"}", bob.id), NULL),
+                     201);
+    assert_int_equal(post_as(&bob,
+                             h_fmt("/api/v1/connections/%s/accept", alice.id),
+                             NULL, NULL),
+                     200);
+    struct h_resp r;
+    get_as(&r, &alice,
+           h_fmt("/api/v1/connections/degree?from=%s&to=%s", alice.id, bob.id));
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    assert_int_equal(json_integer_value(json_object_get(j, "degree")), 1);
+    json_decref(j);
+    h_resp_release(&r);
+    get_as(&r, &alice, h_fmt("/api/v1/users/%s/followers", alice.id));
+    h_assert_status(&r, 200);
+    assert_non_null(strstr(r.body, bob.id));
+    h_resp_release(&r);
+
+    /* Alice posts with a mention of Bob and a URL. */
+    assert_int_equal(
+        post_as(&alice, "/api/v1/posts",
+                h_fmt("{\"text\":\"hello @%s, see https://example.com/a\"}",
+                      bob.handle),
+                &r),
+        201);
+    j = h_resp_json(&r);
+    snprintf(post_id, sizeof(post_id), "%s",
+             json_string_value(json_object_get(j, "id")));
+    assert_string_equal(json_string_value(json_object_get(j, "author_id")),
+                        alice.id);
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(j, "mentions"), 0)),
+        bob.handle);
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(j, "urls"), 0)),
+        "https://example.com/a");
+    assert_true(json_is_integer(json_object_get(j, "created_at")));
+    json_decref(j);
+    h_resp_release(&r);
+
+    /* It reaches Bob's home timeline (fan-out through the events). */
+    assert_true(wait_home_has(&bob, post_id));
+    /* Alice's own list of posts has it too. */
+    get_as(&r, NULL, h_fmt("/api/v1/users/%s/posts", alice.id));
+    h_assert_status(&r, 200);
+    assert_non_null(strstr(r.body, post_id));
+    h_resp_release(&r);
+
+    /* API v2 of the same read: created_at in RFC 3339. */
+    get_as(&r, NULL, h_fmt("/api/v2/posts/%s", post_id));
+    h_assert_status(&r, 200);
+    j = h_resp_json(&r);
+    const char *at = json_string_value(json_object_get(j, "created_at"));
+    assert_non_null(at);
+    assert_int_equal(strlen(at), 20); /* 2026-01-02T03:04:05Z */
+    assert_true(at[4] == '-' && at[10] == 'T' && at[19] == 'Z');
+    assert_string_equal(json_string_value(json_object_get(j, "id")), post_id);
+    json_decref(j);
+    h_resp_release(&r);
+}
+
+/* ---- 3. degradation ---- */
+
+static void assert_get_ok(const struct user *u, const char *path)
+{
+    struct h_resp r;
+    get_as(&r, u, path);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+}
+
+static void test_degradation(void **state)
+{
+    MOAT_UNUSED(state);
+    assert_true(post_id[0]); /* test_client_path ran */
+
+    kill_service("connections");
+    /* What does not need the graph still answers. */
+    assert_get_ok(NULL, h_fmt("/api/v1/profiles/%s", alice.id));
+    assert_get_ok(NULL, h_fmt("/api/v1/posts/%s", post_id));
+    assert_get_ok(NULL, h_fmt("/api/v1/users/%s/posts", alice.id));
+    assert_true(home_has(&bob, post_id));
+    /* A follow cannot be served: 503 problem+json with Retry-After. */
+    struct h_resp r;
+    assert_int_equal(post_as(&alice, "/api/v1/follows",
+                             h_fmt("{\"user_id\":\"%s\"}", bob.id), &r),
+                     503);
+    h_assert_problem(&r, 503);
+    assert_non_null(h_resp_header(&r, "Retry-After"));
+    h_resp_release(&r);
+
+    /* The supervisor restarts connections; the follow then works. */
+    resume_supervisor();
+    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
+    long st;
+    while ((st = post_as(&alice, "/api/v1/follows",
+                         h_fmt("{\"user_id\":\"%s\"}", bob.id), NULL)) != 201) {
+        if (st != 503 || moat_mono_ms() > deadline)
+            fail_msg("the follow after the restart answered %ld", st);
+        h_sleep_ms(100);
+    }
+
+    kill_service("posts");
+    /* The home timeline answers from its own store. */
+    assert_true(home_has(&bob, post_id));
+    get_as(&r, NULL, h_fmt("/api/v1/posts/%s", post_id));
+    h_assert_problem(&r, 503);
+    h_resp_release(&r);
+    resume_supervisor();
+    deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
+    for (;;) {
+        get_as(&r, NULL, h_fmt("/api/v1/posts/%s", post_id));
+        st = r.status;
+        h_resp_release(&r);
+        if (st == 200)
+            break;
+        if (st != 503 || moat_mono_ms() > deadline)
+            fail_msg("reading the post after the restart answered %ld", st);
+        h_sleep_ms(100);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_seed_and_bench),
+        cmocka_unit_test(test_client_path),
+        cmocka_unit_test(test_degradation),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
