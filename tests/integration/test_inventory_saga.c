@@ -145,22 +145,30 @@ static json_t *consumer_source(void)
     return src;
 }
 
+/* Inventory's cursor on orders. */
+static int64_t cursor_now(void)
+{
+    json_t *src = consumer_source();
+    int64_t cursor = jint(src, "cursor");
+    json_decref(src);
+    return cursor;
+}
+
 /* Wait until inventory's cursor on orders reaches seq. */
 static void wait_applied(int64_t seq)
 {
-    unsigned deadline = h_scaled_ms(20000), waited = 0;
-    for (;;) {
-        json_t *src = consumer_source();
-        int64_t cursor = jint(src, "cursor");
-        json_decref(src);
-        if (cursor >= seq)
-            return;
-        if (waited >= deadline)
-            fail_msg("inventory's cursor is %lld, waited for %lld",
-                     (long long)cursor, (long long)seq);
-        h_sleep_ms(20);
-        waited += 20;
-    }
+    H_WAIT_UNTIL(cursor_now() >= seq, H_WAIT_MS,
+                 "inventory's cursor (%lld) to reach %lld",
+                 (long long)cursor_now(), (long long)seq);
+}
+
+/* The consumer's state for orders is s. */
+static bool consumer_state_is(const char *s)
+{
+    json_t *src = consumer_source();
+    bool is = strcmp(jstr(src, "state"), s) == 0;
+    json_decref(src);
+    return is;
 }
 
 /* Every event of inventory's feed (caller frees the array). */
@@ -946,16 +954,9 @@ static void test_store_full_holds_feed(void **state)
     int64_t seq = publish_reserve(
         order, "usr_full",
         h_fmt("[{\"sku\": \"%s-00000\", \"quantity\": 1}]", prefix));
-    json_t *src = NULL;
-    for (unsigned waited = 0;; waited += 20) {
-        src = consumer_source();
-        if (strcmp(jstr(src, "state"), "backoff") == 0)
-            break;
-        json_decref(src);
-        if (waited > h_scaled_ms(10000))
-            fail_msg("the consumer never reported the full store");
-        h_sleep_ms(20);
-    }
+    H_WAIT_UNTIL(consumer_state_is("backoff"), H_WAIT_MS,
+                 "the consumer to report the full store");
+    json_t *src = consumer_source();
     assert_non_null(strstr(jstr(src, "error"), "database"));
     assert_true(jint(src, "cursor") < seq);
     json_decref(src);
