@@ -31,6 +31,8 @@
 #include "moat/trace.h"
 
 /* Idle connections are probed so a peer that vanished is noticed. */
+/* Hosts whose connections the idle cache is sized for. */
+#define CACHE_HOSTS          16L
 #define KEEPALIVE_IDLE_S     30L
 #define KEEPALIVE_INTERVAL_S 10L
 #define EASY_POOL_MAX        64
@@ -397,9 +399,13 @@ int moat_http_client_new(struct moat_http_client **out, struct event_base *base,
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
                       c->opts.max_host_conns);
-    /* Keep as many idle connections as one host may use, so a burst does
-     * not end in a wave of closes and reconnects. */
-    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, c->opts.max_host_conns);
+    /* Keep as many idle connections as the hosts may use, so a burst does
+     * not end in a wave of closes and reconnects. curl's cache is one for
+     * all hosts: sized for max_host_conns on each of a gateway's
+     * upstreams (a cache of max_host_conns alone made several upstreams
+     * evict each other's connections). */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS,
+                      c->opts.max_host_conns * CACHE_HOSTS);
     *out = c;
     return MOAT_OK;
 }
