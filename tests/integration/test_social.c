@@ -728,7 +728,7 @@ static bool read_with_comments(const struct user *u, const char *path,
 
 struct outage {
     struct user *users; /* 3 */
-    const char *post, *conv, *msg;
+    char post[64], conv[64], msg[64];
 };
 
 /*
@@ -911,16 +911,18 @@ static void test_comments_outage(void **state)
     login(&admin, "admin@moat.local",
           deployment_secret("shared", "MOAT_USERS_ADMIN_PASSWORD"));
     struct outage o = {.users = users};
-    o.post = create_as(&users[0], "/api/v1/posts",
-                       "{\"text\":\"comments may go away\"}");
-    o.conv =
-        create_as(&users[0], "/api/v1/conversations",
-                  h_fmt("{\"kind\":\"group\",\"title\":\"outage\",\"members\":"
-                        "[\"%s\",\"%s\"]}",
-                        users[1].id, users[2].id));
-    o.msg =
-        create_as(&users[1], h_fmt("/api/v1/conversations/%s/messages", o.conv),
-                  "{\"text\":\"before\"}");
+    snprintf(o.post, sizeof(o.post), "%s",
+             create_as(&users[0], "/api/v1/posts",
+                       "{\"text\":\"comments may go away\"}"));
+    snprintf(o.conv, sizeof(o.conv), "%s",
+             create_as(&users[0], "/api/v1/conversations",
+                       h_fmt("{\"kind\":\"group\",\"title\":\"outage\","
+                             "\"members\":[\"%s\",\"%s\"]}",
+                             users[1].id, users[2].id)));
+    snprintf(o.msg, sizeof(o.msg), "%s",
+             create_as(&users[1],
+                       h_fmt("/api/v1/conversations/%s/messages", o.conv),
+                       "{\"text\":\"before\"}"));
     char keep[64], spam[64];
     snprintf(keep, sizeof(keep), "%s",
              create_as(&users[1], "/api/v1/comments",
