@@ -131,6 +131,7 @@ struct compose {
     struct moat_req *req; /* NULL once answered */
     unsigned refs;        /* pending calls + 1 while req is unanswered */
     enum gw_compose_kind kind;
+    bool v2; /* render the answer as API v2 (a proxied /api/v2 route) */
     struct moat_principal who;
     struct moat_trace trace; /* the request's, for logs after the answer */
     char id[GW_COMPOSE_ID_MAX + 1]; /* the order, post or conversation */
@@ -322,6 +323,8 @@ static void finish(struct compose *c)
         json_object_set_new(body, "comments", take_or_null(&c->comments));
     }
     json_object_set_new(body, "partial", partial);
+    if (c->v2)
+        moat_api_v2_from_v1(body);
     count_result(gw, complete ? RES_COMPLETE : RES_PARTIAL);
     moat_req_set_header(c->req, "Cache-Control", "no-store");
     moat_req_reply_json(c->req, 200, body);
@@ -847,7 +850,7 @@ static void on_main(const struct moat_http_response *resp, void *arg)
 
 /* Start composing kind for id (a path parameter) as req's answer. */
 static void compose_start(struct gw *gw, struct moat_req *req,
-                          enum gw_compose_kind kind, const char *id)
+                          enum gw_compose_kind kind, bool v2, const char *id)
 {
     const struct moat_principal *who = moat_req_principal(req);
     const struct kind_info *k = &kinds[kind];
@@ -889,6 +892,7 @@ static void compose_start(struct gw *gw, struct moat_req *req,
     c->req = req;
     c->refs = 1;
     c->kind = kind;
+    c->v2 = v2;
     c->who = *who;
     c->trace = *moat_req_trace(req);
     /* Backends this kind does not ask are settled from the start. */
@@ -918,7 +922,8 @@ static void compose_start(struct gw *gw, struct moat_req *req,
 
 static void h_details(struct moat_req *req, void *arg)
 {
-    compose_start(arg, req, GW_COMPOSE_ORDER, moat_req_param(req, "id"));
+    /* Its v2 route is MOAT_ROUTE_API_V2: the server renders v2. */
+    compose_start(arg, req, GW_COMPOSE_ORDER, false, moat_req_param(req, "id"));
 }
 
 /* A post or conversation: composed with include=comments, else proxied. */
@@ -931,7 +936,7 @@ static void h_with_comments(struct moat_req *req, void *arg)
         gw_proxy(req, cr->route);
         return;
     }
-    compose_start(cr->gw, req, cr->kind, moat_req_param(req, "id"));
+    compose_start(cr->gw, req, cr->kind, cr->v2, moat_req_param(req, "id"));
 }
 
 /* ---- configuration ---- */
@@ -1045,10 +1050,10 @@ static struct gw_route *route_by_prefix(struct gw *gw, const char *prefix)
 
 /*
  * prefix + "/{id}" for every method, and the same for its v2 twin: GET with
- * include=comments is composed, the rest goes to the proxied route. The
- * v1 route carries the deprecation headers like the proxy's; on the v2
- * one the server renders the composition (v1 JSON of the backends) as v2,
- * and leaves the proxied v2 answers as they are (already v2).
+ * include=comments is composed, the rest goes to the proxied route. Both
+ * carry the proxy's route flags (the v1 one the deprecation headers); on
+ * the v2 one the composition (v1 JSON of the backends) renders itself as
+ * v2, and the proxied answers stay as the upstream wrote them.
  */
 static int route_with_comments(struct gw *gw, const char *prefix,
                                enum gw_compose_kind kind)
@@ -1064,11 +1069,11 @@ static int route_with_comments(struct gw *gw, const char *prefix,
         if (!r)
             continue; /* not routed: nothing to compose either */
         struct gw_composed_route *cr = &gw->composed[slot];
-        *cr = (struct gw_composed_route){gw, r, kind};
+        *cr = (struct gw_composed_route){gw, r, kind, v == 1};
         char *pattern = moat_xasprintf("%s/{id}", r->prefix);
-        unsigned flags = v == 1             ? MOAT_ROUTE_API_V2
-                         : r->has_successor ? MOAT_ROUTE_API_V1_DEPRECATED
-                                            : 0;
+        /* The proxy's flags: its v2 answers are the upstream's, already
+         * v2; the composition renders itself (cr->v2). */
+        unsigned flags = r->has_successor ? MOAT_ROUTE_API_V1_DEPRECATED : 0;
         rc = moat_http_route_ex(gw->svc->http, MOAT_METHOD_ANY, pattern,
                                 h_with_comments, cr, flags);
         if (rc == MOAT_OK)

@@ -90,6 +90,7 @@ struct gw_composed_route {
     struct gw *gw;
     struct gw_route *route;
     enum gw_compose_kind kind;
+    bool v2; /* the /api/v2 twin: the composition is rendered as v2 */
 };
 /* Posts and conversations, each in v1 and v2. */
 #define GW_COMPOSED_ROUTES 4

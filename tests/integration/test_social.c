@@ -961,6 +961,16 @@ static void test_comments_outage(void **state)
         1);
     json_decref(j);
     h_resp_release(&r);
+    /* In v2 the whole composition has RFC 3339 times. */
+    get_as(&r, NULL, h_fmt("/api/v2/posts/%s?include=comments", o.post));
+    h_assert_status(&r, 200);
+    j = h_resp_json(&r);
+    assert_true(json_is_string(json_object_get(j, "created_at")));
+    assert_true(json_is_string(json_object_get(
+        json_array_get(json_object_get(j, "comments"), 0), "created_at")));
+    assert_null(h_resp_header(&r, "Deprecation"));
+    json_decref(j);
+    h_resp_release(&r);
     /* Without include=comments: the plain proxy, as before. */
     get_as(&r, &users[1], h_fmt("/api/v1/conversations/%s", o.conv));
     h_assert_status(&r, 200);
