@@ -31,6 +31,7 @@
 
 #include <event2/event.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,36 @@ static const char *const backend_names[GW_BACKENDS] = {
     [GW_BK_CATALOG] = "catalog",
     [GW_BK_PAYMENTS] = "payments",
     [GW_BK_NOTIFICATIONS] = "notifications",
+    [GW_BK_POSTS] = "posts",
+    [GW_BK_MESSAGING] = "messaging",
+    [GW_BK_COMMENTS] = "comments",
+};
+
+/*
+ * The messages a conversation's composition shows: its newest page, and
+ * the comments of each (one call to comments per message).
+ */
+#define GW_COMPOSE_MESSAGES 20
+/* Top-level comments per post or message: comments' page limit. */
+#define GW_COMPOSE_COMMENTS 50
+/* Said in every answer whose comments could not be read. */
+#define GW_COMMENTS_NOTICE "comments are temporarily unavailable"
+
+/* What each kind of composition reads first and says when it cannot. */
+static const struct kind_info {
+    enum gw_backend_id main; /* the resource without which nothing is shown */
+    unsigned parts;          /* bits (1 << backend) of the other backends */
+    const char *what;        /* "the order details" in error details */
+    bool needs_user;         /* 401 without an end user */
+} kinds[] = {
+    [GW_COMPOSE_ORDER] = {GW_BK_ORDERS,
+                          1u << GW_BK_USERS | 1u << GW_BK_CATALOG |
+                              1u << GW_BK_PAYMENTS | 1u << GW_BK_NOTIFICATIONS,
+                          "the order details", true},
+    [GW_COMPOSE_POST] = {GW_BK_POSTS, 1u << GW_BK_COMMENTS,
+                         "the post with its comments", false},
+    [GW_COMPOSE_CONVERSATION] = {GW_BK_MESSAGING, 1u << GW_BK_COMMENTS,
+                                 "the conversation with its comments", true},
 };
 
 static const char *const reason_names[GW_FAIL_REASONS] = {
@@ -73,9 +104,9 @@ static const char *const reason_names[GW_FAIL_REASONS] = {
 enum result {
     RES_COMPLETE,    /* 200, every backend answered */
     RES_PARTIAL,     /* 200 with a non-empty "partial" */
-    RES_NOT_FOUND,   /* orders' 404 passed through */
-    RES_REJECTED,    /* another 4xx from orders, passed through */
-    RES_UNAVAILABLE, /* 503: no order to compose */
+    RES_NOT_FOUND,   /* the main backend's 404 passed through */
+    RES_REJECTED,    /* another 4xx from it, passed through */
+    RES_UNAVAILABLE, /* 503: no main resource to compose */
     RESULTS,
 };
 static const char *const result_names[RESULTS] = {
@@ -99,15 +130,19 @@ struct compose {
     struct gw *gw;        /* borrowed */
     struct moat_req *req; /* NULL once answered */
     unsigned refs;        /* pending calls + 1 while req is unanswered */
+    enum gw_compose_kind kind;
+    bool v2; /* render the answer as API v2 (a proxied /api/v2 route) */
     struct moat_principal who;
     struct moat_trace trace; /* the request's, for logs after the answer */
-    char order_id[GW_COMPOSE_ID_MAX + 1];
-    struct event *deadline; /* armed while the backends are asked */
-    json_t *order;
-    json_t *customer;      /* users' answer; NULL until then */
-    json_t *products;      /* {product_id: product | null} */
-    json_t *payment;       /* the latest of payments' items, or NULL */
-    json_t *notifications; /* notifications' list, or NULL */
+    char id[GW_COMPOSE_ID_MAX + 1]; /* the order, post or conversation */
+    struct event *deadline;         /* armed while the backends are asked */
+    json_t *main;                   /* the order, post or messages page */
+    json_t *customer;               /* users' answer; NULL until then */
+    json_t *products;               /* {product_id: product | null} */
+    json_t *payment;                /* the latest of payments' items, or NULL */
+    json_t *notifications;          /* notifications' list, or NULL */
+    /* Comments' items: an array (post), or {message_id: items}. */
+    json_t *comments;
     struct part parts[GW_BACKENDS];
 };
 
@@ -115,7 +150,8 @@ struct compose {
 struct compose_call {
     struct compose *c;
     enum gw_backend_id bk;
-    char product_id[GW_COMPOSE_ID_MAX + 1]; /* catalog only */
+    /* The product (catalog) or message (comments of a conversation). */
+    char key[GW_COMPOSE_ID_MAX + 1];
 };
 
 /* [A-Za-z0-9_-]{1,64}: safe in a URL path or query without escaping. */
@@ -209,7 +245,8 @@ static void compose_free(struct compose *c)
 {
     if (c->deadline)
         event_free(c->deadline);
-    json_decref(c->order);
+    json_decref(c->main);
+    json_decref(c->comments);
     json_decref(c->customer);
     json_decref(c->products);
     json_decref(c->payment);
@@ -260,15 +297,34 @@ static void finish(struct compose *c)
         if (c->parts[i].failed)
             json_array_append_new(partial, json_string(backend_names[i]));
     bool complete = json_array_size(partial) == 0;
-    json_t *body = json_object();
-    json_object_set_new(body, "order", take_or_null(&c->order));
-    json_object_set_new(body, "customer", take_or_null(&c->customer));
-    json_object_set_new(body, "products",
-                        c->products ? take_or_null(&c->products)
-                                    : json_object());
-    json_object_set_new(body, "payment", take_or_null(&c->payment));
-    json_object_set_new(body, "notifications", take_or_null(&c->notifications));
+    json_t *body;
+    if (c->kind == GW_COMPOSE_ORDER) {
+        body = json_object();
+        json_object_set_new(body, "order", take_or_null(&c->main));
+        json_object_set_new(body, "customer", take_or_null(&c->customer));
+        json_object_set_new(body, "products",
+                            c->products ? take_or_null(&c->products)
+                                        : json_object());
+        json_object_set_new(body, "payment", take_or_null(&c->payment));
+        json_object_set_new(body, "notifications",
+                            take_or_null(&c->notifications));
+    } else {
+        /* The post, or messaging's page, with the comments beside. */
+        body = take_or_null(&c->main);
+        if (c->kind == GW_COMPOSE_CONVERSATION)
+            json_object_set_new(body, "conversation_id", json_string(c->id));
+        if (c->parts[GW_BK_COMMENTS].failed) {
+            /* Some messages' comments are no answer: none is shown. */
+            json_decref(c->comments);
+            c->comments = NULL;
+            json_object_set_new(body, "notice",
+                                json_string(GW_COMMENTS_NOTICE));
+        }
+        json_object_set_new(body, "comments", take_or_null(&c->comments));
+    }
     json_object_set_new(body, "partial", partial);
+    if (c->v2)
+        moat_api_v2_from_v1(body);
     count_result(gw, complete ? RES_COMPLETE : RES_PARTIAL);
     moat_req_set_header(c->req, "Cache-Control", "no-store");
     moat_req_reply_json(c->req, 200, body);
@@ -350,7 +406,11 @@ static bool absorb(struct compose *c, const struct compose_call *cc,
 
     if (resp->status == 404) {
         if (cc->bk == GW_BK_CATALOG)
-            json_object_set_new(c->products, cc->product_id, json_null());
+            json_object_set_new(c->products, cc->key, json_null());
+        else if (cc->bk == GW_BK_COMMENTS && cc->key[0])
+            json_object_set_new(c->comments, cc->key, json_array());
+        else if (cc->bk == GW_BK_COMMENTS)
+            c->comments = json_array();
         return true;
     }
     j = body_object(resp);
@@ -361,7 +421,7 @@ static bool absorb(struct compose *c, const struct compose_call *cc,
         c->customer = j;
         return true;
     case GW_BK_CATALOG:
-        json_object_set_new(c->products, cc->product_id, j);
+        json_object_set_new(c->products, cc->key, j);
         return true;
     case GW_BK_PAYMENTS: {
         /* Oldest first: the last is the order's current payment. */
@@ -378,6 +438,17 @@ static bool absorb(struct compose *c, const struct compose_call *cc,
         bool ok = json_is_array(list);
         if (ok)
             c->notifications = json_incref(list);
+        json_decref(j);
+        return ok;
+    }
+    case GW_BK_COMMENTS: {
+        /* The first page: GW_COMPOSE_COMMENTS top-level comments. */
+        json_t *items = json_object_get(j, "items");
+        bool ok = json_is_array(items);
+        if (ok && cc->key[0])
+            json_object_set(c->comments, cc->key, items);
+        else if (ok)
+            c->comments = json_incref(items);
         json_decref(j);
         return ok;
     }
@@ -424,8 +495,7 @@ static void on_part(const struct moat_http_response *resp, void *arg)
 
 /* Start one call of bk to base_url + path. False if it could not start. */
 static bool send_call(struct compose *c, enum gw_backend_id bk,
-                      const char *path, const char *product_id,
-                      moat_http_client_cb cb)
+                      const char *path, const char *key, moat_http_client_cb cb)
 {
     struct gw *gw = c->gw;
     struct moat_http_header hdrs[2];
@@ -449,8 +519,8 @@ static bool send_call(struct compose *c, enum gw_backend_id bk,
     struct compose_call *cc = moat_xcalloc(1, sizeof(*cc));
     cc->c = c;
     cc->bk = bk;
-    if (product_id)
-        snprintf(cc->product_id, sizeof(cc->product_id), "%s", product_id);
+    if (key)
+        snprintf(cc->key, sizeof(cc->key), "%s", key);
     const struct moat_http_call call = {
         .method = "GET",
         .url = url,
@@ -505,6 +575,19 @@ static void part_started(struct compose *c, enum gw_backend_id bk)
     }
 }
 
+/* bk had nothing to ask (an order without lines, a conversation without
+ * messages): settled, nothing missing, nothing learnt. */
+static void part_nothing_to_ask(struct compose *c, enum gw_backend_id bk)
+{
+    struct part *p = &c->parts[bk];
+    if (p->pending > 0 || p->failed) {
+        part_started(c, bk);
+        return;
+    }
+    p->started = false;
+    part_settle(c, bk);
+}
+
 static void start_single(struct compose *c, enum gw_backend_id bk,
                          const char *path)
 {
@@ -519,7 +602,7 @@ static void start_single(struct compose *c, enum gw_backend_id bk,
 
 static void start_catalog(struct compose *c)
 {
-    json_t *lines = json_object_get(c->order, "lines");
+    json_t *lines = json_object_get(c->main, "lines");
     size_t i;
     json_t *line;
 
@@ -546,37 +629,89 @@ static void start_catalog(struct compose *c)
             part_fail(c, GW_BK_CATALOG, GW_FAIL_CANCELLED, false);
         free(path);
     }
-    if (c->parts[GW_BK_CATALOG].pending == 0 && json_array_size(lines) == 0 &&
-        !c->parts[GW_BK_CATALOG].failed) {
+    if (json_array_size(lines) == 0) {
         /* An order without lines: nothing to ask, nothing missing. */
-        c->parts[GW_BK_CATALOG].started = false;
-        part_settle(c, GW_BK_CATALOG);
+        part_nothing_to_ask(c, GW_BK_CATALOG);
         return;
     }
     part_started(c, GW_BK_CATALOG);
 }
 
-/* The order is here: ask everyone else. */
-static void start_parts(struct compose *c)
+static void start_order_parts(struct compose *c)
 {
-    struct gw *gw = c->gw;
     const char *customer =
-        json_string_value(json_object_get(c->order, "customer_id"));
+        json_string_value(json_object_get(c->main, "customer_id"));
     char *path;
 
-    /* Held while the calls start, so a synchronous settle cannot finish
-     * and free c under our feet. */
-    c->refs++;
     path = valid_id(customer) ? moat_xasprintf("/v1/users/%s", customer) : NULL;
     start_single(c, GW_BK_USERS, path);
     free(path);
     start_catalog(c);
-    path = moat_xasprintf("/v1/payments?order_id=%s", c->order_id);
+    path = moat_xasprintf("/v1/payments?order_id=%s", c->id);
     start_single(c, GW_BK_PAYMENTS, path);
     free(path);
-    path = moat_xasprintf("/v1/notifications?order_id=%s", c->order_id);
+    path = moat_xasprintf("/v1/notifications?order_id=%s", c->id);
     start_single(c, GW_BK_NOTIFICATIONS, path);
     free(path);
+}
+
+/*
+ * The comments of the post, or of each message of the page (one call per
+ * message: comments lists by message), read for the end user so comments
+ * decides what they may see.
+ */
+static void start_comments(struct compose *c)
+{
+    json_t *items = json_object_get(c->main, "items");
+    size_t i;
+    json_t *msg;
+    char *path;
+
+    if (c->kind == GW_COMPOSE_POST) {
+        path = moat_xasprintf("/v1/comments?target_kind=post&target_id=%s"
+                              "&limit=%d",
+                              c->id, GW_COMPOSE_COMMENTS);
+        start_single(c, GW_BK_COMMENTS, path);
+        free(path);
+        return;
+    }
+    c->comments = json_object();
+    if (!part_begin(c, GW_BK_COMMENTS))
+        return;
+    json_array_foreach(items, i, msg)
+    {
+        const char *id = json_string_value(json_object_get(msg, "id"));
+        if (!valid_id(id)) {
+            part_fail(c, GW_BK_COMMENTS, GW_FAIL_BAD_RESPONSE, false);
+            continue;
+        }
+        path = moat_xasprintf("/v1/comments?target_kind=message&target_id=%s"
+                              "&conversation_id=%s&limit=%d",
+                              id, c->id, GW_COMPOSE_COMMENTS);
+        if (!send_call(c, GW_BK_COMMENTS, path, id, on_part))
+            part_fail(c, GW_BK_COMMENTS, GW_FAIL_CANCELLED, false);
+        free(path);
+    }
+    if (json_array_size(items) == 0) {
+        /* No message yet: no comment either. */
+        part_nothing_to_ask(c, GW_BK_COMMENTS);
+        return;
+    }
+    part_started(c, GW_BK_COMMENTS);
+}
+
+/* The main resource is here: ask everyone else. */
+static void start_parts(struct compose *c)
+{
+    struct gw *gw = c->gw;
+
+    /* Held while the calls start, so a synchronous settle cannot finish
+     * and free c under our feet. */
+    c->refs++;
+    if (c->kind == GW_COMPOSE_ORDER)
+        start_order_parts(c);
+    else
+        start_comments(c);
 
     if (c->req && !all_settled(c)) {
         c->deadline = evtimer_new(gw->svc->base, on_deadline, c);
@@ -590,18 +725,25 @@ static void start_parts(struct compose *c)
     compose_unref(c);
 }
 
-/* ---- the order ---- */
+/* ---- the main resource ---- */
 
 static void reply_unavailable(struct moat_req *req, uint64_t retry_ms,
-                              const char *detail)
+                              const char *fmt, ...) MOAT_PRINTF(3, 4);
+static void reply_unavailable(struct moat_req *req, uint64_t retry_ms,
+                              const char *fmt, ...)
 {
-    char ra[24];
+    char ra[24], detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
     snprintf(ra, sizeof(ra), "%" PRIu64, gw_retry_after_s(retry_ms));
     moat_req_set_header(req, "Retry-After", ra);
     moat_req_reply_problem(req, 503, "%s", detail);
 }
 
-/* Orders' answer relayed as is (its 404 for someone else's order). */
+/* The main backend's answer relayed as is (its 404 for someone else's
+ * order, a conversation the user is not in). */
 static void relay(struct moat_req *req, const struct moat_http_response *resp)
 {
     const char *ct = moat_http_response_header(resp, "content-type");
@@ -609,12 +751,29 @@ static void relay(struct moat_req *req, const struct moat_http_response *resp)
                    resp->body, resp->body_len);
 }
 
-static void on_order(const struct moat_http_response *resp, void *arg)
+/* Whether a 200 of the main backend is what the composition needs. */
+static bool main_usable(const struct compose *c)
+{
+    switch (c->kind) {
+    case GW_COMPOSE_ORDER:
+        return json_is_string(json_object_get(c->main, "customer_id")) &&
+               json_is_array(json_object_get(c->main, "lines"));
+    case GW_COMPOSE_POST:
+        return json_is_string(json_object_get(c->main, "id"));
+    case GW_COMPOSE_CONVERSATION:
+        return json_is_array(json_object_get(c->main, "items"));
+    }
+    return false;
+}
+
+static void on_main(const struct moat_http_response *resp, void *arg)
 {
     struct compose_call *cc = arg;
     struct compose *c = cc->c;
     struct gw *gw = c->gw;
-    struct part *p = &c->parts[GW_BK_ORDERS];
+    const struct kind_info *k = &kinds[c->kind];
+    const char *name = backend_names[k->main];
+    struct part *p = &c->parts[k->main];
     struct moat_req *req = c->req;
     bool trips = true;
     enum gw_fail_reason reason = GW_FAIL_STATUS;
@@ -625,17 +784,18 @@ static void on_order(const struct moat_http_response *resp, void *arg)
         reason = transport_reason(resp);
         trips = reason != GW_FAIL_CANCELLED;
     } else if (resp->status == 200) {
-        c->order = body_object(resp);
-        const char *owner =
-            json_string_value(json_object_get(c->order, "customer_id"));
+        c->main = body_object(resp);
         reason = GW_FAIL_BAD_RESPONSE;
-        if (owner && json_is_array(json_object_get(c->order, "lines"))) {
-            breaker_record(gw, GW_BK_ORDERS, true, p->probe, &c->trace);
+        if (main_usable(c)) {
+            breaker_record(gw, k->main, true, p->probe, &c->trace);
+            const char *owner =
+                json_string_value(json_object_get(c->main, "customer_id"));
             /* Orders checks ownership; a second look costs nothing. */
-            if (!moat_principal_is_admin(&c->who) && c->who.user_id[0] &&
+            if (c->kind == GW_COMPOSE_ORDER &&
+                !moat_principal_is_admin(&c->who) && c->who.user_id[0] &&
                 strcmp(owner, c->who.user_id) != 0) {
                 count_result(gw, RES_NOT_FOUND);
-                moat_req_reply_problem(req, 404, "no order %s", c->order_id);
+                moat_req_reply_problem(req, 404, "no order %s", c->id);
                 c->req = NULL;
                 compose_unref(c);
                 return;
@@ -644,18 +804,20 @@ static void on_order(const struct moat_http_response *resp, void *arg)
             return;
         }
     } else if (resp->status == 401) {
-        /* Orders refused the gateway's own token: not the client's fault. */
-        breaker_record(gw, GW_BK_ORDERS, true, p->probe, &c->trace);
-        moat_log(MOAT_LOG_ERROR, "orders refused the gateway's service token",
-                 NULL);
+        /* The backend refused the gateway's own token: not the client's
+         * fault. */
+        breaker_record(gw, k->main, true, p->probe, &c->trace);
+        moat_log(MOAT_LOG_ERROR,
+                 "a backend refused the gateway's service token", "{s:s}",
+                 "backend", name);
         count_result(gw, RES_REJECTED);
         moat_req_reply_problem(req, 502,
-                               "the gateway is not allowed to read orders");
+                               "the gateway is not allowed to read %s", name);
         c->req = NULL;
         compose_unref(c);
         return;
     } else if (!status_trips(resp->status)) {
-        breaker_record(gw, GW_BK_ORDERS, true, p->probe, &c->trace);
+        breaker_record(gw, k->main, true, p->probe, &c->trace);
         count_result(gw, resp->status == 404 ? RES_NOT_FOUND : RES_REJECTED);
         relay(req, resp);
         c->req = NULL;
@@ -663,36 +825,41 @@ static void on_order(const struct moat_http_response *resp, void *arg)
         return;
     }
 
-    moat_metric_add(gw->backends[GW_BK_ORDERS].m_failures[reason], 1);
+    moat_metric_add(gw->backends[k->main].m_failures[reason], 1);
     if (trips)
-        breaker_record(gw, GW_BK_ORDERS, false, p->probe, &c->trace);
+        breaker_record(gw, k->main, false, p->probe, &c->trace);
     moat_log_set_trace(&c->trace);
-    moat_log(MOAT_LOG_WARN, "composition: the order could not be read",
-             "{s:s, s:s, s:s, s:i, s:f}", "order_id", c->order_id, "reason",
-             reason_names[reason], "error", resp->err_msg ? resp->err_msg : "",
-             "status", resp->status, "duration_ms", resp->elapsed_ms);
+    moat_log(MOAT_LOG_WARN, "composition: the main resource could not be read",
+             "{s:s, s:s, s:s, s:s, s:i, s:f}", "backend", name, "id", c->id,
+             "reason", reason_names[reason], "error",
+             resp->err_msg ? resp->err_msg : "", "status", resp->status,
+             "duration_ms", resp->elapsed_ms);
     moat_log_set_trace(NULL);
     count_result(gw, RES_UNAVAILABLE);
-    reply_unavailable(req, 1000,
-                      reason == GW_FAIL_TIMEOUT
-                          ? "orders did not answer in time; the order "
-                            "details cannot be composed"
-                          : "orders is unavailable; the order details "
-                            "cannot be composed");
+    if (reason == GW_FAIL_TIMEOUT)
+        reply_unavailable(req, 1000,
+                          "%s did not answer in time; %s cannot be "
+                          "composed",
+                          name, k->what);
+    else
+        reply_unavailable(req, 1000, "%s is unavailable; %s cannot be composed",
+                          name, k->what);
     c->req = NULL;
     compose_unref(c);
 }
 
-static void h_details(struct moat_req *req, void *arg)
+/* Start composing kind for id (a path parameter) as req's answer. */
+static void compose_start(struct gw *gw, struct moat_req *req,
+                          enum gw_compose_kind kind, bool v2, const char *id)
 {
-    struct gw *gw = arg;
     const struct moat_principal *who = moat_req_principal(req);
-    const char *id = moat_req_param(req, "id");
+    const struct kind_info *k = &kinds[kind];
+    const char *name = backend_names[k->main];
     uint64_t retry_ms = 0;
     bool probe = false;
 
     /* Reachable without a user only if MOAT_GATEWAY_PUBLIC covers it. */
-    if (gw->user_auth && !who->user_id[0]) {
+    if (k->needs_user && gw->user_auth && !who->user_id[0]) {
         moat_req_set_header(req, "WWW-Authenticate", "Bearer realm=\"moat\"");
         moat_req_reply_problem(req, 401,
                                "authentication required: send "
@@ -700,19 +867,23 @@ static void h_details(struct moat_req *req, void *arg)
         return;
     }
     if (!valid_id(id)) {
-        /* No order has such an id; orders would say the same. */
+        /* No resource has such an id; the backend would say the same. */
         count_result(gw, RES_NOT_FOUND);
-        moat_req_reply_problem(req, 404, "no order %s",
+        moat_req_reply_problem(req, 404, "no %s %s",
+                               kind == GW_COMPOSE_ORDER  ? "order"
+                               : kind == GW_COMPOSE_POST ? "post"
+                                                         : "conversation",
                                id && strlen(id) <= GW_COMPOSE_ID_MAX ? id : "");
         return;
     }
-    if (!breaker_allow(gw, GW_BK_ORDERS, &probe, &retry_ms)) {
-        moat_metric_add(
-            gw->backends[GW_BK_ORDERS].m_failures[GW_FAIL_CIRCUIT_OPEN], 1);
+    if (!breaker_allow(gw, k->main, &probe, &retry_ms)) {
+        moat_metric_add(gw->backends[k->main].m_failures[GW_FAIL_CIRCUIT_OPEN],
+                        1);
         count_result(gw, RES_UNAVAILABLE);
         reply_unavailable(req, retry_ms,
-                          "orders is unavailable (circuit open); the order "
-                          "details cannot be composed");
+                          "%s is unavailable (circuit open); %s cannot be "
+                          "composed",
+                          name, k->what);
         return;
     }
 
@@ -720,23 +891,52 @@ static void h_details(struct moat_req *req, void *arg)
     c->gw = gw;
     c->req = req;
     c->refs = 1;
+    c->kind = kind;
+    c->v2 = v2;
     c->who = *who;
     c->trace = *moat_req_trace(req);
-    c->parts[GW_BK_ORDERS].probe = probe;
-    c->parts[GW_BK_ORDERS].started = true;
-    snprintf(c->order_id, sizeof(c->order_id), "%s", id);
-    char *path = moat_xasprintf("/v1/orders/%s", id);
-    bool sent = send_call(c, GW_BK_ORDERS, path, NULL, on_order);
+    /* Backends this kind does not ask are settled from the start. */
+    for (int i = 0; i < GW_BACKENDS; i++)
+        c->parts[i].settled = !(k->parts & 1u << i);
+    c->parts[k->main].probe = probe;
+    c->parts[k->main].started = true;
+    snprintf(c->id, sizeof(c->id), "%s", id);
+    char *path = kind == GW_COMPOSE_ORDER ? moat_xasprintf("/v1/orders/%s", id)
+                 : kind == GW_COMPOSE_POST
+                     ? moat_xasprintf("/v1/posts/%s", id)
+                     : moat_xasprintf("/v1/conversations/%s/messages?limit=%d",
+                                      id, GW_COMPOSE_MESSAGES);
+    bool sent = send_call(c, k->main, path, NULL, on_main);
     free(path);
     if (!sent) {
         /* Not the backend's fault: give the probe back as a success. */
-        breaker_record(gw, GW_BK_ORDERS, true, probe, &c->trace);
+        breaker_record(gw, k->main, true, probe, &c->trace);
         count_result(gw, RES_UNAVAILABLE);
         reply_unavailable(req, 1000,
-                          "the gateway cannot call orders; the order details "
-                          "cannot be composed");
+                          "the gateway cannot call %s; %s cannot be "
+                          "composed",
+                          name, k->what);
         compose_free(c);
     }
+}
+
+static void h_details(struct moat_req *req, void *arg)
+{
+    /* Its v2 route is MOAT_ROUTE_API_V2: the server renders v2. */
+    compose_start(arg, req, GW_COMPOSE_ORDER, false, moat_req_param(req, "id"));
+}
+
+/* A post or conversation: composed with include=comments, else proxied. */
+static void h_with_comments(struct moat_req *req, void *arg)
+{
+    struct gw_composed_route *cr = arg;
+    const char *include = moat_req_query(req, "include");
+    if (moat_req_method(req) != MOAT_GET || !include ||
+        strcmp(include, "comments") != 0) {
+        gw_proxy(req, cr->route);
+        return;
+    }
+    compose_start(cr->gw, req, cr->kind, cr->v2, moat_req_param(req, "id"));
 }
 
 /* ---- configuration ---- */
@@ -779,7 +979,7 @@ static int parse_backends(struct gw *gw, const char *spec)
         if (bk < 0) {
             snprintf(err, sizeof(err),
                      "entry %zu: '%s' is not one of orders, users, catalog, "
-                     "payments, notifications",
+                     "payments, notifications, posts, messaging, comments",
                      n, entry);
             goto cleanup;
         }
@@ -818,7 +1018,9 @@ static void register_metrics(struct gw *gw)
         "backend,reason", NULL, 0);
     gw->m_compose = moat_metrics_family(
         m, MOAT_COUNTER, "gateway_compose_requests_total",
-        "Order details requests by result", "result", NULL, 0);
+        "Composed requests (order details, posts and conversations with "
+        "their comments) by result",
+        "result", NULL, 0);
     if (!state || !fails || !gw->m_compose)
         moat_die("cannot register the composition metrics");
     for (int i = 0; i < GW_BACKENDS; i++) {
@@ -836,6 +1038,51 @@ static void register_metrics(struct gw *gw)
     }
     moat_metrics_on_collect(m, collect, gw);
     collect(m, gw);
+}
+
+static struct gw_route *route_by_prefix(struct gw *gw, const char *prefix)
+{
+    for (size_t r = 0; r < gw->nroutes; r++)
+        if (strcmp(gw->routes[r].prefix, prefix) == 0)
+            return &gw->routes[r];
+    return NULL;
+}
+
+/*
+ * prefix + "/{id}" for every method, and the same for its v2 twin: GET with
+ * include=comments is composed, the rest goes to the proxied route. Both
+ * carry the proxy's route flags (the v1 one the deprecation headers); on
+ * the v2 one the composition (v1 JSON of the backends) renders itself as
+ * v2, and the proxied answers stay as the upstream wrote them.
+ */
+static int route_with_comments(struct gw *gw, const char *prefix,
+                               enum gw_compose_kind kind)
+{
+    char *v2 = gw_v2_path(prefix);
+    const char *versions[] = {prefix, v2};
+    int rc = MOAT_OK;
+
+    for (size_t v = 0; v < MOAT_ARRAY_LEN(versions) && rc == MOAT_OK; v++) {
+        struct gw_route *r =
+            versions[v] ? route_by_prefix(gw, versions[v]) : NULL;
+        size_t slot = (size_t)(kind - GW_COMPOSE_POST) * 2 + v;
+        if (!r)
+            continue; /* not routed: nothing to compose either */
+        struct gw_composed_route *cr = &gw->composed[slot];
+        *cr = (struct gw_composed_route){gw, r, kind, v == 1};
+        char *pattern = moat_xasprintf("%s/{id}", r->prefix);
+        /* The proxy's flags: its v2 answers are the upstream's, already
+         * v2; the composition renders itself (cr->v2). */
+        unsigned flags = r->has_successor ? MOAT_ROUTE_API_V1_DEPRECATED : 0;
+        rc = moat_http_route_ex(gw->svc->http, MOAT_METHOD_ANY, pattern,
+                                h_with_comments, cr, flags);
+        if (rc == MOAT_OK)
+            moat_log(MOAT_LOG_INFO, "composition route", "{s:s, s:s}", "route",
+                     pattern, "include", "comments");
+        free(pattern);
+    }
+    free(v2);
+    return rc;
 }
 
 int gw_compose_init(struct gw *gw)
@@ -868,21 +1115,28 @@ int gw_compose_init(struct gw *gw)
     }
     register_metrics(gw);
 
+    int rc = MOAT_OK;
     if (!gw->backends[GW_BK_ORDERS].base_url) {
         moat_log(MOAT_LOG_INFO,
                  "no orders backend: " GW_DETAILS_ROUTE " is not served", NULL);
-        return MOAT_OK;
-    }
-    /* The composition is JSON of the gateway's own: the HTTP server
-     * renders it as v2 on the v2 route (moat/http.h "API versions"). */
-    int rc = moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE,
+    } else {
+        /* The composition is JSON of the gateway's own: the HTTP server
+         * renders it as v2 on the v2 route (moat/http.h "API versions"). */
+        rc = moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE,
                                 h_details, gw, MOAT_ROUTE_API_V1_DEPRECATED);
+        if (rc == MOAT_OK)
+            rc =
+                moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE_V2,
+                                   h_details, gw, MOAT_ROUTE_API_V2);
+    }
     if (rc == MOAT_OK)
-        rc = moat_http_route_ex(gw->svc->http, MOAT_GET, GW_DETAILS_ROUTE_V2,
-                                h_details, gw, MOAT_ROUTE_API_V2);
+        rc = route_with_comments(gw, "/api/v1/posts", GW_COMPOSE_POST);
+    if (rc == MOAT_OK)
+        rc = route_with_comments(gw, "/api/v1/conversations",
+                                 GW_COMPOSE_CONVERSATION);
     if (rc != MOAT_OK) {
-        moat_log(MOAT_LOG_ERROR, "cannot route the order details", "{s:s}",
-                 "error", moat_strerror(rc));
+        moat_log(MOAT_LOG_ERROR, "cannot route a composition", "{s:s}", "error",
+                 moat_strerror(rc));
         return rc;
     }
     for (int i = 0; i < GW_BACKENDS; i++)

@@ -17,6 +17,10 @@
  *             plus the customer, products, payment and notifications read
  *             from their services in parallel, each behind a circuit
  *             breaker (moat/breaker.h), partial answers marked as such;
+ *             and GET /api/v1/posts/{id} and /api/v1/conversations/{id}
+ *             with ?include=comments, the post or the latest messages
+ *             with their comments (null and "partial" when comments
+ *             cannot answer);
  *   main.c    configuration, route registration, metrics, lifecycle.
  *
  * Ownership: struct gw (svc->impl) owns its routes and public arrays (each
@@ -64,8 +68,32 @@ enum gw_backend_id {
     GW_BK_CATALOG,
     GW_BK_PAYMENTS,
     GW_BK_NOTIFICATIONS,
+    GW_BK_POSTS,
+    GW_BK_MESSAGING,
+    GW_BK_COMMENTS,
     GW_BACKENDS,
 };
+
+/* What a composition answers (compose.c). */
+enum gw_compose_kind {
+    GW_COMPOSE_ORDER,        /* /api/v1/orders/{id}/details */
+    GW_COMPOSE_POST,         /* /api/v1/posts/{id}?include=comments */
+    GW_COMPOSE_CONVERSATION, /* /api/v1/conversations/{id}?include=comments */
+};
+
+/*
+ * A proxied resource route that also composes: GET with include=comments
+ * is composed, everything else goes to route as the plain proxy. Lives in
+ * struct gw; route is borrowed from gw->routes.
+ */
+struct gw_composed_route {
+    struct gw *gw;
+    struct gw_route *route;
+    enum gw_compose_kind kind;
+    bool v2; /* the /api/v2 twin: the composition is rendered as v2 */
+};
+/* Posts and conversations, each in v1 and v2. */
+#define GW_COMPOSED_ROUTES 4
 
 /* Why a backend of a composition gave nothing usable (label "reason"). */
 enum gw_fail_reason {
@@ -145,6 +173,7 @@ struct gw {
     struct gw_backend backends[GW_BACKENDS];
     long compose_timeout_ms; /* per backend call, and the order fetch */
     struct moat_metric_family *m_compose; /* {result} */
+    struct gw_composed_route composed[GW_COMPOSED_ROUTES];
     /* Access overrides (overrides.c); NULL when users is unknown. */
     struct gw_overrides *overrides;
 };
@@ -273,9 +302,12 @@ void gw_overrides_apply(const struct gw *gw, struct moat_principal *p);
  * "NAME@URL,...", else the origin of the first route to that service),
  * MOAT_GATEWAY_COMPOSE_TIMEOUT_MS and the breakers
  * (MOAT_GATEWAY_BREAKER_FAILURES, MOAT_GATEWAY_BREAKER_COOLDOWN_MS), the
- * metrics, and the GW_DETAILS_ROUTE route when orders is known. Call after
- * the routes are parsed. MOAT_EINVAL (logged, and printed to stderr) for a
- * bad variable.
+ * metrics, the GW_DETAILS_ROUTE route when orders is known, and
+ * "PREFIX/{id}" (all methods) for the routes with prefix /api/v1/posts and
+ * /api/v1/conversations and their v2 twins, when routed: GET with
+ * include=comments composes, anything else is proxied as before. Call
+ * after the routes are parsed and gw_routes_add_v2. MOAT_EINVAL (logged, and
+ * printed to stderr) for a bad variable.
  */
 int gw_compose_init(struct gw *gw);
 /* Free what gw_compose_init allocated (after the HTTP client is freed). */

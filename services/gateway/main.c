@@ -39,7 +39,8 @@
  * and for the order details composition (compose.c):
  *   MOAT_GATEWAY_BACKENDS         "NAME@URL[,...]": base URL of a
  *       composition backend (orders, users, catalog, payments,
- *       notifications) that no route names or that should be reached
+ *       notifications, posts, messaging, comments) that no route names or
+ *       that should be reached
  *       elsewhere, e.g. "payments@http://127.0.0.1:8085" (payments is
  *       internal: never routed); otherwise the origin of the first route to
  *       that service is used

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "moat/auth.h"
 #include "moat/buf.h"
 
 #define SEED_USERS 40
@@ -48,6 +49,7 @@ static struct {
 
 struct user {
     char id[64];
+    char email[128];
     char handle[32];
     char auth[2048]; /* "Authorization: Bearer ..." */
 };
@@ -404,6 +406,7 @@ static void make_user(struct user *u, const char *tag)
     char email[128];
     snprintf(email, sizeof(email), "%s-%llx@example.com", tag,
              (unsigned long long)moat_wall_ms());
+    snprintf(u->email, sizeof(u->email), "%s", email);
     struct h_resp r;
     h_send_json(&r, "POST", h_fmt("%s/api/v1/users", dep.gw),
                 h_fmt("{\"email\":\"%s\",\"password\":\"" PASSWORD "\","
@@ -630,12 +633,410 @@ static void test_degradation(void **state)
     }
 }
 
+/* ---- 4. comments killed or frozen (issue #12) ---- */
+
+/* deploy/social.json's MOAT_GATEWAY_COMPOSE_TIMEOUT_MS. */
+#define COMPOSE_TIMEOUT_MS 1000
+
+/* A shared secret or service key of the deployment (secrets.json, as
+ * `moat up` made it), as an h_fmt string. */
+static const char *deployment_secret(const char *section, const char *name)
+{
+    json_t *s = json_load_file(h_fmt("%s/var/secrets.json", dep.dir), 0, NULL);
+    assert_non_null(s);
+    const char *v =
+        json_string_value(json_object_get(json_object_get(s, section), name));
+    assert_non_null(v);
+    v = h_fmt("%s", v);
+    json_decref(s);
+    return v;
+}
+
+static void login(struct user *u, const char *email, const char *password)
+{
+    struct h_resp r;
+    h_send_json(
+        &r, "POST", h_fmt("%s/api/v1/auth/login", dep.gw),
+        h_fmt("{\"email\":\"%s\",\"password\":\"%s\"}", email, password), NULL);
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    snprintf(
+        u->id, sizeof(u->id), "%s",
+        json_string_value(json_object_get(json_object_get(j, "user"), "id")));
+    snprintf(u->auth, sizeof(u->auth), "Authorization: Bearer %s",
+             json_string_value(json_object_get(j, "access_token")));
+    json_decref(j);
+    h_resp_release(&r);
+}
+
+/* POST as u, expecting 201; the new resource's id (h_fmt string). */
+static const char *create_as(const struct user *u, const char *path,
+                             const char *json)
+{
+    struct h_resp r;
+    long st = post_as(u, path, json, &r);
+    if (st != 201)
+        fail_msg("POST %s answered %ld: %s", path, st, r.body);
+    json_t *j = h_resp_json(&r);
+    const char *id = h_fmt("%s", json_string_value(json_object_get(j, "id")));
+    json_decref(j);
+    h_resp_release(&r);
+    return id;
+}
+
+static const char *comment_on_post(const char *pid, const char *text)
+{
+    return h_fmt("{\"target\":{\"kind\":\"post\",\"id\":\"%s\"},"
+                 "\"text\":\"%s\"}",
+                 pid, text);
+}
+
+/*
+ * GET path (with include=comments) as u: 200, the main resource present
+ * (key), and either comments with "partial" empty or, degraded, comments
+ * null, "partial" ["comments"] and the notice. *ms: how long it took.
+ */
+static bool read_with_comments(const struct user *u, const char *path,
+                               const char *key, uint64_t *ms)
+{
+    struct h_resp r;
+    uint64_t t0 = moat_mono_ms();
+    get_as(&r, u, path);
+    *ms = moat_mono_ms() - t0;
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    assert_non_null(json_object_get(j, key));
+    json_t *partial = json_object_get(j, "partial");
+    json_t *comments = json_object_get(j, "comments");
+    assert_true(json_is_array(partial));
+    bool complete = json_array_size(partial) == 0;
+    if (complete) {
+        assert_true(json_is_array(comments) || json_is_object(comments));
+        assert_null(json_object_get(j, "notice"));
+    } else {
+        assert_int_equal(json_array_size(partial), 1);
+        assert_string_equal(json_string_value(json_array_get(partial, 0)),
+                            "comments");
+        assert_true(json_is_null(comments));
+        assert_string_equal(h_jstr(j, "notice"),
+                            "comments are temporarily unavailable");
+    }
+    json_decref(j);
+    h_resp_release(&r);
+    return complete;
+}
+
+struct outage {
+    struct user *users; /* 3 */
+    char post[64], conv[64], msg[64];
+};
+
+/*
+ * A round of the workload while comments is out: each user logs in again
+ * and sends a message (both go on), a comment is 503 problem+json with
+ * Retry-After, and both composed reads degrade within the composition
+ * timeout + 250 ms (scaled for a loaded machine).
+ */
+static void outage_round(const struct outage *o, int round)
+{
+    unsigned bound = h_scaled_ms(COMPOSE_TIMEOUT_MS + 250);
+    for (int i = 0; i < 3; i++) {
+        struct user *u = &o->users[i];
+        struct user again = {0};
+        login(&again, u->email, PASSWORD);
+        assert_string_equal(again.id, u->id);
+        create_as(u, h_fmt("/api/v1/conversations/%s/messages", o->conv),
+                  h_fmt("{\"text\":\"round %d from %d\"}", round, i));
+        struct h_resp r;
+        post_as(u, "/api/v1/comments", comment_on_post(o->post, "down?"), &r);
+        h_assert_problem(&r, 503);
+        assert_non_null(h_resp_header(&r, "Retry-After"));
+        h_resp_release(&r);
+        uint64_t ms;
+        assert_false(read_with_comments(
+            u, h_fmt("/api/v1/posts/%s?include=comments", o->post), "id", &ms));
+        if (ms > bound)
+            fail_msg("the post took %llu ms (bound %u)", (unsigned long long)ms,
+                     bound);
+        assert_false(read_with_comments(
+            u, h_fmt("/api/v2/conversations/%s?include=comments", o->conv),
+            "items", &ms));
+        if (ms > bound)
+            fail_msg("the conversation took %llu ms (bound %u)",
+                     (unsigned long long)ms, bound);
+    }
+}
+
+/* Analytics' engagement for u as admin: whether comments is a blind
+ * spot, and the sums of u's messages and comments. */
+static bool engagement(const struct user *admin, const struct user *u,
+                       long *messages, long *comments)
+{
+    struct h_resp r;
+    get_as(&r, admin,
+           h_fmt("/api/v1/analytics/engagement?bucket=day&user_id=%s", u->id));
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    size_t i;
+    json_t *v;
+    bool blind = false;
+    *messages = *comments = 0;
+    json_array_foreach(json_object_get(j, "series"), i, v)
+    {
+        *messages += (long)h_jint(v, "messages_sent");
+        *comments += (long)h_jint(v, "comments");
+    }
+    json_array_foreach(json_object_get(j, "blind_spots"), i, v) blind =
+        blind || strcmp(h_jstr(v, "source"), "comments") == 0;
+    json_decref(j);
+    h_resp_release(&r);
+    return blind;
+}
+
+/* u's comments (replies included) in one of comments' lists, via the API. */
+static long count_authored(const struct user *u, const char *query)
+{
+    struct h_resp r;
+    get_as(&r, u, h_fmt("/api/v1/comments?%s&limit=50", query));
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    assert_true(json_is_null(json_object_get(j, "next_cursor")));
+    long n = 0;
+    size_t i, k;
+    json_t *c, *rep;
+    json_array_foreach(json_object_get(j, "items"), i, c)
+    {
+        n += strcmp(h_jstr(c, "author_id"), u->id) == 0;
+        json_array_foreach(json_object_get(c, "replies"), k, rep) n +=
+            strcmp(h_jstr(rep, "author_id"), u->id) == 0;
+    }
+    json_decref(j);
+    h_resp_release(&r);
+    return n;
+}
+
+/* Analytics agrees with a recount from messaging's and comments' APIs. */
+static bool counts_exact(const struct user *admin, const struct outage *o)
+{
+    struct h_resp r;
+    get_as(&r, &o->users[0],
+           h_fmt("/api/v1/conversations/%s/messages?limit=100", o->conv));
+    h_assert_status(&r, 200);
+    json_t *page = h_resp_json(&r);
+    h_resp_release(&r);
+    bool exact = true;
+    for (int u = 0; u < 3 && exact; u++) {
+        long msgs = 0, cmts = 0, a_msgs, a_cmts;
+        size_t i;
+        json_t *m;
+        json_array_foreach(json_object_get(page, "items"), i, m)
+        {
+            msgs += strcmp(h_jstr(m, "sender_id"), o->users[u].id) == 0;
+            cmts += count_authored(
+                &o->users[u],
+                h_fmt("target_kind=message&target_id=%s&conversation_id=%s",
+                      h_jstr(m, "id"), o->conv));
+        }
+        cmts += count_authored(&o->users[u],
+                               h_fmt("target_kind=post&target_id=%s", o->post));
+        bool blind = engagement(admin, &o->users[u], &a_msgs, &a_cmts);
+        exact = !blind && msgs == a_msgs && cmts == a_cmts;
+        if (!exact)
+            fprintf(stderr,
+                    "%s: analytics %ld messages %ld comments%s, recount %ld "
+                    "%ld\n",
+                    o->users[u].id, a_msgs, a_cmts, blind ? " (blind)" : "",
+                    msgs, cmts);
+    }
+    json_decref(page);
+    return exact;
+}
+
+/* How many CommentRemoved events for comment_id comments' feed holds, read
+ * as the operator (its key from secrets.json, as the moat CLI does). */
+static int removed_events(const char *comment_id)
+{
+    struct moat_auth *a = NULL;
+    char *token = NULL;
+    setenv("MOAT_SERVICE_KEY", deployment_secret("service_keys", "operator"),
+           1);
+    assert_int_equal(moat_auth_load(&a, "operator"), MOAT_OK);
+    assert_int_equal(moat_auth_token(a, "comments", NULL, &token), MOAT_OK);
+    moat_auth_free(a);
+    unsetenv("MOAT_SERVICE_KEY");
+    const char *hdr[] = {h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, token),
+                         NULL};
+    int n = 0;
+    long long after = 0;
+    for (bool more = true; more;) {
+        json_t *j = h_get_json(h_fmt("%s/v1/events?after=%lld&limit=100",
+                                     service_url("comments"), after),
+                               hdr);
+        assert_non_null(j);
+        json_t *events = json_object_get(j, "events");
+        size_t i;
+        json_t *e;
+        json_array_foreach(events, i, e)
+        {
+            n += strcmp(h_jstr(e, "type"), "CommentRemoved") == 0 &&
+                 strcmp(h_jstr(e, "subject"), comment_id) == 0;
+        }
+        more = json_array_size(events) > 0;
+        after = (long long)h_jint(j, "next_after");
+        json_decref(j);
+    }
+    free(token);
+    return n;
+}
+
+static bool comment_deleted(const struct user *admin, const char *id)
+{
+    struct h_resp r;
+    get_as(&r, admin, h_fmt("/api/v1/comments/%s", id));
+    h_assert_status(&r, 200);
+    json_t *j = h_resp_json(&r);
+    bool deleted = json_is_true(json_object_get(j, "deleted"));
+    json_decref(j);
+    h_resp_release(&r);
+    return deleted;
+}
+
+static void test_comments_outage(void **state)
+{
+    MOAT_UNUSED(state);
+    struct user users[3], admin = {0};
+    make_user(&users[0], "carol");
+    make_user(&users[1], "dave");
+    make_user(&users[2], "erin");
+    login(&admin, "admin@moat.local",
+          deployment_secret("shared", "MOAT_USERS_ADMIN_PASSWORD"));
+    struct outage o = {.users = users};
+    snprintf(o.post, sizeof(o.post), "%s",
+             create_as(&users[0], "/api/v1/posts",
+                       "{\"text\":\"comments may go away\"}"));
+    snprintf(o.conv, sizeof(o.conv), "%s",
+             create_as(&users[0], "/api/v1/conversations",
+                       h_fmt("{\"kind\":\"group\",\"title\":\"outage\","
+                             "\"members\":[\"%s\",\"%s\"]}",
+                             users[1].id, users[2].id)));
+    snprintf(o.msg, sizeof(o.msg), "%s",
+             create_as(&users[1],
+                       h_fmt("/api/v1/conversations/%s/messages", o.conv),
+                       "{\"text\":\"before\"}"));
+    char keep[64], spam[64];
+    snprintf(keep, sizeof(keep), "%s",
+             create_as(&users[1], "/api/v1/comments",
+                       comment_on_post(o.post, "first")));
+    snprintf(spam, sizeof(spam), "%s",
+             create_as(&users[2], "/api/v1/comments",
+                       comment_on_post(o.post, "buy now")));
+    create_as(&users[2], "/api/v1/comments",
+              h_fmt("{\"target\":{\"kind\":\"message\","
+                    "\"conversation_id\":\"%s\",\"message_id\":\"%s\"},"
+                    "\"text\":\"about this\"}",
+                    o.conv, o.msg));
+
+    /* Healthy: both reads composed, nothing partial. */
+    uint64_t ms;
+    H_WAIT_UNTIL(
+        read_with_comments(&users[0],
+                           h_fmt("/api/v1/posts/%s?include=comments", o.post),
+                           "id", &ms),
+        H_WAIT_MS, "the post with its comments");
+    struct h_resp r;
+    get_as(&r, &users[0], h_fmt("/api/v1/posts/%s?include=comments", o.post));
+    assert_non_null(strstr(r.body, keep));
+    assert_non_null(h_resp_header(&r, "Deprecation"));
+    h_resp_release(&r);
+    H_WAIT_UNTIL(read_with_comments(
+                     &users[1],
+                     h_fmt("/api/v1/conversations/%s?include=comments", o.conv),
+                     "items", &ms),
+                 H_WAIT_MS, "the conversation with its comments");
+    get_as(&r, &users[1],
+           h_fmt("/api/v1/conversations/%s?include=comments", o.conv));
+    json_t *j = h_resp_json(&r);
+    assert_int_equal(
+        json_array_size(json_object_get(json_object_get(j, "comments"), o.msg)),
+        1);
+    json_decref(j);
+    h_resp_release(&r);
+    /* In v2 the whole composition has RFC 3339 times. */
+    get_as(&r, NULL, h_fmt("/api/v2/posts/%s?include=comments", o.post));
+    h_assert_status(&r, 200);
+    j = h_resp_json(&r);
+    assert_true(json_is_string(json_object_get(j, "created_at")));
+    assert_true(json_is_string(json_object_get(
+        json_array_get(json_object_get(j, "comments"), 0), "created_at")));
+    assert_null(h_resp_header(&r, "Deprecation"));
+    json_decref(j);
+    h_resp_release(&r);
+    /* Without include=comments: the plain proxy, as before. */
+    get_as(&r, &users[1], h_fmt("/api/v1/conversations/%s", o.conv));
+    h_assert_status(&r, 200);
+    j = h_resp_json(&r);
+    assert_string_equal(h_jstr(j, "object"), "conversation");
+    assert_null(json_object_get(j, "partial"));
+    json_decref(j);
+    h_resp_release(&r);
+
+    /* Frozen: the process is there but answers nothing. */
+    pid_t cpid = service_pid("comments");
+    assert_int_equal(kill(dep.up_pid, SIGSTOP), 0);
+    dep.up_stopped = true;
+    assert_int_equal(kill(cpid, SIGSTOP), 0);
+    outage_round(&o, 0);
+    assert_int_equal(kill(cpid, SIGCONT), 0);
+    resume_supervisor();
+    H_WAIT_UNTIL(
+        read_with_comments(&users[0],
+                           h_fmt("/api/v1/posts/%s?include=comments", o.post),
+                           "id", &ms),
+        H_WAIT_MS, "comments back after the freeze");
+
+    /* Killed, with the workload going on and a moderation action. */
+    kill_service("comments");
+    long m, c;
+    H_WAIT_UNTIL(engagement(&admin, &users[1], &m, &c), H_WAIT_MS,
+                 "analytics to name comments a blind spot");
+    outage_round(&o, 1);
+    struct h_resp act;
+    assert_int_equal(
+        post_as(&admin, "/api/v1/moderation/actions",
+                h_fmt("{\"action\":\"remove_comment\",\"comment_id\":\"%s\","
+                      "\"reason\":\"spam\"}",
+                      spam),
+                &act),
+        202);
+    h_resp_release(&act);
+    outage_round(&o, 2);
+    assert_true(engagement(&admin, &users[1], &m, &c));
+
+    /* The supervisor restarts comments: the action is applied, once. */
+    resume_supervisor();
+    H_WAIT_UNTIL(
+        read_with_comments(&users[0],
+                           h_fmt("/api/v1/posts/%s?include=comments", o.post),
+                           "id", &ms),
+        H_WAIT_MS, "comments back after the kill");
+    H_WAIT_UNTIL(comment_deleted(&admin, spam), H_WAIT_MS,
+                 "the moderation action to be applied");
+    assert_int_equal(removed_events(spam), 1);
+    get_as(&r, &users[0], h_fmt("/api/v1/posts/%s?include=comments", o.post));
+    assert_non_null(strstr(r.body, keep));
+    h_resp_release(&r);
+    /* Analytics: the blind spot gone, its counts those of the APIs. */
+    H_WAIT_UNTIL(counts_exact(&admin, &o), H_WAIT_MS,
+                 "analytics' counts to equal the recount");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_seed_and_bench),
         cmocka_unit_test(test_client_path),
         cmocka_unit_test(test_degradation),
+        cmocka_unit_test(test_comments_outage),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
