@@ -52,6 +52,7 @@
 #include "drill.h"
 #include "fetch.h"
 #include "shop.h"
+#include "social.h"
 #include "socialgraph.h"
 
 #define SEED_FILE          "social-seed.json"
@@ -66,40 +67,12 @@
 #define POST_URL_CHARS     64
 #define POST_MAX_ENTITIES  6
 #define BENCH_MAX_PARALLEL 1024
-/* Registrations and logins at once: each is an Argon2id hash in users
- * (2 threads by default), and one that waits in users' queue longer than
- * the gateway's upstream timeout (2 s) is a 503 whose hash users still
- * computes; a retry then adds another, so more at once only slows down. */
-#define PASSWORD_PARALLEL 4
-#define BENCH_TIMEOUT_MS  10000
-#define BENCH_SAMPLE_MS   500
-#define BENCH_BACKOFF_MS  200
-#define BENCH_TAIL_MS     15000
-#define DEGREE_USERS      16
-#define DEGREE_QUERIES    200 /* per kind */
-
-struct account {
-    char *id; /* usr_..., NULL until known */
-    char *email;
-    char *handle;
-    char *auth; /* "Authorization: Bearer ...", NULL until logged in */
-};
-
-struct social {
-    const struct deploy *d;
-    char *gw; /* gateway base URL */
-    char *password;
-    struct cli_fetcher *f;
-    struct account *acct;
-    uint32_t n;
-    uint64_t seed;
-    struct social_graph g;
-    struct call *retry; /* calls waiting to be sent again */
-    size_t calls_done;
-    /* seed's counts */
-    size_t registered, existing, logged_in, profiles, connections, follows,
-        posts, failed, limited;
-};
+#define BENCH_TIMEOUT_MS   10000
+#define BENCH_SAMPLE_MS    500
+#define BENCH_BACKOFF_MS   200
+#define BENCH_TAIL_MS      15000
+#define DEGREE_USERS       16
+#define DEGREE_QUERIES     200 /* per kind */
 
 static void pause_ms(unsigned ms)
 {
@@ -113,7 +86,7 @@ static const char *jstr(json_t *o, const char *k)
     return json_string_value(json_object_get(o, k));
 }
 
-static void social_free(struct social *s)
+void social_free(struct social *s)
 {
     cli_fetcher_free(s->f);
     for (uint32_t i = 0; s->acct && i < s->n; i++) {
@@ -137,7 +110,7 @@ static void social_free(struct social *s)
 
 /* The gateway and the shared password; MOAT_OK or an error after printing
  * why. */
-static int social_open(struct social *s, const struct deploy *d)
+int social_open(struct social *s, const struct deploy *d)
 {
     s->d = d;
     const struct deploy_service *gw = shop_gateway(d, "/api/v1/posts");
@@ -153,25 +126,12 @@ static int social_open(struct social *s, const struct deploy *d)
     return s->password ? MOAT_OK : MOAT_EINVAL;
 }
 
-static char *seed_path(const struct deploy *d)
+char *social_seed_path(const struct deploy *d)
 {
     return moat_xasprintf("%s/" SEED_FILE, d->var_dir);
 }
 
 /* ---- calls with retries (seed) ---- */
-
-struct call;
-typedef void (*call_done)(struct call *c, long status, json_t *res);
-
-struct call {
-    struct social *s;
-    char *method, *path, *body, *auth, *idem;
-    call_done done;
-    uint32_t u, v; /* the users it concerns */
-    unsigned attempts;
-    double due;
-    struct call *next;
-};
 
 static void call_free(struct call *c)
 {
@@ -188,7 +148,7 @@ static void call_free(struct call *c)
 
 static void on_call(const struct cli_fetch_result *r, void *arg);
 
-static void call_send(struct call *c)
+void social_call_send(struct call *c)
 {
     char *url = moat_xasprintf("%s%s", c->s->gw, c->path);
     const char *hdrs[3] = {NULL, NULL, NULL};
@@ -202,9 +162,9 @@ static void call_send(struct call *c)
     free(url);
 }
 
-/* A call as user `as` (UINT32_MAX: anonymous), to send with call_send()
+/* A call as user `as` (UINT32_MAX: anonymous), to send with social_call_send()
  * once its other fields are set; path and body are taken. */
-static struct call *call_new(struct social *s, uint32_t as, const char *method,
+struct call *social_call_new(struct social *s, uint32_t as, const char *method,
                              char *path, char *body, call_done done)
 {
     struct call *c = moat_xcalloc(1, sizeof(*c));
@@ -222,7 +182,7 @@ static struct call *call_new(struct social *s, uint32_t as, const char *method,
 static void call(struct social *s, uint32_t as, const char *method, char *path,
                  char *body, call_done done)
 {
-    call_send(call_new(s, as, method, path, body, done));
+    social_call_send(social_call_new(s, as, method, path, body, done));
 }
 
 static void fail(struct call *c, long status, json_t *res)
@@ -268,7 +228,7 @@ static void on_call(const struct cli_fetch_result *r, void *arg)
 }
 
 /* Run every queued call (and those their callbacks queue) to the end. */
-static void run_calls(struct social *s, const char *what)
+void social_run_calls(struct social *s, const char *what)
 {
     double t0 = bench_now_ms(), next_note = t0 + PROGRESS_MS;
     size_t done0 = s->calls_done;
@@ -279,7 +239,7 @@ static void run_calls(struct social *s, const char *what)
             if (c->due <= t) {
                 *pp = c->next;
                 c->next = NULL;
-                call_send(c);
+                social_call_send(c);
             } else {
                 pp = &c->next;
             }
@@ -319,15 +279,15 @@ static void done_login(struct call *c, long st, json_t *res)
     c->s->logged_in++;
 }
 
-static void login(struct social *s, uint32_t i)
+void social_login(struct social *s, uint32_t i)
 {
     json_t *doc = json_pack("{s:s, s:s}", "email", s->acct[i].email, "password",
                             s->password);
-    struct call *c =
-        call_new(s, UINT32_MAX, "POST", moat_xstrdup("/api/v1/auth/login"),
-                 json_dumps(doc, JSON_COMPACT), done_login);
+    struct call *c = social_call_new(s, UINT32_MAX, "POST",
+                                     moat_xstrdup("/api/v1/auth/login"),
+                                     json_dumps(doc, JSON_COMPACT), done_login);
     c->u = i;
-    call_send(c);
+    social_call_send(c);
     json_decref(doc);
 }
 
@@ -341,29 +301,29 @@ static void done_register(struct call *c, long st, json_t *res)
         fail(c, st, res);
         return;
     }
-    login(c->s, c->u);
+    social_login(c->s, c->u);
 }
 
-static void users_phase(struct social *s)
+void social_users_phase(struct social *s)
 {
     for (uint32_t i = 0; i < s->n; i++) {
         if (s->acct[i].id) { /* known from an earlier run */
             s->existing++;
-            login(s, i);
+            social_login(s, i);
             continue;
         }
         char *name = moat_xasprintf("Seed user %u", i + 1);
         json_t *doc = json_pack("{s:s, s:s, s:s}", "email", s->acct[i].email,
                                 "password", s->password, "display_name", name);
         free(name);
-        struct call *c =
-            call_new(s, UINT32_MAX, "POST", moat_xstrdup("/api/v1/users"),
-                     json_dumps(doc, JSON_COMPACT), done_register);
+        struct call *c = social_call_new(
+            s, UINT32_MAX, "POST", moat_xstrdup("/api/v1/users"),
+            json_dumps(doc, JSON_COMPACT), done_register);
         c->u = i;
-        call_send(c);
+        social_call_send(c);
         json_decref(doc);
     }
-    run_calls(s, "users");
+    social_run_calls(s, "users");
 }
 
 /* ---- seed: profiles, edges, posts ---- */
@@ -468,7 +428,7 @@ static void graph_phase(struct social *s, unsigned posts_per_user)
              json_dumps(doc, JSON_COMPACT), done_profile);
         json_decref(doc);
     }
-    run_calls(s, "profiles");
+    social_run_calls(s, "profiles");
     for (size_t e = 0; e < s->g.nedges; e++) {
         uint32_t a = s->g.edges[e].a, b = s->g.edges[e].b;
         if (!s->acct[a].auth || !s->acct[b].auth) {
@@ -476,16 +436,16 @@ static void graph_phase(struct social *s, unsigned posts_per_user)
             continue;
         }
         struct call *c =
-            call_new(s, a, "POST", moat_xstrdup("/api/v1/connections"),
-                     user_body(s->acct[b].id), done_request);
+            social_call_new(s, a, "POST", moat_xstrdup("/api/v1/connections"),
+                            user_body(s->acct[b].id), done_request);
         c->v = b;
-        call_send(c);
+        social_call_send(c);
         call(s, a, "POST", moat_xstrdup("/api/v1/follows"),
              user_body(s->acct[b].id), done_follow);
         call(s, b, "POST", moat_xstrdup("/api/v1/follows"),
              user_body(s->acct[a].id), done_follow);
     }
-    run_calls(s, "connections and follows");
+    social_run_calls(s, "connections and follows");
     for (uint32_t i = 0; i < s->n; i++) {
         if (!s->acct[i].auth)
             continue;
@@ -496,19 +456,19 @@ static void graph_phase(struct social *s, unsigned posts_per_user)
             social_rng_init(&r, s->seed ^ ((uint64_t)i << 32 | k));
             social_rng_next(&r);
             struct call *c =
-                call_new(s, i, "POST", moat_xstrdup("/api/v1/posts"),
-                         post_body(s, &r), done_post);
+                social_call_new(s, i, "POST", moat_xstrdup("/api/v1/posts"),
+                                post_body(s, &r), done_post);
             c->idem = moat_xasprintf("Idempotency-Key: seed-%llu-%u-%u",
                                      (unsigned long long)s->seed, i, k);
-            call_send(c);
+            social_call_send(c);
         }
     }
-    run_calls(s, "posts");
+    social_run_calls(s, "posts");
 }
 
 /* ---- the seed file ---- */
 
-static void accounts_new(struct social *s, uint32_t n)
+void social_accounts_new(struct social *s, uint32_t n)
 {
     s->n = n;
     s->acct = moat_xcalloc(n, sizeof(*s->acct));
@@ -533,7 +493,7 @@ static int save_seed(const struct social *s, unsigned posts_per_user)
                             (json_int_t)s->n, "edges", (json_int_t)s->g.nedges,
                             "posts_per_user", (int)posts_per_user, "password",
                             s->password, "accounts", accts);
-    char *path = seed_path(s->d);
+    char *path = social_seed_path(s->d);
     char *tmp = moat_xasprintf("%s.tmp", path);
     int rc = MOAT_EIO;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -558,10 +518,10 @@ static int save_seed(const struct social *s, unsigned posts_per_user)
 /* Read the seed file into s (accounts with their ids, the graph's size and
  * seed); with want_seed/want_users set, only a file of that seed and size
  * counts. MOAT_ENOTFOUND when there is none (or another one). */
-static int load_seed(struct social *s, bool match, uint64_t want_seed,
+int social_load_seed(struct social *s, bool match, uint64_t want_seed,
                      uint32_t want_users, size_t *edges, unsigned *ppu)
 {
-    char *path = seed_path(s->d);
+    char *path = social_seed_path(s->d);
     json_error_t jerr;
     json_t *doc = json_load_file(path, 0, &jerr);
     int rc = MOAT_ENOTFOUND;
@@ -576,7 +536,7 @@ static int load_seed(struct social *s, bool match, uint64_t want_seed,
     if (match && ((uint64_t)seed != want_seed || users != want_users))
         goto out;
     s->seed = (uint64_t)seed;
-    accounts_new(s, (uint32_t)users);
+    social_accounts_new(s, (uint32_t)users);
     for (uint32_t i = 0; i < s->n; i++) {
         const char *id = jstr(json_array_get(accts, i), "id");
         if (id)
@@ -659,9 +619,9 @@ static int cmd_seed(int argc, char **argv)
         goto out;
     size_t old_edges;
     unsigned old_ppu;
-    if (load_seed(&s, true, (uint64_t)seed, (uint32_t)users, &old_edges,
-                  &old_ppu) != MOAT_OK)
-        accounts_new(&s, (uint32_t)users);
+    if (social_load_seed(&s, true, (uint64_t)seed, (uint32_t)users, &old_edges,
+                         &old_ppu) != MOAT_OK)
+        social_accounts_new(&s, (uint32_t)users);
     social_graph_generate(&s.g, (uint32_t)users, (size_t)edges, s.seed);
     s.f = cli_fetcher_new(parallel < PASSWORD_PARALLEL ? (unsigned)parallel
                                                        : PASSWORD_PARALLEL);
@@ -672,7 +632,7 @@ static int cmd_seed(int argc, char **argv)
            s.n, s.g.nedges, (long long)ppu, (long long)seed, s.gw);
     fflush(stdout);
     double t0 = bench_now_ms();
-    users_phase(&s);
+    social_users_phase(&s);
     if (save_seed(&s, (unsigned)ppu) != MOAT_OK)
         goto out;
     cli_fetcher_free(s.f);
@@ -681,7 +641,7 @@ static int cmd_seed(int argc, char **argv)
         goto out;
     graph_phase(&s, (unsigned)ppu);
     double secs = (bench_now_ms() - t0) / 1000.0;
-    char shown[4096], *path = seed_path(d);
+    char shown[4096], *path = social_seed_path(d);
     printf("users %u (registered %zu, already there %zu, logged in %zu), "
            "profiles %zu\n"
            "edges %zu: connections %zu, follows %zu; posts %zu\n"
@@ -965,9 +925,9 @@ static int bench_logins(struct bench *b, uint32_t want)
         perm[i] = perm[j];
         perm[j] = t;
         if (s->acct[perm[i]].id)
-            login(s, perm[i]);
+            social_login(s, perm[i]);
     }
-    run_calls(s, "logins");
+    social_run_calls(s, "logins");
     for (uint32_t i = 0; i < want; i++)
         if (s->acct[perm[i]].auth)
             b->who[b->nwho++] = perm[i];
@@ -1081,8 +1041,8 @@ static int cmd_bench(int argc, char **argv)
     json_decref(st);
     if (!st || social_open(&b.s, d) != MOAT_OK)
         goto out;
-    if (load_seed(&b.s, false, 0, 0, &edges, &ppu) != MOAT_OK) {
-        char *path = seed_path(d);
+    if (social_load_seed(&b.s, false, 0, 0, &edges, &ppu) != MOAT_OK) {
+        char *path = social_seed_path(d);
         cli_error("no seeded users in %s: run moat social seed first", path);
         free(path);
         goto out;
@@ -1175,10 +1135,13 @@ out:
 int cli_cmd_social(int argc, char **argv)
 {
     if (argc < 2)
-        return cli_usage_error("social", "moat social needs seed or bench");
+        return cli_usage_error("social",
+                               "moat social needs seed, bench or msgbench");
     if (strcmp(argv[1], "seed") == 0)
         return cmd_seed(argc - 1, argv + 1);
     if (strcmp(argv[1], "bench") == 0)
         return cmd_bench(argc - 1, argv + 1);
+    if (strcmp(argv[1], "msgbench") == 0)
+        return social_cmd_msgbench(argc - 1, argv + 1);
     return cli_usage_error("social", "unknown social command '%s'", argv[1]);
 }

@@ -7,6 +7,8 @@
  *   1. `moat social seed` (40 users, 120 edges, 2 posts each) and a
  *      3-second `moat social bench --json`: the seed's summary, the
  *      report's shape, no errors, home timeline reads that succeed;
+ *      then a 2-second `moat social msgbench --json` with 2 groups of 3
+ *      members: every message delivered to the waiting members, no errors;
  *   2. two users register, log in, connect and follow; a post with a
  *      mention and a URL reaches the follower's home timeline; the degree
  *      query; the post in API v2 (created_at in RFC 3339);
@@ -395,6 +397,52 @@ static void test_seed_and_bench(void **state)
     /* Every service of the deployment is in the CPU table. */
     json_t *svcs = json_object_get(rep, "services");
     assert_true(json_array_size(svcs) >= 6);
+    json_decref(rep);
+    free(out);
+
+    /* msgbench, small: 2 groups of 3 seeded users, each member waiting in
+     * a long poll; every message reaches the two other members. */
+    out = run_cli("social msgbench --duration 2 --rate 20 --conversations 2 "
+                  "--members 3 --json",
+                  &st);
+    fputs(out, stderr);
+    assert_int_equal(st, 0);
+    rep = json_loads(out, 0, &err);
+    if (!rep)
+        fail_msg("msgbench --json is not JSON: %s", err.text);
+    assert_string_equal(json_string_value(json_object_get(rep, "through")),
+                        "gateway");
+    assert_int_equal(json_integer_value(json_object_get(rep, "members")), 6);
+    json_t *msgs = json_object_get(rep, "messages");
+    json_t *dl = json_object_get(rep, "deliveries");
+    json_int_t ok = json_integer_value(json_object_get(msgs, "ok"));
+    assert_true(ok > 0);
+    assert_int_equal(ok, json_integer_value(json_object_get(msgs, "sent")));
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(msgs, "errors"), "total")),
+                     0);
+    assert_int_equal(json_integer_value(json_object_get(dl, "expected")),
+                     2 * ok);
+    assert_int_equal(json_integer_value(json_object_get(dl, "delivered")),
+                     2 * ok);
+    assert_int_equal(json_integer_value(json_object_get(dl, "missing")), 0);
+    assert_int_equal(json_integer_value(json_object_get(dl, "duplicates")), 0);
+    assert_int_equal(
+        json_integer_value(json_object_get(
+            json_object_get(json_object_get(rep, "polls"), "errors"), "total")),
+        0);
+    static const char *const lats[] = {"latency_from_due_ms",
+                                       "latency_from_201_ms"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(lats); i++) {
+        json_t *lat = json_object_get(dl, lats[i]);
+        assert_int_equal(json_integer_value(json_object_get(lat, "count")),
+                         2 * ok);
+        for (size_t k = 0; k < MOAT_ARRAY_LEN(pcts); k++)
+            assert_true(json_is_number(json_object_get(lat, pcts[k])));
+    }
+    /* analytics follows messaging in this deployment: its lag is read. */
+    assert_true(json_is_object(json_object_get(rep, "analytics_lag")));
+    assert_true(json_array_size(json_object_get(rep, "services")) >= 6);
     json_decref(rep);
     free(out);
 }
