@@ -180,6 +180,8 @@ struct gw {
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
 #define GW_MAX_PREFIX_SEGMENTS 16
+/* Longest `wait=S` of a long poll the gateway waits for, in seconds. */
+#define GW_LONG_POLL_MAX_S 60
 /* Longest name of a path parameter "{name}" in a route. */
 #define GW_MAX_PARAM_NAME 31
 

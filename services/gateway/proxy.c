@@ -157,6 +157,31 @@ cleanup:
     free(c);
 }
 
+/*
+ * A long poll's own wait: the public APIs' `wait=S` query parameter
+ * (seconds, e.g. messaging's live delivery) extends the upstream timeout
+ * by S, up to GW_LONG_POLL_MAX_S, so the gateway does not answer 503 to a
+ * poll that is only waiting as asked. 0 when there is none.
+ */
+static long long_poll_ms(const char *target)
+{
+    const char *q = target ? strchr(target, '?') : NULL;
+    while (q) {
+        q++;
+        if (strncmp(q, "wait=", 5) == 0) {
+            long s = 0;
+            const char *p = q + 5;
+            for (; *p >= '0' && *p <= '9' && s <= GW_LONG_POLL_MAX_S; p++)
+                s = s * 10 + (*p - '0');
+            if (*p && *p != '&')
+                return 0; /* not a number: the backend will say so */
+            return (s > GW_LONG_POLL_MAX_S ? GW_LONG_POLL_MAX_S : s) * 1000;
+        }
+        q = strchr(q, '&');
+    }
+    return 0;
+}
+
 void gw_proxy(struct moat_req *req, void *arg)
 {
     struct gw_route *r = arg;
@@ -212,6 +237,9 @@ void gw_proxy(struct moat_req *req, void *arg)
         .body_len = body_len,
         .trace = moat_req_trace(req),
     };
+    long wait_ms = long_poll_ms(moat_req_target(req));
+    if (wait_ms > 0)
+        call.timeout_ms = gw->timeout_ms + wait_ms;
     int rc = moat_http_client_send(gw->client, &call, on_upstream, c);
     free(token); /* the client copied the headers */
     if (rc != MOAT_OK) {

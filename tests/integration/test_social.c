@@ -547,6 +547,9 @@ static bool wait_home_has(const struct user *u, const char *post_id)
 static struct user alice, bob;
 static char post_id[64];
 
+static const char *create_as(const struct user *u, const char *path,
+                             const char *json);
+
 static void test_client_path(void **state)
 {
     MOAT_UNUSED(state);
@@ -616,6 +619,22 @@ static void test_client_path(void **state)
     assert_int_equal(strlen(at), 20); /* 2026-01-02T03:04:05Z */
     assert_true(at[4] == '-' && at[10] == 'T' && at[19] == 'Z');
     assert_string_equal(json_string_value(json_object_get(j, "id")), post_id);
+    json_decref(j);
+    h_resp_release(&r);
+
+    /* A long poll through the gateway waits as long as it asked (3 s,
+     * beyond the gateway's 2 s upstream timeout) and ends with an empty
+     * page, not a 503. */
+    const char *conv =
+        create_as(&alice, "/api/v1/conversations",
+                  h_fmt("{\"kind\":\"direct\",\"members\":[\"%s\"]}", bob.id));
+    char conv_id[96];
+    snprintf(conv_id, sizeof(conv_id), "%s", conv);
+    get_as(&r, &bob,
+           h_fmt("/api/v1/conversations/%s/messages?after=0&wait=3", conv_id));
+    h_assert_status(&r, 200);
+    j = h_resp_json(&r);
+    assert_int_equal(json_array_size(json_object_get(j, "messages")), 0);
     json_decref(j);
     h_resp_release(&r);
 }
