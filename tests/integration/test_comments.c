@@ -33,6 +33,9 @@ static struct {
 #define DAVE  "usr_dave"
 #define MOD   "usr_mod"
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it (the ids of two answers
+ * compared). */
 static const char *str(json_t *j, const char *key)
 {
     return json_string_value(json_object_get(j, key));

@@ -35,6 +35,9 @@ static const char *as(const char *user)
     return h_service_token("messaging", user, user ? "customer" : NULL);
 }
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it
+ * (assert_non_null(str(...)) and two answers' ids compared). */
 static const char *str(json_t *j, const char *key)
 {
     return json_string_value(json_object_get(j, key));
