@@ -23,8 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define NUSERS  3
-#define WAIT_MS 20000
+#define NUSERS 3
 
 static const char *const users[NUSERS] = {"usr_ann", "usr_ben", "usr_cat"};
 
@@ -50,11 +49,6 @@ static struct {
 } F;
 
 /* ---- helpers ---- */
-
-static json_int_t jint(json_t *j, const char *key)
-{
-    return json_integer_value(json_object_get(j, key));
-}
 
 /* A producer's MOAT_PEER_KEYS: the test and analytics may call it. */
 static const char *producer_peers(char *buf, size_t cap, const char *self)
@@ -145,7 +139,7 @@ static void recompute(struct counts *c)
                     c->messages[u]++;
         }
         size_t n = json_array_size(items);
-        after = jint(page, "next_cursor");
+        after = h_jint(page, "next_cursor");
         json_decref(page);
         if (n == 0)
             break;
@@ -160,7 +154,7 @@ static void recompute(struct counts *c)
         json_t *k =
             call(&F.connections, "GET", h_fmt("/v1/users/%s/counts", users[u]),
                  users[u], NULL, 200);
-        c->follows[u] = (long)jint(k, "following");
+        c->follows[u] = (long)h_jint(k, "following");
         json_decref(k);
     }
 }
@@ -197,7 +191,7 @@ static long sum(json_t *answer, const char *metric)
     json_t *b;
     size_t i;
     json_array_foreach(json_object_get(answer, "series"), i, b) n +=
-        (long)jint(b, metric);
+        (long)h_jint(b, metric);
     return n;
 }
 
@@ -215,8 +209,8 @@ static bool names_blind(json_t *answer, const char *source)
 }
 
 /* Whether analytics shows exactly c, per user and overall, with no blind
- * spot. */
-static bool shows(const struct counts *c, bool print)
+ * spot; why (cap bytes): the first difference otherwise. */
+static bool shows(const struct counts *c, char *why, size_t cap)
 {
     static const char *const metrics[] = {"messages_sent", "posts", "follows",
                                           "comments"};
@@ -234,20 +228,15 @@ static bool shows(const struct counts *c, bool print)
             if (u < NUSERS)
                 total[m] += want[u];
             long got = sum(a, metrics[m]);
-            if (got != w) {
-                if (print)
-                    print_error("%s %s: analytics %ld, expected %ld\n",
-                                u < NUSERS ? users[u] : "overall", metrics[m],
-                                got, w);
-                ok = false;
-            }
+            if (got != w && ok)
+                snprintf(why, cap, "%s %s: analytics %ld, expected %ld",
+                         u < NUSERS ? users[u] : "overall", metrics[m], got, w);
+            ok = ok && got == w;
         }
-        if (json_array_size(json_object_get(a, "blind_spots")) != 0) {
-            if (print) {
-                char *t = json_dumps(json_object_get(a, "blind_spots"), 0);
-                print_error("blind spots: %s\n", t);
-                free(t);
-            }
+        if (json_array_size(json_object_get(a, "blind_spots")) != 0 && ok) {
+            char *t = json_dumps(json_object_get(a, "blind_spots"), 0);
+            snprintf(why, cap, "blind spots: %s", t);
+            free(t);
             ok = false;
         }
         json_decref(a);
@@ -262,38 +251,55 @@ static void assert_exact(void)
     struct counts api;
     recompute(&api);
     assert_memory_equal(&api, &F.did, sizeof(api));
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (!shows(&api, false)) {
-        if (moat_mono_ms() > deadline) {
-            shows(&api, true);
-            fail_msg("analytics did not reach the producers' counts");
-        }
-        h_sleep_ms(50);
+    char why[512] = "";
+    H_WAIT_UNTIL(shows(&api, why, sizeof(why)), H_WAIT_MS,
+                 "analytics to show the producers' counts (last: %s)", why);
+}
+
+/* Is source (*now) a blind spot of the overall answer as blind says? A
+ * blind spot found has its lag and state. */
+static bool blind_is(const char *source, bool blind, bool *now)
+{
+    json_t *a = engagement(NULL, NULL, window(NULL), 200);
+    *now = names_blind(a, source);
+    if (*now && blind) {
+        json_t *b = json_array_get(json_object_get(a, "blind_spots"), 0);
+        assert_non_null(json_object_get(b, "lag_seconds"));
+        assert_non_null(json_object_get(b, "state"));
     }
+    json_decref(a);
+    return *now == blind;
 }
 
 /* Wait until source is (or is not) a blind spot of the overall answer. */
 static void wait_blind(const char *source, bool blind)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *a = engagement(NULL, NULL, window(NULL), 200);
-        bool now = names_blind(a, source);
-        if (now == blind) {
-            if (blind) {
-                json_t *b =
-                    json_array_get(json_object_get(a, "blind_spots"), 0);
-                assert_non_null(json_object_get(b, "lag_seconds"));
-                assert_non_null(json_object_get(b, "state"));
-            }
-            json_decref(a);
-            return;
-        }
-        json_decref(a);
-        if (moat_mono_ms() > deadline)
-            fail_msg("%s: expected blind=%d", source, blind);
-        h_sleep_ms(50);
-    }
+    bool now = !blind;
+    H_WAIT_UNTIL(blind_is(source, blind, &now), H_WAIT_MS,
+                 "%s to be%s a blind spot (last: blind=%d)", source,
+                 blind ? "" : " no longer", now);
+}
+
+/* Does the overall answer count want messages (*seen: its count)? Comments
+ * is down: a blind spot at every read. */
+static bool sent_counted_comments_blind(long want, long *seen)
+{
+    json_t *a = engagement(NULL, NULL, window(NULL), 200);
+    *seen = sum(a, "messages_sent");
+    bool blind = names_blind(a, "comments");
+    json_decref(a);
+    assert_true(blind); /* still down */
+    return *seen == want;
+}
+
+/* Does the overall answer count want registrations (*now), never more? */
+static bool registrations_reach(long want, long *now)
+{
+    json_t *a = engagement(NULL, NULL, window(NULL), 200);
+    *now = sum(a, "registrations");
+    json_decref(a);
+    assert_true(*now <= want);
+    return *now == want;
 }
 
 /* Some of everything. */
@@ -399,12 +405,12 @@ static void test_counts_exact(void **state)
     assert_string_equal(json_string_value(json_object_get(a, "bucket")),
                         "hour");
     json_t *series = json_object_get(a, "series");
-    json_int_t from = jint(a, "from_at"), to = jint(a, "to_at");
+    json_int_t from = h_jint(a, "from_at"), to = h_jint(a, "to_at");
     assert_int_equal(from % 3600, 0);
     assert_int_equal(to % 3600, 0);
     assert_int_equal(json_array_size(series), (size_t)((to - from) / 3600));
     for (size_t i = 0; i < json_array_size(series); i++)
-        assert_int_equal(jint(json_array_get(series, i), "bucket_start_at"),
+        assert_int_equal(h_jint(json_array_get(series, i), "bucket_start_at"),
                          from + (json_int_t)i * 3600);
     assert_true(json_is_null(json_object_get(a, "user_id")));
     json_decref(a);
@@ -417,10 +423,10 @@ static void test_counts_exact(void **state)
         size_t i;
         json_array_foreach(json_object_get(m, "series"), i, b)
         {
-            bool acted = jint(b, "messages_sent") + jint(b, "posts") +
-                             jint(b, "follows") + jint(b, "comments") >
+            bool acted = h_jint(b, "messages_sent") + h_jint(b, "posts") +
+                             h_jint(b, "follows") + h_jint(b, "comments") >
                          0;
-            assert_int_equal(jint(b, "active_users"), acted ? 1 : 0);
+            assert_int_equal(h_jint(b, "active_users"), acted ? 1 : 0);
         }
         json_decref(m);
     }
@@ -434,9 +440,9 @@ static void test_counts_exact(void **state)
     json_int_t active = 0;
     json_array_foreach(json_object_get(d, "series"), i, b)
     {
-        assert_true(jint(b, "active_users") <= NUSERS);
-        nonzero += jint(b, "active_users") > 0;
-        active += jint(b, "active_users");
+        assert_true(h_jint(b, "active_users") <= NUSERS);
+        nonzero += h_jint(b, "active_users") > 0;
+        active += h_jint(b, "active_users");
     }
     if (nonzero == 1) /* not across midnight UTC */
         assert_int_equal(active, NUSERS);
@@ -466,18 +472,11 @@ static void test_comments_outage(void **state)
     json_decref(a);
 
     send_message(2);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        a = engagement(NULL, NULL, window(NULL), 200);
-        bool counted = sum(a, "messages_sent") == messages + 1;
-        bool blind = names_blind(a, "comments");
-        json_decref(a);
-        assert_true(blind); /* still down */
-        if (counted)
-            break;
-        assert_true(moat_mono_ms() < deadline);
-        h_sleep_ms(50);
-    }
+    long seen = messages;
+    H_WAIT_UNTIL(sent_counted_comments_blind(messages + 1, &seen), H_WAIT_MS,
+                 "messages_sent to reach %ld while comments is down (last: "
+                 "%ld)",
+                 messages + 1, seen);
 
     /* Back on the same port with the same outbox; comments made at once. */
     F.comments = h_feed_start_at("comments", F.tmp, F.comments_port);
@@ -524,17 +523,9 @@ static void test_registrations(void **state)
                  json_string_value(json_object_get(u, "id")));
         json_decref(u);
     }
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_t *a = engagement(NULL, NULL, window(NULL), 200);
-        long now = sum(a, "registrations");
-        json_decref(a);
-        if (now == registered + 2)
-            break;
-        assert_true(now < registered + 2);
-        assert_true(moat_mono_ms() < deadline);
-        h_sleep_ms(50);
-    }
+    long now = registered;
+    H_WAIT_UNTIL(registrations_reach(registered + 2, &now), H_WAIT_MS,
+                 "registrations to reach %ld (last: %ld)", registered + 2, now);
     for (int i = 0; i < 2; i++) {
         json_t *a = engagement(ids[i], "customer", window(ids[i]), 200);
         assert_int_equal(sum(a, "registrations"), 1);
@@ -561,7 +552,7 @@ static void test_replay_verify(void **state)
         free(t);
         fail();
     }
-    assert_true(jint(v, "events") > 0);
+    assert_true(h_jint(v, "events") > 0);
     json_decref(v);
 
     /* A full replay rebuilds the same counts. */
@@ -608,7 +599,7 @@ static void test_bad_input(void **state)
                            "to=2026-01-01T00:10:00Z",
                            200);
     assert_int_equal(json_array_size(json_object_get(a, "series")), 10);
-    assert_int_equal(jint(a, "from_at"), 1767225600);
+    assert_int_equal(h_jint(a, "from_at"), 1767225600);
     json_decref(a);
     /* API v2: the same answer with RFC 3339 times. */
     struct h_resp r;

@@ -29,6 +29,8 @@
 #define SKU          "AUD-1"
 #define PRICE        1500
 #define CONFIRMED    14 /* orders placed to be confirmed */
+/* Twice the usual bound: a whole saga over six services. */
+#define SAGA_WAIT_MS (2 * H_WAIT_MS)
 
 static struct {
     char *tmp;
@@ -46,21 +48,11 @@ static struct {
 
 /* ---- calls ---- */
 
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
-
+/* h_get_json as an administrator of service aud. */
 static json_t *get_json(const char *url, const char *aud)
 {
-    struct h_resp r;
     const char *hdrs[] = {h_service_token(aud, "usr_admin", "admin"), NULL};
-    h_http(&r, "GET", url, hdrs, NULL, 0);
-    h_assert_status(&r, 200);
-    json_t *j = h_resp_json(&r);
-    h_resp_release(&r);
-    return j;
+    return h_get_json(url, hdrs);
 }
 
 /* A test hook: POST json to svc's path as an administrator. */
@@ -87,27 +79,30 @@ static void place(const char *key, int qty, const char *card, char out[64])
                 hdrs);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(out, 64, "%s", jstr(j, "id"));
+    snprintf(out, 64, "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
 
-/* Wait (bounded) until the order's saga is done; returns its status. */
+/* Is order id's saga done? step and status (16 bytes each): as read. */
+static bool order_done(const char *id, char *step, char *status)
+{
+    json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
+    snprintf(step, 16, "%s", h_jstr(o, "step"));
+    snprintf(status, 16, "%s", h_jstr(o, "status"));
+    json_decref(o);
+    return strcmp(step, "done") == 0;
+}
+
+/* Wait until the order's saga is done; returns its status. */
 static const char *wait_final(const char *id)
 {
     static char status[16];
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(30000);
-    for (;;) {
-        json_t *o = get_json(h_fmt("%s/v1/orders/%s", F.ord.url, id), "orders");
-        bool done = strcmp(jstr(o, "step"), "done") == 0;
-        snprintf(status, sizeof(status), "%s", jstr(o, "status"));
-        json_decref(o);
-        if (done)
-            return status;
-        if (moat_mono_ms() > deadline)
-            fail_msg("order %s never finished", id);
-        h_sleep_ms(25);
-    }
+    char step[16] = "";
+    H_WAIT_UNTIL(order_done(id, step, status), SAGA_WAIT_MS,
+                 "order %s to finish (last: step %s, status %s)", id, step,
+                 status);
+    return status;
 }
 
 /* The order's one payment id (payments' list). */
@@ -118,7 +113,7 @@ static const char *payment_of(const char *order_id)
         h_fmt("%s/v1/payments?order_id=%s", F.pay.url, order_id), "payments");
     json_t *p = json_array_get(json_object_get(j, "items"), 0);
     assert_non_null(p);
-    snprintf(id, sizeof(id), "%s", jstr(p, "id"));
+    snprintf(id, sizeof(id), "%s", h_jstr(p, "id"));
     json_decref(j);
     return id;
 }
@@ -135,8 +130,8 @@ static const char *notification_of(const char *order_id, const char *kind)
     id[0] = '\0';
     json_array_foreach(json_object_get(j, "notifications"), i, n)
     {
-        if (strcmp(jstr(n, "kind"), kind) == 0)
-            snprintf(id, sizeof(id), "%s", jstr(n, "id"));
+        if (strcmp(h_jstr(n, "kind"), kind) == 0)
+            snprintf(id, sizeof(id), "%s", h_jstr(n, "id"));
     }
     json_decref(j);
     if (!id[0])
@@ -177,8 +172,8 @@ static json_t *audit(void)
 
 static const char *vkey(json_t *v)
 {
-    return h_fmt("%s %s %s", jstr(v, "kind"), jstr(v, "order_id"),
-                 jstr(v, "sku"));
+    return h_fmt("%s %s %s", h_jstr(v, "kind"), h_jstr(v, "order_id"),
+                 h_jstr(v, "sku"));
 }
 
 /*
@@ -208,7 +203,7 @@ static void expect_new(const char *what, const char *const *want)
     const char *k;
     json_object_foreach(fresh, k, v)
     {
-        fprintf(stderr, "  %s (%s)\n", k, jstr(v, "detail"));
+        fprintf(stderr, "  %s (%s)\n", k, h_jstr(v, "detail"));
     }
     json_array_foreach(wanted, i, v)
     {
@@ -217,8 +212,8 @@ static void expect_new(const char *what, const char *const *want)
         if (!hit)
             fail_msg("%s: the audit did not report \"%s\"", what, w);
         /* Named by order id and its trace, or by SKU. */
-        if (*jstr(hit, "order_id"))
-            assert_true(strlen(jstr(hit, "trace_id")) == 32);
+        if (*h_jstr(hit, "order_id"))
+            assert_true(strlen(h_jstr(hit, "trace_id")) == 32);
     }
     json_decref(F.seen);
     F.seen = now;
@@ -227,28 +222,36 @@ static void expect_new(const char *what, const char *const *want)
     json_decref(report);
 }
 
+/* Does a new audit say ok? *r: that audit (the previous one released). */
+static bool audits_ok(json_t **r)
+{
+    json_decref(*r);
+    *r = audit();
+    return json_is_true(json_object_get(*r, "ok"));
+}
+
+/* j as compact JSON text (rotating buffer, cut at 4 KiB). */
+static const char *dump_brief(const json_t *j)
+{
+    char *t = json_dumps(j, JSON_COMPACT);
+    const char *out = h_fmt("%s", t ? t : "(none)");
+    free(t);
+    return out;
+}
+
 /* The audit's verdict settles once notifications have caught up. */
 static void expect_clean(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(30000);
-    for (;;) {
-        json_t *r = audit();
-        bool ok = json_is_true(json_object_get(r, "ok"));
-        if (ok || moat_mono_ms() > deadline) {
-            if (!ok)
-                fail_msg("a clean shop audits to violations: %s",
-                         json_dumps(r, JSON_INDENT(2)));
-            json_t *sum = json_object_get(r, "summary");
-            assert_int_equal(json_integer_value(json_object_get(sum, "orders")),
-                             CONFIRMED + 3);
-            assert_true(json_is_true(json_object_get(sum, "ledger_compared")));
-            assert_int_equal(json_array_size(json_object_get(sum, "notes")), 0);
-            json_decref(r);
-            return;
-        }
-        json_decref(r);
-        h_sleep_ms(200);
-    }
+    json_t *r = NULL;
+    H_WAIT_UNTIL(audits_ok(&r), SAGA_WAIT_MS,
+                 "a clean shop to audit to 0 violations (last audit: %s)",
+                 dump_brief(r));
+    json_t *sum = json_object_get(r, "summary");
+    assert_int_equal(json_integer_value(json_object_get(sum, "orders")),
+                     CONFIRMED + 3);
+    assert_true(json_is_true(json_object_get(sum, "ledger_compared")));
+    assert_int_equal(json_array_size(json_object_get(sum, "notes")), 0);
+    json_decref(r);
 }
 
 /* ---- fixture ---- */
@@ -367,7 +370,7 @@ static int group_setup(void **state)
                 NULL);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.product, sizeof(F.product), "%s", jstr(j, "id"));
+    snprintf(F.product, sizeof(F.product), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
     /* AUD-1 is sold; AUD-2 .. AUD-5 only stocked, one per stock check. */

@@ -27,13 +27,15 @@ static struct {
     struct h_service posts, messaging, comments;
 } F;
 
-#define ALICE   "usr_alice"
-#define BOB     "usr_bob"
-#define CAROL   "usr_carol"
-#define DAVE    "usr_dave"
-#define MOD     "usr_mod"
-#define WAIT_MS 10000
+#define ALICE "usr_alice"
+#define BOB   "usr_bob"
+#define CAROL "usr_carol"
+#define DAVE  "usr_dave"
+#define MOD   "usr_mod"
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it (the ids of two answers
+ * compared). */
 static const char *str(json_t *j, const char *key)
 {
     return json_string_value(json_object_get(j, key));
@@ -499,26 +501,32 @@ static void test_delete(void **state)
 
 /* ---- moderation actions from users' feed ---- */
 
+/* Has comments applied action id? *status: the last GET's status;
+ * *outcome (rotating buffer): the outcome once applied. */
+static bool action_applied(const char *action_id, long *status,
+                           const char **outcome)
+{
+    struct h_resp r;
+    call(&r, "GET", h_fmt("/v1/moderation/actions/%s", action_id), MOD, NULL);
+    *status = r.status;
+    if (r.status == 200) {
+        json_t *j = h_resp_json(&r);
+        *outcome = h_fmt("%s", str(j, "outcome"));
+        json_decref(j);
+    }
+    h_resp_release(&r);
+    return *status == 200;
+}
+
 /* Wait until comments has applied action id; its outcome (rotating). */
 static const char *wait_applied(const char *action_id)
 {
-    unsigned deadline = h_scaled_ms(WAIT_MS);
-    for (unsigned waited = 0;; waited += 20) {
-        struct h_resp r;
-        call(&r, "GET", h_fmt("/v1/moderation/actions/%s", action_id), MOD,
-             NULL);
-        if (r.status == 200) {
-            json_t *j = h_resp_json(&r);
-            const char *out = h_fmt("%s", str(j, "outcome"));
-            json_decref(j);
-            h_resp_release(&r);
-            return out;
-        }
-        h_resp_release(&r);
-        if (waited > deadline)
-            fail_msg("action %s never applied", action_id);
-        h_sleep_ms(20);
-    }
+    long status = 0;
+    const char *outcome = NULL;
+    H_WAIT_UNTIL(action_applied(action_id, &status, &outcome), H_WAIT_MS,
+                 "comments to apply moderation action %s (last GET: %ld)",
+                 action_id, status);
+    return outcome;
 }
 
 static void publish_action(const char *id, const char *action, const char *key,

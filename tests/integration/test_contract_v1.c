@@ -233,12 +233,6 @@ static size_t check_route(const char *base, const char *v1_path,
 
 /* ---- fixture ---- */
 
-static const char *jstr(json_t *j, const char *k)
-{
-    const char *s = json_string_value(json_object_get(j, k));
-    return s ? s : "";
-}
-
 static const char **envs(const char **list, size_t from, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -268,7 +262,7 @@ static void make_data(void)
                 usr);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.alice, sizeof(F.alice), "%s", jstr(j, "id"));
+    snprintf(F.alice, sizeof(F.alice), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 
@@ -279,7 +273,7 @@ static void make_data(void)
                 admin);
     h_assert_status(&r, 201);
     j = h_resp_json(&r);
-    snprintf(F.product, sizeof(F.product), "%s", jstr(j, "id"));
+    snprintf(F.product, sizeof(F.product), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
     h_send_json(&r, "PUT", h_fmt("%s/api/v1/stock/CONTRACT-1", F.gw.url),
@@ -296,7 +290,7 @@ static void make_data(void)
                 alice);
     h_assert_status(&r, 201);
     j = h_resp_json(&r);
-    snprintf(F.order, sizeof(F.order), "%s", jstr(j, "id"));
+    snprintf(F.order, sizeof(F.order), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
 }
@@ -311,7 +305,7 @@ static void make_social(void)
                 "{\"text\": \"contract\"}", posts);
     h_assert_status(&r, 201);
     json_t *j = h_resp_json(&r);
-    snprintf(F.post, sizeof(F.post), "%s", jstr(j, "id"));
+    snprintf(F.post, sizeof(F.post), "%s", h_jstr(j, "id"));
     json_decref(j);
     h_resp_release(&r);
     const char *conn[] = {h_service_token("connections", F.alice, "customer"),
@@ -322,71 +316,99 @@ static void make_social(void)
     h_resp_release(&r);
 }
 
+/* Has orders seen F.order through, with the customer's name and email
+ * (they come to orders from users' events: waited for too, so that the
+ * shape is the settled one)? step: the step read (32 bytes). Once done,
+ * the order is confirmed and F.payment is its payment. */
+static bool order_settled(char *step)
+{
+    char url[512];
+    snprintf(url, sizeof(url), "%s/v1/orders/%s", F.ord.url, F.order);
+    json_t *j = service_get(url, "orders", NULL, NULL);
+    snprintf(step, 32, "%s", j ? h_jstr(j, "step") : "(no answer)");
+    bool done =
+        j && strcmp(h_jstr(j, "step"), "done") == 0 &&
+        json_is_integer(json_object_get(j, "completed_at")) &&
+        json_is_string(json_object_get(json_object_get(j, "customer"), "name"));
+    if (done) {
+        assert_string_equal(h_jstr(j, "status"), "confirmed");
+        snprintf(F.payment, sizeof(F.payment), "%s", h_jstr(j, "payment_id"));
+    }
+    json_decref(j);
+    return done;
+}
+
+/* Are F.order's notifications (*n listed) at least 2, all delivered?
+ * Then F.notification is the first. */
+static bool emails_delivered(size_t *n)
+{
+    char url[512];
+    snprintf(url, sizeof(url), "%s/v1/notifications?order_id=%s", F.notif.url,
+             F.order);
+    json_t *j = service_get(url, "notifications", NULL, NULL);
+    json_t *list = json_object_get(j, "notifications");
+    *n = json_array_size(list);
+    bool delivered = true;
+    for (size_t k = 0; k < *n; k++)
+        delivered = delivered && json_is_integer(json_object_get(
+                                     json_array_get(list, k), "delivered_at"));
+    bool done = *n >= 2 && delivered;
+    if (done)
+        snprintf(F.notification, sizeof(F.notification), "%s",
+                 h_jstr(json_array_get(list, 0), "id"));
+    json_decref(j);
+    return done;
+}
+
+/* Does the read model show Alice's order confirmed, paid, both emails
+ * sent? status: the status read (32 bytes). */
+static bool read_model_settled(char *status)
+{
+    char url[512];
+    snprintf(url, sizeof(url), "%s/v1/customers/%s/orders", F.rm.url, F.alice);
+    json_t *j = service_get(url, "readmodel", F.alice, "customer");
+    json_t *o = json_array_get(json_object_get(j, "orders"), 0);
+    json_t *ns = json_object_get(o, "notifications");
+    snprintf(status, 32, "%s", o ? h_jstr(o, "status") : "(no order)");
+    bool done =
+        o && strcmp(h_jstr(o, "status"), "confirmed") == 0 &&
+        json_is_object(json_object_get(o, "payment")) &&
+        json_array_size(ns) == 2 &&
+        json_is_integer(json_object_get(json_array_get(ns, 1), "sent_at"));
+    json_decref(j);
+    return done;
+}
+
+/* Does GET url (as a service to aud) answer 200 with JSON? */
+static bool answers_json(const char *url, const char *aud)
+{
+    json_t *j = service_get(url, aud, NULL, NULL);
+    json_decref(j);
+    return j != NULL;
+}
+
 /* Every service has seen the order through: the saga, the emails, the
  * read model and the search index. */
 static void wait_settled(void)
 {
-    char url[512];
-    bool done = false;
-    snprintf(url, sizeof(url), "%s/v1/orders/%s", F.ord.url, F.order);
-    for (int i = 0; i < 1200 && !done; i++) {
-        json_t *j = service_get(url, "orders", NULL, NULL);
-        /* The customer's name and email come to orders from users'
-         * events: wait for them too, so the shape is the settled one. */
-        done = j && strcmp(jstr(j, "step"), "done") == 0 &&
-               json_is_integer(json_object_get(j, "completed_at")) &&
-               json_is_string(
-                   json_object_get(json_object_get(j, "customer"), "name"));
-        if (done) {
-            assert_string_equal(jstr(j, "status"), "confirmed");
-            snprintf(F.payment, sizeof(F.payment), "%s", jstr(j, "payment_id"));
-        }
-        json_decref(j);
-        if (!done)
-            h_sleep_ms(25);
-    }
-    assert_true(done);
+    char step[32] = "";
+    H_WAIT_UNTIL(order_settled(step), H_WAIT_MS,
+                 "order %s to be done with the customer's name (last step: "
+                 "%s)",
+                 F.order, step);
 
-    snprintf(url, sizeof(url), "%s/v1/notifications?order_id=%s", F.notif.url,
-             F.order);
     size_t n = 0;
-    for (int i = 0; i < 1200 && n < 2; i++) {
-        json_t *j = service_get(url, "notifications", NULL, NULL);
-        json_t *list = json_object_get(j, "notifications");
-        n = json_array_size(list);
-        bool delivered = true;
-        for (size_t k = 0; k < n; k++)
-            delivered = delivered &&
-                        json_is_integer(json_object_get(json_array_get(list, k),
-                                                        "delivered_at"));
-        if (n >= 2 && delivered)
-            snprintf(F.notification, sizeof(F.notification), "%s",
-                     jstr(json_array_get(list, 0), "id"));
-        else
-            n = 0;
-        json_decref(j);
-        if (n < 2)
-            h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL(emails_delivered(&n), H_WAIT_MS,
+                 "2 delivered notifications of order %s (last: %zu listed)",
+                 F.order, n);
     assert_int_equal(n, 2);
 
     /* The read model: confirmed, paid, both emails sent. */
-    snprintf(url, sizeof(url), "%s/v1/customers/%s/orders", F.rm.url, F.alice);
-    done = false;
-    for (int i = 0; i < 1200 && !done; i++) {
-        json_t *j = service_get(url, "readmodel", F.alice, "customer");
-        json_t *o = json_array_get(json_object_get(j, "orders"), 0);
-        json_t *ns = json_object_get(o, "notifications");
-        done =
-            o && strcmp(jstr(o, "status"), "confirmed") == 0 &&
-            json_is_object(json_object_get(o, "payment")) &&
-            json_array_size(ns) == 2 &&
-            json_is_integer(json_object_get(json_array_get(ns, 1), "sent_at"));
-        json_decref(j);
-        if (!done)
-            h_sleep_ms(25);
-    }
-    assert_true(done);
+    char status[32] = "";
+    H_WAIT_UNTIL(read_model_settled(status), H_WAIT_MS,
+                 "the read model to show order %s confirmed, paid, both "
+                 "emails sent (last status: %s)",
+                 F.order, status);
 
     const struct {
         const char *url, *aud;
@@ -395,15 +417,10 @@ static void wait_settled(void)
         {h_fmt("%s/v1/profiles/%s", F.prof.url, F.alice), "profiles"},
     };
     for (size_t k = 0; k < MOAT_ARRAY_LEN(appear); k++) {
+        char url[512];
         snprintf(url, sizeof(url), "%s", appear[k].url);
-        json_t *j = NULL;
-        for (int i = 0; i < 1200 && !j; i++) {
-            j = service_get(url, appear[k].aud, NULL, NULL);
-            if (!j)
-                h_sleep_ms(25);
-        }
-        assert_non_null(j);
-        json_decref(j);
+        H_WAIT_UNTIL(answers_json(url, appear[k].aud), H_WAIT_MS,
+                     "GET %s to answer 200", url);
     }
 }
 
@@ -762,6 +779,15 @@ static void test_profiles(void **state)
         check_route(F.prof.url, "/v1/profiles/me", svc, false, PROFILE), 2);
 }
 
+/* Does the top-products report at url count a sale (*count: its count)? */
+static bool sale_reported(const char *url, json_int_t *count)
+{
+    json_t *j = service_get(url, "reporting", ADMIN, "admin");
+    *count = json_integer_value(json_object_get(j, "count"));
+    json_decref(j);
+    return *count >= 1;
+}
+
 static void test_reporting(void **state)
 {
     MOAT_UNUSED(state);
@@ -772,13 +798,9 @@ static void test_reporting(void **state)
     char url[256];
     snprintf(url, sizeof(url), "%s/v1/reports/top-products", F.rep.url);
     json_int_t count = 0;
-    for (int i = 0; i < 1200 && count < 1; i++) {
-        json_t *j = service_get(url, "reporting", ADMIN, "admin");
-        count = json_integer_value(json_object_get(j, "count"));
-        json_decref(j);
-        if (count < 1)
-            h_sleep_ms(25);
-    }
+    H_WAIT_UNTIL(sale_reported(url, &count), H_WAIT_MS,
+                 "the warehouse to report the sale (last count: %lld)",
+                 (long long)count);
     assert_int_equal(count, 1);
     /* Calendar dates and amounts: nothing to rewrite. */
     assert_int_equal(
@@ -823,8 +845,8 @@ static void test_v2_request_body(void **state)
                 body, put);
     h_assert_status(&r, 200);
     json_t *after = h_resp_json(&r);
-    assert_string_equal(jstr(after, "name"), "Contract mug v2");
-    assert_string_equal(jstr(after, "created_at"), jstr(doc, "created_at"));
+    assert_string_equal(h_jstr(after, "name"), "Contract mug v2");
+    assert_string_equal(h_jstr(after, "created_at"), h_jstr(doc, "created_at"));
     assert_true(json_is_string(json_object_get(after, "updated_at")));
     assert_null(h_resp_header(&r, "Deprecation"));
     json_decref(after);

@@ -66,6 +66,9 @@ static const char *adjust_url(const char *sku)
     return h_fmt("%s/v1/stock/%s/adjustments", F.inv.url, sku);
 }
 
+/* Strict, unlike h_jint and h_jstr: a member missing or of another type
+ * fails the test, and the tests rely on that (the types of every answer's
+ * members are part of what they check). */
 static int64_t jint(const json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);

@@ -52,6 +52,9 @@ static void unique_into(char out[48], const char *prefix)
     snprintf(out, 48, "%s", unique(prefix));
 }
 
+/* Strict, unlike h_jint and h_jstr: a member missing or of another type
+ * fails the test, and the tests rely on that (the types of every answer's
+ * members are part of what they check). */
 static int64_t jint(const json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);

@@ -25,17 +25,19 @@ static struct {
     struct h_service svc;
 } F;
 
-#define ALICE   "usr_alice"
-#define BOB     "usr_bob"
-#define CAROL   "usr_carol"
-#define DAVE    "usr_dave"
-#define WAIT_MS 10000
+#define ALICE "usr_alice"
+#define BOB   "usr_bob"
+#define CAROL "usr_carol"
+#define DAVE  "usr_dave"
 
 static const char *as(const char *user)
 {
     return h_service_token("messaging", user, user ? "customer" : NULL);
 }
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it
+ * (assert_non_null(str(...)) and two answers' ids compared). */
 static const char *str(json_t *j, const char *key)
 {
     return json_string_value(json_object_get(j, key));
@@ -129,26 +131,23 @@ static json_t *events_for(const char *subject)
 /* The moat_messaging_parked_polls gauge (-1 if /metrics fails). */
 static long parked_polls(void)
 {
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.svc.url));
-    const char *line = r.status == 200
-                           ? strstr(r.body, "\nmoat_messaging_parked_polls ")
-                           : NULL;
-    long n = line ? strtol(line + 29, NULL, 10) : -1;
-    h_resp_release(&r);
-    return n;
+    return (long)h_metric(F.svc.url, "moat_messaging_parked_polls");
 }
 
-/* Wait (a condition with a deadline, not a fixed sleep) until n polls
- * are parked in the service. */
+/* Are exactly n polls parked in the service? *seen: the gauge read. */
+static bool polls_parked(long n, long *seen)
+{
+    *seen = parked_polls();
+    return *seen == n;
+}
+
+/* Wait until n polls are parked in the service. */
 static void wait_parked(long n)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    while (parked_polls() != n) {
-        if (moat_mono_ms() > deadline)
-            fail_msg("timed out waiting for %ld parked long polls", n);
-        h_sleep_ms(1);
-    }
+    long seen = -1;
+    H_WAIT_UNTIL(polls_parked(n, &seen), H_WAIT_MS,
+                 "%ld parked long polls (moat_messaging_parked_polls is %ld)",
+                 n, seen);
 }
 
 /* ---- a long poll in a thread of its own ---- */

@@ -49,6 +49,9 @@ static const char *const users_env[] = {
 
 /* ---- helpers ---- */
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it (a token's "perms"
+ * compared with ""). */
 static const char *str(const json_t *obj, const char *key)
 {
     return json_string_value(json_object_get(obj, key));
@@ -135,23 +138,25 @@ static long send_message(const struct user *u, const char *conv)
                 "{\"text\": \"hi\"}", NULL);
 }
 
+/* Does probe(arg) answer want? *got: its answer. */
+static bool probe_answers(long (*probe)(const void *), const void *arg,
+                          long want, long *got)
+{
+    *got = probe(arg);
+    return *got == want;
+}
+
 /*
- * Poll probe() until it answers want; returns the ms it took from `since`
- * (moat_mono_ms) or fails the test after 10 s (scaled).
+ * Wait until probe() answers want; returns the ms it took from `since`
+ * (moat_mono_ms): the delay is what the callers assert on.
  */
 static uint64_t wait_status(long (*probe)(const void *), const void *arg,
                             long want, uint64_t since)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(10000);
     long got = 0;
-    while (moat_mono_ms() < deadline) {
-        got = probe(arg);
-        if (got == want)
-            return moat_mono_ms() - since;
-        h_sleep_ms(5);
-    }
-    fail_msg("still %ld, not %ld, after 10 s", got, want);
-    return 0;
+    H_WAIT_UNTIL(probe_answers(probe, arg, want, &got), H_WAIT_MS,
+                 "the probe to answer %ld (last answer: %ld)", want, got);
+    return moat_mono_ms() - since;
 }
 
 static long probe_post(const void *arg)

@@ -49,6 +49,9 @@ static json_t *create_ok(const char *user, const char *text)
     return j;
 }
 
+/* Strict, unlike h_jstr: NULL when the member is missing, so that a
+ * missing member fails the assertions that rely on it (the text of an event
+ * compared with the post's). */
 static const char *str(json_t *j, const char *key)
 {
     return json_string_value(json_object_get(j, key));

@@ -26,7 +26,6 @@
 
 #include "harness.h"
 
-#define WAIT_MS  15000 /* for an event to reach profiles, scaled */
 #define PASSWORD "a long enough password"
 
 static struct {
@@ -48,12 +47,6 @@ static const char *unique(void)
     moat_random_bytes(rnd, sizeof(rnd));
     moat_hex(out, rnd, sizeof(rnd));
     return out;
-}
-
-static const char *jstr(const json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
 }
 
 static const char *profile_url(const char *path)
@@ -81,7 +74,7 @@ static char *register_user(const char *name)
     h_send_json(&r, "POST", h_fmt("%s/v1/users", F.users.url), body, hdr);
     h_assert_status(&r, 201);
     json_t *u = h_resp_json(&r);
-    char *id = moat_xstrdup(jstr(u, "id"));
+    char *id = moat_xstrdup(h_jstr(u, "id"));
     assert_true(id[0] != '\0');
     json_decref(u);
     json_decref(doc);
@@ -105,23 +98,25 @@ static json_t *get_profile(const char *user_id, long *status)
     return j;
 }
 
+/* Has user_id a profile (*p, replaced)? Only 404 may say not yet;
+ * *status: the last answer. */
+static bool has_profile(const char *user_id, json_t **p, long *status)
+{
+    json_decref(*p);
+    *p = get_profile(user_id, status);
+    if (!*p && *status != 404)
+        fail_msg("GET profile of %s answered %ld", user_id, *status);
+    return *p != NULL;
+}
+
 /* Wait until user_id has a profile; returns it. */
 static json_t *wait_profile(const char *user_id)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        long status = 0;
-        json_t *p = get_profile(user_id, &status);
-        if (p)
-            return p;
-        if (status != 404)
-            fail_msg("GET profile of %s answered %ld", user_id, status);
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.profiles, 30);
-            fail_msg("the profile of %s never appeared", user_id);
-        }
-        h_sleep_ms(20);
-    }
+    json_t *p = NULL;
+    long status = 0;
+    H_WAIT_UNTIL(has_profile(user_id, &p, &status), H_WAIT_MS,
+                 "the profile of %s (last GET: %ld)", user_id, status);
+    return p;
 }
 
 /* PUT /v1/profiles/me as user with body (and If-Match when not NULL). */
@@ -217,8 +212,8 @@ static void test_register_creates_profile(void **state)
     MOAT_UNUSED(state);
     char *id = register_user("Ada Lovelace");
     json_t *p = wait_profile(id);
-    assert_string_equal(jstr(p, "user_id"), id);
-    assert_string_equal(jstr(p, "object"), "profile");
+    assert_string_equal(h_jstr(p, "user_id"), id);
+    assert_string_equal(h_jstr(p, "object"), "profile");
     /* users' events carry no personal data: the profile starts empty. */
     assert_true(json_is_null(json_object_get(p, "display_name")));
     assert_true(json_is_null(json_object_get(p, "handle")));
@@ -252,11 +247,12 @@ static void test_put_me(void **state)
     long status;
     json_t *p = get_profile(id, &status);
     assert_non_null(p);
-    assert_string_equal(jstr(p, "display_name"), "Grace B. Hopper");
-    assert_string_equal(jstr(p, "handle"), lower); /* lower-cased */
-    assert_string_equal(jstr(p, "bio"), "Compilers.\nCOBOL.");
-    assert_string_equal(jstr(p, "location"), "Arlington");
-    assert_string_equal(jstr(p, "avatar_url"), "https://img.example/grace.png");
+    assert_string_equal(h_jstr(p, "display_name"), "Grace B. Hopper");
+    assert_string_equal(h_jstr(p, "handle"), lower); /* lower-cased */
+    assert_string_equal(h_jstr(p, "bio"), "Compilers.\nCOBOL.");
+    assert_string_equal(h_jstr(p, "location"), "Arlington");
+    assert_string_equal(h_jstr(p, "avatar_url"),
+                        "https://img.example/grace.png");
     json_decref(p);
 
     /* The handle resolves (any case), for @mentions. */
@@ -267,7 +263,7 @@ static void test_put_me(void **state)
     json_t *found = h_resp_json(&r);
     json_t *items = json_object_get(found, "items");
     assert_int_equal(json_array_size(items), 1);
-    assert_string_equal(jstr(json_array_get(items, 0), "user_id"), id);
+    assert_string_equal(h_jstr(json_array_get(items, 0), "user_id"), id);
     json_decref(found);
     h_resp_release(&r);
 
@@ -276,11 +272,11 @@ static void test_put_me(void **state)
     json_t *events = events_after(head);
     assert_int_equal(json_array_size(events), 1);
     json_t *ev = json_array_get(events, 0);
-    assert_string_equal(jstr(ev, "type"), "ProfileUpdated");
-    assert_string_equal(jstr(ev, "subject"), id);
+    assert_string_equal(h_jstr(ev, "type"), "ProfileUpdated");
+    assert_string_equal(h_jstr(ev, "subject"), id);
     json_t *data = json_object_get(ev, "data");
-    assert_string_equal(jstr(data, "user_id"), id);
-    assert_string_equal(jstr(data, "handle"), lower);
+    assert_string_equal(h_jstr(data, "user_id"), id);
+    assert_string_equal(h_jstr(data, "handle"), lower);
     assert_int_equal(json_integer_value(json_object_get(data, "version")), 2);
     assert_int_equal(json_array_size(json_object_get(data, "changed")), 5);
     char *text = json_dumps(ev, JSON_COMPACT);
@@ -310,7 +306,7 @@ static void test_put_me(void **state)
     json_decref(events);
     p = get_profile(id, &status);
     assert_true(json_is_null(json_object_get(p, "bio")));
-    assert_string_equal(jstr(p, "display_name"), "Grace");
+    assert_string_equal(h_jstr(p, "display_name"), "Grace");
     json_decref(p);
 
     json_decref(doc);
@@ -510,9 +506,9 @@ static void test_no_plaintext_at_rest(void **state)
     long status;
     json_t *p = get_profile(id, &status);
     assert_non_null(p);
-    assert_string_equal(jstr(p, "display_name"), name);
-    assert_string_equal(jstr(p, "bio"), bio);
-    assert_string_equal(jstr(p, "location"), place);
+    assert_string_equal(h_jstr(p, "display_name"), name);
+    assert_string_equal(h_jstr(p, "bio"), bio);
+    assert_string_equal(h_jstr(p, "location"), place);
     json_decref(p);
     free(body);
     free(id);
@@ -538,15 +534,15 @@ static void test_kill_and_restart(void **state)
     long status;
     json_t *p = get_profile(id, &status);
     assert_non_null(p);
-    assert_string_equal(jstr(p, "display_name"), "Survivor");
-    assert_string_equal(jstr(p, "location"), "Ark");
+    assert_string_equal(h_jstr(p, "display_name"), "Survivor");
+    assert_string_equal(h_jstr(p, "location"), "Ark");
     assert_int_equal(json_integer_value(json_object_get(p, "version")), 2);
     json_decref(p);
     json_decref(wait_profile(late));
     /* The committed event survived too, and nothing was published twice. */
     assert_int_equal(feed_head(), head);
     json_t *events = events_after(head - 1);
-    assert_string_equal(jstr(json_array_get(events, 0), "subject"), id);
+    assert_string_equal(h_jstr(json_array_get(events, 0), "subject"), id);
     json_decref(events);
     free(late);
     free(id);

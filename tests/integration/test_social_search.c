@@ -24,7 +24,6 @@
 #include "harness.h"
 #include "moat/buf.h"
 
-#define WAIT_MS  15000 /* for an event to reach the index, scaled */
 #define PASSWORD "a long enough password"
 #define ALICE    "usr_01J00000000000000000000ALI"
 #define BOB      "usr_01J00000000000000000000B0B"
@@ -51,29 +50,6 @@ static const char *unique(void)
     return out;
 }
 
-static const char *jstr(const json_t *o, const char *key)
-{
-    const char *s = json_string_value(json_object_get(o, key));
-    return s ? s : "";
-}
-
-static json_int_t jint(const json_t *o, const char *key)
-{
-    return json_integer_value(json_object_get(o, key));
-}
-
-/* GET url (search's own token is automatic), assert 200, the JSON body. */
-static json_t *get_json(const char *url)
-{
-    struct h_resp r;
-    h_get(&r, url);
-    h_assert_status(&r, 200);
-    json_t *j = h_resp_json(&r);
-    assert_non_null(j);
-    h_resp_release(&r);
-    return j;
-}
-
 static json_t *post_json(const char *url, long status)
 {
     struct h_resp r;
@@ -88,7 +64,8 @@ static json_t *post_json(const char *url, long status)
 /* GET /v1/search/<kind>?<query> on search. */
 static json_t *search(const char *kind, const char *query)
 {
-    return get_json(h_fmt("%s/v1/search/%s?%s", F.search.url, kind, query));
+    return h_get_json(h_fmt("%s/v1/search/%s?%s", F.search.url, kind, query),
+                      NULL);
 }
 
 /* The ids of a search's items, as "a,b,c" (one rotating buffer). */
@@ -101,7 +78,7 @@ static const char *ids_of(const char *kind, const char *query)
     json_array_foreach(json_object_get(res, "items"), i, item)
     {
         const char *id =
-            jstr(item, strcmp(kind, "posts") == 0 ? "id" : "user_id");
+            h_jstr(item, strcmp(kind, "posts") == 0 ? "id" : "user_id");
         moat_buf_printf(&b, "%s%s", i ? "," : "", id);
     }
     const char *out = h_fmt("%s", moat_buf_str(&b));
@@ -110,21 +87,22 @@ static const char *ids_of(const char *kind, const char *query)
     return out;
 }
 
+/* Does search/<kind>?<query> answer exactly the ids want? got: the last
+ * answer. */
+static bool answers_ids(const char *kind, const char *query, const char *want,
+                        char got[static 512])
+{
+    snprintf(got, 512, "%s", ids_of(kind, query));
+    return strcmp(got, want) == 0;
+}
+
 /* Wait until the search answers exactly the ids want ("" for none). */
 static void wait_ids(const char *kind, const char *query, const char *want)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        const char *got = ids_of(kind, query);
-        if (strcmp(got, want) == 0)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("search/%s?%s answered [%s], not [%s]", kind, query, got,
-                     want);
-        }
-        h_sleep_ms(20);
-    }
+    char got[512] = "";
+    H_WAIT_UNTIL(answers_ids(kind, query, want, got), H_WAIT_MS,
+                 "search/%s?%s to answer [%s] (last answer [%s])", kind, query,
+                 want, got);
 }
 
 /* ---- the producers ---- */
@@ -168,13 +146,28 @@ static char *register_user(void)
     h_send_json(&r, "POST", h_fmt("%s/v1/users", F.users.url), body, hdr);
     h_assert_status(&r, 201);
     json_t *u = h_resp_json(&r);
-    char *id = moat_xstrdup(jstr(u, "id"));
+    char *id = moat_xstrdup(h_jstr(u, "id"));
     assert_true(id[0] != '\0');
     json_decref(u);
     json_decref(doc);
     free(body);
     h_resp_release(&r);
     return id;
+}
+
+/* PUT /v1/profiles/me for user with body: 200 is done, 404 is "profiles
+ * does not know the user yet" (false, *status 404), anything else fails. */
+static bool handle_set(const char *user, const char *body, long *status)
+{
+    const char *hdr[] = {h_service_token("profiles", user, "customer"), NULL};
+    struct h_resp r;
+    h_send_json(&r, "PUT", h_fmt("%s/v1/profiles/me", F.profiles.url), body,
+                hdr);
+    *status = r.status;
+    if (r.status != 404)
+        h_assert_status(&r, 200);
+    h_resp_release(&r);
+    return *status == 200;
 }
 
 /* PUT /v1/profiles/me for user with handle; waits until profiles knows
@@ -186,25 +179,10 @@ static void set_handle(const char *user, const char *handle)
              "{\"display_name\": \"Secret Name\", "
              "\"handle\": \"%s\"}",
              handle);
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        const char *hdr[] = {h_service_token("profiles", user, "customer"),
-                             NULL};
-        struct h_resp r;
-        h_send_json(&r, "PUT", h_fmt("%s/v1/profiles/me", F.profiles.url), body,
-                    hdr);
-        long status = r.status;
-        if (status == 200) {
-            h_resp_release(&r);
-            return;
-        }
-        if (status != 404 || moat_mono_ms() > deadline) {
-            h_service_print_log(&F.profiles, 30);
-            h_assert_status(&r, 200);
-        }
-        h_resp_release(&r);
-        h_sleep_ms(20);
-    }
+    long status = 0;
+    H_WAIT_UNTIL(handle_set(user, body, &status), H_WAIT_MS,
+                 "profiles to know %s (from users' feed; last PUT: %ld)", user,
+                 status);
 }
 
 /* The newest seq of a producer's feed. */
@@ -215,42 +193,48 @@ static json_int_t feed_head(const struct h_service *svc)
     h_http(&r, "GET", h_fmt("%s/v1/events?limit=1", svc->url), hdr, NULL, 0);
     h_assert_status(&r, 200);
     json_t *j = h_resp_json(&r);
-    json_int_t head = jint(j, "head");
+    json_int_t head = h_jint(j, "head");
     json_decref(j);
     h_resp_release(&r);
     return head;
 }
 
+/* Are search's cursors posts' and profiles' heads (read into *posts and
+ * *profiles), with no lag? seen: the cursors read. */
+static bool caught_up(json_int_t *posts, json_int_t *profiles,
+                      char seen[static 256])
+{
+    seen[0] = '\0';
+    *posts = feed_head(&F.posts);
+    *profiles = feed_head(&F.profiles);
+    json_t *st = h_get_json(h_fmt("%s/v1/admin/consumer", F.search.url), NULL);
+    size_t i, done = 0;
+    json_t *src;
+    json_array_foreach(json_object_get(st, "sources"), i, src)
+    {
+        const char *name = h_jstr(src, "source");
+        json_int_t want = strcmp(name, "posts") == 0      ? *posts
+                          : strcmp(name, "profiles") == 0 ? *profiles
+                                                          : -1;
+        if (h_jint(src, "cursor") == want && h_jint(src, "lag_events") == 0)
+            done++;
+        size_t len = strlen(seen);
+        snprintf(seen + len, 256 - len, " %s@%lld", name,
+                 (long long)h_jint(src, "cursor"));
+    }
+    json_decref(st);
+    return done == 2;
+}
+
 /* Wait until search's cursors are posts' and profiles' heads. */
 static void wait_caught_up(void)
 {
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(WAIT_MS);
-    for (;;) {
-        json_int_t posts = feed_head(&F.posts);
-        json_int_t profiles = feed_head(&F.profiles);
-        json_t *st = get_json(h_fmt("%s/v1/admin/consumer", F.search.url));
-        size_t i, done = 0;
-        json_t *src;
-        json_array_foreach(json_object_get(st, "sources"), i, src)
-        {
-            const char *name = jstr(src, "source");
-            json_int_t want = strcmp(name, "posts") == 0      ? posts
-                              : strcmp(name, "profiles") == 0 ? profiles
-                                                              : -1;
-            if (jint(src, "cursor") == want && jint(src, "lag_events") == 0)
-                done++;
-        }
-        json_decref(st);
-        if (done == 2)
-            return;
-        if (moat_mono_ms() > deadline) {
-            h_service_print_log(&F.search, 30);
-            fail_msg("search did not catch up with posts (%lld) and "
-                     "profiles (%lld)",
-                     (long long)posts, (long long)profiles);
-        }
-        h_sleep_ms(50);
-    }
+    json_int_t posts = 0, profiles = 0;
+    char seen[256] = "";
+    H_WAIT_UNTIL(caught_up(&posts, &profiles, seen), H_WAIT_MS,
+                 "search to catch up with posts (head %lld) and profiles "
+                 "(head %lld); its cursors:%s",
+                 (long long)posts, (long long)profiles, seen);
 }
 
 /* Every page of search/<kind>?<query>, limit per page: the items. */
@@ -355,7 +339,7 @@ static void test_posts_by_word(void **state)
     snprintf(word, sizeof(word), "%s", unique());
     snprintf(name, sizeof(name), "%s", unique());
     json_t *p = post(ALICE, h_fmt("Crème brûlée %s, with @%s", word, name));
-    const char *id = jstr(p, "id");
+    const char *id = h_jstr(p, "id");
 
     /* By a word, by a prefix of it, by a folded accent. */
     wait_ids("posts", h_fmt("q=%s", word), id);
@@ -372,13 +356,13 @@ static void test_posts_by_word(void **state)
     /* The item is the post as posts shows it, with a score. */
     json_t *res = search("posts", h_fmt("q=%s", word));
     json_t *item = json_array_get(json_object_get(res, "items"), 0);
-    assert_string_equal(jstr(item, "id"), id);
-    assert_string_equal(jstr(item, "author_id"), ALICE);
-    assert_string_equal(jstr(item, "text"), jstr(p, "text"));
+    assert_string_equal(h_jstr(item, "id"), id);
+    assert_string_equal(h_jstr(item, "author_id"), ALICE);
+    assert_string_equal(h_jstr(item, "text"), h_jstr(p, "text"));
     assert_string_equal(
         json_string_value(json_array_get(json_object_get(item, "mentions"), 0)),
         name);
-    assert_int_equal(jint(item, "created_at"), jint(p, "created_at"));
+    assert_int_equal(h_jint(item, "created_at"), h_jint(p, "created_at"));
     assert_true(json_is_real(json_object_get(item, "score")));
     assert_true(json_is_null(json_object_get(res, "next_cursor")));
     json_decref(res);
@@ -392,10 +376,10 @@ static void test_deleted_post_disappears(void **state)
     snprintf(word, sizeof(word), "%s", unique());
     json_t *gone = post(BOB, h_fmt("soon gone %s", word));
     json_t *kept = post(BOB, h_fmt("here to stay %s", word));
-    wait_ids("posts", h_fmt("q=%s+gone", word), jstr(gone, "id"));
-    delete_post(BOB, jstr(gone, "id"));
+    wait_ids("posts", h_fmt("q=%s+gone", word), h_jstr(gone, "id"));
+    delete_post(BOB, h_jstr(gone, "id"));
     wait_ids("posts", h_fmt("q=%s+gone", word), "");
-    wait_ids("posts", h_fmt("q=%s", word), jstr(kept, "id"));
+    wait_ids("posts", h_fmt("q=%s", word), h_jstr(kept, "id"));
     json_decref(gone);
     json_decref(kept);
 }
@@ -415,9 +399,9 @@ static void test_handle_found(void **state)
 
     json_t *res = search("profiles", h_fmt("q=%s", first));
     json_t *item = json_array_get(json_object_get(res, "items"), 0);
-    assert_string_equal(jstr(item, "user_id"), user);
-    assert_string_equal(jstr(item, "handle"), first);
-    assert_true(jint(item, "version") >= 1); /* profiles' own count */
+    assert_string_equal(h_jstr(item, "user_id"), user);
+    assert_string_equal(h_jstr(item, "handle"), first);
+    assert_true(h_jint(item, "version") >= 1); /* profiles' own count */
     assert_null(json_object_get(item, "display_name"));
     json_decref(res);
 
@@ -447,7 +431,8 @@ static void test_pages(void **state)
         json_t *it;
         json_array_foreach(items, j, it)
         {
-            found = found || strcmp(jstr(it, "id"), jstr(made[i], "id")) == 0;
+            found =
+                found || strcmp(h_jstr(it, "id"), h_jstr(made[i], "id")) == 0;
         }
         assert_true(found);
     }
@@ -462,11 +447,11 @@ static void test_pages(void **state)
     json_t *it;
     json_array_foreach(items, j, it)
     {
-        assert_true(jint(it, "created_at") <= last_created);
-        last_created = jint(it, "created_at");
+        assert_true(h_jint(it, "created_at") <= last_created);
+        last_created = h_jint(it, "created_at");
         assert_true(json_is_null(json_object_get(it, "score")));
         for (int i = 0; i < 5; i++)
-            if (strcmp(jstr(it, "id"), jstr(made[i], "id")) == 0)
+            if (strcmp(h_jstr(it, "id"), h_jstr(made[i], "id")) == 0)
                 seen++;
     }
     assert_int_equal(seen, 5);
@@ -507,7 +492,7 @@ static void test_bad_requests(void **state)
     json_t *p2 = post(BOB, "cursor kinds two");
     wait_caught_up();
     json_t *page = search("posts", "limit=1");
-    const char *next = jstr(page, "next_cursor");
+    const char *next = h_jstr(page, "next_cursor");
     assert_true(next[0] != '\0');
     expect_400("posts", h_fmt("q=cursor&cursor=%s", next), "cursor");
     json_decref(page);
@@ -527,14 +512,14 @@ static void test_gateway_public(void **state)
     char word[16];
     snprintf(word, sizeof(word), "%s", unique());
     json_t *p = post(ALICE, h_fmt("through the gateway %s", word));
-    wait_ids("posts", h_fmt("q=%s", word), jstr(p, "id"));
+    wait_ids("posts", h_fmt("q=%s", word), h_jstr(p, "id"));
     struct h_resp r;
     h_get(&r, h_fmt("%s/api/v1/search/posts?q=%s", F.gw.url, word));
     h_assert_status(&r, 200);
     json_t *res = h_resp_json(&r);
     assert_string_equal(
-        jstr(json_array_get(json_object_get(res, "items"), 0), "id"),
-        jstr(p, "id"));
+        h_jstr(json_array_get(json_object_get(res, "items"), 0), "id"),
+        h_jstr(p, "id"));
     json_decref(res);
     h_resp_release(&r);
     h_get(&r, h_fmt("%s/api/v1/search/profiles?limit=0", F.gw.url));
@@ -561,9 +546,9 @@ static void test_replay(void **state)
     assert_true(json_equal(posts_before, posts_after));
     assert_true(json_equal(profiles_before, profiles_after));
     /* Replayed into an empty index: every event once again. */
-    json_t *a = get_json(h_fmt("%s/_test/applications", F.search.url));
-    assert_int_equal(jint(a, "max_applications"), 1);
-    assert_int_equal(jint(a, "events"),
+    json_t *a = h_get_json(h_fmt("%s/_test/applications", F.search.url), NULL);
+    assert_int_equal(h_jint(a, "max_applications"), 1);
+    assert_int_equal(h_jint(a, "events"),
                      feed_head(&F.posts) + feed_head(&F.profiles));
     json_decref(a);
     assert_verify_identical();
