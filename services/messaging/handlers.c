@@ -659,10 +659,14 @@ static void handle_send(struct moat_req *r, void *arg)
         reply_store_fault(r, rc, "store the message");
         goto cleanup;
     }
-    /* Committed: the parked readers of the conversation get it now, on
-     * this loop turn, before the sender's own reply. */
-    msg_live_wake(ms->live, conv);
-    reply_message(r, 201, &m, false);
+    /* Committed: the sender's reply first (it is only queued on its
+     * connection), then the parked readers of the conversation, on this
+     * same loop turn, sharing one rendering of the page they wait for. */
+    reply_message(r, 201, &m, false); /* r and its params are gone now */
+    ms->wake = (struct msg_wake_page){.on = true};
+    msg_live_wake(ms->live, m.conversation_id);
+    free(ms->wake.text);
+    ms->wake = (struct msg_wake_page){0};
 
 cleanup:
     msg_message_release(&m);
@@ -703,6 +707,16 @@ static bool reply_page(struct moat_req *r, struct msg_service *ms,
     size_t n = 0;
     if (after >= 0 && after >= head && !force)
         return false; /* nothing new: no need to run the read */
+    /* During a wake, a waiter at the position of the one before it gets
+     * the same bytes (moat_req_reply renders them as v2 where asked). */
+    struct msg_wake_page *w = &ms->wake;
+    bool shared = w->on && before < 0 && after >= 0;
+    if (shared && w->text && w->after == after && w->head == head &&
+        w->limit == (int64_t)limit) {
+        moat_req_set_header(r, "Cache-Control", "no-store");
+        moat_req_reply(r, 200, "application/json", w->text, w->len);
+        return true;
+    }
     int rc = msg_store_page(ms->store, conv, after, before, limit, &items, &n);
     if (rc != MOAT_OK) {
         reply_store_fault(r, rc, "read the messages");
@@ -713,7 +727,19 @@ static bool reply_page(struct moat_req *r, struct msg_service *ms,
         return false;
     }
     moat_req_set_header(r, "Cache-Control", "no-store");
-    moat_req_reply_json(r, 200, page_json(items, n, after, before, head));
+    if (shared) {
+        json_t *page = page_json(items, n, after, before, head);
+        free(w->text);
+        w->text = json_dumps(page, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(page);
+        w->len = w->text ? strlen(w->text) : 0;
+        w->after = after;
+        w->head = head;
+        w->limit = (int64_t)limit;
+        moat_req_reply(r, 200, "application/json", w->text, w->len);
+    } else {
+        moat_req_reply_json(r, 200, page_json(items, n, after, before, head));
+    }
     msg_messages_free(items, n);
     return true;
 }

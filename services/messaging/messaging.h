@@ -16,9 +16,25 @@
 #include "store.h"
 
 /* Per-process state, created by init and freed by release in main.c. */
+/*
+ * The page a wake answers, serialised once for every waiter at the same
+ * position (handlers.c): during one msg_live_wake every waiter of the
+ * conversation is answered on the same loop turn, and most wait after
+ * the same message, so the read and the JSON are made once, not once per
+ * member.
+ */
+struct msg_wake_page {
+    bool on;             /* a wake is answering its waiters */
+    int64_t after, head; /* the page's position and the head it saw */
+    int64_t limit;       /* the page's size */
+    char *text;          /* owned; the page as v1 JSON, NULL = none yet */
+    size_t len;
+};
+
 struct msg_service {
-    struct msg_store *store; /* owned */
-    struct msg_live *live;   /* owned; created by msg_routes_register */
+    struct msg_store *store;   /* owned */
+    struct msg_live *live;     /* owned; created by msg_routes_register */
+    struct msg_wake_page wake; /* valid only during a wake */
 };
 
 /*
