@@ -370,3 +370,24 @@ void moat_v_known_keys(struct moat_validation *v, json_t *obj, const char *base,
         }
     }
 }
+
+json_t *moat_problem_typed(int status, const char *type, const char *detail)
+{
+    json_t *pr = moat_problem_new(status, detail);
+    json_object_set_new(pr, "type", json_string(type));
+    return pr;
+}
+
+const char *moat_text_problem(const char *s, size_t len)
+{
+    bool visible = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)
+            return "must not contain control characters other than tab "
+                   "and line breaks";
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
+            visible = true;
+    }
+    return visible ? NULL : "must not be only white space";
+}

@@ -27,6 +27,17 @@ const char *moat_http_reason(int status);
  * Caller owns the returned reference.
  */
 json_t *moat_problem_new(int status, const char *detail);
+/* moat_problem_new with type (a URI, e.g. "urn:moat:problem:..."; copied)
+ * instead of the status's default type. Caller owns the reference. */
+json_t *moat_problem_typed(int status, const char *type, const char *detail);
+
+/*
+ * NULL when s (len bytes, UTF-8 as jansson decoded it) is text a person
+ * can read: no control character but tab and line breaks, and not only
+ * white space; otherwise what is wrong with it (static, for a field
+ * error). Length caps are the caller's: each API words its own.
+ */
+const char *moat_text_problem(const char *s, size_t len);
 /* Append {"pointer": pointer, "detail": detail} to problem's "errors". */
 void moat_problem_add_error(json_t *problem, const char *pointer,
                             const char *detail);

@@ -70,18 +70,6 @@ static void op_free(void *arg)
 
 /* ---- replies ---- */
 
-static json_t *problem_typed(int status, const char *type, const char *detail)
-{
-    json_t *pr = moat_problem_new(status, detail);
-    json_object_set_new(pr, "type", json_string(type));
-    return pr;
-}
-
-static void reply_fault(struct moat_req *r, int rc, const char *what)
-{
-    moat_req_reply_store_error(r, rc, "comments", what);
-}
-
 static void reply_no_comment(struct moat_req *r)
 {
     moat_req_reply_problem(r, 404, "no such comment");
@@ -228,7 +216,7 @@ static bool load_comment(struct moat_req *r, struct op *op)
     if (rc == MOAT_ENOTFOUND)
         reply_no_comment(r);
     else if (rc != MOAT_OK)
-        reply_fault(r, rc, "read the comment");
+        moat_req_reply_store_error(r, rc, "comments", "read the comment");
     return rc == MOAT_OK;
 }
 
@@ -239,16 +227,7 @@ static const char *text_problem(const char *s, size_t len)
 {
     if (len < 1 || len > TEXT_MAX_BYTES)
         return "must be 1 to 2000 bytes of UTF-8";
-    bool shown = false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)
-            return "must not contain control characters other than tab "
-                   "and line breaks";
-        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
-            shown = true;
-    }
-    return shown ? NULL : "must not be only white space";
+    return moat_text_problem(s, len);
 }
 
 /* Copy id into out when it is prefix + a well-formed id; else false. */
@@ -345,9 +324,9 @@ static void replay(struct moat_req *r, struct cmt_service *cs,
 {
     if (strcmp(fingerprint, stored_fp) != 0) {
         moat_req_reply_problem_json(
-            r, problem_typed(422, PROBLEM_IDEM "reused",
-                             "this Idempotency-Key was used for another "
-                             "comment"));
+            r, moat_problem_typed(422, PROBLEM_IDEM "reused",
+                                  "this Idempotency-Key was used for another "
+                                  "comment"));
         return;
     }
     struct cmt_comment c = {0};
@@ -359,7 +338,7 @@ static void replay(struct moat_req *r, struct cmt_service *cs,
     else if (rc == MOAT_OK)
         reply_comment(r, 201, &c, true, false);
     else
-        reply_fault(r, rc, "read the comment");
+        moat_req_reply_store_error(r, rc, "comments", "read the comment");
     cmt_comment_release(&c);
 }
 
@@ -390,8 +369,8 @@ static void create_store(struct moat_req *r, void *arg, json_t *found)
         break;
     case CMT_SUSPENDED:
         moat_req_reply_problem_json(
-            r, problem_typed(403, PROBLEM_SUSPENDED,
-                             "commenting is suspended for this user"));
+            r, moat_problem_typed(403, PROBLEM_SUSPENDED,
+                                  "commenting is suspended for this user"));
         break;
     case CMT_BAD_PARENT:
         moat_req_reply_problem(r, 422,
@@ -412,12 +391,13 @@ static void create_store(struct moat_req *r, void *arg, json_t *found)
          * for posts or messaging. */
         moat_req_set_header(r, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            r, problem_typed(409, PROBLEM_IDEM "in-progress",
-                             "a comment with this Idempotency-Key is being "
-                             "created; retry to get it"));
+            r,
+            moat_problem_typed(409, PROBLEM_IDEM "in-progress",
+                               "a comment with this Idempotency-Key is being "
+                               "created; retry to get it"));
         break;
     default:
-        reply_fault(r, rc, "store the comment");
+        moat_req_reply_store_error(r, rc, "comments", "store the comment");
     }
 done:
     op_free(op);
@@ -437,9 +417,10 @@ static void handle_create(struct moat_req *r, void *arg)
     const char *hkey = moat_req_header(r, "Idempotency-Key");
     if (hkey && !moat_idem_key_parse(hkey, op->key)) {
         moat_req_reply_problem_json(
-            r, problem_typed(400, PROBLEM_IDEM "malformed",
-                             "the Idempotency-Key must be 1 to 255 visible "
-                             "ASCII characters"));
+            r,
+            moat_problem_typed(400, PROBLEM_IDEM "malformed",
+                               "the Idempotency-Key must be 1 to 255 visible "
+                               "ASCII characters"));
         goto fail;
     }
     op->keyed = hkey != NULL;
@@ -466,7 +447,8 @@ static void handle_create(struct moat_req *r, void *arg)
             goto fail;
         }
         if (rc != MOAT_ENOTFOUND) {
-            reply_fault(r, rc, "check the Idempotency-Key");
+            moat_req_reply_store_error(r, rc, "comments",
+                                       "check the Idempotency-Key");
             goto fail;
         }
     }
@@ -530,7 +512,7 @@ static void list_reply(struct moat_req *r, void *arg, json_t *found)
     }
     if (rc != MOAT_OK) {
         json_decref(list);
-        reply_fault(r, rc, "read the comments");
+        moat_req_reply_store_error(r, rc, "comments", "read the comments");
         goto done;
     }
     json_t *next = json_null();
@@ -654,7 +636,7 @@ static void delete_apply(struct moat_req *r, void *arg, json_t *found)
         goto done;
     }
     if (rc != MOAT_OK) {
-        reply_fault(r, rc, "delete the comment");
+        moat_req_reply_store_error(r, rc, "comments", "delete the comment");
         goto done;
     }
     moat_log(MOAT_LOG_INFO, "comment deleted", "{s:s, s:s, s:s}", "id",
@@ -699,7 +681,7 @@ static void moderate_apply(struct moat_req *r, void *arg, json_t *found)
         moat_req_reply_problem(r, 409, "the comment is %s already",
                                op->c.status);
     } else if (rc != MOAT_OK) {
-        reply_fault(r, rc, "moderate the comment");
+        moat_req_reply_store_error(r, rc, "comments", "moderate the comment");
     } else {
         if (changed) /* before the reply, which frees r and its principal */
             moat_log(MOAT_LOG_INFO, "comment moderated", "{s:s, s:s, s:s}",
@@ -709,7 +691,7 @@ static void moderate_apply(struct moat_req *r, void *arg, json_t *found)
         if (rc == MOAT_OK)
             reply_comment(r, 200, &op->c, false, true);
         else
-            reply_fault(r, rc, "read the comment");
+            moat_req_reply_store_error(r, rc, "comments", "read the comment");
     }
     op_free(op);
 }
@@ -767,7 +749,7 @@ static void target_apply(struct moat_req *r, void *arg, json_t *found)
         rc = cmt_store_set_target(op->cs->store, op->what, op->id, op->requires,
                                   who->user_id, moat_wall_ms());
     if (rc != MOAT_OK) {
-        reply_fault(r, rc, "store the setting");
+        moat_req_reply_store_error(r, rc, "comments", "store the setting");
         goto done;
     }
     moat_req_reply_json(r, 200,
@@ -854,7 +836,7 @@ static void reply_user(struct moat_req *r, struct cmt_service *cs,
     struct cmt_user_flags f;
     int rc = cmt_store_get_user(cs->store, user, &f);
     if (rc != MOAT_OK) {
-        reply_fault(r, rc, "read the user's flags");
+        moat_req_reply_store_error(r, rc, "comments", "read the user's flags");
         return;
     }
     moat_req_reply_json(r, 200,
@@ -899,7 +881,7 @@ static void handle_set_user(struct moat_req *r, void *arg)
     int rc = cmt_store_set_user(((struct cmt_service *)arg)->store, user,
                                 requires, who->user_id, moat_wall_ms());
     if (rc != MOAT_OK) {
-        reply_fault(r, rc, "store the setting");
+        moat_req_reply_store_error(r, rc, "comments", "store the setting");
         return;
     }
     reply_user(r, arg, user);
@@ -925,7 +907,7 @@ static void handle_get_action(struct moat_req *r, void *arg)
         return;
     }
     if (rc != MOAT_OK) {
-        reply_fault(r, rc, "read the action");
+        moat_req_reply_store_error(r, rc, "comments", "read the action");
         return;
     }
     moat_req_reply_json(r, 200,

@@ -31,23 +31,6 @@
 
 /* ---- small helpers ---- */
 
-static void reply_store_fault(struct moat_req *r, int rc, const char *what)
-{
-    if (rc == MOAT_EBUSY || rc == MOAT_ETOOBIG) {
-        /* Reader table or map full: an operator must act, retry later. */
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503,
-                               "the connections database cannot %s now; "
-                               "retry later",
-                               what);
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "connections store failure", "{s:s, s:s}", "op",
-             what, "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "the connections service could not %s",
-                           what);
-}
-
 /*
  * The acting end user, or NULL after replying 401 (no end user) or 403 (a
  * principal whose id this service cannot hold).
@@ -158,7 +141,7 @@ static void handle_follow(struct moat_req *r, void *arg)
         goto cleanup;
     int rc = conn_graph_follow(cs->graph, me, other, moat_wall_ms(), &out);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "follow");
+        moat_req_reply_store_error(r, rc, "connections", "follow");
         goto cleanup;
     }
     if (out == CONN_CAP) {
@@ -185,7 +168,7 @@ static void handle_unfollow(struct moat_req *r, void *arg)
         return;
     int rc = conn_graph_unfollow(cs->graph, me, other, &out);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "unfollow");
+        moat_req_reply_store_error(r, rc, "connections", "unfollow");
     else if (out == CONN_ABSENT)
         moat_req_reply_problem(r, 404, "you do not follow this user");
     else
@@ -215,7 +198,8 @@ static void handle_request(struct moat_req *r, void *arg)
     int rc =
         conn_graph_request(cs->graph, me, other, moat_wall_ms(), &out, &st);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "request the connection");
+        moat_req_reply_store_error(r, rc, "connections",
+                                   "request the connection");
     else if (out == CONN_CAP)
         moat_req_reply_problem(r, 409,
                                "a user may have at most %d connections and "
@@ -241,7 +225,8 @@ static void handle_accept(struct moat_req *r, void *arg)
         return;
     int rc = conn_graph_accept(cs->graph, me, other, moat_wall_ms(), &out);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "accept the connection");
+        moat_req_reply_store_error(r, rc, "connections",
+                                   "accept the connection");
     else if (out == CONN_ABSENT)
         moat_req_reply_problem(r, 404,
                                "this user has not asked you to connect");
@@ -265,7 +250,8 @@ static void handle_remove(struct moat_req *r, void *arg)
         return;
     int rc = conn_graph_remove(cs->graph, me, other, &out, &was);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "remove the connection");
+        moat_req_reply_store_error(r, rc, "connections",
+                                   "remove the connection");
     else if (out == CONN_ABSENT)
         moat_req_reply_problem(r, 404,
                                "you are not connected to this user and no "
@@ -354,7 +340,7 @@ static void list_page(struct moat_req *r, struct conn_service *cs,
     int rc = conn_graph_page(cs->graph, l, user, has_after ? cur : NULL, limit,
                              items, &n, &more);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the list");
+        moat_req_reply_store_error(r, rc, "connections", "read the list");
     else
         reply_page(r, user, items, n, more, true);
     free(items);
@@ -399,7 +385,8 @@ static void handle_user_connections(struct moat_req *r, void *arg)
                     : conn_graph_page(cs->graph, CONN_CONNECTIONS, user, after,
                                       limit, items, &n, &more);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the connections");
+        moat_req_reply_store_error(r, rc, "connections",
+                                   "read the connections");
     else
         reply_page(r, user, items, n, more, !second);
     free(items);
@@ -429,7 +416,7 @@ static void handle_requests(struct moat_req *r, void *arg)
         conn_graph_page(cs->graph, out ? CONN_REQUESTS_OUT : CONN_REQUESTS_IN,
                         me, has_after ? cur : NULL, limit, items, &n, &more);
     if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the requests");
+        moat_req_reply_store_error(r, rc, "connections", "read the requests");
     else
         reply_page(r, me, items, n, more, true);
     free(items);
@@ -450,7 +437,7 @@ static void handle_counts(struct moat_req *r, void *arg)
     }
     int rc = conn_graph_counts(cs->graph, user, c);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the counts");
+        moat_req_reply_store_error(r, rc, "connections", "read the counts");
         return;
     }
     moat_req_reply_json(r, 200,
@@ -483,7 +470,7 @@ static void handle_degree(struct moat_req *r, void *arg)
     int degree;
     int rc = conn_graph_degree(cs->graph, q[0].sval, q[1].sval, &degree);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "compute the degree");
+        moat_req_reply_store_error(r, rc, "connections", "compute the degree");
         return;
     }
     moat_req_reply_json(

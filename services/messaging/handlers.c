@@ -41,25 +41,6 @@
 
 /* ---- replies ---- */
 
-static json_t *problem_typed(int status, const char *type, const char *detail)
-{
-    json_t *pr = moat_problem_new(status, detail);
-    json_object_set_new(pr, "type", json_string(type));
-    return pr;
-}
-
-static void reply_store_fault(struct moat_req *r, int rc, const char *what)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", RETRY_AFTER_S);
-        moat_req_reply_problem(r, 503, "the messaging database is busy; retry");
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "messaging store failure", "{s:s, s:s}", "op",
-             what, "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "messaging could not %s", what);
-}
-
 static void reply_no_conv(struct moat_req *r)
 {
     moat_req_reply_problem(r, 404, "no such conversation");
@@ -142,7 +123,7 @@ static bool load_conv(struct moat_req *r, struct msg_service *ms,
     if (rc == MOAT_ENOTFOUND)
         reply_no_conv(r);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the conversation");
+        moat_req_reply_store_error(r, rc, "messaging", "read the conversation");
     return rc == MOAT_OK;
 }
 
@@ -159,7 +140,7 @@ static const char *member_of(struct moat_req *r, struct msg_service *ms,
     if (rc == MOAT_ENOTFOUND)
         reply_no_conv(r);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the conversation");
+        moat_req_reply_store_error(r, rc, "messaging", "read the conversation");
     return rc == MOAT_OK ? id : NULL;
 }
 
@@ -283,7 +264,8 @@ static void handle_create_conv(struct moat_req *r, void *arg)
     char id[MSG_ID_LEN + 1];
     snprintf(id, sizeof(id), "%s", rc == MOAT_ECONFLICT ? existing : c.id);
     if (rc != MOAT_OK && rc != MOAT_ECONFLICT) {
-        reply_store_fault(r, rc, "create the conversation");
+        moat_req_reply_store_error(r, rc, "messaging",
+                                   "create the conversation");
         goto cleanup;
     }
     if (rc == MOAT_OK)
@@ -294,7 +276,7 @@ static void handle_create_conv(struct moat_req *r, void *arg)
     msg_conv_release(&c);
     rc = msg_store_get_conv(ms->store, id, user, &c);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the conversation");
+        moat_req_reply_store_error(r, rc, "messaging", "read the conversation");
         goto cleanup;
     }
     reply_conv(r, status, &c);
@@ -355,7 +337,8 @@ static void handle_list_convs(struct moat_req *r, void *arg)
                                   q[1].seen ? before_id : NULL, limit + 1,
                                   &items, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "list the conversations");
+        moat_req_reply_store_error(r, rc, "messaging",
+                                   "list the conversations");
         return;
     }
     size_t shown = n > limit ? limit : n;
@@ -400,7 +383,7 @@ static void reply_members_fault(struct moat_req *r, int rc)
     else if (rc == MOAT_ENOTFOUND)
         reply_no_conv(r);
     else
-        reply_store_fault(r, rc, "change the members");
+        moat_req_reply_store_error(r, rc, "messaging", "change the members");
 }
 
 static void handle_add_members(struct moat_req *r, void *arg)
@@ -454,7 +437,7 @@ static void handle_add_members(struct moat_req *r, void *arg)
     msg_conv_release(&c);
     rc = msg_store_get_conv(ms->store, id, user, &c);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the conversation");
+        moat_req_reply_store_error(r, rc, "messaging", "read the conversation");
         goto cleanup;
     }
     reply_conv(r, 200, &c);
@@ -583,9 +566,9 @@ static void replay(struct moat_req *r, struct msg_service *ms,
 {
     if (strcmp(fingerprint, stored_fp) != 0) {
         moat_req_reply_problem_json(
-            r, problem_typed(422, PROBLEM_IDEM "reused",
-                             "this Idempotency-Key was used for another "
-                             "message"));
+            r, moat_problem_typed(422, PROBLEM_IDEM "reused",
+                                  "this Idempotency-Key was used for another "
+                                  "message"));
         return;
     }
     struct msg_message m = {0};
@@ -593,7 +576,7 @@ static void replay(struct moat_req *r, struct msg_service *ms,
     if (rc == MOAT_OK)
         reply_message(r, 201, &m, true);
     else
-        reply_store_fault(r, rc, "read the message");
+        moat_req_reply_store_error(r, rc, "messaging", "read the message");
     msg_message_release(&m);
 }
 
@@ -609,9 +592,10 @@ static void handle_send(struct moat_req *r, void *arg)
     const char *hkey = moat_req_header(r, "Idempotency-Key");
     if (hkey && !moat_idem_key_parse(hkey, key)) {
         moat_req_reply_problem_json(
-            r, problem_typed(400, PROBLEM_IDEM "malformed",
-                             "the Idempotency-Key must be 1 to 255 visible "
-                             "ASCII characters"));
+            r,
+            moat_problem_typed(400, PROBLEM_IDEM "malformed",
+                               "the Idempotency-Key must be 1 to 255 visible "
+                               "ASCII characters"));
         return;
     }
     int64_t head;
@@ -635,7 +619,8 @@ static void handle_send(struct moat_req *r, void *arg)
             goto cleanup;
         }
         if (rc != MOAT_ENOTFOUND) {
-            reply_store_fault(r, rc, "check the Idempotency-Key");
+            moat_req_reply_store_error(r, rc, "messaging",
+                                       "check the Idempotency-Key");
             goto cleanup;
         }
     }
@@ -650,13 +635,14 @@ static void handle_send(struct moat_req *r, void *arg)
          * only another writer on the database can do that. */
         moat_req_set_header(r, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            r, problem_typed(409, PROBLEM_IDEM "in-progress",
-                             "a message with this Idempotency-Key is being "
-                             "sent; retry to get it"));
+            r,
+            moat_problem_typed(409, PROBLEM_IDEM "in-progress",
+                               "a message with this Idempotency-Key is being "
+                               "sent; retry to get it"));
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "store the message");
+        moat_req_reply_store_error(r, rc, "messaging", "store the message");
         goto cleanup;
     }
     /* Committed: the sender's reply first (it is only queued on its
@@ -719,7 +705,7 @@ static bool reply_page(struct moat_req *r, struct msg_service *ms,
     }
     int rc = msg_store_page(ms->store, conv, after, before, limit, &items, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the messages");
+        moat_req_reply_store_error(r, rc, "messaging", "read the messages");
         return true;
     }
     if (n == 0 && !force) {
@@ -755,7 +741,7 @@ static bool answer_poll(struct moat_req *r, const struct msg_poll *p,
         return true;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the messages");
+        moat_req_reply_store_error(r, rc, "messaging", "read the messages");
         return true;
     }
     return reply_page(r, ms, p->conv, head, p->after, -1, (size_t)p->limit,
@@ -829,7 +815,7 @@ static bool load_message(struct moat_req *r, struct msg_service *ms,
     if (rc == MOAT_ENOTFOUND)
         moat_req_reply_problem(r, 404, "no such message in this conversation");
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the message");
+        moat_req_reply_store_error(r, rc, "messaging", "read the message");
     return rc == MOAT_OK;
 }
 
@@ -844,7 +830,8 @@ static void handle_get_message(struct moat_req *r, void *arg)
         return;
     int rc = msg_store_edits(ms->store, m.id, &edits, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the message's edits");
+        moat_req_reply_store_error(r, rc, "messaging",
+                                   "read the message's edits");
         goto cleanup;
     }
     /* History: edit i replaced edits[i].replaced_text with the text that
@@ -900,7 +887,7 @@ static void handle_edit_message(struct moat_req *r, void *arg)
         }
         int rc = msg_store_edit(ms->store, m.id, text, moat_wall_ms());
         if (rc != MOAT_OK) {
-            reply_store_fault(r, rc, "edit the message");
+            moat_req_reply_store_error(r, rc, "messaging", "edit the message");
             goto cleanup;
         }
     }
@@ -910,7 +897,7 @@ static void handle_edit_message(struct moat_req *r, void *arg)
     msg_message_release(&m);
     int rc = msg_store_get_message(ms->store, id, &m);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the message");
+        moat_req_reply_store_error(r, rc, "messaging", "read the message");
         goto cleanup;
     }
     moat_req_reply_json(r, 200, message_json(&m));
@@ -936,7 +923,7 @@ static void handle_delete_message(struct moat_req *r, void *arg)
                           : msg_store_delete_message(ms->store, m.id, user,
                                                      moat_wall_ms());
     if (rc != MOAT_OK && rc != MOAT_ENOTFOUND) {
-        reply_store_fault(r, rc, "delete the message");
+        moat_req_reply_store_error(r, rc, "messaging", "delete the message");
         goto cleanup;
     }
     moat_req_reply(r, 204, NULL, NULL, 0);
@@ -998,7 +985,7 @@ static void handle_read(struct moat_req *r, void *arg)
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "store the read mark");
+        moat_req_reply_store_error(r, rc, "messaging", "store the read mark");
         goto cleanup;
     }
     char id[MSG_ID_LEN + 1];
@@ -1006,7 +993,7 @@ static void handle_read(struct moat_req *r, void *arg)
     msg_conv_release(&c);
     rc = msg_store_get_conv(ms->store, id, user, &c);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the conversation");
+        moat_req_reply_store_error(r, rc, "messaging", "read the conversation");
         goto cleanup;
     }
     moat_req_reply_json(r, 200,

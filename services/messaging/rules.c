@@ -1,6 +1,8 @@
 /* rules.c - messaging's input rules (see rules.h). */
 #include "moat/common.h"
 
+#include "moat/problem.h"
+
 #include <string.h>
 
 #include "rules.h"
@@ -11,16 +13,7 @@ const char *msg_text_problem(const char *s, size_t len, size_t max)
 {
     if (len < 1 || len > max)
         return "has the wrong length (see docs/messaging.md for the cap)";
-    bool visible = false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)
-            return "must not contain control characters other than tab "
-                   "and line breaks";
-        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
-            visible = true;
-    }
-    return visible ? NULL : "must not be only white space";
+    return moat_text_problem(s, len);
 }
 
 bool msg_user_id_valid(const char *s)

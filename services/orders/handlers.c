@@ -96,13 +96,6 @@ static json_t *order_json(struct ord_service *os, const struct ord_order *o)
     return j;
 }
 
-static json_t *problem_typed(int status, const char *type, const char *detail)
-{
-    json_t *pr = moat_problem_new(status, detail);
-    json_object_set_new(pr, "type", json_string(type));
-    return pr;
-}
-
 /* ---- the busy list (idempotency keys being served) ---- */
 
 static bool busy_take(struct ord_service *os, const char *key)
@@ -456,15 +449,15 @@ static void handle_place(struct moat_req *req, void *arg)
 
     if (!hkey) {
         moat_req_reply_problem_json(
-            req, problem_typed(400, PROBLEM_IDEM "missing",
-                               "an Idempotency-Key header is required"));
+            req, moat_problem_typed(400, PROBLEM_IDEM "missing",
+                                    "an Idempotency-Key header is required"));
         goto fail;
     }
     if (!moat_idem_key_parse(hkey, pl->key)) {
         moat_req_reply_problem_json(
-            req, problem_typed(400, PROBLEM_IDEM "malformed",
-                               "the Idempotency-Key must be 1 to 255 "
-                               "visible ASCII characters"));
+            req, moat_problem_typed(400, PROBLEM_IDEM "malformed",
+                                    "the Idempotency-Key must be 1 to 255 "
+                                    "visible ASCII characters"));
         goto fail;
     }
     if (moat_req_json(req, &body) != MOAT_OK)
@@ -490,9 +483,9 @@ static void handle_place(struct moat_req *req, void *arg)
     if (rc == MOAT_OK) {
         if (strcmp(fp, pl->fingerprint) != 0) {
             moat_req_reply_problem_json(
-                req, problem_typed(422, PROBLEM_IDEM "reused",
-                                   "this Idempotency-Key was used for "
-                                   "another order"));
+                req, moat_problem_typed(422, PROBLEM_IDEM "reused",
+                                        "this Idempotency-Key was used for "
+                                        "another order"));
             goto fail;
         }
         reply_order(os, req, existing, 201, true);
@@ -508,9 +501,9 @@ static void handle_place(struct moat_req *req, void *arg)
         pl->busy_key = NULL;
         moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            req, problem_typed(409, PROBLEM_IDEM "in-progress",
-                               "an order with this Idempotency-Key is "
-                               "still being placed"));
+            req, moat_problem_typed(409, PROBLEM_IDEM "in-progress",
+                                    "an order with this Idempotency-Key is "
+                                    "still being placed"));
         goto fail;
     }
     lookup_products(pl);

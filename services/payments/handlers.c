@@ -115,20 +115,13 @@ json_t *pay_event_json(const struct pay_payment *p)
     return j;
 }
 
-static json_t *problem_typed(int status, const char *type, const char *detail)
-{
-    json_t *pr = moat_problem_new(status, detail);
-    json_object_set_new(pr, "type", json_string(type));
-    return pr;
-}
-
 static void reply_state_conflict(struct moat_req *req,
                                  const struct pay_payment *p, const char *op)
 {
     char detail[160];
     snprintf(detail, sizeof(detail), "cannot %s a payment that is %s", op,
              p->status);
-    json_t *pr = problem_typed(409, PROBLEM_STATE, detail);
+    json_t *pr = moat_problem_typed(409, PROBLEM_STATE, detail);
     json_object_set_new(pr, "payment_id", json_string(p->id));
     json_object_set_new(pr, "payment_status", json_string(p->status));
     moat_req_reply_problem_json(req, pr);
@@ -405,7 +398,7 @@ static void h_create(struct moat_req *req, void *arg)
     int rc;
 
     if (!h || !moat_idem_key_parse(h, key)) {
-        json_t *pr = problem_typed(
+        json_t *pr = moat_problem_typed(
             400, PROBLEM_IDEM "missing",
             h ? "the Idempotency-Key must be 1 to 255 visible ASCII "
                 "characters"
@@ -427,9 +420,9 @@ static void h_create(struct moat_req *req, void *arg)
     if (pay_busy_find(ps, busy)) {
         moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            req, problem_typed(409, PROBLEM_IDEM "in-progress",
-                               "a request with this Idempotency-Key is "
-                               "still in progress"));
+            req, moat_problem_typed(409, PROBLEM_IDEM "in-progress",
+                                    "a request with this Idempotency-Key is "
+                                    "still in progress"));
         goto cleanup;
     }
 
@@ -445,9 +438,9 @@ static void h_create(struct moat_req *req, void *arg)
     if (rc == MOAT_OK) {
         if (moat_memeq(idem.fingerprint, fp, MOAT_BLIND_INDEX_HEX) != MOAT_OK) {
             moat_req_reply_problem_json(
-                req, problem_typed(422, PROBLEM_IDEM "reused",
-                                   "this Idempotency-Key was used for "
-                                   "another request"));
+                req, moat_problem_typed(422, PROBLEM_IDEM "reused",
+                                        "this Idempotency-Key was used for "
+                                        "another request"));
             goto cleanup;
         }
         if (idem.response) {
@@ -479,8 +472,8 @@ static void h_create(struct moat_req *req, void *arg)
         p->created_ms = p->updated_ms = moat_wall_ms();
         rc = pay_store_create(ps->store, p, who->service, key, fp, existing);
         if (rc == MOAT_ECONFLICT) {
-            json_t *pr = problem_typed(409, PROBLEM_STATE,
-                                       "the order already has a payment");
+            json_t *pr = moat_problem_typed(409, PROBLEM_STATE,
+                                            "the order already has a payment");
             if (existing[0])
                 json_object_set_new(pr, "payment_id", json_string(existing));
             moat_req_reply_problem_json(req, pr);
@@ -530,9 +523,9 @@ static void h_operation(struct moat_req *req, struct pay_service *ps,
     if (pay_busy_find(ps, busy)) {
         moat_req_set_header(req, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            req, problem_typed(409, PROBLEM_STATE,
-                               "another operation on this payment is in "
-                               "progress"));
+            req, moat_problem_typed(409, PROBLEM_STATE,
+                                    "another operation on this payment is in "
+                                    "progress"));
         goto cleanup;
     }
     c = moat_xcalloc(1, sizeof(*c));

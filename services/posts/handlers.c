@@ -37,25 +37,6 @@
 
 /* ---- replies ---- */
 
-static json_t *problem_typed(int status, const char *type, const char *detail)
-{
-    json_t *pr = moat_problem_new(status, detail);
-    json_object_set_new(pr, "type", json_string(type));
-    return pr;
-}
-
-static void reply_store_fault(struct moat_req *r, int rc, const char *what)
-{
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", RETRY_AFTER_S);
-        moat_req_reply_problem(r, 503, "the posts database is busy; retry");
-        return;
-    }
-    moat_log(MOAT_LOG_ERROR, "posts store failure", "{s:s, s:s}", "op", what,
-             "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "posts could not %s", what);
-}
-
 static void reply_no_post(struct moat_req *r)
 {
     moat_req_reply_problem(r, 404, "no such post");
@@ -99,7 +80,7 @@ static bool load_post(struct moat_req *r, struct pst_service *ps,
     if (rc == MOAT_ENOTFOUND)
         reply_no_post(r);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read the post");
+        moat_req_reply_store_error(r, rc, "posts", "read the post");
     return rc == MOAT_OK;
 }
 
@@ -110,16 +91,7 @@ static const char *text_problem(const char *s, size_t len)
 {
     if (len < 1 || len > TEXT_MAX_BYTES)
         return "must be 1 to 1000 bytes of UTF-8";
-    bool visible = false;
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)
-            return "must not contain control characters other than tab "
-                   "and line breaks";
-        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
-            visible = true;
-    }
-    return visible ? NULL : "must not be only white space";
+    return moat_text_problem(s, len);
 }
 
 /* http(s)://host... of visible ASCII, at most MEDIA_URL_MAX bytes. */
@@ -223,9 +195,9 @@ static void replay(struct moat_req *r, struct pst_service *ps,
 {
     if (strcmp(fingerprint, stored_fp) != 0) {
         moat_req_reply_problem_json(
-            r, problem_typed(422, PROBLEM_IDEM "reused",
-                             "this Idempotency-Key was used for another "
-                             "post"));
+            r, moat_problem_typed(422, PROBLEM_IDEM "reused",
+                                  "this Idempotency-Key was used for another "
+                                  "post"));
         return;
     }
     struct pst_post p = {0};
@@ -237,7 +209,7 @@ static void replay(struct moat_req *r, struct pst_service *ps,
     else if (rc == MOAT_OK)
         reply_post(r, 201, &p, true);
     else
-        reply_store_fault(r, rc, "read the post");
+        moat_req_reply_store_error(r, rc, "posts", "read the post");
     pst_post_release(&p);
 }
 
@@ -255,9 +227,10 @@ static void handle_create(struct moat_req *r, void *arg)
     const char *hkey = moat_req_header(r, "Idempotency-Key");
     if (hkey && !moat_idem_key_parse(hkey, key)) {
         moat_req_reply_problem_json(
-            r, problem_typed(400, PROBLEM_IDEM "malformed",
-                             "the Idempotency-Key must be 1 to 255 visible "
-                             "ASCII characters"));
+            r,
+            moat_problem_typed(400, PROBLEM_IDEM "malformed",
+                               "the Idempotency-Key must be 1 to 255 visible "
+                               "ASCII characters"));
         return;
     }
     if (moat_req_json(r, &body) != MOAT_OK)
@@ -281,7 +254,8 @@ static void handle_create(struct moat_req *r, void *arg)
             goto cleanup;
         }
         if (rc != MOAT_ENOTFOUND) {
-            reply_store_fault(r, rc, "check the Idempotency-Key");
+            moat_req_reply_store_error(r, rc, "posts",
+                                       "check the Idempotency-Key");
             goto cleanup;
         }
     }
@@ -300,13 +274,13 @@ static void handle_create(struct moat_req *r, void *arg)
          * only another writer on the database can do that. */
         moat_req_set_header(r, "Retry-After", RETRY_AFTER_S);
         moat_req_reply_problem_json(
-            r, problem_typed(409, PROBLEM_IDEM "in-progress",
-                             "a post with this Idempotency-Key is being "
-                             "created; retry to get it"));
+            r, moat_problem_typed(409, PROBLEM_IDEM "in-progress",
+                                  "a post with this Idempotency-Key is being "
+                                  "created; retry to get it"));
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "store the post");
+        moat_req_reply_store_error(r, rc, "posts", "store the post");
         goto cleanup;
     }
     moat_log(MOAT_LOG_INFO, "post created", "{s:s, s:s, s:i, s:i}", "id", p.id,
@@ -355,7 +329,7 @@ static void handle_delete(struct moat_req *r, void *arg)
         goto cleanup;
     }
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "delete the post");
+        moat_req_reply_store_error(r, rc, "posts", "delete the post");
         goto cleanup;
     }
     moat_log(MOAT_LOG_INFO, "post deleted", "{s:s, s:s, s:s}", "id", p.id,
@@ -424,7 +398,7 @@ static void handle_timeline(struct moat_req *r, void *arg)
     int rc = pst_store_timeline(ps->store, user, q[1].seen ? before : NULL,
                                 limit + 1, &items, &n);
     if (rc != MOAT_OK) {
-        reply_store_fault(r, rc, "read the timeline");
+        moat_req_reply_store_error(r, rc, "posts", "read the timeline");
         return;
     }
     size_t shown = n > limit ? limit : n;

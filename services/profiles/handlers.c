@@ -26,11 +26,6 @@
 
 static void reply_store_fault(struct moat_req *r, int rc, const char *what)
 {
-    if (rc == MOAT_EBUSY) {
-        moat_req_set_header(r, "Retry-After", "1");
-        moat_req_reply_problem(r, 503, "the profiles database is busy; retry");
-        return;
-    }
     if (rc == PRO_EINTEGRITY) {
         /* Logged by the store (row and field, never the content). */
         moat_req_reply_problem(r, 500,
@@ -38,9 +33,7 @@ static void reply_store_fault(struct moat_req *r, int rc, const char *what)
                                "check and is not shown");
         return;
     }
-    moat_log(MOAT_LOG_ERROR, "profiles store failure", "{s:s, s:s}", "op", what,
-             "error", moat_strerror(rc));
-    moat_req_reply_problem(r, 500, "the profile could not be %s", what);
+    moat_req_reply_store_error(r, rc, "profiles", what);
 }
 
 static void reply_profile(struct moat_req *r, const struct pro_profile *p)
@@ -65,7 +58,7 @@ static void reply_by_id(struct moat_req *r, struct pro_service *ps,
         moat_req_reply_problem(r, 404, "there is no profile for user \"%s\"",
                                user_id);
     else if (rc != MOAT_OK)
-        reply_store_fault(r, rc, "read");
+        reply_store_fault(r, rc, "read the profile");
     else
         reply_profile(r, &p);
     pro_profile_release(&p);
@@ -122,7 +115,7 @@ static void handle_find(struct moat_req *r, void *arg)
     struct pro_profile p = {0};
     int rc = pro_store_get_by_handle(ps->store, handle, &p);
     if (rc != MOAT_OK && rc != MOAT_ENOTFOUND) {
-        reply_store_fault(r, rc, "read");
+        reply_store_fault(r, rc, "read the profile");
         return;
     }
     json_t *items = json_array();
@@ -210,7 +203,7 @@ static void handle_put_me(struct moat_req *r, void *arg)
     } else if (rc == MOAT_EPRECOND) {
         reply_stale(r, ps, id);
     } else {
-        reply_store_fault(r, rc, "saved");
+        reply_store_fault(r, rc, "save the profile");
     }
 
 out:

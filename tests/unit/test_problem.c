@@ -121,12 +121,35 @@ static void test_validation_error_cap(void **state)
     json_decref(body);
 }
 
+static void test_typed_and_text(void **state)
+{
+    (void)state;
+    json_t *pr = moat_problem_typed(409, "urn:moat:problem:x", "busy");
+    assert_string_equal(json_string_value(json_object_get(pr, "type")),
+                        "urn:moat:problem:x");
+    assert_int_equal(json_integer_value(json_object_get(pr, "status")), 409);
+    assert_string_equal(json_string_value(json_object_get(pr, "detail")),
+                        "busy");
+    json_decref(pr);
+
+    const char *ok[] = {"hi", "two\nlines\tand a tab", " x ", "caf\xc3\xa9"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(ok); i++)
+        assert_null(moat_text_problem(ok[i], strlen(ok[i])));
+    const char *bad[] = {"", " \n\t ", "a\x01b", "del\x7f", "esc\x1b[0m"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++)
+        if (!moat_text_problem(bad[i], strlen(bad[i])))
+            fail_msg("accepted text %zu", i);
+    /* An embedded NUL is a control character too. */
+    assert_non_null(moat_text_problem("a\0b", 3));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_problem_shape),
         cmocka_unit_test(test_validation_collects_every_error),
         cmocka_unit_test(test_validation_error_cap),
+        cmocka_unit_test(test_typed_and_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
