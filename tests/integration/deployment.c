@@ -241,3 +241,81 @@ int h_deployment_stop(struct h_deployment *dep)
     memset(dep, 0, sizeof(*dep));
     return bad;
 }
+
+/* ---- a deployment file for `moat up` ---- */
+
+/* Replace every occurrence of from in s by to. Caller frees. */
+static char *replace_all(const char *s, const char *from, const char *to)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    size_t n = strlen(from);
+    for (const char *p; (p = strstr(s, from));) {
+        moat_buf_add(&b, s, (size_t)(p - s));
+        moat_buf_addstr(&b, to);
+        s = p + n;
+    }
+    moat_buf_addstr(&b, s);
+    return moat_buf_detach(&b, NULL);
+}
+
+void h_deployment_write_free_ports(const char *src, const char *dst,
+                                   const char *name, char *gw_url,
+                                   size_t gw_len)
+{
+    json_error_t err;
+    json_t *root = json_load_file(src, JSON_REJECT_DUPLICATES, &err);
+    if (!root)
+        fail_msg("cannot read %s: %s", src, err.text);
+    json_t *services = json_object_get(root, "services");
+    size_t n = json_array_size(services);
+    char **from = calloc(n, sizeof(*from)), **to = calloc(n, sizeof(*to));
+    uint16_t *ports = calloc(n, sizeof(*ports));
+    for (size_t i = 0; i < n; i++) {
+        json_t *svc = json_array_get(services, i);
+        uint16_t p;
+        bool taken;
+        do {
+            p = h_free_port();
+            taken = false;
+            for (size_t k = 0; k < i; k++)
+                taken = taken || ports[k] == p;
+        } while (taken);
+        ports[i] = p;
+        from[i] = strdup(json_string_value(json_object_get(svc, "listen")));
+        to[i] = strdup(h_fmt("127.0.0.1:%u", p));
+        json_object_set_new(svc, "listen", json_string(to[i]));
+        if (json_array_size(json_object_get(svc, "routes")))
+            snprintf(gw_url, gw_len, "http://%s", to[i]);
+    }
+    size_t i;
+    json_t *svc;
+    json_array_foreach(services, i, svc)
+    {
+        const char *key;
+        json_t *val;
+        json_object_foreach(json_object_get(svc, "env"), key, val)
+        {
+            char *v = strdup(json_string_value(val));
+            for (size_t k = 0; k < n; k++) {
+                char *r = replace_all(v, from[k], to[k]);
+                free(v);
+                v = r;
+            }
+            json_object_set_new(json_object_get(svc, "env"), key,
+                                json_string(v));
+            free(v);
+        }
+    }
+    if (name)
+        json_object_set_new(root, "name", json_string(name));
+    json_object_set_new(root, "var_dir", json_string("var"));
+    assert_int_equal(json_dump_file(root, dst, JSON_INDENT(2)), 0);
+    for (size_t k = 0; k < n; k++) {
+        free(from[k]);
+        free(to[k]);
+    }
+    free(from);
+    free(to);
+    free(ports);
+    json_decref(root);
+}

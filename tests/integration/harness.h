@@ -380,4 +380,17 @@ int h_deployment_restart(struct h_deployment *dep, struct h_service *svc);
  * how many did not exit 0. */
 int h_deployment_stop(struct h_deployment *dep);
 
+/*
+ * For tests that run the real `moat up`: write the deployment file src to
+ * dst with every service on a free loopback port. Each listen address,
+ * and every env value naming one of the file's addresses, follows; the
+ * state goes to "var" beside dst; name, when not NULL, replaces the
+ * deployment's name. gw_url (gw_len bytes) receives the gateway's
+ * "http://127.0.0.1:<port>" (the service with routes). Aborts the test on
+ * failure.
+ */
+void h_deployment_write_free_ports(const char *src, const char *dst,
+                                   const char *name, char *gw_url,
+                                   size_t gw_len);
+
 #endif /* MOAT_TEST_HARNESS_H */

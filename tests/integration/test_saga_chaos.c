@@ -37,84 +37,6 @@ static struct {
     pid_t up_pid;
 } dep;
 
-/* Replace every occurrence of from in s by to. Caller frees. */
-static char *replace_all(const char *s, const char *from, const char *to)
-{
-    struct moat_buf b = MOAT_BUF_INIT;
-    size_t n = strlen(from);
-    for (const char *p; (p = strstr(s, from));) {
-        moat_buf_add(&b, s, (size_t)(p - s));
-        moat_buf_addstr(&b, to);
-        s = p + n;
-    }
-    moat_buf_addstr(&b, s);
-    return moat_buf_detach(&b, NULL);
-}
-
-/*
- * The repository's moat.json with every service on a free port: listen
- * addresses, and every env value naming one (MOAT_*_URL), follow.
- */
-static void write_deployment(void)
-{
-    json_error_t err;
-    json_t *root = json_load_file(MOAT_SOURCE_DIR "/moat.json",
-                                  JSON_REJECT_DUPLICATES, &err);
-    if (!root)
-        fail_msg("cannot read moat.json: %s", err.text);
-    json_t *services = json_object_get(root, "services");
-    size_t n = json_array_size(services);
-    char **from = calloc(n, sizeof(*from)), **to = calloc(n, sizeof(*to));
-    uint16_t *ports = calloc(n, sizeof(*ports));
-    for (size_t i = 0; i < n; i++) {
-        json_t *svc = json_array_get(services, i);
-        uint16_t p;
-        bool taken;
-        do {
-            p = h_free_port();
-            taken = false;
-            for (size_t k = 0; k < i; k++)
-                taken = taken || ports[k] == p;
-        } while (taken);
-        ports[i] = p;
-        from[i] = strdup(json_string_value(json_object_get(svc, "listen")));
-        to[i] = strdup(h_fmt("127.0.0.1:%u", p));
-        json_object_set_new(svc, "listen", json_string(to[i]));
-        if (json_array_size(json_object_get(svc, "routes")))
-            snprintf(dep.gw_url, sizeof(dep.gw_url), "http://%s", to[i]);
-    }
-    size_t i;
-    json_t *svc;
-    json_array_foreach(services, i, svc)
-    {
-        const char *key;
-        json_t *val;
-        json_object_foreach(json_object_get(svc, "env"), key, val)
-        {
-            char *v = strdup(json_string_value(val));
-            for (size_t k = 0; k < n; k++) {
-                char *r = replace_all(v, from[k], to[k]);
-                free(v);
-                v = r;
-            }
-            json_object_set_new(json_object_get(svc, "env"), key,
-                                json_string(v));
-            free(v);
-        }
-    }
-    json_object_set_new(root, "name", json_string("chaos"));
-    json_object_set_new(root, "var_dir", json_string("var"));
-    assert_int_equal(json_dump_file(root, dep.file, JSON_INDENT(2)), 0);
-    for (size_t k = 0; k < n; k++) {
-        free(from[k]);
-        free(to[k]);
-    }
-    free(from);
-    free(to);
-    free(ports);
-    json_decref(root);
-}
-
 static bool ready(const char *url)
 {
     struct h_resp r;
@@ -165,7 +87,8 @@ static void test_chaos_drill(void **state)
             skip();
         }
     }
-    write_deployment();
+    h_deployment_write_free_ports(MOAT_SOURCE_DIR "/moat.json", dep.file,
+                                  "chaos", dep.gw_url, sizeof(dep.gw_url));
 
     dep.up_pid = fork();
     assert_true(dep.up_pid >= 0);
