@@ -16,6 +16,10 @@
 /* Write prefix + id into out (cap >= strlen(prefix) + 27); truncates
  * rather than overflow when cap is short (a programming error). */
 void moat_id_new(const char *prefix, char *out, size_t cap);
+/* A reference to something another moat service named, checked loosely:
+ * 1 to max characters of [A-Za-z0-9_-] (every moat id, and the ids tests
+ * make up). False for NULL. */
+bool moat_ref_valid(const char *s, size_t max);
 /* True when s is prefix followed by a well-formed 26-character id. */
 bool moat_id_valid(const char *s, const char *prefix);
 

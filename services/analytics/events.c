@@ -18,6 +18,8 @@
  */
 #include "moat/common.h"
 
+#include "moat/id.h"
+
 #include <string.h>
 
 #include "analytics.h"
@@ -72,16 +74,7 @@ const char *const *an_event_types(const char *source)
 static const char *get_id(json_t *data, const char *key)
 {
     const char *s = json_string_value(json_object_get(data, key));
-    size_t len = s ? strlen(s) : 0;
-    if (len == 0 || len > AN_KEY_MAX)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return NULL;
-    }
-    return s;
+    return moat_ref_valid(s, AN_KEY_MAX) ? s : NULL;
 }
 
 /* The data in the current schema, by the producer's contract. */

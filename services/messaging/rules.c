@@ -1,6 +1,8 @@
 /* rules.c - messaging's input rules (see rules.h). */
 #include "moat/common.h"
 
+#include "moat/id.h"
+
 #include "moat/problem.h"
 
 #include <string.h>
@@ -18,16 +20,7 @@ const char *msg_text_problem(const char *s, size_t len, size_t max)
 
 bool msg_user_id_valid(const char *s)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n < 1 || n > USER_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return moat_ref_valid(s, USER_ID_MAX);
 }
 
 size_t msg_member_set(const char *creator, const char *const *ids, size_t n,

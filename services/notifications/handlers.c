@@ -31,16 +31,7 @@
 /* Ids as moat services make them, loosely: 1..64 of [A-Za-z0-9_-]. */
 static bool key_valid(const char *s)
 {
-    size_t len = strlen(s);
-    if (len == 0 || len > NTF_KEY_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return moat_ref_valid(s, NTF_KEY_MAX);
 }
 
 static bool utf8_valid(const char *s)

@@ -151,16 +151,7 @@ static void place_free(struct place *pl)
 
 static bool token_ok(const char *s)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > ORD_TOKEN_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return moat_ref_valid(s, ORD_TOKEN_MAX);
 }
 
 /* Validate the body into pl->o's lines and card token. NULL or a 422. */

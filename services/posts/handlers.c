@@ -345,16 +345,7 @@ cleanup:
 /* A user id as principals carry them: 1..63 of [A-Za-z0-9_-]. */
 static bool user_id_valid(const char *s)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n < 1 || n > PST_USER_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return moat_ref_valid(s, PST_USER_MAX);
 }
 
 /* The cursor is opaque to clients: hex of the last post id of the page. */

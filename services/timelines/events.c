@@ -9,6 +9,8 @@
  */
 #include "moat/common.h"
 
+#include "moat/id.h"
+
 #include <string.h>
 
 #include "contracts/connections.h"
@@ -27,16 +29,7 @@ const char *const tl_connections_event_types[] = {CONNECTIONS_FOLLOWED,
 static const char *get_id(json_t *data, const char *key)
 {
     const char *s = json_string_value(json_object_get(data, key));
-    size_t len = s ? strlen(s) : 0;
-    if (len == 0 || len > TL_KEY_MAX)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return NULL;
-    }
-    return s;
+    return moat_ref_valid(s, TL_KEY_MAX) ? s : NULL;
 }
 
 /* The post as the timeline shows it: the event's fields a reader needs,

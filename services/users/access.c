@@ -170,16 +170,7 @@ cleanup:
 /* A comment id from comments: 1..64 of [A-Za-z0-9_-] (opaque here). */
 static bool comment_id_valid(const char *s)
 {
-    size_t n = strlen(s);
-    if (n == 0 || n > USR_COMMENT_ID_MAX)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '-'))
-            return false;
-    }
-    return true;
+    return moat_ref_valid(s, USR_COMMENT_ID_MAX);
 }
 
 static void validate_action(struct moat_validation *v, json_t *body,

@@ -63,9 +63,24 @@ static void test_hex_round_trip(void **state)
     assert_int_equal(moat_unhex(NULL, back, 1), MOAT_EINVAL);
 }
 
+static void test_ref_valid(void **state)
+{
+    (void)state;
+    assert_true(moat_ref_valid("usr_01J0ABC", 64));
+    assert_true(moat_ref_valid("a-b_C9", 6));
+    assert_false(moat_ref_valid("a-b_C9", 5)); /* over max */
+    assert_false(moat_ref_valid("", 64));
+    assert_false(moat_ref_valid(NULL, 64));
+    assert_false(moat_ref_valid("a b", 64));
+    assert_false(moat_ref_valid("a/b", 64));
+    assert_false(moat_ref_valid("a.b", 64));
+    assert_false(moat_ref_valid("caf\xc3\xa9", 64));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ref_valid),
         cmocka_unit_test(test_ids_sort_and_validate),
         cmocka_unit_test(test_invalid_ids),
         cmocka_unit_test(test_hex_round_trip),
