@@ -626,6 +626,50 @@ out:
     return rc;
 }
 
+int moat_keyring_retire(struct moat_keyring *kr, uint32_t *retired)
+{
+    struct secrets *ns = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = MOAT_OK;
+
+    if (!kr)
+        return MOAT_EINVAL;
+    if (!kr->file)
+        return MOAT_EUNSUPPORTED;
+    pthread_rwlock_wrlock(kr->lock);
+    const struct secrets *s = kr->s;
+    uint32_t n = (uint32_t)(s->ndata - 1);
+    if (n == 0)
+        goto out;
+    ns = secrets_alloc(1);
+    memcpy(ns->index_key, s->index_key, MOAT_KEY_BYTES);
+    ns->data[0] = s->data[s->ndata - 1];
+    ns->ndata = 1;
+    secrets_seal(ns);
+
+    /* The file first: a key dropped from memory but still on disk would
+     * come back at the next start. */
+    text = serialise_keyring(ns, &len);
+    rc = write_file_atomic(kr->file, text, len, true);
+    if (rc != MOAT_OK)
+        goto out;
+    sodium_free(kr->s);
+    kr->s = ns;
+    ns = NULL;
+    moat_log(MOAT_LOG_INFO, "retired old data keys", "{s:s, s:I, s:I}", "path",
+             kr->file, "retired", (json_int_t)n, "active",
+             (json_int_t)kr->s->data[0].id);
+out:
+    pthread_rwlock_unlock(kr->lock);
+    if (ns)
+        sodium_free(ns);
+    free_wiped(text, len);
+    if (retired)
+        *retired = rc == MOAT_OK ? n : 0;
+    return rc;
+}
+
 /* ---- sealed fields ----------------------------------------------------- */
 
 static bool is_b64url_char(char c)

@@ -71,6 +71,17 @@ uint32_t moat_keyring_active(const struct moat_keyring *kr);
  */
 int moat_keyring_rotate(struct moat_keyring *kr, uint32_t *new_id);
 
+/*
+ * Rotation, step 3: drop every data key but the active one, from the key
+ * file (atomically, as rotate) and from memory. Only once no stored value
+ * is sealed with an older key (the caller checks; moat/keys.h does): what
+ * is still sealed with a retired key can never be opened again, and
+ * neither can backups taken before the re-sealing. *retired (may be NULL)
+ * gets the number of keys dropped (0: nothing to retire). Errors as
+ * moat_keyring_rotate.
+ */
+int moat_keyring_retire(struct moat_keyring *kr, uint32_t *retired);
+
 /* Seal plaintext (len bytes, at most MOAT_SEALED_MAX_INPUT, else
  * MOAT_ETOOBIG) for place ad (non-NULL). *out is a new string. */
 int moat_seal(const struct moat_keyring *kr, const char *ad, const void *pt,

@@ -61,7 +61,7 @@ static void schedule(struct ord_service *os)
 static void store_profile(struct ord_service *os, const char *id,
                           const char *name, const char *email)
 {
-    int rc = ord_customer_put(os->db, id, name, email, moat_wall_ms());
+    int rc = ord_customer_put(os->db, os->kr, id, name, email, moat_wall_ms());
     if (rc != MOAT_OK)
         moat_log(MOAT_LOG_ERROR, "cannot store a customer copy", "{s:s, s:s}",
                  "customer", id, "error", moat_strerror(rc));

@@ -84,7 +84,7 @@ static json_t *order_json(struct ord_service *os, const struct ord_order *o)
         (json_int_t)(o->updated_ms / 1000), "completed_at",
         nullable_time(o->completed_ms));
     struct ord_customer c;
-    if (ord_customer_get(os->db, o->customer_id, &c) == MOAT_OK) {
+    if (ord_customer_get(os->db, os->kr, o->customer_id, &c) == MOAT_OK) {
         json_object_set_new(j, "customer",
                             json_pack("{s:o, s:o}", "name",
                                       nullable_str(c.name), "email",
@@ -279,7 +279,7 @@ static void place_finish(struct place *pl)
         rc = ord_idem_insert(os->db, pl->o.customer_id, pl->key,
                              pl->fingerprint, pl->o.id, moat_wall_ms());
     if (rc == MOAT_OK) {
-        rc = ord_customer_get(os->db, pl->o.customer_id, &c);
+        rc = ord_customer_get(os->db, NULL, pl->o.customer_id, &c);
         if (rc == MOAT_OK)
             ord_customer_release(&c);
         else if (rc == MOAT_ENOTFOUND) /* the refresher fetches it */
@@ -294,6 +294,7 @@ static void place_finish(struct place *pl)
         moat_db_rollback(os->db);
     if (rc == MOAT_OK) {
         moat_outbox_committed(os->outbox);
+        ord_audit(os, req, &pl->o, "order.placed");
         moat_log(MOAT_LOG_INFO, "order placed", "{s:s, s:s, s:I, s:s}", "order",
                  pl->o.id, "customer", pl->o.customer_id, "total",
                  (json_int_t)pl->o.total, "currency", pl->o.currency);
@@ -621,11 +622,13 @@ static void handle_cancel(struct moat_req *req, void *arg)
         moat_log_set_trace(&t);
         rc = ord_saga_cancel(os, &o, &changed);
         moat_log_set_trace(saved);
+        if (rc == MOAT_OK)
+            rc = moat_db_commit(os->db);
+        if (rc == MOAT_OK && changed)
+            ord_audit(os, req, &o, "order.cancel");
         ord_order_release(&o);
     }
-    if (rc == MOAT_OK)
-        rc = moat_db_commit(os->db);
-    else
+    if (rc != MOAT_OK)
         moat_db_rollback(os->db);
     if (rc == MOAT_ENOTFOUND) {
         moat_req_reply_problem(req, 404, "no such order");

@@ -14,6 +14,10 @@
  *                               steps (default 30000, 50..3600000)
  *   MOAT_ORDERS_API_TIMEOUT_MS  per call to catalog or users (default 2000)
  *   MOAT_OUTBOX_RETENTION_S     keep events this long (default 7 days)
+ *   MOAT_ORDERS_KEYRING         the keyring's text instead of the key file
+ *                               $MOAT_DATA_DIR/keys (moat/crypto.h)
+ *
+ * $MOAT_DATA_DIR/audit.log records every order state change (moat/audit.h).
  */
 #include "moat/common.h"
 
@@ -21,9 +25,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moat/audit.h"
 #include "moat/config.h"
+#include "moat/crypto.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
+#include "moat/keys.h"
 #include "moat/log.h"
 #include "moat/service.h"
 #include "orders.h"
@@ -47,8 +54,11 @@ static void orders_free(struct ord_service *os)
     moat_consumer_free(os->consumer);
     moat_http_client_free(os->api); /* cancels calls: their callbacks free */
     moat_outbox_free(os->outbox);
+    moat_keys_free(os->keys);
     if (os->db)
         moat_db_close(os->db);
+    moat_audit_close(os->audit);
+    moat_keyring_free(os->kr);
     for (size_t i = 0; i < os->nbusy; i++)
         free(os->busy[i]);
     free(os->busy);
@@ -82,6 +92,21 @@ static void collect(struct moat_metrics *m, void *arg)
             moat_metric_single(f),
             json_real_value(json_object_get(sum, "oldest_open_age_seconds")));
     json_decref(sum);
+}
+
+/* moat/keys.h's store functions: the customer copies. */
+static int rekey_batch(void *arg, uint32_t active, char *after, size_t batch,
+                       size_t *resealed, size_t *failed, bool *finished)
+{
+    struct ord_service *os = arg;
+    return ord_customers_rekey_batch(os->db, os->kr, active, after, batch,
+                                     resealed, failed, finished);
+}
+
+static int rows_by_key(void *arg, json_t **out)
+{
+    struct ord_service *os = arg;
+    return ord_customers_rows_by_key(os->db, out);
 }
 
 /* Consume, sweep and refresh once the process is confined and listening
@@ -126,6 +151,16 @@ static int orders_init(struct moat_service *svc)
     os->step_timeout_ms = timeout;
     os->api_timeout_ms = (long)api_timeout;
 
+    char *path = moat_xasprintf("%s/keys", svc->cfg.data_dir);
+    rc = moat_keyring_load(&os->kr, "MOAT_ORDERS_KEYRING", path);
+    free(path);
+    if (rc != MOAT_OK)
+        goto cleanup;
+    path = moat_xasprintf("%s/%s", svc->cfg.data_dir, MOAT_AUDIT_FILE);
+    rc = moat_audit_open(&os->audit, path);
+    free(path);
+    if (rc != MOAT_OK)
+        goto cleanup;
     rc = ord_store_open(&os->db, svc->cfg.data_dir, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the orders database",
@@ -163,6 +198,12 @@ static int orders_init(struct moat_service *svc)
         rc = moat_feed_register(os->outbox, svc->http);
     if (rc == MOAT_OK)
         rc = ord_routes_register(os);
+    if (rc == MOAT_OK)
+        rc = moat_keys_new(
+            &os->keys, svc, os->kr,
+            &(struct moat_keys_store){rekey_batch, rows_by_key, os},
+            &(struct moat_keys_options){.env_name = "MOAT_ORDERS_KEYRING",
+                                        .audit = os->audit});
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot set up orders", "{s:s}", "error",
                  moat_strerror(rc));

@@ -5,6 +5,7 @@
  *   saga.c       the CreateOrder saga: every transition, the commands it
  *                sends, the replies it applies, the deadline sweeper
  *   customers.c  the denormalised customer copies (users' events + API)
+ *   customer_store.c  the sealed customer copy (store.h)
  *   store.c      the database (store.h)
  * docs/saga.md is the contract with the participants; docs/orders.md the
  * API.
@@ -22,6 +23,8 @@
 #include "store.h"
 
 struct event;
+struct moat_audit;
+struct moat_keys;
 
 /* Per-process state, created by init and freed by release in main.c. */
 struct ord_service {
@@ -30,6 +33,9 @@ struct ord_service {
     struct moat_outbox *outbox;          /* owned */
     struct moat_consumer *consumer;      /* owned */
     struct moat_http_client *api;        /* owned: catalog and users calls */
+    struct moat_keyring *kr;             /* owned: seals the customer copy */
+    struct moat_keys *keys;              /* owned: /v1/admin/keys */
+    struct moat_audit *audit;            /* owned: order state changes */
     const char *catalog_url, *users_url; /* borrowed from the environment */
     const char *inventory_url, *payments_url;
     int64_t step_timeout_ms;       /* deadline of reserving and authorizing */
@@ -52,6 +58,11 @@ int ord_test_hooks_register(struct ord_service *os);
 #endif
 
 /* ---- saga.c ---- */
+
+/* Record o's state change (action "order.placed", "order.cancel",
+ * "order.finished") in the audit log, for request r or (NULL) the saga. */
+void ord_audit(struct ord_service *os, struct moat_req *r,
+               const struct ord_order *o, const char *action);
 
 /* Reply types per source (NULL-terminated), for the subscriptions. */
 extern const char *const ord_inventory_replies[];

@@ -25,6 +25,7 @@
 #include "contracts/inventory.h"
 #include "contracts/orders.h"
 #include "contracts/payments.h"
+#include "moat/keys.h"
 #include "moat/log.h"
 #include "moat/trace.h"
 #include "orders.h"
@@ -117,6 +118,19 @@ static void observe_done(struct ord_service *os, const struct ord_order *o)
                         (double)(o->completed_ms - o->created_ms) / 1000.0);
 }
 
+/* An order's state change in the audit log (moat/audit.h): by the saga
+ * (r NULL) or by the request r. */
+void ord_audit(struct ord_service *os, struct moat_req *r,
+               const struct ord_order *o, const char *action)
+{
+    json_t *d = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}", "customer_id",
+                          o->customer_id, "status", o->status, "step", o->step,
+                          "reason", o->cancel_reason, "total",
+                          (json_int_t)o->total, "currency", o->currency);
+    moat_audit_req(os->audit, r, action, o->id, "ok", d);
+    json_decref(d);
+}
+
 /* Final: status (confirmed / cancelled), step done, its order event. */
 static int finish(struct ord_service *os, struct ord_order *o,
                   const char *status)
@@ -129,6 +143,7 @@ static int finish(struct ord_service *os, struct ord_order *o,
         rc = ord_order_update(os->db, o);
     if (rc == MOAT_OK) {
         observe_done(os, o);
+        ord_audit(os, NULL, o, "order.finished");
         moat_log(MOAT_LOG_INFO, "order saga finished", "{s:s, s:s, s:s}",
                  "order", o->id, "status", o->status, "reason",
                  o->cancel_reason);

@@ -66,6 +66,16 @@ static const struct moat_migration migrations[] = {
      "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n"},
     {2, "outbox", MOAT_OUTBOX_SCHEMA},
     {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+    /* The customer copy sealed (customer_store.c): what was stored in
+     * plain text is dropped and marked stale, so the refresher fetches it
+     * again from users and stores it sealed; secure_delete (ord_store_open)
+     * overwrites the old text. key_id 0: nothing sealed in the row. */
+    {4, "sealed customer copies",
+     "ALTER TABLE customers RENAME COLUMN name TO name_enc;\n"
+     "ALTER TABLE customers RENAME COLUMN email TO email_enc;\n"
+     "ALTER TABLE customers ADD COLUMN key_id INTEGER NOT NULL DEFAULT 0;\n"
+     "UPDATE customers SET name_enc = NULL, email_enc = NULL, stale = 1;\n"
+     "CREATE INDEX customers_key_id ON customers (key_id);\n"},
 };
 
 const struct moat_migration *ord_store_migrations(size_t *n)
@@ -77,8 +87,20 @@ const struct moat_migration *ord_store_migrations(size_t *n)
 int ord_store_open(struct moat_db **out, const char *data_dir,
                    struct moat_metrics *metrics)
 {
-    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
-                                 migrations, MOAT_ARRAY_LEN(migrations));
+    /* secure_delete: a re-sealed or dropped customer copy leaves no old
+     * text in free pages; the checkpoint empties the WAL of what an
+     * earlier run (or migration 4) wrote there. */
+    const struct moat_db_options opts = {.secure_delete = true};
+    int rc = moat_db_open_migrated(out, data_dir, DB_FILE, &opts, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
+    if (rc == MOAT_OK)
+        rc = moat_db_exec(*out, "wal_truncate",
+                          "PRAGMA wal_checkpoint(TRUNCATE)");
+    if (rc != MOAT_OK && *out) {
+        moat_db_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 bool ord_store_ready(struct moat_db *db, const char **why)
@@ -436,30 +458,6 @@ int ord_idem_insert(struct moat_db *db, const char *customer_id,
 
 /* ---- customers ---- */
 
-int ord_customer_get(struct moat_db *db, const char *id,
-                     struct ord_customer *out)
-{
-    struct moat_stmt *st = moat_db_prepare(
-        db, "customer_get",
-        "SELECT name, email, stale FROM customers WHERE id = ?1");
-    if (!st)
-        return MOAT_EDB;
-    bind_text(st, 1, id);
-    memset(out, 0, sizeof(*out));
-    int src = moat_stmt_step(st);
-    int rc = MOAT_OK;
-    if (src == SQLITE_ROW) {
-        snprintf(out->id, sizeof(out->id), "%s", id);
-        out->name = col_dup(st, 0);
-        out->email = col_dup(st, 1);
-        out->stale = col_i64(st, 2) != 0;
-    } else {
-        rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(db, src);
-    }
-    moat_stmt_reset(st);
-    return rc;
-}
-
 int ord_customer_mark_stale(struct moat_db *db, const char *id, int64_t now_ms)
 {
     struct moat_stmt *st = moat_db_prepare(
@@ -470,23 +468,6 @@ int ord_customer_mark_stale(struct moat_db *db, const char *id, int64_t now_ms)
         return MOAT_EDB;
     bind_text(st, 1, id);
     bind_i64(st, 2, now_ms);
-    return step_done(db, st);
-}
-
-int ord_customer_put(struct moat_db *db, const char *id, const char *name,
-                     const char *email, int64_t now_ms)
-{
-    struct moat_stmt *st = moat_db_prepare(
-        db, "customer_put",
-        "INSERT INTO customers (id, name, email, stale, updated_ms) "
-        "VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (id) DO UPDATE SET "
-        "name = ?2, email = ?3, stale = 0, updated_ms = ?4");
-    if (!st)
-        return MOAT_EDB;
-    bind_text(st, 1, id);
-    bind_text(st, 2, name);
-    bind_text(st, 3, email);
-    bind_i64(st, 4, now_ms);
     return step_done(db, st);
 }
 

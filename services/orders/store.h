@@ -1,8 +1,9 @@
 /*
  * store.h - orders' own database ($MOAT_DATA_DIR/orders.db, SQLite): orders,
  * their lines, the saga state of each order, idempotency records, the
- * denormalised customer copies, the outbox (commands and order events) and
- * the consumer's cursors. store.c is the only code that knows the schema.
+ * denormalised customer copies (sealed, customer_store.c), the outbox (commands
+ * and order events) and the consumer's cursors. store.c is the only code that
+ * knows the schema.
  *
  * Ownership: struct ord_order owns its lines (and their names); release it
  * with ord_order_release. Strings passed in are borrowed. Everything runs
@@ -16,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moat/crypto.h"
 #include "moat/db.h"
 #include "moat/events.h"
 #include "moat/metrics.h"
@@ -126,14 +128,28 @@ int ord_idem_insert(struct moat_db *db, const char *customer_id,
                     const char *key, const char *fingerprint,
                     const char *order_id, int64_t now_ms);
 
-int ord_customer_get(struct moat_db *db, const char *id,
-                     struct ord_customer *out);
+/*
+ * The customer copy is sealed (customer_store.c): name_enc and email_enc
+ * hold moat/crypto.h sealed text bound to "orders.customer.name:<id>" and
+ * "orders.customer.email:<id>", key_id the data key (0: nothing sealed).
+ * get: MOAT_ENOTFOUND when no row, MOAT_EINVAL when a value does not open
+ * (tampered, moved, or its key retired). kr NULL: whether the row exists
+ * and is stale only, nothing opened (name and email stay NULL).
+ */
+int ord_customer_get(struct moat_db *db, const struct moat_keyring *kr,
+                     const char *id, struct ord_customer *out);
 /* Mark a customer changed by users (creating the row): the refresher
  * fetches the profile. */
 int ord_customer_mark_stale(struct moat_db *db, const char *id, int64_t now_ms);
 /* Store the profile fetched from users (not stale any more). */
-int ord_customer_put(struct moat_db *db, const char *id, const char *name,
-                     const char *email, int64_t now_ms);
+int ord_customer_put(struct moat_db *db, const struct moat_keyring *kr,
+                     const char *id, const char *name, const char *email,
+                     int64_t now_ms);
+/* moat/keys.h's store functions over the customer copies. */
+int ord_customers_rekey_batch(struct moat_db *db, const struct moat_keyring *kr,
+                              uint32_t active, char *after, size_t batch,
+                              size_t *resealed, size_t *failed, bool *finished);
+int ord_customers_rows_by_key(struct moat_db *db, json_t **out);
 /* Ids of up to limit stale customers. */
 int ord_customers_stale(struct moat_db *db, size_t limit,
                         char (*ids)[ORD_REF_MAX + 1], size_t *n);

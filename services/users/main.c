@@ -17,6 +17,7 @@
 
 #include "moat/config.h"
 #include "moat/jwt.h"
+#include "moat/keys.h"
 #include "moat/events.h"
 #include "moat/log.h"
 #include "moat/service.h"
@@ -157,21 +158,6 @@ out:
     return rc;
 }
 
-/* True when some row is not sealed with the active key (a rotation that
- * a restart interrupted). */
-static bool rows_behind(struct usr_service *usr)
-{
-    json_t *rows = NULL;
-    if (usr_store_rows_by_key(usr->store, &rows) != MOAT_OK)
-        return false;
-    char active[16];
-    snprintf(active, sizeof(active), "%u", moat_keyring_active(usr->kr));
-    bool behind =
-        json_object_size(rows) > (json_object_get(rows, active) ? 1u : 0u);
-    json_decref(rows);
-    return behind;
-}
-
 static void users_free(struct usr_service *usr)
 {
     if (!usr)
@@ -180,7 +166,7 @@ static void users_free(struct usr_service *usr)
      * still use the store and the audit log (and reply 503 to requests it
      * never ran). */
     moat_work_pool_free(usr->pool);
-    usr_rekey_release(usr);
+    moat_keys_free(usr->keys);
     moat_audit_close(usr->audit);
     usr_store_close(usr->store);
     moat_keyring_free(usr->kr);
@@ -261,11 +247,6 @@ static int users_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto out;
 
-    if (rows_behind(usr)) {
-        moat_log(MOAT_LOG_INFO, "resuming re-encryption to the active key",
-                 "{s:i}", "key", (int)moat_keyring_active(usr->kr));
-        usr_rekey_start(usr);
-    }
     svc->impl = usr;
     usr = NULL;
 

@@ -7,7 +7,7 @@
  *               the reply and authorisation helpers the other files share;
  *   access.c    role changes, suspension, moderation actions;
  *   tokens.c    /v1/auth: login, refresh-token rotation, logout;
- *   keys.c      /v1/admin/keys: data-key rotation and re-encryption;
+ *   keys.c      /v1/admin/keys (moat/keys.h) over the store;
  *   password.c  Argon2id hashing and verification on the work pool;
  *   user.c      the account model (ids, field rules, JSON);
  *   store.c     the database: schema, queries, sealing (the only code that
@@ -54,22 +54,14 @@ struct usr_config {
     int64_t rekey_pause_ms;       /* MOAT_USERS_REKEY_PAUSE_MS, 0 */
 };
 
-/* State of the background re-encryption after a key rotation (keys.c). */
-struct usr_rekey {
-    struct event *timer; /* owned; NULL until the first rotation */
-    bool running;
-    uint32_t target_key;        /* key the rows are being moved to */
-    char after[USR_ID_LEN + 1]; /* keyset cursor of the current pass */
-    uint64_t resealed;          /* rows moved in the current pass */
-    uint64_t failed;            /* rows that failed to open in the pass */
-};
-
 enum usr_login_outcome {
     USR_LOGIN_OK,
     USR_LOGIN_FAILED,
     USR_LOGIN_RATE_LIMITED,
     USR_LOGIN_OUTCOMES,
 };
+
+struct moat_keys;
 
 struct usr_service {
     struct moat_service *svc; /* borrowed */
@@ -85,10 +77,9 @@ struct usr_service {
     /* Argon2id hash of a random password, verified against when the
      * email is unknown so that both cases cost the same. */
     char dummy_hash[MOAT_PASSWORD_HASH_MAX];
-    struct usr_rekey rekey;
+    struct moat_keys *keys; /* owned; moat/keys.h */
     /* Borrowed from the service's metrics registry. */
     struct moat_metric_series *m_logins[USR_LOGIN_OUTCOMES];
-    struct moat_metric_family *m_rows_by_key; /* {key} */
 };
 
 /* ---- handlers.c: routes and shared helpers ---- */
@@ -131,13 +122,8 @@ int usr_auth_routes_register(struct usr_service *usr);
 
 /* ---- keys.c ---- */
 
+/* moat/keys.h's routes over users' store; resumes an interrupted pass. */
 int usr_keys_routes_register(struct usr_service *usr);
-/* Start (or restart) re-encryption towards the active key. */
-void usr_rekey_start(struct usr_service *usr);
-/* Stop the timer; called from release. */
-void usr_rekey_release(struct usr_service *usr);
-/* Refresh moat_users_rows_by_key (a metrics collector). */
-void usr_collect_rows_by_key(struct moat_metrics *m, void *arg);
 
 /* ---- password.c ---- */
 
