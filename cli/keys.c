@@ -1,8 +1,10 @@
 /*
- * keys.c - `moat keys status|rotate SERVICE`: a service's encryption keys,
- * through its own admin API (never its files). Rotation adds a data key and
- * the service re-seals its rows in the background while it keeps serving;
- * --wait follows it until every row is under the new key.
+ * keys.c - `moat keys status|rotate|retire SERVICE`: a service's encryption
+ * keys, through its own admin API (never its files; moat/keys.h). Rotation
+ * adds a data key and the service re-seals its rows in the background
+ * while it keeps serving; --wait follows it until every row is under the
+ * new key. Retirement then drops the older keys from the service's key
+ * file (refused while any row still needs one).
  */
 #include "moat/common.h"
 
@@ -68,10 +70,12 @@ int cli_cmd_keys(int argc, char **argv)
             return cli_option_error("keys", c, argv);
     }
     if (argc - optind != 2 || (strcmp(argv[optind], "status") != 0 &&
-                               strcmp(argv[optind], "rotate") != 0))
-        return cli_usage_error("keys", "use: moat keys status|rotate SERVICE "
-                                       "[--wait] [--file FILE]");
+                               strcmp(argv[optind], "rotate") != 0 &&
+                               strcmp(argv[optind], "retire") != 0))
+        return cli_usage_error("keys", "use: moat keys status|rotate|retire "
+                                       "SERVICE [--wait] [--file FILE]");
     bool rotate = strcmp(argv[optind], "rotate") == 0;
+    bool retire = strcmp(argv[optind], "retire") == 0;
     const char *name = argv[optind + 1];
 
     int ret = CLI_EXIT_FAIL;
@@ -86,6 +90,20 @@ int cli_cmd_keys(int argc, char **argv)
         goto out;
     }
     bool rotating = false;
+    if (retire) {
+        long status = 0;
+        if (cli_operator_call(d, svc, "POST", "/v1/admin/keys/retire", NULL,
+                              KEYS_TIMEOUT_MS, &status, &body) != MOAT_OK)
+            goto out;
+        if (status != 200) {
+            cli_error("%s refused to retire its old keys (%ld): %s", name,
+                      status, body);
+            goto out;
+        }
+        printf("moat: %s retired its old data keys: %s\n", name, body);
+        ret = CLI_EXIT_OK;
+        goto out;
+    }
     if (rotate) {
         long status = 0;
         if (cli_operator_call(d, svc, "POST", "/v1/admin/keys/rotate", NULL,

@@ -24,6 +24,7 @@
 #include <sodium.h>
 
 #include "moat/audit.h"
+#include "moat/auth.h"
 #include "moat/buf.h"
 #include "moat/log.h"
 
@@ -905,4 +906,23 @@ cleanup:
     free(buf);
     free(head_path);
     return ret;
+}
+
+void moat_audit_req(struct moat_audit *a, struct moat_req *r,
+                    const char *action, const char *subject,
+                    const char *outcome, json_t *detail)
+{
+    if (!a)
+        return;
+    const struct moat_principal *p = r ? moat_req_principal(r) : NULL;
+    const char *actor = !p              ? "system"
+                        : p->user_id[0] ? p->user_id
+                        : p->service[0] ? p->service
+                                        : "anonymous";
+    int rc = moat_audit_append(a, action, actor, subject ? subject : "",
+                               outcome, detail);
+    if (rc != MOAT_OK)
+        moat_log(MOAT_LOG_ERROR, "cannot append to the audit log",
+                 "{s:s, s:s, s:s}", "action", action, "outcome", outcome,
+                 "error", moat_strerror(rc));
 }

@@ -94,6 +94,7 @@
 #define MOAT_AUDIT_HASH_HEX  64
 
 struct moat_audit;
+struct moat_req;
 
 /*
  * The head file of the log at path: a final ".log" replaced by ".head"
@@ -142,6 +143,16 @@ void moat_audit_close(struct moat_audit *a);
 int moat_audit_append(struct moat_audit *a, const char *action,
                       const char *actor, const char *subject,
                       const char *outcome, json_t *detail);
+
+/*
+ * Append one audit record for request r (NULL: the service itself acted,
+ * actor "system"), the actor being the end user's id, else the calling
+ * service's name. A failure is logged, not returned: the database is the
+ * record, the log its tamper evidence (above). a NULL is a no-op.
+ */
+void moat_audit_req(struct moat_audit *a, struct moat_req *r,
+                    const char *action, const char *subject,
+                    const char *outcome, json_t *detail);
 
 struct moat_audit_report {
     uint64_t records;  /* records that verified, before any problem */

@@ -81,15 +81,4 @@ void moat_keys_free(struct moat_keys *k);
 void moat_keys_rekey_start(struct moat_keys *k);
 bool moat_keys_rotating(const struct moat_keys *k);
 
-/*
- * Append one audit record for request r (NULL: the service itself acted,
- * actor "system"), the actor being the end user's id, else the calling
- * service's name. A failure is logged, not returned: the database is the
- * record, the log its tamper evidence (moat/audit.h). a NULL is a no-op.
- */
-struct moat_req;
-void moat_audit_req(struct moat_audit *a, struct moat_req *r,
-                    const char *action, const char *subject,
-                    const char *outcome, json_t *detail);
-
 #endif /* MOAT_KEYS_H */

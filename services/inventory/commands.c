@@ -47,6 +47,7 @@
 
 #include "contracts/orders.h"
 #include "inventory.h"
+#include "moat/audit.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
 #include "moat/kv.h"
@@ -66,9 +67,10 @@
 /* What a command handler works with: the live store, or a verification's
  * scratch store. */
 struct inv_applier {
-    struct inv_store *store; /* borrowed (the scratch's: owned by it) */
-    int64_t max_open;        /* held reservations per customer */
-    const bool *healed;      /* test builds: the poison hook's cure */
+    struct inv_store *store;  /* borrowed (the scratch's: owned by it) */
+    int64_t max_open;         /* held reservations per customer */
+    const bool *healed;       /* test builds: the poison hook's cure */
+    struct moat_audit *audit; /* borrowed; NULL for a scratch (replay) */
     /* Scratch records for the commands (about 4 KiB each); owned. */
     struct inv_reservation *want, *res;
     struct inv_shortage *shortages;
@@ -118,6 +120,7 @@ static void applier_init(struct inv_applier *a, struct inv_store *store,
     a->store = store;
     a->max_open = max_open;
     a->healed = healed;
+    a->audit = NULL;
     a->want = moat_xcalloc(1, sizeof(*a->want));
     a->res = moat_xcalloc(1, sizeof(*a->res));
     a->shortages = moat_xcalloc(INV_LINES_MAX, sizeof(*a->shortages));
@@ -186,6 +189,7 @@ static int apply_reserve(struct inv_applier *c, struct moat_kv_txn *t,
         moat_log(MOAT_LOG_DEBUG, "stock reserved", "{s:s, s:s, s:I}",
                  "order_id", order_id, "customer_id", c->want->customer_id,
                  "lines", (json_int_t)c->want->nlines);
+        inv_audit_reservation(c->audit, NULL, "stock.reserve", c->res);
         break;
     case INV_RESERVE_EXISTS:
         break; /* a repeat: its StockReserved went out with it */
@@ -228,10 +232,12 @@ static int apply_release(struct inv_applier *c, struct moat_kv_txn *t,
     }
     int rc = inv_store_release_in(c->store, t, order_id, CALLER, true, c->res,
                                   &result);
-    if (rc == MOAT_OK && result != INV_ALREADY)
+    if (rc == MOAT_OK && result != INV_ALREADY) {
         moat_log(MOAT_LOG_DEBUG, "reservation released", "{s:s, s:b, s:b}",
                  "order_id", order_id, "tombstone", result == INV_ABSENT,
                  "returned", result == INV_RETURNED);
+        inv_audit_reservation(c->audit, NULL, "stock.release", c->res);
+    }
     return rc;
 }
 
@@ -258,6 +264,8 @@ static int apply_commit(struct inv_applier *c, struct moat_kv_txn *t,
                                       : inv_res_state_name(c->res->state));
         return MOAT_OK;
     }
+    if (rc == MOAT_OK && result == INV_TRANSITIONED)
+        inv_audit_reservation(c->audit, NULL, "stock.commit", c->res);
     return rc;
 }
 
@@ -385,6 +393,7 @@ int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
     c->name = svc->cfg.name;
     applier_init(&c->live, inv->store, inv->max_open_per_customer,
                  &c->poison_healed);
+    c->live.audit = inv->audit;
     int rc = moat_consumer_new_kv(&c->consumer, svc->base,
                                   inv_store_kv(inv->store), svc->metrics);
     if (rc != MOAT_OK)

@@ -42,6 +42,7 @@
 #include <string.h>
 
 #include "inventory.h"
+#include "moat/audit.h"
 #include "moat/auth.h"
 #include "moat/log.h"
 #include "moat/problem.h"
@@ -217,6 +218,39 @@ static void handle_get(struct moat_req *r, void *arg)
 
 /* ---- PUT /v1/stock/{sku} ---- */
 
+/* ---- the audit log (moat/audit.h): every stock change ---- */
+
+/* A set (amount = on_hand) or an adjustment (amount = delta, its id). */
+static void audit_stock(struct inv_service *inv, struct moat_req *r,
+                        const char *action, const struct inv_stock *s,
+                        int64_t amount, int64_t adjustment)
+{
+    json_t *d =
+        json_pack("{s:I, s:I, s:I, s:I}", "amount", (json_int_t)amount,
+                  "on_hand", (json_int_t)s->on_hand, "version",
+                  (json_int_t)s->version, "adjustment", (json_int_t)adjustment);
+    moat_audit_req(inv->audit, r, action, s->sku, "ok", d);
+    json_decref(d);
+}
+
+void inv_audit_reservation(struct moat_audit *a, struct moat_req *r,
+                           const char *action,
+                           const struct inv_reservation *res)
+{
+    if (!a)
+        return;
+    json_t *lines = json_array();
+    for (size_t i = 0; i < res->nlines; i++)
+        json_array_append_new(
+            lines, json_pack("{s:s, s:I}", "sku", res->lines[i].sku, "quantity",
+                             (json_int_t)res->lines[i].quantity));
+    json_t *d =
+        json_pack("{s:s, s:s, s:o}", "customer_id", res->customer_id, "state",
+                  inv_res_state_name(res->state), "lines", lines);
+    moat_audit_req(a, r, action, res->order_id, "ok", d);
+    json_decref(d);
+}
+
 static void handle_put(struct moat_req *r, void *arg)
 {
     static const char *const keys[] = {"on_hand", "reason", NULL};
@@ -270,6 +304,7 @@ static void handle_put(struct moat_req *r, void *arg)
         moat_log(MOAT_LOG_INFO, "stock set", "{s:s, s:I, s:I}", "sku", sku,
                  "on_hand", (json_int_t)s.on_hand, "version",
                  (json_int_t)s.version);
+        audit_stock(inv, r, "stock.set", &s, on_hand, 0);
         reply_stock(r, created ? 201 : 200, &s);
         break;
     case MOAT_ECONFLICT:
@@ -339,6 +374,7 @@ static void handle_adjust(struct moat_req *r, void *arg)
         moat_log(MOAT_LOG_INFO, "stock adjusted", "{s:s, s:I, s:I, s:I}", "sku",
                  sku, "delta", (json_int_t)delta, "on_hand",
                  (json_int_t)s.on_hand, "adjustment", (json_int_t)id);
+        audit_stock(inv, r, "stock.adjust", &s, delta, id);
         char etag[ETAG_MAX];
         etag_of(&s, etag);
         moat_req_set_header(r, "ETag", etag);
@@ -686,6 +722,7 @@ static void handle_reserve(struct moat_req *r, void *arg)
                  "order_id", res->order_id, "customer_id", res->customer_id,
                  "lines", (json_int_t)res->nlines, "caller",
                  moat_req_principal(r)->service);
+        inv_audit_reservation(inv->audit, r, "stock.reserve", res);
         reply_reservation(r, 201, res);
         break;
     case INV_RESERVE_EXISTS:
@@ -768,6 +805,8 @@ static void handle_transition(struct moat_req *r, struct inv_service *inv,
                  release ? "reservation released" : "reservation committed",
                  "{s:s, s:b, s:s}", "order_id", id, "absent",
                  result == INV_ABSENT, "caller", caller);
+        inv_audit_reservation(inv->audit, r,
+                              release ? "stock.release" : "stock.commit", res);
         reply_reservation(r, 200, res);
         break;
     case INV_ALREADY:

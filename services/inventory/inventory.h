@@ -18,6 +18,8 @@ struct moat_service;
 struct inv_consumer;
 
 /* Per-process state, created by init and freed by release in main.c. */
+struct moat_audit;
+
 struct inv_service {
     struct inv_store *store; /* owned */
     /* Held reservations one customer may have at once (against hoarding:
@@ -26,6 +28,7 @@ struct inv_service {
     /* Owned; without MOAT_INVENTORY_ORDERS_URL it has no source (no
      * saga) but still answers the admin routes. */
     struct inv_consumer *consumer;
+    struct moat_audit *audit; /* owned: every stock change (moat/audit.h) */
 };
 
 /*
@@ -39,6 +42,15 @@ int inv_routes_register(struct moat_http_server *server,
 int inv_test_hooks_register(struct moat_http_server *server,
                             struct inv_service *inv);
 #endif
+
+/*
+ * Record a reservation's stock change (action "stock.reserve",
+ * "stock.release", "stock.commit") in the audit log a (NULL: none), for
+ * request r or (NULL) the saga's command.
+ */
+void inv_audit_reservation(struct moat_audit *a, struct moat_req *r,
+                           const char *action,
+                           const struct inv_reservation *res);
 
 /* The API's JSON of a reservation (a new reference). */
 json_t *inv_reservation_json(const struct inv_reservation *res);

@@ -20,6 +20,8 @@
  *                              saga's commands from its feed; unset = no
  *                              consumption (the HTTP routes only)
  *
+ * $MOAT_DATA_DIR/audit.log records every stock change (moat/audit.h).
+ *
  * Where to look: handlers.c for the HTTP API, commands.c for the saga's
  * commands, store.c for the layout and every read and write.
  */
@@ -28,6 +30,7 @@
 #include <stdlib.h>
 
 #include "inventory.h"
+#include "moat/audit.h"
 #include "moat/config.h"
 #include "moat/events.h"
 #include "moat/kv.h"
@@ -68,6 +71,11 @@ static int inventory_init(struct moat_service *svc)
                  moat_strerror(rc));
         goto cleanup;
     }
+    char *path = moat_xasprintf("%s/%s", svc->cfg.data_dir, MOAT_AUDIT_FILE);
+    rc = moat_audit_open(&inv->audit, path);
+    free(path);
+    if (rc != MOAT_OK)
+        goto cleanup;
     rc = inv_routes_register(svc->http, inv);
     if (rc == MOAT_OK)
         rc = moat_feed_register(inv_store_outbox(inv->store), svc->http);
@@ -92,6 +100,7 @@ cleanup:
     if (inv) {
         inv_consumer_free(inv->consumer);
         inv_store_close(inv->store);
+        moat_audit_close(inv->audit);
         free(inv);
     }
     return rc;
@@ -115,6 +124,7 @@ static void inventory_release(struct moat_service *svc)
     /* The consumer first: it writes through the store. */
     inv_consumer_free(inv->consumer);
     inv_store_close(inv->store);
+    moat_audit_close(inv->audit);
     free(inv);
     svc->impl = NULL;
 }

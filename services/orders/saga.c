@@ -25,7 +25,7 @@
 #include "contracts/inventory.h"
 #include "contracts/orders.h"
 #include "contracts/payments.h"
-#include "moat/keys.h"
+#include "moat/audit.h"
 #include "moat/log.h"
 #include "moat/trace.h"
 #include "orders.h"
