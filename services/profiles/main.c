@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "moat/config.h"
+#include "moat/keys.h"
 #include "moat/log.h"
 #include "profiles.h"
 
@@ -31,12 +32,28 @@
 #define OUTBOX_RETENTION_MAX_S     (10LL * 365 * 24 * 3600)
 #define OUTBOX_KEEP_MIN            10000
 
+/* moat/keys.h's store functions. */
+static int rekey_batch(void *arg, uint32_t active, char *after, size_t batch,
+                       size_t *resealed, size_t *failed, bool *finished)
+{
+    struct pro_service *ps = arg;
+    return pro_store_rekey_batch(ps->store, active, after, batch, resealed,
+                                 failed, finished);
+}
+
+static int rows_by_key(void *arg, json_t **out)
+{
+    struct pro_service *ps = arg;
+    return pro_store_rows_by_key(ps->store, out);
+}
+
 /* In moat/service.h's FREE ORDER. */
 static void profiles_free(struct pro_service *ps)
 {
     if (!ps)
         return;
     moat_consumer_free(ps->consumer);
+    moat_keys_free(ps->keys);
     pro_store_close(ps->store);
     moat_keyring_free(ps->kr);
     free(ps);
@@ -89,6 +106,11 @@ static int profiles_init(struct moat_service *svc)
     rc = moat_feed_register(pro_store_outbox(ps->store), svc->http);
     if (rc == MOAT_OK)
         rc = pro_routes_register(ps);
+    if (rc == MOAT_OK)
+        rc = moat_keys_new(
+            &ps->keys, svc, ps->kr,
+            &(struct moat_keys_store){rekey_batch, rows_by_key, ps},
+            &(struct moat_keys_options){.env_name = "MOAT_PROFILES_KEYRING"});
     if (rc != MOAT_OK)
         goto out;
 

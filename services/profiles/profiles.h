@@ -21,6 +21,7 @@ struct pro_service {
     struct moat_keyring *kr;        /* owned */
     struct pro_store *store;        /* owned */
     struct moat_consumer *consumer; /* owned */
+    struct moat_keys *keys;         /* owned: /v1/admin/keys */
     const char *users_url;          /* from the environment */
 };
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moat/keys.h"
 #include "moat/log.h"
 #include "store.h"
 
@@ -413,4 +414,147 @@ int pro_store_ensure(struct moat_db *db, const char *user_id, uint32_t key_id,
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
+}
+
+/* ---- re-sealing after a key rotation (moat/keys.h) ---- */
+
+struct rekey_row {
+    char user_id[PRO_USER_ID_MAX + 1];
+    char *sealed[PRO_NFIELDS]; /* NULL: not set, or a plain column */
+};
+
+/* Re-seal one row under the active key; PRO_EINTEGRITY leaves it alone. */
+static int rekey_row(struct pro_store *s, const struct rekey_row *r,
+                     uint32_t active)
+{
+    char *fresh[PRO_NFIELDS] = {0};
+    int rc = MOAT_OK;
+    for (size_t f = 0; rc == MOAT_OK && f < PRO_NFIELDS; f++) {
+        char *plain = NULL;
+        if (!r->sealed[f])
+            continue;
+        rc = open_field(s, (enum pro_field)f, r->user_id, r->sealed[f], &plain);
+        if (rc == MOAT_OK)
+            rc = seal_field(s, (enum pro_field)f, r->user_id, plain, &fresh[f]);
+        moat_free_secret(plain);
+    }
+    if (rc == MOAT_OK) {
+        struct moat_stmt *stmt = moat_db_prepare(
+            s->db, "profiles_rekey_update",
+            "UPDATE profiles SET name_enc = ?2, bio_enc = ?3, "
+            "location_enc = ?4, key_id = ?5 WHERE user_id = ?1");
+        if (!stmt) {
+            rc = MOAT_EDB;
+        } else {
+            sqlite3_stmt *st = moat_stmt_raw(stmt);
+            sqlite3_bind_text(st, 1, r->user_id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, fresh[PRO_F_DISPLAY_NAME], -1,
+                              SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, fresh[PRO_F_BIO], -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 4, fresh[PRO_F_LOCATION], -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 5, active);
+            int step = moat_stmt_step(stmt);
+            rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+            moat_stmt_reset(stmt);
+        }
+    }
+    for (size_t f = 0; f < PRO_NFIELDS; f++)
+        free(fresh[f]);
+    return rc;
+}
+
+int pro_store_rekey_batch(struct pro_store *s, uint32_t active, char *after,
+                          size_t batch, size_t *resealed, size_t *failed,
+                          bool *finished)
+{
+    struct rekey_row *rows = moat_xcalloc(batch ? batch : 1, sizeof(*rows));
+    size_t n = 0;
+    *resealed = *failed = 0;
+    *finished = false;
+    int rc = moat_db_begin(s->db);
+    if (rc != MOAT_OK)
+        goto out;
+    /* Read the batch first, then write: no UPDATE while the SELECT that
+     * feeds it is still stepping over the same table. */
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "profiles_rekey_select",
+        "SELECT user_id, name_enc, bio_enc, location_enc FROM profiles "
+        "WHERE user_id > ?1 AND key_id <> ?2 ORDER BY user_id LIMIT ?3");
+    if (!stmt) {
+        rc = MOAT_EDB;
+    } else {
+        sqlite3_stmt *st = moat_stmt_raw(stmt);
+        sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, active);
+        sqlite3_bind_int64(st, 3, (sqlite3_int64)batch);
+        static const enum pro_field order[] = {PRO_F_DISPLAY_NAME, PRO_F_BIO,
+                                               PRO_F_LOCATION};
+        int step = SQLITE_DONE;
+        while (n < batch && (step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+            const char *id = (const char *)sqlite3_column_text(st, 0);
+            snprintf(rows[n].user_id, sizeof(rows[n].user_id), "%s",
+                     id ? id : "");
+            for (size_t i = 0; i < MOAT_ARRAY_LEN(order); i++) {
+                const char *v =
+                    (const char *)sqlite3_column_text(st, (int)i + 1);
+                if (v)
+                    rows[n].sealed[order[i]] = moat_xstrdup(v);
+            }
+            n++;
+        }
+        if (step != SQLITE_DONE && step != SQLITE_ROW)
+            rc = moat_db_error(s->db, step);
+        moat_stmt_reset(stmt);
+    }
+    for (size_t i = 0; rc == MOAT_OK && i < n; i++) {
+        int one = rekey_row(s, &rows[i], active);
+        if (one == PRO_EINTEGRITY)
+            (*failed)++;
+        else if (one == MOAT_OK)
+            (*resealed)++;
+        else
+            rc = one;
+    }
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+    else
+        moat_db_rollback(s->db);
+    if (rc == MOAT_OK) {
+        if (n > 0)
+            snprintf(after, MOAT_KEYS_CURSOR_MAX, "%s", rows[n - 1].user_id);
+        *finished = n < batch;
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        for (size_t f = 0; f < PRO_NFIELDS; f++)
+            free(rows[i].sealed[f]);
+    free(rows);
+    return rc;
+}
+
+int pro_store_rows_by_key(struct pro_store *s, json_t **out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "profiles_by_key",
+        "SELECT key_id, count(*) FROM profiles GROUP BY key_id");
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    json_t *rows = json_object();
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        char key[16];
+        snprintf(key, sizeof(key), "%lld",
+                 (long long)sqlite3_column_int64(st, 0));
+        json_object_set_new(rows, key,
+                            json_integer(sqlite3_column_int64(st, 1)));
+    }
+    int rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        json_decref(rows);
+        return rc;
+    }
+    *out = rows;
+    return MOAT_OK;
 }

@@ -94,4 +94,12 @@ int pro_store_put(struct pro_store *s, const struct pro_profile *in,
 int pro_store_ensure(struct moat_db *db, const char *user_id, uint32_t key_id,
                      int64_t created_ms);
 
+/* moat/keys.h's store functions: re-seal, one transaction per batch, the
+ * rows whose key_id is not active (no version bump, no event: the content
+ * is the same); count the rows per key_id. */
+int pro_store_rekey_batch(struct pro_store *s, uint32_t active, char *after,
+                          size_t batch, size_t *resealed, size_t *failed,
+                          bool *finished);
+int pro_store_rows_by_key(struct pro_store *s, json_t **out);
+
 #endif /* PRO_STORE_H */

@@ -7,9 +7,9 @@
  * and email: registration, login, profile, an order through the saga to
  * its confirmation email, a post. Then:
  *
- *   - rotation: `moat keys rotate orders|users --wait`, `moat keys retire`
- *     (refused while rows need the old key, then done); the old data key
- *     is gone from the key file and the data still reads through the API;
+ *   - rotation: `moat keys rotate orders|users|profiles --wait`, then
+ *     `moat keys retire`: the old data key is gone from the key file and
+ *     the data still reads through the API;
  *   - at rest: the deployment is stopped and EVERY file under its var/
  *     (databases, WAL and shared-memory files, LMDB, logs, state, audit
  *     logs) is scanned for the name and the email in plain text: none. The
@@ -513,6 +513,12 @@ static void test_social(void **state)
     assert_int_equal(
         call("GET", h_fmt("/api/v1/profiles/%s", uid), NULL, auth, &j), 200);
     assert_string_equal(h_jstr(j, "display_name"), SOCIAL_NAME);
+    json_decref(j);
+    rotate_and_retire("profiles");
+    assert_int_equal(
+        call("GET", h_fmt("/api/v1/profiles/%s", uid), NULL, auth, &j), 200);
+    assert_string_equal(h_jstr(j, "display_name"), SOCIAL_NAME);
+    assert_string_equal(h_jstr(j, "bio"), SOCIAL_BIO);
     json_decref(j);
     down();
     static const char *const needles[] = {
