@@ -226,6 +226,53 @@ static void test_keyring_rotate(void **state)
     free(sub);
 }
 
+/* Retirement drops every key but the active one, in the file too: what
+ * the old keys sealed no longer opens, what the active one sealed does,
+ * and the blind index is unchanged. */
+static void test_keyring_retire(void **state)
+{
+    struct fixture *f = *state;
+    struct moat_keyring *kr = load(f->key_file);
+    uint32_t n = 99;
+    assert_int_equal(moat_keyring_retire(kr, &n), MOAT_OK);
+    assert_int_equal(n, 0); /* one key: nothing to retire */
+    char *old = seal_str(kr, "t.c:1", "old");
+    char before[MOAT_BLIND_INDEX_HEX + 1], after[MOAT_BLIND_INDEX_HEX + 1];
+    moat_blind_index(kr, "email", "a@example.com", before);
+    assert_int_equal(moat_keyring_rotate(kr, NULL), MOAT_OK);
+    assert_int_equal(moat_keyring_rotate(kr, NULL), MOAT_OK);
+    char *fresh = seal_str(kr, "t.c:2", "fresh");
+    assert_int_equal(moat_keyring_retire(kr, &n), MOAT_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(moat_keyring_active(kr), 3);
+    char *pt = NULL;
+    assert_int_equal(moat_open(kr, "t.c:1", old, &pt, NULL), MOAT_ENOTFOUND);
+    assert_opens_to(kr, "t.c:2", fresh, "fresh");
+    moat_blind_index(kr, "email", "a@example.com", after);
+    assert_string_equal(before, after);
+
+    /* The file holds the index key and data key 3 only, still 0600. */
+    char *text = read_text(f->key_file);
+    assert_null(strstr(text, "data 1 "));
+    assert_null(strstr(text, "data 2 "));
+    assert_non_null(strstr(text, "data 3 "));
+    free(text);
+    struct stat st;
+    assert_int_equal(stat(f->key_file, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    struct moat_keyring *kr2 = load(f->key_file);
+    assert_int_equal(moat_keyring_active(kr2), 3);
+    assert_opens_to(kr2, "t.c:2", fresh, "fresh");
+    /* Ids go on from the active one. */
+    uint32_t id = 0;
+    assert_int_equal(moat_keyring_rotate(kr2, &id), MOAT_OK);
+    assert_int_equal(id, 4);
+    moat_keyring_free(kr2);
+    free(old);
+    free(fresh);
+    moat_keyring_free(kr);
+}
+
 struct sealer {
     pthread_t thread;
     const struct moat_keyring *kr;
@@ -288,6 +335,7 @@ static void test_keyring_from_env(void **state)
     assert_int_equal(moat_keyring_active(kr), 2);
     assert_opens_to(kr, "t.c:1", sealed, "secret");
     assert_int_equal(moat_keyring_rotate(kr, NULL), MOAT_EUNSUPPORTED);
+    assert_int_equal(moat_keyring_retire(kr, NULL), MOAT_EUNSUPPORTED);
     assert_int_not_equal(access(other, F_OK), 0);
     moat_keyring_free(kr);
 
@@ -679,6 +727,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keyring_refuses_open_permissions,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_keyring_rotate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keyring_retire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keyring_rotate_while_in_use, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_keyring_from_env, setup, teardown),
