@@ -8,8 +8,11 @@
 #include "moat/common.h"
 
 #include "harness.h"
+#include "moat/buf.h"
 
 #include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -554,6 +557,91 @@ static void test_crash_resume(void **state)
     assert_final(id, "confirmed", NULL);
 }
 
+/* The bytes of path (empty when it does not exist), as a moat_buf. */
+static void read_all(const char *path, struct moat_buf *out)
+{
+    FILE *f = fopen(path, "rb");
+    char chunk[65536];
+    size_t n;
+    while (f && (n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        moat_buf_add(out, chunk, n);
+    if (f)
+        fclose(f);
+}
+
+static bool on_disk(const char *needle)
+{
+    static const char *const files[] = {"orders.db", "orders.db-wal"};
+    bool found = false;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(files); i++) {
+        struct moat_buf b = MOAT_BUF_INIT;
+        read_all(h_fmt("%s/orders-data/%s", F.tmp, files[i]), &b);
+        found =
+            found || (b.len && memmem(b.data, b.len, needle, strlen(needle)));
+        moat_buf_release(&b);
+    }
+    return found;
+}
+
+/* A customer row of name_enc's shape: NULL (users does not know it) or
+ * sealed; anything else (plain text) is -1. 1 once refreshed. */
+static int legacy_row_state(void)
+{
+    sqlite3 *db = NULL;
+    int state = -1;
+    if (sqlite3_open_v2(h_fmt("%s/orders-data/orders.db", F.tmp), &db,
+                        SQLITE_OPEN_READONLY, NULL) == SQLITE_OK) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db,
+                               "SELECT name_enc, stale FROM customers "
+                               "WHERE id = 'usr_legacy'",
+                               -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) {
+            const char *name = (const char *)sqlite3_column_text(st, 0);
+            bool sealed_or_null = !name || strncmp(name, "s1.", 3) == 0;
+            state = !sealed_or_null ? -1 : sqlite3_column_int(st, 1) ? 0 : 1;
+        }
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    return state;
+}
+
+/*
+ * Migration 4 converts a database written before the customer copy was
+ * sealed: the plain name and email are dropped (secure_delete overwrites
+ * them), the customer is fetched again and stored sealed.
+ */
+static void test_customer_copy_migration(void **state)
+{
+    MOAT_UNUSED(state);
+    assert_int_equal(h_service_stop(&F.ord), 0);
+    sqlite3 *db = NULL;
+    assert_int_equal(
+        sqlite3_open(h_fmt("%s/orders-data/orders.db", F.tmp), &db), SQLITE_OK);
+    /* Back to schema 3, with a plain copy. */
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "DROP INDEX customers_key_id;"
+                     "ALTER TABLE customers DROP COLUMN key_id;"
+                     "ALTER TABLE customers RENAME COLUMN name_enc TO name;"
+                     "ALTER TABLE customers RENAME COLUMN email_enc TO email;"
+                     "DELETE FROM schema_migrations WHERE version = 4;"
+                     "INSERT INTO customers (id, name, email, stale, "
+                     "updated_ms) VALUES ('usr_legacy', 'Ottoline "
+                     "Plainbrook', 'ottoline@legacy.example', 0, 1);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_close(db), SQLITE_OK);
+    assert_true(on_disk("Ottoline Plainbrook"));
+
+    assert_int_equal(h_service_restart(&F.ord, orders_env()), 0);
+    H_WAIT_UNTIL(legacy_row_state() == 1, 10000,
+                 "the legacy customer to be fetched again");
+    assert_false(on_disk("Ottoline Plainbrook"));
+    assert_false(on_disk("ottoline@legacy.example"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -566,6 +654,7 @@ int main(void)
         cmocka_unit_test(test_idempotency_key_in_progress),
         cmocka_unit_test(test_bad_orders),
         cmocka_unit_test(test_crash_resume),
+        cmocka_unit_test(test_customer_copy_migration),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
