@@ -21,6 +21,7 @@
 #include "moat/audit.h"
 #include "moat/auth.h"
 #include "moat/crypto.h"
+#include "moat/db.h"
 #include "moat/http.h"
 #include "moat/keys.h"
 #include "moat/log.h"
@@ -311,4 +312,30 @@ void moat_keys_free(struct moat_keys *k)
     if (k->timer)
         event_free(k->timer);
     free(k);
+}
+
+int moat_keys_count_sqlite(struct moat_db *db, const char *name,
+                           const char *sql, json_t **out)
+{
+    struct moat_stmt *stmt = moat_db_prepare(db, name, sql);
+    if (!stmt)
+        return MOAT_EDB;
+    sqlite3_stmt *st = moat_stmt_raw(stmt);
+    json_t *rows = json_object();
+    int step;
+    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
+        char key[24];
+        snprintf(key, sizeof(key), "%lld",
+                 (long long)sqlite3_column_int64(st, 0));
+        json_object_set_new(rows, key,
+                            json_integer(sqlite3_column_int64(st, 1)));
+    }
+    int rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
+    moat_stmt_reset(stmt);
+    if (rc != MOAT_OK) {
+        json_decref(rows);
+        return rc;
+    }
+    *out = rows;
+    return MOAT_OK;
 }

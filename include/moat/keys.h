@@ -68,6 +68,16 @@ struct moat_keys_options {
 };
 
 /*
+ * A rows_by_key for SQLite stores: run sql (named name for moat/db.h's
+ * metrics), a query of two integer columns (key id, row count), into
+ * *out = {"<key id>": count}. MOAT_EDB (or moat_db_error's code) on
+ * failure, *out untouched.
+ */
+struct moat_db;
+int moat_keys_count_sqlite(struct moat_db *db, const char *name,
+                           const char *sql, json_t **out);
+
+/*
  * Register the routes and the metric, and start re-sealing at once when
  * rows are behind the active key (a restart in the middle of a pass).
  * MOAT_EINVAL when a route or the metric cannot be registered.

@@ -219,28 +219,9 @@ out:
 
 int ord_customers_rows_by_key(struct moat_db *db, json_t **out)
 {
-    struct moat_stmt *st = moat_db_prepare(
+    return moat_keys_count_sqlite(
         db, "customers_by_key",
         "SELECT key_id, count(*) FROM customers WHERE key_id <> 0 "
-        "GROUP BY key_id");
-    if (!st)
-        return MOAT_EDB;
-    json_t *rows = json_object();
-    int src;
-    while ((src = moat_stmt_step(st)) == SQLITE_ROW) {
-        char key[16];
-        snprintf(key, sizeof(key), "%lld",
-                 (long long)sqlite3_column_int64(moat_stmt_raw(st), 0));
-        json_object_set_new(
-            rows, key,
-            json_integer(sqlite3_column_int64(moat_stmt_raw(st), 1)));
-    }
-    int rc = src == SQLITE_DONE ? MOAT_OK : moat_db_error(db, src);
-    moat_stmt_reset(st);
-    if (rc != MOAT_OK) {
-        json_decref(rows);
-        return rc;
-    }
-    *out = rows;
-    return MOAT_OK;
+        "GROUP BY key_id",
+        out);
 }

@@ -534,27 +534,7 @@ out:
 
 int pro_store_rows_by_key(struct pro_store *s, json_t **out)
 {
-    struct moat_stmt *stmt = moat_db_prepare(
+    return moat_keys_count_sqlite(
         s->db, "profiles_by_key",
-        "SELECT key_id, count(*) FROM profiles GROUP BY key_id");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    json_t *rows = json_object();
-    int step;
-    while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
-        char key[16];
-        snprintf(key, sizeof(key), "%lld",
-                 (long long)sqlite3_column_int64(st, 0));
-        json_object_set_new(rows, key,
-                            json_integer(sqlite3_column_int64(st, 1)));
-    }
-    int rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
-    moat_stmt_reset(stmt);
-    if (rc != MOAT_OK) {
-        json_decref(rows);
-        return rc;
-    }
-    *out = rows;
-    return MOAT_OK;
+        "SELECT key_id, count(*) FROM profiles GROUP BY key_id", out);
 }

@@ -10,6 +10,7 @@
 #include "moat/auth.h"
 #include "moat/db.h"
 #include "moat/events.h"
+#include "moat/keys.h"
 #include "moat/log.h"
 #include "store.h"
 
@@ -919,35 +920,10 @@ out:
 
 int usr_store_rows_by_key(struct usr_store *s, json_t **out)
 {
-    struct moat_stmt *stmt = moat_db_prepare(
+    return moat_keys_count_sqlite(
         s->db, "users_by_key",
-        "SELECT key_id, count(*) FROM users GROUP BY key_id ORDER BY key_id");
-    if (!stmt)
-        return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    json_t *obj = json_object();
-    int rc = MOAT_OK;
-    for (;;) {
-        int step = moat_stmt_step(stmt);
-        if (step == SQLITE_DONE)
-            break;
-        if (step != SQLITE_ROW) {
-            rc = moat_db_error(s->db, step);
-            break;
-        }
-        char key[24];
-        snprintf(key, sizeof(key), "%lld",
-                 (long long)sqlite3_column_int64(st, 0));
-        json_object_set_new(obj, key,
-                            json_integer(sqlite3_column_int64(st, 1)));
-    }
-    moat_stmt_reset(stmt);
-    if (rc != MOAT_OK) {
-        json_decref(obj);
-        return rc;
-    }
-    *out = obj;
-    return MOAT_OK;
+        "SELECT key_id, count(*) FROM users GROUP BY key_id ORDER BY key_id",
+        out);
 }
 
 /* One row picked for re-sealing. */
