@@ -22,7 +22,8 @@
 static const char *const reserved_env[] = {
     "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
     "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
-    "MOAT_PEER_KEYS",
+    "MOAT_PEER_KEYS",      "MOAT_TLS_CERT",       "MOAT_TLS_KEY",
+    "MOAT_TLS_CA",
 };
 
 static const struct {

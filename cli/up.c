@@ -880,10 +880,17 @@ static void print_summary(struct sup *s)
         }
     }
     printf("\ntry:\n");
+    /* With TLS, curl trusts the deployment CA (the gateway asks no client
+     * certificate). */
+    char *ca = cli_cert_path(d, "ca", "crt");
+    char *cs = d->tls ? moat_xasprintf("curl -s --cacert %s https://",
+                                       cli_display_path(ca, rel, sizeof(rel)))
+                      : moat_xstrdup("curl -s ");
+    free(ca);
     if (products) {
         const char *host = deploy_connect_host(gw);
         unsigned port = (unsigned)gw->port;
-        printf("  curl -s %s:%u%s\n", host, port, products->prefix);
+        printf("  %s%s:%u%s\n", cs, host, port, products->prefix);
         /* Writes need a signed-in admin: show the login when the deployment
          * has one (users with a generated admin password). */
         const char *secrets = NULL;
@@ -901,25 +908,26 @@ static void print_summary(struct sup *s)
                    "\"\\(.*\\)\".*/\\1/p' %s)\n",
                    rel);
             free(sec);
-            printf("  TOKEN=$(curl -s -X POST %s:%u/api/v1/auth/login -H "
+            printf("  TOKEN=$(%s%s:%u/api/v1/auth/login -X POST -H "
                    "'content-type: application/json' \\\n"
                    "      -d \"{\\\"email\\\":\\\"admin@moat.local\\\","
                    "\\\"password\\\":\\\"$PW\\\"}\" | sed -n "
                    "'s/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/p')\n",
-                   host, port);
+                   cs, host, port);
         }
-        printf("  curl -s -X POST %s:%u%s -H \"authorization: Bearer $TOKEN\" "
+        printf("  %s%s:%u%s -X POST -H \"authorization: Bearer $TOKEN\" "
                "-H 'content-type: application/json' \\\n"
                "       -d '{\"sku\":\"MUG-1\",\"name\":\"Mug\",\"price\":"
                "{\"amount\":1250,\"currency\":\"EUR\"}}'\n",
-               host, port, products->prefix);
+               cs, host, port, products->prefix);
     } else if (gw) {
-        printf("  curl -s %s:%u%s\n", deploy_connect_host(gw),
-               (unsigned)gw->port, gw->routes[0].prefix);
+        printf("  %s%s:%u%s\n", cs, deploy_connect_host(gw), (unsigned)gw->port,
+               gw->routes[0].prefix);
     } else {
-        printf("  curl -s %s:%u/readyz\n", deploy_connect_host(&d->services[0]),
+        printf("  %s%s:%u/readyz\n", cs, deploy_connect_host(&d->services[0]),
                (unsigned)d->services[0].port);
     }
+    free(cs);
     printf("  moat status        moat logs %s -f        moat down (or "
            "Ctrl-C here)\n\n",
            d->services[0].name);

@@ -413,8 +413,9 @@ static X509 *new_cert(const char *cn, EVP_PKEY *key, X509 *issuer,
              add_ext(x, iss, NID_subject_key_identifier, "hash");
     } else if (ok) {
         char san[160];
-        snprintf(san, sizeof(san), "URI:" URI_PREFIX "%s,DNS:%s,IP:127.0.0.1",
-                 cn, cn);
+        snprintf(san, sizeof(san),
+                 "URI:" URI_PREFIX "%s,DNS:%s,DNS:localhost,IP:127.0.0.1", cn,
+                 cn);
         ok = add_ext(x, iss, NID_basic_constraints, "critical,CA:FALSE") &&
              add_ext(x, iss, NID_key_usage,
                      "critical,digitalSignature,keyAgreement") &&

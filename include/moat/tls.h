@@ -5,9 +5,10 @@
  * libcurl (moat_tls_curl).
  *
  * Names. A certificate names one service: CN = NAME, and the subject
- * alternative names URI:moat://service/NAME, DNS:NAME and IP:127.0.0.1
- * (services listen on loopback, so curl's host check passes for every
- * service; who the peer is comes from the name, moat_tls_cert_name). The
+ * alternative names URI:moat://service/NAME, DNS:NAME, DNS:localhost and
+ * IP:127.0.0.1 (services listen on loopback, so curl's host check passes
+ * for every service; who the peer is comes from the name,
+ * moat_tls_peer_name). The
  * moat CLI presents the certificate "operator", integration tests "test".
  *
  * The process identity. A process has at most one: its certificate, key

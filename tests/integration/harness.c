@@ -543,7 +543,7 @@ static void add_auto_headers(struct curl_slist **list, const char *url,
 /* ---- TLS (h_tls_enable) ---- */
 
 static struct {
-    char *dir;             /* <tmpdir>/certs; NULL while TLS is off */
+    char *dir;              /* <tmpdir>/certs; NULL while TLS is off */
     char *ca_cert, *ca_key; /* PEM */
 } tls;
 
@@ -596,8 +596,8 @@ void h_tls_enable(const char *tmpdir)
     char *dir = moat_xasprintf("%s/certs", tmpdir);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         fail_msg("harness: cannot create %s", dir);
-    if (moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &tls.ca_cert,
-                         &tls.ca_key) != MOAT_OK)
+    if (moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &tls.ca_cert, &tls.ca_key) !=
+        MOAT_OK)
         fail_msg("harness: cannot make a test CA");
     tls.dir = dir;
     char *ca = moat_xstrdup(h_tls_path("ca", "crt"));

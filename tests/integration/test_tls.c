@@ -135,8 +135,8 @@ static void test_https_works(void **state)
     h_assert_status(&r, 200);
     h_resp_release(&r);
     /* The gateway faces the public: no client certificate needed. */
-    assert_int_equal(call_as(h_fmt("%s/api/v1/products", F.gw.url), NULL,
-                             NULL, h_tls_path("ca", "crt"), NULL),
+    assert_int_equal(call_as(h_fmt("%s/api/v1/products", F.gw.url), NULL, NULL,
+                             h_tls_path("ca", "crt"), NULL),
                      200);
 }
 
@@ -147,8 +147,8 @@ static void test_plain_http_refused(void **state)
     const struct h_service *svcs[] = {&F.cat, &F.gw};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(svcs); i++) {
         struct h_resp r;
-        h_get(&r, h_fmt("http://127.0.0.1:%u/healthz",
-                        (unsigned)svcs[i]->port));
+        h_get(&r,
+              h_fmt("http://127.0.0.1:%u/healthz", (unsigned)svcs[i]->port));
         assert_int_equal(r.status, 0);
         h_resp_release(&r);
     }
@@ -158,9 +158,9 @@ static void test_plain_http_refused(void **state)
 static void test_client_certificate_required(void **state)
 {
     MOAT_UNUSED(state);
-    assert_int_equal(call_as(cat_url("/healthz"), NULL, NULL,
-                             h_tls_path("ca", "crt"), NULL),
-                     0);
+    assert_int_equal(
+        call_as(cat_url("/healthz"), NULL, NULL, h_tls_path("ca", "crt"), NULL),
+        0);
     /* The operator (the moat CLI) is always a known caller. */
     const char *op = cert_of("operator");
     assert_int_equal(call_as(cat_url("/healthz"), op,
@@ -203,8 +203,8 @@ static void test_certificate_must_match_token(void **state)
     char *tok = NULL;
     assert_int_equal(moat_auth_token(a, "catalog", NULL, &tok), MOAT_OK);
     char *line = moat_xasprintf("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
-    assert_int_equal(call_as(cat_url("/v1/products"), h_tls_path("gateway", "crt"),
-                             key, ca, line),
+    assert_int_equal(call_as(cat_url("/v1/products"),
+                             h_tls_path("gateway", "crt"), key, ca, line),
                      200);
     free(line);
     free(tok);
@@ -219,9 +219,9 @@ static void test_expired_certificate(void **state)
     const char *key = moat_xstrdup(h_tls_path("test-expired", "key"));
     /* "test", valid from two days ago for one day. */
     h_tls_issue("test", -2 * 86400, 1, cert, key);
-    assert_int_equal(call_as(cat_url("/healthz"), cert, key,
-                             h_tls_path("ca", "crt"), NULL),
-                     0);
+    assert_int_equal(
+        call_as(cat_url("/healthz"), cert, key, h_tls_path("ca", "crt"), NULL),
+        0);
     free((char *)cert);
     free((char *)key);
 }
@@ -233,9 +233,9 @@ static void test_foreign_ca_certificate(void **state)
     char *ca_cert = NULL, *ca_key = NULL, *cert = NULL, *key = NULL;
     assert_int_equal(moat_tls_make_ca("foreign", 30, &ca_cert, &ca_key),
                      MOAT_OK);
-    assert_int_equal(moat_tls_make_cert(ca_cert, ca_key, "test", -300, 30,
-                                        &cert, &key),
-                     MOAT_OK);
+    assert_int_equal(
+        moat_tls_make_cert(ca_cert, ca_key, "test", -300, 30, &cert, &key),
+        MOAT_OK);
     char *cp = moat_xasprintf("%s/foreign.crt", F.tmp);
     char *kp = moat_xasprintf("%s/foreign.key", F.tmp);
     char *cap = moat_xasprintf("%s/foreign-ca.crt", F.tmp);
