@@ -266,7 +266,6 @@ SSL_CTX *moat_tls_server_ctx(const char *const *allowed)
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
         SSL_CTX_sess_set_cache_size(ctx, 4096);
         SSL_CTX_set_timeout(ctx, 3600);
-        SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     }
     if (ok && allowed) {
         struct allowed *a = moat_xcalloc(1, sizeof(*a));
