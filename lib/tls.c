@@ -430,28 +430,33 @@ static X509 *new_cert(const char *cn, EVP_PKEY *key, X509 *issuer,
     return x;
 }
 
+/* PEM texts of x and key into *cert_pem and *key_pem; frees x and key.
+ * MOAT_OK, or MOAT_EIO with both NULL. */
+static int take_pems(X509 *x, EVP_PKEY *key, char **cert_pem, char **key_pem)
+{
+    *cert_pem = x ? pem_of_cert(x) : NULL;
+    *key_pem = x ? pem_of_key(key) : NULL;
+    X509_free(x);
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    if (*cert_pem && *key_pem)
+        return MOAT_OK;
+    free(*cert_pem);
+    if (*key_pem)
+        OPENSSL_cleanse(*key_pem, strlen(*key_pem));
+    free(*key_pem);
+    *cert_pem = *key_pem = NULL;
+    return MOAT_EIO;
+}
+
 int moat_tls_make_ca(const char *label, int days, char **cert_pem,
                      char **key_pem)
 {
-    *cert_pem = *key_pem = NULL;
     char cn[96];
     snprintf(cn, sizeof(cn), "moat deployment CA %s", label ? label : "");
     EVP_PKEY *key = new_key();
     X509 *x = key ? new_cert(cn, key, NULL, key, 0, days) : NULL;
-    if (x) {
-        *cert_pem = pem_of_cert(x);
-        *key_pem = pem_of_key(key);
-    }
-    X509_free(x);
-    EVP_PKEY_free(key);
-    ERR_clear_error();
-    if (!*cert_pem || !*key_pem) {
-        free(*cert_pem);
-        free(*key_pem);
-        *cert_pem = *key_pem = NULL;
-        return MOAT_EIO;
-    }
-    return MOAT_OK;
+    return take_pems(x, key, cert_pem, key_pem);
 }
 
 int moat_tls_make_cert(const char *ca_cert_pem, const char *ca_key_pem,
@@ -465,22 +470,9 @@ int moat_tls_make_cert(const char *ca_cert_pem, const char *ca_key_pem,
     EVP_PKEY *ca_key = pem_key(ca_key_pem, strlen(ca_key_pem));
     EVP_PKEY *key = ca && ca_key ? new_key() : NULL;
     X509 *x = key ? new_cert(name, key, ca, ca_key, not_before_s, days) : NULL;
-    if (x) {
-        *cert_pem = pem_of_cert(x);
-        *key_pem = pem_of_key(key);
-    }
-    X509_free(x);
     X509_free(ca);
     EVP_PKEY_free(ca_key);
-    EVP_PKEY_free(key);
-    ERR_clear_error();
-    if (!*cert_pem || !*key_pem) {
-        free(*cert_pem);
-        free(*key_pem);
-        *cert_pem = *key_pem = NULL;
-        return MOAT_EIO;
-    }
-    return MOAT_OK;
+    return take_pems(x, key, cert_pem, key_pem);
 }
 
 int moat_tls_write_pem(const char *path, const char *text)
