@@ -17,7 +17,7 @@
  *    "stopped"|"failed", "started_at": TIME, "updated_at": TIME,
  *    "stop_timeout_ms": UPPER_BOUND_OF_A_SHUTDOWN,
  *    "services": [{"name", "pid": INT|null, "listen": "host:port",
- *      "url": "http://host:port", "data_dir", "engine", "db": PATH|null,
+ *      "url": "http(s)://host:port", "data_dir", "engine", "db": PATH|null,
  *      "log": PATH, "restarts": INT, "started_at": TIME|null,
  *      "status": "pending"|"starting"|"ready"|"backoff"|"stopping"|
  *                "stopped"|"failed",
