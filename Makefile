@@ -3,14 +3,14 @@
 #
 #   make up      build and start the whole deployment (moat.json) in the foreground
 #   make test    format check, tests, then the same tests under ASan+UBSan
-#   make bench   benchmarks (see bench/README.md)
+#   make bench   benchmarks (see bench/README.md; make bench-tls: the cost of TLS)
 #   make chaos-long  the long order-saga chaos drill (>= 10,000 orders)
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: all deps build up down status test test-fast format format-check bench chaos-long clean
+.PHONY: all deps build up down status test test-fast format format-check bench bench-tls chaos-long clean
 
 all: build
 
@@ -59,6 +59,13 @@ bench: deps
 	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 	./bench/http.sh
+
+# The cost of TLS on every hop: the shop with and without "tls", same run.
+bench-tls: deps
+	@./scripts/deps.sh --bench
+	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
+	@$(CMAKE) --build build -j $(JOBS)
+	./bench/tls.sh
 
 # The long chaos drill (not part of make test): the repository's deployment
 # (moat.json, its ports and var/) under `moat up`, >= 10,000 orders placed

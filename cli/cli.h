@@ -17,7 +17,7 @@
  *    "stopped"|"failed", "started_at": TIME, "updated_at": TIME,
  *    "stop_timeout_ms": UPPER_BOUND_OF_A_SHUTDOWN,
  *    "services": [{"name", "pid": INT|null, "listen": "host:port",
- *      "url": "http://host:port", "data_dir", "engine", "db": PATH|null,
+ *      "url": "http(s)://host:port", "data_dir", "engine", "db": PATH|null,
  *      "log": PATH, "restarts": INT, "started_at": TIME|null,
  *      "status": "pending"|"starting"|"ready"|"backoff"|"stopping"|
  *                "stopped"|"failed",
@@ -58,7 +58,20 @@ int cli_cmd_bench(int argc, char **argv);  /* bench.c */
 int cli_cmd_social(int argc, char **argv); /* social.c: seed, bench */
 /* report.c */
 int cli_cmd_report(int argc, char **argv);
-int cli_cmd_new(int argc, char **argv); /* new.c */
+int cli_cmd_new(int argc, char **argv);   /* new.c */
+int cli_cmd_certs(int argc, char **argv); /* certs.c */
+
+/* certs.c: "<var_dir>/certs/<name>.<ext>" (ext "crt" or "key"); caller
+ * frees. */
+char *cli_cert_path(const struct deploy *d, const char *name, const char *ext);
+/* Issue what is missing under <var_dir>/certs (everything with force): the
+ * CA, one certificate per service, the operator's. Prints errors; with
+ * verbose also what it made. MOAT_OK or MOAT_EIO. */
+int cli_certs_ensure(const struct deploy *d, bool force, bool verbose);
+/* When d has "tls": load the operator's certificate as this process's TLS
+ * identity (moat_tls_load), so every call the CLI makes presents it.
+ * MOAT_OK (also without TLS), MOAT_ENOTFOUND before `moat certs` ran. */
+int cli_tls_operator(const struct deploy *d);
 
 /* Print "error: <message>" to stderr. */
 void cli_error(const char *fmt, ...) MOAT_PRINTF(1, 2);

@@ -22,7 +22,8 @@
 static const char *const reserved_env[] = {
     "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
     "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
-    "MOAT_PEER_KEYS",
+    "MOAT_PEER_KEYS",      "MOAT_TLS_CERT",       "MOAT_TLS_KEY",
+    "MOAT_TLS_CA",
 };
 
 static const struct {
@@ -702,7 +703,8 @@ static void check_services(struct errs *e, struct deploy *d)
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {"name", "var_dir", "services", NULL};
+    static const char *const allowed[] = {"name", "var_dir", "tls", "services",
+                                          NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
@@ -734,6 +736,11 @@ int deploy_parse(const char *json, size_t len, const char *file,
     const char *var_dir = get_string(&e, root, "", "var_dir", false);
     d->var_dir = deploy_path_join(d->dir, var_dir ? var_dir : "var");
 
+    json_t *tls = json_object_get(root, "tls");
+    if (tls && !json_is_boolean(tls))
+        report(&e, "", "tls", "must be true or false");
+    d->tls = json_is_true(tls);
+
     json_t *services = json_object_get(root, "services");
     if (!services) {
         report(&e, "", "services", "missing (required)");
@@ -750,6 +757,7 @@ int deploy_parse(const char *json, size_t len, const char *file,
             snprintf(at, sizeof(at), "services[%zu]", i);
             parse_service(&e, json_array_get(services, i), at, d,
                           &d->services[i]);
+            d->services[i].tls = d->tls;
         }
         if (e.n == 0)
             check_services(&e, d);
@@ -871,8 +879,8 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 
 char *deploy_base_url(const struct deploy_service *s)
 {
-    return moat_xasprintf("http://%s:%u", deploy_connect_host(s),
-                          (unsigned)s->port);
+    return moat_xasprintf("%s://%s:%u", s->tls ? "https" : "http",
+                          deploy_connect_host(s), (unsigned)s->port);
 }
 
 char *deploy_gateway_routes(const struct deploy *d,
@@ -884,9 +892,9 @@ char *deploy_gateway_routes(const struct deploy *d,
         const struct deploy_service *t = deploy_find(d, r->service);
         if (!t)
             continue; /* cannot happen after validation */
-        moat_buf_printf(&b, "%s%s=%s@http://%s:%u%s", i ? "," : "", r->prefix,
-                        t->name, deploy_connect_host(t), (unsigned)t->port,
-                        r->path);
+        moat_buf_printf(&b, "%s%s=%s@%s://%s:%u%s", i ? "," : "", r->prefix,
+                        t->name, t->tls ? "https" : "http",
+                        deploy_connect_host(t), (unsigned)t->port, r->path);
     }
     return moat_buf_detach(&b, NULL);
 }
@@ -914,6 +922,32 @@ bool deploy_calls(const struct deploy_service *caller,
         if (strcmp(caller->calls[i], callee->name) == 0)
             return true;
     return false;
+}
+
+char *deploy_tls_urls(const struct deploy *d, const char *value)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = value;
+    for (;;) {
+        const char *h = strstr(p, "http://");
+        if (!h)
+            break;
+        moat_buf_add(&b, p, (size_t)(h - p));
+        p = h + strlen("http://");
+        const struct deploy_service *hit = NULL;
+        for (size_t i = 0; i < d->nservices && !hit; i++) {
+            const struct deploy_service *s = &d->services[i];
+            char addr[DEPLOY_HOST_MAX + 8];
+            int n = snprintf(addr, sizeof(addr), "%s:%u",
+                             deploy_connect_host(s), (unsigned)s->port);
+            if (s->tls && strncmp(p, addr, (size_t)n) == 0 &&
+                !(p[n] >= '0' && p[n] <= '9'))
+                hit = s;
+        }
+        moat_buf_printf(&b, "%s://", hit ? "https" : "http");
+    }
+    moat_buf_printf(&b, "%s", p);
+    return moat_buf_detach(&b, NULL);
 }
 
 const char *deploy_engine_name(enum deploy_engine e)

@@ -87,6 +87,7 @@ struct deploy_service {
     char **secrets; /* env names of shared secrets moat generates */
     size_t nsecrets;
     int level; /* start order: 0 = no routes; else 1 + max(level of targets) */
+    bool tls;  /* serves HTTPS (the deployment's "tls") */
 };
 
 struct deploy {
@@ -97,6 +98,10 @@ struct deploy {
     struct deploy_service *services; /* in file order */
     size_t nservices;
     int max_level; /* highest level among services */
+    /* "tls": true - every service serves HTTPS with mutual TLS, from the
+     * certificates of `moat certs` under <var_dir>/certs (docs/security.md
+     * "TLS on every hop"). Default false. */
+    bool tls;
 };
 
 /*
@@ -127,8 +132,15 @@ const struct deploy_service *deploy_find(const struct deploy *d,
  */
 const char *deploy_connect_host(const struct deploy_service *s);
 
-/* "http://HOST:PORT" of s for clients; caller frees. */
+/* "http://HOST:PORT" of s for clients ("https://" when s->tls); caller
+ * frees. */
 char *deploy_base_url(const struct deploy_service *s);
+/*
+ * value with every "http://HOST:PORT" that names a TLS service of d read
+ * "https://" (the URLs of env values such as MOAT_ORDERS_URL). Caller
+ * frees.
+ */
+char *deploy_tls_urls(const struct deploy *d, const char *value);
 
 /*
  * MOAT_GATEWAY_ROUTES for s: "PREFIX=http://HOST:PORT/PATH,..." in route

@@ -118,8 +118,11 @@ bool cli_provider_of(const struct deploy *d, char **url, char **key)
         free(v);
         return false;
     }
-    size_t n = strlen(u);
-    *url = n && u[n - 1] == '/' ? moat_xstrndup(u, n - 1) : moat_xstrdup(u);
+    /* As `moat up` hands it to payments: https:// with TLS. */
+    char *tu = deploy_tls_urls(d, u);
+    size_t n = strlen(tu);
+    *url = n && tu[n - 1] == '/' ? moat_xstrndup(tu, n - 1) : moat_xstrdup(tu);
+    free(tu);
     *key = v;
     return true;
 }

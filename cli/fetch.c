@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "moat/buf.h"
+#include "moat/tls.h"
 
 #include "fetch.h"
 
@@ -121,6 +122,7 @@ static void start(struct cli_fetcher *f, struct call *c)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    moat_tls_curl(e); /* the operator's certificate when TLS is on */
     if (c->body)
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
     else if (strcmp(c->method, "POST") == 0)

@@ -92,6 +92,10 @@ static const char usage[] =
     "                            skeleton (store, outbox, consumer stub,\n"
     "                            tests, docs/NAME.md) and add it to FILE\n"
     "                            (default moat.json) on the next port\n"
+    "  certs [--force]           the deployment CA and a TLS certificate per\n"
+    "                            service and the operator, under\n"
+    "                            <var_dir>/certs (moat up makes them when\n"
+    "                            the file says \"tls\": true)\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -165,6 +169,7 @@ int main(int argc, char **argv)
         {"social", cli_cmd_social},
         {"report", cli_cmd_report},
         {"new", cli_cmd_new},
+        {"certs", cli_cmd_certs},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

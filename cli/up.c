@@ -344,8 +344,10 @@ static int preflight(struct sup *s)
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
 {
-    static const char *const ours[] = {"MOAT_SERVICE_NAME", "MOAT_LISTEN",
-                                       "MOAT_DATA_DIR", "MOAT_GATEWAY_ROUTES"};
+    static const char *const ours[] = {
+        "MOAT_SERVICE_NAME",   "MOAT_LISTEN",   "MOAT_DATA_DIR",
+        "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT", "MOAT_TLS_KEY",
+        "MOAT_TLS_CA"};
     size_t n = strcspn(entry, "=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ours); i++)
         if (strlen(ours[i]) == n && strncmp(entry, ours[i], n) == 0)
@@ -359,7 +361,7 @@ static bool env_overridden(const char *entry, const struct deploy_service *svc)
 
 /* The child's environment: ours, minus what the deployment sets, plus the
  * deployment's. Caller frees each string and the array. */
-static char **child_env(const struct proc *p)
+static char **child_env(const struct sup *s, const struct proc *p)
 {
     const struct deploy_service *svc = p->svc;
     size_t n = 0;
@@ -381,11 +383,16 @@ static char **child_env(const struct proc *p)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
-    /* Values with secret references come expanded in auth_env. */
-    for (size_t i = 0; i < svc->nenv; i++)
-        if (!deploy_has_secret_refs(svc->env[i].value))
-            env[k++] =
-                moat_xasprintf("%s=%s", svc->env[i].name, svc->env[i].value);
+    /* Values with secret references come expanded in auth_env. With TLS,
+     * URLs of the deployment's services read https://. */
+    for (size_t i = 0; i < svc->nenv; i++) {
+        if (deploy_has_secret_refs(svc->env[i].value))
+            continue;
+        char *v = s->d->tls ? deploy_tls_urls(s->d, svc->env[i].value)
+                            : moat_xstrdup(svc->env[i].value);
+        env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, v);
+        free(v);
+    }
     env[k] = NULL;
     return env;
 }
@@ -409,8 +416,21 @@ static int make_auth_env(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
-        char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 4, sizeof(*env));
+        char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 7, sizeof(*env));
         size_t k = 0;
+        if (s->d->tls) {
+            /* Its own key and certificate, and the CA: nothing else of
+             * <var_dir>/certs. */
+            char *cert = cli_cert_path(s->d, svc->name, "crt");
+            char *key = cli_cert_path(s->d, svc->name, "key");
+            char *ca = cli_cert_path(s->d, "ca", "crt");
+            env[k++] = moat_xasprintf("MOAT_TLS_CERT=%s", cert);
+            env[k++] = moat_xasprintf("MOAT_TLS_KEY=%s", key);
+            env[k++] = moat_xasprintf("MOAT_TLS_CA=%s", ca);
+            free(cert);
+            free(key);
+            free(ca);
+        }
         env[k++] = moat_xasprintf("MOAT_SERVICE_KEY=%s",
                                   cli_secret_service_key(sec, svc->name));
         /* Each caller's pair key towards this service, never the caller's
@@ -523,7 +543,7 @@ static int spawn(struct sup *s, struct proc *p)
         say(s, "%s: cannot open /dev/null: %s", p->svc->name, strerror(errno));
         goto cleanup;
     }
-    env = child_env(p);
+    env = child_env(s, p);
     fflush(stdout); /* or the child would inherit buffered output */
     pid_t parent = getpid();
     pid_t pid = fork();
@@ -860,10 +880,17 @@ static void print_summary(struct sup *s)
         }
     }
     printf("\ntry:\n");
+    /* With TLS, curl trusts the deployment CA (the gateway asks no client
+     * certificate). */
+    char *ca = cli_cert_path(d, "ca", "crt");
+    char *cs = d->tls ? moat_xasprintf("curl -s --cacert %s https://",
+                                       cli_display_path(ca, rel, sizeof(rel)))
+                      : moat_xstrdup("curl -s ");
+    free(ca);
     if (products) {
         const char *host = deploy_connect_host(gw);
         unsigned port = (unsigned)gw->port;
-        printf("  curl -s %s:%u%s\n", host, port, products->prefix);
+        printf("  %s%s:%u%s\n", cs, host, port, products->prefix);
         /* Writes need a signed-in admin: show the login when the deployment
          * has one (users with a generated admin password). */
         const char *secrets = NULL;
@@ -881,25 +908,26 @@ static void print_summary(struct sup *s)
                    "\"\\(.*\\)\".*/\\1/p' %s)\n",
                    rel);
             free(sec);
-            printf("  TOKEN=$(curl -s -X POST %s:%u/api/v1/auth/login -H "
+            printf("  TOKEN=$(%s%s:%u/api/v1/auth/login -X POST -H "
                    "'content-type: application/json' \\\n"
                    "      -d \"{\\\"email\\\":\\\"admin@moat.local\\\","
                    "\\\"password\\\":\\\"$PW\\\"}\" | sed -n "
                    "'s/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/p')\n",
-                   host, port);
+                   cs, host, port);
         }
-        printf("  curl -s -X POST %s:%u%s -H \"authorization: Bearer $TOKEN\" "
+        printf("  %s%s:%u%s -X POST -H \"authorization: Bearer $TOKEN\" "
                "-H 'content-type: application/json' \\\n"
                "       -d '{\"sku\":\"MUG-1\",\"name\":\"Mug\",\"price\":"
                "{\"amount\":1250,\"currency\":\"EUR\"}}'\n",
-               host, port, products->prefix);
+               cs, host, port, products->prefix);
     } else if (gw) {
-        printf("  curl -s %s:%u%s\n", deploy_connect_host(gw),
-               (unsigned)gw->port, gw->routes[0].prefix);
+        printf("  %s%s:%u%s\n", cs, deploy_connect_host(gw), (unsigned)gw->port,
+               gw->routes[0].prefix);
     } else {
-        printf("  curl -s %s:%u/readyz\n", deploy_connect_host(&d->services[0]),
+        printf("  %s%s:%u/readyz\n", cs, deploy_connect_host(&d->services[0]),
                (unsigned)d->services[0].port);
     }
+    free(cs);
     printf("  moat status        moat logs %s -f        moat down (or "
            "Ctrl-C here)\n\n",
            d->services[0].name);
@@ -1025,6 +1053,9 @@ int cli_cmd_up(int argc, char **argv)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
         p->backoff_ms = BACKOFF_MIN_MS;
     }
+    if (s.d->tls && (cli_certs_ensure(s.d, false, false) != MOAT_OK ||
+                     cli_tls_operator(s.d) != MOAT_OK))
+        goto cleanup;
     if (make_auth_env(&s) != MOAT_OK)
         goto cleanup;
 

@@ -20,6 +20,7 @@
 
 #include "moat/auth.h"
 #include "moat/jwt.h"
+#include "moat/tls.h"
 
 #include "cli.h"
 #include "secrets.h"
@@ -42,6 +43,11 @@ struct deploy *cli_load_deploy(const char *file)
         free(err);
         return NULL;
     }
+    /* With "tls": every call below presents the operator's certificate;
+     * before `moat certs` (or the first `moat up`) there is none yet. */
+    if (cli_tls_operator(d) == MOAT_EIO)
+        cli_error("cannot load the operator's TLS certificate from %s/certs",
+                  d->var_dir);
     return d;
 }
 
@@ -109,6 +115,7 @@ int cli_probe(const char *url, long timeout_ms, long *status)
      * health checks. */
     curl_easy_setopt(c, CURLOPT_NOPROXY, "*");
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
+    moat_tls_curl(c);
     CURLcode rc = curl_easy_perform(c);
     int ret = MOAT_OK;
     if (rc == CURLE_OPERATION_TIMEDOUT)
@@ -337,6 +344,7 @@ int cli_http(const char *method, const char *url, const char *header,
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, json_body);
     else if (strcmp(method, "POST") == 0)
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
+    moat_tls_curl(c);
     CURLcode rc = curl_easy_perform(c);
     if (rc == CURLE_OPERATION_TIMEDOUT) {
         ret = MOAT_ETIMEDOUT;

@@ -13,6 +13,7 @@
 #include <sys/queue.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/http_struct.h>
@@ -22,6 +23,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,7 @@
 #include "moat/http.h"
 #include "moat/log.h"
 #include "moat/problem.h"
+#include "moat/tls.h"
 
 #define NMETHODS        7
 #define MAX_SEGMENTS    32
@@ -73,6 +76,7 @@ struct moat_http_server {
     struct event_base *base;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
+    SSL_CTX *tls; /* moat_http_set_tls; NULL = plain HTTP */
     struct moat_http_limits lim;
     struct route **routes;
     size_t nroutes;
@@ -1323,6 +1327,44 @@ unsigned moat_http_connections(const struct moat_http_server *s)
     return (unsigned)s->conns.used;
 }
 
+/* ---- TLS (moat/tls.h) ---- */
+
+/* Every accepted connection: TLS first, HTTP inside. A client speaking
+ * plain HTTP fails the handshake and the connection is closed. */
+static struct bufferevent *tls_bev(struct event_base *base, void *arg)
+{
+    struct moat_http_server *s = arg;
+    SSL *ssl = SSL_new(s->tls);
+    if (!ssl)
+        return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev) /* clients that close without close_notify are not errors */
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+void moat_http_set_tls(struct moat_http_server *s, SSL_CTX *ctx)
+{
+    if (s->tls)
+        SSL_CTX_free(s->tls);
+    s->tls = ctx;
+    if (ctx) {
+        SSL_CTX_up_ref(ctx);
+        evhttp_set_bevcb(s->http, tls_bev, s);
+    } else {
+        evhttp_set_bevcb(s->http, NULL, NULL);
+    }
+}
+
+bool moat_req_peer_service(const struct moat_req *r, char *out, size_t cap)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(r->ev);
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    SSL *ssl = bev && r->srv->tls ? bufferevent_openssl_get_ssl(bev) : NULL;
+    return moat_tls_peer_name(ssl, out, cap);
+}
+
 void moat_http_server_free(struct moat_http_server *s)
 {
     if (!s)
@@ -1333,6 +1375,8 @@ void moat_http_server_free(struct moat_http_server *s)
     s->sock = NULL;
     servers_del(s);
     evhttp_free(s->http);
+    if (s->tls)
+        SSL_CTX_free(s->tls);
     if (s->accept_retry)
         event_free(s->accept_retry);
     for (size_t i = 0; i < s->nroutes; i++)

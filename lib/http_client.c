@@ -28,6 +28,7 @@
 
 #include "moat/buf.h"
 #include "moat/http_client.h"
+#include "moat/tls.h"
 #include "moat/trace.h"
 
 /* Idle connections are probed so a peer that vanished is noticed. */
@@ -71,7 +72,8 @@ struct xfer {
 struct moat_http_client {
     struct event_base *base; /* borrowed */
     CURLM *multi;
-    struct event *timer; /* curl's single timeout */
+    CURLSH *tls_sessions; /* TLS sessions shared by the easy handles */
+    struct event *timer;  /* curl's single timeout */
     struct moat_http_client_options opts;
     struct xfer *xfers; /* pending calls */
     size_t npending;
@@ -339,6 +341,7 @@ static void client_destroy(struct moat_http_client *c)
     curl_multi_cleanup(c->multi);
     while (c->nidle)
         curl_easy_cleanup(c->idle[--c->nidle]);
+    curl_share_cleanup(c->tls_sessions);
     while (c->socks)
         sock_free(c, c->socks);
     event_free(c->timer);
@@ -406,6 +409,11 @@ int moat_http_client_new(struct moat_http_client **out, struct event_base *base,
      * evict each other's connections). */
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS,
                       c->opts.max_host_conns * CACHE_HOSTS);
+    /* A new connection resumes a TLS session another handle made. */
+    c->tls_sessions = curl_share_init();
+    if (c->tls_sessions)
+        curl_share_setopt(c->tls_sessions, CURLSHOPT_SHARE,
+                          CURL_LOCK_DATA_SSL_SESSION);
     *out = c;
     return MOAT_OK;
 }
@@ -611,6 +619,12 @@ int moat_http_client_send(struct moat_http_client *c,
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+    /* https:// URLs: mutual TLS with the process identity (moat/tls.h). */
+    curl_easy_setopt(e, CURLOPT_SHARE, c->tls_sessions);
+    if (moat_tls_curl(e) != MOAT_OK) {
+        xfer_free(x);
+        return MOAT_EIO;
+    }
     setup_method(x, call);
 
     if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {

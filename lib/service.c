@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <openssl/ssl.h>
+#include <sodium.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 #include "moat/log.h"
 #include "moat/sandbox.h"
 #include "moat/service.h"
+#include "moat/tls.h"
 
 struct runtime {
     struct moat_service *svc;
@@ -29,6 +32,7 @@ struct runtime {
     struct event *drain_deadline;
     int64_t started_wall_ms;
     struct moat_metric_family *m_auth_rejected; /* {reason} */
+    bool tls; /* mutual TLS: the client certificate must match the token */
     bool initialised;
     bool stopping;
     struct moat_metric_series *m_rss, *m_cpu, *m_start, *m_fds, *m_up;
@@ -321,6 +325,20 @@ static bool service_token_guard(struct moat_req *req, void *arg)
     struct moat_principal p;
     const char *why = "missing " MOAT_SERVICE_TOKEN_HEADER " header";
     if (token && moat_auth_verify(rt->svc->auth, token, &p, &why) == MOAT_OK) {
+        char peer[MOAT_TLS_NAME_MAX + 1];
+        if (rt->tls && (!moat_req_peer_service(req, peer, sizeof(peer)) ||
+                        strcmp(peer, p.service) != 0)) {
+            /* A known caller's certificate with another caller's token. */
+            const char *labels[] = {"certificate mismatch"};
+            moat_metric_add(moat_metric_series(rt->m_auth_rejected, labels), 1);
+            moat_log(MOAT_LOG_WARN, "service call refused", "{s:s, s:s}",
+                     "reason", "the client certificate names another service",
+                     "iss", p.service);
+            moat_req_reply_problem(req, 403,
+                                   "the client certificate does not name "
+                                   "the service the token was issued by");
+            return false;
+        }
         moat_req_set_principal(req, &p);
         return true;
     }
@@ -331,6 +349,46 @@ static bool service_token_guard(struct moat_req *req, void *arg)
     moat_req_set_header(req, "WWW-Authenticate", "MoatService");
     moat_req_reply_problem(req, 401, "service authentication failed: %s", why);
     return false;
+}
+
+/*
+ * MOAT_TLS_*: serve HTTPS. A service in moat's trust domain accepts only
+ * client certificates naming its known callers (the names of
+ * MOAT_PEER_KEYS) and the operator; the gateway, which faces the public,
+ * and an external stand-in ask for none.
+ */
+static int setup_tls(struct runtime *rt)
+{
+    struct moat_service *svc = rt->svc;
+    int rc = moat_tls_load_env();
+    if (rc == MOAT_ENOTFOUND)
+        return MOAT_OK;
+    if (rc != MOAT_OK)
+        return rc;
+    bool mutual = !svc->def->public_api && !svc->def->external;
+    char *peers = moat_xstrdup(moat_env_str("MOAT_PEER_KEYS", ""));
+    size_t peers_len = strlen(peers);
+    const char *allowed[66] = {"operator"};
+    size_t n = 1;
+    char *save = NULL;
+    for (char *tok = strtok_r(peers, ",", &save); tok && n < 65;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(tok, ':');
+        if (colon)
+            *colon = '\0';
+        allowed[n++] = tok;
+    }
+    SSL_CTX *ctx = moat_tls_server_ctx(mutual ? allowed : NULL);
+    sodium_memzero(peers, peers_len); /* holds the pair keys */
+    free(peers);
+    if (!ctx)
+        return MOAT_EIO;
+    moat_http_set_tls(svc->http, ctx);
+    SSL_CTX_free(ctx);
+    rt->tls = mutual && svc->auth;
+    moat_log(MOAT_LOG_INFO, "serving HTTPS", "{s:s}", "clients",
+             mutual ? "known callers with certificates" : "anyone");
+    return MOAT_OK;
 }
 
 static void register_builtin_metrics(struct runtime *rt)
@@ -437,6 +495,10 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
         if (!def->public_api)
             moat_http_set_guard(svc.http, service_token_guard, &rt);
     }
+
+    /* Before confinement: the certificate files are outside the data dir. */
+    if (setup_tls(&rt) != MOAT_OK)
+        goto out;
 
     if (svc.cfg.data_dir && make_data_dir(svc.cfg.data_dir) != MOAT_OK)
         goto out;

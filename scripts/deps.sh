@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
     build-essential cmake pkg-config git curl ca-certificates
     libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev
-    libsodium-dev libjwt-dev
+    libsodium-dev libjwt-dev libssl-dev
     liblmdb-dev
     libcmocka-dev
     clang clang-format libclang-rt-14-dev valgrind jq

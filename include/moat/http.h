@@ -133,6 +133,21 @@ unsigned moat_http_in_flight(const struct moat_http_server *s);
 void moat_http_set_access_log(struct moat_http_server *s, bool on);
 unsigned moat_http_connections(const struct moat_http_server *s);
 
+/*
+ * Serve HTTPS (moat/tls.h): every connection starts with a TLS handshake
+ * under ctx (from moat_tls_server_ctx; the server takes its own
+ * reference), so plain HTTP to the port is refused. Call before listening.
+ * ctx NULL goes back to plain HTTP.
+ */
+typedef struct ssl_ctx_st SSL_CTX;
+void moat_http_set_tls(struct moat_http_server *s, SSL_CTX *ctx);
+/*
+ * The service name of the request's TLS client certificate
+ * (moat_tls_peer_name) into out; false on plain HTTP or without a
+ * verified client certificate.
+ */
+bool moat_req_peer_service(const struct moat_req *r, char *out, size_t cap);
+
 /* --- request accessors (strings owned by the request) --- */
 enum moat_method moat_req_method(const struct moat_req *r);
 const char *moat_req_path(const struct moat_req *r);   /* decoded path */

@@ -29,6 +29,14 @@
  *                          service identity (moat/auth.h); required
  *   MOAT_INSECURE_NO_AUTH  1 = accept calls without a service token
  *                          (development only; logged loudly)
+ *   MOAT_TLS_CERT, MOAT_TLS_KEY, MOAT_TLS_CA
+ *                          serve HTTPS only (moat/tls.h), read before
+ *                          confinement; unless def->public_api or
+ *                          def->external, a client certificate naming a
+ *                          MOAT_PEER_KEYS caller or "operator" is required,
+ *                          and on guarded routes it must name the token's
+ *                          iss (403 otherwise). Outgoing https:// calls
+ *                          present the certificate.
  *
  * Unless def->public_api, every route but /healthz, /readyz and /metrics
  * requires a valid service token from a known peer (401 otherwise); the

@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "harness.h"
 
 #include "moat/buf.h"
+#include "moat/tls.h"
 
 #include "deploy.h"
 
@@ -73,7 +75,8 @@ static char *rewrite(const struct deploy *d, const struct plan *plan,
             moat_buf_addch(&out, *p++);
             continue;
         }
-        moat_buf_printf(&out, "http://127.0.0.1:%u", (unsigned)plan[j].port);
+        moat_buf_printf(&out, "%s://127.0.0.1:%u", h_scheme(),
+                        (unsigned)plan[j].port);
         p += strlen(plan[j].file_url);
     }
     moat_buf_grow(&out, 0);
@@ -157,8 +160,11 @@ int h_deployment_start(struct h_deployment *dep, const char *file,
     if (deploy_load(file, &dep->d, &err) != MOAT_OK)
         fail_msg("harness: deployment %s: %s", file, err ? err : "?");
     struct deploy *d = dep->d;
+    if (d->tls)
+        h_tls_enable(tmpdir);
     struct plan *plan = moat_xcalloc(d->nservices, sizeof(*plan));
     for (size_t i = 0; i < d->nservices; i++) {
+        d->services[i].tls = h_tls_on(); /* gateway routes: https:// */
         plan[i].wanted = is_wanted(only, d->services[i].name);
         snprintf(plan[i].file_url, sizeof(plan[i].file_url), "http://%s:%u",
                  deploy_connect_host(&d->services[i]),
@@ -258,6 +264,50 @@ static char *replace_all(const char *s, const char *from, const char *to)
     return moat_buf_detach(&b, NULL);
 }
 
+/*
+ * A deployment with "tls" that the test runs with `moat up`: the CA and
+ * the operator's certificate made beforehand where moat certs keeps them
+ * (<dir of dst>/var/certs; moat up issues the services' from this CA),
+ * and the operator's certificate as the test process's TLS identity, so
+ * h_http reaches the gateway and every service as `moat` would.
+ */
+static void operator_identity(const char *dst)
+{
+    char *dir = moat_xstrdup(dst);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = '\0';
+    char *var = moat_xasprintf("%s/var", slash ? dir : ".");
+    char *certs = moat_xasprintf("%s/certs", var);
+    mkdir(var, 0700);
+    mkdir(certs, 0700);
+    char *ca_cert = NULL, *ca_key = NULL, *cert = NULL, *key = NULL;
+    if (moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &ca_cert, &ca_key) !=
+            MOAT_OK ||
+        moat_tls_make_cert(ca_cert, ca_key, "operator", -300,
+                           MOAT_TLS_CERT_DAYS, &cert, &key) != MOAT_OK)
+        fail_msg("harness: cannot make the deployment CA");
+    const char *files[][2] = {{"ca.crt", ca_cert},
+                              {"ca.key", ca_key},
+                              {"operator.crt", cert},
+                              {"operator.key", key}};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(files); i++)
+        if (moat_tls_write_pem(h_fmt("%s/%s", certs, files[i][0]),
+                               files[i][1]) != MOAT_OK)
+            fail_msg("harness: cannot write %s", files[i][0]);
+    if (moat_tls_load(h_fmt("%s/operator.crt", certs),
+                      h_fmt("%s/operator.key", certs),
+                      h_fmt("%s/ca.crt", certs)) != MOAT_OK)
+        fail_msg("harness: cannot load the operator's TLS identity");
+    free(ca_cert);
+    free(ca_key);
+    free(cert);
+    free(key);
+    free(certs);
+    free(var);
+    free(dir);
+}
+
 void h_deployment_write_free_ports(const char *src, const char *dst,
                                    const char *name, char *gw_url,
                                    size_t gw_len)
@@ -285,7 +335,10 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
         to[i] = strdup(h_fmt("127.0.0.1:%u", p));
         json_object_set_new(svc, "listen", json_string(to[i]));
         if (json_array_size(json_object_get(svc, "routes")))
-            snprintf(gw_url, gw_len, "http://%s", to[i]);
+            snprintf(gw_url, gw_len, "%s://%s",
+                     json_is_true(json_object_get(root, "tls")) ? "https"
+                                                                : "http",
+                     to[i]);
     }
     size_t i;
     json_t *svc;
@@ -310,6 +363,8 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
         json_object_set_new(root, "name", json_string(name));
     json_object_set_new(root, "var_dir", json_string("var"));
     assert_int_equal(json_dump_file(root, dst, JSON_INDENT(2)), 0);
+    if (json_is_true(json_object_get(root, "tls")))
+        operator_identity(dst);
     for (size_t k = 0; k < n; k++) {
         free(from[k]);
         free(to[k]);

@@ -25,6 +25,7 @@
 
 #include "moat/auth.h"
 #include "moat/jwt.h"
+#include "moat/tls.h"
 #include "moat/buf.h"
 
 #define READY_TIMEOUT_MS 10000
@@ -539,6 +540,80 @@ static void add_auto_headers(struct curl_slist **list, const char *url,
 /* In the child: never returns. Only async-signal-safe calls until exec,
  * except setenv, which is fine because the test process is single
  * threaded when it forks. */
+/* ---- TLS (h_tls_enable) ---- */
+
+static struct {
+    char *dir;              /* <tmpdir>/certs; NULL while TLS is off */
+    char *ca_cert, *ca_key; /* PEM */
+} tls;
+
+bool h_tls_on(void)
+{
+    return tls.dir != NULL;
+}
+
+const char *h_scheme(void)
+{
+    return tls.dir ? "https" : "http";
+}
+
+const char *h_tls_path(const char *name, const char *ext)
+{
+    if (!tls.dir)
+        fail_msg("harness: h_tls_path without h_tls_enable");
+    return h_fmt("%s/%s.%s", tls.dir, name, ext);
+}
+
+void h_tls_issue(const char *name, int64_t not_before_s, int days,
+                 const char *cert_path, const char *key_path)
+{
+    char *cert = NULL, *key = NULL;
+    if (moat_tls_make_cert(tls.ca_cert, tls.ca_key, name, not_before_s, days,
+                           &cert, &key) != MOAT_OK ||
+        moat_tls_write_pem(cert_path, cert) != MOAT_OK ||
+        moat_tls_write_pem(key_path, key) != MOAT_OK)
+        fail_msg("harness: cannot issue a TLS certificate for %s", name);
+    free(cert);
+    free(key);
+}
+
+/* The certificate of name, issued on first use. */
+static void tls_cert_for(const char *name)
+{
+    if (!tls.dir)
+        return;
+    char *cert = moat_xstrdup(h_tls_path(name, "crt"));
+    if (access(cert, R_OK) != 0)
+        h_tls_issue(name, -300, MOAT_TLS_CERT_DAYS, cert,
+                    h_tls_path(name, "key"));
+    free(cert);
+}
+
+void h_tls_enable(const char *tmpdir)
+{
+    if (tls.dir)
+        return;
+    char *dir = moat_xasprintf("%s/certs", tmpdir);
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        fail_msg("harness: cannot create %s", dir);
+    if (moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &tls.ca_cert, &tls.ca_key) !=
+        MOAT_OK)
+        fail_msg("harness: cannot make a test CA");
+    tls.dir = dir;
+    char *ca = moat_xstrdup(h_tls_path("ca", "crt"));
+    if (moat_tls_write_pem(ca, tls.ca_cert) != MOAT_OK)
+        fail_msg("harness: cannot write %s", ca);
+    /* The test process calls as the peer "test". */
+    tls_cert_for("test");
+    char *cert = moat_xstrdup(h_tls_path("test", "crt"));
+    char *key = moat_xstrdup(h_tls_path("test", "key"));
+    if (moat_tls_load(cert, key, ca) != MOAT_OK)
+        fail_msg("harness: cannot load the test TLS identity");
+    free(cert);
+    free(key);
+    free(ca);
+}
+
 MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
                                      const char *bin,
                                      const char *const *extra_env)
@@ -568,6 +643,11 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
     setenv("MOAT_JWT_SECRET", h_test_jwt_secret(), 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);
+    if (tls.dir) {
+        setenv("MOAT_TLS_CERT", h_tls_path(svc->name, "crt"), 1);
+        setenv("MOAT_TLS_KEY", h_tls_path(svc->name, "key"), 1);
+        setenv("MOAT_TLS_CA", h_tls_path("ca", "crt"), 1);
+    }
     for (const char *const *e = extra_env; e && *e; e++)
         putenv((char *)*e); /* the parent's strings outlive the exec */
 
@@ -632,7 +712,7 @@ static uint16_t logged_port(const struct h_service *svc, long offset)
 
 static void set_url(struct h_service *svc)
 {
-    snprintf(svc->url, sizeof(svc->url), "http://127.0.0.1:%u",
+    snprintf(svc->url, sizeof(svc->url), "%s://127.0.0.1:%u", h_scheme(),
              (unsigned)svc->port);
 }
 
@@ -666,6 +746,7 @@ int h_service_restart(struct h_service *svc, const char *const *extra_env)
         h_service_kill(svc);
     char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, svc->name);
     int rc = -1;
+    tls_cert_for(svc->name);
     /* The port may linger for an instant after a kill: a few attempts. */
     for (int attempt = 1; attempt <= RESTART_ATTEMPTS && rc != 0; attempt++) {
         fflush(NULL);
@@ -724,6 +805,7 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
      * got: no other process can take it in between. A fixed port may be
      * taken by someone else for an instant: a few attempts. */
     int attempts = fixed_port ? START_ATTEMPTS : 1;
+    tls_cert_for(name);
     for (int attempt = 1; attempt <= attempts; attempt++) {
         svc->port = fixed_port;
         set_url(svc);
@@ -911,6 +993,7 @@ void h_http(struct h_resp *out, const char *method, const char *url,
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+    moat_tls_curl(c); /* as the peer "test" after h_tls_enable */
 
     uint64_t t0 = moat_mono_ns();
     CURLcode rc = curl_easy_perform(c);

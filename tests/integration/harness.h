@@ -123,7 +123,7 @@ struct h_service {
     char name[32];   /* "catalog": runs MOAT_BIN_DIR/moat-catalog */
     pid_t pid;       /* > 0 while the child runs and is not reaped */
     uint16_t port;   /* listening port */
-    char url[64];    /* "http://127.0.0.1:<port>" */
+    char url[64];    /* "http://127.0.0.1:<port>" (https with TLS) */
     char *data_dir;  /* owned; NULL for a service without one */
     char *log_path;  /* owned; stdout + stderr of the child */
     int exit_status; /* after stop: exit code, 128 + signal, -1 unknown */
@@ -303,6 +303,27 @@ void h_assert_problem_(const struct h_resp *r, long status, const char *file,
                        int line);
 void h_assert_problem_error_(const struct h_resp *r, const char *key,
                              const char *name, const char *file, int line);
+
+/* ---- TLS (moat/tls.h) ----
+ *
+ * After h_tls_enable(tmpdir) every service started gets MOAT_TLS_CERT,
+ * MOAT_TLS_KEY and MOAT_TLS_CA: a certificate naming it, from a test CA
+ * made under <tmpdir>/certs, so it serves HTTPS with mutual TLS; service
+ * URLs read https://, and h_http presents the certificate of the peer
+ * "test" (every service's known caller in tests). h_deployment_start turns
+ * it on for a deployment file with "tls": true. It stays on for the rest
+ * of the process. The test feed (h_feed_start) stays plain HTTP.
+ */
+void h_tls_enable(const char *tmpdir);
+bool h_tls_on(void);
+/* "https" after h_tls_enable, else "http". */
+const char *h_scheme(void);
+/* "<tmpdir>/certs/<name>.<ext>" (rotating buffer, like h_fmt). */
+const char *h_tls_path(const char *name, const char *ext);
+/* Issue a certificate for name from the test CA, valid from now +
+ * not_before_s for days, to cert_path and key_path (0600). */
+void h_tls_issue(const char *name, int64_t not_before_s, int days,
+                 const char *cert_path, const char *key_path);
 
 /* ---- a test event feed ----
  *

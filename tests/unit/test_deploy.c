@@ -151,6 +151,41 @@ static void test_gateway_routes_env(void **state)
     deploy_free(d);
 }
 
+/* "tls": true makes every URL moat derives https://, and rewrites the
+ * file's own addresses in env values (only those). */
+static void test_tls_urls(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(
+        "{'name':'x','tls':true,'services':["
+        "{'name':'catalog','listen':'127.0.0.1:8081','engine':'sqlite',"
+        "'db':'c.db'}," GW("[{'prefix':'/api/v1/products','service':"
+                           "'catalog','path':'/v1/products'}]") "]}");
+    assert_true(d->tls);
+    assert_true(deploy_find(d, "catalog")->tls);
+    char *url = deploy_base_url(deploy_find(d, "catalog"));
+    assert_string_equal(url, "https://127.0.0.1:8081");
+    free(url);
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes,
+                        "/api/v1/products=catalog@https://127.0.0.1:8081/"
+                        "v1/products");
+    free(routes);
+    char *v = deploy_tls_urls(d, "a=http://127.0.0.1:8081/x,"
+                                 "b=http://127.0.0.1:80811,"
+                                 "c=http://example.com:8081");
+    assert_string_equal(v, "a=https://127.0.0.1:8081/x,"
+                           "b=http://127.0.0.1:80811,"
+                           "c=http://example.com:8081");
+    free(v);
+    deploy_free(d);
+    char *err = parse_err("{'name':'x','tls':'yes','services':["
+                          "{'name':'catalog','listen':'127.0.0.1:1',"
+                          "'engine':'none'}]}");
+    assert_non_null(strstr(err, "tls: must be true or false"));
+    free(err);
+}
+
 static void test_paths_resolve(void **state)
 {
     MOAT_UNUSED(state);
@@ -566,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_all_errors_reported),
         cmocka_unit_test(test_too_many_services),
         cmocka_unit_test(test_load_shipped_file),
+        cmocka_unit_test(test_tls_urls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
