@@ -76,6 +76,11 @@ int moat_service_config_load(struct moat_service_config *cfg,
                      3600000, &v) != MOAT_OK)
         rc = MOAT_EINVAL;
     cfg->limits.io_timeout_ms = (unsigned)v;
+    if (moat_env_int("MOAT_HEADER_TIMEOUT_MS",
+                     MOAT_HTTP_DEFAULT_HEADER_TIMEOUT_MS, 100, 3600000,
+                     &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.header_timeout_ms = (unsigned)v;
     if (moat_env_int("MOAT_DRAIN_TIMEOUT_MS", 10000, 0, 600000, &v) != MOAT_OK)
         rc = MOAT_EINVAL;
     cfg->drain_timeout_ms = (unsigned)v;
