@@ -212,6 +212,7 @@ void h_write_file(const char *path, const char *text)
  */
 static struct child {
     pid_t pid;
+    uint16_t port; /* once known */
     char name[32];
     char log_path[PATH_MAX];
 } children[MAX_CHILDREN];
@@ -566,6 +567,8 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
     setenv("MOAT_SERVICE_KEY", h_test_service_key(svc->name), 1);
     setenv("MOAT_PEER_KEYS", peer_keys(svc->name), 1);
     setenv("MOAT_JWT_SECRET", h_test_jwt_secret(), 1);
+    /* The test process calls admin routes as an operator would. */
+    setenv("MOAT_OPERATORS", "operator,test", 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);
     for (const char *const *e = extra_env; e && *e; e++)
@@ -580,6 +583,9 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
 /* GET url/readyz until 200, the child exits or the deadline passes. */
 static int wait_ready(struct h_service *svc)
 {
+    for (size_t i = 0; i < MAX_CHILDREN; i++)
+        if (children[i].pid == svc->pid)
+            children[i].port = svc->port;
     struct h_waiter w;
     h_wait_begin(&w, READY_TIMEOUT_MS);
     const char *url = h_fmt("%s/readyz", svc->url);
@@ -993,10 +999,26 @@ json_t *h_get_json(const char *url, const char *const *headers)
     return j;
 }
 
+const char *h_metrics_token(const char *base_url)
+{
+    const char *colon = strrchr(base_url, ':');
+    unsigned long port = colon ? strtoul(colon + 1, NULL, 10) : 0;
+    for (size_t i = 0; port && i < MAX_CHILDREN; i++)
+        if (children[i].pid > 0 && children[i].port == port)
+            return h_service_token(children[i].name, NULL, NULL);
+    return NULL;
+}
+
+void h_get_metrics(struct h_resp *out, const char *base_url)
+{
+    const char *headers[] = {h_metrics_token(base_url), NULL};
+    h_http(out, "GET", h_fmt("%s/metrics", base_url), headers, NULL, 0);
+}
+
 double h_metric(const char *base_url, const char *series)
 {
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", base_url));
+    h_get_metrics(&r, base_url);
     double v = -1;
     size_t n = strlen(series);
     for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {

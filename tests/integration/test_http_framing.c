@@ -4,7 +4,8 @@
  * (moat.json's, then deploy/social.json's others): each refusal answers
  * at once with the right status as problem+json and closes the
  * connection; an absolute-form target is served; a client trickling
- * header bytes is cut at the header timeout from its first byte.
+ * header bytes is cut at the header timeout from its first byte; /metrics
+ * refuses a caller without a service token.
  *
  * The services run with a 60 s I/O timeout, so an answer or a close seen
  * well within that is the server's decision, not its timeout.
@@ -196,11 +197,31 @@ static void check_absolute_form(const struct h_service *svc)
     close(fd);
 }
 
+/*
+ * /metrics is for operators and known peers: 401 problem+json without a
+ * service token, 200 with one. The payment provider stand-in is an
+ * external party with no service identity: open.
+ */
+static void check_metrics(const struct h_service *svc)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/metrics", svc->url));
+    if (strcmp(svc->name, "payprovider") == 0)
+        h_assert_status(&r, 200);
+    else
+        h_assert_problem(&r, 401);
+    h_resp_release(&r);
+    h_get_metrics(&r, svc->url);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+}
+
 static void check_all(size_t first)
 {
     for (size_t i = first; i < F.dep.n; i++) {
         check_refusals(&F.dep.svc[i]);
         check_absolute_form(&F.dep.svc[i]);
+        check_metrics(&F.dep.svc[i]);
     }
 }
 
