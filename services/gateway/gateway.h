@@ -174,6 +174,9 @@ struct gw {
     long compose_timeout_ms; /* per backend call, and the order fetch */
     struct moat_metric_family *m_compose; /* {result} */
     struct gw_composed_route composed[GW_COMPOSED_ROUTES];
+    /* Access tokens ended by a logout through this gateway (access.c):
+     * {jti: exp}, each kept until the token would expire anyway. */
+    json_t *revoked;
     /* Access overrides (overrides.c); NULL when users is unknown. */
     struct gw_overrides *overrides;
 };
