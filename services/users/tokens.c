@@ -63,7 +63,7 @@ static bool read_body(struct moat_req *r, json_t **body,
 
 out:
     if (!ok) {
-        json_decref(*body);
+        usr_json_release_secret(*body);
         *body = NULL;
     }
     moat_validation_release(&v);
@@ -289,7 +289,7 @@ static void handle_login(struct moat_req *r, void *arg)
 
 cleanup:
     free(c);
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 /* ---- POST /v1/auth/refresh ---- */
@@ -374,7 +374,7 @@ static void handle_refresh(struct moat_req *r, void *arg)
     reply_tokens(r, out);
 
 cleanup:
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 /* ---- POST /v1/auth/logout ---- */
@@ -413,7 +413,7 @@ static void handle_logout(struct moat_req *r, void *arg)
     moat_req_reply(r, 204, NULL, NULL, 0);
 
 cleanup:
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 int usr_auth_routes_register(struct usr_service *usr)
