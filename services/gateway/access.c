@@ -18,9 +18,12 @@
  *     at the token's expiry. The gateway refuses nothing for it: the
  *     owning service refuses the write (moat_req_require_perm).
  *
- *  4. Logout: a logout through the gateway ends the access token it
- *     carries at once. Its id (jti) goes to a deny list kept for the
- *     token's remaining lifetime (docs/security.md "Revocation").
+ *  4. Revocation: a logout through the gateway ends the access token it
+ *     carries at once: its id (jti) goes to a deny list kept for the
+ *     token's remaining lifetime. Sessions users ended (a logout, also
+ *     one not through this gateway, a reused refresh token, a password
+ *     change) end their tokens within the feed's delay (overrides.c).
+ *     docs/security.md "Revocation".
  *
  * The principal set here (user id, role, permissions, client address) is
  * what proxy.c signs into the service token for the upstream; nothing the
@@ -183,7 +186,7 @@ bool gw_access_guard(struct moat_req *req, void *arg)
         reply_unauthorized(gw, req, why, true);
         return false;
     }
-    if (revoked(gw, &c)) {
+    if (revoked(gw, &c) || gw_overrides_revoked(gw, &c)) {
         reply_unauthorized(gw, req, "revoked", true);
         return false;
     }
