@@ -402,32 +402,47 @@ static const char *signed_line(const char *prefix, const char *purpose,
     return line;
 }
 
+/* A service-token line for claims c (iss = the caller, aud set), signed
+ * with the caller's pair key towards aud, as a service would sign
+ * (moat_auth_pair_key). */
+static const char *service_token_line(struct moat_jwt_claims *c)
+{
+    int64_t now = (int64_t)time(NULL);
+    c->iat = now;
+    c->exp = now + MOAT_SERVICE_TOKEN_TTL_S;
+    uint8_t key[64];
+    size_t keylen = 0;
+    if (moat_base64_decode(h_test_pair_key(c->iss, c->aud), key, sizeof(key),
+                           &keylen) != MOAT_OK)
+        moat_die("harness: bad pair key");
+    char *tok = NULL;
+    if (moat_jwt_sign(key, keylen, c, &tok) != MOAT_OK)
+        fail_msg("harness: cannot sign a test token");
+    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
+    free(tok);
+    return line;
+}
+
+const char *h_peer_token(const char *caller, const char *aud)
+{
+    struct moat_jwt_claims c = {0};
+    snprintf(c.iss, sizeof(c.iss), "%s", caller);
+    snprintf(c.sub, sizeof(c.sub), "%s", caller);
+    snprintf(c.aud, sizeof(c.aud), "%s", aud);
+    return service_token_line(&c);
+}
+
 const char *h_service_token(const char *aud, const char *user_id,
                             const char *role)
 {
     struct moat_jwt_claims c = {0};
-    int64_t now = (int64_t)time(NULL);
     snprintf(c.iss, sizeof(c.iss), "test");
     snprintf(c.sub, sizeof(c.sub), "test");
     snprintf(c.aud, sizeof(c.aud), "%s", aud);
     snprintf(c.usr, sizeof(c.usr), "%s", user_id ? user_id : "");
     snprintf(c.role, sizeof(c.role), "%s", role ? role : "");
     snprintf(c.ip, sizeof(c.ip), "127.0.0.1");
-    c.iat = now;
-    c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
-    /* Signed with the test peer's pair key towards aud, as a service
-     * would sign (moat_auth_pair_key). */
-    uint8_t key[64];
-    size_t keylen = 0;
-    if (moat_base64_decode(h_test_pair_key("test", aud), key, sizeof(key),
-                           &keylen) != MOAT_OK)
-        moat_die("harness: bad pair key");
-    char *tok = NULL;
-    if (moat_jwt_sign(key, keylen, &c, &tok) != MOAT_OK)
-        fail_msg("harness: cannot sign a test token");
-    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
-    free(tok);
-    return line;
+    return service_token_line(&c);
 }
 
 const char *h_user_token(const char *user_id, const char *role, long ttl_s)

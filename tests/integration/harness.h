@@ -262,6 +262,9 @@ const char *h_test_jwt_secret(void);
  */
 const char *h_service_token(const char *aud, const char *user_id,
                             const char *role);
+/* The same from peer caller (any of the known services) to aud, acting for
+ * no user: to show what another service may not do. */
+const char *h_peer_token(const char *caller, const char *aud);
 /*
  * An "Authorization: Bearer <jwt>" line as the users service would issue:
  * iss "moat-users", aud "moat", sub user_id, role, exp now + ttl_s (negative

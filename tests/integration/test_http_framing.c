@@ -24,10 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "moat/auth.h"
 #include "moat/common.h"
-#include "moat/crypto.h"
-#include "moat/jwt.h"
 
 #define IO_TIMEOUT_MS     60000
 #define HEADER_TIMEOUT_MS 2000
@@ -220,28 +217,6 @@ static void check_metrics(const struct h_service *svc)
     h_resp_release(&r);
 }
 
-/* A "Moat-Service-Token" line from peer caller to aud (valid 60 s). */
-static const char *token_from(const char *caller, const char *aud)
-{
-    struct moat_jwt_claims c = {0};
-    int64_t now = (int64_t)time(NULL);
-    snprintf(c.iss, sizeof(c.iss), "%s", caller);
-    snprintf(c.sub, sizeof(c.sub), "%s", caller);
-    snprintf(c.aud, sizeof(c.aud), "%s", aud);
-    c.iat = now;
-    c.exp = now + 60;
-    uint8_t key[64];
-    size_t keylen = 0;
-    assert_int_equal(moat_base64_decode(h_test_pair_key(caller, aud), key,
-                                        sizeof(key), &keylen),
-                     MOAT_OK);
-    char *tok = NULL;
-    assert_int_equal(moat_jwt_sign(key, keylen, &c, &tok), MOAT_OK);
-    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
-    free(tok);
-    return line;
-}
-
 /* Admin routes are the operators': a known peer that is not one (the
  * gateway) gets 403, an operator (the test process, as MOAT_OPERATORS
  * says in tests) 200; and /metrics takes the gateway's token. */
@@ -249,7 +224,7 @@ static void check_admin(const struct h_service *svc)
 {
     struct h_resp r;
     const char *url = h_fmt("%s/v1/admin/consumer", svc->url);
-    const char *as_gateway[] = {token_from("gateway", svc->name), NULL};
+    const char *as_gateway[] = {h_peer_token("gateway", svc->name), NULL};
     h_http(&r, "GET", url, as_gateway, NULL, 0);
     h_assert_problem(&r, 403);
     h_resp_release(&r);
