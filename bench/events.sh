@@ -80,15 +80,16 @@ cat_key=$(key); search_key=$(key); bench_key=$(key)
 cat_port=$(free_port)
 search_port=$(free_port)
 
+# The bench identity reads /metrics and the admin routes: an operator.
 MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog \
-    MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
+    MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} MOAT_OPERATORS=bench \
     MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="search:$(pair "$search_key" catalog),bench:$(pair "$bench_key" catalog)" \
     "$BIN"/moat-catalog >"$work/catalog.log" 2>&1 &
 pids+=($!)
 wait_ready "$cat_port"
 start_search() {
     MOAT_LISTEN=127.0.0.1:$search_port MOAT_DATA_DIR=$work/search \
-        MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
+        MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} MOAT_OPERATORS=bench \
         MOAT_SERVICE_KEY=$search_key MOAT_PEER_KEYS="bench:$(pair "$bench_key" search)" \
         MOAT_SEARCH_CATALOG_URL=http://127.0.0.1:$cat_port \
         "$BIN"/moat-search >>"$work/search.log" 2>&1 &
@@ -129,7 +130,7 @@ end
 LUA
 
 catalog_head() {
-    curl -fs "http://127.0.0.1:$cat_port/metrics" | awk '$1=="moat_outbox_head_seq" {print $2}'
+    get catalog "http://127.0.0.1:$cat_port/metrics" | awk '$1=="moat_outbox_head_seq" {print $2}'
 }
 caught_up() { # wait until search's cursor is catalog's head
     local head

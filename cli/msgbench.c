@@ -162,12 +162,16 @@ static double metric_value(const char *page, const char *series)
     return -1;
 }
 
-static char *metrics_get(const char *url)
+/* GET url, name's /metrics, as the operator (it is not open). */
+static char *metrics_get(const struct mb *m, const char *url, const char *name)
 {
     long st = 0;
     char *body = NULL;
-    if (!url || cli_http("GET", url, NULL, NULL, 2000, &st, &body) != MOAT_OK ||
-        st != 200) {
+    char *auth = url ? cli_operator_header(m->d, name) : NULL;
+    int rc =
+        auth ? cli_http("GET", url, auth, NULL, 2000, &st, &body) : MOAT_EIO;
+    free(auth);
+    if (rc != MOAT_OK || st != 200) {
         free(body);
         return NULL;
     }
@@ -176,7 +180,7 @@ static char *metrics_get(const char *url)
 
 static double parked_polls(const struct mb *m)
 {
-    char *page = metrics_get(m->msg_metrics);
+    char *page = metrics_get(m, m->msg_metrics, "messaging");
     double v = page ? metric_value(page, "moat_messaging_parked_polls") : -1;
     free(page);
     return v;
@@ -196,7 +200,7 @@ struct lag_hist {
 static bool lag_read(const struct mb *m, struct lag_hist *h)
 {
     memset(h, 0, sizeof(*h));
-    char *page = metrics_get(m->an_metrics);
+    char *page = metrics_get(m, m->an_metrics, "analytics");
     if (!page)
         return false;
     size_t n = strlen(LAG_SERIES);

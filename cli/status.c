@@ -80,18 +80,21 @@ static bool metric_line(const char *line, const char *name, char *label,
 }
 
 /*
- * Event backbone figures from a service's /metrics (an open route): its
- * outbox backlog and, per source it consumes, lag and dead letters. NULL
- * when the service has neither.
+ * Event backbone figures from a service's /metrics (read as the operator:
+ * it is for operators and known peers): its outbox backlog and, per source
+ * it consumes, lag and dead letters. NULL when the service has neither.
  */
-static json_t *events_of(const struct deploy_service *svc)
+static json_t *events_of(const struct deploy *d,
+                         const struct deploy_service *svc)
 {
     char *base = deploy_base_url(svc);
     char *url = moat_xasprintf("%s/metrics", base);
+    char *auth = cli_operator_header(d, svc->name);
     long status = 0;
     char *body = NULL;
     json_t *out = NULL;
-    if (cli_http("GET", url, NULL, NULL, CLI_PROBE_TIMEOUT_MS, &status,
+    if (!auth ||
+        cli_http("GET", url, auth, NULL, CLI_PROBE_TIMEOUT_MS, &status,
                  &body) != MOAT_OK ||
         status != 200)
         goto done;
@@ -141,6 +144,7 @@ static json_t *events_of(const struct deploy_service *svc)
 done:
     free(body);
     free(url);
+    free(auth);
     free(base);
     return out;
 }
@@ -278,7 +282,7 @@ int cli_cmd_status(int argc, char **argv)
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
         if (h.healthz == 200) {
-            json_t *ev = events_of(svc);
+            json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
                     json_array_get(services, json_array_size(services) - 1),

@@ -11,6 +11,7 @@ static const struct contract_event events[] = {
     {USERS_USER_RESTORED, USERS_ACCESS_SCHEMA, NULL},
     {USERS_ROLE_CHANGED, USERS_ACCESS_SCHEMA, NULL},
     {USERS_MODERATION_ACTION_REQUESTED, USERS_MODERATION_SCHEMA, NULL},
+    {USERS_SESSIONS_ENDED, USERS_SESSION_SCHEMA, NULL},
 };
 
 int users_upcast(const char *type, int version, json_t *data, json_t **out,

@@ -24,6 +24,14 @@
  * (a moderation "suspend_commenting" is a UserSuspended with
  * suspended = false, comment_suspended = true), RoleChanged about role.
  *
+ * Sessions, schema 1 (USERS_SESSION_SCHEMA), subject = user id:
+ *   SessionsEnded {id, sid (the session ended: the "sid" claim of its
+ *       access tokens; "" for every session of the account), ended_at (s
+ *       since the epoch), reason ("logout" | "reuse_detected" |
+ *       "password_changed")}
+ * The gateway refuses the access tokens of an ended session (sid), or of
+ * every session issued before ended_at, for as long as they would live.
+ *
  * Moderation, schema 1 (USERS_MODERATION_SCHEMA), subject = action_id:
  *   ModerationActionRequested {action_id, action ("remove_comment" |
  *       "suspend_commenting" | "restore_commenting"), comment_id (for
@@ -46,11 +54,13 @@
 #define USERS_USER_RESTORED               "UserRestored"
 #define USERS_ROLE_CHANGED                "RoleChanged"
 #define USERS_MODERATION_ACTION_REQUESTED "ModerationActionRequested"
+#define USERS_SESSIONS_ENDED              "SessionsEnded"
 
 /* Data schema versions (the current ones). */
 #define USERS_USER_SCHEMA       1 /* UserRegistered, UserUpdated */
 #define USERS_ACCESS_SCHEMA     1 /* UserSuspended, UserRestored, RoleChanged */
 #define USERS_MODERATION_SCHEMA 1 /* ModerationActionRequested */
+#define USERS_SESSION_SCHEMA    1 /* SessionsEnded */
 
 /*
  * The current-shape data of an event of users (contract_upcast: data is

@@ -9,7 +9,9 @@
  */
 #include "moat/common.h"
 
+#include <dlfcn.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <sys/queue.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -65,9 +67,29 @@ struct route {
     struct moat_metric_series *latency_v2;
 };
 
-/* Open-addressing set of live connections (evhttp 2.1 keeps no count). */
+/* What the server knows of one client connection, from its first byte to
+ * its close (see "framing" below). */
+struct conn {
+    struct evhttp_connection *evcon;
+    struct moat_http_server *srv;
+    /* Armed at a request's first byte, disarmed when its headers are
+     * complete: a client trickling header bytes is cut at the header
+     * timeout from its first byte, however often it sends. */
+    struct event *header_timer;
+    /* A chunked request whose body is being read (its chunk-size lines
+     * are checked as they arrive), or NULL. */
+    struct evhttp_request *chunked;
+    struct evbuffer_cb_entry *input_cb;
+    /* The answer to the next error evhttp sends on this connection, set
+     * where moat refuses what evhttp would accept (0: evhttp's own). */
+    int verdict;
+    char verdict_detail[160];
+};
+
+/* Open-addressing map of live connections by evhttp connection (evhttp
+ * 2.1 keeps no count and has no per-connection user data). */
 struct conn_set {
-    struct evhttp_connection **slots;
+    struct conn **slots;
     size_t cap; /* power of two */
     size_t used;
 };
@@ -168,20 +190,20 @@ static size_t ptr_hash(const void *p, size_t cap)
     return (size_t)(x >> 7) & (cap - 1);
 }
 
-static bool conn_set_has(const struct conn_set *s,
-                         const struct evhttp_connection *c)
+static struct conn *conn_set_get(const struct conn_set *s,
+                                 const struct evhttp_connection *c)
 {
     if (!s->cap)
-        return false;
+        return NULL;
     for (size_t i = ptr_hash(c, s->cap);; i = (i + 1) & (s->cap - 1)) {
-        if (s->slots[i] == c)
-            return true;
         if (!s->slots[i])
-            return false;
+            return NULL;
+        if (s->slots[i]->evcon == c)
+            return s->slots[i];
     }
 }
 
-static void conn_set_put(struct conn_set *s, struct evhttp_connection *c);
+static void conn_set_put(struct conn_set *s, struct conn *c);
 
 static void conn_set_rehash(struct conn_set *s, size_t cap)
 {
@@ -193,22 +215,23 @@ static void conn_set_rehash(struct conn_set *s, size_t cap)
     *s = n;
 }
 
-static void conn_set_put(struct conn_set *s, struct evhttp_connection *c)
+static void conn_set_put(struct conn_set *s, struct conn *c)
 {
     if ((s->used + 1) * 2 > s->cap)
         conn_set_rehash(s, s->cap ? s->cap * 2 : 64);
-    size_t i = ptr_hash(c, s->cap);
+    size_t i = ptr_hash(c->evcon, s->cap);
     while (s->slots[i])
         i = (i + 1) & (s->cap - 1);
     s->slots[i] = c;
     s->used++;
 }
 
-static void conn_set_del(struct conn_set *s, struct evhttp_connection *c)
+/* Remove c's entry (c itself is the caller's). */
+static void conn_set_del(struct conn_set *s, const struct conn *c)
 {
     if (!s->cap)
         return;
-    size_t i = ptr_hash(c, s->cap);
+    size_t i = ptr_hash(c->evcon, s->cap);
     while (s->slots[i] != c) {
         if (!s->slots[i])
             return;
@@ -220,7 +243,7 @@ static void conn_set_del(struct conn_set *s, struct evhttp_connection *c)
     s->used--;
     for (size_t j = (i + 1) & (s->cap - 1); s->slots[j];
          j = (j + 1) & (s->cap - 1)) {
-        struct evhttp_connection *moved = s->slots[j];
+        struct conn *moved = s->slots[j];
         s->slots[j] = NULL;
         s->used--;
         conn_set_put(s, moved);
@@ -307,12 +330,420 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     evtimer_add(s->accept_retry, &tv);
 }
 
+static void reject_count(struct moat_http_server *s, const char *reason)
+{
+    const char *labels[] = {reason};
+    moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+}
+
 static void on_conn_close(struct evhttp_connection *evcon, void *arg)
 {
     struct moat_http_server *s = arg;
-    conn_set_del(&s->conns, evcon);
+    struct conn *c = conn_set_get(&s->conns, evcon);
+    if (!c)
+        return;
+    conn_set_del(&s->conns, c);
+    if (c->input_cb)
+        evbuffer_remove_cb_entry(
+            bufferevent_get_input(evhttp_connection_get_bufferevent(evcon)),
+            c->input_cb);
+    event_free(c->header_timer);
+    free(c);
     moat_metric_set(s->m_conns, (double)s->conns.used);
     update_listener(s);
+}
+
+/* ---- framing (RFC 9112) ----
+ *
+ * evhttp 2.1 accepts what RFC 9112 says a server must refuse (two
+ * Content-Length values, a request without Host, whitespace before a
+ * header name's colon, transfer codings it does not know), reads an
+ * oversized body to its end before answering, and has no hook between
+ * parsing a request's head and reading its body. Its two parsing steps,
+ * evhttp_parse_firstline_() and evhttp_parse_headers_(), are exported and
+ * called through libevent's PLT, so the definitions below take their place
+ * (the executables export them, see lib/CMakeLists.txt, as with
+ * evhttp_send_error): each calls libevent's own, then checks what it
+ * parsed. A refusal returns DATA_CORRUPTED, which evhttp answers through
+ * evhttp_send_error() (below) with the connection's verdict, and closes.
+ */
+
+enum parse_status { /* evhttp's enum message_read_status (http-internal.h) */
+                    ALL_DATA_READ = 1,
+                    MORE_DATA_EXPECTED = 0,
+                    DATA_CORRUPTED = -1,
+};
+
+#define MAX_CHUNK_LINE 1024 /* chunk size plus extensions */
+
+typedef int (*parse_fn)(struct evhttp_request *, struct evbuffer *);
+
+static parse_fn libevent_parse(const char *name)
+{
+    parse_fn fn = NULL;
+    void *sym = dlsym(RTLD_NEXT, name);
+    memcpy(&fn, &sym, sizeof(fn));
+    if (!fn)
+        moat_die("libevent has no %s", name);
+    return fn;
+}
+
+static struct moat_http_server *server_of(struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct evhttp *http = evcon ? evhttp_connection_get_server(evcon) : NULL;
+    for (size_t i = 0; http && i < MAX_SERVERS; i++)
+        if (servers[i] && servers[i]->http == http)
+            return servers[i];
+    return NULL;
+}
+
+static void on_header_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    struct conn *c = arg;
+    if (c->verdict) {
+        reject_count(c->srv, "protocol_error");
+    } else {
+        reject_count(c->srv, "header_timeout");
+        moat_log(MOAT_LOG_WARN, "request headers too slow: connection closed",
+                 "{s:I}", "header_timeout_ms",
+                 (json_int_t)c->srv->lim.header_timeout_ms);
+    }
+    evhttp_connection_free(c->evcon); /* frees c (on_conn_close) */
+}
+
+/* The connection's entry, made at its first byte. */
+static struct conn *conn_of(struct moat_http_server *s,
+                            struct evhttp_connection *evcon)
+{
+    struct conn *c = conn_set_get(&s->conns, evcon);
+    if (c)
+        return c;
+    c = moat_xcalloc(1, sizeof(*c));
+    c->evcon = evcon;
+    c->srv = s;
+    c->header_timer = evtimer_new(s->base, on_header_timeout, c);
+    if (!c->header_timer)
+        moat_die("evtimer_new failed");
+    conn_set_put(&s->conns, c);
+    evhttp_connection_set_closecb(evcon, on_conn_close, s);
+    moat_metric_set(s->m_conns, (double)s->conns.used);
+    update_listener(s);
+    return c;
+}
+
+static int refuse(struct conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int refuse(struct conn *c, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->verdict_detail, sizeof(c->verdict_detail), fmt, ap);
+    va_end(ap);
+    c->verdict = status;
+    return DATA_CORRUPTED;
+}
+
+/*
+ * Origin-form is served as it is; absolute-form ("http://host/path?q",
+ * which a server must accept) becomes the origin-form of its path and
+ * query, in req->uri itself: the router and everything that reads the raw
+ * target (the gateway's allow-list and upstream mapping) then see one and
+ * the same path. Any other form is refused, as before: a target whose
+ * parts evhttp reads differently from a path (a scheme other than
+ * http(s), a "//" that it takes for an authority) would let those two
+ * readings disagree, which is how a non-public route once passed the
+ * gateway's allow-list.
+ */
+static int check_target(struct conn *c, struct evhttp_request *req)
+{
+    if (req->type == EVHTTP_REQ_CONNECT)
+        return ALL_DATA_READ; /* 501, then closed (evhttp_send_error) */
+    const char *uri = req->uri;
+    const struct evhttp_uri *u = req->uri_elems;
+    if (uri[0] == '/') {
+        if (uri[1] == '/')
+            return refuse(c, 400, "the request path starts with '//'");
+        if (strchr(uri, '#'))
+            return refuse(c, 400, "the request target has a fragment");
+        return ALL_DATA_READ;
+    }
+    const char *scheme = evhttp_uri_get_scheme(u);
+    const char *host = evhttp_uri_get_host(u);
+    if (!scheme || !host || !*host ||
+        (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0))
+        return refuse(c, 400,
+                      "the request target is neither an absolute path nor "
+                      "an http(s) URL");
+    if (evhttp_uri_get_userinfo(u) || evhttp_uri_get_fragment(u) ||
+        strchr(uri, '#'))
+        return refuse(c, 400,
+                      "the request target has user information or a "
+                      "fragment");
+    const char *path = evhttp_uri_get_path(u);
+    const char *query = evhttp_uri_get_query(u);
+    if (!path || !*path)
+        path = "/";
+    if (path[0] != '/' || path[1] == '/')
+        return refuse(c, 400, "the request target's path is not valid");
+    char *origin =
+        moat_xasprintf("%s%s%s", path, query ? "?" : "", query ? query : "");
+    struct evhttp_uri *parsed =
+        evhttp_uri_parse_with_flags(origin, EVHTTP_URI_NONCONFORMANT);
+    if (!parsed) {
+        free(origin);
+        return refuse(c, 400, "the request target's path is not valid");
+    }
+    /* libevent allocates with malloc (no event_set_mem_functions here). */
+    free(req->uri);
+    req->uri = origin;
+    evhttp_uri_free(req->uri_elems);
+    req->uri_elems = parsed;
+    req->flags &= ~EVHTTP_PROXY_REQUEST; /* not a proxy: ours */
+    return ALL_DATA_READ;
+}
+
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') ||
+           (ch >= 'A' && ch <= 'Z') || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* A Content-Length field value: one decimal, or a list of equal ones
+ * ("42, 42"). -1: not a number; -2: beyond 64 bits; -3: unequal. */
+static int parse_length_list(const char *v, uint64_t *out, bool *have)
+{
+    const char *p = v;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p < '0' || *p > '9')
+            return -1;
+        uint64_t n = 0;
+        for (; *p >= '0' && *p <= '9'; p++) {
+            if (n > (UINT64_MAX - (uint64_t)(*p - '0')) / 10)
+                return -2;
+            n = n * 10 + (uint64_t)(*p - '0');
+        }
+        if (*have && n != *out)
+            return -3;
+        *out = n;
+        *have = true;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            return 0;
+        if (*p++ != ',')
+            return -1;
+    }
+}
+
+/* Transfer-Encoding must be exactly "chunked" (one coding, once). */
+static int check_transfer_encoding(struct conn *c, const char *te,
+                                   unsigned count)
+{
+    size_t len = strlen(te);
+    while (len && (te[len - 1] == ' ' || te[len - 1] == '\t'))
+        len--;
+    if (count == 1 && len == 7 && strncasecmp(te, "chunked", 7) == 0)
+        return ALL_DATA_READ;
+    if (len >= 7 && strncasecmp(te + len - 7, "chunked", 7) == 0)
+        return refuse(c, 501,
+                      "the only transfer coding supported is chunked, "
+                      "alone");
+    return refuse(c, 400, "the request body's framing is not chunked");
+}
+
+static int check_headers(struct conn *c, struct evhttp_request *req)
+{
+    struct moat_http_server *s = c->srv;
+    struct evkeyvalq *h = req->input_headers;
+    struct evkeyval *kv;
+    unsigned hosts = 0, tes = 0;
+    const char *te = NULL;
+    uint64_t length = 0;
+    bool have_length = false;
+    TAILQ_FOREACH(kv, h, next)
+    {
+        if (!*kv->key)
+            return refuse(c, 400, "a header has no name");
+        for (const char *k = kv->key; *k; k++)
+            if (!is_tchar((unsigned char)*k))
+                return refuse(c, 400,
+                              "a header name has a character that is not "
+                              "allowed (whitespace before the colon?)");
+        if (strcasecmp(kv->key, "Host") == 0)
+            hosts++;
+        else if (strcasecmp(kv->key, "Transfer-Encoding") == 0) {
+            te = kv->value;
+            tes++;
+        } else if (strcasecmp(kv->key, "Content-Length") == 0) {
+            int rc = parse_length_list(kv->value, &length, &have_length);
+            if (rc == -2)
+                return refuse(c, 400, "Content-Length is beyond 64 bits");
+            if (rc == -3)
+                return refuse(c, 400, "two different Content-Length values");
+            if (rc < 0)
+                return refuse(c, 400, "Content-Length is not a number");
+        }
+    }
+    bool http11 = req->major > 1 || (req->major == 1 && req->minor >= 1);
+    if (hosts > 1 || (hosts == 0 && http11))
+        return refuse(c, 400, "an HTTP/1.1 request needs exactly one Host");
+    if (te && !http11)
+        return refuse(c, 400, "Transfer-Encoding in an HTTP/1.0 request");
+    if (te && have_length)
+        return refuse(c, 400,
+                      "both Transfer-Encoding and Content-Length: the "
+                      "body's framing is ambiguous");
+    if (te)
+        return check_transfer_encoding(c, te, tes);
+    if (have_length && length > s->lim.max_body_bytes)
+        return refuse(c, 413, "the request body exceeds the limit of %zu bytes",
+                      s->lim.max_body_bytes);
+    if (have_length) {
+        /* One value for evhttp, which reads only the first field. */
+        while (evhttp_remove_header(h, "Content-Length") == 0)
+            ;
+        char v[24];
+        snprintf(v, sizeof(v), "%" PRIu64, length);
+        evhttp_add_header(h, "Content-Length", v);
+    }
+    return ALL_DATA_READ;
+}
+
+/*
+ * The chunk-size lines evhttp has yet to read from in, read as evhttp
+ * will; left is its reader's state (req->ntoread: the bytes left of the
+ * current chunk, or -1 before a size line). false at the first line that
+ * is invalid: evhttp reports that as too large (413), and the verdict
+ * makes it a 400. A size line longer than MAX_CHUNK_LINE is invalid too:
+ * evhttp would buffer it without limit.
+ */
+static bool chunks_valid(int64_t left, struct evbuffer *in)
+{
+    size_t len = evbuffer_get_length(in), off = 0;
+    while (off < len) {
+        if (left > 0) {
+            if ((uint64_t)left > len - off)
+                return true;
+            off += (size_t)left;
+            left = -1;
+            continue;
+        }
+        if (left == 0)
+            return true; /* the last chunk: trailers follow */
+        struct evbuffer_ptr at;
+        size_t eol = 0;
+        evbuffer_ptr_set(in, &at, off, EVBUFFER_PTR_SET);
+        struct evbuffer_ptr end =
+            evbuffer_search_eol(in, &at, &eol, EVBUFFER_EOL_CRLF);
+        if (end.pos < 0)
+            return len - off <= MAX_CHUNK_LINE;
+        size_t n = (size_t)end.pos - off;
+        if (n > MAX_CHUNK_LINE)
+            return false;
+        char line[MAX_CHUNK_LINE + 1];
+        evbuffer_copyout_from(in, &at, line, n);
+        line[n] = '\0';
+        off += n + eol;
+        if (n == 0)
+            continue; /* the CRLF after a chunk's data */
+        char *endp = NULL;
+        errno = 0;
+        long long size = strtoll(line, &endp, 16);
+        if (endp == line || (*endp && *endp != ' ') || size < 0 ||
+            errno == ERANGE)
+            return false;
+        left = size;
+    }
+    return true;
+}
+
+/*
+ * Runs as bytes arrive, before evhttp reads them. An invalid chunk size
+ * gets the verdict evhttp's answer will carry; the connection's timer is
+ * armed at zero as well, closing it should evhttp not refuse the line
+ * itself (one it would accept, or buffer without end). The verdict's
+ * answer disarms it (evhttp_send_error).
+ */
+static void on_input(struct evbuffer *in, const struct evbuffer_cb_info *info,
+                     void *arg)
+{
+    struct conn *c = arg;
+    if (!info->n_added || !c->chunked || c->verdict ||
+        chunks_valid(c->chunked->ntoread, in))
+        return;
+    refuse(c, 400, "a chunk size is not valid");
+    struct timeval now = {0, 0};
+    evtimer_add(c->header_timer, &now);
+}
+
+static void watch_chunks(struct conn *c, struct evhttp_request *req)
+{
+    c->chunked = req;
+    if (!c->input_cb)
+        c->input_cb = evbuffer_add_cb(
+            bufferevent_get_input(evhttp_connection_get_bufferevent(c->evcon)),
+            on_input, c);
+}
+
+enum parse_status evhttp_parse_firstline_(struct evhttp_request *req,
+                                          struct evbuffer *buffer);
+enum parse_status evhttp_parse_firstline_(struct evhttp_request *req,
+                                          struct evbuffer *buffer)
+{
+    static parse_fn parse;
+    if (!parse)
+        parse = libevent_parse("evhttp_parse_firstline_");
+    struct moat_http_server *s =
+        req->kind == EVHTTP_REQUEST ? server_of(req) : NULL;
+    if (!s)
+        return parse(req, buffer);
+    struct conn *c = conn_of(s, req->evcon);
+    if (!evtimer_pending(c->header_timer, NULL) &&
+        evbuffer_get_length(buffer)) {
+        struct timeval tv = {s->lim.header_timeout_ms / 1000,
+                             (s->lim.header_timeout_ms % 1000) * 1000};
+        evtimer_add(c->header_timer, &tv);
+    }
+    int rc = parse(req, buffer);
+    return rc == ALL_DATA_READ ? check_target(c, req) : rc;
+}
+
+enum parse_status evhttp_parse_headers_(struct evhttp_request *req,
+                                        struct evbuffer *buffer);
+enum parse_status evhttp_parse_headers_(struct evhttp_request *req,
+                                        struct evbuffer *buffer)
+{
+    static parse_fn parse;
+    if (!parse)
+        parse = libevent_parse("evhttp_parse_headers_");
+    struct moat_http_server *s =
+        req->kind == EVHTTP_REQUEST ? server_of(req) : NULL;
+    struct conn *c = s ? conn_set_get(&s->conns, req->evcon) : NULL;
+    int rc = parse(req, buffer);
+    if (!c)
+        return rc;
+    if (req->chunked) { /* the trailer after a chunked body */
+        if (rc < 0)
+            return refuse(c, 400, "the chunked body's trailer is not valid");
+        return rc;
+    }
+    if (rc != ALL_DATA_READ)
+        return rc;
+    evtimer_del(c->header_timer);
+    c->chunked = NULL;
+    rc = check_headers(c, req);
+    if (rc == ALL_DATA_READ &&
+        evhttp_find_header(req->input_headers, "Transfer-Encoding")) {
+        if (!chunks_valid(-1, buffer))
+            return refuse(c, 400, "a chunk size is not valid");
+        watch_chunks(c, req);
+    }
+    return rc;
 }
 
 /* ---- routes ---- */
@@ -1142,12 +1573,8 @@ static void on_request(struct evhttp_request *ev, void *arg)
                      evhttp_find_header(in, "X-Request-Id"));
 
     struct evhttp_connection *evcon = evhttp_request_get_connection(ev);
-    if (evcon && !conn_set_has(&s->conns, evcon)) {
-        conn_set_put(&s->conns, evcon);
-        evhttp_connection_set_closecb(evcon, on_conn_close, s);
-        moat_metric_set(s->m_conns, (double)s->conns.used);
-        update_listener(s);
-    }
+    if (evcon)
+        conn_of(s, evcon)->chunked = NULL; /* the body is read */
 
     if (s->draining) {
         const char *labels[] = {"draining"};
@@ -1190,6 +1617,8 @@ struct moat_http_server *moat_http_server_new(struct event_base *base,
         s->lim.max_connections = MOAT_HTTP_DEFAULT_MAX_CONNECTIONS;
     if (!s->lim.io_timeout_ms)
         s->lim.io_timeout_ms = MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS;
+    if (!s->lim.header_timeout_ms)
+        s->lim.header_timeout_ms = MOAT_HTTP_DEFAULT_HEADER_TIMEOUT_MS;
     s->access_log = true;
     s->metrics = metrics;
 
@@ -1209,9 +1638,9 @@ struct moat_http_server *moat_http_server_new(struct event_base *base,
     struct timeval tv = {s->lim.io_timeout_ms / 1000,
                          (s->lim.io_timeout_ms % 1000) * 1000};
     evhttp_set_timeout_tv(s->http, &tv);
-    /* Read and discard an oversized body before answering 413, so the
-     * client sees the answer instead of a connection reset. */
-    evhttp_set_flags(s->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    /* No EVHTTP_SERVER_LINGERING_CLOSE: an oversized body is refused
+     * (413) before it is read, not read to its end first (RFC 9110
+     * 15.5.14); evhttp half-closes after the answer. */
 
     s->m_requests = moat_metrics_family(
         metrics, MOAT_COUNTER, "moat_http_requests_total",
@@ -1402,11 +1831,26 @@ void evhttp_send_error(struct evhttp_request *req, int error,
 void evhttp_send_error(struct evhttp_request *req, int error,
                        const char *reason)
 {
-    struct moat_http_server *s = g_server;
+    struct moat_http_server *s = server_of(req);
+    if (!s)
+        s = g_server;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct conn *c = s && evcon ? conn_set_get(&s->conns, evcon) : NULL;
     const char *detail = reason;
     char text[160];
     int status = error;
-    if (error == 413) {
+    /* evhttp keeps a CONNECT's connection open after any answer (for a
+     * tunnel); an error here always closes. */
+    if (req->type == EVHTTP_REQ_CONNECT)
+        req->type = EVHTTP_REQ_GET;
+    if (c && c->verdict) {
+        status = c->verdict;
+        snprintf(text, sizeof(text), "%s", c->verdict_detail);
+        detail = text;
+        c->verdict = 0;
+        c->chunked = NULL;
+        evtimer_del(c->header_timer);
+    } else if (error == 413) {
         const char *cl =
             evhttp_find_header(req->input_headers, "Content-Length");
         const char *te =
@@ -1430,7 +1874,6 @@ void evhttp_send_error(struct evhttp_request *req, int error,
     } else if (error == 400) {
         /* evhttp reports headers beyond its own limit as invalid (400);
          * what it had read plus what is waiting tells them apart. */
-        struct evhttp_connection *evcon = evhttp_request_get_connection(req);
         struct bufferevent *bev =
             evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
         size_t pending =
@@ -1447,10 +1890,9 @@ void evhttp_send_error(struct evhttp_request *req, int error,
         }
     }
     if (s) {
-        const char *labels[] = {status == 413   ? "body_too_large"
-                                : status == 431 ? "headers_too_large"
-                                                : "protocol_error"};
-        moat_metric_add(moat_metric_series(s->m_rejected, labels), 1);
+        reject_count(s, status == 413   ? "body_too_large"
+                        : status == 431 ? "headers_too_large"
+                                        : "protocol_error");
     }
     json_t *p = moat_problem_new(status, detail);
     char *body = json_dumps(p, JSON_COMPACT | JSON_PRESERVE_ORDER);

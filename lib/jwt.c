@@ -13,8 +13,8 @@
  *      1.10.2 compares base64 strings with strcmp, which leaks timing, so
  *      its own check is a second opinion, not the one we rely on;
  *   4. the claims, only now that they are authentic: exp, nbf, iat, iss,
- *      aud, sub, and the optional strings (role, usr, ip, jti, perms), each
- *      of the right type and size;
+ *      aud, sub, and the optional strings (role, usr, ip, jti, sid, perms),
+ * each of the right type and size;
  *   5. libjwt's jwt_decode with the key (never NULL) and jwt_get_alg() ==
  *      JWT_ALG_HS256: the library must agree with this file, a second
  *      opinion that costs one more HMAC (~2 us).
@@ -325,6 +325,7 @@ static const char *check_claims(const struct parts *p,
         (why = get_str(pay, "usr", c->usr, sizeof(c->usr), false)) ||
         (why = get_str(pay, "ip", c->ip, sizeof(c->ip), false)) ||
         (why = get_str(pay, "jti", c->jti, sizeof(c->jti), false)) ||
+        (why = get_str(pay, "sid", c->sid, sizeof(c->sid), false)) ||
         (why = get_str(pay, "perms", c->perms, sizeof(c->perms), false)))
         goto cleanup;
     c->perms_set = json_object_get(pay, "perms") != NULL;
@@ -434,6 +435,7 @@ int moat_jwt_sign(const uint8_t *key, size_t keylen,
         !signable(c->usr, sizeof(c->usr), false) ||
         !signable(c->ip, sizeof(c->ip), false) ||
         !signable(c->jti, sizeof(c->jti), false) ||
+        !signable(c->sid, sizeof(c->sid), false) ||
         !signable(c->perms, sizeof(c->perms), false))
         return MOAT_EINVAL;
 
@@ -462,6 +464,7 @@ int moat_jwt_sign(const uint8_t *key, size_t keylen,
     if ((c->role[0] && jwt_add_grant(jwt, "role", c->role)) ||
         (c->usr[0] && jwt_add_grant(jwt, "usr", c->usr)) ||
         (c->ip[0] && jwt_add_grant(jwt, "ip", c->ip)) ||
+        (c->sid[0] && jwt_add_grant(jwt, "sid", c->sid)) ||
         (c->perms_set && jwt_add_grant(jwt, "perms", c->perms)))
         goto cleanup;
     tok = jwt_encode_str(jwt);

@@ -80,6 +80,11 @@ int moat_service_config_load(struct moat_service_config *cfg,
                      3600000, &v) != MOAT_OK)
         rc = MOAT_EINVAL;
     cfg->limits.io_timeout_ms = (unsigned)v;
+    if (moat_env_int("MOAT_HEADER_TIMEOUT_MS",
+                     MOAT_HTTP_DEFAULT_HEADER_TIMEOUT_MS, 100, 3600000,
+                     &v) != MOAT_OK)
+        rc = MOAT_EINVAL;
+    cfg->limits.header_timeout_ms = (unsigned)v;
     if (moat_env_int("MOAT_DRAIN_TIMEOUT_MS", 10000, 0, 600000, &v) != MOAT_OK)
         rc = MOAT_EINVAL;
     cfg->drain_timeout_ms = (unsigned)v;
@@ -90,6 +95,7 @@ int moat_service_config_load(struct moat_service_config *cfg,
     if (moat_env_bool("MOAT_INSECURE_NO_AUTH", false, &cfg->insecure_no_auth) !=
         MOAT_OK)
         rc = MOAT_EINVAL;
+    cfg->operators = moat_env_str("MOAT_OPERATORS", "operator");
     return rc;
 }
 
@@ -244,9 +250,16 @@ static void collect_process(struct moat_metrics *m, void *arg)
     moat_metric_set(rt->m_fds, fds);
 }
 
+static bool service_token_guard(struct moat_req *req, void *arg);
+
+/* Operators and known peers only (any valid service token): the figures
+ * tell an attacker what runs and how busy it is. Open where the service
+ * has no identity (MOAT_INSECURE_NO_AUTH, an external stand-in). */
 static void handle_metrics(struct moat_req *req, void *arg)
 {
     struct runtime *rt = arg;
+    if (rt->svc->auth && !service_token_guard(req, rt))
+        return;
     struct moat_buf out = MOAT_BUF_INIT;
     moat_metrics_render(rt->svc->metrics, &out);
     moat_req_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8",
@@ -317,7 +330,31 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     moat_http_drain(rt->svc->http, on_drained, rt);
 }
 
-/* Every guarded route: a valid service token from a known peer. */
+/* name is one of the comma-separated list. */
+static bool listed(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t len = strcspn(p, ",");
+        if (n && len == n && strncmp(p, name, n) == 0)
+            return true;
+        p += len + (p[len] == ',');
+    }
+    return false;
+}
+
+/* Routes under /v1/admin are the operators' (MOAT_OPERATORS). */
+static bool operators_only(struct moat_req *req)
+{
+    const char *route = moat_req_route(req);
+    return strncmp(route, "/v1/admin/", 10) == 0 ||
+           strcmp(route, "/v1/admin") == 0;
+}
+
+/*
+ * Every guarded route, and /metrics: a valid service token from a known
+ * peer; on an admin route, from an operator.
+ */
 static bool service_token_guard(struct moat_req *req, void *arg)
 {
     struct runtime *rt = arg;
@@ -337,6 +374,15 @@ static bool service_token_guard(struct moat_req *req, void *arg)
             moat_req_reply_problem(req, 403,
                                    "the client certificate does not name "
                                    "the service the token was issued by");
+            return false;
+        }
+        if (operators_only(req) && !listed(rt->svc->cfg.operators, p.service)) {
+            const char *labels[] = {"not an operator"};
+            moat_metric_add(moat_metric_series(rt->m_auth_rejected, labels), 1);
+            moat_req_reply_problem(req, 403,
+                                   "this route is for operators; %s is not "
+                                   "one",
+                                   p.service);
             return false;
         }
         moat_req_set_principal(req, &p);

@@ -51,14 +51,18 @@ struct moat_http_limits {
     size_t max_header_bytes;  /* request line + headers cap (431 beyond) */
     unsigned max_connections; /* concurrent client connections */
     unsigned io_timeout_ms;   /* read/write timeout against slow clients */
+    /* A request's line and headers must be complete this long after its
+     * first byte, however the bytes trickle in (slow-header clients). */
+    unsigned header_timeout_ms;
 };
 
-#define MOAT_HTTP_DEFAULT_MAX_BODY        (1u << 20)
-#define MOAT_HTTP_DEFAULT_MAX_HEADER      (16u << 10)
-#define MOAT_HTTP_DEFAULT_MAX_CONNECTIONS 1024u
-#define MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS   10000u
-#define MOAT_HTTP_MAX_PATH_PARAMS         8
-#define MOAT_HTTP_MAX_QUERY_PARAMS        64 /* more is a 400 */
+#define MOAT_HTTP_DEFAULT_MAX_BODY          (1u << 20)
+#define MOAT_HTTP_DEFAULT_MAX_HEADER        (16u << 10)
+#define MOAT_HTTP_DEFAULT_MAX_CONNECTIONS   1024u
+#define MOAT_HTTP_DEFAULT_IO_TIMEOUT_MS     10000u
+#define MOAT_HTTP_DEFAULT_HEADER_TIMEOUT_MS 10000u
+#define MOAT_HTTP_MAX_PATH_PARAMS           8
+#define MOAT_HTTP_MAX_QUERY_PARAMS          64 /* more is a 400 */
 
 struct moat_http_server;
 struct moat_req;

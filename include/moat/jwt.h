@@ -32,6 +32,8 @@ struct moat_jwt_claims {
     char usr[64];  /* service tokens: end user acted for ("" if none) */
     char ip[48];   /* service tokens: the end user's address ("" if none) */
     char jti[48];  /* token id */
+    char sid[48];  /* users' access tokens: the session (refresh token
+                    * family) it belongs to ("" if none) */
     /* "perms": the end user's permissions, space-separated names
      * ("post comment message moderate", moat/auth.h). perms_set says the
      * claim was present (it may be present and empty: a suspended user);

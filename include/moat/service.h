@@ -84,6 +84,9 @@ struct moat_service_config {
     bool access_log;
     bool sandbox;
     bool insecure_no_auth; /* MOAT_INSECURE_NO_AUTH=1: development only */
+    /* MOAT_OPERATORS: the peers (comma-separated, default "operator", the
+     * CLI) whose service tokens may call /v1/admin/... routes. */
+    const char *operators;
 };
 
 struct moat_service {

@@ -18,6 +18,13 @@
  *     at the token's expiry. The gateway refuses nothing for it: the
  *     owning service refuses the write (moat_req_require_perm).
  *
+ *  4. Revocation: a logout through the gateway ends the access token it
+ *     carries at once: its id (jti) goes to a deny list kept for the
+ *     token's remaining lifetime. Sessions users ended (a logout, also
+ *     one not through this gateway, a reused refresh token, a password
+ *     change) end their tokens within the feed's delay (overrides.c).
+ *     docs/security.md "Revocation".
+ *
  * The principal set here (user id, role, permissions, client address) is
  * what proxy.c signs into the service token for the upstream; nothing the
  * client sent about its identity travels further.
@@ -27,6 +34,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "gateway.h"
 #include "moat/auth.h"
@@ -42,6 +50,51 @@ _Static_assert(sizeof(((struct moat_principal *)0)->user_id) ==
 _Static_assert(sizeof(((struct moat_principal *)0)->role) ==
                    sizeof(((struct moat_jwt_claims *)0)->role),
                "role holds a role claim");
+
+/* Deny-list entries beyond this are not added (logged): those tokens
+ * live to their expiry. ~100 bytes each. */
+#define GW_MAX_REVOKED 100000
+
+static bool is_logout(struct moat_req *req)
+{
+    const char *path = moat_req_path(req);
+    return moat_req_method(req) == MOAT_POST && path &&
+           (strcmp(path, "/api/v1/auth/logout") == 0 ||
+            strcmp(path, "/api/v2/auth/logout") == 0);
+}
+
+static bool revoked(const struct gw *gw, const struct moat_jwt_claims *c)
+{
+    return gw->revoked && c->jti[0] && json_object_get(gw->revoked, c->jti);
+}
+
+/* Deny c's token until it expires; expired entries are dropped first. */
+static void revoke(struct gw *gw, const struct moat_jwt_claims *c)
+{
+    if (!c->jti[0])
+        return;
+    if (!gw->revoked)
+        gw->revoked = json_object();
+    int64_t now_s = (int64_t)time(NULL);
+    if (json_object_size(gw->revoked) >= GW_MAX_REVOKED) {
+        const char *key;
+        json_t *val;
+        void *tmp;
+        json_object_foreach_safe(gw->revoked, tmp, key, val)
+        {
+            if (json_integer_value(val) + MOAT_JWT_LEEWAY_S < now_s)
+                json_object_del(gw->revoked, key);
+        }
+    }
+    if (json_object_size(gw->revoked) >= GW_MAX_REVOKED) {
+        moat_log(MOAT_LOG_ERROR,
+                 "revocation list full: a logged-out access token lives to "
+                 "its expiry",
+                 "{s:i}", "max", GW_MAX_REVOKED);
+        return;
+    }
+    json_object_set_new(gw->revoked, c->jti, json_integer(c->exp));
+}
 
 static void count_rejected(struct gw *gw, const char *reason)
 {
@@ -133,6 +186,14 @@ bool gw_access_guard(struct moat_req *req, void *arg)
         reply_unauthorized(gw, req, why, true);
         return false;
     }
+    if (revoked(gw, &c) || gw_overrides_revoked(gw, &c)) {
+        reply_unauthorized(gw, req, "revoked", true);
+        return false;
+    }
+    /* The user ends this token now, whatever users answers: logout is
+     * idempotent, and the token must not outlive the request to end it. */
+    if (is_logout(req))
+        revoke(gw, &c);
     /* Both fields are exactly as wide as the claims they come from. */
     memcpy(p.user_id, c.sub, sizeof(p.user_id));
     memcpy(p.role, c.role, sizeof(p.role));

@@ -174,6 +174,9 @@ struct gw {
     long compose_timeout_ms; /* per backend call, and the order fetch */
     struct moat_metric_family *m_compose; /* {result} */
     struct gw_composed_route composed[GW_COMPOSED_ROUTES];
+    /* Access tokens ended by a logout through this gateway (access.c):
+     * {jti: exp}, each kept until the token would expire anyway. */
+    json_t *revoked;
     /* Access overrides (overrides.c); NULL when users is unknown. */
     struct gw_overrides *overrides;
 };
@@ -294,6 +297,9 @@ void gw_overrides_start(struct gw *gw);
 void gw_overrides_free(struct gw *gw);
 /* Replace p's role and perms with its account's newest state, if any. */
 void gw_overrides_apply(const struct gw *gw, struct moat_principal *p);
+/* Whether users ended the session of the access token c (SessionsEnded). */
+struct moat_jwt_claims;
+bool gw_overrides_revoked(const struct gw *gw, const struct moat_jwt_claims *c);
 
 /* Public path of the composed order details (GET only), in v1 and v2. */
 #define GW_DETAILS_ROUTE    "/api/v1/orders/{id}/details"

@@ -96,6 +96,8 @@ static void gw_free(struct gw *gw)
     /* moat/service.h's FREE ORDER: the client first, its cancelled calls
      * answer their requests with 503 and touch the routes. */
     gw_overrides_free(gw);
+    json_decref(gw->revoked);
+    gw->revoked = NULL;
     moat_http_client_free(gw->client);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);

@@ -13,6 +13,11 @@
  * plus the JWT leeway plus a minute of clock skew); after that every live
  * token was minted from the new state and says the same thing.
  *
+ * SessionsEnded (a logout, a reused refresh token, a password change)
+ * ends access tokens the same way: by session id (the "sid" claim), or
+ * every token of the account issued before the change, kept for as long
+ * as such a token could live (docs/security.md "Revocation").
+ *
  * The delay from the commit of a suspension to its effect here is the
  * feed's: the parked long poll is answered on the next loop turn of
  * users, well under a second on one host. While users cannot be reached
@@ -51,7 +56,9 @@
 struct gw_overrides {
     struct gw *gw; /* borrowed */
     struct moat_event_source *src;
-    json_t *table; /* {user_id: {"role", "perms", "at"}} */
+    json_t *table;    /* {user_id: {"role", "perms", "at"}} */
+    json_t *sessions; /* ended sessions: {sid: ended_at} */
+    json_t *ended;    /* accounts' every session: {user_id: ended_at} */
     int64_t after;
     int64_t horizon_s; /* keep an entry this long after its change */
     unsigned retry_ms;
@@ -93,12 +100,66 @@ static void prune(struct gw_overrides *o, int64_t now_s)
         if (at < now_s - o->horizon_s)
             json_object_del(o->table, key);
     }
+    json_t *times[] = {o->sessions, o->ended};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(times); i++)
+        json_object_foreach_safe(times[i], tmp, key, val)
+        {
+            if (json_integer_value(val) < now_s - o->horizon_s)
+                json_object_del(times[i], key);
+        }
+}
+
+static size_t entries(const struct gw_overrides *o)
+{
+    return json_object_size(o->table) + json_object_size(o->sessions) +
+           json_object_size(o->ended);
+}
+
+/* Room for one more entry (after a prune if need be); logged once when
+ * there is none. */
+static bool room(struct gw_overrides *o, int64_t now_s)
+{
+    if (entries(o) < OV_MAX_ENTRIES)
+        return true;
+    prune(o, now_s);
+    if (entries(o) < OV_MAX_ENTRIES)
+        return true;
+    if (!o->full_logged)
+        moat_log(MOAT_LOG_ERROR,
+                 "access override table full: changes wait for the tokens "
+                 "to expire",
+                 "{s:i}", "max", OV_MAX_ENTRIES);
+    o->full_logged = true;
+    return false;
+}
+
+/* SessionsEnded: the session's tokens, or all of the account's. */
+static void apply_sessions_ended(struct gw_overrides *o, json_t *data,
+                                 int64_t now_s)
+{
+    const char *id = json_string_value(json_object_get(data, "id"));
+    const char *sid = json_string_value(json_object_get(data, "sid"));
+    json_t *at = json_object_get(data, "ended_at");
+    if (!id || !sid || !json_is_integer(at) || strlen(id) >= 64 ||
+        strlen(sid) >= 48) {
+        moat_log(MOAT_LOG_WARN, "malformed account event ignored", "{s:s}",
+                 "type", USERS_SESSIONS_ENDED);
+        return;
+    }
+    if (json_integer_value(at) < now_s - o->horizon_s || !room(o, now_s))
+        return;
+    json_object_set_new(*sid ? o->sessions : o->ended, *sid ? sid : id,
+                        json_integer(json_integer_value(at)));
 }
 
 /* Record the state an account event states (its data). */
 static void apply_event(struct gw_overrides *o, const char *type, json_t *data,
                         int64_t now_s)
 {
+    if (strcmp(type, USERS_SESSIONS_ENDED) == 0) {
+        apply_sessions_ended(o, data, now_s);
+        return;
+    }
     if (strcmp(type, USERS_USER_SUSPENDED) != 0 &&
         strcmp(type, USERS_USER_RESTORED) != 0 &&
         strcmp(type, USERS_ROLE_CHANGED) != 0)
@@ -117,19 +178,8 @@ static void apply_event(struct gw_overrides *o, const char *type, json_t *data,
     bool suspended = json_is_true(json_object_get(data, "suspended"));
     bool comment_suspended =
         json_is_true(json_object_get(data, "comment_suspended"));
-    if (!json_object_get(o->table, id) &&
-        json_object_size(o->table) >= OV_MAX_ENTRIES) {
-        prune(o, now_s);
-        if (json_object_size(o->table) >= OV_MAX_ENTRIES) {
-            if (!o->full_logged)
-                moat_log(MOAT_LOG_ERROR,
-                         "access override table full: changes wait for "
-                         "the tokens to expire",
-                         "{s:i}", "max", OV_MAX_ENTRIES);
-            o->full_logged = true;
-            return;
-        }
-    }
+    if (!json_object_get(o->table, id) && !room(o, now_s))
+        return;
     json_object_set_new(
         o->table, id,
         json_pack("{s:s, s:i, s:O}", "role", role, "perms",
@@ -191,7 +241,7 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
     }
     if (now_s - o->pruned_s >= OV_PRUNE_EVERY_S)
         prune(o, now_s);
-    moat_metric_set(o->m_entries, (double)json_object_size(o->table));
+    moat_metric_set(o->m_entries, (double)entries(o));
     pull(o);
 }
 
@@ -216,6 +266,8 @@ int gw_overrides_init(struct gw *gw, int64_t access_ttl_s)
     struct gw_overrides *o = moat_xcalloc(1, sizeof(*o));
     o->gw = gw;
     o->table = json_object();
+    o->sessions = json_object();
+    o->ended = json_object();
     o->horizon_s = access_ttl_s + MOAT_JWT_LEEWAY_S + OV_SKEW_S;
     o->retry_ms = OV_RETRY_MIN_MS;
     /* The skeleton's feed client: its timeout outlasts a long poll (the
@@ -261,6 +313,8 @@ void gw_overrides_free(struct gw *gw)
     if (o->timer)
         event_free(o->timer);
     json_decref(o->table);
+    json_decref(o->sessions);
+    json_decref(o->ended);
     free(o);
     gw->overrides = NULL;
 }
@@ -275,4 +329,17 @@ void gw_overrides_apply(const struct gw *gw, struct moat_principal *p)
     snprintf(p->role, sizeof(p->role), "%s",
              json_string_value(json_object_get(e, "role")));
     p->perms = (unsigned)json_integer_value(json_object_get(e, "perms"));
+}
+
+bool gw_overrides_revoked(const struct gw *gw, const struct moat_jwt_claims *c)
+{
+    const struct gw_overrides *o = gw->overrides;
+    if (!o)
+        return false;
+    if (c->sid[0] && json_object_get(o->sessions, c->sid))
+        return true;
+    /* Strictly before: a token issued in the second of the change (a new
+     * login right after a password change) stays valid. */
+    json_t *at = json_object_get(o->ended, c->sub);
+    return at && c->iat < json_integer_value(at);
 }

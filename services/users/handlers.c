@@ -150,7 +150,7 @@ bool usr_read_object(struct moat_req *r, json_t **body)
     moat_validation_add(&v, "", "must be a JSON object");
     usr_reply_validation(r, &v, "the request body is not an object");
     moat_validation_release(&v);
-    json_decref(*body);
+    usr_json_release_secret(*body);
     *body = NULL;
     return false;
 }
@@ -258,7 +258,7 @@ static void handle_register(struct moat_req *r, void *arg)
 
 cleanup:
     moat_free_secret(email);
-    json_decref(body);
+    usr_json_release_secret(body);
     moat_validation_release(&v);
 }
 
@@ -618,7 +618,7 @@ cleanup:
         patch_ctx_free(c);
     usr_user_release(&cur);
     moat_free_secret(email);
-    json_decref(body);
+    usr_json_release_secret(body);
     moat_validation_release(&v);
 }
 

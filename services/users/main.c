@@ -153,7 +153,7 @@ out:
                  "error", moat_strerror(rc));
     usr_user_release(&u);
     moat_free_secret(email);
-    json_decref(obj);
+    usr_json_release_secret(obj);
     moat_validation_release(&v);
     return rc;
 }

@@ -5,6 +5,7 @@
  */
 #include "moat/common.h"
 
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,28 @@ struct usr_pw_job *usr_pw_job_new(struct usr_service *usr, struct moat_req *req,
     job->done = done;
     job->hash_rc = MOAT_EINVAL;
     return job;
+}
+
+static void wipe_strings(json_t *j)
+{
+    const char *key;
+    size_t i;
+    json_t *v;
+    if (json_is_string(j))
+        sodium_memzero((char *)json_string_value(j), json_string_length(j));
+    else if (json_is_object(j))
+        json_object_foreach(j, key, v) wipe_strings(v);
+    else if (json_is_array(j))
+        json_array_foreach(j, i, v) wipe_strings(v);
+}
+
+void usr_json_release_secret(json_t *doc)
+{
+    if (!doc)
+        return;
+    if (doc->refcount == 1)
+        wipe_strings(doc);
+    json_decref(doc);
 }
 
 static void job_free(struct usr_pw_job *job)

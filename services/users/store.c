@@ -452,6 +452,20 @@ static int current_version(struct usr_store *s, const char *id,
     return rc;
 }
 
+/* Inside the caller's transaction: SessionsEnded (contracts/users.h). */
+static int append_sessions_ended(struct usr_store *s, const char *user_id,
+                                 const char *sid, int64_t now_ms,
+                                 const char *reason)
+{
+    json_t *ev =
+        json_pack("{s:s, s:s, s:I, s:s}", "id", user_id, "sid", sid, "ended_at",
+                  (json_int_t)(now_ms / 1000), "reason", reason);
+    int rc = moat_outbox_append(s->outbox, USERS_SESSIONS_ENDED, user_id,
+                                USERS_SESSION_SCHEMA, ev, NULL);
+    json_decref(ev);
+    return rc;
+}
+
 static int revoke_user_tokens(struct usr_store *s, const char *user_id,
                               int64_t now_ms)
 {
@@ -669,6 +683,9 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
     }
     if (revoke_tokens) {
         rc = revoke_user_tokens(s, u->id, now_ms);
+        if (rc == MOAT_OK)
+            rc =
+                append_sessions_ended(s, u->id, "", now_ms, "password_changed");
         if (rc != MOAT_OK)
             goto out;
     }
@@ -860,9 +877,11 @@ out:
     return rc;
 }
 
-int usr_store_family_revoke(struct usr_store *s, const char *family,
+int usr_store_family_revoke(struct usr_store *s, const char *user_id,
+                            const char *family, const char *reason,
                             int64_t now_ms, int *count)
 {
+    int n = 0;
     int rc = moat_db_begin(s->db);
     if (rc != MOAT_OK)
         return rc;
@@ -880,9 +899,15 @@ int usr_store_family_revoke(struct usr_store *s, const char *family,
     rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         goto out;
+    n = sqlite3_changes(moat_db_handle(s->db));
     if (count)
-        *count = sqlite3_changes(moat_db_handle(s->db));
-    rc = moat_db_commit(s->db);
+        *count = n;
+    if (n > 0)
+        rc = append_sessions_ended(s, user_id, family, now_ms, reason);
+    if (rc == MOAT_OK)
+        rc = moat_db_commit(s->db);
+    if (rc == MOAT_OK && n > 0)
+        moat_outbox_committed(s->outbox);
 
 out:
     if (rc != MOAT_OK)

@@ -190,8 +190,11 @@ int usr_store_token_get(struct usr_store *s, const char *hash,
  */
 int usr_store_token_rotate(struct usr_store *s, const char *old_hash,
                            const struct usr_token *next, int64_t now_ms);
-/* Revoke every live token of family; *count (may be NULL) says how many. */
-int usr_store_family_revoke(struct usr_store *s, const char *family,
+/* Revoke every live token of user_id's family (a session); *count (may
+ * be NULL) says how many. When there were any, SessionsEnded (reason:
+ * "logout", "reuse_detected") is published in the same transaction. */
+int usr_store_family_revoke(struct usr_store *s, const char *user_id,
+                            const char *family, const char *reason,
                             int64_t now_ms, int *count);
 /* Delete the user's tokens that have expired (housekeeping at login). */
 int usr_store_tokens_purge(struct usr_store *s, const char *user_id,

@@ -63,7 +63,7 @@ static bool read_body(struct moat_req *r, json_t **body,
 
 out:
     if (!ok) {
-        json_decref(*body);
+        usr_json_release_secret(*body);
         *body = NULL;
     }
     moat_validation_release(&v);
@@ -119,6 +119,16 @@ static int issue_tokens(struct usr_service *usr, const struct usr_cred *cred,
     c.perms_set = true;
     moat_random_bytes(rnd, sizeof(rnd));
     moat_hex(c.jti, rnd, sizeof(rnd));
+    /* The session: the refresh family, so that ending it (logout, reuse)
+     * ends its access tokens at the gateway too (SessionsEnded). */
+    if (family) {
+        snprintf(t.family, sizeof(t.family), "%s", family);
+    } else {
+        uint8_t f[FAMILY_BYTES];
+        moat_random_bytes(f, sizeof(f));
+        moat_hex(t.family, f, sizeof(f));
+    }
+    snprintf(c.sid, sizeof(c.sid), "%s", t.family);
     c.iat = now_s;
     c.exp = now_s + usr->cfg.access_ttl_s;
     int rc = moat_jwt_sign(usr->jwt_key, usr->jwt_keylen, &c, &access);
@@ -131,13 +141,6 @@ static int issue_tokens(struct usr_service *usr, const struct usr_cred *cred,
     refresh = moat_random_token(REFRESH_TOKEN_BYTES);
     moat_sha256_hex(refresh, strlen(refresh), t.hash);
     snprintf(t.user_id, sizeof(t.user_id), "%s", id);
-    if (family) {
-        snprintf(t.family, sizeof(t.family), "%s", family);
-    } else {
-        uint8_t f[FAMILY_BYTES];
-        moat_random_bytes(f, sizeof(f));
-        moat_hex(t.family, f, sizeof(f));
-    }
     int64_t now_ms = moat_wall_ms();
     t.expires_ms = now_ms + usr->cfg.refresh_ttl_s * 1000;
     rc = old_hash ? usr_store_token_rotate(usr->store, old_hash, &t, now_ms)
@@ -289,7 +292,7 @@ static void handle_login(struct moat_req *r, void *arg)
 
 cleanup:
     free(c);
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 /* ---- POST /v1/auth/refresh ---- */
@@ -330,7 +333,8 @@ static void handle_refresh(struct moat_req *r, void *arg)
          * thief (or the owner, after a thief used this one). Either way
          * the session is no longer trustworthy: end all of it. */
         int revoked = 0;
-        rc = usr_store_family_revoke(usr->store, t.family, now_ms, &revoked);
+        rc = usr_store_family_revoke(usr->store, t.user_id, t.family,
+                                     "reuse_detected", now_ms, &revoked);
         json_t *detail =
             json_pack("{s:s, s:i}", "family", t.family, "revoked", revoked);
         usr_audit(usr, r, "token.reuse_detected", t.user_id,
@@ -374,7 +378,7 @@ static void handle_refresh(struct moat_req *r, void *arg)
     reply_tokens(r, out);
 
 cleanup:
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 /* ---- POST /v1/auth/logout ---- */
@@ -395,8 +399,8 @@ static void handle_logout(struct moat_req *r, void *arg)
     if (rc == MOAT_OK) {
         /* Logging out ends the session: every token of its family. */
         int revoked = 0;
-        rc = usr_store_family_revoke(usr->store, t.family, moat_wall_ms(),
-                                     &revoked);
+        rc = usr_store_family_revoke(usr->store, t.user_id, t.family, "logout",
+                                     moat_wall_ms(), &revoked);
         if (rc != MOAT_OK) {
             usr_reply_store_fault(r, rc, "revoke the session");
             goto cleanup;
@@ -413,7 +417,7 @@ static void handle_logout(struct moat_req *r, void *arg)
     moat_req_reply(r, 204, NULL, NULL, 0);
 
 cleanup:
-    json_decref(body);
+    usr_json_release_secret(body);
 }
 
 int usr_auth_routes_register(struct usr_service *usr)

@@ -161,6 +161,14 @@ struct usr_pw_job *usr_pw_job_new(struct usr_service *usr, struct moat_req *req,
  * job is freed and the caller replies 503; otherwise done runs later.
  */
 int usr_pw_submit(struct usr_pw_job *job);
+
+/*
+ * Wipe (sodium_memzero) every string in a request document that can hold a
+ * password or token (login, registration, update, refresh, logout), then
+ * drop the reference. Only for a document no one else holds. NULL is fine.
+ * The request body's own bytes are wiped by the HTTP layer.
+ */
+void usr_json_release_secret(json_t *doc);
 /*
  * True when usr_pw_submit would refuse a job now (the queue is full). A
  * caller checks it before spending a per-account attempt, so a 503 costs

@@ -213,6 +213,7 @@ void h_write_file(const char *path, const char *text)
  */
 static struct child {
     pid_t pid;
+    uint16_t port; /* once known */
     char name[32];
     char log_path[PATH_MAX];
 } children[MAX_CHILDREN];
@@ -402,32 +403,47 @@ static const char *signed_line(const char *prefix, const char *purpose,
     return line;
 }
 
+/* A service-token line for claims c (iss = the caller, aud set), signed
+ * with the caller's pair key towards aud, as a service would sign
+ * (moat_auth_pair_key). */
+static const char *service_token_line(struct moat_jwt_claims *c)
+{
+    int64_t now = (int64_t)time(NULL);
+    c->iat = now;
+    c->exp = now + MOAT_SERVICE_TOKEN_TTL_S;
+    uint8_t key[64];
+    size_t keylen = 0;
+    if (moat_base64_decode(h_test_pair_key(c->iss, c->aud), key, sizeof(key),
+                           &keylen) != MOAT_OK)
+        moat_die("harness: bad pair key");
+    char *tok = NULL;
+    if (moat_jwt_sign(key, keylen, c, &tok) != MOAT_OK)
+        fail_msg("harness: cannot sign a test token");
+    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
+    free(tok);
+    return line;
+}
+
+const char *h_peer_token(const char *caller, const char *aud)
+{
+    struct moat_jwt_claims c = {0};
+    snprintf(c.iss, sizeof(c.iss), "%s", caller);
+    snprintf(c.sub, sizeof(c.sub), "%s", caller);
+    snprintf(c.aud, sizeof(c.aud), "%s", aud);
+    return service_token_line(&c);
+}
+
 const char *h_service_token(const char *aud, const char *user_id,
                             const char *role)
 {
     struct moat_jwt_claims c = {0};
-    int64_t now = (int64_t)time(NULL);
     snprintf(c.iss, sizeof(c.iss), "test");
     snprintf(c.sub, sizeof(c.sub), "test");
     snprintf(c.aud, sizeof(c.aud), "%s", aud);
     snprintf(c.usr, sizeof(c.usr), "%s", user_id ? user_id : "");
     snprintf(c.role, sizeof(c.role), "%s", role ? role : "");
     snprintf(c.ip, sizeof(c.ip), "127.0.0.1");
-    c.iat = now;
-    c.exp = now + MOAT_SERVICE_TOKEN_TTL_S;
-    /* Signed with the test peer's pair key towards aud, as a service
-     * would sign (moat_auth_pair_key). */
-    uint8_t key[64];
-    size_t keylen = 0;
-    if (moat_base64_decode(h_test_pair_key("test", aud), key, sizeof(key),
-                           &keylen) != MOAT_OK)
-        moat_die("harness: bad pair key");
-    char *tok = NULL;
-    if (moat_jwt_sign(key, keylen, &c, &tok) != MOAT_OK)
-        fail_msg("harness: cannot sign a test token");
-    const char *line = h_fmt("%s: %s", MOAT_SERVICE_TOKEN_HEADER, tok);
-    free(tok);
-    return line;
+    return service_token_line(&c);
 }
 
 const char *h_user_token(const char *user_id, const char *role, long ttl_s)
@@ -641,6 +657,8 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
     setenv("MOAT_SERVICE_KEY", h_test_service_key(svc->name), 1);
     setenv("MOAT_PEER_KEYS", peer_keys(svc->name), 1);
     setenv("MOAT_JWT_SECRET", h_test_jwt_secret(), 1);
+    /* The test process calls admin routes as an operator would. */
+    setenv("MOAT_OPERATORS", "operator,test", 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);
     if (tls.dir) {
@@ -660,6 +678,9 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
 /* GET url/readyz until 200, the child exits or the deadline passes. */
 static int wait_ready(struct h_service *svc)
 {
+    for (size_t i = 0; i < MAX_CHILDREN; i++)
+        if (children[i].pid == svc->pid)
+            children[i].port = svc->port;
     struct h_waiter w;
     h_wait_begin(&w, READY_TIMEOUT_MS);
     const char *url = h_fmt("%s/readyz", svc->url);
@@ -1076,10 +1097,26 @@ json_t *h_get_json(const char *url, const char *const *headers)
     return j;
 }
 
+const char *h_metrics_token(const char *base_url)
+{
+    const char *colon = strrchr(base_url, ':');
+    unsigned long port = colon ? strtoul(colon + 1, NULL, 10) : 0;
+    for (size_t i = 0; port && i < MAX_CHILDREN; i++)
+        if (children[i].pid > 0 && children[i].port == port)
+            return h_service_token(children[i].name, NULL, NULL);
+    return NULL;
+}
+
+void h_get_metrics(struct h_resp *out, const char *base_url)
+{
+    const char *headers[] = {h_metrics_token(base_url), NULL};
+    h_http(out, "GET", h_fmt("%s/metrics", base_url), headers, NULL, 0);
+}
+
 double h_metric(const char *base_url, const char *series)
 {
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", base_url));
+    h_get_metrics(&r, base_url);
     double v = -1;
     size_t n = strlen(series);
     for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {

@@ -223,9 +223,15 @@ json_t *h_get_json(const char *url, const char *const *headers);
 /*
  * The value of one sample of base_url/metrics (Prometheus text), named
  * exactly as written, labels included: "moat_http_requests_total{...}".
- * -1 when the sample is absent or /metrics does not answer 200.
+ * -1 when the sample is absent or /metrics does not answer 200. Sent with
+ * h_metrics_token(base_url): /metrics is for operators and known peers.
  */
 double h_metric(const char *base_url, const char *series);
+/* The service-token line (as h_service_token) for GET base_url/metrics of
+ * a service the harness started; NULL for anything else. */
+const char *h_metrics_token(const char *base_url);
+/* GET base_url/metrics with h_metrics_token(base_url). */
+void h_get_metrics(struct h_resp *out, const char *base_url);
 
 /*
  * printf into one of 16 rotating static buffers of 4 KiB: handy for URLs
@@ -256,6 +262,9 @@ const char *h_test_jwt_secret(void);
  */
 const char *h_service_token(const char *aud, const char *user_id,
                             const char *role);
+/* The same from peer caller (any of the known services) to aud, acting for
+ * no user: to show what another service may not do. */
+const char *h_peer_token(const char *caller, const char *aud);
 /*
  * An "Authorization: Bearer <jwt>" line as the users service would issue:
  * iss "moat-users", aud "moat", sub user_id, role, exp now + ttl_s (negative

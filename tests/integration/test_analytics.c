@@ -636,7 +636,7 @@ static void hist_read(struct hist *h)
     static const char key[] =
         "moat_analytics_apply_lag_seconds_bucket{source=\"messaging\",le=\"";
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.an.url));
+    h_get_metrics(&r, F.an.url);
     h_assert_status(&r, 200);
     h->k = 0;
     for (const char *p = strstr(r.body, key); p && h->k < HIST_MAX;

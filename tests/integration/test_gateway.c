@@ -537,7 +537,7 @@ static void test_rate_limit(void **state)
     h_assert_status(&r, 200);
     h_resp_release(&r);
 
-    h_get(&r, h_fmt("%s/metrics", g.url));
+    h_get_metrics(&r, g.url);
     h_assert_status(&r, 200);
     if (!strstr(r.body, "moat_gateway_rate_limited_total 2\n"))
         fail_msg("/metrics lacks moat_gateway_rate_limited_total 2");
@@ -550,7 +550,7 @@ static void test_rate_limit(void **state)
 static void test_metrics(void **state)
 {
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", gw.url));
+    h_get_metrics(&r, gw.url);
     h_assert_status(&r, 200);
     static const char *const want[] = {
         "moat_gateway_upstream_errors_total{upstream=\"/api/v1/dead\","

@@ -1217,7 +1217,7 @@ static void test_metrics(void **state)
 {
     MOAT_UNUSED(state);
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.inv.url));
+    h_get_metrics(&r, F.inv.url);
     h_assert_status(&r, 200);
     static const char *const want[] = {
         "moat_kv_op_duration_seconds_count{op=\"commit\"}",

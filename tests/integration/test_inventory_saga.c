@@ -589,7 +589,7 @@ static void test_sigkill_exactly_once(void **state)
     assert_int_equal(jint(src, "lag_events"), 0);
     json_decref(src);
     struct h_resp r;
-    h_get(&r, h_fmt("%s/metrics", F.inv.url));
+    h_get_metrics(&r, F.inv.url);
     h_assert_status(&r, 200);
     assert_non_null(
         strstr(r.body, "moat_consumer_applied_total{source=\"orders\"}"));

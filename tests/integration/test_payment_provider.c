@@ -305,7 +305,7 @@ static void raw_release(struct raw *x)
 static int held_count(const struct h_service *s)
 {
     struct h_resp r;
-    h_get(&r, url(s, "/metrics"));
+    h_get_metrics(&r, s->url);
     h_assert_status(&r, 200);
     static const char name[] = "\npayprovider_held_requests ";
     const char *p = strstr(r.body, name);

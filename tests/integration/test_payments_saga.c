@@ -622,7 +622,7 @@ static void test_auditor_listing_and_metrics(void **state)
     h_assert_problem_error(&r, "parameter", "colour");
     h_resp_release(&r);
 
-    h_get(&r, h_fmt("%s/metrics", F.pay.url));
+    h_get_metrics(&r, F.pay.url);
     h_assert_status(&r, 200);
     assert_non_null(
         strstr(r.body, "moat_payments_payments{status=\"captured\"}"));

@@ -487,6 +487,55 @@ static void test_validation(void **state)
     json_decref(u);
 }
 
+static void get_status(const char *url, const char *header, long *status)
+{
+    struct h_resp r;
+    const char *headers[] = {header, NULL};
+    h_http(&r, "GET", url, headers, NULL, 0);
+    *status = r.status;
+    h_resp_release(&r);
+}
+
+/* A logout through the gateway ends the access token it carries at once;
+ * another session's token is untouched. */
+static void test_logout_revokes_access_token(void **state)
+{
+    MOAT_UNUSED(state);
+    char *mail = moat_xstrdup(h_fmt("%s@x.test", unique("out")));
+    json_decref(register_user(mail, "Leaving"));
+    json_t *t1 = login(mail, PASSWORD);
+    json_t *t2 = login(mail, PASSWORD);
+    char auth1[AUTH_MAX], auth2[AUTH_MAX];
+    bearer(t1, auth1);
+    bearer(t2, auth2);
+    json_decref(get_as(gw_url("/users/me"), auth1, 200));
+
+    struct h_resp r;
+    const char *headers[] = {auth1, NULL};
+    post(&r, gw_url("/auth/logout"), headers,
+         json_pack("{s:s}", "refresh_token", str(t1, "refresh_token")));
+    h_assert_status(&r, 204);
+    h_resp_release(&r);
+    /* The very next request: no wait. */
+    json_decref(get_as(gw_url("/users/me"), auth1, 401));
+    json_decref(get_as(h_fmt("%s/api/v2/users/me", F.gw.url), auth1, 401));
+    json_decref(get_as(gw_url("/users/me"), auth2, 200));
+
+    /* A logout with the refresh token alone (no access token to deny):
+     * users ends the session (SessionsEnded), and the gateway, following
+     * users' feed, refuses its access token within the feed's delay. */
+    post(&r, gw_url("/auth/logout"), NULL,
+         json_pack("{s:s}", "refresh_token", str(t2, "refresh_token")));
+    h_assert_status(&r, 204);
+    h_resp_release(&r);
+    long st = 0;
+    H_WAIT_UNTIL((get_status(gw_url("/users/me"), auth2, &st), st == 401),
+                 H_WAIT_MS, "the ended session's token to be refused");
+    json_decref(t2);
+    json_decref(t1);
+    free(mail);
+}
+
 static void test_refresh_rotation(void **state)
 {
     MOAT_UNUSED(state);
@@ -1255,6 +1304,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_events_feed),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_refresh_rotation),
+        cmocka_unit_test(test_logout_revokes_access_token),
         cmocka_unit_test(test_authorisation),
         cmocka_unit_test(test_mass_assignment),
         cmocka_unit_test(test_no_plaintext_at_rest),

@@ -225,7 +225,8 @@ static void test_single_schema_producers(void **state)
     static const char *const users[] = {
         USERS_USER_REGISTERED, USERS_USER_UPDATED,
         USERS_USER_SUSPENDED,  USERS_USER_RESTORED,
-        USERS_ROLE_CHANGED,    USERS_MODERATION_ACTION_REQUESTED};
+        USERS_ROLE_CHANGED,    USERS_MODERATION_ACTION_REQUESTED,
+        USERS_SESSIONS_ENDED};
     static const char *const comments[] = {
         COMMENTS_COMMENT_POSTED, COMMENTS_COMMENT_APPROVED,
         COMMENTS_COMMENT_REJECTED, COMMENTS_COMMENT_REMOVED};

@@ -45,8 +45,9 @@ struct resp {
 /* Echo what the router extracted: route pattern, params, a query value. */
 static void echo(struct moat_req *r, void *arg)
 {
-    json_t *o = json_pack("{s:s, s:s, s:s}", "route", moat_req_route(r), "path",
-                          moat_req_path(r), "tag", (const char *)arg);
+    json_t *o = json_pack("{s:s, s:s, s:s, s:s}", "route", moat_req_route(r),
+                          "path", moat_req_path(r), "tag", (const char *)arg,
+                          "target", moat_req_target(r));
     const char *names[] = {"id", "rest", "sub"};
     for (size_t i = 0; i < 3; i++) {
         const char *v = moat_req_param(r, names[i]);
@@ -119,7 +120,7 @@ static void start_server(unsigned max_conns)
     evthread_use_pthreads();
     base = event_base_new();
     metrics = moat_metrics_new();
-    struct moat_http_limits lim = {MAX_BODY, MAX_HEADER, max_conns, 5000};
+    struct moat_http_limits lim = {MAX_BODY, MAX_HEADER, max_conns, 5000, 5000};
     server = moat_http_server_new(base, &lim, metrics);
     moat_http_set_access_log(server, false);
     assert_int_equal(moat_http_route(server, MOAT_GET | MOAT_DELETE,
@@ -485,24 +486,37 @@ static void test_malformed_request_line(void **state)
     assert_non_null(strcasestr(buf, "application/problem+json"));
 }
 
-/* A target that is not origin-form is refused before routing: the path
- * the router matches must be the one everything else reads. */
+/* A target that is neither origin-form nor an http(s) URL is refused
+ * before routing; an absolute-form one is served as its path: the path the
+ * router matches is the one everything else reads (moat_req_target). */
 static void test_non_origin_form_target(void **state)
 {
-    const char *reqs[] = {
+    const char *refused[] = {
         "GET x:/api/v1/a?://h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET http://h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET //h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://u@h/v1/items/1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /v1/items/1#f HTTP/1.1\r\nHost: x\r\n\r\n",
     };
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(reqs); i++) {
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(refused); i++) {
         int fd = raw_connect();
-        assert_int_equal(write(fd, reqs[i], strlen(reqs[i])),
-                         (ssize_t)strlen(reqs[i]));
+        assert_int_equal(write(fd, refused[i], strlen(refused[i])),
+                         (ssize_t)strlen(refused[i]));
         char buf[4096];
         raw_read(fd, buf, sizeof(buf), 2000);
         close(fd);
         assert_non_null(strstr(buf, "HTTP/1.1 400"));
         assert_non_null(strcasestr(buf, "application/problem+json"));
     }
+    const char *req =
+        "GET HTTP://h:80/v1/items/%41b?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fd = raw_connect();
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    char buf[4096];
+    raw_read(fd, buf, sizeof(buf), 2000);
+    close(fd);
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    assert_non_null(strstr(buf, "\"target\":\"/v1/items/%41b?x=1\""));
+    assert_non_null(strstr(buf, "\"id\":\"Ab\""));
 }
 
 static void test_trace_and_request_id(void **state)
