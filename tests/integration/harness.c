@@ -607,14 +607,21 @@ static void tls_cert_for(const char *name)
 
 void h_tls_enable(const char *tmpdir)
 {
-    if (tls.dir)
-        return;
     char *dir = moat_xasprintf("%s/certs", tmpdir);
+    if (tls.dir && strcmp(tls.dir, dir) == 0) {
+        free(dir);
+        return;
+    }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         fail_msg("harness: cannot create %s", dir);
-    if (moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &tls.ca_cert, &tls.ca_key) !=
-        MOAT_OK)
+    /* One CA per test process; a later test with another tmpdir (the
+     * previous one removed) gets the files written there again. */
+    if (!tls.ca_cert && moat_tls_make_ca("test", MOAT_TLS_CA_DAYS, &tls.ca_cert,
+                                         &tls.ca_key) != MOAT_OK)
         fail_msg("harness: cannot make a test CA");
+    if (tls.dir)
+        moat_tls_unload();
+    free(tls.dir);
     tls.dir = dir;
     char *ca = moat_xstrdup(h_tls_path("ca", "crt"));
     if (moat_tls_write_pem(ca, tls.ca_cert) != MOAT_OK)

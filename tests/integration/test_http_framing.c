@@ -9,7 +9,10 @@
  * is not an operator.
  *
  * The services run with a 60 s I/O timeout, so an answer or a close seen
- * well within that is the server's decision, not its timeout.
+ * well within that is the server's decision, not its timeout. The
+ * deployments serve TLS ("tls": true): the raw bytes travel inside a TLS
+ * connection made with the test's own client certificate, exactly as a
+ * caller's would, so the HTTP layer behind the handshake is what is tried.
  */
 #include "harness.h"
 
@@ -24,7 +27,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "moat/common.h"
+#include "moat/tls.h"
 
 #define IO_TIMEOUT_MS     60000
 #define HEADER_TIMEOUT_MS 2000
@@ -36,28 +43,103 @@ static struct {
     struct h_deployment dep;
 } F;
 
-static int raw_connect(uint16_t port)
+/* One raw connection: the socket and, when the deployment serves TLS,
+ * the TLS session over it. */
+struct raw {
+    int fd;
+    SSL *ssl;
+};
+
+static SSL_CTX *client_ctx(void)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
-    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    return fd;
+    static SSL_CTX *ctx;
+    if (ctx)
+        return ctx;
+    ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    if (SSL_CTX_use_certificate_file(ctx, h_tls_path("test", "crt"),
+                                     SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_use_PrivateKey_file(ctx, h_tls_path("test", "key"),
+                                    SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_load_verify_locations(ctx, h_tls_path("ca", "crt"), NULL) != 1)
+        fail_msg("cannot load the test's TLS identity");
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    return ctx;
 }
 
-static void raw_send(int fd, const char *bytes)
+static struct raw raw_connect(uint16_t port)
 {
-    size_t len = strlen(bytes);
-    assert_int_equal(write(fd, bytes, len), (ssize_t)len);
+    struct raw c = {socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), NULL};
+    assert_true(c.fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    assert_int_equal(connect(c.fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    if (h_tls_on()) {
+        c.ssl = SSL_new(client_ctx());
+        assert_non_null(c.ssl);
+        SSL_set_fd(c.ssl, c.fd);
+        if (SSL_connect(c.ssl) != 1)
+            fail_msg("TLS handshake with port %u failed", (unsigned)port);
+    }
+    return c;
+}
+
+static void raw_close(struct raw *c)
+{
+    if (c->ssl)
+        SSL_free(c->ssl);
+    close(c->fd);
+    c->ssl = NULL;
+    c->fd = -1;
+}
+
+/* Write len bytes; false when the peer has closed (or reset). */
+static bool raw_write(struct raw *c, const char *bytes, size_t len)
+{
+    if (c->ssl) {
+        ERR_clear_error();
+        return SSL_write(c->ssl, bytes, (int)len) == (int)len;
+    }
+    return send(c->fd, bytes, len, MSG_NOSIGNAL) == (ssize_t)len;
+}
+
+static void raw_send(struct raw *c, const char *bytes)
+{
+    assert_true(raw_write(c, bytes, strlen(bytes)));
+}
+
+/* Wait up to ms for something to read (already decrypted bytes count). */
+static bool raw_readable(struct raw *c, int ms)
+{
+    if (c->ssl && SSL_pending(c->ssl) > 0)
+        return true;
+    struct pollfd p = {c->fd, POLLIN, 0};
+    return poll(&p, 1, ms) == 1;
+}
+
+/* As read(2): > 0 bytes, 0 at a close, < 0 on an error (a reset after the
+ * answer, or TLS's close without close_notify, counts as a close). */
+static ssize_t raw_read(struct raw *c, char *buf, size_t cap)
+{
+    if (!c->ssl) {
+        ssize_t k = read(c->fd, buf, cap);
+        return k < 0 && errno == ECONNRESET ? 0 : k;
+    }
+    ERR_clear_error();
+    int k = SSL_read(c->ssl, buf, (int)cap);
+    if (k > 0)
+        return k;
+    int e = SSL_get_error(c->ssl, k);
+    if (e == SSL_ERROR_WANT_READ)
+        return -1;
+    return 0; /* ZERO_RETURN, SYSCALL (EOF or reset), SSL: closed */
 }
 
 /*
  * Read until the server closes or ms (scaled) pass. Returns whether it
- * closed; buf holds what arrived. A reset after the answer counts as a
- * close.
+ * closed; buf holds what arrived.
  */
-static bool read_to_close(int fd, char *buf, size_t cap, unsigned ms)
+static bool read_to_close(struct raw *c, char *buf, size_t cap, unsigned ms)
 {
     size_t got = 0;
     uint64_t deadline = moat_mono_ms() + h_scaled_ms(ms);
@@ -66,14 +148,13 @@ static bool read_to_close(int fd, char *buf, size_t cap, unsigned ms)
         int64_t left = (int64_t)(deadline - moat_mono_ms());
         if (left <= 0)
             return false;
-        struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, (int)left) <= 0)
+        if (!raw_readable(c, (int)left))
             continue;
-        ssize_t k = read(fd, buf + got, cap - 1 - got);
-        if (k == 0 || (k < 0 && errno == ECONNRESET))
+        ssize_t k = raw_read(c, buf + got, cap - 1 - got);
+        if (k == 0)
             return true;
         if (k < 0)
-            return false;
+            continue;
         got += (size_t)k;
         buf[got] = '\0';
         if (got + 1 == cap)
@@ -82,7 +163,7 @@ static bool read_to_close(int fd, char *buf, size_t cap, unsigned ms)
 }
 
 /* Read one whole response (headers and Content-Length body). */
-static void read_response(int fd, char *buf, size_t cap, unsigned ms)
+static void read_response(struct raw *c, char *buf, size_t cap, unsigned ms)
 {
     size_t got = 0;
     uint64_t deadline = moat_mono_ms() + h_scaled_ms(ms);
@@ -95,10 +176,11 @@ static void read_response(int fd, char *buf, size_t cap, unsigned ms)
             return;
         int64_t left = (int64_t)(deadline - moat_mono_ms());
         assert_true(left > 0);
-        struct pollfd p = {fd, POLLIN, 0};
-        if (poll(&p, 1, (int)left) <= 0)
+        if (!raw_readable(c, (int)left))
             continue;
-        ssize_t k = read(fd, buf + got, cap - 1 - got);
+        ssize_t k = raw_read(c, buf + got, cap - 1 - got);
+        if (k < 0)
+            continue;
         assert_true(k > 0);
         got += (size_t)k;
         buf[got] = '\0';
@@ -165,11 +247,11 @@ static void check_refusals(const struct h_service *svc)
 {
     for (size_t i = 0; i < MOAT_ARRAY_LEN(refusals); i++) {
         const struct refusal *t = &refusals[i];
-        int fd = raw_connect(svc->port);
-        raw_send(fd, t->request);
+        struct raw c = raw_connect(svc->port);
+        raw_send(&c, t->request);
         char buf[8192];
-        bool closed = read_to_close(fd, buf, sizeof(buf), ANSWER_MS);
-        close(fd);
+        bool closed = read_to_close(&c, buf, sizeof(buf), ANSWER_MS);
+        raw_close(&c);
         char want[32];
         snprintf(want, sizeof(want), "HTTP/1.1 %d ", t->status);
         if (!closed || strncmp(buf, want, strlen(want)) != 0 ||
@@ -182,20 +264,20 @@ static void check_refusals(const struct h_service *svc)
 /* Absolute-form is served as its path, and the connection stays usable. */
 static void check_absolute_form(const struct h_service *svc)
 {
-    int fd = raw_connect(svc->port);
+    struct raw c = raw_connect(svc->port);
     char req[256], buf[8192];
     snprintf(req, sizeof(req),
              "GET http://127.0.0.1:%u/healthz HTTP/1.1\r\nHost: h\r\n\r\n",
              (unsigned)svc->port);
-    raw_send(fd, req);
-    read_response(fd, buf, sizeof(buf), ANSWER_MS);
+    raw_send(&c, req);
+    read_response(&c, buf, sizeof(buf), ANSWER_MS);
     if (strncmp(buf, "HTTP/1.1 200 ", 13) != 0)
         fail_msg("%s: absolute-form GET /healthz: %s", svc->name, buf);
-    raw_send(fd, "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n");
-    read_response(fd, buf, sizeof(buf), ANSWER_MS);
+    raw_send(&c, "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n");
+    read_response(&c, buf, sizeof(buf), ANSWER_MS);
     if (strncmp(buf, "HTTP/1.1 200 ", 13) != 0)
         fail_msg("%s: a second request on the connection: %s", svc->name, buf);
-    close(fd);
+    raw_close(&c);
 }
 
 /*
@@ -225,12 +307,24 @@ static void check_admin(const struct h_service *svc)
     struct h_resp r;
     const char *url = h_fmt("%s/v1/admin/consumer", svc->url);
     const char *as_gateway[] = {h_peer_token("gateway", svc->name), NULL};
+    /* Under TLS the token must come with the gateway's certificate (the
+     * test's own would be refused for naming another caller). */
+    if (h_tls_on())
+        assert_int_equal(moat_tls_load(h_tls_path("gateway", "crt"),
+                                       h_tls_path("gateway", "key"),
+                                       h_tls_path("ca", "crt")),
+                         MOAT_OK);
     h_http(&r, "GET", url, as_gateway, NULL, 0);
     h_assert_problem(&r, 403);
     h_resp_release(&r);
     h_http(&r, "GET", h_fmt("%s/metrics", svc->url), as_gateway, NULL, 0);
     h_assert_status(&r, 200);
     h_resp_release(&r);
+    if (h_tls_on())
+        assert_int_equal(moat_tls_load(h_tls_path("test", "crt"),
+                                       h_tls_path("test", "key"),
+                                       h_tls_path("ca", "crt")),
+                         MOAT_OK);
     const char *as_test[] = {h_service_token(svc->name, NULL, NULL), NULL};
     h_http(&r, "GET", url, as_test, NULL, 0);
     h_assert_status(&r, 200);
@@ -254,12 +348,12 @@ static void check_all(size_t first)
 static void check_slow_headers(size_t first)
 {
     size_t n = F.dep.n - first;
-    int fds[H_DEPLOY_MAX];
+    struct raw conns[H_DEPLOY_MAX];
     uint64_t closed_at[H_DEPLOY_MAX] = {0};
     uint64_t start = moat_mono_ms();
     for (size_t i = 0; i < n; i++) {
-        fds[i] = raw_connect(F.dep.svc[first + i].port);
-        raw_send(fds[i], "GET /healthz HTTP/1.1\r\nHost: h\r\nX-Slow: ");
+        conns[i] = raw_connect(F.dep.svc[first + i].port);
+        raw_send(&conns[i], "GET /healthz HTTP/1.1\r\nHost: h\r\nX-Slow: ");
     }
     uint64_t deadline = start + HEADER_TIMEOUT_MS + h_scaled_ms(ANSWER_MS);
     size_t open = n;
@@ -267,10 +361,11 @@ static void check_slow_headers(size_t first)
         for (size_t i = 0; i < n; i++) {
             if (closed_at[i])
                 continue;
-            struct pollfd p = {fds[i], POLLIN, 0};
             char c;
-            if (poll(&p, 1, 0) == 1) {
-                ssize_t k = read(fds[i], &c, 1);
+            if (raw_readable(&conns[i], 0)) {
+                ssize_t k = raw_read(&conns[i], &c, 1);
+                if (k < 0)
+                    continue; /* TLS bytes that are not data yet */
                 if (k > 0)
                     fail_msg("%s answered a request still in its headers",
                              F.dep.svc[first + i].name);
@@ -279,7 +374,7 @@ static void check_slow_headers(size_t first)
                 continue;
             }
             /* A reset for a write after the close is a close too. */
-            if (send(fds[i], "x", 1, MSG_NOSIGNAL) != 1) {
+            if (!raw_write(&conns[i], "x", 1)) {
                 closed_at[i] = moat_mono_ms();
                 open--;
             }
@@ -287,7 +382,7 @@ static void check_slow_headers(size_t first)
         h_sleep_ms(100); /* paces the trickle */
     }
     for (size_t i = 0; i < n; i++) {
-        close(fds[i]);
+        raw_close(&conns[i]);
         if (!closed_at[i])
             fail_msg("%s kept a slow-header connection open past %u ms",
                      F.dep.svc[first + i].name, (unsigned)(deadline - start));
