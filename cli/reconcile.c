@@ -1,0 +1,485 @@
+/*
+ * reconcile.c - `moat reconcile`: after one service was restored to an
+ * earlier point while the others kept going, find where the services
+ * disagree about orders, through their APIs only, and repair what has a
+ * safe repair through the owner's API (docs/recovery.md).
+ *
+ * It reads what the auditor reads first (cli_shop_gather: orders' orders,
+ * inventory's reservations, notifications' notices), then for every order
+ * that another service holds and orders does not know (orders restored:
+ * the orders placed after its backup are gone), payments' payments of
+ * that order and the read model's copy of its OrderPlaced (the lines as
+ * paid), and for the orders orders knows, whether inventory agrees with
+ * their final status.
+ *
+ * Divergences (each names the order and what every side holds):
+ *   order-lost            inventory, payments or notifications hold an
+ *                         order orders does not know. Repair: orders'
+ *                         POST /v1/admin/orders/{id}/recover with the read
+ *                         model's copy and the participants' states:
+ *                         confirmed when sold and paid, else compensated
+ *                         (its ReleaseStock / VoidPayment / RefundPayment)
+ *                         and cancelled with reason "recovered". Without a
+ *                         copy of the lines: reported, not repaired.
+ *   reservation-missing   a confirmed order's reservation is not committed
+ *                         (inventory restored past what it can re-derive
+ *                         from orders' feed). Reported, not repaired: the
+ *                         units may be gone; an operator decides.
+ *   reservation-held      a cancelled order's reservation is still held or
+ *                         committed. Repair: inventory's POST
+ *                         /v1/reservations/{id}/release.
+ *
+ * Exit status: 0 when nothing diverges or everything found was repaired,
+ * 1 when something is left, 2 when a service could not be read.
+ */
+#include "moat/common.h"
+
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moat/buf.h"
+
+#include "cli.h"
+#include "drill.h"
+
+#define CALL_TIMEOUT_MS 10000
+#define HISTORY_PAGES   100 /* pages of 100 read per customer at most */
+
+struct rec {
+    const struct deploy *d;
+    const struct deploy_service *orders, *payments, *inventory, *readmodel;
+    bool repair, json;
+    json_t *divergences;
+    size_t repaired, left;
+    json_t *histories; /* customer id -> {order id -> read model copy} */
+};
+
+static const char *jstr(json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+/* GET svc path as the operator: the parsed 200 answer, or NULL (404 and
+ * other answers; *status says which, 0 when there was none). */
+static json_t *op_get(const struct rec *r, const struct deploy_service *svc,
+                      const char *path, long *status)
+{
+    char *body = NULL;
+    *status = 0;
+    json_t *j = NULL;
+    if (cli_operator_call(r->d, svc, "GET", path, NULL, CALL_TIMEOUT_MS,
+                          status, &body) == MOAT_OK &&
+        *status == 200)
+        j = json_loads(body, 0, NULL);
+    free(body);
+    return j;
+}
+
+static char *lines_text(json_t *lines)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    size_t i;
+    json_t *l;
+    json_array_foreach(lines, i, l)
+    {
+        moat_buf_printf(&b, "%s%s:%lld", i ? "," : "", jstr(l, "sku"),
+                        (long long)json_integer_value(
+                            json_object_get(l, "quantity")));
+    }
+    return moat_buf_detach(&b, NULL);
+}
+
+/* The payment of order id that matters most (captured, authorized,
+ * pending, then any), or NULL. */
+static json_t *payment_of(struct rec *r, const char *id, bool *unreachable)
+{
+    if (!r->payments)
+        return NULL;
+    long st;
+    char *path = moat_xasprintf("/v1/payments?order_id=%s", id);
+    json_t *j = op_get(r, r->payments, path, &st);
+    free(path);
+    if (!j) {
+        *unreachable = true;
+        return NULL;
+    }
+    static const char *const rank[] = {"captured", "authorized", "pending"};
+    json_t *best = NULL;
+    size_t best_rank = MOAT_ARRAY_LEN(rank) + 1, i;
+    json_t *p;
+    json_array_foreach(json_object_get(j, "items"), i, p)
+    {
+        size_t k = 0;
+        while (k < MOAT_ARRAY_LEN(rank) && strcmp(jstr(p, "status"), rank[k]))
+            k++;
+        if (!best || k < best_rank) {
+            best = p;
+            best_rank = k;
+        }
+    }
+    json_incref(best);
+    json_decref(j);
+    return best;
+}
+
+/* The read model's copy of order id of customer, or NULL. */
+static json_t *copy_of(struct rec *r, const char *customer, const char *id)
+{
+    if (!r->readmodel || !customer)
+        return NULL;
+    json_t *h = json_object_get(r->histories, customer);
+    if (!h) {
+        h = json_object();
+        json_object_set_new(r->histories, customer, h);
+        char *after = NULL;
+        for (int page = 0; page < HISTORY_PAGES; page++) {
+            char *path =
+                after ? moat_xasprintf("/v1/customers/%s/orders?limit=100&"
+                                       "after=%s",
+                                       customer, after)
+                      : moat_xasprintf("/v1/customers/%s/orders?limit=100",
+                                       customer);
+            long st;
+            json_t *j = op_get(r, r->readmodel, path, &st);
+            free(path);
+            size_t i;
+            json_t *o;
+            json_array_foreach(json_object_get(j, "orders"), i, o)
+            {
+                if (jstr(o, "order_id"))
+                    json_object_set(h, jstr(o, "order_id"), o);
+            }
+            free(after);
+            after = jstr(j, "next_after") ? moat_xstrdup(jstr(j, "next_after"))
+                                          : NULL;
+            json_decref(j);
+            if (!after)
+                break;
+        }
+        free(after);
+    }
+    return json_object_get(h, id);
+}
+
+/* orders' recover body from the copy and the participants' states. */
+static json_t *recover_body(json_t *copy, const char *res_state, json_t *pay)
+{
+    json_t *lines = json_array();
+    size_t i;
+    json_t *l;
+    json_array_foreach(json_object_get(copy, "lines"), i, l)
+    {
+        json_array_append_new(
+            lines, json_pack("{s:O, s:O, s:O, s:O, s:O}", "product_id",
+                             json_object_get(l, "product_id"), "sku",
+                             json_object_get(l, "sku"), "name",
+                             json_object_get(l, "name"), "unit_price",
+                             json_object_get(l, "unit_price_paid"), "quantity",
+                             json_object_get(l, "quantity")));
+    }
+    json_t *b = json_pack(
+        "{s:s, s:O, s:O, s:o, s:s}", "customer_id", jstr(copy, "customer_id"),
+        "total", json_object_get(copy, "total"), "currency",
+        json_object_get(copy, "currency"), "lines", lines, "reservation",
+        res_state);
+    if (json_is_integer(json_object_get(copy, "placed_at")))
+        json_object_set(b, "placed_at", json_object_get(copy, "placed_at"));
+    if (pay)
+        json_object_set_new(b, "payment",
+                            json_pack("{s:s, s:s}", "id", jstr(pay, "id"),
+                                      "status", jstr(pay, "status")));
+    return b;
+}
+
+static int str_cmp(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+static void report(struct rec *r, json_t *div)
+{
+    bool repaired = json_is_true(json_object_get(div, "repaired"));
+    if (repaired)
+        r->repaired++;
+    else
+        r->left++;
+    json_array_append(r->divergences, div);
+    if (r->json)
+        return;
+    printf("DIVERGENCE %-20s order %s: %s", jstr(div, "kind"),
+           jstr(div, "order_id"), jstr(div, "detail"));
+    if (jstr(div, "repair"))
+        printf(" -> %s%s", repaired ? "repaired: " : "not repaired: ",
+               jstr(div, "repair"));
+    printf("\n");
+}
+
+/* POST path of svc as the operator; true on 200/201/202. */
+static bool op_post(struct rec *r, const struct deploy_service *svc,
+                    const char *path, json_t *body, char *why, size_t cap)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    char *answer = NULL;
+    long st = 0;
+    int rc = cli_operator_call(r->d, svc, "POST", path, text ? text : "{}",
+                               CALL_TIMEOUT_MS, &st, &answer);
+    free(text);
+    bool ok = rc == MOAT_OK && st >= 200 && st < 300;
+    if (!ok)
+        snprintf(why, cap, "%s answered %ld: %.200s", svc->name, st,
+                 answer ? answer : "");
+    free(answer);
+    return ok;
+}
+
+/* An order some service holds and orders does not know. */
+static bool check_lost(struct rec *r, const char *id, json_t *res,
+                       json_t *notes)
+{
+    bool unreachable = false;
+    json_t *pay = payment_of(r, id, &unreachable);
+    if (unreachable)
+        return false;
+    const char *res_state = res ? jstr(res, "state") : "none";
+    const char *customer = res ? jstr(res, "customer_id") : NULL;
+    if (!customer && pay)
+        customer = jstr(pay, "customer_id");
+    json_t *copy = copy_of(r, customer, id);
+    char *lines = lines_text(res ? json_object_get(res, "lines")
+                                 : json_object_get(copy, "lines"));
+    struct moat_buf kinds = MOAT_BUF_INIT;
+    size_t i;
+    json_t *n;
+    json_array_foreach(notes, i, n)
+    {
+        moat_buf_printf(&kinds, "%s%s", i ? "," : "",
+                        jstr(n, "kind") ? jstr(n, "kind") : "?");
+    }
+    char detail[768];
+    snprintf(detail, sizeof(detail),
+             "orders: none; inventory: %s [%s]; payments: %s %s %lld %s; "
+             "notifications: [%s]; copy of OrderPlaced: %s",
+             res_state, lines, pay ? jstr(pay, "id") : "none",
+             pay ? jstr(pay, "status") : "",
+             pay ? (long long)json_integer_value(json_object_get(pay, "amount"))
+                 : 0LL,
+             pay ? jstr(pay, "currency") : "", moat_buf_str(&kinds),
+             copy ? "read model" : "none");
+    bool sold = strcmp(res_state, "committed") == 0 && pay &&
+                strcmp(jstr(pay, "status"), "captured") == 0;
+    json_t *div = json_pack(
+        "{s:s, s:s, s:s, s:{s:n, s:{s:s, s:s}, s:o, s:o}, s:b}", "kind",
+        "order-lost", "order_id", id, "detail", detail, "holds", "orders",
+        "inventory", "state", res_state, "lines", lines, "payments",
+        pay ? json_pack("{s:s, s:s, s:O, s:O}", "id", jstr(pay, "id"),
+                        "status", jstr(pay, "status"), "amount",
+                        json_object_get(pay, "amount"), "currency",
+                        json_object_get(pay, "currency"))
+            : json_null(),
+        "notifications", json_string(moat_buf_str(&kinds)), "repaired", false);
+    json_object_set_new(div, "copy", copy ? json_string("readmodel")
+                                          : json_null());
+    if (!copy) {
+        json_object_set_new(div, "repair",
+                            json_string("no copy of the order's lines (read "
+                                        "model): compensate by hand"));
+    } else {
+        json_object_set_new(div, "repair",
+                            json_string(sold ? "re-created as confirmed"
+                                             : "re-created and compensated "
+                                               "(cancelled, reason recovered)"));
+        if (r->repair) {
+            json_t *copy_c = json_deep_copy(copy);
+            json_object_set_new(copy_c, "customer_id", json_string(customer));
+            json_t *body = recover_body(copy_c, res_state, pay);
+            char *path = moat_xasprintf("/v1/admin/orders/%s/recover", id);
+            char why[300];
+            bool ok = op_post(r, r->orders, path, body, why, sizeof(why));
+            free(path);
+            json_decref(body);
+            json_decref(copy_c);
+            json_object_set_new(div, "repaired", json_boolean(ok));
+            if (!ok)
+                json_object_set_new(div, "repair", json_string(why));
+        }
+    }
+    report(r, div);
+    json_decref(div);
+    json_decref(pay);
+    free(lines);
+    moat_buf_release(&kinds);
+    return true;
+}
+
+/* A known, final order that inventory disagrees with. */
+static void check_known(struct rec *r, json_t *o, json_t *res)
+{
+    const char *id = jstr(o, "id"), *st = jstr(o, "status");
+    const char *rs = res ? jstr(res, "state") : "none";
+    if (!id || !st)
+        return;
+    char detail[256];
+    if (strcmp(st, "confirmed") == 0 && strcmp(rs, "committed") != 0) {
+        snprintf(detail, sizeof(detail),
+                 "orders: confirmed; inventory: reservation %s", rs);
+        json_t *div =
+            json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind",
+                      "reservation-missing", "order_id", id, "detail", detail,
+                      "repair", "none safe: the units may be sold elsewhere",
+                      "repaired", false);
+        report(r, div);
+        json_decref(div);
+    } else if (strcmp(st, "cancelled") == 0 &&
+               (strcmp(rs, "held") == 0 || strcmp(rs, "committed") == 0)) {
+        snprintf(detail, sizeof(detail),
+                 "orders: cancelled; inventory: reservation %s", rs);
+        json_t *div = json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind",
+                                "reservation-held", "order_id", id, "detail",
+                                detail, "repair", "released by inventory",
+                                "repaired", false);
+        if (r->repair) {
+            char *path = moat_xasprintf("/v1/reservations/%s/release", id);
+            char why[300];
+            bool ok = op_post(r, r->inventory, path, NULL, why, sizeof(why));
+            free(path);
+            json_object_set_new(div, "repaired", json_boolean(ok));
+            if (!ok)
+                json_object_set_new(div, "repair", json_string(why));
+        }
+        report(r, div);
+        json_decref(div);
+    }
+}
+
+static int run(struct rec *r)
+{
+    struct cli_shop_view v;
+    bool ok = cli_shop_gather(r->d, CLI_AUDIT_PARALLEL, &v);
+    int ret = CLI_AUDIT_UNREACHABLE;
+    if (!ok)
+        goto out;
+    json_t *known = json_object();
+    size_t i;
+    json_t *o;
+    json_array_foreach(v.orders, i, o)
+    {
+        const char *id = jstr(o, "id");
+        if (!id)
+            continue;
+        json_object_set_new(known, id, json_true());
+        if (v.reservations_listed && strcmp(jstr(o, "status"), "pending"))
+            check_known(r, o, json_object_get(v.reservations, id));
+    }
+    /* Every order id another service holds, once, in id order. */
+    json_t *lost = json_object();
+    const char *id;
+    json_t *x;
+    json_object_foreach(v.reservations, id, x)
+    {
+        if (!json_object_get(known, id))
+            json_object_set_new(lost, id, json_true());
+    }
+    json_object_foreach(v.notes, id, x)
+    {
+        if (!json_object_get(known, id))
+            json_object_set_new(lost, id, json_true());
+    }
+    size_t n = json_object_size(lost);
+    const char **ids = moat_xcalloc(n + 1, sizeof(*ids));
+    size_t k = 0;
+    json_object_foreach(lost, id, x)
+    {
+        ids[k++] = id;
+    }
+    qsort(ids, n, sizeof(*ids), str_cmp);
+    bool complete = true;
+    for (k = 0; k < n && complete; k++)
+        complete = check_lost(r, ids[k], json_object_get(v.reservations, ids[k]),
+                              json_object_get(v.notes, ids[k]));
+    free(ids);
+    json_decref(lost);
+    json_decref(known);
+    if (!complete) {
+        cli_error("reconcile incomplete: payments did not answer");
+        goto out;
+    }
+    ret = r->left ? CLI_AUDIT_VIOLATIONS : CLI_AUDIT_CLEAN;
+    if (r->json) {
+        json_t *out = json_pack("{s:s, s:b, s:I, s:I, s:I, s:O, s:I}",
+                                "deployment", r->d->name, "repair", r->repair,
+                                "divergence_count",
+                                (json_int_t)json_array_size(r->divergences),
+                                "repaired_count", (json_int_t)r->repaired,
+                                "left_count", (json_int_t)r->left,
+                                "divergences", r->divergences, "orders",
+                                (json_int_t)json_array_size(v.orders));
+        char *text = json_dumps(out, JSON_INDENT(2));
+        puts(text);
+        free(text);
+        json_decref(out);
+    } else {
+        printf("reconcile of deployment \"%s\": %zu orders, %zu divergences, "
+               "%zu repaired, %zu left%s\n",
+               r->d->name, json_array_size(v.orders),
+               json_array_size(r->divergences), r->repaired, r->left,
+               r->repair ? "" : " (no --repair: nothing changed)");
+    }
+out:
+    cli_shop_view_release(&v);
+    return ret;
+}
+
+int cli_cmd_reconcile(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"deployment", required_argument, NULL, 'f'},
+        {"file", required_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
+        {"repair", no_argument, NULL, 'r'},
+        {NULL, 0, NULL, 0},
+    };
+    struct rec r = {0};
+    const char *file = NULL;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":f:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            file = optarg;
+            break;
+        case 'j':
+            r.json = true;
+            break;
+        case 'r':
+            r.repair = true;
+            break;
+        default:
+            return cli_option_error("reconcile", c, argv);
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error("reconcile", "unexpected argument '%s'",
+                               argv[optind]);
+    struct deploy *d = cli_load_deploy(file);
+    if (!d)
+        return CLI_EXIT_FAIL;
+    r.d = d;
+    r.orders = deploy_find(d, "orders");
+    r.payments = deploy_find(d, "payments");
+    r.inventory = deploy_find(d, "inventory");
+    r.readmodel = deploy_find(d, "readmodel");
+    r.divergences = json_array();
+    r.histories = json_object();
+    int rc = CLI_AUDIT_UNREACHABLE;
+    if (!r.orders)
+        cli_error("deployment \"%s\" has no service \"orders\"", d->name);
+    else
+        rc = run(&r);
+    json_decref(r.divergences);
+    json_decref(r.histories);
+    deploy_free(d);
+    return rc;
+}
