@@ -964,6 +964,41 @@ static bool gather_lists(struct audit *a, const struct deploy *d,
     return !a->unreachable;
 }
 
+/* Step 2 of an audit: per final order, its payments, and its reservation
+ * when inventory cannot list them. */
+static bool gather_per_order(struct audit *a)
+{
+    size_t n = json_array_size(a->orders);
+    a->payments_of = moat_xcalloc(n + 1, sizeof(*a->payments_of));
+    for (size_t i = 0; i < n; i++) {
+        json_t *ord = json_array_get(a->orders, i);
+        const char *oid = jstr(ord, "id");
+        const char *st = jstr(ord, "status");
+        if (!oid)
+            continue;
+        char *esc = query_escape(oid);
+        bool final = st && strcmp(st, "pending") != 0;
+        if (a->payments && final) {
+            struct req *q =
+                req_new(a, RQ_PAYMENTS, a->payments,
+                        moat_xasprintf("/v1/payments?order_id=%s", esc));
+            q->idx = i;
+            issue(a, q);
+            a->payment_gets++;
+        }
+        if (a->inventory && a->pg_res.missing && final) {
+            struct req *q = req_new(a, RQ_RESERVATION, a->inventory,
+                                    moat_xasprintf("/v1/reservations/%s", esc));
+            q->idx = i;
+            issue(a, q);
+            a->reservation_gets++;
+        }
+        free(esc);
+    }
+    run_all(a);
+    return !a->unreachable;
+}
+
 static void audit_release(struct audit *a);
 
 int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o)
@@ -974,38 +1009,11 @@ int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o)
     if (!gather_lists(&a, d, o))
         goto out;
 
-    /* 2. Per order: its payments, its notifications, and its reservation
-     * when inventory cannot list them. */
-    size_t n = json_array_size(a.orders);
-    a.payments_of = moat_xcalloc(n + 1, sizeof(*a.payments_of));
-    for (size_t i = 0; i < n; i++) {
-        json_t *ord = json_array_get(a.orders, i);
-        const char *oid = jstr(ord, "id");
-        const char *st = jstr(ord, "status");
-        if (!oid)
-            continue;
-        char *esc = query_escape(oid);
-        bool final = st && strcmp(st, "pending") != 0;
-        if (a.payments && final) {
-            struct req *q =
-                req_new(&a, RQ_PAYMENTS, a.payments,
-                        moat_xasprintf("/v1/payments?order_id=%s", esc));
-            q->idx = i;
-            issue(&a, q);
-            a.payment_gets++;
-        }
-        if (a.inventory && a.pg_res.missing && final) {
-            struct req *q = req_new(&a, RQ_RESERVATION, a.inventory,
-                                    moat_xasprintf("/v1/reservations/%s", esc));
-            q->idx = i;
-            issue(&a, q);
-            a.reservation_gets++;
-        }
-        free(esc);
-    }
-    run_all(&a);
-    if (a.unreachable)
+    /* 2. Per order: its payments, and its reservation when inventory
+     * cannot list them. */
+    if (!gather_per_order(&a))
         goto out;
+    size_t n = json_array_size(a.orders);
 
     /* 3. The checks. */
     time_t now = time(NULL);
@@ -1149,7 +1157,7 @@ bool cli_shop_gather(const struct deploy *d, unsigned parallel,
 {
     struct cli_audit_opts o = {.parallel = parallel, .quiet = true};
     struct audit a;
-    bool ok = gather_lists(&a, d, &o);
+    bool ok = gather_lists(&a, d, &o) && gather_per_order(&a);
     if (!ok && a.unreachable)
         cli_error("cannot read the shop: %u calls got no usable answer; "
                   "first: %s",
@@ -1159,7 +1167,14 @@ bool cli_shop_gather(const struct deploy *d, unsigned parallel,
         .reservations = json_incref(a.reservations),
         .notes = json_incref(a.notes),
         .reservations_listed = a.inventory && !a.pg_res.missing,
+        .payments = json_object(),
     };
+    for (size_t i = 0; ok && a.payments_of && i < json_array_size(a.orders);
+         i++) {
+        const char *oid = jstr(json_array_get(a.orders, i), "id");
+        if (oid && a.payments_of[i])
+            json_object_set(v->payments, oid, a.payments_of[i]);
+    }
     audit_release(&a);
     return ok;
 }
@@ -1169,6 +1184,7 @@ void cli_shop_view_release(struct cli_shop_view *v)
     json_decref(v->orders);
     json_decref(v->reservations);
     json_decref(v->notes);
+    json_decref(v->payments);
     *v = (struct cli_shop_view){0};
 }
 

@@ -28,6 +28,13 @@
  *   reservation-held      a cancelled order's reservation is still held or
  *                         committed. Repair: inventory's POST
  *                         /v1/reservations/{id}/release.
+ *   payment-missing       a confirmed order has no captured payment
+ *                         (payments restored past what it can re-derive).
+ *                         Reported, not repaired: the provider's ledger
+ *                         says whether the money was taken.
+ *   payment-held          a cancelled order's payment is still authorized
+ *                         or captured. Repair: payments' POST
+ *                         /v1/payments/{id}/void or /refund.
  *
  * Exit status: 0 when nothing diverges or everything found was repaired,
  * 1 when something is left, 2 when a service could not be read.
@@ -247,6 +254,8 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     const char *customer = res ? jstr(res, "customer_id") : NULL;
     if (!customer && pay)
         customer = jstr(pay, "customer_id");
+    if (!customer)
+        customer = jstr(json_array_get(notes, 0), "customer_id");
     json_t *copy = copy_of(r, customer, id);
     char *lines = lines_text(res ? json_object_get(res, "lines")
                                  : json_object_get(copy, "lines"));
@@ -315,42 +324,84 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     return true;
 }
 
-/* A known, final order that inventory disagrees with. */
-static void check_known(struct rec *r, json_t *o, json_t *res)
+/* One divergence of a known order: report it, repairing it first with a
+ * POST of repair_path (NULL: no safe repair, repair says why) to svc. */
+static void known_divergence(struct rec *r, const char *kind, const char *id,
+                             const char *detail, const char *repair,
+                             const struct deploy_service *svc,
+                             const char *repair_path)
+{
+    json_t *div =
+        json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind", kind, "order_id", id,
+                  "detail", detail, "repair", repair, "repaired", false);
+    if (r->repair && repair_path && svc) {
+        char why[300];
+        bool ok = op_post(r, svc, repair_path, NULL, why, sizeof(why));
+        json_object_set_new(div, "repaired", json_boolean(ok));
+        if (!ok)
+            json_object_set_new(div, "repair", json_string(why));
+    }
+    report(r, div);
+    json_decref(div);
+}
+
+/* A known, final order that inventory or payments disagrees with. */
+static void check_known(struct rec *r, json_t *o, json_t *res, json_t *pays,
+                        bool res_listed)
 {
     const char *id = jstr(o, "id"), *st = jstr(o, "status");
     const char *rs = res ? jstr(res, "state") : "none";
-    if (!id || !st)
+    if (!id || !st || strcmp(st, "pending") == 0)
         return;
-    char detail[256];
-    if (strcmp(st, "confirmed") == 0 && strcmp(rs, "committed") != 0) {
+    bool confirmed = strcmp(st, "confirmed") == 0;
+    char detail[256], path[128];
+    if (res_listed && confirmed && strcmp(rs, "committed") != 0) {
         snprintf(detail, sizeof(detail),
                  "orders: confirmed; inventory: reservation %s", rs);
-        json_t *div = json_pack(
-            "{s:s, s:s, s:s, s:s, s:b}", "kind", "reservation-missing",
-            "order_id", id, "detail", detail, "repair",
-            "none safe: the units may be sold elsewhere", "repaired", false);
-        report(r, div);
-        json_decref(div);
-    } else if (strcmp(st, "cancelled") == 0 &&
+        known_divergence(r, "reservation-missing", id, detail,
+                         "none safe: the units may be sold to others since; "
+                         "an operator decides",
+                         NULL, NULL);
+    } else if (res_listed && !confirmed &&
                (strcmp(rs, "held") == 0 || strcmp(rs, "committed") == 0)) {
         snprintf(detail, sizeof(detail),
                  "orders: cancelled; inventory: reservation %s", rs);
-        json_t *div =
-            json_pack("{s:s, s:s, s:s, s:s, s:b}", "kind", "reservation-held",
-                      "order_id", id, "detail", detail, "repair",
-                      "released by inventory", "repaired", false);
-        if (r->repair) {
-            char *path = moat_xasprintf("/v1/reservations/%s/release", id);
-            char why[300];
-            bool ok = op_post(r, r->inventory, path, NULL, why, sizeof(why));
-            free(path);
-            json_object_set_new(div, "repaired", json_boolean(ok));
-            if (!ok)
-                json_object_set_new(div, "repair", json_string(why));
-        }
-        report(r, div);
-        json_decref(div);
+        snprintf(path, sizeof(path), "/v1/reservations/%s/release", id);
+        known_divergence(r, "reservation-held", id, detail,
+                         "released by inventory", r->inventory, path);
+    }
+    if (!r->payments || !json_is_array(pays))
+        return;
+    json_t *captured = NULL, *live = NULL;
+    size_t i;
+    json_t *p;
+    json_array_foreach(pays, i, p)
+    {
+        const char *ps = jstr(p, "status");
+        if (ps && strcmp(ps, "captured") == 0)
+            captured = p;
+        else if (ps && strcmp(ps, "authorized") == 0)
+            live = p;
+    }
+    if (confirmed && !captured) {
+        snprintf(detail, sizeof(detail),
+                 "orders: confirmed, payment %s; payments: no capture (%zu "
+                 "payments)",
+                 jstr(o, "payment_id") ? jstr(o, "payment_id") : "?",
+                 json_array_size(pays));
+        known_divergence(r, "payment-missing", id, detail,
+                         "none safe: compare with the provider's ledger", NULL,
+                         NULL);
+    } else if (!confirmed && (captured || live)) {
+        json_t *pay = captured ? captured : live;
+        snprintf(detail, sizeof(detail), "orders: cancelled; payments: %s %s",
+                 jstr(pay, "id"), jstr(pay, "status"));
+        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jstr(pay, "id"),
+                 captured ? "refund" : "void");
+        known_divergence(r, "payment-held", id, detail,
+                         captured ? "refunded by payments"
+                                  : "voided by payments",
+                         r->payments, path);
     }
 }
 
@@ -370,8 +421,8 @@ static int run(struct rec *r)
         if (!id)
             continue;
         json_object_set_new(known, id, json_true());
-        if (v.reservations_listed && strcmp(jstr(o, "status"), "pending"))
-            check_known(r, o, json_object_get(v.reservations, id));
+        check_known(r, o, json_object_get(v.reservations, id),
+                    json_object_get(v.payments, id), v.reservations_listed);
     }
     /* Every order id another service holds, once, in id order. */
     json_t *lost = json_object();
