@@ -20,14 +20,17 @@
  *                         confirmed when sold and paid, else compensated
  *                         (its ReleaseStock / VoidPayment / RefundPayment)
  *                         and cancelled with reason "recovered". Without a
- *                         copy of the lines: reported, not repaired.
+ *                         copy of the lines: compensated at the
+ *                         participants (inventory's admin return, payments'
+ *                         void or refund); one that holds nothing anywhere
+ *                         is only counted (settled_unknown).
  *   reservation-missing   a confirmed order's reservation is not committed
  *                         (inventory restored past what it can re-derive
  *                         from orders' feed). Reported, not repaired: the
  *                         units may be gone; an operator decides.
  *   reservation-held      a cancelled order's reservation is still held or
  *                         committed. Repair: inventory's POST
- *                         /v1/reservations/{id}/release.
+ *                         /v1/admin/reservations/{id}/return.
  *   payment-missing       a confirmed order has no captured payment
  *                         (payments restored past what it can re-derive).
  *                         Reported, not repaired: the provider's ledger
@@ -61,7 +64,8 @@ struct rec {
     bool repair, json;
     json_t *divergences;
     size_t repaired, left;
-    json_t *histories; /* customer id -> {order id -> read model copy} */
+    json_t *histories;      /* customer id -> {order id -> read model copy} */
+    size_t settled_unknown; /* unknown to orders, nothing held, no copy */
 };
 
 static const char *jstr(json_t *o, const char *k)
@@ -133,7 +137,8 @@ static json_t *payment_of(struct rec *r, const char *id, bool *unreachable)
 }
 
 /* The read model's copy of order id of customer, or NULL. */
-static json_t *copy_of(struct rec *r, const char *customer, const char *id)
+static json_t *copy_of(struct rec *r, const char *customer, const char *id,
+                       bool *unreachable)
 {
     if (!r->readmodel || !customer)
         return NULL;
@@ -152,6 +157,14 @@ static json_t *copy_of(struct rec *r, const char *customer, const char *id)
             long st;
             json_t *j = op_get(r, r->readmodel, path, &st);
             free(path);
+            if (!j && st != 404) {
+                /* Not knowing is not "no copy": never compensate an
+                 * order because the read model was down. */
+                json_object_del(r->histories, customer);
+                *unreachable = true;
+                free(after);
+                return NULL;
+            }
             size_t i;
             json_t *o;
             json_array_foreach(json_object_get(j, "orders"), i, o)
@@ -242,6 +255,40 @@ static bool op_post(struct rec *r, const struct deploy_service *svc,
     return ok;
 }
 
+/*
+ * No copy of a lost order's lines to re-create it with: undo at the
+ * participants what they hold (inventory releases the reservation,
+ * payments voids or refunds), each through its owner's API.
+ */
+static void compensate_lost(struct rec *r, json_t *div, const char *id,
+                            const char *res_state, json_t *pay)
+{
+    bool held =
+        strcmp(res_state, "held") == 0 || strcmp(res_state, "committed") == 0;
+    const char *ps = pay ? jstr(pay, "status") : "";
+    bool captured = strcmp(ps, "captured") == 0;
+    bool live = captured || strcmp(ps, "authorized") == 0;
+    json_object_set_new(div, "repair",
+                        json_string("compensated at the participants (no copy "
+                                    "of the order to re-create it)"));
+    if (!r->repair)
+        return;
+    char why[300], path[160];
+    bool ok = true;
+    if (held && r->inventory) {
+        snprintf(path, sizeof(path), "/v1/admin/reservations/%s/return", id);
+        ok = op_post(r, r->inventory, path, NULL, why, sizeof(why));
+    }
+    if (ok && live && r->payments) {
+        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jstr(pay, "id"),
+                 captured ? "refund" : "void");
+        ok = op_post(r, r->payments, path, NULL, why, sizeof(why));
+    }
+    json_object_set_new(div, "repaired", json_boolean(ok && (held || live)));
+    if (!ok)
+        json_object_set_new(div, "repair", json_string(why));
+}
+
 /* An order some service holds and orders does not know. */
 static bool check_lost(struct rec *r, const char *id, json_t *res,
                        json_t *notes)
@@ -256,7 +303,23 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
         customer = jstr(pay, "customer_id");
     if (!customer)
         customer = jstr(json_array_get(notes, 0), "customer_id");
-    json_t *copy = copy_of(r, customer, id);
+    json_t *copy = copy_of(r, customer, id, &unreachable);
+    if (unreachable) {
+        json_decref(pay);
+        return false;
+    }
+    bool holds = strcmp(res_state, "held") == 0 ||
+                 strcmp(res_state, "committed") == 0 ||
+                 (pay && (strcmp(jstr(pay, "status"), "captured") == 0 ||
+                          strcmp(jstr(pay, "status"), "authorized") == 0 ||
+                          strcmp(jstr(pay, "status"), "pending") == 0));
+    if (!copy && !holds) {
+        /* Settled everywhere (released, voided, refunded, declined) and
+         * nothing to re-create it from: nothing to repair. */
+        r->settled_unknown++;
+        json_decref(pay);
+        return true;
+    }
     char *lines = lines_text(res ? json_object_get(res, "lines")
                                  : json_object_get(copy, "lines"));
     struct moat_buf kinds = MOAT_BUF_INIT;
@@ -292,9 +355,7 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     json_object_set_new(div, "copy",
                         copy ? json_string("readmodel") : json_null());
     if (!copy) {
-        json_object_set_new(div, "repair",
-                            json_string("no copy of the order's lines (read "
-                                        "model): compensate by hand"));
+        compensate_lost(r, div, id, res_state, pay);
     } else {
         json_object_set_new(div, "repair",
                             json_string(sold
@@ -366,9 +427,10 @@ static void check_known(struct rec *r, json_t *o, json_t *res, json_t *pays,
                (strcmp(rs, "held") == 0 || strcmp(rs, "committed") == 0)) {
         snprintf(detail, sizeof(detail),
                  "orders: cancelled; inventory: reservation %s", rs);
-        snprintf(path, sizeof(path), "/v1/reservations/%s/release", id);
+        snprintf(path, sizeof(path), "/v1/admin/reservations/%s/return", id);
         known_divergence(r, "reservation-held", id, detail,
-                         "released by inventory", r->inventory, path);
+                         "released (or returned) by inventory", r->inventory,
+                         path);
     }
     if (!r->payments || !json_is_array(pays))
         return;
@@ -455,7 +517,8 @@ static int run(struct rec *r)
     json_decref(lost);
     json_decref(known);
     if (!complete) {
-        cli_error("reconcile incomplete: payments did not answer");
+        cli_error("reconcile incomplete: payments or the read model did not "
+                  "answer");
         goto out;
     }
     ret = r->left ? CLI_AUDIT_VIOLATIONS : CLI_AUDIT_CLEAN;
@@ -467,6 +530,8 @@ static int run(struct rec *r)
                       "repaired_count", (json_int_t)r->repaired, "left_count",
                       (json_int_t)r->left, "divergences", r->divergences,
                       "orders", (json_int_t)json_array_size(v.orders));
+        json_object_set_new(out, "settled_unknown_count",
+                            json_integer((json_int_t)r->settled_unknown));
         char *text = json_dumps(out, JSON_INDENT(2));
         puts(text);
         free(text);
@@ -477,6 +542,10 @@ static int run(struct rec *r)
                r->d->name, json_array_size(v.orders),
                json_array_size(r->divergences), r->repaired, r->left,
                r->repair ? "" : " (no --repair: nothing changed)");
+        if (r->settled_unknown)
+            printf("  %zu orders unknown to orders are settled everywhere "
+                   "else and have no copy to re-create them from\n",
+                   r->settled_unknown);
     }
 out:
     cli_shop_view_release(&v);

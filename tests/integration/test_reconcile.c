@@ -58,6 +58,7 @@ static struct {
     struct h_feed *users;
     uint16_t ord_port;
     char deploy[512];
+    char deploy_no_copies[512]; /* the same without the read model */
     char product[64];
     unsigned scale;
     unsigned seq; /* Idempotency-Key counter */
@@ -175,11 +176,12 @@ static bool in_readmodel(const char *id)
 
 /* Run `moat <cmd> --file <deploy> --json`; returns its JSON answer and
  * *exit its exit status. */
-static json_t *moat_json(const char *cmd, int *exit_status)
+static json_t *moat_json_in(const char *deploy, const char *cmd,
+                            int *exit_status)
 {
     char line[1024];
     snprintf(line, sizeof(line), "%s/moat %s --file %s --json 2>&1",
-             MOAT_BIN_DIR, cmd, F.deploy);
+             MOAT_BIN_DIR, cmd, deploy);
     FILE *p = popen(line, "r");
     assert_non_null(p);
     struct moat_buf out = MOAT_BUF_INIT;
@@ -196,6 +198,11 @@ static json_t *moat_json(const char *cmd, int *exit_status)
     moat_buf_release(&out);
     *exit_status = WEXITSTATUS(st);
     return j;
+}
+
+static json_t *moat_json(const char *cmd, int *exit_status)
+{
+    return moat_json_in(F.deploy, cmd, exit_status);
 }
 
 static bool audit_ok(json_t **last)
@@ -398,11 +405,13 @@ static int start(int k, const char *name)
                            h_fmt("%s/%s-data", F.tmp, name), env_of(k));
 }
 
-static void write_deployment(void)
+/* The deployment file at path naming the services (the read model too
+ * when with_copies) for the CLI. */
+static void write_deployment(const char *path, bool with_copies)
 {
     char var[512];
     snprintf(var, sizeof(var), "%s/var", F.tmp);
-    assert_int_equal(mkdir(var, 0700), 0);
+    mkdir(var, 0700);
     h_write_file(h_fmt("%s/secrets.json", var),
                  h_fmt("{\"version\": 1, \"service_keys\": {\"operator\": "
                        "\"%s\"}, \"shared\": {}}",
@@ -418,6 +427,8 @@ static void write_deployment(void)
                {RM, "sqlite", "readmodel.db"}};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++) {
         struct h_service *s = &F.s[all[i].k];
+        if (all[i].k == RM && !with_copies)
+            continue;
         json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "name", s->name, "listen",
                               s->url + strlen("http://"), "engine",
                               all[i].engine, "db", all[i].db);
@@ -431,8 +442,7 @@ static void write_deployment(void)
     }
     json_t *d = json_pack("{s:s, s:s, s:o}", "name", "reconcile", "var_dir",
                           var, "services", svcs);
-    snprintf(F.deploy, sizeof(F.deploy), "%s/moat.json", F.tmp);
-    assert_int_equal(json_dump_file(d, F.deploy, JSON_INDENT(2)), 0);
+    assert_int_equal(json_dump_file(d, path, JSON_INDENT(2)), 0);
     json_decref(d);
 }
 
@@ -484,7 +494,11 @@ static int group_setup(void **state)
     setenv_of(RM, "MOAT_READMODEL_NOTIFICATIONS_URL=%s", F.s[NOTIF].url);
     if (start(RM, "readmodel") != 0)
         return -1;
-    write_deployment();
+    snprintf(F.deploy, sizeof(F.deploy), "%s/moat.json", F.tmp);
+    write_deployment(F.deploy, true);
+    snprintf(F.deploy_no_copies, sizeof(F.deploy_no_copies),
+             "%s/no-copies.json", F.tmp);
+    write_deployment(F.deploy_no_copies, false);
 
     h_auto_service_token(F.s[CAT].url, "catalog", "usr_admin", "admin");
     struct h_resp r;
@@ -531,10 +545,10 @@ static int group_teardown(void **state)
 
 /* Reconcile with --repair, check its exit status and report; returns the
  * report. */
-static json_t *reconcile_repair(void)
+static json_t *reconcile_repair_in(const char *deploy)
 {
     int st;
-    json_t *r = moat_json("reconcile --repair", &st);
+    json_t *r = moat_json_in(deploy, "reconcile --repair", &st);
     fprintf(stderr, "reconcile: %lld divergences, %lld repaired, %lld left\n",
             (long long)h_jint(r, "divergence_count"),
             (long long)h_jint(r, "repaired_count"),
@@ -543,6 +557,11 @@ static json_t *reconcile_repair(void)
         fprintf(stderr, "%s\n", brief(json_object_get(r, "divergences")));
     assert_int_equal(st, h_jint(r, "left_count") ? 1 : 0);
     return r;
+}
+
+static json_t *reconcile_repair(void)
+{
+    return reconcile_repair_in(F.deploy);
 }
 
 static void test_orders_restored(void **state)
@@ -685,12 +704,52 @@ static void test_inventory_restored(void **state)
     participant_restored(INV);
 }
 
+/*
+ * Orders restored with no copy of the lost orders' lines to be had (a
+ * deployment without the read model): reconcile undoes at the
+ * participants what they still hold of each (the reservation released,
+ * the capture refunded) and counts the ones settled everywhere. Runs last:
+ * a read model that does have the copies would re-create these orders.
+ */
+static void test_orders_restored_without_copies(void **state)
+{
+    MOAT_UNUSED(state);
+    struct batch lost = {0};
+    snapshot(ORD);
+    shop(&lost, 3 * F.scale, 1 * F.scale);
+    restore_copy(ORD);
+    json_t *r = reconcile_repair_in(F.deploy_no_copies);
+    assert_int_equal(h_jint(r, "left_count"), 0);
+    assert_int_equal(h_jint(r, "divergence_count"), 3 * F.scale);
+    assert_int_equal(h_jint(r, "repaired_count"), 3 * F.scale);
+    assert_int_equal(h_jint(r, "settled_unknown_count"), 1 * F.scale);
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(r, "divergences"), i, d)
+    {
+        assert_string_equal(h_jstr(d, "kind"), "order-lost");
+        assert_true(json_is_true(json_object_get(d, "repaired")));
+    }
+    json_decref(r);
+    for (i = 0; i < 3 * F.scale; i++) {
+        assert_string_equal(held_by(INV, lost.ids[i]), "released");
+        assert_non_null(strstr(held_by(PAY, lost.ids[i]), " refunded"));
+    }
+    expect_audit_clean("after the lost orders were compensated");
+    r = reconcile_repair_in(F.deploy_no_copies);
+    assert_int_equal(h_jint(r, "divergence_count"), 0);
+    assert_int_equal(h_jint(r, "settled_unknown_count"), 4 * F.scale);
+    json_decref(r);
+    batch_free(&lost);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_orders_restored),
         cmocka_unit_test(test_payments_restored),
         cmocka_unit_test(test_inventory_restored),
+        cmocka_unit_test(test_orders_restored_without_copies),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
