@@ -177,13 +177,9 @@ static int compensate(struct ord_service *os, struct ord_order *o,
     return ord_order_update(os->db, o);
 }
 
-int ord_saga_place(struct ord_service *os, struct ord_order *o)
+/* Insert o (version 1) and append its OrderPlaced. */
+static int insert_placed(struct ord_service *os, const struct ord_order *o)
 {
-    snprintf(o->status, sizeof(o->status), "pending");
-    set_step(os, o, "reserving", true);
-    o->flags = ORD_F_SENT_RESERVE;
-    o->version = 1;
-    o->created_ms = o->updated_ms = moat_wall_ms();
     int rc = ord_order_insert(os->db, o);
     if (rc == MOAT_OK)
         rc = emit(os, ORDERS_ORDER_PLACED, o,
@@ -192,6 +188,17 @@ int ord_saga_place(struct ord_service *os, struct ord_order *o)
                             (json_int_t)o->total, "currency", o->currency,
                             "lines", lines_for_event(o), "version",
                             (json_int_t)1));
+    return rc;
+}
+
+int ord_saga_place(struct ord_service *os, struct ord_order *o)
+{
+    snprintf(o->status, sizeof(o->status), "pending");
+    set_step(os, o, "reserving", true);
+    o->flags = ORD_F_SENT_RESERVE;
+    o->version = 1;
+    o->created_ms = o->updated_ms = moat_wall_ms();
+    int rc = insert_placed(os, o);
     if (rc == MOAT_OK)
         rc = emit(os, ORDERS_RESERVE_STOCK, o,
                   json_pack("{s:s, s:o}", "customer_id", o->customer_id,
@@ -469,14 +476,7 @@ int ord_saga_recover(struct ord_service *os, struct ord_order *o,
     o->updated_ms = moat_wall_ms();
     if (!o->created_ms)
         o->created_ms = o->updated_ms;
-    int rc = ord_order_insert(os->db, o);
-    if (rc == MOAT_OK)
-        rc = emit(os, ORDERS_ORDER_PLACED, o,
-                  json_pack("{s:s, s:s, s:I, s:s, s:o, s:I}", "customer_id",
-                            o->customer_id, "status", "pending", "total",
-                            (json_int_t)o->total, "currency", o->currency,
-                            "lines", lines_for_event(o), "version",
-                            (json_int_t)1));
+    int rc = insert_placed(os, o);
     if (rc != MOAT_OK)
         return rc;
     /* Sold and paid: the order was confirmed before it was lost. */

@@ -33,10 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include "harness.h"
-#include "moat/buf.h"
 #include "moat/kv.h"
 
 #define MERCHANT_KEY "moat-shop-key-0123456789abcdef"
@@ -179,24 +177,14 @@ static bool in_readmodel(const char *id)
 static json_t *moat_json_in(const char *deploy, const char *cmd,
                             int *exit_status)
 {
-    char line[1024];
-    snprintf(line, sizeof(line), "%s/moat %s --file %s --json 2>&1",
-             MOAT_BIN_DIR, cmd, deploy);
-    FILE *p = popen(line, "r");
-    assert_non_null(p);
-    struct moat_buf out = MOAT_BUF_INIT;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        moat_buf_add(&out, chunk, n);
-    int st = pclose(p);
+    char *out = h_run_capture(
+        h_fmt("%s/moat %s --file %s --json 2>&1", MOAT_BIN_DIR, cmd, deploy),
+        exit_status);
     json_error_t err;
-    json_t *j = json_loads(moat_buf_str(&out), 0, &err);
-    if (!j || !WIFEXITED(st))
-        fail_msg("moat %s did not answer JSON (%s):\n%s", cmd, err.text,
-                 moat_buf_str(&out));
-    moat_buf_release(&out);
-    *exit_status = WEXITSTATUS(st);
+    json_t *j = json_loads(out, 0, &err);
+    if (!j)
+        fail_msg("moat %s did not answer JSON (%s):\n%s", cmd, err.text, out);
+    free(out);
     return j;
 }
 
