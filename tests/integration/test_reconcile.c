@@ -701,8 +701,10 @@ static void test_orders_restored(void **state)
     /* The load's orders placed after the restore are known: let them
      * finish. The others are lost with the ones placed here. */
     for (size_t i = 0; i < loaded.n; i++) {
-        if (get_maybe(h_fmt("%s/v1/orders/%s", F.s[ORD].url, loaded.ids[i]),
-                      "orders")) {
+        json_t *known = get_maybe(
+            h_fmt("%s/v1/orders/%s", F.s[ORD].url, loaded.ids[i]), "orders");
+        json_decref(known);
+        if (known) {
             wait_final(loaded.ids[i]);
             free(loaded.ids[i]);
             loaded.ids[i] = NULL;
