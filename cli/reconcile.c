@@ -51,6 +51,7 @@
 #include <string.h>
 
 #include "moat/buf.h"
+#include "moat/id.h"
 
 #include "cli.h"
 #include "drill.h"
@@ -71,6 +72,13 @@ struct rec {
 static const char *jstr(json_t *o, const char *k)
 {
     return json_string_value(json_object_get(o, k));
+}
+
+/* jstr, or "" when o has no such string member. */
+static const char *jtext(json_t *o, const char *k)
+{
+    const char *s = jstr(o, k);
+    return s ? s : "";
 }
 
 /* GET svc path as the operator: the parsed 200 answer, or NULL (404 and
@@ -209,8 +217,8 @@ static json_t *recover_body(json_t *copy, const char *res_state, json_t *pay)
         json_object_set(b, "placed_at", json_object_get(copy, "placed_at"));
     if (pay)
         json_object_set_new(b, "payment",
-                            json_pack("{s:s, s:s}", "id", jstr(pay, "id"),
-                                      "status", jstr(pay, "status")));
+                            json_pack("{s:s, s:s}", "id", jtext(pay, "id"),
+                                      "status", jtext(pay, "status")));
     return b;
 }
 
@@ -265,7 +273,7 @@ static void compensate_lost(struct rec *r, json_t *div, const char *id,
 {
     bool held =
         strcmp(res_state, "held") == 0 || strcmp(res_state, "committed") == 0;
-    const char *ps = pay ? jstr(pay, "status") : "";
+    const char *ps = jtext(pay, "status");
     bool captured = strcmp(ps, "captured") == 0;
     bool live = captured || strcmp(ps, "authorized") == 0;
     json_object_set_new(div, "repair",
@@ -280,7 +288,7 @@ static void compensate_lost(struct rec *r, json_t *div, const char *id,
         ok = op_post(r, r->inventory, path, NULL, why, sizeof(why));
     }
     if (ok && live && r->payments) {
-        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jstr(pay, "id"),
+        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jtext(pay, "id"),
                  captured ? "refund" : "void");
         ok = op_post(r, r->payments, path, NULL, why, sizeof(why));
     }
@@ -293,6 +301,16 @@ static void compensate_lost(struct rec *r, json_t *div, const char *id,
 static bool check_lost(struct rec *r, const char *id, json_t *res,
                        json_t *notes)
 {
+    if (!moat_ref_valid(id, 64)) {
+        /* Not an id any service would make: never put it in a URL. */
+        json_t *div = json_pack(
+            "{s:s, s:s, s:s, s:s, s:b}", "kind", "order-lost", "order_id", id,
+            "detail", "held by another service under a malformed id", "repair",
+            "none: look at it by hand", "repaired", false);
+        report(r, div);
+        json_decref(div);
+        return true;
+    }
     /* Placed after orders' list was read (a shop under traffic)? */
     long known_st;
     char *opath = moat_xasprintf("/v1/orders/%s", id);
@@ -307,12 +325,15 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     json_t *pay = payment_of(r, id, &unreachable);
     if (unreachable)
         return false;
-    const char *res_state = res ? jstr(res, "state") : "none";
+    const char *res_state =
+        res && jstr(res, "state") ? jstr(res, "state") : "none";
     const char *customer = res ? jstr(res, "customer_id") : NULL;
     if (!customer && pay)
         customer = jstr(pay, "customer_id");
     if (!customer)
         customer = jstr(json_array_get(notes, 0), "customer_id");
+    if (customer && !moat_ref_valid(customer, 64))
+        customer = NULL; /* never put it in a URL */
     json_t *copy = copy_of(r, customer, id, &unreachable);
     if (unreachable) {
         json_decref(pay);
@@ -320,9 +341,9 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     }
     bool holds = strcmp(res_state, "held") == 0 ||
                  strcmp(res_state, "committed") == 0 ||
-                 (pay && (strcmp(jstr(pay, "status"), "captured") == 0 ||
-                          strcmp(jstr(pay, "status"), "authorized") == 0 ||
-                          strcmp(jstr(pay, "status"), "pending") == 0));
+                 (pay && (strcmp(jtext(pay, "status"), "captured") == 0 ||
+                          strcmp(jtext(pay, "status"), "authorized") == 0 ||
+                          strcmp(jtext(pay, "status"), "pending") == 0));
     if (!copy && !holds) {
         /* Settled everywhere (released, voided, refunded, declined) and
          * nothing to re-create it from: nothing to repair. */
@@ -344,20 +365,20 @@ static bool check_lost(struct rec *r, const char *id, json_t *res,
     snprintf(detail, sizeof(detail),
              "orders: none; inventory: %s [%s]; payments: %s %s %lld %s; "
              "notifications: [%s]; copy of OrderPlaced: %s",
-             res_state, lines, pay ? jstr(pay, "id") : "none",
-             pay ? jstr(pay, "status") : "",
+             res_state, lines, pay ? jtext(pay, "id") : "none",
+             pay ? jtext(pay, "status") : "",
              pay ? (long long)json_integer_value(json_object_get(pay, "amount"))
                  : 0LL,
-             pay ? jstr(pay, "currency") : "", moat_buf_str(&kinds),
+             pay ? jtext(pay, "currency") : "", moat_buf_str(&kinds),
              copy ? "read model" : "none");
     bool sold = strcmp(res_state, "committed") == 0 && pay &&
-                strcmp(jstr(pay, "status"), "captured") == 0;
+                strcmp(jtext(pay, "status"), "captured") == 0;
     json_t *div = json_pack(
         "{s:s, s:s, s:s, s:{s:n, s:{s:s, s:s}, s:o, s:o}, s:b}", "kind",
         "order-lost", "order_id", id, "detail", detail, "holds", "orders",
         "inventory", "state", res_state, "lines", lines, "payments",
-        pay ? json_pack("{s:s, s:s, s:O, s:O}", "id", jstr(pay, "id"), "status",
-                        jstr(pay, "status"), "amount",
+        pay ? json_pack("{s:s, s:s, s:O, s:O}", "id", jtext(pay, "id"),
+                        "status", jtext(pay, "status"), "amount",
                         json_object_get(pay, "amount"), "currency",
                         json_object_get(pay, "currency"))
             : json_null(),
@@ -467,13 +488,13 @@ static void check_known(struct rec *r, json_t *o, json_t *res, json_t *pays,
     } else if (!confirmed && (captured || live)) {
         json_t *pay = captured ? captured : live;
         snprintf(detail, sizeof(detail), "orders: cancelled; payments: %s %s",
-                 jstr(pay, "id"), jstr(pay, "status"));
-        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jstr(pay, "id"),
+                 jtext(pay, "id"), jtext(pay, "status"));
+        snprintf(path, sizeof(path), "/v1/payments/%s/%s", jtext(pay, "id"),
                  captured ? "refund" : "void");
-        known_divergence(r, "payment-held", id, detail,
-                         captured ? "refunded by payments"
-                                  : "voided by payments",
-                         r->payments, path);
+        known_divergence(
+            r, "payment-held", id, detail,
+            captured ? "refunded by payments" : "voided by payments",
+            r->payments, moat_ref_valid(jtext(pay, "id"), 64) ? path : NULL);
     }
 }
 
