@@ -5,12 +5,13 @@
 #   make test    format check, tests, then the same tests under ASan+UBSan
 #   make bench   benchmarks (see bench/README.md; make bench-tls: the cost of TLS)
 #   make chaos-long  the long order-saga chaos drill (>= 10,000 orders)
+#   make drill-recovery  the recovery drill (test_reconcile) with 20x the orders
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: all deps build up down status test test-fast format format-check bench bench-tls chaos-long clean
+.PHONY: all deps build up down status test test-fast format format-check bench bench-tls chaos-long drill-recovery clean
 
 all: build
 
@@ -66,6 +67,15 @@ bench-tls: deps
 	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 	./bench/tls.sh
+
+# The recovery drill at 20 times the orders of make test's run: orders,
+# payments and inventory each restored from a copy while the shop went on,
+# moat reconcile --repair, moat audit at 0 (docs/recovery.md).
+RECOVERY_SCALE ?= 20
+drill-recovery: deps
+	@$(CMAKE) -S . -B build-test -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TEST_HOOKS=ON >/dev/null
+	@$(CMAKE) --build build-test -j $(JOBS)
+	@cd build-test && MOAT_RECONCILE_SCALE=$(RECOVERY_SCALE) $(CTEST) --output-on-failure -R integration/test_reconcile
 
 # The long chaos drill (not part of make test): the repository's deployment
 # (moat.json, its ports and var/) under `moat up`, >= 10,000 orders placed

@@ -33,6 +33,8 @@
  *              0 <= reserved <= on_hand, on_hand + sold = the adjustment
  *              log's set/adjustment deltas
  *   ledger     payments' summary = the provider's, per currency
+ *   unknown    no held or committed reservation of an order orders does
+ *              not know (lost by a restore: moat reconcile repairs it)
  *
  * The checks assume a quiet deployment (no order in flight): under traffic
  * the per-SKU sums read at different moments may differ for a moment.
@@ -761,6 +763,36 @@ static size_t check_stock(struct audit *a)
     return checked;
 }
 
+/* Held or committed reservations of orders that orders does not know (an
+ * orders restored from a backup lost them: moat reconcile). */
+static void check_unknown_orders(struct audit *a)
+{
+    json_t *known = json_object();
+    size_t i;
+    json_t *o;
+    json_array_foreach(a->orders, i, o)
+    {
+        if (jstr(o, "id"))
+            json_object_set_new(known, jstr(o, "id"), json_true());
+    }
+    const char *oid;
+    json_t *r;
+    json_object_foreach(a->reservations, oid, r)
+    {
+        const char *st = jstr(r, "state");
+        if (json_object_get(known, oid) || !st ||
+            (strcmp(st, "held") != 0 && strcmp(st, "committed") != 0))
+            continue;
+        json_t *stub = json_pack("{s:s}", "id", oid);
+        violation(a, "order-unknown", stub, NULL,
+                  "inventory holds a %s reservation for an order orders does "
+                  "not know (moat reconcile)",
+                  st);
+        json_decref(stub);
+    }
+    json_decref(known);
+}
+
 /* payments' books per currency in the provider's terms. */
 static json_int_t pay_sum(json_t *cur, const char *const *statuses, size_t n,
                           const char *field)
@@ -872,95 +904,116 @@ static void print_counts(const char *label, json_t *obj)
     printf("\n");
 }
 
-int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o)
+/* Set a up for d and gather the lists (step 1 of an audit). Returns
+ * false (after saying why, or with a.unreachable set) when something
+ * could not be read. */
+static bool gather_lists(struct audit *a, const struct deploy *d,
+                         const struct cli_audit_opts *o)
 {
-    struct audit a = {.d = d, .o = o};
-    int ret = CLI_AUDIT_UNREACHABLE;
-    uint64_t t0 = moat_mono_ms();
-    a.orders = json_array();
-    a.stock = json_object();
-    a.reservations = json_object();
-    a.adjusted = json_object();
-    a.notes = json_object();
-    a.violations = json_array();
-    a.tok = cli_optokens_new(d);
-    a.f = cli_fetcher_new(o->parallel ? o->parallel : CLI_AUDIT_PARALLEL);
-    a.orders_svc = deploy_find(d, "orders");
-    a.payments = deploy_find(d, "payments");
-    a.inventory = deploy_find(d, "inventory");
-    a.notifications = deploy_find(d, "notifications");
-    if (!a.f)
-        goto out;
-    if (!a.orders_svc) {
+    *a = (struct audit){.d = d, .o = o};
+    a->orders = json_array();
+    a->stock = json_object();
+    a->reservations = json_object();
+    a->adjusted = json_object();
+    a->notes = json_object();
+    a->violations = json_array();
+    a->tok = cli_optokens_new(d);
+    a->f = cli_fetcher_new(o->parallel ? o->parallel : CLI_AUDIT_PARALLEL);
+    a->orders_svc = deploy_find(d, "orders");
+    a->payments = deploy_find(d, "payments");
+    a->inventory = deploy_find(d, "inventory");
+    a->notifications = deploy_find(d, "notifications");
+    if (!a->f)
+        return false;
+    if (!a->orders_svc) {
         cli_error("deployment \"%s\" has no service \"orders\": nothing to "
                   "audit",
                   d->name);
-        goto out;
+        return false;
     }
     /* Fail early and clearly when the operator has no key. */
-    if (!cli_optokens_get(a.tok, "orders"))
-        goto out;
-    if (cli_provider_of(d, &a.provider_url, &a.provider_key))
-        a.provider_auth =
-            moat_xasprintf("Authorization: Bearer %s", a.provider_key);
+    if (!cli_optokens_get(a->tok, "orders"))
+        return false;
+    if (cli_provider_of(d, &a->provider_url, &a->provider_key))
+        a->provider_auth =
+            moat_xasprintf("Authorization: Bearer %s", a->provider_key);
 
     /* 1. The lists, all services at once. */
-    pager_init(&a.pg_orders, "orders", a.orders_svc, "/v1/orders", false,
+    pager_init(&a->pg_orders, "orders", a->orders_svc, "/v1/orders", false,
                on_order);
-    pager_init(&a.pg_stock, "stock", a.inventory, "/v1/stock", false, on_stock);
-    pager_init(&a.pg_res, "reservations", a.inventory, "/v1/reservations", true,
-               on_reservation);
-    pager_init(&a.pg_adj, "adjustments", a.inventory, "/v1/adjustments", true,
+    pager_init(&a->pg_stock, "stock", a->inventory, "/v1/stock", false,
+               on_stock);
+    pager_init(&a->pg_res, "reservations", a->inventory, "/v1/reservations",
+               true, on_reservation);
+    pager_init(&a->pg_adj, "adjustments", a->inventory, "/v1/adjustments", true,
                on_adjustment);
-    queue_page(&a, &a.pg_orders);
-    queue_page(&a, &a.pg_stock);
-    queue_page(&a, &a.pg_res);
-    queue_page(&a, &a.pg_adj);
-    pager_init(&a.pg_notes, "notifications", a.notifications,
+    queue_page(a, &a->pg_orders);
+    queue_page(a, &a->pg_stock);
+    queue_page(a, &a->pg_res);
+    queue_page(a, &a->pg_adj);
+    pager_init(&a->pg_notes, "notifications", a->notifications,
                "/v1/notifications", false, on_note);
-    queue_page(&a, &a.pg_notes);
-    if (a.payments)
-        issue(&a, req_new(&a, RQ_PAY_SUMMARY, a.payments,
-                          moat_xstrdup("/v1/payments/summary")));
-    if (a.provider_auth)
-        issue(&a, req_new(&a, RQ_PROV_SUMMARY, NULL,
-                          moat_xstrdup("/v1/ledger/summary")));
-    run_all(&a);
-    if (a.unreachable)
-        goto out;
+    queue_page(a, &a->pg_notes);
+    if (a->payments)
+        issue(a, req_new(a, RQ_PAY_SUMMARY, a->payments,
+                         moat_xstrdup("/v1/payments/summary")));
+    if (a->provider_auth)
+        issue(a, req_new(a, RQ_PROV_SUMMARY, NULL,
+                         moat_xstrdup("/v1/ledger/summary")));
+    run_all(a);
+    return !a->unreachable;
+}
 
-    /* 2. Per order: its payments, its notifications, and its reservation
-     * when inventory cannot list them. */
-    size_t n = json_array_size(a.orders);
-    a.payments_of = moat_xcalloc(n + 1, sizeof(*a.payments_of));
+/* Step 2 of an audit: per final order, its payments, and its reservation
+ * when inventory cannot list them. */
+static bool gather_per_order(struct audit *a)
+{
+    size_t n = json_array_size(a->orders);
+    a->payments_of = moat_xcalloc(n + 1, sizeof(*a->payments_of));
     for (size_t i = 0; i < n; i++) {
-        json_t *ord = json_array_get(a.orders, i);
+        json_t *ord = json_array_get(a->orders, i);
         const char *oid = jstr(ord, "id");
         const char *st = jstr(ord, "status");
         if (!oid)
             continue;
         char *esc = query_escape(oid);
         bool final = st && strcmp(st, "pending") != 0;
-        if (a.payments && final) {
+        if (a->payments && final) {
             struct req *q =
-                req_new(&a, RQ_PAYMENTS, a.payments,
+                req_new(a, RQ_PAYMENTS, a->payments,
                         moat_xasprintf("/v1/payments?order_id=%s", esc));
             q->idx = i;
-            issue(&a, q);
-            a.payment_gets++;
+            issue(a, q);
+            a->payment_gets++;
         }
-        if (a.inventory && a.pg_res.missing && final) {
-            struct req *q = req_new(&a, RQ_RESERVATION, a.inventory,
+        if (a->inventory && a->pg_res.missing && final) {
+            struct req *q = req_new(a, RQ_RESERVATION, a->inventory,
                                     moat_xasprintf("/v1/reservations/%s", esc));
             q->idx = i;
-            issue(&a, q);
-            a.reservation_gets++;
+            issue(a, q);
+            a->reservation_gets++;
         }
         free(esc);
     }
-    run_all(&a);
-    if (a.unreachable)
+    run_all(a);
+    return !a->unreachable;
+}
+
+static void audit_release(struct audit *a);
+
+int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o)
+{
+    struct audit a;
+    int ret = CLI_AUDIT_UNREACHABLE;
+    uint64_t t0 = moat_mono_ms();
+    if (!gather_lists(&a, d, o))
         goto out;
+
+    /* 2. Per order: its payments, and its reservation when inventory
+     * cannot list them. */
+    if (!gather_per_order(&a))
+        goto out;
+    size_t n = json_array_size(a.orders);
 
     /* 3. The checks. */
     time_t now = time(NULL);
@@ -979,6 +1032,7 @@ int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o)
         check_order(&a, ord, i, now);
     }
     size_t skus = a.inventory ? check_stock(&a) : 0;
+    check_unknown_orders(&a);
     bool ledger = a.pay_summary && a.prov_summary;
     if (ledger)
         check_ledger(&a);
@@ -1057,40 +1111,81 @@ out:
     if (ret == CLI_AUDIT_UNREACHABLE && a.unreachable)
         cli_error("audit incomplete: %u calls got no usable answer; first: %s",
                   a.unreachable, a.unreachable_what);
-    a.cancelling = true;
-    cli_fetcher_free(a.f);
-    for (size_t i = 0; i < a.nretry; i++)
-        req_free(a.retry[i]);
-    free(a.retry);
-    cli_optokens_free(a.tok);
-    size_t n_orders = json_array_size(a.orders);
-    for (size_t i = 0; a.payments_of && i < n_orders; i++)
-        json_decref(a.payments_of[i]);
-    free(a.payments_of);
-    json_decref(a.orders);
-    json_decref(a.stock);
-    json_decref(a.reservations);
-    json_decref(a.adjusted);
-    json_decref(a.notes);
-    json_decref(a.violations);
-    json_decref(a.pay_summary);
-    json_decref(a.prov_summary);
-    struct pager *pgs[] = {&a.pg_orders, &a.pg_stock, &a.pg_res, &a.pg_adj,
-                           &a.pg_notes};
+    audit_release(&a);
+    return ret;
+}
+
+static void audit_release(struct audit *a)
+{
+    a->cancelling = true;
+    cli_fetcher_free(a->f);
+    for (size_t i = 0; i < a->nretry; i++)
+        req_free(a->retry[i]);
+    free(a->retry);
+    cli_optokens_free(a->tok);
+    size_t n_orders = json_array_size(a->orders);
+    for (size_t i = 0; a->payments_of && i < n_orders; i++)
+        json_decref(a->payments_of[i]);
+    free(a->payments_of);
+    json_decref(a->orders);
+    json_decref(a->stock);
+    json_decref(a->reservations);
+    json_decref(a->adjusted);
+    json_decref(a->notes);
+    json_decref(a->violations);
+    json_decref(a->pay_summary);
+    json_decref(a->prov_summary);
+    struct pager *pgs[] = {&a->pg_orders, &a->pg_stock, &a->pg_res, &a->pg_adj,
+                           &a->pg_notes};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(pgs); i++) {
         free(pgs[i]->cursor);
         free(pgs[i]->cursor_name);
     }
-    free(a.provider_url);
-    if (a.provider_key) {
-        sodium_memzero(a.provider_key, strlen(a.provider_key));
-        free(a.provider_key);
+    free(a->provider_url);
+    if (a->provider_key) {
+        sodium_memzero(a->provider_key, strlen(a->provider_key));
+        free(a->provider_key);
     }
-    if (a.provider_auth) {
-        sodium_memzero(a.provider_auth, strlen(a.provider_auth));
-        free(a.provider_auth);
+    if (a->provider_auth) {
+        sodium_memzero(a->provider_auth, strlen(a->provider_auth));
+        free(a->provider_auth);
     }
-    return ret;
+}
+
+bool cli_shop_gather(const struct deploy *d, unsigned parallel,
+                     struct cli_shop_view *v)
+{
+    struct cli_audit_opts o = {.parallel = parallel, .quiet = true};
+    struct audit a;
+    bool ok = gather_lists(&a, d, &o) && gather_per_order(&a);
+    if (!ok && a.unreachable)
+        cli_error("cannot read the shop: %u calls got no usable answer; "
+                  "first: %s",
+                  a.unreachable, a.unreachable_what);
+    *v = (struct cli_shop_view){
+        .orders = json_incref(a.orders),
+        .reservations = json_incref(a.reservations),
+        .notes = json_incref(a.notes),
+        .reservations_listed = a.inventory && !a.pg_res.missing,
+        .payments = json_object(),
+    };
+    for (size_t i = 0; ok && a.payments_of && i < json_array_size(a.orders);
+         i++) {
+        const char *oid = jstr(json_array_get(a.orders, i), "id");
+        if (oid && a.payments_of[i])
+            json_object_set(v->payments, oid, a.payments_of[i]);
+    }
+    audit_release(&a);
+    return ok;
+}
+
+void cli_shop_view_release(struct cli_shop_view *v)
+{
+    json_decref(v->orders);
+    json_decref(v->reservations);
+    json_decref(v->notes);
+    json_decref(v->payments);
+    *v = (struct cli_shop_view){0};
 }
 
 int cli_cmd_audit(int argc, char **argv)

@@ -77,4 +77,26 @@ struct cli_audit_opts {
 /* Run the audit of d and print its report; returns a CLI_AUDIT_* code. */
 int cli_audit_run(const struct deploy *d, const struct cli_audit_opts *o);
 
+/*
+ * What the auditor reads, for other commands that check the shop (moat
+ * reconcile): every order (orders' list documents), inventory's
+ * reservations (order id -> reservation), notifications (order id ->
+ * array) and payments' payments of every final order (order id -> array;
+ * absent without a payments service), read with the auditor's paging and
+ * retries. reservations_listed is false when inventory has no reservation
+ * list. Returns false after
+ * printing why when something could not be read; *v is set either way
+ * (release it with cli_shop_view_release).
+ */
+struct cli_shop_view {
+    json_t *orders, *reservations, *notes, *payments;
+    bool reservations_listed;
+};
+bool cli_shop_gather(const struct deploy *d, unsigned parallel,
+                     struct cli_shop_view *v);
+void cli_shop_view_release(struct cli_shop_view *v);
+
+/* moat reconcile (reconcile.c). */
+int cli_cmd_reconcile(int argc, char **argv);
+
 #endif /* MOAT_CLI_DRILL_H */

@@ -15,6 +15,7 @@
 
 #include "audit_log.h"
 #include "cli.h"
+#include "drill.h"
 #include "events.h"
 
 static const char usage[] =
@@ -56,6 +57,10 @@ static const char usage[] =
     "                            only): payments, reservations, stock,\n"
     "                            notifications, ledgers; exit 1 on a\n"
     "                            violation, 2 if a service is unreachable\n"
+    "  reconcile [--file FILE] [--json] [--repair]\n"
+    "                            after a service was restored from a backup:\n"
+    "                            find where services disagree about orders\n"
+    "                            (API only) and repair what is safe\n"
     "  chaos [--file FILE] [--setup] [--duration S] [--rate R] [--seed N]\n"
     "        [--kill-interval-ms MS] [--include-provider] [--settle S]\n"
     "                            place orders through the gateway while\n"
@@ -164,6 +169,7 @@ int main(int argc, char **argv)
         {"keys", cli_cmd_keys},
         {"events", cli_cmd_events},
         {"audit", cli_cmd_audit},
+        {"reconcile", cli_cmd_reconcile},
         {"chaos", cli_cmd_chaos},
         {"bench", cli_cmd_bench},
         {"social", cli_cmd_social},

@@ -7,6 +7,8 @@
 
 #include "moat/id.h"
 
+#include <sodium.h>
+
 static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 #define ID_TIME_BYTES 6
@@ -25,6 +27,26 @@ static bool increment(uint8_t *b, size_t n)
         if (++b[i] != 0)
             return false;
     return true;
+}
+
+/* prefix + the 16 bytes (time, random) as 26 Crockford characters. */
+static void encode(const char *prefix, const uint8_t bytes[ID_BYTES], char *out,
+                   size_t cap)
+{
+    /* 26 characters carry 130 bits: the first two are always zero. */
+    char enc[MOAT_ID_CHARS + 1];
+    for (int i = 0; i < MOAT_ID_CHARS; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 5; k++) {
+            int bit = i * 5 - 2 + k;
+            v <<= 1;
+            if (bit >= 0)
+                v |= (bytes[bit / 8] >> (7 - bit % 8)) & 1u;
+        }
+        enc[i] = crockford[v];
+    }
+    enc[MOAT_ID_CHARS] = '\0';
+    snprintf(out, cap, "%s%s", prefix, enc);
 }
 
 void moat_id_new(const char *prefix, char *out, size_t cap)
@@ -46,20 +68,7 @@ void moat_id_new(const char *prefix, char *out, size_t cap)
     memcpy(bytes + ID_TIME_BYTES, last_rand, ID_RAND_BYTES);
     pthread_mutex_unlock(&lock);
 
-    /* 26 characters carry 130 bits: the first two are always zero. */
-    char enc[MOAT_ID_CHARS + 1];
-    for (int i = 0; i < MOAT_ID_CHARS; i++) {
-        unsigned v = 0;
-        for (int k = 0; k < 5; k++) {
-            int bit = i * 5 - 2 + k;
-            v <<= 1;
-            if (bit >= 0)
-                v |= (bytes[bit / 8] >> (7 - bit % 8)) & 1u;
-        }
-        enc[i] = crockford[v];
-    }
-    enc[MOAT_ID_CHARS] = '\0';
-    snprintf(out, cap, "%s%s", prefix, enc);
+    encode(prefix, bytes, out, cap);
 }
 
 bool moat_id_valid(const char *s, const char *prefix)
@@ -91,4 +100,17 @@ bool moat_ref_valid(const char *s, size_t max)
             return false;
     }
     return true;
+}
+
+void moat_id_derive(const char *prefix, int64_t time_ms, const void *seed,
+                    size_t seed_len, char *out, size_t cap)
+{
+    uint64_t t = time_ms > 0 ? (uint64_t)time_ms : 0;
+    t &= (UINT64_C(1) << 48) - 1;
+    uint8_t bytes[ID_BYTES];
+    for (int i = 0; i < ID_TIME_BYTES; i++)
+        bytes[i] = (uint8_t)(t >> (8 * (ID_TIME_BYTES - 1 - i)));
+    crypto_generichash(bytes + ID_TIME_BYTES, ID_RAND_BYTES, seed, seed_len,
+                       NULL, 0);
+    encode(prefix, bytes, out, cap);
 }

@@ -826,6 +826,42 @@ cleanup:
     free(res);
 }
 
+/*
+ * POST /v1/admin/reservations/{order_id}/return, the operator's only:
+ * release a held reservation or return a committed one's units to on_hand
+ * (logged as "return" adjustments), for an order that orders lost and
+ * cannot re-create (moat reconcile, docs/recovery.md). Idempotent: a
+ * released one is answered as it is.
+ */
+static void handle_admin_return(struct moat_req *r, void *arg)
+{
+    struct inv_service *inv = arg;
+    if (strcmp(moat_req_principal(r)->service, "operator") != 0) {
+        moat_req_reply_problem(r, 403, "operators only");
+        return;
+    }
+    const char *id = moat_req_param(r, "order_id");
+    if (!id || !inv_ref_valid(id)) {
+        reply_no_reservation(r);
+        return;
+    }
+    struct inv_reservation *res = moat_xcalloc(1, sizeof(*res));
+    enum inv_transition_result result;
+    int rc = inv_store_return(inv->store, id, "operator", res, &result);
+    if (rc == MOAT_ENOTFOUND)
+        reply_no_reservation(r);
+    else if (rc != MOAT_OK)
+        moat_req_reply_store_error(r, rc, "inventory", "return the stock");
+    else {
+        if (result != INV_ALREADY)
+            moat_log(MOAT_LOG_WARN, "reservation returned by the operator",
+                     "{s:s, s:b}", "order_id", id, "returned",
+                     result == INV_RETURNED);
+        reply_reservation(r, 200, res);
+    }
+    free(res);
+}
+
 static void handle_release(struct moat_req *r, void *arg)
 {
     handle_transition(r, arg, INV_RELEASED);
@@ -1036,6 +1072,8 @@ int inv_routes_register(struct moat_http_server *server,
          handle_reservation_get},
         {MOAT_POST, "/v1/reservations/{order_id}/release", handle_release},
         {MOAT_POST, "/v1/reservations/{order_id}/commit", handle_commit},
+        {MOAT_POST, "/v1/admin/reservations/{order_id}/return",
+         handle_admin_return},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(routes); i++) {
         int rc = moat_http_route(server, routes[i].methods, routes[i].pattern,

@@ -942,7 +942,7 @@ static bool wrote(enum inv_transition_result r)
 /* transition_in in a transaction of its own. */
 static int transition(struct inv_store *s, const char *order_id,
                       enum inv_res_state to, const char *caller,
-                      struct inv_reservation *out,
+                      bool allow_return, struct inv_reservation *out,
                       enum inv_transition_result *result)
 {
     struct moat_kv_txn *t = NULL;
@@ -951,7 +951,7 @@ static int transition(struct inv_store *s, const char *order_id,
     int rc = moat_kv_begin(s->kv, &t);
     if (rc != MOAT_OK)
         return rc;
-    rc = transition_in(s, t, order_id, to, caller, false, out, result);
+    rc = transition_in(s, t, order_id, to, caller, allow_return, out, result);
     if (rc == MOAT_OK && wrote(*result)) {
         rc = commit(s, t);
         t = NULL;
@@ -964,14 +964,21 @@ int inv_store_release(struct inv_store *s, const char *order_id,
                       const char *caller, struct inv_reservation *out,
                       enum inv_transition_result *result)
 {
-    return transition(s, order_id, INV_RELEASED, caller, out, result);
+    return transition(s, order_id, INV_RELEASED, caller, false, out, result);
+}
+
+int inv_store_return(struct inv_store *s, const char *order_id,
+                     const char *caller, struct inv_reservation *out,
+                     enum inv_transition_result *result)
+{
+    return transition(s, order_id, INV_RELEASED, caller, true, out, result);
 }
 
 int inv_store_commit(struct inv_store *s, const char *order_id,
                      const char *caller, struct inv_reservation *out,
                      enum inv_transition_result *result)
 {
-    return transition(s, order_id, INV_COMMITTED, caller, out, result);
+    return transition(s, order_id, INV_COMMITTED, caller, false, out, result);
 }
 
 int inv_store_release_in(struct inv_store *s, struct moat_kv_txn *t,

@@ -229,6 +229,14 @@ int inv_store_release(struct inv_store *s, const char *order_id,
                       const char *caller, struct inv_reservation *out,
                       enum inv_transition_result *result);
 /*
+ * As inv_store_release, but a committed reservation is returned too
+ * (INV_RETURNED, see inv_store_release_in): for the operator undoing an
+ * order orders lost (docs/recovery.md).
+ */
+int inv_store_return(struct inv_store *s, const char *order_id,
+                     const char *caller, struct inv_reservation *out,
+                     enum inv_transition_result *result);
+/*
  * Commit the reservation of order_id (held -> committed: the units leave
  * on_hand and reserved and count as sold; each SKU's change is logged in
  * "adjustments" as kind "commit" by caller). MOAT_ENOTFOUND when there is

@@ -672,6 +672,8 @@ int ord_routes_register(struct ord_service *os)
                              handle_cancel, os);
     if (rc == MOAT_OK)
         rc = moat_http_route(h, MOAT_GET, "/v1/admin/sagas", handle_sagas, os);
+    if (rc == MOAT_OK)
+        rc = ord_recover_register(os);
 #ifdef MOAT_TEST_HOOKS
     if (rc == MOAT_OK)
         rc = ord_test_hooks_register(os);

@@ -52,6 +52,8 @@ struct ord_service {
 
 /* Register the /v1/orders and /v1/admin/sagas routes. */
 int ord_routes_register(struct ord_service *os);
+/* recover.c: POST /v1/admin/orders/{id}/recover (the operator's). */
+int ord_recover_register(struct ord_service *os);
 #ifdef MOAT_TEST_HOOKS
 /* test_hooks.c: POST /v1/test/orders/{id} and /v1/test/sweeper. */
 int ord_test_hooks_register(struct ord_service *os);
@@ -82,6 +84,19 @@ int ord_saga_place(struct ord_service *os, struct ord_order *o);
  * compensating).
  */
 int ord_saga_cancel(struct ord_service *os, struct ord_order *o, bool *changed);
+/*
+ * Inside the caller's transaction: re-create o (filled by the caller: id,
+ * customer, lines, total, currency, created_ms, payment_id, traceparent),
+ * an order this database lost (restored from a backup) that the
+ * participants still hold, from what they hold: reservation "held",
+ * "committed", "released" or "none", payment status ("captured",
+ * "authorized", "pending", anything else for none). Appends OrderPlaced;
+ * a committed and captured order is finished as confirmed (OrderConfirmed),
+ * any other is compensated with reason "recovered" (ReleaseStock,
+ * VoidPayment or RefundPayment for what is still held).
+ */
+int ord_saga_recover(struct ord_service *os, struct ord_order *o,
+                     const char *reservation, const char *payment);
 /* Start the deadline sweeper (every 200 ms). */
 int ord_saga_start_sweeper(struct ord_service *os);
 

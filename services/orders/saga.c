@@ -192,13 +192,9 @@ static int compensate(struct ord_service *os, struct ord_order *o,
     return ord_order_update(os->db, o);
 }
 
-int ord_saga_place(struct ord_service *os, struct ord_order *o)
+/* Insert o (version 1) and append its OrderPlaced. */
+static int insert_placed(struct ord_service *os, const struct ord_order *o)
 {
-    snprintf(o->status, sizeof(o->status), "pending");
-    set_step(os, o, "reserving", true);
-    o->flags = ORD_F_SENT_RESERVE;
-    o->version = 1;
-    o->created_ms = o->updated_ms = moat_wall_ms();
     int rc = ord_order_insert(os->db, o);
     if (rc == MOAT_OK)
         rc = emit(os, ORDERS_ORDER_PLACED, o,
@@ -207,6 +203,17 @@ int ord_saga_place(struct ord_service *os, struct ord_order *o)
                             (json_int_t)o->total, "currency", o->currency,
                             "lines", lines_for_event(o), "version",
                             (json_int_t)1));
+    return rc;
+}
+
+int ord_saga_place(struct ord_service *os, struct ord_order *o)
+{
+    snprintf(o->status, sizeof(o->status), "pending");
+    set_step(os, o, "reserving", true);
+    o->flags = ORD_F_SENT_RESERVE;
+    o->version = 1;
+    o->created_ms = o->updated_ms = moat_wall_ms();
+    int rc = insert_placed(os, o);
     if (rc == MOAT_OK)
         rc = emit(os, ORDERS_RESERVE_STOCK, o,
                   json_pack("{s:s, s:o}", "customer_id", o->customer_id,
@@ -458,4 +465,41 @@ int ord_saga_start_sweeper(struct ord_service *os)
     if (!os->sweep || evtimer_add(os->sweep, &tv) != 0)
         return MOAT_EIO;
     return MOAT_OK;
+}
+
+/* ---- recovery (docs/recovery.md) ---- */
+
+int ord_saga_recover(struct ord_service *os, struct ord_order *o,
+                     const char *reservation, const char *payment)
+{
+    bool held = strcmp(reservation, "held") == 0;
+    bool committed = strcmp(reservation, "committed") == 0;
+    bool captured = strcmp(payment, "captured") == 0;
+    bool live_auth =
+        strcmp(payment, "authorized") == 0 || strcmp(payment, "pending") == 0;
+    snprintf(o->status, sizeof(o->status), "pending");
+    set_step(os, o, "recovering", false);
+    /* What the participants hold says which commands once went out. */
+    o->flags = ORD_F_SENT_RESERVE;
+    if (!held && !committed)
+        o->flags |= ORD_F_SENT_RELEASE; /* nothing (left) to release */
+    if (captured)
+        o->flags |= ORD_F_SENT_AUTHORIZE | ORD_F_SENT_CAPTURE;
+    else if (live_auth)
+        o->flags |= ORD_F_SENT_AUTHORIZE;
+    o->version = 1;
+    o->updated_ms = moat_wall_ms();
+    if (!o->created_ms)
+        o->created_ms = o->updated_ms;
+    int rc = insert_placed(os, o);
+    if (rc != MOAT_OK)
+        return rc;
+    /* Sold and paid: the order was confirmed before it was lost. */
+    if (committed && captured) {
+        o->flags |= ORD_F_CAPTURED | ORD_F_COMMITTED;
+        return finish(os, o, "confirmed");
+    }
+    /* Anything short of that: undo what is held, through the saga's
+     * own commands (their replies finish it as cancelled). */
+    return compensate(os, o, "recovered");
 }

@@ -271,7 +271,12 @@ static int apply_authorize(struct pay_saga *sg, const struct moat_event *ev,
     }
 
     memset(&p, 0, sizeof(p));
-    moat_id_new("pay_", p.id, sizeof(p.id));
+    /* The same command always makes the same payment id, so the provider
+     * idempotency keys (<payment id>:<op>) are the same too: a payments
+     * restored from a backup that applies this command again gets the
+     * provider's first answer back, never a second charge. */
+    moat_id_derive("pay_", ev->time_ms ? ev->time_ms : moat_wall_ms(), ev->id,
+                   strlen(ev->id), p.id, sizeof(p.id));
     snprintf(p.order_id, sizeof(p.order_id), "%s", order_id);
     p.amount = amount;
     snprintf(p.currency, sizeof(p.currency), "%s", currency);

@@ -192,6 +192,22 @@ void h_rmtree(const char *path)
     nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+char *h_run_capture(const char *cmd, int *exit_status)
+{
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    struct moat_buf out = MOAT_BUF_INIT;
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
+        moat_buf_add(&out, chunk, n);
+    int st = pclose(p);
+    *exit_status = WIFEXITED(st)     ? WEXITSTATUS(st)
+                   : WIFSIGNALED(st) ? 128 + WTERMSIG(st)
+                                     : -1;
+    return moat_buf_detach(&out, NULL);
+}
+
 void h_write_file(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

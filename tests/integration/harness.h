@@ -116,6 +116,10 @@ char *h_tmpdir_new(const char *tag);
 void h_rmtree(const char *path);
 /* Create path containing text (mode 0600); aborts the test on failure. */
 void h_write_file(const char *path, const char *text);
+/* Run cmd with sh -c, stdout (and whatever cmd redirects to it) read to
+ * the end; *exit_status gets its exit code (128 + signal when killed).
+ * Returns the output; caller frees. */
+char *h_run_capture(const char *cmd, int *exit_status);
 
 /* ---- service processes ---- */
 

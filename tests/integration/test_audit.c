@@ -145,26 +145,17 @@ static const char *notification_of(const char *order_id, const char *kind)
  * against it). */
 static json_t *audit(void)
 {
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "%s/moat audit --file %s --json 2>&1",
-             MOAT_BIN_DIR, F.deploy);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    struct moat_buf out = MOAT_BUF_INIT;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        moat_buf_add(&out, chunk, n);
-    int st = pclose(p);
+    int st;
+    char *out = h_run_capture(
+        h_fmt("%s/moat audit --file %s --json 2>&1", MOAT_BIN_DIR, F.deploy),
+        &st);
     json_error_t err;
-    json_t *j = json_loads(moat_buf_str(&out), 0, &err);
-    if (!j || !WIFEXITED(st))
-        fail_msg("moat audit did not answer JSON (%s):\n%s", err.text,
-                 moat_buf_str(&out));
-    moat_buf_release(&out);
+    json_t *j = json_loads(out, 0, &err);
+    if (!j)
+        fail_msg("moat audit did not answer JSON (%s):\n%s", err.text, out);
+    free(out);
     /* 0 clean, 1 violations (cli.h CLI_AUDIT_*). */
-    assert_int_equal(WEXITSTATUS(st),
-                     json_is_true(json_object_get(j, "ok")) ? 0 : 1);
+    assert_int_equal(st, json_is_true(json_object_get(j, "ok")) ? 0 : 1);
     assert_int_equal(json_integer_value(json_object_get(j, "violation_count")),
                      json_array_size(json_object_get(j, "violations")));
     return j;

@@ -63,6 +63,23 @@ static void test_hex_round_trip(void **state)
     assert_int_equal(moat_unhex(NULL, back, 1), MOAT_EINVAL);
 }
 
+/* The same time and seed give the same valid id; another seed or time
+ * another id; ids derived later sort later. */
+static void test_derive(void **state)
+{
+    (void)state;
+    char a[40], b[40], c[40], d[40];
+    moat_id_derive("pay_", 1795296782000, "evt-1", 5, a, sizeof(a));
+    moat_id_derive("pay_", 1795296782000, "evt-1", 5, b, sizeof(b));
+    moat_id_derive("pay_", 1795296782000, "evt-2", 5, c, sizeof(c));
+    moat_id_derive("pay_", 1795296782001, "evt-1", 5, d, sizeof(d));
+    assert_true(moat_id_valid(a, "pay_"));
+    assert_string_equal(a, b);
+    assert_string_not_equal(a, c);
+    assert_true(strcmp(a, d) < 0);
+    assert_true(strncmp(a, c, 4 + 10) == 0); /* the same time part */
+}
+
 static void test_ref_valid(void **state)
 {
     (void)state;
@@ -81,6 +98,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ref_valid),
+        cmocka_unit_test(test_derive),
         cmocka_unit_test(test_ids_sort_and_validate),
         cmocka_unit_test(test_invalid_ids),
         cmocka_unit_test(test_hex_round_trip),
