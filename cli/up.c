@@ -66,6 +66,8 @@ extern char **environ;
 #define KILL_WAIT_MS       2000  /* after SIGKILL, before giving up */
 #define LOOP_MAX_WAIT_MS   1000  /* upper bound of one sigtimedwait */
 #define FAIL_LOG_LINES     20    /* log lines shown for a failed start */
+#define OPERATOR_COPY_MS   1000  /* refresh of an operator service's copy */
+#define UP_OPERATOR_KEY    "MOAT_OPERATOR_KEY"
 
 enum proc_status {
     PS_PENDING,  /* not started yet */
@@ -128,6 +130,7 @@ struct sup {
     sigset_t sigs;         /* the signals we take with sigtimedwait */
     unsigned stop_signals; /* SIGINT/SIGTERM/SIGHUP received */
     bool dirty;            /* state file out of date */
+    uint64_t copies_ms;    /* monotonic ms of the last write_state */
 };
 
 /* One line to stdout and moat.log: "<time> <message>". */
@@ -174,6 +177,84 @@ static json_t *time_or_null(int64_t wall_ms)
     return json_string(ts);
 }
 
+/* Write text and a newline to tmp, then rename it to path: readers see
+ * the old file or the new one, never half of one. */
+static bool replace_file(const char *tmp, const char *path, const char *text)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(text);
+    bool ok = fd >= 0 && write(fd, text, len) == (ssize_t)len &&
+              write(fd, "\n", 1) == 1;
+    if (fd >= 0 && close(fd) < 0)
+        ok = false;
+    return ok && rename(tmp, path) == 0;
+}
+
+/* A service that lists MOAT_OPERATOR_KEY in "secrets" acts as the
+ * operator (the console, docs/console.md). */
+static bool is_operator_service(const struct deploy_service *svc)
+{
+    for (size_t i = 0; i < svc->nsecrets; i++)
+        if (strcmp(svc->secrets[i], UP_OPERATOR_KEY) == 0)
+            return true;
+    return false;
+}
+
+static uint64_t proc_rss_bytes(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "r");
+    long pages = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/*
+ * An operator service is confined to its data directory, so the
+ * supervisor hands it the state there (<data_dir>/moat.state), with what
+ * only the supervisor may look at: each database's size on disk and each
+ * process's resident memory. Rewritten on every change and every second.
+ */
+static void write_operator_copies(struct sup *s, json_t *root)
+{
+    bool any = false;
+    for (size_t i = 0; i < s->nprocs; i++)
+        any = any || is_operator_service(s->procs[i].svc);
+    if (!any)
+        return;
+    json_t *services = json_object_get(root, "services");
+    for (size_t i = 0; i < s->nprocs; i++) {
+        const struct proc *p = &s->procs[i];
+        json_t *o = json_array_get(services, i);
+        json_object_set_new(
+            o, "db_bytes",
+            json_integer(
+                (json_int_t)(p->svc->db ? cli_db_size(p->svc->db) : 0)));
+        json_object_set_new(
+            o, "rss_bytes",
+            json_integer(
+                (json_int_t)(p->pid > 0 ? proc_rss_bytes(p->pid) : 0)));
+    }
+    char *text = json_dumps(root, JSON_COMPACT);
+    for (size_t i = 0; text && i < s->nprocs; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *path = moat_xasprintf("%s/moat.state", svc->data_dir);
+        char *tmp = moat_xasprintf("%s.tmp", path);
+        if (!replace_file(tmp, path, text))
+            say(s, "moat: cannot write %s: %s", path, strerror(errno));
+        free(path);
+        free(tmp);
+    }
+    free(text);
+}
+
 static void write_state(struct sup *s)
 {
     json_t *services = json_array();
@@ -206,25 +287,18 @@ static void write_state(struct sup *s)
         (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) * (s->d->max_level + 1),
         "services", services);
     char *text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
-    json_decref(root);
     if (!text) {
+        json_decref(root);
         say(s, "moat: cannot encode the state file");
         return;
     }
-
-    /* Readers see the old file or the new one, never half of one. */
-    int fd = open(s->state_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    size_t len = strlen(text);
-    bool ok = fd >= 0 && write(fd, text, len) == (ssize_t)len &&
-              write(fd, "\n", 1) == 1;
-    if (fd >= 0 && close(fd) < 0)
-        ok = false;
-    if (ok && rename(s->state_tmp, s->state_path) < 0)
-        ok = false;
-    if (!ok)
+    if (!replace_file(s->state_tmp, s->state_path, text))
         say(s, "moat: cannot write %s: %s", s->state_path, strerror(errno));
     free(text);
+    write_operator_copies(s, root);
+    json_decref(root);
     s->dirty = false;
+    s->copies_ms = moat_mono_ms();
 }
 
 /* ---- preparing the ground ---- */
@@ -441,9 +515,14 @@ static int make_auth_env(struct sup *s)
         if (pub)
             env[k++] = moat_xasprintf("MOAT_GATEWAY_PUBLIC=%s", pub);
         free(pub);
+        /* MOAT_OPERATOR_KEY is not shared but the operator's own key:
+         * the service then speaks as the operator (the console). */
         for (size_t j = 0; j < svc->nsecrets; j++)
-            env[k++] = moat_xasprintf("%s=%s", svc->secrets[j],
-                                      cli_secret_shared(sec, svc->secrets[j]));
+            env[k++] =
+                moat_xasprintf("%s=%s", svc->secrets[j],
+                               strcmp(svc->secrets[j], UP_OPERATOR_KEY) == 0
+                                   ? cli_secret_service_key(sec, CLI_OPERATOR)
+                                   : cli_secret_shared(sec, svc->secrets[j]));
         /* "${secret:NAME}" in env values: the same generated secret under
          * another variable, e.g. the provider's list of merchant keys. */
         for (size_t j = 0; j < svc->nenv; j++) {
@@ -694,7 +773,8 @@ static uint64_t run_timers(struct sup *s)
         if (p->status == PS_STARTING && p->next_probe < next)
             next = p->next_probe;
     }
-    if (s->dirty)
+    /* Operator copies carry sizes and memory: refreshed every second. */
+    if (s->dirty || now - s->copies_ms >= OPERATOR_COPY_MS)
         write_state(s);
     return next > now ? next - now : 0;
 }
@@ -858,6 +938,17 @@ static void print_summary(struct sup *s)
                 products = &svc->routes[r];
             }
         }
+    }
+    for (size_t i = 0; i < s->nprocs; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *url = deploy_base_url(svc);
+        char *sec = moat_xasprintf("%s/secrets.json", d->var_dir);
+        printf("\nconsole: %s/  (password: MOAT_CONSOLE_PASSWORD in %s)\n", url,
+               cli_display_path(sec, rel, sizeof(rel)));
+        free(sec);
+        free(url);
     }
     printf("\ntry:\n");
     if (products) {
