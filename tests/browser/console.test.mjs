@@ -149,6 +149,7 @@ async function main() {
 
     // The storefront: sign up, find the mug, order it, watch it confirm.
     await page.goto(consoleUrl + "#/shop");
+    await page.locator(`.product[data-sku="MUG-${tag}"]`).waitFor();
     await page.fill('#account input[name=email]', `ann-${tag.toLowerCase()}@example.com`);
     await page.fill('#account input[name=password]', "correct horse battery");
     await page.fill('#account input[name=display_name]', "Ann");
@@ -198,6 +199,10 @@ async function main() {
     await page.click("#verify");
     await page.locator("#verify-result", { hasText: "identical" }).waitFor();
     log("dead letter redriven; replay verified");
+    await shot("dead-letters");
+    await page.goto(consoleUrl + "#/events/orders");
+    await page.locator("#feed td", { hasText: "OrderConfirmed" }).first().waitFor();
+    check(!(await page.content()).includes(`ann-${tag.toLowerCase()}@example.com`), "the feed shows no email");
     await shot("events");
 
     await page.goto(consoleUrl + "#/traces");

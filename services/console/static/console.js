@@ -214,8 +214,13 @@ function drawMap() {
     const mx = (sx + ex) / 2 - uy * 25, my = (sy + ey) / 2 + ux * 25;
     const g = svg("g", { "data-feed": `${f.from}->${f.to}` });
     g.append(svg("path", { class: "feed" + (f.lag > 0 ? " lagging" : ""), d: `M ${sx} ${sy} Q ${mx} ${my} ${ex} ${ey}`, "marker-end": "url(#arrow)" }));
-    g.append(svg("text", { class: "feed-label", x: mx, y: my, "text-anchor": "middle" },
-      `${f.rate.toFixed(1)}/s · backlog ${f.backlog ?? "?"} · lag ${f.lag}${f.lagS ? " (" + f.lagS.toFixed(1) + "s)" : ""}`));
+    const label = `${f.from} → ${f.to}: ${f.rate.toFixed(1)} events/s · outbox ${f.backlog ?? "?"} · lag ${f.lag}${f.lagS ? " (" + f.lagS.toFixed(1) + " s)" : ""}`;
+    g.append(svg("title", {}, label));
+    // Idle feeds stay quiet (the tooltip has the figures); busy or
+    // lagging ones say so on the map.
+    if (f.rate >= 0.05 || f.lag > 0)
+      g.append(svg("text", { class: "feed-label", x: mx, y: my, "text-anchor": "middle" },
+        `${f.rate.toFixed(1)}/s · lag ${f.lag}${f.lagS ? " (" + f.lagS.toFixed(1) + "s)" : ""}`));
     root.append(g);
   }
   for (const s of svcs) {
