@@ -131,6 +131,8 @@ struct sup {
     unsigned stop_signals; /* SIGINT/SIGTERM/SIGHUP received */
     bool dirty;            /* state file out of date */
     uint64_t copies_ms;    /* monotonic ms of the last write_state */
+    pid_t audit_pid;       /* a `moat audit` an operator service asked for */
+    char *audit_out;       /* its report: <data_dir>/audit.json; owned */
 };
 
 /* One line to stdout and moat.log: "<time> <message>". */
@@ -688,6 +690,18 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
         (unsigned long long)delay);
 }
 
+/* The audit finished: its report (written to .tmp) replaces the last. */
+static void audit_done(struct sup *s)
+{
+    char *tmp = moat_xasprintf("%s.tmp", s->audit_out);
+    if (rename(tmp, s->audit_out) < 0)
+        say(s, "moat: cannot write %s: %s", s->audit_out, strerror(errno));
+    free(tmp);
+    free(s->audit_out);
+    s->audit_out = NULL;
+    s->audit_pid = 0;
+}
+
 static void reap(struct sup *s)
 {
     int wstatus;
@@ -696,6 +710,59 @@ static void reap(struct sup *s)
         struct proc *p = find_pid(s, pid);
         if (p)
             on_exit_status(s, p, wstatus);
+        else if (pid == s->audit_pid)
+            audit_done(s);
+    }
+}
+
+/*
+ * An operator service asks for an audit by creating
+ * <data_dir>/audit.request; the supervisor runs `moat audit --json` on the
+ * deployment (the auditor needs the operator's view of every service and
+ * the provider's merchant key, which only the supervisor's machine has)
+ * and leaves the report in <data_dir>/audit.json. One at a time.
+ */
+static void check_audit_request(struct sup *s)
+{
+    for (size_t i = 0; i < s->nprocs && !s->audit_pid; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *req = moat_xasprintf("%s/audit.request", svc->data_dir);
+        bool asked = unlink(req) == 0;
+        free(req);
+        if (!asked)
+            continue;
+        char *out = moat_xasprintf("%s/audit.json", svc->data_dir);
+        char *tmp = moat_xasprintf("%s.tmp", out);
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        pid_t pid = n > 0 && fd >= 0 ? fork() : -1;
+        if (pid == 0) {
+            self[n] = '\0';
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            if (dup2(fd, STDOUT_FILENO) < 0)
+                _exit(126);
+            char a0[] = "audit", a1[] = "-f", a3[] = "--json";
+            char *argv[] = {self, a0, a1, s->file_abs, a3, NULL};
+            execv(self, argv);
+            _exit(127);
+        }
+        if (fd >= 0)
+            close(fd);
+        free(tmp);
+        if (pid > 0) {
+            say(s, "%s: asked for an audit; running moat audit (pid %d)",
+                svc->name, (int)pid);
+            s->audit_pid = pid;
+            s->audit_out = out;
+        } else {
+            say(s, "moat: cannot start the audit %s asked for", svc->name);
+            free(out);
+        }
     }
 }
 
@@ -773,6 +840,7 @@ static uint64_t run_timers(struct sup *s)
         if (p->status == PS_STARTING && p->next_probe < next)
             next = p->next_probe;
     }
+    check_audit_request(s);
     /* Operator copies carry sizes and memory: refreshed every second. */
     if (s->dirty || now - s->copies_ms >= OPERATOR_COPY_MS)
         write_state(s);
@@ -1035,6 +1103,11 @@ static int take_lock(struct sup *s)
 
 static void sup_release(struct sup *s)
 {
+    if (s->audit_pid > 0) {
+        kill(s->audit_pid, SIGTERM);
+        waitpid(s->audit_pid, NULL, 0);
+    }
+    free(s->audit_out);
     for (size_t i = 0; i < s->nprocs; i++) {
         free(s->procs[i].program);
         free(s->procs[i].log_path);

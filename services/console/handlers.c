@@ -6,6 +6,7 @@
  *   GET  /api/state?after=V&wait=S   the supervisor's state (long poll)
  *   GET  /api/svc/{name}/{path}      a service's API, as the operator
  *   POST /api/svc/{name}/v1/admin/dead-letters/redrive, .../replay?verify=1
+ *   POST /api/audit, GET /api/audit   `moat audit`, run by the supervisor
  *   *    /api/gw/{path}         the gateway's /api/v1/{path}, with the
  *                               customer's own Authorization
  * Every /api route but login needs the operator's session.
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "console.h"
 #include "moat/http_client.h"
@@ -371,6 +373,60 @@ static void handle_gw(struct moat_req *req, void *arg)
     free(url);
 }
 
+/* ---- the audit, run by the supervisor (cli/up.c) ---- */
+
+static bool exists(const char *dir, const char *name, struct stat *st)
+{
+    char *path = moat_xasprintf("%s/%s", dir, name);
+    bool ok = stat(path, st) == 0;
+    free(path);
+    return ok;
+}
+
+/* POST /api/audit: ask the supervisor for `moat audit` (202). */
+static void handle_audit_run(struct moat_req *req, void *arg)
+{
+    struct console *c = arg;
+    if (!require_operator(c, req))
+        return;
+    char *path = moat_xasprintf("%s/audit.request", c->svc->cfg.data_dir);
+    FILE *f = fopen(path, "w");
+    free(path);
+    if (!f) {
+        moat_req_reply_problem(req, 500, "cannot ask for an audit");
+        return;
+    }
+    fclose(f);
+    moat_req_reply_json(req, 202, json_pack("{s:b}", "requested", 1));
+}
+
+/* GET /api/audit: {"state": "idle"|"requested"|"running", "finished_at":
+ * unix s|null, "report": the last `moat audit --json` or null}. */
+static void handle_audit_get(struct moat_req *req, void *arg)
+{
+    struct console *c = arg;
+    if (!require_operator(c, req))
+        return;
+    const char *dir = c->svc->cfg.data_dir;
+    struct stat st;
+    const char *state = exists(dir, "audit.request", &st)    ? "requested"
+                        : exists(dir, "audit.json.tmp", &st) ? "running"
+                                                             : "idle";
+    char *path = moat_xasprintf("%s/audit.json", dir);
+    json_t *report = NULL;
+    json_t *finished = json_null();
+    if (stat(path, &st) == 0 && st.st_size < CONSOLE_STATE_MAX * 8) {
+        report = json_load_file(path, 0, NULL);
+        finished = json_integer((json_int_t)st.st_mtim.tv_sec);
+    }
+    free(path);
+    moat_req_set_header(req, "Cache-Control", "no-store");
+    moat_req_reply_json(req, 200,
+                        json_pack("{s:s, s:o, s:o}", "state", state,
+                                  "finished_at", finished, "report",
+                                  report ? report : json_null()));
+}
+
 /* ---- the pages ---- */
 
 static const char *content_type(const char *path)
@@ -429,6 +485,8 @@ int console_routes_register(struct console *c)
         {MOAT_POST, "/api/login", handle_login},
         {MOAT_POST, "/api/logout", handle_logout},
         {MOAT_GET, "/api/state", handle_state},
+        {MOAT_POST, "/api/audit", handle_audit_run},
+        {MOAT_GET, "/api/audit", handle_audit_get},
         {MOAT_GET | MOAT_POST, "/api/svc/{name}/{rest*}", handle_svc},
         {MOAT_GET | MOAT_POST | MOAT_PUT | MOAT_PATCH | MOAT_DELETE,
          "/api/gw/{rest*}", handle_gw},

@@ -205,6 +205,13 @@ async function main() {
     check(!(await page.content()).includes(`ann-${tag.toLowerCase()}@example.com`), "the feed shows no email");
     await shot("events");
 
+    // The audit, run from the page by the supervisor.
+    await page.goto(consoleUrl + "#/audit");
+    await page.click("#run-audit");
+    await page.locator("#audit-summary").waitFor({ timeout: 60000 });
+    log("audit:", await page.locator("#audit-summary").textContent());
+    await shot("audit");
+
     await page.goto(consoleUrl + "#/traces");
     await page.locator("table a[href^='#/trace/']").first().waitFor();
     await shot("traces");
@@ -216,6 +223,10 @@ async function main() {
     check(anonGw.status === 401, "anonymous /api/gw is " + anonGw.status);
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (e) {
+    for (const f of ["audit.json.tmp", "audit.json", "audit.request"]) {
+      const p = path.join(dir, "var", "console", f);
+      if (fs.existsSync(p)) console.log(f + ":", fs.readFileSync(p, "utf8").slice(0, 2000));
+    }
     if (page && SHOTS) await page.screenshot({ path: path.join(SHOTS, "failure.png"), fullPage: true }).catch(() => {});
     throw e;
   } finally {

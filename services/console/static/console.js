@@ -476,6 +476,46 @@ async function pageEvents(name) {
   show(...parts);
 }
 
+// ---- the audit (`moat audit`, run by the supervisor) ----
+
+async function pageAudit() {
+  const out = el("div", { id: "audit-result" });
+  const render = (a) => {
+    const r = a.report;
+    const sum = (r && r.summary) || {};
+    out.replaceChildren(
+      el("p", { id: "audit-state" }, `state: ${a.state}`, a.finished_at ? ` · last report ${when(a.finished_at)}` : ""),
+      r ? el("div", {},
+        el("p", { id: "audit-summary", class: r.ok ? "" : "error" },
+          r.ok ? `No violations: ${sum.orders} orders and ${sum.skus} SKUs checked in ${Number(sum.seconds ?? r.seconds ?? 0).toFixed(1)} s.`
+            : `${r.violation_count} violations among ${sum.orders} orders.`),
+        r.violations.length ? el("table", { id: "violations" },
+          el("tr", {}, ["kind", "order", "sku", "detail", "trace"].map((h) => el("th", {}, h))),
+          r.violations.map((v) => el("tr", {},
+            el("td", {}, v.kind),
+            el("td", {}, v.order_id ? el("a", { href: `#/order/${v.order_id}` }, v.order_id) : ""),
+            el("td", {}, v.sku || ""), el("td", {}, v.detail),
+            el("td", {}, v.trace_id ? el("a", { href: `#/trace/${v.trace_id}` }, "trace") : "")))) : "",
+        el("h2", {}, "Summary"), el("pre", { class: "card" }, JSON.stringify(r.summary, null, 1))) : "");
+  };
+  const run = el("button", { id: "run-audit", onclick: async () => {
+    run.disabled = true;
+    const before = (await call("GET", "/api/audit")).finished_at || 0;
+    await call("POST", "/api/audit");
+    for (let i = 0; i < 240; i++) {
+      const a = await call("GET", "/api/audit");
+      render(a);
+      if (a.state === "idle" && (a.finished_at || 0) > before - 1 && a.report && i > 0) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    run.disabled = false;
+  } }, "Run the audit");
+  show(el("h1", {}, "Audit"),
+    el("p", { class: "muted" }, "Checks the order saga's promises across services (money, stock, notifications, deadlines) through their APIs, as `moat audit` does; best on a quiet deployment."),
+    run, out);
+  render(await call("GET", "/api/audit"));
+}
+
 // ---- the storefront (the gateway's public API, as a customer) ----
 
 const customer = {
@@ -606,7 +646,7 @@ function route() {
     const pages = {
       map: pageMap, sagas: () => pageSagas(params), order: () => pageOrder(parts[1]),
       traces: pageTraces, trace: () => pageTrace(parts[1]), events: () => pageEvents(parts[1]),
-      shop: () => pageShop(params), social: pageSocial,
+      shop: () => pageShop(params), social: pageSocial, audit: pageAudit,
     };
     Promise.resolve((pages[page] || pageMap)()).catch((e) => {
       if (e.status !== 401) show(el("h1", {}, "Error"), el("p", { class: "error" }, e.message));
