@@ -6,6 +6,10 @@
 // and its trace, and redrives a dead letter.
 //
 //   node console.test.mjs --moat BUILD/bin/moat --source SRC [--screenshots DIR]
+//                         [--deployment deploy/social.json]
+//
+// With the social deployment (no orders service) it tries the social page
+// instead of the storefront, sagas and dead letters.
 //
 // Test builds only (MOAT_TEST_HOOKS): the dead letter is search's poison
 // product hook. Every wait is on a condition, with generous timeouts.
@@ -21,6 +25,7 @@ const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith("--") ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
 const MOAT = path.resolve(args.moat);
 const SOURCE = path.resolve(args.source);
+const DEPLOYMENT = args.deployment || "moat.json"; // relative to --source
 const SHOTS = args.screenshots ? path.resolve(args.screenshots) : null;
 const CHROMIUM = process.env.MOAT_CHROMIUM || "/usr/bin/chromium";
 const started = Date.now();
@@ -51,7 +56,7 @@ async function waitUntil(what, fn, timeoutMs = 30000, everyMs = 200) {
 
 // The deployment file with every 127.0.0.1:PORT moved to a free port.
 async function writeDeployment(dir) {
-  let text = fs.readFileSync(path.join(SOURCE, "moat.json"), "utf8");
+  let text = fs.readFileSync(path.join(SOURCE, DEPLOYMENT), "utf8");
   const ports = [...new Set([...text.matchAll(/127\.0\.0\.1:(\d+)/g)].map((m) => m[1]))];
   const map = {};
   for (const p of ports) map[p] = await freePort();
@@ -85,6 +90,45 @@ async function http(method, url, body, headers) {
   return { status: r.status, data };
 }
 
+// The social page against deploy/social.json: Ann signs up on the page,
+// follows Bob, sees his post on her timeline, posts, asks her degree of
+// connection to him and writes to him.
+async function socialFlow(page, consoleUrl, gw, tag, shot) {
+  const bobEmail = `bob-${tag.toLowerCase()}@example.com`;
+  const bobReg = await http("POST", gw + "/api/v1/users", { email: bobEmail, password: "correct horse battery", display_name: "Bob" });
+  check(bobReg.status === 201, "bob signs up " + bobReg.status);
+  const bob = await http("POST", gw + "/api/v1/auth/login", { email: bobEmail, password: "correct horse battery" });
+  const bobId = bob.data.user.id;
+  const posted = await http("POST", gw + "/api/v1/posts", { text: `hello from Bob ${tag}` }, { authorization: "Bearer " + bob.data.access_token });
+  check(posted.status === 201, "bob posts " + posted.status);
+
+  await page.goto(consoleUrl + "#/social");
+  await page.fill('#account input[name=email]', `ann-${tag.toLowerCase()}@example.com`);
+  await page.fill('#account input[name=password]', "correct horse battery");
+  await page.fill('#account input[name=display_name]', "Ann");
+  await page.click("#signup");
+  await page.locator("#timeline").waitFor();
+  await page.fill("#follow input[name=user]", bobId);
+  await page.click("#follow button");
+  await page.locator("#social-out", { hasText: "followee_id" }).waitFor();
+  await waitUntil("Bob's post on Ann's timeline", async () => {
+    await page.click("#refresh-timeline");
+    return (await page.locator("#timeline", { hasText: `hello from Bob ${tag}` }).count()) > 0;
+  }, 30000, 500);
+  await page.fill("#post input[name=text]", `hello from Ann ${tag}`);
+  await page.click("#post button");
+  await page.locator("#timeline", { hasText: `hello from Ann ${tag}` }).waitFor();
+  await page.fill("#degree input[name=user]", bobId);
+  await page.click("#degree button");
+  await page.locator("#social-out", { hasText: "degree" }).waitFor();
+  await page.fill("#message input[name=user]", bobId);
+  await page.fill("#message input[name=text]", `hi Bob ${tag}`);
+  await page.click("#message button");
+  await page.locator("#social-out", { hasText: `hi Bob ${tag}` }).waitFor();
+  log("social: followed, timeline, posted, degree, conversation");
+  await shot("social");
+}
+
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-console-"));
   const { file, deployment } = await writeDeployment(dir);
@@ -99,18 +143,22 @@ async function main() {
       () => (/console: (http:\/\/\S+)/.exec(out) || [])[1], 90000);
     const secrets = JSON.parse(fs.readFileSync(path.join(dir, "var", "secrets.json"), "utf8"));
     const gw = url("gateway");
+    const social = !deployment.services.some((s) => s.name === "orders");
+    const tag = crypto.randomBytes(3).toString("hex").toUpperCase();
+    let poison = null;
 
     // The shop's data, as its admin, through the gateway.
+    if (!social) {
     const admin = await http("POST", gw + "/api/v1/auth/login", { email: "admin@moat.local", password: secrets.shared.MOAT_USERS_ADMIN_PASSWORD });
     check(admin.status === 200, "admin login " + admin.status);
     const auth = { authorization: "Bearer " + admin.data.access_token };
-    const tag = crypto.randomBytes(3).toString("hex").toUpperCase();
     const mug = await http("POST", gw + "/api/v1/products", { sku: `MUG-${tag}`, name: "Blue mug", price: { amount: 1250, currency: "EUR" } }, auth);
     check(mug.status === 201, "product " + JSON.stringify(mug.data));
     const stock = await http("PUT", gw + `/api/v1/stock/MUG-${tag}`, { on_hand: 10, reason: "delivery" }, auth);
     check(stock.status === 200 || stock.status === 201, "stock " + JSON.stringify(stock.data));
-    const poison = await http("POST", gw + "/api/v1/products", { sku: `POISON-${tag}`, name: "Poisoned teapot", price: { amount: 999, currency: "EUR" } }, auth);
+    poison = await http("POST", gw + "/api/v1/products", { sku: `POISON-${tag}`, name: "Poisoned teapot", price: { amount: 999, currency: "EUR" } }, auth);
     check(poison.status === 201, "poison product");
+    }
 
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
@@ -131,9 +179,15 @@ async function main() {
     // Every service of the deployment on the map, up.
     for (const s of deployment.services)
       await page.locator(`g.svc[data-service="${s.name}"][data-health="ready"]`).waitFor();
-    await page.locator('g[data-feed="catalog->search"]').waitFor();
+    await page.locator(social ? 'g[data-feed="posts->timelines"]' : 'g[data-feed="catalog->search"]').waitFor();
     log("map: all", deployment.services.length, "services up");
-    await shot("map");
+    await shot(social ? "map-social" : "map");
+
+    if (social) {
+      await socialFlow(page, consoleUrl, gw, tag, shot);
+      log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      return;
+    }
 
     // Kill one: red within about a second, green once the supervisor has
     // brought it back.

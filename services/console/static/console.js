@@ -617,19 +617,19 @@ async function pageSocial() {
     } catch (e) { timeline.replaceChildren(el("p", { class: "error" }, e.message)); }
   };
   show(el("h1", {}, "Social"), el("p", {}, `Signed in as ${me.id}`),
-    el("form", { class: "row", onsubmit: act(async (f) => { const r = await gw("POST", "posts", { text: f.text.value }); loadTimeline(); return r; }) },
+    el("form", { class: "row", id: "post", onsubmit: act(async (f) => { const r = await gw("POST", "posts", { text: f.text.value }); loadTimeline(); return r; }) },
       el("input", { name: "text", placeholder: "what's new?", style: { width: "30rem" } }), el("button", {}, "Post")),
-    el("form", { class: "row", onsubmit: act((f) => gw("POST", "follows", { user_id: f.user.value })) },
+    el("form", { class: "row", id: "follow", onsubmit: act((f) => gw("POST", "follows", { user_id: f.user.value })) },
       el("input", { name: "user", placeholder: "user id to follow" }), el("button", {}, "Follow")),
-    el("form", { class: "row", onsubmit: act((f) => gw("GET", `connections/degree?from=${me.id}&to=${encodeURIComponent(f.user.value)}`)) },
+    el("form", { class: "row", id: "degree", onsubmit: act((f) => gw("GET", `connections/degree?from=${me.id}&to=${encodeURIComponent(f.user.value)}`)) },
       el("input", { name: "user", placeholder: "user id" }), el("button", {}, "Degree of connection")),
-    el("form", { class: "row", onsubmit: act(async (f) => {
+    el("form", { class: "row", id: "message", onsubmit: act(async (f) => {
       const c = await gw("POST", "conversations", { kind: "direct", members: [f.user.value] });
       await gw("POST", `conversations/${c.id}/messages`, { text: f.text.value });
       return gw("GET", `conversations/${c.id}/messages?limit=20`);
     }) },
       el("input", { name: "user", placeholder: "user id" }), el("input", { name: "text", placeholder: "message" }), el("button", {}, "Send")),
-    out, el("h2", {}, "Home timeline"), timeline);
+    out, el("h2", {}, "Home timeline ", el("button", { id: "refresh-timeline", class: "secondary", onclick: loadTimeline }, "Refresh")), timeline);
   loadTimeline();
 }
 
