@@ -163,7 +163,7 @@ async function main() {
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     page.setDefaultTimeout(30000);
-    const shot = async (name) => { if (SHOTS) await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage: true }); };
+    const shot = async (name, fullPage = true) => { if (SHOTS) await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage }); };
 
     // Log in.
     await page.goto(consoleUrl);
@@ -268,7 +268,7 @@ async function main() {
 
     await page.goto(consoleUrl + "#/traces");
     await page.locator("table a[href^='#/trace/']").first().waitFor();
-    await shot("traces");
+    await shot("traces", false);
 
     // Nothing but the login answers without the operator's session.
     const anon = await http("GET", consoleUrl.replace(/\/$/, "") + "/api/svc/orders/v1/orders");
