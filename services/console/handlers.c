@@ -258,6 +258,7 @@ static void on_answer(const struct moat_http_response *resp, void *arg)
             return;
         }
     }
+    moat_req_set_header(req, "X-Content-Type-Options", "nosniff");
     moat_req_reply(req, resp->status, ct ? ct : "application/octet-stream",
                    resp->body, resp->body_len);
 }
@@ -267,6 +268,19 @@ static const char *query_of(struct moat_req *req)
 {
     const char *q = strchr(moat_req_target(req), '?');
     return q && strlen(q) <= PROXY_MAX_QUERY ? q : "";
+}
+
+/* A path the console passes on: no dot segments (the allow-list of
+ * writes compares paths as written). */
+static bool plain_path(struct moat_req *req, const char *rest)
+{
+    if (strstr(rest, "..") || strstr(rest, "//")) {
+        moat_req_reply_problem(req, 400,
+                               "the path may not contain \"..\" "
+                               "or \"//\"");
+        return false;
+    }
+    return true;
 }
 
 static void forward(struct console *c, struct moat_req *req, const char *url,
@@ -313,6 +327,8 @@ static void handle_svc(struct moat_req *req, void *arg)
         return;
     const char *name = moat_req_param(req, "name");
     const char *rest = moat_req_param(req, "rest");
+    if (!plain_path(req, rest))
+        return;
     const char *base = service_url(c, name);
     if (!base) {
         moat_req_reply_problem(req, 404, "no service \"%s\" in this deployment",
@@ -358,6 +374,8 @@ static void handle_gw(struct moat_req *req, void *arg)
         moat_req_reply_problem(req, 404, "this console has no gateway");
         return;
     }
+    if (!plain_path(req, moat_req_param(req, "rest")))
+        return;
     static const char *const pass[] = {"Authorization", "Content-Type",
                                        "Idempotency-Key"};
     struct moat_http_header h[MOAT_ARRAY_LEN(pass)];

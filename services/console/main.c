@@ -81,6 +81,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     console_wake_waiters(c, false);
 }
 
+/* Parked long polls are answered at once when the service drains. */
+static void on_drain(void *arg)
+{
+    console_wake_waiters(arg, true);
+}
+
 static int console_init(struct moat_service *svc)
 {
     struct console *c = moat_xcalloc(1, sizeof(*c));
@@ -109,6 +115,8 @@ static int console_init(struct moat_service *svc)
                                   });
     if (rc == MOAT_OK)
         rc = console_routes_register(c);
+    if (rc == MOAT_OK)
+        rc = moat_http_on_drain(svc->http, on_drain, c);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot set up the console", "{s:s}", "error",
                  moat_strerror(rc));
