@@ -95,7 +95,12 @@ async function http(method, url, body, headers) {
 // connection to him and writes to him.
 async function socialFlow(page, consoleUrl, gw, tag, shot) {
   const bobEmail = `bob-${tag.toLowerCase()}@example.com`;
-  const bobReg = await http("POST", gw + "/api/v1/users", { email: bobEmail, password: "correct horse battery", display_name: "Bob" });
+  // users answers 503 while too many password hashes are queued (a busy
+  // machine): try again.
+  const bobReg = await waitUntil("Bob's registration", async () => {
+    const r = await http("POST", gw + "/api/v1/users", { email: bobEmail, password: "correct horse battery", display_name: "Bob" });
+    return r.status === 503 ? null : r;
+  }, 30000, 1000);
   check(bobReg.status === 201, "bob signs up " + bobReg.status);
   const bob = await http("POST", gw + "/api/v1/auth/login", { email: bobEmail, password: "correct horse battery" });
   const bobId = bob.data.user.id;

@@ -539,7 +539,18 @@ function accountForm(onDone) {
     msg.textContent = "";
     const f = form.elements;
     try {
-      if (signup) await gw("POST", "users", { email: f.email.value, password: f.password.value, display_name: f.display_name.value || f.email.value });
+      // users answers 503 while too many password hashes are queued:
+      // a busy moment, worth a few more tries.
+      for (let i = 0; signup; i++) {
+        try {
+          await gw("POST", "users", { email: f.email.value, password: f.password.value, display_name: f.display_name.value || f.email.value });
+          break;
+        } catch (e) {
+          if (e.status !== 503 || i >= 10) throw e;
+          msg.textContent = "users is busy, trying again…";
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
       const r = await gw("POST", "auth/login", { email: f.email.value, password: f.password.value });
       customer.token = r.access_token;
       sessionStorage.setItem("moat_customer", JSON.stringify(r.user));
