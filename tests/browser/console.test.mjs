@@ -292,6 +292,12 @@ async function main() {
     if (browser) await browser.close();
     up.kill("SIGTERM");
     await new Promise((r) => up.on("exit", r));
+    // Every service stops cleanly (under ASan: without a leak).
+    const unclean = [...out.matchAll(/(\S+): stopped \((.*)\)/g)].filter((m) => m[2] !== "exit status 0");
+    if (unclean.length && !process.exitCode) {
+      console.error("FAIL: unclean stops: " + unclean.map((m) => `${m[1]} ${m[2]}`).join(", "));
+      process.exitCode = 1;
+    }
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
