@@ -264,12 +264,19 @@ async function main() {
     check(!(await page.content()).includes(`ann-${tag.toLowerCase()}@example.com`), "the feed shows no email");
     await shot("events");
 
-    // The audit, run from the page by the supervisor.
+    // The audit, run from the page by the supervisor, after a "bug" (orders'
+    // test hook) changed the confirmed order's total behind its back: the
+    // violation links to the order.
+    const broken = await http("POST", url("orders") + `/v1/test/orders/${orderId}`, { total: 9999 },
+      { "Moat-Service-Token": operatorToken(secrets, "orders") });
+    check(broken.status === 200, "orders' test hook " + broken.status);
     await page.goto(consoleUrl + "#/audit");
     await page.click("#run-audit");
-    await page.locator("#audit-summary").waitFor({ timeout: 60000 });
+    await page.locator("#audit-summary", { hasText: "violation" }).waitFor({ timeout: 60000 });
     log("audit:", await page.locator("#audit-summary").textContent());
     await shot("audit");
+    await page.click(`#violations a[href="#/order/${orderId}"]`);
+    await page.locator("#order-status").waitFor();
 
     await page.goto(consoleUrl + "#/traces");
     await page.locator("table a[href^='#/trace/']").first().waitFor();
