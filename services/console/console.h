@@ -22,13 +22,14 @@
 
 #include "moat/service.h"
 
-#define CONSOLE_MAX_SESSIONS  32
-#define CONSOLE_SESSION_TTL_S (12 * 3600)
-#define CONSOLE_MAX_WAITERS   64 /* parked /api/state long polls */
-#define CONSOLE_TICK_MS       50 /* how often the state copy is checked */
-#define CONSOLE_MAX_WAIT_S    25 /* longest /api/state wait */
-#define CONSOLE_STATE_MAX     (1u << 20)
-#define CONSOLE_COOKIE        "moat_console"
+#define CONSOLE_MAX_SESSIONS     32
+#define CONSOLE_SESSION_TTL_S    (12 * 3600)
+#define CONSOLE_MAX_WAITERS      64 /* parked /api/state long polls */
+#define CONSOLE_TICK_MS          50 /* how often the state copy is checked */
+#define CONSOLE_MAX_WAIT_S       25 /* longest /api/state wait */
+#define CONSOLE_STATE_MAX        (1u << 20)
+#define CONSOLE_COOKIE           "moat_console"
+#define CONSOLE_LOGIN_FREE_FAILS 5 /* then one login attempt per second */
 
 /* One embedded file of services/console/static (assets.c). */
 struct console_asset {
@@ -64,6 +65,8 @@ struct console {
     struct event *tick;
     struct moat_http_client *http;
     struct console_session sessions[CONSOLE_MAX_SESSIONS];
+    int login_fails;       /* wrong passwords in a row */
+    int64_t next_login_ms; /* no attempt before, once over the free ones */
     struct console_waiter waiters[CONSOLE_MAX_WAITERS];
 };
 

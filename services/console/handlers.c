@@ -92,20 +92,32 @@ static bool password_ok(const char *want, const char *got)
 static void handle_login(struct moat_req *req, void *arg)
 {
     struct console *c = arg;
+    /* After CONSOLE_LOGIN_FREE_FAILS wrong passwords in a row, one try
+     * per second: guessing stays hopeless. */
+    int64_t now = moat_wall_ms();
+    if (c->login_fails >= CONSOLE_LOGIN_FREE_FAILS && now < c->next_login_ms) {
+        moat_req_set_header(req, "Retry-After", "1");
+        moat_req_reply_problem(req, 429,
+                               "too many wrong passwords; wait a "
+                               "second");
+        return;
+    }
     json_t *body = NULL;
     if (moat_req_json(req, &body) != MOAT_OK)
         return; /* moat_req_json replied */
     const char *pw = json_string_value(json_object_get(body, "password"));
     if (!pw || strlen(pw) > PASSWORD_MAX || !password_ok(c->password, pw)) {
         json_decref(body);
-        moat_log(MOAT_LOG_WARN, "console login refused", "{s:s}", "peer",
-                 moat_req_peer(req));
+        c->login_fails++;
+        c->next_login_ms = now + 1000;
+        moat_log(MOAT_LOG_WARN, "console login refused", "{s:s, s:i}", "peer",
+                 moat_req_peer(req), "failures_in_a_row", c->login_fails);
         moat_req_reply_problem(req, 401, "wrong password");
         return;
     }
     json_decref(body);
+    c->login_fails = 0;
     /* A free or expired slot, else the one closest to expiry. */
-    int64_t now = moat_wall_ms();
     struct console_session *slot = &c->sessions[0];
     for (size_t i = 0; i < CONSOLE_MAX_SESSIONS; i++) {
         struct console_session *s = &c->sessions[i];

@@ -287,6 +287,11 @@ async function main() {
     check(anon.status === 401, "anonymous /api/svc is " + anon.status);
     const anonGw = await http("GET", consoleUrl.replace(/\/$/, "") + "/api/gw/products");
     check(anonGw.status === 401, "anonymous /api/gw is " + anonGw.status);
+    // Guessing the password: after 5 wrong ones, one try per second.
+    const login = consoleUrl.replace(/\/$/, "") + "/api/login";
+    for (let i = 0; i < 5; i++)
+      check((await http("POST", login, { password: "guess" + i })).status === 401, "wrong password " + i);
+    check((await http("POST", login, { password: "guess5" })).status === 429, "the 6th guess at once is refused");
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   } catch (e) {
     for (const f of ["audit.json.tmp", "audit.json", "audit.request"]) {

@@ -95,7 +95,7 @@ async function login(ev) {
     document.getElementById("password").value = "";
     start();
   } catch (e) {
-    err.textContent = e.status === 401 ? "Wrong password." : String(e.message);
+    err.textContent = e.status === 401 ? "Wrong password." : e.status === 429 ? "Too many wrong passwords: wait a second." : String(e.message);
   }
 }
 
