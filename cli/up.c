@@ -66,6 +66,8 @@ extern char **environ;
 #define KILL_WAIT_MS       2000  /* after SIGKILL, before giving up */
 #define LOOP_MAX_WAIT_MS   1000  /* upper bound of one sigtimedwait */
 #define FAIL_LOG_LINES     20    /* log lines shown for a failed start */
+#define OPERATOR_COPY_MS   1000  /* refresh of an operator service's copy */
+#define UP_OPERATOR_KEY    "MOAT_OPERATOR_KEY"
 
 enum proc_status {
     PS_PENDING,  /* not started yet */
@@ -128,6 +130,9 @@ struct sup {
     sigset_t sigs;         /* the signals we take with sigtimedwait */
     unsigned stop_signals; /* SIGINT/SIGTERM/SIGHUP received */
     bool dirty;            /* state file out of date */
+    uint64_t copies_ms;    /* monotonic ms of the last write_state */
+    pid_t audit_pid;       /* a `moat audit` an operator service asked for */
+    char *audit_out;       /* its report: <data_dir>/audit.json; owned */
 };
 
 /* One line to stdout and moat.log: "<time> <message>". */
@@ -174,6 +179,84 @@ static json_t *time_or_null(int64_t wall_ms)
     return json_string(ts);
 }
 
+/* Write text and a newline to tmp, then rename it to path: readers see
+ * the old file or the new one, never half of one. */
+static bool replace_file(const char *tmp, const char *path, const char *text)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    size_t len = strlen(text);
+    bool ok = fd >= 0 && write(fd, text, len) == (ssize_t)len &&
+              write(fd, "\n", 1) == 1;
+    if (fd >= 0 && close(fd) < 0)
+        ok = false;
+    return ok && rename(tmp, path) == 0;
+}
+
+/* A service that lists MOAT_OPERATOR_KEY in "secrets" acts as the
+ * operator (the console, docs/console.md). */
+static bool is_operator_service(const struct deploy_service *svc)
+{
+    for (size_t i = 0; i < svc->nsecrets; i++)
+        if (strcmp(svc->secrets[i], UP_OPERATOR_KEY) == 0)
+            return true;
+    return false;
+}
+
+static uint64_t proc_rss_bytes(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+    FILE *f = fopen(path, "r");
+    long pages = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (uint64_t)rss * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/*
+ * An operator service is confined to its data directory, so the
+ * supervisor hands it the state there (<data_dir>/moat.state), with what
+ * only the supervisor may look at: each database's size on disk and each
+ * process's resident memory. Rewritten on every change and every second.
+ */
+static void write_operator_copies(struct sup *s, json_t *root)
+{
+    bool any = false;
+    for (size_t i = 0; i < s->nprocs; i++)
+        any = any || is_operator_service(s->procs[i].svc);
+    if (!any)
+        return;
+    json_t *services = json_object_get(root, "services");
+    for (size_t i = 0; i < s->nprocs; i++) {
+        const struct proc *p = &s->procs[i];
+        json_t *o = json_array_get(services, i);
+        json_object_set_new(
+            o, "db_bytes",
+            json_integer(
+                (json_int_t)(p->svc->db ? cli_db_size(p->svc->db) : 0)));
+        json_object_set_new(
+            o, "rss_bytes",
+            json_integer(
+                (json_int_t)(p->pid > 0 ? proc_rss_bytes(p->pid) : 0)));
+    }
+    char *text = json_dumps(root, JSON_COMPACT);
+    for (size_t i = 0; text && i < s->nprocs; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *path = moat_xasprintf("%s/moat.state", svc->data_dir);
+        char *tmp = moat_xasprintf("%s.tmp", path);
+        if (!replace_file(tmp, path, text))
+            say(s, "moat: cannot write %s: %s", path, strerror(errno));
+        free(path);
+        free(tmp);
+    }
+    free(text);
+}
+
 static void write_state(struct sup *s)
 {
     json_t *services = json_array();
@@ -206,25 +289,18 @@ static void write_state(struct sup *s)
         (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) * (s->d->max_level + 1),
         "services", services);
     char *text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
-    json_decref(root);
     if (!text) {
+        json_decref(root);
         say(s, "moat: cannot encode the state file");
         return;
     }
-
-    /* Readers see the old file or the new one, never half of one. */
-    int fd = open(s->state_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    size_t len = strlen(text);
-    bool ok = fd >= 0 && write(fd, text, len) == (ssize_t)len &&
-              write(fd, "\n", 1) == 1;
-    if (fd >= 0 && close(fd) < 0)
-        ok = false;
-    if (ok && rename(s->state_tmp, s->state_path) < 0)
-        ok = false;
-    if (!ok)
+    if (!replace_file(s->state_tmp, s->state_path, text))
         say(s, "moat: cannot write %s: %s", s->state_path, strerror(errno));
     free(text);
+    write_operator_copies(s, root);
+    json_decref(root);
     s->dirty = false;
+    s->copies_ms = moat_mono_ms();
 }
 
 /* ---- preparing the ground ---- */
@@ -461,9 +537,14 @@ static int make_auth_env(struct sup *s)
         if (pub)
             env[k++] = moat_xasprintf("MOAT_GATEWAY_PUBLIC=%s", pub);
         free(pub);
+        /* MOAT_OPERATOR_KEY is not shared but the operator's own key:
+         * the service then speaks as the operator (the console). */
         for (size_t j = 0; j < svc->nsecrets; j++)
-            env[k++] = moat_xasprintf("%s=%s", svc->secrets[j],
-                                      cli_secret_shared(sec, svc->secrets[j]));
+            env[k++] =
+                moat_xasprintf("%s=%s", svc->secrets[j],
+                               strcmp(svc->secrets[j], UP_OPERATOR_KEY) == 0
+                                   ? cli_secret_service_key(sec, CLI_OPERATOR)
+                                   : cli_secret_shared(sec, svc->secrets[j]));
         /* "${secret:NAME}" in env values: the same generated secret under
          * another variable, e.g. the provider's list of merchant keys. */
         for (size_t j = 0; j < svc->nenv; j++) {
@@ -629,6 +710,18 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
         (unsigned long long)delay);
 }
 
+/* The audit finished: its report (written to .tmp) replaces the last. */
+static void audit_done(struct sup *s)
+{
+    char *tmp = moat_xasprintf("%s.tmp", s->audit_out);
+    if (rename(tmp, s->audit_out) < 0)
+        say(s, "moat: cannot write %s: %s", s->audit_out, strerror(errno));
+    free(tmp);
+    free(s->audit_out);
+    s->audit_out = NULL;
+    s->audit_pid = 0;
+}
+
 static void reap(struct sup *s)
 {
     int wstatus;
@@ -637,6 +730,59 @@ static void reap(struct sup *s)
         struct proc *p = find_pid(s, pid);
         if (p)
             on_exit_status(s, p, wstatus);
+        else if (pid == s->audit_pid)
+            audit_done(s);
+    }
+}
+
+/*
+ * An operator service asks for an audit by creating
+ * <data_dir>/audit.request; the supervisor runs `moat audit --json` on the
+ * deployment (the auditor needs the operator's view of every service and
+ * the provider's merchant key, which only the supervisor's machine has)
+ * and leaves the report in <data_dir>/audit.json. One at a time.
+ */
+static void check_audit_request(struct sup *s)
+{
+    for (size_t i = 0; i < s->nprocs && !s->audit_pid; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *req = moat_xasprintf("%s/audit.request", svc->data_dir);
+        bool asked = unlink(req) == 0;
+        free(req);
+        if (!asked)
+            continue;
+        char *out = moat_xasprintf("%s/audit.json", svc->data_dir);
+        char *tmp = moat_xasprintf("%s.tmp", out);
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        pid_t pid = n > 0 && fd >= 0 ? fork() : -1;
+        if (pid == 0) {
+            self[n] = '\0';
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            if (dup2(fd, STDOUT_FILENO) < 0)
+                _exit(126);
+            char a0[] = "audit", a1[] = "-f", a3[] = "--json";
+            char *argv[] = {self, a0, a1, s->file_abs, a3, NULL};
+            execv(self, argv);
+            _exit(127);
+        }
+        if (fd >= 0)
+            close(fd);
+        free(tmp);
+        if (pid > 0) {
+            say(s, "%s: asked for an audit; running moat audit (pid %d)",
+                svc->name, (int)pid);
+            s->audit_pid = pid;
+            s->audit_out = out;
+        } else {
+            say(s, "moat: cannot start the audit %s asked for", svc->name);
+            free(out);
+        }
     }
 }
 
@@ -714,7 +860,9 @@ static uint64_t run_timers(struct sup *s)
         if (p->status == PS_STARTING && p->next_probe < next)
             next = p->next_probe;
     }
-    if (s->dirty)
+    check_audit_request(s);
+    /* Operator copies carry sizes and memory: refreshed every second. */
+    if (s->dirty || now - s->copies_ms >= OPERATOR_COPY_MS)
         write_state(s);
     return next > now ? next - now : 0;
 }
@@ -879,6 +1027,17 @@ static void print_summary(struct sup *s)
             }
         }
     }
+    for (size_t i = 0; i < s->nprocs; i++) {
+        const struct deploy_service *svc = s->procs[i].svc;
+        if (!is_operator_service(svc))
+            continue;
+        char *url = deploy_base_url(svc);
+        char *sec = moat_xasprintf("%s/secrets.json", d->var_dir);
+        printf("\nconsole: %s/  (password: MOAT_CONSOLE_PASSWORD in %s)\n", url,
+               cli_display_path(sec, rel, sizeof(rel)));
+        free(sec);
+        free(url);
+    }
     printf("\ntry:\n");
     /* With TLS, curl trusts the deployment CA (the gateway asks no client
      * certificate). */
@@ -972,6 +1131,11 @@ static int take_lock(struct sup *s)
 
 static void sup_release(struct sup *s)
 {
+    if (s->audit_pid > 0) {
+        kill(s->audit_pid, SIGTERM);
+        waitpid(s->audit_pid, NULL, 0);
+    }
+    free(s->audit_out);
     for (size_t i = 0; i < s->nprocs; i++) {
         free(s->procs[i].program);
         free(s->procs[i].log_path);

@@ -342,6 +342,25 @@ static int load_peers(struct moat_auth *a, const char *s)
     return MOAT_OK;
 }
 
+int moat_auth_new(struct moat_auth **out, const char *self, const char *key_b64)
+{
+    if (!out || !self || !key_b64 || !valid_name(self, strlen(self)))
+        return MOAT_EINVAL;
+    *out = NULL;
+    if (sodium_init() < 0)
+        moat_die("libsodium: sodium_init failed");
+    struct moat_auth *a = moat_xcalloc(1, sizeof(*a));
+    a->cache = moat_xcalloc(1, sizeof(*a->cache));
+    pthread_mutex_init(&a->cache->lock, NULL);
+    snprintf(a->self.name, sizeof(a->self.name), "%s", self);
+    if (load_key(&a->self, key_b64, strlen(key_b64), "key", self) != MOAT_OK) {
+        moat_auth_free(a);
+        return MOAT_EINVAL;
+    }
+    *out = a;
+    return MOAT_OK;
+}
+
 int moat_auth_load(struct moat_auth **out, const char *self)
 {
     struct moat_auth *a = NULL;

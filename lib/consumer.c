@@ -173,8 +173,18 @@ int consumer_run_handler(struct sub *s, struct consumer_scratch *scratch,
     moat_trace_start(&t, ev->traceparent, NULL);
     const struct moat_trace *saved = moat_log_trace();
     moat_log_set_trace(&t);
+    uint64_t t0 = moat_mono_ns();
     int rc = s->c->ops->run(s->c, s, scratch, ev, &hwhy);
     moat_log_set_trace(saved);
+    if (!scratch) {
+        char name[MOAT_SPAN_NAME_MAX];
+        snprintf(name, sizeof(name), "consume %s from %s", ev->type,
+                 s->src->name);
+        int64_t dur_us = (int64_t)((moat_mono_ns() - t0) / 1000);
+        moat_span_record(&t, MOAT_SPAN_CONSUMER, name,
+                         moat_wall_ms() * 1000 - dur_us, dur_us, 0,
+                         rc != MOAT_OK);
+    }
     if (rc != MOAT_OK)
         /* Copied now: a db-owned message changes with the rollback. */
         snprintf(why, whylen, "%s", hwhy ? hwhy : moat_strerror(rc));

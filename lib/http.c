@@ -984,6 +984,20 @@ static void req_free(struct moat_req *r)
     free(r);
 }
 
+/* Spans are for what a request did: not probes, metrics, feed pulls or
+ * the operator's admin reads (which would crowd the ring out). */
+static bool span_worthy(const char *route)
+{
+    static const char *const skip[] = {"/healthz", "/readyz", "/metrics",
+                                       "/v1/events", "/v1/admin/"};
+    if (!route || route[0] != '/')
+        return false;
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(skip); i++)
+        if (strncmp(route, skip[i], strlen(skip[i])) == 0)
+            return false;
+    return true;
+}
+
 static void finish(struct moat_req *r, int status)
 {
     struct moat_http_server *s = r->srv;
@@ -997,6 +1011,15 @@ static void finish(struct moat_req *r, int status)
                                 ? r->route->latency_v2
                                 : r->route->latency,
                             secs);
+    if (span_worthy(r->route_name)) {
+        char name[MOAT_SPAN_NAME_MAX];
+        snprintf(name, sizeof(name), "%s %s", moat_method_name(r->method),
+                 r->route_name);
+        int64_t dur_us = (int64_t)(secs * 1e6);
+        moat_span_record(&r->trace, MOAT_SPAN_SERVER, name,
+                         moat_wall_ms() * 1000 - dur_us, dur_us, status,
+                         status >= 500);
+    }
     if (s->access_log)
         moat_log_access(&r->trace, moat_method_name(r->method),
                         r->path ? r->path : evhttp_request_get_uri(r->ev),

@@ -267,6 +267,43 @@ static void handle_metrics(struct moat_req *req, void *arg)
     moat_buf_release(&out);
 }
 
+/* GET /v1/admin/spans?trace_id=&limit=: the span ring (moat/trace.h) as
+ * OTLP/JSON, for the operator (a guarded route like every admin route). */
+static void handle_spans(struct moat_req *req, void *arg)
+{
+    struct runtime *rt = arg;
+    /* An open route checked here, so that the gateway (whose guard wants
+     * an end user) serves its spans to the operator too. */
+    const char *token = moat_req_header(req, MOAT_SERVICE_TOKEN_HEADER);
+    struct moat_principal p;
+    const char *why = "missing " MOAT_SERVICE_TOKEN_HEADER " header";
+    bool ok = rt->svc->auth && token &&
+              moat_auth_verify(rt->svc->auth, token, &p, &why) == MOAT_OK;
+    if (ok && strcmp(p.service, "operator") != 0) {
+        ok = false;
+        why = "not the operator";
+    }
+    if (!ok) {
+        moat_req_set_header(req, "WWW-Authenticate", "MoatService");
+        moat_req_reply_problem(
+            req, 401, "the operator's service token is required: %s", why);
+        return;
+    }
+    const char *trace_id = moat_req_query(req, "trace_id");
+    const char *lim = moat_req_query(req, "limit");
+    long limit = lim ? strtol(lim, NULL, 10) : 500;
+    if (trace_id && trace_id[0] && strlen(trace_id) != 32) {
+        moat_req_reply_problem(req, 400, "trace_id must be 32 hex digits");
+        return;
+    }
+    if (limit < 1 || limit > MOAT_SPAN_RING) {
+        moat_req_reply_problem(req, 400, "limit must be 1..%d", MOAT_SPAN_RING);
+        return;
+    }
+    json_t *rs = moat_spans_export(rt->svc->cfg.name, trace_id, (size_t)limit);
+    moat_req_reply_json(req, 200, json_pack("{s:[o]}", "resourceSpans", rs));
+}
+
 #ifdef MOAT_TEST_HOOKS
 /*
  * Test builds only: lets an integration test ask the running process to
@@ -517,6 +554,9 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
                        &rt, MOAT_ROUTE_OPEN);
     moat_http_route_ex(svc.http, MOAT_GET | MOAT_HEAD, "/metrics",
                        handle_metrics, &rt, MOAT_ROUTE_OPEN);
+    if (!def->external)
+        moat_http_route_ex(svc.http, MOAT_GET, "/v1/admin/spans", handle_spans,
+                           &rt, MOAT_ROUTE_OPEN);
 #ifdef MOAT_TEST_HOOKS
     moat_http_route_ex(svc.http, MOAT_GET, "/_test/open", handle_test_open, &rt,
                        MOAT_ROUTE_OPEN);

@@ -138,3 +138,88 @@ void moat_trace_format(const struct moat_trace *t,
     snprintf(out, MOAT_TRACEPARENT_LEN + 1, "00-%s-%s-%02x", t->trace_id,
              t->span_id, t->flags);
 }
+
+/* ---- the span ring ---- */
+
+struct span {
+    char trace_id[33];
+    char span_id[17];
+    char parent_id[17];
+    char name[MOAT_SPAN_NAME_MAX];
+    enum moat_span_kind kind;
+    int64_t start_us, dur_us;
+    int status;
+    bool error;
+};
+
+static struct span ring[MOAT_SPAN_RING];
+static size_t ring_next, ring_len;
+static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void moat_span_record(const struct moat_trace *t, enum moat_span_kind kind,
+                      const char *name, int64_t start_us, int64_t dur_us,
+                      int status, bool error)
+{
+    pthread_mutex_lock(&ring_lock);
+    struct span *s = &ring[ring_next];
+    memcpy(s->trace_id, t->trace_id, sizeof(s->trace_id));
+    memcpy(s->span_id, t->span_id, sizeof(s->span_id));
+    memcpy(s->parent_id, t->parent_id, sizeof(s->parent_id));
+    snprintf(s->name, sizeof(s->name), "%s", name ? name : "");
+    s->kind = kind;
+    s->start_us = start_us;
+    s->dur_us = dur_us < 0 ? 0 : dur_us;
+    s->status = status;
+    s->error = error;
+    ring_next = (ring_next + 1) % MOAT_SPAN_RING;
+    if (ring_len < MOAT_SPAN_RING)
+        ring_len++;
+    pthread_mutex_unlock(&ring_lock);
+}
+
+/* OTLP/JSON carries 64-bit times as decimal strings. */
+static json_t *nanos(int64_t us)
+{
+    char b[32];
+    snprintf(b, sizeof(b), "%lld000", (long long)us);
+    return json_string(b);
+}
+
+static json_t *span_json(const struct span *s)
+{
+    json_t *attrs = json_array();
+    if (s->status)
+        json_array_append_new(attrs,
+                              json_pack("{s:s, s:{s:I}}", "key",
+                                        "http.response.status_code", "value",
+                                        "intValue", (json_int_t)s->status));
+    return json_pack("{s:s, s:s, s:s, s:s, s:i, s:o, s:o, s:o, s:{s:i}}",
+                     "traceId", s->trace_id, "spanId", s->span_id,
+                     "parentSpanId", s->parent_id, "name", s->name, "kind",
+                     (int)s->kind, "startTimeUnixNano", nanos(s->start_us),
+                     "endTimeUnixNano", nanos(s->start_us + s->dur_us),
+                     "attributes", attrs, "status", "code", s->error ? 2 : 1);
+}
+
+json_t *moat_spans_export(const char *service, const char *trace_id,
+                          size_t limit)
+{
+    bool all = !trace_id || !trace_id[0];
+    json_t *spans = json_array();
+    pthread_mutex_lock(&ring_lock);
+    size_t first = (ring_next + MOAT_SPAN_RING - ring_len) % MOAT_SPAN_RING;
+    size_t n = 0;
+    /* Newest first while collecting, so the limit keeps the newest. */
+    for (size_t i = ring_len; i-- > 0 && n < limit;) {
+        const struct span *s = &ring[(first + i) % MOAT_SPAN_RING];
+        if (all || strcmp(s->trace_id, trace_id) == 0) {
+            json_array_insert_new(spans, 0, span_json(s));
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&ring_lock);
+    return json_pack("{s:{s:[{s:s, s:{s:s}}]}, s:[{s:{s:s}, s:o}]}", "resource",
+                     "attributes", "key", "service.name", "value",
+                     "stringValue", service, "scopeSpans", "scope", "name",
+                     "moat", "spans", spans);
+}

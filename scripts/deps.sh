@@ -11,7 +11,13 @@ packages=(
     liblmdb-dev
     libcmocka-dev
     clang clang-format libclang-rt-14-dev valgrind jq
+    chromium
 )
+# The console's browser tests drive Debian's chromium with playwright-core
+# from npm (tests/browser). A Node.js already on PATH (with its npm) will do.
+if ! command -v npm >/dev/null 2>&1; then
+    packages+=(nodejs npm)
+fi
 if [ "${1:-}" = "--bench" ]; then
     packages+=(wrk hey nginx-light procps openssl)
 fi

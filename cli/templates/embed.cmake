@@ -1,10 +1,21 @@
 # Turns every cli/templates/**/*.in into one C file of byte arrays, so the
 # moat binary carries the templates of `moat new service` (cli/new.c).
 # Usage: cmake -DDIR=<templates dir> -DOUT=<file.c> -P embed.cmake
-file(GLOB_RECURSE files RELATIVE ${DIR} ${DIR}/*.in)
+# The console embeds its pages with the same script (services/console):
+# -DGLOB=* -DHEADER=console.h -DTYPE=console_asset -DTABLE=console_assets
+# -DCOUNT=console_nassets -DWHAT=services/console/static
+if(NOT GLOB)
+    set(GLOB "*.in")
+    set(HEADER "new.h")
+    set(TYPE "cli_template")
+    set(TABLE "cli_templates")
+    set(COUNT "cli_ntemplates")
+    set(WHAT "cli/templates")
+endif()
+file(GLOB_RECURSE files RELATIVE ${DIR} ${DIR}/${GLOB})
 list(SORT files)
-set(body "/* Generated from cli/templates by embed.cmake: do not edit. */\n")
-string(APPEND body "#include \"new.h\"\n\n")
+set(body "/* Generated from ${WHAT} by embed.cmake: do not edit. */\n")
+string(APPEND body "#include \"${HEADER}\"\n\n")
 set(table "")
 set(i 0)
 foreach(f ${files})
@@ -14,7 +25,7 @@ foreach(f ${files})
     string(APPEND table "    {\"${f}\", t${i}, sizeof(t${i}) - 1},\n")
     math(EXPR i "${i} + 1")
 endforeach()
-string(APPEND body "\nconst struct cli_template cli_templates[] = {\n${table}};\n")
-string(APPEND body "const size_t cli_ntemplates = ${i};\n")
+string(APPEND body "\nconst struct ${TYPE} ${TABLE}[] = {\n${table}};\n")
+string(APPEND body "const size_t ${COUNT} = ${i};\n")
 file(WRITE ${OUT}.tmp "${body}")
 configure_file(${OUT}.tmp ${OUT} COPYONLY)

@@ -110,6 +110,14 @@ struct moat_auth;
  * MOAT_ENOTFOUND when MOAT_SERVICE_KEY is unset.
  */
 int moat_auth_load(struct moat_auth **out, const char *self);
+/*
+ * An identity from a key in hand rather than the environment, with no
+ * peers (it can mint tokens, not verify them): the console signs as the
+ * operator with the key `moat up` hands it (docs/console.md). MOAT_EINVAL
+ * for a bad name or a malformed or short key.
+ */
+int moat_auth_new(struct moat_auth **out, const char *self,
+                  const char *key_b64);
 void moat_auth_free(struct moat_auth *a);
 const char *moat_auth_self(const struct moat_auth *a);
 

@@ -10,6 +10,7 @@
 #ifndef MOAT_TRACE_H
 #define MOAT_TRACE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -38,5 +39,39 @@ bool moat_traceparent_valid(const char *s);
 void moat_trace_format(const struct moat_trace *t,
                        char out[MOAT_TRACEPARENT_LEN + 1]);
 bool moat_request_id_valid(const char *s);
+
+/*
+ * Spans: every process keeps its last MOAT_SPAN_RING finished spans in a
+ * bounded ring (the oldest is overwritten), so an operator can draw what a
+ * request did across services without a collector. The HTTP server records
+ * one SERVER span per request (lib/http.c, not the health, metrics, feed
+ * or admin routes) and a consumer one CONSUMER span per event it applies
+ * (lib/consumer.c), both under the trace of the request or the event. The
+ * skeleton serves the ring at GET /v1/admin/spans (moat/service.h).
+ * Thread-safe; names are truncated to MOAT_SPAN_NAME_MAX - 1 bytes.
+ */
+#define MOAT_SPAN_RING     2048
+#define MOAT_SPAN_NAME_MAX 96
+
+enum moat_span_kind {
+    MOAT_SPAN_SERVER = 2,   /* OpenTelemetry's SPAN_KIND_SERVER */
+    MOAT_SPAN_CONSUMER = 5, /* SPAN_KIND_CONSUMER */
+};
+
+/* Record t's span: start at wall time start_us (microseconds since the
+ * epoch), lasting dur_us; status is the HTTP status (0 for none) and
+ * error marks a failed span. */
+void moat_span_record(const struct moat_trace *t, enum moat_span_kind kind,
+                      const char *name, int64_t start_us, int64_t dur_us,
+                      int status, bool error);
+
+/*
+ * The recorded spans of trace_id (NULL or "" = all, newest last, at most
+ * limit) as one OpenTelemetry OTLP/JSON resourceSpans entry of service
+ * (resource attribute service.name): {"resource": {...}, "scopeSpans":
+ * [{"scope": {"name": "moat"}, "spans": [...]}]}. Caller owns the result.
+ */
+json_t *moat_spans_export(const char *service, const char *trace_id,
+                          size_t limit);
 
 #endif /* MOAT_TRACE_H */

@@ -122,6 +122,32 @@ static void test_round_trip_with_principal(void **state)
     free(peers);
 }
 
+/* moat_auth_new: the same identity from a key in hand (the console signs
+ * as the operator this way); catalog accepts what it signs. */
+static void test_identity_from_key(void **state)
+{
+    char *peers = catalog_peers();
+    struct moat_auth *catalog = load_ok("catalog", k_catalog, peers);
+    char *key = b64(k_gateway, 32, sodium_base64_VARIANT_ORIGINAL);
+    struct moat_auth *gw = NULL;
+    assert_int_equal(moat_auth_new(&gw, "gateway", key), MOAT_OK);
+    char *tok = NULL;
+    assert_int_equal(moat_auth_token(gw, "catalog", NULL, &tok), MOAT_OK);
+    struct moat_principal got;
+    const char *why = NULL;
+    assert_int_equal(moat_auth_verify(catalog, tok, &got, &why), MOAT_OK);
+    assert_string_equal(got.service, "gateway");
+    free(tok);
+    moat_auth_free(gw);
+    struct moat_auth *bad = NULL;
+    assert_int_equal(moat_auth_new(&bad, "gateway", "c2hvcnQ="), MOAT_EINVAL);
+    assert_null(bad);
+    assert_int_equal(moat_auth_new(&bad, "Not A Name", key), MOAT_EINVAL);
+    free(key);
+    moat_auth_free(catalog);
+    free(peers);
+}
+
 static void test_refusals(void **state)
 {
     char *peers = catalog_peers();
@@ -510,6 +536,7 @@ int main(void)
     randombytes_buf(k_rogue, sizeof(k_rogue));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_with_principal),
+        cmocka_unit_test(test_identity_from_key),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_token_caches),
         cmocka_unit_test(test_pair_keys_do_not_transfer),

@@ -73,12 +73,63 @@ static void test_request_id(void **state)
     assert_false(moat_request_id_valid("a\nb"));
 }
 
+static json_t *spans_of(json_t *rs)
+{
+    return json_object_get(json_array_get(json_object_get(rs, "scopeSpans"), 0),
+                           "spans");
+}
+
+/* The ring keeps the newest MOAT_SPAN_RING spans and exports them as
+ * OTLP/JSON, filtered by trace and capped by limit. */
+static void test_span_ring(void **state)
+{
+    struct moat_trace a, b;
+    moat_trace_start(&a, NULL, NULL);
+    moat_trace_start(&b, NULL, NULL);
+    moat_span_record(&a, MOAT_SPAN_SERVER, "GET /v1/x", 1000, 250, 200, false);
+    for (int i = 0; i < MOAT_SPAN_RING + 5; i++)
+        moat_span_record(&b, MOAT_SPAN_CONSUMER, "consume E from s", 2000 + i,
+                         1, 0, i == MOAT_SPAN_RING + 4);
+    /* a's span was overwritten by b's. */
+    json_t *rs = moat_spans_export("svc", a.trace_id, 10);
+    assert_int_equal(json_array_size(spans_of(rs)), 0);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(
+                json_array_get(json_object_get(json_object_get(rs, "resource"),
+                                               "attributes"),
+                               0),
+                "value"),
+            "stringValue")),
+        "svc");
+    json_decref(rs);
+    rs = moat_spans_export("svc", b.trace_id, 3);
+    json_t *spans = spans_of(rs);
+    assert_int_equal(json_array_size(spans), 3);
+    json_t *last = json_array_get(spans, 2); /* the newest, last */
+    assert_string_equal(json_string_value(json_object_get(last, "traceId")),
+                        b.trace_id);
+    assert_int_equal(json_integer_value(json_object_get(last, "kind")), 5);
+    char start[32];
+    snprintf(start, sizeof(start), "%d000", 2000 + MOAT_SPAN_RING + 4);
+    assert_string_equal(
+        json_string_value(json_object_get(last, "startTimeUnixNano")), start);
+    assert_int_equal(json_integer_value(json_object_get(
+                         json_object_get(last, "status"), "code")),
+                     2);
+    json_decref(rs);
+    rs = moat_spans_export("svc", NULL, MOAT_SPAN_RING * 2);
+    assert_int_equal(json_array_size(spans_of(rs)), MOAT_SPAN_RING);
+    json_decref(rs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_traceparent_validation),
         cmocka_unit_test(test_trace_continues_or_starts),
         cmocka_unit_test(test_request_id),
+        cmocka_unit_test(test_span_ring),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
