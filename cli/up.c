@@ -75,10 +75,12 @@ enum proc_status {
     PS_STOPPING, /* SIGTERM sent */
     PS_STOPPED,  /* exited after we asked, or never started */
     PS_FAILED,   /* exited or never ready during the initial start */
+    PS_HELD,     /* stopped on request (<var>/hold/<name>), not restarted */
 };
 
 static const char *const proc_status_names[] = {
     "pending", "starting", "ready", "backoff", "stopping", "stopped", "failed",
+    "held",
 };
 
 enum sup_status {
@@ -112,6 +114,11 @@ struct proc {
     bool warned_slow;     /* "not ready after 10 s" logged */
     char last_probe[48];  /* "HTTP 503", "connection refused" */
     char last_exit[48];   /* "exit status 1", "killed by signal 9" */
+    char *hold_path;      /* <var>/hold/<name>: present = hold it; owned */
+    bool holding;         /* stopping because of the hold */
+    uint64_t hold_kill_at; /* monotonic ms: SIGKILL if still running */
+    uint64_t next_backup; /* monotonic ms of the next backup, 0 = none */
+    pid_t backup_pid;     /* a `moat backup` child running, 0 = none */
 };
 
 struct sup {
@@ -583,6 +590,14 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     p->pid = 0;
     s->dirty = true;
 
+    if (p->holding && s->status == SUP_RUNNING) {
+        p->holding = false;
+        p->status = PS_HELD;
+        say(s, "%s: held (%s); not restarted until %s is removed",
+            p->svc->name, p->last_exit, p->hold_path);
+        return;
+    }
+
     if (p->status == PS_STOPPING || s->status == SUP_STOPPING) {
         p->status = PS_STOPPED;
         say(s, "%s: stopped (%s)", p->svc->name, p->last_exit);
@@ -609,6 +624,8 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
         (unsigned long long)delay);
 }
 
+static void on_backup_exit(struct sup *s, pid_t pid, int wstatus);
+
 static void reap(struct sup *s)
 {
     int wstatus;
@@ -617,6 +634,8 @@ static void reap(struct sup *s)
         struct proc *p = find_pid(s, pid);
         if (p)
             on_exit_status(s, p, wstatus);
+        else
+            on_backup_exit(s, pid, wstatus);
     }
 }
 
@@ -627,6 +646,7 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
         timeout_ms = LOOP_MAX_WAIT_MS;
     struct timespec ts = {.tv_sec = (time_t)(timeout_ms / 1000),
                           .tv_nsec = (long)(timeout_ms % 1000) * 1000000L};
+    /* SIGUSR1 only wakes us: a hold was placed or lifted. */
     int sig = sigtimedwait(&s->sigs, NULL, &ts);
     if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
         s->stop_signals++;
@@ -666,6 +686,96 @@ static void probe(struct sup *s, struct proc *p)
 }
 
 /*
+ * Holds (moat restore): while <var>/hold/<name> exists the service is
+ * stopped and not restarted; once it is gone the service starts again.
+ */
+static void run_hold(struct sup *s, struct proc *p, uint64_t now)
+{
+    bool held = access(p->hold_path, F_OK) == 0;
+    if (held && !p->holding && p->status != PS_HELD) {
+        if (p->pid > 0) {
+            say(s, "%s: hold requested, stopping pid %d (SIGTERM)",
+                p->svc->name, (int)p->pid);
+            p->holding = true;
+            p->status = PS_STOPPING;
+            p->hold_kill_at = now + STOP_TIMEOUT_MS;
+            signal_proc(p, SIGTERM);
+        } else {
+            p->status = PS_HELD;
+            say(s, "%s: held", p->svc->name);
+        }
+        s->dirty = true;
+    } else if (p->holding && p->pid > 0 && now >= p->hold_kill_at) {
+        say(s, "%s: still running, killing pid %d (SIGKILL)", p->svc->name,
+            (int)p->pid);
+        signal_proc(p, SIGKILL);
+        p->hold_kill_at = now + KILL_WAIT_MS;
+    } else if (!held && p->status == PS_HELD) {
+        say(s, "%s: hold lifted", p->svc->name);
+        p->backoff_ms = BACKOFF_MIN_MS;
+        p->restarts++;
+        if (spawn(s, p) != MOAT_OK) {
+            p->status = PS_BACKOFF;
+            p->restart_at = now + p->backoff_ms;
+        }
+    }
+}
+
+/* The cadence of "backup": {"every"}: a `moat backup NAME` child of ours
+ * when due (the first one `every` after the service was first ready). */
+static void run_backup(struct sup *s, struct proc *p, uint64_t now)
+{
+    uint64_t every = (uint64_t)p->svc->backup_every_ms;
+    if (!every)
+        return;
+    if (!p->next_backup) {
+        if (p->status == PS_READY)
+            p->next_backup = now + every;
+        return;
+    }
+    if (now < p->next_backup || p->backup_pid || p->status != PS_READY)
+        return;
+    p->next_backup = now + every;
+    char a0[] = "moat", a1[] = "backup", a3[] = "--file";
+    char *argv[] = {a0, a1, p->svc->name, a3, s->file_abs, NULL};
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        say(s, "%s: cannot start a backup: %s", p->svc->name, strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (s->log_fd >= 0) {
+            dup2(s->log_fd, STDOUT_FILENO);
+            dup2(s->log_fd, STDERR_FILENO);
+        }
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    p->backup_pid = pid;
+    say(s, "%s: backup started (pid %d)", p->svc->name, (int)pid);
+}
+
+static void on_backup_exit(struct sup *s, pid_t pid, int wstatus)
+{
+    for (size_t i = 0; i < s->nprocs; i++) {
+        struct proc *p = &s->procs[i];
+        if (p->backup_pid != pid)
+            continue;
+        p->backup_pid = 0;
+        char how[48];
+        describe_exit(wstatus, how, sizeof(how));
+        say(s, "%s: backup %s (%s)", p->svc->name,
+            WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0 ? "done"
+                                                             : "FAILED",
+            how);
+    }
+}
+
+/*
  * Run due timers (restarts, probes) and return the time until the next
  * one. Called after every wake-up.
  */
@@ -675,6 +785,12 @@ static uint64_t run_timers(struct sup *s)
     uint64_t next = now + LOOP_MAX_WAIT_MS;
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
+        if (s->status == SUP_RUNNING) {
+            run_hold(s, p, now);
+            run_backup(s, p, now);
+            if (p->next_backup && p->next_backup < next)
+                next = p->next_backup;
+        }
         if (p->status == PS_BACKOFF && now >= p->restart_at) {
             p->restarts++;
             if (spawn(s, p) != MOAT_OK) {
@@ -949,6 +1065,7 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        free(s->procs[i].hold_path);
         for (char **e = s->procs[i].auth_env; e && *e; e++) {
             sodium_memzero(*e, strlen(*e));
             free(*e);
@@ -1024,6 +1141,9 @@ int cli_cmd_up(int argc, char **argv)
         if (p->svc->nroutes)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
         p->backoff_ms = BACKOFF_MIN_MS;
+        p->hold_path =
+            moat_xasprintf("%s/hold/%s", s.d->var_dir, p->svc->name);
+        unlink(p->hold_path); /* left by a restore that was interrupted */
     }
     if (make_auth_env(&s) != MOAT_OK)
         goto cleanup;
@@ -1034,6 +1154,7 @@ int cli_cmd_up(int argc, char **argv)
     sigaddset(&s.sigs, SIGINT);
     sigaddset(&s.sigs, SIGTERM);
     sigaddset(&s.sigs, SIGHUP);
+    sigaddset(&s.sigs, SIGUSR1);
     sigprocmask(SIG_BLOCK, &s.sigs, NULL);
     signal(SIGPIPE, SIG_IGN); /* a closed stdout must not kill us */
     setvbuf(stdout, NULL, _IOLBF, 0);

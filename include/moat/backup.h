@@ -62,6 +62,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct moat_service;
@@ -116,5 +117,35 @@ int moat_epoch_load(const char *data_dir, char *epoch, size_t len,
  */
 int moat_epoch_new(const char *data_dir, int64_t base_seq,
                    const char *from_backup, char *epoch, size_t len);
+
+/* ---- used inside libmoat ---- */
+
+/*
+ * The skeleton's part (lib/service.c, after def->init): load or create the
+ * feed epoch and hand it to the feed (moat_feed_set_epoch), and serve POST
+ * /v1/admin/backup and GET /v1/admin/feed-epochs. Nothing for a service
+ * without a data directory. MOAT_OK or MOAT_EIO (logged).
+ */
+int moat_backup_serve(struct moat_service *svc);
+/* <data_dir>/MOAT_EPOCH_DIR of svc, where its consumers keep the epochs
+ * they accepted; NULL without a data directory. Caller frees. */
+char *moat_epoch_dir(const struct moat_service *svc);
+/* The epoch every feed page of this process carries (lib/feed.c). */
+void moat_feed_set_epoch(const char *epoch, int64_t base_seq);
+/* A feed source keeps the epoch it accepts in dir/<source>.json (lib/
+ * feed.c); dir (copied) may be NULL: no epoch tracking. */
+struct moat_event_source;
+void moat_feed_source_set_epoch_dir(struct moat_event_source *src,
+                                    const char *dir);
+/* The epoch accepted for source ("" when none yet) into epoch. */
+int moat_epoch_accepted(const char *dir, const char *source, char *epoch,
+                        size_t len);
+/* Accept epoch (starting after base_seq) for source. */
+int moat_epoch_accept(const char *dir, const char *source, const char *epoch,
+                      int64_t base_seq);
+/* Record a rewind of source's consumer from from_seq back to to_seq. */
+int moat_epoch_note_rewind(const char *dir, const char *source,
+                           const char *old_epoch, const char *new_epoch,
+                           int64_t from_seq, int64_t to_seq);
 
 #endif /* MOAT_BACKUP_H */

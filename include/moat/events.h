@@ -239,6 +239,9 @@ typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
  *                             (where a reader that accepts the gap may
  *                             resume), 0 when unknown
  *   MOAT_EINVAL               malformed answer
+ *   MOAT_ECONFLICT            the source was restored to an earlier point
+ *                             (a new feed epoch, moat/backup.h); head is
+ *                             the restored head, where the reader resumes
  *   MOAT_ECANCELLED           the transport is shutting down
  * If pull returns an error, done is never called. Several pulls may be in
  * flight at once (live consumption and a verification). free drops pulls

@@ -15,6 +15,7 @@
  *   MOAT_ORDERS_API_TIMEOUT_MS  per call to catalog or users (default 2000)
  *   MOAT_OUTBOX_RETENTION_S     keep events this long (default 7 days)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <event2/event.h>
@@ -176,6 +177,7 @@ static int orders_init(struct moat_service *svc)
         "Time from placing an order to its final status", NULL, saga_buckets,
         MOAT_ARRAY_LEN(saga_buckets)));
     moat_metrics_on_collect(svc->metrics, collect, os);
+    moat_backup_register_sqlite(svc, os->db);
     svc->impl = os;
     os = NULL;
     rc = MOAT_OK;

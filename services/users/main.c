@@ -7,6 +7,7 @@
  * tokens.c for the API, store.c for the schema and the sealing,
  * docs/users.md for the API and its security model.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <sodium.h>
@@ -266,6 +267,7 @@ static int users_init(struct moat_service *svc)
                  "{s:i}", "key", (int)moat_keyring_active(usr->kr));
         usr_rekey_start(usr);
     }
+    moat_backup_register_sqlite(svc, usr_store_db(usr->store));
     svc->impl = usr;
     usr = NULL;
 
