@@ -26,9 +26,9 @@
 #include "backup.h"
 #include "cli.h"
 
-#define BACKUP_CALL_TIMEOUT_MS  120000
-#define RESTORE_TIMEOUT_MS      60000
-#define RESTORE_POLL_MS         50
+#define BACKUP_CALL_TIMEOUT_MS 120000
+#define RESTORE_TIMEOUT_MS     60000
+#define RESTORE_POLL_MS        50
 
 char *cli_backup_root(const struct deploy *d, const char *service)
 {
@@ -140,17 +140,24 @@ static json_t *list_ids(const char *root, const char *service)
     return ids;
 }
 
-static void apply_retention(const char *root, const struct deploy_service *svc)
+/* Keep the newest `keep` backups of svc, and always just_taken. */
+static void apply_retention(const char *root, const struct deploy_service *svc,
+                            const char *just_taken)
 {
     json_t *ids = list_ids(root, svc->name);
-    unsigned keep = svc->backup_keep ? svc->backup_keep
-                                     : DEPLOY_BACKUP_KEEP_DEFAULT;
-    while (json_array_size(ids) > keep) {
-        char *dir = moat_xasprintf("%s/%s",
-                                   root, json_string_value(json_array_get(ids, 0)));
+    unsigned keep =
+        svc->backup_keep ? svc->backup_keep : DEPLOY_BACKUP_KEEP_DEFAULT;
+    size_t i = 0;
+    while (json_array_size(ids) > keep && i < json_array_size(ids)) {
+        const char *id = json_string_value(json_array_get(ids, i));
+        if (strcmp(id, just_taken) == 0) {
+            i++;
+            continue;
+        }
+        char *dir = moat_xasprintf("%s/%s", root, id);
         remove_backup_dir(dir);
         free(dir);
-        json_array_remove(ids, 0);
+        json_array_remove(ids, i);
     }
     json_decref(ids);
 }
@@ -174,11 +181,14 @@ int cli_backup_take(const struct deploy *d, const struct deploy_service *svc,
         cli_error("%s has no store to back up", svc->name);
         return MOAT_EINVAL;
     }
-    char ts[17];
-    time_t now = time(NULL);
+    /* Names sort by time: YYYYMMDDTHHMMSS.mmmZ. */
+    int64_t ms = moat_wall_ms();
+    time_t now = (time_t)(ms / 1000);
     struct tm tm;
     gmtime_r(&now, &tm);
-    strftime(ts, sizeof(ts), "%Y%m%dT%H%M%SZ", &tm);
+    char sec[16], ts[24];
+    strftime(sec, sizeof(sec), "%Y%m%dT%H%M%S", &tm);
+    snprintf(ts, sizeof(ts), "%s.%03dZ", sec, (int)(ms % 1000));
     unsigned char r[2];
     moat_random_bytes(r, sizeof(r));
     char hex[5];
@@ -188,8 +198,8 @@ int cli_backup_take(const struct deploy *d, const struct deploy_service *svc,
     long status = 0;
     char *body = NULL;
     char *root = cli_backup_root(d, svc->name);
-    char *staging = moat_xasprintf("%s/%s/%s", svc->data_dir,
-                                   MOAT_BACKUP_STAGING, id);
+    char *staging =
+        moat_xasprintf("%s/%s/%s", svc->data_dir, MOAT_BACKUP_STAGING, id);
     char *target = moat_xasprintf("%s/%s", root, id);
     int rc = cli_operator_call(d, svc, "POST", path, NULL,
                                BACKUP_CALL_TIMEOUT_MS, &status, &body);
@@ -203,12 +213,11 @@ int cli_backup_take(const struct deploy *d, const struct deploy_service *svc,
         goto out;
     }
     if (mkdirs(root) != MOAT_OK || move_dir(staging, target) != MOAT_OK) {
-        cli_error("cannot move %s to %s: %s", staging, target,
-                  strerror(errno));
+        cli_error("cannot move %s to %s: %s", staging, target, strerror(errno));
         rc = MOAT_EIO;
         goto out;
     }
-    apply_retention(root, svc);
+    apply_retention(root, svc, id);
     if (dir)
         *dir = moat_xstrdup(target);
 out:
@@ -300,8 +309,8 @@ static pid_t supervisor_pid(const struct deploy *d)
 }
 
 /* The service's status in moat.state ("" when unknown) into out. */
-static void state_status(const struct deploy *d, const char *service,
-                         char *out, size_t len)
+static void state_status(const struct deploy *d, const char *service, char *out,
+                         size_t len)
 {
     out[0] = '\0';
     char *path = cli_state_path(d);
@@ -346,9 +355,8 @@ static int replace_store(const struct deploy_service *svc, const char *dir,
 {
     const char *engine = json_string_value(json_object_get(m, "engine"));
     const char *rel = json_string_value(json_object_get(m, "store"));
-    const char *file = json_string_value(
-        json_object_get(json_array_get(json_object_get(m, "files"), 0),
-                        "name"));
+    const char *file = json_string_value(json_object_get(
+        json_array_get(json_object_get(m, "files"), 0), "name"));
     char *target = deploy_path_join(svc->data_dir, rel);
     if (strcmp(target, svc->data_dir) == 0 ||
         strncmp(target, svc->data_dir, strlen(svc->data_dir)) != 0) {
@@ -453,13 +461,12 @@ int cli_restore(const struct deploy *d, const struct deploy_service *svc,
         json_t *head = json_object_get(json_object_get(m, "outbox"), "head");
         char epoch[48];
         rc = moat_epoch_new(svc->data_dir, json_integer_value(head),
-                            json_string_value(json_object_get(m, "id")),
-                            epoch, sizeof(epoch));
+                            json_string_value(json_object_get(m, "id")), epoch,
+                            sizeof(epoch));
         if (rc == MOAT_OK)
             printf("%s: restored from %s (outbox head %lld, new feed epoch "
                    "%s)\n",
-                   svc->name, dir, (long long)json_integer_value(head),
-                   epoch);
+                   svc->name, dir, (long long)json_integer_value(head), epoch);
         else
             cli_error("cannot write the new feed epoch of %s", svc->name);
     }
@@ -569,8 +576,8 @@ int cli_cmd_backup(int argc, char **argv)
         goto out;
     }
     if (!all && !deploy_find(d, first)) {
-        ret = cli_usage_error("backup", "no service '%s' in %s", first,
-                              d->file);
+        ret =
+            cli_usage_error("backup", "no service '%s' in %s", first, d->file);
         goto out;
     }
     for (size_t i = 0; i < d->nservices; i++) {
@@ -629,8 +636,8 @@ int cli_cmd_restore(int argc, char **argv)
     int ret = CLI_EXIT_FAIL;
     const struct deploy_service *svc = deploy_find(d, argv[optind]);
     if (!svc) {
-        ret = cli_usage_error("restore", "no service '%s' in %s",
-                              argv[optind], d->file);
+        ret = cli_usage_error("restore", "no service '%s' in %s", argv[optind],
+                              d->file);
         goto out;
     }
     char *dir = cli_backup_resolve(d, svc, from);

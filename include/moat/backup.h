@@ -10,7 +10,7 @@
  *
  *   POST /v1/admin/backup?id=ID
  *     ID: [A-Za-z0-9._-]{1,80}, chosen by the caller (moat backup makes
- *     "<service>-<YYYYMMDDTHHMMSSZ>-<4 hex>"). Writes a consistent copy of
+ *     "<service>-<YYYYMMDDTHHMMSS.mmmZ>-<4 hex>"). Writes a consistent copy of
  *     the store while the service serves into
  *       <data_dir>/backup-staging/<ID>/
  *     (the only place the sandboxed process may write) with its manifest
