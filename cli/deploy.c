@@ -501,11 +501,16 @@ static int64_t parse_every(const char *s)
         end[1] != '\0')
         return -1;
     switch (end[0]) {
-    case 's': return n * 1000;
-    case 'm': return n * 60000;
-    case 'h': return n * 3600000;
-    case 'd': return n * 86400000;
-    default: return -1;
+    case 's':
+        return n * 1000;
+    case 'm':
+        return n * 60000;
+    case 'h':
+        return n * 3600000;
+    case 'd':
+        return n * 86400000;
+    default:
+        return -1;
     }
 }
 

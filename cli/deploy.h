@@ -31,15 +31,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DEPLOY_MAX_SERVICES 64
-#define DEPLOY_MAX_ROUTES   64
-#define DEPLOY_MAX_ENV      128
-#define DEPLOY_NAME_MAX     32  /* [a-z][a-z0-9-]{0,31} */
-#define DEPLOY_HOST_MAX     64  /* listen host, NUL included */
-#define DEPLOY_URLPATH_MAX  256 /* route prefix and upstream path */
-#define DEPLOY_MAX_ERRORS   20  /* further errors are counted, not listed */
-#define DEPLOY_FILE_MAX     (1u << 20) /* a deployment file is small */
-#define DEPLOY_BACKUP_KEEP_DEFAULT 7    /* backups kept per service */
+#define DEPLOY_MAX_SERVICES        64
+#define DEPLOY_MAX_ROUTES          64
+#define DEPLOY_MAX_ENV             128
+#define DEPLOY_NAME_MAX            32  /* [a-z][a-z0-9-]{0,31} */
+#define DEPLOY_HOST_MAX            64  /* listen host, NUL included */
+#define DEPLOY_URLPATH_MAX         256 /* route prefix and upstream path */
+#define DEPLOY_MAX_ERRORS          20 /* further errors are counted, not listed */
+#define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
+#define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
 #define DEPLOY_BACKUP_KEEP_MAX     1000
 
 /* The storage engine a service uses; it decides how `moat status` sizes the

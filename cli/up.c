@@ -79,8 +79,8 @@ enum proc_status {
 };
 
 static const char *const proc_status_names[] = {
-    "pending", "starting", "ready", "backoff", "stopping", "stopped", "failed",
-    "held",
+    "pending",  "starting", "ready",  "backoff",
+    "stopping", "stopped",  "failed", "held",
 };
 
 enum sup_status {
@@ -104,21 +104,21 @@ struct proc {
     char **auth_env;  /* "NAME=value" keys and secrets, NULL-ended; owned */
     pid_t pid;        /* 0 when not running */
     enum proc_status status;
-    unsigned restarts;    /* spawns after the first */
-    int64_t started_wall; /* wall ms of the last spawn, 0 = never */
-    uint64_t started_ms;  /* monotonic ms of the last spawn */
-    uint64_t ready_ms;    /* monotonic ms it became ready, 0 = not yet */
-    uint64_t next_probe;  /* monotonic ms of the next /readyz probe */
-    uint64_t restart_at;  /* monotonic ms, in PS_BACKOFF */
-    uint64_t backoff_ms;  /* delay of the next restart */
-    bool warned_slow;     /* "not ready after 10 s" logged */
-    char last_probe[48];  /* "HTTP 503", "connection refused" */
-    char last_exit[48];   /* "exit status 1", "killed by signal 9" */
-    char *hold_path;      /* <var>/hold/<name>: present = hold it; owned */
-    bool holding;         /* stopping because of the hold */
+    unsigned restarts;     /* spawns after the first */
+    int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
+    uint64_t started_ms;   /* monotonic ms of the last spawn */
+    uint64_t ready_ms;     /* monotonic ms it became ready, 0 = not yet */
+    uint64_t next_probe;   /* monotonic ms of the next /readyz probe */
+    uint64_t restart_at;   /* monotonic ms, in PS_BACKOFF */
+    uint64_t backoff_ms;   /* delay of the next restart */
+    bool warned_slow;      /* "not ready after 10 s" logged */
+    char last_probe[48];   /* "HTTP 503", "connection refused" */
+    char last_exit[48];    /* "exit status 1", "killed by signal 9" */
+    char *hold_path;       /* <var>/hold/<name>: present = hold it; owned */
+    bool holding;          /* stopping because of the hold */
     uint64_t hold_kill_at; /* monotonic ms: SIGKILL if still running */
-    uint64_t next_backup; /* monotonic ms of the next backup, 0 = none */
-    pid_t backup_pid;     /* a `moat backup` child running, 0 = none */
+    uint64_t next_backup;  /* monotonic ms of the next backup, 0 = none */
+    pid_t backup_pid;      /* a `moat backup` child running, 0 = none */
 };
 
 struct sup {
@@ -593,8 +593,8 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     if (p->holding && s->status == SUP_RUNNING) {
         p->holding = false;
         p->status = PS_HELD;
-        say(s, "%s: held (%s); not restarted until %s is removed",
-            p->svc->name, p->last_exit, p->hold_path);
+        say(s, "%s: held (%s); not restarted until %s is removed", p->svc->name,
+            p->last_exit, p->hold_path);
         return;
     }
 
@@ -769,8 +769,7 @@ static void on_backup_exit(struct sup *s, pid_t pid, int wstatus)
         char how[48];
         describe_exit(wstatus, how, sizeof(how));
         say(s, "%s: backup %s (%s)", p->svc->name,
-            WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0 ? "done"
-                                                             : "FAILED",
+            WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0 ? "done" : "FAILED",
             how);
     }
 }
@@ -1141,8 +1140,7 @@ int cli_cmd_up(int argc, char **argv)
         if (p->svc->nroutes)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
         p->backoff_ms = BACKOFF_MIN_MS;
-        p->hold_path =
-            moat_xasprintf("%s/hold/%s", s.d->var_dir, p->svc->name);
+        p->hold_path = moat_xasprintf("%s/hold/%s", s.d->var_dir, p->svc->name);
         unlink(p->hold_path); /* left by a restore that was interrupted */
     }
     if (make_auth_env(&s) != MOAT_OK)

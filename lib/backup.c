@@ -322,9 +322,9 @@ static int inspect_sqlite(const char *path, bool integrity, json_t *facts,
             goto out;
         }
         while (sqlite3_step(st) == SQLITE_ROW)
-            json_object_set_new(
-                cursors, (const char *)sqlite3_column_text(st, 0),
-                json_integer(sqlite3_column_int64(st, 1)));
+            json_object_set_new(cursors,
+                                (const char *)sqlite3_column_text(st, 0),
+                                json_integer(sqlite3_column_int64(st, 1)));
         sqlite3_finalize(st);
     }
     rc = MOAT_OK;
@@ -403,15 +403,14 @@ static int inspect_lmdb(const char *dir, bool integrity, json_t *facts,
         MDB_cursor *cur = NULL;
         if (mdb_cursor_open(txn, cdbi, &cur) == MDB_SUCCESS) {
             MDB_val k;
-            for (int op = MDB_FIRST; mdb_cursor_get(cur, &k, &v, op) ==
-                                     MDB_SUCCESS;
+            for (int op = MDB_FIRST;
+                 mdb_cursor_get(cur, &k, &v, op) == MDB_SUCCESS;
                  op = MDB_NEXT) {
                 json_t *j = json_loadb(v.mv_data, v.mv_size, 0, NULL);
                 char *src = moat_xstrndup(k.mv_data, k.mv_size);
-                json_object_set_new(
-                    cursors, src,
-                    json_integer(json_integer_value(
-                        json_object_get(j, "after_seq"))));
+                json_object_set_new(cursors, src,
+                                    json_integer(json_integer_value(
+                                        json_object_get(j, "after_seq"))));
                 free(src);
                 json_decref(j);
             }
@@ -426,9 +425,8 @@ static int inspect_lmdb(const char *dir, bool integrity, json_t *facts,
         if (mrc == MDB_SUCCESS)
             mrc = mdb_cursor_open(txn, main, &cur);
         MDB_val k;
-        for (int op = MDB_FIRST;
-             mrc == MDB_SUCCESS && mdb_cursor_get(cur, &k, &v, op) ==
-                                       MDB_SUCCESS;
+        for (int op = MDB_FIRST; mrc == MDB_SUCCESS &&
+                                 mdb_cursor_get(cur, &k, &v, op) == MDB_SUCCESS;
              op = MDB_NEXT) {
             char *name = moat_xstrndup(k.mv_data, k.mv_size);
             MDB_dbi d;
@@ -498,15 +496,15 @@ static int checksum_dir(const char *dir, json_t *files)
 }
 
 /* Take the backup id into dir; *manifest gets the manifest written. */
-static int take(const char *id, const char *dir, json_t **manifest,
-                char *err, size_t errlen)
+static int take(const char *id, const char *dir, json_t **manifest, char *err,
+                size_t errlen)
 {
     const struct moat_service *svc = store.svc;
     int64_t t0 = moat_wall_ms();
     uint64_t m0 = moat_mono_ms();
     const char *engine = store.db ? "sqlite" : "lmdb";
-    const char *path = store.db ? moat_db_path(store.db)
-                                : moat_kv_path(store.kv);
+    const char *path =
+        store.db ? moat_db_path(store.db) : moat_kv_path(store.kv);
     const char *rel = store_rel(path, svc->cfg.data_dir);
     int rc;
     json_t *facts = json_object();
@@ -542,19 +540,17 @@ static int take(const char *id, const char *dir, json_t **manifest,
         moat_time_rfc3339(t0, ts);
         rc = checksum_dir(dir, files);
         json_t *head = json_object_get(facts, "outbox_head");
-        json_t *outbox =
-            json_is_integer(head)
-                ? json_pack("{s:O, s:s}", "head", head, "epoch",
-                            store.have_epoch ? store.epoch : "")
-                : json_null();
+        json_t *outbox = json_is_integer(head)
+                             ? json_pack("{s:O, s:s}", "head", head, "epoch",
+                                         store.have_epoch ? store.epoch : "")
+                             : json_null();
         json_t *m = json_pack(
-            "{s:i, s:s, s:s, s:s, s:s, s:O, s:o, s:O, s:o, s:s, s:I}",
-            "format", MOAT_BACKUP_FORMAT, "id", id, "service", svc->cfg.name,
-            "engine", engine, "store", rel, "schema_version",
+            "{s:i, s:s, s:s, s:s, s:s, s:O, s:o, s:O, s:o, s:s, s:I}", "format",
+            MOAT_BACKUP_FORMAT, "id", id, "service", svc->cfg.name, "engine",
+            engine, "store", rel, "schema_version",
             json_object_get(facts, "schema_version"), "outbox", outbox,
             "cursors", json_object_get(facts, "cursors"), "files", files,
-            "created_at", ts, "duration_ms",
-            (json_int_t)(moat_mono_ms() - m0));
+            "created_at", ts, "duration_ms", (json_int_t)(moat_mono_ms() - m0));
         char *mpath = moat_xasprintf("%s/%s", dir, MOAT_BACKUP_MANIFEST);
         if (rc == MOAT_OK)
             rc = write_json(mpath, m);
@@ -617,8 +613,9 @@ static void handle_backup(struct moat_req *req, void *arg)
         if (errno == EEXIST)
             moat_req_reply_problem(req, 409, "backup %s exists", id);
         else
-            moat_req_reply_problem(req, 500, "cannot create the backup "
-                                             "directory");
+            moat_req_reply_problem(req, 500,
+                                   "cannot create the backup "
+                                   "directory");
         goto out;
     }
     json_t *manifest = NULL;
@@ -667,7 +664,8 @@ int moat_backup_verify(const char *dir, json_t *problems, json_t **manifest)
     }
     const char *engine = json_string_value(json_object_get(m, "engine"));
     json_t *files = json_object_get(m, "files");
-    if (json_integer_value(json_object_get(m, "format")) != MOAT_BACKUP_FORMAT ||
+    if (json_integer_value(json_object_get(m, "format")) !=
+            MOAT_BACKUP_FORMAT ||
         !engine || !json_is_array(files) ||
         !json_is_string(json_object_get(m, "service"))) {
         problem(problems, "%s: not a format %d manifest", mpath,
@@ -722,8 +720,8 @@ int moat_backup_verify(const char *dir, json_t *problems, json_t **manifest)
 
     int rc;
     if (strcmp(engine, "sqlite") == 0) {
-        const char *name =
-            json_string_value(json_object_get(json_array_get(files, 0), "name"));
+        const char *name = json_string_value(
+            json_object_get(json_array_get(files, 0), "name"));
         char *p = moat_xasprintf("%s/%s", dir, name ? name : "");
         rc = inspect_sqlite(p, true, facts, problems);
         free(p);
@@ -782,8 +780,8 @@ int moat_epoch_new(const char *data_dir, int64_t base_seq,
     char ts[25];
     moat_time_rfc3339(moat_wall_ms(), ts);
     json_t *j = json_pack("{s:s, s:I, s:s, s:s?}", "epoch", id, "base_seq",
-                          (json_int_t)base_seq, "created_at", ts,
-                          "from_backup", from_backup);
+                          (json_int_t)base_seq, "created_at", ts, "from_backup",
+                          from_backup);
     char *path = moat_xasprintf("%s/%s", data_dir, MOAT_EPOCH_FILE);
     int rc = write_json(path, j);
     free(path);
@@ -863,7 +861,8 @@ static int seen_update(const char *dir, const char *source, const char *epoch,
         /* The same rewind noticed again (the cursor move did not stick)
          * replaces the record instead of doubling it. */
         json_t *last = json_array_get(rewinds, json_array_size(rewinds) - 1);
-        const char *ne = json_string_value(json_object_get(rewind, "new_epoch"));
+        const char *ne =
+            json_string_value(json_object_get(rewind, "new_epoch"));
         if (last && ne &&
             strcmp(json_string_value(json_object_get(last, "new_epoch")) ?: "",
                    ne) == 0)
@@ -918,8 +917,7 @@ static void handle_epochs(struct moat_req *req, void *arg)
             char *p = moat_xasprintf("%s/%s", dir, name);
             json_t *j = load_json(p, EPOCH_MAX);
             if (json_is_object(j)) {
-                json_object_set_new(j, "source",
-                                    json_stringn(name, len - 5));
+                json_object_set_new(j, "source", json_stringn(name, len - 5));
                 json_array_append(sources, j);
             }
             json_decref(j);
@@ -954,8 +952,8 @@ int moat_backup_serve(struct moat_service *svc)
     moat_feed_set_epoch(store.epoch, store.epoch_base);
     moat_http_route(svc->http, MOAT_POST, "/v1/admin/backup", handle_backup,
                     NULL);
-    moat_http_route(svc->http, MOAT_GET, "/v1/admin/feed-epochs",
-                    handle_epochs, NULL);
+    moat_http_route(svc->http, MOAT_GET, "/v1/admin/feed-epochs", handle_epochs,
+                    NULL);
     return MOAT_OK;
 }
 
