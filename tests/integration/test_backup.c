@@ -7,7 +7,8 @@
  * Once the load is over, `moat restore orders` puts the backup back: the
  * orders and the outbox are exactly the backup's (the orders placed after
  * it are gone), the feed has a new epoch based on the backup's outbox
- * head, and inventory, whose cursor was beyond it, records the rewind.
+ * head, and its consumers (inventory on LMDB, payments and notifications
+ * on SQLite), whose cursors were beyond it, record the rewind.
  * payments has "backup": {"every": "10s"}: the supervisor backs it up by
  * itself.
  */
@@ -166,13 +167,15 @@ static bool payments_backed_up(void *arg)
     return yes;
 }
 
-static const char *rewound_epoch; /* for inventory_rewound */
+static const char *rewound_epoch; /* for rewound */
 
-static bool inventory_rewound(void *arg)
+/* Consumer arg (a service name) of orders' feed accepted the new epoch
+ * after recording a rewind to it. */
+static bool rewound(void *arg)
 {
-    MOAT_UNUSED(arg);
     json_t *j = json_load_file(
-        h_fmt("%s/var/inventory/feed-epochs/orders.json", dep.dir), 0, NULL);
+        h_fmt("%s/var/%s/feed-epochs/orders.json", dep.dir, (const char *)arg),
+        0, NULL);
     json_t *last =
         json_array_get(json_object_get(j, "rewinds"),
                        json_array_size(json_object_get(j, "rewinds")) - 1);
@@ -307,8 +310,13 @@ static void test_backup_restore(void **state)
     assert_int_equal(h_jint(epoch, "base_seq"), head);
     assert_string_equal(h_jstr(epoch, "from_backup"), h_jstr(m, "id"));
     rewound_epoch = h_jstr(epoch, "epoch");
-    assert_true(h_wait_until(inventory_rewound, NULL, 20000));
-    STAGE("inventory rewound");
+    /* LMDB (inventory) and SQLite (payments, notifications) consumers. */
+    static const char *const consumers[] = {"inventory", "payments",
+                                            "notifications"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(consumers); i++)
+        if (!h_wait_until(rewound, (void *)consumers[i], 20000))
+            fail_msg("%s did not record the rewind of orders", consumers[i]);
+    STAGE("consumers rewound");
 
     /* The supervisor's own cadence backed payments up. */
     assert_true(h_wait_until(payments_backed_up, NULL, 30000));
