@@ -205,6 +205,13 @@ int cli_backup_take(const struct deploy *d, const struct deploy_service *svc,
                                BACKUP_CALL_TIMEOUT_MS, &status, &body);
     if (rc != MOAT_OK)
         goto out;
+    if (status == 404) {
+        /* No such route: a program outside moat's skeleton. */
+        fprintf(stderr, "%s: does not back itself up (no /v1/admin/backup)\n",
+                svc->name);
+        rc = MOAT_ENOTFOUND;
+        goto out;
+    }
     if (status != 201) {
         char *what = moat_xasprintf("backup of %s", svc->name);
         print_problem(what, status, body);
@@ -586,12 +593,13 @@ int cli_cmd_backup(int argc, char **argv)
                 : strcmp(svc->name, first) != 0)
             continue;
         char *dir = NULL;
-        if (cli_backup_take(d, svc, &dir) == MOAT_OK) {
+        int rc = cli_backup_take(d, svc, &dir);
+        if (rc == MOAT_OK) {
             char rel[4096];
             printf("%s: %s\n", svc->name,
                    cli_display_path(dir, rel, sizeof(rel)));
-        } else {
-            ret = CLI_EXIT_FAIL;
+        } else if (!(all && rc == MOAT_ENOTFOUND)) {
+            ret = CLI_EXIT_FAIL; /* --all skips what has no backup route */
         }
         free(dir);
     }

@@ -25,7 +25,8 @@ char *cli_backup_root(const struct deploy *d, const char *service);
  * Back up svc now (it must be running and have a store): asks the service
  * for the copy, moves it under cli_backup_root and applies the retention
  * of svc ("backup.keep", default 7). *dir (may be NULL) gets the backup's
- * directory. MOAT_OK, MOAT_EINVAL (no store), MOAT_EIO.
+ * directory. MOAT_OK, MOAT_EINVAL (no store), MOAT_ENOTFOUND (the program
+ * has no backup route: the payment provider stand-in), MOAT_EIO.
  */
 int cli_backup_take(const struct deploy *d, const struct deploy_service *svc,
                     char **dir);

@@ -20,7 +20,7 @@
  *
  *   GET /v1/events?after=SEQ&limit=N&wait=MS
  *   200 {"source": "catalog", "events": [CloudEvent...], "next_after": S,
- *        "head": H, "retained_from": R}
+ *        "head": H, "retained_from": R, "epoch": E, "epoch_base": B}
  *
  * events are those with seq > after, ascending, at most limit (1..1000,
  * default 100) and at most ~4 MiB of event data (always at least one
@@ -29,6 +29,8 @@
  * outbox is empty). after defaults to 0, wait to 0. With none available
  * and wait > 0 (capped at 30000) the request parks until a commit adds
  * some (answered at once) or wait passes (answered with no events).
+ * E and B are the feed epoch (moat/backup.h): a new E after a restore
+ * from a backup, whose numbers after B are new events.
  * after < R - 1 (events already deleted by retention) is 410 Gone: the
  * consumer cannot catch up by replay and must be rebuilt from the
  * source's API. A malformed, repeated or unknown query parameter is a 400
