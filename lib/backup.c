@@ -10,6 +10,7 @@
 #include <lmdb.h>
 #include <sodium.h>
 #include <sqlite3.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,7 +218,9 @@ static void problem(json_t *problems, const char *fmt, ...)
     va_start(ap, fmt);
     moat_buf_vprintf(&b, fmt, ap);
     va_end(ap);
-    json_array_append_new(problems, json_string(moat_buf_str(&b)));
+    /* A path need not be UTF-8; the problem must not be lost. */
+    json_t *s = json_string(moat_buf_str(&b));
+    json_array_append_new(problems, s ? s : json_string("(not UTF-8)"));
     moat_buf_release(&b);
 }
 
