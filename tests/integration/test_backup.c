@@ -9,8 +9,9 @@
  * it are gone), the feed has a new epoch based on the backup's outbox
  * head, and its consumers (inventory on LMDB, payments and notifications
  * on SQLite), whose cursors were beyond it, record the rewind.
- * payments has "backup": {"every": "10s"}: the supervisor backs it up by
- * itself.
+ * inventory and payments come back from their backups too. orders keeps
+ * its newest 3 backups (the retention); payments has "backup": {"every":
+ * "10s"}: the supervisor backs it up by itself.
  */
 #include "moat/common.h"
 
@@ -139,8 +140,9 @@ static char *rows(const char *path, const char *sql)
     return moat_buf_detach(&b, NULL);
 }
 
-/* Add "backup": {"every": "10s", "keep": 2} to payments in the file. */
-static void payments_cadence(void)
+/* payments: "backup": {"every": "10s"} (keeping enough that the one the
+ * test takes stays); orders keeps 3 of the many the test takes. */
+static void backup_settings(void)
 {
     json_t *d = json_load_file(dep.file, 0, NULL);
     assert_non_null(d);
@@ -151,7 +153,10 @@ static void payments_cadence(void)
         if (strcmp(h_jstr(s, "name"), "payments") == 0)
             json_object_set_new(
                 s, "backup",
-                json_pack("{s:s, s:i}", "every", "10s", "keep", 2));
+                json_pack("{s:s, s:i}", "every", "10s", "keep", 50));
+        if (strcmp(h_jstr(s, "name"), "orders") == 0)
+            json_object_set_new(
+                s, "backup", json_pack("{s:s, s:i}", "every", "1h", "keep", 3));
     }
     assert_int_equal(json_dump_file(d, dep.file, JSON_INDENT(2)), 0);
     json_decref(d);
@@ -190,7 +195,7 @@ static void test_backup_restore(void **state)
     MOAT_UNUSED(state);
     h_deployment_write_free_ports(MOAT_SOURCE_DIR "/moat.json", dep.file,
                                   "backup", dep.gw_url, sizeof(dep.gw_url));
-    payments_cadence();
+    backup_settings();
     t0 = moat_mono_ms();
     STAGE("start");
     dep.up_pid = fork();
@@ -218,7 +223,8 @@ static void test_backup_restore(void **state)
     char *dir = NULL;
     json_t *m = NULL;
     struct h_waiter w;
-    for (h_wait_begin(&w, 30000); h_wait_next(&w);) {
+    int taken = 0;
+    for (h_wait_begin(&w, 30000); h_wait_next(&w); taken++) {
         free(dir);
         json_decref(m);
         dir = take_backup("orders");
@@ -228,6 +234,14 @@ static void test_backup_restore(void **state)
     }
     json_int_t head = h_jint(json_object_get(m, "outbox"), "head");
     assert_true(head >= MIN_BACKUP_HEAD);
+    /* Retention: the newest 3, the last one among them. */
+    struct moat_buf out = MOAT_BUF_INIT;
+    assert_int_equal(run(&out, moat_cmd("backup list orders")), 0);
+    int listed = 0;
+    for (const char *p = moat_buf_str(&out); (p = strchr(p, '\n')); p++)
+        listed++;
+    assert_int_equal(listed, taken + 1 < 3 ? taken + 1 : 3);
+    assert_non_null(strstr(moat_buf_str(&out), dir));
     STAGE("orders backed up during the load");
     assert_string_equal(h_jstr(m, "engine"), "sqlite");
     assert_non_null(
@@ -236,9 +250,9 @@ static void test_backup_restore(void **state)
     json_t *im = manifest(inv);
     assert_string_equal(h_jstr(im, "engine"), "lmdb");
     assert_true(h_jint(json_object_get(im, "cursors"), "orders") > 0);
+    char *pay = take_backup("payments");
 
     /* verify accepts both; the checksums are sha256sum's. */
-    struct moat_buf out = MOAT_BUF_INIT;
     assert_int_equal(run(&out, moat_cmd(h_fmt("backup verify %s", dir))), 0);
     assert_non_null(strstr(moat_buf_str(&out), "ok: "));
     assert_int_equal(run(&out, moat_cmd(h_fmt("backup verify %s", inv))), 0);
@@ -318,6 +332,26 @@ static void test_backup_restore(void **state)
             fail_msg("%s did not record the rewind of orders", consumers[i]);
     STAGE("consumers rewound");
 
+    /* inventory (LMDB) and payments (SQLite beside its audit log) come
+     * back from their backups too, each with a new epoch at its head. */
+    static const char *const others[] = {"inventory", "payments"};
+    const char *other_dirs[] = {inv, pay};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(others); i++) {
+        rc = run(&out, moat_cmd(h_fmt("restore %s --from %s", others[i],
+                                      other_dirs[i])));
+        if (rc != 0)
+            fprintf(stderr, "%s", moat_buf_str(&out));
+        assert_int_equal(rc, 0);
+        json_t *om = manifest(other_dirs[i]);
+        json_t *oe = json_load_file(
+            h_fmt("%s/var/%s/feed.epoch", dep.dir, others[i]), 0, NULL);
+        assert_int_equal(h_jint(oe, "base_seq"),
+                         h_jint(json_object_get(om, "outbox"), "head"));
+        json_decref(oe);
+        json_decref(om);
+    }
+    STAGE("inventory and payments restored");
+
     /* The supervisor's own cadence backed payments up. */
     assert_true(h_wait_until(payments_backed_up, NULL, 30000));
     STAGE("payments backed up by the supervisor");
@@ -336,6 +370,7 @@ static void test_backup_restore(void **state)
     json_decref(im);
     json_decref(m);
     free(inv);
+    free(pay);
     free(dir);
 }
 
