@@ -20,7 +20,8 @@
  *      "url": "http(s)://host:port", "data_dir", "engine", "db": PATH|null,
  *      "log": PATH, "restarts": INT, "started_at": TIME|null,
  *      "status": "pending"|"starting"|"ready"|"backoff"|"stopping"|
- *                "stopped"|"failed",
+ *                "stopped"|"failed"|"held" (moat restore: <var_dir>/hold/
+ *                <name> exists; not restarted until it is removed),
  *      "last_exit": "exit status N"|"killed by signal N"|null}]}
  *
  * Exit codes of every command: 0 success, 1 failure, 2 usage error.

@@ -492,13 +492,77 @@ static void parse_routes(struct errs *e, json_t *obj, const char *at,
     }
 }
 
+/* "10s", "5m", "1h", "1d" in ms; -1 when malformed. */
+static int64_t parse_every(const char *s)
+{
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(s, &end, 10);
+    if (errno || end == s || n <= 0 || n > 100000 || end[0] == '\0' ||
+        end[1] != '\0')
+        return -1;
+    switch (end[0]) {
+    case 's':
+        return n * 1000;
+    case 'm':
+        return n * 60000;
+    case 'h':
+        return n * 3600000;
+    case 'd':
+        return n * 86400000;
+    default:
+        return -1;
+    }
+}
+
+/* "backup": {"every": "1h", "keep": 24} (docs/operations.md). */
+static void parse_backup(struct errs *e, json_t *obj, const char *at,
+                         struct deploy_service *svc)
+{
+    static const char *const allowed[] = {"every", "keep", NULL};
+    svc->backup_keep = DEPLOY_BACKUP_KEEP_DEFAULT;
+    json_t *b = json_object_get(obj, "backup");
+    if (!b)
+        return;
+    char *bat = field_at(at, "backup");
+    if (!json_is_object(b)) {
+        report(e, at, "backup", "must be an object");
+        goto out;
+    }
+    if (svc->engine == DEPLOY_ENGINE_NONE)
+        report(e, at, "backup", "not allowed with engine \"none\"");
+    check_known(e, b, bat, allowed);
+    const char *every = get_string(e, b, bat, "every", false);
+    if (every) {
+        svc->backup_every_ms = parse_every(every);
+        if (svc->backup_every_ms < 10000) {
+            report(e, bat, "every",
+                   "must be a number and s, m, h or d, at least 10s, got "
+                   "\"%s\"",
+                   every);
+            svc->backup_every_ms = 0;
+        }
+    }
+    json_t *keep = json_object_get(b, "keep");
+    if (keep) {
+        if (!json_is_integer(keep) || json_integer_value(keep) < 1 ||
+            json_integer_value(keep) > DEPLOY_BACKUP_KEEP_MAX)
+            report(e, bat, "keep", "must be an integer in 1..%d",
+                   DEPLOY_BACKUP_KEEP_MAX);
+        else
+            svc->backup_keep = (unsigned)json_integer_value(keep);
+    }
+out:
+    free(bat);
+}
+
 /* Parse services[i] into svc. Cross-service checks come later. */
 static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
     static const char *const allowed[] = {
         "name", "listen", "engine", "db",      "data_dir", "binary",
-        "env",  "routes", "calls",  "secrets", NULL};
+        "env",  "routes", "calls",  "secrets", "backup",   NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -584,6 +648,7 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     parse_string_list(e, obj, at, "secrets", valid_secret_name,
                       "secret name (MOAT_*, not one moat sets itself)",
                       &svc->secrets, &svc->nsecrets);
+    parse_backup(e, obj, at, svc);
 }
 
 const char *deploy_connect_host(const struct deploy_service *s)

@@ -31,14 +31,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DEPLOY_MAX_SERVICES 64
-#define DEPLOY_MAX_ROUTES   64
-#define DEPLOY_MAX_ENV      128
-#define DEPLOY_NAME_MAX     32  /* [a-z][a-z0-9-]{0,31} */
-#define DEPLOY_HOST_MAX     64  /* listen host, NUL included */
-#define DEPLOY_URLPATH_MAX  256 /* route prefix and upstream path */
-#define DEPLOY_MAX_ERRORS   20  /* further errors are counted, not listed */
-#define DEPLOY_FILE_MAX     (1u << 20) /* a deployment file is small */
+#define DEPLOY_MAX_SERVICES        64
+#define DEPLOY_MAX_ROUTES          64
+#define DEPLOY_MAX_ENV             128
+#define DEPLOY_NAME_MAX            32  /* [a-z][a-z0-9-]{0,31} */
+#define DEPLOY_HOST_MAX            64  /* listen host, NUL included */
+#define DEPLOY_URLPATH_MAX         256 /* route prefix and upstream path */
+#define DEPLOY_MAX_ERRORS          20 /* further errors are counted, not listed */
+#define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
+#define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
+#define DEPLOY_BACKUP_KEEP_MAX     1000
 
 /* The storage engine a service uses; it decides how `moat status` sizes the
  * database (a SQLite file plus -wal/-shm, an LMDB directory...). */
@@ -88,6 +90,10 @@ struct deploy_service {
     size_t nsecrets;
     int level; /* start order: 0 = no routes; else 1 + max(level of targets) */
     bool tls;  /* serves HTTPS (the deployment's "tls") */
+    /* "backup": {"every", "keep"}: moat up backs the service up every
+     * backup_every_ms (0 = never by itself); backup_keep are kept. */
+    int64_t backup_every_ms;
+    unsigned backup_keep;
 };
 
 struct deploy {

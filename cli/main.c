@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "audit_log.h"
+#include "backup.h"
 #include "cli.h"
 #include "drill.h"
 #include "events.h"
@@ -101,6 +102,18 @@ static const char usage[] =
     "                            service and the operator, under\n"
     "                            <var_dir>/certs (moat up makes them when\n"
     "                            the file says \"tls\": true)\n"
+    "  backup SERVICE|--all [--file FILE]\n"
+    "                            an online backup of each service's own store\n"
+    "                            into <var_dir>/backups/SERVICE/ (retention\n"
+    "                            and cadence: \"backup\" in the deployment)\n"
+    "  backup list [SERVICE] [--file FILE]\n"
+    "                            the backups kept, newest first\n"
+    "  backup verify BACKUP [--file FILE]\n"
+    "                            check a backup read-only: checksums,\n"
+    "                            integrity, schema, outbox head, cursors\n"
+    "  restore SERVICE --from BACKUP [--timeout S] [--file FILE]\n"
+    "                            stop SERVICE, put the backup in place, start\n"
+    "                            it with a new feed epoch\n"
     "  help                      show this help\n"
     "\n"
     "FILE is the deployment file: -f/--file, else $MOAT_DEPLOY, else\n"
@@ -176,6 +189,8 @@ int main(int argc, char **argv)
         {"report", cli_cmd_report},
         {"new", cli_cmd_new},
         {"certs", cli_cmd_certs},
+        {"backup", cli_cmd_backup},
+        {"restore", cli_cmd_restore},
     };
     for (size_t i = 0; i < MOAT_ARRAY_LEN(commands); i++) {
         if (strcmp(cmd, commands[i].name) != 0)

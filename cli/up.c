@@ -77,10 +77,12 @@ enum proc_status {
     PS_STOPPING, /* SIGTERM sent */
     PS_STOPPED,  /* exited after we asked, or never started */
     PS_FAILED,   /* exited or never ready during the initial start */
+    PS_HELD,     /* stopped on request (<var>/hold/<name>), not restarted */
 };
 
 static const char *const proc_status_names[] = {
-    "pending", "starting", "ready", "backoff", "stopping", "stopped", "failed",
+    "pending",  "starting", "ready",  "backoff",
+    "stopping", "stopped",  "failed", "held",
 };
 
 enum sup_status {
@@ -104,16 +106,21 @@ struct proc {
     char **auth_env;  /* "NAME=value" keys and secrets, NULL-ended; owned */
     pid_t pid;        /* 0 when not running */
     enum proc_status status;
-    unsigned restarts;    /* spawns after the first */
-    int64_t started_wall; /* wall ms of the last spawn, 0 = never */
-    uint64_t started_ms;  /* monotonic ms of the last spawn */
-    uint64_t ready_ms;    /* monotonic ms it became ready, 0 = not yet */
-    uint64_t next_probe;  /* monotonic ms of the next /readyz probe */
-    uint64_t restart_at;  /* monotonic ms, in PS_BACKOFF */
-    uint64_t backoff_ms;  /* delay of the next restart */
-    bool warned_slow;     /* "not ready after 10 s" logged */
-    char last_probe[48];  /* "HTTP 503", "connection refused" */
-    char last_exit[48];   /* "exit status 1", "killed by signal 9" */
+    unsigned restarts;     /* spawns after the first */
+    int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
+    uint64_t started_ms;   /* monotonic ms of the last spawn */
+    uint64_t ready_ms;     /* monotonic ms it became ready, 0 = not yet */
+    uint64_t next_probe;   /* monotonic ms of the next /readyz probe */
+    uint64_t restart_at;   /* monotonic ms, in PS_BACKOFF */
+    uint64_t backoff_ms;   /* delay of the next restart */
+    bool warned_slow;      /* "not ready after 10 s" logged */
+    char last_probe[48];   /* "HTTP 503", "connection refused" */
+    char last_exit[48];    /* "exit status 1", "killed by signal 9" */
+    char *hold_path;       /* <var>/hold/<name>: present = hold it; owned */
+    bool holding;          /* stopping because of the hold */
+    uint64_t hold_kill_at; /* monotonic ms: SIGKILL if still running */
+    uint64_t next_backup;  /* monotonic ms of the next backup, 0 = none */
+    pid_t backup_pid;      /* a `moat backup` child running, 0 = none */
 };
 
 struct sup {
@@ -684,6 +691,14 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     p->pid = 0;
     s->dirty = true;
 
+    if (p->holding && s->status == SUP_RUNNING) {
+        p->holding = false;
+        p->status = PS_HELD;
+        say(s, "%s: held (%s); not restarted until %s is removed", p->svc->name,
+            p->last_exit, p->hold_path);
+        return;
+    }
+
     if (p->status == PS_STOPPING || s->status == SUP_STOPPING) {
         p->status = PS_STOPPED;
         say(s, "%s: stopped (%s)", p->svc->name, p->last_exit);
@@ -722,6 +737,8 @@ static void audit_done(struct sup *s)
     s->audit_pid = 0;
 }
 
+static void on_backup_exit(struct sup *s, pid_t pid, int wstatus);
+
 static void reap(struct sup *s)
 {
     int wstatus;
@@ -732,6 +749,8 @@ static void reap(struct sup *s)
             on_exit_status(s, p, wstatus);
         else if (pid == s->audit_pid)
             audit_done(s);
+        else
+            on_backup_exit(s, pid, wstatus);
     }
 }
 
@@ -793,6 +812,7 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
         timeout_ms = LOOP_MAX_WAIT_MS;
     struct timespec ts = {.tv_sec = (time_t)(timeout_ms / 1000),
                           .tv_nsec = (long)(timeout_ms % 1000) * 1000000L};
+    /* SIGUSR1 only wakes us: a hold was placed or lifted. */
     int sig = sigtimedwait(&s->sigs, NULL, &ts);
     if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
         s->stop_signals++;
@@ -832,6 +852,95 @@ static void probe(struct sup *s, struct proc *p)
 }
 
 /*
+ * Holds (moat restore): while <var>/hold/<name> exists the service is
+ * stopped and not restarted; once it is gone the service starts again.
+ */
+static void run_hold(struct sup *s, struct proc *p, uint64_t now)
+{
+    bool held = access(p->hold_path, F_OK) == 0;
+    if (held && !p->holding && p->status != PS_HELD) {
+        if (p->pid > 0) {
+            say(s, "%s: hold requested, stopping pid %d (SIGTERM)",
+                p->svc->name, (int)p->pid);
+            p->holding = true;
+            p->status = PS_STOPPING;
+            p->hold_kill_at = now + STOP_TIMEOUT_MS;
+            signal_proc(p, SIGTERM);
+        } else {
+            p->status = PS_HELD;
+            say(s, "%s: held", p->svc->name);
+        }
+        s->dirty = true;
+    } else if (p->holding && p->pid > 0 && now >= p->hold_kill_at) {
+        say(s, "%s: still running, killing pid %d (SIGKILL)", p->svc->name,
+            (int)p->pid);
+        signal_proc(p, SIGKILL);
+        p->hold_kill_at = now + KILL_WAIT_MS;
+    } else if (!held && p->status == PS_HELD) {
+        say(s, "%s: hold lifted", p->svc->name);
+        p->backoff_ms = BACKOFF_MIN_MS;
+        p->restarts++;
+        if (spawn(s, p) != MOAT_OK) {
+            p->status = PS_BACKOFF;
+            p->restart_at = now + p->backoff_ms;
+        }
+    }
+}
+
+/* The cadence of "backup": {"every"}: a `moat backup NAME` child of ours
+ * when due (the first one `every` after the service was first ready). */
+static void run_backup(struct sup *s, struct proc *p, uint64_t now)
+{
+    uint64_t every = (uint64_t)p->svc->backup_every_ms;
+    if (!every)
+        return;
+    if (!p->next_backup) {
+        if (p->status == PS_READY)
+            p->next_backup = now + every;
+        return;
+    }
+    if (now < p->next_backup || p->backup_pid || p->status != PS_READY)
+        return;
+    p->next_backup = now + every;
+    char a0[] = "moat", a1[] = "backup", a3[] = "--file";
+    char *argv[] = {a0, a1, p->svc->name, a3, s->file_abs, NULL};
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) {
+        say(s, "%s: cannot start a backup: %s", p->svc->name, strerror(errno));
+        return;
+    }
+    if (pid == 0) {
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        if (s->log_fd >= 0) {
+            dup2(s->log_fd, STDOUT_FILENO);
+            dup2(s->log_fd, STDERR_FILENO);
+        }
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    p->backup_pid = pid;
+    say(s, "%s: backup started (pid %d)", p->svc->name, (int)pid);
+}
+
+static void on_backup_exit(struct sup *s, pid_t pid, int wstatus)
+{
+    for (size_t i = 0; i < s->nprocs; i++) {
+        struct proc *p = &s->procs[i];
+        if (p->backup_pid != pid)
+            continue;
+        p->backup_pid = 0;
+        char how[48];
+        describe_exit(wstatus, how, sizeof(how));
+        say(s, "%s: backup %s (%s)", p->svc->name,
+            WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0 ? "done" : "FAILED",
+            how);
+    }
+}
+
+/*
  * Run due timers (restarts, probes) and return the time until the next
  * one. Called after every wake-up.
  */
@@ -841,6 +950,12 @@ static uint64_t run_timers(struct sup *s)
     uint64_t next = now + LOOP_MAX_WAIT_MS;
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
+        if (s->status == SUP_RUNNING) {
+            run_hold(s, p, now);
+            run_backup(s, p, now);
+            if (p->next_backup && p->next_backup < next)
+                next = p->next_backup;
+        }
         if (p->status == PS_BACKOFF && now >= p->restart_at) {
             p->restarts++;
             if (spawn(s, p) != MOAT_OK) {
@@ -1141,6 +1256,7 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        free(s->procs[i].hold_path);
         for (char **e = s->procs[i].auth_env; e && *e; e++) {
             sodium_memzero(*e, strlen(*e));
             free(*e);
@@ -1216,6 +1332,8 @@ int cli_cmd_up(int argc, char **argv)
         if (p->svc->nroutes)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
         p->backoff_ms = BACKOFF_MIN_MS;
+        p->hold_path = moat_xasprintf("%s/hold/%s", s.d->var_dir, p->svc->name);
+        unlink(p->hold_path); /* left by a restore that was interrupted */
     }
     if (s.d->tls && (cli_certs_ensure(s.d, false, false) != MOAT_OK ||
                      cli_tls_operator(s.d) != MOAT_OK))
@@ -1229,6 +1347,7 @@ int cli_cmd_up(int argc, char **argv)
     sigaddset(&s.sigs, SIGINT);
     sigaddset(&s.sigs, SIGTERM);
     sigaddset(&s.sigs, SIGHUP);
+    sigaddset(&s.sigs, SIGUSR1);
     sigprocmask(SIG_BLOCK, &s.sigs, NULL);
     signal(SIGPIPE, SIG_IGN); /* a closed stdout must not kill us */
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -684,6 +684,33 @@ void consumer_ticket_drop(struct pull_ticket *t)
     free(t);
 }
 
+/*
+ * The source was restored to an earlier point (moat/backup.h, feed
+ * epochs): what we applied after `to` no longer exists there, and the
+ * numbers after it will be new events. Resume at `to`; the source has
+ * recorded the rewind for moat reconcile.
+ */
+static void rewind_cursor(struct sub *s, int64_t to)
+{
+    const struct consumer_storage_ops *ops = s->c->ops;
+    /* On a failure the next pull finds the new epoch again. */
+    if (ops->begin(s->c) != MOAT_OK) {
+        arm(s, NEXT_PULL, next_backoff(s));
+        return;
+    }
+    if (ops->cursor_write(s->c, s->src->name, to) != MOAT_OK ||
+        ops->commit(s->c) != MOAT_OK) {
+        ops->rollback(s->c);
+        arm(s, NEXT_PULL, next_backoff(s));
+        return;
+    }
+    s->cursor = to;
+    s->head = to;
+    s->ahead = false;
+    moat_metric_add(s->m_rewinds, 1);
+    sub_pull(s);
+}
+
 static void on_pulled(int err, json_t *events, int64_t head, void *arg)
 {
     struct pull_ticket *t = arg;
@@ -695,6 +722,10 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
     s->pulling = false;
     if (err == MOAT_ECANCELLED)
         return; /* the client is going away: so are we */
+    if (err == MOAT_ECONFLICT && head < s->cursor) {
+        rewind_cursor(s, head);
+        return;
+    }
     if (err != MOAT_OK) {
         source_failed(s, err);
         return;
@@ -814,6 +845,11 @@ static int consumer_new(struct moat_consumer **out, struct event_base *base,
         m, MOAT_GAUGE, "moat_consumer_dead_letters",
         "Events parked as dead letters (failed or blocked behind one).",
         "source", NULL, 0);
+    c->f_rewinds = moat_metrics_family(
+        m, MOAT_COUNTER, "moat_consumer_rewinds_total",
+        "Times the source was restored to an earlier point (a new feed "
+        "epoch) and the cursor moved back to it.",
+        "source", NULL, 0);
     moat_metrics_on_collect(m, collect, c);
     *out = c;
     return MOAT_OK;
@@ -883,6 +919,7 @@ int moat_consumer_subscribe(struct moat_consumer *c,
     s->m_applied = moat_metric_series(c->f_applied, labels);
     s->m_failures = moat_metric_series(c->f_failures, labels);
     s->m_dead = moat_metric_series(c->f_dead, labels);
+    s->m_rewinds = moat_metric_series(c->f_rewinds, labels);
     consumer_refresh_dead_gauge(s);
 
     c->subs = moat_xrealloc(c->subs, (c->nsubs + 1) * sizeof(*c->subs));

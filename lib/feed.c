@@ -20,6 +20,7 @@
 
 #include "events_internal.h"
 #include "moat/auth.h"
+#include "moat/backup.h"
 #include "moat/buf.h"
 #include "moat/http_client.h"
 #include "moat/log.h"
@@ -36,6 +37,16 @@
 #define FEED_EVENT_OVERHEAD 400
 /* The client waits this much longer than the long poll itself. */
 #define FEED_CLIENT_SLACK_MS 5000
+
+/* The epoch this process's feed serves (moat/backup.h); "" = none. */
+static char feed_epoch[48];
+static int64_t feed_epoch_base;
+
+void moat_feed_set_epoch(const char *epoch, int64_t base_seq)
+{
+    snprintf(feed_epoch, sizeof(feed_epoch), "%s", epoch ? epoch : "");
+    feed_epoch_base = base_seq;
+}
 
 /* ---- strict query strings (shared with consumer.c) ---- */
 
@@ -239,6 +250,10 @@ static bool feed_answer(struct moat_outbox *o, struct moat_req *req,
     json_object_set_new(body, "next_after", json_integer(next_after));
     json_object_set_new(body, "head", json_integer(head));
     json_object_set_new(body, "retained_from", json_integer(from));
+    if (feed_epoch[0]) {
+        json_object_set_new(body, "epoch", json_string(feed_epoch));
+        json_object_set_new(body, "epoch_base", json_integer(feed_epoch_base));
+    }
     moat_req_set_header(req, "Cache-Control", "no-store");
     moat_req_reply_json(req, 200, body);
     return true;
@@ -379,6 +394,9 @@ struct feed_source {
     const struct moat_auth *auth;    /* borrowed; NULL = no token */
     struct feed_call *calls;         /* pulls in flight */
     int last_status;                 /* for logging changes only */
+    char *epoch_dir;                 /* owned; NULL = no epoch tracking */
+    char epoch[48];                  /* the epoch accepted; "" none yet */
+    bool epoch_loaded;               /* epoch read from epoch_dir */
 };
 
 /* One pull in flight. It outlives its source when the source is freed
@@ -388,6 +406,7 @@ struct feed_call {
     struct feed_source *fs;
     moat_source_done_fn done;
     void *arg;
+    int64_t after; /* what the pull asked for */
     struct feed_call *prev, *next;
 };
 
@@ -417,6 +436,45 @@ static void note_status(struct feed_source *fs, int status, const char *body)
     json_decref(j);
 }
 
+/*
+ * The epoch of a page (moat/backup.h). A new epoch whose base is below
+ * the pull's `after` means the producer was restored to an earlier point:
+ * MOAT_ECONFLICT with *head = the base, where the consumer resumes; the
+ * epoch is accepted once a pull at or below the base sees it.
+ */
+static int check_epoch(struct feed_source *fs, json_t *body, int64_t after,
+                       int64_t *head)
+{
+    const char *ep = json_string_value(json_object_get(body, "epoch"));
+    json_t *base = json_object_get(body, "epoch_base");
+    if (!fs->epoch_dir || !ep || !json_is_integer(base) ||
+        strlen(ep) >= sizeof(fs->epoch))
+        return MOAT_OK;
+    if (!fs->epoch_loaded) {
+        moat_epoch_accepted(fs->epoch_dir, fs->src.name, fs->epoch,
+                            sizeof(fs->epoch));
+        fs->epoch_loaded = true;
+    }
+    if (strcmp(fs->epoch, ep) == 0)
+        return MOAT_OK;
+    int64_t b = json_integer_value(base);
+    if (fs->epoch[0] && after > b) {
+        moat_log(MOAT_LOG_WARN,
+                 "the source was restored to an earlier point (new feed "
+                 "epoch): moving the cursor back to the restored head",
+                 "{s:s, s:s, s:s, s:I, s:I}", "source", fs->src.name,
+                 "old_epoch", fs->epoch, "new_epoch", ep, "cursor",
+                 (json_int_t)after, "epoch_base", (json_int_t)b);
+        moat_epoch_note_rewind(fs->epoch_dir, fs->src.name, fs->epoch, ep,
+                               after, b);
+        *head = b;
+        return MOAT_ECONFLICT;
+    }
+    if (moat_epoch_accept(fs->epoch_dir, fs->src.name, ep, b) == MOAT_OK)
+        snprintf(fs->epoch, sizeof(fs->epoch), "%s", ep);
+    return MOAT_OK;
+}
+
 static void on_feed_response(const struct moat_http_response *resp, void *arg)
 {
     struct feed_call *fc = arg;
@@ -442,6 +500,7 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
                 events = NULL;
             } else {
                 head = json_integer_value(h);
+                err = check_epoch(fs, body, fc->after, &head);
             }
         } else if (resp->status == 410) {
             err = MOAT_ENOTFOUND;
@@ -496,6 +555,7 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
     fc->fs = fs;
     fc->done = done;
     fc->arg = arg;
+    fc->after = after;
     int rc = moat_http_client_send(fs->client, &call, on_feed_response, fc);
     if (rc == MOAT_OK) {
         fc->next = fs->calls;
@@ -518,6 +578,7 @@ static void feed_source_free(struct moat_event_source *src)
     for (struct feed_call *fc = fs->calls; fc; fc = fc->next)
         fc->fs = NULL;
     free(fs->base_url);
+    free(fs->epoch_dir);
     free(fs);
 }
 
@@ -551,4 +612,13 @@ struct moat_event_source *moat_feed_source_new(const char *name,
     fs->auth = auth;
     fs->last_status = 200;
     return &fs->src;
+}
+
+void moat_feed_source_set_epoch_dir(struct moat_event_source *src,
+                                    const char *dir)
+{
+    struct feed_source *fs = (struct feed_source *)src;
+    free(fs->epoch_dir);
+    fs->epoch_dir = dir ? moat_xstrdup(dir) : NULL;
+    fs->epoch_loaded = false;
 }

@@ -369,6 +369,19 @@ const char *moat_kv_path(const struct moat_kv *kv)
     return kv->path;
 }
 
+int moat_kv_copy(struct moat_kv *kv, const char *dir)
+{
+    if (!kv || !dir)
+        return MOAT_EINVAL;
+    int mrc = mdb_env_copy2(kv->env, dir, MDB_CP_COMPACT);
+    if (mrc != MDB_SUCCESS) {
+        moat_log(MOAT_LOG_ERROR, "lmdb copy failed", "{s:s, s:s, s:s}", "path",
+                 kv->path, "to", dir, "error", mdb_strerror(mrc));
+        return MOAT_EIO;
+    }
+    return MOAT_OK;
+}
+
 static bool valid_db_name(const char *name)
 {
     size_t n = name ? strlen(name) : 0;

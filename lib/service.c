@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "moat/backup.h"
 #include "moat/buf.h"
 #include "moat/config.h"
 #include "moat/http_client.h"
@@ -180,6 +181,9 @@ int moat_service_subscribe(struct moat_service *svc, struct moat_consumer *c,
         moat_feed_source_new(source, url, svc->feeds, svc->auth);
     if (!src)
         return MOAT_EINVAL;
+    char *epochs = moat_epoch_dir(svc);
+    moat_feed_source_set_epoch_dir(src, epochs);
+    free(epochs);
     const struct moat_subscription sub = {
         .source = src, .types = types, .handler = handler, .arg = arg};
     int rc = moat_consumer_subscribe(c, &sub);
@@ -593,6 +597,8 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
         goto out;
     }
     inited = true;
+    if (moat_backup_serve(&svc) != MOAT_OK)
+        goto out;
 
     if (svc.cfg.sandbox) {
         bool enforced = false;

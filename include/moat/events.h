@@ -20,7 +20,7 @@
  *
  *   GET /v1/events?after=SEQ&limit=N&wait=MS
  *   200 {"source": "catalog", "events": [CloudEvent...], "next_after": S,
- *        "head": H, "retained_from": R}
+ *        "head": H, "retained_from": R, "epoch": E, "epoch_base": B}
  *
  * events are those with seq > after, ascending, at most limit (1..1000,
  * default 100) and at most ~4 MiB of event data (always at least one
@@ -29,6 +29,8 @@
  * outbox is empty). after defaults to 0, wait to 0. With none available
  * and wait > 0 (capped at 30000) the request parks until a commit adds
  * some (answered at once) or wait passes (answered with no events).
+ * E and B are the feed epoch (moat/backup.h): a new E after a restore
+ * from a backup, whose numbers after B are new events.
  * after < R - 1 (events already deleted by retention) is 410 Gone: the
  * consumer cannot catch up by replay and must be rebuilt from the
  * source's API. A malformed, repeated or unknown query parameter is a 400
@@ -239,6 +241,9 @@ typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
  *                             (where a reader that accepts the gap may
  *                             resume), 0 when unknown
  *   MOAT_EINVAL               malformed answer
+ *   MOAT_ECONFLICT            the source was restored to an earlier point
+ *                             (a new feed epoch, moat/backup.h); head is
+ *                             the restored head, where the reader resumes
  *   MOAT_ECANCELLED           the transport is shutting down
  * If pull returns an error, done is never called. Several pulls may be in
  * flight at once (live consumption and a verification). free drops pulls

@@ -185,6 +185,13 @@ typedef int (*moat_kv_iter_fn)(const void *key, size_t klen, const void *val,
 int moat_kv_iterate(struct moat_kv_txn *t, struct moat_kv_db *db,
                     const void *from, size_t from_len, moat_kv_iter_fn fn,
                     void *arg);
+/*
+ * A compacted copy of the environment, as of one read transaction, into
+ * the existing empty directory dir (LMDB's mdb_env_copy2 with
+ * MDB_CP_COMPACT: dir/data.mdb, no lock file). Safe while writers run.
+ * MOAT_OK, MOAT_EINVAL, MOAT_EIO (logged).
+ */
+int moat_kv_copy(struct moat_kv *kv, const char *dir);
 /* The last entry of db (highest key): MOAT_ENOTFOUND when db is empty. */
 int moat_kv_last(struct moat_kv_txn *t, struct moat_kv_db *db, const void **key,
                  size_t *klen, const void **val, size_t *vlen);

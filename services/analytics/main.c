@@ -19,6 +19,7 @@
  *   MOAT_ANALYTICS_BLIND_LAG_MS     a source further behind than this is
  *                                   a blind spot (default 1000)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdio.h>
@@ -137,6 +138,7 @@ static int analytics_init(struct moat_service *svc)
         rc = an_routes_register(svc->http, s);
     if (rc != MOAT_OK)
         goto cleanup;
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
 cleanup:

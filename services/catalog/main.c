@@ -15,6 +15,7 @@
  * Where to look: handlers.c for the HTTP API, product.c for the document
  * rules, store.c for the schema and every query.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -67,6 +68,7 @@ static int catalog_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, cat_store_db(cat->store));
     svc->impl = cat;
     cat = NULL;
 

@@ -590,3 +590,8 @@ void cat_products_free(struct cat_product *items, size_t n)
         cat_product_release(&items[i]);
     free(items);
 }
+
+struct moat_db *cat_store_db(struct cat_store *s)
+{
+    return s->db;
+}

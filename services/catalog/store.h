@@ -49,6 +49,8 @@ struct cat_store_options {
 int cat_store_open(struct cat_store **out, const char *data_dir,
                    struct moat_metrics *metrics,
                    const struct cat_store_options *opts);
+/* The store's database (borrowed), for the skeleton's backups. */
+struct moat_db *cat_store_db(struct cat_store *s);
 /* The store's outbox (owned by the store), to serve the feed. */
 struct moat_outbox *cat_store_outbox(struct cat_store *s);
 void cat_store_close(struct cat_store *s);

@@ -19,6 +19,7 @@
  *   MOAT_OUTBOX_RETENTION_S      keep events this long (default 7 days;
  *                                0 = forever); the newest 10000 always stay
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -100,6 +101,7 @@ static int comments_init(struct moat_service *svc)
                  moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, cmt_store_db(cs->store));
     svc->impl = cs;
     cs = NULL;
 

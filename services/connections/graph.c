@@ -847,3 +847,8 @@ int conn_graph_state(struct conn_graph *g, const char *a, const char *b,
     moat_kv_abort(t);
     return rc;
 }
+
+struct moat_kv *conn_graph_kv(struct conn_graph *s)
+{
+    return s->kv;
+}

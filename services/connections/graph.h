@@ -72,6 +72,8 @@ struct conn_graph_options {
 int conn_graph_open(struct conn_graph **out, const char *data_dir,
                     struct moat_metrics *metrics,
                     const struct conn_graph_options *opts);
+/* The store's database (borrowed), for the skeleton's backups. */
+struct moat_kv *conn_graph_kv(struct conn_graph *s);
 void conn_graph_close(struct conn_graph *g); /* NULL is fine */
 /* The store's outbox (owned by the store), to serve the feed. */
 struct moat_outbox *conn_graph_outbox(struct conn_graph *g);

@@ -17,6 +17,7 @@
  * Where to look: handlers.c for the HTTP API, graph.c for the layout and
  * every read and write.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -65,6 +66,7 @@ static int connections_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_kv(svc, conn_graph_kv(cs->graph));
     svc->impl = cs;
     cs = NULL;
 

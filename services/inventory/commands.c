@@ -48,6 +48,7 @@
 #include "contracts/orders.h"
 #include "inventory.h"
 #include "moat/audit.h"
+#include "moat/backup.h"
 #include "moat/events.h"
 #include "moat/http_client.h"
 #include "moat/kv.h"
@@ -425,6 +426,9 @@ int inv_consumer_new(struct inv_consumer **out, struct moat_service *svc,
         rc = MOAT_EINVAL; /* logged */
         goto cleanup;
     }
+    char *epochs = moat_epoch_dir(svc); /* orders restored: rewind */
+    moat_feed_source_set_epoch_dir(src, epochs);
+    free(epochs);
     const struct moat_subscription sub = {
         .source = src,
         .types = command_types,

@@ -25,6 +25,7 @@
  * Where to look: handlers.c for the HTTP API, commands.c for the saga's
  * commands, store.c for the layout and every read and write.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -93,6 +94,7 @@ static int inventory_init(struct moat_service *svc)
                  moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_kv(svc, inv_store_kv(inv->store));
     svc->impl = inv;
     inv = NULL;
 

@@ -13,6 +13,7 @@
  *   MOAT_MESSAGING_MAX_POLLS  long polls parked at once (default 1024);
  *                             503 beyond
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -68,6 +69,7 @@ static int messaging_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, msg_store_db(ms->store));
     svc->impl = ms;
     ms = NULL;
 

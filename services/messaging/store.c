@@ -932,3 +932,8 @@ int msg_store_read(struct msg_store *s, const char *conv, const char *user,
     moat_stmt_reset(st);
     return rc;
 }
+
+struct moat_db *msg_store_db(struct msg_store *s)
+{
+    return s->db;
+}

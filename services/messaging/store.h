@@ -91,6 +91,8 @@ int msg_store_open(struct msg_store **out, const char *data_dir,
                    struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics);
+/* The store's database (borrowed), for the skeleton's backups. */
+struct moat_db *msg_store_db(struct msg_store *s);
 void msg_store_close(struct msg_store *s);
 struct moat_outbox *msg_store_outbox(struct msg_store *s);
 /* True when the database answers and every migration is applied. */

@@ -22,6 +22,7 @@
  *   MOAT_NOTIFICATIONS_RETRY_MAX_MS    cap of the delivery retry backoff
  *                                      (default 30000, 100..600000)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -185,6 +186,7 @@ static int notifications_init(struct moat_service *svc)
                  "{s:s}", "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
     rc = MOAT_OK;

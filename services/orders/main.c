@@ -19,6 +19,7 @@
  *
  * $MOAT_DATA_DIR/audit.log records every order state change (moat/audit.h).
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <event2/event.h>
@@ -217,6 +218,7 @@ static int orders_init(struct moat_service *svc)
         "Time from placing an order to its final status", NULL, saga_buckets,
         MOAT_ARRAY_LEN(saga_buckets)));
     moat_metrics_on_collect(svc->metrics, collect, os);
+    moat_backup_register_sqlite(svc, os->db);
     svc->impl = os;
     os = NULL;
     rc = MOAT_OK;

@@ -23,6 +23,7 @@
  * provider.c for the provider calls, store.c for the schema and every
  * query. docs/payments.md for the rules.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <event2/event.h>
@@ -190,6 +191,7 @@ static int payments_init(struct moat_service *svc)
              (json_int_t)ps->cfg.provider_timeout_ms, "active_key",
              (int)moat_keyring_active(ps->kr), "orders",
              ps->cfg.orders_url[0] ? ps->cfg.orders_url : "(none)");
+    moat_backup_register_sqlite(svc, pay_store_db(ps->store));
     svc->impl = ps;
     ps = NULL;
 

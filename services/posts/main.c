@@ -8,6 +8,7 @@
  *   MOAT_OUTBOX_RETENTION_S   keep events this long (default 7 days;
  *                             0 = forever); the newest 10000 always stay
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -55,6 +56,7 @@ static int posts_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, pst_store_db(ps->store));
     svc->impl = ps;
     ps = NULL;
 

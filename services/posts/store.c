@@ -423,3 +423,8 @@ int pst_idem_get(struct pst_store *s, const char *author, const char *key,
     moat_stmt_reset(st);
     return rc;
 }
+
+struct moat_db *pst_store_db(struct pst_store *s)
+{
+    return s->db;
+}

@@ -51,6 +51,8 @@ int pst_store_open(struct pst_store **out, const char *data_dir,
                    struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics);
+/* The store's database (borrowed), for the skeleton's backups. */
+struct moat_db *pst_store_db(struct pst_store *s);
 void pst_store_close(struct pst_store *s);
 struct moat_outbox *pst_store_outbox(struct pst_store *s);
 /* True when the database answers and every migration is applied. */

@@ -17,6 +17,7 @@
  * store.c for the schema and the sealing, events.c for users' events,
  * docs/profiles.md for all of it.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -114,6 +115,7 @@ static int profiles_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto out;
 
+    moat_backup_register_sqlite(svc, pro_store_db(ps->store));
     svc->impl = ps;
     ps = NULL;
 

@@ -17,6 +17,7 @@
  *   MOAT_READMODEL_PAYMENTS_URL       payments' (default :8085)
  *   MOAT_READMODEL_NOTIFICATIONS_URL  notifications' (default :8087)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -138,6 +139,7 @@ static int readmodel_init(struct moat_service *svc)
                  "{s:s}", "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
     rc = MOAT_OK;

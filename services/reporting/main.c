@@ -22,6 +22,7 @@
  *                                 Changing it changes every pseudonym:
  *                                 replay the warehouse afterwards
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <sodium.h>
@@ -176,6 +177,7 @@ static int reporting_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
     rc = MOAT_OK;

@@ -21,6 +21,7 @@
  *   MOAT_SEARCH_PROFILES_URL  social index: profiles' base URL
  *                             (default http://127.0.0.1:8091)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -203,6 +204,7 @@ static int search_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
     rc = MOAT_OK;

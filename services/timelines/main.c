@@ -15,6 +15,7 @@
  *                                   are merged in at read time instead of
  *                                   fanned out on write (default 5000)
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <stdlib.h>
@@ -98,6 +99,7 @@ static int timelines_init(struct moat_service *svc)
         rc = tl_routes_register(svc->http, s);
     if (rc != MOAT_OK)
         goto cleanup;
+    moat_backup_register_sqlite(svc, s->db);
     svc->impl = s;
     s = NULL;
 cleanup:

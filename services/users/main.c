@@ -7,6 +7,7 @@
  * tokens.c for the API, store.c for the schema and the sealing,
  * docs/users.md for the API and its security model.
  */
+#include "moat/backup.h"
 #include "moat/common.h"
 
 #include <sodium.h>
@@ -247,6 +248,7 @@ static int users_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto out;
 
+    moat_backup_register_sqlite(svc, usr_store_db(usr->store));
     svc->impl = usr;
     usr = NULL;
 

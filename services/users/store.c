@@ -1193,3 +1193,8 @@ int usr_store_mod_get(struct usr_store *s, const char *id,
     moat_stmt_reset(stmt);
     return rc;
 }
+
+struct moat_db *usr_store_db(struct usr_store *s)
+{
+    return s->db;
+}

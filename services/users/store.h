@@ -47,6 +47,8 @@ struct usr_store;
 int usr_store_open(struct usr_store **out, struct event_base *base,
                    const char *data_dir, const struct moat_keyring *kr,
                    struct moat_metrics *metrics);
+/* The store's database (borrowed), for the skeleton's backups. */
+struct moat_db *usr_store_db(struct usr_store *s);
 /* The outbox of UserRegistered/UserUpdated events (served as the feed). */
 struct moat_outbox *usr_store_outbox(struct usr_store *s);
 void usr_store_close(struct usr_store *s);

@@ -291,7 +291,7 @@ static void test_unknown_fields(void **state)
     expect_error(DEPLOY(SVC(",'rotes':[]")),
                  "moat.json: services[0].rotes: unknown field (expected one "
                  "of: name, listen, engine, db, data_dir, binary, env, "
-                 "routes, calls, secrets)");
+                 "routes, calls, secrets, backup)");
     expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
                                        "'path':'/b','timeout':1}]")),
                  "services[1].routes[0].timeout: unknown field");
@@ -407,6 +407,37 @@ static void test_engine_and_db(void **state)
                            "data directory");
         free(json);
     }
+}
+
+/* "backup": {"every", "keep"}: moat up's cadence and the retention. */
+static void test_backup_cadence(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(SVC("")));
+    assert_int_equal(d->services[0].backup_every_ms, 0);
+    assert_int_equal(d->services[0].backup_keep, DEPLOY_BACKUP_KEEP_DEFAULT);
+    deploy_free(d);
+    d = parse_ok(DEPLOY(SVC(",'backup':{'every':'1h','keep':24}")));
+    assert_int_equal(d->services[0].backup_every_ms, 3600000);
+    assert_int_equal(d->services[0].backup_keep, 24);
+    deploy_free(d);
+    d = parse_ok(DEPLOY(SVC(",'backup':{'every':'90s'}")));
+    assert_int_equal(d->services[0].backup_every_ms, 90000);
+    deploy_free(d);
+    expect_error(DEPLOY(SVC(",'backup':{'every':'5s'}")),
+                 "services[0].backup.every: must be a number and s, m, h or "
+                 "d, at least 10s");
+    expect_error(DEPLOY(SVC(",'backup':{'every':'1w'}")),
+                 "services[0].backup.every");
+    expect_error(DEPLOY(SVC(",'backup':{'keep':0}")),
+                 "services[0].backup.keep: must be an integer in 1..1000");
+    expect_error(DEPLOY(SVC(",'backup':{'often':true}")),
+                 "services[0].backup.often: unknown field");
+    expect_error(DEPLOY(SVC(",'backup':'daily'")),
+                 "services[0].backup: must be an object");
+    expect_error(DEPLOY("{'name':'gateway','listen':'127.0.0.1:1',"
+                        "'engine':'none','backup':{'every':'1h'}}"),
+                 "services[0].backup: not allowed with engine \"none\"");
 }
 
 static void test_data_dirs(void **state)
@@ -595,6 +626,7 @@ int main(void)
         cmocka_unit_test(test_listen),
         cmocka_unit_test(test_engine_and_db),
         cmocka_unit_test(test_data_dirs),
+        cmocka_unit_test(test_backup_cadence),
         cmocka_unit_test(test_env),
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_levels_and_cycles),
