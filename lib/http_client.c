@@ -63,6 +63,11 @@ struct xfer {
     size_t hdr_off[2 * MOAT_HTTP_CLIENT_MAX_RESPONSE_HEADERS];
     size_t nheaders;
     bool too_big; /* we aborted the transfer because of a cap */
+    /* A streamed call (moat_http_call.on_data); streaming once the status
+     * is known to be 200. */
+    bool (*on_data)(const char *data, size_t len, void *arg);
+    void *data_arg;
+    bool streaming, status_known;
     uint64_t start_ns;
     char errbuf[CURL_ERROR_SIZE];
     struct xfer *prev, *next;
@@ -194,6 +199,14 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
     struct xfer *x = arg;
     size_t len = size * n;
+    if (x->on_data && !x->status_known) {
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        x->streaming = status == 200;
+        x->status_known = true;
+    }
+    if (x->streaming)
+        return x->on_data(data, len, x->data_arg) ? len : 0;
     if (x->resp_body.len + len > x->client->opts.max_response ||
         x->resp_body.len + len < x->resp_body.len) {
         x->too_big = true;
@@ -256,7 +269,8 @@ static void xfer_free(struct xfer *x)
     struct moat_http_client *c = x->client;
     if (x->easy && !c->closing && c->nidle < EASY_POOL_MAX) {
         /* Options only; connections stay cached. */
-        bool plain_get = strcmp(x->method, "GET") == 0 && !x->body;
+        bool plain_get =
+            strcmp(x->method, "GET") == 0 && !x->body && !x->on_data;
         if (!plain_get) {
             curl_easy_reset(x->easy);
         } else { /* nothing may point into x once it is freed */
@@ -428,6 +442,11 @@ int moat_http_client_new(struct moat_http_client **out, struct event_base *base,
                       c->opts.max_host_conns * CACHE_HOSTS);
     *out = c;
     return MOAT_OK;
+}
+
+struct event_base *moat_http_client_base(const struct moat_http_client *c)
+{
+    return c->base;
 }
 
 size_t moat_http_client_pending(const struct moat_http_client *c)
@@ -674,7 +693,16 @@ int moat_http_client_send(struct moat_http_client *c,
         setup_common(c, e);
     curl_easy_setopt(e, CURLOPT_URL, x->url);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+    if (call->on_data) {
+        /* No total timeout: at least a byte a second for timeout_ms. */
+        x->on_data = call->on_data;
+        x->data_arg = call->data_arg;
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (timeout + 999) / 1000);
+    } else {
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+    }
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
