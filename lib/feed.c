@@ -1034,12 +1034,21 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
     if (fs->no_stream || fs->parked.active)
         return poll_pull(fs, after, limit, wait_ms, done, arg);
 
-    /* The buffer and the stream must continue from `after` exactly. */
-    buffer_skip(fs, after);
-    json_t *first = json_array_get(fs->buffered, 0);
-    int64_t at =
-        first ? event_seq(first) - 1 : (fs->stream ? fs->stream->after : -1);
-    if (at != after) {
+    /* Is `after` on the stream: within what it brought, or where it is? */
+    size_t n = json_array_size(fs->buffered);
+    int64_t first = n ? event_seq(json_array_get(fs->buffered, 0)) : -1;
+    int64_t last = n ? event_seq(json_array_get(fs->buffered, n - 1))
+                     : (fs->stream ? fs->stream->after : -1);
+    bool on_stream =
+        last >= 0 && after <= last && (n ? after >= first - 1 : after == last);
+    bool has_more = on_stream && after < last && n > 0;
+    /* "What there is now" (wait 0) is the long poll's answer unless the
+     * stream already brought it; it leaves the stream alone. */
+    if (wait_ms == 0 && !has_more)
+        return poll_pull(fs, after, limit, wait_ms, done, arg);
+    if (on_stream) {
+        buffer_skip(fs, after);
+    } else {
         stream_detach(fs);
         buffer_clear(fs);
     }
