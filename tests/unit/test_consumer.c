@@ -1287,6 +1287,73 @@ static void test_stream_resumes_after_producer_restart(void **state)
     assert_int_equal(subjects, 302);
 }
 
+/* A raw loopback connection to the producer, sending one request. */
+static int raw_request(struct fixture *f, const char *target)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(f->pport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char *req =
+        moat_xasprintf("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target);
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    free(req);
+    return fd;
+}
+
+struct raw_read {
+    int fd;
+    struct moat_buf got;
+    const char *want;
+};
+
+/* Read what the producer sent so far; true once want is in it. */
+static bool raw_has(struct fixture *f, void *arg)
+{
+    struct raw_read *r = arg;
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+        moat_buf_add(&r->got, buf, (size_t)n);
+    return strstr(moat_buf_str(&r->got), r->want) != NULL;
+}
+
+static void test_stream_wire_format(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    produce(f, "ItemSet", "s2", "b", 2);
+    struct raw_read r = {.fd = raw_request(f, "/v1/events?after=1&stream=1"),
+                         .got = MOAT_BUF_INIT};
+    /* Chunked NDJSON: the events after the cursor, one per line. */
+    r.want = "\"sequence\":\"2\"";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    const char *text = moat_buf_str(&r.got);
+    assert_non_null(strstr(text, "HTTP/1.1 200"));
+    assert_non_null(strstr(text, "Transfer-Encoding: chunked"));
+    assert_non_null(strstr(text, "Content-Type: application/x-ndjson"));
+    assert_null(strstr(text, "\"sequence\":\"1\""));
+    /* A commit is written at once; silence brings a heartbeat. */
+    produce(f, "ItemSet", "s3", "c", 2);
+    r.want = "\"sequence\":\"3\"";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    r.want = "{\"heartbeat\":true,\"head\":3}\n";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    close(r.fd);
+    moat_buf_release(&r.got);
+
+    /* A stream takes no limit or wait. */
+    r = (struct raw_read){
+        .fd = raw_request(f, "/v1/events?after=0&stream=1&limit=5"),
+        .got = MOAT_BUF_INIT,
+        .want = "HTTP/1.1 400"};
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    close(r.fd);
+    moat_buf_release(&r.got);
+}
+
 static void test_stream_slow_reader_is_dropped(void **state)
 {
     struct fixture *f = *state;
@@ -1346,6 +1413,8 @@ int main(int argc, char **argv)
             test_stream_resumes_after_producer_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_slow_reader_is_dropped,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
+                                        teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);
