@@ -86,6 +86,7 @@ MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog \
     MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="search:$(pair "$search_key" catalog),bench:$(pair "$bench_key" catalog)" \
     "$BIN"/moat-catalog >"$work/catalog.log" 2>&1 &
 pids+=($!)
+cat_pid=$!
 wait_ready "$cat_port"
 start_search() {
     MOAT_LISTEN=127.0.0.1:$search_port MOAT_DATA_DIR=$work/search \
@@ -146,23 +147,30 @@ caught_up() { # wait until search's cursor is catalog's head
     exit 1
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 phase() { # name tag threads connections delay_ms -> the phase's figures
-    local name=$1 tag=$2 t=$3 c=$4 d=$5 start end out rps errs lag
+    local name=$1 tag=$2 t=$3 c=$4 d=$5 start end out rps errs lag c0 s0
     start=$(now_ms)
+    c0=$(cpu_ticks "$cat_pid") s0=$(cpu_ticks "$search_pid")
     out=$(BENCH_PHASE=$tag BENCH_DELAY_MS=$d wrk -t"$t" -c"$c" -d"${DUR}s" \
         -s "$work/create.lua" -H "Moat-Service-Token: $(token catalog admin)" \
         "http://127.0.0.1:$cat_port")
     caught_up
     end=$(now_ms)
+    # CPU microseconds per event: catalog (create + feed) and search.
+    local cpu
+    cpu=$(awk -v c=$(($(cpu_ticks "$cat_pid") - c0)) -v s=$(($(cpu_ticks "$search_pid") - s0)) \
+        -v n="$(awk '/requests in/ {print $1}' <<<"$out")" -v t="$(getconf CLK_TCK)" \
+        'BEGIN {printf "cpu/event catalog %.0f search %.0f us", c * 1e6 / t / n, s * 1e6 / t / n}')
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
     lag=$(get search "http://127.0.0.1:$search_port/v1/admin/search/lag?since_ms=$start&until_ms=$end")
     # search's own pace: products indexed per second while it applied.
     local applied
     applied=$(jq '(.count * 1000 / ([.last_applied_ms - .first_applied_ms, 1] | max)) | floor' <<<"$lag")
-    printf '%-20s %8s creates/s -> %6s indexed (%5s/s)  lag p50 %5s ms  p90 %5s ms  p99 %5s ms  max %5s ms %s\n' \
+    printf '%-20s %8s creates/s -> %6s indexed (%5s/s)  lag p50 %5s ms  p90 %5s ms  p99 %5s ms  max %5s ms  %s %s\n' \
         "$name" "$rps" "$(jq .count <<<"$lag")" "$applied" "$(jq .p50_ms <<<"$lag")" \
-        "$(jq .p90_ms <<<"$lag")" "$(jq .p99_ms <<<"$lag")" "$(jq .max_ms <<<"$lag")" "$errs"
+        "$(jq .p90_ms <<<"$lag")" "$(jq .p99_ms <<<"$lag")" "$(jq .max_ms <<<"$lag")" "$cpu" "$errs"
 }
 
 # Pacing: c connections each waiting BENCH_DELAY_MS between requests.
@@ -171,7 +179,9 @@ delay=$(awk -v r="$RATE" -v c=$conns 'BEGIN {printf "%d", c * 1000 / r}')
 
 echo "moat event lag benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r)"
-echo "catalog -> feed (long poll) -> search; ${DUR}s per phase; access log ${BENCH_ACCESS_LOG:-1}"
+transport="stream"
+[ "${MOAT_FEED_STREAM:-1}" = "0" ] && transport="long poll"
+echo "catalog -> feed ($transport) -> search; ${DUR}s per phase; access log ${BENCH_ACCESS_LOG:-1}"
 echo
 phase "fixed-rate(~${RATE}/s)" f 1 "$conns" "$delay"
 phase "max-rate" m 2 16 0

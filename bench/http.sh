@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${BENCH_CONNECTIONS:-64}
-BIN=build/bin
+BIN=${BENCH_BIN:-build/bin}
 work=$(mktemp -d /tmp/moat-bench.XXXXXX)
 pids=()
 cleanup() {
@@ -37,6 +37,8 @@ wait_ready() {
     exit 1
 }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Real service identities, as moat up would generate them: the gateway
 # signs a service token per upstream call and catalog verifies it.
@@ -72,6 +74,7 @@ pair() { # caller-key-b64 callee
 cat_port=$(free_port)
 gw_port=$(free_port)
 ng_port=$(free_port)
+ngp_port=$(free_port)
 
 MOAT_LISTEN=127.0.0.1:$cat_port MOAT_DATA_DIR=$work/catalog MOAT_ACCESS_LOG=${BENCH_ACCESS_LOG:-1} \
     MOAT_SERVICE_KEY=$cat_key MOAT_PEER_KEYS="gateway:$(pair "$gw_key" catalog),bench:$(pair "$bench_key" catalog)" \
@@ -99,6 +102,17 @@ http {
         listen 127.0.0.1:$ng_port;
         location / { return 200 "ok"; }
     }
+    # The same ceiling behind a second nginx proxying with keep-alive: the
+    # like-for-like figure for a gateway (one proxy hop, pooled upstream).
+    upstream ng_origin { server 127.0.0.1:$ng_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ngp_port;
+        location / {
+            proxy_pass http://ng_origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
 }
 NGX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
@@ -117,18 +131,30 @@ id=$(curl -fs -X POST "http://127.0.0.1:$gw_port/api/v1/products" \
 gw_url="http://127.0.0.1:$gw_port/api/v1/products/$id"
 cat_url="http://127.0.0.1:$cat_port/v1/products/$id"
 ng_url="http://127.0.0.1:$ng_port/"
+ngp_url="http://127.0.0.1:$ngp_port/"
 
 run_wrk() { # name url [header] -> prints "name rps p50 p99"
     local out hdr=()
     [ -n "${3:-}" ] && hdr=(-H "$3")
+    local g0 c0
+    g0=$(cpu_ticks "$gw_pid") c0=$(cpu_ticks "$cat_pid")
     out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "${hdr[@]}" "$2")
+    # CPU microseconds per request of the gateway and catalog: robust on a
+    # shared machine, where req/s moves with the neighbours' load.
+    local n tck
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    tck=$(getconf CLK_TCK)
+    awk -v g=$(($(cpu_ticks "$gw_pid") - g0)) -v c=$(($(cpu_ticks "$cat_pid") - c0)) \
+        -v n="$n" -v t="$tck" 'BEGIN {printf "%.1f %.1f\n", g * 1e6 / t / n, c * 1e6 / t / n}' \
+        >"$work/cpu.$1"
     local rps p50 p99
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     local errs
     errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
-    printf '%-28s %10s req/s   p50 %-9s p99 %-9s %s\n' "$1" "$rps" "$p50" "$p99" "$errs"
+    printf '%-28s %10s req/s   p50 %-9s p99 %-9s cpu/req gw %s cat %s us %s\n' "$1" "$rps" "$p50" "$p99" \
+        $(cat "$work/cpu.$1") "$errs"
     echo "$rps" >"$work/rps.$1"
 }
 run_hey() { # name url rate [header] -> p50/p99 at a fixed total rate
@@ -149,6 +175,7 @@ echo "wrk -t2 -c$CONNS -d${DUR}s --latency; access log ${BENCH_ACCESS_LOG:-1}"
 echo
 echo "maximum throughput (closed loop):"
 run_wrk nginx-return-200 "$ng_url"
+run_wrk nginx-proxy-nginx "$ngp_url"
 run_wrk catalog-direct "$cat_url" "Moat-Service-Token: $(service_token)"
 run_wrk via-gateway "$gw_url"
 echo
@@ -162,3 +189,5 @@ echo "RSS: catalog idle ${idle_cat} KiB, after load $(rss_kb $cat_pid) KiB;" \
     "gateway idle ${idle_gw} KiB, after load $(rss_kb $gw_pid) KiB"
 gw_ratio=$(awk -v a="$(cat "$work/rps.via-gateway")" -v b="$(cat "$work/rps.nginx-return-200")" 'BEGIN {printf "%.2f", a / b}')
 echo "gateway / nginx ratio: $gw_ratio"
+px_ratio=$(awk -v a="$(cat "$work/rps.via-gateway")" -v b="$(cat "$work/rps.nginx-proxy-nginx")" 'BEGIN {printf "%.2f", a / b}')
+echo "gateway / (nginx -> nginx keep-alive proxy) ratio: $px_ratio"

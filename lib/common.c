@@ -125,12 +125,30 @@ int64_t moat_wall_ms(void)
 
 void moat_time_rfc3339(int64_t wall_ms, char out[25])
 {
-    time_t secs = (time_t)(wall_ms / 1000);
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    size_t n = strftime(out, 25, "%Y-%m-%dT%H:%M:%S", &tm);
-    unsigned ms = (unsigned)(((wall_ms % 1000) + 1000) % 1000) % 1000u;
-    snprintf(out + n, 25 - n, ".%03uZ", ms);
+    /* Every access log line and event stamps the time: the seconds part
+     * is formatted once per second (per thread), not per call. */
+    static _Thread_local time_t last_secs = -1;
+    static _Thread_local char last[25];
+    static _Thread_local size_t last_len;
+    int64_t floor_ms = wall_ms - (((wall_ms % 1000) + 1000) % 1000);
+    time_t secs = (time_t)(floor_ms / 1000);
+    if (secs != last_secs) {
+        struct tm tm;
+        gmtime_r(&secs, &tm);
+        last_len = strftime(last, sizeof(last), "%Y-%m-%dT%H:%M:%S", &tm);
+        if (last_len > 19) /* years past 9999: out has room for 19 */
+            last_len = 19;
+        last_secs = secs;
+    }
+    unsigned ms = (unsigned)(wall_ms - floor_ms);
+    memcpy(out, last, last_len);
+    char *p = out + last_len;
+    *p++ = '.';
+    *p++ = (char)('0' + ms / 100);
+    *p++ = (char)('0' + ms / 10 % 10);
+    *p++ = (char)('0' + ms % 10);
+    *p++ = 'Z';
+    *p = '\0';
 }
 
 static bool is_digit(char c)

@@ -26,6 +26,7 @@
 
 struct event;
 struct feed_waiter;
+struct feed_stream;
 struct moat_kv;
 struct moat_kv_db;
 
@@ -89,8 +90,12 @@ struct moat_outbox {
     /* Parked GET /v1/events requests, oldest first (feed.c). */
     struct feed_waiter *waiters, *waiters_tail;
     size_t nwaiters;
+    /* Streaming readers (GET /v1/events?stream=1, feed.c). */
+    struct feed_stream *streams;
+    size_t nstreams;
     int64_t counted_head; /* head already added to m_appended */
     struct moat_metric_series *m_events, *m_oldest_age, *m_head, *m_appended;
+    struct moat_metric_series *m_streams, *m_stream_drops; /* feed.c */
 };
 
 /*
@@ -104,8 +109,9 @@ int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
 int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
                      outbox_visit_fn fn, void *arg);
 
-/* feed.c: answer the parked readers that now have events (after a commit)
- * or all of them, whatever they get (at moat_outbox_free). */
+/* feed.c: answer the parked readers that now have events and write them
+ * to the streaming readers (after a commit), or answer all of them,
+ * whatever they get, and end every stream (at moat_outbox_free). */
 void moat_feed_wake_waiters(struct moat_outbox *o);
 void moat_feed_release_waiters(struct moat_outbox *o);
 

@@ -37,6 +37,21 @@
 #define FEED_EVENT_OVERHEAD 400
 /* The client waits this much longer than the long poll itself. */
 #define FEED_CLIENT_SLACK_MS 5000
+/* Streaming readers at most (each holds a connection). */
+#define FEED_MAX_STREAMS 256
+/* A stream writes a heartbeat line after this much silence; the reader
+ * gives up on a stream that stayed silent for FEED_STREAM_IDLE_MS. */
+#define FEED_STREAM_HEARTBEAT_MS 2000
+#define FEED_STREAM_IDLE_MS      10000
+/* Bytes a streaming reader may leave unread: past the high-water mark the
+ * producer stops writing to it (and retries every FEED_STREAM_RETRY_MS);
+ * a reader that stays above it for FEED_STREAM_STALL_MS is dropped and
+ * resumes from its cursor with a new request. */
+#define FEED_STREAM_HIGH_WATER (1u << 20)
+#define FEED_STREAM_RETRY_MS   20
+#define FEED_STREAM_STALL_MS   5000
+/* Events read from the outbox per batch while writing a stream. */
+#define FEED_STREAM_BATCH 100
 
 /* The epoch this process's feed serves (moat/backup.h); "" = none. */
 static char feed_epoch[48];
@@ -119,6 +134,19 @@ json_t *moat_req_parse_query(struct moat_req *r, struct moat_qparam *params,
 }
 
 /* ---- the feed ---- */
+
+struct feed_stream {
+    struct moat_outbox *o;
+    struct moat_req *req; /* streamed to until stream_end */
+    struct event *timer;  /* heartbeat, or retry while over high water */
+    int64_t after;        /* the last seq written */
+    uint64_t last_write_ns;
+    uint64_t stalled_since_ns; /* 0 when under the high-water mark */
+    struct feed_stream *prev, *next;
+};
+
+static bool stream_push(struct feed_stream *st);
+static void stream_end(struct feed_stream *st, bool dropped);
 
 struct feed_waiter {
     struct moat_outbox *o;
@@ -311,6 +339,11 @@ static void park(struct moat_outbox *o, struct moat_req *req, int64_t after,
 
 void moat_feed_wake_waiters(struct moat_outbox *o)
 {
+    for (struct feed_stream *st = o->streams, *nst; st; st = nst) {
+        nst = st->next;
+        if (!st->stalled_since_ns) /* a stalled one retries on its timer */
+            stream_push(st);
+    }
     struct feed_waiter *w = o->waiters, *next;
     for (; w; w = next) {
         next = w->next;
@@ -323,12 +356,161 @@ void moat_feed_wake_waiters(struct moat_outbox *o)
 
 void moat_feed_release_waiters(struct moat_outbox *o)
 {
+    while (o->streams)
+        stream_end(o->streams, false);
     while (o->waiters) {
         struct feed_waiter *w = o->waiters;
         waiter_unlink(w);
         feed_answer(o, w->req, w->after, w->limit, true);
         waiter_free(w);
     }
+}
+
+/* ---- streaming readers: GET /v1/events?stream=1 ---- */
+
+static void stream_end(struct feed_stream *st, bool dropped)
+{
+    struct moat_outbox *o = st->o;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        o->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    o->nstreams--;
+    moat_metric_set(o->m_streams, (double)o->nstreams);
+    if (dropped)
+        moat_metric_add(o->m_stream_drops, 1);
+    event_free(st->timer);
+    moat_req_stream_end(st->req);
+    free(st);
+}
+
+static void stream_arm(struct feed_stream *st, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(st->timer, &tv);
+}
+
+static bool stream_line(struct feed_stream *st, struct moat_buf *b)
+{
+    st->last_write_ns = moat_mono_ns();
+    return moat_req_stream_write(st->req, b->data, b->len);
+}
+
+struct stream_batch {
+    struct moat_outbox *o;
+    struct moat_buf *out;
+    int64_t last;
+};
+
+static int add_to_stream(const struct outbox_event *e, void *arg)
+{
+    struct stream_batch *sb = arg;
+    json_t *ev = stored_event(sb->o, e);
+    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(ev);
+    if (!text)
+        return MOAT_EINVAL;
+    moat_buf_addstr(sb->out, text);
+    moat_buf_addch(sb->out, '\n');
+    free(text);
+    sb->last = e->seq;
+    return sb->out->len >= FEED_STREAM_HIGH_WATER / 4 ? OUTBOX_STOP
+                                                      : OUTBOX_NEXT;
+}
+
+/*
+ * Write what the reader has not got yet, up to the high-water mark. Ends
+ * the stream (and returns false) when the reader is gone, stalled too
+ * long, or its events were deleted by retention (its next request gets
+ * the 410), or on a read error.
+ */
+static bool stream_push(struct feed_stream *st)
+{
+    struct moat_outbox *o = st->o;
+    int64_t head, from;
+    if (moat_outbox_bounds(o, &head, &from, NULL) != MOAT_OK ||
+        st->after < from - 1) {
+        stream_end(st, false);
+        return false;
+    }
+    while (st->after < head) {
+        if (moat_req_stream_buffered(st->req) >= FEED_STREAM_HIGH_WATER) {
+            uint64_t now = moat_mono_ns();
+            if (!st->stalled_since_ns)
+                st->stalled_since_ns = now;
+            if (now - st->stalled_since_ns >=
+                (uint64_t)FEED_STREAM_STALL_MS * 1000000u) {
+                moat_log(MOAT_LOG_INFO,
+                         "streaming reader dropped: it did not keep up",
+                         "{s:I, s:I}", "after", (json_int_t)st->after,
+                         "buffered",
+                         (json_int_t)moat_req_stream_buffered(st->req));
+                stream_end(st, true);
+                return false;
+            }
+            stream_arm(st, FEED_STREAM_RETRY_MS);
+            return true;
+        }
+        st->stalled_since_ns = 0;
+        struct moat_buf out = MOAT_BUF_INIT;
+        struct stream_batch sb = {.o = o, .out = &out, .last = st->after};
+        int rc = moat_outbox_read(o, st->after, FEED_STREAM_BATCH,
+                                  add_to_stream, &sb);
+        bool ok = rc == MOAT_OK && sb.last > st->after;
+        if (ok)
+            ok = stream_line(st, &out);
+        moat_buf_release(&out);
+        if (!ok) {
+            stream_end(st, false);
+            return false;
+        }
+        st->after = sb.last;
+    }
+    st->stalled_since_ns = 0;
+    stream_arm(st, FEED_STREAM_HEARTBEAT_MS);
+    return true;
+}
+
+static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct feed_stream *st = arg;
+    if (!stream_push(st))
+        return;
+    uint64_t quiet_ns = moat_mono_ns() - st->last_write_ns;
+    if (quiet_ns < (uint64_t)FEED_STREAM_HEARTBEAT_MS * 1000000u)
+        return;
+    int64_t head = st->after;
+    moat_outbox_bounds(st->o, &head, NULL, NULL);
+    struct moat_buf b = MOAT_BUF_INIT;
+    moat_buf_printf(&b, "{\"heartbeat\":true,\"head\":%lld}\n",
+                    (long long)head);
+    bool ok = stream_line(st, &b);
+    moat_buf_release(&b);
+    if (!ok)
+        stream_end(st, false);
+}
+
+static void stream_open(struct moat_outbox *o, struct moat_req *req,
+                        int64_t after)
+{
+    struct feed_stream *st = moat_xcalloc(1, sizeof(*st));
+    st->o = o;
+    st->req = req;
+    st->after = after;
+    st->timer = evtimer_new(o->base, on_stream_timer, st);
+    if (!st->timer)
+        moat_die("cannot create a feed stream timer");
+    st->next = o->streams;
+    if (o->streams)
+        o->streams->prev = st;
+    o->streams = st;
+    o->nstreams++;
+    moat_metric_set(o->m_streams, (double)o->nstreams);
+    moat_req_set_header(req, "Cache-Control", "no-store");
+    moat_req_stream_start(req, 200, "application/x-ndjson");
+    stream_push(st);
 }
 
 static void handle_events(struct moat_req *req, void *arg)
@@ -344,6 +526,7 @@ static void handle_events(struct moat_req *req, void *arg)
          .kind = MOAT_Q_INT,
          .min = 0,
          .max = MOAT_FEED_MAX_WAIT_MS},
+        {.name = "stream", .kind = MOAT_Q_INT, .min = 0, .max = 1},
     };
     json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
     if (problem) {
@@ -353,6 +536,31 @@ static void handle_events(struct moat_req *req, void *arg)
     int64_t after = q[0].seen ? q[0].ival : 0;
     int limit = q[1].seen ? (int)q[1].ival : FEED_DEFAULT_LIMIT;
     int wait_ms = q[2].seen ? (int)q[2].ival : 0;
+
+    if (q[3].seen && q[3].ival == 1) {
+        if (q[1].seen || q[2].seen) {
+            moat_req_reply_problem(req, 400,
+                                   "stream=1 takes no limit or wait: the "
+                                   "stream writes events as they commit");
+            return;
+        }
+        if (o->nstreams >= FEED_MAX_STREAMS) {
+            moat_req_set_header(req, "Retry-After", "1");
+            moat_req_reply_problem(req, 503,
+                                   "too many readers stream the event feed; "
+                                   "retry");
+            return;
+        }
+        /* A gap (410) or a fault is answered as a plain problem. */
+        int64_t head, from;
+        int rc = moat_outbox_bounds(o, &head, &from, NULL);
+        if (rc != MOAT_OK || after < from - 1) {
+            feed_answer(o, req, after, 1, true);
+            return;
+        }
+        stream_open(o, req, after);
+        return;
+    }
 
     if (feed_answer(o, req, after, limit, wait_ms == 0))
         return;
@@ -385,7 +593,14 @@ int moat_feed_register(struct moat_outbox *o, struct moat_http_server *http)
 
 /* ---- the consumer's side: an event source over HTTP ---- */
 
+/* Events a source keeps received from its stream and not yet pulled;
+ * past this the stream is dropped and reopened from the cursor later. */
+#define FEED_SOURCE_MAX_BUFFERED (4u << 20)
+/* One line of a stream (one event) at most. */
+#define FEED_STREAM_MAX_LINE (FEED_MAX_PAGE_BYTES + (64u << 10))
+
 struct feed_call;
+struct stream_in;
 
 struct feed_source {
     struct moat_event_source src;    /* first: the public view */
@@ -397,6 +612,35 @@ struct feed_source {
     char *epoch_dir;                 /* owned; NULL = no epoch tracking */
     char epoch[48];                  /* the epoch accepted; "" none yet */
     bool epoch_loaded;               /* epoch read from epoch_dir */
+    /* Streaming (?stream=1): events received in order, not yet pulled:
+     * a contiguous run of seqs ending at the stream's position. */
+    bool no_stream;           /* the producer does not stream; long polls */
+    struct stream_in *stream; /* the open stream, NULL when none */
+    json_t *buffered;         /* array of CloudEvents */
+    json_t *buffered_sizes;   /* their sizes on the wire, in step */
+    size_t buffered_bytes;
+    struct event_base *base; /* the client's */
+    int64_t head;            /* newest seq known from the stream */
+    /* The one pull served from the stream (others long-poll). */
+    struct {
+        bool active;
+        int64_t after;
+        int limit;
+        moat_source_done_fn done;
+        void *arg;
+    } parked;
+    struct event *parked_timer; /* the parked pull's wait */
+    struct event *kick;         /* a delivery attempt from the loop */
+};
+
+/* One stream request. It outlives its source (fs = NULL) or its place as
+ * the source's stream (detached): the client still calls back, and it is
+ * freed there. */
+struct stream_in {
+    struct feed_source *fs;
+    bool detached; /* no longer fs->stream: on_data aborts */
+    int64_t after; /* seq of the last event received */
+    struct moat_buf line;
 };
 
 /* One pull in flight. It outlives its source when the source is freed
@@ -520,13 +764,10 @@ cleanup:
     free(fc);
 }
 
-static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
+static int poll_pull(struct feed_source *fs, int64_t after, int limit,
                      int wait_ms, moat_source_done_fn done, void *arg)
 {
-    struct feed_source *fs = (struct feed_source *)src;
-    if (after < 0 || limit < 1 || limit > MOAT_FEED_MAX_LIMIT || wait_ms < 0 ||
-        wait_ms > MOAT_FEED_MAX_WAIT_MS || !done)
-        return MOAT_EINVAL;
+    struct moat_event_source *src = &fs->src;
 
     char *token = NULL;
     struct moat_http_header hdr[1];
@@ -570,11 +811,329 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
     return rc;
 }
 
+/* ---- streaming pulls ---- */
+
+static int64_t event_seq(json_t *ev)
+{
+    int64_t seq = -1;
+    const char *s = json_string_value(json_object_get(ev, "sequence"));
+    if (!s || moat_parse_i64(s, 1, INT64_MAX, &seq) != MOAT_OK)
+        return -1;
+    return seq;
+}
+
+static void stream_detach(struct feed_source *fs)
+{
+    if (fs->stream) {
+        fs->stream->detached = true;
+        fs->stream = NULL;
+    }
+}
+
+static void buffer_clear(struct feed_source *fs)
+{
+    json_array_clear(fs->buffered);
+    json_array_clear(fs->buffered_sizes);
+    fs->buffered_bytes = 0;
+}
+
+/* Drop the first n buffered events. */
+static void buffer_shift(struct feed_source *fs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        fs->buffered_bytes -=
+            (size_t)json_integer_value(json_array_get(fs->buffered_sizes, 0));
+        json_array_remove(fs->buffered_sizes, 0);
+        json_array_remove(fs->buffered, 0);
+    }
+}
+
+/* Drop the buffered events at or below after. */
+static void buffer_skip(struct feed_source *fs, int64_t after)
+{
+    size_t n = 0, total = json_array_size(fs->buffered);
+    while (n < total && event_seq(json_array_get(fs->buffered, n)) <= after)
+        n++;
+    buffer_shift(fs, n);
+}
+
+/* One line of the stream: an event (the next seq) or a heartbeat. */
+static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
+{
+    struct feed_source *fs = st->fs;
+    if (len == 0)
+        return true;
+    json_t *j = json_loadb(line, len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return false;
+    }
+    if (json_is_true(json_object_get(j, "heartbeat"))) {
+        json_int_t h = json_integer_value(json_object_get(j, "head"));
+        if (h > fs->head)
+            fs->head = h;
+        json_decref(j);
+        return true;
+    }
+    int64_t seq = event_seq(j);
+    if (seq != st->after + 1) { /* a gap or a repeat: start over */
+        json_decref(j);
+        return false;
+    }
+    st->after = seq;
+    if (seq > fs->head)
+        fs->head = seq;
+    fs->buffered_bytes += len;
+    json_array_append_new(fs->buffered, j);
+    json_array_append_new(fs->buffered_sizes, json_integer((json_int_t)len));
+    return true;
+}
+
+static bool on_stream_data(const char *data, size_t len, void *arg)
+{
+    struct stream_in *st = arg;
+    if (!st->fs || st->detached)
+        return false;
+    size_t had = json_array_size(st->fs->buffered);
+    const char *end = data + len;
+    while (data < end) {
+        const char *nl = memchr(data, '\n', (size_t)(end - data));
+        size_t n = nl ? (size_t)(nl - data) : (size_t)(end - data);
+        if (st->line.len + n > FEED_STREAM_MAX_LINE)
+            return false;
+        if (!nl) {
+            moat_buf_add(&st->line, data, n);
+            break;
+        }
+        bool ok;
+        if (st->line.len) {
+            moat_buf_add(&st->line, data, n);
+            ok = stream_take_line(st, st->line.data, st->line.len);
+            moat_buf_reset(&st->line);
+        } else {
+            ok = stream_take_line(st, data, n);
+        }
+        if (!ok)
+            return false;
+        data = nl + 1;
+    }
+    struct feed_source *fs = st->fs;
+    if (fs->parked.active && json_array_size(fs->buffered) > had)
+        event_active(fs->kick, EV_TIMEOUT, 1);
+    /* A consumer that does not keep up: stop reading; its next pull
+     * reopens the stream from its cursor once the buffer is drained. */
+    if (fs->buffered_bytes >= FEED_SOURCE_MAX_BUFFERED) {
+        stream_detach(fs);
+        return false;
+    }
+    return true;
+}
+
+static void parked_finish(struct feed_source *fs, int err, json_t *events,
+                          int64_t head)
+{
+    moat_source_done_fn done = fs->parked.done;
+    void *arg = fs->parked.arg;
+    fs->parked.active = false;
+    evtimer_del(fs->parked_timer);
+    done(err, events, head, arg);
+}
+
+static void stream_open_from(struct feed_source *fs, int64_t after);
+
+/*
+ * Answer the parked pull from the buffer when it holds the next events,
+ * or (force: its wait is over) with none. Returns true when answered.
+ */
+static bool parked_try(struct feed_source *fs, bool force)
+{
+    buffer_skip(fs, fs->parked.after);
+    size_t n = json_array_size(fs->buffered);
+    if (n == 0) {
+        if (force) {
+            json_t *none = json_array();
+            parked_finish(fs, MOAT_OK, none, fs->head);
+            json_decref(none);
+            return true;
+        }
+        return false;
+    }
+    size_t take = n < (size_t)fs->parked.limit ? n : (size_t)fs->parked.limit;
+    json_t *events = json_array();
+    for (size_t i = 0; i < take; i++)
+        json_array_append(events, json_array_get(fs->buffered, i));
+    buffer_shift(fs, take);
+    parked_finish(fs, MOAT_OK, events, fs->head);
+    json_decref(events);
+    return true;
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    struct feed_source *fs = arg;
+    if (!fs->parked.active || parked_try(fs, false))
+        return;
+    /* Nothing buffered for it: the stream must be open at its cursor. */
+    if (!fs->stream)
+        stream_open_from(fs, fs->parked.after);
+}
+
+static void on_parked_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct feed_source *fs = arg;
+    if (fs->parked.active)
+        parked_try(fs, true);
+}
+
+static void on_stream_end(const struct moat_http_response *resp, void *arg)
+{
+    struct stream_in *st = arg;
+    struct feed_source *fs = st->fs;
+    bool ours = fs && !st->detached;
+    moat_buf_release(&st->line);
+    free(st);
+    if (!ours)
+        return;
+    fs->stream = NULL;
+    if (resp->err == MOAT_OK && resp->status == 400 &&
+        strstr(resp->body, "stream")) {
+        /* A producer from before streaming: long polls from now on. */
+        moat_log(MOAT_LOG_INFO, "event feed does not stream; long polling",
+                 "{s:s}", "source", fs->src.name);
+        fs->no_stream = true;
+        if (fs->parked.active) {
+            int64_t after = fs->parked.after;
+            moat_source_done_fn done = fs->parked.done;
+            void *parg = fs->parked.arg;
+            fs->parked.active = false;
+            evtimer_del(fs->parked_timer);
+            if (poll_pull(fs, after, fs->parked.limit, 0, done, parg) !=
+                MOAT_OK)
+                done(MOAT_EIO, NULL, 0, parg);
+        }
+        return;
+    }
+    if (!fs->parked.active)
+        return; /* the next pull reopens it */
+    if (resp->err == MOAT_OK && resp->status == 200) {
+        /* The producer ended it (shutdown, or we were too slow): resume
+         * from the cursor, from the loop. */
+        if (!parked_try(fs, false))
+            event_active(fs->kick, EV_TIMEOUT, 1);
+        return;
+    }
+    /* Unreachable or an error: answered like the long poll's. */
+    struct feed_call fc = {
+        .fs = fs, .done = fs->parked.done, .arg = fs->parked.arg};
+    fs->parked.active = false;
+    evtimer_del(fs->parked_timer);
+    fc.next = fs->calls; /* on_feed_response unlinks and frees it */
+    struct feed_call *heap = moat_xmalloc(sizeof(*heap));
+    *heap = fc;
+    if (fs->calls)
+        fs->calls->prev = heap;
+    heap->prev = NULL;
+    fs->calls = heap;
+    on_feed_response(resp, heap);
+}
+
+static void stream_open_from(struct feed_source *fs, int64_t after)
+{
+    char *token = NULL;
+    struct moat_http_header hdr[1];
+    size_t nhdr = 0;
+    if (fs->auth) {
+        int rc = moat_auth_token(fs->auth, fs->src.name, NULL, &token);
+        if (rc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot sign a service token",
+                     "{s:s, s:s}", "audience", fs->src.name, "error",
+                     moat_strerror(rc));
+            if (fs->parked.active)
+                parked_finish(fs, rc, NULL, 0);
+            return;
+        }
+        hdr[nhdr++] =
+            (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
+    }
+    struct stream_in *st = moat_xcalloc(1, sizeof(*st));
+    st->fs = fs;
+    st->after = after;
+    char *url = moat_xasprintf("%s/v1/events?after=%lld&stream=1", fs->base_url,
+                               (long long)after);
+    struct moat_http_call call = {
+        .method = "GET",
+        .url = url,
+        .headers = hdr,
+        .nheaders = nhdr,
+        .timeout_ms = FEED_STREAM_IDLE_MS,
+        .on_data = on_stream_data,
+        .data_arg = st,
+    };
+    buffer_clear(fs);
+    int rc = moat_http_client_send(fs->client, &call, on_stream_end, st);
+    free(url);
+    free(token);
+    if (rc != MOAT_OK) {
+        free(st);
+        if (fs->parked.active)
+            parked_finish(fs, rc == MOAT_ECANCELLED ? rc : MOAT_EIO, NULL, 0);
+        return;
+    }
+    fs->stream = st;
+}
+
+static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
+                     int wait_ms, moat_source_done_fn done, void *arg)
+{
+    struct feed_source *fs = (struct feed_source *)src;
+    if (after < 0 || limit < 1 || limit > MOAT_FEED_MAX_LIMIT || wait_ms < 0 ||
+        wait_ms > MOAT_FEED_MAX_WAIT_MS || !done)
+        return MOAT_EINVAL;
+    /* One pull at a time rides the stream; a second one (a verification
+     * beside live consumption) and old producers long-poll. */
+    if (fs->no_stream || fs->parked.active)
+        return poll_pull(fs, after, limit, wait_ms, done, arg);
+
+    /* Is `after` on the stream: within what it brought, or where it is? */
+    size_t n = json_array_size(fs->buffered);
+    int64_t first = n ? event_seq(json_array_get(fs->buffered, 0)) : -1;
+    int64_t last = n ? event_seq(json_array_get(fs->buffered, n - 1))
+                     : (fs->stream ? fs->stream->after : -1);
+    bool on_stream =
+        last >= 0 && after <= last && (n ? after >= first - 1 : after == last);
+    bool has_more = on_stream && after < last && n > 0;
+    /* "What there is now" (wait 0) is the long poll's answer unless the
+     * stream already brought it; it leaves the stream alone. */
+    if (wait_ms == 0 && !has_more)
+        return poll_pull(fs, after, limit, wait_ms, done, arg);
+    if (on_stream) {
+        buffer_skip(fs, after);
+    } else {
+        stream_detach(fs);
+        buffer_clear(fs);
+    }
+    fs->parked.active = true;
+    fs->parked.after = after;
+    fs->parked.limit = limit;
+    fs->parked.done = done;
+    fs->parked.arg = arg;
+    struct timeval tv = {wait_ms / 1000, (wait_ms % 1000) * 1000};
+    evtimer_add(fs->parked_timer, &tv);
+    event_active(fs->kick, EV_TIMEOUT, 1);
+    return MOAT_OK;
+}
+
 static void feed_source_free(struct moat_event_source *src)
 {
     struct feed_source *fs = (struct feed_source *)src;
     if (!fs)
         return;
+    if (fs->stream)
+        fs->stream->fs = NULL;
+    event_free(fs->kick);
+    event_free(fs->parked_timer);
+    json_decref(fs->buffered);
+    json_decref(fs->buffered_sizes);
     for (struct feed_call *fc = fs->calls; fc; fc = fc->next)
         fc->fs = NULL;
     free(fs->base_url);
@@ -611,6 +1170,16 @@ struct moat_event_source *moat_feed_source_new(const char *name,
     fs->client = client;
     fs->auth = auth;
     fs->last_status = 200;
+    /* MOAT_FEED_STREAM=0: long polls only (old producers are detected). */
+    const char *env = getenv("MOAT_FEED_STREAM");
+    fs->no_stream = env && strcmp(env, "0") == 0;
+    fs->buffered = json_array();
+    fs->buffered_sizes = json_array();
+    fs->base = moat_http_client_base(client);
+    fs->kick = event_new(fs->base, -1, 0, on_kick, fs);
+    fs->parked_timer = evtimer_new(fs->base, on_parked_timeout, fs);
+    if (!fs->kick || !fs->parked_timer)
+        moat_die("cannot create event feed source events");
     return &fs->src;
 }
 

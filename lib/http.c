@@ -145,7 +145,8 @@ struct moat_req {
     struct moat_trace trace;
     struct moat_principal principal;
     uint64_t start_ns;
-    int api_version; /* 1, or 2 (moat/http.h "API versions") */
+    int api_version;   /* 1, or 2 (moat/http.h "API versions") */
+    int stream_status; /* a streamed reply's status, for finish() */
 };
 
 /* The server whose limits evhttp's own error pages report (one per
@@ -1102,6 +1103,47 @@ static void send_reply(struct moat_req *r, int status, const char *content_type,
     if (buf)
         evbuffer_free(buf);
     finish(r, status);
+}
+
+/* ---- streamed replies ---- */
+
+void moat_req_stream_start(struct moat_req *r, int status,
+                           const char *content_type)
+{
+    if (content_type)
+        moat_req_set_header(r, "Content-Type", content_type);
+    moat_req_set_header(r, "X-Request-Id", r->trace.request_id);
+    r->stream_status = status;
+    evhttp_send_reply_start(r->ev, status, moat_http_reason(status));
+}
+
+bool moat_req_stream_write(struct moat_req *r, const void *data, size_t len)
+{
+    /* evhttp detaches a request from a connection that failed. */
+    if (!evhttp_request_get_connection(r->ev))
+        return false;
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf)
+        moat_die("out of memory streaming a reply");
+    evbuffer_add(buf, data, len);
+    evhttp_send_reply_chunk(r->ev, buf);
+    evbuffer_free(buf);
+    return true;
+}
+
+size_t moat_req_stream_buffered(const struct moat_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->ev);
+    struct bufferevent *bev =
+        evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+void moat_req_stream_end(struct moat_req *r)
+{
+    /* Frees the evhttp request too when the client is gone. */
+    evhttp_send_reply_end(r->ev);
+    finish(r, r->stream_status);
 }
 
 #define JSON_REPLY_FLAGS (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY)

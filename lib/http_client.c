@@ -64,6 +64,11 @@ struct xfer {
     size_t hdr_off[2 * MOAT_HTTP_CLIENT_MAX_RESPONSE_HEADERS];
     size_t nheaders;
     bool too_big; /* we aborted the transfer because of a cap */
+    /* A streamed call (moat_http_call.on_data); streaming once the status
+     * is known to be 200. */
+    bool (*on_data)(const char *data, size_t len, void *arg);
+    void *data_arg;
+    bool streaming, status_known;
     uint64_t start_ns;
     char errbuf[CURL_ERROR_SIZE];
     struct xfer *prev, *next;
@@ -79,9 +84,18 @@ struct moat_http_client {
     size_t npending;
     struct sock *socks; /* watched sockets */
     /* Finished easy handles kept for reuse: creating one per call costs
-     * more than the call itself on loopback (allocations, defaults). */
-    CURL *idle[EASY_POOL_MAX];
+     * more than the call itself on loopback (allocations, defaults). A
+     * handle whose last call was a plain GET keeps its options (only the
+     * per-call ones are set again); any other is reset first. */
+    struct {
+        CURL *easy;
+        bool configured;
+    } idle[EASY_POOL_MAX];
     size_t nidle;
+    /* Origins ("http://host:port") whose URLs passed curl's parser; see
+     * valid_url(). */
+    char origins[8][128];
+    size_t norigins, origin_next;
     unsigned dispatching; /* frames using the client (see top) */
     bool closing;         /* moat_http_client_free() was called */
 };
@@ -187,6 +201,14 @@ static size_t on_body(char *data, size_t size, size_t n, void *arg)
 {
     struct xfer *x = arg;
     size_t len = size * n;
+    if (x->on_data && !x->status_known) {
+        long status = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+        x->streaming = status == 200;
+        x->status_known = true;
+    }
+    if (x->streaming)
+        return x->on_data(data, len, x->data_arg) ? len : 0;
     if (x->resp_body.len + len > x->client->opts.max_response ||
         x->resp_body.len + len < x->resp_body.len) {
         x->too_big = true;
@@ -248,8 +270,20 @@ static void xfer_free(struct xfer *x)
 {
     struct moat_http_client *c = x->client;
     if (x->easy && !c->closing && c->nidle < EASY_POOL_MAX) {
-        curl_easy_reset(x->easy); /* options only; connections stay cached */
-        c->idle[c->nidle++] = x->easy;
+        /* Options only; connections stay cached. */
+        bool plain_get =
+            strcmp(x->method, "GET") == 0 && !x->body && !x->on_data;
+        if (!plain_get) {
+            curl_easy_reset(x->easy);
+        } else { /* nothing may point into x once it is freed */
+            curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_WRITEDATA, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_HEADERDATA, NULL);
+            curl_easy_setopt(x->easy, CURLOPT_PRIVATE, NULL);
+        }
+        c->idle[c->nidle].easy = x->easy;
+        c->idle[c->nidle++].configured = plain_get;
     } else if (x->easy) {
         curl_easy_cleanup(x->easy);
     }
@@ -340,7 +374,7 @@ static void client_destroy(struct moat_http_client *c)
      * until after curl_multi_cleanup. */
     curl_multi_cleanup(c->multi);
     while (c->nidle)
-        curl_easy_cleanup(c->idle[--c->nidle]);
+        curl_easy_cleanup(c->idle[--c->nidle].easy);
     curl_share_cleanup(c->tls_sessions);
     while (c->socks)
         sock_free(c, c->socks);
@@ -418,6 +452,11 @@ int moat_http_client_new(struct moat_http_client **out, struct event_base *base,
     return MOAT_OK;
 }
 
+struct event_base *moat_http_client_base(const struct moat_http_client *c)
+{
+    return c->base;
+}
+
 size_t moat_http_client_pending(const struct moat_http_client *c)
 {
     return c->npending;
@@ -459,7 +498,7 @@ static bool valid_value(const char *s)
     return true;
 }
 
-static bool valid_url(const char *url)
+static bool curl_valid_url(const char *url)
 {
     CURLU *u = curl_url();
     char *scheme = NULL, *host = NULL;
@@ -481,15 +520,70 @@ cleanup:
     return ok;
 }
 
+/* Length of url's origin ("http://host:port") when it has an http(s)
+ * scheme, else 0. */
+static size_t origin_len(const char *url)
+{
+    size_t skip = strncmp(url, "http://", 7) == 0    ? 7
+                  : strncmp(url, "https://", 8) == 0 ? 8
+                                                     : 0;
+    return skip ? skip + strcspn(url + skip, "/?#") : 0;
+}
+
+/*
+ * Every call's URL is checked, and curl's URL parser costs allocations
+ * per call. A service calls a handful of origins: one curl_url() check
+ * per origin is remembered, and a URL on a known origin whose rest is
+ * plain visible ASCII needs nothing more (curl_url() accepts such a
+ * path). Anything else gets the full check.
+ */
+static bool valid_url(struct moat_http_client *c, const char *url)
+{
+    size_t olen = origin_len(url);
+    if (olen == 0 || olen >= sizeof(c->origins[0]))
+        return curl_valid_url(url);
+    bool plain = true;
+    for (const char *p = url + olen; *p && plain; p++)
+        plain = *p > ' ' && *p <= '~';
+    if (plain)
+        for (size_t i = 0; i < c->norigins; i++)
+            if (strncmp(c->origins[i], url, olen) == 0 &&
+                c->origins[i][olen] == '\0')
+                return true;
+    if (!curl_valid_url(url))
+        return false;
+    if (plain) {
+        /* Known origins only grow; past the table, the oldest goes. */
+        size_t slot = c->norigins < MOAT_ARRAY_LEN(c->origins)
+                          ? c->norigins++
+                          : c->origin_next++ % MOAT_ARRAY_LEN(c->origins);
+        memcpy(c->origins[slot], url, olen);
+        c->origins[slot][olen] = '\0';
+    }
+    return true;
+}
+
 static struct curl_slist *add_header(struct curl_slist *list, const char *name,
                                      const char *value)
 {
     /* "Name;" is curl's spelling of a header with an empty value ("Name:"
      * would remove the header). */
-    char *line = *value ? moat_xasprintf("%s: %s", name, value)
-                        : moat_xasprintf("%s;", name);
+    char small[512];
+    size_t nlen = strlen(name), vlen = strlen(value);
+    char *line = nlen + vlen + 3 <= sizeof(small)
+                     ? small
+                     : moat_xmalloc(nlen + vlen + 3);
+    memcpy(line, name, nlen);
+    if (vlen) {
+        line[nlen] = ':';
+        line[nlen + 1] = ' ';
+        memcpy(line + nlen + 2, value, vlen + 1);
+    } else {
+        memcpy(line + nlen, ";", 2);
+    }
     struct curl_slist *l = curl_slist_append(list, line);
-    free(line);
+    if (line != small)
+        free(line);
     if (!l)
         moat_die("out of memory building request headers");
     return l;
@@ -561,6 +655,8 @@ static void setup_method(struct xfer *x, const struct moat_http_call *call)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m);
 }
 
+static void setup_common(struct moat_http_client *c, CURL *e);
+
 int moat_http_client_send(struct moat_http_client *c,
                           const struct moat_http_call *call,
                           moat_http_client_cb cb, void *arg)
@@ -568,7 +664,7 @@ int moat_http_client_send(struct moat_http_client *c,
     if (c->closing)
         return MOAT_ECANCELLED;
     if (!call || !cb || !valid_token(call->method) || !call->url ||
-        !valid_url(call->url) || call->timeout_ms < 0 ||
+        !valid_url(c, call->url) || call->timeout_ms < 0 ||
         (call->nheaders && !call->headers) || (call->body_len && !call->body))
         return MOAT_EINVAL;
     for (size_t i = 0; i < call->nheaders; i++) {
@@ -585,7 +681,14 @@ int moat_http_client_send(struct moat_http_client *c,
     x->method = moat_xstrdup(call->method);
     x->headers = build_headers(call);
     x->start_ns = moat_mono_ns();
-    x->easy = c->nidle ? c->idle[--c->nidle] : curl_easy_init();
+    bool configured = false;
+    if (c->nidle) {
+        c->nidle--;
+        x->easy = c->idle[c->nidle].easy;
+        configured = c->idle[c->nidle].configured;
+    } else {
+        x->easy = curl_easy_init();
+    }
     if (!x->easy)
         moat_die("out of memory creating a curl handle");
 
@@ -594,28 +697,22 @@ int moat_http_client_send(struct moat_http_client *c,
                                ? c->opts.connect_timeout_ms
                                : timeout;
     CURL *e = x->easy;
+    if (!configured)
+        setup_common(c, e);
     curl_easy_setopt(e, CURLOPT_URL, x->url);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    /* "" disables proxies, including http_proxy and friends from the
-     * environment: service calls go straight to the service. */
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, connect_timeout);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
-    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, KEEPALIVE_IDLE_S);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S);
-    /* Fails early when Content-Length announces more than the cap; chunked
-     * bodies are caught by on_body. */
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
-                     (curl_off_t)c->opts.max_response);
+    if (call->on_data) {
+        /* No total timeout: at least a byte a second for timeout_ms. */
+        x->on_data = call->on_data;
+        x->data_arg = call->data_arg;
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (timeout + 999) / 1000);
+    } else {
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+    }
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
     curl_easy_setopt(e, CURLOPT_PRIVATE, x);
@@ -637,6 +734,28 @@ int moat_http_client_send(struct moat_http_client *c,
     c->xfers = x;
     c->npending++;
     return MOAT_OK;
+}
+
+/* The options every call has, set on a new or reset easy handle. */
+static void setup_common(struct moat_http_client *c, CURL *e)
+{
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    /* "" disables proxies, including http_proxy and friends from the
+     * environment: service calls go straight to the service. */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, KEEPALIVE_IDLE_S);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S);
+    /* Fails early when Content-Length announces more than the cap; chunked
+     * bodies are caught by on_body. */
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                     (curl_off_t)c->opts.max_response);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 }
 
 const char *moat_http_response_header(const struct moat_http_response *r,

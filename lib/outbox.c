@@ -387,6 +387,15 @@ static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
         m, MOAT_COUNTER, "moat_outbox_appended_total",
         "Events committed to the outbox since the process started.", NULL, NULL,
         0));
+    o->m_streams = moat_metric_single(moat_metrics_family(
+        m, MOAT_GAUGE, "moat_feed_streams",
+        "Readers of the event feed with a streaming subscription open.", NULL,
+        NULL, 0));
+    o->m_stream_drops = moat_metric_single(moat_metrics_family(
+        m, MOAT_COUNTER, "moat_feed_stream_drops_total",
+        "Streaming subscriptions ended because the reader did not keep up "
+        "(it resumes from its cursor).",
+        NULL, NULL, 0));
     moat_metrics_on_collect(m, collect, o);
 
     o->wake = event_new(o->base, -1, 0, on_wake, o);
@@ -510,6 +519,6 @@ void moat_outbox_committed(struct moat_outbox *o)
      * request: the writer's reply does not wait for them, and several
      * commits in one loop turn coalesce into one wake.
      */
-    if (o->nwaiters > 0)
+    if (o->nwaiters > 0 || o->nstreams > 0)
         event_active(o->wake, EV_TIMEOUT, 1);
 }

@@ -36,6 +36,14 @@
  * source's API. A malformed, repeated or unknown query parameter is a 400
  * problem listing {"parameter", "detail"} in "errors"; too many parked
  * readers (1024) is a 503 with Retry-After.
+ * Streaming: GET /v1/events?after=SEQ&stream=1 (no limit or wait) is one
+ * long-lived 200 application/x-ndjson reply, chunked: each event after SEQ
+ * as one line (the same CloudEvent) as it commits, and
+ * {"heartbeat":true,"head":H} after 2 s of silence. A reader with 1 MiB
+ * unread gets no more until it reads; one that stays so for 5 s is
+ * dropped (the reply ends; it resumes from its cursor). 410 as above,
+ * before the stream starts; at most 256 streams (503). The stream ends
+ * when the producer drains.
  * Sequences are contiguous and assigned in commit order (one writer), so
  * a reader never sees seq N+1 before N; none is ever reused (SQLite's
  * AUTOINCREMENT, LMDB's stored last seq).
@@ -265,8 +273,12 @@ struct moat_event_source {
 /* An HTTP feed at base_url (e.g. "http://127.0.0.1:8081"), called with a
  * service token for audience `name` minted by auth (borrowed; NULL sends
  * no token, for MOAT_INSECURE_NO_AUTH). client is borrowed and must
- * outlive the source. Each pull waits wait_ms + 5 s at most. NULL (logged)
- * for an empty or too long name or a URL that is not http(s)://. */
+ * outlive the source. NULL (logged) for an empty or too long name or a
+ * URL that is not http(s)://. One pull at a time is served from a stream
+ * (?stream=1) the source keeps open at the puller's cursor, holding at
+ * most 4 MiB of events received and not yet pulled; other pulls, and all
+ * pulls when the producer does not stream or MOAT_FEED_STREAM=0, are long
+ * polls waiting wait_ms + 5 s at most. */
 struct moat_event_source *moat_feed_source_new(const char *name,
                                                const char *base_url,
                                                struct moat_http_client *client,

@@ -198,6 +198,21 @@ void moat_req_reply_problem_json(struct moat_req *r, json_t *problem);
 void moat_req_reply_problem(struct moat_req *r, int status, const char *fmt,
                             ...) __attribute__((format(printf, 3, 4)));
 /*
+ * A streamed reply (the event feed's ?stream=1): stream_start sends the
+ * status and headers with chunked transfer coding; stream_write queues
+ * data for the client (copied) and returns false when the client is gone
+ * (then nothing is sent; call stream_end); stream_buffered is how many
+ * bytes are queued and not yet taken by the client (the caller caps it);
+ * stream_end ends the reply and frees the request, like the other
+ * replies. A request being streamed counts as in flight until then, so a
+ * drain hook (moat_http_on_drain) must end its streams.
+ */
+void moat_req_stream_start(struct moat_req *r, int status,
+                           const char *content_type);
+bool moat_req_stream_write(struct moat_req *r, const void *data, size_t len);
+size_t moat_req_stream_buffered(const struct moat_req *r);
+void moat_req_stream_end(struct moat_req *r);
+/*
  * Reply to a store error that is not the client's fault, the same way in
  * every service: MOAT_EBUSY (another writer held the lock) is a 503 with
  * Retry-After: 1, "the <store> database is busy; retry"; MOAT_ETOOBIG

@@ -87,6 +87,18 @@ struct moat_http_call {
     long timeout_ms;                /* 0 = client default */
     const struct moat_trace *trace; /* may be NULL; overrides any
                                        traceparent/X-Request-Id in headers */
+    /*
+     * A streamed response (the event feed's ?stream=1): when on_data is
+     * set, the body of a 200 answer is handed to on_data as it arrives
+     * (data borrowed for the call) instead of being collected, and
+     * max_response does not apply (on_data caps what it keeps). on_data
+     * returns false to abort the call, which then completes with
+     * MOAT_EIO. Such a call has no total timeout: it fails with
+     * MOAT_ETIMEDOUT when no byte came for timeout_ms (the server sends
+     * heartbeats). Any other status is collected into body as usual.
+     */
+    bool (*on_data)(const char *data, size_t len, void *arg);
+    void *data_arg;
 };
 
 typedef void (*moat_http_client_cb)(const struct moat_http_response *resp,
@@ -98,6 +110,8 @@ typedef void (*moat_http_client_cb)(const struct moat_http_response *resp,
  */
 int moat_http_client_new(struct moat_http_client **out, struct event_base *base,
                          const struct moat_http_client_options *opts);
+/* The loop the client runs on (borrowed). */
+struct event_base *moat_http_client_base(const struct moat_http_client *c);
 void moat_http_client_free(struct moat_http_client *c);
 /*
  * Start a call. Returns MOAT_OK (cb will be called once), MOAT_EINVAL for a

@@ -27,6 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -1201,6 +1204,192 @@ static void test_verify(void **state)
     free(scratch);
 }
 
+/* ---- streaming subscription (GET /v1/events?stream=1) ---- */
+
+static bool producer_metric(struct fixture *f, void *arg)
+{
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(f->pmetrics, &out);
+    bool found = strstr(moat_buf_str(&out), arg) != NULL;
+    moat_buf_release(&out);
+    return found;
+}
+
+/* How often ItemSet events took effect, and for how many subjects. */
+static void applied_counts(struct fixture *f, int64_t *total, int64_t *subjects)
+{
+    struct moat_stmt *st = moat_db_prepare(
+        f->cdb, "test_applied",
+        "SELECT count(*), count(DISTINCT subject) FROM applied");
+    assert_int_equal(moat_stmt_step(st), SQLITE_ROW);
+    *total = sqlite3_column_int64(moat_stmt_raw(st), 0);
+    *subjects = sqlite3_column_int64(moat_stmt_raw(st), 1);
+    moat_stmt_reset(st);
+}
+
+/* The producer's HTTP server goes away and comes back on the same port,
+ * as when its process restarts. */
+static void producer_restart(struct fixture *f, int down_ms)
+{
+    moat_http_drain(f->phttp, NULL, NULL);
+    run_for(f, 20);
+    moat_http_server_free(f->phttp);
+    run_for(f, down_ms);
+    struct moat_http_limits lim = {0};
+    f->phttp = moat_http_server_new(f->base, &lim, f->pmetrics);
+    moat_http_set_access_log(f->phttp, false);
+    assert_int_equal(moat_feed_register(f->o, f->phttp), MOAT_OK);
+    uint16_t port = 0;
+    assert_int_equal(moat_http_listen(f->phttp, "127.0.0.1", f->pport, &port),
+                     MOAT_OK);
+    assert_int_equal(port, f->pport);
+}
+
+static void test_stream_resumes_after_producer_restart(void **state)
+{
+    struct fixture *f = *state;
+    /* A backlog of 6 MiB comes down one stream, in pulls of 100. */
+    char *big = moat_xmalloc(20001);
+    memset(big, 'x', 20000);
+    big[20000] = '\0';
+    int64_t n = 0;
+    for (int i = 0; i < 300; i++) {
+        char subject[16];
+        snprintf(subject, sizeof(subject), "b%d", i);
+        n = produce(f, "ItemSet", subject, big, 2);
+    }
+    free(big);
+    consumer_up(f, feed_source(f));
+    run_until(f, producer_metric, (char *)"moat_feed_streams 1\n", DEADLINE_MS);
+    wait_cursor(f, n);
+
+    /* Live events come down the open stream. */
+    produce(f, "ItemSet", "s1", "a", 2);
+    wait_cursor(f, n + 1);
+    item(f, "s1", "a", 1);
+
+    /* The producer restarts; events committed meanwhile arrive after. */
+    producer_restart(f, 300);
+    produce(f, "ItemSet", "s1", "b", 2);
+    produce(f, "ItemSet", "s2", "c", 2);
+    wait_cursor(f, n + 3);
+    run_until(f, producer_metric, (char *)"moat_feed_streams 1\n", DEADLINE_MS);
+    produce(f, "ItemSet", "s2", "d", 2);
+    wait_cursor(f, n + 4);
+    run_for(f, 50);
+
+    /* No event took effect twice. */
+    item(f, "s1", "b", 2);
+    item(f, "s2", "d", 2);
+    int64_t total, subjects;
+    applied_counts(f, &total, &subjects);
+    assert_int_equal(total, n + 4);
+    assert_int_equal(subjects, 302);
+}
+
+/* A raw loopback connection to the producer, sending one request. */
+static int raw_request(struct fixture *f, const char *target)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(f->pport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    char *req =
+        moat_xasprintf("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", target);
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    free(req);
+    return fd;
+}
+
+struct raw_read {
+    int fd;
+    struct moat_buf got;
+    const char *want;
+};
+
+/* Read what the producer sent so far; true once want is in it. */
+static bool raw_has(struct fixture *f, void *arg)
+{
+    struct raw_read *r = arg;
+    char buf[4096];
+    ssize_t n;
+    while ((n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+        moat_buf_add(&r->got, buf, (size_t)n);
+    return strstr(moat_buf_str(&r->got), r->want) != NULL;
+}
+
+static void test_stream_wire_format(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    produce(f, "ItemSet", "s2", "b", 2);
+    struct raw_read r = {.fd = raw_request(f, "/v1/events?after=1&stream=1"),
+                         .got = MOAT_BUF_INIT};
+    /* Chunked NDJSON: the events after the cursor, one per line. */
+    r.want = "\"sequence\":\"2\"";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    const char *text = moat_buf_str(&r.got);
+    assert_non_null(strstr(text, "HTTP/1.1 200"));
+    assert_non_null(strstr(text, "Transfer-Encoding: chunked"));
+    assert_non_null(strstr(text, "Content-Type: application/x-ndjson"));
+    assert_null(strstr(text, "\"sequence\":\"1\""));
+    /* A commit is written at once; silence brings a heartbeat. */
+    produce(f, "ItemSet", "s3", "c", 2);
+    r.want = "\"sequence\":\"3\"";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    r.want = "{\"heartbeat\":true,\"head\":3}\n";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    close(r.fd);
+    moat_buf_release(&r.got);
+
+    /* A stream takes no limit or wait. */
+    r = (struct raw_read){
+        .fd = raw_request(f, "/v1/events?after=0&stream=1&limit=5"),
+        .got = MOAT_BUF_INIT,
+        .want = "HTTP/1.1 400"};
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    close(r.fd);
+    moat_buf_release(&r.got);
+}
+
+static void test_stream_slow_reader_is_dropped(void **state)
+{
+    struct fixture *f = *state;
+    /* A reader that opens a stream and never reads a byte. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET,
+                             .sin_port = htons(f->pport),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    const char *req = "GET /v1/events?after=0&stream=1 HTTP/1.1\r\n"
+                      "Host: 127.0.0.1\r\n\r\n";
+    assert_int_equal(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    run_until(f, producer_metric, (char *)"moat_feed_streams 1\n", DEADLINE_MS);
+
+    /* 8 MiB of events: far past what the producer queues for one reader
+     * (1 MiB) and what the sockets hold. */
+    char *big = moat_xmalloc(65537);
+    memset(big, 'y', 65536);
+    big[65536] = '\0';
+    for (int i = 0; i < 128; i++)
+        produce(f, "ItemSet", "s1", big, 2);
+    free(big);
+    /* Dropped after 5 s over the mark, not kept growing. */
+    run_until(f, producer_metric, (char *)"moat_feed_stream_drops_total 1\n",
+              10000);
+    assert_true(producer_metric(f, (char *)"moat_feed_streams 0\n"));
+    close(fd);
+
+    /* A reader that keeps up gets everything. */
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, 128);
+}
+
 int main(int argc, char **argv)
 {
     /* One test alone: pass its name (a glob). */
@@ -1220,6 +1409,12 @@ int main(int argc, char **argv)
         BOTH(test_poison_mid_batch),
         BOTH(test_replay_rebuilds_the_same_view),
         BOTH(test_verify),
+        cmocka_unit_test_setup_teardown(
+            test_stream_resumes_after_producer_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_slow_reader_is_dropped,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
+                                        teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);
