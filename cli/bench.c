@@ -22,7 +22,9 @@
  *
  * The gateway limits each client address (MOAT_GATEWAY_RATE, 200/s by
  * default) and inventory each customer's open reservations (5): bench
- * spreads orders over max(20, N/4) drill customers and reports 429s.
+ * spreads orders over max(20, N/4) drill customers (closed) or max(20, R/4)
+ * (open, at most 200: a customer orders 4 times a second) and reports
+ * 429s.
  */
 #include "moat/common.h"
 
@@ -391,7 +393,7 @@ int cli_cmd_bench(int argc, char **argv)
     if (shop_open(&b.shop, d, moat_wall_ms()) != MOAT_OK ||
         shop_products(&b.shop, setup) != MOAT_OK)
         goto out;
-    size_t ncust = open ? 20 : (size_t)(conc + 3) / 4;
+    size_t ncust = open ? (size_t)(rate + 3) / 4 : (size_t)(conc + 3) / 4;
     if (ncust < 20)
         ncust = 20;
     if (shop_customers(&b.shop, ncust) != MOAT_OK || feed_head(&b) != MOAT_OK)

@@ -7,9 +7,12 @@
  *   1. If <maildir>/new/<id> or cur/<id> exists, the message was written
  *      before a crash that came before step 4: go to 4.
  *   2. The To: address: GET <orders>/v1/orders/{order_id} with our service
- *      token. "customer": {"email"} is used when it is a plain address for
- *      the row's customer; an order orders does not know (404, or another
- *      4xx), or one without a usable email, goes to
+ *      token, unless an earlier notification of the same order looked it
+ *      up less than ADDR_TTL_MS ago (an order's email does not change:
+ *      the second email of a saga reuses the first one's answer). "customer":
+ * {"email"} is used when it is a plain address for the row's customer; an order
+ * orders does not know (404, or another 4xx), or one without a usable email,
+ * goes to
  *      "<customer_id>@customers.invalid" with a warning. Orders unreachable
  *      (transport error, 5xx, 408, 429) or refusing us (401, 403): retry
  *      with backoff (100 ms doubling to retry_max_ms), the row keeping its
@@ -25,7 +28,9 @@
  * delivered and never sent again.
  *
  * The customer's email is never logged, never stored in the database, and
- * lives only in the job until its message is written.
+ * lives only in memory: in the job until its message is written, and in
+ * the address memo (ADDR_SLOTS entries, each at most ADDR_TTL_MS, wiped
+ * once the order's final notification used it).
  */
 #include "moat/common.h"
 
@@ -58,6 +63,16 @@
 #define FALLBACK_DOMAIN   "customers.invalid"
 #define MAIL_FROM         "moat <orders@moat.local>"
 #define MSGID_DOMAIN      "moat.local"
+#define ADDR_SLOTS        256   /* orders whose address is remembered */
+#define ADDR_TTL_MS       30000 /* about a saga's lifetime, with margin */
+#define ADDR_ORDER_MAX    64
+
+/* An order's address, from orders' answer, for its next notification. */
+struct addr_memo {
+    char order_id[ADDR_ORDER_MAX];
+    char email[EMAIL_MAX + 1];
+    int64_t expires_ms; /* 0: empty */
+};
 
 /* One notification being delivered. */
 struct job {
@@ -91,7 +106,9 @@ struct ntf_deliverer {
     struct event *kick;  /* owned: look for work next turn */
     struct event *sweep; /* owned: periodic look */
     bool started, closing;
-    bool orders_down; /* logged once per change */
+    bool orders_down;                  /* logged once per change */
+    struct addr_memo addr[ADDR_SLOTS]; /* a ring, oldest overwritten */
+    size_t addr_next;
     struct moat_metric_family *m_sent, *m_failures;
     struct moat_metric_series *m_backlog, *m_oldest, *m_fallback, *m_in_flight;
 #ifdef MOAT_TEST_HOOKS
@@ -428,6 +445,44 @@ static void use_fallback(struct job *j, const char *why, int status)
 
 /* ---- step 2: the address, from orders ---- */
 
+static void addr_wipe(struct addr_memo *m)
+{
+    explicit_bzero(m, sizeof(*m));
+}
+
+static void addr_remember(struct ntf_deliverer *d, const char *order_id,
+                          const char *email)
+{
+    if (strlen(order_id) >= ADDR_ORDER_MAX || strlen(email) > EMAIL_MAX)
+        return;
+    struct addr_memo *m = &d->addr[d->addr_next];
+    d->addr_next = (d->addr_next + 1) % ADDR_SLOTS;
+    snprintf(m->order_id, sizeof(m->order_id), "%s", order_id);
+    snprintf(m->email, sizeof(m->email), "%s", email);
+    m->expires_ms = moat_mono_ms() + ADDR_TTL_MS;
+}
+
+/* The remembered address of j's order, or NULL. */
+static struct addr_memo *addr_find(struct ntf_deliverer *d, const char *id)
+{
+    int64_t now = moat_mono_ms();
+    for (size_t i = 0; i < ADDR_SLOTS; i++) {
+        struct addr_memo *m = &d->addr[i];
+        if (!m->expires_ms || strcmp(m->order_id, id) != 0)
+            continue;
+        if (m->expires_ms > now)
+            return m;
+        addr_wipe(m);
+    }
+    return NULL;
+}
+
+/* An order's final notification: its address is not needed any more. */
+static bool row_final(const struct ntf_row *r)
+{
+    return r->status && strcmp(r->status, "pending") != 0;
+}
+
 static void orders_up(struct ntf_deliverer *d)
 {
     if (d->orders_down) {
@@ -495,8 +550,11 @@ static void on_order(const struct moat_http_response *resp, void *arg)
         use_fallback(j, "the order has no customer email", st);
     else if (!email_usable(email))
         use_fallback(j, "the customer email is not a plain address", st);
-    else
+    else {
+        if (!row_final(&j->row))
+            addr_remember(j->d, j->row.order_id, email);
         write_submit(j, email);
+    }
     json_decref(order);
 }
 
@@ -563,6 +621,13 @@ static void job_begin(struct job *j)
     if (file_exists(d->new_dir, j->row.id) ||
         file_exists(d->cur_dir, j->row.id)) {
         job_mark(j, true);
+        return;
+    }
+    struct addr_memo *m = addr_find(d, j->row.order_id);
+    if (m) {
+        write_submit(j, m->email);
+        if (row_final(&j->row))
+            addr_wipe(m);
         return;
     }
     fetch_order(j);
@@ -765,5 +830,6 @@ void ntf_deliverer_free(struct ntf_deliverer *d)
     free(d->new_dir);
     free(d->cur_dir);
     free(d->orders_url);
+    explicit_bzero(d->addr, sizeof(d->addr));
     free(d);
 }
