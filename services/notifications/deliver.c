@@ -19,7 +19,9 @@
  *      slot, so a down orders service holds at most max_in_flight rows.
  *   3. On a worker thread (fsync must not stall the loop): write the RFC
  *      5322 message to tmp/<id>, fsync, rename to new/<id>, fsync new/.
- *   4. Record the delivery (deliveries + the row's flag, one transaction).
+ *   4. Record the delivery (deliveries + the row's flag). The messages
+ *      written by the time the loop gets to it are recorded together, in
+ *      one transaction (each alone if that one fails).
  *
  * The file name is the notification id, itself derived from (order,
  * status): a crash between 3 and 4 finds the file at step 1 (or, without
@@ -90,6 +92,7 @@ struct job {
      * orders the accesses). */
     int werr;
     const char *wstep;
+    struct job *mark_next; /* in the deliverer's marks list */
 };
 
 struct ntf_deliverer {
@@ -105,6 +108,8 @@ struct ntf_deliverer {
     struct job *jobs;    /* in flight */
     struct event *kick;  /* owned: look for work next turn */
     struct event *sweep; /* owned: periodic look */
+    struct event *mark;  /* owned: record the written messages */
+    struct job *marks;   /* written, to record (newest first) */
     bool started, closing;
     bool orders_down;                  /* logged once per change */
     struct addr_memo addr[ADDR_SLOTS]; /* a ring, oldest overwritten */
@@ -227,18 +232,10 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* ---- step 4: record the delivery ---- */
 
-static void job_mark(struct job *j, bool existed)
+/* j's delivery is recorded: count and log it, free its slot. */
+static void job_recorded(struct job *j, bool existed)
 {
     struct ntf_deliverer *d = j->d;
-    int rc = ntf_store_mark_delivered(d->db, d->outbox, &j->row, moat_wall_ms(),
-                                      j->fallback);
-    if (rc != MOAT_OK) {
-        JOB_LOG(j, MOAT_LOG_ERROR, "cannot record a delivery",
-                "{s:s, s:s, s:s}", "id", j->row.id, "order_id", j->row.order_id,
-                "error", moat_strerror(rc));
-        job_retry(j, "database");
-        return;
-    }
     if (existed) {
         /* Written before a crash, recorded only now: it was counted (if
          * at all) by the process that wrote it. */
@@ -256,6 +253,68 @@ static void job_mark(struct job *j, bool existed)
                 j->fallback, "attempts", (int)j->attempts + 1);
     }
     job_done(j);
+}
+
+static void job_mark(struct job *j, bool existed)
+{
+    struct ntf_deliverer *d = j->d;
+    int rc = ntf_store_mark_delivered(d->db, d->outbox, &j->row, moat_wall_ms(),
+                                      j->fallback);
+    if (rc != MOAT_OK) {
+        JOB_LOG(j, MOAT_LOG_ERROR, "cannot record a delivery",
+                "{s:s, s:s, s:s}", "id", j->row.id, "order_id", j->row.order_id,
+                "error", moat_strerror(rc));
+        job_retry(j, "database");
+        return;
+    }
+    job_recorded(j, existed);
+}
+
+/* Record every message written so far in one transaction; when that
+ * fails, each on its own (each then retries alone). */
+static void marks_flush(struct ntf_deliverer *d)
+{
+    size_t n = 0;
+    for (struct job *j = d->marks; j; j = j->mark_next)
+        n++;
+    if (!n)
+        return;
+    struct job **jobs = moat_xcalloc(n, sizeof(*jobs));
+    struct ntf_mark *m = moat_xcalloc(n, sizeof(*m));
+    int64_t now = moat_wall_ms();
+    size_t i = n;
+    for (struct job *j = d->marks; j; j = j->mark_next) {
+        i--; /* oldest first */
+        jobs[i] = j;
+        m[i] = (struct ntf_mark){&j->row, now, j->fallback};
+    }
+    d->marks = NULL;
+    int rc = ntf_store_mark_delivered_many(d->db, d->outbox, m, n);
+    for (i = 0; i < n; i++) {
+        if (rc == MOAT_OK)
+            job_recorded(jobs[i], false);
+        else
+            job_mark(jobs[i], false);
+    }
+    free(m);
+    free(jobs);
+}
+
+static void on_mark(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    marks_flush(arg);
+}
+
+/* j's message is in the Maildir: record it once this loop turn is over. */
+static void job_written(struct job *j)
+{
+    struct ntf_deliverer *d = j->d;
+    if (!d->marks)
+        event_active(d->mark, 0, 0);
+    j->mark_next = d->marks;
+    d->marks = j;
 }
 
 /* ---- step 3: the Maildir file (worker thread) ---- */
@@ -343,7 +402,7 @@ static void write_done(void *arg, bool cancelled)
         raise(SIGKILL);
     }
 #endif
-    job_mark(j, false);
+    job_written(j);
 }
 
 /* ---- the message ---- */
@@ -780,7 +839,8 @@ int ntf_deliverer_new(struct ntf_deliverer **out, struct moat_service *svc,
         goto fail;
     d->kick = event_new(svc->base, -1, 0, on_kick, d);
     d->sweep = event_new(svc->base, -1, EV_PERSIST, on_sweep, d);
-    if (!d->kick || !d->sweep) {
+    d->mark = event_new(svc->base, -1, 0, on_mark, d);
+    if (!d->kick || !d->sweep || !d->mark) {
         rc = MOAT_EIO;
         goto fail;
     }
@@ -816,6 +876,8 @@ void ntf_deliverer_free(struct ntf_deliverer *d)
      * recorded (the database is still open): job_free or job_mark. */
     if (d->pool)
         moat_work_pool_free(d->pool);
+    if (d->mark)
+        marks_flush(d); /* the writes that finished above */
     /* What is left waits for a retry (or for orders, whose calls the
      * client completes with MOAT_ECANCELLED when it is freed: main.c frees
      * it first). */
@@ -825,6 +887,8 @@ void ntf_deliverer_free(struct ntf_deliverer *d)
         event_free(d->kick);
     if (d->sweep)
         event_free(d->sweep);
+    if (d->mark)
+        event_free(d->mark);
     free(d->maildir);
     free(d->tmp_dir);
     free(d->new_dir);
