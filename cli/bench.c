@@ -86,6 +86,7 @@ struct bench {
 
     struct bench_procs procs;
     struct bench_hists hops0, hops1; /* consumers' hop histograms */
+    struct bench_machine m0, m1;     /* the machine at start and end */
 };
 
 /* ---- orders ---- */
@@ -275,9 +276,12 @@ static void report(struct bench *b, double run_s, bool as_json)
     json_t *procs = bench_procs_json(&b->procs, run_s);
     json_t *totals = bench_procs_totals(&b->procs, procs, (double)b->completed);
     json_t *hops = bench_hists_json(&b->hops0, &b->hops1);
+    json_t *machine = bench_machine_json(
+        &b->m0, &b->m1,
+        json_real_value(json_object_get(totals, "cpu_seconds")));
     json_t *out = json_pack(
         "{s:s, s:i, s:f, s:f, s:I, s:I, s:f, s:I, s:f, s:I, s:I, "
-        "s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o, s:o, s:o}",
+        "s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o, s:o, s:o, s:o}",
         "mode", b->open ? "open" : "closed", "concurrency", (int)b->workers,
         "rate", b->open ? b->rate : 0.0, "seconds", run_s, "sent",
         (json_int_t)b->n, "accepted", (json_int_t)b->accepted, "accepted_per_s",
@@ -289,7 +293,7 @@ static void report(struct bench *b, double run_s, bool as_json)
         (json_int_t)b->e5xx, "client", (json_int_t)b->eother, "transport",
         (json_int_t)b->etransport, "accept_latency_ms", la,
         "complete_latency_ms", ld, "services", procs, "per_saga", totals,
-        "hops", hops);
+        "hops", hops, "machine", machine);
     if (as_json) {
         char *text = json_dumps(out, JSON_INDENT(2));
         puts(text);
@@ -309,6 +313,7 @@ static void report(struct bench *b, double run_s, bool as_json)
         bench_latency_print("accept->final", ld);
         bench_procs_print(procs);
         bench_procs_totals_print(procs, totals, "completed saga");
+        bench_machine_print(machine);
         bench_hists_print(hops);
     }
     json_decref(out);
@@ -415,6 +420,7 @@ int cli_cmd_bench(int argc, char **argv)
 
     bench_hists_read(&b.hops0, d, "moat_consumer_hop_seconds");
     bench_procs_sample(&b.procs, d);
+    bench_machine_sample(&b.m0);
     double t0 = bench_now_ms();
     double end = t0 + (double)duration * 1000.0;
     b.next_send = moat_xcalloc((size_t)conc, sizeof(*b.next_send));
@@ -464,6 +470,7 @@ int cli_cmd_bench(int argc, char **argv)
         cli_fetcher_run(b.f, 20);
     }
     bench_procs_sample(&b.procs, d);
+    bench_machine_sample(&b.m1);
     bench_hists_read(&b.hops1, d, "moat_consumer_hop_seconds");
     report(&b, (run_end - t0) / 1000.0, as_json);
     ret = CLI_EXIT_OK;

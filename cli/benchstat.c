@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -158,9 +159,9 @@ json_t *bench_procs_totals(const struct bench_procs *b, json_t *procs,
         json_object_set_new(row, "pss_end_mb",
                             json_real((double)p->pss_last_kb / 1024.0));
     }
-    return json_pack("{s:f, s:f, s:f}", "cpu_us_per_unit",
-                     units > 0 ? cpu * 1e6 / units : 0.0, "pss_idle_mb",
-                     pss0 / 1024.0, "pss_end_mb", pss1 / 1024.0);
+    return json_pack("{s:f, s:f, s:f, s:f}", "cpu_seconds", cpu,
+                     "cpu_us_per_unit", units > 0 ? cpu * 1e6 / units : 0.0,
+                     "pss_idle_mb", pss0 / 1024.0, "pss_end_mb", pss1 / 1024.0);
 }
 
 void bench_procs_totals_print(json_t *procs, json_t *totals, const char *unit)
@@ -181,6 +182,53 @@ void bench_procs_totals_print(json_t *procs, json_t *totals, const char *unit)
            "end\n",
            json_real_value(json_object_get(totals, "pss_idle_mb")),
            json_real_value(json_object_get(totals, "pss_end_mb")));
+}
+
+/* ---- the machine ---- */
+
+void bench_machine_sample(struct bench_machine *m)
+{
+    *m = (struct bench_machine){0};
+    FILE *f = fopen("/proc/stat", "re");
+    unsigned long long v[8] = {0};
+    if (f) {
+        /* cpu  user nice system idle iowait irq softirq steal */
+        if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+                   &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) != 8)
+            memset(v, 0, sizeof(v));
+        fclose(f);
+    }
+    double tck = (double)sysconf(_SC_CLK_TCK), all = 0;
+    for (size_t i = 0; i < 8; i++)
+        all += (double)v[i];
+    m->all_s = all / tck;
+    m->busy_s = (all - (double)v[3] - (double)v[4]) / tck;
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        m->self_s = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+                    (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+json_t *bench_machine_json(const struct bench_machine *a,
+                           const struct bench_machine *b, double services_cpu_s)
+{
+    double all = b->all_s - a->all_s, busy = b->busy_s - a->busy_s;
+    double self = b->self_s - a->self_s;
+    double others = busy - services_cpu_s - self;
+    return json_pack("{s:i, s:f, s:f, s:f}", "cores",
+                     (int)sysconf(_SC_NPROCESSORS_ONLN), "busy_percent",
+                     all > 0 ? 100.0 * busy / all : 0.0, "bench_cpu_s", self,
+                     "others_cpu_s", others > 0 ? others : 0.0);
+}
+
+void bench_machine_print(json_t *m)
+{
+    printf("machine: %lld cores %.0f%% busy; bench itself %.2f CPU s, other "
+           "processes %.2f CPU s\n",
+           (long long)json_integer_value(json_object_get(m, "cores")),
+           json_real_value(json_object_get(m, "busy_percent")),
+           json_real_value(json_object_get(m, "bench_cpu_s")),
+           json_real_value(json_object_get(m, "others_cpu_s")));
 }
 
 /* ---- histograms from /metrics ---- */

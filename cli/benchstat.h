@@ -50,13 +50,28 @@ void bench_procs_print(json_t *procs);
 /*
  * Each row of procs (bench_procs_json) gains "cpu_us_per_unit": its CPU
  * divided by units (completed sagas); returns {"cpu_us_per_unit": the sum
- * over services, "pss_idle_mb", "pss_end_mb": the sum of every service's
- * Pss at the first and last sample}.
+ * over services, "cpu_seconds": the services' CPU, "pss_idle_mb", "pss_end_mb":
+ * the sum of every service's Pss at the first and last sample}.
  */
 json_t *bench_procs_totals(const struct bench_procs *p, json_t *procs,
                            double units);
 /* Prints bench_procs_totals() under the procs table; unit names a unit. */
 void bench_procs_totals_print(json_t *procs, json_t *totals, const char *unit);
+
+/* The whole machine's CPU (/proc/stat) and this process's (getrusage), to
+ * tell how much of the cores others used during a run. */
+struct bench_machine {
+    double busy_s, all_s; /* all CPUs: busy and total time, seconds */
+    double self_s;        /* this process: user + system */
+};
+void bench_machine_sample(struct bench_machine *m);
+/* {"cores", "busy_percent" (of all cores), "bench_cpu_s", "others_cpu_s"
+ * (busy time not used by the services nor by bench)} between a and b;
+ * services_cpu_s from bench_procs_totals. */
+json_t *bench_machine_json(const struct bench_machine *a,
+                           const struct bench_machine *b,
+                           double services_cpu_s);
+void bench_machine_print(json_t *machine);
 
 /*
  * A Prometheus histogram's cumulative buckets, read from the /metrics page
