@@ -22,7 +22,9 @@
  *
  * The gateway limits each client address (MOAT_GATEWAY_RATE, 200/s by
  * default) and inventory each customer's open reservations (5): bench
- * spreads orders over max(20, N/4) drill customers and reports 429s.
+ * spreads orders over max(20, N/4) drill customers (closed) or max(20, R/4)
+ * (open, at most 200: a customer orders 4 times a second) and reports
+ * 429s.
  */
 #include "moat/common.h"
 
@@ -83,6 +85,8 @@ struct bench {
     unsigned feed_errors;
 
     struct bench_procs procs;
+    struct bench_hists hops0, hops1; /* consumers' hop histograms */
+    struct bench_machine m0, m1;     /* the machine at start and end */
 };
 
 /* ---- orders ---- */
@@ -270,9 +274,14 @@ static void report(struct bench *b, double run_s, bool as_json)
     free(acc);
     free(done);
     json_t *procs = bench_procs_json(&b->procs, run_s);
+    json_t *totals = bench_procs_totals(&b->procs, procs, (double)b->completed);
+    json_t *hops = bench_hists_json(&b->hops0, &b->hops1);
+    json_t *machine = bench_machine_json(
+        &b->m0, &b->m1,
+        json_real_value(json_object_get(totals, "cpu_seconds")));
     json_t *out = json_pack(
         "{s:s, s:i, s:f, s:f, s:I, s:I, s:f, s:I, s:f, s:I, s:I, "
-        "s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o}",
+        "s:{s:I, s:I, s:I, s:I}, s:o, s:o, s:o, s:o, s:o, s:o}",
         "mode", b->open ? "open" : "closed", "concurrency", (int)b->workers,
         "rate", b->open ? b->rate : 0.0, "seconds", run_s, "sent",
         (json_int_t)b->n, "accepted", (json_int_t)b->accepted, "accepted_per_s",
@@ -283,7 +292,8 @@ static void report(struct bench *b, double run_s, bool as_json)
         "errors", "rate_limited", (json_int_t)b->e429, "server",
         (json_int_t)b->e5xx, "client", (json_int_t)b->eother, "transport",
         (json_int_t)b->etransport, "accept_latency_ms", la,
-        "complete_latency_ms", ld, "services", procs);
+        "complete_latency_ms", ld, "services", procs, "per_saga", totals,
+        "hops", hops, "machine", machine);
     if (as_json) {
         char *text = json_dumps(out, JSON_INDENT(2));
         puts(text);
@@ -302,6 +312,9 @@ static void report(struct bench *b, double run_s, bool as_json)
                             la);
         bench_latency_print("accept->final", ld);
         bench_procs_print(procs);
+        bench_procs_totals_print(procs, totals, "completed saga");
+        bench_machine_print(machine);
+        bench_hists_print(hops);
     }
     json_decref(out);
 }
@@ -385,7 +398,7 @@ int cli_cmd_bench(int argc, char **argv)
     if (shop_open(&b.shop, d, moat_wall_ms()) != MOAT_OK ||
         shop_products(&b.shop, setup) != MOAT_OK)
         goto out;
-    size_t ncust = open ? 20 : (size_t)(conc + 3) / 4;
+    size_t ncust = open ? (size_t)(rate + 3) / 4 : (size_t)(conc + 3) / 4;
     if (ncust < 20)
         ncust = 20;
     if (shop_customers(&b.shop, ncust) != MOAT_OK || feed_head(&b) != MOAT_OK)
@@ -405,7 +418,9 @@ int cli_cmd_bench(int argc, char **argv)
         fflush(stdout);
     }
 
+    bench_hists_read(&b.hops0, d, "moat_consumer_hop_seconds");
     bench_procs_sample(&b.procs, d);
+    bench_machine_sample(&b.m0);
     double t0 = bench_now_ms();
     double end = t0 + (double)duration * 1000.0;
     b.next_send = moat_xcalloc((size_t)conc, sizeof(*b.next_send));
@@ -455,6 +470,8 @@ int cli_cmd_bench(int argc, char **argv)
         cli_fetcher_run(b.f, 20);
     }
     bench_procs_sample(&b.procs, d);
+    bench_machine_sample(&b.m1);
+    bench_hists_read(&b.hops1, d, "moat_consumer_hop_seconds");
     report(&b, (run_end - t0) / 1000.0, as_json);
     ret = CLI_EXIT_OK;
 

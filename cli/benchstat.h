@@ -29,6 +29,7 @@ struct bench_procstat {
     double cpu0, cpu1; /* seconds at the first and last sample */
     double cpu_acc;    /* CPU of earlier pids (restarts) */
     long rss_max_kb, rss_last_kb;
+    long pss_first_kb, pss_last_kb; /* smaps_rollup Pss, -1 if unreadable */
     unsigned restarts;
 };
 
@@ -45,6 +46,58 @@ void bench_procs_sample(struct bench_procs *p, const struct deploy *d);
 json_t *bench_procs_json(const struct bench_procs *p, double run_s);
 /* The table of bench_procs_json()'s array, on stdout. */
 void bench_procs_print(json_t *procs);
+
+/*
+ * Each row of procs (bench_procs_json) gains "cpu_us_per_unit": its CPU
+ * divided by units (completed sagas); returns {"cpu_us_per_unit": the sum
+ * over services, "cpu_seconds": the services' CPU, "pss_idle_mb", "pss_end_mb":
+ * the sum of every service's Pss at the first and last sample}.
+ */
+json_t *bench_procs_totals(const struct bench_procs *p, json_t *procs,
+                           double units);
+/* Prints bench_procs_totals() under the procs table; unit names a unit. */
+void bench_procs_totals_print(json_t *procs, json_t *totals, const char *unit);
+
+/* The whole machine's CPU (/proc/stat) and this process's (getrusage), to
+ * tell how much of the cores others used during a run. */
+struct bench_machine {
+    double busy_s, all_s; /* all CPUs: busy and total time, seconds */
+    double self_s;        /* this process: user + system */
+};
+void bench_machine_sample(struct bench_machine *m);
+/* {"cores", "busy_percent" (of all cores), "bench_cpu_s", "others_cpu_s"
+ * (busy time not used by the services nor by bench)} between a and b;
+ * services_cpu_s from bench_procs_totals. */
+json_t *bench_machine_json(const struct bench_machine *a,
+                           const struct bench_machine *b,
+                           double services_cpu_s);
+void bench_machine_print(json_t *machine);
+
+/*
+ * A Prometheus histogram's cumulative buckets, read from the /metrics page
+ * of each service of a deployment, one entry per (service, source label).
+ */
+#define BENCH_HIST_BUCKETS 24
+struct bench_hist {
+    char name[2 * DEPLOY_NAME_MAX + 8]; /* "service<-source" */
+    double le[BENCH_HIST_BUCKETS];      /* seconds; INFINITY for +Inf */
+    double count[BENCH_HIST_BUCKETS];
+    size_t n;
+};
+struct bench_hists {
+    struct bench_hist h[64];
+    size_t n;
+};
+/* Read histogram `metric` (labels source and le) from every service of d
+ * that answers /metrics. */
+void bench_hists_read(struct bench_hists *hs, const struct deploy *d,
+                      const char *metric);
+/* Per entry of after with observations since before: {"hop", "count",
+ * "p50", "p90", "p99" (ms, the upper bound of the bucket; null beyond the
+ * last finite one)}. */
+json_t *bench_hists_json(const struct bench_hists *before,
+                         const struct bench_hists *after);
+void bench_hists_print(json_t *hops);
 
 /*
  * Sort v (n latencies in ms) and summarise it: {"count", "p50", "p90",

@@ -529,6 +529,9 @@ static enum outcome process(struct sub *s, struct txn *tx, json_t *ce,
         tx->to = seq;
         tx->events++;
         tx->applied++;
+        if (ev.time_ms > 0) /* the hop: the producer's commit to here */
+            moat_metric_observe(s->m_hop,
+                                (double)(moat_wall_ms() - ev.time_ms) / 1000.0);
         return DONE;
     }
     /* SQLite rolls the whole transaction back by itself on some errors
@@ -850,6 +853,13 @@ static int consumer_new(struct moat_consumer **out, struct event_base *base,
         "Times the source was restored to an earlier point (a new feed "
         "epoch) and the cursor moved back to it.",
         "source", NULL, 0);
+    static const double hop_buckets[] = {
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10};
+    c->f_hop = moat_metrics_family(
+        m, MOAT_HISTOGRAM, "moat_consumer_hop_seconds",
+        "From the event's time (stamped in the producer's transaction) to "
+        "its handler done here, per applied event.",
+        "source", hop_buckets, sizeof(hop_buckets) / sizeof(hop_buckets[0]));
     moat_metrics_on_collect(m, collect, c);
     *out = c;
     return MOAT_OK;
@@ -920,6 +930,7 @@ int moat_consumer_subscribe(struct moat_consumer *c,
     s->m_failures = moat_metric_series(c->f_failures, labels);
     s->m_dead = moat_metric_series(c->f_dead, labels);
     s->m_rewinds = moat_metric_series(c->f_rewinds, labels);
+    s->m_hop = moat_metric_series(c->f_hop, labels);
     consumer_refresh_dead_gauge(s);
 
     c->subs = moat_xrealloc(c->subs, (c->nsubs + 1) * sizeof(*c->subs));

@@ -82,7 +82,7 @@ struct sub {
     bool ahead;       /* cursor beyond the source's head (logged once) */
     char error[CONSUMER_ERROR_MAX + 32]; /* the current problem, "" if none */
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied,
-        *m_failures, *m_dead, *m_rewinds;
+        *m_failures, *m_dead, *m_rewinds, *m_hop;
 };
 
 /* One dead letter as a storage hands it over (visit) or takes it (park);
@@ -205,7 +205,7 @@ struct moat_consumer {
     bool has_view;
     struct moat_outbox *outbox; /* borrowed; woken after each commit */
     struct moat_metric_family *f_lag_events, *f_lag_seconds, *f_applied,
-        *f_failures, *f_dead, *f_rewinds;
+        *f_failures, *f_dead, *f_rewinds, *f_hop;
 };
 
 /* ---- consumer.c: shared helpers ---- */

@@ -7,16 +7,21 @@
  *   1. If <maildir>/new/<id> or cur/<id> exists, the message was written
  *      before a crash that came before step 4: go to 4.
  *   2. The To: address: GET <orders>/v1/orders/{order_id} with our service
- *      token. "customer": {"email"} is used when it is a plain address for
- *      the row's customer; an order orders does not know (404, or another
- *      4xx), or one without a usable email, goes to
+ *      token, unless an earlier notification of the same order looked it
+ *      up less than ADDR_TTL_MS ago (an order's email does not change:
+ *      the second email of a saga reuses the first one's answer). "customer":
+ * {"email"} is used when it is a plain address for the row's customer; an order
+ * orders does not know (404, or another 4xx), or one without a usable email,
+ * goes to
  *      "<customer_id>@customers.invalid" with a warning. Orders unreachable
  *      (transport error, 5xx, 408, 429) or refusing us (401, 403): retry
  *      with backoff (100 ms doubling to retry_max_ms), the row keeping its
  *      slot, so a down orders service holds at most max_in_flight rows.
  *   3. On a worker thread (fsync must not stall the loop): write the RFC
  *      5322 message to tmp/<id>, fsync, rename to new/<id>, fsync new/.
- *   4. Record the delivery (deliveries + the row's flag, one transaction).
+ *   4. Record the delivery (deliveries + the row's flag). The messages
+ *      written by the time the loop gets to it are recorded together, in
+ *      one transaction (each alone if that one fails).
  *
  * The file name is the notification id, itself derived from (order,
  * status): a crash between 3 and 4 finds the file at step 1 (or, without
@@ -25,7 +30,9 @@
  * delivered and never sent again.
  *
  * The customer's email is never logged, never stored in the database, and
- * lives only in the job until its message is written.
+ * lives only in memory: in the job until its message is written, and in
+ * the address memo (ADDR_SLOTS entries, each at most ADDR_TTL_MS, wiped
+ * once the order's final notification used it).
  */
 #include "moat/common.h"
 
@@ -58,6 +65,16 @@
 #define FALLBACK_DOMAIN   "customers.invalid"
 #define MAIL_FROM         "moat <orders@moat.local>"
 #define MSGID_DOMAIN      "moat.local"
+#define ADDR_SLOTS        256   /* orders whose address is remembered */
+#define ADDR_TTL_MS       30000 /* about a saga's lifetime, with margin */
+#define ADDR_ORDER_MAX    64
+
+/* An order's address, from orders' answer, for its next notification. */
+struct addr_memo {
+    char order_id[ADDR_ORDER_MAX];
+    char email[EMAIL_MAX + 1];
+    int64_t expires_ms; /* 0: empty */
+};
 
 /* One notification being delivered. */
 struct job {
@@ -75,6 +92,7 @@ struct job {
      * orders the accesses). */
     int werr;
     const char *wstep;
+    struct job *mark_next; /* in the deliverer's marks list */
 };
 
 struct ntf_deliverer {
@@ -90,8 +108,12 @@ struct ntf_deliverer {
     struct job *jobs;    /* in flight */
     struct event *kick;  /* owned: look for work next turn */
     struct event *sweep; /* owned: periodic look */
+    struct event *mark;  /* owned: record the written messages */
+    struct job *marks;   /* written, to record (newest first) */
     bool started, closing;
-    bool orders_down; /* logged once per change */
+    bool orders_down;                  /* logged once per change */
+    struct addr_memo addr[ADDR_SLOTS]; /* a ring, oldest overwritten */
+    size_t addr_next;
     struct moat_metric_family *m_sent, *m_failures;
     struct moat_metric_series *m_backlog, *m_oldest, *m_fallback, *m_in_flight;
 #ifdef MOAT_TEST_HOOKS
@@ -210,18 +232,10 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 /* ---- step 4: record the delivery ---- */
 
-static void job_mark(struct job *j, bool existed)
+/* j's delivery is recorded: count and log it, free its slot. */
+static void job_recorded(struct job *j, bool existed)
 {
     struct ntf_deliverer *d = j->d;
-    int rc = ntf_store_mark_delivered(d->db, d->outbox, &j->row, moat_wall_ms(),
-                                      j->fallback);
-    if (rc != MOAT_OK) {
-        JOB_LOG(j, MOAT_LOG_ERROR, "cannot record a delivery",
-                "{s:s, s:s, s:s}", "id", j->row.id, "order_id", j->row.order_id,
-                "error", moat_strerror(rc));
-        job_retry(j, "database");
-        return;
-    }
     if (existed) {
         /* Written before a crash, recorded only now: it was counted (if
          * at all) by the process that wrote it. */
@@ -239,6 +253,68 @@ static void job_mark(struct job *j, bool existed)
                 j->fallback, "attempts", (int)j->attempts + 1);
     }
     job_done(j);
+}
+
+static void job_mark(struct job *j, bool existed)
+{
+    struct ntf_deliverer *d = j->d;
+    int rc = ntf_store_mark_delivered(d->db, d->outbox, &j->row, moat_wall_ms(),
+                                      j->fallback);
+    if (rc != MOAT_OK) {
+        JOB_LOG(j, MOAT_LOG_ERROR, "cannot record a delivery",
+                "{s:s, s:s, s:s}", "id", j->row.id, "order_id", j->row.order_id,
+                "error", moat_strerror(rc));
+        job_retry(j, "database");
+        return;
+    }
+    job_recorded(j, existed);
+}
+
+/* Record every message written so far in one transaction; when that
+ * fails, each on its own (each then retries alone). */
+static void marks_flush(struct ntf_deliverer *d)
+{
+    size_t n = 0;
+    for (struct job *j = d->marks; j; j = j->mark_next)
+        n++;
+    if (!n)
+        return;
+    struct job **jobs = moat_xcalloc(n, sizeof(*jobs));
+    struct ntf_mark *m = moat_xcalloc(n, sizeof(*m));
+    int64_t now = moat_wall_ms();
+    size_t i = n;
+    for (struct job *j = d->marks; j; j = j->mark_next) {
+        i--; /* oldest first */
+        jobs[i] = j;
+        m[i] = (struct ntf_mark){&j->row, now, j->fallback};
+    }
+    d->marks = NULL;
+    int rc = ntf_store_mark_delivered_many(d->db, d->outbox, m, n);
+    for (i = 0; i < n; i++) {
+        if (rc == MOAT_OK)
+            job_recorded(jobs[i], false);
+        else
+            job_mark(jobs[i], false);
+    }
+    free(m);
+    free(jobs);
+}
+
+static void on_mark(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    marks_flush(arg);
+}
+
+/* j's message is in the Maildir: record it once this loop turn is over. */
+static void job_written(struct job *j)
+{
+    struct ntf_deliverer *d = j->d;
+    if (!d->marks)
+        event_active(d->mark, 0, 0);
+    j->mark_next = d->marks;
+    d->marks = j;
 }
 
 /* ---- step 3: the Maildir file (worker thread) ---- */
@@ -326,7 +402,7 @@ static void write_done(void *arg, bool cancelled)
         raise(SIGKILL);
     }
 #endif
-    job_mark(j, false);
+    job_written(j);
 }
 
 /* ---- the message ---- */
@@ -428,6 +504,44 @@ static void use_fallback(struct job *j, const char *why, int status)
 
 /* ---- step 2: the address, from orders ---- */
 
+static void addr_wipe(struct addr_memo *m)
+{
+    explicit_bzero(m, sizeof(*m));
+}
+
+static void addr_remember(struct ntf_deliverer *d, const char *order_id,
+                          const char *email)
+{
+    if (strlen(order_id) >= ADDR_ORDER_MAX || strlen(email) > EMAIL_MAX)
+        return;
+    struct addr_memo *m = &d->addr[d->addr_next];
+    d->addr_next = (d->addr_next + 1) % ADDR_SLOTS;
+    snprintf(m->order_id, sizeof(m->order_id), "%s", order_id);
+    snprintf(m->email, sizeof(m->email), "%s", email);
+    m->expires_ms = moat_mono_ms() + ADDR_TTL_MS;
+}
+
+/* The remembered address of j's order, or NULL. */
+static struct addr_memo *addr_find(struct ntf_deliverer *d, const char *id)
+{
+    int64_t now = moat_mono_ms();
+    for (size_t i = 0; i < ADDR_SLOTS; i++) {
+        struct addr_memo *m = &d->addr[i];
+        if (!m->expires_ms || strcmp(m->order_id, id) != 0)
+            continue;
+        if (m->expires_ms > now)
+            return m;
+        addr_wipe(m);
+    }
+    return NULL;
+}
+
+/* An order's final notification: its address is not needed any more. */
+static bool row_final(const struct ntf_row *r)
+{
+    return r->status && strcmp(r->status, "pending") != 0;
+}
+
 static void orders_up(struct ntf_deliverer *d)
 {
     if (d->orders_down) {
@@ -495,8 +609,11 @@ static void on_order(const struct moat_http_response *resp, void *arg)
         use_fallback(j, "the order has no customer email", st);
     else if (!email_usable(email))
         use_fallback(j, "the customer email is not a plain address", st);
-    else
+    else {
+        if (!row_final(&j->row))
+            addr_remember(j->d, j->row.order_id, email);
         write_submit(j, email);
+    }
     json_decref(order);
 }
 
@@ -563,6 +680,13 @@ static void job_begin(struct job *j)
     if (file_exists(d->new_dir, j->row.id) ||
         file_exists(d->cur_dir, j->row.id)) {
         job_mark(j, true);
+        return;
+    }
+    struct addr_memo *m = addr_find(d, j->row.order_id);
+    if (m) {
+        write_submit(j, m->email);
+        if (row_final(&j->row))
+            addr_wipe(m);
         return;
     }
     fetch_order(j);
@@ -715,7 +839,8 @@ int ntf_deliverer_new(struct ntf_deliverer **out, struct moat_service *svc,
         goto fail;
     d->kick = event_new(svc->base, -1, 0, on_kick, d);
     d->sweep = event_new(svc->base, -1, EV_PERSIST, on_sweep, d);
-    if (!d->kick || !d->sweep) {
+    d->mark = event_new(svc->base, -1, 0, on_mark, d);
+    if (!d->kick || !d->sweep || !d->mark) {
         rc = MOAT_EIO;
         goto fail;
     }
@@ -751,6 +876,8 @@ void ntf_deliverer_free(struct ntf_deliverer *d)
      * recorded (the database is still open): job_free or job_mark. */
     if (d->pool)
         moat_work_pool_free(d->pool);
+    if (d->mark)
+        marks_flush(d); /* the writes that finished above */
     /* What is left waits for a retry (or for orders, whose calls the
      * client completes with MOAT_ECANCELLED when it is freed: main.c frees
      * it first). */
@@ -760,10 +887,13 @@ void ntf_deliverer_free(struct ntf_deliverer *d)
         event_free(d->kick);
     if (d->sweep)
         event_free(d->sweep);
+    if (d->mark)
+        event_free(d->mark);
     free(d->maildir);
     free(d->tmp_dir);
     free(d->new_dir);
     free(d->cur_dir);
     free(d->orders_url);
+    explicit_bzero(d->addr, sizeof(d->addr));
     free(d);
 }

@@ -238,10 +238,14 @@ static json_t *sent_event_data(const struct ntf_row *r, int64_t delivered_ms,
     return d;
 }
 
-int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
-                             const struct ntf_row *r, int64_t delivered_ms,
-                             bool fallback)
+/* One delivery record, inside the caller's transaction; *recorded when it
+ * is new (and its event appended). */
+static int mark_one(struct moat_db *db, struct moat_outbox *outbox,
+                    const struct ntf_mark *m, bool *recorded)
 {
+    const struct ntf_row *r = m->row;
+    int64_t delivered_ms = m->delivered_ms;
+    bool fallback = m->fallback;
     struct moat_stmt *ins = moat_db_prepare(
         db, "delivery_insert",
         "INSERT INTO deliveries (order_id, status, notification_id, "
@@ -254,9 +258,7 @@ int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
         "status = ?3) WHERE id = ?1 AND delivered = 0");
     if (!ins || !upd)
         return MOAT_EDB;
-    int rc = moat_db_begin(db);
-    if (rc != MOAT_OK)
-        return rc;
+    int rc = MOAT_OK;
     sqlite3_stmt *st = moat_stmt_raw(ins);
     sqlite3_bind_text(st, 1, r->order_id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, r->status, -1, SQLITE_STATIC);
@@ -265,21 +267,19 @@ int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
     sqlite3_bind_int(st, 5, fallback ? 1 : 0);
     int step = moat_stmt_step(ins);
     moat_stmt_reset(ins);
-    if (step != SQLITE_DONE) {
-        rc = moat_db_error(db, step);
-        goto fail;
-    }
+    if (step != SQLITE_DONE)
+        return moat_db_error(db, step);
     /* The event only with the record that it describes: a second call
      * (the record exists) publishes nothing. */
-    bool recorded = sqlite3_changes(moat_db_handle(db)) > 0;
-    if (recorded && outbox) {
+    *recorded = sqlite3_changes(moat_db_handle(db)) > 0;
+    if (*recorded && outbox) {
         json_t *data = sent_event_data(r, delivered_ms, fallback);
         rc = moat_outbox_append(outbox, NOTIFICATIONS_NOTIFICATION_SENT,
                                 r->order_id, NOTIFICATIONS_SENT_SCHEMA, data,
                                 NULL);
         json_decref(data);
         if (rc != MOAT_OK)
-            goto fail;
+            return rc;
     }
     st = moat_stmt_raw(upd);
     sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
@@ -287,19 +287,42 @@ int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
     sqlite3_bind_text(st, 3, r->status, -1, SQLITE_STATIC);
     step = moat_stmt_step(upd);
     moat_stmt_reset(upd);
-    if (step != SQLITE_DONE) {
-        rc = moat_db_error(db, step);
-        goto fail;
+    return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
+}
+
+int ntf_store_mark_delivered_many(struct moat_db *db,
+                                  struct moat_outbox *outbox,
+                                  const struct ntf_mark *marks, size_t n)
+{
+    int rc = moat_db_begin(db);
+    if (rc != MOAT_OK)
+        return rc;
+    bool any = false;
+    for (size_t i = 0; i < n; i++) {
+        bool recorded = false;
+        rc = mark_one(db, outbox, &marks[i], &recorded);
+        if (rc != MOAT_OK) {
+            moat_db_rollback(db);
+            return rc;
+        }
+        any = any || recorded;
     }
     rc = moat_db_commit(db);
-    if (rc != MOAT_OK)
-        goto fail;
-    if (recorded && outbox)
+    if (rc != MOAT_OK) {
+        moat_db_rollback(db);
+        return rc;
+    }
+    if (any && outbox)
         moat_outbox_committed(outbox);
     return MOAT_OK;
-fail:
-    moat_db_rollback(db);
-    return rc;
+}
+
+int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
+                             const struct ntf_row *r, int64_t delivered_ms,
+                             bool fallback)
+{
+    const struct ntf_mark m = {r, delivered_ms, fallback};
+    return ntf_store_mark_delivered_many(db, outbox, &m, 1);
 }
 
 /* ---- reads ---- */

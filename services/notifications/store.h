@@ -107,6 +107,18 @@ int ntf_store_mark_delivered(struct moat_db *db, struct moat_outbox *outbox,
                              const struct ntf_row *r, int64_t delivered_ms,
                              bool fallback);
 
+/* One delivery to record (ntf_store_mark_delivered's arguments). */
+struct ntf_mark {
+    const struct ntf_row *row; /* borrowed */
+    int64_t delivered_ms;
+    bool fallback;
+};
+/* ntf_store_mark_delivered for n deliveries in one transaction: all are
+ * recorded or none (an error). */
+int ntf_store_mark_delivered_many(struct moat_db *db,
+                                  struct moat_outbox *outbox,
+                                  const struct ntf_mark *marks, size_t n);
+
 /* Up to max undelivered notifications in id order after the id after
  * (NULL: from the start). *rows (caller frees with ntf_rows_free). */
 int ntf_store_undelivered(struct moat_db *db, const char *after, size_t max,
