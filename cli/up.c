@@ -503,9 +503,14 @@ static int make_auth_env(struct sup *s)
         size_t k = 0;
         if (s->d->tls) {
             /* Its own key and certificate, and the CA: nothing else of
-             * <var_dir>/certs. */
-            char *cert = cli_cert_path(s->d, svc->name, "crt");
-            char *key = cli_cert_path(s->d, svc->name, "key");
+             * <var_dir>/certs. An operator service (the console) signs its
+             * calls as the operator, and a service accepts a token only
+             * over a certificate of the same name: it gets the operator's
+             * certificate instead of one of its own (docs/security.md). */
+            const char *ident =
+                is_operator_service(svc) ? CLI_OPERATOR : svc->name;
+            char *cert = cli_cert_path(s->d, ident, "crt");
+            char *key = cli_cert_path(s->d, ident, "key");
             char *ca = cli_cert_path(s->d, "ca", "crt");
             env[k++] = moat_xasprintf("MOAT_TLS_CERT=%s", cert);
             env[k++] = moat_xasprintf("MOAT_TLS_KEY=%s", key);

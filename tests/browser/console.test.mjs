@@ -16,6 +16,9 @@
 import { spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
+import nodeHttp from "node:http";
+import https from "node:https";
+import tls from "node:tls";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -82,12 +85,49 @@ function operatorToken(secrets, audience) {
   return `${head}.${body}.${sig}`;
 }
 
-async function http(method, url, body, headers) {
-  const r = await fetch(url, { method, headers: Object.assign(body ? { "content-type": "application/json" } : {}, headers || {}), body: body ? JSON.stringify(body) : undefined });
-  const text = await r.text();
-  let data = text;
-  try { data = JSON.parse(text); } catch (e) { /* text */ }
-  return { status: r.status, data };
+// With "tls": true every hop is HTTPS from the deployment CA
+// (docs/security.md): the test trusts only that CA and presents the
+// operator's certificate, which the services' test hooks require with the
+// operator's token (the gateway and the console ask for none).
+let tlsOptions = null; // { ca, cert, key } once moat up has issued them
+
+function http(method, url, body, headers) {
+  const u = new URL(url);
+  const payload = body ? JSON.stringify(body) : null;
+  const options = Object.assign({ method, headers: Object.assign(payload ? { "content-type": "application/json" } : {}, headers || {}) },
+    u.protocol === "https:" ? tlsOptions : {});
+  return new Promise((resolve, reject) => {
+    const req = (u.protocol === "https:" ? https : nodeHttp).request(u, options, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (c) => { text += c; });
+      res.on("end", () => {
+        let data = text;
+        try { data = JSON.parse(text); } catch (e) { /* text */ }
+        resolve({ status: res.statusCode, data });
+      });
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(payload);
+  });
+}
+
+// The console's certificate, verified against the deployment CA (the
+// handshake fails otherwise): the base64 SHA-256 of its public key
+// (SubjectPublicKeyInfo), as chromium's --ignore-certificate-errors-spki-list
+// takes it.
+function verifiedSpki(consoleUrl) {
+  const u = new URL(consoleUrl);
+  return new Promise((resolve, reject) => {
+    const sock = tls.connect({ host: u.hostname, port: Number(u.port), ca: tlsOptions.ca }, () => {
+      const der = sock.getPeerCertificate().raw;
+      sock.end();
+      const spki = new crypto.X509Certificate(der).publicKey.export({ type: "spki", format: "der" });
+      resolve(crypto.createHash("sha256").update(spki).digest("base64"));
+    });
+    sock.on("error", reject);
+  });
 }
 
 // The social page against deploy/social.json: Ann signs up on the page,
@@ -137,7 +177,9 @@ async function socialFlow(page, consoleUrl, gw, tag, shot) {
 async function main() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moat-console-"));
   const { file, deployment } = await writeDeployment(dir);
-  const url = (name) => "http://" + deployment.services.find((s) => s.name === name).listen;
+  // Each service's base URL as moat up reports it (https:// with TLS).
+  let urls = null;
+  const url = (name) => urls[name];
   log("moat up", file);
   const up = spawn(MOAT, ["up", "-f", file], { stdio: ["ignore", "pipe", "pipe"] });
   up.stdout.on("data", (b) => { out += b; });
@@ -145,8 +187,14 @@ async function main() {
   let browser = null;
   try {
     const consoleUrl = await waitUntil("moat up to print the console's URL",
-      () => (/console: (http:\/\/\S+)/.exec(out) || [])[1], 90000);
+      () => (/console: (https?:\/\/\S+)/.exec(out) || [])[1], 90000);
     const secrets = JSON.parse(fs.readFileSync(path.join(dir, "var", "secrets.json"), "utf8"));
+    urls = Object.fromEntries(JSON.parse(fs.readFileSync(path.join(dir, "var", "moat.state"), "utf8"))
+      .services.map((s) => [s.name, s.url]));
+    const certs = path.join(dir, "var", "certs");
+    const secure = consoleUrl.startsWith("https:");
+    const read = (f) => fs.readFileSync(path.join(certs, f));
+    if (secure) tlsOptions = { ca: read("ca.crt"), cert: read("operator.crt"), key: read("operator.key") };
     const gw = url("gateway");
     const social = !deployment.services.some((s) => s.name === "orders");
     const tag = crypto.randomBytes(3).toString("hex").toUpperCase();
@@ -165,7 +213,15 @@ async function main() {
     check(poison.status === 201, "poison product");
     }
 
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+    // The console serves HTTPS with a certificate from the deployment's own
+    // CA, which no browser trusts. Chromium cannot be handed a CA without
+    // the system's certificate store, and the console presents its leaf
+    // only: the test checks that leaf against the CA and has chromium
+    // accept exactly its key, and no other certificate error (the flag is
+    // honoured with a --user-data-dir, which Playwright always passes).
+    const trusted = secure ? [await verifiedSpki(consoleUrl)] : [];
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true,
+      args: ["--no-sandbox", ...(secure ? ["--ignore-certificate-errors-spki-list=" + trusted.join(",")] : [])] });
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
     page.setDefaultTimeout(30000);
     const shot = async (name, fullPage = true) => { if (SHOTS) await page.screenshot({ path: path.join(SHOTS, name + ".png"), fullPage }); };
