@@ -10,6 +10,11 @@
  *   MOAT_CONSOLE_GATEWAY_URL  the gateway, for the storefront and the
  *                             social pages (customers' own tokens); unset:
  *                             those pages have nothing to call
+ *
+ * With TLS, moat/service.h's MOAT_TLS_* are the operator's certificate and
+ * key (moat up, docs/security.md): the services take the operator's tokens
+ * only over the operator's certificate. The console serves HTTPS with it
+ * and asks browsers for no certificate (public_api).
  */
 #include "moat/common.h"
 

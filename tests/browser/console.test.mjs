@@ -6,10 +6,12 @@
 // and its trace, and redrives a dead letter.
 //
 //   node console.test.mjs --moat BUILD/bin/moat --source SRC [--screenshots DIR]
-//                         [--deployment deploy/social.json]
+//                         [--deployment deploy/social.json] [--plain yes]
 //
 // With the social deployment (no orders service) it tries the social page
-// instead of the storefront, sagas and dead letters.
+// instead of the storefront, sagas and dead letters. The deployment files
+// say "tls": true; --plain runs the deployment without TLS (plain HTTP on
+// every hop, the console too).
 //
 // Test builds only (MOAT_TEST_HOOKS): the dead letter is search's poison
 // product hook. Every wait is on a condition, with generous timeouts.
@@ -66,6 +68,7 @@ async function writeDeployment(dir) {
   text = text.replace(/127\.0\.0\.1:(\d+)/g, (_, p) => `127.0.0.1:${map[p]}`);
   const d = JSON.parse(text);
   d.var_dir = path.join(dir, "var");
+  if (args.plain) d.tls = false;
   const file = path.join(dir, "moat.json");
   fs.writeFileSync(file, JSON.stringify(d, null, 2));
   return { file, deployment: d };
