@@ -196,6 +196,7 @@ async function main() {
       .services.map((s) => [s.name, s.url]));
     const certs = path.join(dir, "var", "certs");
     const secure = consoleUrl.startsWith("https:");
+    check(secure === (deployment.tls === true), "the console serves " + consoleUrl);
     const read = (f) => fs.readFileSync(path.join(certs, f));
     if (secure) tlsOptions = { ca: read("ca.crt"), cert: read("operator.crt"), key: read("operator.key") };
     const gw = url("gateway");
