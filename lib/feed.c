@@ -473,6 +473,38 @@ static bool stream_push(struct feed_stream *st)
     return true;
 }
 
+/*
+ * A heartbeat line: {"heartbeat":true,"head":H} with the feed epoch
+ * ("epoch", "epoch_base") when there is one. The first line of every
+ * stream is one with "hello":true: readers that know epochs check it as
+ * they check a page's, older ones take it for a heartbeat.
+ */
+static bool stream_heartbeat(struct feed_stream *st, bool hello)
+{
+    int64_t head = st->after;
+    moat_outbox_bounds(st->o, &head, NULL, NULL);
+    json_t *j = json_object();
+    json_object_set_new(j, "heartbeat", json_true());
+    if (hello)
+        json_object_set_new(j, "hello", json_true());
+    json_object_set_new(j, "head", json_integer(head));
+    if (feed_epoch[0]) {
+        json_object_set_new(j, "epoch", json_string(feed_epoch));
+        json_object_set_new(j, "epoch_base", json_integer(feed_epoch_base));
+    }
+    char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(j);
+    if (!text)
+        return false;
+    struct moat_buf b = MOAT_BUF_INIT;
+    moat_buf_addstr(&b, text);
+    moat_buf_addch(&b, '\n');
+    free(text);
+    bool ok = stream_line(st, &b);
+    moat_buf_release(&b);
+    return ok;
+}
+
 static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct feed_stream *st = arg;
@@ -481,14 +513,7 @@ static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
     uint64_t quiet_ns = moat_mono_ns() - st->last_write_ns;
     if (quiet_ns < (uint64_t)FEED_STREAM_HEARTBEAT_MS * 1000000u)
         return;
-    int64_t head = st->after;
-    moat_outbox_bounds(st->o, &head, NULL, NULL);
-    struct moat_buf b = MOAT_BUF_INIT;
-    moat_buf_printf(&b, "{\"heartbeat\":true,\"head\":%lld}\n",
-                    (long long)head);
-    bool ok = stream_line(st, &b);
-    moat_buf_release(&b);
-    if (!ok)
+    if (!stream_heartbeat(st, false))
         stream_end(st, false);
 }
 
@@ -510,6 +535,10 @@ static void stream_open(struct moat_outbox *o, struct moat_req *req,
     moat_metric_set(o->m_streams, (double)o->nstreams);
     moat_req_set_header(req, "Cache-Control", "no-store");
     moat_req_stream_start(req, 200, "application/x-ndjson");
+    if (!stream_heartbeat(st, true)) {
+        stream_end(st, false);
+        return;
+    }
     stream_push(st);
 }
 
@@ -621,6 +650,10 @@ struct feed_source {
     size_t buffered_bytes;
     struct event_base *base; /* the client's */
     int64_t head;            /* newest seq known from the stream */
+    /* A stream's epoch said the source was restored to rewind_base (the
+     * rewind is recorded): the next pull beyond it gets MOAT_ECONFLICT. */
+    bool rewind_pending;
+    int64_t rewind_base;
     /* The one pull served from the stream (others long-poll). */
     struct {
         bool active;
@@ -857,6 +890,23 @@ static void buffer_skip(struct feed_source *fs, int64_t after)
     buffer_shift(fs, n);
 }
 
+/*
+ * The stream's epoch says the source was restored to base, before the
+ * stream's position: what it brought is gone, and so is the stream. The
+ * parked pull (or the next one) gets MOAT_ECONFLICT with head = base, as
+ * from a long poll, and the pull at the base reopens the stream.
+ */
+static void stream_rewound(struct feed_source *fs, int64_t base)
+{
+    stream_detach(fs);
+    buffer_clear(fs);
+    fs->head = base;
+    fs->rewind_pending = true;
+    fs->rewind_base = base;
+    if (fs->parked.active)
+        event_active(fs->kick, EV_TIMEOUT, 1);
+}
+
 /* One line of the stream: an event (the next seq) or a heartbeat. */
 static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
 {
@@ -870,9 +920,17 @@ static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
     }
     if (json_is_true(json_object_get(j, "heartbeat"))) {
         json_int_t h = json_integer_value(json_object_get(j, "head"));
-        if (h > fs->head)
+        /* A stream's first line says where the producer is now (lower
+         * than before when it was restored). */
+        if (h > fs->head || json_is_true(json_object_get(j, "hello")))
             fs->head = h;
+        int64_t base = 0;
+        int rc = check_epoch(fs, j, st->after, &base);
         json_decref(j);
+        if (rc == MOAT_ECONFLICT) {
+            stream_rewound(fs, base);
+            return false;
+        }
         return true;
     }
     int64_t seq = event_seq(j);
@@ -947,6 +1005,13 @@ static void stream_open_from(struct feed_source *fs, int64_t after);
  */
 static bool parked_try(struct feed_source *fs, bool force)
 {
+    if (fs->rewind_pending) {
+        fs->rewind_pending = false;
+        if (fs->parked.after > fs->rewind_base) {
+            parked_finish(fs, MOAT_ECONFLICT, NULL, fs->rewind_base);
+            return true;
+        }
+    }
     buffer_skip(fs, fs->parked.after);
     size_t n = json_array_size(fs->buffered);
     if (n == 0) {
@@ -1089,6 +1154,8 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
     if (after < 0 || limit < 1 || limit > MOAT_FEED_MAX_LIMIT || wait_ms < 0 ||
         wait_ms > MOAT_FEED_MAX_WAIT_MS || !done)
         return MOAT_EINVAL;
+    if (fs->rewind_pending && after <= fs->rewind_base)
+        fs->rewind_pending = false; /* already back there */
     /* One pull at a time rides the stream; a second one (a verification
      * beside live consumption) and old producers long-poll. */
     if (fs->no_stream || fs->parked.active)
@@ -1104,7 +1171,7 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
     bool has_more = on_stream && after < last && n > 0;
     /* "What there is now" (wait 0) is the long poll's answer unless the
      * stream already brought it; it leaves the stream alone. */
-    if (wait_ms == 0 && !has_more)
+    if (wait_ms == 0 && !has_more && !fs->rewind_pending)
         return poll_pull(fs, after, limit, wait_ms, done, arg);
     if (on_stream) {
         buffer_skip(fs, after);

@@ -34,6 +34,7 @@
 
 #include <cmocka.h>
 
+#include "moat/backup.h"
 #include "moat/buf.h"
 #include "moat/db.h"
 #include "moat/events.h"
@@ -394,6 +395,9 @@ struct fixture {
     char dir[64];
     struct event_base *base;
     struct moat_metrics *pmetrics, *cmetrics;
+    /* A restarted consumer's previous registry (it still holds the freed
+     * consumer's collector, so it is not rendered again). */
+    struct moat_metrics *cmetrics_prev;
     struct moat_db *pdb, *cdb;
     bool kv;             /* the consumer's database is LMDB */
     struct moat_kv *ckv; /* then this, not cdb */
@@ -560,7 +564,9 @@ static int teardown(void **state)
     moat_kv_close(f->ckv);
     moat_db_close(f->pdb);
     moat_metrics_free(f->cmetrics);
+    moat_metrics_free(f->cmetrics_prev);
     moat_metrics_free(f->pmetrics);
+    moat_feed_set_epoch(NULL, 0); /* a test may have set one */
     event_base_free(f->base);
     char *cmd = moat_xasprintf("rm -rf '%s'", f->dir);
     assert_int_equal(system(cmd), 0);
@@ -1287,6 +1293,140 @@ static void test_stream_resumes_after_producer_restart(void **state)
     assert_int_equal(subjects, 302);
 }
 
+static bool consumer_metric(struct fixture *f, void *arg)
+{
+    struct moat_buf out = MOAT_BUF_INIT;
+    moat_metrics_render(f->cmetrics, &out);
+    bool found = strstr(moat_buf_str(&out), arg) != NULL;
+    moat_buf_release(&out);
+    return found;
+}
+
+/* The consumer's record of the source's epoch (feed-epochs/catalog.json). */
+static json_t *epoch_record(struct fixture *f)
+{
+    char *path = moat_xasprintf("%s/feed-epochs/catalog.json", f->dir);
+    json_t *j = json_load_file(path, 0, NULL);
+    free(path);
+    assert_non_null(j);
+    return j;
+}
+
+/*
+ * The producer is restored from a backup taken at base, in place: the
+ * events after base are gone, its sequence numbers restart after it, and
+ * its feed has a new epoch. Open streams carry that in their heartbeats
+ * (a restarted producer's streams in their first line, the same check).
+ */
+static void producer_restore(struct fixture *f, int64_t base, const char *epoch)
+{
+    char *sql = moat_xasprintf(
+        "DELETE FROM moat_outbox WHERE seq > %lld; UPDATE sqlite_sequence "
+        "SET seq = %lld WHERE name = 'moat_outbox'",
+        (long long)base, (long long)base);
+    assert_int_equal(moat_db_exec(f->pdb, "test_restore", sql), MOAT_OK);
+    free(sql);
+    moat_feed_set_epoch(epoch, base);
+}
+
+/* A feed source that keeps its epochs in f->dir/feed-epochs. */
+static struct moat_event_source *epoch_source(struct fixture *f)
+{
+    struct moat_event_source *src = feed_source(f);
+    char *dir = moat_xasprintf("%s/feed-epochs", f->dir);
+    moat_feed_source_set_epoch_dir(src, dir);
+    free(dir);
+    return src;
+}
+
+/*
+ * A consumer streams from a producer that is restored to an earlier point
+ * (seq 3, below its cursor 5): it moves back once, records it, and
+ * applies the new events after 3, each once. The stream says so in a
+ * heartbeat, or (consumer_restarts: it was down meanwhile) in the first
+ * line of the stream it opens at its cursor.
+ */
+static void stream_restore(struct fixture *f, bool consumer_restarts)
+{
+    moat_feed_set_epoch("epoch-one", 0);
+    struct moat_event_source *src = epoch_source(f);
+    for (int i = 1; i <= 5; i++) {
+        char subject[8], value[8];
+        snprintf(subject, sizeof(subject), "s%d", i);
+        snprintf(value, sizeof(value), "old%d", i);
+        produce(f, "ItemSet", subject, value, 2);
+    }
+    consumer_up(f, src);
+    wait_cursor(f, 5);
+    run_until(f, producer_metric, (char *)"moat_feed_streams 1\n", DEADLINE_MS);
+    json_t *rec = epoch_record(f);
+    assert_string_equal(json_string_value(json_object_get(rec, "epoch")),
+                        "epoch-one");
+    json_decref(rec);
+
+    if (consumer_restarts) {
+        moat_consumer_free(f->c);
+        f->c = NULL;
+        moat_http_server_free(f->chttp);
+        f->cmetrics_prev = f->cmetrics;
+        f->cmetrics = moat_metrics_new();
+        new_admin_server(f);
+    }
+    /* Restored to seq 3 while the consumer is at 5; seq 4 is a new event
+     * before the consumer hears of it. */
+    producer_restore(f, 3, "epoch-two");
+    assert_int_equal(produce(f, "ItemSet", "s4", "new4", 2), 4);
+    if (consumer_restarts)
+        consumer_up(f, epoch_source(f));
+    run_until(f, consumer_metric,
+              (char *)"moat_consumer_rewinds_total{source=\"catalog\"} 1\n",
+              DEADLINE_MS);
+    wait_cursor(f, 4);
+    item(f, "s4", "new4", 2);
+
+    /* What follows comes at the new epoch. */
+    assert_int_equal(produce(f, "ItemSet", "s5", "new5", 2), 5);
+    assert_int_equal(produce(f, "ItemSet", "s6", "new6", 2), 6);
+    wait_cursor(f, 6);
+    run_for(f, 50);
+
+    /* One rewind, recorded; the new epoch accepted; every event (5 old,
+     * 3 new) took effect once. */
+    assert_true(consumer_metric(
+        f, (char *)"moat_consumer_rewinds_total{source=\"catalog\"} 1\n"));
+    rec = epoch_record(f);
+    assert_string_equal(json_string_value(json_object_get(rec, "epoch")),
+                        "epoch-two");
+    assert_int_equal(json_integer_value(json_object_get(rec, "base_seq")), 3);
+    json_t *rewinds = json_object_get(rec, "rewinds");
+    assert_int_equal(json_array_size(rewinds), 1);
+    json_t *r = json_array_get(rewinds, 0);
+    assert_string_equal(json_string_value(json_object_get(r, "old_epoch")),
+                        "epoch-one");
+    assert_string_equal(json_string_value(json_object_get(r, "new_epoch")),
+                        "epoch-two");
+    assert_int_equal(json_integer_value(json_object_get(r, "from_seq")), 5);
+    assert_int_equal(json_integer_value(json_object_get(r, "to_seq")), 3);
+    json_decref(rec);
+    item(f, "s3", "old3", 1);
+    item(f, "s5", "new5", 2);
+    item(f, "s6", "new6", 1);
+    int64_t total, subjects;
+    applied_counts(f, &total, &subjects);
+    assert_int_equal(total, 8);
+    assert_int_equal(subjects, 6);
+}
+
+static void test_stream_rewinds_after_producer_restore(void **state)
+{
+    stream_restore(*state, false);
+}
+
+static void test_stream_rewinds_on_open_after_producer_restore(void **state)
+{
+    stream_restore(*state, true);
+}
+
 /* A raw loopback connection to the producer, sending one request. */
 static int raw_request(struct fixture *f, const char *target)
 {
@@ -1335,11 +1475,31 @@ static void test_stream_wire_format(void **state)
     assert_non_null(strstr(text, "Transfer-Encoding: chunked"));
     assert_non_null(strstr(text, "Content-Type: application/x-ndjson"));
     assert_null(strstr(text, "\"sequence\":\"1\""));
+    /* The first line says where the producer is (a heartbeat, to readers
+     * that know no more). */
+    const char *hello = strstr(text, "{\"heartbeat\":true,\"hello\":true,"
+                                     "\"head\":2}\n");
+    assert_non_null(hello);
+    assert_true(hello < strstr(text, "\"sequence\":\"2\""));
     /* A commit is written at once; silence brings a heartbeat. */
     produce(f, "ItemSet", "s3", "c", 2);
     r.want = "\"sequence\":\"3\"";
     run_until(f, raw_has, &r, DEADLINE_MS);
     r.want = "{\"heartbeat\":true,\"head\":3}\n";
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    close(r.fd);
+    moat_buf_release(&r.got);
+
+    /* With a feed epoch, the first line and heartbeats carry it. */
+    moat_feed_set_epoch("epoch-w", 1);
+    r = (struct raw_read){.fd = raw_request(f, "/v1/events?after=3&stream=1"),
+                          .got = MOAT_BUF_INIT,
+                          .want = "{\"heartbeat\":true,\"hello\":true,"
+                                  "\"head\":3,\"epoch\":\"epoch-w\","
+                                  "\"epoch_base\":1}\n"};
+    run_until(f, raw_has, &r, DEADLINE_MS);
+    r.want = "{\"heartbeat\":true,\"head\":3,\"epoch\":\"epoch-w\","
+             "\"epoch_base\":1}\n";
     run_until(f, raw_has, &r, DEADLINE_MS);
     close(r.fd);
     moat_buf_release(&r.got);
@@ -1411,6 +1571,11 @@ int main(int argc, char **argv)
         BOTH(test_verify),
         cmocka_unit_test_setup_teardown(
             test_stream_resumes_after_producer_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_stream_rewinds_after_producer_restore, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_stream_rewinds_on_open_after_producer_restore, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(test_stream_slow_reader_is_dropped,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
