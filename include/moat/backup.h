@@ -43,7 +43,8 @@
  * ({"epoch", "base_seq", "created_at", "from_backup"}). The skeleton
  * creates it (base_seq 0) at the first start; moat restore writes a new
  * one whose base_seq is the restored outbox head. Every feed page carries
- * "epoch" and "epoch_base". A consumer keeps the epoch it last accepted
+ * "epoch" and "epoch_base" (a stream: its first line and heartbeats,
+ * moat/events.h). A consumer keeps the epoch it last accepted
  * per source in <data_dir>/feed-epochs/<source>.json; when a page comes
  * with another epoch and the consumer's cursor is beyond the new
  * epoch's base_seq, the events it applied after base_seq no longer exist

@@ -39,7 +39,10 @@
  * Streaming: GET /v1/events?after=SEQ&stream=1 (no limit or wait) is one
  * long-lived 200 application/x-ndjson reply, chunked: each event after SEQ
  * as one line (the same CloudEvent) as it commits, and
- * {"heartbeat":true,"head":H} after 2 s of silence. A reader with 1 MiB
+ * {"heartbeat":true,"head":H} after 2 s of silence; the first line is
+ * {"heartbeat":true,"hello":true,"head":H}. Heartbeats carry "epoch" and
+ * "epoch_base" as pages do (readers ignore unknown fields in heartbeats;
+ * a source checks the epoch as a page's). A reader with 1 MiB
  * unread gets no more until it reads; one that stays so for 5 s is
  * dropped (the reply ends; it resumes from its cursor). 410 as above,
  * before the stream starts; at most 256 streams (503). The stream ends
