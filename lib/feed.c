@@ -924,8 +924,13 @@ static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
          * than before when it was restored). */
         if (h > fs->head || json_is_true(json_object_get(j, "hello")))
             fs->head = h;
+        /* The consumer's position: its next pull asks for what follows
+         * the events it took, which the buffer starts after. */
+        size_t n = json_array_size(fs->buffered);
+        int64_t pos =
+            n ? event_seq(json_array_get(fs->buffered, 0)) - 1 : st->after;
         int64_t base = 0;
-        int rc = check_epoch(fs, j, st->after, &base);
+        int rc = check_epoch(fs, j, pos, &base);
         json_decref(j);
         if (rc == MOAT_ECONFLICT) {
             stream_rewound(fs, base);
