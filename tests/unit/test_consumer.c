@@ -1212,13 +1212,19 @@ static void test_verify(void **state)
 
 /* ---- streaming subscription (GET /v1/events?stream=1) ---- */
 
-static bool producer_metric(struct fixture *f, void *arg)
+/* Whether the rendering of m has the text want. */
+static bool metrics_have(struct moat_metrics *m, const char *want)
 {
     struct moat_buf out = MOAT_BUF_INIT;
-    moat_metrics_render(f->pmetrics, &out);
-    bool found = strstr(moat_buf_str(&out), arg) != NULL;
+    moat_metrics_render(m, &out);
+    bool found = strstr(moat_buf_str(&out), want) != NULL;
     moat_buf_release(&out);
     return found;
+}
+
+static bool producer_metric(struct fixture *f, void *arg)
+{
+    return metrics_have(f->pmetrics, arg);
 }
 
 /* How often ItemSet events took effect, and for how many subjects. */
@@ -1295,11 +1301,7 @@ static void test_stream_resumes_after_producer_restart(void **state)
 
 static bool consumer_metric(struct fixture *f, void *arg)
 {
-    struct moat_buf out = MOAT_BUF_INIT;
-    moat_metrics_render(f->cmetrics, &out);
-    bool found = strstr(moat_buf_str(&out), arg) != NULL;
-    moat_buf_release(&out);
-    return found;
+    return metrics_have(f->cmetrics, arg);
 }
 
 /* The consumer's record of the source's epoch (feed-epochs/catalog.json). */
