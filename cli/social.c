@@ -7,7 +7,11 @@
  * seed  builds the graph of socialgraph.h (by default the size of
  *       socfb-Reed98: 962 users, 18,812 mutual edges) and, through the
  *       gateway: registers each user (POST /api/v1/users; 409, already
- *       registered, is fine), logs each in, sets their profile (PUT
+ *       registered, is fine; a 409 answering the retry of an attempt
+ *       that got no definite answer is resolved by the account's
+ *       created_at, so a registration users carried out after the
+ *       gateway gave up still counts as registered), logs each in, sets
+ *       their profile (PUT
  *       /api/v1/profiles/me with a unique handle), makes each edge a
  *       connection (a asks, b accepts) and a follow in both directions, as
  *       DeathStarBench's social graph does, then writes posts. Every step
@@ -29,7 +33,8 @@
  *
  * Calls run at most --parallel at once on one thread (fetch.h). During
  * seed, answers 429 (the gateway's per-client rate, users' login limits),
- * 502, 503 and transport errors are retried after a pause; bench counts
+ * 502, 503 and transport errors are retried after a pause (doubling up to
+ * 4.8 s after 502, 503 and no answer); bench counts
  * them as errors instead.
  */
 #include "moat/common.h"
@@ -55,24 +60,25 @@
 #include "social.h"
 #include "socialgraph.h"
 
-#define SEED_FILE          "social-seed.json"
-#define SEED_VERSION       1
-#define CALL_TIMEOUT_MS    15000
-#define CALL_MAX_ATTEMPTS  60
-#define RETRY_LIMITED_MS   1000
-#define RETRY_BUSY_MS      300
-#define PROGRESS_MS        5000
-#define MAX_POSTS_PER_USER 20
-#define POST_TEXT_CHARS    256
-#define POST_URL_CHARS     64
-#define POST_MAX_ENTITIES  6
-#define BENCH_MAX_PARALLEL 1024
-#define BENCH_TIMEOUT_MS   10000
-#define BENCH_SAMPLE_MS    500
-#define BENCH_BACKOFF_MS   200
-#define BENCH_TAIL_MS      15000
-#define DEGREE_USERS       16
-#define DEGREE_QUERIES     200 /* per kind */
+#define SEED_FILE            "social-seed.json"
+#define SEED_VERSION         1
+#define CALL_TIMEOUT_MS      15000
+#define CALL_MAX_ATTEMPTS    60
+#define RETRY_LIMITED_MS     1000
+#define RETRY_BUSY_MS        300
+#define RETRY_BUSY_DOUBLINGS 4 /* at most 4.8 s between attempts */
+#define PROGRESS_MS          5000
+#define MAX_POSTS_PER_USER   20
+#define POST_TEXT_CHARS      256
+#define POST_URL_CHARS       64
+#define POST_MAX_ENTITIES    6
+#define BENCH_MAX_PARALLEL   1024
+#define BENCH_TIMEOUT_MS     10000
+#define BENCH_SAMPLE_MS      500
+#define BENCH_BACKOFF_MS     200
+#define BENCH_TAIL_MS        15000
+#define DEGREE_USERS         16
+#define DEGREE_QUERIES       200 /* per kind */
 
 static void pause_ms(unsigned ms)
 {
@@ -207,7 +213,18 @@ static void on_call(const struct cli_fetch_result *r, void *arg)
         st && r->body_len ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
     if ((st == 0 || st == 429 || st == 502 || st == 503) &&
         ++c->attempts < CALL_MAX_ATTEMPTS) {
-        double wait = st == 429 ? RETRY_LIMITED_MS : RETRY_BUSY_MS;
+        /* No answer, 502 or 503: the upstream may have done it anyway
+         * (users hashes a registration the gateway gave up on). */
+        c->unsure = c->unsure || st != 429;
+        /* Doubling pauses after no answer, 502 and 503: under load users
+         * is still hashing the passwords of the attempts the gateway gave
+         * up on, and quick retries would only queue more hashes behind
+         * them (each to be given up on in turn). */
+        unsigned doublings = c->attempts - 1 < RETRY_BUSY_DOUBLINGS
+                                 ? c->attempts - 1
+                                 : RETRY_BUSY_DOUBLINGS;
+        double wait =
+            st == 429 ? RETRY_LIMITED_MS : (double)(RETRY_BUSY_MS << doublings);
         json_int_t after =
             json_integer_value(json_object_get(res, "retry_after_s"));
         if (st == 429) {
@@ -259,6 +276,22 @@ void social_run_calls(struct social *s, const char *what)
 
 /* ---- seed: users ---- */
 
+/* The account's created_at: made by this run's users phase or before it. */
+static void done_me(struct call *c, long st, json_t *res)
+{
+    struct social *s = c->s;
+    json_t *created = json_object_get(res, "created_at");
+    if (st != 200 || !json_is_integer(created)) {
+        fail(c, st, res);
+        return;
+    }
+    s->acct[c->u].unsure_409 = false;
+    if (json_integer_value(created) >= s->users_since_s)
+        s->registered++;
+    else
+        s->existing++;
+}
+
 static void done_login(struct call *c, long st, json_t *res)
 {
     struct account *a = &c->s->acct[c->u];
@@ -277,6 +310,9 @@ static void done_login(struct call *c, long st, json_t *res)
     free(a->auth);
     a->auth = moat_xasprintf("Authorization: Bearer %s", tok);
     c->s->logged_in++;
+    if (a->unsure_409)
+        call(c->s, c->u, "GET", moat_xstrdup("/api/v1/users/me"), NULL,
+             done_me);
 }
 
 void social_login(struct social *s, uint32_t i)
@@ -295,6 +331,8 @@ static void done_register(struct call *c, long st, json_t *res)
 {
     if (st == 201)
         c->s->registered++;
+    else if (st == 409 && c->unsure)
+        c->s->acct[c->u].unsure_409 = true; /* done_me counts it */
     else if (st == 409)
         c->s->existing++;
     else {
@@ -306,6 +344,8 @@ static void done_register(struct call *c, long st, json_t *res)
 
 void social_users_phase(struct social *s)
 {
+    /* users stamps created_at (seconds) on receiving the registration. */
+    s->users_since_s = (int64_t)(moat_wall_ms() / 1000);
     for (uint32_t i = 0; i < s->n; i++) {
         if (s->acct[i].id) { /* known from an earlier run */
             s->existing++;

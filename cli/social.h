@@ -29,6 +29,10 @@ struct account {
     char *email;
     char *handle;
     char *auth; /* "Authorization: Bearer ...", NULL until logged in */
+    /* Its registration answered 409 after an attempt with no definite
+     * answer (no reply, 502, 503): users may have carried that attempt
+     * out. Its created_at, read once logged in, says which run made it. */
+    bool unsure_409;
 };
 
 struct social {
@@ -42,6 +46,7 @@ struct social {
     struct social_graph g;
     struct call *retry; /* calls waiting to be sent again */
     size_t calls_done;
+    int64_t users_since_s; /* wall clock when the users phase began */
     /* seed's counts */
     size_t registered, existing, logged_in, profiles, connections, follows,
         posts, failed, limited;
@@ -57,6 +62,7 @@ struct call {
     call_done done;
     uint32_t u, v; /* the users it concerns */
     unsigned attempts;
+    bool unsure; /* an earlier attempt may have been carried out */
     double due;
     struct call *next;
 };
@@ -75,7 +81,10 @@ void social_accounts_new(struct social *s, uint32_t n);
 int social_load_seed(struct social *s, bool match, uint64_t want_seed,
                      uint32_t want_users, size_t *edges, unsigned *ppu);
 /* Register every account of s (409, already registered, is fine) and log
- * each in, through s->f; failures are counted in s->failed. */
+ * each in, through s->f; failures are counted in s->failed. A 409 that
+ * answers a retry of this run's own registration counts as registered:
+ * the account's created_at (GET /api/v1/users/me) tells it from one that
+ * was there before. */
 void social_users_phase(struct social *s);
 /* Queue a login of account i (sets its id and auth when it succeeds). */
 void social_login(struct social *s, uint32_t i);
