@@ -308,6 +308,9 @@ static void operator_identity(const char *dst)
     free(dir);
 }
 
+/* The gateway's default upstream timeout, scaled in test deployments. */
+#define GATEWAY_TIMEOUT_MS 2000
+
 void h_deployment_write_free_ports(const char *src, const char *dst,
                                    const char *name, char *gw_url,
                                    size_t gw_len)
@@ -358,6 +361,18 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                                 json_string(v));
             free(v);
         }
+    }
+    /* The gateway's upstream timeout (2 s by default) scaled as the tests'
+     * own waits: on a loaded machine one Argon2id hash in users can
+     * outlast 2 s, and then no sign-up or login gets through. */
+    json_array_foreach(services, i, svc)
+    {
+        json_t *env = json_object_get(svc, "env");
+        if (json_array_size(json_object_get(svc, "routes")) && env &&
+            !json_object_get(env, "MOAT_GATEWAY_TIMEOUT_MS"))
+            json_object_set_new(
+                env, "MOAT_GATEWAY_TIMEOUT_MS",
+                json_string(h_fmt("%u", h_scaled_ms(GATEWAY_TIMEOUT_MS))));
     }
     if (name)
         json_object_set_new(root, "name", json_string(name));

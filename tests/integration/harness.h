@@ -419,7 +419,10 @@ int h_deployment_stop(struct h_deployment *dep);
  * dst with every service on a free loopback port. Each listen address,
  * and every env value naming one of the file's addresses, follows; the
  * state goes to "var" beside dst; name, when not NULL, replaces the
- * deployment's name. gw_url (gw_len bytes) receives the gateway's
+ * deployment's name; the gateway's MOAT_GATEWAY_TIMEOUT_MS, unless the
+ * file sets it, is its 2 s default scaled by MOAT_TEST_TIMEOUT_MULT (one
+ * password hash on a loaded machine outlasts 2 s). gw_url (gw_len bytes)
+ * receives the gateway's
  * "http://127.0.0.1:<port>" (the service with routes). Aborts the test on
  * failure.
  */

@@ -35,12 +35,11 @@
 #include "moat/auth.h"
 #include "moat/buf.h"
 
-#define SEED_USERS         40
-#define SEED_EDGES         120
-#define SEED_PPU           2
-#define WAIT_MS            20000 /* for a condition, scaled */
-#define PASSWORD           "correct horse battery staple"
-#define GATEWAY_TIMEOUT_MS 2000 /* the gateway's default, scaled */
+#define SEED_USERS 40
+#define SEED_EDGES 120
+#define SEED_PPU   2
+#define WAIT_MS    20000 /* for a condition, scaled */
+#define PASSWORD   "correct horse battery staple"
 
 static struct {
     char *dir;
@@ -179,27 +178,6 @@ static void resume_supervisor(void)
     }
 }
 
-/* The gateway's upstream timeout (2 s by default) scaled as the test's
- * own: on a loaded machine one Argon2id hash in users can outlast 2 s,
- * and then no registration or login gets through. */
-static void scale_gateway_timeout(void)
-{
-    json_t *root = json_load_file(dep.file, 0, NULL);
-    assert_non_null(root);
-    size_t i;
-    json_t *svc;
-    json_array_foreach(json_object_get(root, "services"), i, svc)
-    {
-        json_t *env = json_object_get(svc, "env");
-        if (json_array_size(json_object_get(svc, "routes")) && env)
-            json_object_set_new(
-                env, "MOAT_GATEWAY_TIMEOUT_MS",
-                json_string(h_fmt("%u", h_scaled_ms(GATEWAY_TIMEOUT_MS))));
-    }
-    assert_int_equal(json_dump_file(root, dep.file, JSON_INDENT(2)), 0);
-    json_decref(root);
-}
-
 static int setup(void **state)
 {
     MOAT_UNUSED(state);
@@ -207,7 +185,6 @@ static int setup(void **state)
     snprintf(dep.file, sizeof(dep.file), "%s/social.json", dep.dir);
     h_deployment_write_free_ports(MOAT_SOURCE_DIR "/deploy/social.json",
                                   dep.file, NULL, dep.gw, sizeof(dep.gw));
-    scale_gateway_timeout();
     dep.up_pid = fork();
     if (dep.up_pid < 0)
         return -1;
