@@ -407,7 +407,7 @@ static void relay_done(void *arg, bool cancelled)
         return;
     }
     if (j->recreated) {
-        moat_log(MOAT_LOG_WARN,
+        moat_log(r->acked ? MOAT_LOG_WARN : MOAT_LOG_INFO,
                  "JetStream stream missing: created, republishing the "
                  "outbox from its oldest retained event",
                  "{s:s, s:s, s:I}", "source", r->o->source, "stream",
