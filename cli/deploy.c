@@ -701,7 +701,7 @@ static void check_services(struct errs *e, struct deploy *d)
 
 /* A whole number in 1..max, or def when absent. */
 static unsigned get_uint(struct errs *e, json_t *obj, const char *at,
-                        const char *key, unsigned def, unsigned max)
+                         const char *key, unsigned def, unsigned max)
 {
     json_t *v = json_object_get(obj, key);
     if (!v)
@@ -723,8 +723,9 @@ static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
     json_t *js = json_object_get(root, "jetstream");
     if (!t || strcmp(t, "http") == 0) {
         if (js)
-            report(e, "", "jetstream", "only with \"transport\": "
-                                       "\"jetstream\"");
+            report(e, "", "jetstream",
+                   "only with \"transport\": "
+                   "\"jetstream\"");
         return;
     }
     if (strcmp(t, "jetstream") != 0) {
@@ -917,30 +918,30 @@ cleanup:
 static void service_free(struct deploy_service *s)
 {
     free(s->name);
-        free(s->listen);
-        free(s->db);
-        free(s->data_dir);
-        free(s->binary);
-        for (size_t j = 0; j < s->nenv; j++) {
-            free(s->env[j].name);
-            free(s->env[j].value);
-        }
-        free(s->env);
-        for (size_t j = 0; j < s->nroutes; j++) {
-            free(s->routes[j].prefix);
-            free(s->routes[j].service);
-            free(s->routes[j].path);
-        }
-        free(s->routes);
-        for (size_t j = 0; j < s->ncalls; j++)
-            free(s->calls[j]);
-        free(s->calls);
-        for (size_t j = 0; j < s->nsecrets; j++)
-            free(s->secrets[j]);
-        free(s->secrets);
-        for (char **a = s->args; a && *a; a++)
-            free(*a);
-        free(s->args);
+    free(s->listen);
+    free(s->db);
+    free(s->data_dir);
+    free(s->binary);
+    for (size_t j = 0; j < s->nenv; j++) {
+        free(s->env[j].name);
+        free(s->env[j].value);
+    }
+    free(s->env);
+    for (size_t j = 0; j < s->nroutes; j++) {
+        free(s->routes[j].prefix);
+        free(s->routes[j].service);
+        free(s->routes[j].path);
+    }
+    free(s->routes);
+    for (size_t j = 0; j < s->ncalls; j++)
+        free(s->calls[j]);
+    free(s->calls);
+    for (size_t j = 0; j < s->nsecrets; j++)
+        free(s->secrets[j]);
+    free(s->secrets);
+    for (char **a = s->args; a && *a; a++)
+        free(*a);
+    free(s->args);
 }
 
 void deploy_free(struct deploy *d)

@@ -98,10 +98,10 @@ struct proc {
     char *program;                    /* absolute path; owned */
     char *log_path;                   /* owned */
     char *ready_url;                  /* owned */
-    char *routes_env; /* MOAT_GATEWAY_ROUTES value or NULL; owned */
+    char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
     const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
-    char **auth_env;  /* "NAME=value" keys and secrets, NULL-ended; owned */
-    pid_t pid;        /* 0 when not running */
+    char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
+    pid_t pid;            /* 0 when not running */
     enum proc_status status;
     unsigned restarts;    /* spawns after the first */
     int64_t started_wall; /* wall ms of the last spawn, 0 = never */
@@ -370,8 +370,8 @@ static int write_nats_conf(struct sup *s)
             "  max_memory_store: %uMB\n"
             "  max_file_store: %uMB\n"
             "}\n",
-            s->file_abs, d->name, d->nats_host, (unsigned)d->nats_port,
-            b->host, (unsigned)b->port, b->data_dir, d->nats_max_memory_mb,
+            s->file_abs, d->name, d->nats_host, (unsigned)d->nats_port, b->host,
+            (unsigned)b->port, b->data_dir, d->nats_max_memory_mb,
             d->nats_max_file_mb);
     int rc = fclose(f) == 0 ? MOAT_OK : MOAT_EIO;
     if (rc != MOAT_OK)

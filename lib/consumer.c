@@ -853,8 +853,9 @@ int moat_consumer_subscribe(struct moat_consumer *c,
     s->c = c;
     /* The transport hook (events_internal.h): on JetStream the source is
      * wrapped by a durable pull consumer that falls back on it. */
-    s->src = moat_event_transport ? moat_event_transport->wrap(sp->source, c->base)
-                                  : sp->source;
+    s->src = moat_event_transport
+                 ? moat_event_transport->wrap(sp->source, c->base)
+                 : sp->source;
     s->handler = sp->handler;
     s->kv_handler = sp->kv_handler;
     s->arg = sp->arg;

@@ -43,22 +43,22 @@
 
 #include <sqlite3.h>
 
-#define RELAY_BATCH       256   /* events per relay job */
-#define RELAY_IDLE_MS     1000  /* stream check when nothing is new */
-#define RELAY_BACKOFF_MAX 5000  /* ms */
-#define PUBLISH_WAIT_MS   5000  /* for one broker ack */
-#define FETCH_BATCH       100   /* the same for every fetch (see above) */
-#define FETCH_TIMEOUT_MS  500   /* the same for every fetch (see above) */
-#define CONSUMER_CHECK_MS 5000  /* quiet this long: is the durable there? */
-#define ACK_WAIT_S        30    /* redelivery of unacked messages */
+#define RELAY_BATCH       256  /* events per relay job */
+#define RELAY_IDLE_MS     1000 /* stream check when nothing is new */
+#define RELAY_BACKOFF_MAX 5000 /* ms */
+#define PUBLISH_WAIT_MS   5000 /* for one broker ack */
+#define FETCH_BATCH       100  /* the same for every fetch (see above) */
+#define FETCH_TIMEOUT_MS  500  /* the same for every fetch (see above) */
+#define CONSUMER_CHECK_MS 5000 /* quiet this long: is the durable there? */
+#define ACK_WAIT_S        30   /* redelivery of unacked messages */
+#define BROKER_RETRY_MS   2000 /* a failing broker: the feed meanwhile */
 #define NAME_MAX_LEN      96
 #define RELAY_ACKED_KEY   "relay_acked"
 
-static const char RELAY_TABLE[] =
-    "CREATE TABLE IF NOT EXISTS moat_relay (\n"
-    "    broker TEXT PRIMARY KEY,\n"
-    "    acked_seq INTEGER NOT NULL\n"
-    ") STRICT";
+static const char RELAY_TABLE[] = "CREATE TABLE IF NOT EXISTS moat_relay (\n"
+                                  "    broker TEXT PRIMARY KEY,\n"
+                                  "    acked_seq INTEGER NOT NULL\n"
+                                  ") STRICT";
 
 const struct moat_event_transport *moat_event_transport;
 
@@ -275,8 +275,7 @@ static void relay_store(struct relay *r)
     }
     if (rc != MOAT_OK)
         moat_log(MOAT_LOG_WARN, "relay cannot record the acked position",
-                 "{s:s, s:s}", "source", o->source, "error",
-                 moat_strerror(rc));
+                 "{s:s, s:s}", "source", o->source, "error", moat_strerror(rc));
 }
 
 /* Worker thread: make sure the stream exists, then publish in order. */
@@ -410,8 +409,8 @@ static void relay_done(void *arg, bool cancelled)
         moat_log(r->acked ? MOAT_LOG_WARN : MOAT_LOG_INFO,
                  "JetStream stream missing: created, republishing the "
                  "outbox from its oldest retained event",
-                 "{s:s, s:s, s:I}", "source", r->o->source, "stream",
-                 r->stream, "acked_before", (json_int_t)r->acked);
+                 "{s:s, s:s, s:I}", "source", r->o->source, "stream", r->stream,
+                 "acked_before", (json_int_t)r->acked);
         r->acked = 0;
         relay_store(r);
     } else if (j->acked > r->acked) {
@@ -487,7 +486,7 @@ static void relay_stopping(struct moat_outbox *o)
 struct fetch_job;
 
 struct js_source {
-    struct moat_event_source base; /* first: the consumer sees this */
+    struct moat_event_source base;  /* first: the consumer sees this */
     struct moat_event_source *http; /* the fallback; owned */
     struct moat_work_pool *pool;
     char stream[NAME_MAX_LEN], durable[NAME_MAX_LEN], filter[NAME_MAX_LEN];
@@ -495,7 +494,9 @@ struct js_source {
     int64_t live_pos; /* the last seq handed out from the durable; -1 none */
     int64_t head;
     bool live_busy; /* a fetch job in flight */
-    _Atomic bool freeing; /* read by the worker */
+    bool on_http;   /* the last live pull fell back to the feed (logged) */
+    uint64_t http_until_ms; /* after a broker failure: the feed until then */
+    _Atomic bool freeing;   /* read by the worker */
     /* Worker thread only (or the loop once the worker is joined). */
     natsSubscription *sub;
     natsMsg **held; /* delivered, not acked yet */
@@ -682,17 +683,22 @@ static void fetch_done(void *arg, bool cancelled)
         free(j);
         return;
     }
-    if (j->err != MOAT_OK)
-        moat_log(MOAT_LOG_DEBUG, "JetStream pull failed", "{s:s, s:s}",
-                 "source", s->base.name, "error", j->why);
-    if (j->err == MOAT_OK && j->gap) {
-        /* The broker cannot hand over the next event in order: the outbox
-         * (HTTP feed) answers this pull. */
-        moat_log(MOAT_LOG_INFO,
-                 "JetStream lacks the next event: reading the HTTP feed",
-                 "{s:s, s:I}", "source", s->base.name, "after",
-                 (json_int_t)j->after);
-        int rc = s->http->ops->pull(s->http, j->after, j->limit, 0, j->done,
+    if (j->err != MOAT_OK || j->gap) {
+        /* The broker cannot hand over the next event in order (it is
+         * down, the stream is missing or lacks it): the outbox itself,
+         * through the HTTP feed, answers this pull. */
+        if (!s->on_http)
+            moat_log(MOAT_LOG_INFO,
+                     "JetStream cannot serve the next events: reading the "
+                     "HTTP feed meanwhile",
+                     "{s:s, s:I, s:s}", "source", s->base.name, "after",
+                     (json_int_t)j->after, "why",
+                     j->gap ? "gap in the stream" : j->why);
+        s->on_http = true;
+        if (j->err != MOAT_OK) /* do not ask a failing broker every pull */
+            s->http_until_ms = moat_mono_ms() + BROKER_RETRY_MS;
+        int rc = s->http->ops->pull(s->http, j->after, j->limit,
+                                    j->err == MOAT_OK ? 0 : j->wait_ms, j->done,
                                     j->arg);
         if (rc != MOAT_OK)
             j->done(rc, NULL, 0, j->arg);
@@ -700,20 +706,24 @@ static void fetch_done(void *arg, bool cancelled)
         free(j);
         return;
     }
+    if (s->on_http)
+        moat_log(MOAT_LOG_INFO, "reading JetStream again", "{s:s}", "source",
+                 s->base.name);
+    s->on_http = false;
     if (j->head > s->head)
         s->head = j->head;
     size_t n = json_array_size(j->events);
-    if (j->err == MOAT_OK && n > 0) {
+    if (n > 0) {
         int64_t last = 0;
         const char *seq = json_string_value(
             json_object_get(json_array_get(j->events, n - 1), "sequence"));
         if (seq && moat_parse_i64(seq, 1, INT64_MAX, &last) == MOAT_OK)
             s->live_pos = last;
-    } else if (j->err == MOAT_OK && s->live_pos < j->after) {
+    } else if (s->live_pos < j->after) {
         s->live_pos = j->after;
     }
     int64_t head = s->head > j->after ? s->head : j->after;
-    j->done(j->err, j->err == MOAT_OK ? j->events : NULL, head, j->arg);
+    j->done(MOAT_OK, j->events, head, j->arg);
     json_decref(j->events);
     free(j);
 }
@@ -723,8 +733,10 @@ static int js_pull(struct moat_event_source *src, int64_t after, int limit,
 {
     struct js_source *s = (struct js_source *)src;
     /* The durable serves the live position only, one pull at a time; an
-     * older position (replay, verification) reads the outbox itself. */
-    if (s->live_busy || (s->live_pos >= 0 && after < s->live_pos))
+     * older position (replay, verification) reads the outbox itself, and
+     * so does every pull for a while after the broker failed one. */
+    if (s->live_busy || (s->live_pos >= 0 && after < s->live_pos) ||
+        moat_mono_ms() < s->http_until_ms)
         return s->http->ops->pull(s->http, after, limit, wait_ms, done, arg);
     struct fetch_job *j = moat_xcalloc(1, sizeof(*j));
     j->s = s;
@@ -778,8 +790,8 @@ static struct moat_event_source *js_wrap(struct moat_event_source *http,
         snprintf(G.producers[G.nproducers++], sizeof(G.producers[0]), "%s",
                  http->name);
     stream_name(http->name, s->stream, sizeof(s->stream));
-    snprintf(s->durable, sizeof(s->durable), "%s_%s_%d", G.service,
-             http->name, k);
+    snprintf(s->durable, sizeof(s->durable), "%s_%s_%d", G.service, http->name,
+             k);
     snprintf(s->filter, sizeof(s->filter), "moat.ev.%s.>", http->name);
     return &s->base;
 }

@@ -29,10 +29,12 @@
  * message is acked only once the consumer asks for the events after it
  * (its cursor has committed past it), so a crash redelivers, and the
  * cursor skips what was applied. Pulls that the durable cannot serve in
- * order - a replay or verification reading from an older position, or a
- * gap (the broker lacks the next event: republish after a wipe still on
- * its way, or the outbox's retention) - are answered by the HTTP feed,
- * the outbox itself.
+ * order - a replay or verification reading from an older position, a gap
+ * (the broker lacks the next event: republish after a wipe still on its
+ * way, or the outbox's retention), or a broker that is down or has no
+ * stream yet (then for 2 s before asking it again) - are answered by the
+ * HTTP feed, the outbox itself: the broker going away costs latency, not
+ * events.
  *
  * Threads: libnats calls block, so they run on worker threads (moat/
  * work.h), one for each relay and each source; the loop thread only

@@ -121,12 +121,11 @@ static inline void js_up(const char *name)
     uint16_t mon = h_free_port();
     snprintf(dep.monitor, sizeof(dep.monitor), "http://127.0.0.1:%u", mon);
     json_object_set_new(d, "transport", json_string("jetstream"));
-    json_object_set_new(
-        d, "jetstream",
-        json_pack("{s:s, s:s, s:i, s:i}", "listen",
-                  h_fmt("127.0.0.1:%u", h_free_port()), "monitor",
-                  h_fmt("127.0.0.1:%u", mon), "max_memory_mb", 64,
-                  "max_file_mb", 256));
+    json_object_set_new(d, "jetstream",
+                        json_pack("{s:s, s:s, s:i, s:i}", "listen",
+                                  h_fmt("127.0.0.1:%u", h_free_port()),
+                                  "monitor", h_fmt("127.0.0.1:%u", mon),
+                                  "max_memory_mb", 64, "max_file_mb", 256));
     assert_int_equal(json_dump_file(d, dep.file, JSON_INDENT(2)), 0);
     json_decref(d);
 

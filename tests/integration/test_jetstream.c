@@ -38,7 +38,8 @@ static void test_saga_on_jetstream(void **state)
     /* moat status shows the broker's health beside the services'. */
     struct moat_buf out = MOAT_BUF_INIT;
     assert_int_equal(
-        js_run(h_fmt("%s/moat status -f %s --json", MOAT_BIN_DIR, dep.file), &out),
+        js_run(h_fmt("%s/moat status -f %s --json", MOAT_BIN_DIR, dep.file),
+               &out),
         0);
     json_t *st = json_loads(moat_buf_str(&out), 0, NULL);
     assert_non_null(st);
@@ -71,6 +72,15 @@ static void test_saga_on_jetstream(void **state)
             (long long)streams, (long long)messages);
     assert_true(streams >= 4); /* catalog, orders, inventory, payments... */
     assert_true(messages >= n);
+    /* ...and the consumers read them through durable pull consumers. */
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/jsz", dep.monitor));
+    json_t *j = h_resp_json(&r);
+    fprintf(stderr, "jetstream: %lld durable consumers\n",
+            (long long)json_integer_value(json_object_get(j, "consumers")));
+    assert_true(json_integer_value(json_object_get(j, "consumers")) >= 8);
+    json_decref(j);
+    h_resp_release(&r);
 }
 
 struct wipe {
@@ -99,8 +109,8 @@ static void test_wipe_storage_mid_run(void **state)
     assert_true(pid > 0);
     assert_int_equal(kill(pid, SIGKILL), 0);
     /* Not h_rmtree, which MOAT_TEST_KEEP=1 turns off. */
-    assert_int_equal(
-        system(h_fmt("rm -rf '%s/var/nats/jetstream'", dep.dir)), 0);
+    assert_int_equal(system(h_fmt("rm -rf '%s/var/nats/jetstream'", dep.dir)),
+                     0);
     fprintf(stderr, "wiped JetStream's storage (nats-server pid %d)\n",
             (int)pid);
     assert_true(h_wait_until(js_broker_back, &pid, 30000));
@@ -122,9 +132,9 @@ static void test_wipe_storage_mid_run(void **state)
                                             "notifications", "search"};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(consumers); i++) {
         int rc = js_run(h_fmt("%s/moat events replay --verify %s -f %s "
-                           "2>&1",
-                           MOAT_BIN_DIR, consumers[i], dep.file),
-                     &out);
+                              "2>&1",
+                              MOAT_BIN_DIR, consumers[i], dep.file),
+                        &out);
         const char *t = moat_buf_str(&out);
         if (strstr(t, "501") || strstr(t, "not support")) {
             fprintf(stderr, "%s: no verification, skipped\n", consumers[i]);

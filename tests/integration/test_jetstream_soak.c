@@ -29,7 +29,7 @@
 #define SOAK_DEFAULT_S 15
 #endif
 
-#define SOAK_RATE 4
+#define SOAK_RATE           4
 #define KILL_EVERY_MESSAGES 100
 
 static int setup(void **state)
@@ -118,8 +118,9 @@ static void test_soak(void **state)
     }
     struct moat_buf out = MOAT_BUF_INIT;
     int st = js_finish(p, &out);
-    fprintf(stderr, "soak: %ld s, nats-server killed %u times, storage "
-                    "wiped %u times\n",
+    fprintf(stderr,
+            "soak: %ld s, nats-server killed %u times, storage "
+            "wiped %u times\n",
             seconds, kills, wipes);
     assert_int_equal(st, 0);
     assert_non_null(strstr(moat_buf_str(&out), "result: 0 violations"));
