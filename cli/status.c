@@ -314,7 +314,8 @@ int cli_cmd_status(int argc, char **argv)
         json_t *s;
         json_array_foreach(services, i, s)
         {
-            const struct deploy_service *svc = &d->services[i];
+            const struct deploy_service *svc =
+                i < d->nservices ? &d->services[i] : d->broker;
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)

@@ -54,6 +54,7 @@
 #define BROKER_RETRY_MS   2000 /* a failing broker: the feed meanwhile */
 #define NAME_MAX_LEN      96
 #define RELAY_ACKED_KEY   "relay_acked"
+#define RELAY_STORE_MS    1000 /* write the acked position at most this often */
 
 static const char RELAY_TABLE[] = "CREATE TABLE IF NOT EXISTS moat_relay (\n"
                                   "    broker TEXT PRIMARY KEY,\n"
@@ -132,6 +133,8 @@ struct relay {
     bool failing;  /* logged once per change */
     bool dirty;    /* a commit during the job in flight */
     int backoff_ms;
+    int64_t stored;        /* acked as last written to the database */
+    uint64_t stored_at_ms; /* when */
     struct relay_job *job;
 };
 
@@ -241,10 +244,14 @@ static int relay_load(struct relay *r)
 /* Record r->acked; skipped (done later) while the producer has a
  * transaction open on the connection. Losing it costs a republish that the
  * broker's duplicate window and the consumers' cursors absorb. */
-static void relay_store(struct relay *r)
+static void relay_store(struct relay *r, bool now)
 {
     struct moat_outbox *o = r->o;
-    if (o->ops->in_txn(o))
+    if (r->stored == r->acked || o->ops->in_txn(o))
+        return;
+    /* A write (and its sync) of the producer's database per round would
+     * double its commits under load: at most one a second. */
+    if (!now && moat_mono_ms() - r->stored_at_ms < RELAY_STORE_MS)
         return;
     int rc;
     if (o->db) {
@@ -272,6 +279,10 @@ static void relay_store(struct relay *r)
             else
                 moat_kv_abort(t);
         }
+    }
+    if (rc == MOAT_OK) {
+        r->stored = r->acked;
+        r->stored_at_ms = moat_mono_ms();
     }
     if (rc != MOAT_OK)
         moat_log(MOAT_LOG_WARN, "relay cannot record the acked position",
@@ -376,6 +387,7 @@ static void relay_tick(evutil_socket_t fd, short what, void *arg)
             return;
         }
         r->loaded = true;
+        r->stored = r->acked;
     }
     struct relay_job *j = moat_xcalloc(1, sizeof(*j));
     j->r = r;
@@ -401,7 +413,9 @@ static void relay_done(void *arg, bool cancelled)
     r->busy = false;
     r->dirty = false;
     r->job = NULL;
-    if (cancelled || !r->timer) { /* stopping */
+    if (cancelled || !r->timer) { /* stopping: relay_stopping stores */
+        if (!cancelled && !j->recreated && j->acked > r->acked)
+            r->acked = j->acked;
         relay_job_free(j);
         return;
     }
@@ -412,10 +426,12 @@ static void relay_done(void *arg, bool cancelled)
                  "{s:s, s:s, s:I}", "source", r->o->source, "stream", r->stream,
                  "acked_before", (json_int_t)r->acked);
         r->acked = 0;
-        relay_store(r);
+        relay_store(r, true);
     } else if (j->acked > r->acked) {
         r->acked = j->acked;
-        relay_store(r);
+        relay_store(r, false);
+    } else {
+        relay_store(r, false); /* what an earlier round could not */
     }
     if (j->failed) {
         if (!r->failing)
@@ -477,6 +493,8 @@ static void relay_stopping(struct moat_outbox *o)
     r->timer = NULL;
     /* Waits for a publish in flight; its done frees the job. */
     moat_work_pool_free(r->pool);
+    if (r->loaded)
+        relay_store(r, true);
     o->relay = NULL;
     free(r);
 }

@@ -56,6 +56,11 @@ static void test_saga_on_jetstream(void **state)
     assert_true(seen);
     json_decref(st);
     moat_buf_release(&out);
+    /* The same as a table, the broker last. */
+    assert_int_equal(
+        js_run(h_fmt("%s/moat status -f %s", MOAT_BIN_DIR, dep.file), &out), 0);
+    assert_non_null(strstr(moat_buf_str(&out), "\nnats "));
+    moat_buf_release(&out);
 
     int rc = js_finish(js_chaos(RUN_SECONDS, RUN_RATE, 0), &out);
     const char *text = moat_buf_str(&out);
