@@ -117,8 +117,9 @@ void moat_feed_release_waiters(struct moat_outbox *o);
  * moat_outbox_new*, outbox_committed in moat_outbox_committed and
  * outbox_stopping first in moat_outbox_free. wrap takes the source a
  * subscription was given (its ownership too; base is the consumer's
- * loop) and returns the source the
- * consumer uses instead (never NULL; the same one when it cannot wrap).
+ * loop) and returns the source the consumer uses instead (never NULL;
+ * the same one when it cannot wrap). Threads must not start before the
+ * first loop turn (the process confines itself first: moat/sandbox.h).
  */
 struct moat_event_transport {
     void (*outbox_started)(struct moat_outbox *o);
