@@ -11,12 +11,18 @@
  * it runs.
  *
  * libnats 3.4.1 paths kept away from (fixed only in later releases):
- *  - natsSubscription_Fetch overflows the heap when a fetch asks for
- *    fewer messages than the one before: every fetch here asks for
- *    FETCH_BATCH, always, and a smaller `limit` is served by naking the
- *    rest;
- *  - fetch timeouts: one fixed FETCH_TIMEOUT_MS, a timeout is only "no
- *    message yet", and a long wait is a loop of such fetches;
+ *  - natsSubscription_Fetch overflows its message array when the batch
+ *    it asks the server for shrinks: a fetch that finds messages still
+ *    queued from an earlier pull request (one whose fetch timed out before
+ *    they arrived) asks for the rest only, and keeps collecting past the
+ *    array. A fixed batch of 100 was not enough: the 10-minute ASan soak
+ *    caught the overrun in moat-payments. So every fetch here asks for
+ *    exactly ONE message (FETCH_BATCH): a one-slot array that is full
+ *    after one message can never be overrun. A pull collects up to its
+ *    limit with further one-message fetches of FETCH_MORE_MS;
+ *  - fetch timeouts: a timeout is only "no message yet" (late messages of
+ *    a timed-out request are simply taken by the next fetch), and a long
+ *    wait is a loop of FETCH_TIMEOUT_MS fetches;
  *  - callbacks on destroyed subscriptions: no asynchronous handler of any
  *    kind is installed (sync pull subscriptions, sync publishes, no
  *    connection callbacks), and subscriptions are destroyed before the
@@ -47,8 +53,9 @@
 #define RELAY_IDLE_MS     1000 /* stream check when nothing is new */
 #define RELAY_BACKOFF_MAX 5000 /* ms */
 #define PUBLISH_WAIT_MS   5000 /* for one broker ack */
-#define FETCH_BATCH       100  /* the same for every fetch (see above) */
-#define FETCH_TIMEOUT_MS  500  /* the same for every fetch (see above) */
+#define FETCH_BATCH       1    /* the same for every fetch (see above) */
+#define FETCH_MORE_MS     2    /* after a message: more already there? */
+#define FETCH_TIMEOUT_MS  500  /* a wait is a loop of these (see above) */
 #define CONSUMER_CHECK_MS 5000 /* quiet this long: is the durable there? */
 #define ACK_WAIT_S        30   /* redelivery of unacked messages */
 #define BROKER_RETRY_MS   2000 /* a failing broker: the feed meanwhile */
@@ -626,8 +633,14 @@ static void fetch_work(void *arg)
     uint64_t deadline = moat_mono_ms() + (uint64_t)j->wait_ms;
     for (;;) {
         natsMsgList list = {0};
+        bool more = json_array_size(j->events) > 0;
         st = natsSubscription_Fetch(&list, s->sub, FETCH_BATCH,
-                                    FETCH_TIMEOUT_MS, &jerr);
+                                    more ? FETCH_MORE_MS : FETCH_TIMEOUT_MS,
+                                    &jerr);
+        if (st == NATS_TIMEOUT && more) {
+            natsMsgList_Destroy(&list);
+            return; /* what has come so far */
+        }
         if (st == NATS_TIMEOUT) {
             natsMsgList_Destroy(&list);
             if (moat_mono_ms() - s->quiet_since_ms >= CONSUMER_CHECK_MS) {
@@ -684,9 +697,9 @@ static void fetch_work(void *arg)
             s->held[s->nheld++] = m; /* acked or naked by the next pull */
         }
         natsMsgList_Destroy(&list);
-        if (json_array_size(j->events) > 0 || j->gap)
+        if (j->gap || json_array_size(j->events) >= (size_t)j->limit)
             return;
-        if (moat_mono_ms() >= deadline)
+        if (json_array_size(j->events) == 0 && moat_mono_ms() >= deadline)
             return;
     }
 }

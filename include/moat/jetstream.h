@@ -43,8 +43,9 @@
  * confined (Landlock requires a single-threaded process).
  *
  * libnats 3.4.1 (Debian 12) has memory-safety bugs fixed only later; this
- * code keeps off their paths: every fetch asks for the same batch size
- * (a shrinking batch overflows the heap in _fetch) with one fixed timeout,
+ * code keeps off their paths: every fetch asks for exactly one message
+ * (a shrinking batch overflows the heap in _fetch; a fixed batch of 100
+ * still did under ASan once late messages of a timed-out fetch queued up),
  * no asynchronous callback of any kind is installed (no message handlers,
  * no async publish, no connection event callbacks: nothing can run on a
  * destroyed subscription), subscriptions are destroyed before the
