@@ -763,10 +763,14 @@ static int js_pull(struct moat_event_source *src, int64_t after, int limit,
                    int wait_ms, moat_source_done_fn done, void *arg)
 {
     struct js_source *s = (struct js_source *)src;
-    /* The durable serves the live position only, one pull at a time; an
-     * older position (replay, verification) reads the outbox itself, and
-     * so does every pull for a while after the broker failed one. */
-    if (s->live_busy || (s->live_pos >= 0 && after < s->live_pos) ||
+    /* The durable serves the live loop only (a long poll: wait_ms > 0;
+     * verification reads with wait 0, and so does the live loop right
+     * after an error), one pull at a time, from where it left off; an
+     * older position (replay) reads the outbox itself, and so does every
+     * pull for a while after the broker failed one. The durable cannot
+     * serve a second reader: what it delivered to one is pending there. */
+    if (wait_ms == 0 || s->live_busy ||
+        (s->live_pos >= 0 && after < s->live_pos) ||
         moat_mono_ms() < s->http_until_ms)
         return s->http->ops->pull(s->http, after, limit, wait_ms, done, arg);
     struct fetch_job *j = moat_xcalloc(1, sizeof(*j));

@@ -28,8 +28,9 @@
  * cursor still commit in one local transaction (lib/consumer.c); a
  * message is acked only once the consumer asks for the events after it
  * (its cursor has committed past it), so a crash redelivers, and the
- * cursor skips what was applied. Pulls that the durable cannot serve in
- * order - a replay or verification reading from an older position, a gap
+ * cursor skips what was applied. The durable serves the live loop's long
+ * polls (wait_ms > 0) only. Pulls that it cannot serve in order - a
+ * verification (wait 0), a replay reading from an older position, a gap
  * (the broker lacks the next event: republish after a wipe still on its
  * way, or the outbox's retention), or a broker that is down or has no
  * stream yet (then for 2 s before asking it again) - are answered by the
