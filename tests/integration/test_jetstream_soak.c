@@ -70,12 +70,17 @@ static bool sanitizer_reports(void)
             continue;
         snprintf(path, sizeof(path), "%s/%s", logdir, e->d_name);
         FILE *f = fopen(path, "r");
+        int echo = 0; /* a report's lines after its first: its stack */
         while (f && fgets(line, sizeof(line), f)) {
             if (strstr(line, "AddressSanitizer") ||
                 strstr(line, "LeakSanitizer") ||
                 strstr(line, "runtime error:")) {
-                fprintf(stderr, "%s: %s", e->d_name, line);
                 found = true;
+                echo = 40;
+            }
+            if (echo > 0) {
+                fprintf(stderr, "%s: %s", e->d_name, line);
+                echo--;
             }
         }
         if (f)
