@@ -6,12 +6,13 @@
 #   make bench   benchmarks (see bench/README.md; make bench-tls: the cost of TLS)
 #   make chaos-long  the long order-saga chaos drill (>= 10,000 orders)
 #   make drill-recovery  the recovery drill (test_reconcile) with 20x the orders
+#   make soak-jetstream  the JetStream transport under ASan for 10 minutes
 
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE ?= cmake
 CTEST ?= ctest
 
-.PHONY: all deps build up down status test test-fast format format-check bench bench-tls chaos-long drill-recovery clean
+.PHONY: all deps build up down status test test-fast format format-check bench bench-tls chaos-long drill-recovery soak-jetstream clean
 
 all: build
 
@@ -89,6 +90,19 @@ chaos-long: build
 	trap 'kill $$up 2>/dev/null; wait $$up' EXIT; \
 	for i in $$(seq 1 150); do ./build/bin/moat status >/dev/null 2>&1 && break; sleep 0.2; done; \
 	./build/bin/moat chaos --setup --duration $(CHAOS_LONG_DURATION) --rate $(CHAOS_LONG_RATE) --settle 300
+
+# The JetStream transport soaked under ASan+UBSan (not part of make test,
+# which runs a 60 s version): tests/integration/test_jetstream_soak.c for
+# SOAK_JETSTREAM_S seconds: orders, service kills, nats-server kills and
+# storage wipes, then 0 audit violations and no sanitizer report.
+SOAK_JETSTREAM_S ?= 600
+soak-jetstream: deps
+	@$(CMAKE) -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DMOAT_TEST_HOOKS=ON -DMOAT_SANITIZE=ON >/dev/null
+	@$(CMAKE) --build build-asan -j $(JOBS)
+	@cd build-asan && MOAT_JETSTREAM_SOAK_S=$(SOAK_JETSTREAM_S) \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		./tests/it_test_jetstream_soak
 
 clean:
 	rm -rf build build-test build-asan

@@ -14,6 +14,8 @@
 # catalog's commit, the feed waking the parked reader, the HTTP answer,
 # search's parse and handler; not search's own commit (well under 1 ms).
 #
+# BENCH_TRANSPORT=jetstream runs the same through NATS JetStream.
+#
 # Usage: bench/events.sh [seconds-per-phase] (default 10). Needs a build
 # (BENCH_BIN, default build/bin) and wrk, curl, openssl. Every server
 # listens on 127.0.0.1 only; every run is bounded in time.
@@ -75,6 +77,25 @@ token() { # audience [role]
 get() { # audience url
     curl -fs -H "Moat-Service-Token: $(token "$1")" "$2"
 }
+
+# BENCH_TRANSPORT=jetstream: events go through a nats-server of our own
+# (JetStream on, store in $work) instead of search long-polling catalog's
+# feed (docs/operations.md, "Running on NATS JetStream").
+TRANSPORT=${BENCH_TRANSPORT:-http}
+if [ "$TRANSPORT" = jetstream ]; then
+    nats_port=$(free_port)
+    mkdir -p "$work/nats"
+    cat >"$work/nats/nats.conf" <<CONF
+listen: "127.0.0.1:$nats_port"
+jetstream { store_dir: "$work/nats/jetstream", max_memory_store: 64MB, max_file_store: 1024MB }
+CONF
+    /usr/sbin/nats-server -c "$work/nats/nats.conf" >"$work/nats.log" 2>&1 &
+    pids+=($!)
+    export MOAT_NATS_URL=nats://127.0.0.1:$nats_port
+elif [ "$TRANSPORT" != http ]; then
+    echo "bench: BENCH_TRANSPORT must be http or jetstream" >&2
+    exit 2
+fi
 
 cat_key=$(key); search_key=$(key); bench_key=$(key)
 cat_port=$(free_port)
@@ -181,7 +202,11 @@ echo "moat event lag benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(uname -r)"
 transport="stream"
 [ "${MOAT_FEED_STREAM:-1}" = "0" ] && transport="long poll"
-echo "catalog -> feed ($transport) -> search; ${DUR}s per phase; access log ${BENCH_ACCESS_LOG:-1}"
+if [ "$TRANSPORT" = jetstream ]; then
+    echo "catalog -> relay -> JetStream -> durable pull consumer -> search; ${DUR}s per phase; access log ${BENCH_ACCESS_LOG:-1}"
+else
+    echo "catalog -> feed ($transport) -> search; ${DUR}s per phase; access log ${BENCH_ACCESS_LOG:-1}"
+fi
 echo
 phase "fixed-rate(~${RATE}/s)" f 1 "$conns" "$delay"
 phase "max-rate" m 2 16 0

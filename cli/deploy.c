@@ -765,10 +765,101 @@ static void check_services(struct errs *e, struct deploy *d)
             d->max_level = d->services[i].level;
 }
 
+/* A whole number in 1..max, or def when absent. */
+static unsigned get_uint(struct errs *e, json_t *obj, const char *at,
+                         const char *key, unsigned def, unsigned max)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return def;
+    if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+        json_integer_value(v) > max) {
+        report(e, at, key, "must be a whole number in 1..%u", max);
+        return def;
+    }
+    return (unsigned)json_integer_value(v);
+}
+
+/* "transport" and "jetstream" (see deploy.h). */
+static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {
+        "url", "listen", "monitor", "max_memory_mb", "max_file_mb", NULL};
+    const char *t = get_string(e, root, "", "transport", false);
+    json_t *js = json_object_get(root, "jetstream");
+    if (!t || strcmp(t, "http") == 0) {
+        if (js)
+            report(e, "", "jetstream",
+                   "only with \"transport\": "
+                   "\"jetstream\"");
+        return;
+    }
+    if (strcmp(t, "jetstream") != 0) {
+        report(e, "", "transport", "must be \"http\" or \"jetstream\"");
+        return;
+    }
+    d->transport = DEPLOY_TRANSPORT_JETSTREAM;
+    if (js && !json_is_object(js)) {
+        report(e, "", "jetstream", "must be an object");
+        return;
+    }
+    json_t *none = json_object();
+    if (!js)
+        js = none;
+    check_known(e, js, "jetstream", allowed);
+    const char *url = get_string(e, js, "jetstream", "url", false);
+    if (url) {
+        if (strncmp(url, "nats://", 7) != 0)
+            report(e, "jetstream", "url", "must be a nats:// URL");
+        d->nats_url = moat_xstrdup(url);
+        json_decref(none);
+        return;
+    }
+    const char *listen = get_string(e, js, "jetstream", "listen", false);
+    const char *monitor = get_string(e, js, "jetstream", "monitor", false);
+    if (!listen)
+        listen = "127.0.0.1:4222";
+    if (!monitor)
+        monitor = "127.0.0.1:8222";
+    struct deploy_service *b = moat_xcalloc(1, sizeof(*b));
+    d->broker = b;
+    if (moat_parse_hostport(listen, d->nats_host, sizeof(d->nats_host),
+                            &d->nats_port, false) != MOAT_OK)
+        report(e, "jetstream", "listen", "must be HOST:PORT, got \"%s\"",
+               listen);
+    if (moat_parse_hostport(monitor, b->host, sizeof(b->host), &b->port,
+                            false) != MOAT_OK)
+        report(e, "jetstream", "monitor", "must be HOST:PORT, got \"%s\"",
+               monitor);
+    d->nats_max_memory_mb =
+        get_uint(e, js, "jetstream", "max_memory_mb", 64, 1u << 20);
+    d->nats_max_file_mb =
+        get_uint(e, js, "jetstream", "max_file_mb", 1024, 1u << 24);
+    d->nats_url = moat_xasprintf(
+        "nats://%s:%u",
+        strcmp(d->nats_host, "0.0.0.0") == 0 ? "127.0.0.1" : d->nats_host,
+        (unsigned)d->nats_port);
+    b->name = moat_xstrdup("nats");
+    b->listen = moat_xstrdup(monitor);
+    b->engine = DEPLOY_ENGINE_NONE;
+    b->data_dir = deploy_path_join(d->var_dir, "nats");
+    b->binary = moat_xstrdup(DEPLOY_NATS_SERVER);
+    b->args = moat_xcalloc(3, sizeof(*b->args));
+    b->args[0] = moat_xstrdup("-c");
+    b->args[1] = moat_xasprintf("%s/nats.conf", b->data_dir);
+    b->ready_path = "/healthz";
+    if (deploy_find(d, "nats"))
+        report(e, "", "services",
+               "\"nats\" is reserved for the broker with \"transport\": "
+               "\"jetstream\"");
+    json_decref(none);
+}
+
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {"name", "var_dir", "tls", "services",
+    static const char *const allowed[] = {"name",      "var_dir",   "tls",
+                                          "services",  "transport", "jetstream",
                                           NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
@@ -827,6 +918,7 @@ int deploy_parse(const char *json, size_t len, const char *file,
         if (e.n == 0)
             check_services(&e, d);
     }
+    parse_transport(&e, root, d);
     if (e.n == 0)
         rc = MOAT_OK;
 
@@ -896,35 +988,45 @@ cleanup:
     return rc;
 }
 
+static void service_free(struct deploy_service *s)
+{
+    free(s->name);
+    free(s->listen);
+    free(s->db);
+    free(s->data_dir);
+    free(s->binary);
+    for (size_t j = 0; j < s->nenv; j++) {
+        free(s->env[j].name);
+        free(s->env[j].value);
+    }
+    free(s->env);
+    for (size_t j = 0; j < s->nroutes; j++) {
+        free(s->routes[j].prefix);
+        free(s->routes[j].service);
+        free(s->routes[j].path);
+    }
+    free(s->routes);
+    for (size_t j = 0; j < s->ncalls; j++)
+        free(s->calls[j]);
+    free(s->calls);
+    for (size_t j = 0; j < s->nsecrets; j++)
+        free(s->secrets[j]);
+    free(s->secrets);
+    for (char **a = s->args; a && *a; a++)
+        free(*a);
+    free(s->args);
+}
+
 void deploy_free(struct deploy *d)
 {
     if (!d)
         return;
-    for (size_t i = 0; i < d->nservices; i++) {
-        struct deploy_service *s = &d->services[i];
-        free(s->name);
-        free(s->listen);
-        free(s->db);
-        free(s->data_dir);
-        free(s->binary);
-        for (size_t j = 0; j < s->nenv; j++) {
-            free(s->env[j].name);
-            free(s->env[j].value);
-        }
-        free(s->env);
-        for (size_t j = 0; j < s->nroutes; j++) {
-            free(s->routes[j].prefix);
-            free(s->routes[j].service);
-            free(s->routes[j].path);
-        }
-        free(s->routes);
-        for (size_t j = 0; j < s->ncalls; j++)
-            free(s->calls[j]);
-        free(s->calls);
-        for (size_t j = 0; j < s->nsecrets; j++)
-            free(s->secrets[j]);
-        free(s->secrets);
-    }
+    for (size_t i = 0; i < d->nservices; i++)
+        service_free(&d->services[i]);
+    if (d->broker)
+        service_free(d->broker);
+    free(d->broker);
+    free(d->nats_url);
     free(d->services);
     free(d->name);
     free(d->file);

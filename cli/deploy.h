@@ -94,7 +94,26 @@ struct deploy_service {
      * backup_every_ms (0 = never by itself); backup_keep are kept. */
     int64_t backup_every_ms;
     unsigned backup_keep;
+    /* Only for the broker moat up runs (struct deploy.broker): its program
+     * arguments (NULL-ended, owned) and health path ("/healthz" of
+     * nats-server's monitoring port); NULL: none and "/readyz". */
+    char **args;
+    const char *ready_path;
 };
+
+/*
+ * The event transport: "transport": "http" (the default: each producer
+ * serves its feed) or "jetstream" (moat/jetstream.h), with
+ *   "jetstream": {"url": "nats://HOST:PORT"}       a broker run elsewhere
+ *   "jetstream": {"listen": "127.0.0.1:4222", "monitor": "127.0.0.1:8222",
+ *                 "max_memory_mb": 64, "max_file_mb": 1024}
+ * (the second form, all optional, values shown are the defaults): moat up
+ * runs nats-server from DEPLOY_NATS_SERVER with JetStream on, its store
+ * under <var_dir>/nats/jetstream, those limits, listening on listen, its
+ * health (/healthz) on monitor.
+ */
+#define DEPLOY_NATS_SERVER "/usr/sbin/nats-server"
+enum deploy_transport { DEPLOY_TRANSPORT_HTTP, DEPLOY_TRANSPORT_JETSTREAM };
 
 struct deploy {
     char *name;    /* deployment name, for display */
@@ -108,6 +127,15 @@ struct deploy {
      * certificates of `moat certs` under <var_dir>/certs (docs/security.md
      * "TLS on every hop"). Default false. */
     bool tls;
+    enum deploy_transport transport;
+    char *nats_url; /* jetstream: what services get as MOAT_NATS_URL */
+    /* jetstream without a "url": the nats-server moat up runs, as a
+     * service of level 0 named "nats" that is not in services (engine
+     * none; listen is its monitoring address). Owned; NULL otherwise. */
+    struct deploy_service *broker;
+    char nats_host[DEPLOY_HOST_MAX]; /* its client address */
+    uint16_t nats_port;
+    unsigned nats_max_memory_mb, nats_max_file_mb;
 };
 
 /*

@@ -38,7 +38,9 @@ static void check_health(const struct deploy_service *svc, struct health *h)
     if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->healthz) != MOAT_OK)
         h->healthz = 0;
     free(url);
-    url = moat_xasprintf("%s/readyz", base);
+    /* The broker has no /readyz: its /healthz says JetStream is up. */
+    url = moat_xasprintf("%s%s", base,
+                         svc->ready_path ? svc->ready_path : "/readyz");
     if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->readyz) != MOAT_OK)
         h->readyz = 0;
     free(url);
@@ -258,8 +260,11 @@ int cli_cmd_status(int argc, char **argv)
     json_t *services = json_array();
     json_object_set_new(out, "services", services);
     bool all_ready = true;
-    for (size_t i = 0; i < d->nservices; i++) {
-        const struct deploy_service *svc = &d->services[i];
+    /* The services, then the broker moat up runs (if any). */
+    size_t nsvc = d->nservices + (d->broker ? 1 : 0);
+    for (size_t i = 0; i < nsvc; i++) {
+        const struct deploy_service *svc =
+            i < d->nservices ? &d->services[i] : d->broker;
         json_t *st = state_service(state, svc->name);
         struct health h;
         check_health(svc, &h);
@@ -281,7 +286,7 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
-        if (h.healthz == 200) {
+        if (h.healthz == 200 && svc != d->broker) {
             json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
@@ -313,7 +318,8 @@ int cli_cmd_status(int argc, char **argv)
         json_t *s;
         json_array_foreach(services, i, s)
         {
-            const struct deploy_service *svc = &d->services[i];
+            const struct deploy_service *svc =
+                i < d->nservices ? &d->services[i] : d->broker;
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)

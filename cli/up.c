@@ -102,9 +102,10 @@ struct proc {
     char *program;                    /* absolute path; owned */
     char *log_path;                   /* owned */
     char *ready_url;                  /* owned */
-    char *routes_env; /* MOAT_GATEWAY_ROUTES value or NULL; owned */
-    char **auth_env;  /* "NAME=value" keys and secrets, NULL-ended; owned */
-    pid_t pid;        /* 0 when not running */
+    char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
+    const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
+    char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
+    pid_t pid;            /* 0 when not running */
     enum proc_status status;
     unsigned restarts;     /* spawns after the first */
     int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
@@ -423,6 +424,45 @@ static int preflight(struct sup *s)
     return rc;
 }
 
+/*
+ * The configuration of the nats-server moat up runs (deploy.h): JetStream
+ * on, its store under the broker's data directory, the memory and file
+ * limits of the deployment file, loopback (or the given) addresses.
+ */
+static int write_nats_conf(struct sup *s)
+{
+    const struct deploy *d = s->d;
+    if (!d->broker)
+        return MOAT_OK;
+    const struct deploy_service *b = d->broker;
+    char *path = moat_xasprintf("%s/nats.conf", b->data_dir);
+    FILE *f = fopen(path, "we");
+    if (!f) {
+        cli_error("nats: cannot write %s: %s", path, strerror(errno));
+        free(path);
+        return MOAT_EIO;
+    }
+    fprintf(f,
+            "# written by moat up from %s; edits are overwritten\n"
+            "server_name: moat_%s\n"
+            "listen: \"%s:%u\"\n"
+            "http: \"%s:%u\"\n"
+            "max_payload: 4MB\n"
+            "jetstream {\n"
+            "  store_dir: \"%s/jetstream\"\n"
+            "  max_memory_store: %uMB\n"
+            "  max_file_store: %uMB\n"
+            "}\n",
+            s->file_abs, d->name, d->nats_host, (unsigned)d->nats_port, b->host,
+            (unsigned)b->port, b->data_dir, d->nats_max_memory_mb,
+            d->nats_max_file_mb);
+    int rc = fclose(f) == 0 ? MOAT_OK : MOAT_EIO;
+    if (rc != MOAT_OK)
+        cli_error("nats: cannot write %s: %s", path, strerror(errno));
+    free(path);
+    return rc;
+}
+
 /* ---- processes ---- */
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
@@ -453,7 +493,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 5, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 6, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -464,6 +504,8 @@ static char **child_env(const struct sup *s, const struct proc *p)
     env[k++] = moat_xasprintf("MOAT_DATA_DIR=%s", svc->data_dir);
     if (p->routes_env)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
+    if (p->nats_url)
+        env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", p->nats_url);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
     /* Values with secret references come expanded in auth_env. With TLS,
@@ -613,7 +655,9 @@ static MOAT_NORETURN void exec_child(const struct proc *p, int log_fd,
     if (chdir(p->svc->data_dir) < 0)
         child_fail(STDERR_FILENO, "moat: cannot enter the data directory\n",
                    126);
-    char *argv[] = {p->program, NULL};
+    char *argv[4] = {p->program, NULL};
+    for (size_t i = 0; p->svc->args && p->svc->args[i] && i < 2; i++)
+        argv[i + 1] = p->svc->args[i];
     execve(p->program, argv, env);
     child_fail(STDERR_FILENO, "moat: execve of the service program failed\n",
                127);
@@ -1324,15 +1368,18 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    s.nprocs = s.d->nservices;
+    /* The broker, when moat up runs one, is the last process. */
+    s.nprocs = s.d->nservices + (s.d->broker ? 1 : 0);
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
     for (size_t i = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = &s.d->services[i];
+        p->svc = i < s.d->nservices ? &s.d->services[i] : s.d->broker;
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
+        p->nats_url = s.d->nats_url;
         char *base = deploy_base_url(p->svc);
-        p->ready_url = moat_xasprintf("%s/readyz", base);
+        p->ready_url = moat_xasprintf(
+            "%s%s", base, p->svc->ready_path ? p->svc->ready_path : "/readyz");
         free(base);
         if (p->svc->nroutes)
             p->routes_env = deploy_gateway_routes(s.d, p->svc);
@@ -1359,7 +1406,7 @@ int cli_cmd_up(int argc, char **argv)
 
     s.started_wall = moat_wall_ms();
     s.status = SUP_STARTING;
-    if (preflight(&s) != MOAT_OK) {
+    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK) {
         s.status = SUP_FAILED;
         write_state(&s);
         goto cleanup;

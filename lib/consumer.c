@@ -53,6 +53,7 @@
 #include <time.h>
 
 #include "consumer_internal.h"
+#include "events_internal.h"
 #include "moat/log.h"
 #include "moat/trace.h"
 
@@ -906,7 +907,11 @@ int moat_consumer_subscribe(struct moat_consumer *c,
 
     struct sub *s = moat_xcalloc(1, sizeof(*s));
     s->c = c;
-    s->src = sp->source;
+    /* The transport hook (events_internal.h): on JetStream the source is
+     * wrapped by a durable pull consumer that falls back on it. */
+    s->src = moat_event_transport
+                 ? moat_event_transport->wrap(sp->source, c->base)
+                 : sp->source;
     s->handler = sp->handler;
     s->kv_handler = sp->kv_handler;
     s->arg = sp->arg;

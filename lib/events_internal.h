@@ -94,6 +94,7 @@ struct moat_outbox {
     struct feed_stream *streams;
     size_t nstreams;
     int64_t counted_head; /* head already added to m_appended */
+    void *relay; /* the transport's relay (moat_event_transport); its own */
     struct moat_metric_series *m_events, *m_oldest_age, *m_head, *m_appended;
     struct moat_metric_series *m_streams, *m_stream_drops; /* feed.c */
 };
@@ -114,5 +115,25 @@ int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
  * whatever they get, and end every stream (at moat_outbox_free). */
 void moat_feed_wake_waiters(struct moat_outbox *o);
 void moat_feed_release_waiters(struct moat_outbox *o);
+
+/*
+ * The transport hook: NULL (the default) is the HTTP feed alone. Set by
+ * moat_jetstream_enable (lib/jetstream.c, moat/jetstream.h) for a process
+ * that runs on JetStream. outbox_started runs at the end of
+ * moat_outbox_new*, outbox_committed in moat_outbox_committed and
+ * outbox_stopping first in moat_outbox_free. wrap takes the source a
+ * subscription was given (its ownership too; base is the consumer's
+ * loop) and returns the source the consumer uses instead (never NULL;
+ * the same one when it cannot wrap). Threads must not start before the
+ * first loop turn (the process confines itself first: moat/sandbox.h).
+ */
+struct moat_event_transport {
+    void (*outbox_started)(struct moat_outbox *o);
+    void (*outbox_committed)(struct moat_outbox *o);
+    void (*outbox_stopping)(struct moat_outbox *o);
+    struct moat_event_source *(*wrap)(struct moat_event_source *src,
+                                      struct event_base *base);
+};
+extern const struct moat_event_transport *moat_event_transport;
 
 #endif /* MOAT_EVENTS_INTERNAL_H */

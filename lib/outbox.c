@@ -404,6 +404,8 @@ static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
         moat_die("cannot create outbox events");
     if (o->opts.retention_s > 0)
         arm_trim(o, TRIM_INTERVAL_MS);
+    if (moat_event_transport)
+        moat_event_transport->outbox_started(o);
     *out = o;
     return MOAT_OK;
 }
@@ -450,6 +452,8 @@ void moat_outbox_free(struct moat_outbox *o)
 {
     if (!o)
         return;
+    if (moat_event_transport)
+        moat_event_transport->outbox_stopping(o);
     /* Parked readers get their answer now, while the db is still ours. */
     moat_feed_release_waiters(o);
     event_free(o->wake);
@@ -521,4 +525,6 @@ void moat_outbox_committed(struct moat_outbox *o)
      */
     if (o->nwaiters > 0 || o->nstreams > 0)
         event_active(o->wake, EV_TIMEOUT, 1);
+    if (moat_event_transport)
+        moat_event_transport->outbox_committed(o);
 }

@@ -21,6 +21,7 @@
 #include "moat/buf.h"
 #include "moat/config.h"
 #include "moat/http_client.h"
+#include "moat/jetstream.h"
 #include "moat/log.h"
 #include "moat/sandbox.h"
 #include "moat/service.h"
@@ -540,6 +541,14 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
     moat_log_init(moat_env_str("MOAT_SERVICE_NAME", def->name), level);
     if (moat_service_config_load(&svc.cfg, def) != MOAT_OK)
         return 2;
+    /* "transport": "jetstream" in the deployment (moat/jetstream.h). */
+    const char *nats_url = getenv("MOAT_NATS_URL");
+    if (nats_url && *nats_url &&
+        moat_jetstream_enable(nats_url, svc.cfg.name) != MOAT_OK) {
+        fprintf(stderr, "config: MOAT_NATS_URL='%s' is not a nats:// URL\n",
+                nats_url);
+        return 2;
+    }
 
     /* A peer that goes away mid-write must not kill the process. */
     signal(SIGPIPE, SIG_IGN);
@@ -653,6 +662,7 @@ out:
     }
     /* After release, which freed the consumers whose sources use it. */
     moat_http_client_free(svc.feeds);
+    moat_jetstream_disable(); /* after the consumers and outboxes */
     moat_http_server_free(svc.http);
     if (rt.sigterm)
         event_free(rt.sigterm);

@@ -9,6 +9,7 @@ packages=(
     libevent-dev libcurl4-openssl-dev libjansson-dev libsqlite3-dev
     libsodium-dev libjwt-dev libssl-dev
     liblmdb-dev
+    nats-server libnats-dev
     libcmocka-dev
     clang clang-format libclang-rt-14-dev valgrind jq
     chromium

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "harness.h"
 
@@ -106,14 +109,17 @@ static void preassign(struct deploy *d, struct plan *plan, size_t i)
 /* The environment of service i, NULL-terminated; caller frees each entry
  * and the array. */
 static char **service_env(const struct deploy *d, const struct plan *plan,
-                          size_t i, const char *const *extra_env)
+                          size_t i, const char *const *extra_env,
+                          const char *nats_url)
 {
     const struct deploy_service *s = &d->services[i];
     size_t nextra = 0;
     while (extra_env && extra_env[nextra])
         nextra++;
-    char **env = moat_xcalloc(s->nenv + s->nsecrets + nextra + 4, sizeof(*env));
+    char **env = moat_xcalloc(s->nenv + s->nsecrets + nextra + 5, sizeof(*env));
     size_t k = 0;
+    if (nats_url[0])
+        env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", nats_url);
     for (size_t j = 0; j < s->nenv; j++) {
         char *v = deploy_expand_secrets(s->env[j].value, secret_lookup, NULL);
         char *r = rewrite(d, plan, v);
@@ -151,6 +157,51 @@ static char **service_env(const struct deploy *d, const struct plan *plan,
     return env;
 }
 
+static bool nats_healthy(void *arg)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/healthz", (const char *)arg));
+    bool ok = r.status == 200;
+    h_resp_release(&r);
+    return ok;
+}
+
+/* A nats-server with JetStream for the deployment, as moat up would run
+ * it (cli/up.c), on free loopback ports. */
+static int start_nats(struct h_deployment *dep, const char *tmpdir)
+{
+    uint16_t port = h_free_port(), mon = h_free_port();
+    snprintf(dep->nats_url, sizeof(dep->nats_url), "nats://127.0.0.1:%u",
+             (unsigned)port);
+    snprintf(dep->nats_monitor, sizeof(dep->nats_monitor),
+             "http://127.0.0.1:%u", (unsigned)mon);
+    char conf[512], log[512];
+    snprintf(conf, sizeof(conf), "%s/nats.conf", tmpdir);
+    snprintf(log, sizeof(log), "%s/nats.log", tmpdir);
+    h_write_file(conf, h_fmt("listen: \"127.0.0.1:%u\"\nhttp: "
+                             "\"127.0.0.1:%u\"\njetstream { store_dir: "
+                             "\"%s/nats\", max_memory_store: 64MB, "
+                             "max_file_store: 256MB }\n",
+                             (unsigned)port, (unsigned)mon, tmpdir));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
+            _exit(126);
+        execl("/usr/sbin/nats-server", "nats-server", "-c", conf, (char *)NULL);
+        _exit(127);
+    }
+    dep->nats_pid = pid;
+    if (!h_wait_until(nats_healthy, dep->nats_monitor, 20000)) {
+        print_error("harness: nats-server did not start (see %s)\n", log);
+        return -1;
+    }
+    return 0;
+}
+
 int h_deployment_start(struct h_deployment *dep, const char *file,
                        const char *tmpdir, const char *const *only,
                        const char *const *extra_env)
@@ -184,6 +235,10 @@ int h_deployment_start(struct h_deployment *dep, const char *file,
             fail_msg("harness: %s has no service %s", file, *o);
 
     int rc = 0;
+    if (d->broker)
+        rc = start_nats(dep, tmpdir);
+    else if (d->nats_url)
+        snprintf(dep->nats_url, sizeof(dep->nats_url), "%s", d->nats_url);
     for (size_t i = 0; i < d->nservices && rc == 0; i++) {
         struct deploy_service *s = &d->services[i];
         if (!plan[i].wanted)
@@ -191,7 +246,7 @@ int h_deployment_start(struct h_deployment *dep, const char *file,
         if (dep->n == H_DEPLOY_MAX)
             fail_msg("harness: more than %d services", H_DEPLOY_MAX);
         preassign(d, plan, i);
-        char **env = service_env(d, plan, i, extra_env);
+        char **env = service_env(d, plan, i, extra_env, dep->nats_url);
         struct h_service *svc = &dep->svc[dep->n++];
         rc = h_service_start(svc, s->name, tmpdir,
                              s->engine == DEPLOY_ENGINE_NONE
@@ -242,6 +297,10 @@ int h_deployment_stop(struct h_deployment *dep)
         for (size_t k = 0; dep->env[i] && dep->env[i][k]; k++)
             free(dep->env[i][k]);
         free(dep->env[i]);
+    }
+    if (dep->nats_pid > 0) { /* after the services that use it */
+        kill(dep->nats_pid, SIGTERM);
+        waitpid(dep->nats_pid, NULL, 0);
     }
     deploy_free(dep->d);
     memset(dep, 0, sizeof(*dep));

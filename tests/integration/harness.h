@@ -391,6 +391,12 @@ struct h_deployment {
     struct h_service svc[H_DEPLOY_MAX];
     char **env[H_DEPLOY_MAX]; /* each one's extra environment, owned */
     size_t n;                 /* started, in start order */
+    /* "transport": "jetstream" (moat/jetstream.h): the services get
+     * MOAT_NATS_URL; without a "url" in the file the harness runs a
+     * nats-server of its own (store in <tmpdir>/nats, log nats.log). */
+    pid_t nats_pid;
+    char nats_url[64];
+    char nats_monitor[64]; /* http://127.0.0.1:<port> */
 };
 
 /*

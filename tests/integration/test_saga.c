@@ -22,6 +22,12 @@
  * a provider latency of 1.5 deadlines). */
 #define STEP_TIMEOUT_MS 3000
 
+/* The deployment file: moat.json, or its JetStream variant
+ * (test_saga_jetstream.c includes this file with its own). */
+#ifndef SAGA_DEPLOYMENT
+#define SAGA_DEPLOYMENT(tmp) (MOAT_SOURCE_DIR "/moat.json")
+#endif
+
 static struct {
     char *tmp;
     struct h_deployment dep; /* moat.json: the real wiring */
@@ -227,8 +233,8 @@ static int group_setup(void **state)
     static const char *const only[] = {
         "catalog",     "inventory",     "payments", "orders",
         "payprovider", "notifications", NULL};
-    if (h_deployment_start(&F.dep, MOAT_SOURCE_DIR "/moat.json", F.tmp, only,
-                           env) != 0)
+    if (h_deployment_start(&F.dep, SAGA_DEPLOYMENT(F.tmp), F.tmp, only, env) !=
+        0)
         return -1;
     F.cat = h_deployment_service(&F.dep, "catalog");
     F.ord = h_deployment_service(&F.dep, "orders");

@@ -89,6 +89,66 @@ static const char example[] =
     "{'prefix':'/api/v1/products','service':'catalog','path':'/v1/products'}"
     "]}]}";
 
+/* "transport": the HTTP feed by default; JetStream with the nats-server
+ * moat up runs (its defaults, its data directory and config argument), or
+ * a broker given by URL. */
+static void test_transport(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(SVC("")));
+    assert_int_equal(d->transport, DEPLOY_TRANSPORT_HTTP);
+    assert_null(d->broker);
+    assert_null(d->nats_url);
+    deploy_free(d);
+
+    d = parse_ok(
+        "{'name':'local','transport':'jetstream','services':[" SVC("") "]}");
+    assert_int_equal(d->transport, DEPLOY_TRANSPORT_JETSTREAM);
+    assert_string_equal(d->nats_url, "nats://127.0.0.1:4222");
+    assert_non_null(d->broker);
+    assert_string_equal(d->broker->name, "nats");
+    assert_int_equal(d->broker->port, 8222);
+    assert_string_equal(d->broker->data_dir, BASE "/var/nats");
+    assert_string_equal(d->broker->binary, DEPLOY_NATS_SERVER);
+    assert_string_equal(d->broker->args[1], BASE "/var/nats/nats.conf");
+    assert_string_equal(d->broker->ready_path, "/healthz");
+    assert_int_equal(d->nats_max_memory_mb, 64);
+    assert_int_equal(d->nats_max_file_mb, 1024);
+    assert_null(deploy_find(d, "nats")); /* not one of the services */
+    deploy_free(d);
+
+    d = parse_ok(
+        "{'name':'local','transport':'jetstream','jetstream':{"
+        "'listen':'127.0.0.1:5222','monitor':'127.0.0.1:9222',"
+        "'max_memory_mb':8,'max_file_mb':100},'services':[" SVC("") "]}");
+    assert_string_equal(d->nats_url, "nats://127.0.0.1:5222");
+    assert_int_equal(d->broker->port, 9222);
+    assert_int_equal(d->nats_max_memory_mb, 8);
+    assert_int_equal(d->nats_max_file_mb, 100);
+    deploy_free(d);
+
+    d = parse_ok("{'name':'local','transport':'jetstream','jetstream':{"
+                 "'url':'nats://10.0.0.5:4222'},'services':[" SVC("") "]}");
+    assert_string_equal(d->nats_url, "nats://10.0.0.5:4222");
+    assert_null(d->broker);
+    deploy_free(d);
+
+    expect_error(
+        "{'name':'local','transport':'kafka','services':[" SVC("") "]}",
+        "transport: must be \"http\" or \"jetstream\"");
+    expect_error("{'name':'local','jetstream':{},'services':[" SVC("") "]}",
+                 "jetstream: only with");
+    expect_error("{'name':'local','transport':'jetstream','jetstream':{"
+                 "'url':'http://x'},'services':[" SVC("") "]}",
+                 "must be a nats:// URL");
+    expect_error("{'name':'local','transport':'jetstream','jetstream':{"
+                 "'max_file_mb':0},'services':[" SVC("") "]}",
+                 "max_file_mb: must be a whole number");
+    expect_error("{'name':'local','transport':'jetstream','jetstream':{"
+                 "'port':1},'services':[" SVC("") "]}",
+                 "unknown field");
+}
+
 static void test_example_parses(void **state)
 {
     MOAT_UNUSED(state);
@@ -634,6 +694,7 @@ int main(void)
         cmocka_unit_test(test_too_many_services),
         cmocka_unit_test(test_load_shipped_file),
         cmocka_unit_test(test_tls_urls),
+        cmocka_unit_test(test_transport),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
