@@ -39,6 +39,16 @@
  *                         or captured. Repair: payments' POST
  *                         /v1/payments/{id}/void or /refund.
  *
+ * Restores: besides the divergences, the report lists what was restored,
+ * read from every service's GET /v1/admin/feed-epochs: each feed epoch
+ * that came from a backup (moat restore) and every consumer that rewound
+ * its cursor to it ("restores": [{"service", "epoch", "base_seq",
+ * "from_backup", "restored_at", "current", "rewinds": [{"consumer",
+ * "from_seq", "to_seq", "at"}]}]). The events a consumer had applied in
+ * (to_seq, from_seq] are gone at the producer: that is where the
+ * divergences come from. Only reported; a service that does not serve
+ * the route (a program outside moat's skeleton) is skipped.
+ *
  * Exit status: 0 when nothing diverges or everything found was repaired,
  * 1 when something is left, 2 when a service could not be read.
  */
@@ -498,6 +508,116 @@ static void check_known(struct rec *r, json_t *o, json_t *res, json_t *pays,
     }
 }
 
+/* The restore of service's feed epoch ep in restores (by "service
+ * epoch"), added when new. */
+static json_t *restore_entry(json_t *restores, const char *service,
+                             const char *ep, json_int_t base_seq)
+{
+    char *key = moat_xasprintf("%s %s", service, ep);
+    json_t *e = json_object_get(restores, key);
+    if (!e) {
+        e = json_pack("{s:s, s:s, s:I, s:n, s:n, s:b, s:[]}", "service",
+                      service, "epoch", ep, "base_seq", base_seq, "from_backup",
+                      "restored_at", "current", false, "rewinds");
+        json_object_set_new(restores, key, e);
+    }
+    free(key);
+    return e;
+}
+
+/*
+ * What was restored (see the top of the file): every service's own epoch
+ * when it came from a backup, and the rewinds its consumers recorded.
+ * Returns an array (new reference).
+ */
+static json_t *gather_restores(struct rec *r)
+{
+    json_t *restores = json_object();
+    for (size_t i = 0; i < r->d->nservices; i++) {
+        const struct deploy_service *svc = &r->d->services[i];
+        if (svc->engine == DEPLOY_ENGINE_NONE)
+            continue;
+        long st;
+        json_t *j = op_get(r, svc, "/v1/admin/feed-epochs", &st);
+        if (!j && st != 404)
+            fprintf(stderr,
+                    "moat reconcile: cannot read the feed epochs of "
+                    "%s (HTTP %ld): its restores are not listed\n",
+                    svc->name, st);
+        json_t *own = json_object_get(j, "epoch");
+        if (jstr(own, "from_backup") && jstr(own, "epoch")) {
+            json_t *e = restore_entry(
+                restores, svc->name, jstr(own, "epoch"),
+                json_integer_value(json_object_get(own, "base_seq")));
+            json_object_set(e, "from_backup",
+                            json_object_get(own, "from_backup"));
+            json_object_set(e, "restored_at",
+                            json_object_get(own, "created_at"));
+            json_object_set_new(e, "current", json_true());
+        }
+        size_t k;
+        json_t *src;
+        json_array_foreach(json_object_get(j, "sources"), k, src)
+        {
+            size_t m;
+            json_t *rw;
+            json_array_foreach(json_object_get(src, "rewinds"), m, rw)
+            {
+                json_t *to = json_object_get(rw, "to_seq");
+                if (!jstr(src, "source") || !jstr(rw, "new_epoch"))
+                    continue;
+                json_t *e = restore_entry(restores, jstr(src, "source"),
+                                          jstr(rw, "new_epoch"),
+                                          json_integer_value(to));
+                json_array_append_new(
+                    json_object_get(e, "rewinds"),
+                    json_pack("{s:s, s:O, s:O, s:s}", "consumer", svc->name,
+                              "from_seq", json_object_get(rw, "from_seq"),
+                              "to_seq", to, "at", jtext(rw, "at")));
+            }
+        }
+        json_decref(j);
+    }
+    json_t *out = json_array();
+    const char *key;
+    json_t *e;
+    json_object_foreach(restores, key, e)
+    {
+        json_array_append(out, e);
+    }
+    json_decref(restores);
+    return out;
+}
+
+static void print_restores(json_t *restores)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(restores, i, e)
+    {
+        printf("RESTORED %s: feed epoch %s after seq %lld", jstr(e, "service"),
+               jstr(e, "epoch"),
+               (long long)json_integer_value(json_object_get(e, "base_seq")));
+        if (jstr(e, "from_backup"))
+            printf(", from backup %s at %s", jstr(e, "from_backup"),
+                   jtext(e, "restored_at"));
+        printf("%s\n", json_is_true(json_object_get(e, "current"))
+                           ? " (its current epoch)"
+                           : "");
+        size_t k;
+        json_t *rw;
+        json_array_foreach(json_object_get(e, "rewinds"), k, rw)
+        {
+            printf(
+                "  %s rewound its cursor on %s from %lld to %lld at %s\n",
+                jstr(rw, "consumer"), jstr(e, "service"),
+                (long long)json_integer_value(json_object_get(rw, "from_seq")),
+                (long long)json_integer_value(json_object_get(rw, "to_seq")),
+                jtext(rw, "at"));
+        }
+    }
+}
+
 static int run(struct rec *r)
 {
     struct cli_shop_view v;
@@ -553,6 +673,7 @@ static int run(struct rec *r)
         goto out;
     }
     ret = r->left ? CLI_AUDIT_VIOLATIONS : CLI_AUDIT_CLEAN;
+    json_t *restores = gather_restores(r);
     if (r->json) {
         json_t *out =
             json_pack("{s:s, s:b, s:I, s:I, s:I, s:O, s:I}", "deployment",
@@ -563,6 +684,10 @@ static int run(struct rec *r)
                       "orders", (json_int_t)json_array_size(v.orders));
         json_object_set_new(out, "settled_unknown_count",
                             json_integer((json_int_t)r->settled_unknown));
+        json_object_set_new(
+            out, "restore_count",
+            json_integer((json_int_t)json_array_size(restores)));
+        json_object_set(out, "restores", restores);
         char *text = json_dumps(out, JSON_INDENT(2));
         puts(text);
         free(text);
@@ -577,7 +702,9 @@ static int run(struct rec *r)
             printf("  %zu orders unknown to orders are settled everywhere "
                    "else and have no copy to re-create them from\n",
                    r->settled_unknown);
+        print_restores(restores);
     }
+    json_decref(restores);
 out:
     cli_shop_view_release(&v);
     return ret;

@@ -256,6 +256,11 @@ static bool feed_answer(struct moat_outbox *o, struct moat_req *req,
         moat_req_reply_problem_json(req, p);
         return true;
     }
+    /* A reader beyond the head has read numbers this feed did not hand
+     * out (it was restored from a backup): answered at once, so that the
+     * page's epoch tells it, instead of after the whole wait. */
+    if (after > head)
+        force = true;
     /* Nothing new: no need to run the read at all. */
     if (after >= head && !force)
         return false;

@@ -10,9 +10,10 @@
  *   - rotation: `moat keys rotate orders|users|profiles --wait`, then
  *     `moat keys retire`: the old data key is gone from the key file and
  *     the data still reads through the API;
- *   - at rest: the deployment is stopped and EVERY file under its var/
- *     (databases, WAL and shared-memory files, LMDB, logs, state, audit
- *     logs) is scanned for the name and the email in plain text: none. The
+ *   - at rest: `moat backup --all` backs every store up, the deployment is
+ *     stopped and EVERY file under its var/ (databases, WAL and
+ *     shared-memory files, LMDB, logs, state, audit logs, the backups) is
+ *     scanned for the name and the email in plain text: none. The
  *     one exception is notifications' Maildir, the outgoing mail itself
  *     (it must name its recipient); the scan checks the email IS there, so
  *     a scan that reads nothing cannot pass;
@@ -245,7 +246,8 @@ struct scan {
     size_t nneedles;
     const char *exempt; /* a directory where the email must be found */
     const char *exempt_needle;
-    size_t files, exempt_hits;
+    const char *backups; /* the backups' directory */
+    size_t files, exempt_hits, backup_files;
     struct moat_buf found; /* "path: needle\n" per hit */
 };
 
@@ -261,6 +263,7 @@ static void scan_file(struct scan *s, const char *path)
         moat_buf_add(&b, chunk, (size_t)n);
     close(fd);
     s->files++;
+    s->backup_files += strncmp(path, s->backups, strlen(s->backups)) == 0;
     bool exempt = s->exempt && strncmp(path, s->exempt, strlen(s->exempt)) == 0;
     for (size_t i = 0; i < s->nneedles; i++) {
         const char *k = s->needles[i];
@@ -297,21 +300,39 @@ static void scan_dir(struct scan *s, const char *dir)
     closedir(d);
 }
 
-/* Scan every file under var/; fail listing each plain-text hit. */
-static void assert_no_plain_text(const char *const *needles, size_t n,
-                                 const char *mail_needle)
+/* `moat backup --all`: the number of backups it took. */
+static size_t backup_all(void)
 {
+    struct moat_buf out = MOAT_BUF_INIT;
+    assert_int_equal(moat_cli(&out, "backup --all"), 0);
+    size_t n = 0;
+    for (const char *p = moat_buf_str(&out); (p = strstr(p, "/backups/")); p++)
+        n++;
+    moat_buf_release(&out);
+    assert_true(n > 3);
+    return n;
+}
+
+/* Scan every file under var/, the nbackups backups (a manifest and a
+ * store each) too; fail listing each plain-text hit. */
+static void assert_no_plain_text(const char *const *needles, size_t n,
+                                 const char *mail_needle, size_t nbackups)
+{
+    char *backups = moat_xasprintf("%s/var/backups/", dep.dir);
     struct scan s = {.needles = needles,
                      .nneedles = n,
                      .found = MOAT_BUF_INIT,
-                     .exempt_needle = mail_needle};
+                     .exempt_needle = mail_needle,
+                     .backups = backups};
     char *var = moat_xasprintf("%s/var", dep.dir);
     char *maildir = moat_xasprintf("%s/notifications/maildir/", var);
     if (mail_needle)
         s.exempt = maildir;
     scan_dir(&s, var);
-    fprintf(stderr, "scanned %zu files under %s\n", s.files, var);
+    fprintf(stderr, "scanned %zu files under %s (%zu of %zu backups)\n",
+            s.files, var, s.backup_files, nbackups);
     assert_true(s.files > 10);
+    assert_true(s.backup_files >= 2 * nbackups);
     if (mail_needle)
         assert_true(s.exempt_hits > 0); /* the mail went out: scan works */
     if (s.found.len)
@@ -320,6 +341,7 @@ static void assert_no_plain_text(const char *const *needles, size_t n,
     moat_buf_release(&s.found);
     free(maildir);
     free(var);
+    free(backups);
 }
 
 /* ---- rotation ---- */
@@ -518,6 +540,7 @@ static void test_shop(void **state)
     json_decref(j);
     login(SHOP_EMAIL, PASSWORD, NULL); /* the blind index still finds it */
 
+    size_t nbackups = backup_all();
     down();
     static const char *const needles[] = {
         SHOP_NAME,
@@ -525,7 +548,8 @@ static void test_shop(void **state)
         "Vexbrandt",
         "quillon.vexbrandt",
     };
-    assert_no_plain_text(needles, MOAT_ARRAY_LEN(needles), SHOP_EMAIL);
+    assert_no_plain_text(needles, MOAT_ARRAY_LEN(needles), SHOP_EMAIL,
+                         nbackups);
 
     tamper("orders");
     tamper("inventory");
@@ -563,11 +587,12 @@ static void test_social(void **state)
     assert_string_equal(h_jstr(j, "display_name"), SOCIAL_NAME);
     assert_string_equal(h_jstr(j, "bio"), SOCIAL_BIO);
     json_decref(j);
+    size_t nbackups = backup_all();
     down();
     static const char *const needles[] = {
         SOCIAL_NAME, SOCIAL_MAIL, SOCIAL_BIO, "Marrowgate", "ysolde.marrowgate",
     };
-    assert_no_plain_text(needles, MOAT_ARRAY_LEN(needles), NULL);
+    assert_no_plain_text(needles, MOAT_ARRAY_LEN(needles), NULL, nbackups);
     teardown(NULL);
 }
 

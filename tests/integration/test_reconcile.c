@@ -9,13 +9,17 @@
  * and repairs them through their APIs only. For each of orders, payments
  * and inventory in turn:
  *
- *   1. copy the service's data directory while it is stopped (snapshot);
+ *   1. `moat backup SERVICE` while it serves, under load;
  *   2. keep shopping: orders confirmed and declined, then a burst left in
  *      flight at the moment of the restore;
- *   3. put the copy back (restore_copy) and restart the service;
- *   4. reconcile --repair, wait for the repairs' sagas, audit: 0.
+ *   3. stop the service, `moat restore SERVICE --from BACKUP` (its feed
+ *      gets a new epoch based on the backup's outbox head), restart it:
+ *      its consumers rewind their cursors to that head and read the new
+ *      events the restored service numbers after it;
+ *   4. reconcile --repair, wait for the repairs' sagas, audit: 0. The
+ *      report lists the restore and every consumer's rewind.
  *
- * Orders restored loses every order placed after the copy: reconcile must
+ * Orders restored loses every order placed after the backup: reconcile must
  * name each one that another service holds (and only those) and re-create
  * it. Payments and inventory restored re-apply orders' commands from their
  * restored cursors and come back to where they were (payments with the
@@ -28,7 +32,6 @@
  */
 #include "moat/common.h"
 
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +42,6 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "moat/kv.h"
 
 #define MERCHANT_KEY "moat-shop-key-0123456789abcdef"
 #define CONTROL_KEY  "control-key-0123456789abcdef"
@@ -223,72 +225,13 @@ static void expect_audit_clean(const char *when)
     json_decref(r);
 }
 
-/* ---- snapshot and restore ---- */
-
-static const char *copy_dir(int k)
-{
-    return h_fmt("%s/%s-copy", F.tmp, F.s[k].name);
-}
+/* ---- backup and restore ---- */
 
 static void run(const char *cmd)
 {
     int rc = system(cmd);
     if (rc != 0)
         fail_msg("\"%s\" failed (%d)", cmd, rc);
-}
-
-/* The highest outbox sequence service k ever handed out (read from its
- * own stopped store), or set it with set >= 0. */
-static int64_t outbox_head(int k, int64_t set)
-{
-    int64_t head = -1;
-    if (k == INV) {
-        struct moat_kv *kv;
-        struct moat_kv_db *meta;
-        struct moat_kv_txn *t;
-        assert_int_equal(
-            moat_kv_open(&kv, h_fmt("%s/inventory.lmdb", F.s[k].data_dir), 0,
-                         NULL),
-            MOAT_OK);
-        assert_int_equal(moat_kv_db(kv, "outbox_meta", &meta), MOAT_OK);
-        assert_int_equal(moat_kv_begin(kv, &t), MOAT_OK);
-        const void *val;
-        size_t len;
-        if (moat_kv_gets(t, meta, "last_seq", &val, &len) == MOAT_OK &&
-            len == 8)
-            head = (int64_t)moat_kv_u64_from_key(val);
-        if (set >= 0) {
-            unsigned char v[8];
-            moat_kv_u64_key((uint64_t)set, v);
-            assert_int_equal(moat_kv_puts(t, meta, "last_seq", v, 8, 0),
-                             MOAT_OK);
-        }
-        assert_int_equal(moat_kv_commit(t), MOAT_OK);
-        moat_kv_close(kv);
-        return head;
-    }
-    sqlite3 *db;
-    assert_int_equal(
-        sqlite3_open(h_fmt("%s/%s.db", F.s[k].data_dir, F.s[k].name), &db),
-        SQLITE_OK);
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT seq FROM sqlite_sequence "
-                                        "WHERE name = 'moat_outbox'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW)
-        head = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    if (set >= 0)
-        assert_int_equal(sqlite3_exec(db,
-                                      h_fmt("UPDATE sqlite_sequence SET seq = "
-                                            "%lld WHERE name = 'moat_outbox'",
-                                            (long long)set),
-                                      NULL, NULL, NULL),
-                         SQLITE_OK);
-    sqlite3_close(db);
-    return head;
 }
 
 static const char *const *env_of(int k)
@@ -305,32 +248,110 @@ static void restart(int k)
     assert_int_equal(h_service_restart(&F.s[k], env_of(k)), 0);
 }
 
-/* A copy of service k's data taken while it is stopped. */
-static void snapshot(int k)
+/* What `moat backup SERVICE` took of service k while it serves. */
+struct backup {
+    char id[128];
+    int64_t head; /* the outbox head at the backup's instant */
+};
+
+static void backup(int k, struct backup *b)
 {
-    assert_int_equal(h_service_stop(&F.s[k]), 0);
-    run(h_fmt("rm -rf '%s' && cp -a '%s' '%s'", copy_dir(k), F.s[k].data_dir,
-              copy_dir(k)));
-    restart(k);
+    int st;
+    char *out = h_run_capture(h_fmt("%s/moat backup %s --file %s 2>&1",
+                                    MOAT_BIN_DIR, F.s[k].name, F.deploy),
+                              &st);
+    if (st != 0)
+        fail_msg("moat backup %s failed:\n%s", F.s[k].name, out);
+    /* "orders: <dir>/orders-<time>-<hex>" */
+    const char *slash = strrchr(out, '/');
+    assert_non_null(slash);
+    snprintf(b->id, sizeof(b->id), "%.*s", (int)strcspn(slash + 1, "\n"),
+             slash + 1);
+    free(out);
+    json_t *m = json_load_file(
+        h_fmt("%s/var/backups/%s/%s/manifest.json", F.tmp, F.s[k].name, b->id),
+        0, NULL);
+    assert_non_null(m);
+    b->head = h_jint(json_object_get(m, "outbox"), "head");
+    json_decref(m);
 }
 
-/*
- * Service k back to its snapshot: stop it, put the copy in place of its
- * data, restart it. This stands in for `moat restore SERVICE --from
- * BACKUP` until that exists; like a feed's new epoch there, the restored
- * outbox goes on numbering after the highest sequence the service ever
- * handed out, so its consumers (whose cursors went past the copy's head)
- * neither skip its new events nor take them for ones already read.
- */
-static void restore_copy(int k)
+static struct h_service *service_named(const char *name)
+{
+    for (int k = 0; k < NSVC; k++)
+        if (strcmp(F.s[k].name, name) == 0)
+            return &F.s[k];
+    fail_msg("no service %s", name);
+    return NULL;
+}
+
+/* Has the service named consumer accepted epoch ep of source's feed (in
+ * its data directory, as test_backup reads it)? */
+static bool accepted(const char *consumer, const char *source, const char *ep)
+{
+    json_t *j = json_load_file(h_fmt("%s/feed-epochs/%s.json",
+                                     service_named(consumer)->data_dir, source),
+                               0, NULL);
+    bool yes = strcmp(h_jstr(j, "epoch"), ep) == 0;
+    json_decref(j);
+    return yes;
+}
+
+/* `moat restore SERVICE --from BACKUP` of service k: the CLI replaces the
+ * store of the stopped service and starts a new feed epoch (no supervisor
+ * runs these services: the test stops and restarts them). Returns once
+ * every one of consumers has seen the new epoch. */
+static void restore(int k, const struct backup *b, const char *const *consumers)
 {
     assert_int_equal(h_service_stop(&F.s[k]), 0);
-    int64_t head = outbox_head(k, -1);
-    run(h_fmt("rm -rf '%s' && cp -a '%s' '%s'", F.s[k].data_dir, copy_dir(k),
-              F.s[k].data_dir));
-    assert_true(outbox_head(k, -1) <= head);
-    outbox_head(k, head);
+    run(h_fmt("%s/moat restore %s --from %s --file %s >/dev/null", MOAT_BIN_DIR,
+              F.s[k].name, b->id, F.deploy));
     restart(k);
+    json_t *ep =
+        json_load_file(h_fmt("%s/feed.epoch", F.s[k].data_dir), 0, NULL);
+    assert_string_equal(h_jstr(ep, "from_backup"), b->id);
+    for (size_t i = 0; consumers[i]; i++)
+        H_WAIT_UNTIL(accepted(consumers[i], F.s[k].name, h_jstr(ep, "epoch")),
+                     SAGA_WAIT_MS, "%s to see %s's new feed epoch",
+                     consumers[i], F.s[k].name);
+    json_decref(ep);
+}
+
+/* The reconcile report lists the restore of service k from b: its feed
+ * epoch from the backup, based on the backup's outbox head, and a rewind
+ * to that head by each of the consumers named in rewound (and no other),
+ * each of which had read past it. */
+static void expect_restore_listed(json_t *report, int k, const struct backup *b,
+                                  const char *const *rewound)
+{
+    json_t *e = NULL;
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(report, "restores"), i, x)
+    {
+        if (strcmp(h_jstr(x, "service"), F.s[k].name) == 0 &&
+            json_is_true(json_object_get(x, "current")))
+            e = x;
+    }
+    if (!e)
+        fail_msg("the report lists no restore of %s: %s", F.s[k].name,
+                 brief(json_object_get(report, "restores")));
+    assert_string_equal(h_jstr(e, "from_backup"), b->id);
+    assert_int_equal(h_jint(e, "base_seq"), b->head);
+    json_t *seen = json_object();
+    json_array_foreach(json_object_get(e, "rewinds"), i, x)
+    {
+        assert_int_equal(h_jint(x, "to_seq"), b->head);
+        assert_true(h_jint(x, "from_seq") > b->head);
+        json_object_set_new(seen, h_jstr(x, "consumer"), json_true());
+    }
+    size_t n = 0;
+    for (; rewound[n]; n++)
+        if (!json_object_get(seen, rewound[n]))
+            fail_msg("%s did not rewind to %s's restored head: %s", rewound[n],
+                     F.s[k].name, brief(e));
+    assert_int_equal(json_object_size(seen), n);
+    json_decref(seen);
 }
 
 /* ---- the shop ---- */
@@ -421,9 +442,10 @@ static void write_deployment(const char *path, bool with_copies)
         struct h_service *s = &F.s[all[i].k];
         if (all[i].k == RM && !with_copies)
             continue;
-        json_t *j = json_pack("{s:s, s:s, s:s, s:s}", "name", s->name, "listen",
-                              s->url + strlen("http://"), "engine",
-                              all[i].engine, "db", all[i].db);
+        json_t *j =
+            json_pack("{s:s, s:s, s:s, s:s, s:s}", "name", s->name, "listen",
+                      s->url + strlen("http://"), "engine", all[i].engine, "db",
+                      all[i].db, "data_dir", s->data_dir);
         if (all[i].k == PAY)
             json_object_set_new(
                 j, "env",
@@ -669,14 +691,18 @@ static json_t *reconcile_repair(void)
     return reconcile_repair_in(F.deploy);
 }
 
+static const char *const orders_consumers[] = {
+    "inventory", "payments", "notifications", "readmodel", NULL};
+
 static void test_orders_restored(void **state)
 {
     MOAT_UNUSED(state);
     struct batch before = {0}, lost = {0}, loaded = {0};
     struct load load;
+    struct backup b;
     shop(&before, 3 * F.scale, 1);
     load_start(&load);
-    snapshot(ORD);
+    backup(ORD, &b);
     shop(&lost, 6 * F.scale, 2 * F.scale);
     size_t settled = lost.n;
     burst(&lost, 4 * F.scale);
@@ -685,7 +711,7 @@ static void test_orders_restored(void **state)
     for (size_t i = settled; i < lost.n; i++)
         H_WAIT_UNTIL(in_readmodel(lost.ids[i]), SAGA_WAIT_MS,
                      "the read model to copy order %s", lost.ids[i]);
-    restore_copy(ORD);
+    restore(ORD, &b, orders_consumers);
     /* The customer goes on a little after the restore, then the shop
      * quiets down for the reconcile and the audit. */
     h_sleep_ms(500);
@@ -740,6 +766,7 @@ static void test_orders_restored(void **state)
     json_decref(a);
 
     json_t *r = reconcile_repair();
+    expect_restore_listed(r, ORD, &b, orders_consumers);
     json_t *divs = json_object_get(r, "divergences");
     assert_int_equal(json_array_size(divs), json_object_size(lost_ids));
     assert_int_equal(h_jint(r, "repaired_count"), json_object_size(lost_ids));
@@ -772,6 +799,15 @@ static void test_orders_restored(void **state)
     r = reconcile_repair();
     assert_int_equal(h_jint(r, "divergence_count"), 0);
     json_decref(r);
+    /* The text report says what was restored too. */
+    char *text = h_run_capture(
+        h_fmt("%s/moat reconcile --file %s", MOAT_BIN_DIR, F.deploy), &st);
+    assert_int_equal(st, 0);
+    if (!strstr(text, "RESTORED orders: feed epoch") ||
+        !strstr(text, h_fmt("from backup %s", b.id)) ||
+        !strstr(text, "inventory rewound its cursor on orders from "))
+        fail_msg("the report does not list the restore:\n%s", text);
+    free(text);
     json_decref(lost_ids);
     batch_free(&before);
     batch_free(&lost);
@@ -804,13 +840,14 @@ static const char *held_by(int k, const char *id)
  * ids), so reconcile finds nothing and the audit, ledgers compared with
  * the provider's, is clean.
  */
-static void participant_restored(int k)
+static void participant_restored(int k, const char *const *consumers)
 {
     struct batch b = {0}, loaded = {0};
     struct load load;
+    struct backup bk;
     shop(&b, 2 * F.scale, 1);
     load_start(&load);
-    snapshot(k);
+    backup(k, &bk);
     size_t from = b.n;
     shop(&b, 5 * F.scale, 1 * F.scale);
     size_t settled = b.n;
@@ -821,7 +858,7 @@ static void participant_restored(int k)
     for (size_t i = settled; i < b.n; i++)
         H_WAIT_UNTIL(held_elsewhere(b.ids[i]), SAGA_WAIT_MS,
                      "order %s to reach the participants", b.ids[i]);
-    restore_copy(k);
+    restore(k, &bk, consumers);
     h_sleep_ms(500); /* the customer goes on a little after the restore */
     load_stop(&load, &loaded);
     /* The copy is from before these orders; the restored service must
@@ -838,6 +875,7 @@ static void participant_restored(int k)
     expect_audit_clean("after the participant was restored");
     json_t *r = reconcile_repair();
     assert_int_equal(h_jint(r, "divergence_count"), 0);
+    expect_restore_listed(r, k, &bk, consumers);
     json_decref(r);
     free(was);
     batch_free(&b);
@@ -847,13 +885,15 @@ static void participant_restored(int k)
 static void test_payments_restored(void **state)
 {
     MOAT_UNUSED(state);
-    participant_restored(PAY);
+    static const char *const consumers[] = {"orders", "readmodel", NULL};
+    participant_restored(PAY, consumers);
 }
 
 static void test_inventory_restored(void **state)
 {
     MOAT_UNUSED(state);
-    participant_restored(INV);
+    static const char *const consumers[] = {"orders", NULL};
+    participant_restored(INV, consumers);
 }
 
 /*
@@ -867,10 +907,15 @@ static void test_orders_restored_without_copies(void **state)
 {
     MOAT_UNUSED(state);
     struct batch lost = {0};
-    snapshot(ORD);
+    struct backup b;
+    backup(ORD, &b);
     shop(&lost, 3 * F.scale, 1 * F.scale);
-    restore_copy(ORD);
+    restore(ORD, &b, orders_consumers);
     json_t *r = reconcile_repair_in(F.deploy_no_copies);
+    /* This deployment names no read model: its rewind is not read. */
+    static const char *const consumers[] = {"inventory", "payments",
+                                            "notifications", NULL};
+    expect_restore_listed(r, ORD, &b, consumers);
     assert_int_equal(h_jint(r, "left_count"), 0);
     assert_int_equal(h_jint(r, "divergence_count"), 3 * F.scale);
     assert_int_equal(h_jint(r, "repaired_count"), 3 * F.scale);
