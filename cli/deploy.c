@@ -858,9 +858,8 @@ static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {"name",      "var_dir",   "tls",
-                                          "services",  "transport", "jetstream",
-                                          NULL};
+    static const char *const allowed[] = {
+        "name", "var_dir", "tls", "services", "transport", "jetstream", NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
