@@ -448,3 +448,52 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
     free(ports);
     json_decref(root);
 }
+
+void h_print_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char line[1024];
+    while (f && fgets(line, sizeof(line), f))
+        fputs(line, stderr);
+    if (f)
+        fclose(f);
+}
+
+static bool gateway_ready(void *arg)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/readyz", (const char *)arg));
+    bool ok = r.status == 200;
+    h_resp_release(&r);
+    return ok;
+}
+
+pid_t h_moat_up(const char *file, const char *dir, const char *gw_url)
+{
+    char *log = moat_xasprintf("%s/up.log", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
+            _exit(126);
+        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", file, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0 && !h_wait_until(gateway_ready, (void *)gw_url, 30000)) {
+        h_print_file(log);
+        fprintf(stderr, "harness: the deployment %s did not come up\n", file);
+        h_moat_down(&pid);
+        pid = -1;
+    }
+    free(log);
+    return pid;
+}
+
+void h_moat_down(pid_t *pid)
+{
+    if (*pid > 0) {
+        kill(*pid, SIGTERM);
+        waitpid(*pid, NULL, 0);
+    }
+    *pid = 0;
+}

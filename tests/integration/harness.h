@@ -436,4 +436,17 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                                    const char *name, char *gw_url,
                                    size_t gw_len);
 
+/*
+ * For tests that run the real `moat up`: start `moat up -f file` in a
+ * child (killed with the test), its output appended to dir/up.log, and
+ * wait (30 s, scaled) until gw_url's /readyz answers 200. Returns the
+ * supervisor's pid, or -1 when the deployment did not come up (up.log is
+ * printed to stderr). h_moat_down() stops it: SIGTERM, so the supervisor
+ * stops every service in order, then waits; *pid becomes 0.
+ */
+pid_t h_moat_up(const char *file, const char *dir, const char *gw_url);
+void h_moat_down(pid_t *pid);
+/* Print the file at path to stderr (a log, when a test fails). */
+void h_print_file(const char *path);
+
 #endif /* MOAT_TEST_HARNESS_H */

@@ -40,16 +40,6 @@ static uint64_t t0;
 #define STAGE(what)                                                            \
     fprintf(stderr, "%6.1f s  %s\n", (moat_mono_ms() - t0) / 1000.0, (what))
 
-static bool gw_ready(void *arg)
-{
-    MOAT_UNUSED(arg);
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/readyz", dep.gw_url));
-    bool ok = r.status == 200;
-    h_resp_release(&r);
-    return ok;
-}
-
 static int setup(void **state)
 {
     MOAT_UNUSED(state);
@@ -61,10 +51,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     MOAT_UNUSED(state);
-    if (dep.up_pid > 0) {
-        kill(dep.up_pid, SIGTERM);
-        waitpid(dep.up_pid, NULL, 0);
-    }
+    h_moat_down(&dep.up_pid);
     h_kill_all();
     h_rmtree(dep.dir);
     free(dep.dir);
@@ -198,18 +185,8 @@ static void test_backup_restore(void **state)
     backup_settings();
     t0 = moat_mono_ms();
     STAGE("start");
-    dep.up_pid = fork();
-    assert_true(dep.up_pid >= 0);
-    if (dep.up_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char log[600];
-        snprintf(log, sizeof(log), "%s/up.log", dep.dir);
-        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
-            _exit(126);
-        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
-        _exit(127);
-    }
-    assert_true(h_wait_until(gw_ready, NULL, 30000));
+    dep.up_pid = h_moat_up(dep.file, dep.dir, dep.gw_url);
+    assert_true(dep.up_pid > 0);
     STAGE("up");
 
     /* Load: orders placed at 10/s for 12 s, no faults. */

@@ -65,26 +65,6 @@ static const char *keep(const char *s)
     return kept[nkept++] = moat_xstrdup(s);
 }
 
-static bool gw_ready(void *arg)
-{
-    MOAT_UNUSED(arg);
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/readyz", dep.gw));
-    bool ok = r.status == 200;
-    h_resp_release(&r);
-    return ok;
-}
-
-static void print_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char line[1024];
-    while (f && fgets(line, sizeof(line), f))
-        fputs(line, stderr);
-    if (f)
-        fclose(f);
-}
-
 /* Give service name the extra environment variable (in dep.file). */
 static void set_env(const char *service, const char *name, const char *value)
 {
@@ -110,31 +90,15 @@ static void up(const char *src, const char *tag)
     /* users re-seals slowly: a retirement during it is refused. */
     set_env("users", "MOAT_USERS_REKEY_BATCH", "1");
     set_env("users", "MOAT_USERS_REKEY_PAUSE_MS", "1500");
-    dep.up_pid = fork();
-    assert_true(dep.up_pid >= 0);
-    if (dep.up_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char log[600];
-        snprintf(log, sizeof(log), "%s/up.log", dep.dir);
-        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
-            _exit(126);
-        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
-        _exit(127);
-    }
-    if (!h_wait_until(gw_ready, NULL, 30000)) {
-        print_file(h_fmt("%s/up.log", dep.dir));
+    dep.up_pid = h_moat_up(dep.file, dep.dir, dep.gw);
+    if (dep.up_pid < 0)
         fail_msg("the %s deployment did not come up", tag);
-    }
 }
 
 /* Stop every service (SIGTERM to the supervisor): the files are final. */
 static void down(void)
 {
-    if (dep.up_pid > 0) {
-        kill(dep.up_pid, SIGTERM);
-        waitpid(dep.up_pid, NULL, 0);
-        dep.up_pid = 0;
-    }
+    h_moat_down(&dep.up_pid);
 }
 
 static int teardown(void **state)

@@ -37,22 +37,6 @@ static struct {
     pid_t up_pid;
 } dep;
 
-static bool ready(const char *url)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/readyz", url));
-    bool ok = r.status == 200;
-    h_resp_release(&r);
-    return ok;
-}
-
-/* For h_wait_until: the gateway of the deployment is ready. */
-static bool gw_ready(void *arg)
-{
-    MOAT_UNUSED(arg);
-    return ready(dep.gw_url);
-}
-
 static int setup(void **state)
 {
     MOAT_UNUSED(state);
@@ -64,11 +48,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     MOAT_UNUSED(state);
-    if (dep.up_pid > 0) {
-        /* SIGTERM: the supervisor stops every service in order. */
-        kill(dep.up_pid, SIGTERM);
-        waitpid(dep.up_pid, NULL, 0);
-    }
+    h_moat_down(&dep.up_pid);
     h_kill_all();
     h_rmtree(dep.dir);
     free(dep.dir);
@@ -90,26 +70,9 @@ static void test_chaos_drill(void **state)
     h_deployment_write_free_ports(MOAT_SOURCE_DIR "/moat.json", dep.file,
                                   "chaos", dep.gw_url, sizeof(dep.gw_url));
 
-    dep.up_pid = fork();
-    assert_true(dep.up_pid >= 0);
-    if (dep.up_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char log[600];
-        snprintf(log, sizeof(log), "%s/up.log", dep.dir);
-        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
-            _exit(126);
-        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
-        _exit(127);
-    }
-    if (!h_wait_until(gw_ready, NULL, 30000)) {
-        FILE *f = fopen(h_fmt("%s/up.log", dep.dir), "r");
-        char line[1024];
-        while (f && fgets(line, sizeof(line), f))
-            fputs(line, stderr);
-        if (f)
-            fclose(f);
+    dep.up_pid = h_moat_up(dep.file, dep.dir, dep.gw_url);
+    if (dep.up_pid < 0)
         fail_msg("the deployment did not come up");
-    }
 
     const char *seed = getenv("MOAT_TEST_SEED");
     char cmd[1024];

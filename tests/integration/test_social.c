@@ -56,25 +56,6 @@ struct user {
     char auth[2048]; /* "Authorization: Bearer ..." */
 };
 
-static bool ready(const char *url)
-{
-    struct h_resp r;
-    h_get(&r, h_fmt("%s/readyz", url));
-    bool ok = r.status == 200;
-    h_resp_release(&r);
-    return ok;
-}
-
-static void print_file(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    char line[1024];
-    while (f && fgets(line, sizeof(line), f))
-        fputs(line, stderr);
-    if (f)
-        fclose(f);
-}
-
 /* Run the moat CLI with args; its stdout (stderr goes to the test's log).
  * *status is the exit code. Caller frees. */
 static char *run_cli(const char *args, int *status)
@@ -185,27 +166,8 @@ static int setup(void **state)
     snprintf(dep.file, sizeof(dep.file), "%s/social.json", dep.dir);
     h_deployment_write_free_ports(MOAT_SOURCE_DIR "/deploy/social.json",
                                   dep.file, NULL, dep.gw, sizeof(dep.gw));
-    dep.up_pid = fork();
-    if (dep.up_pid < 0)
-        return -1;
-    if (dep.up_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        char log[600];
-        snprintf(log, sizeof(log), "%s/up.log", dep.dir);
-        if (!freopen(log, "a", stdout) || !freopen(log, "a", stderr))
-            _exit(126);
-        execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", dep.file, (char *)NULL);
-        _exit(127);
-    }
-    uint64_t deadline = moat_mono_ms() + h_scaled_ms(30000);
-    while (!ready(dep.gw) && moat_mono_ms() < deadline)
-        h_sleep_ms(50);
-    if (!ready(dep.gw)) {
-        print_file(h_fmt("%s/up.log", dep.dir));
-        fprintf(stderr, "the social deployment did not come up\n");
-        return -1;
-    }
-    return 0;
+    dep.up_pid = h_moat_up(dep.file, dep.dir, dep.gw);
+    return dep.up_pid > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
@@ -218,7 +180,7 @@ static int teardown(void **state)
         int st = 0;
         waitpid(dep.up_pid, &st, 0);
         if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            print_file(h_fmt("%s/up.log", dep.dir));
+            h_print_file(h_fmt("%s/up.log", dep.dir));
     }
     h_kill_all();
     h_rmtree(dep.dir);
