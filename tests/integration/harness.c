@@ -132,21 +132,61 @@ void h_wait_fail_(const struct h_waiter *w, const char *file, int line,
     abort(); /* _fail does not return inside a test */
 }
 
-uint16_t h_free_port(void)
+/* Is 127.0.0.1:port free to listen on right now? */
+static bool port_bindable(uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = 0;
-    socklen_t len = sizeof(sa);
-    int rc = bind(fd, (struct sockaddr *)&sa, sizeof(sa));
-    if (rc == 0)
-        rc = getsockname(fd, (struct sockaddr *)&sa, &len);
+    sa.sin_port = htons(port);
+    bool ok = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
     close(fd);
-    assert_int_equal(rc, 0);
-    return ntohs(sa.sin_port);
+    return ok;
+}
+
+/*
+ * Ports come from below the kernel's ephemeral range (ip_local_port_range),
+ * so that no outgoing connection of a running service can hold one, and a
+ * port is handed out once per test process: a port only checked free (and
+ * closed again) is not bound until the service starts, and bind(0) would
+ * hand the same port to the next caller. Tests running beside each other
+ * start from different random points of the range.
+ */
+uint16_t h_free_port(void)
+{
+    static uint16_t given[1024];
+    static size_t n_given;
+    static unsigned long long state;
+    unsigned lo = 10000, hi = 32768;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    unsigned eph_lo = 0, eph_hi = 0;
+    if (f) {
+        if (fscanf(f, "%u %u", &eph_lo, &eph_hi) == 2 && eph_lo > lo + 2000)
+            hi = eph_lo;
+        fclose(f);
+    }
+    if (state == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        state = ((unsigned long long)getpid() << 32) ^
+                (unsigned long long)ts.tv_nsec ^ 0x9e3779b97f4a7c15ull;
+    }
+    for (int tries = 0; tries < 4096; tries++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        uint16_t p = (uint16_t)(lo + (unsigned)(state >> 33) % (hi - lo));
+        bool used = false;
+        for (size_t i = 0; i < n_given && !used; i++)
+            used = given[i] == p;
+        if (used || !port_bindable(p))
+            continue;
+        if (n_given < sizeof(given) / sizeof(given[0]))
+            given[n_given++] = p;
+        return p;
+    }
+    fail_msg("harness: no free port below %u", hi);
+    return 0;
 }
 
 static bool keep_files(void)

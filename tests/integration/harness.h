@@ -100,8 +100,10 @@ void h_wait_fail_(const struct h_waiter *w, const char *file, int line,
     __attribute__((noreturn, format(printf, 5, 6)));
 
 /*
- * A free TCP port on 127.0.0.1 (bind to port 0, read it back, close).
- * Another process could take it before the service binds: only for
+ * A free TCP port on 127.0.0.1, below the kernel's ephemeral range (no
+ * outgoing connection can hold it) and never the same one twice in a test
+ * process. Another process could still take it before the service binds:
+ * only for
  * services that must know each other's URL before either starts (a cycle
  * such as orders <-> inventory); h_service_start otherwise lets the
  * service bind port 0 itself and reads the port back. Aborts the test on
