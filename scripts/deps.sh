@@ -10,6 +10,7 @@ packages=(
     libsodium-dev libjwt-dev libssl-dev
     liblmdb-dev
     nats-server libnats-dev
+    postgresql-15 libpq-dev redis-server libhiredis-dev iproute2
     libcmocka-dev
     clang clang-format libclang-rt-14-dev valgrind jq
     chromium
