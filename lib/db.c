@@ -746,6 +746,102 @@ int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
     return MOAT_OK;
 }
 
+/* ---- engine-neutral parameters and columns ---- */
+
+static int bind_result(struct moat_stmt *s, int i, int rc)
+{
+    if (rc == SQLITE_OK)
+        return MOAT_OK;
+    log_sqlite_error(s->db, "cannot bind parameter", s->name, rc);
+    MOAT_UNUSED(i);
+    return MOAT_EDB;
+}
+
+struct moat_stmt *moat_db_prepare_dialect(struct moat_db *db, const char *name,
+                                          const char *sqlite_sql,
+                                          const char *pg_sql)
+{
+    MOAT_UNUSED(pg_sql);
+    return moat_db_prepare(db, name, sqlite_sql);
+}
+
+int moat_stmt_bind_int64(struct moat_stmt *s, int i, int64_t v)
+{
+    return bind_result(s, i, sqlite3_bind_int64(s->st, i, v));
+}
+
+int moat_stmt_bind_text(struct moat_stmt *s, int i, const char *v)
+{
+    if (!v)
+        return moat_stmt_bind_null(s, i);
+    return bind_result(s, i, sqlite3_bind_text(s->st, i, v, -1, SQLITE_STATIC));
+}
+
+int moat_stmt_bind_textn(struct moat_stmt *s, int i, const char *v, size_t n)
+{
+    if (!v)
+        return moat_stmt_bind_null(s, i);
+    return bind_result(
+        s, i, sqlite3_bind_text64(s->st, i, v, n, SQLITE_STATIC, SQLITE_UTF8));
+}
+
+int moat_stmt_bind_blob(struct moat_stmt *s, int i, const void *v, size_t n)
+{
+    /* A zero-length blob is a blob, not NULL: SQLite needs a non-NULL
+     * pointer to tell them apart. */
+    static const char empty[1];
+    return bind_result(
+        s, i, sqlite3_bind_blob64(s->st, i, v ? v : empty, n, SQLITE_STATIC));
+}
+
+int moat_stmt_bind_null(struct moat_stmt *s, int i)
+{
+    return bind_result(s, i, sqlite3_bind_null(s->st, i));
+}
+
+int64_t moat_stmt_int64(struct moat_stmt *s, int col)
+{
+    return sqlite3_column_int64(s->st, col);
+}
+
+double moat_stmt_double(struct moat_stmt *s, int col)
+{
+    return sqlite3_column_double(s->st, col);
+}
+
+const char *moat_stmt_text(struct moat_stmt *s, int col)
+{
+    return (const char *)sqlite3_column_text(s->st, col);
+}
+
+const void *moat_stmt_blob(struct moat_stmt *s, int col, size_t *n)
+{
+    const void *p = sqlite3_column_blob(s->st, col);
+    *n = (size_t)sqlite3_column_bytes(s->st, col);
+    return p;
+}
+
+bool moat_stmt_is_null(struct moat_stmt *s, int col)
+{
+    return sqlite3_column_type(s->st, col) == SQLITE_NULL;
+}
+
+int moat_stmt_columns(struct moat_stmt *s)
+{
+    return sqlite3_column_count(s->st);
+}
+
+int64_t moat_db_changes(struct moat_db *db)
+{
+    return sqlite3_changes64(db->h);
+}
+
+enum moat_db_engine moat_db_engine(const struct moat_db *db)
+{
+    MOAT_UNUSED(db);
+    return MOAT_DB_SQLITE;
+}
+
 /* ---- accessors ---- */
 
 sqlite3 *moat_db_handle(struct moat_db *db)
@@ -769,6 +865,11 @@ int moat_db_open_migrated(struct moat_db **out, const char *data_dir,
                           const struct moat_migration *m, size_t n)
 {
     struct moat_db *db = NULL;
+    if (opts && opts->dsn && *opts->dsn) {
+        moat_log(MOAT_LOG_ERROR, "this build has no PostgreSQL engine", "{s:s}",
+                 "file", file);
+        return MOAT_EINVAL;
+    }
     char *path = moat_xasprintf("%s/%s", data_dir, file);
     int rc = moat_db_open(&db, path, opts, metrics);
     if (rc == MOAT_OK)

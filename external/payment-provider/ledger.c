@@ -101,7 +101,8 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (merchant, key)\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX idempotency_keys_created\n"
-     "    ON idempotency_keys (created_at_ms);\n"},
+     "    ON idempotency_keys (created_at_ms);\n",
+     NULL},
 };
 
 static const char *const status_names[] = {

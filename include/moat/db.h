@@ -23,12 +23,26 @@
  * moat_db_statement_errors_total counter. struct moat_stmt pointers are
  * owned by the db and live until moat_db_close().
  * Not thread-safe: one connection per thread.
+ *
+ * Two engines. By default the database is a SQLite file. When the options
+ * carry a dsn (the deployment's "engine": "postgres": `moat up` hands the
+ * service MOAT_DB_DSN), the same calls run on that PostgreSQL database
+ * through libpq instead. Code meant to run on both writes its SQL in the
+ * dialect the two share (? or ?NNN placeholders, INSERT ... ON CONFLICT,
+ * RETURNING, no SQLite-only functions) or gives each engine its own text
+ * with moat_db_prepare_dialect(), binds and reads with the moat_stmt_bind_*
+ * and moat_stmt_* column calls below, and never touches moat_stmt_raw() or
+ * moat_db_handle(), which exist on SQLite only. moat_stmt_step() returns
+ * SQLITE_ROW, SQLITE_DONE or an SQLite error code on both engines, so that
+ * moat_db_error() maps either engine's failures alike.
  */
 #ifndef MOAT_DB_H
 #define MOAT_DB_H
 
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "moat/metrics.h"
 
@@ -41,12 +55,23 @@ struct moat_db_options {
     /* secure_delete=ON: deleted content is overwritten, not left in free
      * pages (a store of sealed personal data). */
     bool secure_delete;
+    /* A libpq connection string: the store lives in that PostgreSQL
+     * database instead of a SQLite file (borrowed for the open call). NULL
+     * or "": SQLite. */
+    const char *dsn;
 };
+
+enum moat_db_engine { MOAT_DB_SQLITE = 0, MOAT_DB_POSTGRES = 1 };
 
 struct moat_migration {
     int version;      /* 1, 2, 3 ... */
     const char *name; /* short description, e.g. "create products" */
-    const char *sql;  /* one or more statements */
+    const char *sql;  /* one or more statements (SQLite) */
+    /* The same migration in PostgreSQL's dialect. Migrations are one list
+     * per service with both texts side by side, so that the two schemas
+     * cannot drift apart in numbering. NULL: this migration has no
+     * PostgreSQL form, and a store with one cannot open on PostgreSQL. */
+    const char *pg;
 };
 
 /*
@@ -108,11 +133,52 @@ int moat_db_exec(struct moat_db *db, const char *name, const char *sql);
  */
 struct moat_stmt *moat_db_prepare(struct moat_db *db, const char *name,
                                   const char *sql);
+/* SQLite only (NULL on PostgreSQL). */
 sqlite3_stmt *moat_stmt_raw(struct moat_stmt *s);
 /* sqlite3_step, timed. Returns SQLITE_ROW, SQLITE_DONE or an error code. */
 int moat_stmt_step(struct moat_stmt *s);
 void moat_stmt_reset(struct moat_stmt *s);
 
+/*
+ * The statement for name with one text per engine (sqlite_sql on SQLite,
+ * pg_sql on PostgreSQL; each exactly one statement, ? placeholders on
+ * both), as moat_db_prepare() otherwise.
+ */
+struct moat_stmt *moat_db_prepare_dialect(struct moat_db *db, const char *name,
+                                          const char *sqlite_sql,
+                                          const char *pg_sql);
+
+/*
+ * Parameters, numbered from 1. A text or blob is borrowed: it must stay
+ * valid until the statement has stepped to SQLITE_DONE or been reset.
+ * bind_text with v NULL binds SQL NULL. Each returns MOAT_OK, or MOAT_EDB
+ * (logged) for an index out of range.
+ */
+int moat_stmt_bind_int64(struct moat_stmt *s, int i, int64_t v);
+int moat_stmt_bind_text(struct moat_stmt *s, int i, const char *v);
+int moat_stmt_bind_textn(struct moat_stmt *s, int i, const char *v, size_t n);
+int moat_stmt_bind_blob(struct moat_stmt *s, int i, const void *v, size_t n);
+int moat_stmt_bind_null(struct moat_stmt *s, int i);
+
+/*
+ * Columns of the current row (after moat_stmt_step() returned SQLITE_ROW),
+ * numbered from 0. Text and blob pointers are owned by the statement and
+ * valid until its next step or reset. text is NULL for SQL NULL; int64 is
+ * 0 for NULL; blob sets *n (0 for NULL or empty).
+ */
+int64_t moat_stmt_int64(struct moat_stmt *s, int col);
+double moat_stmt_double(struct moat_stmt *s, int col);
+const char *moat_stmt_text(struct moat_stmt *s, int col);
+const void *moat_stmt_blob(struct moat_stmt *s, int col, size_t *n);
+bool moat_stmt_is_null(struct moat_stmt *s, int col);
+int moat_stmt_columns(struct moat_stmt *s);
+
+/* Rows inserted, changed or deleted by the last finished statement. */
+int64_t moat_db_changes(struct moat_db *db);
+enum moat_db_engine moat_db_engine(const struct moat_db *db);
+
+/* SQLite only (NULL on PostgreSQL): code that must run on both engines
+ * does not use these. */
 sqlite3 *moat_db_handle(struct moat_db *db);
 const char *moat_db_errmsg(struct moat_db *db);
 const char *moat_db_path(const struct moat_db *db);

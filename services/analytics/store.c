@@ -47,8 +47,9 @@ static const struct moat_migration migrations[] = {
      "    start INTEGER NOT NULL,\n"
      "    user_id TEXT NOT NULL,\n"
      "    PRIMARY KEY (size, start, user_id)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 const struct moat_migration *an_store_migrations(size_t *n)

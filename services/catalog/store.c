@@ -52,8 +52,9 @@ static const struct moat_migration migrations[] = {
      "        (json_extract(doc, '$.price.amount')) VIRTUAL\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE UNIQUE INDEX products_sku ON products (sku);\n"
-     "CREATE INDEX products_currency_amount ON products (currency, amount);\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+     "CREATE INDEX products_currency_amount ON products (currency, amount);\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 int cat_store_open(struct cat_store **out, const char *data_dir,

@@ -93,9 +93,10 @@ static const struct moat_migration migrations[] = {
      "    comment_id TEXT NOT NULL,\n"
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
-    {3, "consumer cursors (users' feed)", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {3, "consumer cursors (users' feed)", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 int cmt_store_open(struct cmt_store **out, const char *data_dir,

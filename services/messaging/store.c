@@ -86,8 +86,9 @@ static const struct moat_migration migrations[] = {
      "    message_id TEXT NOT NULL,\n"
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (sender_id, key)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 int msg_store_open(struct msg_store **out, const char *data_dir,

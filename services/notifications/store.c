@@ -52,9 +52,10 @@ static const struct moat_migration migrations[] = {
      "    delivered_ms INTEGER NOT NULL,\n"
      "    fallback INTEGER NOT NULL CHECK (fallback IN (0, 1)),\n"
      "    PRIMARY KEY (order_id, status)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
-    {3, "outbox", MOAT_OUTBOX_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
+    {3, "outbox", MOAT_OUTBOX_SCHEMA, NULL},
     /* Deliveries recorded before the outbox existed get their
      * NotificationSent now, oldest first, so that a consumer replaying the
      * feed from 0 learns of every email ever sent. The id is random like
@@ -73,7 +74,8 @@ static const struct moat_migration migrations[] = {
      "                   'fallback', json(iif(d.fallback, 'true', 'false')))\n"
      "FROM deliveries d JOIN notifications n\n"
      "    ON n.order_id = d.order_id AND n.status = d.status\n"
-     "ORDER BY d.delivered_ms, d.order_id, d.status;\n"},
+     "ORDER BY d.delivered_ms, d.order_id, d.status;\n",
+     NULL},
 };
 
 const struct moat_migration *ntf_store_migrations(size_t *n)

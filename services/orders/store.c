@@ -63,9 +63,10 @@ static const struct moat_migration migrations[] = {
      "    stale INTEGER NOT NULL,\n"
      "    updated_ms INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
-     "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n"},
-    {2, "outbox", MOAT_OUTBOX_SCHEMA},
-    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n",
+     NULL},
+    {2, "outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
     /* The customer copy sealed (customer_store.c): what was stored in
      * plain text is dropped and marked stale, so the refresher fetches it
      * again from users and stores it sealed; secure_delete (ord_store_open)
@@ -75,7 +76,8 @@ static const struct moat_migration migrations[] = {
      "ALTER TABLE customers RENAME COLUMN email TO email_enc;\n"
      "ALTER TABLE customers ADD COLUMN key_id INTEGER NOT NULL DEFAULT 0;\n"
      "UPDATE customers SET name_enc = NULL, email_enc = NULL, stale = 1;\n"
-     "CREATE INDEX customers_key_id ON customers (key_id);\n"},
+     "CREATE INDEX customers_key_id ON customers (key_id);\n",
+     NULL},
 };
 
 const struct moat_migration *ord_store_migrations(size_t *n)

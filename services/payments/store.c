@@ -60,9 +60,10 @@ static const struct moat_migration migrations[] = {
      "    response TEXT,\n"
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (caller, key)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
-    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
     /*
      * The order saga (docs/saga.md). payment_commands holds one row per
      * (order, command) ever applied: the unique key makes a redelivered
@@ -99,7 +100,8 @@ static const struct moat_migration migrations[] = {
      ") STRICT;\n"
      "CREATE INDEX payment_commands_queue ON payment_commands (payment_id, "
      "id)\n"
-     "    WHERE state = 'queued';\n"},
+     "    WHERE state = 'queued';\n",
+     NULL},
     /* Lookups the saga makes per command that scanned whole tables: the
      * worker's "ready" query walks queued commands in id order, and an
      * order's payment is looked up including failed ones (payments_order
@@ -107,7 +109,8 @@ static const struct moat_migration migrations[] = {
     {5, "indexes for the saga's lookups",
      "CREATE INDEX payment_commands_ready ON payment_commands (id)\n"
      "    WHERE state = 'queued';\n"
-     "CREATE INDEX payments_by_order ON payments (order_id, id);\n"},
+     "CREATE INDEX payments_by_order ON payments (order_id, id);\n",
+     NULL},
 };
 
 void pay_payment_release(struct pay_payment *p)

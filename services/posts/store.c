@@ -65,8 +65,9 @@ static const struct moat_migration migrations[] = {
      "    post_id TEXT NOT NULL,\n"
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 int pst_store_open(struct pst_store **out, const char *data_dir,

@@ -53,9 +53,10 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms INTEGER NOT NULL,\n"
      "    updated_at_ms INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
-     "CREATE INDEX profiles_key_id ON profiles (key_id);\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA},
-    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     "CREATE INDEX profiles_key_id ON profiles (key_id);\n",
+     NULL},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 /* Where each field lives: its column (in PROFILE_COLUMNS order, from 1). */

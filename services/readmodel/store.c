@@ -71,8 +71,9 @@ static const struct moat_migration migrations[] = {
      "    sent_ms INTEGER NOT NULL,\n"
      "    seq INTEGER NOT NULL,\n"
      "    PRIMARY KEY (order_id, notification_id)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 /* The JSON the view embeds for an order's payment and notifications, from

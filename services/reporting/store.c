@@ -113,8 +113,9 @@ static const struct moat_migration migrations[] = {
      "    date_key INTEGER NOT NULL,\n"
      "    at_ms INTEGER NOT NULL,\n"
      "    units INTEGER NOT NULL\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 const struct moat_migration *rep_store_migrations(size_t *n)

@@ -88,8 +88,9 @@ static const struct moat_migration migrations[] = {
      "    seq INTEGER NOT NULL,\n"
      "    applications INTEGER NOT NULL,\n"
      "    PRIMARY KEY (source, seq)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 const struct moat_migration *soc_store_migrations(size_t *n)

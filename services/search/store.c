@@ -91,8 +91,9 @@ static const struct moat_migration migrations[] = {
      "    seq INTEGER NOT NULL,\n"
      "    applications INTEGER NOT NULL,\n"
      "    PRIMARY KEY (source, seq)\n"
-     ") STRICT, WITHOUT ROWID;\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 /* bm25 weights of the indexed columns: a hit in the name counts most. */

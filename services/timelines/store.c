@@ -47,8 +47,9 @@ static const struct moat_migration migrations[] = {
      "    post_id TEXT NOT NULL,\n"
      "    PRIMARY KEY (user_id, seq)\n"
      ") STRICT, WITHOUT ROWID;\n"
-     "CREATE INDEX home_by_post ON home (post_id);\n"},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA},
+     "CREATE INDEX home_by_post ON home (post_id);\n",
+     NULL},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
 };
 
 const struct moat_migration *tl_store_migrations(size_t *n)

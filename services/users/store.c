@@ -68,8 +68,9 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
-     "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
-    {2, "create outbox", MOAT_OUTBOX_SCHEMA},
+     "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n",
+     NULL},
+    {2, "create outbox", MOAT_OUTBOX_SCHEMA, NULL},
     /*
      * Permissions: the moderator role, suspension, and moderation actions.
      * A CHECK cannot be altered in SQLite, so users is rebuilt; its child
@@ -131,7 +132,8 @@ static const struct moat_migration migrations[] = {
      "    requested_by TEXT NOT NULL,\n"
      "    requested_at_ms INTEGER NOT NULL,\n"
      "    seq INTEGER NOT NULL\n"
-     ") STRICT, WITHOUT ROWID;\n"},
+     ") STRICT, WITHOUT ROWID;\n",
+     NULL},
 };
 
 int usr_store_open(struct usr_store **out, struct event_base *base,

@@ -1298,7 +1298,7 @@ void h_assert_problem_error_(const struct h_resp *r, const char *key,
 #include "moat/metrics.h"
 
 static const struct moat_migration feed_migrations[] = {
-    {1, "outbox", MOAT_OUTBOX_SCHEMA},
+    {1, "outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 /* One publish handed from the test thread to the loop thread. */

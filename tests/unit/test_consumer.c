@@ -53,12 +53,13 @@ struct view {
 };
 
 static const struct moat_migration view_migrations[] = {
-    {1, "consumer bookkeeping", MOAT_CONSUMER_SCHEMA},
+    {1, "consumer bookkeeping", MOAT_CONSUMER_SCHEMA, NULL},
     {2, "items",
      "CREATE TABLE items (subject TEXT PRIMARY KEY, value TEXT NOT NULL,"
      " changes INTEGER NOT NULL) STRICT;\n"
      "CREATE TABLE applied (n INTEGER PRIMARY KEY, subject TEXT NOT NULL,"
-     " value TEXT NOT NULL) STRICT;\n"},
+     " value TEXT NOT NULL) STRICT;\n",
+     NULL},
 };
 
 /*
@@ -411,7 +412,7 @@ struct fixture {
 };
 
 static const struct moat_migration producer_migrations[] = {
-    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 static struct moat_event_source *feed_source(struct fixture *f)

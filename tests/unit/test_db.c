@@ -29,11 +29,13 @@ struct fixture {
 static const struct moat_migration base_migrations[] = {
     {1, "create widgets",
      "CREATE TABLE widgets (id INTEGER PRIMARY KEY, name TEXT NOT NULL "
-     "UNIQUE) STRICT;"},
+     "UNIQUE) STRICT;",
+     NULL},
     {2, "create parts",
      "CREATE TABLE parts (id INTEGER PRIMARY KEY, widget_id INTEGER NOT NULL "
      "REFERENCES widgets(id)) STRICT;"
-     "CREATE INDEX parts_widget ON parts(widget_id);"},
+     "CREATE INDEX parts_widget ON parts(widget_id);",
+     NULL},
 };
 
 static int setup(void **state)
@@ -181,7 +183,7 @@ static void test_migrate_is_idempotent(void **state)
     const struct moat_migration more[] = {
         base_migrations[0],
         base_migrations[1],
-        {3, "add colour", "ALTER TABLE widgets ADD COLUMN colour TEXT;"},
+        {3, "add colour", "ALTER TABLE widgets ADD COLUMN colour TEXT;", NULL},
     };
     assert_int_equal(moat_db_migrate(f->db, more, 3), MOAT_OK);
     assert_int_equal(moat_db_schema_version(f->db), 3);
@@ -209,7 +211,8 @@ static void test_newer_database_refused(void **state)
     const struct moat_migration three[] = {
         base_migrations[0],
         base_migrations[1],
-        {3, "create gadgets", "CREATE TABLE gadgets (id INTEGER) STRICT;"},
+        {3, "create gadgets", "CREATE TABLE gadgets (id INTEGER) STRICT;",
+         NULL},
     };
     f->db = open_db(f, NULL);
     assert_int_equal(moat_db_migrate(f->db, three, 3), MOAT_OK);
@@ -225,7 +228,8 @@ static void test_inserted_old_migration_refused(void **state)
     struct fixture *f = *state;
     const struct moat_migration skip[] = {
         base_migrations[0],
-        {3, "create gadgets", "CREATE TABLE gadgets (id INTEGER) STRICT;"},
+        {3, "create gadgets", "CREATE TABLE gadgets (id INTEGER) STRICT;",
+         NULL},
     };
     const struct moat_migration all[] = {
         base_migrations[0],
@@ -243,7 +247,7 @@ static void test_bad_migration_list_refused(void **state)
 {
     struct fixture *f = *state;
     const struct moat_migration from_two[] = {
-        {2, "x", "CREATE TABLE x (a INTEGER) STRICT;"},
+        {2, "x", "CREATE TABLE x (a INTEGER) STRICT;", NULL},
     };
     const struct moat_migration unordered[] = {
         base_migrations[1],
@@ -263,7 +267,8 @@ static void test_failing_migration_rolls_back(void **state)
         {2, "half done",
          "CREATE TABLE half (id INTEGER PRIMARY KEY) STRICT;"
          "INSERT INTO half (id) VALUES (1);"
-         "INSERT INTO no_such_table (id) VALUES (1);"},
+         "INSERT INTO no_such_table (id) VALUES (1);",
+         NULL},
     };
     f->db = open_db(f, NULL);
     assert_int_equal(moat_db_migrate(f->db, bad, 2), MOAT_EDB);
@@ -275,7 +280,7 @@ static void test_failing_migration_rolls_back(void **state)
     /* A migration that ends its own transaction is refused as well. */
     const struct moat_migration commits[] = {
         base_migrations[0],
-        {2, "commits", "CREATE TABLE c (id INTEGER) STRICT; COMMIT;"},
+        {2, "commits", "CREATE TABLE c (id INTEGER) STRICT; COMMIT;", NULL},
     };
     assert_int_equal(moat_db_migrate(f->db, commits, 2), MOAT_EDB);
     assert_int_equal(moat_db_schema_version(f->db), 1);
@@ -412,6 +417,64 @@ static void test_statement_cache(void **state)
     assert_ptr_equal(moat_db_prepare(f->db, "pair", sql), s);
 }
 
+/* The calls a store uses to run on either engine, here on SQLite. */
+static void test_neutral_binds_and_columns(void **state)
+{
+    struct fixture *f = *state;
+    f->db = open_db(f, NULL);
+    assert_int_equal(moat_db_engine(f->db), MOAT_DB_SQLITE);
+    assert_int_equal(moat_db_exec(f->db, "ddl",
+                                  "CREATE TABLE t (i INTEGER, s TEXT, b BLOB)"),
+                     MOAT_OK);
+
+    struct moat_stmt *ins = moat_db_prepare(
+        f->db, "ins", "INSERT INTO t (i, s, b) VALUES (?, ?, ?)");
+    assert_non_null(ins);
+    assert_int_equal(moat_stmt_bind_int64(ins, 1, INT64_MAX), MOAT_OK);
+    assert_int_equal(moat_stmt_bind_textn(ins, 2, "héllo, world", 6), MOAT_OK);
+    assert_int_equal(moat_stmt_bind_blob(ins, 3, "\0\1\2", 3), MOAT_OK);
+    assert_int_equal(moat_stmt_step(ins), SQLITE_DONE);
+    assert_int_equal(moat_db_changes(f->db), 1);
+
+    /* NULLs, and an empty blob that is not NULL. */
+    ins = moat_db_prepare(f->db, "ins",
+                          "INSERT INTO t (i, s, b) VALUES (?, ?, ?)");
+    assert_int_equal(moat_stmt_bind_null(ins, 1), MOAT_OK);
+    assert_int_equal(moat_stmt_bind_text(ins, 2, NULL), MOAT_OK);
+    assert_int_equal(moat_stmt_bind_blob(ins, 3, NULL, 0), MOAT_OK);
+    assert_int_equal(moat_stmt_step(ins), SQLITE_DONE);
+    /* Out of range is an error, not a crash. */
+    ins = moat_db_prepare(f->db, "ins",
+                          "INSERT INTO t (i, s, b) VALUES (?, ?, ?)");
+    assert_int_equal(moat_stmt_bind_int64(ins, 4, 1), MOAT_EDB);
+
+    struct moat_stmt *sel = moat_db_prepare_dialect(
+        f->db, "sel", "SELECT i, s, b FROM t ORDER BY rowid",
+        "SELECT i, s, b FROM t ORDER BY ctid");
+    assert_non_null(sel);
+    assert_int_equal(moat_stmt_columns(sel), 3);
+    assert_int_equal(moat_stmt_step(sel), SQLITE_ROW);
+    assert_true(moat_stmt_int64(sel, 0) == INT64_MAX);
+    assert_string_equal(moat_stmt_text(sel, 1), "héllo");
+    size_t n = 0;
+    const unsigned char *b = moat_stmt_blob(sel, 2, &n);
+    assert_int_equal(n, 3);
+    assert_int_equal(b[2], 2);
+    assert_false(moat_stmt_is_null(sel, 2));
+    assert_int_equal(moat_stmt_step(sel), SQLITE_ROW);
+    assert_true(moat_stmt_is_null(sel, 0));
+    assert_int_equal(moat_stmt_int64(sel, 0), 0);
+    assert_null(moat_stmt_text(sel, 1));
+    assert_false(moat_stmt_is_null(sel, 2));
+    moat_stmt_blob(sel, 2, &n);
+    assert_int_equal(n, 0);
+    assert_int_equal(moat_stmt_step(sel), SQLITE_DONE);
+
+    struct moat_stmt *del = moat_db_prepare(f->db, "del", "DELETE FROM t");
+    assert_int_equal(moat_stmt_step(del), SQLITE_DONE);
+    assert_int_equal(moat_db_changes(f->db), 2);
+}
+
 static void test_constraint_is_conflict(void **state)
 {
     struct fixture *f = *state;
@@ -510,7 +573,8 @@ static void test_json_generated_columns(void **state)
          " CHECK (json_valid(doc)),"
          " sku TEXT GENERATED ALWAYS AS (json_extract(doc, '$.sku'))"
          " VIRTUAL) STRICT;"
-         "CREATE UNIQUE INDEX docs_sku ON docs (sku);"},
+         "CREATE UNIQUE INDEX docs_sku ON docs (sku);",
+         NULL},
     };
     f->db = open_db(f, NULL);
     assert_int_equal(moat_db_migrate(f->db, json, 1), MOAT_OK);
@@ -604,6 +668,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy_maps_to_ebusy, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_statement_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_neutral_binds_and_columns, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_constraint_is_conflict, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_file_mode, setup, teardown),

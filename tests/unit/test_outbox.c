@@ -47,7 +47,7 @@ struct fixture {
 };
 
 static const struct moat_migration migrations[] = {
-    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA},
+    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
 };
 
 static int setup_with(void **state, const struct moat_outbox_options *opts,
