@@ -260,11 +260,12 @@ int cli_cmd_status(int argc, char **argv)
     json_t *services = json_array();
     json_object_set_new(out, "services", services);
     bool all_ready = true;
-    /* The services, then the broker moat up runs (if any). */
-    size_t nsvc = d->nservices + (d->broker ? 1 : 0);
+    /* The services, then the broker and Redis moat up runs (if any). */
+    size_t nsvc = d->nservices + deploy_nbuiltin(d);
     for (size_t i = 0; i < nsvc; i++) {
         const struct deploy_service *svc =
-            i < d->nservices ? &d->services[i] : d->broker;
+            i < d->nservices ? &d->services[i]
+                             : deploy_builtin(d, i - d->nservices);
         json_t *st = state_service(state, svc->name);
         struct health h;
         check_health(svc, &h);
@@ -286,7 +287,7 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
-        if (h.healthz == 200 && svc != d->broker) {
+        if (h.healthz == 200 && i < d->nservices) {
             json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
@@ -319,7 +320,8 @@ int cli_cmd_status(int argc, char **argv)
         json_array_foreach(services, i, s)
         {
             const struct deploy_service *svc =
-                i < d->nservices ? &d->services[i] : d->broker;
+                i < d->nservices ? &d->services[i]
+                                 : deploy_builtin(d, i - d->nservices);
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)

@@ -150,6 +150,7 @@ struct cache_feed {
     struct gw_cache *c;
     const struct cache_kind *kind;
     struct moat_event_source *src; /* NULL: the service is not routed */
+    const char *origin;            /* its feed's base URL; borrowed */
     int64_t after;
     bool ffwd;     /* Redis lost the cursor: skip to the head */
     bool synced;   /* applied up to the head since the last connect */
@@ -221,6 +222,7 @@ struct held_fill {
 
 static void connect_redis(struct gw_cache *c);
 static void feed_pull(struct cache_feed *f);
+static void feed_restart(struct cache_feed *f);
 
 static void count_lookup(struct gw_cache *c, enum lookup_result r)
 {
@@ -337,9 +339,38 @@ static void on_cursors(redisAsyncContext *ac, void *reply, void *priv)
         if (!f->ffwd)
             f->after = at;
         f->applying = false;
-        if (f->src && !f->pulling)
-            feed_pull(f);
+        feed_restart(f);
     }
+}
+
+static struct moat_event_source *feed_source(struct cache_feed *f)
+{
+    struct gw *gw = f->c->gw;
+    return moat_feed_source_new(f->kind->service, f->origin, gw->svc->feeds,
+                                gw->svc->auth);
+}
+
+/*
+ * Pull from the cursor just read. A pull of the old connection may still
+ * be parked at the producer for up to GW_CACHE_WAIT_MS: the source is
+ * replaced (freeing one drops its parked pull, no callback) rather than
+ * waited for.
+ */
+static void feed_restart(struct cache_feed *f)
+{
+    if (!f->src)
+        return;
+    if (f->pulling) {
+        f->src->ops->free(f->src);
+        f->src = feed_source(f);
+        f->pulling = false;
+        if (!f->src) {
+            moat_log(MOAT_LOG_ERROR, "cannot follow a cached service's feed",
+                     "{s:s}", "source", f->kind->service);
+            return;
+        }
+    }
+    feed_pull(f);
 }
 
 static void connect_redis(struct gw_cache *c)
@@ -1056,8 +1087,8 @@ int gw_cache_init(struct gw *gw)
                 MOAT_OK)
                 return MOAT_EINVAL;
         }
-        f->src = moat_feed_source_new(kinds[i].service, origin, gw->svc->feeds,
-                                      gw->svc->auth);
+        f->origin = origin;
+        f->src = feed_source(f);
         if (!f->src)
             return MOAT_EINVAL;
     }
