@@ -5,6 +5,8 @@
  *
  *   - a second GET of a product is answered from Redis: catalog's request
  *     counter does not move;
+ *   - a profile (users and profiles run too) is cached and its update
+ *     seen; /profiles/me is never cached;
  *   - an update or a delete through the API is seen within the feed's lag;
  *   - Redis killed: every GET still succeeds, from catalog; Redis back:
  *     hits resume;
@@ -31,11 +33,13 @@
 static struct {
     char *tmp, *tmp2; /* tmp2: gw2's log, apart from the first one's */
     char *cat_data;
-    struct h_service cat, gw, gw2;
+    struct h_service cat, gw, gw2, users, profiles;
+    char *users_data, *profiles_data;
+    char env_users[128];
     pid_t redis_pid;
     uint16_t redis_port;
     char conf[512];
-    char env_routes[512], env_redis[128], env_pwfile[512], env_delay[96];
+    char env_routes[1024], env_redis[128], env_pwfile[512], env_delay[96];
     int seq;
 } F;
 
@@ -193,9 +197,20 @@ static int group_setup(void **state)
 
     if (h_service_start(&F.cat, "catalog", F.tmp, F.cat_data, NULL) != 0)
         return -1;
+    F.users_data = moat_xasprintf("%s/users-data", F.tmp);
+    F.profiles_data = moat_xasprintf("%s/profiles-data", F.tmp);
+    if (h_service_start(&F.users, "users", F.tmp, F.users_data, NULL) != 0)
+        return -1;
+    snprintf(F.env_users, sizeof(F.env_users), "MOAT_PROFILES_USERS_URL=%s",
+             F.users.url);
+    const char *pro_env[] = {F.env_users, NULL};
+    if (h_service_start(&F.profiles, "profiles", F.tmp, F.profiles_data,
+                        pro_env) != 0)
+        return -1;
     snprintf(F.env_routes, sizeof(F.env_routes),
-             "MOAT_GATEWAY_ROUTES=/api/v1/products=catalog@%s/v1/products",
-             F.cat.url);
+             "MOAT_GATEWAY_ROUTES=/api/v1/products=catalog@%s/v1/products,"
+             "/api/v1/profiles=profiles@%s/v1/profiles",
+             F.cat.url, F.profiles.url);
     snprintf(F.env_redis, sizeof(F.env_redis),
              "MOAT_REDIS_URL=redis://127.0.0.1:%u", (unsigned)F.redis_port);
     snprintf(F.env_pwfile, sizeof(F.env_pwfile), "MOAT_REDIS_PASSWORD_FILE=%s",
@@ -207,7 +222,8 @@ static int group_setup(void **state)
     const char *gw_env[] = {F.env_routes,
                             F.env_redis,
                             F.env_pwfile,
-                            "MOAT_GATEWAY_PUBLIC=GET /api/v1/products",
+                            "MOAT_GATEWAY_PUBLIC=GET /api/v1/products,GET "
+                            "/api/v1/profiles",
                             "MOAT_GATEWAY_RATE=0",
                             "MOAT_GATEWAY_BREAKER_COOLDOWN_MS=200",
                             NULL};
@@ -227,8 +243,10 @@ static int group_setup(void **state)
     /* Writes are for administrators. */
     h_auto_header(F.gw.url, h_user_token("usr_admin", "admin", 3600));
     h_auto_service_token(F.cat.url, "catalog", "usr_admin", "admin");
-    H_WAIT_UNTIL(synced(&F.gw) && synced(&F.gw2), H_WAIT_MS,
-                 "both gateways following catalog's invalidations");
+    H_WAIT_UNTIL(synced(&F.gw) && synced(&F.gw2) &&
+                     gw_metric(&F.gw, "moat_gateway_cache_synced{source="
+                                      "\"profiles\"}") == 1,
+                 H_WAIT_MS, "the gateways following the invalidations");
     return 0;
 }
 
@@ -238,9 +256,15 @@ static int group_teardown(void **state)
     int bad = h_service_stop(&F.gw2) != 0;
     bad |= h_service_stop(&F.gw) != 0;
     bad |= h_service_stop(&F.cat) != 0;
+    bad |= h_service_stop(&F.profiles) != 0;
+    bad |= h_service_stop(&F.users) != 0;
     h_service_release(&F.gw2);
     h_service_release(&F.gw);
     h_service_release(&F.cat);
+    h_service_release(&F.profiles);
+    h_service_release(&F.users);
+    free(F.users_data);
+    free(F.profiles_data);
     redis_kill();
     h_auto_headers_clear();
     if (bad)
@@ -259,7 +283,7 @@ static void test_second_get_is_a_hit(void **state)
 {
     MOAT_UNUSED(state);
     char *id = make_product("Cached mug");
-    const char *url = gw_product(&F.gw, id);
+    char *url = moat_xstrdup(gw_product(&F.gw, id));
     struct got g = get(url);
     assert_int_equal(g.status, 200);
     assert_string_equal(g.cache, "miss");
@@ -284,6 +308,7 @@ static void test_second_get_is_a_hit(void **state)
     assert_string_equal(h_resp_header(&r, "ETag"), "\"v1\"");
     h_resp_release(&r);
     assert_true(cat_gets() == before);
+    free(url);
     free(id);
 }
 
@@ -363,6 +388,93 @@ static void test_redis_down_costs_latency_only(void **state)
     free(id);
 }
 
+/* Register an account with users; returns its id (caller frees). */
+static char *register_user(void)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"email\":\"cache-%d-%d@profiles.test\",\"password\":"
+             "\"a long enough password\",\"display_name\":\"Ada\"}",
+             (int)getpid(), ++F.seq);
+    const char *hdr[] = {h_service_token("users", NULL, NULL), NULL};
+    struct h_resp r;
+    h_send_json(&r, "POST", h_fmt("%s/v1/users", F.users.url), body, hdr);
+    h_assert_status(&r, 201);
+    json_t *u = h_resp_json(&r);
+    char *id = moat_xstrdup(h_jstr(u, "id"));
+    json_decref(u);
+    h_resp_release(&r);
+    return id;
+}
+
+static void put_profile(const char *user, const char *name)
+{
+    char body[256], auth[4096];
+    snprintf(body, sizeof(body),
+             "{\"display_name\":\"%s\",\"handle\":\"cache_%d_%d\"}", name,
+             (int)getpid(), F.seq);
+    snprintf(auth, sizeof(auth), "%s", h_user_token(user, "customer", 3600));
+    const char *hdr[] = {auth, NULL};
+    struct h_resp r;
+    h_send_json(&r, "PUT", h_fmt("%s/api/v1/profiles/me", F.gw.url), body, hdr);
+    h_assert_status(&r, 200);
+    h_resp_release(&r);
+}
+
+/* GET a profile through the gateway: display name and Moat-Cache. */
+static struct got get_profile(const char *url)
+{
+    struct got g = {0};
+    struct h_resp r;
+    h_get(&r, url);
+    g.status = r.status;
+    const char *mc = h_resp_header(&r, "Moat-Cache");
+    snprintf(g.cache, sizeof(g.cache), "%s", mc ? mc : "");
+    if (r.status == 200) {
+        json_t *j = h_resp_json(&r);
+        const char *n = h_jstr(j, "display_name");
+        snprintf(g.name, sizeof(g.name), "%s", n ? n : "");
+        json_decref(j);
+    }
+    h_resp_release(&r);
+    return g;
+}
+
+static void test_profile_cached_and_invalidated(void **state)
+{
+    MOAT_UNUSED(state);
+    char *id = register_user();
+    char *url = moat_xstrdup(h_fmt("%s/api/v1/profiles/%s", F.gw.url, id));
+    /* profiles creates it from users' UserRegistered. */
+    H_WAIT_UNTIL(get_profile(url).status == 200, H_WAIT_MS, "the profile of %s",
+                 id);
+    put_profile(id, "First");
+    struct got g = {0};
+    H_WAIT_UNTIL((g = get_profile(url),
+                  strcmp(g.name, "First") == 0 && strcmp(g.cache, "hit") == 0),
+                 H_WAIT_MS, "First cached (last: %s, %s)", g.name, g.cache);
+    put_profile(id, "Second");
+    H_WAIT_UNTIL((g = get_profile(url), strcmp(g.name, "Second") == 0),
+                 H_WAIT_MS, "the update seen (last: %s, %s)", g.name, g.cache);
+    H_WAIT_UNTIL(strcmp(get_profile(url).cache, "hit") == 0, H_WAIT_MS,
+                 "Second cached");
+    assert_string_equal(get_profile(url).name, "Second");
+    /* The caller's own profile depends on who asks: never cached. */
+    char auth[4096];
+    snprintf(auth, sizeof(auth), "%s", h_user_token(id, "customer", 3600));
+    const char *hdr[] = {auth, NULL};
+    for (int i = 0; i < 2; i++) {
+        struct h_resp r;
+        h_http(&r, "GET", h_fmt("%s/api/v1/profiles/me", F.gw.url), hdr, NULL,
+               0);
+        h_assert_status(&r, 200);
+        assert_null(h_resp_header(&r, "Moat-Cache"));
+        h_resp_release(&r);
+    }
+    free(url);
+    free(id);
+}
+
 /*
  * The race: gw2's miss reads v1 from catalog and holds the fill; the
  * product is renamed (v2), the invalidation lands (a tombstone of v2),
@@ -407,6 +519,7 @@ int main(void)
         cmocka_unit_test(test_second_get_is_a_hit),
         cmocka_unit_test(test_update_seen_within_feed_lag),
         cmocka_unit_test(test_delete_seen),
+        cmocka_unit_test(test_profile_cached_and_invalidated),
         cmocka_unit_test(test_invalidation_during_miss_refuses_stale_fill),
         cmocka_unit_test(test_redis_down_costs_latency_only),
     };

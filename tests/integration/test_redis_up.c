@@ -126,8 +126,9 @@ static void test_moat_up_runs_redis(void **state)
 {
     MOAT_UNUSED(state);
     /* Its configuration and password: a cache, private to the deployment. */
-    const char *conf = h_fmt("%s/var/redis/redis.conf", F.dir);
-    const char *pwfile = h_fmt("%s/var/secrets/redis.password", F.dir);
+    char conf[512], pwfile[512];
+    snprintf(conf, sizeof(conf), "%s/var/redis/redis.conf", F.dir);
+    snprintf(pwfile, sizeof(pwfile), "%s/var/secrets/redis.password", F.dir);
     assert_int_equal(mode_of(conf), 0600);
     assert_int_equal(mode_of(pwfile), 0600);
     int st = 0;
