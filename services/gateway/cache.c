@@ -206,6 +206,7 @@ struct lookup {
 /* What a miss stores once the upstream answers; see gw_cache_filled. */
 struct gw_cache_fill {
     struct gw_cache *c;
+    unsigned gen; /* c->gen at the lookup */
     const struct cache_kind *kind;
     char id[GW_CACHE_ID_MAX + 1];
     char api[3];
@@ -215,6 +216,7 @@ struct gw_cache_fill {
 struct held_fill {
     struct gw_cache *c;
     struct held_fill *next;
+    unsigned gen;
     char *key, *api, *ver, *body, *etag, *ctype;
     size_t body_len;
     struct event *timer;
@@ -679,6 +681,7 @@ static void lookup_forward(struct lookup *l, bool fill)
     if (fill) {
         f = moat_xcalloc(1, sizeof(*f));
         f->c = l->c;
+        f->gen = l->c->gen;
         f->kind = l->kind;
         memcpy(f->id, l->id, sizeof(f->id));
         memcpy(f->api, l->api, sizeof(f->api));
@@ -730,6 +733,8 @@ static void on_lookup(redisAsyncContext *ac, void *reply, void *priv)
                             moat_mono_ms()))
         moat_log(MOAT_LOG_INFO, "redis answers again: reads use the cache",
                  NULL);
+    moat_metric_set(c->m_breaker,
+                    moat_breaker_state(&c->breaker, moat_mono_ms()));
     if (!ok) {
         count_lookup(c, LR_ERROR);
         lookup_forward(l, false);
@@ -818,11 +823,17 @@ static void on_fill(redisAsyncContext *ac, void *reply, void *priv)
         moat_metric_add(c->m_fills[r->integer == 1 ? FR_STORED : FR_STALE], 1);
 }
 
-static void send_fill(struct gw_cache *c, const char *key, const char *api,
-                      const char *ver, const char *body, size_t body_len,
-                      const char *etag, const char *ctype)
+/*
+ * Only on the connection the lookup was made on: after a reconnect the
+ * events in between may have been skipped (a Redis that lost its data) or
+ * not yet applied, so an answer read before cannot be checked against
+ * them.
+ */
+static void send_fill(struct gw_cache *c, unsigned gen, const char *key,
+                      const char *api, const char *ver, const char *body,
+                      size_t body_len, const char *etag, const char *ctype)
 {
-    if (!c->ac || !c->ready || c->closing) {
+    if (!c->ac || !c->ready || c->closing || gen != c->gen) {
         moat_metric_add(c->m_fills[FR_SKIPPED], 1);
         return;
     }
@@ -861,7 +872,7 @@ static void on_held_fill(evutil_socket_t fd, short what, void *arg)
             *p = h->next;
             break;
         }
-    send_fill(c, h->key, h->api, h->ver, h->body, h->body_len, h->etag,
+    send_fill(c, h->gen, h->key, h->api, h->ver, h->body, h->body_len, h->etag,
               h->ctype);
     held_free(h);
 }
@@ -905,6 +916,7 @@ void gw_cache_filled(struct gw_cache_fill *f,
     if (c->fill_delay_ms > 0) {
         struct held_fill *h = moat_xcalloc(1, sizeof(*h));
         h->c = c;
+        h->gen = f->gen;
         h->key = key;
         h->api = moat_xstrdup(f->api);
         h->ver = moat_xstrdup(vs);
@@ -921,8 +933,8 @@ void gw_cache_filled(struct gw_cache_fill *f,
         free(f);
         return;
     }
-    send_fill(c, key, f->api, vs, resp->body ? resp->body : "", resp->body_len,
-              etag, ctype);
+    send_fill(c, f->gen, key, f->api, vs, resp->body ? resp->body : "",
+              resp->body_len, etag, ctype);
     free(key);
     free(f);
 }
