@@ -142,14 +142,15 @@ static void rename_at(const char *url, const char *name, int version)
     h_resp_release(&r);
 }
 
-/* GET url: status, the name in the body and the Moat-Cache header. */
+/* What a GET answered. */
 struct got {
     long status;
     char name[64];
     char cache[16];
 };
 
-static struct got get(const char *url)
+/* GET url: status, the string field of the body and Moat-Cache. */
+static struct got get_field(const char *url, const char *field)
 {
     struct got g = {0};
     struct h_resp r;
@@ -159,11 +160,17 @@ static struct got get(const char *url)
     snprintf(g.cache, sizeof(g.cache), "%s", mc ? mc : "");
     if (r.status == 200) {
         json_t *j = h_resp_json(&r);
-        snprintf(g.name, sizeof(g.name), "%s", h_jstr(j, "name"));
+        const char *v = h_jstr(j, field);
+        snprintf(g.name, sizeof(g.name), "%s", v ? v : "");
         json_decref(j);
     }
     h_resp_release(&r);
     return g;
+}
+
+static struct got get(const char *url)
+{
+    return get_field(url, "name");
 }
 
 static bool is_hit(const char *url)
@@ -424,20 +431,7 @@ static void put_profile(const char *user, const char *name)
 /* GET a profile through the gateway: display name and Moat-Cache. */
 static struct got get_profile(const char *url)
 {
-    struct got g = {0};
-    struct h_resp r;
-    h_get(&r, url);
-    g.status = r.status;
-    const char *mc = h_resp_header(&r, "Moat-Cache");
-    snprintf(g.cache, sizeof(g.cache), "%s", mc ? mc : "");
-    if (r.status == 200) {
-        json_t *j = h_resp_json(&r);
-        const char *n = h_jstr(j, "display_name");
-        snprintf(g.name, sizeof(g.name), "%s", n ? n : "");
-        json_decref(j);
-    }
-    h_resp_release(&r);
-    return g;
+    return get_field(url, "display_name");
 }
 
 static void test_profile_cached_and_invalidated(void **state)
