@@ -881,7 +881,7 @@ static void parse_redis(struct errs *e, json_t *root, struct deploy *d)
     }
     const char *listen = get_string(e, r, "redis", "listen", false);
     if (!listen)
-        listen = "127.0.0.1:6379";
+        listen = "127.0.0.1:6380";
     struct deploy_service *b = moat_xcalloc(1, sizeof(*b));
     d->redis = b;
     if (moat_parse_hostport(listen, b->host, sizeof(b->host), &b->port,

@@ -150,8 +150,9 @@ struct deploy {
 /*
  * The gateways' read cache (docs/operations.md "Redis"):
  *   "redis": {"url": "redis://[:PASSWORD@]HOST:PORT"}  a server run elsewhere
- *   "redis": {"listen": "127.0.0.1:6379", "max_memory_mb": 64}
- * (the second form, both optional, values shown are the defaults): moat up
+ *   "redis": {"listen": "127.0.0.1:6380", "max_memory_mb": 64}
+ * (the second form, both optional, values shown are the defaults; 6380, as
+ * Debian's own redis-server service takes 6379): moat up
  * runs DEPLOY_REDIS_SERVER under <var_dir>/redis from a configuration it
  * writes there (loopback, no persistence, maxmemory with volatile-lru,
  * protected mode, a password generated into secrets.json and written to

@@ -9,7 +9,8 @@
  *     seen; /profiles/me is never cached;
  *   - an update or a delete through the API is seen within the feed's lag;
  *   - Redis killed: every GET still succeeds, from catalog; Redis back:
- *     hits resume;
+ *     hits resume; Redis hung (SIGSTOP): reads time out into catalog until
+ *     the circuit opens, then skip Redis, and hits resume after SIGCONT;
  *   - an invalidation that arrives while a miss is in flight refuses the
  *     miss's old value (a second gateway holds its fills back with the
  *     MOAT_TEST_HOOKS delay, so the order is forced, and the test checks
@@ -470,6 +471,43 @@ static void test_profile_cached_and_invalidated(void **state)
 }
 
 /*
+ * A Redis that hangs (SIGSTOP: the kernel still accepts, nothing answers)
+ * costs each read the lookup timeout until the circuit opens, then
+ * nothing; when it answers again the circuit closes and hits resume.
+ */
+static void test_redis_slow_opens_the_circuit(void **state)
+{
+    MOAT_UNUSED(state);
+    char *id = make_product("Patient");
+    char *url = moat_xstrdup(gw_product(&F.gw, id));
+    get(url);
+    H_WAIT_UNTIL(is_hit(url), H_WAIT_MS, "%s cached", id);
+    double errors = gw_metric(&F.gw, "moat_gateway_cache_requests_total{"
+                                     "result=\"error\"}");
+    double bypass = gw_metric(&F.gw, "moat_gateway_cache_requests_total{"
+                                     "result=\"bypass\"}");
+    assert_int_equal(kill(F.redis_pid, SIGSTOP), 0);
+    for (int i = 0; i < 12; i++) {
+        struct got g = get(url);
+        assert_int_equal(g.status, 200);
+        assert_string_equal(g.name, "Patient");
+        assert_string_not_equal(g.cache, "hit");
+    }
+    /* The breaker's 5 failures, then reads that skip Redis at once. */
+    double e = gw_metric(&F.gw, "moat_gateway_cache_requests_total{result="
+                                "\"error\"}") -
+               errors;
+    assert_true(e >= 5);
+    assert_true(gw_metric(&F.gw, "moat_gateway_cache_requests_total{result="
+                                 "\"bypass\"}") > bypass);
+    assert_int_equal(kill(F.redis_pid, SIGCONT), 0);
+    H_WAIT_UNTIL(is_hit(url), H_WAIT_MS, "hits again once Redis answers");
+    assert_true(gw_metric(&F.gw, "moat_gateway_cache_circuit_state") == 0);
+    free(url);
+    free(id);
+}
+
+/*
  * The race: gw2's miss reads v1 from catalog and holds the fill; the
  * product is renamed (v2), the invalidation lands (a tombstone of v2),
  * and only then the fill of v1 is offered: it must be refused ("stale"),
@@ -515,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_delete_seen),
         cmocka_unit_test(test_profile_cached_and_invalidated),
         cmocka_unit_test(test_invalidation_during_miss_refuses_stale_fill),
+        cmocka_unit_test(test_redis_slow_opens_the_circuit),
         cmocka_unit_test(test_redis_down_costs_latency_only),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -161,10 +161,10 @@ static void test_redis(void **state)
     deploy_free(d);
 
     d = parse_ok("{'name':'local','redis':{},'services':[" SVC("") "]}");
-    assert_string_equal(d->redis_url, "redis://127.0.0.1:6379");
+    assert_string_equal(d->redis_url, "redis://127.0.0.1:6380");
     assert_non_null(d->redis);
     assert_string_equal(d->redis->name, "redis");
-    assert_int_equal(d->redis->port, 6379);
+    assert_int_equal(d->redis->port, 6380);
     assert_string_equal(d->redis->data_dir, BASE "/var/redis");
     assert_string_equal(d->redis->binary, DEPLOY_REDIS_SERVER);
     assert_string_equal(d->redis->args[0], BASE "/var/redis/redis.conf");
@@ -173,7 +173,7 @@ static void test_redis(void **state)
     assert_ptr_equal(deploy_builtin(d, 0), d->redis);
     assert_null(deploy_builtin(d, 1));
     char *url = deploy_base_url(d->redis);
-    assert_string_equal(url, "redis://127.0.0.1:6379");
+    assert_string_equal(url, "redis://127.0.0.1:6380");
     free(url);
     deploy_free(d);
 
