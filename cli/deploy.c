@@ -903,6 +903,10 @@ static void parse_redis(struct errs *e, json_t *root, struct deploy *d)
     if (deploy_find(d, "redis"))
         report(e, "", "services",
                "\"redis\" is reserved for the cache of \"redis\"");
+    for (size_t i = 0; i < d->nservices; i++)
+        if (d->services[i].name && listen_conflict(b, &d->services[i]))
+            report(e, "redis", "listen", "is %s's address too",
+                   d->services[i].name);
 }
 
 const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k)

@@ -210,6 +210,9 @@ static void test_redis(void **state)
         "max_memory_mb: must be a whole number");
     expect_error("{'name':'local','redis':{'port':1},'services':[" SVC("") "]}",
                  "unknown field");
+    expect_error("{'name':'local','redis':{'listen':'127.0.0.1:8081'},"
+                 "'services':[" SVC("") "]}",
+                 "redis.listen: is catalog's address too");
     expect_error("{'name':'local','redis':[],'services':[" SVC("") "]}",
                  "redis: must be an object");
     expect_error("{'name':'local','redis':{},'services':["
