@@ -582,6 +582,16 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
         return;
     }
     f->retry_ms = GW_CACHE_RETRY_MIN_MS;
+    if (head < f->after) {
+        /* The producer's feed went back (a restore): follow it from its
+         * head. Entries of the lost versions expire with their TTL. */
+        moat_log(MOAT_LOG_WARN,
+                 "a cached service's feed is behind the cache's cursor "
+                 "(restored?); following it from its head",
+                 "{s:s, s:I, s:I}", "source", f->kind->service, "cursor",
+                 (json_int_t)f->after, "head", (json_int_t)head);
+        f->after = head;
+    }
     if (json_array_size(events) == 0 && f->after < head) {
         feed_retry(f); /* nothing where events should be: later */
         return;
