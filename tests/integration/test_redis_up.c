@@ -21,7 +21,7 @@ static struct {
     char *dir;
     char file[512];
     char gw_url[64];
-    uint16_t redis_port, cat_port, gw_port;
+    uint16_t redis_port;
     pid_t up_pid;
 } F;
 
@@ -87,28 +87,34 @@ static int group_setup(void **state)
 {
     MOAT_UNUSED(state);
     F.dir = h_tmpdir_new("redis-up");
-    F.redis_port = h_free_port();
-    F.cat_port = h_free_port();
-    F.gw_port = h_free_port();
+    /* Placeholder addresses; the harness moves everything, Redis included,
+     * to free ports. */
+    char src[512];
+    snprintf(src, sizeof(src), "%s/cache.src.json", F.dir);
     snprintf(F.file, sizeof(F.file), "%s/cache.json", F.dir);
-    snprintf(F.gw_url, sizeof(F.gw_url), "http://127.0.0.1:%u",
-             (unsigned)F.gw_port);
     h_write_file(
-        F.file,
-        h_fmt("{\"name\": \"cachetest\", \"var_dir\": \"var\",\n"
-              " \"redis\": {\"listen\": \"127.0.0.1:%u\", \"max_memory_mb\": "
+        src,
+        h_fmt("{\"name\": \"cachetest\",\n"
+              " \"redis\": {\"listen\": \"127.0.0.1:6380\", \"max_memory_mb\": "
               "16},\n"
               " \"services\": [\n"
-              "  {\"name\": \"catalog\", \"listen\": \"127.0.0.1:%u\", "
+              "  {\"name\": \"catalog\", \"listen\": \"127.0.0.1:8081\", "
               "\"engine\": \"sqlite\", \"db\": \"catalog.db\"},\n"
-              "  {\"name\": \"gateway\", \"listen\": \"127.0.0.1:%u\", "
+              "  {\"name\": \"gateway\", \"listen\": \"127.0.0.1:8080\", "
               "\"engine\": \"none\", \"env\": {\"MOAT_GATEWAY_RATE\": \"0\", "
               "\"MOAT_JWT_SECRET\": \"%s\"},\n"
               "   \"routes\": [{\"prefix\": \"/api/v1/products\", \"service\": "
               "\"catalog\", \"path\": \"/v1/products\", \"public\": "
               "[\"GET\"]}]}]}\n",
-              (unsigned)F.redis_port, (unsigned)F.cat_port, (unsigned)F.gw_port,
               h_test_jwt_secret()));
+    h_deployment_write_free_ports(src, F.file, NULL, F.gw_url,
+                                  sizeof(F.gw_url));
+    json_t *j = json_load_file(F.file, 0, NULL);
+    const char *listen =
+        h_jstr(json_object_get(j, "redis"), "listen"); /* 127.0.0.1:P */
+    F.redis_port = (uint16_t)atoi(strchr(listen, ':') + 1);
+    json_decref(j);
+    assert_true(F.redis_port != 6380);
     F.up_pid = h_moat_up(F.file, F.dir, F.gw_url);
     return F.up_pid > 0 ? 0 : -1;
 }
