@@ -30,8 +30,8 @@ static const char *moat_cmd(const char *args)
     return h_fmt("%s/moat %s --file %s 2>&1", MOAT_BIN_DIR, args, F.file);
 }
 
-/* Redis's row of `moat status --json`; caller decrefs. */
-static json_t *redis_status(void)
+/* The row of service name in `moat status --json`; caller decrefs. */
+static json_t *status_row(const char *name)
 {
     int st = 0;
     char *out = h_run_capture(moat_cmd("status --json"), &st);
@@ -42,7 +42,7 @@ static json_t *redis_status(void)
     json_t *s;
     json_array_foreach(json_object_get(j, "services"), i, s)
     {
-        if (strcmp(h_jstr(s, "name"), "redis") == 0)
+        if (strcmp(h_jstr(s, "name"), name) == 0)
             row = json_incref(s);
     }
     json_decref(j);
@@ -51,7 +51,7 @@ static json_t *redis_status(void)
 
 static bool redis_ready(json_int_t not_pid)
 {
-    json_t *row = redis_status();
+    json_t *row = status_row("redis");
     bool ok = row && strcmp(h_jstr(row, "health"), "ready") == 0 &&
               json_integer_value(json_object_get(row, "pid")) != not_pid;
     json_decref(row);
@@ -172,9 +172,16 @@ static void test_gateway_reads_through_redis(void **state)
     json_decref(p);
     h_resp_release(&r);
     H_WAIT_UNTIL(hit(url), H_WAIT_MS, "a hit through moat up's Redis");
+    /* moat status shows the gateway's cache. */
+    json_t *gw = status_row("gateway");
+    json_t *cache = json_object_get(json_object_get(gw, "events"), "cache");
+    assert_true(json_number_value(json_object_get(cache, "hit")) >= 1);
+    assert_true(json_is_true(
+        json_object_get(json_object_get(cache, "synced"), "catalog")));
+    json_decref(gw);
 
     /* Redis dies: reads go on; moat up restarts it; hits come back. */
-    json_t *row = redis_status();
+    json_t *row = status_row("redis");
     json_int_t pid = json_integer_value(json_object_get(row, "pid"));
     json_decref(row);
     assert_true(pid > 0);
