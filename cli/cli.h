@@ -108,7 +108,9 @@ char *cli_service_program(const struct deploy_service *s);
 /*
  * GET url with a total timeout. On MOAT_OK, *status is the HTTP status; on
  * failure (connection refused, timeout) returns MOAT_EIO or
- * MOAT_ETIMEDOUT. Blocking; fine in the CLI.
+ * MOAT_ETIMEDOUT. Blocking; fine in the CLI. A "redis://HOST:PORT[/...]"
+ * url (the cache moat up runs) is probed with PING instead: *status 200
+ * when Redis answers, 503 when it answers something else.
  */
 int cli_probe(const char *url, long timeout_ms, long *status);
 

@@ -855,11 +855,80 @@ static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
     json_decref(none);
 }
 
+/* "redis" (see deploy.h). */
+static void parse_redis(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"url", "listen", "max_memory_mb",
+                                          NULL};
+    json_t *r = json_object_get(root, "redis");
+    if (!r)
+        return;
+    if (!json_is_object(r)) {
+        report(e, "", "redis", "must be an object");
+        return;
+    }
+    check_known(e, r, "redis", allowed);
+    const char *url = get_string(e, r, "redis", "url", false);
+    if (url) {
+        if (strncmp(url, "redis://", 8) != 0)
+            report(e, "redis", "url", "must be a redis:// URL");
+        if (json_object_get(r, "listen") || json_object_get(r, "max_memory_mb"))
+            report(e, "redis", "url",
+                   "a server of its own (\"url\") takes no \"listen\" or "
+                   "\"max_memory_mb\"");
+        d->redis_url = moat_xstrdup(url);
+        return;
+    }
+    const char *listen = get_string(e, r, "redis", "listen", false);
+    if (!listen)
+        listen = "127.0.0.1:6380";
+    struct deploy_service *b = moat_xcalloc(1, sizeof(*b));
+    d->redis = b;
+    if (moat_parse_hostport(listen, b->host, sizeof(b->host), &b->port,
+                            false) != MOAT_OK)
+        report(e, "redis", "listen", "must be HOST:PORT, got \"%s\"", listen);
+    d->redis_max_memory_mb =
+        get_uint(e, r, "redis", "max_memory_mb", 64, 1u << 20);
+    d->redis_url = moat_xasprintf("redis://%s:%u", deploy_connect_host(b),
+                                  (unsigned)b->port);
+    b->name = moat_xstrdup("redis");
+    b->listen = moat_xstrdup(listen);
+    b->engine = DEPLOY_ENGINE_NONE;
+    b->data_dir = deploy_path_join(d->var_dir, "redis");
+    b->binary = moat_xstrdup(DEPLOY_REDIS_SERVER);
+    b->args = moat_xcalloc(2, sizeof(*b->args));
+    b->args[0] = moat_xasprintf("%s/redis.conf", b->data_dir);
+    b->ready_path = "";
+    b->scheme = "redis";
+    if (deploy_find(d, "redis"))
+        report(e, "", "services",
+               "\"redis\" is reserved for the cache of \"redis\"");
+    for (size_t i = 0; i < d->nservices; i++)
+        if (d->services[i].name && listen_conflict(b, &d->services[i]))
+            report(e, "redis", "listen", "is %s's address too",
+                   d->services[i].name);
+}
+
+const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k)
+{
+    const struct deploy_service *all[] = {d->broker, d->redis};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++)
+        if (all[i] && k-- == 0)
+            return all[i];
+    return NULL;
+}
+
+size_t deploy_nbuiltin(const struct deploy *d)
+{
+    return (d->broker ? 1 : 0) + (d->redis ? 1 : 0);
+}
+
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {
-        "name", "var_dir", "tls", "services", "transport", "jetstream", NULL};
+    static const char *const allowed[] = {"name",     "var_dir",   "tls",
+                                          "services", "transport", "jetstream",
+                                          "redis",    NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
@@ -918,6 +987,7 @@ int deploy_parse(const char *json, size_t len, const char *file,
             check_services(&e, d);
     }
     parse_transport(&e, root, d);
+    parse_redis(&e, root, d);
     if (e.n == 0)
         rc = MOAT_OK;
 
@@ -1026,6 +1096,10 @@ void deploy_free(struct deploy *d)
         service_free(d->broker);
     free(d->broker);
     free(d->nats_url);
+    if (d->redis)
+        service_free(d->redis);
+    free(d->redis);
+    free(d->redis_url);
     free(d->services);
     free(d->name);
     free(d->file);
@@ -1045,7 +1119,10 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 
 char *deploy_base_url(const struct deploy_service *s)
 {
-    return moat_xasprintf("%s://%s:%u", s->tls ? "https" : "http",
+    return moat_xasprintf("%s://%s:%u",
+                          s->scheme ? s->scheme
+                          : s->tls  ? "https"
+                                    : "http",
                           deploy_connect_host(s), (unsigned)s->port);
 }
 

@@ -99,6 +99,9 @@ struct deploy_service {
      * nats-server's monitoring port); NULL: none and "/readyz". */
     char **args;
     const char *ready_path;
+    /* The scheme clients use ("redis" for the cache moat up runs, whose
+     * health moat probes with PING); NULL: http or https. Static. */
+    const char *scheme;
 };
 
 /*
@@ -136,7 +139,34 @@ struct deploy {
     char nats_host[DEPLOY_HOST_MAX]; /* its client address */
     uint16_t nats_port;
     unsigned nats_max_memory_mb, nats_max_file_mb;
+    /* "redis" (see below): what gateways get as MOAT_REDIS_URL (NULL: no
+     * read cache), and the redis-server moat up runs, as a service of
+     * level 0 named "redis" not in services (NULL for a "url"). Owned. */
+    char *redis_url;
+    struct deploy_service *redis;
+    unsigned redis_max_memory_mb;
 };
+
+/*
+ * The gateways' read cache (docs/operations.md "Redis"):
+ *   "redis": {"url": "redis://[:PASSWORD@]HOST:PORT"}  a server run elsewhere
+ *   "redis": {"listen": "127.0.0.1:6380", "max_memory_mb": 64}
+ * (the second form, both optional, values shown are the defaults; 6380, as
+ * Debian's own redis-server service takes 6379): moat up
+ * runs DEPLOY_REDIS_SERVER under <var_dir>/redis from a configuration it
+ * writes there (loopback, no persistence, maxmemory with volatile-lru,
+ * protected mode, a password generated into secrets.json and written to
+ * <var_dir>/secrets/redis.password, mode 0600, which gateways read).
+ */
+#define DEPLOY_REDIS_SERVER "/usr/bin/redis-server"
+
+/*
+ * The processes moat up runs besides the file's services (the broker,
+ * Redis), k from 0; NULL past the last. Borrowed from d.
+ */
+const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k);
+/* How many there are. */
+size_t deploy_nbuiltin(const struct deploy *d);
 
 /*
  * Parse and validate deployment JSON. file names the source in messages;

@@ -82,9 +82,31 @@ static bool metric_line(const char *line, const char *name, char *label,
 }
 
 /*
+ * A gateway's read cache (docs/gateway.md): lookups by result and, per
+ * source, whether its invalidations are applied up to the head, from one
+ * /metrics line into cache {"hit": n, ..., "synced": {"catalog": 1}}.
+ */
+static void cache_line(const char *line, json_t *cache)
+{
+    char label[64];
+    double v;
+    if (metric_line(line, "moat_gateway_cache_requests_total", label,
+                    sizeof(label), &v))
+        json_object_set_new(cache, label, json_real(v));
+    else if (metric_line(line, "moat_gateway_cache_synced", label,
+                         sizeof(label), &v)) {
+        if (!json_object_get(cache, "synced"))
+            json_object_set_new(cache, "synced", json_object());
+        json_object_set_new(json_object_get(cache, "synced"), label,
+                            json_boolean(v == 1));
+    }
+}
+
+/*
  * Event backbone figures from a service's /metrics (read as the operator:
  * it is for operators and known peers): its outbox backlog and, per source
- * it consumes, lag and dead letters. NULL when the service has neither.
+ * it consumes, lag and dead letters; for a gateway with Redis, its read
+ * cache. NULL when the service has none of these.
  */
 static json_t *events_of(const struct deploy *d,
                          const struct deploy_service *svc)
@@ -100,7 +122,8 @@ static json_t *events_of(const struct deploy *d,
                  &body) != MOAT_OK ||
         status != 200)
         goto done;
-    json_t *outbox = json_object(), *consumers = json_object();
+    json_t *outbox = json_object(), *consumers = json_object(),
+           *cache = json_object();
     static const struct {
         const char *metric, *key;
         bool per_source;
@@ -118,6 +141,7 @@ static json_t *events_of(const struct deploy *d,
          line = strtok_r(NULL, "\n", &save)) {
         if (line[0] == '#')
             continue;
+        cache_line(line, cache);
         for (size_t i = 0; i < MOAT_ARRAY_LEN(wanted); i++) {
             char label[64];
             double v;
@@ -134,15 +158,19 @@ static json_t *events_of(const struct deploy *d,
             json_object_set_new(dst, wanted[i].key, json_real(v));
         }
     }
-    if (json_object_size(outbox) || json_object_size(consumers)) {
+    if (json_object_size(outbox) || json_object_size(consumers) ||
+        json_object_size(cache)) {
         out = json_object();
         if (json_object_size(outbox))
             json_object_set(out, "outbox", outbox);
         if (json_object_size(consumers))
             json_object_set(out, "consumers", consumers);
+        if (json_object_size(cache))
+            json_object_set(out, "cache", cache);
     }
     json_decref(outbox);
     json_decref(consumers);
+    json_decref(cache);
 done:
     free(body);
     free(url);
@@ -185,6 +213,21 @@ static void print_events(json_t *services)
                    "letters %.0f, handler failures %.0f\n",
                    name, src, num(c, "lag_events"), num(c, "lag_seconds"),
                    num(c, "dead_letters"), num(c, "failures"));
+        }
+        json_t *cache = json_object_get(ev, "cache");
+        if (cache) {
+            printf("  %-14s cache: %.0f hits, %.0f misses, %.0f bypassed, "
+                   "%.0f errors; in sync with",
+                   name, num(cache, "hit"), num(cache, "miss"),
+                   num(cache, "bypass"), num(cache, "error"));
+            json_t *in;
+            int n = 0;
+            json_object_foreach(json_object_get(cache, "synced"), src, in)
+            {
+                if (json_is_true(in))
+                    printf("%s %s", n++ ? "," : "", src);
+            }
+            printf("%s\n", n ? "" : " nothing (reads go to the services)");
         }
     }
 }
@@ -260,11 +303,12 @@ int cli_cmd_status(int argc, char **argv)
     json_t *services = json_array();
     json_object_set_new(out, "services", services);
     bool all_ready = true;
-    /* The services, then the broker moat up runs (if any). */
-    size_t nsvc = d->nservices + (d->broker ? 1 : 0);
+    /* The services, then the broker and Redis moat up runs (if any). */
+    size_t nsvc = d->nservices + deploy_nbuiltin(d);
     for (size_t i = 0; i < nsvc; i++) {
         const struct deploy_service *svc =
-            i < d->nservices ? &d->services[i] : d->broker;
+            i < d->nservices ? &d->services[i]
+                             : deploy_builtin(d, i - d->nservices);
         json_t *st = state_service(state, svc->name);
         struct health h;
         check_health(svc, &h);
@@ -286,7 +330,7 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
-        if (h.healthz == 200 && svc != d->broker) {
+        if (h.healthz == 200 && i < d->nservices) {
             json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
@@ -319,7 +363,8 @@ int cli_cmd_status(int argc, char **argv)
         json_array_foreach(services, i, s)
         {
             const struct deploy_service *svc =
-                i < d->nservices ? &d->services[i] : d->broker;
+                i < d->nservices ? &d->services[i]
+                                 : deploy_builtin(d, i - d->nservices);
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)

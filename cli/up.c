@@ -68,6 +68,7 @@ extern char **environ;
 #define FAIL_LOG_LINES     20    /* log lines shown for a failed start */
 #define OPERATOR_COPY_MS   1000  /* refresh of an operator service's copy */
 #define UP_OPERATOR_KEY    "MOAT_OPERATOR_KEY"
+#define UP_REDIS_PASSWORD  "MOAT_REDIS_PASSWORD" /* in secrets.json */
 
 enum proc_status {
     PS_PENDING,  /* not started yet */
@@ -463,6 +464,79 @@ static int write_nats_conf(struct sup *s)
     return rc;
 }
 
+/*
+ * The redis-server moat up runs (deploy.h): a cache, so no persistence;
+ * loopback; a memory bound with volatile-lru (every entry has a TTL, the
+ * gateways' feed cursors have none and are never evicted); protected mode
+ * and a password generated once into secrets.json, which the gateways read
+ * from <var_dir>/secrets/redis.password. Both files are mode 0600.
+ */
+static int write_secret_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return MOAT_EIO;
+    size_t len = strlen(text);
+    bool ok = fchmod(fd, 0600) == 0 && write(fd, text, len) == (ssize_t)len;
+    return close(fd) == 0 && ok ? MOAT_OK : MOAT_EIO;
+}
+
+static int write_redis_conf(struct sup *s)
+{
+    const struct deploy *d = s->d;
+    const struct deploy_service *b = d->redis;
+    if (!b)
+        return MOAT_OK;
+    struct cli_secrets *sec = NULL;
+    if (cli_secrets_load(&sec, d->var_dir) != MOAT_OK)
+        return MOAT_EIO;
+    const char *pw = cli_secret_shared(sec, UP_REDIS_PASSWORD);
+    char *dir = moat_xasprintf("%s/secrets", d->var_dir);
+    char *pwfile = moat_xasprintf("%s/redis.password", dir);
+    char *conf = moat_xasprintf("%s/redis.conf", b->data_dir);
+    char *text = moat_xasprintf(
+        "# written by moat up from %s; edits are overwritten\n"
+        "bind %s\nport %u\nprotected-mode yes\nrequirepass \"%s\"\n"
+        "save \"\"\nappendonly no\n"
+        "maxmemory %umb\nmaxmemory-policy volatile-lru\n"
+        "dir \"%s\"\ndaemonize no\nlogfile \"\"\n",
+        s->file_abs, b->host, (unsigned)b->port, pw, d->redis_max_memory_mb,
+        b->data_dir);
+    int rc = cli_secrets_save(sec);
+    if (rc == MOAT_OK && (mkdir(dir, 0700) == 0 || errno == EEXIST))
+        rc = write_secret_file(pwfile, pw);
+    else
+        rc = MOAT_EIO;
+    if (rc == MOAT_OK)
+        rc = write_secret_file(conf, text);
+    if (rc != MOAT_OK)
+        cli_error("redis: cannot write %s or %s: %s", conf, pwfile,
+                  strerror(errno));
+    sodium_memzero(text, strlen(text));
+    free(text);
+    free(conf);
+    free(pwfile);
+    free(dir);
+    cli_secrets_free(sec);
+    return rc;
+}
+
+/* MOAT_REDIS_* for a gateway (a service with routes) of a deployment with
+ * "redis"; appended to env at k. Returns how many (at most 3). */
+static size_t redis_env(const struct sup *s, const struct proc *p, char **env)
+{
+    const struct deploy *d = s->d;
+    if (!d->redis_url || !p->svc->nroutes)
+        return 0;
+    size_t k = 0;
+    env[k++] = moat_xasprintf("MOAT_REDIS_URL=%s", d->redis_url);
+    env[k++] = moat_xasprintf("MOAT_GATEWAY_CACHE_PREFIX=moat:%s:c1", d->name);
+    if (d->redis)
+        env[k++] = moat_xasprintf(
+            "MOAT_REDIS_PASSWORD_FILE=%s/secrets/redis.password", d->var_dir);
+    return k;
+}
+
 /* ---- processes ---- */
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
@@ -493,7 +567,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 6, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 9, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -506,6 +580,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     if (p->nats_url)
         env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", p->nats_url);
+    k += redis_env(s, p, env + k);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
     /* Values with secret references come expanded in auth_env. With TLS,
@@ -1368,12 +1443,13 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    /* The broker, when moat up runs one, is the last process. */
-    s.nprocs = s.d->nservices + (s.d->broker ? 1 : 0);
+    /* The broker and Redis, when moat up runs them, are the last ones. */
+    s.nprocs = s.d->nservices + deploy_nbuiltin(s.d);
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
     for (size_t i = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = i < s.d->nservices ? &s.d->services[i] : s.d->broker;
+        p->svc = i < s.d->nservices ? &s.d->services[i]
+                                    : deploy_builtin(s.d, i - s.d->nservices);
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
         p->nats_url = s.d->nats_url;
@@ -1406,7 +1482,8 @@ int cli_cmd_up(int argc, char **argv)
 
     s.started_wall = moat_wall_ms();
     s.status = SUP_STARTING;
-    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK) {
+    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK ||
+        write_redis_conf(&s) != MOAT_OK) {
         s.status = SUP_FAILED;
         write_state(&s);
         goto cleanup;

@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,9 +103,56 @@ static size_t discard_body(char *ptr, size_t size, size_t nmemb, void *arg)
     return size * nmemb;
 }
 
+/*
+ * A redis:// URL (the cache moat up runs): connect and PING. An answer,
+ * PONG or NOAUTH from a server with a password, is "200", anything else
+ * "503". A blocking socket with send and receive timeouts (the first also
+ * bounds connect on Linux).
+ */
+static int probe_redis(const char *url, long timeout_ms, long *status)
+{
+    char hostport[DEPLOY_HOST_MAX + 8], host[DEPLOY_HOST_MAX];
+    uint16_t port = 0;
+    const char *p = url + strlen("redis://");
+    snprintf(hostport, sizeof(hostport), "%.*s", (int)strcspn(p, "/"), p);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    if (moat_parse_hostport(hostport, host, sizeof(host), &port, false) !=
+            MOAT_OK ||
+        inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host,
+                  &sa.sin_addr) != 1)
+        return MOAT_EINVAL;
+    sa.sin_port = htons(port);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return MOAT_EIO;
+    struct timeval tv = {(time_t)(timeout_ms / 1000),
+                         (suseconds_t)(timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[64] = {0};
+    int rc = MOAT_EIO;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        write(fd, "PING\r\n", 6) == 6) {
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n > 0) {
+            *status =
+                strncmp(buf, "+PONG", 5) == 0 || strncmp(buf, "-NOAUTH", 7) == 0
+                    ? 200
+                    : 503;
+            rc = MOAT_OK;
+        }
+    }
+    if (rc != MOAT_OK && (errno == EAGAIN || errno == EINPROGRESS))
+        rc = MOAT_ETIMEDOUT;
+    close(fd);
+    return rc;
+}
+
 int cli_probe(const char *url, long timeout_ms, long *status)
 {
     *status = 0;
+    if (strncmp(url, "redis://", 8) == 0)
+        return probe_redis(url, timeout_ms, status);
     CURL *c = curl_easy_init();
     if (!c)
         return MOAT_EIO;

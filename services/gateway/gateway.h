@@ -21,6 +21,10 @@
  *             with ?include=comments, the post or the latest messages
  *             with their comments (null and "partial" when comments
  *             cannot answer);
+ *   cache.c   the read cache in Redis: GETs of one product (catalog) or
+ *             one profile (profiles) answered from Redis when it can,
+ *             kept right by following the owners' events; Redis down or
+ *             slow only sends the reads to the services (docs/gateway.md);
  *   main.c    configuration, route registration, metrics, lifecycle.
  *
  * Ownership: struct gw (svc->impl) owns its routes and public arrays (each
@@ -54,6 +58,8 @@ enum gw_err_kind {
 
 struct gw;
 struct gw_overrides;
+struct gw_cache;
+struct gw_cache_fill;
 struct moat_principal;
 
 /*
@@ -179,6 +185,8 @@ struct gw {
     json_t *revoked;
     /* Access overrides (overrides.c); NULL when users is unknown. */
     struct gw_overrides *overrides;
+    /* The read cache (cache.c); NULL without MOAT_REDIS_URL. */
+    struct gw_cache *cache;
 };
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
@@ -275,6 +283,43 @@ const char *gw_err_kind_name(enum gw_err_kind k);
 
 /* Router handler; arg is the struct gw_route. */
 void gw_proxy(struct moat_req *req, void *arg);
+/*
+ * Forward req to url (an upstream URL of r from gw_upstream_url; taken
+ * over) and relay the answer. fill (taken over, may be NULL) gets the
+ * answer through gw_cache_filled.
+ */
+void gw_proxy_forward(struct gw_route *r, struct moat_req *req, char *url,
+                      struct gw_cache_fill *fill);
+
+/*
+ * The read cache (cache.c, docs/gateway.md "Read cache"), configured by
+ * MOAT_REDIS_URL ("redis://[:PASSWORD@]HOST:PORT"; unset: no cache),
+ * MOAT_REDIS_PASSWORD_FILE (a file holding the password),
+ * MOAT_GATEWAY_CACHE_PREFIX (key prefix, default "moat:c1"),
+ * MOAT_GATEWAY_CACHE_TTL_S (default 60) and MOAT_GATEWAY_CACHE_TIMEOUT_MS
+ * (bound of one Redis read, default 100); its circuit breaker takes the
+ * composition's settings. Init after gw_compose_init (MOAT_EINVAL, logged
+ * and printed, for a bad variable; gw_cache_free undoes a partial init);
+ * start from the service's start. On the way down gw_cache_close before
+ * the HTTP client is freed (lookups still waiting go to their upstream)
+ * and gw_cache_free after it (fills still waiting are dropped).
+ */
+int gw_cache_init(struct gw *gw);
+void gw_cache_start(struct gw *gw);
+void gw_cache_close(struct gw *gw);
+void gw_cache_free(struct gw *gw);
+/*
+ * For a GET that the cache may answer (one product or profile, API v1 or
+ * v2, no query): look it up and return true; the cache then owns url and
+ * answers req itself (hit) or calls gw_proxy_forward (miss, error). False
+ * when it does not take the request: the caller forwards it (url is still
+ * the caller's).
+ */
+bool gw_cache_lookup(struct gw_route *r, struct moat_req *req, char *url);
+/* The upstream's answer to a miss: stored when it is a 200 with an ETag
+ * "vN". Frees fill; NULL is ignored. */
+void gw_cache_filled(struct gw_cache_fill *fill,
+                     const struct moat_http_response *resp);
 
 /*
  * The HTTP server guard of every proxied route (arg is the struct gw):

@@ -49,6 +49,13 @@
  *       backend's circuit (default 5)
  *   MOAT_GATEWAY_BREAKER_COOLDOWN_MS open this long before a probe
  *       (default 2000)
+ * and for the read cache in Redis (cache.c; off without MOAT_REDIS_URL):
+ *   MOAT_REDIS_URL                "redis://[:PASSWORD@]HOST:PORT"
+ *   MOAT_REDIS_PASSWORD_FILE      a file holding the password (moat up
+ *       writes one under var/secrets)
+ *   MOAT_GATEWAY_CACHE_PREFIX     key prefix (default "moat:c1")
+ *   MOAT_GATEWAY_CACHE_TTL_S      entry lifetime, a safety net (default 60)
+ *   MOAT_GATEWAY_CACHE_TIMEOUT_MS bound of one Redis read (default 100)
  */
 #include "moat/common.h"
 
@@ -98,7 +105,9 @@ static void gw_free(struct gw *gw)
     gw_overrides_free(gw);
     json_decref(gw->revoked);
     gw->revoked = NULL;
+    gw_cache_close(gw);
     moat_http_client_free(gw->client);
+    gw_cache_free(gw);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);
     gw_public_free(gw->public_list, gw->npublic);
@@ -287,6 +296,8 @@ static int gw_init(struct moat_service *svc)
                       &access_ttl_s);
     if (rc == MOAT_OK)
         rc = gw_overrides_init(gw, access_ttl_s);
+    if (rc == MOAT_OK)
+        rc = gw_cache_init(gw);
     if (rc != MOAT_OK)
         goto cleanup;
 
@@ -328,6 +339,7 @@ cleanup:
 static int gw_start(struct moat_service *svc)
 {
     gw_overrides_start(svc->impl);
+    gw_cache_start(svc->impl);
     return MOAT_OK;
 }
 

@@ -45,6 +45,7 @@ struct call {
     struct gw_route *route; /* borrowed */
     struct moat_req *req;   /* replied to exactly once in on_upstream */
     char *url;
+    struct gw_cache_fill *fill; /* a cache miss to store, or NULL */
 };
 
 static void reply_unavailable(struct call *c, enum gw_err_kind kind)
@@ -136,6 +137,8 @@ static void on_upstream(const struct moat_http_response *resp, void *arg)
         char status[16];
         snprintf(status, sizeof(status), "%d", resp->status);
         count_request(c, status);
+        gw_cache_filled(c->fill, resp);
+        c->fill = NULL;
         relay(c, resp);
         goto cleanup;
     }
@@ -153,6 +156,7 @@ static void on_upstream(const struct moat_http_response *resp, void *arg)
     moat_log_set_trace(NULL);
     reply_unavailable(c, kind);
 cleanup:
+    gw_cache_filled(c->fill, resp);
     free(c->url);
     free(c);
 }
@@ -185,11 +189,6 @@ static long long_poll_ms(const char *target)
 void gw_proxy(struct moat_req *req, void *arg)
 {
     struct gw_route *r = arg;
-    struct gw *gw = r->gw;
-    struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request) + 1];
-    size_t nhdrs = 0;
-    char *token = NULL;
-
     char *url = gw_upstream_url(r, moat_req_target(req));
     if (!url) {
         moat_req_reply_problem(req, 400,
@@ -198,6 +197,18 @@ void gw_proxy(struct moat_req *req, void *arg)
                                "'.' or '..' segment");
         return;
     }
+    if (!gw_cache_lookup(r, req, url))
+        gw_proxy_forward(r, req, url, NULL);
+}
+
+void gw_proxy_forward(struct gw_route *r, struct moat_req *req, char *url,
+                      struct gw_cache_fill *fill)
+{
+    struct gw *gw = r->gw;
+    struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request) + 1];
+    size_t nhdrs = 0;
+    char *token = NULL;
+
     for (size_t i = 0; i < MOAT_ARRAY_LEN(forward_request); i++) {
         const char *v = moat_req_header(req, forward_request[i]);
         if (v)
@@ -216,6 +227,7 @@ void gw_proxy(struct moat_req *req, void *arg)
                                    "backend %s",
                                    r->prefix);
             free(url);
+            free(fill);
             return;
         }
         hdrs[nhdrs++] =
@@ -228,6 +240,7 @@ void gw_proxy(struct moat_req *req, void *arg)
     c->route = r;
     c->req = req;
     c->url = url;
+    c->fill = fill;
     struct moat_http_call call = {
         .method = moat_method_name(moat_req_method(req)),
         .url = url,
@@ -254,6 +267,7 @@ void gw_proxy(struct moat_req *req, void *arg)
                                    r->prefix);
         else
             reply_unavailable(c, GW_ERR_CANCELLED);
+        free(c->fill);
         free(c->url);
         free(c);
     }

@@ -149,6 +149,77 @@ static void test_transport(void **state)
                  "unknown field");
 }
 
+/* "redis": the redis-server moat up runs (defaults, data directory,
+ * configuration argument, reserved name), or a server given by URL. */
+static void test_redis(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(SVC("")));
+    assert_null(d->redis);
+    assert_null(d->redis_url);
+    assert_int_equal(deploy_nbuiltin(d), 0);
+    deploy_free(d);
+
+    d = parse_ok("{'name':'local','redis':{},'services':[" SVC("") "]}");
+    assert_string_equal(d->redis_url, "redis://127.0.0.1:6380");
+    assert_non_null(d->redis);
+    assert_string_equal(d->redis->name, "redis");
+    assert_int_equal(d->redis->port, 6380);
+    assert_string_equal(d->redis->data_dir, BASE "/var/redis");
+    assert_string_equal(d->redis->binary, DEPLOY_REDIS_SERVER);
+    assert_string_equal(d->redis->args[0], BASE "/var/redis/redis.conf");
+    assert_int_equal(d->redis_max_memory_mb, 64);
+    assert_null(deploy_find(d, "redis")); /* not one of the services */
+    assert_ptr_equal(deploy_builtin(d, 0), d->redis);
+    assert_null(deploy_builtin(d, 1));
+    char *url = deploy_base_url(d->redis);
+    assert_string_equal(url, "redis://127.0.0.1:6380");
+    free(url);
+    deploy_free(d);
+
+    /* With the broker too: the broker first. */
+    d = parse_ok(
+        "{'name':'local','transport':'jetstream','redis':{"
+        "'listen':'127.0.0.1:7000','max_memory_mb':8},'services':[" SVC(
+            "") "]}");
+    assert_int_equal(deploy_nbuiltin(d), 2);
+    assert_ptr_equal(deploy_builtin(d, 0), d->broker);
+    assert_ptr_equal(deploy_builtin(d, 1), d->redis);
+    assert_string_equal(d->redis_url, "redis://127.0.0.1:7000");
+    assert_int_equal(d->redis_max_memory_mb, 8);
+    deploy_free(d);
+
+    d = parse_ok("{'name':'local','redis':{'url':'redis://10.0.0.5:6379'},"
+                 "'services':[" SVC("") "]}");
+    assert_string_equal(d->redis_url, "redis://10.0.0.5:6379");
+    assert_null(d->redis);
+    deploy_free(d);
+
+    expect_error(
+        "{'name':'local','redis':{'url':'http://x'},'services':[" SVC("") "]}",
+        "must be a redis:// URL");
+    expect_error("{'name':'local','redis':{'url':'redis://x:1','listen':"
+                 "'127.0.0.1:1'},'services':[" SVC("") "]}",
+                 "takes no");
+    expect_error(
+        "{'name':'local','redis':{'listen':'nowhere'},'services':[" SVC(
+            "") "]}",
+        "redis.listen: must be HOST:PORT");
+    expect_error(
+        "{'name':'local','redis':{'max_memory_mb':0},'services':[" SVC("") "]}",
+        "max_memory_mb: must be a whole number");
+    expect_error("{'name':'local','redis':{'port':1},'services':[" SVC("") "]}",
+                 "unknown field");
+    expect_error("{'name':'local','redis':{'listen':'127.0.0.1:8081'},"
+                 "'services':[" SVC("") "]}",
+                 "redis.listen: is catalog's address too");
+    expect_error("{'name':'local','redis':[],'services':[" SVC("") "]}",
+                 "redis: must be an object");
+    expect_error("{'name':'local','redis':{},'services':["
+                 "{'name':'redis','listen':'127.0.0.1:8081','engine':'none'}]}",
+                 "reserved");
+}
+
 static void test_example_parses(void **state)
 {
     MOAT_UNUSED(state);
@@ -695,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_load_shipped_file),
         cmocka_unit_test(test_tls_urls),
         cmocka_unit_test(test_transport),
+        cmocka_unit_test(test_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
