@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -52,6 +53,7 @@
 #include "moat/buf.h"
 
 #include "cli.h"
+#include "pgcluster.h"
 #include "secrets.h"
 
 extern char **environ;
@@ -104,6 +106,9 @@ struct proc {
     char *ready_url;                  /* owned */
     char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
     const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
+    char *db_dsn;         /* MOAT_DB_DSN (engine postgres) or NULL; owned */
+    uid_t run_uid;        /* run as this user (the cluster, as root), or 0 */
+    gid_t run_gid;
     char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
     pid_t pid;            /* 0 when not running */
     enum proc_status status;
@@ -286,6 +291,11 @@ static void write_state(struct sup *s)
                       proc_status_names[p->status], "last_exit",
                       p->last_exit[0] ? json_string(p->last_exit)
                                       : json_null()));
+        /* The cluster's own connection strings name no password; a "dsn"
+         * of the file's might. */
+        if (p->db_dsn && !svc->dsn)
+            json_object_set_new(json_array_get(services, i), "dsn",
+                                json_string(p->db_dsn));
         free(url);
     }
     json_t *root = json_pack(
@@ -294,7 +304,8 @@ static void write_state(struct sup *s)
         (int)getpid(), "status", sup_status_names[s->status], "started_at",
         time_or_null(s->started_wall), "updated_at",
         time_or_null(moat_wall_ms()), "stop_timeout_ms",
-        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) * (s->d->max_level + 1),
+        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) *
+            (s->d->max_level - s->d->min_level + 1),
         "services", services);
     char *text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (!text) {
@@ -463,6 +474,26 @@ static int write_nats_conf(struct sup *s)
     return rc;
 }
 
+/*
+ * The private PostgreSQL cluster (pgcluster.h): initdb on the first run,
+ * its configuration on every run, and the user it runs as.
+ */
+static int prepare_postgres(struct sup *s)
+{
+    if (!s->d->pg)
+        return MOAT_OK;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int rc = cli_pg_prepare(s->d, &uid, &gid);
+    for (size_t i = 0; i < s->nprocs; i++) {
+        if (s->procs[i].svc->pg_cluster) {
+            s->procs[i].run_uid = uid;
+            s->procs[i].run_gid = gid;
+        }
+    }
+    return rc;
+}
+
 /* ---- processes ---- */
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
@@ -470,7 +501,7 @@ static bool env_overridden(const char *entry, const struct deploy_service *svc)
     static const char *const ours[] = {
         "MOAT_SERVICE_NAME",   "MOAT_LISTEN",   "MOAT_DATA_DIR",
         "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT", "MOAT_TLS_KEY",
-        "MOAT_TLS_CA"};
+        "MOAT_TLS_CA",         "MOAT_DB_DSN"};
     size_t n = strcspn(entry, "=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ours); i++)
         if (strlen(ours[i]) == n && strncmp(entry, ours[i], n) == 0)
@@ -493,7 +524,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 6, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 7, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -506,6 +537,8 @@ static char **child_env(const struct sup *s, const struct proc *p)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     if (p->nats_url)
         env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", p->nats_url);
+    if (p->db_dsn)
+        env[k++] = moat_xasprintf("MOAT_DB_DSN=%s", p->db_dsn);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
     /* Values with secret references come expanded in auth_env. With TLS,
@@ -541,6 +574,8 @@ static int make_auth_env(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
+        if (svc->pg_cluster)
+            continue; /* not a service: no identity, no secrets */
         char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 7, sizeof(*env));
         size_t k = 0;
         if (s->d->tls) {
@@ -641,6 +676,10 @@ static MOAT_NORETURN void exec_child(const struct proc *p, int log_fd,
                                      int null_fd, char **env, pid_t parent)
 {
     setpgid(0, 0);
+    /* First, as a change of user clears the parent-death signal. */
+    if (p->run_uid && (setgroups(0, NULL) < 0 || setgid(p->run_gid) < 0 ||
+                       setuid(p->run_uid) < 0))
+        child_fail(log_fd, "moat: cannot switch to the server's user\n", 126);
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
         child_fail(log_fd, "moat: supervisor gone before exec\n", 126);
     /* Blocked signals and ignored dispositions survive exec. */
@@ -737,6 +776,10 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
 {
     uint64_t now = moat_mono_ms();
     describe_exit(wstatus, p->last_exit, sizeof(p->last_exit));
+    /* A postmaster that died leaves its backends behind for a moment,
+     * holding the shared memory its successor needs: they go with it. */
+    if (p->svc->pg_cluster)
+        kill(-p->pid, SIGKILL);
     p->pid = 0;
     s->dirty = true;
 
@@ -872,11 +915,18 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
     reap(s);
 }
 
-/* Probe /readyz of a starting service. */
+/* Probe /readyz of a starting service (the cluster: a connection). */
 static void probe(struct sup *s, struct proc *p)
 {
     long status = 0;
-    int rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    int rc = MOAT_OK;
+    if (p->svc->pg_cluster) {
+        enum cli_pg_health h = cli_pg_ping(s->d, true);
+        status = h == CLI_PG_READY ? 200 : 503;
+        rc = h == CLI_PG_DOWN ? MOAT_EIO : MOAT_OK;
+    } else {
+        rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    }
     uint64_t now = moat_mono_ms(); /* after the probe, which takes time */
     if (rc == MOAT_OK && status == 200) {
         p->status = PS_READY;
@@ -1113,16 +1163,19 @@ static void stop_all(struct sup *s)
 {
     s->status = SUP_STOPPING;
     unsigned signals_before = s->stop_signals;
-    for (int level = s->d->max_level; level >= 0; level--) {
+    for (int level = s->d->max_level; level >= s->d->min_level; level--) {
         for (size_t i = 0; i < s->nprocs; i++) {
             struct proc *p = &s->procs[i];
             if (p->svc->level != level)
                 continue;
             if (p->pid > 0) {
+                /* PostgreSQL: SIGINT is the fast shutdown (SIGTERM would
+                 * wait for every client to leave). */
+                int sig = p->svc->pg_cluster ? SIGINT : SIGTERM;
                 p->status = PS_STOPPING;
-                say(s, "%s: stopping pid %d (SIGTERM)", p->svc->name,
-                    (int)p->pid);
-                signal_proc(p, SIGTERM);
+                say(s, "%s: stopping pid %d (%s)", p->svc->name, (int)p->pid,
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+                signal_proc(p, sig);
             } else if (p->status != PS_FAILED) {
                 p->status = PS_STOPPED;
             }
@@ -1305,6 +1358,7 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        free(s->procs[i].db_dsn);
         free(s->procs[i].hold_path);
         for (char **e = s->procs[i].auth_env; e && *e; e++) {
             sodium_memzero(*e, strlen(*e));
@@ -1368,12 +1422,13 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    /* The broker, when moat up runs one, is the last process. */
-    s.nprocs = s.d->nservices + (s.d->broker ? 1 : 0);
+    /* The cluster and the broker, when moat up runs them, come last. */
+    s.nprocs = deploy_nprocs(s.d);
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
     for (size_t i = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = i < s.d->nservices ? &s.d->services[i] : s.d->broker;
+        p->svc = deploy_proc(s.d, i);
+        p->db_dsn = cli_pg_dsn(s.d, p->svc);
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
         p->nats_url = s.d->nats_url;
@@ -1406,7 +1461,8 @@ int cli_cmd_up(int argc, char **argv)
 
     s.started_wall = moat_wall_ms();
     s.status = SUP_STARTING;
-    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK) {
+    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK ||
+        prepare_postgres(&s) != MOAT_OK) {
         s.status = SUP_FAILED;
         write_state(&s);
         goto cleanup;
@@ -1417,8 +1473,17 @@ int cli_cmd_up(int argc, char **argv)
         cli_display_path(s.file_abs, rel, sizeof(rel)), (int)getpid());
 
     int rc = MOAT_OK;
-    for (int level = 0; level <= s.d->max_level && rc == MOAT_OK; level++)
+    for (int level = s.d->min_level; level <= s.d->max_level && rc == MOAT_OK;
+         level++) {
         rc = start_level(&s, level);
+        /* The cluster (level -1) is up: roles and databases before the
+         * services that use them. */
+        if (rc == MOAT_OK && level == -1 && s.d->pg &&
+            cli_pg_provision(s.d) != MOAT_OK)
+            rc = MOAT_EIO;
+        if (rc == MOAT_OK && level == -1 && s.d->pg)
+            say(&s, "postgres: roles and databases provisioned");
+    }
     if (rc == MOAT_OK) {
         s.status = SUP_RUNNING;
         write_state(&s);
