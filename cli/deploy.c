@@ -565,8 +565,8 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
     static const char *const allowed[] = {
-        "name", "listen", "engine",  "db",     "data_dir", "binary",
-        "env",  "routes", "calls",   "secrets", "backup",  "dsn", NULL};
+        "name",   "listen", "engine",  "db",     "data_dir", "binary", "env",
+        "routes", "calls",  "secrets", "backup", "dsn",      NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -933,7 +933,8 @@ static void parse_postgres(struct errs *e, json_t *root, struct deploy *d)
     c->data_dir = deploy_path_join(d->var_dir, "postgres");
     for (size_t i = 0; i < d->nservices; i++) {
         const char *dd = d->services[i].data_dir;
-        if (dd && (path_within(dd, c->data_dir) || path_within(c->data_dir, dd)))
+        if (dd &&
+            (path_within(dd, c->data_dir) || path_within(c->data_dir, dd)))
             report(e, "postgres", NULL,
                    "the cluster's directory %s overlaps the data directory "
                    "of %s (%s)",
@@ -948,9 +949,9 @@ static void parse_postgres(struct errs *e, json_t *root, struct deploy *d)
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {
-        "name",      "var_dir",   "tls",      "services",
-        "transport", "jetstream", "postgres", NULL};
+    static const char *const allowed[] = {"name",     "var_dir",   "tls",
+                                          "services", "transport", "jetstream",
+                                          "postgres", NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);

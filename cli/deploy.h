@@ -38,7 +38,7 @@
 #define DEPLOY_HOST_MAX            64  /* listen host, NUL included */
 #define DEPLOY_URLPATH_MAX         256 /* route prefix and upstream path */
 #define DEPLOY_MAX_ERRORS          20 /* further errors are counted, not listed */
-#define DEPLOY_DSN_MAX             1024 /* a service's "dsn" */
+#define DEPLOY_DSN_MAX             1024       /* a service's "dsn" */
 #define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
 #define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
 #define DEPLOY_BACKUP_KEEP_MAX     1000

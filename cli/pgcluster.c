@@ -93,8 +93,8 @@ char *cli_pg_dsn(const struct deploy *d, const struct deploy_service *svc)
     dsn_add(&b, "passfile", pass);
     if (d->tls) {
         /* The certificate names 127.0.0.1 and localhost (moat/tls.h). */
-        bool named = strcmp(host, "127.0.0.1") == 0 ||
-                     strcmp(host, "localhost") == 0;
+        bool named =
+            strcmp(host, "127.0.0.1") == 0 || strcmp(host, "localhost") == 0;
         char *ca = cli_cert_path(d, "ca", "crt");
         dsn_add(&b, "sslmode", named ? "verify-full" : "verify-ca");
         dsn_add(&b, "sslrootcert", ca);
@@ -158,8 +158,7 @@ static char *ensure_passfile(const char *path, const char *host,
 }
 
 /* Write text to path (atomically), mode 0600, owned by uid:gid. */
-static int write_owned(const char *path, const char *text, uid_t uid,
-                       gid_t gid)
+static int write_owned(const char *path, const char *text, uid_t uid, gid_t gid)
 {
     char *tmp = moat_xasprintf("%s.tmp", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -333,8 +332,8 @@ static int write_conf(const struct deploy *d, const char *data, uid_t uid,
         "unix_socket_permissions = 0700\n"
         "password_encryption = 'scram-sha-256'\n"
         "ssl = %s\n",
-        d->name, d->pg->host, (unsigned)d->pg->port, d->pg_max_connections,
-        run, d->tls ? "on" : "off");
+        d->name, d->pg->host, (unsigned)d->pg->port, d->pg_max_connections, run,
+        d->tls ? "on" : "off");
     if (d->tls)
         moat_buf_addstr(&b, "ssl_cert_file = 'server.crt'\n"
                             "ssl_key_file = 'server.key'\n"
@@ -491,10 +490,8 @@ static PGconn *super_connect(const struct deploy *d, const char *dbname)
     char *pw = passfile_password(pass);
     char port[8];
     snprintf(port, sizeof(port), "%u", (unsigned)d->pg->port);
-    const char *keys[] = {"host",     "port",
-                          "dbname",   "user",
-                          "password", "connect_timeout",
-                          NULL};
+    const char *keys[] = {
+        "host", "port", "dbname", "user", "password", "connect_timeout", NULL};
     const char *vals[] = {
         run, port, dbname, CLI_PG_SUPERUSER, pw ? pw : "", PG_CONNECT_TIMEOUT,
         NULL};
@@ -544,8 +541,8 @@ static bool provision_service(const struct deploy *d, PGconn *c,
     /* Only the SCRAM verifier goes to the server, never the password. */
     char *verifier =
         pw ? PQencryptPasswordConn(c, pw, id, "scram-sha-256") : NULL;
-    char *qpw = verifier ? PQescapeLiteral(c, verifier, strlen(verifier))
-                         : NULL;
+    char *qpw =
+        verifier ? PQescapeLiteral(c, verifier, strlen(verifier)) : NULL;
     bool ok = qid && qpw;
     if (!ok)
         cli_error("postgres: cannot prepare role %s: %s", id,
@@ -564,8 +561,7 @@ static bool provision_service(const struct deploy *d, PGconn *c,
         ok = sql_ok(c, moat_buf_str(&q));
         moat_buf_reset(&q);
     }
-    if (ok &&
-        !has_row(c, "SELECT 1 FROM pg_database WHERE datname = $1", id)) {
+    if (ok && !has_row(c, "SELECT 1 FROM pg_database WHERE datname = $1", id)) {
         moat_buf_printf(&q,
                         "CREATE DATABASE %s OWNER %s ENCODING 'UTF8' "
                         "TEMPLATE template0",
@@ -625,12 +621,13 @@ int cli_pg_provision(const struct deploy *d)
     return ok ? MOAT_OK : MOAT_EIO;
 }
 
-enum cli_pg_health cli_pg_ping(const struct deploy *d, bool local)
+enum cli_pg_health cli_pg_ping(const struct deploy *d)
 {
     struct moat_buf b = MOAT_BUF_INIT;
     char port[8];
     snprintf(port, sizeof(port), "%u", (unsigned)d->pg->port);
     char *run = run_dir(d);
+    bool local = access(run, X_OK) == 0;
     dsn_add(&b, "host", local ? run : deploy_connect_host(d->pg));
     dsn_add(&b, "port", port);
     dsn_add(&b, "dbname", "postgres");

@@ -58,9 +58,13 @@ int cli_pg_prepare(const struct deploy *d, uid_t *uid, gid_t *gid);
  * the superuser over the Unix socket. Idempotent. Prints what fails. */
 int cli_pg_provision(const struct deploy *d);
 
-/* Whether the cluster accepts connections (PQping): over the Unix socket
- * when local, else on its TCP address. */
+/*
+ * Whether the cluster accepts connections (PQping, no password sent): over
+ * its Unix socket when this process may enter the socket's directory (the
+ * supervisor, root), which leaves no trace in the server's log; else on
+ * its TCP address, where pg_hba.conf logs the refused probe.
+ */
 enum cli_pg_health { CLI_PG_DOWN, CLI_PG_STARTING, CLI_PG_READY };
-enum cli_pg_health cli_pg_ping(const struct deploy *d, bool local);
+enum cli_pg_health cli_pg_ping(const struct deploy *d);
 
 #endif /* MOAT_CLI_PGCLUSTER_H */

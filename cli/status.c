@@ -37,7 +37,7 @@ static void check_health(const struct deploy *d,
 {
     if (svc->pg_cluster) {
         /* No HTTP: whether it accepts connections on its address. */
-        enum cli_pg_health ph = cli_pg_ping(d, false);
+        enum cli_pg_health ph = cli_pg_ping(d);
         h->healthz = h->readyz = 0;
         h->word = ph == CLI_PG_READY      ? "ready"
                   : ph == CLI_PG_STARTING ? "not-ready"
@@ -327,7 +327,7 @@ int cli_cmd_status(int argc, char **argv)
             printf("deployment \"%s\": no supervisor running (start it with "
                    "'moat up')\n",
                    d->name);
-        printf("%-16s %-8s %-6s %-10s %-7s %-32s %-8s %s\n", "SERVICE", "PID",
+        printf("%-16s %-8s %-6s %-10s %-8s %-32s %-8s %s\n", "SERVICE", "PID",
                "PORT", "HEALTH", "ENGINE", "DB", "SIZE", "RESTARTS");
         size_t i;
         json_t *s;
@@ -350,11 +350,11 @@ int cli_cmd_status(int argc, char **argv)
             if (svc->db)
                 cli_human_size(cli_db_size(svc->db), size, sizeof(size));
             printf(
-                "%-16s %-8s %-6u %-10s %-7s %-32s %-8s %lld\n", svc->name,
+                "%-16s %-8s %-6u %-10s %-8s %-32s %-8s %lld\n", svc->name,
                 pidtxt, (unsigned)svc->port,
                 json_string_value(json_object_get(s, "health")),
                 deploy_engine_name(svc->engine),
-                svc->db                                ? cli_display_path(svc->db, rel, sizeof(rel))
+                svc->db ? cli_display_path(svc->db, rel, sizeof(rel))
                 : svc->engine == DEPLOY_ENGINE_POSTGRES ? pg_db
                                                         : "-",
                 size,

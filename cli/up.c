@@ -109,8 +109,8 @@ struct proc {
     char *db_dsn;         /* MOAT_DB_DSN (engine postgres) or NULL; owned */
     uid_t run_uid;        /* run as this user (the cluster, as root), or 0 */
     gid_t run_gid;
-    char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
-    pid_t pid;            /* 0 when not running */
+    char **auth_env; /* "NAME=value" keys and secrets, NULL-ended; owned */
+    pid_t pid;       /* 0 when not running */
     enum proc_status status;
     unsigned restarts;     /* spawns after the first */
     int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
@@ -921,7 +921,7 @@ static void probe(struct sup *s, struct proc *p)
     long status = 0;
     int rc = MOAT_OK;
     if (p->svc->pg_cluster) {
-        enum cli_pg_health h = cli_pg_ping(s->d, true);
+        enum cli_pg_health h = cli_pg_ping(s->d);
         status = h == CLI_PG_READY ? 200 : 503;
         rc = h == CLI_PG_DOWN ? MOAT_EIO : MOAT_OK;
     } else {
@@ -1216,13 +1216,13 @@ static void print_summary(struct sup *s)
     printf("\nmoat: deployment \"%s\" is up (%zu services; state in %s)\n\n",
            d->name, d->nservices,
            cli_display_path(s->state_path, rel, sizeof(rel)));
-    printf("  %-16s %-8s %-24s %-7s %s\n", "SERVICE", "PID", "URL", "ENGINE",
+    printf("  %-16s %-8s %-28s %-8s %s\n", "SERVICE", "PID", "URL", "ENGINE",
            "DATA");
     for (size_t i = 0; i < s->nprocs; i++) {
         const struct proc *p = &s->procs[i];
         char *url = deploy_base_url(p->svc);
         const char *data = p->svc->db ? p->svc->db : p->svc->data_dir;
-        printf("  %-16s %-8d %-24s %-7s %s\n", p->svc->name, (int)p->pid, url,
+        printf("  %-16s %-8d %-28s %-8s %s\n", p->svc->name, (int)p->pid, url,
                deploy_engine_name(p->svc->engine),
                cli_display_path(data, rel, sizeof(rel)));
         free(url);

@@ -169,7 +169,8 @@ static void test_postgres(void **state)
     assert_int_equal(d->services[0].engine, DEPLOY_ENGINE_POSTGRES);
     assert_null(d->services[0].db);
     assert_null(d->services[0].dsn);
-    assert_string_equal(d->services[1].dsn, "host=db.example port=5432 dbname=b");
+    assert_string_equal(d->services[1].dsn,
+                        "host=db.example port=5432 dbname=b");
     assert_int_equal(deploy_nprocs(d), 3);
     assert_ptr_equal(deploy_proc(d, 2), d->pg);
     assert_null(deploy_find(d, "postgres"));
