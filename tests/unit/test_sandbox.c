@@ -256,6 +256,33 @@ static void test_refuses_with_threads(void **state)
     assert_int_equal(run_child(threaded_child, *state), 0);
 }
 
+/* Confined with the files of a DSN as ro_extra (what lib/service.c does
+ * with MOAT_DB_DSN): the passfile it names is readable, not writable, and
+ * its neighbour is out of reach. */
+static int dsn_child(const struct dirs *d)
+{
+    char dsn[256], pass[128], config[128];
+    snprintf(pass, sizeof(pass), "%s/secret", d->other);
+    snprintf(config, sizeof(config), "%s/config", d->ro);
+    snprintf(dsn, sizeof(dsn), "host=127.0.0.1 passfile=%s dbname=x", pass);
+    char **files = moat_sandbox_dsn_files(dsn);
+    CHECK(1, files && files[0] && !files[1]);
+    bool enforced = false;
+    CHECK(2, moat_sandbox_confine(d->rw, (const char *const *)files,
+                                  &enforced) == MOAT_OK &&
+                 enforced);
+    CHECK(3, can_read(pass));
+    CHECK(4, open_fails_eacces(pass, O_WRONLY));
+    CHECK(5, open_fails_eacces(config, O_RDONLY));
+    return 0;
+}
+
+static void test_dsn_files_readable(void **state)
+{
+    skip_without_landlock();
+    assert_int_equal(run_child(dsn_child, *state), 0);
+}
+
 static void test_dsn_files(void **state)
 {
     MOAT_UNUSED(state);
@@ -302,6 +329,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_abi),
         cmocka_unit_test(test_dsn_files),
+        cmocka_unit_test_setup_teardown(test_dsn_files_readable, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_confined_to_own_dir, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_no_writable_dir, setup, teardown),
