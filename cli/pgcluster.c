@@ -393,8 +393,8 @@ int cli_pg_prepare(const struct deploy *d, uid_t *uid, gid_t *gid)
     char *super_pass = cli_pg_passfile(d, "postgres");
     char *pw = NULL;
     int log_fd = -1;
-    struct sockaddr_un sun;
-    if (strlen(run) + sizeof("/.s.PGSQL.65535") > sizeof(sun.sun_path)) {
+    struct sockaddr_un addr;
+    if (strlen(run) + sizeof("/.s.PGSQL.65535") > sizeof(addr.sun_path)) {
         cli_error("postgres: the socket directory %s is too long for a Unix "
                   "socket path; use a shorter var_dir",
                   run);

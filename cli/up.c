@@ -759,6 +759,12 @@ static void signal_proc(struct proc *p, int sig)
 {
     if (p->pid <= 0)
         return;
+    /* The postmaster tells its own processes what to do; SIGINT to them
+     * would mean something else (cancel a query, request a checkpoint). */
+    if (p->svc->pg_cluster && sig != SIGKILL) {
+        kill(p->pid, sig);
+        return;
+    }
     /* The whole group: a service's own helpers go with it. */
     if (kill(-p->pid, sig) < 0 && errno == ESRCH)
         kill(p->pid, sig);
@@ -920,10 +926,11 @@ static void probe(struct sup *s, struct proc *p)
 {
     long status = 0;
     int rc = MOAT_OK;
+    const char *pg_state = NULL;
     if (p->svc->pg_cluster) {
         enum cli_pg_health h = cli_pg_ping(s->d);
-        status = h == CLI_PG_READY ? 200 : 503;
-        rc = h == CLI_PG_DOWN ? MOAT_EIO : MOAT_OK;
+        status = h == CLI_PG_READY ? 200 : 0;
+        pg_state = h == CLI_PG_STARTING ? "starting up" : "no connection";
     } else {
         rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
     }
@@ -936,7 +943,9 @@ static void probe(struct sup *s, struct proc *p)
             (unsigned long long)(now - p->started_ms));
         return;
     }
-    if (rc == MOAT_OK)
+    if (pg_state)
+        snprintf(p->last_probe, sizeof(p->last_probe), "%s", pg_state);
+    else if (rc == MOAT_OK)
         snprintf(p->last_probe, sizeof(p->last_probe), "HTTP %ld", status);
     else
         snprintf(p->last_probe, sizeof(p->last_probe), "%s",
