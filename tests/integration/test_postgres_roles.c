@@ -127,6 +127,27 @@ static void read_dsns(void)
     json_decref(st);
 }
 
+/* The MOAT_DB_DSN in the environment of the running service name. */
+static char *env_dsn(const char *name)
+{
+    json_t *st = status_json();
+    json_int_t pid =
+        json_integer_value(json_object_get(entry(st, name), "pid"));
+    json_decref(st);
+    assert_true(pid > 0);
+    FILE *f = fopen(h_fmt("/proc/%lld/environ", (long long)pid), "re");
+    assert_non_null(f);
+    char *var = NULL;
+    size_t cap = 0;
+    char *found = NULL;
+    while (!found && getdelim(&var, &cap, '\0', f) > 0)
+        if (strncmp(var, "MOAT_DB_DSN=", 12) == 0)
+            found = moat_xstrdup(var + 12);
+    free(var);
+    fclose(f);
+    return found;
+}
+
 static char *password_of(const char *who)
 {
     char *text = h_run_capture(h_fmt("cat %s/var/secrets/%s.pgpass", dir, who),
@@ -288,6 +309,13 @@ static void test_postgres_roles(void **state)
     fprintf(stderr, "deployment with its cluster ready after %llu ms\n",
             (unsigned long long)(moat_mono_ms() - t0));
     read_dsns();
+    /* What the service was given is what moat status shows. */
+    for (size_t i = 0; i < NSVC; i++) {
+        char *dsn = env_dsn(names[i]);
+        assert_non_null(dsn);
+        assert_string_equal(dsn, dsns[i]);
+        free(dsn);
+    }
     check_modes();
     check_own_databases();
     check_pairs();
