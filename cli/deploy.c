@@ -926,6 +926,13 @@ static void parse_postgres(struct errs *e, json_t *root, struct deploy *d)
         if (d->services[i].listen && listen_conflict(c, &d->services[i]))
             report(e, "postgres", "listen", "\"%s\" conflicts with %s (\"%s\")",
                    listen, d->services[i].name, d->services[i].listen);
+    /* Nor with the broker's client or monitoring address. */
+    struct deploy_service nats = {.port = d->nats_port};
+    snprintf(nats.host, sizeof(nats.host), "%s", d->nats_host);
+    if (listen && d->broker &&
+        (listen_conflict(c, d->broker) || listen_conflict(c, &nats)))
+        report(e, "postgres", "listen",
+               "\"%s\" conflicts with the broker's addresses", listen);
     d->pg_max_connections =
         get_uint(e, pg, "postgres", "max_connections", 50, 10000);
     d->pg_shared_buffers_mb =

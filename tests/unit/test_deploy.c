@@ -192,6 +192,9 @@ static void test_postgres(void **state)
     expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:8081'},"
                  "'services':[" SVC("") "]}",
                  "conflicts with");
+    expect_error("{'name':'local','transport':'jetstream','postgres':{"
+                 "'listen':'127.0.0.1:4222'},'services':[" SVC("") "]}",
+                 "conflicts with the broker");
     expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:5433'},"
                  "'services':[{'name':'postgres','listen':'127.0.0.1:9001',"
                  "'engine':'none'}]}",
