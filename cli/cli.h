@@ -22,7 +22,10 @@
  *      "status": "pending"|"starting"|"ready"|"backoff"|"stopping"|
  *                "stopped"|"failed"|"held" (moat restore: <var_dir>/hold/
  *                <name> exists; not restarted until it is removed),
- *      "last_exit": "exit status N"|"killed by signal N"|null}]}
+ *      "last_exit": "exit status N"|"killed by signal N"|null,
+ *      "dsn": MOAT_DB_DSN (only a service on the private PostgreSQL
+ *             cluster, cli/pgcluster.h)}]}
+ *   The cluster itself is the entry "postgres" (url postgresql://...).
  *
  * Exit codes of every command: 0 success, 1 failure, 2 usage error.
  */

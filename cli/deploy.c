@@ -23,7 +23,7 @@ static const char *const reserved_env[] = {
     "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
     "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
     "MOAT_PEER_KEYS",      "MOAT_TLS_CERT",       "MOAT_TLS_KEY",
-    "MOAT_TLS_CA",
+    "MOAT_TLS_CA",         "MOAT_DB_DSN",
 };
 
 static const struct {
@@ -531,6 +531,10 @@ static void parse_backup(struct errs *e, json_t *obj, const char *at,
     }
     if (svc->engine == DEPLOY_ENGINE_NONE)
         report(e, at, "backup", "not allowed with engine \"none\"");
+    if (svc->engine == DEPLOY_ENGINE_POSTGRES)
+        report(e, at, "backup",
+               "not allowed with engine \"postgres\" (back the cluster up "
+               "with PostgreSQL's own tools, docs/operations.md)");
     check_known(e, b, bat, allowed);
     const char *every = get_string(e, b, bat, "every", false);
     if (every) {
@@ -561,8 +565,8 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
     static const char *const allowed[] = {
-        "name", "listen", "engine", "db",      "data_dir", "binary",
-        "env",  "routes", "calls",  "secrets", "backup",   NULL};
+        "name",   "listen", "engine",  "db",     "data_dir", "binary", "env",
+        "routes", "calls",  "secrets", "backup", "dsn",      NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -606,11 +610,14 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
             svc->engine = DEPLOY_ENGINE_SQLITE;
         } else if (strcmp(engine, "lmdb") == 0) {
             svc->engine = DEPLOY_ENGINE_LMDB;
+        } else if (strcmp(engine, "postgres") == 0) {
+            svc->engine = DEPLOY_ENGINE_POSTGRES;
         } else if (strcmp(engine, "none") == 0) {
             svc->engine = DEPLOY_ENGINE_NONE;
         } else {
             report(e, at, "engine",
-                   "must be \"sqlite\", \"lmdb\" or \"none\", got \"%s\"",
+                   "must be \"sqlite\", \"lmdb\", \"postgres\" or "
+                   "\"none\", got \"%s\"",
                    engine);
             engine = NULL; /* then db is checked for type only */
         }
@@ -622,11 +629,13 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     else if (svc->name && d->var_dir)
         svc->data_dir = deploy_path_join(d->var_dir, svc->name);
 
-    bool stores = engine && svc->engine != DEPLOY_ENGINE_NONE;
+    /* A PostgreSQL database is named after the service, not a file. */
+    bool pg = engine && svc->engine == DEPLOY_ENGINE_POSTGRES;
+    bool stores = engine && svc->engine != DEPLOY_ENGINE_NONE && !pg;
     bool has_db = json_object_get(obj, "db") != NULL;
     const char *db = get_string(e, obj, at, "db", stores);
     if (engine && !stores && has_db) {
-        report(e, at, "db", "not allowed with engine \"none\"");
+        report(e, at, "db", "not allowed with engine \"%s\"", engine);
     } else if (db && svc->data_dir) {
         svc->db = deploy_path_join(svc->data_dir, db);
         if (strcmp(svc->db, svc->data_dir) == 0 ||
@@ -640,6 +649,15 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
 
     const char *binary = get_string(e, obj, at, "binary", false);
     svc->binary = binary ? moat_xstrdup(binary) : NULL;
+
+    bool has_dsn = json_object_get(obj, "dsn") != NULL;
+    const char *dsn = get_string(e, obj, at, "dsn", false);
+    if (engine && !pg && has_dsn)
+        report(e, at, "dsn", "only with engine \"postgres\"");
+    else if (dsn && strlen(dsn) > DEPLOY_DSN_MAX)
+        report(e, at, "dsn", "longer than %d bytes", DEPLOY_DSN_MAX);
+    else if (dsn)
+        svc->dsn = moat_xstrdup(dsn);
 
     parse_env(e, obj, at, svc);
     parse_routes(e, obj, at, svc);
@@ -911,7 +929,7 @@ static void parse_redis(struct errs *e, json_t *root, struct deploy *d)
 
 const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k)
 {
-    const struct deploy_service *all[] = {d->broker, d->redis};
+    const struct deploy_service *all[] = {d->pg, d->broker, d->redis};
     for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++)
         if (all[i] && k-- == 0)
             return all[i];
@@ -920,7 +938,87 @@ const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k)
 
 size_t deploy_nbuiltin(const struct deploy *d)
 {
-    return (d->broker ? 1 : 0) + (d->redis ? 1 : 0);
+    return (d->pg ? 1 : 0) + (d->broker ? 1 : 0) + (d->redis ? 1 : 0);
+}
+
+/* "postgres" (see deploy.h), after the services. */
+static void parse_postgres(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"listen", "max_connections",
+                                          "shared_buffers_mb", NULL};
+    json_t *pg = json_object_get(root, "postgres");
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        char at[32];
+        snprintf(at, sizeof(at), "services[%zu]", i);
+        if (!pg && s->engine == DEPLOY_ENGINE_POSTGRES && !s->dsn)
+            report(e, at, "engine",
+                   "\"postgres\" needs either a \"dsn\" (a server of your "
+                   "own) or the top-level \"postgres\" block (moat up then "
+                   "runs a private cluster)");
+        if (pg && s->name && strcmp(s->name, "postgres") == 0)
+            report(e, at, "name",
+                   "\"postgres\" is reserved for the cluster of the "
+                   "top-level \"postgres\" block");
+    }
+    if (!pg)
+        return;
+    if (!json_is_object(pg)) {
+        report(e, "", "postgres", "must be an object");
+        return;
+    }
+    check_known(e, pg, "postgres", allowed);
+    struct deploy_service *c = moat_xcalloc(1, sizeof(*c));
+    d->pg = c;
+    d->min_level = -1;
+    c->level = -1;
+    c->pg_cluster = true;
+    c->name = moat_xstrdup("postgres");
+    c->engine = DEPLOY_ENGINE_NONE;
+    const char *listen = get_string(e, pg, "postgres", "listen", true);
+    if (listen && moat_parse_hostport(listen, c->host, sizeof(c->host),
+                                      &c->port, false) != MOAT_OK) {
+        report(e, "postgres", "listen", "must be HOST:PORT, got \"%s\"",
+               listen);
+        listen = NULL;
+    } else if (listen && strcmp(c->host, "localhost") != 0 &&
+               strncmp(c->host, "127.", 4) != 0) {
+        report(e, "postgres", "listen",
+               "must be a loopback address (127.x.x.x or localhost): the "
+               "cluster is private to this machine, got \"%s\"",
+               listen);
+        listen = NULL;
+    }
+    c->listen = moat_xstrdup(listen ? listen : "127.0.0.1:0");
+    for (size_t i = 0; listen && i < d->nservices; i++)
+        if (d->services[i].listen && listen_conflict(c, &d->services[i]))
+            report(e, "postgres", "listen", "\"%s\" conflicts with %s (\"%s\")",
+                   listen, d->services[i].name, d->services[i].listen);
+    /* Nor with the broker's client or monitoring address. */
+    struct deploy_service nats = {.port = d->nats_port};
+    snprintf(nats.host, sizeof(nats.host), "%s", d->nats_host);
+    if (listen && d->broker &&
+        (listen_conflict(c, d->broker) || listen_conflict(c, &nats)))
+        report(e, "postgres", "listen",
+               "\"%s\" conflicts with the broker's addresses", listen);
+    d->pg_max_connections =
+        get_uint(e, pg, "postgres", "max_connections", 50, 10000);
+    d->pg_shared_buffers_mb =
+        get_uint(e, pg, "postgres", "shared_buffers_mb", 32, 1u << 20);
+    c->data_dir = deploy_path_join(d->var_dir, "postgres");
+    for (size_t i = 0; i < d->nservices; i++) {
+        const char *dd = d->services[i].data_dir;
+        if (dd &&
+            (path_within(dd, c->data_dir) || path_within(c->data_dir, dd)))
+            report(e, "postgres", NULL,
+                   "the cluster's directory %s overlaps the data directory "
+                   "of %s (%s)",
+                   c->data_dir, d->services[i].name, dd);
+    }
+    c->binary = moat_xstrdup(DEPLOY_PG_BINDIR "/postgres");
+    c->args = moat_xcalloc(3, sizeof(*c->args));
+    c->args[0] = moat_xstrdup("-D");
+    c->args[1] = moat_xasprintf("%s/data", c->data_dir);
 }
 
 int deploy_parse(const char *json, size_t len, const char *file,
@@ -928,7 +1026,7 @@ int deploy_parse(const char *json, size_t len, const char *file,
 {
     static const char *const allowed[] = {"name",     "var_dir",   "tls",
                                           "services", "transport", "jetstream",
-                                          "redis",    NULL};
+                                          "redis",    "postgres",  NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
@@ -988,6 +1086,8 @@ int deploy_parse(const char *json, size_t len, const char *file,
     }
     parse_transport(&e, root, d);
     parse_redis(&e, root, d);
+    if (e.n == 0)
+        parse_postgres(&e, root, d);
     if (e.n == 0)
         rc = MOAT_OK;
 
@@ -1084,6 +1184,7 @@ static void service_free(struct deploy_service *s)
     for (char **a = s->args; a && *a; a++)
         free(*a);
     free(s->args);
+    free(s->dsn);
 }
 
 void deploy_free(struct deploy *d)
@@ -1095,6 +1196,9 @@ void deploy_free(struct deploy *d)
     if (d->broker)
         service_free(d->broker);
     free(d->broker);
+    if (d->pg)
+        service_free(d->pg);
+    free(d->pg);
     free(d->nats_url);
     if (d->redis)
         service_free(d->redis);
@@ -1108,6 +1212,17 @@ void deploy_free(struct deploy *d)
     free(d);
 }
 
+size_t deploy_nprocs(const struct deploy *d)
+{
+    return d->nservices + deploy_nbuiltin(d);
+}
+
+const struct deploy_service *deploy_proc(const struct deploy *d, size_t i)
+{
+    return i < d->nservices ? &d->services[i]
+                            : deploy_builtin(d, i - d->nservices);
+}
+
 const struct deploy_service *deploy_find(const struct deploy *d,
                                          const char *name)
 {
@@ -1119,6 +1234,9 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 
 char *deploy_base_url(const struct deploy_service *s)
 {
+    if (s->pg_cluster)
+        return moat_xasprintf("postgresql://%s:%u", deploy_connect_host(s),
+                              (unsigned)s->port);
     return moat_xasprintf("%s://%s:%u",
                           s->scheme ? s->scheme
                           : s->tls  ? "https"
@@ -1200,6 +1318,8 @@ const char *deploy_engine_name(enum deploy_engine e)
         return "sqlite";
     case DEPLOY_ENGINE_LMDB:
         return "lmdb";
+    case DEPLOY_ENGINE_POSTGRES:
+        return "postgres";
     case DEPLOY_ENGINE_NONE:
         break;
     }

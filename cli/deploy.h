@@ -38,6 +38,7 @@
 #define DEPLOY_HOST_MAX            64  /* listen host, NUL included */
 #define DEPLOY_URLPATH_MAX         256 /* route prefix and upstream path */
 #define DEPLOY_MAX_ERRORS          20 /* further errors are counted, not listed */
+#define DEPLOY_DSN_MAX             1024       /* a service's "dsn" */
 #define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
 #define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
 #define DEPLOY_BACKUP_KEEP_MAX     1000
@@ -48,6 +49,11 @@ enum deploy_engine {
     DEPLOY_ENGINE_NONE,
     DEPLOY_ENGINE_SQLITE,
     DEPLOY_ENGINE_LMDB,
+    /* PostgreSQL: a database of its own on the deployment's private
+     * cluster ("postgres" block) or on the server its "dsn" names; the
+     * service gets MOAT_DB_DSN (docs/operations.md "PostgreSQL per
+     * service"). No "db" file. */
+    DEPLOY_ENGINE_POSTGRES,
 };
 
 struct deploy_route {
@@ -102,6 +108,10 @@ struct deploy_service {
     /* The scheme clients use ("redis" for the cache moat up runs, whose
      * health moat probes with PING); NULL: http or https. Static. */
     const char *scheme;
+    /* engine postgres: the "dsn" as written (a libpq connection string to
+     * a server of the user's own), or NULL for the private cluster. */
+    char *dsn;
+    bool pg_cluster; /* the entry of the private cluster (deploy.pg) */
 };
 
 /*
@@ -145,7 +155,22 @@ struct deploy {
     char *redis_url;
     struct deploy_service *redis;
     unsigned redis_max_memory_mb;
+    /*
+     * "postgres": {"listen": "127.0.0.1:5433", "max_connections": 50,
+     *              "shared_buffers_mb": 32}
+     * (listen required, on a loopback address; the others optional, the
+     * defaults shown): moat up runs a private PostgreSQL 15 cluster under
+     * <var_dir>/postgres as the entry pg, named "postgres", of level
+     * min_level (-1: before every service, stopped after them all). The
+     * entry's listen is the cluster's address; binary DEPLOY_PG_BINDIR
+     * "/postgres". Owned; NULL without the block.
+     */
+    struct deploy_service *pg;
+    unsigned pg_max_connections, pg_shared_buffers_mb;
+    int min_level; /* lowest level: -1 with pg, else 0 */
 };
+
+#define DEPLOY_PG_BINDIR "/usr/lib/postgresql/15/bin"
 
 /*
  * The gateways' read cache (docs/operations.md "Redis"):
@@ -161,8 +186,9 @@ struct deploy {
 #define DEPLOY_REDIS_SERVER "/usr/bin/redis-server"
 
 /*
- * The processes moat up runs besides the file's services (the broker,
- * Redis), k from 0; NULL past the last. Borrowed from d.
+ * The processes moat up runs besides the file's services (the PostgreSQL
+ * cluster, the broker, Redis), k from 0; NULL past the last. Borrowed
+ * from d.
  */
 const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k);
 /* How many there are. */
@@ -185,6 +211,14 @@ int deploy_parse(const char *json, size_t len, const char *file,
 int deploy_load(const char *path, struct deploy **out, char **err);
 
 void deploy_free(struct deploy *d);
+
+/*
+ * Every process moat up runs: the services in file order, then the
+ * built-in ones above. i < deploy_nprocs.
+ * Borrowed from d.
+ */
+size_t deploy_nprocs(const struct deploy *d);
+const struct deploy_service *deploy_proc(const struct deploy *d, size_t i);
 
 /* The service called name, or NULL. Borrowed from d. */
 const struct deploy_service *deploy_find(const struct deploy *d,
@@ -238,7 +272,8 @@ char *deploy_expand_secrets(const char *value,
                             const char *(*lookup)(void *arg, const char *name),
                             void *arg);
 
-/* Engine name as written in the file ("sqlite", "lmdb", "none"). */
+/* Engine name as written in the file ("sqlite", "lmdb", "postgres",
+ * "none"). */
 const char *deploy_engine_name(enum deploy_engine e);
 
 /*

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "pgcluster.h"
 
 #define DOWN_GRACE_MS        5000  /* beyond the supervisor's stop bound */
 #define DOWN_DEFAULT_WAIT_MS 30000 /* when the state file has no bound */
@@ -31,8 +32,18 @@ struct health {
     const char *word; /* "ready", "not-ready", "unhealthy", "down" */
 };
 
-static void check_health(const struct deploy_service *svc, struct health *h)
+static void check_health(const struct deploy *d,
+                         const struct deploy_service *svc, struct health *h)
 {
+    if (svc->pg_cluster) {
+        /* No HTTP: whether it accepts connections on its address. */
+        enum cli_pg_health ph = cli_pg_ping(d);
+        h->healthz = h->readyz = 0;
+        h->word = ph == CLI_PG_READY      ? "ready"
+                  : ph == CLI_PG_STARTING ? "not-ready"
+                                          : "down";
+        return;
+    }
     char *base = deploy_base_url(svc);
     char *url = moat_xasprintf("%s/healthz", base);
     if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->healthz) != MOAT_OK)
@@ -303,16 +314,14 @@ int cli_cmd_status(int argc, char **argv)
     json_t *services = json_array();
     json_object_set_new(out, "services", services);
     bool all_ready = true;
-    /* The services, then the broker and Redis moat up runs (if any). */
-    size_t nsvc = d->nservices + deploy_nbuiltin(d);
+    /* The services, then the cluster, the broker and Redis moat up runs. */
+    size_t nsvc = deploy_nprocs(d);
     for (size_t i = 0; i < nsvc; i++) {
-        const struct deploy_service *svc =
-            i < d->nservices ? &d->services[i]
-                             : deploy_builtin(d, i - d->nservices);
+        const struct deploy_service *svc = deploy_proc(d, i);
         json_t *st = state_service(state, svc->name);
         struct health h;
-        check_health(svc, &h);
-        all_ready = all_ready && h.readyz == 200;
+        check_health(d, svc, &h);
+        all_ready = all_ready && strcmp(h.word, "ready") == 0;
         /* Pids of a supervisor that is gone are stale; do not show them. */
         json_int_t pid =
             running ? json_integer_value(json_object_get(st, "pid")) : 0;
@@ -330,6 +339,11 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
+        json_t *dsn = json_object_get(st, "dsn");
+        if (dsn)
+            json_object_set(
+                json_array_get(services, json_array_size(services) - 1), "dsn",
+                dsn);
         if (h.healthz == 200 && i < d->nservices) {
             json_t *ev = events_of(d, svc);
             if (ev)
@@ -356,28 +370,36 @@ int cli_cmd_status(int argc, char **argv)
             printf("deployment \"%s\": no supervisor running (start it with "
                    "'moat up')\n",
                    d->name);
-        printf("%-16s %-8s %-6s %-10s %-7s %-32s %-8s %s\n", "SERVICE", "PID",
+        printf("%-16s %-8s %-6s %-10s %-8s %-32s %-8s %s\n", "SERVICE", "PID",
                "PORT", "HEALTH", "ENGINE", "DB", "SIZE", "RESTARTS");
         size_t i;
         json_t *s;
         json_array_foreach(services, i, s)
         {
-            const struct deploy_service *svc =
-                i < d->nservices ? &d->services[i]
-                                 : deploy_builtin(d, i - d->nservices);
+            const struct deploy_service *svc = deploy_proc(d, i);
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)
                 snprintf(pidtxt, sizeof(pidtxt), "%lld", (long long)pid);
             char size[16] = "-";
+            /* A PostgreSQL service's database: its name on the server. */
+            char pg_db[DEPLOY_NAME_MAX + 16] = "-";
+            if (svc->engine == DEPLOY_ENGINE_POSTGRES) {
+                char *id = cli_pg_ident(svc->name);
+                snprintf(pg_db, sizeof(pg_db), "%s%s", svc->dsn ? "" : id,
+                         svc->dsn ? "(dsn)" : "@postgres");
+                free(id);
+            }
             if (svc->db)
                 cli_human_size(cli_db_size(svc->db), size, sizeof(size));
             printf(
-                "%-16s %-8s %-6u %-10s %-7s %-32s %-8s %lld\n", svc->name,
+                "%-16s %-8s %-6u %-10s %-8s %-32s %-8s %lld\n", svc->name,
                 pidtxt, (unsigned)svc->port,
                 json_string_value(json_object_get(s, "health")),
                 deploy_engine_name(svc->engine),
-                svc->db ? cli_display_path(svc->db, rel, sizeof(rel)) : "-",
+                svc->db ? cli_display_path(svc->db, rel, sizeof(rel))
+                : svc->engine == DEPLOY_ENGINE_POSTGRES ? pg_db
+                                                        : "-",
                 size,
                 (long long)json_integer_value(json_object_get(s, "restarts")));
         }

@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -52,6 +53,7 @@
 #include "moat/buf.h"
 
 #include "cli.h"
+#include "pgcluster.h"
 #include "secrets.h"
 
 extern char **environ;
@@ -105,8 +107,11 @@ struct proc {
     char *ready_url;                  /* owned */
     char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
     const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
-    char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
-    pid_t pid;            /* 0 when not running */
+    char *db_dsn;         /* MOAT_DB_DSN (engine postgres) or NULL; owned */
+    uid_t run_uid;        /* run as this user (the cluster, as root), or 0 */
+    gid_t run_gid;
+    char **auth_env; /* "NAME=value" keys and secrets, NULL-ended; owned */
+    pid_t pid;       /* 0 when not running */
     enum proc_status status;
     unsigned restarts;     /* spawns after the first */
     int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
@@ -287,6 +292,11 @@ static void write_state(struct sup *s)
                       proc_status_names[p->status], "last_exit",
                       p->last_exit[0] ? json_string(p->last_exit)
                                       : json_null()));
+        /* The cluster's own connection strings name no password; a "dsn"
+         * of the file's might. */
+        if (p->db_dsn && !svc->dsn)
+            json_object_set_new(json_array_get(services, i), "dsn",
+                                json_string(p->db_dsn));
         free(url);
     }
     json_t *root = json_pack(
@@ -295,7 +305,8 @@ static void write_state(struct sup *s)
         (int)getpid(), "status", sup_status_names[s->status], "started_at",
         time_or_null(s->started_wall), "updated_at",
         time_or_null(moat_wall_ms()), "stop_timeout_ms",
-        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) * (s->d->max_level + 1),
+        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) *
+            (s->d->max_level - s->d->min_level + 1),
         "services", services);
     char *text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (!text) {
@@ -537,6 +548,26 @@ static size_t redis_env(const struct sup *s, const struct proc *p, char **env)
     return k;
 }
 
+/*
+ * The private PostgreSQL cluster (pgcluster.h): initdb on the first run,
+ * its configuration on every run, and the user it runs as.
+ */
+static int prepare_postgres(struct sup *s)
+{
+    if (!s->d->pg)
+        return MOAT_OK;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int rc = cli_pg_prepare(s->d, &uid, &gid);
+    for (size_t i = 0; i < s->nprocs; i++) {
+        if (s->procs[i].svc->pg_cluster) {
+            s->procs[i].run_uid = uid;
+            s->procs[i].run_gid = gid;
+        }
+    }
+    return rc;
+}
+
 /* ---- processes ---- */
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
@@ -544,7 +575,7 @@ static bool env_overridden(const char *entry, const struct deploy_service *svc)
     static const char *const ours[] = {
         "MOAT_SERVICE_NAME",   "MOAT_LISTEN",   "MOAT_DATA_DIR",
         "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT", "MOAT_TLS_KEY",
-        "MOAT_TLS_CA"};
+        "MOAT_TLS_CA",         "MOAT_DB_DSN"};
     size_t n = strcspn(entry, "=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ours); i++)
         if (strlen(ours[i]) == n && strncmp(entry, ours[i], n) == 0)
@@ -567,7 +598,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 9, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 10, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -581,6 +612,8 @@ static char **child_env(const struct sup *s, const struct proc *p)
     if (p->nats_url)
         env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", p->nats_url);
     k += redis_env(s, p, env + k);
+    if (p->db_dsn)
+        env[k++] = moat_xasprintf("MOAT_DB_DSN=%s", p->db_dsn);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
     /* Values with secret references come expanded in auth_env. With TLS,
@@ -616,6 +649,8 @@ static int make_auth_env(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
+        if (svc->pg_cluster)
+            continue; /* not a service: no identity, no secrets */
         char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 7, sizeof(*env));
         size_t k = 0;
         if (s->d->tls) {
@@ -716,6 +751,10 @@ static MOAT_NORETURN void exec_child(const struct proc *p, int log_fd,
                                      int null_fd, char **env, pid_t parent)
 {
     setpgid(0, 0);
+    /* First, as a change of user clears the parent-death signal. */
+    if (p->run_uid && (setgroups(0, NULL) < 0 || setgid(p->run_gid) < 0 ||
+                       setuid(p->run_uid) < 0))
+        child_fail(log_fd, "moat: cannot switch to the server's user\n", 126);
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
         child_fail(log_fd, "moat: supervisor gone before exec\n", 126);
     /* Blocked signals and ignored dispositions survive exec. */
@@ -795,6 +834,12 @@ static void signal_proc(struct proc *p, int sig)
 {
     if (p->pid <= 0)
         return;
+    /* The postmaster tells its own processes what to do; SIGINT to them
+     * would mean something else (cancel a query, request a checkpoint). */
+    if (p->svc->pg_cluster && sig != SIGKILL) {
+        kill(p->pid, sig);
+        return;
+    }
     /* The whole group: a service's own helpers go with it. */
     if (kill(-p->pid, sig) < 0 && errno == ESRCH)
         kill(p->pid, sig);
@@ -812,6 +857,10 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
 {
     uint64_t now = moat_mono_ms();
     describe_exit(wstatus, p->last_exit, sizeof(p->last_exit));
+    /* A postmaster that died leaves its backends behind for a moment,
+     * holding the shared memory its successor needs: they go with it. */
+    if (p->svc->pg_cluster)
+        kill(-p->pid, SIGKILL);
     p->pid = 0;
     s->dirty = true;
 
@@ -947,11 +996,19 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
     reap(s);
 }
 
-/* Probe /readyz of a starting service. */
+/* Probe /readyz of a starting service (the cluster: a connection). */
 static void probe(struct sup *s, struct proc *p)
 {
     long status = 0;
-    int rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    int rc = MOAT_OK;
+    const char *pg_state = NULL;
+    if (p->svc->pg_cluster) {
+        enum cli_pg_health h = cli_pg_ping(s->d);
+        status = h == CLI_PG_READY ? 200 : 0;
+        pg_state = h == CLI_PG_STARTING ? "starting up" : "no connection";
+    } else {
+        rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    }
     uint64_t now = moat_mono_ms(); /* after the probe, which takes time */
     if (rc == MOAT_OK && status == 200) {
         p->status = PS_READY;
@@ -961,7 +1018,9 @@ static void probe(struct sup *s, struct proc *p)
             (unsigned long long)(now - p->started_ms));
         return;
     }
-    if (rc == MOAT_OK)
+    if (pg_state)
+        snprintf(p->last_probe, sizeof(p->last_probe), "%s", pg_state);
+    else if (rc == MOAT_OK)
         snprintf(p->last_probe, sizeof(p->last_probe), "HTTP %ld", status);
     else
         snprintf(p->last_probe, sizeof(p->last_probe), "%s",
@@ -1188,16 +1247,19 @@ static void stop_all(struct sup *s)
 {
     s->status = SUP_STOPPING;
     unsigned signals_before = s->stop_signals;
-    for (int level = s->d->max_level; level >= 0; level--) {
+    for (int level = s->d->max_level; level >= s->d->min_level; level--) {
         for (size_t i = 0; i < s->nprocs; i++) {
             struct proc *p = &s->procs[i];
             if (p->svc->level != level)
                 continue;
             if (p->pid > 0) {
+                /* PostgreSQL: SIGINT is the fast shutdown (SIGTERM would
+                 * wait for every client to leave). */
+                int sig = p->svc->pg_cluster ? SIGINT : SIGTERM;
                 p->status = PS_STOPPING;
-                say(s, "%s: stopping pid %d (SIGTERM)", p->svc->name,
-                    (int)p->pid);
-                signal_proc(p, SIGTERM);
+                say(s, "%s: stopping pid %d (%s)", p->svc->name, (int)p->pid,
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+                signal_proc(p, sig);
             } else if (p->status != PS_FAILED) {
                 p->status = PS_STOPPED;
             }
@@ -1238,13 +1300,13 @@ static void print_summary(struct sup *s)
     printf("\nmoat: deployment \"%s\" is up (%zu services; state in %s)\n\n",
            d->name, d->nservices,
            cli_display_path(s->state_path, rel, sizeof(rel)));
-    printf("  %-16s %-8s %-24s %-7s %s\n", "SERVICE", "PID", "URL", "ENGINE",
+    printf("  %-16s %-8s %-28s %-8s %s\n", "SERVICE", "PID", "URL", "ENGINE",
            "DATA");
     for (size_t i = 0; i < s->nprocs; i++) {
         const struct proc *p = &s->procs[i];
         char *url = deploy_base_url(p->svc);
         const char *data = p->svc->db ? p->svc->db : p->svc->data_dir;
-        printf("  %-16s %-8d %-24s %-7s %s\n", p->svc->name, (int)p->pid, url,
+        printf("  %-16s %-8d %-28s %-8s %s\n", p->svc->name, (int)p->pid, url,
                deploy_engine_name(p->svc->engine),
                cli_display_path(data, rel, sizeof(rel)));
         free(url);
@@ -1380,6 +1442,7 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        free(s->procs[i].db_dsn);
         free(s->procs[i].hold_path);
         for (char **e = s->procs[i].auth_env; e && *e; e++) {
             sodium_memzero(*e, strlen(*e));
@@ -1443,13 +1506,13 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    /* The broker and Redis, when moat up runs them, are the last ones. */
-    s.nprocs = s.d->nservices + deploy_nbuiltin(s.d);
+    /* The cluster and the broker, when moat up runs them, come last. */
+    s.nprocs = deploy_nprocs(s.d);
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
     for (size_t i = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = i < s.d->nservices ? &s.d->services[i]
-                                    : deploy_builtin(s.d, i - s.d->nservices);
+        p->svc = deploy_proc(s.d, i);
+        p->db_dsn = cli_pg_dsn(s.d, p->svc);
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
         p->nats_url = s.d->nats_url;
@@ -1483,7 +1546,7 @@ int cli_cmd_up(int argc, char **argv)
     s.started_wall = moat_wall_ms();
     s.status = SUP_STARTING;
     if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK ||
-        write_redis_conf(&s) != MOAT_OK) {
+        write_redis_conf(&s) != MOAT_OK || prepare_postgres(&s) != MOAT_OK) {
         s.status = SUP_FAILED;
         write_state(&s);
         goto cleanup;
@@ -1494,8 +1557,17 @@ int cli_cmd_up(int argc, char **argv)
         cli_display_path(s.file_abs, rel, sizeof(rel)), (int)getpid());
 
     int rc = MOAT_OK;
-    for (int level = 0; level <= s.d->max_level && rc == MOAT_OK; level++)
+    for (int level = s.d->min_level; level <= s.d->max_level && rc == MOAT_OK;
+         level++) {
         rc = start_level(&s, level);
+        /* The cluster (level -1) is up: roles and databases before the
+         * services that use them. */
+        if (rc == MOAT_OK && level == -1 && s.d->pg &&
+            cli_pg_provision(s.d) != MOAT_OK)
+            rc = MOAT_EIO;
+        if (rc == MOAT_OK && level == -1 && s.d->pg)
+            say(&s, "postgres: roles and databases provisioned");
+    }
     if (rc == MOAT_OK) {
         s.status = SUP_RUNNING;
         write_state(&s);

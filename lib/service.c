@@ -611,8 +611,25 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
 
     if (svc.cfg.sandbox) {
         bool enforced = false;
-        int rc =
-            moat_sandbox_confine(svc.cfg.data_dir, def->ro_paths, &enforced);
+        /* The files its database connection string names (moat up's
+         * MOAT_DB_DSN: a passfile, the CA), read again at every reconnect,
+         * are readable beside the service's own extra paths. */
+        char **dsn_files = moat_sandbox_dsn_files(getenv("MOAT_DB_DSN"));
+        size_t nro = 0, ndsn = 0;
+        while (def->ro_paths && def->ro_paths[nro])
+            nro++;
+        while (dsn_files && dsn_files[ndsn])
+            ndsn++;
+        const char **ro = moat_xcalloc(nro + ndsn + 1, sizeof(*ro));
+        for (size_t i = 0; i < nro; i++)
+            ro[i] = def->ro_paths[i];
+        for (size_t i = 0; i < ndsn; i++)
+            ro[nro + i] = dsn_files[i];
+        int rc = moat_sandbox_confine(svc.cfg.data_dir, ro, &enforced);
+        free(ro);
+        for (size_t i = 0; i < ndsn; i++)
+            free(dsn_files[i]);
+        free(dsn_files);
         if (rc != MOAT_OK) {
             moat_log(MOAT_LOG_ERROR, "cannot confine the process", "{s:s}",
                      "error", moat_strerror(rc));

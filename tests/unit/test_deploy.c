@@ -220,6 +220,68 @@ static void test_redis(void **state)
                  "reserved");
 }
 
+static void test_postgres(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(
+        "{'name':'local','postgres':{'listen':'127.0.0.1:5433'},'services':["
+        "{'name':'a','listen':'127.0.0.1:9001','engine':'postgres'},"
+        "{'name':'b','listen':'127.0.0.1:9002','engine':'postgres',"
+        "'dsn':'host=db.example port=5432 dbname=b'}]}");
+    assert_non_null(d->pg);
+    assert_true(d->pg->pg_cluster);
+    assert_string_equal(d->pg->name, "postgres");
+    assert_int_equal(d->pg->port, 5433);
+    assert_int_equal(d->pg->level, -1);
+    assert_int_equal(d->min_level, -1);
+    assert_string_equal(d->pg->data_dir, BASE "/var/postgres");
+    assert_string_equal(d->pg->args[1], BASE "/var/postgres/data");
+    assert_int_equal(d->pg_shared_buffers_mb, 32);
+    assert_int_equal(d->services[0].engine, DEPLOY_ENGINE_POSTGRES);
+    assert_null(d->services[0].db);
+    assert_null(d->services[0].dsn);
+    assert_string_equal(d->services[1].dsn,
+                        "host=db.example port=5432 dbname=b");
+    assert_int_equal(deploy_nprocs(d), 3);
+    assert_ptr_equal(deploy_proc(d, 2), d->pg);
+    assert_null(deploy_find(d, "postgres"));
+    deploy_free(d);
+
+    /* A dsn alone needs no cluster. */
+    d = parse_ok("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres','dsn':'dbname=a'}]}");
+    assert_null(d->pg);
+    assert_int_equal(d->min_level, 0);
+    deploy_free(d);
+
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres'}]}",
+                 "needs either a \"dsn\"");
+    expect_error("{'name':'local','postgres':{'listen':'10.0.0.1:5433'},"
+                 "'services':[" SVC("") "]}",
+                 "must be a loopback address");
+    expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:8081'},"
+                 "'services':[" SVC("") "]}",
+                 "conflicts with");
+    expect_error("{'name':'local','transport':'jetstream','postgres':{"
+                 "'listen':'127.0.0.1:4222'},'services':[" SVC("") "]}",
+                 "conflicts with the broker");
+    expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:5433'},"
+                 "'services':[{'name':'postgres','listen':'127.0.0.1:9001',"
+                 "'engine':'none'}]}",
+                 "\"postgres\" is reserved");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'sqlite','db':'a.db','dsn':'x'}]}",
+                 "dsn: only with engine");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres','dsn':'x','db':'a'}]}",
+                 "db: not allowed with engine \"postgres\"");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'sqlite','db':'a.db','env':{"
+                 "'MOAT_DB_DSN':'x'}}]}",
+                 "is set by the supervisor");
+}
+
 static void test_example_parses(void **state)
 {
     MOAT_UNUSED(state);
@@ -422,7 +484,7 @@ static void test_unknown_fields(void **state)
     expect_error(DEPLOY(SVC(",'rotes':[]")),
                  "moat.json: services[0].rotes: unknown field (expected one "
                  "of: name, listen, engine, db, data_dir, binary, env, "
-                 "routes, calls, secrets, backup)");
+                 "routes, calls, secrets, backup, dsn)");
     expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
                                        "'path':'/b','timeout':1}]")),
                  "services[1].routes[0].timeout: unknown field");
@@ -519,8 +581,8 @@ static void test_engine_and_db(void **state)
 {
     MOAT_UNUSED(state);
     expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1','engine':'mysql'}"),
-                 "services[0].engine: must be \"sqlite\", \"lmdb\" or "
-                 "\"none\", got \"mysql\"");
+                 "services[0].engine: must be \"sqlite\", \"lmdb\", "
+                 "\"postgres\" or \"none\", got \"mysql\"");
     expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1',"
                         "'engine':'sqlite'}"),
                  "services[0].db: missing (required)");
@@ -767,6 +829,7 @@ int main(void)
         cmocka_unit_test(test_tls_urls),
         cmocka_unit_test(test_transport),
         cmocka_unit_test(test_redis),
+        cmocka_unit_test(test_postgres),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
