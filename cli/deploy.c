@@ -556,6 +556,53 @@ out:
     free(bat);
 }
 
+/* "listen": "HOST:PORT", or an array of them: one instance each. */
+static void parse_listen(struct errs *e, json_t *obj, const char *at,
+                         struct deploy_service *svc)
+{
+    json_t *v = json_object_get(obj, "listen");
+    json_t *one = json_is_array(v) ? NULL : json_array();
+    if (one) {
+        const char *str = get_string(e, obj, at, "listen", true);
+        if (!str)
+            goto out;
+        json_array_append_new(one, json_string(str));
+        v = one;
+    }
+    if (json_array_size(v) < 1 || json_array_size(v) > DEPLOY_MAX_INSTANCES) {
+        report(e, at, "listen",
+               "must be HOST:PORT or an array of 1 to %d of them (one "
+               "instance each)",
+               DEPLOY_MAX_INSTANCES);
+        goto out;
+    }
+    svc->inst = moat_xcalloc(json_array_size(v), sizeof(*svc->inst));
+    size_t i;
+    json_t *l;
+    json_array_foreach(v, i, l)
+    {
+        struct deploy_instance *in = &svc->inst[svc->ninstances];
+        const char *str = json_string_value(l);
+        if (!str || moat_parse_hostport(str, in->host, sizeof(in->host),
+                                        &in->port, false) != MOAT_OK) {
+            report(e, at, "listen",
+                   "must be HOST:PORT with an IPv4 address or hostname and a "
+                   "port in 1..65535, got \"%s\"",
+                   str ? str : "(not a string)");
+            continue;
+        }
+        in->listen = moat_xstrdup(str);
+        svc->ninstances++;
+    }
+    if (svc->ninstances == json_array_size(v)) {
+        svc->listen = moat_xstrdup(svc->inst[0].listen);
+        memcpy(svc->host, svc->inst[0].host, sizeof(svc->host));
+        svc->port = svc->inst[0].port;
+    }
+out:
+    json_decref(one);
+}
+
 /* Parse services[i] into svc. Cross-service checks come later. */
 static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
@@ -589,16 +636,7 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     }
     svc->name = name ? moat_xstrdup(name) : NULL;
 
-    const char *listen = get_string(e, obj, at, "listen", true);
-    if (listen && moat_parse_hostport(listen, svc->host, sizeof(svc->host),
-                                      &svc->port, false) != MOAT_OK) {
-        report(e, at, "listen",
-               "must be HOST:PORT with an IPv4 address or hostname and a port "
-               "in 1..65535, got \"%s\"",
-               listen);
-        listen = NULL;
-    }
-    svc->listen = listen ? moat_xstrdup(listen) : NULL;
+    parse_listen(e, obj, at, svc);
 
     const char *engine = get_string(e, obj, at, "engine", true);
     if (engine) {
@@ -651,15 +689,37 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     parse_backup(e, obj, at, svc);
 }
 
+static const char *connect_host(const char *host)
+{
+    return strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host;
+}
+
+/* Instance k of s; the first one is s's own host and port (which a test
+ * harness may move). */
+static const char *inst_host(const struct deploy_service *s, size_t k)
+{
+    return connect_host(k ? s->inst[k].host : s->host);
+}
+
+static unsigned inst_port(const struct deploy_service *s, size_t k)
+{
+    return k ? s->inst[k].port : s->port;
+}
+
+static size_t ninst(const struct deploy_service *s)
+{
+    return s->ninstances ? s->ninstances : 1;
+}
+
 const char *deploy_connect_host(const struct deploy_service *s)
 {
-    return strcmp(s->host, "0.0.0.0") == 0 ? "127.0.0.1" : s->host;
+    return connect_host(s->host);
 }
 
 /* Two listen addresses collide on the same port when their hosts are equal
  * (localhost is loopback) or either is the wildcard address. */
-static bool listen_conflict(const struct deploy_service *a,
-                            const struct deploy_service *b)
+static bool addr_conflict(const struct deploy_instance *a,
+                          const struct deploy_instance *b)
 {
     if (a->port != b->port)
         return false;
@@ -667,6 +727,18 @@ static bool listen_conflict(const struct deploy_service *a,
     const char *hb = strcmp(b->host, "localhost") == 0 ? "127.0.0.1" : b->host;
     return strcmp(ha, hb) == 0 || strcmp(ha, "0.0.0.0") == 0 ||
            strcmp(hb, "0.0.0.0") == 0;
+}
+
+/* Whether an instance of a collides with one of b (a == b: with another
+ * one of its own). */
+static bool listen_conflict(const struct deploy_service *a,
+                            const struct deploy_service *b)
+{
+    for (size_t i = 0; i < a->ninstances; i++)
+        for (size_t j = a == b ? i + 1 : 0; j < b->ninstances; j++)
+            if (addr_conflict(&a->inst[i], &b->inst[j]))
+                return true;
+    return false;
 }
 
 /* Checks across services: uniqueness, data directory separation, route
@@ -679,6 +751,8 @@ static void check_services(struct errs *e, struct deploy *d)
         struct deploy_service *s = &d->services[i];
         char at[32];
         snprintf(at, sizeof(at), "services[%zu]", i);
+        if (s->listen && listen_conflict(s, s))
+            report(e, at, "listen", "two instances share an address");
         for (size_t j = 0; j < i; j++) {
             const struct deploy_service *o = &d->services[j];
             if (s->name && o->name && strcmp(s->name, o->name) == 0)
@@ -991,6 +1065,9 @@ static void service_free(struct deploy_service *s)
 {
     free(s->name);
     free(s->listen);
+    for (size_t j = 0; j < s->ninstances; j++)
+        free(s->inst[j].listen);
+    free(s->inst);
     free(s->db);
     free(s->data_dir);
     free(s->binary);
@@ -1058,9 +1135,11 @@ char *deploy_gateway_routes(const struct deploy *d,
         const struct deploy_service *t = deploy_find(d, r->service);
         if (!t)
             continue; /* cannot happen after validation */
-        moat_buf_printf(&b, "%s%s=%s@%s://%s:%u%s", i ? "," : "", r->prefix,
-                        t->name, t->tls ? "https" : "http",
-                        deploy_connect_host(t), (unsigned)t->port, r->path);
+        moat_buf_printf(&b, "%s%s=%s@", i ? "," : "", r->prefix, t->name);
+        for (size_t k = 0; k < ninst(t); k++)
+            moat_buf_printf(&b, "%s%s://%s:%u%s", k ? "|" : "",
+                            t->tls ? "https" : "http", inst_host(t, k),
+                            inst_port(t, k), r->path);
     }
     return moat_buf_detach(&b, NULL);
 }
@@ -1090,6 +1169,45 @@ bool deploy_calls(const struct deploy_service *caller,
     return false;
 }
 
+/* Whether p starts with "HOST:PORT" of instance k of s (not followed by a
+ * digit). */
+static bool addr_at(const char *p, const struct deploy_service *s, size_t k)
+{
+    char addr[DEPLOY_HOST_MAX + 8];
+    int n =
+        snprintf(addr, sizeof(addr), "%s:%u", inst_host(s, k), inst_port(s, k));
+    return strncmp(p, addr, (size_t)n) == 0 && !(p[n] >= '0' && p[n] <= '9');
+}
+
+char *deploy_instance_urls(const struct deploy *d, const char *value)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = value;
+    for (const char *h; (h = strstr(p, "http://"));) {
+        const char *addr = h + strlen("http://");
+        const struct deploy_service *hit = NULL;
+        for (size_t i = 0; i < d->nservices && !hit; i++)
+            if (d->services[i].ninstances > 1 &&
+                addr_at(addr, &d->services[i], 0))
+                hit = &d->services[i];
+        if (!hit) {
+            moat_buf_add(&b, p, (size_t)(addr - p));
+            p = addr;
+            continue;
+        }
+        moat_buf_add(&b, p, (size_t)(h - p));
+        const char *rest = addr + strcspn(addr, "/,");
+        size_t rest_len = strcspn(rest, ",");
+        for (size_t k = 0; k < hit->ninstances; k++)
+            moat_buf_printf(&b, "%shttp://%s:%u%.*s", k ? "," : "",
+                            inst_host(hit, k), inst_port(hit, k), (int)rest_len,
+                            rest);
+        p = rest + rest_len;
+    }
+    moat_buf_addstr(&b, p);
+    return moat_buf_detach(&b, NULL);
+}
+
 char *deploy_tls_urls(const struct deploy *d, const char *value)
 {
     struct moat_buf b = MOAT_BUF_INIT;
@@ -1103,12 +1221,9 @@ char *deploy_tls_urls(const struct deploy *d, const char *value)
         const struct deploy_service *hit = NULL;
         for (size_t i = 0; i < d->nservices && !hit; i++) {
             const struct deploy_service *s = &d->services[i];
-            char addr[DEPLOY_HOST_MAX + 8];
-            int n = snprintf(addr, sizeof(addr), "%s:%u",
-                             deploy_connect_host(s), (unsigned)s->port);
-            if (s->tls && strncmp(p, addr, (size_t)n) == 0 &&
-                !(p[n] >= '0' && p[n] <= '9'))
-                hit = s;
+            for (size_t k = 0; k < ninst(s) && !hit; k++)
+                if (s->tls && addr_at(p, s, k))
+                    hit = s;
         }
         moat_buf_printf(&b, "%s://", hit ? "https" : "http");
     }

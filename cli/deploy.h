@@ -41,6 +41,7 @@
 #define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
 #define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
 #define DEPLOY_BACKUP_KEEP_MAX     1000
+#define DEPLOY_MAX_INSTANCES       16 /* "listen" addresses of one service */
 
 /* The storage engine a service uses; it decides how `moat status` sizes the
  * database (a SQLite file plus -wal/-shm, an LMDB directory...). */
@@ -71,11 +72,26 @@ struct deploy_env {
     char *value; /* its value */
 };
 
+/*
+ * One instance of a service: "listen" may be an array of addresses, one
+ * process per address (docs/operations.md "Several instances"), all with
+ * the service's name, keys, data directory and database.
+ */
+struct deploy_instance {
+    char *listen;               /* "host:port" as written; owned */
+    char host[DEPLOY_HOST_MAX]; /* parsed */
+    uint16_t port;
+};
+
 struct deploy_service {
     char *name;                 /* [a-z][a-z0-9-]{0,31} */
     char *listen;               /* "host:port" as written */
     char host[DEPLOY_HOST_MAX]; /* parsed host of listen */
     uint16_t port;              /* parsed port of listen, 1..65535 */
+    /* Its instances in "listen" order (1 for a plain string); inst[0] is
+     * listen, host and port above. Owned; NULL only for the broker. */
+    struct deploy_instance *inst;
+    size_t ninstances;
     enum deploy_engine engine;
     char *db;       /* absolute path of its database; NULL for engine none */
     char *data_dir; /* absolute path */
@@ -167,8 +183,16 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 const char *deploy_connect_host(const struct deploy_service *s);
 
 /* "http://HOST:PORT" of s for clients ("https://" when s->tls); caller
- * frees. */
+ * frees. The first instance's. */
 char *deploy_base_url(const struct deploy_service *s);
+/*
+ * value with every "http://HOST:PORT[/PATH]" that names the first instance
+ * of a service with several instances replaced by the comma-separated URLs
+ * of all its instances ("http://h:1/p,http://h:2/p"): what a caller of a
+ * service with instances gets in its env (MOAT_SEARCH_CATALOG_URL). A URL
+ * ends at ',' or the end of the value. Caller frees.
+ */
+char *deploy_instance_urls(const struct deploy *d, const char *value);
 /*
  * value with every "http://HOST:PORT" that names a TLS service of d read
  * "https://" (the URLs of env values such as MOAT_ORDERS_URL). Caller
@@ -177,9 +201,10 @@ char *deploy_base_url(const struct deploy_service *s);
 char *deploy_tls_urls(const struct deploy *d, const char *value);
 
 /*
- * MOAT_GATEWAY_ROUTES for s: "PREFIX=http://HOST:PORT/PATH,..." in route
- * order, each route's service resolved to its connect address. Caller
- * frees. Returns "" (allocated) for a service without routes.
+ * MOAT_GATEWAY_ROUTES for s: "PREFIX=SERVICE@http://HOST:PORT/PATH,..." in
+ * route order, each route's service resolved to its connect address; a
+ * service with several instances is "URL|URL|..." (one per instance).
+ * Caller frees. Returns "" (allocated) for a service without routes.
  */
 /*
  * MOAT_GATEWAY_PUBLIC for a gateway: "METHOD PREFIX" entries of its routes'

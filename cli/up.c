@@ -98,10 +98,16 @@ static const char *const sup_status_names[] = {
 };
 
 struct proc {
-    const struct deploy_service *svc; /* borrowed from sup.d */
-    char *program;                    /* absolute path; owned */
-    char *log_path;                   /* owned */
-    char *ready_url;                  /* owned */
+    const struct deploy_service *svc; /* &view */
+    /* The service as this instance sees it: a shallow copy of the
+     * deployment's (members borrowed from sup.d) with listen, host and
+     * port of the instance. */
+    struct deploy_service view;
+    size_t instance; /* 0-based index in the service's instances */
+    char label[DEPLOY_NAME_MAX + 8]; /* "catalog", or "catalog#2" */
+    char *program;                   /* absolute path; owned */
+    char *log_path;                  /* owned */
+    char *ready_url;                 /* owned */
     char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
     const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
     char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
@@ -286,6 +292,12 @@ static void write_state(struct sup *s)
                       proc_status_names[p->status], "last_exit",
                       p->last_exit[0] ? json_string(p->last_exit)
                                       : json_null()));
+        if (svc->ninstances > 1) {
+            json_t *o = json_array_get(services, json_array_size(services) - 1);
+            json_object_set_new(o, "instance",
+                                json_integer((int)p->instance + 1));
+            json_object_set_new(o, "label", json_string(p->label));
+        }
         free(url);
     }
     json_t *root = json_pack(
@@ -408,7 +420,7 @@ static int preflight(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         const struct proc *p = &s->procs[i];
         if (access(p->program, X_OK) < 0) {
-            cli_error("%s: cannot execute %s: %s%s", p->svc->name, p->program,
+            cli_error("%s: cannot execute %s: %s%s", p->label, p->program,
                       strerror(errno),
                       errno == ENOENT ? " (is it built? set \"binary\" in "
                                         "the deployment file to use another "
@@ -513,9 +525,10 @@ static char **child_env(const struct sup *s, const struct proc *p)
     for (size_t i = 0; i < svc->nenv; i++) {
         if (deploy_has_secret_refs(svc->env[i].value))
             continue;
-        char *v = s->d->tls ? deploy_tls_urls(s->d, svc->env[i].value)
-                            : moat_xstrdup(svc->env[i].value);
+        char *all = deploy_instance_urls(s->d, svc->env[i].value);
+        char *v = s->d->tls ? deploy_tls_urls(s->d, all) : moat_xstrdup(all);
         env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, v);
+        free(all);
         free(v);
     }
     env[k] = NULL;
@@ -573,7 +586,9 @@ static int make_auth_env(struct sup *s)
             const char *caller =
                 j < s->nprocs ? s->procs[j].svc->name : CLI_OPERATOR;
             if (j < s->nprocs &&
-                (s->procs[j].svc == svc || !deploy_calls(s->procs[j].svc, svc)))
+                (s->procs[j].instance > 0 ||
+                 strcmp(s->procs[j].svc->name, svc->name) == 0 ||
+                 !deploy_calls(s->procs[j].svc, svc)))
                 continue;
             char *pair = NULL;
             if (moat_auth_pair_key(cli_secret_service_key(sec, caller),
@@ -671,13 +686,13 @@ static int spawn(struct sup *s, struct proc *p)
     int log_fd =
         open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (log_fd < 0) {
-        say(s, "%s: cannot open log %s: %s", p->svc->name, p->log_path,
+        say(s, "%s: cannot open log %s: %s", p->label, p->log_path,
             strerror(errno));
         goto cleanup;
     }
     null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null_fd < 0) {
-        say(s, "%s: cannot open /dev/null: %s", p->svc->name, strerror(errno));
+        say(s, "%s: cannot open /dev/null: %s", p->label, strerror(errno));
         goto cleanup;
     }
     env = child_env(s, p);
@@ -685,7 +700,7 @@ static int spawn(struct sup *s, struct proc *p)
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        say(s, "%s: fork failed: %s", p->svc->name, strerror(errno));
+        say(s, "%s: fork failed: %s", p->label, strerror(errno));
         goto cleanup;
     }
     if (pid == 0)
@@ -702,8 +717,8 @@ static int spawn(struct sup *s, struct proc *p)
     p->warned_slow = false;
     p->last_probe[0] = '\0';
     s->dirty = true;
-    say(s, "%s: started pid %d (%s, listen %s)", p->svc->name, (int)pid,
-        p->program, p->svc->listen);
+    say(s, "%s: started pid %d (%s, listen %s)", p->label, (int)pid, p->program,
+        p->svc->listen);
     rc = MOAT_OK;
 
 cleanup:
@@ -743,14 +758,14 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     if (p->holding && s->status == SUP_RUNNING) {
         p->holding = false;
         p->status = PS_HELD;
-        say(s, "%s: held (%s); not restarted until %s is removed", p->svc->name,
+        say(s, "%s: held (%s); not restarted until %s is removed", p->label,
             p->last_exit, p->hold_path);
         return;
     }
 
     if (p->status == PS_STOPPING || s->status == SUP_STOPPING) {
         p->status = PS_STOPPED;
-        say(s, "%s: stopped (%s)", p->svc->name, p->last_exit);
+        say(s, "%s: stopped (%s)", p->label, p->last_exit);
         return;
     }
     /* Only a service that dies before it was ever ready fails the start;
@@ -758,7 +773,7 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
      * at any other time. */
     if (s->status == SUP_STARTING && p->status != PS_READY && !p->ready_ms) {
         p->status = PS_FAILED;
-        say(s, "%s: exited during start (%s)", p->svc->name, p->last_exit);
+        say(s, "%s: exited during start (%s)", p->label, p->last_exit);
         return;
     }
     /* A service that stayed healthy for a while starts over at the
@@ -770,7 +785,7 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     p->status = PS_BACKOFF;
     p->restart_at = now + delay;
     say(s, "%s: exited unexpectedly (%s) after %.1f s; restarting in %llu ms",
-        p->svc->name, p->last_exit, (double)(now - p->started_ms) / 1000.0,
+        p->label, p->last_exit, (double)(now - p->started_ms) / 1000.0,
         (unsigned long long)delay);
 }
 
@@ -882,7 +897,7 @@ static void probe(struct sup *s, struct proc *p)
         p->status = PS_READY;
         p->ready_ms = now;
         s->dirty = true;
-        say(s, "%s: ready after %llu ms", p->svc->name,
+        say(s, "%s: ready after %llu ms", p->label,
             (unsigned long long)(now - p->started_ms));
         return;
     }
@@ -895,7 +910,7 @@ static void probe(struct sup *s, struct proc *p)
     if (slow && !p->warned_slow && s->status == SUP_RUNNING) {
         p->warned_slow = true;
         say(s, "%s: not ready %d s after restart (last /readyz: %s); see %s",
-            p->svc->name, READY_TIMEOUT_MS / 1000, p->last_probe, p->log_path);
+            p->label, READY_TIMEOUT_MS / 1000, p->last_probe, p->log_path);
     }
     p->next_probe = now + (slow ? READY_SLOW_POLL_MS : READY_POLL_MS);
 }
@@ -909,24 +924,24 @@ static void run_hold(struct sup *s, struct proc *p, uint64_t now)
     bool held = access(p->hold_path, F_OK) == 0;
     if (held && !p->holding && p->status != PS_HELD) {
         if (p->pid > 0) {
-            say(s, "%s: hold requested, stopping pid %d (SIGTERM)",
-                p->svc->name, (int)p->pid);
+            say(s, "%s: hold requested, stopping pid %d (SIGTERM)", p->label,
+                (int)p->pid);
             p->holding = true;
             p->status = PS_STOPPING;
             p->hold_kill_at = now + STOP_TIMEOUT_MS;
             signal_proc(p, SIGTERM);
         } else {
             p->status = PS_HELD;
-            say(s, "%s: held", p->svc->name);
+            say(s, "%s: held", p->label);
         }
         s->dirty = true;
     } else if (p->holding && p->pid > 0 && now >= p->hold_kill_at) {
-        say(s, "%s: still running, killing pid %d (SIGKILL)", p->svc->name,
+        say(s, "%s: still running, killing pid %d (SIGKILL)", p->label,
             (int)p->pid);
         signal_proc(p, SIGKILL);
         p->hold_kill_at = now + KILL_WAIT_MS;
     } else if (!held && p->status == PS_HELD) {
-        say(s, "%s: hold lifted", p->svc->name);
+        say(s, "%s: hold lifted", p->label);
         p->backoff_ms = BACKOFF_MIN_MS;
         p->restarts++;
         if (spawn(s, p) != MOAT_OK) {
@@ -941,7 +956,7 @@ static void run_hold(struct sup *s, struct proc *p, uint64_t now)
 static void run_backup(struct sup *s, struct proc *p, uint64_t now)
 {
     uint64_t every = (uint64_t)p->svc->backup_every_ms;
-    if (!every)
+    if (!every || p->instance > 0) /* one backup of the shared database */
         return;
     if (!p->next_backup) {
         if (p->status == PS_READY)
@@ -1037,10 +1052,10 @@ static void show_failure(const struct proc *p)
 {
     char rel[4096];
     if (p->status == PS_FAILED)
-        cli_error("%s exited during start (%s)", p->svc->name, p->last_exit);
+        cli_error("%s exited during start (%s)", p->label, p->last_exit);
     else
         cli_error("%s did not become ready within %d s (last /readyz: %s)",
-                  p->svc->name, READY_TIMEOUT_MS / 1000,
+                  p->label, READY_TIMEOUT_MS / 1000,
                   p->last_probe[0] ? p->last_probe : "not probed");
     fprintf(stderr, "last lines of %s:\n",
             cli_display_path(p->log_path, rel, sizeof(rel)));
@@ -1120,8 +1135,7 @@ static void stop_all(struct sup *s)
                 continue;
             if (p->pid > 0) {
                 p->status = PS_STOPPING;
-                say(s, "%s: stopping pid %d (SIGTERM)", p->svc->name,
-                    (int)p->pid);
+                say(s, "%s: stopping pid %d (SIGTERM)", p->label, (int)p->pid);
                 signal_proc(p, SIGTERM);
             } else if (p->status != PS_FAILED) {
                 p->status = PS_STOPPED;
@@ -1138,7 +1152,7 @@ static void stop_all(struct sup *s)
                     struct proc *p = &s->procs[i];
                     if (p->svc->level == level && p->pid > 0) {
                         say(s, "%s: still running, killing pid %d (SIGKILL)",
-                            p->svc->name, (int)p->pid);
+                            p->label, (int)p->pid);
                         signal_proc(p, SIGKILL);
                     }
                 }
@@ -1169,7 +1183,7 @@ static void print_summary(struct sup *s)
         const struct proc *p = &s->procs[i];
         char *url = deploy_base_url(p->svc);
         const char *data = p->svc->db ? p->svc->db : p->svc->data_dir;
-        printf("  %-16s %-8d %-24s %-7s %s\n", p->svc->name, (int)p->pid, url,
+        printf("  %-16s %-8d %-24s %-7s %s\n", p->label, (int)p->pid, url,
                deploy_engine_name(p->svc->engine),
                cli_display_path(data, rel, sizeof(rel)));
         free(url);
@@ -1368,12 +1382,31 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    /* The broker, when moat up runs one, is the last process. */
-    s.nprocs = s.d->nservices + (s.d->broker ? 1 : 0);
+    /* One process per instance; the broker, when moat up runs one, is
+     * the last. */
+    s.nprocs = s.d->broker ? 1 : 0;
+    for (size_t i = 0; i < s.d->nservices; i++)
+        s.nprocs += s.d->services[i].ninstances;
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
-    for (size_t i = 0; i < s.nprocs; i++) {
+    for (size_t i = 0, si = 0, inst = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = i < s.d->nservices ? &s.d->services[i] : s.d->broker;
+        const struct deploy_service *svc =
+            si < s.d->nservices ? &s.d->services[si] : s.d->broker;
+        p->view = *svc;
+        p->svc = &p->view;
+        p->instance = inst;
+        if (svc->ninstances > 1) {
+            p->view.listen = svc->inst[inst].listen;
+            memcpy(p->view.host, svc->inst[inst].host, sizeof(p->view.host));
+            p->view.port = svc->inst[inst].port;
+            snprintf(p->label, sizeof(p->label), "%s#%zu", svc->name, inst + 1);
+        } else {
+            snprintf(p->label, sizeof(p->label), "%s", svc->name);
+        }
+        if (++inst >= svc->ninstances) {
+            si++;
+            inst = 0;
+        }
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
         p->nats_url = s.d->nats_url;
