@@ -23,7 +23,7 @@ static const char *const reserved_env[] = {
     "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
     "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
     "MOAT_PEER_KEYS",      "MOAT_TLS_CERT",       "MOAT_TLS_KEY",
-    "MOAT_TLS_CA",
+    "MOAT_TLS_CA",         "MOAT_INSTANCES",      "MOAT_INSTANCE_URLS",
 };
 
 static const struct {
@@ -654,6 +654,12 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
         }
     }
 
+    /* LMDB's environment is one process's (lib/kv.c locks it). */
+    if (svc->ninstances > 1 && svc->engine == DEPLOY_ENGINE_LMDB)
+        report(e, at, "listen",
+               "several instances need a database several processes share "
+               "(engine \"sqlite\"), not \"lmdb\"");
+
     const char *data_dir = get_string(e, obj, at, "data_dir", false);
     if (data_dir)
         svc->data_dir = deploy_path_join(d->dir, data_dir);
@@ -1179,32 +1185,21 @@ static bool addr_at(const char *p, const struct deploy_service *s, size_t k)
     return strncmp(p, addr, (size_t)n) == 0 && !(p[n] >= '0' && p[n] <= '9');
 }
 
-char *deploy_instance_urls(const struct deploy *d, const char *value)
+char *deploy_instance_map(const struct deploy *d)
 {
     struct moat_buf b = MOAT_BUF_INIT;
-    const char *p = value;
-    for (const char *h; (h = strstr(p, "http://"));) {
-        const char *addr = h + strlen("http://");
-        const struct deploy_service *hit = NULL;
-        for (size_t i = 0; i < d->nservices && !hit; i++)
-            if (d->services[i].ninstances > 1 &&
-                addr_at(addr, &d->services[i], 0))
-                hit = &d->services[i];
-        if (!hit) {
-            moat_buf_add(&b, p, (size_t)(addr - p));
-            p = addr;
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        if (s->ninstances < 2)
             continue;
-        }
-        moat_buf_add(&b, p, (size_t)(h - p));
-        const char *rest = addr + strcspn(addr, "/,");
-        size_t rest_len = strcspn(rest, ",");
-        for (size_t k = 0; k < hit->ninstances; k++)
-            moat_buf_printf(&b, "%shttp://%s:%u%.*s", k ? "," : "",
-                            inst_host(hit, k), inst_port(hit, k), (int)rest_len,
-                            rest);
-        p = rest + rest_len;
+        moat_buf_addstr(&b, b.len ? "," : "");
+        for (size_t k = 0; k < s->ninstances; k++)
+            moat_buf_printf(&b, "%s%s://%s:%u", k ? "|" : "",
+                            s->tls ? "https" : "http", inst_host(s, k),
+                            inst_port(s, k));
     }
-    moat_buf_addstr(&b, p);
+    if (!b.len)
+        return NULL;
     return moat_buf_detach(&b, NULL);
 }
 

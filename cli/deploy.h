@@ -186,13 +186,12 @@ const char *deploy_connect_host(const struct deploy_service *s);
  * frees. The first instance's. */
 char *deploy_base_url(const struct deploy_service *s);
 /*
- * value with every "http://HOST:PORT[/PATH]" that names the first instance
- * of a service with several instances replaced by the comma-separated URLs
- * of all its instances ("http://h:1/p,http://h:2/p"): what a caller of a
- * service with instances gets in its env (MOAT_SEARCH_CATALOG_URL). A URL
- * ends at ',' or the end of the value. Caller frees.
+ * MOAT_INSTANCE_URLS for every service: "URL|URL|...[,URL|URL|...]", the
+ * origins of the instances of each service with several, the first one
+ * being the address its callers' URL variables name (moat/config.h
+ * moat_instance_urls). NULL when no service has several. Caller frees.
  */
-char *deploy_instance_urls(const struct deploy *d, const char *value);
+char *deploy_instance_map(const struct deploy *d);
 /*
  * value with every "http://HOST:PORT" that names a TLS service of d read
  * "https://" (the URLs of env values such as MOAT_ORDERS_URL). Caller

@@ -480,9 +480,9 @@ static int write_nats_conf(struct sup *s)
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
 {
     static const char *const ours[] = {
-        "MOAT_SERVICE_NAME",   "MOAT_LISTEN",   "MOAT_DATA_DIR",
-        "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT", "MOAT_TLS_KEY",
-        "MOAT_TLS_CA"};
+        "MOAT_SERVICE_NAME",   "MOAT_LISTEN",    "MOAT_DATA_DIR",
+        "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT",  "MOAT_TLS_KEY",
+        "MOAT_TLS_CA",         "MOAT_INSTANCES", "MOAT_INSTANCE_URLS"};
     size_t n = strcspn(entry, "=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ours); i++)
         if (strlen(ours[i]) == n && strncmp(entry, ours[i], n) == 0)
@@ -505,7 +505,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 6, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 8, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -514,6 +514,12 @@ static char **child_env(const struct sup *s, const struct proc *p)
     env[k++] =
         moat_xasprintf("MOAT_LISTEN=%s:%u", svc->host, (unsigned)svc->port);
     env[k++] = moat_xasprintf("MOAT_DATA_DIR=%s", svc->data_dir);
+    if (svc->ninstances > 1) /* the feed then watches the shared outbox */
+        env[k++] = moat_xasprintf("MOAT_INSTANCES=%zu", svc->ninstances);
+    char *map = deploy_instance_map(s->d);
+    if (map)
+        env[k++] = moat_xasprintf("MOAT_INSTANCE_URLS=%s", map);
+    free(map);
     if (p->routes_env)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     if (p->nats_url)
@@ -525,10 +531,9 @@ static char **child_env(const struct sup *s, const struct proc *p)
     for (size_t i = 0; i < svc->nenv; i++) {
         if (deploy_has_secret_refs(svc->env[i].value))
             continue;
-        char *all = deploy_instance_urls(s->d, svc->env[i].value);
-        char *v = s->d->tls ? deploy_tls_urls(s->d, all) : moat_xstrdup(all);
+        char *v = s->d->tls ? deploy_tls_urls(s->d, svc->env[i].value)
+                            : moat_xstrdup(svc->env[i].value);
         env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, v);
-        free(all);
         free(v);
     }
     env[k] = NULL;
@@ -1069,15 +1074,23 @@ static void show_failure(const struct proc *p)
  */
 static int start_level(struct sup *s, int level)
 {
-    for (size_t i = 0; i < s->nprocs; i++) {
-        struct proc *p = &s->procs[i];
-        if (p->svc->level == level && spawn(s, p) != MOAT_OK) {
-            p->status = PS_FAILED;
-            return MOAT_EIO;
-        }
-    }
     uint64_t deadline = moat_mono_ms() + READY_TIMEOUT_MS;
     for (;;) {
+        /* The first instance of a service first (it migrates the shared
+         * database), the others once it is ready. */
+        for (size_t i = 0; i < s->nprocs; i++) {
+            struct proc *p = &s->procs[i];
+            if (p->svc->level != level || p->status != PS_PENDING ||
+                (p->instance > 0 &&
+                 s->procs[i - p->instance].status != PS_READY))
+                continue;
+            if (spawn(s, p) != MOAT_OK) {
+                p->status = PS_FAILED;
+                return MOAT_EIO;
+            }
+            if (p->instance > 0)
+                deadline = moat_mono_ms() + READY_TIMEOUT_MS;
+        }
         uint64_t wait = run_timers(s);
         bool all_ready = true;
         for (size_t i = 0; i < s->nprocs; i++) {
