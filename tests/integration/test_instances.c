@@ -34,7 +34,7 @@
 static struct {
     char *dir;
     char file[512];
-    uint16_t catalog[2], gateway[2], users, search;
+    uint16_t catalog[2], gateway[2], users, search[2], nolease[2];
     char gw[2][64];
     pid_t up_pid;
     char token[2048]; /* "Authorization: Bearer ..." */
@@ -64,13 +64,16 @@ static void write_deployment(void)
     F.catalog[0] = h_free_port();
     F.catalog[1] = h_free_port();
     F.users = h_free_port();
-    F.search = h_free_port();
+    for (int i = 0; i < 2; i++) {
+        F.search[i] = h_free_port();
+        F.nolease[i] = h_free_port();
+    }
     F.gateway[0] = h_free_port();
     F.gateway[1] = h_free_port();
     for (int i = 0; i < 2; i++)
         snprintf(F.gw[i], sizeof(F.gw[i]), "http://127.0.0.1:%u",
                  (unsigned)F.gateway[i]);
-    char text[4096];
+    char text[6144];
     snprintf(
         text, sizeof(text),
         "{\"name\": \"instances\", \"services\": ["
@@ -80,9 +83,15 @@ static void write_deployment(void)
         "\"sqlite\", \"db\": \"users.db\", \"env\": "
         "{\"MOAT_USERS_ADMIN_EMAIL\": \"admin@moat.local\"}, \"secrets\": "
         "[\"MOAT_JWT_SECRET\", \"MOAT_USERS_ADMIN_PASSWORD\"]},"
-        "{\"name\": \"search\", \"listen\": \"127.0.0.1:%u\", \"engine\": "
-        "\"sqlite\", \"db\": \"search.db\", \"calls\": [\"catalog\"], "
-        "\"env\": {\"MOAT_SEARCH_CATALOG_URL\": \"http://127.0.0.1:%u\"}},"
+        "{\"name\": \"search\", \"listen\": [\"127.0.0.1:%u\", "
+        "\"127.0.0.1:%u\"], \"engine\": \"sqlite\", \"db\": \"search.db\", "
+        "\"calls\": [\"catalog\"], \"env\": {\"MOAT_SEARCH_CATALOG_URL\": "
+        "\"http://127.0.0.1:%u\"}},"
+        "{\"name\": \"nolease\", \"binary\": \"search\", \"listen\": "
+        "[\"127.0.0.1:%u\", \"127.0.0.1:%u\"], \"engine\": \"sqlite\", "
+        "\"db\": \"search.db\", \"calls\": [\"catalog\"], \"env\": "
+        "{\"MOAT_SEARCH_CATALOG_URL\": \"http://127.0.0.1:%u\", "
+        "\"MOAT_CONSUMER_LEASE\": \"0\"}},"
         "{\"name\": \"gateway\", \"listen\": [\"127.0.0.1:%u\", "
         "\"127.0.0.1:%u\"], \"engine\": \"none\", \"secrets\": "
         "[\"MOAT_JWT_SECRET\"], \"env\": {\"MOAT_GATEWAY_TIMEOUT_MS\": "
@@ -94,8 +103,9 @@ static void write_deployment(void)
         "{\"prefix\": \"/api/v1/search\", \"service\": \"search\", "
         "\"path\": \"/v1/search\", \"public\": [\"GET\"]}]}]}",
         (unsigned)F.catalog[0], (unsigned)F.catalog[1], (unsigned)F.users,
-        (unsigned)F.search, (unsigned)F.catalog[0], (unsigned)F.gateway[0],
-        (unsigned)F.gateway[1], h_scaled_ms(5000));
+        (unsigned)F.search[0], (unsigned)F.search[1], (unsigned)F.catalog[0],
+        (unsigned)F.nolease[0], (unsigned)F.nolease[1], (unsigned)F.catalog[0],
+        (unsigned)F.gateway[0], (unsigned)F.gateway[1], h_scaled_ms(5000));
     h_write_file(F.file, text);
 }
 
@@ -232,25 +242,25 @@ static void *load(void *arg)
     return NULL;
 }
 
-/* A gateway's /metrics sample, read as the operator. */
-static double gw_metric(int gw, const char *series)
+/* A sample of the /metrics of the service aud at base_url, read as the
+ * operator; 0 when absent. */
+static double metric(const char *base_url, const char *aud, const char *series)
 {
-    static char hdr[2048];
-    if (!hdr[0]) {
-        struct moat_auth *a = NULL;
-        char *token = NULL;
-        setenv("MOAT_SERVICE_KEY",
-               deployment_secret("service_keys", "operator"), 1);
-        assert_int_equal(moat_auth_load(&a, "operator"), MOAT_OK);
-        assert_int_equal(moat_auth_token(a, "gateway", NULL, &token), MOAT_OK);
-        moat_auth_free(a);
-        unsetenv("MOAT_SERVICE_KEY");
-        snprintf(hdr, sizeof(hdr), "%s: %s", MOAT_SERVICE_TOKEN_HEADER, token);
-        free(token);
-    }
+    struct moat_auth *a = NULL;
+    char *token = NULL;
+    setenv("MOAT_SERVICE_KEY", deployment_secret("service_keys", "operator"),
+           1);
+    assert_int_equal(moat_auth_load(&a, "operator"), MOAT_OK);
+    assert_int_equal(moat_auth_token(a, aud, NULL, &token), MOAT_OK);
+    moat_auth_free(a);
+    unsetenv("MOAT_SERVICE_KEY");
+    char hdr[2048], url[128];
+    snprintf(hdr, sizeof(hdr), "%s: %s", MOAT_SERVICE_TOKEN_HEADER, token);
+    free(token);
+    snprintf(url, sizeof(url), "%s/metrics", base_url);
     const char *hdrs[] = {hdr, NULL};
     struct h_resp r;
-    h_http(&r, "GET", h_fmt("%s/metrics", F.gw[gw]), hdrs, NULL, 0);
+    h_http(&r, "GET", url, hdrs, NULL, 0);
     double v = 0;
     size_t n = strlen(series);
     for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {
@@ -266,6 +276,19 @@ static double gw_metric(int gw, const char *series)
     return v;
 }
 
+static double gw_metric(int gw, const char *series)
+{
+    return metric(F.gw[gw], "gateway", series);
+}
+
+/* Catalog events applied by instance i of a search service at ports. */
+static double applied(const char *aud, const uint16_t *ports, int i)
+{
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u", (unsigned)ports[i]);
+    return metric(url, aud, "moat_consumer_applied_total{source=\"catalog\"}");
+}
+
 /* Calls both gateways sent to catalog instance i. */
 static double instance_calls(int i)
 {
@@ -277,8 +300,9 @@ static double instance_calls(int i)
     return gw_metric(0, series) + gw_metric(1, series);
 }
 
-/* catalog#1's pid and status in var/moat.state. */
-static pid_t catalog1(char *status, size_t len)
+/* The pid and status of the process labelled label ("catalog#1") in
+ * var/moat.state. */
+static pid_t state_pid(const char *label, char *status, size_t len)
 {
     json_t *st = json_load_file(h_fmt("%s/var/moat.state", F.dir), 0, NULL);
     pid_t pid = 0;
@@ -287,7 +311,7 @@ static pid_t catalog1(char *status, size_t len)
     status[0] = '\0';
     json_array_foreach(json_object_get(st, "services"), i, s)
     {
-        if (strcmp(h_jstr(s, "label"), "catalog#1") == 0) {
+        if (strcmp(h_jstr(s, "label"), label) == 0) {
             pid = (pid_t)h_jint(s, "pid");
             snprintf(status, len, "%s", h_jstr(s, "status"));
         }
@@ -297,6 +321,7 @@ static pid_t catalog1(char *status, size_t len)
 }
 
 struct restarted {
+    const char *label;
     pid_t old;
 };
 
@@ -304,8 +329,21 @@ static bool restarted_ready(void *arg)
 {
     struct restarted *r = arg;
     char status[32];
-    pid_t pid = catalog1(status, sizeof(status));
+    pid_t pid = state_pid(r->label, status, sizeof(status));
     return pid > 0 && pid != r->old && strcmp(status, "ready") == 0;
+}
+
+struct all_applied {
+    double want, got;
+};
+
+/* Every catalog event applied once by the two lease-less instances. */
+static bool nolease_caught_up(void *arg)
+{
+    struct all_applied *a = arg;
+    a->got =
+        applied("nolease", F.nolease, 0) + applied("nolease", F.nolease, 1);
+    return a->got >= a->want;
 }
 
 static bool has_calls(void *arg)
@@ -350,7 +388,8 @@ static void test_instances(void **state)
             pthread_create(&th[i], NULL, load, (void *)(intptr_t)i), 0);
     h_sleep_ms(1500);
     char status[32];
-    struct restarted rs = {.old = catalog1(status, sizeof(status))};
+    struct restarted rs = {.label = "catalog#1"};
+    rs.old = state_pid(rs.label, status, sizeof(status));
     assert_true(rs.old > 0);
     fprintf(stderr, "SIGKILL catalog#1 (pid %d) after %ld requests\n",
             (int)rs.old, atomic_load(&gets) + atomic_load(&posts));
@@ -382,6 +421,43 @@ static void test_instances(void **state)
     /* The feed follows the instances: writes through both reach search. */
     assert_propagates(0, "AFTER0");
     assert_propagates(1, "AFTER1");
+
+    /* Consumers. With the lease one search instance follows catalog, the
+     * other waits; without it both pull and each event is still applied
+     * once (the cursor is read again under the write lock). */
+    double a0 = applied("search", F.search, 0);
+    double a1 = applied("search", F.search, 1);
+    struct all_applied all = {
+        .want = metric(h_fmt("http://127.0.0.1:%u", (unsigned)F.catalog[1]),
+                       "catalog", "moat_outbox_head_seq")};
+    bool caught_up = h_wait_until(nolease_caught_up, &all, 10000);
+    fprintf(stderr,
+            "catalog events %.0f; applied by search#1 %.0f, search#2 %.0f; "
+            "by nolease#1 %.0f + nolease#2 %.0f\n",
+            all.want, a0, a1, applied("nolease", F.nolease, 0),
+            applied("nolease", F.nolease, 1));
+    assert_true(caught_up);
+    assert_true(all.got == all.want); /* none twice */
+    assert_true((a0 > 0) != (a1 > 0));
+    assert_true(a0 + a1 == all.want);
+
+    /* The holder dies: the other instance takes the lease over and carries
+     * on from the committed cursor, applying only what is new. */
+    struct restarted srs = {.label = a0 > 0 ? "search#1" : "search#2"};
+    srs.old = state_pid(srs.label, status, sizeof(status));
+    assert_true(srs.old > 0);
+    assert_int_equal(kill(srs.old, SIGKILL), 0);
+    assert_propagates(0, "TAKEOVER0");
+    assert_propagates(1, "TAKEOVER1");
+    if (!h_wait_until(restarted_ready, &srs, 20000))
+        fail_msg("%s was not restarted", srs.label);
+    double b0 = applied("search", F.search, 0);
+    double b1 = applied("search", F.search, 1);
+    fprintf(stderr, "after the kill: applied by search#1 %.0f, search#2 %.0f\n",
+            b0, b1);
+    /* The survivor had applied nothing before; the restarted one starts
+     * counting from 0: together exactly the two new events. */
+    assert_true(b0 + b1 == 2);
 }
 
 int main(void)
