@@ -222,3 +222,25 @@ void gw_pools_free(struct gw *gw)
     gw->pools = NULL;
     gw->npools = 0;
 }
+
+char *gw_pool_url(struct gw *gw, const char *service, const char *base_url,
+                  const char *path)
+{
+    for (size_t k = 0; k < gw->npools; k++) {
+        struct gw_pool *p = gw->pools[k];
+        size_t olen = strlen(p->inst[0].origin);
+        if (p->n < 2 || strcmp(p->service, service) != 0 ||
+            strncmp(base_url, p->inst[0].origin, olen) != 0)
+            continue;
+        uint64_t now = moat_mono_ms();
+        for (size_t i = 0; i < p->n; i++) {
+            struct gw_instance *in = &p->inst[(p->next + i) % p->n];
+            if (eligible(in, now)) {
+                p->next = (p->next + i + 1) % p->n;
+                return moat_xasprintf("%s%s%s", in->origin, base_url + olen,
+                                      path);
+            }
+        }
+    }
+    return moat_xasprintf("%s%s", base_url, path);
+}

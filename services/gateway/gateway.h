@@ -169,6 +169,11 @@ void gw_pool_done(struct gw_pool *p, struct gw_instance *in,
 int gw_pools_init(struct gw *gw);
 /* After the client is freed. */
 void gw_pools_free(struct gw *gw);
+/* base_url + path for a call outside the proxy (compose.c): on a ready
+ * instance in turn when base_url is the first instance of service's pool.
+ * Caller frees. */
+char *gw_pool_url(struct gw *gw, const char *service, const char *base_url,
+                  const char *path);
 
 /* One MOAT_GATEWAY_ROUTES entry. All strings owned by the route. */
 struct gw_route {
