@@ -444,6 +444,60 @@ static void test_listen(void **state)
     deploy_free(d);
 }
 
+/* "listen" as an array: one instance per address (docs/operations.md
+ * "Several instances"). */
+static void test_instances(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'catalog','listen':['127.0.0.1:8081','127.0.0.1:8091'],"
+        "'engine':'sqlite','db':'c.db'},"
+        "{'name':'search','listen':'127.0.0.1:8084','engine':'sqlite',"
+        "'db':'s.db','env':{'MOAT_SEARCH_CATALOG_URL':"
+        "'http://127.0.0.1:8081'}}," GW("[{'prefix':'/api/v1/products',"
+                                        "'service':'catalog','path':'/v1/"
+                                        "products'}]")));
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_int_equal(c->ninstances, 2);
+    assert_string_equal(c->listen, "127.0.0.1:8081");
+    assert_int_equal(c->port, 8081);
+    assert_int_equal(c->inst[1].port, 8091);
+    assert_int_equal(deploy_find(d, "search")->ninstances, 1);
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes,
+                        "/api/v1/products=catalog@http://127.0.0.1:8081/v1/"
+                        "products|http://127.0.0.1:8091/v1/products");
+    free(routes);
+    char *map = deploy_instance_map(d);
+    assert_string_equal(map, "http://127.0.0.1:8081|http://127.0.0.1:8091");
+    free(map);
+    deploy_free(d);
+
+    d = parse_ok(DEPLOY(SVC("")));
+    assert_null(deploy_instance_map(d));
+    deploy_free(d);
+
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[0].listen: two instances share an address");
+    expect_error(DEPLOY("{'name':'a','listen':[],'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT or an array of 1 to");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80',7],"
+                        "'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80'],"
+                        "'engine':'none'},"
+                        "{'name':'b','listen':['127.0.0.1:81','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[1].listen: ");
+    expect_error(DEPLOY("{'name':'i','listen':['127.0.0.1:80','127.0.0.1:81'],"
+                        "'engine':'lmdb','db':'i.lmdb'}"),
+                 "several instances need a database");
+    expect_error(DEPLOY("{'name':'a','listen':'127.0.0.1:80','engine':'none',"
+                        "'env':{'MOAT_INSTANCES':'2'}}"),
+                 "is set by the supervisor");
+}
+
 static void test_engine_and_db(void **state)
 {
     MOAT_UNUSED(state);
@@ -684,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_required_and_types),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_listen),
+        cmocka_unit_test(test_instances),
         cmocka_unit_test(test_engine_and_db),
         cmocka_unit_test(test_data_dirs),
         cmocka_unit_test(test_backup_cadence),
