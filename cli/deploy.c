@@ -608,8 +608,8 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
     static const char *const allowed[] = {
-        "name", "listen", "engine", "db",      "data_dir", "binary",
-        "env",  "routes", "calls",  "secrets", "backup",   NULL};
+        "name",   "listen", "engine",  "db",     "data_dir", "binary", "env",
+        "routes", "calls",  "secrets", "backup", "host",     NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -693,6 +693,8 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
                       "secret name (MOAT_*, not one moat sets itself)",
                       &svc->secrets, &svc->nsecrets);
     parse_backup(e, obj, at, svc);
+    const char *host = get_string(e, obj, at, "host", false);
+    svc->host_name = host ? moat_xstrdup(host) : NULL;
 }
 
 static const char *connect_host(const char *host)
@@ -935,11 +937,144 @@ static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
     json_decref(none);
 }
 
+static const struct deploy_host *find_host(const struct deploy *d,
+                                           const char *name)
+{
+    for (size_t i = 0; i < d->nhosts; i++)
+        if (strcmp(d->hosts[i].name, name) == 0)
+            return &d->hosts[i];
+    return NULL;
+}
+
+/* "hosts" and each service's "host" (see deploy.h). */
+static void parse_hosts(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"address", NULL};
+    json_t *hosts = json_object_get(root, "hosts");
+    if (hosts && (!json_is_object(hosts) || json_object_size(hosts) < 1 ||
+                  json_object_size(hosts) > DEPLOY_MAX_HOSTS)) {
+        report(e, "", "hosts", "must be an object of 1 to %d hosts",
+               DEPLOY_MAX_HOSTS);
+        return;
+    }
+    d->hosts = moat_xcalloc(json_object_size(hosts) + 1, sizeof(*d->hosts));
+    const char *name;
+    json_t *h;
+    json_object_foreach(hosts, name, h)
+    {
+        char *at = moat_xasprintf("hosts.%s", name);
+        struct deploy_host *dh = &d->hosts[d->nhosts];
+        uint16_t port;
+        char *hp = NULL;
+        const char *addr =
+            json_is_object(h) ? get_string(e, h, at, "address", true) : NULL;
+        if (!valid_name(name))
+            report(e, "hosts", name, "must match [a-z][a-z0-9-]{0,31}");
+        else if (!json_is_object(h))
+            report(e, "hosts", name, "must be an object");
+        else
+            check_known(e, h, at, allowed);
+        if (addr)
+            hp = moat_xasprintf("%s:1", addr);
+        if (addr && (moat_parse_hostport(hp, dh->address, sizeof(dh->address),
+                                         &port, false) != MOAT_OK ||
+                     strspn(addr, "0123456789.") != strlen(addr)))
+            report(e, at, "address", "must be an IPv4 address, got \"%s\"",
+                   addr);
+        else if (addr && valid_name(name)) {
+            dh->name = moat_xstrdup(name);
+            d->nhosts++;
+        }
+        free(hp);
+        free(at);
+    }
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        char at[32];
+        snprintf(at, sizeof(at), "services[%zu]", i);
+        if (s->host_name && !find_host(d, s->host_name))
+            report(e, at, "host", "no host named \"%s\" in \"hosts\"",
+                   s->host_name);
+        else if (hosts && !s->host_name)
+            report(e, at, "host",
+                   "missing (every service says its host when the file has "
+                   "\"hosts\")");
+    }
+    if (hosts && d->tls)
+        report(e, "", "hosts",
+               "not with \"tls\": true yet (the certificates name loopback "
+               "only)");
+    if (hosts && d->broker)
+        report(e, "", "hosts",
+               "with \"transport\": \"jetstream\" give \"jetstream\": "
+               "{\"url\"} (moat up runs no broker across hosts)");
+}
+
+int deploy_select_host(struct deploy *d, const char *name, char **err)
+{
+    const struct deploy_host *h = find_host(d, name);
+    if (!h) {
+        *err = moat_xasprintf("%s: no host \"%s\" in \"hosts\"", d->file, name);
+        return MOAT_EINVAL;
+    }
+    for (size_t i = 0; i < d->nservices; i++) {
+        struct deploy_service *s = &d->services[i];
+        const struct deploy_host *at = find_host(d, s->host_name);
+        for (size_t k = 0; at && k < s->ninstances; k++) {
+            struct deploy_instance *in = &s->inst[k];
+            memcpy(in->written, in->host, sizeof(in->written));
+            snprintf(in->host, sizeof(in->host), "%s", at->address);
+            free(in->listen);
+            in->listen = moat_xasprintf("%s:%u", in->host, (unsigned)in->port);
+        }
+        if (at) {
+            free(s->listen);
+            s->listen = moat_xstrdup(s->inst[0].listen);
+            memcpy(s->host, s->inst[0].host, sizeof(s->host));
+        }
+    }
+    d->selected_host = moat_xstrdup(name);
+    free(d->state_dir);
+    d->state_dir = moat_xasprintf("%s/hosts/%s", d->var_dir, name);
+    *err = NULL;
+    return MOAT_OK;
+}
+
+char *deploy_moved_urls(const struct deploy *d, const char *value)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = value;
+    for (const char *h; (h = strstr(p, "://"));) {
+        h += 3;
+        moat_buf_add(&b, p, (size_t)(h - p));
+        p = h;
+        for (size_t i = 0; i < d->nservices; i++) {
+            const struct deploy_service *s = &d->services[i];
+            for (size_t k = 0; k < s->ninstances; k++) {
+                const struct deploy_instance *in = &s->inst[k];
+                char addr[DEPLOY_HOST_MAX + 8];
+                int n = snprintf(addr, sizeof(addr), "%s:%u", in->written,
+                                 (unsigned)in->port);
+                if (!in->written[0] || strncmp(h, addr, (size_t)n) != 0 ||
+                    (h[n] >= '0' && h[n] <= '9'))
+                    continue;
+                moat_buf_printf(&b, "%s:%u", in->host, (unsigned)in->port);
+                p = h + n;
+                i = d->nservices;
+                break;
+            }
+        }
+    }
+    moat_buf_addstr(&b, p);
+    return moat_buf_detach(&b, NULL);
+}
+
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
-    static const char *const allowed[] = {
-        "name", "var_dir", "tls", "services", "transport", "jetstream", NULL};
+    static const char *const allowed[] = {"name",     "var_dir",   "tls",
+                                          "services", "transport", "jetstream",
+                                          "hosts",    NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
@@ -998,6 +1133,7 @@ int deploy_parse(const char *json, size_t len, const char *file,
             check_services(&e, d);
     }
     parse_transport(&e, root, d);
+    parse_hosts(&e, root, d);
     if (e.n == 0)
         rc = MOAT_OK;
 
@@ -1071,6 +1207,7 @@ static void service_free(struct deploy_service *s)
 {
     free(s->name);
     free(s->listen);
+    free(s->host_name);
     for (size_t j = 0; j < s->ninstances; j++)
         free(s->inst[j].listen);
     free(s->inst);
@@ -1109,6 +1246,11 @@ void deploy_free(struct deploy *d)
         service_free(d->broker);
     free(d->broker);
     free(d->nats_url);
+    for (size_t i = 0; i < d->nhosts; i++)
+        free(d->hosts[i].name);
+    free(d->hosts);
+    free(d->selected_host);
+    free(d->state_dir);
     free(d->services);
     free(d->name);
     free(d->file);

@@ -81,6 +81,23 @@ struct deploy_instance {
     char *listen;               /* "host:port" as written; owned */
     char host[DEPLOY_HOST_MAX]; /* parsed */
     uint16_t port;
+    /* After deploy_select_host: the host as written (host is then the
+     * deployment host's address); "" before. */
+    char written[DEPLOY_HOST_MAX];
+};
+
+/*
+ * Hosts (docs/operations.md "Hosts"): "hosts": {"a": {"address":
+ * "10.77.0.1"}, ...} names the machines of a deployment, and a service's
+ * "host": "a" puts it on one. Only once a host is selected
+ * (deploy_select_host: `moat up --host a`, or $MOAT_HOST for every
+ * command) do services listen on, and get reached at, their host's
+ * address; until then the file's listen addresses apply, all local.
+ */
+#define DEPLOY_MAX_HOSTS 16
+struct deploy_host {
+    char *name;                    /* owned */
+    char address[DEPLOY_HOST_MAX]; /* IPv4 address */
 };
 
 struct deploy_service {
@@ -92,6 +109,7 @@ struct deploy_service {
      * listen, host and port above. Owned; NULL only for the broker. */
     struct deploy_instance *inst;
     size_t ninstances;
+    char *host_name; /* "host": a name in d->hosts; NULL = none; owned */
     enum deploy_engine engine;
     char *db;       /* absolute path of its database; NULL for engine none */
     char *data_dir; /* absolute path */
@@ -149,6 +167,14 @@ struct deploy {
      * service of level 0 named "nats" that is not in services (engine
      * none; listen is its monitoring address). Owned; NULL otherwise. */
     struct deploy_service *broker;
+    struct deploy_host *hosts; /* "hosts", in file order; owned */
+    size_t nhosts;
+    /* deploy_select_host: the host whose share this process runs (moat
+     * up) or sees the deployment from; NULL = none (all local). Its state
+     * and lock are in state_dir, <var_dir>/hosts/<name> (NULL: var_dir).
+     * Both owned. */
+    char *selected_host;
+    char *state_dir;
     char nats_host[DEPLOY_HOST_MAX]; /* its client address */
     uint16_t nats_port;
     unsigned nats_max_memory_mb, nats_max_file_mb;
@@ -171,6 +197,20 @@ int deploy_parse(const char *json, size_t len, const char *file,
 int deploy_load(const char *path, struct deploy **out, char **err);
 
 void deploy_free(struct deploy *d);
+
+/*
+ * Select host name: every service with a "host" moves to that host's
+ * address (its listen port kept), so URLs derived from d name the hosts'
+ * addresses; d->selected_host and d->state_dir are set. MOAT_EINVAL with
+ * *err (caller frees) when d has no such host.
+ */
+int deploy_select_host(struct deploy *d, const char *name, char **err);
+/*
+ * value with every "://HOST:PORT" naming a service as written in the file
+ * moved to where deploy_select_host put it (env values such as
+ * MOAT_ORDERS_CATALOG_URL). Caller frees.
+ */
+char *deploy_moved_urls(const struct deploy *d, const char *value);
 
 /* The service called name, or NULL. Borrowed from d. */
 const struct deploy_service *deploy_find(const struct deploy *d,

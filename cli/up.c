@@ -531,9 +531,11 @@ static char **child_env(const struct sup *s, const struct proc *p)
     for (size_t i = 0; i < svc->nenv; i++) {
         if (deploy_has_secret_refs(svc->env[i].value))
             continue;
-        char *v = s->d->tls ? deploy_tls_urls(s->d, svc->env[i].value)
-                            : moat_xstrdup(svc->env[i].value);
+        char *moved = deploy_moved_urls(s->d, svc->env[i].value);
+        char *v =
+            s->d->tls ? deploy_tls_urls(s->d, moved) : moat_xstrdup(moved);
         env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, v);
+        free(moved);
         free(v);
     }
     env[k] = NULL;
@@ -554,8 +556,29 @@ static const char *shared_secret(void *arg, const char *name)
 static int make_auth_env(struct sup *s)
 {
     struct cli_secrets *sec = NULL;
-    if (cli_secrets_load(&sec, s->d->var_dir) != MOAT_OK)
+    /* Supervisors of several hosts may share var_dir (and so
+     * secrets.json): one at a time reads, completes and writes it, and
+     * each completes it for every service of every host. */
+    char *lock = moat_xasprintf("%s/secrets.lock", s->d->var_dir);
+    int lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock);
+    if (lock_fd >= 0 && flock(lock_fd, LOCK_EX) < 0) {
+        close(lock_fd);
+        lock_fd = -1;
+    }
+    int rc = cli_secrets_load(&sec, s->d->var_dir);
+    if (rc != MOAT_OK) {
+        if (lock_fd >= 0)
+            close(lock_fd);
         return MOAT_EIO;
+    }
+    for (size_t i = 0; s->d->selected_host && i < s->d->nservices; i++) {
+        const struct deploy_service *svc = &s->d->services[i];
+        cli_secret_service_key(sec, svc->name);
+        for (size_t j = 0; j < svc->nsecrets; j++)
+            if (strcmp(svc->secrets[j], UP_OPERATOR_KEY) != 0)
+                cli_secret_shared(sec, svc->secrets[j]);
+    }
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
@@ -587,13 +610,13 @@ static int make_auth_env(struct sup *s)
          * (the moat CLI on this machine, reading secrets.json), which may
          * call every service's admin routes. */
         struct moat_buf peers = MOAT_BUF_INIT;
-        for (size_t j = 0; j <= s->nprocs; j++) {
+        /* Callers on every host, not only the services run here. */
+        const struct deploy *d = s->d;
+        for (size_t j = 0; j <= d->nservices; j++) {
             const char *caller =
-                j < s->nprocs ? s->procs[j].svc->name : CLI_OPERATOR;
-            if (j < s->nprocs &&
-                (s->procs[j].instance > 0 ||
-                 strcmp(s->procs[j].svc->name, svc->name) == 0 ||
-                 !deploy_calls(s->procs[j].svc, svc)))
+                j < d->nservices ? d->services[j].name : CLI_OPERATOR;
+            if (j < d->nservices && (strcmp(caller, svc->name) == 0 ||
+                                     !deploy_calls(&d->services[j], svc)))
                 continue;
             char *pair = NULL;
             if (moat_auth_pair_key(cli_secret_service_key(sec, caller),
@@ -632,8 +655,10 @@ static int make_auth_env(struct sup *s)
         }
         p->auth_env = env;
     }
-    int rc = cli_secrets_save(sec);
+    rc = cli_secrets_save(sec);
     cli_secrets_free(sec);
+    if (lock_fd >= 0)
+        close(lock_fd);
     return rc;
 }
 
@@ -1351,10 +1376,18 @@ static void sup_release(struct sup *s)
     deploy_free(s->d);
 }
 
+/* With a host selected (--host), only that host's services run here. */
+static bool runs_here(const struct deploy *d, const struct deploy_service *svc)
+{
+    return !d->selected_host ||
+           (svc->host_name && strcmp(svc->host_name, d->selected_host) == 0);
+}
+
 int cli_cmd_up(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"file", required_argument, NULL, 'f'},
+        {"host", required_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
     const char *file = NULL;
@@ -1363,6 +1396,8 @@ int cli_cmd_up(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":f:", opts, NULL)) != -1) {
         if (c == 'f')
             file = optarg;
+        else if (c == 'H') /* cli_load_deploy selects it; children too */
+            setenv("MOAT_HOST", optarg, 1);
         else
             return cli_option_error("up", c, argv);
     }
@@ -1383,6 +1418,8 @@ int cli_cmd_up(int argc, char **argv)
 
     char *logdir = moat_xasprintf("%s/log", s.d->var_dir);
     int mk = make_dirs(logdir);
+    if (mk == MOAT_OK && s.d->state_dir)
+        mk = make_dirs(s.d->state_dir);
     if (mk != MOAT_OK)
         cli_error("cannot create %s: %s", logdir, strerror(errno));
     free(logdir);
@@ -1399,10 +1436,18 @@ int cli_cmd_up(int argc, char **argv)
      * the last. */
     s.nprocs = s.d->broker ? 1 : 0;
     for (size_t i = 0; i < s.d->nservices; i++)
-        s.nprocs += s.d->services[i].ninstances;
+        if (runs_here(s.d, &s.d->services[i]))
+            s.nprocs += s.d->services[i].ninstances;
+    if (s.d->selected_host && s.nprocs == 0) {
+        cli_error("no service of %s runs on host \"%s\"", s.d->file,
+                  s.d->selected_host);
+        goto cleanup;
+    }
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
     for (size_t i = 0, si = 0, inst = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
+        while (si < s.d->nservices && !runs_here(s.d, &s.d->services[si]))
+            si++;
         const struct deploy_service *svc =
             si < s.d->nservices ? &s.d->services[si] : s.d->broker;
         p->view = *svc;
