@@ -57,8 +57,11 @@ void gw_pool_done(struct gw_pool *p, struct gw_instance *in,
     (void)p;
     if (in->outstanding)
         in->outstanding--;
-    if (resp->err == MOAT_OK || resp->err == MOAT_ECANCELLED ||
-        !(resp->connect_failed || resp->no_response))
+    /* Refused, or reset before answering; a slow answer is not a down
+     * instance. */
+    bool down =
+        resp->connect_failed || (resp->no_response && resp->err == MOAT_EIO);
+    if (resp->err == MOAT_OK || resp->err == MOAT_ECANCELLED || !down)
         return;
     uint64_t now = moat_mono_ms();
     if (now >= in->down_until)
