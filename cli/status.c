@@ -249,15 +249,17 @@ static json_t *or_null(json_t *v)
     return v ? json_incref(v) : json_null();
 }
 
-/* The entry for name in the state file's services, or NULL. Borrowed. */
-static json_t *state_service(json_t *state, const char *name)
+/* The entry for instance inst (0-based) of name in the state file's
+ * services, or NULL. Borrowed. */
+static json_t *state_service(json_t *state, const char *name, size_t inst)
 {
     size_t i;
     json_t *svc;
     json_array_foreach(json_object_get(state, "services"), i, svc)
     {
         const char *n = json_string_value(json_object_get(svc, "name"));
-        if (n && strcmp(n, name) == 0)
+        json_int_t k = json_integer_value(json_object_get(svc, "instance"));
+        if (n && strcmp(n, name) == 0 && (k ? (size_t)k - 1 : 0) == inst)
             return svc;
     }
     return NULL;
@@ -315,10 +317,33 @@ int cli_cmd_status(int argc, char **argv)
     json_object_set_new(out, "services", services);
     bool all_ready = true;
     /* The services, then the cluster, the broker and Redis moat up runs. */
+    /* Each instance of a service with several is a row of its own,
+     * "catalog#2", with the service seen at that instance's address. */
     size_t nsvc = deploy_nprocs(d);
+    const struct deploy_service **rows =
+        moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(*rows));
+    struct deploy_service *views =
+        moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(*views));
+    bool *builtin = moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(bool));
+    size_t nrows = 0;
     for (size_t i = 0; i < nsvc; i++) {
-        const struct deploy_service *svc = deploy_proc(d, i);
-        json_t *st = state_service(state, svc->name);
+        const struct deploy_service *s0 = deploy_proc(d, i);
+        for (size_t k = 0; k < (s0->ninstances ? s0->ninstances : 1); k++) {
+            struct deploy_service *v = &views[nrows];
+            *v = *s0;
+            if (s0->ninstances > 1) {
+                v->listen = s0->inst[k].listen;
+                memcpy(v->host, s0->inst[k].host, sizeof(v->host));
+                v->port = s0->inst[k].port;
+            }
+            v->ninstances = k; /* here: which instance */
+            builtin[nrows] = i >= d->nservices;
+            rows[nrows++] = v;
+        }
+    }
+    for (size_t i = 0; i < nrows; i++) {
+        const struct deploy_service *svc = rows[i];
+        json_t *st = state_service(state, svc->name, svc->ninstances);
         struct health h;
         check_health(d, svc, &h);
         all_ready = all_ready && strcmp(h.word, "ready") == 0;
@@ -330,8 +355,10 @@ int cli_cmd_status(int argc, char **argv)
             json_pack(
                 "{s:s, s:o, s:s, s:i, s:s, s:o, s:o, s:s, s:o, s:I, "
                 "s:s, s:I, s:o}",
-                "name", svc->name, "pid", pid ? json_integer(pid) : json_null(),
-                "listen", svc->listen, "port", (int)svc->port, "health", h.word,
+                "name",
+                json_string_value(json_object_get(st, "label")) ?: svc->name,
+                "pid", pid ? json_integer(pid) : json_null(), "listen",
+                svc->listen, "port", (int)svc->port, "health", h.word,
                 "healthz", h.healthz ? json_integer(h.healthz) : json_null(),
                 "readyz", h.readyz ? json_integer(h.readyz) : json_null(),
                 "engine", deploy_engine_name(svc->engine), "db",
@@ -344,7 +371,7 @@ int cli_cmd_status(int argc, char **argv)
             json_object_set(
                 json_array_get(services, json_array_size(services) - 1), "dsn",
                 dsn);
-        if (h.healthz == 200 && i < d->nservices) {
+        if (h.healthz == 200 && !builtin[i]) {
             json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
@@ -376,7 +403,7 @@ int cli_cmd_status(int argc, char **argv)
         json_t *s;
         json_array_foreach(services, i, s)
         {
-            const struct deploy_service *svc = deploy_proc(d, i);
+            const struct deploy_service *svc = rows[i];
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)
@@ -393,8 +420,9 @@ int cli_cmd_status(int argc, char **argv)
             if (svc->db)
                 cli_human_size(cli_db_size(svc->db), size, sizeof(size));
             printf(
-                "%-16s %-8s %-6u %-10s %-8s %-32s %-8s %lld\n", svc->name,
-                pidtxt, (unsigned)svc->port,
+                "%-16s %-8s %-6u %-10s %-8s %-32s %-8s %lld\n",
+                json_string_value(json_object_get(s, "name")), pidtxt,
+                (unsigned)svc->port,
                 json_string_value(json_object_get(s, "health")),
                 deploy_engine_name(svc->engine),
                 svc->db ? cli_display_path(svc->db, rel, sizeof(rel))
@@ -405,6 +433,9 @@ int cli_cmd_status(int argc, char **argv)
         }
         print_events(services);
     }
+    free(rows);
+    free(views);
+    free(builtin);
     ret = all_ready ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 
 cleanup:

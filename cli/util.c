@@ -46,6 +46,15 @@ struct deploy *cli_load_deploy(const char *file)
         free(err);
         return NULL;
     }
+    /* $MOAT_HOST (set by `moat up --host`): the deployment as seen from
+     * that host, every service at its host's address. */
+    const char *host = getenv("MOAT_HOST");
+    if (host && *host && deploy_select_host(d, host, &err) != MOAT_OK) {
+        cli_error("%s (MOAT_HOST)", err);
+        free(err);
+        deploy_free(d);
+        return NULL;
+    }
     /* With "tls": every call below presents the operator's certificate;
      * before `moat certs` (or the first `moat up`) there is none yet. */
     if (cli_tls_operator(d) == MOAT_EIO)
@@ -56,12 +65,14 @@ struct deploy *cli_load_deploy(const char *file)
 
 char *cli_state_path(const struct deploy *d)
 {
-    return moat_xasprintf("%s/moat.state", d->var_dir);
+    return moat_xasprintf("%s/moat.state",
+                          d->state_dir ? d->state_dir : d->var_dir);
 }
 
 char *cli_lock_path(const struct deploy *d)
 {
-    return moat_xasprintf("%s/moat.lock", d->var_dir);
+    return moat_xasprintf("%s/moat.lock",
+                          d->state_dir ? d->state_dir : d->var_dir);
 }
 
 char *cli_log_path(const struct deploy *d, const char *name)

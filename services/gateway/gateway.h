@@ -124,6 +124,63 @@ struct gw_backend {
     struct moat_metric_series *m_failures[GW_FAIL_REASONS];
 };
 
+/*
+ * Several instances of one upstream (balance.c, docs/operations.md
+ * "Several instances"): a route's URL may be "URL|URL|...", one per
+ * instance, all with the same path. Calls go to the ready instance with
+ * the fewest calls in flight (ties in turn). An instance is not ready
+ * while its last /readyz probe (every MOAT_GATEWAY_PROBE_MS, default 500,
+ * only for pools of two or more) failed, or for GW_DOWN_MS after a call to
+ * it was refused or reset before any answer (passive check; a later
+ * successful probe lifts that). A call that failed so, if idempotent (GET,
+ * HEAD, or carrying Idempotency-Key) or never sent (connect failed), is
+ * tried once more on another instance: the in-flight retry budget.
+ */
+#define GW_DOWN_MS 5000
+
+struct gw_instance {
+    char *origin;         /* owned; "http://127.0.0.1:8081" */
+    unsigned outstanding; /* calls in flight */
+    bool probe_failed;    /* the last /readyz probe did not answer 200 */
+    bool probing;         /* a probe is in flight */
+    uint64_t probe_sent;  /* monotonic ms the current probe was sent */
+    uint64_t down_at;     /* monotonic ms of the last passive mark */
+    uint64_t down_until;  /* monotonic ms: not picked before, unless all are */
+    /* Borrowed from the service's metrics registry. */
+    struct moat_metric_series *m_requests, *m_up, *m_marked;
+};
+
+/* The instances of one upstream service, shared by its routes. */
+struct gw_pool {
+    struct gw *gw;
+    char *service; /* owned */
+    struct gw_instance *inst;
+    size_t n;
+    size_t next;         /* where the next tie-break starts */
+    struct event *timer; /* the active probe; NULL for one instance */
+    struct moat_metric_series *m_retries;
+};
+
+/* The ready instance with the fewest calls in flight, never avoid (may be
+ * NULL); when none is ready, the next one in turn. NULL only when avoid is
+ * the only instance. Counts the call as outstanding. */
+struct gw_instance *gw_pool_pick(struct gw_pool *p,
+                                 const struct gw_instance *avoid);
+/* A call picked from p ended: resp's failure (refused, or reset before any
+ * byte) marks the instance down for GW_DOWN_MS. */
+void gw_pool_done(struct gw_pool *p, struct gw_instance *in,
+                  const struct moat_http_response *resp);
+/* One pool per upstream service of the routes (route->pool), their
+ * metrics and probes. After routes, gw_routes_add_v2 and the client. */
+int gw_pools_init(struct gw *gw);
+/* After the client is freed. */
+void gw_pools_free(struct gw *gw);
+/* base_url + path for a call outside the proxy (compose.c): on a ready
+ * instance in turn when base_url is the first instance of service's pool.
+ * Caller frees. */
+char *gw_pool_url(struct gw *gw, const char *service, const char *base_url,
+                  const char *path);
+
 /* One MOAT_GATEWAY_ROUTES entry. All strings owned by the route. */
 struct gw_route {
     char *prefix;       /* public prefix "/api/v1/products", no final '/' */
@@ -134,6 +191,9 @@ struct gw_route {
     char *origin;       /* upstream "http://127.0.0.1:8081" (for Location) */
     char *base_path;    /* upstream "/v1/products", "" for the root */
     char *base_url;     /* origin + base_path */
+    char **origins;     /* every instance's origin, [0] = origin; owned */
+    size_t norigins;
+    struct gw_pool *pool; /* borrowed from gw->pools; set by gw_pools_init */
     /* A v1 route that gw_routes_add_v2 gave a v2 twin: its replies carry
      * the deprecation headers (MOAT_ROUTE_API_V1_DEPRECATED). */
     bool has_successor;
@@ -187,6 +247,9 @@ struct gw {
     struct gw_overrides *overrides;
     /* The read cache (cache.c); NULL without MOAT_REDIS_URL. */
     struct gw_cache *cache;
+    struct gw_pool **pools; /* balance.c; owned */
+    size_t npools;
+    long probe_ms;
 };
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */

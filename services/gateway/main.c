@@ -9,13 +9,16 @@
  *
  * Environment, besides the common MOAT_* variables of moat/service.h
  * (MOAT_SERVICE_KEY and MOAT_PEER_KEYS included):
- *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[,...]", e.g.
+ *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[|URL...][,...]", e.g.
  *       "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products"; each
  *       entry forwards PREFIX and PREFIX/... (all methods) to URL and
  *       URL/..., with a service token whose audience is SERVICE; a PREFIX
  *       and URL path with a "v1" segment also get their v2 twin
  *       (/api/v2/products to .../v2/products, gw_routes_add_v2), and the
- *       v1 route's replies carry the deprecation headers
+ *       v1 route's replies carry the deprecation headers; URL|URL|...
+ *       are the instances of SERVICE, balanced (balance.c)
+ *   MOAT_GATEWAY_PROBE_MS         /readyz probe period of the instances of
+ *       an upstream with several (default 500)
  *   MOAT_GATEWAY_PUBLIC           "METHOD PREFIX[,...]" let through without
  *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
  *       covers itself and everything below it; GET covers HEAD; a v1
@@ -108,6 +111,7 @@ static void gw_free(struct gw *gw)
     gw_cache_close(gw);
     moat_http_client_free(gw->client);
     gw_cache_free(gw);
+    gw_pools_free(gw);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);
     gw_public_free(gw->public_list, gw->npublic);
@@ -288,7 +292,9 @@ static int gw_init(struct moat_service *svc)
         goto cleanup;
     }
     register_metrics(gw, svc->metrics);
-    rc = gw_compose_init(gw);
+    rc = gw_pools_init(gw);
+    if (rc == MOAT_OK)
+        rc = gw_compose_init(gw);
     if (rc != MOAT_OK)
         goto cleanup;
     int64_t access_ttl_s;

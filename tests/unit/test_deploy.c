@@ -484,7 +484,7 @@ static void test_unknown_fields(void **state)
     expect_error(DEPLOY(SVC(",'rotes':[]")),
                  "moat.json: services[0].rotes: unknown field (expected one "
                  "of: name, listen, engine, db, data_dir, binary, env, "
-                 "routes, calls, secrets, backup, dsn)");
+                 "routes, calls, secrets, backup, dsn, host)");
     expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
                                        "'path':'/b','timeout':1}]")),
                  "services[1].routes[0].timeout: unknown field");
@@ -575,6 +575,116 @@ static void test_listen(void **state)
         DEPLOY("{'name':'a','listen':'127.0.0.1:80','engine':'none'},"
                "{'name':'b','listen':'127.0.0.2:80','engine':'none'}"));
     deploy_free(d);
+}
+
+/* "listen" as an array: one instance per address (docs/operations.md
+ * "Several instances"). */
+static void test_instances(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'catalog','listen':['127.0.0.1:8081','127.0.0.1:8091'],"
+        "'engine':'sqlite','db':'c.db'},"
+        "{'name':'search','listen':'127.0.0.1:8084','engine':'sqlite',"
+        "'db':'s.db','env':{'MOAT_SEARCH_CATALOG_URL':"
+        "'http://127.0.0.1:8081'}}," GW("[{'prefix':'/api/v1/products',"
+                                        "'service':'catalog','path':'/v1/"
+                                        "products'}]")));
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_int_equal(c->ninstances, 2);
+    assert_string_equal(c->listen, "127.0.0.1:8081");
+    assert_int_equal(c->port, 8081);
+    assert_int_equal(c->inst[1].port, 8091);
+    assert_int_equal(deploy_find(d, "search")->ninstances, 1);
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes,
+                        "/api/v1/products=catalog@http://127.0.0.1:8081/v1/"
+                        "products|http://127.0.0.1:8091/v1/products");
+    free(routes);
+    char *map = deploy_instance_map(d);
+    assert_string_equal(map, "http://127.0.0.1:8081|http://127.0.0.1:8091");
+    free(map);
+    deploy_free(d);
+
+    d = parse_ok(DEPLOY(SVC("")));
+    assert_null(deploy_instance_map(d));
+    deploy_free(d);
+
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[0].listen: two instances share an address");
+    expect_error(DEPLOY("{'name':'a','listen':[],'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT or an array of 1 to");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80',7],"
+                        "'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80'],"
+                        "'engine':'none'},"
+                        "{'name':'b','listen':['127.0.0.1:81','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[1].listen: ");
+    expect_error(DEPLOY("{'name':'i','listen':['127.0.0.1:80','127.0.0.1:81'],"
+                        "'engine':'lmdb','db':'i.lmdb'}"),
+                 "several instances need a database");
+    expect_error(DEPLOY("{'name':'a','listen':'127.0.0.1:80','engine':'none',"
+                        "'env':{'MOAT_INSTANCES':'2'}}"),
+                 "is set by the supervisor");
+}
+
+/* "hosts" and "host": placed only once a host is selected. */
+static void test_hosts(void **state)
+{
+    MOAT_UNUSED(state);
+    static const char file[] =
+        "{'name':'h','hosts':{'a':{'address':'10.77.0.1'},"
+        "'b':{'address':'10.77.0.2'}},'services':["
+        "{'name':'catalog','host':'a','listen':['127.0.0.1:8081',"
+        "'127.0.0.1:8091'],'engine':'sqlite','db':'c.db'},"
+        "{'name':'orders','host':'b','listen':'127.0.0.1:8086','engine':"
+        "'sqlite','db':'o.db','env':{'MOAT_ORDERS_CATALOG_URL':"
+        "'http://127.0.0.1:8081','X':'http://127.0.0.1:80812'}},"
+        "{'name':'gateway','host':'b','listen':'0.0.0.0:8080','engine':"
+        "'none','routes':[{'prefix':'/api/v1/products','service':"
+        "'catalog','path':'/v1/products'}]}]}";
+    struct deploy *d = parse_ok(file);
+    assert_int_equal(d->nhosts, 2);
+    assert_string_equal(deploy_find(d, "catalog")->host, "127.0.0.1");
+    assert_null(d->selected_host);
+    char *err = NULL;
+    assert_int_equal(deploy_select_host(d, "c", &err), MOAT_EINVAL);
+    assert_non_null(strstr(err, "no host \"c\""));
+    free(err);
+    assert_int_equal(deploy_select_host(d, "b", &err), MOAT_OK);
+    assert_string_equal(d->selected_host, "b");
+    assert_string_equal(d->state_dir, BASE "/var/hosts/b");
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_string_equal(c->listen, "10.77.0.1:8081");
+    assert_string_equal(c->inst[1].listen, "10.77.0.1:8091");
+    assert_string_equal(deploy_find(d, "gateway")->host, "10.77.0.2");
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes, "/api/v1/products=catalog@http://10.77.0.1:"
+                                "8081/v1/products|http://10.77.0.1:8091/v1/"
+                                "products");
+    free(routes);
+    char *v = deploy_moved_urls(d, "http://127.0.0.1:8091/x,"
+                                   "http://127.0.0.1:80812,"
+                                   "http://127.0.0.1:8086");
+    assert_string_equal(v, "http://10.77.0.1:8091/x,http://127.0.0.1:80812,"
+                           "http://10.77.0.2:8086");
+    free(v);
+    deploy_free(d);
+
+    expect_error("{'name':'h','hosts':{'a':{'address':'10.0.0.1'}},"
+                 "'services':[" SVC("") "]}",
+                 "services[0].host: missing");
+    expect_error(DEPLOY(SVC(",'host':'x'")),
+                 "services[0].host: no host named \"x\"");
+    expect_error("{'name':'h','hosts':{'a':{'address':'db.local'}},"
+                 "'services':[" SVC(",'host':'a'") "]}",
+                 "hosts.a.address: must be an IPv4 address");
+    expect_error("{'name':'h','tls':true,'hosts':{'a':{'address':"
+                 "'10.0.0.1'}},'services':[" SVC(",'host':'a'") "]}",
+                 "hosts: not with \"tls\": true");
 }
 
 static void test_engine_and_db(void **state)
@@ -817,6 +927,8 @@ int main(void)
         cmocka_unit_test(test_required_and_types),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_listen),
+        cmocka_unit_test(test_instances),
+        cmocka_unit_test(test_hosts),
         cmocka_unit_test(test_engine_and_db),
         cmocka_unit_test(test_data_dirs),
         cmocka_unit_test(test_backup_cadence),
