@@ -379,28 +379,42 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
     if (!root)
         fail_msg("cannot read %s: %s", src, err.text);
     json_t *services = json_object_get(root, "services");
-    size_t n = json_array_size(services);
-    char **from = calloc(n, sizeof(*from)), **to = calloc(n, sizeof(*to));
-    uint16_t *ports = calloc(n, sizeof(*ports));
-    for (size_t i = 0; i < n; i++) {
-        json_t *svc = json_array_get(services, i);
-        uint16_t p;
-        bool taken;
-        do {
-            p = h_free_port();
-            taken = false;
-            for (size_t k = 0; k < i; k++)
-                taken = taken || ports[k] == p;
-        } while (taken);
-        ports[i] = p;
-        from[i] = strdup(json_string_value(json_object_get(svc, "listen")));
-        to[i] = strdup(h_fmt("127.0.0.1:%u", p));
-        json_object_set_new(svc, "listen", json_string(to[i]));
-        if (json_array_size(json_object_get(svc, "routes")))
-            snprintf(gw_url, gw_len, "%s://%s",
-                     json_is_true(json_object_get(root, "tls")) ? "https"
-                                                                : "http",
-                     to[i]);
+    /* Every address of every service (several for a service with
+     * instances, "listen" an array) moves to a free port of its own. */
+    size_t n = 0, cap = 0;
+    char **from = NULL, **to = NULL;
+    size_t si;
+    json_t *svc0;
+    json_array_foreach(services, si, svc0)
+    {
+        json_t *listen = json_object_get(svc0, "listen");
+        json_t *addrs = json_is_array(listen) ? json_incref(listen)
+                                              : json_pack("[O]", listen);
+        size_t k;
+        json_t *a;
+        json_array_foreach(addrs, k, a)
+        {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                from = realloc(from, cap * sizeof(*from));
+                to = realloc(to, cap * sizeof(*to));
+                assert_non_null(from);
+                assert_non_null(to);
+            }
+            from[n] = strdup(json_string_value(a));
+            to[n] = strdup(h_fmt("127.0.0.1:%u", (unsigned)h_free_port()));
+            json_array_set_new(addrs, k, json_string(to[n]));
+            if (k == 0 && json_array_size(json_object_get(svc0, "routes")))
+                snprintf(gw_url, gw_len, "%s://%s",
+                         json_is_true(json_object_get(root, "tls")) ? "https"
+                                                                    : "http",
+                         to[n]);
+            n++;
+        }
+        json_object_set(svc0, "listen",
+                        json_is_array(listen) ? addrs
+                                              : json_array_get(addrs, 0));
+        json_decref(addrs);
     }
     size_t i;
     json_t *svc;
@@ -433,12 +447,27 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                 env, "MOAT_GATEWAY_TIMEOUT_MS",
                 json_string(h_fmt("%u", h_scaled_ms(GATEWAY_TIMEOUT_MS))));
     }
-    /* The Redis moat up runs ("redis" without a "url") moves too. */
+    /* The servers moat up runs beside the services move too: Redis
+     * ("redis" without a "url"), the PostgreSQL cluster and the broker. */
     json_t *redis = json_object_get(root, "redis");
     if (json_is_object(redis) && !json_object_get(redis, "url"))
         json_object_set_new(
             redis, "listen",
             json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    json_t *pg = json_object_get(root, "postgres");
+    if (json_is_object(pg))
+        json_object_set_new(
+            pg, "listen",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    json_t *js = json_object_get(root, "jetstream");
+    if (json_is_object(js) && !json_object_get(js, "url")) {
+        json_object_set_new(
+            js, "listen",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+        json_object_set_new(
+            js, "monitor",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    }
     if (name)
         json_object_set_new(root, "name", json_string(name));
     json_object_set_new(root, "var_dir", json_string("var"));
@@ -451,7 +480,6 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
     }
     free(from);
     free(to);
-    free(ports);
     json_decref(root);
 }
 
