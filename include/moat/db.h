@@ -1,6 +1,7 @@
 /*
- * moat/db.h - a service's own SQLite database: connection setup, numbered
- * schema migrations, transactions and timed prepared statements.
+ * moat/db.h - a service's own database (SQLite, or PostgreSQL given a
+ * DSN): connection setup, numbered schema migrations, transactions and timed
+ * prepared statements.
  *
  * Only the owning service opens its database; the file is created mode 0600
  * inside the service's 0700 data directory. Every connection runs with
