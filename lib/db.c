@@ -290,6 +290,15 @@ static int pg_code(struct moat_db *db, const PGresult *res)
     pg_set_error(db, *msg ? msg : PQerrorMessage(db->pg));
     if (PQstatus(db->pg) != CONNECTION_OK || !state)
         return SQLITE_IOERR;
+    /* Integrity violations, with SQLite's extended code for the kind. */
+    if (strcmp(state, "23505") == 0)
+        return SQLITE_CONSTRAINT_UNIQUE;
+    if (strcmp(state, "23503") == 0)
+        return SQLITE_CONSTRAINT_FOREIGNKEY;
+    if (strcmp(state, "23502") == 0)
+        return SQLITE_CONSTRAINT_NOTNULL;
+    if (strcmp(state, "23514") == 0)
+        return SQLITE_CONSTRAINT_CHECK;
     if (strncmp(state, "23", 2) == 0)
         return SQLITE_CONSTRAINT;
     if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
