@@ -1320,6 +1320,47 @@ static void test_data_dir_permissions(void **state)
     }
 }
 
+/*
+ * On PostgreSQL only: the server is killed (immediate shutdown) and
+ * restarted under a running catalog. Meanwhile requests fail with 503 and
+ * readiness is withdrawn; afterwards the same process serves again, its
+ * data intact, without a restart of its own.
+ */
+static long catalog_readyz(void)
+{
+    struct h_resp r;
+    h_get(&r, h_fmt("%s/readyz", F.cat.url));
+    long status = r.status;
+    h_resp_release(&r);
+    return status;
+}
+
+static void test_database_restart(void **state)
+{
+    MOAT_UNUSED(state);
+    if (!h_pg_engine())
+        skip();
+    json_t *p = create_simple("pgrestart");
+    struct h_resp r;
+
+    h_pg_down();
+    h_get(&r, h_fmt("%s/v1/products/%s", F.cat.url, h_jstr(p, "id")));
+    h_assert_status(&r, 503);
+    assert_non_null(h_resp_header(&r, "Retry-After"));
+    h_resp_release(&r);
+    assert_int_equal(catalog_readyz(), 503);
+
+    h_pg_up();
+    H_WAIT_UNTIL(catalog_readyz() == 200, H_WAIT_MS,
+                 "catalog to be ready again");
+    json_t *got = fetch(p);
+    assert_json_equal(p, got);
+    json_decref(got);
+    json_decref(create_simple("pgrestart"));
+    assert_true(h_service_alive(&F.cat));
+    json_decref(p);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1342,6 +1383,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_authorisation),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_data_dir_permissions),
+        cmocka_unit_test(test_database_restart),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
