@@ -940,6 +940,8 @@ static int exec_sql(struct moat_db *db, const char *sql, char **err)
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         rc = pg_code(db, r);
         *err = moat_xstrdup(db->pg_error);
+    } else if (pg_is_write(r)) {
+        db->changes = strtoll(PQcmdTuples(r), NULL, 10); /* the last one */
     }
     PQclear(r);
     return rc;
@@ -1556,6 +1558,16 @@ int moat_stmt_columns(struct moat_stmt *s)
     if (s->db->engine == MOAT_DB_SQLITE)
         return sqlite3_column_count(s->st);
     return s->res ? PQnfields(s->res) : 0;
+}
+
+const char *moat_stmt_column_name(struct moat_stmt *s, int col)
+{
+    const char *name = NULL;
+    if (s->db->engine == MOAT_DB_SQLITE)
+        name = sqlite3_column_name(s->st, col);
+    else if (s->res && col >= 0 && col < PQnfields(s->res))
+        name = PQfname(s->res, col);
+    return name ? name : "";
 }
 
 bool moat_db_in_transaction(struct moat_db *db)
