@@ -1353,6 +1353,12 @@ int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
 
     if ((rc = check_migration_list(db, m, n)) != MOAT_OK)
         return rc;
+    /* On PostgreSQL under the write lock: two instances starting at once
+     * would race in CREATE TABLE IF NOT EXISTS (a unique violation in the
+     * catalog). */
+    bool locked = db->engine == MOAT_DB_POSTGRES && !tx_open(db);
+    if (locked && (rc = moat_db_begin(db)) != MOAT_OK)
+        return rc == MOAT_EBUSY ? rc : MOAT_EDB;
     rc = moat_db_exec(db, "db_migrations_table",
                       db->engine == MOAT_DB_POSTGRES
                           ? "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -1366,6 +1372,10 @@ int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
                             " checksum TEXT NOT NULL,"
                             " applied_at TEXT NOT NULL"
                             ") STRICT");
+    if (locked && rc == MOAT_OK)
+        rc = moat_db_commit(db);
+    else if (locked)
+        moat_db_rollback(db);
     if (rc != MOAT_OK)
         return rc == MOAT_EBUSY ? rc : MOAT_EDB;
     if ((rc = check_applied(db, m, n, &max_applied)) != MOAT_OK)
