@@ -218,6 +218,22 @@ const char *moat_stmt_column_name(struct moat_stmt *s, int col);
  * a statement such as COMMIT run through moat_db_exec). */
 bool moat_db_in_transaction(struct moat_db *db);
 
+/*
+ * PostgreSQL only: fn(arg) runs on base's loop after a NOTIFY on channel
+ * ([a-z_], at most 63) was committed in db's database, e.g. by another
+ * instance of the service. A second connection of its own only listens;
+ * when it breaks it reconnects every second, and calls fn once after
+ * reconnecting (what was sent meanwhile is lost). Returns MOAT_OK, or
+ * MOAT_EINVAL on SQLite or for a bad channel. db may be closed before the
+ * listener; free it with moat_db_listener_free() before base.
+ */
+struct event_base;
+struct moat_db_listener;
+int moat_db_listen(struct moat_db_listener **out, struct moat_db *db,
+                   struct event_base *base, const char *channel,
+                   void (*fn)(void *arg), void *arg);
+void moat_db_listener_free(struct moat_db_listener *l);
+
 /* Rows inserted, changed or deleted by the last finished statement. */
 int64_t moat_db_changes(struct moat_db *db);
 enum moat_db_engine moat_db_engine(const struct moat_db *db);
