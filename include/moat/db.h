@@ -119,7 +119,9 @@ struct moat_migration {
  * its owner. metrics (borrowed, may be NULL; must outlive the db) receives
  * statement timings. opts may be NULL for defaults. On success *out is
  * owned by the caller: close with moat_db_close(). Returns MOAT_EINVAL when
- * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise.
+ * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise. With
+ * opts->dsn set, path is ignored (may be NULL) and the connection is made
+ * at once: MOAT_EDB when it fails (logged without the password).
  */
 int moat_db_open(struct moat_db **out, const char *path,
                  const struct moat_db_options *opts,
