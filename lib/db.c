@@ -420,25 +420,6 @@ static char *pg_redacted(const char *dsn)
     return moat_buf_detach(&b, NULL);
 }
 
-size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max)
-{
-    static const char *const file_keys[] = {"passfile", "sslrootcert",
-                                            "sslcert", "sslkey", "sslcrl"};
-    size_t n = 0;
-    char *err = NULL;
-    PQconninfoOption *opts = dsn && *dsn ? PQconninfoParse(dsn, &err) : NULL;
-    PQfreemem(err);
-    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
-        for (size_t k = 0; k < MOAT_ARRAY_LEN(file_keys); k++) {
-            if (n < max && o->val && *o->val &&
-                strcmp(o->keyword, file_keys[k]) == 0)
-                out[n++] = moat_xstrdup(o->val);
-        }
-    }
-    PQconninfoFree(opts);
-    return n;
-}
-
 static void metrics_init(struct moat_db *db, struct moat_metrics *metrics)
 {
     if (!metrics)

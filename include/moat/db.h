@@ -250,14 +250,6 @@ const char *moat_db_path(const struct moat_db *db);
 int moat_db_error(struct moat_db *db, int sqlite_rc);
 
 /*
- * The files a libpq connection string names (passfile, sslrootcert,
- * sslcert, sslkey, sslcrl): at most max copies into out (each owned by
- * the caller: free()). A sandboxed service must keep reading them to
- * reconnect. Returns how many; 0 for NULL, "" or a malformed dsn.
- */
-size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max);
-
-/*
  * SQLite's ? and ?NNN placeholders rewritten as PostgreSQL's $N (what
  * moat_db_prepare does on PostgreSQL; exposed for tests). Quoted literals,
  * quoted identifiers, dollar-quoted bodies and comments are left alone.
