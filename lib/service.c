@@ -64,6 +64,12 @@ int moat_service_config_load(struct moat_service_config *cfg,
             snprintf(fallback, sizeof(fallback), "var/%s", def->name);
             cfg->data_dir = fallback;
         }
+        /* A libpq connection string: the store is that PostgreSQL
+         * database instead of a SQLite file (moat up sets it for
+         * "engine": "postgres"). Never logged: it may hold a password. */
+        cfg->db_dsn = moat_env_str("MOAT_DB_DSN", NULL);
+        if (cfg->db_dsn && !*cfg->db_dsn)
+            cfg->db_dsn = NULL;
     }
 
     if (moat_env_int("MOAT_MAX_BODY_BYTES", MOAT_HTTP_DEFAULT_MAX_BODY, 1024,

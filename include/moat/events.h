@@ -111,9 +111,22 @@ struct moat_http_server;
 struct moat_http_client;
 struct moat_auth;
 
-/* One migration step each (append to the service's own migrations). */
+/* One migration step each (append to the service's own migrations), with
+ * its PostgreSQL twin for the migration's pg text:
+ *   {3, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG}
+ * On PostgreSQL the outbox's sequence numbers come from the one row of
+ * moat_outbox_head, locked by each append until its COMMIT: they become
+ * visible in order and without gaps, as on SQLite (lib/outbox.c). Each
+ * append also NOTIFYs channel moat_outbox at its COMMIT, and every outbox
+ * LISTENs on a second connection, so that a feed reader parked on one
+ * instance of the producer wakes when another instance commits; within
+ * one process the wake stays in-process (moat_outbox_committed). The
+ * table stays the truth: a lost notification only delays a reader until
+ * its wait ends. */
 extern const char MOAT_OUTBOX_SCHEMA[];
+extern const char MOAT_OUTBOX_SCHEMA_PG[];
 extern const char MOAT_CONSUMER_SCHEMA[];
+extern const char MOAT_CONSUMER_SCHEMA_PG[];
 
 #define MOAT_FEED_MAX_LIMIT        1000
 #define MOAT_FEED_MAX_WAIT_MS      30000

@@ -30,11 +30,13 @@
 #include "moat/http_client.h"
 #include "moat/kv.h"
 #include "moat/log.h"
+#include "pg_fixture.h"
 
 #define DEADLINE_MS 5000
 
 struct fixture {
     char dir[64];
+    const char *dsn; /* on PostgreSQL (owned by pg_fixture), else NULL */
     struct event_base *base;
     struct moat_metrics *metrics;
     struct moat_db *db; /* SQLite storage, or */
@@ -47,12 +49,19 @@ struct fixture {
 };
 
 static const struct moat_migration migrations[] = {
-    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
+enum engine { ON_SQLITE, ON_LMDB, ON_PG };
+
 static int setup_with(void **state, const struct moat_outbox_options *opts,
-                      bool lmdb)
+                      enum engine engine)
 {
+    bool lmdb = engine == ON_LMDB;
+    if (engine == ON_PG && !h_pg_available()) {
+        *state = NULL; /* the test skips */
+        return 0;
+    }
     struct fixture *f = moat_xcalloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/moat-outbox-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
@@ -67,7 +76,9 @@ static int setup_with(void **state, const struct moat_outbox_options *opts,
                          MOAT_OK);
     } else {
         char *path = moat_xasprintf("%s/producer.db", f->dir);
-        assert_int_equal(moat_db_open(&f->db, path, NULL, f->metrics), MOAT_OK);
+        f->dsn = engine == ON_PG ? h_pg_dsn("test_outbox") : NULL;
+        struct moat_db_options o = {.dsn = f->dsn};
+        assert_int_equal(moat_db_open(&f->db, path, &o, f->metrics), MOAT_OK);
         free(path);
         assert_int_equal(moat_db_migrate(f->db, migrations, 1), MOAT_OK);
         assert_int_equal(
@@ -87,17 +98,24 @@ static int setup_with(void **state, const struct moat_outbox_options *opts,
 
 static int setup(void **state)
 {
-    return setup_with(state, NULL, false);
+    return setup_with(state, NULL, ON_SQLITE);
 }
 
 static int setup_kv(void **state)
 {
-    return setup_with(state, NULL, true);
+    return setup_with(state, NULL, ON_LMDB);
+}
+
+static int setup_pg(void **state)
+{
+    return setup_with(state, NULL, ON_PG);
 }
 
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        return 0;
     /* The drain hook answers the outbox's parked readers: not when a test
      * freed the outbox itself (the hook would reach freed memory). */
     if (f->o)
@@ -280,6 +298,8 @@ static void assert_metric(struct fixture *f, const char *line)
 static void test_append_needs_a_transaction(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     json_t *data = json_pack("{s:i}", "x", 1);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
                      MOAT_EINVAL);
@@ -308,6 +328,8 @@ static void test_append_needs_a_transaction(void **state)
 static void test_rollback_leaves_no_event(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     json_t *data = json_pack("{s:i}", "x", 1);
     tx_begin(f);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
@@ -331,6 +353,8 @@ static void test_rollback_leaves_no_event(void **state)
 static void test_sequence_order_and_cloudevents(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     int64_t a, b;
     append_n(f, 3, "s1", &a);
     append_n(f, 2, "s2", &b);
@@ -382,6 +406,8 @@ static void test_sequence_order_and_cloudevents(void **state)
 static void test_trace_is_recorded(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct moat_trace t;
     moat_trace_start(
         &t, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", NULL);
@@ -459,19 +485,28 @@ static int setup_retention(void **state)
 {
     struct moat_outbox_options opts = {.retention_s = 60,
                                        .retention_min_keep = 3};
-    return setup_with(state, &opts, false);
+    return setup_with(state, &opts, ON_SQLITE);
 }
 
 static int setup_retention_kv(void **state)
 {
     struct moat_outbox_options opts = {.retention_s = 60,
                                        .retention_min_keep = 3};
-    return setup_with(state, &opts, true);
+    return setup_with(state, &opts, ON_LMDB);
+}
+
+static int setup_retention_pg(void **state)
+{
+    struct moat_outbox_options opts = {.retention_s = 60,
+                                       .retention_min_keep = 3};
+    return setup_with(state, &opts, ON_PG);
 }
 
 static void test_retention_keeps_min_and_410(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 10, "s1", NULL);
     int64_t deleted = -1;
     assert_int_equal(moat_outbox_trim(f->o, &deleted), MOAT_OK);
@@ -503,6 +538,8 @@ static void test_retention_keeps_min_and_410(void **state)
 static void test_retention_deletes_a_prefix_only(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 10, "s1", NULL);
     /* 1..3 old, 4 young (a clock step), 5..10 old again. */
     age_events(f, 120000, 4);
@@ -531,6 +568,8 @@ static void on_commit_timer(evutil_socket_t fd, short what, void *arg)
 static void test_long_poll_wakes_on_commit(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 2, "s1", NULL);
     struct resp r;
     send_get(f, "/v1/events?after=2&wait=5000", &r);
@@ -550,9 +589,67 @@ static void test_long_poll_wakes_on_commit(void **state)
     json_decref(r.body);
 }
 
+/* A second instance of the producer on the same PostgreSQL database. */
+struct other_instance {
+    struct moat_db *db;
+    struct moat_metrics *m;
+    struct moat_outbox *o;
+    uint64_t at_ms;
+};
+
+static void on_other_commit(evutil_socket_t fd, short what, void *arg)
+{
+    struct other_instance *x = arg;
+    assert_int_equal(moat_db_begin(x->db), MOAT_OK);
+    json_t *data = json_pack("{s:s}", "by", "the other instance");
+    assert_int_equal(moat_outbox_append(x->o, "ItemSet", "s1", 1, data, NULL),
+                     MOAT_OK);
+    json_decref(data);
+    assert_int_equal(moat_db_commit(x->db), MOAT_OK);
+    moat_outbox_committed(x->o); /* wakes only its own readers */
+    x->at_ms = moat_mono_ms();
+}
+
+/* PostgreSQL only: a long poll parked on one instance is answered when
+ * another instance commits an event (NOTIFY reaches the first one's
+ * listener), not when its wait runs out. */
+static void test_other_instance_wakes_the_feed(void **state)
+{
+    struct fixture *f = *state;
+    if (!f || !f->dsn)
+        skip(); /* SQLite and LMDB have one writer process */
+    struct other_instance x = {.m = moat_metrics_new()};
+    struct moat_db_options opts = {.dsn = f->dsn};
+    assert_int_equal(moat_db_open(&x.db, NULL, &opts, NULL), MOAT_OK);
+    assert_int_equal(moat_outbox_new(&x.o, f->base, x.db, "catalog", NULL, x.m),
+                     MOAT_OK);
+    append_n(f, 1, "s1", NULL);
+
+    struct resp r;
+    send_get(f, "/v1/events?after=1&wait=5000", &r);
+    struct event *t = evtimer_new(f->base, on_other_commit, &x);
+    struct timeval tv = {0, 200000};
+    evtimer_add(t, &tv);
+    run_until(f, &r.done, DEADLINE_MS);
+    event_free(t);
+    assert_int_equal(r.status, 200);
+    assert_true(x.at_ms > 0);
+    assert_true(r.at_ms - x.at_ms < 1000);
+    json_t *events = json_object_get(r.body, "events");
+    assert_int_equal(json_array_size(events), 1);
+    assert_string_equal(jstr(json_array_get(events, 0), "sequence"), "2");
+    json_decref(r.body);
+
+    moat_outbox_free(x.o);
+    moat_db_close(x.db);
+    moat_metrics_free(x.m);
+}
+
 static void test_long_poll_timeout_is_empty(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 1, "s1", NULL);
     uint64_t t0 = moat_mono_ms();
     struct resp r;
@@ -568,6 +665,8 @@ static void test_long_poll_timeout_is_empty(void **state)
 static void test_free_answers_parked_readers(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct resp r;
     send_get(f, "/v1/events?wait=30000", &r);
     /* Let the request arrive and park. */
@@ -586,6 +685,8 @@ static void test_free_answers_parked_readers(void **state)
 static void test_bad_parameters(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     static const struct {
         const char *target;
         const char *param; /* the first error's parameter */
@@ -638,6 +739,8 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
 static void test_feed_source(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 4, "s1", NULL);
     char *url = moat_xasprintf("http://127.0.0.1:%u/", f->port);
     struct moat_event_source *src =
@@ -673,6 +776,8 @@ static void test_feed_source(void **state)
 static void test_feed_source_errors(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     /* Retention gone: 410 becomes MOAT_ENOTFOUND. */
     append_n(f, 1, "s1", NULL);
     delete_all_events(f);
@@ -709,6 +814,8 @@ static void test_feed_source_errors(void **state)
 static void test_lmdb_seq_survives_restart(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     char *path = moat_xasprintf("%s/restart.lmdb", f->dir);
     struct moat_metrics *m = moat_metrics_new();
     struct moat_kv *kv;
@@ -765,11 +872,13 @@ int main(int argc, char **argv)
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     moat_log_init("test", MOAT_LOG_ERROR);
-    /* Each test on SQLite, then as <name>_lmdb on LMDB. */
+    /* Each test on SQLite, then as <name>_lmdb on LMDB and as <name>_pg
+     * on PostgreSQL (skipped without it: tests/pg_fixture.h). */
 #define BOTH(fn, su)                                                           \
     cmocka_unit_test_setup_teardown(fn, su, teardown),                         \
+        {#fn "_lmdb", fn, su##_kv, teardown, NULL},                            \
     {                                                                          \
-#fn "_lmdb", fn, su##_kv, teardown, NULL                               \
+#fn "_pg", fn, su##_pg, teardown, NULL                                 \
     }
     const struct CMUnitTest tests[] = {
         BOTH(test_append_needs_a_transaction, setup),
@@ -786,6 +895,8 @@ int main(int argc, char **argv)
         BOTH(test_feed_source_errors, setup),
         cmocka_unit_test_setup_teardown(test_lmdb_seq_survives_restart,
                                         setup_kv, teardown),
+        cmocka_unit_test_setup_teardown(test_other_instance_wakes_the_feed,
+                                        setup_pg, teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);
