@@ -762,10 +762,11 @@ int pay_store_command_add(struct pay_store *s, const struct pay_command_new *c)
         s->db, "command_insert",
         "INSERT INTO payment_commands (order_id, command, payment_id, state, "
         "amount, reason, feed_seq, traceparent, reply, queued_at_ms, "
-        "done_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, "
-        "CASE WHEN ?4 = 'queued' THEN NULL ELSE ?10 END)");
+        "done_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)");
     if (!stmt)
         return MOAT_EDB;
+    /* A queued command is not done yet; any other is done as it lands. */
+    bool queued = strcmp(c->state, "queued") == 0;
     if (moat_stmt_bind_text(stmt, 1, c->order_id) != MOAT_OK ||
         moat_stmt_bind_text(stmt, 2, c->command) != MOAT_OK ||
         moat_stmt_bind_text(stmt, 3, c->payment_id) != MOAT_OK ||
@@ -775,7 +776,9 @@ int pay_store_command_add(struct pay_store *s, const struct pay_command_new *c)
         moat_stmt_bind_int64(stmt, 7, c->feed_seq) != MOAT_OK ||
         moat_stmt_bind_text(stmt, 8, c->traceparent) != MOAT_OK ||
         moat_stmt_bind_text(stmt, 9, c->reply) != MOAT_OK ||
-        moat_stmt_bind_int64(stmt, 10, c->now_ms) != MOAT_OK) {
+        moat_stmt_bind_int64(stmt, 10, c->now_ms) != MOAT_OK ||
+        (queued ? moat_stmt_bind_null(stmt, 11)
+                : moat_stmt_bind_int64(stmt, 11, c->now_ms)) != MOAT_OK) {
         moat_stmt_reset(stmt);
         return MOAT_EDB;
     }
