@@ -182,7 +182,25 @@ enum moat_db_engine moat_db_engine(const struct moat_db *db);
 sqlite3 *moat_db_handle(struct moat_db *db);
 const char *moat_db_errmsg(struct moat_db *db);
 const char *moat_db_path(const struct moat_db *db);
-/* Map the last SQLite error to a moat error (constraint -> ECONFLICT...). */
+/* Map the last SQLite error to a moat error (constraint -> ECONFLICT...).
+ * On PostgreSQL SQLITE_IOERR stands for a lost connection: MOAT_EBUSY. */
 int moat_db_error(struct moat_db *db, int sqlite_rc);
+
+/*
+ * The files a libpq connection string names (passfile, sslrootcert,
+ * sslcert, sslkey, sslcrl): at most max copies into out (each owned by
+ * the caller: free()). A sandboxed service must keep reading them to
+ * reconnect. Returns how many; 0 for NULL, "" or a malformed dsn.
+ */
+size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max);
+
+/*
+ * SQLite's ? and ?NNN placeholders rewritten as PostgreSQL's $N (what
+ * moat_db_prepare does on PostgreSQL; exposed for tests). Quoted literals,
+ * quoted identifiers, dollar-quoted bodies and comments are left alone.
+ * *nparams gets the highest number. NULL for a number outside 1..32767.
+ * The caller frees the result.
+ */
+char *moat_db_pg_placeholders(const char *sql, int *nparams);
 
 #endif /* MOAT_DB_H */
