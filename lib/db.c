@@ -290,6 +290,16 @@ static int pg_code(struct moat_db *db, const PGresult *res)
     pg_set_error(db, *msg ? msg : PQerrorMessage(db->pg));
     if (PQstatus(db->pg) != CONNECTION_OK || !state)
         return SQLITE_IOERR;
+    /* Extended codes, as SQLite gives them (extended_result_codes on):
+     * callers tell a taken key (409) from a broken CHECK (a bug). */
+    if (strcmp(state, "23505") == 0)
+        return SQLITE_CONSTRAINT_UNIQUE;
+    if (strcmp(state, "23514") == 0)
+        return SQLITE_CONSTRAINT_CHECK;
+    if (strcmp(state, "23503") == 0)
+        return SQLITE_CONSTRAINT_FOREIGNKEY;
+    if (strcmp(state, "23502") == 0)
+        return SQLITE_CONSTRAINT_NOTNULL;
     if (strncmp(state, "23", 2) == 0)
         return SQLITE_CONSTRAINT;
     if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
@@ -908,6 +918,9 @@ static int exec_sql(struct moat_db *db, const char *sql, char **err)
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         rc = pg_code(db, r);
         *err = moat_xstrdup(db->pg_error);
+    } else if (pg_is_write(r)) {
+        /* The last statement's, as sqlite3_changes() after sqlite3_exec. */
+        db->changes = strtoll(PQcmdTuples(r), NULL, 10);
     }
     PQclear(r);
     return rc;
