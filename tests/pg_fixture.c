@@ -157,8 +157,6 @@ static void start_server(void)
                           "-c",
                           "fsync=off",
                           "-c",
-                          "synchronous_commit=off",
-                          "-c",
                           "full_page_writes=off",
                           "-c",
                           "max_connections=200",
