@@ -149,9 +149,8 @@ static int payments_init(struct moat_service *svc)
     step = "database";
     /* MOAT_DB_DSN: the store is that PostgreSQL database (moat up sets it
      * for "engine": "postgres"); unset, data_dir/payments.db. */
-    struct pay_store_options so = {.base = svc->base,
-                                   .source = svc->cfg.name,
-                                   .dsn = moat_env_str("MOAT_DB_DSN", NULL)};
+    struct pay_store_options so = {
+        .base = svc->base, .source = svc->cfg.name, .dsn = svc->cfg.db_dsn};
     rc = pay_store_open(&ps->store, dir, svc->metrics, &so);
     if (rc == MOAT_OK)
         rc = moat_feed_register(pay_store_outbox(ps->store), svc->http);

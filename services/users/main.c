@@ -202,8 +202,7 @@ static int users_init(struct moat_service *svc)
     step = "database";
     /* MOAT_DB_DSN: the store is that PostgreSQL database (moat up sets it
      * for "engine": "postgres"); unset, data_dir/users.db. */
-    rc = usr_store_open(&usr->store, svc->base, dir,
-                        moat_env_str("MOAT_DB_DSN", NULL), usr->kr,
+    rc = usr_store_open(&usr->store, svc->base, dir, svc->cfg.db_dsn, usr->kr,
                         svc->metrics);
     if (rc == MOAT_OK)
         rc = moat_feed_register(usr_store_outbox(usr->store), svc->http);
