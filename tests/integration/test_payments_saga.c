@@ -287,12 +287,15 @@ static char *slurp(const char *path, size_t *len)
     return data;
 }
 
-/* True when needle occurs in any file of payments' data directory. */
+/* True when needle occurs in any file of payments' data directory, or in
+ * any row of its PostgreSQL database when it has one. */
 static bool in_data_dir(const char *needle)
 {
     DIR *d = opendir(F.pay_data);
     struct dirent *e;
-    bool found = false;
+    char *rows = h_store_text(F.pay_data);
+    bool found = rows && strstr(rows, needle);
+    free(rows);
     size_t k = strlen(needle);
     assert_non_null(d);
     while (!found && (e = readdir(d)) != NULL) {
