@@ -14,12 +14,6 @@
 
 #define DB_FILE "payments.db"
 
-/* TODO(pg): the PostgreSQL twins of the outbox's and the consumer's
- * schemas (MOAT_OUTBOX_SCHEMA_PG, MOAT_CONSUMER_SCHEMA_PG in moat/events.h)
- * come with the engine; until then this store cannot open on PostgreSQL. */
-#define OUTBOX_SCHEMA_PG   NULL
-#define CONSUMER_SCHEMA_PG NULL
-
 struct pay_store {
     struct moat_db *db;
     struct moat_outbox *outbox;
@@ -103,9 +97,9 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms bigint NOT NULL,\n"
      "    PRIMARY KEY (caller, key)\n"
      ");\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, OUTBOX_SCHEMA_PG},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
     {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
-     CONSUMER_SCHEMA_PG},
+     MOAT_CONSUMER_SCHEMA_PG},
     /*
      * The order saga (docs/saga.md). payment_commands holds one row per
      * (order, command) ever applied: the unique key makes a redelivered

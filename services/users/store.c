@@ -22,11 +22,6 @@ struct usr_store {
 
 #define DB_FILE "users.db"
 
-/* TODO(pg): the PostgreSQL twins of the outbox's and the consumer's
- * schemas (MOAT_OUTBOX_SCHEMA_PG, MOAT_CONSUMER_SCHEMA_PG in moat/events.h)
- * come with the engine; until then this store cannot open on PostgreSQL. */
-#define OUTBOX_SCHEMA_PG NULL
-
 /* Places of the sealed fields: "<table>.<field>:<row id>" is the AEAD
  * associated data, which binds a ciphertext to one row and one column. */
 #define AD_EMAIL "users.email"
@@ -104,7 +99,7 @@ static const struct moat_migration migrations[] = {
      ");\n"
      "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
      "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
-    {2, "create outbox", MOAT_OUTBOX_SCHEMA, OUTBOX_SCHEMA_PG},
+    {2, "create outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
     /*
      * Permissions: the moderator role, suspension, and moderation actions.
      * A CHECK cannot be altered in SQLite, so users is rebuilt; its child
