@@ -87,6 +87,8 @@ struct moat_outbox {
     struct moat_outbox_options opts;
     struct event *trim_timer; /* retention sweep */
     struct event *wake;       /* made active by moat_outbox_committed */
+    /* PostgreSQL: NOTIFYs of other instances' appends wake the feed. */
+    struct moat_db_listener *listener;
     /* Parked GET /v1/events requests, oldest first (feed.c). */
     struct feed_waiter *waiters, *waiters_tail;
     size_t nwaiters;

@@ -44,6 +44,9 @@
 /* When a step deleted a full batch there is more: come back soon. */
 #define TRIM_AGAIN_MS 10
 
+/* PostgreSQL: the NOTIFY channel of a database's outbox. */
+#define OUTBOX_CHANNEL "moat_outbox"
+
 #define TYPE_MAX    64
 #define SUBJECT_MAX 256
 
@@ -215,7 +218,10 @@ static int sqlite_append(struct moat_outbox *o, const struct outbox_event *ev,
         "RETURNING head) "
         "INSERT INTO moat_outbox (seq, id, type, subject, time_ms, "
         "schema_version, data, traceparent) "
-        "SELECT head, ?1, ?2, ?3, ?4, ?5, ?6, ?7 FROM h RETURNING seq");
+        "SELECT head, ?1, ?2, ?3, ?4, ?5, ?6, ?7 FROM h, "
+        /* Delivered at COMMIT (coalesced per transaction) to the other
+         * instances' listeners: their feed readers wake too. */
+        "(SELECT pg_notify('" OUTBOX_CHANNEL "', '')) AS n RETURNING seq");
     if (!stmt)
         goto cleanup;
     moat_stmt_bind_text(stmt, 1, ev->id);
@@ -413,6 +419,14 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     moat_feed_wake_waiters(arg);
 }
 
+/* Another instance's append committed (PostgreSQL NOTIFY). */
+static void on_notify(void *arg)
+{
+    struct moat_outbox *o = arg;
+    if (o->nwaiters > 0 || o->nstreams > 0)
+        event_active(o->wake, EV_TIMEOUT, 1);
+}
+
 /* The part of moat_outbox_new* after the storage is known: takes o. */
 static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
                         struct moat_metrics *m)
@@ -457,6 +471,10 @@ static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
     o->trim_timer = evtimer_new(o->base, on_trim, o);
     if (!o->wake || !o->trim_timer)
         moat_die("cannot create outbox events");
+    if (o->db && moat_db_engine(o->db) == MOAT_DB_POSTGRES &&
+        moat_db_listen(&o->listener, o->db, o->base, OUTBOX_CHANNEL, on_notify,
+                       o) != MOAT_OK)
+        moat_die("cannot listen for the outbox's notifications");
     if (o->opts.retention_s > 0)
         arm_trim(o, TRIM_INTERVAL_MS);
     if (moat_event_transport)
@@ -511,6 +529,7 @@ void moat_outbox_free(struct moat_outbox *o)
         moat_event_transport->outbox_stopping(o);
     /* Parked readers get their answer now, while the db is still ours. */
     moat_feed_release_waiters(o);
+    moat_db_listener_free(o->listener);
     event_free(o->wake);
     event_free(o->trim_timer);
     free(o->source);

@@ -11,23 +11,21 @@
 
 void moat_testhook_sql(struct moat_req *r, struct moat_db *db, const char *sql)
 {
-    /* SQLite counts the changes of every statement in sql; PostgreSQL
-     * those of its last one (give it one statement). */
     sqlite3 *h = moat_db_handle(db);
     int rc = moat_db_begin(db);
     if (rc != MOAT_OK) {
         moat_req_reply_problem(r, 500, "cannot begin a transaction");
         return;
     }
-    int64_t before = h ? sqlite3_total_changes64(h) : 0;
+    /* SQLite counts every statement of sql; PostgreSQL the last one. */
+    int before = h ? sqlite3_total_changes(h) : 0;
     rc = moat_db_exec(db, "test_hook", sql);
-    int64_t changed =
-        h ? sqlite3_total_changes64(h) - before : moat_db_changes(db);
+    int changed =
+        h ? sqlite3_total_changes(h) - before : (int)moat_db_changes(db);
     if (rc != MOAT_OK || changed == 0) {
         moat_db_rollback(db);
         if (rc != MOAT_OK)
-            moat_req_reply_problem(r, 500, "%s",
-                                   h ? moat_db_errmsg(db) : "statement failed");
+            moat_req_reply_problem(r, 500, "%s", moat_db_errmsg(db));
         else
             moat_req_reply_problem(r, 404, "no row matched");
         return;
@@ -39,8 +37,7 @@ void moat_testhook_sql(struct moat_req *r, struct moat_db *db, const char *sql)
     }
     moat_log(MOAT_LOG_WARN, "test hook: store corrupted on purpose", "{s:s}",
              "sql", sql);
-    moat_req_reply_json(r, 200,
-                        json_pack("{s:I}", "changed", (json_int_t)changed));
+    moat_req_reply_json(r, 200, json_pack("{s:i}", "changed", changed));
 }
 
 #else

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "moat/buf.h"
+#include "moat/db.h"
 #include "moat/events.h"
 #include "moat/kv.h"
 
@@ -37,9 +38,22 @@ static void diff_add(struct diff_sink *d, const char *fmt, ...)
     moat_buf_release(&b);
 }
 
-static const char *key_of(sqlite3_stmt *st, int step)
+static const char *key_of(struct moat_stmt *st, int step)
 {
-    return step == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+    return step == SQLITE_ROW ? moat_stmt_text(st, 0) : NULL;
+}
+
+/* Whether column c differs between the current rows of sa and sb: SQL
+ * NULL or not, the text, and (both on SQLite) the storage class. */
+static bool column_differs(struct moat_stmt *sa, struct moat_stmt *sb, int c)
+{
+    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
+    if (ra && rb && sqlite3_column_type(ra, c) != sqlite3_column_type(rb, c))
+        return true;
+    if (moat_stmt_is_null(sa, c) != moat_stmt_is_null(sb, c))
+        return true;
+    const char *ta = moat_stmt_text(sa, c), *tb = moat_stmt_text(sb, c);
+    return strcmp(ta ? ta : "", tb ? tb : "") != 0;
 }
 
 static int compare_table(struct moat_db *a, struct moat_db *b,
@@ -51,11 +65,9 @@ static int compare_table(struct moat_db *a, struct moat_db *b,
     struct moat_stmt *sb = moat_db_prepare(b, t->name, t->sql);
     if (!sa || !sb)
         return MOAT_EDB;
-    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
-    int ncols = sqlite3_column_count(ra);
     int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
     while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
-        const char *ka = key_of(ra, stepa), *kb = key_of(rb, stepb);
+        const char *ka = key_of(sa, stepa), *kb = key_of(sb, stepb);
         int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
         if (cmp < 0) {
             diff_add(d, "%s %.80s: only in the live view", t->what, ka);
@@ -67,16 +79,14 @@ static int compare_table(struct moat_db *a, struct moat_db *b,
             stepb = moat_stmt_step(sb);
             continue;
         }
+        int ncols = moat_stmt_columns(sa);
         for (int c = 1; c < ncols; c++) {
-            sqlite3_value *va = sqlite3_column_value(ra, c);
-            sqlite3_value *vb = sqlite3_column_value(rb, c);
-            const char *ta = (const char *)sqlite3_value_text(va);
-            const char *tb = (const char *)sqlite3_value_text(vb);
-            if (sqlite3_value_type(va) != sqlite3_value_type(vb) ||
-                strcmp(ta ? ta : "", tb ? tb : "") != 0)
-                diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
-                         t->what, ka, sqlite3_column_name(ra, c),
-                         ta ? ta : "NULL", tb ? tb : "NULL");
+            if (!column_differs(sa, sb, c))
+                continue;
+            const char *ta = moat_stmt_text(sa, c), *tb = moat_stmt_text(sb, c);
+            diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
+                     t->what, ka, moat_stmt_column_name(sa, c),
+                     ta ? ta : "NULL", tb ? tb : "NULL");
         }
         stepa = moat_stmt_step(sa);
         stepb = moat_stmt_step(sb);

@@ -119,7 +119,9 @@ struct moat_migration {
  * its owner. metrics (borrowed, may be NULL; must outlive the db) receives
  * statement timings. opts may be NULL for defaults. On success *out is
  * owned by the caller: close with moat_db_close(). Returns MOAT_EINVAL when
- * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise.
+ * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise. With
+ * opts->dsn set, path is ignored (may be NULL) and the connection is made
+ * at once: MOAT_EDB when it fails (logged without the password).
  */
 int moat_db_open(struct moat_db **out, const char *path,
                  const struct moat_db_options *opts,
@@ -211,10 +213,28 @@ const char *moat_stmt_text(struct moat_stmt *s, int col);
 const void *moat_stmt_blob(struct moat_stmt *s, int col, size_t *n);
 bool moat_stmt_is_null(struct moat_stmt *s, int col);
 int moat_stmt_columns(struct moat_stmt *s);
+/* The name of result column col (owned by the statement; "" if none). */
+const char *moat_stmt_column_name(struct moat_stmt *s, int col);
 
 /* Whether a transaction is open on db (begun and not yet ended, also by
  * a statement such as COMMIT run through moat_db_exec). */
 bool moat_db_in_transaction(struct moat_db *db);
+
+/*
+ * PostgreSQL only: fn(arg) runs on base's loop after a NOTIFY on channel
+ * ([a-z_], at most 63) was committed in db's database, e.g. by another
+ * instance of the service. A second connection of its own only listens;
+ * when it breaks it reconnects every second, and calls fn once after
+ * reconnecting (what was sent meanwhile is lost). Returns MOAT_OK, or
+ * MOAT_EINVAL on SQLite or for a bad channel. db may be closed before the
+ * listener; free it with moat_db_listener_free() before base.
+ */
+struct event_base;
+struct moat_db_listener;
+int moat_db_listen(struct moat_db_listener **out, struct moat_db *db,
+                   struct event_base *base, const char *channel,
+                   void (*fn)(void *arg), void *arg);
+void moat_db_listener_free(struct moat_db_listener *l);
 
 /* Rows inserted, changed or deleted by the last finished statement. */
 int64_t moat_db_changes(struct moat_db *db);
