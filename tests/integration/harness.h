@@ -175,6 +175,20 @@ void h_service_print_log(const struct h_service *svc, size_t max_lines);
 /* SIGKILL every started child that is still running. */
 void h_kill_all(void);
 
+/*
+ * Under MOAT_TEST_ENGINE=postgres (tests/pg_fixture.h): the DSN the
+ * services started with data_dir got as MOAT_DB_DSN (owned by the
+ * fixture), or NULL when the test runs on SQLite or none started yet.
+ */
+const char *h_store_dsn(const char *data_dir);
+/*
+ * Every row of every table of that PostgreSQL store as text (one line per
+ * row, PostgreSQL's row literal), for tests that check what is at rest;
+ * the caller frees it. NULL when h_store_dsn(data_dir) is (the store is
+ * the SQLite file in data_dir: read the files).
+ */
+char *h_store_text(const char *data_dir);
+
 /* ---- HTTP ---- */
 
 #define H_MAX_HEADERS  64
