@@ -502,6 +502,24 @@ static bool gateway_ready(void *arg)
     return ok;
 }
 
+/* For h_wait_until: the gateway answers, or moat up has exited (a start
+ * that failed: no point in waiting for the rest of the timeout). */
+struct up_wait {
+    const char *gw_url;
+    pid_t pid;
+    bool exited;
+};
+
+static bool up_ready_or_gone(void *arg)
+{
+    struct up_wait *w = arg;
+    if (waitpid(w->pid, NULL, WNOHANG) == w->pid) {
+        w->exited = true;
+        return true;
+    }
+    return gateway_ready((void *)w->gw_url);
+}
+
 pid_t h_moat_up(const char *file, const char *dir, const char *gw_url)
 {
     char *log = moat_xasprintf("%s/up.log", dir);
@@ -513,10 +531,13 @@ pid_t h_moat_up(const char *file, const char *dir, const char *gw_url)
         execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", file, (char *)NULL);
         _exit(127);
     }
-    if (pid > 0 && !h_wait_until(gateway_ready, (void *)gw_url, 30000)) {
+    struct up_wait w = {.gw_url = gw_url, .pid = pid};
+    if (pid > 0 && (!h_wait_until(up_ready_or_gone, &w, 30000) || w.exited)) {
         h_print_file(log);
-        fprintf(stderr, "harness: the deployment %s did not come up\n", file);
-        h_moat_down(&pid);
+        fprintf(stderr, "harness: the deployment %s did not come up%s\n", file,
+                w.exited ? " (moat up exited)" : "");
+        if (!w.exited)
+            h_moat_down(&pid);
         pid = -1;
     }
     free(log);
