@@ -1516,6 +1516,9 @@ struct moat_event_source *moat_feed_source_new(const char *name,
     /* MOAT_FEED_STREAM=0: long polls only (old producers are detected). */
     const char *env = getenv("MOAT_FEED_STREAM");
     fs->no_stream = env && strcmp(env, "0") == 0;
+    /* MOAT_FEED_FILTER=0: every event, the consumer passes over the rest. */
+    env = getenv("MOAT_FEED_FILTER");
+    fs->no_filter = env && strcmp(env, "0") == 0;
     fs->buffered = json_array();
     fs->buffered_sizes = json_array();
     fs->buf_from = fs->pos = -1;

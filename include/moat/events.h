@@ -316,7 +316,9 @@ struct moat_event_source {
  * (?stream=1) the source keeps open at the puller's cursor, holding at
  * most 4 MiB of events received and not yet pulled; other pulls, and all
  * pulls when the producer does not stream or MOAT_FEED_STREAM=0, are long
- * polls waiting wait_ms + 5 s at most. */
+ * polls waiting wait_ms + 5 s at most. Both ask for src->types only
+ * (?types=) unless MOAT_FEED_FILTER=0 or the producer does not filter (a
+ * 400 naming "types": logged once, then everything). */
 struct moat_event_source *moat_feed_source_new(const char *name,
                                                const char *base_url,
                                                struct moat_http_client *client,
