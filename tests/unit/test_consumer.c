@@ -1808,7 +1808,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_filter_wire, setup, teardown),
-        BOTH(test_filter_consumer),
+        cmocka_unit_test_setup_teardown(test_filter_consumer, setup, teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);
