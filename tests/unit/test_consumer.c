@@ -735,11 +735,12 @@ static bool resp_done(struct fixture *f, void *arg)
     return ((struct resp *)arg)->done;
 }
 
-static json_t *admin(struct fixture *f, const char *method, const char *target,
-                     int want_status)
+/* method target on 127.0.0.1:port; its body (owned). */
+static json_t *call_port(struct fixture *f, uint16_t port, const char *method,
+                         const char *target, int want_status)
 {
     struct resp r = {0};
-    char *url = moat_xasprintf("http://127.0.0.1:%u%s", f->cport, target);
+    char *url = moat_xasprintf("http://127.0.0.1:%u%s", port, target);
     struct moat_http_call call = {
         .method = method, .url = url, .timeout_ms = DEADLINE_MS};
     assert_int_equal(moat_http_client_send(f->client, &call, on_resp, &r),
@@ -753,6 +754,12 @@ static json_t *admin(struct fixture *f, const char *method, const char *target,
                  want_status, text ? text : "");
     }
     return r.body;
+}
+
+static json_t *admin(struct fixture *f, const char *method, const char *target,
+                     int want_status)
+{
+    return call_port(f, f->cport, method, target, want_status);
 }
 
 static int64_t jint(json_t *o, const char *path)
@@ -1596,21 +1603,7 @@ static void test_stream_slow_reader_is_dropped(void **state)
 /* GET target on the producer's feed; its body (owned). */
 static json_t *feed_get(struct fixture *f, const char *target, int want_status)
 {
-    struct resp r = {0};
-    char *url = moat_xasprintf("http://127.0.0.1:%u%s", f->pport, target);
-    struct moat_http_call call = {
-        .method = "GET", .url = url, .timeout_ms = DEADLINE_MS};
-    assert_int_equal(moat_http_client_send(f->client, &call, on_resp, &r),
-                     MOAT_OK);
-    free(url);
-    run_until(f, resp_done, &r, DEADLINE_MS);
-    assert_int_equal(r.err, MOAT_OK);
-    if (r.status != want_status) {
-        char *text = json_dumps(r.body, 0);
-        fail_msg("GET %s: status %d, want %d: %s", target, r.status,
-                 want_status, text ? text : "");
-    }
-    return r.body;
+    return call_port(f, f->pport, "GET", target, want_status);
 }
 
 /* The sequences of a page's events, "1,3". */
