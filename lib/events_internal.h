@@ -100,6 +100,9 @@ struct moat_outbox {
     /* Streaming readers (GET /v1/events?stream=1, feed.c). */
     struct feed_stream *streams;
     size_t nstreams;
+    /* The stream lines of recent events, rendered once for every reader
+     * (feed.c; NULL until the first stream, freed with the readers). */
+    struct feed_line *lines;
     int64_t counted_head; /* head already added to m_appended */
     /* Several instances share the outbox (MOAT_INSTANCES > 1): another
      * process's commits are seen by polling the head (outbox.c). */

@@ -53,6 +53,11 @@
 #define FEED_STREAM_STALL_MS   5000
 /* Events read from the outbox per batch while writing a stream. */
 #define FEED_STREAM_BATCH 100
+/* Stream lines of the newest events kept rendered (by seq modulo), so
+ * that the readers of an event share one rendering; lines longer than
+ * FEED_LINE_CACHE_MAX bytes are rendered for each reader. */
+#define FEED_LINE_CACHE     256
+#define FEED_LINE_CACHE_MAX (16u << 10)
 /* With ?types=, events looked at (taken or passed over) per page or
  * stream batch at most: a reader of rare types over a long backlog gets
  * empty pages that still move next_after, instead of one long read. */
@@ -157,6 +162,7 @@ struct feed_stream {
 
 static bool stream_push(struct feed_stream *st);
 static void stream_end(struct feed_stream *st, bool dropped);
+static void lines_free(struct moat_outbox *o);
 
 struct feed_waiter {
     struct moat_outbox *o;
@@ -457,6 +463,7 @@ void moat_feed_release_waiters(struct moat_outbox *o)
 {
     while (o->streams)
         stream_end(o->streams, false);
+    lines_free(o);
     while (o->waiters) {
         struct feed_waiter *w = o->waiters;
         waiter_unlink(w);
@@ -498,26 +505,65 @@ static bool stream_line(struct feed_stream *st, struct moat_buf *b)
     return moat_req_stream_write(st->req, b->data, b->len);
 }
 
+/* One rendered stream line (an event's CloudEvent, without the '\n'). */
+struct feed_line {
+    int64_t seq;
+    char *id;   /* owned: the event's id, so a reused seq never matches */
+    char *text; /* owned; NULL = empty slot */
+    size_t len;
+};
+
+static void lines_free(struct moat_outbox *o)
+{
+    if (!o->lines)
+        return;
+    for (size_t i = 0; i < FEED_LINE_CACHE; i++) {
+        free(o->lines[i].id);
+        free(o->lines[i].text);
+    }
+    free(o->lines);
+    o->lines = NULL;
+}
+
 struct stream_batch {
     struct moat_outbox *o;
     struct moat_buf *out;
     int taken;
 };
 
+/* Append e's line: rendered by the first stream that writes it, copied
+ * by the others. */
 static int add_to_stream(const struct outbox_event *e, void *arg)
 {
     struct stream_batch *sb = arg;
     if (sb->taken >= FEED_STREAM_BATCH ||
         sb->out->len >= FEED_STREAM_HIGH_WATER / 4)
         return OUTBOX_STOP; /* the next batch starts with it */
-    json_t *ev = stored_event(sb->o, e);
-    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(ev);
-    if (!text)
-        return MOAT_EINVAL;
-    moat_buf_addstr(sb->out, text);
+    struct moat_outbox *o = sb->o;
+    const char *id = e->id ? e->id : "";
+    if (!o->lines)
+        o->lines = moat_xcalloc(FEED_LINE_CACHE, sizeof(*o->lines));
+    struct feed_line *l = &o->lines[(uint64_t)e->seq % FEED_LINE_CACHE];
+    if (!l->text || l->seq != e->seq || strcmp(l->id, id) != 0) {
+        json_t *ev = stored_event(o, e);
+        char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(ev);
+        if (!text)
+            return MOAT_EINVAL;
+        size_t len = strlen(text);
+        if (len > FEED_LINE_CACHE_MAX) {
+            moat_buf_add(sb->out, text, len);
+            free(text);
+            goto written;
+        }
+        free(l->id);
+        free(l->text);
+        *l = (struct feed_line){
+            .seq = e->seq, .id = moat_xstrdup(id), .text = text, .len = len};
+    }
+    moat_buf_add(sb->out, l->text, l->len);
+written:
     moat_buf_addch(sb->out, '\n');
-    free(text);
     sb->taken++;
     return OUTBOX_NEXT;
 }

@@ -1560,6 +1560,63 @@ static void test_stream_wire_format(void **state)
     moat_buf_release(&r.got);
 }
 
+/* The line of the event with this subject in a stream's text. */
+static const char *line_of(const char *text, const char *subject, size_t *len)
+{
+    char *key = moat_xasprintf("\"subject\":\"%s\"", subject);
+    const char *at = strstr(text, key);
+    free(key);
+    assert_non_null(at);
+    while (at > text && at[-1] != '\n')
+        at--;
+    *len = (size_t)(strchr(at, '\n') - at);
+    return at;
+}
+
+/* Two streams get the same bytes for each event (rendered once and
+ * shared), and an event too big to keep rendered reaches both too. */
+static void test_stream_readers_share_lines(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    struct raw_read r[2];
+    for (int i = 0; i < 2; i++) {
+        r[i] = (struct raw_read){
+            .fd = raw_request(f, "/v1/events?after=0&stream=1"),
+            .got = MOAT_BUF_INIT,
+            .want = "\"sequence\":\"1\""};
+        run_until(f, raw_has, &r[i], DEADLINE_MS);
+    }
+    char *big = moat_xmalloc(40000);
+    memset(big, 'x', 39999);
+    big[39999] = '\0';
+    produce(f, "ItemSet", "s2", big, 2);
+    produce(f, "ItemSet", "s3", "c", 2);
+    for (int i = 0; i < 2; i++) {
+        r[i].want = "\"sequence\":\"3\"";
+        run_until(f, raw_has, &r[i], DEADLINE_MS);
+    }
+    static const char *const subjects[] = {"s1", "s2", "s3"};
+    for (size_t k = 0; k < MOAT_ARRAY_LEN(subjects); k++) {
+        size_t a, b;
+        const char *la = line_of(moat_buf_str(&r[0].got), subjects[k], &a);
+        const char *lb = line_of(moat_buf_str(&r[1].got), subjects[k], &b);
+        assert_int_equal(a, b);
+        assert_memory_equal(la, lb, a);
+        json_t *ev = json_loadb(la, a, 0, NULL);
+        assert_non_null(ev);
+        assert_string_equal(json_string_value(json_object_get(ev, "subject")),
+                            subjects[k]);
+        json_decref(ev);
+    }
+    assert_non_null(strstr(moat_buf_str(&r[1].got), big));
+    free(big);
+    for (int i = 0; i < 2; i++) {
+        close(r[i].fd);
+        moat_buf_release(&r[i].got);
+    }
+}
+
 static void test_stream_slow_reader_is_dropped(void **state)
 {
     struct fixture *f = *state;
@@ -1799,6 +1856,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stream_slow_reader_is_dropped,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_stream_readers_share_lines, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_filter_wire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_filter_consumer, setup, teardown),
