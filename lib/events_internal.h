@@ -103,6 +103,8 @@ struct moat_outbox {
     /* The stream lines of recent events, rendered once for every reader
      * (feed.c; NULL until the first stream, freed with the readers). */
     struct feed_line *lines;
+    int64_t lines_to;     /* every committed event up to it was rendered */
+    uint64_t lines_gen;   /* the feed generation lines_to belongs to */
     int64_t counted_head; /* head already added to m_appended */
     /* Several instances share the outbox (MOAT_INSTANCES > 1): another
      * process's commits are seen by polling the head (outbox.c). */

@@ -70,11 +70,14 @@
 /* The epoch this process's feed serves (moat/backup.h); "" = none. */
 static char feed_epoch[48];
 static int64_t feed_epoch_base;
+/* Bumped with each epoch: rendered lines of an earlier one never match. */
+static uint64_t feed_gen = 1;
 
 void moat_feed_set_epoch(const char *epoch, int64_t base_seq)
 {
     snprintf(feed_epoch, sizeof(feed_epoch), "%s", epoch ? epoch : "");
     feed_epoch_base = base_seq;
+    feed_gen++; /* seqs after base_seq may now name other events */
 }
 
 /* ---- strict query strings (shared with consumer.c) ---- */
@@ -163,6 +166,7 @@ struct feed_stream {
 static bool stream_push(struct feed_stream *st);
 static void stream_end(struct feed_stream *st, bool dropped);
 static void lines_free(struct moat_outbox *o);
+static void lines_fill(struct moat_outbox *o);
 
 struct feed_waiter {
     struct moat_outbox *o;
@@ -439,6 +443,8 @@ static void park(struct moat_outbox *o, struct moat_req *req, int64_t after,
 
 void moat_feed_wake_waiters(struct moat_outbox *o)
 {
+    if (o->streams)
+        lines_fill(o);
     for (struct feed_stream *st = o->streams, *nst; st; st = nst) {
         nst = st->next;
         if (!st->stalled_since_ns) /* a stalled one retries on its timer */
@@ -508,8 +514,9 @@ static bool stream_line(struct feed_stream *st, struct moat_buf *b)
 /* One rendered stream line (an event's CloudEvent, without the '\n'). */
 struct feed_line {
     int64_t seq;
-    char *id;   /* owned: the event's id, so a reused seq never matches */
-    char *text; /* owned; NULL = empty slot */
+    uint64_t gen; /* feed_gen when it was rendered */
+    char *type;   /* owned: the event's type, for filtered streams */
+    char *text;   /* owned; NULL = empty slot */
     size_t len;
 };
 
@@ -518,11 +525,88 @@ static void lines_free(struct moat_outbox *o)
     if (!o->lines)
         return;
     for (size_t i = 0; i < FEED_LINE_CACHE; i++) {
-        free(o->lines[i].id);
+        free(o->lines[i].type);
         free(o->lines[i].text);
     }
     free(o->lines);
     o->lines = NULL;
+}
+
+/* The rendered line of committed event seq, or NULL. */
+static const struct feed_line *line_cached(struct moat_outbox *o, int64_t seq)
+{
+    if (!o->lines)
+        return NULL;
+    const struct feed_line *l = &o->lines[(uint64_t)seq % FEED_LINE_CACHE];
+    return l->text && l->seq == seq && l->gen == feed_gen ? l : NULL;
+}
+
+/* The line of e (rendered here, and kept unless it is too long: then
+ * *owned is set and the caller frees it), or NULL when it cannot be
+ * rendered. */
+static const char *line_render(struct moat_outbox *o,
+                               const struct outbox_event *e, size_t *len,
+                               char **owned)
+{
+    *owned = NULL;
+    const struct feed_line *hit = line_cached(o, e->seq);
+    if (hit) {
+        *len = hit->len;
+        return hit->text;
+    }
+    json_t *ev = stored_event(o, e);
+    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(ev);
+    if (!text)
+        return NULL;
+    *len = strlen(text);
+    if (*len > FEED_LINE_CACHE_MAX)
+        return *owned = text;
+    if (!o->lines)
+        o->lines = moat_xcalloc(FEED_LINE_CACHE, sizeof(*o->lines));
+    struct feed_line *l = &o->lines[(uint64_t)e->seq % FEED_LINE_CACHE];
+    free(l->type);
+    free(l->text);
+    *l = (struct feed_line){.seq = e->seq,
+                            .gen = feed_gen,
+                            .type = moat_xstrdup(e->type ? e->type : ""),
+                            .text = text,
+                            .len = *len};
+    return text;
+}
+
+static int add_to_lines(const struct outbox_event *e, void *arg)
+{
+    char *owned;
+    size_t len;
+    if (!line_render(arg, e, &len, &owned))
+        return MOAT_EINVAL;
+    free(owned);
+    return OUTBOX_NEXT;
+}
+
+/*
+ * After a commit, with streams open: render the new events once, for
+ * every stream to copy (those that lag behind more than the cache read
+ * the outbox themselves).
+ */
+static void lines_fill(struct moat_outbox *o)
+{
+    int64_t head, reached;
+    if (moat_outbox_bounds(o, &head, NULL, NULL) != MOAT_OK)
+        return;
+    if (o->lines_gen != feed_gen || o->lines_to > head) {
+        o->lines_gen = feed_gen;
+        o->lines_to = 0;
+    }
+    int64_t from = o->lines_to;
+    if (from < head - FEED_LINE_CACHE)
+        from = head - FEED_LINE_CACHE;
+    if (from >= head)
+        return;
+    if (moat_outbox_read(o, from, (int)(head - from), NULL, add_to_lines, o,
+                         &reached) == MOAT_OK)
+        o->lines_to = reached;
 }
 
 struct stream_batch {
@@ -531,41 +615,48 @@ struct stream_batch {
     int taken;
 };
 
-/* Append e's line: rendered by the first stream that writes it, copied
- * by the others. */
+static bool batch_full(const struct stream_batch *sb)
+{
+    return sb->taken >= FEED_STREAM_BATCH ||
+           sb->out->len >= FEED_STREAM_HIGH_WATER / 4;
+}
+
+static void batch_add(struct stream_batch *sb, const char *text, size_t len)
+{
+    moat_buf_add(sb->out, text, len);
+    moat_buf_addch(sb->out, '\n');
+    sb->taken++;
+}
+
 static int add_to_stream(const struct outbox_event *e, void *arg)
 {
     struct stream_batch *sb = arg;
-    if (sb->taken >= FEED_STREAM_BATCH ||
-        sb->out->len >= FEED_STREAM_HIGH_WATER / 4)
+    if (batch_full(sb))
         return OUTBOX_STOP; /* the next batch starts with it */
-    struct moat_outbox *o = sb->o;
-    const char *id = e->id ? e->id : "";
-    if (!o->lines)
-        o->lines = moat_xcalloc(FEED_LINE_CACHE, sizeof(*o->lines));
-    struct feed_line *l = &o->lines[(uint64_t)e->seq % FEED_LINE_CACHE];
-    if (!l->text || l->seq != e->seq || strcmp(l->id, id) != 0) {
-        json_t *ev = stored_event(o, e);
-        char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        json_decref(ev);
-        if (!text)
-            return MOAT_EINVAL;
-        size_t len = strlen(text);
-        if (len > FEED_LINE_CACHE_MAX) {
-            moat_buf_add(sb->out, text, len);
-            free(text);
-            goto written;
-        }
-        free(l->id);
-        free(l->text);
-        *l = (struct feed_line){
-            .seq = e->seq, .id = moat_xstrdup(id), .text = text, .len = len};
-    }
-    moat_buf_add(sb->out, l->text, l->len);
-written:
-    moat_buf_addch(sb->out, '\n');
-    sb->taken++;
+    char *owned;
+    size_t len;
+    const char *text = line_render(sb->o, e, &len, &owned);
+    if (!text)
+        return MOAT_EINVAL;
+    batch_add(sb, text, len);
+    free(owned);
     return OUTBOX_NEXT;
+}
+
+/* Fill sb with the stream's next events from the rendered lines, as long
+ * as they are there; returns the seq of the last one taken or passed
+ * over (st->after when none). */
+static int64_t batch_from_lines(struct feed_stream *st, struct stream_batch *sb,
+                                int64_t head)
+{
+    int64_t at = st->after;
+    const struct feed_line *l;
+    while (at < head && !batch_full(sb) && (l = line_cached(st->o, at + 1))) {
+        if (moat_outbox_type_selected((const char *const *)st->types, l->type))
+            batch_add(sb, l->text, l->len);
+        at++;
+    }
+    return at;
 }
 
 /*
@@ -604,10 +695,12 @@ static bool stream_push(struct feed_stream *st)
         st->stalled_since_ns = 0;
         struct moat_buf out = MOAT_BUF_INIT;
         struct stream_batch sb = {.o = o, .out = &out};
-        int64_t reached;
-        int rc = moat_outbox_read(
-            o, st->after, st->types ? FEED_MAX_SCAN : FEED_STREAM_BATCH,
-            (const char *const *)st->types, add_to_stream, &sb, &reached);
+        int rc = MOAT_OK;
+        int64_t reached = batch_from_lines(st, &sb, head);
+        if (reached == st->after) /* not rendered yet: from the outbox */
+            rc = moat_outbox_read(
+                o, st->after, st->types ? FEED_MAX_SCAN : FEED_STREAM_BATCH,
+                (const char *const *)st->types, add_to_stream, &sb, &reached);
         /* Events passed over move the position without a line: the
          * heartbeat tells the reader where it is. */
         bool ok = rc == MOAT_OK && reached > st->after;
