@@ -290,7 +290,10 @@ static int place_store(struct ord_service *os, struct place *pl)
 /*
  * Group commit: the orders whose products came in during this loop turn
  * are stored in one transaction (one fsync), each in its own savepoint,
- * and each answered once that transaction committed.
+ * and each answered once that transaction committed. After a failure
+ * the rest of the group is answered with it, not stored: some errors
+ * (a full disk, I/O) end the whole transaction, and a savepoint opened
+ * after that would commit on its own.
  */
 static void place_flush(struct ord_service *os)
 {
@@ -306,10 +309,12 @@ static void place_flush(struct ord_service *os)
     const struct moat_trace *saved = moat_log_trace();
     int rc = moat_db_begin(os->db);
     bool any = false;
+    int failed = rc; /* SQLite may have ended the transaction: stop there */
     for (struct place *pl = list; pl; pl = pl->next) {
         moat_log_set_trace(&pl->trace);
-        pl->rc = rc == MOAT_OK ? place_store(os, pl) : rc;
+        pl->rc = failed == MOAT_OK ? place_store(os, pl) : failed;
         any = any || pl->rc == MOAT_OK;
+        failed = pl->rc;
     }
     if (rc == MOAT_OK) {
         if (any)
