@@ -671,6 +671,10 @@ static void sub_apply(struct sub *s)
             return;
         }
     }
+    /* The whole batch is done: the cursor also moves past the events the
+     * source passed over after its last one (other types). */
+    if (s->batch && s->pos >= json_array_size(s->batch) && s->batch_to > tx.to)
+        tx.to = s->batch_to;
     if (txn_commit(s, &tx) != MOAT_OK) {
         apply_fault(s, &tx, "commit");
         return;
@@ -722,7 +726,8 @@ static void rewind_cursor(struct sub *s, int64_t to)
     sub_pull(s);
 }
 
-static void on_pulled(int err, json_t *events, int64_t head, void *arg)
+static void on_pulled(int err, json_t *events, int64_t head, int64_t next_after,
+                      void *arg)
 {
     struct pull_ticket *t = arg;
     struct sub *s = t->s;
@@ -753,8 +758,12 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
                  (json_int_t)s->cursor, "head", (json_int_t)head);
     s->ahead = ahead;
     if (json_array_size(events) == 0) {
+        /* Only events of other types, which the source passed over. */
+        bool moved = next_after > s->cursor && next_after <= head;
+        if (moved)
+            flush_skip(s, next_after);
         consumer_update_lag(s);
-        if (moat_mono_ms() - s->pull_started_ms < EMPTY_POLL_MIN_MS)
+        if (!moved && moat_mono_ms() - s->pull_started_ms < EMPTY_POLL_MIN_MS)
             arm(s, NEXT_PULL, EMPTY_POLL_MIN_MS);
         else
             sub_pull(s);
@@ -762,6 +771,7 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
     }
     s->batch = json_incref(events);
     s->pos = 0;
+    s->batch_to = next_after <= head ? next_after : 0;
     consumer_update_lag(s);
     if (!s->c->paused)
         sub_apply(s);
@@ -928,6 +938,7 @@ int moat_consumer_subscribe(struct moat_consumer *c,
     s->kv_handler = sp->kv_handler;
     s->arg = sp->arg;
     s->cursor = cursor;
+    s->batch_to = 0;
     s->head = -1;
     if (sp->types) {
         size_t n = 0;
@@ -937,6 +948,8 @@ int moat_consumer_subscribe(struct moat_consumer *c,
         for (size_t i = 0; i < n; i++)
             s->types[i] = moat_xstrdup(sp->types[i]);
     }
+    /* The source may then ask its producer for these types only. */
+    s->src->types = (const char *const *)s->types;
     s->timer = evtimer_new(c->base, on_sub_timer, s);
     if (!s->timer)
         moat_die("cannot create a consumer timer");

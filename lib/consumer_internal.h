@@ -66,6 +66,7 @@ struct sub {
     int64_t pending_ms; /* time of the oldest unapplied event; 0 = none */
     json_t *batch;      /* events being applied (owned), NULL between */
     size_t pos;         /* next event of batch */
+    int64_t batch_to;   /* the batch's next_after: the cursor once done */
     int64_t fail_seq;   /* the event whose handler failed; 0 = none */
     int attempts;       /* failed handler runs of fail_seq */
     char fail_why[CONSUMER_ERROR_MAX]; /* its last error, for parking it */

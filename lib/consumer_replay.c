@@ -213,7 +213,8 @@ static void verify_finish(struct verify *v)
     verify_end(v);
 }
 
-static void on_verify_pulled(int err, json_t *events, int64_t head, void *arg);
+static void on_verify_pulled(int err, json_t *events, int64_t head,
+                             int64_t next_after, void *arg);
 
 /* Start the pulls the rebuild still needs; when none is left, move to the
  * final stretch, then compare. */
@@ -266,7 +267,8 @@ static void verify_step(struct verify *v)
     verify_step(v);
 }
 
-static void on_verify_pulled(int err, json_t *events, int64_t head, void *arg)
+static void on_verify_pulled(int err, json_t *events, int64_t head,
+                             int64_t next_after, void *arg)
 {
     struct vsrc *vs = arg;
     struct verify *v = vs->v;
@@ -285,7 +287,7 @@ static void on_verify_pulled(int err, json_t *events, int64_t head, void *arg)
                         : moat_strerror(err));
         return;
     }
-    if (json_array_size(events) == 0) {
+    if (json_array_size(events) == 0 && next_after <= vs->cursor) {
         json_array_append_new(
             v->diffs,
             json_sprintf("%s: the feed ends at seq %lld, before "
@@ -318,6 +320,9 @@ static void on_verify_pulled(int err, json_t *events, int64_t head, void *arg)
         }
         vs->cursor = seq;
     }
+    /* Past the events of other types the source passed over. */
+    if (!vs->done && next_after > vs->cursor)
+        vs->cursor = next_after < vs->target ? next_after : vs->target;
     verify_step(v);
 }
 

@@ -59,9 +59,14 @@ struct outbox_storage_ops {
      * sequence number. */
     int (*append)(struct moat_outbox *o, const struct outbox_event *ev,
                   int64_t *seq);
-    /* Visit the events with seq > after, ascending, at most limit. */
+    /* Visit the events with seq > after, ascending, looking at limit
+     * events at most. types (NULL-terminated; NULL = all) selects what fn
+     * sees: the others are passed over, before their data is decoded
+     * where the storage allows. *reached gets the seq of the last event
+     * passed over or taken by fn (OUTBOX_NEXT), after when none. */
     int (*read)(struct moat_outbox *o, int64_t after, int limit,
-                outbox_visit_fn fn, void *arg);
+                const char *const *types, outbox_visit_fn fn, void *arg,
+                int64_t *reached);
     /* As moat_outbox_bounds (below). */
     int (*bounds)(struct moat_outbox *o, int64_t *head, int64_t *retained_from,
                   int64_t *oldest_ms);
@@ -95,6 +100,11 @@ struct moat_outbox {
     /* Streaming readers (GET /v1/events?stream=1, feed.c). */
     struct feed_stream *streams;
     size_t nstreams;
+    /* The stream lines of recent events, rendered once for every reader
+     * (feed.c; NULL until the first stream, freed with the readers). */
+    struct feed_line *lines;
+    int64_t lines_to;     /* every committed event up to it was rendered */
+    uint64_t lines_gen;   /* the feed generation lines_to belongs to */
     int64_t counted_head; /* head already added to m_appended */
     /* Several instances share the outbox (MOAT_INSTANCES > 1): another
      * process's commits are seen by polling the head (outbox.c). */
@@ -112,9 +122,13 @@ struct moat_outbox {
  */
 int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
                        int64_t *retained_from, int64_t *oldest_ms);
-/* Visit the events after `after` through the storage (feed.c). */
+/* Visit the events after `after` through the storage (feed.c), as its
+ * read op. */
 int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
-                     outbox_visit_fn fn, void *arg);
+                     const char *const *types, outbox_visit_fn fn, void *arg,
+                     int64_t *reached);
+/* Whether type is among types (NULL-terminated; NULL = all). */
+bool moat_outbox_type_selected(const char *const *types, const char *type);
 
 /* feed.c: answer the parked readers that now have events and write them
  * to the streaming readers (after a commit), or answer all of them,

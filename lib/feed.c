@@ -53,15 +53,31 @@
 #define FEED_STREAM_STALL_MS   5000
 /* Events read from the outbox per batch while writing a stream. */
 #define FEED_STREAM_BATCH 100
+/* Stream lines of the newest events kept rendered (by seq modulo), so
+ * that the readers of an event share one rendering; lines longer than
+ * FEED_LINE_CACHE_MAX bytes are rendered for each reader. */
+#define FEED_LINE_CACHE     256
+#define FEED_LINE_CACHE_MAX (16u << 10)
+/* With ?types=, events looked at (taken or passed over) per page or
+ * stream batch at most: a reader of rare types over a long backlog gets
+ * empty pages that still move next_after, instead of one long read. */
+#define FEED_MAX_SCAN 10000
+/* A filtered long poll whose position moved past events it does not
+ * want is answered (empty, with next_after) this soon, so its cursor and
+ * lag follow the feed; the stream's heartbeat says the same. */
+#define FEED_POSITION_MS 2000
 
 /* The epoch this process's feed serves (moat/backup.h); "" = none. */
 static char feed_epoch[48];
 static int64_t feed_epoch_base;
+/* Bumped with each epoch: rendered lines of an earlier one never match. */
+static uint64_t feed_gen = 1;
 
 void moat_feed_set_epoch(const char *epoch, int64_t base_seq)
 {
     snprintf(feed_epoch, sizeof(feed_epoch), "%s", epoch ? epoch : "");
     feed_epoch_base = base_seq;
+    feed_gen++; /* seqs after base_seq may now name other events */
 }
 
 /* ---- strict query strings (shared with consumer.c) ---- */
@@ -140,7 +156,8 @@ struct feed_stream {
     struct moat_outbox *o;
     struct moat_req *req; /* streamed to until stream_end */
     struct event *timer;  /* heartbeat, or retry while over high water */
-    int64_t after;        /* the last seq written */
+    char **types;         /* owned (feed_types_parse); NULL = all */
+    int64_t after;        /* the last seq written or passed over */
     uint64_t last_write_ns;
     uint64_t stalled_since_ns; /* 0 when under the high-water mark */
     struct feed_stream *prev, *next;
@@ -148,15 +165,62 @@ struct feed_stream {
 
 static bool stream_push(struct feed_stream *st);
 static void stream_end(struct feed_stream *st, bool dropped);
+static void lines_free(struct moat_outbox *o);
+static void lines_fill(struct moat_outbox *o);
 
 struct feed_waiter {
     struct moat_outbox *o;
     struct moat_req *req; /* parked; answered exactly once */
     struct event *timer;  /* the reader's wait */
-    int64_t after;
+    int64_t after;        /* what it asked for, then how far it was read */
     int limit;
+    char **types;     /* owned (feed_types_parse); NULL = all */
+    bool moved;       /* after moved past events it does not want */
+    uint64_t wait_ns; /* the end of its wait, moat_mono_ns */
     struct feed_waiter *prev, *next;
 };
+
+/*
+ * ?types=A,B,C: the event types a reader wants, 1 to MOAT_FEED_MAX_TYPES
+ * names of 1 to MOAT_EVENT_TYPE_MAX bytes. A NULL-terminated array in one
+ * allocation (free() it), or NULL with *problem set.
+ */
+static char **feed_types_parse(const char *list, json_t **problem)
+{
+    size_t n = 1, len = strlen(list);
+    for (const char *c = list; *c; c++)
+        n += *c == ',';
+    if (n > MOAT_FEED_MAX_TYPES) {
+        moat_problem_param_error(problem, "types",
+                                 "lists at most %d event types",
+                                 MOAT_FEED_MAX_TYPES);
+        return NULL;
+    }
+    char **v = moat_xmalloc((n + 1) * sizeof(*v) + len + 1);
+    char *copy = (char *)(v + n + 1);
+    memcpy(copy, list, len + 1);
+    size_t i = 0;
+    for (char *tok = copy;; tok++) {
+        char *end = strchr(tok, ',');
+        if (end)
+            *end = '\0';
+        size_t tlen = strlen(tok);
+        if (tlen < 1 || tlen > MOAT_EVENT_TYPE_MAX) {
+            moat_problem_param_error(problem, "types",
+                                     "must be event types of 1 to %d bytes "
+                                     "separated by commas",
+                                     MOAT_EVENT_TYPE_MAX);
+            free(v);
+            return NULL;
+        }
+        v[i++] = tok;
+        if (!end)
+            break;
+        tok = end;
+    }
+    v[i] = NULL;
+    return v;
+}
 
 static json_t *string_or_empty(const char *s)
 {
@@ -194,30 +258,32 @@ struct page {
     struct moat_outbox *o;
     json_t *events; /* borrowed: the page being filled */
     size_t bytes;   /* event data so far, estimated */
-    int64_t next_after;
+    size_t limit;   /* events at most */
 };
 
 static int add_to_page(const struct outbox_event *e, void *arg)
 {
     struct page *p = arg;
     size_t size = e->stored_bytes + FEED_EVENT_OVERHEAD;
-    if (json_array_size(p->events) > 0 && p->bytes + size > FEED_MAX_PAGE_BYTES)
+    size_t n = json_array_size(p->events);
+    if (n >= p->limit || (n > 0 && p->bytes + size > FEED_MAX_PAGE_BYTES))
         return OUTBOX_STOP;
     p->bytes += size;
-    p->next_after = e->seq;
     json_array_append_new(p->events, stored_event(p->o, e));
     return OUTBOX_NEXT;
 }
 
-/* Append the events after `after` (at most limit, and FEED_MAX_PAGE_BYTES
- * of data) to events; *next_after gets the last one's seq, or after. */
+/* Append the events after `after` of types (NULL = all; at most limit,
+ * and FEED_MAX_PAGE_BYTES of data) to events; *next_after gets the seq of
+ * the last event taken or passed over (after when none): every event of
+ * types up to it is in events. */
 static int read_events(struct moat_outbox *o, int64_t after, int limit,
-                       json_t *events, int64_t *next_after)
+                       char **types, json_t *events, int64_t *next_after)
 {
-    struct page p = {.o = o, .events = events, .next_after = after};
-    int rc = moat_outbox_read(o, after, limit, add_to_page, &p);
-    *next_after = p.next_after;
-    return rc;
+    struct page p = {.o = o, .events = events, .limit = (size_t)limit};
+    return moat_outbox_read(o, after, types ? FEED_MAX_SCAN : limit,
+                            (const char *const *)types, add_to_page, &p,
+                            next_after);
 }
 
 static void reply_fault(struct moat_req *req, int rc)
@@ -233,13 +299,17 @@ static void reply_fault(struct moat_req *req, int rc)
 }
 
 /*
- * Answer req with the events after `after` when there are any, or in any
- * case when force (the wait is over, or it never started). Returns true
- * when it replied: req is gone then.
+ * Answer req with the events after *after (of types; NULL = all) when
+ * there are any, or in any case when force (the wait is over, or it never
+ * started). Returns true when it replied: req is gone then. When it did
+ * not, *after has moved past the events that were passed over (the next
+ * look starts there); *moved says so.
  */
 static bool feed_answer(struct moat_outbox *o, struct moat_req *req,
-                        int64_t after, int limit, bool force)
+                        int64_t *afterp, int limit, char **types, bool force,
+                        bool *moved)
 {
+    int64_t after = *afterp;
     int64_t head, from;
     int rc = moat_outbox_bounds(o, &head, &from, NULL);
     if (rc != MOAT_OK) {
@@ -268,14 +338,20 @@ static bool feed_answer(struct moat_outbox *o, struct moat_req *req,
 
     json_t *events = json_array();
     int64_t next_after;
-    rc = read_events(o, after, limit, events, &next_after);
+    rc = read_events(o, after, limit, types, events, &next_after);
     if (rc != MOAT_OK) {
         json_decref(events);
         reply_fault(req, rc);
         return true;
     }
-    if (json_array_size(events) == 0 && !force) {
+    /* Nothing it wants: wait on from where the read ended, unless the
+     * read stopped short of head (more to look at: answer now). */
+    if (json_array_size(events) == 0 && !force &&
+        (next_after == after || next_after >= head)) {
         json_decref(events);
+        if (next_after > after && moved)
+            *moved = true;
+        *afterp = next_after;
         return false;
     }
     json_t *body = json_object();
@@ -310,6 +386,7 @@ static void waiter_unlink(struct feed_waiter *w)
 static void waiter_free(struct feed_waiter *w)
 {
     event_free(w->timer);
+    free(w->types);
     free(w);
 }
 
@@ -317,18 +394,37 @@ static void on_waiter_timeout(evutil_socket_t fd, short what, void *arg)
 {
     struct feed_waiter *w = arg;
     waiter_unlink(w);
-    feed_answer(w->o, w->req, w->after, w->limit, true);
+    feed_answer(w->o, w->req, &w->after, w->limit, w->types, true, NULL);
     waiter_free(w);
 }
 
+/* A filtered reader's position moved past events it does not want: it
+ * hears of it within FEED_POSITION_MS (or at the end of its wait). */
+static void waiter_moved(struct feed_waiter *w)
+{
+    if (w->moved)
+        return;
+    w->moved = true;
+    uint64_t now = moat_mono_ns();
+    uint64_t left_ms = w->wait_ns > now ? (w->wait_ns - now) / 1000000u : 0;
+    if (left_ms <= FEED_POSITION_MS)
+        return;
+    struct timeval tv = {FEED_POSITION_MS / 1000,
+                         (FEED_POSITION_MS % 1000) * 1000};
+    evtimer_add(w->timer, &tv);
+}
+
+/* Takes types (owned by the waiter from now on). */
 static void park(struct moat_outbox *o, struct moat_req *req, int64_t after,
-                 int limit, int wait_ms)
+                 int limit, char **types, bool moved, int wait_ms)
 {
     struct feed_waiter *w = moat_xcalloc(1, sizeof(*w));
     w->o = o;
     w->req = req;
     w->after = after;
     w->limit = limit;
+    w->types = types;
+    w->wait_ns = moat_mono_ns() + (uint64_t)wait_ms * 1000000u;
     w->timer = evtimer_new(o->base, on_waiter_timeout, w);
     if (!w->timer)
         moat_die("cannot create a feed timer");
@@ -341,10 +437,14 @@ static void park(struct moat_outbox *o, struct moat_req *req, int64_t after,
         o->waiters = w;
     o->waiters_tail = w;
     o->nwaiters++;
+    if (moved)
+        waiter_moved(w);
 }
 
 void moat_feed_wake_waiters(struct moat_outbox *o)
 {
+    if (o->streams)
+        lines_fill(o);
     for (struct feed_stream *st = o->streams, *nst; st; st = nst) {
         nst = st->next;
         if (!st->stalled_since_ns) /* a stalled one retries on its timer */
@@ -353,8 +453,13 @@ void moat_feed_wake_waiters(struct moat_outbox *o)
     struct feed_waiter *w = o->waiters, *next;
     for (; w; w = next) {
         next = w->next;
-        if (!feed_answer(o, w->req, w->after, w->limit, false))
+        bool moved = false;
+        if (!feed_answer(o, w->req, &w->after, w->limit, w->types, false,
+                         &moved)) {
+            if (moved)
+                waiter_moved(w);
             continue;
+        }
         waiter_unlink(w);
         waiter_free(w);
     }
@@ -364,10 +469,11 @@ void moat_feed_release_waiters(struct moat_outbox *o)
 {
     while (o->streams)
         stream_end(o->streams, false);
+    lines_free(o);
     while (o->waiters) {
         struct feed_waiter *w = o->waiters;
         waiter_unlink(w);
-        feed_answer(o, w->req, w->after, w->limit, true);
+        feed_answer(o, w->req, &w->after, w->limit, w->types, true, NULL);
         waiter_free(w);
     }
 }
@@ -389,6 +495,7 @@ static void stream_end(struct feed_stream *st, bool dropped)
         moat_metric_add(o->m_stream_drops, 1);
     event_free(st->timer);
     moat_req_stream_end(st->req);
+    free(st->types);
     free(st);
 }
 
@@ -404,26 +511,152 @@ static bool stream_line(struct feed_stream *st, struct moat_buf *b)
     return moat_req_stream_write(st->req, b->data, b->len);
 }
 
+/* One rendered stream line (an event's CloudEvent, without the '\n'). */
+struct feed_line {
+    int64_t seq;
+    uint64_t gen; /* feed_gen when it was rendered */
+    char *type;   /* owned: the event's type, for filtered streams */
+    char *text;   /* owned; NULL = empty slot */
+    size_t len;
+};
+
+static void lines_free(struct moat_outbox *o)
+{
+    if (!o->lines)
+        return;
+    for (size_t i = 0; i < FEED_LINE_CACHE; i++) {
+        free(o->lines[i].type);
+        free(o->lines[i].text);
+    }
+    free(o->lines);
+    o->lines = NULL;
+}
+
+/* The rendered line of committed event seq, or NULL. */
+static const struct feed_line *line_cached(struct moat_outbox *o, int64_t seq)
+{
+    if (!o->lines)
+        return NULL;
+    const struct feed_line *l = &o->lines[(uint64_t)seq % FEED_LINE_CACHE];
+    return l->text && l->seq == seq && l->gen == feed_gen ? l : NULL;
+}
+
+/* The line of e (rendered here, and kept unless it is too long: then
+ * *owned is set and the caller frees it), or NULL when it cannot be
+ * rendered. */
+static const char *line_render(struct moat_outbox *o,
+                               const struct outbox_event *e, size_t *len,
+                               char **owned)
+{
+    *owned = NULL;
+    const struct feed_line *hit = line_cached(o, e->seq);
+    if (hit) {
+        *len = hit->len;
+        return hit->text;
+    }
+    json_t *ev = stored_event(o, e);
+    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(ev);
+    if (!text)
+        return NULL;
+    *len = strlen(text);
+    if (*len > FEED_LINE_CACHE_MAX)
+        return *owned = text;
+    if (!o->lines)
+        o->lines = moat_xcalloc(FEED_LINE_CACHE, sizeof(*o->lines));
+    struct feed_line *l = &o->lines[(uint64_t)e->seq % FEED_LINE_CACHE];
+    free(l->type);
+    free(l->text);
+    *l = (struct feed_line){.seq = e->seq,
+                            .gen = feed_gen,
+                            .type = moat_xstrdup(e->type ? e->type : ""),
+                            .text = text,
+                            .len = *len};
+    return text;
+}
+
+static int add_to_lines(const struct outbox_event *e, void *arg)
+{
+    char *owned;
+    size_t len;
+    if (!line_render(arg, e, &len, &owned))
+        return MOAT_EINVAL;
+    free(owned);
+    return OUTBOX_NEXT;
+}
+
+/*
+ * After a commit, with streams open: render the new events once, for
+ * every stream to copy (those that lag behind more than the cache read
+ * the outbox themselves).
+ */
+static void lines_fill(struct moat_outbox *o)
+{
+    int64_t head, reached;
+    if (moat_outbox_bounds(o, &head, NULL, NULL) != MOAT_OK)
+        return;
+    if (o->lines_gen != feed_gen || o->lines_to > head) {
+        o->lines_gen = feed_gen;
+        o->lines_to = 0;
+    }
+    int64_t from = o->lines_to;
+    if (from < head - FEED_LINE_CACHE)
+        from = head - FEED_LINE_CACHE;
+    if (from >= head)
+        return;
+    if (moat_outbox_read(o, from, (int)(head - from), NULL, add_to_lines, o,
+                         &reached) == MOAT_OK)
+        o->lines_to = reached;
+}
+
 struct stream_batch {
     struct moat_outbox *o;
     struct moat_buf *out;
-    int64_t last;
+    int taken;
 };
+
+static bool batch_full(const struct stream_batch *sb)
+{
+    return sb->taken >= FEED_STREAM_BATCH ||
+           sb->out->len >= FEED_STREAM_HIGH_WATER / 4;
+}
+
+static void batch_add(struct stream_batch *sb, const char *text, size_t len)
+{
+    moat_buf_add(sb->out, text, len);
+    moat_buf_addch(sb->out, '\n');
+    sb->taken++;
+}
 
 static int add_to_stream(const struct outbox_event *e, void *arg)
 {
     struct stream_batch *sb = arg;
-    json_t *ev = stored_event(sb->o, e);
-    char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(ev);
+    if (batch_full(sb))
+        return OUTBOX_STOP; /* the next batch starts with it */
+    char *owned;
+    size_t len;
+    const char *text = line_render(sb->o, e, &len, &owned);
     if (!text)
         return MOAT_EINVAL;
-    moat_buf_addstr(sb->out, text);
-    moat_buf_addch(sb->out, '\n');
-    free(text);
-    sb->last = e->seq;
-    return sb->out->len >= FEED_STREAM_HIGH_WATER / 4 ? OUTBOX_STOP
-                                                      : OUTBOX_NEXT;
+    batch_add(sb, text, len);
+    free(owned);
+    return OUTBOX_NEXT;
+}
+
+/* Fill sb with the stream's next events from the rendered lines, as long
+ * as they are there; returns the seq of the last one taken or passed
+ * over (st->after when none). */
+static int64_t batch_from_lines(struct feed_stream *st, struct stream_batch *sb,
+                                int64_t head)
+{
+    int64_t at = st->after;
+    const struct feed_line *l;
+    while (at < head && !batch_full(sb) && (l = line_cached(st->o, at + 1))) {
+        if (moat_outbox_type_selected((const char *const *)st->types, l->type))
+            batch_add(sb, l->text, l->len);
+        at++;
+    }
+    return at;
 }
 
 /*
@@ -461,28 +694,38 @@ static bool stream_push(struct feed_stream *st)
         }
         st->stalled_since_ns = 0;
         struct moat_buf out = MOAT_BUF_INIT;
-        struct stream_batch sb = {.o = o, .out = &out, .last = st->after};
-        int rc = moat_outbox_read(o, st->after, FEED_STREAM_BATCH,
-                                  add_to_stream, &sb);
-        bool ok = rc == MOAT_OK && sb.last > st->after;
-        if (ok)
+        struct stream_batch sb = {.o = o, .out = &out};
+        int rc = MOAT_OK;
+        int64_t reached = batch_from_lines(st, &sb, head);
+        if (reached == st->after) /* not rendered yet: from the outbox */
+            rc = moat_outbox_read(
+                o, st->after, st->types ? FEED_MAX_SCAN : FEED_STREAM_BATCH,
+                (const char *const *)st->types, add_to_stream, &sb, &reached);
+        /* Events passed over move the position without a line: the
+         * heartbeat tells the reader where it is. */
+        bool ok = rc == MOAT_OK && reached > st->after;
+        if (ok && out.len)
             ok = stream_line(st, &out);
         moat_buf_release(&out);
         if (!ok) {
             stream_end(st, false);
             return false;
         }
-        st->after = sb.last;
+        st->after = reached;
     }
     st->stalled_since_ns = 0;
-    stream_arm(st, FEED_STREAM_HEARTBEAT_MS);
+    /* Not pushed back by each commit: a filtered stream passing over a
+     * steady flow of events still tells its reader where it is. */
+    if (!evtimer_pending(st->timer, NULL))
+        stream_arm(st, FEED_STREAM_HEARTBEAT_MS);
     return true;
 }
 
 /*
  * A heartbeat line: {"heartbeat":true,"head":H} with the feed epoch
- * ("epoch", "epoch_base") when there is one. The first line of every
- * stream is one with "hello":true: readers that know epochs check it as
+ * ("epoch", "epoch_base") when there is one, and for a filtered stream
+ * "after": the seq of the last event written or passed over. The first line of
+ * every stream is one with "hello":true: readers that know epochs check it as
  * they check a page's, older ones take it for a heartbeat.
  */
 static bool stream_heartbeat(struct feed_stream *st, bool hello)
@@ -494,6 +737,8 @@ static bool stream_heartbeat(struct feed_stream *st, bool hello)
     if (hello)
         json_object_set_new(j, "hello", json_true());
     json_object_set_new(j, "head", json_integer(head));
+    if (st->types) /* where it got, past the events it passed over */
+        json_object_set_new(j, "after", json_integer(st->after));
     if (feed_epoch[0]) {
         json_object_set_new(j, "epoch", json_string(feed_epoch));
         json_object_set_new(j, "epoch_base", json_integer(feed_epoch_base));
@@ -523,13 +768,15 @@ static void on_stream_timer(evutil_socket_t fd, short what, void *arg)
         stream_end(st, false);
 }
 
+/* Takes types (owned by the stream from now on). */
 static void stream_open(struct moat_outbox *o, struct moat_req *req,
-                        int64_t after)
+                        int64_t after, char **types)
 {
     struct feed_stream *st = moat_xcalloc(1, sizeof(*st));
     st->o = o;
     st->req = req;
     st->after = after;
+    st->types = types;
     st->timer = evtimer_new(o->base, on_stream_timer, st);
     if (!st->timer)
         moat_die("cannot create a feed stream timer");
@@ -562,8 +809,15 @@ static void handle_events(struct moat_req *req, void *arg)
          .min = 0,
          .max = MOAT_FEED_MAX_WAIT_MS},
         {.name = "stream", .kind = MOAT_Q_INT, .min = 0, .max = 1},
+        {.name = "types",
+         .kind = MOAT_Q_STR,
+         .min = 1,
+         .max = MOAT_FEED_MAX_TYPES * (MOAT_EVENT_TYPE_MAX + 1) - 1},
     };
     json_t *problem = moat_req_parse_query(req, q, MOAT_ARRAY_LEN(q));
+    char **types = NULL;
+    if (!problem && q[4].seen)
+        types = feed_types_parse(q[4].sval, &problem);
     if (problem) {
         moat_req_reply_problem_json(req, problem);
         return;
@@ -574,12 +828,14 @@ static void handle_events(struct moat_req *req, void *arg)
 
     if (q[3].seen && q[3].ival == 1) {
         if (q[1].seen || q[2].seen) {
+            free(types);
             moat_req_reply_problem(req, 400,
                                    "stream=1 takes no limit or wait: the "
                                    "stream writes events as they commit");
             return;
         }
         if (o->nstreams >= FEED_MAX_STREAMS) {
+            free(types);
             moat_req_set_header(req, "Retry-After", "1");
             moat_req_reply_problem(req, 503,
                                    "too many readers stream the event feed; "
@@ -590,23 +846,28 @@ static void handle_events(struct moat_req *req, void *arg)
         int64_t head, from;
         int rc = moat_outbox_bounds(o, &head, &from, NULL);
         if (rc != MOAT_OK || after < from - 1) {
-            feed_answer(o, req, after, 1, true);
+            feed_answer(o, req, &after, 1, types, true, NULL);
+            free(types);
             return;
         }
-        stream_open(o, req, after);
+        stream_open(o, req, after, types);
         return;
     }
 
-    if (feed_answer(o, req, after, limit, wait_ms == 0))
+    bool moved = false;
+    if (feed_answer(o, req, &after, limit, types, wait_ms == 0, &moved)) {
+        free(types);
         return;
+    }
     if (o->nwaiters >= FEED_MAX_WAITERS) {
+        free(types);
         moat_req_set_header(req, "Retry-After", "1");
         moat_req_reply_problem(req, 503,
                                "too many readers are waiting on the event "
                                "feed; retry");
         return;
     }
-    park(o, req, after, limit, wait_ms);
+    park(o, req, after, limit, types, moved, wait_ms);
 }
 
 /* At shutdown, parked long polls are answered at once (with what there
@@ -650,10 +911,16 @@ struct feed_source {
     /* Streaming (?stream=1): events received in order, not yet pulled:
      * a contiguous run of seqs ending at the stream's position. */
     bool no_stream;           /* the producer does not stream; long polls */
+    bool no_filter;           /* the producer does not know ?types= */
+    char *types_q;            /* "&types=A,B" for src.types, "" for none */
     struct stream_in *stream; /* the open stream, NULL when none */
     json_t *buffered;         /* array of CloudEvents */
     json_t *buffered_sizes;   /* their sizes on the wire, in step */
     size_t buffered_bytes;
+    /* What buffered covers: every event after buf_from up to pos that the
+     * pull's types select (all but those the stream passed over); -1 when
+     * nothing is known (no stream, nothing buffered). */
+    int64_t buf_from, pos;
     struct event_base *base; /* the client's */
     int64_t head;            /* newest seq known from the stream */
     /* A stream's epoch said the source was restored to rewind_base (the
@@ -681,7 +948,8 @@ struct feed_source {
 struct stream_in {
     struct feed_source *fs;
     bool detached; /* no longer fs->stream: on_data aborts */
-    int64_t after; /* seq of the last event received */
+    bool filtered; /* asked with ?types=: seqs may skip */
+    int64_t after; /* seq of the last event received or passed over */
     struct moat_buf line;
 };
 
@@ -720,6 +988,64 @@ static void note_status(struct feed_source *fs, int status, const char *body)
              "{s:s, s:i, s:s}", "source", fs->src.name, "status", status,
              "detail", detail ? detail : "");
     json_decref(j);
+}
+
+/* "&types=A,B" for the types of the source's subscription, "" for all:
+ * also when they cannot be sent (too many, too long, or a name that would
+ * need escaping); the consumer then passes over what it does not want. */
+static const char *types_query(struct feed_source *fs)
+{
+    const char *const *types = fs->src.types;
+    if (fs->no_filter || !types)
+        return "";
+    if (fs->types_q)
+        return fs->types_q;
+    struct moat_buf b = MOAT_BUF_INIT;
+    size_t n = 0;
+    bool ok = true;
+    for (; ok && types[n]; n++) {
+        size_t len = strlen(types[n]);
+        ok = n < MOAT_FEED_MAX_TYPES && len >= 1 &&
+             len <= MOAT_EVENT_TYPE_MAX &&
+             strspn(types[n], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuv"
+                              "wxyz0123456789._-") == len;
+        moat_buf_printf(&b, "%s%s", n ? "," : "&types=", types[n]);
+    }
+    fs->types_q = moat_xstrdup(ok && n ? moat_buf_str(&b) : "");
+    moat_buf_release(&b);
+    return fs->types_q;
+}
+
+/* A 400 that names parameter `name` among its errors (an older producer
+ * that does not know it). */
+static bool rejects_param(const struct moat_http_response *resp,
+                          const char *name)
+{
+    if (resp->err != MOAT_OK || resp->status != 400 || !resp->body)
+        return false;
+    json_t *j = json_loads(resp->body, 0, NULL);
+    json_t *e;
+    size_t i;
+    bool found = false;
+    json_array_foreach(json_object_get(j, "errors"), i, e)
+    {
+        const char *p = json_string_value(json_object_get(e, "parameter"));
+        found = found || (p && strcmp(p, name) == 0);
+    }
+    json_decref(j);
+    return found;
+}
+
+/* The producer does not filter by type: ask for everything from now on
+ * (the consumer passes over what it does not want). */
+static void filter_unsupported(struct feed_source *fs)
+{
+    if (fs->no_filter)
+        return;
+    moat_log(MOAT_LOG_INFO,
+             "event feed does not filter by type; reading every event", "{s:s}",
+             "source", fs->src.name);
+    fs->no_filter = true;
 }
 
 /*
@@ -778,6 +1104,8 @@ static void feed_next_instance(struct feed_source *fs,
              "source", fs->src.name, "url", fs->base_url);
 }
 
+static int64_t event_seq(json_t *ev);
+
 static void on_feed_response(const struct moat_http_response *resp, void *arg)
 {
     struct feed_call *fc = arg;
@@ -789,7 +1117,7 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
     feed_next_instance(fs, resp);
 
     int err = resp->err;
-    int64_t head = 0;
+    int64_t head = 0, next_after = fc->after;
     json_t *events = NULL;
     if (err == MOAT_OK) {
         note_status(fs, resp->status, resp->body);
@@ -797,6 +1125,7 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
             body = json_loads(resp->body, JSON_REJECT_DUPLICATES, NULL);
             events = json_object_get(body, "events");
             json_t *h = json_object_get(body, "head");
+            json_t *na = json_object_get(body, "next_after");
             if (!json_is_array(events) || !json_is_integer(h)) {
                 moat_log(MOAT_LOG_WARN, "malformed event feed response",
                          "{s:s}", "source", fs->src.name);
@@ -804,6 +1133,14 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
                 events = NULL;
             } else {
                 head = json_integer_value(h);
+                /* Where the page ends: past the events it passed over. */
+                size_t n = json_array_size(events);
+                if (n)
+                    next_after = event_seq(json_array_get(events, n - 1));
+                if (json_is_integer(na) &&
+                    json_integer_value(na) > next_after &&
+                    json_integer_value(na) <= head)
+                    next_after = json_integer_value(na);
                 err = check_epoch(fs, body, fc->after, &head);
             }
         } else if (resp->status == 410) {
@@ -814,10 +1151,13 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
             if (json_is_integer(from) && json_integer_value(from) > 0)
                 head = json_integer_value(from) - 1;
         } else {
+            if (rejects_param(resp, "types"))
+                filter_unsupported(fs); /* the retry asks for everything */
             err = MOAT_EIO;
         }
     }
-    fc->done(err, err == MOAT_OK ? events : NULL, head, fc->arg);
+    fc->done(err, err == MOAT_OK ? events : NULL, head,
+             err == MOAT_OK ? next_after : 0, fc->arg);
 
 cleanup:
     json_decref(body);
@@ -843,8 +1183,9 @@ static int poll_pull(struct feed_source *fs, int64_t after, int limit,
         hdr[nhdr++] =
             (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
     }
-    char *url = moat_xasprintf("%s/v1/events?after=%lld&limit=%d&wait=%d",
-                               fs->base_url, (long long)after, limit, wait_ms);
+    char *url = moat_xasprintf("%s/v1/events?after=%lld&limit=%d&wait=%d%s",
+                               fs->base_url, (long long)after, limit, wait_ms,
+                               types_query(fs));
     struct moat_http_call call = {
         .method = "GET",
         .url = url,
@@ -895,12 +1236,14 @@ static void buffer_clear(struct feed_source *fs)
     json_array_clear(fs->buffered);
     json_array_clear(fs->buffered_sizes);
     fs->buffered_bytes = 0;
+    fs->buf_from = fs->pos = -1;
 }
 
 /* Drop the first n buffered events. */
 static void buffer_shift(struct feed_source *fs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
+        fs->buf_from = event_seq(json_array_get(fs->buffered, 0));
         fs->buffered_bytes -=
             (size_t)json_integer_value(json_array_get(fs->buffered_sizes, 0));
         json_array_remove(fs->buffered_sizes, 0);
@@ -908,13 +1251,24 @@ static void buffer_shift(struct feed_source *fs, size_t n)
     }
 }
 
-/* Drop the buffered events at or below after. */
+/* Drop the buffered events at or below after, which is within what the
+ * buffer covers. */
 static void buffer_skip(struct feed_source *fs, int64_t after)
 {
     size_t n = 0, total = json_array_size(fs->buffered);
     while (n < total && event_seq(json_array_get(fs->buffered, n)) <= after)
         n++;
     buffer_shift(fs, n);
+    if (after > fs->buf_from)
+        fs->buf_from = after;
+}
+
+/* Whether the buffer covers after: the stream (open, or what is left of
+ * it) brought every wanted event after it up to fs->pos. */
+static bool buffer_covers(struct feed_source *fs, int64_t after)
+{
+    return fs->buf_from >= 0 && after >= fs->buf_from && after <= fs->pos &&
+           (fs->stream || json_array_size(fs->buffered) > 0);
 }
 
 /*
@@ -954,10 +1308,14 @@ static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
         /* The consumer's position: its next pull asks for what follows
          * the events it took, which the buffer starts after. */
         size_t n = json_array_size(fs->buffered);
-        int64_t pos =
-            n ? event_seq(json_array_get(fs->buffered, 0)) - 1 : st->after;
+        int64_t pos = n ? fs->buf_from : st->after;
         int64_t base = 0;
         int rc = check_epoch(fs, j, pos, &base);
+        /* How far a filtered stream passed over events (never past head). */
+        json_t *a = json_object_get(j, "after");
+        if (rc == MOAT_OK && st->filtered && json_is_integer(a) &&
+            json_integer_value(a) > st->after && json_integer_value(a) <= h)
+            st->after = fs->pos = json_integer_value(a);
         json_decref(j);
         if (rc == MOAT_ECONFLICT) {
             stream_rewound(fs, base);
@@ -966,11 +1324,13 @@ static bool stream_take_line(struct stream_in *st, const char *line, size_t len)
         return true;
     }
     int64_t seq = event_seq(j);
-    if (seq != st->after + 1) { /* a gap or a repeat: start over */
+    /* A gap (unless the stream passes over unwanted types) or a repeat:
+     * start over. */
+    if (st->filtered ? seq <= st->after : seq != st->after + 1) {
         json_decref(j);
         return false;
     }
-    st->after = seq;
+    st->after = fs->pos = seq;
     if (seq > fs->head)
         fs->head = seq;
     fs->buffered_bytes += len;
@@ -985,6 +1345,7 @@ static bool on_stream_data(const char *data, size_t len, void *arg)
     if (!st->fs || st->detached)
         return false;
     size_t had = json_array_size(st->fs->buffered);
+    int64_t had_pos = st->fs->pos;
     const char *end = data + len;
     while (data < end) {
         const char *nl = memchr(data, '\n', (size_t)(end - data));
@@ -1008,7 +1369,8 @@ static bool on_stream_data(const char *data, size_t len, void *arg)
         data = nl + 1;
     }
     struct feed_source *fs = st->fs;
-    if (fs->parked.active && json_array_size(fs->buffered) > had)
+    if (fs->parked.active &&
+        (json_array_size(fs->buffered) > had || fs->pos > had_pos))
         event_active(fs->kick, EV_TIMEOUT, 1);
     /* A consumer that does not keep up: stop reading; its next pull
      * reopens the stream from its cursor once the buffer is drained. */
@@ -1020,13 +1382,13 @@ static bool on_stream_data(const char *data, size_t len, void *arg)
 }
 
 static void parked_finish(struct feed_source *fs, int err, json_t *events,
-                          int64_t head)
+                          int64_t head, int64_t next_after)
 {
     moat_source_done_fn done = fs->parked.done;
     void *arg = fs->parked.arg;
     fs->parked.active = false;
     evtimer_del(fs->parked_timer);
-    done(err, events, head, arg);
+    done(err, events, head, next_after, arg);
 }
 
 static void stream_open_from(struct feed_source *fs, int64_t after);
@@ -1040,16 +1402,22 @@ static bool parked_try(struct feed_source *fs, bool force)
     if (fs->rewind_pending) {
         fs->rewind_pending = false;
         if (fs->parked.after > fs->rewind_base) {
-            parked_finish(fs, MOAT_ECONFLICT, NULL, fs->rewind_base);
+            parked_finish(fs, MOAT_ECONFLICT, NULL, fs->rewind_base, 0);
             return true;
         }
     }
-    buffer_skip(fs, fs->parked.after);
+    int64_t after = fs->parked.after;
+    bool covered = buffer_covers(fs, after);
+    if (covered)
+        buffer_skip(fs, after);
     size_t n = json_array_size(fs->buffered);
-    if (n == 0) {
-        if (force) {
+    if (n == 0 || !covered) {
+        /* Nothing it wants: told where the stream got to once it passed
+         * over events (a heartbeat), or at the end of its wait. */
+        int64_t reached = covered ? fs->pos : after;
+        if (force || reached > after) {
             json_t *none = json_array();
-            parked_finish(fs, MOAT_OK, none, fs->head);
+            parked_finish(fs, MOAT_OK, none, fs->head, reached);
             json_decref(none);
             return true;
         }
@@ -1060,7 +1428,9 @@ static bool parked_try(struct feed_source *fs, bool force)
     for (size_t i = 0; i < take; i++)
         json_array_append(events, json_array_get(fs->buffered, i));
     buffer_shift(fs, take);
-    parked_finish(fs, MOAT_OK, events, fs->head);
+    /* All of it: up to where the stream got (past what it passed over). */
+    int64_t reached = take == n ? fs->pos : fs->buf_from;
+    parked_finish(fs, MOAT_OK, events, fs->head, reached);
     json_decref(events);
     return true;
 }
@@ -1093,7 +1463,7 @@ static void on_stream_end(const struct moat_http_response *resp, void *arg)
         return;
     fs->stream = NULL;
     if (resp->err == MOAT_OK && resp->status == 400 &&
-        strstr(resp->body, "stream")) {
+        !rejects_param(resp, "types") && strstr(resp->body, "stream")) {
         /* A producer from before streaming: long polls from now on. */
         moat_log(MOAT_LOG_INFO, "event feed does not stream; long polling",
                  "{s:s}", "source", fs->src.name);
@@ -1106,8 +1476,14 @@ static void on_stream_end(const struct moat_http_response *resp, void *arg)
             evtimer_del(fs->parked_timer);
             if (poll_pull(fs, after, fs->parked.limit, 0, done, parg) !=
                 MOAT_OK)
-                done(MOAT_EIO, NULL, 0, parg);
+                done(MOAT_EIO, NULL, 0, 0, parg);
         }
+        return;
+    }
+    if (rejects_param(resp, "types")) {
+        filter_unsupported(fs);
+        if (fs->parked.active)
+            event_active(fs->kick, EV_TIMEOUT, 1); /* reopens it */
         return;
     }
     if (!fs->parked.active)
@@ -1146,7 +1522,7 @@ static void stream_open_from(struct feed_source *fs, int64_t after)
                      "{s:s, s:s}", "audience", fs->src.name, "error",
                      moat_strerror(rc));
             if (fs->parked.active)
-                parked_finish(fs, rc, NULL, 0);
+                parked_finish(fs, rc, NULL, 0, 0);
             return;
         }
         hdr[nhdr++] =
@@ -1155,8 +1531,10 @@ static void stream_open_from(struct feed_source *fs, int64_t after)
     struct stream_in *st = moat_xcalloc(1, sizeof(*st));
     st->fs = fs;
     st->after = after;
-    char *url = moat_xasprintf("%s/v1/events?after=%lld&stream=1", fs->base_url,
-                               (long long)after);
+    const char *types = types_query(fs);
+    st->filtered = *types != '\0';
+    char *url = moat_xasprintf("%s/v1/events?after=%lld&stream=1%s",
+                               fs->base_url, (long long)after, types);
     struct moat_http_call call = {
         .method = "GET",
         .url = url,
@@ -1167,13 +1545,16 @@ static void stream_open_from(struct feed_source *fs, int64_t after)
         .data_arg = st,
     };
     buffer_clear(fs);
+    fs->buf_from = fs->pos = after;
     int rc = moat_http_client_send(fs->client, &call, on_stream_end, st);
     free(url);
     free(token);
     if (rc != MOAT_OK) {
         free(st);
+        buffer_clear(fs);
         if (fs->parked.active)
-            parked_finish(fs, rc == MOAT_ECANCELLED ? rc : MOAT_EIO, NULL, 0);
+            parked_finish(fs, rc == MOAT_ECANCELLED ? rc : MOAT_EIO, NULL, 0,
+                          0);
         return;
     }
     fs->stream = st;
@@ -1195,12 +1576,9 @@ static int feed_pull(struct moat_event_source *src, int64_t after, int limit,
 
     /* Is `after` on the stream: within what it brought, or where it is? */
     size_t n = json_array_size(fs->buffered);
-    int64_t first = n ? event_seq(json_array_get(fs->buffered, 0)) : -1;
-    int64_t last = n ? event_seq(json_array_get(fs->buffered, n - 1))
-                     : (fs->stream ? fs->stream->after : -1);
-    bool on_stream =
-        last >= 0 && after <= last && (n ? after >= first - 1 : after == last);
-    bool has_more = on_stream && after < last && n > 0;
+    int64_t last = n ? event_seq(json_array_get(fs->buffered, n - 1)) : -1;
+    bool on_stream = buffer_covers(fs, after);
+    bool has_more = on_stream && after < last;
     /* "What there is now" (wait 0) is the long poll's answer unless the
      * stream already brought it; it leaves the stream alone. */
     if (wait_ms == 0 && !has_more && !fs->rewind_pending)
@@ -1240,6 +1618,7 @@ static void feed_source_free(struct moat_event_source *src)
         free(fs->instances[i]);
     free(fs->instances);
     free(fs->epoch_dir);
+    free(fs->types_q);
     free(fs);
 }
 
@@ -1276,8 +1655,12 @@ struct moat_event_source *moat_feed_source_new(const char *name,
     /* MOAT_FEED_STREAM=0: long polls only (old producers are detected). */
     const char *env = getenv("MOAT_FEED_STREAM");
     fs->no_stream = env && strcmp(env, "0") == 0;
+    /* MOAT_FEED_FILTER=0: every event, the consumer passes over the rest. */
+    env = getenv("MOAT_FEED_FILTER");
+    fs->no_filter = env && strcmp(env, "0") == 0;
     fs->buffered = json_array();
     fs->buffered_sizes = json_array();
+    fs->buf_from = fs->pos = -1;
     fs->base = moat_http_client_base(client);
     fs->kick = event_new(fs->base, -1, 0, on_kick, fs);
     fs->parked_timer = evtimer_new(fs->base, on_parked_timeout, fs);

@@ -405,9 +405,11 @@ static void relay_tick(evutil_socket_t fd, short what, void *arg)
     }
     struct relay_job *j = moat_xcalloc(1, sizeof(*j));
     j->r = r;
+    int64_t reached;
     int rc = moat_outbox_bounds(r->o, &j->head, NULL, NULL);
     if (rc == MOAT_OK)
-        rc = moat_outbox_read(r->o, r->acked, RELAY_BATCH, relay_collect, j);
+        rc = moat_outbox_read(r->o, r->acked, RELAY_BATCH, NULL, relay_collect,
+                              j, &reached);
     if (rc == MOAT_OK)
         rc = moat_work_submit(r->pool, relay_work, relay_done, j);
     if (rc != MOAT_OK) {
@@ -739,7 +741,7 @@ static void fetch_done(void *arg, bool cancelled)
                                     j->err == MOAT_OK ? 0 : j->wait_ms, j->done,
                                     j->arg);
         if (rc != MOAT_OK)
-            j->done(rc, NULL, 0, j->arg);
+            j->done(rc, NULL, 0, 0, j->arg);
         json_decref(j->events);
         free(j);
         return;
@@ -751,17 +753,18 @@ static void fetch_done(void *arg, bool cancelled)
     if (j->head > s->head)
         s->head = j->head;
     size_t n = json_array_size(j->events);
+    int64_t next_after = j->after; /* every type: the last event's seq */
     if (n > 0) {
         int64_t last = 0;
         const char *seq = json_string_value(
             json_object_get(json_array_get(j->events, n - 1), "sequence"));
         if (seq && moat_parse_i64(seq, 1, INT64_MAX, &last) == MOAT_OK)
-            s->live_pos = last;
+            s->live_pos = next_after = last;
     } else if (s->live_pos < j->after) {
         s->live_pos = j->after;
     }
     int64_t head = s->head > j->after ? s->head : j->after;
-    j->done(MOAT_OK, j->events, head, j->arg);
+    j->done(MOAT_OK, j->events, head, next_after, j->arg);
     json_decref(j->events);
     free(j);
 }

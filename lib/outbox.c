@@ -262,8 +262,10 @@ static const char *column_text(struct moat_stmt *st, int col)
 }
 
 static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
-                       outbox_visit_fn fn, void *arg)
+                       const char *const *types, outbox_visit_fn fn, void *arg,
+                       int64_t *reached)
 {
+    *reached = after;
     struct moat_stmt *stmt = moat_db_prepare(
         o->db, "outbox_read",
         "SELECT seq, id, type, subject, time_ms, schema_version, data, "
@@ -275,6 +277,10 @@ static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
     int rc = MOAT_OK, step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
         json_error_t jerr;
+        if (!moat_outbox_type_selected(types, column_text(stmt, 2))) {
+            *reached = moat_stmt_int64(stmt, 0); /* no data decoded */
+            continue;
+        }
         const char *data = column_text(stmt, 6);
         struct outbox_event ev = {
             .seq = moat_stmt_int64(stmt, 0),
@@ -300,6 +306,7 @@ static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
             rc = r;
         if (r != OUTBOX_NEXT)
             break;
+        *reached = ev.seq;
     }
     if (rc == MOAT_OK && step != SQLITE_ROW && step != SQLITE_DONE)
         rc = moat_db_error(o->db, step);
@@ -355,10 +362,21 @@ int moat_outbox_bounds(struct moat_outbox *o, int64_t *head,
     return o->ops->bounds(o, head, retained_from, oldest_ms);
 }
 
-int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
-                     outbox_visit_fn fn, void *arg)
+bool moat_outbox_type_selected(const char *const *types, const char *type)
 {
-    return o->ops->read(o, after, limit, fn, arg);
+    if (!types)
+        return true;
+    for (; *types; types++)
+        if (strcmp(*types, type) == 0)
+            return true;
+    return false;
+}
+
+int moat_outbox_read(struct moat_outbox *o, int64_t after, int limit,
+                     const char *const *types, outbox_visit_fn fn, void *arg,
+                     int64_t *reached)
+{
+    return o->ops->read(o, after, limit, types, fn, arg, reached);
 }
 
 /*

@@ -144,8 +144,10 @@ static int kv_append(struct moat_outbox *o, const struct outbox_event *ev,
 struct read_ctx {
     struct moat_outbox *o;
     int left;
+    const char *const *types;
     outbox_visit_fn fn;
     void *arg;
+    int64_t *reached;
 };
 
 static int read_one(const void *key, size_t klen, const void *val, size_t vlen,
@@ -160,16 +162,21 @@ static int read_one(const void *key, size_t klen, const void *val, size_t vlen,
         decode(c->o, (int64_t)moat_kv_u64_from_key(key), val, vlen, &ev, &doc);
     if (rc != MOAT_OK)
         return rc;
-    rc = c->fn(&ev, c->arg);
+    /* The type is inside the stored document: passed over once decoded. */
+    rc = moat_outbox_type_selected(c->types, ev.type) ? c->fn(&ev, c->arg)
+                                                      : OUTBOX_NEXT;
     json_decref(doc);
     if (rc != OUTBOX_NEXT)
         return rc;
+    *c->reached = ev.seq;
     return --c->left > 0 ? MOAT_KV_NEXT : MOAT_KV_STOP;
 }
 
 static int kv_read(struct moat_outbox *o, int64_t after, int limit,
-                   outbox_visit_fn fn, void *arg)
+                   const char *const *types, outbox_visit_fn fn, void *arg,
+                   int64_t *reached)
 {
+    *reached = after;
     if (limit <= 0 || after < 0)
         return MOAT_OK;
     struct moat_kv_txn *t;
@@ -178,7 +185,12 @@ static int kv_read(struct moat_outbox *o, int64_t after, int limit,
         return rc;
     unsigned char from[8];
     moat_kv_u64_key((uint64_t)after + 1, from);
-    struct read_ctx c = {.o = o, .left = limit, .fn = fn, .arg = arg};
+    struct read_ctx c = {.o = o,
+                         .left = limit,
+                         .types = types,
+                         .fn = fn,
+                         .arg = arg,
+                         .reached = reached};
     /* OUTBOX_STOP from fn is also "stop", which iterate turns into OK. */
     rc = moat_kv_iterate(t, o->kv_events, from, sizeof(from), read_one, &c);
     moat_kv_abort(t);

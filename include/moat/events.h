@@ -36,13 +36,23 @@
  * source's API. A malformed, repeated or unknown query parameter is a 400
  * problem listing {"parameter", "detail"} in "errors"; too many parked
  * readers (1024) is a 503 with Retry-After.
+ * Filtering: &types=A,B (1 to 32 event types of 1 to 64 bytes, comma
+ * separated; 400 beyond) selects the events of those types; the others
+ * are passed over but still move next_after (the seq of the last event
+ * taken or passed over), so a reader's cursor goes past them. limit
+ * counts events taken; one page looks at 10,000 events at most (an empty
+ * page with next_after moved is then answered at once). A parked filtered
+ * reader whose position moved past events it does not want is answered
+ * (empty, next_after moved) within 2 s. No types: every event, as before.
  * Streaming: GET /v1/events?after=SEQ&stream=1 (no limit or wait) is one
  * long-lived 200 application/x-ndjson reply, chunked: each event after SEQ
- * as one line (the same CloudEvent) as it commits, and
- * {"heartbeat":true,"head":H} after 2 s of silence; the first line is
- * {"heartbeat":true,"hello":true,"head":H}. Heartbeats carry "epoch" and
- * "epoch_base" as pages do (readers ignore unknown fields in heartbeats;
- * a source checks the epoch as a page's). A reader with 1 MiB
+ * (of the types, with &types=) as one line (the same CloudEvent) as it
+ * commits, and {"heartbeat":true,"head":H} after 2 s of silence; the
+ * first line is {"heartbeat":true,"hello":true,"head":H}. With &types=,
+ * heartbeats also carry "after":P (the seq of the last event written or
+ * passed over). Heartbeats carry "epoch" and "epoch_base" as pages do
+ * (readers ignore unknown fields in heartbeats; a source checks the epoch
+ * as a page's). A reader with 1 MiB
  * unread gets no more until it reads; one that stays so for 5 s is
  * dropped (the reply ends; it resumes from its cursor). 410 as above,
  * before the stream starts; at most 256 streams (503). The stream ends
@@ -129,6 +139,8 @@ extern const char MOAT_CONSUMER_SCHEMA[];
 extern const char MOAT_CONSUMER_SCHEMA_PG[];
 
 #define MOAT_FEED_MAX_LIMIT        1000
+#define MOAT_FEED_MAX_TYPES        32 /* names in ?types= */
+#define MOAT_EVENT_TYPE_MAX        64 /* bytes of an event type */
 #define MOAT_FEED_MAX_WAIT_MS      30000
 #define MOAT_CONSUMER_MAX_ATTEMPTS 3
 
@@ -258,7 +270,12 @@ typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
  * pull: fetch events after `after` (limit 1..MOAT_FEED_MAX_LIMIT, wait_ms
  * 0..MOAT_FEED_MAX_WAIT_MS), calling done exactly once, on the loop thread
  * and never from inside pull, with a JSON array of CloudEvents (borrowed,
- * valid during done) and the source's head, or with an error and NULL:
+ * valid during done), the source's head and next_after, where the answer
+ * ends: every event after `after` up to next_after of the source's types
+ * (src->types) is in events, so the puller may move its cursor there once
+ * it applied them (next_after >= the last event's seq; > it when the
+ * source passed over events of other types; after when nothing was
+ * read); or with an error, NULL and next_after 0:
  *   MOAT_EIO, MOAT_ETIMEDOUT  source unreachable or answering an error
  *   MOAT_ENOTFOUND            the events after `after` are gone (410);
  *                             head is then the oldest retained seq - 1
@@ -275,7 +292,7 @@ typedef int (*moat_kv_event_handler_fn)(struct moat_kv_txn *t,
  */
 struct moat_event_source;
 typedef void (*moat_source_done_fn)(int err, json_t *events, int64_t head,
-                                    void *arg);
+                                    int64_t next_after, void *arg);
 struct moat_event_source_ops {
     int (*pull)(struct moat_event_source *src, int64_t after, int limit,
                 int wait_ms, moat_source_done_fn done, void *arg);
@@ -284,6 +301,11 @@ struct moat_event_source_ops {
 struct moat_event_source {
     const struct moat_event_source_ops *ops;
     char name[32]; /* the producing service */
+    /* The types the puller wants (NULL-terminated; NULL = all), borrowed:
+     * moat_consumer_subscribe points it at its subscription's copy. A
+     * source may hand over only those (the HTTP feed asks the producer
+     * with ?types=) or everything; the puller passes over the rest. */
+    const char *const *types;
 };
 
 /* An HTTP feed at base_url (e.g. "http://127.0.0.1:8081"), called with a
@@ -294,7 +316,9 @@ struct moat_event_source {
  * (?stream=1) the source keeps open at the puller's cursor, holding at
  * most 4 MiB of events received and not yet pulled; other pulls, and all
  * pulls when the producer does not stream or MOAT_FEED_STREAM=0, are long
- * polls waiting wait_ms + 5 s at most. */
+ * polls waiting wait_ms + 5 s at most. Both ask for src->types only
+ * (?types=) unless MOAT_FEED_FILTER=0 or the producer does not filter (a
+ * 400 naming "types": logged once, then everything). */
 struct moat_event_source *moat_feed_source_new(const char *name,
                                                const char *base_url,
                                                struct moat_http_client *client,

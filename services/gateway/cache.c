@@ -551,8 +551,10 @@ static void apply_batch(struct cache_feed *f, json_t *events, int64_t head)
     free(vers);
 }
 
-static void on_pulled(int err, json_t *events, int64_t head, void *arg)
+static void on_pulled(int err, json_t *events, int64_t head, int64_t next_after,
+                      void *arg)
 {
+    (void)next_after; /* every type is asked for: the last event's seq */
     struct cache_feed *f = arg;
     struct gw_cache *c = f->c;
     f->pulling = false;

@@ -187,8 +187,10 @@ static void apply_event(struct gw_overrides *o, const char *type, json_t *data,
                   at));
 }
 
-static void on_pulled(int err, json_t *events, int64_t head, void *arg)
+static void on_pulled(int err, json_t *events, int64_t head, int64_t next_after,
+                      void *arg)
 {
+    (void)next_after; /* every type is asked for: the last event's seq */
     struct gw_overrides *o = arg;
     if (err == MOAT_ECANCELLED)
         return;

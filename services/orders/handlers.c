@@ -10,6 +10,7 @@
  */
 #include "moat/common.h"
 
+#include <event2/event.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +139,8 @@ struct place {
     size_t pending; /* catalog calls out */
     /* The first failure: 422 (problem with errors) or 503. */
     json_t *problem;
+    struct place *next; /* in os->placing */
+    int rc;             /* of storing it in the group commit */
 };
 
 static void place_free(struct place *pl)
@@ -253,7 +256,105 @@ static void reply_order(struct ord_service *os, struct moat_req *req,
     ord_order_release(&o);
 }
 
-/* All catalog answers are in: store the order or answer the failure. */
+/* Store pl's order inside the group's transaction, in a savepoint of its
+ * own: a failure undoes this order only. */
+static int place_store(struct ord_service *os, struct place *pl)
+{
+    moat_trace_format(&pl->trace, pl->o.traceparent);
+    moat_id_new(ORD_ID_PREFIX, pl->o.id, sizeof(pl->o.id));
+    pl->o.total = 0;
+    for (size_t i = 0; i < pl->o.nlines; i++)
+        pl->o.total += pl->o.lines[i].unit_price * pl->o.lines[i].quantity;
+    struct ord_customer c;
+    int rc = moat_db_exec(os->db, "place_savepoint", "SAVEPOINT place");
+    if (rc != MOAT_OK)
+        return rc;
+    rc = ord_idem_insert(os->db, pl->o.customer_id, pl->key, pl->fingerprint,
+                         pl->o.id, moat_wall_ms());
+    if (rc == MOAT_OK) {
+        rc = ord_customer_get(os->db, NULL, pl->o.customer_id, &c);
+        if (rc == MOAT_OK)
+            ord_customer_release(&c);
+        else if (rc == MOAT_ENOTFOUND) /* the refresher fetches it */
+            rc = ord_customer_mark_stale(os->db, pl->o.customer_id,
+                                         moat_wall_ms());
+    }
+    if (rc == MOAT_OK)
+        rc = ord_saga_place(os, &pl->o);
+    if (rc != MOAT_OK)
+        moat_db_exec(os->db, "place_rollback_to", "ROLLBACK TO place");
+    int rrc = moat_db_exec(os->db, "place_release", "RELEASE place");
+    return rc == MOAT_OK ? rrc : rc;
+}
+
+/*
+ * Group commit: the orders whose products came in during this loop turn
+ * are stored in one transaction (one fsync), each in its own savepoint,
+ * and each answered once that transaction committed. After a failure
+ * the rest of the group is answered with it, not stored: some errors
+ * (a full disk, I/O) end the whole transaction, and a savepoint opened
+ * after that would commit on its own.
+ */
+static void place_flush(struct ord_service *os)
+{
+    struct place *list = NULL;
+    while (os->placing) { /* oldest first */
+        struct place *pl = os->placing;
+        os->placing = pl->next;
+        pl->next = list;
+        list = pl;
+    }
+    if (!list)
+        return;
+    const struct moat_trace *saved = moat_log_trace();
+    int rc = moat_db_begin(os->db);
+    bool any = false;
+    int failed = rc; /* SQLite may have ended the transaction: stop there */
+    for (struct place *pl = list; pl; pl = pl->next) {
+        moat_log_set_trace(&pl->trace);
+        pl->rc = failed == MOAT_OK ? place_store(os, pl) : failed;
+        any = any || pl->rc == MOAT_OK;
+        failed = pl->rc;
+    }
+    if (rc == MOAT_OK) {
+        if (any)
+            rc = moat_db_commit(os->db);
+        else
+            moat_db_rollback(os->db);
+    }
+    if (rc == MOAT_OK && any)
+        moat_outbox_committed(os->outbox);
+    for (struct place *pl = list, *next; pl; pl = next) {
+        next = pl->next;
+        moat_log_set_trace(&pl->trace);
+        if (rc != MOAT_OK && pl->rc == MOAT_OK)
+            pl->rc = rc; /* the commit failed: nothing was stored */
+        if (pl->rc == MOAT_OK) {
+            ord_audit(os, pl->req, &pl->o, "order.placed");
+            moat_log(MOAT_LOG_INFO, "order placed", "{s:s, s:s, s:I, s:s}",
+                     "order", pl->o.id, "customer", pl->o.customer_id, "total",
+                     (json_int_t)pl->o.total, "currency", pl->o.currency);
+            reply_order(os, pl->req, pl->o.id, 201, false);
+        } else {
+            moat_log(MOAT_LOG_ERROR, "cannot store an order", "{s:s}", "error",
+                     moat_strerror(pl->rc));
+            moat_req_reply_store_error(pl->req, pl->rc, "orders",
+                                       "serve the request");
+        }
+        place_free(pl);
+    }
+    moat_log_set_trace(saved);
+}
+
+static void on_place_flush(evutil_socket_t fd, short what, void *arg)
+{
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    place_flush(arg);
+}
+
+/* All catalog answers are in: queue the order for this loop turn's group
+ * commit, or answer the failure. */
 static void place_finish(struct place *pl)
 {
     struct ord_service *os = pl->os;
@@ -266,46 +367,13 @@ static void place_finish(struct place *pl)
         place_free(pl);
         return;
     }
-    const struct moat_trace *saved = moat_log_trace();
-    moat_log_set_trace(&pl->trace);
-    moat_trace_format(&pl->trace, pl->o.traceparent);
-    moat_id_new(ORD_ID_PREFIX, pl->o.id, sizeof(pl->o.id));
-    pl->o.total = 0;
-    for (size_t i = 0; i < pl->o.nlines; i++)
-        pl->o.total += pl->o.lines[i].unit_price * pl->o.lines[i].quantity;
-    struct ord_customer c;
-    int rc = moat_db_begin(os->db);
-    if (rc == MOAT_OK)
-        rc = ord_idem_insert(os->db, pl->o.customer_id, pl->key,
-                             pl->fingerprint, pl->o.id, moat_wall_ms());
-    if (rc == MOAT_OK) {
-        rc = ord_customer_get(os->db, NULL, pl->o.customer_id, &c);
-        if (rc == MOAT_OK)
-            ord_customer_release(&c);
-        else if (rc == MOAT_ENOTFOUND) /* the refresher fetches it */
-            rc = ord_customer_mark_stale(os->db, pl->o.customer_id,
-                                         moat_wall_ms());
-    }
-    if (rc == MOAT_OK)
-        rc = ord_saga_place(os, &pl->o);
-    if (rc == MOAT_OK)
-        rc = moat_db_commit(os->db);
-    else
-        moat_db_rollback(os->db);
-    if (rc == MOAT_OK) {
-        moat_outbox_committed(os->outbox);
-        ord_audit(os, req, &pl->o, "order.placed");
-        moat_log(MOAT_LOG_INFO, "order placed", "{s:s, s:s, s:I, s:s}", "order",
-                 pl->o.id, "customer", pl->o.customer_id, "total",
-                 (json_int_t)pl->o.total, "currency", pl->o.currency);
-        reply_order(os, req, pl->o.id, 201, false);
-    } else {
-        moat_log(MOAT_LOG_ERROR, "cannot store an order", "{s:s}", "error",
-                 moat_strerror(rc));
-        moat_req_reply_store_error(req, rc, "orders", "serve the request");
-    }
-    moat_log_set_trace(saved);
-    place_free(pl);
+    bool first = !os->placing;
+    pl->next = os->placing;
+    os->placing = pl;
+    if (!os->place_flush)
+        place_flush(os);
+    else if (first)
+        event_active(os->place_flush, EV_TIMEOUT, 1);
 }
 
 static void fail_503(struct place *pl, const char *detail)
@@ -659,9 +727,20 @@ static void handle_sagas(struct moat_req *req, void *arg)
     moat_req_reply_json(req, 200, out);
 }
 
+void ord_routes_stop(struct ord_service *os)
+{
+    place_flush(os);
+    if (os->place_flush)
+        event_free(os->place_flush);
+    os->place_flush = NULL;
+}
+
 int ord_routes_register(struct ord_service *os)
 {
     struct moat_http_server *h = os->svc->http;
+    os->place_flush = event_new(os->svc->base, -1, 0, on_place_flush, os);
+    if (!os->place_flush)
+        moat_die("cannot create the orders group commit event");
     int rc = moat_http_route(h, MOAT_POST, "/v1/orders", handle_place, os);
     if (rc == MOAT_OK)
         rc = moat_http_route(h, MOAT_GET, "/v1/orders", handle_list, os);

@@ -54,6 +54,7 @@ static void orders_free(struct ord_service *os)
         event_free(os->refresh);
     moat_consumer_free(os->consumer);
     moat_http_client_free(os->api); /* cancels calls: their callbacks free */
+    ord_routes_stop(os);
     moat_outbox_free(os->outbox);
     moat_keys_free(os->keys);
     if (os->db)

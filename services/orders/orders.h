@@ -45,6 +45,10 @@ struct ord_service {
      * by '\n'): a second request with one gets 409. Loop thread only. */
     char **busy;
     size_t nbusy, busy_cap;
+    /* POSTs whose products are in, waiting for the group commit at the end
+     * of this loop turn (handlers.c), newest first; the event runs it. */
+    struct place *placing;
+    struct event *place_flush; /* owned; NULL before ord_routes_register */
     /* Metrics (series owned by svc->metrics). */
     struct moat_metric_family *outcomes;     /* orders_sagas_total{outcome} */
     struct moat_metric_series *saga_seconds; /* placed -> final */
@@ -52,6 +56,9 @@ struct ord_service {
 
 /* Register the /v1/orders and /v1/admin/sagas routes. */
 int ord_routes_register(struct ord_service *os);
+/* Store and answer the POSTs waiting for a group commit, then free its
+ * event (at shutdown, before the database closes). */
+void ord_routes_stop(struct ord_service *os);
 /* recover.c: POST /v1/admin/orders/{id}/recover (the operator's). */
 int ord_recover_register(struct ord_service *os);
 #ifdef MOAT_TEST_HOOKS

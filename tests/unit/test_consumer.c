@@ -332,7 +332,8 @@ static void wrap_forget(struct wrap_source *ws, struct wrap_call *wc)
         }
 }
 
-static void wrap_done(int err, json_t *events, int64_t head, void *arg)
+static void wrap_done(int err, json_t *events, int64_t head, int64_t next_after,
+                      void *arg)
 {
     struct wrap_call *wc = arg;
     json_t *out = NULL;
@@ -343,7 +344,7 @@ static void wrap_done(int err, json_t *events, int64_t head, void *arg)
         json_array_extend(out, events);
         events = out;
     }
-    wc->done(err, events, head, wc->arg);
+    wc->done(err, events, head, next_after, wc->arg);
     json_decref(out);
     free(wc);
 }
@@ -351,7 +352,7 @@ static void wrap_done(int err, json_t *events, int64_t head, void *arg)
 static void on_fail(evutil_socket_t fd, short what, void *arg)
 {
     struct wrap_call *wc = arg;
-    wrap_done(MOAT_EIO, NULL, 0, wc);
+    wrap_done(MOAT_EIO, NULL, 0, 0, wc);
 }
 
 static int wrap_pull(struct moat_event_source *src, int64_t after, int limit,
@@ -734,11 +735,12 @@ static bool resp_done(struct fixture *f, void *arg)
     return ((struct resp *)arg)->done;
 }
 
-static json_t *admin(struct fixture *f, const char *method, const char *target,
-                     int want_status)
+/* method target on 127.0.0.1:port; its body (owned). */
+static json_t *call_port(struct fixture *f, uint16_t port, const char *method,
+                         const char *target, int want_status)
 {
     struct resp r = {0};
-    char *url = moat_xasprintf("http://127.0.0.1:%u%s", f->cport, target);
+    char *url = moat_xasprintf("http://127.0.0.1:%u%s", port, target);
     struct moat_http_call call = {
         .method = method, .url = url, .timeout_ms = DEADLINE_MS};
     assert_int_equal(moat_http_client_send(f->client, &call, on_resp, &r),
@@ -752,6 +754,12 @@ static json_t *admin(struct fixture *f, const char *method, const char *target,
                  want_status, text ? text : "");
     }
     return r.body;
+}
+
+static json_t *admin(struct fixture *f, const char *method, const char *target,
+                     int want_status)
+{
+    return call_port(f, f->cport, method, target, want_status);
 }
 
 static int64_t jint(json_t *o, const char *path)
@@ -1552,6 +1560,63 @@ static void test_stream_wire_format(void **state)
     moat_buf_release(&r.got);
 }
 
+/* The line of the event with this subject in a stream's text. */
+static const char *line_of(const char *text, const char *subject, size_t *len)
+{
+    char *key = moat_xasprintf("\"subject\":\"%s\"", subject);
+    const char *at = strstr(text, key);
+    free(key);
+    assert_non_null(at);
+    while (at > text && at[-1] != '\n')
+        at--;
+    *len = (size_t)(strchr(at, '\n') - at);
+    return at;
+}
+
+/* Two streams get the same bytes for each event (rendered once and
+ * shared), and an event too big to keep rendered reaches both too. */
+static void test_stream_readers_share_lines(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2);
+    struct raw_read r[2];
+    for (int i = 0; i < 2; i++) {
+        r[i] = (struct raw_read){
+            .fd = raw_request(f, "/v1/events?after=0&stream=1"),
+            .got = MOAT_BUF_INIT,
+            .want = "\"sequence\":\"1\""};
+        run_until(f, raw_has, &r[i], DEADLINE_MS);
+    }
+    char *big = moat_xmalloc(40000);
+    memset(big, 'x', 39999);
+    big[39999] = '\0';
+    produce(f, "ItemSet", "s2", big, 2);
+    produce(f, "ItemSet", "s3", "c", 2);
+    for (int i = 0; i < 2; i++) {
+        r[i].want = "\"sequence\":\"3\"";
+        run_until(f, raw_has, &r[i], DEADLINE_MS);
+    }
+    static const char *const subjects[] = {"s1", "s2", "s3"};
+    for (size_t k = 0; k < MOAT_ARRAY_LEN(subjects); k++) {
+        size_t a, b;
+        const char *la = line_of(moat_buf_str(&r[0].got), subjects[k], &a);
+        const char *lb = line_of(moat_buf_str(&r[1].got), subjects[k], &b);
+        assert_int_equal(a, b);
+        assert_memory_equal(la, lb, a);
+        json_t *ev = json_loadb(la, a, 0, NULL);
+        assert_non_null(ev);
+        assert_string_equal(json_string_value(json_object_get(ev, "subject")),
+                            subjects[k]);
+        json_decref(ev);
+    }
+    assert_non_null(strstr(moat_buf_str(&r[1].got), big));
+    free(big);
+    for (int i = 0; i < 2; i++) {
+        close(r[i].fd);
+        moat_buf_release(&r[i].got);
+    }
+}
+
 static void test_stream_slow_reader_is_dropped(void **state)
 {
     struct fixture *f = *state;
@@ -1590,6 +1655,175 @@ static void test_stream_slow_reader_is_dropped(void **state)
     wait_cursor(f, 128);
 }
 
+/* ---- filtering by type at the producer (?types=) ---- */
+
+/* GET target on the producer's feed; its body (owned). */
+static json_t *feed_get(struct fixture *f, const char *target, int want_status)
+{
+    return call_port(f, f->pport, "GET", target, want_status);
+}
+
+/* The sequences of a page's events, "1,3". */
+static void page_seqs(json_t *page, char *out, size_t len)
+{
+    size_t i, used = 0;
+    json_t *ev;
+    out[0] = '\0';
+    json_array_foreach(json_object_get(page, "events"), i, ev)
+    {
+        used += (size_t)snprintf(
+            out + used, len - used, "%s%s", i ? "," : "",
+            json_string_value(json_object_get(ev, "sequence")));
+        assert_true(used < len);
+    }
+}
+
+static void test_filter_wire(void **state)
+{
+    struct fixture *f = *state;
+    produce(f, "ItemSet", "s1", "a", 2); /* 1 */
+    produce(f, "Other", "s1", "x", 2);   /* 2 */
+    produce(f, "ItemSet", "s2", "b", 2); /* 3 */
+    produce(f, "Other", "s2", "y", 2);   /* 4 */
+    produce(f, "Other", "s3", "z", 2);   /* 5 */
+    char seqs[64];
+
+    /* Only the types asked for; next_after past the others. */
+    json_t *page = feed_get(f, "/v1/events?after=0&types=ItemSet", 200);
+    page_seqs(page, seqs, sizeof(seqs));
+    assert_string_equal(seqs, "1,3");
+    assert_int_equal(jint(page, "next_after"), 5);
+    assert_int_equal(jint(page, "head"), 5);
+    json_decref(page);
+    /* limit counts the events taken: next_after stops before the next
+     * one it would take (past 2, passed over). */
+    page = feed_get(f, "/v1/events?after=0&types=ItemSet,Nope&limit=1", 200);
+    page_seqs(page, seqs, sizeof(seqs));
+    assert_string_equal(seqs, "1");
+    assert_int_equal(jint(page, "next_after"), 2);
+    json_decref(page);
+    page = feed_get(f, "/v1/events?after=3&types=ItemSet", 200);
+    page_seqs(page, seqs, sizeof(seqs));
+    assert_string_equal(seqs, "");
+    assert_int_equal(jint(page, "next_after"), 5);
+    json_decref(page);
+    /* No types: everything, as before. */
+    page = feed_get(f, "/v1/events?after=0", 200);
+    page_seqs(page, seqs, sizeof(seqs));
+    assert_string_equal(seqs, "1,2,3,4,5");
+    json_decref(page);
+
+    /* A parked reader hears within ~2 s that its position moved past
+     * events it does not want, not at the end of its 20 s wait. */
+    struct resp r = {0};
+    char *url = moat_xasprintf(
+        "http://127.0.0.1:%u/v1/events?after=5&types=ItemSet&wait=20000",
+        f->pport);
+    struct moat_http_call call = {
+        .method = "GET", .url = url, .timeout_ms = 25000};
+    assert_int_equal(moat_http_client_send(f->client, &call, on_resp, &r),
+                     MOAT_OK);
+    free(url);
+    run_for(f, 50);
+    produce(f, "Other", "s4", "w", 2); /* 6 */
+    run_until(f, resp_done, &r, DEADLINE_MS);
+    assert_int_equal(r.status, 200);
+    page_seqs(r.body, seqs, sizeof(seqs));
+    assert_string_equal(seqs, "");
+    assert_int_equal(jint(r.body, "next_after"), 6);
+    json_decref(r.body);
+
+    /* The stream writes only those types; its heartbeat says where it
+     * got to. */
+    struct raw_read raw = {
+        .fd = raw_request(f, "/v1/events?after=0&stream=1&types=ItemSet"),
+        .got = MOAT_BUF_INIT,
+        .want = "{\"heartbeat\":true,\"head\":6,\"after\":6}\n"};
+    run_until(f, raw_has, &raw, DEADLINE_MS);
+    const char *text = moat_buf_str(&raw.got);
+    assert_non_null(strstr(text, "\"sequence\":\"1\""));
+    assert_non_null(strstr(text, "\"sequence\":\"3\""));
+    assert_null(strstr(text, "\"type\":\"Other\""));
+    close(raw.fd);
+    moat_buf_release(&raw.got);
+
+    /* Capped: 32 names of 1 to 64 bytes. */
+    struct moat_buf many = MOAT_BUF_INIT;
+    moat_buf_addstr(&many, "/v1/events?types=");
+    for (int i = 0; i < MOAT_FEED_MAX_TYPES + 1; i++)
+        moat_buf_printf(&many, "%sT%d", i ? "," : "", i);
+    char long_name[MOAT_EVENT_TYPE_MAX + 2];
+    memset(long_name, 'L', sizeof(long_name) - 1);
+    long_name[sizeof(long_name) - 1] = '\0';
+    char *too_long = moat_xasprintf("/v1/events?types=A,%s", long_name);
+    const char *bad[] = {moat_buf_str(&many), too_long, "/v1/events?types=A,,B",
+                         "/v1/events?types=", "/v1/events?types=A,&stream=1"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(bad); i++) {
+        json_t *p = feed_get(f, bad[i], 400);
+        json_t *e = json_array_get(json_object_get(p, "errors"), 0);
+        assert_string_equal(json_string_value(json_object_get(e, "parameter")),
+                            "types");
+        json_decref(p);
+    }
+    free(too_long);
+    moat_buf_release(&many);
+}
+
+/* Ten events of which every third is an ItemSet; the last seq. */
+static int64_t produce_mixed(struct fixture *f, const char *tag)
+{
+    int64_t n = 0;
+    for (int i = 0; i < 10; i++) {
+        char subject[32];
+        snprintf(subject, sizeof(subject), "%s%d", tag, i);
+        n = produce(f, i % 3 == 1 ? "ItemSet" : "Other", subject, "v", 2);
+    }
+    return n;
+}
+
+/* A consumer of ItemSet: the producer sends it nothing else, its cursor
+ * still moves past the others (to the head, lag 0), over the stream, over
+ * long polls and across a switch between them; a verification agrees. */
+static void test_filter_consumer(void **state)
+{
+    struct fixture *f = *state;
+    int64_t n = produce_mixed(f, "a"); /* a backlog */
+    consumer_up(f, feed_source(f));
+    wait_cursor(f, n);
+    run_until(f, producer_metric, (char *)"moat_feed_streams 1\n", DEADLINE_MS);
+    n = produce_mixed(f, "b"); /* live, down the stream */
+    wait_cursor(f, n);
+    run_until(f, consumer_metric,
+              (char *)"moat_consumer_lag_events{source=\"catalog\"} 0\n",
+              DEADLINE_MS);
+
+    /* The same consumer on long polls (MOAT_FEED_STREAM=0). */
+    moat_consumer_free(f->c);
+    f->c = NULL;
+    setenv("MOAT_FEED_STREAM", "0", 1);
+    struct moat_event_source *src = feed_source(f);
+    unsetenv("MOAT_FEED_STREAM");
+    moat_http_server_free(f->chttp);
+    new_admin_server(f);
+    n = produce_mixed(f, "c"); /* a backlog */
+    consumer_up(f, src);
+    wait_cursor(f, n);
+    n = produce_mixed(f, "d"); /* live, to a parked long poll */
+    wait_cursor(f, n);
+
+    /* Only ItemSet took effect: 3 of each 10. */
+    json_t *items = items_of(f);
+    assert_int_equal(json_object_size(items), 12);
+    json_decref(items);
+    item(f, "a1", "v", 1);
+    item(f, "d7", "v", 1);
+    item(f, "d0", NULL, 0);
+
+    json_t *r = admin(f, "POST", "/v1/admin/replay?verify=1", 200);
+    assert_true(json_is_true(json_object_get(r, "identical")));
+    json_decref(r);
+}
+
 int main(int argc, char **argv)
 {
     /* One test alone: pass its name (a glob). */
@@ -1623,6 +1857,10 @@ int main(int argc, char **argv)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_wire_format, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_stream_readers_share_lines, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_filter_wire, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_filter_consumer, setup, teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);

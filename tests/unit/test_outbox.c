@@ -719,17 +719,19 @@ static void test_bad_parameters(void **state)
 struct pulled {
     bool done;
     int err;
-    int64_t head;
+    int64_t head, next_after;
     size_t n;
     char first_seq[24];
 };
 
-static void on_pulled(int err, json_t *events, int64_t head, void *arg)
+static void on_pulled(int err, json_t *events, int64_t head, int64_t next_after,
+                      void *arg)
 {
     struct pulled *p = arg;
     p->done = true;
     p->err = err;
     p->head = head;
+    p->next_after = next_after;
     p->n = json_array_size(events);
     const char *s = json_string_value(
         json_object_get(json_array_get(events, 0), "sequence"));
