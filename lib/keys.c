@@ -320,15 +320,12 @@ int moat_keys_count_sqlite(struct moat_db *db, const char *name,
     struct moat_stmt *stmt = moat_db_prepare(db, name, sql);
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
     json_t *rows = json_object();
     int step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
         char key[24];
-        snprintf(key, sizeof(key), "%lld",
-                 (long long)sqlite3_column_int64(st, 0));
-        json_object_set_new(rows, key,
-                            json_integer(sqlite3_column_int64(st, 1)));
+        snprintf(key, sizeof(key), "%lld", (long long)moat_stmt_int64(stmt, 0));
+        json_object_set_new(rows, key, json_integer(moat_stmt_int64(stmt, 1)));
     }
     int rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
     moat_stmt_reset(stmt);

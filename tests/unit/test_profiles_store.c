@@ -46,7 +46,7 @@ static int setup(void **state)
     free(keys);
     const struct moat_outbox_options oo = {0};
     assert_int_equal(
-        pro_store_open(&f->s, f->base, f->dir, f->kr, &oo, f->metrics),
+        pro_store_open(&f->s, f->base, f->dir, NULL, f->kr, &oo, f->metrics),
         MOAT_OK);
     *state = f;
     return 0;
