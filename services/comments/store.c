@@ -580,17 +580,20 @@ int cmt_store_list(struct cmt_store *s, const struct cmt_target *t,
     *items = NULL;
     *n = 0;
     struct moat_stmt *st =
-        parent ? moat_db_prepare(s->db, "replies",
-                                 "SELECT " COMMENT_COLUMNS " FROM comments "
-                                 "WHERE parent_id = ?1 AND "
-                                 "(?2 IS NULL OR id > ?2) AND " VISIBLE
-                                 " ORDER BY id LIMIT ?3")
-               : moat_db_prepare(s->db, "top_level",
-                                 "SELECT " COMMENT_COLUMNS " FROM comments "
-                                 "WHERE target_kind = ?4 AND target_id = ?1 "
-                                 "AND conversation_id = ?5 AND parent_id IS "
-                                 "NULL AND (?2 IS NULL OR id > ?2) AND " VISIBLE
-                                 " ORDER BY id LIMIT ?3");
+        parent
+            ? moat_db_prepare(
+                  s->db, "replies",
+                  "SELECT " COMMENT_COLUMNS " FROM comments "
+                  "WHERE parent_id = ?1 AND "
+                  "(CAST(?2 AS TEXT) IS NULL OR id > ?2) AND " VISIBLE
+                  " ORDER BY id LIMIT ?3")
+            : moat_db_prepare(
+                  s->db, "top_level",
+                  "SELECT " COMMENT_COLUMNS " FROM comments "
+                  "WHERE target_kind = ?4 AND target_id = ?1 "
+                  "AND conversation_id = ?5 AND parent_id IS "
+                  "NULL AND (CAST(?2 AS TEXT) IS NULL OR id > ?2) AND " VISIBLE
+                  " ORDER BY id LIMIT ?3");
 #undef VISIBLE
     if (!st)
         return MOAT_EDB;

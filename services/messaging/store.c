@@ -512,13 +512,14 @@ int msg_store_list_convs(struct msg_store *s, const char *viewer,
     *n = 0;
     /* Sorting a user's conversations costs their number per page: fine
      * for chat, where a user has tens to thousands of them. */
-    struct moat_stmt *st = moat_db_prepare(
-        s->db, "conv_list",
-        "SELECT " CONV_COLUMNS " FROM members m "
-        "JOIN conversations c ON c.id = m.conversation_id "
-        "WHERE m.user_id = ?1 AND (?2 IS NULL OR c.activity_at_ms < ?3 "
-        "OR (c.activity_at_ms = ?3 AND c.id < ?2)) "
-        "ORDER BY c.activity_at_ms DESC, c.id DESC LIMIT ?4");
+    struct moat_stmt *st =
+        moat_db_prepare(s->db, "conv_list",
+                        "SELECT " CONV_COLUMNS " FROM members m "
+                        "JOIN conversations c ON c.id = m.conversation_id "
+                        "WHERE m.user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR "
+                        "c.activity_at_ms < ?3 "
+                        "OR (c.activity_at_ms = ?3 AND c.id < ?2)) "
+                        "ORDER BY c.activity_at_ms DESC, c.id DESC LIMIT ?4");
     if (!st)
         return MOAT_EDB;
     moat_stmt_bind_text(st, 1, viewer);

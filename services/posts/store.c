@@ -409,7 +409,8 @@ int pst_store_timeline(struct pst_store *s, const char *author,
     *items = NULL;
     *n = 0;
 #define TIMELINE_WHERE                                                         \
-    " FROM posts WHERE author_id = ?1 AND (?2 IS NULL OR id < ?2) "            \
+    " FROM posts WHERE author_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR id < "  \
+    "?2) "                                                                     \
     "AND deleted_at_ms IS NULL ORDER BY id DESC LIMIT ?3"
     struct moat_stmt *st = moat_db_prepare_dialect(
         s->db, "timeline", "SELECT " POST_COLUMNS TIMELINE_WHERE,
