@@ -20,12 +20,17 @@
 #include "moat/backup.h"
 #include "moat/buf.h"
 #include "moat/config.h"
+#include "moat/db.h"
 #include "moat/http_client.h"
 #include "moat/jetstream.h"
 #include "moat/log.h"
 #include "moat/sandbox.h"
 #include "moat/service.h"
 #include "moat/tls.h"
+
+/* Read-only paths handed to the sandbox: the service's own plus the
+ * files its database DSN names. */
+#define SANDBOX_MAX_RO 32
 
 struct runtime {
     struct moat_service *svc;
@@ -64,6 +69,12 @@ int moat_service_config_load(struct moat_service_config *cfg,
             snprintf(fallback, sizeof(fallback), "var/%s", def->name);
             cfg->data_dir = fallback;
         }
+        /* A libpq connection string: the store is that PostgreSQL
+         * database instead of a SQLite file (moat up sets it for
+         * "engine": "postgres"). Never logged: it may hold a password. */
+        cfg->db_dsn = moat_env_str("MOAT_DB_DSN", NULL);
+        if (cfg->db_dsn && !*cfg->db_dsn)
+            cfg->db_dsn = NULL;
     }
 
     if (moat_env_int("MOAT_MAX_BODY_BYTES", MOAT_HTTP_DEFAULT_MAX_BODY, 1024,
@@ -611,8 +622,20 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
 
     if (svc.cfg.sandbox) {
         bool enforced = false;
-        int rc =
-            moat_sandbox_confine(svc.cfg.data_dir, def->ro_paths, &enforced);
+        /* libpq rereads the files its DSN names (passfile, CA
+         * certificate) on every reconnection. */
+        const char *ro[SANDBOX_MAX_RO + 1] = {NULL};
+        char *dsn_files[8];
+        size_t nro = 0, nfiles = moat_db_dsn_files(svc.cfg.db_dsn, dsn_files,
+                                                   MOAT_ARRAY_LEN(dsn_files));
+        for (const char *const *p = def->ro_paths;
+             p && *p && nro < SANDBOX_MAX_RO; p++)
+            ro[nro++] = *p;
+        for (size_t i = 0; i < nfiles && nro < SANDBOX_MAX_RO; i++)
+            ro[nro++] = dsn_files[i];
+        int rc = moat_sandbox_confine(svc.cfg.data_dir, ro, &enforced);
+        for (size_t i = 0; i < nfiles; i++)
+            free(dsn_files[i]);
         if (rc != MOAT_OK) {
             moat_log(MOAT_LOG_ERROR, "cannot confine the process", "{s:s}",
                      "error", moat_strerror(rc));

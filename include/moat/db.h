@@ -1,6 +1,7 @@
 /*
- * moat/db.h - a service's own SQLite database: connection setup, numbered
- * schema migrations, transactions and timed prepared statements.
+ * moat/db.h - a service's own database (SQLite, or PostgreSQL given a
+ * DSN): connection setup, numbered schema migrations, transactions and timed
+ * prepared statements.
  *
  * Only the owning service opens its database; the file is created mode 0600
  * inside the service's 0700 data directory. Every connection runs with
@@ -35,6 +36,44 @@
  * moat_db_handle(), which exist on SQLite only. moat_stmt_step() returns
  * SQLITE_ROW, SQLITE_DONE or an SQLite error code on both engines, so that
  * moat_db_error() maps either engine's failures alike.
+ *
+ * On PostgreSQL (libpq, one connection per moat_db):
+ * - Placeholders ? and ?NNN become $N (not inside quotes, dollar-quoted
+ *   bodies or comments). jsonb's ? operators are therefore unavailable:
+ *   use jsonb_exists(). Named parameters (:x, @x) are not supported.
+ * - Statements are prepared on the server once per connection, under a
+ *   generated name, and cached by name like on SQLite. Parameters travel
+ *   as text (int64 and text) or binary (blobs); results come as text and
+ *   all rows of an execution arrive at its first step (keep result sets
+ *   bounded with LIMIT). bytea columns are decoded for moat_stmt_blob();
+ *   boolean columns read as 1/0 with moat_stmt_int64().
+ *   moat_stmt_columns() is known after the first step only.
+ * - SQLSTATE class 23 (unique, foreign key, check) is SQLITE_CONSTRAINT,
+ *   40001/40P01 (serialization, deadlock) and 55P03 (lock timeout)
+ *   SQLITE_BUSY, a lost connection SQLITE_IOERR (moat_db_error: MOAT_EBUSY,
+ *   a 503 with Retry-After), anything else SQLITE_ERROR.
+ * - A failed statement inside a transaction fails the whole transaction
+ *   (unlike SQLite, where only that statement is undone): moat_db_commit()
+ *   then returns MOAT_EDB. Expect conflicts with INSERT ... ON CONFLICT
+ *   instead of catching a constraint error and carrying on.
+ * - moat_db_begin() is BEGIN (READ COMMITTED) plus a transaction-level
+ *   advisory lock, one per database: write transactions of the service,
+ *   all its instances included, run one at a time as BEGIN IMMEDIATE makes
+ *   them on SQLite, waiting up to busy_timeout (lock_timeout) and failing
+ *   with MOAT_EBUSY past it. SERIALIZABLE was not chosen: every caller
+ *   would need a retry loop around its transactions. Statements outside a
+ *   transaction do not take the lock.
+ * - Every statement is cut off after 30 s (statement_timeout);
+ *   application_name defaults to $MOAT_SERVICE_NAME.
+ * - A broken connection (PostgreSQL restarted, network lost) is reset at
+ *   the next moat_db_prepare/begin/exec outside a transaction, and the
+ *   statement cache prepared again; meanwhile calls fail with MOAT_EBUSY.
+ *   Inside a transaction it is not replaced: the transaction fails.
+ * - libpq calls block the calling thread: a statement costs a round trip,
+ *   about 50-100 us on loopback, which the event loop waits out. That is
+ *   acceptable for these services; a service needing more concurrency
+ *   runs several instances.
+ * - moat_db_path() is the DSN without its password (for logs).
  */
 #ifndef MOAT_DB_H
 #define MOAT_DB_H
@@ -182,7 +221,25 @@ enum moat_db_engine moat_db_engine(const struct moat_db *db);
 sqlite3 *moat_db_handle(struct moat_db *db);
 const char *moat_db_errmsg(struct moat_db *db);
 const char *moat_db_path(const struct moat_db *db);
-/* Map the last SQLite error to a moat error (constraint -> ECONFLICT...). */
+/* Map the last SQLite error to a moat error (constraint -> ECONFLICT...).
+ * On PostgreSQL SQLITE_IOERR stands for a lost connection: MOAT_EBUSY. */
 int moat_db_error(struct moat_db *db, int sqlite_rc);
+
+/*
+ * The files a libpq connection string names (passfile, sslrootcert,
+ * sslcert, sslkey, sslcrl): at most max copies into out (each owned by
+ * the caller: free()). A sandboxed service must keep reading them to
+ * reconnect. Returns how many; 0 for NULL, "" or a malformed dsn.
+ */
+size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max);
+
+/*
+ * SQLite's ? and ?NNN placeholders rewritten as PostgreSQL's $N (what
+ * moat_db_prepare does on PostgreSQL; exposed for tests). Quoted literals,
+ * quoted identifiers, dollar-quoted bodies and comments are left alone.
+ * *nparams gets the highest number. NULL for a number outside 1..32767.
+ * The caller frees the result.
+ */
+char *moat_db_pg_placeholders(const char *sql, int *nparams);
 
 #endif /* MOAT_DB_H */

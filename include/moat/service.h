@@ -79,6 +79,9 @@ struct moat_service_config {
     char host[64];        /* listen address */
     uint16_t port;        /* listen port (0 = any) */
     const char *data_dir; /* borrowed; NULL when def->needs_data_dir false */
+    /* $MOAT_DB_DSN (borrowed; NULL when unset or empty, or without a data
+     * dir): the store's PostgreSQL database, for moat_db_options.dsn. */
+    const char *db_dsn;
     struct moat_http_limits limits;
     unsigned drain_timeout_ms;
     bool access_log;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "pg_fixture.h"
 
 #include <sodium.h>
 
@@ -693,6 +694,46 @@ void h_tls_enable(const char *tmpdir)
     free(ca);
 }
 
+/*
+ * MOAT_TEST_ENGINE=postgres: each data directory gets its own database in
+ * the test's private cluster (tests/pg_fixture.h), so a service restarted
+ * with the same data directory finds its data again. child_dsn is what
+ * the next child forked gets as MOAT_DB_DSN (NULL: none).
+ */
+#define MAX_PG_STORES 64
+static struct {
+    char *data_dir;
+    const char *dsn; /* owned by the fixture */
+} pg_stores[MAX_PG_STORES];
+static size_t pg_store_count;
+static const char *child_dsn;
+
+static const char *pg_store_dsn(const char *name, const char *data_dir)
+{
+    if (!data_dir || !h_pg_engine())
+        return NULL;
+    if (!h_pg_available()) {
+        fprintf(stderr, "harness: MOAT_TEST_ENGINE=postgres without "
+                        "PostgreSQL: test skipped\n");
+        exit(77);
+    }
+    for (size_t i = 0; i < pg_store_count; i++)
+        if (strcmp(pg_stores[i].data_dir, data_dir) == 0)
+            return pg_stores[i].dsn;
+    if (pg_store_count == MAX_PG_STORES) {
+        fprintf(stderr, "harness: too many PostgreSQL stores\n");
+        exit(1);
+    }
+    char db[49];
+    int n = snprintf(db, sizeof(db), "%.30s_%zu", name, pg_store_count);
+    for (int i = 0; i < n && db[i]; i++)
+        if (!((db[i] >= 'a' && db[i] <= 'z') || (db[i] >= '0' && db[i] <= '9')))
+            db[i] = '_';
+    pg_stores[pg_store_count].data_dir = moat_xstrdup(data_dir);
+    pg_stores[pg_store_count].dsn = h_pg_dsn(db);
+    return pg_stores[pg_store_count++].dsn;
+}
+
 MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
                                      const char *bin,
                                      const char *const *extra_env)
@@ -724,6 +765,8 @@ MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
     setenv("MOAT_OPERATORS", "operator,test", 1);
     if (svc->data_dir)
         setenv("MOAT_DATA_DIR", svc->data_dir, 1);
+    if (child_dsn)
+        setenv("MOAT_DB_DSN", child_dsn, 1);
     if (tls.dir) {
         setenv("MOAT_TLS_CERT", h_tls_path(svc->name, "crt"), 1);
         setenv("MOAT_TLS_KEY", h_tls_path(svc->name, "key"), 1);
@@ -831,6 +874,7 @@ int h_service_restart(struct h_service *svc, const char *const *extra_env)
     char *bin = moat_xasprintf("%s/moat-%s", MOAT_BIN_DIR, svc->name);
     int rc = -1;
     tls_cert_for(svc->name);
+    child_dsn = pg_store_dsn(svc->name, svc->data_dir);
     /* The port may linger for an instant after a kill: a few attempts. */
     for (int attempt = 1; attempt <= RESTART_ATTEMPTS && rc != 0; attempt++) {
         fflush(NULL);
@@ -890,6 +934,7 @@ int h_service_start(struct h_service *svc, const char *name, const char *tmpdir,
      * taken by someone else for an instant: a few attempts. */
     int attempts = fixed_port ? START_ATTEMPTS : 1;
     tls_cert_for(name);
+    child_dsn = pg_store_dsn(name, data_dir);
     for (int attempt = 1; attempt <= attempts; attempt++) {
         svc->port = fixed_port;
         set_url(svc);
