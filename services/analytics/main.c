@@ -104,8 +104,8 @@ static int analytics_init(struct moat_service *svc)
                      3600000, &s->blind_lag_ms);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = an_store_open(&s->db, svc->cfg.data_dir,
-                       moat_env_str("MOAT_DB_DSN", NULL), svc->metrics);
+    rc =
+        an_store_open(&s->db, svc->cfg.data_dir, svc->cfg.db_dsn, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the analytics database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

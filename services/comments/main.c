@@ -74,9 +74,8 @@ static int comments_init(struct moat_service *svc)
     cs->upstream_timeout_ms = (long)timeout;
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = cmt_store_open(&cs->store, svc->cfg.data_dir,
-                        moat_env_str("MOAT_DB_DSN", NULL), svc->base,
-                        svc->cfg.name, &oopts, svc->metrics);
+    rc = cmt_store_open(&cs->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the comments database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

@@ -55,9 +55,8 @@ static int messaging_init(struct moat_service *svc)
         goto cleanup; /* logged by moat_env_int */
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = msg_store_open(&ms->store, svc->cfg.data_dir,
-                        moat_env_str("MOAT_DB_DSN", NULL), svc->base,
-                        svc->cfg.name, &oopts, svc->metrics);
+    rc = msg_store_open(&ms->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the messaging database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

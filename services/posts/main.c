@@ -44,9 +44,8 @@ static int posts_init(struct moat_service *svc)
         goto cleanup; /* logged by moat_env_int */
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = pst_store_open(&ps->store, svc->cfg.data_dir,
-                        moat_env_str("MOAT_DB_DSN", NULL), svc->base,
-                        svc->cfg.name, &oopts, svc->metrics);
+    rc = pst_store_open(&ps->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the posts database", "{s:s, s:s}",
                  "data_dir", svc->cfg.data_dir, "error", moat_strerror(rc));

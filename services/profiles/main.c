@@ -88,8 +88,7 @@ static int profiles_init(struct moat_service *svc)
     const struct moat_outbox_options oo = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
     rc = pro_store_open(&ps->store, svc->base, svc->cfg.data_dir,
-                        moat_env_str("MOAT_DB_DSN", NULL), ps->kr, &oo,
-                        svc->metrics);
+                        svc->cfg.db_dsn, ps->kr, &oo, svc->metrics);
     if (rc != MOAT_OK)
         goto out;
 

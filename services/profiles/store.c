@@ -336,6 +336,29 @@ out:
     return rc;
 }
 
+/*
+ * MOAT_ECONFLICT when another user holds handle. Asked before the write
+ * (inside its transaction, which holds the store's write lock on either
+ * engine) rather than read from the UNIQUE failure: on PostgreSQL a failed
+ * statement fails the whole transaction.
+ */
+static int handle_free(struct pro_store *s, const char *handle,
+                       const char *user_id)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "profile_handle_taken",
+        "SELECT 1 FROM profiles WHERE handle = ?1 AND user_id <> ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    moat_stmt_bind_text(stmt, 1, handle);
+    moat_stmt_bind_text(stmt, 2, user_id);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_ROW    ? MOAT_ECONFLICT
+           : step == SQLITE_DONE ? MOAT_OK
+                                 : moat_db_error(s->db, step);
+}
+
 /* Copy the fields of from into to (to's fields must be NULL). */
 static void copy_fields(struct pro_profile *to, const struct pro_profile *from)
 {
@@ -390,7 +413,11 @@ int pro_store_put(struct pro_store *s, const struct pro_profile *in,
     next.version = cur.version + 1;
     next.created_ms = cur.created_ms;
     next.updated_ms = now_ms > cur.updated_ms ? now_ms : cur.updated_ms;
-    rc = write_row(s, &next);
+    if (next.fields[PRO_F_HANDLE] &&
+        !same(cur.fields[PRO_F_HANDLE], next.fields[PRO_F_HANDLE]))
+        rc = handle_free(s, next.fields[PRO_F_HANDLE], next.user_id);
+    if (rc == MOAT_OK)
+        rc = write_row(s, &next);
     if (rc != MOAT_OK)
         goto out;
 

@@ -69,8 +69,8 @@ static int timelines_init(struct moat_service *svc)
                           "http://127.0.0.1:8090", &connections_url);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = tl_store_open(&s->db, svc->cfg.data_dir,
-                       moat_env_str("MOAT_DB_DSN", NULL), svc->metrics);
+    rc =
+        tl_store_open(&s->db, svc->cfg.data_dir, svc->cfg.db_dsn, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the timelines database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",
