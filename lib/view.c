@@ -37,9 +37,35 @@ static void diff_add(struct diff_sink *d, const char *fmt, ...)
     moat_buf_release(&b);
 }
 
-static const char *key_of(sqlite3_stmt *st, int step)
+static const char *key_of(struct moat_stmt *st, int step)
 {
-    return step == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+    return step == SQLITE_ROW ? moat_stmt_text(st, 0) : NULL;
+}
+
+/*
+ * Whether column c differs between the current rows of a and b: its text
+ * (NULL apart from ""), and when both sides are SQLite its storage class
+ * too. The live view may be on PostgreSQL while the rebuilt one is a
+ * SQLite file: then only the text is compared (PostgreSQL's results are
+ * text).
+ */
+static bool column_differs(struct moat_stmt *a, struct moat_stmt *b, int c)
+{
+    sqlite3_stmt *ra = moat_stmt_raw(a), *rb = moat_stmt_raw(b);
+    if (ra && rb && sqlite3_column_type(ra, c) != sqlite3_column_type(rb, c))
+        return true;
+    if (moat_stmt_is_null(a, c) != moat_stmt_is_null(b, c))
+        return true;
+    const char *ta = moat_stmt_text(a, c), *tb = moat_stmt_text(b, c);
+    return strcmp(ta ? ta : "", tb ? tb : "") != 0;
+}
+
+/* The name of column c, from whichever side is SQLite. */
+static const char *column_name(struct moat_stmt *a, struct moat_stmt *b, int c)
+{
+    sqlite3_stmt *r = moat_stmt_raw(b) ? moat_stmt_raw(b) : moat_stmt_raw(a);
+    const char *name = r ? sqlite3_column_name(r, c) : NULL;
+    return name ? name : "a column";
 }
 
 static int compare_table(struct moat_db *a, struct moat_db *b,
@@ -51,11 +77,9 @@ static int compare_table(struct moat_db *a, struct moat_db *b,
     struct moat_stmt *sb = moat_db_prepare(b, t->name, t->sql);
     if (!sa || !sb)
         return MOAT_EDB;
-    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
-    int ncols = sqlite3_column_count(ra);
     int stepa = moat_stmt_step(sa), stepb = moat_stmt_step(sb);
     while (stepa == SQLITE_ROW || stepb == SQLITE_ROW) {
-        const char *ka = key_of(ra, stepa), *kb = key_of(rb, stepb);
+        const char *ka = key_of(sa, stepa), *kb = key_of(sb, stepb);
         int cmp = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
         if (cmp < 0) {
             diff_add(d, "%s %.80s: only in the live view", t->what, ka);
@@ -67,16 +91,15 @@ static int compare_table(struct moat_db *a, struct moat_db *b,
             stepb = moat_stmt_step(sb);
             continue;
         }
+        /* Both sides run the same SQL: the same columns. */
+        int ncols = moat_stmt_columns(sa);
         for (int c = 1; c < ncols; c++) {
-            sqlite3_value *va = sqlite3_column_value(ra, c);
-            sqlite3_value *vb = sqlite3_column_value(rb, c);
-            const char *ta = (const char *)sqlite3_value_text(va);
-            const char *tb = (const char *)sqlite3_value_text(vb);
-            if (sqlite3_value_type(va) != sqlite3_value_type(vb) ||
-                strcmp(ta ? ta : "", tb ? tb : "") != 0)
-                diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
-                         t->what, ka, sqlite3_column_name(ra, c),
-                         ta ? ta : "NULL", tb ? tb : "NULL");
+            if (!column_differs(sa, sb, c))
+                continue;
+            const char *ta = moat_stmt_text(sa, c), *tb = moat_stmt_text(sb, c);
+            diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
+                     t->what, ka, column_name(sa, sb, c), ta ? ta : "NULL",
+                     tb ? tb : "NULL");
         }
         stepa = moat_stmt_step(sa);
         stepb = moat_stmt_step(sb);
