@@ -5,6 +5,10 @@
  * BEGIN ... COMMIT with a SAVEPOINT per event, and verification into a
  * scratch SQLite file <data_dir>/replay-verify.db made with the view's
  * migrations.
+ *
+ * The same code serves a consumer whose database is PostgreSQL
+ * (MOAT_CONSUMER_SCHEMA_PG): it uses moat/db.h's engine-neutral calls only,
+ * savepoints included. The verification scratch stays a SQLite file.
  */
 #include "moat/common.h"
 
@@ -44,6 +48,29 @@ const char MOAT_CONSUMER_SCHEMA[] =
     "CREATE INDEX moat_dead_letters_subject\n"
     "    ON moat_dead_letters (source, subject, seq);\n";
 
+/* PostgreSQL's twin of MOAT_CONSUMER_SCHEMA (never edit it either). */
+const char MOAT_CONSUMER_SCHEMA_PG[] =
+    "CREATE TABLE moat_cursors (\n"
+    "    source TEXT NOT NULL PRIMARY KEY,\n"
+    "    after_seq BIGINT NOT NULL CHECK (after_seq >= 0),\n"
+    "    updated_ms BIGINT NOT NULL\n"
+    ");\n"
+    "CREATE TABLE moat_dead_letters (\n"
+    "    source TEXT NOT NULL,\n"
+    "    seq BIGINT NOT NULL,\n"
+    "    event_id TEXT NOT NULL,\n"
+    "    subject TEXT NOT NULL,\n"
+    "    type TEXT NOT NULL,\n"
+    "    event TEXT NOT NULL CHECK (event::json IS NOT NULL),\n"
+    "    error TEXT NOT NULL,\n"
+    "    attempts INTEGER NOT NULL,\n"
+    "    state TEXT NOT NULL CHECK (state IN ('failed', 'blocked')),\n"
+    "    parked_ms BIGINT NOT NULL,\n"
+    "    PRIMARY KEY (source, seq)\n"
+    ");\n"
+    "CREATE INDEX moat_dead_letters_subject\n"
+    "    ON moat_dead_letters (source, subject, seq);\n";
+
 struct consumer_scratch {
     struct moat_db *db; /* owned */
     char *path;         /* owned */
@@ -70,10 +97,9 @@ static int sq_cursor_write(struct moat_consumer *c, const char *source,
         "after_seq = excluded.after_seq, updated_ms = excluded.updated_ms");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_int64(st, 3, moat_wall_ms());
+    moat_stmt_bind_text(stmt, 1, source);
+    moat_stmt_bind_int64(stmt, 2, seq);
+    moat_stmt_bind_int64(stmt, 3, moat_wall_ms());
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
@@ -88,12 +114,11 @@ static int sq_cursor_read(struct moat_consumer *c, const char *source,
                         "SELECT after_seq FROM moat_cursors WHERE source = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, source);
     int step = moat_stmt_step(stmt);
     int rc = MOAT_OK;
     if (step == SQLITE_ROW)
-        *seq = sqlite3_column_int64(st, 0);
+        *seq = moat_stmt_int64(stmt, 0);
     else if (step == SQLITE_DONE)
         *seq = 0;
     else
@@ -132,7 +157,7 @@ static void sq_rollback(struct moat_consumer *c)
 
 static bool sq_lost(struct moat_consumer *c)
 {
-    return sqlite3_get_autocommit(moat_db_handle(c->db));
+    return !moat_db_in_transaction(c->db);
 }
 
 /* A cached statement without results (savepoints): MOAT_OK or MOAT_EDB. */
@@ -178,10 +203,13 @@ static int sq_run(struct moat_consumer *c, struct sub *s,
     /* A COMMIT by the handler would commit the batch's earlier events
      * without their cursor (applied twice after a crash): refuse it, which
      * turns it into a ROLLBACK that the check below reports. */
-    sqlite3_commit_hook(moat_db_handle(db), refuse_commit, NULL);
+    sqlite3 *h = moat_db_handle(db); /* NULL on PostgreSQL: no hook */
+    if (h)
+        sqlite3_commit_hook(h, refuse_commit, NULL);
     int rc = s->handler(db, ev, s->arg, why);
-    sqlite3_commit_hook(moat_db_handle(db), NULL, NULL);
-    if (rc == MOAT_OK && sqlite3_get_autocommit(moat_db_handle(db))) {
+    if (h)
+        sqlite3_commit_hook(h, NULL, NULL);
+    if (rc == MOAT_OK && !moat_db_in_transaction(db)) {
         rc = MOAT_EINVAL;
         *why = "the handler ended the consumer's transaction";
     }
@@ -198,14 +226,13 @@ static int sq_blocker(struct moat_consumer *c, const char *source,
         "subject = ?2 ORDER BY seq LIMIT 1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, subject, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, source);
+    moat_stmt_bind_text(stmt, 2, subject);
     int step = moat_stmt_step(stmt);
     int rc = MOAT_OK;
     *seq = 0;
     if (step == SQLITE_ROW)
-        *seq = sqlite3_column_int64(st, 0);
+        *seq = moat_stmt_int64(stmt, 0);
     else if (step != SQLITE_DONE)
         rc = MOAT_EDB;
     moat_stmt_reset(stmt);
@@ -219,19 +246,18 @@ static int sq_dead_count(struct moat_consumer *c, const char *source,
     struct moat_db *db = c->db;
     struct moat_stmt *stmt =
         moat_db_prepare(db, "consumer_dead_count",
-                        "SELECT coalesce(sum(state = 'failed'), 0), "
-                        "coalesce(sum(state = 'blocked'), 0) "
+                        "SELECT count(CASE WHEN state = 'failed' THEN 1 END), "
+                        "count(CASE WHEN state = 'blocked' THEN 1 END) "
                         "FROM moat_dead_letters WHERE source = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, source);
     int rc = MOAT_EDB;
     if (moat_stmt_step(stmt) == SQLITE_ROW) {
         if (failed)
-            *failed = sqlite3_column_int64(st, 0);
+            *failed = moat_stmt_int64(stmt, 0);
         if (blocked)
-            *blocked = sqlite3_column_int64(st, 1);
+            *blocked = moat_stmt_int64(stmt, 1);
         rc = MOAT_OK;
     }
     moat_stmt_reset(stmt);
@@ -247,17 +273,16 @@ static int sq_park(struct moat_consumer *c, const struct consumer_dead *d)
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, d->source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, d->seq);
-    sqlite3_bind_text(st, 3, d->event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, d->subject, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, d->type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, d->event, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, d->error, -1, SQLITE_STATIC);
-    sqlite3_bind_int(st, 8, d->attempts);
-    sqlite3_bind_text(st, 9, d->state, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 10, d->parked_ms);
+    moat_stmt_bind_text(stmt, 1, d->source);
+    moat_stmt_bind_int64(stmt, 2, d->seq);
+    moat_stmt_bind_text(stmt, 3, d->event_id);
+    moat_stmt_bind_text(stmt, 4, d->subject);
+    moat_stmt_bind_text(stmt, 5, d->type);
+    moat_stmt_bind_text(stmt, 6, d->event);
+    moat_stmt_bind_text(stmt, 7, d->error);
+    moat_stmt_bind_int64(stmt, 8, d->attempts);
+    moat_stmt_bind_text(stmt, 9, d->state);
+    moat_stmt_bind_int64(stmt, 10, d->parked_ms);
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
@@ -271,8 +296,8 @@ static int sq_dead_delete(struct moat_consumer *c, const char *source,
         "DELETE FROM moat_dead_letters WHERE source = ?1 AND seq = ?2");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(stmt), 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 2, seq);
+    moat_stmt_bind_text(stmt, 1, source);
+    moat_stmt_bind_int64(stmt, 2, seq);
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
@@ -287,10 +312,9 @@ static int sq_dead_mark_failed(struct moat_consumer *c, const char *source,
         "state = 'failed' WHERE source = ?1 AND seq = ?2");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, source, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_text(st, 3, error, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, source);
+    moat_stmt_bind_int64(stmt, 2, seq);
+    moat_stmt_bind_text(stmt, 3, error);
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : MOAT_EDB;
@@ -316,14 +340,6 @@ static int sq_reset(struct moat_consumer *c)
     return rc;
 }
 
-static void bind_opt(sqlite3_stmt *st, int idx, const char *v)
-{
-    if (v)
-        sqlite3_bind_text(st, idx, v, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(st, idx);
-}
-
 #define DEAD_FILTER                                                            \
     "FROM moat_dead_letters WHERE (?1 IS NULL OR source = ?1) AND "            \
     "(?2 IS NULL OR subject = ?2) "
@@ -338,12 +354,11 @@ static int sq_dead_visit(struct moat_consumer *c, const char *source,
             db, "consumer_dead_total", "SELECT count(*) " DEAD_FILTER);
         if (!stmt)
             return MOAT_EDB;
-        sqlite3_stmt *st = moat_stmt_raw(stmt);
-        bind_opt(st, 1, source);
-        bind_opt(st, 2, subject);
+        moat_stmt_bind_text(stmt, 1, source);
+        moat_stmt_bind_text(stmt, 2, subject);
         int step = moat_stmt_step(stmt);
         if (step == SQLITE_ROW)
-            *total = sqlite3_column_int64(st, 0);
+            *total = moat_stmt_int64(stmt, 0);
         moat_stmt_reset(stmt);
         if (step != SQLITE_ROW)
             return MOAT_EDB;
@@ -364,23 +379,22 @@ static int sq_dead_visit(struct moat_consumer *c, const char *source,
                               "ORDER BY source, seq LIMIT ?3");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    bind_opt(st, 1, source);
-    bind_opt(st, 2, subject);
-    sqlite3_bind_int64(st, 3, limit);
+    moat_stmt_bind_text(stmt, 1, source);
+    moat_stmt_bind_text(stmt, 2, subject);
+    moat_stmt_bind_int64(stmt, 3, limit);
     int step, rc = MOAT_OK;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
         struct consumer_dead d = {
-            .source = (const char *)sqlite3_column_text(st, 0),
-            .seq = sqlite3_column_int64(st, 1),
-            .event_id = (const char *)sqlite3_column_text(st, 2),
-            .subject = (const char *)sqlite3_column_text(st, 3),
-            .type = (const char *)sqlite3_column_text(st, 4),
-            .event = (const char *)sqlite3_column_text(st, 5),
-            .error = (const char *)sqlite3_column_text(st, 6),
-            .attempts = sqlite3_column_int(st, 7),
-            .state = (const char *)sqlite3_column_text(st, 8),
-            .parked_ms = sqlite3_column_int64(st, 9),
+            .source = moat_stmt_text(stmt, 0),
+            .seq = moat_stmt_int64(stmt, 1),
+            .event_id = moat_stmt_text(stmt, 2),
+            .subject = moat_stmt_text(stmt, 3),
+            .type = moat_stmt_text(stmt, 4),
+            .event = moat_stmt_text(stmt, 5),
+            .error = moat_stmt_text(stmt, 6),
+            .attempts = (int)moat_stmt_int64(stmt, 7),
+            .state = moat_stmt_text(stmt, 8),
+            .parked_ms = moat_stmt_int64(stmt, 9),
         };
         rc = fn(&d, arg);
         if (rc != 0)

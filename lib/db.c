@@ -1526,6 +1526,14 @@ int moat_stmt_columns(struct moat_stmt *s)
     return s->res ? PQnfields(s->res) : 0;
 }
 
+bool moat_db_in_transaction(struct moat_db *db)
+{
+    if (db->engine == MOAT_DB_SQLITE)
+        return !sqlite3_get_autocommit(db->h);
+    return db->in_tx && PQstatus(db->pg) == CONNECTION_OK &&
+           PQtransactionStatus(db->pg) != PQTRANS_IDLE;
+}
+
 int64_t moat_db_changes(struct moat_db *db)
 {
     if (db->engine == MOAT_DB_POSTGRES)

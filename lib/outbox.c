@@ -15,6 +15,17 @@
  * rolled-back INSERT does not consume a number, and retention only ever
  * deletes a prefix, so the stored sequences are contiguous:
  * [retained_from, head].
+ *
+ * The same storage runs on PostgreSQL (MOAT_OUTBOX_SCHEMA_PG), through the
+ * engine-neutral calls of moat/db.h. There seq is not a sequence (whose
+ * numbers are drawn at INSERT but become visible at COMMIT, in another
+ * order: a reader could pass N+1 before N commits, and skip N for ever)
+ * but the one row of moat_outbox_head, incremented by each append in the
+ * append's own transaction. Its row lock serialises the service's appends
+ * until their COMMIT, so numbers become visible in order, a rolled-back
+ * append gives its number back, and the stored sequences stay contiguous
+ * exactly as on SQLite. (moat_db_begin's write lock already serialises
+ * whole transactions; the row lock keeps the guarantee for any caller.)
  */
 #include "moat/common.h"
 
@@ -53,36 +64,57 @@ const char MOAT_OUTBOX_SCHEMA[] =
     "    traceparent TEXT NOT NULL DEFAULT ''\n"
     ") STRICT;\n";
 
-/* ---- the SQLite storage ---- */
+/* PostgreSQL's twin of MOAT_OUTBOX_SCHEMA (same rule: never edit it). */
+const char MOAT_OUTBOX_SCHEMA_PG[] =
+    "CREATE TABLE moat_outbox (\n"
+    "    seq BIGINT PRIMARY KEY,\n"
+    "    id TEXT NOT NULL UNIQUE,\n"
+    "    type TEXT NOT NULL CHECK (length(type) BETWEEN 1 AND 64),\n"
+    "    subject TEXT NOT NULL CHECK (length(subject) BETWEEN 1 AND 256),\n"
+    "    time_ms BIGINT NOT NULL,\n"
+    "    schema_version INTEGER NOT NULL CHECK (schema_version >= 1),\n"
+    "    data TEXT NOT NULL CHECK (data::json IS NOT NULL),\n"
+    "    traceparent TEXT NOT NULL DEFAULT ''\n"
+    ");\n"
+    "CREATE TABLE moat_outbox_head (\n"
+    "    one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),\n"
+    "    head BIGINT NOT NULL CHECK (head >= 0)\n"
+    ");\n"
+    "INSERT INTO moat_outbox_head (head) VALUES (0);\n";
+
+/* ---- the SQL storage (SQLite or PostgreSQL) ---- */
 
 static int sqlite_bounds(struct moat_outbox *o, int64_t *head,
                          int64_t *retained_from, int64_t *oldest_ms)
 {
-    /* sqlite_sequence keeps the head even when retention emptied the
-     * table (MAX(seq) would then say 0 and reuse old numbers). */
-    struct moat_stmt *stmt = moat_db_prepare(
+    /* sqlite_sequence (moat_outbox_head on PostgreSQL) keeps the head even
+     * when retention emptied the table (MAX(seq) would then say 0 and
+     * reuse old numbers). */
+    struct moat_stmt *stmt = moat_db_prepare_dialect(
         o->db, "outbox_bounds",
         "SELECT coalesce((SELECT seq FROM sqlite_sequence "
         "WHERE name = 'moat_outbox'), 0), "
         "(SELECT seq FROM moat_outbox ORDER BY seq LIMIT 1), "
+        "(SELECT time_ms FROM moat_outbox ORDER BY seq LIMIT 1)",
+        "SELECT (SELECT head FROM moat_outbox_head), "
+        "(SELECT seq FROM moat_outbox ORDER BY seq LIMIT 1), "
         "(SELECT time_ms FROM moat_outbox ORDER BY seq LIMIT 1)");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
     int rc = moat_stmt_step(stmt);
     if (rc != SQLITE_ROW) {
         int err = moat_db_error(o->db, rc);
         moat_stmt_reset(stmt);
         return err == MOAT_OK ? MOAT_EDB : err;
     }
-    int64_t h = sqlite3_column_int64(st, 0);
-    bool empty = sqlite3_column_type(st, 1) == SQLITE_NULL;
+    int64_t h = moat_stmt_int64(stmt, 0);
+    bool empty = moat_stmt_is_null(stmt, 1);
     if (head)
         *head = h;
     if (retained_from)
-        *retained_from = empty ? h + 1 : sqlite3_column_int64(st, 1);
+        *retained_from = empty ? h + 1 : moat_stmt_int64(stmt, 1);
     if (oldest_ms)
-        *oldest_ms = empty ? 0 : sqlite3_column_int64(st, 2);
+        *oldest_ms = empty ? 0 : moat_stmt_int64(stmt, 2);
     moat_stmt_reset(stmt);
     return MOAT_OK;
 }
@@ -114,7 +146,7 @@ static void collect(struct moat_metrics *m, void *arg)
 
 static bool sqlite_in_txn(struct moat_outbox *o)
 {
-    return !sqlite3_get_autocommit(moat_db_handle(o->db));
+    return moat_db_in_transaction(o->db);
 }
 
 static int sqlite_trim(struct moat_outbox *o, int64_t cutoff, int64_t keep,
@@ -135,15 +167,14 @@ static int sqlite_trim(struct moat_outbox *o, int64_t cutoff, int64_t keep,
         "ORDER BY seq LIMIT ?2");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_int64(st, 1, keep);
-    sqlite3_bind_int(st, 2, batch);
+    moat_stmt_bind_int64(stmt, 1, keep);
+    moat_stmt_bind_int64(stmt, 2, batch);
     int64_t last = 0, n = 0;
     int step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
-        if (sqlite3_column_int64(st, 1) >= cutoff)
+        if (moat_stmt_int64(stmt, 1) >= cutoff)
             break;
-        last = sqlite3_column_int64(st, 0);
+        last = moat_stmt_int64(stmt, 0);
         n++;
     }
     moat_stmt_reset(stmt);
@@ -156,7 +187,7 @@ static int sqlite_trim(struct moat_outbox *o, int64_t cutoff, int64_t keep,
                            "DELETE FROM moat_outbox WHERE seq <= ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_bind_int64(moat_stmt_raw(stmt), 1, last);
+    moat_stmt_bind_int64(stmt, 1, last);
     step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     if (step != SQLITE_DONE)
@@ -173,22 +204,36 @@ static int sqlite_append(struct moat_outbox *o, const struct outbox_event *ev,
         moat_die("cannot serialise an event");
 
     int rc = MOAT_EDB;
-    struct moat_stmt *stmt =
-        moat_db_prepare(o->db, "outbox_append",
-                        "INSERT INTO moat_outbox (id, type, subject, time_ms, "
-                        "schema_version, data, traceparent) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    bool pg = moat_db_engine(o->db) == MOAT_DB_POSTGRES;
+    struct moat_stmt *stmt = moat_db_prepare_dialect(
+        o->db, "outbox_append",
+        "INSERT INTO moat_outbox (id, type, subject, time_ms, "
+        "schema_version, data, traceparent) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        /* The head row's lock orders the appends (see the top). */
+        "WITH h AS (UPDATE moat_outbox_head SET head = head + 1 "
+        "RETURNING head) "
+        "INSERT INTO moat_outbox (seq, id, type, subject, time_ms, "
+        "schema_version, data, traceparent) "
+        "SELECT head, ?1, ?2, ?3, ?4, ?5, ?6, ?7 FROM h RETURNING seq");
     if (!stmt)
         goto cleanup;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, ev->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, ev->type, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, ev->subject, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, ev->time_ms);
-    sqlite3_bind_int(st, 5, ev->schema_version);
-    sqlite3_bind_text(st, 6, text, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 7, ev->traceparent, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, ev->id);
+    moat_stmt_bind_text(stmt, 2, ev->type);
+    moat_stmt_bind_text(stmt, 3, ev->subject);
+    moat_stmt_bind_int64(stmt, 4, ev->time_ms);
+    moat_stmt_bind_int64(stmt, 5, ev->schema_version);
+    moat_stmt_bind_text(stmt, 6, text);
+    moat_stmt_bind_text(stmt, 7, ev->traceparent);
     int step = moat_stmt_step(stmt);
+    if (pg && step == SQLITE_ROW) {
+        *seq = moat_stmt_int64(stmt, 0);
+        step = moat_stmt_step(stmt);
+    } else if (!pg && step == SQLITE_DONE) {
+        *seq = sqlite3_last_insert_rowid(moat_db_handle(o->db));
+    } else if (step == SQLITE_DONE) {
+        step = SQLITE_ERROR; /* no row: moat_outbox_head is empty */
+    }
     if (step != SQLITE_DONE) {
         rc = moat_db_error(o->db, step);
         if (rc == MOAT_OK)
@@ -196,7 +241,6 @@ static int sqlite_append(struct moat_outbox *o, const struct outbox_event *ev,
         moat_stmt_reset(stmt);
         goto cleanup;
     }
-    *seq = sqlite3_last_insert_rowid(moat_db_handle(o->db));
     moat_stmt_reset(stmt);
     rc = MOAT_OK;
 
@@ -205,10 +249,10 @@ cleanup:
     return rc;
 }
 
-static const char *column_text(sqlite3_stmt *st, int col)
+static const char *column_text(struct moat_stmt *st, int col)
 {
-    const unsigned char *s = sqlite3_column_text(st, col);
-    return s ? (const char *)s : "";
+    const char *s = moat_stmt_text(st, col);
+    return s ? s : "";
 }
 
 static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
@@ -220,24 +264,23 @@ static int sqlite_read(struct moat_outbox *o, int64_t after, int limit,
         "traceparent FROM moat_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int(st, 2, limit);
+    moat_stmt_bind_int64(stmt, 1, after);
+    moat_stmt_bind_int64(stmt, 2, limit);
     int rc = MOAT_OK, step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW) {
         json_error_t jerr;
+        const char *data = column_text(stmt, 6);
         struct outbox_event ev = {
-            .seq = sqlite3_column_int64(st, 0),
-            .id = column_text(st, 1),
-            .type = column_text(st, 2),
-            .subject = column_text(st, 3),
-            .time_ms = sqlite3_column_int64(st, 4),
-            .schema_version = sqlite3_column_int(st, 5),
-            .traceparent = column_text(st, 7),
-            .stored_bytes = (size_t)sqlite3_column_bytes(st, 6),
+            .seq = moat_stmt_int64(stmt, 0),
+            .id = column_text(stmt, 1),
+            .type = column_text(stmt, 2),
+            .subject = column_text(stmt, 3),
+            .time_ms = moat_stmt_int64(stmt, 4),
+            .schema_version = (int)moat_stmt_int64(stmt, 5),
+            .traceparent = column_text(stmt, 7),
+            .stored_bytes = strlen(data),
         };
-        ev.data = json_loads(column_text(st, 6),
-                             JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+        ev.data = json_loads(data, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
         if (!ev.data) {
             moat_log(MOAT_LOG_ERROR, "stored event data is not JSON",
                      "{s:I, s:s}", "seq", (json_int_t)ev.seq, "error",
@@ -277,6 +320,18 @@ static const char *sqlite_where(struct moat_outbox *o)
 
 static const struct outbox_storage_ops sqlite_ops = {
     .engine = "sqlite",
+    .attach = sqlite_attach,
+    .in_txn = sqlite_in_txn,
+    .append = sqlite_append,
+    .read = sqlite_read,
+    .bounds = sqlite_bounds,
+    .trim = sqlite_trim,
+    .where = sqlite_where,
+};
+
+/* The same statements on PostgreSQL (dialect differences inside them). */
+static const struct outbox_storage_ops pg_ops = {
+    .engine = "postgres",
     .attach = sqlite_attach,
     .in_txn = sqlite_in_txn,
     .append = sqlite_append,
@@ -430,7 +485,7 @@ int moat_outbox_new(struct moat_outbox **out, struct event_base *base,
     if (!out || !base || !db || !source || !*source || !m)
         return MOAT_EINVAL;
     struct moat_outbox *o = outbox_alloc(base, source, opts);
-    o->ops = &sqlite_ops;
+    o->ops = moat_db_engine(db) == MOAT_DB_POSTGRES ? &pg_ops : &sqlite_ops;
     o->db = db;
     return outbox_start(out, o, m);
 }

@@ -212,6 +212,10 @@ const void *moat_stmt_blob(struct moat_stmt *s, int col, size_t *n);
 bool moat_stmt_is_null(struct moat_stmt *s, int col);
 int moat_stmt_columns(struct moat_stmt *s);
 
+/* Whether a transaction is open on db (begun and not yet ended, also by
+ * a statement such as COMMIT run through moat_db_exec). */
+bool moat_db_in_transaction(struct moat_db *db);
+
 /* Rows inserted, changed or deleted by the last finished statement. */
 int64_t moat_db_changes(struct moat_db *db);
 enum moat_db_engine moat_db_engine(const struct moat_db *db);

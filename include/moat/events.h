@@ -111,9 +111,18 @@ struct moat_http_server;
 struct moat_http_client;
 struct moat_auth;
 
-/* One migration step each (append to the service's own migrations). */
+/* One migration step each (append to the service's own migrations), with
+ * its PostgreSQL twin for the migration's pg text:
+ *   {3, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG}
+ * On PostgreSQL the outbox's sequence numbers come from the one row of
+ * moat_outbox_head, locked by each append until its COMMIT: they become
+ * visible in order and without gaps, as on SQLite (lib/outbox.c). The
+ * feed's wake stays in-process (one process serves its own outbox), so no
+ * LISTEN/NOTIFY is needed; several instances of a producer would need it. */
 extern const char MOAT_OUTBOX_SCHEMA[];
+extern const char MOAT_OUTBOX_SCHEMA_PG[];
 extern const char MOAT_CONSUMER_SCHEMA[];
+extern const char MOAT_CONSUMER_SCHEMA_PG[];
 
 #define MOAT_FEED_MAX_LIMIT        1000
 #define MOAT_FEED_MAX_WAIT_MS      30000

@@ -30,6 +30,7 @@
 #include "moat/http_client.h"
 #include "moat/kv.h"
 #include "moat/log.h"
+#include "pg_fixture.h"
 
 #define DEADLINE_MS 5000
 
@@ -47,12 +48,19 @@ struct fixture {
 };
 
 static const struct moat_migration migrations[] = {
-    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+    {1, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
+enum engine { ON_SQLITE, ON_LMDB, ON_PG };
+
 static int setup_with(void **state, const struct moat_outbox_options *opts,
-                      bool lmdb)
+                      enum engine engine)
 {
+    bool lmdb = engine == ON_LMDB;
+    if (engine == ON_PG && !h_pg_available()) {
+        *state = NULL; /* the test skips */
+        return 0;
+    }
     struct fixture *f = moat_xcalloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/moat-outbox-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
@@ -67,7 +75,9 @@ static int setup_with(void **state, const struct moat_outbox_options *opts,
                          MOAT_OK);
     } else {
         char *path = moat_xasprintf("%s/producer.db", f->dir);
-        assert_int_equal(moat_db_open(&f->db, path, NULL, f->metrics), MOAT_OK);
+        struct moat_db_options o = {
+            .dsn = engine == ON_PG ? h_pg_dsn("test_outbox") : NULL};
+        assert_int_equal(moat_db_open(&f->db, path, &o, f->metrics), MOAT_OK);
         free(path);
         assert_int_equal(moat_db_migrate(f->db, migrations, 1), MOAT_OK);
         assert_int_equal(
@@ -87,17 +97,24 @@ static int setup_with(void **state, const struct moat_outbox_options *opts,
 
 static int setup(void **state)
 {
-    return setup_with(state, NULL, false);
+    return setup_with(state, NULL, ON_SQLITE);
 }
 
 static int setup_kv(void **state)
 {
-    return setup_with(state, NULL, true);
+    return setup_with(state, NULL, ON_LMDB);
+}
+
+static int setup_pg(void **state)
+{
+    return setup_with(state, NULL, ON_PG);
 }
 
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        return 0;
     /* The drain hook answers the outbox's parked readers: not when a test
      * freed the outbox itself (the hook would reach freed memory). */
     if (f->o)
@@ -280,6 +297,8 @@ static void assert_metric(struct fixture *f, const char *line)
 static void test_append_needs_a_transaction(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     json_t *data = json_pack("{s:i}", "x", 1);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
                      MOAT_EINVAL);
@@ -308,6 +327,8 @@ static void test_append_needs_a_transaction(void **state)
 static void test_rollback_leaves_no_event(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     json_t *data = json_pack("{s:i}", "x", 1);
     tx_begin(f);
     assert_int_equal(moat_outbox_append(f->o, "T", "s1", 1, data, NULL),
@@ -331,6 +352,8 @@ static void test_rollback_leaves_no_event(void **state)
 static void test_sequence_order_and_cloudevents(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     int64_t a, b;
     append_n(f, 3, "s1", &a);
     append_n(f, 2, "s2", &b);
@@ -382,6 +405,8 @@ static void test_sequence_order_and_cloudevents(void **state)
 static void test_trace_is_recorded(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct moat_trace t;
     moat_trace_start(
         &t, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", NULL);
@@ -459,19 +484,28 @@ static int setup_retention(void **state)
 {
     struct moat_outbox_options opts = {.retention_s = 60,
                                        .retention_min_keep = 3};
-    return setup_with(state, &opts, false);
+    return setup_with(state, &opts, ON_SQLITE);
 }
 
 static int setup_retention_kv(void **state)
 {
     struct moat_outbox_options opts = {.retention_s = 60,
                                        .retention_min_keep = 3};
-    return setup_with(state, &opts, true);
+    return setup_with(state, &opts, ON_LMDB);
+}
+
+static int setup_retention_pg(void **state)
+{
+    struct moat_outbox_options opts = {.retention_s = 60,
+                                       .retention_min_keep = 3};
+    return setup_with(state, &opts, ON_PG);
 }
 
 static void test_retention_keeps_min_and_410(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 10, "s1", NULL);
     int64_t deleted = -1;
     assert_int_equal(moat_outbox_trim(f->o, &deleted), MOAT_OK);
@@ -503,6 +537,8 @@ static void test_retention_keeps_min_and_410(void **state)
 static void test_retention_deletes_a_prefix_only(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 10, "s1", NULL);
     /* 1..3 old, 4 young (a clock step), 5..10 old again. */
     age_events(f, 120000, 4);
@@ -531,6 +567,8 @@ static void on_commit_timer(evutil_socket_t fd, short what, void *arg)
 static void test_long_poll_wakes_on_commit(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 2, "s1", NULL);
     struct resp r;
     send_get(f, "/v1/events?after=2&wait=5000", &r);
@@ -553,6 +591,8 @@ static void test_long_poll_wakes_on_commit(void **state)
 static void test_long_poll_timeout_is_empty(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 1, "s1", NULL);
     uint64_t t0 = moat_mono_ms();
     struct resp r;
@@ -568,6 +608,8 @@ static void test_long_poll_timeout_is_empty(void **state)
 static void test_free_answers_parked_readers(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct resp r;
     send_get(f, "/v1/events?wait=30000", &r);
     /* Let the request arrive and park. */
@@ -586,6 +628,8 @@ static void test_free_answers_parked_readers(void **state)
 static void test_bad_parameters(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     static const struct {
         const char *target;
         const char *param; /* the first error's parameter */
@@ -638,6 +682,8 @@ static void on_pulled(int err, json_t *events, int64_t head, void *arg)
 static void test_feed_source(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     append_n(f, 4, "s1", NULL);
     char *url = moat_xasprintf("http://127.0.0.1:%u/", f->port);
     struct moat_event_source *src =
@@ -673,6 +719,8 @@ static void test_feed_source(void **state)
 static void test_feed_source_errors(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     /* Retention gone: 410 becomes MOAT_ENOTFOUND. */
     append_n(f, 1, "s1", NULL);
     delete_all_events(f);
@@ -709,6 +757,8 @@ static void test_feed_source_errors(void **state)
 static void test_lmdb_seq_survives_restart(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     char *path = moat_xasprintf("%s/restart.lmdb", f->dir);
     struct moat_metrics *m = moat_metrics_new();
     struct moat_kv *kv;
@@ -765,11 +815,13 @@ int main(int argc, char **argv)
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
     moat_log_init("test", MOAT_LOG_ERROR);
-    /* Each test on SQLite, then as <name>_lmdb on LMDB. */
+    /* Each test on SQLite, then as <name>_lmdb on LMDB and as <name>_pg
+     * on PostgreSQL (skipped without it: tests/pg_fixture.h). */
 #define BOTH(fn, su)                                                           \
     cmocka_unit_test_setup_teardown(fn, su, teardown),                         \
+        {#fn "_lmdb", fn, su##_kv, teardown, NULL},                            \
     {                                                                          \
-#fn "_lmdb", fn, su##_kv, teardown, NULL                               \
+#fn "_pg", fn, su##_pg, teardown, NULL                                 \
     }
     const struct CMUnitTest tests[] = {
         BOTH(test_append_needs_a_transaction, setup),
