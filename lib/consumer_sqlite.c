@@ -340,9 +340,11 @@ static int sq_reset(struct moat_consumer *c)
     return rc;
 }
 
+/* The casts type the optional filters for PostgreSQL, which cannot infer
+ * a parameter first seen in IS NULL. */
 #define DEAD_FILTER                                                            \
-    "FROM moat_dead_letters WHERE (?1 IS NULL OR source = ?1) AND "            \
-    "(?2 IS NULL OR subject = ?2) "
+    "FROM moat_dead_letters WHERE (CAST(?1 AS TEXT) IS NULL OR source = ?1) "  \
+    "AND (CAST(?2 AS TEXT) IS NULL OR subject = ?2) "
 
 static int sq_dead_visit(struct moat_consumer *c, const char *source,
                          const char *subject, bool by_subject, int64_t limit,

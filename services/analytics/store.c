@@ -75,7 +75,7 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (size, start, user_id)\n"
      ");\n"},
     {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
-     NULL /* TODO-PG-CONSUMER */},
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 const struct moat_migration *an_store_migrations(size_t *n)

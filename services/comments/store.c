@@ -154,10 +154,9 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms BIGINT NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
      ");\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA,
-     NULL /* TODO-PG-OUTBOX */},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
     {3, "consumer cursors (users' feed)", MOAT_CONSUMER_SCHEMA,
-     NULL /* TODO-PG-CONSUMER */},
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 int cmt_store_open(struct cmt_store **out, const char *data_dir,
@@ -576,7 +575,10 @@ int cmt_store_list(struct cmt_store *s, const struct cmt_target *t,
                    const char *viewer, bool moderator,
                    struct cmt_comment **items, size_t *n)
 {
-#define VISIBLE "(status = 'approved' OR author_id = ?6 OR ?7 = 1)"
+/* No unused parameter number (PostgreSQL must infer each one's type):
+ * ?1 the parent or target id, ?2 after, ?3 limit, ?4 viewer, ?5 whether
+ * a moderator; top level only: ?6 the target kind, ?7 its conversation. */
+#define VISIBLE "(status = 'approved' OR author_id = ?4 OR ?5 = 1)"
     *items = NULL;
     *n = 0;
     struct moat_stmt *st =
@@ -587,13 +589,12 @@ int cmt_store_list(struct cmt_store *s, const struct cmt_target *t,
                   "WHERE parent_id = ?1 AND "
                   "(CAST(?2 AS TEXT) IS NULL OR id > ?2) AND " VISIBLE
                   " ORDER BY id LIMIT ?3")
-            : moat_db_prepare(
-                  s->db, "top_level",
-                  "SELECT " COMMENT_COLUMNS " FROM comments "
-                  "WHERE target_kind = ?4 AND target_id = ?1 "
-                  "AND conversation_id = ?5 AND parent_id IS "
-                  "NULL AND (CAST(?2 AS TEXT) IS NULL OR id > ?2) AND " VISIBLE
-                  " ORDER BY id LIMIT ?3");
+            : moat_db_prepare(s->db, "top_level",
+                              "SELECT " COMMENT_COLUMNS " FROM comments "
+                              "WHERE target_kind = ?6 AND target_id = ?1 "
+                              "AND conversation_id = ?7 AND parent_id IS "
+                              "NULL AND (CAST(?2 AS TEXT) IS NULL OR "
+                              "id > ?2) AND " VISIBLE " ORDER BY id LIMIT ?3");
 #undef VISIBLE
     if (!st)
         return MOAT_EDB;
@@ -601,12 +602,12 @@ int cmt_store_list(struct cmt_store *s, const struct cmt_target *t,
     if (after)
         moat_stmt_bind_text(st, 2, after);
     moat_stmt_bind_int64(st, 3, (int64_t)limit);
+    moat_stmt_bind_text(st, 4, viewer ? viewer : "");
+    moat_stmt_bind_int64(st, 5, moderator);
     if (!parent) {
-        moat_stmt_bind_text(st, 4, t->kind);
-        moat_stmt_bind_text(st, 5, t->conversation_id);
+        moat_stmt_bind_text(st, 6, t->kind);
+        moat_stmt_bind_text(st, 7, t->conversation_id);
     }
-    moat_stmt_bind_text(st, 6, viewer ? viewer : "");
-    moat_stmt_bind_int64(st, 7, moderator);
     struct cmt_comment *out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     size_t count = 0;
     int src = SQLITE_DONE;

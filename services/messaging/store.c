@@ -141,8 +141,7 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms BIGINT NOT NULL,\n"
      "    PRIMARY KEY (sender_id, key)\n"
      ");\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA,
-     NULL /* TODO-PG-OUTBOX */},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
 int msg_store_open(struct msg_store **out, const char *data_dir,

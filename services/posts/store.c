@@ -105,8 +105,7 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms BIGINT NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
      ");\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA,
-     NULL /* TODO-PG-OUTBOX */},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
 int pst_store_open(struct pst_store **out, const char *data_dir,

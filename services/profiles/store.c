@@ -79,10 +79,9 @@ static const struct moat_migration migrations[] = {
      "    updated_at_ms BIGINT NOT NULL\n"
      ");\n"
      "CREATE INDEX profiles_key_id ON profiles (key_id);\n"},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA,
-     NULL /* TODO-PG-OUTBOX */},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
     {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
-     NULL /* TODO-PG-CONSUMER */},
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 /* Where each field lives: its column (in PROFILE_COLUMNS order, from 1). */

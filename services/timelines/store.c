@@ -80,7 +80,7 @@ static const struct moat_migration migrations[] = {
      ");\n"
      "CREATE INDEX home_by_post ON home (post_id);\n"},
     {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
-     NULL /* TODO-PG-CONSUMER */},
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 const struct moat_migration *tl_store_migrations(size_t *n)
