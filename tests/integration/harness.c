@@ -734,6 +734,14 @@ static const char *pg_store_dsn(const char *name, const char *data_dir)
     return pg_stores[pg_store_count++].dsn;
 }
 
+const char *h_service_dsn(const struct h_service *svc)
+{
+    for (size_t i = 0; svc->data_dir && i < pg_store_count; i++)
+        if (strcmp(pg_stores[i].data_dir, svc->data_dir) == 0)
+            return pg_stores[i].dsn;
+    return NULL;
+}
+
 MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,
                                      const char *bin,
                                      const char *const *extra_env)

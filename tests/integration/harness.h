@@ -170,6 +170,10 @@ int h_service_stop(struct h_service *svc);
 void h_service_kill(struct h_service *svc);
 /* Kill the child if it still runs and free the strings. Idempotent. */
 void h_service_release(struct h_service *svc);
+/* The MOAT_DB_DSN svc was started with (MOAT_TEST_ENGINE=postgres; owned
+ * by the harness), or NULL when its store is not on PostgreSQL. For tests
+ * that look inside a service's database as it is stored. */
+const char *h_service_dsn(const struct h_service *svc);
 /* Print the last max_lines lines of the service log to stderr. */
 void h_service_print_log(const struct h_service *svc, size_t max_lines);
 /* SIGKILL every started child that is still running. */
