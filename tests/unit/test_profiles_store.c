@@ -22,6 +22,7 @@
 #include <cmocka.h>
 
 #include "moat/crypto.h"
+#include "moat/keys.h"
 #include "moat/metrics.h"
 #include "pg_fixture.h"
 #include "profile.h"
@@ -260,6 +261,52 @@ static void test_conflicts_and_preconditions(void **state)
     pro_profile_release(&got);
 }
 
+/* After a key rotation, batches re-seal every row under the new key (the
+ * cursor walks user ids in order) and the rows still open. */
+static void test_rekey_batches(void **state)
+{
+    struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
+    const char *users[] = {"usr_a", "usr_b", "usr_c", "usr_d", "usr_e"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(users); i++) {
+        struct pro_profile p = make(users[i], users[i], NULL);
+        p.fields[PRO_F_BIO] = moat_xstrdup("bio");
+        assert_int_equal(put(f, &p, PRO_ANY_VERSION, NULL), MOAT_OK);
+    }
+    uint32_t old = moat_keyring_active(f->kr), fresh;
+    assert_int_equal(moat_keyring_rotate(f->kr, &fresh), MOAT_OK);
+    assert_int_not_equal(fresh, old);
+
+    char after[MOAT_KEYS_CURSOR_MAX] = "";
+    size_t total = 0, resealed, failed, batches = 0;
+    bool finished = false;
+    while (!finished) {
+        assert_int_equal(pro_store_rekey_batch(f->s, fresh, after, 2, &resealed,
+                                               &failed, &finished),
+                         MOAT_OK);
+        assert_int_equal(failed, 0);
+        total += resealed;
+        assert_true(++batches <= 4);
+    }
+    assert_int_equal(total, MOAT_ARRAY_LEN(users));
+    assert_string_equal(after, "usr_e");
+
+    json_t *rows = NULL;
+    assert_int_equal(pro_store_rows_by_key(f->s, &rows), MOAT_OK);
+    char key[16];
+    snprintf(key, sizeof(key), "%u", fresh);
+    assert_int_equal(json_object_size(rows), 1);
+    assert_int_equal(json_integer_value(json_object_get(rows, key)),
+                     MOAT_ARRAY_LEN(users));
+    json_decref(rows);
+    struct pro_profile got = {0};
+    assert_int_equal(pro_store_get(f->s, "usr_c", &got), MOAT_OK);
+    assert_string_equal(got.fields[PRO_F_DISPLAY_NAME], "usr_c");
+    assert_int_equal(got.key_id, fresh);
+    pro_profile_release(&got);
+}
+
 static void test_parse_rules(void **state)
 {
     MOAT_UNUSED(state);
@@ -300,6 +347,7 @@ int main(void)
         BOTH(test_moved_ciphertext_refused),
         BOTH(test_default_profile_idempotent),
         BOTH(test_conflicts_and_preconditions),
+        BOTH(test_rekey_batches),
         cmocka_unit_test(test_parse_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
