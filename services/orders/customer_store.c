@@ -42,7 +42,7 @@ static int open_field(const struct moat_keyring *kr, const char *place,
 
 static const char *col_text(struct moat_stmt *st, int i)
 {
-    return (const char *)sqlite3_column_text(moat_stmt_raw(st), i);
+    return moat_stmt_text(st, i);
 }
 
 int ord_customer_get(struct moat_db *db, const struct moat_keyring *kr,
@@ -53,7 +53,7 @@ int ord_customer_get(struct moat_db *db, const struct moat_keyring *kr,
         "SELECT name_enc, email_enc, stale FROM customers WHERE id = ?1");
     if (!st)
         return MOAT_EDB;
-    sqlite3_bind_text(moat_stmt_raw(st), 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(st, 1, id);
     memset(out, 0, sizeof(*out));
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
@@ -64,7 +64,7 @@ int ord_customer_get(struct moat_db *db, const struct moat_keyring *kr,
             rc = open_field(kr, AD_NAME, id, name, &out->name);
         if (rc == MOAT_OK && email && kr)
             rc = open_field(kr, AD_EMAIL, id, email, &out->email);
-        out->stale = sqlite3_column_int64(moat_stmt_raw(st), 2) != 0;
+        out->stale = moat_stmt_int64(st, 2) != 0;
     } else {
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(db, src);
     }
@@ -91,13 +91,12 @@ static int put_sealed(struct moat_db *db, const char *id, const char *name_enc,
                                 "email_enc = ?3, key_id = ?4 WHERE id = ?1");
     if (!st)
         return MOAT_EDB;
-    sqlite3_stmt *raw = moat_stmt_raw(st);
-    sqlite3_bind_text(raw, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(raw, 2, name_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(raw, 3, email_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(raw, 4, key_id);
+    moat_stmt_bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 2, name_enc);
+    moat_stmt_bind_text(st, 3, email_enc);
+    moat_stmt_bind_int64(st, 4, key_id);
     if (touch)
-        sqlite3_bind_int64(raw, 5, now_ms);
+        moat_stmt_bind_int64(st, 5, now_ms);
     int src = moat_stmt_step(st);
     int rc = src == SQLITE_DONE ? MOAT_OK : moat_db_error(db, src);
     moat_stmt_reset(st);
@@ -173,10 +172,9 @@ int ord_customers_rekey_batch(struct moat_db *db, const struct moat_keyring *kr,
     if (!st) {
         rc = MOAT_EDB;
     } else {
-        sqlite3_stmt *raw = moat_stmt_raw(st);
-        sqlite3_bind_text(raw, 1, after, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(raw, 2, active);
-        sqlite3_bind_int64(raw, 3, (sqlite3_int64)batch);
+        moat_stmt_bind_text(st, 1, after);
+        moat_stmt_bind_int64(st, 2, active);
+        moat_stmt_bind_int64(st, 3, (int64_t)batch);
         int src;
         while (n < batch && (src = moat_stmt_step(st)) == SQLITE_ROW) {
             const char *id = col_text(st, 0), *nm = col_text(st, 1),

@@ -2,7 +2,10 @@
  * store.c - orders' schema and every read and write of it (store.h).
  *
  * Schema migrations are checksummed by moat_db_migrate: never edit an
- * applied one, append a new step.
+ * applied one, append a new step. Each has its SQLite text and its
+ * PostgreSQL twin (moat/db.h); every query below is in the dialect the two
+ * share, so the store runs on either engine ("engine": "postgres" in the
+ * deployment hands the service MOAT_DB_DSN).
  */
 #include "moat/common.h"
 
@@ -10,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moat/config.h"
 #include "store.h"
 
 #define DB_FILE "orders.db"
@@ -64,7 +68,54 @@ static const struct moat_migration migrations[] = {
      "    updated_ms INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n",
-     NULL},
+     "CREATE TABLE orders (\n"
+     "    id text NOT NULL PRIMARY KEY,\n"
+     "    customer_id text NOT NULL,\n"
+     "    status text NOT NULL,\n"
+     "    step text NOT NULL,\n"
+     "    cancel_reason text NOT NULL DEFAULT '',\n"
+     "    total bigint NOT NULL,\n"
+     "    currency text NOT NULL,\n"
+     "    payment_id text NOT NULL DEFAULT '',\n"
+     "    card_token text NOT NULL DEFAULT '',\n"
+     "    flags bigint NOT NULL DEFAULT 0,\n"
+     "    pending_comp bigint NOT NULL DEFAULT 0,\n"
+     "    deadline_ms bigint NOT NULL DEFAULT 0,\n"
+     "    traceparent text NOT NULL DEFAULT '',\n"
+     "    version bigint NOT NULL,\n"
+     "    created_ms bigint NOT NULL,\n"
+     "    updated_ms bigint NOT NULL,\n"
+     "    completed_ms bigint NOT NULL DEFAULT 0\n"
+     ");\n"
+     "CREATE INDEX orders_by_customer ON orders (customer_id, id);\n"
+     "CREATE INDEX orders_by_deadline ON orders (deadline_ms)\n"
+     "    WHERE step IN ('reserving', 'authorizing');\n"
+     "CREATE TABLE order_lines (\n"
+     "    order_id text NOT NULL,\n"
+     "    n bigint NOT NULL,\n"
+     "    product_id text NOT NULL,\n"
+     "    sku text NOT NULL,\n"
+     "    name text NOT NULL,\n"
+     "    unit_price bigint NOT NULL,\n"
+     "    quantity bigint NOT NULL,\n"
+     "    PRIMARY KEY (order_id, n)\n"
+     ");\n"
+     "CREATE TABLE idempotency (\n"
+     "    customer_id text NOT NULL,\n"
+     "    key text NOT NULL,\n"
+     "    fingerprint text NOT NULL,\n"
+     "    order_id text NOT NULL,\n"
+     "    created_ms bigint NOT NULL,\n"
+     "    PRIMARY KEY (customer_id, key)\n"
+     ");\n"
+     "CREATE TABLE customers (\n"
+     "    id text NOT NULL PRIMARY KEY,\n"
+     "    name text,\n"
+     "    email text,\n"
+     "    stale bigint NOT NULL,\n"
+     "    updated_ms bigint NOT NULL\n"
+     ");\n"
+     "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n"},
     {2, "outbox", MOAT_OUTBOX_SCHEMA, NULL},
     {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
     /* The customer copy sealed (customer_store.c): what was stored in
@@ -77,7 +128,11 @@ static const struct moat_migration migrations[] = {
      "ALTER TABLE customers ADD COLUMN key_id INTEGER NOT NULL DEFAULT 0;\n"
      "UPDATE customers SET name_enc = NULL, email_enc = NULL, stale = 1;\n"
      "CREATE INDEX customers_key_id ON customers (key_id);\n",
-     NULL},
+     "ALTER TABLE customers RENAME COLUMN name TO name_enc;\n"
+     "ALTER TABLE customers RENAME COLUMN email TO email_enc;\n"
+     "ALTER TABLE customers ADD COLUMN key_id bigint NOT NULL DEFAULT 0;\n"
+     "UPDATE customers SET name_enc = NULL, email_enc = NULL, stale = 1;\n"
+     "CREATE INDEX customers_key_id ON customers (key_id);\n"},
 };
 
 const struct moat_migration *ord_store_migrations(size_t *n)
@@ -92,10 +147,11 @@ int ord_store_open(struct moat_db **out, const char *data_dir,
     /* secure_delete: a re-sealed or dropped customer copy leaves no old
      * text in free pages; the checkpoint empties the WAL of what an
      * earlier run (or migration 4) wrote there. */
-    const struct moat_db_options opts = {.secure_delete = true};
+    const struct moat_db_options opts = {
+        .secure_delete = true, .dsn = moat_env_str("MOAT_DB_DSN", NULL)};
     int rc = moat_db_open_migrated(out, data_dir, DB_FILE, &opts, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
-    if (rc == MOAT_OK)
+    if (rc == MOAT_OK && moat_db_engine(*out) == MOAT_DB_SQLITE)
         rc = moat_db_exec(*out, "wal_truncate",
                           "PRAGMA wal_checkpoint(TRUNCATE)");
     if (rc != MOAT_OK && *out) {
@@ -130,29 +186,29 @@ void ord_customer_release(struct ord_customer *c)
 
 static void bind_text(struct moat_stmt *st, int i, const char *s)
 {
-    sqlite3_bind_text(moat_stmt_raw(st), i, s, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(st, i, s);
 }
 
 static void bind_i64(struct moat_stmt *st, int i, int64_t v)
 {
-    sqlite3_bind_int64(moat_stmt_raw(st), i, v);
+    moat_stmt_bind_int64(st, i, v);
 }
 
 static void col_copy(struct moat_stmt *st, int i, char *out, size_t cap)
 {
-    const unsigned char *s = sqlite3_column_text(moat_stmt_raw(st), i);
-    snprintf(out, cap, "%s", s ? (const char *)s : "");
+    const char *s = moat_stmt_text(st, i);
+    snprintf(out, cap, "%s", s ? s : "");
 }
 
 static int64_t col_i64(struct moat_stmt *st, int i)
 {
-    return sqlite3_column_int64(moat_stmt_raw(st), i);
+    return moat_stmt_int64(st, i);
 }
 
 static char *col_dup(struct moat_stmt *st, int i)
 {
-    const unsigned char *s = sqlite3_column_text(moat_stmt_raw(st), i);
-    return s ? moat_xstrdup((const char *)s) : NULL;
+    const char *s = moat_stmt_text(st, i);
+    return s ? moat_xstrdup(s) : NULL;
 }
 
 /* Finish a write statement: MOAT_OK on SQLITE_DONE. */
@@ -318,7 +374,7 @@ int ord_order_update(struct moat_db *db, struct ord_order *o)
     bind_i64(st, 12, o->version);
     int rc = step_done(db, st);
     if (rc == MOAT_OK) {
-        if (sqlite3_changes(moat_db_handle(db)) != 1)
+        if (moat_db_changes(db) != 1)
             return MOAT_ECONFLICT; /* moved on under us: a bug */
         o->version++;
     }
