@@ -28,6 +28,7 @@
  * engines (SQLite's printf is not PostgreSQL's). */
 #define PAD20(x)                                                               \
     "substr('00000000000000000000' || " x ", length(" x " || '') + 1)"
+#define START20 PAD20("start")
 
 const char *const an_metric_names[AN_METRICS] = {
     "messages_sent", "comments", "posts", "follows", "registrations"};
@@ -109,14 +110,13 @@ int an_store_compare(struct moat_db *live, struct moat_db *scratch,
      * runs on either engine (the live view may be PostgreSQL). */
     static const struct moat_view_table tables[] = {
         {"compare_counts",
-         "SELECT size || ' ' || user_id || ' ' || " PAD20(
-             "start") " AS k, "
-                      "messages_sent, comments, posts, follows, registrations, "
-                      "active_users FROM counts ORDER BY k",
+         "SELECT size || ' ' || user_id || ' ' || " START20 " AS k, "
+         "messages_sent, comments, posts, follows, registrations, "
+         "active_users FROM counts ORDER BY k",
          "bucket"},
         {"compare_active",
-         "SELECT size || ' ' || " PAD20("start") " || ' ' || user_id AS k "
-                                                 "FROM active ORDER BY k",
+         "SELECT size || ' ' || " START20 " || ' ' || user_id AS k "
+         "FROM active ORDER BY k",
          "active user"},
     };
     return moat_view_compare_tables(live, scratch, tables,

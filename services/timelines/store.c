@@ -29,6 +29,7 @@
  * engines (SQLite's printf is not PostgreSQL's). */
 #define PAD20(x)                                                               \
     "substr('00000000000000000000' || " x ", length(" x " || '') + 1)"
+#define SEQ20 PAD20("seq")
 
 /* Never edit a migration that has shipped: append a new version. */
 static const struct moat_migration migrations[] = {
@@ -131,14 +132,11 @@ int tl_store_compare(struct moat_db *live, struct moat_db *scratch,
          "SELECT post_id, author_id, seq, doc FROM posts ORDER BY post_id",
          "post"},
         {"compare_shown",
-         "SELECT user_id || ' ' || " PAD20(
-             "seq") " AS k, post_id "
-                    "FROM ("
-                    " SELECT user_id, seq, post_id FROM home"
-                    " UNION SELECT f.follower, m.seq, m.post_id FROM follows f"
-                    " JOIN posts m ON m.author_id = f.followee AND "
-                    "m.fanned_out = 0"
-                    ") u ORDER BY k",
+         "SELECT user_id || ' ' || " SEQ20 " AS k, post_id FROM ("
+         " SELECT user_id, seq, post_id FROM home"
+         " UNION SELECT f.follower, m.seq, m.post_id FROM follows f"
+         " JOIN posts m ON m.author_id = f.followee AND m.fanned_out = 0"
+         ") u ORDER BY k",
          "home timeline entry"},
     };
     return moat_view_compare_tables(live, scratch, tables,
