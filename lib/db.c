@@ -74,6 +74,7 @@ struct moat_db {
     unsigned pg_next; /* names of prepared statements */
     int lock_timeout_ms;
     bool in_tx;      /* PostgreSQL: moat_db_begin() succeeded */
+    bool pg_down;    /* PostgreSQL: a reconnection failed (logged) */
     int64_t changes; /* PostgreSQL: moat_db_changes() */
     char *pg_error;  /* PostgreSQL: the last error message; owned */
     char *path;      /* owned copy; on PostgreSQL the DSN without password */
@@ -139,7 +140,10 @@ static bool is_expected_error(int rc)
 static void log_sqlite_error(struct moat_db *db, const char *what,
                              const char *name, int rc)
 {
-    moat_log(is_expected_error(rc) ? MOAT_LOG_DEBUG : MOAT_LOG_ERROR, what,
+    /* PostgreSQL out of reach is logged once per outage (pg_ensure). */
+    bool expected =
+        is_expected_error(rc) || (db->pg_down && (rc & 0xff) == SQLITE_IOERR);
+    moat_log(expected ? MOAT_LOG_DEBUG : MOAT_LOG_ERROR, what,
              "{s:s, s:s, s:i, s:s}", "statement", name ? name : "", "path",
              db->path, "sqlite_code", rc, "error", moat_db_errmsg(db));
 }
@@ -290,6 +294,15 @@ static int pg_code(struct moat_db *db, const PGresult *res)
     pg_set_error(db, *msg ? msg : PQerrorMessage(db->pg));
     if (PQstatus(db->pg) != CONNECTION_OK || !state)
         return SQLITE_IOERR;
+    /* Integrity violations, with SQLite's extended code for the kind. */
+    if (strcmp(state, "23505") == 0)
+        return SQLITE_CONSTRAINT_UNIQUE;
+    if (strcmp(state, "23503") == 0)
+        return SQLITE_CONSTRAINT_FOREIGNKEY;
+    if (strcmp(state, "23502") == 0)
+        return SQLITE_CONSTRAINT_NOTNULL;
+    if (strcmp(state, "23514") == 0)
+        return SQLITE_CONSTRAINT_CHECK;
     if (strncmp(state, "23", 2) == 0)
         return SQLITE_CONSTRAINT;
     if (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0 ||
@@ -366,12 +379,16 @@ static bool pg_ensure(struct moat_db *db)
     PQreset(db->pg);
     if (PQstatus(db->pg) != CONNECTION_OK) {
         pg_set_error(db, PQerrorMessage(db->pg));
-        moat_log(MOAT_LOG_WARN, "database connection still down", "{s:s, s:s}",
-                 "dsn", db->path, "error", db->pg_error);
+        /* Once per outage: every request would repeat it. */
+        if (!db->pg_down)
+            moat_log(MOAT_LOG_WARN, "database connection lost", "{s:s, s:s}",
+                     "dsn", db->path, "error", db->pg_error);
+        db->pg_down = true;
         return false;
     }
     moat_log(MOAT_LOG_INFO, "database connection re-established", "{s:s}",
              "dsn", db->path);
+    db->pg_down = false;
     return pg_setup(db) == MOAT_OK;
 }
 
@@ -674,16 +691,16 @@ char *moat_db_pg_placeholders(const char *sql, int *nparams)
     return out;
 }
 
-/* Prepare s on the server, on the current connection. */
-static bool pg_server_prepare(struct moat_stmt *s)
+/* Prepare s on the server, on the current connection. The SQLite code. */
+static int pg_server_prepare(struct moat_stmt *s)
 {
     struct moat_db *db = s->db;
     PGresult *r = PQprepare(db->pg, s->pg_name, s->pg_text, s->nparams, NULL);
-    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (ok) {
+    int rc = SQLITE_OK;
+    if (PQresultStatus(r) == PGRES_COMMAND_OK) {
         s->pg_gen = db->pg_gen;
     } else {
-        int rc = pg_code(db, r);
+        rc = pg_code(db, r);
         moat_log(rc == SQLITE_IOERR ? MOAT_LOG_WARN : MOAT_LOG_ERROR,
                  "cannot prepare statement", "{s:s, s:s, s:s, s:s}",
                  "statement", s->name, "dsn", db->path, "sql", s->pg_text,
@@ -692,9 +709,28 @@ static bool pg_server_prepare(struct moat_stmt *s)
             moat_metric_add(series_for(db->errors, s->name), 1);
     }
     PQclear(r);
-    return ok;
+    return rc;
 }
 
+/*
+ * Make s runnable on the current connection: reconnect if it broke
+ * (outside a transaction) and prepare s again if the connection is newer
+ * than s. SQLITE_IOERR while the server is out of reach.
+ */
+static int pg_ready(struct moat_stmt *s)
+{
+    if (!pg_ensure(s->db))
+        return SQLITE_IOERR;
+    if (s->pg_gen == s->db->pg_gen)
+        return SQLITE_OK;
+    return pg_server_prepare(s);
+}
+
+/*
+ * A new statement. With the server out of reach it is cached unprepared
+ * and its first step fails with SQLITE_IOERR (MOAT_EBUSY, a 503), as any
+ * statement would then; bad SQL is refused here as on SQLite.
+ */
 static struct moat_stmt *pg_prepare_new(struct moat_db *db, const char *name,
                                         const char *sql, size_t bucket)
 {
@@ -717,7 +753,8 @@ static struct moat_stmt *pg_prepare_new(struct moat_db *db, const char *name,
     s->formats = moat_xcalloc(slots, sizeof(*s->formats));
     s->owned = moat_xcalloc(slots, sizeof(*s->owned));
     snprintf(s->pg_name, sizeof(s->pg_name), "moat_%u", ++db->pg_next);
-    if (!pg_ensure(db) || !pg_server_prepare(s)) {
+    int rc = pg_ready(s);
+    if (rc != SQLITE_OK && rc != SQLITE_IOERR) {
         stmt_free(s);
         return NULL;
     }
@@ -752,12 +789,10 @@ struct moat_stmt *moat_db_prepare(struct moat_db *db, const char *name,
             return s;
         }
         pg_clear_bindings(s);
-        /* After a reconnection the server knows none of our statements. */
-        if (!pg_ensure(db))
-            return NULL;
-        if (s->pg_gen != db->pg_gen && !pg_server_prepare(s))
-            return NULL;
-        return s;
+        /* After a reconnection the server knows none of our statements;
+         * with the server away, the step will say so. */
+        int rc = pg_ready(s);
+        return rc == SQLITE_OK || rc == SQLITE_IOERR ? s : NULL;
     }
     if (db->engine == MOAT_DB_POSTGRES)
         return pg_prepare_new(db, name, sql, bucket);
@@ -812,12 +847,9 @@ static int pg_step(struct moat_stmt *s)
 {
     struct moat_db *db = s->db;
     if (!s->res) {
-        if (s->pg_gen != db->pg_gen) {
-            /* The connection was reset between prepare and step. */
-            pg_set_error(db, "connection reset since the statement was "
-                             "prepared");
-            return SQLITE_IOERR;
-        }
+        int rc = pg_ready(s);
+        if (rc != SQLITE_OK)
+            return rc;
         uint64_t t0 = moat_mono_ns();
         s->res = PQexecPrepared(db->pg, s->pg_name, s->nparams, s->values,
                                 s->lengths, s->formats, 0);
@@ -825,7 +857,7 @@ static int pg_step(struct moat_stmt *s)
         s->running = true;
         ExecStatusType st = PQresultStatus(s->res);
         if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-            int rc = pg_code(db, s->res);
+            rc = pg_code(db, s->res);
             PQclear(s->res);
             s->res = NULL;
             return rc;
@@ -908,6 +940,8 @@ static int exec_sql(struct moat_db *db, const char *sql, char **err)
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         rc = pg_code(db, r);
         *err = moat_xstrdup(db->pg_error);
+    } else if (pg_is_write(r)) {
+        db->changes = strtoll(PQcmdTuples(r), NULL, 10); /* the last one */
     }
     PQclear(r);
     return rc;
@@ -1524,6 +1558,16 @@ int moat_stmt_columns(struct moat_stmt *s)
     if (s->db->engine == MOAT_DB_SQLITE)
         return sqlite3_column_count(s->st);
     return s->res ? PQnfields(s->res) : 0;
+}
+
+const char *moat_stmt_column_name(struct moat_stmt *s, int col)
+{
+    const char *name = NULL;
+    if (s->db->engine == MOAT_DB_SQLITE)
+        name = sqlite3_column_name(s->st, col);
+    else if (s->res && col >= 0 && col < PQnfields(s->res))
+        name = PQfname(s->res, col);
+    return name ? name : "";
 }
 
 bool moat_db_in_transaction(struct moat_db *db)

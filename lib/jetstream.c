@@ -67,6 +67,11 @@ static const char RELAY_TABLE[] = "CREATE TABLE IF NOT EXISTS moat_relay (\n"
                                   "    broker TEXT PRIMARY KEY,\n"
                                   "    acked_seq INTEGER NOT NULL\n"
                                   ") STRICT";
+/* The same on PostgreSQL (a producer whose store has MOAT_DB_DSN). */
+static const char RELAY_TABLE_PG[] = "CREATE TABLE IF NOT EXISTS moat_relay (\n"
+                                     "    broker TEXT PRIMARY KEY,\n"
+                                     "    acked_seq BIGINT NOT NULL\n"
+                                     ")";
 
 const struct moat_event_transport *moat_event_transport;
 
@@ -221,7 +226,10 @@ static int relay_load(struct relay *r)
 {
     struct moat_outbox *o = r->o;
     if (o->db) {
-        int rc = moat_db_exec(o->db, "relay_table", RELAY_TABLE);
+        int rc = moat_db_exec(o->db, "relay_table",
+                              moat_db_engine(o->db) == MOAT_DB_POSTGRES
+                                  ? RELAY_TABLE_PG
+                                  : RELAY_TABLE);
         if (rc != MOAT_OK)
             return rc;
         struct moat_stmt *st = moat_db_prepare(
@@ -229,9 +237,8 @@ static int relay_load(struct relay *r)
             "SELECT acked_seq FROM moat_relay WHERE broker = 'jetstream'");
         if (!st)
             return MOAT_EDB;
-        r->acked = moat_stmt_step(st) == SQLITE_ROW
-                       ? sqlite3_column_int64(moat_stmt_raw(st), 0)
-                       : 0;
+        r->acked =
+            moat_stmt_step(st) == SQLITE_ROW ? moat_stmt_int64(st, 0) : 0;
         moat_stmt_reset(st);
         return MOAT_OK;
     }
@@ -269,7 +276,7 @@ static void relay_store(struct relay *r, bool now)
             "excluded.acked_seq");
         if (!st)
             return;
-        sqlite3_bind_int64(moat_stmt_raw(st), 1, r->acked);
+        moat_stmt_bind_int64(st, 1, r->acked);
         int src = moat_stmt_step(st);
         rc = src == SQLITE_DONE ? MOAT_OK : moat_db_error(o->db, src);
         moat_stmt_reset(st);

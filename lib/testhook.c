@@ -17,9 +17,11 @@ void moat_testhook_sql(struct moat_req *r, struct moat_db *db, const char *sql)
         moat_req_reply_problem(r, 500, "cannot begin a transaction");
         return;
     }
-    int before = sqlite3_total_changes(h);
+    /* SQLite counts every statement of sql; PostgreSQL the last one. */
+    int before = h ? sqlite3_total_changes(h) : 0;
     rc = moat_db_exec(db, "test_hook", sql);
-    int changed = sqlite3_total_changes(h) - before;
+    int changed =
+        h ? sqlite3_total_changes(h) - before : (int)moat_db_changes(db);
     if (rc != MOAT_OK || changed == 0) {
         moat_db_rollback(db);
         if (rc != MOAT_OK)

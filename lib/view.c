@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "moat/buf.h"
+#include "moat/db.h"
 #include "moat/events.h"
 #include "moat/kv.h"
 
@@ -42,30 +43,17 @@ static const char *key_of(struct moat_stmt *st, int step)
     return step == SQLITE_ROW ? moat_stmt_text(st, 0) : NULL;
 }
 
-/*
- * Whether column c differs between the current rows of a and b: its text
- * (NULL apart from ""), and when both sides are SQLite its storage class
- * too. The live view may be on PostgreSQL while the rebuilt one is a
- * SQLite file: then only the text is compared (PostgreSQL's results are
- * text).
- */
-static bool column_differs(struct moat_stmt *a, struct moat_stmt *b, int c)
+/* Whether column c differs between the current rows of sa and sb: SQL
+ * NULL or not, the text, and (both on SQLite) the storage class. */
+static bool column_differs(struct moat_stmt *sa, struct moat_stmt *sb, int c)
 {
-    sqlite3_stmt *ra = moat_stmt_raw(a), *rb = moat_stmt_raw(b);
+    sqlite3_stmt *ra = moat_stmt_raw(sa), *rb = moat_stmt_raw(sb);
     if (ra && rb && sqlite3_column_type(ra, c) != sqlite3_column_type(rb, c))
         return true;
-    if (moat_stmt_is_null(a, c) != moat_stmt_is_null(b, c))
+    if (moat_stmt_is_null(sa, c) != moat_stmt_is_null(sb, c))
         return true;
-    const char *ta = moat_stmt_text(a, c), *tb = moat_stmt_text(b, c);
+    const char *ta = moat_stmt_text(sa, c), *tb = moat_stmt_text(sb, c);
     return strcmp(ta ? ta : "", tb ? tb : "") != 0;
-}
-
-/* The name of column c, from whichever side is SQLite. */
-static const char *column_name(struct moat_stmt *a, struct moat_stmt *b, int c)
-{
-    sqlite3_stmt *r = moat_stmt_raw(b) ? moat_stmt_raw(b) : moat_stmt_raw(a);
-    const char *name = r ? sqlite3_column_name(r, c) : NULL;
-    return name ? name : "a column";
 }
 
 static int compare_table(struct moat_db *a, struct moat_db *b,
@@ -91,15 +79,14 @@ static int compare_table(struct moat_db *a, struct moat_db *b,
             stepb = moat_stmt_step(sb);
             continue;
         }
-        /* Both sides run the same SQL: the same columns. */
         int ncols = moat_stmt_columns(sa);
         for (int c = 1; c < ncols; c++) {
             if (!column_differs(sa, sb, c))
                 continue;
             const char *ta = moat_stmt_text(sa, c), *tb = moat_stmt_text(sb, c);
             diff_add(d, "%s %.80s: %s differs (live %.80s, rebuilt %.80s)",
-                     t->what, ka, column_name(sa, sb, c), ta ? ta : "NULL",
-                     tb ? tb : "NULL");
+                     t->what, ka, moat_stmt_column_name(sa, c),
+                     ta ? ta : "NULL", tb ? tb : "NULL");
         }
         stepa = moat_stmt_step(sa);
         stepb = moat_stmt_step(sb);

@@ -245,6 +245,11 @@ static void start_cluster(void)
              tmp && *tmp && strlen(tmp) < 60 ? tmp : "/tmp");
     if (!mkdtemp(pg.dir))
         die("mkdtemp failed");
+    /* Services drop every capability once sandboxed (lib/sandbox.c): a
+     * root process without CAP_DAC_OVERRIDE must still reach the socket
+     * to reconnect. The cluster's files stay in data/, mode 0700. */
+    if (chmod(pg.dir, 0755) != 0)
+        die("cannot open the directory to the socket's clients");
     if (geteuid() == 0) {
         struct passwd *pw = getpwnam("postgres");
         if (!pw)

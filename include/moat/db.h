@@ -211,6 +211,8 @@ const char *moat_stmt_text(struct moat_stmt *s, int col);
 const void *moat_stmt_blob(struct moat_stmt *s, int col, size_t *n);
 bool moat_stmt_is_null(struct moat_stmt *s, int col);
 int moat_stmt_columns(struct moat_stmt *s);
+/* The name of result column col (owned by the statement; "" if none). */
+const char *moat_stmt_column_name(struct moat_stmt *s, int col);
 
 /* Whether a transaction is open on db (begun and not yet ended, also by
  * a statement such as COMMIT run through moat_db_exec). */

@@ -22,6 +22,7 @@
 
 #include "catalog.h"
 #include "moat/config.h"
+#include "moat/db.h"
 #include "moat/events.h"
 #include "moat/log.h"
 #include "moat/service.h"
@@ -34,8 +35,8 @@
 static int catalog_init(struct moat_service *svc)
 {
     struct cat_service *cat = moat_xcalloc(1, sizeof(*cat));
-    struct cat_store_options opts = {.base = svc->base,
-                                     .source = svc->cfg.name};
+    struct cat_store_options opts = {
+        .base = svc->base, .source = svc->cfg.name, .dsn = svc->cfg.db_dsn};
     int64_t retention, schema;
     int rc = MOAT_EINVAL;
     if (moat_env_int("MOAT_OUTBOX_RETENTION_S", OUTBOX_RETENTION_DEFAULT_S, 0,
@@ -68,7 +69,9 @@ static int catalog_init(struct moat_service *svc)
                  "error", moat_strerror(rc));
         goto cleanup;
     }
-    moat_backup_register_sqlite(svc, cat_store_db(cat->store));
+    /* A PostgreSQL store is backed up by the database's own tools. */
+    if (moat_db_engine(cat_store_db(cat->store)) == MOAT_DB_SQLITE)
+        moat_backup_register_sqlite(svc, cat_store_db(cat->store));
     svc->impl = cat;
     cat = NULL;
 

@@ -31,6 +31,11 @@ struct cat_store {
  *
  * 2 adds the transactional outbox (moat/events.h) that the writes below
  * append their events to.
+ *
+ * On PostgreSQL (MOAT_DB_DSN) the same columns are STORED generated
+ * columns over doc::jsonb (PostgreSQL 15 has no virtual ones), ids sort
+ * bytewise (COLLATE "C", the listing order, whatever the database's
+ * locale), and the statements below that differ come in both dialects.
  */
 static const struct moat_migration migrations[] = {
     {1, "create products",
@@ -53,8 +58,25 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE UNIQUE INDEX products_sku ON products (sku);\n"
      "CREATE INDEX products_currency_amount ON products (currency, amount);\n",
-     NULL},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+     "CREATE TABLE products (\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 31 AND substr(id, 1, 5) = 'prod_'),\n"
+     "    doc TEXT NOT NULL CHECK (json_typeof(doc::json) = 'object'),\n"
+     "    version BIGINT NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    updated_at_ms BIGINT NOT NULL,\n"
+     "    sku TEXT NOT NULL\n"
+     "        GENERATED ALWAYS AS (doc::jsonb ->> 'sku') STORED,\n"
+     "    name TEXT NOT NULL\n"
+     "        GENERATED ALWAYS AS (doc::jsonb ->> 'name') STORED,\n"
+     "    currency TEXT NOT NULL GENERATED ALWAYS AS\n"
+     "        (doc::jsonb -> 'price' ->> 'currency') STORED,\n"
+     "    amount BIGINT NOT NULL GENERATED ALWAYS AS\n"
+     "        ((doc::jsonb -> 'price' ->> 'amount')::bigint) STORED\n"
+     ");\n"
+     "CREATE UNIQUE INDEX products_sku ON products (sku);\n"
+     "CREATE INDEX products_currency_amount ON products (currency, amount);\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
 int cat_store_open(struct cat_store **out, const char *data_dir,
@@ -63,7 +85,8 @@ int cat_store_open(struct cat_store **out, const char *data_dir,
 {
     struct cat_store *s = moat_xcalloc(1, sizeof(*s));
     s->product_event_schema = opts->product_event_schema;
-    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
+    struct moat_db_options dbo = {.dsn = opts->dsn};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &dbo, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
         goto cleanup;
@@ -118,10 +141,10 @@ bool cat_store_ready(struct cat_store *s, const char **why)
 #define PRODUCT_COLUMNS "id, doc, version, created_at_ms, updated_at_ms"
 
 /* Fill p from a row of PRODUCT_COLUMNS. */
-static int row_to_product(sqlite3_stmt *st, struct cat_product *p)
+static int row_to_product(struct moat_stmt *st, struct cat_product *p)
 {
-    const char *id = (const char *)sqlite3_column_text(st, 0);
-    const char *doc = (const char *)sqlite3_column_text(st, 1);
+    const char *id = moat_stmt_text(st, 0);
+    const char *doc = moat_stmt_text(st, 1);
     json_error_t err;
 
     memset(p, 0, sizeof(*p));
@@ -136,20 +159,20 @@ static int row_to_product(sqlite3_stmt *st, struct cat_product *p)
         p->doc = NULL;
         return MOAT_EDB;
     }
-    p->version = sqlite3_column_int64(st, 2);
-    p->created_ms = sqlite3_column_int64(st, 3);
-    p->updated_ms = sqlite3_column_int64(st, 4);
+    p->version = moat_stmt_int64(st, 2);
+    p->created_ms = moat_stmt_int64(st, 3);
+    p->updated_ms = moat_stmt_int64(st, 4);
     return MOAT_OK;
 }
 
-/* Bind doc as compact JSON text; SQLite frees the string. */
-static int bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
+/* doc as compact JSON text (the caller frees it once the statement that
+ * borrows it is done). */
+static char *doc_text(json_t *doc)
 {
     char *text = json_dumps(doc, JSON_COMPACT);
     if (!text)
         moat_die("cannot serialise a product document");
-    return sqlite3_bind_text(st, idx, text, -1, free) == SQLITE_OK ? MOAT_OK
-                                                                   : MOAT_EDB;
+    return text;
 }
 
 /* The moat error for a failed write step: a taken SKU is a conflict, any
@@ -157,7 +180,8 @@ static int bind_doc(sqlite3_stmt *st, int idx, json_t *doc)
  * through, which is a bug rather than the client's fault. */
 static int write_error(struct cat_store *s, int step_rc)
 {
-    int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
+    /* Extended codes on both engines (PostgreSQL's 23505 is _UNIQUE). */
+    int ext = step_rc;
     if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
         return MOAT_ECONFLICT;
     if ((step_rc & 0xff) == SQLITE_CONSTRAINT)
@@ -189,13 +213,12 @@ int cat_store_get(struct cat_store *s, const char *id, struct cat_product *out)
                         "WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
     int rc = MOAT_EDB;
-    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC) != SQLITE_OK)
+    if (moat_stmt_bind_text(stmt, 1, id) != MOAT_OK)
         goto cleanup;
     int step = moat_stmt_step(stmt);
     if (step == SQLITE_ROW)
-        rc = row_to_product(st, out);
+        rc = row_to_product(stmt, out);
     else if (step == SQLITE_DONE)
         rc = MOAT_ENOTFOUND;
     else
@@ -216,12 +239,11 @@ static int current_version(struct cat_store *s, const char *id,
         s->db, "product_version", "SELECT version FROM products WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, id);
     int step = moat_stmt_step(stmt);
     int rc;
     if (step == SQLITE_ROW) {
-        *version = sqlite3_column_int64(st, 0);
+        *version = moat_stmt_int64(stmt, 0);
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -234,6 +256,7 @@ static int current_version(struct cat_store *s, const char *id,
 
 int cat_store_create(struct cat_store *s, struct cat_product *p)
 {
+    char *doc = NULL;
     int rc = moat_db_begin(s->db);
     if (rc != MOAT_OK)
         return rc;
@@ -246,13 +269,11 @@ int cat_store_create(struct cat_store *s, struct cat_product *p)
         rc = MOAT_EDB;
         goto cleanup;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
-    rc = bind_doc(st, 2, p->doc);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    sqlite3_bind_int64(st, 3, p->created_ms);
-    sqlite3_bind_int64(st, 4, p->updated_ms);
+    doc = doc_text(p->doc);
+    moat_stmt_bind_text(stmt, 1, p->id);
+    moat_stmt_bind_text(stmt, 2, doc);
+    moat_stmt_bind_int64(stmt, 3, p->created_ms);
+    moat_stmt_bind_int64(stmt, 4, p->updated_ms);
     int step = moat_stmt_step(stmt);
     if (step != SQLITE_DONE) {
         rc = write_error(s, step);
@@ -279,6 +300,7 @@ int cat_store_create(struct cat_store *s, struct cat_product *p)
 cleanup:
     if (stmt)
         moat_stmt_reset(stmt);
+    free(doc);
     if (rc != MOAT_OK)
         moat_db_rollback(s->db);
     return rc;
@@ -290,6 +312,7 @@ int cat_store_replace(struct cat_store *s, const char *id,
 {
     struct cat_product old = {0}, now = {0};
     struct moat_stmt *stmt = NULL;
+    char *text = NULL;
     int rc = moat_db_begin(s->db);
     if (rc != MOAT_OK)
         return rc;
@@ -299,22 +322,23 @@ int cat_store_replace(struct cat_store *s, const char *id,
     if (rc != MOAT_OK)
         goto cleanup;
 
-    stmt =
-        moat_db_prepare(s->db, "product_update",
-                        "UPDATE products SET doc = ?2, version = version + 1, "
-                        "updated_at_ms = max(?3, updated_at_ms) "
-                        "WHERE id = ?1 AND (?4 < 0 OR version = ?4)");
+    stmt = moat_db_prepare_dialect(
+        s->db, "product_update",
+        "UPDATE products SET doc = ?2, version = version + 1, "
+        "updated_at_ms = max(?3, updated_at_ms) "
+        "WHERE id = ?1 AND (?4 < 0 OR version = ?4)",
+        "UPDATE products SET doc = ?2, version = version + 1, "
+        "updated_at_ms = greatest(?3, updated_at_ms) "
+        "WHERE id = ?1 AND (?4 < 0 OR version = ?4)");
     if (!stmt) {
         rc = MOAT_EDB;
         goto cleanup;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    rc = bind_doc(st, 2, doc);
-    if (rc != MOAT_OK)
-        goto cleanup;
-    sqlite3_bind_int64(st, 3, now_ms);
-    sqlite3_bind_int64(st, 4, expect_version);
+    text = doc_text(doc);
+    moat_stmt_bind_text(stmt, 1, id);
+    moat_stmt_bind_text(stmt, 2, text);
+    moat_stmt_bind_int64(stmt, 3, now_ms);
+    moat_stmt_bind_int64(stmt, 4, expect_version);
     int step = moat_stmt_step(stmt);
     if (step != SQLITE_DONE) {
         rc = write_error(s, step);
@@ -322,7 +346,7 @@ int cat_store_replace(struct cat_store *s, const char *id,
     }
     moat_stmt_reset(stmt);
     stmt = NULL;
-    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+    if (moat_db_changes(s->db) != 1) {
         int64_t version;
         rc = current_version(s, id, &version);
         if (rc == MOAT_OK)
@@ -363,6 +387,7 @@ int cat_store_replace(struct cat_store *s, const char *id,
 cleanup:
     if (stmt)
         moat_stmt_reset(stmt);
+    free(text);
     if (rc != MOAT_OK)
         moat_db_rollback(s->db);
     cat_product_release(&old);
@@ -391,16 +416,15 @@ int cat_store_delete(struct cat_store *s, const char *id,
         rc = MOAT_EDB;
         goto cleanup;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, expect_version);
+    moat_stmt_bind_text(stmt, 1, id);
+    moat_stmt_bind_int64(stmt, 2, expect_version);
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     if (step != SQLITE_DONE) {
         rc = write_error(s, step);
         goto cleanup;
     }
-    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+    if (moat_db_changes(s->db) != 1) {
         int64_t version;
         rc = current_version(s, id, &version);
         if (rc == MOAT_OK)
@@ -440,26 +464,36 @@ enum list_filter {
 
 /*
  * One SQL text per combination of filters (at most 128), each cached under
- * its own name, rather than one statement full of "(:x IS NULL OR ...)":
- * a fixed text lets SQLite plan each combination with the right index
- * (the SKU index for ?sku=, the currency index for ?currency=).
+ * its own name, rather than one statement full of "(? IS NULL OR ...)":
+ * a fixed text lets the planner use the right index for each combination
+ * (the SKU index for ?sku=, the currency index for ?currency=). The
+ * parameters are numbered in the order the filters appear, which is the
+ * order cat_store_list binds them in.
  */
-static void list_sql(unsigned mask, struct moat_buf *sql)
+static void list_sql(unsigned mask, bool pg, struct moat_buf *sql)
 {
-    moat_buf_addstr(sql, "SELECT " PRODUCT_COLUMNS " FROM products WHERE 1");
+    moat_buf_addstr(sql, "SELECT " PRODUCT_COLUMNS " FROM products WHERE true");
     if (mask & F_CURSOR)
-        moat_buf_addstr(sql, " AND id > :after");
+        moat_buf_addstr(sql, " AND id > ?");
     if (mask & F_SKU)
-        moat_buf_addstr(sql, " AND sku = :sku");
+        moat_buf_addstr(sql, " AND sku = ?");
     if (mask & F_CURRENCY)
-        moat_buf_addstr(sql, " AND currency = :currency");
+        moat_buf_addstr(sql, " AND currency = ?");
     if (mask & F_MIN)
-        moat_buf_addstr(sql, " AND amount >= :min");
+        moat_buf_addstr(sql, " AND amount >= ?");
     if (mask & F_MAX)
-        moat_buf_addstr(sql, " AND amount <= :max");
+        moat_buf_addstr(sql, " AND amount <= ?");
+    /* SQLite's LIKE ignores ASCII case; PostgreSQL's ILIKE does. */
     if (mask & F_NAME)
-        moat_buf_addstr(sql, " AND name LIKE :name ESCAPE '\\'");
-    if (mask & F_ATTRS)
+        moat_buf_addstr(sql, pg ? " AND name ILIKE ? ESCAPE '\\'"
+                                : " AND name LIKE ? ESCAPE '\\'");
+    if ((mask & F_ATTRS) && pg)
+        /* Every requested attribute present as an equal string: jsonb
+         * containment (the filter is an object of strings). */
+        moat_buf_addstr(sql,
+                        " AND coalesce(doc::jsonb -> 'attributes', '{}') @> "
+                        "?::jsonb");
+    else if (mask & F_ATTRS)
         /*
          * Every requested attribute must be present as an equal string.
          * json_each compares keys as plain text, so attribute names with
@@ -467,12 +501,12 @@ static void list_sql(unsigned mask, struct moat_buf *sql)
          * are unique (the handler refuses repeats), so counting works.
          */
         moat_buf_addstr(sql,
-                        " AND (SELECT count(*) FROM json_each(:attrs) AS f"
+                        " AND (SELECT count(*) FROM json_each(?) AS f"
                         " JOIN json_each(products.doc, '$.attributes') AS a"
                         " ON a.key = f.key"
                         " WHERE a.type = 'text' AND a.atom = f.atom)"
-                        " = :nattrs");
-    moat_buf_addstr(sql, " ORDER BY id LIMIT :limit");
+                        " = ?");
+    moat_buf_addstr(sql, " ORDER BY id LIMIT ?");
 }
 
 /* "%" + pattern with LIKE's wildcards and the escape character escaped. */
@@ -487,18 +521,6 @@ static char *like_pattern(const char *s)
     }
     moat_buf_addch(&b, '%');
     return moat_buf_detach(&b, NULL);
-}
-
-static void bind_named_text(sqlite3_stmt *st, const char *name,
-                            const char *value)
-{
-    sqlite3_bind_text(st, sqlite3_bind_parameter_index(st, name), value, -1,
-                      SQLITE_TRANSIENT);
-}
-
-static void bind_named_int(sqlite3_stmt *st, const char *name, int64_t value)
-{
-    sqlite3_bind_int64(st, sqlite3_bind_parameter_index(st, name), value);
 }
 
 int cat_store_list(struct cat_store *s, const struct cat_filter *f,
@@ -520,48 +542,51 @@ int cat_store_list(struct cat_store *s, const struct cat_filter *f,
     if (json_object_size(f->attrs) > 0)
         mask |= F_ATTRS;
 
+    bool pg = moat_db_engine(s->db) == MOAT_DB_POSTGRES;
     struct moat_buf sql = MOAT_BUF_INIT;
     struct cat_product *out = NULL;
     size_t count = 0;
     int rc = MOAT_EDB;
     char name[32];
+    char *pattern = NULL, *attrs = NULL;
 
-    list_sql(mask, &sql);
+    list_sql(mask, pg, &sql);
     snprintf(name, sizeof(name), "product_list_%02x", mask);
     struct moat_stmt *stmt = moat_db_prepare(s->db, name, moat_buf_str(&sql));
     if (!stmt)
         goto cleanup;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
 
+    /* In list_sql's order; the texts bound stay alive until the reset. */
+    int i = 0;
     if (f->after_id)
-        bind_named_text(st, ":after", f->after_id);
+        moat_stmt_bind_text(stmt, ++i, f->after_id);
     if (f->sku)
-        bind_named_text(st, ":sku", f->sku);
+        moat_stmt_bind_text(stmt, ++i, f->sku);
     if (f->currency)
-        bind_named_text(st, ":currency", f->currency);
+        moat_stmt_bind_text(stmt, ++i, f->currency);
     if (f->has_min)
-        bind_named_int(st, ":min", f->min_amount);
+        moat_stmt_bind_int64(stmt, ++i, f->min_amount);
     if (f->has_max)
-        bind_named_int(st, ":max", f->max_amount);
+        moat_stmt_bind_int64(stmt, ++i, f->max_amount);
     if (f->name_contains) {
-        char *pattern = like_pattern(f->name_contains);
-        bind_named_text(st, ":name", pattern);
-        free(pattern);
+        pattern = like_pattern(f->name_contains);
+        moat_stmt_bind_text(stmt, ++i, pattern);
     }
     if (mask & F_ATTRS) {
-        char *attrs = json_dumps(f->attrs, JSON_COMPACT);
+        attrs = json_dumps(f->attrs, JSON_COMPACT);
         if (!attrs)
             moat_die("cannot serialise an attribute filter");
-        bind_named_text(st, ":attrs", attrs);
-        free(attrs);
-        bind_named_int(st, ":nattrs", (int64_t)json_object_size(f->attrs));
+        moat_stmt_bind_text(stmt, ++i, attrs);
+        if (!pg)
+            moat_stmt_bind_int64(stmt, ++i,
+                                 (int64_t)json_object_size(f->attrs));
     }
-    bind_named_int(st, ":limit", (int64_t)limit);
+    moat_stmt_bind_int64(stmt, ++i, (int64_t)limit);
 
     out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     int step;
     while ((step = moat_stmt_step(stmt)) == SQLITE_ROW && count < limit) {
-        rc = row_to_product(st, &out[count]);
+        rc = row_to_product(stmt, &out[count]);
         if (rc != MOAT_OK)
             goto cleanup;
         count++;
@@ -572,6 +597,8 @@ int cat_store_list(struct cat_store *s, const struct cat_filter *f,
 cleanup:
     if (stmt)
         moat_stmt_reset(stmt);
+    free(pattern);
+    free(attrs);
     moat_buf_release(&sql);
     if (rc != MOAT_OK) {
         cat_products_free(out, count);

@@ -36,6 +36,9 @@ struct cat_store_options {
     const char *source;      /* service name, the events' source */
     struct moat_outbox_options outbox;
     int product_event_schema; /* CAT_EVENT_SCHEMA_CURRENT or _FLAT */
+    /* The service's PostgreSQL database (libpq connection string,
+     * borrowed), or NULL: the SQLite file data_dir/catalog.db. */
+    const char *dsn;
 };
 
 /* Any version: for writes without a precondition. */

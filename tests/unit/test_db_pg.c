@@ -359,6 +359,18 @@ static void test_neutral_binds_and_columns(void **state)
     assert_int_equal(query_int(f->db, "SELECT count(*) FROM t"), 3);
     assert_int_equal(moat_db_changes(f->db), 2);
 
+    /* moat_db_exec counts the changes of its last statement. */
+    assert_int_equal(
+        moat_db_exec(f->db, "bump", "UPDATE t SET d = 3; UPDATE t SET d = 4"),
+        MOAT_OK);
+    assert_int_equal(moat_db_changes(f->db), 3);
+    s = moat_db_prepare(f->db, "names", "SELECT i AS first, s FROM t LIMIT 1");
+    assert_int_equal(moat_stmt_step(s), SQLITE_ROW);
+    assert_string_equal(moat_stmt_column_name(s, 0), "first");
+    assert_string_equal(moat_stmt_column_name(s, 1), "s");
+    assert_string_equal(moat_stmt_column_name(s, 2), "");
+    moat_stmt_reset(s);
+
     /* The dialect call picks the PostgreSQL text. */
     s = moat_db_prepare_dialect(f->db, "dialect", "SELECT 'sqlite'",
                                 "SELECT 'postgres'");
