@@ -340,8 +340,6 @@ static int sq_reset(struct moat_consumer *c)
     return rc;
 }
 
-/* The casts type the optional filters for PostgreSQL, which cannot infer
- * a parameter first seen in IS NULL. */
 #define DEAD_FILTER                                                            \
     "FROM moat_dead_letters WHERE (CAST(?1 AS TEXT) IS NULL OR source = ?1) "  \
     "AND (CAST(?2 AS TEXT) IS NULL OR subject = ?2) "
