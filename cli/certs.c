@@ -5,6 +5,8 @@
  *   ca.crt, ca.key          the deployment CA (P-256, 10 years)
  *   NAME.crt, NAME.key      one per service of the deployment file
  *   operator.crt/.key       the moat CLI's client certificate
+ *   postgres.crt/.key       the private PostgreSQL cluster's, when the
+ *                           deployment has a "postgres" block
  *
  * Every file is 0600 in a 0700 directory. Existing files are kept (a
  * missing one is issued by the CA on disk); --force makes a new CA and
@@ -112,10 +114,14 @@ int cli_certs_ensure(const struct deploy *d, bool force, bool verbose)
         free(cp);
         free(kp);
     }
-    for (size_t i = 0; rc == MOAT_OK && i <= d->nservices; i++) {
-        const char *name =
-            i < d->nservices ? d->services[i].name : CLI_OPERATOR;
-        if (!force && have(d, name))
+    /* The services, the operator, and the PostgreSQL cluster moat up runs
+     * (its server certificate). */
+    for (size_t i = 0; rc == MOAT_OK && i <= d->nservices + 1; i++) {
+        const char *name = i < d->nservices    ? d->services[i].name
+                           : i == d->nservices ? CLI_OPERATOR
+                           : d->pg             ? d->pg->name
+                                               : NULL;
+        if (!name || (!force && have(d, name)))
             continue;
         char *cert = NULL, *key = NULL;
         rc = moat_tls_make_cert(ca_cert, ca_key, name, -300, MOAT_TLS_CERT_DAYS,

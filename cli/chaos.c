@@ -7,7 +7,10 @@
  * the supervisor's state file and either SIGKILLs it (the supervisor
  * restarts it) or SIGSTOPs it for 0.3 to 3 s and SIGCONTs it. The payment
  * provider is spared unless --include-provider: it stands for the outside
- * world, and its outages are drilled through its own /_control.
+ * world, and its outages are drilled through its own /_control. With
+ * --include-infra the servers moat up runs beside the services (the
+ * nats-server broker, PostgreSQL, Redis) are candidates too, for SIGKILL
+ * only: the supervisor restarts them and the services must ride it out.
  *
  * An order whose POST got no definite answer (no answer, 502/503/504, 409
  * "in progress", 429) is sent again with the same Idempotency-Key and
@@ -78,6 +81,7 @@ struct chaos {
     const struct deploy_service *orders;
     const struct deploy_service *provider; /* spared, or NULL */
     bool include_provider;
+    bool include_infra;      /* the broker, PostgreSQL and Redis too */
     bool cancelling;         /* the fetcher is being freed */
     struct attempt *waiting; /* retries not yet due */
     struct stopped stopped[MAX_STOPPED];
@@ -223,11 +227,14 @@ static void strike(struct chaos *c)
     json_t *st = cli_running_state(c->d);
     if (!st)
         return;
-    const struct deploy_service *pick[DEPLOY_MAX_SERVICES];
-    pid_t pids[DEPLOY_MAX_SERVICES];
-    size_t n = 0;
-    for (size_t i = 0; i < c->d->nservices; i++) {
-        const struct deploy_service *svc = &c->d->services[i];
+    const struct deploy_service *pick[DEPLOY_MAX_SERVICES + 8];
+    pid_t pids[DEPLOY_MAX_SERVICES + 8];
+    bool is_infra[DEPLOY_MAX_SERVICES + 8];
+    size_t n = 0, nsvc = c->d->nservices;
+    size_t ninfra = c->include_infra ? deploy_nbuiltin(c->d) : 0;
+    for (size_t i = 0; i < nsvc + ninfra && n < MOAT_ARRAY_LEN(pick); i++) {
+        const struct deploy_service *svc =
+            i < nsvc ? &c->d->services[i] : deploy_builtin(c->d, i - nsvc);
         const char *status = NULL;
         pid_t pid = cli_state_pid(st, svc->name, &status);
         if (pid <= 1 || !status || strcmp(status, "ready") != 0)
@@ -237,13 +244,15 @@ static void strike(struct chaos *c)
         if (is_stopped(c, svc->name))
             continue;
         pick[n] = svc;
+        is_infra[n] = i >= nsvc;
         pids[n++] = pid;
     }
     json_decref(st);
     if (n == 0)
         return;
     size_t k = (size_t)shop_rand(&c->shop, n);
-    bool pause = shop_rand(&c->shop, 10) < 4 && c->nstopped < MAX_STOPPED;
+    bool pause = !is_infra[k] && shop_rand(&c->shop, 10) < 4 &&
+                 c->nstopped < MAX_STOPPED;
     char ts[25];
     moat_time_rfc3339(moat_wall_ms(), ts);
     if (pause) {
@@ -391,6 +400,7 @@ int cli_cmd_chaos(int argc, char **argv)
         {"kill-interval-ms", required_argument, NULL, 'k'},
         {"settle", required_argument, NULL, 'S'},
         {"include-provider", no_argument, NULL, 'P'},
+        {"include-infra", no_argument, NULL, 'I'},
         {"setup", no_argument, NULL, 'u'},
         {"json", no_argument, NULL, 'j'},
         {NULL, 0, NULL, 0},
@@ -398,7 +408,8 @@ int cli_cmd_chaos(int argc, char **argv)
     const char *file = NULL;
     int64_t duration = 120, rate = 10, kill_ms = 1500, settle = 120;
     int64_t seed = (int64_t)(moat_wall_ms() ^ ((uint64_t)getpid() << 20));
-    bool setup = false, include_provider = false, as_json = false;
+    bool setup = false, include_provider = false, include_infra = false;
+    bool as_json = false;
     int ch;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, ":f:", opts, NULL)) != -1) {
@@ -410,6 +421,9 @@ int cli_cmd_chaos(int argc, char **argv)
             continue;
         case 'P':
             include_provider = true;
+            continue;
+        case 'I':
+            include_infra = true;
             continue;
         case 'u':
             setup = true;
@@ -449,7 +463,9 @@ int cli_cmd_chaos(int argc, char **argv)
     struct deploy *d = cli_load_deploy(file);
     if (!d)
         return CLI_EXIT_FAIL;
-    struct chaos c = {.d = d, .include_provider = include_provider};
+    struct chaos c = {.d = d,
+                      .include_provider = include_provider,
+                      .include_infra = include_infra};
     int ret = CLI_EXIT_FAIL;
     c.accepted_ids = json_object();
     c.per_service = json_object();
@@ -475,7 +491,10 @@ int cli_cmd_chaos(int argc, char **argv)
     printf("moat chaos: seed %lld, %lld s at %lld orders/s, a fault every "
            "~%lld ms%s\n",
            (long long)seed, (long long)duration, (long long)rate,
-           (long long)kill_ms, include_provider ? " (provider included)" : "");
+           (long long)kill_ms,
+           include_infra      ? " (broker, databases and caches included)"
+           : include_provider ? " (provider included)"
+                              : "");
     if (shop_products(&c.shop, setup) != MOAT_OK ||
         shop_customers(&c.shop, CUSTOMERS) != MOAT_OK)
         goto out;

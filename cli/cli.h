@@ -22,7 +22,10 @@
  *      "status": "pending"|"starting"|"ready"|"backoff"|"stopping"|
  *                "stopped"|"failed"|"held" (moat restore: <var_dir>/hold/
  *                <name> exists; not restarted until it is removed),
- *      "last_exit": "exit status N"|"killed by signal N"|null}]}
+ *      "last_exit": "exit status N"|"killed by signal N"|null,
+ *      "dsn": MOAT_DB_DSN (only a service on the private PostgreSQL
+ *             cluster, cli/pgcluster.h)}]}
+ *   The cluster itself is the entry "postgres" (url postgresql://...).
  *
  * Exit codes of every command: 0 success, 1 failure, 2 usage error.
  */
@@ -108,7 +111,9 @@ char *cli_service_program(const struct deploy_service *s);
 /*
  * GET url with a total timeout. On MOAT_OK, *status is the HTTP status; on
  * failure (connection refused, timeout) returns MOAT_EIO or
- * MOAT_ETIMEDOUT. Blocking; fine in the CLI.
+ * MOAT_ETIMEDOUT. Blocking; fine in the CLI. A "redis://HOST:PORT[/...]"
+ * url (the cache moat up runs) is probed with PING instead: *status 200
+ * when Redis answers, 503 when it answers something else.
  */
 int cli_probe(const char *url, long timeout_ms, long *status);
 

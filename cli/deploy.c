@@ -23,7 +23,8 @@ static const char *const reserved_env[] = {
     "MOAT_SERVICE_NAME",   "MOAT_LISTEN",         "MOAT_DATA_DIR",
     "MOAT_GATEWAY_ROUTES", "MOAT_GATEWAY_PUBLIC", "MOAT_SERVICE_KEY",
     "MOAT_PEER_KEYS",      "MOAT_TLS_CERT",       "MOAT_TLS_KEY",
-    "MOAT_TLS_CA",
+    "MOAT_TLS_CA",         "MOAT_DB_DSN",         "MOAT_INSTANCES",
+    "MOAT_INSTANCE_URLS",
 };
 
 static const struct {
@@ -531,6 +532,10 @@ static void parse_backup(struct errs *e, json_t *obj, const char *at,
     }
     if (svc->engine == DEPLOY_ENGINE_NONE)
         report(e, at, "backup", "not allowed with engine \"none\"");
+    if (svc->engine == DEPLOY_ENGINE_POSTGRES)
+        report(e, at, "backup",
+               "not allowed with engine \"postgres\" (back the cluster up "
+               "with PostgreSQL's own tools, docs/operations.md)");
     check_known(e, b, bat, allowed);
     const char *every = get_string(e, b, bat, "every", false);
     if (every) {
@@ -556,13 +561,60 @@ out:
     free(bat);
 }
 
+/* "listen": "HOST:PORT", or an array of them: one instance each. */
+static void parse_listen(struct errs *e, json_t *obj, const char *at,
+                         struct deploy_service *svc)
+{
+    json_t *v = json_object_get(obj, "listen");
+    json_t *one = json_is_array(v) ? NULL : json_array();
+    if (one) {
+        const char *str = get_string(e, obj, at, "listen", true);
+        if (!str)
+            goto out;
+        json_array_append_new(one, json_string(str));
+        v = one;
+    }
+    if (json_array_size(v) < 1 || json_array_size(v) > DEPLOY_MAX_INSTANCES) {
+        report(e, at, "listen",
+               "must be HOST:PORT or an array of 1 to %d of them (one "
+               "instance each)",
+               DEPLOY_MAX_INSTANCES);
+        goto out;
+    }
+    svc->inst = moat_xcalloc(json_array_size(v), sizeof(*svc->inst));
+    size_t i;
+    json_t *l;
+    json_array_foreach(v, i, l)
+    {
+        struct deploy_instance *in = &svc->inst[svc->ninstances];
+        const char *str = json_string_value(l);
+        if (!str || moat_parse_hostport(str, in->host, sizeof(in->host),
+                                        &in->port, false) != MOAT_OK) {
+            report(e, at, "listen",
+                   "must be HOST:PORT with an IPv4 address or hostname and a "
+                   "port in 1..65535, got \"%s\"",
+                   str ? str : "(not a string)");
+            continue;
+        }
+        in->listen = moat_xstrdup(str);
+        svc->ninstances++;
+    }
+    if (svc->ninstances == json_array_size(v)) {
+        svc->listen = moat_xstrdup(svc->inst[0].listen);
+        memcpy(svc->host, svc->inst[0].host, sizeof(svc->host));
+        svc->port = svc->inst[0].port;
+    }
+out:
+    json_decref(one);
+}
+
 /* Parse services[i] into svc. Cross-service checks come later. */
 static void parse_service(struct errs *e, json_t *obj, const char *at,
                           const struct deploy *d, struct deploy_service *svc)
 {
     static const char *const allowed[] = {
-        "name", "listen", "engine", "db",      "data_dir", "binary",
-        "env",  "routes", "calls",  "secrets", "backup",   NULL};
+        "name",   "listen", "engine",  "db",     "data_dir", "binary", "env",
+        "routes", "calls",  "secrets", "backup", "dsn",      "host",   NULL};
     if (!json_is_object(obj)) {
         report(e, at, NULL, "must be an object");
         return;
@@ -589,16 +641,7 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     }
     svc->name = name ? moat_xstrdup(name) : NULL;
 
-    const char *listen = get_string(e, obj, at, "listen", true);
-    if (listen && moat_parse_hostport(listen, svc->host, sizeof(svc->host),
-                                      &svc->port, false) != MOAT_OK) {
-        report(e, at, "listen",
-               "must be HOST:PORT with an IPv4 address or hostname and a port "
-               "in 1..65535, got \"%s\"",
-               listen);
-        listen = NULL;
-    }
-    svc->listen = listen ? moat_xstrdup(listen) : NULL;
+    parse_listen(e, obj, at, svc);
 
     const char *engine = get_string(e, obj, at, "engine", true);
     if (engine) {
@@ -606,15 +649,24 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
             svc->engine = DEPLOY_ENGINE_SQLITE;
         } else if (strcmp(engine, "lmdb") == 0) {
             svc->engine = DEPLOY_ENGINE_LMDB;
+        } else if (strcmp(engine, "postgres") == 0) {
+            svc->engine = DEPLOY_ENGINE_POSTGRES;
         } else if (strcmp(engine, "none") == 0) {
             svc->engine = DEPLOY_ENGINE_NONE;
         } else {
             report(e, at, "engine",
-                   "must be \"sqlite\", \"lmdb\" or \"none\", got \"%s\"",
+                   "must be \"sqlite\", \"lmdb\", \"postgres\" or "
+                   "\"none\", got \"%s\"",
                    engine);
             engine = NULL; /* then db is checked for type only */
         }
     }
+
+    /* LMDB's environment is one process's (lib/kv.c locks it). */
+    if (svc->ninstances > 1 && svc->engine == DEPLOY_ENGINE_LMDB)
+        report(e, at, "listen",
+               "several instances need a database several processes share "
+               "(engine \"sqlite\"), not \"lmdb\"");
 
     const char *data_dir = get_string(e, obj, at, "data_dir", false);
     if (data_dir)
@@ -622,11 +674,13 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     else if (svc->name && d->var_dir)
         svc->data_dir = deploy_path_join(d->var_dir, svc->name);
 
-    bool stores = engine && svc->engine != DEPLOY_ENGINE_NONE;
+    /* A PostgreSQL database is named after the service, not a file. */
+    bool pg = engine && svc->engine == DEPLOY_ENGINE_POSTGRES;
+    bool stores = engine && svc->engine != DEPLOY_ENGINE_NONE && !pg;
     bool has_db = json_object_get(obj, "db") != NULL;
     const char *db = get_string(e, obj, at, "db", stores);
     if (engine && !stores && has_db) {
-        report(e, at, "db", "not allowed with engine \"none\"");
+        report(e, at, "db", "not allowed with engine \"%s\"", engine);
     } else if (db && svc->data_dir) {
         svc->db = deploy_path_join(svc->data_dir, db);
         if (strcmp(svc->db, svc->data_dir) == 0 ||
@@ -641,6 +695,15 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
     const char *binary = get_string(e, obj, at, "binary", false);
     svc->binary = binary ? moat_xstrdup(binary) : NULL;
 
+    bool has_dsn = json_object_get(obj, "dsn") != NULL;
+    const char *dsn = get_string(e, obj, at, "dsn", false);
+    if (engine && !pg && has_dsn)
+        report(e, at, "dsn", "only with engine \"postgres\"");
+    else if (dsn && strlen(dsn) > DEPLOY_DSN_MAX)
+        report(e, at, "dsn", "longer than %d bytes", DEPLOY_DSN_MAX);
+    else if (dsn)
+        svc->dsn = moat_xstrdup(dsn);
+
     parse_env(e, obj, at, svc);
     parse_routes(e, obj, at, svc);
     parse_string_list(e, obj, at, "calls", valid_name, "service name",
@@ -649,17 +712,41 @@ static void parse_service(struct errs *e, json_t *obj, const char *at,
                       "secret name (MOAT_*, not one moat sets itself)",
                       &svc->secrets, &svc->nsecrets);
     parse_backup(e, obj, at, svc);
+    const char *host = get_string(e, obj, at, "host", false);
+    svc->host_name = host ? moat_xstrdup(host) : NULL;
+}
+
+static const char *connect_host(const char *host)
+{
+    return strcmp(host, "0.0.0.0") == 0 ? "127.0.0.1" : host;
+}
+
+/* Instance k of s; the first one is s's own host and port (which a test
+ * harness may move). */
+static const char *inst_host(const struct deploy_service *s, size_t k)
+{
+    return connect_host(k ? s->inst[k].host : s->host);
+}
+
+static unsigned inst_port(const struct deploy_service *s, size_t k)
+{
+    return k ? s->inst[k].port : s->port;
+}
+
+static size_t ninst(const struct deploy_service *s)
+{
+    return s->ninstances ? s->ninstances : 1;
 }
 
 const char *deploy_connect_host(const struct deploy_service *s)
 {
-    return strcmp(s->host, "0.0.0.0") == 0 ? "127.0.0.1" : s->host;
+    return connect_host(s->host);
 }
 
 /* Two listen addresses collide on the same port when their hosts are equal
  * (localhost is loopback) or either is the wildcard address. */
-static bool listen_conflict(const struct deploy_service *a,
-                            const struct deploy_service *b)
+static bool addr_conflict(const struct deploy_instance *a,
+                          const struct deploy_instance *b)
 {
     if (a->port != b->port)
         return false;
@@ -667,6 +754,27 @@ static bool listen_conflict(const struct deploy_service *a,
     const char *hb = strcmp(b->host, "localhost") == 0 ? "127.0.0.1" : b->host;
     return strcmp(ha, hb) == 0 || strcmp(ha, "0.0.0.0") == 0 ||
            strcmp(hb, "0.0.0.0") == 0;
+}
+
+/* Whether an instance of a collides with one of b (a == b: with another
+ * one of its own). */
+static bool listen_conflict(const struct deploy_service *a,
+                            const struct deploy_service *b)
+{
+    /* A server moat up runs beside the services (the broker, the
+     * PostgreSQL cluster, Redis) has one address and no instances. */
+    struct deploy_instance one_a = {.port = a->port}, one_b = {.port = b->port};
+    snprintf(one_a.host, sizeof(one_a.host), "%s", a->host);
+    snprintf(one_b.host, sizeof(one_b.host), "%s", b->host);
+    const struct deploy_instance *ia = a->ninstances ? a->inst : &one_a;
+    const struct deploy_instance *ib = b->ninstances ? b->inst : &one_b;
+    size_t na = a->ninstances ? a->ninstances : 1;
+    size_t nb = b->ninstances ? b->ninstances : 1;
+    for (size_t i = 0; i < na; i++)
+        for (size_t j = a == b ? i + 1 : 0; j < nb; j++)
+            if (addr_conflict(&ia[i], &ib[j]))
+                return true;
+    return false;
 }
 
 /* Checks across services: uniqueness, data directory separation, route
@@ -679,6 +787,8 @@ static void check_services(struct errs *e, struct deploy *d)
         struct deploy_service *s = &d->services[i];
         char at[32];
         snprintf(at, sizeof(at), "services[%zu]", i);
+        if (s->listen && listen_conflict(s, s))
+            report(e, at, "listen", "two instances share an address");
         for (size_t j = 0; j < i; j++) {
             const struct deploy_service *o = &d->services[j];
             if (s->name && o->name && strcmp(s->name, o->name) == 0)
@@ -855,11 +965,300 @@ static void parse_transport(struct errs *e, json_t *root, struct deploy *d)
     json_decref(none);
 }
 
+/* "redis" (see deploy.h). */
+static void parse_redis(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"url", "listen", "max_memory_mb",
+                                          NULL};
+    json_t *r = json_object_get(root, "redis");
+    if (!r)
+        return;
+    if (!json_is_object(r)) {
+        report(e, "", "redis", "must be an object");
+        return;
+    }
+    check_known(e, r, "redis", allowed);
+    const char *url = get_string(e, r, "redis", "url", false);
+    if (url) {
+        if (strncmp(url, "redis://", 8) != 0)
+            report(e, "redis", "url", "must be a redis:// URL");
+        if (json_object_get(r, "listen") || json_object_get(r, "max_memory_mb"))
+            report(e, "redis", "url",
+                   "a server of its own (\"url\") takes no \"listen\" or "
+                   "\"max_memory_mb\"");
+        d->redis_url = moat_xstrdup(url);
+        return;
+    }
+    const char *listen = get_string(e, r, "redis", "listen", false);
+    if (!listen)
+        listen = "127.0.0.1:6380";
+    struct deploy_service *b = moat_xcalloc(1, sizeof(*b));
+    d->redis = b;
+    if (moat_parse_hostport(listen, b->host, sizeof(b->host), &b->port,
+                            false) != MOAT_OK)
+        report(e, "redis", "listen", "must be HOST:PORT, got \"%s\"", listen);
+    d->redis_max_memory_mb =
+        get_uint(e, r, "redis", "max_memory_mb", 64, 1u << 20);
+    d->redis_url = moat_xasprintf("redis://%s:%u", deploy_connect_host(b),
+                                  (unsigned)b->port);
+    b->name = moat_xstrdup("redis");
+    b->listen = moat_xstrdup(listen);
+    b->engine = DEPLOY_ENGINE_NONE;
+    b->data_dir = deploy_path_join(d->var_dir, "redis");
+    b->binary = moat_xstrdup(DEPLOY_REDIS_SERVER);
+    b->args = moat_xcalloc(2, sizeof(*b->args));
+    b->args[0] = moat_xasprintf("%s/redis.conf", b->data_dir);
+    b->ready_path = "";
+    b->scheme = "redis";
+    if (deploy_find(d, "redis"))
+        report(e, "", "services",
+               "\"redis\" is reserved for the cache of \"redis\"");
+    for (size_t i = 0; i < d->nservices; i++)
+        if (d->services[i].name && listen_conflict(b, &d->services[i]))
+            report(e, "redis", "listen", "is %s's address too",
+                   d->services[i].name);
+}
+
+const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k)
+{
+    const struct deploy_service *all[] = {d->pg, d->broker, d->redis};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(all); i++)
+        if (all[i] && k-- == 0)
+            return all[i];
+    return NULL;
+}
+
+size_t deploy_nbuiltin(const struct deploy *d)
+{
+    return (d->pg ? 1 : 0) + (d->broker ? 1 : 0) + (d->redis ? 1 : 0);
+}
+
+/* "postgres" (see deploy.h), after the services. */
+static void parse_postgres(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"listen", "max_connections",
+                                          "shared_buffers_mb", NULL};
+    json_t *pg = json_object_get(root, "postgres");
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        char at[32];
+        snprintf(at, sizeof(at), "services[%zu]", i);
+        if (!pg && s->engine == DEPLOY_ENGINE_POSTGRES && !s->dsn)
+            report(e, at, "engine",
+                   "\"postgres\" needs either a \"dsn\" (a server of your "
+                   "own) or the top-level \"postgres\" block (moat up then "
+                   "runs a private cluster)");
+        if (pg && s->name && strcmp(s->name, "postgres") == 0)
+            report(e, at, "name",
+                   "\"postgres\" is reserved for the cluster of the "
+                   "top-level \"postgres\" block");
+    }
+    if (!pg)
+        return;
+    if (!json_is_object(pg)) {
+        report(e, "", "postgres", "must be an object");
+        return;
+    }
+    check_known(e, pg, "postgres", allowed);
+    struct deploy_service *c = moat_xcalloc(1, sizeof(*c));
+    d->pg = c;
+    d->min_level = -1;
+    c->level = -1;
+    c->pg_cluster = true;
+    c->name = moat_xstrdup("postgres");
+    c->engine = DEPLOY_ENGINE_NONE;
+    const char *listen = get_string(e, pg, "postgres", "listen", true);
+    if (listen && moat_parse_hostport(listen, c->host, sizeof(c->host),
+                                      &c->port, false) != MOAT_OK) {
+        report(e, "postgres", "listen", "must be HOST:PORT, got \"%s\"",
+               listen);
+        listen = NULL;
+    } else if (listen && strcmp(c->host, "localhost") != 0 &&
+               strncmp(c->host, "127.", 4) != 0) {
+        report(e, "postgres", "listen",
+               "must be a loopback address (127.x.x.x or localhost): the "
+               "cluster is private to this machine, got \"%s\"",
+               listen);
+        listen = NULL;
+    }
+    c->listen = moat_xstrdup(listen ? listen : "127.0.0.1:0");
+    for (size_t i = 0; listen && i < d->nservices; i++)
+        if (d->services[i].listen && listen_conflict(c, &d->services[i]))
+            report(e, "postgres", "listen", "\"%s\" conflicts with %s (\"%s\")",
+                   listen, d->services[i].name, d->services[i].listen);
+    /* Nor with the broker's client or monitoring address. */
+    struct deploy_service nats = {.port = d->nats_port};
+    snprintf(nats.host, sizeof(nats.host), "%s", d->nats_host);
+    if (listen && d->broker &&
+        (listen_conflict(c, d->broker) || listen_conflict(c, &nats)))
+        report(e, "postgres", "listen",
+               "\"%s\" conflicts with the broker's addresses", listen);
+    d->pg_max_connections =
+        get_uint(e, pg, "postgres", "max_connections", 50, 10000);
+    d->pg_shared_buffers_mb =
+        get_uint(e, pg, "postgres", "shared_buffers_mb", 32, 1u << 20);
+    c->data_dir = deploy_path_join(d->var_dir, "postgres");
+    for (size_t i = 0; i < d->nservices; i++) {
+        const char *dd = d->services[i].data_dir;
+        if (dd &&
+            (path_within(dd, c->data_dir) || path_within(c->data_dir, dd)))
+            report(e, "postgres", NULL,
+                   "the cluster's directory %s overlaps the data directory "
+                   "of %s (%s)",
+                   c->data_dir, d->services[i].name, dd);
+    }
+    c->binary = moat_xstrdup(DEPLOY_PG_BINDIR "/postgres");
+    c->args = moat_xcalloc(3, sizeof(*c->args));
+    c->args[0] = moat_xstrdup("-D");
+    c->args[1] = moat_xasprintf("%s/data", c->data_dir);
+}
+
+static const struct deploy_host *find_host(const struct deploy *d,
+                                           const char *name)
+{
+    for (size_t i = 0; i < d->nhosts; i++)
+        if (strcmp(d->hosts[i].name, name) == 0)
+            return &d->hosts[i];
+    return NULL;
+}
+
+/* "hosts" and each service's "host" (see deploy.h). */
+static void parse_hosts(struct errs *e, json_t *root, struct deploy *d)
+{
+    static const char *const allowed[] = {"address", NULL};
+    json_t *hosts = json_object_get(root, "hosts");
+    if (hosts && (!json_is_object(hosts) || json_object_size(hosts) < 1 ||
+                  json_object_size(hosts) > DEPLOY_MAX_HOSTS)) {
+        report(e, "", "hosts", "must be an object of 1 to %d hosts",
+               DEPLOY_MAX_HOSTS);
+        return;
+    }
+    d->hosts = moat_xcalloc(json_object_size(hosts) + 1, sizeof(*d->hosts));
+    const char *name;
+    json_t *h;
+    json_object_foreach(hosts, name, h)
+    {
+        char *at = moat_xasprintf("hosts.%s", name);
+        struct deploy_host *dh = &d->hosts[d->nhosts];
+        uint16_t port;
+        char *hp = NULL;
+        const char *addr =
+            json_is_object(h) ? get_string(e, h, at, "address", true) : NULL;
+        if (!valid_name(name))
+            report(e, "hosts", name, "must match [a-z][a-z0-9-]{0,31}");
+        else if (!json_is_object(h))
+            report(e, "hosts", name, "must be an object");
+        else
+            check_known(e, h, at, allowed);
+        if (addr)
+            hp = moat_xasprintf("%s:1", addr);
+        if (addr && (moat_parse_hostport(hp, dh->address, sizeof(dh->address),
+                                         &port, false) != MOAT_OK ||
+                     strspn(addr, "0123456789.") != strlen(addr)))
+            report(e, at, "address", "must be an IPv4 address, got \"%s\"",
+                   addr);
+        else if (addr && valid_name(name)) {
+            dh->name = moat_xstrdup(name);
+            d->nhosts++;
+        }
+        free(hp);
+        free(at);
+    }
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        char at[32];
+        snprintf(at, sizeof(at), "services[%zu]", i);
+        if (s->host_name && !find_host(d, s->host_name))
+            report(e, at, "host", "no host named \"%s\" in \"hosts\"",
+                   s->host_name);
+        else if (hosts && !s->host_name)
+            report(e, at, "host",
+                   "missing (every service says its host when the file has "
+                   "\"hosts\")");
+    }
+    if (hosts && d->tls)
+        report(e, "", "hosts",
+               "not with \"tls\": true yet (the certificates name loopback "
+               "only)");
+    if (hosts && d->broker)
+        report(e, "", "hosts",
+               "with \"transport\": \"jetstream\" give \"jetstream\": "
+               "{\"url\"} (moat up runs no broker across hosts)");
+    if (hosts && d->pg)
+        report(e, "", "hosts",
+               "not with the \"postgres\" block (its cluster is private to "
+               "one machine): give each postgres service a \"dsn\"");
+    if (hosts && d->redis)
+        report(e, "", "hosts",
+               "with \"redis\" give {\"url\"} (moat up runs no cache across "
+               "hosts)");
+}
+
+int deploy_select_host(struct deploy *d, const char *name, char **err)
+{
+    const struct deploy_host *h = find_host(d, name);
+    if (!h) {
+        *err = moat_xasprintf("%s: no host \"%s\" in \"hosts\"", d->file, name);
+        return MOAT_EINVAL;
+    }
+    for (size_t i = 0; i < d->nservices; i++) {
+        struct deploy_service *s = &d->services[i];
+        const struct deploy_host *at = find_host(d, s->host_name);
+        for (size_t k = 0; at && k < s->ninstances; k++) {
+            struct deploy_instance *in = &s->inst[k];
+            memcpy(in->written, in->host, sizeof(in->written));
+            snprintf(in->host, sizeof(in->host), "%s", at->address);
+            free(in->listen);
+            in->listen = moat_xasprintf("%s:%u", in->host, (unsigned)in->port);
+        }
+        if (at) {
+            free(s->listen);
+            s->listen = moat_xstrdup(s->inst[0].listen);
+            memcpy(s->host, s->inst[0].host, sizeof(s->host));
+        }
+    }
+    d->selected_host = moat_xstrdup(name);
+    free(d->state_dir);
+    d->state_dir = moat_xasprintf("%s/hosts/%s", d->var_dir, name);
+    *err = NULL;
+    return MOAT_OK;
+}
+
+char *deploy_moved_urls(const struct deploy *d, const char *value)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    const char *p = value;
+    for (const char *h; (h = strstr(p, "://"));) {
+        h += 3;
+        moat_buf_add(&b, p, (size_t)(h - p));
+        p = h;
+        for (size_t i = 0; i < d->nservices; i++) {
+            const struct deploy_service *s = &d->services[i];
+            for (size_t k = 0; k < s->ninstances; k++) {
+                const struct deploy_instance *in = &s->inst[k];
+                char addr[DEPLOY_HOST_MAX + 8];
+                int n = snprintf(addr, sizeof(addr), "%s:%u", in->written,
+                                 (unsigned)in->port);
+                if (!in->written[0] || strncmp(h, addr, (size_t)n) != 0 ||
+                    (h[n] >= '0' && h[n] <= '9'))
+                    continue;
+                moat_buf_printf(&b, "%s:%u", in->host, (unsigned)in->port);
+                p = h + n;
+                i = d->nservices;
+                break;
+            }
+        }
+    }
+    moat_buf_addstr(&b, p);
+    return moat_buf_detach(&b, NULL);
+}
+
 int deploy_parse(const char *json, size_t len, const char *file,
                  const char *base_dir, struct deploy **out, char **err)
 {
     static const char *const allowed[] = {
-        "name", "var_dir", "tls", "services", "transport", "jetstream", NULL};
+        "name",      "var_dir", "tls",      "services", "transport",
+        "jetstream", "redis",   "postgres", "hosts",    NULL};
     struct errs e = {.file = file, .text = MOAT_BUF_INIT};
     struct deploy *d = moat_xcalloc(1, sizeof(*d));
     d->file = moat_xstrdup(file);
@@ -918,6 +1317,10 @@ int deploy_parse(const char *json, size_t len, const char *file,
             check_services(&e, d);
     }
     parse_transport(&e, root, d);
+    parse_redis(&e, root, d);
+    if (e.n == 0)
+        parse_postgres(&e, root, d);
+    parse_hosts(&e, root, d);
     if (e.n == 0)
         rc = MOAT_OK;
 
@@ -991,6 +1394,10 @@ static void service_free(struct deploy_service *s)
 {
     free(s->name);
     free(s->listen);
+    free(s->host_name);
+    for (size_t j = 0; j < s->ninstances; j++)
+        free(s->inst[j].listen);
+    free(s->inst);
     free(s->db);
     free(s->data_dir);
     free(s->binary);
@@ -1014,6 +1421,7 @@ static void service_free(struct deploy_service *s)
     for (char **a = s->args; a && *a; a++)
         free(*a);
     free(s->args);
+    free(s->dsn);
 }
 
 void deploy_free(struct deploy *d)
@@ -1025,13 +1433,36 @@ void deploy_free(struct deploy *d)
     if (d->broker)
         service_free(d->broker);
     free(d->broker);
+    if (d->pg)
+        service_free(d->pg);
+    free(d->pg);
     free(d->nats_url);
+    if (d->redis)
+        service_free(d->redis);
+    free(d->redis);
+    free(d->redis_url);
+    for (size_t i = 0; i < d->nhosts; i++)
+        free(d->hosts[i].name);
+    free(d->hosts);
+    free(d->selected_host);
+    free(d->state_dir);
     free(d->services);
     free(d->name);
     free(d->file);
     free(d->dir);
     free(d->var_dir);
     free(d);
+}
+
+size_t deploy_nprocs(const struct deploy *d)
+{
+    return d->nservices + deploy_nbuiltin(d);
+}
+
+const struct deploy_service *deploy_proc(const struct deploy *d, size_t i)
+{
+    return i < d->nservices ? &d->services[i]
+                            : deploy_builtin(d, i - d->nservices);
 }
 
 const struct deploy_service *deploy_find(const struct deploy *d,
@@ -1045,7 +1476,13 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 
 char *deploy_base_url(const struct deploy_service *s)
 {
-    return moat_xasprintf("%s://%s:%u", s->tls ? "https" : "http",
+    if (s->pg_cluster)
+        return moat_xasprintf("postgresql://%s:%u", deploy_connect_host(s),
+                              (unsigned)s->port);
+    return moat_xasprintf("%s://%s:%u",
+                          s->scheme ? s->scheme
+                          : s->tls  ? "https"
+                                    : "http",
                           deploy_connect_host(s), (unsigned)s->port);
 }
 
@@ -1058,9 +1495,11 @@ char *deploy_gateway_routes(const struct deploy *d,
         const struct deploy_service *t = deploy_find(d, r->service);
         if (!t)
             continue; /* cannot happen after validation */
-        moat_buf_printf(&b, "%s%s=%s@%s://%s:%u%s", i ? "," : "", r->prefix,
-                        t->name, t->tls ? "https" : "http",
-                        deploy_connect_host(t), (unsigned)t->port, r->path);
+        moat_buf_printf(&b, "%s%s=%s@", i ? "," : "", r->prefix, t->name);
+        for (size_t k = 0; k < ninst(t); k++)
+            moat_buf_printf(&b, "%s%s://%s:%u%s", k ? "|" : "",
+                            t->tls ? "https" : "http", inst_host(t, k),
+                            inst_port(t, k), r->path);
     }
     return moat_buf_detach(&b, NULL);
 }
@@ -1090,6 +1529,34 @@ bool deploy_calls(const struct deploy_service *caller,
     return false;
 }
 
+/* Whether p starts with "HOST:PORT" of instance k of s (not followed by a
+ * digit). */
+static bool addr_at(const char *p, const struct deploy_service *s, size_t k)
+{
+    char addr[DEPLOY_HOST_MAX + 8];
+    int n =
+        snprintf(addr, sizeof(addr), "%s:%u", inst_host(s, k), inst_port(s, k));
+    return strncmp(p, addr, (size_t)n) == 0 && !(p[n] >= '0' && p[n] <= '9');
+}
+
+char *deploy_instance_map(const struct deploy *d)
+{
+    struct moat_buf b = MOAT_BUF_INIT;
+    for (size_t i = 0; i < d->nservices; i++) {
+        const struct deploy_service *s = &d->services[i];
+        if (s->ninstances < 2)
+            continue;
+        moat_buf_addstr(&b, b.len ? "," : "");
+        for (size_t k = 0; k < s->ninstances; k++)
+            moat_buf_printf(&b, "%s%s://%s:%u", k ? "|" : "",
+                            s->tls ? "https" : "http", inst_host(s, k),
+                            inst_port(s, k));
+    }
+    if (!b.len)
+        return NULL;
+    return moat_buf_detach(&b, NULL);
+}
+
 char *deploy_tls_urls(const struct deploy *d, const char *value)
 {
     struct moat_buf b = MOAT_BUF_INIT;
@@ -1103,12 +1570,9 @@ char *deploy_tls_urls(const struct deploy *d, const char *value)
         const struct deploy_service *hit = NULL;
         for (size_t i = 0; i < d->nservices && !hit; i++) {
             const struct deploy_service *s = &d->services[i];
-            char addr[DEPLOY_HOST_MAX + 8];
-            int n = snprintf(addr, sizeof(addr), "%s:%u",
-                             deploy_connect_host(s), (unsigned)s->port);
-            if (s->tls && strncmp(p, addr, (size_t)n) == 0 &&
-                !(p[n] >= '0' && p[n] <= '9'))
-                hit = s;
+            for (size_t k = 0; k < ninst(s) && !hit; k++)
+                if (s->tls && addr_at(p, s, k))
+                    hit = s;
         }
         moat_buf_printf(&b, "%s://", hit ? "https" : "http");
     }
@@ -1123,6 +1587,8 @@ const char *deploy_engine_name(enum deploy_engine e)
         return "sqlite";
     case DEPLOY_ENGINE_LMDB:
         return "lmdb";
+    case DEPLOY_ENGINE_POSTGRES:
+        return "postgres";
     case DEPLOY_ENGINE_NONE:
         break;
     }

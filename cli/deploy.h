@@ -38,9 +38,11 @@
 #define DEPLOY_HOST_MAX            64  /* listen host, NUL included */
 #define DEPLOY_URLPATH_MAX         256 /* route prefix and upstream path */
 #define DEPLOY_MAX_ERRORS          20 /* further errors are counted, not listed */
+#define DEPLOY_DSN_MAX             1024       /* a service's "dsn" */
 #define DEPLOY_FILE_MAX            (1u << 20) /* a deployment file is small */
 #define DEPLOY_BACKUP_KEEP_DEFAULT 7          /* backups kept per service */
 #define DEPLOY_BACKUP_KEEP_MAX     1000
+#define DEPLOY_MAX_INSTANCES       16 /* "listen" addresses of one service */
 
 /* The storage engine a service uses; it decides how `moat status` sizes the
  * database (a SQLite file plus -wal/-shm, an LMDB directory...). */
@@ -48,6 +50,11 @@ enum deploy_engine {
     DEPLOY_ENGINE_NONE,
     DEPLOY_ENGINE_SQLITE,
     DEPLOY_ENGINE_LMDB,
+    /* PostgreSQL: a database of its own on the deployment's private
+     * cluster ("postgres" block) or on the server its "dsn" names; the
+     * service gets MOAT_DB_DSN (docs/operations.md "PostgreSQL per
+     * service"). No "db" file. */
+    DEPLOY_ENGINE_POSTGRES,
 };
 
 struct deploy_route {
@@ -71,11 +78,44 @@ struct deploy_env {
     char *value; /* its value */
 };
 
+/*
+ * One instance of a service: "listen" may be an array of addresses, one
+ * process per address (docs/operations.md "Several instances"), all with
+ * the service's name, keys, data directory and database.
+ */
+struct deploy_instance {
+    char *listen;               /* "host:port" as written; owned */
+    char host[DEPLOY_HOST_MAX]; /* parsed */
+    uint16_t port;
+    /* After deploy_select_host: the host as written (host is then the
+     * deployment host's address); "" before. */
+    char written[DEPLOY_HOST_MAX];
+};
+
+/*
+ * Hosts (docs/operations.md "Hosts"): "hosts": {"a": {"address":
+ * "10.77.0.1"}, ...} names the machines of a deployment, and a service's
+ * "host": "a" puts it on one. Only once a host is selected
+ * (deploy_select_host: `moat up --host a`, or $MOAT_HOST for every
+ * command) do services listen on, and get reached at, their host's
+ * address; until then the file's listen addresses apply, all local.
+ */
+#define DEPLOY_MAX_HOSTS 16
+struct deploy_host {
+    char *name;                    /* owned */
+    char address[DEPLOY_HOST_MAX]; /* IPv4 address */
+};
+
 struct deploy_service {
     char *name;                 /* [a-z][a-z0-9-]{0,31} */
     char *listen;               /* "host:port" as written */
     char host[DEPLOY_HOST_MAX]; /* parsed host of listen */
     uint16_t port;              /* parsed port of listen, 1..65535 */
+    /* Its instances in "listen" order (1 for a plain string); inst[0] is
+     * listen, host and port above. Owned; NULL only for the broker. */
+    struct deploy_instance *inst;
+    size_t ninstances;
+    char *host_name; /* "host": a name in d->hosts; NULL = none; owned */
     enum deploy_engine engine;
     char *db;       /* absolute path of its database; NULL for engine none */
     char *data_dir; /* absolute path */
@@ -99,6 +139,13 @@ struct deploy_service {
      * nats-server's monitoring port); NULL: none and "/readyz". */
     char **args;
     const char *ready_path;
+    /* The scheme clients use ("redis" for the cache moat up runs, whose
+     * health moat probes with PING); NULL: http or https. Static. */
+    const char *scheme;
+    /* engine postgres: the "dsn" as written (a libpq connection string to
+     * a server of the user's own), or NULL for the private cluster. */
+    char *dsn;
+    bool pg_cluster; /* the entry of the private cluster (deploy.pg) */
 };
 
 /*
@@ -133,10 +180,61 @@ struct deploy {
      * service of level 0 named "nats" that is not in services (engine
      * none; listen is its monitoring address). Owned; NULL otherwise. */
     struct deploy_service *broker;
+    struct deploy_host *hosts; /* "hosts", in file order; owned */
+    size_t nhosts;
+    /* deploy_select_host: the host whose share this process runs (moat
+     * up) or sees the deployment from; NULL = none (all local). Its state
+     * and lock are in state_dir, <var_dir>/hosts/<name> (NULL: var_dir).
+     * Both owned. */
+    char *selected_host;
+    char *state_dir;
     char nats_host[DEPLOY_HOST_MAX]; /* its client address */
     uint16_t nats_port;
     unsigned nats_max_memory_mb, nats_max_file_mb;
+    /* "redis" (see below): what gateways get as MOAT_REDIS_URL (NULL: no
+     * read cache), and the redis-server moat up runs, as a service of
+     * level 0 named "redis" not in services (NULL for a "url"). Owned. */
+    char *redis_url;
+    struct deploy_service *redis;
+    unsigned redis_max_memory_mb;
+    /*
+     * "postgres": {"listen": "127.0.0.1:5433", "max_connections": 50,
+     *              "shared_buffers_mb": 32}
+     * (listen required, on a loopback address; the others optional, the
+     * defaults shown): moat up runs a private PostgreSQL 15 cluster under
+     * <var_dir>/postgres as the entry pg, named "postgres", of level
+     * min_level (-1: before every service, stopped after them all). The
+     * entry's listen is the cluster's address; binary DEPLOY_PG_BINDIR
+     * "/postgres". Owned; NULL without the block.
+     */
+    struct deploy_service *pg;
+    unsigned pg_max_connections, pg_shared_buffers_mb;
+    int min_level; /* lowest level: -1 with pg, else 0 */
 };
+
+#define DEPLOY_PG_BINDIR "/usr/lib/postgresql/15/bin"
+
+/*
+ * The gateways' read cache (docs/operations.md "Redis"):
+ *   "redis": {"url": "redis://[:PASSWORD@]HOST:PORT"}  a server run elsewhere
+ *   "redis": {"listen": "127.0.0.1:6380", "max_memory_mb": 64}
+ * (the second form, both optional, values shown are the defaults; 6380, as
+ * Debian's own redis-server service takes 6379): moat up
+ * runs DEPLOY_REDIS_SERVER under <var_dir>/redis from a configuration it
+ * writes there (loopback, no persistence, maxmemory with volatile-lru,
+ * protected mode, a password generated into secrets.json and written to
+ * <var_dir>/secrets/redis.password, mode 0600, which gateways read).
+ */
+#define DEPLOY_REDIS_SERVER "/usr/bin/redis-server"
+
+/*
+ * The processes moat up runs besides the file's services (the PostgreSQL
+ * cluster, the broker, Redis), k from 0; NULL past the last. Borrowed
+ * from d.
+ */
+const struct deploy_service *deploy_builtin(const struct deploy *d, size_t k);
+/* How many there are. */
+size_t deploy_nbuiltin(const struct deploy *d);
 
 /*
  * Parse and validate deployment JSON. file names the source in messages;
@@ -156,6 +254,28 @@ int deploy_load(const char *path, struct deploy **out, char **err);
 
 void deploy_free(struct deploy *d);
 
+/*
+ * Every process moat up runs: the services in file order, then the
+ * built-in ones above. i < deploy_nprocs.
+ * Borrowed from d.
+ */
+size_t deploy_nprocs(const struct deploy *d);
+const struct deploy_service *deploy_proc(const struct deploy *d, size_t i);
+
+/*
+ * Select host name: every service with a "host" moves to that host's
+ * address (its listen port kept), so URLs derived from d name the hosts'
+ * addresses; d->selected_host and d->state_dir are set. MOAT_EINVAL with
+ * *err (caller frees) when d has no such host.
+ */
+int deploy_select_host(struct deploy *d, const char *name, char **err);
+/*
+ * value with every "://HOST:PORT" naming a service as written in the file
+ * moved to where deploy_select_host put it (env values such as
+ * MOAT_ORDERS_CATALOG_URL). Caller frees.
+ */
+char *deploy_moved_urls(const struct deploy *d, const char *value);
+
 /* The service called name, or NULL. Borrowed from d. */
 const struct deploy_service *deploy_find(const struct deploy *d,
                                          const char *name);
@@ -167,8 +287,15 @@ const struct deploy_service *deploy_find(const struct deploy *d,
 const char *deploy_connect_host(const struct deploy_service *s);
 
 /* "http://HOST:PORT" of s for clients ("https://" when s->tls); caller
- * frees. */
+ * frees. The first instance's. */
 char *deploy_base_url(const struct deploy_service *s);
+/*
+ * MOAT_INSTANCE_URLS for every service: "URL|URL|...[,URL|URL|...]", the
+ * origins of the instances of each service with several, the first one
+ * being the address its callers' URL variables name (moat/config.h
+ * moat_instance_urls). NULL when no service has several. Caller frees.
+ */
+char *deploy_instance_map(const struct deploy *d);
 /*
  * value with every "http://HOST:PORT" that names a TLS service of d read
  * "https://" (the URLs of env values such as MOAT_ORDERS_URL). Caller
@@ -177,9 +304,10 @@ char *deploy_base_url(const struct deploy_service *s);
 char *deploy_tls_urls(const struct deploy *d, const char *value);
 
 /*
- * MOAT_GATEWAY_ROUTES for s: "PREFIX=http://HOST:PORT/PATH,..." in route
- * order, each route's service resolved to its connect address. Caller
- * frees. Returns "" (allocated) for a service without routes.
+ * MOAT_GATEWAY_ROUTES for s: "PREFIX=SERVICE@http://HOST:PORT/PATH,..." in
+ * route order, each route's service resolved to its connect address; a
+ * service with several instances is "URL|URL|..." (one per instance).
+ * Caller frees. Returns "" (allocated) for a service without routes.
  */
 /*
  * MOAT_GATEWAY_PUBLIC for a gateway: "METHOD PREFIX" entries of its routes'
@@ -208,7 +336,8 @@ char *deploy_expand_secrets(const char *value,
                             const char *(*lookup)(void *arg, const char *name),
                             void *arg);
 
-/* Engine name as written in the file ("sqlite", "lmdb", "none"). */
+/* Engine name as written in the file ("sqlite", "lmdb", "postgres",
+ * "none"). */
 const char *deploy_engine_name(enum deploy_engine e);
 
 /*

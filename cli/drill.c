@@ -118,8 +118,10 @@ bool cli_provider_of(const struct deploy *d, char **url, char **key)
         free(v);
         return false;
     }
-    /* As `moat up` hands it to payments: https:// with TLS. */
-    char *tu = deploy_tls_urls(d, u);
+    /* As `moat up` hands it to payments: on its host, https:// with TLS. */
+    char *moved = deploy_moved_urls(d, u);
+    char *tu = deploy_tls_urls(d, moved);
+    free(moved);
     size_t n = strlen(tu);
     *url = n && tu[n - 1] == '/' ? moat_xstrndup(tu, n - 1) : moat_xstrdup(tu);
     free(tu);

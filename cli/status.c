@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "pgcluster.h"
 
 #define DOWN_GRACE_MS        5000  /* beyond the supervisor's stop bound */
 #define DOWN_DEFAULT_WAIT_MS 30000 /* when the state file has no bound */
@@ -31,8 +32,18 @@ struct health {
     const char *word; /* "ready", "not-ready", "unhealthy", "down" */
 };
 
-static void check_health(const struct deploy_service *svc, struct health *h)
+static void check_health(const struct deploy *d,
+                         const struct deploy_service *svc, struct health *h)
 {
+    if (svc->pg_cluster) {
+        /* No HTTP: whether it accepts connections on its address. */
+        enum cli_pg_health ph = cli_pg_ping(d);
+        h->healthz = h->readyz = 0;
+        h->word = ph == CLI_PG_READY      ? "ready"
+                  : ph == CLI_PG_STARTING ? "not-ready"
+                                          : "down";
+        return;
+    }
     char *base = deploy_base_url(svc);
     char *url = moat_xasprintf("%s/healthz", base);
     if (cli_probe(url, CLI_PROBE_TIMEOUT_MS, &h->healthz) != MOAT_OK)
@@ -82,9 +93,31 @@ static bool metric_line(const char *line, const char *name, char *label,
 }
 
 /*
+ * A gateway's read cache (docs/gateway.md): lookups by result and, per
+ * source, whether its invalidations are applied up to the head, from one
+ * /metrics line into cache {"hit": n, ..., "synced": {"catalog": 1}}.
+ */
+static void cache_line(const char *line, json_t *cache)
+{
+    char label[64];
+    double v;
+    if (metric_line(line, "moat_gateway_cache_requests_total", label,
+                    sizeof(label), &v))
+        json_object_set_new(cache, label, json_real(v));
+    else if (metric_line(line, "moat_gateway_cache_synced", label,
+                         sizeof(label), &v)) {
+        if (!json_object_get(cache, "synced"))
+            json_object_set_new(cache, "synced", json_object());
+        json_object_set_new(json_object_get(cache, "synced"), label,
+                            json_boolean(v == 1));
+    }
+}
+
+/*
  * Event backbone figures from a service's /metrics (read as the operator:
  * it is for operators and known peers): its outbox backlog and, per source
- * it consumes, lag and dead letters. NULL when the service has neither.
+ * it consumes, lag and dead letters; for a gateway with Redis, its read
+ * cache. NULL when the service has none of these.
  */
 static json_t *events_of(const struct deploy *d,
                          const struct deploy_service *svc)
@@ -100,7 +133,8 @@ static json_t *events_of(const struct deploy *d,
                  &body) != MOAT_OK ||
         status != 200)
         goto done;
-    json_t *outbox = json_object(), *consumers = json_object();
+    json_t *outbox = json_object(), *consumers = json_object(),
+           *cache = json_object();
     static const struct {
         const char *metric, *key;
         bool per_source;
@@ -118,6 +152,7 @@ static json_t *events_of(const struct deploy *d,
          line = strtok_r(NULL, "\n", &save)) {
         if (line[0] == '#')
             continue;
+        cache_line(line, cache);
         for (size_t i = 0; i < MOAT_ARRAY_LEN(wanted); i++) {
             char label[64];
             double v;
@@ -134,15 +169,19 @@ static json_t *events_of(const struct deploy *d,
             json_object_set_new(dst, wanted[i].key, json_real(v));
         }
     }
-    if (json_object_size(outbox) || json_object_size(consumers)) {
+    if (json_object_size(outbox) || json_object_size(consumers) ||
+        json_object_size(cache)) {
         out = json_object();
         if (json_object_size(outbox))
             json_object_set(out, "outbox", outbox);
         if (json_object_size(consumers))
             json_object_set(out, "consumers", consumers);
+        if (json_object_size(cache))
+            json_object_set(out, "cache", cache);
     }
     json_decref(outbox);
     json_decref(consumers);
+    json_decref(cache);
 done:
     free(body);
     free(url);
@@ -186,6 +225,21 @@ static void print_events(json_t *services)
                    name, src, num(c, "lag_events"), num(c, "lag_seconds"),
                    num(c, "dead_letters"), num(c, "failures"));
         }
+        json_t *cache = json_object_get(ev, "cache");
+        if (cache) {
+            printf("  %-14s cache: %.0f hits, %.0f misses, %.0f bypassed, "
+                   "%.0f errors; in sync with",
+                   name, num(cache, "hit"), num(cache, "miss"),
+                   num(cache, "bypass"), num(cache, "error"));
+            json_t *in;
+            int n = 0;
+            json_object_foreach(json_object_get(cache, "synced"), src, in)
+            {
+                if (json_is_true(in))
+                    printf("%s %s", n++ ? "," : "", src);
+            }
+            printf("%s\n", n ? "" : " nothing (reads go to the services)");
+        }
     }
 }
 
@@ -195,15 +249,17 @@ static json_t *or_null(json_t *v)
     return v ? json_incref(v) : json_null();
 }
 
-/* The entry for name in the state file's services, or NULL. Borrowed. */
-static json_t *state_service(json_t *state, const char *name)
+/* The entry for instance inst (0-based) of name in the state file's
+ * services, or NULL. Borrowed. */
+static json_t *state_service(json_t *state, const char *name, size_t inst)
 {
     size_t i;
     json_t *svc;
     json_array_foreach(json_object_get(state, "services"), i, svc)
     {
         const char *n = json_string_value(json_object_get(svc, "name"));
-        if (n && strcmp(n, name) == 0)
+        json_int_t k = json_integer_value(json_object_get(svc, "instance"));
+        if (n && strcmp(n, name) == 0 && (k ? (size_t)k - 1 : 0) == inst)
             return svc;
     }
     return NULL;
@@ -260,15 +316,37 @@ int cli_cmd_status(int argc, char **argv)
     json_t *services = json_array();
     json_object_set_new(out, "services", services);
     bool all_ready = true;
-    /* The services, then the broker moat up runs (if any). */
-    size_t nsvc = d->nservices + (d->broker ? 1 : 0);
+    /* The services, then the cluster, the broker and Redis moat up runs. */
+    /* Each instance of a service with several is a row of its own,
+     * "catalog#2", with the service seen at that instance's address. */
+    size_t nsvc = deploy_nprocs(d);
+    const struct deploy_service **rows =
+        moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(*rows));
+    struct deploy_service *views =
+        moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(*views));
+    bool *builtin = moat_xcalloc(nsvc * DEPLOY_MAX_INSTANCES, sizeof(bool));
+    size_t nrows = 0;
     for (size_t i = 0; i < nsvc; i++) {
-        const struct deploy_service *svc =
-            i < d->nservices ? &d->services[i] : d->broker;
-        json_t *st = state_service(state, svc->name);
+        const struct deploy_service *s0 = deploy_proc(d, i);
+        for (size_t k = 0; k < (s0->ninstances ? s0->ninstances : 1); k++) {
+            struct deploy_service *v = &views[nrows];
+            *v = *s0;
+            if (s0->ninstances > 1) {
+                v->listen = s0->inst[k].listen;
+                memcpy(v->host, s0->inst[k].host, sizeof(v->host));
+                v->port = s0->inst[k].port;
+            }
+            v->ninstances = k; /* here: which instance */
+            builtin[nrows] = i >= d->nservices;
+            rows[nrows++] = v;
+        }
+    }
+    for (size_t i = 0; i < nrows; i++) {
+        const struct deploy_service *svc = rows[i];
+        json_t *st = state_service(state, svc->name, svc->ninstances);
         struct health h;
-        check_health(svc, &h);
-        all_ready = all_ready && h.readyz == 200;
+        check_health(d, svc, &h);
+        all_ready = all_ready && strcmp(h.word, "ready") == 0;
         /* Pids of a supervisor that is gone are stale; do not show them. */
         json_int_t pid =
             running ? json_integer_value(json_object_get(st, "pid")) : 0;
@@ -277,8 +355,10 @@ int cli_cmd_status(int argc, char **argv)
             json_pack(
                 "{s:s, s:o, s:s, s:i, s:s, s:o, s:o, s:s, s:o, s:I, "
                 "s:s, s:I, s:o}",
-                "name", svc->name, "pid", pid ? json_integer(pid) : json_null(),
-                "listen", svc->listen, "port", (int)svc->port, "health", h.word,
+                "name",
+                json_string_value(json_object_get(st, "label")) ?: svc->name,
+                "pid", pid ? json_integer(pid) : json_null(), "listen",
+                svc->listen, "port", (int)svc->port, "health", h.word,
                 "healthz", h.healthz ? json_integer(h.healthz) : json_null(),
                 "readyz", h.readyz ? json_integer(h.readyz) : json_null(),
                 "engine", deploy_engine_name(svc->engine), "db",
@@ -286,7 +366,12 @@ int cli_cmd_status(int argc, char **argv)
                 (json_int_t)cli_db_size(svc->db), "data_dir", svc->data_dir,
                 "restarts", json_integer_value(json_object_get(st, "restarts")),
                 "status", or_null(json_object_get(st, "status"))));
-        if (h.healthz == 200 && svc != d->broker) {
+        json_t *dsn = json_object_get(st, "dsn");
+        if (dsn)
+            json_object_set(
+                json_array_get(services, json_array_size(services) - 1), "dsn",
+                dsn);
+        if (h.healthz == 200 && !builtin[i]) {
             json_t *ev = events_of(d, svc);
             if (ev)
                 json_object_set_new(
@@ -312,32 +397,45 @@ int cli_cmd_status(int argc, char **argv)
             printf("deployment \"%s\": no supervisor running (start it with "
                    "'moat up')\n",
                    d->name);
-        printf("%-16s %-8s %-6s %-10s %-7s %-32s %-8s %s\n", "SERVICE", "PID",
+        printf("%-16s %-8s %-6s %-10s %-8s %-32s %-8s %s\n", "SERVICE", "PID",
                "PORT", "HEALTH", "ENGINE", "DB", "SIZE", "RESTARTS");
         size_t i;
         json_t *s;
         json_array_foreach(services, i, s)
         {
-            const struct deploy_service *svc =
-                i < d->nservices ? &d->services[i] : d->broker;
+            const struct deploy_service *svc = rows[i];
             json_int_t pid = json_integer_value(json_object_get(s, "pid"));
             char pidtxt[24] = "-";
             if (pid)
                 snprintf(pidtxt, sizeof(pidtxt), "%lld", (long long)pid);
             char size[16] = "-";
+            /* A PostgreSQL service's database: its name on the server. */
+            char pg_db[DEPLOY_NAME_MAX + 16] = "-";
+            if (svc->engine == DEPLOY_ENGINE_POSTGRES) {
+                char *id = cli_pg_ident(svc->name);
+                snprintf(pg_db, sizeof(pg_db), "%s%s", svc->dsn ? "" : id,
+                         svc->dsn ? "(dsn)" : "@postgres");
+                free(id);
+            }
             if (svc->db)
                 cli_human_size(cli_db_size(svc->db), size, sizeof(size));
             printf(
-                "%-16s %-8s %-6u %-10s %-7s %-32s %-8s %lld\n", svc->name,
-                pidtxt, (unsigned)svc->port,
+                "%-16s %-8s %-6u %-10s %-8s %-32s %-8s %lld\n",
+                json_string_value(json_object_get(s, "name")), pidtxt,
+                (unsigned)svc->port,
                 json_string_value(json_object_get(s, "health")),
                 deploy_engine_name(svc->engine),
-                svc->db ? cli_display_path(svc->db, rel, sizeof(rel)) : "-",
+                svc->db ? cli_display_path(svc->db, rel, sizeof(rel))
+                : svc->engine == DEPLOY_ENGINE_POSTGRES ? pg_db
+                                                        : "-",
                 size,
                 (long long)json_integer_value(json_object_get(s, "restarts")));
         }
         print_events(services);
     }
+    free(rows);
+    free(views);
+    free(builtin);
     ret = all_ready ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 
 cleanup:

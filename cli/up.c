@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -52,6 +53,7 @@
 #include "moat/buf.h"
 
 #include "cli.h"
+#include "pgcluster.h"
 #include "secrets.h"
 
 extern char **environ;
@@ -68,6 +70,7 @@ extern char **environ;
 #define FAIL_LOG_LINES     20    /* log lines shown for a failed start */
 #define OPERATOR_COPY_MS   1000  /* refresh of an operator service's copy */
 #define UP_OPERATOR_KEY    "MOAT_OPERATOR_KEY"
+#define UP_REDIS_PASSWORD  "MOAT_REDIS_PASSWORD" /* in secrets.json */
 
 enum proc_status {
     PS_PENDING,  /* not started yet */
@@ -98,14 +101,23 @@ static const char *const sup_status_names[] = {
 };
 
 struct proc {
-    const struct deploy_service *svc; /* borrowed from sup.d */
-    char *program;                    /* absolute path; owned */
-    char *log_path;                   /* owned */
-    char *ready_url;                  /* owned */
+    const struct deploy_service *svc; /* &view */
+    /* The service as this instance sees it: a shallow copy of the
+     * deployment's (members borrowed from sup.d) with listen, host and
+     * port of the instance. */
+    struct deploy_service view;
+    size_t instance; /* 0-based index in the service's instances */
+    char label[DEPLOY_NAME_MAX + 8]; /* "catalog", or "catalog#2" */
+    char *program;                   /* absolute path; owned */
+    char *log_path;                  /* owned */
+    char *ready_url;                 /* owned */
     char *routes_env;     /* MOAT_GATEWAY_ROUTES value or NULL; owned */
     const char *nats_url; /* MOAT_NATS_URL or NULL; borrowed from sup.d */
-    char **auth_env;      /* "NAME=value" keys and secrets, NULL-ended; owned */
-    pid_t pid;            /* 0 when not running */
+    char *db_dsn;         /* MOAT_DB_DSN (engine postgres) or NULL; owned */
+    uid_t run_uid;        /* run as this user (the cluster, as root), or 0 */
+    gid_t run_gid;
+    char **auth_env; /* "NAME=value" keys and secrets, NULL-ended; owned */
+    pid_t pid;       /* 0 when not running */
     enum proc_status status;
     unsigned restarts;     /* spawns after the first */
     int64_t started_wall;  /* wall ms of the last spawn, 0 = never */
@@ -286,6 +298,17 @@ static void write_state(struct sup *s)
                       proc_status_names[p->status], "last_exit",
                       p->last_exit[0] ? json_string(p->last_exit)
                                       : json_null()));
+        /* The cluster's own connection strings name no password; a "dsn"
+         * of the file's might. */
+        if (p->db_dsn && !svc->dsn)
+            json_object_set_new(json_array_get(services, i), "dsn",
+                                json_string(p->db_dsn));
+        if (svc->ninstances > 1) {
+            json_t *o = json_array_get(services, json_array_size(services) - 1);
+            json_object_set_new(o, "instance",
+                                json_integer((int)p->instance + 1));
+            json_object_set_new(o, "label", json_string(p->label));
+        }
         free(url);
     }
     json_t *root = json_pack(
@@ -294,7 +317,8 @@ static void write_state(struct sup *s)
         (int)getpid(), "status", sup_status_names[s->status], "started_at",
         time_or_null(s->started_wall), "updated_at",
         time_or_null(moat_wall_ms()), "stop_timeout_ms",
-        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) * (s->d->max_level + 1),
+        (json_int_t)(STOP_TIMEOUT_MS + KILL_WAIT_MS) *
+            (s->d->max_level - s->d->min_level + 1),
         "services", services);
     char *text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (!text) {
@@ -408,7 +432,7 @@ static int preflight(struct sup *s)
     for (size_t i = 0; i < s->nprocs; i++) {
         const struct proc *p = &s->procs[i];
         if (access(p->program, X_OK) < 0) {
-            cli_error("%s: cannot execute %s: %s%s", p->svc->name, p->program,
+            cli_error("%s: cannot execute %s: %s%s", p->label, p->program,
                       strerror(errno),
                       errno == ENOENT ? " (is it built? set \"binary\" in "
                                         "the deployment file to use another "
@@ -463,6 +487,99 @@ static int write_nats_conf(struct sup *s)
     return rc;
 }
 
+/*
+ * The redis-server moat up runs (deploy.h): a cache, so no persistence;
+ * loopback; a memory bound with volatile-lru (every entry has a TTL, the
+ * gateways' feed cursors have none and are never evicted); protected mode
+ * and a password generated once into secrets.json, which the gateways read
+ * from <var_dir>/secrets/redis.password. Both files are mode 0600.
+ */
+static int write_secret_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return MOAT_EIO;
+    size_t len = strlen(text);
+    bool ok = fchmod(fd, 0600) == 0 && write(fd, text, len) == (ssize_t)len;
+    return close(fd) == 0 && ok ? MOAT_OK : MOAT_EIO;
+}
+
+static int write_redis_conf(struct sup *s)
+{
+    const struct deploy *d = s->d;
+    const struct deploy_service *b = d->redis;
+    if (!b)
+        return MOAT_OK;
+    struct cli_secrets *sec = NULL;
+    if (cli_secrets_load(&sec, d->var_dir) != MOAT_OK)
+        return MOAT_EIO;
+    const char *pw = cli_secret_shared(sec, UP_REDIS_PASSWORD);
+    char *dir = moat_xasprintf("%s/secrets", d->var_dir);
+    char *pwfile = moat_xasprintf("%s/redis.password", dir);
+    char *conf = moat_xasprintf("%s/redis.conf", b->data_dir);
+    char *text = moat_xasprintf(
+        "# written by moat up from %s; edits are overwritten\n"
+        "bind %s\nport %u\nprotected-mode yes\nrequirepass \"%s\"\n"
+        "save \"\"\nappendonly no\n"
+        "maxmemory %umb\nmaxmemory-policy volatile-lru\n"
+        "dir \"%s\"\ndaemonize no\nlogfile \"\"\n",
+        s->file_abs, b->host, (unsigned)b->port, pw, d->redis_max_memory_mb,
+        b->data_dir);
+    int rc = cli_secrets_save(sec);
+    if (rc == MOAT_OK && (mkdir(dir, 0700) == 0 || errno == EEXIST))
+        rc = write_secret_file(pwfile, pw);
+    else
+        rc = MOAT_EIO;
+    if (rc == MOAT_OK)
+        rc = write_secret_file(conf, text);
+    if (rc != MOAT_OK)
+        cli_error("redis: cannot write %s or %s: %s", conf, pwfile,
+                  strerror(errno));
+    sodium_memzero(text, strlen(text));
+    free(text);
+    free(conf);
+    free(pwfile);
+    free(dir);
+    cli_secrets_free(sec);
+    return rc;
+}
+
+/* MOAT_REDIS_* for a gateway (a service with routes) of a deployment with
+ * "redis"; appended to env at k. Returns how many (at most 3). */
+static size_t redis_env(const struct sup *s, const struct proc *p, char **env)
+{
+    const struct deploy *d = s->d;
+    if (!d->redis_url || !p->svc->nroutes)
+        return 0;
+    size_t k = 0;
+    env[k++] = moat_xasprintf("MOAT_REDIS_URL=%s", d->redis_url);
+    env[k++] = moat_xasprintf("MOAT_GATEWAY_CACHE_PREFIX=moat:%s:c1", d->name);
+    if (d->redis)
+        env[k++] = moat_xasprintf(
+            "MOAT_REDIS_PASSWORD_FILE=%s/secrets/redis.password", d->var_dir);
+    return k;
+}
+
+/*
+ * The private PostgreSQL cluster (pgcluster.h): initdb on the first run,
+ * its configuration on every run, and the user it runs as.
+ */
+static int prepare_postgres(struct sup *s)
+{
+    if (!s->d->pg)
+        return MOAT_OK;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    int rc = cli_pg_prepare(s->d, &uid, &gid);
+    for (size_t i = 0; i < s->nprocs; i++) {
+        if (s->procs[i].svc->pg_cluster) {
+            s->procs[i].run_uid = uid;
+            s->procs[i].run_gid = gid;
+        }
+    }
+    return rc;
+}
+
 /* ---- processes ---- */
 
 static bool env_overridden(const char *entry, const struct deploy_service *svc)
@@ -470,7 +587,8 @@ static bool env_overridden(const char *entry, const struct deploy_service *svc)
     static const char *const ours[] = {
         "MOAT_SERVICE_NAME",   "MOAT_LISTEN",   "MOAT_DATA_DIR",
         "MOAT_GATEWAY_ROUTES", "MOAT_TLS_CERT", "MOAT_TLS_KEY",
-        "MOAT_TLS_CA"};
+        "MOAT_TLS_CA",         "MOAT_DB_DSN",   "MOAT_INSTANCES",
+        "MOAT_INSTANCE_URLS"};
     size_t n = strcspn(entry, "=");
     for (size_t i = 0; i < MOAT_ARRAY_LEN(ours); i++)
         if (strlen(ours[i]) == n && strncmp(entry, ours[i], n) == 0)
@@ -493,7 +611,7 @@ static char **child_env(const struct sup *s, const struct proc *p)
     size_t nauth = 0;
     while (p->auth_env && p->auth_env[nauth])
         nauth++;
-    char **env = moat_xcalloc(n + svc->nenv + nauth + 6, sizeof(*env));
+    char **env = moat_xcalloc(n + svc->nenv + nauth + 12, sizeof(*env));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         if (!env_overridden(environ[i], svc))
@@ -502,10 +620,19 @@ static char **child_env(const struct sup *s, const struct proc *p)
     env[k++] =
         moat_xasprintf("MOAT_LISTEN=%s:%u", svc->host, (unsigned)svc->port);
     env[k++] = moat_xasprintf("MOAT_DATA_DIR=%s", svc->data_dir);
+    if (svc->ninstances > 1) /* the feed then watches the shared outbox */
+        env[k++] = moat_xasprintf("MOAT_INSTANCES=%zu", svc->ninstances);
+    char *map = deploy_instance_map(s->d);
+    if (map)
+        env[k++] = moat_xasprintf("MOAT_INSTANCE_URLS=%s", map);
+    free(map);
     if (p->routes_env)
         env[k++] = moat_xasprintf("MOAT_GATEWAY_ROUTES=%s", p->routes_env);
     if (p->nats_url)
         env[k++] = moat_xasprintf("MOAT_NATS_URL=%s", p->nats_url);
+    k += redis_env(s, p, env + k);
+    if (p->db_dsn)
+        env[k++] = moat_xasprintf("MOAT_DB_DSN=%s", p->db_dsn);
     for (size_t i = 0; i < nauth; i++)
         env[k++] = moat_xstrdup(p->auth_env[i]);
     /* Values with secret references come expanded in auth_env. With TLS,
@@ -513,9 +640,11 @@ static char **child_env(const struct sup *s, const struct proc *p)
     for (size_t i = 0; i < svc->nenv; i++) {
         if (deploy_has_secret_refs(svc->env[i].value))
             continue;
-        char *v = s->d->tls ? deploy_tls_urls(s->d, svc->env[i].value)
-                            : moat_xstrdup(svc->env[i].value);
+        char *moved = deploy_moved_urls(s->d, svc->env[i].value);
+        char *v =
+            s->d->tls ? deploy_tls_urls(s->d, moved) : moat_xstrdup(moved);
         env[k++] = moat_xasprintf("%s=%s", svc->env[i].name, v);
+        free(moved);
         free(v);
     }
     env[k] = NULL;
@@ -536,11 +665,34 @@ static const char *shared_secret(void *arg, const char *name)
 static int make_auth_env(struct sup *s)
 {
     struct cli_secrets *sec = NULL;
-    if (cli_secrets_load(&sec, s->d->var_dir) != MOAT_OK)
+    /* Supervisors of several hosts may share var_dir (and so
+     * secrets.json): one at a time reads, completes and writes it, and
+     * each completes it for every service of every host. */
+    char *lock = moat_xasprintf("%s/secrets.lock", s->d->var_dir);
+    int lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    free(lock);
+    if (lock_fd >= 0 && flock(lock_fd, LOCK_EX) < 0) {
+        close(lock_fd);
+        lock_fd = -1;
+    }
+    int rc = cli_secrets_load(&sec, s->d->var_dir);
+    if (rc != MOAT_OK) {
+        if (lock_fd >= 0)
+            close(lock_fd);
         return MOAT_EIO;
+    }
+    for (size_t i = 0; s->d->selected_host && i < s->d->nservices; i++) {
+        const struct deploy_service *svc = &s->d->services[i];
+        cli_secret_service_key(sec, svc->name);
+        for (size_t j = 0; j < svc->nsecrets; j++)
+            if (strcmp(svc->secrets[j], UP_OPERATOR_KEY) != 0)
+                cli_secret_shared(sec, svc->secrets[j]);
+    }
     for (size_t i = 0; i < s->nprocs; i++) {
         struct proc *p = &s->procs[i];
         const struct deploy_service *svc = p->svc;
+        if (svc->pg_cluster)
+            continue; /* not a service: no identity, no secrets */
         char **env = moat_xcalloc(svc->nsecrets + svc->nenv + 7, sizeof(*env));
         size_t k = 0;
         if (s->d->tls) {
@@ -569,11 +721,13 @@ static int make_auth_env(struct sup *s)
          * (the moat CLI on this machine, reading secrets.json), which may
          * call every service's admin routes. */
         struct moat_buf peers = MOAT_BUF_INIT;
-        for (size_t j = 0; j <= s->nprocs; j++) {
+        /* Callers on every host, not only the services run here. */
+        const struct deploy *d = s->d;
+        for (size_t j = 0; j <= d->nservices; j++) {
             const char *caller =
-                j < s->nprocs ? s->procs[j].svc->name : CLI_OPERATOR;
-            if (j < s->nprocs &&
-                (s->procs[j].svc == svc || !deploy_calls(s->procs[j].svc, svc)))
+                j < d->nservices ? d->services[j].name : CLI_OPERATOR;
+            if (j < d->nservices && (strcmp(caller, svc->name) == 0 ||
+                                     !deploy_calls(&d->services[j], svc)))
                 continue;
             char *pair = NULL;
             if (moat_auth_pair_key(cli_secret_service_key(sec, caller),
@@ -612,8 +766,10 @@ static int make_auth_env(struct sup *s)
         }
         p->auth_env = env;
     }
-    int rc = cli_secrets_save(sec);
+    rc = cli_secrets_save(sec);
     cli_secrets_free(sec);
+    if (lock_fd >= 0)
+        close(lock_fd);
     return rc;
 }
 
@@ -641,6 +797,10 @@ static MOAT_NORETURN void exec_child(const struct proc *p, int log_fd,
                                      int null_fd, char **env, pid_t parent)
 {
     setpgid(0, 0);
+    /* First, as a change of user clears the parent-death signal. */
+    if (p->run_uid && (setgroups(0, NULL) < 0 || setgid(p->run_gid) < 0 ||
+                       setuid(p->run_uid) < 0))
+        child_fail(log_fd, "moat: cannot switch to the server's user\n", 126);
     if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
         child_fail(log_fd, "moat: supervisor gone before exec\n", 126);
     /* Blocked signals and ignored dispositions survive exec. */
@@ -671,13 +831,13 @@ static int spawn(struct sup *s, struct proc *p)
     int log_fd =
         open(p->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (log_fd < 0) {
-        say(s, "%s: cannot open log %s: %s", p->svc->name, p->log_path,
+        say(s, "%s: cannot open log %s: %s", p->label, p->log_path,
             strerror(errno));
         goto cleanup;
     }
     null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null_fd < 0) {
-        say(s, "%s: cannot open /dev/null: %s", p->svc->name, strerror(errno));
+        say(s, "%s: cannot open /dev/null: %s", p->label, strerror(errno));
         goto cleanup;
     }
     env = child_env(s, p);
@@ -685,7 +845,7 @@ static int spawn(struct sup *s, struct proc *p)
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        say(s, "%s: fork failed: %s", p->svc->name, strerror(errno));
+        say(s, "%s: fork failed: %s", p->label, strerror(errno));
         goto cleanup;
     }
     if (pid == 0)
@@ -702,8 +862,8 @@ static int spawn(struct sup *s, struct proc *p)
     p->warned_slow = false;
     p->last_probe[0] = '\0';
     s->dirty = true;
-    say(s, "%s: started pid %d (%s, listen %s)", p->svc->name, (int)pid,
-        p->program, p->svc->listen);
+    say(s, "%s: started pid %d (%s, listen %s)", p->label, (int)pid, p->program,
+        p->svc->listen);
     rc = MOAT_OK;
 
 cleanup:
@@ -720,6 +880,12 @@ static void signal_proc(struct proc *p, int sig)
 {
     if (p->pid <= 0)
         return;
+    /* The postmaster tells its own processes what to do; SIGINT to them
+     * would mean something else (cancel a query, request a checkpoint). */
+    if (p->svc->pg_cluster && sig != SIGKILL) {
+        kill(p->pid, sig);
+        return;
+    }
     /* The whole group: a service's own helpers go with it. */
     if (kill(-p->pid, sig) < 0 && errno == ESRCH)
         kill(p->pid, sig);
@@ -737,20 +903,24 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
 {
     uint64_t now = moat_mono_ms();
     describe_exit(wstatus, p->last_exit, sizeof(p->last_exit));
+    /* A postmaster that died leaves its backends behind for a moment,
+     * holding the shared memory its successor needs: they go with it. */
+    if (p->svc->pg_cluster)
+        kill(-p->pid, SIGKILL);
     p->pid = 0;
     s->dirty = true;
 
     if (p->holding && s->status == SUP_RUNNING) {
         p->holding = false;
         p->status = PS_HELD;
-        say(s, "%s: held (%s); not restarted until %s is removed", p->svc->name,
+        say(s, "%s: held (%s); not restarted until %s is removed", p->label,
             p->last_exit, p->hold_path);
         return;
     }
 
     if (p->status == PS_STOPPING || s->status == SUP_STOPPING) {
         p->status = PS_STOPPED;
-        say(s, "%s: stopped (%s)", p->svc->name, p->last_exit);
+        say(s, "%s: stopped (%s)", p->label, p->last_exit);
         return;
     }
     /* Only a service that dies before it was ever ready fails the start;
@@ -758,7 +928,7 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
      * at any other time. */
     if (s->status == SUP_STARTING && p->status != PS_READY && !p->ready_ms) {
         p->status = PS_FAILED;
-        say(s, "%s: exited during start (%s)", p->svc->name, p->last_exit);
+        say(s, "%s: exited during start (%s)", p->label, p->last_exit);
         return;
     }
     /* A service that stayed healthy for a while starts over at the
@@ -770,7 +940,7 @@ static void on_exit_status(struct sup *s, struct proc *p, int wstatus)
     p->status = PS_BACKOFF;
     p->restart_at = now + delay;
     say(s, "%s: exited unexpectedly (%s) after %.1f s; restarting in %llu ms",
-        p->svc->name, p->last_exit, (double)(now - p->started_ms) / 1000.0,
+        p->label, p->last_exit, (double)(now - p->started_ms) / 1000.0,
         (unsigned long long)delay);
 }
 
@@ -872,21 +1042,31 @@ static void wait_events(struct sup *s, uint64_t timeout_ms)
     reap(s);
 }
 
-/* Probe /readyz of a starting service. */
+/* Probe /readyz of a starting service (the cluster: a connection). */
 static void probe(struct sup *s, struct proc *p)
 {
     long status = 0;
-    int rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    int rc = MOAT_OK;
+    const char *pg_state = NULL;
+    if (p->svc->pg_cluster) {
+        enum cli_pg_health h = cli_pg_ping(s->d);
+        status = h == CLI_PG_READY ? 200 : 0;
+        pg_state = h == CLI_PG_STARTING ? "starting up" : "no connection";
+    } else {
+        rc = cli_probe(p->ready_url, CLI_PROBE_TIMEOUT_MS, &status);
+    }
     uint64_t now = moat_mono_ms(); /* after the probe, which takes time */
     if (rc == MOAT_OK && status == 200) {
         p->status = PS_READY;
         p->ready_ms = now;
         s->dirty = true;
-        say(s, "%s: ready after %llu ms", p->svc->name,
+        say(s, "%s: ready after %llu ms", p->label,
             (unsigned long long)(now - p->started_ms));
         return;
     }
-    if (rc == MOAT_OK)
+    if (pg_state)
+        snprintf(p->last_probe, sizeof(p->last_probe), "%s", pg_state);
+    else if (rc == MOAT_OK)
         snprintf(p->last_probe, sizeof(p->last_probe), "HTTP %ld", status);
     else
         snprintf(p->last_probe, sizeof(p->last_probe), "%s",
@@ -895,7 +1075,7 @@ static void probe(struct sup *s, struct proc *p)
     if (slow && !p->warned_slow && s->status == SUP_RUNNING) {
         p->warned_slow = true;
         say(s, "%s: not ready %d s after restart (last /readyz: %s); see %s",
-            p->svc->name, READY_TIMEOUT_MS / 1000, p->last_probe, p->log_path);
+            p->label, READY_TIMEOUT_MS / 1000, p->last_probe, p->log_path);
     }
     p->next_probe = now + (slow ? READY_SLOW_POLL_MS : READY_POLL_MS);
 }
@@ -909,24 +1089,24 @@ static void run_hold(struct sup *s, struct proc *p, uint64_t now)
     bool held = access(p->hold_path, F_OK) == 0;
     if (held && !p->holding && p->status != PS_HELD) {
         if (p->pid > 0) {
-            say(s, "%s: hold requested, stopping pid %d (SIGTERM)",
-                p->svc->name, (int)p->pid);
+            say(s, "%s: hold requested, stopping pid %d (SIGTERM)", p->label,
+                (int)p->pid);
             p->holding = true;
             p->status = PS_STOPPING;
             p->hold_kill_at = now + STOP_TIMEOUT_MS;
             signal_proc(p, SIGTERM);
         } else {
             p->status = PS_HELD;
-            say(s, "%s: held", p->svc->name);
+            say(s, "%s: held", p->label);
         }
         s->dirty = true;
     } else if (p->holding && p->pid > 0 && now >= p->hold_kill_at) {
-        say(s, "%s: still running, killing pid %d (SIGKILL)", p->svc->name,
+        say(s, "%s: still running, killing pid %d (SIGKILL)", p->label,
             (int)p->pid);
         signal_proc(p, SIGKILL);
         p->hold_kill_at = now + KILL_WAIT_MS;
     } else if (!held && p->status == PS_HELD) {
-        say(s, "%s: hold lifted", p->svc->name);
+        say(s, "%s: hold lifted", p->label);
         p->backoff_ms = BACKOFF_MIN_MS;
         p->restarts++;
         if (spawn(s, p) != MOAT_OK) {
@@ -941,7 +1121,7 @@ static void run_hold(struct sup *s, struct proc *p, uint64_t now)
 static void run_backup(struct sup *s, struct proc *p, uint64_t now)
 {
     uint64_t every = (uint64_t)p->svc->backup_every_ms;
-    if (!every)
+    if (!every || p->instance > 0) /* one backup of the shared database */
         return;
     if (!p->next_backup) {
         if (p->status == PS_READY)
@@ -1037,10 +1217,10 @@ static void show_failure(const struct proc *p)
 {
     char rel[4096];
     if (p->status == PS_FAILED)
-        cli_error("%s exited during start (%s)", p->svc->name, p->last_exit);
+        cli_error("%s exited during start (%s)", p->label, p->last_exit);
     else
         cli_error("%s did not become ready within %d s (last /readyz: %s)",
-                  p->svc->name, READY_TIMEOUT_MS / 1000,
+                  p->label, READY_TIMEOUT_MS / 1000,
                   p->last_probe[0] ? p->last_probe : "not probed");
     fprintf(stderr, "last lines of %s:\n",
             cli_display_path(p->log_path, rel, sizeof(rel)));
@@ -1054,15 +1234,23 @@ static void show_failure(const struct proc *p)
  */
 static int start_level(struct sup *s, int level)
 {
-    for (size_t i = 0; i < s->nprocs; i++) {
-        struct proc *p = &s->procs[i];
-        if (p->svc->level == level && spawn(s, p) != MOAT_OK) {
-            p->status = PS_FAILED;
-            return MOAT_EIO;
-        }
-    }
     uint64_t deadline = moat_mono_ms() + READY_TIMEOUT_MS;
     for (;;) {
+        /* The first instance of a service first (it migrates the shared
+         * database), the others once it is ready. */
+        for (size_t i = 0; i < s->nprocs; i++) {
+            struct proc *p = &s->procs[i];
+            if (p->svc->level != level || p->status != PS_PENDING ||
+                (p->instance > 0 &&
+                 s->procs[i - p->instance].status != PS_READY))
+                continue;
+            if (spawn(s, p) != MOAT_OK) {
+                p->status = PS_FAILED;
+                return MOAT_EIO;
+            }
+            if (p->instance > 0)
+                deadline = moat_mono_ms() + READY_TIMEOUT_MS;
+        }
         uint64_t wait = run_timers(s);
         bool all_ready = true;
         for (size_t i = 0; i < s->nprocs; i++) {
@@ -1113,16 +1301,19 @@ static void stop_all(struct sup *s)
 {
     s->status = SUP_STOPPING;
     unsigned signals_before = s->stop_signals;
-    for (int level = s->d->max_level; level >= 0; level--) {
+    for (int level = s->d->max_level; level >= s->d->min_level; level--) {
         for (size_t i = 0; i < s->nprocs; i++) {
             struct proc *p = &s->procs[i];
             if (p->svc->level != level)
                 continue;
             if (p->pid > 0) {
+                /* PostgreSQL: SIGINT is the fast shutdown (SIGTERM would
+                 * wait for every client to leave). */
+                int sig = p->svc->pg_cluster ? SIGINT : SIGTERM;
                 p->status = PS_STOPPING;
-                say(s, "%s: stopping pid %d (SIGTERM)", p->svc->name,
-                    (int)p->pid);
-                signal_proc(p, SIGTERM);
+                say(s, "%s: stopping pid %d (%s)", p->label, (int)p->pid,
+                    sig == SIGINT ? "SIGINT" : "SIGTERM");
+                signal_proc(p, sig);
             } else if (p->status != PS_FAILED) {
                 p->status = PS_STOPPED;
             }
@@ -1138,7 +1329,7 @@ static void stop_all(struct sup *s)
                     struct proc *p = &s->procs[i];
                     if (p->svc->level == level && p->pid > 0) {
                         say(s, "%s: still running, killing pid %d (SIGKILL)",
-                            p->svc->name, (int)p->pid);
+                            p->label, (int)p->pid);
                         signal_proc(p, SIGKILL);
                     }
                 }
@@ -1163,13 +1354,13 @@ static void print_summary(struct sup *s)
     printf("\nmoat: deployment \"%s\" is up (%zu services; state in %s)\n\n",
            d->name, d->nservices,
            cli_display_path(s->state_path, rel, sizeof(rel)));
-    printf("  %-16s %-8s %-24s %-7s %s\n", "SERVICE", "PID", "URL", "ENGINE",
+    printf("  %-16s %-8s %-28s %-8s %s\n", "SERVICE", "PID", "URL", "ENGINE",
            "DATA");
     for (size_t i = 0; i < s->nprocs; i++) {
         const struct proc *p = &s->procs[i];
         char *url = deploy_base_url(p->svc);
         const char *data = p->svc->db ? p->svc->db : p->svc->data_dir;
-        printf("  %-16s %-8d %-24s %-7s %s\n", p->svc->name, (int)p->pid, url,
+        printf("  %-16s %-8d %-28s %-8s %s\n", p->label, (int)p->pid, url,
                deploy_engine_name(p->svc->engine),
                cli_display_path(data, rel, sizeof(rel)));
         free(url);
@@ -1305,6 +1496,7 @@ static void sup_release(struct sup *s)
         free(s->procs[i].log_path);
         free(s->procs[i].ready_url);
         free(s->procs[i].routes_env);
+        free(s->procs[i].db_dsn);
         free(s->procs[i].hold_path);
         for (char **e = s->procs[i].auth_env; e && *e; e++) {
             sodium_memzero(*e, strlen(*e));
@@ -1324,10 +1516,18 @@ static void sup_release(struct sup *s)
     deploy_free(s->d);
 }
 
+/* With a host selected (--host), only that host's services run here. */
+static bool runs_here(const struct deploy *d, const struct deploy_service *svc)
+{
+    return !d->selected_host ||
+           (svc->host_name && strcmp(svc->host_name, d->selected_host) == 0);
+}
+
 int cli_cmd_up(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"file", required_argument, NULL, 'f'},
+        {"host", required_argument, NULL, 'H'},
         {NULL, 0, NULL, 0},
     };
     const char *file = NULL;
@@ -1336,6 +1536,8 @@ int cli_cmd_up(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":f:", opts, NULL)) != -1) {
         if (c == 'f')
             file = optarg;
+        else if (c == 'H') /* cli_load_deploy selects it; children too */
+            setenv("MOAT_HOST", optarg, 1);
         else
             return cli_option_error("up", c, argv);
     }
@@ -1356,6 +1558,8 @@ int cli_cmd_up(int argc, char **argv)
 
     char *logdir = moat_xasprintf("%s/log", s.d->var_dir);
     int mk = make_dirs(logdir);
+    if (mk == MOAT_OK && s.d->state_dir)
+        mk = make_dirs(s.d->state_dir);
     if (mk != MOAT_OK)
         cli_error("cannot create %s: %s", logdir, strerror(errno));
     free(logdir);
@@ -1368,12 +1572,42 @@ int cli_cmd_up(int argc, char **argv)
                   strerror(errno));
     free(moat_log);
 
-    /* The broker, when moat up runs one, is the last process. */
-    s.nprocs = s.d->nservices + (s.d->broker ? 1 : 0);
+    /* One process per instance of each service that runs here, then the
+     * cluster, the broker and Redis when moat up runs them. */
+    size_t nbuiltin = deploy_nbuiltin(s.d);
+    s.nprocs = nbuiltin;
+    for (size_t i = 0; i < s.d->nservices; i++)
+        if (runs_here(s.d, &s.d->services[i]))
+            s.nprocs += s.d->services[i].ninstances;
+    if (s.d->selected_host && s.nprocs == nbuiltin) {
+        cli_error("no service of %s runs on host \"%s\"", s.d->file,
+                  s.d->selected_host);
+        goto cleanup;
+    }
     s.procs = moat_xcalloc(s.nprocs, sizeof(*s.procs));
-    for (size_t i = 0; i < s.nprocs; i++) {
+    for (size_t i = 0, si = 0, inst = 0, bi = 0; i < s.nprocs; i++) {
         struct proc *p = &s.procs[i];
-        p->svc = i < s.d->nservices ? &s.d->services[i] : s.d->broker;
+        while (si < s.d->nservices && !runs_here(s.d, &s.d->services[si]))
+            si++;
+        bool builtin = si >= s.d->nservices;
+        const struct deploy_service *svc =
+            builtin ? deploy_builtin(s.d, bi++) : &s.d->services[si];
+        p->view = *svc;
+        p->svc = &p->view;
+        p->instance = inst;
+        if (svc->ninstances > 1) {
+            p->view.listen = svc->inst[inst].listen;
+            memcpy(p->view.host, svc->inst[inst].host, sizeof(p->view.host));
+            p->view.port = svc->inst[inst].port;
+            snprintf(p->label, sizeof(p->label), "%s#%zu", svc->name, inst + 1);
+        } else {
+            snprintf(p->label, sizeof(p->label), "%s", svc->name);
+        }
+        if (!builtin && ++inst >= svc->ninstances) {
+            si++;
+            inst = 0;
+        }
+        p->db_dsn = cli_pg_dsn(s.d, p->svc);
         p->program = cli_service_program(p->svc);
         p->log_path = cli_log_path(s.d, p->svc->name);
         p->nats_url = s.d->nats_url;
@@ -1406,7 +1640,8 @@ int cli_cmd_up(int argc, char **argv)
 
     s.started_wall = moat_wall_ms();
     s.status = SUP_STARTING;
-    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK) {
+    if (preflight(&s) != MOAT_OK || write_nats_conf(&s) != MOAT_OK ||
+        write_redis_conf(&s) != MOAT_OK || prepare_postgres(&s) != MOAT_OK) {
         s.status = SUP_FAILED;
         write_state(&s);
         goto cleanup;
@@ -1417,8 +1652,17 @@ int cli_cmd_up(int argc, char **argv)
         cli_display_path(s.file_abs, rel, sizeof(rel)), (int)getpid());
 
     int rc = MOAT_OK;
-    for (int level = 0; level <= s.d->max_level && rc == MOAT_OK; level++)
+    for (int level = s.d->min_level; level <= s.d->max_level && rc == MOAT_OK;
+         level++) {
         rc = start_level(&s, level);
+        /* The cluster (level -1) is up: roles and databases before the
+         * services that use them. */
+        if (rc == MOAT_OK && level == -1 && s.d->pg &&
+            cli_pg_provision(s.d) != MOAT_OK)
+            rc = MOAT_EIO;
+        if (rc == MOAT_OK && level == -1 && s.d->pg)
+            say(&s, "postgres: roles and databases provisioned");
+    }
     if (rc == MOAT_OK) {
         s.status = SUP_RUNNING;
         write_state(&s);

@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +46,15 @@ struct deploy *cli_load_deploy(const char *file)
         free(err);
         return NULL;
     }
+    /* $MOAT_HOST (set by `moat up --host`): the deployment as seen from
+     * that host, every service at its host's address. */
+    const char *host = getenv("MOAT_HOST");
+    if (host && *host && deploy_select_host(d, host, &err) != MOAT_OK) {
+        cli_error("%s (MOAT_HOST)", err);
+        free(err);
+        deploy_free(d);
+        return NULL;
+    }
     /* With "tls": every call below presents the operator's certificate;
      * before `moat certs` (or the first `moat up`) there is none yet. */
     if (cli_tls_operator(d) == MOAT_EIO)
@@ -53,12 +65,14 @@ struct deploy *cli_load_deploy(const char *file)
 
 char *cli_state_path(const struct deploy *d)
 {
-    return moat_xasprintf("%s/moat.state", d->var_dir);
+    return moat_xasprintf("%s/moat.state",
+                          d->state_dir ? d->state_dir : d->var_dir);
 }
 
 char *cli_lock_path(const struct deploy *d)
 {
-    return moat_xasprintf("%s/moat.lock", d->var_dir);
+    return moat_xasprintf("%s/moat.lock",
+                          d->state_dir ? d->state_dir : d->var_dir);
 }
 
 char *cli_log_path(const struct deploy *d, const char *name)
@@ -100,9 +114,56 @@ static size_t discard_body(char *ptr, size_t size, size_t nmemb, void *arg)
     return size * nmemb;
 }
 
+/*
+ * A redis:// URL (the cache moat up runs): connect and PING. An answer,
+ * PONG or NOAUTH from a server with a password, is "200", anything else
+ * "503". A blocking socket with send and receive timeouts (the first also
+ * bounds connect on Linux).
+ */
+static int probe_redis(const char *url, long timeout_ms, long *status)
+{
+    char hostport[DEPLOY_HOST_MAX + 8], host[DEPLOY_HOST_MAX];
+    uint16_t port = 0;
+    const char *p = url + strlen("redis://");
+    snprintf(hostport, sizeof(hostport), "%.*s", (int)strcspn(p, "/"), p);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    if (moat_parse_hostport(hostport, host, sizeof(host), &port, false) !=
+            MOAT_OK ||
+        inet_pton(AF_INET, strcmp(host, "localhost") == 0 ? "127.0.0.1" : host,
+                  &sa.sin_addr) != 1)
+        return MOAT_EINVAL;
+    sa.sin_port = htons(port);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return MOAT_EIO;
+    struct timeval tv = {(time_t)(timeout_ms / 1000),
+                         (suseconds_t)(timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char buf[64] = {0};
+    int rc = MOAT_EIO;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        write(fd, "PING\r\n", 6) == 6) {
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        if (n > 0) {
+            *status =
+                strncmp(buf, "+PONG", 5) == 0 || strncmp(buf, "-NOAUTH", 7) == 0
+                    ? 200
+                    : 503;
+            rc = MOAT_OK;
+        }
+    }
+    if (rc != MOAT_OK && (errno == EAGAIN || errno == EINPROGRESS))
+        rc = MOAT_ETIMEDOUT;
+    close(fd);
+    return rc;
+}
+
 int cli_probe(const char *url, long timeout_ms, long *status)
 {
     *status = 0;
+    if (strncmp(url, "redis://", 8) == 0)
+        return probe_redis(url, timeout_ms, status);
     CURL *c = curl_easy_init();
     if (!c)
         return MOAT_EIO;

@@ -21,6 +21,31 @@ bool moat_url_valid(const char *url)
                    strncmp(url, "https://", 8) == 0);
 }
 
+char **moat_instance_urls(const char *url)
+{
+    const char *map = getenv("MOAT_INSTANCE_URLS");
+    for (const char *g = map; url && g && *g;) {
+        size_t glen = strcspn(g, ",");
+        size_t first = strcspn(g, "|,");
+        if (first < glen && strncmp(url, g, first) == 0 &&
+            (url[first] == '\0' || url[first] == '/')) {
+            size_t n = 1;
+            for (size_t i = 0; i < glen; i++)
+                n += g[i] == '|';
+            char **out = moat_xcalloc(n + 1, sizeof(*out));
+            const char *o = g;
+            for (size_t k = 0; k < n; k++) {
+                size_t olen = strcspn(o, "|,");
+                out[k] = moat_xasprintf("%.*s%s", (int)olen, o, url + first);
+                o += olen + 1;
+            }
+            return out;
+        }
+        g += glen + (g[glen] == ',');
+    }
+    return NULL;
+}
+
 int moat_env_url(const char *name, const char *def, const char **out)
 {
     const char *v = moat_env_str(name, def);

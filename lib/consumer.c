@@ -328,6 +328,10 @@ static void flush_skip(struct sub *s, int64_t skip_to)
     const struct consumer_storage_ops *ops = s->c->ops;
     if (skip_to <= s->cursor || ops->begin(s->c) != MOAT_OK)
         return;
+    if (consumer_shared_cursor(s, skip_to) > skip_to) {
+        ops->rollback(s->c); /* another instance got further */
+        return;
+    }
     if (ops->cursor_write(s->c, s->src->name, skip_to) == MOAT_OK &&
         ops->commit(s->c) == MOAT_OK)
         s->cursor = skip_to;
@@ -493,6 +497,9 @@ static enum outcome process(struct sub *s, struct txn *tx, json_t *ce,
     *step = "begin";
     if (txn_begin(s, tx) != MOAT_OK)
         return FAULT;
+    tx->to = consumer_shared_cursor(s, tx->to);
+    if (seq <= tx->to)
+        return DONE; /* another instance applied it */
     *step = "park";
     if (consumer_parse_event(ce, s->src->name, seq, &ev, why, sizeof(why)) !=
         MOAT_OK)
@@ -764,6 +771,10 @@ static void sub_pull(struct sub *s)
 {
     if (s->c->paused || s->pulling || s->batch)
         return;
+    if (!consumer_lease_hold(s)) {
+        arm(s, NEXT_PULL, CONSUMER_LEASE_RETRY_MS); /* another one follows */
+        return;
+    }
     s->pull_started_ms = moat_mono_ms();
     struct pull_ticket *t = moat_xcalloc(1, sizeof(*t));
     t->s = s;
@@ -825,6 +836,7 @@ static int consumer_new(struct moat_consumer **out, struct event_base *base,
     c->ops = ops;
     c->db = db;
     c->kv = kv;
+    c->shared = db && consumer_shared(); /* LMDB is one process's */
     /* Fail at start, not at the first event, without the schema. */
     int rc = ops->attach(c);
     if (rc != MOAT_OK) {
@@ -987,6 +999,7 @@ void moat_consumer_free(struct moat_consumer *c)
         while (s->tickets)
             consumer_ticket_drop(s->tickets);
         event_free(s->timer);
+        consumer_lease_release(s);
         json_decref(s->batch);
         if (s->types)
             for (char **t = s->types; *t; t++)

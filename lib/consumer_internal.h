@@ -81,6 +81,7 @@ struct sub {
     bool local_fault; /* our own database refused a write */
     bool ahead;       /* cursor beyond the source's head (logged once) */
     char error[CONSUMER_ERROR_MAX + 32]; /* the current problem, "" if none */
+    int lease_fd; /* consumer_lease.c: > 0 while this instance holds it */
     struct moat_metric_series *m_lag_events, *m_lag_seconds, *m_applied,
         *m_failures, *m_dead, *m_rewinds, *m_hop;
 };
@@ -204,9 +205,26 @@ struct moat_consumer {
     struct moat_kv_view_ops kv_view; /* LMDB view ops */
     bool has_view;
     struct moat_outbox *outbox; /* borrowed; woken after each commit */
+    bool shared; /* several instances share the database (consumer_lease.c) */
     struct moat_metric_family *f_lag_events, *f_lag_seconds, *f_applied,
         *f_failures, *f_dead, *f_rewinds, *f_hop;
 };
+
+/* ---- consumer_lease.c: several instances sharing the database ---- */
+
+/* How often an instance without a source's lease tries to take it. */
+#define CONSUMER_LEASE_RETRY_MS 1000
+
+/* MOAT_INSTANCES > 1. */
+bool consumer_shared(void);
+/* Whether this instance may pull from s's source: it holds the source's
+ * lease (taking it now if free, then adopting the committed cursor), or
+ * there is no lease to hold. */
+bool consumer_lease_hold(struct sub *s);
+void consumer_lease_release(struct sub *s);
+/* Inside the open transaction: to, or the committed cursor when another
+ * instance got further (s->cursor follows). */
+int64_t consumer_shared_cursor(struct sub *s, int64_t to);
 
 /* ---- consumer.c: shared helpers ---- */
 

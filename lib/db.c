@@ -2,6 +2,7 @@
 #include "moat/common.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "moat/buf.h"
+#include "moat/crypto.h"
 #include "moat/db.h"
 #include "moat/log.h"
 
@@ -77,6 +79,7 @@ struct moat_db {
     bool pg_down;    /* PostgreSQL: a reconnection failed (logged) */
     int64_t changes; /* PostgreSQL: moat_db_changes() */
     char *pg_error;  /* PostgreSQL: the last error message; owned */
+    char *pg_dsn;    /* PostgreSQL: the DSN as given, for listeners (secret) */
     char *path;      /* owned copy; on PostgreSQL the DSN without password */
     struct moat_metric_family *durations;  /* borrowed; NULL: no registry */
     struct moat_metric_family *errors;     /* borrowed; NULL: no registry */
@@ -346,7 +349,8 @@ static int pg_setup(struct moat_db *db)
     return rc;
 }
 
-static int pg_connect(struct moat_db *db, const char *dsn)
+/* A new connection to dsn (check PQstatus; NULL only without memory). */
+static PGconn *pg_dial(const char *dsn)
 {
     const char *app = getenv("MOAT_SERVICE_NAME");
     /* Processed in order: what the DSN says (dbname, expanded last) wins
@@ -354,7 +358,12 @@ static int pg_connect(struct moat_db *db, const char *dsn)
     const char *keys[] = {"connect_timeout", "fallback_application_name",
                           "dbname", NULL};
     const char *vals[] = {"5", app && *app ? app : "moat", dsn, NULL};
-    db->pg = PQconnectdbParams(keys, vals, 1);
+    return PQconnectdbParams(keys, vals, 1);
+}
+
+static int pg_connect(struct moat_db *db, const char *dsn)
+{
+    db->pg = pg_dial(dsn);
     if (!db->pg || PQstatus(db->pg) != CONNECTION_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot connect to the database", "{s:s, s:s}",
                  "dsn", db->path, "error",
@@ -411,25 +420,6 @@ static char *pg_redacted(const char *dsn)
     return moat_buf_detach(&b, NULL);
 }
 
-size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max)
-{
-    static const char *const file_keys[] = {"passfile", "sslrootcert",
-                                            "sslcert", "sslkey", "sslcrl"};
-    size_t n = 0;
-    char *err = NULL;
-    PQconninfoOption *opts = dsn && *dsn ? PQconninfoParse(dsn, &err) : NULL;
-    PQfreemem(err);
-    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
-        for (size_t k = 0; k < MOAT_ARRAY_LEN(file_keys); k++) {
-            if (n < max && o->val && *o->val &&
-                strcmp(o->keyword, file_keys[k]) == 0)
-                out[n++] = moat_xstrdup(o->val);
-        }
-    }
-    PQconninfoFree(opts);
-    return n;
-}
-
 static void metrics_init(struct moat_db *db, struct moat_metrics *metrics)
 {
     if (!metrics)
@@ -450,6 +440,7 @@ static int pg_open(struct moat_db **out, const char *dsn,
     struct moat_db *db = moat_xcalloc(1, sizeof(*db));
     db->engine = MOAT_DB_POSTGRES;
     db->path = pg_redacted(dsn);
+    db->pg_dsn = moat_xstrdup(dsn);
     db->lock_timeout_ms = opts && opts->busy_timeout_ms > 0
                               ? opts->busy_timeout_ms
                               : DEFAULT_BUSY_TIMEOUT_MS;
@@ -579,6 +570,7 @@ void moat_db_close(struct moat_db *db)
         }
     }
     free(db->pg_error);
+    moat_free_secret(db->pg_dsn); /* it may hold a password */
     free(db->path);
     free(db);
 }
@@ -1353,6 +1345,12 @@ int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
 
     if ((rc = check_migration_list(db, m, n)) != MOAT_OK)
         return rc;
+    /* On PostgreSQL under the write lock: two instances starting at once
+     * would race in CREATE TABLE IF NOT EXISTS (a unique violation in the
+     * catalog). */
+    bool locked = db->engine == MOAT_DB_POSTGRES && !tx_open(db);
+    if (locked && (rc = moat_db_begin(db)) != MOAT_OK)
+        return rc == MOAT_EBUSY ? rc : MOAT_EDB;
     rc = moat_db_exec(db, "db_migrations_table",
                       db->engine == MOAT_DB_POSTGRES
                           ? "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -1366,6 +1364,10 @@ int moat_db_migrate(struct moat_db *db, const struct moat_migration *m,
                             " checksum TEXT NOT NULL,"
                             " applied_at TEXT NOT NULL"
                             ") STRICT");
+    if (locked && rc == MOAT_OK)
+        rc = moat_db_commit(db);
+    else if (locked)
+        moat_db_rollback(db);
     if (rc != MOAT_OK)
         return rc == MOAT_EBUSY ? rc : MOAT_EDB;
     if ((rc = check_applied(db, m, n, &max_applied)) != MOAT_OK)
@@ -1588,6 +1590,139 @@ int64_t moat_db_changes(struct moat_db *db)
 enum moat_db_engine moat_db_engine(const struct moat_db *db)
 {
     return db->engine;
+}
+
+/* ---- PostgreSQL notifications ---- */
+
+#define LISTEN_RETRY_MS 1000
+
+struct moat_db_listener {
+    struct event_base *base;
+    char *dsn;    /* owned copy (secret) */
+    char *path;   /* owned; the redacted DSN, for logs */
+    char *listen; /* LISTEN "<channel>" */
+    PGconn *conn; /* NULL while disconnected */
+    struct event *readable;
+    struct event *retry;
+    void (*fn)(void *arg);
+    void *arg;
+    bool down_logged;
+};
+
+static void listener_drop(struct moat_db_listener *l)
+{
+    if (l->readable) {
+        event_free(l->readable);
+        l->readable = NULL;
+    }
+    if (l->conn) {
+        PQfinish(l->conn);
+        l->conn = NULL;
+    }
+}
+
+static void listener_retry_later(struct moat_db_listener *l)
+{
+    listener_drop(l);
+    struct timeval tv = {LISTEN_RETRY_MS / 1000,
+                         (LISTEN_RETRY_MS % 1000) * 1000};
+    evtimer_add(l->retry, &tv);
+}
+
+static void on_listen_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct moat_db_listener *l = arg;
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    if (!PQconsumeInput(l->conn)) {
+        moat_log(MOAT_LOG_WARN, "database listener lost its connection",
+                 "{s:s, s:s}", "dsn", l->path, "error",
+                 PQerrorMessage(l->conn));
+        listener_retry_later(l);
+        return;
+    }
+    bool any = false;
+    PGnotify *n;
+    while ((n = PQnotifies(l->conn)) != NULL) {
+        any = true;
+        PQfreemem(n);
+    }
+    if (any)
+        l->fn(l->arg);
+}
+
+/* Connect and LISTEN; false (and a retry armed) when it cannot. */
+static bool listener_connect(struct moat_db_listener *l)
+{
+    l->conn = pg_dial(l->dsn);
+    PGresult *r = NULL;
+    if (l->conn && PQstatus(l->conn) == CONNECTION_OK)
+        r = PQexec(l->conn, l->listen);
+    if (!r || PQresultStatus(r) != PGRES_COMMAND_OK) {
+        if (!l->down_logged)
+            moat_log(MOAT_LOG_WARN, "database listener cannot connect",
+                     "{s:s, s:s}", "dsn", l->path, "error",
+                     l->conn ? PQerrorMessage(l->conn) : "out of memory");
+        l->down_logged = true;
+        PQclear(r);
+        listener_retry_later(l);
+        return false;
+    }
+    PQclear(r);
+    PQsetnonblocking(l->conn, 1);
+    l->readable = event_new(l->base, PQsocket(l->conn), EV_READ | EV_PERSIST,
+                            on_listen_readable, l);
+    if (!l->readable)
+        moat_die("cannot create the listener's event");
+    event_add(l->readable, NULL);
+    l->down_logged = false;
+    return true;
+}
+
+static void on_listen_retry(evutil_socket_t fd, short what, void *arg)
+{
+    struct moat_db_listener *l = arg;
+    MOAT_UNUSED(fd);
+    MOAT_UNUSED(what);
+    /* Notifications sent while it was away are lost: catch up once. */
+    if (listener_connect(l))
+        l->fn(l->arg);
+}
+
+int moat_db_listen(struct moat_db_listener **out, struct moat_db *db,
+                   struct event_base *base, const char *channel,
+                   void (*fn)(void *arg), void *arg)
+{
+    *out = NULL;
+    if (db->engine != MOAT_DB_POSTGRES || !channel || !*channel ||
+        strlen(channel) > 63 ||
+        strspn(channel, "abcdefghijklmnopqrstuvwxyz_") != strlen(channel))
+        return MOAT_EINVAL;
+    struct moat_db_listener *l = moat_xcalloc(1, sizeof(*l));
+    l->base = base;
+    l->dsn = moat_xstrdup(db->pg_dsn);
+    l->path = moat_xstrdup(db->path);
+    l->listen = moat_xasprintf("LISTEN %s", channel);
+    l->fn = fn;
+    l->arg = arg;
+    l->retry = evtimer_new(base, on_listen_retry, l);
+    if (!l->retry)
+        moat_die("cannot create the listener's timer");
+    listener_connect(l); /* retries by itself */
+    *out = l;
+    return MOAT_OK;
+}
+
+void moat_db_listener_free(struct moat_db_listener *l)
+{
+    if (!l)
+        return;
+    listener_drop(l);
+    event_free(l->retry);
+    moat_free_secret(l->dsn);
+    free(l->path);
+    free(l->listen);
+    free(l);
 }
 
 /* ---- accessors ---- */

@@ -87,6 +87,8 @@ struct moat_outbox {
     struct moat_outbox_options opts;
     struct event *trim_timer; /* retention sweep */
     struct event *wake;       /* made active by moat_outbox_committed */
+    /* PostgreSQL: NOTIFYs of other instances' appends wake the feed. */
+    struct moat_db_listener *listener;
     /* Parked GET /v1/events requests, oldest first (feed.c). */
     struct feed_waiter *waiters, *waiters_tail;
     size_t nwaiters;
@@ -94,6 +96,10 @@ struct moat_outbox {
     struct feed_stream *streams;
     size_t nstreams;
     int64_t counted_head; /* head already added to m_appended */
+    /* Several instances share the outbox (MOAT_INSTANCES > 1): another
+     * process's commits are seen by polling the head (outbox.c). */
+    struct event *shared_poll;
+    int64_t shared_head;
     void *relay; /* the transport's relay (moat_event_transport); its own */
     struct moat_metric_series *m_events, *m_oldest_age, *m_head, *m_appended;
     struct moat_metric_series *m_streams, *m_stream_drops; /* feed.c */

@@ -22,6 +22,7 @@
 #include "moat/auth.h"
 #include "moat/backup.h"
 #include "moat/buf.h"
+#include "moat/config.h"
 #include "moat/http_client.h"
 #include "moat/log.h"
 #include "moat/problem.h"
@@ -669,6 +670,9 @@ struct feed_source {
     } parked;
     struct event *parked_timer; /* the parked pull's wait */
     struct event *kick;         /* a delivery attempt from the loop */
+    /* The producer's instances (moat_instance_urls), NULL when one. */
+    char **instances;
+    size_t cur_instance;
 };
 
 /* One stream request. It outlives its source (fs = NULL) or its place as
@@ -757,6 +761,23 @@ static int check_epoch(struct feed_source *fs, json_t *body, int64_t after,
     return MOAT_OK;
 }
 
+/* The producer's instance was refused or reset before answering: the next
+ * pull goes to its next instance, which serves the same feed (it shares
+ * the database). */
+static void feed_next_instance(struct feed_source *fs,
+                               const struct moat_http_response *resp)
+{
+    if (!fs->instances || resp->err == MOAT_OK ||
+        !(resp->connect_failed || resp->no_response))
+        return;
+    if (!fs->instances[++fs->cur_instance])
+        fs->cur_instance = 0;
+    free(fs->base_url);
+    fs->base_url = moat_xstrdup(fs->instances[fs->cur_instance]);
+    moat_log(MOAT_LOG_INFO, "event feed: trying another instance", "{s:s, s:s}",
+             "source", fs->src.name, "url", fs->base_url);
+}
+
 static void on_feed_response(const struct moat_http_response *resp, void *arg)
 {
     struct feed_call *fc = arg;
@@ -765,6 +786,7 @@ static void on_feed_response(const struct moat_http_response *resp, void *arg)
     if (!fs)
         goto cleanup; /* the source was freed: nobody to tell */
     call_unlink(fc);
+    feed_next_instance(fs, resp);
 
     int err = resp->err;
     int64_t head = 0;
@@ -1214,6 +1236,9 @@ static void feed_source_free(struct moat_event_source *src)
     for (struct feed_call *fc = fs->calls; fc; fc = fc->next)
         fc->fs = NULL;
     free(fs->base_url);
+    for (size_t i = 0; fs->instances && fs->instances[i]; i++)
+        free(fs->instances[i]);
+    free(fs->instances);
     free(fs->epoch_dir);
     free(fs);
 }
@@ -1244,6 +1269,7 @@ struct moat_event_source *moat_feed_source_new(const char *name,
     while (ulen > 0 && base_url[ulen - 1] == '/')
         ulen--;
     fs->base_url = moat_xstrndup(base_url, ulen);
+    fs->instances = moat_instance_urls(fs->base_url);
     fs->client = client;
     fs->auth = auth;
     fs->last_status = 200;

@@ -348,6 +348,9 @@ static void xfer_finish(struct xfer *x, CURLcode rc, int err)
          * queued behind max_host_conns) never sent the request. */
         r.connect_failed = is_connect_error(rc) ||
                            (rc == CURLE_OPERATION_TIMEDOUT && connect_us == 0);
+        long header_bytes = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_HEADER_SIZE, &header_bytes);
+        r.no_response = header_bytes == 0 && x->resp_body.len == 0;
     }
     if (err == MOAT_OK) {
         long status = 0;

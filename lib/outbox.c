@@ -44,6 +44,9 @@
 /* When a step deleted a full batch there is more: come back soon. */
 #define TRIM_AGAIN_MS 10
 
+/* PostgreSQL: the NOTIFY channel of a database's outbox. */
+#define OUTBOX_CHANNEL "moat_outbox"
+
 #define TYPE_MAX    64
 #define SUBJECT_MAX 256
 
@@ -215,7 +218,10 @@ static int sqlite_append(struct moat_outbox *o, const struct outbox_event *ev,
         "RETURNING head) "
         "INSERT INTO moat_outbox (seq, id, type, subject, time_ms, "
         "schema_version, data, traceparent) "
-        "SELECT head, ?1, ?2, ?3, ?4, ?5, ?6, ?7 FROM h RETURNING seq");
+        "SELECT head, ?1, ?2, ?3, ?4, ?5, ?6, ?7 FROM h, "
+        /* Delivered at COMMIT (coalesced per transaction) to the other
+         * instances' listeners: their feed readers wake too. */
+        "(SELECT pg_notify('" OUTBOX_CHANNEL "', '')) AS n RETURNING seq");
     if (!stmt)
         goto cleanup;
     moat_stmt_bind_text(stmt, 1, ev->id);
@@ -413,6 +419,47 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     moat_feed_wake_waiters(arg);
 }
 
+/* Another instance's append committed (PostgreSQL NOTIFY). */
+static void on_notify(void *arg)
+{
+    struct moat_outbox *o = arg;
+    if (o->nwaiters > 0 || o->nstreams > 0)
+        event_active(o->wake, EV_TIMEOUT, 1);
+}
+
+/*
+ * Several instances of the producer share its database (docs/operations.md
+ * "Several instances"): a commit by another process never calls
+ * moat_outbox_committed here. While a reader waits, the head is read every
+ * OUTBOX_SHARED_POLL_MS (one indexed max() query) and a change wakes the
+ * readers as a commit would; with nobody waiting nothing is read.
+ */
+#define OUTBOX_SHARED_POLL_MS 50
+
+static void on_shared_poll(evutil_socket_t fd, short what, void *arg)
+{
+    struct moat_outbox *o = arg;
+    int64_t head;
+    if ((o->nwaiters == 0 && o->nstreams == 0) ||
+        moat_outbox_bounds(o, &head, NULL, NULL) != MOAT_OK ||
+        head == o->shared_head)
+        return;
+    o->shared_head = head;
+    moat_feed_wake_waiters(o);
+}
+
+static void start_shared_poll(struct moat_outbox *o)
+{
+    const char *n = getenv("MOAT_INSTANCES");
+    if (!n || atoi(n) < 2)
+        return;
+    o->shared_head = o->counted_head;
+    o->shared_poll = event_new(o->base, -1, EV_PERSIST, on_shared_poll, o);
+    struct timeval tv = {0, OUTBOX_SHARED_POLL_MS * 1000};
+    if (!o->shared_poll || event_add(o->shared_poll, &tv) != 0)
+        moat_die("cannot create the shared outbox poll");
+}
+
 /* The part of moat_outbox_new* after the storage is known: takes o. */
 static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
                         struct moat_metrics *m)
@@ -457,8 +504,13 @@ static int outbox_start(struct moat_outbox **out, struct moat_outbox *o,
     o->trim_timer = evtimer_new(o->base, on_trim, o);
     if (!o->wake || !o->trim_timer)
         moat_die("cannot create outbox events");
+    if (o->db && moat_db_engine(o->db) == MOAT_DB_POSTGRES &&
+        moat_db_listen(&o->listener, o->db, o->base, OUTBOX_CHANNEL, on_notify,
+                       o) != MOAT_OK)
+        moat_die("cannot listen for the outbox's notifications");
     if (o->opts.retention_s > 0)
         arm_trim(o, TRIM_INTERVAL_MS);
+    start_shared_poll(o);
     if (moat_event_transport)
         moat_event_transport->outbox_started(o);
     *out = o;
@@ -511,7 +563,10 @@ void moat_outbox_free(struct moat_outbox *o)
         moat_event_transport->outbox_stopping(o);
     /* Parked readers get their answer now, while the db is still ours. */
     moat_feed_release_waiters(o);
+    moat_db_listener_free(o->listener);
     event_free(o->wake);
+    if (o->shared_poll)
+        event_free(o->shared_poll);
     event_free(o->trim_timer);
     free(o->source);
     free(o);

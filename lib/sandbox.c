@@ -12,8 +12,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <limits.h>
 #include <linux/landlock.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -293,4 +295,84 @@ int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
 out:
     close(ruleset_fd);
     return rc;
+}
+
+static bool dsn_file_key(const char *key, size_t n)
+{
+    static const char *const keys[] = {"passfile", "sslrootcert", "sslcert",
+                                       "sslkey", "sslcrl"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(keys); i++)
+        if (strlen(keys[i]) == n && strncmp(key, keys[i], n) == 0)
+            return true;
+    return false;
+}
+
+#define DSN_MAX_FILES 8
+
+char **moat_sandbox_dsn_files(const char *dsn)
+{
+    if (!dsn)
+        return NULL;
+    char **out = moat_xcalloc(DSN_MAX_FILES + 1, sizeof(*out));
+    size_t nout = 0;
+    bool uri = strncmp(dsn, "postgresql://", 13) == 0 ||
+               strncmp(dsn, "postgres://", 11) == 0;
+    const char *p = uri ? strchr(dsn, '?') : dsn;
+    char val[PATH_MAX];
+    while (p && *p && nout < DSN_MAX_FILES) {
+        if (uri) {
+            /* ?key=value&key=value (percent-escapes are not decoded). */
+            p++;
+            const char *key = p;
+            size_t n = strcspn(p, "=&");
+            p += n;
+            if (*p != '=')
+                continue;
+            size_t vn = strcspn(++p, "&");
+            if (dsn_file_key(key, n) && vn > 0 && vn < sizeof(val))
+                out[nout++] = moat_xstrndup(p, vn);
+            p += vn;
+            continue;
+        }
+        /* key = value, the value bare or in single quotes, with
+         * backslash escapes in either. */
+        while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+            p++;
+        if (!*p)
+            break;
+        const char *key = p;
+        size_t n = strcspn(p, " \t\n\r=");
+        p += n;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p != '=')
+            break;
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        bool quoted = *p == '\'';
+        p += quoted;
+        size_t vn = 0;
+        bool ok = true;
+        while (*p && (quoted ? *p != '\'' : !strchr(" \t\n\r", *p))) {
+            if (*p == '\\' && p[1])
+                p++;
+            if (vn + 1 >= sizeof(val))
+                ok = false;
+            else
+                val[vn++] = *p;
+            p++;
+        }
+        if (quoted && *p != '\'')
+            break;
+        p += quoted;
+        val[vn] = '\0';
+        if (ok && vn > 0 && dsn_file_key(key, n))
+            out[nout++] = moat_xstrdup(val);
+    }
+    if (nout == 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
 }

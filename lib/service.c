@@ -20,17 +20,12 @@
 #include "moat/backup.h"
 #include "moat/buf.h"
 #include "moat/config.h"
-#include "moat/db.h"
 #include "moat/http_client.h"
 #include "moat/jetstream.h"
 #include "moat/log.h"
 #include "moat/sandbox.h"
 #include "moat/service.h"
 #include "moat/tls.h"
-
-/* Read-only paths handed to the sandbox: the service's own plus the
- * files its database DSN names. */
-#define SANDBOX_MAX_RO 32
 
 struct runtime {
     struct moat_service *svc;
@@ -622,20 +617,25 @@ int moat_service_main(const struct moat_service_def *def, int argc, char **argv)
 
     if (svc.cfg.sandbox) {
         bool enforced = false;
-        /* libpq rereads the files its DSN names (passfile, CA
-         * certificate) on every reconnection. */
-        const char *ro[SANDBOX_MAX_RO + 1] = {NULL};
-        char *dsn_files[8];
-        size_t nro = 0, nfiles = moat_db_dsn_files(svc.cfg.db_dsn, dsn_files,
-                                                   MOAT_ARRAY_LEN(dsn_files));
-        for (const char *const *p = def->ro_paths;
-             p && *p && nro < SANDBOX_MAX_RO; p++)
-            ro[nro++] = *p;
-        for (size_t i = 0; i < nfiles && nro < SANDBOX_MAX_RO; i++)
-            ro[nro++] = dsn_files[i];
+        /* The files its database connection string names (moat up's
+         * MOAT_DB_DSN: a passfile, the CA), read again at every reconnect,
+         * are readable beside the service's own extra paths. */
+        char **dsn_files = moat_sandbox_dsn_files(getenv("MOAT_DB_DSN"));
+        size_t nro = 0, ndsn = 0;
+        while (def->ro_paths && def->ro_paths[nro])
+            nro++;
+        while (dsn_files && dsn_files[ndsn])
+            ndsn++;
+        const char **ro = moat_xcalloc(nro + ndsn + 1, sizeof(*ro));
+        for (size_t i = 0; i < nro; i++)
+            ro[i] = def->ro_paths[i];
+        for (size_t i = 0; i < ndsn; i++)
+            ro[nro + i] = dsn_files[i];
         int rc = moat_sandbox_confine(svc.cfg.data_dir, ro, &enforced);
-        for (size_t i = 0; i < nfiles; i++)
+        free(ro);
+        for (size_t i = 0; i < ndsn; i++)
             free(dsn_files[i]);
+        free(dsn_files);
         if (rc != MOAT_OK) {
             moat_log(MOAT_LOG_ERROR, "cannot confine the process", "{s:s}",
                      "error", moat_strerror(rc));

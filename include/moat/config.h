@@ -23,6 +23,16 @@ int moat_env_bool(const char *name, bool def, bool *out);
 /* True when url starts with http:// or https:// (the one check every
  * service URL setting gets; the client rejects anything else later). */
 bool moat_url_valid(const char *url);
+/*
+ * Several instances of a service (docs/operations.md "Several instances"):
+ * moat up sets MOAT_INSTANCE_URLS to "URL|URL|...[,URL|URL|...]", the
+ * origins of the instances of each service with several, the first being
+ * the address its callers' URL variables name. When url's origin is such a
+ * first one, returns url on every instance (origin replaced, the rest
+ * kept), the first entry url itself, NULL-terminated; the caller frees
+ * each entry and the array. NULL otherwise.
+ */
+char **moat_instance_urls(const char *url);
 /* A service's URL setting: *out = name's value, or def when unset or
  * empty. MOAT_EINVAL (logged, naming the variable) when it is not an
  * http(s):// URL. */

@@ -119,7 +119,9 @@ struct moat_migration {
  * its owner. metrics (borrowed, may be NULL; must outlive the db) receives
  * statement timings. opts may be NULL for defaults. On success *out is
  * owned by the caller: close with moat_db_close(). Returns MOAT_EINVAL when
- * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise.
+ * path is not a regular file, MOAT_EIO or MOAT_EDB otherwise. With
+ * opts->dsn set, path is ignored (may be NULL) and the connection is made
+ * at once: MOAT_EDB when it fails (logged without the password).
  */
 int moat_db_open(struct moat_db **out, const char *path,
                  const struct moat_db_options *opts,
@@ -218,6 +220,22 @@ const char *moat_stmt_column_name(struct moat_stmt *s, int col);
  * a statement such as COMMIT run through moat_db_exec). */
 bool moat_db_in_transaction(struct moat_db *db);
 
+/*
+ * PostgreSQL only: fn(arg) runs on base's loop after a NOTIFY on channel
+ * ([a-z_], at most 63) was committed in db's database, e.g. by another
+ * instance of the service. A second connection of its own only listens;
+ * when it breaks it reconnects every second, and calls fn once after
+ * reconnecting (what was sent meanwhile is lost). Returns MOAT_OK, or
+ * MOAT_EINVAL on SQLite or for a bad channel. db may be closed before the
+ * listener; free it with moat_db_listener_free() before base.
+ */
+struct event_base;
+struct moat_db_listener;
+int moat_db_listen(struct moat_db_listener **out, struct moat_db *db,
+                   struct event_base *base, const char *channel,
+                   void (*fn)(void *arg), void *arg);
+void moat_db_listener_free(struct moat_db_listener *l);
+
 /* Rows inserted, changed or deleted by the last finished statement. */
 int64_t moat_db_changes(struct moat_db *db);
 enum moat_db_engine moat_db_engine(const struct moat_db *db);
@@ -230,14 +248,6 @@ const char *moat_db_path(const struct moat_db *db);
 /* Map the last SQLite error to a moat error (constraint -> ECONFLICT...).
  * On PostgreSQL SQLITE_IOERR stands for a lost connection: MOAT_EBUSY. */
 int moat_db_error(struct moat_db *db, int sqlite_rc);
-
-/*
- * The files a libpq connection string names (passfile, sslrootcert,
- * sslcert, sslkey, sslcrl): at most max copies into out (each owned by
- * the caller: free()). A sandboxed service must keep reading them to
- * reconnect. Returns how many; 0 for NULL, "" or a malformed dsn.
- */
-size_t moat_db_dsn_files(const char *dsn, char *out[], size_t max);
 
 /*
  * SQLite's ? and ?NNN placeholders rewritten as PostgreSQL's $N (what

@@ -116,9 +116,13 @@ struct moat_auth;
  *   {3, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG}
  * On PostgreSQL the outbox's sequence numbers come from the one row of
  * moat_outbox_head, locked by each append until its COMMIT: they become
- * visible in order and without gaps, as on SQLite (lib/outbox.c). The
- * feed's wake stays in-process (one process serves its own outbox), so no
- * LISTEN/NOTIFY is needed; several instances of a producer would need it. */
+ * visible in order and without gaps, as on SQLite (lib/outbox.c). Each
+ * append also NOTIFYs channel moat_outbox at its COMMIT, and every outbox
+ * LISTENs on a second connection, so that a feed reader parked on one
+ * instance of the producer wakes when another instance commits; within
+ * one process the wake stays in-process (moat_outbox_committed). The
+ * table stays the truth: a lost notification only delays a reader until
+ * its wait ends. */
 extern const char MOAT_OUTBOX_SCHEMA[];
 extern const char MOAT_OUTBOX_SCHEMA_PG[];
 extern const char MOAT_CONSUMER_SCHEMA[];

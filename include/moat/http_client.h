@@ -67,6 +67,10 @@ struct moat_http_response {
     /* True when the request never reached the peer (refused, unreachable,
      * DNS failure, connect timeout): retrying cannot duplicate an effect. */
     bool connect_failed;
+    /* On error: not one byte of an answer arrived (refused, or reset
+     * before the status line), so a proxy may try an idempotent request
+     * elsewhere without having relayed anything. */
+    bool no_response;
     int status; /* HTTP status, 0 on transport error */
     const struct moat_http_header *headers; /* names lowercase */
     size_t nheaders;

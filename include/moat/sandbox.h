@@ -32,4 +32,15 @@ int moat_sandbox_abi(void);
 int moat_sandbox_confine(const char *rw_dir, const char *const *ro_extra,
                          bool *enforced);
 
+/*
+ * The files a libpq connection string names (passfile, sslrootcert,
+ * sslcert, sslkey, sslcrl), in keyword/value form or as the query of a
+ * postgresql:// URI: libpq reads them at every (re)connection, long after
+ * the service confined itself, so they belong in ro_extra. Returns a
+ * NULL-terminated array (caller frees each string and the array), or NULL
+ * when dsn is NULL or names none. At most 8 paths of PATH_MAX each; a
+ * malformed string yields what was read before the fault.
+ */
+char **moat_sandbox_dsn_files(const char *dsn);
+
 #endif /* MOAT_SANDBOX_H */

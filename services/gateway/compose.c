@@ -515,7 +515,8 @@ static bool send_call(struct compose *c, enum gw_backend_id bk,
         hdrs[nhdrs++] =
             (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
     }
-    char *url = moat_xasprintf("%s%s", gw->backends[bk].base_url, path);
+    char *url =
+        gw_pool_url(gw, backend_names[bk], gw->backends[bk].base_url, path);
     struct compose_call *cc = moat_xcalloc(1, sizeof(*cc));
     cc->c = c;
     cc->bk = bk;

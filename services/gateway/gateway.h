@@ -21,6 +21,10 @@
  *             with ?include=comments, the post or the latest messages
  *             with their comments (null and "partial" when comments
  *             cannot answer);
+ *   cache.c   the read cache in Redis: GETs of one product (catalog) or
+ *             one profile (profiles) answered from Redis when it can,
+ *             kept right by following the owners' events; Redis down or
+ *             slow only sends the reads to the services (docs/gateway.md);
  *   main.c    configuration, route registration, metrics, lifecycle.
  *
  * Ownership: struct gw (svc->impl) owns its routes and public arrays (each
@@ -54,6 +58,8 @@ enum gw_err_kind {
 
 struct gw;
 struct gw_overrides;
+struct gw_cache;
+struct gw_cache_fill;
 struct moat_principal;
 
 /*
@@ -118,6 +124,63 @@ struct gw_backend {
     struct moat_metric_series *m_failures[GW_FAIL_REASONS];
 };
 
+/*
+ * Several instances of one upstream (balance.c, docs/operations.md
+ * "Several instances"): a route's URL may be "URL|URL|...", one per
+ * instance, all with the same path. Calls go to the ready instance with
+ * the fewest calls in flight (ties in turn). An instance is not ready
+ * while its last /readyz probe (every MOAT_GATEWAY_PROBE_MS, default 500,
+ * only for pools of two or more) failed, or for GW_DOWN_MS after a call to
+ * it was refused or reset before any answer (passive check; a later
+ * successful probe lifts that). A call that failed so, if idempotent (GET,
+ * HEAD, or carrying Idempotency-Key) or never sent (connect failed), is
+ * tried once more on another instance: the in-flight retry budget.
+ */
+#define GW_DOWN_MS 5000
+
+struct gw_instance {
+    char *origin;         /* owned; "http://127.0.0.1:8081" */
+    unsigned outstanding; /* calls in flight */
+    bool probe_failed;    /* the last /readyz probe did not answer 200 */
+    bool probing;         /* a probe is in flight */
+    uint64_t probe_sent;  /* monotonic ms the current probe was sent */
+    uint64_t down_at;     /* monotonic ms of the last passive mark */
+    uint64_t down_until;  /* monotonic ms: not picked before, unless all are */
+    /* Borrowed from the service's metrics registry. */
+    struct moat_metric_series *m_requests, *m_up, *m_marked;
+};
+
+/* The instances of one upstream service, shared by its routes. */
+struct gw_pool {
+    struct gw *gw;
+    char *service; /* owned */
+    struct gw_instance *inst;
+    size_t n;
+    size_t next;         /* where the next tie-break starts */
+    struct event *timer; /* the active probe; NULL for one instance */
+    struct moat_metric_series *m_retries;
+};
+
+/* The ready instance with the fewest calls in flight, never avoid (may be
+ * NULL); when none is ready, the next one in turn. NULL only when avoid is
+ * the only instance. Counts the call as outstanding. */
+struct gw_instance *gw_pool_pick(struct gw_pool *p,
+                                 const struct gw_instance *avoid);
+/* A call picked from p ended: resp's failure (refused, or reset before any
+ * byte) marks the instance down for GW_DOWN_MS. */
+void gw_pool_done(struct gw_pool *p, struct gw_instance *in,
+                  const struct moat_http_response *resp);
+/* One pool per upstream service of the routes (route->pool), their
+ * metrics and probes. After routes, gw_routes_add_v2 and the client. */
+int gw_pools_init(struct gw *gw);
+/* After the client is freed. */
+void gw_pools_free(struct gw *gw);
+/* base_url + path for a call outside the proxy (compose.c): on a ready
+ * instance in turn when base_url is the first instance of service's pool.
+ * Caller frees. */
+char *gw_pool_url(struct gw *gw, const char *service, const char *base_url,
+                  const char *path);
+
 /* One MOAT_GATEWAY_ROUTES entry. All strings owned by the route. */
 struct gw_route {
     char *prefix;       /* public prefix "/api/v1/products", no final '/' */
@@ -128,6 +191,9 @@ struct gw_route {
     char *origin;       /* upstream "http://127.0.0.1:8081" (for Location) */
     char *base_path;    /* upstream "/v1/products", "" for the root */
     char *base_url;     /* origin + base_path */
+    char **origins;     /* every instance's origin, [0] = origin; owned */
+    size_t norigins;
+    struct gw_pool *pool; /* borrowed from gw->pools; set by gw_pools_init */
     /* A v1 route that gw_routes_add_v2 gave a v2 twin: its replies carry
      * the deprecation headers (MOAT_ROUTE_API_V1_DEPRECATED). */
     bool has_successor;
@@ -179,6 +245,11 @@ struct gw {
     json_t *revoked;
     /* Access overrides (overrides.c); NULL when users is unknown. */
     struct gw_overrides *overrides;
+    /* The read cache (cache.c); NULL without MOAT_REDIS_URL. */
+    struct gw_cache *cache;
+    struct gw_pool **pools; /* balance.c; owned */
+    size_t npools;
+    long probe_ms;
 };
 
 /* Longest accepted MOAT_GATEWAY_ROUTES prefix, in segments. */
@@ -275,6 +346,43 @@ const char *gw_err_kind_name(enum gw_err_kind k);
 
 /* Router handler; arg is the struct gw_route. */
 void gw_proxy(struct moat_req *req, void *arg);
+/*
+ * Forward req to url (an upstream URL of r from gw_upstream_url; taken
+ * over) and relay the answer. fill (taken over, may be NULL) gets the
+ * answer through gw_cache_filled.
+ */
+void gw_proxy_forward(struct gw_route *r, struct moat_req *req, char *url,
+                      struct gw_cache_fill *fill);
+
+/*
+ * The read cache (cache.c, docs/gateway.md "Read cache"), configured by
+ * MOAT_REDIS_URL ("redis://[:PASSWORD@]HOST:PORT"; unset: no cache),
+ * MOAT_REDIS_PASSWORD_FILE (a file holding the password),
+ * MOAT_GATEWAY_CACHE_PREFIX (key prefix, default "moat:c1"),
+ * MOAT_GATEWAY_CACHE_TTL_S (default 60) and MOAT_GATEWAY_CACHE_TIMEOUT_MS
+ * (bound of one Redis read, default 100); its circuit breaker takes the
+ * composition's settings. Init after gw_compose_init (MOAT_EINVAL, logged
+ * and printed, for a bad variable; gw_cache_free undoes a partial init);
+ * start from the service's start. On the way down gw_cache_close before
+ * the HTTP client is freed (lookups still waiting go to their upstream)
+ * and gw_cache_free after it (fills still waiting are dropped).
+ */
+int gw_cache_init(struct gw *gw);
+void gw_cache_start(struct gw *gw);
+void gw_cache_close(struct gw *gw);
+void gw_cache_free(struct gw *gw);
+/*
+ * For a GET that the cache may answer (one product or profile, API v1 or
+ * v2, no query): look it up and return true; the cache then owns url and
+ * answers req itself (hit) or calls gw_proxy_forward (miss, error). False
+ * when it does not take the request: the caller forwards it (url is still
+ * the caller's).
+ */
+bool gw_cache_lookup(struct gw_route *r, struct moat_req *req, char *url);
+/* The upstream's answer to a miss: stored when it is a 200 with an ETag
+ * "vN". Frees fill; NULL is ignored. */
+void gw_cache_filled(struct gw_cache_fill *fill,
+                     const struct moat_http_response *resp);
 
 /*
  * The HTTP server guard of every proxied route (arg is the struct gw):

@@ -9,13 +9,16 @@
  *
  * Environment, besides the common MOAT_* variables of moat/service.h
  * (MOAT_SERVICE_KEY and MOAT_PEER_KEYS included):
- *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[,...]", e.g.
+ *   MOAT_GATEWAY_ROUTES           "PREFIX=SERVICE@URL[|URL...][,...]", e.g.
  *       "/api/v1/products=catalog@http://127.0.0.1:8081/v1/products"; each
  *       entry forwards PREFIX and PREFIX/... (all methods) to URL and
  *       URL/..., with a service token whose audience is SERVICE; a PREFIX
  *       and URL path with a "v1" segment also get their v2 twin
  *       (/api/v2/products to .../v2/products, gw_routes_add_v2), and the
- *       v1 route's replies carry the deprecation headers
+ *       v1 route's replies carry the deprecation headers; URL|URL|...
+ *       are the instances of SERVICE, balanced (balance.c)
+ *   MOAT_GATEWAY_PROBE_MS         /readyz probe period of the instances of
+ *       an upstream with several (default 500)
  *   MOAT_GATEWAY_PUBLIC           "METHOD PREFIX[,...]" let through without
  *       a token, e.g. "GET /api/v1/products,POST /api/v1/users"; a prefix
  *       covers itself and everything below it; GET covers HEAD; a v1
@@ -49,6 +52,13 @@
  *       backend's circuit (default 5)
  *   MOAT_GATEWAY_BREAKER_COOLDOWN_MS open this long before a probe
  *       (default 2000)
+ * and for the read cache in Redis (cache.c; off without MOAT_REDIS_URL):
+ *   MOAT_REDIS_URL                "redis://[:PASSWORD@]HOST:PORT"
+ *   MOAT_REDIS_PASSWORD_FILE      a file holding the password (moat up
+ *       writes one under var/secrets)
+ *   MOAT_GATEWAY_CACHE_PREFIX     key prefix (default "moat:c1")
+ *   MOAT_GATEWAY_CACHE_TTL_S      entry lifetime, a safety net (default 60)
+ *   MOAT_GATEWAY_CACHE_TIMEOUT_MS bound of one Redis read (default 100)
  */
 #include "moat/common.h"
 
@@ -98,7 +108,10 @@ static void gw_free(struct gw *gw)
     gw_overrides_free(gw);
     json_decref(gw->revoked);
     gw->revoked = NULL;
+    gw_cache_close(gw);
     moat_http_client_free(gw->client);
+    gw_cache_free(gw);
+    gw_pools_free(gw);
     gw_compose_release(gw);
     gw_routes_free(gw->routes, gw->nroutes);
     gw_public_free(gw->public_list, gw->npublic);
@@ -279,7 +292,9 @@ static int gw_init(struct moat_service *svc)
         goto cleanup;
     }
     register_metrics(gw, svc->metrics);
-    rc = gw_compose_init(gw);
+    rc = gw_pools_init(gw);
+    if (rc == MOAT_OK)
+        rc = gw_compose_init(gw);
     if (rc != MOAT_OK)
         goto cleanup;
     int64_t access_ttl_s;
@@ -287,6 +302,8 @@ static int gw_init(struct moat_service *svc)
                       &access_ttl_s);
     if (rc == MOAT_OK)
         rc = gw_overrides_init(gw, access_ttl_s);
+    if (rc == MOAT_OK)
+        rc = gw_cache_init(gw);
     if (rc != MOAT_OK)
         goto cleanup;
 
@@ -328,6 +345,7 @@ cleanup:
 static int gw_start(struct moat_service *svc)
 {
     gw_overrides_start(svc->impl);
+    gw_cache_start(svc->impl);
     return MOAT_OK;
 }
 

@@ -45,7 +45,16 @@ struct call {
     struct gw_route *route; /* borrowed */
     struct moat_req *req;   /* replied to exactly once in on_upstream */
     char *url;
+    char *rest;                 /* url after the route's origin */
+    struct gw_instance *inst;   /* the instance called; borrowed */
+    long timeout_ms;            /* 0: the client's */
+    bool retried;               /* the in-flight retry is spent */
+    struct gw_cache_fill *fill; /* a cache miss to store, or NULL */
 };
+
+static int forward(struct call *c, const struct gw_instance *avoid);
+/* forward(): no service token could be signed. */
+#define FORWARD_NO_TOKEN MOAT_EUNSUPPORTED
 
 static void reply_unavailable(struct call *c, enum gw_err_kind kind)
 {
@@ -112,7 +121,13 @@ static void relay(struct call *c, const struct moat_http_response *resp)
     }
     const char *loc = moat_http_response_header(resp, "location");
     if (loc) {
-        char *public_loc = gw_rewrite_location(c->route, loc);
+        /* Another instance's origin reads as the first one's. */
+        size_t olen = strlen(c->inst->origin);
+        char *same = strncmp(loc, c->inst->origin, olen) == 0
+                         ? moat_xasprintf("%s%s", c->route->origin, loc + olen)
+                         : moat_xstrdup(loc);
+        char *public_loc = gw_rewrite_location(c->route, same);
+        free(same);
         moat_req_set_header(c->req, "Location", public_loc);
         free(public_loc);
     }
@@ -120,11 +135,43 @@ static void relay(struct call *c, const struct moat_http_response *resp)
     moat_req_reply(c->req, resp->status, NULL, resp->body, resp->body_len);
 }
 
+/* Whether a call may be tried again on another instance: its first try
+ * never reached the upstream, or it is idempotent (GET, HEAD, or an
+ * Idempotency-Key the upstream deduplicates with, in the database every
+ * instance shares) and no byte of an answer came back. */
+static bool may_retry(const struct call *c,
+                      const struct moat_http_response *resp)
+{
+    enum moat_method m = moat_req_method(c->req);
+    if (c->retried || c->route->pool->n < 2 || resp->err == MOAT_OK ||
+        resp->err == MOAT_ECANCELLED || resp->err == MOAT_ETOOBIG)
+        return false;
+    if (resp->connect_failed)
+        return true;
+    return resp->no_response && resp->err != MOAT_ETIMEDOUT &&
+           (m == MOAT_GET || m == MOAT_HEAD ||
+            moat_req_header(c->req, "Idempotency-Key"));
+}
+
 static void on_upstream(const struct moat_http_response *resp, void *arg)
 {
     struct call *c = arg;
     struct gw_route *r = c->route;
     enum gw_err_kind kind = GW_ERR_KINDS;
+
+    gw_pool_done(r->pool, c->inst, resp);
+    if (may_retry(c, resp)) {
+        struct gw_instance *failed = c->inst;
+        c->retried = true;
+        moat_metric_add(r->pool->m_retries, 1);
+        moat_log_set_trace(moat_req_trace(c->req));
+        moat_log(MOAT_LOG_INFO, "retrying on another instance",
+                 "{s:s, s:s, s:s}", "upstream", r->prefix, "url", c->url,
+                 "error", resp->err_msg ? resp->err_msg : "");
+        moat_log_set_trace(NULL);
+        if (forward(c, failed) == MOAT_OK)
+            return;
+    }
 
     moat_metric_observe(r->m_duration, resp->elapsed_ms / 1e3);
     if (resp->err != MOAT_OK)
@@ -136,6 +183,8 @@ static void on_upstream(const struct moat_http_response *resp, void *arg)
         char status[16];
         snprintf(status, sizeof(status), "%d", resp->status);
         count_request(c, status);
+        gw_cache_filled(c->fill, resp);
+        c->fill = NULL;
         relay(c, resp);
         goto cleanup;
     }
@@ -153,7 +202,9 @@ static void on_upstream(const struct moat_http_response *resp, void *arg)
     moat_log_set_trace(NULL);
     reply_unavailable(c, kind);
 cleanup:
+    gw_cache_filled(c->fill, resp);
     free(c->url);
+    free(c->rest);
     free(c);
 }
 
@@ -182,14 +233,66 @@ static long long_poll_ms(const char *target)
     return 0;
 }
 
-void gw_proxy(struct moat_req *req, void *arg)
+/*
+ * Send c to an instance of its route's pool other than avoid (may be
+ * NULL). FORWARD_NO_TOKEN when no service token could be signed (logged).
+ */
+static int forward(struct call *c, const struct gw_instance *avoid)
 {
-    struct gw_route *r = arg;
+    struct gw_route *r = c->route;
     struct gw *gw = r->gw;
     struct moat_http_header hdrs[MOAT_ARRAY_LEN(forward_request) + 1];
     size_t nhdrs = 0;
     char *token = NULL;
 
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(forward_request); i++) {
+        const char *v = moat_req_header(c->req, forward_request[i]);
+        if (v)
+            hdrs[nhdrs++] = (struct moat_http_header){forward_request[i], v};
+    }
+    /* No service identity only with MOAT_INSECURE_NO_AUTH=1. */
+    if (gw->svc->auth) {
+        int trc = moat_auth_token(gw->svc->auth, r->service,
+                                  moat_req_principal(c->req), &token);
+        if (trc != MOAT_OK) {
+            moat_log(MOAT_LOG_ERROR, "cannot sign a service token",
+                     "{s:s, s:s}", "upstream", r->service, "error",
+                     moat_strerror(trc));
+            return FORWARD_NO_TOKEN;
+        }
+        hdrs[nhdrs++] =
+            (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
+    }
+    struct gw_instance *in = gw_pool_pick(r->pool, avoid);
+    if (!in) {
+        free(token);
+        return MOAT_EIO;
+    }
+    c->inst = in;
+    free(c->url);
+    c->url = moat_xasprintf("%s%s", in->origin, c->rest);
+    size_t body_len = 0;
+    const char *body = moat_req_body(c->req, &body_len);
+    struct moat_http_call call = {
+        .method = moat_method_name(moat_req_method(c->req)),
+        .url = c->url,
+        .headers = hdrs,
+        .nheaders = nhdrs,
+        .body = body_len ? body : NULL,
+        .body_len = body_len,
+        .timeout_ms = c->timeout_ms,
+        .trace = moat_req_trace(c->req),
+    };
+    int rc = moat_http_client_send(gw->client, &call, on_upstream, c);
+    free(token); /* the client copied the headers */
+    if (rc != MOAT_OK && in->outstanding)
+        in->outstanding--;
+    return rc;
+}
+
+void gw_proxy(struct moat_req *req, void *arg)
+{
+    struct gw_route *r = arg;
     char *url = gw_upstream_url(r, moat_req_target(req));
     if (!url) {
         moat_req_reply_problem(req, 400,
@@ -198,63 +301,48 @@ void gw_proxy(struct moat_req *req, void *arg)
                                "'.' or '..' segment");
         return;
     }
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(forward_request); i++) {
-        const char *v = moat_req_header(req, forward_request[i]);
-        if (v)
-            hdrs[nhdrs++] = (struct moat_http_header){forward_request[i], v};
-    }
-    /* No service identity only with MOAT_INSECURE_NO_AUTH=1. */
-    if (gw->svc->auth) {
-        int trc = moat_auth_token(gw->svc->auth, r->service,
-                                  moat_req_principal(req), &token);
-        if (trc != MOAT_OK) {
-            moat_log(MOAT_LOG_ERROR, "cannot sign a service token",
-                     "{s:s, s:s}", "upstream", r->service, "error",
-                     moat_strerror(trc));
+    if (!gw_cache_lookup(r, req, url))
+        gw_proxy_forward(r, req, url, NULL);
+}
+
+void gw_proxy_forward(struct gw_route *r, struct moat_req *req, char *url,
+                      struct gw_cache_fill *fill)
+{
+    struct gw *gw = r->gw;
+    struct call *c = moat_xcalloc(1, sizeof(*c));
+    c->route = r;
+    c->req = req;
+    c->fill = fill;
+    /* base_url starts with the first instance's origin; the rest goes to
+     * whichever instance is picked. */
+    c->rest = moat_xstrdup(url + strlen(r->origin));
+    free(url);
+    long wait_ms = long_poll_ms(moat_req_target(req));
+    if (wait_ms > 0)
+        c->timeout_ms = gw->timeout_ms + wait_ms;
+    int rc = forward(c, NULL);
+    if (rc != MOAT_OK) {
+        /* A token that cannot be signed, a header value the client cannot
+         * send (EINVAL) or a client being freed; none is the backend's
+         * fault. */
+        moat_log(MOAT_LOG_WARN, "cannot forward request", "{s:s, s:s, s:s}",
+                 "upstream", r->prefix, "url", c->url ? c->url : "", "error",
+                 moat_strerror(rc));
+        if (rc == FORWARD_NO_TOKEN)
             moat_req_reply_problem(req, 500,
                                    "the gateway cannot authenticate to "
                                    "backend %s",
                                    r->prefix);
-            free(url);
-            return;
-        }
-        hdrs[nhdrs++] =
-            (struct moat_http_header){MOAT_SERVICE_TOKEN_HEADER, token};
-    }
-    size_t body_len = 0;
-    const char *body = moat_req_body(req, &body_len);
-
-    struct call *c = moat_xcalloc(1, sizeof(*c));
-    c->route = r;
-    c->req = req;
-    c->url = url;
-    struct moat_http_call call = {
-        .method = moat_method_name(moat_req_method(req)),
-        .url = url,
-        .headers = hdrs,
-        .nheaders = nhdrs,
-        .body = body_len ? body : NULL,
-        .body_len = body_len,
-        .trace = moat_req_trace(req),
-    };
-    long wait_ms = long_poll_ms(moat_req_target(req));
-    if (wait_ms > 0)
-        call.timeout_ms = gw->timeout_ms + wait_ms;
-    int rc = moat_http_client_send(gw->client, &call, on_upstream, c);
-    free(token); /* the client copied the headers */
-    if (rc != MOAT_OK) {
-        /* Only a header value the client cannot send (EINVAL) or a client
-         * being freed gets here; neither is the backend's fault. */
-        moat_log(MOAT_LOG_WARN, "cannot forward request", "{s:s, s:s, s:s}",
-                 "upstream", r->prefix, "url", url, "error", moat_strerror(rc));
-        if (rc == MOAT_EINVAL)
+        else if (rc == MOAT_EINVAL)
             moat_req_reply_problem(req, 400,
                                    "the request cannot be forwarded to "
                                    "backend %s",
                                    r->prefix);
         else
             reply_unavailable(c, GW_ERR_CANCELLED);
+        free(c->fill);
         free(c->url);
+        free(c->rest);
         free(c);
     }
 }

@@ -210,6 +210,9 @@ static void route_release(struct gw_route *r)
     free(r->origin);
     free(r->base_path);
     free(r->base_url);
+    for (size_t i = 0; i < r->norigins; i++)
+        free(r->origins[i]);
+    free(r->origins);
 }
 
 void gw_routes_free(struct gw_route *routes, size_t n)
@@ -303,10 +306,40 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                      count + 1, prefix, service);
             goto cleanup;
         }
+        /* "URL|URL|...": the instances of the upstream, same path. */
+        char *more = strchr(url, '|');
+        if (more)
+            *more++ = '\0';
         if (!parse_upstream(url, &r, &why)) {
             snprintf(err, errlen, "entry %zu (%s): upstream '%s' %s", count + 1,
                      prefix, url, why);
             goto cleanup;
+        }
+        r.origins = moat_xcalloc(1, sizeof(*r.origins));
+        r.origins[r.norigins++] = moat_xstrdup(r.origin);
+        while (more) {
+            char *u = more;
+            more = strchr(u, '|');
+            if (more)
+                *more++ = '\0';
+            struct gw_route o = {0};
+            bool ok = parse_upstream(u, &o, &why);
+            if (ok && strcmp(o.base_path, r.base_path) != 0) {
+                ok = false;
+                why = "has another path than the first instance";
+            }
+            if (ok) {
+                r.origins = moat_xrealloc(r.origins, (r.norigins + 1) *
+                                                         sizeof(*r.origins));
+                r.origins[r.norigins++] = moat_xstrdup(o.origin);
+            }
+            route_release(&o);
+            if (!ok) {
+                snprintf(err, errlen, "entry %zu (%s): upstream '%s' %s",
+                         count + 1, prefix, u, why);
+                route_release(&r);
+                goto cleanup;
+            }
         }
         const char *unknown = unknown_param(r.base_path, prefix);
         if (unknown) {
@@ -315,9 +348,7 @@ int gw_routes_parse(const char *spec, struct gw_route **out, size_t *n,
                      "the prefix does not have (%.*s)",
                      count + 1, prefix, url, (int)strcspn(unknown + 3, "%"),
                      unknown + 3);
-            free(r.origin);
-            free(r.base_path);
-            free(r.base_url);
+            route_release(&r);
             goto cleanup;
         }
         r.prefix = moat_xstrdup(prefix);
@@ -484,7 +515,11 @@ void gw_routes_add_v2(struct gw_route **routes, size_t *n)
             .origin = moat_xstrdup(v1->origin),
             .base_path = base_path,
             .base_url = moat_xasprintf("%s%s", v1->origin, base_path),
+            .origins = moat_xcalloc(v1->norigins, sizeof(char *)),
+            .norigins = v1->norigins,
         };
+        for (size_t k = 0; k < v1->norigins; k++)
+            v2.origins[k] = moat_xstrdup(v1->origins[k]);
         v1->has_successor = true;
         *routes = moat_xrealloc(*routes, (*n + 1) * sizeof(**routes));
         (*routes)[(*n)++] = v2;

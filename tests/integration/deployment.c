@@ -438,6 +438,12 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                 env, "MOAT_GATEWAY_TIMEOUT_MS",
                 json_string(h_fmt("%u", h_scaled_ms(GATEWAY_TIMEOUT_MS))));
     }
+    /* The Redis moat up runs ("redis" without a "url") moves too. */
+    json_t *redis = json_object_get(root, "redis");
+    if (json_is_object(redis) && !json_object_get(redis, "url"))
+        json_object_set_new(
+            redis, "listen",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
     if (name)
         json_object_set_new(root, "name", json_string(name));
     json_object_set_new(root, "var_dir", json_string("var"));

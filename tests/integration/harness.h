@@ -428,7 +428,8 @@ int h_deployment_stop(struct h_deployment *dep);
 
 /*
  * For tests that run the real `moat up`: write the deployment file src to
- * dst with every service on a free loopback port. Each listen address,
+ * dst with every service (and the Redis of a "redis" block) on a free
+ * loopback port. Each listen address,
  * and every env value naming one of the file's addresses, follows; the
  * state goes to "var" beside dst; name, when not NULL, replaces the
  * deployment's name; the gateway's MOAT_GATEWAY_TIMEOUT_MS, unless the

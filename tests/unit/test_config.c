@@ -55,6 +55,39 @@ static void test_env_bool(void **state)
     assert_true(b);
 }
 
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* MOAT_INSTANCE_URLS: a URL naming a service's first instance maps to
+ * every instance, path kept. */
+static void test_instance_urls(void **state)
+{
+    MOAT_UNUSED(state);
+    unsetenv("MOAT_INSTANCE_URLS");
+    assert_null(moat_instance_urls("http://h:1"));
+    setenv("MOAT_INSTANCE_URLS",
+           "http://h:1|http://h:2,https://g:5|https://g:6|https://k:7", 1);
+    char **v = moat_instance_urls("http://h:1/v1/x");
+    assert_non_null(v);
+    assert_string_equal(v[0], "http://h:1/v1/x");
+    assert_string_equal(v[1], "http://h:2/v1/x");
+    assert_null(v[2]);
+    strv_free(v);
+    v = moat_instance_urls("https://g:5");
+    assert_non_null(v);
+    assert_string_equal(v[2], "https://k:7");
+    assert_null(v[3]);
+    strv_free(v);
+    assert_null(moat_instance_urls("http://h:2"));  /* not a first one */
+    assert_null(moat_instance_urls("http://h:10")); /* another port */
+    assert_null(moat_instance_urls("https://g:6/x"));
+    unsetenv("MOAT_INSTANCE_URLS");
+}
+
 static void test_hostport(void **state)
 {
     char host[64];
@@ -115,6 +148,7 @@ int main(void)
         cmocka_unit_test(test_env_int),
         cmocka_unit_test(test_env_bool),
         cmocka_unit_test(test_hostport),
+        cmocka_unit_test(test_instance_urls),
         cmocka_unit_test(test_service_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

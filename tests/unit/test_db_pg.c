@@ -465,29 +465,11 @@ static void test_reconnect(void **state)
     assert_int_equal(query_int(f->db, "SELECT count(*) FROM widgets"), 2);
 }
 
-static void test_dsn_files(void **state)
-{
-    (void)state;
-    char *files[8];
-    size_t n = moat_db_dsn_files(
-        "host=127.0.0.1 port=5 dbname=x user=u passfile=/a/pass "
-        "sslmode=verify-full sslrootcert=/a/ca.crt",
-        files, 8);
-    assert_int_equal(n, 2);
-    assert_string_equal(files[0], "/a/pass");
-    assert_string_equal(files[1], "/a/ca.crt");
-    free(files[0]);
-    free(files[1]);
-    assert_int_equal(moat_db_dsn_files("not a dsn '", files, 8), 0);
-    assert_int_equal(moat_db_dsn_files(NULL, files, 8), 0);
-}
-
 int main(void)
 {
     moat_log_init("test_db_pg", MOAT_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_placeholders),
-        cmocka_unit_test(test_dsn_files),
         cmocka_unit_test_setup_teardown(test_migrations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failing_migration_rolls_back,
                                         setup, teardown),

@@ -149,6 +149,139 @@ static void test_transport(void **state)
                  "unknown field");
 }
 
+/* "redis": the redis-server moat up runs (defaults, data directory,
+ * configuration argument, reserved name), or a server given by URL. */
+static void test_redis(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(SVC("")));
+    assert_null(d->redis);
+    assert_null(d->redis_url);
+    assert_int_equal(deploy_nbuiltin(d), 0);
+    deploy_free(d);
+
+    d = parse_ok("{'name':'local','redis':{},'services':[" SVC("") "]}");
+    assert_string_equal(d->redis_url, "redis://127.0.0.1:6380");
+    assert_non_null(d->redis);
+    assert_string_equal(d->redis->name, "redis");
+    assert_int_equal(d->redis->port, 6380);
+    assert_string_equal(d->redis->data_dir, BASE "/var/redis");
+    assert_string_equal(d->redis->binary, DEPLOY_REDIS_SERVER);
+    assert_string_equal(d->redis->args[0], BASE "/var/redis/redis.conf");
+    assert_int_equal(d->redis_max_memory_mb, 64);
+    assert_null(deploy_find(d, "redis")); /* not one of the services */
+    assert_ptr_equal(deploy_builtin(d, 0), d->redis);
+    assert_null(deploy_builtin(d, 1));
+    char *url = deploy_base_url(d->redis);
+    assert_string_equal(url, "redis://127.0.0.1:6380");
+    free(url);
+    deploy_free(d);
+
+    /* With the broker too: the broker first. */
+    d = parse_ok(
+        "{'name':'local','transport':'jetstream','redis':{"
+        "'listen':'127.0.0.1:7000','max_memory_mb':8},'services':[" SVC(
+            "") "]}");
+    assert_int_equal(deploy_nbuiltin(d), 2);
+    assert_ptr_equal(deploy_builtin(d, 0), d->broker);
+    assert_ptr_equal(deploy_builtin(d, 1), d->redis);
+    assert_string_equal(d->redis_url, "redis://127.0.0.1:7000");
+    assert_int_equal(d->redis_max_memory_mb, 8);
+    deploy_free(d);
+
+    d = parse_ok("{'name':'local','redis':{'url':'redis://10.0.0.5:6379'},"
+                 "'services':[" SVC("") "]}");
+    assert_string_equal(d->redis_url, "redis://10.0.0.5:6379");
+    assert_null(d->redis);
+    deploy_free(d);
+
+    expect_error(
+        "{'name':'local','redis':{'url':'http://x'},'services':[" SVC("") "]}",
+        "must be a redis:// URL");
+    expect_error("{'name':'local','redis':{'url':'redis://x:1','listen':"
+                 "'127.0.0.1:1'},'services':[" SVC("") "]}",
+                 "takes no");
+    expect_error(
+        "{'name':'local','redis':{'listen':'nowhere'},'services':[" SVC(
+            "") "]}",
+        "redis.listen: must be HOST:PORT");
+    expect_error(
+        "{'name':'local','redis':{'max_memory_mb':0},'services':[" SVC("") "]}",
+        "max_memory_mb: must be a whole number");
+    expect_error("{'name':'local','redis':{'port':1},'services':[" SVC("") "]}",
+                 "unknown field");
+    expect_error("{'name':'local','redis':{'listen':'127.0.0.1:8081'},"
+                 "'services':[" SVC("") "]}",
+                 "redis.listen: is catalog's address too");
+    expect_error("{'name':'local','redis':[],'services':[" SVC("") "]}",
+                 "redis: must be an object");
+    expect_error("{'name':'local','redis':{},'services':["
+                 "{'name':'redis','listen':'127.0.0.1:8081','engine':'none'}]}",
+                 "reserved");
+}
+
+static void test_postgres(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(
+        "{'name':'local','postgres':{'listen':'127.0.0.1:5433'},'services':["
+        "{'name':'a','listen':'127.0.0.1:9001','engine':'postgres'},"
+        "{'name':'b','listen':'127.0.0.1:9002','engine':'postgres',"
+        "'dsn':'host=db.example port=5432 dbname=b'}]}");
+    assert_non_null(d->pg);
+    assert_true(d->pg->pg_cluster);
+    assert_string_equal(d->pg->name, "postgres");
+    assert_int_equal(d->pg->port, 5433);
+    assert_int_equal(d->pg->level, -1);
+    assert_int_equal(d->min_level, -1);
+    assert_string_equal(d->pg->data_dir, BASE "/var/postgres");
+    assert_string_equal(d->pg->args[1], BASE "/var/postgres/data");
+    assert_int_equal(d->pg_shared_buffers_mb, 32);
+    assert_int_equal(d->services[0].engine, DEPLOY_ENGINE_POSTGRES);
+    assert_null(d->services[0].db);
+    assert_null(d->services[0].dsn);
+    assert_string_equal(d->services[1].dsn,
+                        "host=db.example port=5432 dbname=b");
+    assert_int_equal(deploy_nprocs(d), 3);
+    assert_ptr_equal(deploy_proc(d, 2), d->pg);
+    assert_null(deploy_find(d, "postgres"));
+    deploy_free(d);
+
+    /* A dsn alone needs no cluster. */
+    d = parse_ok("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres','dsn':'dbname=a'}]}");
+    assert_null(d->pg);
+    assert_int_equal(d->min_level, 0);
+    deploy_free(d);
+
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres'}]}",
+                 "needs either a \"dsn\"");
+    expect_error("{'name':'local','postgres':{'listen':'10.0.0.1:5433'},"
+                 "'services':[" SVC("") "]}",
+                 "must be a loopback address");
+    expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:8081'},"
+                 "'services':[" SVC("") "]}",
+                 "conflicts with");
+    expect_error("{'name':'local','transport':'jetstream','postgres':{"
+                 "'listen':'127.0.0.1:4222'},'services':[" SVC("") "]}",
+                 "conflicts with the broker");
+    expect_error("{'name':'local','postgres':{'listen':'127.0.0.1:5433'},"
+                 "'services':[{'name':'postgres','listen':'127.0.0.1:9001',"
+                 "'engine':'none'}]}",
+                 "\"postgres\" is reserved");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'sqlite','db':'a.db','dsn':'x'}]}",
+                 "dsn: only with engine");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'postgres','dsn':'x','db':'a'}]}",
+                 "db: not allowed with engine \"postgres\"");
+    expect_error("{'name':'local','services':[{'name':'a','listen':"
+                 "'127.0.0.1:9001','engine':'sqlite','db':'a.db','env':{"
+                 "'MOAT_DB_DSN':'x'}}]}",
+                 "is set by the supervisor");
+}
+
 static void test_example_parses(void **state)
 {
     MOAT_UNUSED(state);
@@ -351,7 +484,7 @@ static void test_unknown_fields(void **state)
     expect_error(DEPLOY(SVC(",'rotes':[]")),
                  "moat.json: services[0].rotes: unknown field (expected one "
                  "of: name, listen, engine, db, data_dir, binary, env, "
-                 "routes, calls, secrets, backup)");
+                 "routes, calls, secrets, backup, dsn, host)");
     expect_error(DEPLOY(SVC("") "," GW("[{'prefix':'/a','service':'catalog',"
                                        "'path':'/b','timeout':1}]")),
                  "services[1].routes[0].timeout: unknown field");
@@ -444,12 +577,122 @@ static void test_listen(void **state)
     deploy_free(d);
 }
 
+/* "listen" as an array: one instance per address (docs/operations.md
+ * "Several instances"). */
+static void test_instances(void **state)
+{
+    MOAT_UNUSED(state);
+    struct deploy *d = parse_ok(DEPLOY(
+        "{'name':'catalog','listen':['127.0.0.1:8081','127.0.0.1:8091'],"
+        "'engine':'sqlite','db':'c.db'},"
+        "{'name':'search','listen':'127.0.0.1:8084','engine':'sqlite',"
+        "'db':'s.db','env':{'MOAT_SEARCH_CATALOG_URL':"
+        "'http://127.0.0.1:8081'}}," GW("[{'prefix':'/api/v1/products',"
+                                        "'service':'catalog','path':'/v1/"
+                                        "products'}]")));
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_int_equal(c->ninstances, 2);
+    assert_string_equal(c->listen, "127.0.0.1:8081");
+    assert_int_equal(c->port, 8081);
+    assert_int_equal(c->inst[1].port, 8091);
+    assert_int_equal(deploy_find(d, "search")->ninstances, 1);
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes,
+                        "/api/v1/products=catalog@http://127.0.0.1:8081/v1/"
+                        "products|http://127.0.0.1:8091/v1/products");
+    free(routes);
+    char *map = deploy_instance_map(d);
+    assert_string_equal(map, "http://127.0.0.1:8081|http://127.0.0.1:8091");
+    free(map);
+    deploy_free(d);
+
+    d = parse_ok(DEPLOY(SVC("")));
+    assert_null(deploy_instance_map(d));
+    deploy_free(d);
+
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[0].listen: two instances share an address");
+    expect_error(DEPLOY("{'name':'a','listen':[],'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT or an array of 1 to");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80',7],"
+                        "'engine':'none'}"),
+                 "services[0].listen: must be HOST:PORT");
+    expect_error(DEPLOY("{'name':'a','listen':['127.0.0.1:80'],"
+                        "'engine':'none'},"
+                        "{'name':'b','listen':['127.0.0.1:81','127.0.0.1:80'],"
+                        "'engine':'none'}"),
+                 "services[1].listen: ");
+    expect_error(DEPLOY("{'name':'i','listen':['127.0.0.1:80','127.0.0.1:81'],"
+                        "'engine':'lmdb','db':'i.lmdb'}"),
+                 "several instances need a database");
+    expect_error(DEPLOY("{'name':'a','listen':'127.0.0.1:80','engine':'none',"
+                        "'env':{'MOAT_INSTANCES':'2'}}"),
+                 "is set by the supervisor");
+}
+
+/* "hosts" and "host": placed only once a host is selected. */
+static void test_hosts(void **state)
+{
+    MOAT_UNUSED(state);
+    static const char file[] =
+        "{'name':'h','hosts':{'a':{'address':'10.77.0.1'},"
+        "'b':{'address':'10.77.0.2'}},'services':["
+        "{'name':'catalog','host':'a','listen':['127.0.0.1:8081',"
+        "'127.0.0.1:8091'],'engine':'sqlite','db':'c.db'},"
+        "{'name':'orders','host':'b','listen':'127.0.0.1:8086','engine':"
+        "'sqlite','db':'o.db','env':{'MOAT_ORDERS_CATALOG_URL':"
+        "'http://127.0.0.1:8081','X':'http://127.0.0.1:80812'}},"
+        "{'name':'gateway','host':'b','listen':'0.0.0.0:8080','engine':"
+        "'none','routes':[{'prefix':'/api/v1/products','service':"
+        "'catalog','path':'/v1/products'}]}]}";
+    struct deploy *d = parse_ok(file);
+    assert_int_equal(d->nhosts, 2);
+    assert_string_equal(deploy_find(d, "catalog")->host, "127.0.0.1");
+    assert_null(d->selected_host);
+    char *err = NULL;
+    assert_int_equal(deploy_select_host(d, "c", &err), MOAT_EINVAL);
+    assert_non_null(strstr(err, "no host \"c\""));
+    free(err);
+    assert_int_equal(deploy_select_host(d, "b", &err), MOAT_OK);
+    assert_string_equal(d->selected_host, "b");
+    assert_string_equal(d->state_dir, BASE "/var/hosts/b");
+    const struct deploy_service *c = deploy_find(d, "catalog");
+    assert_string_equal(c->listen, "10.77.0.1:8081");
+    assert_string_equal(c->inst[1].listen, "10.77.0.1:8091");
+    assert_string_equal(deploy_find(d, "gateway")->host, "10.77.0.2");
+    char *routes = deploy_gateway_routes(d, deploy_find(d, "gateway"));
+    assert_string_equal(routes, "/api/v1/products=catalog@http://10.77.0.1:"
+                                "8081/v1/products|http://10.77.0.1:8091/v1/"
+                                "products");
+    free(routes);
+    char *v = deploy_moved_urls(d, "http://127.0.0.1:8091/x,"
+                                   "http://127.0.0.1:80812,"
+                                   "http://127.0.0.1:8086");
+    assert_string_equal(v, "http://10.77.0.1:8091/x,http://127.0.0.1:80812,"
+                           "http://10.77.0.2:8086");
+    free(v);
+    deploy_free(d);
+
+    expect_error("{'name':'h','hosts':{'a':{'address':'10.0.0.1'}},"
+                 "'services':[" SVC("") "]}",
+                 "services[0].host: missing");
+    expect_error(DEPLOY(SVC(",'host':'x'")),
+                 "services[0].host: no host named \"x\"");
+    expect_error("{'name':'h','hosts':{'a':{'address':'db.local'}},"
+                 "'services':[" SVC(",'host':'a'") "]}",
+                 "hosts.a.address: must be an IPv4 address");
+    expect_error("{'name':'h','tls':true,'hosts':{'a':{'address':"
+                 "'10.0.0.1'}},'services':[" SVC(",'host':'a'") "]}",
+                 "hosts: not with \"tls\": true");
+}
+
 static void test_engine_and_db(void **state)
 {
     MOAT_UNUSED(state);
     expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1','engine':'mysql'}"),
-                 "services[0].engine: must be \"sqlite\", \"lmdb\" or "
-                 "\"none\", got \"mysql\"");
+                 "services[0].engine: must be \"sqlite\", \"lmdb\", "
+                 "\"postgres\" or \"none\", got \"mysql\"");
     expect_error(DEPLOY("{'name':'c','listen':'127.0.0.1:1',"
                         "'engine':'sqlite'}"),
                  "services[0].db: missing (required)");
@@ -684,6 +927,8 @@ int main(void)
         cmocka_unit_test(test_required_and_types),
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_listen),
+        cmocka_unit_test(test_instances),
+        cmocka_unit_test(test_hosts),
         cmocka_unit_test(test_engine_and_db),
         cmocka_unit_test(test_data_dirs),
         cmocka_unit_test(test_backup_cadence),
@@ -695,6 +940,8 @@ int main(void)
         cmocka_unit_test(test_load_shipped_file),
         cmocka_unit_test(test_tls_urls),
         cmocka_unit_test(test_transport),
+        cmocka_unit_test(test_redis),
+        cmocka_unit_test(test_postgres),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,6 +55,38 @@ static void test_parse_valid(void **state)
     gw_routes_free(r, n);
 }
 
+/* "URL|URL": the instances of one upstream, same path. */
+static void test_parse_instances(void **state)
+{
+    MOAT_UNUSED(state);
+    struct gw_route *r = NULL;
+    size_t n = 0;
+    char err[256];
+    assert_int_equal(gw_routes_parse("/api/v1/products=catalog@http://"
+                                     "127.0.0.1:8081/v1/products|http://"
+                                     "127.0.0.1:8091/v1/products",
+                                     &r, &n, err, sizeof(err)),
+                     MOAT_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(r[0].norigins, 2);
+    assert_string_equal(r[0].origins[0], "http://127.0.0.1:8081");
+    assert_string_equal(r[0].origins[1], "http://127.0.0.1:8091");
+    assert_string_equal(r[0].base_url, "http://127.0.0.1:8081/v1/products");
+    gw_routes_add_v2(&r, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(r[1].norigins, 2);
+    assert_string_equal(r[1].origins[1], "http://127.0.0.1:8091");
+    gw_routes_free(r, n);
+
+    assert_int_equal(gw_routes_parse("/a=catalog@http://h:1/x|http://h:2/y", &r,
+                                     &n, err, sizeof(err)),
+                     MOAT_EINVAL);
+    assert_non_null(strstr(err, "another path than the first instance"));
+    assert_int_equal(gw_routes_parse("/a=catalog@http://h:1/x|ftp://h:2/x", &r,
+                                     &n, err, sizeof(err)),
+                     MOAT_EINVAL);
+}
+
 static void test_parse_invalid(void **state)
 {
     static const char *const bad[] = {
@@ -452,6 +484,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_valid),
+        cmocka_unit_test(test_parse_instances),
         cmocka_unit_test(test_parse_invalid),
         cmocka_unit_test(test_upstream_url),
         cmocka_unit_test(test_upstream_url_params),

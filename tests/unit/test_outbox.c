@@ -36,6 +36,7 @@
 
 struct fixture {
     char dir[64];
+    const char *dsn; /* on PostgreSQL (owned by pg_fixture), else NULL */
     struct event_base *base;
     struct moat_metrics *metrics;
     struct moat_db *db; /* SQLite storage, or */
@@ -75,8 +76,8 @@ static int setup_with(void **state, const struct moat_outbox_options *opts,
                          MOAT_OK);
     } else {
         char *path = moat_xasprintf("%s/producer.db", f->dir);
-        struct moat_db_options o = {
-            .dsn = engine == ON_PG ? h_pg_dsn("test_outbox") : NULL};
+        f->dsn = engine == ON_PG ? h_pg_dsn("test_outbox") : NULL;
+        struct moat_db_options o = {.dsn = f->dsn};
         assert_int_equal(moat_db_open(&f->db, path, &o, f->metrics), MOAT_OK);
         free(path);
         assert_int_equal(moat_db_migrate(f->db, migrations, 1), MOAT_OK);
@@ -588,6 +589,62 @@ static void test_long_poll_wakes_on_commit(void **state)
     json_decref(r.body);
 }
 
+/* A second instance of the producer on the same PostgreSQL database. */
+struct other_instance {
+    struct moat_db *db;
+    struct moat_metrics *m;
+    struct moat_outbox *o;
+    uint64_t at_ms;
+};
+
+static void on_other_commit(evutil_socket_t fd, short what, void *arg)
+{
+    struct other_instance *x = arg;
+    assert_int_equal(moat_db_begin(x->db), MOAT_OK);
+    json_t *data = json_pack("{s:s}", "by", "the other instance");
+    assert_int_equal(moat_outbox_append(x->o, "ItemSet", "s1", 1, data, NULL),
+                     MOAT_OK);
+    json_decref(data);
+    assert_int_equal(moat_db_commit(x->db), MOAT_OK);
+    moat_outbox_committed(x->o); /* wakes only its own readers */
+    x->at_ms = moat_mono_ms();
+}
+
+/* PostgreSQL only: a long poll parked on one instance is answered when
+ * another instance commits an event (NOTIFY reaches the first one's
+ * listener), not when its wait runs out. */
+static void test_other_instance_wakes_the_feed(void **state)
+{
+    struct fixture *f = *state;
+    if (!f || !f->dsn)
+        skip(); /* SQLite and LMDB have one writer process */
+    struct other_instance x = {.m = moat_metrics_new()};
+    struct moat_db_options opts = {.dsn = f->dsn};
+    assert_int_equal(moat_db_open(&x.db, NULL, &opts, NULL), MOAT_OK);
+    assert_int_equal(moat_outbox_new(&x.o, f->base, x.db, "catalog", NULL, x.m),
+                     MOAT_OK);
+    append_n(f, 1, "s1", NULL);
+
+    struct resp r;
+    send_get(f, "/v1/events?after=1&wait=5000", &r);
+    struct event *t = evtimer_new(f->base, on_other_commit, &x);
+    struct timeval tv = {0, 200000};
+    evtimer_add(t, &tv);
+    run_until(f, &r.done, DEADLINE_MS);
+    event_free(t);
+    assert_int_equal(r.status, 200);
+    assert_true(x.at_ms > 0);
+    assert_true(r.at_ms - x.at_ms < 1000);
+    json_t *events = json_object_get(r.body, "events");
+    assert_int_equal(json_array_size(events), 1);
+    assert_string_equal(jstr(json_array_get(events, 0), "sequence"), "2");
+    json_decref(r.body);
+
+    moat_outbox_free(x.o);
+    moat_db_close(x.db);
+    moat_metrics_free(x.m);
+}
+
 static void test_long_poll_timeout_is_empty(void **state)
 {
     struct fixture *f = *state;
@@ -838,6 +895,8 @@ int main(int argc, char **argv)
         BOTH(test_feed_source_errors, setup),
         cmocka_unit_test_setup_teardown(test_lmdb_seq_survives_restart,
                                         setup_kv, teardown),
+        cmocka_unit_test_setup_teardown(test_other_instance_wakes_the_feed,
+                                        setup_pg, teardown),
     };
 #undef BOTH
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -256,6 +256,65 @@ static void test_refuses_with_threads(void **state)
     assert_int_equal(run_child(threaded_child, *state), 0);
 }
 
+/* Confined with the files of a DSN as ro_extra (what lib/service.c does
+ * with MOAT_DB_DSN): the passfile it names is readable, not writable, and
+ * its neighbour is out of reach. */
+static int dsn_child(const struct dirs *d)
+{
+    char dsn[256], pass[128], config[128];
+    snprintf(pass, sizeof(pass), "%s/secret", d->other);
+    snprintf(config, sizeof(config), "%s/config", d->ro);
+    snprintf(dsn, sizeof(dsn), "host=127.0.0.1 passfile=%s dbname=x", pass);
+    char **files = moat_sandbox_dsn_files(dsn);
+    CHECK(1, files && files[0] && !files[1]);
+    bool enforced = false;
+    CHECK(2, moat_sandbox_confine(d->rw, (const char *const *)files,
+                                  &enforced) == MOAT_OK &&
+                 enforced);
+    CHECK(3, can_read(pass));
+    CHECK(4, open_fails_eacces(pass, O_WRONLY));
+    CHECK(5, open_fails_eacces(config, O_RDONLY));
+    return 0;
+}
+
+static void test_dsn_files_readable(void **state)
+{
+    skip_without_landlock();
+    assert_int_equal(run_child(dsn_child, *state), 0);
+}
+
+static void test_dsn_files(void **state)
+{
+    MOAT_UNUSED(state);
+    assert_null(moat_sandbox_dsn_files(NULL));
+    assert_null(moat_sandbox_dsn_files("host=127.0.0.1 port=5433 dbname=x"));
+    char **f = moat_sandbox_dsn_files(
+        "host=127.0.0.1 passfile=/v/secrets/a.pgpass dbname = x "
+        "sslrootcert = '/v/my certs/ca\\'s.crt' sslmode=verify-full "
+        "sslkey=/k\\ ey");
+    assert_non_null(f);
+    assert_string_equal(f[0], "/v/secrets/a.pgpass");
+    assert_string_equal(f[1], "/v/my certs/ca's.crt");
+    assert_string_equal(f[2], "/k ey");
+    assert_null(f[3]);
+    for (size_t i = 0; f[i]; i++)
+        free(f[i]);
+    free(f);
+    f = moat_sandbox_dsn_files(
+        "postgresql://u@h:5/db?sslmode=verify-ca&sslrootcert=/ca.crt&x=1");
+    assert_non_null(f);
+    assert_string_equal(f[0], "/ca.crt");
+    assert_null(f[1]);
+    free(f[0]);
+    free(f);
+    /* An unterminated quote: what came before it. */
+    f = moat_sandbox_dsn_files("passfile=/p sslcert='/never");
+    assert_string_equal(f[0], "/p");
+    assert_null(f[1]);
+    free(f[0]);
+    free(f);
+}
+
 static void test_abi(void **state)
 {
     MOAT_UNUSED(state);
@@ -269,6 +328,9 @@ int main(void)
     moat_log_init("test_sandbox", MOAT_LOG_WARN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_abi),
+        cmocka_unit_test(test_dsn_files),
+        cmocka_unit_test_setup_teardown(test_dsn_files_readable, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_confined_to_own_dir, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_no_writable_dir, setup, teardown),
