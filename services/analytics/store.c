@@ -11,7 +11,9 @@
  * Every action touches three sizes (minute, hour, day).
  *
  * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
- * has both texts.
+ * has both texts. On PostgreSQL user ids are in the "C" collation (byte
+ * order, as SQLite compares), so that a replay's comparison walks both
+ * views alike.
  */
 #include "moat/common.h"
 
@@ -59,7 +61,7 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n",
      "CREATE TABLE counts (\n"
      "    size BIGINT NOT NULL CHECK (size > 0),\n"
-     "    user_id TEXT NOT NULL,\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
      "    start BIGINT NOT NULL,\n"
      "    messages_sent BIGINT NOT NULL DEFAULT 0,\n"
      "    comments BIGINT NOT NULL DEFAULT 0,\n"
@@ -72,7 +74,7 @@ static const struct moat_migration migrations[] = {
      "CREATE TABLE active (\n"
      "    size BIGINT NOT NULL,\n"
      "    start BIGINT NOT NULL,\n"
-     "    user_id TEXT NOT NULL,\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
      "    PRIMARY KEY (size, start, user_id)\n"
      ");\n"},
     {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,

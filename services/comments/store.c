@@ -36,7 +36,8 @@ struct cmt_store {
  * not ask posts who moderates a post's comments.
  *
  * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
- * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID).
+ * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID, ids in
+ * the "C" collation: byte order, as SQLite compares, for the pages).
  */
 static const struct moat_migration migrations[] = {
     {1, "comments, moderation settings, actions, idempotency",
@@ -98,13 +99,13 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (author_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
      "CREATE TABLE comments (\n"
-     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
      "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'cmt_'),\n"
      "    target_kind TEXT NOT NULL CHECK (target_kind IN ('post', "
      "'message')),\n"
      "    target_id TEXT NOT NULL CHECK (length(target_id) BETWEEN 1 AND 63),\n"
      "    conversation_id TEXT NOT NULL DEFAULT '',\n"
-     "    parent_id TEXT REFERENCES comments (id),\n"
+     "    parent_id TEXT COLLATE \"C\" REFERENCES comments (id),\n"
      "    author_id TEXT NOT NULL CHECK (length(author_id) BETWEEN 1 AND 63),\n"
      "    text TEXT,\n"
      "    status TEXT NOT NULL\n"
@@ -129,7 +130,7 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (kind, id)\n"
      ");\n"
      "CREATE TABLE user_flags (\n"
-     "    user_id TEXT NOT NULL PRIMARY KEY,\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
      "    requires_moderation BIGINT NOT NULL DEFAULT 0,\n"
      "    suspended BIGINT NOT NULL DEFAULT 0,\n"
      "    reason TEXT,\n"
@@ -137,13 +138,13 @@ static const struct moat_migration migrations[] = {
      "    updated_at_ms BIGINT NOT NULL\n"
      ");\n"
      "CREATE TABLE applied_actions (\n"
-     "    action_id TEXT NOT NULL PRIMARY KEY,\n"
+     "    action_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
      "    action TEXT NOT NULL,\n"
      "    outcome TEXT NOT NULL,\n"
      "    applied_at_ms BIGINT NOT NULL\n"
      ");\n"
      "CREATE TABLE post_owners (\n"
-     "    post_id TEXT NOT NULL PRIMARY KEY,\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
      "    owner_id TEXT NOT NULL\n"
      ");\n"
      "CREATE TABLE idempotency (\n"

@@ -35,7 +35,8 @@ struct msg_store {
  * idempotency maps (sender, Idempotency-Key) to the message it sent.
  *
  * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
- * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID).
+ * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID, ids in
+ * the "C" collation: byte order, as SQLite compares, for the pages).
  */
 static const struct moat_migration migrations[] = {
     {1, "conversations, members, messages, edits, idempotency",
@@ -91,7 +92,7 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (sender_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
      "CREATE TABLE conversations (\n"
-     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
      "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'cnv_'),\n"
      "    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),\n"
      "    title TEXT,\n"
@@ -103,8 +104,10 @@ static const struct moat_migration migrations[] = {
      "    CHECK ((kind = 'direct') = (direct_key IS NOT NULL))\n"
      ");\n"
      "CREATE TABLE members (\n"
-     "    conversation_id TEXT NOT NULL REFERENCES conversations (id),\n"
-     "    user_id TEXT NOT NULL CHECK (length(user_id) BETWEEN 1 AND 63),\n"
+     "    conversation_id TEXT COLLATE \"C\" NOT NULL REFERENCES conversations "
+     "(id),\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL CHECK (length(user_id) BETWEEN 1 "
+     "AND 63),\n"
      "    admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1)),\n"
      "    joined_at_ms BIGINT NOT NULL,\n"
      "    read_seq BIGINT NOT NULL DEFAULT 0,\n"
@@ -112,9 +115,10 @@ static const struct moat_migration migrations[] = {
      ");\n"
      "CREATE INDEX members_user ON members (user_id, conversation_id);\n"
      "CREATE TABLE messages (\n"
-     "    conversation_id TEXT NOT NULL REFERENCES conversations (id),\n"
+     "    conversation_id TEXT COLLATE \"C\" NOT NULL REFERENCES conversations "
+     "(id),\n"
      "    seq BIGINT NOT NULL CHECK (seq > 0),\n"
-     "    id TEXT NOT NULL UNIQUE\n"
+     "    id TEXT COLLATE \"C\" NOT NULL UNIQUE\n"
      "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'msg_'),\n"
      "    sender_id TEXT NOT NULL,\n"
      "    text TEXT,\n"
@@ -127,7 +131,7 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (conversation_id, seq)\n"
      ");\n"
      "CREATE TABLE message_edits (\n"
-     "    message_id TEXT NOT NULL REFERENCES messages (id),\n"
+     "    message_id TEXT COLLATE \"C\" NOT NULL REFERENCES messages (id),\n"
      "    n BIGINT NOT NULL,\n"
      "    replaced_text TEXT NOT NULL,\n"
      "    edited_at_ms BIGINT NOT NULL,\n"

@@ -31,7 +31,8 @@ struct pst_store {
  *
  * Each migration has its PostgreSQL text beside the SQLite one (moat/db.h):
  * the same tables with BIGINT integers, json_typeof for the array check,
- * and lower(name) indexed where SQLite has COLLATE NOCASE.
+ * lower(name) indexed where SQLite has COLLATE NOCASE, and post ids in
+ * the "C" collation (byte order, as SQLite compares: the pages' order).
  */
 static const struct moat_migration migrations[] = {
     {1, "posts, mentions, urls, idempotency",
@@ -71,7 +72,7 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (author_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
      "CREATE TABLE posts (\n"
-     "    id TEXT NOT NULL PRIMARY KEY\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
      "        CHECK (length(id) = 31 AND substr(id, 1, 5) = 'post_'),\n"
      "    author_id TEXT NOT NULL CHECK (length(author_id) BETWEEN 1 AND 63),\n"
      "    text TEXT,\n"
@@ -84,7 +85,7 @@ static const struct moat_migration migrations[] = {
      ");\n"
      "CREATE INDEX posts_author ON posts (author_id, id);\n"
      "CREATE TABLE post_mentions (\n"
-     "    post_id TEXT NOT NULL REFERENCES posts (id),\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL REFERENCES posts (id),\n"
      "    position BIGINT NOT NULL,\n"
      "    name TEXT NOT NULL,\n"
      "    PRIMARY KEY (post_id, position)\n"
@@ -92,7 +93,7 @@ static const struct moat_migration migrations[] = {
      "CREATE INDEX post_mentions_name ON post_mentions (lower(name), "
      "post_id);\n"
      "CREATE TABLE post_urls (\n"
-     "    post_id TEXT NOT NULL REFERENCES posts (id),\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL REFERENCES posts (id),\n"
      "    position BIGINT NOT NULL,\n"
      "    url TEXT NOT NULL,\n"
      "    PRIMARY KEY (post_id, position)\n"

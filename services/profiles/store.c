@@ -35,7 +35,9 @@ struct pro_store {
  * Each migration has its PostgreSQL text beside the SQLite one (moat/db.h):
  * the same columns, BIGINT for integers, a regular expression for GLOB,
  * and no STRICT / WITHOUT ROWID (a PostgreSQL table is a heap; the primary
- * key's index plays the clustering part). Sealed fields stay text.
+ * key's index plays the clustering part). Sealed fields stay text. The
+ * user id is in the "C" collation: byte order, as SQLite compares, so
+ * that the re-sealing cursor walks the same order on either engine.
  */
 static const struct moat_migration migrations[] = {
     {1, "create profiles",
@@ -60,7 +62,7 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX profiles_key_id ON profiles (key_id);\n",
      "CREATE TABLE profiles (\n"
-     "    user_id TEXT NOT NULL PRIMARY KEY\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
      "        CHECK (length(user_id) BETWEEN 1 AND 64),\n"
      "    handle TEXT UNIQUE CHECK (handle IS NULL OR\n"
      "        (length(handle) BETWEEN 3 AND 30 AND\n"

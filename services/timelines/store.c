@@ -12,7 +12,9 @@
  * from posts_merged, a partial index holding only them.
  *
  * The same SQL runs on SQLite and PostgreSQL (moat/db.h) but for the
- * index hint of the home query; each migration has both texts.
+ * index hint of the home query; each migration has both texts. On
+ * PostgreSQL the ids are in the "C" collation (byte order, as SQLite
+ * compares), so that a replay's comparison walks both views alike.
  */
 #include "moat/common.h"
 
@@ -58,14 +60,14 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX home_by_post ON home (post_id);\n",
      "CREATE TABLE follows (\n"
-     "    follower TEXT NOT NULL,\n"
-     "    followee TEXT NOT NULL,\n"
+     "    follower TEXT COLLATE \"C\" NOT NULL,\n"
+     "    followee TEXT COLLATE \"C\" NOT NULL,\n"
      "    PRIMARY KEY (follower, followee)\n"
      ");\n"
      "CREATE INDEX follows_by_followee ON follows (followee, follower);\n"
      "CREATE TABLE posts (\n"
-     "    post_id TEXT NOT NULL PRIMARY KEY,\n"
-     "    author_id TEXT NOT NULL,\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
+     "    author_id TEXT COLLATE \"C\" NOT NULL,\n"
      "    seq BIGINT NOT NULL,\n"
      "    doc TEXT NOT NULL CHECK (doc::json IS NOT NULL),\n"
      "    fanned_out INTEGER NOT NULL CHECK (fanned_out IN (0, 1))\n"
@@ -74,9 +76,9 @@ static const struct moat_migration migrations[] = {
      "CREATE INDEX posts_merged ON posts (author_id, seq)\n"
      "    WHERE fanned_out = 0;\n"
      "CREATE TABLE home (\n"
-     "    user_id TEXT NOT NULL,\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
      "    seq BIGINT NOT NULL,\n"
-     "    post_id TEXT NOT NULL,\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL,\n"
      "    PRIMARY KEY (user_id, seq)\n"
      ");\n"
      "CREATE INDEX home_by_post ON home (post_id);\n"},
