@@ -23,8 +23,9 @@ build: deps
 	@$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOAT_TESTS=OFF >/dev/null
 	@$(CMAKE) --build build -j $(JOBS)
 
+# DEPLOY=deploy/scale.json (or deploy/social.json) starts another deployment.
 up: build
-	./build/bin/moat up
+	./build/bin/moat up $(if $(DEPLOY),-f $(DEPLOY))
 
 down:
 	./build/bin/moat down

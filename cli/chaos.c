@@ -8,9 +8,9 @@
  * restarts it) or SIGSTOPs it for 0.3 to 3 s and SIGCONTs it. The payment
  * provider is spared unless --include-provider: it stands for the outside
  * world, and its outages are drilled through its own /_control. With
- * --include-infra the servers moat up runs beside the services (the
- * nats-server broker, PostgreSQL, Redis) are candidates too, for SIGKILL
- * only: the supervisor restarts them and the services must ride it out.
+ * --include-infra every third fault SIGKILLs one of the servers moat up
+ * runs beside the services (the nats-server broker, PostgreSQL, Redis), in
+ * turn: the supervisor restarts it and the services must ride it out.
  *
  * An order whose POST got no definite answer (no answer, 502/503/504, 409
  * "in progress", 429) is sent again with the same Idempotency-Key and
@@ -89,7 +89,9 @@ struct chaos {
     json_t *accepted_ids; /* order id -> true */
     unsigned long placed, accepted, replayed, rejected, gave_up, retries;
     unsigned long kills, pauses;
-    json_t *per_service; /* name -> {"kill": n, "stop": n} */
+    unsigned long strikes;    /* faults attempted */
+    unsigned long next_infra; /* the built-in server struck next */
+    json_t *per_service;      /* name -> {"kill": n, "stop": n} */
 };
 
 static volatile sig_atomic_t interrupted;
@@ -248,9 +250,22 @@ static void strike(struct chaos *c)
         pids[n++] = pid;
     }
     json_decref(st);
-    if (n == 0)
+    /* With --include-infra every third fault SIGKILLs a built-in server,
+     * each in turn, so that every one of them is struck in a drill; the
+     * others go to the services. */
+    size_t ninf = 0, nplain = 0;
+    for (size_t i = 0; i < n; i++)
+        ninf += is_infra[i];
+    nplain = n - ninf;
+    bool want_infra = ninf && (++c->strikes % 3 == 0 || nplain == 0);
+    if (n == 0 || (!want_infra && nplain == 0))
         return;
-    size_t k = (size_t)shop_rand(&c->shop, n);
+    size_t r = want_infra ? (size_t)(c->next_infra++ % ninf)
+                          : (size_t)shop_rand(&c->shop, nplain);
+    size_t k = 0;
+    for (; k < n; k++)
+        if (is_infra[k] == want_infra && r-- == 0)
+            break;
     bool pause = !is_infra[k] && shop_rand(&c->shop, 10) < 4 &&
                  c->nstopped < MAX_STOPPED;
     char ts[25];

@@ -68,8 +68,9 @@ struct moat_keys_options {
 };
 
 /*
- * A rows_by_key for SQLite stores: run sql (named name for moat/db.h's
- * metrics), a query of two integer columns (key id, row count), into
+ * A rows_by_key for moat/db.h stores (either engine, despite the name):
+ * run sql (named name for moat/db.h's metrics), a query of two integer
+ * columns (key id, row count), into
  * *out = {"<key id>": count}. MOAT_EDB (or moat_db_error's code) on
  * failure, *out untouched.
  */

@@ -19,7 +19,8 @@
 #include "moat/http.h"
 
 /*
- * Run sql (one or more statements) in one transaction on db and reply 200
+ * Run sql (one or more statements; on PostgreSQL only the last one's
+ * changes count, so give it one) in one transaction on db and reply 200
  * {"changed": rows} , 404 problem when no row changed (the transaction is
  * rolled back), or 500 problem on an error.
  */

@@ -162,7 +162,8 @@ static int orders_init(struct moat_service *svc)
     free(path);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = ord_store_open(&os->db, svc->cfg.data_dir, svc->metrics);
+    rc = ord_store_open(&os->db, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the orders database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",
@@ -218,7 +219,9 @@ static int orders_init(struct moat_service *svc)
         "Time from placing an order to its final status", NULL, saga_buckets,
         MOAT_ARRAY_LEN(saga_buckets)));
     moat_metrics_on_collect(svc->metrics, collect, os);
-    moat_backup_register_sqlite(svc, os->db);
+    /* A PostgreSQL store is backed up by the database's own tools. */
+    if (moat_db_engine(os->db) == MOAT_DB_SQLITE)
+        moat_backup_register_sqlite(svc, os->db);
     svc->impl = os;
     os = NULL;
     rc = MOAT_OK;

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moat/config.h"
 #include "store.h"
 
 #define DB_FILE "orders.db"
@@ -116,8 +115,9 @@ static const struct moat_migration migrations[] = {
      "    updated_ms bigint NOT NULL\n"
      ");\n"
      "CREATE INDEX customers_stale ON customers (id) WHERE stale = 1;\n"},
-    {2, "outbox", MOAT_OUTBOX_SCHEMA, NULL},
-    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
+    {2, "outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
+     MOAT_CONSUMER_SCHEMA_PG},
     /* The customer copy sealed (customer_store.c): what was stored in
      * plain text is dropped and marked stale, so the refresher fetches it
      * again from users and stores it sealed; secure_delete (ord_store_open)
@@ -141,14 +141,13 @@ const struct moat_migration *ord_store_migrations(size_t *n)
     return migrations;
 }
 
-int ord_store_open(struct moat_db **out, const char *data_dir,
+int ord_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                    struct moat_metrics *metrics)
 {
     /* secure_delete: a re-sealed or dropped customer copy leaves no old
      * text in free pages; the checkpoint empties the WAL of what an
      * earlier run (or migration 4) wrote there. */
-    const struct moat_db_options opts = {
-        .secure_delete = true, .dsn = moat_env_str("MOAT_DB_DSN", NULL)};
+    const struct moat_db_options opts = {.secure_delete = true, .dsn = dsn};
     int rc = moat_db_open_migrated(out, data_dir, DB_FILE, &opts, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc == MOAT_OK && moat_db_engine(*out) == MOAT_DB_SQLITE)

@@ -91,7 +91,7 @@ void ord_customer_release(struct ord_customer *c);
 /* The migrations (the consumer's verification needs them too). */
 const struct moat_migration *ord_store_migrations(size_t *n);
 
-int ord_store_open(struct moat_db **out, const char *data_dir,
+int ord_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                    struct moat_metrics *metrics);
 bool ord_store_ready(struct moat_db *db, const char **why);
 

@@ -2,12 +2,13 @@
  * main.c - the payments service: payment authorisations, captures, voids
  * and refunds against an external card processor (docs/payment-provider.md),
  * kept in payments' own SQLite database ($MOAT_DATA_DIR/payments.db,
- * synchronous=FULL), with events (PaymentAuthorized, PaymentDeclined,
- * PaymentCaptured, PaymentVoided, PaymentRefunded, and the saga's
- * PaymentCaptureFailed, PaymentProviderUnavailable) served from its outbox
- * at /v1/events and every state change in <data_dir>/audit.log. With
- * orders' feed configured it is a participant of the order saga (saga.c,
- * docs/saga.md).
+ * synchronous=FULL; or the PostgreSQL database MOAT_DB_DSN names, whose
+ * commits are durable with synchronous_commit on), with events
+ * (PaymentAuthorized, PaymentDeclined, PaymentCaptured, PaymentVoided,
+ * PaymentRefunded, and the saga's PaymentCaptureFailed,
+ * PaymentProviderUnavailable) served from its outbox at /v1/events and every
+ * state change in <data_dir>/audit.log. With orders' feed configured it is a
+ * participant of the order saga (saga.c, docs/saga.md).
  *
  * Configuration besides the MOAT_* basics (moat/service.h):
  *   MOAT_PAYMENTS_PROVIDER_URL         the processor, e.g.
@@ -32,6 +33,7 @@
 #include <string.h>
 
 #include "moat/config.h"
+#include "moat/db.h"
 #include "moat/events.h"
 #include "moat/log.h"
 #include "payments.h"
@@ -145,7 +147,10 @@ static int payments_init(struct moat_service *svc)
         goto cleanup;
 
     step = "database";
-    struct pay_store_options so = {.base = svc->base, .source = svc->cfg.name};
+    /* MOAT_DB_DSN: the store is that PostgreSQL database (moat up sets it
+     * for "engine": "postgres"); unset, data_dir/payments.db. */
+    struct pay_store_options so = {
+        .base = svc->base, .source = svc->cfg.name, .dsn = svc->cfg.db_dsn};
     rc = pay_store_open(&ps->store, dir, svc->metrics, &so);
     if (rc == MOAT_OK)
         rc = moat_feed_register(pay_store_outbox(ps->store), svc->http);
@@ -191,7 +196,10 @@ static int payments_init(struct moat_service *svc)
              (json_int_t)ps->cfg.provider_timeout_ms, "active_key",
              (int)moat_keyring_active(ps->kr), "orders",
              ps->cfg.orders_url[0] ? ps->cfg.orders_url : "(none)");
-    moat_backup_register_sqlite(svc, pay_store_db(ps->store));
+    /* A PostgreSQL store is backed up by its cluster, not by the skeleton
+     * (docs/operations.md). */
+    if (moat_db_engine(pay_store_db(ps->store)) == MOAT_DB_SQLITE)
+        moat_backup_register_sqlite(svc, pay_store_db(ps->store));
     svc->impl = ps;
     ps = NULL;
 

@@ -86,10 +86,12 @@ struct pay_transition {
 struct pay_store_options {
     struct event_base *base; /* borrowed */
     const char *source;      /* service name for events */
+    const char *dsn;         /* MOAT_DB_DSN (borrowed); NULL or "": SQLite */
 };
 
-/* Open (creating, migrating) <data_dir>/payments.db and its outbox.
- * Caller closes with pay_store_close. */
+/* Open (creating, migrating) <data_dir>/payments.db, or the PostgreSQL
+ * database opts->dsn names, and its outbox. Caller closes with
+ * pay_store_close. */
 int pay_store_open(struct pay_store **out, const char *data_dir,
                    struct moat_metrics *metrics,
                    const struct pay_store_options *opts);

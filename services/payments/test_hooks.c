@@ -32,16 +32,25 @@ static void handle_payment(struct moat_req *r, void *arg)
     struct moat_buf sql = MOAT_BUF_INIT;
     const char *status = json_string_value(json_object_get(b, "status"));
     json_t *amount = json_object_get(b, "amount");
+    /* One UPDATE, so that the rows it changed are counted alike on both
+     * engines; sqlite3_mprintf's %Q quotes in standard SQL, which
+     * PostgreSQL reads the same. */
     char *s = NULL;
     if (status) {
-        s = sqlite3_mprintf("UPDATE payments SET status = %Q WHERE id = %Q;",
-                            status, id);
+        s = sqlite3_mprintf("status = %Q", status);
         moat_buf_addstr(&sql, s);
         sqlite3_free(s);
     }
     if (json_is_integer(amount)) {
-        s = sqlite3_mprintf("UPDATE payments SET amount = %lld WHERE id = %Q;",
-                            (long long)json_integer_value(amount), id);
+        s = sqlite3_mprintf("%samount = %lld", sql.len ? ", " : "",
+                            (long long)json_integer_value(amount));
+        moat_buf_addstr(&sql, s);
+        sqlite3_free(s);
+    }
+    if (sql.len) {
+        s = sqlite3_mprintf("UPDATE payments SET %s WHERE id = %Q",
+                            moat_buf_str(&sql), id);
+        moat_buf_release(&sql);
         moat_buf_addstr(&sql, s);
         sqlite3_free(s);
     }

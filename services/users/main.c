@@ -1,7 +1,8 @@
 /*
  * main.c - the users service: accounts, credentials and profiles in its
- * own SQLite database ($MOAT_DATA_DIR/users.db) with the personal fields
- * encrypted, served at /v1/users, /v1/auth and /v1/admin/keys.
+ * own SQLite database ($MOAT_DATA_DIR/users.db; or the PostgreSQL database
+ * MOAT_DB_DSN names) with the personal fields encrypted, served at
+ * /v1/users, /v1/auth and /v1/admin/keys.
  *
  * Where to look: users.h for the map of the files, handlers.c and
  * tokens.c for the API, store.c for the schema and the sealing,
@@ -17,6 +18,7 @@
 #include <string.h>
 
 #include "moat/config.h"
+#include "moat/db.h"
 #include "moat/jwt.h"
 #include "moat/keys.h"
 #include "moat/events.h"
@@ -198,7 +200,10 @@ static int users_init(struct moat_service *svc)
         goto out;
 
     step = "database";
-    rc = usr_store_open(&usr->store, svc->base, dir, usr->kr, svc->metrics);
+    /* MOAT_DB_DSN: the store is that PostgreSQL database (moat up sets it
+     * for "engine": "postgres"); unset, data_dir/users.db. */
+    rc = usr_store_open(&usr->store, svc->base, dir, svc->cfg.db_dsn, usr->kr,
+                        svc->metrics);
     if (rc == MOAT_OK)
         rc = moat_feed_register(usr_store_outbox(usr->store), svc->http);
     if (rc != MOAT_OK)
@@ -248,7 +253,10 @@ static int users_init(struct moat_service *svc)
     if (rc != MOAT_OK)
         goto out;
 
-    moat_backup_register_sqlite(svc, usr_store_db(usr->store));
+    /* A PostgreSQL store is backed up by its cluster, not by the skeleton
+     * (docs/operations.md). */
+    if (moat_db_engine(usr_store_db(usr->store)) == MOAT_DB_SQLITE)
+        moat_backup_register_sqlite(svc, usr_store_db(usr->store));
     svc->impl = usr;
     usr = NULL;
 

@@ -69,8 +69,37 @@ static const struct moat_migration migrations[] = {
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
      "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n",
-     NULL},
-    {2, "create outbox", MOAT_OUTBOX_SCHEMA, NULL},
+     /* PostgreSQL: ids compare bytewise (COLLATE "C"), as in SQLite, so
+      * that listing and re-keying pages keep their order. */
+     "CREATE TABLE users (\n"
+     "    id text COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'usr_'),\n"
+     "    email_enc text NOT NULL CHECK (substr(email_enc, 1, 3) = 's1.'),\n"
+     "    email_bidx text NOT NULL UNIQUE CHECK (length(email_bidx) = 64),\n"
+     "    name_enc text NOT NULL CHECK (substr(name_enc, 1, 3) = 's1.'),\n"
+     "    password_hash text NOT NULL,\n"
+     "    role text NOT NULL CONSTRAINT users_role_check\n"
+     "        CHECK (role IN ('customer', 'admin')),\n"
+     "    key_id bigint NOT NULL CHECK (key_id >= 1),\n"
+     "    version bigint NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms bigint NOT NULL,\n"
+     "    updated_at_ms bigint NOT NULL\n"
+     ");\n"
+     "CREATE INDEX users_key_id ON users (key_id);\n"
+     "CREATE TABLE refresh_tokens (\n"
+     "    token_hash text NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(token_hash) = 64),\n"
+     "    user_id text COLLATE \"C\" NOT NULL\n"
+     "        REFERENCES users (id) ON DELETE CASCADE,\n"
+     "    family_id text NOT NULL,\n"
+     "    expires_at_ms bigint NOT NULL,\n"
+     "    revoked_at_ms bigint,\n"
+     "    replaced_by text,\n"
+     "    created_at_ms bigint NOT NULL\n"
+     ");\n"
+     "CREATE INDEX refresh_tokens_family ON refresh_tokens (family_id);\n"
+     "CREATE INDEX refresh_tokens_user ON refresh_tokens (user_id);\n"},
+    {2, "create outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
     /*
      * Permissions: the moderator role, suspension, and moderation actions.
      * A CHECK cannot be altered in SQLite, so users is rebuilt; its child
@@ -133,18 +162,38 @@ static const struct moat_migration migrations[] = {
      "    requested_at_ms INTEGER NOT NULL,\n"
      "    seq INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n",
-     NULL},
+     /* PostgreSQL alters its CHECK in place: no rebuild. */
+     "ALTER TABLE users DROP CONSTRAINT users_role_check;\n"
+     "ALTER TABLE users ADD CONSTRAINT users_role_check\n"
+     "    CHECK (role IN ('customer', 'moderator', 'admin'));\n"
+     "ALTER TABLE users ADD COLUMN suspended bigint NOT NULL DEFAULT 0\n"
+     "    CHECK (suspended IN (0, 1));\n"
+     "ALTER TABLE users ADD COLUMN comment_suspended bigint NOT NULL\n"
+     "    DEFAULT 0 CHECK (comment_suspended IN (0, 1));\n"
+     "CREATE TABLE moderation_actions (\n"
+     "    id text COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'mod_'),\n"
+     "    action text NOT NULL CHECK (action IN ('remove_comment',\n"
+     "        'suspend_commenting', 'restore_commenting')),\n"
+     "    comment_id text,\n"
+     "    user_id text,\n"
+     "    reason text NOT NULL,\n"
+     "    requested_by text NOT NULL,\n"
+     "    requested_at_ms bigint NOT NULL,\n"
+     "    seq bigint NOT NULL\n"
+     ");\n"},
 };
 
 int usr_store_open(struct usr_store **out, struct event_base *base,
-                   const char *data_dir, const struct moat_keyring *kr,
-                   struct moat_metrics *metrics)
+                   const char *data_dir, const char *dsn,
+                   const struct moat_keyring *kr, struct moat_metrics *metrics)
 {
     struct usr_store *s = moat_xcalloc(1, sizeof(*s));
     s->kr = kr;
     /* Overwrite deleted content: a ciphertext replaced by re-sealing (or a
-     * revoked token's row) does not linger in free pages. */
-    const struct moat_db_options dbo = {.secure_delete = true};
+     * revoked token's row) does not linger in free pages (SQLite; on
+     * PostgreSQL, VACUUM reclaims dead rows). */
+    const struct moat_db_options dbo = {.secure_delete = true, .dsn = dsn};
     int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &dbo, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc != MOAT_OK)
@@ -232,37 +281,35 @@ static int open_field(struct usr_store *s, const char *place, const char *id,
     "id, email_enc, name_enc, password_hash, role, key_id, version, "          \
     "created_at_ms, updated_at_ms"
 
-static void copy_text(char *dst, size_t cap, const unsigned char *src)
+static void copy_text(char *dst, size_t cap, const char *src)
 {
-    snprintf(dst, cap, "%s", src ? (const char *)src : "");
+    snprintf(dst, cap, "%s", src ? src : "");
 }
 
 /* Fill u from a row of USER_COLUMNS, opening the sealed fields. */
-static int row_to_user(struct usr_store *s, sqlite3_stmt *st,
+static int row_to_user(struct usr_store *s, struct moat_stmt *stmt,
                        struct usr_user *u)
 {
-    const char *id = (const char *)sqlite3_column_text(st, 0);
+    const char *id = moat_stmt_text(stmt, 0);
     memset(u, 0, sizeof(*u));
     if (!id || strlen(id) != USR_ID_LEN)
         return MOAT_EDB;
     memcpy(u->id, id, USR_ID_LEN + 1);
-    int rc = open_field(s, AD_EMAIL, u->id,
-                        (const char *)sqlite3_column_text(st, 1), &u->email);
+    int rc = open_field(s, AD_EMAIL, u->id, moat_stmt_text(stmt, 1), &u->email);
     if (rc == MOAT_OK)
-        rc = open_field(s, AD_NAME, u->id,
-                        (const char *)sqlite3_column_text(st, 2),
+        rc = open_field(s, AD_NAME, u->id, moat_stmt_text(stmt, 2),
                         &u->display_name);
     if (rc != MOAT_OK) {
         usr_user_release(u);
         return rc;
     }
     copy_text(u->password_hash, sizeof(u->password_hash),
-              sqlite3_column_text(st, 3));
-    copy_text(u->role, sizeof(u->role), sqlite3_column_text(st, 4));
-    u->key_id = (uint32_t)sqlite3_column_int64(st, 5);
-    u->version = sqlite3_column_int64(st, 6);
-    u->created_ms = sqlite3_column_int64(st, 7);
-    u->updated_ms = sqlite3_column_int64(st, 8);
+              moat_stmt_text(stmt, 3));
+    copy_text(u->role, sizeof(u->role), moat_stmt_text(stmt, 4));
+    u->key_id = (uint32_t)moat_stmt_int64(stmt, 5);
+    u->version = moat_stmt_int64(stmt, 6);
+    u->created_ms = moat_stmt_int64(stmt, 7);
+    u->updated_ms = moat_stmt_int64(stmt, 8);
     return MOAT_OK;
 }
 
@@ -270,12 +317,14 @@ static int row_to_user(struct usr_store *s, sqlite3_stmt *st,
  * validation let something through: a bug, not the client's fault. */
 static int write_error(struct usr_store *s, int step_rc)
 {
-    int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
-    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY)
+    /* Extended codes on both engines (moat/db.h); the statement's own
+     * failure was logged with the engine's message. */
+    if (step_rc == SQLITE_CONSTRAINT_UNIQUE ||
+        step_rc == SQLITE_CONSTRAINT_PRIMARYKEY)
         return MOAT_ECONFLICT;
     if ((step_rc & 0xff) == SQLITE_CONSTRAINT) {
-        moat_log(MOAT_LOG_ERROR, "users constraint failed", "{s:s}", "error",
-                 moat_db_errmsg(s->db));
+        moat_log(MOAT_LOG_ERROR, "users constraint failed", "{s:i}",
+                 "sqlite_code", step_rc);
         return MOAT_EDB;
     }
     return moat_db_error(s->db, step_rc);
@@ -313,16 +362,15 @@ int usr_store_create(struct usr_store *s, struct usr_user *u,
         goto out;
     }
     uint32_t key_id = moat_sealed_key_id(email_enc);
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, email_bidx, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, name_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, u->password_hash, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, u->role, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, key_id);
-    sqlite3_bind_int64(st, 8, u->created_ms);
-    sqlite3_bind_int64(st, 9, u->updated_ms);
+    moat_stmt_bind_text(stmt, 1, u->id);
+    moat_stmt_bind_text(stmt, 2, email_enc);
+    moat_stmt_bind_text(stmt, 3, email_bidx);
+    moat_stmt_bind_text(stmt, 4, name_enc);
+    moat_stmt_bind_text(stmt, 5, u->password_hash);
+    moat_stmt_bind_text(stmt, 6, u->role);
+    moat_stmt_bind_int64(stmt, 7, key_id);
+    moat_stmt_bind_int64(stmt, 8, u->created_ms);
+    moat_stmt_bind_int64(stmt, 9, u->updated_ms);
     rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         goto out;
@@ -359,12 +407,11 @@ int usr_store_get(struct usr_store *s, const char *id, struct usr_user *out)
         s->db, "user_get", "SELECT " USER_COLUMNS " FROM users WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, id);
     int step = moat_stmt_step(stmt);
     int rc;
     if (step == SQLITE_ROW)
-        rc = row_to_user(s, st, out);
+        rc = row_to_user(s, stmt, out);
     else if (step == SQLITE_DONE)
         rc = MOAT_ENOTFOUND;
     else
@@ -380,18 +427,17 @@ static int cred_query(struct usr_store *s, const char *name, const char *sql,
     struct moat_stmt *stmt = moat_db_prepare(s->db, name, sql);
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, key);
     int step = moat_stmt_step(stmt);
     int rc;
     memset(out, 0, sizeof(*out));
     if (step == SQLITE_ROW) {
-        copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
-        copy_text(out->role, sizeof(out->role), sqlite3_column_text(st, 1));
+        copy_text(out->id, sizeof(out->id), moat_stmt_text(stmt, 0));
+        copy_text(out->role, sizeof(out->role), moat_stmt_text(stmt, 1));
         copy_text(out->password_hash, sizeof(out->password_hash),
-                  sqlite3_column_text(st, 2));
-        out->suspended = sqlite3_column_int64(st, 3) != 0;
-        out->comment_suspended = sqlite3_column_int64(st, 4) != 0;
+                  moat_stmt_text(stmt, 2));
+        out->suspended = moat_stmt_int64(stmt, 3) != 0;
+        out->comment_suspended = moat_stmt_int64(stmt, 4) != 0;
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -438,12 +484,11 @@ static int current_version(struct usr_store *s, const char *id,
         s->db, "user_version", "SELECT version FROM users WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, id);
     int step = moat_stmt_step(stmt);
     int rc;
     if (step == SQLITE_ROW) {
-        *version = sqlite3_column_int64(st, 0);
+        *version = moat_stmt_int64(stmt, 0);
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -477,9 +522,8 @@ static int revoke_user_tokens(struct usr_store *s, const char *user_id,
                         "WHERE user_id = ?1 AND revoked_at_ms IS NULL");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
+    moat_stmt_bind_text(stmt, 1, user_id);
+    moat_stmt_bind_int64(stmt, 2, now_ms);
     return step_done(s, stmt);
 }
 
@@ -494,18 +538,17 @@ int usr_store_access_get(struct usr_store *s, const char *id,
         "FROM users WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, id);
     int step = moat_stmt_step(stmt);
     int rc;
     memset(out, 0, sizeof(*out));
     if (step == SQLITE_ROW) {
         snprintf(out->id, sizeof(out->id), "%s", id);
-        copy_text(out->role, sizeof(out->role), sqlite3_column_text(st, 0));
-        out->suspended = sqlite3_column_int64(st, 1) != 0;
-        out->comment_suspended = sqlite3_column_int64(st, 2) != 0;
-        out->version = sqlite3_column_int64(st, 3);
-        out->updated_ms = sqlite3_column_int64(st, 4);
+        copy_text(out->role, sizeof(out->role), moat_stmt_text(stmt, 0));
+        out->suspended = moat_stmt_int64(stmt, 1) != 0;
+        out->comment_suspended = moat_stmt_int64(stmt, 2) != 0;
+        out->version = moat_stmt_int64(stmt, 3);
+        out->updated_ms = moat_stmt_int64(stmt, 4);
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -581,18 +624,17 @@ static int access_apply(struct usr_store *s, struct usr_access *a,
         "version = ?5, updated_at_ms = ?6 WHERE id = ?1 AND version = ?7");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, next.id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, next.role, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, next.suspended);
-    sqlite3_bind_int64(st, 4, next.comment_suspended);
-    sqlite3_bind_int64(st, 5, next.version);
-    sqlite3_bind_int64(st, 6, next.updated_ms);
-    sqlite3_bind_int64(st, 7, a->version);
+    moat_stmt_bind_text(stmt, 1, next.id);
+    moat_stmt_bind_text(stmt, 2, next.role);
+    moat_stmt_bind_int64(stmt, 3, next.suspended);
+    moat_stmt_bind_int64(stmt, 4, next.comment_suspended);
+    moat_stmt_bind_int64(stmt, 5, next.version);
+    moat_stmt_bind_int64(stmt, 6, next.updated_ms);
+    moat_stmt_bind_int64(stmt, 7, a->version);
     int rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         return rc;
-    if (sqlite3_changes(moat_db_handle(s->db)) == 0)
+    if (moat_db_changes(s->db) == 0)
         return MOAT_EPRECOND; /* cannot happen inside BEGIN IMMEDIATE */
     /* One event per change, the whole state after it. A suspension set
      * (either kind) is UserSuspended; lifted, UserRestored. */
@@ -663,20 +705,19 @@ int usr_store_replace(struct usr_store *s, struct usr_user *u,
         goto out;
     }
     uint32_t key_id = moat_sealed_key_id(email_enc);
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, email_bidx, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, name_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, u->password_hash, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, u->role, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, key_id);
-    sqlite3_bind_int64(st, 8, now_ms);
-    sqlite3_bind_int64(st, 9, expect_version);
+    moat_stmt_bind_text(stmt, 1, u->id);
+    moat_stmt_bind_text(stmt, 2, email_enc);
+    moat_stmt_bind_text(stmt, 3, email_bidx);
+    moat_stmt_bind_text(stmt, 4, name_enc);
+    moat_stmt_bind_text(stmt, 5, u->password_hash);
+    moat_stmt_bind_text(stmt, 6, u->role);
+    moat_stmt_bind_int64(stmt, 7, key_id);
+    moat_stmt_bind_int64(stmt, 8, now_ms);
+    moat_stmt_bind_int64(stmt, 9, expect_version);
     rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         goto out;
-    if (sqlite3_changes(moat_db_handle(s->db)) == 0) {
+    if (moat_db_changes(s->db) == 0) {
         int64_t v;
         rc = current_version(s, u->id, &v);
         if (rc == MOAT_OK)
@@ -738,9 +779,8 @@ int usr_store_list(struct usr_store *s, const char *after_id, size_t limit,
     *n = 0;
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, after_id ? after_id : "", -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, (sqlite3_int64)limit);
+    moat_stmt_bind_text(stmt, 1, after_id ? after_id : "");
+    moat_stmt_bind_int64(stmt, 2, (int64_t)limit);
     struct usr_user *list = moat_xcalloc(limit ? limit : 1, sizeof(*list));
     size_t count = 0;
     int rc = MOAT_OK;
@@ -754,7 +794,7 @@ int usr_store_list(struct usr_store *s, const char *after_id, size_t limit,
         }
         if (count == limit)
             break;
-        rc = row_to_user(s, st, &list[count]);
+        rc = row_to_user(s, stmt, &list[count]);
         if (rc != MOAT_OK)
             break;
         count++;
@@ -787,12 +827,11 @@ static int insert_token(struct usr_store *s, const struct usr_token *t,
         "expires_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, t->hash, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, t->user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, t->family, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, t->expires_ms);
-    sqlite3_bind_int64(st, 5, now_ms);
+    moat_stmt_bind_text(stmt, 1, t->hash);
+    moat_stmt_bind_text(stmt, 2, t->user_id);
+    moat_stmt_bind_text(stmt, 3, t->family);
+    moat_stmt_bind_int64(stmt, 4, t->expires_ms);
+    moat_stmt_bind_int64(stmt, 5, now_ms);
     return step_done(s, stmt);
 }
 
@@ -816,24 +855,23 @@ int usr_store_token_get(struct usr_store *s, const char *hash,
     struct moat_stmt *stmt =
         moat_db_prepare(s->db, "token_get",
                         "SELECT token_hash, user_id, family_id, expires_at_ms, "
-                        "coalesce(revoked_at_ms, 0), replaced_by IS NOT NULL "
+                        "coalesce(revoked_at_ms, 0), "
+                        "CASE WHEN replaced_by IS NULL THEN 0 ELSE 1 END "
                         "FROM refresh_tokens "
                         "WHERE token_hash = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, hash);
     int step = moat_stmt_step(stmt);
     int rc;
     memset(out, 0, sizeof(*out));
     if (step == SQLITE_ROW) {
-        copy_text(out->hash, sizeof(out->hash), sqlite3_column_text(st, 0));
-        copy_text(out->user_id, sizeof(out->user_id),
-                  sqlite3_column_text(st, 1));
-        copy_text(out->family, sizeof(out->family), sqlite3_column_text(st, 2));
-        out->expires_ms = sqlite3_column_int64(st, 3);
-        out->revoked_ms = sqlite3_column_int64(st, 4);
-        out->rotated = sqlite3_column_int(st, 5) != 0;
+        copy_text(out->hash, sizeof(out->hash), moat_stmt_text(stmt, 0));
+        copy_text(out->user_id, sizeof(out->user_id), moat_stmt_text(stmt, 1));
+        copy_text(out->family, sizeof(out->family), moat_stmt_text(stmt, 2));
+        out->expires_ms = moat_stmt_int64(stmt, 3);
+        out->revoked_ms = moat_stmt_int64(stmt, 4);
+        out->rotated = moat_stmt_int64(stmt, 5) != 0;
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;
@@ -858,14 +896,13 @@ int usr_store_token_rotate(struct usr_store *s, const char *old_hash,
         rc = MOAT_EDB;
         goto out;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, old_hash, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
-    sqlite3_bind_text(st, 3, next->hash, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, old_hash);
+    moat_stmt_bind_int64(stmt, 2, now_ms);
+    moat_stmt_bind_text(stmt, 3, next->hash);
     rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         goto out;
-    if (sqlite3_changes(moat_db_handle(s->db)) != 1) {
+    if (moat_db_changes(s->db) != 1) {
         rc = MOAT_EPRECOND;
         goto out;
     }
@@ -895,13 +932,12 @@ int usr_store_family_revoke(struct usr_store *s, const char *user_id,
         rc = MOAT_EDB;
         goto out;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, family, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
+    moat_stmt_bind_text(stmt, 1, family);
+    moat_stmt_bind_int64(stmt, 2, now_ms);
     rc = step_done(s, stmt);
     if (rc != MOAT_OK)
         goto out;
-    n = sqlite3_changes(moat_db_handle(s->db));
+    n = moat_db_changes(s->db);
     if (count)
         *count = n;
     if (n > 0)
@@ -930,9 +966,8 @@ int usr_store_tokens_purge(struct usr_store *s, const char *user_id,
         rc = MOAT_EDB;
         goto out;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
+    moat_stmt_bind_text(stmt, 1, user_id);
+    moat_stmt_bind_int64(stmt, 2, now_ms);
     rc = step_done(s, stmt);
     if (rc == MOAT_OK)
         rc = moat_db_commit(s->db);
@@ -970,10 +1005,9 @@ static int rekey_select(struct usr_store *s, uint32_t active_key,
                         "WHERE id > ?1 AND key_id <> ?2 ORDER BY id LIMIT ?3");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, active_key);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)batch);
+    moat_stmt_bind_text(stmt, 1, after);
+    moat_stmt_bind_int64(stmt, 2, active_key);
+    moat_stmt_bind_int64(stmt, 3, (int64_t)batch);
     int rc = MOAT_OK;
     *n = 0;
     while (*n < batch) {
@@ -985,11 +1019,11 @@ static int rekey_select(struct usr_store *s, uint32_t active_key,
             break;
         }
         struct rekey_row *r = &rows[*n];
-        copy_text(r->id, sizeof(r->id), sqlite3_column_text(st, 0));
-        const unsigned char *e = sqlite3_column_text(st, 1);
-        const unsigned char *nm = sqlite3_column_text(st, 2);
-        r->email_enc = moat_xstrdup(e ? (const char *)e : "");
-        r->name_enc = moat_xstrdup(nm ? (const char *)nm : "");
+        copy_text(r->id, sizeof(r->id), moat_stmt_text(stmt, 0));
+        const char *e = moat_stmt_text(stmt, 1);
+        const char *nm = moat_stmt_text(stmt, 2);
+        r->email_enc = moat_xstrdup(e ? e : "");
+        r->name_enc = moat_xstrdup(nm ? nm : "");
         (*n)++;
     }
     moat_stmt_reset(stmt);
@@ -1017,11 +1051,10 @@ static int rekey_row(struct usr_store *s, const struct rekey_row *r)
         rc = MOAT_EDB;
         goto out;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, r->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, email_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, name_enc, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, moat_sealed_key_id(email_enc));
+    moat_stmt_bind_text(stmt, 1, r->id);
+    moat_stmt_bind_text(stmt, 2, email_enc);
+    moat_stmt_bind_text(stmt, 3, name_enc);
+    moat_stmt_bind_int64(stmt, 4, moat_sealed_key_id(email_enc));
     rc = step_done(s, stmt);
 
 out:
@@ -1092,15 +1125,14 @@ static int mod_insert_row(struct usr_store *s, const struct usr_mod_action *a)
         "VALUES (?1, ?2, nullif(?3, ''), nullif(?4, ''), ?5, ?6, ?7, ?8)");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, a->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, a->action, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, a->comment_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, a->user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 5, a->reason, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 6, a->requested_by, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 7, a->requested_ms);
-    sqlite3_bind_int64(st, 8, a->seq);
+    moat_stmt_bind_text(stmt, 1, a->id);
+    moat_stmt_bind_text(stmt, 2, a->action);
+    moat_stmt_bind_text(stmt, 3, a->comment_id);
+    moat_stmt_bind_text(stmt, 4, a->user_id);
+    moat_stmt_bind_text(stmt, 5, a->reason);
+    moat_stmt_bind_text(stmt, 6, a->requested_by);
+    moat_stmt_bind_int64(stmt, 7, a->requested_ms);
+    moat_stmt_bind_int64(stmt, 8, a->seq);
     return step_done(s, stmt);
 }
 
@@ -1169,23 +1201,21 @@ int usr_store_mod_get(struct usr_store *s, const char *id,
         "WHERE id = ?1");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, id);
     int step = moat_stmt_step(stmt);
     int rc;
     memset(out, 0, sizeof(*out));
     if (step == SQLITE_ROW) {
-        copy_text(out->id, sizeof(out->id), sqlite3_column_text(st, 0));
-        copy_text(out->action, sizeof(out->action), sqlite3_column_text(st, 1));
+        copy_text(out->id, sizeof(out->id), moat_stmt_text(stmt, 0));
+        copy_text(out->action, sizeof(out->action), moat_stmt_text(stmt, 1));
         copy_text(out->comment_id, sizeof(out->comment_id),
-                  sqlite3_column_text(st, 2));
-        copy_text(out->user_id, sizeof(out->user_id),
-                  sqlite3_column_text(st, 3));
-        copy_text(out->reason, sizeof(out->reason), sqlite3_column_text(st, 4));
+                  moat_stmt_text(stmt, 2));
+        copy_text(out->user_id, sizeof(out->user_id), moat_stmt_text(stmt, 3));
+        copy_text(out->reason, sizeof(out->reason), moat_stmt_text(stmt, 4));
         copy_text(out->requested_by, sizeof(out->requested_by),
-                  sqlite3_column_text(st, 5));
-        out->requested_ms = sqlite3_column_int64(st, 6);
-        out->seq = sqlite3_column_int64(st, 7);
+                  moat_stmt_text(stmt, 5));
+        out->requested_ms = moat_stmt_int64(stmt, 6);
+        out->seq = moat_stmt_int64(stmt, 7);
         rc = MOAT_OK;
     } else if (step == SQLITE_DONE) {
         rc = MOAT_ENOTFOUND;

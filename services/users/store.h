@@ -2,8 +2,9 @@
  * store.h - the users service's own database: the only code that knows
  * its schema, and the only code that seals and opens personal data.
  *
- * The database is $MOAT_DATA_DIR/users.db (SQLite through moat/db.h). It
- * never holds a plaintext email, display name, password or refresh token:
+ * The database is $MOAT_DATA_DIR/users.db (SQLite through moat/db.h), or
+ * the PostgreSQL database MOAT_DB_DSN names. It never holds a plaintext email,
+ * display name, password or refresh token:
  *  - email and display name are sealed (moat/crypto.h) with associated
  *    data "users.email:<id>" / "users.display_name:<id>", so a ciphertext
  *    copied to another row or column fails to open; every write seals both
@@ -44,9 +45,11 @@ struct usr_store;
 #define USR_TOKEN_HASH_HEX 64
 #define USR_FAMILY_MAX     48
 
+/* dsn (borrowed; NULL or "": SQLite) is MOAT_DB_DSN: the store is that
+ * PostgreSQL database instead of data_dir/users.db (moat/db.h). */
 int usr_store_open(struct usr_store **out, struct event_base *base,
-                   const char *data_dir, const struct moat_keyring *kr,
-                   struct moat_metrics *metrics);
+                   const char *data_dir, const char *dsn,
+                   const struct moat_keyring *kr, struct moat_metrics *metrics);
 /* The store's database (borrowed), for the skeleton's backups. */
 struct moat_db *usr_store_db(struct usr_store *s);
 /* The outbox of UserRegistered/UserUpdated events (served as the feed). */

@@ -379,28 +379,42 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
     if (!root)
         fail_msg("cannot read %s: %s", src, err.text);
     json_t *services = json_object_get(root, "services");
-    size_t n = json_array_size(services);
-    char **from = calloc(n, sizeof(*from)), **to = calloc(n, sizeof(*to));
-    uint16_t *ports = calloc(n, sizeof(*ports));
-    for (size_t i = 0; i < n; i++) {
-        json_t *svc = json_array_get(services, i);
-        uint16_t p;
-        bool taken;
-        do {
-            p = h_free_port();
-            taken = false;
-            for (size_t k = 0; k < i; k++)
-                taken = taken || ports[k] == p;
-        } while (taken);
-        ports[i] = p;
-        from[i] = strdup(json_string_value(json_object_get(svc, "listen")));
-        to[i] = strdup(h_fmt("127.0.0.1:%u", p));
-        json_object_set_new(svc, "listen", json_string(to[i]));
-        if (json_array_size(json_object_get(svc, "routes")))
-            snprintf(gw_url, gw_len, "%s://%s",
-                     json_is_true(json_object_get(root, "tls")) ? "https"
-                                                                : "http",
-                     to[i]);
+    /* Every address of every service (several for a service with
+     * instances, "listen" an array) moves to a free port of its own. */
+    size_t n = 0, cap = 0;
+    char **from = NULL, **to = NULL;
+    size_t si;
+    json_t *svc0;
+    json_array_foreach(services, si, svc0)
+    {
+        json_t *listen = json_object_get(svc0, "listen");
+        json_t *addrs = json_is_array(listen) ? json_incref(listen)
+                                              : json_pack("[O]", listen);
+        size_t k;
+        json_t *a;
+        json_array_foreach(addrs, k, a)
+        {
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                from = realloc(from, cap * sizeof(*from));
+                to = realloc(to, cap * sizeof(*to));
+                assert_non_null(from);
+                assert_non_null(to);
+            }
+            from[n] = strdup(json_string_value(a));
+            to[n] = strdup(h_fmt("127.0.0.1:%u", (unsigned)h_free_port()));
+            json_array_set_new(addrs, k, json_string(to[n]));
+            if (k == 0 && json_array_size(json_object_get(svc0, "routes")))
+                snprintf(gw_url, gw_len, "%s://%s",
+                         json_is_true(json_object_get(root, "tls")) ? "https"
+                                                                    : "http",
+                         to[n]);
+            n++;
+        }
+        json_object_set(svc0, "listen",
+                        json_is_array(listen) ? addrs
+                                              : json_array_get(addrs, 0));
+        json_decref(addrs);
     }
     /* A private PostgreSQL cluster ("postgres" block) moves too. */
     json_t *pg = json_object_get(root, "postgres");
@@ -438,12 +452,27 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                 env, "MOAT_GATEWAY_TIMEOUT_MS",
                 json_string(h_fmt("%u", h_scaled_ms(GATEWAY_TIMEOUT_MS))));
     }
-    /* The Redis moat up runs ("redis" without a "url") moves too. */
+    /* The servers moat up runs beside the services move too: Redis
+     * ("redis" without a "url"), the PostgreSQL cluster and the broker. */
     json_t *redis = json_object_get(root, "redis");
     if (json_is_object(redis) && !json_object_get(redis, "url"))
         json_object_set_new(
             redis, "listen",
             json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    json_t *pg = json_object_get(root, "postgres");
+    if (json_is_object(pg))
+        json_object_set_new(
+            pg, "listen",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    json_t *js = json_object_get(root, "jetstream");
+    if (json_is_object(js) && !json_object_get(js, "url")) {
+        json_object_set_new(
+            js, "listen",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+        json_object_set_new(
+            js, "monitor",
+            json_string(h_fmt("127.0.0.1:%u", (unsigned)h_free_port())));
+    }
     if (name)
         json_object_set_new(root, "name", json_string(name));
     json_object_set_new(root, "var_dir", json_string("var"));
@@ -456,7 +485,6 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
     }
     free(from);
     free(to);
-    free(ports);
     json_decref(root);
 }
 
@@ -479,6 +507,24 @@ static bool gateway_ready(void *arg)
     return ok;
 }
 
+/* For h_wait_until: the gateway answers, or moat up has exited (a start
+ * that failed: no point in waiting for the rest of the timeout). */
+struct up_wait {
+    const char *gw_url;
+    pid_t pid;
+    bool exited;
+};
+
+static bool up_ready_or_gone(void *arg)
+{
+    struct up_wait *w = arg;
+    if (waitpid(w->pid, NULL, WNOHANG) == w->pid) {
+        w->exited = true;
+        return true;
+    }
+    return gateway_ready((void *)w->gw_url);
+}
+
 pid_t h_moat_up(const char *file, const char *dir, const char *gw_url)
 {
     char *log = moat_xasprintf("%s/up.log", dir);
@@ -490,10 +536,13 @@ pid_t h_moat_up(const char *file, const char *dir, const char *gw_url)
         execl(MOAT_BIN_DIR "/moat", "moat", "up", "-f", file, (char *)NULL);
         _exit(127);
     }
-    if (pid > 0 && !h_wait_until(gateway_ready, (void *)gw_url, 30000)) {
+    struct up_wait w = {.gw_url = gw_url, .pid = pid};
+    if (pid > 0 && (!h_wait_until(up_ready_or_gone, &w, 30000) || w.exited)) {
         h_print_file(log);
-        fprintf(stderr, "harness: the deployment %s did not come up\n", file);
-        h_moat_down(&pid);
+        fprintf(stderr, "harness: the deployment %s did not come up%s\n", file,
+                w.exited ? " (moat up exited)" : "");
+        if (!w.exited)
+            h_moat_down(&pid);
         pid = -1;
     }
     free(log);

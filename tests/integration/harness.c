@@ -28,6 +28,7 @@
 #include "moat/jwt.h"
 #include "moat/tls.h"
 #include "moat/buf.h"
+#include "moat/db.h"
 
 #define READY_TIMEOUT_MS 10000
 #define RESTART_ATTEMPTS 20
@@ -734,12 +735,51 @@ static const char *pg_store_dsn(const char *name, const char *data_dir)
     return pg_stores[pg_store_count++].dsn;
 }
 
-const char *h_service_dsn(const struct h_service *svc)
+const char *h_store_dsn(const char *data_dir)
 {
-    for (size_t i = 0; svc->data_dir && i < pg_store_count; i++)
-        if (strcmp(pg_stores[i].data_dir, svc->data_dir) == 0)
+    for (size_t i = 0; data_dir && i < pg_store_count; i++)
+        if (strcmp(pg_stores[i].data_dir, data_dir) == 0)
             return pg_stores[i].dsn;
     return NULL;
+}
+
+char *h_store_text(const char *data_dir)
+{
+    const char *dsn = h_store_dsn(data_dir);
+    if (!dsn)
+        return NULL;
+    struct moat_db *db = NULL;
+    const struct moat_db_options o = {.dsn = dsn};
+    if (moat_db_open(&db, NULL, &o, NULL) != MOAT_OK) {
+        fprintf(stderr, "harness: cannot open %s\n", dsn);
+        exit(1);
+    }
+    struct moat_stmt *s = moat_db_prepare(
+        db, "tables",
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'");
+    json_t *names = json_array();
+    while (s && moat_stmt_step(s) == SQLITE_ROW)
+        json_array_append_new(names, json_string(moat_stmt_text(s, 0)));
+    struct moat_buf out = MOAT_BUF_INIT;
+    size_t i;
+    json_t *name;
+    json_array_foreach(names, i, name)
+    {
+        const char *table = json_string_value(name);
+        char *sql = moat_xasprintf("SELECT t::text FROM \"%s\" t", table);
+        struct moat_stmt *rows = moat_db_prepare(db, table, sql);
+        while (rows && moat_stmt_step(rows) == SQLITE_ROW) {
+            moat_buf_addstr(&out, moat_stmt_text(rows, 0));
+            moat_buf_addstr(&out, "\n");
+        }
+        free(sql);
+    }
+    json_decref(names);
+    moat_db_close(db);
+    char *text = moat_xstrdup(moat_buf_str(&out));
+    moat_buf_release(&out);
+    return text;
 }
 
 MOAT_NORETURN static void exec_child(const struct h_service *svc, pid_t parent,

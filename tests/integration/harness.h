@@ -170,14 +170,24 @@ int h_service_stop(struct h_service *svc);
 void h_service_kill(struct h_service *svc);
 /* Kill the child if it still runs and free the strings. Idempotent. */
 void h_service_release(struct h_service *svc);
-/* The MOAT_DB_DSN svc was started with (MOAT_TEST_ENGINE=postgres; owned
- * by the harness), or NULL when its store is not on PostgreSQL. For tests
- * that look inside a service's database as it is stored. */
-const char *h_service_dsn(const struct h_service *svc);
 /* Print the last max_lines lines of the service log to stderr. */
 void h_service_print_log(const struct h_service *svc, size_t max_lines);
 /* SIGKILL every started child that is still running. */
 void h_kill_all(void);
+
+/*
+ * Under MOAT_TEST_ENGINE=postgres (tests/pg_fixture.h): the DSN the
+ * services started with data_dir got as MOAT_DB_DSN (owned by the
+ * fixture), or NULL when the test runs on SQLite or none started yet.
+ */
+const char *h_store_dsn(const char *data_dir);
+/*
+ * Every row of every table of that PostgreSQL store as text (one line per
+ * row, PostgreSQL's row literal), for tests that check what is at rest;
+ * the caller frees it. NULL when h_store_dsn(data_dir) is (the store is
+ * the SQLite file in data_dir: read the files).
+ */
+char *h_store_text(const char *data_dir);
 
 /* ---- HTTP ---- */
 

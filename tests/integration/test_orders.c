@@ -8,6 +8,7 @@
 #include "moat/common.h"
 
 #include "harness.h"
+#include "pg_fixture.h"
 #include "moat/buf.h"
 
 #include <signal.h>
@@ -615,6 +616,10 @@ static int legacy_row_state(void)
 static void test_customer_copy_migration(void **state)
 {
     MOAT_UNUSED(state);
+    /* The upgrade of a SQLite file written before sealing; a PostgreSQL
+     * store was never unsealed. */
+    if (h_pg_engine())
+        skip();
     assert_int_equal(h_service_stop(&F.ord), 0);
     sqlite3 *db = NULL;
     assert_int_equal(

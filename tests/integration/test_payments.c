@@ -236,12 +236,15 @@ static bool contains(const char *hay, size_t n, const char *needle)
 }
 
 /* True when needle occurs in any file of payments' data directory
- * (payments.db, its WAL and shm, the audit log, the keys). */
+ * (payments.db, its WAL and shm, the audit log, the keys), or in any row
+ * of its PostgreSQL database when it has one. */
 static bool in_data_dir(const char *needle)
 {
     DIR *d = opendir(F.pay_data);
     struct dirent *e;
-    bool found = false;
+    char *rows = h_store_text(F.pay_data);
+    bool found = rows && strstr(rows, needle);
+    free(rows);
     assert_non_null(d);
     while (!found && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.')

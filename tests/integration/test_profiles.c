@@ -482,7 +482,7 @@ static int scan_files(const char *const *needles, size_t n)
 static bool scan_row_pg(const char *user_id, const char *const *needles,
                         size_t n, const char *handle)
 {
-    const char *dsn = h_service_dsn(&F.profiles);
+    const char *dsn = h_store_dsn(F.profiles.data_dir);
     if (!dsn)
         return false;
     PGconn *conn = PQconnectdb(dsn);

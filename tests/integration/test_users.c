@@ -31,6 +31,7 @@
 
 #include "harness.h"
 #include "moat/audit.h"
+#include "moat/db.h"
 #include "moat/sandbox.h"
 
 #define ADMIN_EMAIL    "root@moat.test"
@@ -769,6 +770,16 @@ static void scan_files(void *arg)
     struct needles *nd = arg;
     const char *files[] = {"users.db", "users.db-wal", "audit.log"};
     size_t scanned = 0;
+    /* On PostgreSQL: every row of the store, as text. */
+    char *rows = h_store_text(F.users_data);
+    if (rows) {
+        scanned++;
+        for (size_t i = 0; i < nd->n; i++)
+            if (strstr(rows, nd->s[i]))
+                fail_msg("the database contains the plaintext \"%s\"",
+                         nd->s[i]);
+        free(rows);
+    }
     for (size_t f = 0; f < MOAT_ARRAY_LEN(files); f++) {
         const char *path = h_fmt("%s/%s", F.users_data, files[f]);
         size_t len = 0;
@@ -781,7 +792,7 @@ static void scan_files(void *arg)
                 fail_msg("%s contains the plaintext \"%s\"", path, nd->s[i]);
         free(data);
     }
-    assert_true(scanned >= 2); /* users.db and audit.log at least */
+    assert_true(scanned >= 2); /* the database and audit.log at least */
 }
 
 static void test_no_plaintext_at_rest(void **state)
@@ -829,9 +840,48 @@ static void exec_sql(sqlite3 *db, const char *sql)
         fail_msg("sqlite: %s: %s", sql, err ? err : "?");
 }
 
+/* edit_db on a PostgreSQL store, through moat/db.h. */
+static void edit_db_pg(struct copy_job *j, const char *dsn)
+{
+    struct moat_db *db = NULL;
+    const struct moat_db_options o = {.dsn = dsn};
+    assert_int_equal(moat_db_open(&db, NULL, &o, NULL), MOAT_OK);
+    struct moat_stmt *st;
+    if (j->restore) {
+        st = moat_db_prepare(db, "restore",
+                             "UPDATE users SET email_enc = ?1 WHERE id = ?2");
+        assert_non_null(st);
+        moat_stmt_bind_text(st, 1, j->saved);
+        moat_stmt_bind_text(st, 2, j->to_id);
+        assert_int_equal(moat_stmt_step(st), SQLITE_DONE);
+    } else {
+        st = moat_db_prepare(db, "save",
+                             "SELECT email_enc FROM users WHERE id = ?1");
+        assert_non_null(st);
+        moat_stmt_bind_text(st, 1, j->to_id);
+        assert_int_equal(moat_stmt_step(st), SQLITE_ROW);
+        j->saved = moat_xstrdup(moat_stmt_text(st, 0));
+        moat_stmt_reset(st);
+        st = moat_db_prepare(db, "move",
+                             "UPDATE users SET email_enc = (SELECT email_enc "
+                             "FROM users WHERE id = ?1) WHERE id = ?2");
+        assert_non_null(st);
+        moat_stmt_bind_text(st, 1, j->from_id);
+        moat_stmt_bind_text(st, 2, j->to_id);
+        assert_int_equal(moat_stmt_step(st), SQLITE_DONE);
+        assert_int_equal(moat_db_changes(db), 1);
+    }
+    moat_db_close(db);
+}
+
 static void edit_db(void *arg)
 {
     struct copy_job *j = arg;
+    const char *dsn = h_store_dsn(F.users_data);
+    if (dsn) {
+        edit_db_pg(j, dsn);
+        return;
+    }
     sqlite3 *db = NULL;
     const char *path = h_fmt("%s/users.db", F.users_data);
     assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL),
@@ -1214,12 +1264,18 @@ static void test_sandbox(void **state)
     char *users_db = moat_xasprintf("%s/users.db", F.users_data);
     char *cat_db = moat_xasprintf("%s/catalog.db", F.cat_data);
     int err = 0;
-    assert_true(probe_open(&F.users, users_db, &err));
-    assert_true(probe_open(&F.cat, cat_db, &err));
-    assert_false(probe_open(&F.cat, users_db, &err));
-    assert_int_equal(err, EACCES);
-    assert_false(probe_open(&F.users, cat_db, &err));
-    assert_int_equal(err, EACCES);
+    /* Database files exist on SQLite only; on PostgreSQL each store is a
+     * database of its own role instead. */
+    if (!h_store_dsn(F.users_data)) {
+        assert_true(probe_open(&F.users, users_db, &err));
+        assert_false(probe_open(&F.cat, users_db, &err));
+        assert_int_equal(err, EACCES);
+    }
+    if (!h_store_dsn(F.cat_data)) {
+        assert_true(probe_open(&F.cat, cat_db, &err));
+        assert_false(probe_open(&F.users, cat_db, &err));
+        assert_int_equal(err, EACCES);
+    }
     /* Nor the key file. */
     char *keys = moat_xasprintf("%s/keys", F.users_data);
     assert_false(probe_open(&F.cat, keys, &err));
@@ -1241,8 +1297,10 @@ static void test_data_dir_permissions(void **state)
     struct stat st;
     assert_int_equal(stat(F.users_data, &st), 0);
     assert_int_equal(st.st_mode & 07777, 0700);
-    const char *files[] = {"users.db", "keys", "audit.log", "audit.head"};
-    for (size_t i = 0; i < MOAT_ARRAY_LEN(files); i++) {
+    const char *files[] = {"keys", "audit.log", "audit.head", "users.db"};
+    /* users.db only when the store is that file (not PostgreSQL). */
+    size_t n = MOAT_ARRAY_LEN(files) - (h_store_dsn(F.users_data) ? 1 : 0);
+    for (size_t i = 0; i < n; i++) {
         const char *path = h_fmt("%s/%s", F.users_data, files[i]);
         assert_int_equal(stat(path, &st), 0);
         if ((st.st_mode & 07777) != 0600)
