@@ -416,11 +416,6 @@ void h_deployment_write_free_ports(const char *src, const char *dst,
                                               : json_array_get(addrs, 0));
         json_decref(addrs);
     }
-    /* A private PostgreSQL cluster ("postgres" block) moves too. */
-    json_t *pg = json_object_get(root, "postgres");
-    if (json_is_object(pg))
-        json_object_set_new(pg, "listen",
-                            json_string(h_fmt("127.0.0.1:%u", h_free_port())));
     size_t i;
     json_t *svc;
     json_array_foreach(services, i, svc)
