@@ -42,6 +42,10 @@ int moat_backup_register_sqlite(struct moat_service *svc, struct moat_db *db)
 {
     if (!svc || !db)
         return MOAT_EINVAL;
+    /* A PostgreSQL store is backed up with PostgreSQL's tools: the backup
+     * route then answers 501, as for a service without a store. */
+    if (moat_db_engine(db) != MOAT_DB_SQLITE)
+        return MOAT_EUNSUPPORTED;
     if (store.db || store.kv)
         return MOAT_ECONFLICT;
     store.svc = svc;

@@ -82,7 +82,8 @@ struct moat_kv;
  * Register the service's store (borrowed; must live until release) so
  * that the skeleton serves POST /v1/admin/backup. Call once, in init,
  * after opening it. A service with two stores is not supported (the
- * second call is refused with MOAT_ECONFLICT).
+ * second call is refused with MOAT_ECONFLICT). A database on PostgreSQL is
+ * not registered (MOAT_EUNSUPPORTED: back it up with PostgreSQL's tools).
  */
 int moat_backup_register_sqlite(struct moat_service *svc, struct moat_db *db);
 int moat_backup_register_kv(struct moat_service *svc, struct moat_kv *kv);

@@ -83,7 +83,9 @@ int an_routes_register(struct moat_http_server *server, struct an_service *s);
 /* ---- store.c ---- */
 
 const struct moat_migration *an_store_migrations(size_t *n);
-int an_store_open(struct moat_db **out, const char *data_dir,
+/* data_dir/analytics.db, or the PostgreSQL database of dsn when it is not
+ * NULL or "" (moat/db.h). */
+int an_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                   struct moat_metrics *metrics);
 bool an_store_ready(struct moat_db *db, const char **why);
 /* Empty every view table (replay). */

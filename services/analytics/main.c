@@ -18,6 +18,9 @@
  *   MOAT_ANALYTICS_USERS_URL        users'
  *   MOAT_ANALYTICS_BLIND_LAG_MS     a source further behind than this is
  *                                   a blind spot (default 1000)
+ *   MOAT_DB_DSN                     a libpq connection string: the view
+ *                                   lives in that PostgreSQL database
+ *                                   instead of analytics.db (moat/db.h)
  */
 #include "moat/backup.h"
 #include "moat/common.h"
@@ -101,7 +104,8 @@ static int analytics_init(struct moat_service *svc)
                      3600000, &s->blind_lag_ms);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = an_store_open(&s->db, svc->cfg.data_dir, svc->metrics);
+    rc =
+        an_store_open(&s->db, svc->cfg.data_dir, svc->cfg.db_dsn, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the analytics database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

@@ -9,6 +9,11 @@
  *   active  (size, start, user_id)  who was active in each bucket, so
  *           that active_users counts each user once per bucket
  * Every action touches three sizes (minute, hour, day).
+ *
+ * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
+ * has both texts. On PostgreSQL user ids are in the "C" collation (byte
+ * order, as SQLite compares), so that a replay's comparison walks both
+ * views alike.
  */
 #include "moat/common.h"
 
@@ -20,6 +25,12 @@
 #include "moat/log.h"
 
 #define DB_FILE "analytics.db"
+
+/* SQL for the non-negative integer x as 20 digits, zero-padded, on both
+ * engines (SQLite's printf is not PostgreSQL's). */
+#define PAD20(x)                                                               \
+    "substr('00000000000000000000' || " x ", length(" x " || '') + 1)"
+#define START20 PAD20("start")
 
 const char *const an_metric_names[AN_METRICS] = {
     "messages_sent", "comments", "posts", "follows", "registrations"};
@@ -48,8 +59,26 @@ static const struct moat_migration migrations[] = {
      "    user_id TEXT NOT NULL,\n"
      "    PRIMARY KEY (size, start, user_id)\n"
      ") STRICT, WITHOUT ROWID;\n",
-     NULL},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
+     "CREATE TABLE counts (\n"
+     "    size BIGINT NOT NULL CHECK (size > 0),\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
+     "    start BIGINT NOT NULL,\n"
+     "    messages_sent BIGINT NOT NULL DEFAULT 0,\n"
+     "    comments BIGINT NOT NULL DEFAULT 0,\n"
+     "    posts BIGINT NOT NULL DEFAULT 0,\n"
+     "    follows BIGINT NOT NULL DEFAULT 0,\n"
+     "    registrations BIGINT NOT NULL DEFAULT 0,\n"
+     "    active_users BIGINT NOT NULL DEFAULT 0,\n"
+     "    PRIMARY KEY (size, user_id, start)\n"
+     ");\n"
+     "CREATE TABLE active (\n"
+     "    size BIGINT NOT NULL,\n"
+     "    start BIGINT NOT NULL,\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
+     "    PRIMARY KEY (size, start, user_id)\n"
+     ");\n"},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 const struct moat_migration *an_store_migrations(size_t *n)
@@ -58,10 +87,11 @@ const struct moat_migration *an_store_migrations(size_t *n)
     return migrations;
 }
 
-int an_store_open(struct moat_db **out, const char *data_dir,
+int an_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                   struct moat_metrics *metrics)
 {
-    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
+    const struct moat_db_options opts = {.dsn = dsn};
+    return moat_db_open_migrated(out, data_dir, DB_FILE, &opts, metrics,
                                  migrations, MOAT_ARRAY_LEN(migrations));
 }
 
@@ -78,15 +108,16 @@ int an_store_reset(struct moat_db *db)
 int an_store_compare(struct moat_db *live, struct moat_db *scratch,
                      json_t *diffs, size_t max_diffs)
 {
-    /* Composite keys joined by spaces (ids never hold one). */
+    /* Composite keys joined by spaces (ids never hold one), in SQL that
+     * runs on either engine (the live view may be PostgreSQL). */
     static const struct moat_view_table tables[] = {
         {"compare_counts",
-         "SELECT printf('%d %s %020d', size, user_id, start) AS k, "
+         "SELECT size || ' ' || user_id || ' ' || " START20 " AS k, "
          "messages_sent, comments, posts, follows, registrations, "
          "active_users FROM counts ORDER BY k",
          "bucket"},
         {"compare_active",
-         "SELECT printf('%d %020d %s', size, start, user_id) AS k "
+         "SELECT size || ' ' || " START20 " || ' ' || user_id AS k "
          "FROM active ORDER BY k",
          "active user"},
     };
@@ -104,7 +135,7 @@ static int step_write(struct moat_db *db, struct moat_stmt *stmt, bool *changed)
     if (step != SQLITE_DONE)
         return moat_db_error(db, step);
     if (changed)
-        *changed = sqlite3_changes(moat_db_handle(db)) > 0;
+        *changed = moat_db_changes(db) > 0;
     return MOAT_OK;
 }
 
@@ -115,7 +146,8 @@ static int bump(struct moat_db *db, int col, int64_t size, const char *user,
     static const char *const sql[AN_METRICS + 1] = {
 #define BUMP(c)                                                                \
     "INSERT INTO counts (size, user_id, start, " c ") VALUES (?1, ?2, ?3, 1) " \
-    "ON CONFLICT DO UPDATE SET " c " = " c " + 1"
+    "ON CONFLICT (size, user_id, start) DO UPDATE SET " c " = counts." c       \
+    " + 1"
         BUMP("messages_sent"), BUMP("comments"),      BUMP("posts"),
         BUMP("follows"),       BUMP("registrations"), BUMP("active_users"),
 #undef BUMP
@@ -126,10 +158,9 @@ static int bump(struct moat_db *db, int col, int64_t size, const char *user,
     struct moat_stmt *st = moat_db_prepare(db, names[col], sql[col]);
     if (!st)
         return MOAT_EDB;
-    sqlite3_stmt *raw = moat_stmt_raw(st);
-    sqlite3_bind_int64(raw, 1, size);
-    sqlite3_bind_text(raw, 2, user, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(raw, 3, start);
+    moat_stmt_bind_int64(st, 1, size);
+    moat_stmt_bind_text(st, 2, user);
+    moat_stmt_bind_int64(st, 3, start);
     return step_write(db, st, NULL);
 }
 
@@ -153,9 +184,9 @@ int an_store_count(struct moat_db *db, const char *user, int64_t time_s,
             "ON CONFLICT DO NOTHING");
         if (!st)
             return MOAT_EDB;
-        sqlite3_bind_int64(moat_stmt_raw(st), 1, size);
-        sqlite3_bind_int64(moat_stmt_raw(st), 2, start);
-        sqlite3_bind_text(moat_stmt_raw(st), 3, user, -1, SQLITE_STATIC);
+        moat_stmt_bind_int64(st, 1, size);
+        moat_stmt_bind_int64(st, 2, start);
+        moat_stmt_bind_text(st, 3, user);
         bool added = false;
         rc = step_write(db, st, &added);
         if (rc == MOAT_OK && added)
@@ -180,17 +211,16 @@ int an_store_series(struct moat_db *db, int64_t size, const char *user,
         "ORDER BY start");
     if (!st)
         return MOAT_EDB;
-    sqlite3_stmt *raw = moat_stmt_raw(st);
-    sqlite3_bind_int64(raw, 1, size);
-    sqlite3_bind_text(raw, 2, user, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(raw, 3, from);
-    sqlite3_bind_int64(raw, 4, to);
+    moat_stmt_bind_int64(st, 1, size);
+    moat_stmt_bind_text(st, 2, user);
+    moat_stmt_bind_int64(st, 3, from);
+    moat_stmt_bind_int64(st, 4, to);
     int step;
     while ((step = moat_stmt_step(st)) == SQLITE_ROW) {
-        struct an_row row = {.start = sqlite3_column_int64(raw, 0)};
+        struct an_row row = {.start = moat_stmt_int64(st, 0)};
         for (int m = 0; m < AN_METRICS; m++)
-            row.n[m] = sqlite3_column_int64(raw, 1 + m);
-        row.active_users = sqlite3_column_int64(raw, 1 + AN_METRICS);
+            row.n[m] = moat_stmt_int64(st, 1 + m);
+        row.active_users = moat_stmt_int64(st, 1 + AN_METRICS);
         fn(&row, arg);
     }
     moat_stmt_reset(st);

@@ -18,6 +18,9 @@
  *                                (default 2000)
  *   MOAT_OUTBOX_RETENTION_S      keep events this long (default 7 days;
  *                                0 = forever); the newest 10000 always stay
+ *   MOAT_DB_DSN                  a libpq connection string: the store lives
+ *                                in that PostgreSQL database instead of
+ *                                comments.db (moat/db.h)
  */
 #include "moat/backup.h"
 #include "moat/common.h"
@@ -71,8 +74,8 @@ static int comments_init(struct moat_service *svc)
     cs->upstream_timeout_ms = (long)timeout;
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = cmt_store_open(&cs->store, svc->cfg.data_dir, svc->base, svc->cfg.name,
-                        &oopts, svc->metrics);
+    rc = cmt_store_open(&cs->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the comments database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

@@ -34,6 +34,10 @@ struct cmt_store {
  * second delivery changes nothing. post_owners: each commented post's
  * author as posts answered (a post's author never changes), so reads need
  * not ask posts who moderates a post's comments.
+ *
+ * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
+ * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID, ids in
+ * the "C" collation: byte order, as SQLite compares, for the pages).
  */
 static const struct moat_migration migrations[] = {
     {1, "comments, moderation settings, actions, idempotency",
@@ -94,18 +98,76 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
-     NULL},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
-    {3, "consumer cursors (users' feed)", MOAT_CONSUMER_SCHEMA, NULL},
+     "CREATE TABLE comments (\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'cmt_'),\n"
+     "    target_kind TEXT NOT NULL CHECK (target_kind IN ('post', "
+     "'message')),\n"
+     "    target_id TEXT NOT NULL CHECK (length(target_id) BETWEEN 1 AND 63),\n"
+     "    conversation_id TEXT NOT NULL DEFAULT '',\n"
+     "    parent_id TEXT COLLATE \"C\" REFERENCES comments (id),\n"
+     "    author_id TEXT NOT NULL CHECK (length(author_id) BETWEEN 1 AND 63),\n"
+     "    text TEXT,\n"
+     "    status TEXT NOT NULL\n"
+     "        CHECK (status IN ('pending', 'approved', 'rejected')),\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    moderated_at_ms BIGINT,\n"
+     "    moderated_by TEXT,\n"
+     "    deleted_at_ms BIGINT,\n"
+     "    deleted_by TEXT,\n"
+     "    deleted_reason TEXT,\n"
+     "    CHECK ((text IS NULL) = (deleted_at_ms IS NOT NULL))\n"
+     ");\n"
+     "CREATE INDEX comments_thread ON comments\n"
+     "    (target_kind, target_id, conversation_id, parent_id, id);\n"
+     "CREATE INDEX comments_replies ON comments (parent_id, id);\n"
+     "CREATE TABLE moderation_targets (\n"
+     "    kind TEXT NOT NULL CHECK (kind IN ('post', 'conversation')),\n"
+     "    id TEXT NOT NULL,\n"
+     "    requires_moderation BIGINT NOT NULL,\n"
+     "    set_by TEXT NOT NULL,\n"
+     "    set_at_ms BIGINT NOT NULL,\n"
+     "    PRIMARY KEY (kind, id)\n"
+     ");\n"
+     "CREATE TABLE user_flags (\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
+     "    requires_moderation BIGINT NOT NULL DEFAULT 0,\n"
+     "    suspended BIGINT NOT NULL DEFAULT 0,\n"
+     "    reason TEXT,\n"
+     "    updated_by TEXT NOT NULL,\n"
+     "    updated_at_ms BIGINT NOT NULL\n"
+     ");\n"
+     "CREATE TABLE applied_actions (\n"
+     "    action_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
+     "    action TEXT NOT NULL,\n"
+     "    outcome TEXT NOT NULL,\n"
+     "    applied_at_ms BIGINT NOT NULL\n"
+     ");\n"
+     "CREATE TABLE post_owners (\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
+     "    owner_id TEXT NOT NULL\n"
+     ");\n"
+     "CREATE TABLE idempotency (\n"
+     "    author_id TEXT NOT NULL,\n"
+     "    key TEXT NOT NULL,\n"
+     "    fingerprint TEXT NOT NULL,\n"
+     "    comment_id TEXT NOT NULL,\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    PRIMARY KEY (author_id, key)\n"
+     ");\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
+    {3, "consumer cursors (users' feed)", MOAT_CONSUMER_SCHEMA,
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 int cmt_store_open(struct cmt_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics)
 {
     struct cmt_store *s = moat_xcalloc(1, sizeof(*s));
-    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
+    const struct moat_db_options opts = {.dsn = dsn};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &opts, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc == MOAT_OK)
         rc = moat_outbox_new(&s->outbox, base, s->db, source, outbox, metrics);
@@ -159,16 +221,6 @@ void cmt_comments_free(struct cmt_comment *items, size_t n)
 
 /* ---- rows ---- */
 
-static void bind_text(struct moat_stmt *st, int i, const char *s)
-{
-    sqlite3_bind_text(moat_stmt_raw(st), i, s, -1, SQLITE_STATIC);
-}
-
-static void bind_i64(struct moat_stmt *st, int i, int64_t v)
-{
-    sqlite3_bind_int64(moat_stmt_raw(st), i, v);
-}
-
 static int step_done(struct moat_db *db, struct moat_stmt *st)
 {
     int src = moat_stmt_step(st);
@@ -177,15 +229,15 @@ static int step_done(struct moat_db *db, struct moat_stmt *st)
     return rc;
 }
 
-static void col_copy(sqlite3_stmt *st, int i, char *out, size_t cap)
+static void col_copy(struct moat_stmt *st, int i, char *out, size_t cap)
 {
-    const char *v = (const char *)sqlite3_column_text(st, i);
+    const char *v = moat_stmt_text(st, i);
     snprintf(out, cap, "%s", v ? v : "");
 }
 
-static char *col_dup(sqlite3_stmt *st, int i)
+static char *col_dup(struct moat_stmt *st, int i)
 {
-    const char *v = (const char *)sqlite3_column_text(st, i);
+    const char *v = moat_stmt_text(st, i);
     return v ? moat_xstrdup(v) : NULL;
 }
 
@@ -195,7 +247,7 @@ static char *col_dup(sqlite3_stmt *st, int i)
     "coalesce(moderated_by, ''), coalesce(deleted_at_ms, 0), "                 \
     "coalesce(deleted_by, ''), deleted_reason"
 
-static void row_to_comment(sqlite3_stmt *st, struct cmt_comment *c)
+static void row_to_comment(struct moat_stmt *st, struct cmt_comment *c)
 {
     memset(c, 0, sizeof(*c));
     col_copy(st, 0, c->id, sizeof(c->id));
@@ -207,10 +259,10 @@ static void row_to_comment(sqlite3_stmt *st, struct cmt_comment *c)
     col_copy(st, 5, c->author_id, sizeof(c->author_id));
     c->text = col_dup(st, 6);
     col_copy(st, 7, c->status, sizeof(c->status));
-    c->created_ms = sqlite3_column_int64(st, 8);
-    c->moderated_ms = sqlite3_column_int64(st, 9);
+    c->created_ms = moat_stmt_int64(st, 8);
+    c->moderated_ms = moat_stmt_int64(st, 9);
     col_copy(st, 10, c->moderated_by, sizeof(c->moderated_by));
-    c->deleted_ms = sqlite3_column_int64(st, 11);
+    c->deleted_ms = moat_stmt_int64(st, 11);
     col_copy(st, 12, c->deleted_by, sizeof(c->deleted_by));
     c->deleted_reason = col_dup(st, 13);
 }
@@ -222,11 +274,11 @@ int cmt_store_get(struct cmt_store *s, const char *id, struct cmt_comment *out)
                                            " FROM comments WHERE id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 1, id);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW)
-        row_to_comment(moat_stmt_raw(st), out);
+        row_to_comment(st, out);
     else
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     /* Reset at once: an unfinished SELECT pins a WAL read snapshot. */
@@ -242,14 +294,14 @@ static int query_int(struct cmt_store *s, const char *name, const char *sql,
     struct moat_stmt *st = moat_db_prepare(s->db, name, sql);
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, p1);
+    moat_stmt_bind_text(st, 1, p1);
     if (p2)
-        bind_text(st, 2, p2);
+        moat_stmt_bind_text(st, 2, p2);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     *out = dflt;
     if (src == SQLITE_ROW)
-        *out = sqlite3_column_int64(moat_stmt_raw(st), 0);
+        *out = moat_stmt_int64(st, 0);
     else if (src != SQLITE_DONE)
         rc = moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -351,15 +403,15 @@ static int insert_comment(struct cmt_store *s, const struct cmt_comment *c)
         "VALUES (?1, ?2, ?3, ?4, nullif(?5, ''), ?6, ?7, ?8, ?9)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, c->id);
-    bind_text(st, 2, c->target.kind);
-    bind_text(st, 3, c->target.id);
-    bind_text(st, 4, c->target.conversation_id);
-    bind_text(st, 5, c->parent_id);
-    bind_text(st, 6, c->author_id);
-    bind_text(st, 7, c->text);
-    bind_text(st, 8, c->status);
-    bind_i64(st, 9, c->created_ms);
+    moat_stmt_bind_text(st, 1, c->id);
+    moat_stmt_bind_text(st, 2, c->target.kind);
+    moat_stmt_bind_text(st, 3, c->target.id);
+    moat_stmt_bind_text(st, 4, c->target.conversation_id);
+    moat_stmt_bind_text(st, 5, c->parent_id);
+    moat_stmt_bind_text(st, 6, c->author_id);
+    moat_stmt_bind_text(st, 7, c->text);
+    moat_stmt_bind_text(st, 8, c->status);
+    moat_stmt_bind_int64(st, 9, c->created_ms);
     return step_done(s->db, st);
 }
 
@@ -372,11 +424,11 @@ static int insert_idem(struct cmt_store *s, const struct cmt_comment *c,
         "created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, c->author_id);
-    bind_text(st, 2, key);
-    bind_text(st, 3, fingerprint);
-    bind_text(st, 4, c->id);
-    bind_i64(st, 5, c->created_ms);
+    moat_stmt_bind_text(st, 1, c->author_id);
+    moat_stmt_bind_text(st, 2, key);
+    moat_stmt_bind_text(st, 3, fingerprint);
+    moat_stmt_bind_text(st, 4, c->id);
+    moat_stmt_bind_int64(st, 5, c->created_ms);
     return step_done(s->db, st);
 }
 
@@ -447,10 +499,10 @@ int cmt_store_moderate(struct cmt_store *s, const char *id, const char *status,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, id);
-            bind_text(st, 2, status);
-            bind_i64(st, 3, now_ms);
-            bind_text(st, 4, by);
+            moat_stmt_bind_text(st, 1, id);
+            moat_stmt_bind_text(st, 2, status);
+            moat_stmt_bind_int64(st, 3, now_ms);
+            moat_stmt_bind_text(st, 4, by);
             rc = step_done(s->db, st);
         }
     }
@@ -489,10 +541,10 @@ static int remove_in_txn(struct cmt_store *s, const char *id, const char *by,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, id);
-            bind_i64(st, 2, now_ms);
-            bind_text(st, 3, by);
-            bind_text(st, 4, reason);
+            moat_stmt_bind_text(st, 1, id);
+            moat_stmt_bind_int64(st, 2, now_ms);
+            moat_stmt_bind_text(st, 3, by);
+            moat_stmt_bind_text(st, 4, reason);
             rc = step_done(s->db, st);
         }
     }
@@ -524,39 +576,44 @@ int cmt_store_list(struct cmt_store *s, const struct cmt_target *t,
                    const char *viewer, bool moderator,
                    struct cmt_comment **items, size_t *n)
 {
-#define VISIBLE "(status = 'approved' OR author_id = ?6 OR ?7)"
+/* No unused parameter number (PostgreSQL must infer each one's type):
+ * ?1 the parent or target id, ?2 after, ?3 limit, ?4 viewer, ?5 whether
+ * a moderator; top level only: ?6 the target kind, ?7 its conversation. */
+#define VISIBLE "(status = 'approved' OR author_id = ?4 OR ?5 = 1)"
     *items = NULL;
     *n = 0;
     struct moat_stmt *st =
-        parent ? moat_db_prepare(s->db, "replies",
-                                 "SELECT " COMMENT_COLUMNS " FROM comments "
-                                 "WHERE parent_id = ?1 AND "
-                                 "(?2 IS NULL OR id > ?2) AND " VISIBLE
-                                 " ORDER BY id LIMIT ?3")
-               : moat_db_prepare(s->db, "top_level",
-                                 "SELECT " COMMENT_COLUMNS " FROM comments "
-                                 "WHERE target_kind = ?4 AND target_id = ?1 "
-                                 "AND conversation_id = ?5 AND parent_id IS "
-                                 "NULL AND (?2 IS NULL OR id > ?2) AND " VISIBLE
-                                 " ORDER BY id LIMIT ?3");
+        parent
+            ? moat_db_prepare(
+                  s->db, "replies",
+                  "SELECT " COMMENT_COLUMNS " FROM comments "
+                  "WHERE parent_id = ?1 AND "
+                  "(CAST(?2 AS TEXT) IS NULL OR id > ?2) AND " VISIBLE
+                  " ORDER BY id LIMIT ?3")
+            : moat_db_prepare(s->db, "top_level",
+                              "SELECT " COMMENT_COLUMNS " FROM comments "
+                              "WHERE target_kind = ?6 AND target_id = ?1 "
+                              "AND conversation_id = ?7 AND parent_id IS "
+                              "NULL AND (CAST(?2 AS TEXT) IS NULL OR "
+                              "id > ?2) AND " VISIBLE " ORDER BY id LIMIT ?3");
 #undef VISIBLE
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, parent ? parent : t->id);
+    moat_stmt_bind_text(st, 1, parent ? parent : t->id);
     if (after)
-        bind_text(st, 2, after);
-    bind_i64(st, 3, (int64_t)limit);
+        moat_stmt_bind_text(st, 2, after);
+    moat_stmt_bind_int64(st, 3, (int64_t)limit);
+    moat_stmt_bind_text(st, 4, viewer ? viewer : "");
+    moat_stmt_bind_int64(st, 5, moderator);
     if (!parent) {
-        bind_text(st, 4, t->kind);
-        bind_text(st, 5, t->conversation_id);
+        moat_stmt_bind_text(st, 6, t->kind);
+        moat_stmt_bind_text(st, 7, t->conversation_id);
     }
-    bind_text(st, 6, viewer ? viewer : "");
-    bind_i64(st, 7, moderator);
     struct cmt_comment *out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     size_t count = 0;
     int src = SQLITE_DONE;
     while (count < limit && (src = moat_stmt_step(st)) == SQLITE_ROW)
-        row_to_comment(moat_stmt_raw(st), &out[count++]);
+        row_to_comment(st, &out[count++]);
     int rc = count == limit || src == SQLITE_DONE ? MOAT_OK
                                                   : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -582,11 +639,11 @@ int cmt_store_set_target(struct cmt_store *s, const char *kind, const char *id,
         "set_by = ?4, set_at_ms = ?5");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, kind);
-    bind_text(st, 2, id);
-    bind_i64(st, 3, requires);
-    bind_text(st, 4, by);
-    bind_i64(st, 5, now_ms);
+    moat_stmt_bind_text(st, 1, kind);
+    moat_stmt_bind_text(st, 2, id);
+    moat_stmt_bind_int64(st, 3, requires);
+    moat_stmt_bind_text(st, 4, by);
+    moat_stmt_bind_int64(st, 5, now_ms);
     return step_done(s->db, st);
 }
 
@@ -613,10 +670,10 @@ int cmt_store_set_user(struct cmt_store *s, const char *user, bool requires,
         "updated_at_ms = ?4");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, user);
-    bind_i64(st, 2, requires);
-    bind_text(st, 3, by);
-    bind_i64(st, 4, now_ms);
+    moat_stmt_bind_text(st, 1, user);
+    moat_stmt_bind_int64(st, 2, requires);
+    moat_stmt_bind_text(st, 3, by);
+    moat_stmt_bind_int64(st, 4, now_ms);
     return step_done(s->db, st);
 }
 
@@ -630,14 +687,13 @@ int cmt_store_get_user(struct cmt_store *s, const char *user,
         "WHERE user_id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, user);
+    moat_stmt_bind_text(st, 1, user);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW) {
-        sqlite3_stmt *raw = moat_stmt_raw(st);
-        out->requires_moderation = sqlite3_column_int64(raw, 0) != 0;
-        out->suspended = sqlite3_column_int64(raw, 1) != 0;
-        out->reason = out->suspended ? col_dup(raw, 2) : NULL;
+        out->requires_moderation = moat_stmt_int64(st, 0) != 0;
+        out->suspended = moat_stmt_int64(st, 1) != 0;
+        out->reason = out->suspended ? col_dup(st, 2) : NULL;
     } else if (src != SQLITE_DONE) {
         rc = moat_db_error(s->db, src);
     }
@@ -654,8 +710,8 @@ int cmt_store_set_post_owner(struct cmt_store *s, const char *post,
         "ON CONFLICT (post_id) DO NOTHING");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, post);
-    bind_text(st, 2, owner);
+    moat_stmt_bind_text(st, 1, post);
+    moat_stmt_bind_text(st, 2, owner);
     return step_done(s->db, st);
 }
 
@@ -684,12 +740,12 @@ static int set_suspended(struct cmt_store *s, const struct cmt_action *a,
         "updated_at_ms = ?5");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, a->user_id);
-    bind_i64(st, 2, suspended);
+    moat_stmt_bind_text(st, 1, a->user_id);
+    moat_stmt_bind_int64(st, 2, suspended);
     if (suspended)
-        bind_text(st, 3, a->reason);
-    bind_text(st, 4, a->requested_by);
-    bind_i64(st, 5, now_ms);
+        moat_stmt_bind_text(st, 3, a->reason);
+    moat_stmt_bind_text(st, 4, a->requested_by);
+    moat_stmt_bind_int64(st, 5, now_ms);
     return step_done(s->db, st);
 }
 
@@ -728,10 +784,10 @@ int cmt_store_apply_action(struct cmt_store *s, const struct cmt_action *a,
         "applied_at_ms) VALUES (?1, ?2, ?3, ?4)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, a->action_id);
-    bind_text(st, 2, a->action);
-    bind_text(st, 3, outcome);
-    bind_i64(st, 4, now_ms);
+    moat_stmt_bind_text(st, 1, a->action_id);
+    moat_stmt_bind_text(st, 2, a->action);
+    moat_stmt_bind_text(st, 3, outcome);
+    moat_stmt_bind_int64(st, 4, now_ms);
     return step_done(s->db, st);
 }
 
@@ -744,12 +800,12 @@ int cmt_store_get_action(struct cmt_store *s, const char *action_id,
                         "WHERE action_id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, action_id);
+    moat_stmt_bind_text(st, 1, action_id);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW) {
-        col_copy(moat_stmt_raw(st), 0, out, 32);
-        *applied_ms = sqlite3_column_int64(moat_stmt_raw(st), 1);
+        col_copy(st, 0, out, 32);
+        *applied_ms = moat_stmt_int64(st, 1);
     } else {
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     }
@@ -766,13 +822,13 @@ int cmt_idem_get(struct cmt_store *s, const char *author, const char *key,
                         "WHERE author_id = ?1 AND key = ?2");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, author);
-    bind_text(st, 2, key);
+    moat_stmt_bind_text(st, 1, author);
+    moat_stmt_bind_text(st, 2, key);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW) {
-        col_copy(moat_stmt_raw(st), 0, fingerprint, 65);
-        col_copy(moat_stmt_raw(st), 1, comment_id, CMT_ID_LEN + 1);
+        col_copy(st, 0, fingerprint, 65);
+        col_copy(st, 1, comment_id, CMT_ID_LEN + 1);
     } else {
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     }

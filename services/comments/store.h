@@ -86,10 +86,11 @@ struct cmt_action {
 void cmt_comment_release(struct cmt_comment *c);
 void cmt_comments_free(struct cmt_comment *items, size_t n);
 
-/* Open (creating and migrating) data_dir/comments.db and its outbox for
- * service source; base runs the outbox timers, metrics is borrowed. */
+/* Open (creating and migrating) data_dir/comments.db, or the PostgreSQL
+ * database of dsn when it is not NULL or "" (moat/db.h), and its outbox
+ * for service source; base runs the outbox timers, metrics is borrowed. */
 int cmt_store_open(struct cmt_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics);
 void cmt_store_close(struct cmt_store *s);

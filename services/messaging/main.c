@@ -12,6 +12,9 @@
  *                             0 = forever); the newest 10000 always stay
  *   MOAT_MESSAGING_MAX_POLLS  long polls parked at once (default 1024);
  *                             503 beyond
+ *   MOAT_DB_DSN               a libpq connection string: the store lives
+ *                             in that PostgreSQL database instead of
+ *                             messaging.db (moat/db.h)
  */
 #include "moat/backup.h"
 #include "moat/common.h"
@@ -52,8 +55,8 @@ static int messaging_init(struct moat_service *svc)
         goto cleanup; /* logged by moat_env_int */
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = msg_store_open(&ms->store, svc->cfg.data_dir, svc->base, svc->cfg.name,
-                        &oopts, svc->metrics);
+    rc = msg_store_open(&ms->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the messaging database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

@@ -33,6 +33,10 @@ struct msg_store {
  * message_edits: the texts that edits replaced, in order (edit n replaced
  * replaced_text at edited_at_ms). Deleting a message drops them too.
  * idempotency maps (sender, Idempotency-Key) to the message it sent.
+ *
+ * The same SQL runs on SQLite and PostgreSQL (moat/db.h); each migration
+ * has both texts (BIGINT integers, no STRICT / WITHOUT ROWID, ids in
+ * the "C" collation: byte order, as SQLite compares, for the pages).
  */
 static const struct moat_migration migrations[] = {
     {1, "conversations, members, messages, edits, idempotency",
@@ -87,17 +91,71 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (sender_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
-     NULL},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+     "CREATE TABLE conversations (\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'cnv_'),\n"
+     "    kind TEXT NOT NULL CHECK (kind IN ('direct', 'group')),\n"
+     "    title TEXT,\n"
+     "    created_by TEXT NOT NULL,\n"
+     "    direct_key TEXT UNIQUE,\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    activity_at_ms BIGINT NOT NULL,\n"
+     "    last_seq BIGINT NOT NULL DEFAULT 0,\n"
+     "    CHECK ((kind = 'direct') = (direct_key IS NOT NULL))\n"
+     ");\n"
+     "CREATE TABLE members (\n"
+     "    conversation_id TEXT COLLATE \"C\" NOT NULL REFERENCES conversations "
+     "(id),\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL CHECK (length(user_id) BETWEEN 1 "
+     "AND 63),\n"
+     "    admin INTEGER NOT NULL DEFAULT 0 CHECK (admin IN (0, 1)),\n"
+     "    joined_at_ms BIGINT NOT NULL,\n"
+     "    read_seq BIGINT NOT NULL DEFAULT 0,\n"
+     "    PRIMARY KEY (conversation_id, user_id)\n"
+     ");\n"
+     "CREATE INDEX members_user ON members (user_id, conversation_id);\n"
+     "CREATE TABLE messages (\n"
+     "    conversation_id TEXT COLLATE \"C\" NOT NULL REFERENCES conversations "
+     "(id),\n"
+     "    seq BIGINT NOT NULL CHECK (seq > 0),\n"
+     "    id TEXT COLLATE \"C\" NOT NULL UNIQUE\n"
+     "        CHECK (length(id) = 30 AND substr(id, 1, 4) = 'msg_'),\n"
+     "    sender_id TEXT NOT NULL,\n"
+     "    text TEXT,\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    edited_at_ms BIGINT,\n"
+     "    edits BIGINT NOT NULL DEFAULT 0,\n"
+     "    deleted_at_ms BIGINT,\n"
+     "    deleted_by TEXT,\n"
+     "    CHECK ((text IS NULL) = (deleted_at_ms IS NOT NULL)),\n"
+     "    PRIMARY KEY (conversation_id, seq)\n"
+     ");\n"
+     "CREATE TABLE message_edits (\n"
+     "    message_id TEXT COLLATE \"C\" NOT NULL REFERENCES messages (id),\n"
+     "    n BIGINT NOT NULL,\n"
+     "    replaced_text TEXT NOT NULL,\n"
+     "    edited_at_ms BIGINT NOT NULL,\n"
+     "    PRIMARY KEY (message_id, n)\n"
+     ");\n"
+     "CREATE TABLE idempotency (\n"
+     "    sender_id TEXT NOT NULL,\n"
+     "    key TEXT NOT NULL,\n"
+     "    fingerprint TEXT NOT NULL,\n"
+     "    message_id TEXT NOT NULL,\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    PRIMARY KEY (sender_id, key)\n"
+     ");\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
 int msg_store_open(struct msg_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics)
 {
     struct msg_store *s = moat_xcalloc(1, sizeof(*s));
-    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
+    const struct moat_db_options opts = {.dsn = dsn};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &opts, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc == MOAT_OK)
         rc = moat_outbox_new(&s->outbox, base, s->db, source, outbox, metrics);
@@ -168,16 +226,6 @@ void msg_edits_free(struct msg_edit *items, size_t n)
 
 /* ---- statements ---- */
 
-static void bind_text(struct moat_stmt *st, int i, const char *s)
-{
-    sqlite3_bind_text(moat_stmt_raw(st), i, s, -1, SQLITE_STATIC);
-}
-
-static void bind_i64(struct moat_stmt *st, int i, int64_t v)
-{
-    sqlite3_bind_int64(moat_stmt_raw(st), i, v);
-}
-
 static int step_done(struct moat_db *db, struct moat_stmt *st)
 {
     int src = moat_stmt_step(st);
@@ -186,15 +234,15 @@ static int step_done(struct moat_db *db, struct moat_stmt *st)
     return rc;
 }
 
-static const char *col_text(sqlite3_stmt *st, int i)
+static const char *col_text(struct moat_stmt *st, int i)
 {
-    const char *s = (const char *)sqlite3_column_text(st, i);
+    const char *s = moat_stmt_text(st, i);
     return s ? s : "";
 }
 
-static char *col_strdup(sqlite3_stmt *st, int i)
+static char *col_strdup(struct moat_stmt *st, int i)
 {
-    const char *s = (const char *)sqlite3_column_text(st, i);
+    const char *s = moat_stmt_text(st, i);
     return s ? moat_xstrdup(s) : NULL;
 }
 
@@ -204,12 +252,12 @@ static char *col_strdup(sqlite3_stmt *st, int i)
  * unfinished SELECT pins a WAL read snapshot.
  */
 static int one_row(struct msg_store *s, struct moat_stmt *st,
-                   void (*fn)(sqlite3_stmt *, void *), void *arg)
+                   void (*fn)(struct moat_stmt *, void *), void *arg)
 {
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW)
-        fn(moat_stmt_raw(st), arg);
+        fn(st, arg);
     else
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -247,7 +295,7 @@ static int emit(struct msg_store *s, const char *type, const char *subject,
     "c.id, c.kind, c.title, c.created_by, c.created_at_ms, "                   \
     "c.activity_at_ms, c.last_seq"
 
-static void row_to_conv(sqlite3_stmt *st, void *arg)
+static void row_to_conv(struct moat_stmt *st, void *arg)
 {
     struct msg_conv *c = arg;
     memset(c, 0, sizeof(*c));
@@ -255,9 +303,9 @@ static void row_to_conv(sqlite3_stmt *st, void *arg)
     c->kind = strcmp(col_text(st, 1), "direct") == 0 ? MSG_DIRECT : MSG_GROUP;
     c->title = col_strdup(st, 2);
     snprintf(c->created_by, sizeof(c->created_by), "%s", col_text(st, 3));
-    c->created_ms = sqlite3_column_int64(st, 4);
-    c->activity_ms = sqlite3_column_int64(st, 5);
-    c->last_seq = sqlite3_column_int64(st, 6);
+    c->created_ms = moat_stmt_int64(st, 4);
+    c->activity_ms = moat_stmt_int64(st, 5);
+    c->last_seq = moat_stmt_int64(st, 6);
 }
 
 /* Members of c->id in joining order into c->members. */
@@ -269,21 +317,20 @@ static int load_members(struct msg_store *s, struct msg_conv *c)
         "WHERE conversation_id = ?1 ORDER BY joined_at_ms, user_id");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, c->id);
+    moat_stmt_bind_text(st, 1, c->id);
     size_t cap = 0;
     int src;
     while ((src = moat_stmt_step(st)) == SQLITE_ROW) {
-        sqlite3_stmt *raw = moat_stmt_raw(st);
         if (c->nmembers == cap) {
             cap = cap ? 2 * cap : 8;
             c->members = moat_xrealloc(c->members, cap * sizeof(*c->members));
         }
         struct msg_member *m = &c->members[c->nmembers++];
         memset(m, 0, sizeof(*m));
-        snprintf(m->user_id, sizeof(m->user_id), "%s", col_text(raw, 0));
-        m->admin = sqlite3_column_int(raw, 1) != 0;
-        m->joined_ms = sqlite3_column_int64(raw, 2);
-        m->read_seq = sqlite3_column_int64(raw, 3);
+        snprintf(m->user_id, sizeof(m->user_id), "%s", col_text(st, 0));
+        m->admin = moat_stmt_int64(st, 1) != 0;
+        m->joined_ms = moat_stmt_int64(st, 2);
+        m->read_seq = moat_stmt_int64(st, 3);
     }
     int rc = src == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -305,13 +352,13 @@ static int load_unread(struct msg_store *s, struct msg_conv *c,
         "AND seq > ?2 AND sender_id != ?3 AND deleted_at_ms IS NULL");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, c->id);
-    bind_i64(st, 2, c->read_seq);
-    bind_text(st, 3, viewer);
+    moat_stmt_bind_text(st, 1, c->id);
+    moat_stmt_bind_int64(st, 2, c->read_seq);
+    moat_stmt_bind_text(st, 3, viewer);
     int src = moat_stmt_step(st);
     int rc = src == SQLITE_ROW ? MOAT_OK : moat_db_error(s->db, src);
     if (rc == MOAT_OK)
-        c->unread = sqlite3_column_int64(moat_stmt_raw(st), 0);
+        c->unread = moat_stmt_int64(st, 0);
     moat_stmt_reset(st);
     return rc;
 }
@@ -326,15 +373,15 @@ static int insert_member(struct msg_store *s, const char *conv,
         "read_seq) VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, conv);
-    bind_text(st, 2, user);
-    bind_i64(st, 3, admin);
-    bind_i64(st, 4, now_ms);
-    bind_i64(st, 5, read_seq);
+    moat_stmt_bind_text(st, 1, conv);
+    moat_stmt_bind_text(st, 2, user);
+    moat_stmt_bind_int64(st, 3, admin);
+    moat_stmt_bind_int64(st, 4, now_ms);
+    moat_stmt_bind_int64(st, 5, read_seq);
     return step_done(s->db, st);
 }
 
-static void copy_id(sqlite3_stmt *st, void *arg)
+static void copy_id(struct moat_stmt *st, void *arg)
 {
     snprintf(arg, MSG_ID_LEN + 1, "%s", col_text(st, 0));
 }
@@ -368,7 +415,7 @@ int msg_store_create_conv(struct msg_store *s, const struct msg_conv *c,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, direct_key);
+            moat_stmt_bind_text(st, 1, direct_key);
             rc = one_row(s, st, copy_id, existing_id);
             rc = rc == MOAT_OK          ? MOAT_ECONFLICT
                  : rc == MOAT_ENOTFOUND ? MOAT_OK
@@ -386,14 +433,14 @@ int msg_store_create_conv(struct msg_store *s, const struct msg_conv *c,
     if (rc == MOAT_OK && !st)
         rc = MOAT_EDB;
     if (rc == MOAT_OK) {
-        bind_text(st, 1, c->id);
-        bind_text(st, 2, c->kind == MSG_DIRECT ? "direct" : "group");
+        moat_stmt_bind_text(st, 1, c->id);
+        moat_stmt_bind_text(st, 2, c->kind == MSG_DIRECT ? "direct" : "group");
         if (c->title)
-            bind_text(st, 3, c->title);
-        bind_text(st, 4, c->created_by);
+            moat_stmt_bind_text(st, 3, c->title);
+        moat_stmt_bind_text(st, 4, c->created_by);
         if (direct_key)
-            bind_text(st, 5, direct_key);
-        bind_i64(st, 6, c->created_ms);
+            moat_stmt_bind_text(st, 5, direct_key);
+        moat_stmt_bind_int64(st, 6, c->created_ms);
         rc = step_done(s->db, st);
     }
     for (size_t i = 0; rc == MOAT_OK && i < c->nmembers; i++)
@@ -424,7 +471,7 @@ int msg_store_get_conv(struct msg_store *s, const char *id, const char *viewer,
                         "WHERE c.id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 1, id);
     memset(out, 0, sizeof(*out));
     int rc = one_row(s, st, row_to_conv, out);
     if (rc == MOAT_OK)
@@ -440,9 +487,9 @@ int msg_store_get_conv(struct msg_store *s, const char *id, const char *viewer,
     return rc;
 }
 
-static void copy_i64(sqlite3_stmt *st, void *arg)
+static void copy_i64(struct moat_stmt *st, void *arg)
 {
-    *(int64_t *)arg = sqlite3_column_int64(st, 0);
+    *(int64_t *)arg = moat_stmt_int64(st, 0);
 }
 
 int msg_store_member_head(struct msg_store *s, const char *id, const char *user,
@@ -455,8 +502,8 @@ int msg_store_member_head(struct msg_store *s, const char *id, const char *user,
                         "WHERE m.conversation_id = ?1 AND m.user_id = ?2");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
-    bind_text(st, 2, user);
+    moat_stmt_bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 2, user);
     return one_row(s, st, copy_i64, last_seq);
 }
 
@@ -468,25 +515,26 @@ int msg_store_list_convs(struct msg_store *s, const char *viewer,
     *n = 0;
     /* Sorting a user's conversations costs their number per page: fine
      * for chat, where a user has tens to thousands of them. */
-    struct moat_stmt *st = moat_db_prepare(
-        s->db, "conv_list",
-        "SELECT " CONV_COLUMNS " FROM members m "
-        "JOIN conversations c ON c.id = m.conversation_id "
-        "WHERE m.user_id = ?1 AND (?2 IS NULL OR c.activity_at_ms < ?3 "
-        "OR (c.activity_at_ms = ?3 AND c.id < ?2)) "
-        "ORDER BY c.activity_at_ms DESC, c.id DESC LIMIT ?4");
+    struct moat_stmt *st =
+        moat_db_prepare(s->db, "conv_list",
+                        "SELECT " CONV_COLUMNS " FROM members m "
+                        "JOIN conversations c ON c.id = m.conversation_id "
+                        "WHERE m.user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR "
+                        "c.activity_at_ms < ?3 "
+                        "OR (c.activity_at_ms = ?3 AND c.id < ?2)) "
+                        "ORDER BY c.activity_at_ms DESC, c.id DESC LIMIT ?4");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, viewer);
+    moat_stmt_bind_text(st, 1, viewer);
     if (before_id)
-        bind_text(st, 2, before_id);
-    bind_i64(st, 3, before_activity_ms);
-    bind_i64(st, 4, (int64_t)limit);
+        moat_stmt_bind_text(st, 2, before_id);
+    moat_stmt_bind_int64(st, 3, before_activity_ms);
+    moat_stmt_bind_int64(st, 4, (int64_t)limit);
     struct msg_conv *out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     size_t count = 0;
     int src = SQLITE_DONE;
     while (count < limit && (src = moat_stmt_step(st)) == SQLITE_ROW)
-        row_to_conv(moat_stmt_raw(st), &out[count++]);
+        row_to_conv(st, &out[count++]);
     int rc = count == limit || src == SQLITE_DONE ? MOAT_OK
                                                   : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -512,8 +560,8 @@ static int delete_member(struct msg_store *s, const char *conv,
         "DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, conv);
-    bind_text(st, 2, user);
+    moat_stmt_bind_text(st, 1, conv);
+    moat_stmt_bind_text(st, 2, user);
     return step_done(s->db, st);
 }
 
@@ -528,7 +576,7 @@ static int ensure_admin(struct msg_store *s, const char *conv)
         "WHERE conversation_id = ?1 ORDER BY joined_at_ms, user_id LIMIT 1)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, conv);
+    moat_stmt_bind_text(st, 1, conv);
     return step_done(s->db, st);
 }
 
@@ -602,7 +650,7 @@ cleanup:
     "id, conversation_id, sender_id, seq, text, created_at_ms, "               \
     "coalesce(edited_at_ms, 0), coalesce(deleted_at_ms, 0), edits"
 
-static void row_to_message(sqlite3_stmt *st, void *arg)
+static void row_to_message(struct moat_stmt *st, void *arg)
 {
     struct msg_message *m = arg;
     memset(m, 0, sizeof(*m));
@@ -610,12 +658,12 @@ static void row_to_message(sqlite3_stmt *st, void *arg)
     snprintf(m->conversation_id, sizeof(m->conversation_id), "%s",
              col_text(st, 1));
     snprintf(m->sender_id, sizeof(m->sender_id), "%s", col_text(st, 2));
-    m->seq = sqlite3_column_int64(st, 3);
+    m->seq = moat_stmt_int64(st, 3);
     m->text = col_strdup(st, 4);
-    m->created_ms = sqlite3_column_int64(st, 5);
-    m->edited_ms = sqlite3_column_int64(st, 6);
-    m->deleted_ms = sqlite3_column_int64(st, 7);
-    m->edits = sqlite3_column_int64(st, 8);
+    m->created_ms = moat_stmt_int64(st, 5);
+    m->edited_ms = moat_stmt_int64(st, 6);
+    m->deleted_ms = moat_stmt_int64(st, 7);
+    m->edits = moat_stmt_int64(st, 8);
 }
 
 /* The data of every message event: references, never the text. */
@@ -643,11 +691,11 @@ int msg_store_send(struct msg_store *s, const struct msg_message *m,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, m->sender_id);
-            bind_text(st, 2, idem_key);
-            bind_text(st, 3, fingerprint);
-            bind_text(st, 4, m->id);
-            bind_i64(st, 5, m->created_ms);
+            moat_stmt_bind_text(st, 1, m->sender_id);
+            moat_stmt_bind_text(st, 2, idem_key);
+            moat_stmt_bind_text(st, 3, fingerprint);
+            moat_stmt_bind_text(st, 4, m->id);
+            moat_stmt_bind_int64(st, 5, m->created_ms);
             rc = step_done(s->db, st);
         }
     }
@@ -656,19 +704,20 @@ int msg_store_send(struct msg_store *s, const struct msg_message *m,
     struct msg_message row = *m;
     row.text = NULL;
     if (rc == MOAT_OK) {
-        struct moat_stmt *st = moat_db_prepare(
-            s->db, "seq_next",
-            "UPDATE conversations SET last_seq = last_seq + 1, "
-            "activity_at_ms = max(activity_at_ms, ?2) WHERE id = ?1 "
-            "RETURNING last_seq");
+        struct moat_stmt *st =
+            moat_db_prepare(s->db, "seq_next",
+                            "UPDATE conversations SET last_seq = last_seq + 1, "
+                            "activity_at_ms = CASE WHEN activity_at_ms > ?2 "
+                            "THEN activity_at_ms ELSE ?2 END WHERE id = ?1 "
+                            "RETURNING last_seq");
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, m->conversation_id);
-            bind_i64(st, 2, m->created_ms);
+            moat_stmt_bind_text(st, 1, m->conversation_id);
+            moat_stmt_bind_int64(st, 2, m->created_ms);
             int src = moat_stmt_step(st);
             if (src == SQLITE_ROW)
-                row.seq = sqlite3_column_int64(moat_stmt_raw(st), 0);
+                row.seq = moat_stmt_int64(st, 0);
             rc = src == SQLITE_ROW    ? MOAT_OK
                  : src == SQLITE_DONE ? MOAT_ENOTFOUND
                                       : moat_db_error(s->db, src);
@@ -683,12 +732,12 @@ int msg_store_send(struct msg_store *s, const struct msg_message *m,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, m->conversation_id);
-            bind_i64(st, 2, row.seq);
-            bind_text(st, 3, m->id);
-            bind_text(st, 4, m->sender_id);
-            bind_text(st, 5, m->text);
-            bind_i64(st, 6, m->created_ms);
+            moat_stmt_bind_text(st, 1, m->conversation_id);
+            moat_stmt_bind_int64(st, 2, row.seq);
+            moat_stmt_bind_text(st, 3, m->id);
+            moat_stmt_bind_text(st, 4, m->sender_id);
+            moat_stmt_bind_text(st, 5, m->text);
+            moat_stmt_bind_int64(st, 6, m->created_ms);
             rc = step_done(s->db, st);
         }
     }
@@ -706,7 +755,7 @@ struct idem_row {
     char *fingerprint, *message_id;
 };
 
-static void copy_idem(sqlite3_stmt *st, void *arg)
+static void copy_idem(struct moat_stmt *st, void *arg)
 {
     struct idem_row *r = arg;
     snprintf(r->fingerprint, 65, "%s", col_text(st, 0));
@@ -722,8 +771,8 @@ int msg_idem_get(struct msg_store *s, const char *sender, const char *key,
                         "WHERE sender_id = ?1 AND key = ?2");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, sender);
-    bind_text(st, 2, key);
+    moat_stmt_bind_text(st, 1, sender);
+    moat_stmt_bind_text(st, 2, key);
     struct idem_row r = {fingerprint, message_id};
     return one_row(s, st, copy_idem, &r);
 }
@@ -736,7 +785,7 @@ int msg_store_get_message(struct msg_store *s, const char *id,
                                            " FROM messages WHERE id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 1, id);
     return one_row(s, st, row_to_message, out);
 }
 
@@ -751,7 +800,7 @@ int msg_store_edits(struct msg_store *s, const char *id,
                         "WHERE message_id = ?1 ORDER BY n");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 1, id);
     struct msg_edit *out = NULL;
     size_t count = 0, cap = 0;
     int src;
@@ -760,9 +809,8 @@ int msg_store_edits(struct msg_store *s, const char *id,
             cap = cap ? 2 * cap : 4;
             out = moat_xrealloc(out, cap * sizeof(*out));
         }
-        sqlite3_stmt *raw = moat_stmt_raw(st);
-        out[count].replaced_text = moat_xstrdup(col_text(raw, 0));
-        out[count].edited_ms = sqlite3_column_int64(raw, 1);
+        out[count].replaced_text = moat_xstrdup(col_text(st, 0));
+        out[count].edited_ms = moat_stmt_int64(st, 1);
         count++;
     }
     int rc = src == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, src);
@@ -801,10 +849,10 @@ int msg_store_edit(struct msg_store *s, const char *id, const char *text,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, id);
-            bind_i64(st, 2, m.edits + 1);
-            bind_text(st, 3, m.text);
-            bind_i64(st, 4, now_ms);
+            moat_stmt_bind_text(st, 1, id);
+            moat_stmt_bind_int64(st, 2, m.edits + 1);
+            moat_stmt_bind_text(st, 3, m.text);
+            moat_stmt_bind_int64(st, 4, now_ms);
             rc = step_done(s->db, st);
         }
     }
@@ -816,9 +864,9 @@ int msg_store_edit(struct msg_store *s, const char *id, const char *text,
         if (!st) {
             rc = MOAT_EDB;
         } else {
-            bind_text(st, 1, id);
-            bind_text(st, 2, text);
-            bind_i64(st, 3, now_ms);
+            moat_stmt_bind_text(st, 1, id);
+            moat_stmt_bind_text(st, 2, text);
+            moat_stmt_bind_int64(st, 3, now_ms);
             rc = step_done(s->db, st);
         }
     }
@@ -849,10 +897,10 @@ int msg_store_delete_message(struct msg_store *s, const char *id,
             rc = MOAT_EDB;
             break;
         }
-        bind_text(st, 1, id);
+        moat_stmt_bind_text(st, 1, id);
         if (i == 1) {
-            bind_i64(st, 2, now_ms);
-            bind_text(st, 3, deleted_by);
+            moat_stmt_bind_int64(st, 2, now_ms);
+            moat_stmt_bind_text(st, 3, deleted_by);
         }
         rc = step_done(s->db, st);
     }
@@ -885,14 +933,17 @@ int msg_store_page(struct msg_store *s, const char *conv, int64_t after,
                                   "ORDER BY seq DESC LIMIT ?3");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, conv);
-    bind_i64(st, 2, forward ? after : before > 0 ? before : INT64_MAX);
-    bind_i64(st, 3, (int64_t)limit);
+    moat_stmt_bind_text(st, 1, conv);
+    moat_stmt_bind_int64(st, 2,
+                         forward      ? after
+                         : before > 0 ? before
+                                      : INT64_MAX);
+    moat_stmt_bind_int64(st, 3, (int64_t)limit);
     struct msg_message *out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     size_t count = 0;
     int src = SQLITE_DONE;
     while (count < limit && (src = moat_stmt_step(st)) == SQLITE_ROW)
-        row_to_message(moat_stmt_raw(st), &out[count++]);
+        row_to_message(st, &out[count++]);
     int rc = count == limit || src == SQLITE_DONE ? MOAT_OK
                                                   : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -913,23 +964,24 @@ int msg_store_page(struct msg_store *s, const char *conv, int64_t after,
 int msg_store_read(struct msg_store *s, const char *conv, const char *user,
                    int64_t up_to, int64_t *read_seq)
 {
-    /* One statement: max() keeps the mark monotonic without a
-     * transaction around a read and a write. */
+    /* One statement: taking the larger keeps the mark monotonic without
+     * a transaction around a read and a write. */
     struct moat_stmt *st = moat_db_prepare(
         s->db, "read_mark",
-        "UPDATE members SET read_seq = max(read_seq, ?3) "
+        "UPDATE members SET read_seq = CASE WHEN read_seq > ?3 "
+        "THEN read_seq ELSE ?3 END "
         "WHERE conversation_id = ?1 AND user_id = ?2 RETURNING read_seq");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, conv);
-    bind_text(st, 2, user);
-    bind_i64(st, 3, up_to);
+    moat_stmt_bind_text(st, 1, conv);
+    moat_stmt_bind_text(st, 2, user);
+    moat_stmt_bind_int64(st, 3, up_to);
     int src = moat_stmt_step(st);
     int rc = src == SQLITE_ROW    ? MOAT_OK
              : src == SQLITE_DONE ? MOAT_ENOTFOUND
                                   : moat_db_error(s->db, src);
     if (rc == MOAT_OK)
-        *read_seq = sqlite3_column_int64(moat_stmt_raw(st), 0);
+        *read_seq = moat_stmt_int64(st, 0);
     moat_stmt_reset(st);
     return rc;
 }

@@ -85,10 +85,11 @@ void msg_message_release(struct msg_message *m);
 void msg_messages_free(struct msg_message *items, size_t n);
 void msg_edits_free(struct msg_edit *items, size_t n);
 
-/* Open (creating and migrating) data_dir/messaging.db and its outbox for
- * service source; base runs the outbox timers, metrics is borrowed. */
+/* Open (creating and migrating) data_dir/messaging.db, or the PostgreSQL
+ * database of dsn when it is not NULL or "" (moat/db.h), and its outbox
+ * for service source; base runs the outbox timers, metrics is borrowed. */
 int msg_store_open(struct msg_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics);
 /* The store's database (borrowed), for the skeleton's backups. */

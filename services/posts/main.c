@@ -7,6 +7,9 @@
  * Configuration besides the MOAT_* basics (moat/service.h):
  *   MOAT_OUTBOX_RETENTION_S   keep events this long (default 7 days;
  *                             0 = forever); the newest 10000 always stay
+ *   MOAT_DB_DSN               a libpq connection string: the store lives
+ *                             in that PostgreSQL database instead of
+ *                             posts.db (moat/db.h)
  */
 #include "moat/backup.h"
 #include "moat/common.h"
@@ -41,8 +44,8 @@ static int posts_init(struct moat_service *svc)
         goto cleanup; /* logged by moat_env_int */
     const struct moat_outbox_options oopts = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = pst_store_open(&ps->store, svc->cfg.data_dir, svc->base, svc->cfg.name,
-                        &oopts, svc->metrics);
+    rc = pst_store_open(&ps->store, svc->cfg.data_dir, svc->cfg.db_dsn,
+                        svc->base, svc->cfg.name, &oopts, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the posts database", "{s:s, s:s}",
                  "data_dir", svc->cfg.data_dir, "error", moat_strerror(rc));

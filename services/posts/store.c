@@ -28,6 +28,11 @@ struct pst_store {
  * post_mentions and post_urls hold what the parser found, in text order;
  * post_mentions is indexed by name for "posts mentioning X".
  * idempotency maps (author, Idempotency-Key) to the post it created.
+ *
+ * Each migration has its PostgreSQL text beside the SQLite one (moat/db.h):
+ * the same tables with BIGINT integers, json_typeof for the array check,
+ * lower(name) indexed where SQLite has COLLATE NOCASE, and post ids in
+ * the "C" collation (byte order, as SQLite compares: the pages' order).
  */
 static const struct moat_migration migrations[] = {
     {1, "posts, mentions, urls, idempotency",
@@ -66,17 +71,52 @@ static const struct moat_migration migrations[] = {
      "    created_at_ms INTEGER NOT NULL,\n"
      "    PRIMARY KEY (author_id, key)\n"
      ") STRICT, WITHOUT ROWID;\n",
-     NULL},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
+     "CREATE TABLE posts (\n"
+     "    id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(id) = 31 AND substr(id, 1, 5) = 'post_'),\n"
+     "    author_id TEXT NOT NULL CHECK (length(author_id) BETWEEN 1 AND 63),\n"
+     "    text TEXT,\n"
+     "    media_urls TEXT NOT NULL DEFAULT '[]'\n"
+     "        CHECK (json_typeof(media_urls::json) = 'array'),\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    deleted_at_ms BIGINT,\n"
+     "    deleted_by TEXT,\n"
+     "    CHECK ((text IS NULL) = (deleted_at_ms IS NOT NULL))\n"
+     ");\n"
+     "CREATE INDEX posts_author ON posts (author_id, id);\n"
+     "CREATE TABLE post_mentions (\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL REFERENCES posts (id),\n"
+     "    position BIGINT NOT NULL,\n"
+     "    name TEXT NOT NULL,\n"
+     "    PRIMARY KEY (post_id, position)\n"
+     ");\n"
+     "CREATE INDEX post_mentions_name ON post_mentions (lower(name), "
+     "post_id);\n"
+     "CREATE TABLE post_urls (\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL REFERENCES posts (id),\n"
+     "    position BIGINT NOT NULL,\n"
+     "    url TEXT NOT NULL,\n"
+     "    PRIMARY KEY (post_id, position)\n"
+     ");\n"
+     "CREATE TABLE idempotency (\n"
+     "    author_id TEXT NOT NULL,\n"
+     "    key TEXT NOT NULL,\n"
+     "    fingerprint TEXT NOT NULL,\n"
+     "    post_id TEXT NOT NULL,\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    PRIMARY KEY (author_id, key)\n"
+     ");\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
 };
 
 int pst_store_open(struct pst_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics)
 {
     struct pst_store *s = moat_xcalloc(1, sizeof(*s));
-    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
+    const struct moat_db_options opts = {.dsn = dsn};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &opts, metrics,
                                    migrations, MOAT_ARRAY_LEN(migrations));
     if (rc == MOAT_OK)
         rc = moat_outbox_new(&s->outbox, base, s->db, source, outbox, metrics);
@@ -128,16 +168,6 @@ void pst_posts_free(struct pst_post *items, size_t n)
 
 /* ---- rows ---- */
 
-static void bind_text(struct moat_stmt *st, int i, const char *s)
-{
-    sqlite3_bind_text(moat_stmt_raw(st), i, s, -1, SQLITE_STATIC);
-}
-
-static void bind_i64(struct moat_stmt *st, int i, int64_t v)
-{
-    sqlite3_bind_int64(moat_stmt_raw(st), i, v);
-}
-
 static int step_done(struct moat_db *db, struct moat_stmt *st)
 {
     int src = moat_stmt_step(st);
@@ -147,9 +177,9 @@ static int step_done(struct moat_db *db, struct moat_stmt *st)
 }
 
 /* A JSON array column, or an empty array for NULL / bad JSON (logged). */
-static json_t *col_array(sqlite3_stmt *st, int i)
+static json_t *col_array(struct moat_stmt *st, int i)
 {
-    const char *s = (const char *)sqlite3_column_text(st, i);
+    const char *s = moat_stmt_text(st, i);
     json_t *j = s ? json_loads(s, 0, NULL) : NULL;
     if (!json_is_array(j)) {
         if (s)
@@ -161,42 +191,49 @@ static json_t *col_array(sqlite3_stmt *st, int i)
     return j;
 }
 
-/* The columns of a post; mentions and urls in text order as JSON arrays. */
-#define POST_COLUMNS                                                           \
+/*
+ * The columns of a post; mentions and urls in text order as JSON arrays
+ * (aggregated by json_group_array on SQLite, json_agg on PostgreSQL).
+ */
+#define POST_COLUMNS_WITH(list)                                                \
     "id, author_id, text, media_urls, created_at_ms, "                         \
-    "coalesce(deleted_at_ms, 0), "                                             \
-    "(SELECT json_group_array(name) FROM (SELECT name FROM post_mentions "     \
-    "    WHERE post_id = posts.id ORDER BY position)), "                       \
-    "(SELECT json_group_array(url) FROM (SELECT url FROM post_urls "           \
+    "coalesce(deleted_at_ms, 0), " list("name", "post_mentions") ", " list(    \
+        "url", "post_urls")
+#define LIST_SQLITE(col, table)                                                \
+    "(SELECT json_group_array(" col ") FROM (SELECT " col " FROM " table       \
     "    WHERE post_id = posts.id ORDER BY position))"
+#define LIST_PG(col, table)                                                    \
+    "(SELECT coalesce(json_agg(" col " ORDER BY position), '[]')::text "       \
+    "    FROM " table " WHERE post_id = posts.id)"
+#define POST_COLUMNS    POST_COLUMNS_WITH(LIST_SQLITE)
+#define POST_COLUMNS_PG POST_COLUMNS_WITH(LIST_PG)
 
-static void row_to_post(sqlite3_stmt *st, struct pst_post *p)
+static void row_to_post(struct moat_stmt *st, struct pst_post *p)
 {
-    const char *text = (const char *)sqlite3_column_text(st, 2);
+    const char *text = moat_stmt_text(st, 2);
     memset(p, 0, sizeof(*p));
-    snprintf(p->id, sizeof(p->id), "%s",
-             (const char *)sqlite3_column_text(st, 0));
-    snprintf(p->author_id, sizeof(p->author_id), "%s",
-             (const char *)sqlite3_column_text(st, 1));
+    snprintf(p->id, sizeof(p->id), "%s", moat_stmt_text(st, 0));
+    snprintf(p->author_id, sizeof(p->author_id), "%s", moat_stmt_text(st, 1));
     p->text = text ? moat_xstrdup(text) : NULL;
     p->media_urls = col_array(st, 3);
-    p->created_ms = sqlite3_column_int64(st, 4);
-    p->deleted_ms = sqlite3_column_int64(st, 5);
+    p->created_ms = moat_stmt_int64(st, 4);
+    p->deleted_ms = moat_stmt_int64(st, 5);
     p->mentions = col_array(st, 6);
     p->urls = col_array(st, 7);
 }
 
 int pst_store_get(struct pst_store *s, const char *id, struct pst_post *out)
 {
-    struct moat_stmt *st = moat_db_prepare(
-        s->db, "post_get", "SELECT " POST_COLUMNS " FROM posts WHERE id = ?1");
+    struct moat_stmt *st = moat_db_prepare_dialect(
+        s->db, "post_get", "SELECT " POST_COLUMNS " FROM posts WHERE id = ?1",
+        "SELECT " POST_COLUMNS_PG " FROM posts WHERE id = ?1");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, id);
+    moat_stmt_bind_text(st, 1, id);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW)
-        row_to_post(moat_stmt_raw(st), out);
+        row_to_post(st, out);
     else
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     /* Reset at once: an unfinished SELECT pins a WAL read snapshot. */
@@ -238,9 +275,9 @@ static int insert_list(struct pst_store *s, const char *name, const char *sql,
         struct moat_stmt *st = moat_db_prepare(s->db, name, sql);
         if (!st)
             return MOAT_EDB;
-        bind_text(st, 1, post_id);
-        bind_i64(st, 2, (int64_t)i);
-        bind_text(st, 3, json_string_value(v));
+        moat_stmt_bind_text(st, 1, post_id);
+        moat_stmt_bind_int64(st, 2, (int64_t)i);
+        moat_stmt_bind_text(st, 3, json_string_value(v));
         int rc = step_done(s->db, st);
         if (rc != MOAT_OK)
             return rc;
@@ -259,11 +296,11 @@ static int insert_post(struct pst_store *s, const struct pst_post *p)
     char *media = json_dumps(p->media_urls, JSON_COMPACT);
     if (!media)
         moat_die("cannot serialise media URLs");
-    bind_text(st, 1, p->id);
-    bind_text(st, 2, p->author_id);
-    bind_text(st, 3, p->text);
-    bind_text(st, 4, media);
-    bind_i64(st, 5, p->created_ms);
+    moat_stmt_bind_text(st, 1, p->id);
+    moat_stmt_bind_text(st, 2, p->author_id);
+    moat_stmt_bind_text(st, 3, p->text);
+    moat_stmt_bind_text(st, 4, media);
+    moat_stmt_bind_int64(st, 5, p->created_ms);
     int rc = step_done(s->db, st);
     free(media);
     if (rc == MOAT_OK)
@@ -288,11 +325,11 @@ static int insert_idem(struct pst_store *s, const struct pst_post *p,
         "created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, p->author_id);
-    bind_text(st, 2, key);
-    bind_text(st, 3, fingerprint);
-    bind_text(st, 4, p->id);
-    bind_i64(st, 5, p->created_ms);
+    moat_stmt_bind_text(st, 1, p->author_id);
+    moat_stmt_bind_text(st, 2, key);
+    moat_stmt_bind_text(st, 3, fingerprint);
+    moat_stmt_bind_text(st, 4, p->id);
+    moat_stmt_bind_int64(st, 5, p->created_ms);
     return step_done(s->db, st);
 }
 
@@ -347,10 +384,10 @@ int pst_store_delete(struct pst_store *s, const char *id,
             rc = MOAT_EDB;
             break;
         }
-        bind_text(st, 1, id);
+        moat_stmt_bind_text(st, 1, id);
         if (i == 2) {
-            bind_i64(st, 2, now_ms);
-            bind_text(st, 3, deleted_by);
+            moat_stmt_bind_int64(st, 2, now_ms);
+            moat_stmt_bind_text(st, 3, deleted_by);
         }
         rc = step_done(s->db, st);
     }
@@ -371,22 +408,25 @@ int pst_store_timeline(struct pst_store *s, const char *author,
 {
     *items = NULL;
     *n = 0;
-    struct moat_stmt *st =
-        moat_db_prepare(s->db, "timeline",
-                        "SELECT " POST_COLUMNS " FROM posts "
-                        "WHERE author_id = ?1 AND (?2 IS NULL OR id < ?2) "
-                        "AND deleted_at_ms IS NULL ORDER BY id DESC LIMIT ?3");
+#define TIMELINE_WHERE                                                         \
+    " FROM posts WHERE author_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR id < "  \
+    "?2) "                                                                     \
+    "AND deleted_at_ms IS NULL ORDER BY id DESC LIMIT ?3"
+    struct moat_stmt *st = moat_db_prepare_dialect(
+        s->db, "timeline", "SELECT " POST_COLUMNS TIMELINE_WHERE,
+        "SELECT " POST_COLUMNS_PG TIMELINE_WHERE);
+#undef TIMELINE_WHERE
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, author);
+    moat_stmt_bind_text(st, 1, author);
     if (before)
-        bind_text(st, 2, before);
-    bind_i64(st, 3, (int64_t)limit);
+        moat_stmt_bind_text(st, 2, before);
+    moat_stmt_bind_int64(st, 3, (int64_t)limit);
     struct pst_post *out = moat_xcalloc(limit ? limit : 1, sizeof(*out));
     size_t count = 0;
     int src = SQLITE_DONE;
     while (count < limit && (src = moat_stmt_step(st)) == SQLITE_ROW)
-        row_to_post(moat_stmt_raw(st), &out[count++]);
+        row_to_post(st, &out[count++]);
     int rc = count == limit || src == SQLITE_DONE ? MOAT_OK
                                                   : moat_db_error(s->db, src);
     moat_stmt_reset(st);
@@ -408,16 +448,13 @@ int pst_idem_get(struct pst_store *s, const char *author, const char *key,
                         "WHERE author_id = ?1 AND key = ?2");
     if (!st)
         return MOAT_EDB;
-    bind_text(st, 1, author);
-    bind_text(st, 2, key);
+    moat_stmt_bind_text(st, 1, author);
+    moat_stmt_bind_text(st, 2, key);
     int src = moat_stmt_step(st);
     int rc = MOAT_OK;
     if (src == SQLITE_ROW) {
-        sqlite3_stmt *raw = moat_stmt_raw(st);
-        snprintf(fingerprint, 65, "%s",
-                 (const char *)sqlite3_column_text(raw, 0));
-        snprintf(post_id, PST_ID_LEN + 1, "%s",
-                 (const char *)sqlite3_column_text(raw, 1));
+        snprintf(fingerprint, 65, "%s", moat_stmt_text(st, 0));
+        snprintf(post_id, PST_ID_LEN + 1, "%s", moat_stmt_text(st, 1));
     } else {
         rc = src == SQLITE_DONE ? MOAT_ENOTFOUND : moat_db_error(s->db, src);
     }

@@ -45,10 +45,11 @@ struct pst_post {
 void pst_post_release(struct pst_post *p);
 void pst_posts_free(struct pst_post *items, size_t n);
 
-/* Open (creating and migrating) data_dir/posts.db and its outbox for
- * service source; base runs the outbox timers, metrics is borrowed. */
+/* Open (creating and migrating) data_dir/posts.db, or the PostgreSQL
+ * database of dsn when it is not NULL or "" (moat/db.h), and its outbox
+ * for service source; base runs the outbox timers, metrics is borrowed. */
 int pst_store_open(struct pst_store **out, const char *data_dir,
-                   struct event_base *base, const char *source,
+                   const char *dsn, struct event_base *base, const char *source,
                    const struct moat_outbox_options *outbox,
                    struct moat_metrics *metrics);
 /* The store's database (borrowed), for the skeleton's backups. */

@@ -12,6 +12,9 @@
  *                             the key file $MOAT_DATA_DIR/keys, created
  *                             mode 0600 at first start
  *   MOAT_OUTBOX_RETENTION_S   keep events this long (default 7 days)
+ *   MOAT_DB_DSN               a libpq connection string: the store lives
+ *                             in that PostgreSQL database instead of
+ *                             profiles.db (moat/db.h)
  *
  * Where to look: handlers.c for the API, profile.c for the field rules,
  * store.c for the schema and the sealing, events.c for users' events,
@@ -84,8 +87,8 @@ static int profiles_init(struct moat_service *svc)
     step = "database";
     const struct moat_outbox_options oo = {
         .retention_s = retention, .retention_min_keep = OUTBOX_KEEP_MIN};
-    rc = pro_store_open(&ps->store, svc->base, svc->cfg.data_dir, ps->kr, &oo,
-                        svc->metrics);
+    rc = pro_store_open(&ps->store, svc->base, svc->cfg.data_dir,
+                        svc->cfg.db_dsn, ps->kr, &oo, svc->metrics);
     if (rc != MOAT_OK)
         goto out;
 

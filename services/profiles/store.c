@@ -31,6 +31,13 @@ struct pro_store {
  * 2 and 3 add the outbox of profiles' events and the consumer's cursors
  * of users' feed, in this same database so that writes and their events
  * (or cursor moves) commit together.
+ *
+ * Each migration has its PostgreSQL text beside the SQLite one (moat/db.h):
+ * the same columns, BIGINT for integers, a regular expression for GLOB,
+ * and no STRICT / WITHOUT ROWID (a PostgreSQL table is a heap; the primary
+ * key's index plays the clustering part). Sealed fields stay text. The
+ * user id is in the "C" collation: byte order, as SQLite compares, so
+ * that the re-sealing cursor walks the same order on either engine.
  */
 static const struct moat_migration migrations[] = {
     {1, "create profiles",
@@ -54,9 +61,29 @@ static const struct moat_migration migrations[] = {
      "    updated_at_ms INTEGER NOT NULL\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX profiles_key_id ON profiles (key_id);\n",
-     NULL},
-    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, NULL},
-    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
+     "CREATE TABLE profiles (\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY\n"
+     "        CHECK (length(user_id) BETWEEN 1 AND 64),\n"
+     "    handle TEXT UNIQUE CHECK (handle IS NULL OR\n"
+     "        (length(handle) BETWEEN 3 AND 30 AND\n"
+     "         handle !~ '[^a-z0-9_]')),\n"
+     "    avatar_url TEXT CHECK (avatar_url IS NULL OR\n"
+     "        length(avatar_url) <= 2048),\n"
+     "    name_enc TEXT CHECK (name_enc IS NULL OR\n"
+     "        substr(name_enc, 1, 3) = 's1.'),\n"
+     "    bio_enc TEXT CHECK (bio_enc IS NULL OR\n"
+     "        substr(bio_enc, 1, 3) = 's1.'),\n"
+     "    location_enc TEXT CHECK (location_enc IS NULL OR\n"
+     "        substr(location_enc, 1, 3) = 's1.'),\n"
+     "    key_id BIGINT NOT NULL CHECK (key_id >= 1),\n"
+     "    version BIGINT NOT NULL CHECK (version >= 1),\n"
+     "    created_at_ms BIGINT NOT NULL,\n"
+     "    updated_at_ms BIGINT NOT NULL\n"
+     ");\n"
+     "CREATE INDEX profiles_key_id ON profiles (key_id);\n"},
+    {2, "create the event outbox", MOAT_OUTBOX_SCHEMA, MOAT_OUTBOX_SCHEMA_PG},
+    {3, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 /* Where each field lives: its column (in PROFILE_COLUMNS order, from 1). */
@@ -78,19 +105,19 @@ static const struct {
 #define COL_UPDATED 9
 
 int pro_store_open(struct pro_store **out, struct event_base *base,
-                   const char *data_dir, const struct moat_keyring *kr,
+                   const char *data_dir, const char *dsn,
+                   const struct moat_keyring *kr,
                    const struct moat_outbox_options *oo,
                    struct moat_metrics *metrics)
 {
     struct pro_store *s = moat_xcalloc(1, sizeof(*s));
     s->kr = kr;
-    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, NULL, metrics,
-                                   migrations, MOAT_ARRAY_LEN(migrations));
-    if (rc != MOAT_OK)
-        goto cleanup;
     /* Overwrite deleted content: a ciphertext replaced by an update does
-     * not linger in free pages. */
-    rc = moat_db_exec(s->db, "secure_delete", "PRAGMA secure_delete = ON");
+     * not linger in free pages (SQLite; on PostgreSQL the cells hold only
+     * sealed text either way). */
+    const struct moat_db_options opts = {.secure_delete = true, .dsn = dsn};
+    int rc = moat_db_open_migrated(&s->db, data_dir, DB_FILE, &opts, metrics,
+                                   migrations, MOAT_ARRAY_LEN(migrations));
     if (rc == MOAT_OK)
         rc = moat_outbox_new(&s->outbox, base, s->db, "profiles", oo, metrics);
     if (rc != MOAT_OK)
@@ -172,17 +199,17 @@ static int open_field(struct pro_store *s, enum pro_field f,
 
 /* ---- rows ---- */
 
-static int row_to_profile(struct pro_store *s, sqlite3_stmt *st,
+static int row_to_profile(struct pro_store *s, struct moat_stmt *st,
                           struct pro_profile *p)
 {
-    const char *id = (const char *)sqlite3_column_text(st, 0);
+    const char *id = moat_stmt_text(st, 0);
     memset(p, 0, sizeof(*p));
     if (!id || strlen(id) > PRO_USER_ID_MAX)
         return MOAT_EDB;
     snprintf(p->user_id, sizeof(p->user_id), "%s", id);
     for (int i = 0; i < PRO_NFIELDS; i++) {
         enum pro_field f = columns[i].field;
-        const char *text = (const char *)sqlite3_column_text(st, i + 1);
+        const char *text = moat_stmt_text(st, i + 1);
         if (!text)
             continue;
         if (!pro_field_is_pii(f)) {
@@ -195,10 +222,10 @@ static int row_to_profile(struct pro_store *s, sqlite3_stmt *st,
             return rc;
         }
     }
-    p->key_id = (uint32_t)sqlite3_column_int64(st, COL_KEY_ID);
-    p->version = sqlite3_column_int64(st, COL_VERSION);
-    p->created_ms = sqlite3_column_int64(st, COL_CREATED);
-    p->updated_ms = sqlite3_column_int64(st, COL_UPDATED);
+    p->key_id = (uint32_t)moat_stmt_int64(st, COL_KEY_ID);
+    p->version = moat_stmt_int64(st, COL_VERSION);
+    p->created_ms = moat_stmt_int64(st, COL_CREATED);
+    p->updated_ms = moat_stmt_int64(st, COL_UPDATED);
     return MOAT_OK;
 }
 
@@ -209,12 +236,11 @@ static int get_one(struct pro_store *s, const char *name, const char *sql,
     struct moat_stmt *stmt = moat_db_prepare(s->db, name, sql);
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, key);
     int step = moat_stmt_step(stmt);
     int rc;
     if (step == SQLITE_ROW)
-        rc = row_to_profile(s, st, out);
+        rc = row_to_profile(s, stmt, out);
     else if (step == SQLITE_DONE)
         rc = MOAT_ENOTFOUND;
     else
@@ -282,25 +308,24 @@ static int write_row(struct pro_store *s, const struct pro_profile *p)
         rc = MOAT_EDB;
         goto out;
     }
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, p->user_id, -1, SQLITE_STATIC);
+    moat_stmt_bind_text(stmt, 1, p->user_id);
     for (int i = 0; i < PRO_NFIELDS; i++) {
         enum pro_field f = columns[i].field;
-        const char *v = pro_field_is_pii(f) ? sealed[f] : p->fields[f];
-        if (v)
-            sqlite3_bind_text(st, i + 2, v, -1, SQLITE_STATIC);
+        /* NULL binds SQL NULL: the field is not set. */
+        moat_stmt_bind_text(stmt, i + 2,
+                            pro_field_is_pii(f) ? sealed[f] : p->fields[f]);
     }
-    sqlite3_bind_int64(st, COL_KEY_ID + 1, moat_keyring_active(s->kr));
-    sqlite3_bind_int64(st, COL_VERSION + 1, p->version);
-    sqlite3_bind_int64(st, COL_CREATED + 1, p->created_ms);
-    sqlite3_bind_int64(st, COL_UPDATED + 1, p->updated_ms);
+    moat_stmt_bind_int64(stmt, COL_KEY_ID + 1, moat_keyring_active(s->kr));
+    moat_stmt_bind_int64(stmt, COL_VERSION + 1, p->version);
+    moat_stmt_bind_int64(stmt, COL_CREATED + 1, p->created_ms);
+    moat_stmt_bind_int64(stmt, COL_UPDATED + 1, p->updated_ms);
     int step = moat_stmt_step(stmt);
     if (step != SQLITE_DONE) {
         /* The user id cannot collide (upsert): a UNIQUE failure is the
          * handle. Any other constraint means validation let something
-         * through, a bug rather than the client's fault. */
-        int ext = sqlite3_extended_errcode(moat_db_handle(s->db));
-        rc = ext == SQLITE_CONSTRAINT_UNIQUE      ? MOAT_ECONFLICT
+         * through, a bug rather than the client's fault. The step's code
+         * is the extended one on both engines. */
+        rc = step == SQLITE_CONSTRAINT_UNIQUE     ? MOAT_ECONFLICT
              : (step & 0xff) == SQLITE_CONSTRAINT ? MOAT_EDB
                                                   : moat_db_error(s->db, step);
     }
@@ -310,6 +335,29 @@ out:
     for (int f = 0; f < PRO_NFIELDS; f++)
         free(sealed[f]);
     return rc;
+}
+
+/*
+ * MOAT_ECONFLICT when another user holds handle. Asked before the write
+ * (inside its transaction, which holds the store's write lock on either
+ * engine) rather than read from the UNIQUE failure: on PostgreSQL a failed
+ * statement fails the whole transaction.
+ */
+static int handle_free(struct pro_store *s, const char *handle,
+                       const char *user_id)
+{
+    struct moat_stmt *stmt = moat_db_prepare(
+        s->db, "profile_handle_taken",
+        "SELECT 1 FROM profiles WHERE handle = ?1 AND user_id <> ?2");
+    if (!stmt)
+        return MOAT_EDB;
+    moat_stmt_bind_text(stmt, 1, handle);
+    moat_stmt_bind_text(stmt, 2, user_id);
+    int step = moat_stmt_step(stmt);
+    moat_stmt_reset(stmt);
+    return step == SQLITE_ROW    ? MOAT_ECONFLICT
+           : step == SQLITE_DONE ? MOAT_OK
+                                 : moat_db_error(s->db, step);
 }
 
 /* Copy the fields of from into to (to's fields must be NULL). */
@@ -366,7 +414,11 @@ int pro_store_put(struct pro_store *s, const struct pro_profile *in,
     next.version = cur.version + 1;
     next.created_ms = cur.created_ms;
     next.updated_ms = now_ms > cur.updated_ms ? now_ms : cur.updated_ms;
-    rc = write_row(s, &next);
+    if (next.fields[PRO_F_HANDLE] &&
+        !same(cur.fields[PRO_F_HANDLE], next.fields[PRO_F_HANDLE]))
+        rc = handle_free(s, next.fields[PRO_F_HANDLE], next.user_id);
+    if (rc == MOAT_OK)
+        rc = write_row(s, &next);
     if (rc != MOAT_OK)
         goto out;
 
@@ -408,10 +460,9 @@ int pro_store_ensure(struct moat_db *db, const char *user_id, uint32_t key_id,
         "ON CONFLICT (user_id) DO NOTHING");
     if (!stmt)
         return MOAT_EDB;
-    sqlite3_stmt *st = moat_stmt_raw(stmt);
-    sqlite3_bind_text(st, 1, user_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, key_id);
-    sqlite3_bind_int64(st, 3, created_ms);
+    moat_stmt_bind_text(stmt, 1, user_id);
+    moat_stmt_bind_int64(stmt, 2, key_id);
+    moat_stmt_bind_int64(stmt, 3, created_ms);
     int step = moat_stmt_step(stmt);
     moat_stmt_reset(stmt);
     return step == SQLITE_DONE ? MOAT_OK : moat_db_error(db, step);
@@ -447,13 +498,11 @@ static int rekey_row(struct pro_store *s, const struct rekey_row *r,
         if (!stmt) {
             rc = MOAT_EDB;
         } else {
-            sqlite3_stmt *st = moat_stmt_raw(stmt);
-            sqlite3_bind_text(st, 1, r->user_id, -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 2, fresh[PRO_F_DISPLAY_NAME], -1,
-                              SQLITE_STATIC);
-            sqlite3_bind_text(st, 3, fresh[PRO_F_BIO], -1, SQLITE_STATIC);
-            sqlite3_bind_text(st, 4, fresh[PRO_F_LOCATION], -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 5, active);
+            moat_stmt_bind_text(stmt, 1, r->user_id);
+            moat_stmt_bind_text(stmt, 2, fresh[PRO_F_DISPLAY_NAME]);
+            moat_stmt_bind_text(stmt, 3, fresh[PRO_F_BIO]);
+            moat_stmt_bind_text(stmt, 4, fresh[PRO_F_LOCATION]);
+            moat_stmt_bind_int64(stmt, 5, active);
             int step = moat_stmt_step(stmt);
             rc = step == SQLITE_DONE ? MOAT_OK : moat_db_error(s->db, step);
             moat_stmt_reset(stmt);
@@ -484,20 +533,18 @@ int pro_store_rekey_batch(struct pro_store *s, uint32_t active, char *after,
     if (!stmt) {
         rc = MOAT_EDB;
     } else {
-        sqlite3_stmt *st = moat_stmt_raw(stmt);
-        sqlite3_bind_text(st, 1, after, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, active);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)batch);
+        moat_stmt_bind_text(stmt, 1, after);
+        moat_stmt_bind_int64(stmt, 2, active);
+        moat_stmt_bind_int64(stmt, 3, (int64_t)batch);
         static const enum pro_field order[] = {PRO_F_DISPLAY_NAME, PRO_F_BIO,
                                                PRO_F_LOCATION};
         int step = SQLITE_DONE;
         while (n < batch && (step = moat_stmt_step(stmt)) == SQLITE_ROW) {
-            const char *id = (const char *)sqlite3_column_text(st, 0);
+            const char *id = moat_stmt_text(stmt, 0);
             snprintf(rows[n].user_id, sizeof(rows[n].user_id), "%s",
                      id ? id : "");
             for (size_t i = 0; i < MOAT_ARRAY_LEN(order); i++) {
-                const char *v =
-                    (const char *)sqlite3_column_text(st, (int)i + 1);
+                const char *v = moat_stmt_text(stmt, (int)i + 1);
                 if (v)
                     rows[n].sealed[order[i]] = moat_xstrdup(v);
             }

@@ -48,12 +48,14 @@ struct pro_store;
 #define PRO_ANY_VERSION (-1)
 
 /*
- * Open (creating and migrating) data_dir/profiles.db and its outbox
+ * Open (creating and migrating) data_dir/profiles.db, or the PostgreSQL
+ * database of dsn when it is not NULL or "" (moat/db.h), and its outbox
  * (source "profiles", options oo). base runs the outbox's timers; kr and
  * metrics are borrowed. Close with pro_store_close().
  */
 int pro_store_open(struct pro_store **out, struct event_base *base,
-                   const char *data_dir, const struct moat_keyring *kr,
+                   const char *data_dir, const char *dsn,
+                   const struct moat_keyring *kr,
                    const struct moat_outbox_options *oo,
                    struct moat_metrics *metrics);
 void pro_store_close(struct pro_store *s);

@@ -14,6 +14,9 @@
  *   MOAT_TIMELINES_FANOUT_MAX       authors with more followers than this
  *                                   are merged in at read time instead of
  *                                   fanned out on write (default 5000)
+ *   MOAT_DB_DSN                     a libpq connection string: the view
+ *                                   lives in that PostgreSQL database
+ *                                   instead of timelines.db (moat/db.h)
  */
 #include "moat/backup.h"
 #include "moat/common.h"
@@ -66,7 +69,8 @@ static int timelines_init(struct moat_service *svc)
                           "http://127.0.0.1:8090", &connections_url);
     if (rc != MOAT_OK)
         goto cleanup;
-    rc = tl_store_open(&s->db, svc->cfg.data_dir, svc->metrics);
+    rc =
+        tl_store_open(&s->db, svc->cfg.data_dir, svc->cfg.db_dsn, svc->metrics);
     if (rc != MOAT_OK) {
         moat_log(MOAT_LOG_ERROR, "cannot open the timelines database",
                  "{s:s, s:s}", "data_dir", svc->cfg.data_dir, "error",

@@ -10,6 +10,11 @@
  * A post whose author had more than fanout_max followers when it was
  * written is not fanned out (fanned_out = 0): readers merge such posts in
  * from posts_merged, a partial index holding only them.
+ *
+ * The same SQL runs on SQLite and PostgreSQL (moat/db.h) but for the
+ * index hint of the home query; each migration has both texts. On
+ * PostgreSQL the ids are in the "C" collation (byte order, as SQLite
+ * compares), so that a replay's comparison walks both views alike.
  */
 #include "moat/common.h"
 
@@ -21,6 +26,12 @@
 #include "timelines.h"
 
 #define DB_FILE "timelines.db"
+
+/* SQL for the non-negative integer x as 20 digits, zero-padded, on both
+ * engines (SQLite's printf is not PostgreSQL's). */
+#define PAD20(x)                                                               \
+    "substr('00000000000000000000' || " x ", length(" x " || '') + 1)"
+#define SEQ20 PAD20("seq")
 
 /* Never edit a migration that has shipped: append a new version. */
 static const struct moat_migration migrations[] = {
@@ -48,8 +59,31 @@ static const struct moat_migration migrations[] = {
      "    PRIMARY KEY (user_id, seq)\n"
      ") STRICT, WITHOUT ROWID;\n"
      "CREATE INDEX home_by_post ON home (post_id);\n",
-     NULL},
-    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA, NULL},
+     "CREATE TABLE follows (\n"
+     "    follower TEXT COLLATE \"C\" NOT NULL,\n"
+     "    followee TEXT COLLATE \"C\" NOT NULL,\n"
+     "    PRIMARY KEY (follower, followee)\n"
+     ");\n"
+     "CREATE INDEX follows_by_followee ON follows (followee, follower);\n"
+     "CREATE TABLE posts (\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL PRIMARY KEY,\n"
+     "    author_id TEXT COLLATE \"C\" NOT NULL,\n"
+     "    seq BIGINT NOT NULL,\n"
+     "    doc TEXT NOT NULL CHECK (doc::json IS NOT NULL),\n"
+     "    fanned_out INTEGER NOT NULL CHECK (fanned_out IN (0, 1))\n"
+     ");\n"
+     "CREATE UNIQUE INDEX posts_by_author ON posts (author_id, seq);\n"
+     "CREATE INDEX posts_merged ON posts (author_id, seq)\n"
+     "    WHERE fanned_out = 0;\n"
+     "CREATE TABLE home (\n"
+     "    user_id TEXT COLLATE \"C\" NOT NULL,\n"
+     "    seq BIGINT NOT NULL,\n"
+     "    post_id TEXT COLLATE \"C\" NOT NULL,\n"
+     "    PRIMARY KEY (user_id, seq)\n"
+     ");\n"
+     "CREATE INDEX home_by_post ON home (post_id);\n"},
+    {2, "consumer cursors and dead letters", MOAT_CONSUMER_SCHEMA,
+     MOAT_CONSUMER_SCHEMA_PG},
 };
 
 const struct moat_migration *tl_store_migrations(size_t *n)
@@ -58,10 +92,11 @@ const struct moat_migration *tl_store_migrations(size_t *n)
     return migrations;
 }
 
-int tl_store_open(struct moat_db **out, const char *data_dir,
+int tl_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                   struct moat_metrics *metrics)
 {
-    return moat_db_open_migrated(out, data_dir, DB_FILE, NULL, metrics,
+    const struct moat_db_options opts = {.dsn = dsn};
+    return moat_db_open_migrated(out, data_dir, DB_FILE, &opts, metrics,
                                  migrations, MOAT_ARRAY_LEN(migrations));
 }
 
@@ -88,7 +123,8 @@ int tl_store_compare(struct moat_db *live, struct moat_db *scratch,
      * timeline shows the same posts. So: the follows, the posts without
      * fanned_out, and every (reader, post) pair a timeline shows, fanned
      * out or merged. Composite keys joined by a space (ids never hold
-     * one).
+     * one), numbers zero-padded so that keys sort as their numbers do;
+     * the SQL runs on either engine (the live view may be PostgreSQL).
      */
     static const struct moat_view_table tables[] = {
         {"compare_follows",
@@ -98,11 +134,11 @@ int tl_store_compare(struct moat_db *live, struct moat_db *scratch,
          "SELECT post_id, author_id, seq, doc FROM posts ORDER BY post_id",
          "post"},
         {"compare_shown",
-         "SELECT user_id || ' ' || printf('%020d', seq) AS k, post_id FROM ("
+         "SELECT user_id || ' ' || " SEQ20 " AS k, post_id FROM ("
          " SELECT user_id, seq, post_id FROM home"
          " UNION SELECT f.follower, m.seq, m.post_id FROM follows f"
          " JOIN posts m ON m.author_id = f.followee AND m.fanned_out = 0"
-         ") ORDER BY k",
+         ") u ORDER BY k",
          "home timeline entry"},
     };
     return moat_view_compare_tables(live, scratch, tables,
@@ -119,11 +155,11 @@ static int step_write(struct moat_db *db, struct moat_stmt *stmt, bool *changed)
     if (step != SQLITE_DONE)
         return moat_db_error(db, step);
     if (changed)
-        *changed = sqlite3_changes(moat_db_handle(db)) > 0;
+        *changed = moat_db_changes(db) > 0;
     return MOAT_OK;
 }
 
-/* Prepare name/sql and bind up to three texts; NULL on a prepare error. */
+/* Prepare name/sql and bind up to two texts; NULL on a prepare error. */
 static struct moat_stmt *prep(struct moat_db *db, const char *name,
                               const char *sql, const char *a, const char *b)
 {
@@ -131,9 +167,9 @@ static struct moat_stmt *prep(struct moat_db *db, const char *name,
     if (!st)
         return NULL;
     if (a)
-        sqlite3_bind_text(moat_stmt_raw(st), 1, a, -1, SQLITE_STATIC);
+        moat_stmt_bind_text(st, 1, a);
     if (b)
-        sqlite3_bind_text(moat_stmt_raw(st), 2, b, -1, SQLITE_STATIC);
+        moat_stmt_bind_text(st, 2, b);
     return st;
 }
 
@@ -147,8 +183,7 @@ int tl_store_post_add(struct moat_db *db, const struct tl_post *p,
     if (!st)
         return MOAT_EDB;
     int step = moat_stmt_step(st);
-    int64_t followers =
-        step == SQLITE_ROW ? sqlite3_column_int64(moat_stmt_raw(st), 0) : 0;
+    int64_t followers = step == SQLITE_ROW ? moat_stmt_int64(st, 0) : 0;
     moat_stmt_reset(st);
     if (step != SQLITE_ROW)
         return moat_db_error(db, step);
@@ -160,26 +195,29 @@ int tl_store_post_add(struct moat_db *db, const struct tl_post *p,
               p->post_id, p->author_id);
     if (!st)
         return MOAT_EDB;
-    sqlite3_bind_int64(moat_stmt_raw(st), 3, p->seq);
-    sqlite3_bind_text(moat_stmt_raw(st), 4, p->doc, -1, SQLITE_STATIC);
-    sqlite3_bind_int(moat_stmt_raw(st), 5, fan_out);
+    moat_stmt_bind_int64(st, 3, p->seq);
+    moat_stmt_bind_text(st, 4, p->doc);
+    moat_stmt_bind_int64(st, 5, fan_out);
     bool added = false;
     int rc = step_write(db, st, &added);
     if (rc != MOAT_OK || !added)
         return rc; /* a post seen before changes nothing */
 
     /* The author's own timeline always has the post; followers' too when
-     * fanned out. */
+     * fanned out. (The casts type the parameter for PostgreSQL, which
+     * would take an untyped one in a UNION for text.) */
     st = prep(db, fan_out ? "fan_out" : "fan_out_self",
-              fan_out ? "INSERT OR IGNORE INTO home (user_id, seq, post_id) "
-                        "SELECT follower, ?3, ?1 FROM follows "
-                        "WHERE followee = ?2 UNION SELECT ?2, ?3, ?1"
-                      : "INSERT OR IGNORE INTO home (user_id, seq, post_id) "
-                        "VALUES (?2, ?3, ?1)",
+              fan_out ? "INSERT INTO home (user_id, seq, post_id) "
+                        "SELECT follower, CAST(?3 AS BIGINT), ?1 FROM follows "
+                        "WHERE followee = ?2 "
+                        "UNION SELECT ?2, CAST(?3 AS BIGINT), ?1 "
+                        "ON CONFLICT DO NOTHING"
+                      : "INSERT INTO home (user_id, seq, post_id) "
+                        "VALUES (?2, ?3, ?1) ON CONFLICT DO NOTHING",
               p->post_id, p->author_id);
     if (!st)
         return MOAT_EDB;
-    sqlite3_bind_int64(moat_stmt_raw(st), 3, p->seq);
+    moat_stmt_bind_int64(st, 3, p->seq);
     return step_write(db, st, NULL);
 }
 
@@ -217,14 +255,14 @@ int tl_store_follow(struct moat_db *db, const char *follower,
     /* The new followee's recent fanned-out posts join the timeline (the
      * others are merged in at read time anyway). */
     st = prep(db, "backfill",
-              "INSERT OR IGNORE INTO home (user_id, seq, post_id) "
+              "INSERT INTO home (user_id, seq, post_id) "
               "SELECT ?1, seq, post_id FROM posts "
               "WHERE author_id = ?2 AND fanned_out = 1 "
-              "ORDER BY seq DESC LIMIT ?3",
+              "ORDER BY seq DESC LIMIT ?3 ON CONFLICT DO NOTHING",
               follower, followee);
     if (!st)
         return MOAT_EDB;
-    sqlite3_bind_int(moat_stmt_raw(st), 3, TL_BACKFILL_MAX);
+    moat_stmt_bind_int64(st, 3, TL_BACKFILL_MAX);
     return step_write(db, st, NULL);
 }
 
@@ -259,25 +297,27 @@ int tl_store_home(struct moat_db *db, const char *user, int64_t before,
                   bool *more)
 {
     /* The fanned-out rows, merged with the posts of followed authors that
-     * were not fanned out (posts_merged holds only those). One more row
-     * than asked tells whether older ones exist. */
-    struct moat_stmt *st = prep(
-        db, "home",
-        "SELECT p.doc, t.seq FROM ("
-        "  SELECT seq, post_id FROM home WHERE user_id = ?1 AND seq < ?2"
-        "  UNION ALL"
-        "  SELECT m.seq, m.post_id FROM follows f"
-        "  JOIN posts m INDEXED BY posts_merged ON m.author_id = f.followee"
-        "    AND m.fanned_out = 0 AND m.seq < ?2"
-        "  WHERE f.follower = ?1"
-        "  ORDER BY 1 DESC LIMIT ?3"
-        ") t JOIN posts p ON p.post_id = t.post_id ORDER BY t.seq DESC",
-        user, NULL);
+     * were not fanned out (posts_merged holds only those; SQLite is told
+     * so, PostgreSQL's planner finds it). One more row than asked tells
+     * whether older ones exist. */
+#define HOME_SQL(merged)                                                       \
+    "SELECT p.doc, t.seq FROM ("                                               \
+    "  SELECT seq, post_id FROM home WHERE user_id = ?1 AND seq < ?2"          \
+    "  UNION ALL"                                                              \
+    "  SELECT m.seq, m.post_id FROM follows f"                                 \
+    "  JOIN posts m " merged " ON m.author_id = f.followee"                    \
+    "    AND m.fanned_out = 0 AND m.seq < ?2"                                  \
+    "  WHERE f.follower = ?1"                                                  \
+    "  ORDER BY 1 DESC LIMIT ?3"                                               \
+    ") t JOIN posts p ON p.post_id = t.post_id ORDER BY t.seq DESC"
+    struct moat_stmt *st = moat_db_prepare_dialect(
+        db, "home", HOME_SQL("INDEXED BY posts_merged"), HOME_SQL(""));
+#undef HOME_SQL
     if (!st)
         return MOAT_EDB;
-    sqlite3_stmt *raw = moat_stmt_raw(st);
-    sqlite3_bind_int64(raw, 2, before);
-    sqlite3_bind_int64(raw, 3, (sqlite3_int64)limit + 1);
+    moat_stmt_bind_text(st, 1, user);
+    moat_stmt_bind_int64(st, 2, before);
+    moat_stmt_bind_int64(st, 3, (int64_t)limit + 1);
     int step;
     *n = 0;
     *more = false;
@@ -288,8 +328,8 @@ int tl_store_home(struct moat_db *db, const char *user, int64_t before,
         }
         if (*n)
             moat_buf_addch(out, ',');
-        moat_buf_addstr(out, (const char *)sqlite3_column_text(raw, 0));
-        *last = sqlite3_column_int64(raw, 1);
+        moat_buf_addstr(out, moat_stmt_text(st, 0));
+        *last = moat_stmt_int64(st, 1);
         (*n)++;
     }
     moat_stmt_reset(st);

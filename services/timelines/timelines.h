@@ -62,7 +62,9 @@ int tl_routes_register(struct moat_http_server *server, struct tl_service *s);
 /* ---- store.c ---- */
 
 const struct moat_migration *tl_store_migrations(size_t *n);
-int tl_store_open(struct moat_db **out, const char *data_dir,
+/* data_dir/timelines.db, or the PostgreSQL database of dsn when it is not
+ * NULL or "" (moat/db.h). */
+int tl_store_open(struct moat_db **out, const char *data_dir, const char *dsn,
                   struct moat_metrics *metrics);
 bool tl_store_ready(struct moat_db *db, const char **why);
 /* Empty every view table (replay). */

@@ -20,6 +20,7 @@
  */
 #include "moat/common.h"
 
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -471,6 +472,43 @@ static int scan_files(const char *const *needles, size_t n)
     return scanned;
 }
 
+/*
+ * On PostgreSQL (MOAT_TEST_ENGINE=postgres) the store is no file of the
+ * data directory: read user_id's row as the server holds it instead. Fail
+ * if any of needles is in it; the handle (a plain column) must be, and
+ * each personal field must be sealed text. Returns false when profiles is
+ * not on PostgreSQL.
+ */
+static bool scan_row_pg(const char *user_id, const char *const *needles,
+                        size_t n, const char *handle)
+{
+    const char *dsn = h_store_dsn(F.profiles.data_dir);
+    if (!dsn)
+        return false;
+    PGconn *conn = PQconnectdb(dsn);
+    assert_int_equal(PQstatus(conn), CONNECTION_OK);
+    const char *params[] = {user_id};
+    PGresult *res = PQexecParams(
+        conn,
+        "SELECT handle, name_enc, bio_enc, location_enc FROM profiles "
+        "WHERE user_id = $1",
+        1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(res), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(res), 1);
+    assert_string_equal(PQgetvalue(res, 0, 0), handle);
+    for (int c = 1; c < 4; c++) {
+        const char *v = PQgetvalue(res, 0, c);
+        assert_memory_equal(v, "s1.", 3);
+        for (size_t i = 0; i < n; i++)
+            if (strstr(v, needles[i]))
+                fail_msg("profiles' row holds the plaintext \"%s\"",
+                         needles[i]);
+    }
+    PQclear(res);
+    PQfinish(conn);
+    return true;
+}
+
 static void test_no_plaintext_at_rest(void **state)
 {
     MOAT_UNUSED(state);
@@ -490,17 +528,23 @@ static void test_no_plaintext_at_rest(void **state)
     h_resp_release(&r);
     const char *needles[] = {name, bio, place};
 
-    /* Live (the WAL included), then at rest after a clean stop. */
-    assert_true(scan_files(needles, MOAT_ARRAY_LEN(needles)) >= 1);
-    assert_int_equal(h_service_stop(&F.profiles), 0);
-    assert_true(scan_files(needles, MOAT_ARRAY_LEN(needles)) >= 1);
-    /* The handle is a plain, public column: the scan can see it, which
-     * shows it reads the right file. */
-    size_t len = 0;
-    char *db = slurp(h_fmt("%s/profiles.db", F.profiles_data), &len);
-    assert_non_null(db);
-    assert_non_null(memmem(db, len, handle, strlen(handle)));
-    free(db);
+    if (scan_row_pg(id, needles, MOAT_ARRAY_LEN(needles), handle)) {
+        /* On PostgreSQL: live, then after a clean stop. */
+        assert_int_equal(h_service_stop(&F.profiles), 0);
+        assert_true(scan_row_pg(id, needles, MOAT_ARRAY_LEN(needles), handle));
+    } else {
+        /* Live (the WAL included), then at rest after a clean stop. */
+        assert_true(scan_files(needles, MOAT_ARRAY_LEN(needles)) >= 1);
+        assert_int_equal(h_service_stop(&F.profiles), 0);
+        assert_true(scan_files(needles, MOAT_ARRAY_LEN(needles)) >= 1);
+        /* The handle is a plain, public column: the scan can see it,
+         * which shows it reads the right file. */
+        size_t len = 0;
+        char *db = slurp(h_fmt("%s/profiles.db", F.profiles_data), &len);
+        assert_non_null(db);
+        assert_non_null(memmem(db, len, handle, strlen(handle)));
+        free(db);
+    }
 
     assert_int_equal(h_service_restart(&F.profiles, profiles_env()), 0);
     long status;

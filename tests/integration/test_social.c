@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -163,9 +164,17 @@ static int setup(void **state)
 {
     MOAT_UNUSED(state);
     dep.dir = h_tmpdir_new("social");
+    /* Searchable (not readable) by others: run as root, the deployment's
+     * PostgreSQL cluster runs as the postgres system user under it. */
+    if (chmod(dep.dir, 0711) != 0)
+        return -1;
     snprintf(dep.file, sizeof(dep.file), "%s/social.json", dep.dir);
-    h_deployment_write_free_ports(MOAT_SOURCE_DIR "/deploy/social.json",
-                                  dep.file, NULL, dep.gw, sizeof(dep.gw));
+    /* integration/test_social_pg: deploy/social-pg.json, the SQL services
+     * on the deployment's own PostgreSQL cluster. */
+    const char *src = getenv("MOAT_TEST_SOCIAL_DEPLOYMENT");
+    if (!src || !*src)
+        src = MOAT_SOURCE_DIR "/deploy/social.json";
+    h_deployment_write_free_ports(src, dep.file, NULL, dep.gw, sizeof(dep.gw));
     dep.up_pid = h_moat_up(dep.file, dep.dir, dep.gw);
     return dep.up_pid > 0 ? 0 : -1;
 }

@@ -10,11 +10,14 @@
  * kill -9 of any of the three processes and then equals a recomputation
  * from the posts and connections APIs; replay --verify finds it
  * identical; and with posts or connections down the home timeline still
- * answers from its own store.
+ * answers from its own store. With MOAT_TEST_ENGINE=postgres
+ * (integration/test_timelines_pg) posts and timelines keep their stores
+ * in PostgreSQL, and one more test restarts the server under them.
  */
 #include "moat/common.h"
 
 #include "harness.h"
+#include "pg_fixture.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -422,6 +425,57 @@ static void test_answers_with_producers_down(void **state)
     wait_caught_up();
 }
 
+/* ---- PostgreSQL restarted under posts and timelines ---- */
+
+/* Create a post, retrying while posts finds PostgreSQL away (503). */
+static bool try_post(const char *author, const char *text, char *id, size_t cap)
+{
+    struct h_resp r;
+    const char *hdrs[] = {as("posts", author), NULL};
+    h_send_json(&r, "POST", h_fmt("%s/v1/posts", F.posts->url),
+                h_fmt("{\"text\": \"%s\"}", text), hdrs);
+    if (r.status != 201 && r.status != 503)
+        fail_msg("post while PostgreSQL restarts: status %ld", r.status);
+    if (r.status == 201) {
+        json_t *j = h_resp_json(&r);
+        snprintf(id, cap, "%s", h_jstr(j, "id"));
+        json_decref(j);
+    }
+    h_resp_release(&r);
+    return r.status == 201;
+}
+
+static void test_postgres_restart(void **state)
+{
+    MOAT_UNUSED(state);
+    if (!h_pg_engine())
+        skip(); /* the stores are SQLite files */
+    char a[32], b[32], p1[80], p2[80];
+    snprintf(a, sizeof(a), "%s", new_user());
+    snprintf(b, sizeof(b), "%s", new_user());
+    follow(b, a, true);
+    wait_caught_up();
+    snprintf(p1, sizeof(p1), "%s", post(a, "before the restart"));
+    WAIT_HOME(b, p1);
+
+    /* Away: a read is a 503 problem (retry later), not a 500. */
+    h_pg_down();
+    struct h_resp r;
+    const char *hdrs[] = {as("timelines", b), NULL};
+    h_http(&r, "GET", h_fmt("%s/v1/timeline/home", F.tl->url), hdrs, NULL, 0);
+    h_assert_problem(&r, 503);
+    h_resp_release(&r);
+
+    /* Back: both reconnect, the consumer resumes from its cursor. */
+    h_pg_up();
+    H_WAIT_UNTIL(try_post(a, "after the restart", p2, sizeof(p2)), H_WAIT_MS,
+                 "posts to accept a post again");
+    WAIT_HOME(b, h_fmt("%s,%s", p2, p1));
+    wait_caught_up();
+    assert_true(h_service_alive(F.posts));
+    assert_true(h_service_alive(F.tl));
+}
+
 /* ---- bad input ---- */
 
 static void test_bad_input(void **state)
@@ -486,6 +540,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_celebrity_merged_on_read),
         cmocka_unit_test(test_answers_with_producers_down),
         cmocka_unit_test(test_kill_and_recompute),
+        cmocka_unit_test(test_postgres_restart),
         cmocka_unit_test(test_bad_input),
     };
     if (argc > 1)

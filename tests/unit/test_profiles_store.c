@@ -5,6 +5,8 @@
  * row refuses to open, the default profile is idempotent and never
  * overwrites an edited one, a taken handle is a conflict, If-Match
  * versions are enforced, and a PUT that changes nothing writes nothing.
+ * Each test runs again as <name>_pg with the store on PostgreSQL (skipped
+ * without it: tests/pg_fixture.h).
  */
 #include "moat/common.h"
 
@@ -20,7 +22,9 @@
 #include <cmocka.h>
 
 #include "moat/crypto.h"
+#include "moat/keys.h"
 #include "moat/metrics.h"
+#include "pg_fixture.h"
 #include "profile.h"
 #include "store.h"
 
@@ -32,8 +36,12 @@ struct fixture {
     struct pro_store *s;
 };
 
-static int setup(void **state)
+static int setup_with(void **state, bool pg)
 {
+    if (pg && !h_pg_available()) {
+        *state = NULL; /* the test skips */
+        return 0;
+    }
     struct fixture *f = moat_xcalloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/moat-profiles-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
@@ -45,16 +53,29 @@ static int setup(void **state)
         moat_keyring_load(&f->kr, "MOAT_TEST_PROFILES_KEYRING", keys), MOAT_OK);
     free(keys);
     const struct moat_outbox_options oo = {0};
-    assert_int_equal(
-        pro_store_open(&f->s, f->base, f->dir, f->kr, &oo, f->metrics),
-        MOAT_OK);
+    assert_int_equal(pro_store_open(&f->s, f->base, f->dir,
+                                    pg ? h_pg_dsn("test_profiles_store") : NULL,
+                                    f->kr, &oo, f->metrics),
+                     MOAT_OK);
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, false);
+}
+
+static int setup_pg(void **state)
+{
+    return setup_with(state, true);
 }
 
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        return 0;
     pro_store_close(f->s);
     moat_keyring_free(f->kr);
     moat_metrics_free(f->metrics);
@@ -87,40 +108,39 @@ static int put(struct fixture *f, struct pro_profile *in, int64_t expect,
     return rc;
 }
 
-/* The text of one column of user's row, straight from SQLite (caller
- * frees), or NULL. */
+/* The text of one column of user's row, straight from the database
+ * (caller frees), or NULL. */
 static char *raw_column(struct fixture *f, const char *column, const char *user)
 {
-    sqlite3 *db = moat_db_handle(pro_store_db(f->s));
     char *sql =
         moat_xasprintf("SELECT %s FROM profiles WHERE user_id = ?1", column);
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
+    struct moat_stmt *st = moat_db_prepare(pro_store_db(f->s), column, sql);
+    assert_non_null(st);
+    moat_stmt_bind_text(st, 1, user);
     char *out = NULL;
-    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
-        out = moat_xstrdup((const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
+    if (moat_stmt_step(st) == SQLITE_ROW && moat_stmt_text(st, 0))
+        out = moat_xstrdup(moat_stmt_text(st, 0));
+    moat_stmt_reset(st);
     free(sql);
     return out;
 }
 
 static int64_t outbox_rows(struct fixture *f)
 {
-    sqlite3 *db = moat_db_handle(pro_store_db(f->s));
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM moat_outbox",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    int64_t n = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
+    struct moat_stmt *st = moat_db_prepare(pro_store_db(f->s), "outbox_rows",
+                                           "SELECT count(*) FROM moat_outbox");
+    assert_non_null(st);
+    assert_int_equal(moat_stmt_step(st), SQLITE_ROW);
+    int64_t n = moat_stmt_int64(st, 0);
+    moat_stmt_reset(st);
     return n;
 }
 
 static void test_round_trip_sealed(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct pro_profile p = make("usr_a", "Ada Lovelace", "ada");
     p.fields[PRO_F_BIO] = moat_xstrdup("Engines.\nNotes.");
     p.fields[PRO_F_LOCATION] = moat_xstrdup("London");
@@ -158,18 +178,21 @@ static void test_round_trip_sealed(void **state)
 static void test_moved_ciphertext_refused(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct pro_profile a = make("usr_a", "Alice", NULL);
     struct pro_profile b = make("usr_b", "Bob", NULL);
     assert_int_equal(put(f, &a, PRO_ANY_VERSION, NULL), MOAT_OK);
     assert_int_equal(put(f, &b, PRO_ANY_VERSION, NULL), MOAT_OK);
     /* Alice's sealed name pasted into Bob's row: it must not open there. */
     char *alice = raw_column(f, "name_enc", "usr_a");
-    char *sql = moat_xasprintf(
-        "UPDATE profiles SET name_enc = '%s' WHERE user_id = 'usr_b'", alice);
-    assert_int_equal(
-        sqlite3_exec(moat_db_handle(pro_store_db(f->s)), sql, NULL, NULL, NULL),
-        SQLITE_OK);
-    free(sql);
+    struct moat_stmt *st = moat_db_prepare(
+        pro_store_db(f->s), "paste",
+        "UPDATE profiles SET name_enc = ?1 WHERE user_id = 'usr_b'");
+    assert_non_null(st);
+    moat_stmt_bind_text(st, 1, alice);
+    assert_int_equal(moat_stmt_step(st), SQLITE_DONE);
+    moat_stmt_reset(st);
     free(alice);
     struct pro_profile got = {0};
     assert_int_equal(pro_store_get(f->s, "usr_b", &got), PRO_EINTEGRITY);
@@ -181,6 +204,8 @@ static void test_moved_ciphertext_refused(void **state)
 static void test_default_profile_idempotent(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct moat_db *db = pro_store_db(f->s);
     assert_int_equal(pro_store_ensure(db, "usr_c", 1, 5000), MOAT_OK);
     assert_int_equal(pro_store_ensure(db, "usr_c", 1, 9000), MOAT_OK);
@@ -205,6 +230,8 @@ static void test_default_profile_idempotent(void **state)
 static void test_conflicts_and_preconditions(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
     struct pro_profile a = make("usr_a", NULL, "same");
     struct pro_profile b = make("usr_b", NULL, "same");
     assert_int_equal(put(f, &a, PRO_ANY_VERSION, NULL), MOAT_OK);
@@ -231,6 +258,52 @@ static void test_conflicts_and_preconditions(void **state)
     assert_int_equal(outbox_rows(f), events);
     assert_int_equal(pro_store_get(f->s, "usr_c", &got), MOAT_OK);
     assert_int_equal(got.version, 2);
+    pro_profile_release(&got);
+}
+
+/* After a key rotation, batches re-seal every row under the new key (the
+ * cursor walks user ids in order) and the rows still open. */
+static void test_rekey_batches(void **state)
+{
+    struct fixture *f = *state;
+    if (!f)
+        skip(); /* PostgreSQL not installed */
+    const char *users[] = {"usr_a", "usr_b", "usr_c", "usr_d", "usr_e"};
+    for (size_t i = 0; i < MOAT_ARRAY_LEN(users); i++) {
+        struct pro_profile p = make(users[i], users[i], NULL);
+        p.fields[PRO_F_BIO] = moat_xstrdup("bio");
+        assert_int_equal(put(f, &p, PRO_ANY_VERSION, NULL), MOAT_OK);
+    }
+    uint32_t old = moat_keyring_active(f->kr), fresh;
+    assert_int_equal(moat_keyring_rotate(f->kr, &fresh), MOAT_OK);
+    assert_int_not_equal(fresh, old);
+
+    char after[MOAT_KEYS_CURSOR_MAX] = "";
+    size_t total = 0, resealed, failed, batches = 0;
+    bool finished = false;
+    while (!finished) {
+        assert_int_equal(pro_store_rekey_batch(f->s, fresh, after, 2, &resealed,
+                                               &failed, &finished),
+                         MOAT_OK);
+        assert_int_equal(failed, 0);
+        total += resealed;
+        assert_true(++batches <= 4);
+    }
+    assert_int_equal(total, MOAT_ARRAY_LEN(users));
+    assert_string_equal(after, "usr_e");
+
+    json_t *rows = NULL;
+    assert_int_equal(pro_store_rows_by_key(f->s, &rows), MOAT_OK);
+    char key[16];
+    snprintf(key, sizeof(key), "%u", fresh);
+    assert_int_equal(json_object_size(rows), 1);
+    assert_int_equal(json_integer_value(json_object_get(rows, key)),
+                     MOAT_ARRAY_LEN(users));
+    json_decref(rows);
+    struct pro_profile got = {0};
+    assert_int_equal(pro_store_get(f->s, "usr_c", &got), MOAT_OK);
+    assert_string_equal(got.fields[PRO_F_DISPLAY_NAME], "usr_c");
+    assert_int_equal(got.key_id, fresh);
     pro_profile_release(&got);
 }
 
@@ -263,15 +336,18 @@ static void test_parse_rules(void **state)
 
 int main(void)
 {
+    /* Each store test on SQLite, then as <name>_pg on PostgreSQL. */
+#define BOTH(fn)                                                               \
+    cmocka_unit_test_setup_teardown(fn, setup, teardown),                      \
+    {                                                                          \
+#fn "_pg", fn, setup_pg, teardown, NULL                                \
+    }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_round_trip_sealed, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_moved_ciphertext_refused, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_default_profile_idempotent, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_conflicts_and_preconditions, setup,
-                                        teardown),
+        BOTH(test_round_trip_sealed),
+        BOTH(test_moved_ciphertext_refused),
+        BOTH(test_default_profile_idempotent),
+        BOTH(test_conflicts_and_preconditions),
+        BOTH(test_rekey_batches),
         cmocka_unit_test(test_parse_rules),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
