@@ -68,6 +68,38 @@ json.dump(d, open(dst, "w"), indent=2)
 EOF
 }
 
+# idle NAME: each process's CPU (% of one core, with its children's: the
+# postgres backends) over 5 s with no orders, into $work/NAME-idle.json.
+idle() {
+    python3 - "$work/var-$1/moat.state" "$work/$1-idle.json" <<'EOF'
+import json, os, sys, time
+state = json.load(open(sys.argv[1]))
+procs = {s.get("label", s["name"]): s["pid"] for s in state["services"] if s.get("pid")}
+tck = os.sysconf("SC_CLK_TCK")
+def stat(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return int(f[1]), (int(f[11]) + int(f[12])) / tck, (int(f[13]) + int(f[14])) / tck
+def sample():
+    cpu = {}
+    for name, pid in procs.items():
+        _, own, reaped = stat(pid)
+        cpu[name] = own + reaped
+    byparent = {pid: name for name, pid in procs.items()}
+    for e in os.listdir("/proc"):
+        try:
+            ppid, own, _ = stat(int(e))
+        except (ValueError, OSError, IndexError):
+            continue
+        if ppid in byparent:
+            cpu[byparent[ppid]] += own
+    return cpu
+a = sample()
+time.sleep(5)
+b = sample()
+json.dump({n: 100 * (b[n] - a[n]) / 5 for n in a}, open(sys.argv[2], "w"))
+EOF
+}
+
 bench() { # name file mode args...
     local name=$1 file=$2 mode=$3
     shift 3
@@ -104,6 +136,8 @@ run() { # name source-file
         tail -20 "$work/up-$name.log" >&2
         exit 1
     fi
+    sleep 3 # let the start settle
+    idle "$name"
     bench "$name" "$file" closed --setup --concurrency "$CONC"
     bench "$name" "$file" open --rate "$RATE"
     kill "$up"
@@ -134,12 +168,16 @@ jq -rs '
    (map(select(.name == "embedded"))[0]) as $e | (map(select(.name == "scale"))[0]) as $s |
    "  \($e.mode): sagas/s x\(f($s.completed_per_s / $e.completed_per_s)), CPU per saga x\(f($s.per_saga.cpu_us_per_unit / $e.per_saga.cpu_us_per_unit)), completion p99 x\(f($s.complete_latency_ms.p99 / $e.complete_latency_ms.p99)), accept p99 x\(f($s.accept_latency_ms.p99 / $e.accept_latency_ms.p99))"),
   "",
-  "CPU per saga (us) by process, open loop:",
-  ([.[] | select(.mode == "open")] as $o |
+  "CPU per completed saga (us) by process:",
+  ([.[] | select(.mode != null) | .name = "\(.name) \(.mode)"] as $o |
    ([$o[] | .services[]?.service] | unique) as $names |
    "| process | \($o | map(.name) | join(" | ")) |",
    "|---|\($o | map("---:") | join("|"))|",
    ($names[] as $n | "| \($n) | \($o | map([.services[]? | select(.service == $n) | .cpu_us_per_unit][0] | if . == null then "-" else (round | tostring) end) | join(" | ")) |")),
   "",
+  "Idle CPU (% of one core, 5 s without orders, before the runs):",
+  "  embedded: \($idle[0][0] | to_entries | map(select(.value >= 0.5) | "\(.key) \(.value | round)") | join(", ") | if . == "" then "every process < 0.5" else . end)",
+  "  scale:    \($idle[0][1] | to_entries | map(select(.value >= 0.5) | "\(.key) \(.value | round)") | join(", ") | if . == "" then "every process < 0.5" else . end)",
+  "",
   "Node/Express + PostgreSQL on this machine (bench/README.md): 200-216 orders/s, p99 297-358 ms."
-' "$work/rows.jsonl"
+' --slurpfile idle <(jq -s . "$work/embedded-idle.json" "$work/scale-idle.json") "$work/rows.jsonl"
