@@ -421,7 +421,7 @@ int cli_cmd_bench(int argc, char **argv)
         fflush(stdout);
     }
 
-    bench_hists_read(&b.hops0, d, "moat_consumer_hop_seconds");
+    bench_hists_read(&b.hops0, d, "moat_consumer_hop_seconds", b.tok);
     bench_procs_sample(&b.procs, d);
     bench_machine_sample(&b.m0);
     double t0 = bench_now_ms();
@@ -474,7 +474,7 @@ int cli_cmd_bench(int argc, char **argv)
     }
     bench_procs_sample(&b.procs, d);
     bench_machine_sample(&b.m1);
-    bench_hists_read(&b.hops1, d, "moat_consumer_hop_seconds");
+    bench_hists_read(&b.hops1, d, "moat_consumer_hop_seconds", b.tok);
     report(&b, (run_end - t0) / 1000.0, as_json);
     ret = CLI_EXIT_OK;
 

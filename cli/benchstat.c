@@ -2,6 +2,7 @@
  * benchmarks (see benchstat.h). */
 #include "moat/common.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,9 @@ double bench_now_ms(void)
 
 /* ---- /proc ---- */
 
-static bool proc_sample(pid_t pid, double *cpu_s, long *rss_kb)
+/* From /proc/<pid>/stat: the parent, and the CPU seconds (user + system)
+ * of the process and of its children it has waited for. */
+static bool proc_stat(pid_t pid, pid_t *ppid, double *cpu_s, double *reaped_s)
 {
     char path[64], buf[2048];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
@@ -35,21 +38,33 @@ static bool proc_sample(pid_t pid, double *cpu_s, long *rss_kb)
     buf[n] = '\0';
     /* Fields after the command name, which may hold spaces: from ") ". */
     char *p = strrchr(buf, ')');
+    int pp = 0;
     unsigned long utime = 0, stime = 0;
-    if (!p ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-               &utime, &stime) != 2)
+    long cutime = 0, cstime = 0;
+    if (!p || sscanf(p + 2,
+                     "%*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu "
+                     "%ld %ld",
+                     &pp, &utime, &stime, &cutime, &cstime) != 5)
         return false;
-    *cpu_s = (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+    double tck = (double)sysconf(_SC_CLK_TCK);
+    *ppid = (pid_t)pp;
+    *cpu_s = (double)(utime + stime) / tck;
+    *reaped_s = (double)(cutime + cstime) / tck;
+    return true;
+}
+
+static long proc_rss_kb(pid_t pid)
+{
+    char path[64], buf[256];
     snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    f = fopen(path, "re");
-    *rss_kb = 0;
+    FILE *f = fopen(path, "re");
+    long kb = 0;
     while (f && fgets(buf, sizeof(buf), f))
         if (strncmp(buf, "VmRSS:", 6) == 0)
-            *rss_kb = strtol(buf + 6, NULL, 10);
+            kb = strtol(buf + 6, NULL, 10);
     if (f)
         fclose(f);
-    return true;
+    return kb;
 }
 
 /* Proportional set size (kB) from /proc/<pid>/smaps_rollup; -1 if not
@@ -68,27 +83,74 @@ static long proc_pss_kb(pid_t pid)
     return kb;
 }
 
+/* Adds the CPU of the live children of each of the n pids to cpu[]: one
+ * pass over /proc (PostgreSQL's backends are the postmaster's children). */
+static void children_cpu(const pid_t *pids, double *cpu, size_t n)
+{
+    DIR *dir = opendir("/proc");
+    struct dirent *e;
+    while (dir && (e = readdir(dir)) != NULL) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        pid_t ppid;
+        double c, reaped;
+        if (*end || pid <= 1 || !proc_stat((pid_t)pid, &ppid, &c, &reaped))
+            continue;
+        for (size_t k = 0; k < n; k++)
+            if (pids[k] == ppid)
+                cpu[k] += c;
+    }
+    if (dir)
+        closedir(dir);
+}
+
 void bench_procs_sample(struct bench_procs *b, const struct deploy *d)
 {
     json_t *st = cli_running_state(d);
     if (!st)
         return;
-    for (size_t i = 0; i < d->nservices; i++) {
-        const char *name = d->services[i].name;
+    /* Every process of the state file: each instance ("label"), and the
+     * PostgreSQL cluster, the broker and Redis when moat up runs them. */
+    json_t *svcs = json_object_get(st, "services");
+    struct bench_procstat *rows[DEPLOY_MAX_SERVICES];
+    pid_t pids[DEPLOY_MAX_SERVICES];
+    double cpu[DEPLOY_MAX_SERVICES];
+    size_t n = 0, i;
+    json_t *svc;
+    json_array_foreach(svcs, i, svc)
+    {
+        if (n == DEPLOY_MAX_SERVICES)
+            break;
+        json_t *label = json_object_get(svc, "label");
+        const char *name =
+            json_string_value(label ? label : json_object_get(svc, "name"));
+        pid_t pid = (pid_t)json_integer_value(json_object_get(svc, "pid"));
+        pid_t ppid;
+        double reaped;
+        if (!name || pid <= 1 || !proc_stat(pid, &ppid, &cpu[n], &reaped))
+            continue;
+        cpu[n] += reaped;
         struct bench_procstat *p = NULL;
         for (size_t k = 0; k < b->n && !p; k++)
             if (strcmp(b->ps[k].name, name) == 0)
                 p = &b->ps[k];
-        pid_t pid = cli_state_pid(st, name, NULL);
-        double cpu;
-        long rss;
-        if (pid <= 1 || !proc_sample(pid, &cpu, &rss))
+        if (!p && b->n == DEPLOY_MAX_SERVICES)
             continue;
         if (!p) {
             p = &b->ps[b->n++];
             snprintf(p->name, sizeof(p->name), "%s", name);
+            p->pid = 0;
+        }
+        rows[n] = p;
+        pids[n++] = pid;
+    }
+    children_cpu(pids, cpu, n);
+    for (size_t k = 0; k < n; k++) {
+        struct bench_procstat *p = rows[k];
+        pid_t pid = pids[k];
+        if (!p->pid) {
             p->pid = pid;
-            p->cpu0 = p->cpu1 = cpu;
+            p->cpu0 = cpu[k];
             p->pss_first_kb = proc_pss_kb(pid);
         } else if (p->pid != pid) {
             /* Restarted: keep what the old process used. */
@@ -97,7 +159,8 @@ void bench_procs_sample(struct bench_procs *b, const struct deploy *d)
             p->cpu0 = 0;
             p->restarts++;
         }
-        p->cpu1 = cpu;
+        p->cpu1 = cpu[k];
+        long rss = proc_rss_kb(pid);
         p->rss_last_kb = rss;
         p->pss_last_kb = proc_pss_kb(pid);
         if (rss > p->rss_max_kb)
@@ -272,15 +335,16 @@ static void hist_parse(struct bench_hists *hs, const char *service,
 }
 
 void bench_hists_read(struct bench_hists *hs, const struct deploy *d,
-                      const char *metric)
+                      const char *metric, struct cli_optokens *tok)
 {
     hs->n = 0;
     for (size_t i = 0; i < d->nservices; i++) {
         char *base = deploy_base_url(&d->services[i]);
         char *url = moat_xasprintf("%s/metrics", base);
+        const char *auth = cli_optokens_get(tok, d->services[i].name);
         long st = 0;
         char *body = NULL;
-        if (cli_http("GET", url, NULL, NULL, 2000, &st, &body) == MOAT_OK &&
+        if (cli_http("GET", url, auth, NULL, 2000, &st, &body) == MOAT_OK &&
             st == 200 && body)
             hist_parse(hs, d->services[i].name, body, metric);
         free(body);
@@ -306,6 +370,8 @@ json_t *bench_hists_json(const struct bench_hists *before,
                          const struct bench_hists *after)
 {
     json_t *out = json_array();
+    struct bench_hist all = {.n = 0}; /* every hop's observations pooled */
+    size_t pooled = 0;
     for (size_t i = 0; i < after->n; i++) {
         const struct bench_hist *a = &after->h[i], *b = NULL;
         for (size_t k = 0; k < before->n && !b; k++)
@@ -317,12 +383,29 @@ json_t *bench_hists_json(const struct bench_hists *before,
         double total = a->count[a->n - 1] - (b ? b->count[b->n - 1] : 0);
         if (total <= 0)
             continue;
+        if (!all.n) {
+            all.n = a->n;
+            memcpy(all.le, a->le, sizeof(all.le));
+        }
+        if (all.n == a->n && memcmp(all.le, a->le, sizeof(all.le)) == 0) {
+            for (size_t k = 0; k < a->n; k++)
+                all.count[k] += a->count[k] - (b ? b->count[k] : 0);
+            pooled++;
+        }
         json_array_append_new(
             out, json_pack("{s:s, s:f, s:o, s:o, s:o}", "hop", a->name, "count",
                            total, "p50", hist_quantile(b, a, total, 0.5), "p90",
                            hist_quantile(b, a, total, 0.9), "p99",
                            hist_quantile(b, a, total, 0.99)));
     }
+    double total = all.n ? all.count[all.n - 1] : 0;
+    if (pooled > 1 && total > 0)
+        json_array_append_new(
+            out,
+            json_pack("{s:s, s:f, s:o, s:o, s:o}", "hop", "all hops", "count",
+                      total, "p50", hist_quantile(NULL, &all, total, 0.5),
+                      "p90", hist_quantile(NULL, &all, total, 0.9), "p99",
+                      hist_quantile(NULL, &all, total, 0.99)));
     return out;
 }
 

@@ -4,9 +4,12 @@
  * percentiles and the CPU and memory of every service's process.
  *
  * Processes are found through the supervisor's state file (pid per
- * service) and sampled from /proc/<pid>/stat (CPU time) and
- * /proc/<pid>/status (VmRSS). A service restarted during the run keeps the
- * CPU its earlier processes used and counts the restart.
+ * process: each instance of a service under its label, "catalog#2", and
+ * the PostgreSQL cluster, the broker and Redis when moat up runs them) and
+ * sampled from /proc/<pid>/stat (CPU time, with that of the process's
+ * children, live or reaped: PostgreSQL's backends) and /proc/<pid>/status
+ * (VmRSS, of the process alone). A service restarted during the run keeps
+ * the CPU its earlier processes used and counts the restart.
  *
  * Ownership: the json_t objects returned are new references the caller
  * decrefs. struct bench_procs is a plain value (no heap).
@@ -19,6 +22,8 @@
 #include <sys/types.h>
 
 #include "deploy.h"
+
+struct cli_optokens; /* drill.h */
 
 /* Monotonic time in ms, with sub-ms precision. */
 double bench_now_ms(void);
@@ -89,12 +94,13 @@ struct bench_hists {
     size_t n;
 };
 /* Read histogram `metric` (labels source and le) from every service of d
- * that answers /metrics. */
+ * that answers /metrics (as the operator, with tok's token for each). */
 void bench_hists_read(struct bench_hists *hs, const struct deploy *d,
-                      const char *metric);
+                      const char *metric, struct cli_optokens *tok);
 /* Per entry of after with observations since before: {"hop", "count",
  * "p50", "p90", "p99" (ms, the upper bound of the bucket; null beyond the
- * last finite one)}. */
+ * last finite one)}; then, with two entries or more, one with "hop": "all
+ * hops" (every entry's observations pooled: the event lag of the run). */
 json_t *bench_hists_json(const struct bench_hists *before,
                          const struct bench_hists *after);
 void bench_hists_print(json_t *hops);
