@@ -107,6 +107,9 @@ run() { # name gateway-pid port
     out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "http://127.0.0.1:$3/api/v1/products/$id")
     n=$(awk '/requests in/ {print $1}' <<<"$out")
     tck=$(getconf CLK_TCK)
+    local rps
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    if [ "$1" = cache ]; then last_cache=$rps; else last_no_cache=$rps; fi
     printf '%-10s %10s req/s   p50 %-9s p99 %-9s cpu/req: gateway %s catalog %s redis %s us %s\n' "$1" \
         "$(awk '/Requests\/sec/ {print $2}' <<<"$out")" \
         "$(awk '$1=="50%" {print $2}' <<<"$out")" "$(awk '$1=="99%" {print $2}' <<<"$out")" \
@@ -118,7 +121,55 @@ run() { # name gateway-pid port
 
 echo "moat read cache benchmark  $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); wrk -t2 -c$CONNS -d${DUR}s"
+
+# The issue's yardstick, measured in the same run: an nginx -> nginx proxy
+# with a keep-alive upstream pool (as in bench/http.sh), if nginx is there.
+ng_port=$(free_port); ngp_port=$(free_port)
+if command -v nginx >/dev/null 2>&1; then
+    mkdir -p "$work/nginx/logs"
+    cat >"$work/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    server { listen 127.0.0.1:$ng_port; location / { return 200 "ok"; } }
+    upstream ng_origin { server 127.0.0.1:$ng_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ngp_port;
+        location / {
+            proxy_pass http://ng_origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGX
+    nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+    pids+=($!)
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$ngp_port/" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+fi
+proxy() { # the nginx -> nginx figure, req/s
+    local out
+    out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:$ngp_port/")
+    awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+
 for round in 1 2; do
+    px=""
+    command -v nginx >/dev/null 2>&1 && px=$(proxy) &&
+        printf '%-10s %10s req/s\n' nginx-proxy "$px"
     run no-cache "$plain_pid" "$plain_port"
     run cache "$cached_pid" "$cached_port"
+    if [ -n "$px" ]; then
+        # Ratio of each gateway run to the nginx proxy run just before it.
+        printf 'ratio to the nginx proxy: no cache %s, cache %s\n' \
+            "$(awk -v a="$last_no_cache" -v b="$px" 'BEGIN {printf "%.2f", a / b}')" \
+            "$(awk -v a="$last_cache" -v b="$px" 'BEGIN {printf "%.2f", a / b}')"
+    fi
 done

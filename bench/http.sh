@@ -8,6 +8,8 @@
 #
 # Usage: bench/http.sh [seconds-per-run] (default 10). Needs `make build`
 # (done by `make bench`) and wrk, hey, nginx (scripts/deps.sh --bench).
+# BENCH_PERF=<file>: profile the gateway with perf (linux-perf) during its
+# maximum-rate run and write the top symbols, then the top libraries, there.
 # Every server listens on 127.0.0.1 only; every run is bounded in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -138,7 +140,20 @@ run_wrk() { # name url [header] -> prints "name rps p50 p99"
     [ -n "${3:-}" ] && hdr=(-H "$3")
     local g0 c0
     g0=$(cpu_ticks "$gw_pid") c0=$(cpu_ticks "$cat_pid")
+    local perf_pid=""
+    if [ -n "${BENCH_PERF:-}" ] && [ "$1" = via-gateway ]; then
+        # Flat profile of the gateway under this load (linux-perf).
+        perf record -q -F 999 -p "$gw_pid" -o "$work/perf.data" -- sleep "$DUR" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     out=$(wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "${hdr[@]}" "$2")
+    if [ -n "$perf_pid" ]; then
+        wait "$perf_pid" || true
+        perf report -i "$work/perf.data" --no-children --sort dso,sym --stdio 2>/dev/null |
+            grep -E '^ +[0-9]' | head -n "${BENCH_PERF_TOP:-30}" >"$BENCH_PERF" || true
+        perf report -i "$work/perf.data" --no-children --sort dso --stdio 2>/dev/null |
+            grep -E '^ +[0-9]' | head -n 12 >>"$BENCH_PERF" || true
+    fi
     # CPU microseconds per request of the gateway and catalog: robust on a
     # shared machine, where req/s moves with the neighbours' load.
     local n tck

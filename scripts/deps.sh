@@ -21,7 +21,7 @@ if ! command -v npm >/dev/null 2>&1; then
     packages+=(nodejs npm)
 fi
 if [ "${1:-}" = "--bench" ]; then
-    packages+=(wrk hey nginx-light procps openssl)
+    packages+=(wrk hey nginx-light procps openssl linux-perf)
 fi
 
 missing=()
