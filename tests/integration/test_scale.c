@@ -8,7 +8,8 @@
  * fault, SIGKILLing PostgreSQL, nats-server or Redis in turn; then it
  * settles and audits through the services' APIs. The drill must end with
  * 0 violations, at least MIN_ORDERS accepted and every built-in server
- * struck at least once.
+ * struck at least once. Then every service role on the cluster is refused
+ * at every other service's database.
  *
  * MOAT_TEST_SEED repeats a run's orders and faults (the drill prints its
  * seed).
@@ -21,6 +22,9 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <jansson.h>
+#include <libpq-fe.h>
 
 #include "harness.h"
 #include "moat/buf.h"
@@ -56,6 +60,61 @@ static int teardown(void **state)
     h_rmtree(dep.dir);
     free(dep.dir);
     return 0;
+}
+
+/*
+ * The stores on the cluster, after the drill: each service's role reaches
+ * its own database (with the DSN moat up handed it) and, for every ordered
+ * pair (a, b), a's credentials are refused at b's database. moat up
+ * records each service's DSN (no password: a passfile) in its state file.
+ */
+static void check_role_isolation(void)
+{
+    json_t *st = json_load_file(h_fmt("%s/var/moat.state", dep.dir), 0, NULL);
+    assert_non_null(st);
+    const char *names[16], *dsns[16];
+    size_t n = 0, i;
+    json_t *s;
+    json_array_foreach(json_object_get(st, "services"), i, s)
+    {
+        const char *dsn = json_string_value(json_object_get(s, "dsn"));
+        const char *name = json_string_value(json_object_get(s, "name"));
+        bool seen = false;
+        for (size_t k = 0; k < n; k++)
+            seen = seen || strcmp(names[k], name) == 0;
+        if (dsn && !seen && n < MOAT_ARRAY_LEN(names)) {
+            names[n] = name;
+            dsns[n++] = dsn;
+        }
+    }
+    /* orders, payments, users and catalog */
+    assert_int_equal(n, 4);
+    for (size_t a = 0; a < n; a++) {
+        PGconn *c = PQconnectdb(dsns[a]);
+        if (PQstatus(c) != CONNECTION_OK)
+            fail_msg("%s cannot reach its own database: %s", names[a],
+                     PQerrorMessage(c));
+        PQfinish(c);
+        for (size_t b = 0; b < n; b++) {
+            if (a == b)
+                continue;
+            /* a's DSN (user, passfile, TLS) aimed at b's database. */
+            const char *own = h_fmt("dbname=moat_%s ", names[a]);
+            const char *at = strstr(dsns[a], own);
+            assert_non_null(at);
+            char *other =
+                moat_xasprintf("%.*sdbname=moat_%s %s", (int)(at - dsns[a]),
+                               dsns[a], names[b], at + strlen(own));
+            c = PQconnectdb(other);
+            if (PQstatus(c) == CONNECTION_OK)
+                fail_msg("%s's role reached %s's database", names[a], names[b]);
+            fprintf(stderr, "%s -> %s refused: %s", names[a], names[b],
+                    PQerrorMessage(c));
+            PQfinish(c);
+            free(other);
+        }
+    }
+    json_decref(st);
 }
 
 static void test_scale_drill(void **state)
@@ -113,6 +172,7 @@ static void test_scale_drill(void **state)
     assert_non_null(strstr(text, "SIGKILL nats"));
     assert_non_null(strstr(text, "SIGKILL redis"));
     moat_buf_release(&out);
+    check_role_isolation();
 }
 
 int main(void)
