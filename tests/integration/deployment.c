@@ -552,3 +552,35 @@ void h_moat_down(pid_t *pid)
     }
     *pid = 0;
 }
+
+long h_chaos_drill(const char *file, const char *dir, int seconds, int rate,
+                   const char *extra, char **text)
+{
+    const char *seed = getenv("MOAT_TEST_SEED");
+    int st = -1;
+    char *out = h_run_capture(
+        h_fmt("%s/moat chaos --file %s --setup --duration %d --rate %d %s%s%s "
+              "2>&1",
+              MOAT_BIN_DIR, file, seconds, rate, extra, seed ? " --seed " : "",
+              seed ? seed : ""),
+        &st);
+    /* The drill's report is the test's log, pass or fail. */
+    fputs(out, stderr);
+    if (st != 0)
+        h_print_file(h_fmt("%s/up.log", dir));
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(out, "result: 0 violations"));
+    const char *acc = strstr(out, "moat chaos: orders placed ");
+    assert_non_null(acc);
+    acc = strstr(acc, "accepted ");
+    assert_non_null(acc);
+    long accepted = strtol(acc + strlen("accepted "), NULL, 10);
+    fprintf(stderr, "accepted orders: %ld\n", accepted);
+    /* Faults really happened. */
+    assert_null(strstr(out, "faults: 0 SIGKILL, 0 SIGSTOP"));
+    if (text)
+        *text = out;
+    else
+        free(out);
+    return accepted;
+}

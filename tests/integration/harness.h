@@ -465,5 +465,15 @@ pid_t h_moat_up(const char *file, const char *dir, const char *gw_url);
 void h_moat_down(pid_t *pid);
 /* Print the file at path to stderr (a log, when a test fails). */
 void h_print_file(const char *path);
+/*
+ * `moat chaos --file file --setup --duration seconds --rate rate` plus
+ * extra (more options, may be ""; MOAT_TEST_SEED adds --seed) against the
+ * deployment moat up runs from dir: its report goes to stderr (up.log too
+ * when it fails), and the test fails unless the drill ends with status 0,
+ * 0 violations and some faults struck. Returns the accepted orders; *text
+ * (may be NULL) gets the report, caller frees.
+ */
+long h_chaos_drill(const char *file, const char *dir, int seconds, int rate,
+                   const char *extra, char **text);
 
 #endif /* MOAT_TEST_HARNESS_H */

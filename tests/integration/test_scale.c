@@ -20,14 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <libpq-fe.h>
 
 #include "harness.h"
-#include "moat/buf.h"
 
 #define DRILL_SECONDS 60
 #define DRILL_RATE    9
@@ -137,41 +135,16 @@ static void test_scale_drill(void **state)
     if (dep.up_pid < 0)
         fail_msg("the deployment did not come up");
 
-    const char *seed = getenv("MOAT_TEST_SEED");
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd),
-             "%s/moat chaos --file %s --setup --duration %d --rate %d "
-             "--kill-interval-ms 2000 --include-infra --settle 150%s%s 2>&1",
-             MOAT_BIN_DIR, dep.file, DRILL_SECONDS, DRILL_RATE,
-             seed ? " --seed " : "", seed ? seed : "");
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    struct moat_buf out = MOAT_BUF_INIT;
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), p)) > 0)
-        moat_buf_add(&out, chunk, n);
-    int st = pclose(p);
-    const char *text = moat_buf_str(&out);
-    /* The drill's report is the test's log, pass or fail. */
-    fputs(text, stderr);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        h_print_file(h_fmt("%s/up.log", dep.dir));
-    assert_true(WIFEXITED(st));
-    assert_int_equal(WEXITSTATUS(st), 0);
-    assert_non_null(strstr(text, "result: 0 violations"));
-    const char *acc = strstr(text, "moat chaos: orders placed ");
-    assert_non_null(acc);
-    acc = strstr(acc, "accepted ");
-    assert_non_null(acc);
-    long accepted = strtol(acc + strlen("accepted "), NULL, 10);
-    fprintf(stderr, "accepted orders: %ld\n", accepted);
+    char *text = NULL;
+    long accepted = h_chaos_drill(
+        dep.file, dep.dir, DRILL_SECONDS, DRILL_RATE,
+        "--kill-interval-ms 2000 --include-infra --settle 150", &text);
     assert_true(accepted >= MIN_ORDERS);
     /* The broker, the database cluster and the cache were each killed. */
     assert_non_null(strstr(text, "SIGKILL postgres"));
     assert_non_null(strstr(text, "SIGKILL nats"));
     assert_non_null(strstr(text, "SIGKILL redis"));
-    moat_buf_release(&out);
+    free(text);
     check_role_isolation();
 }
 
