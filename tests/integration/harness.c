@@ -1269,21 +1269,24 @@ void h_get_metrics(struct h_resp *out, const char *base_url)
     h_http(out, "GET", h_fmt("%s/metrics", base_url), headers, NULL, 0);
 }
 
-double h_metric(const char *base_url, const char *series)
+double h_metric_sample(const char *text, const char *series, double absent)
 {
-    struct h_resp r;
-    h_get_metrics(&r, base_url);
-    double v = -1;
     size_t n = strlen(series);
-    for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
+    for (const char *line = text; line && *line;) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
         line = strchr(line, '\n');
         if (line)
             line++;
     }
+    return absent;
+}
+
+double h_metric(const char *base_url, const char *series)
+{
+    struct h_resp r;
+    h_get_metrics(&r, base_url);
+    double v = h_metric_sample(r.status == 200 ? r.body : NULL, series, -1);
     h_resp_release(&r);
     return v;
 }

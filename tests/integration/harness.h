@@ -252,6 +252,9 @@ double h_metric(const char *base_url, const char *series);
 const char *h_metrics_token(const char *base_url);
 /* GET base_url/metrics with h_metrics_token(base_url). */
 void h_get_metrics(struct h_resp *out, const char *base_url);
+/* The value of the sample named series (name and labels, as written) in
+ * Prometheus text (may be NULL), or absent when there is none. */
+double h_metric_sample(const char *text, const char *series, double absent);
 
 /*
  * printf into one of 16 rotating static buffers of 4 KiB: handy for URLs

@@ -274,17 +274,7 @@ static double metric(const char *base_url, const char *aud, const char *series)
     const char *hdrs[] = {hdr, NULL};
     struct h_resp r;
     h_http(&r, "GET", url, hdrs, NULL, 0);
-    double v = 0;
-    size_t n = strlen(series);
-    for (const char *line = r.status == 200 ? r.body : NULL; line && *line;) {
-        if (strncmp(line, series, n) == 0 && line[n] == ' ') {
-            v = strtod(line + n + 1, NULL);
-            break;
-        }
-        line = strchr(line, '\n');
-        if (line)
-            line++;
-    }
+    double v = h_metric_sample(r.status == 200 ? r.body : NULL, series, 0);
     h_resp_release(&r);
     return v;
 }
